@@ -1,0 +1,104 @@
+#include "datasets/csv.h"
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "attnscope/error.h"
+
+namespace attnscope::datasets {
+
+std::string trim(const std::string& s) {
+  const char* ws = " \t\r\n\f\v";
+  const auto begin = s.find_first_not_of(ws);
+  if (begin == std::string::npos) return "";
+  return s.substr(begin, s.find_last_not_of(ws) - begin + 1);
+}
+
+std::optional<std::size_t> CsvTable::column(const std::string& name) const {
+  for (std::size_t i = 0; i < header.size(); ++i)
+    if (trim(header[i]) == name) return i;
+  return std::nullopt;
+}
+
+std::size_t CsvTable::require_column(const std::string& name) const {
+  if (auto i = column(name)) return *i;
+  std::string have;
+  for (const auto& h : header)
+    have += (have.empty() ? "" : ",") + h;
+  throw Error(path, concat("missing column '", name, "' (header is: ", have, ")"));
+}
+
+CsvTable parse_csv(const std::string& text, const std::string& path, bool has_header) {
+  CsvTable table;
+  table.path = path;
+  std::size_t i = 0;
+  if (text.compare(0, 3, "\xEF\xBB\xBF") == 0) i = 3;  // UTF-8 byte-order mark
+  std::size_t line = 1;
+  std::vector<CsvRow> rows;
+  while (i < text.size()) {
+    CsvRow row;
+    row.line = line;
+    std::string field;
+    bool blank = true;
+    for (;;) {
+      if (i < text.size() && text[i] == '"') {
+        blank = false;
+        const std::size_t quote_line = line;
+        ++i;
+        for (;;) {
+          if (i >= text.size())
+            throw Error(concat(path, ":", quote_line), "unterminated quoted field");
+          if (text[i] == '"') {
+            if (i + 1 < text.size() && text[i + 1] == '"') {
+              field += '"';
+              i += 2;
+              continue;
+            }
+            ++i;
+            break;
+          }
+          if (text[i] == '\n') ++line;
+          field += text[i++];
+        }
+      }
+      while (i < text.size() && text[i] != ',' && text[i] != '\n') {
+        if (text[i] != '\r') {
+          field += text[i];
+          blank = false;
+        }
+        ++i;
+      }
+      row.fields.push_back(std::move(field));
+      field.clear();
+      if (i < text.size() && text[i] == ',') {
+        blank = false;
+        ++i;
+        continue;
+      }
+      break;  // end of line or of text
+    }
+    if (i < text.size() && text[i] == '\n') {
+      ++i;
+      ++line;
+    }
+    if (!blank) rows.push_back(std::move(row));
+  }
+  if (has_header && !rows.empty()) {
+    table.header = std::move(rows.front().fields);
+    rows.erase(rows.begin());
+  }
+  table.rows = std::move(rows);
+  return table;
+}
+
+CsvTable read_csv(const std::string& path, bool has_header) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path, concat("cannot open CSV file: ", std::strerror(errno)));
+  std::ostringstream buffer;
+  buffer << in.rdbuf();
+  return parse_csv(buffer.str(), path, has_header);
+}
+
+}  // namespace attnscope::datasets

@@ -1,0 +1,38 @@
+#pragma once
+// A small RFC 4180 CSV reader: quoted fields, doubled quotes, CRLF, a UTF-8 BOM.
+// Every row keeps its line number so that errors can point at it.
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace attnscope::datasets {
+
+struct CsvRow {
+  std::size_t line = 0;  ///< 1-based line number where the row starts
+  std::vector<std::string> fields;
+};
+
+struct CsvTable {
+  std::string path;                 ///< where it came from (for messages)
+  std::vector<std::string> header;  ///< empty when read with has_header = false
+  std::vector<CsvRow> rows;
+
+  /// Index of a header column (exact match after trimming), or nullopt.
+  std::optional<std::size_t> column(const std::string& name) const;
+  /// Index of a header column; throws Error naming the file and the column otherwise.
+  std::size_t require_column(const std::string& name) const;
+};
+
+/// Parses CSV text. Blank lines are skipped. Throws Error("<path>:<line>", ...) for an
+/// unterminated quote.
+CsvTable parse_csv(const std::string& text, const std::string& path, bool has_header = true);
+
+/// Reads and parses a CSV file; throws Error naming the path if it cannot be read.
+CsvTable read_csv(const std::string& path, bool has_header = true);
+
+/// Trims ASCII whitespace at both ends.
+std::string trim(const std::string& s);
+
+}  // namespace attnscope::datasets

@@ -1,0 +1,82 @@
+#include "models/runtime.h"
+
+#include <dlfcn.h>
+#include <link.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <thread>
+#include <vector>
+
+#include <torch/torch.h>
+#include <torch/version.h>
+
+namespace attnscope::models {
+
+std::string torch_version() {
+  return TORCH_VERSION;
+}
+
+int available_cores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+void set_threads(int n) {
+  torch::set_num_threads(n > 0 ? n : available_cores());
+}
+
+int threads() {
+  return torch::get_num_threads();
+}
+
+namespace {
+
+int collect_object(dl_phdr_info* info, size_t, void* data) {
+  auto* names = static_cast<std::vector<std::string>*>(data);
+  if (info->dlpi_name != nullptr && info->dlpi_name[0] != '\0')
+    names->emplace_back(info->dlpi_name);
+  return 0;
+}
+
+}  // namespace
+
+BlasInfo blas_info() {
+  BlasInfo info{"unknown", "", ""};
+  std::vector<std::string> objects;
+  dl_iterate_phdr(collect_object, &objects);
+  for (const auto& object : objects) {
+    const auto file = std::filesystem::path(object).filename().string();
+    if (file.rfind("libblas.so", 0) == 0 || file.rfind("libopenblas", 0) == 0) {
+      std::error_code ec;
+      auto resolved = std::filesystem::canonical(object, ec);
+      info.path = ec ? object : resolved.string();
+      if (file.rfind("libblas.so", 0) == 0) break;  // the one LibTorch links: prefer it
+    }
+  }
+  // OpenBLAS exports openblas_get_config; the reference BLAS does not.
+  using GetConfig = char* (*)();
+  void* handle = info.path.empty() ? nullptr : dlopen(info.path.c_str(), RTLD_NOW | RTLD_NOLOAD);
+  void* symbol = handle ? dlsym(handle, "openblas_get_config") : nullptr;
+  if (symbol != nullptr) {
+    info.name = "OpenBLAS";
+    info.config = reinterpret_cast<GetConfig>(symbol)();
+  } else if (!info.path.empty()) {
+    info.name = "reference BLAS";
+  }
+  if (handle) dlclose(handle);
+  return info;
+}
+
+bool cuda_available() {
+  return torch::cuda::is_available();
+}
+
+int cuda_device_count() {
+  return static_cast<int>(torch::cuda::device_count());
+}
+
+}  // namespace attnscope::models

@@ -1,0 +1,266 @@
+#include "pipeline/h5.h"
+
+#include <filesystem>
+
+#include <torch/torch.h>
+
+#include "attnscope/error.h"
+
+namespace attnscope::pipeline::h5 {
+namespace {
+
+// HDF5 prints its own error stack by default; attnscope reports errors through exceptions.
+void silence_hdf5() {
+  static const bool done = [] {
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    return true;
+  }();
+  (void)done;
+}
+
+std::string where(const std::string& file, const std::string& name) {
+  return file + ":/" + name;
+}
+
+hid_t native_type(const at::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+      return H5T_NATIVE_FLOAT;
+    case at::kDouble:
+      return H5T_NATIVE_DOUBLE;
+    case at::kInt:
+      return H5T_NATIVE_INT32;
+    case at::kLong:
+      return H5T_NATIVE_INT64;
+    case at::kByte:
+      return H5T_NATIVE_UINT8;
+    case at::kChar:
+      return H5T_NATIVE_INT8;
+    default:
+      return -1;
+  }
+}
+
+}  // namespace
+
+std::string hdf5_version() {
+  unsigned major = 0, minor = 0, release = 0;
+  H5get_libversion(&major, &minor, &release);
+  return concat(major, ".", minor, ".", release);
+}
+
+Handle& Handle::operator=(Handle&& other) noexcept {
+  if (this != &other) {
+    reset();
+    id_ = other.id_;
+    other.id_ = -1;
+  }
+  return *this;
+}
+
+void Handle::reset() {
+  if (id_ < 0) return;
+  switch (H5Iget_type(id_)) {
+    case H5I_FILE:
+      H5Fclose(id_);
+      break;
+    case H5I_GROUP:
+      H5Gclose(id_);
+      break;
+    case H5I_DATASET:
+      H5Dclose(id_);
+      break;
+    case H5I_DATASPACE:
+      H5Sclose(id_);
+      break;
+    case H5I_DATATYPE:
+      H5Tclose(id_);
+      break;
+    case H5I_ATTR:
+      H5Aclose(id_);
+      break;
+    case H5I_GENPROP_LST:
+      H5Pclose(id_);
+      break;
+    default:
+      break;
+  }
+  id_ = -1;
+}
+
+File File::create(const std::string& path) {
+  silence_hdf5();
+  hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  check(id >= 0, path, "cannot create HDF5 file (is the folder there and writable?)");
+  return File(Handle(id), path);
+}
+
+File File::open(const std::string& path, bool writable) {
+  silence_hdf5();
+  check(std::filesystem::exists(path), path, "no such file");
+  check(H5Fis_hdf5(path.c_str()) > 0, path, "not an HDF5 file");
+  hid_t id = H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY, H5P_DEFAULT);
+  check(id >= 0, path, "cannot open HDF5 file", writable ? " for writing" : "");
+  return File(Handle(id), path);
+}
+
+void File::flush() const {
+  check(H5Fflush(id(), H5F_SCOPE_GLOBAL) >= 0, path_, "cannot flush HDF5 file");
+}
+
+bool exists(hid_t loc, const std::string& name) {
+  silence_hdf5();
+  // Check each path component: H5Lexists fails on a missing intermediate group.
+  std::string prefix;
+  std::size_t start = 0;
+  while (start <= name.size()) {
+    auto slash = name.find('/', start);
+    prefix = name.substr(0, slash);
+    if (!prefix.empty() && H5Lexists(loc, prefix.c_str(), H5P_DEFAULT) <= 0) return false;
+    if (slash == std::string::npos) break;
+    start = slash + 1;
+  }
+  return true;
+}
+
+Handle require_group(hid_t loc, const std::string& path, const std::string& file) {
+  silence_hdf5();
+  if (exists(loc, path)) {
+    hid_t id = H5Gopen2(loc, path.c_str(), H5P_DEFAULT);
+    check(id >= 0, where(file, path), "exists but is not a group");
+    return Handle(id);
+  }
+  Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
+  H5Pset_create_intermediate_group(lcpl.get(), 1);
+  hid_t id = H5Gcreate2(loc, path.c_str(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT);
+  check(id >= 0, where(file, path), "cannot create group");
+  return Handle(id);
+}
+
+std::vector<std::string> children(hid_t loc) {
+  std::vector<std::string> names;
+  H5Literate(
+      loc, H5_INDEX_NAME, H5_ITER_INC, nullptr,
+      [](hid_t, const char* name, const H5L_info_t*, void* data) -> herr_t {
+        static_cast<std::vector<std::string>*>(data)->emplace_back(name);
+        return 0;
+      },
+      &names);
+  return names;
+}
+
+void write_tensor(hid_t loc, const std::string& name, const at::Tensor& tensor,
+                  const std::string& file, int chunk_rows) {
+  silence_hdf5();
+  auto t = tensor.detach().to(torch::kCPU);
+  if (t.scalar_type() == at::kBool) t = t.to(at::kByte);
+  const hid_t type = native_type(t.scalar_type());
+  check(type >= 0, where(file, name), "cannot store tensors of type ", t.scalar_type());
+  t = t.contiguous();
+  std::vector<hsize_t> dims(t.sizes().begin(), t.sizes().end());
+  Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr));
+  Handle dcpl(H5Pcreate(H5P_DATASET_CREATE));
+  if (chunk_rows > 0 && !dims.empty() && t.numel() > 0) {
+    std::vector<hsize_t> chunk = dims;
+    chunk[0] = std::min<hsize_t>(dims[0], static_cast<hsize_t>(chunk_rows));
+    H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data());
+    H5Pset_deflate(dcpl.get(), 4);
+  }
+  Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
+  H5Pset_create_intermediate_group(lcpl.get(), 1);
+  if (exists(loc, name)) H5Ldelete(loc, name.c_str(), H5P_DEFAULT);
+  Handle set(H5Dcreate2(loc, name.c_str(), type, space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT));
+  check(set.valid(), where(file, name), "cannot create dataset");
+  if (t.numel() > 0)
+    check(H5Dwrite(set.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data_ptr()) >= 0,
+          where(file, name), "cannot write dataset");
+}
+
+std::vector<int64_t> dataset_shape(hid_t loc, const std::string& name, const std::string& file) {
+  silence_hdf5();
+  Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
+  check(set.valid(), where(file, name), "no such dataset");
+  Handle space(H5Dget_space(set.get()));
+  const int rank = H5Sget_simple_extent_ndims(space.get());
+  std::vector<hsize_t> dims(static_cast<std::size_t>(std::max(rank, 0)));
+  H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+  return std::vector<int64_t>(dims.begin(), dims.end());
+}
+
+at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& file) {
+  silence_hdf5();
+  Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
+  check(set.valid(), where(file, name), "no such dataset");
+  Handle type(H5Dget_type(set.get()));
+  const auto cls = H5Tget_class(type.get());
+  const auto size = H5Tget_size(type.get());
+  at::ScalarType st;
+  if (cls == H5T_FLOAT && size == 4)
+    st = at::kFloat;
+  else if (cls == H5T_FLOAT && size == 8)
+    st = at::kDouble;
+  else if (cls == H5T_INTEGER && size == 8)
+    st = at::kLong;
+  else if (cls == H5T_INTEGER && size == 4)
+    st = at::kInt;
+  else if (cls == H5T_INTEGER && size == 1)
+    st = H5Tget_sign(type.get()) == H5T_SGN_NONE ? at::kByte : at::kChar;
+  else
+    throw Error(where(file, name),
+                concat("unsupported HDF5 element type (class ", cls, ", ", size, " bytes)"));
+  auto shape = dataset_shape(loc, name, file);
+  auto out = torch::empty(shape, torch::TensorOptions().dtype(st));
+  if (out.numel() > 0)
+    check(H5Dread(set.get(), native_type(st), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data_ptr()) >= 0,
+          where(file, name), "cannot read dataset");
+  return out;
+}
+
+bool has_attribute(hid_t obj, const std::string& name) {
+  silence_hdf5();
+  return H5Aexists(obj, name.c_str()) > 0;
+}
+
+void write_attribute(hid_t obj, const std::string& name, const std::string& value,
+                     const std::string& file) {
+  silence_hdf5();
+  if (has_attribute(obj, name)) H5Adelete(obj, name.c_str());
+  Handle type(H5Tcopy(H5T_C_S1));
+  H5Tset_size(type.get(), H5T_VARIABLE);
+  H5Tset_cset(type.get(), H5T_CSET_UTF8);
+  Handle space(H5Screate(H5S_SCALAR));
+  Handle attr(H5Acreate2(obj, name.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT));
+  check(attr.valid(), where(file, "@" + name), "cannot create attribute");
+  const char* data = value.c_str();
+  check(H5Awrite(attr.get(), type.get(), &data) >= 0, where(file, "@" + name),
+        "cannot write attribute");
+}
+
+std::string read_string_attribute(hid_t obj, const std::string& name, const std::string& file) {
+  silence_hdf5();
+  check(has_attribute(obj, name), where(file, "@" + name), "no such attribute");
+  Handle attr(H5Aopen(obj, name.c_str(), H5P_DEFAULT));
+  Handle stored(H5Aget_type(attr.get()));
+  check(H5Tget_class(stored.get()) == H5T_STRING, where(file, "@" + name),
+        "attribute is not a string");
+  if (H5Tis_variable_str(stored.get()) > 0) {
+    Handle type(H5Tcopy(H5T_C_S1));
+    H5Tset_size(type.get(), H5T_VARIABLE);
+    H5Tset_cset(type.get(), H5Tget_cset(stored.get()));
+    char* data = nullptr;
+    check(H5Aread(attr.get(), type.get(), &data) >= 0, where(file, "@" + name),
+          "cannot read attribute");
+    std::string value = data ? data : "";
+    Handle space(H5Aget_space(attr.get()));
+    H5Dvlen_reclaim(type.get(), space.get(), H5P_DEFAULT, &data);
+    return value;
+  }
+  const auto size = H5Tget_size(stored.get());
+  std::string value(size, '\0');
+  check(H5Aread(attr.get(), stored.get(), value.data()) >= 0, where(file, "@" + name),
+        "cannot read attribute");
+  value.resize(value.find('\0') == std::string::npos ? size : value.find('\0'));
+  return value;
+}
+
+}  // namespace attnscope::pipeline::h5

@@ -1,0 +1,72 @@
+// End-to-end tests of the attnscope command: a real process, its output and exit status.
+
+#include <thread>
+#include "attnscope/version.h"
+
+#include "test_support.h"
+
+namespace attnscope {
+namespace {
+
+std::string exe() {
+  return ATTNSCOPE_EXE;
+}
+
+TEST(Cli, VersionPrintsTheVersion) {
+  const auto r = test::run_process(exe() + " --version");
+  EXPECT_EQ(r.status, 0);
+  EXPECT_EQ(r.output, std::string("attnscope ") + kVersion + "\n");
+}
+
+TEST(Cli, HelpListsCommands) {
+  const auto r = test::run_process(exe() + " --help");
+  EXPECT_EQ(r.status, 0);
+  EXPECT_NE(r.output.find("info"), std::string::npos) << r.output;
+}
+
+TEST(Cli, UnknownCommandIsAUsageError) {
+  const auto r = test::run_process(exe() + " frobnicate");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.output.rfind("error: unknown command 'frobnicate'", 0), 0u) << r.output;
+  EXPECT_NE(r.output.find("usage: attnscope"), std::string::npos) << r.output;
+}
+
+TEST(Cli, BadFlagIsAUsageError) {
+  const auto r = test::run_process(exe() + " info --no-such-flag");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.output.rfind("error: ", 0), 0u) << r.output;
+  EXPECT_NE(r.output.find("usage: attnscope info"), std::string::npos) << r.output;
+}
+
+TEST(Cli, BadThreadsValueIsAUsageError) {
+  const auto r = test::run_process(exe() + " --threads two info");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.output.find("--threads expects"), std::string::npos) << r.output;
+}
+
+TEST(Cli, SubcommandHelp) {
+  const auto r = test::run_process(exe() + " info --help");
+  EXPECT_EQ(r.status, 0);
+  EXPECT_NE(r.output.find("usage: attnscope info"), std::string::npos) << r.output;
+}
+
+TEST(Cli, InfoReportsThreadsOpenBlasAndVersions) {
+  const auto r = test::run_process(exe() + " info");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  EXPECT_NE(r.output.find("threads        " + std::to_string(cores) + " intra-op"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("BLAS           OpenBLAS"), std::string::npos) << r.output;
+  for (const char* key : {"LibTorch", "OpenCV", "HDF5", "Boost", "CUDA"})
+    EXPECT_NE(r.output.find(key), std::string::npos) << key << "\n" << r.output;
+}
+
+TEST(Cli, ThreadsOptionOverridesTheDefault) {
+  const auto r = test::run_process(exe() + " --threads 1 info");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("threads        1 intra-op"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace attnscope

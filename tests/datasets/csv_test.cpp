@@ -1,0 +1,65 @@
+#include <fstream>
+
+#include "attnscope/error.h"
+#include "datasets/csv.h"
+#include "test_support.h"
+
+namespace attnscope::datasets {
+namespace {
+
+TEST(Csv, ParsesQuotesCrlfAndBom) {
+  const std::string text =
+      "\xEF\xBB\xBFimage_id,label,note\r\n"
+      "a,benign,\"plain\"\r\n"
+      "\r\n"
+      "b,malignant,\"has, comma and \"\"quotes\"\"\"\n"
+      "c,benign,\"two\nlines\"\n"
+      "d,benign,";
+  const auto t = parse_csv(text, "mem.csv");
+  ASSERT_EQ(t.header, (std::vector<std::string>{"image_id", "label", "note"}));
+  ASSERT_EQ(t.rows.size(), 4u);
+  EXPECT_EQ(t.rows[0].fields[2], "plain");
+  EXPECT_EQ(t.rows[1].fields[2], "has, comma and \"quotes\"");
+  EXPECT_EQ(t.rows[1].line, 4u);
+  EXPECT_EQ(t.rows[2].fields[2], "two\nlines");
+  EXPECT_EQ(t.rows[3].line, 7u);
+  EXPECT_EQ(t.rows[3].fields, (std::vector<std::string>{"d", "benign", ""}));
+}
+
+TEST(Csv, UnterminatedQuoteNamesFileAndLine) {
+  try {
+    parse_csv("a,b\n1,\"oops\n2,3\n", "bad.csv");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.subject(), "bad.csv:2");
+  }
+}
+
+TEST(Csv, MissingColumnListsTheHeader) {
+  const auto t = parse_csv("img,Label\nx,1\n", "gt.csv");
+  EXPECT_EQ(t.require_column("Label"), 1u);
+  try {
+    t.require_column("label_x");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("img,Label"), std::string::npos) << e.what();
+  }
+}
+
+TEST(DataCsv, ReadsUda1Labels) {
+  ATTNSCOPE_REQUIRE_DATA();
+  const auto path = (test::data_dir() / "isic-uda1" / "labels.csv").string();
+  const auto t = read_csv(path);
+  const auto label = t.require_column("label");
+  std::size_t benign = 0, malignant = 0;
+  for (const auto& row : t.rows) {
+    benign += row.fields[label] == "benign";
+    malignant += row.fields[label] == "malignant";
+  }
+  // Counts published in ../shared/data/README.md.
+  EXPECT_EQ(benign, 397u);
+  EXPECT_EQ(malignant, 158u);
+}
+
+}  // namespace
+}  // namespace attnscope::datasets

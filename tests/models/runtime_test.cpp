@@ -1,0 +1,38 @@
+#include <torch/torch.h>
+
+#include "models/runtime.h"
+#include "test_support.h"
+
+namespace attnscope::models {
+namespace {
+
+TEST(Runtime, SetThreadsUsesEveryCoreByDefault) {
+  set_threads(0);
+  EXPECT_EQ(threads(), available_cores());
+  set_threads(1);
+  EXPECT_EQ(threads(), 1);
+  set_threads(0);
+}
+
+// Without OpenBLAS LibTorch's matrix products fall back to the reference BLAS, ~30x slower.
+TEST(Runtime, BlasIsOpenBlas) {
+  // Touch BLAS once so that it is certainly loaded.
+  auto a = torch::ones({64, 64});
+  auto c = torch::mm(a, a);
+  EXPECT_FLOAT_EQ(c[0][0].item<float>(), 64.f);
+  const auto info = blas_info();
+  EXPECT_TRUE(info.is_openblas()) << "BLAS in use: " << info.name << " at " << info.path;
+  EXPECT_NE(info.config.find("OpenBLAS"), std::string::npos) << info.config;
+}
+
+TEST(Runtime, TorchVersionMatchesHeader) {
+  EXPECT_EQ(torch_version().rfind(std::to_string(TORCH_VERSION_MAJOR) + ".", 0), 0u);
+}
+
+TEST(GpuRuntime, CudaDeviceCountPositiveWhenAvailable) {
+  if (!cuda_available()) GTEST_SKIP() << "CUDA is not available";
+  EXPECT_GT(cuda_device_count(), 0);
+}
+
+}  // namespace
+}  // namespace attnscope::models

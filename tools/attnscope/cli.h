@@ -1,0 +1,56 @@
+#pragma once
+// The command table and the option-parsing helpers every subcommand uses.
+
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <boost/program_options.hpp>
+
+namespace attnscope::cli {
+
+namespace po = boost::program_options;
+
+/// Options given before the subcommand; they apply to every subcommand.
+struct GlobalOptions {
+  int threads = 0;  ///< LibTorch intra-op threads; 0 = every available core
+};
+
+/// A mistake on the command line: printed as "error: ..." plus the usage, exit status 2.
+class UsageError : public std::runtime_error {
+ public:
+  UsageError(const std::string& message, std::string usage)
+      : std::runtime_error(message), usage_(std::move(usage)) {}
+  const std::string& usage() const { return usage_; }
+
+ private:
+  std::string usage_;
+};
+
+using Run = std::function<int(const std::vector<std::string>& args, const GlobalOptions&)>;
+
+struct Command {
+  std::string name;
+  std::string summary;
+  Run run;
+};
+
+/// Every registered subcommand, sorted by name.
+std::vector<Command>& commands();
+
+/// Registers a subcommand at static-initialisation time (one per cmd_*.cpp).
+struct Registration {
+  Registration(std::string name, std::string summary, Run run);
+};
+
+/// Parses args against desc (+ positional), storing into vm. Returns false when --help was
+/// asked for (the usage has then been printed). Bad flags throw UsageError with the usage.
+bool parse(const std::string& usage_line, po::options_description& desc,
+           const std::vector<std::string>& args, po::variables_map& vm,
+           const po::positional_options_description* positional = nullptr);
+
+/// Usage text: "usage: attnscope <usage_line>" plus the options with their defaults.
+std::string usage_text(const std::string& usage_line, const po::options_description& desc);
+
+}  // namespace attnscope::cli

@@ -1,0 +1,46 @@
+// attnscope info: versions, threads, BLAS and CUDA — what a bug report needs.
+
+#include <iostream>
+
+#include <boost/version.hpp>
+
+#include "attnscope/version.h"
+#include "cli.h"
+#include "models/runtime.h"
+#include "pipeline/h5.h"
+#include "preprocessing/tensor.h"
+
+namespace attnscope::cli {
+namespace {
+
+int run_info(const std::vector<std::string>& args, const GlobalOptions&) {
+  po::options_description desc("Options");
+  po::variables_map vm;
+  if (!parse("info", desc, args, vm)) return 0;
+
+  const auto blas = models::blas_info();
+  const std::string boost_version = std::to_string(BOOST_VERSION / 100000) + "." +
+                                    std::to_string(BOOST_VERSION / 100 % 1000) + "." +
+                                    std::to_string(BOOST_VERSION % 100);
+  std::cout << "attnscope      " << kVersion << "\n"
+            << "LibTorch       " << models::torch_version() << "\n"
+            << "OpenCV         " << preprocessing::opencv_version() << "\n"
+            << "HDF5           " << pipeline::h5::hdf5_version() << "\n"
+            << "Boost          " << boost_version << "\n"
+            << "threads        " << models::threads() << " intra-op (" << models::available_cores()
+            << " cores available)\n"
+            << "BLAS           " << blas.name << (blas.path.empty() ? "" : " (" + blas.path + ")")
+            << "\n";
+  if (!blas.config.empty()) std::cout << "BLAS config    " << blas.config << "\n";
+  std::cout << "CUDA           " << (models::cuda_available() ? "available" : "not available")
+            << ", " << models::cuda_device_count() << " device(s)\n";
+  if (!blas.is_openblas())
+    std::cout << "warning: LibTorch's matrix products are not using OpenBLAS (about 30x slower);"
+                 " run scripts/bootstrap.sh\n";
+  return 0;
+}
+
+const Registration kInfo("info", "print versions, threads, BLAS and CUDA devices", run_info);
+
+}  // namespace
+}  // namespace attnscope::cli

@@ -1,0 +1,94 @@
+// attnscope: batch classification of dermoscopy images, attention maps and reports.
+// Global options come before the subcommand; each subcommand lives in its own cmd_*.cpp.
+
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "attnscope/error.h"
+#include "attnscope/version.h"
+#include "cli.h"
+#include "models/runtime.h"
+
+namespace {
+
+using attnscope::cli::commands;
+using attnscope::cli::GlobalOptions;
+using attnscope::cli::UsageError;
+
+std::string main_usage() {
+  std::string text =
+      "usage: attnscope [--threads N] <command> [options]\n"
+      "       attnscope --help | --version\n"
+      "       attnscope <command> --help\n\n"
+      "Interpretable skin-lesion classification and the attention mechanisms behind it.\n\n"
+      "Global options:\n"
+      "  -h [ --help ]          show this help and exit\n"
+      "  --version              print the attnscope version and exit\n"
+      "  --threads N (=0)       LibTorch intra-op threads; 0 = every available core\n\n"
+      "Commands:\n";
+  for (const auto& c : commands()) {
+    text += "  " + c.name + std::string(c.name.size() < 14 ? 14 - c.name.size() : 1, ' ') +
+            c.summary + "\n";
+  }
+  return text;
+}
+
+int parse_threads(const std::string& value) {
+  std::size_t used = 0;
+  int n = -1;
+  try {
+    n = std::stoi(value, &used);
+  } catch (const std::exception&) {
+  }
+  if (used != value.size() || n < 0)
+    throw UsageError("--threads expects a whole number >= 0, got '" + value + "'", main_usage());
+  return n;
+}
+
+int run(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  GlobalOptions global;
+  std::size_t i = 0;
+  for (; i < args.size() && args[i].rfind("-", 0) == 0; ++i) {
+    const std::string& a = args[i];
+    if (a == "--help" || a == "-h") {
+      std::cout << main_usage();
+      return 0;
+    }
+    if (a == "--version") {
+      std::cout << "attnscope " << attnscope::kVersion << "\n";
+      return 0;
+    }
+    if (a == "--threads" && i + 1 < args.size()) {
+      global.threads = parse_threads(args[++i]);
+    } else if (a.rfind("--threads=", 0) == 0) {
+      global.threads = parse_threads(a.substr(10));
+    } else {
+      throw UsageError("unknown global option '" + a + "'", main_usage());
+    }
+  }
+  if (i == args.size()) throw UsageError("no command given", main_usage());
+  const std::string name = args[i];
+  for (const auto& c : commands()) {
+    if (c.name == name) {
+      attnscope::models::set_threads(global.threads);
+      return c.run(std::vector<std::string>(args.begin() + i + 1, args.end()), global);
+    }
+  }
+  throw UsageError("unknown command '" + name + "'", main_usage());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const UsageError& e) {
+    std::cerr << "error: " << e.what() << "\n\n" << e.usage();
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+}
