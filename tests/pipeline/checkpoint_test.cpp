@@ -1,0 +1,123 @@
+#include <torch/torch.h>
+
+#include "attnscope/error.h"
+#include "pipeline/checkpoint.h"
+#include "pipeline/h5.h"
+#include "test_support.h"
+
+namespace attnscope::pipeline {
+namespace {
+
+struct NetImpl : torch::nn::Module {
+  explicit NetImpl(int hidden) {
+    fc1 = register_module("fc1", torch::nn::Linear(4, hidden));
+    bn = register_module("bn", torch::nn::BatchNorm1d(hidden));
+    fc2 = register_module("fc2", torch::nn::Linear(hidden, 2));
+  }
+  torch::nn::Linear fc1 = nullptr, fc2 = nullptr;
+  torch::nn::BatchNorm1d bn = nullptr;
+};
+TORCH_MODULE(Net);
+
+TEST(Checkpoint, RoundTripsTensorsAndMeta) {
+  test::TempDir dir;
+  const auto path = dir / "model.h5";
+  torch::manual_seed(1);
+  Net a(8), b(8);
+  {
+    torch::NoGradGuard g;
+    a->bn->running_mean.uniform_();
+  }
+  CheckpointMeta meta;
+  meta.model_config = {{"arch", "net"}, {"hidden", 8}};
+  meta.class_names = {"benign", "malignant"};
+  meta.provenance = {{"seed", 1}};
+  save_checkpoint(path, *a, meta);
+  load_checkpoint(path, *b);
+  for (const auto& p : a->named_parameters())
+    EXPECT_TRUE(torch::equal(p.value(), b->named_parameters()[p.key()])) << p.key();
+  EXPECT_TRUE(torch::equal(a->bn->running_mean, b->bn->running_mean));
+  const auto back = read_checkpoint_meta(path);
+  EXPECT_EQ(back.model_config, meta.model_config);
+  EXPECT_EQ(back.class_names, meta.class_names);
+  EXPECT_EQ(back.provenance["seed"], 1);
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+}
+
+TEST(Checkpoint, StrictLoadListsEveryMismatch) {
+  test::TempDir dir;
+  const auto path = dir / "model.h5";
+  Net small(8);
+  save_checkpoint(path, *small, {});
+  struct OtherImpl : torch::nn::Module {
+    OtherImpl() {
+      register_module("fc1", torch::nn::Linear(4, 16));
+      register_module("head", torch::nn::Linear(16, 2));
+    }
+  };
+  OtherImpl other;
+  try {
+    load_checkpoint(path, other);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_EQ(e.subject(), path);
+    EXPECT_NE(what.find("head.weight"), std::string::npos) << what;  // missing
+    EXPECT_NE(what.find("fc2.weight"), std::string::npos) << what;   // unexpected
+    EXPECT_NE(what.find("tensor 'fc1.weight' has wrong shape: got [8, 4] in the file, "
+                        "expected [16, 4]"),
+              std::string::npos)
+        << what;
+  }
+}
+
+TEST(Checkpoint, SkipPrefixesLoadsABackbone) {
+  test::TempDir dir;
+  const auto path = dir / "model.h5";
+  torch::manual_seed(2);
+  Net a(8);
+  save_checkpoint(path, *a, {});
+  struct HeadlessImpl : torch::nn::Module {
+    HeadlessImpl() {
+      fc1 = register_module("fc1", torch::nn::Linear(4, 8));
+      bn = register_module("bn", torch::nn::BatchNorm1d(8));
+      fc2 = register_module("fc2", torch::nn::Linear(8, 5));
+    }
+    torch::nn::Linear fc1 = nullptr, fc2 = nullptr;
+    torch::nn::BatchNorm1d bn = nullptr;
+  };
+  HeadlessImpl b;
+  load_checkpoint(path, b, {true, {"fc2."}});
+  EXPECT_TRUE(torch::equal(a->fc1->weight, b.fc1->weight));
+}
+
+// The independent reader: h5py sees every parameter under its dotted name.
+TEST(Checkpoint, ReadableByH5py) {
+  test::TempDir dir;
+  const auto path = dir / "model.h5";
+  Net a(3);
+  CheckpointMeta meta;
+  meta.class_names = {"benign", "malignant"};
+  save_checkpoint(path, *a, meta);
+  const auto r = test::run_process(test::python() +
+                                   " -c \"import h5py,json,sys; f=h5py.File(sys.argv[1],'r'); "
+                                   "print(sorted(f.keys())); print(f['fc1.weight'].shape); "
+                                   "print(json.loads(f.attrs['class_names']))\" " +
+                                   path);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("'bn.running_mean'"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("(3, 4)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("['benign', 'malignant']"), std::string::npos) << r.output;
+}
+
+TEST(Checkpoint, NonCheckpointFileIsRejected) {
+  test::TempDir dir;
+  const auto path = dir / "plain.h5";
+  { auto f = h5::File::create(path); }
+  Net a(3);
+  EXPECT_THROW(load_checkpoint(path, *a), Error);
+  EXPECT_THROW(read_checkpoint_meta(dir / "missing.h5"), Error);
+}
+
+}  // namespace
+}  // namespace attnscope::pipeline
