@@ -17,8 +17,8 @@ namespace attnscope::models::attention {
 ///   causal:      query i sees keys j <= i + (K - Q), i.e. the causal mask aligned to the end of
 ///                the keys, which is what incremental decoding with a key/value cache needs.
 struct AttentionMasks {
-  torch::Tensor key_padding;
-  torch::Tensor attn;
+  torch::Tensor key_padding = {};
+  torch::Tensor attn = {};
   bool causal = false;
 
   /// True when no part is set.
