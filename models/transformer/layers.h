@@ -1,0 +1,118 @@
+#pragma once
+// Transformer encoder and decoder layers (Vaswani et al. 2017) on the attention core's
+// MultiHeadAttention, batch-first (B, L, E). Sub-module names follow torch.nn's layers:
+// `self_attn`, `multihead_attn` (decoder), `linear1`, `dropout`, `linear2`, `norm1`..`norm3`,
+// `dropout1`..`dropout3`; inside the attention modules the timm names `qkv`/`proj` (self) and
+// `q`/`kv`/`proj` (cross) are used (see models/attention/multihead.h).
+//
+// Post-norm (norm_first = false, the paper):  x = norm(x + dropout(sublayer(x)))
+// Pre-norm  (norm_first = true):             x = x + dropout(sublayer(norm(x)))
+
+#include <torch/torch.h>
+
+#include "models/attention/multihead.h"
+
+namespace attnscope::models::transformer {
+
+using attention::AttentionMasks;
+using attention::KvCache;
+
+enum class Activation { relu, gelu };
+
+/// Options of encoder and decoder layers; defaults are those of the paper.
+struct TransformerLayerOptions {
+  TransformerLayerOptions(int64_t d_model = 512, int64_t nhead = 8)  // NOLINT
+      : d_model_(d_model), nhead_(nhead) {}
+  /// E, features of a token.
+  TORCH_ARG(int64_t, d_model);
+  /// H, attention heads; E must be divisible by H.
+  TORCH_ARG(int64_t, nhead);
+  /// Hidden size of the feed-forward network.
+  TORCH_ARG(int64_t, dim_feedforward) = 2048;
+  /// Dropout after every sub-layer, inside the feed-forward network and on attention weights.
+  TORCH_ARG(double, dropout) = 0.1;
+  /// Non-linearity of the feed-forward network.
+  TORCH_ARG(Activation, activation) = Activation::relu;
+  /// Pre-norm (true) or post-norm (false, the paper and torch.nn's default).
+  TORCH_ARG(bool, norm_first) = false;
+  /// LayerNorm epsilon.
+  TORCH_ARG(double, layer_norm_eps) = 1e-5;
+};
+
+struct EncoderLayerOutput {
+  torch::Tensor output;        ///< (B, L, E)
+  torch::Tensor self_weights;  ///< (B, H, L, L) when requested, else undefined
+};
+
+/// Self-attention + feed-forward.
+///
+/// Shape: src (B, L, E), masks for (B, H, L, L) -> output (B, L, E), self_weights (B, H, L, L).
+class TransformerEncoderLayerImpl : public torch::nn::Cloneable<TransformerEncoderLayerImpl> {
+ public:
+  explicit TransformerEncoderLayerImpl(const TransformerLayerOptions& options_ = {});
+  void reset() override;
+  EncoderLayerOutput forward(const torch::Tensor& src, const AttentionMasks& masks = {},
+                             bool need_weights = false);
+
+  TransformerLayerOptions options;
+  attention::MultiHeadAttention self_attn = nullptr;
+  torch::nn::Linear linear1 = nullptr;
+  torch::nn::Dropout dropout = nullptr;
+  torch::nn::Linear linear2 = nullptr;
+  torch::nn::LayerNorm norm1 = nullptr;
+  torch::nn::LayerNorm norm2 = nullptr;
+  torch::nn::Dropout dropout1 = nullptr;
+  torch::nn::Dropout dropout2 = nullptr;
+};
+TORCH_MODULE(TransformerEncoderLayer);
+
+/// Per-layer key/value caches of a decoder layer for incremental decoding: `self_attn`
+/// grows by the new tokens of each call; `cross_attn` (static) holds the projected memory.
+struct DecoderLayerCache {
+  KvCache self_attn;
+  KvCache cross_attn{{}, {}, /*is_static=*/true};
+  void reorder(const torch::Tensor& index) {
+    self_attn.reorder(index);
+    cross_attn.reorder(index);
+  }
+};
+
+struct DecoderLayerOutput {
+  torch::Tensor output;         ///< (B, T, E)
+  torch::Tensor self_weights;   ///< (B, H, T, T') when requested (T' includes cached steps)
+  torch::Tensor cross_weights;  ///< (B, H, T, S) when requested
+};
+
+/// Masked self-attention + cross-attention over the encoder memory + feed-forward.
+///
+/// Args of forward: tgt_masks for the self-attention (usually causal = true plus target
+/// padding), memory_masks for the cross-attention (usually the source padding). With a cache,
+/// tgt holds only the new tokens and memory may be undefined after the first call.
+///
+/// Shape: tgt (B, T, E), memory (B, S, E) -> output (B, T, E), self_weights (B, H, T, T'),
+/// cross_weights (B, H, T, S).
+class TransformerDecoderLayerImpl : public torch::nn::Cloneable<TransformerDecoderLayerImpl> {
+ public:
+  explicit TransformerDecoderLayerImpl(const TransformerLayerOptions& options_ = {});
+  void reset() override;
+  DecoderLayerOutput forward(const torch::Tensor& tgt, const torch::Tensor& memory,
+                             const AttentionMasks& tgt_masks = {},
+                             const AttentionMasks& memory_masks = {}, bool need_weights = false,
+                             DecoderLayerCache* cache = nullptr);
+
+  TransformerLayerOptions options;
+  attention::MultiHeadAttention self_attn = nullptr;
+  attention::MultiHeadAttention multihead_attn = nullptr;
+  torch::nn::Linear linear1 = nullptr;
+  torch::nn::Dropout dropout = nullptr;
+  torch::nn::Linear linear2 = nullptr;
+  torch::nn::LayerNorm norm1 = nullptr;
+  torch::nn::LayerNorm norm2 = nullptr;
+  torch::nn::LayerNorm norm3 = nullptr;
+  torch::nn::Dropout dropout1 = nullptr;
+  torch::nn::Dropout dropout2 = nullptr;
+  torch::nn::Dropout dropout3 = nullptr;
+};
+TORCH_MODULE(TransformerDecoderLayer);
+
+}  // namespace attnscope::models::transformer
