@@ -15,8 +15,20 @@ at::Tensor to_tensor(const cv::Mat& rgb, const Normalization& norm) {
   check(rgb.type() == CV_8UC3, "to_tensor", "expected an RGB uint8 image (CV_8UC3), got type ",
         rgb.type(), " with ", rgb.channels(), " channels");
   check(!rgb.empty(), "to_tensor", "image is empty");
+  auto out = torch::empty({3, rgb.rows, rgb.cols}, torch::kFloat32);  // (C, H, W)
+  to_tensor_into(rgb, out, norm);
+  return out;
+}
+
+void to_tensor_into(const cv::Mat& rgb, const at::Tensor& out, const Normalization& norm) {
+  check(rgb.type() == CV_8UC3, "to_tensor", "expected an RGB uint8 image (CV_8UC3), got type ",
+        rgb.type(), " with ", rgb.channels(), " channels");
+  check(!rgb.empty(), "to_tensor", "image is empty");
   const int h = rgb.rows, w = rgb.cols;
-  auto out = torch::empty({3, h, w}, torch::kFloat32);  // (C, H, W)
+  check(out.scalar_type() == at::kFloat && out.is_contiguous() && out.dim() == 3 &&
+            out.size(0) == 3 && out.size(1) == h && out.size(2) == w,
+        "to_tensor", "output must be a contiguous float32 tensor of shape (3, ", h, ", ", w,
+        "), got ", out.sizes(), " ", out.scalar_type());
   float* dst = out.data_ptr<float>();
   const int64_t plane = static_cast<int64_t>(h) * w;
   std::array<float, 3> scale{}, shift{};
@@ -38,7 +50,6 @@ at::Tensor to_tensor(const cv::Mat& rgb, const Normalization& norm) {
       }
     }
   });
-  return out;
 }
 
 }  // namespace attnscope::preprocessing

@@ -24,4 +24,9 @@ std::string opencv_version();
 /// Shape: (3, H, W).
 at::Tensor to_tensor(const cv::Mat& rgb, const Normalization& norm = {});
 
+/// The same conversion written into `out`, a contiguous float32 (3, H, W) tensor or view
+/// (e.g. batch[i]), so that a batch is filled with one copy per image.
+/// Shape: out (3, H, W) with H, W the image's.
+void to_tensor_into(const cv::Mat& rgb, const at::Tensor& out, const Normalization& norm = {});
+
 }  // namespace attnscope::preprocessing

@@ -1,0 +1,239 @@
+#include "datasets/loader.h"
+
+#include <numeric>
+
+#include <torch/torch.h>
+#include <opencv2/imgproc.hpp>
+
+#include "attnscope/error.h"
+#include "datasets/splits.h"
+#include "preprocessing/augment.h"
+#include "preprocessing/decode.h"
+
+namespace attnscope::datasets {
+
+cv::Mat read_mask(const std::string& path) {
+  const cv::Mat rgb = preprocessing::decode_image(path);
+  cv::Mat grey, mask;
+  cv::cvtColor(rgb, grey, cv::COLOR_RGB2GRAY);
+  cv::threshold(grey, mask, 127, 255, cv::THRESH_BINARY);
+  return mask;
+}
+
+ImageFileSource::ImageFileSource(Dataset dataset, preprocessing::DecodeOptions decode)
+    : dataset_(std::move(dataset)), decode_(decode) {
+  for (const auto& s : dataset_.samples)
+    check(!s.path.empty(), dataset_.source, "sample '", s.image_id,
+          "' has no image path (read the dataset with an image folder)");
+}
+
+SampleData ImageFileSource::load(std::size_t index) const {
+  const auto& s = dataset_.samples.at(index);
+  SampleData out;
+  out.image = preprocessing::decode_image(s.path, decode_);
+  if (s.mask_path) {
+    out.mask = read_mask(*s.mask_path);
+    check(out.mask.size() == out.image.size(), *s.mask_path, "mask is ", out.mask.cols, "x",
+          out.mask.rows, " but its image ", s.path, " is ", out.image.cols, "x", out.image.rows);
+  }
+  return out;
+}
+
+SyntheticSource::SyntheticSource(std::size_t count, uint64_t seed, SyntheticOptions options)
+    : seed_(seed), options_(options) {
+  check(count > 0, "synthetic source", "count must be > 0");
+  samples_.reserve(count);
+  for (std::size_t i = 0; i < count; ++i) {
+    const auto index = static_cast<int64_t>(i);
+    samples_.push_back({synthetic_id(index), "", synthetic_label(options_, seed_, index)});
+  }
+}
+
+SampleData SyntheticSource::load(std::size_t index) const {
+  auto smp = make_synthetic(options_, seed_, static_cast<int64_t>(index));
+  return {std::move(smp.image), std::move(smp.mask)};
+}
+
+Loader::Loader(std::shared_ptr<const SampleSource> source, preprocessing::Pipeline pipeline,
+               LoaderOptions options)
+    : source_(std::move(source)), pipeline_(std::move(pipeline)), options_(options) {
+  check(source_ != nullptr && source_->size() > 0, "loader", "no samples to load");
+  check(options_.batch_size >= 1, "loader", "batch size must be >= 1, got ", options_.batch_size);
+  check(options_.workers >= 0, "loader", "workers must be >= 0, got ", options_.workers);
+  check(options_.queue >= 1, "loader", "queue must be >= 1, got ", options_.queue);
+  check(options_.oversample >= 1.0, "loader", "oversample must be >= 1, got ", options_.oversample);
+  if (source_->preprocessed()) pipeline_.set_steps({});  // the cache already holds their output
+}
+
+Loader::~Loader() {
+  stop();
+}
+
+std::vector<std::size_t> Loader::epoch_order(int64_t epoch) const {
+  const std::size_t n = source_->size();
+  std::vector<int64_t> labels(n);
+  for (std::size_t i = 0; i < n; ++i)
+    labels[i] = source_->sample(i).label;
+  const int classes = static_cast<int>(source_->class_names().size());
+  if (options_.order == Order::kBalanced) {
+    const std::size_t count = options_.balanced_samples ? options_.balanced_samples : n;
+    return weighted_sample(balanced_sample_weights(labels, classes), count, options_.seed, epoch);
+  }
+  std::vector<std::size_t> order;
+  if (options_.oversample > 1.0) {
+    order = oversample(labels, options_.oversample, options_.seed);
+  } else {
+    order.resize(n);
+    std::iota(order.begin(), order.end(), 0);
+  }
+  if (options_.order == Order::kShuffle) {
+    preprocessing::Rng rng(
+        preprocessing::mix_seed(options_.seed, static_cast<uint64_t>(epoch), 0x5F0F));
+    for (std::size_t i = order.size(); i > 1; --i)
+      std::swap(order[i - 1], order[static_cast<std::size_t>(rng.below(static_cast<int64_t>(i)))]);
+  }
+  return order;
+}
+
+int64_t Loader::batches_per_epoch() const {
+  const auto n = static_cast<int64_t>(epoch_order(0).size());
+  return options_.drop_last ? n / options_.batch_size
+                            : (n + options_.batch_size - 1) / options_.batch_size;
+}
+
+void Loader::stop() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : workers_)
+    t.join();
+  workers_.clear();
+}
+
+void Loader::start_epoch(int64_t epoch) {
+  stop();
+  epoch_ = epoch;
+  order_ = epoch_order(epoch);
+  occurrence_.assign(order_.size(), 0);
+  std::map<std::size_t, int64_t> seen;
+  for (std::size_t i = 0; i < order_.size(); ++i)
+    occurrence_[i] = seen[order_[i]]++;
+  const auto n = static_cast<int64_t>(order_.size());
+  num_batches_ = options_.drop_last ? n / options_.batch_size
+                                    : (n + options_.batch_size - 1) / options_.batch_size;
+  claimed_ = consumed_ = 0;
+  ready_.clear();
+  stopping_ = false;
+  for (int w = 0; w < options_.workers; ++w)
+    workers_.emplace_back([this] { work(); });
+}
+
+void Loader::work() {
+  for (;;) {
+    int64_t b = 0;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      cv_.wait(lock, [&] {
+        return stopping_ || (claimed_ < num_batches_ && claimed_ - consumed_ < options_.queue);
+      });
+      if (stopping_) return;
+      b = claimed_++;
+    }
+    Slot slot;
+    try {
+      slot.batch = build(b);
+    } catch (...) {
+      slot.error = std::current_exception();
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ready_[b] = std::move(slot);
+    }
+    cv_.notify_all();
+  }
+}
+
+std::optional<Batch> Loader::next() {
+  Slot slot;
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (consumed_ >= num_batches_) return std::nullopt;
+    if (options_.workers == 0) {
+      lock.unlock();
+      try {
+        slot.batch = build(consumed_);
+      } catch (...) {
+        slot.error = std::current_exception();
+      }
+      lock.lock();
+    } else {
+      cv_.wait(lock, [&] { return ready_.count(consumed_) > 0; });
+      slot = std::move(ready_[consumed_]);
+      ready_.erase(consumed_);
+    }
+    ++consumed_;
+  }
+  cv_.notify_all();
+  if (slot.error) std::rethrow_exception(slot.error);
+  return std::move(slot.batch);
+}
+
+Batch Loader::build(int64_t batch_index) const {
+  const auto begin = static_cast<std::size_t>(batch_index * options_.batch_size);
+  const auto end = std::min(order_.size(), begin + static_cast<std::size_t>(options_.batch_size));
+  Batch batch;
+  batch.index = batch_index;
+  std::vector<preprocessing::Processed> done;
+  std::vector<int64_t> labels;
+  for (std::size_t pos = begin; pos < end; ++pos) {
+    const std::size_t index = order_[pos];
+    const auto& meta = source_->sample(index);
+    try {
+      const SampleData data = source_->load(index);
+      // Repeats of a sample within an epoch (oversampling) get their own augmentation.
+      const preprocessing::AugmentKey key{
+          options_.seed,
+          static_cast<int64_t>(index) + occurrence_[pos] * static_cast<int64_t>(source_->size()),
+          epoch_};
+      done.push_back(pipeline_.process(data.image, data.mask, options_.augment ? &key : nullptr));
+    } catch (const Error& e) {
+      batch.errors.push_back({meta.image_id, meta.path, e.what()});
+      continue;
+    } catch (const cv::Exception& e) {
+      batch.errors.push_back({meta.image_id, meta.path, concat("OpenCV: ", e.err)});
+      continue;
+    }
+    batch.ids.push_back(meta.image_id);
+    batch.indices.push_back(index);
+    labels.push_back(meta.label);
+  }
+  const auto b = static_cast<int64_t>(done.size());
+  batch.labels = torch::tensor(labels, torch::kInt64);
+  if (b == 0) {
+    batch.images = torch::empty({0, 3, 0, 0});
+    return batch;
+  }
+  const int h = done[0].image.rows, w = done[0].image.cols;
+  bool all_masks = true;
+  for (std::size_t i = 0; i < done.size(); ++i) {
+    check(done[i].image.rows == h && done[i].image.cols == w, "loader", "image '", batch.ids[i],
+          "' is ", done[i].image.cols, "x", done[i].image.rows, " but the batch's first is ", w,
+          "x", h, ": add a resize step to the preprocessing config");
+    all_masks = all_masks && !done[i].mask.empty();
+  }
+  batch.images = torch::empty({b, 3, h, w}, torch::kFloat32);  // (B, 3, H, W)
+  for (int64_t i = 0; i < b; ++i)
+    preprocessing::to_tensor_into(done[i].image, batch.images[i], pipeline_.normalization());
+  if (all_masks) {
+    batch.masks = torch::empty({b, 1, h, w}, torch::kFloat32);  // (B, 1, H, W)
+    for (int64_t i = 0; i < b; ++i) {
+      cv::Mat view(h, w, CV_32FC1, batch.masks[i].data_ptr<float>());
+      done[i].mask.convertTo(view, CV_32F, 1.0 / 255.0);
+    }
+  }
+  return batch;
+}
+
+}  // namespace attnscope::datasets

@@ -1,0 +1,332 @@
+#include "preprocessing/decode.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "attnscope/error.h"
+
+namespace attnscope::preprocessing {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Bounds-checked big/little-endian reads over the encoded bytes.
+class Reader {
+ public:
+  Reader(const std::vector<uint8_t>& bytes, const std::string& name) : b_(bytes), name_(name) {}
+  std::size_t size() const { return b_.size(); }
+  bool has(std::size_t pos, std::size_t n) const {
+    return pos <= b_.size() && n <= b_.size() - pos;
+  }
+  void need(std::size_t pos, std::size_t n, const char* what) const {
+    check(has(pos, n), name_, "truncated file: the ", what, " is cut short");
+  }
+  uint32_t be(std::size_t pos, int n) const {
+    uint32_t v = 0;
+    for (int i = 0; i < n; ++i)
+      v = (v << 8) | b_[pos + i];
+    return v;
+  }
+  uint32_t le(std::size_t pos, int n) const {
+    uint32_t v = 0;
+    for (int i = n - 1; i >= 0; --i)
+      v = (v << 8) | b_[pos + i];
+    return v;
+  }
+  uint8_t at(std::size_t pos) const { return b_[pos]; }
+  bool starts_with(std::size_t pos, const char* magic, std::size_t n) const {
+    return has(pos, n) && std::memcmp(b_.data() + pos, magic, n) == 0;
+  }
+
+ private:
+  const std::vector<uint8_t>& b_;
+  const std::string& name_;
+};
+
+// TIFF structure (also the payload of a JPEG Exif segment): reads tags of IFD0.
+struct TiffTags {
+  int width = 0, height = 0, orientation = 1;
+};
+
+TiffTags read_tiff_ifd0(const Reader& r, std::size_t base, const char* what) {
+  TiffTags tags;
+  r.need(base, 8, what);
+  const bool little = r.starts_with(base, "II", 2);
+  if (!little && !r.starts_with(base, "MM", 2))
+    throw Error("", concat("corrupt ", what, ": bad byte-order mark"));
+  auto u16 = [&](std::size_t p) { return little ? r.le(p, 2) : r.be(p, 2); };
+  auto u32 = [&](std::size_t p) { return little ? r.le(p, 4) : r.be(p, 4); };
+  const std::size_t ifd = base + u32(base + 4);
+  r.need(ifd, 2, what);
+  const uint32_t count = u16(ifd);
+  r.need(ifd + 2, std::size_t{12} * count, what);
+  for (uint32_t i = 0; i < count; ++i) {
+    const std::size_t e = ifd + 2 + 12 * std::size_t{i};
+    const uint32_t tag = u16(e), type = u16(e + 2);
+    const uint32_t value = type == 3 ? u16(e + 8) : u32(e + 8);  // SHORT or LONG
+    if (tag == 256) tags.width = static_cast<int>(value);
+    if (tag == 257) tags.height = static_cast<int>(value);
+    if (tag == 274 && value >= 1 && value <= 8) tags.orientation = static_cast<int>(value);
+  }
+  return tags;
+}
+
+bool is_tiff(const Reader& r, std::size_t pos) {
+  return r.starts_with(pos, "II*\0", 4) || r.starts_with(pos, "MM\0*", 4);
+}
+
+ImageInfo probe_jpeg(const Reader& r, const std::string& name) {
+  ImageInfo info{"jpeg"};
+  std::size_t pos = 2;
+  for (;;) {
+    r.need(pos, 4, "JPEG header");
+    check(r.at(pos) == 0xFF, name, "corrupt JPEG: expected a marker at byte ", pos);
+    const uint8_t marker = r.at(pos + 1);
+    if (marker == 0xFF) {  // fill byte
+      ++pos;
+      continue;
+    }
+    check(marker != 0xD9 && marker != 0xDA, name, "corrupt JPEG: no frame header before the scan");
+    const uint32_t len = r.be(pos + 2, 2);
+    check(len >= 2, name, "corrupt JPEG: bad segment length at byte ", pos);
+    r.need(pos + 2, len, "JPEG header");
+    if (marker == 0xE1 && len >= 16 && r.starts_with(pos + 4, "Exif\0\0", 6) &&
+        is_tiff(r, pos + 10)) {
+      try {  // a damaged EXIF block leaves the image readable, only unrotated
+        info.orientation = read_tiff_ifd0(r, pos + 10, "EXIF block").orientation;
+      } catch (const Error&) {
+        info.orientation = 1;
+      }
+    }
+    const bool sof =
+        marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
+    if (sof) {
+      check(len >= 7, name, "corrupt JPEG: frame header too short");
+      info.height = static_cast<int>(r.be(pos + 5, 2));
+      info.width = static_cast<int>(r.be(pos + 7, 2));
+      return info;
+    }
+    pos += 2 + len;
+  }
+}
+
+ImageInfo probe_png(const Reader& r, const std::string& name) {
+  r.need(8, 25, "PNG header");
+  check(r.starts_with(12, "IHDR", 4), name, "corrupt PNG: the first chunk is not IHDR");
+  return {"png", static_cast<int>(r.be(16, 4)), static_cast<int>(r.be(20, 4)), 1};
+}
+
+ImageInfo probe_bmp(const Reader& r) {
+  r.need(14, 12, "BMP header");
+  const uint32_t header_size = r.le(14, 4);
+  if (header_size == 12)  // OS/2 BITMAPCOREHEADER
+    return {"bmp", static_cast<int>(r.le(18, 2)), static_cast<int>(r.le(20, 2)), 1};
+  const auto w = static_cast<int32_t>(r.le(18, 4));
+  const auto h = static_cast<int32_t>(r.le(22, 4));
+  return {"bmp", std::abs(w), std::abs(h), 1};
+}
+
+ImageInfo probe_webp(const Reader& r, const std::string& name) {
+  r.need(12, 18, "WebP header");
+  if (r.starts_with(12, "VP8X", 4))
+    return {"webp", static_cast<int>(r.le(24, 3)) + 1, static_cast<int>(r.le(27, 3)) + 1, 1};
+  if (r.starts_with(12, "VP8L", 4)) {
+    const uint32_t bits = r.le(21, 4);
+    return {"webp", static_cast<int>(bits & 0x3FFF) + 1,
+            static_cast<int>((bits >> 14) & 0x3FFF) + 1, 1};
+  }
+  if (r.starts_with(12, "VP8 ", 4)) {
+    r.need(20, 10, "WebP header");
+    check(r.at(23) == 0x9D && r.at(24) == 0x01 && r.at(25) == 0x2A, name,
+          "corrupt WebP: bad VP8 start code");
+    return {"webp", static_cast<int>(r.le(26, 2) & 0x3FFF), static_cast<int>(r.le(28, 2) & 0x3FFF),
+            1};
+  }
+  throw Error(name, "corrupt WebP: unknown chunk after the RIFF header");
+}
+
+// libjpeg decodes a truncated JPEG without complaint (it pads with grey), so look for the
+// end-of-image marker after the first scan.
+bool jpeg_has_end(const std::vector<uint8_t>& b) {
+  std::size_t pos = 2;
+  while (pos + 4 <= b.size()) {  // walk the segments up to the first scan
+    if (b[pos] != 0xFF) return false;
+    const uint8_t marker = b[pos + 1];
+    if (marker == 0xFF) {
+      ++pos;
+      continue;
+    }
+    if (marker == 0xDA) break;
+    pos += 2 + ((b[pos + 2] << 8) | b[pos + 3]);
+  }
+  for (std::size_t i = b.size(); i-- > pos + 1;)
+    if (b[i - 1] == 0xFF && b[i] == 0xD9) return true;
+  return false;
+}
+
+bool png_has_end(const std::vector<uint8_t>& b) {
+  static const char kIend[] = "IEND";
+  for (std::size_t i = b.size() >= 12 ? b.size() - 12 : 0; i + 4 <= b.size(); ++i)
+    if (std::memcmp(b.data() + i, kIend, 4) == 0) return true;
+  // Trailing bytes after IEND are legal but rare; search the whole file before giving up.
+  return std::search(b.begin(), b.end(), kIend, kIend + 4) != b.end();
+}
+
+}  // namespace
+
+ImageInfo probe_image(const std::vector<uint8_t>& bytes, const std::string& name) {
+  check(!bytes.empty(), name, "empty file (0 bytes)");
+  const Reader r(bytes, name);
+  ImageInfo info;
+  if (r.starts_with(0, "\xFF\xD8\xFF", 3))
+    info = probe_jpeg(r, name);
+  else if (r.starts_with(0, "\x89PNG\r\n\x1A\n", 8))
+    info = probe_png(r, name);
+  else if (r.starts_with(0, "BM", 2))
+    info = probe_bmp(r);
+  else if (r.starts_with(0, "RIFF", 4) && r.starts_with(8, "WEBP", 4))
+    info = probe_webp(r, name);
+  else if (is_tiff(r, 0)) {
+    try {
+      const auto tags = read_tiff_ifd0(r, 0, "TIFF header");
+      info = {"tiff", tags.width, tags.height, tags.orientation};
+    } catch (const Error& e) {
+      throw Error(name, e.message());
+    }
+  } else
+    throw Error(name, "not an image: unrecognised format (supported: JPEG, PNG, TIFF, BMP, WebP)");
+  check(info.width > 0 && info.height > 0, name, "corrupt ", info.format, " header: image size ",
+        info.width, "x", info.height);
+  return info;
+}
+
+cv::Mat apply_exif_orientation(const cv::Mat& image, int orientation) {
+  cv::Mat out;
+  switch (orientation) {
+    case 2:
+      cv::flip(image, out, 1);
+      break;
+    case 3:
+      cv::rotate(image, out, cv::ROTATE_180);
+      break;
+    case 4:
+      cv::flip(image, out, 0);
+      break;
+    case 5:
+      cv::transpose(image, out);
+      break;
+    case 6:
+      cv::rotate(image, out, cv::ROTATE_90_CLOCKWISE);
+      break;
+    case 7:
+      cv::transpose(image, out);
+      cv::flip(out, out, -1);
+      break;
+    case 8:
+      cv::rotate(image, out, cv::ROTATE_90_COUNTERCLOCKWISE);
+      break;
+    default:
+      out = image;
+  }
+  return out;
+}
+
+cv::Mat decode_image_bytes(const std::vector<uint8_t>& bytes, const std::string& name,
+                           const DecodeOptions& options) {
+  const ImageInfo info = probe_image(bytes, name);
+  const int64_t pixels = int64_t{info.width} * info.height;
+  check(pixels <= options.max_pixels, name, "image too large: ", info.width, "x", info.height,
+        " = ", pixels, " pixels, above the limit of ", options.max_pixels);
+  if (info.format == "jpeg")
+    check(jpeg_has_end(bytes), name, "truncated or corrupt JPEG: no end-of-image marker");
+  if (info.format == "png")
+    check(png_has_end(bytes), name, "truncated or corrupt PNG: no IEND chunk");
+
+  cv::Mat raw;
+  try {
+    // IMREAD_UNCHANGED keeps the depth and skips OpenCV's own orientation handling: ours
+    // covers TIFF as well and is tested.
+    raw = cv::imdecode(
+        cv::Mat(1, static_cast<int>(bytes.size()), CV_8U, const_cast<uint8_t*>(bytes.data())),
+        cv::IMREAD_UNCHANGED);
+  } catch (const cv::Exception& e) {
+    throw Error(name,
+                concat("corrupt ", info.format, ": OpenCV could not decode it (", e.err, ")"));
+  }
+  check(!raw.empty(), name, "corrupt or truncated ", info.format,
+        ": OpenCV could not decode it (or has no ", info.format, " decoder)");
+
+  cv::Mat img8;
+  switch (raw.depth()) {
+    case CV_8U:
+      img8 = raw;
+      break;
+    case CV_16U:
+      raw.convertTo(img8, CV_8U, 1.0 / 257.0);
+      break;
+    case CV_32F:
+    case CV_64F:
+      raw.convertTo(img8, CV_8U, 255.0);
+      break;
+    default:
+      throw Error(name, concat("unsupported sample depth (OpenCV depth ", raw.depth(), ")"));
+  }
+  cv::Mat rgb;
+  switch (img8.channels()) {
+    case 1:
+      cv::cvtColor(img8, rgb, cv::COLOR_GRAY2RGB);
+      break;
+    case 3:
+      cv::cvtColor(img8, rgb, cv::COLOR_BGR2RGB);
+      break;
+    case 4:
+      cv::cvtColor(img8, rgb, cv::COLOR_BGRA2RGB);
+      break;
+    default:
+      throw Error(name, concat("unsupported number of channels: ", img8.channels()));
+  }
+  if (options.apply_orientation && info.orientation != 1)
+    rgb = apply_exif_orientation(rgb, info.orientation);
+  return rgb;
+}
+
+std::vector<uint8_t> read_file_bytes(const std::string& path) {
+  std::error_code ec;
+  const auto status = fs::status(path, ec);
+  check(fs::exists(status), path, "no such file");
+  check(!fs::is_directory(status), path, "is a folder, not a file");
+  std::ifstream in(path, std::ios::binary);
+  check(static_cast<bool>(in), path, "cannot open: ", std::strerror(errno));
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
+                             std::istreambuf_iterator<char>());
+  check(!in.bad(), path, "read error");
+  return bytes;
+}
+
+cv::Mat decode_image(const std::string& path, const DecodeOptions& options) {
+  return decode_image_bytes(read_file_bytes(path), path, options);
+}
+
+void write_image(const std::string& path, const cv::Mat& rgb) {
+  check(!rgb.empty(), path, "cannot write an empty image");
+  check(rgb.depth() == CV_8U && (rgb.channels() == 3 || rgb.channels() == 1), path,
+        "expected an RGB or grey uint8 image, got type ", rgb.type());
+  cv::Mat out = rgb;
+  if (rgb.channels() == 3) cv::cvtColor(rgb, out, cv::COLOR_RGB2BGR);
+  bool ok = false;
+  try {
+    ok = cv::imwrite(path, out);
+  } catch (const cv::Exception& e) {
+    throw Error(path, concat("cannot write image: ", e.err));
+  }
+  check(ok, path, "cannot write image (unknown extension or folder not writable)");
+}
+
+}  // namespace attnscope::preprocessing
