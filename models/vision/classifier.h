@@ -1,0 +1,81 @@
+#pragma once
+// The one interface of every attnscope image classifier (plain CNNs, attention-CNNs, ViTs).
+//
+//   forward(images)          = forward_head(forward_features(images))
+//   forward_features(images) -> the last feature map (the Grad-CAM target) + attention maps
+//   forward_head(features)   -> logits (+ the maps the head computes: the attention-CNN's
+//                               spatial attention, whose query is the pooled last feature map)
+//
+// The split lets explanations take gradients with respect to the features (Grad-CAM) without
+// knowing the model, and lets callers read the attention maps the model used, by name.
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+namespace attnscope::models::vision {
+
+/// What forward_features hands to forward_head.
+struct ImageFeatures {
+  /// CNNs: the last feature map (B, C, h, w), the Grad-CAM target. ViT: the token sequence
+  /// after the final norm (B, 1 + h·w, D).
+  torch::Tensor features;
+  /// Further tensors the head needs (the attention-CNN's tapped stage features (B, C_i, h_i,
+  /// w_i)); empty for plain CNNs and the ViT.
+  std::vector<torch::Tensor> stages;
+  /// Attention maps by name ("stage3", "rollout", ...), each (B, h, w).
+  std::map<std::string, torch::Tensor> maps;
+  /// ViT with need_attention: per layer, the per-head weights (B, H, T, T); else empty.
+  std::vector<torch::Tensor> attention;
+  /// ViT: the patch grid (h, w) of the tokens after the class token; 0 for CNNs.
+  int64_t grid_h = 0;
+  int64_t grid_w = 0;
+};
+
+/// What forward returns.
+struct ImageOutput {
+  torch::Tensor logits;                       ///< (B, num_classes)
+  std::map<std::string, torch::Tensor> maps;  ///< attention maps by name, (B, h, w)
+  std::vector<torch::Tensor> attention;       ///< ViT per-layer (B, H, T, T), when requested
+};
+
+/// Implemented by every image classifier module. Derives (virtually) from torch::nn::Module,
+/// so a std::shared_ptr<ImageClassifier> is also the module to train, save and load.
+class ImageClassifier : public virtual torch::nn::Module {
+ public:
+  ~ImageClassifier() override = default;
+
+  /// Runs everything up to the classifier. need_attention: also return the per-layer,
+  /// per-head attention weights and the maps derived from them (ViT; ignored by CNNs,
+  /// whose attention maps are always returned).
+  ///
+  /// Shape: images (B, 3, H, W) -> see ImageFeatures.
+  virtual ImageFeatures forward_features(const torch::Tensor& images,
+                                         bool need_attention = false) = 0;
+
+  /// The classifier on top of forward_features: logits (B, num_classes), and the maps computed
+  /// in the head (attention-CNN); `attention` stays empty.
+  virtual ImageOutput forward_head(const ImageFeatures& features) = 0;
+
+  /// forward_head(forward_features(images)) with the maps of both.
+  ///
+  /// Shape: images (B, 3, H, W) -> logits (B, num_classes), maps (B, h, w).
+  ImageOutput forward(const torch::Tensor& images, bool need_attention = false);
+
+  /// Number of classes the head predicts.
+  virtual int64_t num_classes() const = 0;
+
+  /// Names of the attention maps forward returns (with need_attention for the ViT).
+  virtual std::vector<std::string> map_names() const { return {}; }
+
+  /// Name prefixes of the head's tensors ("fc.", "classifier.", "attention.", "head."): what
+  /// a backbone-only checkpoint lacks (pipeline::LoadOptions::skip_prefixes).
+  virtual std::vector<std::string> head_prefixes() const = 0;
+
+  /// True when forward_features().features is a (B, C, h, w) map (Grad-CAM applies).
+  virtual bool has_spatial_features() const { return true; }
+};
+
+}  // namespace attnscope::models::vision

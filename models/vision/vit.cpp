@@ -1,0 +1,169 @@
+#include "models/vision/vit.h"
+
+#include "attnscope/error.h"
+#include "models/vision/explain.h"
+
+namespace attnscope::models::vision {
+namespace nn = torch::nn;
+namespace {
+
+constexpr double kInitStd = 0.02;      // timm: trunc_normal_(std=.02), i.e. N(0, 0.02²)
+constexpr double kClsTokenStd = 1e-6;  // timm: normal_(std=1e-6)
+
+nn::LayerNorm layer_norm(int64_t dim, double eps) {
+  return nn::LayerNorm(nn::LayerNormOptions({dim}).eps(eps));
+}
+
+}  // namespace
+
+PatchEmbedImpl::PatchEmbedImpl(int64_t in_channels_, int64_t embed_dim_, int64_t patch_size_)
+    : in_channels(in_channels_), embed_dim(embed_dim_), patch_size(patch_size_) {
+  reset();
+}
+
+void PatchEmbedImpl::reset() {
+  check(in_channels > 0 && embed_dim > 0 && patch_size > 0, "PatchEmbed",
+        "in_channels, embed_dim and patch_size must be positive");
+  proj = register_module(
+      "proj", nn::Conv2d(nn::Conv2dOptions(in_channels, embed_dim, patch_size).stride(patch_size)));
+}
+
+torch::Tensor PatchEmbedImpl::forward(const torch::Tensor& x) {
+  check(x.dim() == 4 && x.size(2) % patch_size == 0 && x.size(3) % patch_size == 0, "PatchEmbed",
+        "images must be (B, C, H, W) with H and W multiples of ", patch_size, ", got ", x.sizes());
+  return proj(x);
+}
+
+MlpImpl::MlpImpl(int64_t dim_, int64_t hidden_, double dropout_)
+    : dim(dim_), hidden(hidden_), dropout(dropout_) {
+  reset();
+}
+
+void MlpImpl::reset() {
+  fc1 = register_module("fc1", nn::Linear(dim, hidden));
+  drop = register_module("drop", nn::Dropout(dropout));
+  fc2 = register_module("fc2", nn::Linear(hidden, dim));
+}
+
+torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
+  return drop(fc2(drop(torch::gelu(fc1(x)))));
+}
+
+ViTBlockImpl::ViTBlockImpl(const VisionTransformerOptions& options_) : options(options_) {
+  reset();
+}
+
+void ViTBlockImpl::reset() {
+  const int64_t D = options.embed_dim();
+  norm1 = register_module("norm1", layer_norm(D, options.layer_norm_eps()));
+  attn = register_module("attn", attention::MultiHeadAttention(
+                                     attention::MultiHeadAttentionOptions(D, options.num_heads())
+                                         .bias(options.qkv_bias())
+                                         .dropout(options.attn_dropout())
+                                         .proj_dropout(options.dropout())));
+  norm2 = register_module("norm2", layer_norm(D, options.layer_norm_eps()));
+  const auto hidden = static_cast<int64_t>(static_cast<double>(D) * options.mlp_ratio());
+  mlp = register_module("mlp", Mlp(D, hidden, options.dropout()));
+}
+
+torch::Tensor ViTBlockImpl::forward(const torch::Tensor& x, torch::Tensor* weights) {
+  auto a = attn->forward(norm1(x), {}, /*need_weights=*/weights != nullptr);
+  if (weights) *weights = a.weights;
+  auto y = x + a.context;
+  return y + mlp(norm2(y));
+}
+
+VisionTransformerImpl::VisionTransformerImpl(const VisionTransformerOptions& options_)
+    : options(options_) {
+  reset();
+}
+
+void VisionTransformerImpl::reset() {
+  const auto& o = options;
+  check(o.num_classes() > 0 && o.depth() > 0 && o.patch_size() > 0 &&
+            o.image_size() % o.patch_size() == 0,
+        "VisionTransformer", "num_classes and depth must be positive and image_size (",
+        o.image_size(), ") a multiple of patch_size (", o.patch_size(), ")");
+  const int64_t D = o.embed_dim();
+  const int64_t grid = o.image_size() / o.patch_size();
+  patch_embed = register_module("patch_embed", PatchEmbed(o.in_channels(), D, o.patch_size()));
+  cls_token = register_parameter("cls_token", torch::zeros({1, 1, D}));
+  pos_embed = register_parameter("pos_embed", torch::zeros({1, 1 + grid * grid, D}));
+  pos_drop = register_module("pos_drop", nn::Dropout(o.dropout()));
+  blocks = nn::ModuleList();
+  for (int64_t i = 0; i < o.depth(); ++i)
+    blocks->push_back(ViTBlock(o));
+  blocks = register_module("blocks", blocks);
+  norm = register_module("norm", layer_norm(D, o.layer_norm_eps()));
+  head = register_module("head", nn::Linear(D, o.num_classes()));
+
+  // timm's init_weights_vit_timm.
+  torch::NoGradGuard no_grad;
+  pos_embed.normal_(0.0, kInitStd);
+  cls_token.normal_(0.0, kClsTokenStd);
+  for (auto& m : modules(false)) {
+    if (auto* l = m->as<nn::Linear>()) {
+      l->weight.normal_(0.0, kInitStd);
+      if (l->bias.defined()) l->bias.zero_();
+    }
+  }
+}
+
+torch::Tensor VisionTransformerImpl::position_embedding(int64_t grid_h, int64_t grid_w) const {
+  const int64_t grid = options.image_size() / options.patch_size();
+  if (grid_h == grid && grid_w == grid) return pos_embed;
+  const int64_t D = options.embed_dim();
+  const auto cls = pos_embed.narrow(1, 0, 1);                                      // (1, 1, D)
+  auto patches = pos_embed.narrow(1, 1, grid * grid).reshape({1, grid, grid, D});  // (1, g, g, D)
+  patches = patches.permute({0, 3, 1, 2});                                         // (1, D, g, g)
+  patches = nn::functional::interpolate(patches, nn::functional::InterpolateFuncOptions()
+                                                     .size(std::vector<int64_t>{grid_h, grid_w})
+                                                     .mode(torch::kBicubic)
+                                                     .align_corners(false));
+  patches = patches.permute({0, 2, 3, 1}).reshape({1, grid_h * grid_w, D});  // (1, h·w, D)
+  return torch::cat({cls, patches}, 1);
+}
+
+ImageFeatures VisionTransformerImpl::forward_features(const torch::Tensor& images,
+                                                      bool need_attention) {
+  auto x = patch_embed(images);  // (B, D, h, w)
+  const int64_t B = x.size(0), gh = x.size(2), gw = x.size(3);
+  x = x.flatten(2).transpose(1, 2);  // (B, h·w, D)
+  x = torch::cat({cls_token.expand({B, -1, -1}), x}, 1) + position_embedding(gh, gw);
+  x = pos_drop(x);  // (B, T = 1 + h·w, D)
+  ImageFeatures out;
+  out.grid_h = gh;
+  out.grid_w = gw;
+  for (std::size_t i = 0; i < blocks->size(); ++i) {
+    auto* block = blocks[i]->as<ViTBlock>();
+    if (need_attention) {
+      torch::Tensor weights;
+      x = block->forward(x, &weights);
+      out.attention.push_back(weights);
+    } else {
+      x = block->forward(x);
+    }
+  }
+  out.features = norm(x);
+  if (need_attention) out.maps["rollout"] = attention_rollout(out.attention, gh, gw);
+  return out;
+}
+
+ImageOutput VisionTransformerImpl::forward_head(const ImageFeatures& features) {
+  return {head(features.features.select(1, 0)), {}, {}};  // class token (B, D)
+}
+
+VisionTransformerOptions vit_tiny_patch16_options(int64_t num_classes) {
+  return VisionTransformerOptions(192, 12, 3).num_classes(num_classes);
+}
+VisionTransformerOptions vit_small_patch16_options(int64_t num_classes) {
+  return VisionTransformerOptions(384, 12, 6).num_classes(num_classes);
+}
+VisionTransformerOptions vit_base_patch16_options(int64_t num_classes) {
+  return VisionTransformerOptions(768, 12, 12).num_classes(num_classes);
+}
+VisionTransformerOptions vit_mini_patch8_options(int64_t num_classes) {
+  return VisionTransformerOptions(128, 6, 4).patch_size(8).image_size(64).num_classes(num_classes);
+}
+
+}  // namespace attnscope::models::vision

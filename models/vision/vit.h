@@ -1,0 +1,129 @@
+#pragma once
+// Vision Transformer (Dosovitskiy et al. 2021) with timm's names: patch_embed.proj,
+// cls_token, pos_embed, blocks.N.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}, norm,
+// head. Each block's `attn` IS the attention core's MultiHeadAttention (fused `qkv`, `proj`),
+// so the per-layer, per-head weights a report shows are the ones the model used.
+
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "models/attention/multihead.h"
+#include "models/vision/classifier.h"
+
+namespace attnscope::models::vision {
+
+struct VisionTransformerOptions {
+  VisionTransformerOptions(int64_t embed_dim, int64_t depth, int64_t num_heads)
+      : embed_dim_(embed_dim), depth_(depth), num_heads_(num_heads) {}
+  /// D, width of every token.
+  TORCH_ARG(int64_t, embed_dim);
+  /// Number of blocks.
+  TORCH_ARG(int64_t, depth);
+  /// Heads of every block's attention; D must be divisible by it.
+  TORCH_ARG(int64_t, num_heads);
+  /// Image side the learned position embedding is laid out for; other sizes interpolate it.
+  TORCH_ARG(int64_t, image_size) = 224;
+  /// Side of the square patches.
+  TORCH_ARG(int64_t, patch_size) = 16;
+  /// Channels of the input images.
+  TORCH_ARG(int64_t, in_channels) = 3;
+  /// Classes of `head`.
+  TORCH_ARG(int64_t, num_classes) = 1000;
+  /// Hidden width of the MLP as a multiple of D.
+  TORCH_ARG(double, mlp_ratio) = 4.0;
+  /// Bias of `qkv`.
+  TORCH_ARG(bool, qkv_bias) = true;
+  /// Dropout after the position embedding, in the MLP and after `proj` (training only).
+  TORCH_ARG(double, dropout) = 0.0;
+  /// Dropout on the attention weights (training only).
+  TORCH_ARG(double, attn_dropout) = 0.0;
+  /// Epsilon of every LayerNorm (timm: 1e-6).
+  TORCH_ARG(double, layer_norm_eps) = 1e-6;
+};
+
+/// `proj`: a patch_size × patch_size convolution with stride patch_size.
+/// Shape: (B, C, H, W) -> (B, D, H / patch, W / patch).
+class PatchEmbedImpl : public torch::nn::Cloneable<PatchEmbedImpl> {
+ public:
+  PatchEmbedImpl(int64_t in_channels, int64_t embed_dim, int64_t patch_size);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& x);
+
+  int64_t in_channels, embed_dim, patch_size;
+  torch::nn::Conv2d proj = nullptr;
+};
+TORCH_MODULE(PatchEmbed);
+
+/// timm's Mlp: fc1, GELU (exact), dropout, fc2, dropout. Shape: (..., D) -> (..., D).
+class MlpImpl : public torch::nn::Cloneable<MlpImpl> {
+ public:
+  MlpImpl(int64_t dim, int64_t hidden, double dropout);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& x);
+
+  int64_t dim, hidden;
+  double dropout;
+  torch::nn::Linear fc1 = nullptr, fc2 = nullptr;
+  torch::nn::Dropout drop = nullptr;
+};
+TORCH_MODULE(Mlp);
+
+/// Pre-norm block: x + attn(norm1(x)), then x + mlp(norm2(x)).
+/// Shape: (B, T, D) -> (B, T, D); weights (B, H, T, T) when need_weights.
+class ViTBlockImpl : public torch::nn::Cloneable<ViTBlockImpl> {
+ public:
+  explicit ViTBlockImpl(const VisionTransformerOptions& options_);
+  void reset() override;
+  /// weights: when not null, receives the attention weights (B, H, T, T).
+  torch::Tensor forward(const torch::Tensor& x, torch::Tensor* weights = nullptr);
+
+  VisionTransformerOptions options;
+  torch::nn::LayerNorm norm1 = nullptr, norm2 = nullptr;
+  attention::MultiHeadAttention attn = nullptr;
+  Mlp mlp = nullptr;
+};
+TORCH_MODULE(ViTBlock);
+
+/// Maps (with need_attention): "rollout" — attention rollout (mean head fusion) of the class
+/// token over the patch grid, (B, H/patch, W/patch) in [0, 1].
+///
+/// Shape: images (B, C, H, W), H and W multiples of patch_size -> logits (B, num_classes);
+/// features = tokens after `norm` (B, 1 + h·w, D); attention: depth × (B, heads, T, T).
+class VisionTransformerImpl : public torch::nn::Cloneable<VisionTransformerImpl>,
+                              public ImageClassifier {
+ public:
+  explicit VisionTransformerImpl(const VisionTransformerOptions& options_);
+  void reset() override;
+  ImageFeatures forward_features(const torch::Tensor& images, bool need_attention = false) override;
+  ImageOutput forward_head(const ImageFeatures& features) override;
+  int64_t num_classes() const override { return options.num_classes(); }
+  std::vector<std::string> head_prefixes() const override { return {"head."}; }
+  std::vector<std::string> map_names() const override { return {"rollout"}; }
+  bool has_spatial_features() const override { return false; }
+
+  /// The position embedding for a grid_h × grid_w patch grid: the stored one, or its patch
+  /// part resized bicubically (align_corners = false), class token position unchanged.
+  /// Shape: -> (1, 1 + grid_h·grid_w, D).
+  torch::Tensor position_embedding(int64_t grid_h, int64_t grid_w) const;
+
+  VisionTransformerOptions options;
+  PatchEmbed patch_embed = nullptr;
+  torch::Tensor cls_token;  ///< (1, 1, D)
+  torch::Tensor pos_embed;  ///< (1, 1 + (image_size / patch_size)², D)
+  torch::nn::Dropout pos_drop = nullptr;
+  torch::nn::ModuleList blocks = nullptr;
+  torch::nn::LayerNorm norm = nullptr;
+  torch::nn::Linear head = nullptr;
+};
+TORCH_MODULE(VisionTransformer);
+
+/// timm's configurations (patch 16, 224 px).
+VisionTransformerOptions vit_tiny_patch16_options(int64_t num_classes = 1000);
+VisionTransformerOptions vit_small_patch16_options(int64_t num_classes = 1000);
+VisionTransformerOptions vit_base_patch16_options(int64_t num_classes = 1000);
+/// A CPU-trainable ViT: D 128, 6 blocks, 4 heads, patch 8, 64 px (about 1.2 M parameters).
+VisionTransformerOptions vit_mini_patch8_options(int64_t num_classes = 2);
+
+}  // namespace attnscope::models::vision

@@ -1,0 +1,93 @@
+#include "pipeline/image_model_config.h"
+
+#include <set>
+
+#include "attnscope/error.h"
+
+namespace attnscope::pipeline {
+namespace vision = models::vision;
+namespace {
+
+constexpr const char* kSubject = "model_config";
+
+template <typename T>
+T get(const nlohmann::json& json, const char* key) {
+  try {
+    return json.at(key).get<T>();
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(concat(kSubject, ".", key),
+                concat("bad value ", json.at(key).dump(), ": ", e.what()));
+  }
+}
+
+}  // namespace
+
+nlohmann::json image_model_config_to_json(const vision::ImageModelConfig& config) {
+  const auto c = vision::resolve_image_config(config);
+  nlohmann::json j = {{"arch", c.arch},
+                      {"num_classes", c.num_classes},
+                      {"image_size", c.image_size},
+                      {"in_channels", c.in_channels},
+                      {"dropout", c.dropout.value_or(0.0)}};
+  if (c.backbone) j["backbone"] = *c.backbone;
+  if (c.attention_stages) j["attention_stages"] = *c.attention_stages;
+  if (c.compatibility) j["compatibility"] = *c.compatibility;
+  if (c.normalizer) j["normalizer"] = *c.normalizer;
+  if (c.after_pool) j["after_pool"] = *c.after_pool;
+  return j;
+}
+
+vision::ImageModelConfig image_model_config_from_json(const nlohmann::json& json) {
+  check(json.is_object(), kSubject, "expected a JSON object, got ", json.dump());
+  check(json.contains("arch"), kSubject, "missing key \"arch\" (one of the image presets)");
+  static const std::set<std::string> known = {
+      "arch",     "num_classes",      "image_size",    "in_channels", "dropout",
+      "backbone", "attention_stages", "compatibility", "normalizer",  "after_pool"};
+  for (const auto& item : json.items())
+    check(known.count(item.key()) > 0, concat(kSubject, ".", item.key()),
+          "unknown key for an image classifier");
+  vision::ImageModelConfig c;
+  c.arch = get<std::string>(json, "arch");
+  if (json.contains("num_classes")) c.num_classes = get<int64_t>(json, "num_classes");
+  if (json.contains("image_size")) c.image_size = get<int64_t>(json, "image_size");
+  if (json.contains("in_channels")) c.in_channels = get<int64_t>(json, "in_channels");
+  if (json.contains("dropout")) c.dropout = get<double>(json, "dropout");
+  if (json.contains("backbone")) c.backbone = get<std::string>(json, "backbone");
+  if (json.contains("attention_stages"))
+    c.attention_stages = get<std::vector<int64_t>>(json, "attention_stages");
+  if (json.contains("compatibility")) c.compatibility = get<std::string>(json, "compatibility");
+  if (json.contains("normalizer")) c.normalizer = get<std::string>(json, "normalizer");
+  if (json.contains("after_pool")) c.after_pool = get<bool>(json, "after_pool");
+  return c;
+}
+
+std::shared_ptr<vision::ImageClassifier> make_image_classifier(const nlohmann::json& json) {
+  return vision::make_image_classifier(image_model_config_from_json(json));
+}
+
+void save_image_classifier(const std::string& path, const vision::ImageClassifier& model,
+                           const vision::ImageModelConfig& config, CheckpointMeta meta) {
+  meta.model_config = image_model_config_to_json(config);
+  save_checkpoint(path, model, meta);
+}
+
+LoadedImageClassifier load_image_classifier(const std::string& path) {
+  LoadedImageClassifier out;
+  out.meta = read_checkpoint_meta(path);
+  try {
+    out.config = vision::resolve_image_config(image_model_config_from_json(out.meta.model_config));
+  } catch (const Error& e) {
+    throw Error(path, e.what());
+  }
+  out.model = vision::make_image_classifier(out.config);
+  load_checkpoint(path, *out.model);
+  return out;
+}
+
+void load_image_backbone(const std::string& path, vision::ImageClassifier& model) {
+  LoadOptions options;
+  options.skip_prefixes = model.head_prefixes();
+  load_checkpoint(path, model, options);
+}
+
+}  // namespace attnscope::pipeline
