@@ -1,0 +1,197 @@
+#include "datasets/text/tokenizer.h"
+
+#include <algorithm>
+#include <map>
+
+#include "attnscope/error.h"
+
+namespace attnscope::datasets::text {
+
+std::string to_string(TokenizerKind kind) {
+  return kind == TokenizerKind::kChar ? "char" : "word";
+}
+
+TokenizerKind tokenizer_from_string(const std::string& name) {
+  if (name == "char") return TokenizerKind::kChar;
+  if (name == "word") return TokenizerKind::kWord;
+  throw Error("tokenizer", concat("expected 'char' or 'word', got '", name, "'"));
+}
+
+namespace {
+
+// Length of the UTF-8 sequence starting at text[i], or 0 when it is invalid.
+std::size_t utf8_sequence_length(const std::string& text, std::size_t i) {
+  const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(text[k]); };
+  const unsigned char b0 = byte(i);
+  if (b0 < 0x80) return 1;
+  std::size_t n = 0;
+  uint32_t cp = 0;
+  if ((b0 & 0xE0) == 0xC0) {
+    n = 2;
+    cp = b0 & 0x1F;
+  } else if ((b0 & 0xF0) == 0xE0) {
+    n = 3;
+    cp = b0 & 0x0F;
+  } else if ((b0 & 0xF8) == 0xF0) {
+    n = 4;
+    cp = b0 & 0x07;
+  } else {
+    return 0;
+  }
+  if (i + n > text.size()) return 0;
+  for (std::size_t k = 1; k < n; ++k) {
+    if ((byte(i + k) & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (byte(i + k) & 0x3F);
+  }
+  static constexpr uint32_t kMinimum[5] = {0, 0, 0x80, 0x800, 0x10000};
+  if (cp < kMinimum[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  return n;
+}
+
+bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+}  // namespace
+
+std::size_t find_invalid_utf8(const std::string& text) {
+  for (std::size_t i = 0; i < text.size();) {
+    const std::size_t n = utf8_sequence_length(text, i);
+    if (n == 0) return i;
+    i += n;
+  }
+  return std::string::npos;
+}
+
+std::vector<std::string> utf8_code_points(const std::string& text, const std::string& subject) {
+  std::vector<std::string> out;
+  out.reserve(text.size());
+  for (std::size_t i = 0; i < text.size();) {
+    const std::size_t n = utf8_sequence_length(text, i);
+    if (n == 0) throw Error(subject, concat("invalid UTF-8 at byte ", i));
+    out.push_back(text.substr(i, n));
+    i += n;
+  }
+  return out;
+}
+
+std::vector<std::string> tokenize(const std::string& text, TokenizerKind kind,
+                                  const std::string& subject) {
+  if (kind == TokenizerKind::kChar) return utf8_code_points(text, subject);
+  const std::size_t bad = find_invalid_utf8(text);
+  if (bad != std::string::npos) throw Error(subject, concat("invalid UTF-8 at byte ", bad));
+  std::vector<std::string> words;
+  std::size_t i = 0;
+  while (i < text.size()) {
+    while (i < text.size() && is_space(text[i]))
+      ++i;
+    const std::size_t begin = i;
+    while (i < text.size() && !is_space(text[i]))
+      ++i;
+    if (i > begin) words.push_back(text.substr(begin, i - begin));
+  }
+  return words;
+}
+
+std::string detokenize(const std::vector<std::string>& tokens, TokenizerKind kind) {
+  std::string out;
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    if (kind == TokenizerKind::kWord && i > 0) out += ' ';
+    out += tokens[i];
+  }
+  return out;
+}
+
+const std::vector<std::string>& Vocabulary::specials() {
+  static const std::vector<std::string> kSpecials = {"<pad>", "<bos>", "<eos>", "<unk>"};
+  return kSpecials;
+}
+
+Vocabulary::Vocabulary() {
+  for (const auto& s : specials())
+    add(s);
+}
+
+Vocabulary Vocabulary::build(const std::vector<std::vector<std::string>>& sequences,
+                             int64_t min_count, int64_t max_size) {
+  std::map<std::string, int64_t> counts;
+  for (const auto& seq : sequences)
+    for (const auto& t : seq)
+      ++counts[t];
+  std::vector<std::pair<std::string, int64_t>> sorted(counts.begin(), counts.end());
+  std::stable_sort(sorted.begin(), sorted.end(),
+                   [](const auto& a, const auto& b) { return a.second > b.second; });
+  Vocabulary vocab;
+  for (const auto& [token, count] : sorted) {
+    if (count < min_count) continue;
+    if (max_size > 0 && vocab.size() >= max_size) break;
+    vocab.add(token);
+  }
+  return vocab;
+}
+
+int64_t Vocabulary::add(const std::string& token) {
+  const auto it = ids_.find(token);
+  if (it != ids_.end()) return it->second;
+  const auto id = static_cast<int64_t>(tokens_.size());
+  tokens_.push_back(token);
+  ids_.emplace(token, id);
+  return id;
+}
+
+int64_t Vocabulary::id(const std::string& token) const {
+  const auto it = ids_.find(token);
+  return it == ids_.end() ? kUnk : it->second;
+}
+
+const std::string& Vocabulary::token(int64_t id) const {
+  check(id >= 0 && id < size(), "vocabulary",
+        concat("token id ", id, " out of range [0, ", size(), ")"));
+  return tokens_[static_cast<std::size_t>(id)];
+}
+
+std::vector<int64_t> Vocabulary::encode(const std::vector<std::string>& tokens, bool bos,
+                                        bool eos) const {
+  std::vector<int64_t> ids;
+  ids.reserve(tokens.size() + 2);
+  if (bos) ids.push_back(kBos);
+  for (const auto& t : tokens)
+    ids.push_back(id(t));
+  if (eos) ids.push_back(kEos);
+  return ids;
+}
+
+std::vector<std::string> Vocabulary::decode(const std::vector<int64_t>& ids) const {
+  std::vector<std::string> tokens;
+  for (const int64_t i : ids) {
+    if (i == kEos) break;
+    if (i == kPad || i == kBos) continue;
+    tokens.push_back(token(i));
+  }
+  return tokens;
+}
+
+nlohmann::json Vocabulary::to_json() const {
+  return nlohmann::json(tokens_);
+}
+
+Vocabulary Vocabulary::from_json(const nlohmann::json& json) {
+  check(json.is_array(), "vocabulary", "expected a JSON array of tokens");
+  Vocabulary vocab;
+  const auto& sp = specials();
+  check(json.size() >= sp.size(), "vocabulary", "fewer tokens than the 4 special tokens");
+  for (std::size_t i = 0; i < json.size(); ++i) {
+    check(json[i].is_string(), "vocabulary", concat("entry ", i, " is not a string"));
+    const auto token = json[i].get<std::string>();
+    if (i < sp.size()) {
+      check(token == sp[i], "vocabulary",
+            concat("entry ", i, " should be '", sp[i], "', got '", token, "'"));
+      continue;
+    }
+    check(vocab.id(token) == kUnk, "vocabulary", concat("duplicate token '", token, "'"));
+    vocab.add(token);
+  }
+  return vocab;
+}
+
+}  // namespace attnscope::datasets::text

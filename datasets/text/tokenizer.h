@@ -1,0 +1,80 @@
+#pragma once
+// Tokenisers and the vocabulary of the text models.
+//
+// Two tokenisers: `char` (one token per Unicode code point, spaces included, so that the
+// text round-trips exactly) and `word` (runs of non-whitespace; detokenised with one space).
+// The vocabulary always starts with <pad> <bos> <eos> <unk> (ids 0..3) and is saved in the
+// checkpoint as a JSON array of tokens.
+
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace attnscope::datasets::text {
+
+enum class TokenizerKind { kChar, kWord };
+
+/// "char" / "word".
+std::string to_string(TokenizerKind kind);
+/// Parses "char" / "word"; throws Error otherwise.
+TokenizerKind tokenizer_from_string(const std::string& name);
+
+/// Byte offset of the first invalid UTF-8 sequence (overlong forms, surrogates and code points
+/// above U+10FFFF are invalid), or std::string::npos when text is valid UTF-8.
+std::size_t find_invalid_utf8(const std::string& text);
+
+/// Splits valid UTF-8 into code points; throws Error(subject, "invalid UTF-8 at byte N").
+std::vector<std::string> utf8_code_points(const std::string& text, const std::string& subject);
+
+/// Tokenises text; subject names it in errors (e.g. "pairs.tsv:12").
+std::vector<std::string> tokenize(const std::string& text, TokenizerKind kind,
+                                  const std::string& subject = "text");
+
+/// Inverse of tokenize (exact for char; single spaces for word).
+std::string detokenize(const std::vector<std::string>& tokens, TokenizerKind kind);
+
+class Vocabulary {
+ public:
+  static constexpr int64_t kPad = 0;
+  static constexpr int64_t kBos = 1;
+  static constexpr int64_t kEos = 2;
+  static constexpr int64_t kUnk = 3;
+  static const std::vector<std::string>& specials();  ///< {"<pad>", "<bos>", "<eos>", "<unk>"}
+
+  /// Only the four special tokens.
+  Vocabulary();
+
+  /// Every token seen at least min_count times, most frequent first (ties alphabetical), so the
+  /// result does not depend on the order of the sequences. max_size > 0 caps the size
+  /// (specials included).
+  static Vocabulary build(const std::vector<std::vector<std::string>>& sequences,
+                          int64_t min_count = 1, int64_t max_size = 0);
+
+  /// Adds a token if absent; returns its id.
+  int64_t add(const std::string& token);
+  /// Id of a token, kUnk when absent.
+  int64_t id(const std::string& token) const;
+  /// Token of an id; throws Error for an id out of range.
+  const std::string& token(int64_t id) const;
+  int64_t size() const { return static_cast<int64_t>(tokens_.size()); }
+
+  /// Ids of tokens, optionally wrapped in <bos> ... <eos>.
+  std::vector<int64_t> encode(const std::vector<std::string>& tokens, bool bos = false,
+                              bool eos = false) const;
+  /// Tokens of ids, stopping at the first <eos> and dropping <pad>/<bos>.
+  std::vector<std::string> decode(const std::vector<int64_t>& ids) const;
+
+  /// The tokens in id order, as a JSON array.
+  nlohmann::json to_json() const;
+  /// Inverse of to_json; throws Error unless it is an array of strings starting with the specials.
+  static Vocabulary from_json(const nlohmann::json& json);
+
+ private:
+  std::vector<std::string> tokens_;
+  std::unordered_map<std::string, int64_t> ids_;
+};
+
+}  // namespace attnscope::datasets::text

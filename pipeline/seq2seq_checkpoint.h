@@ -1,0 +1,41 @@
+#pragma once
+// A trained seq2seq model with everything needed to use it: its options, the source and target
+// vocabularies and the tokeniser, saved in the project's checkpoint format (checkpoint.h).
+//
+// Checkpoint attributes: model_config = the model's options as JSON plus "name" (e.g.
+// "gru-additive"); extra = {"tokenizer": "char"|"word", "source_vocab": [...],
+// "target_vocab": [...]} (tokens in id order, starting with <pad> <bos> <eos> <unk>).
+
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "datasets/text/tokenizer.h"
+#include "models/text/seq2seq.h"
+
+namespace attnscope::pipeline {
+
+struct Seq2SeqBundle {
+  std::string name;  ///< command-line model name, e.g. "gru-additive"
+  std::shared_ptr<models::text::Seq2SeqModel> model;
+  datasets::text::Vocabulary source_vocab;
+  datasets::text::Vocabulary target_vocab;
+  datasets::text::TokenizerKind tokenizer = datasets::text::TokenizerKind::kChar;
+};
+
+nlohmann::json seq2seq_options_to_json(const models::text::Seq2SeqOptions& options);
+/// Inverse of seq2seq_options_to_json; missing keys keep their defaults, keys of the wrong
+/// type throw Error naming subject and the key.
+models::text::Seq2SeqOptions seq2seq_options_from_json(const nlohmann::json& json,
+                                                       const std::string& subject);
+
+/// Saves the model's tensors and the vocabularies/options (provenance: data, seed, metrics...).
+void save_seq2seq(const std::string& path, const Seq2SeqBundle& bundle,
+                  const nlohmann::json& provenance = nlohmann::json::object());
+
+/// Rebuilds the model from the checkpoint's config and loads its tensors strictly (eval mode).
+/// Throws Error naming the path for a checkpoint that is not a seq2seq model.
+Seq2SeqBundle load_seq2seq(const std::string& path);
+
+}  // namespace attnscope::pipeline

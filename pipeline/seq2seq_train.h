@@ -1,0 +1,73 @@
+#pragma once
+// Training of the seq2seq models: teacher forcing, cross-entropy with label smoothing, Adam,
+// an optional Noam warmup schedule, gradient clipping and a wall-clock budget. Progress goes to
+// a callback (library code never prints); format_progress draws the bar the CLI shows.
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "datasets/text/pairs.h"
+#include "models/text/seq2seq.h"
+
+namespace attnscope::pipeline {
+
+/// The Transformer's learning-rate schedule (Vaswani et al. 2017, §5.3),
+/// lr = d^-0.5 · min(step^-0.5, step · warmup^-1.5), rescaled so that its peak (at step ==
+/// warmup) equals `peak`: lr = peak · min(step / warmup, sqrt(warmup / step)). step >= 1.
+double noam_learning_rate(int64_t step, int64_t warmup, double peak);
+
+struct Seq2SeqProgress {
+  int64_t epoch = 0;  ///< 1-based
+  int64_t epochs = 0;
+  int64_t batch = 0;  ///< 1-based within the epoch
+  int64_t batches = 0;
+  int64_t step = 0;           ///< optimiser steps so far
+  double loss = 0.0;          ///< mean loss per target token since the epoch began
+  double tokens_per_s = 0.0;  ///< target tokens per second since the epoch began
+  double learning_rate = 0.0;
+  double elapsed_s = 0.0;  ///< since training began
+};
+
+/// "epoch 2/10 [#######.......]  120/400 loss 1.234 3456 tok/s lr 1.0e-03 12s".
+std::string format_progress(const Seq2SeqProgress& progress, int bar_width = 24);
+
+struct Seq2SeqTrainOptions {
+  int64_t epochs = 10;
+  int64_t batch_size = 64;
+  /// Adam's learning rate (the peak when schedule == "noam").
+  double learning_rate = 1e-3;
+  /// "constant" or "noam".
+  std::string schedule = "constant";
+  int64_t warmup_steps = 400;
+  double label_smoothing = 0.1;
+  /// Gradient-norm clipping; <= 0 disables it.
+  double clip_norm = 1.0;
+  /// Stop after this many seconds of training (checked after every batch); <= 0 = no limit.
+  double time_budget_s = 0.0;
+  uint64_t seed = 0;
+  /// Called after every progress_every batches and at the end of each epoch.
+  std::function<void(const Seq2SeqProgress&)> on_progress;
+  int64_t progress_every = 10;
+};
+
+struct Seq2SeqTrainResult {
+  int64_t steps = 0;
+  int64_t epochs_completed = 0;
+  double final_loss = 0.0;  ///< mean loss per token over the last epoch (or part of it)
+  double seconds = 0.0;
+  bool stopped_by_budget = false;
+};
+
+/// Trains model on the pairs (ids without <bos>/<eos>). Leaves the model in eval mode.
+/// Throws Error for empty data or bad options.
+Seq2SeqTrainResult train_seq2seq(models::text::Seq2SeqModel& model,
+                                 const datasets::text::EncodedPairs& data,
+                                 const Seq2SeqTrainOptions& options);
+
+/// Mean cross-entropy per non-<pad> target token (with label smoothing), the training loss.
+/// Shape: logits (B, T, V), target_out (B, T) int64.
+torch::Tensor seq2seq_loss(const torch::Tensor& logits, const torch::Tensor& target_out,
+                           double label_smoothing);
+
+}  // namespace attnscope::pipeline

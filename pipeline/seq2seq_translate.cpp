@@ -1,0 +1,193 @@
+#include "pipeline/seq2seq_translate.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "attnscope/error.h"
+#include "pipeline/h5.h"
+
+namespace attnscope::pipeline {
+
+namespace text = datasets::text;
+
+std::vector<Translation> translate(const Seq2SeqBundle& bundle,
+                                   const std::vector<std::string>& sources,
+                                   const models::text::DecodeOptions& options, int64_t batch_size) {
+  check(bundle.model != nullptr, "translate", "no model");
+  check(batch_size >= 1, "translate", "batch size must be >= 1");
+  auto& model = *bundle.model;
+  model.eval();
+  const auto max_length = static_cast<std::size_t>(model.options().max_length());
+  std::vector<Translation> out(sources.size());
+  std::vector<std::size_t> ready;  // sentences that tokenised
+  std::vector<std::vector<int64_t>> ids(sources.size());
+  for (std::size_t i = 0; i < sources.size(); ++i) {
+    auto& t = out[i];
+    t.source = sources[i];
+    try {
+      t.source_tokens = text::tokenize(sources[i], bundle.tokenizer, "input");
+    } catch (const Error& e) {
+      t.error = e.message();
+      continue;
+    }
+    if (t.source_tokens.empty()) {
+      t.error = "empty input";
+      continue;
+    }
+    if (t.source_tokens.size() > max_length) {
+      t.source_tokens.resize(max_length);
+      t.truncated = true;
+    }
+    ids[i] = bundle.source_vocab.encode(t.source_tokens);
+    ready.push_back(i);
+  }
+  // Similar lengths together: less padding, and a batch is as long as its longest member.
+  std::vector<std::size_t> lengths;
+  for (const auto i : ready)
+    lengths.push_back(ids[i].size());
+  const auto batches =
+      text::length_batches(lengths, static_cast<std::size_t>(batch_size), 0, /*shuffle=*/false);
+  for (const auto& batch : batches) {
+    std::vector<std::vector<int64_t>> sequences;
+    for (const auto k : batch)
+      sequences.push_back(ids[ready[k]]);
+    const auto [source, source_lengths] = text::pad_sequences(sequences);
+    const auto hyps = models::text::decode(model, source, source_lengths, options);
+    for (std::size_t j = 0; j < batch.size(); ++j) {
+      auto& t = out[ready[batch[j]]];
+      t.tokens = bundle.target_vocab.decode(hyps[j].tokens);
+      t.text = text::detokenize(t.tokens, bundle.tokenizer);
+      t.attention = hyps[j].attention;
+    }
+  }
+  return out;
+}
+
+Seq2SeqEvaluation evaluate_seq2seq(const Seq2SeqBundle& bundle,
+                                   const std::vector<text::TextPair>& pairs,
+                                   const models::text::DecodeOptions& options, int64_t batch_size) {
+  std::vector<std::string> sources;
+  for (const auto& p : pairs)
+    sources.push_back(p.source);
+  Seq2SeqEvaluation eval;
+  eval.translations = translate(bundle, sources, options, batch_size);
+  std::vector<std::vector<std::string>> outputs, references;
+  for (std::size_t i = 0; i < pairs.size(); ++i) {
+    const auto& t = eval.translations[i];
+    eval.truncated += t.truncated ? 1 : 0;
+    eval.failed += t.error.empty() ? 0 : 1;
+    outputs.push_back(t.tokens);
+    try {
+      references.push_back(text::tokenize(pairs[i].target, bundle.tokenizer, "reference"));
+    } catch (const Error&) {
+      references.push_back({});  // an invalid reference matches nothing
+    }
+  }
+  eval.metrics = sequence_metrics(outputs, references);
+  return eval;
+}
+
+void write_alignments(const std::string& path, const std::vector<Translation>& translations,
+                      const std::string& model_name) {
+  auto file = h5::File::create(path);
+  h5::write_attribute(file.id(), "format", "attnscope-alignments", path);
+  h5::write_attribute(file.id(), "model", model_name, path);
+  h5::write_attribute(file.id(), "count", std::to_string(translations.size()), path);
+  auto sentences = h5::require_group(file.id(), "sentences", path);
+  for (std::size_t i = 0; i < translations.size(); ++i) {
+    const auto& t = translations[i];
+    char name[16];
+    std::snprintf(name, sizeof(name), "%06zu", i);
+    auto group = h5::require_group(sentences.get(), name, path);
+    h5::write_attribute(group.get(), "source", t.source, path);
+    if (!t.error.empty()) {
+      h5::write_attribute(group.get(), "error", t.error, path);
+      continue;
+    }
+    check(t.attention.defined(), path, "the model has no attention to write (fixed context)");
+    h5::write_attribute(group.get(), "output", t.text, path);
+    h5::write_attribute(group.get(), "source_tokens", nlohmann::json(t.source_tokens).dump(), path);
+    h5::write_attribute(group.get(), "output_tokens", nlohmann::json(t.tokens).dump(), path);
+    h5::write_attribute(group.get(), "truncated", t.truncated ? "true" : "false", path);
+    h5::write_tensor(group.get(), "attention", t.attention.to(torch::kFloat).contiguous(), path);
+  }
+  file.flush();
+}
+
+namespace {
+
+std::string ascii_label(const std::string& token) {
+  std::string out;
+  for (const char c : token) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u >= 0x80 && (u & 0xC0) == 0x80) continue;  // UTF-8 continuation byte
+    out += u >= 0x80 ? '?' : (c == ' ' ? '_' : c);
+  }
+  return out;
+}
+
+}  // namespace
+
+void write_alignment_png(const std::string& path, const Translation& translation) {
+  check(translation.error.empty(), path, concat("sentence not translated: ", translation.error));
+  check(translation.attention.defined(), path,
+        "the model has no attention to draw (fixed context)");
+  const auto weights = translation.attention.to(torch::kFloat).contiguous();  // (T, S)
+  const int rows = static_cast<int>(weights.size(0)), cols = static_cast<int>(weights.size(1));
+  constexpr int kCell = 22;
+  constexpr int kFont = cv::FONT_HERSHEY_SIMPLEX;
+  constexpr double kScale = 0.45;
+  constexpr int kMargin = 6;
+  int label_w = 0;
+  auto text_width = [&](const std::string& s) {
+    int baseline = 0;
+    return cv::getTextSize(s, kFont, kScale, 1, &baseline).width;
+  };
+  std::vector<std::string> row_labels, col_labels;
+  for (const auto& t : translation.tokens)
+    row_labels.push_back(ascii_label(t));
+  for (const auto& t : translation.source_tokens)
+    col_labels.push_back(ascii_label(t));
+  for (const auto& s : row_labels)
+    label_w = std::max(label_w, text_width(s));
+  int label_h = 0;
+  for (const auto& s : col_labels)
+    label_h = std::max(label_h, text_width(s));
+  const int left = label_w + 2 * kMargin, top = label_h + 2 * kMargin;
+  cv::Mat image(top + rows * kCell + kMargin, left + cols * kCell + kMargin, CV_8UC3,
+                cv::Scalar(255, 255, 255));
+  // Heatmap cells.
+  cv::Mat gray(rows, cols, CV_8UC1);
+  const auto w = weights.accessor<float, 2>();
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c)
+      gray.at<uint8_t>(r, c) = cv::saturate_cast<uint8_t>(std::clamp(w[r][c], 0.0f, 1.0f) * 255);
+  if (rows > 0 && cols > 0) {
+    cv::Mat colored, big;
+    cv::applyColorMap(gray, colored, cv::COLORMAP_VIRIDIS);
+    cv::resize(colored, big, cv::Size(cols * kCell, rows * kCell), 0, 0, cv::INTER_NEAREST);
+    big.copyTo(image(cv::Rect(left, top, big.cols, big.rows)));
+  }
+  // Output tokens down the left.
+  for (int r = 0; r < rows; ++r)
+    cv::putText(image, row_labels[static_cast<std::size_t>(r)],
+                cv::Point(kMargin, top + r * kCell + kCell * 2 / 3), kFont, kScale,
+                cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
+  // Source tokens along the top, written horizontally into a strip then turned upright.
+  if (label_h > 0 && cols > 0) {
+    cv::Mat strip(cols * kCell, label_h + kMargin, CV_8UC3, cv::Scalar(255, 255, 255));
+    for (int c = 0; c < cols; ++c)
+      cv::putText(strip, col_labels[static_cast<std::size_t>(c)],
+                  cv::Point(kMargin / 2, c * kCell + kCell * 2 / 3), kFont, kScale,
+                  cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
+    cv::Mat upright;
+    cv::rotate(strip, upright, cv::ROTATE_90_COUNTERCLOCKWISE);
+    upright.copyTo(image(cv::Rect(left, kMargin, upright.cols, upright.rows)));
+  }
+  check(cv::imwrite(path, image), path, "cannot write the PNG");
+}
+
+}  // namespace attnscope::pipeline
