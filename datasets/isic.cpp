@@ -76,6 +76,8 @@ std::optional<bool> malignant_of(const std::string& name, bool ak_malignant) {
 
 // One CSV row, before class names are turned into indices.
 struct RawRow {
+  RawRow(std::size_t line_, std::string id_, std::string cls_ = {})
+      : line(line_), id(std::move(id_)), cls(std::move(cls_)) {}
   std::size_t line = 0;
   std::string id;
   std::string cls;  // the format's class name
@@ -524,7 +526,9 @@ Dataset read_class_folders(const std::string& root, const ReadOptions& options) 
     std::sort(files.begin(), files.end());
     for (const auto& f : files) {
       rows.push_back({0, f.stem().string(), cls});
-      samples.push_back({f.stem().string(), f.string()});
+      Sample smp;
+      smp.path = f.string();
+      samples.push_back(std::move(smp));
     }
   }
   ReadOptions o = options;

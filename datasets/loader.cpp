@@ -45,7 +45,10 @@ SyntheticSource::SyntheticSource(std::size_t count, uint64_t seed, SyntheticOpti
   samples_.reserve(count);
   for (std::size_t i = 0; i < count; ++i) {
     const auto index = static_cast<int64_t>(i);
-    samples_.push_back({synthetic_id(index), "", synthetic_label(options_, seed_, index)});
+    Sample smp;
+    smp.image_id = synthetic_id(index);
+    smp.label = synthetic_label(options_, seed_, index);
+    samples_.push_back(std::move(smp));
   }
 }
 

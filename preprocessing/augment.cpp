@@ -28,7 +28,8 @@ void apply_geometry(cv::Mat& image, cv::Mat* mask, const cv::Mat& matrix) {
   image = out;
   if (has_mask(mask)) {
     cv::Mat moved;
-    cv::warpAffine(*mask, moved, matrix, mask->size(), cv::INTER_NEAREST, cv::BORDER_CONSTANT, 0);
+    // Same border rule as the image, so that a reflected lesion is also lesion in the mask.
+    cv::warpAffine(*mask, moved, matrix, mask->size(), cv::INTER_NEAREST, cv::BORDER_REFLECT_101);
     *mask = moved;
   }
 }

@@ -318,8 +318,11 @@ void write_image(const std::string& path, const cv::Mat& rgb) {
   check(!rgb.empty(), path, "cannot write an empty image");
   check(rgb.depth() == CV_8U && (rgb.channels() == 3 || rgb.channels() == 1), path,
         "expected an RGB or grey uint8 image, got type ", rgb.type());
-  cv::Mat out = rgb;
-  if (rgb.channels() == 3) cv::cvtColor(rgb, out, cv::COLOR_RGB2BGR);
+  cv::Mat out;  // a new buffer: converting into a shared header would swap the caller's pixels
+  if (rgb.channels() == 3)
+    cv::cvtColor(rgb, out, cv::COLOR_RGB2BGR);
+  else
+    out = rgb;
   bool ok = false;
   try {
     ok = cv::imwrite(path, out);

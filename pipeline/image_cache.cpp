@@ -1,0 +1,264 @@
+#include "pipeline/image_cache.h"
+
+#include <atomic>
+#include <thread>
+
+#include <torch/torch.h>
+#include <opencv2/core.hpp>
+
+#include "attnscope/error.h"
+
+namespace attnscope::pipeline {
+namespace {
+
+const char kFormat[] = "attnscope-image-cache";
+const char kVersion[] = "1";
+// Samples decoded in parallel before they are appended: bounds the memory of the writer.
+constexpr std::size_t kChunkSamples = 64;
+
+std::string where(const std::string& file, const std::string& name) {
+  return file + ":/" + name;
+}
+
+h5::Handle string_type() {
+  h5::Handle type(H5Tcopy(H5T_C_S1));
+  H5Tset_size(type.get(), H5T_VARIABLE);
+  H5Tset_cset(type.get(), H5T_CSET_UTF8);
+  return type;
+}
+
+void write_strings(hid_t loc, const std::string& name, const std::vector<std::string>& values,
+                   const std::string& file) {
+  const auto type = string_type();
+  const hsize_t n = values.size();
+  h5::Handle space(H5Screate_simple(1, &n, nullptr));
+  h5::Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
+  H5Pset_create_intermediate_group(lcpl.get(), 1);
+  h5::Handle set(
+      H5Dcreate2(loc, name.c_str(), type.get(), space.get(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT));
+  check(set.valid(), where(file, name), "cannot create dataset");
+  if (values.empty()) return;
+  std::vector<const char*> ptrs;
+  for (const auto& v : values)
+    ptrs.push_back(v.c_str());
+  check(H5Dwrite(set.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) >= 0,
+        where(file, name), "cannot write dataset");
+}
+
+std::vector<std::string> read_strings(hid_t loc, const std::string& name, const std::string& file) {
+  h5::Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
+  check(set.valid(), where(file, name), "no such dataset");
+  h5::Handle space(H5Dget_space(set.get()));
+  const auto n = static_cast<std::size_t>(H5Sget_simple_extent_npoints(space.get()));
+  std::vector<char*> ptrs(n, nullptr);
+  std::vector<std::string> out;
+  if (n == 0) return out;
+  const auto type = string_type();
+  check(H5Dread(set.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) >= 0,
+        where(file, name), "cannot read strings");
+  for (auto* p : ptrs)
+    out.emplace_back(p ? p : "");
+  H5Dvlen_reclaim(type.get(), space.get(), H5P_DEFAULT, ptrs.data());
+  return out;
+}
+
+// An extendible uint8 dataset (0, H, W[, 3]) with one sample per chunk.
+h5::Handle create_stack(hid_t loc, const std::string& name, std::vector<hsize_t> sample_dims,
+                        const std::string& file) {
+  std::vector<hsize_t> dims{0}, max_dims{H5S_UNLIMITED}, chunk{1};
+  for (auto d : sample_dims) {
+    dims.push_back(d);
+    max_dims.push_back(d);
+    chunk.push_back(d);
+  }
+  h5::Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), max_dims.data()));
+  h5::Handle dcpl(H5Pcreate(H5P_DATASET_CREATE));
+  H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data());
+  H5Pset_deflate(dcpl.get(), 1);
+  h5::Handle set(H5Dcreate2(loc, name.c_str(), H5T_NATIVE_UINT8, space.get(), H5P_DEFAULT,
+                            dcpl.get(), H5P_DEFAULT));
+  check(set.valid(), where(file, name), "cannot create dataset");
+  return set;
+}
+
+// Reads or writes sample `index` of a stack through a one-sample hyperslab.
+void stack_io(hid_t set, hsize_t index, const cv::Mat& data, bool write, const std::string& what) {
+  h5::Handle space(H5Dget_space(set));
+  const int rank = H5Sget_simple_extent_ndims(space.get());
+  std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
+  H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+  if (write && index >= dims[0]) {
+    dims[0] = index + 1;
+    check(H5Dset_extent(set, dims.data()) >= 0, what, "cannot extend dataset");
+    space = h5::Handle(H5Dget_space(set));
+  }
+  std::vector<hsize_t> start(dims.size(), 0), count = dims;
+  start[0] = index;
+  count[0] = 1;
+  H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
+  h5::Handle memory(H5Screate_simple(rank, count.data(), nullptr));
+  const herr_t status =
+      write ? H5Dwrite(set, H5T_NATIVE_UINT8, memory.get(), space.get(), H5P_DEFAULT, data.data)
+            : H5Dread(set, H5T_NATIVE_UINT8, memory.get(), space.get(), H5P_DEFAULT, data.data);
+  check(status >= 0, what, write ? "cannot write sample " : "cannot read sample ", index);
+}
+
+}  // namespace
+
+ImageCacheReport write_image_cache(const std::string& path, const datasets::SampleSource& source,
+                                   const preprocessing::Pipeline& pipeline, int workers) {
+  check(workers >= 1, "cache", "workers must be >= 1, got ", workers);
+  auto file = h5::File::create(path);
+  ImageCacheReport report;
+  h5::Handle images, masks;
+  int height = 0, width = 0;
+  std::vector<std::string> ids, groups, paths;
+  std::vector<int64_t> labels;
+  std::vector<uint8_t> has_mask;
+
+  const std::size_t n = source.size();
+  for (std::size_t first = 0; first < n; first += kChunkSamples) {
+    const std::size_t last = std::min(n, first + kChunkSamples);
+    std::vector<preprocessing::Processed> done(last - first);
+    std::vector<std::string> errors(last - first);
+    std::atomic<std::size_t> next{first};
+    auto work = [&] {
+      for (std::size_t i = next++; i < last; i = next++) {
+        try {
+          const auto data = source.load(i);
+          done[i - first] = pipeline.process(data.image, data.mask);
+        } catch (const Error& e) {
+          errors[i - first] = e.what();
+        } catch (const cv::Exception& e) {
+          errors[i - first] = concat("OpenCV: ", e.err);
+        }
+      }
+    };
+    std::vector<std::thread> pool;
+    for (int t = 1; t < workers; ++t)
+      pool.emplace_back(work);
+    work();
+    for (auto& t : pool)
+      t.join();
+
+    for (std::size_t i = first; i < last; ++i) {
+      const auto& s = source.sample(i);
+      auto& p = done[i - first];
+      if (!errors[i - first].empty()) {
+        report.failures.push_back({s.image_id, s.path, errors[i - first]});
+        continue;
+      }
+      if (!images.valid()) {
+        height = p.image.rows;
+        width = p.image.cols;
+        images = create_stack(file.id(), "images", {hsize_t(height), hsize_t(width), 3}, path);
+        masks = create_stack(file.id(), "masks", {hsize_t(height), hsize_t(width)}, path);
+      }
+      if (p.image.rows != height || p.image.cols != width) {
+        report.failures.push_back(
+            {s.image_id, s.path,
+             concat("preprocessed to ", p.image.cols, "x", p.image.rows, ", not ", width, "x",
+                    height, " like the first image: end the steps with a resize")});
+        continue;
+      }
+      const cv::Mat image = p.image.isContinuous() ? p.image : p.image.clone();
+      cv::Mat mask = p.mask.empty() ? cv::Mat::zeros(height, width, CV_8UC1) : p.mask.clone();
+      const auto row = static_cast<hsize_t>(ids.size());
+      stack_io(images.get(), row, image, true, where(path, "images"));
+      stack_io(masks.get(), row, mask, true, where(path, "masks"));
+      ids.push_back(s.image_id);
+      groups.push_back(s.group.value_or(""));
+      paths.push_back(s.path);
+      labels.push_back(s.label);
+      has_mask.push_back(p.mask.empty() ? 0 : 1);
+    }
+  }
+  report.written = ids.size();
+  if (report.written == 0) {
+    std::string first_error =
+        report.failures.empty() ? "the source is empty" : report.failures.front().message;
+    throw Error(path, concat("no image could be cached (", report.failures.size(),
+                             " failed; first: ", first_error, ")"));
+  }
+  h5::write_tensor(file.id(), "labels", torch::tensor(labels, torch::kInt64), path);
+  h5::write_tensor(
+      file.id(), "has_mask",
+      torch::from_blob(has_mask.data(), {static_cast<int64_t>(has_mask.size())}, torch::kUInt8),
+      path);
+  write_strings(file.id(), "ids", ids, path);
+  write_strings(file.id(), "groups", groups, path);
+  write_strings(file.id(), "paths", paths, path);
+  std::vector<std::string> error_paths, error_messages;
+  for (const auto& f : report.failures) {
+    error_paths.push_back(f.path.empty() ? f.image_id : f.path);
+    error_messages.push_back(f.message);
+  }
+  write_strings(file.id(), "errors/path", error_paths, path);
+  write_strings(file.id(), "errors/message", error_messages, path);
+  h5::write_attribute(file.id(), "format", kFormat, path);
+  h5::write_attribute(file.id(), "version", kVersion, path);
+  h5::write_attribute(file.id(), "class_names", nlohmann::json(source.class_names()).dump(), path);
+  h5::write_attribute(file.id(), "preprocessing", pipeline.to_json().dump(), path);
+  file.flush();
+  return report;
+}
+
+ImageCacheSource::ImageCacheSource(const std::string& path)
+    : path_(path), file_(h5::File::open(path)) {
+  const hid_t root = file_.id();
+  check(h5::has_attribute(root, "format") &&
+            h5::read_string_attribute(root, "format", path) == kFormat,
+        path, "not an attnscope image cache (no format=\"", kFormat, "\" attribute)");
+  const auto version = h5::read_string_attribute(root, "version", path);
+  check(version == kVersion, path, "image cache version ", version, " is not supported (expected ",
+        kVersion, ")");
+  try {
+    class_names_ = nlohmann::json::parse(h5::read_string_attribute(root, "class_names", path))
+                       .get<std::vector<std::string>>();
+    preprocessing_ = nlohmann::json::parse(h5::read_string_attribute(root, "preprocessing", path));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(path, concat("corrupt attribute: ", e.what()));
+  }
+  const auto shape = h5::dataset_shape(root, "images", path);
+  check(shape.size() == 4 && shape[3] == 3, where(path, "images"), "expected shape (N, H, W, 3)");
+  height_ = static_cast<int>(shape[1]);
+  width_ = static_cast<int>(shape[2]);
+  const auto ids = read_strings(root, "ids", path);
+  const auto groups = read_strings(root, "groups", path);
+  const auto paths = read_strings(root, "paths", path);
+  const auto labels = h5::read_tensor(root, "labels", path);
+  const auto has_mask = h5::read_tensor(root, "has_mask", path);
+  const auto n = static_cast<std::size_t>(shape[0]);
+  check(ids.size() == n && groups.size() == n && paths.size() == n &&
+            static_cast<std::size_t>(labels.numel()) == n &&
+            static_cast<std::size_t>(has_mask.numel()) == n,
+        path, "ids, groups, paths, labels and has_mask must all have ", n, " entries");
+  has_mask_.assign(has_mask.data_ptr<uint8_t>(), has_mask.data_ptr<uint8_t>() + n);
+  const auto* label = labels.data_ptr<int64_t>();
+  for (std::size_t i = 0; i < n; ++i) {
+    datasets::Sample s;
+    s.image_id = ids[i];
+    s.path = paths[i];
+    s.label = label[i];
+    if (!groups[i].empty()) s.group = groups[i];
+    samples_.push_back(std::move(s));
+  }
+  images_ = h5::Handle(H5Dopen2(root, "images", H5P_DEFAULT));
+  masks_ = h5::Handle(H5Dopen2(root, "masks", H5P_DEFAULT));
+  check(images_.valid() && masks_.valid(), path, "cannot open /images and /masks");
+}
+
+datasets::SampleData ImageCacheSource::load(std::size_t index) const {
+  check(index < samples_.size(), path_, "sample ", index, " out of range (", samples_.size(), ")");
+  datasets::SampleData out;
+  out.image.create(height_, width_, CV_8UC3);
+  std::lock_guard<std::mutex> lock(mutex_);
+  stack_io(images_.get(), index, out.image, false, where(path_, "images"));
+  if (has_mask_[index]) {
+    out.mask.create(height_, width_, CV_8UC1);
+    stack_io(masks_.get(), index, out.mask, false, where(path_, "masks"));
+  }
+  return out;
+}
+
+}  // namespace attnscope::pipeline

@@ -1,0 +1,266 @@
+// Decoding: formats, depth, channels, EXIF orientation, size guard and every kind of bad file.
+// All fixtures are written by the tests themselves.
+
+#include <fstream>
+#include <functional>
+#include <map>
+
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "attnscope/error.h"
+#include "preprocessing/decode.h"
+#include "test_support.h"
+
+namespace attnscope::preprocessing {
+namespace {
+
+// A 32 × 16 (W × H) BGR image with four flat quadrants: TL red, TR green, BL blue, BR white.
+cv::Mat quadrants_bgr() {
+  cv::Mat img(16, 32, CV_8UC3);
+  img(cv::Rect(0, 0, 16, 8)).setTo(cv::Scalar(0, 0, 255));
+  img(cv::Rect(16, 0, 16, 8)).setTo(cv::Scalar(0, 255, 0));
+  img(cv::Rect(0, 8, 16, 8)).setTo(cv::Scalar(255, 0, 0));
+  img(cv::Rect(16, 8, 16, 8)).setTo(cv::Scalar(255, 255, 255));
+  return img;
+}
+
+std::vector<uint8_t> encode(const std::string& ext, const cv::Mat& img,
+                            const std::vector<int>& params = {}) {
+  std::vector<uint8_t> buf;
+  EXPECT_TRUE(cv::imencode(ext, img, buf, params));
+  return buf;
+}
+
+void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
+}
+
+// Inserts an APP1 Exif segment holding only an orientation tag right after the JPEG's SOI.
+std::vector<uint8_t> with_exif_orientation(std::vector<uint8_t> jpeg, int orientation,
+                                           bool little_endian) {
+  std::vector<uint8_t> tiff;
+  auto u16 = [&](int v) {
+    if (little_endian)
+      tiff.insert(tiff.end(), {uint8_t(v & 0xFF), uint8_t(v >> 8)});
+    else
+      tiff.insert(tiff.end(), {uint8_t(v >> 8), uint8_t(v & 0xFF)});
+  };
+  auto u32 = [&](uint32_t v) {
+    for (int i = 0; i < 4; ++i)
+      tiff.push_back(little_endian ? uint8_t(v >> (8 * i)) : uint8_t(v >> (8 * (3 - i))));
+  };
+  if (little_endian)
+    tiff.insert(tiff.end(), {'I', 'I', 42, 0});
+  else
+    tiff.insert(tiff.end(), {'M', 'M', 0, 42});
+  u32(8);            // offset of IFD0
+  u16(1);            // one entry
+  u16(0x0112);       // Orientation
+  u16(3);            // SHORT
+  u32(1);            // count
+  u16(orientation);  // value, left-aligned in the 4-byte field
+  u16(0);
+  u32(0);  // no next IFD
+  std::vector<uint8_t> app1{0xFF, 0xE1};
+  const int len = 2 + 6 + static_cast<int>(tiff.size());
+  app1.push_back(uint8_t(len >> 8));
+  app1.push_back(uint8_t(len & 0xFF));
+  app1.insert(app1.end(), {'E', 'x', 'i', 'f', 0, 0});
+  app1.insert(app1.end(), tiff.begin(), tiff.end());
+  jpeg.insert(jpeg.begin() + 2, app1.begin(), app1.end());
+  return jpeg;
+}
+
+// Which quadrant colour (RGB) sits at each corner of an RGB image.
+cv::Vec3b corner(const cv::Mat& rgb, char which) {
+  const int x = (which == 'R' || which == 'r') ? rgb.cols - 2 : 1;
+  const int y = (which == 'b' || which == 'r') ? rgb.rows - 2 : 1;
+  return rgb.at<cv::Vec3b>(y, x);
+}
+
+bool near(const cv::Vec3b& a, const cv::Vec3b& b, int tol = 40) {
+  for (int c = 0; c < 3; ++c)
+    if (std::abs(a[c] - b[c]) > tol) return false;
+  return true;
+}
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Decode, PngBecomesRgbWithExactPixels) {
+  test::TempDir dir;
+  cv::Mat bgr(7, 5, CV_8UC3);
+  cv::RNG(3).fill(bgr, cv::RNG::UNIFORM, 0, 256);
+  ASSERT_TRUE(cv::imwrite(dir / "a.png", bgr));
+  const auto rgb = decode_image(dir / "a.png");
+  ASSERT_EQ(rgb.type(), CV_8UC3);
+  for (int y = 0; y < 7; ++y)
+    for (int x = 0; x < 5; ++x) {
+      const auto b = bgr.at<cv::Vec3b>(y, x);
+      EXPECT_EQ(rgb.at<cv::Vec3b>(y, x), cv::Vec3b(b[2], b[1], b[0]));
+    }
+}
+
+TEST(Decode, SixteenBitIsScaledToEightBit) {
+  test::TempDir dir;
+  cv::Mat img16(4, 4, CV_16UC3);
+  cv::RNG(5).fill(img16, cv::RNG::UNIFORM, 0, 65536);
+  ASSERT_TRUE(cv::imwrite(dir / "deep.png", img16));
+  ASSERT_TRUE(cv::imwrite(dir / "deep.tiff", img16));
+  for (const auto& name : {"deep.png", "deep.tiff"}) {
+    const auto rgb = decode_image(dir / name);
+    ASSERT_EQ(rgb.type(), CV_8UC3) << name;
+    for (int y = 0; y < 4; ++y)
+      for (int x = 0; x < 4; ++x)
+        for (int c = 0; c < 3; ++c)
+          EXPECT_NEAR(rgb.at<cv::Vec3b>(y, x)[c], img16.at<cv::Vec3w>(y, x)[2 - c] / 257.0, 0.5)
+              << name;
+  }
+}
+
+TEST(Decode, GreyBecomesThreeEqualChannelsAndAlphaIsDropped) {
+  test::TempDir dir;
+  cv::Mat grey(3, 3, CV_8UC1, cv::Scalar(77));
+  cv::Mat bgra(3, 3, CV_8UC4, cv::Scalar(10, 20, 30, 0));  // fully transparent
+  ASSERT_TRUE(cv::imwrite(dir / "g.png", grey));
+  ASSERT_TRUE(cv::imwrite(dir / "a.png", bgra));
+  EXPECT_EQ(decode_image(dir / "g.png").at<cv::Vec3b>(1, 1), cv::Vec3b(77, 77, 77));
+  const auto rgb = decode_image(dir / "a.png");
+  ASSERT_EQ(rgb.type(), CV_8UC3);
+  EXPECT_EQ(rgb.at<cv::Vec3b>(1, 1), cv::Vec3b(30, 20, 10));
+}
+
+TEST(Decode, ReadsBmpTiffAndWebp) {
+  test::TempDir dir;
+  const auto bgr = quadrants_bgr();
+  std::vector<std::string> exts{".bmp", ".tiff", ".jpg"};
+  if (cv::haveImageWriter(".webp")) exts.push_back(".webp");
+  for (const auto& ext : exts) {
+    const auto path = dir / ("q" + ext);
+    ASSERT_TRUE(cv::imwrite(path, bgr)) << ext;
+    const auto bytes = read_file_bytes(path);
+    const auto info = probe_image(bytes, path);
+    EXPECT_EQ(info.width, 32) << ext;
+    EXPECT_EQ(info.height, 16) << ext;
+    const auto rgb = decode_image(path);
+    EXPECT_TRUE(near(corner(rgb, 'l'), {255, 0, 0})) << ext;
+    EXPECT_TRUE(near(corner(rgb, 'R'), {0, 255, 0})) << ext;
+  }
+}
+
+// EXIF orientations 1..8: where the stored top-left (red) and top-right (green) quadrants end
+// up, from the EXIF 2.3 specification's table; 'l' top-left, 'R' top-right, 'b' bottom-left,
+// 'r' bottom-right.
+TEST(Decode, AppliesEveryExifOrientationLikeTheSpecification) {
+  test::TempDir dir;
+  const auto jpeg = encode(".jpg", quadrants_bgr(), {cv::IMWRITE_JPEG_QUALITY, 95});
+  const std::map<int, std::pair<char, char>> expected{
+      {1, {'l', 'R'}}, {2, {'R', 'l'}}, {3, {'r', 'b'}}, {4, {'b', 'r'}},
+      {5, {'l', 'b'}}, {6, {'R', 'r'}}, {7, {'r', 'R'}}, {8, {'b', 'l'}}};
+  for (const bool little : {false, true})
+    for (const auto& [orientation, corners] : expected) {
+      const auto path = dir / ("o" + std::to_string(orientation) + ".jpg");
+      write_bytes(path, with_exif_orientation(jpeg, orientation, little));
+      const auto rgb = decode_image(path);
+      const bool swapped = orientation >= 5;
+      EXPECT_EQ(rgb.cols, swapped ? 16 : 32) << orientation;
+      EXPECT_TRUE(near(corner(rgb, corners.first), {255, 0, 0})) << "orientation " << orientation;
+      EXPECT_TRUE(near(corner(rgb, corners.second), {0, 255, 0})) << "orientation " << orientation;
+      // OpenCV's own reader (IMREAD_COLOR applies EXIF orientation) agrees.
+      cv::Mat ref = cv::imread(path, cv::IMREAD_COLOR);
+      cv::cvtColor(ref, ref, cv::COLOR_BGR2RGB);
+      ASSERT_EQ(ref.size(), rgb.size()) << orientation;
+      EXPECT_EQ(cv::norm(ref, rgb, cv::NORM_INF), 0.0) << orientation;
+      // ...and turning it off leaves the stored layout.
+      DecodeOptions raw;
+      raw.apply_orientation = false;
+      EXPECT_EQ(decode_image(path, raw).cols, 32);
+    }
+}
+
+TEST(Decode, CmykJpegBecomesRgb) {
+  test::TempDir dir;
+  const auto path = dir / "cmyk.jpg";
+  const auto r = test::run_process(test::python() +
+                                   " -c \"from PIL import Image; Image.new('CMYK', (20, 10), (0, "
+                                   "255, 255, 0)).save('" +
+                                   path + "')\"");
+  if (r.status != 0) GTEST_SKIP() << "PIL is not available: " << r.output;
+  const auto rgb = decode_image(path);
+  ASSERT_EQ(rgb.type(), CV_8UC3);
+  const auto p = rgb.at<cv::Vec3b>(5, 10);  // cyan 0, magenta and yellow full: red
+  EXPECT_GT(p[0], 200);
+  EXPECT_LT(p[1], 60);
+  EXPECT_LT(p[2], 60);
+}
+
+TEST(Decode, RefusesImagesAboveThePixelLimitFromTheHeader) {
+  test::TempDir dir;
+  // A PNG signature and IHDR claiming 20000 × 20000, and nothing else: refused before decoding.
+  std::vector<uint8_t> png{0x89, 'P',  'N', 'G', '\r', '\n', 0x1A, '\n', 0,    0, 0,
+                           13,   'I',  'H', 'D', 'R',  0,    0,    0x4E, 0x20, 0, 0,
+                           0x4E, 0x20, 8,   2,   0,    0,    0,    0,    0,    0, 0};
+  write_bytes(dir / "huge.png", png);
+  const auto msg = error_of([&] { decode_image(dir / "huge.png"); });
+  EXPECT_NE(msg.find("too large"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("20000x20000"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(dir / "huge.png"), std::string::npos) << msg;
+
+  cv::Mat img(100, 100, CV_8UC3, cv::Scalar::all(9));
+  ASSERT_TRUE(cv::imwrite(dir / "ok.jpg", img));
+  DecodeOptions small;
+  small.max_pixels = 9999;
+  EXPECT_NE(error_of([&] { decode_image(dir / "ok.jpg", small); }).find("above the limit of 9999"),
+            std::string::npos);
+  small.max_pixels = 10000;
+  EXPECT_EQ(decode_image(dir / "ok.jpg", small).rows, 100);
+}
+
+TEST(Decode, EveryBadFileGetsAnErrorNamingItAndTheProblem) {
+  test::TempDir dir;
+  const auto good_jpeg = encode(".jpg", quadrants_bgr());
+  const auto good_png = encode(".png", quadrants_bgr());
+  write_bytes(dir / "empty.jpg", {});
+  write_bytes(dir / "text.jpg", std::vector<uint8_t>{'h', 'e', 'l', 'l', 'o', '\n'});
+  write_bytes(dir / "cut.jpg",
+              std::vector<uint8_t>(good_jpeg.begin(), good_jpeg.begin() + good_jpeg.size() / 2));
+  write_bytes(dir / "cut.png",
+              std::vector<uint8_t>(good_png.begin(), good_png.begin() + good_png.size() / 2));
+  write_bytes(dir / "header.jpg", std::vector<uint8_t>(good_jpeg.begin(), good_jpeg.begin() + 5));
+  auto corrupt = good_png;  // damage the compressed data inside IDAT
+  for (std::size_t i = 45; i < 60 && i < corrupt.size() - 12; ++i)
+    corrupt[i] ^= 0x5A;
+  write_bytes(dir / "corrupt.png", corrupt);
+  const std::map<std::string, std::string> expected{
+      {"empty.jpg", "empty file"},     {"text.jpg", "not an image"}, {"cut.jpg", "truncated"},
+      {"cut.png", "truncated"},        {"header.jpg", "truncated"},  {"corrupt.png", "corrupt"},
+      {"missing.jpg", "no such file"}, {"", "is a folder"}};
+  for (const auto& [name, problem] : expected) {
+    const auto path = name.empty() ? dir.path().string() : dir / name;
+    const auto msg = error_of([&] { decode_image(path); });
+    EXPECT_EQ(msg.rfind(path + ": ", 0), 0u) << name << " -> " << msg;
+    EXPECT_NE(msg.find(problem), std::string::npos) << name << " -> " << msg;
+  }
+}
+
+TEST(Decode, WriteImageRoundTripsRgb) {
+  test::TempDir dir;
+  cv::Mat rgb(5, 6, CV_8UC3);
+  cv::RNG(9).fill(rgb, cv::RNG::UNIFORM, 0, 256);
+  write_image(dir / "w.png", rgb);
+  EXPECT_EQ(cv::norm(decode_image(dir / "w.png"), rgb, cv::NORM_INF), 0.0);
+  EXPECT_NE(error_of([&] { write_image(dir / "nofolder/w.png", rgb); }).find("nofolder"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace attnscope::preprocessing

@@ -1,0 +1,173 @@
+// The JSON-configured pipeline: round trip, strict parsing, and that it runs the steps it
+// says it runs.
+
+#include <fstream>
+
+#include <torch/torch.h>
+#include <opencv2/core.hpp>
+
+#include "attnscope/error.h"
+#include "preprocessing/pipeline.h"
+#include "preprocessing/steps.h"
+#include "test_support.h"
+
+namespace attnscope::preprocessing {
+namespace {
+
+using nlohmann::json;
+
+const json kConfig = json::parse(R"({
+  "steps": [
+    {"op": "center_crop", "ratio": 0.8},
+    {"op": "hair_removal", "kernel": 9},
+    {"op": "shades_of_gray"},
+    {"op": "resize", "size": 32}
+  ],
+  "augment": {"hflip": 0.5, "brightness": 0.1},
+  "normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+})");
+
+cv::Mat random_image(int w, int h, uint64_t seed) {
+  cv::Mat img(h, w, CV_8UC3);
+  cv::RNG(seed).fill(img, cv::RNG::UNIFORM, 0, 256);
+  return img;
+}
+
+std::string error_of(const json& config) {
+  try {
+    Pipeline::from_json(config);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Pipeline, JsonRoundTripKeepsEveryParameter) {
+  const auto p = Pipeline::from_json(kConfig);
+  const auto j = p.to_json();
+  EXPECT_EQ(Pipeline::from_json(j).to_json(), j);
+  ASSERT_EQ(j["steps"].size(), 4u);
+  EXPECT_EQ(j["steps"][1]["kernel"], 9);
+  EXPECT_EQ(j["steps"][1]["threshold"], 10);  // default filled in
+  EXPECT_EQ(j["steps"][2]["p"], 6.0);
+  EXPECT_EQ(j["augment"]["hflip"], 0.5);
+  EXPECT_EQ(j["normalize"]["std"][0], 0.25);
+  EXPECT_EQ(j["decode"]["max_pixels"], 100000000);
+}
+
+TEST(Pipeline, DefaultIsResize224WithImageNetNormalisation) {
+  const Pipeline p;
+  ASSERT_EQ(p.steps().size(), 1u);
+  EXPECT_EQ(p.steps()[0]->to_json(),
+            json::parse(R"({"op":"resize","size":224,"mode":"crop","pad":[0,0,0]})"));
+  EXPECT_FLOAT_EQ(p.normalization().mean[0], 0.485f);
+  EXPECT_FALSE(p.augment_options().any());
+  EXPECT_EQ(Pipeline::from_json(json::object()).to_json(), p.to_json());
+  EXPECT_TRUE(Pipeline::from_json({{"steps", json::array()}}).steps().empty());
+}
+
+TEST(Pipeline, StrictParsingNamesTheProblem) {
+  EXPECT_NE(error_of({{"stepz", json::array()}}).find("stepz"), std::string::npos);
+  EXPECT_NE(error_of({{"steps", {{{"op", "sharpen"}}}}}).find("unknown step 'sharpen'"),
+            std::string::npos);
+  EXPECT_NE(error_of({{"steps", {{{"op", "resize"}, {"sise", 3}}}}}).find("sise"),
+            std::string::npos);
+  EXPECT_NE(error_of({{"steps", {{{"op", "resize"}, {"size", "big"}}}}}).find("size"),
+            std::string::npos);
+  EXPECT_NE(error_of({{"steps", {{{"op", "hair_removal"}, {"kernel", 4}}}}}).find("kernel"),
+            std::string::npos);
+  EXPECT_NE(error_of({{"augment", {{"hflip", 2}}}}).find("probabilities"), std::string::npos);
+  EXPECT_NE(error_of({{"normalize", {{"std", {1, 0, 1}}}}}).find("std"), std::string::npos);
+}
+
+TEST(Pipeline, ProcessRunsTheStepsInOrder) {
+  const auto p = Pipeline::from_json(kConfig);
+  const auto img = random_image(90, 60, 1);
+  cv::Mat mask(60, 90, CV_8UC1, cv::Scalar(255));
+  const auto out = p.process(img, mask);
+  // The same steps called directly.
+  auto expected = center_crop(img, {0.8});
+  expected = remove_hair(expected, {9, 10, 3.0});
+  expected = shades_of_gray(expected, {});
+  expected = resize(expected, {32});
+  EXPECT_EQ(cv::norm(out.image, expected, cv::NORM_INF), 0.0);
+  EXPECT_EQ(out.mask.size(), cv::Size(32, 32));
+  EXPECT_EQ(cv::countNonZero(out.mask), 32 * 32);
+  // No key: no augmentation, whatever the config says; a key: augmentation.
+  EXPECT_EQ(cv::norm(p.process(img).image, expected, cv::NORM_INF), 0.0);
+  int changed = 0;
+  for (int i = 0; i < 8; ++i) {
+    const AugmentKey key{1, i, 0};
+    changed += cv::norm(p.process(img, {}, &key).image, expected, cv::NORM_INF) > 0;
+  }
+  EXPECT_EQ(changed, 8);  // brightness jitter changes every image
+}
+
+TEST(Pipeline, ProcessNeverModifiesItsInputs) {
+  Pipeline p = Pipeline::from_json({{"steps", json::array()}, {"augment", {{"hflip", 1.0}}}});
+  const auto img = random_image(16, 16, 2);
+  const auto copy = img.clone();
+  const AugmentKey key{1, 0, 0};
+  const auto out = p.process(img, {}, &key);
+  EXPECT_EQ(cv::norm(img, copy, cv::NORM_INF), 0.0);
+  EXPECT_GT(cv::norm(out.image, copy, cv::NORM_INF), 0.0);
+}
+
+TEST(Pipeline, StagesNameEveryStep) {
+  const auto p = Pipeline::from_json(kConfig);
+  const auto stages = p.stages(random_image(90, 60, 3));
+  std::vector<std::string> names;
+  for (const auto& [name, image] : stages)
+    names.push_back(name);
+  EXPECT_EQ(names, (std::vector<std::string>{"input", "center_crop", "hair_removal",
+                                             "shades_of_gray", "resize"}));
+  EXPECT_EQ(stages.back().second.size(), cv::Size(32, 32));
+}
+
+TEST(Pipeline, TensorUsesTheConfiguredNormalisation) {
+  const auto p = Pipeline::from_json(kConfig);
+  cv::Mat img(2, 2, CV_8UC3, cv::Scalar(255, 0, 51));
+  const auto t = p.tensor(img);
+  EXPECT_NEAR(t[0][0][0].item<float>(), (1.0 - 0.5) / 0.25, 1e-5);
+  EXPECT_NEAR(t[1][0][0].item<float>(), (0.0 - 0.5) / 0.25, 1e-5);
+  EXPECT_NEAR(t[2][1][1].item<float>(), (0.2 - 0.5) / 0.25, 1e-5);
+}
+
+TEST(Pipeline, FromFileReportsBadJsonWithThePath) {
+  test::TempDir dir;
+  std::ofstream(dir / "bad.json") << "{\"steps\": [";
+  try {
+    Pipeline::from_file(dir / "bad.json");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.subject(), dir / "bad.json");
+  }
+  std::ofstream(dir / "ok.json") << kConfig.dump();
+  EXPECT_EQ(Pipeline::from_file(dir / "ok.json").to_json(), Pipeline::from_json(kConfig).to_json());
+}
+
+TEST(ToTensorInto, FillsABatchSliceLikeToTensor) {
+  const auto img = random_image(6, 4, 4);
+  auto batch = torch::zeros({2, 3, 4, 6});
+  to_tensor_into(img, batch[1]);
+  EXPECT_TRUE(torch::equal(batch[1], to_tensor(img)));
+  EXPECT_EQ(batch[0].abs().sum().item<float>(), 0.0f);
+  EXPECT_THROW(to_tensor_into(img, batch[1].transpose(1, 2)), Error);
+}
+
+TEST(ChannelStats, HalfBlackHalfWhiteHasMeanAndStdOneHalf) {
+  cv::Mat img(10, 10, CV_8UC3, cv::Scalar(0, 0, 0));
+  img(cv::Rect(0, 0, 10, 5)).setTo(cv::Scalar(255, 255, 255));
+  ChannelStats stats;
+  stats.add(img);
+  stats.add(img);
+  const auto n = stats.result();
+  EXPECT_EQ(stats.pixels(), 200);
+  for (int c = 0; c < 3; ++c) {
+    EXPECT_NEAR(n.mean[c], 0.5, 1e-6);
+    EXPECT_NEAR(n.std[c], 0.5, 1e-6);
+  }
+}
+
+}  // namespace
+}  // namespace attnscope::preprocessing
