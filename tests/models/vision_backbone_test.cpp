@@ -1,0 +1,151 @@
+// Backbones: parameter counts against torchvision's / timm's published figures, torchvision's
+// tensor names, output shapes.
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <set>
+
+#include "attnscope/error.h"
+#include "models/vision/presets.h"
+#include "models/vision/resnet.h"
+#include "models/vision/vgg.h"
+#include "models/vision/vit.h"
+
+namespace attnscope::models::vision {
+namespace {
+
+int64_t count_parameters(const torch::nn::Module& m) {
+  int64_t n = 0;
+  for (const auto& p : m.parameters())
+    n += p.numel();
+  return n;
+}
+
+std::set<std::string> names(const torch::nn::Module& m) {
+  std::set<std::string> out;
+  for (const auto& p : m.named_parameters())
+    out.insert(p.key());
+  for (const auto& b : m.named_buffers())
+    out.insert(b.key());
+  return out;
+}
+
+std::shared_ptr<ImageClassifier> make(const std::string& arch, int64_t classes = 1000) {
+  ImageModelConfig c;
+  c.arch = arch;
+  c.num_classes = classes;
+  return make_image_classifier(c);
+}
+
+// torchvision's model cards (1000 classes): resnet18 11,689,512; resnet34 21,797,672;
+// resnet50 25,557,032; vgg16_bn 138,365,992. timm: ViT-Ti/16 5,717,416; ViT-S/16 22,050,664;
+// ViT-B/16 86,567,656.
+TEST(VisionBackbone, ParameterCountsMatchPublishedFigures) {
+  torch::manual_seed(0);
+  EXPECT_EQ(count_parameters(*make("resnet18")), 11689512);
+  EXPECT_EQ(count_parameters(*make("resnet34")), 21797672);
+  EXPECT_EQ(count_parameters(*make("resnet50")), 25557032);
+  EXPECT_EQ(count_parameters(*make("vgg16_bn")), 138365992);
+  EXPECT_EQ(count_parameters(*make("vit_tiny_patch16")), 5717416);
+  EXPECT_EQ(count_parameters(*make("vit_small_patch16")), 22050664);
+  EXPECT_EQ(count_parameters(*make("vit_base_patch16")), 86567656);
+}
+
+TEST(VisionBackbone, SmallPresetsHaveOneToThreeMillionParameters) {
+  for (const char* arch : {"small_cnn", "attn_small", "vit_mini_patch8"}) {
+    const auto n = count_parameters(*make(arch, 2));
+    EXPECT_GT(n, 1000000) << arch;
+    EXPECT_LT(n, 3000000) << arch;
+  }
+}
+
+TEST(VisionBackbone, UsesTorchvisionAndTimmNames) {
+  const auto r = names(*make("resnet18"));
+  for (const char* n : {"conv1.weight", "bn1.running_var", "bn1.num_batches_tracked",
+                        "layer1.0.conv1.weight", "layer2.0.downsample.0.weight",
+                        "layer2.0.downsample.1.running_mean", "layer4.1.bn2.bias", "fc.weight"})
+    EXPECT_TRUE(r.count(n)) << n;
+  EXPECT_EQ(r.size(), 122u);  // len(torchvision.models.resnet18().state_dict())
+  const auto r50 = names(*make("resnet50"));
+  EXPECT_TRUE(r50.count("layer3.5.conv3.weight"));
+  const auto v = names(*make("vgg16_bn"));
+  for (const char* n : {"features.0.weight", "features.1.running_mean", "features.41.weight",
+                        "classifier.0.weight", "classifier.3.weight", "classifier.6.bias"})
+    EXPECT_TRUE(v.count(n)) << n;
+  const auto vit = names(*make("vit_tiny_patch16"));
+  for (const char* n :
+       {"patch_embed.proj.weight", "cls_token", "pos_embed", "blocks.0.norm1.weight",
+        "blocks.11.attn.qkv.weight", "blocks.11.attn.proj.bias", "blocks.3.norm2.bias",
+        "blocks.3.mlp.fc1.weight", "blocks.3.mlp.fc2.bias", "norm.weight", "head.weight"})
+    EXPECT_TRUE(vit.count(n)) << n;
+  EXPECT_EQ(vit.size(), 152u);  // len(timm vit_tiny_patch16_224 state_dict)
+}
+
+TEST(VisionBackbone, OutputShapes) {
+  torch::manual_seed(1);
+  const auto x = torch::randn({2, 3, 64, 64});
+  for (const auto& [arch, side] : {std::pair{"resnet18", 2}, {"resnet50", 2}, {"small_cnn", 4}}) {
+    auto m = make(arch, 3);
+    m->eval();
+    torch::NoGradGuard g;
+    const auto f = m->forward_features(x);
+    EXPECT_EQ(f.features.size(2), side) << arch;  // 64 / 32 (small_cnn: 4 stages, 64 / 16)
+    EXPECT_EQ(m->forward(x).logits.sizes(), (std::vector<int64_t>{2, 3})) << arch;
+  }
+}
+
+TEST(VisionBackbone, TrunkStagesHalveTheResolution) {
+  auto trunk = std::make_shared<VggTrunk>(small_cnn_options());
+  torch::nn::Module owner;
+  trunk->build(owner);
+  const auto out = trunk->forward(torch::randn({1, 3, 32, 32}), /*pooled=*/true);
+  ASSERT_EQ(out.stages.size(), 4u);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(out.stages[i].size(2), 32 >> i);
+    EXPECT_EQ(out.pooled[i].size(2), 16 >> i);
+    EXPECT_EQ(out.stages[i].size(1), trunk->stage_channels(i));
+  }
+  EXPECT_TRUE(out.last.equal(out.pooled.back()));
+}
+
+TEST(VisionBackbone, CloneCopiesWeights) {
+  torch::manual_seed(2);
+  ResNet a(resnet18_options(2));
+  auto b = std::dynamic_pointer_cast<ResNetImpl>(a->clone());
+  ASSERT_TRUE(b);
+  a->eval();
+  b->eval();
+  const auto x = torch::randn({1, 3, 32, 32});
+  EXPECT_TRUE(torch::allclose(a->forward(x).logits, b->forward(x).logits));
+  EXPECT_NE(a->fc->weight.data_ptr(), b->fc->weight.data_ptr());
+}
+
+TEST(VisionPresets, UnknownArchListsThePresets) {
+  ImageModelConfig c;
+  c.arch = "resnet19";
+  try {
+    make_image_classifier(c);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("resnet19"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("attn_vgg16"), std::string::npos);
+  }
+}
+
+TEST(VisionPresets, ResolveFillsThePresetValues) {
+  ImageModelConfig c;
+  c.arch = "attn_vgg16";
+  const auto r = resolve_image_config(c);
+  EXPECT_EQ(*r.backbone, "vgg16_bn");
+  EXPECT_EQ(*r.attention_stages, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(*r.compatibility, "additive");
+  EXPECT_EQ(*r.normalizer, "sigmoid");
+  EXPECT_EQ(r.image_size, 224);
+  c.arch = "resnet18";
+  c.backbone = "vgg16";
+  EXPECT_FALSE(resolve_image_config(c).backbone.has_value());
+}
+
+}  // namespace
+}  // namespace attnscope::models::vision

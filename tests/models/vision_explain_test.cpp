@@ -1,0 +1,177 @@
+// Explanations: rollout against hand-computed cases, gradient rollout, Grad-CAM on a model
+// whose logits depend on known regions, the ViT's attention outputs.
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "attnscope/error.h"
+#include "models/vision/explain.h"
+#include "models/vision/presets.h"
+#include "models/vision/vit.h"
+
+namespace attnscope::models::vision {
+namespace {
+
+torch::Tensor mat(std::vector<float> v, int64_t n) {
+  return torch::tensor(v).view({n, n});
+}
+
+// Two layers, two heads, two tokens.
+std::vector<torch::Tensor> two_layers() {
+  auto l1 = torch::stack({mat({1, 0, 0.5, 0.5}, 2), mat({0.5, 0.5, 0, 1}, 2)}).unsqueeze(0);
+  auto l2 = torch::stack({mat({0.5, 0.5, 0.5, 0.5}, 2), mat({0.5, 0.5, 0.5, 0.5}, 2)}).unsqueeze(0);
+  return {l1, l2};
+}
+
+TEST(AttentionRollout, MeanFusionMatchesHandComputation) {
+  // Layer 1 mean [[.75 .25] [.25 .75]] -> (A + I) / 2 = [[.875 .125] [.125 .875]];
+  // layer 2 -> [[.75 .25] [.25 .75]]; product layer2 · layer1 = [[.6875 .3125] [.3125 .6875]].
+  const auto r = rollout_matrix(two_layers());
+  EXPECT_TRUE(torch::allclose(r[0], mat({0.6875f, 0.3125f, 0.3125f, 0.6875f}, 2)));
+}
+
+TEST(AttentionRollout, MaxFusionRenormalisesRows) {
+  // Layer 1 max [[1 .5] [.5 1]] -> (A + I) / 2 = [[1 .25] [.25 1]] -> rows / 1.25 =
+  // [[.8 .2] [.2 .8]]; times [[.75 .25] [.25 .75]] = [[.65 .35] [.35 .65]].
+  const auto r = rollout_matrix(two_layers(), RolloutOptions().head_fusion(HeadFusion::max));
+  EXPECT_TRUE(torch::allclose(r[0], mat({0.65f, 0.35f, 0.35f, 0.65f}, 2)));
+  // min: layer 1 [[.5 0] [0 .5]] -> [[.75 0] [0 .75]] -> identity; result = layer 2's.
+  const auto m = rollout_matrix(two_layers(), RolloutOptions().head_fusion(HeadFusion::min));
+  EXPECT_TRUE(torch::allclose(m[0], mat({0.75f, 0.25f, 0.25f, 0.75f}, 2)));
+}
+
+TEST(AttentionRollout, ClassTokenMapAndDiscardRatio) {
+  // One layer, one head, class token + 1×2 patches.
+  const auto a = torch::tensor({0.2f, 0.3f, 0.5f, 1 / 3.f, 1 / 3.f, 1 / 3.f, 0.f, 0.f, 1.f})
+                     .view({1, 1, 3, 3});
+  // Row 0 of (A + I) / 2 = [.6 .15 .25] -> patches [.15 .25] / .25 = [.6 1].
+  auto map = attention_rollout({a}, 1, 2);
+  EXPECT_TRUE(torch::allclose(map, torch::tensor({0.6f, 1.0f}).view({1, 1, 2})));
+  // discard 0.45 of 9 -> the 4 lowest: two zeros, 0.2 at (0, 0) (kept: class token) and 0.3.
+  // Row 0 becomes [.2 0 .5] -> (A + I) / 2 = [.6 0 .25] -> map [0 1].
+  map = attention_rollout({a}, 1, 2, RolloutOptions().discard_ratio(0.45));
+  EXPECT_TRUE(torch::allclose(map, torch::tensor({0.0f, 1.0f}).view({1, 1, 2})));
+}
+
+TEST(AttentionRollout, RejectsMismatchedGrid) {
+  EXPECT_THROW(attention_rollout(two_layers(), 2, 2), Error);
+  EXPECT_THROW(rollout_matrix({}), Error);
+}
+
+TEST(GradientRollout, UnitGradientsGiveMeanRollout) {
+  torch::manual_seed(7);
+  auto a = torch::softmax(torch::randn({2, 3, 5, 5}), -1);
+  auto b = torch::softmax(torch::randn({2, 3, 5, 5}), -1);
+  const auto ones = torch::ones_like(a);
+  EXPECT_TRUE(torch::allclose(gradient_rollout({a, b}, {ones, ones}, 2, 2),
+                              attention_rollout({a, b}, 2, 2)));
+  // Gradients weight the heads: only head 1 counts here (its weights / 3 after the mean).
+  auto g = torch::zeros_like(a);
+  g.select(1, 1).fill_(1.0);
+  const auto single = a.select(1, 1).unsqueeze(1) / 3.0;
+  EXPECT_TRUE(torch::allclose(gradient_rollout({a}, {g}, 2, 2), attention_rollout({single}, 2, 2),
+                              1e-5, 1e-6));
+  // Negative products are clamped to 0: the rollout is the identity, the class token attends
+  // to no patch.
+  EXPECT_TRUE(gradient_rollout({a}, {-ones}, 2, 2).eq(0).all().item<bool>());
+}
+
+// features = the input (2 channels); logit c = mean of channel c: class c depends on where
+// channel c is active.
+class RegionModelImpl : public torch::nn::Cloneable<RegionModelImpl>, public ImageClassifier {
+ public:
+  RegionModelImpl() { reset(); }
+  void reset() override {}
+  ImageFeatures forward_features(const torch::Tensor& images, bool) override {
+    ImageFeatures f;
+    f.features = images * 1.0;
+    return f;
+  }
+  ImageOutput forward_head(const ImageFeatures& f) override {
+    return {f.features.mean({2, 3}), {}, {}};
+  }
+  int64_t num_classes() const override { return 2; }
+  std::vector<std::string> head_prefixes() const override { return {}; }
+};
+
+TEST(GradCam, HighlightsTheRegionTheLogitDependsOn) {
+  auto x = torch::zeros({1, 2, 8, 8});
+  x[0][0].slice(0, 2, 4).slice(1, 5, 7).fill_(1.0);  // class 0's region: rows 2-3, cols 5-6
+  x[0][1].slice(0, 5, 7).slice(1, 1, 3).fill_(1.0);  // class 1's region: rows 5-6, cols 1-2
+  RegionModelImpl model;
+  const auto cam0 = grad_cam(model, x, torch::tensor({0}, torch::kLong))[0];
+  const auto cam1 = grad_cam(model, x, torch::tensor({1}, torch::kLong))[0];
+  EXPECT_TRUE(torch::equal(cam0, x[0][0]));
+  EXPECT_TRUE(torch::equal(cam1, x[0][1]));
+}
+
+TEST(GradCam, WorksForEveryCnnPresetUnderNoGrad) {
+  torch::manual_seed(8);
+  torch::NoGradGuard no_grad;
+  // small_cnn: 4 stages (64 / 16); resnet18 and vgg16: 64 / 32.
+  for (const auto& [arch, side] : {std::pair{"small_cnn", 4}, {"resnet18", 2}, {"vgg16", 2}}) {
+    ImageModelConfig c;
+    c.arch = arch;
+    auto m = make_image_classifier(c);
+    m->eval();
+    const auto cam = grad_cam(*m, torch::randn({2, 3, 64, 64}));
+    EXPECT_EQ(cam.sizes(), (std::vector<int64_t>{2, side, side})) << arch;
+    EXPECT_LE(cam.max().item<float>(), 1.0f);
+    EXPECT_GE(cam.min().item<float>(), 0.0f);
+  }
+}
+
+TEST(GradCam, RefusesAVit) {
+  VisionTransformer vit(vit_mini_patch8_options());
+  EXPECT_THROW(grad_cam(*vit, torch::randn({1, 3, 64, 64})), Error);
+}
+
+TEST(VisionTransformer, ReturnsPerLayerPerHeadWeightsOnRequest) {
+  torch::manual_seed(9);
+  VisionTransformer vit(vit_mini_patch8_options(3));
+  vit->eval();
+  torch::NoGradGuard g;
+  const auto x = torch::randn({2, 3, 64, 64});
+  const auto plain = vit->forward(x);
+  EXPECT_TRUE(plain.attention.empty());
+  EXPECT_TRUE(plain.maps.empty());
+  const auto out = vit->forward(x, /*need_attention=*/true);
+  ASSERT_EQ(out.attention.size(), 6u);
+  EXPECT_EQ(out.attention[0].sizes(), (std::vector<int64_t>{2, 4, 65, 65}));
+  EXPECT_TRUE(torch::allclose(out.attention[5].sum(-1), torch::ones({2, 4, 65}), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(out.logits, plain.logits, 1e-5, 1e-6));
+  const auto& rollout = out.maps.at("rollout");
+  EXPECT_EQ(rollout.sizes(), (std::vector<int64_t>{2, 8, 8}));
+  EXPECT_TRUE(torch::allclose(std::get<0>(rollout.flatten(1).max(1)), torch::ones({2})));
+}
+
+TEST(VisionTransformer, InterpolatesPositionsForOtherSizes) {
+  torch::manual_seed(10);
+  VisionTransformer vit(vit_mini_patch8_options(3));
+  EXPECT_TRUE(vit->position_embedding(8, 8).equal(vit->pos_embed));
+  {
+    torch::NoGradGuard g;
+    vit->pos_embed.copy_(torch::arange(128, torch::kFloat).view({1, 1, 128}).expand({1, 65, 128}));
+  }
+  // A position embedding constant over the grid stays constant whatever the grid.
+  const auto p = vit->position_embedding(12, 10);
+  EXPECT_EQ(p.sizes(), (std::vector<int64_t>{1, 121, 128}));
+  EXPECT_TRUE(
+      torch::allclose(p, torch::arange(128, torch::kFloat).expand({1, 121, 128}), 1e-4, 1e-4));
+  vit->eval();
+  EXPECT_EQ(vit->forward(torch::randn({1, 3, 96, 80})).logits.sizes(),
+            (std::vector<int64_t>{1, 3}));
+}
+
+TEST(VisionTransformer, GradientRolloutGivesAMapPerImage) {
+  torch::manual_seed(11);
+  VisionTransformer vit(vit_mini_patch8_options(3));
+  vit->eval();
+  const auto map = vit_gradient_rollout(*vit, torch::randn({2, 3, 64, 64}));
+  EXPECT_EQ(map.sizes(), (std::vector<int64_t>{2, 8, 8}));
+  EXPECT_GE(map.min().item<float>(), 0.0f);
+  EXPECT_LE(map.max().item<float>(), 1.0f);
+}
+
+}  // namespace
+}  // namespace attnscope::models::vision

@@ -1,0 +1,156 @@
+#!/usr/bin/python3
+"""Reference logits for attnscope's image classifiers (used by tests/pipeline/image_parity_test).
+
+For a torchvision architecture (resnet18, vgg16_bn, ...) builds the randomly initialised
+torchvision model; for "vit" a ViT written here with timm's names whose attention is
+torch.nn.functional.multi_head_attention_forward (torch.nn.MultiheadAttention's math). The BN
+statistics are randomised so that eval-mode BN is not the identity. Writes into OUTDIR:
+  model.pth   the state_dict
+  model.h5    the attnscope checkpoint made by tools/python/export_weights.py
+  ref.h5      input (B, 3, S, S) and logits (B, C); for vit also input_large / logits_large at a
+              larger size (interpolated position embedding) and attn_last (B, H, T, T)
+"""
+
+import argparse
+import os
+import sys
+
+import h5py
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tools", "python"))
+import export_weights  # noqa: E402
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        t = x.transpose(0, 1)  # (T, B, D)
+        out, weights = F.multi_head_attention_forward(
+            t, t, t, x.shape[-1], self.heads, self.qkv.weight, self.qkv.bias, None, None, False,
+            0.0, self.proj.weight, self.proj.bias, training=False, need_weights=True,
+            average_attn_weights=False)
+        return out.transpose(0, 1), weights
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, 4 * dim)
+
+    def forward(self, x):
+        a, w = self.attn(self.norm1(x))
+        x = x + a
+        return x + self.mlp(self.norm2(x)), w
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, dim, patch):
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, patch, stride=patch)
+
+
+class ViT(nn.Module):
+    """timm's VisionTransformer names: patch_embed.proj, cls_token, pos_embed, blocks, norm, head."""
+
+    def __init__(self, dim, depth, heads, patch, image_size, num_classes):
+        super().__init__()
+        self.patch = patch
+        self.patch_embed = PatchEmbed(dim, patch)
+        grid = image_size // patch
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, 1 + grid * grid, dim) * 0.02)
+        self.blocks = nn.ModuleList([Block(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.patch_embed.proj(x)
+        gh, gw = x.shape[2:]
+        x = x.flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + export_weights.resize_pos_embed(self.pos_embed, gh)
+        weights = None
+        for block in self.blocks:
+            x, weights = block(x)
+        x = self.norm(x)
+        return self.head(x[:, 0]), weights
+
+
+def randomise_norms(model):
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.num_batches_tracked.fill_(7)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("arch")
+    parser.add_argument("outdir")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--num-classes", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    pth = os.path.join(args.outdir, "model.pth")
+    ref = {}
+    if args.arch == "vit":
+        dim, depth, heads, patch = export_weights.VIT_PRESETS["vit_mini_patch8"]
+        model = ViT(dim, depth, heads, patch, args.size, args.num_classes)
+        randomise_norms(model)
+        model.eval()
+        x = torch.randn(args.batch, 3, args.size, args.size)
+        large = torch.randn(args.batch, 3, args.size + 2 * patch, args.size + 2 * patch)
+        with torch.no_grad():
+            ref["logits"], ref["attn_last"] = model(x)
+            ref["logits_large"], _ = model(large)
+        ref["input"], ref["input_large"] = x, large
+        arch_args = ["--arch", "vit_mini_patch8", "--image-size", str(args.size)]
+    else:
+        import torchvision
+        model = getattr(torchvision.models, args.arch)(num_classes=args.num_classes)
+        randomise_norms(model)
+        model.eval()
+        x = torch.randn(args.batch, 3, args.size, args.size)
+        with torch.no_grad():
+            ref["logits"] = model(x)
+        ref["input"] = x
+        arch_args = []
+    torch.save(model.state_dict(), pth)
+    export_weights.main([pth, os.path.join(args.outdir, "model.h5")] + arch_args)
+    with h5py.File(os.path.join(args.outdir, "ref.h5"), "w") as f:
+        for name, tensor in ref.items():
+            f.create_dataset(name, data=tensor.contiguous().numpy())
+
+
+if __name__ == "__main__":
+    main()

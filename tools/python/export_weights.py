@@ -1,0 +1,277 @@
+#!/usr/bin/python3
+"""Turns torchvision / timm weights into an attnscope checkpoint (.h5).
+
+SOURCE is either a file holding a state_dict (.pth/.pt; a dict with a "state_dict" or "model"
+entry works too) or a model name (resnet18, resnet34, resnet50, vgg16, vgg16_bn,
+vit_tiny_patch16_224, ...): then torchvision or timm builds it with pretrained weights, which
+needs that package and internet access.
+
+The checkpoint holds one dataset per tensor at the root under its dotted name, and the root
+attributes format, format_version, attnscope_version, model_config, preprocessing_config,
+class_names, provenance and extra (JSON strings) -- see pipeline/checkpoint.h.
+
+Examples:
+  export_weights.py resnet18.pth resnet18.h5
+  export_weights.py resnet18 resnet18-imagenet.h5                  # downloads
+  export_weights.py resnet18.pth backbone.h5 --backbone-only       # for attn_resnet18 etc.
+  export_weights.py vit.pth vit.h5 --arch vit_small_patch16 --image-size 224
+"""
+
+import argparse
+import datetime
+import json
+import os
+import re
+import sys
+
+import h5py
+import numpy as np
+import torch
+
+FORMAT = "attnscope-checkpoint"
+FORMAT_VERSION = "1"
+EXPORTER_VERSION = "0.1.0"
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+# timm's ViT weights (augreg) are normalised with 0.5 / 0.5.
+INCEPTION_MEAN = [0.5, 0.5, 0.5]
+INCEPTION_STD = [0.5, 0.5, 0.5]
+
+# Preset -> (embed_dim, depth, heads, patch): what attnscope's ViT presets mean.
+VIT_PRESETS = {
+    "vit_tiny_patch16": (192, 12, 3, 16),
+    "vit_small_patch16": (384, 12, 6, 16),
+    "vit_base_patch16": (768, 12, 12, 16),
+    "vit_mini_patch8": (128, 6, 4, 8),
+}
+CNN_PRESETS = ["resnet18", "resnet34", "resnet50", "vgg16", "vgg16_bn", "small_cnn"]
+HEAD_PREFIXES = {"resnet": ["fc."], "vgg": ["classifier."], "vit": ["head."]}
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def load_state_dict(source):
+    """Returns (state_dict, provenance source description, library)."""
+    if os.path.exists(source):
+        obj = torch.load(source, map_location="cpu")
+        if isinstance(obj, torch.nn.Module):
+            obj = obj.state_dict()
+        if isinstance(obj, dict):
+            for key in ("state_dict", "model"):
+                if key in obj and isinstance(obj[key], dict):
+                    obj = obj[key]
+        if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+            fail(f"{source}: not a state_dict (a dict of tensor names to tensors)")
+        return obj, os.path.abspath(source), None
+    name = source
+    if name.startswith("vit_"):
+        try:
+            import timm
+        except ImportError:
+            fail(f"'{name}' is neither a file nor buildable: timm is not installed "
+                 "(pip install timm, or pass a .pth state_dict)")
+        model = timm.create_model(name, pretrained=True)
+        return model.state_dict(), f"timm:{name}", "timm"
+    try:
+        import torchvision
+    except ImportError:
+        fail(f"'{name}' is neither a file nor buildable: torchvision is not installed")
+    if not hasattr(torchvision.models, name):
+        fail(f"'{name}' is neither a file nor a torchvision model name")
+    try:
+        model = getattr(torchvision.models, name)(weights="DEFAULT")
+    except TypeError:  # torchvision < 0.13
+        model = getattr(torchvision.models, name)(pretrained=True)
+    return model.state_dict(), f"torchvision:{name}", "torchvision"
+
+
+def infer_arch(sd):
+    """The attnscope preset a state_dict belongs to, from its names and shapes."""
+    if "patch_embed.proj.weight" in sd:
+        dim, _, patch, _ = sd["patch_embed.proj.weight"].shape
+        depth = 1 + max(int(m.group(1)) for k in sd
+                        for m in [re.match(r"blocks\.(\d+)\.", k)] if m)
+        for arch, (d, n, _, p) in VIT_PRESETS.items():
+            if (d, n, p) == (dim, depth, patch):
+                return arch
+        fail(f"ViT with embed_dim {dim}, depth {depth}, patch {patch} matches no preset; "
+             "pass --arch")
+    if "layer1.0.conv1.weight" in sd:
+        blocks = [1 + max(int(m.group(1)) for k in sd
+                          for m in [re.match(rf"layer{i}\.(\d+)\.", k)] if m)
+                  for i in range(1, 5)]
+        bottleneck = "layer1.0.conv3.weight" in sd
+        if blocks == [2, 2, 2, 2] and not bottleneck:
+            return "resnet18"
+        if blocks == [3, 4, 6, 3]:
+            return "resnet50" if bottleneck else "resnet34"
+        fail(f"ResNet with blocks {blocks} matches no preset; pass --arch")
+    if "features.0.weight" in sd:
+        convs = [k for k in sd if re.match(r"features\.\d+\.weight$", k)
+                 and sd[k].dim() == 4]
+        bn = any(re.match(r"features\.\d+\.running_mean$", k) for k in sd)
+        if len(convs) == 13:
+            return "vgg16_bn" if bn else "vgg16"
+        if len(convs) == 8 and bn:
+            return "small_cnn"
+    fail("cannot tell the architecture from the tensor names; pass --arch")
+
+
+def family(arch):
+    if arch.startswith("vit_"):
+        return "vit"
+    if arch.startswith("resnet"):
+        return "resnet"
+    if arch.startswith("attn_"):
+        return "attn"
+    return "vgg"
+
+
+def num_classes_of(sd, arch):
+    fam = family(arch)
+    if fam == "resnet":
+        return sd["fc.weight"].shape[0]
+    if fam == "vit":
+        return sd["head.weight"].shape[0]
+    if fam == "vgg":
+        last = max((k for k in sd if re.match(r"classifier\.\d+\.weight$", k)),
+                   key=lambda k: int(k.split(".")[1]))
+        return sd[last].shape[0]
+    return sd["classifier.weight"].shape[0]
+
+
+def convert(sd, arch, backbone_only, image_size):
+    """attnscope tensors (name -> numpy array) from a torchvision/timm state_dict."""
+    out = {}
+    fam = family(arch)
+    heads = HEAD_PREFIXES.get(fam, ["attention.", "classifier."])
+    for name, tensor in sd.items():
+        if backbone_only and any(name.startswith(p) for p in heads):
+            continue
+        t = tensor.detach().cpu()
+        if fam == "vit" and name == "pos_embed" and image_size:
+            t = resize_pos_embed(t, image_size // VIT_PRESETS[arch][3])
+        out[name] = t.numpy()
+    # timm names the ViT's norm layers / mlp like attnscope; refuse what attnscope lacks.
+    if fam == "vit":
+        extra = [k for k in out if k.startswith(("fc_norm.", "head_drop", "norm_pre."))
+                 or ".ls1." in k or ".ls2." in k or k == "reg_token"]
+        if extra:
+            fail(f"tensors attnscope's ViT does not have: {', '.join(sorted(extra)[:5])}")
+    return out
+
+
+def resize_pos_embed(pos, grid):
+    """Bicubic resize of a timm position embedding (1, 1 + g*g, D) to a grid x grid layout."""
+    n = pos.shape[1] - 1
+    old = int(round(n ** 0.5))
+    if old == grid:
+        return pos
+    cls, patches = pos[:, :1], pos[:, 1:]
+    patches = patches.reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    patches = torch.nn.functional.interpolate(patches, size=(grid, grid), mode="bicubic",
+                                              align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)
+    return torch.cat([cls, patches], dim=1)
+
+
+def write_checkpoint(path, tensors, model_config, preprocessing, class_names, provenance, extra):
+    tmp = path + ".tmp"
+    with h5py.File(tmp, "w") as f:
+        for name, array in sorted(tensors.items()):
+            f.create_dataset(name, data=np.ascontiguousarray(array))
+        attrs = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "attnscope_version": EXPORTER_VERSION,
+            "model_config": json.dumps(model_config),
+            "preprocessing_config": json.dumps(preprocessing),
+            "class_names": json.dumps(class_names),
+            "provenance": json.dumps(provenance),
+            "extra": json.dumps(extra),
+        }
+        for key, value in attrs.items():
+            f.attrs[key] = value  # h5py: variable-length UTF-8 strings
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Convert torchvision/timm weights into an attnscope checkpoint.")
+    parser.add_argument("source", help="state_dict file (.pth/.pt) or a model name")
+    parser.add_argument("output", help="the checkpoint to write (.h5)")
+    parser.add_argument("--arch", default="",
+                        help="attnscope preset (default: inferred from the tensors)")
+    parser.add_argument("--num-classes", type=int, default=0,
+                        help="classes of the head (default: the state_dict's)")
+    parser.add_argument("--image-size", type=int, default=0,
+                        help="input size; a ViT's position embedding is resized to it "
+                             "(default: 224, or the preset's)")
+    parser.add_argument("--backbone-only", action="store_true",
+                        help="leave out the head (fc / classifier / head) for a model whose "
+                             "head differs; load with pipeline::load_image_backbone")
+    parser.add_argument("--class-names", default="",
+                        help="comma-separated class names (default: class_0, class_1, ...)")
+    parser.add_argument("--mean", default="",
+                        help="comma-separated normalisation mean (default: by source)")
+    parser.add_argument("--std", default="", help="comma-separated normalisation std")
+    args = parser.parse_args(argv)
+
+    sd, source, library = load_state_dict(args.source)
+    sd = {k: v for k, v in sd.items()}
+    arch = args.arch or infer_arch(sd)
+    if arch not in CNN_PRESETS and arch not in VIT_PRESETS:
+        fail(f"--arch {arch}: expected one of {', '.join(CNN_PRESETS + list(VIT_PRESETS))} "
+             "(attention-CNNs load a backbone checkpoint: export the backbone with "
+             "--backbone-only)")
+    fam = family(arch)
+    if fam == "vit":
+        missing = [k for k in ("patch_embed.proj.weight", "cls_token", "pos_embed") if k not in sd]
+        if missing:
+            fail(f"{args.source}: not a timm ViT state_dict (missing {', '.join(missing)})")
+    stored_classes = num_classes_of(sd, arch)
+    if args.num_classes and args.num_classes != stored_classes and not args.backbone_only:
+        fail(f"--num-classes {args.num_classes} differs from the weights' {stored_classes}; "
+             "use --backbone-only to leave the head out")
+    num_classes = args.num_classes or stored_classes
+
+    default_size = 64 if arch == "vit_mini_patch8" else 224
+    image_size = args.image_size or default_size
+    tensors = convert(sd, arch, args.backbone_only, image_size if fam == "vit" else 0)
+
+    if library is None:
+        library = "timm" if fam == "vit" else "torchvision"
+    mean, std = (INCEPTION_MEAN, INCEPTION_STD) if library == "timm" else (IMAGENET_MEAN,
+                                                                            IMAGENET_STD)
+    if args.mean:
+        mean = [float(x) for x in args.mean.split(",")]
+    if args.std:
+        std = [float(x) for x in args.std.split(",")]
+    class_names = (args.class_names.split(",") if args.class_names
+                   else [f"class_{i}" for i in range(num_classes)])
+    if len(class_names) != num_classes:
+        fail(f"--class-names has {len(class_names)} names for {num_classes} classes")
+
+    model_config = {"arch": arch, "num_classes": num_classes, "image_size": image_size,
+                    "in_channels": 3}
+    preprocessing = {"image_size": image_size, "mean": mean, "std": std}
+    provenance = {
+        "source": source,
+        "library": library,
+        "torch_version": torch.__version__,
+        "exported_by": "tools/python/export_weights.py",
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    }
+    extra = {"backbone_only": bool(args.backbone_only)}
+    write_checkpoint(args.output, tensors, model_config, preprocessing, class_names, provenance,
+                     extra)
+    print(f"wrote {args.output}: {arch}, {len(tensors)} tensors, {num_classes} classes"
+          + (" (backbone only)" if args.backbone_only else ""))
+
+
+if __name__ == "__main__":
+    main()
