@@ -1,0 +1,294 @@
+// ISIC readers: every layout, binary and multi-class labels, image lookup, and bad CSVs whose
+// problems are all reported at once. Real fixtures are counted independently (Python's csv
+// module, run at test time).
+
+#include <algorithm>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "attnscope/error.h"
+#include "datasets/isic.h"
+#include "test_support.h"
+
+namespace attnscope::datasets {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string write(const test::TempDir& dir, const std::string& name, const std::string& text) {
+  std::ofstream(dir / name) << text;
+  return dir / name;
+}
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::vector<std::string> ids(const Dataset& ds) {
+  std::vector<std::string> out;
+  for (const auto& s : ds.samples)
+    out.push_back(s.image_id);
+  return out;
+}
+
+ReadOptions multi() {
+  ReadOptions o;
+  o.mode = LabelMode::kMultiClass;
+  return o;
+}
+
+TEST(IsicReaders, DetectsEveryLayoutFromItsHeader) {
+  test::TempDir dir;
+  const std::map<std::string, Format> cases{
+      {"ISIC_1,benign\nISIC_2,malignant\n", Format::kIsic2016},
+      {"ISIC_1,0.0\nISIC_2,1.0\n", Format::kIsic2016},
+      {"img_id,Label\nISIC_1,benign\n", Format::kIsic2016},
+      {"image_id,melanoma,seborrheic_keratosis\nISIC_1,0.0,1.0\n", Format::kIsic2017},
+      {"image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\nISIC_1,0,1,0,0,0,0,0\n", Format::kIsic2018},
+      {"lesion_id,image_id,dx,dx_type\nHAM_1,ISIC_1,nv,histo\n", Format::kHam10000},
+      {"image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK\nISIC_1,0,0,0,0,0,0,0,1,0\n", Format::kIsic2019},
+      {"image_name,patient_id,sex,age_approx,anatom_site_general_challenge,diagnosis,benign_"
+       "malignant,target\nISIC_1,IP_1,male,45,torso,nevus,benign,0\n",
+       Format::kIsic2020},
+      {"image_id,label,extra\nISIC_1,benign,x\n", Format::kGeneric}};
+  int i = 0;
+  for (const auto& [text, format] : cases) {
+    const auto path = write(dir, "gt" + std::to_string(i++) + ".csv", text);
+    EXPECT_EQ(detect_format(path), format) << text;
+  }
+  EXPECT_EQ(detect_format(dir.path().string()), Format::kFolders);
+  const auto msg = error_of([&] { detect_format(write(dir, "odd.csv", "foo,bar,baz\n1,2,3\n")); });
+  EXPECT_NE(msg.find("unrecognised"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("foo,bar,baz"), std::string::npos) << msg;
+}
+
+TEST(IsicReaders, Isic2018OneHotInBothModes) {
+  test::TempDir dir;
+  const auto path = write(dir, "gt.csv",
+                          "image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\n"
+                          "a,1.0,0.0,0.0,0.0,0.0,0.0,0.0\n"
+                          "b,0.0,1.0,0.0,0.0,0.0,0.0,0.0\n"
+                          "c,0.0,0.0,1.0,0.0,0.0,0.0,0.0\n"
+                          "d,0.0,0.0,0.0,1.0,0.0,0.0,0.0\n"
+                          "e,0.0,0.0,0.0,0.0,0.0,0.0,1.0\n");
+  const auto bin = read_dataset(path);
+  EXPECT_EQ(bin.class_names, (std::vector<std::string>{"benign", "malignant"}));
+  EXPECT_EQ(bin.labels(), (std::vector<int64_t>{1, 0, 1, 1, 0}));
+  ReadOptions ak_benign;
+  ak_benign.ak_malignant = false;
+  EXPECT_EQ(read_dataset(path, ak_benign).labels(), (std::vector<int64_t>{1, 0, 1, 0, 0}));
+  const auto m = read_dataset(path, multi());
+  EXPECT_EQ(m.class_names,
+            (std::vector<std::string>{"MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"}));
+  EXPECT_EQ(m.labels(), (std::vector<int64_t>{0, 1, 2, 3, 6}));
+}
+
+TEST(IsicReaders, Isic2019SccAndAkAreMalignant) {
+  test::TempDir dir;
+  const auto path = write(dir, "gt.csv",
+                          "image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK\n"
+                          "a,0,0,0,0,0,0,0,1,0\n"
+                          "b,0,0,0,1,0,0,0,0,0\n"
+                          "c,0,0,0,0,1,0,0,0,0\n");
+  EXPECT_EQ(read_dataset(path).labels(), (std::vector<int64_t>{1, 1, 0}));
+  EXPECT_EQ(read_dataset(path, multi()).labels(), (std::vector<int64_t>{7, 3, 4}));
+}
+
+TEST(IsicReaders, Isic2017NevusWhenBothColumnsAreZero) {
+  test::TempDir dir;
+  const auto path = write(dir, "gt.csv",
+                          "image_id,melanoma,seborrheic_keratosis\n"
+                          "a,1.0,0.0\nb,0.0,1.0\nc,0.0,0.0\n");
+  EXPECT_EQ(read_dataset(path).labels(), (std::vector<int64_t>{1, 0, 0}));
+  const auto m = read_dataset(path, multi());
+  EXPECT_EQ(m.class_names, (std::vector<std::string>{"melanoma", "seborrheic_keratosis", "nevus"}));
+  EXPECT_EQ(m.labels(), (std::vector<int64_t>{0, 1, 2}));
+}
+
+TEST(IsicReaders, Isic2020UsesTargetAndGroupsByPatient) {
+  test::TempDir dir;
+  const auto path = write(dir, "gt.csv",
+                          "image_name,patient_id,sex,age_approx,anatom_site_general_challenge,"
+                          "diagnosis,benign_malignant,target\n"
+                          "a,IP_1,male,45,torso,nevus,benign,0\n"
+                          "b,IP_1,male,45,torso,melanoma,malignant,1\n"
+                          "c,IP_2,female,30,head,unknown,benign,0\n");
+  const auto ds = read_dataset(path);
+  EXPECT_EQ(ds.labels(), (std::vector<int64_t>{0, 1, 0}));
+  EXPECT_EQ(ds.samples[1].group, std::optional<std::string>("IP_1"));
+  const auto m = read_dataset(path, multi());
+  EXPECT_EQ(m.class_names, (std::vector<std::string>{"melanoma", "nevus", "unknown"}));
+  EXPECT_EQ(m.labels(), (std::vector<int64_t>{1, 0, 2}));
+}
+
+TEST(IsicReaders, GenericCsvWithMasksAndGroups) {
+  test::TempDir dir;
+  fs::create_directories(dir.path() / "masks");
+  std::ofstream(dir / "masks/a.png") << "x";
+  const auto path = write(dir, "labels.csv",
+                          "image_id,label,mask,lesion_id\n"
+                          "a,malignant,masks/a.png,L1\n"
+                          "b,benign,,L1\n");
+  const auto ds = read_dataset(path);
+  ASSERT_EQ(ds.samples.size(), 2u);
+  EXPECT_EQ(ds.samples[0].mask_path, std::optional<std::string>(dir / "masks/a.png"));
+  EXPECT_FALSE(ds.samples[1].mask_path.has_value());
+  EXPECT_EQ(ds.samples[1].group, std::optional<std::string>("L1"));
+  EXPECT_EQ(ds.labels(), (std::vector<int64_t>{1, 0}));
+}
+
+TEST(IsicReaders, ReportsEveryProblemOfACsvAtOnce) {
+  test::TempDir dir;
+  const auto path = write(dir, "bad.csv",
+                          "image_id,label\n"
+                          "ok_1,benign\n"
+                          "ok_1,malignant\n"        // line 3: duplicate
+                          "x_2,purple\n"            // line 4: unknown label
+                          "../etc/passwd,benign\n"  // line 5: traversal
+                          "sub/x,benign\n"          // line 6: separator
+                          ",benign\n");             // line 7: empty id
+  const auto msg = error_of([&] { read_dataset(path); });
+  EXPECT_NE(msg.find("5 problems"), std::string::npos) << msg;
+  for (const auto& expected :
+       {":3: duplicate image id 'ok_1' (first on line 2)", ":4: unknown label 'purple'",
+        ":5: image id '../etc/passwd'", ":6: image id 'sub/x'", ":7: empty image id"})
+    EXPECT_NE(msg.find(path + expected), std::string::npos) << expected << "\n" << msg;
+
+  const auto one_hot = write(dir, "hot.csv",
+                             "image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\n"
+                             "a,1,1,0,0,0,0,0\n"
+                             "b,0,0,0,0,0,0,0\n"
+                             "c,0,yes,0,0,0,0,0\n");
+  const auto hot = error_of([&] { read_dataset(one_hot); });
+  EXPECT_NE(hot.find("3 problems"), std::string::npos) << hot;
+  EXPECT_NE(hot.find(":2: expected exactly one class column set to 1, got 2"), std::string::npos);
+  EXPECT_NE(hot.find(":4: column NV: expected 0 or 1, got 'yes'"), std::string::npos) << hot;
+
+  const auto missing = write(dir, "missing.csv", "image,MEL,NV,BCC,AKIEC\na,1,0,0,0\n");
+  ReadOptions forced;
+  forced.format = Format::kIsic2018;
+  const auto miss = error_of([&] { read_dataset(missing, forced); });
+  EXPECT_NE(miss.find("missing column(s) 'BKL', 'DF', 'VASC'"), std::string::npos) << miss;
+}
+
+TEST(IsicReaders, FindsImagesWithAnyExtensionAndListsAllMissing) {
+  test::TempDir dir;
+  fs::create_directories(dir.path() / "img");
+  for (const auto& name : {"a.jpg", "b.PNG", "c.jpeg", "c.tif", "notes.txt"})
+    std::ofstream(dir.path() / "img" / name) << "x";
+  const auto path = write(dir, "labels.csv",
+                          "image_id,label\na,benign\nb,benign\nc,malignant\nd,benign\ne,benign\n");
+  ReadOptions o;
+  o.images_dir = (dir.path() / "img").string();
+  const auto msg = error_of([&] { read_dataset(path, o); });
+  EXPECT_NE(msg.find("2 image(s)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("\n  d"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("\n  e"), std::string::npos) << msg;
+  o.skip_missing = true;
+  const auto ds = read_dataset(path, o);
+  EXPECT_EQ(ids(ds), (std::vector<std::string>{"a", "b", "c"}));
+  EXPECT_EQ(ds.skipped, (std::vector<std::string>{"d", "e"}));
+  EXPECT_EQ(fs::path(ds.samples[1].path).filename(), "b.PNG");
+  EXPECT_EQ(fs::path(ds.samples[2].path).filename(), "c.jpeg");  // .jpeg before .tif
+}
+
+TEST(IsicReaders, ClassFolders) {
+  test::TempDir dir;
+  for (const auto& f : {"benign/x1.jpg", "benign/x2.png", "malignant/y1.jpg", "malignant/z.txt"}) {
+    fs::create_directories((dir.path() / f).parent_path());
+    std::ofstream(dir.path() / f) << "x";
+  }
+  const auto ds = read_dataset(dir.path().string());
+  EXPECT_EQ(ds.format, Format::kFolders);
+  EXPECT_EQ(ids(ds), (std::vector<std::string>{"x1", "x2", "y1"}));
+  EXPECT_EQ(ds.labels(), (std::vector<int64_t>{0, 0, 1}));
+  EXPECT_EQ(fs::path(ds.samples[2].path), dir.path() / "malignant/y1.jpg");
+  fs::create_directories(dir.path() / "freckle");
+  EXPECT_NE(error_of([&] { read_dataset(dir.path().string()); }).find("'freckle'"),
+            std::string::npos);
+  const auto m = read_dataset(dir.path().string(), multi());
+  EXPECT_EQ(m.class_names, (std::vector<std::string>{"benign", "freckle", "malignant"}));
+}
+
+TEST(IsicReaders, FormatNamesRoundTrip) {
+  for (auto f : {Format::kIsic2016, Format::kHam10000, Format::kGeneric, Format::kFolders})
+    EXPECT_EQ(format_from_name(format_name(f)), f);
+  EXPECT_THROW(format_from_name("isic1999"), Error);
+}
+
+// Counts of a CSV column's values by Python's csv module: an independent reader.
+std::map<std::string, int64_t> python_counts(const std::string& path, int column, bool header) {
+  const auto r = test::run_process(
+      test::python() + " -c \"import csv, collections; rows = list(csv.reader(open('" + path +
+      "')))" + (header ? "[1:]" : "") + "; c = collections.Counter(r[" + std::to_string(column) +
+      "] for r in rows if r); print('\\n'.join(f'{k} {v}' for k, v in sorted(c.items())))\"");
+  EXPECT_EQ(r.status, 0) << r.output;
+  std::map<std::string, int64_t> out;
+  std::istringstream in(r.output);
+  std::string key;
+  int64_t n = 0;
+  while (in >> key >> n)
+    out[key] = n;
+  return out;
+}
+
+TEST(DataIsicReaders, Isbi2016TrainingAndTestGroundTruth) {
+  ATTNSCOPE_REQUIRE_DATA();
+  const auto dir = test::data_dir() / "isic-formats";
+  const auto train = (dir / "ISBI2016_ISIC_Part3_Training_GroundTruth.csv").string();
+  const auto test_gt = (dir / "ISBI2016_ISIC_Part3_Test_GroundTruth.csv").string();
+  EXPECT_EQ(detect_format(train), Format::kIsic2016);
+  EXPECT_EQ(detect_format(test_gt), Format::kIsic2016);
+  const auto a = read_dataset(train);
+  const auto ca = python_counts(train, 1, true);
+  EXPECT_EQ(a.class_counts(), (std::vector<int64_t>{ca.at("benign"), ca.at("malignant")}));
+  const auto b = read_dataset(test_gt);
+  const auto cb = python_counts(test_gt, 1, false);
+  EXPECT_EQ(b.class_counts(), (std::vector<int64_t>{cb.at("0.0"), cb.at("1.0")}));
+  EXPECT_EQ(b.samples.front().image_id, "ISIC_0000003");
+}
+
+TEST(DataIsicReaders, Ham10000GroupsByLesion) {
+  ATTNSCOPE_REQUIRE_DATA();
+  const auto path = (test::data_dir() / "isic-formats" / "HAM10000_metadata.csv").string();
+  EXPECT_EQ(detect_format(path), Format::kHam10000);
+  const auto m = read_dataset(path, multi());
+  const auto counts = python_counts(path, 2, true);
+  ASSERT_EQ(m.class_names.size(), 7u);
+  for (std::size_t c = 0; c < 7; ++c) {
+    std::string dx = m.class_names[c];
+    std::transform(dx.begin(), dx.end(), dx.begin(), ::tolower);
+    EXPECT_EQ(m.class_counts()[c], counts.at(dx)) << dx;
+  }
+  const auto lesions = python_counts(path, 0, true);
+  std::set<std::string> groups;
+  for (const auto& s : m.samples)
+    groups.insert(s.group.value());
+  EXPECT_EQ(groups.size(), lesions.size());
+  const auto bin = read_dataset(path);
+  EXPECT_EQ(bin.class_counts()[1], counts.at("mel") + counts.at("bcc") + counts.at("akiec"));
+}
+
+TEST(DataIsicReaders, Uda1LabelsWithImages) {
+  ATTNSCOPE_REQUIRE_DATA();
+  const auto csv = (test::data_dir() / "isic-uda1" / "labels.csv").string();
+  EXPECT_EQ(detect_format(csv), Format::kGeneric);
+  ReadOptions o;
+  o.images_dir = default_images_dir(csv);
+  const auto ds = read_dataset(csv, o);
+  const auto counts = python_counts(csv, 1, true);
+  EXPECT_EQ(ds.class_counts(), (std::vector<int64_t>{counts.at("benign"), counts.at("malignant")}));
+  for (const auto& s : ds.samples)
+    ASSERT_TRUE(fs::is_regular_file(s.path)) << s.path;
+}
+
+}  // namespace
+}  // namespace attnscope::datasets

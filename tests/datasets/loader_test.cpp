@@ -1,0 +1,203 @@
+// The threaded loader: the same batches for any number of workers, every sample once per
+// epoch, bad files reported and skipped, memory bounded by the queue.
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include <torch/torch.h>
+
+#include "attnscope/error.h"
+#include "datasets/loader.h"
+#include "test_support.h"
+
+namespace attnscope::datasets {
+namespace {
+
+using nlohmann::json;
+
+preprocessing::Pipeline small_pipeline(bool augment) {
+  json config = {{"steps", {{{"op", "resize"}, {"size", 32}}}}};
+  if (augment)
+    config["augment"] = {{"hflip", 0.5}, {"rot90", 0.5}, {"brightness", 0.2}, {"crop", 0.5}};
+  return preprocessing::Pipeline::from_json(config);
+}
+
+std::shared_ptr<SyntheticSource> synthetic(std::size_t n) {
+  SyntheticOptions o;
+  o.size = 48;
+  return std::make_shared<SyntheticSource>(n, 11, o);
+}
+
+std::vector<Batch> epoch(Loader& loader, int64_t e) {
+  loader.start_epoch(e);
+  std::vector<Batch> out;
+  while (auto b = loader.next())
+    out.push_back(std::move(*b));
+  return out;
+}
+
+TEST(Loader, BatchesDoNotDependOnTheNumberOfWorkers) {
+  const auto source = synthetic(21);
+  LoaderOptions o;
+  o.batch_size = 4;
+  o.order = Order::kShuffle;
+  o.augment = true;
+  o.seed = 3;
+  std::vector<std::vector<Batch>> runs;
+  for (int workers : {0, 1, 3}) {
+    o.workers = workers;
+    Loader loader(source, small_pipeline(true), o);
+    runs.push_back(epoch(loader, 2));
+  }
+  for (std::size_t r = 1; r < runs.size(); ++r) {
+    ASSERT_EQ(runs[r].size(), runs[0].size());
+    for (std::size_t b = 0; b < runs[0].size(); ++b) {
+      EXPECT_EQ(runs[r][b].ids, runs[0][b].ids);
+      EXPECT_TRUE(torch::equal(runs[r][b].images, runs[0][b].images))
+          << "run " << r << " batch " << b;
+      EXPECT_TRUE(torch::equal(runs[r][b].masks, runs[0][b].masks));
+      EXPECT_TRUE(torch::equal(runs[r][b].labels, runs[0][b].labels));
+    }
+  }
+}
+
+TEST(Loader, EveryEpochVisitsEverySampleOnceInANewOrder) {
+  const auto source = synthetic(10);
+  LoaderOptions o;
+  o.batch_size = 3;
+  o.order = Order::kShuffle;
+  o.workers = 2;
+  Loader loader(source, small_pipeline(false), o);
+  EXPECT_EQ(loader.batches_per_epoch(), 4);
+  std::vector<std::string> first, second;
+  for (const auto& b : epoch(loader, 0)) {
+    EXPECT_EQ(b.images.sizes(), (std::vector<int64_t>{b.size(), 3, 32, 32}));
+    EXPECT_EQ(b.masks.sizes(), (std::vector<int64_t>{b.size(), 1, 32, 32}));
+    first.insert(first.end(), b.ids.begin(), b.ids.end());
+  }
+  for (const auto& b : epoch(loader, 1))
+    second.insert(second.end(), b.ids.begin(), b.ids.end());
+  EXPECT_EQ(std::set<std::string>(first.begin(), first.end()).size(), 10u);
+  EXPECT_EQ(std::set<std::string>(second.begin(), second.end()).size(), 10u);
+  EXPECT_NE(first, second);
+  // Labels and images agree with the source.
+  loader.start_epoch(0);
+  const auto b = *loader.next();
+  for (int64_t i = 0; i < b.size(); ++i) {
+    EXPECT_EQ(b.labels[i].item<int64_t>(), source->sample(b.indices[i]).label);
+    const auto expected = small_pipeline(false).process(source->load(b.indices[i]).image).image;
+    EXPECT_TRUE(torch::allclose(b.images[i], preprocessing::to_tensor(expected)));
+  }
+}
+
+TEST(Loader, BadFilesAreReportedAndTheEpochGoesOn) {
+  test::TempDir dir;
+  SyntheticOptions so;
+  so.size = 40;
+  auto ds = write_synthetic(dir.path().string(), 6, 2, so);
+  std::ofstream(ds.samples[1].path, std::ios::trunc) << "not a png";
+  std::ofstream(ds.samples[4].path, std::ios::trunc);  // zero bytes
+  LoaderOptions o;
+  o.batch_size = 4;
+  o.workers = 2;
+  Loader loader(std::make_shared<ImageFileSource>(ds), small_pipeline(false), o);
+  const auto batches = epoch(loader, 0);
+  ASSERT_EQ(batches.size(), 2u);
+  EXPECT_EQ(batches[0].size(), 3);
+  EXPECT_EQ(batches[1].size(), 1);
+  ASSERT_EQ(batches[0].errors.size(), 1u);
+  EXPECT_EQ(batches[0].errors[0].image_id, ds.samples[1].image_id);
+  EXPECT_NE(batches[0].errors[0].message.find("not an image"), std::string::npos);
+  ASSERT_EQ(batches[1].errors.size(), 1u);
+  EXPECT_NE(batches[1].errors[0].message.find("empty file"), std::string::npos);
+  EXPECT_TRUE(batches[0].masks.defined());
+}
+
+// Counts loads, so the test can see how far ahead the workers run.
+class CountingSource : public SampleSource {
+ public:
+  explicit CountingSource(std::shared_ptr<SyntheticSource> inner) : inner_(std::move(inner)) {}
+  std::size_t size() const override { return inner_->size(); }
+  const Sample& sample(std::size_t i) const override { return inner_->sample(i); }
+  const std::vector<std::string>& class_names() const override { return inner_->class_names(); }
+  SampleData load(std::size_t i) const override {
+    ++loads;
+    return inner_->load(i);
+  }
+  mutable std::atomic<int> loads{0};
+
+ private:
+  std::shared_ptr<SyntheticSource> inner_;
+};
+
+TEST(Loader, WorkersStopAtTheQueueBound) {
+  auto source = std::make_shared<CountingSource>(synthetic(40));
+  LoaderOptions o;
+  o.batch_size = 2;
+  o.workers = 3;
+  o.queue = 3;
+  Loader loader(source, small_pipeline(false), o);
+  loader.start_epoch(0);
+  // Nobody takes a batch: the workers must stop after `queue` batches. Wait until they do.
+  int last = -1;
+  for (int i = 0; i < 100 && source->loads != last; ++i) {
+    last = source->loads;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(source->loads, o.queue * o.batch_size);
+  ASSERT_TRUE(loader.next().has_value());
+  int total = 1;
+  while (loader.next())
+    ++total;
+  EXPECT_EQ(total, 20);
+  EXPECT_EQ(source->loads, 40);
+}
+
+TEST(Loader, BalancedOrderDrawsBothClasses) {
+  SyntheticOptions so;
+  so.size = 32;
+  so.malignant_fraction = 0.1;
+  auto source = std::make_shared<SyntheticSource>(200, 1, so);
+  LoaderOptions o;
+  o.order = Order::kBalanced;
+  o.balanced_samples = 2000;
+  Loader loader(source, small_pipeline(false), o);
+  int malignant = 0;
+  for (auto i : loader.epoch_order(0))
+    malignant += source->sample(i).label == 1;
+  EXPECT_NEAR(malignant, 1000, 120);  // sd ≈ 22
+}
+
+TEST(Loader, ImagesOfDifferentSizesAreAnErrorWithoutAResize) {
+  test::TempDir a, b;
+  SyntheticOptions so;
+  so.size = 40;
+  auto ds = write_synthetic(a.path().string(), 2, 1, so);
+  so.size = 48;
+  const auto other = write_synthetic(b.path().string(), 2, 1, so);
+  ds.samples.push_back(other.samples[0]);
+  ds.samples.back().image_id = "other";
+  LoaderOptions o;
+  o.batch_size = 3;
+  o.workers = 1;
+  Loader raw(std::make_shared<ImageFileSource>(ds),
+             preprocessing::Pipeline::from_json({{"steps", json::array()}}), o);
+  raw.start_epoch(0);
+  try {
+    raw.next();
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("add a resize step"), std::string::npos) << e.what();
+  }
+  Loader resized(std::make_shared<ImageFileSource>(ds), small_pipeline(false), o);
+  EXPECT_EQ(epoch(resized, 0)[0].size(), 3);
+  LoaderOptions bad;
+  bad.batch_size = 0;
+  EXPECT_THROW(Loader(std::make_shared<ImageFileSource>(ds), small_pipeline(false), bad), Error);
+}
+
+}  // namespace
+}  // namespace attnscope::datasets
