@@ -183,7 +183,9 @@ def write_checkpoint(path, tensors, model_config, preprocessing, class_names, pr
     tmp = path + ".tmp"
     with h5py.File(tmp, "w") as f:
         for name, array in sorted(tensors.items()):
-            f.create_dataset(name, data=np.ascontiguousarray(array))
+            # np.ascontiguousarray would turn 0-d tensors (num_batches_tracked) into shape (1,).
+            data = array if array.flags.c_contiguous else array.copy(order="C")
+            f.create_dataset(name, data=data)
         attrs = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

@@ -1,0 +1,117 @@
+// Image classifier checkpoints: the model_config JSON, round trips that rebuild the
+// architecture, strict loading across architectures, h5py readability.
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "attnscope/error.h"
+#include "models/vision/presets.h"
+#include "pipeline/image_model_config.h"
+#include "test_support.h"
+
+namespace attnscope::pipeline {
+namespace {
+
+namespace vision = models::vision;
+
+vision::ImageModelConfig config_of(const std::string& arch, int64_t classes = 2) {
+  vision::ImageModelConfig c;
+  c.arch = arch;
+  c.num_classes = classes;
+  return c;
+}
+
+std::string load_error(const std::string& path, torch::nn::Module& model) {
+  try {
+    load_checkpoint(path, model);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(ImageModelConfig, JsonRoundTripKeepsOverrides) {
+  auto c = config_of("attn_small", 3);
+  c.compatibility = "dp";
+  c.normalizer = "sigmoid";
+  c.attention_stages = std::vector<int64_t>{1, 3};
+  const auto json = image_model_config_to_json(c);
+  EXPECT_EQ(json["compatibility"], "dp");
+  EXPECT_EQ(json["backbone"], "small_cnn");  // filled from the preset
+  const auto back = vision::resolve_image_config(image_model_config_from_json(json));
+  EXPECT_EQ(image_model_config_to_json(back), json);
+  EXPECT_FALSE(image_model_config_to_json(config_of("resnet18")).contains("backbone"));
+}
+
+TEST(ImageModelConfig, RejectsBadJsonNamingTheKey) {
+  auto expect_error = [](const nlohmann::json& j, const std::string& needle) {
+    try {
+      make_image_classifier(j);
+      ADD_FAILURE() << "expected an error for " << j.dump();
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error({{"num_classes", 2}}, "arch");
+  expect_error({{"arch", "resnet18"}, {"colour", 1}}, "model_config.colour");
+  expect_error({{"arch", "resnet18"}, {"num_classes", "two"}}, "model_config.num_classes");
+  expect_error({{"arch", "attn_small"}, {"normalizer", "crf"}}, "softmax or sigmoid");
+  expect_error({{"arch", "attn_small"}, {"compatibility", "cosine"}}, "cosine");
+}
+
+TEST(ImageCheckpoint, RoundTripRebuildsTheArchitecture) {
+  test::TempDir dir;
+  const auto path = dir / "attn.h5";
+  torch::manual_seed(12);
+  auto c = config_of("attn_small", 3);
+  c.compatibility = "pc";
+  c.attention_stages = std::vector<int64_t>{1, 3};
+  auto model = vision::make_image_classifier(c);
+  CheckpointMeta meta;
+  meta.class_names = {"nevus", "melanoma", "other"};
+  save_image_classifier(path, *model, c, meta);
+  const auto loaded = load_image_classifier(path);
+  EXPECT_EQ(loaded.meta.class_names, meta.class_names);
+  EXPECT_EQ(*loaded.config.compatibility, "pc");
+  model->eval();
+  loaded.model->eval();
+  torch::NoGradGuard no_grad;
+  const auto x = torch::randn({2, 3, 64, 64});
+  const auto a = model->forward(x), b = loaded.model->forward(x);
+  EXPECT_TRUE(torch::equal(a.logits, b.logits));
+  EXPECT_TRUE(torch::equal(a.maps.at("stage2"), b.maps.at("stage2")));
+  // h5py reads it without attnscope.
+  const auto py = test::run_process(
+      test::python() + " -c \"import h5py, json; f = h5py.File('" + path +
+      "', 'r'); print(json.loads(f.attrs['model_config'])['arch'], f['attention.0.u'].shape, "
+      "f['features.0.weight'].shape)\"");
+  ASSERT_EQ(py.status, 0) << py.output;
+  EXPECT_NE(py.output.find("attn_small (256,) (32, 3, 3, 3)"), std::string::npos) << py.output;
+}
+
+TEST(ImageCheckpoint, StrictLoadRejectsAnotherArchitecture) {
+  test::TempDir dir;
+  const auto path = dir / "resnet18.h5";
+  auto resnet18 = vision::make_image_classifier(config_of("resnet18"));
+  save_image_classifier(path, *resnet18, config_of("resnet18"));
+
+  auto small = vision::make_image_classifier(config_of("small_cnn"));
+  auto what = load_error(path, *small);
+  EXPECT_NE(what.find(path), std::string::npos) << what;
+  EXPECT_NE(what.find("features.0.weight"), std::string::npos) << what;      // missing
+  EXPECT_NE(what.find("layer1.0.conv1.weight"), std::string::npos) << what;  // unexpected
+
+  auto resnet34 = vision::make_image_classifier(config_of("resnet34"));
+  what = load_error(path, *resnet34);
+  EXPECT_NE(what.find("layer3.5.conv1.weight"), std::string::npos) << what;
+
+  auto three = vision::make_image_classifier(config_of("resnet18", 3));
+  what = load_error(path, *three);
+  EXPECT_NE(what.find("tensor 'fc.weight' has wrong shape: got [2, 512] in the file, expected "
+                      "[3, 512]"),
+            std::string::npos)
+      << what;
+}
+
+}  // namespace
+}  // namespace attnscope::pipeline
