@@ -19,6 +19,14 @@ void TransformerSeq2SeqImpl::reset() {
   const int64_t d = o.model_dim();
   source_embedding = register_module("source_embedding", torch::nn::Embedding(o.source_vocab(), d));
   target_embedding = register_module("target_embedding", torch::nn::Embedding(o.target_vocab(), d));
+  // Embeddings start at N(0, 1/d) so that, scaled by sqrt(d), they are as large as the
+  // positional encodings instead of drowning them.
+  {
+    torch::NoGradGuard no_grad;
+    const double std = 1.0 / std::sqrt(static_cast<double>(d));
+    source_embedding->weight.normal_(0.0, std);
+    target_embedding->weight.normal_(0.0, std);
+  }
   // Positions: the source is at most max_length tokens, the decoder input <bos> + max_length.
   const auto po =
       transformer::PositionalEncodingOptions(d, o.max_length() + 1).dropout(o.dropout());
