@@ -1,0 +1,111 @@
+// Forward throughput of every image classifier preset at 224 px (batch 1 and 16): images/s,
+// parameters, GFLOP per image (convolutions and matrix products, counted by LibTorch's
+// profiler) and GFLOP/s achieved. Compare GFLOP/s with bench_matmul's peak.
+//
+//   bench_vision [--resnet18-checkpoint=PATH] [google-benchmark flags]
+//
+// --resnet18-checkpoint loads the given weights into resnet18 (bench/torchvision_forward.py
+// uses it to time attnscope and torchvision on the same weights side by side).
+
+#include <benchmark/benchmark.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
+#include <torch/torch.h>
+
+#include <cstring>
+#include <set>
+#include <string>
+
+#include "models/runtime.h"
+#include "models/vision/presets.h"
+#include "pipeline/image_model_config.h"
+
+namespace {
+
+namespace vision = attnscope::models::vision;
+namespace profiler = torch::autograd::profiler;
+
+constexpr int64_t kImageSize = 224;
+std::string g_resnet18_checkpoint;
+
+std::shared_ptr<vision::ImageClassifier> build(const std::string& arch) {
+  if (arch == "resnet18" && !g_resnet18_checkpoint.empty())
+    return attnscope::pipeline::load_image_classifier(g_resnet18_checkpoint).model;
+  vision::ImageModelConfig c;
+  c.arch = arch;
+  c.num_classes = 2;
+  c.image_size = kImageSize;
+  return vision::make_image_classifier(c);
+}
+
+// FLOPs of one forward: LibTorch's profiler counts conv2d and the matrix products.
+double forward_flops(vision::ImageClassifier& model, const torch::Tensor& x) {
+  static const std::set<std::string> kCounted = {"aten::conv2d", "aten::mm", "aten::addmm",
+                                                 "aten::bmm", "aten::baddbmm"};
+  torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::CPU,
+                                               /*report_input_shapes=*/true,
+                                               /*profile_memory=*/false, /*with_stack=*/false,
+                                               /*with_flops=*/true);
+  profiler::enableProfilerLegacy(config);
+  model.forward(x);
+  const auto lists = profiler::disableProfilerLegacy();
+  double total = 0;
+  for (const auto& list : lists)
+    for (auto event : list)
+      if (event.kind() == profiler::EventKind::PushRange && kCounted.count(event.name()))
+        total += static_cast<double>(event.flops());
+  return total;
+}
+
+void BM_Forward(benchmark::State& state, const std::string& arch) {
+  attnscope::models::set_threads(0);
+  const int64_t batch = state.range(0);
+  auto model = build(arch);
+  model->eval();
+  c10::InferenceMode inference;
+  torch::manual_seed(0);
+  const auto x = torch::randn({batch, 3, kImageSize, kImageSize});
+  const double flops_per_image = forward_flops(*model, x.narrow(0, 0, 1));
+  int64_t params = 0;
+  for (const auto& p : model->parameters())
+    params += p.numel();
+  model->forward(x);  // warm-up
+  for (auto _ : state)
+    benchmark::DoNotOptimize(model->forward(x).logits);
+  using benchmark::Counter;
+  state.counters["images/s"] =
+      Counter(static_cast<double>(batch), Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] = Counter(flops_per_image * static_cast<double>(batch) / 1e9,
+                                      Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/image"] = flops_per_image / 1e9;
+  state.counters["Mparams"] = static_cast<double>(params) / 1e6;
+  state.counters["threads"] = attnscope::models::threads();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Our own flag first; the rest goes to Google Benchmark.
+  std::vector<char*> rest;
+  const char* kFlag = "--resnet18-checkpoint=";
+  for (int i = 0; i < argc; ++i) {
+    if (std::strncmp(argv[i], kFlag, std::strlen(kFlag)) == 0)
+      g_resnet18_checkpoint = argv[i] + std::strlen(kFlag);
+    else
+      rest.push_back(argv[i]);
+  }
+  for (const auto& arch : vision::image_presets()) {
+    benchmark::RegisterBenchmark(("BM_Forward/" + arch).c_str(), BM_Forward, arch)
+        ->ArgName("batch")
+        ->Arg(1)
+        ->Arg(16)
+        ->Unit(benchmark::kMillisecond)
+        ->MinTime(0.2)
+        ->UseRealTime();
+  }
+  int n = static_cast<int>(rest.size());
+  benchmark::Initialize(&n, rest.data());
+  if (benchmark::ReportUnrecognizedArguments(n, rest.data())) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
