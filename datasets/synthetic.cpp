@@ -63,7 +63,7 @@ std::vector<cv::Point> outline(cv::Point2d centre, double radius, bool malignant
     for (int k = 1; k <= 6; ++k)
       terms.push_back({double(k), rng.uniform(0.04, 0.13), rng.uniform(0.0, kTwoPi)});
     for (int k = 9; k <= 15; k += 2)  // a jagged, notched border
-      terms.push_back({double(k), rng.uniform(0.01, 0.035), rng.uniform(0.0, kTwoPi)});
+      terms.push_back({double(k), rng.uniform(0.008, 0.025), rng.uniform(0.0, kTwoPi)});
   } else {
     // An ellipse (k = 2) with a k = 4 term on the same axes: mirror-symmetric about both.
     const double phase = rng.uniform(0.0, kTwoPi);
@@ -127,7 +127,7 @@ void paint_lesion(cv::Mat& paint, const std::vector<cv::Point>& shape, cv::Point
                        static_cast<int>(centre.y + d * std::sin(a)));
     const int r = std::max(1, static_cast<int>(std::lround(s * rng.uniform(0.006, 0.02))));
     const auto& c = rng.bernoulli(0.7) ? colours[0] : colours[1];
-    cv::circle(paint, at, r, cv::Scalar(c[0], c[1], c[2]), cv::FILLED, cv::LINE_AA);
+    cv::circle(paint, at, r, cv::Scalar(c[0], c[1], c[2]), cv::FILLED);  // LINE_AA is 8-bit only
   }
 }
 

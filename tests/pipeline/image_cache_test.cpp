@@ -1,0 +1,115 @@
+// The HDF5 image cache: what is written is what the pipeline produced, h5py reads it, and a
+// loader over the cache yields the same batches as a loader over the images.
+
+#include <fstream>
+
+#include <torch/torch.h>
+#include <opencv2/core.hpp>
+
+#include "attnscope/error.h"
+#include "pipeline/image_cache.h"
+#include "test_support.h"
+
+namespace attnscope::pipeline {
+namespace {
+
+using nlohmann::json;
+
+preprocessing::Pipeline resize_to(int size, bool augment = false) {
+  json config = {{"steps", {{{"op", "shades_of_gray"}}, {{"op", "resize"}, {"size", size}}}}};
+  if (augment) config["augment"] = {{"hflip", 0.5}, {"rot90", 0.5}, {"brightness", 0.2}};
+  return preprocessing::Pipeline::from_json(config);
+}
+
+TEST(ImageCache, StoresThePipelineOutputAndReadsItBack) {
+  test::TempDir dir;
+  datasets::SyntheticOptions so;
+  so.size = 64;
+  const datasets::SyntheticSource source(7, 5, so);
+  const auto pipeline = resize_to(40);
+  const auto report = write_image_cache(dir / "c.h5", source, pipeline, 2);
+  EXPECT_EQ(report.written, 7u);
+  EXPECT_TRUE(report.failures.empty());
+  const ImageCacheSource cache(dir / "c.h5");
+  ASSERT_EQ(cache.size(), 7u);
+  EXPECT_EQ(cache.class_names(), source.class_names());
+  EXPECT_EQ(cache.preprocessing(), pipeline.to_json());
+  for (std::size_t i = 0; i < 7; ++i) {
+    const auto expected = pipeline.process(source.load(i).image, source.load(i).mask);
+    const auto got = cache.load(i);
+    EXPECT_EQ(cache.sample(i).image_id, source.sample(i).image_id);
+    EXPECT_EQ(cache.sample(i).label, source.sample(i).label);
+    EXPECT_EQ(cv::norm(got.image, expected.image, cv::NORM_INF), 0.0) << i;
+    EXPECT_EQ(cv::norm(got.mask, expected.mask, cv::NORM_INF), 0.0) << i;
+  }
+  // h5py, independently: shapes, types, ids and the format attribute.
+  const auto r =
+      test::run_process(test::python() + " -c \"import h5py; f = h5py.File('" + dir / "c.h5" +
+                        "', 'r'); print(f['images'].shape, f['images'].dtype, f['masks'].shape, "
+                        "f['labels'].dtype, f['ids'][0].decode(), f.attrs['format'])\"");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output,
+            "(7, 40, 40, 3) uint8 (7, 40, 40) int64 synth_000000 attnscope-image-cache\n");
+}
+
+TEST(ImageCache, LoaderOverTheCacheMatchesTheLoaderOverTheSource) {
+  test::TempDir dir;
+  datasets::SyntheticOptions so;
+  so.size = 56;
+  auto source = std::make_shared<datasets::SyntheticSource>(9, 2, so);
+  const auto pipeline = resize_to(32, true);
+  write_image_cache(dir / "c.h5", *source, pipeline);
+  auto cache = std::make_shared<ImageCacheSource>(dir / "c.h5");
+  datasets::LoaderOptions o;
+  o.batch_size = 4;
+  o.order = datasets::Order::kShuffle;
+  o.augment = true;
+  o.seed = 8;
+  o.workers = 2;
+  datasets::Loader from_source(source, pipeline, o), from_cache(cache, pipeline, o);
+  from_source.start_epoch(1);
+  from_cache.start_epoch(1);
+  int batches = 0;
+  while (auto a = from_source.next()) {
+    auto b = from_cache.next();
+    ASSERT_TRUE(b.has_value());
+    EXPECT_EQ(a->ids, b->ids);
+    EXPECT_TRUE(torch::equal(a->images, b->images)) << "batch " << batches;
+    EXPECT_TRUE(torch::equal(a->masks, b->masks));
+    ++batches;
+  }
+  EXPECT_EQ(batches, 3);
+  EXPECT_FALSE(from_cache.next().has_value());
+}
+
+TEST(ImageCache, BadImagesAreListedAndOthersCached) {
+  test::TempDir dir;
+  datasets::SyntheticOptions so;
+  so.size = 48;
+  auto ds = datasets::write_synthetic(dir.path().string(), 4, 1, so);
+  std::ofstream(ds.samples[2].path, std::ios::trunc) << "garbage";
+  const datasets::ImageFileSource source(ds);
+  const auto report = write_image_cache(dir / "c.h5", source, resize_to(32));
+  EXPECT_EQ(report.written, 3u);
+  ASSERT_EQ(report.failures.size(), 1u);
+  EXPECT_EQ(report.failures[0].image_id, ds.samples[2].image_id);
+  EXPECT_NE(report.failures[0].message.find("not an image"), std::string::npos);
+  EXPECT_EQ(ImageCacheSource(dir / "c.h5").size(), 3u);
+}
+
+TEST(ImageCache, RefusesFilesThatAreNotACache) {
+  test::TempDir dir;
+  { auto f = h5::File::create(dir / "other.h5"); }
+  std::ofstream(dir / "text.h5") << "hello";
+  for (const auto& name : {"other.h5", "text.h5", "missing.h5"}) {
+    try {
+      ImageCacheSource source(dir / name);
+      FAIL() << name;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.subject(), dir / name);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace attnscope::pipeline

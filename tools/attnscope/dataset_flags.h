@@ -1,0 +1,55 @@
+#pragma once
+// The flags every image-data subcommand shares (--data, --images, --format, --skip-missing,
+// --multiclass, --ak-benign), so that cache, preprocess stats, train and classify read
+// datasets the same way.
+
+#include <string>
+
+#include "cli.h"
+#include "datasets/isic.h"
+
+namespace attnscope::cli {
+
+struct DatasetFlags {
+  std::string data;
+  std::string images;
+  std::string format = "auto";
+  bool skip_missing = false;
+  bool multiclass = false;
+  bool ak_benign = false;
+
+  /// Adds the flags to a subcommand's options.
+  void add_to(po::options_description& desc) {
+    desc.add_options()  //
+        ("data", po::value(&data)->required(),
+         "ground-truth CSV (any ISIC layout, HAM10000, image_id,label) or a folder of class "
+         "folders")  //
+        ("images", po::value(&images)->default_value(""),
+         "folder holding the images; default: the images/ folder next to the CSV")  //
+        ("format", po::value(&format)->default_value("auto"),
+         "auto, isic2016, isic2017, isic2018, ham10000, isic2019, isic2020, generic, folders")  //
+        ("skip-missing", po::bool_switch(&skip_missing),
+         "drop ids whose image is missing instead of failing")  //
+        ("multiclass", po::bool_switch(&multiclass),
+         "keep the format's own classes instead of benign/malignant")  //
+        ("ak-benign", po::bool_switch(&ak_benign),
+         "binary mode: count actinic keratosis (AKIEC/AK) as benign");
+  }
+
+  /// Reads the dataset; a bad --format is a UsageError.
+  datasets::Dataset read(const std::string& usage) const {
+    datasets::ReadOptions o;
+    try {
+      o.format = datasets::format_from_name(format);
+    } catch (const Error& e) {
+      throw UsageError(e.what(), usage);
+    }
+    o.mode = multiclass ? datasets::LabelMode::kMultiClass : datasets::LabelMode::kBinary;
+    o.ak_malignant = !ak_benign;
+    o.skip_missing = skip_missing;
+    o.images_dir = images.empty() ? datasets::default_images_dir(data) : images;
+    return datasets::read_dataset(data, o);
+  }
+};
+
+}  // namespace attnscope::cli
