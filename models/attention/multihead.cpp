@@ -175,11 +175,16 @@ AttentionOutput MultiHeadAttentionImpl::forward(const torch::Tensor& query,
   return attend_heads(q_heads, k_all, v_all, masks, need_weights);
 }
 
-AttentionOutput MultiHeadAttentionImpl::attend_heads(const torch::Tensor& q, const torch::Tensor& k,
-                                                     const torch::Tensor& v,
+AttentionOutput MultiHeadAttentionImpl::attend_heads(const torch::Tensor& q,
+                                                     const torch::Tensor& k_heads,
+                                                     const torch::Tensor& v_heads,
                                                      const AttentionMasks& masks,
                                                      bool need_weights) {
-  const int64_t B = q.size(0), H = q.size(1), Q = q.size(2), K = k.size(2);
+  const int64_t B = q.size(0), H = q.size(1), Q = q.size(2), K = k_heads.size(2);
+  // k and v are strided views into the projection's output; the batched products would copy
+  // them anyway, and once per query chunk: copy them once here.
+  const auto k = k_heads.contiguous();  // (B, H, K, Dh)
+  const auto v = v_heads.contiguous();  // (B, H, K, Dh)
   auto mask = combine_masks(masks, Q, K, /*score_dims=*/4, q.device());
   const bool dropout = is_training() && options.dropout() > 0;
   auto one_block = [&](const torch::Tensor& q_rows, const torch::Tensor& mask_block,
@@ -190,12 +195,17 @@ AttentionOutput MultiHeadAttentionImpl::attend_heads(const torch::Tensor& q, con
   };
 
   torch::Tensor context, weights;
-  const int64_t budget = options.chunk_elements();
   const int64_t row_elements = B * H * K;
-  if (need_weights || budget <= 0 || row_elements * Q <= budget || Q == 1) {
+  // Under autograd every chunk's weights are kept for the backward pass anyway, so chunking
+  // would save no memory: it is used for inference only.
+  const bool chunk = !need_weights && options.max_score_elements() > 0 &&
+                     row_elements * Q > options.max_score_elements() && Q > 1 &&
+                     !torch::GradMode::is_enabled();
+  if (!chunk) {
     context = one_block(q, mask, need_weights ? &weights : nullptr);
   } else {
-    const int64_t rows = std::max<int64_t>(1, budget / std::max<int64_t>(1, row_elements));
+    const int64_t rows =
+        std::max<int64_t>(1, options.chunk_elements() / std::max<int64_t>(1, row_elements));
     std::vector<torch::Tensor> parts;
     for (int64_t start = 0; start < Q; start += rows) {
       const int64_t n = std::min(rows, Q - start);

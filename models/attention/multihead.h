@@ -63,9 +63,13 @@ struct MultiHeadAttentionOptions {
   TORCH_ARG(int64_t, vdim) = 0;
   /// Projection layout: false = fused `qkv` (self-attention), true = `q` + `kv` (or `k`, `v`).
   TORCH_ARG(bool, cross) = false;
-  /// When weights are not requested and B·H·Q·K exceeds this, the queries are processed in
-  /// chunks of at most this many score elements, so the (B, H, Q, K) weights never exist at
-  /// once. 0 = never chunk.
+  /// Inference (autograd off) without weights requested: when the (B, H, Q, K) scores would
+  /// have more than this many elements, the queries are processed in chunks instead, so the
+  /// full weights never exist at once. 0 = never chunk. (Under autograd every chunk's weights
+  /// are saved for the backward pass, so chunking would save nothing there.)
+  TORCH_ARG(int64_t, max_score_elements) = int64_t{1} << 26;
+  /// Score elements (B·H·rows·K) per query chunk. Small enough for the allocator to reuse
+  /// freed blocks; many tiny chunks cost time in per-operation overhead.
   TORCH_ARG(int64_t, chunk_elements) = int64_t{1} << 22;
 };
 

@@ -145,12 +145,14 @@ TEST_F(MultiHeadAttentionTest, KdimVdimMatchTorchSeparateProjections) {
 TEST_F(MultiHeadAttentionTest, QueryChunksWithoutWeightsMatchTorch) {
   torch::nn::MultiheadAttention ref(torch::nn::MultiheadAttentionOptions(kE, kH));
   auto ours = copy_of(ref, /*cross=*/false);
-  ours->options.chunk_elements(kB * kH * 9 * 2);  // 2 query rows per chunk, last one shorter
+  ours->options.max_score_elements(kB * kH * 9 * 2).chunk_elements(kB * kH * 9 * 2);
+  // 2 query rows per chunk, the last one shorter
   const int64_t L = 9;
   auto x = torch::randn({kB, L, kE});
   auto causal = causal_mask(L, L);
   auto [out_ref, w_ref] = ref->forward(x.transpose(0, 1), x.transpose(0, 1), x.transpose(0, 1), {},
                                        false, additive(causal));
+  torch::NoGradGuard inference;  // chunking is for inference only
   auto out = ours->forward(x, AttentionMasks{{}, {}, true});
   EXPECT_FALSE(out.weights.defined());
   EXPECT_TRUE(torch::allclose(out.context, out_ref.transpose(0, 1), 0, kAtol));
