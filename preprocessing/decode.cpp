@@ -86,7 +86,7 @@ ImageInfo probe_jpeg(const Reader& r, const std::string& name) {
   ImageInfo info{"jpeg"};
   std::size_t pos = 2;
   for (;;) {
-    r.need(pos, 4, "JPEG header");
+    r.need(pos, 2, "JPEG header");
     check(r.at(pos) == 0xFF, name, "corrupt JPEG: expected a marker at byte ", pos);
     const uint8_t marker = r.at(pos + 1);
     if (marker == 0xFF) {  // fill byte
@@ -94,6 +94,7 @@ ImageInfo probe_jpeg(const Reader& r, const std::string& name) {
       continue;
     }
     check(marker != 0xD9 && marker != 0xDA, name, "corrupt JPEG: no frame header before the scan");
+    r.need(pos, 4, "JPEG header");
     const uint32_t len = r.be(pos + 2, 2);
     check(len >= 2, name, "corrupt JPEG: bad segment length at byte ", pos);
     r.need(pos + 2, len, "JPEG header");

@@ -1,0 +1,152 @@
+// End-to-end tests of `attnscope preprocess`, `synth` and `cache`: a real process on a folder
+// of good and bad files written by the test itself.
+
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include <opencv2/imgcodecs.hpp>
+
+#include "test_support.h"
+
+namespace attnscope {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string exe() {
+  return ATTNSCOPE_EXE;
+}
+
+int count_lines_with(const std::string& text, const std::string& needle) {
+  std::istringstream in(text);
+  std::string line;
+  int n = 0;
+  while (std::getline(in, line))
+    n += line.find(needle) != std::string::npos;
+  return n;
+}
+
+TEST(CliPreprocess, GoesOnPastBadFilesWithOneLineEach) {
+  test::TempDir dir;
+  const auto in = dir.path() / "in";
+  fs::create_directories(in);
+  cv::Mat bgr(60, 80, CV_8UC3, cv::Scalar(40, 90, 200));
+  ASSERT_TRUE(cv::imwrite((in / "good.jpg").string(), bgr));
+  ASSERT_TRUE(cv::imwrite((in / "deep.png").string(),
+                          cv::Mat(60, 80, CV_16UC3, cv::Scalar(9000, 30000, 60000))));
+  ASSERT_TRUE(cv::imwrite((in / "grey.png").string(), cv::Mat(60, 80, CV_8UC1, cv::Scalar(128))));
+  ASSERT_TRUE(
+      cv::imwrite((in / "rgba.png").string(), cv::Mat(60, 80, CV_8UC4, cv::Scalar(1, 2, 3, 4))));
+  const auto cmyk = test::run_process(test::python() +
+                                      " -c \"from PIL import Image; Image.new('CMYK', (80, 60), "
+                                      "(0, 255, 255, 0)).save('" +
+                                      (in / "cmyk.jpg").string() + "')\"");
+  const bool have_cmyk = cmyk.status == 0;
+  std::ofstream(in / "zero.jpg");
+  std::ofstream(in / "text.png") << "this is not an image\n";
+  std::vector<uint8_t> jpeg;
+  cv::imencode(".jpg", bgr, jpeg);
+  std::ofstream(in / "cut.jpg", std::ios::binary)
+      .write(reinterpret_cast<const char*>(jpeg.data()),
+             static_cast<std::streamsize>(jpeg.size() / 2));
+  std::ofstream(in / "corrupt.jpg", std::ios::binary)
+      .write("\xFF\xD8\xFF\xE0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xFF\xD9", 22);
+  const unsigned char huge[] = {0x89, 'P',  'N', 'G', '\r', '\n', 0x1A, '\n', 0,    0, 0,
+                                13,   'I',  'H', 'D', 'R',  0,    0,    0x4E, 0x20, 0, 0,
+                                0x4E, 0x20, 8,   2,   0,    0,    0,    0,    0,    0, 0};
+  std::ofstream(in / "huge.png", std::ios::binary)
+      .write(reinterpret_cast<const char*>(huge), sizeof huge);
+  std::ofstream(in / "notes.txt") << "ignored";
+
+  const auto out = dir.path() / "out";
+  const auto r = test::run_process(exe() + " preprocess --input " + in.string() + " --out " +
+                                   out.string() + " --steps");
+  EXPECT_EQ(r.status, 1) << r.output;
+  const std::map<std::string, std::string> bad{{"zero.jpg", "empty file"},
+                                               {"text.png", "not an image"},
+                                               {"cut.jpg", "truncated"},
+                                               {"corrupt.jpg", "no frame header"},
+                                               {"huge.png", "too large"}};
+  for (const auto& [name, problem] : bad) {
+    EXPECT_EQ(count_lines_with(r.output, (in / name).string() + ": "), 1) << name << "\n"
+                                                                          << r.output;
+    EXPECT_NE(r.output.find((in / name).string() + ": "), std::string::npos);
+    EXPECT_NE(r.output.find(problem), std::string::npos) << problem;
+    EXPECT_FALSE(fs::exists(out / (fs::path(name).stem().string() + ".png"))) << name;
+  }
+  std::vector<std::string> good{"good", "deep", "grey", "rgba"};
+  if (have_cmyk) good.push_back("cmyk");
+  for (const auto& name : good) {
+    const auto img = cv::imread((out / (name + ".png")).string(), cv::IMREAD_UNCHANGED);
+    ASSERT_FALSE(img.empty()) << name;
+    EXPECT_EQ(img.size(), cv::Size(224, 224)) << name;
+    EXPECT_EQ(img.type(), CV_8UC3) << name;
+    EXPECT_TRUE(fs::exists(out / (name + "_steps.png"))) << name;
+  }
+  EXPECT_NE(r.output.find("preprocessed " + std::to_string(good.size()) + " of " +
+                          std::to_string(good.size() + bad.size()) + " images"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("ignored 1 files"), std::string::npos) << r.output;
+}
+
+TEST(CliPreprocess, StatsPrintsMeanAndStd) {
+  test::TempDir dir;
+  ASSERT_EQ(
+      test::run_process(exe() + " synth --out " + dir.path().string() + " --count 4 --size 64")
+          .status,
+      0);
+  const auto r = test::run_process(exe() + " preprocess stats --data " + (dir / "labels.csv"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("\"images\":4"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\"mean\":["), std::string::npos) << r.output;
+}
+
+TEST(CliSynth, WritesImagesMasksAndLabelsDeterministically) {
+  test::TempDir a, b;
+  for (const auto* dir : {&a, &b}) {
+    const auto r = test::run_process(exe() + " synth --out " + dir->path().string() +
+                                     " --count 5 --seed 3 --size 48");
+    ASSERT_EQ(r.status, 0) << r.output;
+  }
+  std::ifstream la(a / "labels.csv"), lb(b / "labels.csv");
+  std::stringstream sa, sb;
+  sa << la.rdbuf();
+  sb << lb.rdbuf();
+  EXPECT_EQ(sa.str(), sb.str());
+  EXPECT_EQ(sa.str().rfind("image_id,label,mask,", 0), 0u);
+  for (int i = 0; i < 5; ++i) {
+    const std::string id = "synth_00000" + std::to_string(i);
+    const auto x = cv::imread(a / ("images/" + id + ".png")),
+               y = cv::imread(b / ("images/" + id + ".png"));
+    ASSERT_EQ(x.size(), cv::Size(48, 48));
+    EXPECT_EQ(cv::norm(x, y, cv::NORM_INF), 0.0);
+    EXPECT_EQ(cv::imread(a / ("masks/" + id + ".png"), cv::IMREAD_UNCHANGED).type(), CV_8UC1);
+  }
+  const auto bad = test::run_process(exe() + " synth --out " + a.path().string() + " --size 8");
+  EXPECT_EQ(bad.status, 2) << bad.output;
+  EXPECT_NE(bad.output.find("--size must be >= 32"), std::string::npos);
+}
+
+TEST(CliCache, CachesASyntheticDatasetForH5py) {
+  test::TempDir dir;
+  ASSERT_EQ(
+      test::run_process(exe() + " synth --out " + dir.path().string() + " --count 6 --size 64")
+          .status,
+      0);
+  const auto r = test::run_process(exe() + " cache --data " + (dir / "labels.csv") + " --out " +
+                                   (dir / "c.h5") + " --size 32");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("cached 6 of 6 images"), std::string::npos) << r.output;
+  const auto py = test::run_process(test::python() + " -c \"import h5py; f = h5py.File('" +
+                                    (dir / "c.h5") + "'); print(f['images'].shape)\"");
+  EXPECT_EQ(py.output, "(6, 32, 32, 3)\n");
+  const auto bad = test::run_process(exe() + " cache --data " + (dir / "labels.csv") + " --out " +
+                                     (dir / "d.h5") + " --format isic1999");
+  EXPECT_EQ(bad.status, 2) << bad.output;
+  EXPECT_NE(bad.output.find("unknown format 'isic1999'"), std::string::npos) << bad.output;
+}
+
+}  // namespace
+}  // namespace attnscope
