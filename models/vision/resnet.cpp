@@ -60,11 +60,13 @@ void ResidualBlockImpl::reset() {
 }
 
 torch::Tensor ResidualBlockImpl::forward(const torch::Tensor& x) {
-  auto out = torch::relu(bn1(conv1(x)));
+  // In-place ReLUs and residual sum, as torchvision (ReLU(inplace=True), out += identity):
+  // BatchNorm's backward does not need its output, so autograd allows it.
+  auto out = bn1(conv1(x)).relu_();
   out = bn2(conv2(out));
-  if (conv3) out = bn3(conv3(torch::relu(out)));
-  const auto identity = downsample ? downsample->forward(x) : x;
-  return torch::relu(out + identity);
+  if (conv3) out = bn3(conv3(out.relu_()));
+  out += downsample ? downsample->forward(x) : x;
+  return out.relu_();
 }
 
 void ResNetTrunk::build(torch::nn::Module& owner) {
@@ -91,7 +93,7 @@ void ResNetTrunk::build(torch::nn::Module& owner) {
 
 TrunkOutput ResNetTrunk::forward(const torch::Tensor& x, bool pooled) {
   TrunkOutput out;
-  auto y = torch::relu(bn1(conv1(x)));
+  auto y = bn1(conv1(x)).relu_();
   y = torch::max_pool2d(y, /*kernel_size=*/3, /*stride=*/2, /*padding=*/1);
   for (auto& layer : layers) {
     y = layer->forward(y);

@@ -149,3 +149,25 @@ TEST(VisionPresets, ResolveFillsThePresetValues) {
 
 }  // namespace
 }  // namespace attnscope::models::vision
+
+namespace attnscope::models::vision {
+namespace {
+
+// The in-place ReLUs and residual sums must leave autograd a valid graph in training mode.
+TEST(VisionBackbone, BackwardRunsInTrainingMode) {
+  torch::manual_seed(13);
+  for (const char* arch : {"resnet18", "attn_small"}) {
+    auto m = make(arch, 2);
+    m->train();
+    const auto loss = torch::nn::functional::cross_entropy(
+        m->forward(torch::randn({2, 3, 32, 32})).logits, torch::tensor({0, 1}));
+    loss.backward();
+    for (const auto& p : m->named_parameters()) {
+      ASSERT_TRUE(p.value().grad().defined()) << arch << " " << p.key();
+      EXPECT_TRUE(torch::isfinite(p.value().grad()).all().item<bool>()) << p.key();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace attnscope::models::vision

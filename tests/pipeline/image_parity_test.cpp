@@ -96,3 +96,32 @@ TEST(ImageParity, BackboneOnlyExportLoadsIntoAnAttentionCnn) {
 
 }  // namespace
 }  // namespace attnscope::pipeline
+
+namespace attnscope::pipeline {
+namespace {
+
+TEST(ImageExport, RefusesWhatItCannotMap) {
+  test::TempDir dir;
+  const auto script = std::string(ATTNSCOPE_SOURCE_DIR) + "/tools/python/export_weights.py ";
+  auto py = test::run_process(
+      test::python() + " -c \"import torch, torchvision; torch.save({'w': torch.zeros(2)}, '" +
+      (dir / "odd.pth") +
+      "'); torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), '" +
+      (dir / "r18.pth") + "')\"");
+  ASSERT_EQ(py.status, 0) << py.output;
+  auto r =
+      test::run_process(test::python() + " " + script + (dir / "odd.pth") + " " + (dir / "odd.h5"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("cannot tell the architecture"), std::string::npos) << r.output;
+  r = test::run_process(test::python() + " " + script + (dir / "r18.pth") + " " + (dir / "r18.h5") +
+                        " --num-classes 2");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("--backbone-only"), std::string::npos) << r.output;
+  r = test::run_process(test::python() + " " + script + (dir / "missing.pth") + " " +
+                        (dir / "x.h5"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("missing.pth"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace attnscope::pipeline
