@@ -22,6 +22,13 @@ void check_inputs(const torch::Tensor& source, const torch::Tensor& lengths,
   check(options.max_length() >= 1, "decode", "max length must be >= 1, got ", options.max_length());
 }
 
+// After max_length tokens only <eos> may follow: every other token gets log-probability -inf.
+torch::Tensor only_eos(const torch::Tensor& log_probs) {
+  auto out = torch::full_like(log_probs, -std::numeric_limits<double>::infinity());
+  out.select(1, kEos).copy_(log_probs.select(1, kEos));
+  return out;
+}
+
 }  // namespace
 
 double length_penalty(int64_t length, double alpha) {
@@ -39,10 +46,12 @@ std::vector<Hypothesis> greedy_decode(Seq2SeqModel& model, const torch::Tensor& 
   std::vector<Hypothesis> out(static_cast<std::size_t>(batch));
   std::vector<std::vector<torch::Tensor>> rows(static_cast<std::size_t>(batch));
   auto lengths = source_lengths.to(torch::kCPU);
-  for (int64_t t = 0; t < options.max_length(); ++t) {
+  // max_length tokens, then one more step that may only end the sequence.
+  for (int64_t t = 0; t <= options.max_length(); ++t) {
     auto step = model.step(state, previous);
     auto log_probs = torch::log_softmax(step.logits, -1);  // (B, V)
-    auto best = log_probs.argmax(-1);                      // (B)
+    if (t == options.max_length()) log_probs = only_eos(log_probs);
+    auto best = log_probs.argmax(-1);  // (B)
     auto best_lp = log_probs.gather(1, best.unsqueeze(1)).squeeze(1);
     auto attention = step.attention.defined() ? step.attention.to(torch::kFloat) : torch::Tensor();
     bool all_done = true;
@@ -95,9 +104,10 @@ std::vector<Hypothesis> beam_decode(Seq2SeqModel& model, const torch::Tensor& so
                             options.length_penalty());
     };
     auto previous = torch::full({1}, kBos, torch::kLong);
-    for (int64_t t = 0; t < options.max_length() && !live.empty(); ++t) {
+    for (int64_t t = 0; t <= options.max_length() && !live.empty(); ++t) {
       auto step = model.step(state, previous);
       auto log_probs = torch::log_softmax(step.logits, -1);  // (n, V)
+      if (t == options.max_length()) log_probs = only_eos(log_probs);
       const int64_t n = log_probs.size(0), vocab = log_probs.size(1);
       auto base = torch::empty({n, 1}, torch::kDouble);
       for (int64_t i = 0; i < n; ++i)

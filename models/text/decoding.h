@@ -17,7 +17,7 @@ struct DecodeOptions {
   /// GNMT length penalty α (Wu et al. 2016): hypotheses are ranked by
   /// log p / ((5 + length) / 6)^α; 0 = plain log-probability.
   TORCH_ARG(double, length_penalty) = 0.0;
-  /// Most output tokens (without <eos>); decoding stops there when no <eos> came.
+  /// Most output tokens (without <eos>); after that many only <eos> may follow.
   TORCH_ARG(int64_t, max_length) = 128;
 };
 
@@ -28,7 +28,7 @@ struct Hypothesis {
   std::vector<int64_t> tokens;  ///< without <bos>/<eos>
   torch::Tensor attention;
   double log_prob = 0.0;  ///< sum of the token log-probabilities (including <eos> when reached)
-  bool finished = false;  ///< reached <eos> before max_length
+  bool finished = false;  ///< ended with <eos> (at the latest right after max_length tokens)
 };
 
 /// Greedy decoding of a whole batch at once (runs under NoGradGuard, in eval mode left as is).
