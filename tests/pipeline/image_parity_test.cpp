@@ -39,23 +39,23 @@ torch::Tensor reference(const test::TempDir& dir, const std::string& name) {
   return h5::read_tensor(file.id(), name, path);
 }
 
-TEST(ImageParity, ResNet18MatchesTorchvision) {
+// The logits of attnscope's model equal those of torchvision's model of that name.
+void expect_torchvision_logits(const std::string& arch) {
   test::TempDir dir;
-  auto loaded = make_reference(dir, "resnet18");
-  EXPECT_EQ(loaded.config.arch, "resnet18");
+  auto loaded = make_reference(dir, arch);
+  EXPECT_EQ(loaded.config.arch, arch);
   EXPECT_EQ(loaded.meta.class_names.size(), 5u);
   torch::NoGradGuard no_grad;
   const auto logits = loaded.model->forward(reference(dir, "input")).logits;
   EXPECT_LE(relative_error(logits, reference(dir, "logits")), kTolerance);
 }
 
+TEST(ImageParity, ResNet18MatchesTorchvision) {
+  expect_torchvision_logits("resnet18");
+}
+
 TEST(ImageParity, Vgg16BnMatchesTorchvision) {
-  test::TempDir dir;
-  auto loaded = make_reference(dir, "vgg16_bn");
-  EXPECT_EQ(loaded.config.arch, "vgg16_bn");
-  torch::NoGradGuard no_grad;
-  const auto logits = loaded.model->forward(reference(dir, "input")).logits;
-  EXPECT_LE(relative_error(logits, reference(dir, "logits")), kTolerance);
+  expect_torchvision_logits("vgg16_bn");
 }
 
 TEST(ImageParity, VitMatchesPythonReference) {
