@@ -1,0 +1,126 @@
+// Time per preprocessing step on a 1024 × 768 dermoscopy-like image (synthetic, so the
+// benchmark needs no data), plus decoding the same image from JPEG and the tensor conversion.
+
+#include <benchmark/benchmark.h>
+
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "datasets/synthetic.h"
+#include "preprocessing/augment.h"
+#include "preprocessing/decode.h"
+#include "preprocessing/pipeline.h"
+#include "preprocessing/steps.h"
+#include "preprocessing/tensor.h"
+
+namespace pp = attnscope::preprocessing;
+
+namespace {
+
+// A 1024 × 768 RGB image: a synthetic lesion (with hairs) stretched to 4:3.
+const cv::Mat& image() {
+  static const cv::Mat img = [] {
+    attnscope::datasets::SyntheticOptions o;
+    o.size = 1024;
+    o.hair_probability = 1.0;
+    cv::Mat out;
+    cv::resize(attnscope::datasets::make_synthetic(o, 1, 0).image, out, {1024, 768}, 0, 0,
+               cv::INTER_AREA);
+    return out;
+  }();
+  return img;
+}
+
+void BM_DecodeJpeg(benchmark::State& state) {
+  cv::Mat bgr;
+  cv::cvtColor(image(), bgr, cv::COLOR_RGB2BGR);
+  std::vector<uint8_t> jpeg;
+  cv::imencode(".jpg", bgr, jpeg, {cv::IMWRITE_JPEG_QUALITY, 90});
+  for (auto _ : state)
+    benchmark::DoNotOptimize(pp::decode_image_bytes(jpeg, "bench.jpg"));
+}
+BENCHMARK(BM_DecodeJpeg)->Unit(benchmark::kMillisecond);
+
+void BM_CenterCrop(benchmark::State& state) {
+  for (auto _ : state)
+    benchmark::DoNotOptimize(pp::center_crop(image(), {0.8}));
+}
+BENCHMARK(BM_CenterCrop)->Unit(benchmark::kMillisecond);
+
+void BM_Resize224(benchmark::State& state) {
+  for (auto _ : state)
+    benchmark::DoNotOptimize(pp::resize(image(), {224, pp::ResizeMode::kCrop}));
+}
+BENCHMARK(BM_Resize224)->Unit(benchmark::kMillisecond);
+
+void BM_Letterbox224(benchmark::State& state) {
+  for (auto _ : state)
+    benchmark::DoNotOptimize(pp::resize(image(), {224, pp::ResizeMode::kLetterbox}));
+}
+BENCHMARK(BM_Letterbox224)->Unit(benchmark::kMillisecond);
+
+void BM_HairRemoval(benchmark::State& state) {
+  for (auto _ : state)
+    benchmark::DoNotOptimize(pp::remove_hair(image(), {}));
+}
+BENCHMARK(BM_HairRemoval)->Unit(benchmark::kMillisecond);
+
+void BM_ShadesOfGray(benchmark::State& state) {
+  for (auto _ : state)
+    benchmark::DoNotOptimize(pp::shades_of_gray(image(), {6.0, 0.0}));
+}
+BENCHMARK(BM_ShadesOfGray)->Unit(benchmark::kMillisecond);
+
+void BM_Clahe(benchmark::State& state) {
+  for (auto _ : state)
+    benchmark::DoNotOptimize(pp::clahe(image(), {}));
+}
+BENCHMARK(BM_Clahe)->Unit(benchmark::kMillisecond);
+
+// Every augmentation on (probability 1) on the full-size image.
+void BM_AugmentAll(benchmark::State& state) {
+  pp::AugmentOptions o;
+  o.hflip = o.vflip = o.rot90 = o.crop = o.affine = o.blur = o.noise = o.cutout = 1.0;
+  o.degrees = 15;
+  o.translate = 0.05;
+  o.brightness = o.contrast = o.saturation = 0.2;
+  o.hue = 0.05;
+  int64_t i = 0;
+  for (auto _ : state) {
+    cv::Mat img = image().clone();
+    pp::augment(img, nullptr, o, {1, i++, 0});
+    benchmark::DoNotOptimize(img);
+  }
+}
+BENCHMARK(BM_AugmentAll)->Unit(benchmark::kMillisecond);
+
+void BM_ToTensor(benchmark::State& state) {
+  const cv::Mat img = state.range(0) == 224 ? pp::resize(image(), {224}) : image();
+  for (auto _ : state)
+    benchmark::DoNotOptimize(pp::to_tensor(img));
+  state.SetLabel(state.range(0) == 224 ? "224x224" : "1024x768");
+}
+BENCHMARK(BM_ToTensor)->Arg(224)->Arg(1024)->Unit(benchmark::kMillisecond);
+
+// The training pipeline most runs use: centre crop 0.8, hair removal, Shades of Gray, resize 224.
+void BM_FullPipeline(benchmark::State& state) {
+  const auto p = pp::Pipeline::from_json(nlohmann::json::parse(R"({"steps": [
+    {"op": "center_crop", "ratio": 0.8}, {"op": "hair_removal"}, {"op": "shades_of_gray"},
+    {"op": "resize", "size": 224}]})"));
+  for (auto _ : state)
+    benchmark::DoNotOptimize(p.tensor(p.process(image()).image));
+}
+BENCHMARK(BM_FullPipeline)->Unit(benchmark::kMillisecond);
+
+// Synthetic image generation at 224 px (training tests generate hundreds).
+void BM_Synthetic224(benchmark::State& state) {
+  attnscope::datasets::SyntheticOptions o;
+  int64_t i = 0;
+  for (auto _ : state)
+    benchmark::DoNotOptimize(attnscope::datasets::make_synthetic(o, 1, i++));
+}
+BENCHMARK(BM_Synthetic224)->Unit(benchmark::kMillisecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();
