@@ -5,9 +5,20 @@
 namespace attnscope::models::transformer {
 namespace {
 
-torch::nn::LayerNorm make_final_norm(const TransformerStackOptions& o) {
-  return torch::nn::LayerNorm(
-      torch::nn::LayerNormOptions({o.layer().d_model()}).eps(o.layer().layer_norm_eps()));
+// Registers `layers` (num_layers copies of Layer) and, when final_norm, `norm` on `stack`.
+template <typename Layer>
+void build_stack(torch::nn::Module& stack, const TransformerStackOptions& o, const char* who,
+                 torch::nn::ModuleList& layers, torch::nn::LayerNorm& norm) {
+  check(o.num_layers() > 0, who, "num_layers must be > 0, got ", o.num_layers());
+  layers = stack.register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < o.num_layers(); ++i)
+    layers->push_back(Layer(o.layer()));
+  norm = nullptr;
+  if (o.final_norm())
+    norm = stack.register_module(
+        "norm",
+        torch::nn::LayerNorm(
+            torch::nn::LayerNormOptions({o.layer().d_model()}).eps(o.layer().layer_norm_eps())));
 }
 
 }  // namespace
@@ -18,13 +29,7 @@ TransformerEncoderImpl::TransformerEncoderImpl(const TransformerStackOptions& op
 }
 
 void TransformerEncoderImpl::reset() {
-  check(options.num_layers() > 0, "TransformerEncoder", "num_layers must be > 0, got ",
-        options.num_layers());
-  layers = register_module("layers", torch::nn::ModuleList());
-  for (int64_t i = 0; i < options.num_layers(); ++i)
-    layers->push_back(TransformerEncoderLayer(options.layer()));
-  norm = nullptr;
-  if (options.final_norm()) norm = register_module("norm", make_final_norm(options));
+  build_stack<TransformerEncoderLayer>(*this, options, "TransformerEncoder", layers, norm);
 }
 
 EncoderOutput TransformerEncoderImpl::forward(const torch::Tensor& src, const AttentionMasks& masks,
@@ -46,13 +51,7 @@ TransformerDecoderImpl::TransformerDecoderImpl(const TransformerStackOptions& op
 }
 
 void TransformerDecoderImpl::reset() {
-  check(options.num_layers() > 0, "TransformerDecoder", "num_layers must be > 0, got ",
-        options.num_layers());
-  layers = register_module("layers", torch::nn::ModuleList());
-  for (int64_t i = 0; i < options.num_layers(); ++i)
-    layers->push_back(TransformerDecoderLayer(options.layer()));
-  norm = nullptr;
-  if (options.final_norm()) norm = register_module("norm", make_final_norm(options));
+  build_stack<TransformerDecoderLayer>(*this, options, "TransformerDecoder", layers, norm);
 }
 
 DecoderCache TransformerDecoderImpl::make_cache() const {
