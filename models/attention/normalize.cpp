@@ -45,55 +45,63 @@ torch::Tensor crf_marginals(const torch::Tensor& scores, const torch::Tensor& tr
         "transitions must be (2, 2), got ", transitions.sizes());
   const int64_t K = scores.size(-1);
   if (K == 0 || scores.numel() == 0) return torch::zeros_like(scores);
-  auto u = scores.reshape({-1, K});  // (N, K): N = all leading dims
-  const int64_t N = u.size(0);
-  auto T = transitions.to(scores.dtype()).unsqueeze(0);  // (1, 2 prev, 2 next)
-  torch::Tensor m;                                       // (N, K) bool or undefined
+  const auto u = scores.reshape({-1, K}).unbind(1);  // K x (N): unary of state 1 per key
+  const int64_t N = u[0].size(0);
+  const auto t = transitions.to(scores.dtype());
+  // t_ab: log-potential of state a at the previous (unmasked) key and b at this one.
+  const auto t00 = t[0][0], t01 = t[0][1], t10 = t[1][0], t11 = t[1][1];
+  std::vector<torch::Tensor> m;  // K x (N) bool, empty when there is no mask
   if (mask.defined()) {
     check_mask(mask, "crf_marginals");
-    m = mask.expand(scores.sizes()).reshape({N, K});
+    m = mask.expand(scores.sizes()).reshape({N, K}).unbind(1);
   }
-  auto zero = torch::zeros({N, 1}, u.options());
-  // emit(k): (N, 2) log-potentials of states 0 and 1 at key k.
-  auto emit = [&](int64_t k) { return torch::cat({zero, u.narrow(1, k, 1)}, 1); };
+  // Keeps `previous` where key k is masked: masked keys are left out of the chain.
+  auto skip_masked = [&](int64_t k, const torch::Tensor& previous, const torch::Tensor& next) {
+    return m.empty() ? next : torch::where(m[k], previous, next);
+  };
+  const auto zero = torch::zeros({N}, scores.options());
 
-  // Forward: alpha_k(s) = log Σ over prefixes ending in state s at k (k's unary included).
-  // Masked keys are skipped: alpha carries over, and the chain links the unmasked neighbours.
-  std::vector<torch::Tensor> alphas(K);
-  auto alpha = torch::zeros({N, 2}, u.options());
-  torch::Tensor started = m.defined() ? torch::zeros({N, 1}, m.options()) : torch::Tensor();
+  // Forward: a_s(k) = log Σ over assignments of keys <= k ending in state s (k's unary in).
+  // Two states, so the recursions are written out instead of 2x2 logsumexps: far fewer ops.
+  std::vector<torch::Tensor> alpha1(K);
+  torch::Tensor a0 = zero, a1 = zero;
+  torch::Tensor started = m.empty() ? torch::Tensor() : torch::zeros({N}, torch::kBool);
   for (int64_t k = 0; k < K; ++k) {
-    if (k == 0 && !m.defined()) {
-      alpha = emit(0);
+    torch::Tensor n0, n1;
+    if (k == 0 && m.empty()) {
+      n0 = zero;
+      n1 = u[0];
     } else {
-      auto through = torch::logsumexp(alpha.unsqueeze(2) + T, 1);  // (N, 2): Σ over prev
-      if (m.defined()) {
-        auto mk = m.narrow(1, k, 1);  // (N, 1)
-        auto next = emit(k) + torch::where(started, through, torch::zeros_like(through));
-        alpha = torch::where(mk, alpha, next);
-        started = started.logical_or(mk.logical_not());
-      } else {
-        alpha = emit(k) + through;
+      n0 = torch::logaddexp(a0 + t00, a1 + t10);
+      n1 = torch::logaddexp(a0 + t01, a1 + t11);
+      if (!m.empty()) {  // nothing before the first unmasked key: no transition into it
+        n0 = torch::where(started, n0, zero);
+        n1 = torch::where(started, n1, zero);
+        started = started.logical_or(m[k].logical_not());
       }
+      n1 = n1 + u[k];
     }
-    alphas[k] = alpha;
+    a0 = skip_masked(k, a0, n0);
+    a1 = skip_masked(k, a1, n1);
+    alpha1[k] = a1;
   }
-  auto log_z = torch::logsumexp(alpha, 1, /*keepdim=*/true);  // (N, 1)
+  const auto log_z = torch::logaddexp(a0, a1);  // (N)
 
-  // Backward: beta_k(s) = log Σ over suffixes after k given state s at k (k's unary excluded).
-  std::vector<torch::Tensor> betas(K);
-  auto beta = torch::zeros({N, 2}, u.options());
+  // Backward: b_s(k) = log Σ over assignments of keys > k given state s at k.
+  std::vector<torch::Tensor> beta1(K);
+  torch::Tensor b0 = zero, b1 = zero;
   for (int64_t k = K - 1; k >= 0; --k) {
-    betas[k] = beta;
+    beta1[k] = b1;
     if (k == 0) break;
-    // (N, 2 prev): Σ over the state at k of T[prev][s] + emit_k(s) + beta_k(s)
-    auto back = torch::logsumexp(T + (emit(k) + beta).unsqueeze(1), 2);
-    beta = m.defined() ? torch::where(m.narrow(1, k, 1), beta, back) : back;
+    const auto on = u[k] + b1;  // key k attended, and everything after it
+    const auto n0 = torch::logaddexp(b0 + t00, on + t01);
+    const auto n1 = torch::logaddexp(b0 + t10, on + t11);
+    b0 = skip_masked(k, b0, n0);
+    b1 = skip_masked(k, b1, n1);
   }
-  auto alpha1 = torch::stack(alphas, 1).select(2, 1);  // (N, K)
-  auto beta1 = torch::stack(betas, 1).select(2, 1);    // (N, K)
-  auto marginals = torch::exp(alpha1 + beta1 - log_z);
-  if (m.defined()) marginals = marginals.masked_fill(m, 0);
+  auto marginals =
+      torch::exp(torch::stack(alpha1, 1) + torch::stack(beta1, 1) - log_z.unsqueeze(1));  // (N, K)
+  if (mask.defined()) marginals = marginals.masked_fill(torch::stack(m, 1), 0);
   return marginals.view(scores.sizes());
 }
 
