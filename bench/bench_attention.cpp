@@ -6,6 +6,8 @@
 //
 // Run with --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 // --benchmark_enable_random_interleaving=true so the compared pairs share the machine's noise.
+// Ratios are printed for real time and for CPU time: on a shared machine the CPU-time ratio
+// of the one-thread runs is the steadier figure.
 
 #include <benchmark/benchmark.h>
 #include <sys/resource.h>
@@ -146,7 +148,8 @@ class RatioReporter : public benchmark::ConsoleReporter {
     for (const auto& run : runs) {
       const bool use = run.run_type == Run::RT_Iteration || run.aggregate_name == "median";
       if (use)
-        times_[run.run_name.function_name + "/" + run.run_name.args] = run.GetAdjustedRealTime();
+        times_[run.run_name.function_name + "/" + run.run_name.args] = {run.GetAdjustedRealTime(),
+                                                                        run.GetAdjustedCPUTime()};
     }
   }
   void Finalize() override {
@@ -164,10 +167,11 @@ class RatioReporter : public benchmark::ConsoleReporter {
       other.replace(at, a.size(), b);
       const auto found = times_.find(other);
       if (found == times_.end()) continue;
-      std::printf("ratio %-12s %-40s %.3f\n", label.c_str(), name.c_str(), time / found->second);
+      std::printf("ratio %-12s %-44s real %.3f  cpu %.3f\n", label.c_str(), name.c_str(),
+                  time.first / found->second.first, time.second / found->second.second);
     }
   }
-  std::map<std::string, double> times_;
+  std::map<std::string, std::pair<double, double>> times_;  // (real, cpu)
 };
 
 // --- peak memory of one long sequence, one path per process -------------------------------

@@ -110,6 +110,11 @@ TEST_F(MultiHeadAttentionTest, FusedLayoutAttendsToOtherKeysLikeTorch) {
   auto out = ours->forward(query, key, value, {}, true);
   EXPECT_TRUE(torch::allclose(out.context, out_ref.transpose(0, 1), 0, kAtol));
   EXPECT_TRUE(torch::allclose(out.weights.mean(1), w_ref, 0, kAtol));
+  // key == value: one fused product for both.
+  auto [same_ref, same_w_ref] =
+      ref->forward(query.transpose(0, 1), key.transpose(0, 1), key.transpose(0, 1));
+  auto same = ours->forward(query, key, key, {}, true);
+  EXPECT_TRUE(torch::allclose(same.context, same_ref.transpose(0, 1), 0, kAtol));
 }
 
 TEST_F(MultiHeadAttentionTest, KdimVdimMatchTorchSeparateProjections) {
