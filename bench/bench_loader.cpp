@@ -47,12 +47,17 @@ std::shared_ptr<const ds::SampleSource> cache_source() {
   return source;
 }
 
-void run_epochs(benchmark::State& state, const std::shared_ptr<const ds::SampleSource>& source) {
+// One epoch per iteration over the source `make()` returns (built on first use).
+void run_epochs(benchmark::State& state, std::shared_ptr<const ds::SampleSource> (*make)()) {
+  if (!fs::is_directory(data_dir() / "isic-uda1")) {
+    state.SkipWithError("isic-uda1 not found; set ATTNSCOPE_DATA_DIR");
+    return;
+  }
   ds::LoaderOptions o;
   o.batch_size = 32;
   o.workers = static_cast<int>(state.range(0));
   o.augment = true;
-  ds::Loader loader(source, pipeline(), o);
+  ds::Loader loader(make(), pipeline(), o);
   int64_t images = 0, epoch = 0;
   for (auto _ : state) {
     loader.start_epoch(epoch++);
@@ -63,11 +68,7 @@ void run_epochs(benchmark::State& state, const std::shared_ptr<const ds::SampleS
 }
 
 void BM_LoaderJpeg(benchmark::State& state) {
-  if (!fs::is_directory(data_dir() / "isic-uda1")) {
-    state.SkipWithError("isic-uda1 not found; set ATTNSCOPE_DATA_DIR");
-    return;
-  }
-  run_epochs(state, jpeg_source());
+  run_epochs(state, jpeg_source);
 }
 BENCHMARK(BM_LoaderJpeg)
     ->Arg(1)
@@ -78,11 +79,7 @@ BENCHMARK(BM_LoaderJpeg)
     ->Unit(benchmark::kMillisecond);
 
 void BM_LoaderHdf5Cache(benchmark::State& state) {
-  if (!fs::is_directory(data_dir() / "isic-uda1")) {
-    state.SkipWithError("isic-uda1 not found; set ATTNSCOPE_DATA_DIR");
-    return;
-  }
-  run_epochs(state, cache_source());
+  run_epochs(state, cache_source);
 }
 BENCHMARK(BM_LoaderHdf5Cache)
     ->Arg(1)

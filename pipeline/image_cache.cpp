@@ -74,7 +74,8 @@ h5::Handle create_stack(hid_t loc, const std::string& name, std::vector<hsize_t>
   h5::Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), max_dims.data()));
   h5::Handle dcpl(H5Pcreate(H5P_DATASET_CREATE));
   H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data());
-  H5Pset_deflate(dcpl.get(), 1);
+  // Uncompressed: with deflate (level 1) reading was ~10x slower (bench_loader), slower than
+  // decoding the JPEGs, which defeats the purpose of the cache.
   h5::Handle set(H5Dcreate2(loc, name.c_str(), H5T_NATIVE_UINT8, space.get(), H5P_DEFAULT,
                             dcpl.get(), H5P_DEFAULT));
   check(set.valid(), where(file, name), "cannot create dataset");

@@ -2,7 +2,7 @@
 // An HDF5 cache of preprocessed uint8 images, so that training epochs skip JPEG decoding.
 //
 // Layout (h5py reads it directly):
-//   /images    (N, H, W, 3) uint8, RGB, chunked one image per chunk, deflate level 1
+//   /images    (N, H, W, 3) uint8, RGB, chunked one image per chunk, uncompressed (deflate made reads slower than JPEG decoding)
 //   /masks     (N, H, W) uint8 0/255 (zeros where has_mask is 0)
 //   /has_mask  (N) uint8
 //   /labels    (N) int64
