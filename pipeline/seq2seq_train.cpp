@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 
 #include "attnscope/error.h"
 
@@ -50,6 +51,8 @@ Seq2SeqTrainResult train_seq2seq(models::text::Seq2SeqModel& model,
         concat("schedule must be constant or noam, got '", options.schedule, "'"));
   check(options.label_smoothing >= 0 && options.label_smoothing < 1, "training",
         "label smoothing must be in [0, 1)");
+  check(options.budget_clock == "wall" || options.budget_clock == "cpu", "training",
+        concat("budget clock must be wall or cpu, got '", options.budget_clock, "'"));
   torch::manual_seed(options.seed);
   model.train();
   // The Transformer's Adam settings (β2 = 0.98, ε = 1e-9) work for the RNNs as well.
@@ -62,6 +65,8 @@ Seq2SeqTrainResult train_seq2seq(models::text::Seq2SeqModel& model,
 
   using Clock = std::chrono::steady_clock;
   const auto begin = Clock::now();
+  const std::clock_t cpu_begin = std::clock();
+  auto cpu_seconds = [&] { return static_cast<double>(std::clock() - cpu_begin) / CLOCKS_PER_SEC; };
   auto seconds_since = [](Clock::time_point t) {
     return std::chrono::duration<double>(Clock::now() - t).count();
   };
@@ -118,6 +123,7 @@ Seq2SeqTrainResult train_seq2seq(models::text::Seq2SeqModel& model,
     if (!result.stopped_by_budget) result.epochs_completed = epoch;
   }
   result.seconds = seconds_since(begin);
+  result.cpu_seconds = cpu_seconds();
   model.eval();
   return result;
 }

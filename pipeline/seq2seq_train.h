@@ -26,7 +26,8 @@ struct Seq2SeqProgress {
   double loss = 0.0;          ///< mean loss per target token since the epoch began
   double tokens_per_s = 0.0;  ///< target tokens per second since the epoch began
   double learning_rate = 0.0;
-  double elapsed_s = 0.0;  ///< since training began
+  double elapsed_s = 0.0;  ///< since training began (wall clock)
+  double cpu_s = 0.0;      ///< process CPU time since training began
 };
 
 /// "epoch 2/10 [#######.......]  120/400 loss 1.234 3456 tok/s lr 1.0e-03 12s".
@@ -45,6 +46,9 @@ struct Seq2SeqTrainOptions {
   double clip_norm = 1.0;
   /// Stop after this many seconds of training (checked after every batch); <= 0 = no limit.
   double time_budget_s = 0.0;
+  /// The clock of time_budget_s: "wall" or "cpu" (this process's CPU time over all threads,
+  /// which makes budgets comparable on a machine shared with other work).
+  std::string budget_clock = "wall";
   uint64_t seed = 0;
   /// Called after every progress_every batches and at the end of each epoch.
   std::function<void(const Seq2SeqProgress&)> on_progress;
@@ -54,8 +58,9 @@ struct Seq2SeqTrainOptions {
 struct Seq2SeqTrainResult {
   int64_t steps = 0;
   int64_t epochs_completed = 0;
-  double final_loss = 0.0;  ///< mean loss per token over the last epoch (or part of it)
-  double seconds = 0.0;
+  double final_loss = 0.0;   ///< mean loss per token over the last epoch (or part of it)
+  double seconds = 0.0;      ///< wall clock
+  double cpu_seconds = 0.0;  ///< process CPU time
   bool stopped_by_budget = false;
 };
 

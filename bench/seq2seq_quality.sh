@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The quality targets of docs/seq2seq.md: `transformer` and `gru-additive` trained for at most
+# BUDGET CPU seconds each (--budget-clock cpu: the machine is shared) on `reverse` (source lengths 5-30) and on `dates`, then evaluated on 1000
+# held-out pairs (another seed). Runs PARALLEL trainings at a time, THREADS LibTorch threads each.
+#
+# usage: bench/seq2seq_quality.sh [BUILD_DIR] [BUDGET_SECONDS] [OUT_DIR]
+# Environment: PARALLEL (default 2), THREADS (default 1), SIZES (model size flags).
+set -euo pipefail
+
+BUILD=${1:-build}
+BUDGET=${2:-300}
+OUT=${3:-/tmp/attnscope-seq2seq-quality}
+PARALLEL=${PARALLEL:-2}
+THREADS=${THREADS:-1}
+SIZES=${SIZES:-"--embedding-dim 32 --hidden-dim 64 --model-dim 64 --heads 4 --ff-dim 128"}
+EXE="$BUILD/bin/attnscope"
+[[ -x "$EXE" ]] || { echo "error: $EXE not found (build the attnscope target first)" >&2; exit 1; }
+mkdir -p "$OUT"
+
+train() {  # task model
+  "$EXE" --threads "$THREADS" seq2seq train --task "$1" --model "$2" --min-length 5 \
+    --max-length 30 --count 50000 --epochs 1000 --time-budget "$BUDGET" --budget-clock cpu $SIZES --valid-size 0 --quiet \
+    --seed 1 --out "$OUT/$1-$2" >"$OUT/$1-$2.train.log" 2>&1
+}
+
+jobs_run=0
+for task in reverse dates; do
+  for model in transformer gru-additive; do
+    train "$task" "$model" &
+    jobs_run=$((jobs_run + 1))
+    if (( jobs_run % PARALLEL == 0 )); then wait; fi
+  done
+done
+wait
+
+printf '| task | model | exact match | token accuracy | BLEU | training |\n'
+printf '| --- | --- | ---: | ---: | ---: | --- |\n'
+for task in reverse dates; do
+  for model in transformer gru-additive; do
+    json=$("$EXE" --threads "$THREADS" seq2seq evaluate --model "$OUT/$task-$model/model.h5" \
+      --task "$task" --min-length 5 --max-length 30 --count 1000 --seed 777 --json)
+    trained=$(grep '^wrote' "$OUT/$task-$model.train.log" | sed 's/.*(\(.*\))/\1/')
+    python3 -c 'import json,sys; m=json.loads(sys.argv[1]); print("| %s | `%s` | %.1f%% | %.1f%% | %.2f | %s |" % (sys.argv[2], sys.argv[3], 100*m["exact_match"], 100*m["token_accuracy"], m["bleu"], sys.argv[4]))' \
+      "$json" "$task" "$model" "$trained"
+  done
+done | tee "$OUT/table.md"

@@ -1,0 +1,299 @@
+// Seq2seq pipeline: BLEU (sacreBLEU's published example, brute-force n-grams), metrics, the
+// training loss and schedule, learning on the copy task, checkpoints, alignments (read back
+// with h5py) and bad inputs.
+
+#include <cmath>
+#include <fstream>
+#include <map>
+
+#include <torch/torch.h>
+
+#include "attnscope/error.h"
+#include "datasets/text/pairs.h"
+#include "models/text/decoding.h"
+#include "pipeline/checkpoint.h"
+#include "pipeline/seq2seq_checkpoint.h"
+#include "pipeline/seq2seq_metrics.h"
+#include "pipeline/seq2seq_train.h"
+#include "pipeline/seq2seq_translate.h"
+#include "test_support.h"
+
+namespace attnscope::pipeline {
+namespace {
+
+namespace text = datasets::text;
+
+TEST(Seq2SeqBleu, ReproducesTheSacreBleuReadmeExample) {
+  // sacreBLEU README: BLEU = 48.53 82.4/50.0/45.5/37.5 (BP = 0.943 ratio = 0.944
+  // hyp_len = 17 ref_len = 18).
+  const std::vector<std::string> sys = {"The dog bit the man.", "It wasn't surprising.",
+                                        "The man had just bitten him."};
+  const std::vector<std::vector<std::string>> refs = {
+      {"The dog bit the man.", "It was not unexpected.", "The man bit him first."},
+      {"The dog had bit the man.", "No one was surprised.", "The man had bitten the dog."}};
+  const auto bleu = corpus_bleu(sys, refs);
+  EXPECT_NEAR(bleu.score, 48.53, 0.01);
+  EXPECT_EQ(bleu.hypothesis_length, 17);
+  EXPECT_EQ(bleu.reference_length, 18);
+  EXPECT_NEAR(bleu.precisions[0], 82.4, 0.05);
+  EXPECT_NEAR(bleu.precisions[1], 50.0, 0.05);
+  EXPECT_NEAR(bleu.precisions[2], 45.5, 0.05);
+  EXPECT_NEAR(bleu.precisions[3], 37.5, 0.05);
+  EXPECT_NEAR(bleu.brevity_penalty, 0.943, 0.0005);
+}
+
+TEST(Seq2SeqBleu, Tokenizer13aSplitsLikeSacreBleu) {
+  EXPECT_EQ(tokenize_13a("It wasn't surprising."), "It wasn't surprising .");
+  EXPECT_EQ(tokenize_13a("Pi is 3.14, not 3,2!"), "Pi is 3.14 , not 3,2 !");
+  EXPECT_EQ(tokenize_13a("a-b 1999-2000 (x) &amp; \"q\""), "a-b 1999 - 2000 ( x ) & \" q \"");
+  EXPECT_EQ(tokenize_13a("  many   spaces  "), "many spaces");
+}
+
+// Brute-force corpus BLEU with one reference per sentence: every n-gram counted by comparing
+// all windows, clipped, geometric mean, brevity penalty.
+double brute_force_bleu(const std::vector<std::vector<std::string>>& hyps,
+                        const std::vector<std::vector<std::string>>& refs) {
+  double log_sum = 0;
+  int64_t hyp_len = 0, ref_len = 0;
+  for (int n = 1; n <= 4; ++n) {
+    int64_t match = 0, total = 0;
+    for (std::size_t s = 0; s < hyps.size(); ++s) {
+      const auto& h = hyps[s];
+      const auto& r = refs[s];
+      for (std::size_t i = 0; i + n <= h.size(); ++i) {
+        ++total;
+        auto same = [&](const std::vector<std::string>& a, std::size_t ai,
+                        const std::vector<std::string>& b, std::size_t bi) {
+          for (int k = 0; k < n; ++k)
+            if (a[ai + k] != b[bi + k]) return false;
+          return true;
+        };
+        int64_t in_hyp_before = 0, in_ref = 0;
+        for (std::size_t j = 0; j < i; ++j)
+          in_hyp_before += same(h, j, h, i);
+        for (std::size_t j = 0; j + n <= r.size(); ++j)
+          in_ref += same(h, i, r, j);
+        match += in_hyp_before < in_ref;  // the (k+1)-th occurrence matches if the ref has k+1
+      }
+    }
+    log_sum += std::log(static_cast<double>(match) / static_cast<double>(total));
+  }
+  for (std::size_t s = 0; s < hyps.size(); ++s) {
+    hyp_len += static_cast<int64_t>(hyps[s].size());
+    ref_len += static_cast<int64_t>(refs[s].size());
+  }
+  const double bp = hyp_len < ref_len ? std::exp(1.0 - static_cast<double>(ref_len) / hyp_len) : 1;
+  return 100.0 * bp * std::exp(log_sum / 4);
+}
+
+TEST(Seq2SeqBleu, MatchesBruteForceNgramCounting) {
+  const std::vector<std::vector<std::string>> hyps = {
+      {"a", "b", "a", "b", "a", "c", "d"}, {"x", "y", "z", "x", "y"}, {"a", "a", "a", "a"}};
+  const std::vector<std::vector<std::string>> refs = {{"a", "b", "a", "c", "d", "e", "f", "g"},
+                                                      {"x", "y", "z", "w", "x", "y", "q"},
+                                                      {"a", "a", "b", "a", "a"}};
+  std::vector<std::vector<std::vector<std::string>>> ref_sets;
+  for (const auto& r : refs)
+    ref_sets.push_back({r});
+  EXPECT_NEAR(corpus_bleu_tokens(hyps, ref_sets).score, brute_force_bleu(hyps, refs), 1e-9);
+}
+
+TEST(Seq2SeqMetrics, ExactMatchAndTokenAccuracy) {
+  const auto m = sequence_metrics({{"a", "b", "c"}, {"a", "x"}, {"q", "r", "s", "t"}},
+                                  {{"a", "b", "c"}, {"a", "b", "c"}, {"q", "r", "s", "t"}});
+  EXPECT_EQ(m.sentences, 3);
+  EXPECT_NEAR(m.exact_match, 2.0 / 3.0, 1e-12);
+  EXPECT_NEAR(m.token_accuracy, (3.0 + 1.0 + 4.0) / (3.0 + 3.0 + 4.0), 1e-12);
+  EXPECT_GT(m.bleu, 0.0);
+  EXPECT_NEAR(sequence_metrics({{"a", "b", "c", "d"}}, {{"a", "b", "c", "d"}}).bleu, 100.0, 1e-9);
+}
+
+TEST(Seq2SeqTrain, NoamScheduleIsThePapersFormulaRescaled) {
+  const int64_t warmup = 400, d = 512;
+  auto paper = [&](int64_t step) {
+    return std::pow(d, -0.5) * std::min(std::pow(step, -0.5), step * std::pow(warmup, -1.5));
+  };
+  const double peak = 1e-3;
+  for (const int64_t step : {1, 10, 200, 400, 401, 1000, 100000})
+    EXPECT_NEAR(noam_learning_rate(step, warmup, peak) / peak, paper(step) / paper(warmup), 1e-12)
+        << step;
+}
+
+TEST(Seq2SeqTrain, LossIsLabelSmoothedCrossEntropyOverNonPadTokens) {
+  torch::manual_seed(1);
+  const auto logits = torch::randn({2, 3, 6});
+  const auto target = torch::tensor({4, 2, 0, 5, 3, 2}).view({2, 3});
+  const double eps = 0.1;
+  // Closed form: (1 - eps) * NLL + eps * mean over classes of -log p, averaged over non-pad.
+  const auto lp = torch::log_softmax(logits, -1);
+  double sum = 0;
+  int n = 0;
+  for (int b = 0; b < 2; ++b)
+    for (int t = 0; t < 3; ++t) {
+      const int64_t y = target[b][t].item<int64_t>();
+      if (y == text::Vocabulary::kPad) continue;
+      sum += (1 - eps) * -lp[b][t][y].item<double>() + eps * -lp[b][t].mean().item<double>();
+      ++n;
+    }
+  EXPECT_NEAR(seq2seq_loss(logits, target, eps).item<double>(), sum / n, 1e-5);
+}
+
+TEST(Seq2SeqTrain, ProgressLineShowsLossAndTokensPerSecond) {
+  Seq2SeqProgress p;
+  p.epoch = 2;
+  p.epochs = 5;
+  p.batch = 5;
+  p.batches = 10;
+  p.loss = 1.5;
+  p.tokens_per_s = 1234;
+  p.learning_rate = 1e-3;
+  const auto line = format_progress(p, 10);
+  EXPECT_NE(line.find("epoch 2/5 [#####.....] 5/10 loss 1.5000 1234 tok/s"), std::string::npos)
+      << line;
+}
+
+// A small copy model: trained (for the learning test) or as initialised (for the tests that
+// only need a working model; ctest runs every test in its own process).
+struct Trained {
+  Seq2SeqBundle bundle;
+  std::vector<text::TextPair> valid;
+  Seq2SeqTrainResult result;
+};
+
+Trained copy_model(bool train_it) {
+  {
+    Trained t;
+    // One intra-op thread: on a shared machine more threads only spin against each other.
+    torch::set_num_threads(1);
+    text::TaskOptions task;
+    task.task = "copy";
+    task.count = 3000;
+    task.min_length = 3;
+    task.max_length = 8;
+    task.seed = 1;
+    const auto pairs = text::generate_task(task);
+    task.seed = 2;
+    task.count = 200;
+    t.valid = text::generate_task(task);
+    std::vector<std::vector<std::string>> tokens;
+    for (const auto& p : pairs)
+      tokens.push_back(text::tokenize(p.source, text::TokenizerKind::kChar));
+    const auto vocab = text::Vocabulary::build(tokens);
+    auto options = models::text::seq2seq_preset("gru-additive")
+                       .source_vocab(vocab.size())
+                       .target_vocab(vocab.size())
+                       .embedding_dim(16)
+                       .hidden_dim(32)
+                       .dropout(0.0)
+                       .max_length(16);
+    torch::manual_seed(1);
+    t.bundle = {"gru-additive", models::text::make_seq2seq(options), vocab, vocab,
+                text::TokenizerKind::kChar};
+    const auto data = text::encode_pairs(pairs, vocab, vocab, text::TokenizerKind::kChar, 16,
+                                         text::LengthPolicy::kSkip);
+    Seq2SeqTrainOptions train;
+    train.epochs = 8;
+    train.batch_size = 32;
+    train.learning_rate = 3e-3;
+    train.seed = 1;
+    if (train_it) t.result = train_seq2seq(*t.bundle.model, data, train);
+    t.bundle.model->eval();
+    return t;
+  }
+}
+
+TEST(Seq2SeqTrain, GruAdditiveLearnsTheCopyTask) {
+  const auto t = copy_model(true);
+  EXPECT_EQ(t.result.epochs_completed, 8);
+  const auto eval =
+      evaluate_seq2seq(t.bundle, t.valid, models::text::DecodeOptions().max_length(16));
+  EXPECT_GT(eval.metrics.exact_match, 0.9);
+  EXPECT_GT(eval.metrics.bleu, 90.0);
+  EXPECT_EQ(eval.failed, 0);
+}
+
+TEST(Seq2SeqTrain, TimeBudgetStopsTraining) {
+  const auto t = copy_model(false);
+  auto model = models::text::make_seq2seq(t.bundle.model->options());
+  const auto data = text::encode_pairs(t.valid, t.bundle.source_vocab, t.bundle.target_vocab,
+                                       text::TokenizerKind::kChar, 16, text::LengthPolicy::kSkip);
+  Seq2SeqTrainOptions train;
+  train.epochs = 1000;
+  train.time_budget_s = 1e-9;
+  const auto result = train_seq2seq(*model, data, train);
+  EXPECT_TRUE(result.stopped_by_budget);
+  EXPECT_EQ(result.steps, 1);
+}
+
+TEST(Seq2SeqCheckpoint, RoundTripGivesTheSameTranslations) {
+  const auto t = copy_model(false);
+  test::TempDir dir;
+  save_seq2seq(dir / "model.h5", t.bundle, {{"seed", 1}});
+  const auto back = load_seq2seq(dir / "model.h5");
+  EXPECT_EQ(back.name, "gru-additive");
+  EXPECT_EQ(back.source_vocab.to_json(), t.bundle.source_vocab.to_json());
+  EXPECT_EQ(back.tokenizer, text::TokenizerKind::kChar);
+  const std::vector<std::string> inputs = {"abcde", "qqrst", "zyxw"};
+  const auto a = translate(t.bundle, inputs, models::text::DecodeOptions().max_length(16));
+  const auto b = translate(back, inputs, models::text::DecodeOptions().max_length(16));
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    EXPECT_EQ(a[i].text, b[i].text);
+    EXPECT_TRUE(torch::allclose(a[i].attention, b[i].attention));
+  }
+  // Another model family in the file is refused with the path in the message.
+  torch::nn::Linear other(2, 2);
+  save_checkpoint(dir / "other.h5", *other, CheckpointMeta{});
+  try {
+    load_seq2seq(dir / "other.h5");
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not a seq2seq checkpoint"), std::string::npos);
+  }
+}
+
+TEST(Seq2SeqTranslate, BadInputsAreReportedAndTheOthersGoOn) {
+  const auto t = copy_model(false);
+  const std::vector<std::string> inputs = {"abc", "", "ab\xFF", std::string(40, 'a')};
+  const auto out = translate(t.bundle, inputs, models::text::DecodeOptions().max_length(16));
+  EXPECT_TRUE(out[0].error.empty());
+  EXPECT_EQ(out[1].error, "empty input");
+  EXPECT_EQ(out[2].error, "invalid UTF-8 at byte 2");
+  EXPECT_TRUE(out[3].error.empty());
+  EXPECT_TRUE(out[3].truncated);
+  EXPECT_EQ(out[3].source_tokens.size(), 16u);
+}
+
+TEST(Seq2SeqTranslate, AlignmentsAreReadableWithH5py) {
+  const auto t = copy_model(false);
+  test::TempDir dir;
+  const auto out =
+      translate(t.bundle, {"abcd", "\xFF"}, models::text::DecodeOptions().max_length(16));
+  write_alignments(dir / "al.h5", out, t.bundle.name);
+  write_alignment_png(dir / "a.png", out[0]);
+  EXPECT_GT(std::filesystem::file_size(dir / "a.png"), 100u);
+  const std::string script =
+      "import h5py, json, sys\n"
+      "f = h5py.File(sys.argv[1], 'r')\n"
+      "g = f['sentences/000000']\n"
+      "a = g['attention'][()]\n"
+      "print(f.attrs['format'], f.attrs['model'], a.shape, json.loads(g.attrs['source_tokens']),"
+      " g.attrs['output'], round(float(a.sum(axis=1).mean()), 4), "
+      "f['sentences/000001'].attrs['error'])\n";
+  std::ofstream(dir / "read.py") << script;
+  const auto r =
+      test::run_process(test::python() + " " + (dir / "read.py") + " " + (dir / "al.h5"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output, "attnscope-alignments gru-additive (" + std::to_string(out[0].tokens.size()) +
+                          ", 4) ['a', 'b', 'c', 'd'] " + out[0].text +
+                          " 1.0 invalid UTF-8 at byte 0\n");
+}
+
+TEST(Seq2SeqTranslate, DecodingUsesTheVocabularysSpecialIds) {
+  // models/text repeats <bos> = 1 and <eos> = 2 because models/ cannot include datasets/.
+  EXPECT_EQ(text::Vocabulary::kBos, 1);
+  EXPECT_EQ(text::Vocabulary::kEos, 2);
+  EXPECT_EQ(text::Vocabulary::kPad, 0);
+}
+
+}  // namespace
+}  // namespace attnscope::pipeline

@@ -1,0 +1,461 @@
+// attnscope seq2seq train|evaluate|translate: the text encoder-decoders from the command line.
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <iomanip>
+#include <iostream>
+#include <random>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "attnscope/error.h"
+#include "attnscope/version.h"
+#include "cli.h"
+#include "datasets/text/pairs.h"
+#include "models/text/decoding.h"
+#include "models/text/seq2seq.h"
+#include "pipeline/seq2seq_checkpoint.h"
+#include "pipeline/seq2seq_train.h"
+#include "pipeline/seq2seq_translate.h"
+
+namespace attnscope::cli {
+namespace {
+
+namespace text = datasets::text;
+namespace fs = std::filesystem;
+
+const char* const kVerbsUsage =
+    "usage: attnscope seq2seq <verb> [options]\n\n"
+    "Text encoder-decoders: the fixed-context RNN, attention RNNs and the Transformer.\n\n"
+    "Verbs:\n"
+    "  train       train a model on a task and write DIR/model.h5\n"
+    "  evaluate    exact match, token accuracy and BLEU of a model on a task\n"
+    "  translate   decode sentences (arguments or stdin), optionally with alignments\n\n"
+    "Tasks: copy, reverse, dates (generated from --seed) or tsv:PATH (source<TAB>target lines).\n"
+    "Run 'attnscope seq2seq <verb> --help' for a verb's options.\n";
+
+// The pairs of a task: generated, or read from a TSV file (bad lines reported, not fatal).
+struct TaskData {
+  std::vector<text::TextPair> pairs;
+  bool from_file = false;
+  std::string skipped;  // description of skipped TSV lines
+  std::size_t skipped_count = 0;
+};
+
+TaskData load_task(const std::string& spec, int64_t count, int64_t min_length, int64_t max_length,
+                   uint64_t seed) {
+  TaskData data;
+  if (spec.rfind("tsv:", 0) == 0) {
+    const auto tsv = text::read_tsv_pairs(spec.substr(4));
+    data.pairs = tsv.pairs;
+    data.from_file = true;
+    data.skipped = text::describe_skipped(tsv);
+    data.skipped_count = tsv.skipped.size();
+    check(!data.pairs.empty(), tsv.path,
+          concat("no usable source<TAB>target lines", data.skipped.empty() ? "" : ": ",
+                 data.skipped));
+    return data;
+  }
+  text::TaskOptions options;
+  options.task = spec;
+  options.count = count;
+  options.min_length = min_length;
+  options.max_length = max_length;
+  options.seed = seed;
+  data.pairs = text::generate_task(options);
+  return data;
+}
+
+void check_task_spec(const std::string& spec, const std::string& usage) {
+  const auto& tasks = text::synthetic_tasks();
+  if (spec.rfind("tsv:", 0) == 0 && spec.size() > 4) return;
+  if (std::find(tasks.begin(), tasks.end(), spec) != tasks.end()) return;
+  throw UsageError("--task must be copy, reverse, dates or tsv:PATH, got '" + spec + "'", usage);
+}
+
+template <typename T>
+void require_at_least(const po::variables_map& vm, const char* name, T minimum,
+                      const std::string& usage) {
+  if (vm[name].as<T>() < minimum)
+    throw UsageError(concat("--", name, " must be >= ", minimum, ", got ", vm[name].as<T>()),
+                     usage);
+}
+
+void add_task_options(po::options_description& desc, int64_t default_count, uint64_t seed) {
+  desc.add_options()("task", po::value<std::string>()->required(),
+                     "copy | reverse | dates | tsv:PATH (required)")(
+      "count", po::value<int64_t>()->default_value(default_count),
+      "pairs generated for a synthetic task")("min-length", po::value<int64_t>()->default_value(5),
+                                              "shortest source of copy/reverse")(
+      "max-length", po::value<int64_t>()->default_value(30), "longest source of copy/reverse")(
+      "seed", po::value<uint64_t>()->default_value(seed), "random seed of the data (and model)");
+}
+
+void check_task_options(const po::variables_map& vm, const std::string& usage) {
+  check_task_spec(vm["task"].as<std::string>(), usage);
+  require_at_least<int64_t>(vm, "count", 1, usage);
+  require_at_least<int64_t>(vm, "min-length", 1, usage);
+  if (vm["max-length"].as<int64_t>() < vm["min-length"].as<int64_t>())
+    throw UsageError("--max-length must be >= --min-length", usage);
+}
+
+void add_decode_options(po::options_description& desc) {
+  desc.add_options()("beam", po::value<int64_t>()->default_value(1),
+                     "beam size (1 = greedy decoding)")(
+      "length-penalty", po::value<double>()->default_value(0.0),
+      "GNMT length penalty alpha of the beam search (0 = none)")(
+      "max-output-length", po::value<int64_t>()->default_value(0),
+      "most output tokens (0 = the model's maximum)")(
+      "batch-size", po::value<int64_t>()->default_value(64), "sentences decoded at once");
+}
+
+models::text::DecodeOptions decode_options(const po::variables_map& vm,
+                                           const pipeline::Seq2SeqBundle& bundle,
+                                           const std::string& usage) {
+  require_at_least<int64_t>(vm, "beam", 1, usage);
+  require_at_least<int64_t>(vm, "max-output-length", 0, usage);
+  require_at_least<int64_t>(vm, "batch-size", 1, usage);
+  const int64_t max_out = vm["max-output-length"].as<int64_t>();
+  return models::text::DecodeOptions()
+      .beam_size(vm["beam"].as<int64_t>())
+      .length_penalty(vm["length-penalty"].as<double>())
+      .max_length(max_out > 0 ? max_out : bundle.model->options().max_length());
+}
+
+void print_metrics(const pipeline::Seq2SeqEvaluation& eval, bool json,
+                   const nlohmann::json& extra = nlohmann::json::object()) {
+  if (json) {
+    nlohmann::json out = {{"exact_match", eval.metrics.exact_match},
+                          {"token_accuracy", eval.metrics.token_accuracy},
+                          {"bleu", eval.metrics.bleu},
+                          {"sentences", eval.metrics.sentences},
+                          {"truncated", eval.truncated},
+                          {"failed", eval.failed}};
+    out.update(extra);
+    std::cout << out.dump() << "\n";
+    return;
+  }
+  std::cout << std::fixed << std::setprecision(4) << "sentences       " << eval.metrics.sentences
+            << "\nexact match     " << eval.metrics.exact_match << "\ntoken accuracy  "
+            << eval.metrics.token_accuracy << "\nBLEU            " << std::setprecision(2)
+            << eval.metrics.bleu << "\n";
+  if (eval.truncated > 0)
+    std::cout << "truncated       " << eval.truncated << " sources (model maximum)\n";
+  if (eval.failed > 0) std::cout << "failed          " << eval.failed << " sources\n";
+}
+
+int run_train(const std::vector<std::string>& args) {
+  const std::string usage_line = "seq2seq train --task TASK --model MODEL --out DIR [options]";
+  po::options_description desc("Options");
+  add_task_options(desc, 20000, 0);
+  desc.add_options()("model", po::value<std::string>()->default_value("gru-additive"),
+                     "gru | gru-additive | gru-dot | gru-general | gru-crf | lstm-additive | "
+                     "transformer (and lstm, lstm-dot, lstm-general, lstm-crf)")(
+      "out", po::value<std::string>()->required(), "output folder (DIR/model.h5) (required)")(
+      "tokenizer", po::value<std::string>()->default_value("char"),
+      "char | word (synthetic tasks are always char)")(
+      "epochs", po::value<int64_t>()->default_value(10), "passes over the training pairs")(
+      "time-budget", po::value<double>()->default_value(0.0),
+      "stop training after this many seconds (0 = no limit)")(
+      "budget-clock", po::value<std::string>()->default_value("wall"),
+      "clock of --time-budget: wall | cpu (process CPU time, for shared machines)")(
+      "batch-size", po::value<int64_t>()->default_value(64), "pairs per optimiser step")(
+      "lr", po::value<double>()->default_value(0.0),
+      "Adam learning rate (0 = 2e-3; the peak for the noam schedule)")(
+      "schedule", po::value<std::string>()->default_value("auto"),
+      "constant | noam | auto (noam for the transformer)")(
+      "warmup", po::value<int64_t>()->default_value(400), "warmup steps of the noam schedule")(
+      "label-smoothing", po::value<double>()->default_value(0.1), "label smoothing epsilon")(
+      "clip-norm", po::value<double>()->default_value(1.0), "gradient-norm clipping (0 = off)")(
+      "embedding-dim", po::value<int64_t>()->default_value(64), "RNN token embedding size")(
+      "hidden-dim", po::value<int64_t>()->default_value(128), "RNN hidden size per direction")(
+      "layers", po::value<int64_t>()->default_value(0),
+      "encoder and decoder layers (0 = 1 for RNNs, 2 for the transformer)")(
+      "model-dim", po::value<int64_t>()->default_value(128), "transformer width")(
+      "heads", po::value<int64_t>()->default_value(4), "transformer attention heads")(
+      "ff-dim", po::value<int64_t>()->default_value(256), "transformer feed-forward width")(
+      "positions", po::value<std::string>()->default_value("sinusoidal"),
+      "transformer positions: sinusoidal | learned")(
+      "dropout", po::value<double>()->default_value(0.1), "dropout probability")(
+      "model-max-length", po::value<int64_t>()->default_value(0),
+      "longest sequence the model accepts (0 = the task's longest, at least 32)")(
+      "valid-size", po::value<int64_t>()->default_value(500),
+      "held-out pairs evaluated after training")("quiet", po::bool_switch(), "no progress bar");
+  po::variables_map vm;
+  if (!parse(usage_line, desc, args, vm)) return 0;
+  const std::string usage = usage_text(usage_line, desc);
+  check_task_options(vm, usage);
+  for (const char* n : {"epochs", "batch-size", "embedding-dim", "hidden-dim", "model-dim", "heads",
+                        "ff-dim", "warmup"})
+    require_at_least<int64_t>(vm, n, 1, usage);
+  for (const char* n : {"layers", "model-max-length", "valid-size"})
+    require_at_least<int64_t>(vm, n, 0, usage);
+  const std::string name = vm["model"].as<std::string>();
+  models::text::Seq2SeqOptions options;
+  try {
+    options = models::text::seq2seq_preset(name);
+  } catch (const Error& e) {
+    throw UsageError("--model: " + e.message(), usage);
+  }
+  const bool is_transformer = options.arch() == "transformer";
+  std::string schedule = vm["schedule"].as<std::string>();
+  if (schedule == "auto") schedule = is_transformer ? "noam" : "constant";
+  if (schedule != "constant" && schedule != "noam")
+    throw UsageError("--schedule must be constant, noam or auto, got '" + schedule + "'", usage);
+  const double dropout = vm["dropout"].as<double>();
+  if (dropout < 0 || dropout >= 1) throw UsageError("--dropout must be in [0, 1)", usage);
+  const double smoothing = vm["label-smoothing"].as<double>();
+  if (smoothing < 0 || smoothing >= 1)
+    throw UsageError("--label-smoothing must be in [0, 1)", usage);
+  const std::string positions = vm["positions"].as<std::string>();
+  if (positions != "sinusoidal" && positions != "learned")
+    throw UsageError("--positions must be sinusoidal or learned", usage);
+  if (vm["model-dim"].as<int64_t>() % vm["heads"].as<int64_t>() != 0)
+    throw UsageError("--model-dim must be divisible by --heads", usage);
+  text::TokenizerKind tokenizer;
+  try {
+    tokenizer = text::tokenizer_from_string(vm["tokenizer"].as<std::string>());
+  } catch (const Error& e) {
+    throw UsageError("--tokenizer: " + e.message(), usage);
+  }
+
+  const std::string spec = vm["task"].as<std::string>();
+  const uint64_t seed = vm["seed"].as<uint64_t>();
+  auto data = load_task(spec, vm["count"].as<int64_t>(), vm["min-length"].as<int64_t>(),
+                        vm["max-length"].as<int64_t>(), seed);
+  if (!data.from_file) tokenizer = text::TokenizerKind::kChar;
+  if (!data.skipped.empty()) std::cerr << "warning: " << data.skipped << "\n";
+  // Held-out pairs: freshly generated (another seed) or the tail of the shuffled file.
+  std::vector<text::TextPair> valid;
+  const int64_t valid_size = vm["valid-size"].as<int64_t>();
+  if (data.from_file) {
+    std::mt19937_64 rng(seed);
+    std::shuffle(data.pairs.begin(), data.pairs.end(), rng);
+    const auto n =
+        std::min<std::size_t>(static_cast<std::size_t>(valid_size), data.pairs.size() / 10);
+    valid.assign(data.pairs.end() - static_cast<std::ptrdiff_t>(n), data.pairs.end());
+    data.pairs.resize(data.pairs.size() - n);
+  } else if (valid_size > 0) {
+    valid = load_task(spec, valid_size, vm["min-length"].as<int64_t>(),
+                      vm["max-length"].as<int64_t>(), seed + 1000003)
+                .pairs;
+  }
+  // Vocabularies from the training pairs.
+  std::vector<std::vector<std::string>> src_tokens, tgt_tokens;
+  std::size_t longest = 0;
+  for (const auto& p : data.pairs) {
+    const std::string where =
+        p.line > 0 ? concat(spec.substr(4), ":", p.line) : std::string("task");
+    src_tokens.push_back(text::tokenize(p.source, tokenizer, where));
+    tgt_tokens.push_back(text::tokenize(p.target, tokenizer, where));
+    longest = std::max({longest, src_tokens.back().size(), tgt_tokens.back().size()});
+  }
+  constexpr int64_t kMinimumMaxLength = 32;
+  int64_t max_length = vm["model-max-length"].as<int64_t>();
+  if (max_length == 0)
+    max_length = std::max<int64_t>(kMinimumMaxLength, static_cast<int64_t>(longest));
+  const auto source_vocab = text::Vocabulary::build(src_tokens);
+  const auto target_vocab = text::Vocabulary::build(tgt_tokens);
+  const auto encoded = text::encode_pairs(data.pairs, source_vocab, target_vocab, tokenizer,
+                                          max_length, text::LengthPolicy::kSkip);
+  if (!encoded.too_long.empty()) {
+    std::cerr << "warning: skipped " << encoded.too_long.size() << " pairs longer than "
+              << max_length << " tokens (--model-max-length)";
+    const auto& first = data.pairs[encoded.too_long.front()];
+    if (first.line > 0) std::cerr << ", first at " << spec.substr(4) << ":" << first.line;
+    std::cerr << "\n";
+  }
+  check(!encoded.sources.empty(), spec, "no training pairs left");
+
+  options.source_vocab(source_vocab.size())
+      .target_vocab(target_vocab.size())
+      .embedding_dim(vm["embedding-dim"].as<int64_t>())
+      .hidden_dim(vm["hidden-dim"].as<int64_t>())
+      .model_dim(vm["model-dim"].as<int64_t>())
+      .heads(vm["heads"].as<int64_t>())
+      .ff_dim(vm["ff-dim"].as<int64_t>())
+      .positions(positions)
+      .dropout(dropout)
+      .max_length(max_length);
+  const int64_t layers = vm["layers"].as<int64_t>();
+  options.layers(layers > 0 ? layers : (is_transformer ? 2 : 1));
+  torch::manual_seed(seed);
+  pipeline::Seq2SeqBundle bundle{name, models::text::make_seq2seq(options), source_vocab,
+                                 target_vocab, tokenizer};
+
+  pipeline::Seq2SeqTrainOptions train;
+  train.epochs = vm["epochs"].as<int64_t>();
+  train.batch_size = vm["batch-size"].as<int64_t>();
+  const double lr = vm["lr"].as<double>();
+  constexpr double kRnnLearningRate = 2e-3, kTransformerPeak = 2e-3;
+  train.learning_rate = lr > 0 ? lr : (is_transformer ? kTransformerPeak : kRnnLearningRate);
+  train.schedule = schedule;
+  train.warmup_steps = vm["warmup"].as<int64_t>();
+  train.label_smoothing = smoothing;
+  train.clip_norm = vm["clip-norm"].as<double>();
+  train.time_budget_s = vm["time-budget"].as<double>();
+  train.budget_clock = vm["budget-clock"].as<std::string>();
+  if (train.budget_clock != "wall" && train.budget_clock != "cpu")
+    throw UsageError("--budget-clock must be wall or cpu", usage);
+  train.seed = seed;
+  const bool quiet = vm["quiet"].as<bool>();
+  const bool tty = isatty(STDERR_FILENO) != 0;
+  train.on_progress = [&](const pipeline::Seq2SeqProgress& p) {
+    if (quiet) return;
+    const bool end_of_epoch = p.batch == p.batches;
+    if (tty)
+      std::cerr << "\r" << pipeline::format_progress(p) << (end_of_epoch ? "\n" : "") << std::flush;
+    else if (end_of_epoch)
+      std::cerr << pipeline::format_progress(p) << "\n";
+  };
+  std::cerr << "training " << name << " on " << spec << ": " << encoded.sources.size()
+            << " pairs, vocabularies " << source_vocab.size() << "/" << target_vocab.size() << ", "
+            << bundle.model->parameters().size() << " tensors\n";
+  const auto result = pipeline::train_seq2seq(*bundle.model, encoded, train);
+  if (result.stopped_by_budget && !quiet)
+    std::cerr << "\nstopped by --time-budget after " << std::fixed << std::setprecision(1)
+              << result.seconds << " s (" << result.steps << " steps)\n";
+
+  nlohmann::json provenance = {{"task", spec},
+                               {"seed", seed},
+                               {"train_pairs", encoded.sources.size()},
+                               {"steps", result.steps},
+                               {"epochs_completed", result.epochs_completed},
+                               {"final_loss", result.final_loss},
+                               {"train_seconds", result.seconds},
+                               {"train_cpu_seconds", result.cpu_seconds},
+                               {"attnscope_version", kVersion}};
+  if (!valid.empty()) {
+    const auto eval = pipeline::evaluate_seq2seq(
+        bundle, valid, models::text::DecodeOptions().max_length(max_length));
+    provenance["valid"] = {{"exact_match", eval.metrics.exact_match},
+                           {"token_accuracy", eval.metrics.token_accuracy},
+                           {"bleu", eval.metrics.bleu},
+                           {"sentences", eval.metrics.sentences}};
+    std::cout << "held-out " << valid.size() << " pairs: ";
+    std::cout << std::fixed << std::setprecision(4) << "exact match " << eval.metrics.exact_match
+              << ", token accuracy " << eval.metrics.token_accuracy << ", BLEU "
+              << std::setprecision(2) << eval.metrics.bleu << "\n";
+  }
+  fs::create_directories(vm["out"].as<std::string>());
+  const std::string path = (fs::path(vm["out"].as<std::string>()) / "model.h5").string();
+  pipeline::save_seq2seq(path, bundle, provenance);
+  std::cout << "wrote " << path << " (" << result.steps << " steps, " << std::fixed
+            << std::setprecision(1) << result.seconds << " s, " << result.cpu_seconds
+            << " s CPU)\n";
+  return 0;
+}
+
+int run_evaluate(const std::vector<std::string>& args) {
+  const std::string usage_line = "seq2seq evaluate --model DIR/model.h5 --task TASK [options]";
+  po::options_description desc("Options");
+  desc.add_options()("model", po::value<std::string>()->required(),
+                     "checkpoint written by seq2seq train (required)");
+  add_task_options(desc, 1000, 12345);
+  add_decode_options(desc);
+  desc.add_options()("json", po::bool_switch(), "print the metrics as one JSON object");
+  po::variables_map vm;
+  if (!parse(usage_line, desc, args, vm)) return 0;
+  const std::string usage = usage_text(usage_line, desc);
+  check_task_options(vm, usage);
+  const auto bundle = pipeline::load_seq2seq(vm["model"].as<std::string>());
+  const auto decode = decode_options(vm, bundle, usage);
+  const auto data = load_task(vm["task"].as<std::string>(), vm["count"].as<int64_t>(),
+                              vm["min-length"].as<int64_t>(), vm["max-length"].as<int64_t>(),
+                              vm["seed"].as<uint64_t>());
+  if (!data.skipped.empty()) std::cerr << "warning: " << data.skipped << "\n";
+  const auto eval =
+      pipeline::evaluate_seq2seq(bundle, data.pairs, decode, vm["batch-size"].as<int64_t>());
+  if (eval.truncated > 0)
+    std::cerr << "warning: " << eval.truncated << " sources truncated to the model's maximum of "
+              << bundle.model->options().max_length() << " tokens\n";
+  print_metrics(eval, vm["json"].as<bool>(),
+                {{"model", bundle.name}, {"skipped_lines", data.skipped_count}});
+  return 0;
+}
+
+int run_translate(const std::vector<std::string>& args) {
+  const std::string usage_line = "seq2seq translate --model DIR/model.h5 [options] [TEXT...]";
+  po::options_description desc("Options");
+  desc.add_options()("model", po::value<std::string>()->required(),
+                     "checkpoint written by seq2seq train (required)");
+  add_decode_options(desc);
+  desc.add_options()("alignments", po::value<std::string>()->default_value(""),
+                     "write every sentence's attention matrix to this HDF5 file")(
+      "alignment-png", po::value<std::string>()->default_value(""),
+      "write one heatmap PNG per sentence into this folder")(
+      "text", po::value<std::vector<std::string>>()->multitoken(),
+      "sentences to translate (default: one per line from stdin)");
+  po::positional_options_description positional;
+  positional.add("text", -1);
+  po::variables_map vm;
+  if (!parse(usage_line, desc, args, vm, &positional)) return 0;
+  const std::string usage = usage_text(usage_line, desc);
+  const auto bundle = pipeline::load_seq2seq(vm["model"].as<std::string>());
+  const auto decode = decode_options(vm, bundle, usage);
+  const std::string alignments = vm["alignments"].as<std::string>();
+  const std::string png_dir = vm["alignment-png"].as<std::string>();
+  if ((!alignments.empty() || !png_dir.empty()) && !bundle.model->has_attention())
+    throw Error(vm["model"].as<std::string>(),
+                concat("model '", bundle.name,
+                       "' has no attention (fixed context): no alignments to write"));
+  std::vector<std::string> sources;
+  if (vm.count("text")) {
+    sources = vm["text"].as<std::vector<std::string>>();
+  } else {
+    for (std::string line; std::getline(std::cin, line);) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      sources.push_back(line);
+    }
+  }
+  const auto translations =
+      pipeline::translate(bundle, sources, decode, vm["batch-size"].as<int64_t>());
+  int failed = 0, truncated = 0;
+  for (std::size_t i = 0; i < translations.size(); ++i) {
+    const auto& t = translations[i];
+    std::cout << t.text << "\n";
+    if (!t.error.empty()) {
+      ++failed;
+      std::cerr << "error: input " << i + 1 << ": " << t.error << "\n";
+    }
+    truncated += t.truncated ? 1 : 0;
+  }
+  if (truncated > 0)
+    std::cerr << "warning: " << truncated << " of " << translations.size()
+              << " inputs truncated to the model's maximum of "
+              << bundle.model->options().max_length() << " tokens\n";
+  if (!alignments.empty()) pipeline::write_alignments(alignments, translations, bundle.name);
+  if (!png_dir.empty()) {
+    fs::create_directories(png_dir);
+    for (std::size_t i = 0; i < translations.size(); ++i) {
+      if (!translations[i].error.empty()) continue;
+      char name[32];
+      std::snprintf(name, sizeof(name), "%06zu.png", i);
+      pipeline::write_alignment_png((fs::path(png_dir) / name).string(), translations[i]);
+    }
+  }
+  return failed > 0 ? 1 : 0;
+}
+
+int run_seq2seq(const std::vector<std::string>& args, const GlobalOptions&) {
+  if (args.empty()) throw UsageError("no verb given", kVerbsUsage);
+  const std::string verb = args[0];
+  if (verb == "--help" || verb == "-h") {
+    std::cout << kVerbsUsage;
+    return 0;
+  }
+  const std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (verb == "train") return run_train(rest);
+  if (verb == "evaluate") return run_evaluate(rest);
+  if (verb == "translate") return run_translate(rest);
+  throw UsageError("unknown verb '" + verb + "' (expected train, evaluate or translate)",
+                   kVerbsUsage);
+}
+
+const Registration kSeq2Seq("seq2seq", "train, evaluate and run text encoder-decoders",
+                            run_seq2seq);
+
+}  // namespace
+}  // namespace attnscope::cli
