@@ -65,7 +65,17 @@ Loader::Loader(std::shared_ptr<const SampleSource> source, preprocessing::Pipeli
   check(options_.workers >= 0, "loader", "workers must be >= 0, got ", options_.workers);
   check(options_.queue >= 1, "loader", "queue must be >= 1, got ", options_.queue);
   check(options_.oversample >= 1.0, "loader", "oversample must be >= 1, got ", options_.oversample);
-  if (source_->preprocessed()) pipeline_.set_steps({});  // the cache already holds their output
+  runner_ = pipeline_;
+  if (source_->preprocessed()) {
+    const auto made_by = source_->preprocessing();
+    const auto steps = pipeline_.to_json()["steps"];
+    if (!made_by.is_null())
+      check(made_by.value("steps", nlohmann::json()) == steps, "loader",
+            "the cached images were made with the steps ",
+            made_by.value("steps", nlohmann::json()).dump(), " but the pipeline has ", steps.dump(),
+            ": rebuild the cache or use Pipeline::from_json(cache.preprocessing())");
+    runner_.set_steps({});  // the cache already holds their output
+  }
 }
 
 Loader::~Loader() {
@@ -200,7 +210,7 @@ Batch Loader::build(int64_t batch_index) const {
           options_.seed,
           static_cast<int64_t>(index) + occurrence_[pos] * static_cast<int64_t>(source_->size()),
           epoch_};
-      done.push_back(pipeline_.process(data.image, data.mask, options_.augment ? &key : nullptr));
+      done.push_back(runner_.process(data.image, data.mask, options_.augment ? &key : nullptr));
     } catch (const Error& e) {
       batch.errors.push_back({meta.image_id, meta.path, e.what()});
       continue;
@@ -228,7 +238,7 @@ Batch Loader::build(int64_t batch_index) const {
   }
   batch.images = torch::empty({b, 3, h, w}, torch::kFloat32);  // (B, 3, H, W)
   for (int64_t i = 0; i < b; ++i)
-    preprocessing::to_tensor_into(done[i].image, batch.images[i], pipeline_.normalization());
+    preprocessing::to_tensor_into(done[i].image, batch.images[i], runner_.normalization());
   if (all_masks) {
     batch.masks = torch::empty({b, 1, h, w}, torch::kFloat32);  // (B, 1, H, W)
     for (int64_t i = 0; i < b; ++i) {

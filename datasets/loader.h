@@ -50,6 +50,9 @@ class SampleSource {
   /// True when load() returns images that already went through the pipeline's steps (a cache):
   /// the loader then only augments and normalises them.
   virtual bool preprocessed() const { return false; }
+  /// For a preprocessed source: the pipeline config (Pipeline::to_json()) that produced its
+  /// images, or null when unknown. The loader refuses a pipeline whose steps differ.
+  virtual nlohmann::json preprocessing() const { return nullptr; }
 };
 
 /// Decodes the dataset's image files (and masks, thresholded at 128).
@@ -110,6 +113,8 @@ struct LoaderOptions {
   std::size_t balanced_samples = 0;
 };
 
+/// One batch. Shape: images (B, 3, H, W), labels (B), masks (B, 1, H, W); B = size() may be
+/// less than the batch size (the last batch, failed samples), 0 when every sample failed.
 struct Batch {
   int64_t index = 0;                 ///< batch number within the epoch
   at::Tensor images;                 ///< (B, 3, H, W) float32, normalised
@@ -127,7 +132,8 @@ struct Batch {
 
 class Loader {
  public:
-  /// Throws Error("loader", ...) for bad options or an empty source.
+  /// Throws Error("loader", ...) for bad options, an empty source, or a preprocessed source
+  /// (cache) made with other steps than `pipeline`'s.
   Loader(std::shared_ptr<const SampleSource> source, preprocessing::Pipeline pipeline,
          LoaderOptions options);
   ~Loader();
@@ -139,11 +145,13 @@ class Loader {
   int64_t batches_per_epoch() const;
   /// Starts (or restarts) an epoch: stops the workers of the previous one.
   void start_epoch(int64_t epoch);
-  /// The next batch of the current epoch, in order; nullopt when the epoch is over.
+  /// The next batch of the current epoch, in order; nullopt when the epoch is over (or no
+  /// epoch was started).
   /// Rethrows a worker's unexpected failure (e.g. images of different sizes).
   std::optional<Batch> next();
 
   const SampleSource& source() const { return *source_; }
+  /// The full pipeline (steps included, also over a cache): what a checkpoint should store.
   const preprocessing::Pipeline& pipeline() const { return pipeline_; }
 
  private:
@@ -157,6 +165,7 @@ class Loader {
 
   std::shared_ptr<const SampleSource> source_;
   preprocessing::Pipeline pipeline_;
+  preprocessing::Pipeline runner_;  // what build() runs: pipeline_ without steps over a cache
   LoaderOptions options_;
   // The current epoch.
   int64_t epoch_ = 0;

@@ -2,8 +2,8 @@
 // An HDF5 cache of preprocessed uint8 images, so that training epochs skip JPEG decoding.
 //
 // Layout (h5py reads it directly):
-//   /images    (N, H, W, 3) uint8, RGB, chunked one image per chunk, uncompressed (deflate made reads slower than JPEG decoding)
-//   /masks     (N, H, W) uint8 0/255 (zeros where has_mask is 0)
+//   /images    (N, H, W, 3) uint8, RGB, chunked one image per chunk, uncompressed (deflate made
+//   reads slower than JPEG decoding) /masks     (N, H, W) uint8 0/255 (zeros where has_mask is 0)
 //   /has_mask  (N) uint8
 //   /labels    (N) int64
 //   /ids, /groups, /paths   (N) variable-length UTF-8 strings (group "" = none)
@@ -51,8 +51,8 @@ class ImageCacheSource : public datasets::SampleSource {
   datasets::SampleData load(std::size_t index) const override;
   bool preprocessed() const override { return true; }
 
-  /// The preprocessing config that produced the images.
-  const nlohmann::json& preprocessing() const { return preprocessing_; }
+  /// The preprocessing config that produced the images (Pipeline::to_json()).
+  nlohmann::json preprocessing() const override { return preprocessing_; }
   int height() const { return height_; }
   int width() const { return width_; }
 

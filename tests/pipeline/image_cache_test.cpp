@@ -80,6 +80,11 @@ TEST(ImageCache, LoaderOverTheCacheMatchesTheLoaderOverTheSource) {
   }
   EXPECT_EQ(batches, 3);
   EXPECT_FALSE(from_cache.next().has_value());
+  // The loader keeps the full pipeline (for checkpoints) and refuses steps the cache lacks.
+  EXPECT_EQ(from_cache.pipeline().to_json(), pipeline.to_json());
+  EXPECT_THROW(datasets::Loader(cache, resize_to(48), o), Error);
+  EXPECT_NO_THROW(
+      datasets::Loader(cache, preprocessing::Pipeline::from_json(cache->preprocessing()), o));
 }
 
 TEST(ImageCache, BadImagesAreListedAndOthersCached) {
