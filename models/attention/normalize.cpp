@@ -31,6 +31,19 @@ torch::Tensor softmax_normalize(const torch::Tensor& scores, const torch::Tensor
   return weights.masked_fill(mask, 0);
 }
 
+torch::Tensor& softmax_normalize_(torch::Tensor& scores, const torch::Tensor& mask) {
+  check(!scores.requires_grad(), "softmax_normalize_",
+        "scores require grad: the in-place softmax is for inference; use softmax_normalize");
+  if (mask.defined()) {
+    check_mask(mask, "softmax_normalize_");
+    scores.masked_fill_(mask, lowest_of(scores));
+  }
+  // The softmax kernel reads each element before writing it, so output = input is safe.
+  at::_softmax_out(scores, scores, -1, /*half_to_float=*/false);
+  if (mask.defined()) scores.masked_fill_(mask, 0);
+  return scores;
+}
+
 torch::Tensor sigmoid_normalize(const torch::Tensor& scores, const torch::Tensor& mask) {
   auto weights = torch::sigmoid(scores);
   if (!mask.defined()) return weights;

@@ -17,6 +17,10 @@ namespace attnscope::models::attention {
 /// (0 for fully masked rows).
 torch::Tensor softmax_normalize(const torch::Tensor& scores, const torch::Tensor& mask = {});
 
+/// softmax_normalize in place, for inference: overwrites `scores` with the weights and returns
+/// it, sparing a second (..., Q, K) tensor. scores must not require grad (throws otherwise).
+torch::Tensor& softmax_normalize_(torch::Tensor& scores, const torch::Tensor& mask = {});
+
 /// Element-wise logistic sigmoid (each key in [0, 1] independently, as in image attention).
 ///
 /// Shape: scores (..., Q, K) -> weights (..., Q, K).

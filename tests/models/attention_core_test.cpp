@@ -143,11 +143,29 @@ TEST_F(AttentionCoreTest, SoftmaxRowsSumToOneAndMaskedKeysWeighZero) {
   // The kept keys get the softmax over the kept keys only.
   auto kept = scores[0][1].slice(0, 0, 2);
   EXPECT_TRUE(torch::allclose(w[0][1].slice(0, 0, 2), torch::softmax(kept, 0), 0, kAtol));
-  EXPECT_TRUE(torch::allclose(w.sum(-1), torch::tensor({1.f, 1.f, 1.f, 1.f, 1.f, 0.f}).view({2, 3})));
+  EXPECT_TRUE(
+      torch::allclose(w.sum(-1), torch::tensor({1.f, 1.f, 1.f, 1.f, 1.f, 0.f}).view({2, 3})));
   EXPECT_TRUE(torch::equal(w[1][2], torch::zeros({6})));
   w.sum().backward();
   EXPECT_FALSE(scores.grad().isnan().any().item<bool>());
   EXPECT_TRUE(torch::equal(scores.grad()[1][2], torch::zeros({6})));
+}
+
+TEST_F(AttentionCoreTest, InPlaceSoftmaxEqualsTheExplicitFormula) {
+  auto scores = torch::randn({2, 3, 6});
+  auto mask = torch::zeros({2, 3, 6}, torch::kBool);
+  mask.index_put_({0, 1, torch::indexing::Slice(3, 6)}, true);
+  mask.index_put_({1, 0}, true);  // fully masked row
+  auto expected = (scores.exp() * mask.logical_not()) /
+                  (scores.exp() * mask.logical_not()).sum(-1, true).clamp_min(1e-30);
+  auto in_place = scores.clone();
+  auto& result = softmax_normalize_(in_place, mask);
+  EXPECT_EQ(result.data_ptr(), in_place.data_ptr());
+  EXPECT_TRUE(torch::allclose(in_place, expected, 0, kAtol));
+  auto plain = scores.clone();
+  EXPECT_TRUE(torch::allclose(softmax_normalize_(plain), torch::softmax(scores, -1), 0, kAtol));
+  auto needs_grad = scores.clone().requires_grad_();
+  EXPECT_THROW(softmax_normalize_(needs_grad), attnscope::Error);
 }
 
 TEST_F(AttentionCoreTest, SigmoidIsElementwiseLogisticAndMasksToZero) {

@@ -147,20 +147,23 @@ TEST_F(MultiHeadAttentionTest, KdimVdimMatchTorchSeparateProjections) {
   EXPECT_TRUE(torch::allclose(out.weights, w_ref, 0, kAtol));
 }
 
-TEST_F(MultiHeadAttentionTest, QueryChunksWithoutWeightsMatchTorch) {
+TEST_F(MultiHeadAttentionTest, InferencePathsMatchTorchInChunksAndInOnePiece) {
   torch::nn::MultiheadAttention ref(torch::nn::MultiheadAttentionOptions(kE, kH));
   auto ours = copy_of(ref, /*cross=*/false);
-  ours->options.max_score_elements(kB * kH * 9 * 2).chunk_elements(kB * kH * 9 * 2);
-  // 2 query rows per chunk, the last one shorter
   const int64_t L = 9;
   auto x = torch::randn({kB, L, kE});
-  auto causal = causal_mask(L, L);
-  auto [out_ref, w_ref] = ref->forward(x.transpose(0, 1), x.transpose(0, 1), x.transpose(0, 1), {},
-                                       false, additive(causal));
-  torch::NoGradGuard inference;  // chunking is for inference only
-  auto out = ours->forward(x, AttentionMasks{{}, {}, true});
-  EXPECT_FALSE(out.weights.defined());
-  EXPECT_TRUE(torch::allclose(out.context, out_ref.transpose(0, 1), 0, kAtol));
+  auto pad = torch::arange(L).unsqueeze(0) >= torch::tensor({9, 6, 8}).unsqueeze(1);  // (B, L)
+  auto [out_ref, w_ref] = ref->forward(x.transpose(0, 1), x.transpose(0, 1), x.transpose(0, 1), pad,
+                                       false, additive(causal_mask(L, L)));
+  // Autograd off: in-place softmax; first in one piece, then 2 query rows per chunk (the last
+  // chunk shorter).
+  torch::NoGradGuard inference;
+  for (int64_t limit : {int64_t{0}, kB * kH * L * 2}) {
+    ours->options.max_score_elements(limit).chunk_elements(kB * kH * L * 2);
+    auto out = ours->forward(x, AttentionMasks{pad, {}, true});
+    EXPECT_FALSE(out.weights.defined());
+    EXPECT_TRUE(torch::allclose(out.context, out_ref.transpose(0, 1), 0, kAtol)) << limit;
+  }
 }
 
 TEST_F(MultiHeadAttentionTest, IncrementalDecodingWithCacheMatchesTorchCausal) {
