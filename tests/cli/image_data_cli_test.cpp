@@ -148,5 +148,25 @@ TEST(CliCache, CachesASyntheticDatasetForH5py) {
   EXPECT_NE(bad.output.find("unknown format 'isic1999'"), std::string::npos) << bad.output;
 }
 
+TEST(DataCliSplit, Ham10000SplitsKeepLesionsTogether) {
+  ATTNSCOPE_REQUIRE_DATA();
+  test::TempDir dir;
+  const auto ham = (test::data_dir() / "isic-formats" / "HAM10000_metadata.csv").string();
+  const auto r = test::run_process(exe() + " split --data " + ham + " --out " +
+                                   (dir / "splits.csv") + " --multiclass --seed 3");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("wrote"), std::string::npos) << r.output;
+  // Independently (Python's csv): no lesion in two splits, every image once.
+  const auto py = test::run_process(
+      test::python() + " -c \"import csv, collections; rows = list(csv.DictReader(open('" +
+      (dir / "splits.csv") +
+      "'))); g = collections.defaultdict(set); [g[r['group']].add(r['split']) for r in rows]; "
+      "print(len(rows), len({r['image_id'] for r in rows}), max(len(s) for s in g.values()))\"");
+  EXPECT_EQ(py.output, "10015 10015 1\n") << py.output;
+  const auto bad = test::run_process(exe() + " split --data " + ham + " --out " + (dir / "x.csv") +
+                                     " --val 0.6 --test 0.5");
+  EXPECT_EQ(bad.status, 2) << bad.output;
+}
+
 }  // namespace
 }  // namespace attnscope

@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "attnscope/error.h"
 #include "cli.h"
 #include "datasets/isic.h"
 

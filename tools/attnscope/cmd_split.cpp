@@ -1,0 +1,69 @@
+// attnscope split: stratified train/val/test splits or k folds of a dataset, grouped by lesion
+// or patient, written as CSV.
+
+#include <iostream>
+#include <map>
+
+#include "cli.h"
+#include "dataset_flags.h"
+#include "datasets/splits.h"
+
+namespace attnscope::cli {
+namespace {
+
+int run_split(const std::vector<std::string>& args, const GlobalOptions&) {
+  const std::string usage = "split --data CSV_OR_DIR --out splits.csv [options]";
+  po::options_description desc("Options");
+  DatasetFlags data;
+  data.add_to(desc);
+  std::string out;
+  datasets::SplitOptions o;
+  int folds = 0;
+  desc.add_options()  //
+      ("out", po::value(&out)->required(),
+       "CSV to write: image_id,label,group,split (or ...,fold with --folds)")             //
+      ("val", po::value(&o.val)->default_value(0.15, "0.15"), "fraction for validation")  //
+      ("test", po::value(&o.test)->default_value(0.15, "0.15"), "fraction for test")      //
+      ("folds", po::value(&folds)->default_value(0),
+       "write k-fold assignments instead (k >= 2); 0 = train/val/test")  //
+      ("seed", po::value(&o.seed)->default_value(0), "random seed");
+  po::variables_map vm;
+  if (!parse(usage, desc, args, vm)) return 0;
+  const auto fail = [&](const std::string& m) { throw UsageError(m, usage_text(usage, desc)); };
+  if (o.val < 0 || o.test < 0 || o.val + o.test >= 1)
+    fail("--val and --test must be >= 0 with a sum < 1");
+  if (folds == 1 || folds < 0) fail("--folds must be 0 or >= 2");
+  const auto ds = data.read(usage_text(usage, desc));
+  std::map<std::string, std::vector<int64_t>> counts;  // part → samples per class
+  auto tally = [&](const std::string& part, int64_t label) {
+    auto& c = counts[part];
+    c.resize(ds.class_names.size(), 0);
+    ++c[static_cast<std::size_t>(label)];
+  };
+  if (folds >= 2) {
+    const auto f = datasets::kfold_dataset(ds, folds, o.seed);
+    datasets::write_folds_csv(out, ds, f);
+    for (std::size_t i = 0; i < f.size(); ++i)
+      tally("fold " + std::to_string(f[i]), ds.samples[i].label);
+  } else {
+    const auto s = datasets::split_dataset(ds, o);
+    datasets::write_splits_csv(out, ds, s);
+    for (std::size_t i = 0; i < s.size(); ++i)
+      tally(datasets::split_name(s[i]), ds.samples[i].label);
+  }
+  std::cout << "wrote " << out << " (" << ds.samples.size() << " images)\n";
+  for (const auto& [part, c] : counts) {
+    std::cout << "  " << part << ":";
+    for (std::size_t k = 0; k < c.size(); ++k)
+      std::cout << " " << ds.class_names[k] << " " << c[k];
+    std::cout << "\n";
+  }
+  return 0;
+}
+
+const Registration kSplit("split",
+                          "stratified train/val/test or k-fold splits, grouped by lesion/patient",
+                          run_split);
+
+}  // namespace
+}  // namespace attnscope::cli
