@@ -92,15 +92,11 @@ std::pair<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::use_cache(torch:
                                                                           torch::Tensor v_new,
                                                                           KvCache* cache) {
   if (cache == nullptr) return {std::move(k_new), std::move(v_new)};
-  if (cache->is_static) {
-    if (!cache->key.defined()) {
-      cache->key = k_new;
-      cache->value = v_new;
-    }
-  } else if (!cache->key.defined()) {
-    cache->key = k_new;
-    cache->value = v_new;
-  } else {
+  if (!cache->key.defined()) {
+    // Contiguous copies: a view would keep the whole projection output (queries too) alive.
+    cache->key = k_new.contiguous();
+    cache->value = v_new.contiguous();
+  } else if (!cache->is_static) {
     check(cache->key.size(0) == k_new.size(0), "KvCache", "holds batch ", cache->key.size(0),
           " but the input has batch ", k_new.size(0));
     cache->key = torch::cat({cache->key, k_new}, 2);  // (B, H, T + K, Dh)
