@@ -56,6 +56,7 @@ void AttentionCnnImpl::reset() {
   dropout = register_module("dropout", nn::Dropout(options.dropout()));
   classifier = register_module("classifier", nn::Linear(concat_channels, options.num_classes()));
   init_cnn_weights(*this);
+  use_channels_last(*this);
 }
 
 std::vector<std::string> AttentionCnnImpl::map_names() const {

@@ -25,6 +25,12 @@ void init_cnn_weights(torch::nn::Module& module) {
   }
 }
 
+void use_channels_last(torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : module.parameters())
+    if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+}
+
 ResidualBlockImpl::ResidualBlockImpl(const ResidualBlockOptions& options_) : options(options_) {
   reset();
 }
@@ -93,7 +99,7 @@ void ResNetTrunk::build(torch::nn::Module& owner) {
 
 TrunkOutput ResNetTrunk::forward(const torch::Tensor& x, bool pooled) {
   TrunkOutput out;
-  auto y = bn1(conv1(x)).relu_();
+  auto y = bn1(conv1(x.contiguous(torch::MemoryFormat::ChannelsLast))).relu_();
   y = torch::max_pool2d(y, /*kernel_size=*/3, /*stride=*/2, /*padding=*/1);
   for (auto& layer : layers) {
     y = layer->forward(y);
@@ -130,6 +136,7 @@ void ResNetImpl::reset() {
   trunk->build(*this);
   fc = register_module("fc", nn::Linear(trunk->out_channels(), options.num_classes()));
   init_cnn_weights(*this);
+  use_channels_last(*this);
 }
 
 ImageFeatures ResNetImpl::forward_features(const torch::Tensor& images, bool /*need_attention*/) {

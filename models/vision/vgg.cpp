@@ -34,7 +34,7 @@ void VggTrunk::build(torch::nn::Module& owner) {
 
 TrunkOutput VggTrunk::forward(const torch::Tensor& x, bool pooled) {
   TrunkOutput out;
-  auto y = x;
+  auto y = x.contiguous(torch::MemoryFormat::ChannelsLast);  // see use_channels_last
   for (auto& module : *features) {
     const bool is_pool = module.ptr()->as<nn::MaxPool2d>() != nullptr;
     if (is_pool) out.stages.push_back(y);
@@ -77,6 +77,7 @@ void VggImpl::reset() {
   }
   classifier = register_module("classifier", head);
   init_cnn_weights(*this);
+  use_channels_last(*this);
   // torchvision: linear layers N(0, 0.01), bias 0.
   torch::NoGradGuard no_grad;
   for (auto& m : classifier->modules(false)) {
