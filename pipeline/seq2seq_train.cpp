@@ -108,8 +108,9 @@ Seq2SeqTrainResult train_seq2seq(models::text::Seq2SeqModel& model,
           static_cast<double>(tokens) / std::max(seconds_since(epoch_begin), 1e-9);
       progress.learning_rate = lr;
       progress.elapsed_s = seconds_since(begin);
-      const bool out_of_time =
-          options.time_budget_s > 0 && progress.elapsed_s >= options.time_budget_s;
+      progress.cpu_s = cpu_seconds();
+      const double spent = options.budget_clock == "cpu" ? progress.cpu_s : progress.elapsed_s;
+      const bool out_of_time = options.time_budget_s > 0 && spent >= options.time_budget_s;
       const bool last = b + 1 == batches.size() || out_of_time;
       if (options.on_progress &&
           (last || (options.progress_every > 0 && progress.batch % options.progress_every == 0)))

@@ -1,0 +1,131 @@
+// End-to-end tests of `attnscope seq2seq train|evaluate|translate`.
+
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "test_support.h"
+
+namespace attnscope {
+namespace {
+
+std::string exe() {
+  return std::string(ATTNSCOPE_EXE) + " --threads 1";
+}
+
+// A tiny, briefly trained model: enough for the command's plumbing, not for accuracy (learning
+// is asserted in tests/pipeline/seq2seq_test.cpp).
+std::string train_tiny(const test::TempDir& dir, const std::string& model) {
+  const auto r = test::run_process(
+      exe() + " seq2seq train --task copy --model " + model +
+      " --count 300 --min-length 3 --max-length 6 --epochs 1 --hidden-dim 16 --embedding-dim 8"
+      " --model-dim 16 --heads 2 --ff-dim 16 --valid-size 20 --quiet --out " +
+      (dir / "run"));
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("held-out 20 pairs: exact match"), std::string::npos) << r.output;
+  return dir / "run/model.h5";
+}
+
+TEST(Seq2SeqCli, TrainEvaluateAndTranslate) {
+  test::TempDir dir;
+  const auto model = train_tiny(dir, "gru-additive");
+  ASSERT_TRUE(std::filesystem::exists(model));
+  auto r = test::run_process(exe() + " seq2seq evaluate --model " + model +
+                             " --task copy --count 30 --min-length 3 --max-length 6 --json");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto json = nlohmann::json::parse(r.output);
+  for (const char* key : {"exact_match", "token_accuracy", "bleu"}) {
+    ASSERT_TRUE(json.contains(key)) << r.output;
+    EXPECT_GE(json[key].get<double>(), 0.0);
+  }
+  EXPECT_EQ(json["sentences"], 30);
+  EXPECT_EQ(json["model"], "gru-additive");
+  r = test::run_process(exe() + " seq2seq evaluate --model " + model + " --task reverse");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("exact match"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("BLEU"), std::string::npos) << r.output;
+  r = test::run_process(exe() + " seq2seq translate --model " + model + " --beam 3 --alignments " +
+                        (dir / "al.h5") + " --alignment-png " + (dir / "png") + " abc hello");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 2) << r.output;
+  EXPECT_TRUE(std::filesystem::exists(dir / "al.h5"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "png/000001.png"));
+}
+
+TEST(Seq2SeqCli, TranslateReadsStdinAndReportsBadLinesByNumber) {
+  test::TempDir dir;
+  const auto model = train_tiny(dir, "transformer");
+  std::ofstream(dir / "in.txt") << "abc\n\xFF\xFE\n\ncab\n";
+  const auto r =
+      test::run_process(exe() + " seq2seq translate --model " + model + " < " + (dir / "in.txt"));
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: input 2: invalid UTF-8 at byte 0"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("error: input 3: empty input"), std::string::npos) << r.output;
+}
+
+TEST(Seq2SeqCli, LongInputsAreTruncatedAndCounted) {
+  test::TempDir dir;
+  const auto model = train_tiny(dir, "gru-dot");
+  const auto r = test::run_process(exe() + " seq2seq translate --model " + model + " abc " +
+                                   std::string(50, 'a'));
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("warning: 1 of 2 inputs truncated to the model's maximum of 32 tokens"),
+            std::string::npos)
+      << r.output;
+}
+
+TEST(Seq2SeqCli, FixedContextModelHasNoAlignments) {
+  test::TempDir dir;
+  const auto model = train_tiny(dir, "gru");
+  const auto r = test::run_process(exe() + " seq2seq translate --model " + model +
+                                   " --alignments " + (dir / "al.h5") + " abc");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("has no attention (fixed context)"), std::string::npos) << r.output;
+}
+
+TEST(Seq2SeqCli, TsvBadLinesAreReportedWithLineNumbers) {
+  test::TempDir dir;
+  std::ofstream tsv(dir / "pairs.tsv");
+  tsv << "Go.\tVa !\tCC-BY\nno tab\n\nHi.\tSalut !\nRun!\tCours !\nWow!\tCa alors !\n"
+         "Fire!\tAu feu !\nHelp!\tA l'aide !\nJump.\tSaute.\nStop!\tStop !\nWait!\tAttends !\n"
+         "Bad\t\xC3\n";
+  tsv.close();
+  auto r = test::run_process(exe() + " seq2seq train --task tsv:" + (dir / "pairs.tsv") +
+                             " --tokenizer word --epochs 1 --hidden-dim 8 --embedding-dim 8"
+                             " --quiet --out " +
+                             (dir / "run"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("pairs.tsv:2: no tab"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("pairs.tsv:3: empty line"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("pairs.tsv:12: invalid UTF-8"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("(3 lines skipped)"), std::string::npos) << r.output;
+  std::ofstream(dir / "bad.tsv") << "only\nlines without tabs\n";
+  r = test::run_process(exe() + " seq2seq train --task tsv:" + (dir / "bad.tsv") + " --out " +
+                        (dir / "run2"));
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("no usable source<TAB>target lines"), std::string::npos) << r.output;
+}
+
+TEST(Seq2SeqCli, BadCommandLinesAreUsageErrors) {
+  for (const std::string& args :
+       {std::string("seq2seq"), std::string("seq2seq fly"),
+        std::string("seq2seq train --task copy --model gru-magic --out /tmp/x"),
+        std::string("seq2seq train --task sorting --out /tmp/x"),
+        std::string("seq2seq train --task copy --epochs 0 --out /tmp/x"),
+        std::string("seq2seq evaluate --task copy")}) {
+    const auto r = test::run_process(exe() + " " + args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << r.output;
+    EXPECT_EQ(r.output.rfind("error: ", 0), 0u) << args << "\n" << r.output;
+  }
+  const auto r = test::run_process(exe() + " seq2seq translate --model /nonexistent/model.h5 x");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("/nonexistent/model.h5"), std::string::npos) << r.output;
+  const auto help = test::run_process(exe() + " seq2seq train --help");
+  EXPECT_EQ(help.status, 0);
+  EXPECT_NE(help.output.find("--time-budget"), std::string::npos) << help.output;
+}
+
+}  // namespace
+}  // namespace attnscope
