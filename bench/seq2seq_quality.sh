@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The quality targets of docs/seq2seq.md: `transformer` and `gru-additive` trained for at most
-# BUDGET CPU seconds each (--budget-clock cpu: the machine is shared) on `reverse` (source lengths 5-30) and on `dates`, then evaluated on 1000
-# held-out pairs (another seed). Runs PARALLEL trainings at a time, THREADS LibTorch threads each.
+# BUDGET CPU seconds each (--budget-clock cpu, so that a shared machine does not eat the budget)
+# on `reverse` (source lengths 5-30) and on `dates`, then evaluated on 1000 held-out pairs
+# (another seed). Runs PARALLEL trainings at a time, THREADS LibTorch threads each.
 #
 # usage: bench/seq2seq_quality.sh [BUILD_DIR] [BUDGET_SECONDS] [OUT_DIR]
 # Environment: PARALLEL (default 2), THREADS (default 1), SIZES (model size flags).
