@@ -41,12 +41,14 @@ torch::Tensor general_score(const torch::Tensor& query, const torch::Tensor& key
 }
 
 torch::Tensor additive_score(const torch::Tensor& projected_query,
-                             const torch::Tensor& projected_keys, const torch::Tensor& v) {
+                             const torch::Tensor& projected_keys, const torch::Tensor& v,
+                             AdditiveActivation activation) {
   check_pair(projected_query, projected_keys, "additive_score", true);
   check(v.dim() == 1 && v.size(0) == projected_query.size(-1), "additive_score",
         "v must be (A=", projected_query.size(-1), "), got ", v.sizes());
   // (..., Q, 1, A) + (..., 1, K, A) -> (..., Q, K, A)
-  auto hidden = torch::tanh(projected_query.unsqueeze(-2) + projected_keys.unsqueeze(-3));
+  auto sum = projected_query.unsqueeze(-2) + projected_keys.unsqueeze(-3);
+  auto hidden = activation == AdditiveActivation::relu ? torch::relu(sum) : torch::tanh(sum);
   return torch::matmul(hidden, v);  // (..., Q, K)
 }
 
@@ -96,7 +98,8 @@ torch::Tensor AdditiveScoreImpl::project_keys(const torch::Tensor& keys) {
 
 torch::Tensor AdditiveScoreImpl::forward_projected(const torch::Tensor& query,
                                                    const torch::Tensor& projected_keys) {
-  return additive_score(query_proj->forward(query), projected_keys, v->weight.view({-1}));
+  return additive_score(query_proj->forward(query), projected_keys, v->weight.view({-1}),
+                        options.activation());
 }
 
 torch::Tensor AdditiveScoreImpl::forward(const torch::Tensor& query, const torch::Tensor& keys) {

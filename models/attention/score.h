@@ -20,11 +20,16 @@ torch::Tensor scaled_dot_score(const torch::Tensor& query, const torch::Tensor& 
 torch::Tensor general_score(const torch::Tensor& query, const torch::Tensor& keys,
                             const torch::Tensor& weight);
 
-/// Bahdanau additive score vᵀ tanh(q' + k') from already projected queries q' = W_q q and keys
-/// k' = W_k k. Materialises (..., Q, K, A).
+/// The non-linearity inside an additive score: tanh (Bahdanau et al. 2015) or ReLU (the grid
+/// attention of AttnMel, Yan et al. 2019).
+enum class AdditiveActivation { tanh, relu };
+
+/// Additive score vᵀ act(q' + k') from already projected queries q' = W_q q and keys
+/// k' = W_k k, with act = tanh (Bahdanau) by default. Materialises (..., Q, K, A).
 /// Shape: (..., Q, A), (..., K, A), v (A) -> (..., Q, K).
 torch::Tensor additive_score(const torch::Tensor& projected_query,
-                             const torch::Tensor& projected_keys, const torch::Tensor& v);
+                             const torch::Tensor& projected_keys, const torch::Tensor& v,
+                             AdditiveActivation activation = AdditiveActivation::tanh);
 
 /// The score functions, for configuration by name.
 enum class ScoreKind { additive, dot, general, scaled_dot };
@@ -44,6 +49,8 @@ struct AdditiveScoreOptions {
   TORCH_ARG(int64_t, hidden_dim);
   /// Bias of `key_proj` (one bias suffices: `query_proj` has none).
   TORCH_ARG(bool, bias) = true;
+  /// tanh (Bahdanau) or relu (AttnMel's grid attention).
+  TORCH_ARG(AdditiveActivation, activation) = AdditiveActivation::tanh;
 };
 
 /// Bahdanau et al. 2015 additive score vᵀ tanh(W_q q + W_k k). Sub-modules: `query_proj`

@@ -46,8 +46,12 @@ void SpatialAttentionImpl::reset() {
   projector = nullptr;
   u = torch::Tensor();
   if (options.compatibility() == Compatibility::additive) {
-    score = register_module("score", attention::AdditiveScore(attention::AdditiveScoreOptions(
-                                         Cg, C, options.hidden_dim())));
+    // AttnMel's grid attention: 1×1 convs of l and g (per-position linear maps), ReLU, a 1×1
+    // conv to one channel.
+    score = register_module(
+        "score",
+        attention::AdditiveScore(attention::AdditiveScoreOptions(Cg, C, options.hidden_dim())
+                                     .activation(attention::AdditiveActivation::relu)));
   } else {
     if (C != Cg)
       projector = register_module("projector", nn::Conv2d(nn::Conv2dOptions(C, Cg, 1).bias(false)));

@@ -30,7 +30,8 @@ SpatialAttentionOutput naive(SpatialAttentionImpl& m, const torch::Tensor& l,
         switch (m.options.compatibility()) {
           case Compatibility::additive: {
             auto& a = *m.score;
-            auto hidden = torch::tanh(torch::mv(a.query_proj->weight, g[b]) +
+            // AttnMel: ReLU between the 1×1 convs (not Bahdanau's tanh).
+            auto hidden = torch::relu(torch::mv(a.query_proj->weight, g[b]) +
                                       torch::mv(a.key_proj->weight, v) + a.key_proj->bias);
             s = torch::dot(a.v->weight.view({-1}), hidden);
             break;
