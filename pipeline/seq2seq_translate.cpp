@@ -99,7 +99,7 @@ void write_alignments(const std::string& path, const std::vector<Translation>& t
   auto sentences = h5::require_group(file.id(), "sentences", path);
   for (std::size_t i = 0; i < translations.size(); ++i) {
     const auto& t = translations[i];
-    char name[16];
+    char name[24];
     std::snprintf(name, sizeof(name), "%06zu", i);
     auto group = h5::require_group(sentences.get(), name, path);
     h5::write_attribute(group.get(), "source", t.source, path);

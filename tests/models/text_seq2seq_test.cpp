@@ -59,9 +59,10 @@ TEST(TextSeq2Seq, TeacherForcingEqualsStepByStepDecoding) {
     for (int64_t t = 0; t < 4; ++t) {
       const auto step = model->step(state, target_in.select(1, t));
       EXPECT_TRUE(torch::allclose(step.logits, full.logits.select(1, t), 1e-4, 1e-5)) << name;
-      if (model->has_attention())
+      if (model->has_attention()) {
         EXPECT_TRUE(torch::allclose(step.attention, full.attention.select(1, t), 1e-4, 1e-5))
             << name;
+      }
     }
     ASSERT_EQ(full.attention.defined(), name != "gru") << name;
     if (full.attention.defined()) {
