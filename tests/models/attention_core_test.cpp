@@ -67,45 +67,31 @@ TEST_F(AttentionCoreTest, GeneralScoreEqualsNaiveBilinearForm) {
   EXPECT_TRUE(torch::allclose(general_score(q, k, w), expected, 0, kAtol));
 }
 
-TEST_F(AttentionCoreTest, AdditiveScoreEqualsBahdanauFormula) {
+// tanh: Bahdanau et al. 2015; ReLU: AttnMel's grid attention (Yan et al. 2019).
+TEST_F(AttentionCoreTest, AdditiveScoreEqualsBahdanauAndGridFormulas) {
   const int64_t Dq = 3, Dk = 4, A = 6;
-  AdditiveScore score(AdditiveScoreOptions(Dq, Dk, A));
-  auto q = torch::randn({2, 3, Dq});
-  auto k = torch::randn({2, 5, Dk});
-  auto wq = score->query_proj->weight.detach().to(torch::kDouble);
-  auto wk = score->key_proj->weight.detach().to(torch::kDouble);
-  auto bk = score->key_proj->bias.detach().to(torch::kDouble);
-  auto v = score->v->weight.detach().to(torch::kDouble).view({A});
-  auto qd = q.to(torch::kDouble);
-  auto kd = k.to(torch::kDouble);
-  auto expected = loop_scores(2, 3, 5, [&](int64_t b, int64_t i, int64_t j) {
-    auto hidden = torch::tanh(torch::mv(wq, qd[b][i]) + torch::mv(wk, kd[b][j]) + bk);
-    return torch::dot(v, hidden).item<double>();
-  });
-  EXPECT_TRUE(torch::allclose(score->forward(q, k), expected, 0, kAtol));
-  std::vector<std::string> names;
-  for (const auto& p : score->named_parameters())
-    names.push_back(p.key());
-  EXPECT_EQ(names, (std::vector<std::string>{"query_proj.weight", "key_proj.weight",
-                                             "key_proj.bias", "v.weight"}));
-}
-
-TEST_F(AttentionCoreTest, AdditiveScoreWithReluEqualsGridAttentionFormula) {
-  const int64_t Dq = 3, Dk = 4, A = 6;
-  AdditiveScore score(AdditiveScoreOptions(Dq, Dk, A).activation(AdditiveActivation::relu));
-  auto q = torch::randn({2, 3, Dq});
-  auto k = torch::randn({2, 5, Dk});
-  auto wq = score->query_proj->weight.detach().to(torch::kDouble);
-  auto wk = score->key_proj->weight.detach().to(torch::kDouble);
-  auto bk = score->key_proj->bias.detach().to(torch::kDouble);
-  auto v = score->v->weight.detach().to(torch::kDouble).view({A});
-  auto qd = q.to(torch::kDouble);
-  auto kd = k.to(torch::kDouble);
-  auto expected = loop_scores(2, 3, 5, [&](int64_t b, int64_t i, int64_t j) {
-    auto hidden = torch::relu(torch::mv(wq, qd[b][i]) + torch::mv(wk, kd[b][j]) + bk);
-    return torch::dot(v, hidden).item<double>();
-  });
-  EXPECT_TRUE(torch::allclose(score->forward(q, k), expected, 0, kAtol));
+  for (auto activation : {AdditiveActivation::tanh, AdditiveActivation::relu}) {
+    AdditiveScore score(AdditiveScoreOptions(Dq, Dk, A).activation(activation));
+    auto q = torch::randn({2, 3, Dq});
+    auto k = torch::randn({2, 5, Dk});
+    auto wq = score->query_proj->weight.detach().to(torch::kDouble);
+    auto wk = score->key_proj->weight.detach().to(torch::kDouble);
+    auto bk = score->key_proj->bias.detach().to(torch::kDouble);
+    auto v = score->v->weight.detach().to(torch::kDouble).view({A});
+    auto qd = q.to(torch::kDouble);
+    auto kd = k.to(torch::kDouble);
+    auto expected = loop_scores(2, 3, 5, [&](int64_t b, int64_t i, int64_t j) {
+      auto pre = torch::mv(wq, qd[b][i]) + torch::mv(wk, kd[b][j]) + bk;
+      auto hidden = activation == AdditiveActivation::tanh ? torch::tanh(pre) : torch::relu(pre);
+      return torch::dot(v, hidden).item<double>();
+    });
+    EXPECT_TRUE(torch::allclose(score->forward(q, k), expected, 0, kAtol));
+    std::vector<std::string> names;
+    for (const auto& p : score->named_parameters())
+      names.push_back(p.key());
+    EXPECT_EQ(names, (std::vector<std::string>{"query_proj.weight", "key_proj.weight",
+                                               "key_proj.bias", "v.weight"}));
+  }
 }
 
 TEST_F(AttentionCoreTest, ScoreByNameMatchesFreeFunctionsAndProjectedKeys) {
