@@ -8,8 +8,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <random>
 #include <string>
+
+#include "attnscope/error.h"
 
 namespace attnscope::test {
 
@@ -67,6 +70,16 @@ inline ProcessResult run_process(const std::string& command) {
   const int raw = pclose(pipe);
   result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
   return result;
+}
+
+/// Runs fn and returns the what() of the attnscope::Error it throws ("" when it throws none).
+inline std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
 }
 
 /// Debian's python3 (with torch, torchvision, h5py, cv2) — not the one first on PATH.

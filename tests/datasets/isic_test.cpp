@@ -23,14 +23,7 @@ std::string write(const test::TempDir& dir, const std::string& name, const std::
   return dir / name;
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 std::vector<std::string> ids(const Dataset& ds) {
   std::vector<std::string> out;

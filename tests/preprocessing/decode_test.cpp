@@ -87,14 +87,7 @@ bool near(const cv::Vec3b& a, const cv::Vec3b& b, int tol = 40) {
   return true;
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 TEST(Decode, PngBecomesRgbWithExactPixels) {
   test::TempDir dir;
