@@ -3,8 +3,10 @@
 #include <dlfcn.h>
 #include <link.h>
 #include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <thread>
 #include <vector>
@@ -43,6 +45,27 @@ int collect_object(dl_phdr_info* info, size_t, void* data) {
 }
 
 }  // namespace
+
+// Set in the environment of the re-executed program, so it neither loops nor hides who set it.
+constexpr const char* kReexecMarker = "ATTNSCOPE_OPENMP_REEXEC";
+
+OpenMpPolicy openmp_policy() {
+  OpenMpPolicy policy;
+  if (const char* value = std::getenv("OMP_WAIT_POLICY")) policy.wait_policy = value;
+  const char* marker = std::getenv(kReexecMarker);
+  policy.set_by_attnscope = marker != nullptr && std::string(marker) == "1";
+  return policy;
+}
+
+void ensure_passive_openmp(int intra_op_threads, char** argv) {
+  if (intra_op_threads <= 1 || argv == nullptr || argv[0] == nullptr) return;
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv(kReexecMarker) != nullptr) return;
+  if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0 || setenv(kReexecMarker, "1", 1) != 0) return;
+  execv("/proc/self/exe", argv);
+  // Still here: the re-execution failed; go on with libgomp's default policy.
+  unsetenv("OMP_WAIT_POLICY");
+  unsetenv(kReexecMarker);
+}
 
 BlasInfo blas_info() {
   BlasInfo info{"unknown", "", ""};

@@ -28,6 +28,24 @@ struct BlasInfo {
 /// The BLAS library loaded into this process (LibTorch's matrix products go through it).
 BlasInfo blas_info();
 
+/// OpenMP's wait policy as libgomp read it at start-up, and whether attnscope set it
+/// (ensure_passive_openmp) rather than the user's environment.
+struct OpenMpPolicy {
+  std::string wait_policy;  ///< OMP_WAIT_POLICY, empty when unset (libgomp then spins a while)
+  bool set_by_attnscope = false;
+};
+OpenMpPolicy openmp_policy();
+
+/// LibTorch runs element-wise kernels on OpenMP (libgomp) threads and matrix products on
+/// OpenBLAS's own threads. By default an idle libgomp worker spins for a while after every
+/// parallel region and takes the core OpenBLAS needs next: on 2 cores a ViT-Tiny forward pass
+/// took 3.7x longer and a small Transformer trained 3x fewer steps per second
+/// (docs/performance.md). libgomp reads OMP_WAIT_POLICY once, before main() runs, so when it is
+/// unset and more than one intra-op thread will run, this sets OMP_WAIT_POLICY=PASSIVE and
+/// re-executes the program with the same arguments (/proc/self/exe). It returns when nothing
+/// had to be done, when the user set OMP_WAIT_POLICY, or when the re-execution failed.
+void ensure_passive_openmp(int intra_op_threads, char** argv);
+
 bool cuda_available();
 int cuda_device_count();
 

@@ -32,6 +32,11 @@ int run_info(const std::vector<std::string>& args, const GlobalOptions&) {
             << "BLAS           " << blas.name << (blas.path.empty() ? "" : " (" + blas.path + ")")
             << "\n";
   if (!blas.config.empty()) std::cout << "BLAS config    " << blas.config << "\n";
+  const auto omp = models::openmp_policy();
+  const std::string wait =
+      omp.wait_policy.empty() ? "libgomp default (spins when idle)" : omp.wait_policy;
+  std::cout << "OpenMP wait    " << wait << (omp.set_by_attnscope ? " (set by attnscope)" : "")
+            << "\n";
   std::cout << "CUDA           " << (models::cuda_available() ? "available" : "not available")
             << ", " << models::cuda_device_count() << " device(s)\n";
   if (!blas.is_openblas())
