@@ -18,6 +18,10 @@ double noam_learning_rate(int64_t step, int64_t warmup, double peak) {
   return peak * std::min(s / w, std::sqrt(w / s));
 }
 
+double linear_decay_factor(double done) {
+  return std::clamp(1.0 - done, 0.0, 1.0);
+}
+
 std::string format_progress(const Seq2SeqProgress& p, int bar_width) {
   const double fraction =
       p.batches > 0 ? static_cast<double>(p.batch) / static_cast<double>(p.batches) : 0.0;
@@ -49,6 +53,8 @@ Seq2SeqTrainResult train_seq2seq(models::text::Seq2SeqModel& model,
   check(options.learning_rate > 0, "training", "learning rate must be > 0");
   check(options.schedule == "constant" || options.schedule == "noam", "training",
         concat("schedule must be constant or noam, got '", options.schedule, "'"));
+  check(options.decay == "none" || options.decay == "linear", "training",
+        concat("decay must be none or linear, got '", options.decay, "'"));
   check(options.label_smoothing >= 0 && options.label_smoothing < 1, "training",
         "label smoothing must be in [0, 1)");
   check(options.budget_clock == "wall" || options.budget_clock == "cpu", "training",
@@ -71,6 +77,7 @@ Seq2SeqTrainResult train_seq2seq(models::text::Seq2SeqModel& model,
     return std::chrono::duration<double>(Clock::now() - t).count();
   };
   Seq2SeqTrainResult result;
+  int64_t total_steps = 0;  // epochs x batches, known once the first epoch is cut into batches
   for (int64_t epoch = 1; epoch <= options.epochs && !result.stopped_by_budget; ++epoch) {
     const auto batches =
         datasets::text::length_batches(lengths, static_cast<std::size_t>(options.batch_size),
@@ -82,13 +89,24 @@ Seq2SeqTrainResult train_seq2seq(models::text::Seq2SeqModel& model,
     progress.epoch = epoch;
     progress.epochs = options.epochs;
     progress.batches = static_cast<int64_t>(batches.size());
+    if (total_steps == 0) total_steps = options.epochs * static_cast<int64_t>(batches.size());
     for (std::size_t b = 0; b < batches.size(); ++b) {
       const auto batch = datasets::text::make_batch(data.sources, data.targets, batches[b]);
       ++result.steps;
-      const double lr =
+      double lr =
           options.schedule == "noam"
               ? noam_learning_rate(result.steps, options.warmup_steps, options.learning_rate)
               : options.learning_rate;
+      if (options.decay == "linear") {
+        double done = static_cast<double>(result.steps - 1) /
+                      static_cast<double>(std::max<int64_t>(total_steps, 1));
+        if (options.time_budget_s > 0) {
+          const double spent =
+              options.budget_clock == "cpu" ? cpu_seconds() : seconds_since(begin);
+          done = std::max(done, spent / options.time_budget_s);
+        }
+        lr *= linear_decay_factor(done);
+      }
       for (auto& group : optimizer.param_groups())
         static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
       optimizer.zero_grad();

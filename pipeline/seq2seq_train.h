@@ -17,6 +17,11 @@ namespace attnscope::pipeline {
 /// warmup) equals `peak`: lr = peak · min(step / warmup, sqrt(warmup / step)). step >= 1.
 double noam_learning_rate(int64_t step, int64_t warmup, double peak);
 
+/// Linear decay to zero over a training budget ("Budgeted Training", Li et al., ICLR 2020):
+/// the factor 1 - done that multiplies the learning rate when `done` of the budget (time or
+/// steps, in [0, 1]) is spent; 0 once it is all spent.
+double linear_decay_factor(double done);
+
 struct Seq2SeqProgress {
   int64_t epoch = 0;  ///< 1-based
   int64_t epochs = 0;
@@ -41,6 +46,10 @@ struct Seq2SeqTrainOptions {
   /// "constant" or "noam".
   std::string schedule = "constant";
   int64_t warmup_steps = 400;
+  /// "none" or "linear": multiply the scheduled rate by linear_decay_factor of the part of the
+  /// training already done — of time_budget_s when there is one, and of epochs × batches,
+  /// whichever is further along. A time-budgeted run then ends at a rate near zero.
+  std::string decay = "none";
   double label_smoothing = 0.1;
   /// Gradient-norm clipping; <= 0 disables it.
   double clip_norm = 1.0;

@@ -225,6 +225,36 @@ TEST(Seq2SeqTrain, TimeBudgetStopsTraining) {
   EXPECT_EQ(result.steps, 1);
 }
 
+TEST(Seq2SeqTrain, LinearDecayReachesZeroAtTheEndOfTheEpochs) {
+  EXPECT_DOUBLE_EQ(linear_decay_factor(0.0), 1.0);
+  EXPECT_DOUBLE_EQ(linear_decay_factor(0.25), 0.75);
+  EXPECT_DOUBLE_EQ(linear_decay_factor(1.5), 0.0);
+  const auto t = copy_model(false);
+  auto model = models::text::make_seq2seq(t.bundle.model->options());
+  const auto data = text::encode_pairs(t.valid, t.bundle.source_vocab, t.bundle.target_vocab,
+                                       text::TokenizerKind::kChar, 16, text::LengthPolicy::kSkip);
+  Seq2SeqTrainOptions train;
+  train.epochs = 3;
+  train.batch_size = 8;
+  train.learning_rate = 1e-3;
+  train.decay = "linear";
+  train.progress_every = 1;
+  std::vector<std::pair<int64_t, double>> rates;  // (step, learning rate)
+  train.on_progress = [&](const Seq2SeqProgress& p) { rates.emplace_back(p.step, p.learning_rate); };
+  const auto result = train_seq2seq(*model, data, train);
+  ASSERT_EQ(static_cast<int64_t>(rates.size()), result.steps);
+  ASSERT_GT(result.steps, 3);
+  // Closed form: lr_s = lr · (1 - (s - 1) / total), total = epochs × batches per epoch.
+  for (const auto& [step, lr] : rates) {
+    const double expected =
+        1e-3 * (1.0 - static_cast<double>(step - 1) / static_cast<double>(result.steps));
+    EXPECT_NEAR(lr, expected, 1e-12) << "step " << step;
+  }
+  train.decay = "cosine";
+  EXPECT_NE(test::error_of([&] { train_seq2seq(*model, data, train); }).find("decay must be"),
+            std::string::npos);
+}
+
 TEST(Seq2SeqCheckpoint, RoundTripGivesTheSameTranslations) {
   const auto t = copy_model(false);
   test::TempDir dir;

@@ -167,6 +167,8 @@ int run_train(const std::vector<std::string>& args) {
       "schedule", po::value<std::string>()->default_value("auto"),
       "constant | noam | auto (noam for the transformer)")(
       "warmup", po::value<int64_t>()->default_value(400), "warmup steps of the noam schedule")(
+      "decay", po::value<std::string>()->default_value("none"),
+      "none | linear (to zero at the end of --time-budget or of the epochs)")(
       "label-smoothing", po::value<double>()->default_value(0.1), "label smoothing epsilon")(
       "clip-norm", po::value<double>()->default_value(1.0), "gradient-norm clipping (0 = off)")(
       "embedding-dim", po::value<int64_t>()->default_value(64), "RNN token embedding size")(
@@ -204,6 +206,9 @@ int run_train(const std::vector<std::string>& args) {
   if (schedule == "auto") schedule = is_transformer ? "noam" : "constant";
   if (schedule != "constant" && schedule != "noam")
     throw UsageError("--schedule must be constant, noam or auto, got '" + schedule + "'", usage);
+  const std::string decay = vm["decay"].as<std::string>();
+  if (decay != "none" && decay != "linear")
+    throw UsageError("--decay must be none or linear, got '" + decay + "'", usage);
   const double dropout = vm["dropout"].as<double>();
   if (dropout < 0 || dropout >= 1) throw UsageError("--dropout must be in [0, 1)", usage);
   const double smoothing = vm["label-smoothing"].as<double>();
@@ -293,6 +298,7 @@ int run_train(const std::vector<std::string>& args) {
   train.learning_rate = lr > 0 ? lr : (is_transformer ? kTransformerPeak : kRnnLearningRate);
   train.schedule = schedule;
   train.warmup_steps = vm["warmup"].as<int64_t>();
+  train.decay = decay;
   train.label_smoothing = smoothing;
   train.clip_norm = vm["clip-norm"].as<double>();
   train.time_budget_s = vm["time-budget"].as<double>();
