@@ -101,8 +101,7 @@ Seq2SeqTrainResult train_seq2seq(models::text::Seq2SeqModel& model,
         double done = static_cast<double>(result.steps - 1) /
                       static_cast<double>(std::max<int64_t>(total_steps, 1));
         if (options.time_budget_s > 0) {
-          const double spent =
-              options.budget_clock == "cpu" ? cpu_seconds() : seconds_since(begin);
+          const double spent = options.budget_clock == "cpu" ? cpu_seconds() : seconds_since(begin);
           done = std::max(done, spent / options.time_budget_s);
         }
         lr *= linear_decay_factor(done);

@@ -240,7 +240,9 @@ TEST(Seq2SeqTrain, LinearDecayReachesZeroAtTheEndOfTheEpochs) {
   train.decay = "linear";
   train.progress_every = 1;
   std::vector<std::pair<int64_t, double>> rates;  // (step, learning rate)
-  train.on_progress = [&](const Seq2SeqProgress& p) { rates.emplace_back(p.step, p.learning_rate); };
+  train.on_progress = [&](const Seq2SeqProgress& p) {
+    rates.emplace_back(p.step, p.learning_rate);
+  };
   const auto result = train_seq2seq(*model, data, train);
   ASSERT_EQ(static_cast<int64_t>(rates.size()), result.steps);
   ASSERT_GT(result.steps, 3);
