@@ -223,8 +223,8 @@ int peak_rss_all(const char* self) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Idle OpenMP workers must sleep, as in the attnscope command (models/runtime.h).
-  attnscope::models::ensure_passive_openmp(attnscope::models::available_cores(), argv);
+  // Idle OpenMP workers must not spin for long, as in the attnscope command (models/runtime.h).
+  attnscope::models::limit_openmp_spinning(attnscope::models::available_cores(), argv);
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--peak-rss=all")

@@ -84,8 +84,8 @@ void BM_Forward(benchmark::State& state, const std::string& arch) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Idle OpenMP workers must sleep, as in the attnscope command (models/runtime.h).
-  attnscope::models::ensure_passive_openmp(attnscope::models::available_cores(), argv);
+  // Idle OpenMP workers must not spin for long, as in the attnscope command (models/runtime.h).
+  attnscope::models::limit_openmp_spinning(attnscope::models::available_cores(), argv);
   // Our own flag first; the rest goes to Google Benchmark.
   std::vector<char*> rest;
   const char* kFlag = "--resnet18-checkpoint=";

@@ -12,6 +12,7 @@
 #   PARALLEL (trainings at a time, default 1; with THREADS=1 each training also gets
 #   OPENBLAS_NUM_THREADS=1, i.e. one core), CLOCK (wall | cpu, default cpu),
 #   TRANSFORMER_FLAGS (default "--dropout 0 --lr 0.004", the tuning of docs/seq2seq.md),
+#   TRAIN_FLAGS (every model, default "--decay linear"),
 #   TRAIN_MIN/TRAIN_MAX (training source lengths, default 5..80), COUNT (pairs per length, 200),
 #   SIZES (model size flags, default: embedding 32, hidden 64, transformer width 64, ff 128).
 set -euo pipefail
@@ -29,6 +30,7 @@ TRAIN_MAX=${TRAIN_MAX:-80}
 COUNT=${COUNT:-200}
 CLOCK=${CLOCK:-cpu}
 TRANSFORMER_FLAGS=${TRANSFORMER_FLAGS:-"--dropout 0 --lr 0.004"}
+TRAIN_FLAGS=${TRAIN_FLAGS:-"--decay linear"}
 if [[ "$THREADS" == 1 ]]; then export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}; fi
 EXE="$BUILD/bin/attnscope"
 [[ -x "$EXE" ]] || { echo "error: $EXE not found (build the attnscope target first)" >&2; exit 1; }
@@ -40,7 +42,7 @@ for model in $MODELS; do
   if [[ "$model" == transformer ]]; then extra=$TRANSFORMER_FLAGS; fi
   "$EXE" --threads "$THREADS" seq2seq train --task reverse --model "$model" \
     --min-length "$TRAIN_MIN" --max-length "$TRAIN_MAX" --count 50000 --epochs 1000 \
-    --time-budget "$BUDGET" --budget-clock "$CLOCK" $SIZES $extra --valid-size 0 --quiet --seed 1 \
+    --time-budget "$BUDGET" --budget-clock "$CLOCK" $SIZES $TRAIN_FLAGS $extra --valid-size 0 --quiet --seed 1 \
     --out "$OUT/$model" >"$OUT/$model.train.log" 2>&1 &
   running=$((running + 1))
   if (( running % PARALLEL == 0 )); then wait; fi

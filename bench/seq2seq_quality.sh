@@ -10,8 +10,10 @@
 #
 # usage: bench/seq2seq_quality.sh [BUILD_DIR] [BUDGET_SECONDS] [OUT_DIR]
 # Environment: PARALLEL (default 2), THREADS (LibTorch threads, default 1; 0 = all cores;
-#   OpenBLAS keeps its own threads unless PARALLEL > 1 and THREADS = 1), TASKS, MODELS, SIZES (model size flags), TRANSFORMER_FLAGS (default
-#   "--dropout 0 --lr 0.004", the tuning of docs/seq2seq.md), CLOCK (wall | cpu, default wall).
+#   OpenBLAS keeps its own threads unless PARALLEL > 1 and THREADS = 1), TASKS, MODELS,
+#   SIZES (model size flags), TRAIN_FLAGS (every model; default "--decay linear": the rate
+#   falls to zero at the budget's end), TRANSFORMER_FLAGS (default "--dropout 0 --lr 0.004",
+#   the tuning of docs/seq2seq.md), CLOCK (wall | cpu, default wall).
 set -euo pipefail
 
 BUILD=${1:-build}
@@ -22,6 +24,7 @@ THREADS=${THREADS:-1}
 CLOCK=${CLOCK:-wall}
 SIZES=${SIZES:-"--embedding-dim 32 --hidden-dim 64 --model-dim 64 --heads 4 --ff-dim 128"}
 TRANSFORMER_FLAGS=${TRANSFORMER_FLAGS:-"--dropout 0 --lr 0.004"}
+TRAIN_FLAGS=${TRAIN_FLAGS:-"--decay linear"}
 TASKS=${TASKS:-"reverse dates"}
 MODELS=${MODELS:-"transformer gru-additive"}
 # Two trainings at a time: one core each, OpenBLAS's threads included.
@@ -37,7 +40,7 @@ train() {  # task model
   if [[ "$2" == transformer ]]; then extra=$TRANSFORMER_FLAGS; fi
   "$EXE" --threads "$THREADS" seq2seq train --task "$1" --model "$2" --min-length 5 \
     --max-length 30 --count 50000 --epochs 1000 --time-budget "$BUDGET" --budget-clock "$CLOCK" \
-    $SIZES $extra --valid-size 0 --quiet --seed 1 --out "$OUT/$1-$2" >"$OUT/$1-$2.train.log" 2>&1
+    $SIZES $TRAIN_FLAGS $extra --valid-size 0 --quiet --seed 1 --out "$OUT/$1-$2" >"$OUT/$1-$2.train.log" 2>&1
 }
 
 jobs_run=0

@@ -52,18 +52,21 @@ constexpr const char* kReexecMarker = "ATTNSCOPE_OPENMP_REEXEC";
 OpenMpPolicy openmp_policy() {
   OpenMpPolicy policy;
   if (const char* value = std::getenv("OMP_WAIT_POLICY")) policy.wait_policy = value;
+  if (const char* value = std::getenv("GOMP_SPINCOUNT")) policy.spin_count = value;
   const char* marker = std::getenv(kReexecMarker);
   policy.set_by_attnscope = marker != nullptr && std::string(marker) == "1";
   return policy;
 }
 
-void ensure_passive_openmp(int intra_op_threads, char** argv) {
+void limit_openmp_spinning(int intra_op_threads, char** argv) {
   if (intra_op_threads <= 1 || argv == nullptr || argv[0] == nullptr) return;
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv(kReexecMarker) != nullptr) return;
-  if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0 || setenv(kReexecMarker, "1", 1) != 0) return;
+  for (const char* name : {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", kReexecMarker})
+    if (std::getenv(name) != nullptr) return;
+  const std::string spins = std::to_string(kOpenMpSpinCount);
+  if (setenv("GOMP_SPINCOUNT", spins.c_str(), 1) != 0 || setenv(kReexecMarker, "1", 1) != 0) return;
   execv("/proc/self/exe", argv);
-  // Still here: the re-execution failed; go on with libgomp's default policy.
-  unsetenv("OMP_WAIT_POLICY");
+  // Still here: the re-execution failed; go on with libgomp's defaults.
+  unsetenv("GOMP_SPINCOUNT");
   unsetenv(kReexecMarker);
 }
 

@@ -28,23 +28,29 @@ struct BlasInfo {
 /// The BLAS library loaded into this process (LibTorch's matrix products go through it).
 BlasInfo blas_info();
 
-/// OpenMP's wait policy as libgomp read it at start-up, and whether attnscope set it
-/// (ensure_passive_openmp) rather than the user's environment.
+/// How idle OpenMP workers wait, as libgomp read it from the environment at start-up, and
+/// whether attnscope set it (limit_openmp_spinning) rather than the user.
 struct OpenMpPolicy {
-  std::string wait_policy;  ///< OMP_WAIT_POLICY, empty when unset (libgomp then spins a while)
+  std::string wait_policy;  ///< OMP_WAIT_POLICY, empty when unset
+  std::string spin_count;   ///< GOMP_SPINCOUNT, empty when unset (libgomp then spins ~300000 times)
   bool set_by_attnscope = false;
 };
 OpenMpPolicy openmp_policy();
 
+/// The spin count limit_openmp_spinning sets: idle workers spin this many times (tens of
+/// microseconds), then sleep.
+constexpr int kOpenMpSpinCount = 3000;
+
 /// LibTorch runs element-wise kernels on OpenMP (libgomp) threads and matrix products on
-/// OpenBLAS's own threads. By default an idle libgomp worker spins for a while after every
-/// parallel region and takes the core OpenBLAS needs next: on 2 cores a ViT-Tiny forward pass
-/// took 3.7x longer and a small Transformer trained 3x fewer steps per second
-/// (docs/performance.md). libgomp reads OMP_WAIT_POLICY once, before main() runs, so when it is
-/// unset and more than one intra-op thread will run, this sets OMP_WAIT_POLICY=PASSIVE and
+/// OpenBLAS's own threads. By default an idle libgomp worker spins about 300000 times (a few
+/// milliseconds) after every parallel region and takes the core OpenBLAS needs next: on 2 cores
+/// a ViT-Tiny forward pass took 3-5x longer (docs/performance.md). libgomp reads its settings
+/// once, before main() runs, so when neither OMP_WAIT_POLICY nor GOMP_SPINCOUNT is set and
+/// more than one intra-op thread will run, this sets GOMP_SPINCOUNT=kOpenMpSpinCount and
 /// re-executes the program with the same arguments (/proc/self/exe). It returns when nothing
-/// had to be done, when the user set OMP_WAIT_POLICY, or when the re-execution failed.
-void ensure_passive_openmp(int intra_op_threads, char** argv);
+/// had to be done, when the user chose a policy, when ATTNSCOPE_OPENMP_REEXEC is set, or when
+/// the re-execution failed.
+void limit_openmp_spinning(int intra_op_threads, char** argv);
 
 bool cuda_available();
 int cuda_device_count();

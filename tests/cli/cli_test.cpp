@@ -62,25 +62,36 @@ TEST(Cli, InfoReportsThreadsOpenBlasAndVersions) {
     EXPECT_NE(r.output.find(key), std::string::npos) << key << "\n" << r.output;
 }
 
-// libgomp reads OMP_WAIT_POLICY before main(); with OMP_DISPLAY_ENV=verbose it prints what it
-// made of it. Its spin count is 0 only under PASSIVE (it prints 'PASSIVE' for "unset" too).
-TEST(Cli, OpenMpWorkersSleepInsteadOfSpinning) {
+// libgomp reads its settings before main(); with OMP_DISPLAY_ENV=verbose it prints what it made
+// of them, so these check what the re-executed process really runs with.
+TEST(Cli, IdleOpenMpWorkersSpinBriefly) {
   const auto r = test::run_process(
-      "env -u OMP_WAIT_POLICY -u ATTNSCOPE_OPENMP_REEXEC "
+      "env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT -u ATTNSCOPE_OPENMP_REEXEC "
       "OMP_DISPLAY_ENV=verbose " +
       exe() + " --threads 2 info");
   ASSERT_EQ(r.status, 0) << r.output;
-  EXPECT_NE(r.output.find("GOMP_SPINCOUNT = '0'"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("OpenMP wait    PASSIVE (set by attnscope)"), std::string::npos)
+  EXPECT_NE(r.output.find("GOMP_SPINCOUNT = '3000'"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("OpenMP wait    GOMP_SPINCOUNT=3000 (set by attnscope)"),
+            std::string::npos)
       << r.output;
+  // One thread: no OpenMP workers, nothing to change, no re-execution.
+  const auto one = test::run_process(
+      "env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT -u "
+      "ATTNSCOPE_OPENMP_REEXEC OMP_DISPLAY_ENV=verbose " +
+      exe() + " --threads 1 info");
+  ASSERT_EQ(one.status, 0) << one.output;
+  EXPECT_NE(one.output.find("GOMP_SPINCOUNT = '300000'"), std::string::npos) << one.output;
 }
 
-TEST(Cli, OpenMpWaitPolicyOfTheUserIsKept) {
-  const auto r = test::run_process("OMP_WAIT_POLICY=ACTIVE OMP_DISPLAY_ENV=true " + exe() +
-                                   " --threads 2 info");
+TEST(Cli, OpenMpSettingsOfTheUserAreKept) {
+  const auto r = test::run_process(
+      "env -u GOMP_SPINCOUNT -u ATTNSCOPE_OPENMP_REEXEC "
+      "OMP_WAIT_POLICY=PASSIVE OMP_DISPLAY_ENV=verbose " +
+      exe() + " --threads 2 info");
   ASSERT_EQ(r.status, 0) << r.output;
-  EXPECT_NE(r.output.find("OMP_WAIT_POLICY = 'ACTIVE'"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("OpenMP wait    ACTIVE\n"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("GOMP_SPINCOUNT = '0'"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("OpenMP wait    OMP_WAIT_POLICY=PASSIVE\n"), std::string::npos)
+      << r.output;
 }
 
 TEST(Cli, ThreadsOptionOverridesTheDefault) {

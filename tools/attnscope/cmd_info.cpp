@@ -33,8 +33,11 @@ int run_info(const std::vector<std::string>& args, const GlobalOptions&) {
             << "\n";
   if (!blas.config.empty()) std::cout << "BLAS config    " << blas.config << "\n";
   const auto omp = models::openmp_policy();
-  const std::string wait =
-      omp.wait_policy.empty() ? "libgomp default (spins when idle)" : omp.wait_policy;
+  std::string wait;
+  if (!omp.wait_policy.empty()) wait = "OMP_WAIT_POLICY=" + omp.wait_policy;
+  if (!omp.spin_count.empty())
+    wait += (wait.empty() ? "" : ", ") + std::string("GOMP_SPINCOUNT=") + omp.spin_count;
+  if (wait.empty()) wait = "libgomp default (idle workers spin ~300000 times)";
   std::cout << "OpenMP wait    " << wait << (omp.set_by_attnscope ? " (set by attnscope)" : "")
             << "\n";
   std::cout << "CUDA           " << (models::cuda_available() ? "available" : "not available")

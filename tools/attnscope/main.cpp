@@ -72,7 +72,7 @@ int run(int argc, char** argv) {
   const std::string name = args[i];
   for (const auto& c : commands()) {
     if (c.name == name) {
-      attnscope::models::ensure_passive_openmp(
+      attnscope::models::limit_openmp_spinning(
           global.threads > 0 ? global.threads : attnscope::models::available_cores(), argv);
       attnscope::models::set_threads(global.threads);
       return c.run(std::vector<std::string>(args.begin() + i + 1, args.end()), global);
