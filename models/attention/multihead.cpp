@@ -185,10 +185,9 @@ AttentionOutput MultiHeadAttentionImpl::attend_heads(const torch::Tensor& q,
   const bool dropout = is_training() && options.dropout() > 0;
   auto one_block = [&](const torch::Tensor& q_rows, const torch::Tensor& mask_block,
                        torch::Tensor* weights) {
-    auto w = scaled_dot_score(q_rows, k);  // (B, H, q, K)
-    // Without autograd the scores are not needed after the softmax: normalise in place.
-    w = torch::GradMode::is_enabled() ? softmax_normalize(w, mask_block)
-                                      : softmax_normalize_(w, mask_block);
+    // The scores are fresh and needed by nothing but the softmax, whose gradient needs only
+    // its output: normalise them in place, with or without autograd.
+    auto w = softmax_normalize_owned(scaled_dot_score(q_rows, k), mask_block);  // (B, H, q, K)
     if (weights != nullptr) *weights = w;
     return attend(dropout ? attn_drop->forward(w) : w, v);  // (B, H, q, Dh)
   };

@@ -31,17 +31,55 @@ torch::Tensor softmax_normalize(const torch::Tensor& scores, const torch::Tensor
   return weights.masked_fill(mask, 0);
 }
 
-torch::Tensor& softmax_normalize_(torch::Tensor& scores, const torch::Tensor& mask) {
-  check(!scores.requires_grad(), "softmax_normalize_",
-        "scores require grad: the in-place softmax is for inference; use softmax_normalize");
-  if (mask.defined()) {
-    check_mask(mask, "softmax_normalize_");
-    scores.masked_fill_(mask, lowest_of(scores));
-  }
+namespace {
+
+// The in-place masked softmax itself, with no autograd check.
+void softmax_in_place(torch::Tensor& scores, const torch::Tensor& mask) {
+  if (mask.defined()) scores.masked_fill_(mask, lowest_of(scores));
   // The softmax kernel reads each element before writing it, so output = input is safe.
   at::_softmax_out(scores, scores, -1, /*half_to_float=*/false);
   if (mask.defined()) scores.masked_fill_(mask, 0);
+}
+
+}  // namespace
+
+torch::Tensor& softmax_normalize_(torch::Tensor& scores, const torch::Tensor& mask) {
+  check(!scores.requires_grad(), "softmax_normalize_",
+        "scores require grad: the in-place softmax is for inference; use softmax_normalize");
+  if (mask.defined()) check_mask(mask, "softmax_normalize_");
+  softmax_in_place(scores, mask);
   return scores;
+}
+
+namespace {
+
+// In-place masked softmax with its own backward: dx = y * (dy - sum(dy * y)) from the output y.
+struct InPlaceSoftmax : torch::autograd::Function<InPlaceSoftmax> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor scores,
+                               const torch::Tensor& mask) {
+    ctx->mark_dirty({scores});
+    softmax_in_place(scores, mask.numel() > 0 ? mask : torch::Tensor());
+    ctx->save_for_backward({scores});
+    return scores;
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    const auto y = ctx->get_saved_variables()[0];
+    auto dx = at::_softmax_backward_data(grads[0], y, -1, y.scalar_type());
+    return {dx, torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor softmax_normalize_owned(torch::Tensor scores, const torch::Tensor& mask) {
+  if (mask.defined()) check_mask(mask, "softmax_normalize_owned");
+  if (!torch::GradMode::is_enabled() || !scores.requires_grad()) {
+    softmax_in_place(scores, mask);
+    return scores;
+  }
+  // Function::apply needs defined tensors: an empty one stands for "no mask".
+  return InPlaceSoftmax::apply(scores, mask.defined() ? mask : torch::empty({0}, torch::kBool));
 }
 
 torch::Tensor sigmoid_normalize(const torch::Tensor& scores, const torch::Tensor& mask) {

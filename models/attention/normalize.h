@@ -21,6 +21,13 @@ torch::Tensor softmax_normalize(const torch::Tensor& scores, const torch::Tensor
 /// it, sparing a second (..., Q, K) tensor. scores must not require grad (throws otherwise).
 torch::Tensor& softmax_normalize_(torch::Tensor& scores, const torch::Tensor& mask = {});
 
+/// softmax_normalize for scores that nothing else holds (e.g. fresh from a matrix product):
+/// normalises them in place also under autograd, sparing one (..., Q, K) tensor in training.
+/// Softmax's gradient needs only its output, so the scores are not needed after the forward
+/// pass; the returned tensor is `scores`, marked as modified for autograd. Without autograd it
+/// is softmax_normalize_.
+torch::Tensor softmax_normalize_owned(torch::Tensor scores, const torch::Tensor& mask = {});
+
 /// Element-wise logistic sigmoid (each key in [0, 1] independently, as in image attention).
 ///
 /// Shape: scores (..., Q, K) -> weights (..., Q, K).

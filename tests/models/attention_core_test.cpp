@@ -172,6 +172,38 @@ TEST_F(AttentionCoreTest, InPlaceSoftmaxEqualsTheExplicitFormula) {
   EXPECT_THROW(softmax_normalize_(needs_grad), attnscope::Error);
 }
 
+// Oracle: LibTorch's own out-of-place softmax and its autograd gradient, in double precision.
+TEST_F(AttentionCoreTest, OwnedInPlaceSoftmaxHasSoftmaxsValuesAndGradients) {
+  auto base = torch::randn({2, 3, 6}, torch::kDouble);
+  auto mask = torch::zeros({2, 3, 6}, torch::kBool);
+  mask.index_put_({0, 1, torch::indexing::Slice(3, 6)}, true);
+  mask.index_put_({1, 0}, true);  // fully masked row
+  const auto upstream = torch::randn({2, 3, 6}, torch::kDouble);
+  for (const bool masked : {false, true}) {
+    const auto m = masked ? mask : torch::Tensor();
+    // Reference: explicit formula out of place, gradient by autograd.
+    auto ref_in = base.clone().requires_grad_();
+    auto e = ref_in.exp();
+    if (masked) e = e * mask.logical_not();
+    auto ref = e / e.sum(-1, true).clamp_min(1e-300);
+    (ref * upstream).sum().backward();
+    // Ours: scores produced by an op (as in attention), normalised in place.
+    auto leaf = base.clone().requires_grad_();
+    auto scores = leaf * 1.0;
+    const auto* storage = scores.data_ptr();
+    auto w = softmax_normalize_owned(scores, m);
+    EXPECT_EQ(w.data_ptr(), storage) << "not in place";
+    EXPECT_TRUE(torch::allclose(w, ref.detach(), 0, 1e-12)) << masked;
+    (w * upstream).sum().backward();
+    EXPECT_TRUE(torch::allclose(leaf.grad(), ref_in.grad(), 0, 1e-12)) << masked;
+    EXPECT_FALSE(leaf.grad().isnan().any().item<bool>());
+  }
+  // Without autograd it is the inference path.
+  torch::NoGradGuard no_grad;
+  auto plain = base.clone();
+  EXPECT_TRUE(torch::allclose(softmax_normalize_owned(plain), torch::softmax(base, -1), 0, 1e-12));
+}
+
 TEST_F(AttentionCoreTest, SigmoidIsElementwiseLogisticAndMasksToZero) {
   auto scores = torch::randn({2, 4, 5});
   auto mask = torch::rand({2, 4, 5}) > 0.5;
