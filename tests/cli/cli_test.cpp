@@ -63,31 +63,29 @@ TEST(Cli, InfoReportsThreadsOpenBlasAndVersions) {
 }
 
 // libgomp reads its settings before main(); with OMP_DISPLAY_ENV=verbose it prints what it made
-// of them, so these check what the re-executed process really runs with.
+// of them, so these check what the re-executed process really runs with. `user_env` is what
+// the user set ("" = none of the OpenMP variables).
+test::ProcessResult info_with_openmp_report(const std::string& user_env, int threads) {
+  return test::run_process("env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT -u ATTNSCOPE_OPENMP_REEXEC " +
+                           user_env + " OMP_DISPLAY_ENV=verbose " + exe() + " --threads " +
+                           std::to_string(threads) + " info");
+}
+
 TEST(Cli, IdleOpenMpWorkersSpinBriefly) {
-  const auto r = test::run_process(
-      "env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT -u ATTNSCOPE_OPENMP_REEXEC "
-      "OMP_DISPLAY_ENV=verbose " +
-      exe() + " --threads 2 info");
+  const auto r = info_with_openmp_report("", 2);
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("GOMP_SPINCOUNT = '3000'"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("OpenMP wait    GOMP_SPINCOUNT=3000 (set by attnscope)"),
             std::string::npos)
       << r.output;
   // One thread: no OpenMP workers, nothing to change, no re-execution.
-  const auto one = test::run_process(
-      "env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT -u "
-      "ATTNSCOPE_OPENMP_REEXEC OMP_DISPLAY_ENV=verbose " +
-      exe() + " --threads 1 info");
+  const auto one = info_with_openmp_report("", 1);
   ASSERT_EQ(one.status, 0) << one.output;
   EXPECT_NE(one.output.find("GOMP_SPINCOUNT = '300000'"), std::string::npos) << one.output;
 }
 
 TEST(Cli, OpenMpSettingsOfTheUserAreKept) {
-  const auto r = test::run_process(
-      "env -u GOMP_SPINCOUNT -u ATTNSCOPE_OPENMP_REEXEC "
-      "OMP_WAIT_POLICY=PASSIVE OMP_DISPLAY_ENV=verbose " +
-      exe() + " --threads 2 info");
+  const auto r = info_with_openmp_report("OMP_WAIT_POLICY=PASSIVE", 2);
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("GOMP_SPINCOUNT = '0'"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("OpenMP wait    OMP_WAIT_POLICY=PASSIVE\n"), std::string::npos)

@@ -202,6 +202,14 @@ Trained copy_model(bool train_it) {
   }
 }
 
+// A fresh copy_model-sized model and copy_model's held-out pairs, encoded, for training tests.
+std::pair<std::shared_ptr<models::text::Seq2SeqModel>, text::EncodedPairs> untrained_copy_model() {
+  const auto t = copy_model(false);
+  return {models::text::make_seq2seq(t.bundle.model->options()),
+          text::encode_pairs(t.valid, t.bundle.source_vocab, t.bundle.target_vocab,
+                             text::TokenizerKind::kChar, 16, text::LengthPolicy::kSkip)};
+}
+
 TEST(Seq2SeqTrain, GruAdditiveLearnsTheCopyTask) {
   const auto t = copy_model(true);
   EXPECT_EQ(t.result.epochs_completed, 8);
@@ -213,10 +221,9 @@ TEST(Seq2SeqTrain, GruAdditiveLearnsTheCopyTask) {
 }
 
 TEST(Seq2SeqTrain, TimeBudgetStopsTraining) {
-  const auto t = copy_model(false);
-  auto model = models::text::make_seq2seq(t.bundle.model->options());
-  const auto data = text::encode_pairs(t.valid, t.bundle.source_vocab, t.bundle.target_vocab,
-                                       text::TokenizerKind::kChar, 16, text::LengthPolicy::kSkip);
+  const auto fresh = untrained_copy_model();  // (not a structured binding: lambdas use it)
+  const auto& model = fresh.first;
+  const auto& data = fresh.second;
   Seq2SeqTrainOptions train;
   train.epochs = 1000;
   train.time_budget_s = 1e-9;
@@ -229,10 +236,9 @@ TEST(Seq2SeqTrain, LinearDecayReachesZeroAtTheEndOfTheEpochs) {
   EXPECT_DOUBLE_EQ(linear_decay_factor(0.0), 1.0);
   EXPECT_DOUBLE_EQ(linear_decay_factor(0.25), 0.75);
   EXPECT_DOUBLE_EQ(linear_decay_factor(1.5), 0.0);
-  const auto t = copy_model(false);
-  auto model = models::text::make_seq2seq(t.bundle.model->options());
-  const auto data = text::encode_pairs(t.valid, t.bundle.source_vocab, t.bundle.target_vocab,
-                                       text::TokenizerKind::kChar, 16, text::LengthPolicy::kSkip);
+  const auto fresh = untrained_copy_model();  // (not a structured binding: lambdas use it)
+  const auto& model = fresh.first;
+  const auto& data = fresh.second;
   Seq2SeqTrainOptions train;
   train.epochs = 3;
   train.batch_size = 8;
