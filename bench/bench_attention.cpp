@@ -22,7 +22,7 @@
 
 #include "models/attention/multihead.h"
 #include "models/attention/normalize.h"
-#include "models/runtime.h"
+#include "runtime/runtime.h"
 
 namespace {
 
@@ -45,7 +45,7 @@ struct Pair {
 
 // Second argument: intra-op threads, 0 = every available core.
 void set_threads(benchmark::State& state) {
-  attnscope::models::set_threads(static_cast<int>(state.range(1)));
+  attnscope::runtime::set_threads(static_cast<int>(state.range(1)));
 }
 
 void BM_MhaForward_Ours(benchmark::State& state) {
@@ -192,7 +192,7 @@ int peak_rss_mode(const std::string& mode) {
                  "error: --peak-rss must be all, baseline, chunked, unchunked or weights\n");
     return 2;
   }
-  attnscope::models::set_threads(0);
+  attnscope::runtime::set_threads(0);
   torch::NoGradGuard no_grad;
   att::MultiHeadAttention mha(att::MultiHeadAttentionOptions(kEmbed, kHeads));
   mha->eval();
@@ -223,8 +223,8 @@ int peak_rss_all(const char* self) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Idle OpenMP workers must not spin for long, as in the attnscope command (models/runtime.h).
-  attnscope::models::limit_openmp_spinning(attnscope::models::available_cores(), argv);
+  // Idle OpenMP workers must not spin for long, as in the attnscope command (runtime/runtime.h).
+  attnscope::runtime::limit_openmp_spinning(attnscope::runtime::available_cores(), argv);
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--peak-rss=all")

@@ -9,7 +9,7 @@
 #include <filesystem>
 
 #include "datasets/loader.h"
-#include "pipeline/image_cache.h"
+#include "pipeline/vision/image_cache.h"
 
 namespace ds = attnscope::datasets;
 namespace fs = std::filesystem;

@@ -4,10 +4,10 @@
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
-#include "models/runtime.h"
+#include "runtime/runtime.h"
 
 static void BM_Matmul(benchmark::State& state) {
-  attnscope::models::set_threads(static_cast<int>(state.range(1)));
+  attnscope::runtime::set_threads(static_cast<int>(state.range(1)));
   const int64_t n = state.range(0);
   auto a = torch::randn({n, n});
   auto b = torch::randn({n, n});
@@ -15,7 +15,7 @@ static void BM_Matmul(benchmark::State& state) {
     benchmark::DoNotOptimize(torch::mm(a, b));
   state.counters["FLOP/s"] = benchmark::Counter(
       2.0 * n * n * n, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
-  state.SetLabel(attnscope::models::blas_info().name);
+  state.SetLabel(attnscope::runtime::blas_info().name);
 }
 BENCHMARK(BM_Matmul)
     ->ArgsProduct({{256, 1024, 2048}, {1, 0}})

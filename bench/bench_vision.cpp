@@ -15,9 +15,9 @@
 #include <set>
 #include <string>
 
-#include "models/runtime.h"
 #include "models/vision/presets.h"
-#include "pipeline/image_model_config.h"
+#include "pipeline/vision/image_model_config.h"
+#include "runtime/runtime.h"
 
 namespace {
 
@@ -57,7 +57,7 @@ double forward_flops(vision::ImageClassifier& model, const torch::Tensor& x) {
 }
 
 void BM_Forward(benchmark::State& state, const std::string& arch) {
-  attnscope::models::set_threads(0);
+  attnscope::runtime::set_threads(0);
   const int64_t batch = state.range(0);
   auto model = build(arch);
   model->eval();
@@ -78,14 +78,14 @@ void BM_Forward(benchmark::State& state, const std::string& arch) {
                                       Counter::kIsIterationInvariantRate);
   state.counters["GFLOP/image"] = flops_per_image / 1e9;
   state.counters["Mparams"] = static_cast<double>(params) / 1e6;
-  state.counters["threads"] = attnscope::models::threads();
+  state.counters["threads"] = attnscope::runtime::threads();
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Idle OpenMP workers must not spin for long, as in the attnscope command (models/runtime.h).
-  attnscope::models::limit_openmp_spinning(attnscope::models::available_cores(), argv);
+  // Idle OpenMP workers must not spin for long, as in the attnscope command (runtime/runtime.h).
+  attnscope::runtime::limit_openmp_spinning(attnscope::runtime::available_cores(), argv);
   // Our own flag first; the rest goes to Google Benchmark.
   std::vector<char*> rest;
   const char* kFlag = "--resnet18-checkpoint=";

@@ -407,7 +407,7 @@ Dataset assemble(std::vector<RawRow> rows, Format format, std::vector<std::strin
 std::vector<int64_t> Dataset::class_counts() const {
   std::vector<int64_t> counts(class_names.size(), 0);
   for (const auto& s : samples)
-    ++counts.at(static_cast<std::size_t>(s.label));
+    if (s.labelled()) ++counts.at(static_cast<std::size_t>(s.label));
   return counts;
 }
 

@@ -3,7 +3,7 @@
 //
 // A SampleSource says how many samples there are, what each is (Sample: id, label, group,
 // paths) and loads one (RGB uint8 image + optional mask). ImageFileSource decodes image
-// files, SyntheticSource draws synthetic dermoscopy on the fly, and pipeline/image_cache.h
+// files, SyntheticSource draws synthetic dermoscopy on the fly, and pipeline/vision/image_cache.h
 // adds an HDF5 cache of already-preprocessed images.
 //
 // The Loader runs worker threads that load, preprocess and augment samples into batches,

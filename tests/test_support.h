@@ -4,7 +4,15 @@
 
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <array>
+#include <chrono>
+#include <thread>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -54,8 +62,10 @@ class TempDir {
 };
 
 struct ProcessResult {
-  int status = -1;     ///< exit status
-  std::string output;  ///< stdout and stderr together
+  int status = -1;      ///< exit status (-1 when a signal ended the process)
+  std::string output;   ///< stdout and stderr together
+  int signal = 0;       ///< the signal that ended it, 0 when it exited
+  bool killed = false;  ///< run_killed_after: the kill arrived before the command ended
 };
 
 /// Runs a shell command line, capturing stdout and stderr.
@@ -70,6 +80,74 @@ inline ProcessResult run_process(const std::string& command) {
   const int raw = pclose(pipe);
   result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
   return result;
+}
+
+/// Fault runs: `sh -c command` in a child process of its own process group, stdout and stderr
+/// captured. file_size_limit > 0 sets RLIMIT_FSIZE with SIGXFSZ ignored, so every write past
+/// that many bytes fails with EFBIG as on a full disk (no mount needed). kill_after_ms >= 0
+/// sends `kill_signal` to the whole group after that many milliseconds unless it ended first.
+inline ProcessResult run_fault(const std::string& command, long long file_size_limit = 0,
+                               int kill_after_ms = -1, int kill_signal = SIGKILL) {
+  ProcessResult result;
+  int fds[2];
+  if (pipe(fds) != 0) return result;
+  const pid_t pid = fork();
+  if (pid < 0) return result;
+  if (pid == 0) {
+    setpgid(0, 0);
+    dup2(fds[1], 1);
+    dup2(fds[1], 2);
+    close(fds[0]);
+    close(fds[1]);
+    if (file_size_limit > 0) {
+      signal(SIGXFSZ, SIG_IGN);
+      rlimit lim{static_cast<rlim_t>(file_size_limit), static_cast<rlim_t>(file_size_limit)};
+      setrlimit(RLIMIT_FSIZE, &lim);
+    }
+    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(fds[1]);
+  fcntl(fds[0], F_SETFL, O_NONBLOCK);
+  const auto start = std::chrono::steady_clock::now();
+  std::array<char, 4096> buffer{};
+  int raw = 0;
+  for (;;) {
+    ssize_t n = 0;
+    while ((n = read(fds[0], buffer.data(), buffer.size())) > 0)
+      result.output.append(buffer.data(), static_cast<std::size_t>(n));
+    if (waitpid(pid, &raw, WNOHANG) == pid) break;
+    const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::steady_clock::now() - start)
+                             .count();
+    if (kill_after_ms >= 0 && !result.killed && elapsed >= kill_after_ms) {
+      kill(-pid, kill_signal);
+      result.killed = true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ssize_t n = 0;
+  while ((n = read(fds[0], buffer.data(), buffer.size())) > 0)
+    result.output.append(buffer.data(), static_cast<std::size_t>(n));
+  close(fds[0]);
+  if (WIFEXITED(raw)) {
+    result.status = WEXITSTATUS(raw);
+    result.killed = false;  // it ended on its own before the signal took effect
+  } else if (WIFSIGNALED(raw)) {
+    result.signal = WTERMSIG(raw);
+  }
+  return result;
+}
+
+/// A command run as if the disk filled up after `bytes` bytes of any one file.
+inline ProcessResult run_with_file_size_limit(const std::string& command, long long bytes) {
+  return run_fault(command, bytes);
+}
+
+/// A command killed with `sig` (SIGKILL by default) after `ms` milliseconds, unless it ends
+/// first; result.killed says which happened.
+inline ProcessResult run_killed_after(const std::string& command, int ms, int sig = SIGKILL) {
+  return run_fault(command, 0, ms, sig);
 }
 
 /// Runs fn and returns the what() of the attnscope::Error it throws ("" when it throws none).

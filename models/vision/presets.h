@@ -1,7 +1,7 @@
 #pragma once
 // Image classifier presets by name, and the factory that builds any of them. The config is a
-// plain struct here (models/ depends on LibTorch alone); pipeline/image_model_config.h turns it
-// into / out of the JSON a checkpoint stores.
+// plain struct here (models/ depends on LibTorch alone); pipeline/vision/image_model_config.h turns
+// it into / out of the JSON a checkpoint stores.
 //
 // Presets:
 //   resnet18, resnet34, resnet50, vgg16, vgg16_bn     torchvision's backbones

@@ -6,7 +6,7 @@
 #include "attnscope/error.h"
 #include "cli.h"
 #include "dataset_flags.h"
-#include "pipeline/image_cache.h"
+#include "pipeline/vision/image_cache.h"
 
 namespace attnscope::cli {
 namespace {

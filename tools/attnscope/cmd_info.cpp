@@ -6,9 +6,9 @@
 
 #include "attnscope/version.h"
 #include "cli.h"
-#include "models/runtime.h"
 #include "pipeline/h5.h"
 #include "preprocessing/tensor.h"
+#include "runtime/runtime.h"
 
 namespace attnscope::cli {
 namespace {
@@ -18,21 +18,21 @@ int run_info(const std::vector<std::string>& args, const GlobalOptions&) {
   po::variables_map vm;
   if (!parse("info", desc, args, vm)) return 0;
 
-  const auto blas = models::blas_info();
+  const auto blas = runtime::blas_info();
   const std::string boost_version = std::to_string(BOOST_VERSION / 100000) + "." +
                                     std::to_string(BOOST_VERSION / 100 % 1000) + "." +
                                     std::to_string(BOOST_VERSION % 100);
   std::cout << "attnscope      " << kVersion << "\n"
-            << "LibTorch       " << models::torch_version() << "\n"
+            << "LibTorch       " << runtime::torch_version() << "\n"
             << "OpenCV         " << preprocessing::opencv_version() << "\n"
             << "HDF5           " << pipeline::h5::hdf5_version() << "\n"
             << "Boost          " << boost_version << "\n"
-            << "threads        " << models::threads() << " intra-op (" << models::available_cores()
-            << " cores available)\n"
+            << "threads        " << runtime::threads() << " intra-op ("
+            << runtime::available_cores() << " cores available)\n"
             << "BLAS           " << blas.name << (blas.path.empty() ? "" : " (" + blas.path + ")")
             << "\n";
   if (!blas.config.empty()) std::cout << "BLAS config    " << blas.config << "\n";
-  const auto omp = models::openmp_policy();
+  const auto omp = runtime::openmp_policy();
   std::string wait;
   if (!omp.wait_policy.empty()) wait = "OMP_WAIT_POLICY=" + omp.wait_policy;
   if (!omp.spin_count.empty())
@@ -40,8 +40,8 @@ int run_info(const std::vector<std::string>& args, const GlobalOptions&) {
   if (wait.empty()) wait = "libgomp default (idle workers spin ~300000 times)";
   std::cout << "OpenMP wait    " << wait << (omp.set_by_attnscope ? " (set by attnscope)" : "")
             << "\n";
-  std::cout << "CUDA           " << (models::cuda_available() ? "available" : "not available")
-            << ", " << models::cuda_device_count() << " device(s)\n";
+  std::cout << "CUDA           " << (runtime::cuda_available() ? "available" : "not available")
+            << ", " << runtime::cuda_device_count() << " device(s)\n";
   if (!blas.is_openblas())
     std::cout << "warning: LibTorch's matrix products are not using OpenBLAS (about 30x slower);"
                  " run scripts/bootstrap.sh\n";

@@ -16,9 +16,9 @@
 #include "datasets/text/pairs.h"
 #include "models/text/decoding.h"
 #include "models/text/seq2seq.h"
-#include "pipeline/seq2seq_checkpoint.h"
-#include "pipeline/seq2seq_train.h"
-#include "pipeline/seq2seq_translate.h"
+#include "pipeline/text/seq2seq_checkpoint.h"
+#include "pipeline/text/seq2seq_train.h"
+#include "pipeline/text/seq2seq_translate.h"
 
 namespace attnscope::cli {
 namespace {

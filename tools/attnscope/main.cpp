@@ -8,7 +8,7 @@
 #include "attnscope/error.h"
 #include "attnscope/version.h"
 #include "cli.h"
-#include "models/runtime.h"
+#include "runtime/runtime.h"
 
 namespace {
 
@@ -72,9 +72,9 @@ int run(int argc, char** argv) {
   const std::string name = args[i];
   for (const auto& c : commands()) {
     if (c.name == name) {
-      attnscope::models::limit_openmp_spinning(
-          global.threads > 0 ? global.threads : attnscope::models::available_cores(), argv);
-      attnscope::models::set_threads(global.threads);
+      attnscope::runtime::limit_openmp_spinning(
+          global.threads > 0 ? global.threads : attnscope::runtime::available_cores(), argv);
+      attnscope::runtime::set_threads(global.threads);
       return c.run(std::vector<std::string>(args.begin() + i + 1, args.end()), global);
     }
   }

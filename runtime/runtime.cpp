@@ -1,4 +1,4 @@
-#include "models/runtime.h"
+#include "runtime/runtime.h"
 
 #include <dlfcn.h>
 #include <link.h>
@@ -14,7 +14,7 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
-namespace attnscope::models {
+namespace attnscope::runtime {
 
 std::string torch_version() {
   return TORCH_VERSION;
@@ -105,4 +105,4 @@ int cuda_device_count() {
   return static_cast<int>(torch::cuda::device_count());
 }
 
-}  // namespace attnscope::models
+}  // namespace attnscope::runtime

@@ -1,4 +1,4 @@
-#include "pipeline/seq2seq_train.h"
+#include "pipeline/text/seq2seq_train.h"
 
 #include <algorithm>
 #include <chrono>

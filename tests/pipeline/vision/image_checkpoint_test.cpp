@@ -6,7 +6,7 @@
 
 #include "attnscope/error.h"
 #include "models/vision/presets.h"
-#include "pipeline/image_model_config.h"
+#include "pipeline/vision/image_model_config.h"
 #include "test_support.h"
 
 namespace attnscope::pipeline {

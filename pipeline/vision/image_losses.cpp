@@ -1,4 +1,4 @@
-#include "pipeline/image_losses.h"
+#include "pipeline/vision/image_losses.h"
 
 #include "attnscope/error.h"
 

@@ -9,8 +9,8 @@
 
 #include "datasets/text/pairs.h"
 #include "models/text/decoding.h"
-#include "pipeline/seq2seq_checkpoint.h"
-#include "pipeline/seq2seq_metrics.h"
+#include "pipeline/text/seq2seq_checkpoint.h"
+#include "pipeline/text/seq2seq_metrics.h"
 
 namespace attnscope::pipeline {
 

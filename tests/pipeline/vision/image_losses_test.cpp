@@ -4,7 +4,7 @@
 #include <torch/torch.h>
 
 #include "attnscope/error.h"
-#include "pipeline/image_losses.h"
+#include "pipeline/vision/image_losses.h"
 
 namespace attnscope::pipeline {
 namespace {

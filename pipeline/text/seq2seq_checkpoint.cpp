@@ -1,4 +1,4 @@
-#include "pipeline/seq2seq_checkpoint.h"
+#include "pipeline/text/seq2seq_checkpoint.h"
 
 #include "attnscope/error.h"
 #include "pipeline/checkpoint.h"

@@ -1,9 +1,9 @@
 #include <torch/torch.h>
 
-#include "models/runtime.h"
+#include "runtime/runtime.h"
 #include "test_support.h"
 
-namespace attnscope::models {
+namespace attnscope::runtime {
 namespace {
 
 TEST(Runtime, SetThreadsUsesEveryCoreByDefault) {
@@ -35,4 +35,4 @@ TEST(GpuRuntime, CudaDeviceCountPositiveWhenAvailable) {
 }
 
 }  // namespace
-}  // namespace attnscope::models
+}  // namespace attnscope::runtime

@@ -12,10 +12,10 @@
 #include "datasets/text/pairs.h"
 #include "models/text/decoding.h"
 #include "pipeline/checkpoint.h"
-#include "pipeline/seq2seq_checkpoint.h"
-#include "pipeline/seq2seq_metrics.h"
-#include "pipeline/seq2seq_train.h"
-#include "pipeline/seq2seq_translate.h"
+#include "pipeline/text/seq2seq_checkpoint.h"
+#include "pipeline/text/seq2seq_metrics.h"
+#include "pipeline/text/seq2seq_train.h"
+#include "pipeline/text/seq2seq_translate.h"
 #include "test_support.h"
 
 namespace attnscope::pipeline {

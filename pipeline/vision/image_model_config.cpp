@@ -1,4 +1,4 @@
-#include "pipeline/image_model_config.h"
+#include "pipeline/vision/image_model_config.h"
 
 #include <set>
 

@@ -7,7 +7,7 @@
 #include <opencv2/core.hpp>
 
 #include "attnscope/error.h"
-#include "pipeline/image_cache.h"
+#include "pipeline/vision/image_cache.h"
 #include "test_support.h"
 
 namespace attnscope::pipeline {

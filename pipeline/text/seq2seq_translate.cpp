@@ -1,4 +1,4 @@
-#include "pipeline/seq2seq_translate.h"
+#include "pipeline/text/seq2seq_translate.h"
 
 #include <algorithm>
 #include <cstdio>

@@ -1,4 +1,4 @@
-#include "pipeline/image_cache.h"
+#include "pipeline/vision/image_cache.h"
 
 #include <atomic>
 #include <thread>

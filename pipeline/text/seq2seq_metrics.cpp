@@ -1,4 +1,4 @@
-#include "pipeline/seq2seq_metrics.h"
+#include "pipeline/text/seq2seq_metrics.h"
 
 #include <algorithm>
 #include <cmath>

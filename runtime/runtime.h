@@ -3,7 +3,7 @@
 
 #include <string>
 
-namespace attnscope::models {
+namespace attnscope::runtime {
 
 /// LibTorch's version, e.g. "1.13.0".
 std::string torch_version();
@@ -55,4 +55,4 @@ void limit_openmp_spinning(int intra_op_threads, char** argv);
 bool cuda_available();
 int cuda_device_count();
 
-}  // namespace attnscope::models
+}  // namespace attnscope::runtime

@@ -10,7 +10,7 @@
 #include "models/vision/attention_cnn.h"
 #include "models/vision/presets.h"
 #include "pipeline/h5.h"
-#include "pipeline/image_model_config.h"
+#include "pipeline/vision/image_model_config.h"
 #include "test_support.h"
 
 namespace attnscope::pipeline {

@@ -1,0 +1,125 @@
+#pragma once
+// The one way attnscope writes a file: to a temporary file beside it, every write and the
+// close checked, fsync, then rename over the target. A run that fails, throws, is killed
+// (SIGKILL, SIGTERM) or fills the disk leaves the previous file at the target untouched, or
+// the new one complete; never a truncated or empty one.
+//
+//   AtomicFile out("run/metrics.json");   // nothing is created yet
+//   out.write(text);                      // or hand out.temp_path() to HDF5 / cv::imwrite
+//   out.commit();                         // fsync, close, rename; throws Error on any failure
+//
+// Without commit() (an exception on the way) the destructor removes the temporary file.
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+#include "attnscope/error.h"
+
+namespace attnscope {
+
+class AtomicFile {
+ public:
+  /// The temporary file is `<dir>/.<name>.<pid>-<n>.tmp<ext>` beside `path` (same file
+  /// system, so the rename is atomic), keeping the extension for writers that choose the
+  /// format by it (cv::imwrite).
+  explicit AtomicFile(std::string path) : path_(std::move(path)) {
+    namespace fs = std::filesystem;
+    static std::atomic<int> counter{0};
+    const fs::path target(path_);
+    check(!target.filename().empty(), path_, "is not a file name");
+    std::error_code ec;
+    const auto status = fs::status(target, ec);
+    check(!fs::exists(status) || fs::is_regular_file(status), path_,
+          "exists and is not a regular file; refusing to replace it");
+    const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
+    temp_ = (dir / concat(".", target.filename().string(), ".", ::getpid(), "-", counter++, ".tmp",
+                          target.extension().string()))
+                .string();
+  }
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+  ~AtomicFile() {
+    if (fd_ >= 0) ::close(fd_);
+    if (!committed_) ::unlink(temp_.c_str());
+  }
+
+  const std::string& path() const { return path_; }
+  /// Where to write when a library writes by path (HDF5, OpenCV); commit() then renames it.
+  const std::string& temp_path() const { return temp_; }
+
+  /// Appends bytes to the temporary file; throws Error naming the target on a failed write
+  /// (disk full, file-size limit, I/O error).
+  void write(const void* data, std::size_t size) {
+    if (fd_ < 0) open_temp();
+    const char* p = static_cast<const char*>(data);
+    while (size > 0) {
+      const ssize_t n = ::write(fd_, p, size);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) fail("cannot write");
+      p += n;
+      size -= static_cast<std::size_t>(n);
+    }
+  }
+  void write(std::string_view text) { write(text.data(), text.size()); }
+
+  /// Makes the new contents durable and visible at path(): fsync, close, rename, fsync of
+  /// the folder. Throws Error naming the target on any failure; the target is then unchanged.
+  void commit() {
+    check(!committed_, path_, "committed twice");
+    if (fd_ < 0) {
+      // Written by path (HDF5, OpenCV) or not at all: an empty file is still a file.
+      fd_ = ::open(temp_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+      if (fd_ < 0) fail("cannot open the temporary file");
+    }
+    if (::fsync(fd_) != 0) fail("cannot sync");
+    const int fd = fd_;
+    fd_ = -1;
+    if (::close(fd) != 0) fail("cannot close");
+    if (::rename(temp_.c_str(), path_.c_str()) != 0) fail("cannot rename the temporary file to it");
+    committed_ = true;
+    const auto dir = std::filesystem::path(path_).has_parent_path()
+                         ? std::filesystem::path(path_).parent_path().string()
+                         : std::string(".");
+    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+      ::fsync(dfd);  // best effort: some file systems refuse fsync on folders
+      ::close(dfd);
+    }
+  }
+
+ private:
+  void open_temp() {
+    fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd_ < 0) fail("cannot create the temporary file " + temp_);
+  }
+  [[noreturn]] void fail(const std::string& what) {
+    const std::string reason = std::strerror(errno);
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+    ::unlink(temp_.c_str());
+    throw Error(path_, what + " (" + reason + ")");
+  }
+
+  std::string path_;
+  std::string temp_;
+  int fd_ = -1;
+  bool committed_ = false;
+};
+
+/// Replaces `path` with `contents` atomically (AtomicFile).
+inline void write_file_atomically(const std::string& path, std::string_view contents) {
+  AtomicFile out(path);
+  out.write(contents);
+  out.commit();
+}
+
+}  // namespace attnscope

@@ -1,0 +1,130 @@
+#include "attnscope/atomic_file.h"
+
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "test_support.h"
+
+namespace attnscope {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+class AtomicFileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("attnscope_atomic_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::size_t entries() const {
+    return static_cast<std::size_t>(std::distance(fs::directory_iterator(dir_), {}));
+  }
+  fs::path dir_;
+};
+
+TEST_F(AtomicFileTest, CommitReplacesTheTargetAndLeavesNoTemporaryFile) {
+  const auto target = dir_ / "out.txt";
+  write_file_atomically(target.string(), "old");
+  {
+    AtomicFile out(target.string());
+    out.write("new ");
+    out.write(std::string(100000, 'x'));
+    EXPECT_EQ(slurp(target), "old");  // not visible before commit
+    out.commit();
+  }
+  EXPECT_EQ(slurp(target), "new " + std::string(100000, 'x'));
+  EXPECT_EQ(entries(), 1u);
+}
+
+TEST_F(AtomicFileTest, WithoutCommitTheTargetIsUntouchedAndTheTemporaryFileRemoved) {
+  const auto target = dir_ / "keep.csv";
+  write_file_atomically(target.string(), "good");
+  try {
+    AtomicFile out(target.string());
+    out.write("half");
+    throw std::runtime_error("failure in the middle");
+  } catch (const std::runtime_error&) {
+  }
+  EXPECT_EQ(slurp(target), "good");
+  EXPECT_EQ(entries(), 1u);
+}
+
+TEST_F(AtomicFileTest, TemporaryNameKeepsTheExtensionForWritersThatChooseFormatByIt) {
+  AtomicFile out((dir_ / "a.png").string());
+  EXPECT_EQ(fs::path(out.temp_path()).extension(), ".png");
+  EXPECT_EQ(fs::path(out.temp_path()).parent_path(), dir_);
+}
+
+TEST_F(AtomicFileTest, RefusesToReplaceSomethingThatIsNotARegularFile) {
+  EXPECT_THROW(AtomicFile("/dev/full"), Error);
+  EXPECT_THROW(AtomicFile(dir_.string()), Error);
+}
+
+// A write past the file-size limit (a full disk as the process sees it) throws an Error
+// naming the target, and the previous contents survive. Run in a child: the limit is per
+// process.
+TEST_F(AtomicFileTest, WriteFailureUnderAFileSizeLimitThrowsAndKeepsThePreviousFile) {
+  const auto target = dir_ / "big.bin";
+  write_file_atomically(target.string(), "previous");
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::signal(SIGXFSZ, SIG_IGN);
+    rlimit lim{4096, 4096};
+    ::setrlimit(RLIMIT_FSIZE, &lim);
+    try {
+      AtomicFile out(target.string());
+      out.write(std::string(1 << 20, 'x'));
+      out.commit();
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      _exit(what.find("big.bin") != std::string::npos ? 0 : 3);
+    }
+    _exit(2);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "2: no error was thrown; 3: the error did not name the file";
+  EXPECT_EQ(slurp(target), "previous");
+  EXPECT_EQ(entries(), 1u);
+}
+
+// The fault helpers every command's fault tests use: a file-size limit fails writes as a full
+// disk does, and a kill ends the whole process group.
+TEST_F(AtomicFileTest, FaultHelpersLimitFileSizeAndKill) {
+  const auto file = dir_ / "zeros";
+  const auto limited =
+      test::run_with_file_size_limit("head -c 100000 /dev/zero > " + file.string(), 1000);
+  EXPECT_NE(limited.status, 0);
+  EXPECT_EQ(fs::file_size(file), 1000u);
+  const auto killed = test::run_killed_after("sleep 20", 100);
+  EXPECT_TRUE(killed.killed);
+  EXPECT_EQ(killed.signal, SIGKILL);
+  const auto quick = test::run_killed_after("echo done", 20000);
+  EXPECT_FALSE(quick.killed);
+  EXPECT_EQ(quick.status, 0);
+  EXPECT_EQ(quick.output, "done\n");
+}
+
+}  // namespace
+}  // namespace attnscope
