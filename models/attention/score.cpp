@@ -52,6 +52,24 @@ torch::Tensor additive_score(const torch::Tensor& projected_query,
   return torch::matmul(hidden, v);  // (..., Q, K)
 }
 
+torch::Tensor aligned_additive_score(const torch::Tensor& projected_queries,
+                                     const torch::Tensor& projected_keys, const torch::Tensor& v,
+                                     const torch::Tensor& bias, AdditiveActivation activation) {
+  check(projected_queries.dim() >= 2 && projected_queries.sizes() == projected_keys.sizes(),
+        "aligned_additive_score",
+        "queries and keys must both be (..., K, A) with one query per key, got ",
+        projected_queries.sizes(), " and ", projected_keys.sizes());
+  check(v.dim() == 1 && v.size(0) == projected_keys.size(-1), "aligned_additive_score",
+        "v must be (A=", projected_keys.size(-1), "), got ", v.sizes());
+  check(!bias.defined() || bias.numel() == 1, "aligned_additive_score",
+        "bias must be one number, got ", bias.sizes());
+  const auto sum = projected_queries + projected_keys;  // (..., K, A)
+  const auto hidden = activation == AdditiveActivation::relu ? torch::relu(sum) : torch::tanh(sum);
+  auto scores = torch::matmul(hidden, v);  // (..., K)
+  if (bias.defined()) scores = scores + bias.reshape({});
+  return scores.unsqueeze(-2);  // (..., 1, K)
+}
+
 ScoreKind score_kind_from_string(const std::string& name) {
   if (name == "additive") return ScoreKind::additive;
   if (name == "dot") return ScoreKind::dot;

@@ -31,6 +31,20 @@ torch::Tensor additive_score(const torch::Tensor& projected_query,
                              const torch::Tensor& projected_keys, const torch::Tensor& v,
                              AdditiveActivation activation = AdditiveActivation::tanh);
 
+/// Position-aligned additive score: every key position k has its own query q'_k (already
+/// projected, like the keys), e.g. the up-sampled gating map of a grid attention gate (Oktay et
+/// al. 2018; AttnMel, Yan et al. 2019), where the query at a pixel is the coarse map's vector
+/// interpolated there:
+///   s_k = vᵀ act(q'_k + k'_k) + b.
+/// One query row instead of additive_score's Q × K pairs, so it materialises (..., K, A) only.
+/// bias b (a scalar, or undefined = none) moves sigmoid weights; softmax ignores it.
+/// Shape: (..., K, A), (..., K, A), v (A), bias (1) or () -> (..., 1, K): a single row of
+/// scores, which the normalisers and attend() take as one query.
+torch::Tensor aligned_additive_score(const torch::Tensor& projected_queries,
+                                     const torch::Tensor& projected_keys, const torch::Tensor& v,
+                                     const torch::Tensor& bias = {},
+                                     AdditiveActivation activation = AdditiveActivation::tanh);
+
 /// The score functions, for configuration by name.
 enum class ScoreKind { additive, dot, general, scaled_dot };
 

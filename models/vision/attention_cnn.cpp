@@ -47,6 +47,7 @@ void AttentionCnnImpl::reset() {
     check(seen.insert(s).second, "AttentionCnn", "stage ", s, " listed twice");
     SpatialAttention attn(SpatialAttentionOptions(trunk->stage_channels(s), Cg)
                               .compatibility(options.compatibility())
+                              .gating(options.gating())
                               .normalizer(options.normalizer())
                               .hidden_dim(options.hidden_dim()));
     concat_channels += attn->out_channels();
@@ -56,6 +57,14 @@ void AttentionCnnImpl::reset() {
   dropout = register_module("dropout", nn::Dropout(options.dropout()));
   classifier = register_module("classifier", nn::Linear(concat_channels, options.num_classes()));
   init_cnn_weights(*this);
+  if (options.gating() == Gating::grid) {
+    // AttnMel's initialisation of the layers it adds to the (pretrained) trunk.
+    for (const auto& a : *attention)
+      a->as<SpatialAttention>()->reset_parameters();
+    torch::NoGradGuard no_grad;
+    nn::init::normal_(classifier->weight, 0.0, 0.01);
+    classifier->bias.zero_();
+  }
   use_channels_last(*this);
 }
 
@@ -82,10 +91,12 @@ ImageOutput AttentionCnnImpl::forward_head(const ImageFeatures& features) {
         options.stages().size(), " stage tensors, got ", features.stages.size());
   ImageOutput out;
   const auto g = features.features.mean({2, 3});  // (B, Cg)
+  // The query: g, or the last map (B, Cg, h, w) that grid gating up-samples per stage.
+  const auto& gate = options.gating() == Gating::grid ? features.features : g;
   std::vector<torch::Tensor> parts{g};
   const auto names = map_names();
   for (std::size_t i = 0; i < features.stages.size(); ++i) {
-    auto r = attention[i]->as<SpatialAttention>()->forward(features.stages[i], g);
+    auto r = attention[i]->as<SpatialAttention>()->forward(features.stages[i], gate);
     parts.push_back(r.context);
     out.maps[names[i]] = r.map;
   }

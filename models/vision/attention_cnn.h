@@ -1,8 +1,9 @@
 #pragma once
 // The attention-CNN: a CNN trunk with trainable spatial attention at 2–3 of its stages
 // (Jetley et al. 2018; Yan et al. 2019 "AttnMel"). The global feature g is the average-pooled
-// last feature map; each attended stage contributes its attended local features; the
-// classifier sees concat(g, attended_1, ..., attended_n).
+// last feature map; each attended stage contributes its attended local features, gated by g or
+// (grid gating) by the last feature map itself; the classifier sees
+// concat(g, attended_1, ..., attended_n).
 //
 // Names: the trunk's torchvision names at the root (conv1, layer1.. / features.N), then
 // `attention.N` (one SpatialAttention per attended stage) and `classifier` (Linear), so a
@@ -33,6 +34,10 @@ struct AttentionCnnOptions {
   TORCH_ARG(std::vector<int64_t>, stages);
   /// The score of every attention.
   TORCH_ARG(Compatibility, compatibility) = Compatibility::additive;
+  /// The query of every attention: global = the average-pooled last map g, grid = the last map
+  /// itself (AttnMel's pool-5 gating; also AttnMel's initialisation of the head: W_l, W_g, phi
+  /// Kaiming normal fan-in, classifier N(0, 0.01), zero biases).
+  TORCH_ARG(Gating, gating) = Gating::global;
   /// softmax or sigmoid.
   TORCH_ARG(attention::NormKind, normalizer) = attention::NormKind::softmax;
   /// Attend to a stage's features after its pooling layer (true) or before it (false).

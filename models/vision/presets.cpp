@@ -19,6 +19,7 @@ struct AttentionPreset {
   const char* backbone;
   std::vector<int64_t> stages;
   const char* compatibility;
+  const char* gating;
   const char* normalizer;
   bool after_pool;
   int64_t image_size;
@@ -26,9 +27,10 @@ struct AttentionPreset {
 
 const std::vector<AttentionPreset>& attention_presets() {
   static const std::vector<AttentionPreset> presets = {
-      {"attn_vgg16", "vgg16_bn", {2, 3}, "additive", "sigmoid", true, kImageNetSize},
-      {"attn_resnet18", "resnet18", {1, 2}, "pc", "softmax", false, kImageNetSize},
-      {"attn_small", "small_cnn", {2, 3}, "additive", "softmax", false, kSmallImageSize},
+      // AttnMel: pool-3 and pool-4 gated by the pool-5 map, sigmoid (the paper's default).
+      {"attn_vgg16", "vgg16_bn", {2, 3}, "additive", "grid", "sigmoid", true, kImageNetSize},
+      {"attn_resnet18", "resnet18", {1, 2}, "pc", "global", "softmax", false, kImageNetSize},
+      {"attn_small", "small_cnn", {2, 3}, "additive", "global", "softmax", false, kSmallImageSize},
   };
   return presets;
 }
@@ -87,6 +89,7 @@ ImageModelConfig resolve_image_config(const ImageModelConfig& config) {
     if (!out.backbone) out.backbone = p.backbone;
     if (!out.attention_stages) out.attention_stages = p.stages;
     if (!out.compatibility) out.compatibility = p.compatibility;
+    if (!out.gating) out.gating = p.gating;
     if (!out.normalizer) out.normalizer = p.normalizer;
     if (!out.after_pool) out.after_pool = p.after_pool;
     if (!out.dropout) out.dropout = 0.0;
@@ -96,6 +99,7 @@ ImageModelConfig resolve_image_config(const ImageModelConfig& config) {
   out.backbone.reset();
   out.attention_stages.reset();
   out.compatibility.reset();
+  out.gating.reset();
   out.normalizer.reset();
   out.after_pool.reset();
   if (is_vit(config.arch)) {
@@ -137,6 +141,7 @@ std::shared_ptr<ImageClassifier> make_image_classifier(const ImageModelConfig& c
   return std::make_shared<AttentionCnnImpl>(
       AttentionCnnOptions(*c.backbone, *c.attention_stages)
           .compatibility(compatibility_from_string(*c.compatibility))
+          .gating(gating_from_string(*c.gating))
           .normalizer(attention::norm_kind_from_string(*c.normalizer))
           .after_pool(*c.after_pool)
           .num_classes(n)

@@ -6,7 +6,8 @@
 // Presets:
 //   resnet18, resnet34, resnet50, vgg16, vgg16_bn     torchvision's backbones
 //   small_cnn                                         VGG-style, ~1.2 M parameters, CPU-trainable
-//   attn_vgg16     AttnMel (Yan et al. 2019): vgg16_bn, pool3 + pool4, additive, sigmoid
+//   attn_vgg16     AttnMel (Yan et al. 2019): vgg16_bn, pool3 + pool4 gated by the pool5 map
+//                  (grid), additive, sigmoid
 //   attn_resnet18  LTPA-style (Jetley et al. 2018): layer2 + layer3, pc, softmax
 //   attn_small     small_cnn, stage3 + stage4, additive, softmax
 //   vit_tiny_patch16, vit_small_patch16, vit_base_patch16   timm's ViT-Ti/S/B at 224 px
@@ -41,6 +42,8 @@ struct ImageModelConfig {
   std::optional<std::vector<int64_t>> attention_stages;
   /// dp | pc | additive.
   std::optional<std::string> compatibility;
+  /// global | grid (grid needs additive).
+  std::optional<std::string> gating;
   /// softmax | sigmoid.
   std::optional<std::string> normalizer;
   /// Attend after the stage's pooling layer.

@@ -32,6 +32,7 @@ nlohmann::json image_model_config_to_json(const vision::ImageModelConfig& config
   if (c.backbone) j["backbone"] = *c.backbone;
   if (c.attention_stages) j["attention_stages"] = *c.attention_stages;
   if (c.compatibility) j["compatibility"] = *c.compatibility;
+  if (c.gating) j["gating"] = *c.gating;
   if (c.normalizer) j["normalizer"] = *c.normalizer;
   if (c.after_pool) j["after_pool"] = *c.after_pool;
   return j;
@@ -42,7 +43,8 @@ vision::ImageModelConfig image_model_config_from_json(const nlohmann::json& json
   check(json.contains("arch"), kSubject, "missing key \"arch\" (one of the image presets)");
   static const std::set<std::string> known = {
       "arch",     "num_classes",      "image_size",    "in_channels", "dropout",
-      "backbone", "attention_stages", "compatibility", "normalizer",  "after_pool"};
+      "backbone", "attention_stages", "compatibility", "normalizer",  "after_pool",
+      "gating"};
   for (const auto& item : json.items())
     check(known.count(item.key()) > 0, concat(kSubject, ".", item.key()),
           "unknown key for an image classifier");
@@ -56,6 +58,7 @@ vision::ImageModelConfig image_model_config_from_json(const nlohmann::json& json
   if (json.contains("attention_stages"))
     c.attention_stages = get<std::vector<int64_t>>(json, "attention_stages");
   if (json.contains("compatibility")) c.compatibility = get<std::string>(json, "compatibility");
+  if (json.contains("gating")) c.gating = get<std::string>(json, "gating");
   if (json.contains("normalizer")) c.normalizer = get<std::string>(json, "normalizer");
   if (json.contains("after_pool")) c.after_pool = get<bool>(json, "after_pool");
   return c;

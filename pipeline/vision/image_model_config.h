@@ -7,7 +7,7 @@
 //    "dropout": 0.0,
 //    // attention-CNN presets only:
 //    "backbone": "vgg16_bn", "attention_stages": [2, 3], "compatibility": "additive",
-//    "normalizer": "sigmoid", "after_pool": true}
+//    "gating": "grid", "normalizer": "sigmoid", "after_pool": true}
 
 #include <memory>
 #include <string>

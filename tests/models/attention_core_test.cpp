@@ -94,6 +94,37 @@ TEST_F(AttentionCoreTest, AdditiveScoreEqualsBahdanauAndGridFormulas) {
   }
 }
 
+// Position-aligned form (AttnMel's grid attention gate): key j is scored against its own query j.
+TEST_F(AttentionCoreTest, AlignedAdditiveScoreEqualsPerPositionFormula) {
+  const int64_t B = 2, K = 5, A = 4;
+  auto q = torch::randn({B, K, A});
+  auto k = torch::randn({B, K, A});
+  auto v = torch::randn({A});
+  auto bias = torch::randn({1});
+  for (auto activation : {AdditiveActivation::tanh, AdditiveActivation::relu}) {
+    auto expected = loop_scores(B, 1, K, [&](int64_t b, int64_t, int64_t j) {
+      double s = bias.item<double>();
+      for (int64_t a = 0; a < A; ++a) {
+        const double x = double(q[b][j][a].item<float>()) + k[b][j][a].item<float>();
+        s += double(v[a].item<float>()) *
+             (activation == AdditiveActivation::tanh ? std::tanh(x) : std::max(x, 0.0));
+      }
+      return s;
+    });
+    const auto got = aligned_additive_score(q, k, v, bias, activation);
+    EXPECT_EQ(got.sizes(), (std::vector<int64_t>{B, 1, K}));
+    EXPECT_TRUE(torch::allclose(got, expected, 0, kAtol));
+    // The same query at every position is the ordinary additive score with one query.
+    const auto same = q.select(1, 0).unsqueeze(1);  // (B, 1, A)
+    EXPECT_TRUE(
+        torch::allclose(aligned_additive_score(same.expand({B, K, A}), k, v, {}, activation),
+                        additive_score(same, k, v, activation), 0, kAtol));
+  }
+  EXPECT_THROW(aligned_additive_score(q, k.slice(1, 0, 4), v), attnscope::Error);
+  EXPECT_THROW(aligned_additive_score(q, k, torch::randn({A + 1})), attnscope::Error);
+  EXPECT_THROW(aligned_additive_score(q, k, v, torch::randn({2})), attnscope::Error);
+}
+
 TEST_F(AttentionCoreTest, ScoreByNameMatchesFreeFunctionsAndProjectedKeys) {
   auto q = torch::randn({2, 3, 4});
   auto k = torch::randn({2, 5, 4});

@@ -3,12 +3,17 @@
 
 For a torchvision architecture (resnet18, vgg16_bn, ...) builds the randomly initialised
 torchvision model; for "vit" a ViT written here with timm's names whose attention is
-torch.nn.functional.multi_head_attention_forward (torch.nn.MultiheadAttention's math). The BN
+torch.nn.functional.multi_head_attention_forward (torch.nn.MultiheadAttention's math); for
+"attnmel" AttnMel's AttnVGG (Yan et al. 2019) with its names, the trunk torchvision's vgg16_bn
+and the grid attention written here from the paper's equations with torch.nn.functional. The BN
 statistics are randomised so that eval-mode BN is not the identity. Writes into OUTDIR:
   model.pth   the state_dict
   model.h5    the attnscope checkpoint made by tools/python/export_weights.py
   ref.h5      input (B, 3, S, S) and logits (B, C); for vit also input_large / logits_large at a
               larger size (interpolated position embedding) and attn_last (B, H, T, T)
+For attnmel: model_sigmoid.h5 / model_softmax.h5 (the same weights, one per normaliser) and in
+ref.h5 input (size S) and input_small (size S - 64), and per normaliser N and input X
+logits_N_X (B, C), stage3_N_X, stage4_N_X (B, h, w): the pool-3 and pool-4 maps.
 """
 
 import argparse
@@ -99,6 +104,85 @@ class ViT(nn.Module):
         return self.head(x[:, 0]), weights
 
 
+class GridAttention(nn.Module):
+    """AttnMel's attention gate (after Oktay et al. 2018) from the equations:
+    c = phi(ReLU(W_l l + up(W_g g))), up = bilinear (align_corners False) by up_factor;
+    softmax: a = softmax of c over the grid, output sum of a * l; sigmoid: a = sigmoid(c),
+    output the mean of a * l over the grid."""
+
+    def __init__(self, c_l, c_g, attn, up_factor):
+        super().__init__()
+        self.up_factor = up_factor
+        self.W_l = nn.Conv2d(c_l, attn, 1, bias=False)
+        self.W_g = nn.Conv2d(c_g, attn, 1, bias=False)
+        self.phi = nn.Conv2d(attn, 1, 1, bias=True)
+
+    def forward(self, l, g, softmax):
+        n, ch, h, w = l.shape
+        up = F.interpolate(F.conv2d(g, self.W_g.weight), scale_factor=self.up_factor,
+                           mode="bilinear", align_corners=False)
+        c = F.conv2d(F.relu(F.conv2d(l, self.W_l.weight) + up), self.phi.weight, self.phi.bias)
+        if softmax:
+            a = F.softmax(c.view(n, -1), dim=1).view(n, 1, h, w)
+            out = (a * l).sum(dim=(2, 3))
+        else:
+            a = torch.sigmoid(c)
+            out = (a * l).mean(dim=(2, 3))
+        return a[:, 0], out
+
+
+class AttnMel(nn.Module):
+    """AttnMel's AttnVGG names: conv_block1..5 (vgg16_bn's features without the max-pools),
+    attn1 (pool-3), attn2 (pool-4), cls on concat(GAP(pool-5), attended pool-3, pool-4)."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        import torchvision
+        features = list(torchvision.models.vgg16_bn().features.children())
+        for k, (a, b) in enumerate([(0, 6), (7, 13), (14, 23), (24, 33), (34, 43)], 1):
+            setattr(self, f"conv_block{k}", nn.Sequential(*features[a:b]))
+        self.attn1 = GridAttention(256, 512, 256, 4)
+        self.attn2 = GridAttention(512, 512, 256, 2)
+        self.cls = nn.Linear(512 + 256 + 512, num_classes)
+
+    def forward(self, x, softmax):
+        pools = []
+        for k in range(1, 6):
+            x = F.max_pool2d(getattr(self, f"conv_block{k}")(x), 2, 2)
+            pools.append(x)
+        pool3, pool4, pool5 = pools[2:]
+        a1, g1 = self.attn1(pool3, pool5, softmax)
+        a2, g2 = self.attn2(pool4, pool5, softmax)
+        g = pool5.mean(dim=(2, 3))
+        return self.cls(torch.cat([g, g1, g2], dim=1)), a1, a2
+
+
+def attnmel_reference(args, outdir):
+    model = AttnMel(args.num_classes)
+    randomise_norms(model)
+    with torch.no_grad():
+        for block in (model.attn1, model.attn2):
+            for conv in (block.W_l, block.W_g, block.phi):
+                nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
+            block.phi.bias.fill_(0.3)  # AttnMel initialises it to 0; sigmoid weights depend on it
+        model.cls.weight.normal_(0.0, 0.01)
+        model.cls.bias.uniform_(-0.1, 0.1)
+    model.eval()
+    pth = os.path.join(outdir, "model.pth")
+    torch.save(model.state_dict(), pth)
+    ref = {"input": torch.randn(args.batch, 3, args.size, args.size),
+           "input_small": torch.randn(args.batch, 3, args.size - 64, args.size - 64)}
+    for norm in ("sigmoid", "softmax"):
+        export_weights.main([pth, os.path.join(outdir, f"model_{norm}.h5"),
+                             "--normalizer", norm, "--image-size", str(args.size)])
+        for key in ("input", "input_small"):
+            with torch.no_grad():
+                logits, a1, a2 = model(ref[key], norm == "softmax")
+            ref[f"logits_{norm}_{key}"], ref[f"stage3_{norm}_{key}"] = logits, a1
+            ref[f"stage4_{norm}_{key}"] = a2
+    return ref
+
+
 def randomise_norms(model):
     with torch.no_grad():
         for m in model.modules():
@@ -123,6 +207,12 @@ def main():
     torch.manual_seed(args.seed)
     pth = os.path.join(args.outdir, "model.pth")
     ref = {}
+    if args.arch == "attnmel":
+        ref = attnmel_reference(args, args.outdir)
+        with h5py.File(os.path.join(args.outdir, "ref.h5"), "w") as f:
+            for name, tensor in ref.items():
+                f.create_dataset(name, data=tensor.contiguous().numpy())
+        return
     if args.arch == "vit":
         dim, depth, heads, patch = export_weights.VIT_PRESETS["vit_mini_patch8"]
         model = ViT(dim, depth, heads, patch, args.size, args.num_classes)

@@ -10,11 +10,16 @@ The checkpoint holds one dataset per tensor at the root under its dotted name, a
 attributes format, format_version, attnscope_version, model_config, preprocessing_config,
 class_names, provenance and extra (JSON strings) -- see pipeline/checkpoint.h.
 
+AttnMel (Yan et al. 2019, github.com/SaoYan/IPMI2019-AttnMel, models.AttnVGG) state_dicts are
+recognised by their names and become attnscope's attn_vgg16: the mapping is the table above
+ATTNMEL_BLOCK_START.
+
 Examples:
   export_weights.py resnet18.pth resnet18.h5
   export_weights.py resnet18 resnet18-imagenet.h5                  # downloads
   export_weights.py resnet18.pth backbone.h5 --backbone-only       # for attn_resnet18 etc.
   export_weights.py vit.pth vit.h5 --arch vit_small_patch16 --image-size 224
+  export_weights.py attnmel.pth attn_vgg16.h5 --normalizer sigmoid --mean ... --std ...
 """
 
 import argparse
@@ -46,6 +51,20 @@ VIT_PRESETS = {
     "vit_mini_patch8": (128, 6, 4, 8),
 }
 CNN_PRESETS = ["resnet18", "resnet34", "resnet50", "vgg16", "vgg16_bn", "small_cnn"]
+ATTN_PRESETS = ["attn_vgg16"]
+
+# AttnMel's AttnVGG -> attnscope's attn_vgg16, by name (the tensors are the same, shapes too):
+#   conv_block{k}.{i}.*       -> features.{ATTNMEL_BLOCK_START[k] + i}.*
+#       AttnMel's conv_block1..5 are torchvision vgg16_bn's `features` cut at the max-pools
+#       (features[0:6], [7:13], [14:23], [24:33], [34:43]); it applies the pools with
+#       F.max_pool2d, attnscope keeps them at features.6, .13, .23, .33, .43.
+#   attn1.{W_l,W_g,phi}.*     -> attention.0.{W_l,W_g,phi}.*   (pool-3, gated by pool-5)
+#   attn2.{W_l,W_g,phi}.*     -> attention.1.{W_l,W_g,phi}.*   (pool-4, gated by pool-5)
+#   cls.*                     -> classifier.*                  (on concat(g, g1, g2))
+# A leading "module." (nn.DataParallel) is dropped. AttnMel's normalize_attn=True is
+# --normalizer softmax, False (its default) sigmoid.
+ATTNMEL_BLOCK_START = {1: 0, 2: 7, 3: 14, 4: 24, 5: 34}
+ATTNMEL_PREFIXES = {"attn1.": "attention.0.", "attn2.": "attention.1.", "cls.": "classifier."}
 HEAD_PREFIXES = {"resnet": ["fc."], "vgg": ["classifier."], "vit": ["head."]}
 
 
@@ -89,8 +108,31 @@ def load_state_dict(source):
     return model.state_dict(), f"torchvision:{name}", "torchvision"
 
 
+def attnmel_to_attnscope(sd):
+    """AttnMel's AttnVGG state_dict under attnscope's attn_vgg16 names (table above)."""
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    out, unknown = {}, []
+    for name, tensor in sd.items():
+        m = re.match(r"conv_block([1-5])\.(\d+)\.(.+)$", name)
+        if m:
+            index = ATTNMEL_BLOCK_START[int(m.group(1))] + int(m.group(2))
+            out[f"features.{index}.{m.group(3)}"] = tensor
+            continue
+        prefix = next((p for p in ATTNMEL_PREFIXES if name.startswith(p)), None)
+        if prefix is None:
+            unknown.append(name)
+            continue
+        out[ATTNMEL_PREFIXES[prefix] + name[len(prefix):]] = tensor
+    if unknown:
+        fail(f"tensors of no AttnMel AttnVGG layer: {', '.join(sorted(unknown)[:5])}")
+    return out
+
+
 def infer_arch(sd):
     """The attnscope preset a state_dict belongs to, from its names and shapes."""
+    if any(k.endswith("attn1.W_l.weight") for k in sd):
+        return "attn_vgg16"
     if "patch_embed.proj.weight" in sd:
         dim, _, patch, _ = sd["patch_embed.proj.weight"].shape
         depth = 1 + max(int(m.group(1)) for k in sd
@@ -216,6 +258,9 @@ def main(argv=None):
     parser.add_argument("--backbone-only", action="store_true",
                         help="leave out the head (fc / classifier / head) for a model whose "
                              "head differs; load with pipeline::load_image_backbone")
+    parser.add_argument("--normalizer", default="", choices=["", "sigmoid", "softmax"],
+                        help="attn_vgg16 only: the attention's normaliser (AttnMel's "
+                             "normalize_attn: softmax; default: sigmoid, the paper's)")
     parser.add_argument("--class-names", default="",
                         help="comma-separated class names (default: class_0, class_1, ...)")
     parser.add_argument("--mean", default="",
@@ -226,16 +271,24 @@ def main(argv=None):
     sd, source, library = load_state_dict(args.source)
     sd = {k: v for k, v in sd.items()}
     arch = args.arch or infer_arch(sd)
-    if arch not in CNN_PRESETS and arch not in VIT_PRESETS:
-        fail(f"--arch {arch}: expected one of {', '.join(CNN_PRESETS + list(VIT_PRESETS))} "
-             "(attention-CNNs load a backbone checkpoint: export the backbone with "
+    if arch not in CNN_PRESETS and arch not in VIT_PRESETS and arch not in ATTN_PRESETS:
+        fail(f"--arch {arch}: expected one of "
+             f"{', '.join(CNN_PRESETS + list(VIT_PRESETS) + ATTN_PRESETS)} "
+             "(other attention-CNNs load a backbone checkpoint: export the backbone with "
              "--backbone-only)")
     fam = family(arch)
+    if args.normalizer and fam != "attn":
+        fail(f"--normalizer applies to {', '.join(ATTN_PRESETS)} only, not {arch}")
+    if arch == "attn_vgg16":
+        sd = attnmel_to_attnscope(sd)
+        if "classifier.weight" not in sd and not args.backbone_only:
+            fail(f"{args.source}: no AttnMel classifier (cls.weight); use --backbone-only")
     if fam == "vit":
         missing = [k for k in ("patch_embed.proj.weight", "cls_token", "pos_embed") if k not in sd]
         if missing:
             fail(f"{args.source}: not a timm ViT state_dict (missing {', '.join(missing)})")
-    stored_classes = num_classes_of(sd, arch)
+    stored_classes = (num_classes_of(sd, arch) if fam != "attn" or "classifier.weight" in sd
+                      else args.num_classes or 2)
     if args.num_classes and args.num_classes != stored_classes and not args.backbone_only:
         fail(f"--num-classes {args.num_classes} differs from the weights' {stored_classes}; "
              "use --backbone-only to leave the head out")
@@ -260,6 +313,8 @@ def main(argv=None):
 
     model_config = {"arch": arch, "num_classes": num_classes, "image_size": image_size,
                     "in_channels": 3}
+    if fam == "attn":
+        model_config["normalizer"] = args.normalizer or "sigmoid"
     preprocessing = {"image_size": image_size, "mean": mean, "std": std}
     provenance = {
         "source": source,

@@ -1,6 +1,7 @@
-// Parity with PyTorch-Python: randomly initialised torchvision resnet18 / vgg16_bn and a ViT
-// written in Python with timm's names (attention = torch.nn.MultiheadAttention's math) are
-// exported with tools/python/export_weights.py; attnscope's logits on the same input must equal
+// Parity with PyTorch-Python: randomly initialised torchvision resnet18 / vgg16_bn, a ViT
+// written in Python with timm's names (attention = torch.nn.MultiheadAttention's math) and
+// AttnMel's AttnVGG (grid attention from the paper's equations) are exported with
+// tools/python/export_weights.py; attnscope's logits (and maps) on the same input must equal
 // Python's (relative error <= 1e-4).
 
 #include <gtest/gtest.h>
@@ -72,6 +73,35 @@ TEST(ImageParity, VitMatchesPythonReference) {
   EXPECT_LE(relative_error(large, reference(dir, "logits_large")), kTolerance);
 }
 
+// attn_vgg16 against AttnMel's AttnVGG with its grid attention written in Python from the
+// equations (tests/python/vision_parity.py), exported by name with export_weights.py: logits and
+// the pool-3 / pool-4 maps, sigmoid and softmax, at 224 px and at 160 px.
+TEST(ImageParity, AttnVgg16MatchesAttnMelReference) {
+  test::TempDir dir;
+  const auto result = test::run_process(test::python() + " " + ATTNSCOPE_SOURCE_DIR +
+                                        "/tests/python/vision_parity.py attnmel " +
+                                        dir.path().string() + " --size 224 --batch 2");
+  ASSERT_EQ(result.status, 0) << result.output;
+  for (const std::string norm : {"sigmoid", "softmax"}) {
+    auto loaded = load_image_classifier(dir / ("model_" + norm + ".h5"));
+    EXPECT_EQ(loaded.config.arch, "attn_vgg16");
+    EXPECT_EQ(*loaded.config.gating, "grid");
+    EXPECT_EQ(*loaded.config.normalizer, norm);
+    loaded.model->eval();
+    torch::NoGradGuard no_grad;
+    for (const std::string input : {"input", "input_small"}) {
+      const auto out = loaded.model->forward(reference(dir, input));
+      const auto key = norm + "_" + input;
+      EXPECT_LE(relative_error(out.logits, reference(dir, "logits_" + key)), kTolerance) << key;
+      for (const std::string map : {"stage3", "stage4"}) {
+        const auto want = reference(dir, map + "_" + key);
+        ASSERT_EQ(out.maps.at(map).sizes(), want.sizes()) << map << " " << key;
+        EXPECT_LE(relative_error(out.maps.at(map), want), kTolerance) << map << " " << key;
+      }
+    }
+  }
+}
+
 TEST(ImageParity, BackboneOnlyExportLoadsIntoAnAttentionCnn) {
   test::TempDir dir;
   auto resnet = make_reference(dir, "resnet18");
@@ -107,7 +137,9 @@ TEST(ImageExport, RefusesWhatItCannotMap) {
       test::python() + " -c \"import torch, torchvision; torch.save({'w': torch.zeros(2)}, '" +
       (dir / "odd.pth") +
       "'); torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), '" +
-      (dir / "r18.pth") + "')\"");
+      (dir / "r18.pth") + "'); torch.save({'attn1.W_l.weight': torch.zeros(2, 2, 1, 1), " +
+      "'cls.weight': torch.zeros(2, 2), 'attn3.psi.weight': torch.zeros(1)}, '" +
+      (dir / "attnmel.pth") + "')\"");
   ASSERT_EQ(py.status, 0) << py.output;
   auto r =
       test::run_process(test::python() + " " + script + (dir / "odd.pth") + " " + (dir / "odd.h5"));
@@ -121,6 +153,15 @@ TEST(ImageExport, RefusesWhatItCannotMap) {
                         (dir / "x.h5"));
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.output.find("missing.pth"), std::string::npos) << r.output;
+  // An AttnMel state_dict with a tensor of no AttnMel layer; a normaliser for a plain CNN.
+  r = test::run_process(test::python() + " " + script + (dir / "attnmel.pth") + " " +
+                        (dir / "attnmel.h5"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("attn3.psi.weight"), std::string::npos) << r.output;
+  r = test::run_process(test::python() + " " + script + (dir / "r18.pth") + " " + (dir / "r18.h5") +
+                        " --normalizer softmax");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("--normalizer"), std::string::npos) << r.output;
 }
 
 }  // namespace
