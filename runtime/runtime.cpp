@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include <ATen/Version.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -18,6 +19,10 @@ namespace attnscope::runtime {
 
 std::string torch_version() {
   return TORCH_VERSION;
+}
+
+std::string torch_build_config() {
+  return at::show_config();
 }
 
 int available_cores() {
@@ -92,6 +97,8 @@ BlasInfo blas_info() {
     info.config = reinterpret_cast<GetConfig>(symbol)();
   } else if (!info.path.empty()) {
     info.name = "reference BLAS";
+  } else if (torch_build_config().find("BLAS_INFO=mkl") != std::string::npos) {
+    info.name = "MKL";
   }
   if (handle) dlclose(handle);
   return info;

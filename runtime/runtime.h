@@ -8,6 +8,9 @@ namespace attnscope::runtime {
 /// LibTorch's version, e.g. "1.13.0".
 std::string torch_version();
 
+/// LibTorch's own build description (at::show_config(): compiler, BLAS_INFO, USE_MKL, ...).
+std::string torch_build_config();
+
 /// Cores this process may run on (its CPU affinity mask), at least 1.
 int available_cores();
 
@@ -19,13 +22,17 @@ void set_threads(int n);
 int threads();
 
 struct BlasInfo {
-  std::string name;    ///< "OpenBLAS", "reference BLAS" or "unknown"
+  std::string name;    ///< "OpenBLAS", "reference BLAS", "MKL" or "unknown"
   std::string path;    ///< resolved path of the loaded libblas, empty if none was found
   std::string config;  ///< OpenBLAS's own build description, when it is OpenBLAS
   bool is_openblas() const { return name == "OpenBLAS"; }
+  /// OpenBLAS, or the MKL a LibTorch from pytorch.org links in: not the slow reference BLAS.
+  bool is_optimised() const { return name == "OpenBLAS" || name == "MKL"; }
 };
 
-/// The BLAS library loaded into this process (LibTorch's matrix products go through it).
+/// The BLAS library LibTorch's matrix products go through: the libblas loaded into this process
+/// (Debian's LibTorch, BLAS_INFO=generic), or MKL when LibTorch's build description says it was
+/// built with it (BLAS_INFO=mkl, linked into libtorch_cpu; path and config stay empty).
 BlasInfo blas_info();
 
 /// How idle OpenMP workers wait, as libgomp read it from the environment at start-up, and

@@ -13,6 +13,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "attnscope/special_tokens.h"
+
 namespace attnscope::datasets::text {
 
 enum class TokenizerKind { kChar, kWord };
@@ -38,10 +40,10 @@ std::string detokenize(const std::vector<std::string>& tokens, TokenizerKind kin
 
 class Vocabulary {
  public:
-  static constexpr int64_t kPad = 0;
-  static constexpr int64_t kBos = 1;
-  static constexpr int64_t kEos = 2;
-  static constexpr int64_t kUnk = 3;
+  static constexpr int64_t kPad = special_tokens::kPad;
+  static constexpr int64_t kBos = special_tokens::kBos;
+  static constexpr int64_t kEos = special_tokens::kEos;
+  static constexpr int64_t kUnk = special_tokens::kUnk;
   static const std::vector<std::string>& specials();  ///< {"<pad>", "<bos>", "<eos>", "<unk>"}
 
   /// Only the four special tokens.

@@ -5,14 +5,13 @@
 #include <limits>
 
 #include "attnscope/error.h"
+#include "attnscope/special_tokens.h"
 
 namespace attnscope::models::text {
 namespace {
 
-// Token ids fixed by the vocabulary (datasets/text/tokenizer.h); models/ cannot include
-// datasets/, so they are repeated here and checked by a test.
-constexpr int64_t kBos = 1;
-constexpr int64_t kEos = 2;
+using special_tokens::kBos;
+using special_tokens::kEos;
 
 void check_inputs(const torch::Tensor& source, const torch::Tensor& lengths,
                   const DecodeOptions& options) {

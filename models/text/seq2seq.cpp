@@ -24,7 +24,7 @@ Seq2SeqOptions seq2seq_preset(const std::string& name) {
     throw Error("model", concat("unknown model '", name, "' (expected one of ", list, ")"));
   }
   Seq2SeqOptions options;
-  if (name == "transformer") return options.arch("transformer").dropout(0.1);
+  if (name == "transformer") return options.arch("transformer").layers(2).dropout(0.1);
   const auto dash = name.find('-');
   options.arch("rnn").cell(name.substr(0, dash));
   options.attention(dash == std::string::npos ? "none" : name.substr(dash + 1));

@@ -54,7 +54,8 @@ struct Seq2SeqOptions {
 /// lstm-additive, transformer (plus lstm, lstm-dot, lstm-general, lstm-crf).
 const std::vector<std::string>& seq2seq_model_names();
 
-/// Options for a model name (vocabulary sizes left 0); throws Error for an unknown name.
+/// Options for a model name (vocabulary sizes left 0): one layer for the RNNs, two for the
+/// transformer. Throws Error for an unknown name.
 Seq2SeqOptions seq2seq_preset(const std::string& name);
 
 /// Everything a decoder needs between steps. Every tensor is batch-first (dim 0 = batch), so

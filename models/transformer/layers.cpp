@@ -17,8 +17,10 @@ void check_options(const TransformerLayerOptions& o, const char* who) {
 }
 
 MultiHeadAttention make_attention(const TransformerLayerOptions& o, bool cross) {
-  return MultiHeadAttention(
-      MultiHeadAttentionOptions(o.d_model(), o.nhead()).dropout(o.dropout()).cross(cross));
+  return MultiHeadAttention(MultiHeadAttentionOptions(o.d_model(), o.nhead())
+                                .dropout(o.attention_dropout().value_or(o.dropout()))
+                                .bias(o.qkv_bias())
+                                .cross(cross));
 }
 
 nn::LayerNorm make_norm(const TransformerLayerOptions& o) {
@@ -43,6 +45,17 @@ torch::Tensor residual(const torch::Tensor& x, bool norm_first, nn::LayerNorm& n
 
 }  // namespace
 
+MlpImpl::MlpImpl(int64_t dim_, int64_t hidden_, double dropout_)
+    : dim(dim_), hidden(hidden_), dropout(dropout_) {
+  reset();
+}
+
+void MlpImpl::reset() {
+  fc1 = register_module("fc1", nn::Linear(dim, hidden));
+  drop = register_module("drop", nn::Dropout(dropout));
+  fc2 = register_module("fc2", nn::Linear(hidden, dim));
+}
+
 TransformerEncoderLayerImpl::TransformerEncoderLayerImpl(const TransformerLayerOptions& options_)
     : options(options_) {
   reset();
@@ -50,12 +63,26 @@ TransformerEncoderLayerImpl::TransformerEncoderLayerImpl(const TransformerLayerO
 
 void TransformerEncoderLayerImpl::reset() {
   check_options(options, "TransformerEncoderLayer");
-  self_attn = register_module("self_attn", make_attention(options, /*cross=*/false));
-  linear1 = register_module("linear1", nn::Linear(options.d_model(), options.dim_feedforward()));
-  dropout = register_module("dropout", nn::Dropout(options.dropout()));
-  linear2 = register_module("linear2", nn::Linear(options.dim_feedforward(), options.d_model()));
-  norm1 = register_module("norm1", make_norm(options));
-  norm2 = register_module("norm2", make_norm(options));
+  const int64_t d = options.d_model(), ff = options.dim_feedforward();
+  if (options.names() == LayerNames::timm) {
+    // timm's Block, in its registration order: norm1, attn, norm2, mlp.{fc1, drop, fc2}.
+    norm1 = register_module("norm1", make_norm(options));
+    self_attn = register_module("attn", make_attention(options, /*cross=*/false));
+    norm2 = register_module("norm2", make_norm(options));
+    mlp = register_module("mlp", Mlp(d, ff, options.dropout()));
+    linear1 = mlp->fc1;
+    dropout = mlp->drop;
+    linear2 = mlp->fc2;
+  } else {
+    self_attn = register_module("self_attn", make_attention(options, /*cross=*/false));
+    linear1 = register_module("linear1", nn::Linear(d, ff));
+    dropout = register_module("dropout", nn::Dropout(options.dropout()));
+    linear2 = register_module("linear2", nn::Linear(ff, d));
+    norm1 = register_module("norm1", make_norm(options));
+    norm2 = register_module("norm2", make_norm(options));
+  }
+  // Parameter-free: registered under these names with either naming (timm applies the same
+  // dropouts as attn.proj_drop and mlp.drop2).
   dropout1 = register_module("dropout1", nn::Dropout(options.dropout()));
   dropout2 = register_module("dropout2", nn::Dropout(options.dropout()));
 }

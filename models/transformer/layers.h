@@ -3,10 +3,14 @@
 // MultiHeadAttention, batch-first (B, L, E). Sub-module names follow torch.nn's layers:
 // `self_attn`, `multihead_attn` (decoder), `linear1`, `dropout`, `linear2`, `norm1`..`norm3`,
 // `dropout1`..`dropout3`; inside the attention modules the timm names `qkv`/`proj` (self) and
-// `q`/`kv`/`proj` (cross) are used (see models/attention/multihead.h).
+// `q`/`kv`/`proj` (cross) are used (see models/attention/multihead.h). An encoder layer with
+// LayerNames::timm is timm's ViT `Block` under timm's names (`norm1`, `attn`, `norm2`,
+// `mlp.fc1`, `mlp.fc2`): the one pre-norm block of the text Transformer and the ViT.
 //
 // Post-norm (norm_first = false, the paper):  x = norm(x + dropout(sublayer(x)))
 // Pre-norm  (norm_first = true):             x = x + dropout(sublayer(norm(x)))
+
+#include <optional>
 
 #include <torch/torch.h>
 
@@ -18,6 +22,11 @@ using attention::AttentionMasks;
 using attention::KvCache;
 
 enum class Activation { relu, gelu };
+
+/// The sub-module names of an encoder layer, so that weights from either library load by name;
+/// the computation is the same. torch: `self_attn`, `linear1`, `linear2`, `norm1`, `norm2`.
+/// timm (a ViT block): `norm1`, `attn`, `norm2`, `mlp.fc1`, `mlp.fc2`.
+enum class LayerNames { torch, timm };
 
 /// Options of encoder and decoder layers; defaults are those of the paper.
 struct TransformerLayerOptions {
@@ -37,14 +46,36 @@ struct TransformerLayerOptions {
   TORCH_ARG(bool, norm_first) = false;
   /// LayerNorm epsilon.
   TORCH_ARG(double, layer_norm_eps) = 1e-5;
+  /// Dropout on the attention weights (timm's attn_drop); unset: `dropout`, as torch.nn's.
+  TORCH_ARG(std::optional<double>, attention_dropout) = std::nullopt;
+  /// Biases of the attention's input projections (timm's qkv_bias).
+  TORCH_ARG(bool, qkv_bias) = true;
+  /// Sub-module names of encoder layers (decoder layers always use torch.nn's).
+  TORCH_ARG(LayerNames, names) = LayerNames::torch;
 };
+
+/// timm's Mlp under its names: fc1, activation, drop, fc2. The feed-forward network of an
+/// encoder layer with LayerNames::timm (the layer runs it, with its activation).
+class MlpImpl : public torch::nn::Cloneable<MlpImpl> {
+ public:
+  MlpImpl(int64_t dim, int64_t hidden, double dropout);
+  void reset() override;
+
+  int64_t dim, hidden;
+  double dropout;
+  torch::nn::Linear fc1 = nullptr;
+  torch::nn::Dropout drop = nullptr;
+  torch::nn::Linear fc2 = nullptr;
+};
+TORCH_MODULE(Mlp);
 
 struct EncoderLayerOutput {
   torch::Tensor output;        ///< (B, L, E)
   torch::Tensor self_weights;  ///< (B, H, L, L) when requested, else undefined
 };
 
-/// Self-attention + feed-forward.
+/// Self-attention + feed-forward. With LayerNames::timm, `linear1`, `dropout` and `linear2` are
+/// the modules of `mlp` (registered there only).
 ///
 /// Shape: src (B, L, E), masks for (B, H, L, L) -> output (B, L, E), self_weights (B, H, L, L).
 class TransformerEncoderLayerImpl : public torch::nn::Cloneable<TransformerEncoderLayerImpl> {
@@ -63,6 +94,7 @@ class TransformerEncoderLayerImpl : public torch::nn::Cloneable<TransformerEncod
   torch::nn::LayerNorm norm2 = nullptr;
   torch::nn::Dropout dropout1 = nullptr;
   torch::nn::Dropout dropout2 = nullptr;
+  Mlp mlp = nullptr;  ///< LayerNames::timm only
 };
 TORCH_MODULE(TransformerEncoderLayer);
 

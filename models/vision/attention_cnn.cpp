@@ -3,6 +3,7 @@
 #include <set>
 
 #include "attnscope/error.h"
+#include "models/vision/cnn_common.h"
 #include "models/vision/resnet.h"
 #include "models/vision/vgg.h"
 

@@ -47,13 +47,6 @@ std::string preset_list() {
   return out;
 }
 
-VisionTransformerOptions vit_options(const std::string& arch, int64_t num_classes) {
-  if (arch == "vit_tiny_patch16") return vit_tiny_patch16_options(num_classes);
-  if (arch == "vit_small_patch16") return vit_small_patch16_options(num_classes);
-  if (arch == "vit_base_patch16") return vit_base_patch16_options(num_classes);
-  return vit_mini_patch8_options(num_classes);
-}
-
 }  // namespace
 
 std::vector<std::string> image_presets() {
@@ -103,7 +96,7 @@ ImageModelConfig resolve_image_config(const ImageModelConfig& config) {
   out.normalizer.reset();
   out.after_pool.reset();
   if (is_vit(config.arch)) {
-    const auto o = vit_options(config.arch, config.num_classes);
+    const auto o = vit_preset_options(config.arch, config.num_classes);
     if (out.image_size == 0) out.image_size = o.image_size();
     if (!out.dropout) out.dropout = o.dropout();
   } else if (config.arch == "small_cnn") {
@@ -132,7 +125,7 @@ std::shared_ptr<ImageClassifier> make_image_classifier(const ImageModelConfig& c
     return std::make_shared<VggImpl>(
         small_cnn_options(n).in_channels(c.in_channels).dropout(*c.dropout));
   if (is_vit(c.arch)) {
-    auto o = vit_options(c.arch, n);
+    auto o = vit_preset_options(c.arch, n);
     check(c.image_size % o.patch_size() == 0, "model config", "image_size (", c.image_size,
           ") must be a multiple of the patch size (", o.patch_size(), ")");
     return std::make_shared<VisionTransformerImpl>(

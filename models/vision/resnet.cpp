@@ -1,6 +1,7 @@
 #include "models/vision/resnet.h"
 
 #include "attnscope/error.h"
+#include "models/vision/cnn_common.h"
 
 namespace attnscope::models::vision {
 namespace nn = torch::nn;
@@ -11,25 +12,6 @@ nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t
 }
 
 }  // namespace
-
-void init_cnn_weights(torch::nn::Module& module) {
-  torch::NoGradGuard no_grad;
-  for (auto& m : module.modules(/*include_self=*/false)) {
-    if (auto* c = m->as<nn::Conv2d>()) {
-      nn::init::kaiming_normal_(c->weight, 0.0, torch::kFanOut, torch::kReLU);
-      if (c->bias.defined()) c->bias.zero_();
-    } else if (auto* b = m->as<nn::BatchNorm2d>()) {
-      b->weight.fill_(1.0);
-      b->bias.zero_();
-    }
-  }
-}
-
-void use_channels_last(torch::nn::Module& module) {
-  torch::NoGradGuard no_grad;
-  for (auto& p : module.parameters())
-    if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
-}
 
 ResidualBlockImpl::ResidualBlockImpl(const ResidualBlockOptions& options_) : options(options_) {
   reset();

@@ -1,7 +1,7 @@
 #include "models/vision/vgg.h"
 
 #include "attnscope/error.h"
-#include "models/vision/resnet.h"
+#include "models/vision/cnn_common.h"
 
 namespace attnscope::models::vision {
 namespace nn = torch::nn;

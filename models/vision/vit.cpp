@@ -34,43 +34,17 @@ torch::Tensor PatchEmbedImpl::forward(const torch::Tensor& x) {
   return proj(x);
 }
 
-MlpImpl::MlpImpl(int64_t dim_, int64_t hidden_, double dropout_)
-    : dim(dim_), hidden(hidden_), dropout(dropout_) {
-  reset();
-}
-
-void MlpImpl::reset() {
-  fc1 = register_module("fc1", nn::Linear(dim, hidden));
-  drop = register_module("drop", nn::Dropout(dropout));
-  fc2 = register_module("fc2", nn::Linear(hidden, dim));
-}
-
-torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
-  return drop(fc2(drop(torch::gelu(fc1(x)))));
-}
-
-ViTBlockImpl::ViTBlockImpl(const VisionTransformerOptions& options_) : options(options_) {
-  reset();
-}
-
-void ViTBlockImpl::reset() {
-  const int64_t D = options.embed_dim();
-  norm1 = register_module("norm1", layer_norm(D, options.layer_norm_eps()));
-  attn = register_module("attn", attention::MultiHeadAttention(
-                                     attention::MultiHeadAttentionOptions(D, options.num_heads())
-                                         .bias(options.qkv_bias())
-                                         .dropout(options.attn_dropout())
-                                         .proj_dropout(options.dropout())));
-  norm2 = register_module("norm2", layer_norm(D, options.layer_norm_eps()));
-  const auto hidden = static_cast<int64_t>(static_cast<double>(D) * options.mlp_ratio());
-  mlp = register_module("mlp", Mlp(D, hidden, options.dropout()));
-}
-
-torch::Tensor ViTBlockImpl::forward(const torch::Tensor& x, torch::Tensor* weights) {
-  auto a = attn->forward(norm1(x), {}, /*need_weights=*/weights != nullptr);
-  if (weights) *weights = a.weights;
-  auto y = x + a.context;
-  return y + mlp(norm2(y));
+transformer::TransformerLayerOptions vit_block_options(const VisionTransformerOptions& o) {
+  const auto hidden = static_cast<int64_t>(static_cast<double>(o.embed_dim()) * o.mlp_ratio());
+  return transformer::TransformerLayerOptions(o.embed_dim(), o.num_heads())
+      .dim_feedforward(hidden)
+      .dropout(o.dropout())
+      .attention_dropout(o.attn_dropout())
+      .activation(transformer::Activation::gelu)
+      .norm_first(true)
+      .layer_norm_eps(o.layer_norm_eps())
+      .qkv_bias(o.qkv_bias())
+      .names(transformer::LayerNames::timm);
 }
 
 VisionTransformerImpl::VisionTransformerImpl(const VisionTransformerOptions& options_)
@@ -92,7 +66,7 @@ void VisionTransformerImpl::reset() {
   pos_drop = register_module("pos_drop", nn::Dropout(o.dropout()));
   blocks = nn::ModuleList();
   for (int64_t i = 0; i < o.depth(); ++i)
-    blocks->push_back(ViTBlock(o));
+    blocks->push_back(transformer::TransformerEncoderLayer(vit_block_options(o)));
   blocks = register_module("blocks", blocks);
   norm = register_module("norm", layer_norm(D, o.layer_norm_eps()));
   head = register_module("head", nn::Linear(D, o.num_classes()));
@@ -135,14 +109,10 @@ ImageFeatures VisionTransformerImpl::forward_features(const torch::Tensor& image
   out.grid_h = gh;
   out.grid_w = gw;
   for (std::size_t i = 0; i < blocks->size(); ++i) {
-    auto* block = blocks[i]->as<ViTBlock>();
-    if (need_attention) {
-      torch::Tensor weights;
-      x = block->forward(x, &weights);
-      out.attention.push_back(weights);
-    } else {
-      x = block->forward(x);
-    }
+    auto* block = blocks[i]->as<transformer::TransformerEncoderLayer>();
+    auto y = block->forward(x, {}, need_attention);
+    x = y.output;
+    if (need_attention) out.attention.push_back(y.self_weights);
   }
   out.features = norm(x);
   if (need_attention) out.maps["rollout"] = attention_rollout(out.attention, gh, gw);
@@ -164,6 +134,14 @@ VisionTransformerOptions vit_base_patch16_options(int64_t num_classes) {
 }
 VisionTransformerOptions vit_mini_patch8_options(int64_t num_classes) {
   return VisionTransformerOptions(128, 6, 4).patch_size(8).image_size(64).num_classes(num_classes);
+}
+
+VisionTransformerOptions vit_preset_options(const std::string& name, int64_t num_classes) {
+  if (name == "vit_tiny_patch16") return vit_tiny_patch16_options(num_classes);
+  if (name == "vit_small_patch16") return vit_small_patch16_options(num_classes);
+  if (name == "vit_base_patch16") return vit_base_patch16_options(num_classes);
+  if (name == "vit_mini_patch8") return vit_mini_patch8_options(num_classes);
+  throw Error("model config", concat("'", name, "' is not a ViT preset"));
 }
 
 }  // namespace attnscope::models::vision

@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include "models/attention/multihead.h"
+#include "models/transformer/layers.h"
 #include "models/vision/classifier.h"
 
 namespace attnscope::models::vision {
@@ -56,36 +57,6 @@ class PatchEmbedImpl : public torch::nn::Cloneable<PatchEmbedImpl> {
 };
 TORCH_MODULE(PatchEmbed);
 
-/// timm's Mlp: fc1, GELU (exact), dropout, fc2, dropout. Shape: (..., D) -> (..., D).
-class MlpImpl : public torch::nn::Cloneable<MlpImpl> {
- public:
-  MlpImpl(int64_t dim, int64_t hidden, double dropout);
-  void reset() override;
-  torch::Tensor forward(const torch::Tensor& x);
-
-  int64_t dim, hidden;
-  double dropout;
-  torch::nn::Linear fc1 = nullptr, fc2 = nullptr;
-  torch::nn::Dropout drop = nullptr;
-};
-TORCH_MODULE(Mlp);
-
-/// Pre-norm block: x + attn(norm1(x)), then x + mlp(norm2(x)).
-/// Shape: (B, T, D) -> (B, T, D); weights (B, H, T, T) when need_weights.
-class ViTBlockImpl : public torch::nn::Cloneable<ViTBlockImpl> {
- public:
-  explicit ViTBlockImpl(const VisionTransformerOptions& options_);
-  void reset() override;
-  /// weights: when not null, receives the attention weights (B, H, T, T).
-  torch::Tensor forward(const torch::Tensor& x, torch::Tensor* weights = nullptr);
-
-  VisionTransformerOptions options;
-  torch::nn::LayerNorm norm1 = nullptr, norm2 = nullptr;
-  attention::MultiHeadAttention attn = nullptr;
-  Mlp mlp = nullptr;
-};
-TORCH_MODULE(ViTBlock);
-
 /// Maps (with need_attention): "rollout" — attention rollout (mean head fusion) of the class
 /// token over the patch grid, (B, H/patch, W/patch) in [0, 1].
 ///
@@ -113,6 +84,8 @@ class VisionTransformerImpl : public torch::nn::Cloneable<VisionTransformerImpl>
   torch::Tensor cls_token;  ///< (1, 1, D)
   torch::Tensor pos_embed;  ///< (1, 1 + (image_size / patch_size)², D)
   torch::nn::Dropout pos_drop = nullptr;
+  /// depth × transformer::TransformerEncoderLayer, pre-norm, GELU, timm's names
+  /// (`blocks.N.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}`): vit_block_options.
   torch::nn::ModuleList blocks = nullptr;
   torch::nn::LayerNorm norm = nullptr;
   torch::nn::Linear head = nullptr;
@@ -125,5 +98,14 @@ VisionTransformerOptions vit_small_patch16_options(int64_t num_classes = 1000);
 VisionTransformerOptions vit_base_patch16_options(int64_t num_classes = 1000);
 /// A CPU-trainable ViT: D 128, 6 blocks, 4 heads, patch 8, 64 px (about 1.2 M parameters).
 VisionTransformerOptions vit_mini_patch8_options(int64_t num_classes = 2);
+
+/// The options of one of a ViT's blocks: timm's Block (pre-norm, exact GELU, MLP of mlp_ratio ×
+/// embed_dim, qkv_bias, attn_dropout, LayerNorm eps) as a transformer encoder layer with timm's
+/// names.
+transformer::TransformerLayerOptions vit_block_options(const VisionTransformerOptions& options);
+
+/// The options of a ViT preset by name (vit_tiny_patch16, vit_small_patch16, vit_base_patch16,
+/// vit_mini_patch8). Throws attnscope::Error for another name.
+VisionTransformerOptions vit_preset_options(const std::string& name, int64_t num_classes);
 
 }  // namespace attnscope::models::vision

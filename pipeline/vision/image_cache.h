@@ -1,15 +1,19 @@
 #pragma once
 // An HDF5 cache of preprocessed uint8 images, so that training epochs skip JPEG decoding.
 //
+// clang-format off
 // Layout (h5py reads it directly):
-//   /images    (N, H, W, 3) uint8, RGB, chunked one image per chunk, uncompressed (deflate made
-//   reads slower than JPEG decoding) /masks     (N, H, W) uint8 0/255 (zeros where has_mask is 0)
-//   /has_mask  (N) uint8
-//   /labels    (N) int64
-//   /ids, /groups, /paths   (N) variable-length UTF-8 strings (group "" = none)
+//   /images                         (N, H, W, 3) uint8, RGB, one image per chunk, uncompressed
+//                                   (deflate made reads slower than JPEG decoding)
+//   /masks                          (N, H, W) uint8 0/255 (zeros where has_mask is 0)
+//   /has_mask                       (N) uint8
+//   /labels                         (N) int64
+//   /ids, /groups, /paths           (N) variable-length UTF-8 strings (group "" = none)
 //   /errors/path, /errors/message   samples that could not be cached
-//   attributes on /: format = "attnscope-image-cache", version = "1", class_names (JSON
-//   array), preprocessing (the pipeline config JSON that produced the images).
+//   attributes on /                 format = "attnscope-image-cache", version = "1",
+//                                   class_names (JSON array), preprocessing (the pipeline
+//                                   config JSON that produced the images)
+// clang-format on
 // The images are the pipeline's steps applied without augmentation; a Loader over an
 // ImageCacheSource then only augments and normalises them.
 

@@ -2,6 +2,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -15,7 +18,7 @@ std::string exe() {
 }
 
 // A tiny, briefly trained model: enough for the command's plumbing, not for accuracy (learning
-// is asserted in tests/pipeline/seq2seq_test.cpp).
+// is asserted in tests/pipeline/text/seq2seq_test.cpp).
 std::string train_tiny(const test::TempDir& dir, const std::string& model) {
   const auto r = test::run_process(
       exe() + " seq2seq train --task copy --model " + model +
@@ -27,20 +30,61 @@ std::string train_tiny(const test::TempDir& dir, const std::string& model) {
   return dir / "run/model.h5";
 }
 
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);)
+    lines.push_back(line);
+  return lines;
+}
+
 TEST(Seq2SeqCli, TrainEvaluateAndTranslate) {
   test::TempDir dir;
   const auto model = train_tiny(dir, "gru-additive");
   ASSERT_TRUE(std::filesystem::exists(model));
-  auto r = test::run_process(exe() + " seq2seq evaluate --model " + model +
-                             " --task copy --count 30 --min-length 3 --max-length 6 --json");
+  // The oracle: `translate` gives the outputs; the metrics of `evaluate` on pairs whose targets
+  // are known are then computed here from those outputs (exact match; token accuracy = equal
+  // characters at the same position over the longer of output and target). Every second
+  // target is the model's own output, so at least some pairs match whatever the model learnt
+  // on this CPU.
+  const std::vector<std::string> sources = {"abc", "hello", "cab", "bead", "face", "dd"};
+  std::string args;
+  for (const auto& s : sources)
+    args += " " + s;
+  auto r = test::run_process(exe() + " seq2seq translate --model " + model + args);
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto outputs = lines_of(r.output);
+  ASSERT_EQ(outputs.size(), sources.size()) << r.output;
+  std::ofstream tsv(dir / "pairs.tsv");
+  int64_t exact = 0, equal = 0, positions = 0;
+  for (std::size_t i = 0; i < sources.size(); ++i) {
+    ASSERT_EQ(outputs[i].find('<'), std::string::npos) << "special token in output: " << r.output;
+    const auto& target = i % 2 == 0 && !outputs[i].empty() ? outputs[i] : sources[i];
+    tsv << sources[i] << "\t" << target << "\n";
+    exact += outputs[i] == target;
+    for (std::size_t k = 0; k < std::min(outputs[i].size(), target.size()); ++k)
+      equal += outputs[i][k] == target[k];
+    positions += static_cast<int64_t>(std::max(outputs[i].size(), target.size()));
+  }
+  tsv.close();
+  ASSERT_GT(exact, 0);
+  r = test::run_process(exe() + " seq2seq evaluate --model " + model +
+                        " --task tsv:" + (dir / "pairs.tsv") + " --json");
   ASSERT_EQ(r.status, 0) << r.output;
   const auto json = nlohmann::json::parse(r.output);
-  for (const char* key : {"exact_match", "token_accuracy", "bleu"}) {
-    ASSERT_TRUE(json.contains(key)) << r.output;
-    EXPECT_GE(json[key].get<double>(), 0.0);
-  }
-  EXPECT_EQ(json["sentences"], 30);
+  const auto n = static_cast<double>(sources.size());
+  EXPECT_DOUBLE_EQ(json["exact_match"].get<double>(), static_cast<double>(exact) / n) << r.output;
+  EXPECT_DOUBLE_EQ(json["token_accuracy"].get<double>(),
+                   static_cast<double>(equal) / static_cast<double>(positions))
+      << r.output;
+  const double bleu = json["bleu"].get<double>();
+  EXPECT_TRUE(bleu >= 0.0 && bleu <= 100.0) << r.output;
+  EXPECT_EQ(json["sentences"], 6);
   EXPECT_EQ(json["model"], "gru-additive");
+  r = test::run_process(exe() + " seq2seq evaluate --model " + model +
+                        " --task copy --count 30 --min-length 3 --max-length 6 --json");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(nlohmann::json::parse(r.output)["sentences"], 30);
   r = test::run_process(exe() + " seq2seq evaluate --model " + model + " --task reverse");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("exact match"), std::string::npos) << r.output;

@@ -117,43 +117,52 @@ TEST(Loader, BadFilesAreReportedAndTheEpochGoesOn) {
 }
 
 // Counts loads, so the test can see how far ahead the workers run.
-class CountingSource : public SampleSource {
+// Counts loads and checks each against a bound the test raises as it takes batches: the
+// check is made by the worker at the moment it starts a load, so it holds or fails whatever the
+// timing (a quiet window would be mistaken on a loaded machine).
+class BoundedSource : public SampleSource {
  public:
-  explicit CountingSource(std::shared_ptr<SyntheticSource> inner) : inner_(std::move(inner)) {}
+  BoundedSource(std::shared_ptr<SyntheticSource> inner, int bound)
+      : inner_(std::move(inner)), bound(bound) {}
   std::size_t size() const override { return inner_->size(); }
   const Sample& sample(std::size_t i) const override { return inner_->sample(i); }
   const std::vector<std::string>& class_names() const override { return inner_->class_names(); }
   SampleData load(std::size_t i) const override {
-    ++loads;
+    if (++loads > bound) ++over_bound;
     return inner_->load(i);
   }
   mutable std::atomic<int> loads{0};
+  mutable std::atomic<int> over_bound{0};
+  std::atomic<int> bound;
 
  private:
   std::shared_ptr<SyntheticSource> inner_;
 };
 
 TEST(Loader, WorkersStopAtTheQueueBound) {
-  auto source = std::make_shared<CountingSource>(synthetic(40));
   LoaderOptions o;
   o.batch_size = 2;
   o.workers = 3;
   o.queue = 3;
+  // While nobody takes a batch, at most `queue` batches may be loaded; each batch taken allows
+  // one more. The bound is raised before a batch is taken, so it is never too tight.
+  auto source = std::make_shared<BoundedSource>(synthetic(40), o.queue * o.batch_size);
   Loader loader(source, small_pipeline(false), o);
   loader.start_epoch(0);
-  // Nobody takes a batch: the workers must stop after `queue` batches. Wait until they do.
-  int last = -1;
-  for (int i = 0; i < 100 && source->loads != last; ++i) {
-    last = source->loads;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  // The workers fill the queue (a deadline only against a hang), then get time to overrun it.
+  for (int i = 0; i < 3000 && source->loads < o.queue * o.batch_size; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
   EXPECT_EQ(source->loads, o.queue * o.batch_size);
-  ASSERT_TRUE(loader.next().has_value());
-  int total = 1;
-  while (loader.next())
+  int total = 0;
+  while (true) {
+    source->bound += o.batch_size;
+    if (!loader.next()) break;
     ++total;
+  }
   EXPECT_EQ(total, 20);
   EXPECT_EQ(source->loads, 40);
+  EXPECT_EQ(source->over_bound, 0) << "loads started beyond the queue bound";
 }
 
 TEST(Loader, BalancedOrderDrawsBothClasses) {

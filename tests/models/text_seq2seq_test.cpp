@@ -131,6 +131,12 @@ class MarkovModel : public Seq2SeqModel {
   Seq2SeqOptions options_;
 };
 
+// GNMT's length penalty written from the paper (Wu et al. 2016, eq. 14):
+// lp(Y) = (5 + |Y|)^alpha / (5 + 1)^alpha, |Y| counting the final <eos>.
+double gnmt_length_penalty(std::size_t length, double alpha) {
+  return std::pow(5.0 + static_cast<double>(length), alpha) / std::pow(6.0, alpha);
+}
+
 // Best finished sequence (ending in <eos> = 2) of at most max_len tokens, by brute force.
 std::pair<std::vector<int64_t>, double> brute_force_best(const torch::Tensor& table, int max_len,
                                                          double alpha) {
@@ -140,7 +146,7 @@ std::pair<std::vector<int64_t>, double> brute_force_best(const torch::Tensor& ta
   std::function<void(std::vector<int64_t>&, int64_t, double)> walk =
       [&](std::vector<int64_t>& seq, int64_t prev, double logp) {
         const double end = logp + lp[prev][2].item<double>();
-        const double score = end / length_penalty(static_cast<int64_t>(seq.size()) + 1, alpha);
+        const double score = end / gnmt_length_penalty(seq.size() + 1, alpha);
         if (score > best_score) {
           best_score = score;
           best = seq;
@@ -163,14 +169,15 @@ TEST(TextDecoding, WideBeamFindsTheBruteForceBest) {
   for (int trial = 0; trial < 5; ++trial) {
     const auto table = torch::randn({5, 5}) * 2;
     MarkovModel model(table);
-    for (const double alpha : {0.0, 1.0}) {
+    for (const double alpha : {0.0, 0.6, 1.0}) {
       const auto [best, score] = brute_force_best(table, 3, alpha);
       // A beam as wide as every live sequence (4^3) is exhaustive.
       const auto hyp =
           beam_decode(model, torch::ones({1, 2}, torch::kLong), torch::tensor({2}),
                       DecodeOptions().beam_size(64).max_length(3).length_penalty(alpha));
       ASSERT_EQ(hyp.size(), 1u);
-      if (!hyp[0].finished) continue;  // the best may not end within 3 tokens
+      // At step max_length only <eos> may follow, so every hypothesis ends within 3 tokens.
+      ASSERT_TRUE(hyp[0].finished) << "trial " << trial << " alpha " << alpha;
       EXPECT_EQ(hyp[0].tokens, best) << "trial " << trial << " alpha " << alpha;
     }
   }
@@ -213,7 +220,15 @@ TEST(TextDecoding, AlignmentsHaveOneRowPerOutputToken) {
       EXPECT_EQ(hyps[b].attention.size(1), lengths[static_cast<int64_t>(b)].item<int64_t>());
     }
   }
-  EXPECT_NEAR(length_penalty(7, 1.0), 2.0, 1e-12);  // ((5 + 7) / 6)^1
+}
+
+TEST(TextDecoding, LengthPenaltyIsGnmts) {
+  for (const double alpha : {0.0, 0.2, 0.6, 1.0, 2.0})
+    for (const int64_t length : {0, 1, 2, 7, 50})
+      EXPECT_NEAR(length_penalty(length, alpha),
+                  gnmt_length_penalty(static_cast<std::size_t>(length), alpha), 1e-12)
+          << "length " << length << " alpha " << alpha;
+  EXPECT_NEAR(length_penalty(7, 1.0), 2.0, 1e-12);  // (5 + 7) / 6
 }
 
 }  // namespace

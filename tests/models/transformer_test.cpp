@@ -1,6 +1,6 @@
 // Transformer layers and stacks against torch::nn's own layers with copied weights, pre-norm
-// against the formula composed from torch::nn modules, the KV-cached decoder against the full
-// one, and the positional encodings against their closed form.
+// against the formula composed from torch::nn modules (weights copied into ours), the KV-cached
+// decoder against the full one, and the positional encodings against their closed form.
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -175,11 +175,21 @@ TEST_F(TransformerTest, PreNormLayersMatchTheFormulaFromTorchModules) {
   auto out = dec->forward(tgt, memory, AttentionMasks{{}, {}, true});
   EXPECT_TRUE(torch::allclose(out.output, seq_first(x), 0, kAtol));
 
+  // The encoder likewise from torch.nn's modules (weights copied into ours), with padding.
+  torch::nn::TransformerEncoderLayer enc_ref(
+      torch::nn::TransformerEncoderLayerOptions(kE, kH).dim_feedforward(kFf));
+  enc_ref->eval();
+  copy_parameters(*enc_ref, *enc);
   auto src = torch::randn({kB, 6, kE});
+  auto pad = padding(6, {6, 4});
   torch::NoGradGuard no_grad;
-  auto y = src + enc->self_attn->forward(enc->norm1->forward(src)).context;
-  y = y + enc->linear2->forward(torch::gelu(enc->linear1->forward(enc->norm2->forward(y))));
-  EXPECT_TRUE(torch::allclose(enc->forward(src).output, y, 0, kAtol));
+  auto y = seq_first(src);
+  h = enc_ref->norm1->forward(y);
+  y = y + std::get<0>(enc_ref->self_attn->forward(h, h, h, pad, false));
+  y = y +
+      enc_ref->linear2->forward(torch::gelu(enc_ref->linear1->forward(enc_ref->norm2->forward(y))));
+  EXPECT_TRUE(
+      torch::allclose(enc->forward(src, AttentionMasks{pad}).output, seq_first(y), 0, kAtol));
 }
 
 TEST_F(TransformerTest, CachedIncrementalDecodingMatchesFullDecoding) {

@@ -10,13 +10,15 @@ statistics are randomised so that eval-mode BN is not the identity. Writes into 
   model.pth   the state_dict
   model.h5    the attnscope checkpoint made by tools/python/export_weights.py
   ref.h5      input (B, 3, S, S) and logits (B, C); for vit also input_large / logits_large at a
-              larger size (interpolated position embedding) and attn_last (B, H, T, T)
+              larger size (position embedding resized by the bicubic formula written here) and
+              attn_last (B, H, T, T)
 For attnmel: model_sigmoid.h5 / model_softmax.h5 (the same weights, one per normaliser) and in
 ref.h5 input (size S) and input_small (size S - 64), and per normaliser N and input X
 logits_N_X (B, C), stage3_N_X, stage4_N_X (B, h, w): the pool-3 and pool-4 maps.
 """
 
 import argparse
+import math
 import os
 import sys
 
@@ -96,12 +98,53 @@ class ViT(nn.Module):
         gh, gw = x.shape[2:]
         x = x.flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = x + export_weights.resize_pos_embed(self.pos_embed, gh)
+        x = x + resize_pos_embed_from_formula(self.pos_embed, gh)
         weights = None
         for block in self.blocks:
             x, weights = block(x)
         x = self.norm(x)
         return self.head(x[:, 0]), weights
+
+
+def cubic_weights(t, a=-0.75):
+    """Keys' cubic convolution weights (a = -0.75, PyTorch's bicubic) of the taps at offsets
+    -1, 0, 1, 2 from floor(x), for the fraction t = x - floor(x)."""
+    def near(d):  # |d| <= 1
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+    def far(d):  # 1 < |d| < 2
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return [far(t + 1), near(t), near(1 - t), far(2 - t)]
+
+
+def bicubic_resize_rows(grid, size):
+    """Resamples axis 0 of grid (n, ...) to size rows: align_corners=False maps output i to the
+    source coordinate x = (i + 0.5) * n / size - 0.5; taps beyond the edge take the edge row."""
+    n = grid.shape[0]
+    out = []
+    for i in range(size):
+        x = (i + 0.5) * n / size - 0.5
+        x0 = math.floor(x)
+        row = torch.zeros_like(grid[0])
+        for k, w in enumerate(cubic_weights(x - x0)):
+            row = row + w * grid[min(max(x0 - 1 + k, 0), n - 1)]
+        out.append(row)
+    return torch.stack(out)
+
+
+def resize_pos_embed_from_formula(pos, grid):
+    """The position embedding (1, 1 + g*g, D) resized to grid x grid from the formula of bicubic
+    interpolation with align_corners=False (separable: rows, then columns), in float64: the
+    reference the C++ ViT's interpolation is held to, written apart from torch's interpolate.
+    (timm's resample_abs_pos_embed calls that interpolate with antialias=True by default, which
+    for upsampling uses a = -0.5 and renormalised edge weights; the older timm resize_pos_embed
+    and attnscope use antialias=False, this formula.)"""
+    n = pos.shape[1] - 1
+    old = int(round(n ** 0.5))
+    patches = pos[0, 1:].double().reshape(old, old, -1)               # (g, g, D)
+    patches = bicubic_resize_rows(patches, grid)                      # (grid, g, D)
+    patches = bicubic_resize_rows(patches.transpose(0, 1), grid)      # (grid_w, grid_h, D)
+    patches = patches.transpose(0, 1).reshape(1, grid * grid, -1)     # (1, grid*grid, D)
+    return torch.cat([pos[:, :1], patches.to(pos.dtype)], dim=1)
 
 
 class GridAttention(nn.Module):
@@ -214,7 +257,7 @@ def main():
                 f.create_dataset(name, data=tensor.contiguous().numpy())
         return
     if args.arch == "vit":
-        dim, depth, heads, patch = export_weights.VIT_PRESETS["vit_mini_patch8"]
+        dim, depth, heads, patch = export_weights.vit_presets()["vit_mini_patch8"]
         model = ViT(dim, depth, heads, patch, args.size, args.num_classes)
         randomise_norms(model)
         model.eval()

@@ -18,14 +18,16 @@ int run_cache(const std::vector<std::string>& args, const GlobalOptions&) {
   data.add_to(desc);
   std::string out, config;
   int size = 0, workers = 1;
-  desc.add_options()                                                        //
-      ("out", po::value(&out)->required(), "the HDF5 cache file to write")  //
+  // clang-format off
+  desc.add_options()
+      ("out", po::value(&out)->required(), "the HDF5 cache file to write")
       ("size", po::value(&size)->default_value(224),
-       "image side when no --config is given (short-side resize + centre crop)")  //
+       "image side when no --config is given (short-side resize + centre crop)")
       ("config", po::value(&config)->default_value(""),
        "preprocessing config (JSON) whose steps produce the cached images; must end with a "
-       "resize")  //
+       "resize")
       ("workers", po::value(&workers)->default_value(2), "decoding threads");
+  // clang-format on
   po::variables_map vm;
   if (!parse(usage, desc, args, vm)) return 0;
   if (size < 1) throw UsageError("--size must be >= 1", usage_text(usage, desc));

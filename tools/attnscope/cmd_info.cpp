@@ -42,9 +42,9 @@ int run_info(const std::vector<std::string>& args, const GlobalOptions&) {
             << "\n";
   std::cout << "CUDA           " << (runtime::cuda_available() ? "available" : "not available")
             << ", " << runtime::cuda_device_count() << " device(s)\n";
-  if (!blas.is_openblas())
-    std::cout << "warning: LibTorch's matrix products are not using OpenBLAS (about 30x slower);"
-                 " run scripts/bootstrap.sh\n";
+  if (!blas.is_optimised())
+    std::cout << "warning: LibTorch's matrix products are not using OpenBLAS or MKL (the reference "
+                 "BLAS is about 30x slower); run scripts/bootstrap.sh\n";
   return 0;
 }
 

@@ -58,10 +58,12 @@ int run_stats(const std::vector<std::string>& args) {
   data.add_to(desc);
   std::string config;
   int limit = 0;
-  desc.add_options()  //
+  // clang-format off
+  desc.add_options()
       ("config", po::value(&config)->default_value(""),
-       "preprocessing config (JSON); its steps run before counting; default: resize 224")  //
+       "preprocessing config (JSON); its steps run before counting; default: resize 224")
       ("limit", po::value(&limit)->default_value(0), "use at most this many images; 0 = all");
+  // clang-format on
   po::variables_map vm;
   if (!parse(usage, desc, args, vm)) return 0;
   if (limit < 0) throw UsageError("--limit must be >= 0", usage_text(usage, desc));
@@ -98,15 +100,17 @@ int run_preprocess(const std::vector<std::string>& args, const GlobalOptions&) {
   std::string input, out, config;
   bool steps = false;
   int64_t max_pixels = 0;
-  desc.add_options()                                                                    //
-      ("input", po::value(&input)->required(), "an image, or a folder of images")       //
-      ("out", po::value(&out)->required(), "folder for the preprocessed images (PNG)")  //
+  // clang-format off
+  desc.add_options()
+      ("input", po::value(&input)->required(), "an image, or a folder of images")
+      ("out", po::value(&out)->required(), "folder for the preprocessed images (PNG)")
       ("config", po::value(&config)->default_value(""),
-       "preprocessing config (JSON); default: resize 224 + centre crop")  //
+       "preprocessing config (JSON); default: resize 224 + centre crop")
       ("steps", po::bool_switch(&steps),
-       "also write <name>_steps.png: every stage side by side")  //
+       "also write <name>_steps.png: every stage side by side")
       ("max-pixels", po::value(&max_pixels)->default_value(0),
        "refuse images above this many pixels; 0 = the config's limit (100 megapixels)");
+  // clang-format on
   po::variables_map vm;
   if (!parse(usage, desc, args, vm)) return 0;
   if (max_pixels < 0) throw UsageError("--max-pixels must be >= 0", usage_text(usage, desc));

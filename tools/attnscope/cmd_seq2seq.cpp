@@ -84,13 +84,15 @@ void require_at_least(const po::variables_map& vm, const char* name, T minimum,
 }
 
 void add_task_options(po::options_description& desc, int64_t default_count, uint64_t seed) {
-  desc.add_options()("task", po::value<std::string>()->required(),
-                     "copy | reverse | dates | tsv:PATH (required)")(
-      "count", po::value<int64_t>()->default_value(default_count),
-      "pairs generated for a synthetic task")("min-length", po::value<int64_t>()->default_value(5),
-                                              "shortest source of copy/reverse")(
-      "max-length", po::value<int64_t>()->default_value(30), "longest source of copy/reverse")(
-      "seed", po::value<uint64_t>()->default_value(seed), "random seed of the data (and model)");
+  // clang-format off
+  desc.add_options()
+      ("task", po::value<std::string>()->required(), "copy | reverse | dates | tsv:PATH (required)")
+      ("count", po::value<int64_t>()->default_value(default_count),
+       "pairs generated for a synthetic task")
+      ("min-length", po::value<int64_t>()->default_value(5), "shortest source of copy/reverse")
+      ("max-length", po::value<int64_t>()->default_value(30), "longest source of copy/reverse")
+      ("seed", po::value<uint64_t>()->default_value(seed), "random seed of the data (and model)");
+  // clang-format on
 }
 
 void check_task_options(const po::variables_map& vm, const std::string& usage) {
@@ -102,13 +104,17 @@ void check_task_options(const po::variables_map& vm, const std::string& usage) {
 }
 
 void add_decode_options(po::options_description& desc) {
-  desc.add_options()("beam", po::value<int64_t>()->default_value(1),
-                     "beam size (1 = greedy decoding)")(
-      "length-penalty", po::value<double>()->default_value(0.0),
-      "GNMT length penalty alpha of the beam search (0 = none)")(
-      "max-output-length", po::value<int64_t>()->default_value(0),
-      "most output tokens (0 = the model's maximum)")(
-      "batch-size", po::value<int64_t>()->default_value(64), "sentences decoded at once");
+  const models::text::DecodeOptions defaults;
+  // clang-format off
+  desc.add_options()
+      ("beam", po::value<int64_t>()->default_value(defaults.beam_size()),
+       "beam size (1 = greedy decoding)")
+      ("length-penalty", po::value<double>()->default_value(defaults.length_penalty()),
+       "GNMT length penalty alpha of the beam search (0 = none)")
+      ("max-output-length", po::value<int64_t>()->default_value(0),
+       "most output tokens (0 = the model's maximum)")
+      ("batch-size", po::value<int64_t>()->default_value(64), "sentences decoded at once");
+  // clang-format on
 }
 
 models::text::DecodeOptions decode_options(const po::variables_map& vm,
@@ -150,41 +156,59 @@ int run_train(const std::vector<std::string>& args) {
   const std::string usage_line = "seq2seq train --task TASK --model MODEL --out DIR [options]";
   po::options_description desc("Options");
   add_task_options(desc, 20000, 0);
-  desc.add_options()("model", po::value<std::string>()->default_value("gru-additive"),
-                     "gru | gru-additive | gru-dot | gru-general | gru-crf | lstm-additive | "
-                     "transformer (and lstm, lstm-dot, lstm-general, lstm-crf)")(
-      "out", po::value<std::string>()->required(), "output folder (DIR/model.h5) (required)")(
-      "tokenizer", po::value<std::string>()->default_value("char"),
-      "char | word (synthetic tasks are always char)")(
-      "epochs", po::value<int64_t>()->default_value(10), "passes over the training pairs")(
-      "time-budget", po::value<double>()->default_value(0.0),
-      "stop training after this many seconds (0 = no limit)")(
-      "budget-clock", po::value<std::string>()->default_value("wall"),
-      "clock of --time-budget: wall | cpu (process CPU time, for shared machines)")(
-      "batch-size", po::value<int64_t>()->default_value(64), "pairs per optimiser step")(
-      "lr", po::value<double>()->default_value(0.0),
-      "Adam learning rate (0 = 2e-3; the peak for the noam schedule)")(
-      "schedule", po::value<std::string>()->default_value("auto"),
-      "constant | noam | auto (noam for the transformer)")(
-      "warmup", po::value<int64_t>()->default_value(400), "warmup steps of the noam schedule")(
-      "decay", po::value<std::string>()->default_value("none"),
-      "none | linear (to zero at the end of --time-budget or of the epochs)")(
-      "label-smoothing", po::value<double>()->default_value(0.1), "label smoothing epsilon")(
-      "clip-norm", po::value<double>()->default_value(1.0), "gradient-norm clipping (0 = off)")(
-      "embedding-dim", po::value<int64_t>()->default_value(64), "RNN token embedding size")(
-      "hidden-dim", po::value<int64_t>()->default_value(128), "RNN hidden size per direction")(
-      "layers", po::value<int64_t>()->default_value(0),
-      "encoder and decoder layers (0 = 1 for RNNs, 2 for the transformer)")(
-      "model-dim", po::value<int64_t>()->default_value(128), "transformer width")(
-      "heads", po::value<int64_t>()->default_value(4), "transformer attention heads")(
-      "ff-dim", po::value<int64_t>()->default_value(256), "transformer feed-forward width")(
-      "positions", po::value<std::string>()->default_value("sinusoidal"),
-      "transformer positions: sinusoidal | learned")(
-      "dropout", po::value<double>()->default_value(0.1), "dropout probability")(
-      "model-max-length", po::value<int64_t>()->default_value(0),
-      "longest sequence the model accepts (0 = the task's longest, at least 32)")(
-      "valid-size", po::value<int64_t>()->default_value(500),
-      "held-out pairs evaluated after training")("quiet", po::bool_switch(), "no progress bar");
+  // Defaults come from the library's option structs (and the preset for --layers).
+  const pipeline::Seq2SeqTrainOptions train_defaults;
+  const models::text::Seq2SeqOptions model_defaults;
+  // clang-format off
+  desc.add_options()
+      ("model", po::value<std::string>()->default_value("gru-additive"),
+       "gru | gru-additive | gru-dot | gru-general | gru-crf | lstm-additive | transformer "
+       "(and lstm, lstm-dot, lstm-general, lstm-crf)")
+      ("out", po::value<std::string>()->required(), "output folder (DIR/model.h5) (required)")
+      ("tokenizer", po::value<std::string>()->default_value("char"),
+       "char | word (synthetic tasks are always char)")
+      ("epochs", po::value<int64_t>()->default_value(train_defaults.epochs),
+       "passes over the training pairs")
+      ("time-budget", po::value<double>()->default_value(train_defaults.time_budget_s),
+       "stop training after this many seconds (0 = no limit)")
+      ("budget-clock", po::value<std::string>()->default_value(train_defaults.budget_clock),
+       "clock of --time-budget: wall | cpu (process CPU time, for shared machines)")
+      ("batch-size", po::value<int64_t>()->default_value(train_defaults.batch_size),
+       "pairs per optimiser step")
+      ("lr", po::value<double>()->default_value(train_defaults.learning_rate),
+       "Adam learning rate (the peak for the noam schedule)")
+      ("schedule", po::value<std::string>()->default_value("auto"),
+       "constant | noam | auto (noam for the transformer)")
+      ("warmup", po::value<int64_t>()->default_value(train_defaults.warmup_steps),
+       "warmup steps of the noam schedule")
+      ("decay", po::value<std::string>()->default_value(train_defaults.decay),
+       "none | linear (to zero at the end of --time-budget or of the epochs)")
+      ("label-smoothing", po::value<double>()->default_value(train_defaults.label_smoothing),
+       "label smoothing epsilon")
+      ("clip-norm", po::value<double>()->default_value(train_defaults.clip_norm),
+       "gradient-norm clipping (0 = off)")
+      ("embedding-dim", po::value<int64_t>()->default_value(model_defaults.embedding_dim()),
+       "RNN token embedding size")
+      ("hidden-dim", po::value<int64_t>()->default_value(model_defaults.hidden_dim()),
+       "RNN hidden size per direction")
+      ("layers", po::value<int64_t>()->default_value(0),
+       "encoder and decoder layers (0 = the model's preset: 1 for RNNs, 2 for the transformer)")
+      ("model-dim", po::value<int64_t>()->default_value(model_defaults.model_dim()),
+       "transformer width")
+      ("heads", po::value<int64_t>()->default_value(model_defaults.heads()),
+       "transformer attention heads")
+      ("ff-dim", po::value<int64_t>()->default_value(model_defaults.ff_dim()),
+       "transformer feed-forward width")
+      ("positions", po::value<std::string>()->default_value(model_defaults.positions()),
+       "transformer positions: sinusoidal | learned")
+      ("dropout", po::value<double>()->default_value(model_defaults.dropout()),
+       "dropout probability")
+      ("model-max-length", po::value<int64_t>()->default_value(0),
+       "longest sequence the model accepts (0 = the task's longest, at least 32)")
+      ("valid-size", po::value<int64_t>()->default_value(500),
+       "held-out pairs evaluated after training")
+      ("quiet", po::bool_switch(), "no progress bar");
+  // clang-format on
   po::variables_map vm;
   if (!parse(usage_line, desc, args, vm)) return 0;
   const std::string usage = usage_text(usage_line, desc);
@@ -194,6 +218,7 @@ int run_train(const std::vector<std::string>& args) {
     require_at_least<int64_t>(vm, n, 1, usage);
   for (const char* n : {"layers", "model-max-length", "valid-size"})
     require_at_least<int64_t>(vm, n, 0, usage);
+  if (!(vm["lr"].as<double>() > 0)) throw UsageError("--lr must be > 0", usage);
   const std::string name = vm["model"].as<std::string>();
   models::text::Seq2SeqOptions options;
   try {
@@ -285,7 +310,7 @@ int run_train(const std::vector<std::string>& args) {
       .dropout(dropout)
       .max_length(max_length);
   const int64_t layers = vm["layers"].as<int64_t>();
-  options.layers(layers > 0 ? layers : (is_transformer ? 2 : 1));
+  if (layers > 0) options.layers(layers);
   torch::manual_seed(seed);
   pipeline::Seq2SeqBundle bundle{name, models::text::make_seq2seq(options), source_vocab,
                                  target_vocab, tokenizer};
@@ -293,9 +318,7 @@ int run_train(const std::vector<std::string>& args) {
   pipeline::Seq2SeqTrainOptions train;
   train.epochs = vm["epochs"].as<int64_t>();
   train.batch_size = vm["batch-size"].as<int64_t>();
-  const double lr = vm["lr"].as<double>();
-  constexpr double kRnnLearningRate = 2e-3, kTransformerPeak = 2e-3;
-  train.learning_rate = lr > 0 ? lr : (is_transformer ? kTransformerPeak : kRnnLearningRate);
+  train.learning_rate = vm["lr"].as<double>();
   train.schedule = schedule;
   train.warmup_steps = vm["warmup"].as<int64_t>();
   train.decay = decay;
@@ -388,12 +411,15 @@ int run_translate(const std::vector<std::string>& args) {
   desc.add_options()("model", po::value<std::string>()->required(),
                      "checkpoint written by seq2seq train (required)");
   add_decode_options(desc);
-  desc.add_options()("alignments", po::value<std::string>()->default_value(""),
-                     "write every sentence's attention matrix to this HDF5 file")(
-      "alignment-png", po::value<std::string>()->default_value(""),
-      "write one heatmap PNG per sentence into this folder")(
-      "text", po::value<std::vector<std::string>>()->multitoken(),
-      "sentences to translate (default: one per line from stdin)");
+  // clang-format off
+  desc.add_options()
+      ("alignments", po::value<std::string>()->default_value(""),
+       "write every sentence's attention matrix to this HDF5 file")
+      ("alignment-png", po::value<std::string>()->default_value(""),
+       "write one heatmap PNG per sentence into this folder")
+      ("text", po::value<std::vector<std::string>>()->multitoken(),
+       "sentences to translate (default: one per line from stdin)");
+  // clang-format on
   po::positional_options_description positional;
   positional.add("text", -1);
   po::variables_map vm;

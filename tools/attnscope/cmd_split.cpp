@@ -19,14 +19,16 @@ int run_split(const std::vector<std::string>& args, const GlobalOptions&) {
   std::string out;
   datasets::SplitOptions o;
   int folds = 0;
-  desc.add_options()  //
+  // clang-format off
+  desc.add_options()
       ("out", po::value(&out)->required(),
-       "CSV to write: image_id,label,group,split (or ...,fold with --folds)")             //
-      ("val", po::value(&o.val)->default_value(0.15, "0.15"), "fraction for validation")  //
-      ("test", po::value(&o.test)->default_value(0.15, "0.15"), "fraction for test")      //
+       "CSV to write: image_id,label,group,split (or ...,fold with --folds)")
+      ("val", po::value(&o.val)->default_value(0.15, "0.15"), "fraction for validation")
+      ("test", po::value(&o.test)->default_value(0.15, "0.15"), "fraction for test")
       ("folds", po::value(&folds)->default_value(0),
-       "write k-fold assignments instead (k >= 2); 0 = train/val/test")  //
+       "write k-fold assignments instead (k >= 2); 0 = train/val/test")
       ("seed", po::value(&o.seed)->default_value(0), "random seed");
+  // clang-format on
   po::variables_map vm;
   if (!parse(usage, desc, args, vm)) return 0;
   const auto fail = [&](const std::string& m) { throw UsageError(m, usage_text(usage, desc)); };

@@ -16,23 +16,25 @@ int run_synth(const std::vector<std::string>& args, const GlobalOptions&) {
   uint64_t seed = 0;
   int workers = 1;
   datasets::SyntheticOptions o;
-  desc.add_options()  //
+  // clang-format off
+  desc.add_options()
       ("out", po::value(&out)->required(),
-       "output folder: images/*.png, masks/*.png, labels.csv")                             //
-      ("count", po::value(&count)->default_value(100), "number of images")                 //
-      ("seed", po::value(&seed)->default_value(0), "random seed; same seed, same images")  //
-      ("size", po::value(&o.size)->default_value(224), "image side in pixels (>= 32)")     //
+       "output folder: images/*.png, masks/*.png, labels.csv")
+      ("count", po::value(&count)->default_value(100), "number of images")
+      ("seed", po::value(&seed)->default_value(0), "random seed; same seed, same images")
+      ("size", po::value(&o.size)->default_value(224), "image side in pixels (>= 32)")
       ("malignant-fraction", po::value(&o.malignant_fraction)->default_value(0.5, "0.5"),
-       "probability that an image is malignant")  //
+       "probability that an image is malignant")
       ("hair-probability", po::value(&o.hair_probability)->default_value(0.5, "0.5"),
-       "probability of hairs")  //
+       "probability of hairs")
       ("ruler-probability", po::value(&o.ruler_probability)->default_value(0.2, "0.2"),
-       "probability of ruler marks")  //
+       "probability of ruler marks")
       ("ink-probability", po::value(&o.ink_probability)->default_value(0.15, "0.15"),
-       "probability of ink marks")  //
+       "probability of ink marks")
       ("vignette-probability", po::value(&o.vignette_probability)->default_value(0.7, "0.7"),
-       "probability of the dermatoscope's dark circular vignette")  //
+       "probability of the dermatoscope's dark circular vignette")
       ("workers", po::value(&workers)->default_value(1), "threads writing images");
+  // clang-format on
   po::variables_map vm;
   if (!parse(usage, desc, args, vm)) return 0;
   const auto fail = [&](const std::string& m) { throw UsageError(m, usage_text(usage, desc)); };

@@ -21,20 +21,22 @@ struct DatasetFlags {
 
   /// Adds the flags to a subcommand's options.
   void add_to(po::options_description& desc) {
-    desc.add_options()  //
+    // clang-format off
+    desc.add_options()
         ("data", po::value(&data)->required(),
          "ground-truth CSV (any ISIC layout, HAM10000, image_id,label) or a folder of class "
-         "folders")  //
+         "folders")
         ("images", po::value(&images)->default_value(""),
-         "folder holding the images; default: the images/ folder next to the CSV")  //
+         "folder holding the images; default: the images/ folder next to the CSV")
         ("format", po::value(&format)->default_value("auto"),
-         "auto, isic2016, isic2017, isic2018, ham10000, isic2019, isic2020, generic, folders")  //
+         "auto, isic2016, isic2017, isic2018, ham10000, isic2019, isic2020, generic, folders")
         ("skip-missing", po::bool_switch(&skip_missing),
-         "drop ids whose image is missing instead of failing")  //
+         "drop ids whose image is missing instead of failing")
         ("multiclass", po::bool_switch(&multiclass),
-         "keep the format's own classes instead of benign/malignant")  //
+         "keep the format's own classes instead of benign/malignant")
         ("ak-benign", po::bool_switch(&ak_benign),
          "binary mode: count actinic keratosis (AKIEC/AK) as benign");
+    // clang-format on
   }
 
   /// Reads the dataset; a bad --format is a UsageError.

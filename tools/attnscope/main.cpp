@@ -1,5 +1,6 @@
-// attnscope: batch classification of dermoscopy images, attention maps and reports.
-// Global options come before the subcommand; each subcommand lives in its own cmd_*.cpp.
+// attnscope: the command-line front end of the libraries (data preparation, the seq2seq
+// models, presets, info; `attnscope --help` lists what is built). Global options come before
+// the subcommand; each subcommand lives in its own cmd_*.cpp and registers itself (cli.h).
 
 #include <iostream>
 #include <string>

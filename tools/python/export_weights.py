@@ -26,7 +26,10 @@ import argparse
 import datetime
 import json
 import os
+import functools
 import re
+import shutil
+import subprocess
 import sys
 
 import h5py
@@ -43,14 +46,37 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 INCEPTION_MEAN = [0.5, 0.5, 0.5]
 INCEPTION_STD = [0.5, 0.5, 0.5]
 
-# Preset -> (embed_dim, depth, heads, patch): what attnscope's ViT presets mean.
-VIT_PRESETS = {
-    "vit_tiny_patch16": (192, 12, 3, 16),
-    "vit_small_patch16": (384, 12, 6, 16),
-    "vit_base_patch16": (768, 12, 12, 16),
-    "vit_mini_patch8": (128, 6, 4, 8),
-}
-CNN_PRESETS = ["resnet18", "resnet34", "resnet50", "vgg16", "vgg16_bn", "small_cnn"]
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@functools.lru_cache(maxsize=None)
+def presets():
+    """The image presets as attnscope defines them, {name: preset}, from `attnscope presets
+    --json` (models/vision/presets.cpp is their one definition). The program is $ATTNSCOPE,
+    else build/bin/attnscope of this checkout, else attnscope on the PATH."""
+    exe = os.environ.get("ATTNSCOPE") or os.path.join(REPO, "build", "bin", "attnscope")
+    if not os.path.exists(exe):
+        exe = shutil.which("attnscope") or exe
+    try:
+        out = subprocess.run([exe, "presets", "--json"], check=True, capture_output=True,
+                             text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        fail(f"cannot ask {exe} for its presets ({e}); build attnscope or set $ATTNSCOPE")
+    return {p["arch"]: p for p in json.loads(out)["presets"]}
+
+
+def vit_presets():
+    """ViT preset -> (embed_dim, depth, heads, patch)."""
+    return {name: (p["embed_dim"], p["depth"], p["num_heads"], p["patch_size"])
+            for name, p in presets().items() if p["family"] == "vit"}
+
+
+def cnn_presets():
+    """The plain CNN presets (torchvision's ResNets and VGGs, small_cnn)."""
+    return [name for name, p in presets().items() if p["family"] in ("resnet", "vgg")]
+
+
+# The attention-CNN presets whose whole checkpoint (not only the backbone) this converts.
 ATTN_PRESETS = ["attn_vgg16"]
 
 # AttnMel's AttnVGG -> attnscope's attn_vgg16, by name (the tensors are the same, shapes too):
@@ -65,6 +91,7 @@ ATTN_PRESETS = ["attn_vgg16"]
 # --normalizer softmax, False (its default) sigmoid.
 ATTNMEL_BLOCK_START = {1: 0, 2: 7, 3: 14, 4: 24, 5: 34}
 ATTNMEL_PREFIXES = {"attn1.": "attention.0.", "attn2.": "attention.1.", "cls.": "classifier."}
+
 HEAD_PREFIXES = {"resnet": ["fc."], "vgg": ["classifier."], "vit": ["head."]}
 
 
@@ -137,7 +164,7 @@ def infer_arch(sd):
         dim, _, patch, _ = sd["patch_embed.proj.weight"].shape
         depth = 1 + max(int(m.group(1)) for k in sd
                         for m in [re.match(r"blocks\.(\d+)\.", k)] if m)
-        for arch, (d, n, _, p) in VIT_PRESETS.items():
+        for arch, (d, n, _, p) in vit_presets().items():
             if (d, n, p) == (dim, depth, patch):
                 return arch
         fail(f"ViT with embed_dim {dim}, depth {depth}, patch {patch} matches no preset; "
@@ -196,7 +223,7 @@ def convert(sd, arch, backbone_only, image_size):
             continue
         t = tensor.detach().cpu()
         if fam == "vit" and name == "pos_embed" and image_size:
-            t = resize_pos_embed(t, image_size // VIT_PRESETS[arch][3])
+            t = resize_pos_embed(t, image_size // vit_presets()[arch][3])
         out[name] = t.numpy()
     # timm names the ViT's norm layers / mlp like attnscope; refuse what attnscope lacks.
     if fam == "vit":
@@ -254,7 +281,7 @@ def main(argv=None):
                         help="classes of the head (default: the state_dict's)")
     parser.add_argument("--image-size", type=int, default=0,
                         help="input size; a ViT's position embedding is resized to it "
-                             "(default: 224, or the preset's)")
+                             "(default: the preset's)")
     parser.add_argument("--backbone-only", action="store_true",
                         help="leave out the head (fc / classifier / head) for a model whose "
                              "head differs; load with pipeline::load_image_backbone")
@@ -271,9 +298,9 @@ def main(argv=None):
     sd, source, library = load_state_dict(args.source)
     sd = {k: v for k, v in sd.items()}
     arch = args.arch or infer_arch(sd)
-    if arch not in CNN_PRESETS and arch not in VIT_PRESETS and arch not in ATTN_PRESETS:
-        fail(f"--arch {arch}: expected one of "
-             f"{', '.join(CNN_PRESETS + list(VIT_PRESETS) + ATTN_PRESETS)} "
+    known = cnn_presets() + list(vit_presets()) + ATTN_PRESETS
+    if arch not in known:
+        fail(f"--arch {arch}: expected one of {', '.join(known)} "
              "(other attention-CNNs load a backbone checkpoint: export the backbone with "
              "--backbone-only)")
     fam = family(arch)
@@ -294,8 +321,7 @@ def main(argv=None):
              "use --backbone-only to leave the head out")
     num_classes = args.num_classes or stored_classes
 
-    default_size = 64 if arch == "vit_mini_patch8" else 224
-    image_size = args.image_size or default_size
+    image_size = args.image_size or presets()[arch]["image_size"]
     tensors = convert(sd, arch, args.backbone_only, image_size if fam == "vit" else 0)
 
     if library is None:

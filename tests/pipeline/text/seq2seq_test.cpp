@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "attnscope/error.h"
+#include "attnscope/special_tokens.h"
 #include "datasets/text/pairs.h"
 #include "models/text/decoding.h"
 #include "pipeline/checkpoint.h"
@@ -152,71 +153,95 @@ TEST(Seq2SeqTrain, ProgressLineShowsLossAndTokensPerSecond) {
       << line;
 }
 
-// A small copy model: trained (for the learning test) or as initialised (for the tests that
-// only need a working model; ctest runs every test in its own process).
-struct Trained {
-  Seq2SeqBundle bundle;
-  std::vector<text::TextPair> valid;
-  Seq2SeqTrainResult result;
+// Sets torch's intra-op thread count for one test and restores it afterwards, so that running
+// the test binary directly (all tests in one process) leaves later tests as it found them.
+class ScopedThreads {
+ public:
+  explicit ScopedThreads(int threads) : saved_(torch::get_num_threads()) {
+    torch::set_num_threads(threads);
+  }
+  ~ScopedThreads() { torch::set_num_threads(saved_); }
+  ScopedThreads(const ScopedThreads&) = delete;
+  ScopedThreads& operator=(const ScopedThreads&) = delete;
+
+ private:
+  int saved_;
 };
 
-Trained copy_model(bool train_it) {
-  {
-    Trained t;
-    // One intra-op thread: on a shared machine more threads only spin against each other.
-    torch::set_num_threads(1);
-    text::TaskOptions task;
-    task.task = "copy";
-    task.count = 3000;
-    task.min_length = 3;
-    task.max_length = 8;
-    task.seed = 1;
-    const auto pairs = text::generate_task(task);
-    task.seed = 2;
-    task.count = 200;
-    t.valid = text::generate_task(task);
-    std::vector<std::vector<std::string>> tokens;
-    for (const auto& p : pairs)
-      tokens.push_back(text::tokenize(p.source, text::TokenizerKind::kChar));
-    const auto vocab = text::Vocabulary::build(tokens);
-    auto options = models::text::seq2seq_preset("gru-additive")
-                       .source_vocab(vocab.size())
-                       .target_vocab(vocab.size())
-                       .embedding_dim(16)
-                       .hidden_dim(32)
-                       .dropout(0.0)
-                       .max_length(16);
-    torch::manual_seed(1);
-    t.bundle = {"gru-additive", models::text::make_seq2seq(options), vocab, vocab,
-                text::TokenizerKind::kChar};
-    const auto data = text::encode_pairs(pairs, vocab, vocab, text::TokenizerKind::kChar, 16,
-                                         text::LengthPolicy::kSkip);
-    Seq2SeqTrainOptions train;
-    train.epochs = 8;
-    train.batch_size = 32;
-    train.learning_rate = 3e-3;
-    train.seed = 1;
-    if (train_it) t.result = train_seq2seq(*t.bundle.model, data, train);
-    t.bundle.model->eval();
-    return t;
-  }
+// A small copy model as initialised, its training pairs (encoded) and held-out pairs (text).
+// ctest runs every test in its own process, so each test builds its own.
+struct CopyModel {
+  Seq2SeqBundle bundle;
+  text::EncodedPairs train;
+  std::vector<text::TextPair> valid;
+};
+
+CopyModel copy_model() {
+  CopyModel t;
+  text::TaskOptions task;
+  task.task = "copy";
+  task.count = 3000;
+  task.min_length = 3;
+  task.max_length = 8;
+  task.seed = 1;
+  const auto pairs = text::generate_task(task);
+  task.seed = 2;
+  task.count = 200;
+  t.valid = text::generate_task(task);
+  std::vector<std::vector<std::string>> tokens;
+  for (const auto& p : pairs)
+    tokens.push_back(text::tokenize(p.source, text::TokenizerKind::kChar));
+  const auto vocab = text::Vocabulary::build(tokens);
+  auto options = models::text::seq2seq_preset("gru-additive")
+                     .source_vocab(vocab.size())
+                     .target_vocab(vocab.size())
+                     .embedding_dim(16)
+                     .hidden_dim(32)
+                     .dropout(0.0)
+                     .max_length(16);
+  torch::manual_seed(1);
+  t.bundle = {"gru-additive", models::text::make_seq2seq(options), vocab, vocab,
+              text::TokenizerKind::kChar};
+  t.bundle.model->eval();
+  t.train = text::encode_pairs(pairs, vocab, vocab, text::TokenizerKind::kChar, 16,
+                               text::LengthPolicy::kSkip);
+  return t;
 }
 
 // A fresh copy_model-sized model and copy_model's held-out pairs, encoded, for training tests.
 std::pair<std::shared_ptr<models::text::Seq2SeqModel>, text::EncodedPairs> untrained_copy_model() {
-  const auto t = copy_model(false);
+  const auto t = copy_model();
   return {models::text::make_seq2seq(t.bundle.model->options()),
           text::encode_pairs(t.valid, t.bundle.source_vocab, t.bundle.target_vocab,
                              text::TokenizerKind::kChar, 16, text::LengthPolicy::kSkip)};
 }
 
+// Trained to convergence, not for a fixed number of epochs: another CPU takes other BLAS
+// kernels and so another trajectory (an AVX-512 EPYC reached exact match 0.665 after the 8
+// epochs that sufficed on the development machine). Training goes on one epoch at a time until
+// the held-out exact match passes 0.97, for at most kMaxEpochs — five times what the
+// development machine needs — and the test asserts the quality, not the epoch it came at.
 TEST(Seq2SeqTrain, GruAdditiveLearnsTheCopyTask) {
-  const auto t = copy_model(true);
-  EXPECT_EQ(t.result.epochs_completed, 8);
-  const auto eval =
-      evaluate_seq2seq(t.bundle, t.valid, models::text::DecodeOptions().max_length(16));
-  EXPECT_GT(eval.metrics.exact_match, 0.9);
-  EXPECT_GT(eval.metrics.bleu, 90.0);
+  const ScopedThreads one_thread(1);  // on a shared machine more threads only spin
+  auto t = copy_model();
+  constexpr int64_t kMaxEpochs = 40;
+  Seq2SeqEvaluation eval;
+  int64_t epochs = 0;
+  while (epochs < kMaxEpochs) {
+    Seq2SeqTrainOptions train;
+    train.epochs = 1;
+    train.batch_size = 32;
+    train.learning_rate = 3e-3;
+    train.seed = static_cast<uint64_t>(epochs) + 1;  // a new batch order each epoch
+    const auto result = train_seq2seq(*t.bundle.model, t.train, train);
+    ASSERT_EQ(result.epochs_completed, 1);
+    ++epochs;
+    eval = evaluate_seq2seq(t.bundle, t.valid, models::text::DecodeOptions().max_length(16));
+    if (eval.metrics.exact_match > 0.97) break;
+  }
+  RecordProperty("epochs", static_cast<int>(epochs));
+  EXPECT_GT(eval.metrics.exact_match, 0.9) << "after " << epochs << " epochs";
+  EXPECT_GT(eval.metrics.bleu, 90.0) << "after " << epochs << " epochs";
   EXPECT_EQ(eval.failed, 0);
 }
 
@@ -250,12 +275,18 @@ TEST(Seq2SeqTrain, LinearDecayReachesZeroAtTheEndOfTheEpochs) {
     rates.emplace_back(p.step, p.learning_rate);
   };
   const auto result = train_seq2seq(*model, data, train);
-  ASSERT_EQ(static_cast<int64_t>(rates.size()), result.steps);
-  ASSERT_GT(result.steps, 3);
-  // Closed form: lr_s = lr · (1 - (s - 1) / total), total = epochs × batches per epoch.
-  for (const auto& [step, lr] : rates) {
+  // Closed form: lr_s = lr · (1 - (s - 1) / total), total = epochs × batches per epoch, the
+  // batches counted here from the data (ceil(pairs / batch size)), not taken from the result.
+  const auto pairs = static_cast<int64_t>(data.sources.size());
+  const int64_t total = 3 * ((pairs + 7) / 8);
+  ASSERT_GT(total, 3);
+  EXPECT_EQ(result.steps, total);
+  ASSERT_EQ(static_cast<int64_t>(rates.size()), total);
+  for (std::size_t i = 0; i < rates.size(); ++i) {
+    const auto& [step, lr] = rates[i];
+    EXPECT_EQ(step, static_cast<int64_t>(i) + 1);
     const double expected =
-        1e-3 * (1.0 - static_cast<double>(step - 1) / static_cast<double>(result.steps));
+        1e-3 * (1.0 - static_cast<double>(step - 1) / static_cast<double>(total));
     EXPECT_NEAR(lr, expected, 1e-12) << "step " << step;
   }
   train.decay = "cosine";
@@ -264,7 +295,7 @@ TEST(Seq2SeqTrain, LinearDecayReachesZeroAtTheEndOfTheEpochs) {
 }
 
 TEST(Seq2SeqCheckpoint, RoundTripGivesTheSameTranslations) {
-  const auto t = copy_model(false);
+  const auto t = copy_model();
   test::TempDir dir;
   save_seq2seq(dir / "model.h5", t.bundle, {{"seed", 1}});
   const auto back = load_seq2seq(dir / "model.h5");
@@ -290,7 +321,7 @@ TEST(Seq2SeqCheckpoint, RoundTripGivesTheSameTranslations) {
 }
 
 TEST(Seq2SeqTranslate, BadInputsAreReportedAndTheOthersGoOn) {
-  const auto t = copy_model(false);
+  const auto t = copy_model();
   const std::vector<std::string> inputs = {"abc", "", "ab\xFF", std::string(40, 'a')};
   const auto out = translate(t.bundle, inputs, models::text::DecodeOptions().max_length(16));
   EXPECT_TRUE(out[0].error.empty());
@@ -302,7 +333,7 @@ TEST(Seq2SeqTranslate, BadInputsAreReportedAndTheOthersGoOn) {
 }
 
 TEST(Seq2SeqTranslate, AlignmentsAreReadableWithH5py) {
-  const auto t = copy_model(false);
+  const auto t = copy_model();
   test::TempDir dir;
   const auto out =
       translate(t.bundle, {"abcd", "\xFF"}, models::text::DecodeOptions().max_length(16));
@@ -326,11 +357,15 @@ TEST(Seq2SeqTranslate, AlignmentsAreReadableWithH5py) {
                           " 1.0 invalid UTF-8 at byte 0\n");
 }
 
-TEST(Seq2SeqTranslate, DecodingUsesTheVocabularysSpecialIds) {
-  // models/text repeats <bos> = 1 and <eos> = 2 because models/ cannot include datasets/.
-  EXPECT_EQ(text::Vocabulary::kBos, 1);
-  EXPECT_EQ(text::Vocabulary::kEos, 2);
-  EXPECT_EQ(text::Vocabulary::kPad, 0);
+TEST(Seq2SeqTranslate, VocabularyNumbersItsSpecialsAsTheDecodersExpect) {
+  // The ids are one definition (attnscope/special_tokens.h); the vocabulary must also place its
+  // special tokens at those ids.
+  const text::Vocabulary vocab;
+  EXPECT_EQ(vocab.id("<pad>"), special_tokens::kPad);
+  EXPECT_EQ(vocab.id("<bos>"), special_tokens::kBos);
+  EXPECT_EQ(vocab.id("<eos>"), special_tokens::kEos);
+  EXPECT_EQ(vocab.id("<unk>"), special_tokens::kUnk);
+  EXPECT_EQ(vocab.size(), 4);
 }
 
 }  // namespace

@@ -14,10 +14,19 @@
 #include "pipeline/vision/image_model_config.h"
 #include "test_support.h"
 
+#ifndef ATTNSCOPE_EXE  // a build without the tools: where build/bin would hold the program
+#define ATTNSCOPE_EXE ATTNSCOPE_BINARY_DIR "/bin/attnscope"
+#endif
+
 namespace attnscope::pipeline {
 namespace {
 
 constexpr double kTolerance = 1e-4;
+
+// Python with $ATTNSCOPE naming the program export_weights.py asks for the presets.
+std::string python() {
+  return std::string("ATTNSCOPE=") + ATTNSCOPE_EXE + " " + test::python();
+}
 
 double relative_error(const torch::Tensor& got, const torch::Tensor& want) {
   return ((got - want).norm() / want.norm()).item<double>();
@@ -26,8 +35,8 @@ double relative_error(const torch::Tensor& got, const torch::Tensor& want) {
 // Runs tests/python/vision_parity.py; returns the loaded checkpoint.
 LoadedImageClassifier make_reference(const test::TempDir& dir, const std::string& arch) {
   const auto result =
-      test::run_process(test::python() + " " + ATTNSCOPE_SOURCE_DIR +
-                        "/tests/python/vision_parity.py " + arch + " " + dir.path().string());
+      test::run_process(python() + " " + ATTNSCOPE_SOURCE_DIR + "/tests/python/vision_parity.py " +
+                        arch + " " + dir.path().string());
   EXPECT_EQ(result.status, 0) << result.output;
   auto loaded = load_image_classifier(dir / "model.h5");
   loaded.model->eval();
@@ -68,7 +77,8 @@ TEST(ImageParity, VitMatchesPythonReference) {
   EXPECT_LE(relative_error(out.logits, reference(dir, "logits")), kTolerance);
   ASSERT_FALSE(out.attention.empty());
   EXPECT_LE(relative_error(out.attention.back(), reference(dir, "attn_last")), kTolerance);
-  // A larger image: the position embedding is interpolated (bicubic) on both sides.
+  // A larger image: the C++ model resizes its position embedding with torch's bicubic
+  // interpolate; the reference resizes it with the formula written out in vision_parity.py.
   const auto large = loaded.model->forward(reference(dir, "input_large")).logits;
   EXPECT_LE(relative_error(large, reference(dir, "logits_large")), kTolerance);
 }
@@ -106,9 +116,9 @@ TEST(ImageParity, BackboneOnlyExportLoadsIntoAnAttentionCnn) {
   test::TempDir dir;
   auto resnet = make_reference(dir, "resnet18");
   const auto backbone = dir / "backbone.h5";
-  const auto result = test::run_process(test::python() + " " + ATTNSCOPE_SOURCE_DIR +
-                                        "/tools/python/export_weights.py " + (dir / "model.pth") +
-                                        " " + backbone + " --backbone-only --num-classes 2");
+  const auto result =
+      test::run_process(python() + " " + ATTNSCOPE_SOURCE_DIR + "/tools/python/export_weights.py " +
+                        (dir / "model.pth") + " " + backbone + " --backbone-only --num-classes 2");
   ASSERT_EQ(result.status, 0) << result.output;
   models::vision::ImageModelConfig config;
   config.arch = "attn_resnet18";
@@ -141,16 +151,14 @@ TEST(ImageExport, RefusesWhatItCannotMap) {
       "'cls.weight': torch.zeros(2, 2), 'attn3.psi.weight': torch.zeros(1)}, '" +
       (dir / "attnmel.pth") + "')\"");
   ASSERT_EQ(py.status, 0) << py.output;
-  auto r =
-      test::run_process(test::python() + " " + script + (dir / "odd.pth") + " " + (dir / "odd.h5"));
+  auto r = test::run_process(python() + " " + script + (dir / "odd.pth") + " " + (dir / "odd.h5"));
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.output.find("cannot tell the architecture"), std::string::npos) << r.output;
-  r = test::run_process(test::python() + " " + script + (dir / "r18.pth") + " " + (dir / "r18.h5") +
+  r = test::run_process(python() + " " + script + (dir / "r18.pth") + " " + (dir / "r18.h5") +
                         " --num-classes 2");
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.output.find("--backbone-only"), std::string::npos) << r.output;
-  r = test::run_process(test::python() + " " + script + (dir / "missing.pth") + " " +
-                        (dir / "x.h5"));
+  r = test::run_process(python() + " " + script + (dir / "missing.pth") + " " + (dir / "x.h5"));
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.output.find("missing.pth"), std::string::npos) << r.output;
   // An AttnMel state_dict with a tensor of no AttnMel layer; a normaliser for a plain CNN.
