@@ -1,5 +1,7 @@
 #include "datasets/csv.h"
 
+#include <cctype>
+
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -99,6 +101,20 @@ CsvTable read_csv(const std::string& path, bool has_header) {
   std::ostringstream buffer;
   buffer << in.rdbuf();
   return parse_csv(buffer.str(), path, has_header);
+}
+
+std::string csv_field(const std::string& value) {
+  const bool quote = value.find_first_of(",\"\r\n") != std::string::npos ||
+                     (!value.empty() && (std::isspace(static_cast<unsigned char>(value.front())) ||
+                                         std::isspace(static_cast<unsigned char>(value.back()))));
+  if (!quote) return value;
+  std::string out = "\"";
+  for (const char c : value) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  out += '"';
+  return out;
 }
 
 }  // namespace attnscope::datasets

@@ -35,4 +35,8 @@ CsvTable read_csv(const std::string& path, bool has_header = true);
 /// Trims ASCII whitespace at both ends.
 std::string trim(const std::string& s);
 
+/// One CSV field as RFC 4180 writes it: quoted (inner quotes doubled) when it holds a comma,
+/// a quote, CR or LF, or leading/trailing whitespace; as is otherwise. parse_csv reads it back.
+std::string csv_field(const std::string& value);
+
 }  // namespace attnscope::datasets

@@ -53,6 +53,9 @@ struct Dataset {
   std::string source;             ///< the CSV or folder read
   /// Ids dropped because their image was missing (ReadOptions::skip_missing).
   std::vector<std::string> skipped;
+  /// Folder entries that could not be used (symlink loops, dangling symlinks), one line each;
+  /// the dataset was read without them.
+  std::vector<std::string> warnings;
 
   /// Number of labelled samples per class. Shape: (num_classes).
   std::vector<int64_t> class_counts() const;

@@ -9,6 +9,7 @@
 #include "attnscope/error.h"
 #include "datasets/csv.h"
 #include "datasets/formats/formats.h"
+#include "datasets/walk.h"
 
 // Format detection, the assembly of rows into a Dataset (class indices, duplicate and unsafe
 // ids, image lookup) and class folders. Each CSV format's reader is in datasets/formats/.
@@ -26,9 +27,10 @@ class ImageIndex {
  public:
   explicit ImageIndex(const std::string& dir) : dir_(dir) {
     check(fs::is_directory(dir), dir, "image folder not found");
-    for (const auto& entry : fs::directory_iterator(dir)) {
-      if (!entry.is_regular_file()) continue;
-      const auto name = entry.path().filename().string();
+    auto listing = list_folder(dir);  // a symlink loop is one problem, not the end of the run
+    problems_ = std::move(listing.problems);
+    for (const auto& file : listing.files) {
+      const auto name = file.filename().string();
       const auto dot = name.rfind('.');
       if (dot == std::string::npos) continue;
       const auto ext = lower(name.substr(dot));
@@ -36,7 +38,7 @@ class ImageIndex {
       const auto rank = std::find(exts.begin(), exts.end(), ext) - exts.begin();
       if (rank == static_cast<std::ptrdiff_t>(exts.size())) continue;
       auto& best = files_[name.substr(0, dot)];
-      if (best.first.empty() || rank < best.second) best = {entry.path().string(), rank};
+      if (best.first.empty() || rank < best.second) best = {file.string(), rank};
     }
   }
   std::optional<std::string> find(const std::string& id) const {
@@ -44,9 +46,11 @@ class ImageIndex {
     if (it == files_.end()) return std::nullopt;
     return it->second.first;
   }
+  const std::vector<std::string>& problems() const { return problems_; }
 
  private:
   std::string dir_;
+  std::vector<std::string> problems_;
   std::unordered_map<std::string, std::pair<std::string, std::ptrdiff_t>> files_;
 };
 
@@ -104,6 +108,7 @@ Dataset assemble(std::vector<RawRow> rows, Format format, std::vector<std::strin
 
   if (!options.images_dir.empty()) {
     const ImageIndex index(options.images_dir);
+    ds.warnings.insert(ds.warnings.end(), index.problems().begin(), index.problems().end());
     std::vector<Sample> kept;
     std::string missing;
     std::size_t n_missing = 0;
@@ -178,9 +183,10 @@ Format detect_format(const std::string& csv_path) {
 Dataset read_class_folders(const std::string& root, const ReadOptions& options) {
   check(fs::is_directory(root), root, "not a folder");
   std::vector<std::string> classes;
-  for (const auto& entry : fs::directory_iterator(root))
-    if (entry.is_directory()) classes.push_back(entry.path().filename().string());
-  std::sort(classes.begin(), classes.end());
+  auto top = list_folder(root);
+  std::vector<std::string> warnings = std::move(top.problems);
+  for (const auto& folder : top.folders)
+    classes.push_back(folder.filename().string());
   check(!classes.empty(), root, "no class folders inside");
   Problems problems(root);
   if (options.mode == LabelMode::kBinary) {
@@ -194,13 +200,13 @@ Dataset read_class_folders(const std::string& root, const ReadOptions& options) 
   std::vector<Sample> samples;
   for (const auto& cls : classes) {
     std::vector<fs::path> files;
-    for (const auto& entry : fs::directory_iterator(fs::path(root) / cls)) {
-      const auto ext = lower(entry.path().extension().string());
+    auto listing = list_folder(fs::path(root) / cls);
+    warnings.insert(warnings.end(), listing.problems.begin(), listing.problems.end());
+    for (const auto& file : listing.files) {
+      const auto ext = lower(file.extension().string());
       const auto& exts = image_extensions();
-      if (entry.is_regular_file() && std::find(exts.begin(), exts.end(), ext) != exts.end())
-        files.push_back(entry.path());
+      if (std::find(exts.begin(), exts.end(), ext) != exts.end()) files.push_back(file);
     }
-    std::sort(files.begin(), files.end());
     for (const auto& f : files) {
       rows.push_back({0, f.stem().string(), cls});
       Sample smp;
@@ -213,6 +219,7 @@ Dataset read_class_folders(const std::string& root, const ReadOptions& options) 
   auto ds = assemble(rows, Format::kFolders, classes, o, root, problems);
   for (std::size_t i = 0; i < ds.samples.size(); ++i)
     ds.samples[i].path = samples[i].path;
+  ds.warnings.insert(ds.warnings.begin(), warnings.begin(), warnings.end());
   return ds;
 }
 

@@ -3,11 +3,12 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <fstream>
 #include <map>
 #include <numeric>
 
+#include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
+#include "datasets/csv.h"
 #include "preprocessing/augment.h"
 
 namespace attnscope::datasets {
@@ -66,15 +67,16 @@ std::map<int64_t, std::vector<std::size_t>> strata(const std::vector<Group>& gro
 
 void write_rows(const std::string& path, const Dataset& ds, const std::string& last_column,
                 const std::vector<std::string>& values) {
-  std::ofstream out(path);
-  check(static_cast<bool>(out), path, "cannot write CSV");
-  out << "image_id,label,group," << last_column << "\n";
+  check(!ds.samples.empty(), path, "the dataset has no samples: nothing to split");
+  std::string text = "image_id,label,group," + last_column + "\n";
   for (std::size_t i = 0; i < ds.samples.size(); ++i) {
     const auto& s = ds.samples[i];
-    out << s.image_id << "," << ds.class_names.at(static_cast<std::size_t>(s.label)) << ","
-        << s.group.value_or("") << "," << values[i] << "\n";
+    text += csv_field(s.image_id) + "," +
+            csv_field(ds.class_names.at(static_cast<std::size_t>(s.label))) + "," +
+            csv_field(s.group.value_or("")) + "," + csv_field(values[i]) + "\n";
   }
-  check(static_cast<bool>(out), path, "write error");
+  // Temporary file + rename: a full disk or a kill leaves the previous CSV, never a cut one.
+  write_file_atomically(path, text);
 }
 
 }  // namespace

@@ -7,10 +7,12 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <sstream>
 #include <thread>
 
 #include <opencv2/imgproc.hpp>
 
+#include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
 #include "preprocessing/augment.h"
 #include "preprocessing/decode.h"
@@ -303,8 +305,7 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
 
   const auto csv = (fs::path(dir) / "labels.csv").string();
   {
-    std::ofstream out(csv);
-    check(static_cast<bool>(out), csv, "cannot write");
+    std::ostringstream out;
     out << "image_id,label,mask,hairs,ruler,ink,vignette\n";
     for (int64_t i = 0; i < count; ++i) {
       const auto& r = rows[static_cast<std::size_t>(i)];
@@ -312,7 +313,7 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
       out << id << "," << (r.label ? "malignant" : "benign") << ",masks/" << id << ".png,"
           << r.hairs << "," << r.ruler << "," << r.ink << "," << r.vignette << "\n";
     }
-    check(static_cast<bool>(out), csv, "write error");
+    write_file_atomically(csv, out.str());
   }
   ReadOptions read;
   read.images_dir = (fs::path(dir) / "images").string();

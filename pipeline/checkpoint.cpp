@@ -15,7 +15,50 @@ namespace attnscope::pipeline {
 namespace {
 
 constexpr const char* kFormat = "attnscope-checkpoint";
-constexpr const char* kFormatVersion = "1";
+// 2: adds tensor_checksum. 1 (no checksum) is still read.
+constexpr const char* kFormatVersion = "2";
+
+// FNV-1a, 64 bits: enough to catch bit flips and truncation (not an adversary).
+class Fnv1a {
+ public:
+  void add(const void* data, std::size_t size) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    for (std::size_t i = 0; i < size; ++i) {
+      hash_ ^= p[i];
+      hash_ *= 0x100000001b3ULL;
+    }
+  }
+  template <typename T>
+  void add_value(T value) {
+    add(&value, sizeof(value));
+  }
+  std::string hex() const {
+    char text[17];
+    std::snprintf(text, sizeof(text), "%016llx", static_cast<unsigned long long>(hash_));
+    return text;
+  }
+
+ private:
+  uint64_t hash_ = 0xcbf29ce484222325ULL;
+};
+
+// The checksum of the tensors as stored: names in sorted order, each with its element size,
+// shape and bytes (bool stored as uint8, as h5::write_tensor does).
+std::string tensor_checksum(const std::map<std::string, torch::Tensor>& tensors) {
+  Fnv1a h;
+  for (const auto& [name, tensor] : tensors) {
+    auto t = tensor.detach().to(torch::kCPU);
+    if (t.scalar_type() == at::kBool) t = t.to(at::kByte);
+    t = t.contiguous();
+    h.add(name.data(), name.size() + 1);
+    h.add_value<int64_t>(static_cast<int64_t>(t.element_size()));
+    h.add_value<int64_t>(t.dim());
+    for (const auto d : t.sizes())
+      h.add_value<int64_t>(d);
+    h.add(t.data_ptr(), t.numel() * t.element_size());
+  }
+  return "fnv1a64:" + h.hex();
+}
 
 std::string shape_string(const std::vector<int64_t>& shape) {
   std::ostringstream out;
@@ -56,9 +99,8 @@ std::map<std::string, torch::Tensor> module_tensors(const torch::nn::Module& mod
 
 void save_checkpoint(const std::string& path, const torch::nn::Module& module,
                      const CheckpointMeta& meta) {
-  const std::string tmp = path + ".tmp";
   {
-    auto file = h5::File::create(tmp);
+    h5::OutputFile file(path);
     for (const auto& [name, tensor] : module_tensors(module))
       h5::write_tensor(file.id(), name, tensor, path);
     const auto root = file.id();
@@ -70,13 +112,8 @@ void save_checkpoint(const std::string& path, const torch::nn::Module& module,
     h5::write_attribute(root, "class_names", nlohmann::json(meta.class_names).dump(), path);
     h5::write_attribute(root, "provenance", meta.provenance.dump(), path);
     h5::write_attribute(root, "extra", meta.extra.dump(), path);
-    file.flush();
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::filesystem::remove(tmp);
-    throw Error(path, concat("cannot replace checkpoint: ", ec.message()));
+    h5::write_attribute(root, "tensor_checksum", tensor_checksum(module_tensors(module)), path);
+    file.commit();
   }
 }
 
@@ -86,6 +123,11 @@ CheckpointMeta read_checkpoint_meta(const std::string& path) {
   check(h5::has_attribute(root, "format") &&
             h5::read_string_attribute(root, "format", path) == kFormat,
         path, "not an attnscope checkpoint (root attribute format != '", kFormat, "')");
+  const auto version = h5::has_attribute(root, "format_version")
+                           ? h5::read_string_attribute(root, "format_version", path)
+                           : std::string("(none)");
+  check(version == "1" || version == "2", path, "checkpoint format_version ", version,
+        " is not supported (this build reads 1 and 2); a newer attnscope wrote it?");
   CheckpointMeta meta;
   auto get = [&](const char* name, const nlohmann::json& fallback) {
     auto value = parse_attribute(root, name, path);
@@ -113,9 +155,30 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_tensors(
   return out;
 }
 
+void verify_checkpoint(const std::string& path) {
+  read_checkpoint_meta(path);  // format and format_version
+  auto file = h5::File::open(path);
+  const auto version = h5::read_string_attribute(file.id(), "format_version", path);
+  std::map<std::string, torch::Tensor> stored;
+  for (const auto& name : h5::children(file.id()))
+    stored[name] = h5::read_tensor(file.id(), name, path);
+  if (version != "1") {  // version 1 predates the checksum
+    check(h5::has_attribute(file.id(), "tensor_checksum"), path, "format_version ", version,
+          " checkpoint without a tensor_checksum attribute");
+    const auto expected = h5::read_string_attribute(file.id(), "tensor_checksum", path);
+    const auto actual = tensor_checksum(stored);
+    check(actual == expected, path, "tensor checksum mismatch (stored ", expected, ", computed ",
+          actual, "): the file is corrupt (a flipped bit, a cut copy) or was edited");
+  }
+  for (const auto& [name, tensor] : stored)
+    if (tensor.is_floating_point())
+      check(!tensor.isnan().any().item<bool>(), path, "tensor '", name,
+            "' holds NaN values; refusing to load a broken model");
+}
+
 void load_checkpoint(const std::string& path, torch::nn::Module& module,
                      const LoadOptions& options) {
-  read_checkpoint_meta(path);  // checks that it is a checkpoint at all
+  verify_checkpoint(path);  // format, version, checksum, NaN: before anything is copied
   auto file = h5::File::open(path);
   auto stored = checkpoint_tensors(path);
   std::map<std::string, std::vector<int64_t>> stored_shapes(stored.begin(), stored.end());

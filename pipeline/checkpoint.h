@@ -5,13 +5,16 @@
 //
 // Root attributes:
 //   format               "attnscope-checkpoint"
-//   format_version       "1"
+//   format_version       "2" ("1": the same without tensor_checksum; still read; others refused)
 //   attnscope_version    the writer's version
 //   model_config         JSON object (architecture and sizes: enough to rebuild the model)
 //   preprocessing_config JSON object (the preprocessing the model was trained with)
 //   class_names          JSON array of strings
 //   provenance           JSON object (data, seed, epoch, metrics, command line, time)
 //   extra                JSON object (anything else a model family needs, e.g. a vocabulary)
+//   tensor_checksum      "fnv1a64:<16 hex digits>" over every tensor (sorted names, element
+//                        size, shape, bytes); verified at load, so a flipped bit or a cut copy
+//                        is an error, not a silently wrong model
 
 #include <string>
 #include <vector>
@@ -38,7 +41,8 @@ struct LoadOptions {
 };
 
 /// Writes every named parameter and buffer of module, and meta, to path (replaced atomically:
-/// written to path + ".tmp" and renamed, so a crash never leaves a half-written checkpoint).
+/// h5::OutputFile: written beside it and renamed, so a crash, a kill or a full disk never
+/// leaves a half-written checkpoint).
 void save_checkpoint(const std::string& path, const torch::nn::Module& module,
                      const CheckpointMeta& meta);
 
@@ -49,6 +53,11 @@ CheckpointMeta read_checkpoint_meta(const std::string& path);
 /// Names and shapes of every tensor stored in a checkpoint.
 std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_tensors(
     const std::string& path);
+
+/// Checks a checkpoint's integrity without a model: format, format_version (1 or 2), the
+/// tensor checksum (version 2) and that no floating tensor holds NaN. Throws Error naming
+/// the path and what is wrong. load_checkpoint calls it first.
+void verify_checkpoint(const std::string& path);
 
 /// Copies the stored tensors into module's parameters and buffers (by name). With
 /// options.strict, throws one Error listing every missing, unexpected and mis-shaped tensor

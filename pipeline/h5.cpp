@@ -9,14 +9,23 @@
 namespace attnscope::pipeline::h5 {
 namespace {
 
-// HDF5 prints its own error stack by default; attnscope reports errors through exceptions.
 void silence_hdf5() {
-  static const bool done = [] {
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-    return true;
-  }();
-  (void)done;
+  init();
 }
+
+// Before main(): H5dont_atexit() only works before the library's first call, which could
+// come from any static initialiser or thread; this runs as soon as the program loads h5.o.
+const bool kInitialised = (init(), true);
+
+herr_t collect_error(unsigned n, const H5E_error2_t* e, void* data) {
+  auto* out = static_cast<std::vector<std::string>*>(data);
+  (void)n;
+  if (e->desc && *e->desc) out->emplace_back(e->desc);
+  return 0;
+}
+
+// Largest dataset read_tensor allocates (a crafted shape must not exhaust memory).
+constexpr uint64_t kMaxReadBytes = uint64_t{16} << 30;
 
 std::string where(const std::string& file, const std::string& name) {
   return file + ":/" + name;
@@ -42,6 +51,47 @@ hid_t native_type(const at::ScalarType t) {
 }
 
 }  // namespace
+
+void init() {
+  static const bool done = [] {
+    // A failed flush or close leaves a half-closed file in HDF5's id table; the library's
+    // atexit clean-up then dereferences it (segfault in H5F__close_cb, HDF5 1.10.8).
+    H5dont_atexit();
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    return true;
+  }();
+  (void)done;
+}
+
+std::string last_error() {
+  std::vector<std::string> messages;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, collect_error, &messages);
+  H5Eclear2(H5E_DEFAULT);
+  if (messages.empty()) return "";
+  // The innermost entry is the system call's; keep its errno text when it has one.
+  const std::string& inner = messages.front();
+  const auto at = inner.find("error message = '");
+  if (at != std::string::npos) {
+    // "file write failed: time = ..., errno = 27, error message = 'File too large', ..."
+    // becomes "file write failed: File too large".
+    const auto start = at + 17;
+    const auto end = inner.find('\'', start);
+    const auto reason =
+        inner.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    const auto what = inner.substr(0, std::min(inner.find(','), inner.find(':')));
+    return what.empty() || what.size() >= at ? reason : what + ": " + reason;
+  }
+  const auto comma = inner.find(", errno");
+  return comma == std::string::npos ? inner : inner.substr(0, comma);
+}
+
+void check_h5(bool cond, const std::string& subject, const std::string& what) {
+  if (cond) {
+    return;
+  }
+  const auto reason = last_error();
+  throw Error(subject, reason.empty() ? what : what + " (" + reason + ")");
+}
 
 std::string hdf5_version() {
   unsigned major = 0, minor = 0, release = 0;
@@ -88,11 +138,16 @@ void Handle::reset() {
   id_ = -1;
 }
 
-File File::create(const std::string& path) {
+File File::create(const std::string& path, const std::string& name) {
   silence_hdf5();
-  hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-  check(id >= 0, path, "cannot create HDF5 file (is the folder there and writable?)");
-  return File(Handle(id), path);
+  const std::string shown = name.empty() ? path : name;
+  // Strong close: H5Fclose closes every object still open in the file, so that close()
+  // really ends the file (flushed and released) before OutputFile renames it.
+  Handle fapl(H5Pcreate(H5P_FILE_ACCESS));
+  H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG);
+  hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get());
+  check_h5(id >= 0, shown, "cannot create HDF5 file");
+  return File(Handle(id), shown);
 }
 
 File File::open(const std::string& path, bool writable) {
@@ -100,12 +155,28 @@ File File::open(const std::string& path, bool writable) {
   check(std::filesystem::exists(path), path, "no such file");
   check(H5Fis_hdf5(path.c_str()) > 0, path, "not an HDF5 file");
   hid_t id = H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY, H5P_DEFAULT);
-  check(id >= 0, path, "cannot open HDF5 file", writable ? " for writing" : "");
+  check_h5(id >= 0, path, writable ? "cannot open HDF5 file for writing" : "cannot open HDF5 file");
   return File(Handle(id), path);
 }
 
 void File::flush() const {
-  check(H5Fflush(id(), H5F_SCOPE_GLOBAL) >= 0, path_, "cannot flush HDF5 file");
+  check_h5(H5Fflush(id(), H5F_SCOPE_GLOBAL) >= 0, path_, "cannot flush HDF5 file");
+}
+
+void File::close() {
+  check(handle_.valid(), path_, "HDF5 file closed twice");
+  flush();
+  // Whatever H5Fclose returns, the id is no longer ours to close again.
+  const hid_t id = handle_.release();
+  check_h5(H5Fclose(id) >= 0, path_, "cannot close HDF5 file");
+}
+
+OutputFile::OutputFile(const std::string& path)
+    : target_(path), file_(File::create(target_.temp_path(), path)) {}
+
+void OutputFile::commit() {
+  file_.close();
+  target_.commit();
 }
 
 bool exists(hid_t loc, const std::string& name) {
@@ -133,7 +204,7 @@ Handle require_group(hid_t loc, const std::string& path, const std::string& file
   Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
   H5Pset_create_intermediate_group(lcpl.get(), 1);
   hid_t id = H5Gcreate2(loc, path.c_str(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT);
-  check(id >= 0, where(file, path), "cannot create group");
+  check_h5(id >= 0, where(file, path), "cannot create group");
   return Handle(id);
 }
 
@@ -170,10 +241,10 @@ void write_tensor(hid_t loc, const std::string& name, const at::Tensor& tensor,
   H5Pset_create_intermediate_group(lcpl.get(), 1);
   if (exists(loc, name)) H5Ldelete(loc, name.c_str(), H5P_DEFAULT);
   Handle set(H5Dcreate2(loc, name.c_str(), type, space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT));
-  check(set.valid(), where(file, name), "cannot create dataset");
+  check_h5(set.valid(), where(file, name), "cannot create dataset");
   if (t.numel() > 0)
-    check(H5Dwrite(set.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data_ptr()) >= 0,
-          where(file, name), "cannot write dataset");
+    check_h5(H5Dwrite(set.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data_ptr()) >= 0,
+             where(file, name), "cannot write dataset");
 }
 
 std::vector<int64_t> dataset_shape(hid_t loc, const std::string& name, const std::string& file) {
@@ -209,10 +280,27 @@ at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& fi
     throw Error(where(file, name),
                 concat("unsupported HDF5 element type (class ", cls, ", ", size, " bytes)"));
   auto shape = dataset_shape(loc, name, file);
+  // A crafted file can claim any shape: refuse what cannot be real before allocating it.
+  uint64_t elements = 1;
+  for (const auto d : shape) {
+    check(d >= 0 && (d == 0 || elements <= kMaxReadBytes / static_cast<uint64_t>(d)),
+          where(file, name), "dataset shape is too large to read");
+    elements *= static_cast<uint64_t>(d);
+  }
+  check(elements * size <= kMaxReadBytes, where(file, name), "dataset of ", elements * size,
+        " bytes is larger than the limit of ", kMaxReadBytes, " bytes");
+  {
+    Handle dcpl(H5Dget_create_plist(set.get()));
+    if (elements > 0 && H5Pget_layout(dcpl.get()) == H5D_CONTIGUOUS)
+      check(H5Dget_storage_size(set.get()) >= elements * size, where(file, name),
+            "dataset is truncated (", H5Dget_storage_size(set.get()), " bytes stored, ",
+            elements * size, " expected)");
+  }
   auto out = torch::empty(shape, torch::TensorOptions().dtype(st));
   if (out.numel() > 0)
-    check(H5Dread(set.get(), native_type(st), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data_ptr()) >= 0,
-          where(file, name), "cannot read dataset");
+    check_h5(
+        H5Dread(set.get(), native_type(st), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data_ptr()) >= 0,
+        where(file, name), "cannot read dataset");
   return out;
 }
 
@@ -230,10 +318,10 @@ void write_attribute(hid_t obj, const std::string& name, const std::string& valu
   H5Tset_cset(type.get(), H5T_CSET_UTF8);
   Handle space(H5Screate(H5S_SCALAR));
   Handle attr(H5Acreate2(obj, name.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT));
-  check(attr.valid(), where(file, "@" + name), "cannot create attribute");
+  check_h5(attr.valid(), where(file, "@" + name), "cannot create attribute");
   const char* data = value.c_str();
-  check(H5Awrite(attr.get(), type.get(), &data) >= 0, where(file, "@" + name),
-        "cannot write attribute");
+  check_h5(H5Awrite(attr.get(), type.get(), &data) >= 0, where(file, "@" + name),
+           "cannot write attribute");
 }
 
 std::string read_string_attribute(hid_t obj, const std::string& name, const std::string& file) {

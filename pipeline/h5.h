@@ -1,6 +1,16 @@
 #pragma once
 // Thin RAII layer over the HDF5 C API: files, groups, tensor datasets and string attributes.
-// Every failure throws attnscope::Error naming the file and the object.
+// THE way attnscope reads and writes HDF5:
+// - every failure throws attnscope::Error naming the file and the object, with the reason
+//   taken from HDF5's error stack ("File too large", "unable to lock file"); HDF5 never
+//   prints its stack itself;
+// - a new file is written through OutputFile: to a temporary file beside the target, closed
+//   with a checked close, then renamed (AtomicFile), so a failed run, a full disk or a kill
+//   leaves the previous file untouched;
+// - a failed flush or close can leave HDF5's file object half torn down; the library's own
+//   atexit clean-up would then crash inside H5F__close_cb (HDF5 1.10). attnscope therefore
+//   turns that clean-up off (H5dont_atexit, before the library starts): the kernel closes
+//   the descriptors at exit, and every file attnscope keeps was closed explicitly before.
 
 #include <hdf5.h>
 
@@ -10,7 +20,20 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "attnscope/atomic_file.h"
+
 namespace attnscope::pipeline::h5 {
+
+/// Starts the HDF5 library the attnscope way (no atexit clean-up, no printed error stacks).
+/// Every function here calls it; call it yourself before using the HDF5 C API directly.
+void init();
+
+/// The most specific reason on HDF5's current error stack ("File too large", "unable to
+/// lock file, errno = 11, ..."), or "" when the stack is empty. Clears the stack.
+std::string last_error();
+
+/// Throws Error(subject, what + " (" + last_error() + ")") unless cond holds.
+void check_h5(bool cond, const std::string& subject, const std::string& what);
 
 /// HDF5's library version, e.g. "1.10.8".
 std::string hdf5_version();
@@ -29,6 +52,12 @@ class Handle {
   hid_t get() const { return id_; }
   bool valid() const { return id_ >= 0; }
   void reset();
+  /// Gives up ownership without closing.
+  hid_t release() {
+    const hid_t id = id_;
+    id_ = -1;
+    return id;
+  }
 
  private:
   hid_t id_ = -1;
@@ -36,8 +65,9 @@ class Handle {
 
 class File {
  public:
-  /// Creates (truncates) a file.
-  static File create(const std::string& path);
+  /// Creates (truncates) a file in place. New outputs go through OutputFile instead.
+  /// `name` is what errors call the file (default: path).
+  static File create(const std::string& path, const std::string& name = "");
   /// Opens an existing file; throws Error naming the path if it is missing or not HDF5.
   static File open(const std::string& path, bool writable = false);
 
@@ -45,11 +75,34 @@ class File {
   const std::string& path() const { return path_; }
   /// Writes buffered data to disk.
   void flush() const;
+  /// Flushes and closes, checked: throws Error naming the file when the data did not reach
+  /// the disk. The destructor closes without checking (for the error path).
+  void close();
 
  private:
   File(Handle handle, std::string path) : handle_(std::move(handle)), path_(std::move(path)) {}
   Handle handle_;
   std::string path_;
+};
+
+/// A new HDF5 file written atomically: created at a temporary name beside `path`, then
+/// commit() closes it (checked) and renames it over `path`. Without commit() (an exception,
+/// a full disk) the temporary file is removed and `path` is untouched.
+///
+///   h5::OutputFile out(path);
+///   h5::write_tensor(out.id(), "x", x, path);
+///   out.commit();
+class OutputFile {
+ public:
+  explicit OutputFile(const std::string& path);
+  hid_t id() const { return file_.id(); }
+  const std::string& path() const { return target_.path(); }
+  /// Closes the HDF5 file (checked), fsyncs and renames it to path(); throws Error on failure.
+  void commit();
+
+ private:
+  AtomicFile target_;
+  File file_;
 };
 
 /// Opens a group, creating it and its parents ("a/b/c") when absent.

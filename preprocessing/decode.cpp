@@ -2,14 +2,18 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csetjmp>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 
+#include <jpeglib.h>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
 
 namespace attnscope::preprocessing {
@@ -172,6 +176,54 @@ bool jpeg_has_end(const std::vector<uint8_t>& b) {
   return false;
 }
 
+// libjpeg reports corrupt entropy-coded data ("Corrupt JPEG data: 3 extraneous bytes before
+// marker 0xd9", bad Huffman codes) only as a warning and decodes garbage; OpenCV prints the
+// warning to stderr and accepts the image. docs/preprocessing.md promises an error for a
+// corrupt stream, so the scan is entropy-decoded once here (coefficients only, no IDCT) with
+// warnings collected. Returns libjpeg's first warning or error, "" for a clean stream.
+struct JpegErrors {
+  jpeg_error_mgr manager;
+  std::jmp_buf jump;
+  int warnings;
+  char message[JMSG_LENGTH_MAX];
+};
+
+void jpeg_fatal(j_common_ptr info) {
+  auto* errors = reinterpret_cast<JpegErrors*>(info->err);
+  (*info->err->format_message)(info, errors->message);
+  std::longjmp(errors->jump, 1);
+}
+
+void jpeg_message(j_common_ptr info, int level) {
+  auto* errors = reinterpret_cast<JpegErrors*>(info->err);
+  if (level < 0 && errors->warnings++ == 0) (*info->err->format_message)(info, errors->message);
+}
+
+// Only trivially destructible locals: longjmp skips destructors.
+bool jpeg_stream_is_clean(const std::vector<uint8_t>& bytes, char* message) {
+  jpeg_decompress_struct info;
+  JpegErrors errors;
+  info.err = jpeg_std_error(&errors.manager);
+  errors.manager.error_exit = jpeg_fatal;
+  errors.manager.emit_message = jpeg_message;
+  errors.warnings = 0;
+  errors.message[0] = '\0';
+  if (setjmp(errors.jump)) {
+    jpeg_destroy_decompress(&info);
+    std::memcpy(message, errors.message, JMSG_LENGTH_MAX);
+    return false;
+  }
+  jpeg_create_decompress(&info);
+  jpeg_mem_src(&info, const_cast<unsigned char*>(bytes.data()),
+               static_cast<unsigned long>(bytes.size()));
+  jpeg_read_header(&info, TRUE);
+  jpeg_read_coefficients(&info);
+  jpeg_finish_decompress(&info);
+  jpeg_destroy_decompress(&info);
+  std::memcpy(message, errors.message, JMSG_LENGTH_MAX);
+  return errors.warnings == 0;
+}
+
 bool png_has_end(const std::vector<uint8_t>& b) {
   static const char kIend[] = "IEND";
   for (std::size_t i = b.size() >= 12 ? b.size() - 12 : 0; i + 4 <= b.size(); ++i)
@@ -245,8 +297,11 @@ cv::Mat decode_image_bytes(const std::vector<uint8_t>& bytes, const std::string&
   const int64_t pixels = int64_t{info.width} * info.height;
   check(pixels <= options.max_pixels, name, "image too large: ", info.width, "x", info.height,
         " = ", pixels, " pixels, above the limit of ", options.max_pixels);
-  if (info.format == "jpeg")
+  if (info.format == "jpeg") {
     check(jpeg_has_end(bytes), name, "truncated or corrupt JPEG: no end-of-image marker");
+    char message[JMSG_LENGTH_MAX];
+    check(jpeg_stream_is_clean(bytes, message), name, "corrupt JPEG stream: ", message);
+  }
   if (info.format == "png")
     check(png_has_end(bytes), name, "truncated or corrupt PNG: no IEND chunk");
 
@@ -303,6 +358,13 @@ std::vector<uint8_t> read_file_bytes(const std::string& path) {
   const auto status = fs::status(path, ec);
   check(fs::exists(status), path, "no such file");
   check(!fs::is_directory(status), path, "is a folder, not a file");
+  check(fs::is_regular_file(status), path,
+        "is not a regular file (a device or a pipe cannot be an image)");
+  // The largest image the default pixel limit admits, uncompressed 16-bit RGBA, is 800 MB.
+  constexpr std::uintmax_t kMaxImageFileBytes = std::uintmax_t{2} << 30;
+  const auto size = fs::file_size(path, ec);
+  check(!ec && size <= kMaxImageFileBytes, path, "file of ", size,
+        " bytes is above the image file limit of ", kMaxImageFileBytes, " bytes");
   std::ifstream in(path, std::ios::binary);
   check(static_cast<bool>(in), path, "cannot open: ", std::strerror(errno));
   std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
@@ -324,13 +386,21 @@ void write_image(const std::string& path, const cv::Mat& rgb) {
     cv::cvtColor(rgb, out, cv::COLOR_RGB2BGR);
   else
     out = rgb;
+  // Encoded in memory, then written through AtomicFile: a full disk is reported as such (with
+  // the system's reason) and never leaves a truncated or empty image at `path`.
+  const auto ext = std::filesystem::path(path).extension().string();
+  check(!ext.empty(), path, "cannot write image: no file extension to choose the format");
+  std::vector<uchar> encoded;
   bool ok = false;
   try {
-    ok = cv::imwrite(path, out);
+    ok = cv::imencode(ext, out, encoded);
   } catch (const cv::Exception& e) {
-    throw Error(path, concat("cannot write image: ", e.err));
+    throw Error(path, concat("cannot encode image as ", ext, ": ", e.err));
   }
-  check(ok, path, "cannot write image (unknown extension or folder not writable)");
+  check(ok, path, "cannot encode image as ", ext, " (unknown image extension)");
+  AtomicFile file(path);
+  file.write(encoded.data(), encoded.size());
+  file.commit();
 }
 
 }  // namespace attnscope::preprocessing

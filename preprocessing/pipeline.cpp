@@ -1,12 +1,14 @@
 #include "preprocessing/pipeline.h"
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <set>
 
 #include <opencv2/core.hpp>
 
 #include "attnscope/error.h"
+#include "attnscope/output_checks.h"
 #include "preprocessing/steps.h"
 
 namespace attnscope::preprocessing {
@@ -99,7 +101,11 @@ class ResizeStep : public Step {
     else
       throw Error(kSubject, concat("step 'resize': mode must be crop, letterbox or stretch, got '",
                                    mode, "'"));
-    wrap_validate("resize", [&] { check(o_.size > 0, "size", "must be > 0, got ", o_.size); });
+    // Bounded: a config must not ask for a 10^9-pixel side (OpenCV would fail to allocate).
+    wrap_validate("resize", [&] {
+      check(o_.size > 0 && o_.size <= kMaxImageSide, "size", "must be in [1, ", kMaxImageSide,
+            "], got ", o_.size);
+    });
   }
   std::string name() const override { return "resize"; }
   cv::Mat apply(const cv::Mat& rgb, cv::Mat* mask) const override { return resize(rgb, o_, mask); }
@@ -121,10 +127,11 @@ class HairRemovalStep : public Step {
     p.get("threshold", o_.threshold);
     p.get("inpaint_radius", o_.inpaint_radius);
     wrap_validate("hair_removal", [&] {
-      check(o_.kernel >= 3 && o_.kernel % 2 == 1, "kernel", "must be odd and >= 3, got ",
-            o_.kernel);
+      check(o_.kernel >= 3 && o_.kernel <= 255 && o_.kernel % 2 == 1, "kernel",
+            "must be odd and in [3, 255], got ", o_.kernel);
       check(o_.threshold >= 0 && o_.threshold <= 255, "threshold", "must be in 0..255");
-      check(o_.inpaint_radius > 0, "inpaint_radius", "must be > 0");
+      check(o_.inpaint_radius > 0 && o_.inpaint_radius <= 100, "inpaint_radius",
+            "must be in (0, 100]");
     });
   }
   std::string name() const override { return "hair_removal"; }
@@ -165,7 +172,7 @@ class ClaheStep : public Step {
     p.get("tiles", o_.tiles);
     wrap_validate("clahe", [&] {
       check(o_.clip_limit > 0, "clip_limit", "must be > 0");
-      check(o_.tiles >= 1, "tiles", "must be >= 1");
+      check(o_.tiles >= 1 && o_.tiles <= 256, "tiles", "must be in [1, 256]");
     });
   }
   std::string name() const override { return "clahe"; }
@@ -304,6 +311,13 @@ Pipeline Pipeline::from_json(const json& config) {
 }
 
 Pipeline Pipeline::from_file(const std::string& path) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  check(std::filesystem::exists(status), path, "no such preprocessing config");
+  check(std::filesystem::is_regular_file(status), path,
+        "is not a file (a folder or a device cannot be a preprocessing config)");
+  check(std::filesystem::file_size(path, ec) <= (1u << 20), path,
+        "preprocessing config larger than 1 MiB");
   std::ifstream in(path);
   check(static_cast<bool>(in), path, "cannot open preprocessing config");
   json config;

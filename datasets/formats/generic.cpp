@@ -28,7 +28,17 @@ std::vector<RawRow> read_generic(const CsvTable& t, const std::string& csv_dir,
     if (mask && !field(row, *mask).empty()) {
       fs::path m = field(row, *mask);
       if (m.is_relative()) m = fs::path(csv_dir) / m;
-      if (!fs::is_regular_file(m))
+      std::error_code mask_ec;
+      // Confined to the dataset's folder, as ids are: no "../../etc/passwd" as a mask.
+      // (Lexically, like ids: a masks/ folder that is a symlink elsewhere stays usable.)
+      const fs::path folder = csv_dir.empty() ? fs::path(".") : fs::path(csv_dir);
+      const auto rel = fs::absolute(m, mask_ec)
+                           .lexically_normal()
+                           .lexically_relative(fs::absolute(folder, mask_ec).lexically_normal());
+      if (rel.empty() || *rel.begin() == "..")
+        problems.add(row.line, concat("mask path '", field(row, *mask),
+                                      "' leaves the dataset folder (rejected)"));
+      else if (!fs::is_regular_file(m, mask_ec))
         problems.add(row.line, concat("mask file not found: ", m.string()));
       else
         r.mask = m.string();

@@ -1,6 +1,7 @@
 #include "datasets/text/pairs.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <numeric>
 #include <random>
@@ -24,6 +25,11 @@ TsvPairs parse_tsv_pairs(const std::string& text, const std::string& path) {
     std::string row = text.substr(pos, end - pos);
     pos = end + 1;
     if (!row.empty() && row.back() == '\r') row.pop_back();
+    if (row.size() > kMaxTsvLineBytes) {
+      out.skipped.push_back(
+          {line, concat("line of ", row.size(), " bytes, above the limit of ", kMaxTsvLineBytes)});
+      continue;
+    }
     if (row.find_first_not_of(" \t") == std::string::npos) {
       out.skipped.push_back({line, "empty line"});
       continue;
@@ -58,6 +64,14 @@ TsvPairs parse_tsv_pairs(const std::string& text, const std::string& path) {
 }
 
 TsvPairs read_tsv_pairs(const std::string& path) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  check(std::filesystem::exists(status), path, "no such file");
+  check(std::filesystem::is_regular_file(status), path,
+        "is not a regular file (a folder, a device or a pipe cannot be a TSV)");
+  const auto size = std::filesystem::file_size(path, ec);
+  check(!ec && size <= kMaxTsvFileBytes, path, "file of ", size, " bytes is above the limit of ",
+        kMaxTsvFileBytes);
   std::ifstream in(path, std::ios::binary);
   check(static_cast<bool>(in), path, "cannot open for reading");
   std::ostringstream buffer;

@@ -31,13 +31,20 @@ struct TsvPairs {
   std::vector<SkippedLine> skipped;
 };
 
+/// A TSV line longer than this is skipped (listed like any bad line): one stray line must not
+/// size a model or exhaust memory.
+constexpr std::size_t kMaxTsvLineBytes = 64 * 1024;
+/// read_tsv_pairs refuses larger files (and anything that is not a regular file).
+constexpr std::uintmax_t kMaxTsvFileBytes = std::uintmax_t{4} << 30;
+
 /// Parses "source<TAB>target[<TAB>ignored...]" lines (the Tatoeba/Anki fra.txt layout): UTF-8,
 /// a leading byte-order mark and CRLF endings accepted, extra columns ignored. Bad lines (empty,
 /// no tab, an empty side, invalid UTF-8) are skipped and listed with their line numbers; the
 /// caller decides whether that is an error. Never throws for bad content.
 TsvPairs parse_tsv_pairs(const std::string& text, const std::string& path);
 
-/// Reads a file with parse_tsv_pairs; throws Error naming the path when it cannot be read.
+/// Reads a file with parse_tsv_pairs; throws Error naming the path when it cannot be read, is
+/// not a regular file, or is above kMaxTsvFileBytes.
 TsvPairs read_tsv_pairs(const std::string& path);
 
 /// "path:3: no tab; path:9: empty line; ... (N lines skipped)", listing at most `limit` lines.

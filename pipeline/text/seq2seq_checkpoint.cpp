@@ -1,5 +1,8 @@
 #include "pipeline/text/seq2seq_checkpoint.h"
 
+#include <cmath>
+#include <set>
+
 #include "attnscope/error.h"
 #include "pipeline/checkpoint.h"
 
@@ -23,48 +26,81 @@ nlohmann::json seq2seq_options_to_json(const models::text::Seq2SeqOptions& o) {
           {"max_length", o.max_length()}};
 }
 
+namespace {
+
+template <typename T>
+T get(const nlohmann::json& json, const char* key, const std::string& subject) {
+  try {
+    return json.at(key).get<T>();
+  } catch (const nlohmann::json::exception&) {
+    throw Error(subject,
+                concat("model_config.", key, " has the wrong type: ", json.at(key).dump()));
+  }
+}
+
+void check_range(int64_t value, int64_t lo, int64_t hi, const char* key,
+                 const std::string& subject) {
+  check(value >= lo && value <= hi, subject, "model_config.", key, " is ", value,
+        "; expected an integer in [", lo, ", ", hi, "]");
+}
+
+void check_one_of(const std::string& value, const std::set<std::string>& allowed, const char* key,
+                  const std::string& subject) {
+  if (allowed.count(value)) return;
+  std::string list;
+  for (const auto& a : allowed)
+    list += (list.empty() ? "" : ", ") + a;
+  throw Error(subject, concat("model_config.", key, " is \"", value, "\"; expected one of ", list));
+}
+
+}  // namespace
+
+void validate_seq2seq_options(const models::text::Seq2SeqOptions& o, const std::string& subject) {
+  check_one_of(o.arch(), {"rnn", "transformer"}, "arch", subject);
+  check_one_of(o.cell(), {"gru", "lstm"}, "cell", subject);
+  check_one_of(o.attention(), {"none", "additive", "dot", "general", "crf"}, "attention", subject);
+  check_one_of(o.positions(), {"sinusoidal", "learned"}, "positions", subject);
+  check_range(o.source_vocab(), 5, kMaxSeq2SeqVocab, "source_vocab", subject);
+  check_range(o.target_vocab(), 5, kMaxSeq2SeqVocab, "target_vocab", subject);
+  check_range(o.embedding_dim(), 1, kMaxSeq2SeqWidth, "embedding_dim", subject);
+  check_range(o.hidden_dim(), 1, kMaxSeq2SeqWidth, "hidden_dim", subject);
+  check_range(o.model_dim(), 1, kMaxSeq2SeqWidth, "model_dim", subject);
+  check_range(o.ff_dim(), 1, kMaxSeq2SeqWidth, "ff_dim", subject);
+  check_range(o.heads(), 1, o.model_dim(), "heads", subject);
+  check(o.model_dim() % o.heads() == 0, subject, "model_config.model_dim (", o.model_dim(),
+        ") is not divisible by model_config.heads (", o.heads(), ")");
+  check_range(o.layers(), 1, kMaxSeq2SeqLayers, "layers", subject);
+  check_range(o.max_length(), 1, kMaxSeq2SeqLength, "max_length", subject);
+  check(std::isfinite(o.dropout()) && o.dropout() >= 0 && o.dropout() < 1, subject,
+        "model_config.dropout is ", o.dropout(), "; expected a number in [0, 1)");
+}
+
 models::text::Seq2SeqOptions seq2seq_options_from_json(const nlohmann::json& json,
                                                        const std::string& subject) {
   check(json.is_object(), subject, "model_config is not a JSON object");
+  static const std::set<std::string> known = {
+      "arch",       "cell",      "attention",     "source_vocab", "target_vocab", "embedding_dim",
+      "hidden_dim", "layers",    "bidirectional", "dropout",      "model_dim",    "heads",
+      "ff_dim",     "positions", "max_length",    "name",         "family"};
+  for (const auto& item : json.items())
+    check(known.count(item.key()) > 0, subject, "model_config.", item.key(),
+          " is not a seq2seq option");
   models::text::Seq2SeqOptions o;
-  auto get = [&](const char* key, auto setter, auto value) {
-    if (!json.contains(key)) return;
-    try {
-      setter(json.at(key).get<decltype(value)>());
-    } catch (const nlohmann::json::exception&) {
-      throw Error(subject, concat("model_config.", key, " has the wrong type"));
-    }
-  };
-  get(
-      "arch", [&](std::string v) { o.arch(v); }, std::string());
-  get(
-      "cell", [&](std::string v) { o.cell(v); }, std::string());
-  get(
-      "attention", [&](std::string v) { o.attention(v); }, std::string());
-  get(
-      "source_vocab", [&](int64_t v) { o.source_vocab(v); }, int64_t());
-  get(
-      "target_vocab", [&](int64_t v) { o.target_vocab(v); }, int64_t());
-  get(
-      "embedding_dim", [&](int64_t v) { o.embedding_dim(v); }, int64_t());
-  get(
-      "hidden_dim", [&](int64_t v) { o.hidden_dim(v); }, int64_t());
-  get(
-      "layers", [&](int64_t v) { o.layers(v); }, int64_t());
-  get(
-      "bidirectional", [&](bool v) { o.bidirectional(v); }, bool());
-  get(
-      "dropout", [&](double v) { o.dropout(v); }, double());
-  get(
-      "model_dim", [&](int64_t v) { o.model_dim(v); }, int64_t());
-  get(
-      "heads", [&](int64_t v) { o.heads(v); }, int64_t());
-  get(
-      "ff_dim", [&](int64_t v) { o.ff_dim(v); }, int64_t());
-  get(
-      "positions", [&](std::string v) { o.positions(v); }, std::string());
-  get(
-      "max_length", [&](int64_t v) { o.max_length(v); }, int64_t());
+  if (json.contains("arch")) o.arch(get<std::string>(json, "arch", subject));
+  if (json.contains("cell")) o.cell(get<std::string>(json, "cell", subject));
+  if (json.contains("attention")) o.attention(get<std::string>(json, "attention", subject));
+  if (json.contains("source_vocab")) o.source_vocab(get<int64_t>(json, "source_vocab", subject));
+  if (json.contains("target_vocab")) o.target_vocab(get<int64_t>(json, "target_vocab", subject));
+  if (json.contains("embedding_dim")) o.embedding_dim(get<int64_t>(json, "embedding_dim", subject));
+  if (json.contains("hidden_dim")) o.hidden_dim(get<int64_t>(json, "hidden_dim", subject));
+  if (json.contains("layers")) o.layers(get<int64_t>(json, "layers", subject));
+  if (json.contains("bidirectional")) o.bidirectional(get<bool>(json, "bidirectional", subject));
+  if (json.contains("dropout")) o.dropout(get<double>(json, "dropout", subject));
+  if (json.contains("model_dim")) o.model_dim(get<int64_t>(json, "model_dim", subject));
+  if (json.contains("heads")) o.heads(get<int64_t>(json, "heads", subject));
+  if (json.contains("ff_dim")) o.ff_dim(get<int64_t>(json, "ff_dim", subject));
+  if (json.contains("positions")) o.positions(get<std::string>(json, "positions", subject));
+  if (json.contains("max_length")) o.max_length(get<int64_t>(json, "max_length", subject));
   return o;
 }
 
@@ -100,6 +136,7 @@ Seq2SeqBundle load_seq2seq(const std::string& path) {
     throw Error(path, e.what());
   }
   auto options = seq2seq_options_from_json(meta.model_config, path);
+  validate_seq2seq_options(options, path);  // before anything is allocated from the sizes
   check(options.source_vocab() == bundle.source_vocab.size() &&
             options.target_vocab() == bundle.target_vocab.size(),
         path, "vocabulary sizes in model_config do not match the stored vocabularies");

@@ -24,9 +24,22 @@ struct Seq2SeqBundle {
   datasets::text::TokenizerKind tokenizer = datasets::text::TokenizerKind::kChar;
 };
 
+/// Bounds on a seq2seq model's sizes: a checkpoint (or command line) outside them is refused
+/// before any tensor is allocated.
+constexpr int64_t kMaxSeq2SeqVocab = 1'000'000;
+constexpr int64_t kMaxSeq2SeqWidth = 16'384;
+constexpr int64_t kMaxSeq2SeqLayers = 64;
+constexpr int64_t kMaxSeq2SeqLength = 4096;
+
+/// Throws Error(subject, "model_config.<field> is ...; expected ...") for the first option
+/// outside its range (vocabularies > 4 special tokens, widths and layers >= 1, heads dividing
+/// model_dim, dropout in [0, 1), max_length <= kMaxSeq2SeqLength, known arch/cell/attention).
+void validate_seq2seq_options(const models::text::Seq2SeqOptions& options,
+                              const std::string& subject);
+
 nlohmann::json seq2seq_options_to_json(const models::text::Seq2SeqOptions& options);
 /// Inverse of seq2seq_options_to_json; missing keys keep their defaults, keys of the wrong
-/// type throw Error naming subject and the key.
+/// type or unknown keys throw Error naming subject and the key. Ranges: validate_seq2seq_options.
 models::text::Seq2SeqOptions seq2seq_options_from_json(const nlohmann::json& json,
                                                        const std::string& subject);
 

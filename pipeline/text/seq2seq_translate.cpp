@@ -6,6 +6,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
 #include "pipeline/h5.h"
 
@@ -92,7 +93,7 @@ Seq2SeqEvaluation evaluate_seq2seq(const Seq2SeqBundle& bundle,
 
 void write_alignments(const std::string& path, const std::vector<Translation>& translations,
                       const std::string& model_name) {
-  auto file = h5::File::create(path);
+  h5::OutputFile file(path);
   h5::write_attribute(file.id(), "format", "attnscope-alignments", path);
   h5::write_attribute(file.id(), "model", model_name, path);
   h5::write_attribute(file.id(), "count", std::to_string(translations.size()), path);
@@ -114,7 +115,8 @@ void write_alignments(const std::string& path, const std::vector<Translation>& t
     h5::write_attribute(group.get(), "truncated", t.truncated ? "true" : "false", path);
     h5::write_tensor(group.get(), "attention", t.attention.to(torch::kFloat).contiguous(), path);
   }
-  file.flush();
+  sentences.reset();
+  file.commit();
 }
 
 namespace {
@@ -187,7 +189,13 @@ void write_alignment_png(const std::string& path, const Translation& translation
     cv::rotate(strip, upright, cv::ROTATE_90_COUNTERCLOCKWISE);
     upright.copyTo(image(cv::Rect(left, kMargin, upright.cols, upright.rows)));
   }
-  check(cv::imwrite(path, image), path, "cannot write the PNG");
+  // Encoded in memory and written through AtomicFile: a full disk is an error naming the file,
+  // never a truncated PNG.
+  std::vector<uchar> png;
+  check(cv::imencode(".png", image, png), path, "cannot encode the PNG");
+  AtomicFile out(path);
+  out.write(png.data(), png.size());
+  out.commit();
 }
 
 }  // namespace attnscope::pipeline

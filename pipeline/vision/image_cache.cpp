@@ -7,6 +7,8 @@
 #include <opencv2/core.hpp>
 
 #include "attnscope/error.h"
+#include "attnscope/output_checks.h"
+#include "datasets/text/tokenizer.h"
 
 namespace attnscope::pipeline {
 namespace {
@@ -36,13 +38,13 @@ void write_strings(hid_t loc, const std::string& name, const std::vector<std::st
   H5Pset_create_intermediate_group(lcpl.get(), 1);
   h5::Handle set(
       H5Dcreate2(loc, name.c_str(), type.get(), space.get(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT));
-  check(set.valid(), where(file, name), "cannot create dataset");
+  h5::check_h5(set.valid(), where(file, name), "cannot create dataset");
   if (values.empty()) return;
   std::vector<const char*> ptrs;
   for (const auto& v : values)
     ptrs.push_back(v.c_str());
-  check(H5Dwrite(set.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) >= 0,
-        where(file, name), "cannot write dataset");
+  h5::check_h5(H5Dwrite(set.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) >= 0,
+               where(file, name), "cannot write dataset");
 }
 
 std::vector<std::string> read_strings(hid_t loc, const std::string& name, const std::string& file) {
@@ -90,7 +92,7 @@ void stack_io(hid_t set, hsize_t index, const cv::Mat& data, bool write, const s
   H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
   if (write && index >= dims[0]) {
     dims[0] = index + 1;
-    check(H5Dset_extent(set, dims.data()) >= 0, what, "cannot extend dataset");
+    h5::check_h5(H5Dset_extent(set, dims.data()) >= 0, what, "cannot extend dataset");
     space = h5::Handle(H5Dget_space(set));
   }
   std::vector<hsize_t> start(dims.size(), 0), count = dims;
@@ -101,7 +103,8 @@ void stack_io(hid_t set, hsize_t index, const cv::Mat& data, bool write, const s
   const herr_t status =
       write ? H5Dwrite(set, H5T_NATIVE_UINT8, memory.get(), space.get(), H5P_DEFAULT, data.data)
             : H5Dread(set, H5T_NATIVE_UINT8, memory.get(), space.get(), H5P_DEFAULT, data.data);
-  check(status >= 0, what, write ? "cannot write sample " : "cannot read sample ", index);
+  h5::check_h5(status >= 0, what,
+               concat(write ? "cannot write sample " : "cannot read sample ", index));
 }
 
 }  // namespace
@@ -109,7 +112,9 @@ void stack_io(hid_t set, hsize_t index, const cv::Mat& data, bool write, const s
 ImageCacheReport write_image_cache(const std::string& path, const datasets::SampleSource& source,
                                    const preprocessing::Pipeline& pipeline, int workers) {
   check(workers >= 1, "cache", "workers must be >= 1, got ", workers);
-  auto file = h5::File::create(path);
+  // Written beside `path` and renamed at the end: a failed or killed run leaves the
+  // previous cache (or nothing) at `path`, never a truncated file.
+  h5::OutputFile file(path);
   ImageCacheReport report;
   h5::Handle images, masks;
   int height = 0, width = 0;
@@ -147,6 +152,20 @@ ImageCacheReport write_image_cache(const std::string& path, const datasets::Samp
       auto& p = done[i - first];
       if (!errors[i - first].empty()) {
         report.failures.push_back({s.image_id, s.path, errors[i - first]});
+        continue;
+      }
+      // The string datasets are typed UTF-8 (h5py decodes them to str): an id, group or path
+      // in another encoding would make the whole cache unreadable there.
+      std::string bad_text;
+      for (const auto* text : {&s.image_id, &s.path})
+        if (bad_text.empty() && datasets::text::find_invalid_utf8(*text) != std::string::npos)
+          bad_text = *text == s.image_id ? "image id" : "path";
+      if (bad_text.empty() && s.group &&
+          datasets::text::find_invalid_utf8(*s.group) != std::string::npos)
+        bad_text = "group";
+      if (!bad_text.empty()) {
+        report.failures.push_back(
+            {s.image_id, s.path, concat("the ", bad_text, " is not valid UTF-8 (not cached)")});
         continue;
       }
       if (!images.valid()) {
@@ -200,7 +219,7 @@ ImageCacheReport write_image_cache(const std::string& path, const datasets::Samp
   h5::write_attribute(file.id(), "version", kVersion, path);
   h5::write_attribute(file.id(), "class_names", nlohmann::json(source.class_names()).dump(), path);
   h5::write_attribute(file.id(), "preprocessing", pipeline.to_json().dump(), path);
-  file.flush();
+  file.commit();
   return report;
 }
 
@@ -222,6 +241,9 @@ ImageCacheSource::ImageCacheSource(const std::string& path)
   }
   const auto shape = h5::dataset_shape(root, "images", path);
   check(shape.size() == 4 && shape[3] == 3, where(path, "images"), "expected shape (N, H, W, 3)");
+  check(shape[1] >= 1 && shape[1] <= kMaxImageSide && shape[2] >= 1 && shape[2] <= kMaxImageSide,
+        where(path, "images"), "image size ", shape[2], "x", shape[1], " is outside [1, ",
+        kMaxImageSide, "]");
   height_ = static_cast<int>(shape[1]);
   width_ = static_cast<int>(shape[2]);
   const auto ids = read_strings(root, "ids", path);

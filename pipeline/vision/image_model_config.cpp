@@ -1,5 +1,6 @@
 #include "pipeline/vision/image_model_config.h"
 
+#include <cmath>
 #include <set>
 
 #include "attnscope/error.h"
@@ -61,6 +62,24 @@ vision::ImageModelConfig image_model_config_from_json(const nlohmann::json& json
   if (json.contains("gating")) c.gating = get<std::string>(json, "gating");
   if (json.contains("normalizer")) c.normalizer = get<std::string>(json, "normalizer");
   if (json.contains("after_pool")) c.after_pool = get<bool>(json, "after_pool");
+  // Ranges before any model is built: a crafted checkpoint must not allocate terabytes,
+  // hang or reach LibTorch's own checks (a stack trace instead of a message).
+  auto in_range = [](const char* key, int64_t value, int64_t lo, int64_t hi) {
+    check(value >= lo && value <= hi, concat(kSubject, ".", key), "is ", value,
+          "; expected an integer in [", lo, ", ", hi, "]");
+  };
+  in_range("num_classes", c.num_classes, 1, 100'000);
+  in_range("image_size", c.image_size, 0, 4096);  // 0: the preset's
+  in_range("in_channels", c.in_channels, 1, 64);
+  if (c.dropout)
+    check(std::isfinite(*c.dropout) && *c.dropout >= 0 && *c.dropout < 1,
+          concat(kSubject, ".dropout"), "is ", *c.dropout, "; expected a number in [0, 1)");
+  if (c.attention_stages) {
+    check(c.attention_stages->size() <= 8, concat(kSubject, ".attention_stages"), "has ",
+          c.attention_stages->size(), " entries; expected at most 8");
+    for (const auto stage : *c.attention_stages)
+      in_range("attention_stages[]", stage, 0, 16);
+  }
   return c;
 }
 

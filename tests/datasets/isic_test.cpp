@@ -138,6 +138,28 @@ TEST(IsicReaders, GenericCsvWithMasksAndGroups) {
   EXPECT_EQ(ds.labels(), (std::vector<int64_t>{1, 0}));
 }
 
+// Mask paths are confined to the dataset's folder, as ids are (issue 14, defect 11).
+TEST(IsicReaders, MaskPathsOutsideTheDatasetFolderAreRejected) {
+  test::TempDir dir;
+  fs::create_directories(dir.path() / "data/masks");
+  std::ofstream(dir / "outside.png") << "x";
+  std::ofstream(dir / "data/masks/a.png") << "x";
+  const auto path = write(dir, "data/labels.csv",
+                          "image_id,label,mask\n"
+                          "a,malignant,masks/a.png\n"
+                          "b,benign,../outside.png\n"
+                          "c,benign," +
+                              (dir / "outside.png") + "\n");
+  const auto message = test::error_of([&] { read_dataset(path); });
+  EXPECT_NE(message.find(":3: mask path '../outside.png' leaves the dataset folder"),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find(":4: mask path '" + (dir / "outside.png") + "' leaves the dataset folder"),
+            std::string::npos)
+      << message;
+  EXPECT_EQ(message.find(":2:"), std::string::npos) << message;
+}
+
 TEST(IsicReaders, ReportsEveryProblemOfACsvAtOnce) {
   test::TempDir dir;
   const auto path = write(dir, "bad.csv",

@@ -97,6 +97,43 @@ TEST(Splits, WritesACsvThatReadsBack) {
             20u);
 }
 
+// Ids and groups with a comma, a quote, a newline or edge spaces are quoted as RFC 4180 says;
+// the independent reader is Python's csv module, which must see exactly the original fields.
+TEST(Splits, CsvQuotingRoundTripsThroughPythonsCsvModule) {
+  test::TempDir dir;
+  auto ds = toy(6, 2, 1);
+  const std::vector<std::string> ids = {"a,b",      "say \"hi\"", "two\nlines",
+                                        " padded ", "plain",      "cr\rhere"};
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    ds.samples[i].image_id = ids[i];
+    ds.samples[i].group = "g," + std::to_string(i);
+  }
+  const auto splits = split_dataset(ds, {0.2, 0.2, 1});
+  write_splits_csv(dir / "splits.csv", ds, splits);
+  const auto r = test::run_process(
+      test::python() +
+      " -c \"import csv, json, sys; rows = list(csv.reader(open(sys.argv[1], newline=''))); "
+      "print(json.dumps(rows))\" " +
+      (dir / "splits.csv"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto rows = nlohmann::json::parse(r.output);
+  ASSERT_EQ(rows.size(), ids.size() + 1) << r.output;
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    EXPECT_EQ(rows[i + 1][0].get<std::string>(), ids[i]);
+    EXPECT_EQ(rows[i + 1][2].get<std::string>(), "g," + std::to_string(i));
+    EXPECT_EQ(rows[i + 1][3].get<std::string>(), split_name(splits[i]));
+  }
+}
+
+TEST(Splits, EmptyDatasetIsAnErrorNotAnEmptyFile) {
+  test::TempDir dir;
+  Dataset ds;
+  ds.class_names = {"benign", "malignant"};
+  const auto message = test::error_of([&] { write_splits_csv(dir / "s.csv", ds, {}); });
+  EXPECT_NE(message.find("no samples"), std::string::npos) << message;
+  EXPECT_FALSE(std::filesystem::exists(dir / "s.csv"));
+}
+
 TEST(DataSplits, Ham10000NoLesionInTwoSplitsAndClassesStratified) {
   ATTNSCOPE_REQUIRE_DATA();
   ReadOptions o;

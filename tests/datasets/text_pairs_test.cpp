@@ -67,6 +67,22 @@ TEST(TextVocabulary, SpecialsFirstThenByFrequencyAndJsonRoundTrip) {
   EXPECT_THROW(vocab.token(99), Error);
 }
 
+// Defect 8: one very long line is one skipped line, not the size of the model; a device or a
+// folder is not read at all.
+TEST(TextTsv, OverlongLinesAreSkippedAndDevicesRefused) {
+  const std::string text = "ab\tba\n" + std::string(kMaxTsvLineBytes + 1, 'x') + "\ty\ncd\tdc\n";
+  const auto pairs = parse_tsv_pairs(text, "long.tsv");
+  ASSERT_EQ(pairs.pairs.size(), 2u);
+  ASSERT_EQ(pairs.skipped.size(), 1u);
+  EXPECT_EQ(pairs.skipped[0].line, 2u);
+  EXPECT_NE(pairs.skipped[0].reason.find("above the limit"), std::string::npos);
+  EXPECT_NE(test::error_of([] { read_tsv_pairs("/dev/zero"); }).find("not a regular file"),
+            std::string::npos);
+  test::TempDir dir;
+  EXPECT_NE(test::error_of([&] { read_tsv_pairs(dir.path().string()); }).find("not a regular file"),
+            std::string::npos);
+}
+
 TEST(TextTsv, ReadsPairsIgnoringExtraColumnsAndListsBadLines) {
   const std::string text =
       "\xEF\xBB\xBFGo.\tVa !\tCC-BY 2.0 (France) Attribution: tatoeba.org #2877272\r\n"

@@ -1,3 +1,6 @@
+#include <fstream>
+#include <limits>
+
 #include <torch/torch.h>
 
 #include "attnscope/error.h"
@@ -117,6 +120,63 @@ TEST(Checkpoint, NonCheckpointFileIsRejected) {
   Net a(3);
   EXPECT_THROW(load_checkpoint(path, *a), Error);
   EXPECT_THROW(read_checkpoint_meta(dir / "missing.h5"), Error);
+}
+
+// A flipped bit anywhere in a stored tensor is caught by the checksum: the oracle finds the
+// tensor's bytes in the file and flips one bit of them directly, outside HDF5.
+TEST(Checkpoint, FlippedBitInATensorIsDetected) {
+  test::TempDir dir;
+  const auto path = dir / "model.h5";
+  torch::manual_seed(3);
+  Net a(8), b(8);
+  save_checkpoint(path, *a, CheckpointMeta{});
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  const auto weight = a->fc1->weight.detach().contiguous();
+  const std::string needle(static_cast<const char*>(weight.data_ptr()),
+                           static_cast<std::size_t>(weight.numel()) * sizeof(float));
+  const auto at = bytes.find(needle);
+  ASSERT_NE(at, std::string::npos) << "fc1.weight's bytes not found in the file";
+  bytes[at + 5] = static_cast<char>(bytes[at + 5] ^ 0x10);
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+  const auto message = test::error_of([&] { load_checkpoint(path, *b); });
+  EXPECT_NE(message.find(path), std::string::npos) << message;
+  EXPECT_NE(message.find("checksum mismatch"), std::string::npos) << message;
+}
+
+TEST(Checkpoint, NanWeightsAreRefused) {
+  test::TempDir dir;
+  const auto path = dir / "model.h5";
+  Net a(8), b(8);
+  {
+    torch::NoGradGuard g;
+    a->fc2->bias[1] = std::numeric_limits<float>::quiet_NaN();
+  }
+  save_checkpoint(path, *a, CheckpointMeta{});
+  const auto message = test::error_of([&] { load_checkpoint(path, *b); });
+  EXPECT_NE(message.find("'fc2.bias' holds NaN"), std::string::npos) << message;
+}
+
+TEST(Checkpoint, UnknownFormatVersionIsRefusedAndVersion1StillLoads) {
+  test::TempDir dir;
+  const auto path = dir / "model.h5";
+  Net a(8), b(8);
+  save_checkpoint(path, *a, CheckpointMeta{});
+  auto set_version = [&](const std::string& version) {
+    auto file = h5::File::open(path, true);
+    h5::write_attribute(file.id(), "format_version", version, path);
+    file.close();
+  };
+  set_version("99");
+  const auto message = test::error_of([&] { load_checkpoint(path, *b); });
+  EXPECT_NE(message.find("format_version 99 is not supported"), std::string::npos) << message;
+  EXPECT_NE(test::error_of([&] { read_checkpoint_meta(path); }), "");
+  set_version("1");  // written before checksums existed: loads without one
+  EXPECT_EQ(test::error_of([&] { load_checkpoint(path, *b); }), "");
+  EXPECT_TRUE(torch::equal(a->fc1->weight, b->fc1->weight));
 }
 
 }  // namespace

@@ -65,5 +65,38 @@ TEST(H5, OpeningANonHdf5FileNamesIt) {
   }
 }
 
+// OutputFile: nothing reaches the target before commit(); an abandoned write (an exception,
+// a full disk) leaves the previous file and no temporary file behind.
+TEST(H5, OutputFileReplacesOnlyOnCommit) {
+  test::TempDir dir;
+  const auto path = dir / "out.h5";
+  {
+    OutputFile out(path);
+    write_tensor(out.id(), "x", torch::arange(3, torch::kLong), path);
+    out.commit();
+  }
+  {
+    OutputFile out(path);
+    write_tensor(out.id(), "x", torch::arange(5, torch::kLong), path);
+    // no commit: abandoned
+  }
+  auto file = File::open(path);
+  EXPECT_TRUE(torch::equal(read_tensor(file.id(), "x", path), torch::arange(3, torch::kLong)));
+  int entries = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+    (void)e;
+    ++entries;
+  }
+  EXPECT_EQ(entries, 1) << "a temporary file was left behind";
+}
+
+// HDF5's own reason reaches the message (it is no longer printed as a stack on stderr).
+TEST(H5, ErrorsCarryHdf5sReason) {
+  test::TempDir dir;
+  const auto message = test::error_of([&] { File::create(dir / "no/such/folder/x.h5"); });
+  EXPECT_NE(message.find("cannot create HDF5 file"), std::string::npos) << message;
+  EXPECT_NE(message.find("No such file or directory"), std::string::npos) << message;
+}
+
 }  // namespace
 }  // namespace attnscope::pipeline::h5

@@ -246,6 +246,22 @@ TEST(Decode, EveryBadFileGetsAnErrorNamingItAndTheProblem) {
   }
 }
 
+// Defect 10: corrupt entropy-coded data used to decode to garbage with only libjpeg's bare
+// warning on stderr. The oracle is libjpeg's own diagnosis of the damage the test made.
+TEST(Decode, JpegWithCorruptScanDataIsAnError) {
+  test::TempDir dir;
+  const auto good = encode(".jpg", quadrants_bgr());
+  ASSERT_GE(good.size(), 4u);
+  auto extra = good;  // three stray bytes before the end-of-image marker
+  extra.insert(extra.end() - 2, {0x12, 0x34, 0x56});
+  write_bytes(dir / "extra.jpg", extra);
+  const auto msg = error_of([&] { decode_image(dir / "extra.jpg"); });
+  EXPECT_EQ(msg.rfind(dir / "extra.jpg" + ": corrupt JPEG stream: ", 0), 0u) << msg;
+  EXPECT_NE(msg.find("extraneous bytes before marker 0xd9"), std::string::npos) << msg;
+  write_bytes(dir / "good.jpg", good);
+  EXPECT_EQ(error_of([&] { decode_image(dir / "good.jpg"); }), "");
+}
+
 TEST(Decode, WriteImageRoundTripsRgb) {
   test::TempDir dir;
   cv::Mat rgb(5, 6, CV_8UC3);

@@ -1,9 +1,11 @@
 // attnscope cache: decode and preprocess a dataset once into an HDF5 file, so that training
 // epochs read uint8 images instead of decoding JPEGs.
 
+#include <filesystem>
 #include <iostream>
 
 #include "attnscope/error.h"
+#include "attnscope/output_checks.h"
 #include "cli.h"
 #include "dataset_flags.h"
 #include "pipeline/vision/image_cache.h"
@@ -30,13 +32,29 @@ int run_cache(const std::vector<std::string>& args, const GlobalOptions&) {
   // clang-format on
   po::variables_map vm;
   if (!parse(usage, desc, args, vm)) return 0;
-  if (size < 1) throw UsageError("--size must be >= 1", usage_text(usage, desc));
-  if (workers < 1) throw UsageError("--workers must be >= 1", usage_text(usage, desc));
+  if (size < 1 || size > kMaxImageSide)
+    throw UsageError(concat("--size must be in [1, ", kMaxImageSide, "]"), usage_text(usage, desc));
+  if (workers < 1 || workers > kMaxWorkers)
+    throw UsageError(concat("--workers must be in [1, ", kMaxWorkers, "]"),
+                     usage_text(usage, desc));
+  if (!config.empty() && !vm["size"].defaulted())
+    throw UsageError("--size and --config exclude each other (the config's resize sets the size)",
+                     usage_text(usage, desc));
   const auto pipeline =
       config.empty()
           ? preprocessing::Pipeline::from_json({{"steps", {{{"op", "resize"}, {"size", size}}}}})
           : preprocessing::Pipeline::from_file(config);
+  check(!pipeline.steps().empty() && pipeline.steps().back()->name() == "resize", config,
+        "the steps must end with a resize: every cached image needs the same size");
   const auto ds = data.read(usage_text(usage, desc));
+  // --out must not be one of the inputs: the rename at the end would replace it.
+  check_not_an_input(out, data.data, "--data");
+  for (const auto& s : ds.samples) {
+    check_not_an_input(out, s.path, "an image of the dataset");
+    if (s.mask_path) check_not_an_input(out, *s.mask_path, "a mask of the dataset");
+  }
+  check_not_an_input(out, config, "--config");
+  ensure_writable_folder(out);
   for (const auto& id : ds.skipped)
     std::cerr << "warning: " << id << ": image not found, skipped\n";
   const datasets::ImageFileSource source(ds, pipeline.decode_options());

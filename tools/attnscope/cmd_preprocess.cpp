@@ -5,13 +5,16 @@
 #include <algorithm>
 #include <filesystem>
 #include <iostream>
+#include <map>
 
 #include <opencv2/imgproc.hpp>
 
 #include "attnscope/error.h"
+#include "attnscope/output_checks.h"
 #include "cli.h"
 #include "dataset_flags.h"
 #include "datasets/isic.h"
+#include "datasets/walk.h"
 #include "preprocessing/decode.h"
 #include "preprocessing/pipeline.h"
 
@@ -123,28 +126,49 @@ int run_preprocess(const std::vector<std::string>& args, const GlobalOptions&) {
 
   std::vector<fs::path> files;
   std::size_t ignored = 0;
-  if (fs::is_directory(input)) {
-    for (const auto& entry : fs::directory_iterator(input)) {
-      if (!entry.is_regular_file()) continue;
-      if (has_image_extension(entry.path()))
-        files.push_back(entry.path());
+  std::size_t failed = 0;
+  std::error_code ec;
+  if (fs::is_directory(input, ec)) {
+    // The output folder must not be the input folder or inside it: outputs would replace
+    // originals, or be read back as inputs on the next run.
+    check(!folder_contains(input, out), out,
+          "is the input folder or inside it; choose an output folder outside ", input);
+    auto listing = datasets::list_folder(input);
+    for (const auto& problem : listing.problems) {  // one bad entry, one line; the run goes on
+      std::cerr << "error: " << problem << "\n";
+      ++failed;
+    }
+    for (const auto& file : listing.files) {
+      if (has_image_extension(file))
+        files.push_back(file);
       else
         ++ignored;
     }
-    std::sort(files.begin(), files.end());
   } else {
-    check(fs::exists(input), input, "no such file or folder");
+    const auto status = fs::status(input, ec);
+    check(fs::exists(status), input, "no such file or folder");
+    check(fs::is_regular_file(status), input,
+          "is not a regular file or a folder (a device or a pipe cannot be an image)");
     files.push_back(input);
   }
-  std::error_code ec;
+  // Output names keep the input's extension when two inputs share a stem (a.jpg, a.png,
+  // a.JPG -> a.jpg.png, a.png.png, a.JPG.png), so that no output replaces another.
+  std::map<std::string, int> stems;
+  for (const auto& file : files)
+    ++stems[file.stem().string()];
+  for (const auto& file : files)
+    check_not_an_input((fs::path(out) / (file.stem().string() + ".png")).string(), file.string(),
+                       "an input image");
+  ensure_writable_output_folder(out);
   fs::create_directories(out, ec);
   check(fs::is_directory(out), out, "cannot create the output folder");
 
-  std::size_t failed = 0;
+  const std::size_t failed_entries = failed;
   for (const auto& file : files) {
     try {
       const auto rgb = pipeline.decode(file.string());
-      const auto stem = file.stem().string();
+      const auto stem =
+          stems[file.stem().string()] > 1 ? file.filename().string() : file.stem().string();
       preprocessing::write_image((fs::path(out) / (stem + ".png")).string(),
                                  pipeline.process(rgb).image);
       if (steps)
@@ -158,8 +182,8 @@ int run_preprocess(const std::vector<std::string>& args, const GlobalOptions&) {
       ++failed;
     }
   }
-  std::cout << "preprocessed " << files.size() - failed << " of " << files.size() << " images into "
-            << out;
+  const auto total = files.size() + failed_entries;
+  std::cout << "preprocessed " << total - failed << " of " << total << " images into " << out;
   if (failed) std::cout << " (" << failed << " failed)";
   if (ignored) std::cout << "; ignored " << ignored << " files without an image extension";
   std::cout << "\n";

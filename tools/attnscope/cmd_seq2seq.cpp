@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cmath>
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
@@ -11,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "attnscope/error.h"
+#include "attnscope/output_checks.h"
 #include "attnscope/version.h"
 #include "cli.h"
 #include "datasets/text/pairs.h"
@@ -122,6 +124,11 @@ models::text::DecodeOptions decode_options(const po::variables_map& vm,
                                            const std::string& usage) {
   require_at_least<int64_t>(vm, "beam", 1, usage);
   require_at_least<int64_t>(vm, "max-output-length", 0, usage);
+  const double penalty = vm["length-penalty"].as<double>();
+  if (!std::isfinite(penalty) || penalty < 0)
+    throw UsageError("--length-penalty must be a number >= 0", usage);
+  if (vm["max-output-length"].as<int64_t>() > pipeline::kMaxSeq2SeqLength)
+    throw UsageError(concat("--max-output-length must be <= ", pipeline::kMaxSeq2SeqLength), usage);
   require_at_least<int64_t>(vm, "batch-size", 1, usage);
   const int64_t max_out = vm["max-output-length"].as<int64_t>();
   return models::text::DecodeOptions()
@@ -204,7 +211,8 @@ int run_train(const std::vector<std::string>& args) {
       ("dropout", po::value<double>()->default_value(model_defaults.dropout()),
        "dropout probability")
       ("model-max-length", po::value<int64_t>()->default_value(0),
-       "longest sequence the model accepts (0 = the task's longest, at least 32)")
+       "longest sequence the model accepts, at most 4096 (0 = the task's longest, at least 32 and "
+       "at most 256; longer pairs are skipped and counted)")
       ("valid-size", po::value<int64_t>()->default_value(500),
        "held-out pairs evaluated after training")
       ("quiet", po::bool_switch(), "no progress bar");
@@ -234,6 +242,16 @@ int run_train(const std::vector<std::string>& args) {
   const std::string decay = vm["decay"].as<std::string>();
   if (decay != "none" && decay != "linear")
     throw UsageError("--decay must be none or linear, got '" + decay + "'", usage);
+  // Numbers that NaN would slip past (every comparison with NaN is false).
+  for (const char* n : {"dropout", "label-smoothing", "lr", "clip-norm", "time-budget"}) {
+    const double v = vm[n].as<double>();
+    if (!std::isfinite(v) || v < 0)
+      throw UsageError(concat("--", n, " must be a finite number >= 0"), usage);
+  }
+  // The output folder is checked before any long work: an unwritable --out must not be found
+  // only after hours of training.
+  const std::string out_dir = vm["out"].as<std::string>();
+  ensure_writable_output_folder(out_dir);
   const double dropout = vm["dropout"].as<double>();
   if (dropout < 0 || dropout >= 1) throw UsageError("--dropout must be in [0, 1)", usage);
   const double smoothing = vm["label-smoothing"].as<double>();
@@ -282,10 +300,15 @@ int run_train(const std::vector<std::string>& args) {
     tgt_tokens.push_back(text::tokenize(p.target, tokenizer, where));
     longest = std::max({longest, src_tokens.back().size(), tgt_tokens.back().size()});
   }
-  constexpr int64_t kMinimumMaxLength = 32;
+  constexpr int64_t kMinimumMaxLength = 32, kAutoMaxLength = 256;
   int64_t max_length = vm["model-max-length"].as<int64_t>();
+  if (max_length > pipeline::kMaxSeq2SeqLength)
+    throw UsageError(concat("--model-max-length must be <= ", pipeline::kMaxSeq2SeqLength), usage);
+  // A single very long line must not set the model's size (memory grows with its square):
+  // the automatic maximum is capped, longer pairs are skipped and reported below.
   if (max_length == 0)
-    max_length = std::max<int64_t>(kMinimumMaxLength, static_cast<int64_t>(longest));
+    max_length = std::min<int64_t>(
+        kAutoMaxLength, std::max<int64_t>(kMinimumMaxLength, static_cast<int64_t>(longest)));
   const auto source_vocab = text::Vocabulary::build(src_tokens);
   const auto target_vocab = text::Vocabulary::build(tgt_tokens);
   const auto encoded = text::encode_pairs(data.pairs, source_vocab, target_vocab, tokenizer,
@@ -311,6 +334,11 @@ int run_train(const std::vector<std::string>& args) {
       .max_length(max_length);
   const int64_t layers = vm["layers"].as<int64_t>();
   if (layers > 0) options.layers(layers);
+  try {
+    pipeline::validate_seq2seq_options(options, "seq2seq train");
+  } catch (const Error& e) {
+    throw UsageError(e.message(), usage);
+  }
   torch::manual_seed(seed);
   pipeline::Seq2SeqBundle bundle{name, models::text::make_seq2seq(options), source_vocab,
                                  target_vocab, tokenizer};
@@ -368,8 +396,8 @@ int run_train(const std::vector<std::string>& args) {
               << ", token accuracy " << eval.metrics.token_accuracy << ", BLEU "
               << std::setprecision(2) << eval.metrics.bleu << "\n";
   }
-  fs::create_directories(vm["out"].as<std::string>());
-  const std::string path = (fs::path(vm["out"].as<std::string>()) / "model.h5").string();
+  fs::create_directories(out_dir);
+  const std::string path = (fs::path(out_dir) / "model.h5").string();
   pipeline::save_seq2seq(path, bundle, provenance);
   std::cout << "wrote " << path << " (" << result.steps << " steps, " << std::fixed
             << std::setprecision(1) << result.seconds << " s, " << result.cpu_seconds
@@ -429,6 +457,11 @@ int run_translate(const std::vector<std::string>& args) {
   const auto decode = decode_options(vm, bundle, usage);
   const std::string alignments = vm["alignments"].as<std::string>();
   const std::string png_dir = vm["alignment-png"].as<std::string>();
+  if (!alignments.empty()) {
+    check_not_an_input(alignments, vm["model"].as<std::string>(), "--model");
+    ensure_writable_folder(alignments);
+  }
+  if (!png_dir.empty()) ensure_writable_output_folder(png_dir);
   if ((!alignments.empty() || !png_dir.empty()) && !bundle.model->has_attention())
     throw Error(vm["model"].as<std::string>(),
                 concat("model '", bundle.name,

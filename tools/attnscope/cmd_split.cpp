@@ -1,9 +1,11 @@
 // attnscope split: stratified train/val/test splits or k folds of a dataset, grouped by lesion
 // or patient, written as CSV.
 
+#include <cmath>
 #include <iostream>
 #include <map>
 
+#include "attnscope/output_checks.h"
 #include "cli.h"
 #include "dataset_flags.h"
 #include "datasets/splits.h"
@@ -35,7 +37,13 @@ int run_split(const std::vector<std::string>& args, const GlobalOptions&) {
   if (o.val < 0 || o.test < 0 || o.val + o.test >= 1)
     fail("--val and --test must be >= 0 with a sum < 1");
   if (folds == 1 || folds < 0) fail("--folds must be 0 or >= 2");
+  if (!std::isfinite(o.val) || !std::isfinite(o.test)) fail("--val and --test must be numbers");
+  check_not_an_input(out, data.data, "--data");
+  ensure_writable_folder(out);
   const auto ds = data.read(usage_text(usage, desc));
+  check(!ds.samples.empty(), data.data, "no samples to split");
+  if (folds > static_cast<int>(ds.samples.size()))
+    fail(concat("--folds (", folds, ") is more than the ", ds.samples.size(), " samples"));
   std::map<std::string, std::vector<int64_t>> counts;  // part → samples per class
   auto tally = [&](const std::string& part, int64_t label) {
     auto& c = counts[part];

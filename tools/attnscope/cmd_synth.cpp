@@ -1,12 +1,19 @@
 // attnscope synth: write a synthetic dermoscopy dataset (images, lesion masks, labels.csv).
 
+#include <cmath>
 #include <iostream>
+
+#include "attnscope/output_checks.h"
 
 #include "cli.h"
 #include "datasets/synthetic.h"
 
 namespace attnscope::cli {
 namespace {
+
+// Ids are ISIC-style with 7 digits; 4096 px images are already 48 MiB each.
+constexpr int64_t kMaxSynthCount = 9'999'999;
+constexpr int kMaxSynthSize = 4096;
 
 int run_synth(const std::vector<std::string>& args, const GlobalOptions&) {
   const std::string usage = "synth --out DIR [--count N] [--seed S] [--size PX]";
@@ -38,12 +45,16 @@ int run_synth(const std::vector<std::string>& args, const GlobalOptions&) {
   po::variables_map vm;
   if (!parse(usage, desc, args, vm)) return 0;
   const auto fail = [&](const std::string& m) { throw UsageError(m, usage_text(usage, desc)); };
-  if (count < 1) fail("--count must be >= 1");
-  if (o.size < 32) fail("--size must be >= 32");
-  if (workers < 1) fail("--workers must be >= 1");
+  if (count < 1 || count > kMaxSynthCount)
+    fail(concat("--count must be in [1, ", kMaxSynthCount, "]"));
+  if (o.size < 32 || o.size > kMaxSynthSize)
+    fail(concat("--size must be in [32, ", kMaxSynthSize, "]"));
+  if (workers < 1 || workers > kMaxWorkers)
+    fail(concat("--workers must be in [1, ", kMaxWorkers, "]"));
   for (double p : {o.malignant_fraction, o.hair_probability, o.ruler_probability, o.ink_probability,
                    o.vignette_probability})
-    if (p < 0 || p > 1) fail("probabilities and fractions must be in [0, 1]");
+    if (!std::isfinite(p) || p < 0 || p > 1) fail("probabilities and fractions must be in [0, 1]");
+  ensure_writable_output_folder(out);
   const auto ds = datasets::write_synthetic(out, count, seed, o, workers);
   const auto counts = ds.class_counts();
   std::cout << "wrote " << ds.samples.size() << " images (" << counts[0] << " benign, " << counts[1]

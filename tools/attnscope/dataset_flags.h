@@ -3,6 +3,7 @@
 // --multiclass, --ak-benign), so that cache, preprocess stats, train and classify read
 // datasets the same way.
 
+#include <iostream>
 #include <string>
 
 #include "attnscope/error.h"
@@ -51,7 +52,11 @@ struct DatasetFlags {
     o.ak_malignant = !ak_benign;
     o.skip_missing = skip_missing;
     o.images_dir = images.empty() ? datasets::default_images_dir(data) : images;
-    return datasets::read_dataset(data, o);
+    auto ds = datasets::read_dataset(data, o);
+    // Unusable folder entries (symlink loops, dangling links): one line each, the run goes on.
+    for (const auto& w : ds.warnings)
+      std::cerr << "warning: " << w << "\n";
+    return ds;
   }
 };
 

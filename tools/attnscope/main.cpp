@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "attnscope/error.h"
+#include "attnscope/output_checks.h"
 #include "attnscope/version.h"
 #include "cli.h"
 #include "runtime/runtime.h"
@@ -26,7 +27,7 @@ std::string main_usage() {
       "Global options:\n"
       "  -h [ --help ]          show this help and exit\n"
       "  --version              print the attnscope version and exit\n"
-      "  --threads N (=0)       LibTorch intra-op threads; 0 = every available core\n\n"
+      "  --threads N (=0)       LibTorch intra-op threads (0 = every core, at most 256)\n\n"
       "Commands:\n";
   for (const auto& c : commands()) {
     text += "  " + c.name + std::string(c.name.size() < 14 ? 14 - c.name.size() : 1, ' ') +
@@ -42,8 +43,10 @@ int parse_threads(const std::string& value) {
     n = std::stoi(value, &used);
   } catch (const std::exception&) {
   }
-  if (used != value.size() || n < 0)
-    throw UsageError("--threads expects a whole number >= 0, got '" + value + "'", main_usage());
+  if (used != value.size() || n < 0 || n > attnscope::kMaxWorkers)
+    throw UsageError("--threads expects a whole number in [0, " +
+                         std::to_string(attnscope::kMaxWorkers) + "], got '" + value + "'",
+                     main_usage());
   return n;
 }
 

@@ -13,6 +13,7 @@
 #include "datasets/text/pairs.h"
 #include "models/text/decoding.h"
 #include "pipeline/checkpoint.h"
+#include "pipeline/h5.h"
 #include "pipeline/text/seq2seq_checkpoint.h"
 #include "pipeline/text/seq2seq_metrics.h"
 #include "pipeline/text/seq2seq_train.h"
@@ -318,6 +319,41 @@ TEST(Seq2SeqCheckpoint, RoundTripGivesTheSameTranslations) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("not a seq2seq checkpoint"), std::string::npos);
   }
+}
+
+// Crafted checkpoints: every config field outside its range is refused with the file and the
+// field named, before a model is built (layers 0 crashed, layers 100000 hung, dropout 7 gave a
+// LibTorch stack trace).
+TEST(Seq2SeqCheckpoint, CraftedConfigFieldsAreRefusedByName) {
+  const auto t = copy_model(false);
+  test::TempDir dir;
+  const auto good = dir / "good.h5";
+  save_seq2seq(good, t.bundle);
+  const std::vector<std::pair<std::string, nlohmann::json>> bad = {
+      {"layers", 0},        {"layers", -1},         {"layers", 100000},
+      {"max_length", 1e12}, {"max_length", 0},      {"dropout", 7},
+      {"dropout", -1},      {"hidden_dim", 0},      {"embedding_dim", -3},
+      {"heads", 0},         {"heads", 3},           {"source_vocab", 2},
+      {"arch", "quantum"},  {"cell", "rnn"},        {"attention", "telepathy"},
+      {"layers", "two"},    {"model_dim", 1 << 30}, {"positions", "random"}};
+  for (const auto& [field, value] : bad) {
+    const auto path = dir / ("bad_" + field + ".h5");
+    std::filesystem::copy_file(good, path, std::filesystem::copy_options::overwrite_existing);
+    {
+      auto file = h5::File::open(path, true);
+      auto config =
+          nlohmann::json::parse(h5::read_string_attribute(file.id(), "model_config", path));
+      config[field] = value;
+      if (field == "heads") config["arch"] = "transformer";
+      h5::write_attribute(file.id(), "model_config", config.dump(), path);
+      file.close();
+    }
+    const auto message = test::error_of([&] { load_seq2seq(path); });
+    EXPECT_NE(message.find(path), std::string::npos) << field << "=" << value << ": " << message;
+    EXPECT_NE(message.find("model_config." + field), std::string::npos)
+        << field << "=" << value << ": " << message;
+  }
+  EXPECT_EQ(test::error_of([&] { load_seq2seq(good); }), "");
 }
 
 TEST(Seq2SeqTranslate, BadInputsAreReportedAndTheOthersGoOn) {

@@ -102,6 +102,25 @@ TEST(ImageCache, BadImagesAreListedAndOthersCached) {
   EXPECT_EQ(ImageCacheSource(dir / "c.h5").size(), 3u);
 }
 
+// Ids in another encoding than UTF-8 are one failure each (h5py must still read the cache:
+// its string datasets are typed UTF-8).
+TEST(ImageCache, NonUtf8IdsAreListedAndTheCacheStaysReadableByH5py) {
+  test::TempDir dir;
+  datasets::SyntheticOptions so;
+  so.size = 48;
+  auto ds = datasets::write_synthetic(dir.path().string(), 3, 1, so);
+  ds.samples[1].image_id = "caf\xe9";  // Latin-1
+  const datasets::ImageFileSource source(ds);
+  const auto report = write_image_cache(dir / "c.h5", source, resize_to(32));
+  EXPECT_EQ(report.written, 2u);
+  ASSERT_EQ(report.failures.size(), 1u);
+  EXPECT_NE(report.failures[0].message.find("not valid UTF-8"), std::string::npos);
+  const auto r =
+      test::run_process(test::python() + " -c \"import h5py; f = h5py.File('" + dir / "c.h5" +
+                        "', 'r'); print([s.decode() for s in f['ids']])\"");
+  EXPECT_EQ(r.output, "['synth_000000', 'synth_000002']\n");
+}
+
 TEST(ImageCache, RefusesFilesThatAreNotACache) {
   test::TempDir dir;
   { auto f = h5::File::create(dir / "other.h5"); }

@@ -59,6 +59,25 @@ TEST(ImageModelConfig, RejectsBadJsonNamingTheKey) {
   expect_error({{"arch", "attn_small"}, {"compatibility", "cosine"}}, "cosine");
 }
 
+// Crafted checkpoints: sizes outside sane ranges are refused by name before a model is built
+// (no allocation of terabytes, no LibTorch stack trace).
+TEST(ImageModelConfig, RejectsOutOfRangeSizesNamingTheField) {
+  const std::vector<std::pair<nlohmann::json, std::string>> bad = {
+      {{{"arch", "resnet18"}, {"num_classes", 0}}, "model_config.num_classes"},
+      {{{"arch", "resnet18"}, {"num_classes", -1}}, "model_config.num_classes"},
+      {{{"arch", "resnet18"}, {"num_classes", 1000000000}}, "model_config.num_classes"},
+      {{{"arch", "resnet18"}, {"image_size", 1000000}}, "model_config.image_size"},
+      {{{"arch", "resnet18"}, {"in_channels", 0}}, "model_config.in_channels"},
+      {{{"arch", "resnet18"}, {"dropout", 7}}, "model_config.dropout"},
+      {{{"arch", "resnet18"}, {"dropout", -0.5}}, "model_config.dropout"},
+      {{{"arch", "attn_small"}, {"attention_stages", {0, 99}}}, "model_config.attention_stages"},
+  };
+  for (const auto& [json, field] : bad) {
+    const auto message = test::error_of([&] { image_model_config_from_json(json); });
+    EXPECT_NE(message.find(field), std::string::npos) << json.dump() << " -> " << message;
+  }
+}
+
 TEST(ImageCheckpoint, RoundTripRebuildsTheArchitecture) {
   test::TempDir dir;
   const auto path = dir / "attn.h5";

@@ -1,0 +1,81 @@
+#pragma once
+// Checks a command runs on its outputs BEFORE any long work: an --out that is one of the
+// inputs, or a folder that cannot be written, is an error up front, not after an hour of
+// training. Also the upper bounds every command applies to sizes and counts.
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <string>
+
+#include "attnscope/error.h"
+
+namespace attnscope {
+
+/// Largest image side any command accepts (--size, a resize step): 16384^2 RGB is 768 MiB.
+constexpr int kMaxImageSide = 16384;
+/// Largest thread/worker count a command accepts.
+constexpr int kMaxWorkers = 256;
+
+/// True when a and b name the same file (same inode), or the same path once made absolute
+/// and normalised when neither exists yet.
+inline bool same_file(const std::string& a, const std::string& b) {
+  namespace fs = std::filesystem;
+  if (a.empty() || b.empty()) return false;
+  std::error_code ec;
+  if (fs::exists(a, ec) && fs::exists(b, ec)) return fs::equivalent(a, b, ec) && !ec;
+  return fs::weakly_canonical(a, ec) == fs::weakly_canonical(b, ec);
+}
+
+/// Throws Error(out, ...) when the output `out` is the input `input` (described as `what`).
+inline void check_not_an_input(const std::string& out, const std::string& input,
+                               const std::string& what) {
+  check(!same_file(out, input), out, "is ", what, " (", input,
+        "); writing it would destroy the input: choose another output");
+}
+
+/// True when folder `dir` is `inner` or one of its ancestors (by identity, symlinks followed).
+inline bool folder_contains(const std::string& dir, const std::string& inner) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const auto top = fs::weakly_canonical(dir, ec);
+  if (ec) return false;
+  for (auto p = fs::weakly_canonical(inner, ec); !ec && !p.empty(); p = p.parent_path()) {
+    if (p == top) return true;
+    if (p == p.parent_path()) break;
+  }
+  return false;
+}
+
+/// Throws Error(path, ...) unless a file can be created in the folder that will hold `path`
+/// (it exists, is a folder, is writable, the file system is not read-only). Creates and
+/// removes a probe file; the target itself is not touched.
+inline void ensure_writable_folder(const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path target(path);
+  const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  std::error_code ec;
+  check(fs::is_directory(dir, ec), path, "the folder ", dir.string(), " does not exist");
+  const auto probe = (dir / concat(".attnscope-probe.", ::getpid())).string();
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  check(fd >= 0, path, "cannot create files in ", dir.string(), " (", std::strerror(errno), ")");
+  ::close(fd);
+  ::unlink(probe.c_str());
+}
+
+/// ensure_writable_folder for an output folder that may not exist yet: its nearest existing
+/// ancestor must be writable.
+inline void ensure_writable_output_folder(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path p = fs::absolute(dir, ec);
+  while (!p.empty() && !fs::exists(p, ec) && p != p.parent_path())
+    p = p.parent_path();
+  check(fs::is_directory(p, ec), dir, p.string(), " is not a folder");
+  ensure_writable_folder((p / "x").string());
+}
+
+}  // namespace attnscope

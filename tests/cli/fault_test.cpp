@@ -1,0 +1,301 @@
+// Fault tests of every command that writes (issue 14): each runs the real binary under an
+// output-size limit (writes fail with EFBIG as on a full disk, SIGXFSZ ignored) or kills it
+// at a moment, and asserts the exit status, the message, and that the previous output is
+// intact (byte for byte) or the new one complete. Also the up-front refusals (an --out that
+// is an input, unwritable folders, out-of-range numbers) and bad folder entries.
+
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include <opencv2/imgcodecs.hpp>
+
+#include "test_support.h"
+
+namespace attnscope {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string exe() {
+  return std::string(ATTNSCOPE_EXE) + " --threads 1";
+}
+
+std::string slurp(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Files in `dir` whose name starts with "." (AtomicFile's temporaries).
+int temporaries_in(const fs::path& dir) {
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(dir))
+    n += e.path().filename().string().rfind(".", 0) == 0;
+  return n;
+}
+
+// Exited on its own with status 1 and an "error:" line (no signal: no crash, no abort).
+void expect_clean_failure(const test::ProcessResult& r, const std::string& reason) {
+  EXPECT_EQ(r.signal, 0) << "ended by signal " << r.signal << "\n" << r.output;
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(reason), std::string::npos) << r.output;
+}
+
+void synth(const test::TempDir& dir, int count = 6, int size = 64) {
+  const auto r = test::run_process(exe() + " synth --out " + dir.path().string() + " --count " +
+                                   std::to_string(count) + " --size " + std::to_string(size));
+  ASSERT_EQ(r.status, 0) << r.output;
+}
+
+std::string h5py_images_shape(const std::string& path) {
+  return test::run_process(test::python() + " -c \"import h5py; print(h5py.File('" + path +
+                           "', 'r')['images'].shape)\"")
+      .output;
+}
+
+// Defect 1 and 3: a full disk during `cache` used to segfault at exit (HDF5's atexit close)
+// and destroy the existing cache.
+TEST(CliFault, CacheOnAFullDiskFailsCleanlyAndKeepsThePreviousCache) {
+  test::TempDir dir;
+  synth(dir);
+  const auto cache = dir / "c.h5";
+  const auto cmd = exe() + " cache --data " + (dir / "labels.csv") + " --out " + cache;
+  ASSERT_EQ(test::run_process(cmd + " --size 32").status, 0);
+  const auto before = slurp(cache);
+  const auto r = test::run_with_file_size_limit(cmd + " --size 64", 30000);
+  expect_clean_failure(r, "File too large");
+  EXPECT_EQ(slurp(cache), before) << "the previous cache changed";
+  EXPECT_EQ(temporaries_in(dir.path()), 0);
+  EXPECT_EQ(h5py_images_shape(cache), "(6, 32, 32, 3)\n");
+}
+
+TEST(CliFault, CacheKilledAtAnyMomentLeavesTheOldOrTheNewCache) {
+  test::TempDir dir;
+  synth(dir, 12, 64);
+  const auto cache = dir / "c.h5";
+  const auto cmd = exe() + " cache --data " + (dir / "labels.csv") + " --out " + cache;
+  ASSERT_EQ(test::run_process(cmd + " --size 32").status, 0);
+  std::mt19937 rng(14);
+  for (int round = 0; round < 4; ++round) {
+    const int ms = std::uniform_int_distribution<int>(100, 2500)(rng);
+    const auto r = test::run_killed_after(cmd + " --size 48", ms);
+    const auto shape = h5py_images_shape(cache);
+    EXPECT_TRUE(shape == "(12, 32, 32, 3)\n" || shape == "(12, 48, 48, 3)\n")
+        << "after a kill at " << ms << " ms (killed: " << r.killed << "): " << shape;
+    if (!r.killed) EXPECT_EQ(r.status, 0) << r.output;
+  }
+}
+
+TEST(CliFault, CacheRefusesAnOutThatIsAnInputAndLeavesNoFileWhenNothingIsCached) {
+  test::TempDir dir;
+  synth(dir, 3);
+  const auto csv = slurp(dir / "labels.csv");
+  auto r = test::run_process(exe() + " cache --data " + (dir / "labels.csv") + " --out " +
+                             (dir / "labels.csv") + " --size 32");
+  expect_clean_failure(r, "would destroy the input");
+  EXPECT_EQ(slurp(dir / "labels.csv"), csv);
+  const auto image = dir / "images/synth_000000.png";
+  const auto pixels = slurp(image);
+  r = test::run_process(exe() + " cache --data " + (dir / "labels.csv") + " --out " + image +
+                        " --size 32");
+  expect_clean_failure(r, "would destroy the input");
+  EXPECT_EQ(slurp(image), pixels);
+  // Every image unreadable: an error, and no (empty) cache file.
+  for (const auto& e : fs::directory_iterator(dir.path() / "images"))
+    std::ofstream(e.path()) << "not an image";
+  r = test::run_process(exe() + " cache --data " + (dir / "labels.csv") + " --out " +
+                        (dir / "c.h5") + " --size 32");
+  expect_clean_failure(r, "no image could be cached");
+  EXPECT_FALSE(fs::exists(dir / "c.h5"));
+  EXPECT_EQ(temporaries_in(dir.path()), 0);
+}
+
+TEST(CliFault, CacheConfigMustEndWithAResizeAndExcludesSize) {
+  test::TempDir dir;
+  synth(dir, 2);
+  std::ofstream(dir / "noresize.json") << R"({"steps": [{"op": "shades_of_gray"}]})";
+  std::ofstream(dir / "resize.json") << R"({"steps": [{"op": "resize", "size": 32}]})";
+  auto r = test::run_process(exe() + " cache --data " + (dir / "labels.csv") + " --out " +
+                             (dir / "c.h5") + " --config " + (dir / "noresize.json"));
+  expect_clean_failure(r, "must end with a resize");
+  r = test::run_process(exe() + " cache --data " + (dir / "labels.csv") + " --out " +
+                        (dir / "c.h5") + " --config " + (dir / "resize.json") + " --size 64");
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("--size and --config exclude each other"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "c.h5"));
+}
+
+// Defect 5: a symlink loop in the images folder is one warning, not the end of the run.
+TEST(CliFault, CacheGoesOnPastASymlinkLoopInTheImagesFolder) {
+  test::TempDir dir;
+  synth(dir, 3);
+  fs::create_symlink("loop", dir.path() / "images/loop");
+  fs::create_symlink("gone.png", dir.path() / "images/dangling.png");
+  const auto r = test::run_process(exe() + " cache --data " + (dir / "labels.csv") + " --out " +
+                                   (dir / "c.h5") + " --size 32");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("images/loop: symlink loop"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("images/dangling.png: dangling symlink"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("cached 3 of 3"), std::string::npos) << r.output;
+}
+
+// Defect 2 and 7: split on a full disk, to a device, or of an empty dataset.
+TEST(CliFault, SplitReportsWriteErrorsAndKeepsThePreviousCsv) {
+  test::TempDir dir;
+  synth(dir, 20, 32);
+  const auto cmd = exe() + " split --data " + (dir / "labels.csv") + " --out " + (dir / "s.csv");
+  ASSERT_EQ(test::run_process(cmd).status, 0);
+  const auto before = slurp(dir / "s.csv");
+  auto r = test::run_with_file_size_limit(cmd + " --seed 5", 100);
+  expect_clean_failure(r, "File too large");
+  EXPECT_EQ(slurp(dir / "s.csv"), before);
+  EXPECT_EQ(temporaries_in(dir.path()), 0);
+  r = test::run_process(exe() + " split --data " + (dir / "labels.csv") + " --out /dev/full");
+  expect_clean_failure(r, "not a regular file");
+  EXPECT_EQ(r.output.find("wrote"), std::string::npos) << r.output;
+  std::ofstream(dir / "header.csv") << "image_id,label\n";
+  r = test::run_process(exe() + " split --data " + (dir / "header.csv") + " --images " +
+                        (dir / "images") + " --out " + (dir / "empty.csv"));
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "empty.csv"));
+}
+
+// Defect 2 and 4: preprocess on a full disk, colliding names, --out equal to --input.
+TEST(CliFault, PreprocessKeepsEveryOutputAndRefusesToWriteIntoItsInput) {
+  test::TempDir dir;
+  const auto in = dir.path() / "in";
+  fs::create_directories(in);
+  ASSERT_TRUE(cv::imwrite((in / "a.jpg").string(), cv::Mat(40, 40, CV_8UC3, cv::Scalar(1, 2, 3))));
+  ASSERT_TRUE(cv::imwrite((in / "a.png").string(), cv::Mat(40, 40, CV_8UC3, cv::Scalar(9, 8, 7))));
+  ASSERT_TRUE(cv::imwrite((in / "a.JPG").string(), cv::Mat(40, 40, CV_8UC3, cv::Scalar(5, 5, 5))));
+  ASSERT_TRUE(cv::imwrite((in / "b.png").string(), cv::Mat(40, 40, CV_8UC3, cv::Scalar(5, 5, 5))));
+  const auto out = dir.path() / "out";
+  auto r =
+      test::run_process(exe() + " preprocess --input " + in.string() + " --out " + out.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("preprocessed 4 of 4"), std::string::npos) << r.output;
+  for (const char* name : {"a.jpg.png", "a.png.png", "a.JPG.png", "b.png"})
+    EXPECT_TRUE(fs::exists(out / name)) << name;
+  const auto before = slurp(in / "a.png");
+  for (const auto& target : {in, in / "sub"}) {
+    r = test::run_process(exe() + " preprocess --input " + in.string() + " --out " +
+                          target.string());
+    expect_clean_failure(r, "is the input folder or inside it");
+  }
+  EXPECT_EQ(slurp(in / "a.png"), before);
+  r = test::run_process(exe() + " preprocess --input " + (in / "b.png").string() + " --out " +
+                        in.string());
+  expect_clean_failure(r, "would destroy the input");
+  // Full disk: every image fails with the system's reason, nothing is left half written.
+  const auto full = dir.path() / "full";
+  r = test::run_with_file_size_limit(
+      exe() + " preprocess --input " + in.string() + " --out " + full.string(), 1000);
+  expect_clean_failure(r, "File too large");
+  EXPECT_NE(r.output.find("preprocessed 0 of 4"), std::string::npos) << r.output;
+  for (const auto& e : fs::directory_iterator(full))
+    ADD_FAILURE() << "left behind: " << e.path();
+}
+
+TEST(CliFault, PreprocessReportsASymlinkLoopAndGoesOn) {
+  test::TempDir dir;
+  const auto in = dir.path() / "in";
+  fs::create_directories(in);
+  ASSERT_TRUE(cv::imwrite((in / "good.png").string(), cv::Mat(40, 40, CV_8UC3)));
+  fs::create_symlink("loop.png", in / "loop.png");
+  const auto r =
+      test::run_process(exe() + " preprocess --input " + in.string() + " --out " + (dir / "out"));
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("loop.png: symlink loop"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("preprocessed 1 of 2"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(dir.path() / "out/good.png"));
+  const auto zero = test::run_process(exe() + " preprocess --input /dev/zero --out " + (dir / "z"));
+  expect_clean_failure(zero, "not a regular file");
+}
+
+// Defect 2: synth on a full disk named labels.csv and left empty images.
+TEST(CliFault, SynthOnAFullDiskNamesTheImageAndLeavesNoEmptyFile) {
+  test::TempDir dir;
+  const auto r = test::run_with_file_size_limit(
+      exe() + " synth --out " + dir.path().string() + " --count 4 --size 256", 2000);
+  expect_clean_failure(r, "File too large");
+  EXPECT_NE(r.output.find(".png"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("labels.csv"), std::string::npos) << r.output;
+  for (const char* sub : {"images", "masks"})
+    if (fs::exists(dir.path() / sub))
+      for (const auto& e : fs::directory_iterator(dir.path() / sub))
+        EXPECT_GT(fs::file_size(e.path()), 0u) << e.path();
+}
+
+TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
+  test::TempDir dir;
+  for (const auto& args :
+       {std::string("--threads 100000 info"),
+        "synth --out " + (dir / "s") + " --hair-probability nan",
+        "synth --out " + (dir / "s") + " --count 100000000000",
+        "synth --out " + (dir / "s") + " --size 1000000",
+        "cache --data x.csv --out " + (dir / "c.h5") + " --size 1000000",
+        "split --data x.csv --out " + (dir / "s.csv") + " --val nan",
+        "seq2seq train --task copy --model gru-additive --out " + (dir / "r") + " --lr nan",
+        "seq2seq train --task copy --model gru-additive --out " + (dir / "r") + " --clip-norm -1",
+        "seq2seq train --task copy --model gru-additive --out " + (dir / "r") +
+            " --time-budget nan",
+        "seq2seq train --task copy --model gru-additive --out " + (dir / "r") +
+            " --model-max-length 100000000"}) {
+    const auto r = test::run_process(exe() + " " + args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << r.output;
+  }
+  EXPECT_FALSE(fs::exists(dir / "s"));
+}
+
+// Seq2seq: the checkpoint and the alignments through a full disk; --out checked up front.
+class CliSeq2SeqFault : public ::testing::Test {
+ protected:
+  std::string train_cmd(const std::string& out, int seed = 0) const {
+    return exe() + " seq2seq train --task copy --model gru-additive --count 200 --min-length 3 " +
+           "--max-length 6 --epochs 1 --hidden-dim 16 --embedding-dim 8 --valid-size 10 " +
+           "--quiet --seed " + std::to_string(seed) + " --out " + out;
+  }
+  test::TempDir dir;
+};
+
+TEST_F(CliSeq2SeqFault, TrainOnAFullDiskKeepsThePreviousModel) {
+  ASSERT_EQ(test::run_process(train_cmd(dir / "run")).status, 0);
+  const auto model = dir / "run/model.h5";
+  const auto before = slurp(model);
+  const auto r = test::run_with_file_size_limit(train_cmd(dir / "run", 1), 4000);
+  expect_clean_failure(r, "File too large");
+  EXPECT_EQ(slurp(model), before);
+  EXPECT_EQ(temporaries_in(dir.path() / "run"), 0);
+}
+
+TEST_F(CliSeq2SeqFault, TranslateAlignmentsOnAFullDiskKeepThePreviousFile) {
+  ASSERT_EQ(test::run_process(train_cmd(dir / "run")).status, 0);
+  const auto cmd = exe() + " seq2seq translate --model " + (dir / "run/model.h5") +
+                   " --alignments " + (dir / "al.h5") + " abc hello";
+  ASSERT_EQ(test::run_process(cmd).status, 0);
+  const auto before = slurp(dir / "al.h5");
+  const auto r = test::run_with_file_size_limit(cmd + " abcdef", 800);
+  expect_clean_failure(r, "File too large");
+  EXPECT_EQ(slurp(dir / "al.h5"), before);
+  EXPECT_EQ(temporaries_in(dir.path()), 0);
+  const auto model = slurp(dir / "run/model.h5");
+  const auto same =
+      test::run_process(exe() + " seq2seq translate --model " + (dir / "run/model.h5") +
+                        " --alignments " + (dir / "run/model.h5") + " abc");
+  expect_clean_failure(same, "would destroy the input");
+  EXPECT_EQ(slurp(dir / "run/model.h5"), model);
+}
+
+// Defect 9: an unwritable --out is found before training, not after.
+TEST_F(CliSeq2SeqFault, TrainChecksTheOutputFolderBeforeTraining) {
+  std::ofstream(dir / "file") << "x";
+  const auto r = test::run_process(train_cmd(dir / "file/run"));
+  expect_clean_failure(r, "is not a folder");
+  EXPECT_EQ(r.output.find("held-out"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace attnscope

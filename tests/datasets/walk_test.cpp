@@ -1,0 +1,46 @@
+// Folder listing: one bad entry (a symlink loop, a dangling link) is one reported problem,
+// and the good entries are still listed.
+
+#include <fstream>
+
+#include "datasets/walk.h"
+#include "test_support.h"
+
+namespace attnscope::datasets {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(ListFolder, SymlinkLoopsAndDanglingLinksAreReportedNotFatal) {
+  test::TempDir dir;
+  std::ofstream(dir / "b.jpg") << "x";
+  std::ofstream(dir / "a.png") << "x";
+  fs::create_directory(dir.path() / "sub");
+  fs::create_symlink("loop1", dir.path() / "loop2");
+  fs::create_symlink("loop2", dir.path() / "loop1");
+  fs::create_symlink("self", dir.path() / "self");
+  fs::create_symlink("missing.jpg", dir.path() / "dangling.jpg");
+  fs::create_symlink("b.jpg", dir.path() / "link.jpg");
+  const auto listing = list_folder(dir.path());
+  ASSERT_EQ(listing.files.size(), 3u);
+  EXPECT_EQ(listing.files[0].filename(), "a.png");  // sorted
+  EXPECT_EQ(listing.files[1].filename(), "b.jpg");
+  EXPECT_EQ(listing.files[2].filename(), "link.jpg");
+  ASSERT_EQ(listing.folders.size(), 1u);
+  std::string all;
+  for (const auto& p : listing.problems)
+    all += p + "\n";
+  EXPECT_EQ(listing.problems.size(), 4u) << all;
+  for (const char* name : {"loop1: symlink loop", "loop2: symlink loop", "self: symlink loop",
+                           "dangling.jpg: dangling symlink"})
+    EXPECT_NE(all.find(name), std::string::npos) << all;
+}
+
+TEST(ListFolder, AMissingFolderIsAnError) {
+  test::TempDir dir;
+  EXPECT_NE(test::error_of([&] { list_folder(dir.path() / "nope"); }).find("not a folder"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace attnscope::datasets
