@@ -68,6 +68,9 @@ double fit_temperature(const torch::Tensor& logits, const torch::Tensor& labels)
   return std::exp((a + b) / 2);
 }
 
+namespace {
+
+// Stand-ins for pipeline/metrics.h (built on branch `metrics`), replaced when it lands.
 double roc_auc(const std::vector<double>& scores, const std::vector<int>& positive) {
   check(scores.size() == positive.size(), "roc auc", "scores and labels differ in length");
   std::vector<std::size_t> order(scores.size());
@@ -95,7 +98,7 @@ double roc_auc(const std::vector<double>& scores, const std::vector<int>& positi
 }
 
 nlohmann::json classification_metrics(const torch::Tensor& probabilities,
-                                      const torch::Tensor& labels, double threshold) {
+                                      const torch::Tensor& labels, double threshold = 0.5) {
   const auto p = probabilities.detach().to(torch::kFloat64).cpu().contiguous();
   const auto y = labels.cpu().to(torch::kInt64).contiguous();
   const int64_t n = p.size(0), classes = p.size(1);
@@ -161,6 +164,8 @@ nlohmann::json classification_metrics(const torch::Tensor& probabilities,
   if (classes > 2) m["auc_per_class"] = per_class;
   return m;
 }
+
+}  // namespace
 
 // ---------------------------------------------------------------------------------------------
 // Training

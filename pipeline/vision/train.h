@@ -138,14 +138,4 @@ torch::Tensor focal_loss(const torch::Tensor& logits, const torch::Tensor& label
 /// Shape: logits (N, C), labels (N).
 double fit_temperature(const torch::Tensor& logits, const torch::Tensor& labels);
 
-/// Validation metrics of probabilities (N, C) against labels (N): loss (mean NLL), accuracy,
-/// balanced_accuracy, auc (binary: of class 1; multi-class: macro one-vs-rest), and for two
-/// classes sensitivity and specificity at `threshold`.
-nlohmann::json classification_metrics(const torch::Tensor& probabilities,
-                                      const torch::Tensor& labels, double threshold = 0.5);
-
-/// Exact ROC AUC (ties count half): the Mann-Whitney statistic. Throws Error when only one
-/// class is present.
-double roc_auc(const std::vector<double>& scores, const std::vector<int>& positive);
-
 }  // namespace attnscope::pipeline

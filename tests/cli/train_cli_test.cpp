@@ -136,15 +136,15 @@ TEST(TrainCli, ResumeAfterSigkillsEqualsAnUninterruptedRun) {
   const auto run = dir / "killed";
   std::mt19937 rng(std::random_device{}());
   int kills = 0;
-  for (int attempt = 0; attempt < 12; ++attempt) {
+  for (int attempt = 0; attempt < 10; ++attempt) {
     const bool started = fs::exists(run + "/last.h5");
     const auto command =
         started ? exe() + " --threads 1 train --resume " + run + " 2>&1" : train_command(run);
-    // Kill somewhere in the first 60% of a run's time (a random batch); from the third
-    // attempt on, let it finish.
-    const int after = std::uniform_int_distribution<int>(ms / 10, ms * 6 / 10)(rng);
-    const auto r =
-        attempt < 3 ? test::run_killed_after(command, after) : test::run_process(command);
+    // Kill between 15% and 45% of a whole run's time: a random batch of the first half of
+    // the remaining epochs (each resumed run repeats at least two of the four). After three
+    // kills, let it finish.
+    const int after = std::uniform_int_distribution<int>(ms * 15 / 100, ms * 45 / 100)(rng);
+    const auto r = kills < 3 ? test::run_killed_after(command, after) : test::run_process(command);
     if (r.killed) {
       ++kills;
       // Whatever the moment, last.h5 (when there is one) is a complete checkpoint.
