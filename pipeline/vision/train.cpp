@@ -12,6 +12,7 @@
 #include "datasets/splits.h"
 #include "pipeline/checkpoint.h"
 #include "pipeline/h5.h"
+#include "pipeline/metrics.h"
 #include "pipeline/vision/image_losses.h"
 #include "pipeline/vision/image_model_config.h"
 
@@ -67,105 +68,6 @@ double fit_temperature(const torch::Tensor& logits, const torch::Tensor& labels)
   }
   return std::exp((a + b) / 2);
 }
-
-namespace {
-
-// Stand-ins for pipeline/metrics.h (built on branch `metrics`), replaced when it lands.
-double roc_auc(const std::vector<double>& scores, const std::vector<int>& positive) {
-  check(scores.size() == positive.size(), "roc auc", "scores and labels differ in length");
-  std::vector<std::size_t> order(scores.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [&](auto i, auto j) { return scores[i] < scores[j]; });
-  double rank_sum = 0.0;
-  int64_t n_pos = 0;
-  for (std::size_t i = 0; i < order.size();) {
-    std::size_t j = i;
-    while (j < order.size() && scores[order[j]] == scores[order[i]])
-      ++j;
-    const double rank = (static_cast<double>(i) + static_cast<double>(j) + 1) / 2;  // 1-based mean
-    for (std::size_t k = i; k < j; ++k)
-      if (positive[order[k]]) {
-        rank_sum += rank;
-        ++n_pos;
-      }
-    i = j;
-  }
-  const int64_t n_neg = static_cast<int64_t>(scores.size()) - n_pos;
-  check(n_pos > 0 && n_neg > 0, "roc auc", "needs both classes, got ", n_pos, " positive and ",
-        n_neg, " negative");
-  const double p = static_cast<double>(n_pos), n = static_cast<double>(n_neg);
-  return (rank_sum - p * (p + 1) / 2) / (p * n);
-}
-
-nlohmann::json classification_metrics(const torch::Tensor& probabilities,
-                                      const torch::Tensor& labels, double threshold = 0.5) {
-  const auto p = probabilities.detach().to(torch::kFloat64).cpu().contiguous();
-  const auto y = labels.cpu().to(torch::kInt64).contiguous();
-  const int64_t n = p.size(0), classes = p.size(1);
-  const auto* pp = p.data_ptr<double>();
-  const auto* yy = y.data_ptr<int64_t>();
-  nlohmann::json m;
-  double nll = 0.0;
-  std::vector<int64_t> correct(static_cast<std::size_t>(classes), 0),
-      count(static_cast<std::size_t>(classes), 0);
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t label = yy[i];
-    nll -= std::log(std::max(pp[i * classes + label], 1e-15));
-    int64_t predicted = 0;
-    if (classes == 2) {
-      predicted = pp[i * classes + 1] >= threshold ? 1 : 0;
-    } else {
-      for (int64_t c = 1; c < classes; ++c)
-        if (pp[i * classes + c] > pp[i * classes + predicted]) predicted = c;
-    }
-    ++count[static_cast<std::size_t>(label)];
-    if (predicted == label) ++correct[static_cast<std::size_t>(label)];
-  }
-  m["loss"] = nll / static_cast<double>(std::max<int64_t>(n, 1));
-  m["accuracy"] = static_cast<double>(std::accumulate(correct.begin(), correct.end(), int64_t{0})) /
-                  static_cast<double>(std::max<int64_t>(n, 1));
-  double recall_sum = 0.0;
-  int present = 0;
-  for (int64_t c = 0; c < classes; ++c)
-    if (count[static_cast<std::size_t>(c)] > 0) {
-      recall_sum += static_cast<double>(correct[static_cast<std::size_t>(c)]) /
-                    static_cast<double>(count[static_cast<std::size_t>(c)]);
-      ++present;
-    }
-  m["balanced_accuracy"] = recall_sum / std::max(present, 1);
-  if (classes == 2) {
-    m["sensitivity"] =
-        count[1] ? static_cast<double>(correct[1]) / static_cast<double>(count[1]) : std::nan("");
-    m["specificity"] =
-        count[0] ? static_cast<double>(correct[0]) / static_cast<double>(count[0]) : std::nan("");
-  }
-  // AUC: binary of class 1, multi-class the macro one-vs-rest mean over classes present.
-  double auc_sum = 0.0;
-  int auc_count = 0;
-  nlohmann::json per_class = nlohmann::json::array();
-  for (int64_t c = classes == 2 ? 1 : 0; c < classes; ++c) {
-    std::vector<double> s(static_cast<std::size_t>(n));
-    std::vector<int> pos(static_cast<std::size_t>(n));
-    for (int64_t i = 0; i < n; ++i) {
-      s[static_cast<std::size_t>(i)] = pp[i * classes + c];
-      pos[static_cast<std::size_t>(i)] = yy[i] == c;
-    }
-    const int64_t np = std::accumulate(pos.begin(), pos.end(), int64_t{0});
-    if (np == 0 || np == n) {
-      per_class.push_back(nullptr);
-      continue;
-    }
-    const double auc = roc_auc(s, pos);
-    per_class.push_back(auc);
-    auc_sum += auc;
-    ++auc_count;
-  }
-  m["auc"] = auc_count ? auc_sum / auc_count : std::nan("");
-  if (classes > 2) m["auc_per_class"] = per_class;
-  return m;
-}
-
-}  // namespace
 
 // ---------------------------------------------------------------------------------------------
 // Training
@@ -553,10 +455,20 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     if (loop.ema()) loop.ema()->swap();
     check(!logits.empty(), "validation set", "no image could be loaded");
     val_logits = torch::cat(logits).to(torch::kFloat64);
-    val_labels = torch::cat(labels);
-    val_metrics = classification_metrics(torch::softmax(val_logits, 1), val_labels);
-    const double value = val_metrics.at(o.select_by).get<double>();
-    return value;
+    val_labels = torch::cat(labels).to(torch::kInt64).contiguous();
+    const std::vector<int64_t> truth(val_labels.data_ptr<int64_t>(),
+                                     val_labels.data_ptr<int64_t>() + val_labels.numel());
+    MetricsOptions metrics_options;
+    metrics_options.class_names = class_names;
+    metrics_options.curves = false;
+    metrics_options.bootstrap_seed = o.seed;
+    const auto m = compute_metrics(truth, torch::softmax(val_logits, 1), metrics_options);
+    val_metrics = to_json(m);
+    val_metrics.erase("reliability");
+    if (o.select_by == "loss") return m.log_loss;
+    if (o.select_by == "accuracy") return m.accuracy;
+    if (o.select_by == "balanced_accuracy") return m.balanced_accuracy;
+    return m.auc;
   };
   ImageTrainResult result;
   hooks.end_epoch = [&](const EpochSummary& s, double, bool is_best) {
@@ -565,9 +477,9 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     record["step"] = s.step;
     record["lr"] = s.learning_rate;
     record["train_loss"] = s.train_loss;
-    record["val_loss"] = val_metrics.at("loss");
-    for (auto& [key, value] : val_metrics.items())
-      if (key != "loss") record["val_" + key] = value;
+    record["val_loss"] = val_metrics.at("log_loss");
+    record["val_auc"] = val_metrics.at("auc");
+    record["val"] = val_metrics;
     record["best"] = is_best;
     nlohmann::json timing;
     timing["epoch"] = s.epoch;

@@ -424,11 +424,17 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     };
   }
   o.on_epoch = [&](const nlohmann::json& r, const nlohmann::json& t) {
+    const auto number = [](const nlohmann::json& v) {
+      return v.is_number() ? v.get<double>() : std::nan("");
+    };
+    const auto& ci = r["val"]["auc_ci"];
     std::printf(
-        "epoch %lld: train loss %.4f, val loss %.4f, val AUC %.4f, %.1f images/s, %.1fs%s\n",
+        "epoch %lld: train loss %.4f, val loss %.4f, val AUC %.4f [%.4f, %.4f], balanced "
+        "accuracy %.4f, %.1f images/s, %.1fs%s\n",
         static_cast<long long>(r["epoch"].get<int64_t>()), r["train_loss"].get<double>(),
-        r["val_loss"].get<double>(),
-        r["val_auc"].is_number() ? r["val_auc"].get<double>() : std::nan(""),
+        number(r["val_loss"]), number(r["val_auc"]),
+        ci.is_object() ? number(ci["low"]) : std::nan(""),
+        ci.is_object() ? number(ci["high"]) : std::nan(""), number(r["val"]["balanced_accuracy"]),
         t["images_per_s"].get<double>(), t["wall_s"].get<double>(),
         r["best"].get<bool>() ? " (best)" : "");
     std::fflush(stdout);
