@@ -1,0 +1,74 @@
+// Pieces of image training (pipeline/vision/train.h) with closed-form or brute-force oracles:
+// the focal loss and temperature scaling. The loop itself is tested in training_test.cpp and
+// end to end in tests/cli/train_cli_test.cpp.
+
+#include <cmath>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "attnscope/error.h"
+#include "pipeline/vision/train.h"
+
+namespace attnscope::pipeline {
+namespace {
+
+TEST(FocalLoss, GammaZeroIsCrossEntropyWithLabelSmoothing) {
+  torch::manual_seed(1);
+  const auto logits = torch::randn({9, 4}, torch::kFloat64);
+  const auto labels = torch::randint(0, 4, {9}, torch::kInt64);
+  for (double smoothing : {0.0, 0.1}) {
+    const auto ce = torch::nn::functional::cross_entropy(
+        logits, labels,
+        torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(smoothing));
+    EXPECT_NEAR(focal_loss(logits, labels, 0.0, smoothing).item<double>(), ce.item<double>(),
+                1e-12);
+  }
+}
+
+TEST(FocalLoss, MatchesTheFormulaOnOneSample) {
+  // logits (0, ln 3): p = (1/4, 3/4); label 1 -> -(1 - 3/4)^2 ln(3/4).
+  const auto logits = torch::tensor({0.0, std::log(3.0)}, torch::kFloat64).reshape({1, 2});
+  const auto labels = torch::tensor({int64_t{1}});
+  EXPECT_NEAR(focal_loss(logits, labels, 2.0).item<double>(), -0.0625 * std::log(0.75), 1e-12);
+  // Gradients flow (it trains).
+  auto x = logits.clone().requires_grad_(true);
+  focal_loss(x, labels, 2.0).backward();
+  EXPECT_LT(x.grad()[0][1].item<double>(), 0.0);
+}
+
+double nll(const torch::Tensor& logits, const torch::Tensor& labels, double t) {
+  return torch::nll_loss(torch::log_softmax(logits / t, 1), labels).item<double>();
+}
+
+TEST(TemperatureScaling, FindsTheMinimumOfABruteForceGrid) {
+  torch::manual_seed(2);
+  const int64_t n = 20000;
+  // Labels drawn from softmax(z); the model reports 3 z: over-confident by T = 3.
+  const auto z = torch::randn({n, 3}, torch::kFloat64) * 1.5;
+  const auto labels = torch::multinomial(torch::softmax(z, 1), 1).squeeze(1);
+  const auto logits = 3.0 * z;
+  const double t = fit_temperature(logits, labels);
+  double best_t = 0, best = 1e300;
+  for (double g = 0.5; g <= 8.0; g += 0.001) {
+    const double v = nll(logits, labels, g);
+    if (v < best) {
+      best = v;
+      best_t = g;
+    }
+  }
+  EXPECT_NEAR(t, best_t, 0.002);
+  EXPECT_LE(nll(logits, labels, t), best + 1e-9);
+  EXPECT_NEAR(t, 3.0, 0.3);  // the true over-confidence, with a wide margin
+}
+
+TEST(IndexedSource, RefusesIndicesOutOfRange) {
+  auto base = std::make_shared<datasets::SyntheticSource>(3, 0);
+  EXPECT_THROW(IndexedSource(base, {0, 3}), Error);
+  IndexedSource repeated(base, {2, 2, 0});
+  EXPECT_EQ(repeated.size(), 3u);
+  EXPECT_EQ(repeated.sample(1).image_id, base->sample(2).image_id);
+}
+
+}  // namespace
+}  // namespace attnscope::pipeline
