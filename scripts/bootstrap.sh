@@ -8,7 +8,7 @@ packages=(
   libtorch-dev libopencv-dev libboost-program-options-dev libhdf5-dev hdf5-tools
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libgloo-dev
   libopenblas0-pthread
-  python3-torch python3-torchvision python3-h5py python3-opencv python3-numpy
+  python3-torch python3-torchvision python3-h5py python3-opencv python3-numpy python3-sklearn
   clang-format chromium fonts-dejavu-core
 )
 

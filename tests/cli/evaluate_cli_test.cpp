@@ -1,0 +1,312 @@
+// End-to-end tests of `attnscope evaluate`: a small_cnn checkpoint saved by the test, images
+// from `attnscope synth`, metrics checked against scikit-learn recomputed from the per-image
+// probabilities (--predictions), TTA against 8 explicit runs on transformed copies of the
+// images, and the fault tests every writing command gets.
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <random>
+#include <sstream>
+
+#include <torch/torch.h>
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+
+#include "pipeline/vision/image_model_config.h"
+#include "preprocessing/pipeline.h"
+#include "test_support.h"
+
+namespace attnscope {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string exe() {
+  return ATTNSCOPE_EXE;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+/// A synthetic dataset (64 px, 24 images) and small_cnn checkpoints, shared by the tests.
+class EvaluateCli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new test::TempDir();
+    const auto r = test::run_process(exe() + " synth --out " + (*dir_ / "data") +
+                                     " --count 24 --size 64 --seed 3");
+    ASSERT_EQ(r.status, 0) << r.output;
+    torch::manual_seed(4);
+    models::vision::ImageModelConfig config;
+    config.arch = "small_cnn";
+    config.num_classes = 2;
+    auto model = models::vision::make_image_classifier(config);
+    pipeline::CheckpointMeta meta;
+    meta.class_names = {"benign", "malignant"};
+    // No steps: the 64 px PNGs go straight to the tensor, so a transformed copy of an image
+    // file is exactly the transformed tensor.
+    meta.preprocessing_config =
+        preprocessing::Pipeline::from_json({{"steps", nlohmann::json::array()}}).to_json();
+    pipeline::save_image_classifier(*dir_ / "plain.h5", *model, config, meta);
+    meta.extra["threshold"] = 0.4;
+    meta.extra["temperature"] = 2.0;
+    pipeline::save_image_classifier(*dir_ / "model.h5", *model, config, meta);
+  }
+  static void TearDownTestSuite() {
+    delete dir_;
+    dir_ = nullptr;
+  }
+  static std::string data() { return *dir_ / "data/labels.csv"; }
+  static std::string model() { return *dir_ / "model.h5"; }
+  static test::TempDir* dir_;
+};
+
+test::TempDir* EvaluateCli::dir_ = nullptr;
+
+/// The CSV's p_malignant column, by image id.
+std::map<std::string, double> probabilities_of(const std::string& csv) {
+  std::map<std::string, double> out;
+  std::istringstream in(read_text(csv));
+  std::string line;
+  std::getline(in, line);
+  EXPECT_EQ(line, "image_id,path,label,predicted,p_benign,p_malignant");
+  while (std::getline(in, line)) {
+    const auto last = line.rfind(',');
+    out[line.substr(0, line.find(','))] = std::stod(line.substr(last + 1));
+  }
+  return out;
+}
+
+TEST_F(EvaluateCli, MetricsMatchSklearnOnItsOwnPredictions) {
+  test::TempDir out;
+  const auto r = test::run_process(exe() + " evaluate --model " + model() + " --data " + data() +
+                                   " --json --bootstrap 200 --out " + (out / "m.json") +
+                                   " --predictions " + (out / "p.csv"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto printed = nlohmann::json::parse(r.output);
+  const auto j = nlohmann::json::parse(read_text(out / "m.json"));
+  EXPECT_EQ(printed, j);
+  EXPECT_EQ(j["evaluated"], 24);
+  EXPECT_EQ(j["temperature"], 2.0);
+  EXPECT_EQ(j["tta"], false);
+  const auto& m = j["metrics"];
+  EXPECT_EQ(m["threshold"], 0.4);  // the checkpoint's
+  EXPECT_EQ(m["count"], 24);
+
+  const std::string script =
+      "import csv, json, sys\n"
+      "from sklearn import metrics as skm\n"
+      "rows = list(csv.DictReader(open(sys.argv[1])))\n"
+      "y = [1 if r['label'] == 'malignant' else 0 for r in rows]\n"
+      "s = [float(r['p_malignant']) for r in rows]\n"
+      "p = [[float(r['p_benign']), float(r['p_malignant'])] for r in rows]\n"
+      "pred = [1 if v >= 0.4 else 0 for v in s]\n"
+      "print(json.dumps({'auc': skm.roc_auc_score(y, s),\n"
+      "  'ap': skm.average_precision_score(y, s),\n"
+      "  'bacc': skm.balanced_accuracy_score(y, pred),\n"
+      "  'confusion': skm.confusion_matrix(y, pred, labels=[0, 1]).tolist(),\n"
+      "  'brier': skm.brier_score_loss(y, s), 'log_loss': skm.log_loss(y, p, labels=[0, 1]),\n"
+      "  'pred': ['malignant' if v else 'benign' for v in pred],\n"
+      "  'predicted': [r['predicted'] for r in rows]}))\n";
+  std::ofstream(out / "check.py") << script;
+  const auto py =
+      test::run_process(test::python() + " " + (out / "check.py") + " " + (out / "p.csv"));
+  ASSERT_EQ(py.status, 0) << py.output;
+  const auto want = nlohmann::json::parse(py.output);
+  EXPECT_NEAR(m["auc"].get<double>(), want["auc"].get<double>(), 1e-12);
+  EXPECT_NEAR(m["average_precision"].get<double>(), want["ap"].get<double>(), 1e-12);
+  EXPECT_NEAR(m["balanced_accuracy"].get<double>(), want["bacc"].get<double>(), 1e-12);
+  EXPECT_EQ(m["confusion"], want["confusion"]);
+  EXPECT_NEAR(m["brier"].get<double>(), want["brier"].get<double>(), 1e-12);
+  EXPECT_NEAR(m["log_loss"].get<double>(), want["log_loss"].get<double>(), 1e-12);
+  EXPECT_EQ(want["pred"], want["predicted"]);
+  EXPECT_LE(m["auc_ci"]["low"].get<double>(), m["auc"].get<double>());
+  EXPECT_GE(m["auc_ci"]["high"].get<double>(), m["auc"].get<double>());
+
+  // The same run without --json prints the human summary.
+  const auto text = test::run_process(exe() + " evaluate --model " + model() + " --data " + data() +
+                                      " --bootstrap 50 --threshold 0.5");
+  ASSERT_EQ(text.status, 0) << text.output;
+  for (const char* needle :
+       {"AUC", "95% CI", "average precision", "balanced accuracy", "sensitivity", "specificity",
+        "threshold 0.5000", "ECE (15 bins)", "Brier score", "log loss", "confusion matrix"}) {
+    EXPECT_NE(text.output.find(needle), std::string::npos) << needle << "\n" << text.output;
+  }
+}
+
+TEST_F(EvaluateCli, TemperatureDividesTheLogits) {
+  // log(p1 / p0) is the logit difference: halved by the checkpoint's temperature 2.
+  test::TempDir out;
+  for (const char* name : {"plain", "model"}) {
+    const auto r = test::run_process(exe() + " evaluate --bootstrap 0 --model " + *dir_ + "/" +
+                                     name + ".h5 --data " + data() + " --predictions " +
+                                     (out / (std::string(name) + ".csv")));
+    ASSERT_EQ(r.status, 0) << r.output;
+  }
+  const auto plain = probabilities_of(out / "plain.csv");
+  const auto scaled = probabilities_of(out / "model.csv");
+  ASSERT_EQ(plain.size(), 24u);
+  double largest = 0;
+  for (const auto& [id, p] : plain) {
+    const double q = scaled.at(id);
+    const double d1 = std::log(p / (1 - p)), d2 = std::log(q / (1 - q));
+    EXPECT_NEAR(d2, d1 / 2, 1e-4 + 1e-3 * std::abs(d1)) << id;
+    largest = std::max(largest, std::abs(d1));
+  }
+  EXPECT_GT(largest, 1e-3);  // the check above is not vacuous
+}
+
+TEST_F(EvaluateCli, TtaIsTheMeanOfEightTransformedRuns) {
+  test::TempDir out;
+  auto r = test::run_process(exe() + " evaluate --tta --bootstrap 0 --model " + model() +
+                             " --data " + data() + " --predictions " + (out / "tta.csv"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto tta = probabilities_of(out / "tta.csv");
+  // The 8 symmetries of the square written with OpenCV: flip or not, then 0-3 quarter turns.
+  // Any enumeration of the group gives the same mean.
+  std::map<std::string, double> sum;
+  const auto images = fs::path(*dir_ / "data/images");
+  for (int k = 0; k < 8; ++k) {
+    const auto copy = fs::path(out / ("t" + std::to_string(k)));
+    fs::create_directories(copy / "images");
+    fs::copy_file(data(), copy / "labels.csv");
+    fs::copy(fs::path(*dir_ / "data/masks"), copy / "masks", fs::copy_options::recursive);
+    for (const auto& entry : fs::directory_iterator(images)) {
+      cv::Mat img = cv::imread(entry.path().string(), cv::IMREAD_UNCHANGED);
+      ASSERT_FALSE(img.empty()) << entry.path();
+      if (k >= 4) cv::flip(img, img, 1);
+      for (int t = 0; t < k % 4; ++t)
+        cv::rotate(img, img, cv::ROTATE_90_CLOCKWISE);
+      ASSERT_TRUE(cv::imwrite((copy / "images" / entry.path().filename()).string(), img));
+    }
+    r = test::run_process(exe() + " evaluate --bootstrap 0 --model " + model() + " --data " +
+                          (copy / "labels.csv").string() + " --predictions " +
+                          (copy / "p.csv").string());
+    ASSERT_EQ(r.status, 0) << r.output;
+    for (const auto& [id, p] : probabilities_of((copy / "p.csv").string()))
+      sum[id] += p;
+  }
+  ASSERT_EQ(sum.size(), tta.size());
+  double spread = 0;
+  for (const auto& [id, p] : tta) {
+    EXPECT_NEAR(p, sum.at(id) / 8, 1e-5) << id;
+    spread = std::max(spread, std::abs(p - sum.at(id) / 8));
+  }
+  // And TTA changes something (the model is not invariant), so the comparison means something.
+  const auto plain = [&] {
+    const auto q = test::run_process(exe() + " evaluate --bootstrap 0 --model " + model() +
+                                     " --data " + data() + " --predictions " + (out / "p.csv"));
+    EXPECT_EQ(q.status, 0) << q.output;
+    return probabilities_of(out / "p.csv");
+  }();
+  double changed = 0;
+  for (const auto& [id, p] : plain)
+    changed = std::max(changed, std::abs(p - tta.at(id)));
+  EXPECT_GT(changed, 1e-6);
+}
+
+TEST_F(EvaluateCli, UnreadableImagesAreListedAndTheRestEvaluated) {
+  test::TempDir out;
+  const auto copy = fs::path(out / "data");
+  fs::copy(fs::path(*dir_ / "data"), copy, fs::copy_options::recursive);
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(copy / "images"))
+    files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  std::ofstream(files[0]) << "not an image";
+  std::ofstream(files[1]);  // empty
+  auto r =
+      test::run_process(exe() + " evaluate --json --bootstrap 0 --model " + model() + " --data " +
+                        (copy / "labels.csv").string() + " --out " + (out / "m.json") + " --quiet");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find(files[0].filename().string()), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(files[1].filename().string()), std::string::npos) << r.output;
+  const auto j = nlohmann::json::parse(read_text(out / "m.json"));
+  EXPECT_EQ(j["evaluated"], 22);
+  EXPECT_EQ(j["failed"].size(), 2u);
+
+  // None readable: every file named, exit 1.
+  for (const auto& f : files)
+    std::ofstream(f) << "x";
+  r = test::run_process(exe() + " evaluate --bootstrap 0 --model " + model() + " --data " +
+                        (copy / "labels.csv").string());
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("no image could be evaluated (24 failed)"), std::string::npos)
+      << r.output;
+  for (const auto& f : files)
+    EXPECT_NE(r.output.find(f.filename().string()), std::string::npos) << f;
+}
+
+TEST_F(EvaluateCli, SingleClassDataSaysAucIsUndefined) {
+  test::TempDir out;
+  const auto copy = fs::path(out / "data");
+  fs::copy(fs::path(*dir_ / "data"), copy, fs::copy_options::recursive);
+  std::istringstream in(read_text(data()));
+  std::string line, kept;
+  std::getline(in, line);
+  kept = line + "\n";
+  int benign = 0;
+  const auto label_column = [&] {
+    std::istringstream h(line);
+    std::string col;
+    int i = 0;
+    while (std::getline(h, col, ',')) {
+      if (col == "label") return i;
+      ++i;
+    }
+    return -1;
+  }();
+  ASSERT_GE(label_column, 0);
+  while (std::getline(in, line)) {
+    std::istringstream row(line);
+    std::string col;
+    for (int i = 0; i <= label_column; ++i)
+      std::getline(row, col, ',');
+    if (col == "benign" || col == "0") {
+      kept += line + "\n";
+      ++benign;
+    }
+  }
+  ASSERT_GT(benign, 0);
+  std::ofstream(copy / "benign.csv") << kept;
+  const auto r = test::run_process(exe() + " evaluate --model " + model() + " --data " +
+                                   (copy / "benign.csv").string());
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("AUC needs both classes; the set holds only 'benign'"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("confusion matrix"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("accuracy"), std::string::npos) << r.output;
+}
+
+TEST_F(EvaluateCli, FullDiskAndKillLeaveThePreviousOutput) {
+  test::TempDir out;
+  const auto target = out / "m.json";
+  std::ofstream(target) << "previous\n";
+  const auto cmd = exe() + " evaluate --json --bootstrap 0 --model " + model() + " --data " +
+                   data() + " --out " + target;
+  const auto r = test::run_with_file_size_limit(cmd, 200);
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find(target), std::string::npos) << r.output;
+  EXPECT_EQ(read_text(target), "previous\n");
+
+  std::mt19937 rng(std::random_device{}());
+  for (int run = 0; run < 3; ++run) {
+    const int ms = std::uniform_int_distribution<int>(50, 1500)(rng);
+    test::run_killed_after(cmd, ms);
+    const auto text = read_text(target);
+    if (text != "previous\n") {
+      // A new file is complete.
+      const auto j = nlohmann::json::parse(text);
+      EXPECT_EQ(j["evaluated"], 24) << "killed after " << ms << " ms";
+    }
+  }
+}
+
+}  // namespace
+}  // namespace attnscope

@@ -1,0 +1,136 @@
+// attnscope evaluate: an image checkpoint's metrics on a labelled dataset (AUC with its
+// bootstrap interval, AP, balanced accuracy, sensitivity/specificity, confusion matrix,
+// calibration), optionally with 8-fold dihedral test-time augmentation.
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <iostream>
+#include <optional>
+
+#include "attnscope/atomic_file.h"
+#include "attnscope/error.h"
+#include "cli.h"
+#include "dataset_flags.h"
+#include "pipeline/metrics.h"
+#include "pipeline/vision/evaluate.h"
+#include "pipeline/vision/image_cache.h"
+
+namespace attnscope::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
+  const std::string usage =
+      "evaluate --model CKPT --data CSV_OR_DIR_OR_CACHE [--tta] [--json] [--out FILE] "
+      "[options]";
+  po::options_description desc("Options");
+  DatasetFlags data;
+  data.add_to(desc);
+  std::string model_path, out, predictions;
+  std::string threshold_text;
+  pipeline::EvaluateOptions o;
+  bool tta = false, json = false, quiet = false;
+  // clang-format off
+  desc.add_options()
+      ("model", po::value(&model_path)->required(), "image checkpoint (.h5), e.g. RUN/best.h5")
+      ("tta", po::bool_switch(&tta),
+       "average the probabilities over the 8 flips/rotations of each image")
+      ("json", po::bool_switch(&json), "print the metrics as one JSON object")
+      ("out", po::value(&out)->default_value(""), "also write the JSON to this file")
+      ("predictions", po::value(&predictions)->default_value(""),
+       "write per-image probabilities to this CSV")
+      ("batch-size", po::value(&o.batch_size)->default_value(32), "images per forward pass")
+      ("threshold", po::value(&threshold_text)->default_value("checkpoint"),
+       "decision threshold on P(malignant): a number in [0, 1], or 'checkpoint' (the "
+       "checkpoint's, else 0.5)")
+      ("bootstrap", po::value(&o.bootstrap_resamples)->default_value(1000),
+       "bootstrap resamples for the AUC's 95% interval (0: none)")
+      ("seed", po::value(&o.seed)->default_value(0), "bootstrap seed")
+      ("workers", po::value(&o.workers)->default_value(2), "image decoding threads")
+      ("quiet", po::bool_switch(&quiet), "no progress on stderr");
+  // clang-format on
+  po::variables_map vm;
+  if (!parse(usage, desc, args, vm)) return 0;
+  const auto fail = [&](const std::string& m) { throw UsageError(m, usage_text(usage, desc)); };
+  if (o.batch_size < 1) fail("--batch-size must be >= 1");
+  if (o.workers < 0) fail("--workers must be >= 0");
+  if (o.bootstrap_resamples < 0) fail("--bootstrap must be >= 0");
+  if (threshold_text != "checkpoint") {
+    std::size_t used = 0;
+    double t = -1;
+    try {
+      t = std::stod(threshold_text, &used);
+    } catch (const std::exception&) {
+    }
+    if (used != threshold_text.size() || !(t >= 0 && t <= 1))
+      fail("--threshold must be a number in [0, 1] or 'checkpoint', got '" + threshold_text + "'");
+    o.threshold = t;
+  }
+  o.tta = tta;
+
+  const auto loaded = pipeline::load_image_classifier(model_path);
+  std::shared_ptr<const datasets::SampleSource> source;
+  std::error_code ec;
+  if (fs::path(data.data).extension() == ".h5" && fs::is_regular_file(data.data, ec)) {
+    source = std::make_shared<pipeline::ImageCacheSource>(data.data);
+  } else {
+    auto ds = data.read(usage_text(usage, desc));
+    for (const auto& id : ds.skipped)
+      std::cerr << "warning: " << id << ": image not found, skipped\n";
+    const auto config = loaded.meta.preprocessing_config;
+    const auto decode = config.is_object() && !config.empty()
+                            ? preprocessing::Pipeline::from_json(config).decode_options()
+                            : preprocessing::Pipeline().decode_options();
+    source = std::make_shared<datasets::ImageFileSource>(std::move(ds), decode);
+  }
+
+  const bool tty = !quiet && isatty(STDERR_FILENO) != 0;
+  const auto progress = [&](int64_t done, int64_t total) {
+    if (tty) std::cerr << "\revaluated " << done << "/" << total << std::flush;
+  };
+  const auto result = pipeline::evaluate_image_classifier(loaded, model_path, source, o, progress);
+  if (tty) std::cerr << "\n";
+  for (const auto& f : result.failures) {
+    std::cerr << "error: " << (f.path.empty() ? f.image_id : f.path) << ": " << f.message << "\n";
+  }
+  if (result.ids.empty()) {
+    std::cerr << "error: no image could be evaluated (" << result.failures.size() << " failed)\n";
+    return 1;
+  }
+  if (!predictions.empty()) pipeline::write_predictions_csv(predictions, result);
+
+  nlohmann::json j;
+  j["model"] = model_path;
+  j["data"] = data.data;
+  j["tta"] = result.tta;
+  j["temperature"] = result.temperature;
+  j["evaluated"] = static_cast<int64_t>(result.ids.size());
+  auto failed = nlohmann::json::array();
+  for (const auto& f : result.failures) {
+    failed.push_back({{"image_id", f.image_id}, {"path", f.path}, {"message", f.message}});
+  }
+  j["failed"] = failed;
+  j["metrics"] = pipeline::to_json(result.metrics);
+  if (!out.empty()) write_file_atomically(out, j.dump(2) + "\n");
+  if (json) {
+    std::cout << j.dump(2) << "\n";
+  } else {
+    std::cout << "model              " << model_path << "\n"
+              << "data               " << data.data << "\n"
+              << "TTA                " << (result.tta ? "8 dihedral transforms" : "off") << "\n"
+              << "temperature        " << result.temperature << "\n";
+    if (!result.failures.empty())
+      std::cout << "failed             " << result.failures.size() << " images (listed above)\n";
+    std::cout << pipeline::format_metrics(result.metrics);
+  }
+  return 0;
+}
+
+const Registration kEvaluate("evaluate",
+                             "metrics of an image checkpoint on a labelled dataset (--tta)",
+                             run_evaluate);
+
+}  // namespace
+}  // namespace attnscope::cli
