@@ -203,6 +203,16 @@ void draw_vignette(cv::Mat& img, Rng& rng) {
 
 }  // namespace
 
+const char* placement_name(Placement placement) {
+  return placement == Placement::kCentre ? "centre" : "anywhere";
+}
+
+Placement parse_placement(const std::string& name) {
+  if (name == "centre" || name == "center") return Placement::kCentre;
+  if (name == "anywhere") return Placement::kAnywhere;
+  throw Error("placement", concat("expected centre or anywhere, got '", name, "'"));
+}
+
 std::string synthetic_id(int64_t index) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "synth_%06lld", static_cast<long long>(index));
@@ -229,9 +239,20 @@ SyntheticSample make_synthetic(const SyntheticOptions& o, uint64_t seed, int64_t
   const bool malignant = out.label == 1;
 
   cv::Mat skin = draw_skin(s, skin_rng);
-  const cv::Point2d centre((s - 1) / 2.0 + label_rng.uniform(-0.07, 0.07) * s,
-                           (s - 1) / 2.0 + label_rng.uniform(-0.07, 0.07) * s);
-  const double radius = s * label_rng.uniform(0.17, 0.28);
+  // Both placements take three draws from the label stream, so the outline and colours that
+  // follow are drawn the same way (and kCentre stays as it always was).
+  cv::Point2d centre;
+  double radius = 0;
+  if (o.placement == Placement::kCentre) {
+    centre = {(s - 1) / 2.0 + label_rng.uniform(-0.07, 0.07) * s,
+              (s - 1) / 2.0 + label_rng.uniform(-0.07, 0.07) * s};
+    radius = s * label_rng.uniform(0.17, 0.28);
+  } else {
+    const double u = label_rng.uniform(0.0, 1.0), v = label_rng.uniform(0.0, 1.0);
+    radius = s * label_rng.uniform(0.09, 0.17);
+    const double margin = 1.3 * radius, span = (s - 1) - 2 * margin;
+    centre = {margin + u * span, margin + v * span};
+  }
   const auto shape = outline(centre, radius, malignant, label_rng);
   out.mask = cv::Mat::zeros(s, s, CV_8UC1);
   cv::fillPoly(out.mask, std::vector<std::vector<cv::Point>>{shape}, cv::Scalar(255));

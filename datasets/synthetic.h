@@ -22,9 +22,21 @@
 
 namespace attnscope::datasets {
 
+/// Where the lesion sits. kCentre: near the middle, as in dermoscopy photographs (centre
+/// within ±7% of the side, radius 17–28% of the side). kAnywhere: a smaller lesion (radius
+/// 9–17% of the side) whose centre is uniform over the frame, 1.3 radii clear of the border,
+/// so a map that only looks at the centre fails localisation measures.
+enum class Placement { kCentre, kAnywhere };
+
+/// "centre" / "anywhere"; parse_placement throws Error naming the value otherwise.
+const char* placement_name(Placement placement);
+Placement parse_placement(const std::string& name);
+
 struct SyntheticOptions {
   /// Image side in pixels (images are size × size).
   int size = 224;
+  /// Where the lesion sits (the mask follows it).
+  Placement placement = Placement::kCentre;
   /// Probability that a sample is malignant.
   double malignant_fraction = 0.5;
   /// Probability of hairs, and their largest number.

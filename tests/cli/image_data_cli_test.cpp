@@ -1,11 +1,13 @@
 // End-to-end tests of `attnscope preprocess`, `synth` and `cache`: a real process on a folder
 // of good and bad files written by the test itself.
 
+#include <cmath>
 #include <fstream>
 #include <map>
 #include <sstream>
 
 #include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
 
 #include "test_support.h"
 
@@ -127,6 +129,25 @@ TEST(CliSynth, WritesImagesMasksAndLabelsDeterministically) {
   const auto bad = test::run_process(exe() + " synth --out " + a.path().string() + " --size 8");
   EXPECT_EQ(bad.status, 2) << bad.output;
   EXPECT_NE(bad.output.find("--size must be >= 32"), std::string::npos);
+  // --placement anywhere: mask centroids spread far beyond the centre placement's ±7%.
+  const auto any = test::run_process(exe() + " synth --out " + (a / "any") +
+                                     " --count 12 --size 64 --placement anywhere");
+  ASSERT_EQ(any.status, 0) << any.output;
+  double far = 0;
+  for (int i = 0; i < 12; ++i) {
+    const auto m =
+        cv::moments(cv::imread(a / ("any/masks/synth_0000" + std::string(i < 10 ? "0" : "") +
+                                    std::to_string(i) + ".png"),
+                               cv::IMREAD_GRAYSCALE),
+                    true);
+    ASSERT_GT(m.m00, 0) << i;
+    far = std::max(far, std::hypot(m.m10 / m.m00 / 64 - 0.5, m.m01 / m.m00 / 64 - 0.5));
+  }
+  EXPECT_GT(far, 0.2);
+  const auto where =
+      test::run_process(exe() + " synth --out " + a.path().string() + " --placement middle");
+  EXPECT_EQ(where.status, 2) << where.output;
+  EXPECT_NE(where.output.find("--placement must be centre or anywhere"), std::string::npos);
 }
 
 TEST(CliCache, CachesASyntheticDatasetForH5py) {

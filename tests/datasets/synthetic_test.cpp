@@ -95,6 +95,64 @@ TEST(Synthetic, MalignantLesionsAreAsymmetricIrregularAndMulticoloured) {
   EXPECT_GT(rough[1], rough[0] + 0.1);
 }
 
+// Lesion centroids (from the masks) of `n` samples, in units of the side.
+std::vector<cv::Point2d> centroids(const SyntheticOptions& o, uint64_t seed, int n) {
+  std::vector<cv::Point2d> out;
+  for (int i = 0; i < n; ++i) {
+    const auto m = cv::moments(make_synthetic(o, seed, i).mask, true);
+    out.emplace_back(m.m10 / m.m00 / o.size, m.m01 / m.m00 / o.size);
+  }
+  return out;
+}
+
+TEST(Synthetic, CentrePlacementKeepsLesionsNearTheMiddle) {
+  SyntheticOptions dflt, centre;
+  dflt.size = centre.size = 96;
+  centre.placement = Placement::kCentre;
+  for (int i = 0; i < 5; ++i)  // the default is centre, pixel for pixel
+    EXPECT_EQ(cv::norm(make_synthetic(dflt, 2, i).image, make_synthetic(centre, 2, i).image,
+                       cv::NORM_INF),
+              0.0);
+  for (const auto& c : centroids(centre, 2, 40)) {
+    EXPECT_NEAR(c.x, 0.5, 0.12);
+    EXPECT_NEAR(c.y, 0.5, 0.12);
+  }
+}
+
+TEST(Synthetic, AnywherePlacementSpreadsLesionsOverTheFrameAndMasksFollow) {
+  SyntheticOptions o;
+  o.size = 128;
+  o.placement = Placement::kAnywhere;
+  o.hair_probability = o.ink_probability = o.ruler_probability = o.vignette_probability = 0;
+  const auto c = centroids(o, 7, 80);
+  std::array<int, 4> quadrant{};  // lesions well off the middle, in each quadrant
+  double sx = 0, sy = 0;
+  for (const auto& p : c) {
+    EXPECT_GT(std::min(p.x, p.y), 0.0);
+    EXPECT_LT(std::max(p.x, p.y), 1.0);
+    if (std::hypot(p.x - 0.5, p.y - 0.5) > 0.2) ++quadrant[(p.x > 0.5) + 2 * (p.y > 0.5)];
+    sx += (p.x - 0.5) * (p.x - 0.5);
+    sy += (p.y - 0.5) * (p.y - 0.5);
+  }
+  for (int q : quadrant)
+    EXPECT_GE(q, 3);
+  // Uniform over [0.12, 0.88] has a standard deviation of 0.22; the centre placement ~0.04.
+  EXPECT_GT(std::sqrt(sx / c.size()), 0.15);
+  EXPECT_GT(std::sqrt(sy / c.size()), 0.15);
+  // The mask still covers the dark lesion wherever it is.
+  for (int i = 0; i < 10; ++i) {
+    const auto s = make_synthetic(o, 7, i);
+    cv::Mat grey;
+    cv::cvtColor(s.image, grey, cv::COLOR_RGB2GRAY);
+    EXPECT_LT(cv::mean(grey, s.mask)[0], cv::mean(grey, ~s.mask)[0] - 40) << i;
+    const double area = cv::countNonZero(s.mask) / double(o.size * o.size);
+    EXPECT_GT(area, 0.01) << i;
+    EXPECT_LT(area, 0.2) << i;
+  }
+  EXPECT_THROW(parse_placement("middle"), Error);
+  EXPECT_EQ(parse_placement(placement_name(Placement::kAnywhere)), Placement::kAnywhere);
+}
+
 TEST(Synthetic, ArtefactsDoNotDependOnTheLabel) {
   // Flipping every label (malignant_fraction 0 vs 1) must leave the artefacts as they were.
   SyntheticOptions benign, malignant;

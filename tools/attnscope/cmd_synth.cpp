@@ -16,12 +16,14 @@ constexpr int64_t kMaxSynthCount = 9'999'999;
 constexpr int kMaxSynthSize = 4096;
 
 int run_synth(const std::vector<std::string>& args, const GlobalOptions&) {
-  const std::string usage = "synth --out DIR [--count N] [--seed S] [--size PX]";
+  const std::string usage =
+      "synth --out DIR [--count N] [--seed S] [--size PX] [--placement centre|anywhere]";
   po::options_description desc("Options");
   std::string out;
   int64_t count = 0;
   uint64_t seed = 0;
   int workers = 1;
+  std::string placement;
   datasets::SyntheticOptions o;
   // clang-format off
   desc.add_options()
@@ -30,6 +32,9 @@ int run_synth(const std::vector<std::string>& args, const GlobalOptions&) {
       ("count", po::value(&count)->default_value(100), "number of images")
       ("seed", po::value(&seed)->default_value(0), "random seed; same seed, same images")
       ("size", po::value(&o.size)->default_value(224), "image side in pixels (>= 32)")
+      ("placement", po::value(&placement)->default_value("centre"),
+       "where lesions sit: centre (as in dermoscopy photographs) or anywhere in the frame "
+       "(smaller lesions; a map that only looks at the centre fails localisation)")
       ("malignant-fraction", po::value(&o.malignant_fraction)->default_value(0.5, "0.5"),
        "probability that an image is malignant")
       ("hair-probability", po::value(&o.hair_probability)->default_value(0.5, "0.5"),
@@ -51,6 +56,9 @@ int run_synth(const std::vector<std::string>& args, const GlobalOptions&) {
     fail(concat("--size must be in [32, ", kMaxSynthSize, "]"));
   if (workers < 1 || workers > kMaxWorkers)
     fail(concat("--workers must be in [1, ", kMaxWorkers, "]"));
+  if (placement != "centre" && placement != "anywhere")
+    fail("--placement must be centre or anywhere, got '" + placement + "'");
+  o.placement = datasets::parse_placement(placement);
   for (double p : {o.malignant_fraction, o.hair_probability, o.ruler_probability, o.ink_probability,
                    o.vignette_probability})
     if (!std::isfinite(p) || p < 0 || p > 1) fail("probabilities and fractions must be in [0, 1]");
