@@ -189,10 +189,11 @@ TEST(CliFault, PreprocessKeepsEveryOutputAndRefusesToWriteIntoItsInput) {
   r = test::run_process(exe() + " preprocess --input " + (in / "b.png").string() + " --out " +
                         in.string());
   expect_clean_failure(r, "would destroy the input");
-  // Full disk: every image fails with the system's reason, nothing is left half written.
+  // Full disk (60 bytes: less than any PNG, even of one flat colour): every image fails with
+  // the system's reason, nothing is left half written.
   const auto full = dir.path() / "full";
   r = test::run_with_file_size_limit(
-      exe() + " preprocess --input " + in.string() + " --out " + full.string(), 1000);
+      exe() + " preprocess --input " + in.string() + " --out " + full.string(), 60);
   expect_clean_failure(r, "File too large");
   EXPECT_NE(r.output.find("preprocessed 0 of 4"), std::string::npos) << r.output;
   for (const auto& e : fs::directory_iterator(full))

@@ -128,7 +128,7 @@ TEST(CliSynth, WritesImagesMasksAndLabelsDeterministically) {
   }
   const auto bad = test::run_process(exe() + " synth --out " + a.path().string() + " --size 8");
   EXPECT_EQ(bad.status, 2) << bad.output;
-  EXPECT_NE(bad.output.find("--size must be >= 32"), std::string::npos);
+  EXPECT_NE(bad.output.find("--size must be in [32, 4096]"), std::string::npos) << bad.output;
   // --placement anywhere: mask centroids spread far beyond the centre placement's ±7%.
   const auto any = test::run_process(exe() + " synth --out " + (a / "any") +
                                      " --count 12 --size 64 --placement anywhere");

@@ -5,6 +5,8 @@
 #include <map>
 #include <set>
 
+#include <nlohmann/json.hpp>
+
 #include "attnscope/error.h"
 #include "datasets/csv.h"
 #include "datasets/splits.h"

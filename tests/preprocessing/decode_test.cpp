@@ -250,14 +250,19 @@ TEST(Decode, EveryBadFileGetsAnErrorNamingItAndTheProblem) {
 // warning on stderr. The oracle is libjpeg's own diagnosis of the damage the test made.
 TEST(Decode, JpegWithCorruptScanDataIsAnError) {
   test::TempDir dir;
-  const auto good = encode(".jpg", quadrants_bgr());
-  ASSERT_GE(good.size(), 4u);
-  auto extra = good;  // three stray bytes before the end-of-image marker
-  extra.insert(extra.end() - 2, {0x12, 0x34, 0x56});
-  write_bytes(dir / "extra.jpg", extra);
-  const auto msg = error_of([&] { decode_image(dir / "extra.jpg"); });
-  EXPECT_EQ(msg.rfind(dir / "extra.jpg" + ": corrupt JPEG stream: ", 0), 0u) << msg;
-  EXPECT_NE(msg.find("extraneous bytes before marker 0xd9"), std::string::npos) << msg;
+  cv::Mat noise(64, 64, CV_8UC3);
+  cv::randu(noise, cv::Scalar::all(0), cv::Scalar::all(255));
+  const auto good = encode(".jpg", noise);
+  // The scan cut at two thirds, then an end-of-image marker: the end marker is there (so the
+  // truncation check passes), but the entropy-coded data stops in the middle of an MCU.
+  std::vector<uint8_t> cut(good.begin(),
+                           good.begin() + static_cast<std::ptrdiff_t>(good.size() * 2 / 3));
+  cut.push_back(0xFF);
+  cut.push_back(0xD9);
+  write_bytes(dir / "cut_scan.jpg", cut);
+  const auto msg = error_of([&] { decode_image(dir / "cut_scan.jpg"); });
+  EXPECT_EQ(msg.rfind(dir / "cut_scan.jpg" + ": corrupt JPEG stream: ", 0), 0u) << msg;
+  EXPECT_NE(msg.find("premature end of data segment"), std::string::npos) << msg;
   write_bytes(dir / "good.jpg", good);
   EXPECT_EQ(error_of([&] { decode_image(dir / "good.jpg"); }), "");
 }
