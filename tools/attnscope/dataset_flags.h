@@ -19,10 +19,12 @@ struct DatasetFlags {
   bool multiclass = false;
   bool ak_benign = false;
 
-  /// Adds the flags to a subcommand's options.
-  void add_to(po::options_description& desc) {
+  /// Adds the flags to a subcommand's options (--data optional when `required` is false).
+  void add_to(po::options_description& desc, bool required = true) {
+    auto* data_value = po::value(&data);
+    if (required) data_value->required();
     desc.add_options()  //
-        ("data", po::value(&data)->required(),
+        ("data", data_value,
          "ground-truth CSV (any ISIC layout, HAM10000, image_id,label) or a folder of class "
          "folders")  //
         ("images", po::value(&images)->default_value(""),

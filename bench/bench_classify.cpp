@@ -1,0 +1,59 @@
+// Helpers of bench/classify_bench.sh (not a Google Benchmark suite):
+//   bench_classify checkpoint ARCH SIZE OUT.h5   untrained checkpoint with a SIZE px resize
+//   bench_classify forward CKPT BATCH IMAGES     model-forward-only images/s at BATCH, on
+//                                                random inputs (what classify's inference
+//                                                stage does without decoding or writing)
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <string>
+
+#include <torch/torch.h>
+
+#include "pipeline/vision/image_model_config.h"
+
+using namespace attnscope;
+
+int main(int argc, char** argv) {
+  const std::string what = argc > 1 ? argv[1] : "";
+  if (what == "checkpoint" && argc == 5) {
+    torch::manual_seed(0);
+    models::vision::ImageModelConfig config;
+    config.arch = argv[2];
+    config.image_size = std::stoll(argv[3]);
+    auto model = models::vision::make_image_classifier(config);
+    pipeline::CheckpointMeta meta;
+    meta.class_names = {"benign", "malignant"};
+    meta.preprocessing_config = {{"steps", {{{"op", "resize"}, {"size", config.image_size}}}}};
+    pipeline::save_image_classifier(argv[4], *model, models::vision::resolve_image_config(config),
+                                    meta);
+    return 0;
+  }
+  if (what == "forward" && argc == 5) {
+    auto loaded = pipeline::load_image_classifier(argv[2]);
+    auto& model = *loaded.model;
+    model.eval();
+    const int64_t batch = std::stoll(argv[3]), images = std::stoll(argv[4]);
+    const int64_t side = loaded.config.image_size > 0 ? loaded.config.image_size : 224;
+    const auto x = torch::randn({batch, 3, side, side});
+    const bool vit = models::vision::is_vit(loaded.config.arch);
+    {
+      torch::NoGradGuard ng;
+      model.forward(x, vit);  // warm-up
+    }
+    const auto start = std::chrono::steady_clock::now();
+    int64_t done = 0;
+    while (done < images) {
+      torch::NoGradGuard ng;
+      model.forward(x, vit);
+      done += batch;
+    }
+    const double s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::printf("%.2f\n", static_cast<double>(done) / s);
+    return 0;
+  }
+  std::cerr << "usage: bench_classify checkpoint ARCH SIZE OUT.h5 | forward CKPT BATCH IMAGES\n";
+  return 2;
+}

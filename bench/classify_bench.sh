@@ -1,0 +1,53 @@
+#!/bin/sh
+# attnscope classify throughput and memory (docs/performance.md, "Batch classification").
+#   bench/classify_bench.sh [RUNS]      from the repository root, after ./scripts/build.sh release
+# For attn_small and attn_resnet18 (untrained, 224 px) on ../shared/data/isic-uda1:
+#   forward-only images/s (bench_classify forward) vs end-to-end `attnscope classify` images/s
+#   at the same batch size (median of RUNS), peak RSS after 500 and 5,000 images (the folder
+#   repeated through a list file), and the --faithfulness cost per image.
+set -eu
+RUNS=${1:-3}
+BIN=build/bin
+DATA=../shared/data/isic-uda1/images
+BATCH=16
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ls "$DATA"/*.jpg | head -500 > "$WORK/500.txt"
+: > "$WORK/5000.txt"
+i=0; while [ $i -lt 10 ]; do cat "$WORK/500.txt" >> "$WORK/5000.txt"; i=$((i+1)); done
+echo "arch,batch,forward_images_s,classify_images_s,ratio,rss500_MiB,rss5000_MiB,faithfulness_s_per_image"
+for arch in attn_small attn_resnet18; do
+  "$BIN/bench_classify" checkpoint $arch 224 "$WORK/$arch.h5"
+  fwd=""; cls=""
+  r=0; while [ $r -lt "$RUNS" ]; do
+    fwd="$fwd $("$BIN/bench_classify" forward "$WORK/$arch.h5" $BATCH 256)"
+    rm -rf "$WORK/out"
+    t0=$(date +%s.%N)
+    "$BIN/attnscope" classify --model "$WORK/$arch.h5" --input @"$WORK/500.txt" --out "$WORK/out" \
+      --batch-size $BATCH --threads 2 > /dev/null 2>&1
+    t1=$(date +%s.%N)
+    cls="$cls $(echo "$t0 $t1" | awk '{printf "%.2f", 500 / ($2 - $1)}')"
+    r=$((r+1))
+  done
+  f=$(echo $fwd | tr ' ' '\n' | median); c=$(echo $cls | tr ' ' '\n' | median)
+  rss() {
+    rm -rf "$WORK/out"
+    /usr/bin/time -f %M "$BIN/attnscope" classify --model "$WORK/$arch.h5" --input @"$1" \
+      --out "$WORK/out" --batch-size $BATCH --threads 2 2>&1 >/dev/null | tail -1 |
+      awk '{printf "%.0f", $1 / 1024}'
+  }
+  r500=$(rss "$WORK/500.txt"); r5000=$(rss "$WORK/5000.txt")
+  head -50 "$WORK/500.txt" > "$WORK/50.txt"
+  rm -rf "$WORK/out"
+  t0=$(date +%s.%N)
+  "$BIN/attnscope" classify --model "$WORK/$arch.h5" --input @"$WORK/50.txt" --out "$WORK/out" \
+    --batch-size $BATCH --threads 2 > /dev/null 2>&1
+  t1=$(date +%s.%N)
+  rm -rf "$WORK/out"
+  "$BIN/attnscope" classify --model "$WORK/$arch.h5" --input @"$WORK/50.txt" --out "$WORK/out" \
+    --batch-size $BATCH --threads 2 --faithfulness > /dev/null 2>&1
+  t2=$(date +%s.%N)
+  fa=$(echo "$t0 $t1 $t2" | awk '{printf "%.2f", (($3 - $2) - ($2 - $1)) / 50}')
+  echo "$arch,$BATCH,$f,$c,$(echo "$c $f" | awk '{printf "%.2f", $1 / $2}'),$r500,$r5000,$fa"
+done

@@ -1,0 +1,625 @@
+#include "pipeline/vision/classify.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <ctime>
+#include <deque>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include <torch/torch.h>
+#include <opencv2/imgproc.hpp>
+
+#include "attnscope/atomic_file.h"
+#include "attnscope/error.h"
+#include "attnscope/version.h"
+#include "datasets/loader.h"
+#include "models/vision/explain.h"
+#include "pipeline/metrics.h"
+#include "pipeline/vision/faithfulness.h"
+#include "pipeline/vision/image_model_config.h"
+#include "pipeline/vision/tta.h"
+
+namespace attnscope::pipeline {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string utc_now() {
+  const auto t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+bool hidden(const fs::path& p) {
+  const auto name = p.filename().string();
+  return !name.empty() && name[0] == '.';
+}
+
+void add_file(datasets::Dataset& ds, std::map<std::string, int>& seen, const std::string& path) {
+  datasets::Sample s;
+  s.path = path;
+  std::string id = fs::path(path).stem().string();
+  if (id.empty()) id = fs::path(path).filename().string();
+  const int n = ++seen[id];
+  if (n > 1) id += "~" + std::to_string(n);
+  s.image_id = id;
+  ds.samples.push_back(std::move(s));
+}
+
+void add_input(datasets::Dataset& ds, std::map<std::string, int>& seen, const std::string& input,
+               int depth) {
+  check(depth < 8, input, "list files nest too deeply");
+  if (!input.empty() && input[0] == '@') {
+    const std::string list = input.substr(1);
+    std::ifstream in(list);
+    check(in.good(), list, "cannot read the list file");
+    const auto base = fs::path(list).parent_path();
+    std::string line;
+    while (std::getline(in, line)) {
+      while (!line.empty() && (line.back() == '\r' || line.back() == ' '))
+        line.pop_back();
+      if (line.empty() || line[0] == '#') continue;
+      fs::path p(line);
+      // Relative lines are relative to the list's folder (when it is not the current one).
+      if (p.is_relative() && !base.empty() && !fs::exists(p)) p = base / p;
+      add_input(ds, seen, p.string(), depth + 1);
+    }
+    return;
+  }
+  std::error_code ec;
+  const auto status = fs::status(input, ec);
+  if (fs::is_directory(status)) {
+    std::vector<std::string> files;
+    for (auto it = fs::recursive_directory_iterator(
+             input, fs::directory_options::skip_permission_denied, ec);
+         it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      if (ec) break;
+      if (hidden(it->path())) {
+        if (it->is_directory(ec)) it.disable_recursion_pending();
+        continue;
+      }
+      if (it->is_regular_file(ec)) files.push_back(it->path().string());
+    }
+    std::sort(files.begin(), files.end());
+    for (const auto& f : files)
+      add_file(ds, seen, f);
+    return;
+  }
+  // A file, or a missing path: a missing file becomes an error line of the run, like any
+  // other unreadable input.
+  add_file(ds, seen, input);
+}
+
+// Own maps, and the explanations this model supports.
+struct MapSupport {
+  std::vector<std::string> own;
+  bool gradcam = false, vit = false;
+};
+
+MapSupport map_support(models::vision::ImageClassifier& model, const std::string& arch) {
+  MapSupport s;
+  s.own = model.map_names();
+  s.vit = models::vision::is_vit(arch);
+  s.gradcam = model.has_spatial_features() && !s.vit;
+  if (s.vit && std::find(s.own.begin(), s.own.end(), "rollout") == s.own.end())
+    s.own.push_back("rollout");
+  return s;
+}
+
+std::vector<std::string> defaults_of(const MapSupport& s) {
+  auto names = s.own;
+  if (s.gradcam) names.push_back("gradcam");
+  return names;
+}
+
+// A bounded queue between the inference loop and the writer thread.
+struct WriteJob {
+  ResultRows rows;
+  std::vector<ResultError> errors;
+};
+
+class WriterThread {
+ public:
+  WriterThread(ResultsWriter& writer, std::size_t capacity)
+      : writer_(writer), capacity_(capacity), thread_([this] { run(); }) {}
+  ~WriterThread() { close(); }
+
+  void push(WriteJob job) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait(lock, [&] { return jobs_.size() < capacity_ || error_; });
+    rethrow_locked();
+    jobs_.push_back(std::move(job));
+    cv_.notify_all();
+  }
+  /// Waits for every job to be written; rethrows the writer's failure.
+  void close() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (closed_) return;
+      closed_ = true;
+      cv_.notify_all();
+    }
+    thread_.join();
+  }
+  void rethrow() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    rethrow_locked();
+  }
+
+ private:
+  void rethrow_locked() {
+    if (error_) std::rethrow_exception(error_);
+  }
+  void run() {
+    for (;;) {
+      WriteJob job;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        cv_.wait(lock, [&] { return !jobs_.empty() || closed_; });
+        if (jobs_.empty()) return;
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+        cv_.notify_all();
+      }
+      try {
+        writer_.append(job.rows, job.errors);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        error_ = std::current_exception();
+        jobs_.clear();
+        cv_.notify_all();
+        return;
+      }
+    }
+  }
+
+  ResultsWriter& writer_;
+  std::size_t capacity_;
+  std::deque<WriteJob> jobs_;
+  bool closed_ = false;
+  std::exception_ptr error_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::thread thread_;
+};
+
+// Jet colour map overlay of a [0, 1] map (h, w) over an RGB uint8 image (H, W, 3).
+at::Tensor overlay(const at::Tensor& image, const at::Tensor& map) {
+  const auto h = image.size(0), w = image.size(1);
+  auto m = map.to(torch::kFloat).contiguous();
+  const float mx = m.max().item<float>();
+  if (mx > 0) m = m / mx;
+  cv::Mat small(static_cast<int>(m.size(0)), static_cast<int>(m.size(1)), CV_32F, m.data_ptr());
+  cv::Mat big, grey, colour;
+  cv::resize(small, big, cv::Size(static_cast<int>(w), static_cast<int>(h)), 0, 0,
+             cv::INTER_LINEAR);
+  big.convertTo(grey, CV_8U, 255.0);
+  cv::applyColorMap(grey, colour, cv::COLORMAP_JET);
+  cv::cvtColor(colour, colour, cv::COLOR_BGR2RGB);
+  const auto img = image.contiguous();
+  cv::Mat base(static_cast<int>(h), static_cast<int>(w), CV_8UC3, img.data_ptr());
+  cv::Mat out;
+  cv::addWeighted(base, 0.5, colour, 0.5, 0, out);
+  return torch::from_blob(out.data, {h, w, 3}, torch::kByte).clone();
+}
+
+double read_number(const nlohmann::json& j, const char* key, double fallback) {
+  if (j.is_object() && j.contains(key) && j[key].is_number()) return j[key].get<double>();
+  return fallback;
+}
+
+}  // namespace
+
+datasets::Dataset collect_inputs(const std::vector<std::string>& inputs) {
+  datasets::Dataset ds;
+  std::map<std::string, int> seen;
+  for (const auto& input : inputs)
+    add_input(ds, seen, input, 0);
+  return ds;
+}
+
+void attach_masks(datasets::Dataset& dataset, const std::string& masks_dir) {
+  for (auto& s : dataset.samples) {
+    const std::string stem = s.image_id.substr(0, s.image_id.find('~'));
+    for (const auto& suffix : {"_segmentation.png", "_Segmentation.png", "_mask.png", ".png"}) {
+      const auto p = fs::path(masks_dir) / (stem + suffix);
+      if (fs::is_regular_file(p)) {
+        s.mask_path = p.string();
+        break;
+      }
+    }
+  }
+}
+
+std::pair<int64_t, int64_t> parse_shard(const std::string& text) {
+  const auto slash = text.find('/');
+  int64_t i = -1, n = -1;
+  try {
+    std::size_t a = 0, b = 0;
+    if (slash != std::string::npos) {
+      i = std::stoll(text.substr(0, slash), &a);
+      n = std::stoll(text.substr(slash + 1), &b);
+      if (a != slash || b != text.size() - slash - 1) i = -1;
+    }
+  } catch (const std::exception&) {
+    i = -1;
+  }
+  check(i >= 0 && n >= 1 && i < n, "--shard", "expects i/N with 0 <= i < N, got '", text, "'");
+  return {i, n};
+}
+
+std::vector<std::string> default_maps(const std::string& checkpoint) {
+  auto loaded = load_image_classifier(checkpoint);
+  return defaults_of(map_support(*loaded.model, loaded.config.arch));
+}
+
+ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions& o,
+                         const std::function<void(const ClassifyProgress&)>& progress) {
+  namespace mv = models::vision;
+  check(o.batch_size >= 1, "--batch-size", "must be >= 1");
+  check(o.threads >= 1, "--threads", "must be >= 1");
+  const auto started = std::chrono::steady_clock::now();
+  auto loaded = load_image_classifier(o.model);
+  auto& model = *loaded.model;
+  const torch::Device device(o.device);
+  model.to(device);
+  model.eval();
+  const auto support = map_support(model, loaded.config.arch);
+  const auto maps = o.maps.empty() ? defaults_of(support) : o.maps;
+  for (const auto& m : maps) {
+    const bool own = std::find(support.own.begin(), support.own.end(), m) != support.own.end();
+    const bool ok =
+        own || (m == "gradcam" && support.gradcam) || (m == "gradient_rollout" && support.vit);
+    auto known = defaults_of(support);
+    if (support.vit) known.push_back("gradient_rollout");
+    check(ok, o.model, "has no map '", m, "' (", loaded.config.arch, " offers ",
+          nlohmann::json(known).dump(), ")");
+  }
+  const auto& meta = loaded.meta;
+  const auto pipeline =
+      meta.preprocessing_config.is_object() && !meta.preprocessing_config.empty()
+          ? preprocessing::Pipeline::from_json(meta.preprocessing_config)
+          : preprocessing::Pipeline::from_json(
+                {{"steps",
+                  {{{"op", "resize"},
+                    {"size", loaded.config.image_size > 0 ? loaded.config.image_size : 224}}}}});
+  const auto& classes = meta.class_names;
+  const auto num_classes = model.num_classes();
+  std::vector<std::string> class_names = classes;
+  if (static_cast<int64_t>(class_names.size()) != num_classes) {
+    class_names.clear();
+    for (int64_t c = 0; c < num_classes; ++c)
+      class_names.push_back(num_classes == 2 ? (c ? "malignant" : "benign")
+                                             : "class_" + std::to_string(c));
+  }
+  std::optional<double> threshold = o.threshold;
+  if (!threshold && num_classes == 2) {
+    threshold =
+        read_number(meta.extra, "threshold", read_number(meta.provenance, "threshold", 0.5));
+  }
+  const double temperature =
+      read_number(meta.extra, "temperature", read_number(meta.provenance, "temperature", 1.0));
+  check(temperature > 0, o.model, "temperature must be > 0");
+
+  // Shapes: the pipeline's output size and each map's native size, from one blank image.
+  const auto probe = pipeline.process(cv::Mat(256, 256, CV_8UC3, cv::Scalar(128, 128, 128)));
+  const int64_t H = probe.image.rows, W = probe.image.cols;
+  ResultsLayout layout;
+  layout.num_classes = num_classes;
+  layout.height = H;
+  layout.width = W;
+  layout.overlays = o.overlays;
+  layout.tta = o.tta;
+  {
+    const auto x = pipeline.tensor(probe.image).unsqueeze(0).to(device);
+    std::map<std::string, at::Tensor> shapes;
+    {
+      torch::NoGradGuard ng;
+      const auto out = model.forward(x, support.vit);
+      shapes = out.maps;
+    }
+    for (const auto& m : maps) {
+      ResultsMap rm;
+      rm.name = m;
+      at::Tensor t;
+      if (m == "gradcam") {
+        t = mv::grad_cam(model, x);
+        rm.source = "gradcam";
+      } else if (m == "gradient_rollout") {
+        t = mv::vit_gradient_rollout(model, x);
+        rm.source = "gradient_rollout";
+      } else {
+        t = shapes.at(m);
+        rm.source = m == "rollout" ? "rollout" : "model";
+        rm.normalization = m == "rollout" ? "max" : "none";
+      }
+      rm.height = t.size(1);
+      rm.width = t.size(2);
+      layout.maps.push_back(rm);
+    }
+  }
+  if (o.faithfulness) {
+    for (const auto& m : maps)
+      for (const char* k :
+           {"deletion_auc", "insertion_auc", "mass_in_mask", "jaccard", "pointing_game"})
+        layout.measures.push_back(m + "/" + k);
+    layout.measures.push_back("random/deletion_auc");
+    layout.measures.push_back("random/insertion_auc");
+    for (const char* k : {"mass_in_mask", "jaccard", "pointing_game"})
+      layout.measures.push_back(std::string("gaussian/") + k);
+  }
+  preprocessing::Normalization norm = pipeline.normalization();
+  const auto mean = torch::tensor(std::vector<float>(norm.mean.begin(), norm.mean.end()));
+  const auto stdv = torch::tensor(std::vector<float>(norm.std.begin(), norm.std.end()));
+  const nlohmann::json faith_config = {{"steps", o.faithfulness_steps},
+                                       {"substrate", "zero"},
+                                       {"blur_sigma_px", 5.0},
+                                       {"random_seed", 0},
+                                       {"gaussian_sigma", 0.15}};
+
+  ResultsHeader expected{
+      {"model_checksum", file_checksum(o.model)},
+      {"model_config", image_model_config_to_json(loaded.config).dump()},
+      {"preprocessing_config", pipeline.to_json().dump()},
+      {"class_names", nlohmann::json(class_names).dump()},
+      {"threshold", threshold ? nlohmann::json(*threshold).dump() : "null"},
+      {"temperature", nlohmann::json(temperature).dump()},
+      {"shard", std::to_string(o.shard) + "/" + std::to_string(o.num_shards)},
+  };
+  if (o.faithfulness) expected["faithfulness"] = faith_config.dump();
+
+  fs::create_directories(o.out_dir);
+  const auto h5_path = (fs::path(o.out_dir) / "results.h5").string();
+  const bool resuming = o.resume && fs::exists(h5_path);
+  check(resuming || o.overwrite || !fs::exists(h5_path), h5_path,
+        "exists; pass --resume to continue it or --overwrite to replace it");
+  // Replacing a file: the new one is built beside it and renamed at the end, so a failed or
+  // killed run leaves the old one intact. A fresh file is written in place (resumable).
+  std::optional<AtomicFile> replacement;
+  if (!resuming && fs::exists(h5_path)) replacement.emplace(h5_path);
+  const std::string write_path = replacement ? replacement->temp_path() : h5_path;
+  std::optional<ResultsWriter> writer;
+  if (resuming) {
+    writer.emplace(ResultsWriter::resume(h5_path, expected, layout));
+    writer->set_attribute("command_line",
+                          writer->attribute("command_line") + " ; " + o.command_line);
+  } else {
+    ResultsHeader header = expected;
+    header["attnscope_version"] = kVersion;
+    header["model_path"] = o.model;
+    header["command_line"] = o.command_line;
+    header["started_at"] = utc_now();
+    writer.emplace(ResultsWriter::create(write_path, header, layout));
+  }
+
+  // Inputs of this run: this shard's, less what is stored.
+  const auto stored = writer->stored_ids();
+  datasets::Dataset todo;
+  todo.class_names = class_names;
+  std::vector<int64_t> global_index;
+  ClassifySummary summary;
+  for (std::size_t i = 0; i < dataset.samples.size(); ++i) {
+    if (static_cast<int64_t>(i) % o.num_shards != o.shard) continue;
+    const auto& s = dataset.samples[i];
+    if (stored.count(s.image_id)) {
+      ++summary.skipped;
+      continue;
+    }
+    todo.samples.push_back(s);
+    global_index.push_back(static_cast<int64_t>(i));
+  }
+
+  std::map<std::string, std::size_t> position;
+  for (std::size_t k = 0; k < todo.samples.size(); ++k)
+    position.emplace(todo.samples[k].image_id, k);
+  ClassifyProgress prog;
+  prog.total = static_cast<int64_t>(todo.samples.size());
+  std::vector<double> measure_sum(layout.measures.size(), 0.0);
+  std::vector<int64_t> measure_n(layout.measures.size(), 0);
+  {
+    WriterThread writer_thread(*writer, 2);
+    if (!todo.samples.empty()) {
+      auto source = std::make_shared<datasets::ImageFileSource>(todo, pipeline.decode_options());
+      datasets::LoaderOptions lo;
+      lo.batch_size = o.batch_size;
+      lo.workers = o.threads;
+      lo.queue = std::max(2, o.threads + 1);
+      lo.order = datasets::Order::kSequential;
+      lo.augment = false;
+      datasets::Loader loader(source, pipeline, lo);
+      loader.start_epoch(0);
+      while (auto batch = loader.next()) {
+        WriteJob job;
+        for (const auto& f : batch->errors) {
+          ResultError e;
+          e.id = f.image_id;
+          e.path = f.path;
+          e.reason = f.message;
+          // Batch::errors holds no source index: find it by id.
+          const auto it = position.find(f.image_id);
+          if (it != position.end()) e.index = global_index[it->second];
+          job.errors.push_back(std::move(e));
+        }
+        const int64_t B = batch->size();
+        if (B > 0) {
+          auto& rows = job.rows;
+          const auto images = batch->images.to(device);
+          for (int64_t b = 0; b < B; ++b) {
+            const auto src = batch->indices[static_cast<std::size_t>(b)];
+            rows.ids.push_back(batch->ids[static_cast<std::size_t>(b)]);
+            rows.paths.push_back(todo.samples[src].path);
+            rows.index.push_back(global_index[src]);
+            rows.label.push_back(todo.samples[src].label);
+          }
+          const int T = o.tta ? static_cast<int>(kDihedralCount) : 1;
+          std::vector<torch::Tensor> logits_t, probs_t;
+          std::vector<std::map<std::string, torch::Tensor>> own_t;
+          {
+            torch::NoGradGuard ng;
+            for (int t = 0; t < T; ++t) {
+              const auto x = o.tta ? dihedral_transform(images, t).contiguous() : images;
+              auto out = model.forward(x, support.vit);
+              logits_t.push_back(out.logits.to(torch::kFloat));
+              probs_t.push_back(torch::softmax(out.logits.to(torch::kFloat) / temperature, 1));
+              own_t.push_back(out.maps);
+            }
+          }
+          const auto logits = torch::stack(logits_t).mean(0);
+          const auto probs_all = torch::stack(probs_t);  // (T, B, C)
+          const auto probs = probs_all.mean(0);
+          at::Tensor pred = probs.argmax(1);
+          if (threshold && num_classes == 2)
+            pred = (probs.select(1, 1) >= *threshold).to(torch::kLong);
+          rows.logits = logits.cpu();
+          rows.probability = probs.cpu();
+          if (o.tta) rows.probability_std = probs_all.std(0, /*unbiased=*/false).cpu();
+          rows.prediction = pred.cpu();
+          for (const auto& m : maps) {
+            std::vector<torch::Tensor> per_t;
+            for (int t = 0; t < T; ++t) {
+              const auto x = o.tta ? dihedral_transform(images, t).contiguous() : images;
+              torch::Tensor v;
+              if (m == "gradcam")
+                v = mv::grad_cam(model, x, pred);
+              else if (m == "gradient_rollout")
+                v = mv::vit_gradient_rollout(model, x, pred);
+              else
+                v = own_t[static_cast<std::size_t>(t)].at(m);
+              v = v.detach().to(torch::kFloat);
+              per_t.push_back(o.tta ? dihedral_inverse(v, t) : v);
+            }
+            rows.maps[m] = torch::stack(per_t).mean(0).cpu().contiguous();
+          }
+          // The input before normalisation, (B, H, W, 3) uint8.
+          const auto cpu_images = batch->images.to(torch::kFloat);
+          rows.preprocessed =
+              ((cpu_images * stdv.view({1, 3, 1, 1}) + mean.view({1, 3, 1, 1})) * 255.0f)
+                  .round()
+                  .clamp(0, 255)
+                  .to(torch::kByte)
+                  .permute({0, 2, 3, 1})
+                  .contiguous();
+          if (o.overlays)
+            for (const auto& m : maps) {
+              std::vector<at::Tensor> ov;
+              for (int64_t b = 0; b < B; ++b)
+                ov.push_back(overlay(rows.preprocessed[b], rows.maps[m][b]));
+              rows.overlays[m] = torch::stack(ov);
+            }
+          if (o.faithfulness) {
+            std::map<std::string, std::vector<float>> values;
+            const float nan = std::numeric_limits<float>::quiet_NaN();
+            RiseOptions ro;
+            ro.steps = o.faithfulness_steps;
+            ro.substrate = ((torch::zeros({3}) - mean) / stdv);
+            const bool masks = batch->masks.defined();
+            const auto gauss = gaussian_prior(H, W);
+            for (int64_t b = 0; b < B; ++b) {
+              const int64_t target = pred[b].item<int64_t>();
+              const ScoreFn score = [&](const torch::Tensor& x) {
+                torch::NoGradGuard ng;
+                return torch::softmax(
+                           model.forward(x.to(device)).logits.to(torch::kFloat) / temperature, 1)
+                    .select(1, target)
+                    .cpu();
+              };
+              const auto image = images[b];
+              auto mask = masks ? batch->masks[b][0].cpu() : torch::Tensor();
+              auto localise = [&](const std::string& name, const torch::Tensor& up) {
+                values[name + "/mass_in_mask"].push_back(
+                    masks ? static_cast<float>(mass_in_mask(up, mask)) : nan);
+                values[name + "/jaccard"].push_back(masks ? static_cast<float>(jaccard(up, mask))
+                                                          : nan);
+                values[name + "/pointing_game"].push_back(
+                    masks ? static_cast<float>(pointing_game(up, mask)) : nan);
+              };
+              for (const auto& m : maps) {
+                const auto map = rows.maps[m][b];
+                const auto r = rise_auc(score, image, map, ro);
+                values[m + "/deletion_auc"].push_back(static_cast<float>(r.deletion_auc));
+                values[m + "/insertion_auc"].push_back(static_cast<float>(r.insertion_auc));
+                localise(m, upsample_maps(map.unsqueeze(0), H, W)[0]);
+              }
+              const auto r = rise_auc(score, image, random_map(H, W, rows.ids[b]), ro);
+              values["random/deletion_auc"].push_back(static_cast<float>(r.deletion_auc));
+              values["random/insertion_auc"].push_back(static_cast<float>(r.insertion_auc));
+              localise("gaussian", gauss);
+            }
+            for (std::size_t k = 0; k < layout.measures.size(); ++k) {
+              auto& v = values[layout.measures[k]];
+              for (const float x : v)
+                if (!std::isnan(x)) {
+                  measure_sum[k] += x;
+                  ++measure_n[k];
+                }
+              rows.measures[layout.measures[k]] = torch::tensor(v);
+            }
+          }
+        }
+        prog.done += B + static_cast<int64_t>(job.errors.size());
+        prog.failed += static_cast<int64_t>(job.errors.size());
+        writer_thread.push(std::move(job));
+        prog.seconds =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        if (progress) progress(prog);
+      }
+    }
+    writer_thread.close();
+    writer_thread.rethrow();
+  }
+  writer->finish(utc_now());
+  if (replacement) replacement->commit();
+  const auto results = read_results(h5_path);
+  const auto pred_csv = (fs::path(o.out_dir) / "predictions.csv").string();
+  const auto err_csv = (fs::path(o.out_dir) / "errors.csv").string();
+  write_predictions_csv(results, pred_csv);
+  write_errors_csv(results, err_csv);
+  summary.classified = static_cast<int64_t>(results.ids.size());
+  summary.failed = static_cast<int64_t>(results.errors.size());
+  summary.written = {h5_path, pred_csv, err_csv};
+  // Metrics over every labelled row of the file (resumed rows included).
+  std::vector<int64_t> labels;
+  std::vector<int64_t> rows_labelled;
+  for (std::size_t i = 0; i < results.label.size(); ++i)
+    if (results.label[i] >= 0) {
+      labels.push_back(results.label[i]);
+      rows_labelled.push_back(static_cast<int64_t>(i));
+    }
+  if (!labels.empty()) {
+    MetricsOptions mo;
+    mo.threshold = threshold.value_or(0.5);
+    mo.class_names = class_names;
+    mo.curves = false;
+    mo.bootstrap_resamples = 0;
+    try {
+      const auto m = compute_metrics(
+          labels, results.probability.index_select(0, torch::tensor(rows_labelled)), mo);
+      summary.summary.push_back(concat(
+          "labelled ", m.count, ": accuracy ", m.accuracy, ", balanced accuracy ",
+          m.balanced_accuracy, ", AUC ",
+          std::isnan(m.auc) ? std::string("undefined (") + m.auc_undefined + ")"
+                            : std::to_string(m.auc),
+          ", sensitivity ", m.sensitivity, ", specificity ", m.specificity, ", ECE ", m.ece));
+    } catch (const Error& e) {
+      summary.summary.push_back(concat("metrics not computed: ", e.what()));
+    }
+  }
+  for (std::size_t k = 0; k < layout.measures.size(); ++k)
+    if (measure_n[k] > 0)
+      summary.summary.push_back(concat("mean ", layout.measures[k], " ",
+                                       measure_sum[k] / measure_n[k], " (", measure_n[k],
+                                       " images)"));
+  return summary;
+}
+
+}  // namespace attnscope::pipeline

@@ -1,0 +1,695 @@
+#include "pipeline/vision/results.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <numeric>
+
+#include <torch/torch.h>
+
+#include "attnscope/atomic_file.h"
+#include "attnscope/error.h"
+#include "preprocessing/decode.h"
+
+namespace attnscope::pipeline {
+namespace {
+
+std::string where(const std::string& file, const std::string& name) {
+  return file + ":/" + name;
+}
+
+h5::Handle string_type() {
+  h5::Handle type(H5Tcopy(H5T_C_S1));
+  H5Tset_size(type.get(), H5T_VARIABLE);
+  H5Tset_cset(type.get(), H5T_CSET_UTF8);
+  return type;
+}
+
+// Per-row datasets of a layout: name -> (memory type, trailing dims, compressed).
+struct Column {
+  std::string name;
+  hid_t type;  // H5T_NATIVE_* or -1 for a UTF-8 string
+  std::vector<hsize_t> dims;
+  bool compress = false;
+};
+
+std::vector<Column> columns(const ResultsLayout& l) {
+  const auto c = static_cast<hsize_t>(l.num_classes);
+  const auto h = static_cast<hsize_t>(l.height), w = static_cast<hsize_t>(l.width);
+  std::vector<Column> cols{
+      {"images/id", -1, {}},
+      {"images/source_path", -1, {}},
+      {"images/index", H5T_NATIVE_INT64, {}},
+      {"images/label", H5T_NATIVE_INT64, {}},
+      {"images/preprocessed", H5T_NATIVE_UINT8, {h, w, 3}, true},
+      {"predictions/logits", H5T_NATIVE_FLOAT, {c}},
+      {"predictions/probability", H5T_NATIVE_FLOAT, {c}},
+      {"predictions/label", H5T_NATIVE_INT64, {}},
+  };
+  if (l.tta) cols.push_back({"predictions/probability_std", H5T_NATIVE_FLOAT, {c}});
+  for (const auto& m : l.maps)
+    cols.push_back({"attention/" + m.name,
+                    H5T_NATIVE_FLOAT,
+                    {static_cast<hsize_t>(m.height), static_cast<hsize_t>(m.width)},
+                    true});
+  if (l.overlays)
+    for (const auto& m : l.maps)
+      cols.push_back({"overlays/" + m.name, H5T_NATIVE_UINT8, {h, w, 3}, true});
+  for (const auto& m : l.measures)
+    cols.push_back({"measures/" + m, H5T_NATIVE_FLOAT, {}});
+  return cols;
+}
+
+const std::vector<Column> kErrorColumns{
+    {"errors/id", -1, {}},
+    {"errors/path", -1, {}},
+    {"errors/index", H5T_NATIVE_INT64, {}},
+    {"errors/reason", -1, {}},
+};
+
+void create_column(hid_t file, const Column& col, const std::string& path) {
+  std::vector<hsize_t> dims{0}, max_dims{H5S_UNLIMITED}, chunk;
+  // Strings and scalars: chunks of many rows; images and maps: one row per chunk.
+  chunk.push_back(col.dims.empty() || (col.dims.size() == 1 && !col.compress) ? 256 : 1);
+  for (const auto d : col.dims) {
+    dims.push_back(d);
+    max_dims.push_back(d);
+    chunk.push_back(d);
+  }
+  h5::Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), max_dims.data()));
+  h5::Handle dcpl(H5Pcreate(H5P_DATASET_CREATE));
+  H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data());
+  if (col.compress) H5Pset_deflate(dcpl.get(), 4);
+  h5::Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
+  H5Pset_create_intermediate_group(lcpl.get(), 1);
+  const auto stype = string_type();
+  h5::Handle set(H5Dcreate2(file, col.name.c_str(), col.type < 0 ? stype.get() : col.type,
+                            space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT));
+  check(set.valid(), where(path, col.name), "cannot create dataset");
+}
+
+int64_t rows_of(hid_t file, const std::string& name, const std::string& path) {
+  h5::Handle set(H5Dopen2(file, name.c_str(), H5P_DEFAULT));
+  check(set.valid(), where(path, name), "missing dataset");
+  h5::Handle space(H5Dget_space(set.get()));
+  hsize_t dims[8] = {};
+  check(H5Sget_simple_extent_ndims(space.get()) >= 1, where(path, name), "not a per-row dataset");
+  H5Sget_simple_extent_dims(space.get(), dims, nullptr);
+  return static_cast<int64_t>(dims[0]);
+}
+
+// Writes `rows` rows (contiguous, memory type col.type) at row `at` of the dataset, extending it.
+void write_rows(hid_t file, const Column& col, int64_t at, int64_t rows, const void* data,
+                const std::string& path) {
+  if (rows == 0) return;
+  h5::Handle set(H5Dopen2(file, col.name.c_str(), H5P_DEFAULT));
+  check(set.valid(), where(path, col.name), "missing dataset");
+  std::vector<hsize_t> dims{static_cast<hsize_t>(at + rows)};
+  dims.insert(dims.end(), col.dims.begin(), col.dims.end());
+  check(H5Dset_extent(set.get(), dims.data()) >= 0, where(path, col.name), "cannot extend dataset");
+  h5::Handle space(H5Dget_space(set.get()));
+  std::vector<hsize_t> start(dims.size(), 0), count = dims;
+  start[0] = static_cast<hsize_t>(at);
+  count[0] = static_cast<hsize_t>(rows);
+  H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
+  h5::Handle memory(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr));
+  const auto stype = string_type();
+  check(H5Dwrite(set.get(), col.type < 0 ? stype.get() : col.type, memory.get(), space.get(),
+                 H5P_DEFAULT, data) >= 0,
+        where(path, col.name), "cannot write rows (disk full?)");
+}
+
+void write_string_rows(hid_t file, const Column& col, int64_t at,
+                       const std::vector<std::string>& values, const std::string& path) {
+  std::vector<const char*> ptrs;
+  ptrs.reserve(values.size());
+  for (const auto& v : values)
+    ptrs.push_back(v.c_str());
+  write_rows(file, col, at, static_cast<int64_t>(values.size()), ptrs.data(), path);
+}
+
+void write_tensor_rows(hid_t file, const Column& col, int64_t at, const at::Tensor& t, int64_t rows,
+                       const std::string& path) {
+  check(t.defined() && t.size(0) == rows, where(path, col.name), "expected ", rows,
+        " rows to write, got ", t.defined() ? t.size(0) : -1);
+  at::Tensor c;
+  if (col.type == H5T_NATIVE_FLOAT)
+    c = t.to(torch::kCPU, torch::kFloat).contiguous();
+  else if (col.type == H5T_NATIVE_INT64)
+    c = t.to(torch::kCPU, torch::kLong).contiguous();
+  else
+    c = t.to(torch::kCPU, torch::kByte).contiguous();
+  check(c.numel() == rows * static_cast<int64_t>(std::accumulate(col.dims.begin(), col.dims.end(),
+                                                                 hsize_t{1}, std::multiplies<>())),
+        where(path, col.name), "tensor of shape ", c.sizes(), " does not fit the dataset");
+  write_rows(file, col, at, rows, c.data_ptr(), path);
+}
+
+std::vector<std::string> read_string_rows(hid_t file, const std::string& name,
+                                          const std::string& path, int64_t limit = -1) {
+  h5::Handle set(H5Dopen2(file, name.c_str(), H5P_DEFAULT));
+  check(set.valid(), where(path, name), "missing dataset");
+  h5::Handle space(H5Dget_space(set.get()));
+  auto n = static_cast<hsize_t>(H5Sget_simple_extent_npoints(space.get()));
+  if (limit >= 0) n = std::min<hsize_t>(n, static_cast<hsize_t>(limit));
+  std::vector<std::string> out;
+  if (n == 0) return out;
+  hsize_t start = 0;
+  H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, &start, nullptr, &n, nullptr);
+  h5::Handle memory(H5Screate_simple(1, &n, nullptr));
+  std::vector<char*> ptrs(n, nullptr);
+  const auto type = string_type();
+  check(H5Dread(set.get(), type.get(), memory.get(), space.get(), H5P_DEFAULT, ptrs.data()) >= 0,
+        where(path, name), "cannot read strings");
+  for (auto* p : ptrs)
+    out.emplace_back(p ? p : "");
+  H5Dvlen_reclaim(type.get(), memory.get(), H5P_DEFAULT, ptrs.data());
+  return out;
+}
+
+std::vector<int64_t> read_int_rows(hid_t file, const std::string& name, const std::string& path) {
+  const auto t = h5::read_tensor(file, name, path);
+  std::vector<int64_t> out(static_cast<std::size_t>(t.numel()));
+  const auto l = t.to(torch::kLong).contiguous();
+  std::copy(l.data_ptr<int64_t>(), l.data_ptr<int64_t>() + l.numel(), out.begin());
+  return out;
+}
+
+// The metadata cache never writes dirty entries between flushes, and the file never reuses
+// freed space: between two H5Fflush calls the file on disk is the last flushed state plus
+// unreferenced bytes at its end, so a SIGKILL leaves a readable file.
+void make_crash_safe(hid_t file, const std::string& path) {
+  H5AC_cache_config_t config;
+  config.version = H5AC__CURR_CACHE_CONFIG_VERSION;
+  check(H5Fget_mdc_config(file, &config) >= 0, path, "cannot read the metadata cache config");
+  config.evictions_enabled = false;
+  config.incr_mode = H5C_incr__off;
+  config.flash_incr_mode = H5C_flash_incr__off;
+  config.decr_mode = H5C_decr__off;
+  config.set_initial_size = true;
+  config.initial_size = 16 * 1024 * 1024;
+  config.max_size = std::max<size_t>(config.max_size, 64 * 1024 * 1024);
+  config.min_size = std::min<size_t>(config.min_size, config.initial_size);
+  check(H5Fset_mdc_config(file, &config) >= 0, path, "cannot configure the metadata cache");
+}
+
+h5::Handle open_file(const std::string& path, bool create) {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  hid_t id = -1;
+  if (create) {
+    h5::Handle fcpl(H5Pcreate(H5P_FILE_CREATE));
+    H5Pset_file_space_strategy(fcpl.get(), H5F_FSPACE_STRATEGY_NONE, 0, 1);
+    id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.get(), H5P_DEFAULT);
+    check(id >= 0, path, "cannot create HDF5 file (is the folder there and writable?)");
+  } else {
+    check(std::filesystem::exists(path), path, "no such file");
+    id = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    check(id >= 0, path, "cannot open as HDF5 for writing (not an attnscope results file?)");
+  }
+  h5::Handle file(id);
+  make_crash_safe(file.get(), path);
+  return file;
+}
+
+std::string json_list(const std::vector<std::string>& v) {
+  return nlohmann::json(v).dump();
+}
+
+}  // namespace
+
+std::string csv_field(const std::string& value) {
+  if (value.find_first_of(",\"\r\n") == std::string::npos) return value;
+  std::string out = "\"";
+  for (const char c : value) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+
+std::string file_checksum(const std::string& path) {
+  const auto bytes = preprocessing::read_file_bytes(path);
+  uint64_t h = 14695981039346656037ull;
+  for (const uint8_t b : bytes) {
+    h ^= b;
+    h *= 1099511628211ull;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return std::string("fnv1a64:") + buf;
+}
+
+ResultsWriter ResultsWriter::create(const std::string& path, const ResultsHeader& header,
+                                    const ResultsLayout& layout) {
+  ResultsWriter w;
+  w.path_ = path;
+  w.layout_ = layout;
+  // The empty file is built under a temporary name and renamed, so that a kill before the
+  // first batch leaves either no file or a complete empty one.
+  AtomicFile target(path);
+  h5::Handle file = open_file(target.temp_path(), true);
+  const hid_t f = file.get();
+  h5::write_attribute(f, "format", kResultsFormat, path);
+  h5::write_attribute(f, "schema_version", kResultsSchemaVersion, path);
+  for (const auto& [k, v] : header)
+    h5::write_attribute(f, k, v, path);
+  std::vector<std::string> names;
+  for (const auto& m : layout.maps)
+    names.push_back(m.name);
+  h5::write_attribute(f, "maps", json_list(names), path);
+  h5::write_attribute(f, "tta", layout.tta ? "dihedral8" : "none", path);
+  h5::write_attribute(f, "num_images", "0", path);
+  h5::write_attribute(f, "num_errors", "0", path);
+  h5::write_attribute(f, "finished_at", "", path);
+  for (const auto& col : columns(layout))
+    create_column(f, col, path);
+  for (const auto& col : kErrorColumns)
+    create_column(f, col, path);
+  const std::string size = nlohmann::json({layout.height, layout.width}).dump();
+  for (const auto& m : layout.maps) {
+    const auto name = "attention/" + m.name;
+    h5::Handle set(H5Dopen2(f, name.c_str(), H5P_DEFAULT));
+    h5::write_attribute(set.get(), "source", m.source, path);
+    h5::write_attribute(set.get(), "normalization", m.normalization, path);
+    h5::write_attribute(set.get(), "upsample", "bilinear", path);
+    h5::write_attribute(set.get(), "align_corners", "false", path);
+    h5::write_attribute(set.get(), "target_size", size, path);
+    h5::write_attribute(set.get(), "native_size", nlohmann::json({m.height, m.width}).dump(), path);
+    h5::write_attribute(set.get(), "tta_inverse", layout.tta ? "applied" : "none", path);
+    if (layout.overlays) {
+      const auto oname = "overlays/" + m.name;
+      h5::Handle o(H5Dopen2(f, oname.c_str(), H5P_DEFAULT));
+      h5::write_attribute(o.get(), "colormap", "jet", path);
+      h5::write_attribute(o.get(), "alpha", "0.5", path);
+    }
+  }
+  check(H5Fflush(f, H5F_SCOPE_GLOBAL) >= 0, path, "cannot flush (disk full?)");
+  file.reset();
+  target.commit();
+  w.file_ = open_file(path, false);
+  return w;
+}
+
+ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader& expected,
+                                    const ResultsLayout& layout) {
+  ResultsWriter w;
+  w.path_ = path;
+  w.layout_ = layout;
+  w.file_ = open_file(path, false);
+  const hid_t f = w.file_.get();
+  auto attr = [&](const std::string& name) {
+    return h5::has_attribute(f, name) ? h5::read_string_attribute(f, name, path)
+                                      : std::string("<absent>");
+  };
+  check(attr("format") == kResultsFormat, path, "is not an attnscope results file");
+  check(attr("schema_version") == kResultsSchemaVersion, path, "has schema version ",
+        attr("schema_version"), ", this attnscope writes ", kResultsSchemaVersion,
+        "; cannot resume it");
+  for (const auto& [k, v] : expected)
+    check(attr(k) == v, path, "cannot resume: its ", k, " differs from this run's (stored ",
+          attr(k).substr(0, 200), ", now ", v.substr(0, 200), ")");
+  std::vector<std::string> names;
+  for (const auto& m : layout.maps)
+    names.push_back(m.name);
+  check(attr("maps") == json_list(names), path, "cannot resume: it stores the maps ", attr("maps"),
+        ", this run asks for ", json_list(names));
+  check(attr("tta") == (layout.tta ? "dihedral8" : "none"), path,
+        "cannot resume: --tta differs from the stored run");
+  // Rows of the last complete flush: num_images, or the shortest dataset after a kill
+  // inside a flush.
+  auto consistent = [&](const std::vector<Column>& cols, const std::string& count_attr) {
+    int64_t n = std::numeric_limits<int64_t>::max();
+    for (const auto& col : cols)
+      n = std::min(n, rows_of(f, col.name, path));
+    try {
+      n = std::min<int64_t>(n, std::stoll(attr(count_attr)));
+    } catch (const std::exception&) {
+    }
+    for (const auto& col : cols) {
+      h5::Handle set(H5Dopen2(f, col.name.c_str(), H5P_DEFAULT));
+      std::vector<hsize_t> dims{static_cast<hsize_t>(n)};
+      dims.insert(dims.end(), col.dims.begin(), col.dims.end());
+      check(H5Dset_extent(set.get(), dims.data()) >= 0, where(path, col.name),
+            "cannot trim dataset");
+    }
+    return n;
+  };
+  w.rows_ = consistent(columns(layout), "num_images");
+  w.errors_ = consistent(kErrorColumns, "num_errors");
+  h5::write_attribute(f, "finished_at", "", path);
+  check(H5Fflush(f, H5F_SCOPE_GLOBAL) >= 0, path, "cannot flush");
+  return w;
+}
+
+ResultsWriter::~ResultsWriter() = default;
+
+std::set<std::string> ResultsWriter::stored_ids() const {
+  std::set<std::string> ids;
+  for (auto& s : read_string_rows(file_.get(), "images/id", path_, rows_))
+    ids.insert(std::move(s));
+  for (auto& s : read_string_rows(file_.get(), "errors/id", path_, errors_))
+    ids.insert(std::move(s));
+  return ids;
+}
+
+std::string ResultsWriter::attribute(const std::string& name) const {
+  return h5::has_attribute(file_.get(), name) ? h5::read_string_attribute(file_.get(), name, path_)
+                                              : std::string();
+}
+
+void ResultsWriter::set_attribute(const std::string& name, const std::string& value) {
+  h5::write_attribute(file_.get(), name, value, path_);
+}
+
+void ResultsWriter::append(const ResultRows& rows, const std::vector<ResultError>& errors) {
+  const hid_t f = file_.get();
+  const auto n = static_cast<int64_t>(rows.size());
+  if (n > 0) {
+    for (const auto& col : columns(layout_)) {
+      const auto& name = col.name;
+      if (name == "images/id") {
+        write_string_rows(f, col, rows_, rows.ids, path_);
+      } else if (name == "images/source_path") {
+        write_string_rows(f, col, rows_, rows.paths, path_);
+      } else if (name == "images/index" || name == "images/label") {
+        const auto& v = name == "images/index" ? rows.index : rows.label;
+        check(static_cast<int64_t>(v.size()) == n, where(path_, name), "row count differs");
+        write_rows(f, col, rows_, n, v.data(), path_);
+      } else if (name == "images/preprocessed") {
+        write_tensor_rows(f, col, rows_, rows.preprocessed, n, path_);
+      } else if (name == "predictions/logits") {
+        write_tensor_rows(f, col, rows_, rows.logits, n, path_);
+      } else if (name == "predictions/probability") {
+        write_tensor_rows(f, col, rows_, rows.probability, n, path_);
+      } else if (name == "predictions/probability_std") {
+        write_tensor_rows(f, col, rows_, rows.probability_std, n, path_);
+      } else if (name == "predictions/label") {
+        write_tensor_rows(f, col, rows_, rows.prediction, n, path_);
+      } else {
+        const auto slash = name.find('/');
+        const auto group = name.substr(0, slash), key = name.substr(slash + 1);
+        const auto& source = group == "attention"  ? rows.maps
+                             : group == "overlays" ? rows.overlays
+                                                   : rows.measures;
+        const auto it = source.find(key);
+        check(it != source.end(), where(path_, name), "no values for this dataset in the batch");
+        write_tensor_rows(f, col, rows_, it->second, n, path_);
+      }
+    }
+  }
+  const auto e = static_cast<int64_t>(errors.size());
+  if (e > 0) {
+    std::vector<std::string> ids, paths, reasons;
+    std::vector<int64_t> index;
+    for (const auto& err : errors) {
+      ids.push_back(err.id);
+      paths.push_back(err.path);
+      reasons.push_back(err.reason);
+      index.push_back(err.index);
+    }
+    write_string_rows(f, kErrorColumns[0], errors_, ids, path_);
+    write_string_rows(f, kErrorColumns[1], errors_, paths, path_);
+    write_rows(f, kErrorColumns[2], errors_, e, index.data(), path_);
+    write_string_rows(f, kErrorColumns[3], errors_, reasons, path_);
+  }
+  rows_ += n;
+  errors_ += e;
+  h5::write_attribute(f, "num_images", std::to_string(rows_), path_);
+  h5::write_attribute(f, "num_errors", std::to_string(errors_), path_);
+  check(H5Fflush(f, H5F_SCOPE_GLOBAL) >= 0, path_, "cannot flush (disk full?)");
+}
+
+void ResultsWriter::finish(const std::string& finished_at) {
+  h5::write_attribute(file_.get(), "finished_at", finished_at, path_);
+  check(H5Fflush(file_.get(), H5F_SCOPE_GLOBAL) >= 0, path_, "cannot flush (disk full?)");
+  file_.reset();
+}
+
+// ---- reading ----------------------------------------------------------------------------
+
+namespace {
+
+h5::Handle open_read(const std::string& path) {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  check(std::filesystem::exists(path), path, "no such file");
+  h5::Handle f(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
+  check(f.valid(), path, "cannot open as HDF5 (not a results file, or damaged)");
+  check(h5::has_attribute(f.get(), "format") &&
+            h5::read_string_attribute(f.get(), "format", path) == kResultsFormat,
+        path, "is not an attnscope results file");
+  return f;
+}
+
+ResultsHeader read_attributes(hid_t f, const std::string& path) {
+  ResultsHeader out;
+  const auto n = H5Aget_num_attrs(f);
+  for (int i = 0; i < n; ++i) {
+    h5::Handle a(H5Aopen_by_idx(f, ".", H5_INDEX_NAME, H5_ITER_INC, static_cast<hsize_t>(i),
+                                H5P_DEFAULT, H5P_DEFAULT));
+    char name[256] = {};
+    H5Aget_name(a.get(), sizeof name, name);
+    out[name] = h5::read_string_attribute(f, name, path);
+  }
+  return out;
+}
+
+void collect_datasets(hid_t loc, const std::string& prefix, std::vector<std::string>& out) {
+  for (const auto& child : h5::children(loc)) {
+    const auto name = prefix.empty() ? child : prefix + "/" + child;
+    H5O_info_t info;
+    if (H5Oget_info_by_name(loc, child.c_str(), &info, H5P_DEFAULT) < 0) continue;
+    if (info.type == H5O_TYPE_GROUP) {
+      h5::Handle g(H5Gopen2(loc, child.c_str(), H5P_DEFAULT));
+      collect_datasets(g.get(), name, out);
+    } else if (info.type == H5O_TYPE_DATASET) {
+      out.push_back(name);
+    }
+  }
+}
+
+}  // namespace
+
+ResultsFile read_results(const std::string& path) {
+  const auto f = open_read(path);
+  ResultsFile r;
+  r.path = path;
+  r.attributes = read_attributes(f.get(), path);
+  r.ids = read_string_rows(f.get(), "images/id", path);
+  r.paths = read_string_rows(f.get(), "images/source_path", path);
+  r.index = read_int_rows(f.get(), "images/index", path);
+  r.label = read_int_rows(f.get(), "images/label", path);
+  r.logits = h5::read_tensor(f.get(), "predictions/logits", path);
+  r.probability = h5::read_tensor(f.get(), "predictions/probability", path);
+  r.prediction = h5::read_tensor(f.get(), "predictions/label", path);
+  const auto eids = read_string_rows(f.get(), "errors/id", path);
+  const auto epaths = read_string_rows(f.get(), "errors/path", path);
+  const auto ereasons = read_string_rows(f.get(), "errors/reason", path);
+  const auto eindex = read_int_rows(f.get(), "errors/index", path);
+  const auto ne = std::min({eids.size(), epaths.size(), ereasons.size(), eindex.size()});
+  for (std::size_t i = 0; i < ne; ++i)
+    r.errors.push_back({eids[i], epaths[i], eindex[i], ereasons[i]});
+  return r;
+}
+
+std::vector<std::string> results_datasets(const std::string& path) {
+  const auto f = open_read(path);
+  std::vector<std::string> out;
+  collect_datasets(f.get(), "", out);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void write_predictions_csv(const ResultsFile& r, const std::string& csv_path) {
+  const auto classes =
+      nlohmann::json::parse(r.attributes.at("class_names")).get<std::vector<std::string>>();
+  std::string text = "id,path";
+  for (const auto& c : classes)
+    text += "," + csv_field("p_" + c);
+  text += ",prediction,label\n";
+  const auto prob = r.probability.to(torch::kFloat).contiguous();
+  const auto pred = r.prediction.to(torch::kLong).contiguous();
+  const auto n = std::min<std::size_t>(r.ids.size(), static_cast<std::size_t>(pred.numel()));
+  auto name = [&](int64_t c) {
+    return c >= 0 && c < static_cast<int64_t>(classes.size()) ? classes[c] : std::string();
+  };
+  for (std::size_t i = 0; i < n; ++i) {
+    text += csv_field(r.ids[i]) + "," + csv_field(r.paths[i]);
+    for (int64_t c = 0; c < static_cast<int64_t>(classes.size()); ++c) {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%.6g",
+                    prob.index({static_cast<int64_t>(i), c}).item<float>());
+      text += std::string(",") + buf;
+    }
+    text += "," + csv_field(name(pred[static_cast<int64_t>(i)].item<int64_t>())) + "," +
+            csv_field(name(r.label[i])) + "\n";
+  }
+  write_file_atomically(csv_path, text);
+}
+
+void write_errors_csv(const ResultsFile& r, const std::string& csv_path) {
+  std::string text = "id,path,reason\n";
+  for (const auto& e : r.errors)
+    text += csv_field(e.id) + "," + csv_field(e.path) + "," + csv_field(e.reason) + "\n";
+  write_file_atomically(csv_path, text);
+}
+
+// ---- merge ------------------------------------------------------------------------------
+
+namespace {
+
+// Copies rows of one dataset of `in` to rows `dest[i]` of the same dataset of `out`.
+void copy_rows(hid_t in, hid_t out, const std::string& name, const std::vector<int64_t>& dest,
+               const std::string& in_path, const std::string& out_path) {
+  if (dest.empty()) return;
+  h5::Handle src(H5Dopen2(in, name.c_str(), H5P_DEFAULT));
+  h5::Handle dst(H5Dopen2(out, name.c_str(), H5P_DEFAULT));
+  check(src.valid(), where(in_path, name), "missing dataset");
+  check(dst.valid(), where(out_path, name), "missing dataset");
+  h5::Handle ftype(H5Dget_type(src.get()));
+  const bool is_string = H5Tget_class(ftype.get()) == H5T_STRING;
+  h5::Handle mtype(is_string ? H5Tcopy(string_type().get())
+                             : H5Tget_native_type(ftype.get(), H5T_DIR_ASCEND));
+  h5::Handle sspace(H5Dget_space(src.get()));
+  const int rank = H5Sget_simple_extent_ndims(sspace.get());
+  std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
+  H5Sget_simple_extent_dims(sspace.get(), dims.data(), nullptr);
+  hsize_t row_elems = 1;
+  for (int d = 1; d < rank; ++d)
+    row_elems *= dims[static_cast<std::size_t>(d)];
+  const std::size_t row_bytes = row_elems * H5Tget_size(mtype.get());
+  std::vector<char> buffer(row_bytes);
+  h5::Handle dspace(H5Dget_space(dst.get()));
+  std::vector<hsize_t> count = dims, start(dims.size(), 0);
+  count[0] = 1;
+  h5::Handle memory(H5Screate_simple(rank, count.data(), nullptr));
+  for (std::size_t r = 0; r < dest.size(); ++r) {
+    start[0] = r;
+    H5Sselect_hyperslab(sspace.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
+    check(H5Dread(src.get(), mtype.get(), memory.get(), sspace.get(), H5P_DEFAULT, buffer.data()) >=
+              0,
+          where(in_path, name), "cannot read row ", r);
+    start[0] = static_cast<hsize_t>(dest[r]);
+    H5Sselect_hyperslab(dspace.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
+    const bool ok = H5Dwrite(dst.get(), mtype.get(), memory.get(), dspace.get(), H5P_DEFAULT,
+                             buffer.data()) >= 0;
+    if (is_string) H5Dvlen_reclaim(mtype.get(), memory.get(), H5P_DEFAULT, buffer.data());
+    check(ok, where(out_path, name), "cannot write (disk full?)");
+  }
+}
+
+// Creates `name` in out like it is in `in` (type, chunking, filters, attributes) with `rows` rows.
+void create_like(hid_t in, hid_t out, const std::string& name, int64_t rows,
+                 const std::string& out_path) {
+  h5::Handle src(H5Dopen2(in, name.c_str(), H5P_DEFAULT));
+  h5::Handle type(H5Dget_type(src.get()));
+  h5::Handle dcpl(H5Dget_create_plist(src.get()));
+  h5::Handle sspace(H5Dget_space(src.get()));
+  const int rank = H5Sget_simple_extent_ndims(sspace.get());
+  std::vector<hsize_t> dims(static_cast<std::size_t>(rank)), max_dims;
+  H5Sget_simple_extent_dims(sspace.get(), dims.data(), nullptr);
+  max_dims = dims;
+  dims[0] = static_cast<hsize_t>(rows);
+  max_dims[0] = H5S_UNLIMITED;
+  h5::Handle space(H5Screate_simple(rank, dims.data(), max_dims.data()));
+  h5::Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
+  H5Pset_create_intermediate_group(lcpl.get(), 1);
+  h5::Handle dst(
+      H5Dcreate2(out, name.c_str(), type.get(), space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT));
+  check(dst.valid(), where(out_path, name), "cannot create dataset");
+  for (const auto& [k, v] : read_attributes(src.get(), name))
+    h5::write_attribute(dst.get(), k, v, out_path);
+}
+
+}  // namespace
+
+void merge_results(const std::vector<std::string>& inputs, const std::string& out,
+                   const std::string& command_line) {
+  check(!inputs.empty(), "merge", "no input files");
+  std::vector<ResultsFile> files;
+  for (const auto& p : inputs)
+    files.push_back(read_results(p));
+  const auto& first = files.front();
+  const auto datasets = results_datasets(first.path);
+  auto attr = [](const ResultsFile& f, const std::string& k) {
+    const auto it = f.attributes.find(k);
+    return it == f.attributes.end() ? std::string("<absent>") : it->second;
+  };
+  for (std::size_t i = 1; i < files.size(); ++i) {
+    const auto& f = files[i];
+    for (const char* k :
+         {"schema_version", "model_checksum", "model_config", "preprocessing_config", "class_names",
+          "maps", "tta", "threshold", "temperature", "faithfulness"})
+      check(attr(f, k) == attr(first, k), f.path, "cannot be merged with ", first.path, ": its ", k,
+            " differs (", attr(f, k).substr(0, 120), " vs ", attr(first, k).substr(0, 120), ")");
+    check(results_datasets(f.path) == datasets, f.path, "cannot be merged with ", first.path,
+          ": it holds other datasets (--overlays, --faithfulness or maps differ)");
+  }
+  // Merged order: by input index, rows and errors separately.
+  struct Ref {
+    int64_t index;
+    std::size_t file, row;
+  };
+  std::vector<Ref> rows, errs;
+  std::map<std::string, std::string> owner;
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    const auto& f = files[i];
+    const auto n = std::min(f.ids.size(), static_cast<std::size_t>(f.prediction.numel()));
+    for (std::size_t r = 0; r < n; ++r) {
+      const auto [it, fresh] = owner.emplace(f.ids[r], f.path);
+      check(fresh, f.path, "cannot be merged: image id '", f.ids[r], "' is also in ", it->second);
+      rows.push_back({f.index[r], i, r});
+    }
+    for (std::size_t r = 0; r < f.errors.size(); ++r) {
+      const auto [it, fresh] = owner.emplace(f.errors[r].id, f.path);
+      check(fresh, f.path, "cannot be merged: id '", f.errors[r].id, "' is also in ", it->second);
+      errs.push_back({f.errors[r].index, i, r});
+    }
+  }
+  auto by_index = [](const Ref& a, const Ref& b) {
+    return a.index != b.index ? a.index < b.index : a.file < b.file;
+  };
+  std::stable_sort(rows.begin(), rows.end(), by_index);
+  std::stable_sort(errs.begin(), errs.end(), by_index);
+  // dest[file][row] = merged row
+  std::vector<std::vector<int64_t>> dest_rows(files.size()), dest_errs(files.size());
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    dest_rows[i].resize(
+        std::min(files[i].ids.size(), static_cast<std::size_t>(files[i].prediction.numel())));
+    dest_errs[i].resize(files[i].errors.size());
+  }
+  for (std::size_t k = 0; k < rows.size(); ++k)
+    dest_rows[rows[k].file][rows[k].row] = static_cast<int64_t>(k);
+  for (std::size_t k = 0; k < errs.size(); ++k)
+    dest_errs[errs[k].file][errs[k].row] = static_cast<int64_t>(k);
+
+  AtomicFile target(out);
+  {
+    auto o = open_file(target.temp_path(), true);
+    std::vector<h5::Handle> ins;
+    for (const auto& f : files)
+      ins.push_back(open_read(f.path));
+    for (const auto& [k, v] : first.attributes)
+      h5::write_attribute(o.get(), k, v, target.temp_path());
+    h5::write_attribute(o.get(), "shard", "merged", out);
+    h5::write_attribute(o.get(), "command_line", command_line, out);
+    h5::write_attribute(o.get(), "num_images", std::to_string(rows.size()), out);
+    h5::write_attribute(o.get(), "num_errors", std::to_string(errs.size()), out);
+    nlohmann::json sources = nlohmann::json::array();
+    for (const auto& f : files)
+      sources.push_back(f.path);
+    h5::write_attribute(o.get(), "merged_from", sources.dump(), out);
+    for (const auto& name : datasets) {
+      const bool is_error = name.rfind("errors/", 0) == 0;
+      create_like(ins[0].get(), o.get(), name,
+                  static_cast<int64_t>(is_error ? errs.size() : rows.size()), out);
+      for (std::size_t i = 0; i < files.size(); ++i)
+        copy_rows(ins[i].get(), o.get(), name, is_error ? dest_errs[i] : dest_rows[i],
+                  files[i].path, out);
+    }
+    check(H5Fflush(o.get(), H5F_SCOPE_GLOBAL) >= 0, out, "cannot flush (disk full?)");
+  }
+  target.commit();
+}
+
+}  // namespace attnscope::pipeline

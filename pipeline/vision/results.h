@@ -1,0 +1,142 @@
+#pragma once
+// The results store of a batch-classification run (results.h5), as docs/hdf5-schema.md
+// describes it: appended per batch and flushed, so that a run killed at any moment leaves a
+// readable file holding every flushed batch, and `--resume` continues it.
+//
+//   ResultsWriter w = ResultsWriter::create(path, header, layout);   // or ::resume(path, ...)
+//   w.append(rows, errors);   // extends every dataset, writes, flushes
+//   w.finish(end_time);
+//
+// Only one thread may use a ResultsWriter (HDF5 is not built thread-safe).
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <nlohmann/json.hpp>
+
+#include "pipeline/h5.h"
+
+namespace attnscope::pipeline {
+
+inline constexpr const char* kResultsFormat = "attnscope-results";
+inline constexpr const char* kResultsSchemaVersion = "1";
+
+/// One map the file stores: name, native size and its attributes.
+struct ResultsMap {
+  std::string name;
+  int64_t height = 0, width = 0;
+  std::string source = "model";       ///< model | rollout | gradcam | gradient_rollout
+  std::string normalization = "max";  ///< max | none
+};
+
+/// The shapes of a file's datasets, fixed when it is created.
+struct ResultsLayout {
+  int64_t num_classes = 2;
+  int64_t height = 224, width = 224;  ///< of /images/preprocessed
+  std::vector<ResultsMap> maps;
+  bool overlays = false;
+  bool tta = false;
+  /// "/measures/<map>/<measure>" datasets (relative names "map/measure"); empty: none.
+  std::vector<std::string> measures;
+};
+
+/// Root attributes (name -> string value), written at creation (format, schema_version and
+/// num_images/num_errors are added by the writer).
+using ResultsHeader = std::map<std::string, std::string>;
+
+/// A batch of classified images. Shapes: B rows each.
+struct ResultRows {
+  std::vector<std::string> ids, paths;
+  std::vector<int64_t> index, label;           ///< input position; ground truth or -1
+  at::Tensor preprocessed;                     ///< (B, H, W, 3) uint8
+  at::Tensor logits, probability;              ///< (B, C) float32
+  at::Tensor probability_std;                  ///< (B, C) float32, only with layout.tta
+  at::Tensor prediction;                       ///< (B) int64
+  std::map<std::string, at::Tensor> maps;      ///< (B, h, w) float32 per layout map
+  std::map<std::string, at::Tensor> overlays;  ///< (B, H, W, 3) uint8 (layout.overlays)
+  std::map<std::string, at::Tensor> measures;  ///< "map/measure" -> (B) float32
+  std::size_t size() const { return ids.size(); }
+};
+
+struct ResultError {
+  std::string id, path;
+  int64_t index = -1;
+  std::string reason;
+};
+
+class ResultsWriter {
+ public:
+  /// Creates (truncates) path with every dataset empty. Throws Error naming the path.
+  static ResultsWriter create(const std::string& path, const ResultsHeader& header,
+                              const ResultsLayout& layout);
+  /// Opens an existing file to continue it: checks that `expected` root attributes
+  /// (model_checksum, preprocessing_config, class_names, maps, tta, ...) match, trims every
+  /// per-row dataset to the rows of the last complete flush, and returns the writer.
+  /// Throws Error naming the path and the first attribute that differs.
+  static ResultsWriter resume(const std::string& path, const ResultsHeader& expected,
+                              const ResultsLayout& layout);
+
+  ResultsWriter(ResultsWriter&&) = default;
+  ResultsWriter& operator=(ResultsWriter&&) = default;
+  ~ResultsWriter();
+
+  /// Ids already stored in /images/id and /errors/id.
+  std::set<std::string> stored_ids() const;
+  int64_t num_images() const { return rows_; }
+  int64_t num_errors() const { return errors_; }
+
+  /// Appends rows and errors, updates num_images/num_errors and flushes (H5Fflush).
+  void append(const ResultRows& rows, const std::vector<ResultError>& errors);
+  /// A root attribute ("" when absent).
+  std::string attribute(const std::string& name) const;
+  /// Sets (overwrites) a root attribute; not flushed until the next append/finish.
+  void set_attribute(const std::string& name, const std::string& value);
+  /// Writes finished_at, flushes and closes the file; throws Error when that fails.
+  void finish(const std::string& finished_at);
+  const std::string& path() const { return path_; }
+
+ private:
+  ResultsWriter() = default;
+  void open_datasets();
+  std::string path_;
+  ResultsLayout layout_;
+  h5::Handle file_;
+  int64_t rows_ = 0, errors_ = 0;
+};
+
+/// Read side (tests, merge, CSV export). Every function throws Error naming path and object.
+struct ResultsFile {
+  std::string path;
+  ResultsHeader attributes;  ///< every root attribute
+  std::vector<std::string> ids, paths;
+  std::vector<int64_t> index, label;
+  at::Tensor logits, probability, prediction;  ///< (N, C), (N, C), (N)
+  std::vector<ResultError> errors;
+};
+/// Reads the root attributes and the small per-row datasets (not the images and maps).
+ResultsFile read_results(const std::string& path);
+
+/// Names of every per-row dataset below the root ("images/id", "attention/stage3", ...).
+std::vector<std::string> results_datasets(const std::string& path);
+
+/// Writes DIR-style CSVs from a results file (RFC 4180), each through AtomicFile.
+void write_predictions_csv(const ResultsFile& results, const std::string& csv_path);
+void write_errors_csv(const ResultsFile& results, const std::string& csv_path);
+
+/// RFC 4180 field: quoted when it holds , " CR or LF; quotes doubled.
+std::string csv_field(const std::string& value);
+
+/// Joins results files into `out` (written through AtomicFile): rows and errors sorted by
+/// input index. Refuses (Error naming the file) a different schema version, model checksum or
+/// preprocessing, class names, maps or layout, and ids present in two files.
+void merge_results(const std::vector<std::string>& inputs, const std::string& out,
+                   const std::string& command_line);
+
+/// "fnv1a64:<16 hex>" of a file's bytes.
+std::string file_checksum(const std::string& path);
+
+}  // namespace attnscope::pipeline

@@ -1,0 +1,348 @@
+// End-to-end tests of `attnscope classify` and `attnscope merge`: synthetic images through an
+// untrained attn_small checkpoint, results.h5 read back by C++ and by Debian's h5py, kills at
+// random moments and --resume, shards and merge, a folder of bad files, a full disk.
+
+#include <chrono>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include <torch/torch.h>
+#include <opencv2/imgcodecs.hpp>
+
+#include "pipeline/vision/image_model_config.h"
+#include "pipeline/vision/results.h"
+#include "test_support.h"
+
+namespace attnscope {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string exe() {
+  return ATTNSCOPE_EXE;
+}
+
+std::string q(const std::string& s) {
+  return "'" + s + "'";
+}
+
+// An untrained attn_small at 64 px with its preprocessing: enough to exercise every path.
+std::string make_checkpoint(const test::TempDir& dir) {
+  const auto path = dir / "model.h5";
+  torch::manual_seed(3);
+  models::vision::ImageModelConfig config;
+  config.arch = "attn_small";
+  config.image_size = 64;
+  auto model = models::vision::make_image_classifier(config);
+  pipeline::CheckpointMeta meta;
+  meta.class_names = {"benign", "malignant"};
+  meta.preprocessing_config = {{"steps", {{{"op", "resize"}, {"size", 64}}}}};
+  pipeline::save_image_classifier(path, *model, models::vision::resolve_image_config(config), meta);
+  return path;
+}
+
+std::string make_images(const test::TempDir& dir, int count) {
+  const auto out = dir / "synth";
+  const auto r = test::run_process(exe() + " synth --out " + q(out) + " --count " +
+                                   std::to_string(count) + " --size 64 --seed 5");
+  EXPECT_EQ(r.status, 0) << r.output;
+  return out;
+}
+
+// A Python script run with Debian's python3: compares every dataset of two results files
+// (strings and integers exactly, floats to 1e-4) and prints OK or the differences.
+const char* kCompare = R"(
+import sys, h5py, numpy as np
+a, b = h5py.File(sys.argv[1], 'r'), h5py.File(sys.argv[2], 'r')
+names = []
+a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+other = []
+b.visititems(lambda n, o: other.append(n) if isinstance(o, h5py.Dataset) else None)
+bad = []
+if sorted(names) != sorted(other): bad.append('datasets differ: %s vs %s' % (sorted(names), sorted(other)))
+for n in names:
+    if n not in b: continue
+    x, y = a[n][...], b[n][...]
+    if x.shape != y.shape or x.dtype != y.dtype: bad.append('%s: %s %s vs %s %s' % (n, x.shape, x.dtype, y.shape, y.dtype)); continue
+    if x.dtype.kind == 'f':
+        if not np.allclose(x, y, rtol=1e-4, atol=1e-5, equal_nan=True): bad.append(n + ': values differ')
+    elif not np.array_equal(x, y): bad.append(n + ': values differ')
+print('\n'.join(bad) if bad else 'OK')
+)";
+
+std::string compare(const test::TempDir& dir, const std::string& a, const std::string& b) {
+  const auto script = dir / "compare.py";
+  std::ofstream(script) << kCompare;
+  return test::run_process(test::python() + " " + q(script) + " " + q(a) + " " + q(b)).output;
+}
+
+std::vector<std::vector<std::string>> read_csv(const std::string& path) {
+  // Enough of RFC 4180 for the test: quoted fields with doubled quotes, no embedded newlines.
+  std::ifstream in(path);
+  std::vector<std::vector<std::string>> rows;
+  std::string line;
+  while (std::getline(in, line)) {
+    std::vector<std::string> fields(1);
+    bool quoted = false;
+    for (std::size_t i = 0; i < line.size(); ++i) {
+      const char c = line[i];
+      if (quoted) {
+        if (c == '"' && i + 1 < line.size() && line[i + 1] == '"') {
+          fields.back() += '"';
+          ++i;
+        } else if (c == '"') {
+          quoted = false;
+        } else {
+          fields.back() += c;
+        }
+      } else if (c == '"') {
+        quoted = true;
+      } else if (c == ',') {
+        fields.emplace_back();
+      } else {
+        fields.back() += c;
+      }
+    }
+    rows.push_back(fields);
+  }
+  return rows;
+}
+
+TEST(CliClassify, WritesResultsThatCppAndH5pyReadAndCsvAgrees) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 10);
+  const auto out = dir / "run";
+  const auto r = test::run_process(exe() + " classify --model " + q(model) + " --data " +
+                                   q(images + "/labels.csv") + " --masks " + q(images + "/masks") +
+                                   " --out " + q(out) +
+                                   " --batch-size 4 --overlays --faithfulness "
+                                   "--faithfulness-steps 4");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("classified 10, failed 0"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("labelled 10: accuracy"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("mean gaussian/jaccard"), std::string::npos) << r.output;
+  const auto h5 = out + "/results.h5";
+  const auto res = pipeline::read_results(h5);
+  ASSERT_EQ(res.ids.size(), 10u);
+  EXPECT_EQ(res.attributes.at("maps"), "[\"stage3\",\"stage4\",\"gradcam\"]");
+  // Every dataset has one row per image; maps have the model's native shape (h5py's view).
+  const auto script = dir / "check.py";
+  std::ofstream(script) << R"(
+import sys, json, h5py, numpy as np
+f = h5py.File(sys.argv[1], 'r')
+n = len(f['images/id'])
+assert n == 10, n
+rows = []
+f.visititems(lambda k, o: rows.append((k, o.shape)) if isinstance(o, h5py.Dataset) and not k.startswith('errors/') else None)
+for k, s in rows: assert s[0] == n, (k, s)
+assert f['images/preprocessed'].shape == (n, 64, 64, 3)
+assert f['images/preprocessed'].dtype == np.uint8
+for m in json.loads(f.attrs['maps']):
+    d = f['attention/' + m]
+    assert list(d.shape[1:]) == json.loads(d.attrs['native_size']), m
+    assert json.loads(d.attrs['target_size']) == [64, 64]
+    assert f['overlays/' + m].shape == (n, 64, 64, 3)
+    for k in ('deletion_auc', 'insertion_auc', 'mass_in_mask', 'jaccard', 'pointing_game'):
+        v = f['measures/%s/%s' % (m, k)][...]
+        assert np.all(np.isfinite(v)) and np.all(v >= 0) and np.all(v <= 1), (m, k, v)
+p = f['predictions/probability'][...]
+assert np.allclose(p.sum(1), 1, atol=1e-5)
+assert f.attrs['schema_version'] == '1' and f.attrs['finished_at'] != ''
+print('OK', n)
+)";
+  const auto py = test::run_process(test::python() + " " + q(script) + " " + q(h5));
+  EXPECT_NE(py.output.find("OK 10"), std::string::npos) << py.output;
+  // predictions.csv agrees with results.h5, row by row.
+  const auto csv = read_csv(out + "/predictions.csv");
+  ASSERT_EQ(csv.size(), 11u);
+  EXPECT_EQ(csv[0], (std::vector<std::string>{"id", "path", "p_benign", "p_malignant", "prediction",
+                                              "label"}));
+  const std::vector<std::string> classes{"benign", "malignant"};
+  for (std::size_t i = 0; i < 10; ++i) {
+    EXPECT_EQ(csv[i + 1][0], res.ids[i]);
+    EXPECT_EQ(csv[i + 1][1], res.paths[i]);
+    EXPECT_NEAR(std::stod(csv[i + 1][3]),
+                res.probability[static_cast<int64_t>(i)][1].item<double>(), 1e-5);
+    EXPECT_EQ(csv[i + 1][4], classes[res.prediction[static_cast<int64_t>(i)].item<int64_t>()]);
+    EXPECT_EQ(csv[i + 1][5], classes[res.label[i]]);
+  }
+  // The Python reader prints a prediction and writes an overlay.
+  const auto png = dir / "overlay.png";
+  const auto reader =
+      test::run_process(test::python() + " " +
+                        q(std::string(ATTNSCOPE_SOURCE_DIR) + "/tools/python/read_results.py") +
+                        " " + q(h5) + " --id " + q(res.ids[2]) + " --overlay " + q(png));
+  EXPECT_EQ(reader.status, 0) << reader.output;
+  EXPECT_NE(reader.output.find("prediction"), std::string::npos) << reader.output;
+  EXPECT_NE(reader.output.find("map stage4"), std::string::npos) << reader.output;
+  if (reader.output.find("matplotlib not installed") == std::string::npos)
+    EXPECT_EQ(cv::imread(png).rows, 64) << reader.output;
+  // A second run refuses to truncate the first.
+  const auto again = test::run_process(exe() + " classify --model " + q(model) + " --input " +
+                                       q(images + "/images") + " --out " + q(out));
+  EXPECT_NE(again.status, 0);
+  EXPECT_NE(again.output.find("--resume"), std::string::npos) << again.output;
+}
+
+TEST(CliClassify, KilledAtRandomMomentsThenResumedEqualsAnUninterruptedRun) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 40);
+  const auto base = exe() + " classify --model " + q(model) + " --input " + q(images + "/images") +
+                    " --batch-size 4 --threads 1";
+  const auto start = std::chrono::steady_clock::now();
+  const auto full = test::run_process(base + " --out " + q(dir / "full"));
+  ASSERT_EQ(full.status, 0) << full.output;
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::steady_clock::now() - start)
+                      .count();
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<double> when(0.1, 0.9);
+  const auto h5 = dir / "cut/results.h5";
+  int64_t last_rows = 0;
+  for (int k = 0; k < 4; ++k) {
+    const auto r = test::run_killed_after(base + " --resume --out " + q(dir / "cut"),
+                                          static_cast<int>(when(rng) * static_cast<double>(ms)));
+    if (!fs::exists(h5)) continue;  // killed before the file was created
+    // The killed run left a file that opens, holding at least what the previous one stored.
+    const auto res = pipeline::read_results(h5);
+    EXPECT_GE(static_cast<int64_t>(res.ids.size()), last_rows) << r.output;
+    last_rows = static_cast<int64_t>(res.ids.size());
+    const auto py = test::run_process(test::python() +
+                                      " -c \"import h5py,sys; f=h5py.File(sys.argv[1],'r'); "
+                                      "print('rows', len(f['images/id']))\" " +
+                                      q(h5));
+    EXPECT_NE(py.output.find("rows"), std::string::npos) << py.output;
+  }
+  const auto done = test::run_process(base + " --resume --out " + q(dir / "cut"));
+  ASSERT_EQ(done.status, 0) << done.output;
+  EXPECT_NE(done.output.find("classified 40, failed 0"), std::string::npos) << done.output;
+  EXPECT_EQ(compare(dir, dir / "full/results.h5", h5), "OK\n");
+}
+
+TEST(CliClassify, TwoShardsMergedEqualOneRun) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 9);
+  std::ofstream(images + "/images/broken.png") << "not an image";
+  const auto base = exe() + " classify --model " + q(model) + " --input " + q(images + "/images") +
+                    " --batch-size 2";
+  ASSERT_EQ(test::run_process(base + " --out " + q(dir / "one")).status, 0);
+  const auto s0 = test::run_process(base + " --shard 0/2 --out " + q(dir / "s0"));
+  ASSERT_EQ(s0.status, 0) << s0.output;
+  // The second shard from torchrun's variables.
+  const auto s1 = test::run_process("RANK=1 WORLD_SIZE=2 " + base + " --out " + q(dir / "s1"));
+  ASSERT_EQ(s1.status, 0) << s1.output;
+  const auto m = test::run_process(exe() + " merge " + q(dir / "s0/results.h5") + " " +
+                                   q(dir / "s1/results.h5") + " --out " + q(dir / "m.h5"));
+  ASSERT_EQ(m.status, 0) << m.output;
+  EXPECT_EQ(compare(dir, dir / "one/results.h5", dir / "m.h5"), "OK\n");
+  // Overlapping shards are refused, naming the file.
+  const auto twice = test::run_process(exe() + " merge " + q(dir / "s0/results.h5") + " " +
+                                       q(dir / "s0/results.h5") + " --out " + q(dir / "x.h5"));
+  EXPECT_NE(twice.status, 0);
+  EXPECT_NE(twice.output.find("s0/results.h5"), std::string::npos) << twice.output;
+  EXPECT_FALSE(fs::exists(dir / "x.h5"));
+}
+
+TEST(CliClassify, BadFilesGoToErrorsAndEveryGoodFileIsClassified) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto in = dir.path() / "in";
+  fs::create_directories(in);
+  cv::Mat bgr(60, 80, CV_8UC3, cv::Scalar(40, 90, 200));
+  std::vector<std::string> good{"good.jpg",
+                                "deep.png",
+                                "grey.png",
+                                "rgba.png",
+                                "caf\xC3\xA9 \xE6\x97\xA5\xE6\x9C\xAC.png",
+                                "<b>x<i>&amp;\"q\",c.png"};
+  ASSERT_TRUE(cv::imwrite((in / good[0]).string(), bgr));
+  ASSERT_TRUE(cv::imwrite((in / good[1]).string(),
+                          cv::Mat(60, 80, CV_16UC3, cv::Scalar(9000, 30000, 60000))));
+  ASSERT_TRUE(cv::imwrite((in / good[2]).string(), cv::Mat(60, 80, CV_8UC1, cv::Scalar(128))));
+  ASSERT_TRUE(
+      cv::imwrite((in / good[3]).string(), cv::Mat(60, 80, CV_8UC4, cv::Scalar(1, 2, 3, 4))));
+  ASSERT_TRUE(cv::imwrite((in / good[4]).string(), bgr));
+  ASSERT_TRUE(cv::imwrite((in / good[5]).string(), bgr));
+  const auto cmyk = test::run_process(test::python() +
+                                      " -c \"from PIL import Image; Image.new('CMYK', (80, 60), "
+                                      "(0, 255, 255, 0)).save('" +
+                                      (in / "cmyk.jpg").string() + "')\"");
+  if (cmyk.status == 0) good.push_back("cmyk.jpg");
+  std::ofstream(in / "zero.jpg");
+  std::ofstream(in / "text.png") << "this is not an image\n";
+  std::ofstream(in / "notes.txt") << "a note";
+  std::vector<uint8_t> jpeg;
+  cv::imencode(".jpg", bgr, jpeg);
+  std::ofstream(in / "cut.jpg", std::ios::binary)
+      .write(reinterpret_cast<const char*>(jpeg.data()),
+             static_cast<std::streamsize>(jpeg.size() / 2));
+  std::ofstream(in / "corrupt.jpg", std::ios::binary)
+      .write("\xFF\xD8\xFF\xE0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xFF\xD9", 22);
+  const unsigned char huge[] = {0x89, 'P',  'N', 'G', '\r', '\n', 0x1A, '\n', 0,    0, 0,
+                                13,   'I',  'H', 'D', 'R',  0,    0,    0x4E, 0x20, 0, 0,
+                                0x4E, 0x20, 8,   2,   0,    0,    0,    0,    0,    0, 0};
+  std::ofstream(in / "huge.png", std::ios::binary)
+      .write(reinterpret_cast<const char*>(huge), sizeof huge);
+  const std::vector<std::string> bad{"zero.jpg", "text.png",    "notes.txt",
+                                     "cut.jpg",  "corrupt.jpg", "huge.png"};
+  const auto out = dir / "run";
+  const auto r =
+      test::run_process(exe() + " classify --model " + q(model) + " --input " + q(in.string()) +
+                        " " + q(dir / "missing.jpg") + " --out " + q(out) + " --batch-size 3");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto errors = read_csv(out + "/errors.csv");
+  std::map<std::string, std::string> reason;
+  for (std::size_t i = 1; i < errors.size(); ++i)
+    reason[fs::path(errors[i].at(1)).filename().string()] = errors[i].at(2);
+  for (const auto& b : bad)
+    EXPECT_TRUE(reason.count(b) && !reason[b].empty()) << b << "\n" << r.output;
+  EXPECT_TRUE(reason.count("missing.jpg")) << r.output;
+  EXPECT_EQ(reason.size(), bad.size() + 1) << r.output;
+  const auto res = pipeline::read_results(out + "/results.h5");
+  std::set<std::string> classified;
+  for (const auto& p : res.paths)
+    classified.insert(fs::path(p).filename().string());
+  for (const auto& g : good)
+    EXPECT_TRUE(classified.count(g)) << g << "\n" << r.output;
+  EXPECT_EQ(classified.size(), good.size());
+  EXPECT_NE(r.output.find("classified " + std::to_string(good.size()) + ", failed " +
+                          std::to_string(bad.size() + 1)),
+            std::string::npos)
+      << r.output;
+  // Nothing classifiable: exit status 1.
+  const auto none = test::run_process(exe() + " classify --model " + q(model) + " --input " +
+                                      q((in / "zero.jpg").string()) + " --out " + q(dir / "none"));
+  EXPECT_EQ(none.status, 1) << none.output;
+  EXPECT_NE(none.output.find("classified 0, failed 1"), std::string::npos) << none.output;
+}
+
+TEST(CliClassify, FullDiskFailsClearlyAndKeepsThePreviousResults) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 12);
+  const auto base = exe() + " classify --model " + q(model) + " --input " + q(images + "/images") +
+                    " --out " + q(dir / "run");
+  ASSERT_EQ(test::run_process(base).status, 0);
+  const auto before = pipeline::read_results(dir / "run/results.h5");
+  const auto r = test::run_with_file_size_limit(base + " --overwrite", 40 * 1024);
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("error:"), std::string::npos) << r.output;
+  const auto after = pipeline::read_results(dir / "run/results.h5");
+  EXPECT_EQ(after.ids, before.ids);
+  EXPECT_TRUE(torch::equal(after.logits, before.logits));
+  // A fresh run on a full disk also fails with a message, not a crash.
+  const auto fresh =
+      test::run_with_file_size_limit(exe() + " classify --model " + q(model) + " --input " +
+                                         q(images + "/images") + " --out " + q(dir / "fresh"),
+                                     40 * 1024);
+  EXPECT_NE(fresh.status, 0) << fresh.output;
+  EXPECT_EQ(fresh.signal, 0) << fresh.output;
+  EXPECT_NE(fresh.output.find("error:"), std::string::npos) << fresh.output;
+}
+
+}  // namespace
+}  // namespace attnscope

@@ -1,0 +1,158 @@
+// The results store: append, read back, resume after a torn flush, merge, CSV quoting.
+
+#include <fstream>
+
+#include <torch/torch.h>
+
+#include "attnscope/error.h"
+#include "pipeline/vision/results.h"
+#include "test_support.h"
+
+namespace attnscope::pipeline {
+namespace {
+
+ResultsLayout small_layout() {
+  ResultsLayout l;
+  l.num_classes = 2;
+  l.height = 8;
+  l.width = 6;
+  l.maps = {{"stage3", 4, 3, "model", "none"}, {"gradcam", 2, 2, "gradcam", "max"}};
+  return l;
+}
+
+ResultsHeader header(const std::string& checksum = "fnv1a64:0") {
+  return {{"model_checksum", checksum},
+          {"preprocessing_config", "{}"},
+          {"class_names", "[\"benign\",\"malignant\"]"},
+          {"threshold", "0.5"}};
+}
+
+ResultRows rows(int64_t first, int64_t n) {
+  ResultRows r;
+  for (int64_t i = first; i < first + n; ++i) {
+    r.ids.push_back("img" + std::to_string(i));
+    r.paths.push_back("/data/img" + std::to_string(i) + ".png");
+    r.index.push_back(i);
+    r.label.push_back(i % 2);
+  }
+  r.preprocessed = torch::full({n, 8, 6, 3}, first, torch::kByte);
+  r.logits = torch::arange(first * 2, (first + n) * 2, torch::kFloat).view({n, 2});
+  r.probability = torch::softmax(r.logits, 1);
+  r.prediction = torch::ones({n}, torch::kLong);
+  r.maps["stage3"] = torch::rand({n, 4, 3});
+  r.maps["gradcam"] = torch::rand({n, 2, 2});
+  return r;
+}
+
+TEST(ResultsStore, AppendsBatchesAndReadsThemBack) {
+  test::TempDir dir;
+  const auto path = dir / "r.h5";
+  {
+    auto w = ResultsWriter::create(path, header(), small_layout());
+    w.append(rows(0, 3), {{"bad", "/data/bad.jpg", 3, "corrupt or truncated"}});
+    w.append(rows(4, 2), {});
+    w.finish("2026-01-01T00:00:00Z");
+  }
+  const auto r = read_results(path);
+  ASSERT_EQ(r.ids.size(), 5u);
+  EXPECT_EQ(r.ids[3], "img4");
+  EXPECT_EQ(r.index[4], 5);
+  EXPECT_EQ(r.attributes.at("num_images"), "5");
+  EXPECT_EQ(r.attributes.at("schema_version"), "1");
+  EXPECT_EQ(r.attributes.at("maps"), "[\"stage3\",\"gradcam\"]");
+  ASSERT_EQ(r.errors.size(), 1u);
+  EXPECT_EQ(r.errors[0].reason, "corrupt or truncated");
+  EXPECT_TRUE(torch::allclose(r.logits.slice(0, 3, 5), rows(4, 2).logits));
+  const auto f = h5::File::open(path);
+  EXPECT_EQ(h5::dataset_shape(f.id(), "attention/stage3", path), (std::vector<int64_t>{5, 4, 3}));
+  EXPECT_EQ(h5::dataset_shape(f.id(), "images/preprocessed", path),
+            (std::vector<int64_t>{5, 8, 6, 3}));
+}
+
+TEST(ResultsStore, ResumeTrimsATornBatchAndSkipsStoredIds) {
+  test::TempDir dir;
+  const auto path = dir / "r.h5";
+  {
+    auto w = ResultsWriter::create(path, header(), small_layout());
+    w.append(rows(0, 3), {});
+  }
+  {
+    // A kill inside a flush: one dataset already holds rows the others lack.
+    auto f = h5::File::open(path, true);
+    h5::Handle set(H5Dopen2(f.id(), "predictions/logits", H5P_DEFAULT));
+    hsize_t dims[2] = {5, 2};
+    ASSERT_GE(H5Dset_extent(set.get(), dims), 0);
+  }
+  auto w = ResultsWriter::resume(path, header(), small_layout());
+  EXPECT_EQ(w.num_images(), 3);
+  EXPECT_EQ(w.stored_ids(), (std::set<std::string>{"img0", "img1", "img2"}));
+  w.append(rows(3, 2), {});
+  w.finish("now");
+  const auto r = read_results(path);
+  EXPECT_EQ(r.ids.size(), 5u);
+  EXPECT_EQ(r.logits.size(0), 5);
+  EXPECT_TRUE(torch::allclose(r.logits.slice(0, 3, 5), rows(3, 2).logits));
+}
+
+TEST(ResultsStore, ResumeRefusesAnotherModel) {
+  test::TempDir dir;
+  const auto path = dir / "r.h5";
+  ResultsWriter::create(path, header("fnv1a64:1"), small_layout()).finish("now");
+  try {
+    ResultsWriter::resume(path, header("fnv1a64:2"), small_layout());
+    FAIL() << "resumed a file of another model";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model_checksum"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+  }
+}
+
+TEST(ResultsStore, MergeInterleavesByIndexAndRefusesOverlapsAndOtherModels) {
+  test::TempDir dir;
+  const auto a = dir / "a.h5", b = dir / "b.h5", c = dir / "c.h5", out = dir / "m.h5";
+  auto even = rows(0, 4), odd = rows(0, 4);
+  {
+    // a holds inputs 0, 2, 4, 6; b holds 1, 3, 5, 7.
+    auto w = ResultsWriter::create(a, header(), small_layout());
+    for (int64_t i = 0; i < 4; ++i) {
+      even.index[i] = 2 * i;
+      even.ids[i] = "img" + std::to_string(2 * i);
+    }
+    w.append(even, {});
+    w.finish("now");
+    auto v = ResultsWriter::create(b, header(), small_layout());
+    for (int64_t i = 0; i < 4; ++i) {
+      odd.index[i] = 2 * i + 1;
+      odd.ids[i] = "img" + std::to_string(2 * i + 1);
+    }
+    v.append(odd, {});
+    v.finish("now");
+  }
+  merge_results({a, b}, out, "test");
+  const auto m = read_results(out);
+  ASSERT_EQ(m.ids.size(), 8u);
+  for (int64_t i = 0; i < 8; ++i) {
+    EXPECT_EQ(m.ids[i], "img" + std::to_string(i));
+    const auto& src = i % 2 ? odd : even;
+    EXPECT_TRUE(torch::equal(m.logits[i], src.logits[i / 2]));
+  }
+  EXPECT_THROW(merge_results({a, a}, out, "test"), Error);
+  ResultsWriter::create(c, header("fnv1a64:9"), small_layout()).finish("now");
+  try {
+    merge_results({a, c}, dir / "m2.h5", "test");
+    FAIL() << "merged files of two models";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(c), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir / "m2.h5"));
+}
+
+TEST(ResultsStore, CsvFieldsFollowRfc4180) {
+  EXPECT_EQ(csv_field("plain"), "plain");
+  EXPECT_EQ(csv_field("a,b"), "\"a,b\"");
+  EXPECT_EQ(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+  EXPECT_EQ(csv_field("two\nlines"), "\"two\nlines\"");
+}
+
+}  // namespace
+}  // namespace attnscope::pipeline

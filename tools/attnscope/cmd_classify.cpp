@@ -1,0 +1,147 @@
+// attnscope classify: batch classification of images into results.h5 (docs/hdf5-schema.md),
+// predictions.csv and errors.csv.
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+
+#include "attnscope/error.h"
+#include "cli.h"
+#include "dataset_flags.h"
+#include "pipeline/vision/classify.h"
+
+namespace attnscope::cli {
+namespace {
+
+// torchrun (RANK/WORLD_SIZE) or Slurm (SLURM_PROCID/SLURM_NTASKS): "i/N", or "" when unset.
+std::string shard_from_environment() {
+  for (const auto& [rank, size] :
+       {std::pair{"RANK", "WORLD_SIZE"}, std::pair{"SLURM_PROCID", "SLURM_NTASKS"}}) {
+    const char* r = std::getenv(rank);
+    const char* n = std::getenv(size);
+    if (r && n && *r && *n) return std::string(r) + "/" + n;
+  }
+  return "";
+}
+
+std::string join_args(const std::vector<std::string>& args) {
+  std::string line = "attnscope classify";
+  for (const auto& a : args)
+    line += " " + a;
+  return line;
+}
+
+int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
+  const std::string usage =
+      "classify --model CKPT (--input PATH... | --data CSV) --out DIR [options]";
+  po::options_description desc("Options");
+  DatasetFlags data;
+  pipeline::ClassifyOptions o;
+  std::vector<std::string> inputs, maps;
+  std::string shard, masks, threshold;
+  desc.add_options()                                                                         //
+      ("model", po::value(&o.model)->required(), "checkpoint (.h5) of an image classifier")  //
+      ("input", po::value(&inputs)->multitoken(),
+       "image files, folders (recursive) or @list.txt files of paths")  //
+      ("out", po::value(&o.out_dir)->required(),
+       "output folder: results.h5, predictions.csv, errors.csv")                                //
+      ("batch-size", po::value(&o.batch_size)->default_value(16), "images per forward pass")    //
+      ("threads", po::value(&o.threads)->default_value(2), "decode/preprocess worker threads")  //
+      ("maps", po::value(&maps)->multitoken(),
+       "maps to store (default: the model's own attention maps, plus rollout for ViTs and "
+       "gradcam for CNNs; gradient_rollout on request for ViTs)")                         //
+      ("overlays", po::bool_switch(&o.overlays), "also store RGB overlays of every map")  //
+      ("tta", po::bool_switch(&o.tta),
+       "test-time augmentation: the 8 dihedral transforms, probabilities averaged (spread "
+       "stored), maps mapped back and averaged")  //
+      ("threshold", po::value(&threshold)->default_value(""),
+       "binary models: malignant when p >= threshold (default: the checkpoint's, else 0.5)")  //
+      ("masks", po::value(&masks)->default_value(""),
+       "folder of lesion masks (<id>_segmentation.png, <id>_mask.png or <id>.png) for the "
+       "localisation measures")  //
+      ("faithfulness", po::bool_switch(&o.faithfulness),
+       "deletion/insertion AUC (RISE) per map beside a random map; with masks, attention mass "
+       "in the lesion, Jaccard and pointing game beside a centred Gaussian")  //
+      ("faithfulness-steps", po::value(&o.faithfulness_steps)->default_value(32),
+       "pixel groups of the deletion/insertion curves")  //
+      ("resume", po::bool_switch(&o.resume),
+       "continue DIR/results.h5: skip the ids it holds, append the rest")                 //
+      ("overwrite", po::bool_switch(&o.overwrite), "replace an existing DIR/results.h5")  //
+      ("shard", po::value(&shard)->default_value(""),
+       "i/N: classify inputs i, i+N, i+2N, ... (default: from RANK/WORLD_SIZE or "
+       "SLURM_PROCID/SLURM_NTASKS, else 0/1)")  //
+      ("device", po::value(&o.device)->default_value("cpu"), "cpu or cuda");
+  data.add_to(desc, /*required=*/false);
+  po::variables_map vm;
+  if (!parse(usage, desc, args, vm)) return 0;
+  const auto fail = [&](const std::string& m) { throw UsageError(m, usage_text(usage, desc)); };
+  if (inputs.empty() == data.data.empty()) fail("give either --input or --data");
+  if (o.batch_size < 1) fail("--batch-size must be >= 1");
+  if (o.threads < 1) fail("--threads must be >= 1");
+  if (o.faithfulness_steps < 1) fail("--faithfulness-steps must be >= 1");
+  if (o.device != "cpu" && o.device.rfind("cuda", 0) != 0) fail("--device must be cpu or cuda");
+  if (o.resume && o.overwrite) fail("--resume and --overwrite exclude each other");
+  o.maps = maps;
+  if (!threshold.empty()) {
+    try {
+      std::size_t used = 0;
+      o.threshold = std::stod(threshold, &used);
+      if (used != threshold.size() || *o.threshold < 0 || *o.threshold > 1) throw 0;
+    } catch (...) {
+      fail("--threshold expects a number in [0, 1], got '" + threshold + "'");
+    }
+  }
+  if (shard.empty()) shard = shard_from_environment();
+  if (!shard.empty()) {
+    try {
+      std::tie(o.shard, o.num_shards) = pipeline::parse_shard(shard);
+    } catch (const Error& e) {
+      fail(e.what());
+    }
+  }
+  o.command_line = join_args(args);
+  auto dataset =
+      data.data.empty() ? pipeline::collect_inputs(inputs) : data.read(usage_text(usage, desc));
+  if (!masks.empty()) pipeline::attach_masks(dataset, masks);
+  const bool tty = isatty(STDERR_FILENO) != 0;
+  int64_t last_line = -1;
+  const auto progress = [&](const pipeline::ClassifyProgress& p) {
+    const double rate = p.seconds > 0 ? p.done / p.seconds : 0;
+    const double eta = rate > 0 ? (p.total - p.done) / rate : 0;
+    if (tty) {
+      const int width = 30;
+      const int filled = p.total > 0 ? static_cast<int>(width * p.done / p.total) : width;
+      std::fprintf(stderr, "\r[%s%s] %lld/%lld  %.1f images/s  ETA %.0f s  failed %lld ",
+                   std::string(static_cast<std::size_t>(filled), '#').c_str(),
+                   std::string(static_cast<std::size_t>(width - filled), '.').c_str(),
+                   static_cast<long long>(p.done), static_cast<long long>(p.total), rate, eta,
+                   static_cast<long long>(p.failed));
+      if (p.done >= p.total) std::fprintf(stderr, "\n");
+    } else {
+      // Plain lines, about every 10 % (and the last).
+      const int64_t decile = p.total > 0 ? 10 * p.done / p.total : 10;
+      if (decile == last_line && p.done < p.total) return;
+      last_line = decile;
+      std::fprintf(stderr, "%lld/%lld images, %.1f images/s, ETA %.0f s, %lld failed\n",
+                   static_cast<long long>(p.done), static_cast<long long>(p.total), rate, eta,
+                   static_cast<long long>(p.failed));
+    }
+  };
+  const auto s = pipeline::classify(dataset, o, progress);
+  for (const auto& line : s.summary)
+    std::cout << line << "\n";
+  if (s.skipped > 0) std::cout << "resumed: " << s.skipped << " inputs already stored\n";
+  std::cout << "classified " << s.classified << ", failed " << s.failed << "\n";
+  for (const auto& path : s.written)
+    std::cout << "wrote " << path << "\n";
+  return s.classified > 0 ? 0 : 1;
+}
+
+const Registration kClassify("classify",
+                             "classify images in batches into results.h5 with attention maps",
+                             run_classify);
+
+}  // namespace
+}  // namespace attnscope::cli

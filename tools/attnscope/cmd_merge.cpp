@@ -1,0 +1,38 @@
+// attnscope merge: join the results.h5 files of shards (classify --shard i/N) into one.
+
+#include <iostream>
+
+#include "attnscope/error.h"
+#include "cli.h"
+#include "pipeline/vision/results.h"
+
+namespace attnscope::cli {
+namespace {
+
+int run_merge(const std::vector<std::string>& args, const GlobalOptions&) {
+  const std::string usage = "merge A/results.h5 B/results.h5 ... --out merged.h5";
+  po::options_description desc("Options");
+  std::vector<std::string> inputs;
+  std::string out;
+  desc.add_options()                                                                          //
+      ("input", po::value(&inputs)->multitoken(), "results files to join (also positional)")  //
+      ("out", po::value(&out)->required(), "the merged results file to write");
+  po::positional_options_description positional;
+  positional.add("input", -1);
+  po::variables_map vm;
+  if (!parse(usage, desc, args, vm, &positional)) return 0;
+  if (inputs.empty()) throw UsageError("no results files given", usage_text(usage, desc));
+  std::string line = "attnscope merge";
+  for (const auto& a : args)
+    line += " " + a;
+  pipeline::merge_results(inputs, out, line);
+  const auto merged = pipeline::read_results(out);
+  std::cout << "merged " << inputs.size() << " files: " << merged.ids.size() << " images, "
+            << merged.errors.size() << " errors into " << out << "\n";
+  return 0;
+}
+
+const Registration kMerge("merge", "join the results.h5 files of classify shards", run_merge);
+
+}  // namespace
+}  // namespace attnscope::cli
