@@ -7,6 +7,9 @@
 #   repeated through a list file), and the --faithfulness cost per image.
 set -eu
 RUNS=${1:-3}
+ARCHS=${ARCHS:-attn_small attn_resnet18}
+BIG=${BIG:-5000}   # images of the second peak-RSS run
+FA=${FA:-10}       # images of the --faithfulness cost run
 BIN=build/bin
 DATA=../shared/data/isic-uda1/images
 BATCH=16
@@ -14,10 +17,11 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ls "$DATA"/*.jpg | head -500 > "$WORK/500.txt"
-: > "$WORK/5000.txt"
-i=0; while [ $i -lt 10 ]; do cat "$WORK/500.txt" >> "$WORK/5000.txt"; i=$((i+1)); done
-echo "arch,batch,forward_images_s,classify_images_s,ratio,rss500_MiB,rss5000_MiB,faithfulness_s_per_image"
-for arch in attn_small attn_resnet18; do
+: > "$WORK/big.txt"
+while [ "$(wc -l < "$WORK/big.txt")" -lt "$BIG" ]; do cat "$WORK/500.txt" >> "$WORK/big.txt"; done
+head -n "$BIG" "$WORK/big.txt" > "$WORK/big2.txt"; mv "$WORK/big2.txt" "$WORK/big.txt"
+echo "arch,batch,forward_images_s,classify_images_s,ratio,rss500_MiB,rss${BIG}_MiB,faithfulness_s_per_image"
+for arch in $ARCHS; do
   "$BIN/bench_classify" checkpoint $arch 224 "$WORK/$arch.h5"
   fwd=""; cls=""
   r=0; while [ $r -lt "$RUNS" ]; do
@@ -37,8 +41,8 @@ for arch in attn_small attn_resnet18; do
       --out "$WORK/out" --batch-size $BATCH --threads 2 2>&1 >/dev/null | tail -1 |
       awk '{printf "%.0f", $1 / 1024}'
   }
-  r500=$(rss "$WORK/500.txt"); r5000=$(rss "$WORK/5000.txt")
-  head -50 "$WORK/500.txt" > "$WORK/50.txt"
+  r500=$(rss "$WORK/500.txt"); r5000=$(rss "$WORK/big.txt")
+  head -n "$FA" "$WORK/500.txt" > "$WORK/50.txt"
   rm -rf "$WORK/out"
   t0=$(date +%s.%N)
   "$BIN/attnscope" classify --model "$WORK/$arch.h5" --input @"$WORK/50.txt" --out "$WORK/out" \
@@ -48,6 +52,6 @@ for arch in attn_small attn_resnet18; do
   "$BIN/attnscope" classify --model "$WORK/$arch.h5" --input @"$WORK/50.txt" --out "$WORK/out" \
     --batch-size $BATCH --threads 2 --faithfulness > /dev/null 2>&1
   t2=$(date +%s.%N)
-  fa=$(echo "$t0 $t1 $t2" | awk '{printf "%.2f", (($3 - $2) - ($2 - $1)) / 50}')
+  fa=$(echo "$t0 $t1 $t2" | awk -v n="$FA" '{printf "%.2f", (($3 - $2) - ($2 - $1)) / n}')
   echo "$arch,$BATCH,$f,$c,$(echo "$c $f" | awk '{printf "%.2f", $1 / $2}'),$r500,$r5000,$fa"
 done

@@ -441,16 +441,20 @@ h5::Handle open_read(const std::string& path) {
   return f;
 }
 
-ResultsHeader read_attributes(hid_t f, const std::string& path) {
+herr_t collect_attribute_name(hid_t, const char* name, const H5A_info_t*, void* data) {
+  static_cast<std::vector<std::string>*>(data)->push_back(name);
+  return 0;
+}
+
+ResultsHeader read_attributes(hid_t obj, const std::string& path) {
+  std::vector<std::string> names;
+  hsize_t at = 0;
+  check(H5Aiterate_by_name(obj, ".", H5_INDEX_NAME, H5_ITER_INC, &at, collect_attribute_name,
+                           &names, H5P_DEFAULT) >= 0,
+        path, "cannot list attributes");
   ResultsHeader out;
-  const auto n = H5Aget_num_attrs(f);
-  for (int i = 0; i < n; ++i) {
-    h5::Handle a(H5Aopen_by_idx(f, ".", H5_INDEX_NAME, H5_ITER_INC, static_cast<hsize_t>(i),
-                                H5P_DEFAULT, H5P_DEFAULT));
-    char name[256] = {};
-    H5Aget_name(a.get(), sizeof name, name);
-    out[name] = h5::read_string_attribute(f, name, path);
-  }
+  for (const auto& name : names)
+    out[name] = h5::read_string_attribute(obj, name, path);
   return out;
 }
 

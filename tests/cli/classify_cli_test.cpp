@@ -177,8 +177,9 @@ print('OK', n)
   EXPECT_EQ(reader.status, 0) << reader.output;
   EXPECT_NE(reader.output.find("prediction"), std::string::npos) << reader.output;
   EXPECT_NE(reader.output.find("map stage4"), std::string::npos) << reader.output;
-  if (reader.output.find("matplotlib not installed") == std::string::npos)
+  if (reader.output.find("matplotlib not installed") == std::string::npos) {
     EXPECT_EQ(cv::imread(png).rows, 64) << reader.output;
+  }
   // A second run refuses to truncate the first.
   const auto again = test::run_process(exe() + " classify --model " + q(model) + " --input " +
                                        q(images + "/images") + " --out " + q(out));
