@@ -572,6 +572,10 @@ ClassificationMetrics compute_binary_metrics(const std::vector<int64_t>& labels,
                                              const std::vector<double>& scores,
                                              const MetricsOptions& options) {
   check_scores(scores, "metrics");
+  for (size_t i = 0; i < scores.size(); ++i) {
+    check(scores[i] >= 0 && scores[i] <= 1, "metrics", "score ", i, " is ", scores[i],
+          "; expected a probability in [0, 1]");
+  }
   auto probabilities = torch::empty({static_cast<int64_t>(scores.size()), 2}, torch::kDouble);
   auto* data = probabilities.data_ptr<double>();
   for (size_t i = 0; i < scores.size(); ++i) {
