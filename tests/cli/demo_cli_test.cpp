@@ -1,0 +1,57 @@
+// End-to-end test of `attnscope demo`: the README's main command, from nothing to a report.
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "test_support.h"
+
+namespace attnscope {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string exe() {
+  return ATTNSCOPE_EXE;
+}
+
+TEST(CliDemo, OneMinuteDemoWritesResultsAndReportAndPrintsTheMetrics) {
+  test::TempDir dir;
+  const std::string out = dir / "demo";
+  // Fewer images than the defaults, so that the test stays short on a loaded machine.
+  const auto r = test::run_process(exe() +
+                                   " demo --minutes 1 --train-images 160 --test-images 24 "
+                                   "--size 64 --out " +
+                                   out);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(fs::exists(out + "/results/results.h5")) << r.output;
+  ASSERT_TRUE(fs::exists(out + "/report.html")) << r.output;
+  EXPECT_NE(r.output.find("results: " + out + "/results/results.h5"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("report:  " + out + "/report.html"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("AUC "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("balanced accuracy "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("attention mass inside the lesion: "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("centre prior (gaussian "), std::string::npos) << r.output;
+  // The report holds every held-out image and the summary metrics.
+  std::ifstream in(out + "/report.html");
+  std::stringstream html;
+  html << in.rdbuf();
+  EXPECT_NE(html.str().find("data-metric=\"auc\""), std::string::npos);
+  EXPECT_NE(html.str().find("data-metric=\"classified\">24<"), std::string::npos);
+
+  // A rerun into the same folder replaces the demo's files; a foreign folder is refused.
+  {
+    std::ofstream mine(dir / "notes.txt");
+    mine << "not a demo";
+  }
+  const auto refused =
+      test::run_process(exe() + " demo --minutes 0.1 --out " + dir.path().string());
+  EXPECT_EQ(refused.status, 1) << refused.output;
+  EXPECT_NE(refused.output.find("was not written by `attnscope demo`"), std::string::npos)
+      << refused.output;
+  EXPECT_TRUE(fs::exists(dir / "notes.txt"));
+}
+
+}  // namespace
+}  // namespace attnscope

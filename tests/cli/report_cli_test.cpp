@@ -1,0 +1,238 @@
+// End-to-end tests of `attnscope report`: a results.h5 written by h5py (independently of
+// attnscope's writer), the report opened in Debian's headless Chromium, its DOM and numbers
+// checked by tests/python/check_report.py (h5py + scikit-learn), its rendering checked for
+// pixels, and the atomic write checked under a full disk and a kill.
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "test_support.h"
+
+namespace attnscope {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string exe() {
+  return ATTNSCOPE_EXE;
+}
+
+std::string script(const std::string& name) {
+  return std::string(ATTNSCOPE_SOURCE_DIR) + "/tests/python/" + name;
+}
+
+std::string read(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string quoted(const std::string& s) {
+  std::string out = "'";
+  for (char c : s)
+    out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+// A results.h5 fixture written by h5py (tests/python/make_results_fixture.py).
+void make_fixture(const std::string& path, const std::string& flags) {
+  const auto r = test::run_process(test::python() + " " + script("make_results_fixture.py") + " " +
+                                   quoted(path) + " " + flags);
+  ASSERT_EQ(r.status, 0) << r.output;
+}
+
+bool have_chromium() {
+  return fs::exists("/usr/bin/chromium");
+}
+
+// Headless Chromium, its own profile folder, no network; `what` is "--dump-dom" or
+// "--screenshot=PATH --window-size=W,H".
+test::ProcessResult chromium(const test::TempDir& dir, const std::string& what,
+                             const std::string& page) {
+  // Chromium's own log lines go to stderr: kept out of the DOM on stdout.
+  return test::run_process(
+      "{ /usr/bin/chromium --headless --disable-gpu --no-sandbox "
+      "--user-data-dir=" +
+      quoted(dir / "chromium-profile") + " --virtual-time-budget=5000 --hide-scrollbars " + what +
+      " " + quoted("file://" + page) + " 2>/dev/null; }");
+}
+
+#define REQUIRE_CHROMIUM()                                                                 \
+  do {                                                                                     \
+    if (!have_chromium()) GTEST_SKIP() << "chromium not installed (scripts/bootstrap.sh)"; \
+  } while (0)
+
+TEST(CliReport, ChromiumShowsEveryCardAndTheNumbersOfTheResultsFile) {
+  REQUIRE_CHROMIUM();
+  test::TempDir dir;
+  make_fixture(dir / "results.h5", "--n 30 --errors 3 --tta --measures --evil --seed 1");
+  const auto r = test::run_process(exe() + " report --results " + (dir / "results.h5") + " --out " +
+                                   (dir / "report.html"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("report: 30 of 30 images, 3 failed inputs"), std::string::npos)
+      << r.output;
+  const auto dom = chromium(dir, "--dump-dom", dir / "report.html");
+  ASSERT_EQ(dom.status, 0) << dom.output;
+  ASSERT_NE(dom.output.find("data-ready=\"1\""), std::string::npos)
+      << "the page's script did not finish";
+  {
+    std::ofstream out(dir / "dom.html");
+    out << dom.output;
+  }
+  const auto check = test::run_process(
+      test::python() + " " + script("check_report.py") + " " + quoted(dir / "results.h5") + " " +
+      quoted(dir / "report.html") + " " + quoted(dir / "dom.html") + " --evil");
+  EXPECT_EQ(check.status, 0) << check.output;
+  EXPECT_NE(check.output.find("report ok"), std::string::npos) << check.output;
+}
+
+TEST(CliReport, UnlabelledResultsWithoutImagesStillMakeAPage) {
+  REQUIRE_CHROMIUM();
+  test::TempDir dir;
+  make_fixture(dir / "results.h5", "--n 7 --errors 0 --unlabelled --no-images");
+  const auto r = test::run_process(exe() + " report --results " + (dir / "results.h5") + " --out " +
+                                   (dir / "report.html") + " --title 'My <run>'");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto html = read(dir / "report.html");
+  EXPECT_NE(html.find("<title>My &lt;run&gt;</title>"), std::string::npos);
+  const auto dom = chromium(dir, "--dump-dom", dir / "report.html");
+  ASSERT_EQ(dom.status, 0) << dom.output;
+  {
+    std::ofstream out(dir / "dom.html");
+    out << dom.output;
+  }
+  const auto check = test::run_process(
+      test::python() + " " + script("check_report.py") + " " + quoted(dir / "results.h5") + " " +
+      quoted(dir / "report.html") + " " + quoted(dir / "dom.html"));
+  EXPECT_EQ(check.status, 0) << check.output;
+}
+
+TEST(CliReport, TopAndSortKeepTheWorstImages) {
+  test::TempDir dir;
+  make_fixture(dir / "results.h5", "--n 40 --errors 0 --measures --seed 2");
+  const auto r = test::run_process(exe() + " report --results " + (dir / "results.h5") + " --out " +
+                                   (dir / "report.html") + " --top 5 --sort stage3/mass_in_mask");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("report: 5 of 40 images"), std::string::npos) << r.output;
+  // The five ids with the lowest stage3 mass_in_mask (h5py), in that order, lead the data.
+  const auto want = test::run_process(
+      test::python() + " -c \"import h5py,numpy as np; f=h5py.File('" + (dir / "results.h5") +
+      "'); v=f['measures/stage3/mass_in_mask'][:]; v=np.where(np.isnan(v),np.inf,v); "
+      "ids=f['images/id'].asstr()[:]; print(','.join(ids[np.argsort(v,kind='stable')[:5]]))\"");
+  ASSERT_EQ(want.status, 0) << want.output;
+  const auto got = test::run_process(
+      test::python() + " -c \"import re,json; t=open('" + (dir / "report.html") +
+      "').read(); d=json.loads(re.search(r'id=.report-data.>(.*?)</script>',t,re.S).group(1)); "
+      "print(','.join(x['id'] for x in d['images']))\"");
+  ASSERT_EQ(got.status, 0) << got.output;
+  EXPECT_EQ(got.output, want.output);
+
+  const auto bad = test::run_process(exe() + " report --results " + (dir / "results.h5") +
+                                     " --out " + (dir / "x.html") + " --sort nonsense");
+  EXPECT_EQ(bad.status, 1) << bad.output;
+  EXPECT_NE(bad.output.find("unknown sort key 'nonsense'"), std::string::npos) << bad.output;
+  EXPECT_NE(bad.output.find("stage3/mass_in_mask"), std::string::npos) << bad.output;
+  EXPECT_FALSE(fs::exists(dir / "x.html"));
+}
+
+TEST(CliReport, RenderedPageIsNotBlank) {
+  REQUIRE_CHROMIUM();
+  test::TempDir dir;
+  make_fixture(dir / "results.h5", "--n 12 --errors 1 --measures --seed 3");
+  ASSERT_EQ(test::run_process(exe() + " report --results " + (dir / "results.h5") + " --out " +
+                              (dir / "report.html"))
+                .status,
+            0);
+  const auto shot =
+      chromium(dir, "--screenshot=" + quoted(dir / "page.png") + " --window-size=1280,3200",
+               dir / "report.html");
+  ASSERT_TRUE(fs::exists(dir / "page.png")) << shot.output;
+  // Pixel statistics: much ink, plots' colours and the JET overlays' saturated colours.
+  const auto stats = test::run_process(
+      test::python() + " -c \"import cv2,numpy as np; i=cv2.imread('" + (dir / "page.png") +
+      "'); g=cv2.cvtColor(i,cv2.COLOR_BGR2GRAY); h=cv2.cvtColor(i,cv2.COLOR_BGR2HSV); "
+      "print('%.4f %.2f %.5f' % ((g<200).mean(), g.std(), "
+      "((h[...,1]>150)&(h[...,2]>100)).mean()))\"");
+  ASSERT_EQ(stats.status, 0) << stats.output;
+  double ink = 0, spread = 0, saturated = 0;
+  std::istringstream(stats.output) >> ink >> spread >> saturated;
+  EXPECT_GT(ink, 0.03) << stats.output;         // a blank page has none
+  EXPECT_GT(spread, 15.0) << stats.output;      // a white page has 0
+  EXPECT_GT(saturated, 0.002) << stats.output;  // overlays and colour bars rendered
+}
+
+TEST(CliReport, BadResultsFilesGiveOneClearLine) {
+  test::TempDir dir;
+  {
+    std::ofstream out(dir / "not.h5");
+    out << "not hdf5";
+  }
+  const auto a = test::run_process(exe() + " report --results " + (dir / "not.h5") + " --out " +
+                                   (dir / "r.html"));
+  EXPECT_EQ(a.status, 1) << a.output;
+  EXPECT_NE(a.output.find("not an HDF5 file"), std::string::npos) << a.output;
+  const auto b = test::run_process(exe() + " report --results " + (dir / "missing.h5") + " --out " +
+                                   (dir / "r.html"));
+  EXPECT_EQ(b.status, 1) << b.output;
+  EXPECT_NE(b.output.find("no such file"), std::string::npos) << b.output;
+  // A newer schema and a file that is not a results file are refused by name.
+  make_fixture(dir / "v2.h5", "--n 3");
+  ASSERT_EQ(test::run_process(test::python() + " -c \"import h5py; f=h5py.File('" +
+                              (dir / "v2.h5") + "','a'); f.attrs['schema_version']='2'\"")
+                .status,
+            0);
+  const auto c = test::run_process(exe() + " report --results " + (dir / "v2.h5") + " --out " +
+                                   (dir / "r.html"));
+  EXPECT_EQ(c.status, 1) << c.output;
+  EXPECT_NE(c.output.find("schema version '2'"), std::string::npos) << c.output;
+  // Labels out of range (a crafted file): refused naming the dataset, no crash.
+  make_fixture(dir / "bad.h5", "--n 3");
+  ASSERT_EQ(test::run_process(test::python() + " -c \"import h5py; f=h5py.File('" +
+                              (dir / "bad.h5") + "','a'); f['predictions/label'][1]=7\"")
+                .status,
+            0);
+  const auto d = test::run_process(exe() + " report --results " + (dir / "bad.h5") + " --out " +
+                                   (dir / "r.html"));
+  EXPECT_EQ(d.status, 1) << d.output;
+  EXPECT_NE(d.output.find("predictions/label"), std::string::npos) << d.output;
+  EXPECT_FALSE(fs::exists(dir / "r.html"));
+}
+
+TEST(CliReport, FullDiskLeavesThePreviousReportIntact) {
+  test::TempDir dir;
+  make_fixture(dir / "results.h5", "--n 20 --seed 4");
+  const std::string cmd =
+      exe() + " report --results " + (dir / "results.h5") + " --out " + (dir / "report.html");
+  ASSERT_EQ(test::run_process(cmd + " --title first").status, 0);
+  const auto before = read(dir / "report.html");
+  const auto r = test::run_with_file_size_limit(cmd + " --title second", 16 * 1024);
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("report.html"), std::string::npos) << r.output;
+  EXPECT_EQ(read(dir / "report.html"), before);
+  for (const auto& e : fs::directory_iterator(dir.path()))  // no temporary left behind
+    EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
+}
+
+TEST(CliReport, KilledRunLeavesTheOldOrTheNewReport) {
+  test::TempDir dir;
+  make_fixture(dir / "results.h5", "--n 60 --seed 5");
+  const std::string cmd =
+      exe() + " report --results " + (dir / "results.h5") + " --out " + (dir / "report.html");
+  ASSERT_EQ(test::run_process(cmd + " --title old").status, 0);
+  const auto old = read(dir / "report.html");
+  std::mt19937 rng(7);
+  for (int k = 0; k < 4; ++k) {
+    const int ms = std::uniform_int_distribution<int>(5, 600)(rng);
+    test::run_killed_after(cmd + " --title new", ms);
+    const auto now = read(dir / "report.html");
+    const bool complete = now.size() > 1000 && now.substr(now.size() - 8) == "</html>\n";
+    EXPECT_TRUE(now == old || (complete && now.find("<title>new</title>") != std::string::npos))
+        << "after a kill at " << ms << " ms: " << now.size() << " bytes";
+  }
+}
+
+}  // namespace
+}  // namespace attnscope
