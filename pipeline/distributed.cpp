@@ -321,8 +321,8 @@ struct DistributedGroup::Impl {
       if (stopped.empty())
         throw Error(kSubject, concat(head, "every other rank is still alive (", original, ")"));
       throw Error(kSubject,
-                  concat(head, rank_list(stopped), stopped.size() == 1 ? " stopped" : " stopped",
-                         " (no heartbeat for ", seconds_text(kHeartbeatSilence),
+                  concat(head, rank_list(stopped), " stopped (no heartbeat for ",
+                         seconds_text(kHeartbeatSilence),
                          ": the process died, was killed or hangs)", why, " [", original, "]"));
     } catch (const Error&) {
       throw;
@@ -466,6 +466,23 @@ void DistributedGroup::all_reduce_sum(at::Tensor& tensor) {
   std::vector<at::Tensor> message{tensor.is_contiguous() ? tensor : tensor.contiguous()};
   impl_->guarded("all-reduce", [&] { impl_->wait(impl_->pg->allreduce(message)); });
   if (!message[0].is_same(tensor)) tensor.copy_(message[0]);
+}
+
+void DistributedGroup::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
+  if (world_size() == 1 || tensors.empty()) return;
+  for (const auto& t : tensors)
+    if (!t.is_contiguous()) throw Error(kSubject, "all_reduce_sum needs contiguous tensors");
+  impl_->guarded("all-reduce", [&] {
+    std::vector<std::vector<at::Tensor>> messages;
+    messages.reserve(tensors.size());
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    for (const auto& t : tensors) {
+      messages.push_back({t});
+      works.push_back(impl_->pg->allreduce(messages.back()));
+    }
+    for (const auto& w : works)
+      impl_->wait(w);
+  });
 }
 
 at::Tensor DistributedGroup::all_gather_rows(const at::Tensor& rows) {

@@ -102,6 +102,9 @@ class DistributedGroup {
   void check_same(const std::string& what, const std::string& value);
   /// Element-wise sum over the ranks (in place).
   void all_reduce_sum(at::Tensor& tensor);
+  /// The same for several contiguous tensors: all are started before the first is waited
+  /// for, so Gloo's worker threads can run them side by side.
+  void all_reduce_sum(const std::vector<at::Tensor>& tensors);
   /// Every rank's `rows` (same shape past dim 0, any number of rows, also 0) concatenated in
   /// rank order; no padding rows are left in the result.
   at::Tensor all_gather_rows(const at::Tensor& rows);
