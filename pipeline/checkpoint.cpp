@@ -108,8 +108,14 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_tensors(
     const std::string& path) {
   auto file = h5::File::open(path);
   std::vector<std::pair<std::string, std::vector<int64_t>>> out;
-  for (const auto& name : h5::children(file.id()))
+  for (const auto& name : h5::children(file.id())) {
+    // Groups (e.g. /train_state of a training run's last.h5) hold no model tensors.
+    H5O_info_t info;
+    if (H5Oget_info_by_name2(file.id(), name.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) >= 0 &&
+        info.type != H5O_TYPE_DATASET)
+      continue;
     out.emplace_back(name, h5::dataset_shape(file.id(), name, path));
+  }
   return out;
 }
 

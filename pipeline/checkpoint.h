@@ -2,6 +2,8 @@
 // Checkpoints: one HDF5 file per model. Every parameter and buffer is a dataset at the file's
 // root under its dotted name ("blocks.3.attn.qkv.weight"), so h5py and HDFView read it
 // directly. Configs, class names and provenance are JSON string attributes of the root.
+// Groups at the root are not model tensors and are ignored when loading (a training run's
+// last.h5 keeps its optimiser and EMA state in /train_state).
 //
 // Root attributes:
 //   format               "attnscope-checkpoint"

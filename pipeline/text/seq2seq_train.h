@@ -2,6 +2,8 @@
 // Training of the seq2seq models: teacher forcing, cross-entropy with label smoothing, Adam,
 // an optional Noam warmup schedule, gradient clipping and a wall-clock budget. Progress goes to
 // a callback (library code never prints); format_progress draws the bar the CLI shows.
+// The loop itself (optimiser, schedule, clipping, budget) is pipeline/training.h's
+// TrainingLoop; this file supplies the seq2seq batches and loss.
 
 #include <cstdint>
 #include <functional>
@@ -9,18 +11,9 @@
 
 #include "datasets/text/pairs.h"
 #include "models/text/seq2seq.h"
+#include "pipeline/training.h"
 
 namespace attnscope::pipeline {
-
-/// The Transformer's learning-rate schedule (Vaswani et al. 2017, §5.3),
-/// lr = d^-0.5 · min(step^-0.5, step · warmup^-1.5), rescaled so that its peak (at step ==
-/// warmup) equals `peak`: lr = peak · min(step / warmup, sqrt(warmup / step)). step >= 1.
-double noam_learning_rate(int64_t step, int64_t warmup, double peak);
-
-/// Linear decay to zero over a training budget ("Budgeted Training", Li et al., ICLR 2020):
-/// the factor 1 - done that multiplies the learning rate when `done` of the budget (time or
-/// steps, in [0, 1]) is spent; 0 once it is all spent.
-double linear_decay_factor(double done);
 
 struct Seq2SeqProgress {
   int64_t epoch = 0;  ///< 1-based

@@ -1,0 +1,467 @@
+#include "pipeline/training.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+
+#include "attnscope/error.h"
+
+namespace attnscope::pipeline {
+
+// ---------------------------------------------------------------------------------------------
+// Optimisers
+
+Optimizer::Optimizer(std::vector<std::pair<std::string, torch::Tensor>> params,
+                     OptimizerOptions options)
+    : params_(std::move(params)), slots_(params_.size()), options_(std::move(options)) {
+  const auto& o = options_;
+  check(o.kind == "sgd" || o.kind == "adam" || o.kind == "adamw", "optimizer",
+        "kind must be sgd, adam or adamw, got '", o.kind, "'");
+  check(o.weight_decay >= 0, "optimizer", "weight decay must be >= 0, got ", o.weight_decay);
+  check(o.momentum >= 0 && o.momentum < 1, "optimizer", "momentum must be in [0, 1), got ",
+        o.momentum);
+  check(!o.nesterov || (o.momentum > 0 && o.dampening == 0), "optimizer",
+        "Nesterov momentum requires momentum > 0 and zero dampening");
+  check(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1 && o.eps > 0, "optimizer",
+        "betas must be in [0, 1) and eps > 0");
+}
+
+void Optimizer::zero_grad() {
+  for (auto& [name, p] : params_)
+    if (p.grad().defined()) p.mutable_grad() = torch::Tensor();
+}
+
+void Optimizer::step(double lr) {
+  torch::NoGradGuard no_grad;
+  const auto& o = options_;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    auto& p = params_[i].second;
+    if (!p.grad().defined()) continue;
+    auto grad = p.grad();
+    auto& s = slots_[i];
+    ++s.step;
+    if (o.kind == "sgd") {
+      // torch.optim.SGD (single-tensor path).
+      if (o.weight_decay != 0) grad = grad.add(p, o.weight_decay);
+      if (o.momentum != 0) {
+        if (!s.momentum_buffer.defined()) {
+          s.momentum_buffer = grad.clone().detach();
+        } else {
+          s.momentum_buffer.mul_(o.momentum).add_(grad, 1 - o.dampening);
+        }
+        grad = o.nesterov ? grad.add(s.momentum_buffer, o.momentum) : s.momentum_buffer;
+      }
+      p.add_(grad, -lr);
+      continue;
+    }
+    // torch.optim.Adam / AdamW (single-tensor path).
+    if (o.kind == "adamw") {
+      p.mul_(1 - lr * o.weight_decay);
+    } else if (o.weight_decay != 0) {
+      grad = grad.add(p, o.weight_decay);
+    }
+    if (!s.exp_avg.defined()) {
+      s.exp_avg = torch::zeros_like(p);
+      s.exp_avg_sq = torch::zeros_like(p);
+    }
+    s.exp_avg.mul_(o.beta1).add_(grad, 1 - o.beta1);
+    s.exp_avg_sq.mul_(o.beta2).addcmul_(grad, grad, 1 - o.beta2);
+    const double bias1 = 1 - std::pow(o.beta1, static_cast<double>(s.step));
+    const double bias2 = 1 - std::pow(o.beta2, static_cast<double>(s.step));
+    const auto denom = (s.exp_avg_sq.sqrt() / std::sqrt(bias2)).add_(o.eps);
+    p.addcdiv_(s.exp_avg, denom, -lr / bias1);
+  }
+}
+
+std::map<std::string, torch::Tensor> Optimizer::state() const {
+  std::map<std::string, torch::Tensor> out;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    const auto& name = params_[i].first;
+    const auto& s = slots_[i];
+    out[name + "/step"] = torch::tensor(s.step, torch::kInt64);
+    if (s.momentum_buffer.defined()) out[name + "/momentum_buffer"] = s.momentum_buffer;
+    if (s.exp_avg.defined()) {
+      out[name + "/exp_avg"] = s.exp_avg;
+      out[name + "/exp_avg_sq"] = s.exp_avg_sq;
+    }
+  }
+  return out;
+}
+
+void Optimizer::load_state(const std::map<std::string, torch::Tensor>& state) {
+  std::vector<Slot> slots(params_.size());
+  std::size_t used = 0;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    const auto& [name, p] = params_[i];
+    auto find = [&](const std::string& key) -> torch::Tensor {
+      auto it = state.find(name + "/" + key);
+      if (it == state.end()) return {};
+      ++used;
+      check(key == "step" || it->second.sizes() == p.sizes(), "optimizer state", "tensor '", name,
+            "/", key, "' has shape ", it->second.sizes(), ", the parameter ", p.sizes());
+      return it->second;
+    };
+    const auto step = find("step");
+    check(step.defined(), "optimizer state", "no step count for parameter '", name,
+          "' (a state of another model?)");
+    slots[i].step = step.item<int64_t>();
+    if (auto t = find("momentum_buffer"); t.defined())
+      slots[i].momentum_buffer = t.to(p.dtype()).to(p.device()).clone();
+    if (auto t = find("exp_avg"); t.defined())
+      slots[i].exp_avg = t.to(p.dtype()).to(p.device()).clone();
+    if (auto t = find("exp_avg_sq"); t.defined())
+      slots[i].exp_avg_sq = t.to(p.dtype()).to(p.device()).clone();
+    check(slots[i].exp_avg.defined() == slots[i].exp_avg_sq.defined(), "optimizer state",
+          "parameter '", name, "' has only one of exp_avg and exp_avg_sq");
+  }
+  check(used == state.size(), "optimizer state", state.size() - used,
+        " tensors belong to no parameter of the model (a state of another model?)");
+  slots_ = std::move(slots);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schedules
+
+double noam_learning_rate(int64_t step, int64_t warmup, double peak) {
+  check(step >= 1 && warmup >= 1, "noam schedule", "step and warmup must be >= 1");
+  const double s = static_cast<double>(step), w = static_cast<double>(warmup);
+  return peak * std::min(s / w, std::sqrt(w / s));
+}
+
+double linear_decay_factor(double done) {
+  return std::clamp(1.0 - done, 0.0, 1.0);
+}
+
+void check_schedule(const ScheduleOptions& o) {
+  check(o.kind == "constant" || o.kind == "cosine" || o.kind == "step" || o.kind == "linear" ||
+            o.kind == "noam",
+        "schedule", "kind must be constant, cosine, step, linear or noam, got '", o.kind, "'");
+  check(o.base_lr > 0, "schedule", "learning rate must be > 0, got ", o.base_lr);
+  check(o.warmup_steps >= 0, "schedule", "warmup must be >= 0");
+  check(o.kind != "noam" || o.warmup_steps >= 1, "schedule", "noam needs warmup >= 1");
+  check(o.kind != "step" || (o.step_every >= 1 && o.gamma > 0), "schedule",
+        "step schedule needs step_every >= 1 and gamma > 0");
+  check(o.min_lr >= 0 && o.min_lr <= o.base_lr, "schedule", "min_lr must be in [0, base_lr]");
+}
+
+double scheduled_learning_rate(const ScheduleOptions& o, int64_t step) {
+  check(step >= 0, "schedule", "step must be >= 0");
+  if (o.kind == "noam") return noam_learning_rate(step + 1, o.warmup_steps, o.base_lr);
+  if (step < o.warmup_steps)
+    return o.base_lr * static_cast<double>(step + 1) / static_cast<double>(o.warmup_steps);
+  if (o.kind == "constant") return o.base_lr;
+  if (o.kind == "step")
+    return o.base_lr * std::pow(o.gamma, static_cast<double>(step / o.step_every));
+  const int64_t span = std::max<int64_t>(o.total_steps - o.warmup_steps, 1);
+  const double t =
+      std::clamp(static_cast<double>(step - o.warmup_steps) / static_cast<double>(span), 0.0, 1.0);
+  if (o.kind == "linear") return o.base_lr * (1 - t);
+  return o.min_lr + (o.base_lr - o.min_lr) * 0.5 * (1 + std::cos(M_PI * t));
+}
+
+// ---------------------------------------------------------------------------------------------
+// EMA
+
+std::vector<std::pair<std::string, torch::Tensor>> named_tensors(torch::nn::Module& module) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (auto& item : module.named_parameters())
+    out.emplace_back(item.key(), item.value());
+  for (auto& item : module.named_buffers())
+    out.emplace_back(item.key(), item.value());
+  return out;
+}
+
+WeightEma::WeightEma(torch::nn::Module& module, double decay) : decay_(decay) {
+  check(decay > 0 && decay < 1, "ema", "decay must be in (0, 1), got ", decay);
+  live_ = named_tensors(module);
+  torch::NoGradGuard no_grad;
+  for (auto& [name, t] : live_)
+    average_.push_back(t.detach().clone());
+}
+
+void WeightEma::update() {
+  torch::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < live_.size(); ++i) {
+    const auto& value = live_[i].second;
+    if (value.is_floating_point()) {
+      average_[i].mul_(decay_).add_(value.detach(), 1 - decay_);
+    } else {
+      average_[i].copy_(value);
+    }
+  }
+}
+
+void WeightEma::swap() {
+  torch::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < live_.size(); ++i) {
+    auto tmp = live_[i].second.detach().clone();
+    live_[i].second.detach().copy_(average_[i]);
+    average_[i].copy_(tmp);
+  }
+}
+
+std::map<std::string, torch::Tensor> WeightEma::state() const {
+  std::map<std::string, torch::Tensor> out;
+  for (std::size_t i = 0; i < live_.size(); ++i)
+    out[live_[i].first] = average_[i];
+  return out;
+}
+
+void WeightEma::load_state(const std::map<std::string, torch::Tensor>& state) {
+  torch::NoGradGuard no_grad;
+  check(state.size() == live_.size(), "ema state", "has ", state.size(), " tensors, the model ",
+        live_.size());
+  for (std::size_t i = 0; i < live_.size(); ++i) {
+    auto it = state.find(live_[i].first);
+    check(it != state.end(), "ema state", "no tensor '", live_[i].first, "'");
+    check(it->second.sizes() == average_[i].sizes(), "ema state", "tensor '", live_[i].first,
+          "' has shape ", it->second.sizes(), ", the model ", average_[i].sizes());
+    average_[i].copy_(it->second);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loop
+
+double process_cpu_seconds() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+double wall_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+uint64_t epoch_seed(uint64_t seed, int64_t epoch) {
+  return seed + 1000003ULL * static_cast<uint64_t>(epoch - 1);
+}
+
+std::string format_training_progress(const TrainingProgress& p, const std::string& unit,
+                                     int bar_width) {
+  const double fraction =
+      p.batches > 0 ? static_cast<double>(p.batch) / static_cast<double>(p.batches) : 0.0;
+  const int filled = static_cast<int>(std::round(fraction * bar_width));
+  std::string bar(static_cast<std::size_t>(filled), '#');
+  bar.resize(static_cast<std::size_t>(bar_width), '.');
+  char tail[200];
+  std::snprintf(tail, sizeof(tail), " %lld/%lld loss %.4f %.0f %s/s lr %.1e %.0fs",
+                static_cast<long long>(p.batch), static_cast<long long>(p.batches), p.loss,
+                p.items_per_s, unit.c_str(), p.learning_rate, p.elapsed_s);
+  return concat("epoch ", p.epoch, "/", p.epochs, " [", bar, "]", tail);
+}
+
+namespace {
+
+std::vector<std::pair<std::string, torch::Tensor>> trainable(torch::nn::Module& model) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (auto& item : model.named_parameters())
+    if (item.value().requires_grad()) out.emplace_back(item.key(), item.value());
+  return out;
+}
+
+}  // namespace
+
+TrainingLoop::TrainingLoop(torch::nn::Module& model, TrainingOptions options)
+    : model_(model),
+      options_(std::move(options)),
+      optimizer_(trainable(model), options_.optimizer) {
+  const auto& o = options_;
+  check(o.epochs >= 1, "training", "epochs must be >= 1, got ", o.epochs);
+  check_schedule(o.schedule);
+  check(o.decay == "none" || o.decay == "linear", "training", "decay must be none or linear, got '",
+        o.decay, "'");
+  check(o.budget_clock == "wall" || o.budget_clock == "cpu", "training",
+        "budget clock must be wall or cpu, got '", o.budget_clock, "'");
+  check(o.patience >= 0, "training", "patience must be >= 0");
+  if (o.ema_decay > 0) ema_.emplace(model_, o.ema_decay);
+  total_steps_ = o.schedule.total_steps;
+}
+
+double TrainingLoop::spent_s() const {
+  return options_.budget_clock == "cpu" ? prior_cpu_s_ + process_cpu_seconds() - cpu_begin_
+                                        : prior_wall_s_ + wall_seconds() - wall_begin_;
+}
+
+double TrainingLoop::next_learning_rate() const {
+  auto schedule = options_.schedule;
+  schedule.total_steps = total_steps_;
+  double lr = scheduled_learning_rate(schedule, step_);
+  if (options_.decay == "linear") {
+    double done =
+        static_cast<double>(step_) / static_cast<double>(std::max<int64_t>(total_steps_, 1));
+    if (options_.time_budget_s > 0) done = std::max(done, spent_s() / options_.time_budget_s);
+    lr *= linear_decay_factor(done);
+  }
+  return lr;
+}
+
+double TrainingLoop::apply_step(double lr) {
+  double norm = 0.0;
+  if (options_.clip_norm > 0) {
+    std::vector<torch::Tensor> params;
+    for (const auto& [name, p] : optimizer_.parameters())
+      params.push_back(p);
+    norm = torch::nn::utils::clip_grad_norm_(params, options_.clip_norm);
+  }
+  optimizer_.step(lr);
+  if (ema_) ema_->update();
+  ++step_;
+  return norm;
+}
+
+TrainingResult TrainingLoop::run(const TrainingHooks& hooks) {
+  check(static_cast<bool>(hooks.start_epoch) && static_cast<bool>(hooks.train_batch), "training",
+        "start_epoch and train_batch hooks are required");
+  wall_begin_ = wall_seconds();
+  cpu_begin_ = process_cpu_seconds();
+  TrainingResult result;
+  model_.train();
+  bool stop = false;
+  for (int64_t epoch = epoch_ + 1; epoch <= options_.epochs && !stop; ++epoch) {
+    torch::manual_seed(epoch_seed(options_.seed, epoch));
+    const int64_t batches = hooks.start_epoch(epoch);
+    check(batches >= 1, "training", "epoch ", epoch, " has no batches");
+    if (total_steps_ <= 0) total_steps_ = options_.epochs * batches;
+    const double epoch_wall = wall_seconds(), epoch_cpu = process_cpu_seconds();
+    EpochSummary summary;
+    summary.epoch = epoch;
+    TrainingProgress progress;
+    progress.epoch = epoch;
+    progress.epochs = options_.epochs;
+    progress.batches = batches;
+    double loss_sum = 0.0;
+    for (int64_t b = 0; b < batches; ++b) {
+      const double lr = next_learning_rate();
+      optimizer_.zero_grad();
+      const auto loss = hooks.train_batch(epoch, b);
+      if (loss && loss->items > 0) {
+        if (hooks.after_backward) hooks.after_backward();
+        apply_step(lr);
+        loss_sum += loss->loss_sum;
+        summary.items += loss->items;
+      }
+      summary.learning_rate = lr;
+      progress.batch = b + 1;
+      progress.step = step_;
+      progress.loss = loss_sum / static_cast<double>(std::max<int64_t>(summary.items, 1));
+      progress.items_per_s =
+          static_cast<double>(summary.items) / std::max(wall_seconds() - epoch_wall, 1e-9);
+      progress.learning_rate = lr;
+      progress.elapsed_s = prior_wall_s_ + wall_seconds() - wall_begin_;
+      progress.cpu_s = prior_cpu_s_ + process_cpu_seconds() - cpu_begin_;
+      const bool out_of_time = options_.time_budget_s > 0 && spent_s() >= options_.time_budget_s;
+      const bool last = b + 1 == batches || out_of_time;
+      if (hooks.on_progress &&
+          (last || (options_.progress_every > 0 && progress.batch % options_.progress_every == 0)))
+        hooks.on_progress(progress);
+      if (out_of_time && b + 1 < batches) summary.complete = false;
+      if (out_of_time) {
+        result.stopped_by_budget = true;
+        stop = true;
+        break;
+      }
+    }
+    summary.step = step_;
+    summary.train_loss = progress.loss;
+    summary.seconds = wall_seconds() - epoch_wall;
+    summary.cpu_seconds = process_cpu_seconds() - epoch_cpu;
+    summary.items_per_s = static_cast<double>(summary.items) / std::max(summary.seconds, 1e-9);
+    result.final_loss = summary.train_loss;
+    if (!summary.complete) break;
+    epoch_ = epoch;
+    double monitored = std::numeric_limits<double>::quiet_NaN();
+    if (hooks.evaluate) {
+      monitored = hooks.evaluate(summary);
+      model_.train();
+    }
+    bool is_best = false;
+    if (!std::isnan(monitored)) {
+      is_best = std::isnan(best_) || (options_.maximize ? monitored > best_ : monitored < best_);
+      if (is_best) {
+        best_ = monitored;
+        best_epoch_ = epoch;
+        bad_epochs_ = 0;
+      } else {
+        ++bad_epochs_;
+      }
+      if (options_.patience > 0 && bad_epochs_ >= options_.patience) {
+        result.stopped_early = true;
+        stop = true;
+      }
+    }
+    if (hooks.end_epoch) hooks.end_epoch(summary, monitored, is_best);
+  }
+  result.steps = step_;
+  result.epochs_completed = epoch_;
+  result.seconds = wall_seconds() - wall_begin_;
+  result.cpu_seconds = process_cpu_seconds() - cpu_begin_;
+  result.best = best_;
+  result.best_epoch = best_epoch_;
+  return result;
+}
+
+nlohmann::json TrainingLoop::state_json() const {
+  nlohmann::json j;
+  j["epoch"] = epoch_;
+  j["step"] = step_;
+  j["total_steps"] = total_steps_;
+  j["optimizer"] = options_.optimizer.kind;
+  j["schedule"] = options_.schedule.kind;
+  j["ema"] = ema_.has_value();
+  j["best"] = std::isnan(best_) ? nlohmann::json() : nlohmann::json(best_);
+  j["best_epoch"] = best_epoch_;
+  j["bad_epochs"] = bad_epochs_;
+  j["wall_s"] = prior_wall_s_ + (wall_begin_ > 0 ? wall_seconds() - wall_begin_ : 0.0);
+  j["cpu_s"] = prior_cpu_s_ + (cpu_begin_ > 0 ? process_cpu_seconds() - cpu_begin_ : 0.0);
+  j["rng"] = "torch seeded per epoch: seed + 1000003 * (epoch - 1)";
+  return j;
+}
+
+std::map<std::string, torch::Tensor> TrainingLoop::state_tensors() const {
+  std::map<std::string, torch::Tensor> out;
+  for (auto& [name, t] : optimizer_.state())
+    out["optimizer/" + name] = t;
+  if (ema_)
+    for (auto& [name, t] : ema_->state())
+      out["ema/" + name] = t;
+  return out;
+}
+
+void TrainingLoop::restore(const nlohmann::json& state,
+                           const std::map<std::string, torch::Tensor>& tensors) {
+  try {
+    check(state.value("optimizer", std::string()) == options_.optimizer.kind, "training state",
+          "was saved with optimizer '", state.value("optimizer", std::string()),
+          "', this run uses '", options_.optimizer.kind, "'");
+    check(state.value("ema", false) == ema_.has_value(), "training state",
+          "EMA on/off differs from this run's");
+    std::map<std::string, torch::Tensor> opt, ema;
+    for (const auto& [name, t] : tensors) {
+      if (name.rfind("optimizer/", 0) == 0) {
+        opt[name.substr(10)] = t;
+      } else if (name.rfind("ema/", 0) == 0) {
+        ema[name.substr(4)] = t;
+      } else {
+        throw Error("training state", concat("unknown tensor '", name, "'"));
+      }
+    }
+    optimizer_.load_state(opt);
+    if (ema_) ema_->load_state(ema);
+    epoch_ = state.at("epoch").get<int64_t>();
+    step_ = state.at("step").get<int64_t>();
+    total_steps_ = state.at("total_steps").get<int64_t>();
+    best_ = state.at("best").is_null() ? std::numeric_limits<double>::quiet_NaN()
+                                       : state.at("best").get<double>();
+    best_epoch_ = state.at("best_epoch").get<int64_t>();
+    bad_epochs_ = state.at("bad_epochs").get<int64_t>();
+    prior_wall_s_ = state.value("wall_s", 0.0);
+    prior_cpu_s_ = state.value("cpu_s", 0.0);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error("training state", concat("malformed: ", e.what()));
+  }
+}
+
+}  // namespace attnscope::pipeline

@@ -1,0 +1,613 @@
+#include "pipeline/vision/train.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <numeric>
+#include <sstream>
+
+#include "attnscope/atomic_file.h"
+#include "attnscope/error.h"
+#include "attnscope/version.h"
+#include "datasets/splits.h"
+#include "pipeline/checkpoint.h"
+#include "pipeline/h5.h"
+#include "pipeline/vision/image_losses.h"
+#include "pipeline/vision/image_model_config.h"
+
+namespace attnscope::pipeline {
+
+IndexedSource::IndexedSource(std::shared_ptr<const datasets::SampleSource> base,
+                             std::vector<std::size_t> indices)
+    : base_(std::move(base)), indices_(std::move(indices)) {
+  for (auto i : indices_)
+    check(i < base_->size(), "indexed source", "index ", i, " out of range (", base_->size(), ")");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Losses and metrics
+
+torch::Tensor focal_loss(const torch::Tensor& logits, const torch::Tensor& labels, double gamma,
+                         double label_smoothing) {
+  const int64_t classes = logits.size(1);
+  const auto logp = torch::log_softmax(logits, 1);  // (B, C)
+  const auto q = torch::one_hot(labels, classes).to(logits.dtype()) * (1 - label_smoothing) +
+                 label_smoothing / static_cast<double>(classes);  // (B, C)
+  const auto weight = (1 - logp.exp()).clamp_min(0).pow(gamma);   // (B, C)
+  return -(q * weight * logp).sum(1).mean();
+}
+
+double fit_temperature(const torch::Tensor& logits, const torch::Tensor& labels) {
+  const auto z = logits.detach().to(torch::kFloat64).cpu();
+  const auto y = labels.cpu().to(torch::kInt64);
+  check(z.dim() == 2 && z.size(0) == y.size(0) && z.size(0) > 0, "temperature scaling",
+        "expects (N, C) logits and N labels, N > 0");
+  auto nll = [&](double log_t) {
+    return torch::nll_loss(torch::log_softmax(z / std::exp(log_t), 1), y).item<double>();
+  };
+  // Golden-section search: NLL is convex in 1/T, hence unimodal in log T.
+  const double phi = (std::sqrt(5.0) - 1) / 2;
+  double a = std::log(0.05), b = std::log(20.0);
+  double c = b - phi * (b - a), d = a + phi * (b - a);
+  double fc = nll(c), fd = nll(d);
+  for (int i = 0; i < 80; ++i) {
+    if (fc <= fd) {
+      b = d;
+      d = c;
+      fd = fc;
+      c = b - phi * (b - a);
+      fc = nll(c);
+    } else {
+      a = c;
+      c = d;
+      fc = fd;
+      d = a + phi * (b - a);
+      fd = nll(d);
+    }
+  }
+  return std::exp((a + b) / 2);
+}
+
+double roc_auc(const std::vector<double>& scores, const std::vector<int>& positive) {
+  check(scores.size() == positive.size(), "roc auc", "scores and labels differ in length");
+  std::vector<std::size_t> order(scores.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](auto i, auto j) { return scores[i] < scores[j]; });
+  double rank_sum = 0.0;
+  int64_t n_pos = 0;
+  for (std::size_t i = 0; i < order.size();) {
+    std::size_t j = i;
+    while (j < order.size() && scores[order[j]] == scores[order[i]])
+      ++j;
+    const double rank = (static_cast<double>(i) + static_cast<double>(j) + 1) / 2;  // 1-based mean
+    for (std::size_t k = i; k < j; ++k)
+      if (positive[order[k]]) {
+        rank_sum += rank;
+        ++n_pos;
+      }
+    i = j;
+  }
+  const int64_t n_neg = static_cast<int64_t>(scores.size()) - n_pos;
+  check(n_pos > 0 && n_neg > 0, "roc auc", "needs both classes, got ", n_pos, " positive and ",
+        n_neg, " negative");
+  const double p = static_cast<double>(n_pos), n = static_cast<double>(n_neg);
+  return (rank_sum - p * (p + 1) / 2) / (p * n);
+}
+
+nlohmann::json classification_metrics(const torch::Tensor& probabilities,
+                                      const torch::Tensor& labels, double threshold) {
+  const auto p = probabilities.detach().to(torch::kFloat64).cpu().contiguous();
+  const auto y = labels.cpu().to(torch::kInt64).contiguous();
+  const int64_t n = p.size(0), classes = p.size(1);
+  const auto* pp = p.data_ptr<double>();
+  const auto* yy = y.data_ptr<int64_t>();
+  nlohmann::json m;
+  double nll = 0.0;
+  std::vector<int64_t> correct(static_cast<std::size_t>(classes), 0),
+      count(static_cast<std::size_t>(classes), 0);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t label = yy[i];
+    nll -= std::log(std::max(pp[i * classes + label], 1e-15));
+    int64_t predicted = 0;
+    if (classes == 2) {
+      predicted = pp[i * classes + 1] >= threshold ? 1 : 0;
+    } else {
+      for (int64_t c = 1; c < classes; ++c)
+        if (pp[i * classes + c] > pp[i * classes + predicted]) predicted = c;
+    }
+    ++count[static_cast<std::size_t>(label)];
+    if (predicted == label) ++correct[static_cast<std::size_t>(label)];
+  }
+  m["loss"] = nll / static_cast<double>(std::max<int64_t>(n, 1));
+  m["accuracy"] = static_cast<double>(std::accumulate(correct.begin(), correct.end(), int64_t{0})) /
+                  static_cast<double>(std::max<int64_t>(n, 1));
+  double recall_sum = 0.0;
+  int present = 0;
+  for (int64_t c = 0; c < classes; ++c)
+    if (count[static_cast<std::size_t>(c)] > 0) {
+      recall_sum += static_cast<double>(correct[static_cast<std::size_t>(c)]) /
+                    static_cast<double>(count[static_cast<std::size_t>(c)]);
+      ++present;
+    }
+  m["balanced_accuracy"] = recall_sum / std::max(present, 1);
+  if (classes == 2) {
+    m["sensitivity"] =
+        count[1] ? static_cast<double>(correct[1]) / static_cast<double>(count[1]) : std::nan("");
+    m["specificity"] =
+        count[0] ? static_cast<double>(correct[0]) / static_cast<double>(count[0]) : std::nan("");
+  }
+  // AUC: binary of class 1, multi-class the macro one-vs-rest mean over classes present.
+  double auc_sum = 0.0;
+  int auc_count = 0;
+  nlohmann::json per_class = nlohmann::json::array();
+  for (int64_t c = classes == 2 ? 1 : 0; c < classes; ++c) {
+    std::vector<double> s(static_cast<std::size_t>(n));
+    std::vector<int> pos(static_cast<std::size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      s[static_cast<std::size_t>(i)] = pp[i * classes + c];
+      pos[static_cast<std::size_t>(i)] = yy[i] == c;
+    }
+    const int64_t np = std::accumulate(pos.begin(), pos.end(), int64_t{0});
+    if (np == 0 || np == n) {
+      per_class.push_back(nullptr);
+      continue;
+    }
+    const double auc = roc_auc(s, pos);
+    per_class.push_back(auc);
+    auc_sum += auc;
+    ++auc_count;
+  }
+  m["auc"] = auc_count ? auc_sum / auc_count : std::nan("");
+  if (classes > 2) m["auc_per_class"] = per_class;
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Training
+
+nlohmann::json image_train_options_to_json(const ImageTrainOptions& o) {
+  nlohmann::json j;
+  j["model"] = image_model_config_to_json(models::vision::resolve_image_config(o.model));
+  j["batch_size"] = o.batch_size;
+  j["epochs"] = o.epochs;
+  j["optimizer"] = o.optimizer.kind;
+  j["learning_rate"] = o.learning_rate;
+  j["momentum"] = o.optimizer.momentum;
+  j["nesterov"] = o.optimizer.nesterov;
+  j["weight_decay"] = o.optimizer.weight_decay;
+  j["schedule"] = o.schedule;
+  j["warmup_epochs"] = o.warmup_epochs;
+  j["step_every"] = o.step_every;
+  j["step_gamma"] = o.step_gamma;
+  j["loss"] = o.loss;
+  j["focal_gamma"] = o.focal_gamma;
+  j["label_smoothing"] = o.label_smoothing;
+  j["sampler"] = o.sampler;
+  j["oversample"] = o.oversample;
+  j["ema"] = o.ema_decay;
+  j["mask_loss"] = o.mask_loss;
+  j["init"] = o.init;
+  j["init_backbone"] = o.init_backbone;
+  j["seed"] = o.seed;
+  j["device"] = o.device;
+  j["time_budget_s"] = o.time_budget_s;
+  j["patience"] = o.patience;
+  j["select_by"] = o.select_by;
+  return j;
+}
+
+namespace {
+
+constexpr const char* kStateGroup = "train_state";
+
+std::string join_lines(const std::vector<nlohmann::json>& records) {
+  std::string text;
+  for (const auto& r : records)
+    text += r.dump() + "\n";
+  return text;
+}
+
+std::vector<nlohmann::json> split_lines(const std::string& text, const std::string& subject) {
+  std::vector<nlohmann::json> out;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    try {
+      out.push_back(nlohmann::json::parse(line));
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(subject, concat("corrupt metrics history: ", e.what()));
+    }
+  }
+  return out;
+}
+
+torch::Tensor text_tensor(const std::string& text) {
+  auto t = torch::empty({static_cast<int64_t>(text.size())}, torch::kUInt8);
+  std::copy(text.begin(), text.end(), t.data_ptr<uint8_t>());
+  return t;
+}
+
+std::string tensor_text(const torch::Tensor& t) {
+  const auto c = t.contiguous().to(torch::kUInt8);
+  return std::string(reinterpret_cast<const char*>(c.data_ptr<uint8_t>()),
+                     static_cast<std::size_t>(c.numel()));
+}
+
+struct TrainState {
+  nlohmann::json loop;
+  std::map<std::string, torch::Tensor> tensors;
+  std::vector<nlohmann::json> history, timing;
+};
+
+void write_checkpoint_to(const std::string& temp, const std::string& path,
+                         const models::vision::ImageClassifier& model,
+                         const models::vision::ImageModelConfig& config, const CheckpointMeta& meta,
+                         const TrainState* state, const double* temperature);
+
+// Writes a checkpoint (and, for last.h5, the training state) through AtomicFile.
+void write_checkpoint(const std::string& path, const models::vision::ImageClassifier& model,
+                      const models::vision::ImageModelConfig& config, const CheckpointMeta& meta,
+                      const TrainState* state, const double* temperature) {
+  AtomicFile out(path);
+  try {
+    write_checkpoint_to(out.temp_path(), path, model, config, meta, state, temperature);
+  } catch (const Error& e) {
+    std::error_code ec;
+    std::filesystem::remove(out.temp_path() + ".tmp", ec);  // save_checkpoint's own temporary
+    throw Error(path, concat("cannot write the checkpoint: ", e.what()));
+  }
+  out.commit();
+}
+
+void write_checkpoint_to(const std::string& temp, const std::string& path,
+                         const models::vision::ImageClassifier& model,
+                         const models::vision::ImageModelConfig& config, const CheckpointMeta& meta,
+                         const TrainState* state, const double* temperature) {
+  save_image_classifier(temp, model, config, meta);
+  {
+    auto file = h5::File::open(temp, true);
+    if (temperature) h5::write_attribute(file.id(), "temperature", concat(*temperature), path);
+    if (state) {
+      auto group = h5::require_group(file.id(), kStateGroup, path);
+      h5::write_attribute(group.get(), "loop", state->loop.dump(), path);
+      for (const auto& [name, tensor] : state->tensors) {
+        std::string key = name;
+        std::replace(key.begin(), key.end(), '/', ':');
+        h5::write_tensor(group.get(), key, tensor.detach().cpu(), path);
+      }
+      h5::write_tensor(group.get(), "_history", text_tensor(join_lines(state->history)), path);
+      h5::write_tensor(group.get(), "_timing", text_tensor(join_lines(state->timing)), path);
+    }
+    file.flush();
+  }
+}
+
+TrainState read_state(const std::string& path) {
+  auto file = h5::File::open(path);
+  check(h5::exists(file.id(), kStateGroup), path, "has no /", kStateGroup,
+        " group: not the last.h5 of an `attnscope train` run");
+  auto group = h5::require_group(file.id(), kStateGroup, path);
+  TrainState state;
+  try {
+    state.loop = nlohmann::json::parse(h5::read_string_attribute(group.get(), "loop", path));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(path, concat("corrupt /", kStateGroup, "@loop: ", e.what()));
+  }
+  for (const auto& name : h5::children(group.get())) {
+    auto tensor = h5::read_tensor(group.get(), name, path);
+    if (name == "_history") {
+      state.history = split_lines(tensor_text(tensor), path);
+    } else if (name == "_timing") {
+      state.timing = split_lines(tensor_text(tensor), path);
+    } else {
+      std::string key = name;
+      std::replace(key.begin(), key.end(), ':', '/');
+      state.tensors[key] = tensor;
+    }
+  }
+  return state;
+}
+
+std::string class_list(const std::vector<std::string>& names, const std::vector<int64_t>& counts) {
+  std::string out;
+  for (std::size_t c = 0; c < names.size(); ++c)
+    out += concat(c ? ", " : "", names[c], " ", counts[c]);
+  return out;
+}
+
+std::vector<int64_t> source_counts(const datasets::SampleSource& source) {
+  std::vector<int64_t> counts(source.class_names().size(), 0);
+  for (std::size_t i = 0; i < source.size(); ++i) {
+    const auto label = source.sample(i).label;
+    check(label >= 0 && label < static_cast<int64_t>(counts.size()), source.sample(i).image_id,
+          "is unlabelled or has a label outside the class list; training needs labelled images");
+    ++counts[static_cast<std::size_t>(label)];
+  }
+  return counts;
+}
+
+void check_two_classes(const datasets::SampleSource& source, const std::string& which) {
+  check(source.size() > 0, which, "is empty: no images to ",
+        which == "training set" ? "train on" : "validate on");
+  const auto counts = source_counts(source);
+  const auto present = std::count_if(counts.begin(), counts.end(), [](int64_t c) { return c > 0; });
+  check(present >= 2, which, "has a single class (", class_list(source.class_names(), counts),
+        "); training and validation need at least two");
+}
+
+}  // namespace
+
+ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSource> train,
+                                        std::shared_ptr<const datasets::SampleSource> val,
+                                        const ImageTrainOptions& options) {
+  const auto& o = options;
+  check(o.batch_size >= 1 && o.epochs >= 1, "train", "batch size and epochs must be >= 1");
+  check(o.loss == "ce" || o.loss == "weighted-ce" || o.loss == "focal", "train",
+        "loss must be ce, weighted-ce or focal, got '", o.loss, "'");
+  check(o.sampler == "shuffle" || o.sampler == "balanced", "train",
+        "sampler must be shuffle or balanced, got '", o.sampler, "'");
+  check(o.select_by == "auc" || o.select_by == "loss" || o.select_by == "accuracy" ||
+            o.select_by == "balanced_accuracy",
+        "train", "select-by must be auc, loss, accuracy or balanced_accuracy, got '", o.select_by,
+        "'");
+  check(o.schedule == "cosine" || o.schedule == "step" || o.schedule == "constant", "train",
+        "schedule must be cosine, step or constant, got '", o.schedule, "'");
+  check(o.device == "cpu" || o.device == "cuda", "train", "device must be cpu or cuda, got '",
+        o.device, "'");
+  check(o.device != "cuda" || torch::cuda::is_available(), "train",
+        "--device cuda: no CUDA device is available to this LibTorch build");
+  check(o.label_smoothing >= 0 && o.label_smoothing < 1, "train",
+        "label smoothing must be in [0, 1)");
+  check(o.warmup_epochs >= 0 && o.focal_gamma >= 0, "train",
+        "warmup epochs and focal gamma must be >= 0");
+  check(!o.out_dir.empty(), "train", "no run folder given");
+  check_two_classes(*train, "training set");
+  check_two_classes(*val, "validation set");
+  const auto class_names = train->class_names();
+  check(val->class_names() == class_names, "validation set",
+        "has other classes than the training set");
+  const int64_t classes = static_cast<int64_t>(class_names.size());
+
+  // Oversampling: sample i appears K times per epoch when its class has K.
+  std::shared_ptr<const datasets::SampleSource> train_source = train;
+  if (!o.oversample.empty()) {
+    std::map<int64_t, int64_t> repeat;
+    for (const auto& [name, k] : o.oversample) {
+      const auto it = std::find(class_names.begin(), class_names.end(), name);
+      check(it != class_names.end(), "--oversample", "unknown class '", name, "'");
+      check(k >= 1, "--oversample", "factor of '", name, "' must be >= 1, got ", k);
+      repeat[it - class_names.begin()] = k;
+    }
+    std::vector<std::size_t> indices;
+    for (std::size_t i = 0; i < train->size(); ++i) {
+      const auto it = repeat.find(train->sample(i).label);
+      const int64_t k = it == repeat.end() ? 1 : it->second;
+      for (int64_t r = 0; r < k; ++r)
+        indices.push_back(i);
+    }
+    train_source = std::make_shared<IndexedSource>(train, std::move(indices));
+  }
+
+  const torch::Device device(o.device == "cuda" ? torch::kCUDA : torch::kCPU);
+  auto config = o.model;
+  config.num_classes = classes;
+  config = models::vision::resolve_image_config(config);
+  torch::manual_seed(o.seed);
+  auto model = models::vision::make_image_classifier(config);
+  const auto check_arch = [&](const std::string& path) {
+    const auto meta = read_checkpoint_meta(path);
+    const auto arch = meta.model_config.value("arch", std::string());
+    check(arch == config.arch, path, "is a '", arch.empty() ? "(no model config)" : arch,
+          "' checkpoint; this run trains '", config.arch, "'");
+    const auto stored_classes = meta.model_config.value("num_classes", int64_t{0});
+    check(stored_classes == classes, path, "has ", stored_classes, " classes; the data has ",
+          classes, " (", class_list(class_names, source_counts(*train)), ")");
+    return meta;
+  };
+  if (!o.init.empty()) {
+    check_arch(o.init);
+    load_checkpoint(o.init, *model);
+  }
+  if (!o.init_backbone.empty()) load_image_backbone(o.init_backbone, *model);
+  model->to(device);
+
+  datasets::LoaderOptions train_loader_options;
+  train_loader_options.batch_size = o.batch_size;
+  train_loader_options.workers = o.workers;
+  train_loader_options.order =
+      o.sampler == "balanced" ? datasets::Order::kBalanced : datasets::Order::kShuffle;
+  train_loader_options.augment = true;
+  train_loader_options.seed = o.seed;
+  datasets::Loader train_loader(train_source, o.pipeline, train_loader_options);
+  datasets::LoaderOptions val_loader_options;
+  val_loader_options.batch_size = o.batch_size;
+  val_loader_options.workers = o.workers;
+  val_loader_options.order = datasets::Order::kSequential;
+  val_loader_options.seed = o.seed;
+  datasets::Loader val_loader(val, o.pipeline, val_loader_options);
+  const int64_t batches = train_loader.batches_per_epoch();
+
+  TrainingOptions lo;
+  lo.epochs = o.epochs;
+  lo.optimizer = o.optimizer;
+  lo.schedule.kind = o.schedule;
+  lo.schedule.base_lr = o.learning_rate;
+  lo.schedule.warmup_steps = static_cast<int64_t>(std::llround(o.warmup_epochs * batches));
+  lo.schedule.total_steps = o.epochs * batches;
+  lo.schedule.step_every = std::max<int64_t>(o.step_every, 1) * batches;
+  lo.schedule.gamma = o.step_gamma;
+  lo.ema_decay = o.ema_decay;
+  lo.patience = o.patience;
+  lo.maximize = o.select_by != "loss";
+  lo.seed = o.seed;
+  lo.time_budget_s = o.time_budget_s;
+  lo.budget_clock = o.budget_clock;
+  lo.progress_every = o.progress_every;
+  TrainingLoop loop(*model, lo);
+
+  torch::Tensor class_weight;
+  if (o.loss == "weighted-ce") {
+    std::vector<int64_t> labels;
+    for (std::size_t i = 0; i < train_source->size(); ++i)
+      labels.push_back(train_source->sample(i).label);
+    class_weight =
+        torch::tensor(datasets::class_weights(labels, static_cast<int>(classes)), torch::kFloat32)
+            .to(device);
+  }
+  AttentionMaskLossOptions mask_options;
+  if (!o.mask_loss.empty()) {
+    const auto names = model->map_names();
+    check(!names.empty(), "--mask-loss", "model '", config.arch, "' has no attention maps");
+    check(o.mask_loss.size() == names.size(), "--mask-loss", "gives ", o.mask_loss.size(),
+          " weights; model '", config.arch, "' has ", names.size(), " attention maps");
+    mask_options.weights.clear();
+    for (std::size_t i = 0; i < names.size(); ++i)
+      mask_options.weights[names[i]] = o.mask_loss[i];
+  }
+
+  const std::string run = o.out_dir;
+  const std::string last_path = run + "/last.h5", best_path = run + "/best.h5";
+  CheckpointMeta meta;
+  meta.preprocessing_config = o.pipeline.to_json();
+  meta.class_names = class_names;
+  meta.provenance = o.provenance;
+  meta.provenance["attnscope_version"] = kVersion;
+  meta.extra["command"] = "train";
+  meta.extra["threshold"] = 0.5;
+  meta.extra["training_config"] = image_train_options_to_json(o);
+
+  TrainState state;
+  if (o.resume) {
+    const auto stored = check_arch(last_path);
+    check(stored.class_names == class_names, last_path, "was trained on the classes ",
+          nlohmann::json(stored.class_names).dump(), "; this data has ",
+          nlohmann::json(class_names).dump());
+    const auto stored_sum = stored.provenance.value("data_checksum", std::string());
+    const auto sum = o.provenance.value("data_checksum", std::string());
+    check(stored_sum.empty() || sum.empty() || stored_sum == sum, last_path,
+          "was trained on other data (checksum ", stored_sum, ", now ", sum, ")");
+    state = read_state(last_path);
+    load_checkpoint(last_path, *model);
+    try {
+      loop.restore(state.loop, state.tensors);
+    } catch (const Error& e) {
+      throw Error(last_path, e.what());
+    }
+    write_file_atomically(run + "/metrics.jsonl", join_lines(state.history));
+    write_file_atomically(run + "/timing.jsonl", join_lines(state.timing));
+  }
+
+  auto compute_loss = [&](const models::vision::ImageOutput& out, const torch::Tensor& labels,
+                          const torch::Tensor& masks) {
+    torch::Tensor loss;
+    if (o.loss == "focal") {
+      loss = focal_loss(out.logits, labels, o.focal_gamma, o.label_smoothing);
+    } else {
+      auto ce = torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(o.label_smoothing);
+      if (class_weight.defined()) ce.weight(class_weight);
+      loss = torch::nn::functional::cross_entropy(out.logits, labels, ce);
+    }
+    if (!o.mask_loss.empty() && masks.defined())
+      loss = loss + attention_mask_loss(out.maps, masks, mask_options);
+    return loss;
+  };
+
+  TrainingHooks hooks;
+  hooks.start_epoch = [&](int64_t epoch) {
+    train_loader.start_epoch(epoch);
+    return batches;
+  };
+  hooks.train_batch = [&](int64_t, int64_t) -> std::optional<BatchLoss> {
+    auto batch = train_loader.next();
+    if (!batch || batch->size() == 0) return std::nullopt;
+    const auto images = batch->images.to(device);
+    const auto labels = batch->labels.to(device);
+    const auto masks = batch->masks.defined() ? batch->masks.to(device) : torch::Tensor();
+    const auto out = model->forward(images);
+    const auto loss = compute_loss(out, labels, masks);
+    loss.backward();
+    return BatchLoss{loss.item<double>() * static_cast<double>(batch->size()), batch->size()};
+  };
+  if (o.on_progress) hooks.on_progress = o.on_progress;
+
+  torch::Tensor val_logits, val_labels;
+  nlohmann::json val_metrics;
+  hooks.evaluate = [&](const EpochSummary&) {
+    torch::NoGradGuard no_grad;
+    if (loop.ema()) loop.ema()->swap();
+    model->eval();
+    std::vector<torch::Tensor> logits, labels;
+    val_loader.start_epoch(1);
+    while (auto batch = val_loader.next()) {
+      if (batch->size() == 0) continue;
+      logits.push_back(model->forward(batch->images.to(device)).logits.to(torch::kCPU));
+      labels.push_back(batch->labels);
+    }
+    model->train();
+    if (loop.ema()) loop.ema()->swap();
+    check(!logits.empty(), "validation set", "no image could be loaded");
+    val_logits = torch::cat(logits).to(torch::kFloat64);
+    val_labels = torch::cat(labels);
+    val_metrics = classification_metrics(torch::softmax(val_logits, 1), val_labels);
+    const double value = val_metrics.at(o.select_by).get<double>();
+    return value;
+  };
+  ImageTrainResult result;
+  hooks.end_epoch = [&](const EpochSummary& s, double, bool is_best) {
+    nlohmann::json record;
+    record["epoch"] = s.epoch;
+    record["step"] = s.step;
+    record["lr"] = s.learning_rate;
+    record["train_loss"] = s.train_loss;
+    record["val_loss"] = val_metrics.at("loss");
+    for (auto& [key, value] : val_metrics.items())
+      if (key != "loss") record["val_" + key] = value;
+    record["best"] = is_best;
+    nlohmann::json timing;
+    timing["epoch"] = s.epoch;
+    timing["images_per_s"] = s.items_per_s;
+    timing["wall_s"] = s.seconds;
+    timing["cpu_s"] = s.cpu_seconds;
+    state.history.push_back(record);
+    state.timing.push_back(timing);
+    auto epoch_meta = meta;
+    epoch_meta.provenance["epoch"] = s.epoch;
+    epoch_meta.provenance["metrics"] = record;
+    if (is_best) {
+      result.temperature = fit_temperature(val_logits, val_labels);
+      auto best_meta = epoch_meta;
+      best_meta.extra["temperature"] = result.temperature;
+      best_meta.extra["ema"] = loop.ema() != nullptr;
+      if (loop.ema()) loop.ema()->swap();
+      try {
+        write_checkpoint(best_path, *model, config, best_meta, nullptr, &result.temperature);
+      } catch (...) {
+        if (loop.ema()) loop.ema()->swap();
+        throw;
+      }
+      if (loop.ema()) loop.ema()->swap();
+    }
+    state.loop = loop.state_json();
+    state.tensors = loop.state_tensors();
+    write_checkpoint(last_path, *model, config, epoch_meta, &state, nullptr);
+    write_file_atomically(run + "/metrics.jsonl", join_lines(state.history));
+    write_file_atomically(run + "/timing.jsonl", join_lines(state.timing));
+    if (o.on_epoch) o.on_epoch(record, timing);
+  };
+
+  const auto r = loop.run(hooks);
+  model->eval();
+  result.epochs_completed = r.epochs_completed;
+  result.best_epoch = r.best_epoch;
+  result.best = r.best;
+  result.stopped_early = r.stopped_early;
+  result.stopped_by_budget = r.stopped_by_budget;
+  if (result.best_epoch > 0 && result.temperature == 1.0 && std::filesystem::exists(best_path)) {
+    const auto best = read_checkpoint_meta(best_path);
+    result.temperature = best.extra.value("temperature", 1.0);
+  }
+  return result;
+}
+
+}  // namespace attnscope::pipeline

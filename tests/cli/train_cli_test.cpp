@@ -1,0 +1,315 @@
+// End-to-end tests of `attnscope train`: tiny synthetic data (attnscope synth) and a small
+// model at a small size, so that each run takes seconds. Reproducibility and resume are
+// asserted as byte equality (one LibTorch thread, so no reduction-order differences); no test
+// asserts a quality reached by training.
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "attnscope/atomic_file.h"
+#include "pipeline/vision/image_model_config.h"
+#include "test_support.h"
+
+namespace attnscope {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string exe() {
+  return ATTNSCOPE_EXE;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+int count_lines(const std::string& text) {
+  return static_cast<int>(std::count(text.begin(), text.end(), '\n'));
+}
+
+// 40 synthetic 48 px images (labels.csv + images/ + masks/), made once per test binary run.
+const std::string& synth_data() {
+  static test::TempDir dir;
+  static const std::string data = [] {
+    const auto out = dir / "synth";
+    const auto r =
+        test::run_process(exe() + " synth --out " + out + " --count 40 --size 48 --seed 3 2>&1");
+    EXPECT_EQ(r.status, 0) << r.output;
+    return out + "/labels.csv";
+  }();
+  return data;
+}
+
+// A fast deterministic training command (one torch thread, one loader thread).
+std::string train_command(const std::string& run, const std::string& extra = "") {
+  return exe() + " --threads 1 train --data " + synth_data() +
+         " --model attn_small --size 32 --batch-size 8 --epochs 4 --lr 0.02 --workers 1"
+         " --seed 5 --ema 0.9 --quiet --out " +
+         run + " " + extra + " 2>&1";
+}
+
+// "same" when both checkpoints hold the same tensors, bit for bit.
+std::string compare_weights(const std::string& a, const std::string& b) {
+  const auto r =
+      test::run_process(test::python() +
+                        " -c \"import h5py,sys,numpy as np; a=h5py.File(sys.argv[1],'r'); "
+                        "b=h5py.File(sys.argv[2],'r'); "
+                        "ka=sorted(k for k in a.keys() if isinstance(a[k], h5py.Dataset)); "
+                        "kb=sorted(k for k in b.keys() if isinstance(b[k], h5py.Dataset)); "
+                        "print('same' if ka==kb and all(np.array_equal(a[k][()], b[k][()]) for k "
+                        "in ka) else 'differ')\" " +
+                        a + " " + b);
+  return r.output;
+}
+
+TEST(TrainCli, HelpShowsTheOptionsWithDefaults) {
+  const auto r = test::run_process(exe() + " train --help 2>&1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  for (const char* flag :
+       {"--val-split arg (=0.2)", "--optimizer arg (=sgd)", "--schedule arg (=cosine)",
+        "--loss arg (=ce)", "--sampler arg (=shuffle)", "--select-by arg (=auc)", "--resume",
+        "--skip-bad", "--cache", "--time-budget", "--init-backbone"})
+    EXPECT_NE(r.output.find(flag), std::string::npos) << flag << "\n" << r.output;
+}
+
+TEST(TrainCli, WritesMetricsAndLoadableCheckpoints) {
+  test::TempDir dir;
+  const auto run = dir / "run";
+  const auto r = test::run_process(train_command(run));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto metrics = read_text(run + "/metrics.jsonl");
+  EXPECT_EQ(count_lines(metrics), 4) << metrics;
+  EXPECT_NE(metrics.find("\"val_auc\""), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("\"train_loss\""), std::string::npos);
+  EXPECT_EQ(count_lines(read_text(run + "/timing.jsonl")), 4);
+  EXPECT_NE(r.output.find("epoch 4:"), std::string::npos) << r.output;
+  for (const char* name : {"last.h5", "best.h5"}) {
+    const auto loaded = pipeline::load_image_classifier(run + "/" + name);
+    EXPECT_EQ(loaded.config.arch, "attn_small");
+    EXPECT_EQ(loaded.meta.class_names, (std::vector<std::string>{"benign", "malignant"}));
+    EXPECT_EQ(loaded.meta.extra["command"], "train");
+    EXPECT_TRUE(loaded.meta.provenance.contains("data_checksum"));
+    EXPECT_TRUE(loaded.meta.provenance["command_line"].get<std::string>().find(
+                    "--model attn_small") != std::string::npos);
+    EXPECT_EQ(loaded.meta.extra["training_config"]["optimizer"], "sgd");
+  }
+  const auto best = pipeline::read_checkpoint_meta(run + "/best.h5");
+  const double t = best.extra["temperature"].get<double>();
+  EXPECT_GT(t, 0.0);
+  const auto py =
+      test::run_process(test::python() +
+                        " -c \"import h5py,sys; f=h5py.File(sys.argv[1],'r'); "
+                        "print(float(f.attrs['temperature']) > 0, 'train_state' in f)\" " +
+                        run + "/best.h5");
+  EXPECT_EQ(py.output, "True False\n") << py.output;
+}
+
+TEST(TrainCli, SameSeedDataAndThreadsGiveByteIdenticalMetrics) {
+  test::TempDir dir;
+  const auto a = test::run_process(train_command(dir / "a"));
+  const auto b = test::run_process(train_command(dir / "b"));
+  ASSERT_EQ(a.status, 0) << a.output;
+  ASSERT_EQ(b.status, 0) << b.output;
+  EXPECT_EQ(read_text(dir / "a/metrics.jsonl"), read_text(dir / "b/metrics.jsonl"));
+  EXPECT_EQ(compare_weights(dir / "a/last.h5", dir / "b/last.h5"), "same\n");
+  // Another seed trains differently (the test can fail).
+  const auto c = test::run_process(train_command(dir / "c", "--seed 6"));
+  ASSERT_EQ(c.status, 0) << c.output;
+  EXPECT_NE(read_text(dir / "a/metrics.jsonl"), read_text(dir / "c/metrics.jsonl"));
+}
+
+TEST(TrainCli, ResumeAfterSigkillsEqualsAnUninterruptedRun) {
+  test::TempDir dir;
+  const auto whole = dir / "whole";
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto full = test::run_process(train_command(whole));
+  ASSERT_EQ(full.status, 0) << full.output;
+  const int ms = static_cast<int>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+          .count());
+  const auto run = dir / "killed";
+  std::mt19937 rng(std::random_device{}());
+  int kills = 0;
+  for (int attempt = 0; attempt < 12; ++attempt) {
+    const bool started = fs::exists(run + "/last.h5");
+    const auto command =
+        started ? exe() + " --threads 1 train --resume " + run + " 2>&1" : train_command(run);
+    // Kill somewhere in the first 60% of a run's time (a random batch); from the third
+    // attempt on, let it finish.
+    const int after = std::uniform_int_distribution<int>(ms / 10, ms * 6 / 10)(rng);
+    const auto r =
+        attempt < 3 ? test::run_killed_after(command, after) : test::run_process(command);
+    if (r.killed) {
+      ++kills;
+      // Whatever the moment, last.h5 (when there is one) is a complete checkpoint.
+      if (fs::exists(run + "/last.h5")) {
+        EXPECT_NO_THROW(pipeline::load_image_classifier(run + "/last.h5"));
+      }
+      continue;
+    }
+    ASSERT_EQ(r.status, 0) << r.output;
+    break;
+  }
+  EXPECT_GE(kills, 2);
+  EXPECT_EQ(read_text(run + "/metrics.jsonl"), read_text(whole + "/metrics.jsonl"));
+  EXPECT_EQ(compare_weights(run + "/last.h5", whole + "/last.h5"), "same\n");
+  EXPECT_EQ(compare_weights(run + "/best.h5", whole + "/best.h5"), "same\n");
+}
+
+TEST(TrainCli, FileSizeLimitFailsClearlyAndKeepsThePreviousCheckpoint) {
+  test::TempDir dir;
+  const auto run = dir / "run";
+  ASSERT_EQ(test::run_process(train_command(run, "--epochs 1")).status, 0);
+  const auto before = read_text(run + "/last.h5");
+  const auto best_before = read_text(run + "/best.h5");
+  // Resume to 4 epochs with writes failing beyond 64 kB per file: no checkpoint (megabytes)
+  // can be written.
+  const auto r = test::run_with_file_size_limit(
+      exe() + " --threads 1 train --resume " + run + " 2>&1", 64 * 1024);
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("error:"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(".h5"), std::string::npos) << r.output;
+  EXPECT_EQ(read_text(run + "/last.h5"), before);
+  EXPECT_EQ(read_text(run + "/best.h5"), best_before);
+  for (const auto& entry : fs::directory_iterator(run))
+    EXPECT_EQ(entry.path().filename().string().find(".tmp"), std::string::npos) << entry.path();
+  EXPECT_NO_THROW(pipeline::load_image_classifier(run + "/last.h5"));
+}
+
+TEST(TrainCli, UnreadableImagesAreListedOrSkipped) {
+  test::TempDir dir;
+  const auto src = fs::path(synth_data()).parent_path();
+  const auto data = dir.path() / "data";
+  fs::copy(src, data, fs::copy_options::recursive);
+  std::vector<std::string> broken;
+  int n = 0;
+  for (const auto& entry : fs::directory_iterator(data / "images")) {
+    if (n++ >= 2) break;
+    std::ofstream(entry.path(), std::ios::trunc) << "not an image";
+    broken.push_back(entry.path().filename().string());
+  }
+  const auto base = exe() + " --threads 1 train --data " + (data / "labels.csv").string() +
+                    " --model attn_small --size 32 --batch-size 8 --epochs 1 --workers 1 --quiet";
+  const auto r = test::run_process(base + " --out " + (dir / "a") + " 2>&1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("2 unreadable images"), std::string::npos) << r.output;
+  for (const auto& name : broken)
+    EXPECT_NE(r.output.find(name), std::string::npos) << name << "\n" << r.output;
+  EXPECT_FALSE(fs::exists(dir / "a/last.h5"));
+  const auto s = test::run_process(base + " --skip-bad --out " + (dir / "b") + " 2>&1");
+  ASSERT_EQ(s.status, 0) << s.output;
+  const auto skipped = read_text(dir / "b/skipped.csv");
+  EXPECT_EQ(count_lines(skipped), 3) << skipped;
+  for (const auto& name : broken)
+    EXPECT_NE(skipped.find(name), std::string::npos) << skipped;
+}
+
+TEST(TrainCli, WrongCheckpointsAreRefusedNamingFileAndMismatch) {
+  test::TempDir dir;
+  const auto run = dir / "run";
+  ASSERT_EQ(test::run_process(train_command(run, "--epochs 1")).status, 0);
+  const auto base = exe() + " --threads 1 train --data " + synth_data() +
+                    " --size 32 --batch-size 8 --epochs 1 --workers 1 --quiet";
+  // Another architecture.
+  auto r = test::run_process(base + " --model small_cnn --init " + run + "/best.h5 --out " +
+                             (dir / "x") + " 2>&1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("best.h5"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("attn_small"), std::string::npos) << r.output;
+  // A corrupt file.
+  write_file_atomically(dir / "corrupt.h5", "garbage");
+  r = test::run_process(base + " --model attn_small --init " + (dir / "corrupt.h5") + " --out " +
+                        (dir / "y") + " 2>&1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("corrupt.h5"), std::string::npos) << r.output;
+  // A folder that is no training run, and a checkpoint without training state.
+  fs::create_directories(dir / "other");
+  r = test::run_process(exe() + " train --resume " + (dir / "other") + " 2>&1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("no last.h5"), std::string::npos) << r.output;
+  fs::copy_file(run + "/best.h5", dir / "other/last.h5");
+  r = test::run_process(exe() + " train --resume " + (dir / "other") + " 2>&1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("train_state"), std::string::npos) << r.output;
+  // Another class count: a 3-class dataset against the 2-class checkpoint.
+  write_file_atomically(dir / "three.csv", [&] {
+    std::string csv = "image_id,label\n";
+    const auto text = read_text(synth_data());
+    std::istringstream in(text);
+    std::string line;
+    std::getline(in, line);
+    int i = 0;
+    while (std::getline(in, line))
+      csv += line.substr(0, line.find(',')) + "," +
+             std::string(i++ % 3 == 0 ? "a"
+                         : i % 3 == 1 ? "b"
+                                      : "c") +
+             "\n";
+    return csv;
+  }());
+  r = test::run_process(exe() + " --threads 1 train --data " + (dir / "three.csv") + " --images " +
+                        (fs::path(synth_data()).parent_path() / "images").string() +
+                        " --multiclass --model attn_small --size 32 --epochs 1 --quiet --init " +
+                        run + "/best.h5 --out " + (dir / "z") + " 2>&1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("best.h5"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("2 classes"), std::string::npos) << r.output;
+}
+
+TEST(TrainCli, BadDataAndOutputAreClearErrors) {
+  test::TempDir dir;
+  const auto base = exe() + " train --model attn_small --size 32 --epochs 1 --quiet";
+  // Single class.
+  std::string one = "image_id,label\n";
+  const auto text = read_text(synth_data());
+  std::istringstream in(text);
+  std::string line;
+  std::getline(in, line);
+  while (std::getline(in, line))
+    one += line.substr(0, line.find(',')) + ",benign\n";
+  write_file_atomically(dir / "one.csv", one);
+  const auto images = (fs::path(synth_data()).parent_path() / "images").string();
+  auto r = test::run_process(base + " --data " + (dir / "one.csv") + " --images " + images +
+                             " --format generic --out " + (dir / "a") + " 2>&1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("single class"), std::string::npos) << r.output;
+  // Empty dataset.
+  write_file_atomically(dir / "empty.csv", "image_id,label\n");
+  r = test::run_process(base + " --data " + (dir / "empty.csv") + " --images " + images +
+                        " --out " + (dir / "b") + " 2>&1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("error:"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "b/last.h5"));
+  // A split that leaves a class out of validation: 1 malignant image among 20.
+  std::string rare = "image_id,label\n";
+  std::istringstream in2(text);
+  std::getline(in2, line);
+  int malignant = 0;
+  while (std::getline(in2, line)) {
+    const auto id = line.substr(0, line.find(','));
+    const bool m =
+        line.find("malignant") != std::string::npos || line.substr(line.rfind(',') + 1) == "1";
+    if (m && malignant++ >= 1) continue;
+    rare += id + "," + (m ? "malignant" : "benign") + "\n";
+  }
+  write_file_atomically(dir / "rare.csv", rare);
+  r = test::run_process(base + " --data " + (dir / "rare.csv") + " --images " + images +
+                        " --format generic --out " + (dir / "c") + " 2>&1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("out of the validation set"), std::string::npos) << r.output;
+  // An unwritable run folder is refused before any work.
+  write_file_atomically(dir / "file", "x");
+  r = test::run_process(base + " --data " + synth_data() + " --out " + (dir / "file") +
+                        "/run 2>&1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("run folder"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace attnscope

@@ -1,0 +1,397 @@
+// The one training loop (pipeline/training.h): schedules against their closed forms, the
+// optimisers against PyTorch's own torch.optim on the same parameters and gradients, EMA and
+// clipping against their formulas, resume equality, early stopping, budgets, and convergence
+// on a tiny separable task.
+
+#include <cmath>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "attnscope/atomic_file.h"
+#include "pipeline/h5.h"
+#include "pipeline/training.h"
+#include "test_support.h"
+
+namespace attnscope::pipeline {
+namespace {
+
+TEST(Schedule, WarmupThenCosineFollowsTheClosedForm) {
+  ScheduleOptions o;
+  o.kind = "cosine";
+  o.base_lr = 0.1;
+  o.warmup_steps = 4;
+  o.total_steps = 14;
+  o.min_lr = 0.001;
+  for (int64_t s = 0; s < 4; ++s)
+    EXPECT_NEAR(scheduled_learning_rate(o, s), 0.1 * (s + 1) / 4.0, 1e-15) << s;
+  for (int64_t s = 4; s <= 20; ++s) {
+    const double t = std::min(1.0, (s - 4) / 10.0);
+    EXPECT_NEAR(scheduled_learning_rate(o, s), 0.001 + 0.099 * 0.5 * (1 + std::cos(M_PI * t)),
+                1e-15)
+        << s;
+  }
+  EXPECT_NEAR(scheduled_learning_rate(o, 9), 0.001 + 0.099 * 0.5, 1e-15);  // half way
+}
+
+TEST(Schedule, StepLinearConstantAndNoam) {
+  ScheduleOptions step;
+  step.kind = "step";
+  step.base_lr = 0.01;
+  step.step_every = 10;
+  step.gamma = 0.1;
+  EXPECT_DOUBLE_EQ(scheduled_learning_rate(step, 0), 0.01);
+  EXPECT_DOUBLE_EQ(scheduled_learning_rate(step, 9), 0.01);
+  EXPECT_NEAR(scheduled_learning_rate(step, 10), 0.001, 1e-15);
+  EXPECT_NEAR(scheduled_learning_rate(step, 25), 0.0001, 1e-15);
+  ScheduleOptions linear;
+  linear.kind = "linear";
+  linear.base_lr = 2.0;
+  linear.total_steps = 8;
+  EXPECT_DOUBLE_EQ(scheduled_learning_rate(linear, 0), 2.0);
+  EXPECT_DOUBLE_EQ(scheduled_learning_rate(linear, 2), 1.5);
+  EXPECT_DOUBLE_EQ(scheduled_learning_rate(linear, 8), 0.0);
+  ScheduleOptions constant;
+  constant.base_lr = 0.3;
+  constant.warmup_steps = 2;
+  EXPECT_DOUBLE_EQ(scheduled_learning_rate(constant, 0), 0.15);
+  EXPECT_DOUBLE_EQ(scheduled_learning_rate(constant, 1), 0.3);
+  EXPECT_DOUBLE_EQ(scheduled_learning_rate(constant, 100), 0.3);
+  ScheduleOptions noam;
+  noam.kind = "noam";
+  noam.base_lr = 1.0;
+  noam.warmup_steps = 4;
+  EXPECT_DOUBLE_EQ(scheduled_learning_rate(noam, 3), 1.0);   // the peak at step == warmup
+  EXPECT_DOUBLE_EQ(scheduled_learning_rate(noam, 15), 0.5);  // sqrt(4 / 16)
+  ScheduleOptions bad;
+  bad.kind = "exponential";
+  EXPECT_NE(test::error_of([&] { check_schedule(bad); }).find("exponential"), std::string::npos);
+}
+
+// Runs `steps` steps of our optimiser and of torch.optim (Debian's python3-torch) on the same
+// parameters, gradients and rates; returns the largest absolute difference of the parameters.
+double max_difference_to_pytorch(const OptimizerOptions& options, const std::string& py_ctor) {
+  test::TempDir dir;
+  torch::manual_seed(7);
+  const int steps = 6;
+  auto w0 = torch::randn({5, 3}, torch::kFloat64);
+  auto b0 = torch::randn({3}, torch::kFloat64);
+  auto grads_w = torch::randn({steps, 5, 3}, torch::kFloat64);
+  auto grads_b = torch::randn({steps, 3}, torch::kFloat64);
+  const std::vector<double> lrs = {0.1, 0.05, 0.2, 0.01, 0.3, 0.07};
+  {
+    auto f = h5::File::create(dir / "in.h5");
+    h5::write_tensor(f.id(), "w0", w0, f.path());
+    h5::write_tensor(f.id(), "b0", b0, f.path());
+    h5::write_tensor(f.id(), "gw", grads_w, f.path());
+    h5::write_tensor(f.id(), "gb", grads_b, f.path());
+    h5::write_tensor(f.id(), "lr", torch::tensor(lrs, torch::kFloat64), f.path());
+  }
+  auto w = w0.clone().requires_grad_(true);
+  auto b = b0.clone().requires_grad_(true);
+  Optimizer opt({{"w", w}, {"b", b}}, options);
+  for (int s = 0; s < steps; ++s) {
+    opt.zero_grad();
+    w.mutable_grad() = grads_w[s].clone();
+    // The bias gets no gradient at step 2: PyTorch skips it there (its own step count).
+    if (s != 2) b.mutable_grad() = grads_b[s].clone();
+    opt.step(lrs[static_cast<std::size_t>(s)]);
+  }
+  const std::string script = R"(
+import sys, h5py, torch
+f = h5py.File(sys.argv[1], 'r')
+w = torch.tensor(f['w0'][()], requires_grad=True)
+b = torch.tensor(f['b0'][()], requires_grad=True)
+opt = )" + py_ctor + R"(
+for s in range(f['gw'].shape[0]):
+    for g in opt.param_groups: g['lr'] = float(f['lr'][s])
+    opt.zero_grad(set_to_none=True)
+    w.grad = torch.tensor(f['gw'][s])
+    if s != 2: b.grad = torch.tensor(f['gb'][s])
+    opt.step()
+o = h5py.File(sys.argv[2], 'w')
+o['w'] = w.detach().numpy(); o['b'] = b.detach().numpy()
+)";
+  write_file_atomically(dir / "opt.py", script);
+  const auto r = test::run_process(test::python() + " " + (dir / "opt.py") + " " + (dir / "in.h5") +
+                                   " " + (dir / "out.h5"));
+  EXPECT_EQ(r.status, 0) << r.output;
+  if (r.status != 0) return 1e9;
+  auto f = h5::File::open(dir / "out.h5");
+  const auto pw = h5::read_tensor(f.id(), "w", f.path());
+  const auto pb = h5::read_tensor(f.id(), "b", f.path());
+  return std::max((pw - w.detach()).abs().max().item<double>(),
+                  (pb - b.detach()).abs().max().item<double>());
+}
+
+TEST(Optimizer, SgdNesterovWithWeightDecayMatchesTorchOptim) {
+  OptimizerOptions o;
+  o.kind = "sgd";
+  o.momentum = 0.9;
+  o.nesterov = true;
+  o.weight_decay = 1e-2;
+  EXPECT_LT(
+      max_difference_to_pytorch(o,
+                                "torch.optim.SGD([w, b], lr=0.1, momentum=0.9, nesterov=True, "
+                                "weight_decay=1e-2)"),
+      1e-12);
+}
+
+TEST(Optimizer, SgdPlainMomentumMatchesTorchOptim) {
+  OptimizerOptions o;
+  o.kind = "sgd";
+  o.momentum = 0.8;
+  o.dampening = 0.1;
+  EXPECT_LT(
+      max_difference_to_pytorch(o, "torch.optim.SGD([w, b], lr=0.1, momentum=0.8, dampening=0.1)"),
+      1e-12);
+}
+
+TEST(Optimizer, AdamWMatchesTorchOptim) {
+  OptimizerOptions o;
+  o.kind = "adamw";
+  o.weight_decay = 0.05;
+  o.beta1 = 0.85;
+  o.beta2 = 0.99;
+  o.eps = 1e-6;
+  EXPECT_LT(max_difference_to_pytorch(o,
+                                      "torch.optim.AdamW([w, b], lr=0.1, betas=(0.85, 0.99), "
+                                      "eps=1e-6, weight_decay=0.05)"),
+            1e-12);
+}
+
+TEST(Optimizer, AdamWithL2MatchesTorchOptim) {
+  OptimizerOptions o;
+  o.kind = "adam";
+  o.weight_decay = 1e-3;
+  o.beta2 = 0.98;
+  o.eps = 1e-9;
+  EXPECT_LT(max_difference_to_pytorch(o,
+                                      "torch.optim.Adam([w, b], lr=0.1, betas=(0.9, 0.98), "
+                                      "eps=1e-9, weight_decay=1e-3)"),
+            1e-12);
+}
+
+TEST(Optimizer, StateRoundTripsAndRefusesAnotherModel) {
+  auto w = torch::randn({4}, torch::kFloat64).requires_grad_(true);
+  OptimizerOptions o;
+  o.kind = "adamw";
+  Optimizer a({{"w", w}}, o);
+  w.mutable_grad() = torch::ones({4}, torch::kFloat64);
+  a.step(0.1);
+  auto w2 = w.detach().clone().requires_grad_(true);
+  Optimizer b({{"w", w2}}, o);
+  b.load_state(a.state());
+  const auto g = torch::randn({4}, torch::kFloat64);
+  w.mutable_grad() = g.clone();
+  w2.mutable_grad() = g.clone();
+  a.step(0.1);
+  b.step(0.1);
+  EXPECT_TRUE(torch::equal(w.detach(), w2.detach()));
+  auto other = torch::randn({5}, torch::kFloat64).requires_grad_(true);
+  Optimizer c({{"w", other}}, o);
+  EXPECT_NE(test::error_of([&] { c.load_state(a.state()); }).find("shape"), std::string::npos);
+  Optimizer d({{"v", other}}, o);
+  EXPECT_NE(test::error_of([&] { d.load_state(a.state()); }).find("'v'"), std::string::npos);
+}
+
+TEST(WeightEma, FollowsItsUpdateFormulaAndSwaps) {
+  torch::nn::Linear lin(2, 1);
+  torch::NoGradGuard no_grad;
+  lin->weight.fill_(1.0);
+  lin->bias.fill_(0.0);
+  WeightEma ema(*lin, 0.9);
+  // ema_k = 0.9 ema_{k-1} + 0.1 value_k with values 2, 3 from an average of 1.
+  lin->weight.fill_(2.0);
+  ema.update();
+  lin->weight.fill_(3.0);
+  ema.update();
+  const double expected = 0.9 * (0.9 * 1 + 0.1 * 2) + 0.1 * 3;
+  EXPECT_NEAR(ema.state().at("weight")[0][0].item<double>(), expected, 1e-6);
+  ema.swap();
+  EXPECT_NEAR(lin->weight[0][1].item<double>(), expected, 1e-6);
+  ema.swap();
+  EXPECT_DOUBLE_EQ(lin->weight[0][1].item<double>(), 3.0);
+}
+
+// A tiny model: y = x·w (one weight vector), squared error.
+struct Tiny : torch::nn::Module {
+  Tiny() { w = register_parameter("w", torch::zeros({3}, torch::kFloat64)); }
+  torch::Tensor w;
+};
+
+TEST(TrainingLoop, ClippingScalesTheGradientToTheNorm) {
+  Tiny model;
+  TrainingOptions o;
+  o.optimizer.kind = "sgd";
+  o.optimizer.momentum = 0;
+  o.clip_norm = 1.0;
+  TrainingLoop loop(model, o);
+  model.w.mutable_grad() = torch::tensor({3.0, 4.0, 0.0}, torch::kFloat64);  // norm 5
+  const double norm = loop.apply_step(0.5);
+  EXPECT_NEAR(norm, 5.0, 1e-12);
+  // p = 0 - 0.5 · g · (1 / 5)   (torch's clip multiplies by max_norm / (norm + 1e-6))
+  const double scale = 1.0 / (5.0 + 1e-6);
+  EXPECT_NEAR(model.w[0].item<double>(), -0.5 * 3 * scale, 1e-12);
+  EXPECT_NEAR(model.w[1].item<double>(), -0.5 * 4 * scale, 1e-12);
+}
+
+// Hooks fitting w to y = x·[1, -2, 0.5] on 8 fixed points, 2 batches per epoch.
+struct Regression {
+  torch::Tensor x = torch::tensor({1.0,  0.0, 0.0, 0.0, 1.0, 0.0,  0.0, 0.0, 1.0, 1.0, 1.0,  1.0,
+                                   -1.0, 2.0, 0.0, 0.5, 0.5, -1.0, 2.0, 0.0, 1.0, 0.0, -1.0, 3.0},
+                                  torch::kFloat64)
+                        .reshape({8, 3});
+  torch::Tensor y = torch::mv(x, torch::tensor({1.0, -2.0, 0.5}, torch::kFloat64));
+  TrainingHooks hooks(Tiny& model) {
+    TrainingHooks h;
+    h.start_epoch = [](int64_t) { return int64_t{2}; };
+    h.train_batch = [this, &model](int64_t, int64_t b) -> std::optional<BatchLoss> {
+      auto xb = x.slice(0, b * 4, b * 4 + 4), yb = y.slice(0, b * 4, b * 4 + 4);
+      // Dropout-like noise from the torch RNG, so that the per-epoch seeding matters.
+      auto noise = 1e-3 * torch::randn({4}, torch::kFloat64);
+      auto loss = (torch::mv(xb, model.w) - yb + noise).pow(2).mean();
+      loss.backward();
+      return BatchLoss{loss.item<double>() * 4, 4};
+    };
+    return h;
+  }
+};
+
+TEST(TrainingLoop, ConvergesOnATinyRegression) {
+  Tiny model;
+  Regression task;
+  TrainingOptions o;
+  o.epochs = 400;
+  o.optimizer.kind = "sgd";
+  o.optimizer.momentum = 0.9;
+  o.optimizer.nesterov = true;
+  o.schedule.base_lr = 0.05;
+  auto result = TrainingLoop(model, o).run(task.hooks(model));
+  EXPECT_EQ(result.steps, 800);
+  EXPECT_LT(result.final_loss, 1e-3);
+  EXPECT_NEAR(model.w[0].item<double>(), 1.0, 0.05);
+  EXPECT_NEAR(model.w[1].item<double>(), -2.0, 0.05);
+  EXPECT_NEAR(model.w[2].item<double>(), 0.5, 0.05);
+}
+
+TEST(TrainingLoop, ResumedAfterAnEpochEqualsAnUninterruptedRun) {
+  Regression task;
+  TrainingOptions o;
+  o.epochs = 6;
+  o.optimizer.kind = "adamw";
+  o.optimizer.weight_decay = 0.01;
+  o.schedule.kind = "cosine";
+  o.schedule.base_lr = 0.1;
+  o.schedule.warmup_steps = 3;
+  o.ema_decay = 0.9;
+  o.seed = 11;
+  Tiny whole;
+  TrainingLoop full(whole, o);
+  full.run(task.hooks(whole));
+
+  Tiny part;
+  auto first = o;
+  nlohmann::json state;
+  std::map<std::string, torch::Tensor> tensors;
+  {
+    TrainingLoop loop(part, o);
+    auto hooks = task.hooks(part);
+    hooks.end_epoch = [&](const EpochSummary& s, double, bool) {
+      if (s.epoch == 4) {
+        state = loop.state_json();
+        tensors.clear();
+        for (auto& [k, v] : loop.state_tensors())
+          tensors[k] = v.clone();
+      }
+    };
+    first.epochs = 6;
+    loop.run(hooks);
+  }
+  // A fresh process would load the weights of epoch 4 from last.h5; take them from a rerun.
+  Tiny resumed;
+  {
+    auto four = o;
+    four.epochs = 4;
+    TrainingLoop loop(resumed, four);
+    loop.run(task.hooks(resumed));
+  }
+  TrainingLoop loop(resumed, o);
+  loop.restore(state, tensors);
+  EXPECT_EQ(loop.epochs_completed(), 4);
+  const auto r = loop.run(task.hooks(resumed));
+  EXPECT_EQ(r.steps, 12);
+  EXPECT_TRUE(torch::equal(resumed.w, whole.w)) << resumed.w << whole.w;
+  EXPECT_TRUE(torch::equal(loop.ema()->state().at("w"), full.ema()->state().at("w")));
+}
+
+TEST(TrainingLoop, EarlyStoppingAfterPatienceEpochsWithoutImprovement) {
+  Tiny model;
+  Regression task;
+  TrainingOptions o;
+  o.epochs = 50;
+  o.patience = 3;
+  o.optimizer.kind = "sgd";
+  o.schedule.base_lr = 0.01;
+  auto hooks = task.hooks(model);
+  const std::vector<double> auc = {0.6, 0.7, 0.65, 0.7, 0.69, 0.71, 0.5};
+  std::vector<int64_t> best_epochs;
+  hooks.evaluate = [&](const EpochSummary& s) {
+    return auc[static_cast<std::size_t>(s.epoch - 1)];
+  };
+  hooks.end_epoch = [&](const EpochSummary& s, double, bool is_best) {
+    if (is_best) best_epochs.push_back(s.epoch);
+  };
+  const auto r = TrainingLoop(model, o).run(hooks);
+  // Best at 1, 2; epochs 3, 4, 5 do not beat 0.7 (a tie is no improvement): stop after 5.
+  EXPECT_TRUE(r.stopped_early);
+  EXPECT_EQ(r.epochs_completed, 5);
+  EXPECT_EQ(best_epochs, (std::vector<int64_t>{1, 2}));
+  EXPECT_DOUBLE_EQ(r.best, 0.7);
+  EXPECT_EQ(r.best_epoch, 2);
+}
+
+TEST(TrainingLoop, TimeBudgetStopsAfterTheFirstBatchAndHookRunsBeforeTheStep) {
+  Tiny model;
+  Regression task;
+  TrainingOptions o;
+  o.epochs = 5;
+  o.time_budget_s = 1e-12;
+  o.budget_clock = "cpu";
+  o.optimizer.kind = "sgd";
+  o.optimizer.momentum = 0;
+  auto hooks = task.hooks(model);
+  int calls = 0;
+  // The all-reduce hook sees the gradients before the step: zeroing them leaves w unchanged.
+  hooks.after_backward = [&] {
+    ++calls;
+    model.w.mutable_grad().zero_();
+  };
+  const auto r = TrainingLoop(model, o).run(hooks);
+  EXPECT_TRUE(r.stopped_by_budget);
+  EXPECT_EQ(r.steps, 1);
+  EXPECT_EQ(r.epochs_completed, 0);
+  EXPECT_EQ(calls, 1);
+  EXPECT_TRUE(torch::equal(model.w, torch::zeros({3}, torch::kFloat64)));
+}
+
+TEST(TrainingLoop, LinearDecayReachesZeroAtTheEnd) {
+  Tiny model;
+  Regression task;
+  TrainingOptions o;
+  o.epochs = 2;
+  o.decay = "linear";
+  o.schedule.base_lr = 0.4;
+  o.optimizer.kind = "sgd";
+  std::vector<double> lrs;
+  auto hooks = task.hooks(model);
+  hooks.on_progress = [&](const TrainingProgress& p) { lrs.push_back(p.learning_rate); };
+  o.progress_every = 1;
+  TrainingLoop(model, o).run(hooks);
+  ASSERT_EQ(lrs.size(), 4u);
+  for (std::size_t i = 0; i < 4; ++i)
+    EXPECT_NEAR(lrs[i], 0.4 * (1 - static_cast<double>(i) / 4), 1e-15) << i;
+}
+
+}  // namespace
+}  // namespace attnscope::pipeline

@@ -1,0 +1,454 @@
+// attnscope train: train an image classifier on labelled images (ISIC ground truth + images,
+// a generic CSV, class folders, a synthetic folder, or an HDF5 image cache) into a run folder.
+// The loop, checkpoints and metrics are pipeline/vision/train.h's; this file reads the data,
+// splits it, checks the images and prints progress.
+
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "attnscope/atomic_file.h"
+#include "attnscope/error.h"
+#include "attnscope/version.h"
+#include "cli.h"
+#include "dataset_flags.h"
+#include "datasets/splits.h"
+#include "pipeline/checkpoint.h"
+#include "pipeline/vision/image_cache.h"
+#include "pipeline/vision/train.h"
+#include "runtime/runtime.h"
+
+namespace attnscope::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+const char* const kUsage = "train --data SPEC --model PRESET --out RUN [options] | --resume RUN";
+
+bool is_cache(const std::string& spec) {
+  return fs::path(spec).extension() == ".h5";
+}
+
+datasets::Dataset dataset_of(const datasets::SampleSource& source) {
+  datasets::Dataset ds;
+  ds.class_names = source.class_names();
+  for (std::size_t i = 0; i < source.size(); ++i)
+    ds.samples.push_back(source.sample(i));
+  return ds;
+}
+
+// FNV-1a 64 over what identifies the data: ids, labels, groups, paths and file sizes.
+std::string data_checksum(const datasets::SampleSource& train, const datasets::SampleSource& val) {
+  uint64_t h = 1469598103934665603ULL;
+  auto add = [&](const std::string& s) {
+    for (unsigned char c : s) {
+      h ^= c;
+      h *= 1099511628211ULL;
+    }
+    h ^= 0xff;
+    h *= 1099511628211ULL;
+  };
+  for (const auto* source : {&train, &val}) {
+    add("|");
+    for (std::size_t i = 0; i < source->size(); ++i) {
+      const auto& s = source->sample(i);
+      add(s.image_id);
+      add(std::to_string(s.label));
+      add(s.group.value_or(""));
+      std::error_code ec;
+      const auto size = s.path.empty() ? 0 : fs::file_size(s.path, ec);
+      add(std::to_string(ec ? 0 : size));
+    }
+  }
+  char text[32];
+  std::snprintf(text, sizeof(text), "fnv1a64:%016llx", static_cast<unsigned long long>(h));
+  return text;
+}
+
+struct BadImage {
+  std::string id, path, message;
+};
+
+// Decodes every image once (with `workers` threads) and returns the ones that fail.
+std::vector<BadImage> find_bad_images(const datasets::SampleSource& source, int workers) {
+  std::vector<BadImage> bad;
+  std::mutex mutex;
+  std::atomic<std::size_t> next{0};
+  auto work = [&] {
+    for (std::size_t i = next++; i < source.size(); i = next++) {
+      try {
+        source.load(i);
+      } catch (const std::exception& e) {
+        std::lock_guard<std::mutex> lock(mutex);
+        bad.push_back({source.sample(i).image_id, source.sample(i).path, e.what()});
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int t = 0; t < std::max(workers, 1); ++t)
+    threads.emplace_back(work);
+  for (auto& t : threads)
+    t.join();
+  std::sort(bad.begin(), bad.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
+  return bad;
+}
+
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string out = "\"";
+  for (char c : s)
+    out += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return out + "\"";
+}
+
+std::vector<double> parse_doubles(const std::string& text, const std::string& flag,
+                                  const std::string& usage) {
+  std::vector<double> out;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    try {
+      std::size_t used = 0;
+      out.push_back(std::stod(item, &used));
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      throw UsageError(flag + " expects comma-separated numbers, got '" + text + "'", usage);
+    }
+  }
+  return out;
+}
+
+int run_train(const std::vector<std::string>& given_args, const GlobalOptions& global) {
+  // --resume RUN alone: the stored command line of the run, continued from RUN/last.h5.
+  std::vector<std::string> args = given_args;
+  std::string resume_dir;
+  if (args.size() == 2 && (args[0] == "--resume")) {
+    resume_dir = args[1];
+    const auto last = (fs::path(resume_dir) / "last.h5").string();
+    check(fs::is_directory(resume_dir), resume_dir, "is not a folder");
+    check(fs::exists(last), resume_dir,
+          "has no last.h5: not a run folder of `attnscope train` (or no epoch completed yet)");
+    const auto meta = pipeline::read_checkpoint_meta(last);
+    check(meta.extra.value("command", std::string()) == "train" &&
+              meta.provenance.contains("args") && meta.provenance["args"].is_array(),
+          last, "is not the checkpoint of an `attnscope train` run (no stored command line)");
+    args = meta.provenance["args"].get<std::vector<std::string>>();
+  }
+  po::options_description desc("Options");
+  DatasetFlags data;
+  data.add_to(desc);
+  std::string model_name, out, val_spec, optimizer, schedule, loss, sampler, augment, mask_loss,
+      init, init_backbone, device, select_by, resume_flag;
+  std::vector<std::string> oversample;
+  int64_t size = 0, batch_size = 0, epochs = 0, step_every = 0, patience = 0, progress_every = 0;
+  double val_split = 0, lr = 0, momentum = 0, weight_decay = 0, warmup_epochs = 0, step_gamma = 0,
+         focal_gamma = 0, label_smoothing = 0, ema = 0, time_budget = 0;
+  uint64_t seed = 0;
+  int workers = 2, threads = 0;
+  bool nesterov = false, skip_bad = false, cache = false, quiet = false, cpu_budget = false;
+  // clang-format off
+  desc.add_options()
+      ("model", po::value(&model_name)->required(), "preset (attn_small, attn_resnet18, attn_vgg16, resnet18, small_cnn, vit_mini_patch8, ...)")
+      ("out", po::value(&out)->required(), "run folder (created): metrics.jsonl, last.h5, best.h5")
+      ("val", po::value(&val_spec)->default_value(""), "validation data (same forms as --data); default: split off --data")
+      ("val-split", po::value(&val_split)->default_value(0.2, "0.2"), "share of --data for validation, grouped by lesion/patient when known, stratified")
+      ("size", po::value(&size)->default_value(224), "image side (short-side resize + centre crop) when no --augment config")
+      ("batch-size", po::value(&batch_size)->default_value(32), "images per batch")
+      ("epochs", po::value(&epochs)->default_value(30), "epochs")
+      ("optimizer", po::value(&optimizer)->default_value("sgd"), "sgd | adamw")
+      ("lr", po::value(&lr)->default_value(0.01, "0.01"), "learning rate (peak, after warmup)")
+      ("momentum", po::value(&momentum)->default_value(0.9, "0.9"), "SGD momentum")
+      ("nesterov", po::bool_switch(&nesterov), "SGD with Nesterov momentum")
+      ("weight-decay", po::value(&weight_decay)->default_value(1e-4, "1e-4"), "L2 (sgd) / decoupled (adamw) weight decay")
+      ("schedule", po::value(&schedule)->default_value("cosine"), "cosine | step | constant")
+      ("warmup-epochs", po::value(&warmup_epochs)->default_value(0.0, "0"), "linear warmup (may be fractional)")
+      ("step-every", po::value(&step_every)->default_value(10), "step schedule: epochs between rate cuts")
+      ("step-gamma", po::value(&step_gamma)->default_value(0.1, "0.1"), "step schedule: factor per cut")
+      ("loss", po::value(&loss)->default_value("ce"), "ce | weighted-ce | focal")
+      ("focal-gamma", po::value(&focal_gamma)->default_value(2.0, "2"), "focal loss gamma")
+      ("label-smoothing", po::value(&label_smoothing)->default_value(0.0, "0"), "label smoothing in [0, 1)")
+      ("sampler", po::value(&sampler)->default_value("shuffle"), "shuffle | balanced (classes equally likely)")
+      ("oversample", po::value(&oversample)->composing(), "CLASS=K: repeat that class's images K times per epoch (repeatable)")
+      ("ema", po::value(&ema)->default_value(0.0, "0"), "EMA decay of the weights (e.g. 0.999); validation and best.h5 use the EMA weights; 0 = off")
+      ("augment", po::value(&augment)->default_value(""), "preprocessing config (JSON) with its augmentations; default: --size resize, flips and 90-degree rotations")
+      ("mask-loss", po::value(&mask_loss)->default_value(""), "W1,W2: Dice loss weight per attention map when the data has masks")
+      ("init", po::value(&init)->default_value(""), "start from this checkpoint (strict)")
+      ("init-backbone", po::value(&init_backbone)->default_value(""), "load everything but the head from this checkpoint")
+      ("seed", po::value(&seed)->default_value(0), "random seed (split, order, augmentation, initialisation)")
+      ("threads", po::value(&threads)->default_value(0), "LibTorch threads; 0 = the global --threads")
+      ("workers", po::value(&workers)->default_value(2), "loader threads (decoding and augmentation)")
+      ("device", po::value(&device)->default_value("cpu"), "cpu | cuda")
+      ("time-budget", po::value(&time_budget)->default_value(0.0, "0"), "stop after this many minutes; 0 = none")
+      ("cpu-budget", po::bool_switch(&cpu_budget), "count --time-budget in process CPU time instead of wall time")
+      ("patience", po::value(&patience)->default_value(0), "stop after N epochs without improvement of --select-by; 0 = off")
+      ("skip-bad", po::bool_switch(&skip_bad), "leave out unreadable images (listed in RUN/skipped.csv) instead of stopping")
+      ("cache", po::bool_switch(&cache), "decode and preprocess once into RUN/cache-{train,val}.h5 and train from it")
+      ("select-by", po::value(&select_by)->default_value("auc"), "auc | loss | accuracy | balanced_accuracy: picks best.h5")
+      ("resume", po::value(&resume_flag)->default_value(""), "continue RUN from RUN/last.h5 (give it alone: the stored options are used)")
+      ("progress-every", po::value(&progress_every)->default_value(10), "batches between plain progress lines (not on a terminal)")
+      ("quiet", po::bool_switch(&quiet), "no progress output");
+  // clang-format on
+  po::variables_map vm;
+  if (!parse(kUsage, desc, args, vm)) return 0;
+  const auto usage = usage_text(kUsage, desc);
+  const auto fail = [&](const std::string& m) { throw UsageError(m, usage); };
+  if (!resume_flag.empty()) fail("--resume RUN takes no other options (the run's are used)");
+  if (!resume_dir.empty()) out = resume_dir;
+  if (size < 16) fail("--size must be >= 16");
+  if (batch_size < 1 || epochs < 1) fail("--batch-size and --epochs must be >= 1");
+  if (val_spec.empty() && !(val_split > 0 && val_split < 1)) fail("--val-split must be in (0, 1)");
+  if (optimizer != "sgd" && optimizer != "adamw") fail("--optimizer must be sgd or adamw");
+  if (lr <= 0) fail("--lr must be > 0");
+  if (workers < 0) fail("--workers must be >= 0");
+  if (threads < 0) fail("--threads must be >= 0");
+  if (ema != 0 && !(ema > 0 && ema < 1)) fail("--ema must be in (0, 1)");
+  if (time_budget < 0) fail("--time-budget must be >= 0");
+  std::map<std::string, int64_t> oversample_map;
+  for (const auto& item : oversample) {
+    const auto eq = item.find('=');
+    if (eq == std::string::npos || eq == 0)
+      fail("--oversample expects CLASS=K, got '" + item + "'");
+    try {
+      oversample_map[item.substr(0, eq)] = std::stoll(item.substr(eq + 1));
+    } catch (const std::exception&) {
+      fail("--oversample expects CLASS=K with a whole K, got '" + item + "'");
+    }
+  }
+  if (threads > 0) runtime::set_threads(threads);
+
+  // The run folder: checked before any work.
+  std::error_code ec;
+  fs::create_directories(out, ec);
+  check(fs::is_directory(out), out, "cannot create the run folder",
+        ec ? concat(" (", ec.message(), ")") : std::string());
+  check(::access(out.c_str(), W_OK) == 0, out, "run folder is not writable");
+  const bool resume = !resume_dir.empty();
+  if (!resume && fs::exists(fs::path(out) / "last.h5"))
+    throw Error(out, "already holds a run (last.h5); continue it with --resume " + out +
+                         " or choose another --out");
+
+  // Temporary files of a killed run (AtomicFile's ".<name>.<pid>-<n>.tmp...") are garbage.
+  for (const auto& entry : fs::directory_iterator(out)) {
+    const auto name = entry.path().filename().string();
+    if (name.size() > 1 && name[0] == '.' && name.find(".tmp") != std::string::npos)
+      fs::remove(entry.path(), ec);
+  }
+
+  // Preprocessing.
+  preprocessing::Pipeline pipeline;
+  if (augment.empty()) {
+    pipeline = preprocessing::Pipeline::from_json(
+        {{"steps", {{{"op", "resize"}, {"size", size}}}},
+         {"augment", {{"hflip", 0.5}, {"vflip", 0.5}, {"rot90", 0.5}}}});
+  } else {
+    pipeline = preprocessing::Pipeline::from_file(augment);
+  }
+
+  // Data.
+  auto open_spec = [&](const std::string& spec, const std::string& images)
+      -> std::pair<std::shared_ptr<const datasets::SampleSource>, datasets::Dataset> {
+    if (is_cache(spec)) {
+      auto source = std::make_shared<pipeline::ImageCacheSource>(spec);
+      return {source, dataset_of(*source)};
+    }
+    DatasetFlags flags = data;
+    flags.data = spec;
+    flags.images = images;
+    auto ds = flags.read(usage);
+    for (const auto& id : ds.skipped)
+      std::cerr << "warning: " << id << ": image not found, skipped\n";
+    return {std::make_shared<datasets::ImageFileSource>(ds, pipeline.decode_options()), ds};
+  };
+  auto [all_source, all] = open_spec(data.data, data.images);
+  check(!all.samples.empty(), data.data, "holds no images: the dataset is empty");
+  std::shared_ptr<const datasets::SampleSource> train_source, val_source;
+  if (!val_spec.empty()) {
+    train_source = all_source;
+    val_source = open_spec(val_spec, "").first;
+  } else {
+    datasets::SplitOptions split;
+    split.val = val_split;
+    split.test = 0;
+    split.seed = seed;
+    const auto splits = datasets::split_dataset(all, split);
+    std::vector<std::size_t> train_idx, val_idx;
+    for (std::size_t i = 0; i < splits.size(); ++i)
+      (splits[i] == datasets::Split::kVal ? val_idx : train_idx).push_back(i);
+    std::vector<int64_t> train_counts(all.class_names.size(), 0),
+        val_counts(all.class_names.size(), 0);
+    for (auto i : train_idx)
+      if (all.samples[i].labelled())
+        ++train_counts.at(static_cast<std::size_t>(all.samples[i].label));
+    for (auto i : val_idx)
+      if (all.samples[i].labelled())
+        ++val_counts.at(static_cast<std::size_t>(all.samples[i].label));
+    for (std::size_t c = 0; c < all.class_names.size(); ++c)
+      check(train_counts[c] == 0 || val_counts[c] > 0, data.data, "--val-split ", val_split,
+            " leaves class '", all.class_names[c], "' (", train_counts[c],
+            " training images) out of the validation set; use a larger --val-split or --val");
+    train_source = std::make_shared<pipeline::IndexedSource>(all_source, train_idx);
+    val_source = std::make_shared<pipeline::IndexedSource>(all_source, val_idx);
+  }
+
+  // Unreadable images: all listed before the first step; --skip-bad leaves them out.
+  std::vector<BadImage> skipped;
+  auto drop_bad = [&](std::shared_ptr<const datasets::SampleSource>& source,
+                      const std::string& which) {
+    if (source->preprocessed() || source->size() == 0) return;
+    if (!source->size() || source->sample(0).path.empty()) return;  // synthetic: no files
+    const auto bad = find_bad_images(*source, std::max(workers, 1));
+    if (bad.empty()) return;
+    if (!skip_bad) {
+      std::ostringstream msg;
+      msg << bad.size() << " unreadable image" << (bad.size() == 1 ? "" : "s") << " in the "
+          << which << " set (use --skip-bad to leave them out):";
+      for (const auto& b : bad)
+        msg << "\n  " << b.path << ": " << b.message;
+      throw Error(data.data, msg.str());
+    }
+    std::set<std::string> bad_ids;
+    for (const auto& b : bad) {
+      bad_ids.insert(b.id);
+      skipped.push_back(b);
+    }
+    std::vector<std::size_t> keep;
+    for (std::size_t i = 0; i < source->size(); ++i)
+      if (!bad_ids.count(source->sample(i).image_id)) keep.push_back(i);
+    source = std::make_shared<pipeline::IndexedSource>(source, keep);
+    std::cerr << "warning: skipped " << bad.size() << " unreadable " << which
+              << " image(s), listed in " << (fs::path(out) / "skipped.csv").string() << "\n";
+  };
+  if (!cache) {
+    drop_bad(train_source, "training");
+    drop_bad(val_source, "validation");
+  } else {
+    auto cached = [&](std::shared_ptr<const datasets::SampleSource>& source,
+                      const std::string& name) {
+      if (source->preprocessed()) return;
+      const auto path = (fs::path(out) / ("cache-" + name + ".h5")).string();
+      if (!fs::exists(path)) {
+        AtomicFile file(path);
+        const auto report =
+            pipeline::write_image_cache(file.temp_path(), *source, pipeline, std::max(workers, 1));
+        if (!report.failures.empty() && !skip_bad) {
+          std::ostringstream msg;
+          msg << report.failures.size() << " unreadable image(s) in the " << name
+              << " set (use --skip-bad to leave them out):";
+          for (const auto& f : report.failures)
+            msg << "\n  " << f.path << ": " << f.message;
+          throw Error(data.data, msg.str());
+        }
+        for (const auto& f : report.failures)
+          skipped.push_back({f.image_id, f.path, f.message});
+        file.commit();
+      }
+      source = std::make_shared<pipeline::ImageCacheSource>(path);
+    };
+    cached(train_source, "train");
+    cached(val_source, "val");
+  }
+  if (!skipped.empty()) {
+    std::string csv = "image_id,path,reason\n";
+    for (const auto& b : skipped)
+      csv += csv_field(b.id) + "," + csv_field(b.path) + "," + csv_field(b.message) + "\n";
+    write_file_atomically((fs::path(out) / "skipped.csv").string(), csv);
+  }
+
+  pipeline::ImageTrainOptions o;
+  o.model.arch = model_name;
+  o.model.image_size = size;
+  o.pipeline = pipeline;
+  o.batch_size = batch_size;
+  o.epochs = epochs;
+  o.optimizer.kind = optimizer;
+  o.optimizer.momentum = optimizer == "sgd" ? momentum : 0.9;
+  o.optimizer.nesterov = nesterov;
+  o.optimizer.weight_decay = weight_decay;
+  o.learning_rate = lr;
+  o.schedule = schedule;
+  o.warmup_epochs = warmup_epochs;
+  o.step_every = step_every;
+  o.step_gamma = step_gamma;
+  o.loss = loss;
+  o.focal_gamma = focal_gamma;
+  o.label_smoothing = label_smoothing;
+  o.sampler = sampler;
+  o.oversample = oversample_map;
+  o.ema_decay = ema;
+  if (!mask_loss.empty()) o.mask_loss = parse_doubles(mask_loss, "--mask-loss", usage);
+  o.init = init;
+  o.init_backbone = init_backbone;
+  o.seed = seed;
+  o.device = device;
+  o.time_budget_s = time_budget * 60;
+  o.budget_clock = cpu_budget ? "cpu" : "wall";
+  o.patience = patience;
+  o.select_by = select_by;
+  o.workers = workers;
+  o.out_dir = out;
+  o.resume = resume;
+  o.progress_every = progress_every;
+  std::string command_line = "attnscope train";
+  for (const auto& a : args)
+    command_line += " " + a;
+  o.provenance["command_line"] = command_line;
+  o.provenance["args"] = args;
+  o.provenance["data"] = data.data;
+  o.provenance["val"] = val_spec;
+  o.provenance["data_checksum"] = data_checksum(*train_source, *val_source);
+  o.provenance["train_images"] = train_source->size();
+  o.provenance["val_images"] = val_source->size();
+  o.provenance["torch_threads"] = runtime::threads();
+  (void)global;
+
+  const bool tty = isatty(STDERR_FILENO) != 0;
+  if (!quiet) {
+    o.on_progress = [&](const pipeline::TrainingProgress& p) {
+      const auto line = pipeline::format_training_progress(p, "img");
+      if (tty) {
+        std::cerr << "\r" << line << (p.batch == p.batches ? "\n" : "") << std::flush;
+      } else {
+        std::cerr << line << "\n";
+      }
+    };
+  }
+  o.on_epoch = [&](const nlohmann::json& r, const nlohmann::json& t) {
+    std::printf(
+        "epoch %lld: train loss %.4f, val loss %.4f, val AUC %.4f, %.1f images/s, %.1fs%s\n",
+        static_cast<long long>(r["epoch"].get<int64_t>()), r["train_loss"].get<double>(),
+        r["val_loss"].get<double>(),
+        r["val_auc"].is_number() ? r["val_auc"].get<double>() : std::nan(""),
+        t["images_per_s"].get<double>(), t["wall_s"].get<double>(),
+        r["best"].get<bool>() ? " (best)" : "");
+    std::fflush(stdout);
+  };
+  if (!quiet)
+    std::cerr << (resume ? "resuming " : "training ") << model_name << " on "
+              << train_source->size() << " images, validating on " << val_source->size() << " ("
+              << runtime::threads() << " threads)\n";
+  const auto result = pipeline::train_image_classifier(train_source, val_source, o);
+  if (result.stopped_by_budget && !quiet) std::cerr << "stopped by the time budget\n";
+  if (result.stopped_early && !quiet)
+    std::cerr << "stopped early: no improvement for " << patience << " epochs\n";
+  std::printf("best epoch %lld: val %s %.4f, temperature %.3f; %s\n",
+              static_cast<long long>(result.best_epoch), select_by.c_str(), result.best,
+              result.temperature, (fs::path(out) / "best.h5").string().c_str());
+  return 0;
+}
+
+const Registration kTrain("train", "train an image classifier (ISIC, CSV, folders, cache)",
+                          run_train);
+
+}  // namespace
+}  // namespace attnscope::cli
