@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -201,17 +202,92 @@ TEST(Distributed, UnknownGlooInterfaceIsAClearError) {
   EXPECT_NE(r.output.find("GLOO_SOCKET_IFNAME='nosuchif0'"), std::string::npos) << r.output;
 }
 
-TEST(Distributed, LaunchesUnderTorchrun) {
+// 40 synthetic 48 px images, made once per test binary run.
+const std::string& synth_labels() {
+  static test::TempDir dir;
+  static const std::string labels = [] {
+    const auto r = test::run_process(
+        concat(ATTNSCOPE_EXE, " synth --out ", dir / "synth", " --count 40 --size 48 --seed 3"));
+    EXPECT_EQ(r.status, 0) << r.output;
+    return dir / "synth/labels.csv";
+  }();
+  return labels;
+}
+
+std::string train_flags(const std::string& run) {
+  return concat("--data ", synth_labels(),
+                " --model attn_small --size 32 --batch-size 8 --epochs 2 --lr 0.02 --workers 1 "
+                "--seed 5 --dist-timeout 120 --out ",
+                run);
+}
+
+std::string train_rank(int rank, int world, int port, const std::string& flags) {
+  return concat(kClean, " RANK=", rank, " WORLD_SIZE=", world, " LOCAL_RANK=", rank,
+                " MASTER_ADDR=127.0.0.1 MASTER_PORT=", port, " GLOO_SOCKET_IFNAME=lo ",
+                ATTNSCOPE_EXE, " --threads 1 train ", flags);
+}
+
+int count_lines(const std::string& text) {
+  return static_cast<int>(std::count(text.begin(), text.end(), '\n'));
+}
+
+TEST(Distributed, TrainTwoRanksWriteOneRunFolderAndResumeOnlyWithTwo) {
+  test::TempDir dir;
+  const std::string run = dir / "run";
+  const int port = free_port();
+  const auto r = run_two(dir, train_rank(0, 2, port, train_flags(run)),
+                         train_rank(1, 2, port, train_flags(run)));
+  const std::string log0 = read_text(dir / "r0.log"), log1 = read_text(dir / "r1.log");
+  ASSERT_NE(r.output.find("status 0 0"), std::string::npos) << r.output << log0 << log1;
+  // Rank 0 alone writes the run folder and prints the epochs.
+  EXPECT_EQ(count_lines(read_text(run + "/metrics.jsonl")), 2);
+  EXPECT_TRUE(std::filesystem::exists(run + "/last.h5"));
+  EXPECT_TRUE(std::filesystem::exists(run + "/best.h5"));
+  EXPECT_NE(log0.find("epoch 2:"), std::string::npos) << log0;
+  EXPECT_NE(log0.find("2 ranks"), std::string::npos) << log0;
+  EXPECT_EQ(log1.find("epoch 1:"), std::string::npos) << log1;
+  // The world size is part of the run: one process may not continue it.
+  const auto one =
+      test::run_process(concat(kClean, " ", ATTNSCOPE_EXE, " --threads 1 train --resume ", run));
+  EXPECT_EQ(one.status, 1) << one.output;
+  EXPECT_NE(one.output.find("was trained with 2 rank(s)"), std::string::npos) << one.output;
+  // Two ranks may (nothing is left to train: both end at once).
+  const int port2 = free_port();
+  const auto again = run_two(dir, train_rank(0, 2, port2, "--resume " + run),
+                             train_rank(1, 2, port2, "--resume " + run));
+  EXPECT_NE(again.output.find("status 0 0"), std::string::npos)
+      << again.output << read_text(dir / "r0.log") << read_text(dir / "r1.log");
+  EXPECT_EQ(count_lines(read_text(run + "/metrics.jsonl")), 2);
+}
+
+TEST(Distributed, TrainLaunchesUnderTorchrun) {
   // Debian's python3-torch 1.13 ships torch.distributed.run (torchrun); 1.13 spells its flags
   // with underscores. Its default static rendezvous makes the agent host the store
   // (TORCHELASTIC_USE_AGENT_STORE=True), so this also covers the all-clients case.
   const auto probe = test::run_process(test::python() + " -c 'import torch.distributed.run'");
   if (probe.status != 0) GTEST_SKIP() << "torch.distributed.run not available: " << probe.output;
   test::TempDir dir;
+  const std::string run = dir / "run";
   const int port = free_port();
   const auto r = test::run_process(
       concat("timeout 300 ", kClean, " GLOO_SOCKET_IFNAME=lo ", test::python(),
              " -m torch.distributed.run --nproc_per_node 2 --master_addr 127.0.0.1 --master_port ",
+             port, " --no_python ", ATTNSCOPE_EXE, " --threads 1 train ", train_flags(run)));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(count_lines(read_text(run + "/metrics.jsonl")), 2);
+  EXPECT_NE(r.output.find("2 ranks"), std::string::npos) << r.output;
+}
+
+TEST(Distributed, DistCheckLaunchesUnderTorchrunWithACRendezvous) {
+  // The c10d rendezvous (--rdzv_backend c10d): rank 0 hosts the workers' store itself.
+  const auto probe = test::run_process(test::python() + " -c 'import torch.distributed.run'");
+  if (probe.status != 0) GTEST_SKIP() << "torch.distributed.run not available: " << probe.output;
+  test::TempDir dir;
+  const int port = free_port();
+  const auto r = test::run_process(
+      concat("timeout 300 ", kClean, " GLOO_SOCKET_IFNAME=lo ", test::python(),
+             " -m torch.distributed.run --nnodes 1 --nproc_per_node 2 --rdzv_backend c10d "
+             "--rdzv_endpoint 127.0.0.1:",
              port, " --no_python ", ATTNSCOPE_EXE, " --threads 1 dist-check ", kTrain,
              " --out-dir ", dir.path().string()));
   ASSERT_EQ(r.status, 0) << r.output;
