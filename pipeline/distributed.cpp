@@ -52,6 +52,12 @@ int parse_int(const std::map<std::string, std::string>& env, const std::string& 
   return static_cast<int>(value);
 }
 
+// c10::Error's what() carries a C++ backtrace; the message alone is what a user needs.
+std::string reason(const std::exception& e) {
+  if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) return c10->what_without_backtrace();
+  return e.what();
+}
+
 std::vector<uint8_t> bytes(const std::string& text) {
   return {text.begin(), text.end()};
 }
@@ -173,13 +179,13 @@ struct DistributedGroup::Impl {
                                      config.master_port,
                                      " (MASTER_PORT; in use by another job?) or "
                                      "reach it at ",
-                                     where(), " (MASTER_ADDR): ", e.what()));
+                                     where(), " (MASTER_ADDR): ", reason(e)));
       throw Error(kSubject,
                   concat("rank ", config.rank, " could not reach the rendezvous store at ", where(),
                          " within ", seconds_text(config.timeout),
                          ": check MASTER_ADDR and MASTER_PORT, that rank 0 is running, and "
                          "the firewall (",
-                         e.what(), ")"));
+                         reason(e), ")"));
     }
     std::string prefix = config.store_prefix + "/attnscope";
     return c10::make_intrusive<c10d::PrefixStore>(prefix, tcp);
@@ -239,7 +245,7 @@ struct DistributedGroup::Impl {
         out.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(name));
       } catch (const std::exception& e) {
         throw Error(kSubject, concat("GLOO_SOCKET_IFNAME='", config.socket_ifname,
-                                     "': cannot use network interface '", name, "': ", e.what()));
+                                     "': cannot use network interface '", name, "': ", reason(e)));
       }
     }
     if (out.empty())
@@ -340,7 +346,7 @@ struct DistributedGroup::Impl {
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {
-      fail(operation, e.what());
+      fail(operation, reason(e));
     }
     collective_seconds += std::chrono::duration<double>(Clock::now() - start).count();
   }
@@ -366,8 +372,8 @@ DistributedGroup::DistributedGroup(DistributedConfig config) : impl_(std::make_u
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
-    throw Error(kSubject,
-                concat("rank ", c.rank, ": rendezvous at ", impl_->where(), " failed: ", e.what()));
+    throw Error(kSubject, concat("rank ", c.rank, ": rendezvous at ", impl_->where(),
+                                 " failed: ", reason(e)));
   }
   try {
     impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(
@@ -378,7 +384,7 @@ DistributedGroup::DistributedGroup(DistributedConfig config) : impl_(std::make_u
                                  ": connecting the Gloo process group failed ("
                                  "check GLOO_SOCKET_IFNAME and that the ranks can reach each "
                                  "other): ",
-                                 e.what()));
+                                 reason(e)));
   }
   impl_->start_heartbeat();
 }

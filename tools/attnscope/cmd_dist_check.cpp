@@ -3,6 +3,8 @@
 // rank reach the master, do they agree, how long does an all-reduce take), a benchmark of
 // the gradient all-reduce for any image preset, and the driver of the distributed tests.
 
+#include <time.h>
+
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -24,6 +26,12 @@ namespace attnscope::cli {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+double process_cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
 
 // FNV-1a over the raw bytes of every parameter: equal digests = bit-identical weights.
 std::string digest(const std::vector<at::Tensor>& tensors) {
@@ -101,6 +109,12 @@ int run_dist_check(const std::vector<std::string>& args, const GlobalOptions&) {
     throw UsageError("--samples and --global-batch must be >= 1, --epochs and --max-steps >= 0",
                      usage_text("dist-check [options]", desc));
 
+  if (!f.out_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(f.out_dir, ec);
+    check(std::filesystem::is_directory(f.out_dir), f.out_dir, "cannot create the folder",
+          ec ? concat(" (", ec.message(), ")") : std::string());
+  }
   pipeline::DistributedGroup group(dist.config());
   const int rank = group.rank();
   const int world = group.world_size();
@@ -153,7 +167,7 @@ int run_dist_check(const std::vector<std::string>& args, const GlobalOptions&) {
   };
 
   int64_t steps = 0, timed_steps = 0, timed_images = 0;
-  double timed_seconds = 0.0, timed_reduce = 0.0;
+  double timed_seconds = 0.0, timed_reduce = 0.0, timed_cpu = 0.0;
   try {
     for (int64_t epoch = 0; epoch < f.epochs; ++epoch) {
       net.module().train();
@@ -167,6 +181,7 @@ int run_dist_check(const std::vector<std::string>& args, const GlobalOptions&) {
       for (const auto& batch : batches) {
         if (f.max_steps > 0 && step_in_epoch >= f.max_steps) break;
         const auto start = Clock::now();
+        const double cpu_start = process_cpu_seconds();
         const double reduce_before = reducer.seconds();
         optimizer.zero_grad();
         double loss_value = 0.0;
@@ -188,6 +203,7 @@ int run_dist_check(const std::vector<std::string>& args, const GlobalOptions&) {
           timed_images += totals.samples;
           timed_seconds += std::chrono::duration<double>(Clock::now() - start).count();
           timed_reduce += reducer.seconds() - reduce_before;
+          timed_cpu += process_cpu_seconds() - cpu_start;
         }
         if (steps == 1 && !f.out_dir.empty())
           write_file_atomically(f.out_dir + "/rank" + std::to_string(rank) + ".started", "1\n");
@@ -241,6 +257,8 @@ int run_dist_check(const std::vector<std::string>& args, const GlobalOptions&) {
         timed_steps > 0 ? 1000.0 * timed_seconds / static_cast<double>(timed_steps) : 0.0;
     b["allreduce_ms_per_step"] =
         timed_steps > 0 ? 1000.0 * timed_reduce / static_cast<double>(timed_steps) : 0.0;
+    b["cpu_ms_per_step"] =
+        timed_steps > 0 ? 1000.0 * timed_cpu / static_cast<double>(timed_steps) : 0.0;
     b["gradient_bytes"] = reducer.gradient_bytes();
     std::cout << b.dump() << "\n";
   } else if (rank == 0 && !f.benchmark) {
