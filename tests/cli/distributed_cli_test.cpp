@@ -267,8 +267,10 @@ TEST(Distributed, TrainTwoRanksWriteOneRunFolderAndResumeOnlyWithTwo) {
 
 TEST(Distributed, TrainLaunchesUnderTorchrun) {
   // Debian's python3-torch 1.13 ships torch.distributed.run (torchrun); 1.13 spells its flags
-  // with underscores. Its default static rendezvous makes the agent host the store
-  // (TORCHELASTIC_USE_AGENT_STORE=True), so this also covers the all-clients case.
+  // with underscores. Under Python 3.11 its default --redirects/--tee "0" parse to None and
+  // the agent fails (AttributeError in to_map); "1" parses, hence --redirects 1 --tee 1. Its
+  // default static rendezvous makes the agent host the store (TORCHELASTIC_USE_AGENT_STORE=True),
+  // so this also covers the all-clients case.
   const auto probe = test::run_process(test::python() + " -c 'import torch.distributed.run'");
   if (probe.status != 0) GTEST_SKIP() << "torch.distributed.run not available: " << probe.output;
   test::TempDir dir;
@@ -277,7 +279,8 @@ TEST(Distributed, TrainLaunchesUnderTorchrun) {
   const auto r = test::run_process(
       concat("timeout 300 ", kClean, " GLOO_SOCKET_IFNAME=lo ", test::python(),
              " -m torch.distributed.run --nproc_per_node 2 --master_addr 127.0.0.1 --master_port ",
-             port, " --no_python ", ATTNSCOPE_EXE, " --threads 1 train ", train_flags(run)));
+             port, " --redirects 1 --tee 1 --no_python ", ATTNSCOPE_EXE, " --threads 1 train ",
+             train_flags(run)));
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_EQ(count_lines(read_text(run + "/metrics.jsonl")), 2);
   EXPECT_NE(r.output.find("2 ranks"), std::string::npos) << r.output;
@@ -293,8 +296,8 @@ TEST(Distributed, DistCheckLaunchesUnderTorchrunWithACRendezvous) {
       concat("timeout 300 ", kClean, " GLOO_SOCKET_IFNAME=lo ", test::python(),
              " -m torch.distributed.run --nnodes 1 --nproc_per_node 2 --rdzv_backend c10d "
              "--rdzv_endpoint 127.0.0.1:",
-             port, " --no_python ", ATTNSCOPE_EXE, " --threads 1 dist-check ", kTrain,
-             " --out-dir ", dir.path().string()));
+             port, " --redirects 1 --tee 1 --no_python ", ATTNSCOPE_EXE, " --threads 1 dist-check ",
+             kTrain, " --out-dir ", dir.path().string()));
   ASSERT_EQ(r.status, 0) << r.output;
   const json r0 = read_json(dir / "rank0.json");
   const json r1 = read_json(dir / "rank1.json");
