@@ -318,6 +318,20 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   }
   if (!o.init_backbone.empty()) load_image_backbone(o.init_backbone, *model);
   model->to(device);
+  DistributedGroup* const group = o.group;
+  const bool main_rank = !group || group->is_main();
+  const int world = group ? group->world_size() : 1;
+  const int rank = group ? group->rank() : 0;
+  std::optional<GradientReducer> reducer;
+  if (group) {
+    check(o.batch_size >= world, "--batch-size", o.batch_size,
+          " is the global batch of a data-parallel run: it must be at least the number of "
+          "ranks (",
+          world, ")");
+    // Every rank starts from rank 0's weights (they already agree: same seed).
+    group->broadcast_module(*model);
+    reducer.emplace(*group, model->parameters());
+  }
 
   datasets::LoaderOptions train_loader_options;
   train_loader_options.batch_size = o.batch_size;
@@ -401,8 +415,10 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     } catch (const Error& e) {
       throw Error(last_path, e.what());
     }
-    write_file_atomically(run + "/metrics.jsonl", join_lines(state.history));
-    write_file_atomically(run + "/timing.jsonl", join_lines(state.timing));
+    if (main_rank) {
+      write_file_atomically(run + "/metrics.jsonl", join_lines(state.history));
+      write_file_atomically(run + "/timing.jsonl", join_lines(state.timing));
+    }
   }
 
   auto compute_loss = [&](const models::vision::ImageOutput& out, const torch::Tensor& labels,
@@ -420,39 +436,113 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     return loss;
   };
 
+  // Data-parallel: this rank's share of every global batch (shard_batches over the order the
+  // one-process loader would use), loaded by a loader of its own made per epoch. Every full
+  // global batch gives this rank the same number of samples, so a sequential loader with that
+  // batch size cuts the rank's list exactly into its shares.
+  std::unique_ptr<datasets::Loader> shard_loader;
+  const int64_t shard_batch = (o.batch_size * (rank + 1)) / world - (o.batch_size * rank) / world;
+
   TrainingHooks hooks;
   hooks.start_epoch = [&](int64_t epoch) {
-    train_loader.start_epoch(epoch);
+    if (!group) {
+      train_loader.start_epoch(epoch);
+      return batches;
+    }
+    shard_loader.reset();
+    std::vector<std::size_t> mine;
+    for (const auto& b : shard_batches(train_loader.epoch_order(epoch), o.batch_size, rank, world))
+      mine.insert(mine.end(), b.begin(), b.end());
+    if (!mine.empty()) {
+      auto options = train_loader_options;
+      options.order = datasets::Order::kSequential;
+      options.batch_size = shard_batch;
+      shard_loader = std::make_unique<datasets::Loader>(
+          std::make_shared<IndexedSource>(train_source, std::move(mine)), o.pipeline, options);
+      shard_loader->start_epoch(epoch);
+    }
     return batches;
   };
   hooks.train_batch = [&](int64_t, int64_t) -> std::optional<BatchLoss> {
-    auto batch = train_loader.next();
-    if (!batch || batch->size() == 0) return std::nullopt;
-    const auto images = batch->images.to(device);
-    const auto labels = batch->labels.to(device);
-    const auto masks = batch->masks.defined() ? batch->masks.to(device) : torch::Tensor();
-    const auto out = model->forward(images);
-    const auto loss = compute_loss(out, labels, masks);
-    loss.backward();
-    return BatchLoss{loss.item<double>() * static_cast<double>(batch->size()), batch->size()};
+    std::optional<datasets::Batch> batch;
+    if (!group)
+      batch = train_loader.next();
+    else if (shard_loader)
+      batch = shard_loader->next();
+    int64_t items = 0;
+    double mean_loss = 0.0;
+    if (batch && batch->size() > 0) {
+      const auto images = batch->images.to(device);
+      const auto labels = batch->labels.to(device);
+      const auto masks = batch->masks.defined() ? batch->masks.to(device) : torch::Tensor();
+      const auto out = model->forward(images);
+      const auto loss = compute_loss(out, labels, masks);
+      loss.backward();
+      items = batch->size();
+      mean_loss = loss.item<double>();
+    }
+    if (group) {
+      // Every rank takes part, also with nothing to train on, so the ranks stay in step.
+      const auto totals = reducer->reduce(items, mean_loss);
+      items = totals.samples;
+      mean_loss = totals.mean_loss;
+    }
+    if (items == 0) return std::nullopt;
+    return BatchLoss{mean_loss * static_cast<double>(items), items};
   };
   if (o.on_progress) hooks.on_progress = o.on_progress;
 
   torch::Tensor val_logits, val_labels;
   nlohmann::json val_metrics;
+  // Data-parallel validation: rank r scores positions r, r + world, ... of the validation set.
+  std::unique_ptr<datasets::Loader> val_shard_loader;
+  std::vector<std::size_t> val_mine;
+  if (group) {
+    for (int64_t i : shard_indices(static_cast<int64_t>(val->size()), rank, world))
+      val_mine.push_back(static_cast<std::size_t>(i));
+    if (!val_mine.empty())
+      val_shard_loader = std::make_unique<datasets::Loader>(
+          std::make_shared<IndexedSource>(val, val_mine), o.pipeline, val_loader_options);
+  }
   hooks.evaluate = [&](const EpochSummary&) {
     torch::NoGradGuard no_grad;
+    // BatchNorm statistics follow rank 0 (as PyTorch's DDP does), the EMA's too.
+    if (group) group->broadcast(model->buffers());
     if (loop.ema()) loop.ema()->swap();
+    if (group && loop.ema()) group->broadcast(model->buffers());
     model->eval();
     std::vector<torch::Tensor> logits, labels;
-    val_loader.start_epoch(1);
-    while (auto batch = val_loader.next()) {
-      if (batch->size() == 0) continue;
-      logits.push_back(model->forward(batch->images.to(device)).logits.to(torch::kCPU));
-      labels.push_back(batch->labels);
+    std::vector<int64_t> positions;
+    datasets::Loader* loader = group ? val_shard_loader.get() : &val_loader;
+    if (loader) {
+      loader->start_epoch(1);
+      while (auto batch = loader->next()) {
+        if (batch->size() == 0) continue;
+        logits.push_back(model->forward(batch->images.to(device)).logits.to(torch::kCPU));
+        labels.push_back(batch->labels);
+        for (auto i : batch->indices)
+          positions.push_back(group ? static_cast<int64_t>(val_mine.at(i))
+                                    : static_cast<int64_t>(i));
+      }
     }
     model->train();
     if (loop.ema()) loop.ema()->swap();
+    if (group) {
+      // Every rank's scores, gathered and put in dataset order: the full validation set,
+      // each image once (no padding).
+      const auto classes_now = static_cast<int64_t>(class_names.size());
+      auto local_logits =
+          logits.empty() ? torch::zeros({0, classes_now}) : torch::cat(logits).to(torch::kFloat64);
+      auto local_labels = labels.empty() ? torch::zeros({0}, torch::kInt64) : torch::cat(labels);
+      const auto all_positions =
+          group->all_gather_rows(torch::tensor(positions, torch::kInt64).reshape({-1}));
+      const auto all_logits = group->all_gather_rows(local_logits.to(torch::kFloat64));
+      const auto all_labels = group->all_gather_rows(local_labels.to(torch::kInt64));
+      const auto order = all_positions.argsort();
+      logits = {all_logits.index_select(0, order)};
+      labels = {all_labels.index_select(0, order)};
+      if (logits[0].size(0) == 0) logits.clear();
+    }
     check(!logits.empty(), "validation set", "no image could be loaded");
     val_logits = torch::cat(logits).to(torch::kFloat64);
     val_labels = torch::cat(labels).to(torch::kInt64).contiguous();
@@ -491,8 +581,10 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     auto epoch_meta = meta;
     epoch_meta.provenance["epoch"] = s.epoch;
     epoch_meta.provenance["metrics"] = record;
+    if (is_best) result.temperature = fit_temperature(val_logits, val_labels);
+    // Only rank 0 writes the run folder (the other ranks hold the same weights and state).
+    if (!main_rank) return;
     if (is_best) {
-      result.temperature = fit_temperature(val_logits, val_labels);
       auto best_meta = epoch_meta;
       best_meta.extra["temperature"] = result.temperature;
       best_meta.extra["ema"] = loop.ema() != nullptr;

@@ -28,6 +28,7 @@
 
 #include "datasets/loader.h"
 #include "models/vision/presets.h"
+#include "pipeline/distributed.h"
 #include "pipeline/training.h"
 #include "preprocessing/pipeline.h"
 
@@ -105,6 +106,12 @@ struct ImageTrainOptions {
   int64_t progress_every = 10;
   /// After each epoch: the metrics.jsonl record and the timing record.
   std::function<void(const nlohmann::json& record, const nlohmann::json& timing)> on_epoch;
+  /// Data-parallel training (docs/distributed.md); nullptr = one process. batch_size is then
+  /// the global batch: each rank trains its share of every batch (shard_batches), the
+  /// gradients are all-reduced (GradientReducer), validation is split over the ranks and the
+  /// scores gathered, and only rank 0 writes the run folder. --resume reads RUN/last.h5 on
+  /// every rank.
+  DistributedGroup* group = nullptr;
 };
 
 /// The options that define the training, as stored in checkpoints ("training_config").

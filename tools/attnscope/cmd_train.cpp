@@ -24,6 +24,7 @@
 #include "cli.h"
 #include "dataset_flags.h"
 #include "datasets/splits.h"
+#include "distributed_flags.h"
 #include "pipeline/checkpoint.h"
 #include "pipeline/vision/image_cache.h"
 #include "pipeline/vision/train.h"
@@ -148,6 +149,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   po::options_description desc("Options");
   DatasetFlags data;
   data.add_to(desc);
+  DistributedFlags dist;
   std::string model_name, out, val_spec, optimizer, schedule, loss, sampler, augment, mask_loss,
       init, init_backbone, device, select_by, resume_flag;
   std::vector<std::string> oversample;
@@ -199,6 +201,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
       ("progress-every", po::value(&progress_every)->default_value(10), "batches between plain progress lines (not on a terminal)")
       ("quiet", po::bool_switch(&quiet), "no progress output");
   // clang-format on
+  dist.add_to(desc);
   po::variables_map vm;
   if (!parse(kUsage, desc, args, vm)) return 0;
   const auto usage = usage_text(kUsage, desc);
@@ -227,230 +230,269 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   }
   if (threads > 0) runtime::set_threads(threads);
 
-  // The run folder: checked before any work.
-  std::error_code ec;
-  fs::create_directories(out, ec);
-  check(fs::is_directory(out), out, "cannot create the run folder",
-        ec ? concat(" (", ec.message(), ")") : std::string());
-  check(::access(out.c_str(), W_OK) == 0, out, "run folder is not writable");
-  const bool resume = !resume_dir.empty();
-  if (!resume && fs::exists(fs::path(out) / "last.h5"))
-    throw Error(out, "already holds a run (last.h5); continue it with --resume " + out +
-                         " or choose another --out");
-
-  // Temporary files of a killed run (AtomicFile's ".<name>.<pid>-<n>.tmp...") are garbage.
-  for (const auto& entry : fs::directory_iterator(out)) {
-    const auto name = entry.path().filename().string();
-    if (name.size() > 1 && name[0] == '.' && name.find(".tmp") != std::string::npos)
-      fs::remove(entry.path(), ec);
+  // Data-parallel when a launcher (torchrun, srun) or the variables say so
+  // (docs/distributed.md). Every rank runs this command; only rank 0 writes RUN and prints.
+  const auto dist_config = dist.config();
+  const int world = dist_config.world_size;
+  if (world > 1) {
+    if (time_budget > 0) fail("--time-budget is not supported with several ranks yet");
+    if (cache) fail("--cache is not supported with several ranks yet");
+    if (device != "cpu") fail("several ranks train on the CPU only (Gloo; no NCCL in this build)");
   }
-
-  // Preprocessing.
-  preprocessing::Pipeline pipeline;
-  if (augment.empty()) {
-    pipeline = preprocessing::Pipeline::from_json(
-        {{"steps", {{{"op", "resize"}, {"size", size}}}},
-         {"augment", {{"hflip", 0.5}, {"vflip", 0.5}, {"rot90", 0.5}}}});
-  } else {
-    pipeline = preprocessing::Pipeline::from_file(augment);
-  }
-
-  // Data.
-  auto open_spec = [&](const std::string& spec, const std::string& images)
-      -> std::pair<std::shared_ptr<const datasets::SampleSource>, datasets::Dataset> {
-    if (is_cache(spec)) {
-      auto source = std::make_shared<pipeline::ImageCacheSource>(spec);
-      return {source, dataset_of(*source)};
+  std::unique_ptr<pipeline::DistributedGroup> group;
+  if (world > 1) group = std::make_unique<pipeline::DistributedGroup>(dist_config);
+  const bool main_rank = !group || group->is_main();
+  if (!main_rank) quiet = true;
+  try {
+    const bool resume = !resume_dir.empty();
+    if (resume) {
+      const auto stored =
+          pipeline::read_checkpoint_meta((fs::path(resume_dir) / "last.h5").string())
+              .provenance.value("world_size", int64_t{1});
+      check(stored == world, resume_dir, "was trained with ", stored,
+            " rank(s); resume it with the same number (now ", world,
+            "): the batches of each rank depend on it");
     }
-    DatasetFlags flags = data;
-    flags.data = spec;
-    flags.images = images;
-    auto ds = flags.read(usage);
-    for (const auto& id : ds.skipped)
-      std::cerr << "warning: " << id << ": image not found, skipped\n";
-    return {std::make_shared<datasets::ImageFileSource>(ds, pipeline.decode_options()), ds};
-  };
-  auto [all_source, all] = open_spec(data.data, data.images);
-  check(!all.samples.empty(), data.data, "holds no images: the dataset is empty");
-  std::shared_ptr<const datasets::SampleSource> train_source, val_source;
-  if (!val_spec.empty()) {
-    train_source = all_source;
-    val_source = open_spec(val_spec, "").first;
-  } else {
-    datasets::SplitOptions split;
-    split.val = val_split;
-    split.test = 0;
-    split.seed = seed;
-    const auto splits = datasets::split_dataset(all, split);
-    std::vector<std::size_t> train_idx, val_idx;
-    for (std::size_t i = 0; i < splits.size(); ++i)
-      (splits[i] == datasets::Split::kVal ? val_idx : train_idx).push_back(i);
-    std::vector<int64_t> train_counts(all.class_names.size(), 0),
-        val_counts(all.class_names.size(), 0);
-    for (auto i : train_idx)
-      if (all.samples[i].labelled())
-        ++train_counts.at(static_cast<std::size_t>(all.samples[i].label));
-    for (auto i : val_idx)
-      if (all.samples[i].labelled())
-        ++val_counts.at(static_cast<std::size_t>(all.samples[i].label));
-    for (std::size_t c = 0; c < all.class_names.size(); ++c)
-      check(train_counts[c] == 0 || val_counts[c] > 0, data.data, "--val-split ", val_split,
-            " leaves class '", all.class_names[c], "' (", train_counts[c],
-            " training images) out of the validation set; use a larger --val-split or --val");
-    train_source = std::make_shared<pipeline::IndexedSource>(all_source, train_idx);
-    val_source = std::make_shared<pipeline::IndexedSource>(all_source, val_idx);
-  }
 
-  // Unreadable images: all listed before the first step; --skip-bad leaves them out.
-  std::vector<BadImage> skipped;
-  auto drop_bad = [&](std::shared_ptr<const datasets::SampleSource>& source,
-                      const std::string& which) {
-    if (source->preprocessed() || source->size() == 0) return;
-    if (!source->size() || source->sample(0).path.empty()) return;  // synthetic: no files
-    const auto bad = find_bad_images(*source, std::max(workers, 1));
-    if (bad.empty()) return;
-    if (!skip_bad) {
-      std::ostringstream msg;
-      msg << bad.size() << " unreadable image" << (bad.size() == 1 ? "" : "s") << " in the "
-          << which << " set (use --skip-bad to leave them out):";
-      for (const auto& b : bad)
-        msg << "\n  " << b.path << ": " << b.message;
-      throw Error(data.data, msg.str());
+    // The run folder: checked before any work (rank 0 alone writes it).
+    std::error_code ec;
+    if (main_rank) {
+      fs::create_directories(out, ec);
+      check(fs::is_directory(out), out, "cannot create the run folder",
+            ec ? concat(" (", ec.message(), ")") : std::string());
+      check(::access(out.c_str(), W_OK) == 0, out, "run folder is not writable");
+      if (!resume && fs::exists(fs::path(out) / "last.h5"))
+        throw Error(out, "already holds a run (last.h5); continue it with --resume " + out +
+                             " or choose another --out");
+
+      // Temporary files of a killed run (AtomicFile's ".<name>.<pid>-<n>.tmp...") are garbage.
+      for (const auto& entry : fs::directory_iterator(out)) {
+        const auto name = entry.path().filename().string();
+        if (name.size() > 1 && name[0] == '.' && name.find(".tmp") != std::string::npos)
+          fs::remove(entry.path(), ec);
+      }
     }
-    std::set<std::string> bad_ids;
-    for (const auto& b : bad) {
-      bad_ids.insert(b.id);
-      skipped.push_back(b);
+
+    // Preprocessing.
+    preprocessing::Pipeline pipeline;
+    if (augment.empty()) {
+      pipeline = preprocessing::Pipeline::from_json(
+          {{"steps", {{{"op", "resize"}, {"size", size}}}},
+           {"augment", {{"hflip", 0.5}, {"vflip", 0.5}, {"rot90", 0.5}}}});
+    } else {
+      pipeline = preprocessing::Pipeline::from_file(augment);
     }
-    std::vector<std::size_t> keep;
-    for (std::size_t i = 0; i < source->size(); ++i)
-      if (!bad_ids.count(source->sample(i).image_id)) keep.push_back(i);
-    source = std::make_shared<pipeline::IndexedSource>(source, keep);
-    std::cerr << "warning: skipped " << bad.size() << " unreadable " << which
-              << " image(s), listed in " << (fs::path(out) / "skipped.csv").string() << "\n";
-  };
-  if (!cache) {
-    drop_bad(train_source, "training");
-    drop_bad(val_source, "validation");
-  } else {
-    auto cached = [&](std::shared_ptr<const datasets::SampleSource>& source,
-                      const std::string& name) {
-      if (source->preprocessed()) return;
-      const auto path = (fs::path(out) / ("cache-" + name + ".h5")).string();
-      if (!fs::exists(path)) {
-        AtomicFile file(path);
-        const auto report =
-            pipeline::write_image_cache(file.temp_path(), *source, pipeline, std::max(workers, 1));
-        if (!report.failures.empty() && !skip_bad) {
-          std::ostringstream msg;
-          msg << report.failures.size() << " unreadable image(s) in the " << name
-              << " set (use --skip-bad to leave them out):";
+
+    // Data.
+    auto open_spec = [&](const std::string& spec, const std::string& images)
+        -> std::pair<std::shared_ptr<const datasets::SampleSource>, datasets::Dataset> {
+      if (is_cache(spec)) {
+        auto source = std::make_shared<pipeline::ImageCacheSource>(spec);
+        return {source, dataset_of(*source)};
+      }
+      DatasetFlags flags = data;
+      flags.data = spec;
+      flags.images = images;
+      auto ds = flags.read(usage);
+      for (const auto& id : ds.skipped)
+        std::cerr << "warning: " << id << ": image not found, skipped\n";
+      return {std::make_shared<datasets::ImageFileSource>(ds, pipeline.decode_options()), ds};
+    };
+    auto [all_source, all] = open_spec(data.data, data.images);
+    check(!all.samples.empty(), data.data, "holds no images: the dataset is empty");
+    std::shared_ptr<const datasets::SampleSource> train_source, val_source;
+    if (!val_spec.empty()) {
+      train_source = all_source;
+      val_source = open_spec(val_spec, "").first;
+    } else {
+      datasets::SplitOptions split;
+      split.val = val_split;
+      split.test = 0;
+      split.seed = seed;
+      const auto splits = datasets::split_dataset(all, split);
+      std::vector<std::size_t> train_idx, val_idx;
+      for (std::size_t i = 0; i < splits.size(); ++i)
+        (splits[i] == datasets::Split::kVal ? val_idx : train_idx).push_back(i);
+      std::vector<int64_t> train_counts(all.class_names.size(), 0),
+          val_counts(all.class_names.size(), 0);
+      for (auto i : train_idx)
+        if (all.samples[i].labelled())
+          ++train_counts.at(static_cast<std::size_t>(all.samples[i].label));
+      for (auto i : val_idx)
+        if (all.samples[i].labelled())
+          ++val_counts.at(static_cast<std::size_t>(all.samples[i].label));
+      for (std::size_t c = 0; c < all.class_names.size(); ++c)
+        check(train_counts[c] == 0 || val_counts[c] > 0, data.data, "--val-split ", val_split,
+              " leaves class '", all.class_names[c], "' (", train_counts[c],
+              " training images) out of the validation set; use a larger --val-split or --val");
+      train_source = std::make_shared<pipeline::IndexedSource>(all_source, train_idx);
+      val_source = std::make_shared<pipeline::IndexedSource>(all_source, val_idx);
+    }
+
+    // Unreadable images: all listed before the first step; --skip-bad leaves them out.
+    std::vector<BadImage> skipped;
+    // Every bad file of both sets is listed before stopping.
+    auto drop_bad = [&](std::shared_ptr<const datasets::SampleSource>& source,
+                        std::vector<BadImage>& found) {
+      if (source->preprocessed() || source->size() == 0) return;
+      if (source->sample(0).path.empty()) return;  // synthetic: no files
+      const auto bad = find_bad_images(*source, std::max(workers, 1));
+      if (bad.empty()) return;
+      std::set<std::string> bad_ids;
+      for (const auto& b : bad) {
+        bad_ids.insert(b.id);
+        found.push_back(b);
+      }
+      std::vector<std::size_t> keep;
+      for (std::size_t i = 0; i < source->size(); ++i)
+        if (!bad_ids.count(source->sample(i).image_id)) keep.push_back(i);
+      source = std::make_shared<pipeline::IndexedSource>(source, keep);
+    };
+    if (!cache) {
+      std::vector<BadImage> bad;
+      drop_bad(train_source, bad);
+      drop_bad(val_source, bad);
+      if (!bad.empty() && !skip_bad) {
+        std::ostringstream msg;
+        msg << bad.size() << " unreadable image" << (bad.size() == 1 ? "" : "s")
+            << " (use --skip-bad to leave them out):";
+        for (const auto& b : bad)
+          msg << "\n  " << b.message;
+        throw Error(data.data, msg.str());
+      }
+      if (!bad.empty())
+        std::cerr << "warning: skipped " << bad.size() << " unreadable image(s), listed in "
+                  << (fs::path(out) / "skipped.csv").string() << "\n";
+      skipped = bad;
+    } else {
+      auto cached = [&](std::shared_ptr<const datasets::SampleSource>& source,
+                        const std::string& name) {
+        if (source->preprocessed()) return;
+        const auto path = (fs::path(out) / ("cache-" + name + ".h5")).string();
+        if (!fs::exists(path)) {
+          AtomicFile file(path);
+          const auto report = pipeline::write_image_cache(file.temp_path(), *source, pipeline,
+                                                          std::max(workers, 1));
+          if (!report.failures.empty() && !skip_bad) {
+            std::ostringstream msg;
+            msg << report.failures.size() << " unreadable image(s) in the " << name
+                << " set (use --skip-bad to leave them out):";
+            for (const auto& f : report.failures)
+              msg << "\n  " << f.path << ": " << f.message;
+            throw Error(data.data, msg.str());
+          }
           for (const auto& f : report.failures)
-            msg << "\n  " << f.path << ": " << f.message;
-          throw Error(data.data, msg.str());
+            skipped.push_back({f.image_id, f.path, f.message});
+          file.commit();
         }
-        for (const auto& f : report.failures)
-          skipped.push_back({f.image_id, f.path, f.message});
-        file.commit();
-      }
-      source = std::make_shared<pipeline::ImageCacheSource>(path);
-    };
-    cached(train_source, "train");
-    cached(val_source, "val");
-  }
-  if (!skipped.empty()) {
-    std::string csv = "image_id,path,reason\n";
-    for (const auto& b : skipped)
-      csv += csv_field(b.id) + "," + csv_field(b.path) + "," + csv_field(b.message) + "\n";
-    write_file_atomically((fs::path(out) / "skipped.csv").string(), csv);
-  }
+        source = std::make_shared<pipeline::ImageCacheSource>(path);
+      };
+      cached(train_source, "train");
+      cached(val_source, "val");
+    }
+    if (!skipped.empty() && main_rank) {
+      std::string csv = "image_id,path,reason\n";
+      for (const auto& b : skipped)
+        csv += csv_field(b.id) + "," + csv_field(b.path) + "," + csv_field(b.message) + "\n";
+      write_file_atomically((fs::path(out) / "skipped.csv").string(), csv);
+    }
 
-  pipeline::ImageTrainOptions o;
-  o.model.arch = model_name;
-  o.model.image_size = size;
-  o.pipeline = pipeline;
-  o.batch_size = batch_size;
-  o.epochs = epochs;
-  o.optimizer.kind = optimizer;
-  o.optimizer.momentum = optimizer == "sgd" ? momentum : 0.9;
-  o.optimizer.nesterov = nesterov;
-  o.optimizer.weight_decay = weight_decay;
-  o.learning_rate = lr;
-  o.schedule = schedule;
-  o.warmup_epochs = warmup_epochs;
-  o.step_every = step_every;
-  o.step_gamma = step_gamma;
-  o.loss = loss;
-  o.focal_gamma = focal_gamma;
-  o.label_smoothing = label_smoothing;
-  o.sampler = sampler;
-  o.oversample = oversample_map;
-  o.ema_decay = ema;
-  if (!mask_loss.empty()) o.mask_loss = parse_doubles(mask_loss, "--mask-loss", usage);
-  o.init = init;
-  o.init_backbone = init_backbone;
-  o.seed = seed;
-  o.device = device;
-  o.time_budget_s = time_budget * 60;
-  o.budget_clock = cpu_budget ? "cpu" : "wall";
-  o.patience = patience;
-  o.select_by = select_by;
-  o.workers = workers;
-  o.out_dir = out;
-  o.resume = resume;
-  o.progress_every = progress_every;
-  std::string command_line = "attnscope train";
-  for (const auto& a : args)
-    command_line += " " + a;
-  o.provenance["command_line"] = command_line;
-  o.provenance["args"] = args;
-  o.provenance["data"] = data.data;
-  o.provenance["val"] = val_spec;
-  o.provenance["data_checksum"] = data_checksum(*train_source, *val_source);
-  o.provenance["train_images"] = train_source->size();
-  o.provenance["val_images"] = val_source->size();
-  o.provenance["torch_threads"] = runtime::threads();
-  (void)global;
+    pipeline::ImageTrainOptions o;
+    o.model.arch = model_name;
+    o.model.image_size = size;
+    o.pipeline = pipeline;
+    o.batch_size = batch_size;
+    o.epochs = epochs;
+    o.optimizer.kind = optimizer;
+    o.optimizer.momentum = optimizer == "sgd" ? momentum : 0.9;
+    o.optimizer.nesterov = nesterov;
+    o.optimizer.weight_decay = weight_decay;
+    o.learning_rate = lr;
+    o.schedule = schedule;
+    o.warmup_epochs = warmup_epochs;
+    o.step_every = step_every;
+    o.step_gamma = step_gamma;
+    o.loss = loss;
+    o.focal_gamma = focal_gamma;
+    o.label_smoothing = label_smoothing;
+    o.sampler = sampler;
+    o.oversample = oversample_map;
+    o.ema_decay = ema;
+    if (!mask_loss.empty()) o.mask_loss = parse_doubles(mask_loss, "--mask-loss", usage);
+    o.init = init;
+    o.init_backbone = init_backbone;
+    o.seed = seed;
+    o.device = device;
+    o.time_budget_s = time_budget * 60;
+    o.budget_clock = cpu_budget ? "cpu" : "wall";
+    o.patience = patience;
+    o.select_by = select_by;
+    o.workers = workers;
+    o.out_dir = out;
+    o.resume = resume;
+    o.progress_every = progress_every;
+    std::string command_line = "attnscope train";
+    for (const auto& a : args)
+      command_line += " " + a;
+    o.provenance["command_line"] = command_line;
+    o.provenance["args"] = args;
+    o.provenance["data"] = data.data;
+    o.provenance["val"] = val_spec;
+    o.provenance["data_checksum"] = data_checksum(*train_source, *val_source);
+    o.provenance["train_images"] = train_source->size();
+    o.provenance["val_images"] = val_source->size();
+    o.provenance["torch_threads"] = runtime::threads();
+    o.provenance["world_size"] = world;
+    o.group = group.get();
+    (void)global;
 
-  const bool tty = isatty(STDERR_FILENO) != 0;
-  if (!quiet) {
-    o.on_progress = [&](const pipeline::TrainingProgress& p) {
-      const auto line = pipeline::format_training_progress(p, "img");
-      if (tty) {
-        std::cerr << "\r" << line << (p.batch == p.batches ? "\n" : "") << std::flush;
-      } else {
-        std::cerr << line << "\n";
-      }
-    };
+    const bool tty = isatty(STDERR_FILENO) != 0;
+    if (!quiet) {
+      o.on_progress = [&](const pipeline::TrainingProgress& p) {
+        const auto line = pipeline::format_training_progress(p, "img");
+        if (tty) {
+          std::cerr << "\r" << line << (p.batch == p.batches ? "\n" : "") << std::flush;
+        } else {
+          std::cerr << line << "\n";
+        }
+      };
+    }
+    if (main_rank)
+      o.on_epoch = [&](const nlohmann::json& r, const nlohmann::json& t) {
+        const auto number = [](const nlohmann::json& v) {
+          return v.is_number() ? v.get<double>() : std::nan("");
+        };
+        const auto& ci = r["val"]["auc_ci"];
+        std::printf(
+            "epoch %lld: train loss %.4f, val loss %.4f, val AUC %.4f [%.4f, %.4f], balanced "
+            "accuracy %.4f, %.1f images/s, %.1fs%s\n",
+            static_cast<long long>(r["epoch"].get<int64_t>()), r["train_loss"].get<double>(),
+            number(r["val_loss"]), number(r["val_auc"]),
+            ci.is_object() ? number(ci["low"]) : std::nan(""),
+            ci.is_object() ? number(ci["high"]) : std::nan(""),
+            number(r["val"]["balanced_accuracy"]), t["images_per_s"].get<double>(),
+            t["wall_s"].get<double>(), r["best"].get<bool>() ? " (best)" : "");
+        std::fflush(stdout);
+      };
+    if (!quiet)
+      std::cerr << (resume ? "resuming " : "training ") << model_name << " on "
+                << train_source->size() << " images, validating on " << val_source->size() << " ("
+                << runtime::threads() << " threads"
+                << (world > 1 ? concat(" per rank, ", world, " ranks") : std::string()) << ")\n";
+    const auto result = pipeline::train_image_classifier(train_source, val_source, o);
+    if (group) group->finish();
+    if (!main_rank) return 0;
+    if (result.stopped_by_budget && !quiet) std::cerr << "stopped by the time budget\n";
+    if (result.stopped_early && !quiet)
+      std::cerr << "stopped early: no improvement for " << patience << " epochs\n";
+    std::printf("best epoch %lld: val %s %.4f, temperature %.3f; %s\n",
+                static_cast<long long>(result.best_epoch), select_by.c_str(), result.best,
+                result.temperature, (fs::path(out) / "best.h5").string().c_str());
+    return 0;
+  } catch (const std::exception& e) {
+    if (group) group->report_failure(e.what());
+    throw;
   }
-  o.on_epoch = [&](const nlohmann::json& r, const nlohmann::json& t) {
-    const auto number = [](const nlohmann::json& v) {
-      return v.is_number() ? v.get<double>() : std::nan("");
-    };
-    const auto& ci = r["val"]["auc_ci"];
-    std::printf(
-        "epoch %lld: train loss %.4f, val loss %.4f, val AUC %.4f [%.4f, %.4f], balanced "
-        "accuracy %.4f, %.1f images/s, %.1fs%s\n",
-        static_cast<long long>(r["epoch"].get<int64_t>()), r["train_loss"].get<double>(),
-        number(r["val_loss"]), number(r["val_auc"]),
-        ci.is_object() ? number(ci["low"]) : std::nan(""),
-        ci.is_object() ? number(ci["high"]) : std::nan(""), number(r["val"]["balanced_accuracy"]),
-        t["images_per_s"].get<double>(), t["wall_s"].get<double>(),
-        r["best"].get<bool>() ? " (best)" : "");
-    std::fflush(stdout);
-  };
-  if (!quiet)
-    std::cerr << (resume ? "resuming " : "training ") << model_name << " on "
-              << train_source->size() << " images, validating on " << val_source->size() << " ("
-              << runtime::threads() << " threads)\n";
-  const auto result = pipeline::train_image_classifier(train_source, val_source, o);
-  if (result.stopped_by_budget && !quiet) std::cerr << "stopped by the time budget\n";
-  if (result.stopped_early && !quiet)
-    std::cerr << "stopped early: no improvement for " << patience << " epochs\n";
-  std::printf("best epoch %lld: val %s %.4f, temperature %.3f; %s\n",
-              static_cast<long long>(result.best_epoch), select_by.c_str(), result.best,
-              result.temperature, (fs::path(out) / "best.h5").string().c_str());
-  return 0;
 }
 
 const Registration kTrain("train", "train an image classifier (ISIC, CSV, folders, cache)",

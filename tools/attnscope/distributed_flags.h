@@ -1,0 +1,47 @@
+#pragma once
+// The flags of data-parallel subcommands (--master-addr, --dist-timeout) and the one place the
+// command reads the launcher's environment variables (library code never reads the
+// environment).
+
+#include <chrono>
+#include <cstdlib>
+#include <map>
+#include <string>
+
+#include "cli.h"
+#include "pipeline/distributed.h"
+
+namespace attnscope::cli {
+
+struct DistributedFlags {
+  std::string master_addr;
+  double timeout_s = 1800;
+
+  void add_to(po::options_description& desc) {
+    // clang-format off
+    desc.add_options()
+        ("master-addr", po::value(&master_addr)->default_value(""),
+         "address of rank 0's machine (the rendezvous store); default: MASTER_ADDR. Needed "
+         "under Slurm unless MASTER_ADDR is set")
+        ("dist-timeout", po::value(&timeout_s)->default_value(1800),
+         "seconds a rendezvous, a collective or a missing rank may take before every rank "
+         "stops with an error naming the rank");
+    // clang-format on
+  }
+
+  /// The launcher's variables (torchrun, Slurm, GLOO_SOCKET_IFNAME) read from the
+  /// environment, plus these flags.
+  pipeline::DistributedConfig config() const {
+    if (!(timeout_s > 0) || timeout_s > 1e7)
+      throw UsageError("--dist-timeout expects seconds > 0", "");
+    std::map<std::string, std::string> env;
+    for (const auto& name : pipeline::distributed_variables())
+      if (const char* value = std::getenv(name.c_str())) env[name] = value;
+    pipeline::LaunchOptions options;
+    options.master_addr = master_addr;
+    options.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000.0));
+    return pipeline::distributed_config(env, options);
+  }
+};
+
+}  // namespace attnscope::cli
