@@ -12,13 +12,13 @@
 
 #include <array>
 #include <chrono>
-#include <thread>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <random>
 #include <string>
+#include <thread>
 
 #include "attnscope/error.h"
 
