@@ -303,35 +303,39 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
 
   // Unreadable images: all listed before the first step; --skip-bad leaves them out.
   std::vector<BadImage> skipped;
+  // Every bad file of both sets is listed before stopping.
   auto drop_bad = [&](std::shared_ptr<const datasets::SampleSource>& source,
-                      const std::string& which) {
+                      std::vector<BadImage>& found) {
     if (source->preprocessed() || source->size() == 0) return;
-    if (!source->size() || source->sample(0).path.empty()) return;  // synthetic: no files
+    if (source->sample(0).path.empty()) return;  // synthetic: no files
     const auto bad = find_bad_images(*source, std::max(workers, 1));
     if (bad.empty()) return;
-    if (!skip_bad) {
-      std::ostringstream msg;
-      msg << bad.size() << " unreadable image" << (bad.size() == 1 ? "" : "s") << " in the "
-          << which << " set (use --skip-bad to leave them out):";
-      for (const auto& b : bad)
-        msg << "\n  " << b.path << ": " << b.message;
-      throw Error(data.data, msg.str());
-    }
     std::set<std::string> bad_ids;
     for (const auto& b : bad) {
       bad_ids.insert(b.id);
-      skipped.push_back(b);
+      found.push_back(b);
     }
     std::vector<std::size_t> keep;
     for (std::size_t i = 0; i < source->size(); ++i)
       if (!bad_ids.count(source->sample(i).image_id)) keep.push_back(i);
     source = std::make_shared<pipeline::IndexedSource>(source, keep);
-    std::cerr << "warning: skipped " << bad.size() << " unreadable " << which
-              << " image(s), listed in " << (fs::path(out) / "skipped.csv").string() << "\n";
   };
   if (!cache) {
-    drop_bad(train_source, "training");
-    drop_bad(val_source, "validation");
+    std::vector<BadImage> bad;
+    drop_bad(train_source, bad);
+    drop_bad(val_source, bad);
+    if (!bad.empty() && !skip_bad) {
+      std::ostringstream msg;
+      msg << bad.size() << " unreadable image" << (bad.size() == 1 ? "" : "s")
+          << " (use --skip-bad to leave them out):";
+      for (const auto& b : bad)
+        msg << "\n  " << b.message;
+      throw Error(data.data, msg.str());
+    }
+    if (!bad.empty())
+      std::cerr << "warning: skipped " << bad.size() << " unreadable image(s), listed in "
+                << (fs::path(out) / "skipped.csv").string() << "\n";
+    skipped = bad;
   } else {
     auto cached = [&](std::shared_ptr<const datasets::SampleSource>& source,
                       const std::string& name) {
