@@ -482,6 +482,12 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     const auto result = pipeline::train_image_classifier(train_source, val_source, o);
     if (group) group->finish();
     if (!main_rank) return 0;
+    // A partial epoch is not kept (a resumed run must see whole epochs), so a budget that ends
+    // inside the first epoch leaves nothing to save: say so instead of naming a best.h5.
+    if (result.epochs_completed == 0 && !resume)
+      throw Error(out, concat("the time budget (", time_budget,
+                              " min) ran out before the first epoch ended; nothing was saved. "
+                              "Raise --time-budget, or lower --size or the number of images"));
     if (result.stopped_by_budget && !quiet) std::cerr << "stopped by the time budget\n";
     if (result.stopped_early && !quiet)
       std::cerr << "stopped early: no improvement for " << patience << " epochs\n";
