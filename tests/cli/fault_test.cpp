@@ -224,10 +224,11 @@ TEST(CliFault, SynthOnAFullDiskNamesTheImageAndLeavesNoEmptyFile) {
   expect_clean_failure(r, "File too large");
   EXPECT_NE(r.output.find(".png"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("labels.csv"), std::string::npos) << r.output;
-  for (const char* sub : {"images", "masks"})
-    if (fs::exists(dir.path() / sub))
-      for (const auto& e : fs::directory_iterator(dir.path() / sub))
-        EXPECT_GT(fs::file_size(e.path()), 0u) << e.path();
+  for (const char* sub : {"images", "masks"}) {
+    if (!fs::exists(dir.path() / sub)) continue;
+    for (const auto& e : fs::directory_iterator(dir.path() / sub))
+      EXPECT_GT(fs::file_size(e.path()), 0u) << e.path();
+  }
 }
 
 TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
