@@ -325,7 +325,7 @@ TEST(Seq2SeqCheckpoint, RoundTripGivesTheSameTranslations) {
 // field named, before a model is built (layers 0 crashed, layers 100000 hung, dropout 7 gave a
 // LibTorch stack trace).
 TEST(Seq2SeqCheckpoint, CraftedConfigFieldsAreRefusedByName) {
-  const auto t = copy_model(false);
+  const auto t = copy_model();
   test::TempDir dir;
   const auto good = dir / "good.h5";
   save_seq2seq(good, t.bundle);
