@@ -166,8 +166,8 @@ void verify_checkpoint(const std::string& path) {
   auto file = h5::File::open(path);
   const auto version = h5::read_string_attribute(file.id(), "format_version", path);
   std::map<std::string, torch::Tensor> stored;
-  for (const auto& name : h5::children(file.id()))
-    stored[name] = h5::read_tensor(file.id(), name, path);
+  for (const auto& entry : checkpoint_tensors(path))  // datasets only: groups are not tensors
+    stored[entry.first] = h5::read_tensor(file.id(), entry.first, path);
   if (version != "1") {  // version 1 predates the checksum
     check(h5::has_attribute(file.id(), "tensor_checksum"), path, "format_version ", version,
           " checkpoint without a tensor_checksum attribute");
