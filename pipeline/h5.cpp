@@ -27,10 +27,6 @@ herr_t collect_error(unsigned n, const H5E_error2_t* e, void* data) {
 // Largest dataset read_tensor allocates (a crafted shape must not exhaust memory).
 constexpr uint64_t kMaxReadBytes = uint64_t{16} << 30;
 
-std::string where(const std::string& file, const std::string& name) {
-  return file + ":/" + name;
-}
-
 hid_t native_type(const at::ScalarType t) {
   switch (t) {
     case at::kFloat:
@@ -51,6 +47,17 @@ hid_t native_type(const at::ScalarType t) {
 }
 
 }  // namespace
+
+std::string where(const std::string& file, const std::string& name) {
+  return file + ":/" + name;
+}
+
+Handle utf8_string_type() {
+  Handle type(H5Tcopy(H5T_C_S1));
+  H5Tset_size(type.get(), H5T_VARIABLE);
+  H5Tset_cset(type.get(), H5T_CSET_UTF8);
+  return type;
+}
 
 void init() {
   static const bool done = [] {
@@ -313,9 +320,7 @@ void write_attribute(hid_t obj, const std::string& name, const std::string& valu
                      const std::string& file) {
   silence_hdf5();
   if (has_attribute(obj, name)) H5Adelete(obj, name.c_str());
-  Handle type(H5Tcopy(H5T_C_S1));
-  H5Tset_size(type.get(), H5T_VARIABLE);
-  H5Tset_cset(type.get(), H5T_CSET_UTF8);
+  const Handle type = utf8_string_type();
   Handle space(H5Screate(H5S_SCALAR));
   Handle attr(H5Acreate2(obj, name.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT));
   check_h5(attr.valid(), where(file, "@" + name), "cannot create attribute");

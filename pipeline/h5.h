@@ -110,6 +110,12 @@ Handle require_group(hid_t loc, const std::string& path, const std::string& file
 
 bool exists(hid_t loc, const std::string& name);
 
+/// "file:/name": how errors name an object inside a file.
+std::string where(const std::string& file, const std::string& name);
+
+/// The variable-length UTF-8 string type h5py reads as str.
+Handle utf8_string_type();
+
 /// Names of the direct children of a group, in creation/alphabetical order.
 std::vector<std::string> children(hid_t loc);
 

@@ -18,20 +18,11 @@ const char kVersion[] = "1";
 // Samples decoded in parallel before they are appended: bounds the memory of the writer.
 constexpr std::size_t kChunkSamples = 64;
 
-std::string where(const std::string& file, const std::string& name) {
-  return file + ":/" + name;
-}
-
-h5::Handle string_type() {
-  h5::Handle type(H5Tcopy(H5T_C_S1));
-  H5Tset_size(type.get(), H5T_VARIABLE);
-  H5Tset_cset(type.get(), H5T_CSET_UTF8);
-  return type;
-}
+using h5::where;
 
 void write_strings(hid_t loc, const std::string& name, const std::vector<std::string>& values,
                    const std::string& file) {
-  const auto type = string_type();
+  const auto type = h5::utf8_string_type();
   const hsize_t n = values.size();
   h5::Handle space(H5Screate_simple(1, &n, nullptr));
   h5::Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
@@ -55,7 +46,7 @@ std::vector<std::string> read_strings(hid_t loc, const std::string& name, const 
   std::vector<char*> ptrs(n, nullptr);
   std::vector<std::string> out;
   if (n == 0) return out;
-  const auto type = string_type();
+  const auto type = h5::utf8_string_type();
   check(H5Dread(set.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) >= 0,
         where(file, name), "cannot read strings");
   for (auto* p : ptrs)

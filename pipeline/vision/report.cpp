@@ -105,9 +105,7 @@ std::string fmt(double v, int digits = 3) {
 // ---------------------------------------------------------------------------------------------
 // Reading results.h5 (docs/hdf5-schema.md)
 
-std::string where(const std::string& file, const std::string& name) {
-  return file + ":/" + name;
-}
+using h5::where;
 
 std::vector<std::string> read_strings(hid_t loc, const std::string& name, const std::string& file) {
   h5::Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));

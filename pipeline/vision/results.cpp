@@ -15,16 +15,7 @@
 namespace attnscope::pipeline {
 namespace {
 
-std::string where(const std::string& file, const std::string& name) {
-  return file + ":/" + name;
-}
-
-h5::Handle string_type() {
-  h5::Handle type(H5Tcopy(H5T_C_S1));
-  H5Tset_size(type.get(), H5T_VARIABLE);
-  H5Tset_cset(type.get(), H5T_CSET_UTF8);
-  return type;
-}
+using h5::where;
 
 // Per-row datasets of a layout: name -> (memory type, trailing dims, compressed).
 struct Column {
@@ -83,7 +74,7 @@ void create_column(hid_t file, const Column& col, const std::string& path) {
   if (col.compress) H5Pset_deflate(dcpl.get(), 4);
   h5::Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
   H5Pset_create_intermediate_group(lcpl.get(), 1);
-  const auto stype = string_type();
+  const auto stype = h5::utf8_string_type();
   h5::Handle set(H5Dcreate2(file, col.name.c_str(), col.type < 0 ? stype.get() : col.type,
                             space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT));
   check(set.valid(), where(path, col.name), "cannot create dataset");
@@ -114,7 +105,7 @@ void write_rows(hid_t file, const Column& col, int64_t at, int64_t rows, const v
   count[0] = static_cast<hsize_t>(rows);
   H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
   h5::Handle memory(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr));
-  const auto stype = string_type();
+  const auto stype = h5::utf8_string_type();
   check(H5Dwrite(set.get(), col.type < 0 ? stype.get() : col.type, memory.get(), space.get(),
                  H5P_DEFAULT, data) >= 0,
         where(path, col.name), "cannot write rows (disk full?)");
@@ -159,7 +150,7 @@ std::vector<std::string> read_string_rows(hid_t file, const std::string& name,
   H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, &start, nullptr, &n, nullptr);
   h5::Handle memory(H5Screate_simple(1, &n, nullptr));
   std::vector<char*> ptrs(n, nullptr);
-  const auto type = string_type();
+  const auto type = h5::utf8_string_type();
   check(H5Dread(set.get(), type.get(), memory.get(), space.get(), H5P_DEFAULT, ptrs.data()) >= 0,
         where(path, name), "cannot read strings");
   for (auto* p : ptrs)
@@ -552,7 +543,7 @@ void copy_rows(hid_t in, hid_t out, const std::string& name, const std::vector<i
   check(dst.valid(), where(out_path, name), "missing dataset");
   h5::Handle ftype(H5Dget_type(src.get()));
   const bool is_string = H5Tget_class(ftype.get()) == H5T_STRING;
-  h5::Handle mtype(is_string ? H5Tcopy(string_type().get())
+  h5::Handle mtype(is_string ? H5Tcopy(h5::utf8_string_type().get())
                              : H5Tget_native_type(ftype.get(), H5T_DIR_ASCEND));
   h5::Handle sspace(H5Dget_space(src.get()));
   const int rank = H5Sget_simple_extent_ndims(sspace.get());
