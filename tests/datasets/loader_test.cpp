@@ -123,7 +123,7 @@ TEST(Loader, BadFilesAreReportedAndTheEpochGoesOn) {
 class BoundedSource : public SampleSource {
  public:
   BoundedSource(std::shared_ptr<SyntheticSource> inner, int bound)
-      : inner_(std::move(inner)), bound(bound) {}
+      : bound(bound), inner_(std::move(inner)) {}
   std::size_t size() const override { return inner_->size(); }
   const Sample& sample(std::size_t i) const override { return inner_->sample(i); }
   const std::vector<std::string>& class_names() const override { return inner_->class_names(); }
