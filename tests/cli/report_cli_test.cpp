@@ -159,9 +159,13 @@ TEST(CliReport, RenderedPageIsNotBlank) {
   ASSERT_EQ(stats.status, 0) << stats.output;
   double ink = 0, spread = 0, saturated = 0;
   std::istringstream(stats.output) >> ink >> spread >> saturated;
-  EXPECT_GT(ink, 0.03) << stats.output;         // a blank page has none
-  EXPECT_GT(spread, 15.0) << stats.output;      // a white page has 0
-  EXPECT_GT(saturated, 0.002) << stats.output;  // overlays and colour bars rendered
+  // A blank or white page gives 0 for all three. A quiet machine measured 0.14, 49 and 0.0062;
+  // four renders at once (lazy thumbnails still decoding when the shot is taken) 0.029, 27
+  // and 0.0036: the bounds sit well below both. (Cards built by the script are counted by
+  // ChromiumShowsEveryCardAndTheNumbersOfTheResultsFile through --dump-dom.)
+  EXPECT_GT(ink, 0.01) << stats.output;         // text, tables and plots drawn
+  EXPECT_GT(spread, 10.0) << stats.output;      // not a flat page
+  EXPECT_GT(saturated, 0.001) << stats.output;  // colour bars, overlays and plot colours
 }
 
 TEST(CliReport, BadResultsFilesGiveOneClearLine) {
