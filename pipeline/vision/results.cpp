@@ -1,8 +1,15 @@
 #include "pipeline/vision/results.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <array>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <deque>
 #include <filesystem>
 #include <numeric>
 
@@ -167,40 +174,18 @@ std::vector<int64_t> read_int_rows(hid_t file, const std::string& name, const st
   return out;
 }
 
-// The metadata cache never writes dirty entries between flushes, and the file never reuses
-// freed space: between two H5Fflush calls the file on disk is the last flushed state plus
-// unreferenced bytes at its end, so a SIGKILL leaves a readable file.
-void make_crash_safe(hid_t file, const std::string& path) {
-  H5AC_cache_config_t config;
-  config.version = H5AC__CURR_CACHE_CONFIG_VERSION;
-  check(H5Fget_mdc_config(file, &config) >= 0, path, "cannot read the metadata cache config");
-  config.evictions_enabled = false;
-  config.incr_mode = H5C_incr__off;
-  config.flash_incr_mode = H5C_flash_incr__off;
-  config.decr_mode = H5C_decr__off;
-  config.set_initial_size = true;
-  config.initial_size = 16 * 1024 * 1024;
-  config.max_size = std::max<size_t>(config.max_size, 64 * 1024 * 1024);
-  config.min_size = std::min<size_t>(config.min_size, config.initial_size);
-  check(H5Fset_mdc_config(file, &config) >= 0, path, "cannot configure the metadata cache");
-}
-
 h5::Handle open_file(const std::string& path, bool create) {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
   hid_t id = -1;
   if (create) {
-    h5::Handle fcpl(H5Pcreate(H5P_FILE_CREATE));
-    H5Pset_file_space_strategy(fcpl.get(), H5F_FSPACE_STRATEGY_NONE, 0, 1);
-    id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.get(), H5P_DEFAULT);
+    id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     check(id >= 0, path, "cannot create HDF5 file (is the folder there and writable?)");
   } else {
     check(std::filesystem::exists(path), path, "no such file");
     id = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
     check(id >= 0, path, "cannot open as HDF5 for writing (not an attnscope results file?)");
   }
-  h5::Handle file(id);
-  make_crash_safe(file.get(), path);
-  return file;
+  return h5::Handle(id);
 }
 
 std::string json_list(const std::vector<std::string>& v) {
@@ -231,15 +216,224 @@ std::string file_checksum(const std::string& path) {
   return std::string("fnv1a64:") + buf;
 }
 
+// ---- writing: two replicas, the committed one hard-linked at path ----------------------
+
+namespace {
+
+// Flushes and closes a file, checked; the id is released whatever H5Fclose returns.
+void close_checked(h5::Handle& file, const std::string& shown) {
+  check(H5Fflush(file.get(), H5F_SCOPE_GLOBAL) >= 0, shown, "cannot flush (disk full?)");
+  check(H5Fclose(file.release()) >= 0, shown, "cannot close (disk full?)");
+}
+
+void sync_path(const std::string& path, const std::string& shown) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  check(fd >= 0, shown, "cannot open to sync: ", std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  check(rc == 0, shown, "cannot sync: ", std::strerror(err));
+}
+
+// Makes `path` name the same file as `replica`: a hard link under a temporary name renamed
+// over path (atomic). Where hard links are refused, a copy takes its place.
+void link_over(const std::string& replica, const std::string& path) {
+  namespace fs = std::filesystem;
+  AtomicFile staging(path);  // only for its temporary name; it is never written
+  const auto& temp = staging.temp_path();
+  ::unlink(temp.c_str());
+  if (::link(replica.c_str(), temp.c_str()) != 0) {
+    std::error_code ec;
+    fs::copy_file(replica, temp, fs::copy_options::overwrite_existing, ec);
+    check(!ec, path, "cannot link or copy ", replica, " beside it: ", ec.message());
+    sync_path(temp, path);
+  }
+  if (::rename(temp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(temp.c_str());
+    check(false, path, "cannot rename the new state over it: ", std::strerror(err));
+  }
+  const auto dir = fs::path(path).has_parent_path() ? fs::path(path).parent_path() : fs::path(".");
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);  // best effort: some file systems refuse fsync on folders
+    ::close(dfd);
+  }
+}
+
+std::string replica_path(const std::string& path, char which) {
+  namespace fs = std::filesystem;
+  const fs::path p(path);
+  const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  return (dir / ("." + p.filename().string() + ".replica-" + which)).string();
+}
+
+}  // namespace
+
+struct ResultsWriter::State {
+  // One committed change: a batch (possibly empty) and the root attributes set before it.
+  struct Op {
+    ResultRows rows;
+    std::vector<ResultError> errors;
+    std::map<std::string, std::string> attributes;
+  };
+  struct Replica {
+    std::string path;
+    std::size_t applied = 0;  // ops already in this file (absolute op numbers)
+    int64_t rows = 0, errors = 0;
+    bool damaged = false;  // a write into it failed: start it again from the committed file
+  };
+  std::string path;
+  ResultsLayout layout;
+  std::array<Replica, 2> replicas;
+  int committed = 0;   // the replica that path names
+  std::deque<Op> ops;  // ops not yet in both replicas; ops[i] is op number base + i
+  std::size_t base = 0, next = 0;
+  std::map<std::string, std::string> pending_attributes;
+  int64_t rows = 0, errors = 0;  // including ops not yet committed
+  bool finished = false;
+
+  ~State() {
+    // path names the committed inode on its own; the replica names are scaffolding.
+    for (const auto& r : replicas)
+      if (!r.path.empty()) ::unlink(r.path.c_str());
+  }
+
+  void apply(hid_t f, Replica& r, const Op& op) {
+    const auto n = static_cast<int64_t>(op.rows.size());
+    const auto& rows_in = op.rows;
+    if (n > 0) {
+      for (const auto& col : columns(layout)) {
+        const auto& name = col.name;
+        if (name == "images/id") {
+          write_string_rows(f, col, r.rows, rows_in.ids, path);
+        } else if (name == "images/source_path") {
+          write_string_rows(f, col, r.rows, rows_in.paths, path);
+        } else if (name == "images/index" || name == "images/label") {
+          const auto& v = name == "images/index" ? rows_in.index : rows_in.label;
+          check(static_cast<int64_t>(v.size()) == n, where(path, name), "row count differs");
+          write_rows(f, col, r.rows, n, v.data(), path);
+        } else if (name == "images/preprocessed") {
+          write_tensor_rows(f, col, r.rows, rows_in.preprocessed, n, path);
+        } else if (name == "predictions/logits") {
+          write_tensor_rows(f, col, r.rows, rows_in.logits, n, path);
+        } else if (name == "predictions/probability") {
+          write_tensor_rows(f, col, r.rows, rows_in.probability, n, path);
+        } else if (name == "predictions/probability_std") {
+          write_tensor_rows(f, col, r.rows, rows_in.probability_std, n, path);
+        } else if (name == "predictions/label") {
+          write_tensor_rows(f, col, r.rows, rows_in.prediction, n, path);
+        } else {
+          const auto slash = name.find('/');
+          const auto group = name.substr(0, slash), key = name.substr(slash + 1);
+          const auto& source = group == "attention"  ? rows_in.maps
+                               : group == "overlays" ? rows_in.overlays
+                                                     : rows_in.measures;
+          const auto it = source.find(key);
+          check(it != source.end(), where(path, name), "no values for this dataset in the batch");
+          write_tensor_rows(f, col, r.rows, it->second, n, path);
+        }
+      }
+    }
+    const auto e = static_cast<int64_t>(op.errors.size());
+    if (e > 0) {
+      std::vector<std::string> ids, paths, reasons;
+      std::vector<int64_t> index;
+      for (const auto& err : op.errors) {
+        ids.push_back(err.id);
+        paths.push_back(err.path);
+        reasons.push_back(err.reason);
+        index.push_back(err.index);
+      }
+      write_string_rows(f, kErrorColumns[0], r.errors, ids, path);
+      write_string_rows(f, kErrorColumns[1], r.errors, paths, path);
+      write_rows(f, kErrorColumns[2], r.errors, e, index.data(), path);
+      write_string_rows(f, kErrorColumns[3], r.errors, reasons, path);
+    }
+    r.rows += n;
+    r.errors += e;
+    for (const auto& [k, v] : op.attributes)
+      h5::write_attribute(f, k, v, path);
+    h5::write_attribute(f, "num_images", std::to_string(r.rows), path);
+    h5::write_attribute(f, "num_errors", std::to_string(r.errors), path);
+  }
+
+  // Replaces replica r by a copy of the committed file (a fresh inode), e.g. when a reader
+  // still holds the old one open.
+  void recopy(Replica& r) {
+    const auto& c = replicas[static_cast<std::size_t>(committed)];
+    ::unlink(r.path.c_str());
+    std::error_code ec;
+    std::filesystem::copy_file(c.path, r.path, ec);
+    check(!ec, path, "cannot copy to ", r.path, ": ", ec.message());
+    r.applied = c.applied;
+    r.rows = c.rows;
+    r.errors = c.errors;
+    r.damaged = false;
+  }
+
+  // Brings the idle replica up to every op, closes it and makes path name it.
+  void commit() {
+    auto& r = replicas[static_cast<std::size_t>(1 - committed)];
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    if (r.damaged) recopy(r);
+    hid_t id = H5Fopen(r.path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    if (id < 0) {
+      // A reader (h5py, a report) still has this inode open from when path named it, or the
+      // replica was damaged by a failed write: start it again from the committed file.
+      H5Eclear2(H5E_DEFAULT);
+      recopy(r);
+      id = H5Fopen(r.path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+      h5::check_h5(id >= 0, r.path, "cannot open for writing");
+    }
+    h5::Handle file(id);
+    try {
+      for (std::size_t k = r.applied; k < next; ++k)
+        apply(file.get(), r, ops[k - base]);
+      r.applied = next;
+      close_checked(file, path);
+      sync_path(r.path, path);
+    } catch (...) {
+      r.damaged = true;
+      throw;
+    }
+    link_over(r.path, path);
+    committed = 1 - committed;
+    while (!ops.empty() && base < std::min(replicas[0].applied, replicas[1].applied)) {
+      ops.pop_front();
+      ++base;
+    }
+  }
+
+  void push(ResultRows rows_in, std::vector<ResultError> errors_in) {
+    Op op;
+    op.rows = std::move(rows_in);
+    op.errors = std::move(errors_in);
+    op.attributes = std::move(pending_attributes);
+    pending_attributes.clear();
+    rows += static_cast<int64_t>(op.rows.size());
+    errors += static_cast<int64_t>(op.errors.size());
+    ops.push_back(std::move(op));
+    ++next;
+    commit();
+  }
+};
+
+ResultsWriter::ResultsWriter(std::unique_ptr<State> state) : s_(std::move(state)) {}
+ResultsWriter::ResultsWriter(ResultsWriter&&) noexcept = default;
+ResultsWriter& ResultsWriter::operator=(ResultsWriter&&) noexcept = default;
+ResultsWriter::~ResultsWriter() = default;
+
 ResultsWriter ResultsWriter::create(const std::string& path, const ResultsHeader& header,
                                     const ResultsLayout& layout) {
-  ResultsWriter w;
-  w.path_ = path;
-  w.layout_ = layout;
-  // The empty file is built under a temporary name and renamed, so that a kill before the
-  // first batch leaves either no file or a complete empty one.
-  AtomicFile target(path);
-  h5::Handle file = open_file(target.temp_path(), true);
+  auto s = std::make_unique<State>();
+  s->path = path;
+  s->layout = layout;
+  s->replicas[0].path = replica_path(path, 'a');
+  s->replicas[1].path = replica_path(path, 'b');
+  // The empty file is built as replica a, copied to b, and linked at path: a kill before that
+  // leaves no file at path (or the previous one, with --overwrite), never a partial one.
+  h5::Handle file = open_file(s->replicas[0].path, true);
   const hid_t f = file.get();
   h5::write_attribute(f, "format", kResultsFormat, path);
   h5::write_attribute(f, "schema_version", kResultsSchemaVersion, path);
@@ -275,146 +469,153 @@ ResultsWriter ResultsWriter::create(const std::string& path, const ResultsHeader
       h5::write_attribute(o.get(), "alpha", "0.5", path);
     }
   }
-  check(H5Fflush(f, H5F_SCOPE_GLOBAL) >= 0, path, "cannot flush (disk full?)");
-  file.reset();
-  target.commit();
-  w.file_ = open_file(path, false);
-  return w;
+  close_checked(file, path);
+  s->recopy(s->replicas[1]);
+  sync_path(s->replicas[0].path, path);
+  link_over(s->replicas[0].path, path);
+  return ResultsWriter(std::move(s));
 }
 
 ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader& expected,
                                     const ResultsLayout& layout) {
-  ResultsWriter w;
-  w.path_ = path;
-  w.layout_ = layout;
-  w.file_ = open_file(path, false);
-  const hid_t f = w.file_.get();
-  auto attr = [&](const std::string& name) {
-    return h5::has_attribute(f, name) ? h5::read_string_attribute(f, name, path)
-                                      : std::string("<absent>");
-  };
-  check(attr("format") == kResultsFormat, path, "is not an attnscope results file");
-  check(attr("schema_version") == kResultsSchemaVersion, path, "has schema version ",
-        attr("schema_version"), ", this attnscope writes ", kResultsSchemaVersion,
-        "; cannot resume it");
-  for (const auto& [k, v] : expected)
-    check(attr(k) == v, path, "cannot resume: its ", k, " differs from this run's (stored ",
-          attr(k).substr(0, 200), ", now ", v.substr(0, 200), ")");
-  std::vector<std::string> names;
-  for (const auto& m : layout.maps)
-    names.push_back(m.name);
-  check(attr("maps") == json_list(names), path, "cannot resume: it stores the maps ", attr("maps"),
-        ", this run asks for ", json_list(names));
-  check(attr("tta") == (layout.tta ? "dihedral8" : "none"), path,
-        "cannot resume: --tta differs from the stored run");
-  // Rows of the last complete flush: num_images, or the shortest dataset after a kill
-  // inside a flush.
-  auto consistent = [&](const std::vector<Column>& cols, const std::string& count_attr) {
-    int64_t n = std::numeric_limits<int64_t>::max();
-    for (const auto& col : cols)
-      n = std::min(n, rows_of(f, col.name, path));
-    try {
-      n = std::min<int64_t>(n, std::stoll(attr(count_attr)));
-    } catch (const std::exception&) {
-    }
-    for (const auto& col : cols) {
-      h5::Handle set(H5Dopen2(f, col.name.c_str(), H5P_DEFAULT));
-      std::vector<hsize_t> dims{static_cast<hsize_t>(n)};
-      dims.insert(dims.end(), col.dims.begin(), col.dims.end());
-      check(H5Dset_extent(set.get(), dims.data()) >= 0, where(path, col.name),
-            "cannot trim dataset");
-    }
-    return n;
-  };
-  w.rows_ = consistent(columns(layout), "num_images");
-  w.errors_ = consistent(kErrorColumns, "num_errors");
-  h5::write_attribute(f, "finished_at", "", path);
-  check(H5Fflush(f, H5F_SCOPE_GLOBAL) >= 0, path, "cannot flush");
+  auto s = std::make_unique<State>();
+  s->path = path;
+  s->layout = layout;
+  s->replicas[0].path = replica_path(path, 'a');
+  s->replicas[1].path = replica_path(path, 'b');
+  int64_t rows = 0, errors = 0;
+  bool torn = false;
+  {
+    h5::Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
+    check(std::filesystem::exists(path), path, "no such file");
+    h5::check_h5(file.valid(), path, "cannot open as HDF5 (not an attnscope results file?)");
+    const hid_t f = file.get();
+    auto attr = [&](const std::string& name) {
+      return h5::has_attribute(f, name) ? h5::read_string_attribute(f, name, path)
+                                        : std::string("<absent>");
+    };
+    check(attr("format") == kResultsFormat, path, "is not an attnscope results file");
+    check(attr("schema_version") == kResultsSchemaVersion, path, "has schema version ",
+          attr("schema_version"), ", this attnscope writes ", kResultsSchemaVersion,
+          "; cannot resume it");
+    for (const auto& [k, v] : expected)
+      check(attr(k) == v, path, "cannot resume: its ", k, " differs from this run's (stored ",
+            attr(k).substr(0, 200), ", now ", v.substr(0, 200), ")");
+    std::vector<std::string> names;
+    for (const auto& m : layout.maps)
+      names.push_back(m.name);
+    check(attr("maps") == json_list(names), path, "cannot resume: it stores the maps ",
+          attr("maps"), ", this run asks for ", json_list(names));
+    check(attr("tta") == (layout.tta ? "dihedral8" : "none"), path,
+          "cannot resume: --tta differs from the stored run");
+    // Rows of the last complete batch: num_images, or the shortest dataset (files written by
+    // attnscope before the replicas could hold a torn batch).
+    auto consistent = [&](const std::vector<Column>& cols, const std::string& count_attr) {
+      int64_t n = std::numeric_limits<int64_t>::max(), longest = 0;
+      for (const auto& col : cols) {
+        const auto k = rows_of(f, col.name, path);
+        n = std::min(n, k);
+        longest = std::max(longest, k);
+      }
+      try {
+        n = std::min<int64_t>(n, std::stoll(attr(count_attr)));
+      } catch (const std::exception&) {
+      }
+      torn = torn || longest != n;
+      return n;
+    };
+    rows = consistent(columns(layout), "num_images");
+    errors = consistent(kErrorColumns, "num_errors");
+  }
+  // Stale replicas of a killed run are scaffolding: path is the state to continue.
+  for (auto& r : s->replicas)
+    ::unlink(r.path.c_str());
+  for (auto& r : s->replicas) {
+    r.rows = rows;
+    r.errors = errors;
+  }
+  s->rows = rows;
+  s->errors = errors;
+  // Both replicas start as copies of path (a stands for the committed state; the first
+  // commit writes b), trimmed when the file holds a torn batch.
+  for (auto& r : s->replicas) {
+    std::error_code ec;
+    std::filesystem::copy_file(path, r.path, ec);
+    check(!ec, path, "cannot copy to ", r.path, ": ", ec.message());
+    if (!torn) continue;
+    h5::Handle file = open_file(r.path, false);
+    auto trim = [&](const std::vector<Column>& cols, int64_t n) {
+      for (const auto& col : cols) {
+        h5::Handle set(H5Dopen2(file.get(), col.name.c_str(), H5P_DEFAULT));
+        std::vector<hsize_t> dims{static_cast<hsize_t>(n)};
+        dims.insert(dims.end(), col.dims.begin(), col.dims.end());
+        check(H5Dset_extent(set.get(), dims.data()) >= 0, where(path, col.name),
+              "cannot trim dataset");
+      }
+    };
+    trim(columns(layout), rows);
+    trim(kErrorColumns, errors);
+    close_checked(file, path);
+  }
+  ResultsWriter w(std::move(s));
+  w.set_attribute("finished_at", "");
   return w;
 }
 
-ResultsWriter::~ResultsWriter() = default;
-
 std::set<std::string> ResultsWriter::stored_ids() const {
+  // The committed state (path, or its trimmed copy right after resume).
+  h5::Handle file(H5Fopen(s_->replicas[static_cast<std::size_t>(s_->committed)].path.c_str(),
+                          H5F_ACC_RDONLY, H5P_DEFAULT));
+  h5::check_h5(file.valid(), s_->path, "cannot open to read the stored ids");
+  const auto& r = s_->replicas[static_cast<std::size_t>(s_->committed)];
   std::set<std::string> ids;
-  for (auto& s : read_string_rows(file_.get(), "images/id", path_, rows_))
-    ids.insert(std::move(s));
-  for (auto& s : read_string_rows(file_.get(), "errors/id", path_, errors_))
-    ids.insert(std::move(s));
+  for (auto& id : read_string_rows(file.get(), "images/id", s_->path, r.rows))
+    ids.insert(std::move(id));
+  for (auto& id : read_string_rows(file.get(), "errors/id", s_->path, r.errors))
+    ids.insert(std::move(id));
   return ids;
 }
 
+int64_t ResultsWriter::num_images() const {
+  return s_->rows;
+}
+int64_t ResultsWriter::num_errors() const {
+  return s_->errors;
+}
+const std::string& ResultsWriter::path() const {
+  return s_->path;
+}
+
 std::string ResultsWriter::attribute(const std::string& name) const {
-  return h5::has_attribute(file_.get(), name) ? h5::read_string_attribute(file_.get(), name, path_)
-                                              : std::string();
+  const auto it = s_->pending_attributes.find(name);
+  if (it != s_->pending_attributes.end()) return it->second;
+  for (auto op = s_->ops.rbegin(); op != s_->ops.rend(); ++op) {
+    const auto a = op->attributes.find(name);
+    if (a != op->attributes.end()) return a->second;
+  }
+  h5::Handle file(H5Fopen(s_->path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
+  h5::check_h5(file.valid(), s_->path, "cannot open to read an attribute");
+  return h5::has_attribute(file.get(), name) ? h5::read_string_attribute(file.get(), name, s_->path)
+                                             : std::string();
 }
 
 void ResultsWriter::set_attribute(const std::string& name, const std::string& value) {
-  h5::write_attribute(file_.get(), name, value, path_);
+  s_->pending_attributes[name] = value;
 }
 
 void ResultsWriter::append(const ResultRows& rows, const std::vector<ResultError>& errors) {
-  const hid_t f = file_.get();
-  const auto n = static_cast<int64_t>(rows.size());
-  if (n > 0) {
-    for (const auto& col : columns(layout_)) {
-      const auto& name = col.name;
-      if (name == "images/id") {
-        write_string_rows(f, col, rows_, rows.ids, path_);
-      } else if (name == "images/source_path") {
-        write_string_rows(f, col, rows_, rows.paths, path_);
-      } else if (name == "images/index" || name == "images/label") {
-        const auto& v = name == "images/index" ? rows.index : rows.label;
-        check(static_cast<int64_t>(v.size()) == n, where(path_, name), "row count differs");
-        write_rows(f, col, rows_, n, v.data(), path_);
-      } else if (name == "images/preprocessed") {
-        write_tensor_rows(f, col, rows_, rows.preprocessed, n, path_);
-      } else if (name == "predictions/logits") {
-        write_tensor_rows(f, col, rows_, rows.logits, n, path_);
-      } else if (name == "predictions/probability") {
-        write_tensor_rows(f, col, rows_, rows.probability, n, path_);
-      } else if (name == "predictions/probability_std") {
-        write_tensor_rows(f, col, rows_, rows.probability_std, n, path_);
-      } else if (name == "predictions/label") {
-        write_tensor_rows(f, col, rows_, rows.prediction, n, path_);
-      } else {
-        const auto slash = name.find('/');
-        const auto group = name.substr(0, slash), key = name.substr(slash + 1);
-        const auto& source = group == "attention"  ? rows.maps
-                             : group == "overlays" ? rows.overlays
-                                                   : rows.measures;
-        const auto it = source.find(key);
-        check(it != source.end(), where(path_, name), "no values for this dataset in the batch");
-        write_tensor_rows(f, col, rows_, it->second, n, path_);
-      }
-    }
-  }
-  const auto e = static_cast<int64_t>(errors.size());
-  if (e > 0) {
-    std::vector<std::string> ids, paths, reasons;
-    std::vector<int64_t> index;
-    for (const auto& err : errors) {
-      ids.push_back(err.id);
-      paths.push_back(err.path);
-      reasons.push_back(err.reason);
-      index.push_back(err.index);
-    }
-    write_string_rows(f, kErrorColumns[0], errors_, ids, path_);
-    write_string_rows(f, kErrorColumns[1], errors_, paths, path_);
-    write_rows(f, kErrorColumns[2], errors_, e, index.data(), path_);
-    write_string_rows(f, kErrorColumns[3], errors_, reasons, path_);
-  }
-  rows_ += n;
-  errors_ += e;
-  h5::write_attribute(f, "num_images", std::to_string(rows_), path_);
-  h5::write_attribute(f, "num_errors", std::to_string(errors_), path_);
-  check(H5Fflush(f, H5F_SCOPE_GLOBAL) >= 0, path_, "cannot flush (disk full?)");
+  s_->push(rows, errors);
 }
 
 void ResultsWriter::finish(const std::string& finished_at) {
-  h5::write_attribute(file_.get(), "finished_at", finished_at, path_);
-  check(H5Fflush(file_.get(), H5F_SCOPE_GLOBAL) >= 0, path_, "cannot flush (disk full?)");
-  file_.reset();
+  check(!s_->finished, s_->path, "finished twice");
+  set_attribute("finished_at", finished_at);
+  s_->push({}, {});
+  s_->finished = true;
+  for (auto& r : s_->replicas) {  // path names the committed inode on its own
+    ::unlink(r.path.c_str());
+    r.path.clear();
+  }
 }
 
 // ---- reading ----------------------------------------------------------------------------

@@ -1,16 +1,21 @@
 #pragma once
 // The results store of a batch-classification run (results.h5), as docs/hdf5-schema.md
-// describes it: appended per batch and flushed, so that a run killed at any moment leaves a
-// readable file holding every flushed batch, and `--resume` continues it.
+// describes it. Crash-safe by construction: HDF5 rewrites metadata in place, so a file being
+// written is never the file at `path`. The writer keeps two replicas beside it
+// (`.<name>.replica-a`, `-b`); each batch is written into the replica that `path` does not name,
+// which is then closed and hard-linked over `path` (link + rename, atomic). A SIGKILL at any
+// moment leaves `path` a closed, complete HDF5 file holding every batch committed before it,
+// and `--resume` continues it.
 //
 //   ResultsWriter w = ResultsWriter::create(path, header, layout);   // or ::resume(path, ...)
-//   w.append(rows, errors);   // extends every dataset, writes, flushes
-//   w.finish(end_time);
+//   w.append(rows, errors);   // written into the idle replica, closed, renamed over path
+//   w.finish(end_time);       // the replicas are removed; path remains
 //
 // Only one thread may use a ResultsWriter (HDF5 is not built thread-safe).
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
@@ -75,37 +80,35 @@ class ResultsWriter {
                               const ResultsLayout& layout);
   /// Opens an existing file to continue it: checks that `expected` root attributes
   /// (model_checksum, preprocessing_config, class_names, maps, tta, ...) match, trims every
-  /// per-row dataset to the rows of the last complete flush, and returns the writer.
-  /// Throws Error naming the path and the first attribute that differs.
+  /// per-row dataset to num_images/num_errors (files of older versions may hold a torn batch),
+  /// and returns the writer. Throws Error naming the path and the first attribute that differs.
   static ResultsWriter resume(const std::string& path, const ResultsHeader& expected,
                               const ResultsLayout& layout);
 
-  ResultsWriter(ResultsWriter&&) = default;
-  ResultsWriter& operator=(ResultsWriter&&) = default;
+  ResultsWriter(ResultsWriter&&) noexcept;
+  ResultsWriter& operator=(ResultsWriter&&) noexcept;
   ~ResultsWriter();
 
   /// Ids already stored in /images/id and /errors/id.
   std::set<std::string> stored_ids() const;
-  int64_t num_images() const { return rows_; }
-  int64_t num_errors() const { return errors_; }
+  int64_t num_images() const;
+  int64_t num_errors() const;
 
-  /// Appends rows and errors, updates num_images/num_errors and flushes (H5Fflush).
+  /// Appends rows and errors, updates num_images/num_errors and commits: when it returns,
+  /// path() is a closed, complete file holding them.
   void append(const ResultRows& rows, const std::vector<ResultError>& errors);
   /// A root attribute ("" when absent).
   std::string attribute(const std::string& name) const;
-  /// Sets (overwrites) a root attribute; not flushed until the next append/finish.
+  /// Sets (overwrites) a root attribute; committed with the next append/finish.
   void set_attribute(const std::string& name, const std::string& value);
-  /// Writes finished_at, flushes and closes the file; throws Error when that fails.
+  /// Writes finished_at, commits and removes the replicas; throws Error when that fails.
   void finish(const std::string& finished_at);
-  const std::string& path() const { return path_; }
+  const std::string& path() const;
 
  private:
-  ResultsWriter() = default;
-  void open_datasets();
-  std::string path_;
-  ResultsLayout layout_;
-  h5::Handle file_;
-  int64_t rows_ = 0, errors_ = 0;
+  struct State;
+  explicit ResultsWriter(std::unique_ptr<State> state);
+  std::unique_ptr<State> s_;
 };
 
 /// Read side (tests, merge, CSV export). Every function throws Error naming path and object.

@@ -1,5 +1,7 @@
-// The results store: append, read back, resume after a torn flush, merge, CSV quoting.
+// The results store: append, read back, path always a closed file (replicas), resume after a
+// torn batch, merge, CSV quoting.
 
+#include <filesystem>
 #include <fstream>
 
 #include <torch/torch.h>
@@ -69,6 +71,48 @@ TEST(ResultsStore, AppendsBatchesAndReadsThemBack) {
             (std::vector<int64_t>{5, 8, 6, 3}));
 }
 
+int64_t rows_in(const h5::File& f, const std::string& name) {
+  return h5::dataset_shape(f.id(), name, f.path()).at(0);
+}
+
+// Every append leaves path a closed, complete file (opened here read-only between appends
+// while the writer goes on), a reader that keeps it open keeps its snapshot, and finish
+// leaves no replica beside it.
+TEST(ResultsStore, PathIsACompleteFileAfterEveryAppendAndReadersKeepTheirSnapshot) {
+  test::TempDir dir;
+  const auto path = dir / "r.h5";
+  auto w = ResultsWriter::create(path, header(), small_layout());
+  {
+    const auto empty = h5::File::open(path);
+    EXPECT_EQ(rows_in(empty, "images/id"), 0);
+  }
+  w.append(rows(0, 3), {{"bad", "/data/bad.jpg", 3, "corrupt"}});
+  const auto reader = h5::File::open(path);  // held open across the next appends
+  EXPECT_EQ(h5::read_string_attribute(reader.id(), "num_images", path), "3");
+  for (int64_t b = 1; b < 5; ++b) {
+    w.append(rows(4 * b, 2), {});
+    const auto now = h5::File::open(path);
+    EXPECT_EQ(rows_in(now, "images/id"), 3 + 2 * b);
+    EXPECT_EQ(rows_in(now, "attention/gradcam"), 3 + 2 * b);
+    EXPECT_EQ(h5::read_string_attribute(now.id(), "num_images", path), std::to_string(3 + 2 * b));
+    EXPECT_EQ(rows_in(now, "errors/id"), 1);
+  }
+  // The reader's file was never written after it opened it.
+  EXPECT_EQ(rows_in(reader, "images/id"), 3);
+  EXPECT_EQ(rows_in(reader, "predictions/logits"), 3);
+  w.set_attribute("note", "kept");
+  w.finish("now");
+  const auto r = read_results(path);
+  EXPECT_EQ(r.ids.size(), 11u);
+  EXPECT_EQ(r.attributes.at("note"), "kept");
+  EXPECT_EQ(r.attributes.at("finished_at"), "now");
+  EXPECT_TRUE(torch::allclose(r.logits.slice(0, 9, 11), rows(16, 2).logits));
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path()))
+    names.push_back(e.path().filename().string());
+  EXPECT_EQ(names, std::vector<std::string>{"r.h5"});
+}
+
 TEST(ResultsStore, ResumeTrimsATornBatchAndSkipsStoredIds) {
   test::TempDir dir;
   const auto path = dir / "r.h5";
@@ -77,7 +121,8 @@ TEST(ResultsStore, ResumeTrimsATornBatchAndSkipsStoredIds) {
     w.append(rows(0, 3), {});
   }
   {
-    // A kill inside a flush: one dataset already holds rows the others lack.
+    // A torn batch, as files written before the replicas could hold after a kill inside a
+    // flush: one dataset already holds rows the others lack.
     auto f = h5::File::open(path, true);
     h5::Handle set(H5Dopen2(f.id(), "predictions/logits", H5P_DEFAULT));
     hsize_t dims[2] = {5, 2};
