@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include <torch/torch.h>
+#include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 
 #include "pipeline/vision/image_model_config.h"
@@ -226,6 +227,73 @@ TEST(CliClassify, KilledAtRandomMomentsThenResumedEqualsAnUninterruptedRun) {
   // The replicas of the killed runs are gone; what remains is the run's own files.
   for (const auto& e : fs::directory_iterator(dir / "cut"))
     EXPECT_EQ(e.path().filename().string().find(".replica-"), std::string::npos) << e.path();
+}
+
+// --tta averages over the whole dihedral group, so its probability is invariant and its maps
+// (each mapped back before averaging) equivariant under any dihedral transform of the input:
+// an image and its flipped / rotated copies, compared by h5py with numpy's own flips.
+const char* kDihedralCheck = R"(
+import sys, h5py, numpy as np
+f = h5py.File(sys.argv[1], 'r')
+tta = sys.argv[2] == 'tta'
+ids = [s.decode() if isinstance(s, bytes) else s for s in f['images/id'][...]]
+row = {i: k for k, i in enumerate(ids)}
+prob = f['predictions/probability'][...]
+ops = {'flip': np.fliplr, 'rot90': lambda m: np.rot90(m, -1), 'transpose': np.transpose}
+worst_p, worst_m = 0.0, 0.0
+for name, op in ops.items():
+    a, b = row['orig'], row[name]
+    worst_p = max(worst_p, float(np.abs(prob[a] - prob[b]).max()))
+    for m in f['attention']:
+        x = f['attention/' + m][...].astype(np.float64)
+        scale = max(np.abs(x[a]).max(), 1e-12)
+        worst_m = max(worst_m, float(np.abs(op(x[a]) - x[b]).max() / scale))
+print('maps', sorted(f['attention']), 'std' if 'predictions/probability_std' in f else 'nostd')
+print('worst_p %.3g worst_m %.3g' % (worst_p, worst_m))
+)";
+
+TEST(CliClassify, TtaIsInvariantToFlipsAndRotationsAndItsMapsEquivariant) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 1);
+  cv::Mat orig;
+  for (const auto& e : fs::directory_iterator(images + "/images"))
+    orig = cv::imread(e.path().string(), cv::IMREAD_COLOR);
+  ASSERT_EQ(orig.rows, 64);
+  const auto in = dir.path() / "in";
+  fs::create_directories(in);
+  cv::Mat flip, rot, tr;
+  cv::flip(orig, flip, 1);
+  cv::rotate(orig, rot, cv::ROTATE_90_CLOCKWISE);
+  cv::transpose(orig, tr);
+  ASSERT_TRUE(cv::imwrite((in / "orig.png").string(), orig));
+  ASSERT_TRUE(cv::imwrite((in / "flip.png").string(), flip));
+  ASSERT_TRUE(cv::imwrite((in / "rot90.png").string(), rot));
+  ASSERT_TRUE(cv::imwrite((in / "transpose.png").string(), tr));
+  const auto script = dir / "dihedral.py";
+  std::ofstream(script) << kDihedralCheck;
+  auto worst = [&](const std::string& flags, const std::string& out, const std::string& mode) {
+    const auto r = test::run_process(exe() + " classify --model " + q(model) + " --input " +
+                                     q(in.string()) + " --out " + q(dir / out) + flags);
+    EXPECT_EQ(r.status, 0) << r.output;
+    const auto py = test::run_process(test::python() + " " + q(script) + " " +
+                                      q(dir / (out + "/results.h5")) + " " + mode);
+    EXPECT_EQ(py.status, 0) << py.output;
+    std::istringstream lines(py.output.substr(py.output.find("worst_p")));
+    std::string key;
+    double p = 1, m = 1;
+    lines >> key >> p >> key >> m;
+    return std::make_tuple(py.output, p, m);
+  };
+  const auto [text, p, m] = worst(" --tta", "tta", "tta");
+  EXPECT_NE(text.find("'gradcam'"), std::string::npos) << text;
+  EXPECT_NE(text.find(" std"), std::string::npos) << text;
+  EXPECT_LT(p, 1e-5) << text;
+  EXPECT_LT(m, 1e-4) << text;
+  // Without --tta the untrained model is neither: the check above can fail.
+  const auto [plain_text, plain_p, plain_m] = worst("", "plain", "plain");
+  EXPECT_NE(plain_text.find("nostd"), std::string::npos) << plain_text;
+  EXPECT_GT(plain_m, 1e-3) << plain_text;
 }
 
 TEST(CliClassify, TwoShardsMergedEqualOneRun) {
