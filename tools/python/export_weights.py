@@ -341,7 +341,10 @@ def main(argv=None):
                     "in_channels": 3}
     if fam == "attn":
         model_config["normalizer"] = args.normalizer or "sigmoid"
-    preprocessing = {"image_size": image_size, "mean": mean, "std": std}
+    # The preprocessing config in the form attnscope's pipeline reads (preprocessing/pipeline.h):
+    # a short-side resize + centre crop to the input size, and the weights' normalisation.
+    preprocessing = {"steps": [{"op": "resize", "size": image_size}],
+                     "normalize": {"mean": mean, "std": std}}
     provenance = {
         "source": source,
         "library": library,

@@ -12,6 +12,7 @@
 #include "models/vision/presets.h"
 #include "pipeline/h5.h"
 #include "pipeline/vision/image_model_config.h"
+#include "preprocessing/pipeline.h"
 #include "test_support.h"
 
 #ifndef ATTNSCOPE_EXE  // a build without the tools: where build/bin would hold the program
@@ -55,6 +56,9 @@ void expect_torchvision_logits(const std::string& arch) {
   auto loaded = make_reference(dir, arch);
   EXPECT_EQ(loaded.config.arch, arch);
   EXPECT_EQ(loaded.meta.class_names.size(), 5u);
+  // The exported preprocessing is one classify and evaluate read: torchvision's normalisation.
+  const auto pre = preprocessing::Pipeline::from_json(loaded.meta.preprocessing_config);
+  EXPECT_FLOAT_EQ(pre.normalization().std[2], 0.225f);
   torch::NoGradGuard no_grad;
   const auto logits = loaded.model->forward(reference(dir, "input")).logits;
   EXPECT_LE(relative_error(logits, reference(dir, "logits")), kTolerance);
@@ -72,6 +76,9 @@ TEST(ImageParity, VitMatchesPythonReference) {
   test::TempDir dir;
   auto loaded = make_reference(dir, "vit");
   EXPECT_EQ(loaded.config.arch, "vit_mini_patch8");
+  // timm's ViT normalisation (0.5 / 0.5) in a preprocessing config classify reads.
+  const auto pre = preprocessing::Pipeline::from_json(loaded.meta.preprocessing_config);
+  EXPECT_FLOAT_EQ(pre.normalization().mean[0], 0.5f);
   torch::NoGradGuard no_grad;
   const auto out = loaded.model->forward(reference(dir, "input"), /*need_attention=*/true);
   EXPECT_LE(relative_error(out.logits, reference(dir, "logits")), kTolerance);
