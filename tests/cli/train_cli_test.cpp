@@ -9,6 +9,8 @@
 #include <random>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "attnscope/atomic_file.h"
 #include "pipeline/vision/image_model_config.h"
 #include "test_support.h"
@@ -311,6 +313,134 @@ TEST(TrainCli, BadDataAndOutputAreClearErrors) {
                         "/run 2>&1");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("run folder"), std::string::npos) << r.output;
+}
+
+// The first `benign` benign and `malignant` malignant rows of the synthetic labels.csv (from
+// row `skip` of each class on), written beside it so that images/ and masks/ resolve.
+std::string subset_csv(const std::string& name, int benign, int malignant, int skip = 0) {
+  const auto text = read_text(synth_data());
+  std::istringstream in(text);
+  std::string line, csv;
+  std::getline(in, line);
+  csv = line + "\n";
+  int b = 0, m = 0;
+  while (std::getline(in, line)) {
+    const bool is_m = line.find(",malignant,") != std::string::npos;
+    int& seen = is_m ? m : b;
+    const int want = is_m ? malignant : benign;
+    if (seen >= skip && seen < skip + want) csv += line + "\n";
+    ++seen;
+  }
+  const auto path = (fs::path(synth_data()).parent_path() / name).string();
+  write_file_atomically(path, csv);
+  return path;
+}
+
+nlohmann::json last_metrics(const std::string& run) {
+  const auto text = read_text(run + "/metrics.jsonl");
+  const auto start = text.rfind('\n', text.size() - 2);
+  return nlohmann::json::parse(text.substr(start == std::string::npos ? 0 : start + 1));
+}
+
+// One epoch on a fixed train/val pair (no split): the step count is the oracle of the epoch size.
+std::string fixed_split_command(const std::string& train, const std::string& run,
+                                const std::string& flags) {
+  return exe() + " --threads 1 train --data " + train + " --val " +
+         subset_csv("val_fixed.csv", 4, 4, 10) +
+         " --model attn_small --size 32 --batch-size 8 --workers 1 --epochs 1 --seed 5 --quiet " +
+         flags + " --out " + run + " 2>&1";
+}
+
+TEST(TrainCli, OversampleAndTheBalancedSamplerSetTheEpochSize) {
+  test::TempDir dir;
+  const auto train = subset_csv("train_10_6.csv", 10, 6);
+  auto steps = [&](const std::string& flags, const std::string& name) {
+    const auto r = test::run_process(fixed_split_command(train, dir / name, flags));
+    EXPECT_EQ(r.status, 0) << r.output;
+    return last_metrics(dir / name).at("step").get<int64_t>();
+  };
+  EXPECT_EQ(steps("", "plain"), 2);                                 // ceil(16 / 8)
+  EXPECT_EQ(steps("--oversample malignant=3", "over"), 4);          // ceil((10 + 3·6) / 8)
+  EXPECT_EQ(steps("--oversample benign=2,malignant=2", "two"), 4);  // ceil(2·16 / 8)
+  // Balanced sampling draws with replacement, the source's size per epoch.
+  EXPECT_EQ(steps("--sampler balanced", "balanced"), 2);
+  EXPECT_EQ(
+      pipeline::read_checkpoint_meta(dir / "balanced/last.h5").extra["training_config"]["sampler"],
+      "balanced");
+  const auto bad = test::run_process(fixed_split_command(train, dir / "x", "--oversample nevus=2"));
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.output.find("nevus"), std::string::npos) << bad.output;
+}
+
+// With a learning rate of 1e-6 the weights hardly move, so the training loss with --mask-loss
+// minus the loss without is the weighted Dice loss of the maps against the masks: positive, at
+// most the sum of the weights (each Dice loss is in [0, 1]), and linear in the weights.
+TEST(TrainCli, MaskLossAddsTheWeightedDiceLossOfEachStage) {
+  test::TempDir dir;
+  const auto train = subset_csv("train_10_6.csv", 10, 6);
+  auto loss = [&](const std::string& flags, const std::string& name) {
+    const auto r = test::run_process(fixed_split_command(train, dir / name, "--lr 1e-6 " + flags));
+    EXPECT_EQ(r.status, 0) << r.output;
+    return last_metrics(dir / name).at("train_loss").get<double>();
+  };
+  const double plain = loss("", "plain");
+  const double one = loss("--mask-loss 1,1", "one") - plain;
+  const double two = loss("--mask-loss 2,2", "two") - plain;
+  EXPECT_GT(one, 0.05);
+  EXPECT_LE(one, 2.0 + 1e-3);
+  EXPECT_NEAR(two, 2.0 * one, 0.05 * one);
+  const auto wrong = test::run_process(fixed_split_command(train, dir / "x", "--mask-loss 1"));
+  EXPECT_NE(wrong.status, 0);
+  EXPECT_NE(wrong.output.find("--mask-loss"), std::string::npos) << wrong.output;
+}
+
+// --cache decodes and preprocesses once; what the model sees is the same, so the run is too.
+TEST(TrainCli, CacheGivesTheSameRunAsDecodingEveryEpoch) {
+  test::TempDir dir;
+  ASSERT_EQ(test::run_process(train_command(dir / "files", 2)).status, 0);
+  const auto cached = test::run_process(train_command(dir / "cached", 2) + " --cache");
+  ASSERT_EQ(cached.status, 0) << cached.output;
+  EXPECT_TRUE(fs::exists(dir / "cached/cache-train.h5"));
+  EXPECT_EQ(read_text(dir / "cached/metrics.jsonl"), read_text(dir / "files/metrics.jsonl"));
+  EXPECT_EQ(compare_weights(dir / "cached/last.h5", dir / "files/last.h5"), "same\n");
+}
+
+// --init-backbone takes the trunk of a checkpoint of another architecture with the same trunk
+// (small_cnn -> attn_small) and leaves the head to its own initialisation: at a learning rate
+// of 1e-9 the trunk's weights stay those of the checkpoint, the head is attn_small's own.
+TEST(TrainCli, InitBackboneLoadsTheTrunkOfAnotherArchitectureAndNotItsHead) {
+  test::TempDir dir;
+  const auto base = exe() + " --threads 1 train --data " + synth_data() +
+                    " --size 32 --batch-size 8 --workers 1 --epochs 1 --quiet";
+  auto r = test::run_process(base + " --model small_cnn --lr 0.05 --seed 1 --out " + (dir / "cnn") +
+                             " 2>&1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = test::run_process(base + " --model attn_small --lr 1e-9 --seed 2 --init-backbone " +
+                        (dir / "cnn/last.h5") + " --out " + (dir / "attn") + " 2>&1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto py = test::run_process(
+      test::python() +
+      " -c \"import h5py,sys,numpy as np; a=h5py.File(sys.argv[1],'r'); b=h5py.File(sys.argv[2],"
+      "'r'); t=[k for k in a if k.startswith('features.') and k.endswith(('.weight','.bias'))]; "
+      "d=max(float(np.abs(a[k][()]-b[k][()]).max()) for k in t); "
+      "h=any(k.startswith('attention.') for k in b) and not any(k.startswith('attention.') "
+      "for k in a); print('trunk', len(t), 'maxdiff', d, 'head', h)\" " +
+      (dir / "cnn/last.h5") + " " + (dir / "attn/last.h5"));
+  ASSERT_EQ(py.status, 0) << py.output;
+  std::istringstream words(py.output);
+  std::string w;
+  int layers = 0;
+  double diff = 1;
+  std::string head;
+  words >> w >> layers >> w >> diff >> w >> head;
+  EXPECT_GT(layers, 30) << py.output;  // 8 convs and 8 batch norms, weight and bias each
+  EXPECT_LT(diff, 1e-6) << py.output;
+  EXPECT_EQ(head, "True") << py.output;
+  // Plain training from the seed alone differs: the check above can fail.
+  r = test::run_process(base + " --model attn_small --lr 1e-9 --seed 2 --out " + (dir / "own") +
+                        " 2>&1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(compare_weights(dir / "own/last.h5", dir / "attn/last.h5"), "differ\n");
 }
 
 }  // namespace
