@@ -121,11 +121,24 @@ torch::Tensor grad_cam(ImageClassifier& model, const torch::Tensor& images,
                        const torch::Tensor& targets) {
   check(model.has_spatial_features(), "Grad-CAM",
         "the model has no spatial feature map (a ViT?): use attention rollout instead");
+  ImageFeatures f;
+  {
+    // The gradient is taken with respect to the features, so the trunk needs no graph.
+    torch::NoGradGuard no_grad;
+    f = model.forward_features(images);
+  }
+  return grad_cam(model, f, targets);
+}
+
+torch::Tensor grad_cam(ImageClassifier& model, const ImageFeatures& features,
+                       const torch::Tensor& targets) {
+  check(model.has_spatial_features(), "Grad-CAM",
+        "the model has no spatial feature map (a ViT?): use attention rollout instead");
+  check(features.features.dim() == 4, "Grad-CAM", "features must be (B, C, h, w), got ",
+        features.features.sizes());
   torch::AutoGradMode grad_mode(true);
-  auto f = model.forward_features(images);
-  check(f.features.dim() == 4, "Grad-CAM", "features must be (B, C, h, w), got ",
-        f.features.sizes());
-  const auto maps = f.features.detach().requires_grad_(true);  // (B, C, h, w)
+  ImageFeatures f = features;
+  const auto maps = features.features.detach().requires_grad_(true);  // (B, C, h, w)
   f.features = maps;
   const auto logits = model.forward_head(f).logits;
   const auto cls = default_targets(logits, targets);

@@ -64,6 +64,14 @@ torch::Tensor gradient_rollout(const std::vector<torch::Tensor>& attention,
 torch::Tensor grad_cam(ImageClassifier& model, const torch::Tensor& images,
                        const torch::Tensor& targets = {});
 
+/// Grad-CAM from features that model.forward_features already computed (with or without
+/// autograd): runs only the head, with autograd. A caller that needs the logits and the map
+/// runs the trunk once (batch classification does).
+///
+/// Shape: features.features (B, C, h, w), targets (B) int64 -> (B, h, w).
+torch::Tensor grad_cam(ImageClassifier& model, const ImageFeatures& features,
+                       const torch::Tensor& targets = {});
+
 /// Gradient-weighted rollout of a ViT-style model (one that returns per-layer attention with
 /// need_attention).
 ///

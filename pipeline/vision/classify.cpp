@@ -464,14 +464,20 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
           const int T = o.tta ? static_cast<int>(kDihedralCount) : 1;
           std::vector<torch::Tensor> logits_t, probs_t;
           std::vector<std::map<std::string, torch::Tensor>> own_t;
+          // Grad-CAM reuses each transform's trunk features: the trunk runs once per image.
+          const bool cam = std::find(maps.begin(), maps.end(), "gradcam") != maps.end();
+          std::vector<mv::ImageFeatures> features_t;
           {
             torch::NoGradGuard ng;
             for (int t = 0; t < T; ++t) {
               const auto x = o.tta ? dihedral_transform(images, t).contiguous() : images;
-              auto out = model.forward(x, support.vit);
+              auto f = model.forward_features(x, support.vit);
+              auto out = model.forward_head(f);
+              out.maps.merge(f.maps);
               logits_t.push_back(out.logits.to(torch::kFloat));
               probs_t.push_back(torch::softmax(out.logits.to(torch::kFloat) / temperature, 1));
               own_t.push_back(out.maps);
+              if (cam) features_t.push_back(std::move(f));
             }
           }
           const auto logits = torch::stack(logits_t).mean(0);
@@ -490,7 +496,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
               const auto x = o.tta ? dihedral_transform(images, t).contiguous() : images;
               torch::Tensor v;
               if (m == "gradcam")
-                v = mv::grad_cam(model, x, pred);
+                v = mv::grad_cam(model, features_t[static_cast<std::size_t>(t)], pred);
               else if (m == "gradient_rollout")
                 v = mv::vit_gradient_rollout(model, x, pred);
               else

@@ -121,6 +121,37 @@ TEST(GradCam, WorksForEveryCnnPresetUnderNoGrad) {
   }
 }
 
+// Grad-CAM from features computed once without a graph (what classify does) equals the
+// textbook computation: one autograd graph from the image through trunk and head, the gradient
+// of the chosen logit at the last feature map read with retain_grad.
+TEST(GradCam, FromPrecomputedFeaturesEqualsTheFullGraphComputation) {
+  torch::manual_seed(10);
+  for (const char* arch : {"attn_small", "resnet18"}) {
+    ImageModelConfig c;
+    c.arch = arch;
+    auto m = make_image_classifier(c);
+    m->eval();
+    const auto x = torch::randn({3, 3, 64, 64});
+    const auto targets = torch::tensor({0, 1, 1}, torch::kLong);
+    ImageFeatures f;
+    {
+      torch::NoGradGuard no_grad;
+      f = m->forward_features(x);
+    }
+    const auto cam = grad_cam(*m, f, targets);
+    auto full = m->forward_features(x);
+    full.features.retain_grad();
+    const auto logits = m->forward_head(full).logits;
+    logits.gather(1, targets.view({-1, 1})).sum().backward();
+    const auto grads = full.features.grad();
+    auto want = torch::relu((grads.mean({2, 3}, true) * full.features.detach()).sum(1));
+    want = want / want.flatten(1).amax(1).clamp_min(1e-12).view({-1, 1, 1});
+    ASSERT_EQ(cam.sizes(), want.sizes()) << arch;
+    EXPECT_TRUE(torch::allclose(cam, want, 1e-4, 1e-6)) << arch << (cam - want).abs().max();
+    EXPECT_TRUE(torch::allclose(grad_cam(*m, x, targets), cam, 1e-5, 1e-7)) << arch;
+  }
+}
+
 TEST(GradCam, RefusesAVit) {
   VisionTransformer vit(vit_mini_patch8_options());
   EXPECT_THROW(grad_cam(*vit, torch::randn({1, 3, 64, 64})), Error);
