@@ -2,16 +2,20 @@
 //   bench_classify checkpoint ARCH SIZE OUT.h5   untrained checkpoint with a SIZE px resize
 //   bench_classify forward CKPT BATCH IMAGES     model-forward-only images/s at BATCH, on
 //                                                random inputs (what classify's inference
-//                                                stage does without decoding or writing)
+//                                                stage does without decoding or writing),
+//                                                with attnscope's threads: every core (or
+//                                                ATTNSCOPE_THREADS) and its OpenMP spin limit
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <string>
 
 #include <torch/torch.h>
 
 #include "pipeline/vision/image_model_config.h"
+#include "runtime/runtime.h"
 
 using namespace attnscope;
 
@@ -31,6 +35,12 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (what == "forward" && argc == 5) {
+    // The threads `attnscope` itself runs with (its --threads default 0 = every core), so that
+    // forward-only and classify are compared at the same thread count.
+    const char* env = std::getenv("ATTNSCOPE_THREADS");
+    const int threads = env ? std::atoi(env) : 0;
+    runtime::limit_openmp_spinning(threads > 0 ? threads : runtime::available_cores(), argv);
+    runtime::set_threads(threads);
     auto loaded = pipeline::load_image_classifier(argv[2]);
     auto& model = *loaded.model;
     model.eval();
