@@ -27,6 +27,22 @@ TEST(Cli, HelpListsCommands) {
   EXPECT_NE(r.output.find("info"), std::string::npos) << r.output;
 }
 
+// Every subcommand's --help shows its floating-point defaults as written ("0.1"), not as the
+// 17-digit expansion Boost prints by default ("0.10000000000000001").
+TEST(Cli, HelpShowsDefaultsAsWritten) {
+  for (const char* command :
+       {"seq2seq train", "seq2seq translate", "seq2seq evaluate", "train", "evaluate", "classify",
+        "merge", "report", "demo", "synth", "cache", "preprocess", "split", "dist-check"}) {
+    const auto r = test::run_process(exe() + " " + command + " --help");
+    EXPECT_EQ(r.status, 0) << command << "\n" << r.output;
+    EXPECT_EQ(r.output.find("00000000"), std::string::npos) << command << "\n" << r.output;
+    EXPECT_EQ(r.output.find("99999999"), std::string::npos) << command << "\n" << r.output;
+  }
+  const auto seq = test::run_process(exe() + " seq2seq train --help");
+  EXPECT_NE(seq.output.find("--dropout arg (=0.1)"), std::string::npos) << seq.output;
+  EXPECT_NE(seq.output.find("--label-smoothing arg (=0.1)"), std::string::npos) << seq.output;
+}
+
 TEST(Cli, UnknownCommandIsAUsageError) {
   const auto r = test::run_process(exe() + " frobnicate");
   EXPECT_EQ(r.status, 2);

@@ -1,5 +1,8 @@
 #include "cli.h"
 
+#include <cstdio>
+#include <cstdlib>
+
 #include <algorithm>
 #include <iostream>
 #include <sstream>
@@ -41,6 +44,15 @@ bool parse(const std::string& usage_line, po::options_description& desc,
     throw UsageError(e.what(), usage_text(usage_line, desc));
   }
   return true;
+}
+
+std::string shown(double value) {
+  char buf[32];
+  for (int precision = 1; precision <= 17; ++precision) {
+    std::snprintf(buf, sizeof buf, "%.*g", precision, value);
+    if (std::strtod(buf, nullptr) == value) break;
+  }
+  return buf;
 }
 
 }  // namespace attnscope::cli

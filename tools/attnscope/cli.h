@@ -53,4 +53,9 @@ bool parse(const std::string& usage_line, po::options_description& desc,
 /// Usage text: "usage: attnscope <usage_line>" plus the options with their defaults.
 std::string usage_text(const std::string& usage_line, const po::options_description& desc);
 
+/// How --help shows a floating-point default: the shortest text that reads back as the same
+/// double ("0.1", not Boost's "0.10000000000000001").
+///   ("dropout", po::value<double>()->default_value(d, shown(d)), "...")
+std::string shown(double value);
+
 }  // namespace attnscope::cli

@@ -90,7 +90,7 @@ int run_dist_check(const std::vector<std::string>& args, const GlobalOptions&) {
       ("epochs", po::value(&f.epochs)->default_value(3), "epochs")
       ("max-steps", po::value(&f.max_steps)->default_value(0),
        "stop each epoch after this many steps; 0 = the whole epoch")
-      ("lr", po::value(&f.lr)->default_value(0.05), "SGD learning rate (momentum 0.9)")
+      ("lr", po::value(&f.lr)->default_value(0.05, shown(0.05)), "SGD learning rate (momentum 0.9)")
       ("seed", po::value(&f.seed)->default_value(1), "seed of the data, the model and the order")
       ("out-dir", po::value(&f.out_dir)->default_value(""),
        "each rank writes rank<r>.json here (losses, weight digests, validation scores) and "

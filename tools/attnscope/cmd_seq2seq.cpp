@@ -190,7 +190,8 @@ int run_train(const std::vector<std::string>& args) {
        "warmup steps of the noam schedule")
       ("decay", po::value<std::string>()->default_value(train_defaults.decay),
        "none | linear (to zero at the end of --time-budget or of the epochs)")
-      ("label-smoothing", po::value<double>()->default_value(train_defaults.label_smoothing),
+      ("label-smoothing", po::value<double>()->default_value(train_defaults.label_smoothing,
+                                                         shown(train_defaults.label_smoothing)),
        "label smoothing epsilon")
       ("clip-norm", po::value<double>()->default_value(train_defaults.clip_norm),
        "gradient-norm clipping (0 = off)")
@@ -208,7 +209,8 @@ int run_train(const std::vector<std::string>& args) {
        "transformer feed-forward width")
       ("positions", po::value<std::string>()->default_value(model_defaults.positions()),
        "transformer positions: sinusoidal | learned")
-      ("dropout", po::value<double>()->default_value(model_defaults.dropout()),
+      ("dropout", po::value<double>()->default_value(model_defaults.dropout(),
+                                                         shown(model_defaults.dropout())),
        "dropout probability")
       ("model-max-length", po::value<int64_t>()->default_value(0),
        "longest sequence the model accepts, at most 4096 (0 = the task's longest, at least 32 and "
