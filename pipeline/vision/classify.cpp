@@ -493,12 +493,12 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
           for (const auto& m : maps) {
             std::vector<torch::Tensor> per_t;
             for (int t = 0; t < T; ++t) {
-              const auto x = o.tta ? dihedral_transform(images, t).contiguous() : images;
               torch::Tensor v;
               if (m == "gradcam")
                 v = mv::grad_cam(model, features_t[static_cast<std::size_t>(t)], pred);
               else if (m == "gradient_rollout")
-                v = mv::vit_gradient_rollout(model, x, pred);
+                v = mv::vit_gradient_rollout(
+                    model, o.tta ? dihedral_transform(images, t).contiguous() : images, pred);
               else
                 v = own_t[static_cast<std::size_t>(t)].at(m);
               v = v.detach().to(torch::kFloat);

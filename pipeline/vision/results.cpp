@@ -228,6 +228,13 @@ void close_checked(h5::Handle& file, const std::string& shown) {
   check(H5Fclose(file.release()) >= 0, shown, "cannot close (disk full?)");
 }
 
+// Copies a file (replacing `to`); throws Error naming `shown`.
+void copy_checked(const std::string& from, const std::string& to, const std::string& shown) {
+  std::error_code ec;
+  std::filesystem::copy_file(from, to, std::filesystem::copy_options::overwrite_existing, ec);
+  check(!ec, shown, "cannot copy to ", to, ": ", ec.message());
+}
+
 void sync_path(const std::string& path, const std::string& shown) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   check(fd >= 0, shown, "cannot open to sync: ", std::strerror(errno));
@@ -245,9 +252,7 @@ void link_over(const std::string& replica, const std::string& path) {
   const auto& temp = staging.temp_path();
   ::unlink(temp.c_str());
   if (::link(replica.c_str(), temp.c_str()) != 0) {
-    std::error_code ec;
-    fs::copy_file(replica, temp, fs::copy_options::overwrite_existing, ec);
-    check(!ec, path, "cannot link or copy ", replica, " beside it: ", ec.message());
+    copy_checked(replica, temp, path);
     sync_path(temp, path);
   }
   if (::rename(temp.c_str(), path.c_str()) != 0) {
@@ -285,6 +290,11 @@ struct ResultsWriter::State {
     int64_t rows = 0, errors = 0;
     bool damaged = false;  // a write into it failed: start it again from the committed file
   };
+  State(const std::string& path_, const ResultsLayout& layout_) : path(path_), layout(layout_) {
+    replicas[0].path = replica_path(path, 'a');
+    replicas[1].path = replica_path(path, 'b');
+  }
+
   std::string path;
   ResultsLayout layout;
   std::array<Replica, 2> replicas;
@@ -364,10 +374,8 @@ struct ResultsWriter::State {
   // still holds the old one open.
   void recopy(Replica& r) {
     const auto& c = replicas[static_cast<std::size_t>(committed)];
-    ::unlink(r.path.c_str());
-    std::error_code ec;
-    std::filesystem::copy_file(c.path, r.path, ec);
-    check(!ec, path, "cannot copy to ", r.path, ": ", ec.message());
+    ::unlink(r.path.c_str());  // a reader may still hold the old inode: a new one
+    copy_checked(c.path, r.path, path);
     r.applied = c.applied;
     r.rows = c.rows;
     r.errors = c.errors;
@@ -428,11 +436,7 @@ ResultsWriter::~ResultsWriter() = default;
 
 ResultsWriter ResultsWriter::create(const std::string& path, const ResultsHeader& header,
                                     const ResultsLayout& layout) {
-  auto s = std::make_unique<State>();
-  s->path = path;
-  s->layout = layout;
-  s->replicas[0].path = replica_path(path, 'a');
-  s->replicas[1].path = replica_path(path, 'b');
+  auto s = std::make_unique<State>(path, layout);
   // The empty file is built as replica a, copied to b, and linked at path: a kill before that
   // leaves no file at path (or the previous one, with --overwrite), never a partial one.
   h5::Handle file = open_file(s->replicas[0].path, true);
@@ -480,11 +484,7 @@ ResultsWriter ResultsWriter::create(const std::string& path, const ResultsHeader
 
 ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader& expected,
                                     const ResultsLayout& layout) {
-  auto s = std::make_unique<State>();
-  s->path = path;
-  s->layout = layout;
-  s->replicas[0].path = replica_path(path, 'a');
-  s->replicas[1].path = replica_path(path, 'b');
+  auto s = std::make_unique<State>(path, layout);
   int64_t rows = 0, errors = 0;
   bool torn = false;
   {
@@ -541,9 +541,7 @@ ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader
   // Both replicas start as copies of path (a stands for the committed state; the first
   // commit writes b), trimmed when the file holds a torn batch.
   for (auto& r : s->replicas) {
-    std::error_code ec;
-    std::filesystem::copy_file(path, r.path, ec);
-    check(!ec, path, "cannot copy to ", r.path, ": ", ec.message());
+    copy_checked(path, r.path, path);
     if (!torn) continue;
     h5::Handle file = open_file(r.path, false);
     auto trim = [&](const std::vector<Column>& cols, int64_t n) {
