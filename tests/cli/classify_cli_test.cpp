@@ -321,6 +321,49 @@ TEST(CliClassify, TwoShardsMergedEqualOneRun) {
   EXPECT_FALSE(fs::exists(dir / "x.h5"));
 }
 
+// merge killed at any moment: the previous merged file or the complete new one.
+TEST(CliClassify, MergeKilledAtAnyMomentLeavesTheOldOrTheNewFile) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 30);
+  const auto base = exe() + " classify --model " + q(model) + " --input " + q(images + "/images") +
+                    " --batch-size 4";
+  for (int i = 0; i < 3; ++i) {
+    const auto r = test::run_process(base + " --shard " + std::to_string(i) + "/3 --out " +
+                                     q(dir / ("s" + std::to_string(i))));
+    ASSERT_EQ(r.status, 0) << r.output;
+  }
+  const auto out = dir / "m.h5";
+  const auto merge = exe() + " merge " + q(dir / "s0/results.h5") + " " + q(dir / "s1/results.h5");
+  ASSERT_EQ(test::run_process(merge + " --out " + q(out)).status, 0);
+  std::ifstream old_in(out, std::ios::binary);
+  const std::string old_bytes((std::istreambuf_iterator<char>(old_in)), {});
+  const auto old_ids = pipeline::read_results(out).ids;
+  const auto all = merge + " " + q(dir / "s2/results.h5") + " --out " + q(out);
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(test::run_process(all).status, 0);
+  const int ms = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                      std::chrono::steady_clock::now() - t0)
+                                      .count());
+  const auto new_ids = pipeline::read_results(out).ids;
+  ASSERT_EQ(new_ids.size(), 30u);
+  ASSERT_LT(old_ids.size(), new_ids.size());
+  std::mt19937 rng(26);
+  int killed = 0;
+  for (int round = 0; round < 5; ++round) {
+    std::ofstream(out, std::ios::binary) << old_bytes;
+    const int at = std::uniform_int_distribution<int>(0, ms)(rng);
+    const auto r = test::run_killed_after(all, at);
+    killed += r.killed;
+    std::vector<std::string> ids;
+    const auto error = test::error_of([&] { ids = pipeline::read_results(out).ids; });
+    EXPECT_EQ(error, "") << "after a kill at " << at << " ms";
+    EXPECT_TRUE(ids == old_ids || ids == new_ids) << "after a kill at " << at << " ms: "
+                                                  << ids.size() << " ids";
+  }
+  EXPECT_GT(killed, 0);
+}
+
 TEST(CliClassify, BadFilesGoToErrorsAndEveryGoodFileIsClassified) {
   test::TempDir dir;
   const auto model = make_checkpoint(dir);

@@ -4,7 +4,10 @@
 // intact (byte for byte) or the new one complete. Also the up-front refusals (an --out that
 // is an input, unwritable folders, out-of-range numbers) and bad folder entries.
 
+#include <chrono>
 #include <fstream>
+#include <functional>
+#include <map>
 #include <random>
 #include <sstream>
 
@@ -54,6 +57,63 @@ std::string h5py_images_shape(const std::string& path) {
   return test::run_process(test::python() + " -c \"import h5py; print(h5py.File('" + path +
                            "', 'r')['images'].shape)\"")
       .output;
+}
+
+// Number of datasets in an HDF5 file as h5py sees them; -1 when it does not open.
+int h5py_dataset_count(const std::string& path) {
+  const auto r = test::run_process(
+      test::python() + " -c \"import h5py; n = []; h5py.File('" + path +
+      "', 'r').visititems(lambda k, o: n.append(k) if isinstance(o, h5py.Dataset) else None); "
+      "print(len(n))\"");
+  return r.status == 0 ? std::stoi(r.output) : -1;
+}
+
+// Every regular file under `dir` (recursively) by relative path, with its bytes.
+std::map<std::string, std::string> files_in(const fs::path& dir) {
+  std::map<std::string, std::string> files;
+  if (!fs::exists(dir)) return files;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file()) files[fs::relative(e.path(), dir).string()] = slurp(e.path());
+  return files;
+}
+
+void restore(const fs::path& dir, const std::map<std::string, std::string>& files) {
+  fs::remove_all(dir);
+  for (const auto& [name, bytes] : files) {
+    fs::create_directories((dir / name).parent_path());
+    std::ofstream(dir / name, std::ios::binary) << bytes;
+  }
+}
+
+// Milliseconds an uninterrupted run of `command` takes (it must succeed).
+int timed_run(const std::string& command) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto r = test::run_process(command);
+  EXPECT_EQ(r.status, 0) << command << "\n" << r.output;
+  return static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                              std::chrono::steady_clock::now() - t0)
+                              .count());
+}
+
+// Kills `command` with SIGKILL at `rounds` random moments within `duration_ms` (the time an
+// uninterrupted run took), calling `reset` before each run and `problem` after each kill: ""
+// when what the command writes is the old output or a complete new one, else what is wrong.
+void kill_at_random_moments(const std::string& command, int duration_ms,
+                            const std::function<void()>& reset,
+                            const std::function<std::string()>& problem, unsigned seed,
+                            int rounds = 5) {
+  std::mt19937 rng(seed);
+  int killed = 0;
+  for (int round = 0; round < rounds; ++round) {
+    reset();
+    const int ms = std::uniform_int_distribution<int>(0, std::max(1, duration_ms))(rng);
+    const auto r = test::run_killed_after(command, ms);
+    killed += r.killed;
+    if (!r.killed) EXPECT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(problem(), "") << "after a kill at " << ms << " ms of " << duration_ms
+                             << " (killed: " << r.killed << ")";
+  }
+  EXPECT_GT(killed, 0) << "no run was killed before it ended";
 }
 
 // Defect 1 and 3: a full disk during `cache` used to segfault at exit (HDF5's atexit close)
@@ -231,6 +291,77 @@ TEST(CliFault, SynthOnAFullDiskNamesTheImageAndLeavesNoEmptyFile) {
   }
 }
 
+// A kill at any moment leaves each command's output old or complete (SIGKILL, random moments).
+TEST(CliFault, SplitKilledAtAnyMomentLeavesTheOldOrTheNewCsv) {
+  test::TempDir dir;
+  synth(dir, 200, 32);
+  const auto out = dir / "s.csv";
+  const auto cmd = exe() + " split --data " + (dir / "labels.csv") + " --out " + out;
+  ASSERT_EQ(test::run_process(cmd + " --seed 1").status, 0);
+  const auto old_bytes = slurp(out);
+  const int ms = timed_run(cmd + " --seed 2");
+  const auto new_bytes = slurp(out);
+  ASSERT_NE(new_bytes, old_bytes);
+  kill_at_random_moments(
+      cmd + " --seed 2", ms, [&] { std::ofstream(out, std::ios::binary) << old_bytes; },
+      [&] {
+        const auto now = slurp(out);
+        return now == old_bytes || now == new_bytes ? "" : "s.csv is neither: " + now.substr(0, 80);
+      },
+      21);
+}
+
+TEST(CliFault, SynthKilledAtAnyMomentLeavesOnlyCompleteFiles) {
+  test::TempDir dir;
+  const auto out = dir.path() / "s";
+  const auto cmd = exe() + " synth --out " + out.string() + " --count 40 --size 96";
+  ASSERT_EQ(test::run_process(cmd + " --seed 1").status, 0);
+  const auto old_files = files_in(out);
+  const int ms = timed_run(cmd + " --seed 2");
+  const auto new_files = files_in(out);
+  ASSERT_EQ(new_files.size(), old_files.size());
+  kill_at_random_moments(
+      cmd + " --seed 2", ms, [&] { restore(out, old_files); },
+      [&]() -> std::string {
+        for (const auto& [name, bytes] : files_in(out)) {
+          const auto o = old_files.find(name), n = new_files.find(name);
+          if ((o == old_files.end() || o->second != bytes) &&
+              (n == new_files.end() || n->second != bytes))
+            return name + " is neither the old nor the new file (" +
+                   std::to_string(bytes.size()) + " bytes)";
+        }
+        return "";
+      },
+      22);
+}
+
+TEST(CliFault, PreprocessKilledAtAnyMomentLeavesOnlyCompleteImages) {
+  test::TempDir dir;
+  synth(dir, 16, 256);
+  const auto out = dir.path() / "out";
+  std::ofstream(dir / "small.json") << R"({"steps": [{"op": "resize", "size": 32}]})";
+  std::ofstream(dir / "large.json") << R"({"steps": [{"op": "resize", "size": 200}]})";
+  const auto cmd = exe() + " preprocess --input " + (dir / "images") + " --out " + out.string();
+  ASSERT_EQ(test::run_process(cmd + " --config " + (dir / "small.json")).status, 0);
+  const auto old_files = files_in(out);
+  const auto large = cmd + " --steps --config " + (dir / "large.json");
+  const int ms = timed_run(large);
+  const auto new_files = files_in(out);
+  ASSERT_GT(new_files.size(), old_files.size());
+  kill_at_random_moments(
+      large, ms, [&] { restore(out, old_files); },
+      [&]() -> std::string {
+        for (const auto& [name, bytes] : files_in(out)) {
+          const auto o = old_files.find(name), n = new_files.find(name);
+          if ((o == old_files.end() || o->second != bytes) &&
+              (n == new_files.end() || n->second != bytes))
+            return name + " is neither the old nor the new image";
+        }
+        return "";
+      },
+      23);
+}
+
 TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
   test::TempDir dir;
   for (const auto& args :
@@ -289,6 +420,44 @@ TEST_F(CliSeq2SeqFault, TranslateAlignmentsOnAFullDiskKeepThePreviousFile) {
                         " --alignments " + (dir / "run/model.h5") + " abc");
   expect_clean_failure(same, "would destroy the input");
   EXPECT_EQ(slurp(dir / "run/model.h5"), model);
+}
+
+TEST_F(CliSeq2SeqFault, TrainKilledAtAnyMomentLeavesTheOldOrACompleteModel) {
+  ASSERT_EQ(test::run_process(train_cmd(dir / "run")).status, 0);
+  const auto model = dir / "run/model.h5";
+  const auto old_bytes = slurp(model);
+  const auto translate = exe() + " seq2seq translate --model " + model + " abc";
+  const int ms = timed_run(train_cmd(dir / "run", 1));
+  kill_at_random_moments(
+      train_cmd(dir / "run", 1), ms, [&] { std::ofstream(model, std::ios::binary) << old_bytes; },
+      [&]() -> std::string {
+        if (slurp(model) == old_bytes) return "";
+        const auto r = test::run_process(translate);
+        return r.status == 0 ? "" : "model.h5 is new but does not load: " + r.output;
+      },
+      24, 4);
+}
+
+TEST_F(CliSeq2SeqFault, TranslateKilledAtAnyMomentLeavesTheOldOrTheNewAlignments) {
+  ASSERT_EQ(test::run_process(train_cmd(dir / "run")).status, 0);
+  const auto al = dir / "al.h5";
+  const auto cmd = exe() + " seq2seq translate --model " + (dir / "run/model.h5") +
+                   " --alignments " + al + " abc hello";
+  ASSERT_EQ(test::run_process(cmd).status, 0);
+  const auto old_bytes = slurp(al);
+  const int old_count = h5py_dataset_count(al);
+  const int ms = timed_run(cmd + " abcdef");
+  const int new_count = h5py_dataset_count(al);
+  ASSERT_GT(old_count, 0);
+  ASSERT_GT(new_count, old_count);
+  kill_at_random_moments(
+      cmd + " abcdef", ms, [&] { std::ofstream(al, std::ios::binary) << old_bytes; },
+      [&]() -> std::string {
+        if (slurp(al) == old_bytes) return "";
+        const int n = h5py_dataset_count(al);
+        return n == new_count ? "" : "al.h5 holds " + std::to_string(n) + " datasets";
+      },
+      25, 4);
 }
 
 // Defect 9: an unwritable --out is found before training, not after.
