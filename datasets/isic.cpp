@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "attnscope/error.h"
+#include "attnscope/printable.h"
 #include "datasets/csv.h"
 #include "datasets/formats/formats.h"
 #include "datasets/walk.h"
@@ -143,8 +144,12 @@ const std::vector<std::string>& image_extensions() {
 
 void check_image_id(const std::string& id, const std::string& where) {
   check(!id.empty(), where, "empty image id");
+  const bool control = std::any_of(id.begin(), id.end(), [](char c) {
+    return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+  });
+  check(!control, where, "image id '", printable(id), "' contains a control character (rejected)");
   const bool bad = id.find("..") != std::string::npos || id.find('/') != std::string::npos ||
-                   id.find('\\') != std::string::npos || id.find('\0') != std::string::npos;
+                   id.find('\\') != std::string::npos;
   check(!bad, where, "image id '", id, "' contains a path separator or '..' (rejected)");
 }
 

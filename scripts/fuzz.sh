@@ -17,11 +17,11 @@ command -v clang++ >/dev/null || { echo "fuzz.sh: clang++ not found (apt-get ins
 case "$target" in
   csv) sources=(datasets/csv.cpp); libs=() ;;
   image) sources=(preprocessing/decode.cpp)
-         libs=(-lopencv_imgcodecs -lopencv_imgproc -lopencv_core -ljpeg) ;;
+         libs=(-lopencv_imgcodecs -lopencv_imgproc -lopencv_core -ljpeg -lz) ;;
   pipeline_json) sources=(preprocessing/pipeline.cpp preprocessing/steps.cpp
                           preprocessing/augment.cpp preprocessing/decode.cpp
                           preprocessing/tensor.cpp)
-                 libs=(-lopencv_imgcodecs -lopencv_imgproc -lopencv_photo -lopencv_core -ljpeg
+                 libs=(-lopencv_imgcodecs -lopencv_imgproc -lopencv_photo -lopencv_core -ljpeg -lz
                        -ltorch -ltorch_cpu -lc10) ;;
   tsv) sources=(datasets/text/pairs.cpp datasets/text/tokenizer.cpp)
        libs=(-ltorch -ltorch_cpu -lc10) ;;

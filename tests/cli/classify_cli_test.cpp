@@ -342,9 +342,9 @@ TEST(CliClassify, MergeKilledAtAnyMomentLeavesTheOldOrTheNewFile) {
   const auto all = merge + " " + q(dir / "s2/results.h5") + " --out " + q(out);
   const auto t0 = std::chrono::steady_clock::now();
   ASSERT_EQ(test::run_process(all).status, 0);
-  const int ms = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                      std::chrono::steady_clock::now() - t0)
-                                      .count());
+  const int ms = static_cast<int>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+          .count());
   const auto new_ids = pipeline::read_results(out).ids;
   ASSERT_EQ(new_ids.size(), 30u);
   ASSERT_LT(old_ids.size(), new_ids.size());
@@ -358,8 +358,8 @@ TEST(CliClassify, MergeKilledAtAnyMomentLeavesTheOldOrTheNewFile) {
     std::vector<std::string> ids;
     const auto error = test::error_of([&] { ids = pipeline::read_results(out).ids; });
     EXPECT_EQ(error, "") << "after a kill at " << at << " ms";
-    EXPECT_TRUE(ids == old_ids || ids == new_ids) << "after a kill at " << at << " ms: "
-                                                  << ids.size() << " ids";
+    EXPECT_TRUE(ids == old_ids || ids == new_ids)
+        << "after a kill at " << at << " ms: " << ids.size() << " ids";
   }
   EXPECT_GT(killed, 0);
 }

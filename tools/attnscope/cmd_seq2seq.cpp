@@ -97,10 +97,23 @@ void add_task_options(po::options_description& desc, int64_t default_count, uint
   // clang-format on
 }
 
+// Synthetic tasks are generated in memory: 10 million pairs of up to 4,096 tokens is already
+// far past what the models here train on; more ends in std::bad_alloc, not in a dataset.
+constexpr int64_t kMaxTaskCount = 10'000'000;
+constexpr int64_t kMaxTaskLength = 4096;
+
 void check_task_options(const po::variables_map& vm, const std::string& usage) {
   check_task_spec(vm["task"].as<std::string>(), usage);
   require_at_least<int64_t>(vm, "count", 1, usage);
   require_at_least<int64_t>(vm, "min-length", 1, usage);
+  if (vm["count"].as<int64_t>() > kMaxTaskCount)
+    throw UsageError(
+        concat("--count must be in [1, ", kMaxTaskCount, "], got ", vm["count"].as<int64_t>()),
+        usage);
+  if (vm["max-length"].as<int64_t>() > kMaxTaskLength)
+    throw UsageError(concat("--max-length must be <= ", kMaxTaskLength, ", got ",
+                            vm["max-length"].as<int64_t>()),
+                     usage);
   if (vm["max-length"].as<int64_t>() < vm["min-length"].as<int64_t>())
     throw UsageError("--max-length must be >= --min-length", usage);
 }

@@ -8,6 +8,7 @@
 
 #include "attnscope/error.h"
 #include "attnscope/output_checks.h"
+#include "attnscope/printable.h"
 #include "attnscope/version.h"
 #include "cli.h"
 #include "runtime/runtime.h"
@@ -91,10 +92,11 @@ int main(int argc, char** argv) {
   try {
     return run(argc, argv);
   } catch (const UsageError& e) {
-    std::cerr << "error: " << e.what() << "\n\n" << e.usage();
+    std::cerr << "error: " << attnscope::printable(e.what()) << "\n\n" << e.usage();
     return 2;
   } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
+    // printable(): a message quoting a crafted id must not send escapes to the terminal.
+    std::cerr << "error: " << attnscope::printable(e.what()) << "\n";
     return 1;
   }
 }
