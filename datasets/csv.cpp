@@ -104,7 +104,10 @@ CsvTable read_csv(const std::string& path, bool has_header) {
 }
 
 std::string csv_field(const std::string& value) {
+  // A field starting with a UTF-8 byte-order mark is quoted: as the first field of a file
+  // the reader would take the mark for the file's own and drop it (found by fuzzing).
   const bool quote = value.find_first_of(",\"\r\n") != std::string::npos ||
+                     value.compare(0, 3, "\xEF\xBB\xBF") == 0 ||
                      (!value.empty() && (std::isspace(static_cast<unsigned char>(value.front())) ||
                                          std::isspace(static_cast<unsigned char>(value.back()))));
   if (!quote) return value;

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include <jpeglib.h>
 #include <zlib.h>
@@ -134,9 +135,13 @@ ImageInfo probe_bmp(const Reader& r) {
   const uint32_t header_size = r.le(14, 4);
   if (header_size == 12)  // OS/2 BITMAPCOREHEADER
     return {"bmp", static_cast<int>(r.le(18, 2)), static_cast<int>(r.le(20, 2)), 1};
-  const auto w = static_cast<int32_t>(r.le(18, 4));
-  const auto h = static_cast<int32_t>(r.le(22, 4));
-  return {"bmp", std::abs(w), std::abs(h), 1};
+  // Signed (a negative height is a top-down bitmap); INT32_MIN has no positive int (found by
+  // fuzzing under UBSan): it becomes 0, which probe_image refuses as a corrupt size.
+  const auto side = [&](std::size_t pos) {
+    const auto v = static_cast<int32_t>(r.le(pos, 4));
+    return v == std::numeric_limits<int32_t>::min() ? 0 : std::abs(v);
+  };
+  return {"bmp", side(18), side(22), 1};
 }
 
 ImageInfo probe_webp(const Reader& r, const std::string& name) {

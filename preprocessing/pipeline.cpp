@@ -3,6 +3,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <set>
 
 #include <opencv2/core.hpp>
@@ -38,6 +39,10 @@ class Params {
           const double v = j_.at(key).get<double>();
           check(v == std::floor(v), kSubject, where_, ".", key, " must be an integer, got ",
                 j_.at(key).dump());
+          // Out of T's range the conversion is undefined behaviour (found by fuzzing: 1e29).
+          check(v >= static_cast<double>(std::numeric_limits<T>::lowest()) &&
+                    v <= static_cast<double>(std::numeric_limits<T>::max()),
+                kSubject, where_, ".", key, " is out of range: ", j_.at(key).dump());
         }
       }
       value = j_.at(key).get<T>();
