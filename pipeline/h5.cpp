@@ -65,6 +65,7 @@ void init() {
     // atexit clean-up then dereferences it (segfault in H5F__close_cb, HDF5 1.10.8).
     H5dont_atexit();
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    register_string_conversion();
     return true;
   }();
   (void)done;
@@ -97,7 +98,16 @@ void check_h5(bool cond, const std::string& subject, const std::string& what) {
     return;
   }
   const auto reason = last_error();
-  throw Error(subject, reason.empty() ? what : what + " (" + reason + ")");
+  // Another process (h5py, HDFView, another attnscope) holds the file, or the file system
+  // has no locks (some NFS and FUSE mounts): say both, and the switch HDF5 reads.
+  const bool locked = reason.find("unable to lock file") != std::string::npos;
+  throw Error(subject,
+              reason.empty() ? what
+                             : what + " (" + reason + ")" +
+                                   (locked ? "; is it open in another program? on a file "
+                                             "system without locks set "
+                                             "HDF5_USE_FILE_LOCKING=FALSE"
+                                           : ""));
 }
 
 std::string hdf5_version() {
@@ -336,19 +346,15 @@ std::string read_string_attribute(hid_t obj, const std::string& name, const std:
   Handle stored(H5Aget_type(attr.get()));
   check(H5Tget_class(stored.get()) == H5T_STRING, where(file, "@" + name),
         "attribute is not a string");
+  Handle space(H5Aget_space(attr.get()));
+  check(H5Sget_simple_extent_npoints(space.get()) == 1, where(file, "@" + name),
+        "attribute is not a single string");
   if (H5Tis_variable_str(stored.get()) > 0) {
-    Handle type(H5Tcopy(H5T_C_S1));
-    H5Tset_size(type.get(), H5T_VARIABLE);
-    H5Tset_cset(type.get(), H5Tget_cset(stored.get()));
-    char* data = nullptr;
-    check(H5Aread(attr.get(), type.get(), &data) >= 0, where(file, "@" + name),
-          "cannot read attribute");
-    std::string value = data ? data : "";
-    Handle space(H5Aget_space(attr.get()));
-    H5Dvlen_reclaim(type.get(), space.get(), H5P_DEFAULT, &data);
-    return value;
+    return read_vlen_strings(attr.get(), H5S_ALL, H5S_ALL, 1, where(file, "@" + name)).front();
   }
   const auto size = H5Tget_size(stored.get());
+  check(size > 0 && size <= (std::size_t{1} << 30), where(file, "@" + name),
+        "unreasonable string size ", size);
   std::string value(size, '\0');
   check(H5Aread(attr.get(), stored.get(), value.data()) >= 0, where(file, "@" + name),
         "cannot read attribute");

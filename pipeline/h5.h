@@ -136,4 +136,16 @@ void write_attribute(hid_t obj, const std::string& name, const std::string& valu
 std::string read_string_attribute(hid_t obj, const std::string& name, const std::string& file);
 bool has_attribute(hid_t obj, const std::string& name);
 
+/// Reads n variable-length strings from a dataset (the `selection` of its file space, into a
+/// `memory` space of n elements; H5S_ALL for both reads it whole) or from an attribute
+/// (memory and selection ignored). In files opened read-only the bytes are found in the
+/// global heap by attnscope itself, every offset and size checked, because HDF5 1.10.8's
+/// reader trusts a crafted object size (h5_strings.cpp); a corrupt heap throws Error naming
+/// `subject`. A NUL ends a string, as in HDF5's own C-string read.
+std::vector<std::string> read_vlen_strings(hid_t obj, hid_t memory, hid_t selection,
+                                           std::size_t n, const std::string& subject);
+
+/// Registers the conversion read_vlen_strings relies on (called once by init()).
+void register_string_conversion();
+
 }  // namespace attnscope::pipeline::h5

@@ -43,16 +43,10 @@ std::vector<std::string> read_strings(hid_t loc, const std::string& name, const 
   check(set.valid(), where(file, name), "no such dataset");
   h5::Handle space(H5Dget_space(set.get()));
   const auto n = static_cast<std::size_t>(H5Sget_simple_extent_npoints(space.get()));
-  std::vector<char*> ptrs(n, nullptr);
-  std::vector<std::string> out;
-  if (n == 0) return out;
-  const auto type = h5::utf8_string_type();
-  check(H5Dread(set.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) >= 0,
-        where(file, name), "cannot read strings");
-  for (auto* p : ptrs)
-    out.emplace_back(p ? p : "");
-  H5Dvlen_reclaim(type.get(), space.get(), H5P_DEFAULT, ptrs.data());
-  return out;
+  h5::Handle stored(H5Dget_type(set.get()));
+  check(H5Tis_variable_str(stored.get()) > 0, where(file, name),
+        "is not a variable-length string dataset");
+  return h5::read_vlen_strings(set.get(), H5S_ALL, H5S_ALL, n, where(file, name));
 }
 
 // An extendible uint8 dataset (0, H, W[, 3]) with one sample per chunk.

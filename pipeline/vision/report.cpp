@@ -119,16 +119,7 @@ std::vector<std::string> read_strings(hid_t loc, const std::string& name, const 
   std::vector<std::string> out;
   if (n == 0) return out;
   if (H5Tis_variable_str(stored.get()) > 0) {
-    h5::Handle type(H5Tcopy(H5T_C_S1));
-    H5Tset_size(type.get(), H5T_VARIABLE);
-    H5Tset_cset(type.get(), H5Tget_cset(stored.get()));
-    std::vector<char*> ptrs(n, nullptr);
-    check(H5Dread(set.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) >= 0,
-          where(file, name), "cannot read strings");
-    out.reserve(n);
-    for (auto* p : ptrs)
-      out.emplace_back(p ? p : "");
-    H5Dvlen_reclaim(type.get(), space.get(), H5P_DEFAULT, ptrs.data());
+    out = h5::read_vlen_strings(set.get(), H5S_ALL, H5S_ALL, n, where(file, name));
   } else {
     const std::size_t size = H5Tget_size(stored.get());
     check(size > 0 && size < (1u << 20), where(file, name), "unreasonable string size ", size);

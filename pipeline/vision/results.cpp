@@ -158,14 +158,10 @@ std::vector<std::string> read_string_rows(hid_t file, const std::string& name,
   hsize_t start = 0;
   H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, &start, nullptr, &n, nullptr);
   h5::Handle memory(H5Screate_simple(1, &n, nullptr));
-  std::vector<char*> ptrs(n, nullptr);
-  const auto type = h5::utf8_string_type();
-  check(H5Dread(set.get(), type.get(), memory.get(), space.get(), H5P_DEFAULT, ptrs.data()) >= 0,
-        where(path, name), "cannot read strings");
-  for (auto* p : ptrs)
-    out.emplace_back(p ? p : "");
-  H5Dvlen_reclaim(type.get(), memory.get(), H5P_DEFAULT, ptrs.data());
-  return out;
+  h5::Handle stored(H5Dget_type(set.get()));
+  check(H5Tis_variable_str(stored.get()) > 0, where(path, name),
+        "is not a variable-length string dataset");
+  return h5::read_vlen_strings(set.get(), memory.get(), space.get(), n, where(path, name));
 }
 
 std::vector<int64_t> read_int_rows(hid_t file, const std::string& name, const std::string& path) {
@@ -181,11 +177,12 @@ h5::Handle open_file(const std::string& path, bool create) {
   hid_t id = -1;
   if (create) {
     id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    check(id >= 0, path, "cannot create HDF5 file (is the folder there and writable?)");
+    h5::check_h5(id >= 0, path, "cannot create HDF5 file");
   } else {
     check(std::filesystem::exists(path), path, "no such file");
+    check(H5Fis_hdf5(path.c_str()) > 0, path, "not an HDF5 file");
     id = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-    check(id >= 0, path, "cannot open as HDF5 for writing (not an attnscope results file?)");
+    h5::check_h5(id >= 0, path, "cannot open HDF5 file for writing");
   }
   return h5::Handle(id);
 }
@@ -762,15 +759,24 @@ void copy_rows(hid_t in, hid_t out, const std::string& name, const std::vector<i
   for (std::size_t r = 0; r < dest.size(); ++r) {
     start[0] = r;
     H5Sselect_hyperslab(sspace.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
-    check(H5Dread(src.get(), mtype.get(), memory.get(), sspace.get(), H5P_DEFAULT, buffer.data()) >=
-              0,
-          where(in_path, name), "cannot read row ", r);
+    std::vector<std::string> strings;
+    std::vector<const char*> ptrs;
+    const void* row = buffer.data();
+    if (is_string) {
+      strings = h5::read_vlen_strings(src.get(), memory.get(), sspace.get(), row_elems,
+                                      where(in_path, name));
+      for (const auto& v : strings)
+        ptrs.push_back(v.c_str());
+      row = ptrs.data();
+    } else {
+      check(H5Dread(src.get(), mtype.get(), memory.get(), sspace.get(), H5P_DEFAULT,
+                    buffer.data()) >= 0,
+            where(in_path, name), "cannot read row ", r);
+    }
     start[0] = static_cast<hsize_t>(dest[r]);
     H5Sselect_hyperslab(dspace.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
-    const bool ok = H5Dwrite(dst.get(), mtype.get(), memory.get(), dspace.get(), H5P_DEFAULT,
-                             buffer.data()) >= 0;
-    if (is_string) H5Dvlen_reclaim(mtype.get(), memory.get(), H5P_DEFAULT, buffer.data());
-    check(ok, where(out_path, name), "cannot write (disk full?)");
+    check(H5Dwrite(dst.get(), mtype.get(), memory.get(), dspace.get(), H5P_DEFAULT, row) >= 0,
+          where(out_path, name), "cannot write (disk full?)");
   }
 }
 
