@@ -10,6 +10,7 @@
 #include <limits>
 
 #include <jpeglib.h>
+#include <png.h>
 #include <zlib.h>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -262,6 +263,93 @@ std::string png_chunk_problem(const std::vector<uint8_t>& b) {
   }
 }
 
+// PNG decoding with libpng directly, not through OpenCV: OpenCV's reader keeps libpng's
+// default handlers, which print "libpng error: ..." and every warning (the common
+// "iCCP: known incorrect sRGB profile" of real-world files) to stderr. Here an error becomes
+// the one line attnscope prints and warnings (all benign: libpng goes on) are dropped.
+// Pixels are those OpenCV gives for IMREAD_UNCHANGED followed by decode_image_bytes's
+// conversions: palette expanded, 1/2/4-bit grey scaled to 8 bits, grey replicated, alpha and
+// tRNS ignored (not composited), 16-bit samples rounded to v / 257; no gamma or ICC
+// transform (OpenCV applies none either). Tested against cv::imdecode on every colour type,
+// bit depth and interlacing.
+struct PngSource {
+  const uint8_t* data;
+  std::size_t size;
+  std::size_t pos;
+  char message[256];
+};
+
+void png_on_error(png_structp png, png_const_charp text) {
+  auto* src = static_cast<PngSource*>(png_get_error_ptr(png));
+  std::snprintf(src->message, sizeof src->message, "%s", text ? text : "unknown error");
+  png_longjmp(png, 1);
+}
+
+void png_on_warning(png_structp, png_const_charp) {}
+
+void png_read_memory(png_structp png, png_bytep out, png_size_t n) {
+  auto* src = static_cast<PngSource*>(png_get_io_ptr(png));
+  if (n > src->size - src->pos) png_error(png, "unexpected end of file");
+  std::memcpy(out, src->data + src->pos, n);
+  src->pos += n;
+}
+
+// Fills `out` and returns true, or false with libpng's error in src.message. No C++ object
+// with a destructor lives in this frame, and nothing in it changes after setjmp that is read
+// after the longjmp: libpng leaves it by longjmp.
+bool decode_png_into(PngSource& src, cv::Mat& out, std::vector<png_bytep>& rows) {
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &src, png_on_error,
+                                           png_on_warning);
+  std::snprintf(src.message, sizeof src.message, "cannot start libpng");
+  if (!png) return false;
+  png_infop info = png_create_info_struct(png);
+  if (!info) {
+    png_destroy_read_struct(&png, nullptr, nullptr);
+    return false;
+  }
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_read_struct(&png, &info, nullptr);
+    return false;
+  }
+  png_set_read_fn(png, &src, png_read_memory);
+  png_read_info(png, info);
+  const png_uint_32 width = png_get_image_width(png, info);
+  const png_uint_32 height = png_get_image_height(png, info);
+  const int depth = png_get_bit_depth(png, info);
+  const int colour = png_get_color_type(png, info);
+  if (colour == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
+  if ((colour & PNG_COLOR_MASK_COLOR) == 0) {
+    if (depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+    png_set_gray_to_rgb(png);
+  }
+  png_set_strip_alpha(png);
+  if (depth == 16) png_set_swap(png);  // host order (x86-64: little-endian)
+  png_set_interlace_handling(png);
+  png_read_update_info(png, info);
+  const int sample = depth == 16 ? CV_16UC3 : CV_8UC3;
+  if (png_get_rowbytes(png, info) != std::size_t{width} * 3 * (depth == 16 ? 2 : 1))
+    png_error(png, "unexpected row layout after the transformations");
+  out.create(static_cast<int>(height), static_cast<int>(width), sample);
+  rows.resize(height);
+  for (png_uint_32 y = 0; y < height; ++y)
+    rows[y] = out.ptr<png_byte>(static_cast<int>(y));
+  png_read_image(png, rows.data());
+  png_read_end(png, nullptr);
+  png_destroy_read_struct(&png, &info, nullptr);
+  return true;
+}
+
+cv::Mat decode_png(const std::vector<uint8_t>& bytes, const std::string& name) {
+  cv::Mat raw;
+  std::vector<png_bytep> rows;
+  PngSource src{bytes.data(), bytes.size(), 0, {0}};
+  check(decode_png_into(src, raw, rows), name, "corrupt PNG: ", src.message);
+  if (raw.depth() == CV_8U) return raw;
+  cv::Mat rgb;
+  raw.convertTo(rgb, CV_8U, 1.0 / 257.0);
+  return rgb;
+}
+
 }  // namespace
 
 ImageInfo probe_image(const std::vector<uint8_t>& bytes, const std::string& name) {
@@ -335,6 +423,7 @@ cv::Mat decode_image_bytes(const std::vector<uint8_t>& bytes, const std::string&
   if (info.format == "png") {
     const auto problem = png_chunk_problem(bytes);
     check(problem.empty(), name, problem);
+    return decode_png(bytes, name);  // no EXIF orientation in PNG (probe_png: 1)
   }
 
   cv::Mat raw;

@@ -17,15 +17,15 @@ command -v clang++ >/dev/null || { echo "fuzz.sh: clang++ not found (apt-get ins
 case "$target" in
   csv) sources=(datasets/csv.cpp); libs=() ;;
   image) sources=(preprocessing/decode.cpp)
-         libs=(-lopencv_imgcodecs -lopencv_imgproc -lopencv_core -ljpeg -lz) ;;
+         libs=(-lopencv_imgcodecs -lopencv_imgproc -lopencv_core -ljpeg -lpng16 -lz) ;;
   pipeline_json) sources=(preprocessing/pipeline.cpp preprocessing/steps.cpp
                           preprocessing/augment.cpp preprocessing/decode.cpp
                           preprocessing/tensor.cpp)
-                 libs=(-lopencv_imgcodecs -lopencv_imgproc -lopencv_photo -lopencv_core -ljpeg -lz
+                 libs=(-lopencv_imgcodecs -lopencv_imgproc -lopencv_photo -lopencv_core -ljpeg -lpng16 -lz
                        -ltorch -ltorch_cpu -lc10) ;;
   tsv) sources=(datasets/text/pairs.cpp datasets/text/tokenizer.cpp)
        libs=(-ltorch -ltorch_cpu -lc10) ;;
-  checkpoint) sources=(pipeline/checkpoint.cpp pipeline/h5.cpp)
+  checkpoint) sources=(pipeline/checkpoint.cpp pipeline/h5.cpp pipeline/h5_strings.cpp)
               libs=(-L/usr/lib/x86_64-linux-gnu/hdf5/serial -lhdf5 -ltorch -ltorch_cpu -lc10) ;;
   *) echo "fuzz.sh: unknown target '$target'" >&2; exit 2 ;;
 esac

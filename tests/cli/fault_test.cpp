@@ -400,6 +400,63 @@ TEST(CliFault, DamagedPngIsOneLineNamingTheChunkWithoutLibpngsOwn) {
   EXPECT_NE(r.output.find("preprocessed 1 of 2"), std::string::npos) << r.output;
 }
 
+// CRC-32 of PNG chunks (ISO 3309, as in the PNG specification's sample code), bit by bit.
+uint32_t png_crc(const std::string& bytes) {
+  uint32_t c = 0xFFFFFFFFu;
+  for (const unsigned char b : bytes) {
+    c ^= b;
+    for (int k = 0; k < 8; ++k)
+      c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+  }
+  return c ^ 0xFFFFFFFFu;
+}
+
+std::string png_chunk(const std::string& type, const std::string& data) {
+  auto be32 = [](uint32_t v) {
+    return std::string{char(v >> 24), char(v >> 16), char(v >> 8), char(v)};
+  };
+  return be32(uint32_t(data.size())) + type + data + be32(png_crc(type + data));
+}
+
+// Files libpng itself complains about, with every chunk whole and every CRC right: crafted
+// compressed data is one line naming the file and libpng's reason (no "libpng error:" line
+// of its own), and an invalid ICC profile — libpng's most common warning on real files —
+// prints nothing: the image is decoded.
+TEST(CliFault, CraftedPngDataIsOneLineAndLibpngWarningsAreNotPrinted) {
+  test::TempDir dir;
+  const auto in = dir.path() / "in";
+  fs::create_directories(in);
+  cv::Mat noise(64, 64, CV_8UC3);
+  cv::randu(noise, cv::Scalar::all(0), cv::Scalar::all(255));
+  std::vector<uchar> png;
+  ASSERT_TRUE(cv::imencode(".png", noise, png));
+  const std::string bytes(png.begin(), png.end());
+  const auto idat = bytes.find("IDAT") - 4;
+  const uint32_t idat_length = uint32_t(uchar(bytes[idat])) << 24 |
+                               uint32_t(uchar(bytes[idat + 1])) << 16 |
+                               uint32_t(uchar(bytes[idat + 2])) << 8 | uchar(bytes[idat + 3]);
+  std::string data = bytes.substr(idat + 8, idat_length);
+  for (std::size_t i = 2; i < data.size(); i += 7)  // keep the zlib header, scramble the rest
+    data[i] = char(data[i] ^ 0x5A);
+  const std::string crafted =
+      bytes.substr(0, idat) + png_chunk("IDAT", data) + bytes.substr(idat + 12 + idat_length);
+  std::ofstream(in / "crafted.png", std::ios::binary) << crafted;
+  // iCCP after IHDR: profile name, compression method 0, then no valid zlib stream.
+  const std::size_t after_ihdr = 8 + 25;
+  const std::string iccp = bytes.substr(0, after_ihdr) +
+                           png_chunk("iCCP", std::string("ICC Profile\0\0", 13) + "not zlib") +
+                           bytes.substr(after_ihdr);
+  std::ofstream(in / "profile.png", std::ios::binary) << iccp;
+  const auto r =
+      test::run_process(exe() + " preprocess --input " + in.string() + " --out " + (dir / "out"));
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_EQ(r.output.find("libpng"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("crafted.png: corrupt PNG: "), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("profile.png"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("preprocessed 1 of 2"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(fs::path(dir / "out") / "profile.png")) << r.output;
+}
+
 TEST(CliFault, IdWithANulOrAControlCharacterIsShownWholeAndNamedAsSuch) {
   test::TempDir dir;
   synth(dir, 4, 32);

@@ -5,6 +5,8 @@
 #include <functional>
 #include <map>
 
+#include <png.h>
+
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
@@ -100,6 +102,127 @@ TEST(Decode, PngBecomesRgbWithExactPixels) {
     for (int x = 0; x < 5; ++x) {
       const auto b = bgr.at<cv::Vec3b>(y, x);
       EXPECT_EQ(rgb.at<cv::Vec3b>(y, x), cv::Vec3b(b[2], b[1], b[0]));
+    }
+}
+
+// A PNG written with libpng: `samples` holds width × height × channels values of `depth` bits
+// (row-major, channels as the colour type orders them); palette entries are RGB triples.
+std::vector<uint8_t> libpng_encode(int width, int height, int depth, int colour, bool interlace,
+                                   const std::vector<int>& samples,
+                                   const std::vector<png_color>& palette = {},
+                                   const std::vector<png_byte>& trns = {}) {
+  std::vector<uint8_t> out;
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  png_infop info = png_create_info_struct(png);
+  png_set_write_fn(
+      png, &out,
+      [](png_structp p, png_bytep data, png_size_t n) {
+        auto* v = static_cast<std::vector<uint8_t>*>(png_get_io_ptr(p));
+        v->insert(v->end(), data, data + n);
+      },
+      nullptr);
+  png_set_IHDR(png, info, static_cast<png_uint_32>(width), static_cast<png_uint_32>(height),
+               depth, colour, interlace ? PNG_INTERLACE_ADAM7 : PNG_INTERLACE_NONE,
+               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  if (!palette.empty())
+    png_set_PLTE(png, info, palette.data(), static_cast<int>(palette.size()));
+  if (!trns.empty()) png_set_tRNS(png, info, trns.data(), static_cast<int>(trns.size()), nullptr);
+  png_write_info(png, info);
+  const int channels = png_get_channels(png, info);
+  const std::size_t row_bytes = (std::size_t(width) * channels * depth + 7) / 8;
+  std::vector<std::vector<png_byte>> rows(height, std::vector<png_byte>(row_bytes, 0));
+  for (int y = 0; y < height; ++y)
+    for (int i = 0; i < width * channels; ++i) {
+      const int v = samples[std::size_t(y) * width * channels + i];
+      if (depth == 16) {
+        rows[y][2 * i] = png_byte(v >> 8);  // PNG is big-endian
+        rows[y][2 * i + 1] = png_byte(v & 0xFF);
+      } else {
+        const int bit = i * depth;
+        rows[y][bit / 8] |= png_byte(v << (8 - depth - bit % 8));
+      }
+    }
+  std::vector<png_bytep> pointers;
+  for (auto& r : rows)
+    pointers.push_back(r.data());
+  png_write_image(png, pointers.data());
+  png_write_end(png, nullptr);
+  png_destroy_write_struct(&png, &info);
+  return out;
+}
+
+// What decoding gave before attnscope decoded PNG itself: cv::imdecode(IMREAD_UNCHANGED),
+// 16-bit scaled by 1/257, then grey/BGR/BGRA to RGB.
+cv::Mat opencv_reference(const std::vector<uint8_t>& bytes) {
+  const auto raw = cv::imdecode(bytes, cv::IMREAD_UNCHANGED);
+  cv::Mat img8, rgb;
+  if (raw.depth() == CV_16U)
+    raw.convertTo(img8, CV_8U, 1.0 / 257.0);
+  else
+    img8 = raw;
+  const int code = img8.channels() == 1   ? cv::COLOR_GRAY2RGB
+                   : img8.channels() == 3 ? cv::COLOR_BGR2RGB
+                                          : cv::COLOR_BGRA2RGB;
+  cv::cvtColor(img8, rgb, code);
+  return rgb;
+}
+
+// Every PNG colour type, bit depth and interlacing: the pixels follow from the samples in
+// closed form (grey v of d bits → v·255/(2^d − 1), 16 bits → round(v/257), palette looked up,
+// alpha and tRNS ignored) and equal what OpenCV's own PNG reader gives.
+TEST(Decode, EveryPngColourTypeDepthAndInterlacingGivesThePixelsOfTheSamples) {
+  const int w = 13, h = 9;  // odd sizes: partial bytes at low depths, uneven Adam7 passes
+  const std::vector<png_color> palette{{200, 10, 30}, {0, 128, 255}, {17, 17, 17}, {255, 255, 0}};
+  struct Case {
+    const char* name;
+    int colour, depth;
+  };
+  const std::vector<Case> cases{
+      {"grey1", PNG_COLOR_TYPE_GRAY, 1},           {"grey2", PNG_COLOR_TYPE_GRAY, 2},
+      {"grey4", PNG_COLOR_TYPE_GRAY, 4},           {"grey8", PNG_COLOR_TYPE_GRAY, 8},
+      {"grey16", PNG_COLOR_TYPE_GRAY, 16},         {"grey_alpha8", PNG_COLOR_TYPE_GRAY_ALPHA, 8},
+      {"grey_alpha16", PNG_COLOR_TYPE_GRAY_ALPHA, 16}, {"rgb8", PNG_COLOR_TYPE_RGB, 8},
+      {"rgb16", PNG_COLOR_TYPE_RGB, 16},           {"rgba8", PNG_COLOR_TYPE_RGB_ALPHA, 8},
+      {"rgba16", PNG_COLOR_TYPE_RGB_ALPHA, 16},    {"palette2", PNG_COLOR_TYPE_PALETTE, 2},
+      {"palette8_trns", PNG_COLOR_TYPE_PALETTE, 8}};
+  cv::RNG rng(11);
+  for (const auto& c : cases)
+    for (const bool interlace : {false, true}) {
+      const bool palette_type = c.colour == PNG_COLOR_TYPE_PALETTE;
+      const int channels = palette_type ? 1
+                           : c.colour == PNG_COLOR_TYPE_GRAY       ? 1
+                           : c.colour == PNG_COLOR_TYPE_GRAY_ALPHA ? 2
+                           : c.colour == PNG_COLOR_TYPE_RGB        ? 3
+                                                                   : 4;
+      const int top = palette_type ? int(palette.size()) : (1 << c.depth);
+      std::vector<int> samples(std::size_t(w) * h * channels);
+      for (auto& v : samples)
+        v = rng.uniform(0, top);
+      const auto bytes = libpng_encode(
+          w, h, c.depth, c.colour, interlace, samples, palette_type ? palette : std::vector<png_color>{},
+          std::string(c.name) == "palette8_trns" ? std::vector<png_byte>{0, 128} : std::vector<png_byte>{});
+      const std::string label = std::string(c.name) + (interlace ? " interlaced" : "");
+      cv::Mat rgb;
+      ASSERT_NO_THROW(rgb = decode_image_bytes(bytes, label)) << label;
+      ASSERT_EQ(rgb.type(), CV_8UC3) << label;
+      ASSERT_EQ(rgb.size(), cv::Size(w, h)) << label;
+      const auto scale = [&](int v) {
+        return c.depth == 16 ? int(std::lround(v / 257.0)) : v * 255 / ((1 << c.depth) - 1);
+      };
+      for (int y = 0; y < h; ++y)
+        for (int x = 0; x < w; ++x) {
+          const int* s = samples.data() + (std::size_t(y) * w + x) * channels;
+          cv::Vec3b want;
+          if (palette_type)
+            want = {palette[s[0]].red, palette[s[0]].green, palette[s[0]].blue};
+          else if (channels <= 2)
+            want = cv::Vec3b::all(uchar(scale(s[0])));
+          else
+            want = {uchar(scale(s[0])), uchar(scale(s[1])), uchar(scale(s[2]))};
+          ASSERT_EQ(rgb.at<cv::Vec3b>(y, x), want) << label << " at " << x << "," << y;
+        }
+      const auto reference = opencv_reference(bytes);
+      EXPECT_EQ(cv::norm(rgb, reference, cv::NORM_INF), 0) << label << " differs from OpenCV";
     }
 }
 
