@@ -117,7 +117,18 @@ void save_checkpoint(const std::string& path, const torch::nn::Module& module,
   }
 }
 
-CheckpointMeta read_checkpoint_meta(const std::string& path) {
+namespace {
+
+// Checkpoints come from elsewhere (downloads, colleagues): before attnscope reads one, the
+// whole file is read in a child process (h5::check_untrusted_file), so that a crafted file
+// that crashes HDF5 1.10.8 is refused instead of crashing the command.
+void verify(const std::string& path);
+
+void guard(const std::string& path) {
+  h5::check_untrusted_file(path, true, [&] { verify(path); });
+}
+
+CheckpointMeta read_meta(const std::string& path) {
   auto file = h5::File::open(path);
   const auto root = file.id();
   check(h5::has_attribute(root, "format") &&
@@ -146,7 +157,7 @@ CheckpointMeta read_checkpoint_meta(const std::string& path) {
   return meta;
 }
 
-std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_tensors(
+std::vector<std::pair<std::string, std::vector<int64_t>>> tensor_shapes(
     const std::string& path) {
   auto file = h5::File::open(path);
   std::vector<std::pair<std::string, std::vector<int64_t>>> out;
@@ -161,12 +172,12 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_tensors(
   return out;
 }
 
-void verify_checkpoint(const std::string& path) {
-  read_checkpoint_meta(path);  // format and format_version
+void verify(const std::string& path) {
+  read_meta(path);  // format and format_version
   auto file = h5::File::open(path);
   const auto version = h5::read_string_attribute(file.id(), "format_version", path);
   std::map<std::string, torch::Tensor> stored;
-  for (const auto& entry : checkpoint_tensors(path))  // datasets only: groups are not tensors
+  for (const auto& entry : tensor_shapes(path))  // datasets only: groups are not tensors
     stored[entry.first] = h5::read_tensor(file.id(), entry.first, path);
   if (version != "1") {  // version 1 predates the checksum
     check(h5::has_attribute(file.id(), "tensor_checksum"), path, "format_version ", version,
@@ -182,11 +193,29 @@ void verify_checkpoint(const std::string& path) {
             "' holds NaN values; refusing to load a broken model");
 }
 
+}  // namespace
+
+CheckpointMeta read_checkpoint_meta(const std::string& path) {
+  guard(path);
+  return read_meta(path);
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_tensors(
+    const std::string& path) {
+  guard(path);
+  return tensor_shapes(path);
+}
+
+void verify_checkpoint(const std::string& path) {
+  guard(path);
+  verify(path);
+}
+
 void load_checkpoint(const std::string& path, torch::nn::Module& module,
                      const LoadOptions& options) {
   verify_checkpoint(path);  // format, version, checksum, NaN: before anything is copied
   auto file = h5::File::open(path);
-  auto stored = checkpoint_tensors(path);
+  auto stored = tensor_shapes(path);
   std::map<std::string, std::vector<int64_t>> stored_shapes(stored.begin(), stored.end());
   auto targets = module_tensors(module);
 

@@ -15,6 +15,7 @@
 #include <hdf5.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -144,6 +145,28 @@ bool has_attribute(hid_t obj, const std::string& name);
 /// `subject`. A NUL ends a string, as in HDF5's own C-string read.
 std::vector<std::string> read_vlen_strings(hid_t obj, hid_t memory, hid_t selection,
                                            std::size_t n, const std::string& subject);
+
+/// Runs `read` in a forked child process first, so that a crafted file that crashes the
+/// HDF5 library (1.10.8 has memory errors on crafted object headers that no check before
+/// the call can see) kills the child, not this process: a crash becomes
+/// Error(subject, "corrupt HDF5 file: reading it crashed the HDF5 library (...)"), an Error
+/// thrown by `read` in the child is thrown here as it was. Returns when the child read the
+/// file without failing; the caller then reads it itself, along the same paths. The child
+/// uses one LibTorch thread and leaves with _exit (no atexit handlers, no flushes).
+void read_in_child(const std::string& subject, const std::function<void()>& read);
+
+/// Opens `path` read-only and reads every object in it: each group's and dataset's
+/// attributes (strings through read_vlen_strings) and each dataset (whole with all_data,
+/// else its first and last slab, which reach the chunk index; at most 16 GiB), a superset
+/// of what attnscope's readers do. Throws Error on what it can tell is wrong.
+void read_everything(const std::string& path, bool all_data = true);
+
+/// read_in_child for a file another program or person may have written: the child runs
+/// read_everything(path, all_data) and `also` (the caller's own reading), ignoring the
+/// Errors both throw (the caller meets them itself), so that only a crash is reported. Each
+/// file (device, inode, size, modification and change times) is checked once per process.
+void check_untrusted_file(const std::string& path, bool all_data,
+                          const std::function<void()>& also = {});
 
 /// Registers the conversion read_vlen_strings relies on (called once by init()).
 void register_string_conversion();

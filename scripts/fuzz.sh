@@ -25,7 +25,8 @@ case "$target" in
                        -ltorch -ltorch_cpu -lc10) ;;
   tsv) sources=(datasets/text/pairs.cpp datasets/text/tokenizer.cpp)
        libs=(-ltorch -ltorch_cpu -lc10) ;;
-  checkpoint) sources=(pipeline/checkpoint.cpp pipeline/h5.cpp pipeline/h5_strings.cpp)
+  checkpoint) sources=(pipeline/checkpoint.cpp pipeline/h5.cpp pipeline/h5_strings.cpp
+                      pipeline/h5_isolation.cpp)
               libs=(-L/usr/lib/x86_64-linux-gnu/hdf5/serial -lhdf5 -ltorch -ltorch_cpu -lc10) ;;
   *) echo "fuzz.sh: unknown target '$target'" >&2; exit 2 ;;
 esac

@@ -457,6 +457,49 @@ TEST(CliFault, CraftedPngDataIsOneLineAndLibpngWarningsAreNotPrinted) {
   EXPECT_TRUE(fs::exists(fs::path(dir / "out") / "profile.png")) << r.output;
 }
 
+// `demo` trains for a wall-clock budget, so two runs differ: what it guarantees is that a
+// folder holding report.html holds the complete run it shows, that every HDF5 file in the
+// folder opens (h5py) whatever the moment of the kill, and that a rerun replaces a killed run.
+TEST(CliFault, DemoKilledAtAnyMomentLeavesCompleteFilesAndNoReportUntilTheEnd) {
+  test::TempDir dir;
+  const auto out = dir.path() / "demo";
+  const auto cmd = exe() + " demo --out " + out.string() +
+                   " --minutes 0.02 --size 32 --train-images 20 --test-images 4";
+  const int ms = timed_run(cmd);
+  ASSERT_TRUE(fs::exists(out / "report.html"));
+  kill_at_random_moments(
+      cmd, ms, [] {},
+      [&]() -> std::string {
+        std::string files;
+        for (const auto& e : fs::recursive_directory_iterator(out))
+          if (e.path().extension() == ".h5") files += " " + e.path().string();
+        const auto r = test::run_process(
+            test::python() + " -c \"import h5py,sys; [h5py.File(p,'r').close() for p in sys.argv[1:]]\"" +
+            files);
+        if (r.status != 0) return "an HDF5 file does not open: " + r.output;
+        if (!fs::exists(out / "report.html")) return "";
+        if (!fs::exists(out / "results/results.h5")) return "a report without its results.h5";
+        const auto html = slurp(out / "report.html");
+        return html.find("</html>") != std::string::npos ? "" : "report.html is cut";
+      },
+      31, 4);
+  fs::remove(out / "report.html");
+  const auto r = test::run_process(cmd);
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(fs::exists(out / "report.html")) << r.output;
+}
+
+TEST(CliFault, DemoOnAFullDiskFailsWithTheReasonAndNoReport) {
+  test::TempDir dir;
+  const auto out = dir.path() / "demo";
+  const auto r = test::run_with_file_size_limit(
+      exe() + " demo --out " + out.string() +
+          " --minutes 0.02 --size 32 --train-images 20 --test-images 4",
+      60000);
+  expect_clean_failure(r, "File too large");
+  EXPECT_FALSE(fs::exists(out / "report.html"));
+}
+
 TEST(CliFault, IdWithANulOrAControlCharacterIsShownWholeAndNamedAsSuch) {
   test::TempDir dir;
   synth(dir, 4, 32);

@@ -193,5 +193,33 @@ TEST(H5, ALockedFileSaysWhoAndHowToTurnLockingOff) {
   EXPECT_NE(message.find("HDF5_USE_FILE_LOCKING=FALSE"), std::string::npos) << message;
 }
 
+// What the HDF5 library does to a crafted file in the child cannot reach the caller: a crash
+// (here a real SIGSEGV, and an abort) is one Error naming the file; an Error thrown in the
+// child is thrown as it was; a child that reads without failing lets the caller go on.
+TEST(H5, ReadInChildTurnsACrashIntoAnErrorAndPassesErrorsOn) {
+  auto crash = test::error_of([] {
+    read_in_child("crafted.h5", [] {
+      volatile int* nowhere = nullptr;
+      *nowhere = 1;
+    });
+  });
+  EXPECT_NE(crash.find("crafted.h5"), std::string::npos) << crash;
+  EXPECT_NE(crash.find("corrupt HDF5 file: reading it crashed the HDF5 library"),
+            std::string::npos)
+      << crash;
+  crash = test::error_of([] { read_in_child("x.h5", [] { std::abort(); }); });
+  EXPECT_NE(crash.find("crashed the HDF5 library (signal 6"), std::string::npos) << crash;
+  try {
+    read_in_child("x.h5", [] { throw Error("x.h5:/a", "no such attribute"); });
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.subject(), "x.h5:/a");
+    EXPECT_EQ(e.message(), "no such attribute");
+  }
+  int here = 0;
+  EXPECT_NO_THROW(read_in_child("x.h5", [&] { here = 1; }));
+  EXPECT_EQ(here, 0) << "the child's memory is its own";
+}
+
 }  // namespace
 }  // namespace attnscope::pipeline::h5

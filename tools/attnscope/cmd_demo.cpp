@@ -127,10 +127,16 @@ int run_demo(const std::vector<std::string>& args, const GlobalOptions& global) 
   if (train_images < 20 || test_images < 4) fail("--train-images >= 20 and --test-images >= 4");
 
   // The demo owns its folder: a rerun replaces what an earlier demo wrote, nothing else.
+  // report.html goes first and comes back last, so a folder holding a report holds the
+  // complete run it shows; every step writes its own files atomically, so a run killed at
+  // any moment leaves complete files and no report.
   const fs::path dir(out);
   std::error_code ec;
   if (fs::exists(dir) && !fs::is_empty(dir, ec) && !fs::exists(dir / kMarker))
     throw Error(out, "exists and was not written by `attnscope demo`; choose another --out");
+  fs::remove(dir / "report.html", ec);
+  check(!fs::exists(dir / "report.html"), (dir / "report.html").string(),
+        "cannot remove the previous report");
   for (const char* sub : {"data", "run", "results"})
     fs::remove_all(dir / sub, ec);
   fs::create_directories(dir, ec);

@@ -1,0 +1,248 @@
+// Reading untrusted HDF5 files without letting the HDF5 library crash attnscope.
+//
+// HDF5 1.10.8 (Debian 12's) trusts what a file says about its own structure in places:
+// fuzzing checkpoint loading found a use-after-free inside H5Aexists (object header message
+// iteration) on a crafted file, after attnscope's own global-heap reader had removed the
+// first finding (h5_strings.cpp). Such bugs sit below every check attnscope can make before a
+// call, so a file from elsewhere is first read in a forked child: if the library crashes
+// there, the child dies and the caller gets one clear error instead.
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <set>
+#include <tuple>
+#include <vector>
+
+#include <ATen/Parallel.h>
+
+#include "attnscope/error.h"
+#include "pipeline/h5.h"
+
+namespace attnscope::pipeline::h5 {
+namespace {
+
+constexpr int kChildError = 3;      // `read` threw attnscope::Error: subject \0 message follow
+constexpr int kChildException = 4;  // another exception: what() follows
+
+void write_all(int fd, const std::string& data) {
+  std::size_t done = 0;
+  while (done < data.size()) {
+    const auto n = ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    done += static_cast<std::size_t>(n);
+  }
+}
+
+std::string read_all(int fd) {
+  std::string out;
+  char buf[4096];
+  while (true) {
+    const auto n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return out;
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+}
+
+struct Walk {
+  std::string path;
+  bool all_data;
+  std::exception_ptr error;  // exceptions must not unwind through HDF5's C frames
+};
+
+// Reads every attribute of an object: strings through attnscope's heap reader, anything
+// else as raw bytes of its stored size.
+void read_attributes(hid_t obj, const std::string& subject) {
+  H5O_info_t info;
+  check_h5(H5Oget_info2(obj, &info, H5O_INFO_NUM_ATTRS) >= 0, subject, "cannot read object info");
+  for (hsize_t i = 0; i < info.num_attrs; ++i) {
+    Handle attr(H5Aopen_by_idx(obj, ".", H5_INDEX_CRT_ORDER, H5_ITER_NATIVE, i, H5P_DEFAULT,
+                               H5P_DEFAULT));
+    if (!attr.valid()) attr = Handle(H5Aopen_by_idx(obj, ".", H5_INDEX_NAME, H5_ITER_NATIVE, i,
+                                                    H5P_DEFAULT, H5P_DEFAULT));
+    check_h5(attr.valid(), subject, concat("cannot open attribute ", i));
+    Handle type(H5Aget_type(attr.get()));
+    Handle space(H5Aget_space(attr.get()));
+    const auto n = H5Sget_simple_extent_npoints(space.get());
+    check(n >= 0 && n <= (int64_t{1} << 24), subject, "attribute ", i, " of ", n, " elements");
+    if (H5Tis_variable_str(type.get()) > 0) {
+      read_vlen_strings(attr.get(), H5S_ALL, H5S_ALL, static_cast<std::size_t>(n), subject);
+      continue;
+    }
+    if (H5Tdetect_class(type.get(), H5T_VLEN) > 0) continue;  // attnscope writes none
+    const auto size = H5Tget_size(type.get());
+    check(size > 0 && size * static_cast<std::size_t>(n) <= (std::size_t{1} << 30), subject,
+          "attribute ", i, " is too large");
+    std::vector<char> buf(size * static_cast<std::size_t>(n) + 1);
+    H5Aread(attr.get(), type.get(), buf.data());
+  }
+}
+
+void read_dataset(hid_t set, const std::string& subject, bool all_data) {
+  Handle type(H5Dget_type(set));
+  Handle space(H5Dget_space(set));
+  Handle dcpl(H5Dget_create_plist(set));
+  const auto n = H5Sget_simple_extent_npoints(space.get());
+  check(n >= 0, subject, "unreadable dataspace");
+  if (n == 0) return;
+  if (H5Tis_variable_str(type.get()) > 0) {
+    check(n <= (int64_t{1} << 24), subject, "string dataset of ", n, " elements");
+    read_vlen_strings(set, H5S_ALL, H5S_ALL, static_cast<std::size_t>(n), subject);
+    return;
+  }
+  if (H5Tdetect_class(type.get(), H5T_VLEN) > 0) return;  // attnscope writes none
+  Handle native(H5Tget_native_type(type.get(), H5T_DIR_ASCEND));
+  const std::size_t size = native.valid() ? H5Tget_size(native.get()) : 0;
+  if (size == 0) return;
+  // The readers refuse more than 16 GiB before reading (read_tensor); so does this.
+  if (static_cast<uint64_t>(n) > (uint64_t{16} << 30) / size) return;
+  const std::size_t bytes = size * static_cast<std::size_t>(n);
+  // Read in slabs of the first dimension: the whole file, never more than 64 MiB at a time.
+  const int rank = H5Sget_simple_extent_ndims(space.get());
+  if (rank <= 0) {
+    std::vector<char> buf(bytes);
+    H5Dread(set, native.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, buf.data());
+    return;
+  }
+  std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
+  H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+  const std::size_t row = bytes / dims[0];
+  const hsize_t rows = std::max<hsize_t>(1, (std::size_t{64} << 20) / std::max<std::size_t>(row, 1));
+  std::vector<char> buf(static_cast<std::size_t>(std::min(rows, dims[0])) * row);
+  // Without all_data: the first and the last slab (each reaches the chunk index).
+  for (hsize_t start = 0; start < dims[0];
+       start = all_data || start + rows >= dims[0] ? start + rows
+                                                   : std::max(start + rows, dims[0] - rows)) {
+    std::vector<hsize_t> offset(dims.size(), 0), count = dims;
+    offset[0] = start;
+    count[0] = std::min(rows, dims[0] - start);
+    H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, offset.data(), nullptr, count.data(),
+                        nullptr);
+    Handle memory(H5Screate_simple(rank, count.data(), nullptr));
+    H5Dread(set, native.get(), memory.get(), space.get(), H5P_DEFAULT, buf.data());
+  }
+}
+
+herr_t visit(hid_t root, const char* name, const H5O_info_t* info, void* data) {
+  auto* walk = static_cast<Walk*>(data);
+  try {
+    const std::string subject = where(walk->path, name);
+    Handle obj(H5Oopen(root, name, H5P_DEFAULT));
+    if (!obj.valid()) return 0;
+    read_attributes(obj.get(), subject);
+    if (info->type == H5O_TYPE_DATASET) read_dataset(obj.get(), subject, walk->all_data);
+    return 0;
+  } catch (...) {
+    walk->error = std::current_exception();
+    return -1;
+  }
+}
+
+}  // namespace
+
+void read_in_child(const std::string& subject, const std::function<void()>& read) {
+  init();
+  int fds[2];
+  check(::pipe(fds) == 0, subject, "cannot check the file (pipe: ", std::strerror(errno), ")");
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    const int err = errno;
+    ::close(fds[0]);
+    ::close(fds[1]);
+    throw Error(subject, concat("cannot check the file (fork: ", std::strerror(err), ")"));
+  }
+  if (pid == 0) {
+    ::close(fds[0]);
+    int code = 0;
+    std::string message;
+    try {
+      // A forked child must not enter an OpenMP team the parent created.
+      at::set_num_threads(1);
+      read();
+    } catch (const Error& e) {
+      code = kChildError;
+      message = e.subject() + '\0' + e.message();
+    } catch (const std::exception& e) {
+      code = kChildException;
+      message = e.what();
+    } catch (...) {
+      code = kChildException;
+      message = "unknown exception";
+    }
+    write_all(fds[1], message);
+    ::_exit(code);
+  }
+  ::close(fds[1]);
+  const std::string message = read_all(fds[0]);
+  ::close(fds[0]);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(status)) {
+    switch (WEXITSTATUS(status)) {
+      case 0:
+        return;
+      case kChildError: {
+        const auto nul = message.find('\0');
+        if (nul != std::string::npos)
+          throw Error(message.substr(0, nul), message.substr(nul + 1));
+        break;
+      }
+      case kChildException:
+        throw Error(subject, "cannot read: " + message);
+      default:
+        break;
+    }
+  }
+  const std::string how =
+      WIFSIGNALED(status) ? concat("signal ", WTERMSIG(status), ", ", ::strsignal(WTERMSIG(status)))
+                          : concat("exit status ", WEXITSTATUS(status));
+  throw Error(subject, "corrupt HDF5 file: reading it crashed the HDF5 library (" + how +
+                           "); the file is damaged or crafted");
+}
+
+void read_everything(const std::string& path, bool all_data) {
+  auto file = File::open(path);
+  Walk walk{path, all_data, nullptr};
+  const bool ok =
+      H5Ovisit2(file.id(), H5_INDEX_NAME, H5_ITER_NATIVE, visit, &walk, H5O_INFO_BASIC) >= 0;
+  if (walk.error) std::rethrow_exception(walk.error);
+  check_h5(ok, path, "cannot walk the file's objects");
+}
+
+void check_untrusted_file(const std::string& path, bool all_data,
+                          const std::function<void()>& also) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return;  // the reader says so
+  using Key = std::tuple<dev_t, ino_t, off_t, int64_t, int64_t, int64_t, int64_t, bool>;
+  const Key key{st.st_dev,          st.st_ino,          st.st_size,        st.st_mtim.tv_sec,
+                st.st_mtim.tv_nsec, st.st_ctim.tv_sec, st.st_ctim.tv_nsec, all_data};
+  static std::mutex mutex;
+  static std::set<Key> checked;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (checked.count(key)) return;
+  }
+  read_in_child(path, [&] {
+    try {
+      if (also) also();
+    } catch (...) {
+    }
+    try {
+      read_everything(path, all_data);
+    } catch (...) {
+    }
+  });
+  std::lock_guard<std::mutex> lock(mutex);
+  checked.insert(key);
+}
+
+}  // namespace attnscope::pipeline::h5
