@@ -220,6 +220,13 @@ void read_everything(const std::string& path, bool all_data) {
 
 void check_untrusted_file(const std::string& path, bool all_data,
                           const std::function<void()>& also) {
+#ifdef ATTNSCOPE_FUZZING
+  // scripts/fuzz.sh checkpoint fuzzes the readers themselves (a fork per input would slow
+  // libFuzzer to a few inputs a second and hide where a crash is); every input it keeps is
+  // replayed through this check by FuzzCorpus.CheckpointInputsNeverCrash.
+  (void)path, (void)all_data, (void)also;
+  return;
+#endif
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return;  // the reader says so
   using Key = std::tuple<dev_t, ino_t, off_t, int64_t, int64_t, int64_t, int64_t, bool>;

@@ -40,7 +40,7 @@ sed -e "s/@PROJECT_VERSION@/$version/" -e "s/@PROJECT_VERSION_MAJOR@/$major/" \
     -e "s/@PROJECT_VERSION_MINOR@/$minor/" -e "s/@PROJECT_VERSION_PATCH@/$patch/" \
     common/version.h.in > "$out/generated/attnscope/version.h"
 
-flags=(-std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
+flags=(-std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -DATTNSCOPE_FUZZING
        -I. -Icommon -Itests -I"$out/generated" -isystem /usr/include/opencv4
        -isystem /usr/include/torch/csrc/api/include -isystem /usr/include/hdf5/serial
        -DATTNSCOPE_SOURCE_DIR="\"$(pwd)\"" -D_GLIBCXX_USE_CXX11_ABI=1)
@@ -57,7 +57,11 @@ export LSAN_OPTIONS="suppressions=$(pwd)/tests/sanitizers/lsan.supp:print_suppre
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:suppressions=$(pwd)/tests/sanitizers/ubsan.supp"
 start=$(date +%s)
 status=0
+# FUZZ_FLAGS: more libFuzzer flags, e.g. "-fork=1 -ignore_crashes=1" to go on past crashes
+# (each saved as crash-*), as the checkpoint target needs: HDF5 1.10.8 itself crashes on
+# crafted files, which attnscope survives by reading them in a child process first.
 (cd "$out" && "./fuzz_$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 \
-   -max_len=65536 -print_final_stats=1 "corpus-$target" "../tests/fuzz/corpus/$target") || status=$?
+   -max_len=65536 -print_final_stats=1 ${FUZZ_FLAGS:-} "corpus-$target" \
+   "../tests/fuzz/corpus/$target") || status=$?
 echo "fuzz.sh: $target ran $(($(date +%s) - start)) s, exit $status"
 exit $status

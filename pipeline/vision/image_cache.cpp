@@ -209,7 +209,7 @@ ImageCacheReport write_image_cache(const std::string& path, const datasets::Samp
 }
 
 ImageCacheSource::ImageCacheSource(const std::string& path)
-    : path_(path), file_(h5::File::open(path)) {
+    : path_(path), file_((h5::check_untrusted_file(path, false), h5::File::open(path))) {
   const hid_t root = file_.id();
   check(h5::has_attribute(root, "format") &&
             h5::read_string_attribute(root, "format", path) == kFormat,

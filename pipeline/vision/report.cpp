@@ -161,7 +161,8 @@ struct Measure {
 };
 
 struct Results {
-  explicit Results(const std::string& p) : path(p), file(h5::File::open(p)) {}
+  explicit Results(const std::string& p)
+      : path(p), file((h5::check_untrusted_file(p, false), h5::File::open(p))) {}
   std::string path;
   h5::File file;
   std::map<std::string, std::string> attrs;

@@ -485,8 +485,9 @@ ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader
   int64_t rows = 0, errors = 0;
   bool torn = false;
   {
-    h5::Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
     check(std::filesystem::exists(path), path, "no such file");
+    h5::check_untrusted_file(path, false);
+    h5::Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
     h5::check_h5(file.valid(), path, "cannot open as HDF5 (not an attnscope results file?)");
     const hid_t f = file.get();
     auto attr = [&](const std::string& name) {
@@ -622,6 +623,7 @@ namespace {
 h5::Handle open_read(const std::string& path) {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
   check(std::filesystem::exists(path), path, "no such file");
+  h5::check_untrusted_file(path, false);  // a crafted file must not crash HDF5 in this process
   h5::Handle f(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
   check(f.valid(), path, "cannot open as HDF5 (not a results file, or damaged)");
   check(h5::has_attribute(f.get(), "format") &&

@@ -191,6 +191,7 @@ void write_checkpoint_to(const std::string& temp, const std::string& path,
 }
 
 TrainState read_state(const std::string& path) {
+  h5::check_untrusted_file(path, true);
   auto file = h5::File::open(path);
   check(h5::exists(file.id(), kStateGroup), path, "has no /", kStateGroup,
         " group: not the last.h5 of an `attnscope train` run");

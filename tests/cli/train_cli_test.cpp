@@ -138,7 +138,7 @@ TEST(TrainCli, ResumeAfterSigkillsEqualsAnUninterruptedRun) {
   const auto run = dir / "killed";
   std::mt19937 rng(std::random_device{}());
   int kills = 0;
-  for (int attempt = 0; attempt < 10; ++attempt) {
+  for (int attempt = 0; attempt < 20; ++attempt) {
     const bool started = fs::exists(run + "/last.h5");
     const auto command =
         started ? exe() + " --threads 1 train --resume " + run + " 2>&1" : train_command(run);
@@ -156,6 +156,13 @@ TEST(TrainCli, ResumeAfterSigkillsEqualsAnUninterruptedRun) {
       continue;
     }
     ASSERT_EQ(r.status, 0) << r.output;
+    // A resumed run has fewer epochs left than the whole run had: on a loaded machine it can
+    // end before the kill. Until two kills have landed, start again from nothing.
+    if (kills < 2) {
+      fs::remove_all(run);
+      kills = 0;
+      continue;
+    }
     break;
   }
   EXPECT_GE(kills, 2);
