@@ -355,6 +355,9 @@ std::string read_string_attribute(hid_t obj, const std::string& name, const std:
   const auto size = H5Tget_size(stored.get());
   check(size > 0 && size <= (std::size_t{1} << 30), where(file, "@" + name),
         "unreasonable string size ", size);
+  check(H5Aget_storage_size(attr.get()) >= size, where(file, "@" + name),
+        "attribute data is cut short (", H5Aget_storage_size(attr.get()), " bytes stored, ", size,
+        " needed)");
   std::string value(size, '\0');
   check(H5Aread(attr.get(), stored.get(), value.data()) >= 0, where(file, "@" + name),
         "cannot read attribute");

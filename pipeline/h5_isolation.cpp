@@ -80,6 +80,7 @@ void read_attributes(hid_t obj, const std::string& subject) {
     const auto size = H5Tget_size(type.get());
     check(size > 0 && size * static_cast<std::size_t>(n) <= (std::size_t{1} << 30), subject,
           "attribute ", i, " is too large");
+    if (H5Aget_storage_size(attr.get()) < size * static_cast<std::size_t>(n)) continue;
     std::vector<char> buf(size * static_cast<std::size_t>(n) + 1);
     H5Aread(attr.get(), type.get(), buf.data());
   }

@@ -216,6 +216,10 @@ std::vector<std::string> read_vlen_strings(hid_t obj, hid_t memory, hid_t select
   }
   GlobalHeap heap(obj, subject);
   const std::size_t id_size = heap.id_size();
+  // HDF5 1.10.8 copies n IDs out of an attribute's stored data without comparing sizes.
+  if (attribute)
+    check(H5Aget_storage_size(obj) >= n * id_size, subject, "attribute data is cut short (",
+          H5Aget_storage_size(obj), " bytes stored, ", n * id_size, " needed)");
   Handle type(H5Tcreate(H5T_OPAQUE, id_size));
   H5Tset_tag(type.get(), kHeapIdTag);
   std::vector<unsigned char> ids(n * id_size);
