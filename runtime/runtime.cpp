@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 #include <link.h>
+#include <malloc.h>
 #include <sched.h>
 #include <unistd.h>
 
@@ -102,6 +103,40 @@ BlasInfo blas_info() {
   }
   if (handle) dlclose(handle);
   return info;
+}
+
+namespace {
+MallocPolicy g_malloc_policy;
+}  // namespace
+
+MallocPolicy keep_freed_memory_for_reuse() {
+  for (const char* name : {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
+                           "MALLOC_MMAP_MAX_"})
+    if (const char* value = std::getenv(name)) {
+      g_malloc_policy.user = std::string(name) + "=" + value;
+      return g_malloc_policy;
+    }
+  if (const char* tunables = std::getenv("GLIBC_TUNABLES"))
+    if (std::string(tunables).find("glibc.malloc.") != std::string::npos) {
+      g_malloc_policy.user = std::string("GLIBC_TUNABLES=") + tunables;
+      return g_malloc_policy;
+    }
+  g_malloc_policy.set_by_attnscope =
+      mallopt(M_MMAP_THRESHOLD, static_cast<int>(kMallocMmapThreshold)) == 1 &&
+      mallopt(M_TRIM_THRESHOLD, static_cast<int>(kMallocTrimThreshold)) == 1;
+  return g_malloc_policy;
+}
+
+MallocPolicy malloc_policy() {
+  return g_malloc_policy;
+}
+
+bool malloc_maps_blocks_of(std::size_t bytes) {
+  const auto before = mallinfo2().hblkhd;
+  void* volatile block = std::malloc(bytes);
+  const auto during = mallinfo2().hblkhd;
+  std::free(block);
+  return during > before;
 }
 
 bool cuda_available() {

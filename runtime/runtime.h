@@ -59,6 +59,28 @@ constexpr int kOpenMpSpinCount = 3000;
 /// the re-execution failed.
 void limit_openmp_spinning(int intra_op_threads, char** argv);
 
+/// glibc's malloc serves a block larger than its mmap threshold (dynamic, at most 32 MiB) with
+/// mmap and returns it to the kernel on free; the next batch's tensor of the same size is then
+/// mapped again and every page is faulted in and zero-filled by the kernel. attnscope allocates
+/// the same large tensors batch after batch (activations of 50-200 MiB), so on 2 cores a
+/// classify run spent ~11 % of its CPU time in page faults (perf, docs/performance.md).
+/// keep_freed_memory_for_reuse() sets M_MMAP_THRESHOLD to kMallocMmapThreshold and
+/// M_TRIM_THRESHOLD to kMallocTrimThreshold (freed blocks stay in the heap for the next
+/// batch), unless the user chose malloc settings: MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_,
+/// MALLOC_TOP_PAD_, MALLOC_MMAP_MAX_ or a glibc.malloc tunable in GLIBC_TUNABLES.
+constexpr std::size_t kMallocMmapThreshold = std::size_t{512} << 20;
+constexpr std::size_t kMallocTrimThreshold = std::size_t{1} << 30;
+struct MallocPolicy {
+  std::string user;  ///< the user's setting that made attnscope leave malloc alone, or empty
+  bool set_by_attnscope = false;
+};
+MallocPolicy keep_freed_memory_for_reuse();
+/// What keep_freed_memory_for_reuse() did in this process.
+MallocPolicy malloc_policy();
+/// Whether malloc serves a block of `bytes` with mmap now (glibc's own count of mapped bytes,
+/// mallinfo2().hblkhd, grows while it is held): the check `attnscope info` prints.
+bool malloc_maps_blocks_of(std::size_t bytes);
+
 bool cuda_available();
 int cuda_device_count();
 

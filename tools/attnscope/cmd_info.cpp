@@ -40,6 +40,15 @@ int run_info(const std::vector<std::string>& args, const GlobalOptions&) {
   if (wait.empty()) wait = "libgomp default (idle workers spin ~300000 times)";
   std::cout << "OpenMP wait    " << wait << (omp.set_by_attnscope ? " (set by attnscope)" : "")
             << "\n";
+  const auto mem = runtime::malloc_policy();
+  std::cout << "malloc         "
+            << (mem.set_by_attnscope
+                    ? "freed blocks up to 512 MiB stay in the heap for reuse (set by attnscope)"
+                : mem.user.empty() ? "glibc default"
+                                   : mem.user)
+            << "; a 64 MiB block is "
+            << (runtime::malloc_maps_blocks_of(std::size_t{64} << 20) ? "mapped" : "from the heap")
+            << "\n";
   std::cout << "CUDA           " << (runtime::cuda_available() ? "available" : "not available")
             << ", " << runtime::cuda_device_count() << " device(s)\n";
   if (!blas.is_optimised())

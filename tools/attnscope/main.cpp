@@ -80,6 +80,7 @@ int run(int argc, char** argv) {
       attnscope::runtime::limit_openmp_spinning(
           global.threads > 0 ? global.threads : attnscope::runtime::available_cores(), argv);
       attnscope::runtime::set_threads(global.threads);
+      attnscope::runtime::keep_freed_memory_for_reuse();
       return c.run(std::vector<std::string>(args.begin() + i + 1, args.end()), global);
     }
   }

@@ -71,6 +71,42 @@ TEST(ResultsStore, AppendsBatchesAndReadsThemBack) {
             (std::vector<int64_t>{5, 8, 6, 3}));
 }
 
+// Images and maps are deflated once per batch and written as chunks (H5Dwrite_chunk): each
+// stored chunk is byte for byte what HDF5's deflate filter makes (zlib.compress at level 1,
+// Python's zlib as the oracle), a row that does not shrink (noise) is stored raw with the
+// filter skipped, as HDF5's optional filter does, and h5py reads every row back exactly.
+TEST(ResultsStore, ImageChunksAreDeflatedOnceLikeHdf5sFilterAndReadBackByH5py) {
+  test::TempDir dir;
+  const auto path = dir / "r.h5";
+  auto batch = rows(0, 3);
+  batch.preprocessed[1] = torch::randint(0, 256, {8, 6, 3}, torch::kByte);  // noise
+  {
+    auto w = ResultsWriter::create(path, header(), small_layout());
+    w.append(batch, {});
+    w.append(rows(3, 2), {});
+    w.finish("2026-01-01T00:00:00Z");
+  }
+  const auto r = test::run_process(
+      test::python() +
+      " -c \"import h5py,sys,zlib; f=h5py.File(sys.argv[1],'r'); d=f['images/preprocessed']; "
+      "out=[]\n"
+      "for i in range(d.shape[0]):\n"
+      "  mask, chunk = d.id.read_direct_chunk((i,0,0,0)); raw = d[i].tobytes()\n"
+      "  ok = chunk == (zlib.compress(raw, 1) if mask == 0 else raw)\n"
+      "  out.append('%d:%d:%s' % (i, mask, ok))\n"
+      "print(' '.join(out), float(f['attention/stage3'][4].sum()))\" " +
+      path);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output.substr(0, r.output.find(' ', 40)),
+            "0:0:True 1:1:True 2:0:True 3:0:True 4:0:True")
+      << r.output;
+  const auto f = h5::File::open(path);
+  const auto stored = h5::read_tensor(f.id(), "images/preprocessed", path);
+  EXPECT_TRUE(torch::equal(stored.slice(0, 0, 3), batch.preprocessed));
+  EXPECT_TRUE(torch::allclose(h5::read_tensor(f.id(), "attention/stage3", path).slice(0, 0, 3),
+                              batch.maps["stage3"]));
+}
+
 int64_t rows_in(const h5::File& f, const std::string& name) {
   return h5::dataset_shape(f.id(), name, f.path()).at(0);
 }
