@@ -66,7 +66,7 @@ void limit_openmp_spinning(int intra_op_threads, char** argv);
 /// classify run spent ~11 % of its CPU time in page faults (perf, docs/performance.md).
 /// keep_freed_memory_for_reuse() sets M_MMAP_THRESHOLD to kMallocMmapThreshold and
 /// M_TRIM_THRESHOLD to kMallocTrimThreshold (freed blocks stay in the heap for the next
-/// batch), unless the user chose malloc settings: MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_,
+/// batch) and M_ARENA_MAX to the number of cores (at least 2; fewer heaps to keep), unless the user chose malloc settings: MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_,
 /// MALLOC_TOP_PAD_, MALLOC_MMAP_MAX_ or a glibc.malloc tunable in GLIBC_TUNABLES.
 constexpr std::size_t kMallocMmapThreshold = std::size_t{512} << 20;
 constexpr std::size_t kMallocTrimThreshold = std::size_t{1} << 30;

@@ -8,7 +8,10 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <chrono>
+#include <filesystem>
 #include <fstream>
+#include <random>
 
 #include <nlohmann/json.hpp>
 
@@ -305,6 +308,40 @@ TEST(Distributed, DistCheckLaunchesUnderTorchrunWithACRendezvous) {
   EXPECT_EQ(r1["rank"], 1);
   ASSERT_EQ(r0["epochs"].size(), 3u);
   EXPECT_EQ(r0["epochs"][2]["digest"], r1["epochs"][2]["digest"]);
+}
+
+// dist-check writes rank<r>.json through AtomicFile: a full disk is one clear error (no crash,
+// no cut JSON), and a kill at any moment leaves no file or a complete one.
+TEST(Distributed, OutDirOnAFullDiskOrKilledLeavesNoCutJson) {
+  test::TempDir dir;
+  const auto cmd = concat(kClean, " ", ATTNSCOPE_EXE, " --threads 1 dist-check ", kTrain,
+                          " --out-dir ", dir.path().string());
+  const auto full = test::run_with_file_size_limit(cmd, 100);
+  EXPECT_EQ(full.signal, 0) << full.output;
+  EXPECT_EQ(full.status, 1) << full.output;
+  EXPECT_NE(full.output.find("File too large"), std::string::npos) << full.output;
+  namespace fs = std::filesystem;
+  const auto complete = [&](const std::string& name) -> std::string {
+    const auto path = dir / name;
+    if (!fs::exists(path)) return "";
+    try {
+      return json::parse(read_text(path)).is_discarded() ? name + " is discarded JSON" : "";
+    } catch (const std::exception& e) {
+      return name + " is not complete JSON: " + e.what();
+    }
+  };
+  EXPECT_EQ(complete("rank0.json"), "");
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(test::run_process(cmd).status, 0);
+  const int ms = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                      std::chrono::steady_clock::now() - t0)
+                                      .count());
+  std::mt19937 rng(17);
+  for (int round = 0; round < 4; ++round) {
+    const auto r = test::run_killed_after(cmd, std::uniform_int_distribution<int>(0, ms)(rng));
+    EXPECT_EQ(complete("rank0.json"), "") << "round " << round;
+    EXPECT_EQ(complete("rank0.started"), "") << "round " << round;
+  }
 }
 
 }  // namespace
