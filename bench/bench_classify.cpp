@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
     const int threads = env ? std::atoi(env) : 0;
     runtime::limit_openmp_spinning(threads > 0 ? threads : runtime::available_cores(), argv);
     runtime::set_threads(threads);
+    runtime::keep_freed_memory_for_reuse();  // and its malloc settings (docs/architecture.md)
     auto loaded = pipeline::load_image_classifier(argv[2]);
     auto& model = *loaded.model;
     model.eval();
