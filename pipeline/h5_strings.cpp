@@ -172,16 +172,21 @@ class GlobalHeap {
   std::map<uint64_t, std::vector<unsigned char>> cache_;
 };
 
+// Reads n elements of `type` from an attribute (whole) or a dataset (selection into memory).
+bool read_elements(hid_t obj, bool attribute, hid_t type, hid_t memory, hid_t selection,
+                   void* out) {
+  return attribute ? H5Aread(obj, type, out) >= 0
+                   : H5Dread(obj, type, memory, selection, H5P_DEFAULT, out) >= 0;
+}
+
 // HDF5's own read, for files open for writing (their heap may be newer in memory than on disk).
 std::vector<std::string> read_through_hdf5(hid_t obj, bool attribute, hid_t memory,
                                            hid_t selection, std::size_t n,
                                            const std::string& subject) {
   const Handle type = utf8_string_type();
   std::vector<char*> ptrs(n, nullptr);
-  const bool ok =
-      attribute ? H5Aread(obj, type.get(), ptrs.data()) >= 0
-                : H5Dread(obj, type.get(), memory, selection, H5P_DEFAULT, ptrs.data()) >= 0;
-  check_h5(ok, subject, "cannot read strings");
+  check_h5(read_elements(obj, attribute, type.get(), memory, selection, ptrs.data()), subject,
+           "cannot read strings");
   std::vector<std::string> out;
   out.reserve(n);
   for (auto* p : ptrs)
@@ -223,10 +228,8 @@ std::vector<std::string> read_vlen_strings(hid_t obj, hid_t memory, hid_t select
   Handle type(H5Tcreate(H5T_OPAQUE, id_size));
   H5Tset_tag(type.get(), kHeapIdTag);
   std::vector<unsigned char> ids(n * id_size);
-  const bool ok =
-      attribute ? H5Aread(obj, type.get(), ids.data()) >= 0
-                : H5Dread(obj, type.get(), memory, selection, H5P_DEFAULT, ids.data()) >= 0;
-  check_h5(ok, subject, "cannot read strings");
+  check_h5(read_elements(obj, attribute, type.get(), memory, selection, ids.data()), subject,
+           "cannot read strings");
   std::vector<std::string> out;
   out.reserve(n);
   for (std::size_t i = 0; i < n; ++i)

@@ -371,6 +371,15 @@ TEST(CliFault, PreprocessKilledAtAnyMomentLeavesOnlyCompleteImages) {
       23);
 }
 
+// A 64 × 64 PNG of noise, encoded by OpenCV.
+std::string noise_png() {
+  cv::Mat noise(64, 64, CV_8UC3);
+  cv::randu(noise, cv::Scalar::all(0), cv::Scalar::all(255));
+  std::vector<uchar> png;
+  EXPECT_TRUE(cv::imencode(".png", noise, png));
+  return std::string(png.begin(), png.end());
+}
+
 // Smaller ones of defect 11: a PNG with a damaged chunk was reported after libpng's own
 // "libpng error: IDAT: CRC error" line; an id holding a NUL was shown cut at the NUL (and
 // called a path separator).
@@ -378,11 +387,7 @@ TEST(CliFault, DamagedPngIsOneLineNamingTheChunkWithoutLibpngsOwn) {
   test::TempDir dir;
   const auto in = dir.path() / "in";
   fs::create_directories(in);
-  cv::Mat noise(64, 64, CV_8UC3);
-  cv::randu(noise, cv::Scalar::all(0), cv::Scalar::all(255));
-  std::vector<uchar> png;
-  ASSERT_TRUE(cv::imencode(".png", noise, png));
-  const std::string bytes(png.begin(), png.end());
+  const std::string bytes = noise_png();
   const auto idat = bytes.find("IDAT");
   ASSERT_NE(idat, std::string::npos);
   auto damaged = bytes;
@@ -426,11 +431,7 @@ TEST(CliFault, CraftedPngDataIsOneLineAndLibpngWarningsAreNotPrinted) {
   test::TempDir dir;
   const auto in = dir.path() / "in";
   fs::create_directories(in);
-  cv::Mat noise(64, 64, CV_8UC3);
-  cv::randu(noise, cv::Scalar::all(0), cv::Scalar::all(255));
-  std::vector<uchar> png;
-  ASSERT_TRUE(cv::imencode(".png", noise, png));
-  const std::string bytes(png.begin(), png.end());
+  const std::string bytes = noise_png();
   const auto idat = bytes.find("IDAT") - 4;
   const uint32_t idat_length = uint32_t(uchar(bytes[idat])) << 24 |
                                uint32_t(uchar(bytes[idat + 1])) << 16 |
