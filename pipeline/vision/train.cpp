@@ -160,8 +160,7 @@ void write_checkpoint(const std::string& path, const models::vision::ImageClassi
   try {
     write_checkpoint_to(out.temp_path(), path, model, config, meta, state, temperature);
   } catch (const Error& e) {
-    std::error_code ec;
-    std::filesystem::remove(out.temp_path() + ".tmp", ec);  // save_checkpoint's own temporary
+    // Both temporaries (this one and save_image_classifier's own) go with their AtomicFiles.
     throw Error(path, concat("cannot write the checkpoint: ", e.what()));
   }
   out.commit();
