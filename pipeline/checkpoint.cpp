@@ -120,12 +120,14 @@ void save_checkpoint(const std::string& path, const torch::nn::Module& module,
 namespace {
 
 // Checkpoints come from elsewhere (downloads, colleagues): before attnscope reads one, the
-// whole file is read in a child process (h5::check_untrusted_file), so that a crafted file
-// that crashes HDF5 1.10.8 is refused instead of crashing the command.
+// whole file is read and verified (format, checksum, NaN) in a child process
+// (h5::check_untrusted_file), so that a crafted file that crashes HDF5 1.10.8 is refused
+// instead of crashing the command. The verification's Error passes to this process, which
+// does not read the file a second time to verify it; once per file per process.
 void verify(const std::string& path);
 
 void guard(const std::string& path) {
-  h5::check_untrusted_file(path, true, [&] { verify(path); });
+  h5::check_untrusted_file(path, true, [&] { verify(path); }, "checkpoint");
 }
 
 CheckpointMeta read_meta(const std::string& path) {
@@ -208,7 +210,6 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_tensors(
 
 void verify_checkpoint(const std::string& path) {
   guard(path);
-  verify(path);
 }
 
 void load_checkpoint(const std::string& path, torch::nn::Module& module,

@@ -162,11 +162,17 @@ void read_in_child(const std::string& subject, const std::function<void()>& read
 void read_everything(const std::string& path, bool all_data = true);
 
 /// read_in_child for a file another program or person may have written: the child runs
-/// read_everything(path, all_data) and `also` (the caller's own reading), ignoring the
-/// Errors both throw (the caller meets them itself), so that only a crash is reported. Each
-/// file (device, inode, size, modification and change times) is checked once per process.
+/// read_everything(path, all_data), ignoring the Errors it throws (the caller meets them
+/// itself), so that only a crash is reported. Each file (device, inode, size, modification
+/// and change times) is checked once per process.
+///
+/// With `also` (named `also_name`: the check it makes, e.g. "checkpoint"), the child then runs
+/// it too and its Error passes to the caller: a file that passed is not checked again with
+/// that name, so a caller can leave a whole-file verification (checksums) to the child instead
+/// of reading the file twice. Fuzzing builds (ATTNSCOPE_FUZZING) run `also` in this process.
 void check_untrusted_file(const std::string& path, bool all_data,
-                          const std::function<void()>& also = {});
+                          const std::function<void()>& also = {},
+                          const std::string& also_name = {});
 
 /// Registers the conversion read_vlen_strings relies on (called once by init()).
 void register_string_conversion();

@@ -220,37 +220,44 @@ void read_everything(const std::string& path, bool all_data) {
 }
 
 void check_untrusted_file(const std::string& path, bool all_data,
-                          const std::function<void()>& also) {
+                          const std::function<void()>& also, const std::string& also_name) {
 #ifdef ATTNSCOPE_FUZZING
   // scripts/fuzz.sh checkpoint fuzzes the readers themselves (a fork per input would slow
   // libFuzzer to a few inputs a second and hide where a crash is); every input it keeps is
   // replayed through this check by FuzzCorpus.CheckpointInputsNeverCrash.
-  (void)path, (void)all_data, (void)also;
+  (void)path, (void)all_data, (void)also_name;
+  if (also) also();
   return;
 #endif
   struct stat st {};
-  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return;  // the reader says so
-  using Key = std::tuple<dev_t, ino_t, off_t, int64_t, int64_t, int64_t, int64_t, bool>;
-  const Key key{st.st_dev,          st.st_ino,          st.st_size,        st.st_mtim.tv_sec,
-                st.st_mtim.tv_nsec, st.st_ctim.tv_sec, st.st_ctim.tv_nsec, all_data};
+  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (also) also();  // the reader says what is wrong
+    return;
+  }
+  using Key =
+      std::tuple<dev_t, ino_t, off_t, int64_t, int64_t, int64_t, int64_t, bool, std::string>;
+  const auto key = [&](const std::string& name) {
+    return Key{st.st_dev,          st.st_ino,          st.st_size,        st.st_mtim.tv_sec,
+               st.st_mtim.tv_nsec, st.st_ctim.tv_sec, st.st_ctim.tv_nsec, all_data,
+               name};
+  };
+  const std::string name = also ? also_name : std::string();
   static std::mutex mutex;
   static std::set<Key> checked;
   {
     std::lock_guard<std::mutex> lock(mutex);
-    if (checked.count(key)) return;
+    if (checked.count(key(name))) return;
   }
   read_in_child(path, [&] {
-    try {
-      if (also) also();
-    } catch (...) {
-    }
     try {
       read_everything(path, all_data);
     } catch (...) {
     }
+    if (also) also();  // its Error passes to the caller
   });
   std::lock_guard<std::mutex> lock(mutex);
-  checked.insert(key);
+  checked.insert(key(name));
+  checked.insert(key(std::string()));
 }
 
 }  // namespace attnscope::pipeline::h5

@@ -52,28 +52,25 @@ int collect_object(dl_phdr_info* info, size_t, void* data) {
 
 }  // namespace
 
-// Set in the environment of the re-executed program, so it neither loops nor hides who set it.
-constexpr const char* kReexecMarker = "ATTNSCOPE_OPENMP_REEXEC";
-
 OpenMpPolicy openmp_policy() {
   OpenMpPolicy policy;
   if (const char* value = std::getenv("OMP_WAIT_POLICY")) policy.wait_policy = value;
   if (const char* value = std::getenv("GOMP_SPINCOUNT")) policy.spin_count = value;
-  const char* marker = std::getenv(kReexecMarker);
+  const char* marker = std::getenv(kOpenMpMarker);
   policy.set_by_attnscope = marker != nullptr && std::string(marker) == "1";
   return policy;
 }
 
 void limit_openmp_spinning(int intra_op_threads, char** argv) {
   if (intra_op_threads <= 1 || argv == nullptr || argv[0] == nullptr) return;
-  for (const char* name : {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", kReexecMarker})
+  for (const char* name : {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", kOpenMpMarker})
     if (std::getenv(name) != nullptr) return;
   const std::string spins = std::to_string(kOpenMpSpinCount);
-  if (setenv("GOMP_SPINCOUNT", spins.c_str(), 1) != 0 || setenv(kReexecMarker, "1", 1) != 0) return;
+  if (setenv("GOMP_SPINCOUNT", spins.c_str(), 1) != 0 || setenv(kOpenMpMarker, "1", 1) != 0) return;
   execv("/proc/self/exe", argv);
   // Still here: the re-execution failed; go on with libgomp's defaults.
   unsetenv("GOMP_SPINCOUNT");
-  unsetenv(kReexecMarker);
+  unsetenv(kOpenMpMarker);
 }
 
 BlasInfo blas_info() {

@@ -48,6 +48,14 @@ OpenMpPolicy openmp_policy();
 /// microseconds), then sleep.
 constexpr int kOpenMpSpinCount = 3000;
 
+/// Set to 1 in the environment by whoever set GOMP_SPINCOUNT for attnscope (the `attnscope`
+/// launcher, or limit_openmp_spinning's re-execution): `info` then says attnscope set it, and
+/// the program does not re-execute itself. Any value set by the user turns the setting off.
+constexpr const char* kOpenMpMarker = "ATTNSCOPE_OPENMP_REEXEC";
+
+/// The program the `attnscope` launcher (tools/attnscope/launcher) executes, beside it.
+constexpr const char* kProgramFile = "attnscope.real";
+
 /// LibTorch runs element-wise kernels on OpenMP (libgomp) threads and matrix products on
 /// OpenBLAS's own threads. By default an idle libgomp worker spins about 300000 times (a few
 /// milliseconds) after every parallel region and takes the core OpenBLAS needs next: on 2 cores

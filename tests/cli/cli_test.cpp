@@ -2,6 +2,7 @@
 
 #include <sched.h>
 
+#include <filesystem>
 #include <string>
 
 #include "attnscope/version.h"
@@ -111,6 +112,37 @@ TEST(Cli, IdleOpenMpWorkersSpinBriefly) {
   const auto one = info_with_openmp_report("", 1);
   ASSERT_EQ(one.status, 0) << one.output;
   EXPECT_NE(one.output.find("GOMP_SPINCOUNT = '300000'"), std::string::npos) << one.output;
+}
+
+// The `attnscope` launcher sets GOMP_SPINCOUNT before LibTorch is loaded, so LibTorch is
+// loaded once; attnscope.real run directly re-executes itself and loads it twice. The
+// dynamic loader's own report (LD_DEBUG=files) counts the loads.
+int libtorch_loads(const std::string& program) {
+  const auto r = test::run_process(
+      "env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT -u ATTNSCOPE_OPENMP_REEXEC LD_DEBUG=files " +
+      program + " --threads 2 info");
+  EXPECT_EQ(r.status, 0) << r.output;
+  int loads = 0;
+  for (std::size_t at = 0; (at = r.output.find("calling init: ", at)) != std::string::npos; ++at) {
+    const auto end = r.output.find('\n', at);
+    if (r.output.substr(at, end - at).find("/libtorch_cpu.so") != std::string::npos) ++loads;
+  }
+  return loads;
+}
+
+TEST(Cli, TheLauncherLoadsLibTorchOnceAndTheProgramAloneTwice) {
+  EXPECT_EQ(libtorch_loads(exe()), 1);
+  const auto real = (std::filesystem::path(exe()).parent_path() / "attnscope.real").string();
+  ASSERT_TRUE(std::filesystem::exists(real)) << real;
+  EXPECT_EQ(libtorch_loads(real), 2);
+  // The program run directly still ends up with the setting (its fallback).
+  const auto r = test::run_process("env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT -u "
+                                   "ATTNSCOPE_OPENMP_REEXEC OMP_DISPLAY_ENV=verbose " +
+                                   real + " --threads 2 info");
+  EXPECT_NE(r.output.find("GOMP_SPINCOUNT = '3000'"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("OpenMP wait    GOMP_SPINCOUNT=3000 (set by attnscope)"),
+            std::string::npos)
+      << r.output;
 }
 
 TEST(Cli, OpenMpSettingsOfTheUserAreKept) {

@@ -1,0 +1,77 @@
+// The `attnscope` command users run: a few kilobytes that set the OpenMP environment and then
+// execute the program itself (attnscope.real, beside this file). libgomp reads GOMP_SPINCOUNT
+// once, when LibTorch is loaded and before main() runs; setting it here, in a process that
+// never loads LibTorch, saves the second LibTorch load (about 0.5 s on every command) that
+// re-executing the program itself costs (runtime::limit_openmp_spinning, still the fallback
+// when attnscope.real is run directly). docs/architecture.md, "Threads and OpenMP".
+
+#include <sched.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+
+#include "runtime/runtime.h"
+
+namespace {
+
+// The intra-op thread count the program will use: the global --threads N (before the
+// command), else every core this process may run on. -1 when --threads is malformed (the
+// program itself then says so).
+int intra_op_threads(int argc, char** argv) {
+  int threads = 0;
+  for (int i = 1; i < argc && argv[i][0] == '-'; ++i) {
+    const char* value = nullptr;
+    if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
+      value = argv[++i];
+    else if (std::strncmp(argv[i], "--threads=", 10) == 0)
+      value = argv[i] + 10;
+    if (value == nullptr) continue;
+    char* end = nullptr;
+    errno = 0;
+    const long n = std::strtol(value, &end, 10);
+    if (errno != 0 || end == value || *end != '\0' || n < 0 || n > INT_MAX) return -1;
+    threads = static_cast<int>(n);
+  }
+  if (threads > 0) return threads;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
+  return static_cast<int>(std::thread::hardware_concurrency());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  namespace rt = attnscope::runtime;
+  char self[PATH_MAX];
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0) {
+    std::fprintf(stderr, "error: attnscope: cannot find its own program file (/proc/self/exe: %s)\n",
+                 std::strerror(errno));
+    return 127;
+  }
+  self[n] = '\0';
+  std::string program(self);
+  program = program.substr(0, program.rfind('/') + 1) + rt::kProgramFile;
+
+  const bool user_chose = std::getenv("OMP_WAIT_POLICY") != nullptr ||
+                          std::getenv("GOMP_SPINCOUNT") != nullptr ||
+                          std::getenv(rt::kOpenMpMarker) != nullptr;
+  if (!user_chose && intra_op_threads(argc, argv) > 1) {
+    const std::string spins = std::to_string(rt::kOpenMpSpinCount);
+    if (::setenv("GOMP_SPINCOUNT", spins.c_str(), 1) != 0 || ::setenv(rt::kOpenMpMarker, "1", 1) != 0) {
+      ::unsetenv("GOMP_SPINCOUNT");  // the program re-executes itself instead
+      ::unsetenv(rt::kOpenMpMarker);
+    }
+  }
+  ::execv(program.c_str(), argv);
+  std::fprintf(stderr, "error: attnscope: cannot run %s: %s\n", program.c_str(),
+               std::strerror(errno));
+  return 127;
+}
