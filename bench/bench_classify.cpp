@@ -1,5 +1,6 @@
 // Helpers of bench/classify_bench.sh (not a Google Benchmark suite):
 //   bench_classify checkpoint ARCH SIZE OUT.h5   untrained checkpoint with a SIZE px resize
+//   bench_classify gradcam CKPT BATCH IMAGES     the same with Grad-CAM on the trunk's features
 //   bench_classify forward CKPT BATCH IMAGES     model-forward-only images/s at BATCH, on
 //                                                random inputs (what classify's inference
 //                                                stage does without decoding or writing),
@@ -14,6 +15,7 @@
 
 #include <torch/torch.h>
 
+#include "models/vision/explain.h"
 #include "pipeline/vision/image_model_config.h"
 #include "runtime/runtime.h"
 
@@ -34,7 +36,7 @@ int main(int argc, char** argv) {
                                     meta);
     return 0;
   }
-  if (what == "forward" && argc == 5) {
+  if ((what == "forward" || what == "gradcam") && argc == 5) {
     // The threads `attnscope` itself runs with (its --threads default 0 = every core), so that
     // forward-only and classify are compared at the same thread count.
     const char* env = std::getenv("ATTNSCOPE_THREADS");
@@ -56,8 +58,20 @@ int main(int argc, char** argv) {
     const auto start = std::chrono::steady_clock::now();
     int64_t done = 0;
     while (done < images) {
-      torch::NoGradGuard ng;
-      model.forward(x, vit);
+      if (what == "gradcam") {
+        // classify's inference stage with its default maps: one trunk pass, Grad-CAM on it.
+        models::vision::ImageFeatures f;
+        torch::Tensor pred;
+        {
+          torch::NoGradGuard ng;
+          f = model.forward_features(x, vit);
+          pred = model.forward_head(f).logits.argmax(1);
+        }
+        models::vision::grad_cam(model, f, pred);
+      } else {
+        torch::NoGradGuard ng;
+        model.forward(x, vit);
+      }
       done += batch;
     }
     const double s =
@@ -65,6 +79,6 @@ int main(int argc, char** argv) {
     std::printf("%.2f\n", static_cast<double>(done) / s);
     return 0;
   }
-  std::cerr << "usage: bench_classify checkpoint ARCH SIZE OUT.h5 | forward CKPT BATCH IMAGES\n";
+  std::cerr << "usage: bench_classify checkpoint ARCH SIZE OUT.h5 | forward|gradcam CKPT BATCH IMAGES\n";
   return 2;
 }

@@ -9,6 +9,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -269,6 +270,10 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
   check(o.batch_size >= 1, "--batch-size", "must be >= 1");
   check(o.threads >= 1, "--threads", "must be >= 1");
   const auto started = std::chrono::steady_clock::now();
+  // The checksum of the checkpoint's bytes (results.h5's model_checksum) is computed while the
+  // checkpoint is checked and the model built (about 0.15 s for 45 MB, on a core that would
+  // otherwise wait).
+  auto model_checksum = std::async(std::launch::async, [&] { return file_checksum(o.model); });
   auto loaded = load_image_classifier(o.model);
   auto& model = *loaded.model;
   const torch::Device device(o.device);
@@ -368,7 +373,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
                                        {"gaussian_sigma", 0.15}};
 
   ResultsHeader expected{
-      {"model_checksum", file_checksum(o.model)},
+      {"model_checksum", model_checksum.get()},
       {"model_config", image_model_config_to_json(loaded.config).dump()},
       {"preprocessing_config", pipeline.to_json().dump()},
       {"class_names", nlohmann::json(class_names).dump()},
