@@ -24,9 +24,11 @@ attnscope / PyTorch (the issue's goal: >= 1.3).
 
   bench/classify_vs_pytorch.py [--arch attn_small] [--gradcam full|head] [--images 500]
       [--rounds 3] [--batch 16] [--workers 2] [--threads 2] [--build build]
+      [--malloc attnscope|glibc]
 """
 
 import argparse
+import ctypes
 import glob
 import os
 import shutil
@@ -266,6 +268,18 @@ def python_job(model, paths, out, batch, workers, gradcam):
     return n
 
 
+def set_attnscope_malloc():
+    """runtime::keep_freed_memory_for_reuse for this process (and its forked DataLoader
+    workers): glibc's mallopt at run time, as attnscope calls it."""
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
+    ok = (libc.mallopt(m_mmap_threshold, 512 << 20) == 1 and
+          libc.mallopt(m_trim_threshold, 1 << 30) == 1 and
+          libc.mallopt(m_arena_max, max(2, len(os.sched_getaffinity(0)))) == 1)
+    if not ok:
+        raise SystemExit("mallopt failed")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="attn_small", choices=sorted(MODELS))
@@ -283,8 +297,15 @@ def main():
                    help="Python's Grad-CAM: full = pytorch-grad-cam's (autograd through the whole "
                         "model), head = the trunk without a graph and autograd through the head "
                         "only (attnscope's way)")
+    p.add_argument("--malloc", default="attnscope", choices=["attnscope", "glibc"],
+                   help="Python's malloc: attnscope = the settings attnscope gives itself "
+                        "(freed blocks up to 512 MiB kept for reuse, docs/architecture.md; a "
+                        "practitioner would use jemalloc or TCMalloc to the same end), glibc = "
+                        "glibc's defaults")
     args = p.parse_args()
 
+    if args.malloc == "attnscope":
+        set_attnscope_malloc()
     os.environ.setdefault("GOMP_SPINCOUNT", "3000")
     torch.set_num_threads(args.threads)
     exe = args.exe or os.path.join(args.build, "bin", "attnscope")

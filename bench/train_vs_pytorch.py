@@ -18,9 +18,11 @@ Both sides run in alternating rounds (`--rounds`, default 3) and the ratio is th
 the rounds' ratios.
 
   bench/train_vs_pytorch.py [--arch attn_small] [--epochs 4] [--rounds 3] [--threads 2]
+      [--malloc attnscope|glibc]   (Python's malloc; default: attnscope's settings)
 """
 
 import argparse
+import ctypes
 import csv
 import json
 import os
@@ -99,6 +101,18 @@ def python_epochs(model, images, labels, epochs, batch, workers):
     return rates, shares
 
 
+def set_attnscope_malloc():
+    """runtime::keep_freed_memory_for_reuse for this process (and its forked DataLoader
+    workers): glibc's mallopt at run time, as attnscope calls it."""
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
+    ok = (libc.mallopt(m_mmap_threshold, 512 << 20) == 1 and
+          libc.mallopt(m_trim_threshold, 1 << 30) == 1 and
+          libc.mallopt(m_arena_max, max(2, len(os.sched_getaffinity(0)))) == 1)
+    if not ok:
+        raise SystemExit("mallopt failed")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="attn_small", choices=["attn_small", "attn_resnet18"])
@@ -111,8 +125,13 @@ def main():
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3,
                    help="alternating attnscope/Python rounds; medians over them")
+    p.add_argument("--malloc", default="attnscope", choices=["attnscope", "glibc"],
+                   help="Python's malloc: attnscope = the settings attnscope gives itself "
+                        "(docs/architecture.md), glibc = glibc's defaults")
     args = p.parse_args()
     size = args.size or (128 if args.arch == "attn_small" else 224)
+    if args.malloc == "attnscope":
+        set_attnscope_malloc()
     os.environ.setdefault("GOMP_SPINCOUNT", "3000")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
