@@ -22,7 +22,6 @@ the rounds' ratios.
 """
 
 import argparse
-import ctypes
 import csv
 import json
 import os
@@ -38,7 +37,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from classify_vs_pytorch import MODELS, ROOT, load_attnscope_checkpoint  # noqa: E402
+from classify_vs_pytorch import (MODELS, ROOT, load_attnscope_checkpoint,  # noqa: E402
+                                 set_attnscope_malloc)
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -99,18 +99,6 @@ def python_epochs(model, images, labels, epochs, batch, workers):
         rates.append(n / wall)
         shares.append(waited / wall)
     return rates, shares
-
-
-def set_attnscope_malloc():
-    """runtime::keep_freed_memory_for_reuse for this process (and its forked DataLoader
-    workers): glibc's mallopt at run time, as attnscope calls it."""
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
-    ok = (libc.mallopt(m_mmap_threshold, 512 << 20) == 1 and
-          libc.mallopt(m_trim_threshold, 1 << 30) == 1 and
-          libc.mallopt(m_arena_max, max(2, len(os.sched_getaffinity(0)))) == 1)
-    if not ok:
-        raise SystemExit("mallopt failed")
 
 
 def main():

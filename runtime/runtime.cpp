@@ -26,13 +26,6 @@ std::string torch_build_config() {
   return at::show_config();
 }
 
-int available_cores() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
-  return std::max(1u, std::thread::hardware_concurrency());
-}
-
 void set_threads(int n) {
   torch::set_num_threads(n > 0 ? n : available_cores());
 }
@@ -62,11 +55,7 @@ OpenMpPolicy openmp_policy() {
 }
 
 void limit_openmp_spinning(int intra_op_threads, char** argv) {
-  if (intra_op_threads <= 1 || argv == nullptr || argv[0] == nullptr) return;
-  for (const char* name : {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", kOpenMpMarker})
-    if (std::getenv(name) != nullptr) return;
-  const std::string spins = std::to_string(kOpenMpSpinCount);
-  if (setenv("GOMP_SPINCOUNT", spins.c_str(), 1) != 0 || setenv(kOpenMpMarker, "1", 1) != 0) return;
+  if (argv == nullptr || argv[0] == nullptr || !set_openmp_spin_limit(intra_op_threads)) return;
   execv("/proc/self/exe", argv);
   // Still here: the re-execution failed; go on with libgomp's defaults.
   unsetenv("GOMP_SPINCOUNT");

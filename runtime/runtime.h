@@ -1,7 +1,12 @@
 #pragma once
 // What LibTorch runs on: versions, intra-op threads, the BLAS library and CUDA devices.
 
+#include <sched.h>
+
+#include <algorithm>
+#include <cstdlib>
 #include <string>
+#include <thread>
 
 namespace attnscope::runtime {
 
@@ -11,8 +16,14 @@ std::string torch_version();
 /// LibTorch's own build description (at::show_config(): compiler, BLAS_INFO, USE_MKL, ...).
 std::string torch_build_config();
 
-/// Cores this process may run on (its CPU affinity mask), at least 1.
-int available_cores();
+/// Cores this process may run on (its CPU affinity mask), at least 1. Inline, like
+/// set_openmp_spin_limit: the `attnscope` launcher uses both without linking LibTorch.
+inline int available_cores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
 
 /// Sets LibTorch's intra-op thread count. n <= 0 means available_cores(): LibTorch's
 /// default here is one thread, which leaves all other cores idle.
@@ -55,6 +66,22 @@ constexpr const char* kOpenMpMarker = "ATTNSCOPE_OPENMP_REEXEC";
 
 /// The program the `attnscope` launcher (tools/attnscope/launcher) executes, beside it.
 constexpr const char* kProgramFile = "attnscope.real";
+
+/// Sets GOMP_SPINCOUNT=kOpenMpSpinCount and kOpenMpMarker=1 in this process's environment
+/// when more than one intra-op thread will run and neither the user (OMP_WAIT_POLICY,
+/// GOMP_SPINCOUNT, kOpenMpMarker) nor an earlier call set anything; true when it set them.
+/// It takes effect for a program executed afterwards (libgomp reads it when loaded).
+inline bool set_openmp_spin_limit(int intra_op_threads) {
+  if (intra_op_threads <= 1) return false;
+  for (const char* name : {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", kOpenMpMarker})
+    if (std::getenv(name) != nullptr) return false;
+  const std::string spins = std::to_string(kOpenMpSpinCount);
+  if (setenv("GOMP_SPINCOUNT", spins.c_str(), 1) == 0 && setenv(kOpenMpMarker, "1", 1) == 0)
+    return true;
+  unsetenv("GOMP_SPINCOUNT");
+  unsetenv(kOpenMpMarker);
+  return false;
+}
 
 /// LibTorch runs element-wise kernels on OpenMP (libgomp) threads and matrix products on
 /// OpenBLAS's own threads. By default an idle libgomp worker spins about 300000 times (a few

@@ -5,7 +5,6 @@
 // re-executing the program itself costs (runtime::limit_openmp_spinning, still the fallback
 // when attnscope.real is run directly). docs/architecture.md, "Threads and OpenMP".
 
-#include <sched.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -14,7 +13,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
-#include <thread>
 
 #include "runtime/runtime.h"
 
@@ -38,11 +36,7 @@ int intra_op_threads(int argc, char** argv) {
     if (errno != 0 || end == value || *end != '\0' || n < 0 || n > INT_MAX) return -1;
     threads = static_cast<int>(n);
   }
-  if (threads > 0) return threads;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
-  return static_cast<int>(std::thread::hardware_concurrency());
+  return threads > 0 ? threads : attnscope::runtime::available_cores();
 }
 
 }  // namespace
@@ -60,16 +54,8 @@ int main(int argc, char** argv) {
   std::string program(self);
   program = program.substr(0, program.rfind('/') + 1) + rt::kProgramFile;
 
-  const bool user_chose = std::getenv("OMP_WAIT_POLICY") != nullptr ||
-                          std::getenv("GOMP_SPINCOUNT") != nullptr ||
-                          std::getenv(rt::kOpenMpMarker) != nullptr;
-  if (!user_chose && intra_op_threads(argc, argv) > 1) {
-    const std::string spins = std::to_string(rt::kOpenMpSpinCount);
-    if (::setenv("GOMP_SPINCOUNT", spins.c_str(), 1) != 0 || ::setenv(rt::kOpenMpMarker, "1", 1) != 0) {
-      ::unsetenv("GOMP_SPINCOUNT");  // the program re-executes itself instead
-      ::unsetenv(rt::kOpenMpMarker);
-    }
-  }
+  // When this fails to set it, the program re-executes itself instead.
+  rt::set_openmp_spin_limit(intra_op_threads(argc, argv));
   ::execv(program.c_str(), argv);
   std::fprintf(stderr, "error: attnscope: cannot run %s: %s\n", program.c_str(),
                std::strerror(errno));
