@@ -6,6 +6,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include "attnscope/error.h"
+#include "attnscope/threads.h"
 #include "datasets/splits.h"
 #include "preprocessing/augment.h"
 #include "preprocessing/decode.h"
@@ -140,7 +141,7 @@ void Loader::start_epoch(int64_t epoch) {
   ready_.clear();
   stopping_ = false;
   for (int w = 0; w < options_.workers; ++w)
-    workers_.emplace_back([this] { work(); });
+    workers_.push_back(start_thread([this] { work(); }));
 }
 
 void Loader::work() {

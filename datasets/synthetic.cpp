@@ -14,6 +14,7 @@
 
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
+#include "attnscope/threads.h"
 #include "preprocessing/augment.h"
 #include "preprocessing/decode.h"
 
@@ -318,7 +319,7 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
   };
   std::vector<std::thread> pool;
   for (int t = 1; t < threads; ++t)
-    pool.emplace_back(work);
+    pool.push_back(start_thread(work));
   work();
   for (auto& t : pool)
     t.join();

@@ -17,6 +17,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "attnscope/error.h"
+#include "attnscope/threads.h"
 
 namespace attnscope::pipeline {
 
@@ -259,7 +260,7 @@ struct DistributedGroup::Impl {
     auto state = heartbeat;
     auto hb = hb_store;
     const std::string key = "heartbeat/" + std::to_string(config.rank);
-    heartbeat_thread = std::thread([state, hb, key] {
+    heartbeat_thread = start_thread([state, hb, key] {
       std::unique_lock<std::mutex> lock(state->mutex);
       while (!state->stop) {
         lock.unlock();

@@ -152,7 +152,9 @@ std::vector<std::string> read_vlen_strings(hid_t obj, hid_t memory, hid_t select
 /// Error(subject, "corrupt HDF5 file: reading it crashed the HDF5 library (...)"), an Error
 /// thrown by `read` in the child is thrown here as it was. Returns when the child read the
 /// file without failing; the caller then reads it itself, along the same paths. The child
-/// uses one LibTorch thread and leaves with _exit (no atexit handlers, no flushes).
+/// uses one LibTorch thread and leaves with _exit (no atexit handlers, no flushes). Refuses
+/// (Error) while a thread started through attnscope/threads.h runs: the child would inherit
+/// the locks it holds.
 void read_in_child(const std::string& subject, const std::function<void()>& read);
 
 /// Opens `path` read-only and reads every object in it: each group's and dataset's
@@ -170,6 +172,11 @@ void read_everything(const std::string& path, bool all_data = true);
 /// it too and its Error passes to the caller: a file that passed is not checked again with
 /// that name, so a caller can leave a whole-file verification (checksums) to the child instead
 /// of reading the file twice. Fuzzing builds (ATTNSCOPE_FUZZING) run `also` in this process.
+///
+/// Like read_in_child, it forks: call it while no other thread of the process runs (idle
+/// OpenMP workers aside), or before, for a file read later. A thread that holds a lock at
+/// the fork (malloc's, a sanitizer allocator's, a static initialiser's) leaves it held
+/// forever in the child.
 void check_untrusted_file(const std::string& path, bool all_data,
                           const std::function<void()>& also = {},
                           const std::string& also_name = {});

@@ -22,6 +22,7 @@
 #include <ATen/Parallel.h>
 
 #include "attnscope/error.h"
+#include "attnscope/threads.h"
 #include "pipeline/h5.h"
 
 namespace attnscope::pipeline::h5 {
@@ -150,6 +151,9 @@ herr_t visit(hid_t root, const char* name, const H5O_info_t* info, void* data) {
 
 void read_in_child(const std::string& subject, const std::function<void()>& read) {
   init();
+  // A thread of ours running now could hold a lock the child needs (attnscope/threads.h).
+  check(running_threads() == 0, subject, "internal error: cannot check the file in a child "
+        "process while ", running_threads(), " worker thread(s) run (fork would hang)");
   int fds[2];
   check(::pipe(fds) == 0, subject, "cannot check the file (pipe: ", std::strerror(errno), ")");
   std::fflush(nullptr);

@@ -19,6 +19,7 @@
 
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
+#include "attnscope/threads.h"
 #include "attnscope/version.h"
 #include "datasets/loader.h"
 #include "models/vision/explain.h"
@@ -132,7 +133,7 @@ struct WriteJob {
 class WriterThread {
  public:
   WriterThread(ResultsWriter& writer, std::size_t capacity)
-      : writer_(writer), capacity_(capacity), thread_([this] { run(); }) {}
+      : writer_(writer), capacity_(capacity), thread_(start_thread([this] { run(); })) {}
   ~WriterThread() { close(); }
 
   void push(WriteJob job) {
@@ -270,10 +271,13 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
   check(o.batch_size >= 1, "--batch-size", "must be >= 1");
   check(o.threads >= 1, "--threads", "must be >= 1");
   const auto started = std::chrono::steady_clock::now();
-  // The checksum of the checkpoint's bytes (results.h5's model_checksum) is computed while the
-  // checkpoint is checked and the model built (about 0.15 s for 45 MB, on a core that would
-  // otherwise wait).
-  auto model_checksum = std::async(std::launch::async, [&] { return file_checksum(o.model); });
+  // The checkpoint is verified in a forked child first (once per process; load_image_classifier
+  // then skips it): no fork may happen while another thread runs, since the child inherits
+  // whatever lock that thread held (GCC 12's AddressSanitizer allocator deadlocked it in CI).
+  // Then the checksum of its bytes (results.h5's model_checksum) is computed while the model is
+  // built (about 0.15 s for 45 MB, on a core that would otherwise wait).
+  verify_checkpoint(o.model);
+  auto model_checksum = start_async([&] { return file_checksum(o.model); });
   auto loaded = load_image_classifier(o.model);
   auto& model = *loaded.model;
   const torch::Device device(o.device);

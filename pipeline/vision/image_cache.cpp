@@ -8,6 +8,7 @@
 
 #include "attnscope/error.h"
 #include "attnscope/output_checks.h"
+#include "attnscope/threads.h"
 #include "datasets/text/tokenizer.h"
 
 namespace attnscope::pipeline {
@@ -127,7 +128,7 @@ ImageCacheReport write_image_cache(const std::string& path, const datasets::Samp
     };
     std::vector<std::thread> pool;
     for (int t = 1; t < workers; ++t)
-      pool.emplace_back(work);
+      pool.push_back(start_thread(work));
     work();
     for (auto& t : pool)
       t.join();

@@ -399,6 +399,7 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   meta.extra["training_config"] = image_train_options_to_json(o);
 
   TrainState state;
+  double resumed_temperature = 1.0;
   if (o.resume) {
     const auto stored = check_arch(last_path);
     check(stored.class_names == class_names, last_path, "was trained on the classes ",
@@ -410,6 +411,10 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
           "was trained on other data (checksum ", stored_sum, ", now ", sum, ")");
     state = read_state(last_path);
     load_checkpoint(last_path, *model);
+    // The calibration of the best epoch so far, in case no later epoch is better. Read now,
+    // not at the end: a distributed run's threads would then be running (attnscope/threads.h).
+    if (std::filesystem::exists(best_path))
+      resumed_temperature = read_checkpoint_meta(best_path).extra.value("temperature", 1.0);
     try {
       loop.restore(state.loop, state.tensors);
     } catch (const Error& e) {
@@ -561,6 +566,7 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     return m.auc;
   };
   ImageTrainResult result;
+  result.temperature = resumed_temperature;
   hooks.end_epoch = [&](const EpochSummary& s, double, bool is_best) {
     nlohmann::json record;
     record["epoch"] = s.epoch;
@@ -612,10 +618,6 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   result.best = r.best;
   result.stopped_early = r.stopped_early;
   result.stopped_by_budget = r.stopped_by_budget;
-  if (result.best_epoch > 0 && result.temperature == 1.0 && std::filesystem::exists(best_path)) {
-    const auto best = read_checkpoint_meta(best_path);
-    result.temperature = best.extra.value("temperature", 1.0);
-  }
   return result;
 }
 

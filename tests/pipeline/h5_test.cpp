@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <future>
 #include <iterator>
 
 #include <nlohmann/json.hpp>
@@ -10,6 +11,7 @@
 #include <torch/torch.h>
 
 #include "attnscope/error.h"
+#include "attnscope/threads.h"
 #include "pipeline/h5.h"
 #include "test_support.h"
 
@@ -219,6 +221,27 @@ TEST(H5, ReadInChildTurnsACrashIntoAnErrorAndPassesErrorsOn) {
   int here = 0;
   EXPECT_NO_THROW(read_in_child("x.h5", [&] { here = 1; }));
   EXPECT_EQ(here, 0) << "the child's memory is its own";
+}
+
+// A fork while another thread runs can hang the child on a lock that thread held (GCC 12's
+// ASan allocator did in CI): read_in_child refuses while a thread of attnscope/threads.h
+// runs, and forks again once it has finished.
+TEST(H5, ReadInChildRefusesWhileAWorkerThreadRuns) {
+  std::promise<void> release;
+  auto released = release.get_future().share();
+  auto worker = start_thread([released] { released.wait(); });
+  EXPECT_EQ(running_threads(), 1);
+  const auto refused = test::error_of([] { read_in_child("x.h5", [] {}); });
+  EXPECT_NE(refused.find("x.h5"), std::string::npos) << refused;
+  EXPECT_NE(refused.find("1 worker thread(s) run"), std::string::npos) << refused;
+  release.set_value();
+  worker.join();
+  EXPECT_EQ(running_threads(), 0);
+  EXPECT_NO_THROW(read_in_child("x.h5", [] {}));
+  // start_async is counted until its function has returned; get() joins its thread.
+  auto value = start_async([] { return 7; });
+  EXPECT_EQ(value.get(), 7);
+  EXPECT_EQ(running_threads(), 0);
 }
 
 }  // namespace

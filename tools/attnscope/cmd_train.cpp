@@ -20,12 +20,14 @@
 
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
+#include "attnscope/threads.h"
 #include "attnscope/version.h"
 #include "cli.h"
 #include "dataset_flags.h"
 #include "datasets/splits.h"
 #include "distributed_flags.h"
 #include "pipeline/checkpoint.h"
+#include "pipeline/h5.h"
 #include "pipeline/vision/image_cache.h"
 #include "pipeline/vision/train.h"
 #include "runtime/runtime.h"
@@ -98,7 +100,7 @@ std::vector<BadImage> find_bad_images(const datasets::SampleSource& source, int 
   };
   std::vector<std::thread> threads;
   for (int t = 0; t < std::max(workers, 1); ++t)
-    threads.emplace_back(work);
+    threads.push_back(start_thread(work));
   for (auto& t : threads)
     t.join();
   std::sort(bad.begin(), bad.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
@@ -238,6 +240,20 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     if (time_budget > 0) fail("--time-budget is not supported with several ranks yet");
     if (cache) fail("--cache is not supported with several ranks yet");
     if (device != "cpu") fail("several ranks train on the CPU only (Gloo; no NCCL in this build)");
+  }
+  // The files this run reads from elsewhere are checked in forked children
+  // (h5::check_untrusted_file, once per file per process): before the group's threads exist
+  // (heartbeat, TCPStore, Gloo), since a fork must not meet a thread holding a lock.
+  if (world > 1) {
+    if (!resume_dir.empty()) {
+      pipeline::verify_checkpoint((fs::path(resume_dir) / "last.h5").string());
+      const auto best = fs::path(resume_dir) / "best.h5";
+      if (fs::exists(best)) pipeline::verify_checkpoint(best.string());
+    }
+    for (const auto* ckpt : {&init, &init_backbone})
+      if (!ckpt->empty()) pipeline::verify_checkpoint(*ckpt);
+    for (const auto* spec : {&data.data, &val_spec})
+      if (is_cache(*spec)) pipeline::h5::check_untrusted_file(*spec, false);
   }
   std::unique_ptr<pipeline::DistributedGroup> group;
   if (world > 1) group = std::make_unique<pipeline::DistributedGroup>(dist_config);
