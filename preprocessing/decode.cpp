@@ -186,8 +186,9 @@ bool jpeg_has_end(const std::vector<uint8_t>& b) {
 // libjpeg reports corrupt entropy-coded data ("Corrupt JPEG data: 3 extraneous bytes before
 // marker 0xd9", bad Huffman codes) only as a warning and decodes garbage; OpenCV prints the
 // warning to stderr and accepts the image. docs/preprocessing.md promises an error for a
-// corrupt stream, so the scan is entropy-decoded once here (coefficients only, no IDCT) with
-// warnings collected. Returns libjpeg's first warning or error, "" for a clean stream.
+// corrupt stream, so libjpeg's warnings are collected: while decoding (jpeg_decode_rgb), or,
+// for the colour spaces left to OpenCV, in a coefficients-only pass first
+// (jpeg_stream_is_clean: libjpeg's first warning or error, "" for a clean stream).
 struct JpegErrors {
   jpeg_error_mgr manager;
   std::jmp_buf jump;
@@ -229,6 +230,53 @@ bool jpeg_stream_is_clean(const std::vector<uint8_t>& bytes, char* message) {
   jpeg_destroy_decompress(&info);
   std::memcpy(message, errors.message, JMSG_LENGTH_MAX);
   return errors.warnings == 0;
+}
+
+// Decodes a JPEG to RGB in one pass with libjpeg, warnings collected as above (so a corrupt
+// stream is refused without a second, coefficients-only pass), into *out (the caller's, so
+// that a longjmp skips no destructor). The pixels are OpenCV's: its reader calls the same
+// libjpeg with the same defaults (islow IDCT, fancy upsampling), in BGR order.
+// Returns 1 when decoded, 0 for colour spaces left to OpenCV (CMYK, YCCK: libjpeg does not
+// convert them), -1 for a corrupt stream (libjpeg's first warning or error in `message`).
+int jpeg_decode_rgb(const std::vector<uint8_t>& bytes, cv::Mat* out, char* message) {
+  jpeg_decompress_struct info;
+  JpegErrors errors;
+  info.err = jpeg_std_error(&errors.manager);
+  errors.manager.error_exit = jpeg_fatal;
+  errors.manager.emit_message = jpeg_message;
+  errors.warnings = 0;
+  errors.message[0] = '\0';
+  if (setjmp(errors.jump)) {
+    jpeg_destroy_decompress(&info);
+    std::memcpy(message, errors.message, JMSG_LENGTH_MAX);
+    return -1;
+  }
+  jpeg_create_decompress(&info);
+  jpeg_mem_src(&info, const_cast<unsigned char*>(bytes.data()),
+               static_cast<unsigned long>(bytes.size()));
+  jpeg_read_header(&info, TRUE);
+  if (info.jpeg_color_space != JCS_GRAYSCALE && info.jpeg_color_space != JCS_YCbCr &&
+      info.jpeg_color_space != JCS_RGB) {
+    jpeg_destroy_decompress(&info);
+    return 0;
+  }
+  info.out_color_space = JCS_RGB;
+  jpeg_start_decompress(&info);
+  try {
+    out->create(static_cast<int>(info.output_height), static_cast<int>(info.output_width),
+                CV_8UC3);
+  } catch (...) {  // out of memory: no longjmp is pending, libjpeg's state is released here
+    jpeg_destroy_decompress(&info);
+    throw;
+  }
+  while (info.output_scanline < info.output_height) {
+    JSAMPROW row = out->ptr(static_cast<int>(info.output_scanline));
+    jpeg_read_scanlines(&info, &row, 1);
+  }
+  jpeg_finish_decompress(&info);
+  jpeg_destroy_decompress(&info);
+  std::memcpy(message, errors.message, JMSG_LENGTH_MAX);
+  return errors.warnings == 0 ? 1 : -1;
 }
 
 // Walks a PNG's chunks (length, type, data, CRC-32 of type + data) up to IEND: "" when
@@ -418,6 +466,13 @@ cv::Mat decode_image_bytes(const std::vector<uint8_t>& bytes, const std::string&
   if (info.format == "jpeg") {
     check(jpeg_has_end(bytes), name, "truncated or corrupt JPEG: no end-of-image marker");
     char message[JMSG_LENGTH_MAX];
+    cv::Mat rgb;
+    const int decoded = jpeg_decode_rgb(bytes, &rgb, message);
+    check(decoded >= 0, name, "corrupt JPEG stream: ", message);
+    if (decoded == 1)
+      return options.apply_orientation && info.orientation != 1
+                 ? apply_exif_orientation(rgb, info.orientation)
+                 : rgb;
     check(jpeg_stream_is_clean(bytes, message), name, "corrupt JPEG stream: ", message);
   }
   if (info.format == "png") {

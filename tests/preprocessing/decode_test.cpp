@@ -1,6 +1,7 @@
 // Decoding: formats, depth, channels, EXIF orientation, size guard and every kind of bad file.
 // All fixtures are written by the tests themselves.
 
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -318,6 +319,55 @@ TEST(Decode, CmykJpegBecomesRgb) {
   EXPECT_GT(p[0], 200);
   EXPECT_LT(p[1], 60);
   EXPECT_LT(p[2], 60);
+}
+
+// JPEGs are decoded by libjpeg directly (one pass, RGB); the oracle is OpenCV's own reader,
+// which must give the very same pixels: baseline 4:2:0 and 4:4:4, progressive, restart
+// markers, grey, odd sizes, an EXIF orientation, and real dermoscopy photos when present.
+TEST(Decode, JpegPixelsAreExactlyOpenCvsForEveryKindOfJpeg) {
+  test::TempDir dir;
+  cv::Mat photo(77, 123, CV_8UC3);
+  cv::randu(photo, cv::Scalar::all(0), cv::Scalar::all(255));
+  cv::GaussianBlur(photo, photo, {7, 7}, 2.0);
+  cv::Mat grey;
+  cv::cvtColor(photo, grey, cv::COLOR_BGR2GRAY);
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> files{
+      {"baseline", encode(".jpg", photo, {cv::IMWRITE_JPEG_QUALITY, 90})},
+      {"progressive", encode(".jpg", photo, {cv::IMWRITE_JPEG_PROGRESSIVE, 1})},
+      {"restarts", encode(".jpg", photo, {cv::IMWRITE_JPEG_RST_INTERVAL, 3})},
+      {"grey", encode(".jpg", grey)},
+      {"odd", encode(".jpg", photo(cv::Rect(0, 0, 33, 17)).clone())},
+  };
+  files.emplace_back("exif6", with_exif_orientation(files[0].second, 6, true));
+  std::vector<std::string> paths;
+  for (const auto& [name, bytes] : files) {
+    paths.push_back(dir / (name + ".jpg"));
+    write_bytes(paths.back(), bytes);
+  }
+  // Chroma 4:4:4 and 4:2:2 (OpenCV 4.6 writes 4:2:0 only): PIL, from python3-torchvision.
+  const auto pil = test::run_process(
+      test::python() + " -c \"from PIL import Image; im = Image.open('" + paths[0] +
+      "'); im.save('" + dir / "444.jpg" + "', quality=95, subsampling=0); im.save('" +
+      dir / "422.jpg" + "', quality=95, subsampling=1)\"");
+  ASSERT_EQ(pil.status, 0) << pil.output;
+  paths.push_back(dir / "444.jpg");
+  paths.push_back(dir / "422.jpg");
+  int real = 0;
+  if (!test::data_dir().empty())
+    for (const auto& entry :
+         std::filesystem::directory_iterator(test::data_dir() / "isic-uda1" / "images"))
+      if (entry.path().extension() == ".jpg" && real++ % 25 == 0)
+        paths.push_back(entry.path().string());
+  for (const auto& path : paths) {
+    const auto rgb = decode_image(path);
+    cv::Mat ref = cv::imread(path, cv::IMREAD_COLOR);  // BGR, EXIF orientation applied
+    ASSERT_FALSE(ref.empty()) << path;
+    cv::cvtColor(ref, ref, cv::COLOR_BGR2RGB);
+    ASSERT_EQ(rgb.type(), CV_8UC3) << path;
+    ASSERT_EQ(ref.size(), rgb.size()) << path;
+    EXPECT_EQ(cv::norm(ref, rgb, cv::NORM_INF), 0.0) << path;
+  }
+  EXPECT_EQ(decode_image(dir / "exif6.jpg").cols, 77);
 }
 
 TEST(Decode, RefusesImagesAboveThePixelLimitFromTheHeader) {
