@@ -36,6 +36,26 @@ int main(int argc, char** argv) {
                                     meta);
     return 0;
   }
+  if (what == "load" && argc == 3) {
+    // Start-up cost of a checkpoint: the check in a child process, building the model (its
+    // random initialisation included), then reading the weights into it; seconds each.
+    using clock = std::chrono::steady_clock;
+    const auto seconds = [](clock::time_point a, clock::time_point b) {
+      return std::chrono::duration<double>(b - a).count();
+    };
+    const auto t0 = clock::now();
+    pipeline::verify_checkpoint(argv[2]);
+    const auto t1 = clock::now();
+    const auto meta = pipeline::read_checkpoint_meta(argv[2]);
+    auto model = models::vision::make_image_classifier(models::vision::resolve_image_config(
+        pipeline::image_model_config_from_json(meta.model_config)));
+    const auto t2 = clock::now();
+    pipeline::load_checkpoint(argv[2], *model);
+    const auto t3 = clock::now();
+    std::printf("check %.3f build %.3f weights %.3f\n", seconds(t0, t1), seconds(t1, t2),
+                seconds(t2, t3));
+    return 0;
+  }
   if ((what == "forward" || what == "gradcam") && argc == 5) {
     // The threads `attnscope` itself runs with (its --threads default 0 = every core), so that
     // forward-only and classify are compared at the same thread count.
@@ -79,6 +99,6 @@ int main(int argc, char** argv) {
     std::printf("%.2f\n", static_cast<double>(done) / s);
     return 0;
   }
-  std::cerr << "usage: bench_classify checkpoint ARCH SIZE OUT.h5 | forward|gradcam CKPT BATCH IMAGES\n";
+  std::cerr << "usage: bench_classify checkpoint ARCH SIZE OUT.h5 | load CKPT | forward|gradcam CKPT BATCH IMAGES\n";
   return 2;
 }
