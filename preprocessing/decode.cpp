@@ -238,7 +238,8 @@ bool jpeg_stream_is_clean(const std::vector<uint8_t>& bytes, char* message) {
 // libjpeg with the same defaults (islow IDCT, fancy upsampling), in BGR order.
 // Returns 1 when decoded, 0 for colour spaces left to OpenCV (CMYK, YCCK: libjpeg does not
 // convert them), -1 for a corrupt stream (libjpeg's first warning or error in `message`).
-int jpeg_decode_rgb(const std::vector<uint8_t>& bytes, cv::Mat* out, char* message) {
+int jpeg_decode_rgb(const std::vector<uint8_t>& bytes, const ImageInfo& probed, cv::Mat* out,
+                    char* message) {
   jpeg_decompress_struct info;
   JpegErrors errors;
   info.err = jpeg_std_error(&errors.manager);
@@ -262,6 +263,14 @@ int jpeg_decode_rgb(const std::vector<uint8_t>& bytes, cv::Mat* out, char* messa
   }
   info.out_color_space = JCS_RGB;
   jpeg_start_decompress(&info);
+  // The size guard read the frame header itself (probe_jpeg): libjpeg must agree with it.
+  if (info.output_width != static_cast<JDIMENSION>(probed.width) ||
+      info.output_height != static_cast<JDIMENSION>(probed.height)) {
+    std::snprintf(message, JMSG_LENGTH_MAX, "frame size %ux%u, not the %dx%d of the header",
+                  info.output_width, info.output_height, probed.width, probed.height);
+    jpeg_destroy_decompress(&info);
+    return -1;
+  }
   try {
     out->create(static_cast<int>(info.output_height), static_cast<int>(info.output_width),
                 CV_8UC3);
@@ -467,7 +476,7 @@ cv::Mat decode_image_bytes(const std::vector<uint8_t>& bytes, const std::string&
     check(jpeg_has_end(bytes), name, "truncated or corrupt JPEG: no end-of-image marker");
     char message[JMSG_LENGTH_MAX];
     cv::Mat rgb;
-    const int decoded = jpeg_decode_rgb(bytes, &rgb, message);
+    const int decoded = jpeg_decode_rgb(bytes, info, &rgb, message);
     check(decoded >= 0, name, "corrupt JPEG stream: ", message);
     if (decoded == 1)
       return options.apply_orientation && info.orientation != 1
