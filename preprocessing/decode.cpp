@@ -186,9 +186,7 @@ bool jpeg_has_end(const std::vector<uint8_t>& b) {
 // libjpeg reports corrupt entropy-coded data ("Corrupt JPEG data: 3 extraneous bytes before
 // marker 0xd9", bad Huffman codes) only as a warning and decodes garbage; OpenCV prints the
 // warning to stderr and accepts the image. docs/preprocessing.md promises an error for a
-// corrupt stream, so libjpeg's warnings are collected: while decoding (jpeg_decode_rgb), or,
-// for the colour spaces left to OpenCV, in a coefficients-only pass first
-// (jpeg_stream_is_clean: libjpeg's first warning or error, "" for a clean stream).
+// corrupt stream, so libjpeg's warnings are collected (jpeg_decode_rgb).
 struct JpegErrors {
   jpeg_error_mgr manager;
   std::jmp_buf jump;
@@ -207,37 +205,13 @@ void jpeg_message(j_common_ptr info, int level) {
   if (level < 0 && errors->warnings++ == 0) (*info->err->format_message)(info, errors->message);
 }
 
-// Only trivially destructible locals: longjmp skips destructors.
-bool jpeg_stream_is_clean(const std::vector<uint8_t>& bytes, char* message) {
-  jpeg_decompress_struct info;
-  JpegErrors errors;
-  info.err = jpeg_std_error(&errors.manager);
-  errors.manager.error_exit = jpeg_fatal;
-  errors.manager.emit_message = jpeg_message;
-  errors.warnings = 0;
-  errors.message[0] = '\0';
-  if (setjmp(errors.jump)) {
-    jpeg_destroy_decompress(&info);
-    std::memcpy(message, errors.message, JMSG_LENGTH_MAX);
-    return false;
-  }
-  jpeg_create_decompress(&info);
-  jpeg_mem_src(&info, const_cast<unsigned char*>(bytes.data()),
-               static_cast<unsigned long>(bytes.size()));
-  jpeg_read_header(&info, TRUE);
-  jpeg_read_coefficients(&info);
-  jpeg_finish_decompress(&info);
-  jpeg_destroy_decompress(&info);
-  std::memcpy(message, errors.message, JMSG_LENGTH_MAX);
-  return errors.warnings == 0;
-}
-
-// Decodes a JPEG to RGB in one pass with libjpeg, warnings collected as above (so a corrupt
-// stream is refused without a second, coefficients-only pass), into *out (the caller's, so
-// that a longjmp skips no destructor). The pixels are OpenCV's: its reader calls the same
-// libjpeg with the same defaults (islow IDCT, fancy upsampling), in BGR order.
-// Returns 1 when decoded, 0 for colour spaces left to OpenCV (CMYK, YCCK: libjpeg does not
-// convert them), -1 for a corrupt stream (libjpeg's first warning or error in `message`).
+// Decodes a JPEG to RGB in one pass with libjpeg, warnings collected as above, into *out (the
+// caller's, so that a longjmp skips no destructor). The pixels are OpenCV's: its reader calls
+// the same libjpeg with the same defaults (islow IDCT, fancy upsampling), in BGR order.
+// CMYK and YCCK, which libjpeg does not convert to RGB, are left to OpenCV: their scan is only
+// entropy-decoded here (coefficients, no IDCT) to collect the warnings.
+// Returns 1 when decoded, 0 for a clean stream left to OpenCV, -1 for a corrupt stream
+// (libjpeg's first warning or error in `message`).
 int jpeg_decode_rgb(const std::vector<uint8_t>& bytes, const ImageInfo& probed, cv::Mat* out,
                     char* message) {
   jpeg_decompress_struct info;
@@ -258,8 +232,11 @@ int jpeg_decode_rgb(const std::vector<uint8_t>& bytes, const ImageInfo& probed, 
   jpeg_read_header(&info, TRUE);
   if (info.jpeg_color_space != JCS_GRAYSCALE && info.jpeg_color_space != JCS_YCbCr &&
       info.jpeg_color_space != JCS_RGB) {
+    jpeg_read_coefficients(&info);
+    jpeg_finish_decompress(&info);
     jpeg_destroy_decompress(&info);
-    return 0;
+    std::memcpy(message, errors.message, JMSG_LENGTH_MAX);
+    return errors.warnings == 0 ? 0 : -1;
   }
   info.out_color_space = JCS_RGB;
   jpeg_start_decompress(&info);
@@ -482,7 +459,6 @@ cv::Mat decode_image_bytes(const std::vector<uint8_t>& bytes, const std::string&
       return options.apply_orientation && info.orientation != 1
                  ? apply_exif_orientation(rgb, info.orientation)
                  : rgb;
-    check(jpeg_stream_is_clean(bytes, message), name, "corrupt JPEG stream: ", message);
   }
   if (info.format == "png") {
     const auto problem = png_chunk_problem(bytes);
