@@ -11,8 +11,11 @@ loader workers, and GOMP_SPINCOUNT=3000 (what attnscope sets for itself). The st
 are the same (attnscope's checkpoint from `bench_classify checkpoint`, loaded by name into the
 torch.nn models of bench/classify_vs_pytorch.py). attnscope's training images/s per epoch come
 from RUN/timing.jsonl (training loop only, validation excluded); the Python side is timed the
-same way. The first epoch is left out of the median (start-up, caches), and
-"data share" is the share of an epoch's wall time the Python loop spent waiting for its loader.
+same way. The first epoch is left out of the median (start-up, caches). Per epoch and side:
+the "loader CPU share" (the loader's CPU seconds over all the CPU seconds of the epoch's
+training: attnscope's loader threads from RUN/timing.jsonl, Python's DataLoader worker processes
+from /proc) and the "wait share" (the share of the epoch's wall time the training loop waited
+for a batch).
 
 Both sides run in alternating rounds (`--rounds`, default 3) and the ratio is the median of
 the rounds' ratios.
@@ -72,16 +75,26 @@ class Cached(torch.utils.data.Dataset):
         return x.contiguous(), self.labels[i]
 
 
+def process_cpu(pid):
+    """CPU seconds (user + system) of process `pid` so far, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def python_epochs(model, images, labels, epochs, batch, workers):
     loader = torch.utils.data.DataLoader(Cached(images, labels), batch_size=batch, shuffle=True,
                                          num_workers=workers, persistent_workers=workers > 0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     loss_fn = torch.nn.CrossEntropyLoss()
     model.train()
-    rates, shares = [], []
+    rates, shares, cpu_shares = [], [], []
     for _ in range(epochs):
         n, waited, start = 0, 0.0, time.perf_counter()
         it = iter(loader)
+        pids = [w.pid for w in getattr(it, "_workers", [])]
+        workers_before = sum(process_cpu(pid) for pid in pids)
+        main_before = time.process_time()
         while True:
             t0 = time.perf_counter()
             try:
@@ -96,9 +109,11 @@ def python_epochs(model, images, labels, epochs, batch, workers):
             opt.step()
             n += len(y)
         wall = time.perf_counter() - start
+        loader_cpu = sum(process_cpu(pid) for pid in pids) - workers_before
         rates.append(n / wall)
         shares.append(waited / wall)
-    return rates, shares
+        cpu_shares.append(loader_cpu / max(loader_cpu + time.process_time() - main_before, 1e-9))
+    return rates, shares, cpu_shares
 
 
 def main():
@@ -157,17 +172,22 @@ def main():
             timing = [json.loads(line) for line in open(os.path.join(run, "timing.jsonl"))]
             ours = [t["images_per_s"] for t in timing]
             ours_cpu = [t["cpu_s"] / t["wall_s"] for t in timing]
+            ours_data = [t.get("loader_cpu_share", float("nan")) for t in timing]
+            ours_wait = [t.get("loader_wait_share", float("nan")) for t in timing]
             model = MODELS[args.arch]()
             load_attnscope_checkpoint(model, ckpt)
             model = model.to(memory_format=torch.channels_last)
-            py, share = python_epochs(model, images, labels, args.epochs, args.batch,
-                                      args.workers)
+            py, share, py_data = python_epochs(model, images, labels, args.epochs, args.batch,
+                                               args.workers)
             a, b = statistics.median(ours[1:] or ours), statistics.median(py[1:] or py)
             rounds.append((a, b))
             print(f"round {r + 1}: attnscope images/s per epoch {[round(x, 2) for x in ours]} "
-                  f"(CPU/wall {[round(x, 2) for x in ours_cpu]}); PyTorch-Python "
-                  f"{[round(x, 2) for x in py]} (data share {[round(x, 3) for x in share]}); "
-                  f"ratio {a / b:.2f}", flush=True)
+                  f"(CPU/wall {[round(x, 2) for x in ours_cpu]}, loader CPU share "
+                  f"{[round(x, 3) for x in ours_data]}, wait share "
+                  f"{[round(x, 3) for x in ours_wait]}); PyTorch-Python "
+                  f"{[round(x, 2) for x in py]} (loader CPU share "
+                  f"{[round(x, 3) for x in py_data]}, wait share "
+                  f"{[round(x, 3) for x in share]}); ratio {a / b:.2f}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     a = statistics.median(x for x, _ in rounds)

@@ -1,5 +1,7 @@
 #include "datasets/loader.h"
 
+#include <chrono>
+#include <ctime>
 #include <numeric>
 
 #include <torch/torch.h>
@@ -12,6 +14,21 @@
 #include "preprocessing/decode.h"
 
 namespace attnscope::datasets {
+
+namespace {
+
+double thread_cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+double wall_seconds_now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
 
 cv::Mat read_mask(const std::string& path) {
   const cv::Mat rgb = preprocessing::decode_image(path);
@@ -139,6 +156,7 @@ void Loader::start_epoch(int64_t epoch) {
                                     : (n + options_.batch_size - 1) / options_.batch_size;
   claimed_ = consumed_ = 0;
   ready_.clear();
+  stats_ = LoaderStats{};
   stopping_ = false;
   for (int w = 0; w < options_.workers; ++w)
     workers_.push_back(start_thread([this] { work(); }));
@@ -156,13 +174,16 @@ void Loader::work() {
       b = claimed_++;
     }
     Slot slot;
+    const double cpu_begin = thread_cpu_seconds();
     try {
       slot.batch = build(b);
     } catch (...) {
       slot.error = std::current_exception();
     }
+    const double cpu = thread_cpu_seconds() - cpu_begin;
     {
       std::lock_guard<std::mutex> lock(mutex_);
+      stats_.cpu_s += cpu;
       ready_[b] = std::move(slot);
     }
     cv_.notify_all();
@@ -174,24 +195,35 @@ std::optional<Batch> Loader::next() {
   {
     std::unique_lock<std::mutex> lock(mutex_);
     if (consumed_ >= num_batches_) return std::nullopt;
+    const double wait_begin = wall_seconds_now();
     if (options_.workers == 0) {
       lock.unlock();
+      const double cpu_begin = thread_cpu_seconds();
       try {
         slot.batch = build(consumed_);
       } catch (...) {
         slot.error = std::current_exception();
       }
+      const double cpu = thread_cpu_seconds() - cpu_begin;
       lock.lock();
+      stats_.cpu_s += cpu;
     } else {
       cv_.wait(lock, [&] { return ready_.count(consumed_) > 0; });
       slot = std::move(ready_[consumed_]);
       ready_.erase(consumed_);
     }
+    stats_.wait_s += wall_seconds_now() - wait_begin;
+    ++stats_.batches;
     ++consumed_;
   }
   cv_.notify_all();
   if (slot.error) std::rethrow_exception(slot.error);
   return std::move(slot.batch);
+}
+
+LoaderStats Loader::stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stats_;
 }
 
 Batch Loader::build(int64_t batch_index) const {

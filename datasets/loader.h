@@ -130,6 +130,18 @@ struct Batch {
   int64_t size() const { return static_cast<int64_t>(ids.size()); }
 };
 
+/// What building the batches of the current epoch cost (since the last start_epoch()).
+struct LoaderStats {
+  int64_t batches = 0;  ///< batches handed out by next()
+  /// CPU seconds the loader spent building batches (decoding, preprocessing, augmenting,
+  /// stacking): each worker's own thread clock, summed over workers. Work that OpenCV hands
+  /// to its own thread pool (it splits only large images into stripes) is not counted.
+  double cpu_s = 0.0;
+  /// Wall seconds next() waited for a batch that was not ready yet (with no workers: the time
+  /// next() spent building it) — the consumer's stall on data loading.
+  double wait_s = 0.0;
+};
+
 class Loader {
  public:
   /// Throws Error("loader", ...) for bad options, an empty source, or a preprocessed source
@@ -149,6 +161,8 @@ class Loader {
   /// epoch was started).
   /// Rethrows a worker's unexpected failure (e.g. images of different sizes).
   std::optional<Batch> next();
+  /// The cost of the current epoch's batches so far.
+  LoaderStats stats() const;
 
   const SampleSource& source() const { return *source_; }
   /// The full pipeline (steps included, also over a cache): what a checkpoint should store.
@@ -175,7 +189,8 @@ class Loader {
   int64_t claimed_ = 0, consumed_ = 0;
   bool stopping_ = false;
   std::map<int64_t, Slot> ready_;
-  std::mutex mutex_;
+  LoaderStats stats_;
+  mutable std::mutex mutex_;
   std::condition_variable cv_;
   std::vector<std::thread> workers_;
 };

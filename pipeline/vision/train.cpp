@@ -582,6 +582,15 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     timing["images_per_s"] = s.items_per_s;
     timing["wall_s"] = s.seconds;
     timing["cpu_s"] = s.cpu_seconds;
+    // Data loading in this epoch's training part (validation is outside wall_s and cpu_s too):
+    // the loader threads' CPU seconds, their share of the process's CPU time, and how long the
+    // training step waited for a batch.
+    datasets::LoaderStats data;
+    if (const datasets::Loader* l = group ? shard_loader.get() : &train_loader) data = l->stats();
+    timing["loader_cpu_s"] = data.cpu_s;
+    timing["loader_cpu_share"] = s.cpu_seconds > 0 ? data.cpu_s / s.cpu_seconds : 0.0;
+    timing["loader_wait_s"] = data.wait_s;
+    timing["loader_wait_share"] = s.seconds > 0 ? data.wait_s / s.seconds : 0.0;
     state.history.push_back(record);
     state.timing.push_back(timing);
     auto epoch_meta = meta;

@@ -6,7 +6,8 @@
 //                      val_loss and the validation metrics. Only values that the seed, data
 //                      and thread count determine, so two runs give byte-identical files;
 //                      rewritten whole (AtomicFile) after every epoch, so never torn.
-//   RUN/timing.jsonl   per epoch: images/s, wall and CPU seconds (these differ run to run).
+//   RUN/timing.jsonl   per epoch: images/s, wall and CPU seconds, the loader threads' CPU
+//                      seconds and the time the step waited for data (these differ run to run).
 //   RUN/last.h5        after every epoch: the weights, loadable by load_image_classifier,
 //                      plus the group /train_state (optimiser buffers, EMA weights, the loop's
 //                      state and the metrics history) that --resume continues from.

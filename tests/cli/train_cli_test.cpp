@@ -91,6 +91,19 @@ TEST(TrainCli, WritesMetricsAndLoadableCheckpoints) {
   EXPECT_NE(metrics.find("\"train_loss\""), std::string::npos);
   EXPECT_EQ(count_lines(read_text(run + "/timing.jsonl")), 4);
   EXPECT_NE(r.output.find("epoch 4:"), std::string::npos) << r.output;
+  // The data-loading figures of every epoch: the loader's CPU is part of the process's, its
+  // share is that ratio, and the model cannot wait longer than the epoch lasted.
+  std::istringstream timing(read_text(run + "/timing.jsonl"));
+  for (std::string line; std::getline(timing, line);) {
+    const auto t = nlohmann::json::parse(line);
+    const double cpu = t.at("cpu_s").get<double>(), loader = t.at("loader_cpu_s").get<double>();
+    EXPECT_GT(loader, 0.0) << line;
+    EXPECT_LE(loader, cpu) << line;
+    EXPECT_NEAR(t.at("loader_cpu_share").get<double>(), loader / cpu, 1e-9) << line;
+    EXPECT_GE(t.at("loader_wait_s").get<double>(), 0.0) << line;
+    EXPECT_LE(t.at("loader_wait_s").get<double>(), t.at("wall_s").get<double>()) << line;
+  }
+  EXPECT_NE(r.output.find("% of the CPU time, waited "), std::string::npos) << r.output;
   for (const char* name : {"last.h5", "best.h5"}) {
     const auto loaded = pipeline::load_image_classifier(run + "/" + name);
     EXPECT_EQ(loaded.config.arch, "attn_small");

@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <ctime>
 #include <fstream>
 #include <set>
 #include <thread>
@@ -163,6 +164,78 @@ TEST(Loader, WorkersStopAtTheQueueBound) {
   EXPECT_EQ(total, 20);
   EXPECT_EQ(source->loads, 40);
   EXPECT_EQ(source->over_bound, 0) << "loads started beyond the queue bound";
+}
+
+// A source whose load() spends a known time: `cpu_ms` of its own thread's CPU (a busy loop on
+// the thread clock) and then `sleep_ms` asleep (no CPU).
+class TimedSource : public SampleSource {
+ public:
+  TimedSource(std::shared_ptr<SyntheticSource> inner, double cpu_ms, int sleep_ms)
+      : inner_(std::move(inner)), cpu_ms_(cpu_ms), sleep_ms_(sleep_ms) {}
+  std::size_t size() const override { return inner_->size(); }
+  const Sample& sample(std::size_t i) const override { return inner_->sample(i); }
+  const std::vector<std::string>& class_names() const override { return inner_->class_names(); }
+  SampleData load(std::size_t i) const override {
+    const double until = thread_cpu() + cpu_ms_ / 1000.0;
+    volatile double sink = 0.0;
+    while (thread_cpu() < until)
+      for (int k = 0; k < 1000; ++k) sink = sink + k;
+    std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms_));
+    return inner_->load(i);
+  }
+  static double thread_cpu() {
+    timespec t{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+  }
+  static double process_cpu() {
+    timespec t{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+  }
+
+ private:
+  std::shared_ptr<SyntheticSource> inner_;
+  double cpu_ms_;
+  int sleep_ms_;
+};
+
+// stats() against what the source is known to spend: every load's CPU is counted (a lower
+// bound) and nothing beyond the process's own CPU clock (an upper bound); a consumer that
+// takes batches at once waits at least for the sleeps a single worker does one after another.
+TEST(Loader, StatsCountTheWorkersCpuAndTheConsumersWait) {
+  for (int workers : {0, 2}) {
+    LoaderOptions o;
+    o.batch_size = 3;
+    o.workers = workers;
+    auto source = std::make_shared<TimedSource>(synthetic(12), 5.0, 0);
+    Loader loader(source, small_pipeline(false), o);
+    const double cpu_before = TimedSource::process_cpu();
+    const auto batches = epoch(loader, 1);
+    const double cpu_spent = TimedSource::process_cpu() - cpu_before;
+    const auto st = loader.stats();
+    EXPECT_EQ(st.batches, 4) << workers;
+    EXPECT_EQ(static_cast<int64_t>(batches.size()), st.batches);
+    EXPECT_GE(st.cpu_s, 12 * 0.005) << workers;
+    EXPECT_LE(st.cpu_s, cpu_spent + 1e-3) << workers;
+    if (workers == 0) EXPECT_GE(st.wait_s, st.cpu_s * 0.5);  // next() builds: it waits as long
+    loader.start_epoch(2);
+    const auto fresh = loader.stats();
+    EXPECT_EQ(fresh.batches, 0);
+    EXPECT_EQ(fresh.wait_s, 0.0) << "a new epoch starts from zero";
+  }
+  LoaderOptions o;
+  o.batch_size = 2;
+  o.workers = 1;
+  auto source = std::make_shared<TimedSource>(synthetic(8), 0.0, 20);
+  Loader loader(source, small_pipeline(false), o);
+  const auto begin = std::chrono::steady_clock::now();
+  epoch(loader, 1);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  const auto st = loader.stats();
+  EXPECT_GE(st.wait_s, 0.5 * 8 * 0.020) << "one worker sleeps 8 x 20 ms while the consumer waits";
+  EXPECT_LE(st.wait_s, wall);
+  EXPECT_LT(st.cpu_s, 0.5 * 8 * 0.020) << "sleeping is not CPU time";
 }
 
 TEST(Loader, BalancedOrderDrawsBothClasses) {

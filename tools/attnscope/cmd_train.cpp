@@ -481,13 +481,15 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
         const auto& ci = r["val"]["auc_ci"];
         std::printf(
             "epoch %lld: train loss %.4f, val loss %.4f, val AUC %.4f [%.4f, %.4f], balanced "
-            "accuracy %.4f, %.1f images/s, %.1fs%s\n",
+            "accuracy %.4f, %.1f images/s, %.1fs (data loading %.0f%% of the CPU time, "
+            "waited %.1fs)%s\n",
             static_cast<long long>(r["epoch"].get<int64_t>()), r["train_loss"].get<double>(),
             number(r["val_loss"]), number(r["val_auc"]),
             ci.is_object() ? number(ci["low"]) : std::nan(""),
             ci.is_object() ? number(ci["high"]) : std::nan(""),
             number(r["val"]["balanced_accuracy"]), t["images_per_s"].get<double>(),
-            t["wall_s"].get<double>(), r["best"].get<bool>() ? " (best)" : "");
+            t["wall_s"].get<double>(), 100.0 * t["loader_cpu_share"].get<double>(),
+            t["loader_wait_s"].get<double>(), r["best"].get<bool>() ? " (best)" : "");
         std::fflush(stdout);
       };
     if (!quiet)
