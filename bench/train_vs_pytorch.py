@@ -22,6 +22,7 @@ the rounds' ratios.
 
   bench/train_vs_pytorch.py [--arch attn_small] [--epochs 4] [--rounds 3] [--threads 2]
       [--malloc attnscope|glibc]   (Python's malloc; default: attnscope's settings)
+      [--unfused-too]              (attnscope also without its fused BatchNorm-ReLU)
 """
 
 import argparse
@@ -128,6 +129,9 @@ def main():
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3,
                    help="alternating attnscope/Python rounds; medians over them")
+    p.add_argument("--unfused-too", action="store_true",
+                   help="also run attnscope with ATTNSCOPE_FUSED_BN_RELU=0 in every round (the "
+                        "fused BatchNorm-ReLU's share of the difference)")
     p.add_argument("--malloc", default="attnscope", choices=["attnscope", "glibc"],
                    help="Python's malloc: attnscope = the settings attnscope gives itself "
                         "(docs/architecture.md), glibc = glibc's defaults")
@@ -160,16 +164,23 @@ def main():
         for r in range(args.rounds):
             # attnscope: the 80 % training split of its own (grouped, stratified) split.
             run = os.path.join(work, f"run{r}")
-            subprocess.run([os.path.join(args.build, "bin", "attnscope"), "--threads",
-                            str(args.threads), "train", "--data",
-                            os.path.join(args.data, "labels.csv"), "--model", args.arch, "--size",
-                            str(size), "--val-split", "0.2", "--epochs", str(args.epochs),
-                            "--batch-size", str(args.batch), "--optimizer", "adamw", "--lr",
-                            "1e-3", "--weight-decay", "0.05", "--schedule", "constant", "--loss",
-                            "ce", "--init", ckpt, "--cache", "--workers", str(args.workers),
-                            "--seed", "1", "--quiet", "--out", run], check=True,
-                           stdout=subprocess.DEVNULL)
-            timing = [json.loads(line) for line in open(os.path.join(run, "timing.jsonl"))]
+            def attnscope_train(run, env=None):
+                subprocess.run([os.path.join(args.build, "bin", "attnscope"), "--threads",
+                                str(args.threads), "train", "--data",
+                                os.path.join(args.data, "labels.csv"), "--model", args.arch, "--size",
+                                str(size), "--val-split", "0.2", "--epochs", str(args.epochs),
+                                "--batch-size", str(args.batch), "--optimizer", "adamw", "--lr",
+                                "1e-3", "--weight-decay", "0.05", "--schedule", "constant", "--loss",
+                                "ce", "--init", ckpt, "--cache", "--workers", str(args.workers),
+                                "--seed", "1", "--quiet", "--out", run], check=True,
+                               stdout=subprocess.DEVNULL, env=env)
+                return [json.loads(line) for line in open(os.path.join(run, "timing.jsonl"))]
+
+            timing = attnscope_train(run)
+            unfused = []
+            if args.unfused_too:
+                env = dict(os.environ, ATTNSCOPE_FUSED_BN_RELU="0")
+                unfused = [t["images_per_s"] for t in attnscope_train(run + "-unfused", env)]
             ours = [t["images_per_s"] for t in timing]
             ours_cpu = [t["cpu_s"] / t["wall_s"] for t in timing]
             ours_data = [t.get("loader_cpu_share", float("nan")) for t in timing]
@@ -187,7 +198,10 @@ def main():
                   f"{[round(x, 3) for x in ours_wait]}); PyTorch-Python "
                   f"{[round(x, 2) for x in py]} (loader CPU share "
                   f"{[round(x, 3) for x in py_data]}, wait share "
-                  f"{[round(x, 3) for x in share]}); ratio {a / b:.2f}", flush=True)
+                  f"{[round(x, 3) for x in share]}); ratio {a / b:.2f}"
+                  + (f"; attnscope unfused {[round(x, 2) for x in unfused]}, fused/unfused "
+                     f"{a / statistics.median(unfused[1:] or unfused):.2f}" if unfused else ""),
+                  flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     a = statistics.median(x for x, _ in rounds)

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include <ATen/Parallel.h>
@@ -202,9 +204,18 @@ struct BatchNormReluFunction : public torch::autograd::Function<BatchNormReluFun
   }
 };
 
+// ATTNSCOPE_FUSED_BN_RELU=0 turns the fusion off (for side-by-side benchmarks).
+bool fusion_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("ATTNSCOPE_FUSED_BN_RELU");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return enabled;
+}
+
 bool fusable(const torch::Tensor& x, const torch::nn::BatchNorm2dImpl& bn) {
   const auto& o = bn.options;
-  return x.dim() == 4 && x.scalar_type() == torch::kFloat32 && x.device().is_cpu() &&
+  return fusion_enabled() && x.dim() == 4 && x.scalar_type() == torch::kFloat32 && x.device().is_cpu() &&
          x.numel() > 0 && x.is_contiguous(torch::MemoryFormat::ChannelsLast) && o.affine() &&
          o.track_running_stats() && o.momentum().has_value() && bn.weight.defined() &&
          bn.weight.scalar_type() == torch::kFloat32 && bn.weight.device().is_cpu() &&

@@ -14,7 +14,8 @@
 // the thread count nor on scheduling. Running statistics and num_batches_tracked are updated as
 // torch::nn::BatchNorm2d does. Inputs other than 4-d float32 channels-last CPU tensors, and
 // BatchNorm modules without affine parameters or running statistics, go through the unfused
-// ATen operations (same result up to rounding).
+// ATen operations (same result up to rounding), as does everything when the environment sets
+// ATTNSCOPE_FUSED_BN_RELU=0 (for benchmarks side by side).
 
 #include <torch/torch.h>
 
