@@ -6,8 +6,6 @@
 //
 // --resnet18-checkpoint loads the given weights into resnet18 (bench/torchvision_forward.py
 // uses it to time attnscope and torchvision on the same weights side by side).
-// BM_BatchNormRelu: the fused BatchNorm → ReLU of the CNN trunks against ATen's two operations
-// (training, forward + backward).
 
 #include <benchmark/benchmark.h>
 #include <torch/csrc/autograd/profiler_legacy.h>
@@ -17,7 +15,6 @@
 #include <set>
 #include <string>
 
-#include "models/vision/batch_norm_relu.h"
 #include "models/vision/presets.h"
 #include "pipeline/vision/image_model_config.h"
 #include "runtime/runtime.h"
@@ -84,35 +81,11 @@ void BM_Forward(benchmark::State& state, const std::string& arch) {
   state.counters["threads"] = attnscope::runtime::threads();
 }
 
-// Training-mode BatchNorm → ReLU, forward and backward, fused (models/vision/batch_norm_relu.h)
-// or as ATen's two operations, on the activations of attn_small's first block at 128 px
-// (32 × 32 × 128 × 128) and resnet18's layer1 at 224 px (32 × 64 × 56 × 56), channels-last.
-void BM_BatchNormRelu(benchmark::State& state) {
-  attnscope::runtime::set_threads(0);
-  const bool fused = state.range(0) != 0;
-  const int64_t channels = state.range(1), side = state.range(2);
-  torch::nn::BatchNorm2d bn(channels);
-  torch::manual_seed(0);
-  const auto x = torch::randn({32, channels, side, side})
-                     .contiguous(torch::MemoryFormat::ChannelsLast)
-                     .requires_grad_(true);
-  const auto g = torch::randn_like(x);
-  const auto step = [&] {
-    const auto y = fused ? vision::batch_norm_relu(x, *bn) : bn->forward(x).relu_();
-    y.backward(g);
-  };
-  step();  // warm-up
-  for (auto _ : state) step();
-  state.counters["MB/activation"] = static_cast<double>(x.numel()) * 4.0 / 1e6;
-  state.SetLabel(fused ? "fused" : "ATen BatchNorm + ReLU");
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   // Idle OpenMP workers must not spin for long, as in the attnscope command (runtime/runtime.h).
   attnscope::runtime::limit_openmp_spinning(attnscope::runtime::available_cores(), argv);
-  attnscope::runtime::keep_freed_memory_for_reuse();  // as the attnscope command does
   // Our own flag first; the rest goes to Google Benchmark.
   std::vector<char*> rest;
   const char* kFlag = "--resnet18-checkpoint=";
@@ -131,15 +104,6 @@ int main(int argc, char** argv) {
         ->MinTime(0.2)
         ->UseRealTime();
   }
-  benchmark::RegisterBenchmark("BM_BatchNormRelu", BM_BatchNormRelu)
-      ->ArgNames({"fused", "channels", "side"})
-      ->Args({0, 32, 128})
-      ->Args({1, 32, 128})
-      ->Args({0, 64, 56})
-      ->Args({1, 64, 56})
-      ->Unit(benchmark::kMillisecond)
-      ->MinTime(0.5)
-      ->UseRealTime();
   int n = static_cast<int>(rest.size());
   benchmark::Initialize(&n, rest.data());
   if (benchmark::ReportUnrecognizedArguments(n, rest.data())) return 1;

@@ -34,8 +34,12 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gomp_env  # noqa: E402,F401  (before torch: GOMP_SPINCOUNT for this process)
 
 import cv2
 import h5py
@@ -177,7 +181,65 @@ class ResNet18(nn.Module):
         return self.fc(last.mean((2, 3))), {}
 
 
-MODELS = {"attn_small": AttnSmall, "attn_resnet18": AttnResNet18, "resnet18": ResNet18}
+class VitAttention(nn.Module):
+    """timm's Attention as timm writes it (PyTorch 1.13 has no fused attention)."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        qkv = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, t, d))
+
+
+class VitMlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class VitBlock(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), VitAttention(dim, heads)
+        self.norm2, self.mlp = nn.LayerNorm(dim, eps=1e-6), VitMlp(dim, 4 * dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VitMiniPatch8(nn.Module):
+    """attnscope's vit_mini_patch8 (64 px, patch 8, width 128, depth 6, 4 heads) as timm's
+    VisionTransformer, under timm's names (patch_embed.proj, cls_token, pos_embed, blocks,
+    norm, head). Training only: no attention maps are returned."""
+
+    def __init__(self, num_classes=2, dim=128, depth=6, heads=4, patch=8, image_size=64):
+        super().__init__()
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, dim, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + (image_size // patch) ** 2, dim))
+        self.blocks = nn.Sequential(*[VitBlock(dim, heads) for _ in range(depth)])
+        self.norm, self.head = nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0]), {}
+
+
+MODELS = {"attn_small": AttnSmall, "attn_resnet18": AttnResNet18, "resnet18": ResNet18,
+          "vit_mini_patch8": VitMiniPatch8}
 
 
 def load_attnscope_checkpoint(model, path):
@@ -306,7 +368,6 @@ def main():
 
     if args.malloc == "attnscope":
         set_attnscope_malloc()
-    os.environ.setdefault("GOMP_SPINCOUNT", "3000")
     torch.set_num_threads(args.threads)
     exe = args.exe or os.path.join(args.build, "bin", "attnscope")
     if args.exe:

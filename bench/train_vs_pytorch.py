@@ -1,13 +1,15 @@
 #!/usr/bin/python3
 """attnscope train vs the same training in PyTorch-Python, same model and weights, side by side.
 
-Both sides train ARCH (attn_small at 128 px, attn_resnet18 at 224 px) on
-../shared/data/isic-uda1 from images decoded and preprocessed once (attnscope: `--cache`, an
-HDF5 cache; Python: one in-memory uint8 tensor, what a practitioner caches), with attnscope's
-default augmentation (horizontal flip, vertical flip and a 90-degree rotation, each with
+Both sides train ARCH (attn_small at 128 px, attn_resnet18 at 224 px, vit_mini_patch8 at
+64 px) on ../shared/data/isic-uda1 from images decoded and preprocessed once (attnscope:
+`--cache`, an HDF5 cache; Python: one in-memory uint8 tensor, what a practitioner caches), with
+attnscope's default augmentation (horizontal flip, vertical flip and a 90-degree rotation, each with
 probability 0.5) applied per sample in the loader workers, batch 32, AdamW (lr 1e-3, weight
-decay 0.05, constant rate), cross-entropy, channels-last, the same number of model threads and
-loader workers, and GOMP_SPINCOUNT=3000 (what attnscope sets for itself). The starting weights
+decay 0.05, constant rate), cross-entropy, channels-last for the CNNs (as attnscope runs
+them; its ViT takes the input as it comes), the same number of model threads and
+loader workers, and GOMP_SPINCOUNT=3000 (what attnscope sets for itself; bench/gomp_env.py
+sets it for the Python process before torch is loaded). The starting weights
 are the same (attnscope's checkpoint from `bench_classify checkpoint`, loaded by name into the
 torch.nn models of bench/classify_vs_pytorch.py). attnscope's training images/s per epoch come
 from RUN/timing.jsonl (training loop only, validation excluded); the Python side is timed the
@@ -22,7 +24,6 @@ the rounds' ratios.
 
   bench/train_vs_pytorch.py [--arch attn_small] [--epochs 4] [--rounds 3] [--threads 2]
       [--malloc attnscope|glibc]   (Python's malloc; default: attnscope's settings)
-      [--unfused-too]              (attnscope also without its fused BatchNorm-ReLU)
 """
 
 import argparse
@@ -36,11 +37,13 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gomp_env  # noqa: E402,F401  (before torch: GOMP_SPINCOUNT for this process)
+
 import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from classify_vs_pytorch import (MODELS, ROOT, load_attnscope_checkpoint,  # noqa: E402
                                  set_attnscope_malloc)
 
@@ -83,7 +86,7 @@ def process_cpu(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def python_epochs(model, images, labels, epochs, batch, workers):
+def python_epochs(model, images, labels, epochs, batch, workers, channels_last):
     loader = torch.utils.data.DataLoader(Cached(images, labels), batch_size=batch, shuffle=True,
                                          num_workers=workers, persistent_workers=workers > 0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
@@ -103,7 +106,8 @@ def python_epochs(model, images, labels, epochs, batch, workers):
             except StopIteration:
                 break
             waited += time.perf_counter() - t0
-            x = x.contiguous(memory_format=torch.channels_last)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             opt.zero_grad(set_to_none=True)
             logits = model(x)[0]
             loss_fn(logits, y).backward()
@@ -119,8 +123,10 @@ def python_epochs(model, images, labels, epochs, batch, workers):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arch", default="attn_small", choices=["attn_small", "attn_resnet18"])
-    p.add_argument("--size", type=int, default=0, help="default: 128 (attn_small), 224")
+    p.add_argument("--arch", default="attn_small",
+                   choices=["attn_small", "attn_resnet18", "vit_mini_patch8"])
+    p.add_argument("--size", type=int, default=0,
+                   help="default: 128 (attn_small), 224 (attn_resnet18), 64 (vit_mini_patch8)")
     p.add_argument("--build", default=os.path.join(ROOT, "build"))
     p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "isic-uda1"))
     p.add_argument("--epochs", type=int, default=4)
@@ -129,17 +135,13 @@ def main():
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3,
                    help="alternating attnscope/Python rounds; medians over them")
-    p.add_argument("--unfused-too", action="store_true",
-                   help="also run attnscope with ATTNSCOPE_FUSED_BN_RELU=0 in every round (the "
-                        "fused BatchNorm-ReLU's share of the difference)")
     p.add_argument("--malloc", default="attnscope", choices=["attnscope", "glibc"],
                    help="Python's malloc: attnscope = the settings attnscope gives itself "
                         "(docs/architecture.md), glibc = glibc's defaults")
     args = p.parse_args()
-    size = args.size or (128 if args.arch == "attn_small" else 224)
+    size = args.size or {"attn_small": 128, "attn_resnet18": 224, "vit_mini_patch8": 64}[args.arch]
     if args.malloc == "attnscope":
         set_attnscope_malloc()
-    os.environ.setdefault("GOMP_SPINCOUNT", "3000")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -164,32 +166,27 @@ def main():
         for r in range(args.rounds):
             # attnscope: the 80 % training split of its own (grouped, stratified) split.
             run = os.path.join(work, f"run{r}")
-            def attnscope_train(run, env=None):
-                subprocess.run([os.path.join(args.build, "bin", "attnscope"), "--threads",
-                                str(args.threads), "train", "--data",
-                                os.path.join(args.data, "labels.csv"), "--model", args.arch, "--size",
-                                str(size), "--val-split", "0.2", "--epochs", str(args.epochs),
-                                "--batch-size", str(args.batch), "--optimizer", "adamw", "--lr",
-                                "1e-3", "--weight-decay", "0.05", "--schedule", "constant", "--loss",
-                                "ce", "--init", ckpt, "--cache", "--workers", str(args.workers),
-                                "--seed", "1", "--quiet", "--out", run], check=True,
-                               stdout=subprocess.DEVNULL, env=env)
-                return [json.loads(line) for line in open(os.path.join(run, "timing.jsonl"))]
-
-            timing = attnscope_train(run)
-            unfused = []
-            if args.unfused_too:
-                env = dict(os.environ, ATTNSCOPE_FUSED_BN_RELU="0")
-                unfused = [t["images_per_s"] for t in attnscope_train(run + "-unfused", env)]
+            subprocess.run([os.path.join(args.build, "bin", "attnscope"), "--threads",
+                            str(args.threads), "train", "--data",
+                            os.path.join(args.data, "labels.csv"), "--model", args.arch, "--size",
+                            str(size), "--val-split", "0.2", "--epochs", str(args.epochs),
+                            "--batch-size", str(args.batch), "--optimizer", "adamw", "--lr",
+                            "1e-3", "--weight-decay", "0.05", "--schedule", "constant", "--loss",
+                            "ce", "--init", ckpt, "--cache", "--workers", str(args.workers),
+                            "--seed", "1", "--quiet", "--out", run], check=True,
+                           stdout=subprocess.DEVNULL)
+            timing = [json.loads(line) for line in open(os.path.join(run, "timing.jsonl"))]
             ours = [t["images_per_s"] for t in timing]
             ours_cpu = [t["cpu_s"] / t["wall_s"] for t in timing]
             ours_data = [t.get("loader_cpu_share", float("nan")) for t in timing]
             ours_wait = [t.get("loader_wait_share", float("nan")) for t in timing]
             model = MODELS[args.arch]()
             load_attnscope_checkpoint(model, ckpt)
-            model = model.to(memory_format=torch.channels_last)
+            cnn = not args.arch.startswith("vit")  # attnscope's CNNs run channels-last
+            if cnn:
+                model = model.to(memory_format=torch.channels_last)
             py, share, py_data = python_epochs(model, images, labels, args.epochs, args.batch,
-                                               args.workers)
+                                               args.workers, cnn)
             a, b = statistics.median(ours[1:] or ours), statistics.median(py[1:] or py)
             rounds.append((a, b))
             print(f"round {r + 1}: attnscope images/s per epoch {[round(x, 2) for x in ours]} "
@@ -198,10 +195,7 @@ def main():
                   f"{[round(x, 3) for x in ours_wait]}); PyTorch-Python "
                   f"{[round(x, 2) for x in py]} (loader CPU share "
                   f"{[round(x, 3) for x in py_data]}, wait share "
-                  f"{[round(x, 3) for x in share]}); ratio {a / b:.2f}"
-                  + (f"; attnscope unfused {[round(x, 2) for x in unfused]}, fused/unfused "
-                     f"{a / statistics.median(unfused[1:] or unfused):.2f}" if unfused else ""),
-                  flush=True)
+                  f"{[round(x, 3) for x in share]}); ratio {a / b:.2f}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     a = statistics.median(x for x, _ in rounds)

@@ -1,7 +1,6 @@
 #include "models/vision/resnet.h"
 
 #include "attnscope/error.h"
-#include "models/vision/batch_norm_relu.h"
 #include "models/vision/cnn_common.h"
 
 namespace attnscope::models::vision {
@@ -49,12 +48,11 @@ void ResidualBlockImpl::reset() {
 }
 
 torch::Tensor ResidualBlockImpl::forward(const torch::Tensor& x) {
-  // The BatchNorm → ReLU pairs fused (batch_norm_relu.h); in-place residual sum and last ReLU,
-  // as torchvision (out += identity, ReLU(inplace=True)): BatchNorm's backward does not need
-  // its output, so autograd allows it.
-  auto out = batch_norm_relu(conv1(x), *bn1);
-  out = conv2(out);
-  out = conv3 ? bn3(conv3(batch_norm_relu(out, *bn2))) : bn2(out);
+  // In-place ReLUs and residual sum, as torchvision (ReLU(inplace=True), out += identity):
+  // BatchNorm's backward does not need its output, so autograd allows it.
+  auto out = bn1(conv1(x)).relu_();
+  out = bn2(conv2(out));
+  if (conv3) out = bn3(conv3(out.relu_()));
   out += downsample ? downsample->forward(x) : x;
   return out.relu_();
 }
@@ -83,7 +81,7 @@ void ResNetTrunk::build(torch::nn::Module& owner) {
 
 TrunkOutput ResNetTrunk::forward(const torch::Tensor& x, bool pooled) {
   TrunkOutput out;
-  auto y = batch_norm_relu(conv1(x.contiguous(torch::MemoryFormat::ChannelsLast)), *bn1);
+  auto y = bn1(conv1(x.contiguous(torch::MemoryFormat::ChannelsLast))).relu_();
   y = torch::max_pool2d(y, /*kernel_size=*/3, /*stride=*/2, /*padding=*/1);
   for (auto& layer : layers) {
     y = layer->forward(y);

@@ -1,7 +1,6 @@
 #include "models/vision/vgg.h"
 
 #include "attnscope/error.h"
-#include "models/vision/batch_norm_relu.h"
 #include "models/vision/cnn_common.h"
 
 namespace attnscope::models::vision {
@@ -36,17 +35,10 @@ void VggTrunk::build(torch::nn::Module& owner) {
 TrunkOutput VggTrunk::forward(const torch::Tensor& x, bool pooled) {
   TrunkOutput out;
   auto y = x.contiguous(torch::MemoryFormat::ChannelsLast);  // see use_channels_last
-  for (auto it = features->begin(); it != features->end(); ++it) {
-    const bool is_pool = it->ptr()->as<nn::MaxPool2d>() != nullptr;
+  for (auto& module : *features) {
+    const bool is_pool = module.ptr()->as<nn::MaxPool2d>() != nullptr;
     if (is_pool) out.stages.push_back(y);
-    auto* bn = it->ptr()->as<nn::BatchNorm2d>();
-    const auto next = it + 1;
-    if (bn && next != features->end() && next->ptr()->as<nn::ReLU>()) {
-      y = batch_norm_relu(y, *bn);  // the BatchNorm and the ReLU after it, fused
-      it = next;
-    } else {
-      y = it->forward(y);
-    }
+    y = module.forward(y);
     if (is_pool && pooled) out.pooled.push_back(y);
   }
   out.last = y;

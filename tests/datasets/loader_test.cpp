@@ -179,7 +179,8 @@ class TimedSource : public SampleSource {
     const double until = thread_cpu() + cpu_ms_ / 1000.0;
     volatile double sink = 0.0;
     while (thread_cpu() < until)
-      for (int k = 0; k < 1000; ++k) sink = sink + k;
+      for (int k = 0; k < 1000; ++k)
+        sink = sink + k;
     std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms_));
     return inner_->load(i);
   }
@@ -231,7 +232,8 @@ TEST(Loader, StatsCountTheWorkersCpuAndTheConsumersWait) {
   Loader loader(source, small_pipeline(false), o);
   const auto begin = std::chrono::steady_clock::now();
   epoch(loader, 1);
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  const double wall =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
   const auto st = loader.stats();
   EXPECT_GE(st.wait_s, 0.5 * 8 * 0.020) << "one worker sleeps 8 x 20 ms while the consumer waits";
   EXPECT_LE(st.wait_s, wall);
