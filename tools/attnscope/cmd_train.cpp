@@ -481,7 +481,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
         const auto& ci = r["val"]["auc_ci"];
         std::printf(
             "epoch %lld: train loss %.4f, val loss %.4f, val AUC %.4f [%.4f, %.4f], balanced "
-            "accuracy %.4f, %.1f images/s, %.1fs (data loading %.0f%% of the CPU time, "
+            "accuracy %.4f, %.1f images/s, %.1fs (data loading %.1f%% of the CPU time, "
             "waited %.1fs)%s\n",
             static_cast<long long>(r["epoch"].get<int64_t>()), r["train_loss"].get<double>(),
             number(r["val_loss"]), number(r["val_auc"]),
