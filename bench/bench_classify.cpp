@@ -79,15 +79,12 @@ int main(int argc, char** argv) {
     int64_t done = 0;
     while (done < images) {
       if (what == "gradcam") {
-        // classify's inference stage with its default maps: one trunk pass, Grad-CAM on it.
-        models::vision::ImageFeatures f;
-        torch::Tensor pred;
-        {
-          torch::NoGradGuard ng;
-          f = model.forward_features(x, vit);
-          pred = model.forward_head(f).logits.argmax(1);
-        }
-        models::vision::grad_cam(model, f, pred);
+        // classify's inference stage with its default maps: one trunk pass, one head pass
+        // with autograd, Grad-CAM from it.
+        torch::NoGradGuard ng;
+        const auto f = model.forward_features(x, vit);
+        const auto head = models::vision::forward_head_for_grad_cam(model, f);
+        models::vision::grad_cam(head, head.output.logits.detach().argmax(1));
       } else {
         torch::NoGradGuard ng;
         model.forward(x, vit);

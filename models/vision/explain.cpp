@@ -132,21 +132,34 @@ torch::Tensor grad_cam(ImageClassifier& model, const torch::Tensor& images,
 
 torch::Tensor grad_cam(ImageClassifier& model, const ImageFeatures& features,
                        const torch::Tensor& targets) {
+  return grad_cam(forward_head_for_grad_cam(model, features), targets);
+}
+
+HeadForGradCam forward_head_for_grad_cam(ImageClassifier& model, const ImageFeatures& features) {
   check(model.has_spatial_features(), "Grad-CAM",
         "the model has no spatial feature map (a ViT?): use attention rollout instead");
   check(features.features.dim() == 4, "Grad-CAM", "features must be (B, C, h, w), got ",
         features.features.sizes());
   torch::AutoGradMode grad_mode(true);
+  HeadForGradCam head;
   ImageFeatures f = features;
-  const auto maps = features.features.detach().requires_grad_(true);  // (B, C, h, w)
-  f.features = maps;
-  const auto logits = model.forward_head(f).logits;
-  const auto cls = default_targets(logits, targets);
+  head.features = features.features.detach().requires_grad_(true);  // (B, C, h, w)
+  f.features = head.features;
+  head.output = model.forward_head(f);
+  return head;
+}
+
+torch::Tensor grad_cam(const HeadForGradCam& head, const torch::Tensor& targets) {
+  const auto& logits = head.output.logits;
+  check(logits.defined() && logits.requires_grad(), "Grad-CAM",
+        "the head pass carries no graph (run forward_head_for_grad_cam)");
+  const auto cls = default_targets(logits.detach(), targets);
+  torch::AutoGradMode grad_mode(true);  // the caller may hold a NoGradGuard
   const auto chosen = logits.gather(1, cls.view({-1, 1})).sum();
-  const auto grads = torch::autograd::grad({chosen}, {maps})[0];  // (B, C, h, w)
+  const auto grads = torch::autograd::grad({chosen}, {head.features})[0];  // (B, C, h, w)
   torch::NoGradGuard no_grad;
   const auto weights = grads.mean({2, 3}, /*keepdim=*/true);  // (B, C, 1, 1)
-  return scale_maps(torch::relu((weights * maps).sum(1)));
+  return scale_maps(torch::relu((weights * head.features).sum(1)));
 }
 
 torch::Tensor vit_gradient_rollout(ImageClassifier& model, const torch::Tensor& images,

@@ -72,6 +72,21 @@ torch::Tensor grad_cam(ImageClassifier& model, const torch::Tensor& images,
 torch::Tensor grad_cam(ImageClassifier& model, const ImageFeatures& features,
                        const torch::Tensor& targets = {});
 
+/// The head run once, with autograd, on detached trunk features: its logits and own maps, and
+/// the graph back to the features that Grad-CAM needs. A caller that wants the predictions,
+/// the own maps and Grad-CAM of classes chosen after seeing the logits (batch classification)
+/// runs the head once instead of twice.
+struct HeadForGradCam {
+  ImageOutput output;     ///< logits (carrying the graph) and the head's own maps
+  torch::Tensor features; ///< the leaf the gradient is taken for: (B, C, h, w)
+};
+HeadForGradCam forward_head_for_grad_cam(ImageClassifier& model, const ImageFeatures& features);
+
+/// Grad-CAM from a head pass of forward_head_for_grad_cam (uses up its graph: once per pass).
+///
+/// Shape: targets (B) int64 (undefined: the predicted class) -> (B, h, w).
+torch::Tensor grad_cam(const HeadForGradCam& head, const torch::Tensor& targets = {});
+
 /// Gradient-weighted rollout of a ViT-style model (one that returns per-layer attention with
 /// need_attention).
 ///

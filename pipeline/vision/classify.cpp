@@ -473,20 +473,29 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
           const int T = o.tta ? static_cast<int>(kDihedralCount) : 1;
           std::vector<torch::Tensor> logits_t, probs_t;
           std::vector<std::map<std::string, torch::Tensor>> own_t;
-          // Grad-CAM reuses each transform's trunk features: the trunk runs once per image.
+          // With Grad-CAM the head runs once, with autograd, on the trunk's detached features:
+          // its logits and own maps are the predictions, its graph gives Grad-CAM of the class
+          // predicted from all transforms. The trunk runs once per image either way.
           const bool cam = std::find(maps.begin(), maps.end(), "gradcam") != maps.end();
-          std::vector<mv::ImageFeatures> features_t;
+          std::vector<mv::HeadForGradCam> heads_t;
           {
             torch::NoGradGuard ng;
             for (int t = 0; t < T; ++t) {
               const auto x = o.tta ? dihedral_transform(images, t).contiguous() : images;
               auto f = model.forward_features(x, support.vit);
-              auto out = model.forward_head(f);
+              mv::ImageOutput out;
+              if (cam) {
+                heads_t.push_back(mv::forward_head_for_grad_cam(model, f));
+                out.logits = heads_t.back().output.logits.detach();
+                for (const auto& [name, map] : heads_t.back().output.maps)
+                  out.maps[name] = map.detach();
+              } else {
+                out = model.forward_head(f);
+              }
               out.maps.merge(f.maps);
               logits_t.push_back(out.logits.to(torch::kFloat));
               probs_t.push_back(torch::softmax(out.logits.to(torch::kFloat) / temperature, 1));
               own_t.push_back(out.maps);
-              if (cam) features_t.push_back(std::move(f));
             }
           }
           const auto logits = torch::stack(logits_t).mean(0);
@@ -504,7 +513,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
             for (int t = 0; t < T; ++t) {
               torch::Tensor v;
               if (m == "gradcam")
-                v = mv::grad_cam(model, features_t[static_cast<std::size_t>(t)], pred);
+                v = mv::grad_cam(heads_t[static_cast<std::size_t>(t)], pred);
               else if (m == "gradient_rollout")
                 v = mv::vit_gradient_rollout(
                     model, o.tta ? dihedral_transform(images, t).contiguous() : images, pred);

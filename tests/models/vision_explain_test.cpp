@@ -152,6 +152,32 @@ TEST(GradCam, FromPrecomputedFeaturesEqualsTheFullGraphComputation) {
   }
 }
 
+// One head pass for predictions and Grad-CAM (batch classification): its logits and own maps
+// equal the no-graph forward pass bit for bit, Grad-CAM of classes chosen afterwards equals
+// grad_cam's, and no parameter gradient is accumulated.
+TEST(GradCam, OneHeadPassGivesTheForwardPassAndGradCam) {
+  torch::manual_seed(12);
+  for (const char* arch : {"attn_small", "attn_resnet18"}) {
+    ImageModelConfig c;
+    c.arch = arch;
+    auto m = make_image_classifier(c);
+    m->eval();
+    const auto x = torch::randn({3, 3, 64, 64});
+    torch::NoGradGuard no_grad;  // as classify runs it
+    const auto f = m->forward_features(x);
+    const auto plain = m->forward_head(f);
+    const auto head = forward_head_for_grad_cam(*m, f);
+    EXPECT_TRUE(torch::equal(head.output.logits.detach(), plain.logits)) << arch;
+    ASSERT_EQ(head.output.maps.size(), plain.maps.size()) << arch;
+    for (const auto& [name, map] : plain.maps)
+      EXPECT_TRUE(torch::equal(head.output.maps.at(name).detach(), map)) << arch << " " << name;
+    const auto targets = torch::tensor({1, 0, 1}, torch::kLong);
+    EXPECT_TRUE(torch::allclose(grad_cam(head, targets), grad_cam(*m, f, targets), 1e-6, 1e-7))
+        << arch;
+    for (const auto& p : m->parameters()) EXPECT_FALSE(p.grad().defined()) << arch;
+  }
+}
+
 TEST(GradCam, RefusesAVit) {
   VisionTransformer vit(vit_mini_patch8_options());
   EXPECT_THROW(grad_cam(*vit, torch::randn({1, 3, 64, 64})), Error);
