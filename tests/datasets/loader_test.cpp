@@ -219,7 +219,9 @@ TEST(Loader, StatsCountTheWorkersCpuAndTheConsumersWait) {
     EXPECT_EQ(static_cast<int64_t>(batches.size()), st.batches);
     EXPECT_GE(st.cpu_s, 12 * 0.005) << workers;
     EXPECT_LE(st.cpu_s, cpu_spent + 1e-3) << workers;
-    if (workers == 0) EXPECT_GE(st.wait_s, st.cpu_s * 0.5);  // next() builds: it waits as long
+    if (workers == 0) {
+      EXPECT_GE(st.wait_s, st.cpu_s * 0.5);  // next() builds the batch: it waits as long
+    }
     loader.start_epoch(2);
     const auto fresh = loader.stats();
     EXPECT_EQ(fresh.batches, 0);
