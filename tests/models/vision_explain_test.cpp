@@ -121,16 +121,22 @@ TEST(GradCam, WorksForEveryCnnPresetUnderNoGrad) {
   }
 }
 
+// A preset with its default configuration, in evaluation mode.
+std::shared_ptr<ImageClassifier> eval_classifier(const std::string& arch) {
+  ImageModelConfig c;
+  c.arch = arch;
+  auto m = make_image_classifier(c);
+  m->eval();
+  return m;
+}
+
 // Grad-CAM from features computed once without a graph (what classify does) equals the
 // textbook computation: one autograd graph from the image through trunk and head, the gradient
 // of the chosen logit at the last feature map read with retain_grad.
 TEST(GradCam, FromPrecomputedFeaturesEqualsTheFullGraphComputation) {
   torch::manual_seed(10);
   for (const char* arch : {"attn_small", "resnet18"}) {
-    ImageModelConfig c;
-    c.arch = arch;
-    auto m = make_image_classifier(c);
-    m->eval();
+    const auto m = eval_classifier(arch);
     const auto x = torch::randn({3, 3, 64, 64});
     const auto targets = torch::tensor({0, 1, 1}, torch::kLong);
     ImageFeatures f;
@@ -158,10 +164,7 @@ TEST(GradCam, FromPrecomputedFeaturesEqualsTheFullGraphComputation) {
 TEST(GradCam, OneHeadPassGivesTheForwardPassAndGradCam) {
   torch::manual_seed(12);
   for (const char* arch : {"attn_small", "attn_resnet18"}) {
-    ImageModelConfig c;
-    c.arch = arch;
-    auto m = make_image_classifier(c);
-    m->eval();
+    const auto m = eval_classifier(arch);
     const auto x = torch::randn({3, 3, 64, 64});
     torch::NoGradGuard no_grad;  // as classify runs it
     const auto f = m->forward_features(x);
