@@ -139,6 +139,22 @@ TEST(TrainCli, SameSeedDataAndThreadsGiveByteIdenticalMetrics) {
   EXPECT_NE(read_text(dir / "a/metrics.jsonl"), read_text(dir / "c/metrics.jsonl"));
 }
 
+// A full disk (RLIMIT_FSIZE, writes fail with EFBIG): one error line naming the checkpoint,
+// a failure exit without a signal, and nothing left in the run folder — no cut checkpoint and
+// no temporary file.
+TEST(TrainCli, FullDiskFailsClearlyAndLeavesNoCutCheckpoint) {
+  test::TempDir dir;
+  const auto run = dir / "run";
+  const auto r = test::run_with_file_size_limit(train_command(run, 2), 40 * 1024);
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_EQ(r.signal, 0) << r.output;
+  EXPECT_NE(r.output.find("error: " + run + "/"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(".h5"), std::string::npos) << r.output;
+  if (fs::exists(run))
+    for (const auto& entry : fs::directory_iterator(run))
+      ADD_FAILURE() << "left behind: " << entry.path();
+}
+
 TEST(TrainCli, ResumeAfterSigkillsEqualsAnUninterruptedRun) {
   test::TempDir dir;
   const auto whole = dir / "whole";
