@@ -320,7 +320,12 @@ TrainingResult TrainingLoop::run(const TrainingHooks& hooks) {
   TrainingResult result;
   model_.train();
   bool stop = false;
+  const auto interrupted = [&] { return hooks.stop_requested && hooks.stop_requested(); };
   for (int64_t epoch = epoch_ + 1; epoch <= options_.epochs && !stop; ++epoch) {
+    if (interrupted()) {
+      result.interrupted = true;
+      break;
+    }
     torch::manual_seed(epoch_seed(options_.seed, epoch));
     const int64_t batches = hooks.start_epoch(epoch);
     check(batches >= 1, "training", "epoch ", epoch, " has no batches");
@@ -360,6 +365,12 @@ TrainingResult TrainingLoop::run(const TrainingHooks& hooks) {
       if (out_of_time && b + 1 < batches) summary.complete = false;
       if (out_of_time) {
         result.stopped_by_budget = true;
+        stop = true;
+        break;
+      }
+      if (b + 1 < batches && interrupted()) {
+        summary.complete = false;
+        result.interrupted = true;
         stop = true;
         break;
       }

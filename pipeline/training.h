@@ -204,6 +204,11 @@ struct TrainingHooks {
   /// After evaluate and the loop's bookkeeping (state_json() now includes this epoch): write
   /// checkpoints here. is_best: the monitored value improved on every earlier epoch.
   std::function<void(const EpochSummary&, double monitored, bool is_best)> end_epoch;
+  /// Polled after every batch and before every epoch; true stops the run there (a signal
+  /// asked for it, runtime::stop_on_signals). A partial epoch is then not kept: the model's
+  /// weights are the last batch's, but no evaluate or end_epoch runs for it, so what was saved
+  /// after the last complete epoch is what a resumed run continues from.
+  std::function<bool()> stop_requested;
 };
 
 struct TrainingOptions {
@@ -238,6 +243,7 @@ struct TrainingResult {
   double cpu_seconds = 0.0;
   bool stopped_by_budget = false;
   bool stopped_early = false;  ///< patience ran out
+  bool interrupted = false;    ///< hooks.stop_requested() said stop
   double best = std::numeric_limits<double>::quiet_NaN();
   int64_t best_epoch = 0;
 };

@@ -7,7 +7,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <thread>
 #include <vector>
@@ -96,8 +99,8 @@ MallocPolicy g_malloc_policy;
 }  // namespace
 
 MallocPolicy keep_freed_memory_for_reuse() {
-  for (const char* name : {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
-                           "MALLOC_MMAP_MAX_"})
+  for (const char* name :
+       {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_"})
     if (const char* value = std::getenv(name)) {
       g_malloc_policy.user = std::string(name) + "=" + value;
       return g_malloc_policy;
@@ -114,6 +117,49 @@ MallocPolicy keep_freed_memory_for_reuse() {
       mallopt(M_TRIM_THRESHOLD, static_cast<int>(kMallocTrimThreshold)) == 1 &&
       mallopt(M_ARENA_MAX, std::max(2, available_cores())) == 1;
   return g_malloc_policy;
+}
+
+namespace {
+
+std::atomic<int> g_stop_signal{0};
+static_assert(std::atomic<int>::is_always_lock_free, "the signal handler needs a lock-free flag");
+
+// Async-signal-safe: an atomic store, write(2), and errno restored. SA_RESETHAND has already
+// given the signal its default action back, so a second one ends the process.
+void on_stop_signal(int sig) {
+  const int saved = errno;
+  int expected = 0;
+  g_stop_signal.compare_exchange_strong(expected, sig);
+  const char* text =
+      sig == SIGINT
+          ? "\nattnscope: interrupted (SIGINT): stopping after the current batch; press Ctrl-C "
+            "again to stop at once\n"
+          : "\nattnscope: SIGTERM received: stopping after the current batch; a second SIGTERM "
+            "stops at once\n";
+  const ssize_t written = ::write(STDERR_FILENO, text, std::strlen(text));
+  (void)written;
+  errno = saved;
+}
+
+}  // namespace
+
+void stop_on_signals() {
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  // SA_RESTART: a thread inside read/write when the signal lands carries on (HDF5, the loader
+  // and LibTorch do not expect EINTR).
+  action.sa_flags = SA_RESTART | SA_RESETHAND;
+  for (const int sig : {SIGINT, SIGTERM}) {
+    struct sigaction old {};
+    // A signal the parent ignores (nohup, `trap '' INT`) stays ignored, as the shell would.
+    if (::sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) continue;
+    ::sigaction(sig, &action, nullptr);
+  }
+}
+
+int stop_requested() {
+  return g_stop_signal.load();
 }
 
 MallocPolicy malloc_policy() {

@@ -2,6 +2,7 @@
 // What LibTorch runs on: versions, intra-op threads, the BLAS library and CUDA devices.
 
 #include <sched.h>
+#include <signal.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -101,8 +102,9 @@ void limit_openmp_spinning(int intra_op_threads, char** argv);
 /// classify run spent ~11 % of its CPU time in page faults (perf, docs/performance.md).
 /// keep_freed_memory_for_reuse() sets M_MMAP_THRESHOLD to kMallocMmapThreshold and
 /// M_TRIM_THRESHOLD to kMallocTrimThreshold (freed blocks stay in the heap for the next
-/// batch) and M_ARENA_MAX to the number of cores (at least 2; fewer heaps to keep), unless the user chose malloc settings: MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_,
-/// MALLOC_TOP_PAD_, MALLOC_MMAP_MAX_ or a glibc.malloc tunable in GLIBC_TUNABLES.
+/// batch) and M_ARENA_MAX to the number of cores (at least 2; fewer heaps to keep), unless the user
+/// chose malloc settings: MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_,
+/// MALLOC_MMAP_MAX_ or a glibc.malloc tunable in GLIBC_TUNABLES.
 constexpr std::size_t kMallocMmapThreshold = std::size_t{512} << 20;
 constexpr std::size_t kMallocTrimThreshold = std::size_t{1} << 30;
 struct MallocPolicy {
@@ -115,6 +117,21 @@ MallocPolicy malloc_policy();
 /// Whether malloc serves a block of `bytes` with mmap now (glibc's own count of mapped bytes,
 /// mallinfo2().hblkhd, grows while it is held): the check `attnscope info` prints.
 bool malloc_maps_blocks_of(std::size_t bytes);
+
+/// Stopping at a safe point on SIGINT and SIGTERM (Ctrl-C; Slurm, torchrun and `kill` send
+/// SIGTERM and wait a grace period before SIGKILL). stop_on_signals() installs handlers for
+/// both: the first signal sets a flag that long commands (train, classify, seq2seq train)
+/// poll between batches, prints one line saying so, and gives that signal its default action
+/// back, so a second one ends the process at once. The commands then write nothing partial,
+/// close what they wrote, say how to resume, and exit with 128 + the signal (130, 143).
+void stop_on_signals();
+/// 0, or the signal (SIGINT or SIGTERM) that asked the running command to stop.
+int stop_requested();
+/// 128 + stop_requested(): the exit status of a command stopped by a signal, as a shell
+/// reports a process that signal ended.
+inline int stopped_exit_status() {
+  return 128 + stop_requested();
+}
 
 bool cuda_available();
 int cuda_device_count();

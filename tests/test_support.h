@@ -19,6 +19,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "attnscope/error.h"
 
@@ -86,8 +87,16 @@ inline ProcessResult run_process(const std::string& command) {
 /// captured. file_size_limit > 0 sets RLIMIT_FSIZE with SIGXFSZ ignored, so every write past
 /// that many bytes fails with EFBIG as on a full disk (no mount needed). kill_after_ms >= 0
 /// sends `kill_signal` to the whole group after that many milliseconds unless it ended first.
+/// Signals sent to a command as its output shows how far it got: the k-th signal once the
+/// output holds after[k] (and the earlier ones were sent).
+struct SignalPlan {
+  int signal = SIGTERM;
+  std::vector<std::string> after;
+};
+
 inline ProcessResult run_fault(const std::string& command, long long file_size_limit = 0,
-                               int kill_after_ms = -1, int kill_signal = SIGKILL) {
+                               int kill_after_ms = -1, int kill_signal = SIGKILL,
+                               const SignalPlan* plan = nullptr) {
   ProcessResult result;
   int fds[2];
   if (pipe(fds) != 0) return result;
@@ -112,11 +121,17 @@ inline ProcessResult run_fault(const std::string& command, long long file_size_l
   const auto start = std::chrono::steady_clock::now();
   std::array<char, 4096> buffer{};
   int raw = 0;
+  std::size_t sent = 0;
   for (;;) {
     ssize_t n = 0;
     while ((n = read(fds[0], buffer.data(), buffer.size())) > 0)
       result.output.append(buffer.data(), static_cast<std::size_t>(n));
     if (waitpid(pid, &raw, WNOHANG) == pid) break;
+    while (plan && sent < plan->after.size() &&
+           result.output.find(plan->after[sent]) != std::string::npos) {
+      kill(-pid, plan->signal);
+      ++sent;
+    }
     const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
                              std::chrono::steady_clock::now() - start)
                              .count();
@@ -148,6 +163,15 @@ inline ProcessResult run_with_file_size_limit(const std::string& command, long l
 /// first; result.killed says which happened.
 inline ProcessResult run_killed_after(const std::string& command, int ms, int sig = SIGKILL) {
   return run_fault(command, 0, ms, sig);
+}
+
+/// A command sent plan.signal (to its process group) as plan.after says. Give the command
+/// with `exec`, so that the shell is not the process that receives it. result.killed: the
+/// first signal was sent; result.status / result.signal: how the command ended.
+inline ProcessResult run_signalled(const std::string& command, const SignalPlan& plan) {
+  auto r = run_fault(command, 0, -1, SIGKILL, &plan);
+  r.killed = !plan.after.empty() && r.output.find(plan.after[0]) != std::string::npos;
+  return r;
 }
 
 /// Runs fn and returns the what() of the attnscope::Error it throws ("" when it throws none).

@@ -96,6 +96,7 @@ Seq2SeqTrainResult train_seq2seq(models::text::Seq2SeqModel& model,
       options.on_progress(p);
     };
   }
+  hooks.stop_requested = options.stop_requested;
   const auto r = loop.run(hooks);
   Seq2SeqTrainResult result;
   result.steps = r.steps;
@@ -104,6 +105,7 @@ Seq2SeqTrainResult train_seq2seq(models::text::Seq2SeqModel& model,
   result.seconds = r.seconds;
   result.cpu_seconds = r.cpu_seconds;
   result.stopped_by_budget = r.stopped_by_budget;
+  result.interrupted = r.interrupted;
   model.eval();
   return result;
 }

@@ -57,6 +57,9 @@ struct Seq2SeqTrainOptions {
   /// Called after every progress_every batches and at the end of each epoch.
   std::function<void(const Seq2SeqProgress&)> on_progress;
   int64_t progress_every = 10;
+  /// Polled after every batch (TrainingHooks::stop_requested): true stops training there and
+  /// returns the model as it is, like a time budget.
+  std::function<bool()> stop_requested;
 };
 
 struct Seq2SeqTrainResult {
@@ -66,6 +69,7 @@ struct Seq2SeqTrainResult {
   double seconds = 0.0;      ///< wall clock
   double cpu_seconds = 0.0;  ///< process CPU time
   bool stopped_by_budget = false;
+  bool interrupted = false;  ///< options.stop_requested() stopped it
 };
 
 /// Trains model on the pairs (ids without <bos>/<eos>). Leaves the model in eval mode.

@@ -428,6 +428,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
     global_index.push_back(static_cast<int64_t>(i));
   }
 
+  const auto stopping = [&] { return o.stop_requested && o.stop_requested(); };
   std::map<std::string, std::size_t> position;
   for (std::size_t k = 0; k < todo.samples.size(); ++k)
     position.emplace(todo.samples[k].image_id, k);
@@ -548,7 +549,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
             ro.substrate = ((torch::zeros({3}) - mean) / stdv);
             const bool masks = batch->masks.defined();
             const auto gauss = gaussian_prior(H, W);
-            for (int64_t b = 0; b < B; ++b) {
+            for (int64_t b = 0; b < B && !stopping(); ++b) {
               const int64_t target = pred[b].item<int64_t>();
               const ScoreFn score = [&](const torch::Tensor& x) {
                 torch::NoGradGuard ng;
@@ -590,18 +591,37 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
             }
           }
         }
+        // A faithfulness batch cut short by a stop request is dropped whole: --resume redoes it.
+        if (stopping()) {
+          summary.interrupted = true;
+          break;
+        }
         prog.done += B + static_cast<int64_t>(job.errors.size());
         prog.failed += static_cast<int64_t>(job.errors.size());
         writer_thread.push(std::move(job));
         prog.seconds =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
         if (progress) progress(prog);
+        if (stopping()) {
+          summary.interrupted = true;
+          break;
+        }
       }
     }
     writer_thread.close();
     writer_thread.rethrow();
   }
-  writer->finish(utc_now());
+  if (summary.interrupted && replacement) {
+    // The previous results.h5 stays; this run's file and its replicas are removed.
+    writer.reset();
+    summary.replaced_nothing = true;
+    summary.classified = 0;
+    return summary;
+  }
+  // Interrupted: every written batch is committed at h5_path; without finished_at the file
+  // reads as a run to continue with --resume.
+  if (!summary.interrupted) writer->finish(utc_now());
+  writer.reset();  // the replicas go; h5_path remains
   if (replacement) replacement->commit();
   const auto results = read_results(h5_path);
   const auto pred_csv = (fs::path(o.out_dir) / "predictions.csv").string();

@@ -54,6 +54,11 @@ struct ClassifyOptions {
   int64_t shard = 0, num_shards = 1;
   std::string device = "cpu";
   std::string command_line;
+  /// Polled between batches (and between the images of a --faithfulness batch): true stops
+  /// the run there (a signal asked for it, runtime::stop_on_signals). Every batch already
+  /// inferred is written; results.h5 is left unfinished, so --resume continues it. A run
+  /// replacing an existing results.h5 (--overwrite) keeps the previous file instead.
+  std::function<bool()> stop_requested;
 };
 
 struct ClassifyProgress {
@@ -68,6 +73,10 @@ struct ClassifySummary {
   std::vector<std::string> written;  ///< paths of the files written
   /// Lines of the end-of-run summary (metrics when labels are known, faithfulness means).
   std::vector<std::string> summary;
+  /// options.stop_requested() stopped the run; `replaced_nothing`: it was replacing a file,
+  /// which is kept as it was.
+  bool interrupted = false;
+  bool replaced_nothing = false;
 };
 
 /// The default map names of a model: its own maps, then "rollout" (ViT) or "gradcam" (CNNs).

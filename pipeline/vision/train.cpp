@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <numeric>
 #include <sstream>
@@ -620,6 +621,23 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     if (o.on_epoch) o.on_epoch(record, timing);
   };
 
+  int stop_signal = 0;
+  if (o.stop_requested) {
+    // Data-parallel: every rank stops at the same batch when any rank was asked to (a signal
+    // reaches the ranks at slightly different moments, or only one of them), so none waits
+    // for a peer that left. The ranks sum one flag per signal: SIGTERM wins over SIGINT.
+    hooks.stop_requested = [&]() -> bool {
+      stop_signal = o.stop_requested();
+      if (!group) return stop_signal != 0;
+      auto flags = torch::tensor({stop_signal == SIGINT ? 1.0f : 0.0f,
+                                  stop_signal != 0 && stop_signal != SIGINT ? 1.0f : 0.0f});
+      group->all_reduce_sum(flags);
+      stop_signal = flags[1].item<float>() > 0.0f   ? SIGTERM
+                    : flags[0].item<float>() > 0.0f ? SIGINT
+                                                    : 0;
+      return stop_signal != 0;
+    };
+  }
   const auto r = loop.run(hooks);
   model->eval();
   result.epochs_completed = r.epochs_completed;
@@ -627,6 +645,8 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   result.best = r.best;
   result.stopped_early = r.stopped_early;
   result.stopped_by_budget = r.stopped_by_budget;
+  result.interrupted = r.interrupted;
+  result.stop_signal = r.interrupted ? stop_signal : 0;
   return result;
 }
 

@@ -113,6 +113,11 @@ struct ImageTrainOptions {
   /// scores gathered, and only rank 0 writes the run folder. --resume reads RUN/last.h5 on
   /// every rank.
   DistributedGroup* group = nullptr;
+  /// Polled after every batch and before every epoch (TrainingHooks::stop_requested): 0, or
+  /// the signal (SIGINT, SIGTERM) that asks the run to stop; a partial epoch is then not kept,
+  /// RUN/last.h5 stays the last complete epoch's. Data-parallel, the ranks agree: a signal on
+  /// any rank stops all at the same batch.
+  std::function<int()> stop_requested;
 };
 
 /// The options that define the training, as stored in checkpoints ("training_config").
@@ -125,6 +130,8 @@ struct ImageTrainResult {
   double temperature = 1.0;
   bool stopped_early = false;
   bool stopped_by_budget = false;
+  bool interrupted = false;  ///< options.stop_requested() stopped it
+  int stop_signal = 0;       ///< the signal that stopped it (on any rank)
 };
 
 /// Trains a classifier on `train`, validating on `val` after every epoch, and writes the run

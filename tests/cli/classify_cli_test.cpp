@@ -5,6 +5,7 @@
 #include <chrono>
 #include <fstream>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include <torch/torch.h>
@@ -227,6 +228,80 @@ TEST(CliClassify, KilledAtRandomMomentsThenResumedEqualsAnUninterruptedRun) {
   // The replicas of the killed runs are gone; what remains is the run's own files.
   for (const auto& e : fs::directory_iterator(dir / "cut"))
     EXPECT_EQ(e.path().filename().string().find(".replica-"), std::string::npos) << e.path();
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::set<std::string> files_in(const std::string& dir) {
+  std::set<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir))
+    names.insert(e.path().filename().string());
+  return names;
+}
+
+// SIGTERM (Slurm, torchrun, kill) and SIGINT stop classify after the current batch: every
+// batch inferred is in results.h5 (C++ and h5py read it; finished_at empty), predictions.csv
+// agrees, no replica is left, the exit status is 128 + the signal, and --resume ends with what
+// an uninterrupted run writes. Replacing a file (--overwrite), the previous file is kept.
+TEST(CliClassify, SigtermStopsAfterTheBatchKeepsWhatWasInferredAndResumes) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 120);
+  const auto base = exe() + " classify --model " + q(model) + " --input " + q(images + "/images") +
+                    " --batch-size 4 --threads 1";
+  const auto full = test::run_process(base + " --out " + q(dir / "full"));
+  ASSERT_EQ(full.status, 0) << full.output;
+  for (const int sig : {SIGTERM, SIGINT}) {
+    const std::string name = sig == SIGTERM ? "SIGTERM" : "SIGINT";
+    const auto out = dir / name;
+    test::SignalPlan plan;
+    plan.signal = sig;
+    plan.after = {"4/120 images"};
+    const auto r = test::run_signalled("exec " + base + " --out " + q(out), plan);
+    ASSERT_TRUE(r.killed) << r.output;
+    EXPECT_EQ(r.signal, 0) << r.output;
+    EXPECT_EQ(r.status, 128 + sig) << r.output;
+    const auto stored = pipeline::read_results(out + "/results.h5");
+    const auto rows = static_cast<int64_t>(stored.ids.size());
+    EXPECT_GE(rows, 4);
+    EXPECT_LT(rows, 120) << r.output;
+    EXPECT_EQ(stored.attributes.at("finished_at"), "");
+    EXPECT_NE(r.output.find(concat("stopped by ", name, ": ", rows,
+                                   " images classified, 0 failed, "
+                                   "stored in ",
+                                   out, "/results.h5; finish with the same command and --resume")),
+              std::string::npos)
+        << r.output;
+    const auto py = test::run_process(test::python() +
+                                      " -c \"import h5py,sys; f=h5py.File(sys.argv[1],'r'); "
+                                      "print('rows', len(f['images/id']))\" " +
+                                      q(out + "/results.h5"));
+    EXPECT_EQ(py.output, concat("rows ", rows, "\n"));
+    EXPECT_EQ(static_cast<int64_t>(read_csv(out + "/predictions.csv").size()), rows + 1);
+    EXPECT_EQ(files_in(out),
+              (std::set<std::string>{"errors.csv", "predictions.csv", "results.h5"}));
+    const auto done = test::run_process(base + " --resume --out " + q(out));
+    ASSERT_EQ(done.status, 0) << done.output;
+    EXPECT_NE(done.output.find("classified 120, failed 0"), std::string::npos) << done.output;
+    EXPECT_EQ(compare(dir, dir / "full/results.h5", out + "/results.h5"), "OK\n") << name;
+  }
+  // Replacing a finished run: stopped, the previous results.h5 stays byte for byte.
+  const auto before = read_bytes(dir / "full/results.h5");
+  test::SignalPlan plan;
+  plan.after = {"4/120 images"};
+  const auto r =
+      test::run_signalled("exec " + base + " --overwrite --out " + q(dir / "full"), plan);
+  ASSERT_TRUE(r.killed) << r.output;
+  EXPECT_EQ(r.status, 128 + SIGTERM) << r.output;
+  EXPECT_NE(r.output.find("nothing of this run was kept"), std::string::npos) << r.output;
+  EXPECT_EQ(read_bytes(dir / "full/results.h5"), before);
+  EXPECT_EQ(files_in(dir / "full"),
+            (std::set<std::string>{"errors.csv", "predictions.csv", "results.h5"}));
 }
 
 // --tta averages over the whole dihedral group, so its probability is invariant and its maps

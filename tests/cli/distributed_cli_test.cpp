@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -268,6 +269,41 @@ TEST(Distributed, TrainTwoRanksWriteOneRunFolderAndResumeOnlyWithTwo) {
   EXPECT_EQ(count_lines(read_text(run + "/metrics.jsonl")), 2);
 }
 
+// A SIGTERM that reaches one rank only (here rank 1, which writes nothing) stops both at the
+// same batch: the ranks agree on stopping after every batch, so neither waits for a peer that
+// left. Both exit with 128 + SIGTERM; rank 0 says what last.h5 holds and leaves no partial file.
+TEST(Distributed, SigtermToOneRankStopsBothAtTheSameBatch) {
+  test::TempDir dir;
+  const std::string run = dir / "run";
+  const int port = free_port();
+  const std::string flags =
+      concat("--data ", synth_labels(),
+             " --model attn_small --size 32 --batch-size 8 --epochs 6 --lr 0.02 --workers 1 "
+             "--seed 5 --dist-timeout 120 --out ",
+             run);
+  const auto log0 = dir / "r0.log", log1 = dir / "r1.log";
+  const auto r = test::run_process(concat(
+      "timeout 300 sh -c '", train_rank(1, 2, port, flags), " > ", log1, " 2>&1 & p=$!; ",
+      train_rank(0, 2, port, flags), " > ", log0, " 2>&1 & q=$!; ", "while ! grep -q \"epoch 1:\" ",
+      log0, " && kill -0 $q 2>/dev/null; do sleep 0.02; done; ",
+      "kill -TERM $p; wait $q; s0=$?; wait $p; echo status $s0 $?'"));
+  const std::string out0 = read_text(log0), out1 = read_text(log1);
+  ASSERT_NE(r.output.find("status 143 143"), std::string::npos) << r.output << out0 << out1;
+  const int epochs = count_lines(read_text(run + "/metrics.jsonl"));
+  EXPECT_GE(epochs, 1);
+  EXPECT_LT(epochs, 6);
+  EXPECT_NE(out0.find(concat("stopped by SIGTERM: ", run, "/last.h5 holds epoch ", epochs)),
+            std::string::npos)
+      << out0;
+  EXPECT_NE(out1.find("SIGTERM received"), std::string::npos) << out1;
+  EXPECT_EQ(out0.find("SIGTERM received"), std::string::npos) << out0;
+  EXPECT_EQ(out0.find("rank 1"), std::string::npos) << out0;  // no lost-peer error
+  std::set<std::string> files;
+  for (const auto& e : std::filesystem::directory_iterator(run))
+    files.insert(e.path().filename().string());
+  EXPECT_EQ(files, (std::set<std::string>{"best.h5", "last.h5", "metrics.jsonl", "timing.jsonl"}));
+}
+
 TEST(Distributed, TrainLaunchesUnderTorchrun) {
   // Debian's python3-torch 1.13 ships torch.distributed.run (torchrun); 1.13 spells its flags
   // with underscores. Under Python 3.11 its default --redirects/--tee "0" parse to None and
@@ -333,9 +369,9 @@ TEST(Distributed, OutDirOnAFullDiskOrKilledLeavesNoCutJson) {
   EXPECT_EQ(complete("rank0.json"), "");
   const auto t0 = std::chrono::steady_clock::now();
   ASSERT_EQ(test::run_process(cmd).status, 0);
-  const int ms = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                      std::chrono::steady_clock::now() - t0)
-                                      .count());
+  const int ms = static_cast<int>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+          .count());
   std::mt19937 rng(17);
   for (int round = 0; round < 4; ++round) {
     const auto r = test::run_killed_after(cmd, std::uniform_int_distribution<int>(0, ms)(rng));

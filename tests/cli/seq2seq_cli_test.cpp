@@ -97,6 +97,29 @@ TEST(Seq2SeqCli, TrainEvaluateAndTranslate) {
   EXPECT_TRUE(std::filesystem::exists(dir / "png/000001.png"));
 }
 
+// SIGTERM ends training after the current batch: the model trained so far is saved (no
+// held-out evaluation), translate loads it, and the exit status is 128 + SIGTERM.
+TEST(Seq2SeqCli, SigtermSavesTheModelTrainedSoFar) {
+  test::TempDir dir;
+  test::SignalPlan plan;
+  plan.after = {"epoch 1/200"};
+  const auto r = test::run_signalled(
+      "exec " + exe() +
+          " seq2seq train --task copy --model gru-additive --count 300 --min-length 3"
+          " --max-length 6 --epochs 200 --hidden-dim 16 --embedding-dim 8 --valid-size 20 --out " +
+          (dir / "run") + " 2>&1",
+      plan);
+  ASSERT_TRUE(r.killed) << r.output;
+  EXPECT_EQ(r.signal, 0) << r.output;
+  EXPECT_EQ(r.status, 128 + SIGTERM) << r.output;
+  EXPECT_NE(r.output.find("stopped by SIGTERM after "), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("held-out"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("epoch 200/200"), std::string::npos) << r.output;
+  const auto t =
+      test::run_process(exe() + " seq2seq translate --model " + (dir / "run/model.h5") + " abc");
+  EXPECT_EQ(t.status, 0) << t.output;
+}
+
 TEST(Seq2SeqCli, TranslateReadsStdinAndReportsBadLinesByNumber) {
   test::TempDir dir;
   const auto model = train_tiny(dir, "transformer");

@@ -374,6 +374,56 @@ TEST(TrainingLoop, TimeBudgetStopsAfterTheFirstBatchAndHookRunsBeforeTheStep) {
   EXPECT_TRUE(torch::equal(model.w, torch::zeros({3}, torch::kFloat64)));
 }
 
+// A stop request (a signal) after the first batch of epoch 3 ends the run there: epoch 3 is not
+// completed (no evaluate, no end_epoch), and a request during the last batch of an epoch lets
+// that epoch complete and stops before the next one.
+TEST(TrainingLoop, StopRequestEndsTheRunWithoutKeepingThePartialEpoch) {
+  Regression task;
+  TrainingOptions o;
+  o.epochs = 5;
+  o.optimizer.kind = "sgd";
+  for (const int64_t stop_at_batch : {0, 1}) {
+    Tiny model;
+    auto hooks = task.hooks(model);
+    int64_t epoch_now = 0, batch_now = -1;
+    const auto train = hooks.train_batch;
+    hooks.train_batch = [&](int64_t e, int64_t b) {
+      epoch_now = e;
+      batch_now = b;
+      return train(e, b);
+    };
+    std::vector<int64_t> evaluated, ended;
+    hooks.evaluate = [&](const EpochSummary& s) {
+      evaluated.push_back(s.epoch);
+      return 0.5;
+    };
+    hooks.end_epoch = [&](const EpochSummary& s, double, bool) { ended.push_back(s.epoch); };
+    int polls = 0;
+    hooks.stop_requested = [&] {
+      ++polls;
+      return epoch_now == 3 && batch_now == stop_at_batch;
+    };
+    const auto r = TrainingLoop(model, o).run(hooks);
+    EXPECT_TRUE(r.interrupted);
+    EXPECT_FALSE(r.stopped_by_budget);
+    // Two batches per epoch: stopped after batch 0 of epoch 3, or after epoch 3 completed.
+    const std::vector<int64_t> done =
+        stop_at_batch == 0 ? std::vector<int64_t>{1, 2} : std::vector<int64_t>{1, 2, 3};
+    EXPECT_EQ(r.epochs_completed, static_cast<int64_t>(done.size()));
+    EXPECT_EQ(evaluated, done);
+    EXPECT_EQ(ended, done);
+    EXPECT_EQ(r.steps, stop_at_batch == 0 ? 5 : 6);
+    EXPECT_GT(polls, 0);
+  }
+  // Never asked: the run is not interrupted.
+  Tiny model;
+  auto hooks = task.hooks(model);
+  hooks.stop_requested = [] { return false; };
+  const auto r = TrainingLoop(model, o).run(hooks);
+  EXPECT_FALSE(r.interrupted);
+  EXPECT_EQ(r.epochs_completed, 5);
+}
+
 TEST(TrainingLoop, LinearDecayReachesZeroAtTheEnd) {
   Tiny model;
   Regression task;

@@ -3,17 +3,22 @@
 
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 
 #include "attnscope/error.h"
 #include "cli.h"
 #include "dataset_flags.h"
 #include "pipeline/vision/classify.h"
+#include "runtime/runtime.h"
 
 namespace attnscope::cli {
 namespace {
+
+namespace fs = std::filesystem;
 
 // torchrun (RANK/WORLD_SIZE) or Slurm (SLURM_PROCID/SLURM_NTASKS): "i/N", or "" when unset.
 std::string shard_from_environment() {
@@ -129,7 +134,25 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
                    static_cast<long long>(p.failed));
     }
   };
+  // SIGINT / SIGTERM: stop after the current batch, with every inferred batch written.
+  runtime::stop_on_signals();
+  o.stop_requested = [] { return runtime::stop_requested() != 0; };
   const auto s = pipeline::classify(dataset, o, progress);
+  if (s.interrupted) {
+    const char* sig = runtime::stop_requested() == SIGINT ? "SIGINT" : "SIGTERM";
+    const auto h5 = (fs::path(o.out_dir) / "results.h5").string();
+    if (s.replaced_nothing) {
+      std::cerr << "stopped by " << sig << ": nothing of this run was kept; " << h5
+                << " is the previous run's, as it was\n";
+    } else {
+      std::cerr << "stopped by " << sig << ": " << s.classified << " images classified, "
+                << s.failed << " failed, stored in " << h5
+                << "; finish with the same command and --resume\n";
+      for (const auto& path : s.written)
+        std::cout << "wrote " << path << "\n";
+    }
+    return runtime::stopped_exit_status();
+  }
   for (const auto& line : s.summary)
     std::cout << line << "\n";
   if (s.skipped > 0) std::cout << "resumed: " << s.skipped << " inputs already stored\n";

@@ -21,6 +21,7 @@
 #include "pipeline/text/seq2seq_checkpoint.h"
 #include "pipeline/text/seq2seq_train.h"
 #include "pipeline/text/seq2seq_translate.h"
+#include "runtime/runtime.h"
 
 namespace attnscope::cli {
 namespace {
@@ -385,7 +386,14 @@ int run_train(const std::vector<std::string>& args) {
   std::cerr << "training " << name << " on " << spec << ": " << encoded.sources.size()
             << " pairs, vocabularies " << source_vocab.size() << "/" << target_vocab.size() << ", "
             << bundle.model->parameters().size() << " tensors\n";
+  // SIGINT / SIGTERM end training after the current batch; the model as trained so far is
+  // saved (without the held-out evaluation) and the exit status is 128 + the signal.
+  runtime::stop_on_signals();
+  train.stop_requested = [] { return runtime::stop_requested() != 0; };
   const auto result = pipeline::train_seq2seq(*bundle.model, encoded, train);
+  if (result.interrupted)
+    std::cerr << "\nstopped by " << (runtime::stop_requested() == SIGINT ? "SIGINT" : "SIGTERM")
+              << " after " << result.steps << " steps; saving the model trained so far\n";
   if (result.stopped_by_budget && !quiet)
     std::cerr << "\nstopped by --time-budget after " << std::fixed << std::setprecision(1)
               << result.seconds << " s (" << result.steps << " steps)\n";
@@ -399,7 +407,9 @@ int run_train(const std::vector<std::string>& args) {
                                {"train_seconds", result.seconds},
                                {"train_cpu_seconds", result.cpu_seconds},
                                {"attnscope_version", kVersion}};
-  if (!valid.empty()) {
+  if (result.interrupted)
+    provenance["interrupted_by"] = runtime::stop_requested() == SIGINT ? "SIGINT" : "SIGTERM";
+  if (!valid.empty() && !result.interrupted) {
     const auto eval = pipeline::evaluate_seq2seq(
         bundle, valid, models::text::DecodeOptions().max_length(max_length));
     provenance["valid"] = {{"exact_match", eval.metrics.exact_match},
@@ -417,7 +427,7 @@ int run_train(const std::vector<std::string>& args) {
   std::cout << "wrote " << path << " (" << result.steps << " steps, " << std::fixed
             << std::setprecision(1) << result.seconds << " s, " << result.cpu_seconds
             << " s CPU)\n";
-  return 0;
+  return result.interrupted ? runtime::stopped_exit_status() : 0;
 }
 
 int run_evaluate(const std::vector<std::string>& args) {

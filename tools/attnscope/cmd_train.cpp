@@ -497,8 +497,25 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
                 << train_source->size() << " images, validating on " << val_source->size() << " ("
                 << runtime::threads() << " threads"
                 << (world > 1 ? concat(" per rank, ", world, " ranks") : std::string()) << ")\n";
+    // From here on SIGINT / SIGTERM stop the run after the current batch (the epoch's partial
+    // work is not kept: last.h5 stays the last complete epoch's, and --resume continues it).
+    runtime::stop_on_signals();
+    o.stop_requested = [] { return runtime::stop_requested(); };
     const auto result = pipeline::train_image_classifier(train_source, val_source, o);
     if (group) group->finish();
+    if (result.interrupted) {
+      // The signal may have reached another rank only: the status is the one the ranks agreed.
+      if (!main_rank) return 128 + result.stop_signal;
+      const char* sig = result.stop_signal == SIGINT ? "SIGINT" : "SIGTERM";
+      if (result.epochs_completed == 0 && !resume)
+        std::cerr << "stopped by " << sig << " before the first epoch ended; nothing was saved\n";
+      else
+        std::cerr << "stopped by " << sig << ": " << (fs::path(out) / "last.h5").string()
+                  << " holds epoch " << result.epochs_completed
+                  << " (the partial epoch is not kept); continue with: attnscope train --resume "
+                  << out << "\n";
+      return 128 + result.stop_signal;
+    }
     if (!main_rank) return 0;
     // A partial epoch is not kept (a resumed run must see whole epochs), so a budget that ends
     // inside the first epoch leaves nothing to save: say so instead of naming a best.h5.
