@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build ccache git pkg-config
-  libtorch-dev libopencv-dev libjpeg-dev zlib1g-dev libpng-dev libboost-program-options-dev libhdf5-dev hdf5-tools
+  libtorch-dev libopencv-dev libjpeg-dev zlib1g-dev libdeflate-dev libpng-dev libboost-program-options-dev libhdf5-dev hdf5-tools
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libgloo-dev
   libopenblas0-pthread
   python3-torch python3-torchvision python3-h5py python3-opencv python3-numpy python3-sklearn
