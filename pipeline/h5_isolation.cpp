@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -166,6 +167,10 @@ void read_in_child(const std::string& subject, const std::function<void()>& read
   }
   if (pid == 0) {
     ::close(fds[0]);
+    // Ctrl-C reaches the whole process group: the parent's handler (runtime::stop_on_signals)
+    // answers it; the child finishes its short check.
+    ::signal(SIGINT, SIG_IGN);
+    ::signal(SIGTERM, SIG_IGN);
     int code = 0;
     std::string message;
     try {

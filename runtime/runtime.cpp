@@ -4,6 +4,7 @@
 #include <link.h>
 #include <malloc.h>
 #include <sched.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -122,22 +123,42 @@ MallocPolicy keep_freed_memory_for_reuse() {
 namespace {
 
 std::atomic<int> g_stop_signal{0};
-static_assert(std::atomic<int>::is_always_lock_free, "the signal handler needs a lock-free flag");
+std::atomic<int64_t> g_first_stop_ns{0};  // CLOCK_MONOTONIC of the first signal, 0 before it
+static_assert(std::atomic<int>::is_always_lock_free && std::atomic<int64_t>::is_always_lock_free,
+              "the signal handler needs lock-free atomics");
 
-// Async-signal-safe: an atomic store, write(2), and errno restored. SA_RESETHAND has already
-// given the signal its default action back, so a second one ends the process.
+int64_t monotonic_ns() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+// Async-signal-safe: atomics, clock_gettime, write, sigaction and raise; errno restored.
 void on_stop_signal(int sig) {
   const int saved = errno;
-  int expected = 0;
-  g_stop_signal.compare_exchange_strong(expected, sig);
-  const char* text =
-      sig == SIGINT
-          ? "\nattnscope: interrupted (SIGINT): stopping after the current batch; press Ctrl-C "
-            "again to stop at once\n"
-          : "\nattnscope: SIGTERM received: stopping after the current batch; a second SIGTERM "
-            "stops at once\n";
-  const ssize_t written = ::write(STDERR_FILENO, text, std::strlen(text));
-  (void)written;
+  const int64_t now = std::max<int64_t>(monotonic_ns(), 1);
+  int64_t first = 0;
+  if (g_first_stop_ns.compare_exchange_strong(first, now)) {
+    g_stop_signal.store(sig);
+    const char* text = sig == SIGINT
+                           ? "\nattnscope: interrupted (SIGINT): stopping after the current batch; "
+                             "Ctrl-C again stops at once\n"
+                           : "\nattnscope: SIGTERM received: stopping after the current batch; "
+                             "another signal stops at once\n";
+    const ssize_t written = ::write(STDERR_FILENO, text, std::strlen(text));
+    (void)written;
+  } else if (now - first >= kStopSignalRepeatWindowNs) {
+    // A second request: both signals get their default action back, and this one, blocked
+    // while its handler runs, ends the process as soon as the handler returns.
+    struct sigaction fallback {};
+    fallback.sa_handler = SIG_DFL;
+    sigemptyset(&fallback.sa_mask);
+    ::sigaction(SIGINT, &fallback, nullptr);
+    ::sigaction(SIGTERM, &fallback, nullptr);
+    ::raise(sig);
+  }
+  // Otherwise a copy of the first request (Slurm's and srun's, or torchrun's agent's and the
+  // process group's, arrive together): ignored.
   errno = saved;
 }
 
@@ -149,7 +170,7 @@ void stop_on_signals() {
   sigemptyset(&action.sa_mask);
   // SA_RESTART: a thread inside read/write when the signal lands carries on (HDF5, the loader
   // and LibTorch do not expect EINTR).
-  action.sa_flags = SA_RESTART | SA_RESETHAND;
+  action.sa_flags = SA_RESTART;
   for (const int sig : {SIGINT, SIGTERM}) {
     struct sigaction old {};
     // A signal the parent ignores (nohup, `trap '' INT`) stays ignored, as the shell would.

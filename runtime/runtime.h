@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <thread>
@@ -121,10 +122,14 @@ bool malloc_maps_blocks_of(std::size_t bytes);
 /// Stopping at a safe point on SIGINT and SIGTERM (Ctrl-C; Slurm, torchrun and `kill` send
 /// SIGTERM and wait a grace period before SIGKILL). stop_on_signals() installs handlers for
 /// both: the first signal sets a flag that long commands (train, classify, seq2seq train)
-/// poll between batches, prints one line saying so, and gives that signal its default action
-/// back, so a second one ends the process at once. The commands then write nothing partial,
-/// close what they wrote, say how to resume, and exit with 128 + the signal (130, 143).
+/// poll between batches, and prints one line saying so. The commands then write nothing
+/// partial, close what they wrote, say how to resume, and exit with 128 + the signal (130,
+/// 143). Another signal kStopSignalRepeatWindowNs or more after the first ends the process at
+/// once (the default action); one sooner is taken for a copy of the first (Slurm's and srun's,
+/// or torchrun's agent's and the process group's) and ignored. A signal that was ignored when
+/// the program started (nohup, `trap '' INT`) stays ignored.
 void stop_on_signals();
+constexpr int64_t kStopSignalRepeatWindowNs = 1000000000;  // 1 s
 /// 0, or the signal (SIGINT or SIGTERM) that asked the running command to stop.
 int stop_requested();
 /// 128 + stop_requested(): the exit status of a command stopped by a signal, as a shell

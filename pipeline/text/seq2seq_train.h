@@ -57,7 +57,7 @@ struct Seq2SeqTrainOptions {
   /// Called after every progress_every batches and at the end of each epoch.
   std::function<void(const Seq2SeqProgress&)> on_progress;
   int64_t progress_every = 10;
-  /// Polled after every batch (TrainingHooks::stop_requested): true stops training there and
+  /// Polled between batches (TrainingHooks::stop_requested): true stops training there and
   /// returns the model as it is, like a time budget.
   std::function<bool()> stop_requested;
 };

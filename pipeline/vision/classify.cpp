@@ -450,6 +450,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
       loader.start_epoch(0);
       while (auto batch = loader.next()) {
         WriteJob job;
+        bool cut_short = false;  // a stop request came between the images of --faithfulness
         for (const auto& f : batch->errors) {
           ResultError e;
           e.id = f.image_id;
@@ -549,7 +550,11 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
             ro.substrate = ((torch::zeros({3}) - mean) / stdv);
             const bool masks = batch->masks.defined();
             const auto gauss = gaussian_prior(H, W);
-            for (int64_t b = 0; b < B && !stopping(); ++b) {
+            for (int64_t b = 0; b < B; ++b) {
+              if (stopping()) {
+                cut_short = true;
+                break;
+              }
               const int64_t target = pred[b].item<int64_t>();
               const ScoreFn score = [&](const torch::Tensor& x) {
                 torch::NoGradGuard ng;
@@ -592,7 +597,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
           }
         }
         // A faithfulness batch cut short by a stop request is dropped whole: --resume redoes it.
-        if (stopping()) {
+        if (cut_short) {
           summary.interrupted = true;
           break;
         }
@@ -602,7 +607,8 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
         prog.seconds =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
         if (progress) progress(prog);
-        if (stopping()) {
+        // A request during the last batch: the run is complete, and ends as one.
+        if (prog.done < prog.total && stopping()) {
           summary.interrupted = true;
           break;
         }

@@ -154,9 +154,9 @@ void write_tensor_rows(hid_t file, const Column& col, int64_t at, const at::Tens
 // does not compress every batch twice (perf: zlib was 13 % of a classify run's CPU). The chunks
 // are zlib streams, which is what HDF5's deflate filter (H5Z_FILTER_DEFLATE) stores and
 // inflates; they are made by libdeflate at level kDeflateLevel, which on 224 px dermoscopy
-// inputs takes half of zlib's level-1 time (1.08 vs 2.19 ms per image, docs/performance.md)
-// for chunks 4 % larger. Like HDF5's optional deflate filter, a row that does not shrink is
-// stored raw with the filter skipped (filter mask bit 0).
+// inputs takes half of zlib's level-1 time (1.05 vs 2.05 ms per image, bench_deflate,
+// docs/performance.md) for chunks 3-5 % larger. Like HDF5's optional deflate filter, a row that
+// does not shrink is stored raw with the filter skipped (filter mask bit 0).
 struct Chunk {
   std::string bytes;
   uint32_t filter_mask = 0;

@@ -113,7 +113,8 @@ struct ImageTrainOptions {
   /// scores gathered, and only rank 0 writes the run folder. --resume reads RUN/last.h5 on
   /// every rank.
   DistributedGroup* group = nullptr;
-  /// Polled after every batch and before every epoch (TrainingHooks::stop_requested): 0, or
+  /// Polled after every batch but an epoch's last, and before every epoch
+  /// (TrainingHooks::stop_requested): 0, or
   /// the signal (SIGINT, SIGTERM) that asks the run to stop; a partial epoch is then not kept,
   /// RUN/last.h5 stays the last complete epoch's. Data-parallel, the ranks agree: a signal on
   /// any rank stops all at the same batch.

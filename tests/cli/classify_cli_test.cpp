@@ -263,7 +263,7 @@ TEST(CliClassify, SigtermStopsAfterTheBatchKeepsWhatWasInferredAndResumes) {
     plan.signal = sig;
     plan.after = {"4/120 images"};
     const auto r = test::run_signalled("exec " + base + " --out " + q(out), plan);
-    ASSERT_TRUE(r.killed) << r.output;
+    ASSERT_EQ(r.signals_sent, 1) << r.output;
     EXPECT_EQ(r.signal, 0) << r.output;
     EXPECT_EQ(r.status, 128 + sig) << r.output;
     const auto stored = pipeline::read_results(out + "/results.h5");
@@ -296,7 +296,7 @@ TEST(CliClassify, SigtermStopsAfterTheBatchKeepsWhatWasInferredAndResumes) {
   plan.after = {"4/120 images"};
   const auto r =
       test::run_signalled("exec " + base + " --overwrite --out " + q(dir / "full"), plan);
-  ASSERT_TRUE(r.killed) << r.output;
+  ASSERT_EQ(r.signals_sent, 1) << r.output;
   EXPECT_EQ(r.status, 128 + SIGTERM) << r.output;
   EXPECT_NE(r.output.find("nothing of this run was kept"), std::string::npos) << r.output;
   EXPECT_EQ(read_bytes(dir / "full/results.h5"), before);

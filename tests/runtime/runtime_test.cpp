@@ -1,3 +1,12 @@
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <functional>
+#include <thread>
+
 #include <ATen/Version.h>
 #include <torch/torch.h>
 
@@ -37,6 +46,53 @@ TEST(Runtime, BlasIsOpenBlasOrTheMklLibTorchWasBuiltWith) {
 
 TEST(Runtime, TorchVersionMatchesHeader) {
   EXPECT_EQ(torch_version().rfind(std::to_string(TORCH_VERSION_MAJOR) + ".", 0), 0u);
+}
+
+// stop_on_signals, in a forked child (the handlers are process-wide): the first SIGTERM sets
+// the flag and the process goes on; a copy within the repeat window is ignored; a signal after
+// the window (here SIGINT) ends the process by that signal; a signal ignored before the call
+// stays ignored. The child reports how far it got through its exit code.
+int child_status(const std::function<int()>& body) {
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  if (pid == 0) _exit(body());
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return status;
+}
+
+TEST(StopSignals, FirstSetsTheFlagACopyIsIgnoredALaterOneEndsTheProcess) {
+  const int status = child_status([] {
+    signal(SIGINT, SIG_DFL);  // whatever the test runner inherited
+    signal(SIGTERM, SIG_DFL);
+    runtime::stop_on_signals();
+    if (runtime::stop_requested() != 0) return 10;
+    raise(SIGTERM);
+    if (runtime::stop_requested() != SIGTERM) return 11;
+    raise(SIGTERM);  // a copy: ignored
+    if (runtime::stop_requested() != SIGTERM) return 12;
+    if (runtime::stopped_exit_status() != 143) return 13;
+    std::this_thread::sleep_for(
+        std::chrono::nanoseconds(runtime::kStopSignalRepeatWindowNs + 100000000));
+    raise(SIGINT);  // a second request: default action
+    return 14;      // not reached
+  });
+  ASSERT_TRUE(WIFSIGNALED(status)) << "exit code " << WEXITSTATUS(status);
+  EXPECT_EQ(WTERMSIG(status), SIGINT);
+}
+
+TEST(StopSignals, ASignalIgnoredBeforehandStaysIgnored) {
+  const int status = child_status([] {
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_DFL);
+    runtime::stop_on_signals();
+    raise(SIGINT);
+    if (runtime::stop_requested() != 0) return 20;
+    raise(SIGTERM);
+    return runtime::stop_requested() == SIGTERM ? 0 : 21;
+  });
+  ASSERT_TRUE(WIFEXITED(status)) << "signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
 TEST(GpuRuntime, CudaDeviceCountPositiveWhenAvailable) {
