@@ -55,6 +55,33 @@ void BM_DecodeJpegOpenCvOnly(benchmark::State& state) {
 }
 BENCHMARK(BM_DecodeJpegOpenCvOnly)->Unit(benchmark::kMillisecond);
 
+// A full-size ISIC 2019/2020 photograph is up to 6000 × 4000. Decoding it and resizing to the
+// model's 224 px, against libjpeg's DCT-domain reduction (1/2, 1/4, 1/8; OpenCV's
+// IMREAD_REDUCED_COLOR_*, the same scaled IDCT attnscope's decoder could request) followed by
+// the same resize: the cost per image that decides classify's speed on such photographs.
+// Arg: the reduction (1 = full size). The JPEG is the synthetic image above upscaled.
+void BM_DecodeAndResize6000x4000(benchmark::State& state) {
+  static const std::vector<uint8_t> jpeg = [] {
+    cv::Mat big;
+    cv::resize(image(), big, {6000, 4000}, 0, 0, cv::INTER_CUBIC);
+    std::vector<uint8_t> out;
+    cv::imencode(".jpg", big, out, {cv::IMWRITE_JPEG_QUALITY, 90});
+    return out;
+  }();
+  const int reduce = static_cast<int>(state.range(0));
+  const int flag = reduce == 2   ? cv::IMREAD_REDUCED_COLOR_2
+                   : reduce == 4 ? cv::IMREAD_REDUCED_COLOR_4
+                   : reduce == 8 ? cv::IMREAD_REDUCED_COLOR_8
+                                 : cv::IMREAD_COLOR;
+  for (auto _ : state) {
+    const cv::Mat decoded = cv::imdecode(jpeg, flag);
+    cv::Mat small;
+    cv::resize(decoded, small, {299, 224}, 0, 0, cv::INTER_AREA);
+    benchmark::DoNotOptimize(small.data);
+  }
+}
+BENCHMARK(BM_DecodeAndResize6000x4000)->Arg(1)->Arg(2)->Arg(4)->Arg(8)->Unit(benchmark::kMillisecond);
+
 void BM_CenterCrop(benchmark::State& state) {
   for (auto _ : state)
     benchmark::DoNotOptimize(pp::center_crop(image(), {0.8}));
