@@ -80,7 +80,12 @@ void BM_DecodeAndResize6000x4000(benchmark::State& state) {
     benchmark::DoNotOptimize(small.data);
   }
 }
-BENCHMARK(BM_DecodeAndResize6000x4000)->Arg(1)->Arg(2)->Arg(4)->Arg(8)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_DecodeAndResize6000x4000)
+    ->Arg(1)
+    ->Arg(2)
+    ->Arg(4)
+    ->Arg(8)
+    ->Unit(benchmark::kMillisecond);
 
 void BM_CenterCrop(benchmark::State& state) {
   for (auto _ : state)
