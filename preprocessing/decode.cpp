@@ -212,8 +212,8 @@ void jpeg_message(j_common_ptr info, int level) {
 // entropy-decoded here (coefficients, no IDCT) to collect the warnings.
 // Returns 1 when decoded, 0 for a clean stream left to OpenCV, -1 for a corrupt stream
 // (libjpeg's first warning or error in `message`).
-int jpeg_decode_rgb(const std::vector<uint8_t>& bytes, const ImageInfo& probed, cv::Mat* out,
-                    char* message) {
+int jpeg_decode_rgb(const std::vector<uint8_t>& bytes, const ImageInfo& probed, int reduce_to,
+                    cv::Mat* out, char* message) {
   jpeg_decompress_struct info;
   JpegErrors errors;
   info.err = jpeg_std_error(&errors.manager);
@@ -239,12 +239,26 @@ int jpeg_decode_rgb(const std::vector<uint8_t>& bytes, const ImageInfo& probed, 
     return errors.warnings == 0 ? 0 : -1;
   }
   info.out_color_space = JCS_RGB;
+  // DCT-domain reduction: the largest of 8, 4, 2 that keeps the short side >= reduce_to.
+  int denom = 1;
+  const int short_side = std::min(probed.width, probed.height);
+  if (reduce_to > 0)
+    for (const int d : {8, 4, 2})
+      if ((short_side + d - 1) / d >= reduce_to) {
+        denom = d;
+        break;
+      }
+  info.scale_num = 1;
+  info.scale_denom = static_cast<unsigned int>(denom);
   jpeg_start_decompress(&info);
-  // The size guard read the frame header itself (probe_jpeg): libjpeg must agree with it.
-  if (info.output_width != static_cast<JDIMENSION>(probed.width) ||
-      info.output_height != static_cast<JDIMENSION>(probed.height)) {
+  // The size guard read the frame header itself (probe_jpeg): libjpeg must agree with it
+  // (libjpeg rounds a reduced size up).
+  const int expect_w = (probed.width + denom - 1) / denom;
+  const int expect_h = (probed.height + denom - 1) / denom;
+  if (info.output_width != static_cast<JDIMENSION>(expect_w) ||
+      info.output_height != static_cast<JDIMENSION>(expect_h)) {
     std::snprintf(message, JMSG_LENGTH_MAX, "frame size %ux%u, not the %dx%d of the header",
-                  info.output_width, info.output_height, probed.width, probed.height);
+                  info.output_width, info.output_height, expect_w, expect_h);
     jpeg_destroy_decompress(&info);
     return -1;
   }
@@ -453,7 +467,7 @@ cv::Mat decode_image_bytes(const std::vector<uint8_t>& bytes, const std::string&
     check(jpeg_has_end(bytes), name, "truncated or corrupt JPEG: no end-of-image marker");
     char message[JMSG_LENGTH_MAX];
     cv::Mat rgb;
-    const int decoded = jpeg_decode_rgb(bytes, info, &rgb, message);
+    const int decoded = jpeg_decode_rgb(bytes, info, options.reduce_to, &rgb, message);
     check(decoded >= 0, name, "corrupt JPEG stream: ", message);
     if (decoded == 1)
       return options.apply_orientation && info.orientation != 1

@@ -295,8 +295,11 @@ Pipeline Pipeline::from_json(const json& config) {
   Params d(decode, "decode");
   d.get("max_pixels", pipeline.decode_.max_pixels);
   d.get("apply_orientation", pipeline.decode_.apply_orientation);
+  d.get("reduce_to", pipeline.decode_.reduce_to);
   d.done();
   check(pipeline.decode_.max_pixels > 0, kSubject, "decode.max_pixels must be > 0");
+  check(pipeline.decode_.reduce_to >= 0 && pipeline.decode_.reduce_to <= 65535, kSubject,
+        "decode.reduce_to must be in [0, 65535] (0 = full size)");
 
   if (has_steps) {
     check(steps.is_array(), kSubject, "steps must be a JSON array");
@@ -342,8 +345,12 @@ json Pipeline::to_json() const {
   json steps = json::array();
   for (const auto& s : steps_)
     steps.push_back(s->to_json());
-  return {{"decode",
-           {{"max_pixels", decode_.max_pixels}, {"apply_orientation", decode_.apply_orientation}}},
+  json decode = {{"max_pixels", decode_.max_pixels},
+                 {"apply_orientation", decode_.apply_orientation}};
+  // Written only when set, so that configs (and the checkpoints and results files that store
+  // them) from before the option read and compare as they did.
+  if (decode_.reduce_to > 0) decode["reduce_to"] = decode_.reduce_to;
+  return {{"decode", decode},
           {"steps", steps},
           {"augment", augment_to_json(augment_)},
           {"normalize", {{"mean", norm_.mean}, {"std", norm_.std}}}};

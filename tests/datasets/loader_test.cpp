@@ -8,6 +8,8 @@
 #include <set>
 #include <thread>
 
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
 #include <torch/torch.h>
 
 #include "attnscope/error.h"
@@ -255,6 +257,37 @@ TEST(Loader, BalancedOrderDrawsBothClasses) {
   for (auto i : loader.epoch_order(0))
     malignant += source->sample(i).label == 1;
   EXPECT_NEAR(malignant, 1000, 120);  // sd ≈ 22
+}
+
+// With DecodeOptions::reduce_to a 400 x 300 JPEG is decoded at 1/2 (150 >= 100 > 75) and
+// its full-size PNG mask is reduced with it, staying on the lesion.
+TEST(Loader, AMaskFollowsItsImageDecodedReduced) {
+  test::TempDir dir;
+  cv::Mat image(300, 400, CV_8UC3, cv::Scalar(200, 180, 160));
+  cv::Mat mask(300, 400, CV_8UC1, cv::Scalar(0));
+  cv::rectangle(mask, cv::Rect(100, 60, 160, 120), cv::Scalar(255), cv::FILLED);
+  image.setTo(cv::Scalar(60, 40, 30), mask);
+  ASSERT_TRUE(cv::imwrite(dir / "a.jpg", image));
+  ASSERT_TRUE(cv::imwrite(dir / "a_mask.png", mask));
+  Dataset ds;
+  ds.class_names = {"benign", "malignant"};
+  Sample s;
+  s.image_id = "a";
+  s.path = dir / "a.jpg";
+  s.label = 0;
+  s.mask_path = dir / "a_mask.png";
+  ds.samples.push_back(s);
+  preprocessing::DecodeOptions reduce;
+  reduce.reduce_to = 100;
+  const auto out = ImageFileSource(ds, reduce).load(0);
+  ASSERT_EQ(out.image.size(), cv::Size(200, 150));
+  ASSERT_EQ(out.mask.size(), cv::Size(200, 150));
+  EXPECT_EQ(out.mask.at<uint8_t>(60, 90), 255);  // inside (rows 30-89, cols 50-129)
+  EXPECT_EQ(out.mask.at<uint8_t>(20, 90), 0);    // above
+  EXPECT_EQ(out.mask.at<uint8_t>(60, 150), 0);   // right of it
+  EXPECT_EQ(cv::countNonZero(out.mask), 80 * 60);
+  // Full size without the option.
+  EXPECT_EQ(ImageFileSource(ds).load(0).mask.size(), cv::Size(400, 300));
 }
 
 TEST(Loader, ImagesOfDifferentSizesAreAnErrorWithoutAResize) {

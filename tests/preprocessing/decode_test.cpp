@@ -370,6 +370,66 @@ TEST(Decode, JpegPixelsAreExactlyOpenCvsForEveryKindOfJpeg) {
   EXPECT_EQ(decode_image(dir / "exif6.jpg").cols, 77);
 }
 
+// reduce_to: JPEGs decoded at 1/2, 1/4 or 1/8 are pixel for pixel OpenCV's reduced reads
+// (IMREAD_REDUCED_COLOR_*: the same libjpeg scaled IDCT), the reduction is the largest that
+// keeps the short side >= reduce_to (one more pixel asked for picks the next smaller one),
+// EXIF orientation is applied after it, and other formats stay at full size.
+TEST(Decode, ReducedJpegsAreOpenCvsReducedReadsAtTheLargestReductionAllowed) {
+  test::TempDir dir;
+  cv::Mat photo(203, 301, CV_8UC3);
+  cv::randu(photo, cv::Scalar::all(0), cv::Scalar::all(255));
+  cv::GaussianBlur(photo, photo, {7, 7}, 2.0);
+  cv::Mat grey;
+  cv::cvtColor(photo, grey, cv::COLOR_BGR2GRAY);
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> files{
+      {"baseline", encode(".jpg", photo, {cv::IMWRITE_JPEG_QUALITY, 90})},
+      {"progressive", encode(".jpg", photo, {cv::IMWRITE_JPEG_PROGRESSIVE, 1})},
+      {"grey", encode(".jpg", grey)},
+      {"odd", encode(".jpg", photo(cv::Rect(0, 0, 123, 77)).clone())},
+  };
+  files.emplace_back("exif6", with_exif_orientation(files[0].second, 6, true));
+  std::vector<std::string> paths;
+  for (const auto& [name, bytes] : files) {
+    paths.push_back(dir / (name + ".jpg"));
+    write_bytes(paths.back(), bytes);
+  }
+  int real = 0;
+  if (!test::data_dir().empty())
+    for (const auto& entry :
+         std::filesystem::directory_iterator(test::data_dir() / "isic-uda1" / "images"))
+      if (entry.path().extension() == ".jpg" && real++ % 50 == 0)
+        paths.push_back(entry.path().string());
+  const std::map<int, int> flags{{2, cv::IMREAD_REDUCED_COLOR_2},
+                                 {4, cv::IMREAD_REDUCED_COLOR_4},
+                                 {8, cv::IMREAD_REDUCED_COLOR_8}};
+  for (const auto& path : paths) {
+    const cv::Mat full = decode_image(path);
+    const int short_side = std::min(full.rows, full.cols);
+    for (const auto& [d, flag] : flags) {
+      DecodeOptions o;
+      o.reduce_to = (short_side + d - 1) / d;  // exactly what 1/d keeps
+      const auto rgb = decode_image(path, o);
+      cv::Mat ref = cv::imread(path, flag);  // BGR, EXIF orientation applied
+      ASSERT_FALSE(ref.empty()) << path;
+      cv::cvtColor(ref, ref, cv::COLOR_BGR2RGB);
+      ASSERT_EQ(ref.size(), rgb.size()) << path << " 1/" << d;
+      EXPECT_EQ(rgb.cols, (full.cols + d - 1) / d) << path << " 1/" << d;
+      EXPECT_EQ(cv::norm(ref, rgb, cv::NORM_INF), 0.0) << path << " 1/" << d;
+      // One pixel more than 1/d keeps: a smaller reduction (or none).
+      o.reduce_to += 1;
+      EXPECT_GT(decode_image(path, o).cols, rgb.cols) << path << " 1/" << d;
+    }
+    DecodeOptions none;
+    none.reduce_to = short_side + 1;  // more than the image has: full size
+    EXPECT_EQ(decode_image(path, none).size(), full.size()) << path;
+  }
+  // A PNG is never reduced.
+  ASSERT_TRUE(cv::imwrite(dir / "p.png", photo));
+  DecodeOptions o;
+  o.reduce_to = 10;
+  EXPECT_EQ(decode_image(dir / "p.png", o).size(), photo.size());
+}
+
 TEST(Decode, RefusesImagesAboveThePixelLimitFromTheHeader) {
   test::TempDir dir;
   // A PNG signature and IHDR claiming 20000 × 20000, and nothing else: refused before decoding.

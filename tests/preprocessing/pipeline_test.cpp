@@ -66,6 +66,20 @@ TEST(Pipeline, DefaultIsResize224WithImageNetNormalisation) {
   EXPECT_TRUE(Pipeline::from_json({{"steps", json::array()}}).steps().empty());
 }
 
+// decode.reduce_to: read, kept in the JSON when set, absent when not (configs stored in older
+// checkpoints and results files compare as before), range-checked.
+TEST(Pipeline, DecodeReduceToIsReadKeptAndChecked) {
+  const auto p = Pipeline::from_json({{"decode", {{"reduce_to", 224}}}});
+  EXPECT_EQ(p.decode_options().reduce_to, 224);
+  EXPECT_EQ(p.to_json()["decode"]["reduce_to"], 224);
+  EXPECT_EQ(Pipeline::from_json(p.to_json()).to_json(), p.to_json());
+  EXPECT_EQ(Pipeline().decode_options().reduce_to, 0);
+  EXPECT_FALSE(Pipeline().to_json()["decode"].contains("reduce_to"));
+  EXPECT_NE(error_of({{"decode", {{"reduce_to", -1}}}}).find("reduce_to"), std::string::npos);
+  EXPECT_NE(error_of({{"decode", {{"reduce_to", "big"}}}}).find("reduce_to"), std::string::npos);
+  EXPECT_NE(error_of({{"decode", {{"reduce_to", 1e9}}}}).find("reduce_to"), std::string::npos);
+}
+
 TEST(Pipeline, StrictParsingNamesTheProblem) {
   EXPECT_NE(error_of({{"stepz", json::array()}}).find("stepz"), std::string::npos);
   EXPECT_NE(error_of({{"steps", {{{"op", "sharpen"}}}}}).find("unknown step 'sharpen'"),
