@@ -132,6 +132,10 @@ void stop_on_signals();
 constexpr int64_t kStopSignalRepeatWindowNs = 1000000000;  // 1 s
 /// 0, or the signal (SIGINT or SIGTERM) that asked the running command to stop.
 int stop_requested();
+/// "SIGINT" or "SIGTERM": how the messages name a stop signal.
+inline const char* stop_signal_name(int sig) {
+  return sig == SIGINT ? "SIGINT" : "SIGTERM";
+}
 /// 128 + stop_requested(): the exit status of a command stopped by a signal, as a shell
 /// reports a process that signal ended.
 inline int stopped_exit_status() {

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <functional>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -179,6 +180,14 @@ inline ProcessResult run_killed_after(const std::string& command, int ms, int si
 /// how many were sent before it ended; result.status / result.signal: how it ended.
 inline ProcessResult run_signalled(const std::string& command, const SignalPlan& plan) {
   return run_fault(command, 0, -1, SIGKILL, &plan);
+}
+
+/// The names of the entries of a folder (not recursive): what a run left in it.
+inline std::set<std::string> file_names(const std::string& dir) {
+  std::set<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    names.insert(e.path().filename().string());
+  return names;
 }
 
 /// Runs fn and returns the what() of the attnscope::Error it throws ("" when it throws none).

@@ -237,13 +237,6 @@ std::string read_bytes(const std::string& path) {
   return s.str();
 }
 
-std::set<std::string> files_in(const std::string& dir) {
-  std::set<std::string> names;
-  for (const auto& e : fs::directory_iterator(dir))
-    names.insert(e.path().filename().string());
-  return names;
-}
-
 // SIGTERM (Slurm, torchrun, kill) and SIGINT stop classify after the current batch: every
 // batch inferred is in results.h5 (C++ and h5py read it; finished_at empty), predictions.csv
 // agrees, no replica is left, the exit status is 128 + the signal, and --resume ends with what
@@ -283,7 +276,7 @@ TEST(CliClassify, SigtermStopsAfterTheBatchKeepsWhatWasInferredAndResumes) {
                                       q(out + "/results.h5"));
     EXPECT_EQ(py.output, concat("rows ", rows, "\n"));
     EXPECT_EQ(static_cast<int64_t>(read_csv(out + "/predictions.csv").size()), rows + 1);
-    EXPECT_EQ(files_in(out),
+    EXPECT_EQ(test::file_names(out),
               (std::set<std::string>{"errors.csv", "predictions.csv", "results.h5"}));
     const auto done = test::run_process(base + " --resume --out " + q(out));
     ASSERT_EQ(done.status, 0) << done.output;
@@ -300,7 +293,7 @@ TEST(CliClassify, SigtermStopsAfterTheBatchKeepsWhatWasInferredAndResumes) {
   EXPECT_EQ(r.status, 128 + SIGTERM) << r.output;
   EXPECT_NE(r.output.find("nothing of this run was kept"), std::string::npos) << r.output;
   EXPECT_EQ(read_bytes(dir / "full/results.h5"), before);
-  EXPECT_EQ(files_in(dir / "full"),
+  EXPECT_EQ(test::file_names(dir / "full"),
             (std::set<std::string>{"errors.csv", "predictions.csv", "results.h5"}));
 }
 

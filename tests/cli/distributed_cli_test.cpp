@@ -298,10 +298,8 @@ TEST(Distributed, SigtermToOneRankStopsBothAtTheSameBatch) {
   EXPECT_NE(out1.find("SIGTERM received"), std::string::npos) << out1;
   EXPECT_EQ(out0.find("SIGTERM received"), std::string::npos) << out0;
   EXPECT_EQ(out0.find("rank 1"), std::string::npos) << out0;  // no lost-peer error
-  std::set<std::string> files;
-  for (const auto& e : std::filesystem::directory_iterator(run))
-    files.insert(e.path().filename().string());
-  EXPECT_EQ(files, (std::set<std::string>{"best.h5", "last.h5", "metrics.jsonl", "timing.jsonl"}));
+  EXPECT_EQ(test::file_names(run),
+            (std::set<std::string>{"best.h5", "last.h5", "metrics.jsonl", "timing.jsonl"}));
 }
 
 TEST(Distributed, TrainLaunchesUnderTorchrun) {

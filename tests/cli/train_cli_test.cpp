@@ -230,10 +230,7 @@ TEST(TrainCli, SigtermAndSigintStopAfterTheBatchAndResumeEqualsAnUninterruptedRu
                                    run, "\n")),
               std::string::npos)
         << r.output;
-    std::set<std::string> files;
-    for (const auto& e : fs::directory_iterator(run))
-      files.insert(e.path().filename().string());
-    EXPECT_EQ(files,
+    EXPECT_EQ(test::file_names(run),
               (std::set<std::string>{"best.h5", "last.h5", "metrics.jsonl", "timing.jsonl"}));
     const auto resumed = test::run_process(exe() + " --threads 1 train --resume " + run + " 2>&1");
     ASSERT_EQ(resumed.status, 0) << resumed.output;

@@ -324,9 +324,12 @@ TEST(Decode, CmykJpegBecomesRgb) {
 // JPEGs are decoded by libjpeg directly (one pass, RGB); the oracle is OpenCV's own reader,
 // which must give the very same pixels: baseline 4:2:0 and 4:4:4, progressive, restart
 // markers, grey, odd sizes, an EXIF orientation, and real dermoscopy photos when present.
-TEST(Decode, JpegPixelsAreExactlyOpenCvsForEveryKindOfJpeg) {
-  test::TempDir dir;
-  cv::Mat photo(77, 123, CV_8UC3);
+// JPEGs of every kind attnscope's libjpeg pass decodes, from a blurred random photo of
+// rows × cols: baseline (first), progressive, restart markers, grey, an odd size (the `odd`
+// part of the photo) and EXIF orientation 6; written into dir, paths returned.
+std::vector<std::string> write_jpeg_kinds(const test::TempDir& dir, int rows, int cols,
+                                          cv::Rect odd) {
+  cv::Mat photo(rows, cols, CV_8UC3);
   cv::randu(photo, cv::Scalar::all(0), cv::Scalar::all(255));
   cv::GaussianBlur(photo, photo, {7, 7}, 2.0);
   cv::Mat grey;
@@ -336,7 +339,7 @@ TEST(Decode, JpegPixelsAreExactlyOpenCvsForEveryKindOfJpeg) {
       {"progressive", encode(".jpg", photo, {cv::IMWRITE_JPEG_PROGRESSIVE, 1})},
       {"restarts", encode(".jpg", photo, {cv::IMWRITE_JPEG_RST_INTERVAL, 3})},
       {"grey", encode(".jpg", grey)},
-      {"odd", encode(".jpg", photo(cv::Rect(0, 0, 33, 17)).clone())},
+      {"odd", encode(".jpg", photo(odd).clone())},
   };
   files.emplace_back("exif6", with_exif_orientation(files[0].second, 6, true));
   std::vector<std::string> paths;
@@ -344,6 +347,24 @@ TEST(Decode, JpegPixelsAreExactlyOpenCvsForEveryKindOfJpeg) {
     paths.push_back(dir / (name + ".jpg"));
     write_bytes(paths.back(), bytes);
   }
+  return paths;
+}
+
+// Every `every`-th real dermoscopy JPEG of ../shared/data/isic-uda1, when present.
+std::vector<std::string> real_jpegs(int every) {
+  std::vector<std::string> paths;
+  int real = 0;
+  if (!test::data_dir().empty())
+    for (const auto& entry :
+         std::filesystem::directory_iterator(test::data_dir() / "isic-uda1" / "images"))
+      if (entry.path().extension() == ".jpg" && real++ % every == 0)
+        paths.push_back(entry.path().string());
+  return paths;
+}
+
+TEST(Decode, JpegPixelsAreExactlyOpenCvsForEveryKindOfJpeg) {
+  test::TempDir dir;
+  auto paths = write_jpeg_kinds(dir, 77, 123, cv::Rect(0, 0, 33, 17));
   // Chroma 4:4:4 and 4:2:2 (OpenCV 4.6 writes 4:2:0 only): PIL, from python3-torchvision.
   const auto pil = test::run_process(
       test::python() + " -c \"from PIL import Image; im = Image.open('" + paths[0] +
@@ -352,12 +373,8 @@ TEST(Decode, JpegPixelsAreExactlyOpenCvsForEveryKindOfJpeg) {
   ASSERT_EQ(pil.status, 0) << pil.output;
   paths.push_back(dir / "444.jpg");
   paths.push_back(dir / "422.jpg");
-  int real = 0;
-  if (!test::data_dir().empty())
-    for (const auto& entry :
-         std::filesystem::directory_iterator(test::data_dir() / "isic-uda1" / "images"))
-      if (entry.path().extension() == ".jpg" && real++ % 25 == 0)
-        paths.push_back(entry.path().string());
+  for (const auto& path : real_jpegs(25))
+    paths.push_back(path);
   for (const auto& path : paths) {
     const auto rgb = decode_image(path);
     cv::Mat ref = cv::imread(path, cv::IMREAD_COLOR);  // BGR, EXIF orientation applied
@@ -376,29 +393,9 @@ TEST(Decode, JpegPixelsAreExactlyOpenCvsForEveryKindOfJpeg) {
 // EXIF orientation is applied after it, and other formats stay at full size.
 TEST(Decode, ReducedJpegsAreOpenCvsReducedReadsAtTheLargestReductionAllowed) {
   test::TempDir dir;
-  cv::Mat photo(203, 301, CV_8UC3);
-  cv::randu(photo, cv::Scalar::all(0), cv::Scalar::all(255));
-  cv::GaussianBlur(photo, photo, {7, 7}, 2.0);
-  cv::Mat grey;
-  cv::cvtColor(photo, grey, cv::COLOR_BGR2GRAY);
-  std::vector<std::pair<std::string, std::vector<uint8_t>>> files{
-      {"baseline", encode(".jpg", photo, {cv::IMWRITE_JPEG_QUALITY, 90})},
-      {"progressive", encode(".jpg", photo, {cv::IMWRITE_JPEG_PROGRESSIVE, 1})},
-      {"grey", encode(".jpg", grey)},
-      {"odd", encode(".jpg", photo(cv::Rect(0, 0, 123, 77)).clone())},
-  };
-  files.emplace_back("exif6", with_exif_orientation(files[0].second, 6, true));
-  std::vector<std::string> paths;
-  for (const auto& [name, bytes] : files) {
-    paths.push_back(dir / (name + ".jpg"));
-    write_bytes(paths.back(), bytes);
-  }
-  int real = 0;
-  if (!test::data_dir().empty())
-    for (const auto& entry :
-         std::filesystem::directory_iterator(test::data_dir() / "isic-uda1" / "images"))
-      if (entry.path().extension() == ".jpg" && real++ % 50 == 0)
-        paths.push_back(entry.path().string());
+  auto paths = write_jpeg_kinds(dir, 203, 301, cv::Rect(0, 0, 123, 77));
+  for (const auto& path : real_jpegs(50))
+    paths.push_back(path);
   const std::map<int, int> flags{{2, cv::IMREAD_REDUCED_COLOR_2},
                                  {4, cv::IMREAD_REDUCED_COLOR_4},
                                  {8, cv::IMREAD_REDUCED_COLOR_8}};
@@ -424,6 +421,7 @@ TEST(Decode, ReducedJpegsAreOpenCvsReducedReadsAtTheLargestReductionAllowed) {
     EXPECT_EQ(decode_image(path, none).size(), full.size()) << path;
   }
   // A PNG is never reduced.
+  const cv::Mat photo = cv::imread(paths[0]);
   ASSERT_TRUE(cv::imwrite(dir / "p.png", photo));
   DecodeOptions o;
   o.reduce_to = 10;

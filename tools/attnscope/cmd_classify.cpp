@@ -139,7 +139,7 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
   o.stop_requested = [] { return runtime::stop_requested() != 0; };
   const auto s = pipeline::classify(dataset, o, progress);
   if (s.interrupted) {
-    const char* sig = runtime::stop_requested() == SIGINT ? "SIGINT" : "SIGTERM";
+    const char* sig = runtime::stop_signal_name(runtime::stop_requested());
     const auto h5 = (fs::path(o.out_dir) / "results.h5").string();
     if (s.replaced_nothing) {
       std::cerr << "stopped by " << sig << ": nothing of this run was kept; " << h5

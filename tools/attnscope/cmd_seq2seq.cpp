@@ -392,7 +392,7 @@ int run_train(const std::vector<std::string>& args) {
   train.stop_requested = [] { return runtime::stop_requested() != 0; };
   const auto result = pipeline::train_seq2seq(*bundle.model, encoded, train);
   if (result.interrupted)
-    std::cerr << "\nstopped by " << (runtime::stop_requested() == SIGINT ? "SIGINT" : "SIGTERM")
+    std::cerr << "\nstopped by " << runtime::stop_signal_name(runtime::stop_requested())
               << " after " << result.steps << " steps; saving the model trained so far\n";
   if (result.stopped_by_budget && !quiet)
     std::cerr << "\nstopped by --time-budget after " << std::fixed << std::setprecision(1)
@@ -408,7 +408,7 @@ int run_train(const std::vector<std::string>& args) {
                                {"train_cpu_seconds", result.cpu_seconds},
                                {"attnscope_version", kVersion}};
   if (result.interrupted)
-    provenance["interrupted_by"] = runtime::stop_requested() == SIGINT ? "SIGINT" : "SIGTERM";
+    provenance["interrupted_by"] = runtime::stop_signal_name(runtime::stop_requested());
   if (!valid.empty() && !result.interrupted) {
     const auto eval = pipeline::evaluate_seq2seq(
         bundle, valid, models::text::DecodeOptions().max_length(max_length));

@@ -506,7 +506,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     if (result.interrupted) {
       // The signal may have reached another rank only: the status is the one the ranks agreed.
       if (!main_rank) return 128 + result.stop_signal;
-      const char* sig = result.stop_signal == SIGINT ? "SIGINT" : "SIGTERM";
+      const char* sig = runtime::stop_signal_name(result.stop_signal);
       if (result.epochs_completed == 0 && !resume)
         std::cerr << "stopped by " << sig << " before the first epoch ended; nothing was saved\n";
       else
