@@ -120,8 +120,13 @@ struct ResultsFile {
   at::Tensor logits, probability, prediction;  ///< (N, C), (N, C), (N)
   std::vector<ResultError> errors;
 };
-/// Reads the root attributes and the small per-row datasets (not the images and maps).
+/// Reads the root attributes and the small per-row datasets (not the images and maps). The
+/// file is first read in a forked child (h5_isolation.h), as every file from elsewhere is.
 ResultsFile read_results(const std::string& path);
+/// The same for the file this process has just written and committed (classify's CSVs, merge's
+/// summary), without the child: that check reads up to 128 MiB of each dataset, which was
+/// 0.4 s at the end of every classify run of 500 images or more (docs/performance.md).
+ResultsFile read_own_results(const std::string& path);
 
 /// Names of every per-row dataset below the root ("images/id", "attention/stage3", ...).
 std::vector<std::string> results_datasets(const std::string& path);
