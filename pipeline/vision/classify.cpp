@@ -19,6 +19,7 @@
 
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
+#include "attnscope/folder_lock.h"
 #include "attnscope/threads.h"
 #include "attnscope/version.h"
 #include "datasets/loader.h"
@@ -388,6 +389,9 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
   if (o.faithfulness) expected["faithfulness"] = faith_config.dump();
 
   fs::create_directories(o.out_dir);
+  // One run per folder (attnscope/folder_lock.h); held until classify returns.
+  const FolderLock folder_lock(
+      o.out_dir, "wait for it to end, or give this run (each shard) its own --out");
   const auto h5_path = (fs::path(o.out_dir) / "results.h5").string();
   const bool resuming = o.resume && fs::exists(h5_path);
   check(resuming || o.overwrite || !fs::exists(h5_path), h5_path,
@@ -629,7 +633,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
   if (!summary.interrupted) writer->finish(utc_now());
   writer.reset();  // the replicas go; h5_path remains
   if (replacement) replacement->commit();
-  const auto results = read_results(h5_path);
+  const auto results = read_own_results(h5_path);
   const auto pred_csv = (fs::path(o.out_dir) / "predictions.csv").string();
   const auto err_csv = (fs::path(o.out_dir) / "errors.csv").string();
   write_predictions_csv(results, pred_csv);

@@ -505,6 +505,37 @@ TEST(CliClassify, BadFilesGoToErrorsAndEveryGoodFileIsClassified) {
   EXPECT_NE(none.output.find("classified 0, failed 1"), std::string::npos) << none.output;
 }
 
+// Another process holding the output folder's lock (util-linux flock(1), as a live classify
+// run holds it: attnscope/folder_lock.h): a second run into it is refused before it touches
+// anything, with --resume too, and the stored results stay byte for byte.
+TEST(CliClassify, AFolderInUseByAnotherRunIsRefusedAndLeftAlone) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 6);
+  const auto out = dir / "run";
+  const auto base = exe() + " classify --model " + q(model) + " --input " + q(images + "/images") +
+                    " --out " + q(out) + " --batch-size 4";
+  ASSERT_EQ(test::run_process(base).status, 0);
+  const auto bytes = [&] {
+    std::ifstream in(out + "/results.h5", std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const auto before = bytes();
+  const auto names = test::file_names(out);
+  for (const char* flags : {" --resume", " --overwrite"}) {
+    const auto r = test::run_process("flock -o " + q(out) + " " + base + flags);
+    EXPECT_EQ(r.status, 1) << flags << "\n" << r.output;
+    EXPECT_NE(r.output.find(out + ": is in use by another attnscope run"), std::string::npos)
+        << r.output;
+    EXPECT_NE(r.output.find("its own --out"), std::string::npos) << r.output;
+    EXPECT_EQ(test::file_names(out), names) << flags;
+    EXPECT_TRUE(bytes() == before) << flags;
+  }
+  // The refused runs held nothing: the folder is free again.
+  EXPECT_EQ(test::run_process("flock -n " + q(out) + " true").status, 0);
+  EXPECT_EQ(test::run_process(base + " --resume").status, 0);
+}
+
 TEST(CliClassify, FullDiskFailsClearlyAndKeepsThePreviousResults) {
   test::TempDir dir;
   const auto model = make_checkpoint(dir);

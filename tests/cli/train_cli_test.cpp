@@ -391,6 +391,23 @@ TEST(TrainCli, BadDataAndOutputAreClearErrors) {
   EXPECT_NE(r.output.find("run folder"), std::string::npos) << r.output;
 }
 
+// A run folder in use (util-linux flock(1) holds its lock, as a live `attnscope train` does:
+// attnscope/folder_lock.h) is refused before any work; the other run's temporary file, which a
+// run that owns the folder removes as a killed run's garbage, stays.
+TEST(TrainCli, ARunFolderInUseByAnotherRunIsRefusedAndLeftAlone) {
+  test::TempDir dir;
+  const auto run = dir / "run";
+  fs::create_directories(run);
+  const auto live_temp = run + "/.last.h5.4242-0.tmp.h5";
+  write_file_atomically(live_temp, "another run's checkpoint being written");
+  const auto r = test::run_process("flock -o " + run + " " + train_command(run, 1));
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find(run + ": is in use by another attnscope run"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(test::file_names(run), std::set<std::string>{".last.h5.4242-0.tmp.h5"});
+  EXPECT_EQ(test::run_process("flock -n " + run + " true").status, 0);
+}
+
 // The first `benign` benign and `malignant` malignant rows of the synthetic labels.csv (from
 // row `skip` of each class on), written beside it so that images/ and masks/ resolve.
 std::string subset_csv(const std::string& name, int benign, int malignant, int skip = 0) {

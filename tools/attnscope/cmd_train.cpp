@@ -12,6 +12,7 @@
 #include <fstream>
 #include <iostream>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -20,6 +21,7 @@
 
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
+#include "attnscope/folder_lock.h"
 #include "attnscope/threads.h"
 #include "attnscope/version.h"
 #include "cli.h"
@@ -271,12 +273,16 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     }
 
     // The run folder: checked before any work (rank 0 alone writes it).
+    std::optional<FolderLock> folder_lock;
     std::error_code ec;
     if (main_rank) {
       fs::create_directories(out, ec);
       check(fs::is_directory(out), out, "cannot create the run folder",
             ec ? concat(" (", ec.message(), ")") : std::string());
       check(::access(out.c_str(), W_OK) == 0, out, "run folder is not writable");
+      // One run per folder (attnscope/folder_lock.h), taken before the checks below and the
+      // removal of temporary files, which would otherwise be another live run's.
+      folder_lock.emplace(out, "wait for it to end or choose another --out");
       if (!resume && fs::exists(fs::path(out) / "last.h5"))
         throw Error(out, "already holds a run (last.h5); continue it with --resume " + out +
                              " or choose another --out");

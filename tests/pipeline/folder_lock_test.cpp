@@ -1,0 +1,74 @@
+#include "attnscope/folder_lock.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "test_support.h"
+
+namespace attnscope {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(FolderLock, ASecondLockOnTheFolderIsRefusedUntilTheFirstIsReleased) {
+  test::TempDir dir;
+  std::optional<FolderLock> first;
+  first.emplace(dir.path().string(), "choose another --out");
+  EXPECT_TRUE(first->locked());
+  const auto error = test::error_of([&] { FolderLock second(dir.path().string(), "advice"); });
+  EXPECT_EQ(error, dir.path().string() +
+                       ": is in use by another attnscope run (it holds the folder's lock); advice");
+  // Nothing was created in the folder: the lock is on the folder itself.
+  EXPECT_TRUE(test::file_names(dir.path().string()).empty());
+  first.reset();
+  FolderLock again(dir.path().string(), "advice");
+  EXPECT_TRUE(again.locked());
+}
+
+// The oracle is flock(2) itself, taken by another process: FolderLock refuses while that
+// process holds the folder, and the kernel releases it when the process is killed (SIGKILL),
+// so a killed run never blocks the next one.
+TEST(FolderLock, AnotherProcessHoldsItUntilItIsKilled) {
+  test::TempDir dir;
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    const int fd = ::open(dir.path().c_str(), O_RDONLY | O_DIRECTORY);
+    const char ok = (fd >= 0 && ::flock(fd, LOCK_EX) == 0) ? '1' : '0';
+    (void)!::write(ready[1], &ok, 1);
+    while (true) ::pause();
+  }
+  ::close(ready[1]);
+  char ok = 0;
+  ASSERT_EQ(::read(ready[0], &ok, 1), 1);
+  ::close(ready[0]);
+  ASSERT_EQ(ok, '1');
+  const auto error = test::error_of([&] { FolderLock lock(dir.path().string(), "wait"); });
+  EXPECT_NE(error.find("is in use by another attnscope run"), std::string::npos) << error;
+  ::kill(child, SIGKILL);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  FolderLock lock(dir.path().string(), "wait");
+  EXPECT_TRUE(lock.locked());
+}
+
+TEST(FolderLock, AMissingFolderIsAnErrorNamingIt) {
+  test::TempDir dir;
+  const auto missing = dir / "absent";
+  const auto error = test::error_of([&] { FolderLock lock(missing, "advice"); });
+  EXPECT_EQ(error.rfind(missing + ": cannot open the folder", 0), 0u) << error;
+}
+
+}  // namespace
+}  // namespace attnscope
