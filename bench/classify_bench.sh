@@ -7,6 +7,10 @@
 #   images/s at the same batch size (median of RUNS; also the time of a 16-image run, start-up
 #   included, and the steady-state rate 484 / (T(500) - T(16))), peak RSS after 500 and 5,000 images (the folder
 #   repeated through a list file), and the --faithfulness cost per image.
+# MODEL_THREADS=N gives the model N LibTorch threads on both sides (attnscope's global --threads,
+# bench_classify's ATTNSCOPE_THREADS; default: every core) and WORKERS=M classify's decoding
+# workers (default 2): MODEL_THREADS=1 WORKERS=1 on 2 cores leaves one core to the rest of the
+# pipeline, the case where decoding and writing can hide behind inference.
 set -eu
 RUNS=${1:-3}
 ARCHS=${ARCHS:-attn_small attn_resnet18}
@@ -15,6 +19,9 @@ FA=${FA:-10}       # images of the --faithfulness cost run
 BIN=build/bin
 DATA=../shared/data/isic-uda1/images
 BATCH=16
+MODEL_THREADS=${MODEL_THREADS:-0}
+WORKERS=${WORKERS:-2}
+export ATTNSCOPE_THREADS=$MODEL_THREADS
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -32,15 +39,15 @@ for arch in $ARCHS; do
     cam="$cam $("$BIN/bench_classify" gradcam "$WORK/$arch.h5" $BATCH 256)"
     rm -rf "$WORK/out"
     t0=$(date +%s.%N)
-    "$BIN/attnscope" classify --model "$WORK/$arch.h5" --input @"$WORK/500.txt" --out "$WORK/out" \
-      --batch-size $BATCH --threads 2 > /dev/null 2>&1
+    "$BIN/attnscope" --threads $MODEL_THREADS classify --model "$WORK/$arch.h5" --input @"$WORK/500.txt" --out "$WORK/out" \
+      --batch-size $BATCH --threads $WORKERS > /dev/null 2>&1
     t1=$(date +%s.%N)
     cls="$cls $(echo "$t0 $t1" | awk '{printf "%.2f", 500 / ($2 - $1)}')"
     # One batch alone: start-up and the first batch; steady state = 484 / (T(500) - T(16)).
     rm -rf "$WORK/out"
     t2=$(date +%s.%N)
-    "$BIN/attnscope" classify --model "$WORK/$arch.h5" --input @"$WORK/16.txt" --out "$WORK/out" \
-      --batch-size $BATCH --threads 2 > /dev/null 2>&1
+    "$BIN/attnscope" --threads $MODEL_THREADS classify --model "$WORK/$arch.h5" --input @"$WORK/16.txt" --out "$WORK/out" \
+      --batch-size $BATCH --threads $WORKERS > /dev/null 2>&1
     t3=$(date +%s.%N)
     st="$st $(echo "$t0 $t1 $t2 $t3" | awk '{printf "%.2f", 484 / (($2 - $1) - ($4 - $3))}')"
     one="$one $(echo "$t2 $t3" | awk '{printf "%.2f", $2 - $1}')"
@@ -51,20 +58,20 @@ for arch in $ARCHS; do
   o=$(echo $one | tr ' ' '\n' | median)
   rss() {
     rm -rf "$WORK/out"
-    /usr/bin/time -f %M "$BIN/attnscope" classify --model "$WORK/$arch.h5" --input @"$1" \
-      --out "$WORK/out" --batch-size $BATCH --threads 2 2>&1 >/dev/null | tail -1 |
+    /usr/bin/time -f %M "$BIN/attnscope" --threads $MODEL_THREADS classify --model "$WORK/$arch.h5" --input @"$1" \
+      --out "$WORK/out" --batch-size $BATCH --threads $WORKERS 2>&1 >/dev/null | tail -1 |
       awk '{printf "%.0f", $1 / 1024}'
   }
   r500=$(rss "$WORK/500.txt"); r5000=$(rss "$WORK/big.txt")
   head -n "$FA" "$WORK/500.txt" > "$WORK/50.txt"
   rm -rf "$WORK/out"
   t0=$(date +%s.%N)
-  "$BIN/attnscope" classify --model "$WORK/$arch.h5" --input @"$WORK/50.txt" --out "$WORK/out" \
-    --batch-size $BATCH --threads 2 > /dev/null 2>&1
+  "$BIN/attnscope" --threads $MODEL_THREADS classify --model "$WORK/$arch.h5" --input @"$WORK/50.txt" --out "$WORK/out" \
+    --batch-size $BATCH --threads $WORKERS > /dev/null 2>&1
   t1=$(date +%s.%N)
   rm -rf "$WORK/out"
-  "$BIN/attnscope" classify --model "$WORK/$arch.h5" --input @"$WORK/50.txt" --out "$WORK/out" \
-    --batch-size $BATCH --threads 2 --faithfulness > /dev/null 2>&1
+  "$BIN/attnscope" --threads $MODEL_THREADS classify --model "$WORK/$arch.h5" --input @"$WORK/50.txt" --out "$WORK/out" \
+    --batch-size $BATCH --threads $WORKERS --faithfulness > /dev/null 2>&1
   t2=$(date +%s.%N)
   fa=$(echo "$t0 $t1 $t2" | awk -v n="$FA" '{printf "%.2f", (($3 - $2) - ($2 - $1)) / n}')
   echo "$arch,$BATCH,$f,$g,$c,$(echo "$c $f" | awk '{printf "%.2f", $1 / $2}'),$o,$s,$r500,$r5000,$fa"

@@ -42,8 +42,8 @@ class FolderLock {
     } else if (errno == EWOULDBLOCK) {
       ::close(fd_);
       fd_ = -1;
-      throw Error(dir, concat("is in use by another attnscope run (it holds the folder's lock); ",
-                              advice));
+      throw Error(
+          dir, concat("is in use by another attnscope run (it holds the folder's lock); ", advice));
     }
     // Any other error (ENOLCK, EINVAL on a file system without flock): unlocked, as before.
   }

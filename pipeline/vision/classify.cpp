@@ -390,8 +390,8 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
 
   fs::create_directories(o.out_dir);
   // One run per folder (attnscope/folder_lock.h); held until classify returns.
-  const FolderLock folder_lock(
-      o.out_dir, "wait for it to end, or give this run (each shard) its own --out");
+  const FolderLock folder_lock(o.out_dir,
+                               "wait for it to end, or give this run (each shard) its own --out");
   const auto h5_path = (fs::path(o.out_dir) / "results.h5").string();
   const bool resuming = o.resume && fs::exists(h5_path);
   check(resuming || o.overwrite || !fs::exists(h5_path), h5_path,

@@ -47,7 +47,8 @@ TEST(FolderLock, AnotherProcessHoldsItUntilItIsKilled) {
     const int fd = ::open(dir.path().c_str(), O_RDONLY | O_DIRECTORY);
     const char ok = (fd >= 0 && ::flock(fd, LOCK_EX) == 0) ? '1' : '0';
     (void)!::write(ready[1], &ok, 1);
-    while (true) ::pause();
+    while (true)
+      ::pause();
   }
   ::close(ready[1]);
   char ok = 0;
