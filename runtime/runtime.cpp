@@ -32,6 +32,17 @@ std::string torch_build_config() {
 
 void set_threads(int n) {
   torch::set_num_threads(n > 0 ? n : available_cores());
+  // OpenBLAS (Debian's libblas, loaded with LibTorch) exports this; the reference BLAS not.
+  using SetThreads = void (*)(int);
+  if (n > 0)
+    if (void* symbol = dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))
+      reinterpret_cast<SetThreads>(symbol)(n);
+}
+
+int blas_threads() {
+  using GetThreads = int (*)();
+  void* symbol = dlsym(RTLD_DEFAULT, "openblas_get_num_threads");
+  return symbol ? reinterpret_cast<GetThreads>(symbol)() : 0;
 }
 
 int threads() {

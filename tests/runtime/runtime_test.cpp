@@ -24,6 +24,25 @@ TEST(Runtime, SetThreadsUsesEveryCoreByDefault) {
   set_threads(0);
 }
 
+// OpenBLAS runs LibTorch's matrix products on pthreads of its own, which at::set_num_threads
+// does not limit: an explicit thread count must reach it too (asked back from OpenBLAS itself),
+// or `attnscope --threads 1` would still use two cores for every matrix product.
+TEST(Runtime, AnExplicitThreadCountAlsoLimitsOpenBlas) {
+  auto a = torch::ones({64, 64});
+  (void)torch::mm(a, a);  // BLAS certainly loaded
+  if (!blas_info().is_openblas()) GTEST_SKIP() << "the BLAS is not OpenBLAS";
+  const int before = blas_threads();
+  ASSERT_GE(before, 1);
+  set_threads(1);
+  EXPECT_EQ(blas_threads(), 1);
+  set_threads(3);
+  EXPECT_EQ(blas_threads(), 3);
+  set_threads(before);
+  EXPECT_EQ(blas_threads(), before);
+  set_threads(0);  // LibTorch back to every core; OpenBLAS keeps its count
+  EXPECT_EQ(blas_threads(), before);
+}
+
 // LibTorch's matrix products must not fall back to the reference BLAS (~30x slower). Which BLAS
 // is right depends on the LibTorch, and its own build description says which (at::show_config,
 // read here directly): Debian's calls the system libblas (BLAS_INFO=generic), which must be

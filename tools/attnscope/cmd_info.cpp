@@ -32,6 +32,8 @@ int run_info(const std::vector<std::string>& args, const GlobalOptions&) {
             << "BLAS           " << blas.name << (blas.path.empty() ? "" : " (" + blas.path + ")")
             << "\n";
   if (!blas.config.empty()) std::cout << "BLAS config    " << blas.config << "\n";
+  if (const int n = runtime::blas_threads(); n > 0)
+    std::cout << "BLAS threads   " << n << " (OpenBLAS's own pthreads)\n";
   const auto omp = runtime::openmp_policy();
   std::string wait;
   if (!omp.wait_policy.empty()) wait = "OMP_WAIT_POLICY=" + omp.wait_policy;
