@@ -296,13 +296,20 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
           nlohmann::json(known).dump(), ")");
   }
   const auto& meta = loaded.meta;
-  const auto pipeline =
-      meta.preprocessing_config.is_object() && !meta.preprocessing_config.empty()
-          ? preprocessing::Pipeline::from_json(meta.preprocessing_config)
-          : preprocessing::Pipeline::from_json(
-                {{"steps",
-                  {{{"op", "resize"},
-                    {"size", loaded.config.image_size > 0 ? loaded.config.image_size : 224}}}}});
+  const auto pipeline = [&] {
+    nlohmann::json config =
+        meta.preprocessing_config.is_object() && !meta.preprocessing_config.empty()
+            ? meta.preprocessing_config
+            : nlohmann::json{
+                  {"steps",
+                   {{{"op", "resize"},
+                     {"size", loaded.config.image_size > 0 ? loaded.config.image_size : 224}}}}};
+    if (o.decode_reduce_to) {
+      config = preprocessing::Pipeline::from_json(config).to_json();  // "decode" filled in
+      config["decode"]["reduce_to"] = *o.decode_reduce_to;
+    }
+    return preprocessing::Pipeline::from_json(config);
+  }();
   const auto& classes = meta.class_names;
   const auto num_classes = model.num_classes();
   std::vector<std::string> class_names = classes;

@@ -52,6 +52,10 @@ struct ClassifyOptions {
   /// error, so that a finished run is never truncated by accident).
   bool overwrite = false;
   int64_t shard = 0, num_shards = 1;
+  /// Replaces the checkpoint's decode.reduce_to (preprocessing/decode.h): N > 0 decodes JPEGs
+  /// at 1/2, 1/4 or 1/8 while the short side stays >= N, 0 at full size; unset: as trained.
+  /// What was applied is results.h5's preprocessing_config (so --resume and merge compare it).
+  std::optional<int> decode_reduce_to;
   std::string device = "cpu";
   std::string command_line;
   /// Polled between batches (and between the images of a --faithfulness batch): true stops

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 
@@ -503,6 +504,66 @@ TEST(CliClassify, BadFilesGoToErrorsAndEveryGoodFileIsClassified) {
                                       q((in / "zero.jpg").string()) + " --out " + q(dir / "none"));
   EXPECT_EQ(none.status, 1) << none.output;
   EXPECT_NE(none.output.find("classified 0, failed 1"), std::string::npos) << none.output;
+}
+
+// --decode-reduce-to N applies decode.reduce_to to a checkpoint trained without it: the run
+// equals one with a checkpoint whose config holds the key (the reduced pixels themselves are
+// checked against OpenCV's reduced reads in Decode.ReducedJpegsAre...), differs from a
+// full-size decode, is recorded in preprocessing_config, and 0 turns the checkpoint's key off.
+TEST(CliClassify, DecodeReduceToOverridesTheCheckpointsDecodeAndIsRecorded) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  // The same weights with decode.reduce_to 64 in their preprocessing config.
+  const auto reduced_model = dir / "reduced.h5";
+  {
+    auto loaded = pipeline::load_image_classifier(model);
+    auto meta = loaded.meta;
+    meta.preprocessing_config = {{"steps", {{{"op", "resize"}, {"size", 64}}}},
+                                 {"decode", {{"reduce_to", 64}}}};
+    pipeline::save_image_classifier(reduced_model, *loaded.model, loaded.config, meta);
+  }
+  // JPEGs of 256 x 192 with detail at every scale: 1/2 (128 x 96) is the largest reduction
+  // that keeps the short side >= 64.
+  const auto in = dir / "jpegs";
+  fs::create_directories(in);
+  std::mt19937 rng(11);
+  for (int i = 0; i < 5; ++i) {
+    cv::Mat img(192, 256, CV_8UC3);
+    cv::randu(img, cv::Scalar::all(0), cv::Scalar::all(255));
+    for (int y = 0; y < img.rows; ++y)
+      for (int x = 0; x < img.cols; ++x)
+        img.at<cv::Vec3b>(y, x)[i % 3] = static_cast<uchar>((x * 255) / img.cols);
+    ASSERT_TRUE(
+        cv::imwrite(in + "/img" + std::to_string(i) + ".jpg", img, {cv::IMWRITE_JPEG_QUALITY, 90}));
+  }
+  const auto run = [&](const std::string& ckpt, const std::string& out, const std::string& flags) {
+    const auto r = test::run_process(exe() + " classify --model " + q(ckpt) + " --input " + q(in) +
+                                     " --out " + q(dir / out) + " --batch-size 2" + flags);
+    EXPECT_EQ(r.status, 0) << flags << "\n" << r.output;
+    return dir / out + "/results.h5";
+  };
+  const auto full = run(model, "full", "");
+  const auto flag = run(model, "flag", " --decode-reduce-to 64");
+  const auto key = run(reduced_model, "key", "");
+  const auto off = run(reduced_model, "off", " --decode-reduce-to 0");
+  EXPECT_EQ(compare(dir, flag, key), "OK\n");
+  EXPECT_EQ(compare(dir, off, full), "OK\n");
+  EXPECT_NE(compare(dir, flag, full).find("images/preprocessed: values differ"), std::string::npos);
+  const auto config = [](const std::string& h5) {
+    return nlohmann::json::parse(pipeline::read_results(h5).attributes.at("preprocessing_config"));
+  };
+  EXPECT_EQ(config(flag).at("decode").value("reduce_to", 0), 64);
+  EXPECT_EQ(config(flag), config(key));
+  EXPECT_EQ(config(off), config(full));
+  EXPECT_FALSE(config(full).at("decode").contains("reduce_to"));
+  // Resuming with another decoding is refused, naming the key.
+  const auto r = test::run_process(exe() + " classify --model " + q(model) + " --input " + q(in) +
+                                   " --out " + q(dir / "flag") + " --resume");
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("preprocessing_config differs"), std::string::npos) << r.output;
+  const auto bad = test::run_process(exe() + " classify --model " + q(model) + " --input " + q(in) +
+                                     " --out " + q(dir / "bad") + " --decode-reduce-to -1");
+  EXPECT_EQ(bad.status, 2) << bad.output;
 }
 
 // Another process holding the output folder's lock (util-linux flock(1), as a live classify
