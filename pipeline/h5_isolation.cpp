@@ -6,6 +6,7 @@
 // first finding (h5_strings.cpp). Such bugs sit below every check attnscope can make before a
 // call, so a file from elsewhere is first read in a forked child: if the library crashes
 // there, the child dies and the caller gets one clear error instead.
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -158,6 +159,7 @@ void read_in_child(const std::string& subject, const std::function<void()>& read
   int fds[2];
   check(::pipe(fds) == 0, subject, "cannot check the file (pipe: ", std::strerror(errno), ")");
   std::fflush(nullptr);
+  const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
   if (pid < 0) {
     const int err = errno;
@@ -171,6 +173,11 @@ void read_in_child(const std::string& subject, const std::function<void()>& read
     // answers it; the child finishes its short check.
     ::signal(SIGINT, SIG_IGN);
     ::signal(SIGTERM, SIG_IGN);
+    // The child shares the parent's open file descriptions, the output folder's lock among
+    // them (attnscope/folder_lock.h): if the parent is killed, the child goes at once rather
+    // than finish its check holding the lock. (The parent may have gone before prctl.)
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(kChildException);
     int code = 0;
     std::string message;
     try {

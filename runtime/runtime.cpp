@@ -33,16 +33,25 @@ std::string torch_build_config() {
 void set_threads(int n) {
   torch::set_num_threads(n > 0 ? n : available_cores());
   // OpenBLAS (Debian's libblas, loaded with LibTorch) exports this; the reference BLAS not.
+  // Its own count (every core, or OPENBLAS_NUM_THREADS) is read before the first change, so
+  // that n <= 0 gives it back.
   using SetThreads = void (*)(int);
-  if (n > 0)
-    if (void* symbol = dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))
-      reinterpret_cast<SetThreads>(symbol)(n);
+  static const int blas_default = blas_threads();
+  void* symbol = dlsym(RTLD_DEFAULT, "openblas_set_num_threads");
+  if (symbol != nullptr && blas_default > 0)
+    reinterpret_cast<SetThreads>(symbol)(n > 0 ? n : blas_default);
 }
 
 int blas_threads() {
   using GetThreads = int (*)();
   void* symbol = dlsym(RTLD_DEFAULT, "openblas_get_num_threads");
   return symbol ? reinterpret_cast<GetThreads>(symbol)() : 0;
+}
+
+bool blas_is_parallel() {
+  using GetParallel = int (*)();
+  void* symbol = dlsym(RTLD_DEFAULT, "openblas_get_parallel");
+  return symbol != nullptr && reinterpret_cast<GetParallel>(symbol)() != 0;
 }
 
 int threads() {

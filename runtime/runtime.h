@@ -30,12 +30,15 @@ inline int available_cores() {
 /// Sets LibTorch's intra-op thread count. n <= 0 means available_cores(): LibTorch's
 /// default here is one thread, which leaves all other cores idle. n > 0 also sets OpenBLAS's
 /// thread count (its matrix products run on its own pthreads, which at::set_num_threads does
-/// not limit), so `attnscope --threads 1` keeps to one core; n <= 0 leaves OpenBLAS its own
-/// default (every core, or OPENBLAS_NUM_THREADS).
+/// not limit), so `attnscope --threads 1` keeps to one core; n <= 0 gives OpenBLAS back its
+/// own default (every core, or OPENBLAS_NUM_THREADS, as read before the first call).
 void set_threads(int n);
 
 /// OpenBLAS's thread count (openblas_get_num_threads), 0 when the BLAS is not OpenBLAS.
 int blas_threads();
+/// Whether the BLAS runs matrix products on several threads: false for the reference BLAS and
+/// for a single-threaded OpenBLAS build (libopenblas0-serial: openblas_get_parallel() == 0).
+bool blas_is_parallel();
 
 /// LibTorch's current intra-op thread count.
 int threads();

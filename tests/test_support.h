@@ -6,6 +6,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -188,6 +189,15 @@ inline std::set<std::string> file_names(const std::string& dir) {
   for (const auto& e : std::filesystem::directory_iterator(dir))
     names.insert(e.path().filename().string());
   return names;
+}
+
+/// Whether the file system holding `dir` supports flock(2) on folders (the output-folder lock,
+/// attnscope/folder_lock.h); NFS does not.
+inline bool folders_lock(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  const bool ok = fd >= 0 && ::flock(fd, LOCK_EX | LOCK_NB) == 0;
+  if (fd >= 0) ::close(fd);
+  return ok;
 }
 
 /// Runs fn and returns the what() of the attnscope::Error it throws ("" when it throws none).

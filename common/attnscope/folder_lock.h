@@ -10,19 +10,24 @@
 //
 // The lock is on the folder's own inode (no lock file: nothing to leave behind or to clean
 // up), belongs to this open file description, and the kernel drops it when the process ends in
-// any way, SIGKILL included, so a killed run never blocks the next one. File systems that do not
-// support flock on a folder (some network mounts) leave the folder unlocked: the run goes on as
-// before rather than failing.
+// any way, SIGKILL included, so a killed run never blocks the next one (children forked for
+// HDF5 checks share the lock and die with their parent: h5_isolation.cpp). Runs on one machine
+// are always kept apart; runs on several machines only where the shared file system's flock is
+// cluster-wide (Lustre mounted with `flock`, GPFS, CephFS). Where flock on a folder fails (NFS,
+// which emulates flock with byte-range locks that need a file open for writing) the folder is
+// left unlocked with a warning, and the run goes on as before.
 
 #include <fcntl.h>
 #include <sys/file.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <string>
 
 #include "attnscope/error.h"
+#include "attnscope/printable.h"
 
 namespace attnscope {
 
@@ -39,13 +44,21 @@ class FolderLock {
     } while (rc != 0 && errno == EINTR);
     if (rc == 0) {
       locked_ = true;
-    } else if (errno == EWOULDBLOCK) {
+      return;
+    }
+    const int err = errno;
+    if (err == EWOULDBLOCK) {
       ::close(fd_);
       fd_ = -1;
       throw Error(
           dir, concat("is in use by another attnscope run (it holds the folder's lock); ", advice));
     }
-    // Any other error (ENOLCK, EINVAL on a file system without flock): unlocked, as before.
+    // Any other error (NFS: ENOLCK or EBADF; a file system without flock): the run goes on
+    // unprotected, as before this lock existed, and says so.
+    std::fprintf(stderr,
+                 "warning: %s: this file system does not lock folders (%s); make sure no other "
+                 "run writes here\n",
+                 printable(dir).c_str(), std::strerror(err));
   }
   FolderLock(const FolderLock&) = delete;
   FolderLock& operator=(const FolderLock&) = delete;

@@ -571,6 +571,8 @@ ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader
   bool torn = false;
   {
     check(std::filesystem::exists(path), path, "no such file");
+    // Also what lets classify read the file back without a child at the end
+    // (read_own_results): its earlier rows are checked here.
     h5::check_untrusted_file(path, false);
     h5::Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
     h5::check_h5(file.valid(), path, "cannot open as HDF5 (not an attnscope results file?)");

@@ -123,9 +123,12 @@ struct ResultsFile {
 /// Reads the root attributes and the small per-row datasets (not the images and maps). The
 /// file is first read in a forked child (h5_isolation.h), as every file from elsewhere is.
 ResultsFile read_results(const std::string& path);
-/// The same for the file this process has just written and committed (classify's CSVs, merge's
-/// summary), without the child: that check reads up to 128 MiB of each dataset, which was
-/// 0.4 s at the end of every classify run of 500 images or more (docs/performance.md).
+/// The same for the file this process has just written and committed, under its output-folder
+/// lock (classify's CSVs), without the child: that check reads up to 128 MiB of each dataset,
+/// which was 0.4 s at the end of every classify run of 500 images or more
+/// (docs/performance.md). With --resume the file's earlier rows came from elsewhere: they were
+/// checked in a child when the run opened the file (ResultsWriter::resume), and this reads
+/// nothing that check did not.
 ResultsFile read_own_results(const std::string& path);
 
 /// Names of every per-row dataset below the root ("images/id", "attention/stage3", ...).

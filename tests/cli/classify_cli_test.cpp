@@ -571,6 +571,8 @@ TEST(CliClassify, DecodeReduceToOverridesTheCheckpointsDecodeAndIsRecorded) {
 // anything, with --resume too, and the stored results stay byte for byte.
 TEST(CliClassify, AFolderInUseByAnotherRunIsRefusedAndLeftAlone) {
   test::TempDir dir;
+  if (!test::folders_lock(dir.path().string()))
+    GTEST_SKIP() << "flock(2) on folders is not supported under " << dir.path();
   const auto model = make_checkpoint(dir);
   const auto images = make_images(dir, 6);
   const auto out = dir / "run";

@@ -12,6 +12,7 @@
 
 #include <gtest/gtest.h>
 
+#include "pipeline/h5.h"
 #include "test_support.h"
 
 namespace attnscope {
@@ -21,6 +22,8 @@ namespace fs = std::filesystem;
 
 TEST(FolderLock, ASecondLockOnTheFolderIsRefusedUntilTheFirstIsReleased) {
   test::TempDir dir;
+  if (!test::folders_lock(dir.path().string()))
+    GTEST_SKIP() << "flock(2) on folders is not supported under " << dir.path();
   std::optional<FolderLock> first;
   first.emplace(dir.path().string(), "choose another --out");
   EXPECT_TRUE(first->locked());
@@ -39,6 +42,8 @@ TEST(FolderLock, ASecondLockOnTheFolderIsRefusedUntilTheFirstIsReleased) {
 // so a killed run never blocks the next one.
 TEST(FolderLock, AnotherProcessHoldsItUntilItIsKilled) {
   test::TempDir dir;
+  if (!test::folders_lock(dir.path().string()))
+    GTEST_SKIP() << "flock(2) on folders is not supported under " << dir.path();
   int ready[2];
   ASSERT_EQ(::pipe(ready), 0);
   const pid_t child = ::fork();
@@ -64,8 +69,51 @@ TEST(FolderLock, AnotherProcessHoldsItUntilItIsKilled) {
   EXPECT_TRUE(lock.locked());
 }
 
+// A child forked to check an HDF5 file (h5::read_in_child) shares its parent's open file
+// descriptions, the folder lock among them: when the parent is killed during the check, the
+// child must go with it, or the next run would find the folder locked by an orphan.
+TEST(FolderLock, AKilledRunsCheckingChildDoesNotKeepTheLock) {
+  test::TempDir dir;
+  if (!test::folders_lock(dir.path().string()))
+    GTEST_SKIP() << "flock(2) on folders is not supported under " << dir.path();
+  int started[2];
+  ASSERT_EQ(::pipe(started), 0);
+  const pid_t run = ::fork();
+  ASSERT_GE(run, 0);
+  if (run == 0) {  // the "run": holds the lock, then checks a file in a child that takes long
+    ::close(started[0]);
+    try {
+      FolderLock lock(dir.path().string(), "advice");
+      pipeline::h5::read_in_child("file.h5", [&] {
+        (void)!::write(started[1], "1", 1);
+        ::sleep(60);
+      });
+    } catch (...) {
+    }
+    ::_exit(0);
+  }
+  ::close(started[1]);
+  char c = 0;
+  ASSERT_EQ(::read(started[0], &c, 1), 1);  // the checking child runs, holding the lock
+  ::close(started[0]);
+  EXPECT_NE(test::error_of([&] { FolderLock lock(dir.path().string(), "wait"); }), "");
+  ::kill(run, SIGKILL);
+  int status = 0;
+  ASSERT_EQ(::waitpid(run, &status, 0), run);
+  // The orphan is killed by the kernel (PR_SET_PDEATHSIG) a moment later; without that it
+  // would hold the lock for its whole minute. Wait up to 10 s.
+  std::string error = "never tried";
+  for (int i = 0; i < 200 && !error.empty(); ++i) {
+    error = test::error_of([&] { FolderLock lock(dir.path().string(), "wait"); });
+    if (!error.empty()) ::usleep(50 * 1000);
+  }
+  EXPECT_EQ(error, "");
+}
+
 TEST(FolderLock, AMissingFolderIsAnErrorNamingIt) {
   test::TempDir dir;
+  if (!test::folders_lock(dir.path().string()))
+    GTEST_SKIP() << "flock(2) on folders is not supported under " << dir.path();
   const auto missing = dir / "absent";
   const auto error = test::error_of([&] { FolderLock lock(missing, "advice"); });
   EXPECT_EQ(error.rfind(missing + ": cannot open the folder", 0), 0u) << error;

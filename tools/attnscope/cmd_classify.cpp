@@ -78,7 +78,8 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
        "i/N: classify inputs i, i+N, i+2N, ... (default: from RANK/WORLD_SIZE or "
        "SLURM_PROCID/SLURM_NTASKS, else 0/1)")  //
       ("decode-reduce-to", po::value<int>(),
-       "decode JPEGs at 1/2, 1/4 or 1/8 while the short side stays >= N (0: full size); "
+       "decode JPEGs at 1/2, 1/4 or 1/8 while the short side stays >= N (0: full size; N: the "
+       "first resize's size, divided by any centre-crop fraction before it); "
        "default: the checkpoint's preprocessing. For full-size photographs (ISIC 2019/2020) "
        "with a checkpoint trained without it: several times faster, pixels slightly different")  //
       ("device", po::value(&o.device)->default_value("cpu"), "cpu or cuda");

@@ -26,7 +26,7 @@ int run_merge(const std::vector<std::string>& args, const GlobalOptions&) {
   for (const auto& a : args)
     line += " " + a;
   pipeline::merge_results(inputs, out, line);
-  const auto merged = pipeline::read_own_results(out);
+  const auto merged = pipeline::read_results(out);
   std::cout << "merged " << inputs.size() << " files: " << merged.ids.size() << " images, "
             << merged.errors.size() << " errors into " << out << "\n";
   return 0;
