@@ -13,6 +13,7 @@
 #include <torch/torch.h>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
 
 #include "pipeline/vision/image_model_config.h"
 #include "preprocessing/pipeline.h"
@@ -242,6 +243,56 @@ TEST_F(EvaluateCli, UnreadableImagesAreListedAndTheRestEvaluated) {
       << r.output;
   for (const auto& f : files)
     EXPECT_NE(r.output.find(f.filename().string()), std::string::npos) << f;
+}
+
+// --decode-reduce-to N: JPEGs decoded at the largest reduction keeping the short side >= N,
+// pixel for pixel OpenCV's IMREAD_REDUCED_COLOR_2 read (the oracle, stored losslessly as PNG
+// and evaluated without the flag); recorded in the JSON; 0 and no flag decode at full size.
+TEST_F(EvaluateCli, DecodeReduceToDecodesJpegsAsOpenCvsReducedReads) {
+  test::TempDir out;
+  fs::create_directories(out / "jpeg/images");
+  fs::create_directories(out / "oracle/images");
+  std::istringstream in(read_text(data()));
+  std::string line, csv = "image_id,label\n";
+  std::getline(in, line);
+  while (std::getline(in, line)) {
+    const auto id = line.substr(0, line.find(','));
+    const auto rest = line.substr(line.find(',') + 1);
+    const auto label = rest.substr(0, rest.find(','));
+    cv::Mat big;
+    cv::resize(cv::imread(*dir_ / ("data/images/" + id + ".png")), big, cv::Size(128, 128));
+    const auto jpg = out / ("jpeg/images/" + id + ".jpg");
+    ASSERT_TRUE(cv::imwrite(jpg, big, {cv::IMWRITE_JPEG_QUALITY, 90}));
+    const auto reduced = cv::imread(jpg, cv::IMREAD_REDUCED_COLOR_2);
+    ASSERT_EQ(reduced.rows, 64);
+    ASSERT_TRUE(cv::imwrite(out / ("oracle/images/" + id + ".png"), reduced));
+    csv += id + "," + label + "\n";
+  }
+  std::ofstream(out / "jpeg/labels.csv") << csv;
+  std::ofstream(out / "oracle/labels.csv") << csv;
+  const auto run = [&](const std::string& set, const std::string& name, const std::string& flags) {
+    const auto r = test::run_process(exe() + " evaluate --json --bootstrap 0 --quiet --model " +
+                                     (*dir_ / "plain.h5") + " --data " + (out / set) +
+                                     "/labels.csv --predictions " + (out / name) + ".csv --out " +
+                                     (out / name) + ".json" + flags);
+    EXPECT_EQ(r.status, 0) << r.output;
+    return probabilities_of(out / (name + ".csv"));
+  };
+  const auto reduced = run("jpeg", "reduced", " --decode-reduce-to 64");
+  const auto oracle = run("oracle", "oracle", "");
+  const auto full = run("jpeg", "full", "");
+  const auto zero = run("jpeg", "zero", " --decode-reduce-to 0");
+  ASSERT_EQ(reduced.size(), 24u);
+  ASSERT_EQ(oracle.size(), 24u);
+  double differs = 0;
+  for (const auto& [id, p] : reduced) {
+    EXPECT_NEAR(p, oracle.at(id), 1e-6) << id;
+    EXPECT_EQ(zero.at(id), full.at(id)) << id;
+    differs = std::max(differs, std::abs(p - full.at(id)));
+  }
+  EXPECT_GT(differs, 1e-4);  // 64 px reduced inputs are not the 128 px full-size ones
+  EXPECT_EQ(nlohmann::json::parse(read_text(out / "reduced.json")).at("decode_reduce_to"), 64);
+  EXPECT_FALSE(nlohmann::json::parse(read_text(out / "full.json")).contains("decode_reduce_to"));
 }
 
 TEST_F(EvaluateCli, SingleClassDataSaysAucIsUndefined) {

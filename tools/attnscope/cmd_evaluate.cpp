@@ -49,6 +49,9 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
        "bootstrap resamples for the AUC's 95% interval (0: none)")
       ("seed", po::value(&o.seed)->default_value(0), "bootstrap seed")
       ("workers", po::value(&o.workers)->default_value(2), "image decoding threads")
+      ("decode-reduce-to", po::value<int>(),
+       "decode JPEGs at 1/2, 1/4 or 1/8 while the short side stays >= N (0: full size); "
+       "default: the checkpoint's preprocessing (as classify --decode-reduce-to)")
       ("quiet", po::bool_switch(&quiet), "no progress on stderr");
   // clang-format on
   po::variables_map vm;
@@ -69,20 +72,29 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
     o.threshold = t;
   }
   o.tta = tta;
+  std::optional<int> reduce_to;
+  if (vm.count("decode-reduce-to")) {
+    reduce_to = vm["decode-reduce-to"].as<int>();
+    if (*reduce_to < 0 || *reduce_to > 65535)
+      fail("--decode-reduce-to must be in [0, 65535] (0 = full size)");
+  }
 
   const auto loaded = pipeline::load_image_classifier(model_path);
   std::shared_ptr<const datasets::SampleSource> source;
   std::error_code ec;
   if (fs::path(data.data).extension() == ".h5" && fs::is_regular_file(data.data, ec)) {
+    if (reduce_to)
+      fail("--decode-reduce-to does not apply to an image cache (decoded when it was built)");
     source = std::make_shared<pipeline::ImageCacheSource>(data.data);
   } else {
     auto ds = data.read(usage_text(usage, desc));
     for (const auto& id : ds.skipped)
       std::cerr << "warning: " << id << ": image not found, skipped\n";
     const auto config = loaded.meta.preprocessing_config;
-    const auto decode = config.is_object() && !config.empty()
-                            ? preprocessing::Pipeline::from_json(config).decode_options()
-                            : preprocessing::Pipeline().decode_options();
+    auto decode = config.is_object() && !config.empty()
+                      ? preprocessing::Pipeline::from_json(config).decode_options()
+                      : preprocessing::Pipeline().decode_options();
+    if (reduce_to) decode.reduce_to = *reduce_to;  // as classify's --decode-reduce-to
     source = std::make_shared<datasets::ImageFileSource>(std::move(ds), decode);
   }
 
@@ -106,6 +118,7 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
   j["data"] = data.data;
   j["tta"] = result.tta;
   j["temperature"] = result.temperature;
+  if (reduce_to) j["decode_reduce_to"] = *reduce_to;
   j["evaluated"] = static_cast<int64_t>(result.ids.size());
   auto failed = nlohmann::json::array();
   for (const auto& f : result.failures) {
