@@ -7,8 +7,10 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include <gtest/gtest.h>
 
@@ -19,6 +21,24 @@ namespace attnscope {
 namespace {
 
 namespace fs = std::filesystem;
+
+// Forks a child that runs `body` with the write end of a pipe, on which it writes one byte
+// once ready, and then exits; returns the child's pid and that byte (0 when none came).
+std::pair<pid_t, char> fork_until_ready(const std::function<void(int)>& body) {
+  int ready[2];
+  if (::pipe(ready) != 0) return {-1, 0};
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::close(ready[0]);
+    body(ready[1]);
+    ::_exit(0);
+  }
+  ::close(ready[1]);
+  char byte = 0;
+  if (child < 0 || ::read(ready[0], &byte, 1) != 1) byte = 0;
+  ::close(ready[0]);
+  return {child, byte};
+}
 
 TEST(FolderLock, ASecondLockOnTheFolderIsRefusedUntilTheFirstIsReleased) {
   test::TempDir dir;
@@ -44,21 +64,14 @@ TEST(FolderLock, AnotherProcessHoldsItUntilItIsKilled) {
   test::TempDir dir;
   if (!test::folders_lock(dir.path().string()))
     GTEST_SKIP() << "flock(2) on folders is not supported under " << dir.path();
-  int ready[2];
-  ASSERT_EQ(::pipe(ready), 0);
-  const pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
+  const auto [child, ok] = fork_until_ready([&](int ready) {
     const int fd = ::open(dir.path().c_str(), O_RDONLY | O_DIRECTORY);
-    const char ok = (fd >= 0 && ::flock(fd, LOCK_EX) == 0) ? '1' : '0';
-    (void)!::write(ready[1], &ok, 1);
+    const char held = (fd >= 0 && ::flock(fd, LOCK_EX) == 0) ? '1' : '0';
+    (void)!::write(ready, &held, 1);
     while (true)
       ::pause();
-  }
-  ::close(ready[1]);
-  char ok = 0;
-  ASSERT_EQ(::read(ready[0], &ok, 1), 1);
-  ::close(ready[0]);
+  });
+  ASSERT_GE(child, 0);
   ASSERT_EQ(ok, '1');
   const auto error = test::error_of([&] { FolderLock lock(dir.path().string(), "wait"); });
   EXPECT_NE(error.find("is in use by another attnscope run"), std::string::npos) << error;
@@ -76,26 +89,19 @@ TEST(FolderLock, AKilledRunsCheckingChildDoesNotKeepTheLock) {
   test::TempDir dir;
   if (!test::folders_lock(dir.path().string()))
     GTEST_SKIP() << "flock(2) on folders is not supported under " << dir.path();
-  int started[2];
-  ASSERT_EQ(::pipe(started), 0);
-  const pid_t run = ::fork();
-  ASSERT_GE(run, 0);
-  if (run == 0) {  // the "run": holds the lock, then checks a file in a child that takes long
-    ::close(started[0]);
+  // The "run": holds the lock, then checks a file in a child that takes long.
+  const auto [run, started] = fork_until_ready([&](int ready) {
     try {
       FolderLock lock(dir.path().string(), "advice");
       pipeline::h5::read_in_child("file.h5", [&] {
-        (void)!::write(started[1], "1", 1);
+        (void)!::write(ready, "1", 1);
         ::sleep(60);
       });
     } catch (...) {
     }
-    ::_exit(0);
-  }
-  ::close(started[1]);
-  char c = 0;
-  ASSERT_EQ(::read(started[0], &c, 1), 1);  // the checking child runs, holding the lock
-  ::close(started[0]);
+  });
+  ASSERT_GE(run, 0);
+  ASSERT_EQ(started, '1');  // the checking child runs, holding the lock
   EXPECT_NE(test::error_of([&] { FolderLock lock(dir.path().string(), "wait"); }), "");
   ::kill(run, SIGKILL);
   int status = 0;
@@ -112,8 +118,6 @@ TEST(FolderLock, AKilledRunsCheckingChildDoesNotKeepTheLock) {
 
 TEST(FolderLock, AMissingFolderIsAnErrorNamingIt) {
   test::TempDir dir;
-  if (!test::folders_lock(dir.path().string()))
-    GTEST_SKIP() << "flock(2) on folders is not supported under " << dir.path();
   const auto missing = dir / "absent";
   const auto error = test::error_of([&] { FolderLock lock(missing, "advice"); });
   EXPECT_EQ(error.rfind(missing + ": cannot open the folder", 0), 0u) << error;
