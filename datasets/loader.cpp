@@ -52,15 +52,13 @@ SampleData ImageFileSource::load(std::size_t index) const {
     out.mask = read_mask(*s.mask_path);
     // An image decoded reduced (DecodeOptions::reduce_to: a JPEG at 1/2, 1/4 or 1/8, sides
     // rounded up): its full-size mask is reduced to match, by area, thresholded again.
-    if (decode_.reduce_to > 0 && out.mask.size() != out.image.size())
-      for (const int d : {2, 4, 8})
-        if ((out.mask.cols + d - 1) / d == out.image.cols &&
-            (out.mask.rows + d - 1) / d == out.image.rows) {
-          cv::Mat reduced;
-          cv::resize(out.mask, reduced, out.image.size(), 0, 0, cv::INTER_AREA);
-          cv::threshold(reduced, out.mask, 127, 255, cv::THRESH_BINARY);
-          break;
-        }
+    const int d = preprocessing::jpeg_reduction(out.mask.cols, out.mask.rows, decode_.reduce_to);
+    if (d > 1 && out.mask.size() != out.image.size() &&
+        out.image.size() == cv::Size((out.mask.cols + d - 1) / d, (out.mask.rows + d - 1) / d)) {
+      cv::Mat reduced;
+      cv::resize(out.mask, reduced, out.image.size(), 0, 0, cv::INTER_AREA);
+      cv::threshold(reduced, out.mask, 127, 255, cv::THRESH_BINARY);
+    }
     check(out.mask.size() == out.image.size(), *s.mask_path, "mask is ", out.mask.cols, "x",
           out.mask.rows, " but its image ", s.path, " is ", out.image.cols, "x", out.image.rows);
   }

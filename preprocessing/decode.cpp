@@ -240,14 +240,7 @@ int jpeg_decode_rgb(const std::vector<uint8_t>& bytes, const ImageInfo& probed, 
   }
   info.out_color_space = JCS_RGB;
   // DCT-domain reduction: the largest of 8, 4, 2 that keeps the short side >= reduce_to.
-  int denom = 1;
-  const int short_side = std::min(probed.width, probed.height);
-  if (reduce_to > 0)
-    for (const int d : {8, 4, 2})
-      if ((short_side + d - 1) / d >= reduce_to) {
-        denom = d;
-        break;
-      }
+  const int denom = jpeg_reduction(probed.width, probed.height, reduce_to);
   info.scale_num = 1;
   info.scale_denom = static_cast<unsigned int>(denom);
   jpeg_start_decompress(&info);

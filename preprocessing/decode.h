@@ -31,6 +31,16 @@ struct DecodeOptions {
   int reduce_to = 0;
 };
 
+/// The JPEG reduction DecodeOptions::reduce_to picks for a width x height image: the largest of
+/// 8, 4, 2 whose reduced short side (libjpeg rounds up) is still >= reduce_to, else 1.
+inline int jpeg_reduction(int width, int height, int reduce_to) {
+  const int short_side = width < height ? width : height;
+  if (reduce_to > 0)
+    for (const int d : {8, 4, 2})
+      if ((short_side + d - 1) / d >= reduce_to) return d;
+  return 1;
+}
+
 /// What a file's header says, read without decoding the pixels.
 struct ImageInfo {
   std::string format;  ///< "jpeg", "png", "tiff", "bmp", "webp"

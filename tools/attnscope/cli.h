@@ -2,6 +2,7 @@
 // The command table and the option-parsing helpers every subcommand uses.
 
 #include <functional>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -52,6 +53,12 @@ bool parse(const std::string& usage_line, po::options_description& desc,
 
 /// Usage text: "usage: attnscope <usage_line>" plus the options with their defaults.
 std::string usage_text(const std::string& usage_line, const po::options_description& desc);
+
+/// --decode-reduce-to N (classify, evaluate): DecodeOptions::reduce_to replacing the
+/// checkpoint's. Adds the option to desc; read_decode_reduce_to gives it when given (checked:
+/// [0, 65535], else UsageError with `usage`).
+void add_decode_reduce_to(po::options_description& desc);
+std::optional<int> read_decode_reduce_to(const po::variables_map& vm, const std::string& usage);
 
 /// How --help shows a floating-point default: the shortest text that reads back as the same
 /// double ("0.1", not Boost's "0.10000000000000001").

@@ -77,12 +77,8 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
       ("shard", po::value(&shard)->default_value(""),
        "i/N: classify inputs i, i+N, i+2N, ... (default: from RANK/WORLD_SIZE or "
        "SLURM_PROCID/SLURM_NTASKS, else 0/1)")  //
-      ("decode-reduce-to", po::value<int>(),
-       "decode JPEGs at 1/2, 1/4 or 1/8 while the short side stays >= N (0: full size; N: the "
-       "first resize's size, divided by any centre-crop fraction before it); "
-       "default: the checkpoint's preprocessing. For full-size photographs (ISIC 2019/2020) "
-       "with a checkpoint trained without it: several times faster, pixels slightly different")  //
       ("device", po::value(&o.device)->default_value("cpu"), "cpu or cuda");
+  add_decode_reduce_to(desc);
   data.add_to(desc, /*required=*/false);
   po::variables_map vm;
   if (!parse(usage, desc, args, vm)) return 0;
@@ -93,11 +89,7 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
   if (o.faithfulness_steps < 1) fail("--faithfulness-steps must be >= 1");
   if (o.device != "cpu" && o.device.rfind("cuda", 0) != 0) fail("--device must be cpu or cuda");
   if (o.resume && o.overwrite) fail("--resume and --overwrite exclude each other");
-  if (vm.count("decode-reduce-to")) {
-    o.decode_reduce_to = vm["decode-reduce-to"].as<int>();
-    if (*o.decode_reduce_to < 0 || *o.decode_reduce_to > 65535)
-      fail("--decode-reduce-to must be in [0, 65535] (0 = full size)");
-  }
+  o.decode_reduce_to = read_decode_reduce_to(vm, usage_text(usage, desc));
   o.maps = maps;
   if (!threshold.empty()) {
     try {

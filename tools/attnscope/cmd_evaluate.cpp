@@ -49,11 +49,9 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
        "bootstrap resamples for the AUC's 95% interval (0: none)")
       ("seed", po::value(&o.seed)->default_value(0), "bootstrap seed")
       ("workers", po::value(&o.workers)->default_value(2), "image decoding threads")
-      ("decode-reduce-to", po::value<int>(),
-       "decode JPEGs at 1/2, 1/4 or 1/8 while the short side stays >= N (0: full size); "
-       "default: the checkpoint's preprocessing (as classify --decode-reduce-to)")
       ("quiet", po::bool_switch(&quiet), "no progress on stderr");
   // clang-format on
+  add_decode_reduce_to(desc);
   po::variables_map vm;
   if (!parse(usage, desc, args, vm)) return 0;
   const auto fail = [&](const std::string& m) { throw UsageError(m, usage_text(usage, desc)); };
@@ -72,12 +70,7 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
     o.threshold = t;
   }
   o.tta = tta;
-  std::optional<int> reduce_to;
-  if (vm.count("decode-reduce-to")) {
-    reduce_to = vm["decode-reduce-to"].as<int>();
-    if (*reduce_to < 0 || *reduce_to > 65535)
-      fail("--decode-reduce-to must be in [0, 65535] (0 = full size)");
-  }
+  const auto reduce_to = read_decode_reduce_to(vm, usage_text(usage, desc));
 
   const auto loaded = pipeline::load_image_classifier(model_path);
   std::shared_ptr<const datasets::SampleSource> source;
