@@ -18,6 +18,7 @@
 #include "models/vision/explain.h"
 #include "pipeline/vision/image_model_config.h"
 #include "runtime/runtime.h"
+#include "runtime/tensor_cache.h"
 
 using namespace attnscope;
 
@@ -64,6 +65,7 @@ int main(int argc, char** argv) {
     runtime::limit_openmp_spinning(threads > 0 ? threads : runtime::available_cores(), argv);
     runtime::set_threads(threads);
     runtime::keep_freed_memory_for_reuse();  // and its malloc settings (docs/architecture.md)
+    runtime::cache_tensor_memory_by_default();  // and its tensor cache
     auto loaded = pipeline::load_image_classifier(argv[2]);
     auto& model = *loaded.model;
     model.eval();

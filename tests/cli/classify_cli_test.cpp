@@ -390,6 +390,22 @@ TEST(CliClassify, TwoShardsMergedEqualOneRun) {
   EXPECT_FALSE(fs::exists(dir / "x.h5"));
 }
 
+// The tensor cache (runtime/tensor_cache.h) serves every tensor of a run from kept blocks:
+// results equal a run on LibTorch's own allocator, TTA and a last, smaller batch included.
+TEST(CliClassify, TheTensorCacheChangesNoResult) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 9);
+  const auto base = exe() + " classify --model " + q(model) + " --input " + q(images + "/images") +
+                    " --batch-size 4 --tta --overlays";
+  const auto cached = test::run_process(base + " --out " + q(dir / "cached"));
+  ASSERT_EQ(cached.status, 0) << cached.output;
+  const auto own =
+      test::run_process("ATTNSCOPE_TENSOR_CACHE=0 " + base + " --out " + q(dir / "own"));
+  ASSERT_EQ(own.status, 0) << own.output;
+  EXPECT_EQ(compare(dir, dir / "cached/results.h5", dir / "own/results.h5"), "OK\n");
+}
+
 // merge killed at any moment: the previous merged file or the complete new one.
 TEST(CliClassify, MergeKilledAtAnyMomentLeavesTheOldOrTheNewFile) {
   test::TempDir dir;

@@ -173,6 +173,22 @@ TEST(Cli, LargeBlocksStayInTheHeapUnlessTheUserChoseMallocSettings) {
       << r.output;
 }
 
+TEST(Cli, TensorsComeFromTheTensorCacheUnlessTheEnvironmentSaysZero) {
+  auto r = test::run_process(exe() + " info");
+  ASSERT_EQ(r.status, 0) << r.output;
+#ifdef __SANITIZE_ADDRESS__
+  EXPECT_NE(r.output.find("tensor memory  LibTorch's allocator\n"), std::string::npos) << r.output;
+#else
+  EXPECT_NE(r.output.find("tensor memory  blocks of 256 KiB and more kept for reuse by size "
+                          "(attnscope's tensor cache)\n"),
+            std::string::npos)
+      << r.output;
+#endif
+  r = test::run_process("ATTNSCOPE_TENSOR_CACHE=0 " + exe() + " info");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("tensor memory  LibTorch's allocator\n"), std::string::npos) << r.output;
+}
+
 TEST(Cli, ThreadsOptionOverridesTheDefault) {
   const auto r = test::run_process(exe() + " --threads 1 info");
   ASSERT_EQ(r.status, 0) << r.output;

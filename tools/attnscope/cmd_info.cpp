@@ -9,6 +9,7 @@
 #include "pipeline/h5.h"
 #include "preprocessing/tensor.h"
 #include "runtime/runtime.h"
+#include "runtime/tensor_cache.h"
 
 namespace attnscope::cli {
 namespace {
@@ -50,6 +51,11 @@ int run_info(const std::vector<std::string>& args, const GlobalOptions&) {
                                    : mem.user)
             << "; a 64 MiB block is "
             << (runtime::malloc_maps_blocks_of(std::size_t{64} << 20) ? "mapped" : "from the heap")
+            << "\n";
+  std::cout << "tensor memory  "
+            << (runtime::tensor_cache_enabled()
+                    ? "blocks of 256 KiB and more kept for reuse by size (attnscope's tensor cache)"
+                    : "LibTorch's allocator")
             << "\n";
   std::cout << "CUDA           " << (runtime::cuda_available() ? "available" : "not available")
             << ", " << runtime::cuda_device_count() << " device(s)\n";

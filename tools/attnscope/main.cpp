@@ -12,6 +12,7 @@
 #include "attnscope/version.h"
 #include "cli.h"
 #include "runtime/runtime.h"
+#include "runtime/tensor_cache.h"
 
 namespace {
 
@@ -81,6 +82,7 @@ int run(int argc, char** argv) {
           global.threads > 0 ? global.threads : attnscope::runtime::available_cores(), argv);
       attnscope::runtime::set_threads(global.threads);
       attnscope::runtime::keep_freed_memory_for_reuse();
+      attnscope::runtime::cache_tensor_memory_by_default();
       return c.run(std::vector<std::string>(args.begin() + i + 1, args.end()), global);
     }
   }

@@ -1,0 +1,196 @@
+#include "runtime/tensor_cache.h"
+
+#include <pthread.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <new>
+#include <string>
+#include <vector>
+
+#include <c10/core/Allocator.h>
+#include <c10/core/CPUAllocator.h>
+
+namespace attnscope::runtime {
+namespace {
+
+// Every block starts with a header of kHeader bytes that says how to give it back; the
+// tensor's data follows, 64-byte aligned as LibTorch's own allocator aligns it.
+constexpr std::size_t kHeader = 64;
+constexpr std::size_t kPage = 4096;
+constexpr std::uint32_t kFromMalloc = 0x6d616c6c;  // posix_memalign, given back with free()
+constexpr std::uint32_t kMapped = 0x6d6d6170;      // mmap, kept for reuse
+
+struct Header {
+  std::uint32_t kind;
+  std::uint32_t unused;
+  std::size_t bytes;  // the whole block, header included (a multiple of kPage when mapped)
+};
+static_assert(sizeof(Header) <= kHeader, "the header must fit before the data");
+
+class TensorCache final : public c10::Allocator {
+ public:
+  static TensorCache& instance() {
+    static auto* cache = [] {
+      auto* c = new TensorCache();  // never destroyed: tensors may outlive main()
+      // A child forked while another thread holds the lock would wait for it forever (the
+      // classify and merge checks fork): fork() takes the lock and both sides release it.
+      ::pthread_atfork([] { instance().mutex_.lock(); }, [] { instance().mutex_.unlock(); },
+                       [] { instance().mutex_.unlock(); });
+      return c;
+    }();
+    return *cache;
+  }
+
+  c10::DataPtr allocate(std::size_t n) const override {
+    void* data = instance().take(n);
+    return {data, data, &give_back, c10::Device(c10::DeviceType::CPU)};
+  }
+  c10::DeleterFnPtr raw_deleter() const override { return &give_back; }
+
+  TensorCacheStats stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return stats_;
+  }
+
+  void release() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    while (!kept_.empty())
+      unmap_largest_kept();
+  }
+
+ private:
+  void* take(std::size_t n) {
+    if (n >= kTensorCacheMinBytes) return static_cast<char*>(take_mapped(n)) + kHeader;
+    void* block = nullptr;
+    if (posix_memalign(&block, kHeader, n + kHeader) != 0) throw std::bad_alloc();
+    *static_cast<Header*>(block) = {kFromMalloc, 0, n + kHeader};
+    return static_cast<char*>(block) + kHeader;
+  }
+
+  void* take_mapped(std::size_t n) {
+    if (n > SIZE_MAX - kHeader - kPage) throw std::bad_alloc();
+    const std::size_t bytes = (n + kHeader + kPage - 1) / kPage * kPage;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      // The smallest kept block that holds it, when at most twice its size.
+      auto it = kept_.lower_bound(bytes);
+      if (it != kept_.end() && it->first / 2 <= bytes) {
+        void* block = it->second.back();
+        it->second.pop_back();
+        stats_.kept_bytes -= it->first;
+        if (it->second.empty()) kept_.erase(it);
+        ++stats_.reused;
+        note_in_use();
+        return block;
+      }
+      // Mapped memory stays within twice the most ever in use: the kept blocks that would
+      // take it past that (sizes no longer asked for) go back to the kernel first.
+      const std::size_t in_use = stats_.mapped_bytes - stats_.kept_bytes + bytes;
+      const std::size_t limit = 2 * std::max(stats_.peak_in_use_bytes, in_use);
+      while (!kept_.empty() && stats_.mapped_bytes + bytes > limit)
+        unmap_largest_kept();
+    }
+    void* block = map(bytes);
+    if (block == nullptr) {
+      release();  // the kept blocks may be what is missing
+      block = map(bytes);
+      if (block == nullptr) throw std::bad_alloc();
+    }
+    *static_cast<Header*>(block) = {kMapped, 0, bytes};
+    std::lock_guard<std::mutex> lock(mutex_);
+    stats_.mapped_bytes += bytes;
+    ++stats_.mapped;
+    note_in_use();
+    return block;
+  }
+
+  static void* map(std::size_t bytes) {
+    void* block =
+        ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (block == MAP_FAILED) return nullptr;
+    return block;
+  }
+
+  static void give_back(void* data) {
+    if (data == nullptr) return;
+    void* block = static_cast<char*>(data) - kHeader;
+    const Header header = *static_cast<const Header*>(block);
+    if (header.kind == kFromMalloc) {
+      std::free(block);
+    } else {
+      instance().keep(block, header.bytes);
+    }
+  }
+
+  void keep(void* block, std::size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    kept_[bytes].push_back(block);
+    stats_.kept_bytes += bytes;
+  }
+
+  // Called with mutex_ held.
+  void note_in_use() {
+    stats_.peak_in_use_bytes =
+        std::max(stats_.peak_in_use_bytes, stats_.mapped_bytes - stats_.kept_bytes);
+  }
+  void unmap_largest_kept() {
+    auto last = std::prev(kept_.end());
+    ::munmap(last->second.back(), last->first);
+    last->second.pop_back();
+    stats_.kept_bytes -= last->first;
+    stats_.mapped_bytes -= last->first;
+    ++stats_.unmapped;
+    if (last->second.empty()) kept_.erase(last);
+  }
+
+  std::mutex mutex_;
+  std::map<std::size_t, std::vector<void*>> kept_;  // block size -> blocks not in use
+  TensorCacheStats stats_;
+};
+
+}  // namespace
+
+namespace {
+std::atomic<bool> g_enabled{false};
+}  // namespace
+
+void cache_tensor_memory() {
+  static const bool done = [] {
+    // Priority 1: above LibTorch's own allocator (0), so later registrations of it lose.
+    c10::SetCPUAllocator(&TensorCache::instance(), 1);
+    g_enabled = true;
+    return true;
+  }();
+  (void)done;
+}
+
+bool tensor_cache_enabled() {
+  return g_enabled;
+}
+
+bool cache_tensor_memory_by_default() {
+#if defined(__SANITIZE_ADDRESS__)
+  return false;  // ASan checks tensors' memory only when malloc serves it
+#else
+  if (const char* env = std::getenv(kTensorCacheEnv); env != nullptr && std::string(env) == "0")
+    return false;
+  cache_tensor_memory();
+  return true;
+#endif
+}
+
+TensorCacheStats tensor_cache_stats() {
+  return TensorCache::instance().stats();
+}
+
+void release_tensor_cache() {
+  TensorCache::instance().release();
+}
+
+}  // namespace attnscope::runtime

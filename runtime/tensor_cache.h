@@ -1,0 +1,47 @@
+#pragma once
+// Memory for LibTorch's CPU tensors, kept for reuse by size (cache_tensor_memory).
+
+#include <cstddef>
+#include <cstdint>
+
+namespace attnscope::runtime {
+
+/// Tensors of at least this many bytes are mapped by the tensor cache and kept for reuse;
+/// smaller ones come from malloc, as with LibTorch's own allocator.
+constexpr std::size_t kTensorCacheMinBytes = std::size_t{256} << 10;
+
+/// Makes LibTorch allocate CPU tensors from a cache of mapped blocks (c10::SetCPUAllocator).
+/// A batch of images allocates the same large tensors as the batch before it (activations,
+/// gradients, Grad-CAM's maps); glibc's heap keeps them for reuse too
+/// (keep_freed_memory_for_reuse), but fragments while it fills, so the peak memory of a
+/// classify run rose for its first ~800 images and varied by 20 % between runs. Here a freed
+/// tensor's block is kept and handed to the next request it holds that is at least half its
+/// size, so after the first batch no page is mapped or faulted in again; mapped memory stays
+/// within twice the most ever in use (larger kept blocks are unmapped first). Tensors
+/// allocated before the call keep LibTorch's allocator. Idempotent; there is no way back.
+void cache_tensor_memory();
+
+/// Whether cache_tensor_memory() was called in this process.
+bool tensor_cache_enabled();
+
+/// What the commands and benchmarks call before their first tensor: cache_tensor_memory()
+/// unless the environment sets kTensorCacheEnv=0 (LibTorch's own allocator, to compare) or
+/// the build is AddressSanitizer's (which checks a tensor's memory only when malloc serves
+/// it). Returns whether the cache is on.
+bool cache_tensor_memory_by_default();
+constexpr const char* kTensorCacheEnv = "ATTNSCOPE_TENSOR_CACHE";
+
+struct TensorCacheStats {
+  std::size_t mapped_bytes = 0;       ///< mapped now, in use or kept
+  std::size_t kept_bytes = 0;         ///< mapped and kept for reuse, not in use
+  std::size_t peak_in_use_bytes = 0;  ///< the most in use at once
+  std::uint64_t mapped = 0;           ///< blocks mapped so far
+  std::uint64_t reused = 0;           ///< requests served with a kept block
+  std::uint64_t unmapped = 0;         ///< kept blocks given back to the kernel
+};
+TensorCacheStats tensor_cache_stats();
+
+/// Gives every kept block back to the kernel (blocks in use stay).
+void release_tensor_cache();
+
+}  // namespace attnscope::runtime

@@ -1,0 +1,188 @@
+// The tensor cache (runtime/tensor_cache.h). ctest runs every test in a process of its own,
+// so the cache one test turns on does not reach the others.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "runtime/runtime.h"
+#include "runtime/tensor_cache.h"
+#include "test_support.h"
+
+namespace attnscope::runtime {
+namespace {
+
+constexpr int64_t kMiB = int64_t{1} << 20;
+
+torch::Tensor bytes_tensor(int64_t bytes) {
+  return torch::empty({bytes}, torch::kUInt8);
+}
+
+bool aligned64(const void* p) {
+  return reinterpret_cast<std::uintptr_t>(p) % 64 == 0;
+}
+
+TEST(TensorCache, AFreedTensorsMemoryServesTheNextTensorOfTheSameSize) {
+  cache_tensor_memory();
+  ASSERT_TRUE(tensor_cache_enabled());
+  const auto before = tensor_cache_stats();
+  auto a = bytes_tensor(4 * kMiB);
+  void* first = a.data_ptr();
+  EXPECT_TRUE(aligned64(first));
+  EXPECT_EQ(tensor_cache_stats().mapped, before.mapped + 1);
+  std::memset(first, 7, 4 * kMiB);  // the whole block is writable
+  a.reset();
+  EXPECT_EQ(tensor_cache_stats().kept_bytes, before.kept_bytes + 4 * kMiB + 4096);
+  auto b = bytes_tensor(4 * kMiB);
+  EXPECT_EQ(b.data_ptr(), first);
+  const auto after = tensor_cache_stats();
+  EXPECT_EQ(after.mapped, before.mapped + 1);
+  EXPECT_EQ(after.reused, before.reused + 1);
+  EXPECT_EQ(after.kept_bytes, before.kept_bytes);
+  // Small tensors come from malloc, aligned as LibTorch aligns them, and are not counted.
+  auto small = bytes_tensor(1000);
+  EXPECT_TRUE(aligned64(small.data_ptr()));
+  EXPECT_EQ(tensor_cache_stats().mapped, after.mapped);
+  EXPECT_EQ(tensor_cache_stats().mapped_bytes, after.mapped_bytes);
+}
+
+TEST(TensorCache, AKeptBlockServesRequestsDownToHalfItsSize) {
+  cache_tensor_memory();
+  auto a = bytes_tensor(8 * kMiB);
+  void* block = a.data_ptr();
+  a.reset();
+  auto b = bytes_tensor(5 * kMiB);  // 5/8 of the block: reused
+  EXPECT_EQ(b.data_ptr(), block);
+  b.reset();
+  const auto before = tensor_cache_stats();
+  auto c = bytes_tensor(3 * kMiB);  // 3/8: a block of its own
+  EXPECT_NE(c.data_ptr(), block);
+  EXPECT_EQ(tensor_cache_stats().mapped, before.mapped + 1);
+  auto d = bytes_tensor(8 * kMiB);  // the kept block again
+  EXPECT_EQ(d.data_ptr(), block);
+}
+
+// Sizes that grow (a seq2seq batch of longer sentences, say) must not pile up kept blocks that
+// no request fits any more: mapped memory stays within twice the most ever in use.
+TEST(TensorCache, MappedMemoryStaysWithinTwiceThePeakInUse) {
+  cache_tensor_memory();
+  release_tensor_cache();
+  std::vector<torch::Tensor> held;
+  int64_t bytes = kMiB;
+  for (int step = 0; step < 30; ++step, bytes = bytes * 5 / 4) {
+    auto t = bytes_tensor(bytes);
+    if (step % 7 == 0) held.push_back(bytes_tensor(bytes / 3));  // some stay in use
+    t.reset();
+    const auto s = tensor_cache_stats();
+    ASSERT_LE(s.mapped_bytes, 2 * s.peak_in_use_bytes) << "step " << step;
+  }
+  const auto s = tensor_cache_stats();
+  EXPECT_GT(s.unmapped, 0u);
+  held.clear();
+  release_tensor_cache();
+  EXPECT_EQ(tensor_cache_stats().mapped_bytes, 0u);
+  EXPECT_EQ(tensor_cache_stats().kept_bytes, 0u);
+}
+
+// Blocks given back on one thread and taken on another: no block is ever handed to two
+// tensors at once (each thread's bytes are intact when it lets its tensor go).
+TEST(TensorCache, ThreadsTakingAndGivingBackBlocksNeverShareOne) {
+  cache_tensor_memory();
+  std::atomic<int> corrupted{0};
+  std::vector<std::thread> threads;
+  for (int id = 0; id < 4; ++id)
+    threads.emplace_back([id, &corrupted] {
+      std::mt19937 rng(static_cast<unsigned>(id));
+      const int64_t sizes[] = {300 << 10, kMiB, 2 * kMiB, 3 * kMiB + 5, 100};
+      std::vector<std::pair<torch::Tensor, uint8_t>> ring;
+      for (int i = 0; i < 400; ++i) {
+        const int64_t bytes = sizes[rng() % 5];
+        const auto mark = static_cast<uint8_t>(id * 64 + i % 64);
+        auto t = bytes_tensor(bytes);
+        std::memset(t.data_ptr(), mark, static_cast<size_t>(bytes));
+        ring.emplace_back(std::move(t), mark);
+        if (ring.size() > 3) {
+          auto& [old, old_mark] = ring.front();
+          if (!old.eq(old_mark).all().item<bool>()) ++corrupted;
+          ring.erase(ring.begin());
+        }
+      }
+    });
+  for (auto& t : threads)
+    t.join();
+  EXPECT_EQ(corrupted.load(), 0);
+  EXPECT_GT(tensor_cache_stats().reused, 0u);
+}
+
+// LibTorch's own kernels run on the cache's memory and give what they give without it.
+TEST(TensorCache, AConvolutionsForwardAndBackwardAreUnchangedByTheCache) {
+  torch::manual_seed(3);
+  auto conv = torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 32, 3).padding(1));
+  const auto x = torch::randn({8, 3, 96, 96});
+  auto run = [&] {
+    conv->zero_grad();
+    auto y = torch::relu(conv->forward(x));
+    y.square().sum().backward();
+    return std::make_pair(y.detach().clone(), conv->weight.grad().clone());
+  };
+  const auto [y0, g0] = run();
+  cache_tensor_memory();
+  const auto mapped = tensor_cache_stats().mapped;
+  for (int round = 0; round < 2; ++round) {  // the second round runs on kept blocks
+    const auto [y1, g1] = run();
+    EXPECT_TRUE(torch::equal(y0, y1)) << "round " << round;
+    EXPECT_TRUE(torch::allclose(g0, g1, 1e-5, 1e-6)) << "round " << round;
+  }
+  EXPECT_GT(tensor_cache_stats().mapped, mapped);
+  EXPECT_GT(tensor_cache_stats().reused, 0u);
+}
+
+// The classify and merge checks fork while loader threads allocate: a child must never wait
+// for a lock another thread of the parent held at fork().
+TEST(TensorCache, AChildForkedWhileAnotherThreadAllocatesCanAllocate) {
+  cache_tensor_memory();
+  std::atomic<bool> stop{false};
+  std::thread busy([&stop] {
+    while (!stop)
+      (void)bytes_tensor(kMiB);
+  });
+  int hung = 0;
+  for (int i = 0; i < 20; ++i) {
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      alarm(10);  // a deadlocked child ends with SIGALRM
+      auto t = bytes_tensor(2 * kMiB);
+      _exit(t.numel() == 2 * kMiB ? 0 : 1);
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ++hung;
+  }
+  stop = true;
+  busy.join();
+  EXPECT_EQ(hung, 0);
+}
+
+TEST(TensorCache, TheCommandsTurnItOnUnlessTheEnvironmentSaysZero) {
+  ASSERT_EQ(setenv(kTensorCacheEnv, "0", 1), 0);
+  EXPECT_FALSE(cache_tensor_memory_by_default());
+  EXPECT_FALSE(tensor_cache_enabled());
+  ASSERT_EQ(unsetenv(kTensorCacheEnv), 0);
+#if defined(__SANITIZE_ADDRESS__)
+  EXPECT_FALSE(cache_tensor_memory_by_default());
+#else
+  EXPECT_TRUE(cache_tensor_memory_by_default());
+  EXPECT_TRUE(tensor_cache_enabled());
+#endif
+}
+
+}  // namespace
+}  // namespace attnscope::runtime
