@@ -24,7 +24,7 @@ attnscope / PyTorch (the issue's goal: >= 1.3).
 
   bench/classify_vs_pytorch.py [--arch attn_small] [--gradcam full|head] [--images 500]
       [--rounds 3] [--batch 16] [--workers 2] [--threads 2] [--build build]
-      [--malloc attnscope|glibc]
+      [--malloc attnscope|glibc|jemalloc|tcmalloc]
 """
 
 import argparse
@@ -40,6 +40,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gomp_env  # noqa: E402,F401  (before torch: GOMP_SPINCOUNT for this process)
+import preload_malloc  # noqa: E402,F401  (after gomp_env, before torch)
 
 import cv2
 import h5py
@@ -359,11 +360,13 @@ def main():
                    help="Python's Grad-CAM: full = pytorch-grad-cam's (autograd through the whole "
                         "model), head = the trunk without a graph and autograd through the head "
                         "only (attnscope's way)")
-    p.add_argument("--malloc", default="attnscope", choices=["attnscope", "glibc"],
+    p.add_argument("--malloc", default="attnscope",
+                   choices=["attnscope", "glibc", "jemalloc", "tcmalloc"],
                    help="Python's malloc: attnscope = the settings attnscope gives itself "
                         "(freed blocks up to 512 MiB kept for reuse, docs/architecture.md; a "
                         "practitioner would use jemalloc or TCMalloc to the same end), glibc = "
-                        "glibc's defaults")
+                        "glibc's defaults, jemalloc/tcmalloc = preloaded as PyTorch's tuning "
+                        "guide advises (bench/preload_malloc.py)")
     args = p.parse_args()
 
     if args.malloc == "attnscope":

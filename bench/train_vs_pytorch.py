@@ -23,7 +23,7 @@ Both sides run in alternating rounds (`--rounds`, default 3) and the ratio is th
 the rounds' ratios.
 
   bench/train_vs_pytorch.py [--arch attn_small] [--epochs 4] [--rounds 3] [--threads 2]
-      [--malloc attnscope|glibc]   (Python's malloc; default: attnscope's settings)
+      [--malloc attnscope|glibc|jemalloc|tcmalloc]   (Python's malloc; default: attnscope's settings)
 """
 
 import argparse
@@ -39,6 +39,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gomp_env  # noqa: E402,F401  (before torch: GOMP_SPINCOUNT for this process)
+import preload_malloc  # noqa: E402,F401  (after gomp_env, before torch)
 
 import cv2
 import numpy as np
@@ -135,9 +136,11 @@ def main():
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3,
                    help="alternating attnscope/Python rounds; medians over them")
-    p.add_argument("--malloc", default="attnscope", choices=["attnscope", "glibc"],
+    p.add_argument("--malloc", default="attnscope",
+                   choices=["attnscope", "glibc", "jemalloc", "tcmalloc"],
                    help="Python's malloc: attnscope = the settings attnscope gives itself "
-                        "(docs/architecture.md), glibc = glibc's defaults")
+                        "(docs/architecture.md), glibc = glibc's defaults, jemalloc/tcmalloc = "
+                        "preloaded as PyTorch's tuning guide advises (bench/preload_malloc.py)")
     args = p.parse_args()
     size = args.size or {"attn_small": 128, "attn_resnet18": 224, "vit_mini_patch8": 64}[args.arch]
     if args.malloc == "attnscope":

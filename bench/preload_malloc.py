@@ -1,0 +1,49 @@
+"""`--malloc jemalloc|tcmalloc` for a benchmark's Python side, as PyTorch's users tune it.
+
+PyTorch's performance tuning guide tells CPU users to run with jemalloc or TCMalloc
+(LD_PRELOAD), because glibc's malloc returns large freed blocks to the kernel and faults them
+in again. A benchmark that imports this module before torch and after bench/gomp_env.py
+(whose re-execution would drop the preload) and is given `--malloc jemalloc` or
+`--malloc tcmalloc` executes itself again with the library
+preloaded (jemalloc with the MALLOC_CONF of Intel's PyTorch tuning guide), so the Python
+process and its forked DataLoader workers use it; LD_PRELOAD is then taken out of the
+environment again, so that the attnscope commands the benchmark runs keep their own malloc.
+Debian's packages: libjemalloc2, libtcmalloc-minimal4.
+"""
+
+import os
+import sys
+
+LIBS = {
+    "jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+    "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+}
+PACKAGES = {"jemalloc": "libjemalloc2", "tcmalloc": "libtcmalloc-minimal4"}
+JEMALLOC_CONF = ("oversize_threshold:1,background_thread:true,metadata_thp:auto,"
+                 "dirty_decay_ms:9000000000,muzzy_decay_ms:9000000000")
+MARKER = "ATTNSCOPE_BENCH_PRELOADED"
+
+
+def requested(argv):
+    for i, a in enumerate(argv):
+        if a == "--malloc" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--malloc="):
+            return a.split("=", 1)[1]
+    return ""
+
+
+choice = requested(sys.argv[1:])
+if choice in LIBS and os.environ.get(MARKER) != LIBS[choice]:
+    if not os.path.exists(LIBS[choice]):
+        raise SystemExit("--malloc %s needs %s (apt-get install %s)" %
+                         (choice, LIBS[choice], PACKAGES[choice]))
+    os.environ["LD_PRELOAD"] = LIBS[choice]
+    if choice == "jemalloc":
+        os.environ["MALLOC_CONF"] = JEMALLOC_CONF
+    os.environ[MARKER] = LIBS[choice]
+    os.execv(sys.executable, [sys.executable] + sys.argv)
+if os.environ.get(MARKER):
+    # Preloaded into this process already; the commands it runs get their own malloc back.
+    os.environ.pop("LD_PRELOAD", None)
+    os.environ.pop("MALLOC_CONF", None)
