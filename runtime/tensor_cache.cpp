@@ -11,6 +11,7 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <c10/core/Allocator.h>
@@ -19,19 +20,7 @@
 namespace attnscope::runtime {
 namespace {
 
-// Every block starts with a header of kHeader bytes that says how to give it back; the
-// tensor's data follows, 64-byte aligned as LibTorch's own allocator aligns it.
-constexpr std::size_t kHeader = 64;
 constexpr std::size_t kPage = 4096;
-constexpr std::uint32_t kFromMalloc = 0x6d616c6c;  // posix_memalign, given back with free()
-constexpr std::uint32_t kMapped = 0x6d6d6170;      // mmap, kept for reuse
-
-struct Header {
-  std::uint32_t kind;
-  std::uint32_t unused;
-  std::size_t bytes;  // the whole block, header included (a multiple of kPage when mapped)
-};
-static_assert(sizeof(Header) <= kHeader, "the header must fit before the data");
 
 class TensorCache final : public c10::Allocator {
  public:
@@ -47,11 +36,15 @@ class TensorCache final : public c10::Allocator {
     return *cache;
   }
 
+  // Small tensors: LibTorch's own allocator (and its deleter, which the DataPtr carries).
   c10::DataPtr allocate(std::size_t n) const override {
+    if (n < kTensorCacheMinBytes) return c10::GetDefaultCPUAllocator()->allocate(n);
     void* data = instance().take(n);
     return {data, data, &give_back, c10::Device(c10::DeviceType::CPU)};
   }
-  c10::DeleterFnPtr raw_deleter() const override { return &give_back; }
+  // raw_allocate's memory (ideep's buffers) comes back through this, small or large, and
+  // possibly allocated before the cache was registered: only the blocks it mapped are kept.
+  c10::DeleterFnPtr raw_deleter() const override { return &raw_give_back; }
 
   TensorCacheStats stats() {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -66,16 +59,8 @@ class TensorCache final : public c10::Allocator {
 
  private:
   void* take(std::size_t n) {
-    if (n >= kTensorCacheMinBytes) return static_cast<char*>(take_mapped(n)) + kHeader;
-    void* block = nullptr;
-    if (posix_memalign(&block, kHeader, n + kHeader) != 0) throw std::bad_alloc();
-    *static_cast<Header*>(block) = {kFromMalloc, 0, n + kHeader};
-    return static_cast<char*>(block) + kHeader;
-  }
-
-  void* take_mapped(std::size_t n) {
-    if (n > SIZE_MAX - kHeader - kPage) throw std::bad_alloc();
-    const std::size_t bytes = (n + kHeader + kPage - 1) / kPage * kPage;
+    if (n > SIZE_MAX - kPage) throw std::bad_alloc();
+    const std::size_t bytes = (n + kPage - 1) / kPage * kPage;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       // The smallest kept block that holds it, when at most twice its size.
@@ -102,8 +87,8 @@ class TensorCache final : public c10::Allocator {
       block = map(bytes);
       if (block == nullptr) throw std::bad_alloc();
     }
-    *static_cast<Header*>(block) = {kMapped, 0, bytes};
     std::lock_guard<std::mutex> lock(mutex_);
+    sizes_[block] = bytes;
     stats_.mapped_bytes += bytes;
     ++stats_.mapped;
     note_in_use();
@@ -113,25 +98,31 @@ class TensorCache final : public c10::Allocator {
   static void* map(std::size_t bytes) {
     void* block =
         ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (block == MAP_FAILED) return nullptr;
-    return block;
+    return block == MAP_FAILED ? nullptr : block;
   }
 
   static void give_back(void* data) {
-    if (data == nullptr) return;
-    void* block = static_cast<char*>(data) - kHeader;
-    const Header header = *static_cast<const Header*>(block);
-    if (header.kind == kFromMalloc) {
-      std::free(block);
+    if (data != nullptr) instance().keep(data);
+  }
+
+  static void raw_give_back(void* data) {
+    if (data == nullptr || instance().keep(data)) return;
+    const c10::DeleterFnPtr own = c10::GetDefaultCPUAllocator()->raw_deleter();
+    if (own != nullptr) {
+      own(data);
     } else {
-      instance().keep(block, header.bytes);
+      std::free(data);
     }
   }
 
-  void keep(void* block, std::size_t bytes) {
+  // False when the block is not one this cache mapped.
+  bool keep(void* block) {
     std::lock_guard<std::mutex> lock(mutex_);
-    kept_[bytes].push_back(block);
-    stats_.kept_bytes += bytes;
+    const auto it = sizes_.find(block);
+    if (it == sizes_.end()) return false;
+    kept_[it->second].push_back(block);
+    stats_.kept_bytes += it->second;
+    return true;
   }
 
   // Called with mutex_ held.
@@ -141,7 +132,9 @@ class TensorCache final : public c10::Allocator {
   }
   void unmap_largest_kept() {
     auto last = std::prev(kept_.end());
-    ::munmap(last->second.back(), last->first);
+    void* block = last->second.back();
+    ::munmap(block, last->first);
+    sizes_.erase(block);
     last->second.pop_back();
     stats_.kept_bytes -= last->first;
     stats_.mapped_bytes -= last->first;
@@ -150,7 +143,8 @@ class TensorCache final : public c10::Allocator {
   }
 
   std::mutex mutex_;
-  std::map<std::size_t, std::vector<void*>> kept_;  // block size -> blocks not in use
+  std::unordered_map<void*, std::size_t> sizes_;    // every mapped block -> its size
+  std::map<std::size_t, std::vector<void*>> kept_;  // size -> mapped blocks not in use
   TensorCacheStats stats_;
 };
 

@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include <c10/core/CPUAllocator.h>
 #include <torch/torch.h>
 
 #include "runtime/runtime.h"
@@ -39,22 +40,26 @@ TEST(TensorCache, AFreedTensorsMemoryServesTheNextTensorOfTheSameSize) {
   EXPECT_EQ(tensor_cache_stats().mapped, before.mapped + 1);
   std::memset(first, 7, 4 * kMiB);  // the whole block is writable
   a.reset();
-  EXPECT_EQ(tensor_cache_stats().kept_bytes, before.kept_bytes + 4 * kMiB + 4096);
+  EXPECT_EQ(tensor_cache_stats().kept_bytes, before.kept_bytes + 4 * kMiB);
   auto b = bytes_tensor(4 * kMiB);
   EXPECT_EQ(b.data_ptr(), first);
   const auto after = tensor_cache_stats();
   EXPECT_EQ(after.mapped, before.mapped + 1);
   EXPECT_EQ(after.reused, before.reused + 1);
   EXPECT_EQ(after.kept_bytes, before.kept_bytes);
-  // Small tensors come from malloc, aligned as LibTorch aligns them, and are not counted.
+  // Small tensors come from LibTorch's own allocator, with its deleter, and are not counted.
   auto small = bytes_tensor(1000);
   EXPECT_TRUE(aligned64(small.data_ptr()));
+  EXPECT_EQ(small.storage().data_ptr().get_deleter(),
+            c10::GetDefaultCPUAllocator()->allocate(1000).get_deleter());
+  EXPECT_NE(small.storage().data_ptr().get_deleter(), b.storage().data_ptr().get_deleter());
   EXPECT_EQ(tensor_cache_stats().mapped, after.mapped);
   EXPECT_EQ(tensor_cache_stats().mapped_bytes, after.mapped_bytes);
 }
 
 TEST(TensorCache, AKeptBlockServesRequestsDownToHalfItsSize) {
   cache_tensor_memory();
+  release_tensor_cache();  // no block kept from before
   auto a = bytes_tensor(8 * kMiB);
   void* block = a.data_ptr();
   a.reset();
@@ -67,6 +72,24 @@ TEST(TensorCache, AKeptBlockServesRequestsDownToHalfItsSize) {
   EXPECT_EQ(tensor_cache_stats().mapped, before.mapped + 1);
   auto d = bytes_tensor(8 * kMiB);  // the kept block again
   EXPECT_EQ(d.data_ptr(), block);
+}
+
+// ideep takes its buffers with raw_allocate and gives them back with raw_deallocate of the
+// allocator registered at that time: memory LibTorch's allocator gave before the cache was
+// registered goes back to it (ASan checks the free), the cache's own blocks are kept.
+TEST(TensorCache, RawMemoryFromBeforeTheCacheGoesBackToLibTorchsAllocator) {
+  void* before_cache = c10::GetCPUAllocator()->raw_allocate(kMiB);
+  std::memset(before_cache, 1, kMiB);
+  cache_tensor_memory();
+  const auto start = tensor_cache_stats();
+  void* mine = c10::GetCPUAllocator()->raw_allocate(kMiB);
+  std::memset(mine, 2, kMiB);
+  EXPECT_EQ(tensor_cache_stats().mapped, start.mapped + 1);
+  c10::GetCPUAllocator()->raw_deallocate(before_cache);
+  EXPECT_EQ(tensor_cache_stats().kept_bytes, start.kept_bytes);
+  c10::GetCPUAllocator()->raw_deallocate(mine);
+  EXPECT_EQ(tensor_cache_stats().kept_bytes, start.kept_bytes + kMiB);
+  EXPECT_EQ(c10::GetCPUAllocator()->raw_allocate(kMiB), mine);  // and reused
 }
 
 // Sizes that grow (a seq2seq batch of longer sentences, say) must not pile up kept blocks that
