@@ -148,10 +148,8 @@ class TensorCache final : public c10::Allocator {
   TensorCacheStats stats_;
 };
 
-}  // namespace
-
-namespace {
 std::atomic<bool> g_enabled{false};
+
 }  // namespace
 
 void cache_tensor_memory() {

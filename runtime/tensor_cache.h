@@ -7,7 +7,7 @@
 namespace attnscope::runtime {
 
 /// Tensors of at least this many bytes are mapped by the tensor cache and kept for reuse;
-/// smaller ones come from malloc, as with LibTorch's own allocator.
+/// smaller ones come from LibTorch's own allocator.
 constexpr std::size_t kTensorCacheMinBytes = std::size_t{256} << 10;
 
 /// Makes LibTorch allocate CPU tensors from a cache of mapped blocks (c10::SetCPUAllocator).

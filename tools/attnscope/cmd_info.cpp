@@ -54,8 +54,9 @@ int run_info(const std::vector<std::string>& args, const GlobalOptions&) {
             << "\n";
   std::cout << "tensor memory  "
             << (runtime::tensor_cache_enabled()
-                    ? "blocks of 256 KiB and more kept for reuse by size (attnscope's tensor cache)"
-                    : "LibTorch's allocator")
+                    ? "blocks of " + std::to_string(runtime::kTensorCacheMinBytes >> 10) +
+                          " KiB and more kept for reuse by size (attnscope's tensor cache)"
+                    : std::string("LibTorch's allocator"))
             << "\n";
   std::cout << "CUDA           " << (runtime::cuda_available() ? "available" : "not available")
             << ", " << runtime::cuda_device_count() << " device(s)\n";
