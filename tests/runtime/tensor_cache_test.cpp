@@ -167,15 +167,26 @@ TEST(TensorCache, AConvolutionsForwardAndBackwardAreUnchangedByTheCache) {
   EXPECT_GT(tensor_cache_stats().reused, 0u);
 }
 
-// The classify and merge checks fork while loader threads allocate: a child must never wait
-// for a lock another thread of the parent held at fork().
+// A child forked while another thread allocates (attnscope's own HDF5 checks fork only with
+// none of its worker threads running, but LibTorch's and a host program's threads may run)
+// must never wait for the cache's lock, held by that thread at fork().
+// LibTorch's own lazily built state (the dispatcher's operator handles, function-local
+// statics) is built here first: a fork while the other thread builds it would leave the child
+// waiting on LibTorch's locks, not the cache's (one child of 20 hung so on a CI machine).
 TEST(TensorCache, AChildForkedWhileAnotherThreadAllocatesCanAllocate) {
   cache_tensor_memory();
+  (void)bytes_tensor(kMiB);
+  (void)bytes_tensor(2 * kMiB);
   std::atomic<bool> stop{false};
-  std::thread busy([&stop] {
-    while (!stop)
+  std::atomic<int> allocations{0};
+  std::thread busy([&stop, &allocations] {
+    while (!stop) {
       (void)bytes_tensor(kMiB);
+      ++allocations;
+    }
   });
+  while (allocations < 10)
+    std::this_thread::yield();
   int hung = 0;
   for (int i = 0; i < 20; ++i) {
     const pid_t pid = fork();
