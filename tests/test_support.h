@@ -16,9 +16,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <random>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -181,6 +183,14 @@ inline ProcessResult run_killed_after(const std::string& command, int ms, int si
 /// how many were sent before it ended; result.status / result.signal: how it ended.
 inline ProcessResult run_signalled(const std::string& command, const SignalPlan& plan) {
   return run_fault(command, 0, -1, SIGKILL, &plan);
+}
+
+/// The bytes of a file ("" when it cannot be read).
+inline std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
 }
 
 /// The names of the entries of a folder (not recursive): what a run left in it.

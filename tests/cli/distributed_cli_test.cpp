@@ -50,10 +50,7 @@ std::string rank_command(int rank, int world, int port, const std::string& flags
                 " --threads 1 dist-check ", flags);
 }
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
+using test::read_text;
 
 json read_json(const std::string& path) {
   std::ifstream in(path);

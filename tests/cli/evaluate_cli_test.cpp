@@ -28,12 +28,7 @@ std::string exe() {
   return ATTNSCOPE_EXE;
 }
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using test::read_text;
 
 /// A synthetic dataset (64 px, 24 images) and small_cnn checkpoints, shared by the tests.
 class EvaluateCli : public ::testing::Test {

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -118,6 +119,37 @@ TEST(Seq2SeqCli, SigtermSavesTheModelTrainedSoFar) {
   const auto t =
       test::run_process(exe() + " seq2seq translate --model " + (dir / "run/model.h5") + " abc");
   EXPECT_EQ(t.status, 0) << t.output;
+}
+
+// One run per folder (attnscope/folder_lock.h): while another run holds the folder (here
+// util-linux's flock), seq2seq train stops at once and leaves the folder's model.h5 alone.
+TEST(Seq2SeqCli, AFolderInUseByAnotherRunIsRefusedAndLeftAlone) {
+  test::TempDir dir;
+  if (!test::folders_lock(dir.path().string()))
+    GTEST_SKIP() << "flock(2) on folders is not supported under " << dir.path();
+  const auto run = dir / "run";
+  std::filesystem::create_directories(run);
+  std::ofstream(run + "/model.h5") << "the other run's model";
+  const auto r = test::run_process(
+      "flock -o " + run + " " + exe() +
+      " seq2seq train --task copy --model gru-additive --count 300 --min-length 3"
+      " --max-length 6 --epochs 1 --hidden-dim 16 --embedding-dim 8 --valid-size 20 --out " +
+      run + " 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find(run + ": is in use by another attnscope run"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("training "), std::string::npos) << r.output;
+  EXPECT_EQ(test::file_names(run), std::set<std::string>{"model.h5"});
+  EXPECT_EQ(test::read_text(run + "/model.h5"), "the other run's model");
+  // Once the other run has gone, the same command trains and writes its model.
+  const auto again = test::run_process(
+      exe() +
+      " seq2seq train --task copy --model gru-additive --count 300 --min-length 3"
+      " --max-length 6 --epochs 1 --hidden-dim 16 --embedding-dim 8 --valid-size 20"
+      " --quiet --out " +
+      run + " 2>&1");
+  EXPECT_EQ(again.status, 0) << again.output;
+  EXPECT_NE(test::read_text(run + "/model.h5"), "the other run's model");
 }
 
 TEST(Seq2SeqCli, TranslateReadsStdinAndReportsBadLinesByNumber) {

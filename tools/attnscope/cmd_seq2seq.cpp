@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "attnscope/error.h"
+#include "attnscope/folder_lock.h"
 #include "attnscope/output_checks.h"
 #include "attnscope/version.h"
 #include "cli.h"
@@ -268,6 +269,10 @@ int run_train(const std::vector<std::string>& args) {
   // only after hours of training.
   const std::string out_dir = vm["out"].as<std::string>();
   ensure_writable_output_folder(out_dir);
+  fs::create_directories(out_dir);
+  // One run per folder (attnscope/folder_lock.h), held until model.h5 is written: a second run
+  // given the same --out stops here instead of replacing the first's model when it ends.
+  const FolderLock folder_lock(out_dir, "wait for it to end or choose another --out");
   const double dropout = vm["dropout"].as<double>();
   if (dropout < 0 || dropout >= 1) throw UsageError("--dropout must be in [0, 1)", usage);
   const double smoothing = vm["label-smoothing"].as<double>();
@@ -421,7 +426,6 @@ int run_train(const std::vector<std::string>& args) {
               << ", token accuracy " << eval.metrics.token_accuracy << ", BLEU "
               << std::setprecision(2) << eval.metrics.bleu << "\n";
   }
-  fs::create_directories(out_dir);
   const std::string path = (fs::path(out_dir) / "model.h5").string();
   pipeline::save_seq2seq(path, bundle, provenance);
   std::cout << "wrote " << path << " (" << result.steps << " steps, " << std::fixed
