@@ -20,6 +20,8 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include "attnscope/error.h"
+
 namespace attnscope::runtime {
 
 std::string torch_version() {
@@ -221,6 +223,25 @@ bool cuda_available() {
 
 int cuda_device_count() {
   return static_cast<int>(torch::cuda::device_count());
+}
+
+bool is_device_name(const std::string& device) {
+  if (device == "cpu" || device == "cuda") return true;
+  const std::string digits = device.size() > 5 ? device.substr(5) : std::string();
+  return device.rfind("cuda:", 0) == 0 && !digits.empty() && digits.size() <= 4 &&
+         std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+void check_device(const std::string& device, const std::string& subject) {
+  check(is_device_name(device), subject, "--device must be cpu, cuda or cuda:N, got '", device,
+        "'");
+  if (device == "cpu") return;
+  const int count = cuda_device_count();
+  check(count > 0, subject, "--device ", device,
+        ": no CUDA device is available to this process (a LibTorch built without CUDA, no GPU, "
+        "or CUDA_VISIBLE_DEVICES hides them)");
+  check(device == "cuda" || std::stoi(device.substr(5)) < count, subject, "--device ", device,
+        ": this process has ", count, " CUDA device(s), numbered from 0");
 }
 
 }  // namespace attnscope::runtime

@@ -154,4 +154,11 @@ inline int stopped_exit_status() {
 bool cuda_available();
 int cuda_device_count();
 
+/// Whether `device` names a device as `--device` takes them: "cpu", "cuda" or "cuda:N".
+bool is_device_name(const std::string& device);
+/// Checks a `--device` value before any work: throws attnscope::Error(subject, ...) for a name
+/// is_device_name refuses, and for a CUDA device this process cannot use (a LibTorch built
+/// without CUDA, no GPU, CUDA_VISIBLE_DEVICES, N past the last device).
+void check_device(const std::string& device, const std::string& subject);
+
 }  // namespace attnscope::runtime

@@ -261,10 +261,9 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
         "'");
   check(o.schedule == "cosine" || o.schedule == "step" || o.schedule == "constant", "train",
         "schedule must be cosine, step or constant, got '", o.schedule, "'");
-  check(o.device == "cpu" || o.device == "cuda", "train", "device must be cpu or cuda, got '",
-        o.device, "'");
-  check(o.device != "cuda" || torch::cuda::is_available(), "train",
-        "--device cuda: no CUDA device is available to this LibTorch build");
+  // The command checks the name and the device first (runtime::check_device).
+  check(o.device == "cpu" || (o.device.rfind("cuda", 0) == 0 && torch::cuda::is_available()),
+        "train", "--device ", o.device, ": not a device this process can use");
   check(o.label_smoothing >= 0 && o.label_smoothing < 1, "train",
         "label smoothing must be in [0, 1)");
   check(o.warmup_epochs >= 0 && o.focal_gamma >= 0, "train",
@@ -297,7 +296,7 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     train_source = std::make_shared<IndexedSource>(train, std::move(indices));
   }
 
-  const torch::Device device(o.device == "cuda" ? torch::kCUDA : torch::kCPU);
+  const torch::Device device(o.device);
   auto config = o.model;
   config.num_classes = classes;
   config = models::vision::resolve_image_config(config);

@@ -2,8 +2,10 @@
 
 #include <sched.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "attnscope/version.h"
 
@@ -187,6 +189,31 @@ TEST(Cli, TensorsComeFromTheTensorCacheUnlessTheEnvironmentSaysZero) {
   r = test::run_process("ATTNSCOPE_TENSOR_CACHE=0 " + exe() + " info");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("tensor memory  LibTorch's allocator\n"), std::string::npos) << r.output;
+}
+
+// --device is checked before anything is read or created: a name that is not a device is a
+// usage error; a CUDA device this process lacks (cuda:999 on any machine) one line naming it,
+// never LibTorch's C++ stack.
+TEST(Cli, AnUnusableDeviceIsRefusedBeforeAnyWork) {
+  test::TempDir dir;
+  const auto out = dir / "out";
+  for (const std::string& command : std::vector<std::string>{
+           "classify --model " + (dir / "missing.h5") + " --input " + (dir / "x.jpg"),
+           "train --model attn_small --data " + (dir / "missing.csv")}) {
+    const auto bad = test::run_process(exe() + " " + command + " --out " + out + " --device tpu");
+    EXPECT_EQ(bad.status, 2) << command << "\n" << bad.output;
+    EXPECT_NE(bad.output.find("error: --device must be cpu, cuda or cuda:N"), std::string::npos)
+        << bad.output;
+    const auto r =
+        test::run_process(exe() + " " + command + " --out " + out + " --device cuda:999");
+    EXPECT_EQ(r.status, 1) << command << "\n" << r.output;
+    EXPECT_EQ(r.output.rfind("error: ", 0), 0u) << r.output;
+    EXPECT_NE(r.output.find(": --device cuda:999: "), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("Exception raised from"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("frame #"), std::string::npos) << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+    EXPECT_FALSE(std::filesystem::exists(out)) << command;
+  }
 }
 
 TEST(Cli, ThreadsOptionOverridesTheDefault) {

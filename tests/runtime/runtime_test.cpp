@@ -115,6 +115,41 @@ TEST(StopSignals, ASignalIgnoredBeforehandStaysIgnored) {
   EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
+// Oracle: LibTorch's own device count.
+TEST(Runtime, DeviceNamesAndAvailabilityAreCheckedWithAClearMessage) {
+  for (const char* good : {"cpu", "cuda", "cuda:0", "cuda:12"})
+    EXPECT_TRUE(is_device_name(good)) << good;
+  for (const char* bad :
+       {"", "gpu", "CPU", "cuda:", "cuda:x", "cuda:-1", "cuda:0:1", "cudax", "cuda:12345", " cuda"})
+    EXPECT_FALSE(is_device_name(bad)) << bad;
+  EXPECT_NO_THROW(check_device("cpu", "classify"));
+  const auto message = [](const std::string& device) {
+    try {
+      check_device(device, "classify");
+    } catch (const Error& e) {
+      EXPECT_EQ(e.subject(), "classify");
+      return e.message();
+    }
+    return std::string();
+  };
+  EXPECT_EQ(message("tpu"), "--device must be cpu, cuda or cuda:N, got 'tpu'");
+  const int count = static_cast<int>(torch::cuda::device_count());
+  if (count == 0) {
+    for (const char* device : {"cuda", "cuda:0"})
+      EXPECT_EQ(message(device).rfind(std::string("--device ") + device +
+                                          ": no CUDA device is available to this process",
+                                      0),
+                0u)
+          << message(device);
+  } else {
+    EXPECT_EQ(message("cuda"), "");
+    EXPECT_EQ(message("cuda:" + std::to_string(count - 1)), "");
+    EXPECT_EQ(message("cuda:" + std::to_string(count)),
+              "--device cuda:" + std::to_string(count) + ": this process has " +
+                  std::to_string(count) + " CUDA device(s), numbered from 0");
+  }
+}
+
 TEST(GpuRuntime, CudaDeviceCountPositiveWhenAvailable) {
   if (!cuda_available()) GTEST_SKIP() << "CUDA is not available";
   EXPECT_GT(cuda_device_count(), 0);

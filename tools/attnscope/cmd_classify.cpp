@@ -77,7 +77,7 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
       ("shard", po::value(&shard)->default_value(""),
        "i/N: classify inputs i, i+N, i+2N, ... (default: from RANK/WORLD_SIZE or "
        "SLURM_PROCID/SLURM_NTASKS, else 0/1)")  //
-      ("device", po::value(&o.device)->default_value("cpu"), "cpu or cuda");
+      ("device", po::value(&o.device)->default_value("cpu"), "cpu, cuda or cuda:N");
   add_decode_reduce_to(desc);
   data.add_to(desc, /*required=*/false);
   po::variables_map vm;
@@ -87,8 +87,9 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
   if (o.batch_size < 1) fail("--batch-size must be >= 1");
   if (o.threads < 1) fail("--threads must be >= 1");
   if (o.faithfulness_steps < 1) fail("--faithfulness-steps must be >= 1");
-  if (o.device != "cpu" && o.device.rfind("cuda", 0) != 0) fail("--device must be cpu or cuda");
   if (o.resume && o.overwrite) fail("--resume and --overwrite exclude each other");
+  if (!runtime::is_device_name(o.device)) fail("--device must be cpu, cuda or cuda:N");
+  runtime::check_device(o.device, "classify");
   o.decode_reduce_to = read_decode_reduce_to(vm, usage_text(usage, desc));
   o.maps = maps;
   if (!threshold.empty()) {

@@ -194,7 +194,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
       ("seed", po::value(&seed)->default_value(0), "random seed (split, order, augmentation, initialisation)")
       ("threads", po::value(&threads)->default_value(0), "LibTorch threads; 0 = the global --threads")
       ("workers", po::value(&workers)->default_value(2), "loader threads (decoding and augmentation)")
-      ("device", po::value(&device)->default_value("cpu"), "cpu | cuda")
+      ("device", po::value(&device)->default_value("cpu"), "cpu, cuda or cuda:N")
       ("time-budget", po::value(&time_budget)->default_value(0.0, "0"), "stop after this many minutes; 0 = none")
       ("cpu-budget", po::bool_switch(&cpu_budget), "count --time-budget in process CPU time instead of wall time")
       ("patience", po::value(&patience)->default_value(0), "stop after N epochs without improvement of --select-by; 0 = off")
@@ -236,6 +236,8 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
 
   // Data-parallel when a launcher (torchrun, srun) or the variables say so
   // (docs/distributed.md). Every rank runs this command; only rank 0 writes RUN and prints.
+  if (!runtime::is_device_name(device)) fail("--device must be cpu, cuda or cuda:N");
+  runtime::check_device(device, "train");
   const auto dist_config = dist.config();
   const int world = dist_config.world_size;
   if (world > 1) {

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include <c10/util/Exception.h>
+
 #include "attnscope/error.h"
 #include "attnscope/output_checks.h"
 #include "attnscope/printable.h"
@@ -97,6 +99,10 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     std::cerr << "error: " << attnscope::printable(e.what()) << "\n\n" << e.usage();
     return 2;
+  } catch (const c10::Error& e) {
+    // LibTorch's own errors: the message without the C++ stack LibTorch appends to what().
+    std::cerr << "error: " << attnscope::printable(e.what_without_backtrace()) << "\n";
+    return 1;
   } catch (const std::exception& e) {
     // printable(): a message quoting a crafted id must not send escapes to the terminal.
     std::cerr << "error: " << attnscope::printable(e.what()) << "\n";
