@@ -547,11 +547,21 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
         "seq2seq train --task copy --model gru-additive --out " + (dir / "r") +
             " --time-budget nan",
         "seq2seq train --task copy --model gru-additive --out " + (dir / "r") +
-            " --model-max-length 100000000"}) {
+            " --model-max-length 100000000",
+        // Worker counts past kMaxWorkers: "Resource temporarily unavailable" from the 100,000th
+        // thread before; a preset that does not exist: found only after the data was read.
+        "classify --model m.h5 --input x.jpg --out " + (dir / "o") + " --threads 100000",
+        std::string("evaluate --model m.h5 --data x.csv --workers 100000"),
+        "train --model attn_small --data x.csv --out " + (dir / "t") + " --workers 100000",
+        "train --model attn_small --data x.csv --out " + (dir / "t") + " --threads 100000",
+        "train --model no_such_preset --data x.csv --out " + (dir / "t")}) {
     const auto r = test::run_process(exe() + " " + args);
     EXPECT_EQ(r.status, 2) << args << "\n" << r.output;
+    EXPECT_EQ(r.output.rfind("error: ", 0), 0u) << args << "\n" << r.output;
   }
   EXPECT_FALSE(fs::exists(dir / "s"));
+  EXPECT_FALSE(fs::exists(dir / "o"));
+  EXPECT_FALSE(fs::exists(dir / "t"));
 }
 
 // Seq2seq: the checkpoint and the alignments through a full disk; --out checked up front.

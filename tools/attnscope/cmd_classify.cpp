@@ -10,6 +10,7 @@
 #include <iostream>
 
 #include "attnscope/error.h"
+#include "attnscope/output_checks.h"
 #include "cli.h"
 #include "dataset_flags.h"
 #include "pipeline/vision/classify.h"
@@ -85,7 +86,8 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
   const auto fail = [&](const std::string& m) { throw UsageError(m, usage_text(usage, desc)); };
   if (inputs.empty() == data.data.empty()) fail("give either --input or --data");
   if (o.batch_size < 1) fail("--batch-size must be >= 1");
-  if (o.threads < 1) fail("--threads must be >= 1");
+  if (o.threads < 1 || o.threads > kMaxWorkers)
+    fail(concat("--threads must be in [1, ", kMaxWorkers, "]"));
   if (o.faithfulness_steps < 1) fail("--faithfulness-steps must be >= 1");
   if (o.resume && o.overwrite) fail("--resume and --overwrite exclude each other");
   if (!runtime::is_device_name(o.device)) fail("--device must be cpu, cuda or cuda:N");

@@ -10,6 +10,7 @@
 
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
+#include "attnscope/output_checks.h"
 #include "cli.h"
 #include "dataset_flags.h"
 #include "pipeline/metrics.h"
@@ -56,7 +57,8 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
   if (!parse(usage, desc, args, vm)) return 0;
   const auto fail = [&](const std::string& m) { throw UsageError(m, usage_text(usage, desc)); };
   if (o.batch_size < 1) fail("--batch-size must be >= 1");
-  if (o.workers < 0) fail("--workers must be >= 0");
+  if (o.workers < 0 || o.workers > kMaxWorkers)
+    fail(concat("--workers must be in [0, ", kMaxWorkers, "]"));
   if (o.bootstrap_resamples < 0) fail("--bootstrap must be >= 0");
   if (threshold_text != "checkpoint") {
     std::size_t used = 0;

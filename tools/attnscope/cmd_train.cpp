@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdio>
@@ -22,12 +23,14 @@
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
 #include "attnscope/folder_lock.h"
+#include "attnscope/output_checks.h"
 #include "attnscope/threads.h"
 #include "attnscope/version.h"
 #include "cli.h"
 #include "dataset_flags.h"
 #include "datasets/splits.h"
 #include "distributed_flags.h"
+#include "models/vision/presets.h"
 #include "pipeline/checkpoint.h"
 #include "pipeline/h5.h"
 #include "pipeline/vision/image_cache.h"
@@ -212,13 +215,24 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   const auto fail = [&](const std::string& m) { throw UsageError(m, usage); };
   if (!resume_flag.empty()) fail("--resume RUN takes no other options (the run's are used)");
   if (!resume_dir.empty()) out = resume_dir;
+  {
+    const auto presets = models::vision::image_presets();
+    if (std::find(presets.begin(), presets.end(), model_name) == presets.end()) {
+      std::string list;
+      for (const auto& p : presets)
+        list += (list.empty() ? "" : ", ") + p;
+      fail("--model: unknown preset '" + model_name + "' (presets: " + list + ")");
+    }
+  }
   if (size < 16) fail("--size must be >= 16");
   if (batch_size < 1 || epochs < 1) fail("--batch-size and --epochs must be >= 1");
   if (val_spec.empty() && !(val_split > 0 && val_split < 1)) fail("--val-split must be in (0, 1)");
   if (optimizer != "sgd" && optimizer != "adamw") fail("--optimizer must be sgd or adamw");
   if (lr <= 0) fail("--lr must be > 0");
-  if (workers < 0) fail("--workers must be >= 0");
-  if (threads < 0) fail("--threads must be >= 0");
+  if (workers < 0 || workers > kMaxWorkers)
+    fail(concat("--workers must be in [0, ", kMaxWorkers, "]"));
+  if (threads < 0 || threads > kMaxWorkers)
+    fail(concat("--threads must be in [0, ", kMaxWorkers, "]"));
   if (ema != 0 && !(ema > 0 && ema < 1)) fail("--ema must be in (0, 1)");
   if (time_budget < 0) fail("--time-budget must be >= 0");
   std::map<std::string, int64_t> oversample_map;
