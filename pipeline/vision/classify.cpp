@@ -231,17 +231,22 @@ datasets::Dataset collect_inputs(const std::vector<std::string>& inputs) {
   return ds;
 }
 
-void attach_masks(datasets::Dataset& dataset, const std::string& masks_dir) {
+int64_t attach_masks(datasets::Dataset& dataset, const std::string& masks_dir) {
+  std::error_code ec;
+  check(fs::is_directory(masks_dir, ec), masks_dir, "is not a folder (--masks)");
+  int64_t attached = 0;
   for (auto& s : dataset.samples) {
     const std::string stem = s.image_id.substr(0, s.image_id.find('~'));
     for (const auto& suffix : {"_segmentation.png", "_Segmentation.png", "_mask.png", ".png"}) {
       const auto p = fs::path(masks_dir) / (stem + suffix);
       if (fs::is_regular_file(p)) {
         s.mask_path = p.string();
+        ++attached;
         break;
       }
     }
   }
+  return attached;
 }
 
 std::pair<int64_t, int64_t> parse_shard(const std::string& text) {

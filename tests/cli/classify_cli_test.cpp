@@ -585,6 +585,34 @@ TEST(CliClassify, DecodeReduceToOverridesTheCheckpointsDecodeAndIsRecorded) {
 // Another process holding the output folder's lock (util-linux flock(1), as a live classify
 // run holds it: attnscope/folder_lock.h): a second run into it is refused before it touches
 // anything, with --resume too, and the stored results stay byte for byte.
+// --masks: a path that is not a folder is an error naming it, before any work; a folder none
+// of whose files matches an input is one warning, and the run goes on.
+TEST(CliClassify, AMasksFolderThatIsMissingOrMatchesNothingIsSaidInOneLine) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 2);
+  const auto base = exe() + " classify --model " + q(model) + " --input " + q(images + "/images");
+  const auto missing =
+      test::run_process(base + " --out " + q(dir / "a") + " --masks " + q(dir / "nowhere"));
+  EXPECT_EQ(missing.status, 1) << missing.output;
+  EXPECT_EQ(missing.output, "error: " + (dir / "nowhere") + ": is not a folder (--masks)\n");
+  EXPECT_FALSE(fs::exists(dir / "a"));
+  fs::create_directories(dir / "other_masks");
+  std::ofstream(dir / "other_masks/unrelated_segmentation.png") << "x";
+  const auto none =
+      test::run_process(base + " --out " + q(dir / "b") + " --masks " + q(dir / "other_masks"));
+  EXPECT_EQ(none.status, 0) << none.output;
+  EXPECT_NE(none.output.find("warning: " + (dir / "other_masks") + ": no mask matches any input"),
+            std::string::npos)
+      << none.output;
+  EXPECT_NE(none.output.find("classified 2, failed 0"), std::string::npos) << none.output;
+  // The synthetic folder's own masks match: no warning.
+  const auto matched =
+      test::run_process(base + " --out " + q(dir / "c") + " --masks " + q(images + "/masks"));
+  EXPECT_EQ(matched.status, 0) << matched.output;
+  EXPECT_EQ(matched.output.find("warning"), std::string::npos) << matched.output;
+}
+
 TEST(CliClassify, AFolderInUseByAnotherRunIsRefusedAndLeftAlone) {
   test::TempDir dir;
   if (!test::folders_lock(dir.path().string()))

@@ -554,7 +554,23 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
         std::string("evaluate --model m.h5 --data x.csv --workers 100000"),
         "train --model attn_small --data x.csv --out " + (dir / "t") + " --workers 100000",
         "train --model attn_small --data x.csv --out " + (dir / "t") + " --threads 100000",
-        "train --model no_such_preset --data x.csv --out " + (dir / "t")}) {
+        "train --model no_such_preset --data x.csv --out " + (dir / "t"),
+        // NaN passed `x < 0 || x > 1` style checks; a huge step count ran for hours.
+        "classify --model m.h5 --input x.jpg --out " + (dir / "o") + " --threshold nan",
+        "classify --model m.h5 --input x.jpg --out " + (dir / "o") +
+            " --faithfulness --faithfulness-steps 100000000",
+        "train --model attn_small --data x.csv --out " + (dir / "t") + " --lr nan",
+        "train --model attn_small --data x.csv --out " + (dir / "t") + " --lr inf",
+        "train --model attn_small --data x.csv --out " + (dir / "t") + " --momentum nan",
+        "train --model attn_small --data x.csv --out " + (dir / "t") + " --weight-decay -1",
+        "train --model attn_small --data x.csv --out " + (dir / "t") + " --step-gamma 0",
+        "train --model attn_small --data x.csv --out " + (dir / "t") + " --focal-gamma inf",
+        "train --model attn_small --data x.csv --out " + (dir / "t") + " --label-smoothing nan",
+        "train --model attn_small --data x.csv --out " + (dir / "t") + " --warmup-epochs nan",
+        "train --model attn_small --data x.csv --out " + (dir / "t") + " --time-budget nan",
+        "train --model attn_small --data x.csv --out " + (dir / "t") + " --step-every 0",
+        "train --model attn_small --data x.csv --out " + (dir / "t") + " --patience -1",
+        "train --model attn_small --data x.csv --out " + (dir / "t") + " --mask-loss 1,nan"}) {
     const auto r = test::run_process(exe() + " " + args);
     EXPECT_EQ(r.status, 2) << args << "\n" << r.output;
     EXPECT_EQ(r.output.rfind("error: ", 0), 0u) << args << "\n" << r.output;

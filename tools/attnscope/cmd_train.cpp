@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -228,13 +229,36 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   if (batch_size < 1 || epochs < 1) fail("--batch-size and --epochs must be >= 1");
   if (val_spec.empty() && !(val_split > 0 && val_split < 1)) fail("--val-split must be in (0, 1)");
   if (optimizer != "sgd" && optimizer != "adamw") fail("--optimizer must be sgd or adamw");
-  if (lr <= 0) fail("--lr must be > 0");
+  // Every number before any work (NaN fails every comparison, so each test is written to pass
+  // only for a number inside the range).
+  const auto in_range = [&](const char* flag, double v, double lo, bool lo_open, double hi,
+                            bool hi_open) {
+    const bool ok =
+        std::isfinite(v) && (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
+    if (!ok)
+      fail(concat("--", flag, " must be in ", lo_open ? "(" : "[", lo, ", ",
+                  std::isinf(hi) ? "inf" : concat(hi), hi_open ? ")" : "]", ", got ", v));
+  };
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  in_range("lr", lr, 0, true, kInf, true);
+  in_range("momentum", momentum, 0, false, 1, true);
+  in_range("weight-decay", weight_decay, 0, false, kInf, true);
+  in_range("warmup-epochs", warmup_epochs, 0, false, kInf, true);
+  in_range("step-gamma", step_gamma, 0, true, kInf, true);
+  in_range("focal-gamma", focal_gamma, 0, false, kInf, true);
+  in_range("label-smoothing", label_smoothing, 0, false, 1, true);
+  in_range("time-budget", time_budget, 0, false, kInf, true);
+  if (step_every < 1) fail("--step-every must be >= 1");
+  if (patience < 0) fail("--patience must be >= 0");
+  if (progress_every < 1) fail("--progress-every must be >= 1");
+  if (!mask_loss.empty())
+    for (const double w : parse_doubles(mask_loss, "--mask-loss", usage))
+      in_range("mask-loss", w, 0, false, kInf, true);
   if (workers < 0 || workers > kMaxWorkers)
     fail(concat("--workers must be in [0, ", kMaxWorkers, "]"));
   if (threads < 0 || threads > kMaxWorkers)
     fail(concat("--threads must be in [0, ", kMaxWorkers, "]"));
   if (ema != 0 && !(ema > 0 && ema < 1)) fail("--ema must be in (0, 1)");
-  if (time_budget < 0) fail("--time-budget must be >= 0");
   std::map<std::string, int64_t> oversample_map;
   for (const auto& item : oversample) {
     const auto eq = item.find('=');
