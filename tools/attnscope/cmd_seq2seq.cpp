@@ -103,6 +103,7 @@ void add_task_options(po::options_description& desc, int64_t default_count, uint
 // far past what the models here train on; more ends in std::bad_alloc, not in a dataset.
 constexpr int64_t kMaxTaskCount = 10'000'000;
 constexpr int64_t kMaxTaskLength = 4096;
+constexpr int64_t kMaxBeam = 1024;
 
 void check_task_options(const po::variables_map& vm, const std::string& usage) {
   check_task_spec(vm["task"].as<std::string>(), usage);
@@ -134,10 +135,13 @@ void add_decode_options(po::options_description& desc) {
   // clang-format on
 }
 
-models::text::DecodeOptions decode_options(const po::variables_map& vm,
-                                           const pipeline::Seq2SeqBundle& bundle,
-                                           const std::string& usage) {
+// The decoding flags, checked before the model is read.
+void check_decode_options(const po::variables_map& vm, const std::string& usage) {
   require_at_least<int64_t>(vm, "beam", 1, usage);
+  // Memory grows with the beam (a beam of 100,000 took 2.7 GB for one short sentence).
+  if (vm["beam"].as<int64_t>() > kMaxBeam)
+    throw UsageError(
+        concat("--beam must be in [1, ", kMaxBeam, "], got ", vm["beam"].as<int64_t>()), usage);
   require_at_least<int64_t>(vm, "max-output-length", 0, usage);
   const double penalty = vm["length-penalty"].as<double>();
   if (!std::isfinite(penalty) || penalty < 0)
@@ -145,6 +149,10 @@ models::text::DecodeOptions decode_options(const po::variables_map& vm,
   if (vm["max-output-length"].as<int64_t>() > pipeline::kMaxSeq2SeqLength)
     throw UsageError(concat("--max-output-length must be <= ", pipeline::kMaxSeq2SeqLength), usage);
   require_at_least<int64_t>(vm, "batch-size", 1, usage);
+}
+
+models::text::DecodeOptions decode_options(const po::variables_map& vm,
+                                           const pipeline::Seq2SeqBundle& bundle) {
   const int64_t max_out = vm["max-output-length"].as<int64_t>();
   return models::text::DecodeOptions()
       .beam_size(vm["beam"].as<int64_t>())
@@ -446,8 +454,9 @@ int run_evaluate(const std::vector<std::string>& args) {
   if (!parse(usage_line, desc, args, vm)) return 0;
   const std::string usage = usage_text(usage_line, desc);
   check_task_options(vm, usage);
+  check_decode_options(vm, usage);
   const auto bundle = pipeline::load_seq2seq(vm["model"].as<std::string>());
-  const auto decode = decode_options(vm, bundle, usage);
+  const auto decode = decode_options(vm, bundle);
   const auto data = load_task(vm["task"].as<std::string>(), vm["count"].as<int64_t>(),
                               vm["min-length"].as<int64_t>(), vm["max-length"].as<int64_t>(),
                               vm["seed"].as<uint64_t>());
@@ -482,8 +491,9 @@ int run_translate(const std::vector<std::string>& args) {
   po::variables_map vm;
   if (!parse(usage_line, desc, args, vm, &positional)) return 0;
   const std::string usage = usage_text(usage_line, desc);
+  check_decode_options(vm, usage);
   const auto bundle = pipeline::load_seq2seq(vm["model"].as<std::string>());
-  const auto decode = decode_options(vm, bundle, usage);
+  const auto decode = decode_options(vm, bundle);
   const std::string alignments = vm["alignments"].as<std::string>();
   const std::string png_dir = vm["alignment-png"].as<std::string>();
   if (!alignments.empty()) {
