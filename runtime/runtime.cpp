@@ -228,7 +228,9 @@ int cuda_device_count() {
 bool is_device_name(const std::string& device) {
   if (device == "cpu" || device == "cuda") return true;
   const std::string digits = device.size() > 5 ? device.substr(5) : std::string();
+  // LibTorch's own parser (c10::Device) refuses "cuda:01": so does this.
   return device.rfind("cuda:", 0) == 0 && !digits.empty() && digits.size() <= 4 &&
+         (digits.size() == 1 || digits[0] != '0') &&
          std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 

@@ -28,7 +28,7 @@ class TensorCache final : public c10::Allocator {
     static auto* cache = [] {
       auto* c = new TensorCache();  // never destroyed: tensors may outlive main()
       // A child forked while another thread holds the lock would wait for it forever (the
-      // HDF5 checks fork; other threads than attnscope's may run then): fork() takes the lock
+      // HDF5 checks fork; threads other than attnscope's may run then): fork() takes the lock
       // and both sides release it.
       ::pthread_atfork([] { instance().mutex_.lock(); }, [] { instance().mutex_.unlock(); },
                        [] { instance().mutex_.unlock(); });

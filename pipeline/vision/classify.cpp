@@ -1,5 +1,7 @@
 #include "pipeline/vision/classify.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -28,6 +30,7 @@
 #include "pipeline/vision/faithfulness.h"
 #include "pipeline/vision/image_model_config.h"
 #include "pipeline/vision/tta.h"
+#include "runtime/runtime.h"
 
 namespace attnscope::pipeline {
 namespace fs = std::filesystem;
@@ -231,9 +234,18 @@ datasets::Dataset collect_inputs(const std::vector<std::string>& inputs) {
   return ds;
 }
 
-int64_t attach_masks(datasets::Dataset& dataset, const std::string& masks_dir) {
+void check_masks_folder(const std::string& masks_dir) {
   std::error_code ec;
-  check(fs::is_directory(masks_dir, ec), masks_dir, "is not a folder (--masks)");
+  const auto status = fs::status(masks_dir, ec);
+  check(!ec || ec == std::errc::no_such_file_or_directory, masks_dir, "cannot read the folder (",
+        ec.message(), ") (--masks)");
+  check(fs::is_directory(status), masks_dir, "is not a folder (--masks)");
+  check(::access(masks_dir.c_str(), R_OK | X_OK) == 0, masks_dir,
+        "cannot read the folder (permission denied) (--masks)");
+}
+
+int64_t attach_masks(datasets::Dataset& dataset, const std::string& masks_dir) {
+  check_masks_folder(masks_dir);
   int64_t attached = 0;
   for (auto& s : dataset.samples) {
     const std::string stem = s.image_id.substr(0, s.image_id.find('~'));
@@ -283,6 +295,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
   // Then the checksum of its bytes (results.h5's model_checksum) is computed while the model is
   // built (about 0.15 s for 45 MB, on a core that would otherwise wait).
   verify_checkpoint(o.model);
+  runtime::check_device(o.device, "classify");  // the command checked it before reading inputs
   auto model_checksum = start_async([&] { return file_checksum(o.model); });
   auto loaded = load_image_classifier(o.model);
   auto& model = *loaded.model;

@@ -30,8 +30,10 @@ datasets::Dataset collect_inputs(const std::vector<std::string>& inputs);
 
 /// Sets Sample::mask_path to `<dir>/<id>_segmentation.png`, `<dir>/<id>_Segmentation.png`,
 /// `<dir>/<id>_mask.png` or `<dir>/<id>.png`, whichever exists first, and returns how many
-/// samples got one. Throws Error naming `masks_dir` when it is not a folder.
+/// samples got one. Throws Error naming `masks_dir` when it is not a folder (check_masks_folder).
 int64_t attach_masks(datasets::Dataset& dataset, const std::string& masks_dir);
+/// Throws Error naming `masks_dir` unless it is a folder this process can read.
+void check_masks_folder(const std::string& masks_dir);
 
 /// "i/N" (0 <= i < N). Throws Error on another form.
 std::pair<int64_t, int64_t> parse_shard(const std::string& text);

@@ -16,6 +16,7 @@
 #include "pipeline/metrics.h"
 #include "pipeline/vision/image_losses.h"
 #include "pipeline/vision/image_model_config.h"
+#include "runtime/runtime.h"
 
 namespace attnscope::pipeline {
 
@@ -261,9 +262,7 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
         "'");
   check(o.schedule == "cosine" || o.schedule == "step" || o.schedule == "constant", "train",
         "schedule must be cosine, step or constant, got '", o.schedule, "'");
-  // The command checks the name and the device first (runtime::check_device).
-  check(o.device == "cpu" || (o.device.rfind("cuda", 0) == 0 && torch::cuda::is_available()),
-        "train", "--device ", o.device, ": not a device this process can use");
+  runtime::check_device(o.device, "train");  // the command checked it before reading data
   check(o.label_smoothing >= 0 && o.label_smoothing < 1, "train",
         "label smoothing must be in [0, 1)");
   check(o.warmup_epochs >= 0 && o.focal_gamma >= 0, "train",

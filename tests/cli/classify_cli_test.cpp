@@ -231,13 +231,6 @@ TEST(CliClassify, KilledAtRandomMomentsThenResumedEqualsAnUninterruptedRun) {
     EXPECT_EQ(e.path().filename().string().find(".replica-"), std::string::npos) << e.path();
 }
 
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 // SIGTERM (Slurm, torchrun, kill) and SIGINT stop classify after the current batch: every
 // batch inferred is in results.h5 (C++ and h5py read it; finished_at empty), predictions.csv
 // agrees, no replica is left, the exit status is 128 + the signal, and --resume ends with what
@@ -285,7 +278,7 @@ TEST(CliClassify, SigtermStopsAfterTheBatchKeepsWhatWasInferredAndResumes) {
     EXPECT_EQ(compare(dir, dir / "full/results.h5", out + "/results.h5"), "OK\n") << name;
   }
   // Replacing a finished run: stopped, the previous results.h5 stays byte for byte.
-  const auto before = read_bytes(dir / "full/results.h5");
+  const auto before = test::read_text(dir / "full/results.h5");
   test::SignalPlan plan;
   plan.after = {"4/120 images"};
   const auto r =
@@ -293,7 +286,7 @@ TEST(CliClassify, SigtermStopsAfterTheBatchKeepsWhatWasInferredAndResumes) {
   ASSERT_EQ(r.signals_sent, 1) << r.output;
   EXPECT_EQ(r.status, 128 + SIGTERM) << r.output;
   EXPECT_NE(r.output.find("nothing of this run was kept"), std::string::npos) << r.output;
-  EXPECT_EQ(read_bytes(dir / "full/results.h5"), before);
+  EXPECT_EQ(test::read_text(dir / "full/results.h5"), before);
   EXPECT_EQ(test::file_names(dir / "full"),
             (std::set<std::string>{"errors.csv", "predictions.csv", "results.h5"}));
 }
@@ -582,9 +575,6 @@ TEST(CliClassify, DecodeReduceToOverridesTheCheckpointsDecodeAndIsRecorded) {
   EXPECT_EQ(bad.status, 2) << bad.output;
 }
 
-// Another process holding the output folder's lock (util-linux flock(1), as a live classify
-// run holds it: attnscope/folder_lock.h): a second run into it is refused before it touches
-// anything, with --resume too, and the stored results stay byte for byte.
 // --masks: a path that is not a folder is an error naming it, before any work; a folder none
 // of whose files matches an input is one warning, and the run goes on.
 TEST(CliClassify, AMasksFolderThatIsMissingOrMatchesNothingIsSaidInOneLine) {
@@ -610,9 +600,12 @@ TEST(CliClassify, AMasksFolderThatIsMissingOrMatchesNothingIsSaidInOneLine) {
   const auto matched =
       test::run_process(base + " --out " + q(dir / "c") + " --masks " + q(images + "/masks"));
   EXPECT_EQ(matched.status, 0) << matched.output;
-  EXPECT_EQ(matched.output.find("warning"), std::string::npos) << matched.output;
+  EXPECT_EQ(matched.output.find("no mask matches"), std::string::npos) << matched.output;
 }
 
+// Another process holding the output folder's lock (util-linux flock(1), as a live classify
+// run holds it: attnscope/folder_lock.h): a second run into it is refused before it touches
+// anything, with --resume too, and the stored results stay byte for byte.
 TEST(CliClassify, AFolderInUseByAnotherRunIsRefusedAndLeftAlone) {
   test::TempDir dir;
   if (!test::folders_lock(dir.path().string()))

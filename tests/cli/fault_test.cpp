@@ -24,13 +24,6 @@ std::string exe() {
   return std::string(ATTNSCOPE_EXE) + " --threads 1";
 }
 
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 // Files in `dir` whose name starts with "." (AtomicFile's temporaries).
 int temporaries_in(const fs::path& dir) {
   int n = 0;
@@ -77,7 +70,8 @@ std::map<std::string, std::string> files_in(const fs::path& dir) {
   for (const auto& e : fs::recursive_directory_iterator(dir)) {
     const auto name = e.path().filename().string();
     if (name.rfind(".", 0) == 0 && name.find(".tmp") != std::string::npos) continue;
-    if (e.is_regular_file()) files[fs::relative(e.path(), dir).string()] = slurp(e.path());
+    if (e.is_regular_file())
+      files[fs::relative(e.path(), dir).string()] = test::read_text(e.path());
   }
   return files;
 }
@@ -131,10 +125,10 @@ TEST(CliFault, CacheOnAFullDiskFailsCleanlyAndKeepsThePreviousCache) {
   const auto cache = dir / "c.h5";
   const auto cmd = exe() + " cache --data " + (dir / "labels.csv") + " --out " + cache;
   ASSERT_EQ(test::run_process(cmd + " --size 32").status, 0);
-  const auto before = slurp(cache);
+  const auto before = test::read_text(cache);
   const auto r = test::run_with_file_size_limit(cmd + " --size 64", 30000);
   expect_clean_failure(r, "File too large");
-  EXPECT_EQ(slurp(cache), before) << "the previous cache changed";
+  EXPECT_EQ(test::read_text(cache), before) << "the previous cache changed";
   EXPECT_EQ(temporaries_in(dir.path()), 0);
   EXPECT_EQ(h5py_images_shape(cache), "(6, 32, 32, 3)\n");
 }
@@ -161,17 +155,17 @@ TEST(CliFault, CacheKilledAtAnyMomentLeavesTheOldOrTheNewCache) {
 TEST(CliFault, CacheRefusesAnOutThatIsAnInputAndLeavesNoFileWhenNothingIsCached) {
   test::TempDir dir;
   synth(dir, 3);
-  const auto csv = slurp(dir / "labels.csv");
+  const auto csv = test::read_text(dir / "labels.csv");
   auto r = test::run_process(exe() + " cache --data " + (dir / "labels.csv") + " --out " +
                              (dir / "labels.csv") + " --size 32");
   expect_clean_failure(r, "would destroy the input");
-  EXPECT_EQ(slurp(dir / "labels.csv"), csv);
+  EXPECT_EQ(test::read_text(dir / "labels.csv"), csv);
   const auto image = dir / "images/synth_000000.png";
-  const auto pixels = slurp(image);
+  const auto pixels = test::read_text(image);
   r = test::run_process(exe() + " cache --data " + (dir / "labels.csv") + " --out " + image +
                         " --size 32");
   expect_clean_failure(r, "would destroy the input");
-  EXPECT_EQ(slurp(image), pixels);
+  EXPECT_EQ(test::read_text(image), pixels);
   // Every image unreadable: an error, and no (empty) cache file.
   for (const auto& e : fs::directory_iterator(dir.path() / "images"))
     std::ofstream(e.path()) << "not an image";
@@ -217,10 +211,10 @@ TEST(CliFault, SplitReportsWriteErrorsAndKeepsThePreviousCsv) {
   synth(dir, 20, 32);
   const auto cmd = exe() + " split --data " + (dir / "labels.csv") + " --out " + (dir / "s.csv");
   ASSERT_EQ(test::run_process(cmd).status, 0);
-  const auto before = slurp(dir / "s.csv");
+  const auto before = test::read_text(dir / "s.csv");
   auto r = test::run_with_file_size_limit(cmd + " --seed 5", 100);
   expect_clean_failure(r, "File too large");
-  EXPECT_EQ(slurp(dir / "s.csv"), before);
+  EXPECT_EQ(test::read_text(dir / "s.csv"), before);
   EXPECT_EQ(temporaries_in(dir.path()), 0);
   r = test::run_process(exe() + " split --data " + (dir / "labels.csv") + " --out /dev/full");
   expect_clean_failure(r, "not a regular file");
@@ -248,13 +242,13 @@ TEST(CliFault, PreprocessKeepsEveryOutputAndRefusesToWriteIntoItsInput) {
   EXPECT_NE(r.output.find("preprocessed 4 of 4"), std::string::npos) << r.output;
   for (const char* name : {"a.jpg.png", "a.png.png", "a.JPG.png", "b.png"})
     EXPECT_TRUE(fs::exists(out / name)) << name;
-  const auto before = slurp(in / "a.png");
+  const auto before = test::read_text(in / "a.png");
   for (const auto& target : {in, in / "sub"}) {
     r = test::run_process(exe() + " preprocess --input " + in.string() + " --out " +
                           target.string());
     expect_clean_failure(r, "is the input folder or inside it");
   }
-  EXPECT_EQ(slurp(in / "a.png"), before);
+  EXPECT_EQ(test::read_text(in / "a.png"), before);
   r = test::run_process(exe() + " preprocess --input " + (in / "b.png").string() + " --out " +
                         in.string());
   expect_clean_failure(r, "would destroy the input");
@@ -307,14 +301,14 @@ TEST(CliFault, SplitKilledAtAnyMomentLeavesTheOldOrTheNewCsv) {
   const auto out = dir / "s.csv";
   const auto cmd = exe() + " split --data " + (dir / "labels.csv") + " --out " + out;
   ASSERT_EQ(test::run_process(cmd + " --seed 1").status, 0);
-  const auto old_bytes = slurp(out);
+  const auto old_bytes = test::read_text(out);
   const int ms = timed_run(cmd + " --seed 2");
-  const auto new_bytes = slurp(out);
+  const auto new_bytes = test::read_text(out);
   ASSERT_NE(new_bytes, old_bytes);
   kill_at_random_moments(
       cmd + " --seed 2", ms, [&] { std::ofstream(out, std::ios::binary) << old_bytes; },
       [&] {
-        const auto now = slurp(out);
+        const auto now = test::read_text(out);
         return now == old_bytes || now == new_bytes ? "" : "s.csv is neither: " + now.substr(0, 80);
       },
       21);
@@ -487,7 +481,7 @@ TEST(CliFault, DemoKilledAtAnyMomentLeavesCompleteFilesAndNoReportUntilTheEnd) {
         if (r.status != 0) return "an HDF5 file does not open: " + r.output;
         if (!fs::exists(out / "report.html")) return "";
         if (!fs::exists(out / "results/results.h5")) return "a report without its results.h5";
-        const auto html = slurp(out / "report.html");
+        const auto html = test::read_text(out / "report.html");
         return html.find("</html>") != std::string::npos ? "" : "report.html is cut";
       },
       31, 4);
@@ -579,6 +573,7 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
   EXPECT_FALSE(fs::exists(dir / "s"));
   EXPECT_FALSE(fs::exists(dir / "o"));
   EXPECT_FALSE(fs::exists(dir / "t"));
+  EXPECT_FALSE(fs::exists(dir / "r"));  // seq2seq train creates --out only once its flags pass
 }
 
 // Seq2seq: the checkpoint and the alignments through a full disk; --out checked up front.
@@ -595,10 +590,10 @@ class CliSeq2SeqFault : public ::testing::Test {
 TEST_F(CliSeq2SeqFault, TrainOnAFullDiskKeepsThePreviousModel) {
   ASSERT_EQ(test::run_process(train_cmd(dir / "run")).status, 0);
   const auto model = dir / "run/model.h5";
-  const auto before = slurp(model);
+  const auto before = test::read_text(model);
   const auto r = test::run_with_file_size_limit(train_cmd(dir / "run", 1), 4000);
   expect_clean_failure(r, "File too large");
-  EXPECT_EQ(slurp(model), before);
+  EXPECT_EQ(test::read_text(model), before);
   EXPECT_EQ(temporaries_in(dir.path() / "run"), 0);
 }
 
@@ -607,29 +602,29 @@ TEST_F(CliSeq2SeqFault, TranslateAlignmentsOnAFullDiskKeepThePreviousFile) {
   const auto cmd = exe() + " seq2seq translate --model " + (dir / "run/model.h5") +
                    " --alignments " + (dir / "al.h5") + " abc hello";
   ASSERT_EQ(test::run_process(cmd).status, 0);
-  const auto before = slurp(dir / "al.h5");
+  const auto before = test::read_text(dir / "al.h5");
   const auto r = test::run_with_file_size_limit(cmd + " abcdef", 800);
   expect_clean_failure(r, "File too large");
-  EXPECT_EQ(slurp(dir / "al.h5"), before);
+  EXPECT_EQ(test::read_text(dir / "al.h5"), before);
   EXPECT_EQ(temporaries_in(dir.path()), 0);
-  const auto model = slurp(dir / "run/model.h5");
+  const auto model = test::read_text(dir / "run/model.h5");
   const auto same =
       test::run_process(exe() + " seq2seq translate --model " + (dir / "run/model.h5") +
                         " --alignments " + (dir / "run/model.h5") + " abc");
   expect_clean_failure(same, "would destroy the input");
-  EXPECT_EQ(slurp(dir / "run/model.h5"), model);
+  EXPECT_EQ(test::read_text(dir / "run/model.h5"), model);
 }
 
 TEST_F(CliSeq2SeqFault, TrainKilledAtAnyMomentLeavesTheOldOrACompleteModel) {
   ASSERT_EQ(test::run_process(train_cmd(dir / "run")).status, 0);
   const auto model = dir / "run/model.h5";
-  const auto old_bytes = slurp(model);
+  const auto old_bytes = test::read_text(model);
   const auto translate = exe() + " seq2seq translate --model " + model + " abc";
   const int ms = timed_run(train_cmd(dir / "run", 1));
   kill_at_random_moments(
       train_cmd(dir / "run", 1), ms, [&] { std::ofstream(model, std::ios::binary) << old_bytes; },
       [&]() -> std::string {
-        if (slurp(model) == old_bytes) return "";
+        if (test::read_text(model) == old_bytes) return "";
         const auto r = test::run_process(translate);
         return r.status == 0 ? "" : "model.h5 is new but does not load: " + r.output;
       },
@@ -642,7 +637,7 @@ TEST_F(CliSeq2SeqFault, TranslateKilledAtAnyMomentLeavesTheOldOrTheNewAlignments
   const auto cmd = exe() + " seq2seq translate --model " + (dir / "run/model.h5") +
                    " --alignments " + al + " abc hello";
   ASSERT_EQ(test::run_process(cmd).status, 0);
-  const auto old_bytes = slurp(al);
+  const auto old_bytes = test::read_text(al);
   const int old_count = h5py_dataset_count(al);
   const int ms = timed_run(cmd + " abcdef");
   const int new_count = h5py_dataset_count(al);
@@ -651,7 +646,7 @@ TEST_F(CliSeq2SeqFault, TranslateKilledAtAnyMomentLeavesTheOldOrTheNewAlignments
   kill_at_random_moments(
       cmd + " abcdef", ms, [&] { std::ofstream(al, std::ios::binary) << old_bytes; },
       [&]() -> std::string {
-        if (slurp(al) == old_bytes) return "";
+        if (test::read_text(al) == old_bytes) return "";
         const int n = h5py_dataset_count(al);
         return n == new_count ? "" : "al.h5 holds " + std::to_string(n) + " datasets";
       },

@@ -23,13 +23,6 @@ std::string script(const std::string& name) {
   return std::string(ATTNSCOPE_SOURCE_DIR) + "/tests/python/" + name;
 }
 
-std::string read(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 std::string quoted(const std::string& s) {
   std::string out = "'";
   for (char c : s)
@@ -96,7 +89,7 @@ TEST(CliReport, UnlabelledResultsWithoutImagesStillMakeAPage) {
   const auto r = test::run_process(exe() + " report --results " + (dir / "results.h5") + " --out " +
                                    (dir / "report.html") + " --title 'My <run>'");
   ASSERT_EQ(r.status, 0) << r.output;
-  const auto html = read(dir / "report.html");
+  const auto html = test::read_text(dir / "report.html");
   EXPECT_NE(html.find("<title>My &lt;run&gt;</title>"), std::string::npos);
   const auto dom = chromium(dir, "--dump-dom", dir / "report.html");
   ASSERT_EQ(dom.status, 0) << dom.output;
@@ -211,11 +204,11 @@ TEST(CliReport, FullDiskLeavesThePreviousReportIntact) {
   const std::string cmd =
       exe() + " report --results " + (dir / "results.h5") + " --out " + (dir / "report.html");
   ASSERT_EQ(test::run_process(cmd + " --title first").status, 0);
-  const auto before = read(dir / "report.html");
+  const auto before = test::read_text(dir / "report.html");
   const auto r = test::run_with_file_size_limit(cmd + " --title second", 16 * 1024);
   EXPECT_NE(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("report.html"), std::string::npos) << r.output;
-  EXPECT_EQ(read(dir / "report.html"), before);
+  EXPECT_EQ(test::read_text(dir / "report.html"), before);
   for (const auto& e : fs::directory_iterator(dir.path()))  // no temporary left behind
     EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
 }
@@ -226,12 +219,12 @@ TEST(CliReport, KilledRunLeavesTheOldOrTheNewReport) {
   const std::string cmd =
       exe() + " report --results " + (dir / "results.h5") + " --out " + (dir / "report.html");
   ASSERT_EQ(test::run_process(cmd + " --title old").status, 0);
-  const auto old = read(dir / "report.html");
+  const auto old = test::read_text(dir / "report.html");
   std::mt19937 rng(7);
   for (int k = 0; k < 4; ++k) {
     const int ms = std::uniform_int_distribution<int>(5, 600)(rng);
     test::run_killed_after(cmd + " --title new", ms);
-    const auto now = read(dir / "report.html");
+    const auto now = test::read_text(dir / "report.html");
     const bool complete = now.size() > 1000 && now.substr(now.size() - 8) == "</html>\n";
     EXPECT_TRUE(now == old || (complete && now.find("<title>new</title>") != std::string::npos))
         << "after a kill at " << ms << " ms: " << now.size() << " bytes";

@@ -18,13 +18,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 class AtomicFileTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -48,10 +41,10 @@ TEST_F(AtomicFileTest, CommitReplacesTheTargetAndLeavesNoTemporaryFile) {
     AtomicFile out(target.string());
     out.write("new ");
     out.write(std::string(100000, 'x'));
-    EXPECT_EQ(slurp(target), "old");  // not visible before commit
+    EXPECT_EQ(test::read_text(target), "old");  // not visible before commit
     out.commit();
   }
-  EXPECT_EQ(slurp(target), "new " + std::string(100000, 'x'));
+  EXPECT_EQ(test::read_text(target), "new " + std::string(100000, 'x'));
   EXPECT_EQ(entries(), 1u);
 }
 
@@ -64,7 +57,7 @@ TEST_F(AtomicFileTest, WithoutCommitTheTargetIsUntouchedAndTheTemporaryFileRemov
     throw std::runtime_error("failure in the middle");
   } catch (const std::runtime_error&) {
   }
-  EXPECT_EQ(slurp(target), "good");
+  EXPECT_EQ(test::read_text(target), "good");
   EXPECT_EQ(entries(), 1u);
 }
 
@@ -105,7 +98,7 @@ TEST_F(AtomicFileTest, WriteFailureUnderAFileSizeLimitThrowsAndKeepsThePreviousF
   ASSERT_EQ(::waitpid(pid, &status, 0), pid);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0) << "2: no error was thrown; 3: the error did not name the file";
-  EXPECT_EQ(slurp(target), "previous");
+  EXPECT_EQ(test::read_text(target), "previous");
   EXPECT_EQ(entries(), 1u);
 }
 

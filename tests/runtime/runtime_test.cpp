@@ -119,8 +119,8 @@ TEST(StopSignals, ASignalIgnoredBeforehandStaysIgnored) {
 TEST(Runtime, DeviceNamesAndAvailabilityAreCheckedWithAClearMessage) {
   for (const char* good : {"cpu", "cuda", "cuda:0", "cuda:12"})
     EXPECT_TRUE(is_device_name(good)) << good;
-  for (const char* bad :
-       {"", "gpu", "CPU", "cuda:", "cuda:x", "cuda:-1", "cuda:0:1", "cudax", "cuda:12345", " cuda"})
+  for (const char* bad : {"", "gpu", "CPU", "cuda:", "cuda:x", "cuda:-1", "cuda:0:1", "cudax",
+                          "cuda:12345", " cuda", "cuda:01", "cuda:00"})
     EXPECT_FALSE(is_device_name(bad)) << bad;
   EXPECT_NO_THROW(check_device("cpu", "classify"));
   const auto message = [](const std::string& device) {

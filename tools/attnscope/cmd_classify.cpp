@@ -68,8 +68,8 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
       ("threshold", po::value(&threshold)->default_value(""),
        "binary models: malignant when p >= threshold (default: the checkpoint's, else 0.5)")  //
       ("masks", po::value(&masks)->default_value(""),
-       "folder of lesion masks (<id>_segmentation.png, <id>_mask.png or <id>.png) for the "
-       "localisation measures")  //
+       "folder of lesion masks (<id>_segmentation.png, <id>_Segmentation.png, <id>_mask.png or "
+       "<id>.png) for the localisation measures")  //
       ("faithfulness", po::bool_switch(&o.faithfulness),
        "deletion/insertion AUC (RISE) per map beside a random map; with masks, attention mass "
        "in the lesion, Jaccard and pointing game beside a centred Gaussian")  //
@@ -96,8 +96,8 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
   if (o.faithfulness_steps < 1 || o.faithfulness_steps > kMaxFaithfulnessSteps)
     fail(concat("--faithfulness-steps must be in [1, ", kMaxFaithfulnessSteps, "]"));
   if (o.resume && o.overwrite) fail("--resume and --overwrite exclude each other");
-  if (!runtime::is_device_name(o.device)) fail("--device must be cpu, cuda or cuda:N");
-  runtime::check_device(o.device, "classify");
+  if (!runtime::is_device_name(o.device))
+    fail("--device must be cpu, cuda or cuda:N, got '" + o.device + "'");
   o.decode_reduce_to = read_decode_reduce_to(vm, usage_text(usage, desc));
   o.maps = maps;
   if (!threshold.empty()) {
@@ -117,13 +117,16 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
       fail(e.what());
     }
   }
+  if (!masks.empty()) pipeline::check_masks_folder(masks);
+  // The device last among the checks, before any input is read.
+  runtime::check_device(o.device, "classify");
   o.command_line = join_args(args);
   auto dataset =
       data.data.empty() ? pipeline::collect_inputs(inputs) : data.read(usage_text(usage, desc));
   if (!masks.empty() && pipeline::attach_masks(dataset, masks) == 0 && !dataset.samples.empty())
     std::cerr << "warning: " << printable(masks)
-              << ": no mask matches any input (<id>_segmentation.png, <id>_mask.png or <id>.png); "
-                 "the localisation measures stay empty\n";
+              << ": no mask matches any input (<id>_segmentation.png, <id>_Segmentation.png, "
+                 "<id>_mask.png or <id>.png); the localisation measures stay empty\n";
   const bool tty = isatty(STDERR_FILENO) != 0;
   int64_t last_line = -1;
   const auto progress = [&](const pipeline::ClassifyProgress& p) {

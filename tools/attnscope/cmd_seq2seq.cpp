@@ -137,9 +137,8 @@ void add_decode_options(po::options_description& desc) {
 
 // The decoding flags, checked before the model is read.
 void check_decode_options(const po::variables_map& vm, const std::string& usage) {
-  require_at_least<int64_t>(vm, "beam", 1, usage);
   // Memory grows with the beam (a beam of 100,000 took 2.7 GB for one short sentence).
-  if (vm["beam"].as<int64_t>() > kMaxBeam)
+  if (vm["beam"].as<int64_t>() < 1 || vm["beam"].as<int64_t>() > kMaxBeam)
     throw UsageError(
         concat("--beam must be in [1, ", kMaxBeam, "], got ", vm["beam"].as<int64_t>()), usage);
   require_at_least<int64_t>(vm, "max-output-length", 0, usage);
@@ -277,10 +276,6 @@ int run_train(const std::vector<std::string>& args) {
   // only after hours of training.
   const std::string out_dir = vm["out"].as<std::string>();
   ensure_writable_output_folder(out_dir);
-  fs::create_directories(out_dir);
-  // One run per folder (attnscope/folder_lock.h), held until model.h5 is written: a second run
-  // given the same --out stops here instead of replacing the first's model when it ends.
-  const FolderLock folder_lock(out_dir, "wait for it to end or choose another --out");
   const double dropout = vm["dropout"].as<double>();
   if (dropout < 0 || dropout >= 1) throw UsageError("--dropout must be in [0, 1)", usage);
   const double smoothing = vm["label-smoothing"].as<double>();
@@ -396,6 +391,10 @@ int run_train(const std::vector<std::string>& args) {
     else if (end_of_epoch)
       std::cerr << pipeline::format_progress(p) << "\n";
   };
+  // One run per folder (attnscope/folder_lock.h), from here until model.h5 is written: a second
+  // run given the same --out stops here instead of replacing the first's model when it ends.
+  fs::create_directories(out_dir);
+  const FolderLock folder_lock(out_dir, "wait for it to end or choose another --out");
   std::cerr << "training " << name << " on " << spec << ": " << encoded.sources.size()
             << " pairs, vocabularies " << source_vocab.size() << "/" << target_vocab.size() << ", "
             << bundle.model->parameters().size() << " tensors\n";

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iomanip>
 #include <iostream>
 #include <limits>
 #include <mutex>
@@ -235,9 +236,11 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
                             bool hi_open) {
     const bool ok =
         std::isfinite(v) && (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
-    if (!ok)
-      fail(concat("--", flag, " must be in ", lo_open ? "(" : "[", lo, ", ",
-                  std::isinf(hi) ? "inf" : concat(hi), hi_open ? ")" : "]", ", got ", v));
+    if (ok) return;
+    std::ostringstream got;
+    got << std::setprecision(12) << v;  // 1.0000001 is not printed as 1
+    fail(concat("--", flag, " must be in ", lo_open ? "(" : "[", lo, ", ",
+                std::isinf(hi) ? "inf" : concat(hi), hi_open ? ")" : "]", ", got ", got.str()));
   };
   constexpr double kInf = std::numeric_limits<double>::infinity();
   in_range("lr", lr, 0, true, kInf, true);
@@ -274,8 +277,8 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
 
   // Data-parallel when a launcher (torchrun, srun) or the variables say so
   // (docs/distributed.md). Every rank runs this command; only rank 0 writes RUN and prints.
-  if (!runtime::is_device_name(device)) fail("--device must be cpu, cuda or cuda:N");
-  runtime::check_device(device, "train");
+  if (!runtime::is_device_name(device))
+    fail("--device must be cpu, cuda or cuda:N, got '" + device + "'");
   const auto dist_config = dist.config();
   const int world = dist_config.world_size;
   if (world > 1) {
@@ -283,6 +286,8 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     if (cache) fail("--cache is not supported with several ranks yet");
     if (device != "cpu") fail("several ranks train on the CPU only (Gloo; no NCCL in this build)");
   }
+  // The device last among the checks, before any file is read.
+  runtime::check_device(device, "train");
   // The files this run reads from elsewhere are checked in forked children
   // (h5::check_untrusted_file, once per file per process): before the group's threads exist
   // (heartbeat, TCPStore, Gloo), since a fork must not meet a thread holding a lock.
