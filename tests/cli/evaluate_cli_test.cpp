@@ -290,6 +290,23 @@ TEST_F(EvaluateCli, DecodeReduceToDecodesJpegsAsOpenCvsReducedReads) {
   EXPECT_FALSE(nlohmann::json::parse(read_text(out / "full.json")).contains("decode_reduce_to"));
 }
 
+// A cache whose steps are not the checkpoint's preprocessing is refused naming both files.
+TEST_F(EvaluateCli, ACacheOfOtherStepsThanTheModelsIsRefusedNamingIt) {
+  test::TempDir dir;
+  const auto cache = dir / "c32.h5";
+  const auto made = test::run_process(exe() + " cache --data " + (*dir_ / "data/labels.csv") +
+                                      " --out " + cache + " --size 32 --workers 1");
+  ASSERT_EQ(made.status, 0) << made.output;
+  const auto r = test::run_process(exe() + " evaluate --model " + (*dir_ / "plain.h5") +
+                                   " --data " + cache + " 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: " + cache + ": holds images made with the steps "),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find(", the model's are [] (" + (*dir_ / "plain.h5") + ")"), std::string::npos)
+      << r.output;
+}
+
 TEST_F(EvaluateCli, SingleClassDataSaysAucIsUndefined) {
   test::TempDir out;
   const auto copy = fs::path(out / "data");

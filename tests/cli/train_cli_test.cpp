@@ -389,6 +389,31 @@ TEST(TrainCli, BadDataAndOutputAreClearErrors) {
 // A run folder in use (util-linux flock(1) holds its lock, as a live `attnscope train` does:
 // attnscope/folder_lock.h) is refused before any work; the other run's temporary file, which a
 // run that owns the folder removes as a killed run's garbage, stays.
+// An image cache (`attnscope cache`) holds preprocessed images: a run whose --size differs is
+// refused with a line naming the cache and both step lists, before the run folder is used;
+// the cache's own size trains.
+TEST(TrainCli, ACacheOfOtherStepsIsRefusedNamingIt) {
+  test::TempDir dir;
+  const auto cache = dir / "c16.h5";
+  const auto made = test::run_process(exe() + " cache --data " + synth_data() + " --out " + cache +
+                                      " --size 16 --workers 1");
+  ASSERT_EQ(made.status, 0) << made.output;
+  const auto base = exe() + " --threads 1 train --data " + cache +
+                    " --model small_cnn --batch-size 8 --workers 1 --epochs 1 --quiet --out ";
+  const auto r = test::run_process(base + (dir / "a") + " --size 32 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: " + cache + ": holds images made with the steps "),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("\"size\":16"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\"size\":32"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("(from --size)"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "a/metrics.jsonl"));
+  const auto ok = test::run_process(base + (dir / "b") + " --size 16 2>&1");
+  EXPECT_EQ(ok.status, 0) << ok.output;
+  EXPECT_EQ(count_lines(read_text(dir / "b/metrics.jsonl")), 1);
+}
+
 TEST(TrainCli, ARunFolderInUseByAnotherRunIsRefusedAndLeftAlone) {
   test::TempDir dir;
   if (!test::folders_lock(dir.path().string()))

@@ -80,7 +80,17 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
   if (fs::path(data.data).extension() == ".h5" && fs::is_regular_file(data.data, ec)) {
     if (reduce_to)
       fail("--decode-reduce-to does not apply to an image cache (decoded when it was built)");
-    source = std::make_shared<pipeline::ImageCacheSource>(data.data);
+    auto cache = std::make_shared<pipeline::ImageCacheSource>(data.data);
+    const auto config = loaded.meta.preprocessing_config;
+    if (config.is_object() && !config.empty()) {
+      const auto made_with = cache->preprocessing().value("steps", nlohmann::json());
+      const auto wanted = preprocessing::Pipeline::from_json(config).to_json()["steps"];
+      check(made_with == wanted, data.data, "holds images made with the steps ", made_with.dump(),
+            ", the model's are ", wanted.dump(), " (", model_path,
+            "): rebuild the cache with `attnscope cache --config FILE` holding the model's "
+            "preprocessing config, or evaluate the images themselves");
+    }
+    source = cache;
   } else {
     auto ds = data.read(usage_text(usage, desc));
     for (const auto& id : ds.skipped)

@@ -355,6 +355,13 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
         -> std::pair<std::shared_ptr<const datasets::SampleSource>, datasets::Dataset> {
       if (is_cache(spec)) {
         auto source = std::make_shared<pipeline::ImageCacheSource>(spec);
+        const auto made_with = source->preprocessing().value("steps", nlohmann::json());
+        const auto wanted = pipeline.to_json()["steps"];
+        check(made_with == wanted, spec, "holds images made with the steps ", made_with.dump(),
+              ", this run's are ", wanted.dump(), " (from ",
+              augment.empty() ? "--size" : "--augment " + augment,
+              "): give the run the cache's, or rebuild the cache with `attnscope cache --size N` "
+              "or `--config FILE` for this run");
         return {source, dataset_of(*source)};
       }
       DatasetFlags flags = data;
