@@ -27,6 +27,7 @@
 #include "datasets/loader.h"
 #include "models/vision/explain.h"
 #include "pipeline/metrics.h"
+#include "pipeline/vision/evaluate.h"
 #include "pipeline/vision/faithfulness.h"
 #include "pipeline/vision/image_model_config.h"
 #include "pipeline/vision/tta.h"
@@ -358,10 +359,13 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
   {
     const auto x = pipeline.tensor(probe.image).unsqueeze(0).to(device);
     std::map<std::string, at::Tensor> shapes;
-    {
+    try {
       torch::NoGradGuard ng;
       const auto out = model.forward(x, support.vit);
       shapes = out.maps;
+    } catch (const c10::Error&) {
+      check_model_takes_pipeline_output(model, pipeline, o.model);  // says why, naming the size
+      throw;
     }
     for (const auto& m : maps) {
       ResultsMap rm;

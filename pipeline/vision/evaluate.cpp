@@ -71,6 +71,22 @@ torch::Tensor predict_probabilities(models::vision::ImageClassifier& model,
   return tta ? tta_mean(probabilities, images) : probabilities(images);
 }
 
+void check_model_takes_pipeline_output(models::vision::ImageClassifier& model,
+                                       const preprocessing::Pipeline& pipeline,
+                                       const std::string& model_path) {
+  const auto image = pipeline.process(cv::Mat(256, 256, CV_8UC3, cv::Scalar(128, 128, 128))).image;
+  const auto device =
+      model.parameters().empty() ? torch::Device(torch::kCPU) : model.parameters().front().device();
+  try {
+    torch::NoGradGuard no_grad;
+    (void)model.forward(pipeline.tensor(image).unsqueeze(0).to(device));
+  } catch (const c10::Error& e) {
+    throw Error(model_path,
+                concat("cannot classify the ", image.cols, " x ", image.rows,
+                       " images its preprocessing makes (", e.what_without_backtrace(), ")"));
+  }
+}
+
 EvaluateResult evaluate_image_classifier(const LoadedImageClassifier& loaded,
                                          const std::string& model_path,
                                          std::shared_ptr<const datasets::SampleSource> source,
@@ -119,6 +135,7 @@ EvaluateResult evaluate_image_classifier(const LoadedImageClassifier& loaded,
 
   auto& model = *loaded.model;
   model.eval();
+  check_model_takes_pipeline_output(model, pipeline, model_path);
   std::vector<torch::Tensor> chunks;
   const auto total = static_cast<int64_t>(source->size());
   int64_t done = 0;

@@ -20,6 +20,7 @@
 #include "datasets/loader.h"
 #include "pipeline/metrics.h"
 #include "pipeline/vision/image_model_config.h"
+#include "preprocessing/pipeline.h"
 
 namespace attnscope::pipeline {
 
@@ -64,6 +65,13 @@ struct EvaluateResult {
 torch::Tensor predict_probabilities(models::vision::ImageClassifier& model,
                                     const torch::Tensor& images, double temperature = 1.0,
                                     bool tta = false);
+
+/// Checks that `model` (in eval mode) takes what `pipeline` makes of an image: one forward pass
+/// on its output for a blank 256 x 256 image. Throws Error naming `model_path` and that size
+/// when the network cannot (a checkpoint whose preprocessing makes images too small for it).
+void check_model_takes_pipeline_output(models::vision::ImageClassifier& model,
+                                       const preprocessing::Pipeline& pipeline,
+                                       const std::string& model_path);
 
 /// The checkpoint's decision threshold (extra.threshold) and temperature (extra.temperature),
 /// defaults 0.5 and 1. Throws Error naming `path` for a threshold outside [0, 1] or a

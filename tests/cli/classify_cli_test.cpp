@@ -2,6 +2,7 @@
 // untrained attn_small checkpoint, results.h5 read back by C++ and by Debian's h5py, kills at
 // random moments and --resume, shards and merge, a folder of bad files, a full disk.
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <random>
@@ -573,6 +574,36 @@ TEST(CliClassify, DecodeReduceToOverridesTheCheckpointsDecodeAndIsRecorded) {
   const auto bad = test::run_process(exe() + " classify --model " + q(model) + " --input " + q(in) +
                                      " --out " + q(dir / "bad") + " --decode-reduce-to -1");
   EXPECT_EQ(bad.status, 2) << bad.output;
+}
+
+// A checkpoint whose preprocessing makes images too small for its network (2 px for
+// attn_small's pooling): classify and evaluate stop with one line naming the checkpoint and the
+// size, LibTorch's message in brackets, never its C++ stack, and classify writes nothing.
+TEST(CliClassify, ACheckpointWhoseImagesAreTooSmallForItsNetworkIsOneLine) {
+  test::TempDir dir;
+  const auto path = dir / "tiny.h5";
+  models::vision::ImageModelConfig config;
+  config.arch = "attn_small";
+  config.image_size = 64;
+  auto model = models::vision::make_image_classifier(config);
+  pipeline::CheckpointMeta meta;
+  meta.class_names = {"benign", "malignant"};
+  meta.preprocessing_config = {{"steps", {{{"op", "resize"}, {"size", 2}}}}};
+  pipeline::save_image_classifier(path, *model, models::vision::resolve_image_config(config), meta);
+  const auto images = make_images(dir, 2);
+  const std::string expected =
+      "error: " + path + ": cannot classify the 2 x 2 images its preprocessing makes (";
+  const auto c = test::run_process(exe() + " classify --model " + q(path) + " --input " +
+                                   q(images + "/images") + " --out " + q(dir / "out"));
+  EXPECT_EQ(c.status, 1) << c.output;
+  EXPECT_EQ(c.output.rfind(expected, 0), 0u) << c.output;
+  EXPECT_EQ(std::count(c.output.begin(), c.output.end(), '\n'), 1) << c.output;
+  EXPECT_FALSE(fs::exists(dir / "out/results.h5"));
+  const auto e = test::run_process(exe() + " evaluate --model " + q(path) + " --data " +
+                                   q(images + "/labels.csv"));
+  EXPECT_EQ(e.status, 1) << e.output;
+  EXPECT_EQ(e.output.rfind(expected, 0), 0u) << e.output;
+  EXPECT_EQ(e.output.find("frame #"), std::string::npos) << e.output;
 }
 
 // --masks: a path that is not a folder is an error naming it, before any work; a folder none
