@@ -73,18 +73,21 @@ torch::Tensor predict_probabilities(models::vision::ImageClassifier& model,
 
 void check_model_takes_pipeline_output(models::vision::ImageClassifier& model,
                                        const preprocessing::Pipeline& pipeline,
-                                       const std::string& model_path) {
+                                       const std::string& subject, const std::string& made_by) {
   const auto image = pipeline.process(cv::Mat(256, 256, CV_8UC3, cv::Scalar(128, 128, 128))).image;
   const auto device =
       model.parameters().empty() ? torch::Device(torch::kCPU) : model.parameters().front().device();
+  const bool training = model.is_training();
+  model.eval();  // batch norm's running statistics stay as they are
   try {
     torch::NoGradGuard no_grad;
     (void)model.forward(pipeline.tensor(image).unsqueeze(0).to(device));
   } catch (const c10::Error& e) {
-    throw Error(model_path,
-                concat("cannot classify the ", image.cols, " x ", image.rows,
-                       " images its preprocessing makes (", e.what_without_backtrace(), ")"));
+    model.train(training);
+    throw Error(subject, concat("cannot classify the ", image.cols, " x ", image.rows, " images ",
+                                made_by, " makes (", e.what_without_backtrace(), ")"));
   }
+  model.train(training);
 }
 
 EvaluateResult evaluate_image_classifier(const LoadedImageClassifier& loaded,

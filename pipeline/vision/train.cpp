@@ -14,6 +14,7 @@
 #include "pipeline/checkpoint.h"
 #include "pipeline/h5.h"
 #include "pipeline/metrics.h"
+#include "pipeline/vision/evaluate.h"
 #include "pipeline/vision/image_losses.h"
 #include "pipeline/vision/image_model_config.h"
 #include "runtime/runtime.h"
@@ -317,6 +318,8 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   }
   if (!o.init_backbone.empty()) load_image_backbone(o.init_backbone, *model);
   model->to(device);
+  check_model_takes_pipeline_output(*model, o.pipeline, "--model " + config.arch,
+                                    "this run's preprocessing (--size or --augment)");
   DistributedGroup* const group = o.group;
   const bool main_rank = !group || group->is_main();
   const int world = group ? group->world_size() : 1;

@@ -414,6 +414,23 @@ TEST(TrainCli, ACacheOfOtherStepsIsRefusedNamingIt) {
   EXPECT_EQ(count_lines(read_text(dir / "b/metrics.jsonl")), 1);
 }
 
+// A --size too small for the network (attn_vgg16 pools 16 px down to nothing): one line
+// naming the preset and the size before the first step, LibTorch's reason in brackets.
+TEST(TrainCli, ASizeTooSmallForTheNetworkIsOneLineBeforeTraining) {
+  test::TempDir dir;
+  const auto r = test::run_process(exe() + " --threads 1 train --data " + synth_data() +
+                                   " --model attn_vgg16 --size 16 --batch-size 8 --workers 1"
+                                   " --epochs 1 --quiet --out " +
+                                   (dir / "run") + " 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: --model attn_vgg16: cannot classify the 16 x 16 images this "
+                          "run's preprocessing (--size or --augment) makes ("),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("frame #"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "run/metrics.jsonl"));
+}
+
 TEST(TrainCli, ARunFolderInUseByAnotherRunIsRefusedAndLeftAlone) {
   test::TempDir dir;
   if (!test::folders_lock(dir.path().string()))
