@@ -899,6 +899,16 @@ void create_like(hid_t in, hid_t out, const std::string& name, int64_t rows,
   h5::Handle space(H5Screate_simple(rank, dims.data(), max_dims.data()));
   h5::Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
   H5Pset_create_intermediate_group(lcpl.get(), 1);
+  if (H5Pget_layout(dcpl.get()) != H5D_CHUNKED) {
+    // A file rewritten by another tool (h5py's default is contiguous): an unlimited first
+    // dimension needs chunks, one row each as attnscope writes them.
+    dcpl = h5::Handle(H5Pcreate(H5P_DATASET_CREATE));
+    std::vector<hsize_t> chunk(dims.begin(), dims.end());
+    chunk[0] = 1;
+    for (auto& c : chunk)
+      c = std::max<hsize_t>(c, 1);
+    H5Pset_chunk(dcpl.get(), rank, chunk.data());
+  }
   h5::Handle dst(
       H5Dcreate2(out, name.c_str(), type.get(), space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT));
   check(dst.valid(), where(out_path, name), "cannot create dataset");
@@ -929,6 +939,23 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
             " differs (", attr(f, k).substr(0, 120), " vs ", attr(first, k).substr(0, 120), ")");
     check(results_datasets(f.path) == datasets, f.path, "cannot be merged with ", first.path,
           ": it holds other datasets (--overlays, --faithfulness or maps differ)");
+  }
+  // Every dataset holds a row for each image (errors/*: each error) the merge copies.
+  for (const auto& f : files) {
+    auto in = open_read(f.path);
+    const auto images = std::min(f.ids.size(), static_cast<std::size_t>(f.prediction.numel()));
+    for (const auto& name : datasets) {
+      const bool is_error = name.rfind("errors/", 0) == 0;
+      const auto needed = is_error ? f.errors.size() : images;
+      h5::Handle set(H5Dopen2(in.get(), name.c_str(), H5P_DEFAULT));
+      check(set.valid(), where(f.path, name), "cannot open the dataset");
+      h5::Handle space(H5Dget_space(set.get()));
+      hsize_t dims[H5S_MAX_RANK] = {0};
+      const int rank = H5Sget_simple_extent_dims(space.get(), dims, nullptr);
+      check(rank >= 1 && dims[0] >= needed, where(f.path, name), "holds ", rank >= 1 ? dims[0] : 0,
+            " rows for the file's ", needed, is_error ? " errors" : " images",
+            ": the file is damaged");
+    }
   }
   // Merged order: by input index, rows and errors separately.
   struct Ref {

@@ -384,6 +384,53 @@ TEST(CliClassify, TwoShardsMergedEqualOneRun) {
   EXPECT_FALSE(fs::exists(dir / "x.h5"));
 }
 
+// Shards rewritten by another tool: h5py stores a rewritten dataset contiguous (attnscope's are
+// chunked, which an appendable merged file needs): the merge still equals one run. A shard one
+// of whose datasets lacks rows is refused naming that file and dataset.
+TEST(CliClassify, MergeTakesShardsRewrittenByH5pyAndRefusesADamagedOne) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 5);
+  const auto base = exe() + " classify --model " + q(model) + " --input " + q(images + "/images") +
+                    " --batch-size 2";
+  ASSERT_EQ(test::run_process(base + " --out " + q(dir / "one")).status, 0);
+  ASSERT_EQ(test::run_process(base + " --shard 0/2 --out " + q(dir / "s0")).status, 0);
+  ASSERT_EQ(test::run_process(base + " --shard 1/2 --out " + q(dir / "s1")).status, 0);
+  const auto script = dir / "rewrite.py";
+  std::ofstream(script) << R"(
+import sys, h5py, numpy as np
+f = h5py.File(sys.argv[1], 'r+')
+names = []
+f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+for n in names:
+    data, attrs = f[n][...], dict(f[n].attrs)
+    if sys.argv[2] == 'short' and n == 'predictions/logits': data = data[:-1]
+    del f[n]
+    d = f.create_dataset(n, data=data)
+    for k, v in attrs.items(): d.attrs[k] = v
+print(len(names))
+)";
+  const auto rewrite = [&](const std::string& file, const char* how) {
+    return test::run_process(test::python() + " " + q(script) + " " + q(file) + " " + how);
+  };
+  const auto r1 = rewrite(dir / "s1/results.h5", "all");
+  ASSERT_EQ(r1.status, 0) << r1.output;
+  const auto m = test::run_process(exe() + " merge " + q(dir / "s0/results.h5") + " " +
+                                   q(dir / "s1/results.h5") + " --out " + q(dir / "m.h5"));
+  ASSERT_EQ(m.status, 0) << m.output;
+  EXPECT_EQ(compare(dir, dir / "one/results.h5", dir / "m.h5"), "OK\n");
+  const auto r0 = rewrite(dir / "s0/results.h5", "short");
+  ASSERT_EQ(r0.status, 0) << r0.output;
+  const auto bad = test::run_process(exe() + " merge " + q(dir / "s0/results.h5") + " " +
+                                     q(dir / "s1/results.h5") + " --out " + q(dir / "m2.h5"));
+  EXPECT_EQ(bad.status, 1) << bad.output;
+  EXPECT_NE(bad.output.find(dir / "s0/results.h5" + ":/predictions/logits: holds 2 rows for "
+                                                    "the file's 3 images"),
+            std::string::npos)
+      << bad.output;
+  EXPECT_FALSE(fs::exists(dir / "m2.h5"));
+}
+
 // The tensor cache (runtime/tensor_cache.h) serves every tensor of a run from kept blocks:
 // results equal a run on LibTorch's own allocator, TTA and a last, smaller batch included.
 TEST(CliClassify, TheTensorCacheChangesNoResult) {
