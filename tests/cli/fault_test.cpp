@@ -565,7 +565,8 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
         "train --model attn_small --data x.csv --out " + (dir / "t") + " --step-every 0",
         "train --model attn_small --data x.csv --out " + (dir / "t") + " --patience -1",
         "train --model attn_small --data x.csv --out " + (dir / "t") + " --mask-loss 1,nan",
-        std::string("seq2seq translate --model m.h5 --beam 100000 abc")}) {
+        std::string("seq2seq translate --model m.h5 --beam 100000 abc"),
+        std::string("dist-check --lr nan"), "demo --out " + (dir / "d") + " --minutes 1e300"}) {
     const auto r = test::run_process(exe() + " " + args);
     EXPECT_EQ(r.status, 2) << args << "\n" << r.output;
     EXPECT_EQ(r.output.rfind("error: ", 0), 0u) << args << "\n" << r.output;

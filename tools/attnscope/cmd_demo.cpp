@@ -122,7 +122,7 @@ int run_demo(const std::vector<std::string>& args, const GlobalOptions& global) 
   po::variables_map vm;
   if (!parse(usage, desc, args, vm)) return 0;
   const auto fail = [&](const std::string& m) { throw UsageError(m, usage_text(usage, desc)); };
-  if (!(minutes > 0)) fail("--minutes must be > 0");
+  if (!(minutes > 0 && minutes <= 1440)) fail("--minutes must be in (0, 1440]");
   if (size < 32) fail("--size must be >= 32");
   if (train_images < 20 || test_images < 4) fail("--train-images >= 20 and --test-images >= 4");
 

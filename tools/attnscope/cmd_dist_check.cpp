@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <iostream>
@@ -107,6 +108,9 @@ int run_dist_check(const std::vector<std::string>& args, const GlobalOptions&) {
     return 0;
   if (f.samples < 1 || f.global_batch < 1 || f.epochs < 0 || f.max_steps < 0)
     throw UsageError("--samples and --global-batch must be >= 1, --epochs and --max-steps >= 0",
+                     usage_text("dist-check [options]", desc));
+  if (!(std::isfinite(f.lr) && f.lr > 0))  // NaN fails every comparison
+    throw UsageError(concat("--lr must be a number > 0, got ", f.lr),
                      usage_text("dist-check [options]", desc));
 
   if (!f.out_dir.empty()) {
