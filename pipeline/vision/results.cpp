@@ -940,9 +940,13 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
     check(results_datasets(f.path) == datasets, f.path, "cannot be merged with ", first.path,
           ": it holds other datasets (--overlays, --faithfulness or maps differ)");
   }
+  std::vector<h5::Handle> ins;
+  for (const auto& f : files)
+    ins.push_back(open_read(f.path));
   // Every dataset holds a row for each image (errors/*: each error) the merge copies.
-  for (const auto& f : files) {
-    auto in = open_read(f.path);
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    const auto& f = files[i];
+    const auto& in = ins[i];
     const auto images = std::min(f.ids.size(), static_cast<std::size_t>(f.prediction.numel()));
     for (const auto& name : datasets) {
       const bool is_error = name.rfind("errors/", 0) == 0;
@@ -998,9 +1002,6 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
   AtomicFile target(out);
   {
     auto o = open_file(target.temp_path(), true);
-    std::vector<h5::Handle> ins;
-    for (const auto& f : files)
-      ins.push_back(open_read(f.path));
     for (const auto& [k, v] : first.attributes)
       h5::write_attribute(o.get(), k, v, target.temp_path());
     h5::write_attribute(o.get(), "shard", "merged", out);

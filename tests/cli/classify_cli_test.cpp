@@ -31,8 +31,9 @@ std::string q(const std::string& s) {
   return "'" + s + "'";
 }
 
-// An untrained attn_small at 64 px with its preprocessing: enough to exercise every path.
-std::string make_checkpoint(const test::TempDir& dir) {
+// An untrained attn_small at 64 px with its preprocessing (a resize to `size`): enough to
+// exercise every path.
+std::string make_checkpoint(const test::TempDir& dir, int size = 64) {
   const auto path = dir / "model.h5";
   torch::manual_seed(3);
   models::vision::ImageModelConfig config;
@@ -41,7 +42,7 @@ std::string make_checkpoint(const test::TempDir& dir) {
   auto model = models::vision::make_image_classifier(config);
   pipeline::CheckpointMeta meta;
   meta.class_names = {"benign", "malignant"};
-  meta.preprocessing_config = {{"steps", {{{"op", "resize"}, {"size", 64}}}}};
+  meta.preprocessing_config = {{"steps", {{{"op", "resize"}, {"size", size}}}}};
   pipeline::save_image_classifier(path, *model, models::vision::resolve_image_config(config), meta);
   return path;
 }
@@ -382,20 +383,10 @@ TEST(CliClassify, TwoShardsMergedEqualOneRun) {
   EXPECT_NE(twice.status, 0);
   EXPECT_NE(twice.output.find("s0/results.h5"), std::string::npos) << twice.output;
   EXPECT_FALSE(fs::exists(dir / "x.h5"));
-}
-
-// Shards rewritten by another tool: h5py stores a rewritten dataset contiguous (attnscope's are
-// chunked, which an appendable merged file needs): the merge still equals one run. A shard one
-// of whose datasets lacks rows is refused naming that file and dataset.
-TEST(CliClassify, MergeTakesShardsRewrittenByH5pyAndRefusesADamagedOne) {
-  test::TempDir dir;
-  const auto model = make_checkpoint(dir);
-  const auto images = make_images(dir, 5);
-  const auto base = exe() + " classify --model " + q(model) + " --input " + q(images + "/images") +
-                    " --batch-size 2";
-  ASSERT_EQ(test::run_process(base + " --out " + q(dir / "one")).status, 0);
-  ASSERT_EQ(test::run_process(base + " --shard 0/2 --out " + q(dir / "s0")).status, 0);
-  ASSERT_EQ(test::run_process(base + " --shard 1/2 --out " + q(dir / "s1")).status, 0);
+  // Shards rewritten by another tool: h5py stores a rewritten dataset contiguous (attnscope's
+  // are chunked, which an appendable merged file needs): the merge still equals one run. A
+  // shard one of whose datasets lacks rows is refused naming that file and dataset (s0: inputs
+  // 0, 2, ..., 8 of the 10, broken.png first among them, so 4 images; logits cut to 3 rows).
   const auto script = dir / "rewrite.py";
   std::ofstream(script) << R"(
 import sys, h5py, numpy as np
@@ -413,22 +404,24 @@ print(len(names))
   const auto rewrite = [&](const std::string& file, const char* how) {
     return test::run_process(test::python() + " " + q(script) + " " + q(file) + " " + how);
   };
+  const auto merge = [&](const std::string& out) {
+    return test::run_process(exe() + " merge " + q(dir / "s0/results.h5") + " " +
+                             q(dir / "s1/results.h5") + " --out " + q(out));
+  };
   const auto r1 = rewrite(dir / "s1/results.h5", "all");
   ASSERT_EQ(r1.status, 0) << r1.output;
-  const auto m = test::run_process(exe() + " merge " + q(dir / "s0/results.h5") + " " +
-                                   q(dir / "s1/results.h5") + " --out " + q(dir / "m.h5"));
-  ASSERT_EQ(m.status, 0) << m.output;
-  EXPECT_EQ(compare(dir, dir / "one/results.h5", dir / "m.h5"), "OK\n");
+  const auto m2 = merge(dir / "m2.h5");
+  ASSERT_EQ(m2.status, 0) << m2.output;
+  EXPECT_EQ(compare(dir, dir / "one/results.h5", dir / "m2.h5"), "OK\n");
   const auto r0 = rewrite(dir / "s0/results.h5", "short");
   ASSERT_EQ(r0.status, 0) << r0.output;
-  const auto bad = test::run_process(exe() + " merge " + q(dir / "s0/results.h5") + " " +
-                                     q(dir / "s1/results.h5") + " --out " + q(dir / "m2.h5"));
+  const auto bad = merge(dir / "m3.h5");
   EXPECT_EQ(bad.status, 1) << bad.output;
-  EXPECT_NE(bad.output.find(dir / "s0/results.h5" + ":/predictions/logits: holds 2 rows for "
-                                                    "the file's 3 images"),
+  EXPECT_NE(bad.output.find(dir / "s0/results.h5" + ":/predictions/logits: holds 3 rows for "
+                                                    "the file's 4 images"),
             std::string::npos)
       << bad.output;
-  EXPECT_FALSE(fs::exists(dir / "m2.h5"));
+  EXPECT_FALSE(fs::exists(dir / "m3.h5"));
 }
 
 // The tensor cache (runtime/tensor_cache.h) serves every tensor of a run from kept blocks:
@@ -628,15 +621,7 @@ TEST(CliClassify, DecodeReduceToOverridesTheCheckpointsDecodeAndIsRecorded) {
 // size, LibTorch's message in brackets, never its C++ stack, and classify writes nothing.
 TEST(CliClassify, ACheckpointWhoseImagesAreTooSmallForItsNetworkIsOneLine) {
   test::TempDir dir;
-  const auto path = dir / "tiny.h5";
-  models::vision::ImageModelConfig config;
-  config.arch = "attn_small";
-  config.image_size = 64;
-  auto model = models::vision::make_image_classifier(config);
-  pipeline::CheckpointMeta meta;
-  meta.class_names = {"benign", "malignant"};
-  meta.preprocessing_config = {{"steps", {{{"op", "resize"}, {"size", 2}}}}};
-  pipeline::save_image_classifier(path, *model, models::vision::resolve_image_config(config), meta);
+  const auto path = make_checkpoint(dir, 2);
   const auto images = make_images(dir, 2);
   const std::string expected =
       "error: " + path + ": cannot classify the 2 x 2 images its preprocessing makes (";

@@ -525,46 +525,36 @@ TEST(CliFault, IdWithANulOrAControlCharacterIsShownWholeAndNamedAsSuch) {
 
 TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
   test::TempDir dir;
+  const auto seq2seq_train = [&](const std::string& flags) {
+    return "seq2seq train --task copy --model gru-additive --out " + (dir / "r") + " " + flags;
+  };
+  const auto train = [&](const std::string& flags) {
+    return "train --model attn_small --data x.csv --out " + (dir / "t") + " " + flags;
+  };
   for (const auto& args :
        {std::string("--threads 100000 info"),
         "synth --out " + (dir / "s") + " --hair-probability nan",
         "synth --out " + (dir / "s") + " --count 100000000000",
         "synth --out " + (dir / "s") + " --size 1000000",
         "cache --data x.csv --out " + (dir / "c.h5") + " --size 1000000",
-        "split --data x.csv --out " + (dir / "s.csv") + " --val nan",
-        "seq2seq train --task copy --model gru-additive --out " + (dir / "r") + " --lr nan",
-        "seq2seq train --task copy --model gru-additive --out " + (dir / "r") +
-            " --count 3000000000",
-        "seq2seq train --task copy --model gru-additive --out " + (dir / "r") +
-            " --max-length 100000000",
-        "seq2seq train --task copy --model gru-additive --out " + (dir / "r") + " --clip-norm -1",
-        "seq2seq train --task copy --model gru-additive --out " + (dir / "r") +
-            " --time-budget nan",
-        "seq2seq train --task copy --model gru-additive --out " + (dir / "r") +
-            " --model-max-length 100000000",
+        "split --data x.csv --out " + (dir / "s.csv") + " --val nan", seq2seq_train("--lr nan"),
+        seq2seq_train("--count 3000000000"), seq2seq_train("--max-length 100000000"),
+        seq2seq_train("--clip-norm -1"), seq2seq_train("--time-budget nan"),
+        seq2seq_train("--model-max-length 100000000"),
         // Worker counts past kMaxWorkers: "Resource temporarily unavailable" from the 100,000th
         // thread before; a preset that does not exist: found only after the data was read.
         "classify --model m.h5 --input x.jpg --out " + (dir / "o") + " --threads 100000",
         std::string("evaluate --model m.h5 --data x.csv --workers 100000"),
-        "train --model attn_small --data x.csv --out " + (dir / "t") + " --workers 100000",
-        "train --model attn_small --data x.csv --out " + (dir / "t") + " --threads 100000",
+        train("--workers 100000"), train("--threads 100000"),
         "train --model no_such_preset --data x.csv --out " + (dir / "t"),
         // NaN passed `x < 0 || x > 1` style checks; a huge step count ran for hours.
         "classify --model m.h5 --input x.jpg --out " + (dir / "o") + " --threshold nan",
         "classify --model m.h5 --input x.jpg --out " + (dir / "o") +
             " --faithfulness --faithfulness-steps 100000000",
-        "train --model attn_small --data x.csv --out " + (dir / "t") + " --lr nan",
-        "train --model attn_small --data x.csv --out " + (dir / "t") + " --lr inf",
-        "train --model attn_small --data x.csv --out " + (dir / "t") + " --momentum nan",
-        "train --model attn_small --data x.csv --out " + (dir / "t") + " --weight-decay -1",
-        "train --model attn_small --data x.csv --out " + (dir / "t") + " --step-gamma 0",
-        "train --model attn_small --data x.csv --out " + (dir / "t") + " --focal-gamma inf",
-        "train --model attn_small --data x.csv --out " + (dir / "t") + " --label-smoothing nan",
-        "train --model attn_small --data x.csv --out " + (dir / "t") + " --warmup-epochs nan",
-        "train --model attn_small --data x.csv --out " + (dir / "t") + " --time-budget nan",
-        "train --model attn_small --data x.csv --out " + (dir / "t") + " --step-every 0",
-        "train --model attn_small --data x.csv --out " + (dir / "t") + " --patience -1",
-        "train --model attn_small --data x.csv --out " + (dir / "t") + " --mask-loss 1,nan",
+        train("--lr nan"), train("--lr inf"), train("--momentum nan"), train("--weight-decay -1"),
+        train("--step-gamma 0"), train("--focal-gamma inf"), train("--label-smoothing nan"),
+        train("--warmup-epochs nan"), train("--time-budget nan"), train("--step-every 0"),
+        train("--patience -1"), train("--mask-loss 1,nan"),
         std::string("seq2seq translate --model m.h5 --beam 100000 abc"),
         std::string("dist-check --lr nan"), "demo --out " + (dir / "d") + " --minutes 1e300"}) {
     const auto r = test::run_process(exe() + " " + args);
