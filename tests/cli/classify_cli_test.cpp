@@ -440,7 +440,8 @@ TEST(CliClassify, TheTensorCacheChangesNoResult) {
   EXPECT_EQ(compare(dir, dir / "cached/results.h5", dir / "own/results.h5"), "OK\n");
 }
 
-// merge killed at any moment: the previous merged file or the complete new one.
+// merge killed at any moment, or on a full disk: the previous merged file or the complete new
+// one.
 TEST(CliClassify, MergeKilledAtAnyMomentLeavesTheOldOrTheNewFile) {
   test::TempDir dir;
   const auto model = make_checkpoint(dir);
@@ -481,6 +482,16 @@ TEST(CliClassify, MergeKilledAtAnyMomentLeavesTheOldOrTheNewFile) {
         << "after a kill at " << at << " ms: " << ids.size() << " ids";
   }
   EXPECT_GT(killed, 0);
+  // A full disk (RLIMIT_FSIZE below the new file's size): an error naming the output, the
+  // previous merged file byte for byte, no temporary of its own left beside it (the SIGKILLed
+  // runs above may leave theirs).
+  std::ofstream(out, std::ios::binary) << old_bytes;
+  const auto names = test::file_names(dir.path().string());
+  const auto full = test::run_with_file_size_limit(all, 64 * 1024);
+  EXPECT_NE(full.status, 0) << full.output;
+  EXPECT_NE(full.output.find("m.h5"), std::string::npos) << full.output;
+  EXPECT_TRUE(test::read_text(out) == old_bytes);
+  EXPECT_EQ(test::file_names(dir.path().string()), names);
 }
 
 TEST(CliClassify, BadFilesGoToErrorsAndEveryGoodFileIsClassified) {
