@@ -69,6 +69,9 @@ int main(int argc, char** argv) {
     auto loaded = pipeline::load_image_classifier(argv[2]);
     auto& model = *loaded.model;
     model.eval();
+    // As classify and evaluate do; FOLD_BN=0 measures the model with its BatchNorm passes.
+    const char* fold = std::getenv("FOLD_BN");
+    if (!fold || std::string(fold) != "0") model.fold_batch_norm();
     const int64_t batch = std::stoll(argv[3]), images = std::stoll(argv[4]);
     const int64_t side = loaded.config.image_size > 0 ? loaded.config.image_size : 224;
     const auto x = torch::randn({batch, 3, side, side});

@@ -24,7 +24,7 @@ attnscope / PyTorch (the issue's goal: >= 1.3).
 
   bench/classify_vs_pytorch.py [--arch attn_small] [--gradcam full|head] [--images 500]
       [--rounds 3] [--batch 16] [--workers 2] [--threads 2] [--build build]
-      [--malloc attnscope|glibc|jemalloc|tcmalloc]
+      [--malloc attnscope|glibc|jemalloc|tcmalloc] [--python-model eager|optimised]
 """
 
 import argparse
@@ -89,12 +89,18 @@ class AdditiveAttention(nn.Module):
     def __init__(self, c, cg, hidden=256):
         super().__init__()
         self.score = AdditiveScore(cg, c, hidden)
+        self.keys_by_conv = False  # set by same_inference_steps
 
     def forward(self, local, g):
         b, _, h, w = local.shape
         v = local.flatten(2).transpose(1, 2)                 # (B, hw, C)
-        s = self.score.v(torch.relu(self.score.query_proj(g)[:, None, :] +
-                                    self.score.key_proj(v)))[..., 0]
+        if self.keys_by_conv:  # the key projection as a 1x1 convolution, as attnscope runs it
+            kp = self.score.key_proj
+            k = nn.functional.conv2d(local, kp.weight[:, :, None, None], kp.bias)
+            k = k.flatten(2).transpose(1, 2)
+        else:
+            k = self.score.key_proj(v)
+        s = self.score.v(torch.relu(self.score.query_proj(g)[:, None, :] + k))[..., 0]
         a = torch.softmax(s, 1)
         return (a[:, :, None] * v).sum(1), a.view(b, h, w)
 
@@ -243,6 +249,32 @@ MODELS = {"attn_small": AttnSmall, "attn_resnet18": AttnResNet18, "resnet18": Re
           "vit_mini_patch8": VitMiniPatch8}
 
 
+def same_inference_steps(model):
+    """What attnscope's classify does beyond a plain eval-mode model (docs/performance.md):
+    every BatchNorm2d folded into the convolution before it (torch.nn.utils.fusion, as
+    torch.fx's fuse does) and the additive attention's key projection run as a 1x1
+    convolution. For a Python side as optimised as attnscope; a practitioner's code has
+    neither."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    def fold(parent):
+        names = list(parent._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = parent._modules[a], parent._modules[b]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                parent._modules[a] = fuse_conv_bn_eval(conv, bn)
+                parent._modules[b] = nn.Identity()
+        for child in parent._modules.values():
+            if child is not None:
+                fold(child)
+
+    fold(model.eval())
+    for m in model.modules():
+        if isinstance(m, AdditiveAttention):
+            m.keys_by_conv = True
+    return model
+
+
 def load_attnscope_checkpoint(model, path):
     with h5py.File(path, "r") as f:
         state = {}
@@ -367,6 +399,10 @@ def main():
                         "practitioner would use jemalloc or TCMalloc to the same end), glibc = "
                         "glibc's defaults, jemalloc/tcmalloc = preloaded as PyTorch's tuning "
                         "guide advises (bench/preload_malloc.py)")
+    p.add_argument("--python-model", default="eager", choices=["eager", "optimised"],
+                   help="eager = the model in eval mode, as a practitioner runs it; optimised = "
+                        "with attnscope's inference steps too (BatchNorm folded into the "
+                        "convolutions, attention key projections as 1x1 convolutions)")
     args = p.parse_args()
 
     if args.malloc == "attnscope":
@@ -383,7 +419,10 @@ def main():
                         str(SIZE), ckpt], check=True)
         model = MODELS[args.arch]()
         load_attnscope_checkpoint(model, ckpt)
-        model = model.eval().to(memory_format=torch.channels_last)
+        model = model.eval()
+        if args.python_model == "optimised":
+            model = same_inference_steps(model)
+        model = model.to(memory_format=torch.channels_last)
         listing = os.path.join(work, "inputs.txt")
         with open(listing, "w") as f:
             f.write("\n".join(paths) + "\n")
@@ -447,7 +486,7 @@ def main():
     ratio = statistics.median([x / y for x, y in zip(ours, py)])
     steady = statistics.median([x / y for x, y in zip(ours_steady, py_steady)])
     print(f"{args.arch} 224px batch {args.batch}, {len(paths)} images, Python Grad-CAM "
-          f"{args.gradcam}, {args.threads} model "
+          f"{args.gradcam}, Python model {args.python_model}, {args.threads} model "
           f"threads, {args.workers} decoding workers: attnscope {a:.2f} images/s, "
           f"PyTorch-Python {b:.2f} images/s, ratio {ratio:.2f} (median of the rounds' ratios; "
           f"the Python model built and loaded before the clock starts); steady state: "

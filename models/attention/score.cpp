@@ -47,8 +47,9 @@ torch::Tensor additive_score(const torch::Tensor& projected_query,
   check(v.dim() == 1 && v.size(0) == projected_query.size(-1), "additive_score",
         "v must be (A=", projected_query.size(-1), "), got ", v.sizes());
   // (..., Q, 1, A) + (..., 1, K, A) -> (..., Q, K, A)
+  // In place on the fresh sum (autograd allows it: the sum's backward needs no output).
   auto sum = projected_query.unsqueeze(-2) + projected_keys.unsqueeze(-3);
-  auto hidden = activation == AdditiveActivation::relu ? torch::relu(sum) : torch::tanh(sum);
+  auto hidden = activation == AdditiveActivation::relu ? sum.relu_() : sum.tanh_();
   return torch::matmul(hidden, v);  // (..., Q, K)
 }
 
@@ -63,8 +64,8 @@ torch::Tensor aligned_additive_score(const torch::Tensor& projected_queries,
         "v must be (A=", projected_keys.size(-1), "), got ", v.sizes());
   check(!bias.defined() || bias.numel() == 1, "aligned_additive_score",
         "bias must be one number, got ", bias.sizes());
-  const auto sum = projected_queries + projected_keys;  // (..., K, A)
-  const auto hidden = activation == AdditiveActivation::relu ? torch::relu(sum) : torch::tanh(sum);
+  auto sum = projected_queries + projected_keys;  // (..., K, A), in place as in additive_score
+  const auto hidden = activation == AdditiveActivation::relu ? sum.relu_() : sum.tanh_();
   auto scores = torch::matmul(hidden, v);  // (..., K)
   if (bias.defined()) scores = scores + bias.reshape({});
   return scores.unsqueeze(-2);  // (..., 1, K)

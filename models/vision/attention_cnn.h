@@ -62,6 +62,7 @@ class AttentionCnnImpl : public torch::nn::Cloneable<AttentionCnnImpl>, public I
   void reset() override;
   ImageFeatures forward_features(const torch::Tensor& images, bool need_attention = false) override;
   ImageOutput forward_head(const ImageFeatures& features) override;
+  void fold_batch_norm() override { trunk->fold_batch_norm(); }
   int64_t num_classes() const override { return options.num_classes(); }
   std::vector<std::string> head_prefixes() const override { return {"attention.", "classifier."}; }
   std::vector<std::string> map_names() const override;

@@ -50,11 +50,27 @@ void ResidualBlockImpl::reset() {
 torch::Tensor ResidualBlockImpl::forward(const torch::Tensor& x) {
   // In-place ReLUs and residual sum, as torchvision (ReLU(inplace=True), out += identity):
   // BatchNorm's backward does not need its output, so autograd allows it.
-  auto out = bn1(conv1(x)).relu_();
-  out = bn2(conv2(out));
-  if (conv3) out = bn3(conv3(out.relu_()));
-  out += downsample ? downsample->forward(x) : x;
+  auto out = conv_bn(x, conv1, bn1, fold1_).relu_();
+  out = conv_bn(out, conv2, bn2, fold2_);
+  if (conv3) out = conv_bn(out.relu_(), conv3, bn3, fold3_);
+  if (downsample) {
+    nn::Conv2d conv(std::dynamic_pointer_cast<nn::Conv2dImpl>(downsample->ptr(0)));
+    nn::BatchNorm2d bn(std::dynamic_pointer_cast<nn::BatchNorm2dImpl>(downsample->ptr(1)));
+    out += conv_bn(x, conv, bn, fold_downsample_);
+  } else {
+    out += x;
+  }
   return out.relu_();
+}
+
+void ResidualBlockImpl::fold_batch_norm() {
+  fold1_.emplace(conv1, bn1);
+  fold2_.emplace(conv2, bn2);
+  if (conv3) fold3_.emplace(conv3, bn3);
+  if (downsample)
+    fold_downsample_.emplace(
+        nn::Conv2d(std::dynamic_pointer_cast<nn::Conv2dImpl>(downsample->ptr(0))),
+        nn::BatchNorm2d(std::dynamic_pointer_cast<nn::BatchNorm2dImpl>(downsample->ptr(1))));
 }
 
 void ResNetTrunk::build(torch::nn::Module& owner) {
@@ -81,7 +97,7 @@ void ResNetTrunk::build(torch::nn::Module& owner) {
 
 TrunkOutput ResNetTrunk::forward(const torch::Tensor& x, bool pooled) {
   TrunkOutput out;
-  auto y = bn1(conv1(x.contiguous(torch::MemoryFormat::ChannelsLast))).relu_();
+  auto y = conv_bn(x.contiguous(torch::MemoryFormat::ChannelsLast), conv1, bn1, fold1_).relu_();
   y = torch::max_pool2d(y, /*kernel_size=*/3, /*stride=*/2, /*padding=*/1);
   for (auto& layer : layers) {
     y = layer->forward(y);
@@ -90,6 +106,13 @@ TrunkOutput ResNetTrunk::forward(const torch::Tensor& x, bool pooled) {
   }
   out.last = y;
   return out;
+}
+
+void ResNetTrunk::fold_batch_norm() {
+  fold1_.emplace(conv1, bn1);
+  for (auto& layer : layers)
+    for (auto& block : *layer)
+      block.ptr()->as<ResidualBlockImpl>()->fold_batch_norm();
 }
 
 int64_t ResNetTrunk::num_stages() const {

@@ -4,11 +4,13 @@
 // fc. torchvision state_dicts load by name (see tools/python/export_weights.py).
 
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include <torch/torch.h>
 
 #include "models/vision/classifier.h"
+#include "models/vision/cnn_common.h"
 #include "models/vision/trunk.h"
 
 namespace attnscope::models::vision {
@@ -38,11 +40,16 @@ class ResidualBlockImpl : public torch::nn::Cloneable<ResidualBlockImpl> {
   void reset() override;
   torch::Tensor forward(const torch::Tensor& x);
   int64_t out_channels() const;
+  /// See Trunk::fold_batch_norm.
+  void fold_batch_norm();
 
   ResidualBlockOptions options;
   torch::nn::Conv2d conv1 = nullptr, conv2 = nullptr, conv3 = nullptr;
   torch::nn::BatchNorm2d bn1 = nullptr, bn2 = nullptr, bn3 = nullptr;
   torch::nn::Sequential downsample = nullptr;
+
+ private:
+  std::optional<ConvBnFold> fold1_, fold2_, fold3_, fold_downsample_;
 };
 TORCH_MODULE(ResidualBlock);
 
@@ -70,6 +77,7 @@ class ResNetTrunk : public Trunk {
   int64_t num_stages() const override;
   int64_t stage_channels(int64_t stage) const override;
   int64_t out_channels() const override;
+  void fold_batch_norm() override;
 
   torch::nn::Conv2d conv1 = nullptr;
   torch::nn::BatchNorm2d bn1 = nullptr;
@@ -77,6 +85,7 @@ class ResNetTrunk : public Trunk {
 
  private:
   ResNetOptions options_;
+  std::optional<ConvBnFold> fold1_;
 };
 
 /// ResNet classifier: trunk, global average pool, `fc`.
@@ -88,6 +97,7 @@ class ResNetImpl : public torch::nn::Cloneable<ResNetImpl>, public ImageClassifi
   void reset() override;
   ImageFeatures forward_features(const torch::Tensor& images, bool need_attention = false) override;
   ImageOutput forward_head(const ImageFeatures& features) override;
+  void fold_batch_norm() override { trunk->fold_batch_norm(); }
   int64_t num_classes() const override { return options.num_classes(); }
   std::vector<std::string> head_prefixes() const override { return {"fc."}; }
 

@@ -35,6 +35,10 @@ class Trunk {
   virtual int64_t stage_channels(int64_t stage) const = 0;
   /// Channels of TrunkOutput::last.
   virtual int64_t out_channels() const = 0;
+  /// Folds every BatchNorm2d into the convolution before it for inference (ConvBnFold in
+  /// cnn_common.h): forward then skips the BatchNorm passes while the folds are current, and
+  /// falls back to the modules as they are in training mode or once a weight changes.
+  virtual void fold_batch_norm() = 0;
 };
 
 }  // namespace attnscope::models::vision

@@ -35,7 +35,20 @@ void VggTrunk::build(torch::nn::Module& owner) {
 TrunkOutput VggTrunk::forward(const torch::Tensor& x, bool pooled) {
   TrunkOutput out;
   auto y = x.contiguous(torch::MemoryFormat::ChannelsLast);  // see use_channels_last
-  for (auto& module : *features) {
+  const auto modules = features->begin();                    // AnyModule, by index
+  const auto count = static_cast<std::size_t>(features->size());
+  for (std::size_t i = 0; i < count; ++i) {
+    auto& module = modules[static_cast<std::ptrdiff_t>(i)];
+    if (i < folds_.size() && folds_[i]) {
+      nn::Conv2d conv(std::dynamic_pointer_cast<nn::Conv2dImpl>(module.ptr()));
+      nn::BatchNorm2d bn(std::dynamic_pointer_cast<nn::BatchNorm2dImpl>(
+          modules[static_cast<std::ptrdiff_t>(i + 1)].ptr()));
+      if (folds_[i]->applies_to(conv, bn)) {
+        y = folds_[i]->forward(y, conv);
+        ++i;  // its BatchNorm2d is in the fold
+        continue;
+      }
+    }
     const bool is_pool = module.ptr()->as<nn::MaxPool2d>() != nullptr;
     if (is_pool) out.stages.push_back(y);
     y = module.forward(y);
@@ -43,6 +56,18 @@ TrunkOutput VggTrunk::forward(const torch::Tensor& x, bool pooled) {
   }
   out.last = y;
   return out;
+}
+
+void VggTrunk::fold_batch_norm() {
+  folds_.assign(features->size(), std::nullopt);
+  for (std::size_t i = 0; i + 1 < features->size(); ++i) {
+    auto* conv = features[i]->as<nn::Conv2d>();
+    auto* bn = features[i + 1]->as<nn::BatchNorm2d>();
+    if (conv && bn)
+      folds_[i].emplace(
+          nn::Conv2d(std::dynamic_pointer_cast<nn::Conv2dImpl>(features->ptr(i))),
+          nn::BatchNorm2d(std::dynamic_pointer_cast<nn::BatchNorm2dImpl>(features->ptr(i + 1))));
+  }
 }
 
 int64_t VggTrunk::stage_channels(int64_t stage) const {

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "models/vision/classifier.h"
+#include "models/vision/cnn_common.h"
 #include "models/vision/trunk.h"
 
 namespace attnscope::models::vision {
@@ -46,12 +47,15 @@ class VggTrunk : public Trunk {
   int64_t num_stages() const override { return static_cast<int64_t>(stage_channels_.size()); }
   int64_t stage_channels(int64_t stage) const override;
   int64_t out_channels() const override { return stage_channels(num_stages() - 1); }
+  void fold_batch_norm() override;
 
   torch::nn::Sequential features = nullptr;
 
  private:
   VggOptions options_;
   std::vector<int64_t> stage_channels_;
+  /// folds_[i]: features[i] (a Conv2d) folded with features[i + 1] (its BatchNorm2d).
+  std::vector<std::optional<ConvBnFold>> folds_;
 };
 
 /// VGG classifier: trunk, adaptive average pool to pool_size², `classifier`.
@@ -64,6 +68,7 @@ class VggImpl : public torch::nn::Cloneable<VggImpl>, public ImageClassifier {
   void reset() override;
   ImageFeatures forward_features(const torch::Tensor& images, bool need_attention = false) override;
   ImageOutput forward_head(const ImageFeatures& features) override;
+  void fold_batch_norm() override { trunk->fold_batch_norm(); }
   int64_t num_classes() const override { return options.num_classes(); }
   std::vector<std::string> head_prefixes() const override { return {"classifier."}; }
 

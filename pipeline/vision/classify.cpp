@@ -303,6 +303,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
   const torch::Device device(o.device);
   model.to(device);
   model.eval();
+  model.fold_batch_norm();  // inference only (ImageClassifier::fold_batch_norm)
   const auto support = map_support(model, loaded.config.arch);
   const auto maps = o.maps.empty() ? defaults_of(support) : o.maps;
   for (const auto& m : maps) {

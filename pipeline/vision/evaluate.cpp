@@ -138,6 +138,7 @@ EvaluateResult evaluate_image_classifier(const LoadedImageClassifier& loaded,
 
   auto& model = *loaded.model;
   model.eval();
+  model.fold_batch_norm();  // inference only (ImageClassifier::fold_batch_norm)
   check_model_takes_pipeline_output(model, pipeline, model_path);
   std::vector<torch::Tensor> chunks;
   const auto total = static_cast<int64_t>(source->size());

@@ -5,6 +5,10 @@
 #include <torch/torch.h>
 
 #include <set>
+#include <utility>
+#include <vector>
+
+#include <ATen/record_function.h>
 
 #include "attnscope/error.h"
 #include "models/vision/presets.h"
@@ -166,6 +170,155 @@ TEST(VisionBackbone, BackwardRunsInTrainingMode) {
       ASSERT_TRUE(p.value().grad().defined()) << arch << " " << p.key();
       EXPECT_TRUE(torch::isfinite(p.value().grad()).all().item<bool>()) << p.key();
     }
+  }
+}
+
+}  // namespace
+}  // namespace attnscope::models::vision
+
+namespace attnscope::models::vision {
+namespace {
+
+// Counts the aten::batch_norm calls made on this thread while it lives (LibTorch's own
+// RecordFunction callbacks: an observer independent of the models' code).
+thread_local int g_batch_norms = 0;
+class CountBatchNorms {
+ public:
+  CountBatchNorms() {
+    g_batch_norms = 0;
+    handle_ = at::addThreadLocalCallback(at::RecordFunctionCallback(
+        [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
+          if (std::string(fn.name()) == "aten::batch_norm") ++g_batch_norms;
+          return nullptr;
+        }));
+  }
+  ~CountBatchNorms() { at::removeCallback(handle_); }
+  int count() const { return g_batch_norms; }
+
+ private:
+  at::CallbackHandle handle_;
+};
+
+// Random BatchNorm statistics and affine parameters, so a fold has something to fold.
+void randomise_batch_norms(torch::nn::Module& m) {
+  torch::NoGradGuard no_grad;
+  for (auto& b : m.named_buffers())
+    if (b.key().find("running_mean") != std::string::npos)
+      b.value().normal_(0.0, 0.3);
+    else if (b.key().find("running_var") != std::string::npos)
+      b.value().uniform_(0.5, 2.0);
+  for (auto& module : m.modules(false))
+    if (auto* bn = module->as<torch::nn::BatchNorm2d>()) {
+      bn->weight.uniform_(0.5, 1.5);
+      bn->bias.normal_(0.0, 0.2);
+    }
+}
+
+torch::Tensor logits_of(ImageClassifier& m, const torch::Tensor& x, int* batch_norms) {
+  torch::NoGradGuard no_grad;
+  CountBatchNorms counter;
+  auto out = m.forward(x).logits;
+  *batch_norms = counter.count();
+  return out;
+}
+
+// Oracle: the same model with its BatchNorm modules run as they are.
+TEST(VisionBackbone, FoldedBatchNormGivesTheSameOutputsAndSkipsTheBatchNormPasses) {
+  torch::manual_seed(21);
+  // name, BatchNorm2d modules (ResNet-18: 1 + 8 blocks × 2 + 3 downsamples; ResNet-50:
+  // 1 + 16 × 3 + 4; small_cnn: 8 convolutions).
+  for (const auto& [arch, bns] : std::vector<std::pair<std::string, int>>{{"resnet18", 20},
+                                                                          {"resnet50", 53},
+                                                                          {"small_cnn", 8},
+                                                                          {"attn_small", 8},
+                                                                          {"attn_resnet18", 20},
+                                                                          {"vgg16", 0}}) {
+    SCOPED_TRACE(arch);
+    auto m = make(arch, 3);
+    randomise_batch_norms(*m);
+    m->eval();
+    const auto x = torch::randn({2, 3, 64, 64});
+    int before = -1, after = -1;
+    const auto expected = logits_of(*m, x, &before);
+    EXPECT_EQ(before, bns);
+    m->fold_batch_norm();
+    const auto got = logits_of(*m, x, &after);
+    EXPECT_EQ(after, 0);
+    const double scale = expected.abs().max().item<double>();
+    EXPECT_LT((got - expected).abs().max().item<double>(), 1e-4 * scale + 1e-5) << got << expected;
+    // The maps the attention-CNNs return are the same too.
+    torch::NoGradGuard no_grad;
+    for (const auto& [name, map] : m->forward(x).maps)
+      EXPECT_LT((map - m->forward(x).maps.at(name)).abs().max().item<double>(), 1e-6) << name;
+  }
+}
+
+// The fold is a copy: it stops applying the moment anything it was made from changes, in
+// training mode, and while the convolution weights record gradients.
+TEST(VisionBackbone, AFoldIsNotUsedOnceAWeightChangesInTrainingOrUnderAutograd) {
+  torch::manual_seed(22);
+  auto m = make("resnet18", 3);
+  randomise_batch_norms(*m);
+  m->eval();
+  m->fold_batch_norm();
+  const auto x = torch::randn({2, 3, 64, 64});
+  int n = -1;
+  (void)logits_of(*m, x, &n);
+  ASSERT_EQ(n, 0);
+
+  // A weight changed in place (an optimiser step, copy_ from a checkpoint): the modules run.
+  {
+    torch::NoGradGuard no_grad;
+    m->named_parameters()["layer2.0.conv2.weight"].mul_(1.5);
+  }
+  const auto changed = logits_of(*m, x, &n);
+  EXPECT_EQ(n, 1);  // only the BatchNorm after that convolution
+  auto reference = make("resnet18", 3);
+  {
+    torch::NoGradGuard no_grad;
+    auto ours = m->named_parameters(), theirs = reference->named_parameters();
+    for (auto& p : ours)
+      theirs[p.key()].copy_(p.value());
+    auto ours_b = m->named_buffers(), theirs_b = reference->named_buffers();
+    for (auto& b : ours_b)
+      theirs_b[b.key()].copy_(b.value());
+  }
+  reference->eval();
+  int unfolded = -1;
+  const auto expected = logits_of(*reference, x, &unfolded);
+  EXPECT_EQ(unfolded, 20);
+  EXPECT_LT((changed - expected).abs().max().item<double>(),
+            1e-4 * expected.abs().max().item<double>() + 1e-5);
+
+  // A running statistic changed: that BatchNorm runs again.
+  m->fold_batch_norm();
+  (void)logits_of(*m, x, &n);
+  ASSERT_EQ(n, 0);
+  {
+    torch::NoGradGuard no_grad;
+    m->named_buffers()["layer3.1.bn1.running_var"].add_(0.5);
+  }
+  (void)logits_of(*m, x, &n);
+  EXPECT_EQ(n, 1);
+
+  // Eval mode with autograd recording the weights (fine-tuning with frozen BatchNorm): the
+  // modules run and the convolution weights get gradients.
+  m->fold_batch_norm();
+  {
+    CountBatchNorms counter;
+    m->forward(x).logits.sum().backward();
+    EXPECT_EQ(counter.count(), 20);
+  }
+  EXPECT_TRUE(m->named_parameters()["layer1.0.conv1.weight"].grad().defined());
+
+  // Training mode: BatchNorm in training mode, whatever was folded.
+  m->fold_batch_norm();
+  m->train();
+  {
+    torch::NoGradGuard no_grad;
+    CountBatchNorms counter;
+    m->forward(x);
+    EXPECT_EQ(counter.count(), 20);
   }
 }
 
