@@ -6,6 +6,8 @@
 //                                                stage does without decoding or writing),
 //                                                with attnscope's threads: every core (or
 //                                                ATTNSCOPE_THREADS) and its OpenMP spin limit
+//                                                and BatchNorm folded as classify folds
+//                                                it (FOLD_BN=0: the model as it is)
 
 #include <chrono>
 #include <cstdio>

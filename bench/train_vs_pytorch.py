@@ -24,6 +24,7 @@ the rounds' ratios.
 
   bench/train_vs_pytorch.py [--arch attn_small] [--epochs 4] [--rounds 3] [--threads 2]
       [--malloc attnscope|glibc|jemalloc|tcmalloc]   (Python's malloc; default: attnscope's settings)
+      [--python-model eager|optimised]
 """
 
 import argparse
@@ -45,7 +46,7 @@ import cv2
 import numpy as np
 import torch
 
-from classify_vs_pytorch import (MODELS, ROOT, load_attnscope_checkpoint,  # noqa: E402
+from classify_vs_pytorch import (MODELS, ROOT, AdditiveAttention, load_attnscope_checkpoint,  # noqa: E402,E501
                                  set_attnscope_malloc)
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
@@ -141,6 +142,10 @@ def main():
                    help="Python's malloc: attnscope = the settings attnscope gives itself "
                         "(docs/architecture.md), glibc = glibc's defaults, jemalloc/tcmalloc = "
                         "preloaded as PyTorch's tuning guide advises (bench/preload_malloc.py)")
+    p.add_argument("--python-model", default="eager", choices=["eager", "optimised"],
+                   help="optimised: the additive attention's key projection run as a 1x1 "
+                        "convolution, as attnscope's is (docs/vision.md); eager: nn.Linear, "
+                        "as a practitioner writes it")
     args = p.parse_args()
     size = args.size or {"attn_small": 128, "attn_resnet18": 224, "vit_mini_patch8": 64}[args.arch]
     if args.malloc == "attnscope":
@@ -185,6 +190,10 @@ def main():
             ours_wait = [t.get("loader_wait_share", float("nan")) for t in timing]
             model = MODELS[args.arch]()
             load_attnscope_checkpoint(model, ckpt)
+            if args.python_model == "optimised":
+                for m in model.modules():
+                    if isinstance(m, AdditiveAttention):
+                        m.keys_by_conv = True
             cnn = not args.arch.startswith("vit")  # attnscope's CNNs run channels-last
             if cnn:
                 model = model.to(memory_format=torch.channels_last)
@@ -204,7 +213,8 @@ def main():
     a = statistics.median(x for x, _ in rounds)
     b = statistics.median(y for _, y in rounds)
     ratio = statistics.median(x / y for x, y in rounds)
-    print(f"{args.arch} {size}px batch {args.batch}, {args.threads} model threads, {args.workers} "
+    print(f"{args.arch} {size}px batch {args.batch}, Python model {args.python_model}, "
+          f"{args.threads} model threads, {args.workers} "
           f"loader workers, epochs 2..{args.epochs}, median of {len(rounds)} alternating rounds: "
           f"attnscope {a:.2f} images/s, PyTorch-Python {b:.2f} images/s, ratio {ratio:.2f}")
 
