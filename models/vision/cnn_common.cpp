@@ -31,30 +31,39 @@ namespace attnscope::models::vision {
 std::vector<ConvBnFold::Seen> ConvBnFold::seen(const torch::nn::Conv2d& conv,
                                                const torch::nn::BatchNorm2d& bn) {
   std::vector<Seen> out;
-  for (const auto* t :
-       {&conv->weight, &conv->bias, &bn->weight, &bn->bias, &bn->running_mean, &bn->running_var})
-    out.push_back(t->defined() ? Seen{t->data_ptr(), t->_version()} : Seen{});
+  for (const auto* t : {&conv->weight, &conv->bias, &bn->weight, &bn->bias, &bn->running_mean,
+                        &bn->running_var, &bn->num_batches_tracked})
+    out.push_back(t->defined() ? Seen{t->storage(), t->storage_offset(), t->_version()} : Seen{});
   return out;
+}
+
+bool ConvBnFold::can_fold(const torch::nn::Conv2d& conv, const torch::nn::BatchNorm2d& bn) {
+  return c10::holds_alternative<torch::ExpandingArray<2>>(conv->options.padding()) &&
+         c10::holds_alternative<torch::enumtype::kZeros>(conv->options.padding_mode()) &&
+         bn->options.track_running_stats() && bn->running_mean.defined() &&
+         bn->running_var.defined() && bn->running_mean.numel() == conv->weight.size(0) &&
+         bn->running_var.numel() == conv->weight.size(0);
+}
+
+std::optional<ConvBnFold> ConvBnFold::of(const torch::nn::Conv2d& conv,
+                                         const torch::nn::BatchNorm2d& bn) {
+  if (!can_fold(conv, bn)) return std::nullopt;
+  return ConvBnFold(conv, bn);
 }
 
 ConvBnFold::ConvBnFold(const torch::nn::Conv2d& conv, const torch::nn::BatchNorm2d& bn) {
   torch::NoGradGuard no_grad;
-  check(bn->options.track_running_stats() && bn->running_mean.defined(), "ConvBnFold",
-        "BatchNorm2d without running statistics cannot be folded");
-  check(c10::holds_alternative<torch::ExpandingArray<2>>(conv->options.padding()) &&
-            c10::holds_alternative<torch::enumtype::kZeros>(conv->options.padding_mode()),
-        "ConvBnFold", "only convolutions with numeric zero padding are folded");
+  check(can_fold(conv, bn), "ConvBnFold",
+        "needs a convolution with numeric zero padding and a BatchNorm2d with running "
+        "statistics for its output channels");
   const auto& w = conv->weight;
-  const int64_t out_channels = w.size(0);
-  check(bn->running_mean.numel() == out_channels, "ConvBnFold", "BatchNorm2d has ",
-        bn->running_mean.numel(), " channels, the convolution ", out_channels, " outputs");
   const auto d = [](const torch::Tensor& t) { return t.to(torch::kDouble); };
   auto scale = (d(bn->running_var) + bn->options.eps()).rsqrt();
   if (bn->weight.defined()) scale = scale * d(bn->weight);
   auto bias = conv->bias.defined() ? d(conv->bias) : torch::zeros_like(scale);
   bias = (bias - d(bn->running_mean)) * scale;
   if (bn->bias.defined()) bias = bias + d(bn->bias);
-  weight_ = (d(w) * scale.view({out_channels, 1, 1, 1}))
+  weight_ = (d(w) * scale.view({w.size(0), 1, 1, 1}))
                 .to(w.scalar_type())
                 .contiguous(w.suggest_memory_format());
   bias_ = bias.to(w.scalar_type());
@@ -63,15 +72,14 @@ ConvBnFold::ConvBnFold(const torch::nn::Conv2d& conv, const torch::nn::BatchNorm
 
 bool ConvBnFold::applies_to(const torch::nn::Conv2d& conv, const torch::nn::BatchNorm2d& bn) const {
   if (!weight_.defined() || bn->is_training()) return false;
-  if (torch::GradMode::is_enabled() && conv->weight.requires_grad()) return false;
-  const auto now = seen(conv, bn);
-  for (std::size_t i = 0; i < now.size(); ++i)
-    if (now[i].data != seen_[i].data || now[i].version != seen_[i].version) return false;
-  return true;
+  if (torch::GradMode::is_enabled())
+    for (const auto* t : {&conv->weight, &conv->bias, &bn->weight, &bn->bias})
+      if (t->defined() && t->requires_grad()) return false;
+  return seen(conv, bn) == seen_;
 }
 
 torch::Tensor ConvBnFold::forward(const torch::Tensor& x, const torch::nn::Conv2d& conv) const {
-  const auto& o = conv->options;  // numeric zero padding (checked when folded)
+  const auto& o = conv->options;  // numeric zero padding (can_fold)
   return torch::conv2d(x, weight_, bias_, *o.stride(),
                        *c10::get<torch::ExpandingArray<2>>(o.padding()), *o.dilation(), o.groups());
 }

@@ -27,6 +27,7 @@ void ResidualBlockImpl::reset() {
         ") and stride (", s, ") must be positive");
   conv3 = nullptr;
   bn3 = nullptr;
+  fold1_ = fold2_ = fold3_ = fold_downsample_ = std::nullopt;  // clone() calls reset()
   if (options.bottleneck()) {
     conv1 = register_module("conv1", conv(in, planes, 1, 1, 0));
     bn1 = register_module("bn1", nn::BatchNorm2d(planes));
@@ -64,11 +65,11 @@ torch::Tensor ResidualBlockImpl::forward(const torch::Tensor& x) {
 }
 
 void ResidualBlockImpl::fold_batch_norm() {
-  fold1_.emplace(conv1, bn1);
-  fold2_.emplace(conv2, bn2);
-  if (conv3) fold3_.emplace(conv3, bn3);
+  fold1_ = ConvBnFold::of(conv1, bn1);
+  fold2_ = ConvBnFold::of(conv2, bn2);
+  if (conv3) fold3_ = ConvBnFold::of(conv3, bn3);
   if (downsample)
-    fold_downsample_.emplace(
+    fold_downsample_ = ConvBnFold::of(
         nn::Conv2d(std::dynamic_pointer_cast<nn::Conv2dImpl>(downsample->ptr(0))),
         nn::BatchNorm2d(std::dynamic_pointer_cast<nn::BatchNorm2dImpl>(downsample->ptr(1))));
 }
@@ -77,6 +78,7 @@ void ResNetTrunk::build(torch::nn::Module& owner) {
   const auto& o = options_;
   check(!o.layers().empty() && o.width() > 0 && o.in_channels() > 0, "ResNet",
         "needs at least one stage and positive width and in_channels");
+  fold1_ = std::nullopt;
   conv1 = owner.register_module("conv1", conv(o.in_channels(), o.width(), 7, 2, 3));
   bn1 = owner.register_module("bn1", nn::BatchNorm2d(o.width()));
   layers.clear();
@@ -109,7 +111,7 @@ TrunkOutput ResNetTrunk::forward(const torch::Tensor& x, bool pooled) {
 }
 
 void ResNetTrunk::fold_batch_norm() {
-  fold1_.emplace(conv1, bn1);
+  fold1_ = ConvBnFold::of(conv1, bn1);
   for (auto& layer : layers)
     for (auto& block : *layer)
       block.ptr()->as<ResidualBlockImpl>()->fold_batch_norm();

@@ -133,14 +133,19 @@ SpatialAttentionOutput SpatialAttentionImpl::forward(const torch::Tensor& local,
     const auto query = gate.unsqueeze(1);  // (B, 1, Cg)
     if (options.compatibility() == Compatibility::additive) {
       values = local.flatten(2).transpose(1, 2);  // (B, h·w, C)
-      // score's key projection as the 1×1 convolution it is on the feature map (AttnMel's
-      // W_l): the same product as its Linear, but run by oneDNN's convolution kernels, which
-      // LibTorch picks for channels-last maps and which outrun the BLAS product a Linear
-      // calls on CPU (about 1.8× on the AVX-512 machine of docs/performance.md).
-      const auto& kp = score->key_proj;
-      const auto keys = F::conv2d(local, kp->weight.view({kp->weight.size(0), -1, 1, 1}),
-                                  F::Conv2dFuncOptions().bias(kp->bias));         // (B, A, h, w)
-      scores = score->forward_projected(query, keys.flatten(2).transpose(1, 2));  // (B, 1, h·w)
+      if (local.is_cpu()) {
+        // score's key projection as the 1×1 convolution it is on the feature map (AttnMel's
+        // W_l): the same product as its Linear, but run by oneDNN's convolution kernels,
+        // which LibTorch picks for channels-last maps and which outrun the BLAS product a
+        // Linear calls on CPU (about 1.8× on the AVX-512 machine of docs/performance.md).
+        // Not on CUDA, where cuDNN's convolutions default to TF32 and cuBLAS's products not.
+        const auto& kp = score->key_proj;
+        const auto keys = F::conv2d(local, kp->weight.reshape({kp->weight.size(0), -1, 1, 1}),
+                                    F::Conv2dFuncOptions().bias(kp->bias));  // (B, A, h, w)
+        scores = score->forward_projected(query, keys.flatten(2).transpose(1, 2));
+      } else {
+        scores = score(query, values);  // (B, 1, h·w)
+      }
     } else {
       const auto projected = projector ? projector(local) : local;
       values = projected.flatten(2).transpose(1, 2);  // (B, h·w, Cg)

@@ -12,6 +12,7 @@ void VggTrunk::build(torch::nn::Module& owner) {
         "the configuration must be non-empty and end in a max-pool");
   nn::Sequential seq;
   stage_channels_.clear();
+  folds_.clear();
   int64_t in = options_.in_channels();
   int64_t convs_in_stage = 0;
   for (const int64_t v : cfg) {
@@ -64,7 +65,7 @@ void VggTrunk::fold_batch_norm() {
     auto* conv = features[i]->as<nn::Conv2d>();
     auto* bn = features[i + 1]->as<nn::BatchNorm2d>();
     if (conv && bn)
-      folds_[i].emplace(
+      folds_[i] = ConvBnFold::of(
           nn::Conv2d(std::dynamic_pointer_cast<nn::Conv2dImpl>(features->ptr(i))),
           nn::BatchNorm2d(std::dynamic_pointer_cast<nn::BatchNorm2dImpl>(features->ptr(i + 1))));
   }

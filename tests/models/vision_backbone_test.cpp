@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <map>
 #include <set>
 #include <utility>
 #include <vector>
@@ -11,6 +12,7 @@
 #include <ATen/record_function.h>
 
 #include "attnscope/error.h"
+#include "models/vision/cnn_common.h"
 #include "models/vision/presets.h"
 #include "models/vision/resnet.h"
 #include "models/vision/vgg.h"
@@ -240,6 +242,11 @@ TEST(VisionBackbone, FoldedBatchNormGivesTheSameOutputsAndSkipsTheBatchNormPasse
     const auto x = torch::randn({2, 3, 64, 64});
     int before = -1, after = -1;
     const auto expected = logits_of(*m, x, &before);
+    std::map<std::string, torch::Tensor> expected_maps;
+    {
+      torch::NoGradGuard no_grad;
+      expected_maps = m->forward(x).maps;
+    }
     EXPECT_EQ(before, bns);
     m->fold_batch_norm();
     const auto got = logits_of(*m, x, &after);
@@ -248,8 +255,10 @@ TEST(VisionBackbone, FoldedBatchNormGivesTheSameOutputsAndSkipsTheBatchNormPasse
     EXPECT_LT((got - expected).abs().max().item<double>(), 1e-4 * scale + 1e-5) << got << expected;
     // The maps the attention-CNNs return are the same too.
     torch::NoGradGuard no_grad;
-    for (const auto& [name, map] : m->forward(x).maps)
-      EXPECT_LT((map - m->forward(x).maps.at(name)).abs().max().item<double>(), 1e-6) << name;
+    const auto maps = m->forward(x).maps;
+    ASSERT_EQ(maps.size(), expected_maps.size());
+    for (const auto& [name, map] : maps)
+      EXPECT_LT((map - expected_maps.at(name)).abs().max().item<double>(), 1e-5) << name;
   }
 }
 
@@ -311,7 +320,33 @@ TEST(VisionBackbone, AFoldIsNotUsedOnceAWeightChangesInTrainingOrUnderAutograd) 
   }
   EXPECT_TRUE(m->named_parameters()["layer1.0.conv1.weight"].grad().defined());
 
-  // Training mode: BatchNorm in training mode, whatever was folded.
+  // Only BatchNorm's affine parameters tuned (the convolutions frozen): no fold either.
+  m->fold_batch_norm();
+  for (auto& p : m->named_parameters())
+    p.value().set_requires_grad(p.key().find("bn") != std::string::npos ||
+                                p.key().find("downsample.1") != std::string::npos);
+  {
+    CountBatchNorms counter;
+    m->forward(x).logits.sum().backward();
+    EXPECT_EQ(counter.count(), 20);
+  }
+  EXPECT_TRUE(m->named_parameters()["layer1.0.bn1.weight"].grad().defined());
+  for (auto& p : m->parameters())
+    p.set_requires_grad(true);
+
+  // A weight replaced by set_data (new storage, the same version counter): not used.
+  m->fold_batch_norm();
+  {
+    torch::NoGradGuard no_grad;
+    auto w = m->named_parameters()["conv1.weight"];
+    w.set_data(w.clone() * 0.5);
+  }
+  (void)logits_of(*m, x, &n);
+  EXPECT_EQ(n, 1);
+
+  // Training mode: BatchNorm in training mode, whatever was folded. Its running statistics
+  // change there (without a new version of running_mean in LibTorch 1.13), so back in eval
+  // mode the old folds no longer apply, and the model equals one never folded.
   m->fold_batch_norm();
   m->train();
   {
@@ -320,6 +355,56 @@ TEST(VisionBackbone, AFoldIsNotUsedOnceAWeightChangesInTrainingOrUnderAutograd) 
     m->forward(x);
     EXPECT_EQ(counter.count(), 20);
   }
+  m->eval();
+  const auto after_training = logits_of(*m, x, &n);
+  EXPECT_EQ(n, 20);
+  {
+    torch::NoGradGuard no_grad;
+    auto ours = m->named_parameters(), theirs = reference->named_parameters();
+    for (auto& p : ours)
+      theirs[p.key()].copy_(p.value());
+    auto ours_b = m->named_buffers(), theirs_b = reference->named_buffers();
+    for (auto& b : ours_b)
+      theirs_b[b.key()].copy_(b.value());
+  }
+  const auto unfolded_after_training = logits_of(*reference, x, &unfolded);
+  EXPECT_LT((after_training - unfolded_after_training).abs().max().item<double>(), 1e-6);
+}
+
+// One fold against bn(conv(x)) itself, for what the presets do not use: convolution bias,
+// stride, dilation, groups, BatchNorm without affine parameters, another eps; and what is not
+// folded at all.
+TEST(VisionBackbone, AConvBnFoldEqualsTheConvolutionThenTheBatchNorm) {
+  namespace nn = torch::nn;
+  torch::manual_seed(23);
+  for (const bool affine : {true, false}) {
+    SCOPED_TRACE(affine);
+    nn::Conv2d conv(nn::Conv2dOptions(4, 6, 3).stride(2).padding(2).dilation(2).groups(2));
+    nn::BatchNorm2d bn(nn::BatchNorm2dOptions(6).eps(1e-3).affine(affine));
+    randomise_batch_norms(*bn);
+    {
+      torch::NoGradGuard no_grad;
+      bn->running_mean.normal_(0.0, 0.5);
+      bn->running_var.uniform_(0.2, 3.0);
+    }
+    bn->eval();
+    const auto x = torch::randn({2, 4, 11, 13});
+    torch::NoGradGuard no_grad;
+    const auto expected = bn(conv(x));
+    const auto fold = ConvBnFold::of(conv, bn);
+    ASSERT_TRUE(fold.has_value());
+    ASSERT_TRUE(fold->applies_to(conv, bn));
+    const auto got = fold->forward(x, conv);
+    ASSERT_EQ(got.sizes(), expected.sizes());
+    EXPECT_LT((got - expected).abs().max().item<double>(), 1e-5);
+  }
+  nn::Conv2d same(nn::Conv2dOptions(4, 6, 3).padding(torch::kSame));
+  nn::BatchNorm2d bn(6);
+  EXPECT_FALSE(ConvBnFold::of(same, bn).has_value());
+  nn::Conv2d conv(nn::Conv2dOptions(4, 6, 3));
+  nn::BatchNorm2d no_stats(nn::BatchNorm2dOptions(6).track_running_stats(false));
+  EXPECT_FALSE(ConvBnFold::of(conv, no_stats).has_value());
+  EXPECT_TRUE(ConvBnFold::of(conv, bn).has_value());
 }
 
 }  // namespace
