@@ -84,7 +84,9 @@ double checkpoint_temperature(const CheckpointMeta& meta, const std::string& pat
 /// Runs `model` over every sample of `source` with the checkpoint's preprocessing (through the
 /// threaded loader, no augmentation) and computes the metrics. Samples that fail to load are
 /// listed in failures and left out. progress (optional) is called after each batch with
-/// (images done, images in total).
+/// (images done, images in total). Leaves the model in eval mode with its BatchNorm folded
+/// (ImageClassifier::fold_batch_norm: a copy of the convolution weights, used only while
+/// they stay as they are).
 ///
 /// Throws Error naming `model_path` when the dataset's classes differ from the checkpoint's,
 /// and Error("evaluate", ...) when a sample is unlabelled. When no image could be evaluated,
