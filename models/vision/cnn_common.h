@@ -1,6 +1,7 @@
 #pragma once
 // What every CNN in models/vision shares (ResNet, VGG, the attention-CNNs): torchvision's
-// initialisation and the channels-last weight layout. Each model's reset() calls both.
+// initialisation and the channels-last weight layout (each model's reset() calls both), and
+// the BatchNorm fold the trunks use for inference (ConvBnFold).
 
 #include <optional>
 #include <vector>
