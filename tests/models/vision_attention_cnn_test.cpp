@@ -105,6 +105,30 @@ TEST_P(SpatialAttentionMatchesNaiveLoop, ContextAndMap) {
   EXPECT_EQ(got.context.size(1), m->out_channels());
   EXPECT_TRUE(torch::allclose(got.map, want.map, 1e-5, 1e-6));
   EXPECT_TRUE(torch::allclose(got.context, want.context, 1e-5, 1e-6));
+
+  // Gradients too (the additive key projection runs as a 1×1 convolution on CPU, not as the
+  // score's Linear): every parameter's and both inputs', against the naive loop's autograd.
+  const auto lq = l.clone().requires_grad_(true), gq = g.clone().requires_grad_(true);
+  std::vector<torch::Tensor> wrt = {lq, gq};
+  for (const auto& q : m->parameters())
+    wrt.push_back(q);
+  const auto weights_c = torch::randn({2, m->out_channels()});
+  const auto weights_m = torch::randn({2, 3, 4});
+  auto loss = [&](const SpatialAttentionOutput& o) {
+    return (o.context * weights_c).sum() + (o.map * weights_m).sum();
+  };
+  const auto grads_got = torch::autograd::grad({loss(m->forward(lq, gq))}, wrt, {}, false, false,
+                                               /*allow_unused=*/true);
+  const auto grads_want = torch::autograd::grad({loss(naive(*m, lq, gq))}, wrt, {}, false, false,
+                                                /*allow_unused=*/true);
+  ASSERT_EQ(grads_got.size(), grads_want.size());
+  for (std::size_t i = 0; i < grads_got.size(); ++i) {
+    ASSERT_EQ(grads_got[i].defined(), grads_want[i].defined()) << i;
+    if (grads_got[i].defined())
+      EXPECT_TRUE(torch::allclose(grads_got[i], grads_want[i], 1e-4, 1e-5)) << i << "\n"
+                                                                            << grads_got[i] << "\n"
+                                                                            << grads_want[i];
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(
