@@ -55,6 +55,8 @@ torch::Tensor ResidualBlockImpl::forward(const torch::Tensor& x) {
   out = conv_bn(out, conv2, bn2, fold2_);
   if (conv3) out = conv_bn(out.relu_(), conv3, bn3, fold3_);
   if (downsample) {
+    // Looked up in `downsample` each time, not kept as members: clone() replaces the
+    // Sequential's children after reset() made them.
     nn::Conv2d conv(std::dynamic_pointer_cast<nn::Conv2dImpl>(downsample->ptr(0)));
     nn::BatchNorm2d bn(std::dynamic_pointer_cast<nn::BatchNorm2dImpl>(downsample->ptr(1)));
     out += conv_bn(x, conv, bn, fold_downsample_);

@@ -216,6 +216,16 @@ void randomise_batch_norms(torch::nn::Module& m) {
     }
 }
 
+// Every parameter and buffer of from into to (the same architecture), by name.
+void copy_state(torch::nn::Module& from, torch::nn::Module& to) {
+  torch::NoGradGuard no_grad;
+  auto params = to.named_parameters(), buffers = to.named_buffers();
+  for (const auto& p : from.named_parameters())
+    params[p.key()].copy_(p.value());
+  for (const auto& b : from.named_buffers())
+    buffers[b.key()].copy_(b.value());
+}
+
 torch::Tensor logits_of(ImageClassifier& m, const torch::Tensor& x, int* batch_norms) {
   torch::NoGradGuard no_grad;
   CountBatchNorms counter;
@@ -283,15 +293,7 @@ TEST(VisionBackbone, AFoldIsNotUsedOnceAWeightChangesInTrainingOrUnderAutograd) 
   const auto changed = logits_of(*m, x, &n);
   EXPECT_EQ(n, 1);  // only the BatchNorm after that convolution
   auto reference = make("resnet18", 3);
-  {
-    torch::NoGradGuard no_grad;
-    auto ours = m->named_parameters(), theirs = reference->named_parameters();
-    for (auto& p : ours)
-      theirs[p.key()].copy_(p.value());
-    auto ours_b = m->named_buffers(), theirs_b = reference->named_buffers();
-    for (auto& b : ours_b)
-      theirs_b[b.key()].copy_(b.value());
-  }
+  copy_state(*m, *reference);
   reference->eval();
   int unfolded = -1;
   const auto expected = logits_of(*reference, x, &unfolded);
@@ -358,15 +360,7 @@ TEST(VisionBackbone, AFoldIsNotUsedOnceAWeightChangesInTrainingOrUnderAutograd) 
   m->eval();
   const auto after_training = logits_of(*m, x, &n);
   EXPECT_EQ(n, 20);
-  {
-    torch::NoGradGuard no_grad;
-    auto ours = m->named_parameters(), theirs = reference->named_parameters();
-    for (auto& p : ours)
-      theirs[p.key()].copy_(p.value());
-    auto ours_b = m->named_buffers(), theirs_b = reference->named_buffers();
-    for (auto& b : ours_b)
-      theirs_b[b.key()].copy_(b.value());
-  }
+  copy_state(*m, *reference);
   const auto unfolded_after_training = logits_of(*reference, x, &unfolded);
   EXPECT_LT((after_training - unfolded_after_training).abs().max().item<double>(), 1e-6);
 }
