@@ -13,6 +13,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -80,12 +82,54 @@ OpenMpPolicy openmp_policy() {
   return policy;
 }
 
+namespace {
+
+bool g_heap_huge_pages = false;
+
+// Takes kHeapHugePagesTunable, which set_heap_huge_pages() adds last, back out of GLIBC_TUNABLES.
+void remove_heap_huge_pages_tunable() {
+  const char* current = std::getenv("GLIBC_TUNABLES");
+  if (current == nullptr) return;
+  std::string tunables = current;
+  const std::string own = kHeapHugePagesTunable;
+  if (tunables == own) {
+    unsetenv("GLIBC_TUNABLES");
+  } else if (tunables.size() > own.size() && tunables.compare(tunables.size() - own.size() - 1,
+                                                              std::string::npos, ":" + own) == 0) {
+    tunables.resize(tunables.size() - own.size() - 1);
+    setenv("GLIBC_TUNABLES", tunables.c_str(), 1);
+  }
+}
+
+}  // namespace
+
+bool take_back_heap_huge_pages() {
+  static const bool given = [] {
+    const char* marker = std::getenv(kHeapHugePagesMarker);
+    if (marker == nullptr || std::string(marker) != "1") return false;
+    remove_heap_huge_pages_tunable();
+    return true;
+  }();
+  g_heap_huge_pages = given;
+  return given;
+}
+
+bool heap_huge_pages() {
+  return g_heap_huge_pages;
+}
+
 void limit_openmp_spinning(int intra_op_threads, char** argv) {
   if (argv == nullptr || argv[0] == nullptr || !set_openmp_spin_limit(intra_op_threads)) return;
+  // Re-executed anyway: glibc's huge-page tunable goes with it, as the launcher gives it.
+  const bool heap = set_heap_huge_pages();
   execv("/proc/self/exe", argv);
   // Still here: the re-execution failed; go on with libgomp's defaults.
   unsetenv("GOMP_SPINCOUNT");
   unsetenv(kOpenMpMarker);
+  if (heap) {
+    remove_heap_huge_pages_tunable();
+    unsetenv(kHeapHugePagesMarker);
+  }
 }
 
 BlasInfo blas_info() {
@@ -115,6 +159,48 @@ BlasInfo blas_info() {
   }
   if (handle) dlclose(handle);
   return info;
+}
+
+std::string mapping_flags(const void* address) {
+  const auto at = reinterpret_cast<std::uintptr_t>(address);
+  std::ifstream in("/proc/self/smaps");
+  std::string line;
+  bool inside = false;
+  while (std::getline(in, line)) {
+    // A mapping starts with "start-end perms offset dev inode [path]" (hexadecimal range).
+    std::uintptr_t start = 0, end = 0;
+    char dash = 0;
+    std::istringstream header(line);
+    if (header >> std::hex >> start >> dash >> end && dash == '-') {
+      inside = at >= start && at < end;
+      continue;
+    }
+    if (inside && line.rfind("VmFlags:", 0) == 0) {
+      std::string flags = line.substr(8);
+      const auto first = flags.find_first_not_of(' ');
+      const auto last = flags.find_last_not_of(' ');
+      return first == std::string::npos ? "" : flags.substr(first, last - first + 1);
+    }
+  }
+  return "";
+}
+
+bool has_mapping_flag(const std::string& flags, const std::string& name) {
+  std::istringstream words(flags);
+  std::string word;
+  while (words >> word)
+    if (word == name) return true;
+  return false;
+}
+
+std::string transparent_huge_pages_mode() {
+  std::ifstream in("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string line;
+  if (!std::getline(in, line)) return "";
+  // "always [madvise] never": the chosen one is in brackets.
+  const auto open = line.find('['), close = line.find(']');
+  if (open == std::string::npos || close == std::string::npos || close < open) return "";
+  return line.substr(open + 1, close - open - 1);
 }
 
 namespace {

@@ -94,6 +94,62 @@ inline bool set_openmp_spin_limit(int intra_op_threads) {
   return false;
 }
 
+/// Transparent huge pages. Memory the kernel maps in 4 KiB pages is faulted in one page at a
+/// time; on a virtual machine each fault is an exit to the hypervisor (about 10 us on the
+/// development VM), and a classify run faulted in ~150,000 pages, most of them in its first
+/// batches. Linux backs memory with 2 MiB pages where THP is "always", or where it is
+/// "madvise" (Debian's default) and the program asks for it (MADV_HUGEPAGE). attnscope asks
+/// for it twice: the tensor cache advises its blocks of 2 MiB and more, and glibc's malloc is
+/// given the tunable glibc.malloc.hugetlb=1 (glibc 2.35 and later; earlier ones ignore it),
+/// which it reads once, at start-up, so the `attnscope` launcher sets it before executing the
+/// program (docs/architecture.md, "Memory"). kHugePagesEnv=0 turns both off.
+constexpr const char* kHugePagesEnv = "ATTNSCOPE_HUGE_PAGES";
+inline bool huge_pages_wanted() {
+  const char* value = std::getenv(kHugePagesEnv);
+  return value == nullptr || std::string(value) != "0";
+}
+/// Set to 1 by whoever added glibc.malloc.hugetlb=1 to GLIBC_TUNABLES for attnscope.
+constexpr const char* kHeapHugePagesMarker = "ATTNSCOPE_HEAP_HUGE_PAGES";
+constexpr const char* kHeapHugePagesTunable = "glibc.malloc.hugetlb=1";
+
+/// Adds kHeapHugePagesTunable to GLIBC_TUNABLES (and kHeapHugePagesMarker=1) for a program
+/// executed afterwards, unless huge pages are turned off or the user's tunables already
+/// choose glibc.malloc.hugetlb; true when it set them.
+inline bool set_heap_huge_pages() {
+  if (!huge_pages_wanted() || std::getenv(kHeapHugePagesMarker) != nullptr) return false;
+  const char* current = std::getenv("GLIBC_TUNABLES");
+  std::string tunables = current ? current : "";
+  if (tunables.find("glibc.malloc.hugetlb") != std::string::npos) return false;
+  tunables += (tunables.empty() ? "" : ":") + std::string(kHeapHugePagesTunable);
+  if (setenv("GLIBC_TUNABLES", tunables.c_str(), 1) == 0 &&
+      setenv(kHeapHugePagesMarker, "1", 1) == 0)
+    return true;
+  if (current != nullptr) {
+    setenv("GLIBC_TUNABLES", current, 1);
+  } else {
+    unsetenv("GLIBC_TUNABLES");
+  }
+  unsetenv(kHeapHugePagesMarker);
+  return false;
+}
+
+/// In the program: takes the tunable set_heap_huge_pages added (glibc has read it) back out
+/// of GLIBC_TUNABLES, so that the processes attnscope starts (Chromium, a re-execution) see
+/// the user's own environment and keep_freed_memory_for_reuse() sees the user's tunables.
+/// Returns whether glibc was given it (kHeapHugePagesMarker=1).
+bool take_back_heap_huge_pages();
+/// Whether this process started with glibc.malloc.hugetlb=1 from attnscope.
+bool heap_huge_pages();
+/// The kernel's transparent huge page mode: "always", "madvise", "never", or "" when the file
+/// /sys/kernel/mm/transparent_hugepage/enabled cannot be read.
+std::string transparent_huge_pages_mode();
+/// The kernel's flags for the mapping of this process that holds `address` (the VmFlags line
+/// of /proc/self/smaps, e.g. "rd wr mr mw me ac hg"; "hg": advised for huge pages), or ""
+/// when no mapping holds it or the file cannot be read.
+std::string mapping_flags(const void* address);
+/// Whether `flags` (mapping_flags) hold the flag `name`.
+bool has_mapping_flag(const std::string& flags, const std::string& name);
+
 /// LibTorch runs element-wise kernels on OpenMP (libgomp) threads and matrix products on
 /// OpenBLAS's own threads. By default an idle libgomp worker spins about 300000 times (a few
 /// milliseconds) after every parallel region and takes the core OpenBLAS needs next: on 2 cores

@@ -17,10 +17,13 @@
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 
+#include "runtime/runtime.h"
+
 namespace attnscope::runtime {
 namespace {
 
 constexpr std::size_t kPage = 4096;
+constexpr std::size_t kHugePage = kTensorCacheHugePageBytes;
 
 class TensorCache final : public c10::Allocator {
  public:
@@ -96,12 +99,35 @@ class TensorCache final : public c10::Allocator {
     return block;
   }
 
+  // Blocks of a huge page or more: mapped with a huge page of slack, the slack before the
+  // first 2 MiB boundary and after the block unmapped again, the whole huge pages advised
+  // (kTensorCacheHugePageBytes). A failed madvise (a kernel without THP) leaves small pages.
   static void* map(std::size_t bytes) {
-    void* block =
-        ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    return block == MAP_FAILED ? nullptr : block;
+    if (bytes < kHugePage || !huge_pages()) {
+      void* block =
+          ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      return block == MAP_FAILED ? nullptr : block;
+    }
+    const std::size_t span = bytes + kHugePage - kPage;
+    void* raw = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return nullptr;
+    const auto start = reinterpret_cast<std::uintptr_t>(raw);
+    const std::uintptr_t aligned = (start + kHugePage - 1) / kHugePage * kHugePage;
+    if (aligned > start) ::munmap(raw, aligned - start);
+    const std::uintptr_t end = start + span;
+    if (end > aligned + bytes)
+      ::munmap(reinterpret_cast<void*>(aligned + bytes), end - aligned - bytes);
+    ::madvise(reinterpret_cast<void*>(aligned), bytes / kHugePage * kHugePage, MADV_HUGEPAGE);
+    return reinterpret_cast<void*>(aligned);
   }
 
+ public:
+  static bool huge_pages() {
+    static const bool on = huge_pages_wanted();
+    return on;
+  }
+
+ private:
   static void give_back(void* data) {
     if (data != nullptr) instance().keep(data);
   }
@@ -176,6 +202,10 @@ bool cache_tensor_memory_by_default() {
   cache_tensor_memory();
   return true;
 #endif
+}
+
+bool tensor_cache_huge_pages() {
+  return tensor_cache_enabled() && TensorCache::huge_pages();
 }
 
 TensorCacheStats tensor_cache_stats() {

@@ -24,6 +24,15 @@ void cache_tensor_memory();
 /// Whether cache_tensor_memory() was called in this process.
 bool tensor_cache_enabled();
 
+/// Blocks of at least this many bytes start on a 2 MiB boundary and are advised to be backed
+/// by transparent huge pages (madvise MADV_HUGEPAGE), unless kHugePagesEnv (runtime.h) is 0:
+/// where the kernel's THP mode is "madvise" (Debian's default) a 64 MiB activation is then
+/// faulted in 32 times instead of 16,384, and the kernels that sweep it miss the TLB less.
+/// The part of a block past its last whole 2 MiB stays in 4 KiB pages: no memory is added.
+constexpr std::size_t kTensorCacheHugePageBytes = std::size_t{2} << 20;
+/// Whether the cache advises its large blocks so (decided at its first mapping).
+bool tensor_cache_huge_pages();
+
 /// What the commands and benchmarks call before their first tensor: cache_tensor_memory()
 /// unless the environment sets kTensorCacheEnv=0 (LibTorch's own allocator, to compare) or
 /// the build is AddressSanitizer's (which checks a tensor's memory only when malloc serves

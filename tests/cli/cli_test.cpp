@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "attnscope/version.h"
+#include "runtime/runtime.h"
 
 #include "test_support.h"
 
@@ -189,6 +190,53 @@ TEST(Cli, TensorsComeFromTheTensorCacheUnlessTheEnvironmentSaysZero) {
   r = test::run_process("ATTNSCOPE_TENSOR_CACHE=0 " + exe() + " info");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("tensor memory  LibTorch's allocator\n"), std::string::npos) << r.output;
+}
+
+// Huge pages (runtime.h): the launcher gives glibc its huge-page tunable, the tensor cache
+// advises its large blocks; `info` reads the kernel's flags for malloc's heap. Where THP is
+// "madvise" (Debian's default) the heap is advised only through the tunable.
+TEST(Cli, HugePagesAreAdvisedUnlessTheEnvironmentSaysZero) {
+  const std::string clean =
+      "env -u GLIBC_TUNABLES -u ATTNSCOPE_HEAP_HUGE_PAGES -u ATTNSCOPE_HUGE_PAGES ";
+  const auto thp = runtime::transparent_huge_pages_mode();
+  auto r = test::run_process(clean + exe() + " info");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::string line = "huge pages     THP " + (thp.empty() ? std::string("unknown") : thp);
+  EXPECT_NE(r.output.find(line + "; malloc's heap "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(" (glibc.malloc.hugetlb=1, set by attnscope)"), std::string::npos)
+      << r.output;
+#ifndef __SANITIZE_ADDRESS__
+  EXPECT_NE(r.output.find("; tensor blocks of 2 MiB and more advised\n"), std::string::npos)
+      << r.output;
+  if (thp == "madvise") {
+    EXPECT_NE(r.output.find(line + "; malloc's heap advised (glibc.malloc.hugetlb=1, set by "
+                                   "attnscope)"),
+              std::string::npos)
+        << r.output;
+  }
+#endif
+  // The setting is the launcher's: the program's own malloc line still says attnscope set it.
+#ifndef __SANITIZE_ADDRESS__
+  EXPECT_NE(r.output.find("malloc         freed blocks up to 512 MiB stay in the heap"),
+            std::string::npos)
+      << r.output;
+#endif
+  r = test::run_process(clean + "ATTNSCOPE_HUGE_PAGES=0 " + exe() + " info");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find(line + "; malloc's heap not advised; tensor blocks of 2 MiB and more "
+                                 "not advised\n"),
+            std::string::npos)
+      << r.output;
+  // A user's own hugetlb choice is left as it is, and counts as their malloc setting.
+  r = test::run_process(clean + "GLIBC_TUNABLES=glibc.malloc.hugetlb=0 " + exe() + " info");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find(line + "; malloc's heap not advised; tensor blocks"), std::string::npos)
+      << r.output;
+#ifndef __SANITIZE_ADDRESS__
+  EXPECT_NE(r.output.find("malloc         GLIBC_TUNABLES=glibc.malloc.hugetlb=0;"),
+            std::string::npos)
+      << r.output;
+#endif
 }
 
 // --device is checked before anything is read or created: a name that is not a device is a

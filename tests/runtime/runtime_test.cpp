@@ -1,9 +1,11 @@
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <thread>
 
@@ -148,6 +150,83 @@ TEST(Runtime, DeviceNamesAndAvailabilityAreCheckedWithAClearMessage) {
               "--device cuda:" + std::to_string(count) + ": this process has " +
                   std::to_string(count) + " CUDA device(s), numbered from 0");
   }
+}
+
+// glibc's huge-page tunable: added for the program the launcher executes (after the user's
+// own tunables, never over a hugetlb choice of theirs, not when ATTNSCOPE_HUGE_PAGES=0), and
+// taken back out in the program so the processes it starts see the user's environment.
+std::string env_or(const char* name, const char* missing) {
+  const char* v = std::getenv(name);
+  return v ? v : missing;
+}
+
+TEST(HugePages, TheTunableIsAddedAfterTheUsersOwnAndNeverOverTheirChoice) {
+  unsetenv(kHugePagesEnv);
+  unsetenv(kHeapHugePagesMarker);
+  unsetenv("GLIBC_TUNABLES");
+  EXPECT_TRUE(set_heap_huge_pages());
+  EXPECT_EQ(env_or("GLIBC_TUNABLES", "(unset)"), "glibc.malloc.hugetlb=1");
+  EXPECT_EQ(env_or(kHeapHugePagesMarker, "(unset)"), "1");
+  EXPECT_FALSE(set_heap_huge_pages());  // once
+  EXPECT_EQ(env_or("GLIBC_TUNABLES", "(unset)"), "glibc.malloc.hugetlb=1");
+
+  unsetenv(kHeapHugePagesMarker);
+  setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2", 1);
+  EXPECT_TRUE(set_heap_huge_pages());
+  EXPECT_EQ(env_or("GLIBC_TUNABLES", "(unset)"), "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1");
+
+  unsetenv(kHeapHugePagesMarker);
+  setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0", 1);
+  EXPECT_FALSE(set_heap_huge_pages());
+  EXPECT_EQ(env_or("GLIBC_TUNABLES", "(unset)"), "glibc.malloc.hugetlb=0");
+  EXPECT_EQ(env_or(kHeapHugePagesMarker, "(unset)"), "(unset)");
+
+  unsetenv("GLIBC_TUNABLES");
+  setenv(kHugePagesEnv, "0", 1);
+  EXPECT_FALSE(set_heap_huge_pages());
+  EXPECT_EQ(env_or("GLIBC_TUNABLES", "(unset)"), "(unset)");
+  unsetenv(kHugePagesEnv);
+}
+
+TEST(HugePages, TheProgramTakesTheTunableBackOutAndKeepsTheUsersOwn) {
+  // ctest runs every test in a process of its own: take_back_heap_huge_pages() decides once.
+  setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", 1);
+  setenv(kHeapHugePagesMarker, "1", 1);
+  EXPECT_TRUE(take_back_heap_huge_pages());
+  EXPECT_TRUE(heap_huge_pages());
+  EXPECT_EQ(env_or("GLIBC_TUNABLES", "(unset)"), "glibc.malloc.arena_max=2");
+  EXPECT_TRUE(take_back_heap_huge_pages());  // idempotent
+  EXPECT_EQ(env_or("GLIBC_TUNABLES", "(unset)"), "glibc.malloc.arena_max=2");
+}
+
+TEST(HugePages, AProgramStartedWithoutTheLauncherHasNothingToTakeBack) {
+  setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1", 1);  // the user's own: no marker
+  unsetenv(kHeapHugePagesMarker);
+  EXPECT_FALSE(take_back_heap_huge_pages());
+  EXPECT_FALSE(heap_huge_pages());
+  EXPECT_EQ(env_or("GLIBC_TUNABLES", "(unset)"), "glibc.malloc.hugetlb=1");
+}
+
+// mapping_flags reads /proc/self/smaps; the oracle is a mapping made here with madvise.
+TEST(HugePages, MappingFlagsNameTheMappingThatHoldsAnAddress) {
+  const std::size_t size = std::size_t{8} << 20;
+  void* block = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(block, MAP_FAILED);
+  const auto flags = mapping_flags(static_cast<char*>(block) + 4096);
+  EXPECT_TRUE(has_mapping_flag(flags, "rd")) << flags;
+  EXPECT_TRUE(has_mapping_flag(flags, "wr")) << flags;
+  EXPECT_FALSE(has_mapping_flag(flags, "ex")) << flags;
+  EXPECT_FALSE(has_mapping_flag(flags, "hg")) << flags;
+  // Advised: "hg", where the kernel has transparent huge pages at all.
+  if (::madvise(block, size, MADV_HUGEPAGE) == 0) {
+    EXPECT_TRUE(has_mapping_flag(mapping_flags(static_cast<char*>(block) + size - 1), "hg"));
+  }
+  ::munmap(block, size);
+  EXPECT_EQ(mapping_flags(block), "");  // no mapping holds it now
+  EXPECT_FALSE(has_mapping_flag("rd wr hgx", "hg"));
+  EXPECT_TRUE(has_mapping_flag("rd hg", "hg"));
+  const auto mode = transparent_huge_pages_mode();
+  EXPECT_TRUE(mode.empty() || mode == "always" || mode == "madvise" || mode == "never") << mode;
 }
 
 TEST(GpuRuntime, CudaDeviceCountPositiveWhenAvailable) {

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -204,6 +205,45 @@ TEST(TensorCache, AChildForkedWhileAnotherThreadAllocatesCanAllocate) {
   stop = true;
   busy.join();
   EXPECT_EQ(hung, 0);
+}
+
+// Blocks of 2 MiB and more: on a 2 MiB boundary and advised for huge pages ("hg" in the
+// kernel's flags for the mapping, /proc/self/smaps); smaller ones are not; the slack mapped
+// for the alignment is given back (the block's neighbours are not this cache's).
+TEST(TensorCache, BlocksOfTwoMiBAndMoreStartOnAHugePageAndAreAdvised) {
+  unsetenv(kHugePagesEnv);
+  cache_tensor_memory();
+  ASSERT_TRUE(tensor_cache_huge_pages());
+  const auto before = tensor_cache_stats();
+  const int64_t big = 5 * kMiB + 12288;
+  auto a = bytes_tensor(big);
+  auto* p = static_cast<char*>(a.data_ptr());
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(p) % kTensorCacheHugePageBytes, 0u);
+  EXPECT_EQ(tensor_cache_stats().mapped_bytes, before.mapped_bytes + big);
+  std::memset(p, 3, big);
+  // madvise(MADV_HUGEPAGE) succeeds wherever the kernel has transparent huge pages.
+  if (!transparent_huge_pages_mode().empty()) {
+    EXPECT_TRUE(has_mapping_flag(mapping_flags(p), "hg")) << mapping_flags(p);
+    EXPECT_TRUE(has_mapping_flag(mapping_flags(p + 4 * kMiB - 1), "hg"));
+  }
+  // The tail past the last whole huge page is the block's, not advised.
+  EXPECT_FALSE(has_mapping_flag(mapping_flags(p + big - 1), "hg")) << mapping_flags(p + big - 1);
+  auto small = bytes_tensor(kMiB);
+  EXPECT_FALSE(has_mapping_flag(mapping_flags(small.data_ptr()), "hg"));
+  a.reset();
+  small.reset();
+  release_tensor_cache();
+  EXPECT_EQ(mapping_flags(p), "");  // unmapped whole
+  EXPECT_EQ(tensor_cache_stats().mapped_bytes, 0u);
+}
+
+TEST(TensorCache, HugePagesAreNotAdvisedWhenTheEnvironmentSaysZero) {
+  setenv(kHugePagesEnv, "0", 1);
+  cache_tensor_memory();
+  EXPECT_FALSE(tensor_cache_huge_pages());
+  auto a = bytes_tensor(6 * kMiB);
+  EXPECT_FALSE(has_mapping_flag(mapping_flags(a.data_ptr()), "hg"));
+  unsetenv(kHugePagesEnv);
 }
 
 TEST(TensorCache, TheCommandsTurnItOnUnlessTheEnvironmentSaysZero) {

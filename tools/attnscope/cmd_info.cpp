@@ -1,5 +1,6 @@
 // attnscope info: versions, threads, BLAS and CUDA — what a bug report needs.
 
+#include <cstdlib>
 #include <iostream>
 
 #include <boost/version.hpp>
@@ -57,6 +58,18 @@ int run_info(const std::vector<std::string>& args, const GlobalOptions&) {
                     ? "blocks of " + std::to_string(runtime::kTensorCacheMinBytes >> 10) +
                           " KiB and more kept for reuse by size (attnscope's tensor cache)"
                     : std::string("LibTorch's allocator"))
+            << "\n";
+  // Whether malloc's heap is advised is read from the kernel's own flags for its mapping.
+  void* probe = std::malloc(64);
+  const bool heap_advised =
+      probe != nullptr && runtime::has_mapping_flag(runtime::mapping_flags(probe), "hg");
+  std::free(probe);
+  const std::string thp = runtime::transparent_huge_pages_mode();
+  std::cout << "huge pages     THP " << (thp.empty() ? "unknown" : thp) << "; malloc's heap "
+            << (heap_advised ? "advised" : "not advised")
+            << (runtime::heap_huge_pages() ? " (glibc.malloc.hugetlb=1, set by attnscope)" : "")
+            << "; tensor blocks of " << (runtime::kTensorCacheHugePageBytes >> 20)
+            << " MiB and more " << (runtime::tensor_cache_huge_pages() ? "advised" : "not advised")
             << "\n";
   std::cout << "CUDA           " << (runtime::cuda_available() ? "available" : "not available")
             << ", " << runtime::cuda_device_count() << " device(s)\n";

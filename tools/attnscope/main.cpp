@@ -94,6 +94,8 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before anything reads GLIBC_TUNABLES or starts a process: the launcher's addition goes.
+  attnscope::runtime::take_back_heap_huge_pages();
   try {
     return run(argc, argv);
   } catch (const UsageError& e) {

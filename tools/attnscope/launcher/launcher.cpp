@@ -56,6 +56,7 @@ int main(int argc, char** argv) {
 
   // When this fails to set it, the program re-executes itself instead.
   rt::set_openmp_spin_limit(intra_op_threads(argc, argv));
+  rt::set_heap_huge_pages();  // glibc reads its tunables once, when the program starts
   ::execv(program.c_str(), argv);
   std::fprintf(stderr, "error: attnscope: cannot run %s: %s\n", program.c_str(),
                std::strerror(errno));
