@@ -31,6 +31,7 @@ would (Python started, torch imported, the model built and loaded inside the clo
   bench/classify_vs_pytorch.py [--arch attn_small] [--gradcam full|head] [--images 500]
       [--rounds 3] [--batch 16] [--workers 2] [--threads 2] [--build build]
       [--malloc attnscope|glibc|jemalloc|tcmalloc] [--python-model eager|optimised]
+      [--python-thp]
 """
 
 import argparse
@@ -405,6 +406,9 @@ def main():
                         "practitioner would use jemalloc or TCMalloc to the same end), glibc = "
                         "glibc's defaults, jemalloc/tcmalloc = preloaded as PyTorch's tuning "
                         "guide advises (bench/preload_malloc.py)")
+    p.add_argument("--python-thp", action="store_true",
+                   help="start Python with glibc.malloc.hugetlb=1 (its heaps advised for huge "
+                        "pages, as attnscope's are; bench/preload_malloc.py)")
     p.add_argument("--python-model", default="eager", choices=["eager", "optimised"],
                    help="eager = the model in eval mode, as a practitioner runs it; optimised = "
                         "with attnscope's inference steps too (BatchNorm folded into the "
@@ -473,11 +477,15 @@ def main():
                 env.update({"LD_PRELOAD": lib, preload_malloc.MARKER: lib})
                 if args.malloc == "jemalloc":
                     env["MALLOC_CONF"] = preload_malloc.JEMALLOC_CONF
+            if args.python_thp:
+                env.update({"GLIBC_TUNABLES": preload_malloc.THP_TUNABLE,
+                            preload_malloc.THP_MARKER: "1"})
             command = [sys.executable, os.path.abspath(__file__), "--arch", args.arch,
                        "--batch", str(args.batch), "--workers", str(args.workers), "--threads",
                        str(args.threads), "--gradcam", args.gradcam, "--malloc", args.malloc,
-                       "--python-model", args.python_model, "--job", ckpt, listing_path,
-                       os.path.join(work, "py_process.h5")]
+                       "--python-model", args.python_model]
+            command += ["--python-thp"] if args.python_thp else []
+            command += ["--job", ckpt, listing_path, os.path.join(work, "py_process.h5")]
             start = time.perf_counter()
             subprocess.run(command, check=True, env=env)
             return time.perf_counter() - start
@@ -527,7 +535,7 @@ def main():
     steady = statistics.median([x / y for x, y in zip(ours_steady, py_steady)])
     whole = statistics.median([x / y for x, y in zip(ours, py_whole)])
     print(f"{args.arch} 224px batch {args.batch}, {len(paths)} images, Python Grad-CAM "
-          f"{args.gradcam}, Python model {args.python_model}, {args.threads} model "
+          f"{args.gradcam}, Python model {args.python_model}{' (heaps on huge pages)' if args.python_thp else ''}, {args.threads} model "
           f"threads, {args.workers} decoding workers: attnscope {a:.2f} images/s, "
           f"PyTorch-Python {b:.2f} images/s, ratio {ratio:.2f} (median of the rounds' ratios; "
           f"the Python model built and loaded before the clock starts); steady state: "

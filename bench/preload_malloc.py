@@ -22,6 +22,8 @@ PACKAGES = {"jemalloc": "libjemalloc2", "tcmalloc": "libtcmalloc-minimal4"}
 JEMALLOC_CONF = ("oversize_threshold:1,background_thread:true,metadata_thp:auto,"
                  "dirty_decay_ms:9000000000,muzzy_decay_ms:9000000000")
 MARKER = "ATTNSCOPE_BENCH_PRELOADED"
+THP_TUNABLE = "glibc.malloc.hugetlb=1"
+THP_MARKER = "ATTNSCOPE_BENCH_THP"
 
 
 def requested(argv):
@@ -34,16 +36,29 @@ def requested(argv):
 
 
 choice = requested(sys.argv[1:])
-if choice in LIBS and os.environ.get(MARKER) != LIBS[choice]:
-    if not os.path.exists(LIBS[choice]):
-        raise SystemExit("--malloc %s needs %s (apt-get install %s)" %
-                         (choice, LIBS[choice], PACKAGES[choice]))
-    os.environ["LD_PRELOAD"] = LIBS[choice]
-    if choice == "jemalloc":
-        os.environ["MALLOC_CONF"] = JEMALLOC_CONF
-    os.environ[MARKER] = LIBS[choice]
+# --python-thp: glibc's malloc advises its heaps for transparent huge pages, as attnscope's
+# launcher has it do for attnscope (glibc.malloc.hugetlb=1; docs/architecture.md, "Huge
+# pages"); glibc reads it only when the process starts. Meaningful with glibc's malloc
+# (--malloc attnscope or glibc), not with a preloaded one.
+thp = "--python-thp" in sys.argv[1:]
+need_lib = choice in LIBS and os.environ.get(MARKER) != LIBS[choice]
+need_thp = thp and os.environ.get(THP_MARKER) != "1"
+if need_lib or need_thp:
+    if need_lib:
+        if not os.path.exists(LIBS[choice]):
+            raise SystemExit("--malloc %s needs %s (apt-get install %s)" %
+                             (choice, LIBS[choice], PACKAGES[choice]))
+        os.environ["LD_PRELOAD"] = LIBS[choice]
+        if choice == "jemalloc":
+            os.environ["MALLOC_CONF"] = JEMALLOC_CONF
+        os.environ[MARKER] = LIBS[choice]
+    if need_thp:
+        os.environ["GLIBC_TUNABLES"] = THP_TUNABLE
+        os.environ[THP_MARKER] = "1"
     os.execv(sys.executable, [sys.executable] + sys.argv)
 if os.environ.get(MARKER):
     # Preloaded into this process already; the commands it runs get their own malloc back.
     os.environ.pop("LD_PRELOAD", None)
     os.environ.pop("MALLOC_CONF", None)
+if os.environ.get(THP_MARKER):
+    os.environ.pop("GLIBC_TUNABLES", None)

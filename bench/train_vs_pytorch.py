@@ -24,7 +24,7 @@ the rounds' ratios.
 
   bench/train_vs_pytorch.py [--arch attn_small] [--epochs 4] [--rounds 3] [--threads 2]
       [--malloc attnscope|glibc|jemalloc|tcmalloc]   (Python's malloc; default: attnscope's settings)
-      [--python-model eager|optimised]
+      [--python-model eager|optimised] [--python-thp]
 """
 
 import argparse
@@ -142,6 +142,9 @@ def main():
                    help="Python's malloc: attnscope = the settings attnscope gives itself "
                         "(docs/architecture.md), glibc = glibc's defaults, jemalloc/tcmalloc = "
                         "preloaded as PyTorch's tuning guide advises (bench/preload_malloc.py)")
+    p.add_argument("--python-thp", action="store_true",
+                   help="start Python with glibc.malloc.hugetlb=1 (its heaps advised for huge "
+                        "pages, as attnscope's are; bench/preload_malloc.py)")
     p.add_argument("--python-model", default="eager", choices=["eager", "optimised"],
                    help="optimised: the additive attention's key projection run as a 1x1 "
                         "convolution, as attnscope's is (docs/vision.md); eager: nn.Linear, "
@@ -213,7 +216,7 @@ def main():
     a = statistics.median(x for x, _ in rounds)
     b = statistics.median(y for _, y in rounds)
     ratio = statistics.median(x / y for x, y in rounds)
-    print(f"{args.arch} {size}px batch {args.batch}, Python model {args.python_model}, "
+    print(f"{args.arch} {size}px batch {args.batch}, Python model {args.python_model}{' (heaps on huge pages)' if args.python_thp else ''}, "
           f"{args.threads} model threads, {args.workers} "
           f"loader workers, epochs 2..{args.epochs}, median of {len(rounds)} alternating rounds: "
           f"attnscope {a:.2f} images/s, PyTorch-Python {b:.2f} images/s, ratio {ratio:.2f}")
