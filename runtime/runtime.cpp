@@ -208,6 +208,9 @@ MallocPolicy g_malloc_policy;
 }  // namespace
 
 MallocPolicy keep_freed_memory_for_reuse() {
+  // A re-executed benchmark or test (limit_openmp_spinning) has not taken attnscope's own
+  // tunable back yet: it is not the user's malloc setting.
+  take_back_heap_huge_pages();
   for (const char* name :
        {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_"})
     if (const char* value = std::getenv(name)) {

@@ -207,6 +207,20 @@ TEST(HugePages, AProgramStartedWithoutTheLauncherHasNothingToTakeBack) {
   EXPECT_EQ(env_or("GLIBC_TUNABLES", "(unset)"), "glibc.malloc.hugetlb=1");
 }
 
+// A benchmark re-executed by limit_openmp_spinning starts with attnscope's tunable in
+// GLIBC_TUNABLES: that is not the user's malloc setting, so the malloc settings still apply.
+TEST(HugePages, AttnscopesOwnTunableIsNotTakenForTheUsersMallocSetting) {
+  setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1", 1);
+  setenv(kHeapHugePagesMarker, "1", 1);
+  const auto policy = keep_freed_memory_for_reuse();
+  EXPECT_EQ(policy.user, "");
+  EXPECT_EQ(env_or("GLIBC_TUNABLES", "(unset)"), "(unset)");
+  EXPECT_TRUE(heap_huge_pages());
+#ifndef __SANITIZE_ADDRESS__
+  EXPECT_TRUE(policy.set_by_attnscope);  // AddressSanitizer's mallopt does nothing
+#endif
+}
+
 // mapping_flags reads /proc/self/smaps; the oracle is a mapping made here with madvise.
 TEST(HugePages, MappingFlagsNameTheMappingThatHoldsAnAddress) {
   const std::size_t size = std::size_t{8} << 20;
