@@ -25,6 +25,8 @@
 using namespace attnscope;
 
 int main(int argc, char** argv) {
+  // Before any thread runs (it calls setenv): the re-execution below may add the tunable.
+  attnscope::runtime::take_back_heap_huge_pages();
   const std::string what = argc > 1 ? argv[1] : "";
   if (what == "checkpoint" && argc == 5) {
     torch::manual_seed(0);

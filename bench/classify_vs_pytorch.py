@@ -478,8 +478,7 @@ def main():
                 if args.malloc == "jemalloc":
                     env["MALLOC_CONF"] = preload_malloc.JEMALLOC_CONF
             if args.python_thp:
-                env.update({"GLIBC_TUNABLES": preload_malloc.THP_TUNABLE,
-                            preload_malloc.THP_MARKER: "1"})
+                env.update(preload_malloc.with_thp(env))
             command = [sys.executable, os.path.abspath(__file__), "--arch", args.arch,
                        "--batch", str(args.batch), "--workers", str(args.workers), "--threads",
                        str(args.threads), "--gradcam", args.gradcam, "--malloc", args.malloc,

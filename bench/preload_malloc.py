@@ -24,6 +24,7 @@ JEMALLOC_CONF = ("oversize_threshold:1,background_thread:true,metadata_thp:auto,
 MARKER = "ATTNSCOPE_BENCH_PRELOADED"
 THP_TUNABLE = "glibc.malloc.hugetlb=1"
 THP_MARKER = "ATTNSCOPE_BENCH_THP"
+THP_BEFORE = "ATTNSCOPE_BENCH_TUNABLES_BEFORE"
 
 
 def requested(argv):
@@ -33,6 +34,15 @@ def requested(argv):
         if a.startswith("--malloc="):
             return a.split("=", 1)[1]
     return ""
+
+
+def with_thp(env):
+    """The variables that start a Python process with THP_TUNABLE after the user's tunables."""
+    before = env.get("GLIBC_TUNABLES")
+    out = {"GLIBC_TUNABLES": (before + ":" if before else "") + THP_TUNABLE, THP_MARKER: "1"}
+    if before is not None:
+        out[THP_BEFORE] = before
+    return out
 
 
 choice = requested(sys.argv[1:])
@@ -53,12 +63,16 @@ if need_lib or need_thp:
             os.environ["MALLOC_CONF"] = JEMALLOC_CONF
         os.environ[MARKER] = LIBS[choice]
     if need_thp:
-        os.environ["GLIBC_TUNABLES"] = THP_TUNABLE
-        os.environ[THP_MARKER] = "1"
+        os.environ.update(with_thp(os.environ))
     os.execv(sys.executable, [sys.executable] + sys.argv)
 if os.environ.get(MARKER):
     # Preloaded into this process already; the commands it runs get their own malloc back.
     os.environ.pop("LD_PRELOAD", None)
     os.environ.pop("MALLOC_CONF", None)
 if os.environ.get(THP_MARKER):
-    os.environ.pop("GLIBC_TUNABLES", None)
+    # The commands it runs get the user's own tunables back.
+    before = os.environ.pop(THP_BEFORE, None)
+    if before is None:
+        os.environ.pop("GLIBC_TUNABLES", None)
+    else:
+        os.environ["GLIBC_TUNABLES"] = before

@@ -108,6 +108,7 @@ bool take_back_heap_huge_pages() {
     const char* marker = std::getenv(kHeapHugePagesMarker);
     if (marker == nullptr || std::string(marker) != "1") return false;
     remove_heap_huge_pages_tunable();
+    unsetenv(kHeapHugePagesMarker);  // an attnscope started from here adds its own again
     return true;
   }();
   g_heap_huge_pages = given;
@@ -161,28 +162,61 @@ BlasInfo blas_info() {
   return info;
 }
 
-std::string mapping_flags(const void* address) {
-  const auto at = reinterpret_cast<std::uintptr_t>(address);
+namespace {
+
+// Calls visit(start, end, header line, flags) for each mapping in /proc/self/smaps until it
+// returns true.
+template <typename Visit>
+void for_each_mapping(Visit visit) {
   std::ifstream in("/proc/self/smaps");
-  std::string line;
-  bool inside = false;
+  std::string line, header_line;
+  std::uintptr_t start = 0, end = 0;
   while (std::getline(in, line)) {
-    // A mapping starts with "start-end perms offset dev inode [path]" (hexadecimal range).
-    std::uintptr_t start = 0, end = 0;
+    // A mapping starts with "start-end perms offset dev inode [path]" (hexadecimal range);
+    // its fields follow, VmFlags last.
+    std::uintptr_t a = 0, b = 0;
     char dash = 0;
     std::istringstream header(line);
-    if (header >> std::hex >> start >> dash >> end && dash == '-') {
-      inside = at >= start && at < end;
+    if (header >> std::hex >> a >> dash >> b && dash == '-') {
+      start = a;
+      end = b;
+      header_line = line;
       continue;
     }
-    if (inside && line.rfind("VmFlags:", 0) == 0) {
+    if (line.rfind("VmFlags:", 0) == 0) {
       std::string flags = line.substr(8);
       const auto first = flags.find_first_not_of(' ');
       const auto last = flags.find_last_not_of(' ');
-      return first == std::string::npos ? "" : flags.substr(first, last - first + 1);
+      flags = first == std::string::npos ? "" : flags.substr(first, last - first + 1);
+      if (visit(start, end, header_line, flags)) return;
     }
   }
-  return "";
+}
+
+}  // namespace
+
+std::string mapping_flags(const void* address) {
+  const auto at = reinterpret_cast<std::uintptr_t>(address);
+  std::string found;
+  for_each_mapping(
+      [&](std::uintptr_t start, std::uintptr_t end, const std::string&, const std::string& flags) {
+        if (at < start || at >= end) return false;
+        found = flags;
+        return true;
+      });
+  return found;
+}
+
+bool heap_has_huge_page_advice() {
+  bool advised = false;
+  for_each_mapping(
+      [&](std::uintptr_t, std::uintptr_t, const std::string& header, const std::string& flags) {
+        const auto name = header.find("[heap]");
+        advised =
+            name != std::string::npos && name + 6 == header.size() && has_mapping_flag(flags, "hg");
+        return advised;
+      });
+  return advised;
 }
 
 bool has_mapping_flag(const std::string& flags, const std::string& name) {

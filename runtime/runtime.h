@@ -102,7 +102,7 @@ inline bool set_openmp_spin_limit(int intra_op_threads) {
 /// for it twice: the tensor cache advises its blocks of 2 MiB and more, and glibc's malloc is
 /// given the tunable glibc.malloc.hugetlb=1 (glibc 2.35 and later; earlier ones ignore it),
 /// which it reads once, at start-up, so the `attnscope` launcher sets it before executing the
-/// program (docs/architecture.md, "Memory"). kHugePagesEnv=0 turns both off.
+/// program (docs/architecture.md, "Huge pages"). kHugePagesEnv=0 turns both off.
 constexpr const char* kHugePagesEnv = "ATTNSCOPE_HUGE_PAGES";
 inline bool huge_pages_wanted() {
   const char* value = std::getenv(kHugePagesEnv);
@@ -134,8 +134,9 @@ inline bool set_heap_huge_pages() {
 }
 
 /// In the program: takes the tunable set_heap_huge_pages added (glibc has read it) back out
-/// of GLIBC_TUNABLES, so that the processes attnscope starts (Chromium, a re-execution) see
-/// the user's own environment and keep_freed_memory_for_reuse() sees the user's tunables.
+/// of GLIBC_TUNABLES, and the marker out of the environment, so that the processes attnscope
+/// starts (Chromium) see the user's own environment and keep_freed_memory_for_reuse() sees
+/// the user's tunables. Called first thing in main() (before any thread runs: setenv).
 /// Returns whether glibc was given it (kHeapHugePagesMarker=1).
 bool take_back_heap_huge_pages();
 /// Whether this process started with glibc.malloc.hugetlb=1 from attnscope.
@@ -149,6 +150,10 @@ std::string transparent_huge_pages_mode();
 std::string mapping_flags(const void* address);
 /// Whether `flags` (mapping_flags) hold the flag `name`.
 bool has_mapping_flag(const std::string& flags, const std::string& name);
+/// Whether a mapping of malloc's main heap ("[heap]" in /proc/self/smaps) is advised for huge
+/// pages. glibc advises the heap's extensions of 2 MiB and more, not the first stretch up to a
+/// 2 MiB boundary, so the heap may be split into advised and unadvised mappings.
+bool heap_has_huge_page_advice();
 
 /// LibTorch runs element-wise kernels on OpenMP (libgomp) threads and matrix products on
 /// OpenBLAS's own threads. By default an idle libgomp worker spins about 300000 times (a few

@@ -103,14 +103,15 @@ class TensorCache final : public c10::Allocator {
   // first 2 MiB boundary and after the block unmapped again, the whole huge pages advised
   // (kTensorCacheHugePageBytes). A failed madvise (a kernel without THP) leaves small pages.
   static void* map(std::size_t bytes) {
-    if (bytes < kHugePage || !huge_pages()) {
+    const auto plain = [bytes] {
       void* block =
           ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       return block == MAP_FAILED ? nullptr : block;
-    }
+    };
+    if (bytes < kHugePage || bytes > SIZE_MAX - kHugePage || !huge_pages()) return plain();
     const std::size_t span = bytes + kHugePage - kPage;
     void* raw = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (raw == MAP_FAILED) return nullptr;
+    if (raw == MAP_FAILED) return plain();  // the slack may be what an address-space limit lacks
     const auto start = reinterpret_cast<std::uintptr_t>(raw);
     const std::uintptr_t aligned = (start + kHugePage - 1) / kHugePage * kHugePage;
     if (aligned > start) ::munmap(raw, aligned - start);

@@ -195,6 +195,8 @@ TEST(HugePages, TheProgramTakesTheTunableBackOutAndKeepsTheUsersOwn) {
   EXPECT_TRUE(take_back_heap_huge_pages());
   EXPECT_TRUE(heap_huge_pages());
   EXPECT_EQ(env_or("GLIBC_TUNABLES", "(unset)"), "glibc.malloc.arena_max=2");
+  // The marker goes too: an attnscope started from this environment adds its own again.
+  EXPECT_EQ(env_or(kHeapHugePagesMarker, "(unset)"), "(unset)");
   EXPECT_TRUE(take_back_heap_huge_pages());  // idempotent
   EXPECT_EQ(env_or("GLIBC_TUNABLES", "(unset)"), "glibc.malloc.arena_max=2");
 }
@@ -210,6 +212,9 @@ TEST(HugePages, AProgramStartedWithoutTheLauncherHasNothingToTakeBack) {
 // A benchmark re-executed by limit_openmp_spinning starts with attnscope's tunable in
 // GLIBC_TUNABLES: that is not the user's malloc setting, so the malloc settings still apply.
 TEST(HugePages, AttnscopesOwnTunableIsNotTakenForTheUsersMallocSetting) {
+  for (const char* name :
+       {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_"})
+    unsetenv(name);
   setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1", 1);
   setenv(kHeapHugePagesMarker, "1", 1);
   const auto policy = keep_freed_memory_for_reuse();

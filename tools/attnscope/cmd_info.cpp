@@ -1,6 +1,5 @@
 // attnscope info: versions, threads, BLAS and CUDA — what a bug report needs.
 
-#include <cstdlib>
 #include <iostream>
 
 #include <boost/version.hpp>
@@ -59,11 +58,8 @@ int run_info(const std::vector<std::string>& args, const GlobalOptions&) {
                           " KiB and more kept for reuse by size (attnscope's tensor cache)"
                     : std::string("LibTorch's allocator"))
             << "\n";
-  // Whether malloc's heap is advised is read from the kernel's own flags for its mapping.
-  void* probe = std::malloc(64);
-  const bool heap_advised =
-      probe != nullptr && runtime::has_mapping_flag(runtime::mapping_flags(probe), "hg");
-  std::free(probe);
+  // Whether malloc's heap is advised is read from the kernel's own flags for its mappings.
+  const bool heap_advised = runtime::heap_has_huge_page_advice();
   const std::string thp = runtime::transparent_huge_pages_mode();
   std::cout << "huge pages     THP " << (thp.empty() ? "unknown" : thp) << "; malloc's heap "
             << (heap_advised ? "advised" : "not advised")
