@@ -84,21 +84,22 @@ OpenMpPolicy openmp_policy() {
 
 namespace {
 
-bool g_heap_huge_pages = false;
-
-// Takes kHeapHugePagesTunable, which set_heap_huge_pages() adds last, back out of GLIBC_TUNABLES.
-void remove_heap_huge_pages_tunable() {
-  const char* current = std::getenv("GLIBC_TUNABLES");
-  if (current == nullptr) return;
-  std::string tunables = current;
-  const std::string own = kHeapHugePagesTunable;
-  if (tunables == own) {
-    unsetenv("GLIBC_TUNABLES");
-  } else if (tunables.size() > own.size() && tunables.compare(tunables.size() - own.size() - 1,
-                                                              std::string::npos, ":" + own) == 0) {
-    tunables.resize(tunables.size() - own.size() - 1);
-    setenv("GLIBC_TUNABLES", tunables.c_str(), 1);
+// Takes what set_heap_huge_pages() added back out of the environment: kHeapHugePagesTunable,
+// last in GLIBC_TUNABLES, and kHeapHugePagesMarker.
+void remove_heap_huge_pages() {
+  if (const char* current = std::getenv("GLIBC_TUNABLES")) {
+    std::string tunables = current;
+    const std::string own = kHeapHugePagesTunable;
+    if (tunables == own) {
+      unsetenv("GLIBC_TUNABLES");
+    } else if (tunables.size() > own.size() &&
+               tunables.compare(tunables.size() - own.size() - 1, std::string::npos,
+                                ":" + own) == 0) {
+      tunables.resize(tunables.size() - own.size() - 1);
+      setenv("GLIBC_TUNABLES", tunables.c_str(), 1);
+    }
   }
+  unsetenv(kHeapHugePagesMarker);  // an attnscope started from here adds its own again
 }
 
 }  // namespace
@@ -107,16 +108,14 @@ bool take_back_heap_huge_pages() {
   static const bool given = [] {
     const char* marker = std::getenv(kHeapHugePagesMarker);
     if (marker == nullptr || std::string(marker) != "1") return false;
-    remove_heap_huge_pages_tunable();
-    unsetenv(kHeapHugePagesMarker);  // an attnscope started from here adds its own again
+    remove_heap_huge_pages();
     return true;
   }();
-  g_heap_huge_pages = given;
   return given;
 }
 
 bool heap_huge_pages() {
-  return g_heap_huge_pages;
+  return take_back_heap_huge_pages();
 }
 
 void limit_openmp_spinning(int intra_op_threads, char** argv) {
@@ -127,10 +126,7 @@ void limit_openmp_spinning(int intra_op_threads, char** argv) {
   // Still here: the re-execution failed; go on with libgomp's defaults.
   unsetenv("GOMP_SPINCOUNT");
   unsetenv(kOpenMpMarker);
-  if (heap) {
-    remove_heap_huge_pages_tunable();
-    unsetenv(kHeapHugePagesMarker);
-  }
+  if (heap) remove_heap_huge_pages();
 }
 
 BlasInfo blas_info() {

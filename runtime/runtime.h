@@ -139,7 +139,8 @@ inline bool set_heap_huge_pages() {
 /// the user's tunables. Called first thing in main() (before any thread runs: setenv).
 /// Returns whether glibc was given it (kHeapHugePagesMarker=1).
 bool take_back_heap_huge_pages();
-/// Whether this process started with glibc.malloc.hugetlb=1 from attnscope.
+/// Whether this process started with glibc.malloc.hugetlb=1 from attnscope (taking it back
+/// first, if that was not done yet).
 bool heap_huge_pages();
 /// The kernel's transparent huge page mode: "always", "madvise", "never", or "" when the file
 /// /sys/kernel/mm/transparent_hugepage/enabled cannot be read.

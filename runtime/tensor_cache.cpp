@@ -25,6 +25,12 @@ namespace {
 constexpr std::size_t kPage = 4096;
 constexpr std::size_t kHugePage = kTensorCacheHugePageBytes;
 
+// Whether blocks of kHugePage and more are advised for huge pages; decided once.
+bool huge_pages() {
+  static const bool on = huge_pages_wanted();
+  return on;
+}
+
 class TensorCache final : public c10::Allocator {
  public:
   static TensorCache& instance() {
@@ -122,13 +128,6 @@ class TensorCache final : public c10::Allocator {
     return reinterpret_cast<void*>(aligned);
   }
 
- public:
-  static bool huge_pages() {
-    static const bool on = huge_pages_wanted();
-    return on;
-  }
-
- private:
   static void give_back(void* data) {
     if (data != nullptr) instance().keep(data);
   }
@@ -206,7 +205,7 @@ bool cache_tensor_memory_by_default() {
 }
 
 bool tensor_cache_huge_pages() {
-  return tensor_cache_enabled() && TensorCache::huge_pages();
+  return tensor_cache_enabled() && huge_pages();
 }
 
 TensorCacheStats tensor_cache_stats() {
