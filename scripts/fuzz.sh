@@ -5,7 +5,7 @@
 # (compiled with -fsanitize=fuzzer,address,undefined; no CMake, no PCH), then fuzzes for SECONDS
 # seconds starting from tests/fuzz/corpus/TARGET/. New interesting inputs go to
 # build-fuzz/corpus-TARGET/ (copy the small ones worth keeping into the corpus: every corpus
-# file is replayed by the FuzzCorpus.* regression tests of the normal suite). A crash leaves
+# file is replayed by the FuzzCorpus* regression tests of the normal suite). A crash leaves
 # crash-* in build-fuzz/ and the script fails. Run it at low priority on a shared machine:
 #   nice -n 19 ./scripts/fuzz.sh csv 600
 set -euo pipefail

@@ -8,4 +8,6 @@ start=$(date +%s)
 ./scripts/build.sh release
 echo "build: $(($(date +%s) - start)) s"
 cd build
+start=$(date +%s)
 ctest --output-on-failure -j "$(nproc)" "$@"
+echo "tests: $(($(date +%s) - start)) s"

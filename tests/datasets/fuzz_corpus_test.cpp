@@ -9,7 +9,7 @@
 namespace attnscope::fuzz {
 namespace {
 
-TEST(FuzzCorpus, CsvInputsNeverCrash) {
+TEST(FuzzCorpusTables, CsvInputsNeverCrash) {
   const auto files = corpus("csv");
   ASSERT_FALSE(files.empty());
   for (const auto& file : files) {
@@ -18,7 +18,7 @@ TEST(FuzzCorpus, CsvInputsNeverCrash) {
   }
 }
 
-TEST(FuzzCorpus, TsvInputsNeverCrash) {
+TEST(FuzzCorpusTables, TsvInputsNeverCrash) {
   const auto files = corpus("tsv");
   ASSERT_FALSE(files.empty());
   for (const auto& file : files) {

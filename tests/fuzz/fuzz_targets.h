@@ -1,6 +1,6 @@
 #pragma once
 // The fuzzed entry points, shared by the libFuzzer targets (tests/fuzz/fuzz_*.cpp, built by
-// scripts/fuzz.sh) and by the corpus regression tests (FuzzCorpus.* in the test suites), which
+// scripts/fuzz.sh) and by the corpus regression tests (FuzzCorpus* in the test suites), which
 // replay every file of tests/fuzz/corpus/<target>/ through the same function.
 //
 // The contract under test: for ANY input bytes the function returns or throws

@@ -8,7 +8,7 @@
 namespace attnscope::fuzz {
 namespace {
 
-TEST(FuzzCorpus, CheckpointInputsNeverCrash) {
+TEST(FuzzCorpusCheckpoints, CheckpointInputsNeverCrash) {
   const auto files = corpus("checkpoint");
   ASSERT_FALSE(files.empty());
   for (const auto& file : files) {

@@ -9,7 +9,7 @@
 namespace attnscope::fuzz {
 namespace {
 
-TEST(FuzzCorpus, ImageInputsNeverCrash) {
+TEST(FuzzCorpusImages, ImageInputsNeverCrash) {
   const auto files = corpus("image");
   ASSERT_FALSE(files.empty());
   for (const auto& file : files) {
@@ -18,7 +18,7 @@ TEST(FuzzCorpus, ImageInputsNeverCrash) {
   }
 }
 
-TEST(FuzzCorpus, PipelineJsonInputsNeverCrash) {
+TEST(FuzzCorpusImages, PipelineJsonInputsNeverCrash) {
   const auto files = corpus("pipeline_json");
   ASSERT_FALSE(files.empty());
   for (const auto& file : files) {
