@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Configures (once) and builds a preset: release (default), debug or asan.
+# Configures (once) and builds a preset: release (default), debug or asan. Further arguments
+# go to `cmake --build`, e.g.  ./scripts/build.sh release --target test_datasets
 set -euo pipefail
 cd "$(dirname "$0")/.."
 preset=${1:-release}
@@ -10,4 +11,4 @@ esac
 if [[ ! -f $dir/build.ninja ]]; then
   cmake --preset "$preset" >/dev/null
 fi
-cmake --build "$dir" -j "$(nproc)"
+cmake --build "$dir" -j "$(nproc)" "${@:2}"

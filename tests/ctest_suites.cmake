@@ -6,7 +6,8 @@
 # tests measure or change the whole process (its environment, its allocator) are named in
 # `per_test` and keep one process, and one ctest test `SUITE.TEST`, per test.
 # Suites named Data* get the label `data`, Gpu* the label `gpu`. The list of tests is kept in
-# EXE.tests and read again until the executable changes.
+# EXE.tests and read again until the executable changes. An executable that is not built
+# becomes one test, EXE_NOT_BUILT, that fails.
 
 function(attnscope_add_gtest_suites exe environment per_test)
   get_filename_component(_name "${exe}" NAME)

@@ -49,14 +49,20 @@ TEST(TemperatureScaling, FindsTheMinimumOfABruteForceGrid) {
   const auto labels = torch::multinomial(torch::softmax(z, 1), 1).squeeze(1);
   const auto logits = 3.0 * z;
   const double t = fit_temperature(logits, labels);
+  // Brute force, coarse to fine: every 0.05 over [0.5, 8], then every 0.001 within 0.05 of the
+  // best. The NLL is convex in 1/T, so it has one minimum and the fine grid brackets it.
   double best_t = 0, best = 1e300;
-  for (double g = 0.5; g <= 8.0; g += 0.001) {
-    const double v = nll(logits, labels, g);
-    if (v < best) {
-      best = v;
-      best_t = g;
+  const auto search = [&](double from, double to, double step) {
+    for (double g = from; g <= to + step / 2; g += step) {
+      const double v = nll(logits, labels, g);
+      if (v < best) {
+        best = v;
+        best_t = g;
+      }
     }
-  }
+  };
+  search(0.5, 8.0, 0.05);
+  search(best_t - 0.05, best_t + 0.05, 0.001);
   EXPECT_NEAR(t, best_t, 0.002);
   EXPECT_LE(nll(logits, labels, t), best + 1e-9);
   EXPECT_NEAR(t, 3.0, 0.3);  // the true over-confidence, with a wide margin
