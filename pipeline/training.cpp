@@ -1,12 +1,17 @@
 #include "pipeline/training.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <ctime>
 
+#include <ATen/Parallel.h>
+
 #include "attnscope/error.h"
+#include "pipeline/optimizer_kernels.h"
 
 namespace attnscope::pipeline {
 
@@ -33,6 +38,41 @@ void Optimizer::zero_grad() {
     if (p.grad().defined()) p.mutable_grad() = torch::Tensor();
 }
 
+namespace {
+
+// Elements per task of the fused Adam pass (64 KiB of float32 per array).
+constexpr int64_t kFusedGrain = int64_t{1} << 14;
+
+// The one-pass kernel (pipeline/optimizer_kernels.h) takes CPU float32/float64 parameters
+// whose gradient and moments are dense, of the same type and laid out alike (channels-last
+// weights included), and none of them aliasing another; anything else (CUDA, half precision,
+// a sparse or strided gradient) takes ATen's operations below, the same formulas.
+bool fused_adam_applies(const torch::Tensor& p, const torch::Tensor& g, const torch::Tensor& m,
+                        const torch::Tensor& v) {
+  if (!p.device().is_cpu() ||
+      !(p.scalar_type() == torch::kFloat || p.scalar_type() == torch::kDouble))
+    return false;
+  for (const auto* t : {&g, &m, &v}) {
+    if (t->layout() != torch::kStrided || !t->device().is_cpu() ||
+        t->scalar_type() != p.scalar_type() || t->strides() != p.strides() ||
+        t->sizes() != p.sizes())
+      return false;
+  }
+  if (!p.is_non_overlapping_and_dense()) return false;
+  // The four arrays must not share memory (a gradient that is a view of its parameter).
+  const auto bytes = static_cast<std::uintptr_t>(p.numel()) * p.element_size();
+  const std::array<std::uintptr_t, 4> starts = {reinterpret_cast<std::uintptr_t>(p.data_ptr()),
+                                                reinterpret_cast<std::uintptr_t>(g.data_ptr()),
+                                                reinterpret_cast<std::uintptr_t>(m.data_ptr()),
+                                                reinterpret_cast<std::uintptr_t>(v.data_ptr())};
+  for (std::size_t i = 0; i < starts.size(); ++i)
+    for (std::size_t j = i + 1; j < starts.size(); ++j)
+      if (starts[i] < starts[j] + bytes && starts[j] < starts[i] + bytes) return false;
+  return true;
+}
+
+}  // namespace
+
 void Optimizer::step(double lr) {
   torch::NoGradGuard no_grad;
   const auto& o = options_;
@@ -56,20 +96,40 @@ void Optimizer::step(double lr) {
       p.add_(grad, -lr);
       continue;
     }
+    if (!s.exp_avg.defined()) {
+      s.exp_avg = torch::zeros_like(p);
+      s.exp_avg_sq = torch::zeros_like(p);
+    }
+    const double bias1 = 1 - std::pow(o.beta1, static_cast<double>(s.step));
+    const double bias2 = 1 - std::pow(o.beta2, static_cast<double>(s.step));
+    if (fused_adam_applies(p, grad, s.exp_avg, s.exp_avg_sq)) {
+      kernels::AdamScalars k;
+      k.decay = o.kind == "adamw" ? 1 - lr * o.weight_decay : 1.0;
+      k.l2 = o.kind == "adamw" ? 0.0 : o.weight_decay;
+      k.beta1 = o.beta1;
+      k.beta2 = o.beta2;
+      k.bias2_sqrt = std::sqrt(bias2);
+      k.eps = o.eps;
+      k.step_size = -lr / bias1;
+      AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "adam_step", [&] {
+        auto* pp = p.data_ptr<scalar_t>();
+        const auto* gp = grad.data_ptr<scalar_t>();
+        auto* mp = s.exp_avg.data_ptr<scalar_t>();
+        auto* vp = s.exp_avg_sq.data_ptr<scalar_t>();
+        at::parallel_for(0, p.numel(), kFusedGrain, [&](int64_t begin, int64_t end) {
+          kernels::adam_step(pp, gp, mp, vp, begin, end, k);
+        });
+      });
+      continue;
+    }
     // torch.optim.Adam / AdamW (single-tensor path).
     if (o.kind == "adamw") {
       p.mul_(1 - lr * o.weight_decay);
     } else if (o.weight_decay != 0) {
       grad = grad.add(p, o.weight_decay);
     }
-    if (!s.exp_avg.defined()) {
-      s.exp_avg = torch::zeros_like(p);
-      s.exp_avg_sq = torch::zeros_like(p);
-    }
     s.exp_avg.mul_(o.beta1).add_(grad, 1 - o.beta1);
     s.exp_avg_sq.mul_(o.beta2).addcmul_(grad, grad, 1 - o.beta2);
-    const double bias1 = 1 - std::pow(o.beta1, static_cast<double>(s.step));
-    const double bias2 = 1 - std::pow(o.beta2, static_cast<double>(s.step));
     const auto denom = (s.exp_avg_sq.sqrt() / std::sqrt(bias2)).add_(o.eps);
     p.addcdiv_(s.exp_avg, denom, -lr / bias1);
   }
@@ -107,12 +167,14 @@ void Optimizer::load_state(const std::map<std::string, torch::Tensor>& state) {
     check(step.defined(), "optimizer state", "no step count for parameter '", name,
           "' (a state of another model?)");
     slots[i].step = step.item<int64_t>();
-    if (auto t = find("momentum_buffer"); t.defined())
-      slots[i].momentum_buffer = t.to(p.dtype()).to(p.device()).clone();
-    if (auto t = find("exp_avg"); t.defined())
-      slots[i].exp_avg = t.to(p.dtype()).to(p.device()).clone();
-    if (auto t = find("exp_avg_sq"); t.defined())
-      slots[i].exp_avg_sq = t.to(p.dtype()).to(p.device()).clone();
+    // Buffers take the parameter's layout (a channels-last weight's moments are
+    // channels-last, as zeros_like makes them in a run that was not resumed).
+    auto like_param = [&](const torch::Tensor& t) {
+      return torch::empty_like(p, torch::MemoryFormat::Preserve).copy_(t);
+    };
+    if (auto t = find("momentum_buffer"); t.defined()) slots[i].momentum_buffer = like_param(t);
+    if (auto t = find("exp_avg"); t.defined()) slots[i].exp_avg = like_param(t);
+    if (auto t = find("exp_avg_sq"); t.defined()) slots[i].exp_avg_sq = like_param(t);
     check(slots[i].exp_avg.defined() == slots[i].exp_avg_sq.defined(), "optimizer state",
           "parameter '", name, "' has only one of exp_avg and exp_avg_sq");
   }

@@ -68,16 +68,31 @@ TEST(Schedule, StepLinearConstantAndNoam) {
   EXPECT_NE(test::error_of([&] { check_schedule(bad); }).find("exponential"), std::string::npos);
 }
 
+// The parameters an optimiser test runs on: the weight's shape, the type of both parameters,
+// and whether the weight (4-D) and its gradients are channels-last, as a convolution's are
+// when a model runs channels-last.
+struct OptimizerCase {
+  std::vector<int64_t> weight_shape = {5, 3};
+  torch::Dtype dtype = torch::kFloat64;
+  bool channels_last = false;
+  int threads = 0;  // at::set_num_threads for our side; 0 = as it is
+};
+
 // Runs `steps` steps of our optimiser and of torch.optim (Debian's python3-torch) on the same
 // parameters, gradients and rates; returns the largest absolute difference of the parameters.
-double max_difference_to_pytorch(const OptimizerOptions& options, const std::string& py_ctor) {
+// `ours`, when given, receives our weight after the last step.
+double max_difference_to_pytorch(const OptimizerOptions& options, const std::string& py_ctor,
+                                 const OptimizerCase& c = {}, torch::Tensor* ours = nullptr) {
   test::TempDir dir;
   torch::manual_seed(7);
   const int steps = 6;
-  auto w0 = torch::randn({5, 3}, torch::kFloat64);
-  auto b0 = torch::randn({3}, torch::kFloat64);
-  auto grads_w = torch::randn({steps, 5, 3}, torch::kFloat64);
-  auto grads_b = torch::randn({steps, 3}, torch::kFloat64);
+  const auto& shape = c.weight_shape;
+  std::vector<int64_t> steps_shape = {steps};
+  steps_shape.insert(steps_shape.end(), shape.begin(), shape.end());
+  auto w0 = torch::randn(shape, torch::kFloat64).to(c.dtype);
+  auto b0 = torch::randn({3}, torch::kFloat64).to(c.dtype);
+  auto grads_w = torch::randn(steps_shape, torch::kFloat64).to(c.dtype);
+  auto grads_b = torch::randn({steps, 3}, torch::kFloat64).to(c.dtype);
   const std::vector<double> lrs = {0.1, 0.05, 0.2, 0.01, 0.3, 0.07};
   {
     auto f = h5::File::create(dir / "in.h5");
@@ -87,16 +102,22 @@ double max_difference_to_pytorch(const OptimizerOptions& options, const std::str
     h5::write_tensor(f.id(), "gb", grads_b, f.path());
     h5::write_tensor(f.id(), "lr", torch::tensor(lrs, torch::kFloat64), f.path());
   }
-  auto w = w0.clone().requires_grad_(true);
+  const auto layout =
+      c.channels_last ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
+  auto w = w0.contiguous(layout).requires_grad_(true);
   auto b = b0.clone().requires_grad_(true);
+  const int threads_before = at::get_num_threads();
+  if (c.threads > 0) at::set_num_threads(c.threads);
   Optimizer opt({{"w", w}, {"b", b}}, options);
   for (int s = 0; s < steps; ++s) {
     opt.zero_grad();
-    w.mutable_grad() = grads_w[s].clone();
+    w.mutable_grad() = grads_w[s].contiguous(layout);
     // The bias gets no gradient at step 2: PyTorch skips it there (its own step count).
     if (s != 2) b.mutable_grad() = grads_b[s].clone();
     opt.step(lrs[static_cast<std::size_t>(s)]);
   }
+  at::set_num_threads(threads_before);
+  if (ours) *ours = w.detach().clone();
   const std::string script = R"(
 import sys, h5py, torch
 f = h5py.File(sys.argv[1], 'r')
@@ -120,8 +141,10 @@ o['w'] = w.detach().numpy(); o['b'] = b.detach().numpy()
   auto f = h5::File::open(dir / "out.h5");
   const auto pw = h5::read_tensor(f.id(), "w", f.path());
   const auto pb = h5::read_tensor(f.id(), "b", f.path());
-  return std::max((pw - w.detach()).abs().max().item<double>(),
-                  (pb - b.detach()).abs().max().item<double>());
+  EXPECT_EQ(pw.scalar_type(), c.dtype);
+  return std::max(
+      (pw.to(torch::kFloat64) - w.detach().to(torch::kFloat64)).abs().max().item<double>(),
+      (pb.to(torch::kFloat64) - b.detach().to(torch::kFloat64)).abs().max().item<double>());
 }
 
 TEST(Optimizer, SgdNesterovWithWeightDecayMatchesTorchOptim) {
@@ -172,23 +195,73 @@ TEST(Optimizer, AdamWithL2MatchesTorchOptim) {
             1e-12);
 }
 
-TEST(Optimizer, StateRoundTripsAndRefusesAnotherModel) {
-  auto w = torch::randn({4}, torch::kFloat64).requires_grad_(true);
+// Float32 parameters large enough for the one-pass kernel to split them between threads
+// (pipeline/optimizer_kernels.h), a channels-last convolution weight among them: the same
+// values as torch.optim's operations to within float32 rounding (ATen may fuse a multiply-add
+// where the kernel rounds twice; parameters are about 1, Adam's steps about lr), and the
+// same bits whatever the number of threads.
+TEST(Optimizer, AdamWOnLargeFloat32ParametersMatchesTorchOptimAtAnyThreadCount) {
   OptimizerOptions o;
   o.kind = "adamw";
+  o.weight_decay = 0.05;
+  const std::string ctor = "torch.optim.AdamW([w, b], lr=0.1, weight_decay=0.05)";
+  for (const bool channels_last : {false, true}) {
+    OptimizerCase c;
+    c.dtype = torch::kFloat32;
+    c.channels_last = channels_last;
+    c.weight_shape = channels_last ? std::vector<int64_t>{64, 32, 3, 3}  // 18,432 elements
+                                   : std::vector<int64_t>{300, 257};     // 77,100 elements
+    torch::Tensor two_threads, one_thread;
+    c.threads = 2;
+    EXPECT_LT(max_difference_to_pytorch(o, ctor, c, &two_threads), 1e-5) << channels_last;
+    c.threads = 1;
+    EXPECT_LT(max_difference_to_pytorch(o, ctor, c, &one_thread), 1e-5) << channels_last;
+    EXPECT_TRUE(torch::equal(two_threads, one_thread)) << channels_last;
+  }
+}
+
+TEST(Optimizer, AdamWithL2OnFloat32ParametersMatchesTorchOptim) {
+  OptimizerOptions o;
+  o.kind = "adam";
+  o.weight_decay = 1e-2;
+  OptimizerCase c;
+  c.dtype = torch::kFloat32;
+  c.weight_shape = {200, 100};
+  EXPECT_LT(max_difference_to_pytorch(o, "torch.optim.Adam([w, b], lr=0.1, weight_decay=1e-2)", c),
+            1e-5);
+}
+
+// The state goes through a checkpoint as contiguous tensors; a channels-last weight's moments
+// get its layout back, so the resumed steps take the same path and give the same bits.
+TEST(Optimizer, StateRoundTripsAndRefusesAnotherModel) {
+  const auto cl = torch::MemoryFormat::ChannelsLast;
+  auto w = torch::randn({32, 16, 3, 3}).contiguous(cl).requires_grad_(true);
+  OptimizerOptions o;
+  o.kind = "adamw";
+  o.weight_decay = 0.01;
   Optimizer a({{"w", w}}, o);
-  w.mutable_grad() = torch::ones({4}, torch::kFloat64);
+  w.mutable_grad() = torch::randn({32, 16, 3, 3}).contiguous(cl);
   a.step(0.1);
   auto w2 = w.detach().clone().requires_grad_(true);
   Optimizer b({{"w", w2}}, o);
-  b.load_state(a.state());
-  const auto g = torch::randn({4}, torch::kFloat64);
-  w.mutable_grad() = g.clone();
-  w2.mutable_grad() = g.clone();
-  a.step(0.1);
-  b.step(0.1);
+  auto saved = a.state();
+  for (auto& [name, t] : saved)
+    t = t.contiguous();  // as h5::read_tensor gives them back
+  b.load_state(saved);
+  for (int s = 0; s < 3; ++s) {
+    const auto g = torch::randn({32, 16, 3, 3}).contiguous(cl);
+    w.mutable_grad() = g.clone();
+    w2.mutable_grad() = g.clone();
+    a.step(0.1);
+    b.step(0.1);
+  }
   EXPECT_TRUE(torch::equal(w.detach(), w2.detach()));
-  auto other = torch::randn({5}, torch::kFloat64).requires_grad_(true);
+  for (const auto& [name, t] : b.state()) {
+    if (t.dim() == 4) {
+      EXPECT_TRUE(t.is_contiguous(cl)) << name;
+    }
+  }
+  auto other = torch::randn({5}).requires_grad_(true);
   Optimizer c({{"w", other}}, o);
   EXPECT_NE(test::error_of([&] { c.load_state(a.state()); }).find("shape"), std::string::npos);
   Optimizer d({{"v", other}}, o);
