@@ -24,7 +24,7 @@ the rounds' ratios.
 
   bench/train_vs_pytorch.py [--arch attn_small] [--epochs 4] [--rounds 3] [--threads 2]
       [--malloc attnscope|glibc|jemalloc|tcmalloc]   (Python's malloc; default: attnscope's settings)
-      [--python-model eager|optimised] [--python-thp]
+      [--python-model eager|optimised] [--python-thp] [--precision fp32|bf16]
 """
 
 import argparse
@@ -88,7 +88,7 @@ def process_cpu(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def python_epochs(model, images, labels, epochs, batch, workers, channels_last):
+def python_epochs(model, images, labels, epochs, batch, workers, channels_last, bf16=False):
     loader = torch.utils.data.DataLoader(Cached(images, labels), batch_size=batch, shuffle=True,
                                          num_workers=workers, persistent_workers=workers > 0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
@@ -111,8 +111,10 @@ def python_epochs(model, images, labels, epochs, batch, workers, channels_last):
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             opt.zero_grad(set_to_none=True)
-            logits = model(x)[0]
-            loss_fn(logits, y).backward()
+            # bf16: the forward in autocast, the loss in float32 (as attnscope's --precision bf16)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x)[0]
+            loss_fn(logits.float(), y).backward()
             opt.step()
             n += len(y)
         wall = time.perf_counter() - start
@@ -145,6 +147,9 @@ def main():
     p.add_argument("--python-thp", action="store_true",
                    help="start Python with glibc.malloc.hugetlb=1 (its heaps advised for huge "
                         "pages, as attnscope's are; bench/preload_malloc.py)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: attnscope --precision bf16 and the Python forward under "
+                        "torch.autocast('cpu', dtype=torch.bfloat16)")
     p.add_argument("--python-model", default="eager", choices=["eager", "optimised"],
                    help="optimised: the additive attention's key projection run as a 1x1 "
                         "convolution, as attnscope's is (docs/vision.md); eager: nn.Linear, "
@@ -184,6 +189,7 @@ def main():
                             "--batch-size", str(args.batch), "--optimizer", "adamw", "--lr",
                             "1e-3", "--weight-decay", "0.05", "--schedule", "constant", "--loss",
                             "ce", "--init", ckpt, "--cache", "--workers", str(args.workers),
+                            "--precision", args.precision,
                             "--seed", "1", "--quiet", "--out", run], check=True,
                            stdout=subprocess.DEVNULL)
             timing = [json.loads(line) for line in open(os.path.join(run, "timing.jsonl"))]
@@ -201,7 +207,7 @@ def main():
             if cnn:
                 model = model.to(memory_format=torch.channels_last)
             py, share, py_data = python_epochs(model, images, labels, args.epochs, args.batch,
-                                               args.workers, cnn)
+                                               args.workers, cnn, args.precision == "bf16")
             a, b = statistics.median(ours[1:] or ours), statistics.median(py[1:] or py)
             rounds.append((a, b))
             print(f"round {r + 1}: attnscope images/s per epoch {[round(x, 2) for x in ours]} "
@@ -216,7 +222,7 @@ def main():
     a = statistics.median(x for x, _ in rounds)
     b = statistics.median(y for _, y in rounds)
     ratio = statistics.median(x / y for x, y in rounds)
-    print(f"{args.arch} {size}px batch {args.batch}, Python model {args.python_model}{' (heaps on huge pages)' if args.python_thp else ''}, "
+    print(f"{args.arch} {size}px batch {args.batch}, {args.precision}, Python model {args.python_model}{' (heaps on huge pages)' if args.python_thp else ''}, "
           f"{args.threads} model threads, {args.workers} "
           f"loader workers, epochs 2..{args.epochs}, median of {len(rounds)} alternating rounds: "
           f"attnscope {a:.2f} images/s, PyTorch-Python {b:.2f} images/s, ratio {ratio:.2f}")

@@ -17,6 +17,7 @@
 #include "pipeline/vision/evaluate.h"
 #include "pipeline/vision/image_losses.h"
 #include "pipeline/vision/image_model_config.h"
+#include "runtime/precision.h"
 #include "runtime/runtime.h"
 
 namespace attnscope::pipeline {
@@ -100,6 +101,7 @@ nlohmann::json image_train_options_to_json(const ImageTrainOptions& o) {
   j["init_backbone"] = o.init_backbone;
   j["seed"] = o.seed;
   j["device"] = o.device;
+  j["precision"] = o.precision;
   j["time_budget_s"] = o.time_budget_s;
   j["patience"] = o.patience;
   j["select_by"] = o.select_by;
@@ -264,6 +266,8 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   check(o.schedule == "cosine" || o.schedule == "step" || o.schedule == "constant", "train",
         "schedule must be cosine, step or constant, got '", o.schedule, "'");
   runtime::check_device(o.device, "train");  // the command checked it before reading data
+  check(runtime::is_precision_name(o.precision), "train", "precision must be fp32 or bf16, got '",
+        o.precision, "'");
   check(o.label_smoothing >= 0 && o.label_smoothing < 1, "train",
         "label smoothing must be in [0, 1)");
   check(o.warmup_epochs >= 0 && o.focal_gamma >= 0, "train",
@@ -482,7 +486,15 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
       const auto images = batch->images.to(device);
       const auto labels = batch->labels.to(device);
       const auto masks = batch->masks.defined() ? batch->masks.to(device) : torch::Tensor();
-      const auto out = model->forward(images);
+      models::vision::ImageOutput out;
+      {
+        runtime::AutocastScope autocast(o.precision, device);
+        out = model->forward(images);
+      }
+      // The loss in float32 whatever the forward's precision (the casts are in the graph).
+      out.logits = out.logits.to(torch::kFloat);
+      for (auto& [name, map] : out.maps)
+        map = map.to(torch::kFloat);
       const auto loss = compute_loss(out, labels, masks);
       loss.backward();
       items = batch->size();

@@ -88,6 +88,9 @@ struct ImageTrainOptions {
   uint64_t seed = 0;
   /// cpu | cuda.
   std::string device = "cpu";
+  /// fp32 | bf16: the training forward pass in bfloat16 autocast (runtime/precision.h); the
+  /// loss, gradients, optimiser, weights and validation stay float32.
+  std::string precision = "fp32";
   /// Seconds; 0 = none.
   double time_budget_s = 0.0;
   std::string budget_clock = "wall";

@@ -72,7 +72,7 @@ TEST(TrainCli, HelpShowsTheOptionsWithDefaults) {
   for (const char* flag :
        {"--val-split arg (=0.2)", "--optimizer arg (=sgd)", "--schedule arg (=cosine)",
         "--loss arg (=ce)", "--sampler arg (=shuffle)", "--select-by arg (=auc)", "--resume",
-        "--skip-bad", "--cache", "--time-budget", "--init-backbone"})
+        "--skip-bad", "--cache", "--time-budget", "--init-backbone", "--precision arg (=fp32)"})
     EXPECT_NE(r.output.find(flag), std::string::npos) << flag << "\n" << r.output;
 }
 
@@ -535,6 +535,38 @@ TEST(TrainCli, CacheGivesTheSameRunAsDecodingEveryEpoch) {
   EXPECT_TRUE(fs::exists(dir / "cached/cache-train.h5"));
   EXPECT_EQ(read_text(dir / "cached/metrics.jsonl"), read_text(dir / "files/metrics.jsonl"));
   EXPECT_EQ(compare_weights(dir / "cached/last.h5", dir / "files/last.h5"), "same\n");
+}
+
+// --precision bf16: the forward pass in bfloat16 autocast. Recorded in the checkpoints'
+// training config, reproducible as a float32 run is (same bits twice), and not the float32
+// run (autocast is on: the check can fail); the stored weights stay float32. Any other value
+// is a usage error before anything is created.
+TEST(TrainCli, Bf16PrecisionIsRecordedReproducibleAndNotTheFloat32Run) {
+  test::TempDir dir;
+  ASSERT_EQ(test::run_process(train_command(dir / "fp32", 2)).status, 0);
+  for (const char* name : {"a", "b"}) {
+    const auto r = test::run_process(train_command(dir / name, 2) + " --precision bf16");
+    ASSERT_EQ(r.status, 0) << r.output;
+  }
+  EXPECT_EQ(read_text(dir / "a/metrics.jsonl"), read_text(dir / "b/metrics.jsonl"));
+  EXPECT_EQ(compare_weights(dir / "a/last.h5", dir / "b/last.h5"), "same\n");
+  EXPECT_NE(read_text(dir / "a/metrics.jsonl"), read_text(dir / "fp32/metrics.jsonl"));
+  const auto loaded = pipeline::load_image_classifier(dir / "a/best.h5");
+  EXPECT_EQ(loaded.meta.extra["training_config"]["precision"], "bf16");
+  for (const auto& p : loaded.model->parameters())
+    EXPECT_EQ(p.scalar_type(), torch::kFloat);
+  const auto py = test::run_process(
+      test::python() +
+      " -c \"import h5py,sys; f=h5py.File(sys.argv[1],'r'); "
+      "print(sorted({str(d.dtype) for d in f.values() if isinstance(d, h5py.Dataset) and "
+      "d.dtype.kind == 'f'}))\" " +
+      dir / "a/best.h5");
+  EXPECT_EQ(py.output, "['float32']\n") << py.output;
+  const auto bad = test::run_process(train_command(dir / "fp16", 2) + " --precision fp16");
+  EXPECT_EQ(bad.status, 2) << bad.output;
+  EXPECT_NE(bad.output.find("--precision must be fp32 or bf16, got 'fp16'"), std::string::npos)
+      << bad.output;
+  EXPECT_FALSE(fs::exists(dir / "fp16"));
 }
 
 // --init-backbone takes the trunk of a checkpoint of another architecture with the same trunk

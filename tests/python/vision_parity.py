@@ -9,7 +9,8 @@ and the grid attention written here from the paper's equations with torch.nn.fun
 statistics are randomised so that eval-mode BN is not the identity. Writes into OUTDIR:
   model.pth   the state_dict
   model.h5    the attnscope checkpoint made by tools/python/export_weights.py
-  ref.h5      input (B, 3, S, S) and logits (B, C); for vit also input_large / logits_large at a
+  ref.h5      input (B, 3, S, S), logits (B, C) and logits_bf16 (the same model under
+              torch.autocast("cpu", dtype=torch.bfloat16), as float32); for vit also input_large / logits_large at a
               larger size (position embedding resized by the bicubic formula written here) and
               attn_last (B, H, T, T)
 For attnmel: model_sigmoid.h5 / model_softmax.h5 (the same weights, one per normaliser) and in
@@ -266,6 +267,8 @@ def main():
         with torch.no_grad():
             ref["logits"], ref["attn_last"] = model(x)
             ref["logits_large"], _ = model(large)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                ref["logits_bf16"] = model(x)[0].float()
         ref["input"], ref["input_large"] = x, large
         arch_args = ["--arch", "vit_mini_patch8", "--image-size", str(args.size)]
     else:
@@ -276,6 +279,8 @@ def main():
         x = torch.randn(args.batch, 3, args.size, args.size)
         with torch.no_grad():
             ref["logits"] = model(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                ref["logits_bf16"] = model(x).float()
         ref["input"] = x
         arch_args = []
     torch.save(model.state_dict(), pth)

@@ -6,12 +6,17 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <functional>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include <ATen/Version.h>
+#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
+#include "runtime/precision.h"
 #include "runtime/runtime.h"
 #include "test_support.h"
 
@@ -158,6 +163,58 @@ TEST(Runtime, DeviceNamesAndAvailabilityAreCheckedWithAClearMessage) {
 std::string env_or(const char* name, const char* missing) {
   const char* v = std::getenv(name);
   return v ? v : missing;
+}
+
+// The CPUID bits against the flags the kernel lists in /proc/cpuinfo: a listed avx512_bf16 or
+// amx_bf16 means the CPU has it (the other direction is not asserted: an older kernel may not
+// know amx_bf16).
+TEST(Precision, NativeBf16DetectionAgreesWithProcCpuinfo) {
+  std::ifstream in("/proc/cpuinfo");
+  std::set<std::string> flags;
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("flags", 0) != 0) continue;
+    std::istringstream words(line.substr(line.find(':') + 1));
+    for (std::string w; words >> w;)
+      flags.insert(w);
+    break;
+  }
+  if (flags.empty()) GTEST_SKIP() << "no flags line in /proc/cpuinfo";
+  if (flags.count("avx512_bf16") || flags.count("amx_bf16")) {
+    EXPECT_TRUE(runtime::cpu_has_native_bf16());
+  }
+  EXPECT_TRUE(runtime::is_precision_name("fp32"));
+  EXPECT_TRUE(runtime::is_precision_name("bf16"));
+  EXPECT_FALSE(runtime::is_precision_name("fp16"));
+  EXPECT_FALSE(runtime::is_precision_name("BF16"));
+}
+
+// Inside the scope matrix products come out in bfloat16; after it (also when an exception
+// leaves it) in float32; "fp32" changes nothing, also inside a bf16 scope.
+TEST(Precision, AutocastScopeCastsMatrixProductsAndRestoresTheState) {
+  const auto a = torch::randn({4, 4}), b = torch::randn({4, 4});
+  ASSERT_FALSE(at::autocast::is_cpu_enabled());
+  {
+    runtime::AutocastScope bf16("bf16", torch::kCPU);
+    EXPECT_EQ(torch::mm(a, b).scalar_type(), torch::kBFloat16);
+    {
+      runtime::AutocastScope fp32("fp32", torch::kCPU);
+      EXPECT_EQ(torch::mm(a, b).scalar_type(), torch::kBFloat16);
+    }
+    EXPECT_EQ(torch::mm(a, b).scalar_type(), torch::kBFloat16);
+  }
+  EXPECT_FALSE(at::autocast::is_cpu_enabled());
+  EXPECT_EQ(torch::mm(a, b).scalar_type(), torch::kFloat);
+  try {
+    runtime::AutocastScope bf16("bf16", torch::kCPU);
+    throw std::runtime_error("inside");
+  } catch (const std::runtime_error&) {
+  }
+  EXPECT_FALSE(at::autocast::is_cpu_enabled());
+  EXPECT_EQ(torch::mm(a, b).scalar_type(), torch::kFloat);
+  {
+    runtime::AutocastScope fp32("fp32", torch::kCPU);
+    EXPECT_FALSE(at::autocast::is_cpu_enabled());
+  }
 }
 
 TEST(HugePages, TheTunableIsAddedAfterTheUsersOwnAndNeverOverTheirChoice) {

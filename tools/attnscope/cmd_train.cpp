@@ -37,6 +37,7 @@
 #include "pipeline/h5.h"
 #include "pipeline/vision/image_cache.h"
 #include "pipeline/vision/train.h"
+#include "runtime/precision.h"
 #include "runtime/runtime.h"
 
 namespace attnscope::cli {
@@ -160,7 +161,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   data.add_to(desc);
   DistributedFlags dist;
   std::string model_name, out, val_spec, optimizer, schedule, loss, sampler, augment, mask_loss,
-      init, init_backbone, device, select_by, resume_flag;
+      init, init_backbone, device, precision, select_by, resume_flag;
   std::vector<std::string> oversample;
   int64_t size = 0, batch_size = 0, epochs = 0, step_every = 0, patience = 0, progress_every = 0;
   double val_split = 0, lr = 0, momentum = 0, weight_decay = 0, warmup_epochs = 0, step_gamma = 0,
@@ -200,6 +201,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
       ("threads", po::value(&threads)->default_value(0), "LibTorch threads; 0 = the global --threads")
       ("workers", po::value(&workers)->default_value(2), "loader threads (decoding and augmentation)")
       ("device", po::value(&device)->default_value("cpu"), "cpu, cuda or cuda:N")
+      ("precision", po::value(&precision)->default_value("fp32"), "fp32 | bf16: the forward pass in bfloat16 autocast (weights, loss, optimiser and validation stay float32); about 1.7x faster on CPUs with AVX512-BF16 or AMX, slower on others")
       ("time-budget", po::value(&time_budget)->default_value(0.0, "0"), "stop after this many minutes; 0 = none")
       ("cpu-budget", po::bool_switch(&cpu_budget), "count --time-budget in process CPU time instead of wall time")
       ("patience", po::value(&patience)->default_value(0), "stop after N epochs without improvement of --select-by; 0 = off")
@@ -279,6 +281,8 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   // (docs/distributed.md). Every rank runs this command; only rank 0 writes RUN and prints.
   if (!runtime::is_device_name(device))
     fail("--device must be cpu, cuda or cuda:N, got '" + device + "'");
+  if (!runtime::is_precision_name(precision))
+    fail("--precision must be fp32 or bf16, got '" + precision + "'");
   const auto dist_config = dist.config();
   const int world = dist_config.world_size;
   if (world > 1) {
@@ -497,6 +501,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     o.init_backbone = init_backbone;
     o.seed = seed;
     o.device = device;
+    o.precision = precision;
     o.time_budget_s = time_budget * 60;
     o.budget_clock = cpu_budget ? "cpu" : "wall";
     o.patience = patience;
@@ -550,6 +555,9 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
             t["loader_wait_s"].get<double>(), r["best"].get<bool>() ? " (best)" : "");
         std::fflush(stdout);
       };
+    if (main_rank && precision == "bf16" && device == "cpu" && !runtime::cpu_has_native_bf16())
+      std::cerr << "warning: --precision bf16: this CPU has no native bfloat16 products "
+                   "(AVX512-BF16 or AMX); they are emulated, slower than fp32\n";
     if (!quiet)
       std::cerr << (resume ? "resuming " : "training ") << model_name << " on "
                 << train_source->size() << " images, validating on " << val_source->size() << " ("

@@ -1,0 +1,42 @@
+#pragma once
+// Mixed precision: the forward pass of a model in bfloat16 where it pays (LibTorch's autocast:
+// convolutions, linear layers and matrix products take bfloat16 copies of their inputs and
+// weights; reductions, normalisations' statistics and losses stay float32), with the
+// parameters, their gradients and the optimiser in float32. On CPUs that compute bfloat16
+// products natively (AVX512-BF16, AMX) oneDNN's bfloat16 convolutions are about twice as fast
+// as float32 (docs/performance.md "Mixed precision"); elsewhere bfloat16 is emulated and slower.
+
+#include <string>
+
+#include <torch/types.h>
+
+namespace attnscope::runtime {
+
+/// "fp32" (everything float32) or "bf16" (autocast to bfloat16).
+bool is_precision_name(const std::string& precision);
+
+/// Whether this CPU multiplies bfloat16 natively: AVX512-BF16 (CPUID leaf 7 sub-leaf 1, EAX bit
+/// 5) or AMX-BF16 (leaf 7 sub-leaf 0, EDX bit 22), as the kernel lists them in /proc/cpuinfo
+/// (avx512_bf16, amx_bf16).
+bool cpu_has_native_bf16();
+
+/// While alive, the calling thread's forward passes on `device` run in `precision` ("fp32":
+/// nothing changes). Restores the previous autocast state when destroyed (also on an
+/// exception); autocast's cache of bfloat16 weight copies is cleared when the outermost scope
+/// ends, so the next step casts the updated weights again. Backward may run after the scope:
+/// autograd records the casts.
+class AutocastScope {
+ public:
+  AutocastScope(const std::string& precision, const torch::Device& device);
+  ~AutocastScope();
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  bool active_ = false;
+  bool cuda_ = false;
+  bool was_enabled_ = false;
+  at::ScalarType was_dtype_ = at::kFloat;
+};
+
+}  // namespace attnscope::runtime
