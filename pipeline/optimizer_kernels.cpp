@@ -5,10 +5,10 @@
 namespace attnscope::pipeline::kernels {
 namespace {
 
-// The order of operations is ATen's: mul_(Scalar) is a · s; add_(b, alpha) is a + alpha · b;
-// addcmul_(t1, t2, value) is a + value · t1 · t2; addcdiv_(t1, t2, value) is a + value ·
-// (t1 / t2); the denominator is sqrt(v) / bias2_sqrt + eps. With L2 (Adam) the gradient is
-// g + l2 · p (Adam has no decay: decay is 1 and p · 1 is p).
+// The order of operations is ATen's scalar code's: mul_(Scalar) is a · s; add_(b, alpha) is
+// a + alpha · b; addcmul_(t1, t2, value) is a + (value · t1) · t2; addcdiv_(t1, t2, value) is
+// a + (value · t1) / t2; the denominator is sqrt(v) / bias2_sqrt + eps. With L2 (Adam) the gradient
+// is g + l2 · p (Adam has no decay: decay is 1 and p · 1 is p).
 template <typename T, bool kL2>
 void adam_range(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v,
                 int64_t begin, int64_t end, const AdamScalars& s) {
@@ -22,7 +22,7 @@ void adam_range(T* __restrict p, const T* __restrict g, T* __restrict m, T* __re
     if constexpr (kL2) gi = gi + l2 * p[i];
     const T mi = m[i] * beta1 + one_minus_beta1 * gi;
     const T vi = v[i] * beta2 + one_minus_beta2 * gi * gi;
-    p[i] = p[i] * decay + step_size * (mi / (std::sqrt(vi) / bias2_sqrt + eps));
+    p[i] = p[i] * decay + (step_size * mi) / (std::sqrt(vi) / bias2_sqrt + eps);
     m[i] = mi;
     v[i] = vi;
   }

@@ -120,6 +120,10 @@ void Optimizer::step(double lr) {
           kernels::adam_step(pp, gp, mp, vp, begin, end, k);
         });
       });
+      // Written through raw pointers: tell autograd and every cache keyed on version counters
+      // (the BatchNorm fold, models/vision/cnn_common.h) what an in-place operation would.
+      for (const auto* t : {&p, &s.exp_avg, &s.exp_avg_sq})
+        t->unsafeGetTensorImpl()->bump_version();
       continue;
     }
     // torch.optim.Adam / AdamW (single-tensor path).

@@ -1,6 +1,8 @@
 #include "runtime/precision.h"
 
+#if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
+#endif
 
 #include <ATen/autocast_mode.h>
 
@@ -11,6 +13,9 @@ bool is_precision_name(const std::string& precision) {
 }
 
 bool cpu_has_native_bf16() {
+#if !defined(__x86_64__) && !defined(__i386__)
+  return false;  // ARM's BF16 extension is not what oneDNN 2.6 in LibTorch 1.13 uses
+#else
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   if (__get_cpuid_max(0, nullptr) < 7) return false;
   __cpuid_count(7, 0, eax, ebx, ecx, edx);
@@ -22,29 +27,35 @@ bool cpu_has_native_bf16() {
     avx512_bf16 = (eax >> 5) & 1u;
   }
   return avx512_bf16 || amx_bf16;
+#endif
+}
+
+std::string precision_warning(const std::string& precision, const std::string& device) {
+  if (precision != "bf16" || device != "cpu" || cpu_has_native_bf16()) return "";
+  return "warning: --precision bf16: this CPU has no native bfloat16 products (AVX512-BF16 or "
+         "AMX); they are emulated, slower than fp32\n";
 }
 
 AutocastScope::AutocastScope(const std::string& precision, const torch::Device& device) {
-  if (precision != "bf16") return;
-  active_ = true;
+  const bool bf16 = precision == "bf16";
   cuda_ = device.is_cuda();
+  nested_ = bf16;
   if (cuda_) {
     was_enabled_ = at::autocast::is_enabled();
     was_dtype_ = at::autocast::get_autocast_gpu_dtype();
-    at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
-    at::autocast::set_enabled(true);
+    if (bf16) at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+    at::autocast::set_enabled(bf16);
   } else {
     was_enabled_ = at::autocast::is_cpu_enabled();
     was_dtype_ = at::autocast::get_autocast_cpu_dtype();
-    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-    at::autocast::set_cpu_enabled(true);
+    if (bf16) at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+    at::autocast::set_cpu_enabled(bf16);
   }
-  at::autocast::increment_nesting();
+  if (nested_) at::autocast::increment_nesting();
 }
 
 AutocastScope::~AutocastScope() {
-  if (!active_) return;
-  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  if (nested_ && at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
   if (cuda_) {
     at::autocast::set_enabled(was_enabled_);
     at::autocast::set_autocast_gpu_dtype(was_dtype_);

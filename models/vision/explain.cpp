@@ -1,9 +1,23 @@
 #include "models/vision/explain.h"
 
+#include <c10/core/impl/LocalDispatchKeySet.h>
+
 #include "attnscope/error.h"
 
 namespace attnscope::models::vision {
 namespace {
+
+// What is computed from a model's outputs is computed in float32 even when the model ran in
+// bfloat16 or half (autocast, runtime/precision.h): reduced-precision inputs are widened, and
+// NoAutocast keeps autocast from narrowing the products again.
+torch::Tensor widened(const torch::Tensor& t) {
+  return t.is_floating_point() && t.element_size() < 4 ? t.to(torch::kFloat) : t;
+}
+
+struct NoAutocast {
+  c10::impl::ExcludeDispatchKeyGuard guard{
+      c10::DispatchKeySet({c10::DispatchKey::AutocastCPU, c10::DispatchKey::AutocastCUDA})};
+};
 
 void check_layers(const std::vector<torch::Tensor>& attention, const char* what) {
   check(!attention.empty(), what, "needs the attention of at least one layer");
@@ -40,7 +54,11 @@ torch::Tensor discard_lowest(const torch::Tensor& fused, double ratio) {
 }
 
 // Π over layers of renormalised (A + I) / 2, given each layer's fused (B, T, T) matrix.
-torch::Tensor roll(const std::vector<torch::Tensor>& fused_layers, double discard_ratio) {
+torch::Tensor roll(const std::vector<torch::Tensor>& layers, double discard_ratio) {
+  const NoAutocast no_autocast;
+  std::vector<torch::Tensor> fused_layers;
+  for (const auto& l : layers)
+    fused_layers.push_back(widened(l));
   const auto& first = fused_layers.front();
   const int64_t B = first.size(0), T = first.size(1);
   const auto eye = torch::eye(T, first.options()).expand({B, T, T});
@@ -90,7 +108,7 @@ torch::Tensor rollout_matrix(const std::vector<torch::Tensor>& attention,
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> fused;
   for (const auto& a : attention)
-    fused.push_back(fuse_heads(a, options.head_fusion()));
+    fused.push_back(fuse_heads(widened(a), options.head_fusion()));
   return roll(fused, options.discard_ratio());
 }
 
@@ -112,7 +130,7 @@ torch::Tensor gradient_rollout(const std::vector<torch::Tensor>& attention,
   for (std::size_t i = 0; i < attention.size(); ++i) {
     check(gradients[i].sizes() == attention[i].sizes(), "gradient rollout", "gradient of layer ", i,
           " has shape ", gradients[i].sizes(), ", expected ", attention[i].sizes());
-    fused.push_back((attention[i] * gradients[i]).mean(1).clamp_min(0.0));
+    fused.push_back((widened(attention[i]) * widened(gradients[i])).mean(1).clamp_min(0.0));
   }
   return class_token_map(roll(fused, discard_ratio), grid_h, grid_w);
 }
@@ -158,8 +176,9 @@ torch::Tensor grad_cam(const HeadForGradCam& head, const torch::Tensor& targets)
   const auto chosen = logits.gather(1, cls.view({-1, 1})).sum();
   const auto grads = torch::autograd::grad({chosen}, {head.features})[0];  // (B, C, h, w)
   torch::NoGradGuard no_grad;
-  const auto weights = grads.mean({2, 3}, /*keepdim=*/true);  // (B, C, 1, 1)
-  return scale_maps(torch::relu((weights * head.features).sum(1)));
+  const NoAutocast no_autocast;
+  const auto weights = widened(grads).mean({2, 3}, /*keepdim=*/true);  // (B, C, 1, 1)
+  return scale_maps(torch::relu((weights * widened(head.features)).sum(1)));
 }
 
 torch::Tensor vit_gradient_rollout(ImageClassifier& model, const torch::Tensor& images,

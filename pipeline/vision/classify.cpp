@@ -31,6 +31,7 @@
 #include "pipeline/vision/faithfulness.h"
 #include "pipeline/vision/image_model_config.h"
 #include "pipeline/vision/tta.h"
+#include "runtime/precision.h"
 #include "runtime/runtime.h"
 
 namespace attnscope::pipeline {
@@ -297,6 +298,8 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
   // built (about 0.15 s for 45 MB, on a core that would otherwise wait).
   verify_checkpoint(o.model);
   runtime::check_device(o.device, "classify");  // the command checked it before reading inputs
+  check(runtime::is_precision_name(o.precision), "classify",
+        "precision must be fp32 or bf16, got '", o.precision, "'");
   auto model_checksum = start_async([&] { return file_checksum(o.model); });
   auto loaded = load_image_classifier(o.model);
   auto& model = *loaded.model;
@@ -415,6 +418,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
       {"threshold", threshold ? nlohmann::json(*threshold).dump() : "null"},
       {"temperature", nlohmann::json(temperature).dump()},
       {"shard", std::to_string(o.shard) + "/" + std::to_string(o.num_shards)},
+      {"precision", o.precision},
   };
   if (o.faithfulness) expected["faithfulness"] = faith_config.dump();
 
@@ -517,6 +521,10 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
           {
             torch::NoGradGuard ng;
             for (int t = 0; t < T; ++t) {
+              // Every forward pass of the model (here, gradient rollout's, the faithfulness
+              // curves') runs in the run's precision; what is computed from its outputs
+              // (Grad-CAM's weighted sum, rollout's products, the curves' blur) in float32.
+              const runtime::AutocastScope autocast(o.precision, device);
               const auto x = o.tta ? dihedral_transform(images, t).contiguous() : images;
               auto f = model.forward_features(x, support.vit);
               mv::ImageOutput out;
@@ -550,10 +558,11 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
               torch::Tensor v;
               if (m == "gradcam")
                 v = mv::grad_cam(heads_t[static_cast<std::size_t>(t)], pred);
-              else if (m == "gradient_rollout")
+              else if (m == "gradient_rollout") {
+                const runtime::AutocastScope autocast(o.precision, device);
                 v = mv::vit_gradient_rollout(
                     model, o.tta ? dihedral_transform(images, t).contiguous() : images, pred);
-              else
+              } else
                 v = own_t[static_cast<std::size_t>(t)].at(m);
               v = v.detach().to(torch::kFloat);
               per_t.push_back(o.tta ? dihedral_inverse(v, t) : v);
@@ -592,6 +601,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
               const int64_t target = pred[b].item<int64_t>();
               const ScoreFn score = [&](const torch::Tensor& x) {
                 torch::NoGradGuard ng;
+                const runtime::AutocastScope autocast(o.precision, device);
                 return torch::softmax(
                            model.forward(x.to(device)).logits.to(torch::kFloat) / temperature, 1)
                     .select(1, target)

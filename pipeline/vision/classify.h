@@ -60,6 +60,9 @@ struct ClassifyOptions {
   /// What was applied is results.h5's preprocessing_config (so --resume and merge compare it).
   std::optional<int> decode_reduce_to;
   std::string device = "cpu";
+  /// fp32 | bf16: inference in bfloat16 autocast (runtime/precision.h); logits, probabilities
+  /// and maps are stored as float32 either way; results.h5's root attribute `precision`.
+  std::string precision = "fp32";
   std::string command_line;
   /// Polled between batches (and between the images of a --faithfulness batch): true stops
   /// the run there (a signal asked for it, runtime::stop_on_signals). Every batch already

@@ -23,6 +23,10 @@
 namespace attnscope::pipeline {
 namespace {
 
+// Files written before the root attribute `precision` existed ran in float32: resume and
+// merge read its absence as that.
+constexpr const char* kPrecisionBeforeTheAttribute = "fp32";
+
 using h5::where;
 
 constexpr int kDeflateLevel = 1;
@@ -578,8 +582,8 @@ ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader
     h5::check_h5(file.valid(), path, "cannot open as HDF5 (not an attnscope results file?)");
     const hid_t f = file.get();
     auto attr = [&](const std::string& name) {
-      return h5::has_attribute(f, name) ? h5::read_string_attribute(f, name, path)
-                                        : std::string("<absent>");
+      if (h5::has_attribute(f, name)) return h5::read_string_attribute(f, name, path);
+      return std::string(name == "precision" ? kPrecisionBeforeTheAttribute : "<absent>");
     };
     check(attr("format") == kResultsFormat, path, "is not an attnscope results file");
     check(attr("schema_version") == kResultsSchemaVersion, path, "has schema version ",
@@ -928,13 +932,14 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
   const auto datasets = results_datasets(first.path);
   auto attr = [](const ResultsFile& f, const std::string& k) {
     const auto it = f.attributes.find(k);
-    return it == f.attributes.end() ? std::string("<absent>") : it->second;
+    if (it != f.attributes.end()) return it->second;
+    return std::string(k == "precision" ? kPrecisionBeforeTheAttribute : "<absent>");
   };
   for (std::size_t i = 1; i < files.size(); ++i) {
     const auto& f = files[i];
     for (const char* k :
          {"schema_version", "model_checksum", "model_config", "preprocessing_config", "class_names",
-          "maps", "tta", "threshold", "temperature", "faithfulness"})
+          "maps", "tta", "threshold", "temperature", "faithfulness", "precision"})
       check(attr(f, k) == attr(first, k), f.path, "cannot be merged with ", first.path, ": its ", k,
             " differs (", attr(f, k).substr(0, 120), " vs ", attr(first, k).substr(0, 120), ")");
     check(results_datasets(f.path) == datasets, f.path, "cannot be merged with ", first.path,

@@ -424,6 +424,61 @@ print(len(names))
   EXPECT_FALSE(fs::exists(dir / "m3.h5"));
 }
 
+// --precision bf16: every forward pass in bfloat16 autocast. Recorded as the root attribute
+// `precision`; every dataset keeps its shape and float32 type; the probabilities stay within
+// bfloat16's reach of the float32 run's (an untrained model: probabilities near 0.5) but are
+// not that run's (autocast is on). A bf16 run is not resumed in fp32 and shards of both
+// precisions are not merged, each refusal naming the file and `precision`.
+TEST(CliClassify, Bf16PrecisionIsRecordedNearFloat32AndNeverMixedWithIt) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 6);
+  const auto base = exe() + " classify --model " + q(model) + " --input " + q(images + "/images") +
+                    " --batch-size 4 --tta";
+  const auto fp32 = test::run_process(base + " --out " + q(dir / "fp32"));
+  ASSERT_EQ(fp32.status, 0) << fp32.output;
+  const auto bf16 = test::run_process(base + " --precision bf16 --out " + q(dir / "bf16"));
+  ASSERT_EQ(bf16.status, 0) << bf16.output;
+  const auto script = dir / "precision.py";
+  std::ofstream(script) << R"(
+import sys, h5py, numpy as np
+a, b = h5py.File(sys.argv[1], 'r'), h5py.File(sys.argv[2], 'r')
+print(a.attrs['precision'], b.attrs['precision'])
+names = []
+a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+print(all(a[n].shape == b[n].shape and a[n].dtype == b[n].dtype for n in names))
+print(b['predictions/logits'].dtype, len(a['predictions/probability']))
+d = np.abs(a['predictions/probability'][...] - b['predictions/probability'][...]).max()
+print(0 < d < 0.05, d)
+)";
+  const auto py = test::run_process(test::python() + " " + q(script) + " " +
+                                    q(dir / "fp32/results.h5") + " " + q(dir / "bf16/results.h5"));
+  ASSERT_EQ(py.status, 0) << py.output;
+  EXPECT_EQ(py.output.substr(0, py.output.rfind("True ") + 5), "fp32 bf16\nTrue\nfloat32 6\nTrue ")
+      << py.output;
+  const auto resumed = test::run_process(base + " --resume --out " + q(dir / "bf16"));
+  EXPECT_EQ(resumed.status, 1) << resumed.output;
+  EXPECT_NE(resumed.output.find("cannot resume: its precision differs from this run's (stored "
+                                "bf16, now fp32)"),
+            std::string::npos)
+      << resumed.output;
+  const auto merged = test::run_process(exe() + " merge " + q(dir / "fp32/results.h5") + " " +
+                                        q(dir / "bf16/results.h5") + " --out " + q(dir / "m.h5"));
+  EXPECT_EQ(merged.status, 1) << merged.output;
+  EXPECT_NE(merged.output.find(dir / "bf16/results.h5"), std::string::npos) << merged.output;
+  EXPECT_NE(merged.output.find("its precision differs (bf16 vs fp32)"), std::string::npos)
+      << merged.output;
+  EXPECT_FALSE(fs::exists(dir / "m.h5"));
+  // A file from before the attribute existed ran in float32: an fp32 run resumes it.
+  const auto strip = test::run_process(
+      test::python() +
+      " -c \"import h5py,sys; del h5py.File(sys.argv[1],'r+').attrs['precision']\" " +
+      q(dir / "fp32/results.h5"));
+  ASSERT_EQ(strip.status, 0) << strip.output;
+  const auto old = test::run_process(base + " --resume --out " + q(dir / "fp32"));
+  EXPECT_EQ(old.status, 0) << old.output;
+}
+
 // The tensor cache (runtime/tensor_cache.h) serves every tensor of a run from kept blocks:
 // results equal a run on LibTorch's own allocator, TTA and a last, smaller batch included.
 TEST(CliClassify, TheTensorCacheChangesNoResult) {

@@ -1,6 +1,7 @@
 // Explanations: rollout against hand-computed cases, gradient rollout, Grad-CAM on a model
 // whose logits depend on known regions, the ViT's attention outputs.
 
+#include <ATen/autocast_mode.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -179,6 +180,57 @@ TEST(GradCam, OneHeadPassGivesTheForwardPassAndGradCam) {
         << arch;
     for (const auto& p : m->parameters()) EXPECT_FALSE(p.grad().defined()) << arch;
   }
+}
+
+// Bfloat16 autocast on the calling thread while alive (as classify --precision bf16 runs).
+struct Bf16Autocast {
+  Bf16Autocast() {
+    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+    at::autocast::set_cpu_enabled(true);
+  }
+  ~Bf16Autocast() {
+    at::autocast::set_cpu_enabled(false);
+    at::autocast::clear_cache();
+  }
+};
+
+// Maps from a model run in bfloat16 autocast are computed in float32: rollout's matrix
+// products and Grad-CAM's weighted sum, given bfloat16 attention, gradients and features under
+// autocast, equal the same functions given their float32 copies with autocast off.
+TEST(AttentionRollout, BfloatInputsUnderAutocastAreRolledOutInFloat32) {
+  torch::manual_seed(3);
+  std::vector<torch::Tensor> attention, gradients, attention32, gradients32;
+  for (int l = 0; l < 3; ++l) {
+    attention.push_back(torch::softmax(torch::randn({2, 3, 17, 17}), -1).to(torch::kBFloat16));
+    gradients.push_back(torch::randn({2, 3, 17, 17}).to(torch::kBFloat16));
+    attention32.push_back(attention.back().to(torch::kFloat));
+    gradients32.push_back(gradients.back().to(torch::kFloat));
+  }
+  const auto rollout32 = attention_rollout(attention32, 4, 4);
+  const auto gradient32 = gradient_rollout(attention32, gradients32, 4, 4);
+  const Bf16Autocast autocast;
+  ASSERT_EQ(torch::bmm(attention32[0][0], attention32[1][0]).scalar_type(), torch::kBFloat16);
+  const auto rollout = attention_rollout(attention, 4, 4);
+  const auto gradient = gradient_rollout(attention, gradients, 4, 4);
+  EXPECT_EQ(rollout.scalar_type(), torch::kFloat);
+  EXPECT_TRUE(torch::equal(rollout, rollout32)) << (rollout - rollout32).abs().max();
+  EXPECT_EQ(gradient.scalar_type(), torch::kFloat);
+  EXPECT_TRUE(torch::equal(gradient, gradient32)) << (gradient - gradient32).abs().max();
+}
+
+TEST(GradCam, BfloatFeaturesUnderAutocastGiveTheFloat32Map) {
+  torch::manual_seed(4);
+  RegionModelImpl m;
+  // logit c = the mean of channel c: every gradient is 1/64, exact in bfloat16 as in float32.
+  const auto x = torch::randn({2, 2, 8, 8}).to(torch::kBFloat16);
+  const auto targets = torch::tensor({0, 1}, torch::kLong);
+  const auto cam32 = grad_cam(m, x.to(torch::kFloat), targets);
+  const Bf16Autocast autocast;
+  ImageFeatures f;
+  f.features = x;
+  const auto cam = grad_cam(forward_head_for_grad_cam(m, f), targets);
+  EXPECT_EQ(cam.scalar_type(), torch::kFloat);
+  EXPECT_TRUE(torch::equal(cam, cam32)) << (cam - cam32).abs().max();
 }
 
 TEST(GradCam, RefusesAVit) {

@@ -182,14 +182,18 @@ TEST(Precision, NativeBf16DetectionAgreesWithProcCpuinfo) {
   if (flags.count("avx512_bf16") || flags.count("amx_bf16")) {
     EXPECT_TRUE(runtime::cpu_has_native_bf16());
   }
+}
+
+TEST(Precision, OnlyFp32AndBf16AreNames) {
   EXPECT_TRUE(runtime::is_precision_name("fp32"));
   EXPECT_TRUE(runtime::is_precision_name("bf16"));
   EXPECT_FALSE(runtime::is_precision_name("fp16"));
   EXPECT_FALSE(runtime::is_precision_name("BF16"));
 }
 
-// Inside the scope matrix products come out in bfloat16; after it (also when an exception
-// leaves it) in float32; "fp32" changes nothing, also inside a bf16 scope.
+// Inside a bf16 scope matrix products come out in bfloat16; after it (also when an exception
+// leaves it) in float32. An fp32 scope inside it computes in float32 and gives bf16 back when
+// it ends; a bf16 scope inside it leaves autocast on when it ends.
 TEST(Precision, AutocastScopeCastsMatrixProductsAndRestoresTheState) {
   const auto a = torch::randn({4, 4}), b = torch::randn({4, 4});
   ASSERT_FALSE(at::autocast::is_cpu_enabled());
@@ -198,8 +202,14 @@ TEST(Precision, AutocastScopeCastsMatrixProductsAndRestoresTheState) {
     EXPECT_EQ(torch::mm(a, b).scalar_type(), torch::kBFloat16);
     {
       runtime::AutocastScope fp32("fp32", torch::kCPU);
+      EXPECT_EQ(torch::mm(a, b).scalar_type(), torch::kFloat);
+    }
+    EXPECT_EQ(torch::mm(a, b).scalar_type(), torch::kBFloat16);
+    {
+      runtime::AutocastScope inner("bf16", torch::kCPU);
       EXPECT_EQ(torch::mm(a, b).scalar_type(), torch::kBFloat16);
     }
+    EXPECT_TRUE(at::autocast::is_cpu_enabled());
     EXPECT_EQ(torch::mm(a, b).scalar_type(), torch::kBFloat16);
   }
   EXPECT_FALSE(at::autocast::is_cpu_enabled());
