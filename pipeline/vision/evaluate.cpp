@@ -10,6 +10,7 @@
 #include "attnscope/error.h"
 #include "pipeline/vision/tta.h"
 #include "preprocessing/pipeline.h"
+#include "runtime/precision.h"
 
 namespace attnscope::pipeline {
 namespace {
@@ -63,10 +64,18 @@ double checkpoint_temperature(const CheckpointMeta& meta, const std::string& pat
 }
 
 torch::Tensor predict_probabilities(models::vision::ImageClassifier& model,
-                                    const torch::Tensor& images, double temperature, bool tta) {
+                                    const torch::Tensor& images, double temperature, bool tta,
+                                    const std::string& precision) {
+  check(runtime::is_precision_name(precision), "evaluate", "precision must be fp32 or bf16, got '",
+        precision, "'");
   torch::NoGradGuard no_grad;
   const auto probabilities = [&](const torch::Tensor& x) {
-    return torch::softmax(model.forward(x).logits.to(torch::kFloat) / temperature, 1);
+    torch::Tensor logits;
+    {
+      const runtime::AutocastScope autocast(precision, x.device());
+      logits = model.forward(x).logits;
+    }
+    return torch::softmax(logits.to(torch::kFloat) / temperature, 1);
   };
   return tta ? tta_mean(probabilities, images) : probabilities(images);
 }
@@ -118,6 +127,9 @@ EvaluateResult evaluate_image_classifier(const LoadedImageClassifier& loaded,
   EvaluateResult result;
   result.class_names = classes;
   result.tta = options.tta;
+  result.precision = options.precision;
+  check(runtime::is_precision_name(options.precision), "evaluate",
+        "precision must be fp32 or bf16, got '", options.precision, "'");
   result.temperature = checkpoint_temperature(loaded.meta, model_path);
   result.threshold =
       options.threshold ? *options.threshold : checkpoint_threshold(loaded.meta, model_path);
@@ -149,7 +161,8 @@ EvaluateResult evaluate_image_classifier(const LoadedImageClassifier& loaded,
       result.failures.push_back({f.image_id, f.path, f.message});
     done += batch->size() + static_cast<int64_t>(batch->errors.size());
     if (batch->size() > 0) {
-      chunks.push_back(predict_probabilities(model, batch->images, result.temperature, options.tta)
+      chunks.push_back(predict_probabilities(model, batch->images, result.temperature, options.tta,
+                                             options.precision)
                            .to(torch::kDouble));
       const auto labels = batch->labels.to(torch::kLong).contiguous();
       for (int64_t i = 0; i < batch->size(); ++i) {

@@ -31,6 +31,9 @@ struct EvaluateOptions {
   int workers = 2;
   /// Average the probabilities over the 8 dihedral transforms (pipeline/vision/tta.h).
   bool tta = false;
+  /// "fp32", or "bf16": every forward pass in bfloat16 autocast (runtime/precision.h); the
+  /// softmax, the TTA mean and the metrics stay float32/float64.
+  std::string precision = "fp32";
   /// Binary decision threshold on P(class 1); unset: the checkpoint's, else 0.5.
   std::optional<double> threshold;
   /// Bootstrap resamples for the AUC interval (MetricsOptions) and their seed.
@@ -55,16 +58,19 @@ struct EvaluateResult {
   double threshold = 0.5;
   double temperature = 1.0;
   bool tta = false;
+  std::string precision = "fp32";
   ClassificationMetrics metrics;
 };
 
 /// softmax(model(images).logits / temperature) for one batch; with tta, the mean of it over
 /// the 8 dihedral transforms of the batch. No gradients; the model must be in eval mode.
+/// precision "bf16" runs the forward passes in bfloat16 autocast on the images' device; the
+/// softmax is computed in float32 either way.
 ///
 /// Shape: images (B, 3, H, W) -> (B, C) float32.
 torch::Tensor predict_probabilities(models::vision::ImageClassifier& model,
                                     const torch::Tensor& images, double temperature = 1.0,
-                                    bool tta = false);
+                                    bool tta = false, const std::string& precision = "fp32");
 
 /// Checks that `model` (in eval mode) takes what `pipeline` makes of an image: one forward pass
 /// on its output for a blank 256 x 256 image. Throws Error(subject, "cannot classify the W x H

@@ -208,6 +208,38 @@ TEST_F(EvaluateCli, TtaIsTheMeanOfEightTransformedRuns) {
   EXPECT_GT(changed, 1e-6);
 }
 
+// --precision bf16 runs the forward passes in bfloat16 autocast: the probabilities move by
+// bfloat16's rounding (so they differ from float32's: autocast was on) but stay near them,
+// with and without TTA; the precision is reported; anything but fp32/bf16 is a usage error.
+TEST_F(EvaluateCli, Bf16PrecisionStaysNearFloat32AndIsReported) {
+  test::TempDir out;
+  for (const char* tta : {"", " --tta"}) {
+    std::map<std::string, std::map<std::string, double>> p;
+    for (const std::string precision : {"fp32", "bf16"}) {
+      const auto csv = out / (precision + ".csv");
+      const auto r = test::run_process(exe() + " evaluate --bootstrap 0 --json --precision " +
+                                       precision + tta + " --model " + model() + " --data " +
+                                       data() + " --predictions " + csv);
+      ASSERT_EQ(r.status, 0) << r.output;
+      const auto j = nlohmann::json::parse(r.output.substr(r.output.find('{')));
+      EXPECT_EQ(j["precision"], precision);
+      EXPECT_EQ(j["evaluated"], 24);
+      p[precision] = probabilities_of(csv);
+    }
+    ASSERT_EQ(p["bf16"].size(), 24u);
+    double largest = 0;
+    for (const auto& [id, v] : p["fp32"])
+      largest = std::max(largest, std::abs(v - p["bf16"].at(id)));
+    EXPECT_GT(largest, 0.0) << tta;
+    EXPECT_LT(largest, 0.05) << tta;
+  }
+  const auto bad = test::run_process(exe() + " evaluate --precision fp16 --model " + model() +
+                                     " --data " + data());
+  EXPECT_EQ(bad.status, 2) << bad.output;
+  EXPECT_NE(bad.output.find("--precision must be fp32 or bf16, got 'fp16'"), std::string::npos)
+      << bad.output;
+}
+
 TEST_F(EvaluateCli, UnreadableImagesAreListedAndTheRestEvaluated) {
   test::TempDir out;
   const auto copy = fs::path(out / "data");
