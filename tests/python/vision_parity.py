@@ -11,8 +11,10 @@ statistics are randomised so that eval-mode BN is not the identity. Writes into 
   model.h5    the attnscope checkpoint made by tools/python/export_weights.py
   ref.h5      input (B, 3, S, S), logits (B, C) and logits_bf16 (the same model under
               torch.autocast("cpu", dtype=torch.bfloat16), as float32); for vit also input_large / logits_large at a
-              larger size (position embedding resized by the bicubic formula written here) and
-              attn_last (B, H, T, T)
+              larger size (position embedding resized by the bicubic formula written here),
+              attn_last (B, H, T, T), and grad/NAME and grad_bf16/NAME: every parameter's
+              gradient of the cross-entropy of the logits with labels arange(B) % C, in
+              float32 and with the forward under autocast
 For attnmel: model_sigmoid.h5 / model_softmax.h5 (the same weights, one per normaliser) and in
 ref.h5 input (size S) and input_small (size S - 64), and per normaliser N and input X
 logits_N_X (B, C), stage3_N_X, stage4_N_X (B, h, w): the pool-3 and pool-4 maps.
@@ -269,6 +271,17 @@ def main():
             ref["logits_large"], _ = model(large)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 ref["logits_bf16"] = model(x)[0].float()
+        # A training step's gradients, float32 and under autocast (the loss in float32, as
+        # attnscope train computes it).
+        y = torch.arange(args.batch) % args.num_classes
+        for key, bf16 in (("grad", False), ("grad_bf16", True)):
+            model.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x)[0]
+            F.cross_entropy(logits.float(), y).backward()
+            for name, p in model.named_parameters():
+                ref[key + "/" + name] = p.grad.detach().float().clone()
+        model.zero_grad(set_to_none=True)
         ref["input"], ref["input_large"] = x, large
         arch_args = ["--arch", "vit_mini_patch8", "--image-size", str(args.size)]
     else:

@@ -4,6 +4,9 @@
 // tools/python/export_weights.py; attnscope's logits (and maps) on the same input must equal
 // Python's (relative error <= 1e-4).
 
+#include <array>
+#include <iostream>
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -114,6 +117,44 @@ TEST(ImageParity, VitMatchesPythonReference) {
   const auto large = loaded.model->forward(reference(dir, "input_large")).logits;
   EXPECT_LE(relative_error(large, reference(dir, "logits_large")), kTolerance);
   expect_bf16_autocast(*loaded.model, dir);
+}
+
+// A training step in bfloat16 (attnscope train --precision bf16): the ViT's gradients equal
+// PyTorch's in float32, and under autocast they move away from float32 by what autocast moves
+// PyTorch's gradients, not by more (so a bfloat16 run trains as PyTorch's autocast would).
+TEST(ImageParity, VitGradientsInFloat32AndBfloat16MatchPyTorchs) {
+  test::TempDir dir;
+  auto loaded = make_reference(dir, "vit");
+  auto& model = *loaded.model;
+  const auto input = reference(dir, "input");
+  const auto labels = torch::arange(input.size(0)) % reference(dir, "logits").size(1);
+  const auto gradients = [&](const std::string& precision) {
+    model.zero_grad();
+    torch::Tensor logits;
+    {
+      runtime::AutocastScope autocast(precision, torch::kCPU);
+      logits = model.forward(input).logits;
+    }
+    torch::nn::functional::cross_entropy(logits.to(torch::kFloat), labels).backward();
+    std::vector<torch::Tensor> ours, fp32, bf16;
+    for (const auto& p : model.named_parameters()) {
+      ours.push_back(p.value().grad().to(torch::kFloat).flatten());
+      fp32.push_back(reference(dir, "grad/" + p.key()).flatten());
+      bf16.push_back(reference(dir, "grad_bf16/" + p.key()).flatten());
+    }
+    return std::array<torch::Tensor, 3>{torch::cat(ours), torch::cat(fp32), torch::cat(bf16)};
+  };
+  const auto [ours_fp32, fp32, torch_bf16] = gradients("fp32");
+  EXPECT_LE(relative_error(ours_fp32, fp32), kTolerance);
+  const auto ours_bf16 = gradients("bf16")[0];
+  const double torch_moved = relative_error(torch_bf16, fp32);
+  const double ours_moved = relative_error(ours_bf16, fp32);
+  EXPECT_GT(torch_moved, 1e-3) << ours_moved;
+  EXPECT_GT(ours_moved, 1e-4) << torch_moved;
+  EXPECT_LE(ours_moved, 3 * torch_moved)
+      << "PyTorch's autocast moved the gradients by " << torch_moved;
+  std::cout << "bf16 gradients, relative distance to float32: PyTorch " << torch_moved
+            << ", attnscope " << ours_moved << "\n";
 }
 
 // attn_vgg16 against AttnMel's AttnVGG with its grid attention written in Python from the
