@@ -6,6 +6,8 @@
 
 #include <ATen/autocast_mode.h>
 
+#include "attnscope/error.h"
+
 namespace attnscope::runtime {
 
 bool is_precision_name(const std::string& precision) {
@@ -37,6 +39,7 @@ std::string precision_warning(const std::string& precision, const std::string& d
 }
 
 AutocastScope::AutocastScope(const std::string& precision, const torch::Device& device) {
+  check(is_precision_name(precision), "precision", "must be fp32 or bf16, got '", precision, "'");
   const bool bf16 = precision == "bf16";
   cuda_ = device.is_cuda();
   nested_ = bf16;

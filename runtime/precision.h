@@ -29,7 +29,7 @@ std::string precision_warning(const std::string& precision, const std::string& d
 /// Restores the previous autocast state when destroyed (also on an exception); autocast's
 /// cache of bfloat16 weight copies is cleared when the outermost bf16 scope ends, so the next
 /// step casts the updated weights again. Backward may run after the scope: autograd records
-/// the casts.
+/// the casts. Throws Error for any other name than fp32 or bf16.
 class AutocastScope {
  public:
   AutocastScope(const std::string& precision, const torch::Device& device);

@@ -66,8 +66,6 @@ double checkpoint_temperature(const CheckpointMeta& meta, const std::string& pat
 torch::Tensor predict_probabilities(models::vision::ImageClassifier& model,
                                     const torch::Tensor& images, double temperature, bool tta,
                                     const std::string& precision) {
-  check(runtime::is_precision_name(precision), "evaluate", "precision must be fp32 or bf16, got '",
-        precision, "'");
   torch::NoGradGuard no_grad;
   const auto probabilities = [&](const torch::Tensor& x) {
     torch::Tensor logits;

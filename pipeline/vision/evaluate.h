@@ -64,8 +64,9 @@ struct EvaluateResult {
 
 /// softmax(model(images).logits / temperature) for one batch; with tta, the mean of it over
 /// the 8 dihedral transforms of the batch. No gradients; the model must be in eval mode.
-/// precision "bf16" runs the forward passes in bfloat16 autocast on the images' device; the
-/// softmax is computed in float32 either way.
+/// precision "bf16" runs the forward passes in bfloat16 autocast on the images' device
+/// (runtime::AutocastScope, which refuses other names than fp32 and bf16); the softmax is
+/// computed in float32 either way.
 ///
 /// Shape: images (B, 3, H, W) -> (B, C) float32.
 torch::Tensor predict_probabilities(models::vision::ImageClassifier& model,

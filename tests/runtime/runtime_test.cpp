@@ -16,6 +16,7 @@
 #include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
+#include "attnscope/error.h"
 #include "runtime/precision.h"
 #include "runtime/runtime.h"
 #include "test_support.h"
@@ -189,6 +190,9 @@ TEST(Precision, OnlyFp32AndBf16AreNames) {
   EXPECT_TRUE(runtime::is_precision_name("bf16"));
   EXPECT_FALSE(runtime::is_precision_name("fp16"));
   EXPECT_FALSE(runtime::is_precision_name("BF16"));
+  // A misspelt name is an error, not float32.
+  EXPECT_THROW(runtime::AutocastScope("fp16", torch::kCPU), Error);
+  EXPECT_FALSE(at::autocast::is_cpu_enabled());
 }
 
 // Inside a bf16 scope matrix products come out in bfloat16; after it (also when an exception
