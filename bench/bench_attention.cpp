@@ -226,7 +226,7 @@ int main(int argc, char** argv) {
   // Before any thread runs (it calls setenv): the re-execution below may add the tunable.
   attnscope::runtime::take_back_heap_huge_pages();
   // Idle OpenMP workers must not spin for long, as in the attnscope command (runtime/runtime.h).
-  attnscope::runtime::limit_openmp_spinning(attnscope::runtime::available_cores(), argv);
+  attnscope::runtime::limit_idle_spinning(attnscope::runtime::available_cores(), argv);
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--peak-rss=all")

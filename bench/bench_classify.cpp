@@ -66,7 +66,7 @@ int main(int argc, char** argv) {
     // forward-only and classify are compared at the same thread count.
     const char* env = std::getenv("ATTNSCOPE_THREADS");
     const int threads = env ? std::atoi(env) : 0;
-    runtime::limit_openmp_spinning(threads > 0 ? threads : runtime::available_cores(), argv);
+    runtime::limit_idle_spinning(threads > 0 ? threads : runtime::available_cores(), argv);
     runtime::set_threads(threads);
     runtime::keep_freed_memory_for_reuse();  // and its malloc settings (docs/architecture.md)
     runtime::cache_tensor_memory_by_default();  // and its tensor cache

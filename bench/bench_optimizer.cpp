@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
   // The process as `attnscope train` runs (tools/attnscope/main.cpp), for both sides: OpenMP
   // spinning limited, every core, freed blocks kept for reuse, the tensor cache.
   namespace runtime = attnscope::runtime;
-  runtime::limit_openmp_spinning(runtime::available_cores(), argv);
+  runtime::limit_idle_spinning(runtime::available_cores(), argv);
   runtime::set_threads(0);
   runtime::keep_freed_memory_for_reuse();
   runtime::cache_tensor_memory_by_default();

@@ -46,7 +46,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gomp_env  # noqa: E402,F401  (before torch: GOMP_SPINCOUNT for this process)
+import gomp_env  # noqa: E402,F401  (before torch: GOMP_SPINCOUNT, OPENBLAS_THREAD_TIMEOUT)
 import preload_malloc  # noqa: E402,F401  (after gomp_env, before torch)
 
 import cv2

@@ -8,8 +8,9 @@ attnscope's default augmentation (horizontal flip, vertical flip and a 90-degree
 probability 0.5) applied per sample in the loader workers, batch 32, AdamW (lr 1e-3, weight
 decay 0.05, constant rate), cross-entropy, channels-last for the CNNs (as attnscope runs
 them; its ViT takes the input as it comes), the same number of model threads and
-loader workers, and GOMP_SPINCOUNT=3000 (what attnscope sets for itself; bench/gomp_env.py
-sets it for the Python process before torch is loaded). The starting weights
+loader workers, and GOMP_SPINCOUNT=3000 and OPENBLAS_THREAD_TIMEOUT=16 (what attnscope's
+launcher sets for it; bench/gomp_env.py sets them for the Python process before torch is
+loaded). The starting weights
 are the same (attnscope's checkpoint from `bench_classify checkpoint`, loaded by name into the
 torch.nn models of bench/classify_vs_pytorch.py). attnscope's training images/s per epoch come
 from RUN/timing.jsonl (training loop only, validation excluded); the Python side is timed the
@@ -39,7 +40,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gomp_env  # noqa: E402,F401  (before torch: GOMP_SPINCOUNT for this process)
+import gomp_env  # noqa: E402,F401  (before torch: GOMP_SPINCOUNT, OPENBLAS_THREAD_TIMEOUT)
 import preload_malloc  # noqa: E402,F401  (after gomp_env, before torch)
 
 import cv2

@@ -118,15 +118,39 @@ bool heap_huge_pages() {
   return take_back_heap_huge_pages();
 }
 
-void limit_openmp_spinning(int intra_op_threads, char** argv) {
-  if (argv == nullptr || argv[0] == nullptr || !set_openmp_spin_limit(intra_op_threads)) return;
+void limit_idle_spinning(int intra_op_threads, char** argv) {
+  if (argv == nullptr || argv[0] == nullptr) return;
+  const bool openmp = set_openmp_spin_limit(intra_op_threads);
+  const bool blas = set_blas_wait_limit(intra_op_threads);
+  if (!openmp && !blas) return;
   // Re-executed anyway: glibc's huge-page tunable goes with it, as the launcher gives it.
   const bool heap = set_heap_huge_pages();
   execv("/proc/self/exe", argv);
-  // Still here: the re-execution failed; go on with libgomp's defaults.
-  unsetenv("GOMP_SPINCOUNT");
-  unsetenv(kOpenMpMarker);
+  // Still here: the re-execution failed; go on with the libraries' defaults.
+  if (openmp) {
+    unsetenv("GOMP_SPINCOUNT");
+    unsetenv(kOpenMpMarker);
+  }
+  if (blas) {
+    unsetenv("OPENBLAS_THREAD_TIMEOUT");
+    unsetenv(kBlasWaitMarker);
+  }
   if (heap) remove_heap_huge_pages();
+}
+
+BlasWaitPolicy blas_wait_policy() {
+  BlasWaitPolicy policy;
+  // OpenBLAS exports what it read from OPENBLAS_THREAD_TIMEOUT when it was loaded.
+  using Timeout = int (*)();
+  void* symbol = dlsym(RTLD_DEFAULT, "openblas_thread_timeout");
+  if (symbol == nullptr || blas_threads() <= 0) return policy;
+  policy.openblas = true;
+  policy.timeout_setting = reinterpret_cast<Timeout>(symbol)();
+  if (policy.timeout_setting > 0)
+    policy.yield_cycles_log2 = std::clamp(policy.timeout_setting, 4, 30);
+  const char* marker = std::getenv(kBlasWaitMarker);
+  policy.set_by_attnscope = marker != nullptr && std::string(marker) == "1";
+  return policy;
 }
 
 BlasInfo blas_info() {
@@ -238,7 +262,7 @@ MallocPolicy g_malloc_policy;
 }  // namespace
 
 MallocPolicy keep_freed_memory_for_reuse() {
-  // A re-executed benchmark or test (limit_openmp_spinning) has not taken attnscope's own
+  // A re-executed benchmark or test (limit_idle_spinning) has not taken attnscope's own
   // tunable back yet: it is not the user's malloc setting.
   take_back_heap_huge_pages();
   for (const char* name :

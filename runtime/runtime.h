@@ -58,7 +58,7 @@ struct BlasInfo {
 BlasInfo blas_info();
 
 /// How idle OpenMP workers wait, as libgomp read it from the environment at start-up, and
-/// whether attnscope set it (limit_openmp_spinning) rather than the user.
+/// whether attnscope set it (limit_idle_spinning) rather than the user.
 struct OpenMpPolicy {
   std::string wait_policy;  ///< OMP_WAIT_POLICY, empty when unset
   std::string spin_count;   ///< GOMP_SPINCOUNT, empty when unset (libgomp then spins ~300000 times)
@@ -66,12 +66,12 @@ struct OpenMpPolicy {
 };
 OpenMpPolicy openmp_policy();
 
-/// The spin count limit_openmp_spinning sets: idle workers spin this many times (tens of
+/// The spin count limit_idle_spinning sets: idle workers spin this many times (tens of
 /// microseconds), then sleep.
 constexpr int kOpenMpSpinCount = 3000;
 
 /// Set to 1 in the environment by whoever set GOMP_SPINCOUNT for attnscope (the `attnscope`
-/// launcher, or limit_openmp_spinning's re-execution): `info` then says attnscope set it, and
+/// launcher, or limit_idle_spinning's re-execution): `info` then says attnscope set it, and
 /// the program does not re-execute itself. Any value set by the user turns the setting off.
 constexpr const char* kOpenMpMarker = "ATTNSCOPE_OPENMP_REEXEC";
 
@@ -93,6 +93,44 @@ inline bool set_openmp_spin_limit(int intra_op_threads) {
   unsetenv(kOpenMpMarker);
   return false;
 }
+
+/// OpenBLAS runs a matrix product on its own pthreads; between products an idle one calls
+/// sched_yield in a loop for 2^OPENBLAS_THREAD_TIMEOUT cycles (default 28: about 0.1 s) before
+/// it sleeps. On 2 cores that yielding took the core attnscope's decoding workers and libgomp
+/// need: ~1.5 s of system time in a 500-image classify, 8 % of the process's CPU (perf,
+/// docs/performance.md). OpenBLAS reads the variable once, when it is loaded, so the `attnscope`
+/// launcher sets OPENBLAS_THREAD_TIMEOUT=kBlasThreadTimeout (2^16 cycles: tens of
+/// microseconds, like kOpenMpSpinCount) for the program it executes.
+constexpr int kBlasThreadTimeout = 16;
+/// Set to 1 by whoever set OPENBLAS_THREAD_TIMEOUT for attnscope; any value set by the user
+/// turns the setting off.
+constexpr const char* kBlasWaitMarker = "ATTNSCOPE_BLAS_WAIT";
+
+/// Sets OPENBLAS_THREAD_TIMEOUT=kBlasThreadTimeout and kBlasWaitMarker=1 in this process's
+/// environment when more than one intra-op thread will run (with one, set_threads gives
+/// OpenBLAS one thread too: no idle threads) and neither the user nor an earlier call set
+/// either; true when it set them. It takes effect for a program executed afterwards.
+inline bool set_blas_wait_limit(int intra_op_threads) {
+  if (intra_op_threads <= 1) return false;
+  for (const char* name : {"OPENBLAS_THREAD_TIMEOUT", kBlasWaitMarker})
+    if (std::getenv(name) != nullptr) return false;
+  const std::string timeout = std::to_string(kBlasThreadTimeout);
+  if (setenv("OPENBLAS_THREAD_TIMEOUT", timeout.c_str(), 1) == 0 &&
+      setenv(kBlasWaitMarker, "1", 1) == 0)
+    return true;
+  unsetenv("OPENBLAS_THREAD_TIMEOUT");
+  unsetenv(kBlasWaitMarker);
+  return false;
+}
+
+/// How OpenBLAS's idle threads wait, as the loaded OpenBLAS read it at start-up.
+struct BlasWaitPolicy {
+  bool openblas = false;    ///< false: the BLAS is not OpenBLAS (nothing below applies)
+  int timeout_setting = 0;  ///< OPENBLAS_THREAD_TIMEOUT as OpenBLAS read it, 0 when unset
+  int yield_cycles_log2 = 28;  ///< what it uses: the setting clamped to 4..30, else 28
+  bool set_by_attnscope = false;
+};
+BlasWaitPolicy blas_wait_policy();
 
 /// Transparent huge pages. Memory the kernel maps in 4 KiB pages is faulted in one page at a
 /// time; on a virtual machine each fault is an exit to the hypervisor (about 10 us on the
@@ -159,13 +197,14 @@ bool heap_has_huge_page_advice();
 /// LibTorch runs element-wise kernels on OpenMP (libgomp) threads and matrix products on
 /// OpenBLAS's own threads. By default an idle libgomp worker spins about 300000 times (a few
 /// milliseconds) after every parallel region and takes the core OpenBLAS needs next: on 2 cores
-/// a ViT-Tiny forward pass took 3-5x longer (docs/performance.md). libgomp reads its settings
-/// once, before main() runs, so when neither OMP_WAIT_POLICY nor GOMP_SPINCOUNT is set and
-/// more than one intra-op thread will run, this sets GOMP_SPINCOUNT=kOpenMpSpinCount and
-/// re-executes the program with the same arguments (/proc/self/exe). It returns when nothing
-/// had to be done, when the user chose a policy, when ATTNSCOPE_OPENMP_REEXEC is set, or when
-/// the re-execution failed.
-void limit_openmp_spinning(int intra_op_threads, char** argv);
+/// a ViT-Tiny forward pass took 3-5x longer (docs/performance.md); an idle OpenBLAS thread
+/// yields for ~0.1 s (set_blas_wait_limit). Both libraries read their settings once, before
+/// main() runs, so when more than one intra-op thread will run and set_openmp_spin_limit or
+/// set_blas_wait_limit sets something (the user set neither), this re-executes the program
+/// with the same arguments (/proc/self/exe). It returns when nothing had to be done, when the
+/// user chose the settings, or when the re-execution failed. The `attnscope` launcher sets
+/// both before the program starts, so only a program run directly re-executes itself.
+void limit_idle_spinning(int intra_op_threads, char** argv);
 
 /// glibc's malloc serves a block larger than its mmap threshold (dynamic, at most 32 MiB) with
 /// mmap and returns it to the kernel on free; the next batch's tensor of the same size is then

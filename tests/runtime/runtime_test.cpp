@@ -280,7 +280,7 @@ TEST(HugePages, AProgramStartedWithoutTheLauncherHasNothingToTakeBack) {
   EXPECT_EQ(env_or("GLIBC_TUNABLES", "(unset)"), "glibc.malloc.hugetlb=1");
 }
 
-// A benchmark re-executed by limit_openmp_spinning starts with attnscope's tunable in
+// A benchmark re-executed by limit_idle_spinning starts with attnscope's tunable in
 // GLIBC_TUNABLES: that is not the user's malloc setting, so the malloc settings still apply.
 TEST(HugePages, AttnscopesOwnTunableIsNotTakenForTheUsersMallocSetting) {
   for (const char* name :

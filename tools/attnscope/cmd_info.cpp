@@ -43,6 +43,15 @@ int run_info(const std::vector<std::string>& args, const GlobalOptions&) {
   if (wait.empty()) wait = "libgomp default (idle workers spin ~300000 times)";
   std::cout << "OpenMP wait    " << wait << (omp.set_by_attnscope ? " (set by attnscope)" : "")
             << "\n";
+  if (const auto blas_wait = runtime::blas_wait_policy(); blas_wait.openblas) {
+    std::cout << "BLAS wait      idle threads yield 2^" << blas_wait.yield_cycles_log2
+              << " cycles, then sleep ("
+              << (blas_wait.timeout_setting > 0
+                      ? "OPENBLAS_THREAD_TIMEOUT=" + std::to_string(blas_wait.timeout_setting) +
+                            (blas_wait.set_by_attnscope ? ", set by attnscope" : "")
+                      : std::string("OpenBLAS default"))
+              << ")\n";
+  }
   const auto mem = runtime::malloc_policy();
   std::cout << "malloc         "
             << (mem.set_by_attnscope

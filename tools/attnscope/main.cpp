@@ -80,7 +80,7 @@ int run(int argc, char** argv) {
   const std::string name = args[i];
   for (const auto& c : commands()) {
     if (c.name == name) {
-      attnscope::runtime::limit_openmp_spinning(
+      attnscope::runtime::limit_idle_spinning(
           global.threads > 0 ? global.threads : attnscope::runtime::available_cores(), argv);
       attnscope::runtime::set_threads(global.threads);
       attnscope::runtime::keep_freed_memory_for_reuse();

@@ -1,9 +1,10 @@
-// The `attnscope` command users run: a few kilobytes that set the OpenMP environment and then
-// execute the program itself (attnscope.real, beside this file). libgomp reads GOMP_SPINCOUNT
-// once, when LibTorch is loaded and before main() runs; setting it here, in a process that
-// never loads LibTorch, saves the second LibTorch load (about 0.5 s on every command) that
-// re-executing the program itself costs (runtime::limit_openmp_spinning, still the fallback
-// when attnscope.real is run directly). docs/architecture.md, "Threads and OpenMP".
+// The `attnscope` command users run: a few kilobytes that set the OpenMP and OpenBLAS
+// environment and then execute the program itself (attnscope.real, beside this file). libgomp
+// reads GOMP_SPINCOUNT and OpenBLAS OPENBLAS_THREAD_TIMEOUT once, when LibTorch is loaded and
+// before main() runs; setting them here, in a process that never loads LibTorch, saves the
+// second LibTorch load (about 0.5 s on every command) that re-executing the program itself
+// costs (runtime::limit_idle_spinning, still the fallback when attnscope.real is run
+// directly). docs/architecture.md, "Threads and OpenMP".
 
 #include <unistd.h>
 
@@ -55,7 +56,9 @@ int main(int argc, char** argv) {
   program = program.substr(0, program.rfind('/') + 1) + rt::kProgramFile;
 
   // When this fails to set it, the program re-executes itself instead.
-  rt::set_openmp_spin_limit(intra_op_threads(argc, argv));
+  const int threads = intra_op_threads(argc, argv);
+  rt::set_openmp_spin_limit(threads);
+  rt::set_blas_wait_limit(threads);
   rt::set_heap_huge_pages();  // glibc reads its tunables once, when the program starts
   ::execv(program.c_str(), argv);
   std::fprintf(stderr, "error: attnscope: cannot run %s: %s\n", program.c_str(),
