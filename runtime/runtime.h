@@ -200,10 +200,11 @@ bool heap_has_huge_page_advice();
 /// a ViT-Tiny forward pass took 3-5x longer (docs/performance.md); an idle OpenBLAS thread
 /// yields for ~0.1 s (set_blas_wait_limit). Both libraries read their settings once, before
 /// main() runs, so when more than one intra-op thread will run and set_openmp_spin_limit or
-/// set_blas_wait_limit sets something (the user set neither), this re-executes the program
-/// with the same arguments (/proc/self/exe). It returns when nothing had to be done, when the
-/// user chose the settings, or when the re-execution failed. The `attnscope` launcher sets
-/// both before the program starts, so only a program run directly re-executes itself.
+/// set_blas_wait_limit sets something (each only where the user left it unset), this
+/// re-executes the program with the same arguments (/proc/self/exe). It returns when nothing
+/// had to be done, when the user chose the settings, or when the re-execution failed. The
+/// `attnscope` launcher sets both before the program starts, so only a program run directly
+/// re-executes itself.
 void limit_idle_spinning(int intra_op_threads, char** argv);
 
 /// glibc's malloc serves a block larger than its mmap threshold (dynamic, at most 32 MiB) with
