@@ -159,35 +159,32 @@ test::ProcessResult info_with_blas_env(const std::string& program, const std::st
 }
 
 TEST(Cli, IdleBlasThreadsSleepSoon) {
-  const auto r = info_with_blas_env(exe(), "", 2);
-  ASSERT_EQ(r.status, 0) << r.output;
-  if (r.output.find("BLAS           OpenBLAS") == std::string::npos)
-    GTEST_SKIP() << "the BLAS is not OpenBLAS:\n" << r.output;
-  EXPECT_NE(r.output.find("BLAS wait      idle threads yield 2^16 cycles, then sleep "
-                          "(OPENBLAS_THREAD_TIMEOUT=16, set by attnscope)\n"),
-            std::string::npos)
-      << r.output;
-  // attnscope.real run directly re-executes itself with it.
+  const auto first = info_with_blas_env(exe(), "", 2);
+  ASSERT_EQ(first.status, 0) << first.output;
+  if (first.output.find("BLAS           OpenBLAS") == std::string::npos)
+    GTEST_SKIP() << "the BLAS is not OpenBLAS:\n" << first.output;
   const auto real = (std::filesystem::path(exe()).parent_path() / "attnscope.real").string();
-  const auto direct = info_with_blas_env(real, "GOMP_SPINCOUNT=3000", 2);
-  ASSERT_EQ(direct.status, 0) << direct.output;
-  EXPECT_NE(direct.output.find("(OPENBLAS_THREAD_TIMEOUT=16, set by attnscope)\n"),
-            std::string::npos)
-      << direct.output;
-  // The user's value is kept (and clamped by OpenBLAS to 4..30, as it says).
-  const auto user = info_with_blas_env(exe(), "OPENBLAS_THREAD_TIMEOUT=2", 2);
-  ASSERT_EQ(user.status, 0) << user.output;
-  EXPECT_NE(user.output.find("BLAS wait      idle threads yield 2^4 cycles, then sleep "
-                             "(OPENBLAS_THREAD_TIMEOUT=2)\n"),
-            std::string::npos)
-      << user.output;
-  // One thread: OpenBLAS runs one too, nothing waits, nothing is set.
-  const auto one = info_with_blas_env(exe(), "", 1);
-  ASSERT_EQ(one.status, 0) << one.output;
-  EXPECT_NE(one.output.find("BLAS wait      idle threads yield 2^28 cycles, then sleep "
-                            "(OpenBLAS default)\n"),
-            std::string::npos)
-      << one.output;
+  const std::string wait = "BLAS wait      idle threads yield 2^";
+  struct Case {
+    std::string program, user_env;
+    int threads;
+    std::string line;
+  };
+  for (const Case& c : std::vector<Case>{
+           // The launcher sets it; OpenBLAS reports what it read.
+           {exe(), "", 2, wait + "16 cycles, then sleep (OPENBLAS_THREAD_TIMEOUT=16, set by attnscope)\n"},
+           // attnscope.real run directly re-executes itself with it.
+           {real, "GOMP_SPINCOUNT=3000", 2,
+            wait + "16 cycles, then sleep (OPENBLAS_THREAD_TIMEOUT=16, set by attnscope)\n"},
+           // The user's value is kept (and clamped by OpenBLAS to 4..30, as it says).
+           {exe(), "OPENBLAS_THREAD_TIMEOUT=2", 2,
+            wait + "4 cycles, then sleep (OPENBLAS_THREAD_TIMEOUT=2)\n"},
+           // One thread: OpenBLAS runs one too, nothing waits, nothing is set.
+           {exe(), "", 1, wait + "28 cycles, then sleep (OpenBLAS default)\n"}}) {
+    const auto r = info_with_blas_env(c.program, c.user_env, c.threads);
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_NE(r.output.find(c.line), std::string::npos) << c.line << r.output;
+  }
 }
 
 TEST(Cli, OpenMpSettingsOfTheUserAreKept) {
