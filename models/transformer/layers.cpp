@@ -14,6 +14,8 @@ void check_options(const TransformerLayerOptions& o, const char* who) {
         o.d_model(), ") must be a positive multiple of nhead (", o.nhead(), ")");
   check(o.dim_feedforward() > 0, who, "dim_feedforward must be > 0, got ", o.dim_feedforward());
   check(o.dropout() >= 0 && o.dropout() < 1, who, "dropout must be in [0, 1), got ", o.dropout());
+  check(o.drop_path() >= 0 && o.drop_path() < 1, who, "drop_path must be in [0, 1), got ",
+        o.drop_path());
 }
 
 MultiHeadAttention make_attention(const TransformerLayerOptions& o, bool cross) {
@@ -35,15 +37,25 @@ torch::Tensor feed_forward(const torch::Tensor& x, const TransformerLayerOptions
   return linear2->forward(dropout->forward(hidden));
 }
 
-// One residual sub-layer: post-norm norm(x + dropout(f(x))) or pre-norm x + dropout(f(norm(x))).
+// One residual sub-layer: post-norm norm(x + drop_path(dropout(f(x)))) or pre-norm
+// x + drop_path(dropout(f(norm(x)))).
 template <typename Sublayer>
-torch::Tensor residual(const torch::Tensor& x, bool norm_first, nn::LayerNorm& norm,
-                       nn::Dropout& dropout, Sublayer&& sublayer) {
-  if (norm_first) return x + dropout->forward(sublayer(norm->forward(x)));
-  return norm->forward(x + dropout->forward(sublayer(x)));
+torch::Tensor residual(const torch::Tensor& x, const TransformerLayerOptions& o, bool training,
+                       nn::LayerNorm& norm, nn::Dropout& dropout, Sublayer&& sublayer) {
+  if (o.norm_first())
+    return x + drop_path(dropout->forward(sublayer(norm->forward(x))), o.drop_path(), training);
+  return norm->forward(x + drop_path(dropout->forward(sublayer(x)), o.drop_path(), training));
 }
 
 }  // namespace
+
+torch::Tensor drop_path(const torch::Tensor& x, double p, bool training) {
+  if (!training || p <= 0) return x;
+  std::vector<int64_t> shape(static_cast<std::size_t>(x.dim()), 1);
+  shape[0] = x.size(0);
+  const auto keep = torch::empty(shape, x.options()).bernoulli_(1.0 - p);
+  return x * keep.div_(1.0 - p);
+}
 
 MlpImpl::MlpImpl(int64_t dim_, int64_t hidden_, double dropout_)
     : dim(dim_), hidden(hidden_), dropout(dropout_) {
@@ -91,12 +103,12 @@ EncoderLayerOutput TransformerEncoderLayerImpl::forward(const torch::Tensor& src
                                                         const AttentionMasks& masks,
                                                         bool need_weights) {
   EncoderLayerOutput out;
-  auto x = residual(src, options.norm_first(), norm1, dropout1, [&](const torch::Tensor& h) {
+  auto x = residual(src, options, is_training(), norm1, dropout1, [&](const torch::Tensor& h) {
     auto attended = self_attn->forward(h, masks, need_weights);
     out.self_weights = attended.weights;
     return attended.context;
   });
-  out.output = residual(x, options.norm_first(), norm2, dropout2, [&](const torch::Tensor& h) {
+  out.output = residual(x, options, is_training(), norm2, dropout2, [&](const torch::Tensor& h) {
     return feed_forward(h, options, linear1, dropout, linear2);
   });
   return out;
@@ -126,19 +138,19 @@ DecoderLayerOutput TransformerDecoderLayerImpl::forward(
     const torch::Tensor& tgt, const torch::Tensor& memory, const AttentionMasks& tgt_masks,
     const AttentionMasks& memory_masks, bool need_weights, DecoderLayerCache* cache) {
   DecoderLayerOutput out;
-  auto x = residual(tgt, options.norm_first(), norm1, dropout1, [&](const torch::Tensor& h) {
+  auto x = residual(tgt, options, is_training(), norm1, dropout1, [&](const torch::Tensor& h) {
     auto attended =
         self_attn->forward(h, tgt_masks, need_weights, cache ? &cache->self_attn : nullptr);
     out.self_weights = attended.weights;
     return attended.context;
   });
-  x = residual(x, options.norm_first(), norm2, dropout2, [&](const torch::Tensor& h) {
+  x = residual(x, options, is_training(), norm2, dropout2, [&](const torch::Tensor& h) {
     auto attended = multihead_attn->forward(h, memory, memory, memory_masks, need_weights,
                                             cache ? &cache->cross_attn : nullptr);
     out.cross_weights = attended.weights;
     return attended.context;
   });
-  out.output = residual(x, options.norm_first(), norm3, dropout3, [&](const torch::Tensor& h) {
+  out.output = residual(x, options, is_training(), norm3, dropout3, [&](const torch::Tensor& h) {
     return feed_forward(h, options, linear1, dropout, linear2);
   });
   return out;

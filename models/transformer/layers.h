@@ -7,8 +7,10 @@
 // LayerNames::timm is timm's ViT `Block` under timm's names (`norm1`, `attn`, `norm2`,
 // `mlp.fc1`, `mlp.fc2`): the one pre-norm block of the text Transformer and the ViT.
 //
-// Post-norm (norm_first = false, the paper):  x = norm(x + dropout(sublayer(x)))
-// Pre-norm  (norm_first = true):             x = x + dropout(sublayer(norm(x)))
+// Post-norm (norm_first = false, the paper):  x = norm(x + drop_path(dropout(sublayer(x))))
+// Pre-norm  (norm_first = true):             x = x + drop_path(dropout(sublayer(norm(x))))
+// drop_path (stochastic depth, Huang et al. 2016, as timm's DropPath) is the identity unless
+// the layer is training with TransformerLayerOptions::drop_path > 0.
 
 #include <optional>
 
@@ -52,7 +54,15 @@ struct TransformerLayerOptions {
   TORCH_ARG(bool, qkv_bias) = true;
   /// Sub-module names of encoder layers (decoder layers always use torch.nn's).
   TORCH_ARG(LayerNames, names) = LayerNames::torch;
+  /// Stochastic depth (timm's drop_path): while training, each sample's residual branch is
+  /// dropped with this probability and kept ones are scaled by 1 / (1 - drop_path), one draw
+  /// per sample and sub-layer. In [0, 1); 0 = off. Evaluation is unaffected.
+  TORCH_ARG(double, drop_path) = 0.0;
 };
+
+/// timm's drop_path: x · keep / (1 - p) with keep ~ Bernoulli(1 - p) per sample (dimension 0),
+/// drawn from LibTorch's default generator; x itself when !training or p == 0.
+torch::Tensor drop_path(const torch::Tensor& x, double p, bool training);
 
 /// timm's Mlp under its names: fc1, activation, drop, fc2. The feed-forward network of an
 /// encoder layer with LayerNames::timm (the layer runs it, with its activation).

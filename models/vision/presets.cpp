@@ -75,7 +75,10 @@ ImageModelConfig resolve_image_config(const ImageModelConfig& config) {
   check(config.in_channels > 0, "model config", "in_channels must be positive, got ",
         config.in_channels);
   check(config.image_size >= 0, "model config", "image_size must be >= 0, got ", config.image_size);
+  check(!config.drop_path || *config.drop_path == 0 || is_vit(config.arch), "model config",
+        "drop_path (stochastic depth) applies to the ViT presets only, not '", config.arch, "'");
   ImageModelConfig out = config;
+  if (!is_vit(config.arch)) out.drop_path.reset();
   if (is_attention_cnn(config.arch)) {
     const auto& p = *std::find_if(attention_presets().begin(), attention_presets().end(),
                                   [&](const AttentionPreset& a) { return config.arch == a.name; });
@@ -99,6 +102,7 @@ ImageModelConfig resolve_image_config(const ImageModelConfig& config) {
     const auto o = vit_preset_options(config.arch, config.num_classes);
     if (out.image_size == 0) out.image_size = o.image_size();
     if (!out.dropout) out.dropout = o.dropout();
+    if (!out.drop_path) out.drop_path = o.drop_path();
   } else if (config.arch == "small_cnn") {
     if (out.image_size == 0) out.image_size = kSmallImageSize;
     if (!out.dropout) out.dropout = small_cnn_options().dropout();
@@ -129,7 +133,10 @@ std::shared_ptr<ImageClassifier> make_image_classifier(const ImageModelConfig& c
     check(c.image_size % o.patch_size() == 0, "model config", "image_size (", c.image_size,
           ") must be a multiple of the patch size (", o.patch_size(), ")");
     return std::make_shared<VisionTransformerImpl>(
-        o.image_size(c.image_size).in_channels(c.in_channels).dropout(*c.dropout));
+        o.image_size(c.image_size)
+            .in_channels(c.in_channels)
+            .dropout(*c.dropout)
+            .drop_path(*c.drop_path));
   }
   return std::make_shared<AttentionCnnImpl>(
       AttentionCnnOptions(*c.backbone, *c.attention_stages)

@@ -35,6 +35,9 @@ struct ImageModelConfig {
   int64_t in_channels = 3;
   /// Dropout before the classifier (CNNs) / in the blocks (ViT).
   std::optional<double> dropout;
+  /// ViT only: stochastic depth rate of the last block (VisionTransformerOptions::drop_path);
+  /// training only, so it changes no prediction. Unset or 0 on other presets.
+  std::optional<double> drop_path;
   // Attention-CNN only:
   /// Trunk: resnet18 | resnet34 | resnet50 | vgg16 | vgg16_bn | small_cnn.
   std::optional<std::string> backbone;

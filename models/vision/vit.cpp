@@ -65,8 +65,15 @@ void VisionTransformerImpl::reset() {
   pos_embed = register_parameter("pos_embed", torch::zeros({1, 1 + grid * grid, D}));
   pos_drop = register_module("pos_drop", nn::Dropout(o.dropout()));
   blocks = nn::ModuleList();
-  for (int64_t i = 0; i < o.depth(); ++i)
-    blocks->push_back(transformer::TransformerEncoderLayer(vit_block_options(o)));
+  check(o.drop_path() >= 0 && o.drop_path() < 1, "VisionTransformer",
+        "drop_path must be in [0, 1), got ", o.drop_path());
+  for (int64_t i = 0; i < o.depth(); ++i) {
+    // timm: torch.linspace(0, drop_path_rate, depth)[i].
+    const double rate = o.depth() > 1 ? o.drop_path() * static_cast<double>(i) /
+                                            static_cast<double>(o.depth() - 1)
+                                      : 0.0;
+    blocks->push_back(transformer::TransformerEncoderLayer(vit_block_options(o).drop_path(rate)));
+  }
   blocks = register_module("blocks", blocks);
   norm = register_module("norm", layer_norm(D, o.layer_norm_eps()));
   head = register_module("head", nn::Linear(D, o.num_classes()));

@@ -40,6 +40,10 @@ struct VisionTransformerOptions {
   TORCH_ARG(double, dropout) = 0.0;
   /// Dropout on the attention weights (training only).
   TORCH_ARG(double, attn_dropout) = 0.0;
+  /// Stochastic depth rate (timm's drop_path_rate, training only): block i of `depth` drops
+  /// its residual branches with probability drop_path · i / (depth - 1), as timm's linspace
+  /// (DeiT: 0.1 for ViT-Ti/S).
+  TORCH_ARG(double, drop_path) = 0.0;
   /// Epsilon of every LayerNorm (timm: 1e-6).
   TORCH_ARG(double, layer_norm_eps) = 1e-6;
 };

@@ -30,6 +30,8 @@ nlohmann::json image_model_config_to_json(const vision::ImageModelConfig& config
                       {"image_size", c.image_size},
                       {"in_channels", c.in_channels},
                       {"dropout", c.dropout.value_or(0.0)}};
+  // Written only when set (ViT, > 0), so every other checkpoint's config stays as it was.
+  if (c.drop_path && *c.drop_path > 0) j["drop_path"] = *c.drop_path;
   if (c.backbone) j["backbone"] = *c.backbone;
   if (c.attention_stages) j["attention_stages"] = *c.attention_stages;
   if (c.compatibility) j["compatibility"] = *c.compatibility;
@@ -45,7 +47,7 @@ vision::ImageModelConfig image_model_config_from_json(const nlohmann::json& json
   static const std::set<std::string> known = {
       "arch",     "num_classes",      "image_size",    "in_channels", "dropout",
       "backbone", "attention_stages", "compatibility", "normalizer",  "after_pool",
-      "gating"};
+      "gating",   "drop_path"};
   for (const auto& item : json.items())
     check(known.count(item.key()) > 0, concat(kSubject, ".", item.key()),
           "unknown key for an image classifier");
@@ -55,6 +57,7 @@ vision::ImageModelConfig image_model_config_from_json(const nlohmann::json& json
   if (json.contains("image_size")) c.image_size = get<int64_t>(json, "image_size");
   if (json.contains("in_channels")) c.in_channels = get<int64_t>(json, "in_channels");
   if (json.contains("dropout")) c.dropout = get<double>(json, "dropout");
+  if (json.contains("drop_path")) c.drop_path = get<double>(json, "drop_path");
   if (json.contains("backbone")) c.backbone = get<std::string>(json, "backbone");
   if (json.contains("attention_stages"))
     c.attention_stages = get<std::vector<int64_t>>(json, "attention_stages");
@@ -74,6 +77,9 @@ vision::ImageModelConfig image_model_config_from_json(const nlohmann::json& json
   if (c.dropout)
     check(std::isfinite(*c.dropout) && *c.dropout >= 0 && *c.dropout < 1,
           concat(kSubject, ".dropout"), "is ", *c.dropout, "; expected a number in [0, 1)");
+  if (c.drop_path)
+    check(std::isfinite(*c.drop_path) && *c.drop_path >= 0 && *c.drop_path < 1,
+          concat(kSubject, ".drop_path"), "is ", *c.drop_path, "; expected a number in [0, 1)");
   if (c.attention_stages) {
     check(c.attention_stages->size() <= 8, concat(kSubject, ".attention_stages"), "has ",
           c.attention_stages->size(), " entries; expected at most 8");

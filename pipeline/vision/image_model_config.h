@@ -5,6 +5,8 @@
 // model_config (every key written; on reading only "arch" is required):
 //   {"arch": "attn_vgg16", "num_classes": 2, "image_size": 224, "in_channels": 3,
 //    "dropout": 0.0,
+//    // ViT presets, only when > 0 (stochastic depth, training only):
+//    "drop_path": 0.1,
 //    // attention-CNN presets only:
 //    "backbone": "vgg16_bn", "attention_stages": [2, 3], "compatibility": "additive",
 //    "gating": "grid", "normalizer": "sigmoid", "after_pool": true}

@@ -93,6 +93,8 @@ nlohmann::json image_train_options_to_json(const ImageTrainOptions& o) {
   j["loss"] = o.loss;
   j["focal_gamma"] = o.focal_gamma;
   j["label_smoothing"] = o.label_smoothing;
+  j["mixup"] = o.mix.mixup_alpha;
+  j["cutmix"] = o.mix.cutmix_alpha;
   j["sampler"] = o.sampler;
   j["oversample"] = o.oversample;
   j["ema"] = o.ema_decay;
@@ -432,16 +434,19 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     }
   }
 
+  auto class_loss = [&](const torch::Tensor& logits, const torch::Tensor& labels) {
+    if (o.loss == "focal") return focal_loss(logits, labels, o.focal_gamma, o.label_smoothing);
+    auto ce = torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(o.label_smoothing);
+    if (class_weight.defined()) ce.weight(class_weight);
+    return torch::nn::functional::cross_entropy(logits, labels, ce);
+  };
+  // lambda < 1: a mixed batch (pipeline/vision/mixing.h), each image's loss shared between its
+  // own label and that of the image it was mixed with (the batch reversed).
   auto compute_loss = [&](const models::vision::ImageOutput& out, const torch::Tensor& labels,
-                          const torch::Tensor& masks) {
-    torch::Tensor loss;
-    if (o.loss == "focal") {
-      loss = focal_loss(out.logits, labels, o.focal_gamma, o.label_smoothing);
-    } else {
-      auto ce = torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(o.label_smoothing);
-      if (class_weight.defined()) ce.weight(class_weight);
-      loss = torch::nn::functional::cross_entropy(out.logits, labels, ce);
-    }
+                          const torch::Tensor& masks, double lambda) {
+    auto loss = mixed_loss(
+        [&](const torch::Tensor& targets) { return class_loss(out.logits, targets); }, labels,
+        lambda);
     if (!o.mask_loss.empty() && masks.defined())
       loss = loss + attention_mask_loss(out.maps, masks, mask_options);
     return loss;
@@ -483,9 +488,12 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     int64_t items = 0;
     double mean_loss = 0.0;
     if (batch && batch->size() > 0) {
-      const auto images = batch->images.to(device);
       const auto labels = batch->labels.to(device);
-      const auto masks = batch->masks.defined() ? batch->masks.to(device) : torch::Tensor();
+      const auto mixed =
+          mix_batch(batch->images.to(device),
+                    batch->masks.defined() ? batch->masks.to(device) : torch::Tensor(), o.mix);
+      const auto& images = mixed.images;
+      const auto& masks = mixed.masks;
       models::vision::ImageOutput out;
       {
         runtime::AutocastScope autocast(o.precision, device);
@@ -495,7 +503,7 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
       out.logits = out.logits.to(torch::kFloat);
       for (auto& [name, map] : out.maps)
         map = map.to(torch::kFloat);
-      const auto loss = compute_loss(out, labels, masks);
+      const auto loss = compute_loss(out, labels, masks, mixed.lambda);
       loss.backward();
       items = batch->size();
       mean_loss = loss.item<double>();

@@ -31,6 +31,7 @@
 #include "models/vision/presets.h"
 #include "pipeline/distributed.h"
 #include "pipeline/training.h"
+#include "pipeline/vision/mixing.h"
 #include "preprocessing/pipeline.h"
 
 namespace attnscope::pipeline {
@@ -74,6 +75,8 @@ struct ImageTrainOptions {
   std::string loss = "ce";
   double focal_gamma = 2.0;
   double label_smoothing = 0.0;
+  /// Mixup / CutMix of every training batch (pipeline/vision/mixing.h); both 0 = off.
+  MixOptions mix;
   /// shuffle | balanced (each class equally likely, with replacement).
   std::string sampler = "shuffle";
   /// Class name -> K: every sample of that class appears K times per epoch.

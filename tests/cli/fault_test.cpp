@@ -554,7 +554,8 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
         train("--lr nan"), train("--lr inf"), train("--momentum nan"), train("--weight-decay -1"),
         train("--step-gamma 0"), train("--focal-gamma inf"), train("--label-smoothing nan"),
         train("--warmup-epochs nan"), train("--time-budget nan"), train("--step-every 0"),
-        train("--patience -1"), train("--mask-loss 1,nan"),
+        train("--patience -1"), train("--mask-loss 1,nan"), train("--mixup nan"),
+        train("--cutmix -1"), train("--drop-path 1"), train("--drop-path nan"),
         std::string("seq2seq translate --model m.h5 --beam 100000 abc"),
         std::string("dist-check --lr nan"), "demo --out " + (dir / "d") + " --minutes 1e300"}) {
     const auto r = test::run_process(exe() + " " + args);

@@ -72,7 +72,8 @@ TEST(TrainCli, HelpShowsTheOptionsWithDefaults) {
   for (const char* flag :
        {"--val-split arg (=0.2)", "--optimizer arg (=sgd)", "--schedule arg (=cosine)",
         "--loss arg (=ce)", "--sampler arg (=shuffle)", "--select-by arg (=auc)", "--resume",
-        "--skip-bad", "--cache", "--time-budget", "--init-backbone", "--precision arg (=fp32)"})
+        "--skip-bad", "--cache", "--time-budget", "--init-backbone", "--precision arg (=fp32)",
+        "--mixup arg (=0)", "--cutmix arg (=0)", "--drop-path arg (=0)"})
     EXPECT_NE(r.output.find(flag), std::string::npos) << flag << "\n" << r.output;
 }
 
@@ -567,6 +568,64 @@ TEST(TrainCli, Bf16PrecisionIsRecordedReproducibleAndNotTheFloat32Run) {
   EXPECT_NE(bad.output.find("--precision must be fp32 or bf16, got 'fp16'"), std::string::npos)
       << bad.output;
   EXPECT_FALSE(fs::exists(dir / "fp16"));
+}
+
+// Mixup, CutMix and stochastic depth draw from LibTorch's generator, which the loop seeds per
+// epoch: a run is reproducible bit for bit, a run stopped by SIGTERM and resumed ends as the
+// uninterrupted one, and the flags change the run (the checks can fail). The values are stored
+// in the checkpoints; --drop-path on a CNN and a negative alpha are usage errors.
+TEST(TrainCli, MixupCutmixAndDropPathAreReproducibleResumableAndRecorded) {
+  test::TempDir dir;
+  const auto command = [&](const std::string& run, const std::string& flags) {
+    return exe() + " --threads 1 train --data " + synth_data() +
+           " --model vit_mini_patch8 --size 32 --batch-size 8 --optimizer adamw --lr 1e-3" +
+           " --workers 1 --quiet --epochs 6 --seed 5 " + flags + " --out " + run + " 2>&1";
+  };
+  const std::string mix = "--mixup 0.4 --cutmix 1 --drop-path 0.2";
+  for (const char* name : {"a", "b"}) {
+    const auto r = test::run_process(command(dir / name, mix));
+    ASSERT_EQ(r.status, 0) << r.output;
+  }
+  EXPECT_EQ(read_text(dir / "a/metrics.jsonl"), read_text(dir / "b/metrics.jsonl"));
+  EXPECT_EQ(compare_weights(dir / "a/last.h5", dir / "b/last.h5"), "same\n");
+  for (const auto& [name, flags] :
+       std::vector<std::pair<std::string, std::string>>{{"plain", ""},
+                                                        {"mixup", "--mixup 0.4"},
+                                                        {"cutmix", "--cutmix 1"},
+                                                        {"droppath", "--drop-path 0.2"}}) {
+    const auto r = test::run_process(command(dir / name, flags));
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_NE(read_text(dir / name + "/metrics.jsonl"), read_text(dir / "a/metrics.jsonl"))
+        << name;
+  }
+  const auto loaded = pipeline::load_image_classifier(dir / "a/best.h5");
+  EXPECT_EQ(loaded.meta.extra["training_config"]["mixup"], 0.4);
+  EXPECT_EQ(loaded.meta.extra["training_config"]["cutmix"], 1.0);
+  EXPECT_EQ(loaded.meta.model_config["drop_path"], 0.2);
+
+  const auto run = dir / "stopped";
+  test::SignalPlan plan;
+  plan.signal = SIGTERM;
+  plan.after = {"epoch 2:"};
+  const auto stopped = test::run_signalled("exec " + command(run, mix), plan);
+  ASSERT_EQ(stopped.signals_sent, 1) << stopped.output;
+  EXPECT_EQ(stopped.status, 128 + SIGTERM) << stopped.output;
+  EXPECT_LT(count_lines(read_text(run + "/metrics.jsonl")), 6) << stopped.output;
+  const auto resumed = test::run_process(exe() + " --threads 1 train --resume " + run + " 2>&1");
+  ASSERT_EQ(resumed.status, 0) << resumed.output;
+  EXPECT_EQ(read_text(run + "/metrics.jsonl"), read_text(dir / "a/metrics.jsonl"));
+  EXPECT_EQ(compare_weights(run + "/last.h5", dir / "a/last.h5"), "same\n");
+
+  const auto cnn = test::run_process(train_command(dir / "cnn", 1) + " --drop-path 0.1");
+  EXPECT_EQ(cnn.status, 2) << cnn.output;
+  EXPECT_NE(cnn.output.find("--drop-path applies to the ViT presets only"), std::string::npos)
+      << cnn.output;
+  const auto negative = test::run_process(train_command(dir / "neg", 1) + " --mixup -1");
+  EXPECT_EQ(negative.status, 2) << negative.output;
+  EXPECT_NE(negative.output.find("--mixup must be in [0, inf), got -1"), std::string::npos)
+      << negative.output;
+  EXPECT_FALSE(fs::exists(dir / "cnn"));
+  EXPECT_FALSE(fs::exists(dir / "neg"));
 }
 
 // --init-backbone takes the trunk of a checkpoint of another architecture with the same trunk

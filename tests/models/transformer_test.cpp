@@ -218,6 +218,58 @@ TEST_F(TransformerTest, DefaultsAreThoseOfThePaper) {
   EXPECT_FALSE(options.layer().norm_first());
 }
 
+// Stochastic depth against brute force: with drop_path p (no dropout), a training pre-norm
+// encoder layer's output for each sample is one of the four combinations of its two residual
+// branches, each either dropped or scaled by 1 / (1 - p), computed here from the layer's own
+// sub-modules in evaluation; the four occur about equally often at p = 0.5 (4,000 samples of
+// one sequence: 1,000 expected each, binomial sd 27, margin 150). In evaluation, and with p = 0,
+// the layer is the one without drop_path.
+TEST_F(TransformerTest, DropPathDropsEachSamplesResidualBranchesOrScalesThem) {
+  constexpr double p = 0.5;
+  const auto options = small_layer().norm_first(true).dropout(0.0);
+  tf::TransformerEncoderLayer layer(tf::TransformerLayerOptions(options).drop_path(p));
+  tf::TransformerEncoderLayer plain(options);
+  copy_parameters(*layer, *plain);
+  const int64_t n = 4000, length = 3;
+  const auto one = torch::randn({1, length, kE});
+  const auto src = one.expand({n, length, kE}).contiguous();
+  torch::NoGradGuard no_grad;
+
+  layer->eval();
+  const auto expected_eval = plain->forward(src).output;
+  EXPECT_TRUE(torch::equal(layer->forward(src).output, expected_eval));
+
+  // The four outcomes for the one sequence, from the layer's modules.
+  const auto attn = layer->self_attn->forward(layer->norm1->forward(one)).context;
+  const auto ff = [&](const torch::Tensor& x) {
+    return layer->linear2->forward(torch::relu(layer->linear1->forward(layer->norm2->forward(x))));
+  };
+  std::vector<torch::Tensor> outcomes;
+  for (const bool keep_attn : {false, true})
+    for (const bool keep_ff : {false, true}) {
+      const auto x = keep_attn ? one + attn / (1 - p) : one;
+      outcomes.push_back(keep_ff ? x + ff(x) / (1 - p) : x);
+    }
+
+  layer->train();
+  const auto out = layer->forward(src).output;
+  std::vector<int64_t> counts(4, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    int match = -1;
+    for (int k = 0; k < 4; ++k)
+      if (torch::allclose(out[i], outcomes[static_cast<std::size_t>(k)][0], 0, kAtol)) match = k;
+    ASSERT_GE(match, 0) << "sample " << i << " is none of the four outcomes";
+    ++counts[static_cast<std::size_t>(match)];
+  }
+  for (int k = 0; k < 4; ++k)
+    EXPECT_NEAR(counts[static_cast<std::size_t>(k)], n / 4, 150) << "outcome " << k;
+
+  plain->train();
+  EXPECT_TRUE(torch::equal(plain->forward(src).output, expected_eval));  // p = 0: no draw
+  EXPECT_THROW(tf::TransformerEncoderLayer(tf::TransformerLayerOptions(options).drop_path(1.0)),
+               std::exception);
+}
+
 TEST_F(TransformerTest, SinusoidalEncodingEqualsClosedForm) {
   for (int64_t dim : {8, 7}) {
     const int64_t length = 50, offset = 3;

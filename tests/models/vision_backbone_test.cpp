@@ -401,5 +401,43 @@ TEST(VisionBackbone, AConvBnFoldEqualsTheConvolutionThenTheBatchNorm) {
   EXPECT_TRUE(ConvBnFold::of(conv, bn).has_value());
 }
 
+// Stochastic depth in the ViT: block i of `depth` gets drop_path · i / (depth - 1), the rates
+// of timm's torch.linspace(0, drop_path_rate, depth); it adds no parameter, leaves evaluation
+// unchanged and changes training outputs; other presets refuse it.
+TEST(VisionBackbone, VitDropPathRisesLinearlyOverTheBlocksAndLeavesEvaluationAlone) {
+  ImageModelConfig config;
+  config.arch = "vit_mini_patch8";
+  config.num_classes = 2;
+  torch::manual_seed(0);
+  const auto plain = make_image_classifier(config);
+  config.drop_path = 0.3;
+  torch::manual_seed(0);
+  const auto dropping = make_image_classifier(config);
+  auto* vit = dynamic_cast<VisionTransformerImpl*>(dropping.get());
+  ASSERT_NE(vit, nullptr);
+  const auto rates = torch::linspace(0.0, 0.3, 6, torch::kDouble);
+  ASSERT_EQ(vit->blocks->size(), 6u);
+  for (std::size_t i = 0; i < vit->blocks->size(); ++i)
+    EXPECT_NEAR(vit->blocks[i]->as<transformer::TransformerEncoderLayer>()->options.drop_path(),
+                rates[static_cast<int64_t>(i)].item<double>(), 1e-12)
+        << i;
+  EXPECT_EQ(count_parameters(*dropping), count_parameters(*plain));
+  const auto images = torch::randn({8, 3, 64, 64});
+  torch::NoGradGuard no_grad;
+  plain->eval();
+  dropping->eval();
+  EXPECT_TRUE(torch::equal(dropping->forward(images).logits, plain->forward(images).logits));
+  plain->train();
+  dropping->train();
+  EXPECT_TRUE(torch::equal(plain->forward(images).logits, plain->forward(images).logits));
+  EXPECT_FALSE(torch::allclose(dropping->forward(images).logits, plain->forward(images).logits));
+  ImageModelConfig cnn;
+  cnn.arch = "attn_small";
+  cnn.drop_path = 0.1;
+  EXPECT_THROW(make_image_classifier(cnn), Error);
+  cnn.drop_path = 0.0;
+  EXPECT_NO_THROW(make_image_classifier(cnn));
+}
+
 }  // namespace
 }  // namespace attnscope::models::vision

@@ -165,7 +165,8 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   std::vector<std::string> oversample;
   int64_t size = 0, batch_size = 0, epochs = 0, step_every = 0, patience = 0, progress_every = 0;
   double val_split = 0, lr = 0, momentum = 0, weight_decay = 0, warmup_epochs = 0, step_gamma = 0,
-         focal_gamma = 0, label_smoothing = 0, ema = 0, time_budget = 0;
+         focal_gamma = 0, label_smoothing = 0, ema = 0, time_budget = 0, mixup = 0, cutmix = 0,
+         drop_path = 0;
   uint64_t seed = 0;
   int workers = 2, threads = 0;
   bool nesterov = false, skip_bad = false, cache = false, quiet = false, cpu_budget = false;
@@ -190,6 +191,9 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
       ("loss", po::value(&loss)->default_value("ce"), "ce | weighted-ce | focal")
       ("focal-gamma", po::value(&focal_gamma)->default_value(2.0, "2"), "focal loss gamma")
       ("label-smoothing", po::value(&label_smoothing)->default_value(0.0, "0"), "label smoothing in [0, 1)")
+      ("mixup", po::value(&mixup)->default_value(0.0, "0"), "Mixup alpha (e.g. 0.8): each batch blended with itself reversed, lambda ~ Beta(alpha, alpha), the loss mixed alike; 0 = off")
+      ("cutmix", po::value(&cutmix)->default_value(0.0, "0"), "CutMix alpha (e.g. 1.0): a box pasted from the reversed batch; with --mixup, each batch one or the other (p 0.5); 0 = off")
+      ("drop-path", po::value(&drop_path)->default_value(0.0, "0"), "ViT presets: stochastic depth rate of the last block (e.g. 0.1), rising linearly from 0 at the first; 0 = off")
       ("sampler", po::value(&sampler)->default_value("shuffle"), "shuffle | balanced (classes equally likely)")
       ("oversample", po::value(&oversample)->composing(), "CLASS=K: repeat that class's images K times per epoch (repeatable)")
       ("ema", po::value(&ema)->default_value(0.0, "0"), "EMA decay of the weights (e.g. 0.999); validation and best.h5 use the EMA weights; 0 = off")
@@ -253,6 +257,12 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   in_range("focal-gamma", focal_gamma, 0, false, kInf, true);
   in_range("label-smoothing", label_smoothing, 0, false, 1, true);
   in_range("time-budget", time_budget, 0, false, kInf, true);
+  in_range("mixup", mixup, 0, false, kInf, true);
+  in_range("cutmix", cutmix, 0, false, kInf, true);
+  in_range("drop-path", drop_path, 0, false, 1, true);
+  if (drop_path > 0 && !models::vision::is_vit(model_name))
+    fail("--drop-path applies to the ViT presets only (stochastic depth of their blocks), not '" +
+         model_name + "'");
   if (step_every < 1) fail("--step-every must be >= 1");
   if (patience < 0) fail("--patience must be >= 0");
   if (progress_every < 1) fail("--progress-every must be >= 1");
@@ -493,6 +503,9 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     o.loss = loss;
     o.focal_gamma = focal_gamma;
     o.label_smoothing = label_smoothing;
+    o.mix.mixup_alpha = mixup;
+    o.mix.cutmix_alpha = cutmix;
+    if (drop_path > 0) o.model.drop_path = drop_path;
     o.sampler = sampler;
     o.oversample = oversample_map;
     o.ema_decay = ema;

@@ -41,6 +41,13 @@ TEST(ImageModelConfig, JsonRoundTripKeepsOverrides) {
   const auto back = vision::resolve_image_config(image_model_config_from_json(json));
   EXPECT_EQ(image_model_config_to_json(back), json);
   EXPECT_FALSE(image_model_config_to_json(config_of("resnet18")).contains("backbone"));
+  // drop_path: written for a ViT that has it, absent otherwise (older configs stay as they were).
+  auto vit = config_of("vit_mini_patch8");
+  EXPECT_FALSE(image_model_config_to_json(vit).contains("drop_path"));
+  vit.drop_path = 0.25;
+  const auto vit_json = image_model_config_to_json(vit);
+  EXPECT_EQ(vit_json["drop_path"], 0.25);
+  EXPECT_EQ(image_model_config_to_json(image_model_config_from_json(vit_json)), vit_json);
 }
 
 TEST(ImageModelConfig, RejectsBadJsonNamingTheKey) {
@@ -57,6 +64,7 @@ TEST(ImageModelConfig, RejectsBadJsonNamingTheKey) {
   expect_error({{"arch", "resnet18"}, {"num_classes", "two"}}, "model_config.num_classes");
   expect_error({{"arch", "attn_small"}, {"normalizer", "crf"}}, "softmax or sigmoid");
   expect_error({{"arch", "attn_small"}, {"compatibility", "cosine"}}, "cosine");
+  expect_error({{"arch", "attn_small"}, {"drop_path", 0.1}}, "ViT presets only");
 }
 
 // Crafted checkpoints: sizes outside sane ranges are refused by name before a model is built
@@ -70,6 +78,8 @@ TEST(ImageModelConfig, RejectsOutOfRangeSizesNamingTheField) {
       {{{"arch", "resnet18"}, {"in_channels", 0}}, "model_config.in_channels"},
       {{{"arch", "resnet18"}, {"dropout", 7}}, "model_config.dropout"},
       {{{"arch", "resnet18"}, {"dropout", -0.5}}, "model_config.dropout"},
+      {{{"arch", "vit_mini_patch8"}, {"drop_path", 1.0}}, "model_config.drop_path"},
+      {{{"arch", "vit_mini_patch8"}, {"drop_path", -0.1}}, "model_config.drop_path"},
       {{{"arch", "attn_small"}, {"attention_stages", {0, 99}}}, "model_config.attention_stages"},
   };
   for (const auto& [json, field] : bad) {
