@@ -124,10 +124,12 @@ TEST_P(SpatialAttentionMatchesNaiveLoop, ContextAndMap) {
   ASSERT_EQ(grads_got.size(), grads_want.size());
   for (std::size_t i = 0; i < grads_got.size(); ++i) {
     ASSERT_EQ(grads_got[i].defined(), grads_want[i].defined()) << i;
-    if (grads_got[i].defined())
-      EXPECT_TRUE(torch::allclose(grads_got[i], grads_want[i], 1e-4, 1e-5)) << i << "\n"
-                                                                            << grads_got[i] << "\n"
-                                                                            << grads_want[i];
+    if (grads_got[i].defined()) {
+      EXPECT_TRUE(torch::allclose(grads_got[i], grads_want[i], 1e-4, 1e-5))
+          << i << "\n"
+          << grads_got[i] << "\n"
+          << grads_want[i];
+    }
   }
 }
 
