@@ -136,8 +136,8 @@ std::vector<std::size_t> Loader::epoch_order(int64_t epoch) const {
 
 int64_t Loader::batches_per_epoch() const {
   const auto n = static_cast<int64_t>(epoch_order(0).size());
-  return options_.drop_last ? n / options_.batch_size
-                            : (n + options_.batch_size - 1) / options_.batch_size;
+  const int64_t bs = options_.batch_size;
+  return n / bs + (!options_.drop_last && n % bs != 0 ? 1 : 0);
 }
 
 void Loader::stop() {
@@ -160,8 +160,8 @@ void Loader::start_epoch(int64_t epoch) {
   for (std::size_t i = 0; i < order_.size(); ++i)
     occurrence_[i] = seen[order_[i]]++;
   const auto n = static_cast<int64_t>(order_.size());
-  num_batches_ = options_.drop_last ? n / options_.batch_size
-                                    : (n + options_.batch_size - 1) / options_.batch_size;
+  const int64_t bs = options_.batch_size;
+  num_batches_ = n / bs + (!options_.drop_last && n % bs != 0 ? 1 : 0);
   claimed_ = consumed_ = 0;
   ready_.clear();
   stats_ = LoaderStats{};
@@ -235,8 +235,9 @@ LoaderStats Loader::stats() const {
 }
 
 Batch Loader::build(int64_t batch_index) const {
-  const auto begin = static_cast<std::size_t>(batch_index * options_.batch_size);
-  const auto end = std::min(order_.size(), begin + static_cast<std::size_t>(options_.batch_size));
+  const auto bs = static_cast<std::size_t>(options_.batch_size);
+  const auto begin = static_cast<std::size_t>(batch_index) * bs;
+  const auto end = begin + std::min(bs, order_.size() - begin);
   Batch batch;
   batch.index = batch_index;
   std::vector<preprocessing::Processed> done;
@@ -258,6 +259,14 @@ Batch Loader::build(int64_t batch_index) const {
     } catch (const cv::Exception& e) {
       batch.errors.push_back({meta.image_id, meta.path, concat("OpenCV: ", e.err)});
       continue;
+    } catch (const std::bad_alloc&) {
+      batch.errors.push_back({meta.image_id, meta.path, "out of memory while decoding"});
+      continue;
+    } catch (const std::exception& e) {
+      // Anything else one image raises (LibTorch, the standard library) is that image's
+      // failure, not the run's.
+      batch.errors.push_back({meta.image_id, meta.path, e.what()});
+      continue;
     }
     batch.ids.push_back(meta.image_id);
     batch.indices.push_back(index);
@@ -270,22 +279,26 @@ Batch Loader::build(int64_t batch_index) const {
     return batch;
   }
   const int h = done[0].image.rows, w = done[0].image.cols;
-  bool all_masks = true;
+  bool all_masks = true, any_mask = false;
   for (std::size_t i = 0; i < done.size(); ++i) {
     check(done[i].image.rows == h && done[i].image.cols == w, "loader", "image '", batch.ids[i],
           "' is ", done[i].image.cols, "x", done[i].image.rows, " but the batch's first is ", w,
           "x", h, ": add a resize step to the preprocessing config");
+    batch.has_mask.push_back(done[i].mask.empty() ? 0 : 1);
     all_masks = all_masks && !done[i].mask.empty();
+    any_mask = any_mask || !done[i].mask.empty();
   }
   batch.images = torch::empty({b, 3, h, w}, torch::kFloat32);  // (B, 3, H, W)
   for (int64_t i = 0; i < b; ++i)
     preprocessing::to_tensor_into(done[i].image, batch.images[i], runner_.normalization());
-  if (all_masks) {
-    batch.masks = torch::empty({b, 1, h, w}, torch::kFloat32);  // (B, 1, H, W)
+  if (any_mask) {
+    auto masks = torch::zeros({b, 1, h, w}, torch::kFloat32);  // (B, 1, H, W)
     for (int64_t i = 0; i < b; ++i) {
-      cv::Mat view(h, w, CV_32FC1, batch.masks[i].data_ptr<float>());
-      done[i].mask.convertTo(view, CV_32F, 1.0 / 255.0);
+      if (done[static_cast<std::size_t>(i)].mask.empty()) continue;
+      cv::Mat view(h, w, CV_32FC1, masks[i].data_ptr<float>());
+      done[static_cast<std::size_t>(i)].mask.convertTo(view, CV_32F, 1.0 / 255.0);
     }
+    (all_masks ? batch.masks : batch.partial_masks) = masks;
   }
   return batch;
 }

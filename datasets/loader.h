@@ -121,6 +121,10 @@ struct Batch {
   at::Tensor labels;                 ///< (B) int64
   at::Tensor masks;                  ///< (B, 1, H, W) float32 in {0, 1}; undefined unless every
                                      ///< sample of the batch has a mask
+  /// When some samples of the batch have a mask but not all: (B, 1, H, W) with the masks
+  /// there and zeros elsewhere (has_mask says which are real); undefined otherwise.
+  at::Tensor partial_masks;
+  std::vector<uint8_t> has_mask;  ///< per image, in batch order: 1 where it has a mask
   std::vector<std::string> ids;      ///< image ids, in batch order
   std::vector<std::size_t> indices;  ///< source indices, in batch order
   struct Failure {

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <future>
 #include <mutex>
+#include <regex>
 #include <set>
 #include <thread>
 
@@ -53,13 +54,39 @@ bool hidden(const fs::path& p) {
   return !name.empty() && name[0] == '.';
 }
 
+// Temporary files a killed run left in its folder: `.results.h5.<pid>-<n>.tmp.h5` (an
+// --overwrite run's new file, atomic_file.h), its replicas `..results.h5.<pid>-<n>.tmp.h5.replica-a/b`,
+// and the CSVs' `.predictions.csv.<pid>-<n>.tmp.csv`. Called with the folder lock held, so no
+// other run is writing them; returns how many were removed.
+int remove_stale_temporaries(const std::string& dir) {
+  static const std::regex kTemporary(
+      R"(^\.\.?(results\.h5|predictions\.csv|errors\.csv)\.[0-9]+-[0-9]+\.tmp\.(h5|csv)(\.replica-[ab])?$)");
+  int removed = 0;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const auto name = entry.path().filename().string();
+    if (!std::regex_match(name, kTemporary)) continue;
+    if (fs::remove(entry.path(), ec)) ++removed;
+  }
+  return removed;
+}
+
 void add_file(datasets::Dataset& ds, std::map<std::string, int>& seen, const std::string& path) {
   datasets::Sample s;
   s.path = path;
   std::string id = fs::path(path).stem().string();
   if (id.empty()) id = fs::path(path).filename().string();
-  const int n = ++seen[id];
-  if (n > 1) id += "~" + std::to_string(n);
+  // Repeated stems get "~2", "~3", ...: the first of those not taken (by an earlier repeat, or
+  // by a file whose own name ends in "~2"), so every id stays unique.
+  auto [it, fresh] = seen.emplace(id, 1);
+  if (!fresh) {
+    std::string candidate;
+    do {
+      candidate = id + "~" + std::to_string(++it->second);
+    } while (seen.count(candidate) != 0);
+    id = candidate;
+    seen.emplace(id, 1);
+  }
   s.image_id = id;
   ds.samples.push_back(std::move(s));
 }
@@ -250,7 +277,11 @@ int64_t attach_masks(datasets::Dataset& dataset, const std::string& masks_dir) {
   check_masks_folder(masks_dir);
   int64_t attached = 0;
   for (auto& s : dataset.samples) {
-    const std::string stem = s.image_id.substr(0, s.image_id.find('~'));
+    // The image file's own stem where the id is it or it with a "~n" repeat suffix (a file
+    // named "x~y.jpg" keeps "x~y"), otherwise the dataset's id.
+    const std::string file_stem = fs::path(s.path).stem().string();
+    const std::string stem =
+        !file_stem.empty() && s.image_id.rfind(file_stem, 0) == 0 ? file_stem : s.image_id;
     for (const auto& suffix : {"_segmentation.png", "_Segmentation.png", "_mask.png", ".png"}) {
       const auto p = fs::path(masks_dir) / (stem + suffix);
       if (fs::is_regular_file(p)) {
@@ -426,6 +457,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
   // One run per folder (attnscope/folder_lock.h); held until classify returns.
   const FolderLock folder_lock(o.out_dir,
                                "wait for it to end, or give this run (each shard) its own --out");
+  remove_stale_temporaries(o.out_dir);
   const auto h5_path = (fs::path(o.out_dir) / "results.h5").string();
   const bool resuming = o.resume && fs::exists(h5_path);
   check(resuming || o.overwrite || !fs::exists(h5_path), h5_path,
@@ -591,7 +623,8 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
             RiseOptions ro;
             ro.steps = o.faithfulness_steps;
             ro.substrate = ((torch::zeros({3}) - mean) / stdv);
-            const bool masks = batch->masks.defined();
+            const auto& batch_masks =
+                batch->masks.defined() ? batch->masks : batch->partial_masks;
             const auto gauss = gaussian_prior(H, W);
             for (int64_t b = 0; b < B; ++b) {
               if (stopping()) {
@@ -608,7 +641,11 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
                     .cpu();
               };
               const auto image = images[b];
-              auto mask = masks ? batch->masks[b][0].cpu() : torch::Tensor();
+              // NaN for an image without a mask, whatever the rest of its batch has.
+              const bool masks = batch_masks.defined() &&
+                                 static_cast<std::size_t>(b) < batch->has_mask.size() &&
+                                 batch->has_mask[static_cast<std::size_t>(b)] != 0;
+              auto mask = masks ? batch_masks[b][0].cpu() : torch::Tensor();
               auto localise = [&](const std::string& name, const torch::Tensor& up) {
                 values[name + "/mass_in_mask"].push_back(
                     masks ? static_cast<float>(mass_in_mask(up, mask)) : nan);

@@ -12,6 +12,7 @@
 #include <deque>
 #include <filesystem>
 #include <numeric>
+#include <set>
 
 #include <libdeflate.h>
 #include <torch/torch.h>
@@ -96,14 +97,35 @@ void create_column(hid_t file, const Column& col, const std::string& path) {
   check(set.valid(), where(path, col.name), "cannot create dataset");
 }
 
-int64_t rows_of(hid_t file, const std::string& name, const std::string& path) {
-  h5::Handle set(H5Dopen2(file, name.c_str(), H5P_DEFAULT));
-  check(set.valid(), where(path, name), "missing dataset");
+// Rows of col's dataset in file, checked to have col's shape (rows, col.dims...).
+int64_t rows_of(hid_t file, const Column& col, const std::string& path) {
+  h5::Handle set(H5Dopen2(file, col.name.c_str(), H5P_DEFAULT));
+  check(set.valid(), where(path, col.name), "missing dataset");
   h5::Handle space(H5Dget_space(set.get()));
-  hsize_t dims[8] = {};
-  check(H5Sget_simple_extent_ndims(space.get()) >= 1, where(path, name), "not a per-row dataset");
-  H5Sget_simple_extent_dims(space.get(), dims, nullptr);
+  hsize_t dims[H5S_MAX_RANK] = {};
+  const int rank = H5Sget_simple_extent_ndims(space.get());
+  std::string shape = "(rows";
+  for (const auto d : col.dims)
+    shape += ", " + std::to_string(d);
+  check(rank == static_cast<int>(1 + col.dims.size()) &&
+            H5Sget_simple_extent_dims(space.get(), dims, nullptr) == rank &&
+            std::equal(col.dims.begin(), col.dims.end(), dims + 1),
+        where(path, col.name), "does not have the shape ", shape, ") this run writes");
   return static_cast<int64_t>(dims[0]);
+}
+
+// Names of the datasets below group `name` of file ("name/a", "name/b/c"), depth first.
+void list_datasets(hid_t file, const std::string& name, std::vector<std::string>& out,
+                   int depth = 0) {
+  if (depth > 4 || !h5::exists(file, name)) return;
+  h5::Handle obj(H5Oopen(file, name.c_str(), H5P_DEFAULT));
+  if (!obj.valid()) return;
+  if (H5Iget_type(obj.get()) != H5I_GROUP) {
+    out.push_back(name);
+    return;
+  }
+  for (const auto& child : h5::children(obj.get()))
+    list_datasets(file, name + "/" + child, out, depth + 1);
 }
 
 // Writes `rows` rows (contiguous, memory type col.type) at row `at` of the dataset, extending it.
@@ -599,12 +621,30 @@ ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader
           attr("maps"), ", this run asks for ", json_list(names));
     check(attr("tta") == (layout.tta ? "dihedral8" : "none"), path,
           "cannot resume: --tta differs from the stored run");
+    // Overlays and per-image measures: the stored run's and this run's must be the same
+    // datasets, or the resumed file would end with some of them short.
+    std::set<std::string> writes;
+    for (const auto& col : columns(layout))
+      writes.insert(col.name);
+    for (const char* group : {"overlays", "measures"}) {
+      std::vector<std::string> stored;
+      list_datasets(f, group, stored);
+      for (const auto& name : stored)
+        check(writes.count(name) != 0, path, "cannot resume: it stores /", name,
+              ", which this run does not write (resume with the options it was made with: "
+              "--overlays, --faithfulness, --masks)");
+      for (const auto& name : writes)
+        check(name.rfind(std::string(group) + "/", 0) != 0 || h5::exists(f, name), path,
+              "cannot resume: this run writes /", name,
+              ", which it does not store (resume with the options it was made with: "
+              "--overlays, --faithfulness, --masks)");
+    }
     // Rows of the last complete batch: num_images, or the shortest dataset (files written by
     // attnscope before the replicas could hold a torn batch).
     auto consistent = [&](const std::vector<Column>& cols, const std::string& count_attr) {
       int64_t n = std::numeric_limits<int64_t>::max(), longest = 0;
       for (const auto& col : cols) {
-        const auto k = rows_of(f, col.name, path);
+        const auto k = rows_of(f, col, path);
         n = std::min(n, k);
         longest = std::max(longest, k);
       }
@@ -1026,6 +1066,7 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
                   files[i].path, out);
     }
     check(H5Fflush(o.get(), H5F_SCOPE_GLOBAL) >= 0, out, "cannot flush (disk full?)");
+    close_checked(o, out);
   }
   target.commit();
 }

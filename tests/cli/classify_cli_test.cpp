@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <iterator>
+#include <tuple>
 #include <random>
 #include <set>
 #include <sstream>
@@ -80,6 +82,11 @@ std::string compare(const test::TempDir& dir, const std::string& a, const std::s
   const auto script = dir / "compare.py";
   std::ofstream(script) << kCompare;
   return test::run_process(test::python() + " " + q(script) + " " + q(a) + " " + q(b)).output;
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
 std::vector<std::vector<std::string>> read_csv(const std::string& path) {
@@ -794,6 +801,171 @@ TEST(CliClassify, FullDiskFailsClearlyAndKeepsThePreviousResults) {
   EXPECT_NE(fresh.status, 0) << fresh.output;
   EXPECT_EQ(fresh.signal, 0) << fresh.output;
   EXPECT_NE(fresh.output.find("error:"), std::string::npos) << fresh.output;
+}
+
+}  // namespace
+}  // namespace attnscope
+
+namespace attnscope {
+namespace {
+
+// Localisation measures are NaN for exactly the images without a mask, whatever the batch
+// size (an image without one used to make its whole batch NaN); a file named "x~y" is matched
+// to x~y's mask, not to x's.
+TEST(CliClassify, MaskMeasuresAreNaNOnlyForTheImagesWithoutAMask) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 4);
+  fs::create_directories(dir / "in");
+  fs::create_directories(dir / "masks");
+  std::vector<std::string> stems;
+  for (const auto& e : fs::directory_iterator(images + "/images")) stems.push_back(e.path().stem());
+  std::sort(stems.begin(), stems.end());
+  ASSERT_EQ(stems.size(), 4u);
+  // Three images with their masks; the fourth, named "<first>~x", has none.
+  for (int i = 0; i < 3; ++i) {
+    fs::copy_file(images + "/images/" + stems[i] + ".png", dir / ("in/" + stems[i] + ".png"));
+    fs::copy_file(images + "/masks/" + stems[i] + ".png", dir / ("masks/" + stems[i] + ".png"));
+  }
+  fs::copy_file(images + "/images/" + stems[3] + ".png", dir / ("in/" + stems[0] + "~x.png"));
+  const auto script = dir / "nan.py";
+  std::ofstream(script) << R"(
+import sys, h5py, numpy as np
+f = h5py.File(sys.argv[1], 'r')
+ids = [s.decode() if isinstance(s, bytes) else s for s in f['images/id'][...]]
+v = f['measures/stage3/jaccard'][...]
+print(' '.join('%s:%s' % (i, 'nan' if np.isnan(x) else 'ok') for i, x in sorted(zip(ids, v))))
+)";
+  std::string want;
+  for (const auto& s : {stems[0], stems[0] + "~x", stems[1], stems[2]})
+    want += (want.empty() ? "" : " ") + s + (s.find('~') == std::string::npos ? ":ok" : ":nan");
+  for (const char* batch : {"4", "1"}) {
+    const auto out = dir / (std::string("run") + batch);
+    const auto r = test::run_process(exe() + " classify --model " + q(model) + " --input " +
+                                     q(dir / "in") + " --masks " + q(dir / "masks") + " --out " +
+                                     q(out) + " --faithfulness --faithfulness-steps 2 --threads 1" +
+                                     " --batch-size " + batch);
+    ASSERT_EQ(r.status, 0) << r.output;
+    const auto py =
+        test::run_process(test::python() + " " + q(script) + " " + q(out + "/results.h5"));
+    EXPECT_EQ(py.output, want + "\n") << "batch " << batch;
+  }
+}
+
+// Files whose stems repeat, one of them already named like a repeat ("x~2"): every id is
+// unique (the repeat of x became "x~2" and collided with x~2.png's id before), and a file cut
+// back to its first image resumes to all of them.
+TEST(CliClassify, RepeatedFileNamesGetUniqueIdsAndResumeKeepsEveryImage) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 3);
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(images + "/images")) files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  fs::create_directories(dir / "dup/sub");
+  fs::copy_file(files[0], dir / "dup/sub/x.png");
+  fs::copy_file(files[1], dir / "dup/x.png");
+  fs::copy_file(files[2], dir / "dup/x~2.png");
+  const auto base = exe() + " classify --model " + q(model) + " --input " + q(dir / "dup") +
+                    " --batch-size 1 --threads 1 --out " + q(dir / "run");
+  const auto r = test::run_process(base);
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::set<std::string> ids;
+  for (const auto& id : pipeline::read_results(dir / "run/results.h5").ids) ids.insert(id);
+  EXPECT_EQ(ids.size(), 3u);
+  // Resuming a file that holds only the first image classifies the other two.
+  const auto trim = dir / "trim.py";
+  std::ofstream(trim) << R"(
+import sys, h5py
+f = h5py.File(sys.argv[1], 'r+')
+def cut(n, o):
+    if isinstance(o, h5py.Dataset) and not n.startswith('errors/'): o.resize(1, axis=0)
+f.visititems(cut)
+f.attrs['num_images'] = '1'
+f.attrs['finished_at'] = ''
+)";
+  const auto t = test::run_process(test::python() + " " + q(trim) + " " + q(dir / "run/results.h5"));
+  ASSERT_EQ(t.status, 0) << t.output;
+  const auto resumed = test::run_process(base + " --resume");
+  ASSERT_EQ(resumed.status, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed: 1 inputs already stored"), std::string::npos)
+      << resumed.output;
+  EXPECT_NE(resumed.output.find("classified 3, failed 0"), std::string::npos) << resumed.output;
+  std::set<std::string> after;
+  for (const auto& id : pipeline::read_results(dir / "run/results.h5").ids) after.insert(id);
+  EXPECT_EQ(after, ids);
+}
+
+// --resume with other --overlays / --faithfulness than the stored run is refused, naming a
+// dataset, and leaves the file as it was (it used to append some datasets and not others).
+TEST(CliClassify, ResumeWithOtherOverlaysOrMeasuresIsRefused) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 2);
+  const auto base = exe() + " classify --model " + q(model) + " --input " +
+                    q(images + "/images") + " --threads 1 --faithfulness-steps 2";
+  int case_number = 0;
+  for (const auto& [stored, now, says] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{
+           {" --overlays", "", "it stores /overlays/"},
+           {"", " --overlays", "this run writes /overlays/"},
+           {" --faithfulness", "", "it stores /measures/"},
+           {"", " --faithfulness", "its faithfulness differs"}}) {
+    const auto out = dir / ("run" + std::to_string(case_number++));
+    const auto first = test::run_process(base + stored + " --out " + q(out));
+    ASSERT_EQ(first.status, 0) << first.output;
+    const auto before = read_bytes(out + "/results.h5");
+    const auto r = test::run_process(base + now + " --resume --out " + q(out));
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_NE(r.output.find("cannot resume: " + says), std::string::npos) << r.output;
+    EXPECT_EQ(read_bytes(out + "/results.h5"), before) << stored << now;
+  }
+}
+
+// A results.h5 whose dataset has another rank (12, past the old fixed array of 8) or shape is
+// one error line on --resume, not a crash.
+TEST(CliClassify, ResumeOfADatasetWithAnotherShapeIsOneLine) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 2);
+  const auto base = exe() + " classify --model " + q(model) + " --input " +
+                    q(images + "/images") + " --threads 1 --out " + q(dir / "run");
+  ASSERT_EQ(test::run_process(base).status, 0);
+  const auto craft = dir / "craft.py";
+  std::ofstream(craft) << R"(
+import sys, h5py
+f = h5py.File(sys.argv[1], 'r+')
+del f['images/label']
+f.create_dataset('images/label', shape=(2,) + (1,) * 11, dtype='i8', maxshape=(None,) + (1,) * 11)
+)";
+  ASSERT_EQ(test::run_process(test::python() + " " + q(craft) + " " + q(dir / "run/results.h5")).status, 0);
+  const auto r = test::run_process(base + " --resume");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("images/label: does not have the shape (rows) this run writes"),
+            std::string::npos)
+      << r.output;
+}
+
+// What a SIGKILLed --overwrite run leaves (its new file and replicas at temporary names, a
+// CSV's temporary) is removed by the next run into the folder; other files stay.
+TEST(CliClassify, TemporariesOfAKilledRunAreRemovedByTheNextRun) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 2);
+  const auto out = dir / "run";
+  const auto base = exe() + " classify --model " + q(model) + " --input " +
+                    q(images + "/images") + " --threads 1 --out " + q(out);
+  ASSERT_EQ(test::run_process(base).status, 0);
+  const std::vector<std::string> stale{".results.h5.4242-0.tmp.h5",
+                                       "..results.h5.4242-0.tmp.h5.replica-a",
+                                       "..results.h5.4242-0.tmp.h5.replica-b",
+                                       ".predictions.csv.4242-1.tmp.csv"};
+  for (const auto& name : stale) std::ofstream(out + "/" + name) << "left by a killed run";
+  std::ofstream(out + "/.results.h5.notes") << "the user's";
+  const auto r = test::run_process(base + " --overwrite");
+  ASSERT_EQ(r.status, 0) << r.output;
+  for (const auto& name : stale) EXPECT_FALSE(fs::exists(out + "/" + name)) << name;
+  EXPECT_TRUE(fs::exists(out + "/.results.h5.notes"));
 }
 
 }  // namespace

@@ -556,6 +556,11 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
         train("--warmup-epochs nan"), train("--time-budget nan"), train("--step-every 0"),
         train("--patience -1"), train("--mask-loss 1,nan"), train("--mixup nan"),
         train("--cutmix -1"), train("--drop-path 1"), train("--drop-path nan"),
+        // A batch size near INT64_MAX overflowed the batch count: nothing was classified.
+        "classify --model m.h5 --input x.jpg --out " + (dir / "o") +
+            " --batch-size 9223372036854775807",
+        std::string("evaluate --model m.h5 --data x.csv --batch-size 65537"),
+        train("--batch-size 9223372036854775807"),
         std::string("seq2seq translate --model m.h5 --beam 100000 abc"),
         std::string("dist-check --lr nan"), "demo --out " + (dir / "d") + " --minutes 1e300"}) {
     const auto r = test::run_process(exe() + " " + args);

@@ -92,7 +92,7 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
   if (!parse(usage, desc, args, vm)) return 0;
   const auto fail = [&](const std::string& m) { throw UsageError(m, usage_text(usage, desc)); };
   if (inputs.empty() == data.data.empty()) fail("give either --input or --data");
-  if (o.batch_size < 1) fail("--batch-size must be >= 1");
+  if (o.batch_size < 1 || o.batch_size > 65536) fail("--batch-size must be between 1 and 65536");
   if (o.threads < 1 || o.threads > kMaxWorkers)
     fail(concat("--threads must be in [1, ", kMaxWorkers, "]"));
   // Each step is a forward pass per curve, map and image: 1024 already changes under 50

@@ -60,7 +60,7 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
   po::variables_map vm;
   if (!parse(usage, desc, args, vm)) return 0;
   const auto fail = [&](const std::string& m) { throw UsageError(m, usage_text(usage, desc)); };
-  if (o.batch_size < 1) fail("--batch-size must be >= 1");
+  if (o.batch_size < 1 || o.batch_size > 65536) fail("--batch-size must be between 1 and 65536");
   if (o.workers < 0 || o.workers > kMaxWorkers)
     fail(concat("--workers must be in [0, ", kMaxWorkers, "]"));
   if (o.bootstrap_resamples < 0) fail("--bootstrap must be >= 0");

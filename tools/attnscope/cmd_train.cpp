@@ -234,6 +234,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   }
   if (size < 16) fail("--size must be >= 16");
   if (batch_size < 1 || epochs < 1) fail("--batch-size and --epochs must be >= 1");
+  if (batch_size > 65536) fail("--batch-size must be at most 65536");
   if (val_spec.empty() && !(val_split > 0 && val_split < 1)) fail("--val-split must be in (0, 1)");
   if (optimizer != "sgd" && optimizer != "adamw") fail("--optimizer must be sgd or adamw");
   // Every number before any work (NaN fails every comparison, so each test is written to pass
