@@ -1,6 +1,9 @@
 // Forward throughput of every image classifier preset at 224 px (batch 1 and 16): images/s,
 // parameters, GFLOP per image (convolutions and matrix products, counted by LibTorch's
 // profiler) and GFLOP/s achieved. Compare GFLOP/s with bench_matmul's peak.
+// BM_TrainStep: one training step (forward, cross-entropy, backward, SGD with momentum) of
+// attn_small at 128 px and attn_resnet18 at 224 px, batch 32, random inputs: the model's
+// share of `attnscope train` without data loading, for A/B comparisons of training kernels.
 //
 //   bench_vision [--resnet18-checkpoint=PATH] [google-benchmark flags]
 //
@@ -14,6 +17,8 @@
 #include <cstring>
 #include <set>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "models/vision/presets.h"
 #include "pipeline/vision/image_model_config.h"
@@ -81,6 +86,33 @@ void BM_Forward(benchmark::State& state, const std::string& arch) {
   state.counters["threads"] = attnscope::runtime::threads();
 }
 
+void BM_TrainStep(benchmark::State& state, const std::string& arch, int64_t size) {
+  attnscope::runtime::set_threads(0);
+  const int64_t batch = state.range(0);
+  vision::ImageModelConfig c;
+  c.arch = arch;
+  c.num_classes = 2;
+  c.image_size = size;
+  auto model = vision::make_image_classifier(c);
+  model->train();
+  torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
+  torch::manual_seed(0);
+  const auto x = torch::randn({batch, 3, size, size});
+  const auto y = torch::randint(0, 2, {batch}, torch::kLong);
+  auto step = [&] {
+    opt.zero_grad();
+    auto loss = torch::nn::functional::cross_entropy(model->forward(x).logits, y);
+    loss.backward();
+    opt.step();
+  };
+  step();  // warm-up
+  for (auto _ : state)
+    step();
+  state.counters["images/s"] =
+      benchmark::Counter(static_cast<double>(batch), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = attnscope::runtime::threads();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -104,6 +136,16 @@ int main(int argc, char** argv) {
         ->Arg(16)
         ->Unit(benchmark::kMillisecond)
         ->MinTime(0.2)
+        ->UseRealTime();
+  }
+  for (const auto& [arch, size] :
+       std::vector<std::pair<std::string, int64_t>>{{"attn_small", 128}, {"attn_resnet18", 224}}) {
+    benchmark::RegisterBenchmark(("BM_TrainStep/" + arch + "/" + std::to_string(size)).c_str(),
+                                 BM_TrainStep, arch, size)
+        ->ArgName("batch")
+        ->Arg(32)
+        ->Unit(benchmark::kMillisecond)
+        ->MinTime(3.0)
         ->UseRealTime();
   }
   int n = static_cast<int>(rest.size());
