@@ -2,6 +2,8 @@
 
 #include <filesystem>
 
+#include <sys/stat.h>
+
 #include <torch/torch.h>
 
 #include "attnscope/error.h"
@@ -167,9 +169,17 @@ File File::create(const std::string& path, const std::string& name) {
   return File(Handle(id), shown);
 }
 
+void check_not_special_file(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return;
+  check(S_ISREG(st.st_mode) || S_ISDIR(st.st_mode), path,
+        "is not a regular file (a FIFO, device or socket): not an HDF5 file");
+}
+
 File File::open(const std::string& path, bool writable) {
   silence_hdf5();
   check(std::filesystem::exists(path), path, "no such file");
+  check_not_special_file(path);
   check(H5Fis_hdf5(path.c_str()) > 0, path, "not an HDF5 file");
   hid_t id = H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY, H5P_DEFAULT);
   check_h5(id >= 0, path, writable ? "cannot open HDF5 file for writing" : "cannot open HDF5 file");

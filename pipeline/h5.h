@@ -117,6 +117,10 @@ std::string where(const std::string& file, const std::string& name);
 /// The variable-length UTF-8 string type h5py reads as str.
 Handle utf8_string_type();
 
+/// Throws Error(path, "is not a regular file ...") when path is a FIFO, a device or a socket:
+/// opening one to read it as HDF5 blocks (a FIFO without a writer) or reads without end.
+void check_not_special_file(const std::string& path);
+
 /// Names of the direct children of a group, in creation/alphabetical order.
 std::vector<std::string> children(hid_t loc);
 

@@ -245,6 +245,7 @@ void check_untrusted_file(const std::string& path, bool all_data,
   if (also) also();
   return;
 #endif
+  check_not_special_file(path);
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
     if (also) also();  // the reader says what is wrong

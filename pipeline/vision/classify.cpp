@@ -96,17 +96,25 @@ void add_input(datasets::Dataset& ds, std::map<std::string, int>& seen, const st
   check(depth < 8, input, "list files nest too deeply");
   if (!input.empty() && input[0] == '@') {
     const std::string list = input.substr(1);
+    std::error_code ec;
+    // A folder, FIFO or device (@/dev/zero read without end) is no list.
+    check(fs::is_regular_file(list, ec), list,
+          fs::exists(list, ec) ? "is not a list file (a folder, FIFO or device)"
+                               : "cannot read the list file (no such file)");
     std::ifstream in(list);
     check(in.good(), list, "cannot read the list file");
     const auto base = fs::path(list).parent_path();
     std::string line;
+    int64_t number = 0;
     while (std::getline(in, line)) {
+      ++number;
+      check(line.size() <= 65536, list, "line ", number, " is longer than 65536 bytes: not a list of paths");
       while (!line.empty() && (line.back() == '\r' || line.back() == ' '))
         line.pop_back();
       if (line.empty() || line[0] == '#') continue;
       fs::path p(line);
-      // Relative lines are relative to the list's folder (when it is not the current one).
-      if (p.is_relative() && !base.empty() && !fs::exists(p)) p = base / p;
+      // Relative lines are relative to the list's folder, wherever the command runs.
+      if (p.is_relative() && !base.empty()) p = base / p;
       add_input(ds, seen, p.string(), depth + 1);
     }
     return;

@@ -242,8 +242,16 @@ ImageCacheSource::ImageCacheSource(const std::string& path)
             static_cast<std::size_t>(labels.numel()) == n &&
             static_cast<std::size_t>(has_mask.numel()) == n,
         path, "ids, groups, paths, labels and has_mask must all have ", n, " entries");
+  check(labels.scalar_type() == torch::kLong, where(path, "labels"), "expected 64-bit integers");
+  check(has_mask.scalar_type() == torch::kByte, where(path, "has_mask"), "expected uint8");
+  check(class_names_.size() <= 100000, path, "has ", class_names_.size(),
+        " class names (at most 100000)");
   has_mask_.assign(has_mask.data_ptr<uint8_t>(), has_mask.data_ptr<uint8_t>() + n);
   const auto* label = labels.data_ptr<int64_t>();
+  for (std::size_t i = 0; i < n; ++i)
+    check(label[i] >= -1 && label[i] < static_cast<int64_t>(class_names_.size()),
+          where(path, "labels"), "sample '", ids[i], "' has label ", label[i], ", outside its ",
+          class_names_.size(), " class names");
   for (std::size_t i = 0; i < n; ++i) {
     datasets::Sample s;
     s.image_id = ids[i];

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <deque>
 #include <filesystem>
+#include <map>
 #include <numeric>
 #include <set>
 
@@ -273,6 +274,7 @@ h5::Handle open_file(const std::string& path, bool create) {
     h5::check_h5(id >= 0, path, "cannot create HDF5 file");
   } else {
     check(std::filesystem::exists(path), path, "no such file");
+    h5::check_not_special_file(path);
     check(H5Fis_hdf5(path.c_str()) > 0, path, "not an HDF5 file");
     id = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
     h5::check_h5(id >= 0, path, "cannot open HDF5 file for writing");
@@ -782,14 +784,18 @@ ResultsHeader read_attributes(hid_t obj, const std::string& path) {
   return out;
 }
 
-void collect_datasets(hid_t loc, const std::string& prefix, std::vector<std::string>& out) {
+// Each group is entered once (by its address in the file): a hard link back to a group above
+// (a cycle, which h5py makes with f['a/loop'] = f['a']) recursed without end before.
+void collect_datasets(hid_t loc, const std::string& prefix, std::vector<std::string>& out,
+                      std::set<haddr_t>& groups) {
   for (const auto& child : h5::children(loc)) {
     const auto name = prefix.empty() ? child : prefix + "/" + child;
     H5O_info_t info;
     if (H5Oget_info_by_name(loc, child.c_str(), &info, H5P_DEFAULT) < 0) continue;
     if (info.type == H5O_TYPE_GROUP) {
+      if (!groups.insert(info.addr).second) continue;
       h5::Handle g(H5Gopen2(loc, child.c_str(), H5P_DEFAULT));
-      collect_datasets(g.get(), name, out);
+      if (g.valid()) collect_datasets(g.get(), name, out, groups);
     } else if (info.type == H5O_TYPE_DATASET) {
       out.push_back(name);
     }
@@ -835,7 +841,8 @@ ResultsFile read_own_results(const std::string& path) {
 std::vector<std::string> results_datasets(const std::string& path) {
   const auto f = open_read(path);
   std::vector<std::string> out;
-  collect_datasets(f.get(), "", out);
+  std::set<haddr_t> groups;
+  collect_datasets(f.get(), "", out, groups);
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -988,14 +995,35 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
   std::vector<h5::Handle> ins;
   for (const auto& f : files)
     ins.push_back(open_read(f.path));
-  // Every dataset holds a row for each image (errors/*: each error) the merge copies.
+  // Every dataset holds a row for each image (errors/*: each error) the merge copies — the
+  // file's num_images / num_errors, or where those are absent its longest id or prediction
+  // list (so a short dataset is refused, not a cause to drop rows) — and rows of the first
+  // file's shape (per-class datasets: one column per class name).
+  const auto classes = nlohmann::json::parse(attr(first, "class_names"), nullptr, false);
+  const auto num_classes = classes.is_array() ? static_cast<hsize_t>(classes.size()) : 0;
+  std::map<std::string, std::vector<hsize_t>> row_shape;  // of the first file
   for (std::size_t i = 0; i < files.size(); ++i) {
     const auto& f = files[i];
     const auto& in = ins[i];
-    const auto images = std::min(f.ids.size(), static_cast<std::size_t>(f.prediction.numel()));
+    auto count = [&](const char* key, std::size_t fallback) {
+      try {
+        const auto it = f.attributes.find(key);
+        if (it != f.attributes.end()) return static_cast<std::size_t>(std::stoull(it->second));
+      } catch (const std::exception&) {
+      }
+      return fallback;
+    };
+    const auto images = count("num_images", std::max(f.ids.size(),
+                                                     static_cast<std::size_t>(f.prediction.numel())));
+    const auto errors = count("num_errors", f.errors.size());
+    check(f.ids.size() >= images && static_cast<std::size_t>(f.prediction.numel()) >= images,
+          f.path, "holds ", std::min(f.ids.size(), static_cast<std::size_t>(f.prediction.numel())),
+          " ids or predictions for its ", images, " images: the file is damaged");
+    check(f.errors.size() >= errors, f.path, "holds ", f.errors.size(), " complete error rows for its ",
+          errors, " errors: the file is damaged");
     for (const auto& name : datasets) {
       const bool is_error = name.rfind("errors/", 0) == 0;
-      const auto needed = is_error ? f.errors.size() : images;
+      const auto needed = is_error ? errors : images;
       h5::Handle set(H5Dopen2(in.get(), name.c_str(), H5P_DEFAULT));
       check(set.valid(), where(f.path, name), "cannot open the dataset");
       h5::Handle space(H5Dget_space(set.get()));
@@ -1004,6 +1032,23 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
       check(rank >= 1 && dims[0] >= needed, where(f.path, name), "holds ", rank >= 1 ? dims[0] : 0,
             " rows for the file's ", needed, is_error ? " errors" : " images",
             ": the file is damaged");
+      const std::vector<hsize_t> shape(dims + 1, dims + rank);
+      auto show = [](const std::vector<hsize_t>& s) {
+        std::string t = "(rows";
+        for (const auto d : s) t += ", " + std::to_string(d);
+        return t + ")";
+      };
+      if (i == 0) {
+        const bool per_class = name == "predictions/logits" || name == "predictions/probability" ||
+                               name == "predictions/probability_std";
+        check(!per_class || (shape.size() == 1 && shape[0] == num_classes), where(f.path, name),
+              "has rows of shape ", show(shape), " for the file's ", num_classes,
+              " class names: the file is damaged");
+        row_shape[name] = shape;
+      } else {
+        check(shape == row_shape[name], where(f.path, name), "has rows of shape ", show(shape),
+              ", ", first.path, " has ", show(row_shape[name]), ": cannot merge them");
+      }
     }
   }
   // Merged order: by input index, rows and errors separately.

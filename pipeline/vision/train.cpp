@@ -319,7 +319,12 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     return meta;
   };
   if (!o.init.empty()) {
-    check_arch(o.init);
+    const auto meta = check_arch(o.init);
+    // Strict: the head's outputs keep their meaning only for the same classes in the same order.
+    check(meta.class_names.empty() || meta.class_names == class_names, o.init,
+          "was trained on the classes ", nlohmann::json(meta.class_names).dump(), "; this data has ",
+          nlohmann::json(class_names).dump(),
+          " (--init keeps the head: for other classes use --init-backbone)");
     load_checkpoint(o.init, *model);
   }
   if (!o.init_backbone.empty()) load_image_backbone(o.init_backbone, *model);

@@ -2,6 +2,8 @@
 // untrained attn_small checkpoint, results.h5 read back by C++ and by Debian's h5py, kills at
 // random moments and --resume, shards and merge, a folder of bad files, a full disk.
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <chrono>
 #include <fstream>
@@ -966,6 +968,99 @@ TEST(CliClassify, TemporariesOfAKilledRunAreRemovedByTheNextRun) {
   ASSERT_EQ(r.status, 0) << r.output;
   for (const auto& name : stale) EXPECT_FALSE(fs::exists(out + "/" + name)) << name;
   EXPECT_TRUE(fs::exists(out + "/.results.h5.notes"));
+}
+
+}  // namespace
+}  // namespace attnscope
+
+namespace attnscope {
+namespace {
+
+// merge, report and evaluate against crafted results files and outputs that are inputs: one
+// line each and the inputs byte for byte (each case crashed, hung, dropped rows silently or
+// destroyed an input before).
+TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 8);
+  const auto run = [&](const std::string& args) { return test::run_process(exe() + " " + args); };
+  for (const char* shard : {"0/2", "1/2"})
+    ASSERT_EQ(run("classify --model " + q(model) + " --input " + q(images + "/images") +
+                  " --threads 1 --shard " + shard + " --out " + q(dir / (std::string("s") + shard[0])))
+                  .status,
+              0);
+  const auto s0 = dir / "s0/results.h5", s1 = dir / "s1/results.h5";
+  const auto craft = [&](const std::string& name, const std::string& code) {
+    const auto path = dir / (name + ".h5");
+    fs::copy_file(s0, path);
+    const auto script = dir / (name + ".py");
+    std::ofstream(script) << "import sys, h5py, numpy as np\nf = h5py.File(sys.argv[1], 'r+')\n"
+                          << code << "\n";
+    const auto r = test::run_process(test::python() + " " + q(script) + " " + q(path));
+    EXPECT_EQ(r.status, 0) << name << r.output;
+    return path;
+  };
+  struct Case {
+    std::string args, says;
+  };
+  const auto loop = craft("loop", "f['images/loop'] = f['images']");
+  const auto short_ids = craft("short_ids",
+                               "d = f['images/id'][:2]\ndel f['images/id']\n"
+                               "f.create_dataset('images/id', data=d, maxshape=(None,))");
+  const auto three = craft("three", "del f['predictions/probability']\n"
+                                    "f['predictions/probability'] = np.zeros((4, 3), 'f4')");
+  const auto deep = craft("deep", "f.attrs['class_names'] = '[' * 100000 + ']' * 100000");
+  const auto fifo = dir / "fifo.h5";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  fs::copy_file(s0, dir / "copy.h5");
+  const std::vector<Case> cases{
+      {"merge " + q(loop) + " " + q(s1) + " --out " + q(dir / "m1.h5"), ""},  // merges
+      {"merge " + q(short_ids) + " " + q(s1) + " --out " + q(dir / "m2.h5"),
+       short_ids + ": holds 2 ids or predictions for its 4 images: the file is damaged"},
+      {"merge " + q(three) + " " + q(s1) + " --out " + q(dir / "m3.h5"),
+       three + ":/predictions/probability: has rows of shape (rows, 3) for the file's 2 class names"},
+      {"merge " + q(s1) + " " + q(three) + " --out " + q(dir / "m4.h5"),
+       three + ":/predictions/probability: has rows of shape (rows, 3), " + s1 + " has (rows, 2)"},
+      {"merge " + q(dir / "copy.h5") + " " + q(s1) + " --out " + q(dir / "copy.h5"),
+       dir / "copy.h5" + ": is one of the files to merge"},
+      {"report --results " + q(deep) + " --out " + q(dir / "r.html"),
+       deep + ":/@class_names: is JSON nested deeper than 64 levels"},
+      {"report --results " + q(dir / "copy.h5") + " --out " + q(dir / "copy.h5"),
+       dir / "copy.h5" + ": is --results"},
+      {"report --results " + q(fifo) + " --out " + q(dir / "r.html"),
+       fifo + ": is not a regular file"},
+      {"merge " + q(fifo) + " " + q(s1) + " --out " + q(dir / "m5.h5"), fifo + ": is not a regular file"},
+      {"classify --model " + q(fifo) + " --input " + q(images + "/images") + " --out " + q(dir / "c"),
+       fifo + ": is not a regular file"},
+      {"evaluate --model " + q(model) + " --data " + q(images + "/labels.csv") + " --quiet --out " +
+           q(model),
+       model + ": is --model"},
+      // List files: a folder, and a device read without end (it grew memory without bound).
+      {"classify --model " + q(model) + " --input @" + q(images) + " --out " + q(dir / "c2"),
+       images + ": is not a list file (a folder, FIFO or device)"},
+      {"classify --model " + q(model) + " --input @/dev/zero --out " + q(dir / "c3"),
+       "/dev/zero: is not a list file (a folder, FIFO or device)"},
+      {"evaluate --model " + q(model) + " --data " + q(images + "/labels.csv") +
+           " --quiet --predictions " + q(images + "/labels.csv"),
+       images + "/labels.csv: is --data"},
+  };
+  const auto model_bytes = read_bytes(model), labels = read_bytes(images + "/labels.csv");
+  const auto copy_bytes = read_bytes(dir / "copy.h5");
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.args);
+    const auto r = test::run_process("timeout -k 5 60 " + exe() + " " + c.args);
+    if (c.says.empty()) {
+      EXPECT_EQ(r.status, 0) << r.output;
+      continue;
+    }
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_EQ(r.output.rfind("error: " + c.says, 0), 0u) << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  }
+  EXPECT_EQ(read_bytes(model), model_bytes);
+  EXPECT_EQ(read_bytes(images + "/labels.csv"), labels);
+  EXPECT_EQ(read_bytes(dir / "copy.h5"), copy_bytes);
+  EXPECT_EQ(pipeline::read_results(dir / "m1.h5").ids.size(), 8u);
 }
 
 }  // namespace

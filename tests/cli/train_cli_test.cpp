@@ -336,6 +336,39 @@ TEST(TrainCli, WrongCheckpointsAreRefusedNamingFileAndMismatch) {
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("best.h5"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("2 classes"), std::string::npos) << r.output;
+  // Two classes of other names: --init keeps the head, so the names must be the same (a
+  // swapped order trained on silently before).
+  write_file_atomically(dir / "renamed.csv", [&] {
+    std::string csv = "image_id,label\n";
+    std::istringstream in(read_text(synth_data()));
+    std::string line;
+    std::getline(in, line);
+    while (std::getline(in, line)) {
+      const auto comma = line.find(',');
+      csv += line.substr(0, comma) + "," +
+             (line.substr(comma + 1).rfind("benign", 0) == 0 ? "dog" : "cat") + "\n";
+    }
+    return csv;
+  }());
+  r = test::run_process(exe() + " --threads 1 train --data " + (dir / "renamed.csv") +
+                        " --images " + (fs::path(synth_data()).parent_path() / "images").string() +
+                        " --multiclass --model attn_small --size 32 --epochs 1 --quiet --init " +
+                        run + "/best.h5 --out " + (dir / "w") + " 2>&1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("best.h5: was trained on the classes [\"benign\",\"malignant\"]"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(fs::exists(dir / "w/last.h5"));
+  // Another run's last.h5 copied into this run's folder: refused, the folder left alone (it
+  // used to continue the other run here, over this folder's metrics.jsonl).
+  ASSERT_EQ(test::run_process(train_command(dir / "run2", 1)).status, 0);
+  fs::copy(run, dir / "mixed", fs::copy_options::recursive);
+  fs::copy_file(dir / "run2/last.h5", dir / "mixed/last.h5", fs::copy_options::overwrite_existing);
+  const auto metrics = read_text(dir / "mixed/metrics.jsonl");
+  r = test::run_process(exe() + " train --resume " + (dir / "mixed") + " 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("come from different runs"), std::string::npos) << r.output;
+  EXPECT_EQ(read_text(dir / "mixed/metrics.jsonl"), metrics);
 }
 
 TEST(TrainCli, BadDataAndOutputAreClearErrors) {

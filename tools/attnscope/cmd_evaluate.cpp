@@ -80,6 +80,17 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
   o.tta = tta;
   const auto reduce_to = read_decode_reduce_to(vm, usage_text(usage, desc));
 
+  // --out and --predictions must not be an input (the write would replace it) or each other.
+  const auto check_outputs = [&](const std::vector<std::pair<std::string, std::string>>& inputs) {
+    for (const auto& dest : {out, predictions}) {
+      if (dest.empty()) continue;
+      for (const auto& [input, what] : inputs) check_not_an_input(dest, input, what);
+    }
+    check(out.empty() || !same_file(out, predictions), out,
+          "is given as both --out and --predictions: choose two files");
+  };
+  check_outputs({{model_path, "--model"}, {data.data, "--data"}});
+
   std::cerr << runtime::precision_warning(o.precision, "cpu");
   const auto loaded = pipeline::load_image_classifier(model_path);
   std::shared_ptr<const datasets::SampleSource> source;
@@ -102,6 +113,12 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
     auto ds = data.read(usage_text(usage, desc));
     for (const auto& id : ds.skipped)
       std::cerr << "warning: " << id << ": image not found, skipped\n";
+    std::vector<std::pair<std::string, std::string>> files;
+    for (const auto& s : ds.samples) {
+      files.emplace_back(s.path, "an image of the dataset");
+      if (s.mask_path) files.emplace_back(*s.mask_path, "a mask of the dataset");
+    }
+    check_outputs(files);
     const auto config = loaded.meta.preprocessing_config;
     auto decode = config.is_object() && !config.empty()
                       ? preprocessing::Pipeline::from_json(config).decode_options()

@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "attnscope/error.h"
+#include "attnscope/output_checks.h"
 #include "cli.h"
 #include "pipeline/vision/results.h"
 
@@ -25,6 +26,7 @@ int run_merge(const std::vector<std::string>& args, const GlobalOptions&) {
   std::string line = "attnscope merge";
   for (const auto& a : args)
     line += " " + a;
+  for (const auto& input : inputs) check_not_an_input(out, input, "one of the files to merge");
   pipeline::merge_results(inputs, out, line);
   const auto merged = pipeline::read_results(out);
   std::cout << "merged " << inputs.size() << " files: " << merged.ids.size() << " images, "

@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "attnscope/error.h"
+#include "attnscope/output_checks.h"
 #include "cli.h"
 #include "pipeline/vision/report.h"
 
@@ -45,6 +46,7 @@ int run_report(const std::vector<std::string>& args, const GlobalOptions&) {
   if (o.jpeg_quality < 1 || o.jpeg_quality > 100) fail("--jpeg-quality must be in 1..100");
   o.command_line = joined(args);
   const auto start = std::chrono::steady_clock::now();
+  check_not_an_input(out, results, "--results");
   const auto s = pipeline::vision::write_report(results, out, o);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

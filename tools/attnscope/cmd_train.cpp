@@ -155,6 +155,15 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
               meta.provenance.contains("args") && meta.provenance["args"].is_array(),
           last, "is not the checkpoint of an `attnscope train` run (no stored command line)");
     args = meta.provenance["args"].get<std::vector<std::string>>();
+    // last.h5 must be this folder's own: best.h5 (when an epoch made one) was written by the
+    // same command line. A last.h5 copied in from another run would continue that run here,
+    // over this folder's metrics.jsonl.
+    const auto best = (fs::path(resume_dir) / "best.h5").string();
+    if (fs::exists(best)) {
+      const auto best_meta = pipeline::read_checkpoint_meta(best);
+      check(best_meta.provenance.value("args", nlohmann::json()) == meta.provenance["args"], last,
+            "and ", best, " come from different runs (other command lines): not resuming");
+    }
   }
   po::options_description desc("Options");
   DatasetFlags data;

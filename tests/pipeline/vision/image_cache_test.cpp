@@ -2,6 +2,8 @@
 // loader over the cache yields the same batches as a loader over the images.
 
 #include <fstream>
+#include <tuple>
+#include <vector>
 
 #include <torch/torch.h>
 #include <opencv2/core.hpp>
@@ -131,6 +133,39 @@ TEST(ImageCache, RefusesFilesThatAreNotACache) {
       FAIL() << name;
     } catch (const Error& e) {
       EXPECT_EQ(e.subject(), dir / name);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace attnscope::pipeline
+
+namespace attnscope::pipeline {
+namespace {
+
+// A cache whose labels are outside its class list, or not integers, is one error naming the
+// dataset and the sample (a raw vector::_M_range_check or LibTorch's "expected scalar type
+// Long" reached the user before). Crafted with h5py.
+TEST(ImageCache, LabelsOutsideTheClassListOrNotIntegersAreRefusedNamingTheSample) {
+  test::TempDir dir;
+  datasets::SyntheticOptions so;
+  so.size = 32;
+  const datasets::SyntheticSource source(3, 5, so);
+  for (const auto& [name, code, says] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"oob.h5", "d = f['labels'][...]; d[1] = 5; f['labels'][...] = d",
+            "labels: sample 'synth_000001' has label 5, outside its 2 class names"},
+           {"float.h5", "d = f['labels'][...]; del f['labels']; f['labels'] = d.astype('f4')",
+            "labels: expected 64-bit integers"}}) {
+    const auto path = dir / name;
+    write_image_cache(path, source, resize_to(24), 1);
+    const auto r = test::run_process(test::python() + " -c \"import h5py; f = h5py.File('" + path +
+                                     "', 'r+'); " + code + "\"");
+    ASSERT_EQ(r.status, 0) << r.output;
+    try {
+      ImageCacheSource cache(path);
+      FAIL() << name;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
     }
   }
 }
