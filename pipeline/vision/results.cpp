@@ -1002,6 +1002,7 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
   const auto classes = nlohmann::json::parse(attr(first, "class_names"), nullptr, false);
   const auto num_classes = classes.is_array() ? static_cast<hsize_t>(classes.size()) : 0;
   std::map<std::string, std::vector<hsize_t>> row_shape;  // of the first file
+  std::vector<std::size_t> file_images(files.size()), file_errors(files.size());
   for (std::size_t i = 0; i < files.size(); ++i) {
     const auto& f = files[i];
     const auto& in = ins[i];
@@ -1019,8 +1020,10 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
     check(f.ids.size() >= images && static_cast<std::size_t>(f.prediction.numel()) >= images,
           f.path, "holds ", std::min(f.ids.size(), static_cast<std::size_t>(f.prediction.numel())),
           " ids or predictions for its ", images, " images: the file is damaged");
-    check(f.errors.size() >= errors, f.path, "holds ", f.errors.size(), " complete error rows for its ",
-          errors, " errors: the file is damaged");
+    check(f.errors.size() >= errors, f.path, "holds ", f.errors.size(),
+          " complete error rows for its ", errors, " errors: the file is damaged");
+    file_images[i] = images;
+    file_errors[i] = errors;
     for (const auto& name : datasets) {
       const bool is_error = name.rfind("errors/", 0) == 0;
       const auto needed = is_error ? errors : images;
@@ -1060,13 +1063,12 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
   std::map<std::string, std::string> owner;
   for (std::size_t i = 0; i < files.size(); ++i) {
     const auto& f = files[i];
-    const auto n = std::min(f.ids.size(), static_cast<std::size_t>(f.prediction.numel()));
-    for (std::size_t r = 0; r < n; ++r) {
+    for (std::size_t r = 0; r < file_images[i]; ++r) {
       const auto [it, fresh] = owner.emplace(f.ids[r], f.path);
       check(fresh, f.path, "cannot be merged: image id '", f.ids[r], "' is also in ", it->second);
       rows.push_back({f.index[r], i, r});
     }
-    for (std::size_t r = 0; r < f.errors.size(); ++r) {
+    for (std::size_t r = 0; r < file_errors[i]; ++r) {
       const auto [it, fresh] = owner.emplace(f.errors[r].id, f.path);
       check(fresh, f.path, "cannot be merged: id '", f.errors[r].id, "' is also in ", it->second);
       errs.push_back({f.errors[r].index, i, r});
@@ -1080,9 +1082,8 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
   // dest[file][row] = merged row
   std::vector<std::vector<int64_t>> dest_rows(files.size()), dest_errs(files.size());
   for (std::size_t i = 0; i < files.size(); ++i) {
-    dest_rows[i].resize(
-        std::min(files[i].ids.size(), static_cast<std::size_t>(files[i].prediction.numel())));
-    dest_errs[i].resize(files[i].errors.size());
+    dest_rows[i].resize(file_images[i]);
+    dest_errs[i].resize(file_errors[i]);
   }
   for (std::size_t k = 0; k < rows.size(); ++k)
     dest_rows[rows[k].file][rows[k].row] = static_cast<int64_t>(k);
