@@ -571,6 +571,39 @@ TEST(TrainCli, CacheGivesTheSameRunAsDecodingEveryEpoch) {
   EXPECT_EQ(compare_weights(dir / "cached/last.h5", dir / "files/last.h5"), "same\n");
 }
 
+// Caches a killed run left in the folder, made from other data: built again, with a warning
+// line, so the run trains on its own data (it trained on the old caches' images before) and
+// equals a run in an empty folder.
+TEST(TrainCli, ACacheOfOtherDataInTheFolderIsBuiltAgain) {
+  test::TempDir dir;
+  const auto made = test::run_process(train_command(dir / "run", 1) + " --cache");
+  ASSERT_EQ(made.status, 0) << made.output;
+  for (const char* name : {"last.h5", "best.h5", "metrics.jsonl", "timing.jsonl"})
+    fs::remove(fs::path(dir / "run") / name);  // as if killed before its first epoch ended
+  // Other data: the first 30 rows of the synthetic set.
+  std::istringstream in(read_text(synth_data()));
+  std::string line, csv;
+  for (int i = 0; i < 31 && std::getline(in, line); ++i)  // image_id,label (no mask column)
+    csv += line.substr(0, line.find(',', line.find(',') + 1)) + "\n";
+  write_file_atomically(dir / "subset.csv", csv);
+  const auto command = [&](const std::string& out) {
+    return exe() + " --threads 1 train --data " + (dir / "subset.csv") + " --images " +
+           (fs::path(synth_data()).parent_path() / "images").string() +
+           " --model attn_small --size 32 --batch-size 8 --lr 0.02 --workers 1 --quiet"
+           " --epochs 1 --seed 5 --cache --out " + out + " 2>&1";
+  };
+  const auto again = test::run_process(command(dir / "run"));
+  ASSERT_EQ(again.status, 0) << again.output;
+  EXPECT_NE(again.output.find("cache-train.h5: made from other data or preprocessing than the "
+                              "train set; building it again"),
+            std::string::npos)
+      << again.output;
+  const auto clean = test::run_process(command(dir / "clean"));
+  ASSERT_EQ(clean.status, 0) << clean.output;
+  EXPECT_EQ(clean.output.find("building it again"), std::string::npos) << clean.output;
+  EXPECT_EQ(read_text(dir / "run/metrics.jsonl"), read_text(dir / "clean/metrics.jsonl"));
+}
+
 // --precision bf16: the forward pass in bfloat16 autocast. Recorded in the checkpoints'
 // training config, reproducible as a float32 run is (same bits twice), and not the float32
 // run (autocast is on: the check can fail); the stored weights stay float32. Any other value

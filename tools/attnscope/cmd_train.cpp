@@ -467,7 +467,30 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
                         const std::string& name) {
         if (source->preprocessed()) return;
         const auto path = (fs::path(out) / ("cache-" + name + ".h5")).string();
-        if (!fs::exists(path)) {
+        // A cache already in the folder (a resumed run's, or one a killed run left) is used
+        // only when it holds this set's images: the same preprocessing, class names, and its
+        // samples, in order and with their labels, those of the set (less the unreadable ones).
+        // Otherwise it was made from other data or steps and is built again.
+        bool fresh = !fs::exists(path);
+        if (!fresh) {
+          bool same = false;
+          try {
+            const pipeline::ImageCacheSource c(path);
+            same = c.preprocessing() == pipeline.to_json() &&
+                   c.class_names() == source->class_names();
+            for (std::size_t i = 0, j = 0; same && i < c.size(); ++i, ++j) {
+              while (j < source->size() && source->sample(j).image_id != c.sample(i).image_id) ++j;
+              same = j < source->size() && source->sample(j).label == c.sample(i).label;
+            }
+          } catch (const Error&) {
+          }
+          if (!same) {
+            std::cerr << "warning: " << path << ": made from other data or preprocessing than the "
+                      << name << " set; building it again\n";
+            fresh = true;
+          }
+        }
+        if (fresh) {
           AtomicFile file(path);
           const auto report = pipeline::write_image_cache(file.temp_path(), *source, pipeline,
                                                           std::max(workers, 1));
