@@ -561,6 +561,11 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
             " --batch-size 9223372036854775807",
         std::string("evaluate --model m.h5 --data x.csv --batch-size 65537"),
         train("--batch-size 9223372036854775807"),
+        // Read as 2, and out of memory; a map twice failed creating its dataset; an empty --out
+        // printed the filesystem's text.
+        train("--oversample malignant=2abc"), train("--oversample malignant=2000000000"),
+        "classify --model m.h5 --input x.jpg --out " + (dir / "o") + " --maps stage3 stage3",
+        std::string("classify --model m.h5 --input x.jpg --out ''"),
         std::string("seq2seq translate --model m.h5 --beam 100000 abc"),
         std::string("dist-check --lr nan"), "demo --out " + (dir / "d") + " --minutes 1e300"}) {
     const auto r = test::run_process(exe() + " " + args);

@@ -528,6 +528,7 @@ TEST(TrainCli, OversampleAndTheBalancedSamplerSetTheEpochSize) {
   EXPECT_EQ(steps("", "plain"), 2);                                 // ceil(16 / 8)
   EXPECT_EQ(steps("--oversample malignant=3", "over"), 4);          // ceil((10 + 3·6) / 8)
   EXPECT_EQ(steps("--oversample benign=2,malignant=2", "two"), 4);  // ceil(2·16 / 8)
+  EXPECT_EQ(steps("--oversample benign=1,malignant=3", "list"), 4);  // a list: ceil(28 / 8)
   // Balanced sampling draws with replacement, the source's size per epoch.
   EXPECT_EQ(steps("--sampler balanced", "balanced"), 2);
   EXPECT_EQ(

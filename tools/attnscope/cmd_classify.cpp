@@ -3,10 +3,12 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <algorithm>
 #include <iostream>
 
 #include "attnscope/error.h"
@@ -105,6 +107,11 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
   if (!runtime::is_precision_name(o.precision))
     fail("--precision must be fp32 or bf16, got '" + o.precision + "'");
   o.decode_reduce_to = read_decode_reduce_to(vm, usage_text(usage, desc));
+  if (o.out_dir.empty()) fail("--out must name a folder");
+  for (std::size_t i = 0; i < maps.size(); ++i)
+    if (std::find(maps.begin(), maps.begin() + static_cast<std::ptrdiff_t>(i), maps[i]) !=
+        maps.begin() + static_cast<std::ptrdiff_t>(i))
+      fail("--maps names '" + maps[i] + "' twice");
   o.maps = maps;
   if (!threshold.empty()) {
     try {

@@ -285,15 +285,28 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     fail(concat("--threads must be in [0, ", kMaxWorkers, "]"));
   if (ema != 0 && !(ema > 0 && ema < 1)) fail("--ema must be in (0, 1)");
   std::map<std::string, int64_t> oversample_map;
-  for (const auto& item : oversample) {
+  std::vector<std::string> items;  // repeatable, and comma-separated lists
+  for (const auto& given : oversample) {
+    std::size_t start = 0;
+    for (std::size_t comma; (comma = given.find(',', start)) != std::string::npos; start = comma + 1)
+      items.push_back(given.substr(start, comma - start));
+    items.push_back(given.substr(start));
+  }
+  for (const auto& item : items) {
     const auto eq = item.find('=');
     if (eq == std::string::npos || eq == 0)
       fail("--oversample expects CLASS=K, got '" + item + "'");
+    // K whole and in [1, 1000]: "2abc" and "2.5" were read as 2, 2e9 ran out of memory.
+    const auto text = item.substr(eq + 1);
+    std::size_t used = 0;
+    int64_t k = 0;
     try {
-      oversample_map[item.substr(0, eq)] = std::stoll(item.substr(eq + 1));
+      k = std::stoll(text, &used);
     } catch (const std::exception&) {
-      fail("--oversample expects CLASS=K with a whole K, got '" + item + "'");
     }
+    if (used == 0 || used != text.size() || k < 1 || k > 1000)
+      fail("--oversample expects CLASS=K with a whole K in [1, 1000], got '" + item + "'");
+    oversample_map[item.substr(0, eq)] = k;
   }
   if (threads > 0) runtime::set_threads(threads);
 
