@@ -98,6 +98,14 @@ void create_column(hid_t file, const Column& col, const std::string& path) {
   check(set.valid(), where(path, col.name), "cannot create dataset");
 }
 
+// "(rows, d1, d2, ...)": how messages show the shape of a per-row dataset.
+std::string row_shape_text(const std::vector<hsize_t>& dims) {
+  std::string text = "(rows";
+  for (const auto d : dims)
+    text += ", " + std::to_string(d);
+  return text + ")";
+}
+
 // Rows of col's dataset in file, checked to have col's shape (rows, col.dims...).
 int64_t rows_of(hid_t file, const Column& col, const std::string& path) {
   h5::Handle set(H5Dopen2(file, col.name.c_str(), H5P_DEFAULT));
@@ -105,13 +113,11 @@ int64_t rows_of(hid_t file, const Column& col, const std::string& path) {
   h5::Handle space(H5Dget_space(set.get()));
   hsize_t dims[H5S_MAX_RANK] = {};
   const int rank = H5Sget_simple_extent_ndims(space.get());
-  std::string shape = "(rows";
-  for (const auto d : col.dims)
-    shape += ", " + std::to_string(d);
   check(rank == static_cast<int>(1 + col.dims.size()) &&
             H5Sget_simple_extent_dims(space.get(), dims, nullptr) == rank &&
             std::equal(col.dims.begin(), col.dims.end(), dims + 1),
-        where(path, col.name), "does not have the shape ", shape, ") this run writes");
+        where(path, col.name), "does not have the shape ", row_shape_text(col.dims),
+        " this run writes");
   return static_cast<int64_t>(dims[0]);
 }
 
@@ -1036,11 +1042,7 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
             " rows for the file's ", needed, is_error ? " errors" : " images",
             ": the file is damaged");
       const std::vector<hsize_t> shape(dims + 1, dims + rank);
-      auto show = [](const std::vector<hsize_t>& s) {
-        std::string t = "(rows";
-        for (const auto d : s) t += ", " + std::to_string(d);
-        return t + ")";
-      };
+      const auto show = row_shape_text;
       if (i == 0) {
         const bool per_class = name == "predictions/logits" || name == "predictions/probability" ||
                                name == "predictions/probability_std";

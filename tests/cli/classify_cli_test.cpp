@@ -805,12 +805,6 @@ TEST(CliClassify, FullDiskFailsClearlyAndKeepsThePreviousResults) {
   EXPECT_NE(fresh.output.find("error:"), std::string::npos) << fresh.output;
 }
 
-}  // namespace
-}  // namespace attnscope
-
-namespace attnscope {
-namespace {
-
 // Localisation measures are NaN for exactly the images without a mask, whatever the batch
 // size (an image without one used to make its whole batch NaN); a file named "x~y" is matched
 // to x~y's mask, not to x's.
@@ -969,12 +963,6 @@ TEST(CliClassify, TemporariesOfAKilledRunAreRemovedByTheNextRun) {
   for (const auto& name : stale) EXPECT_FALSE(fs::exists(out + "/" + name)) << name;
   EXPECT_TRUE(fs::exists(out + "/.results.h5.notes"));
 }
-
-}  // namespace
-}  // namespace attnscope
-
-namespace attnscope {
-namespace {
 
 // merge, report and evaluate against crafted results files and outputs that are inputs: one
 // line each and the inputs byte for byte (each case crashed, hung, dropped rows silently or
