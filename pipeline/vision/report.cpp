@@ -201,6 +201,7 @@ struct Results {
   std::vector<std::array<std::string, 3>> errors;  // id, path, reason
   int height = 0, width = 0;
   bool has_images = false;
+  std::vector<std::string> warnings;  ///< damage the report worked around
 };
 
 // Rows valid in every per-image dataset: num_images, capped by each dataset's length (a run
@@ -247,20 +248,34 @@ Results read_results(const std::string& path) {
     }
     check(n >= 0, where(path, "@num_images"), "is negative");
   }
+  // A dataset shorter than @num_images is damage (a killed run leaves them longer, never
+  // shorter): the report shows the rows every dataset holds and says which one was short.
+  const int64_t declared = r.attrs["num_images"].empty() ? -1 : n;
+  const auto cap = [&](const std::string& name) {
+    const auto rows = rows_of(root, name, path);
+    if (declared >= 0 && rows < declared && r.warnings.empty())
+      r.warnings.push_back(concat(where(path, name), " holds ", rows, " rows but @num_images is ",
+                                  declared,
+                                  ": the file is damaged; the report shows the rows "
+                                  "every dataset holds"));
+    n = std::min(n, rows);
+  };
   const std::vector<std::string> per_image = {"images/id", "images/source_path", "images/label",
                                               "predictions/probability", "predictions/label"};
   for (const auto& name : per_image) {
     check(h5::exists(root, name), where(path, name), "missing (required by schema version 1)");
-    n = std::min(n, rows_of(root, name, path));
+    cap(name);
   }
   const bool tta = h5::exists(root, "predictions/probability_std");
-  if (tta) n = std::min(n, rows_of(root, "predictions/probability_std", path));
+  if (tta) cap("predictions/probability_std");
   r.has_images = h5::exists(root, "images/preprocessed");
-  if (r.has_images) n = std::min(n, rows_of(root, "images/preprocessed", path));
+  if (r.has_images) cap("images/preprocessed");
+  const bool has_index = h5::exists(root, "images/index");
+  if (has_index) cap("images/index");
   if (h5::exists(root, "attention"))
     for (const auto& name :
          h5::children(h5::Handle(H5Gopen2(root, "attention", H5P_DEFAULT)).get()))
-      n = std::min(n, rows_of(root, "attention/" + name, path));
+      cap("attention/" + name);
   r.n = n;
 
   r.ids = read_strings(root, "images/id", path);
@@ -274,7 +289,7 @@ Results read_results(const std::string& path) {
   };
   r.truth = as_longs("images/label");
   r.predicted = as_longs("predictions/label");
-  if (h5::exists(root, "images/index")) r.index = as_longs("images/index");
+  if (has_index) r.index = as_longs("images/index");
   if (static_cast<int64_t>(r.index.size()) != n) {
     r.index.resize(static_cast<std::size_t>(n));
     std::iota(r.index.begin(), r.index.end(), int64_t{0});
@@ -624,6 +639,7 @@ header{padding:14px 22px;border-bottom:1px solid var(--line);background:var(--bg
 h2{font-size:16px;margin:22px 0 8px}main{padding:0 22px 40px}.sub{color:var(--mute);font-size:12px}
 .tiles{display:flex;flex-wrap:wrap;gap:10px}.tile{border:1px solid var(--line);border-radius:6px;padding:8px 12px;min-width:120px;background:#fff}
 .tile b{display:block;font-size:20px}.tile span{color:var(--mute);font-size:12px}
+.warning{border:1px solid #c62828;background:#fdecea;padding:6px 10px;border-radius:4px}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid var(--line);padding:3px 8px;text-align:right}th{background:var(--bg)}
 td.l,th.l{text-align:left}.plots{display:flex;flex-wrap:wrap;gap:12px}.plot{margin:0;border:1px solid var(--line);border-radius:6px}
 .plot svg{width:300px;height:240px;display:block}.plot .t{font-size:12px;font-weight:600;text-anchor:middle}
@@ -1128,6 +1144,8 @@ std::string render_report(const std::string& results_path, const ReportOptions& 
                       attr("tta").empty() ? std::string("yes") : attr("tta"), "",
                       "probabilities ± their spread over the transforms"});
   h << tiles(counts);
+  for (const auto& w : r.warnings)
+    h << "<p class=\"warning\"><b>Damaged file:</b> " << html_escape(w) << "</p>";
   ReportSummary local;
   h << label_summary(r, rows, &local);
   h << measures_summary(r, &local);
@@ -1213,6 +1231,7 @@ std::string render_report(const std::string& results_path, const ReportOptions& 
     summary->images = static_cast<int64_t>(shown.size());
     summary->total = r.n;
     summary->errors = static_cast<int64_t>(r.errors.size());
+    summary->warnings = r.warnings;
     summary->bytes = static_cast<int64_t>(html.size());
   }
   return html;

@@ -62,6 +62,8 @@ struct ReportSummary {
   /// bootstrap 95% interval, and the balanced accuracy.
   double auc = 0, auc_low = 0, auc_high = 0, balanced_accuracy = 0;
   std::vector<MeasureMean> measures;
+  /// Damage the report worked around (a dataset shorter than @num_images), one line each.
+  std::vector<std::string> warnings;
 };
 
 /// The sort keys `sort` accepts besides "<map>/<measure>".

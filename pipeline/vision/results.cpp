@@ -891,6 +891,9 @@ void write_errors_csv(const ResultsFile& r, const std::string& csv_path) {
 
 namespace {
 
+// Bytes of one row of any dataset: a float32 map at the largest image side, 4 * 16384^2.
+constexpr uint64_t kMaxMergeRowBytes = uint64_t{1} << 30;
+
 // Copies rows of one dataset of `in` to rows `dest[i]` of the same dataset of `out`.
 void copy_rows(hid_t in, hid_t out, const std::string& name, const std::vector<int64_t>& dest,
                const std::string& in_path, const std::string& out_path) {
@@ -942,7 +945,7 @@ void copy_rows(hid_t in, hid_t out, const std::string& name, const std::vector<i
 
 // Creates `name` in out like it is in `in` (type, chunking, filters, attributes) with `rows` rows.
 void create_like(hid_t in, hid_t out, const std::string& name, int64_t rows,
-                 const std::string& out_path) {
+                 const std::string& in_path, const std::string& out_path) {
   h5::Handle src(H5Dopen2(in, name.c_str(), H5P_DEFAULT));
   h5::Handle type(H5Dget_type(src.get()));
   h5::Handle dcpl(H5Dget_create_plist(src.get()));
@@ -969,7 +972,7 @@ void create_like(hid_t in, hid_t out, const std::string& name, int64_t rows,
   h5::Handle dst(
       H5Dcreate2(out, name.c_str(), type.get(), space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT));
   check(dst.valid(), where(out_path, name), "cannot create dataset");
-  for (const auto& [k, v] : read_attributes(src.get(), name))
+  for (const auto& [k, v] : read_attributes(src.get(), where(in_path, name)))
     h5::write_attribute(dst.get(), k, v, out_path);
 }
 
@@ -1049,6 +1052,15 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
         check(!per_class || (shape.size() == 1 && shape[0] == num_classes), where(f.path, name),
               "has rows of shape ", show(shape), " for the file's ", num_classes,
               " class names: the file is damaged");
+        // One row is copied at a time: bounded, so that a crafted (sparse) shape is one line,
+        // not an allocation of its size (a (100000, 100000) map row was 40 GB: bad_alloc).
+        h5::Handle type(H5Dget_type(set.get()));
+        long double row_bytes = static_cast<long double>(H5Tget_size(type.get()));
+        for (const auto d : shape)
+          row_bytes *= static_cast<long double>(d);
+        check(row_bytes <= static_cast<long double>(kMaxMergeRowBytes), where(f.path, name),
+              "has rows of shape ", show(shape), ", larger than the ", kMaxMergeRowBytes >> 20,
+              " MiB a results file's row can hold: the file is damaged or not attnscope's");
         row_shape[name] = shape;
       } else {
         check(shape == row_shape[name], where(f.path, name), "has rows of shape ", show(shape),
@@ -1108,7 +1120,7 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
     for (const auto& name : datasets) {
       const bool is_error = name.rfind("errors/", 0) == 0;
       create_like(ins[0].get(), o.get(), name,
-                  static_cast<int64_t>(is_error ? errs.size() : rows.size()), out);
+                  static_cast<int64_t>(is_error ? errs.size() : rows.size()), files[0].path, out);
       for (std::size_t i = 0; i < files.size(); ++i)
         copy_rows(ins[i].get(), o.get(), name, is_error ? dest_errs[i] : dest_rows[i],
                   files[i].path, out);

@@ -198,6 +198,33 @@ TEST(CliReport, BadResultsFilesGiveOneClearLine) {
   EXPECT_FALSE(fs::exists(dir / "r.html"));
 }
 
+// Datasets shorter than @num_images (damage: a killed run leaves them longer, never shorter):
+// the report shows the rows every dataset holds and says which dataset was short, on stderr and
+// on the page (a short images/index ended in LibTorch's "start (0) + length (10) exceeds").
+TEST(CliReport, ShortDatasetsAreReportedAsDamageAndTheRowsTheyHoldShown) {
+  test::TempDir dir;
+  make_fixture(dir / "short.h5", "--n 10 --seed 6");
+  const auto py = test::run_process(
+      test::python() + " -c \"import h5py, numpy as np; f=h5py.File('" + (dir / "short.h5") +
+      "','a'); p=f['images/preprocessed'][:6]; a=dict(f['images/preprocessed'].attrs); "
+      "del f['images/preprocessed']; d=f.create_dataset('images/preprocessed', data=p); "
+      "[d.attrs.__setitem__(k, v) for k, v in a.items()]; "
+      "i=f['images/index'][:4]; del f['images/index']; f.create_dataset('images/index', "
+      "data=i)\" 2>&1");
+  ASSERT_EQ(py.status, 0) << py.output;
+  const auto r = test::run_process(exe() + " report --results " + (dir / "short.h5") + " --out " +
+                                   (dir / "r.html") + " 2>&1");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("warning: " + dir / "short.h5" +
+                          ":/images/preprocessed holds 6 rows but @num_images is 10: the file is "
+                          "damaged"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("report: 4 of 4 images"), std::string::npos) << r.output;
+  const auto html = test::read_text(dir / "r.html");
+  EXPECT_NE(html.find("Damaged file:"), std::string::npos);
+}
+
 TEST(CliReport, FullDiskLeavesThePreviousReportIntact) {
   test::TempDir dir;
   make_fixture(dir / "results.h5", "--n 20 --seed 4");

@@ -50,6 +50,8 @@ int run_report(const std::vector<std::string>& args, const GlobalOptions&) {
   const auto s = pipeline::vision::write_report(results, out, o);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  for (const auto& w : s.warnings)
+    std::cerr << "warning: " << w << "\n";
   std::cout << "report: " << s.images << " of " << s.total << " images, " << s.errors
             << " failed inputs listed";
   char line[160];
