@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "attnscope/error.h"
+#include "attnscope/printable.h"
 
 namespace attnscope::datasets {
 
@@ -29,7 +30,7 @@ std::size_t CsvTable::require_column(const std::string& name) const {
   std::string have;
   for (const auto& h : header)
     have += (have.empty() ? "" : ",") + h;
-  throw Error(path, concat("missing column '", name, "' (header is: ", have, ")"));
+  throw Error(path, concat("missing column '", name, "' (header is: ", excerpt(have, 400), ")"));
 }
 
 CsvTable parse_csv(const std::string& text, const std::string& path, bool has_header) {

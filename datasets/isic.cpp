@@ -80,15 +80,15 @@ Dataset assemble(std::vector<RawRow> rows, Format format, std::vector<std::strin
     }
     auto [it, fresh] = first_line.emplace(r.id, r.line);
     if (!fresh) {
-      problems.add(r.line,
-                   concat("duplicate image id '", r.id, "' (first on line ", it->second, ")"));
+      problems.add(r.line, concat("duplicate image id '", excerpt(r.id), "' (first on line ",
+                                  it->second, ")"));
       continue;
     }
     Sample s{r.id, "", 0, r.group, r.mask};
     if (binary) {
       const auto m = malignant_of(r.cls, options.ak_malignant);
       if (!m) {
-        problems.add(r.line, concat("unknown label '", r.cls,
+        problems.add(r.line, concat("unknown label '", excerpt(r.cls),
                                     "' (binary mode expects benign/malignant, 0/1 or an ISIC "
                                     "diagnosis)"));
         continue;
@@ -97,7 +97,7 @@ Dataset assemble(std::vector<RawRow> rows, Format format, std::vector<std::strin
     } else {
       auto c = std::find(classes.begin(), classes.end(), r.cls);
       if (c == classes.end()) {
-        problems.add(r.line, concat("unknown label '", r.cls, "'"));
+        problems.add(r.line, concat("unknown label '", excerpt(r.cls), "'"));
         continue;
       }
       s.label = c - classes.begin();
@@ -147,10 +147,10 @@ void check_image_id(const std::string& id, const std::string& where) {
   const bool control = std::any_of(id.begin(), id.end(), [](char c) {
     return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
   });
-  check(!control, where, "image id '", printable(id), "' contains a control character (rejected)");
+  check(!control, where, "image id '", excerpt(id), "' contains a control character (rejected)");
   const bool bad = id.find("..") != std::string::npos || id.find('/') != std::string::npos ||
                    id.find('\\') != std::string::npos;
-  check(!bad, where, "image id '", id, "' contains a path separator or '..' (rejected)");
+  check(!bad, where, "image id '", excerpt(id), "' contains a path separator or '..' (rejected)");
 }
 
 std::string default_images_dir(const std::string& csv_path) {
@@ -197,7 +197,7 @@ Dataset read_class_folders(const std::string& root, const ReadOptions& options) 
   if (options.mode == LabelMode::kBinary) {
     for (const auto& cls : classes)
       if (!malignant_of(cls, options.ak_malignant))
-        problems.add(0, concat("class folder '", cls,
+        problems.add(0, concat("class folder '", excerpt(cls),
                                "' is not benign/malignant or an ISIC diagnosis (binary mode)"));
     problems.throw_if_any();
   }

@@ -71,6 +71,10 @@ void init() {
     return true;
   }();
   (void)done;
+  // The library is thread-safe, so its error stack and the printing of it are per thread: a
+  // loader or writer thread prints "HDF5-DIAG: Error detected..." stacks unless silenced too.
+  thread_local const bool silenced = (H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr), true);
+  (void)silenced;
 }
 
 std::string last_error() {
@@ -283,6 +287,26 @@ std::vector<int64_t> dataset_shape(hid_t loc, const std::string& name, const std
   std::vector<hsize_t> dims(static_cast<std::size_t>(std::max(rank, 0)));
   H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
   return std::vector<int64_t>(dims.begin(), dims.end());
+}
+
+void check_filters_available(hid_t loc, const std::string& name, const std::string& file) {
+  silence_hdf5();
+  Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
+  check(set.valid(), where(file, name), "no such dataset");
+  Handle plist(H5Dget_create_plist(set.get()));
+  check(plist.valid(), where(file, name), "cannot read the dataset's creation properties");
+  const int filters = H5Pget_nfilters(plist.get());
+  for (int i = 0; i < filters; ++i) {
+    unsigned flags = 0, config = 0;
+    std::size_t count = 0;
+    char filter_name[64] = {};
+    const H5Z_filter_t id = H5Pget_filter2(plist.get(), static_cast<unsigned>(i), &flags, &count,
+                                           nullptr, sizeof(filter_name), filter_name, &config);
+    check(id >= 0, where(file, name), "cannot read filter ", i, " of the dataset");
+    check(H5Zfilter_avail(id) > 0, where(file, name), "is compressed with HDF5 filter ", id,
+          filter_name[0] ? concat(" (", filter_name, ")") : std::string(),
+          ", which this HDF5 build cannot decode; write it again with gzip or no compression");
+  }
 }
 
 at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& file) {

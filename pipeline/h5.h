@@ -26,7 +26,8 @@
 namespace attnscope::pipeline::h5 {
 
 /// Starts the HDF5 library the attnscope way (no atexit clean-up, no printed error stacks).
-/// Every function here calls it; call it yourself before using the HDF5 C API directly.
+/// Every function here calls it; call it yourself before using the HDF5 C API directly, in
+/// every thread (the silencing of error stacks is per thread).
 void init();
 
 /// The most specific reason on HDF5's current error stack ("File too large", "unable to
@@ -134,6 +135,11 @@ at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& fi
 
 /// Shape of a dataset without reading it.
 std::vector<int64_t> dataset_shape(hid_t loc, const std::string& name, const std::string& file);
+
+/// Throws Error(file:/name, ...) naming the first filter (compression) of the dataset that this
+/// HDF5 build cannot decode (LZF, Blosc, ... from h5py or plugins): one line before reading,
+/// instead of one read error per chunk.
+void check_filters_available(hid_t loc, const std::string& name, const std::string& file);
 
 /// Variable-length UTF-8 string attribute (h5py reads it as str). Overwrites.
 void write_attribute(hid_t obj, const std::string& name, const std::string& value,

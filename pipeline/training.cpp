@@ -408,6 +408,15 @@ TrainingResult TrainingLoop::run(const TrainingHooks& hooks) {
       const double lr = next_learning_rate();
       optimizer_.zero_grad();
       const auto loss = hooks.train_batch(epoch, b);
+      // A loss that is no longer finite has diverged: stepping with it would only spread NaN
+      // through the weights, and every later epoch would be lost. Stop naming where it happened.
+      if (loss && loss->items > 0 && !std::isfinite(loss->loss_sum))
+        throw Error("training",
+                    concat("the loss became ", std::isnan(loss->loss_sum) ? "NaN" : "infinite",
+                           " at epoch ", epoch, ", batch ", b + 1, " of ", batches,
+                           " (learning rate ", lr, "): the run diverged; lower the learning rate",
+                           epoch_ > 0 ? concat(" (the last complete epoch is ", epoch_, ")")
+                                      : std::string()));
       if (loss && loss->items > 0) {
         if (hooks.after_backward) hooks.after_backward();
         apply_step(lr);

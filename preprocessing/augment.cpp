@@ -130,18 +130,25 @@ void AugmentOptions::validate() const {
   check(crop_scale[0] > 0 && crop_scale[0] <= crop_scale[1] && crop_scale[1] <= 1.0, "augment",
         "crop_scale must satisfy 0 < lo <= hi <= 1, got [", crop_scale[0], ", ", crop_scale[1],
         "]");
-  check(crop_ratio[0] > 0 && crop_ratio[0] <= crop_ratio[1], "augment",
-        "crop_ratio must satisfy 0 < lo <= hi, got [", crop_ratio[0], ", ", crop_ratio[1], "]");
-  check(scale[0] > 0 && scale[0] <= scale[1], "augment", "scale must satisfy 0 < lo <= hi");
-  check(degrees >= 0 && translate >= 0 && translate <= 0.5, "augment",
-        "degrees must be >= 0 and translate in [0, 0.5]");
+  // Upper bounds far above any useful value: beyond them an augmentation runs for hours per
+  // image (a blur of sigma 1e6, 1e8 cutout holes) deaf to SIGTERM, or computes with infinities.
+  check(crop_ratio[0] >= 0.01 && crop_ratio[0] <= crop_ratio[1] && crop_ratio[1] <= 100, "augment",
+        "crop_ratio must satisfy 0.01 <= lo <= hi <= 100, got [", crop_ratio[0], ", ",
+        crop_ratio[1], "]");
+  check(scale[0] >= 0.01 && scale[0] <= scale[1] && scale[1] <= 100, "augment",
+        "scale must satisfy 0.01 <= lo <= hi <= 100, got [", scale[0], ", ", scale[1], "]");
+  check(degrees >= 0 && degrees <= 360 && translate >= 0 && translate <= 0.5, "augment",
+        "degrees must be in [0, 360] and translate in [0, 0.5]");
   check(brightness >= 0 && brightness <= 1 && contrast >= 0 && contrast <= 1 && saturation >= 0 &&
             saturation <= 1,
         "augment", "brightness, contrast and saturation must be in [0, 1]");
   check(hue >= 0 && hue <= 0.5, "augment", "hue must be in [0, 0.5], got ", hue);
-  check(blur_sigma > 0 && noise_sigma >= 0, "augment", "blur_sigma must be > 0, noise_sigma >= 0");
-  check(cutout_holes >= 1 && cutout_size > 0 && cutout_size <= 1, "augment",
-        "cutout_holes must be >= 1 and cutout_size in (0, 1]");
+  check(blur_sigma > 0 && blur_sigma <= 100 && noise_sigma >= 0 && noise_sigma <= 255, "augment",
+        "blur_sigma must be in (0, 100] (pixels) and noise_sigma in [0, 255] (grey levels), got ",
+        blur_sigma, " and ", noise_sigma);
+  check(cutout_holes >= 1 && cutout_holes <= 1000 && cutout_size > 0 && cutout_size <= 1, "augment",
+        "cutout_holes must be in [1, 1000] and cutout_size in (0, 1], got ", cutout_holes, " and ",
+        cutout_size);
 }
 
 void augment(cv::Mat& image, cv::Mat* mask, const AugmentOptions& o, const AugmentKey& key) {

@@ -158,7 +158,7 @@ class ShadesOfGrayStep : public Step {
     p.get("p", o_.p);
     p.get("gamma", o_.gamma);
     wrap_validate("shades_of_gray", [&] {
-      check(o_.p >= 1, "p", "must be >= 1, got ", o_.p);
+      check(o_.p >= 1 && o_.p <= 100, "p", "must be in [1, 100], got ", o_.p);
       check(o_.gamma >= 0, "gamma", "must be >= 0 (0 = off), got ", o_.gamma);
     });
   }

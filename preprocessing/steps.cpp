@@ -115,7 +115,9 @@ cv::Mat remove_hair(const cv::Mat& image, const HairRemovalOptions& options) {
 
 cv::Mat shades_of_gray(const cv::Mat& image, const ColorConstancyOptions& options) {
   check_rgb(image, "shades_of_gray");
-  check(options.p >= 1.0, "shades_of_gray", "p must be >= 1, got ", options.p);
+  // p <= 100: 255^p * pixels stays finite in a double (p = 200 gave NaN colours).
+  check(options.p >= 1.0 && options.p <= 100.0, "shades_of_gray", "p must be in [1, 100], got ",
+        options.p);
   check(options.gamma >= 0.0, "shades_of_gray", "gamma must be >= 0, got ", options.gamma);
   cv::Mat src = image;
   if (options.gamma > 0.0) {

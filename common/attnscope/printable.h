@@ -29,4 +29,27 @@ inline std::string printable(const std::string& text) {
   return out;
 }
 
+/// A field from a file quoted in a one-line message: printable(), with tab and newline
+/// escaped too (`\t`, `\n`), cut to `max_bytes` at a UTF-8 character boundary with
+/// "... (N bytes)" after it (a crafted 10 MB id must not become a 10 MB message).
+inline std::string excerpt(const std::string& text, std::size_t max_bytes = 120) {
+  std::size_t end = text.size();
+  if (end > max_bytes) {
+    end = max_bytes;
+    while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80)
+      --end;
+  }
+  std::string out;
+  for (const char c : printable(text.substr(0, end))) {
+    if (c == '\n')
+      out += "\\n";
+    else if (c == '\t')
+      out += "\\t";
+    else
+      out += c;
+  }
+  if (end < text.size()) out += "... (" + std::to_string(text.size()) + " bytes)";
+  return out;
+}
+
 }  // namespace attnscope

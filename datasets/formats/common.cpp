@@ -3,6 +3,7 @@
 #include <set>
 
 #include "attnscope/error.h"
+#include "attnscope/printable.h"
 #include "datasets/formats/formats.h"
 
 namespace attnscope::datasets::formats {
@@ -80,15 +81,25 @@ std::optional<bool> malignant_of(const std::string& name, bool ak_malignant) {
   return std::nullopt;
 }
 
+// A problem quotes fields of the file: each line is cut to kMaxProblemBytes with its control
+// characters and tabs escaped, and the first kMaxProblems are listed (a crafted 10 MB id, or a
+// million bad rows, made a message of that size).
+constexpr std::size_t kMaxProblemBytes = 300;
+constexpr std::size_t kMaxProblems = 50;
+
 void Problems::add(std::size_t line, const std::string& what) {
-  lines_.push_back(line ? concat(source_, ":", line, ": ", what) : concat(source_, ": ", what));
+  ++count_;
+  if (lines_.size() >= kMaxProblems) return;
+  const auto text = excerpt(what, kMaxProblemBytes);
+  lines_.push_back(line ? concat(source_, ":", line, ": ", text) : concat(source_, ": ", text));
 }
 
 void Problems::throw_if_any() const {
-  if (lines_.empty()) return;
-  std::string message = concat(lines_.size(), lines_.size() == 1 ? " problem" : " problems");
+  if (count_ == 0) return;
+  std::string message = concat(count_, count_ == 1 ? " problem" : " problems");
   for (const auto& l : lines_)
     message += "\n  " + l;
+  if (count_ > lines_.size()) message += concat("\n  ... and ", count_ - lines_.size(), " more");
   throw Error(source_, message);
 }
 

@@ -37,7 +37,7 @@ struct RawRow {
 };
 
 /// Collects every problem of one input (lines "<source>:<line>: <what>"), then throws them
-/// all at once in one Error.
+/// at once in one Error: the count, and the first 50 lines, each cut to 300 bytes.
 class Problems {
  public:
   explicit Problems(std::string source) : source_(std::move(source)) {}
@@ -47,7 +47,8 @@ class Problems {
 
  private:
   std::string source_;
-  std::vector<std::string> lines_;
+  std::vector<std::string> lines_;  ///< the first ones, each cut to a readable length
+  std::size_t count_ = 0;
 };
 
 /// Field i of the row, trimmed; "" when the row is shorter.

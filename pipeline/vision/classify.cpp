@@ -27,6 +27,7 @@
 #include "attnscope/version.h"
 #include "datasets/loader.h"
 #include "models/vision/explain.h"
+#include "pipeline/h5.h"
 #include "pipeline/metrics.h"
 #include "pipeline/vision/evaluate.h"
 #include "pipeline/vision/faithfulness.h"
@@ -204,6 +205,7 @@ class WriterThread {
     if (error_) std::rethrow_exception(error_);
   }
   void run() {
+    h5::init();  // this thread's HDF5 error stacks silenced too
     for (;;) {
       WriteJob job;
       {

@@ -72,6 +72,7 @@ h5::Handle create_stack(hid_t loc, const std::string& name, std::vector<hsize_t>
 
 // Reads or writes sample `index` of a stack through a one-sample hyperslab.
 void stack_io(hid_t set, hsize_t index, const cv::Mat& data, bool write, const std::string& what) {
+  h5::init();  // this thread's error stacks silenced (loader threads call this)
   h5::Handle space(H5Dget_space(set));
   const int rank = H5Sget_simple_extent_ndims(space.get());
   std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
@@ -232,6 +233,18 @@ ImageCacheSource::ImageCacheSource(const std::string& path)
         kMaxImageSide, "]");
   height_ = static_cast<int>(shape[1]);
   width_ = static_cast<int>(shape[2]);
+  // The images are what the stored steps make: S x S after their final resize. Other sizes
+  // mean a damaged or crafted file (30 images of 16384^2 passed every check and filled the
+  // memory, a batch at a time).
+  const auto& steps = preprocessing_.contains("steps") ? preprocessing_["steps"] : nlohmann::json();
+  const bool ends_with_resize = steps.is_array() && !steps.empty() && steps.back().is_object() &&
+                                steps.back().value("op", std::string()) == "resize" &&
+                                steps.back().contains("size") &&
+                                steps.back()["size"].is_number_integer();
+  check(ends_with_resize, path, "the stored preprocessing does not end with a resize step");
+  const auto side = steps.back()["size"].get<int64_t>();
+  check(shape[1] == side && shape[2] == side, where(path, "images"), "holds ", shape[2], "x",
+        shape[1], " images, but the stored preprocessing ends with a resize to ", side, "x", side);
   const auto ids = read_strings(root, "ids", path);
   const auto groups = read_strings(root, "groups", path);
   const auto paths = read_strings(root, "paths", path);
@@ -260,6 +273,8 @@ ImageCacheSource::ImageCacheSource(const std::string& path)
     if (!groups[i].empty()) s.group = groups[i];
     samples_.push_back(std::move(s));
   }
+  h5::check_filters_available(root, "images", path);
+  h5::check_filters_available(root, "masks", path);
   images_ = h5::Handle(H5Dopen2(root, "images", H5P_DEFAULT));
   masks_ = h5::Handle(H5Dopen2(root, "masks", H5P_DEFAULT));
   check(images_.valid() && masks_.valid(), path, "cannot open /images and /masks");

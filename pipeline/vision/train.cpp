@@ -241,13 +241,42 @@ std::vector<int64_t> source_counts(const datasets::SampleSource& source) {
   return counts;
 }
 
-void check_two_classes(const datasets::SampleSource& source, const std::string& which) {
+// Training needs an image of every class of the list (a class without one is never learnt, and
+// its probability is only pushed down); validation needs two classes, and every class when the
+// best epoch is chosen by AUC (the macro AUC is undefined without one: no best.h5 would be
+// written).
+void check_classes(const datasets::SampleSource& source, const std::string& which,
+                   bool needs_every_class) {
   check(source.size() > 0, which, "is empty: no images to ",
         which == "training set" ? "train on" : "validate on");
   const auto counts = source_counts(source);
   const auto present = std::count_if(counts.begin(), counts.end(), [](int64_t c) { return c > 0; });
   check(present >= 2, which, "has a single class (", class_list(source.class_names(), counts),
         "); training and validation need at least two");
+  if (!needs_every_class || present == static_cast<std::ptrdiff_t>(counts.size())) return;
+  std::string missing;
+  for (std::size_t c = 0; c < counts.size(); ++c)
+    if (counts[c] == 0)
+      missing += concat(missing.empty() ? "" : ", ", "'", source.class_names()[c], "'");
+  check(false, which, "has no image of class ", missing, " (",
+        class_list(source.class_names(), counts),
+        which == "training set"
+            ? "); every class of the list needs training images (remove the class or add images)"
+            : "); its AUC is undefined, so --select-by auc cannot pick best.h5: add images of it "
+              "to the validation data, or use --select-by loss or balanced_accuracy");
+}
+
+// The command lists (or with --skip-bad leaves out) the unreadable images before the first
+// step, so an image that fails now became unreadable during the run (a file replaced, a disk
+// error): stop naming it rather than train on a smaller set than the one recorded.
+void check_no_failures(const datasets::Batch& batch, const char* phase) {
+  if (batch.errors.empty()) return;
+  const auto& e = batch.errors.front();
+  throw Error(e.image_id, concat("could not be read during ", phase, " (", e.message, ")",
+                                 batch.errors.size() > 1 ? concat(", nor ", batch.errors.size() - 1,
+                                                                  " other image(s) of the batch")
+                                                         : std::string(),
+                                 "; the run stops (last.h5 keeps the last complete epoch)"));
 }
 
 }  // namespace
@@ -275,8 +304,8 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   check(o.warmup_epochs >= 0 && o.focal_gamma >= 0, "train",
         "warmup epochs and focal gamma must be >= 0");
   check(!o.out_dir.empty(), "train", "no run folder given");
-  check_two_classes(*train, "training set");
-  check_two_classes(*val, "validation set");
+  check_classes(*train, "training set", true);
+  check_classes(*val, "validation set", o.select_by == "auc");
   const auto class_names = train->class_names();
   check(val->class_names() == class_names, "validation set",
         "has other classes than the training set");
@@ -490,6 +519,7 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
       batch = train_loader.next();
     else if (shard_loader)
       batch = shard_loader->next();
+    if (batch) check_no_failures(*batch, "training");
     int64_t items = 0;
     double mean_loss = 0.0;
     if (batch && batch->size() > 0) {
@@ -536,7 +566,7 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
       val_shard_loader = std::make_unique<datasets::Loader>(
           std::make_shared<IndexedSource>(val, val_mine), o.pipeline, val_loader_options);
   }
-  hooks.evaluate = [&](const EpochSummary&) {
+  hooks.evaluate = [&](const EpochSummary& summary) {
     torch::NoGradGuard no_grad;
     // BatchNorm statistics follow rank 0 (as PyTorch's DDP does), the EMA's too.
     if (group) group->broadcast(model->buffers());
@@ -549,6 +579,7 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     if (loader) {
       loader->start_epoch(1);
       while (auto batch = loader->next()) {
+        check_no_failures(*batch, "validation");
         if (batch->size() == 0) continue;
         logits.push_back(model->forward(batch->images.to(device)).logits.to(torch::kCPU));
         labels.push_back(batch->labels);
@@ -577,6 +608,12 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     }
     check(!logits.empty(), "validation set", "no image could be loaded");
     val_logits = torch::cat(logits).to(torch::kFloat64);
+    // Weights a diverged step made infinite give NaN outputs while the epoch's loss (taken
+    // before that step) was still finite: name the divergence, not the metrics' NaN.
+    check(torch::isfinite(val_logits).all().item<bool>(), "training",
+          "the model's outputs on the validation set are not finite after epoch ", summary.epoch,
+          ": the run diverged; lower the learning rate (the last complete epoch is ",
+          summary.epoch - 1, ")");
     val_labels = torch::cat(labels).to(torch::kInt64).contiguous();
     const std::vector<int64_t> truth(val_labels.data_ptr<int64_t>(),
                                      val_labels.data_ptr<int64_t>() + val_labels.numel());

@@ -160,6 +160,27 @@ TEST(IsicReaders, MaskPathsOutsideTheDatasetFolderAreRejected) {
   EXPECT_EQ(message.find(":2:"), std::string::npos) << message;
 }
 
+// Problems quote fields of the file: a 1 MB label with a tab in it is cut and escaped, and of a
+// thousand bad rows the count and the first 50 are given (the message was the file's size).
+TEST(IsicReaders, ProblemsQuoteFieldsCutAndEscapedAndListTheFirstFifty) {
+  test::TempDir dir;
+  std::string csv = "image_id,label\n";
+  csv += "big,ab\tc" + std::string(1000000, 'x') + "\n";  // line 2
+  for (int i = 0; i < 999; ++i)
+    csv += "id_" + std::to_string(i) + ",purple\n";  // lines 3..1001
+  const auto path = write(dir, "huge.csv", csv);
+  const auto msg = error_of([&] { read_dataset(path); });
+  EXPECT_NE(msg.find("1000 problems"), std::string::npos) << msg.substr(0, 2000);
+  EXPECT_NE(msg.find(path + ":2: unknown label 'ab\\tcxxx"), std::string::npos)
+      << msg.substr(0, 2000);
+  EXPECT_NE(msg.find("... (1000004 bytes)"), std::string::npos) << msg.substr(0, 2000);
+  EXPECT_EQ(msg.find('\t'), std::string::npos);
+  EXPECT_NE(msg.find(path + ":51: unknown label 'purple'"), std::string::npos);
+  EXPECT_EQ(msg.find(path + ":52: "), std::string::npos);
+  EXPECT_NE(msg.find("... and 950 more"), std::string::npos);
+  EXPECT_LT(msg.size(), 50u * 400u);
+}
+
 TEST(IsicReaders, ReportsEveryProblemOfACsvAtOnce) {
   test::TempDir dir;
   const auto path = write(dir, "bad.csv",

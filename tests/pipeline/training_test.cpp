@@ -403,6 +403,58 @@ TEST(TrainingLoop, ConvergesOnATinyRegression) {
   EXPECT_NEAR(model.w[2].item<double>(), 0.5, 0.05);
 }
 
+// A loss that is no longer finite stops the run at that batch, before the step, naming where;
+// a learning rate of 1e6 on the regression overflows the squared error (float64) long before
+// the weights, so the weights the error leaves are finite.
+TEST(TrainingLoop, ALossThatIsNotFiniteStopsTheRunBeforeTheStep) {
+  {
+    Tiny model;
+    Regression task;
+    TrainingOptions o;
+    o.epochs = 3;
+    o.optimizer.kind = "sgd";
+    o.optimizer.momentum = 0;
+    o.schedule.base_lr = 0.01;
+    auto hooks = task.hooks(model);
+    const auto train = hooks.train_batch;
+    torch::Tensor before;
+    hooks.train_batch = [&](int64_t e, int64_t b) -> std::optional<BatchLoss> {
+      auto loss = train(e, b);
+      if (e == 2 && b == 1) {
+        before = model.w.detach().clone();
+        loss->loss_sum = std::nan("");
+      }
+      return loss;
+    };
+    try {
+      TrainingLoop(model, o).run(hooks);
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()),
+                "training: the loss became NaN at epoch 2, batch 2 of 2 (learning rate 0.01): "
+                "the run diverged; lower the learning rate (the last complete epoch is 1)");
+    }
+    ASSERT_TRUE(before.defined());
+    EXPECT_TRUE(torch::equal(before, model.w));  // no step taken with it
+  }
+  Tiny model;
+  Regression task;
+  TrainingOptions o;
+  o.epochs = 1000;
+  o.optimizer.kind = "sgd";
+  o.optimizer.momentum = 0;
+  o.schedule.base_lr = 1e6;
+  try {
+    TrainingLoop(model, o).run(task.hooks(model));
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("training: the loss became "), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("the run diverged"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(torch::isfinite(model.w).all().item<bool>()) << model.w;
+}
+
 TEST(TrainingLoop, ResumedAfterAnEpochEqualsAnUninterruptedRun) {
   Regression task;
   TrainingOptions o;

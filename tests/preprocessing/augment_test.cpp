@@ -1,6 +1,8 @@
 // Augmentation: reproducible per (seed, index, epoch), masks follow the image, each operation
 // does what its closed form says.
 
+#include <limits>
+
 #include <opencv2/imgproc.hpp>
 
 #include "attnscope/error.h"
@@ -167,6 +169,31 @@ TEST(Augment, RejectsOutOfRangeOptions) {
   o = {};
   o.hue = 0.7;
   EXPECT_THROW(o.validate(), Error);
+  // Upper bounds (a blur of sigma 1e6 or 1e8 cutout holes ran for hours per image); the bound
+  // itself is accepted, the next value and infinity are not.
+  const auto refused = [](auto set) {
+    AugmentOptions a;
+    set(a);
+    try {
+      a.validate();
+    } catch (const Error&) {
+      return true;
+    }
+    return false;
+  };
+  EXPECT_FALSE(refused([](AugmentOptions& a) { a.blur_sigma = 100; }));
+  EXPECT_TRUE(refused([](AugmentOptions& a) { a.blur_sigma = 100.5; }));
+  EXPECT_TRUE(refused([](AugmentOptions& a) { a.blur_sigma = 1e6; }));
+  EXPECT_FALSE(refused([](AugmentOptions& a) { a.cutout_holes = 1000; }));
+  EXPECT_TRUE(refused([](AugmentOptions& a) { a.cutout_holes = 100000000; }));
+  EXPECT_FALSE(refused([](AugmentOptions& a) { a.noise_sigma = 255; }));
+  EXPECT_TRUE(refused([](AugmentOptions& a) { a.noise_sigma = 256; }));
+  EXPECT_FALSE(refused([](AugmentOptions& a) { a.degrees = 360; }));
+  EXPECT_TRUE(
+      refused([](AugmentOptions& a) { a.degrees = std::numeric_limits<double>::infinity(); }));
+  EXPECT_TRUE(refused([](AugmentOptions& a) { a.scale = {1.0, 1e9}; }));
+  EXPECT_TRUE(refused([](AugmentOptions& a) { a.crop_ratio = {1e-9, 1.0}; }));
+  EXPECT_FALSE(refused([](AugmentOptions& a) { a.crop_ratio = {0.01, 100}; }));
 }
 
 TEST(Rng, UniformIsUniformAndSeeded) {

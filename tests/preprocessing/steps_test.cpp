@@ -8,6 +8,7 @@
 
 #include "attnscope/error.h"
 #include "preprocessing/decode.h"
+#include "preprocessing/pipeline.h"
 #include "preprocessing/steps.h"
 #include "test_support.h"
 
@@ -145,6 +146,23 @@ TEST(ShadesOfGray, TurnsAColourCastIntoGrey) {
           cv::Vec3b(g, cv::saturate_cast<uint8_t>(g * 0.8), cv::saturate_cast<uint8_t>(g * 0.6));
     }
   EXPECT_LE(max_channel_spread(shades_of_gray(img, {})), 3);
+}
+
+// p up to 100 keeps 255^p times the pixel count finite in a double; beyond it (p = 200 gave NaN
+// colours: a black image) it is refused.
+TEST(ShadesOfGray, PIsBoundedWhereTheSumStaysFinite) {
+  cv::Mat img(64, 64, CV_8UC3);
+  cv::RNG(13).fill(img, cv::RNG::UNIFORM, 1, 256);
+  ColorConstancyOptions o;
+  o.p = 100;
+  const auto out = shades_of_gray(img, o);
+  EXPECT_GT(cv::countNonZero(out.reshape(1)), static_cast<int>(out.total()));  // not black
+  o.p = 101;
+  EXPECT_THROW(shades_of_gray(img, o), Error);
+  EXPECT_THROW(
+      Pipeline::from_json(nlohmann::json::parse(
+          R"({"steps": [{"op": "shades_of_gray", "p": 200}, {"op": "resize", "size": 32}]})")),
+      Error);
 }
 
 // The numpy reference implementation that ISIC pipelines use (Barata et al.'s shade_of_gray_cc).

@@ -145,7 +145,8 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   std::vector<std::string> args = given_args;
   std::string resume_dir;
   if (args.size() == 2 && (args[0] == "--resume")) {
-    resume_dir = args[1];
+    // Absolute before the working folder changes below.
+    resume_dir = fs::absolute(args[1]).lexically_normal().string();
     const auto last = (fs::path(resume_dir) / "last.h5").string();
     check(fs::is_directory(resume_dir), resume_dir, "is not a folder");
     check(fs::exists(last), resume_dir,
@@ -155,6 +156,16 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
               meta.provenance.contains("args") && meta.provenance["args"].is_array(),
           last, "is not the checkpoint of an `attnscope train` run (no stored command line)");
     args = meta.provenance["args"].get<std::vector<std::string>>();
+    // The stored command line's relative paths (--data, --images, --val, --augment, --init)
+    // were relative to the folder the run started in: read them from there again, wherever
+    // --resume is typed.
+    const auto started_in = meta.provenance.value("cwd", std::string());
+    std::error_code ec;
+    if (!started_in.empty() && fs::is_directory(started_in, ec))
+      fs::current_path(started_in);
+    else if (!started_in.empty())
+      std::cerr << "warning: " << resume_dir << " was started in " << started_in
+                << ", which is no longer a folder; its relative paths are read from here\n";
     // last.h5 must be this folder's own: best.h5 (when an epoch made one) was written by the
     // same command line. A last.h5 copied in from another run would continue that run here,
     // over this folder's metrics.jsonl.
@@ -170,7 +181,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   data.add_to(desc);
   DistributedFlags dist;
   std::string model_name, out, val_spec, optimizer, schedule, loss, sampler, augment, mask_loss,
-      init, init_backbone, device, precision, select_by, resume_flag;
+      init, init_backbone, device, precision, select_by, resume_flag, val_images;
   std::vector<std::string> oversample;
   int64_t size = 0, batch_size = 0, epochs = 0, step_every = 0, patience = 0, progress_every = 0;
   double val_split = 0, lr = 0, momentum = 0, weight_decay = 0, warmup_epochs = 0, step_gamma = 0,
@@ -184,6 +195,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
       ("model", po::value(&model_name)->required(), "preset (attn_small, attn_resnet18, attn_vgg16, resnet18, small_cnn, vit_mini_patch8, ...)")
       ("out", po::value(&out)->required(), "run folder (created): metrics.jsonl, last.h5, best.h5")
       ("val", po::value(&val_spec)->default_value(""), "validation data (same forms as --data); default: split off --data")
+      ("val-images", po::value(&val_images)->default_value(""), "folder of the --val CSV's images; default: the images/ folder next to it, else --images")
       ("val-split", po::value(&val_split)->default_value(0.2, "0.2"), "share of --data for validation, grouped by lesion/patient when known, stratified")
       ("size", po::value(&size)->default_value(224), "image side (short-side resize + centre crop) when no --augment config")
       ("batch-size", po::value(&batch_size)->default_value(32), "images per batch")
@@ -259,16 +271,18 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
                 std::isinf(hi) ? "inf" : concat(hi), hi_open ? ")" : "]", ", got ", got.str()));
   };
   constexpr double kInf = std::numeric_limits<double>::infinity();
-  in_range("lr", lr, 0, true, kInf, true);
+  // Upper bounds far above any useful value, low enough that the float32 the optimiser keeps
+  // holds them (--lr 1e39 was LibTorch's "cannot be converted to type float without overflow").
+  in_range("lr", lr, 0, true, 1000, false);
   in_range("momentum", momentum, 0, false, 1, true);
-  in_range("weight-decay", weight_decay, 0, false, kInf, true);
-  in_range("warmup-epochs", warmup_epochs, 0, false, kInf, true);
-  in_range("step-gamma", step_gamma, 0, true, kInf, true);
-  in_range("focal-gamma", focal_gamma, 0, false, kInf, true);
+  in_range("weight-decay", weight_decay, 0, false, 1000, false);
+  in_range("warmup-epochs", warmup_epochs, 0, false, 1e6, false);
+  in_range("step-gamma", step_gamma, 0, true, 1000, false);
+  in_range("focal-gamma", focal_gamma, 0, false, 1000, false);
   in_range("label-smoothing", label_smoothing, 0, false, 1, true);
   in_range("time-budget", time_budget, 0, false, kInf, true);
-  in_range("mixup", mixup, 0, false, kInf, true);
-  in_range("cutmix", cutmix, 0, false, kInf, true);
+  in_range("mixup", mixup, 0, false, 1000, false);
+  in_range("cutmix", cutmix, 0, false, 1000, false);
   in_range("drop-path", drop_path, 0, false, 1, true);
   if (drop_path > 0 && !models::vision::is_vit(model_name))
     fail("--drop-path applies to the ViT presets only (stochastic depth of their blocks), not '" +
@@ -278,7 +292,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   if (progress_every < 1) fail("--progress-every must be >= 1");
   if (!mask_loss.empty())
     for (const double w : parse_doubles(mask_loss, "--mask-loss", usage))
-      in_range("mask-loss", w, 0, false, kInf, true);
+      in_range("mask-loss", w, 0, false, 1000, false);
   if (workers < 0 || workers > kMaxWorkers)
     fail(concat("--workers must be in [0, ", kMaxWorkers, "]"));
   if (threads < 0 || threads > kMaxWorkers)
@@ -414,7 +428,13 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     std::shared_ptr<const datasets::SampleSource> train_source, val_source;
     if (!val_spec.empty()) {
       train_source = all_source;
-      val_source = open_spec(val_spec, "").first;
+      // The validation images: --val-images; else the images/ folder next to the --val CSV
+      // when there is one; else --images (one folder for both CSVs, as ISIC 2019/2020 ship).
+      std::string images = val_images;
+      if (images.empty() && !fs::is_directory(val_spec) &&
+          !fs::is_directory(fs::path(val_spec).parent_path() / "images"))
+        images = data.images;
+      val_source = open_spec(val_spec, images).first;
     } else {
       datasets::SplitOptions split;
       split.val = val_split;
@@ -443,10 +463,12 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     // Unreadable images: all listed before the first step; --skip-bad leaves them out.
     std::vector<BadImage> skipped;
     // Every bad file of both sets is listed before stopping.
+    // An HDF5 image cache given as data is read through once as well: a damaged chunk is
+    // that image's error (it was lost from every batch without a word).
     auto drop_bad = [&](std::shared_ptr<const datasets::SampleSource>& source,
                         std::vector<BadImage>& found) {
-      if (source->preprocessed() || source->size() == 0) return;
-      if (source->sample(0).path.empty()) return;  // synthetic: no files
+      if (source->size() == 0) return;
+      if (!source->preprocessed() && source->sample(0).path.empty()) return;  // synthetic
       const auto bad = find_bad_images(*source, std::max(workers, 1));
       if (bad.empty()) return;
       std::set<std::string> bad_ids;
@@ -459,23 +481,33 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
         if (!bad_ids.count(source->sample(i).image_id)) keep.push_back(i);
       source = std::make_shared<pipeline::IndexedSource>(source, keep);
     };
-    if (!cache) {
-      std::vector<BadImage> bad;
-      drop_bad(train_source, bad);
-      drop_bad(val_source, bad);
+    const auto stop_or_skip = [&](const std::vector<BadImage>& bad) {
       if (!bad.empty() && !skip_bad) {
         std::ostringstream msg;
         msg << bad.size() << " unreadable image" << (bad.size() == 1 ? "" : "s")
             << " (use --skip-bad to leave them out):";
-        for (const auto& b : bad)
-          msg << "\n  " << b.message;
+        // The first 20 (a damaged cache or a wrong folder fails every image: 25,000 lines).
+        for (std::size_t i = 0; i < bad.size() && i < 20; ++i)
+          msg << "\n  " << bad[i].message;
+        if (bad.size() > 20) msg << "\n  ... and " << bad.size() - 20 << " more";
         throw Error(data.data, msg.str());
       }
       if (!bad.empty())
         std::cerr << "warning: skipped " << bad.size() << " unreadable image(s), listed in "
                   << (fs::path(out) / "skipped.csv").string() << "\n";
       skipped = bad;
+    };
+    if (!cache) {
+      std::vector<BadImage> bad;
+      drop_bad(train_source, bad);
+      drop_bad(val_source, bad);
+      stop_or_skip(bad);
     } else {
+      // Sets given as caches are checked as above; the others are checked while their cache
+      // is built. Both sets' unreadable images are listed before stopping.
+      std::vector<BadImage> bad;
+      if (train_source->preprocessed()) drop_bad(train_source, bad);
+      if (val_source->preprocessed()) drop_bad(val_source, bad);
       auto cached = [&](std::shared_ptr<const datasets::SampleSource>& source,
                         const std::string& name) {
         if (source->preprocessed()) return;
@@ -507,22 +539,18 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
           AtomicFile file(path);
           const auto report = pipeline::write_image_cache(file.temp_path(), *source, pipeline,
                                                           std::max(workers, 1));
-          if (!report.failures.empty() && !skip_bad) {
-            std::ostringstream msg;
-            msg << report.failures.size() << " unreadable image(s) in the " << name
-                << " set (use --skip-bad to leave them out):";
-            for (const auto& f : report.failures)
-              msg << "\n  " << f.path << ": " << f.message;
-            throw Error(data.data, msg.str());
-          }
           for (const auto& f : report.failures)
-            skipped.push_back({f.image_id, f.path, f.message});
+            bad.push_back({f.image_id, f.path, f.path + ": " + f.message});
+          // Not kept when the failures stop the run: a later run would take the cache without
+          // the unreadable images for the whole set.
+          if (!report.failures.empty() && !skip_bad) return;
           file.commit();
         }
         source = std::make_shared<pipeline::ImageCacheSource>(path);
       };
       cached(train_source, "train");
       cached(val_source, "val");
+      stop_or_skip(bad);
     }
     if (!skipped.empty() && main_rank) {
       std::string csv = "image_id,path,reason\n";
@@ -574,6 +602,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
       command_line += " " + a;
     o.provenance["command_line"] = command_line;
     o.provenance["args"] = args;
+    o.provenance["cwd"] = fs::current_path().string();  // what the relative paths in args mean
     o.provenance["data"] = data.data;
     o.provenance["val"] = val_spec;
     o.provenance["data_checksum"] = data_checksum(*train_source, *val_source);
