@@ -933,5 +933,44 @@ TEST(TrainCli, ResumeFromAnotherFolderReadsTheRunsRelativePaths) {
             fs::canonical(data_dir).string());
 }
 
+// A --val CSV without an images/ folder beside it takes its images from --images (one folder
+// for both CSVs); --val-images names another folder.
+TEST(TrainCli, ValidationImagesComeFromValImagesElseBesideTheCsvElseImages) {
+  test::TempDir dir;
+  const auto images = (fs::path(synth_data()).parent_path() / "images").string();
+  std::istringstream in(read_text(synth_data()));
+  std::string header, line, train = "image_id,label\n", val = "image_id,label\n";
+  std::getline(in, header);
+  for (int i = 0; std::getline(in, line); ++i) {
+    const auto id = line.substr(0, line.find(','));
+    const auto label = line.find("malignant") != std::string::npos ? "malignant" : "benign";
+    (i % 4 == 0 ? val : train) += id + "," + label + "\n";
+  }
+  fs::create_directories(dir / "lists");
+  write_file_atomically(dir / "lists/train.csv", train);
+  write_file_atomically(dir / "lists/val.csv", val);
+  const auto base = exe() + " --threads 1 train --data " + (dir / "lists/train.csv") +
+                    " --val " + (dir / "lists/val.csv") +
+                    " --model small_cnn --size 32 --batch-size 8 --epochs 1 --workers 1 --quiet";
+  auto r = test::run_process(base + " --images " + images + " --out " + (dir / "a") + " 2>&1");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(pipeline::read_checkpoint_meta(dir / "a/last.h5").provenance["val_images"], 10);
+  // --val-images elsewhere: a copy holding only the validation images.
+  fs::create_directories(dir / "val_images");
+  std::istringstream v(val);
+  std::getline(v, line);
+  while (std::getline(v, line)) {
+    const auto id = line.substr(0, line.find(','));
+    fs::copy_file(fs::path(images) / (id + ".png"), fs::path(dir / "val_images") / (id + ".png"));
+  }
+  r = test::run_process(base + " --images " + images + " --val-images " + (dir / "val_images") +
+                        " --out " + (dir / "b") + " 2>&1");
+  EXPECT_EQ(r.status, 0) << r.output;
+  r = test::run_process(base + " --images " + images + " --val-images " + (dir / "lists") +
+                        " --out " + (dir / "c") + " 2>&1");
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find(dir / "lists"), std::string::npos) << r.output;
+}
+
 }  // namespace
 }  // namespace attnscope
