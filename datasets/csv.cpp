@@ -4,6 +4,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -97,6 +98,17 @@ CsvTable parse_csv(const std::string& text, const std::string& path, bool has_he
 }
 
 CsvTable read_csv(const std::string& path, bool has_header) {
+  // A regular file of bounded size: /dev/zero filled the memory, a FIFO blocked for ever.
+  constexpr std::uintmax_t kMaxCsvBytes = std::uintmax_t{1} << 30;
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (std::filesystem::exists(status)) {
+    check(std::filesystem::is_regular_file(status), path,
+          "is not a regular file (a folder, device or pipe cannot be a CSV file)");
+    const auto size = std::filesystem::file_size(path, ec);
+    check(!ec && size <= kMaxCsvBytes, path, "CSV file of ", size, " bytes is above the limit of ",
+          kMaxCsvBytes, " bytes");
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(path, concat("cannot open CSV file: ", std::strerror(errno)));
   std::ostringstream buffer;

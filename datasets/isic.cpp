@@ -120,15 +120,15 @@ Dataset assemble(std::vector<RawRow> rows, Format format, std::vector<std::strin
       } else if (options.skip_missing) {
         ds.skipped.push_back(s.image_id);
       } else {
-        ++n_missing;
-        missing += "\n  " + s.image_id;
+        // The first 20, each cut (10,000 missing ids made a message of 10,000 lines).
+        if (++n_missing <= 20) missing += "\n  " + excerpt(s.image_id, 200);
       }
     }
     check(n_missing == 0, options.images_dir,
           concat(n_missing, " image(s) named in ", source,
                  " not found (looked for .jpg .jpeg .png .tif .tiff .bmp .webp; "
                  "--skip-missing drops them):",
-                 missing));
+                 missing, n_missing > 20 ? concat("\n  ... and ", n_missing - 20, " more") : ""));
     ds.samples = std::move(kept);
   }
   return ds;
@@ -180,7 +180,7 @@ Format detect_format(const std::string& csv_path) {
   std::string have;
   for (const auto& c : h)
     have += (have.empty() ? "" : ",") + c;
-  throw Error(csv_path, concat("unrecognised ground-truth layout (header: ", have,
+  throw Error(csv_path, concat("unrecognised ground-truth layout (header: ", excerpt(have, 300),
                                "); expected an ISIC 2016-2020, HAM10000 or image_id,label CSV, or "
                                "use --format"));
 }

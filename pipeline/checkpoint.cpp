@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include "attnscope/error.h"
+#include "attnscope/printable.h"
 #include "attnscope/version.h"
 #include "pipeline/h5.h"
 
@@ -189,10 +190,11 @@ void verify(const std::string& path) {
     check(actual == expected, path, "tensor checksum mismatch (stored ", expected, ", computed ",
           actual, "): the file is corrupt (a flipped bit, a cut copy) or was edited");
   }
+  // Infinities too: an infinite weight gives NaN or empty outputs without a word.
   for (const auto& [name, tensor] : stored)
     if (tensor.is_floating_point())
-      check(!tensor.isnan().any().item<bool>(), path, "tensor '", name,
-            "' holds NaN values; refusing to load a broken model");
+      check(torch::isfinite(tensor).all().item<bool>(), path, "tensor '", excerpt(name, 200),
+            "' holds NaN or infinite values; refusing to load a broken model");
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 
 #include <jpeglib.h>
@@ -78,8 +79,10 @@ TiffTags read_tiff_ifd0(const Reader& r, std::size_t base, const char* what) {
     const std::size_t e = ifd + 2 + 12 * std::size_t{i};
     const uint32_t tag = u16(e), type = u16(e + 2);
     const uint32_t value = type == 3 ? u16(e + 8) : u32(e + 8);  // SHORT or LONG
-    if (tag == 256) tags.width = static_cast<int>(value);
-    if (tag == 257) tags.height = static_cast<int>(value);
+    // The first of repeated size tags, as libtiff takes it (the last let a 20000^2 image pass
+    // the pixel limit under a small second tag).
+    if (tag == 256 && tags.width == 0) tags.width = static_cast<int>(value);
+    if (tag == 257 && tags.height == 0) tags.height = static_cast<int>(value);
     if (tag == 274 && value >= 1 && value <= 8) tags.orientation = static_cast<int>(value);
   }
   return tags;
@@ -200,6 +203,20 @@ void jpeg_fatal(j_common_ptr info) {
   std::longjmp(errors->jump, 1);
 }
 
+// Progressive JPEGs have about ten scans; a crafted one repeats a scan thousands of times and
+// each costs a pass over the image (20,000 copies in 2 MB ran for minutes). libjpeg-turbo's
+// djpeg -maxscans guards the same way.
+constexpr int kMaxJpegScans = 100;
+
+void jpeg_scan_limit(j_common_ptr info) {
+  const auto* d = reinterpret_cast<j_decompress_ptr>(info);
+  if (d->input_scan_number <= kMaxJpegScans) return;
+  auto* errors = reinterpret_cast<JpegErrors*>(info->err);
+  std::snprintf(errors->message, JMSG_LENGTH_MAX, "more than %d scans (a crafted progressive file)",
+                kMaxJpegScans);
+  std::longjmp(errors->jump, 1);
+}
+
 void jpeg_message(j_common_ptr info, int level) {
   auto* errors = reinterpret_cast<JpegErrors*>(info->err);
   if (level < 0 && errors->warnings++ == 0) (*info->err->format_message)(info, errors->message);
@@ -227,6 +244,9 @@ int jpeg_decode_rgb(const std::vector<uint8_t>& bytes, const ImageInfo& probed, 
     return -1;
   }
   jpeg_create_decompress(&info);
+  jpeg_progress_mgr progress{};
+  progress.progress_monitor = jpeg_scan_limit;
+  info.progress = &progress;
   jpeg_mem_src(&info, const_cast<unsigned char*>(bytes.data()),
                static_cast<unsigned long>(bytes.size()));
   jpeg_read_header(&info, TRUE);
@@ -393,6 +413,15 @@ cv::Mat decode_png(const std::vector<uint8_t>& bytes, const std::string& name) {
 
 }  // namespace
 
+// The first bytes are one of the supported formats' signatures.
+void check_signature(const std::vector<uint8_t>& bytes, const std::string& name) {
+  const Reader r(bytes, name);
+  const bool known = r.starts_with(0, "\xFF\xD8\xFF", 3) ||
+                     r.starts_with(0, "\x89PNG\r\n\x1A\n", 8) || r.starts_with(0, "BM", 2) ||
+                     (r.starts_with(0, "RIFF", 4) && r.starts_with(8, "WEBP", 4)) || is_tiff(r, 0);
+  check(known, name, "not an image: unrecognised format (supported: JPEG, PNG, TIFF, BMP, WebP)");
+}
+
 ImageInfo probe_image(const std::vector<uint8_t>& bytes, const std::string& name) {
   check(!bytes.empty(), name, "empty file (0 bytes)");
   const Reader r(bytes, name);
@@ -486,6 +515,9 @@ cv::Mat decode_image_bytes(const std::vector<uint8_t>& bytes, const std::string&
   }
   check(!raw.empty(), name, "corrupt or truncated ", info.format,
         ": OpenCV could not decode it (or has no ", info.format, " decoder)");
+  // What was decoded, not only what the header said, is held to the limit.
+  check(int64_t{raw.cols} * raw.rows <= options.max_pixels, name, "image too large: ", raw.cols,
+        "x", raw.rows, " pixels decoded, above the limit of ", options.max_pixels);
 
   cv::Mat img8;
   switch (raw.depth()) {
@@ -521,7 +553,12 @@ cv::Mat decode_image_bytes(const std::vector<uint8_t>& bytes, const std::string&
   return rgb;
 }
 
-std::vector<uint8_t> read_file_bytes(const std::string& path) {
+namespace {
+
+// read_file_bytes, with `signature` asked of the first 64 KiB before the rest is read.
+std::vector<uint8_t> read_bytes(
+    const std::string& path,
+    const std::function<void(const std::vector<uint8_t>&, const std::string&)>& signature) {
   std::error_code ec;
   const auto status = fs::status(path, ec);
   check(fs::exists(status), path, "no such file");
@@ -535,14 +572,30 @@ std::vector<uint8_t> read_file_bytes(const std::string& path) {
         " bytes is above the image file limit of ", kMaxImageFileBytes, " bytes");
   std::ifstream in(path, std::ios::binary);
   check(static_cast<bool>(in), path, "cannot open: ", std::strerror(errno));
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
-                             std::istreambuf_iterator<char>());
-  check(!in.bad(), path, "read error");
+  std::vector<uint8_t> bytes(static_cast<std::size_t>(std::min<std::uintmax_t>(size, 65536)));
+  in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  check(!in.bad() && in.gcount() == static_cast<std::streamsize>(bytes.size()), path, "read error");
+  if (size > bytes.size()) {
+    if (signature) signature(bytes, path);
+    bytes.resize(static_cast<std::size_t>(size));
+    in.read(reinterpret_cast<char*>(bytes.data()) + 65536,
+            static_cast<std::streamsize>(size - 65536));
+    check(!in.bad(), path, "read error");
+    bytes.resize(65536 + static_cast<std::size_t>(in.gcount()));  // the file may have shrunk
+  }
   return bytes;
 }
 
+}  // namespace
+
+std::vector<uint8_t> read_file_bytes(const std::string& path) {
+  return read_bytes(path, nullptr);
+}
+
 cv::Mat decode_image(const std::string& path, const DecodeOptions& options) {
-  return decode_image_bytes(read_file_bytes(path), path, options);
+  // The signature and the header first: a 2 GB file that is no image is refused from its first
+  // 64 KiB, not after reading it all into memory.
+  return decode_image_bytes(read_bytes(path, check_signature), path, options);
 }
 
 void write_image(const std::string& path, const cv::Mat& rgb) {

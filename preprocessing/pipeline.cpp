@@ -5,11 +5,15 @@
 #include <fstream>
 #include <limits>
 #include <set>
+#include <tuple>
+#include <type_traits>
+#include <vector>
 
 #include <opencv2/core.hpp>
 
 #include "attnscope/error.h"
 #include "attnscope/output_checks.h"
+#include "attnscope/printable.h"
 #include "preprocessing/steps.h"
 
 namespace attnscope::preprocessing {
@@ -19,11 +23,39 @@ using nlohmann::json;
 
 const char kSubject[] = "preprocessing config";
 
+// A value of the config quoted in a message: cut (a 1 MB string stayed 1 MB) and never
+// throwing (dump() throws on invalid UTF-8; depth is bounded before any message is made).
+std::string shown(const json& j) {
+  return excerpt(j.dump(-1, ' ', false, json::error_handler_t::replace), 200);
+}
+
+// Nesting depth without recursion: dump() and the checks recurse, and a config of 100,000
+// nested brackets (200 KB) overflowed the stack.
+int depth_of(const json& root) {
+  int deepest = 0;
+  std::vector<std::pair<const json*, int>> todo{{&root, 1}};
+  while (!todo.empty()) {
+    const auto [j, d] = todo.back();
+    todo.pop_back();
+    deepest = std::max(deepest, d);
+    if (d > 64) return d;
+    if (j->is_structured())
+      for (const auto& child : *j)
+        todo.emplace_back(&child, d + 1);
+  }
+  return deepest;
+}
+
+template <typename T>
+struct IsArray : std::false_type {};
+template <typename U, std::size_t N>
+struct IsArray<std::array<U, N>> : std::true_type {};
+
 // Reads the keys of one JSON object with type checks and rejects keys nobody asked for.
 class Params {
  public:
   Params(const json& j, std::string where) : j_(j), where_(std::move(where)) {
-    check(j.is_object(), kSubject, where_, " must be a JSON object, got ", j.dump());
+    check(j.is_object(), kSubject, where_, " must be a JSON object, got ", shown(j));
   }
   template <typename T>
   void get(const char* key, T& value) {
@@ -33,31 +65,46 @@ class Params {
       if constexpr (std::is_same_v<T, bool>) {
         check(j_.at(key).is_boolean(), kSubject, where_, ".", key, " must be true or false");
       } else if constexpr (std::is_arithmetic_v<T>) {
-        check(j_.at(key).is_number(), kSubject, where_, ".", key, " must be a number, got ",
-              j_.at(key).dump());
-        if constexpr (std::is_integral_v<T>) {
-          const double v = j_.at(key).get<double>();
-          check(v == std::floor(v), kSubject, where_, ".", key, " must be an integer, got ",
-                j_.at(key).dump());
-          // Out of T's range the conversion is undefined behaviour (found by fuzzing: 1e29).
-          check(v >= static_cast<double>(std::numeric_limits<T>::lowest()) &&
-                    v <= static_cast<double>(std::numeric_limits<T>::max()),
-                kSubject, where_, ".", key, " is out of range: ", j_.at(key).dump());
-        }
+        check_number<T>(j_.at(key), key);
+      } else if constexpr (IsArray<T>::value) {
+        // Fixed-size number lists (pad, mean, std, ranges): the length and every element
+        // checked as a number of its type (1e308 in an int pad was stored as INT_MIN).
+        const auto& a = j_.at(key);
+        check(a.is_array() && a.size() == std::tuple_size_v<T>, kSubject, where_, ".", key,
+              " must be a list of ", std::tuple_size_v<T>, " numbers, got ", shown(a));
+        for (const auto& v : a)
+          check_number<typename T::value_type>(v, key);
       }
       value = j_.at(key).get<T>();
     } catch (const json::exception& e) {
-      throw Error(kSubject, concat(where_, ".", key, ": wrong type (", j_.at(key).dump(), ")"));
+      throw Error(kSubject, concat(where_, ".", key, ": wrong type (", shown(j_.at(key)), ")"));
     }
   }
   void done() const {
     std::string unknown;
     for (const auto& item : j_.items())
       if (!used_.count(item.key())) unknown += (unknown.empty() ? "" : ", ") + item.key();
-    check(unknown.empty(), kSubject, "unknown key(s) in ", where_, ": ", unknown);
+    check(unknown.empty(), kSubject, "unknown key(s) in ", where_, ": ", excerpt(unknown, 200));
   }
 
  private:
+  template <typename T>
+  void check_number(const json& v, const char* key) const {
+    check(v.is_number(), kSubject, where_, ".", key, " must be a number, got ", shown(v));
+    const double x = v.get<double>();
+    if constexpr (std::is_integral_v<T>) {
+      check(x == std::floor(x), kSubject, where_, ".", key, " must be an integer, got ", shown(v));
+      // Out of T's range the conversion is undefined behaviour (found by fuzzing: 1e29).
+      check(x >= static_cast<double>(std::numeric_limits<T>::lowest()) &&
+                x <= static_cast<double>(std::numeric_limits<T>::max()),
+            kSubject, where_, ".", key, " is out of range: ", shown(v));
+    } else {
+      // Within T (a float's 3.4e38): 1e308 became an infinite normalisation.
+      check(std::isfinite(x) && std::abs(x) <= static_cast<double>(std::numeric_limits<T>::max()),
+            kSubject, where_, ".", key, " is out of range: ", shown(v));
+    }
+  }
+
   const json& j_;
   std::string where_;
   std::set<std::string> used_;
@@ -110,6 +157,8 @@ class ResizeStep : public Step {
     wrap_validate("resize", [&] {
       check(o_.size > 0 && o_.size <= kMaxImageSide, "size", "must be in [1, ", kMaxImageSide,
             "], got ", o_.size);
+      for (const int v : o_.pad)
+        check(v >= 0 && v <= 255, "pad", "must be three values in [0, 255], got ", v);
     });
   }
   std::string name() const override { return "resize"; }
@@ -135,8 +184,10 @@ class HairRemovalStep : public Step {
       check(o_.kernel >= 3 && o_.kernel <= 255 && o_.kernel % 2 == 1, "kernel",
             "must be odd and in [3, 255], got ", o_.kernel);
       check(o_.threshold >= 0 && o_.threshold <= 255, "threshold", "must be in 0..255");
-      check(o_.inpaint_radius > 0 && o_.inpaint_radius <= 100, "inpaint_radius",
-            "must be in (0, 100]");
+      // Telea's cost grows with radius^2 per masked pixel: 100 with threshold 0 ran over a
+      // minute for one 512 x 384 image.
+      check(o_.inpaint_radius > 0 && o_.inpaint_radius <= 20, "inpaint_radius",
+            "must be in (0, 20]");
     });
   }
   std::string name() const override { return "hair_removal"; }
@@ -251,7 +302,7 @@ AugmentOptions augment_from_json(const json& j) {
 
 std::shared_ptr<const Step> make_step(const json& config) {
   check(config.is_object() && config.contains("op") && config.at("op").is_string(), kSubject,
-        "each step must be an object with an \"op\" name, got ", config.dump());
+        "each step must be an object with an \"op\" name, got ", shown(config));
   const auto op = config.at("op").get<std::string>();
   Params p(config, "step '" + op + "'");
   std::string ignored;
@@ -268,7 +319,7 @@ std::shared_ptr<const Step> make_step(const json& config) {
   else if (op == "clahe")
     step = std::make_shared<ClaheStep>(p);
   else
-    throw Error(kSubject, concat("unknown step '", op,
+    throw Error(kSubject, concat("unknown step '", excerpt(op, 100),
                                  "' (known: center_crop, resize, hair_removal, shades_of_gray, "
                                  "clahe)"));
   p.done();
@@ -280,6 +331,7 @@ Pipeline::Pipeline() {
 }
 
 Pipeline Pipeline::from_json(const json& config) {
+  check(depth_of(config) <= 64, kSubject, "nested deeper than 64 levels");
   Params p(config, "the config");
   Pipeline pipeline;
   json decode = json::object(), steps = json::array(), augment = json::object(),
@@ -297,7 +349,9 @@ Pipeline Pipeline::from_json(const json& config) {
   d.get("apply_orientation", pipeline.decode_.apply_orientation);
   d.get("reduce_to", pipeline.decode_.reduce_to);
   d.done();
-  check(pipeline.decode_.max_pixels > 0, kSubject, "decode.max_pixels must be > 0");
+  check(pipeline.decode_.max_pixels > 0 && pipeline.decode_.max_pixels <= kMaxDecodePixels,
+        kSubject, "decode.max_pixels must be in [1, ", kMaxDecodePixels, "] (", kMaxImageSide,
+        "^2)");
   check(pipeline.decode_.reduce_to >= 0 && pipeline.decode_.reduce_to <= 65535, kSubject,
         "decode.reduce_to must be in [0, 65535] (0 = full size)");
 
@@ -315,6 +369,8 @@ Pipeline Pipeline::from_json(const json& config) {
   n.done();
   for (float s : pipeline.norm_.std)
     check(s > 0, kSubject, "normalize.std must be > 0, got ", s);
+  for (float m : pipeline.norm_.mean)
+    check(std::abs(m) <= 1000, kSubject, "normalize.mean must be in [-1000, 1000], got ", m);
   return pipeline;
 }
 

@@ -55,6 +55,22 @@ cv::Mat resize(const cv::Mat& image, const ResizeOptions& options, cv::Mat* mask
     return out;
   }
   const bool crop = options.mode == ResizeMode::kCrop;
+  if (crop && std::max(image.rows, image.cols) > 2 * std::min(image.rows, image.cols)) {
+    // An extreme aspect ratio (a 1 x 20000 strip) scaled by its short side first would make
+    // an intermediate of size^2 x aspect pixels (gigabytes): keep the centre 2:1 box of the
+    // source (the square the crop keeps, plus half its side either way for the filters), then
+    // resize that. Images up to 2:1, every photograph, are untouched.
+    const int side = std::min(image.rows, image.cols);
+    const cv::Rect box = image.cols > image.rows
+                             ? cv::Rect((image.cols - 2 * side) / 2, 0, 2 * side, side)
+                             : cv::Rect(0, (image.rows - 2 * side) / 2, side, 2 * side);
+    cv::Mat boxed_mask;
+    if (with_mask) boxed_mask = (*mask)(box).clone();
+    cv::Mat* inner = with_mask ? &boxed_mask : nullptr;
+    const auto out = resize(image(box), options, inner);
+    if (with_mask) *mask = boxed_mask;
+    return out;
+  }
   const double scale = static_cast<double>(s) /
                        (crop ? std::min(image.rows, image.cols) : std::max(image.rows, image.cols));
   // The scaled side that must equal `s` is set exactly; the other is rounded (≥ s when
@@ -104,8 +120,8 @@ cv::Mat hair_mask(const cv::Mat& image, const HairRemovalOptions& options) {
 }
 
 cv::Mat remove_hair(const cv::Mat& image, const HairRemovalOptions& options) {
-  check(options.inpaint_radius > 0.0, "hair_removal", "inpaint_radius must be > 0, got ",
-        options.inpaint_radius);
+  check(options.inpaint_radius > 0.0 && options.inpaint_radius <= 20.0, "hair_removal",
+        "inpaint_radius must be in (0, 20], got ", options.inpaint_radius);
   const cv::Mat mask = hair_mask(image, options);
   if (cv::countNonZero(mask) == 0) return image.clone();
   cv::Mat out;

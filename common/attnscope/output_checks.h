@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -17,6 +18,8 @@ namespace attnscope {
 
 /// Largest image side any command accepts (--size, a resize step): 16384^2 RGB is 768 MiB.
 constexpr int kMaxImageSide = 16384;
+/// Largest image (pixels) any decoder accepts: kMaxImageSide^2.
+constexpr int64_t kMaxDecodePixels = int64_t{kMaxImageSide} * kMaxImageSide;
 /// Largest thread/worker count a command accepts.
 constexpr int kMaxWorkers = 256;
 
@@ -27,7 +30,10 @@ inline bool same_file(const std::string& a, const std::string& b) {
   if (a.empty() || b.empty()) return false;
   std::error_code ec;
   if (fs::exists(a, ec) && fs::exists(b, ec)) return fs::equivalent(a, b, ec) && !ec;
-  return fs::weakly_canonical(a, ec) == fs::weakly_canonical(b, ec);
+  // Absolute first: weakly_canonical keeps a relative path relative when nothing of it
+  // exists, so "s.json" and "./s.json" compared unequal.
+  return fs::weakly_canonical(fs::absolute(a, ec), ec) ==
+         fs::weakly_canonical(fs::absolute(b, ec), ec);
 }
 
 /// Throws Error(out, ...) when the output `out` is the input `input` (described as `what`).

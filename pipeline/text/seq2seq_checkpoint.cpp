@@ -4,6 +4,7 @@
 #include <set>
 
 #include "attnscope/error.h"
+#include "attnscope/printable.h"
 #include "pipeline/checkpoint.h"
 
 namespace attnscope::pipeline {
@@ -118,7 +119,9 @@ void save_seq2seq(const std::string& path, const Seq2SeqBundle& bundle,
   save_checkpoint(path, *bundle.model, meta);
 }
 
-Seq2SeqBundle load_seq2seq(const std::string& path) {
+namespace {
+
+Seq2SeqBundle load_seq2seq_checked(const std::string& path) {
   const auto meta = read_checkpoint_meta(path);
   check(meta.model_config.value("family", "") == "seq2seq", path,
         "not a seq2seq checkpoint (model_config.family is not \"seq2seq\")");
@@ -133,7 +136,7 @@ Seq2SeqBundle load_seq2seq(const std::string& path) {
     bundle.tokenizer =
         datasets::text::tokenizer_from_string(meta.extra["tokenizer"].get<std::string>());
   } catch (const Error& e) {
-    throw Error(path, e.what());
+    throw Error(path, excerpt(e.what(), 300));  // a vocabulary entry may be megabytes
   }
   auto options = seq2seq_options_from_json(meta.model_config, path);
   validate_seq2seq_options(options, path);  // before anything is allocated from the sizes
@@ -144,6 +147,18 @@ Seq2SeqBundle load_seq2seq(const std::string& path) {
   load_checkpoint(path, *bundle.model);
   bundle.model->eval();
   return bundle;
+}
+
+}  // namespace
+
+Seq2SeqBundle load_seq2seq(const std::string& path) {
+  try {
+    return load_seq2seq_checked(path);
+  } catch (const nlohmann::json::exception& e) {
+    // A value of the wrong JSON type in model_config or extra (family 5, model_config an
+    // array): named with the file, not nlohmann's bare text.
+    throw Error(path, concat("corrupt checkpoint attribute (", excerpt(e.what(), 200), ")"));
+  }
 }
 
 }  // namespace attnscope::pipeline

@@ -8,6 +8,7 @@
 
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
+#include "attnscope/printable.h"
 #include "pipeline/h5.h"
 
 namespace attnscope::pipeline {
@@ -16,7 +17,8 @@ namespace text = datasets::text;
 
 std::vector<Translation> translate(const Seq2SeqBundle& bundle,
                                    const std::vector<std::string>& sources,
-                                   const models::text::DecodeOptions& options, int64_t batch_size) {
+                                   const models::text::DecodeOptions& options, int64_t batch_size,
+                                   const std::function<bool()>& stop) {
   check(bundle.model != nullptr, "translate", "no model");
   check(batch_size >= 1, "translate", "batch size must be >= 1");
   auto& model = *bundle.model;
@@ -27,6 +29,15 @@ std::vector<Translation> translate(const Seq2SeqBundle& bundle,
   std::vector<std::vector<int64_t>> ids(sources.size());
   for (std::size_t i = 0; i < sources.size(); ++i) {
     auto& t = out[i];
+    // A line of megabytes is not tokenised only to be cut to max_length tokens (100 MB took
+    // 3.7 GB); the TSV reader's limit is the same.
+    constexpr std::size_t kMaxSourceBytes = 65536;
+    if (sources[i].size() > kMaxSourceBytes) {
+      t.source = excerpt(sources[i], 200);
+      t.error =
+          concat("input of ", sources[i].size(), " bytes, above the limit of ", kMaxSourceBytes);
+      continue;
+    }
     t.source = sources[i];
     try {
       t.source_tokens = text::tokenize(sources[i], bundle.tokenizer, "input");
@@ -51,7 +62,14 @@ std::vector<Translation> translate(const Seq2SeqBundle& bundle,
     lengths.push_back(ids[i].size());
   const auto batches =
       text::length_batches(lengths, static_cast<std::size_t>(batch_size), 0, /*shuffle=*/false);
+  bool stopped = false;
   for (const auto& batch : batches) {
+    if (stopped || (stop && stop())) {
+      stopped = true;
+      for (const auto k : batch)
+        out[ready[k]].error = "stopped";
+      continue;
+    }
     std::vector<std::vector<int64_t>> sequences;
     for (const auto k : batch)
       sequences.push_back(ids[ready[k]]);
@@ -69,12 +87,14 @@ std::vector<Translation> translate(const Seq2SeqBundle& bundle,
 
 Seq2SeqEvaluation evaluate_seq2seq(const Seq2SeqBundle& bundle,
                                    const std::vector<text::TextPair>& pairs,
-                                   const models::text::DecodeOptions& options, int64_t batch_size) {
+                                   const models::text::DecodeOptions& options, int64_t batch_size,
+                                   const std::function<bool()>& stop) {
   std::vector<std::string> sources;
   for (const auto& p : pairs)
     sources.push_back(p.source);
   Seq2SeqEvaluation eval;
-  eval.translations = translate(bundle, sources, options, batch_size);
+  eval.translations = translate(bundle, sources, options, batch_size, stop);
+  eval.stopped = stop && stop();
   std::vector<std::vector<std::string>> outputs, references;
   for (std::size_t i = 0; i < pairs.size(); ++i) {
     const auto& t = eval.translations[i];
@@ -139,6 +159,10 @@ void write_alignment_png(const std::string& path, const Translation& translation
         "the model has no attention to draw (fixed context)");
   const auto weights = translation.attention.to(torch::kFloat).contiguous();  // (T, S)
   const int rows = static_cast<int>(weights.size(0)), cols = static_cast<int>(weights.size(1));
+  // 22 px a cell: 2000 x 2000 tokens was a 6 GB image. A heatmap is read by eye: at most 512
+  // tokens a side (11,264 px).
+  check(rows <= 512 && cols <= 512, path, "alignment of ", rows, " x ", cols,
+        " tokens is too large to draw (at most 512 a side); --alignments stores it as HDF5");
   constexpr int kCell = 22;
   constexpr int kFont = cv::FONT_HERSHEY_SIMPLEX;
   constexpr double kScale = 0.45;

@@ -2,6 +2,7 @@
 // Using a trained seq2seq model: translate sentences (greedy or beam), evaluate against
 // references, and write the attention alignments (HDF5 and PNG heatmaps).
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -30,15 +31,19 @@ struct Translation {
 /// Translates every source sentence, batch_size at a time. Sentences longer than the model's
 /// max_length are truncated to it (Translation::truncated); bad sentences (invalid UTF-8, empty)
 /// get Translation::error and the others go on.
+/// Sources over 64 KiB are not tokenised (Translation::error). `stop`, when given, is asked
+/// before each batch: once it says true the remaining sentences get the error "stopped".
 std::vector<Translation> translate(const Seq2SeqBundle& bundle,
                                    const std::vector<std::string>& sources,
                                    const models::text::DecodeOptions& options,
-                                   int64_t batch_size = 64);
+                                   int64_t batch_size = 64,
+                                   const std::function<bool()>& stop = nullptr);
 
 struct Seq2SeqEvaluation {
   Seq2SeqMetrics metrics;  ///< over every pair (failed ones count as wrong, empty output)
   int64_t truncated = 0;   ///< sources cut to max_length
   int64_t failed = 0;      ///< sources that could not be translated
+  bool stopped = false;    ///< `stop` said true: the metrics are not complete
   std::vector<Translation> translations;
 };
 
@@ -47,7 +52,8 @@ struct Seq2SeqEvaluation {
 Seq2SeqEvaluation evaluate_seq2seq(const Seq2SeqBundle& bundle,
                                    const std::vector<datasets::text::TextPair>& pairs,
                                    const models::text::DecodeOptions& options,
-                                   int64_t batch_size = 64);
+                                   int64_t batch_size = 64,
+                                   const std::function<bool()>& stop = nullptr);
 
 /// Alignments file: /sentences/<000000>/attention (T, S) float32 with the group attributes
 /// source, output (text), source_tokens, output_tokens (JSON arrays); root attributes format

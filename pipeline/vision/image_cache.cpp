@@ -1,5 +1,6 @@
 #include "pipeline/vision/image_cache.h"
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 
@@ -16,8 +17,20 @@ namespace {
 
 const char kFormat[] = "attnscope-image-cache";
 const char kVersion[] = "1";
-// Samples decoded in parallel before they are appended: bounds the memory of the writer.
+// Samples decoded in parallel before they are appended: bounds the memory of the writer, at
+// most 64 and at most 512 MiB of processed images (64 at 16384^2 were 48 GiB).
 constexpr std::size_t kChunkSamples = 64;
+constexpr std::size_t kChunkBytes = std::size_t{512} << 20;
+
+std::size_t chunk_samples(const preprocessing::Pipeline& pipeline) {
+  const auto steps = pipeline.to_json().value("steps", nlohmann::json::array());
+  int64_t side = 224;
+  if (!steps.empty() && steps.back().value("op", std::string()) == "resize")
+    side = steps.back().value("size", int64_t{224});
+  const auto per_sample = static_cast<std::size_t>(side * side * 4);  // RGB and a mask
+  return std::clamp<std::size_t>(kChunkBytes / std::max<std::size_t>(per_sample, 1), 1,
+                                 kChunkSamples);
+}
 
 using h5::where;
 
@@ -97,7 +110,8 @@ void stack_io(hid_t set, hsize_t index, const cv::Mat& data, bool write, const s
 }  // namespace
 
 ImageCacheReport write_image_cache(const std::string& path, const datasets::SampleSource& source,
-                                   const preprocessing::Pipeline& pipeline, int workers) {
+                                   const preprocessing::Pipeline& pipeline, int workers,
+                                   const std::function<bool()>& stop) {
   check(workers >= 1, "cache", "workers must be >= 1, got ", workers);
   // Written beside `path` and renamed at the end: a failed or killed run leaves the
   // previous cache (or nothing) at `path`, never a truncated file.
@@ -110,8 +124,10 @@ ImageCacheReport write_image_cache(const std::string& path, const datasets::Samp
   std::vector<uint8_t> has_mask;
 
   const std::size_t n = source.size();
-  for (std::size_t first = 0; first < n; first += kChunkSamples) {
-    const std::size_t last = std::min(n, first + kChunkSamples);
+  const std::size_t chunk = chunk_samples(pipeline);
+  for (std::size_t first = 0; first < n; first += chunk) {
+    if (stop && stop()) throw ImageCacheStopped{};  // `file` removes its temporary
+    const std::size_t last = std::min(n, first + chunk);
     std::vector<preprocessing::Processed> done(last - first);
     std::vector<std::string> errors(last - first);
     std::atomic<std::size_t> next{first};
@@ -124,6 +140,10 @@ ImageCacheReport write_image_cache(const std::string& path, const datasets::Samp
           errors[i - first] = e.what();
         } catch (const cv::Exception& e) {
           errors[i - first] = concat("OpenCV: ", e.err);
+        } catch (const std::exception& e) {
+          // Anything else (bad_alloc) is this image's failure: escaping a worker thread it
+          // called std::terminate and left the temporary file behind.
+          errors[i - first] = e.what();
         }
       }
     };
@@ -197,8 +217,19 @@ ImageCacheReport write_image_cache(const std::string& path, const datasets::Samp
   write_strings(file.id(), "paths", paths, path);
   std::vector<std::string> error_paths, error_messages;
   for (const auto& f : report.failures) {
-    error_paths.push_back(f.path.empty() ? f.image_id : f.path);
-    error_messages.push_back(f.message);
+    // The datasets are typed UTF-8 (h5py decodes them): a name that is not is escaped.
+    const auto utf8 = [](const std::string& t) {
+      if (datasets::text::find_invalid_utf8(t) == std::string::npos) return t;
+      std::string out;
+      for (const char c : t) {
+        const auto u = static_cast<unsigned char>(c);
+        out += u < 0x80 ? std::string(1, c)
+                        : concat("\\x", "0123456789abcdef"[u >> 4], "0123456789abcdef"[u & 15]);
+      }
+      return out;
+    };
+    error_paths.push_back(utf8(f.path.empty() ? f.image_id : f.path));
+    error_messages.push_back(utf8(f.message));
   }
   write_strings(file.id(), "errors/path", error_paths, path);
   write_strings(file.id(), "errors/message", error_messages, path);

@@ -17,6 +17,7 @@
 // The images are the pipeline's steps applied without augmentation; a Loader over an
 // ImageCacheSource then only augments and normalises them.
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -39,9 +40,13 @@ struct ImageCacheReport {
 /// Decodes every sample of `source` (with `workers` threads), runs the pipeline's steps (no
 /// augmentation) and writes the results to `path`. Every image must come out the same size
 /// (end the steps with a resize). Failed samples are left out and listed; throws
-/// Error(path, ...) when none succeeds or the file cannot be written.
+/// Error(path, ...) when none succeeds or the file cannot be written. `stop`, when given, is
+/// asked before each chunk of samples: true ends the run with ImageCacheStopped and nothing at
+/// `path` (the temporary file removed).
+struct ImageCacheStopped {};
 ImageCacheReport write_image_cache(const std::string& path, const datasets::SampleSource& source,
-                                   const preprocessing::Pipeline& pipeline, int workers = 1);
+                                   const preprocessing::Pipeline& pipeline, int workers = 1,
+                                   const std::function<bool()>& stop = nullptr);
 
 /// A SampleSource over a cache file: load(i) reads image i (one HDF5 chunk). Thread-safe
 /// (reads are serialised: the HDF5 library here is not thread-safe).

@@ -339,6 +339,26 @@ TEST_F(EvaluateCli, ACacheOfOtherStepsThanTheModelsIsRefusedNamingIt) {
       << r.output;
 }
 
+// Where --out and --predictions go is checked before the evaluation: a missing folder, a folder
+// given as the file, and one file spelled two ways ("p.json", "./p.json") before it exists.
+TEST_F(EvaluateCli, OutputsAreCheckedBeforeTheEvaluation) {
+  test::TempDir dir;
+  const auto base = exe() + " evaluate --bootstrap 0 --model " + model() + " --data " + data();
+  auto r = test::run_process(base + " --out " + (dir / "missing/r.json") + " 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("does not exist"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("AUC"), std::string::npos) << r.output;  // nothing was evaluated
+  r = test::run_process(base + " --predictions " + dir.path().string() + " 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("is a folder"), std::string::npos) << r.output;
+  r = test::run_process("cd " + dir.path().string() + " && " + base +
+                        " --out ./p.json --predictions p.json 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("is given as both --out and --predictions"), std::string::npos)
+      << r.output;
+  EXPECT_FALSE(fs::exists(dir / "p.json"));
+}
+
 TEST_F(EvaluateCli, SingleClassDataSaysAucIsUndefined) {
   test::TempDir out;
   const auto copy = fs::path(out / "data");

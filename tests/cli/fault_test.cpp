@@ -133,6 +133,40 @@ TEST(CliFault, CacheOnAFullDiskFailsCleanlyAndKeepsThePreviousCache) {
   EXPECT_EQ(h5py_images_shape(cache), "(6, 32, 32, 3)\n");
 }
 
+// SIGTERM stops `cache` after the current chunk: exit 143, nothing at --out, no temporary
+// (the default action left `.c.h5.<pid>-0.tmp.h5`). 555 real JPEGs, one worker: seconds.
+TEST(CliFault, CacheStoppedBySigtermLeavesNothing) {
+  ATTNSCOPE_REQUIRE_DATA();
+  test::TempDir dir;
+  // The 555 images four times over (symbolic links under other ids): about 8 s of work.
+  const auto source = test::data_dir() / "isic-uda1";
+  fs::create_directories(dir / "images");
+  std::istringstream in(test::read_text((source / "labels.csv").string()));
+  std::string line, csv = "image_id,label\n";
+  std::getline(in, line);
+  while (std::getline(in, line)) {
+    const auto id = line.substr(0, line.find(','));
+    const auto rest = line.substr(line.find(',') + 1);
+    const auto label = rest.substr(0, rest.find(','));
+    for (int copy = 0; copy < 4; ++copy) {
+      const auto name = id + "_" + std::to_string(copy);
+      fs::create_symlink(source / "images" / (id + ".jpg"),
+                         fs::path(dir / "images") / (name + ".jpg"));
+      csv += name + "," + label + "\n";
+    }
+  }
+  std::ofstream(dir / "labels.csv") << csv;
+  const auto cache = dir / "c.h5";
+  const auto r = test::run_killed_after("exec " + exe() + " cache --data " + (dir / "labels.csv") +
+                                            " --out " + cache + " --size 64 --workers 1",
+                                        1000, SIGTERM);
+  EXPECT_EQ(r.status, 128 + SIGTERM) << r.output;
+  EXPECT_NE(r.output.find("stopped by SIGTERM: " + cache + " not written"), std::string::npos)
+      << r.output;
+  EXPECT_FALSE(fs::exists(cache));
+  EXPECT_EQ(temporaries_in(dir.path()), 0);
+}
+
 TEST(CliFault, CacheKilledAtAnyMomentLeavesTheOldOrTheNewCache) {
   test::TempDir dir;
   synth(dir, 12, 64);
@@ -292,6 +326,29 @@ TEST(CliFault, SynthOnAFullDiskNamesTheImageAndLeavesNoEmptyFile) {
     for (const auto& e : fs::directory_iterator(dir.path() / sub))
       EXPECT_GT(fs::file_size(e.path()), 0u) << e.path();
   }
+}
+
+// A split with an empty part is refused before anything is written: five images of one lesion
+// in 5 folds (4 came out empty, exit 0), and --val 0.99 of five images (no training image).
+TEST(CliFault, SplitWithAnEmptyPartIsRefused) {
+  test::TempDir dir;
+  synth(dir, 5, 32);
+  std::istringstream in(test::read_text(dir / "labels.csv"));
+  std::string line, ham = "lesion_id,image_id,dx,dx_type,age,sex,localization\n";
+  std::getline(in, line);
+  while (std::getline(in, line))
+    ham += "HAM_1," + line.substr(0, line.find(',')) + ",nv,histo,50,male,back\n";
+  std::ofstream(dir / "ham.csv") << ham;
+  auto r = test::run_process(exe() + " split --data " + (dir / "ham.csv") + " --images " +
+                             (dir / "images") + " --folds 5 --out " + (dir / "k.csv") + " 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("--folds 5 leaves 4 fold(s) empty"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "k.csv"));
+  r = test::run_process(exe() + " split --data " + (dir / "labels.csv") +
+                        " --val 0.99 --test 0 --out " + (dir / "v.csv") + " 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("the split leaves a part empty"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "v.csv"));
 }
 
 // A kill at any moment leaves each command's output old or complete (SIGKILL, random moments).
@@ -567,7 +624,19 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
         "classify --model m.h5 --input x.jpg --out " + (dir / "o") + " --maps stage3 stage3",
         std::string("classify --model m.h5 --input x.jpg --out ''"),
         std::string("seq2seq translate --model m.h5 --beam 100000 abc"),
-        std::string("dist-check --lr nan"), "demo --out " + (dir / "d") + " --minutes 1e300"}) {
+        std::string("dist-check --lr nan"), "demo --out " + (dir / "d") + " --minutes 1e300",
+        // Past what a float32 holds or memory takes: LibTorch's overflow text, vector::reserve,
+        // bad_alloc; demo's sizes were found by synth after the previous demo was removed; a
+        // bare word was dropped (`--input *.jpg` read one file).
+        seq2seq_train("--clip-norm 1e308"), seq2seq_train("--valid-size 9223372036854775807"),
+        std::string("evaluate --model m.h5 --data x.csv --bootstrap 9223372036854775807"),
+        std::string("dist-check --samples 9223372036854775807"),
+        std::string("dist-check --image-size 100000"), std::string("dist-check --lr 1e308"),
+        "demo --out " + (dir / "d") + " --size 100000",
+        "demo --out " + (dir / "d") + " --train-images 99999999999",
+        "preprocess --input a.jpg b.jpg --out " + (dir / "o"),
+        "preprocess --input a.jpg --out " + (dir / "o") + " --max-pixels 9223372036854775807",
+        "synth --out " + (dir / "s") + " stray"}) {
     const auto r = test::run_process(exe() + " " + args);
     EXPECT_EQ(r.status, 2) << args << "\n" << r.output;
     EXPECT_EQ(r.output.rfind("error: ", 0), 0u) << args << "\n" << r.output;
@@ -576,6 +645,7 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
   EXPECT_FALSE(fs::exists(dir / "o"));
   EXPECT_FALSE(fs::exists(dir / "t"));
   EXPECT_FALSE(fs::exists(dir / "r"));  // seq2seq train creates --out only once its flags pass
+  EXPECT_FALSE(fs::exists(dir / "d"));
 }
 
 // Seq2seq: the checkpoint and the alignments through a full disk; --out checked up front.

@@ -2,6 +2,7 @@
 // problems are all reported at once. Real fixtures are counted independently (Python's csv
 // module, run at test time).
 
+#include <sys/stat.h>
 #include <algorithm>
 #include <fstream>
 #include <functional>
@@ -179,6 +180,16 @@ TEST(IsicReaders, ProblemsQuoteFieldsCutAndEscapedAndListTheFirstFifty) {
   EXPECT_EQ(msg.find(path + ":52: "), std::string::npos);
   EXPECT_NE(msg.find("... and 950 more"), std::string::npos);
   EXPECT_LT(msg.size(), 50u * 400u);
+}
+
+// A device or a pipe is no CSV file: /dev/zero filled the memory, a FIFO blocked for ever.
+TEST(IsicReaders, ADeviceOrPipeIsNoCsvFile) {
+  test::TempDir dir;
+  ASSERT_EQ(::mkfifo((dir / "pipe.csv").c_str(), 0600), 0);
+  for (const std::string path : {std::string("/dev/zero"), dir / "pipe.csv"}) {
+    const auto msg = error_of([&] { read_dataset(path); });
+    EXPECT_NE(msg.find("is not a regular file"), std::string::npos) << path << ": " << msg;
+  }
 }
 
 TEST(IsicReaders, ReportsEveryProblemOfACsvAtOnce) {

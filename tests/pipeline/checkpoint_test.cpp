@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "attnscope/error.h"
+#include "attnscope/output_checks.h"
 #include "pipeline/checkpoint.h"
 #include "pipeline/h5.h"
 #include "test_support.h"
@@ -157,7 +158,31 @@ TEST(Checkpoint, NanWeightsAreRefused) {
   }
   save_checkpoint(path, *a, CheckpointMeta{});
   const auto message = test::error_of([&] { load_checkpoint(path, *b); });
-  EXPECT_NE(message.find("'fc2.bias' holds NaN"), std::string::npos) << message;
+  EXPECT_NE(message.find("'fc2.bias' holds NaN or infinite values"), std::string::npos) << message;
+  // An infinite weight: NaN or empty outputs, silently (a seq2seq model translated to "").
+  Net c(8);
+  {
+    torch::NoGradGuard g;
+    c->fc1->weight[0][0] = -std::numeric_limits<float>::infinity();
+  }
+  const auto inf_path = dir / "inf.h5";
+  save_checkpoint(inf_path, *c, CheckpointMeta{});
+  const auto inf_message = test::error_of([&] { load_checkpoint(inf_path, *b); });
+  EXPECT_NE(inf_message.find("'fc1.weight' holds NaN or infinite values"), std::string::npos)
+      << inf_message;
+}
+
+// An output named two ways before either exists ("s.json", "./s.json") is one file: compared
+// after making both absolute (weakly_canonical kept a relative path relative).
+TEST(OutputChecks, SameFileBeforeItExistsWhateverTheSpelling) {
+  test::TempDir dir;
+  const auto cwd = std::filesystem::current_path();
+  std::filesystem::current_path(dir.path());
+  EXPECT_TRUE(same_file("s.json", "./s.json"));
+  EXPECT_TRUE(same_file("s.json", dir / "s.json"));
+  EXPECT_TRUE(same_file("a/../s.json", "s.json"));
+  EXPECT_FALSE(same_file("s.json", "t.json"));
+  std::filesystem::current_path(cwd);
 }
 
 TEST(Checkpoint, UnknownFormatVersionIsRefusedAndVersion1StillLoads) {

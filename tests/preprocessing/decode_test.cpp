@@ -1,6 +1,7 @@
 // Decoding: formats, depth, channels, EXIF orientation, size guard and every kind of bad file.
 // All fixtures are written by the tests themselves.
 
+#include <array>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -448,6 +449,61 @@ TEST(Decode, RefusesImagesAboveThePixelLimitFromTheHeader) {
             std::string::npos);
   small.max_pixels = 10000;
   EXPECT_EQ(decode_image(dir / "ok.jpg", small).rows, 100);
+}
+
+// Crafted files that cost time or memory far beyond their size: a TIFF whose repeated size tags
+// hid 20000^2 behind a small second pair (libtiff takes the first: so do we, and what OpenCV
+// decodes is held to the limit too); a progressive JPEG repeating a scan 300 times (each scan
+// a pass over the image); 1 MB of zeros named .jpg (refused from its first bytes).
+TEST(Decode, CraftedFilesAreRefusedBeforeTheCostTheyAskFor) {
+  test::TempDir dir;
+  {
+    // Little-endian TIFF, 20000 x 20000 grey then 1 x 1: one strip of 4 bytes (never read).
+    std::vector<uint8_t> t{'I', 'I', 42, 0, 8, 0, 0, 0};
+    const std::vector<std::array<uint32_t, 3>> entries{
+        {256, 4, 20000}, {256, 4, 1}, {257, 4, 20000}, {257, 4, 1}, {258, 3, 8}, {259, 3, 1},
+        {262, 3, 1},     {273, 4, 0}, {277, 3, 1},     {278, 4, 1}, {279, 4, 4}};
+    const auto put = [&](uint32_t v, int n) {
+      for (int i = 0; i < n; ++i)
+        t.push_back(static_cast<uint8_t>(v >> (8 * i)));
+    };
+    put(static_cast<uint32_t>(entries.size()), 2);
+    for (const auto& [tag, type, value] : entries) {
+      put(tag, 2);
+      put(type, 2);
+      put(1, 4);
+      put(value, 4);
+    }
+    put(0, 4);
+    write_bytes(dir / "dup.tif", t);
+    const auto msg = error_of([&] { decode_image(dir / "dup.tif"); });
+    EXPECT_NE(msg.find("image too large: 20000x20000"), std::string::npos) << msg;
+  }
+  {
+    cv::Mat noise(64, 64, CV_8UC3);
+    cv::randu(noise, cv::Scalar::all(0), cv::Scalar::all(255));
+    auto jpeg = encode(".jpg", noise, {cv::IMWRITE_JPEG_PROGRESSIVE, 1});
+    // The last scan (from its SOS marker to the end-of-image marker) repeated 300 times.
+    std::size_t sos = 0;
+    for (std::size_t i = 0; i + 1 < jpeg.size(); ++i)
+      if (jpeg[i] == 0xFF && jpeg[i + 1] == 0xDA) sos = i;
+    ASSERT_GT(sos, 0u);
+    const std::vector<uint8_t> scan(jpeg.begin() + static_cast<std::ptrdiff_t>(sos),
+                                    jpeg.end() - 2);
+    std::vector<uint8_t> crafted(jpeg.begin(), jpeg.end() - 2);
+    for (int i = 0; i < 300; ++i)
+      crafted.insert(crafted.end(), scan.begin(), scan.end());
+    crafted.push_back(0xFF);
+    crafted.push_back(0xD9);
+    write_bytes(dir / "scans.jpg", crafted);
+    const auto msg = error_of([&] { decode_image(dir / "scans.jpg"); });
+    EXPECT_NE(msg.find("more than 100 scans"), std::string::npos) << msg;
+    write_bytes(dir / "progressive.jpg", jpeg);
+    EXPECT_EQ(error_of([&] { decode_image(dir / "progressive.jpg"); }), "");
+  }
+  write_bytes(dir / "zeros.jpg", std::vector<uint8_t>(1 << 20, 0));
+  EXPECT_NE(error_of([&] { decode_image(dir / "zeros.jpg"); }).find("not an image"),
+            std::string::npos);
 }
 
 TEST(Decode, EveryBadFileGetsAnErrorNamingItAndTheProblem) {

@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 #include <opencv2/core.hpp>
+#include <opencv2/imgproc.hpp>
 
 #include "attnscope/error.h"
 #include "preprocessing/pipeline.h"
@@ -92,6 +93,56 @@ TEST(Pipeline, StrictParsingNamesTheProblem) {
             std::string::npos);
   EXPECT_NE(error_of({{"augment", {{"hflip", 2}}}}).find("probabilities"), std::string::npos);
   EXPECT_NE(error_of({{"normalize", {{"std", {1, 0, 1}}}}}).find("std"), std::string::npos);
+}
+
+// Configs that crashed or passed garbage on: 100,000 nested brackets (dump() overflowed the
+// stack), a 1 MB value quoted whole, numbers outside their type or range stored as garbage.
+TEST(Pipeline, HostileConfigsAreOneShortLine) {
+  json deep = json::array();
+  for (int i = 0; i < 100000; ++i)
+    deep = json::array({std::move(deep)});
+  EXPECT_NE(error_of({{"steps", deep}}).find("nested deeper than 64 levels"), std::string::npos);
+  const auto big = error_of({{"steps", {std::string(1000000, 'x')}}});
+  EXPECT_NE(big.find("bytes)"), std::string::npos) << big.substr(0, 300);
+  EXPECT_LT(big.size(), 1000u);
+  EXPECT_NE(
+      error_of({{"steps", {{{"op", "resize"}, {"size", 32}, {"pad", {1e308, 0, 0}}}}}}).find("pad"),
+      std::string::npos);
+  EXPECT_NE(
+      error_of({{"steps", {{{"op", "resize"}, {"size", 32}, {"pad", {0, 0, 256}}}}}}).find("pad"),
+      std::string::npos);
+  EXPECT_NE(error_of({{"steps", {{{"op", "resize"}, {"size", 32}, {"pad", {0, 0}}}}}}).find("pad"),
+            std::string::npos);
+  EXPECT_NE(error_of({{"normalize", {{"mean", {1e308, 0, 0}}}}}).find("mean"), std::string::npos);
+  EXPECT_NE(error_of({{"decode", {{"max_pixels", 300000000}}}}).find("max_pixels"),
+            std::string::npos);
+  EXPECT_NE(error_of({{"steps", {{{"op", "hair_removal"}, {"inpaint_radius", 21}}}}})
+                .find("inpaint_radius"),
+            std::string::npos);
+  EXPECT_EQ(error_of({{"steps", {{{"op", "hair_removal"}, {"inpaint_radius", 20}}}}}), "");
+}
+
+// Crop mode on a source more elongated than 2:1 keeps its centre 2:1 box before scaling (a
+// 1 x 20000 strip made a 224 x 4.5M intermediate): the result is OpenCV's scale-then-crop of
+// the whole source within a grey level or two (3:1 noise image), and exact on a flat strip.
+TEST(Pipeline, ResizeCropOfAnElongatedImageMatchesScaleThenCrop) {
+  cv::Mat wide(60, 180, CV_8UC3);
+  cv::RNG(4).fill(wide, cv::RNG::UNIFORM, 0, 256);
+  cv::GaussianBlur(wide, wide, {0, 0}, 2.0);
+  ResizeOptions o;
+  o.size = 32;
+  const auto got = resize(wide, o, nullptr);
+  cv::Mat scaled, reference;
+  cv::resize(wide, scaled, {96, 32}, 0, 0, cv::INTER_AREA);
+  reference = scaled(cv::Rect(32, 0, 32, 32));
+  ASSERT_EQ(got.size(), reference.size());
+  cv::Mat diff;
+  cv::absdiff(got, reference, diff);
+  EXPECT_LE(cv::mean(diff)[0], 2.0);
+  const cv::Mat strip(1, 20000, CV_8UC3, cv::Scalar(10, 120, 230));
+  const auto flat = resize(strip, o, nullptr);
+  EXPECT_EQ(flat.size(), cv::Size(32, 32));
+  EXPECT_EQ(cv::norm(flat, cv::Mat(32, 32, CV_8UC3, cv::Scalar(10, 120, 230)), cv::NORM_INF), 0);
 }
 
 TEST(Pipeline, ProcessRunsTheStepsInOrder) {

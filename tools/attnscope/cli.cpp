@@ -7,6 +7,9 @@
 #include <iostream>
 #include <sstream>
 
+#include "attnscope/error.h"
+#include "attnscope/printable.h"
+
 namespace attnscope::cli {
 
 std::vector<Command>& commands() {
@@ -34,7 +37,16 @@ bool parse(const std::string& usage_line, po::options_description& desc,
   try {
     auto parser = po::command_line_parser(args).options(desc);
     if (positional) parser.positional(*positional);
-    po::store(parser.run(), vm);
+    const auto parsed = parser.run();
+    // Without a positional description Boost drops bare words silently: `preprocess --input
+    // *.jpg` read the first file and ignored the rest. A word no option takes is an error.
+    if (!positional)
+      for (const auto& word : po::collect_unrecognized(parsed.options, po::include_positional))
+        throw UsageError(concat("unexpected argument '", excerpt(word, 200),
+                                "' (each value follows its option; quote or repeat the option "
+                                "for several values)"),
+                         usage_text(usage_line, desc));
+    po::store(parsed, vm);
     if (vm.count("help")) {
       std::cout << usage_text(usage_line, desc);
       return false;

@@ -6,9 +6,11 @@
 
 #include "attnscope/error.h"
 #include "attnscope/output_checks.h"
+#include "attnscope/printable.h"
 #include "cli.h"
 #include "dataset_flags.h"
 #include "pipeline/vision/image_cache.h"
+#include "runtime/runtime.h"
 
 namespace attnscope::cli {
 namespace {
@@ -56,11 +58,28 @@ int run_cache(const std::vector<std::string>& args, const GlobalOptions&) {
   check_not_an_input(out, config, "--config");
   ensure_writable_folder(out);
   for (const auto& id : ds.skipped)
-    std::cerr << "warning: " << id << ": image not found, skipped\n";
+    std::cerr << "warning: " << excerpt(id, 200) << ": image not found, skipped\n";
   const datasets::ImageFileSource source(ds, pipeline.decode_options());
-  const auto report = pipeline::write_image_cache(out, source, pipeline, workers);
-  for (const auto& f : report.failures)
-    std::cerr << "error: " << f.message << "\n";
+  // SIGINT / SIGTERM end the run after the current chunk, with nothing at --out and no
+  // temporary file left (the default action left `.out.<pid>-0.tmp.h5`).
+  runtime::stop_on_signals();
+  pipeline::ImageCacheReport report;
+  try {
+    report = pipeline::write_image_cache(out, source, pipeline, workers,
+                                         [] { return runtime::stop_requested() != 0; });
+  } catch (const pipeline::ImageCacheStopped&) {
+    std::cerr << "stopped by " << runtime::stop_signal_name(runtime::stop_requested()) << ": "
+              << out << " not written\n";
+    return runtime::stopped_exit_status();
+  }
+  // Each line names its image: decoding errors start with the path, the others (OpenCV, an id
+  // that is not UTF-8) did not.
+  for (const auto& f : report.failures) {
+    const auto& who = f.path.empty() ? f.image_id : f.path;
+    const bool named = f.message.compare(0, who.size(), who) == 0;
+    std::cerr << "error: " << (named ? "" : excerpt(who, 300) + ": ") << excerpt(f.message, 1000)
+              << "\n";
+  }
   std::cout << "cached " << report.written << " of " << ds.samples.size() << " images into " << out;
   if (!report.failures.empty()) std::cout << " (" << report.failures.size() << " failed)";
   std::cout << "\n";

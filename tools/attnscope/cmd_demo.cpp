@@ -123,8 +123,11 @@ int run_demo(const std::vector<std::string>& args, const GlobalOptions& global) 
   if (!parse(usage, desc, args, vm)) return 0;
   const auto fail = [&](const std::string& m) { throw UsageError(m, usage_text(usage, desc)); };
   if (!(minutes > 0 && minutes <= 1440)) fail("--minutes must be in (0, 1440]");
-  if (size < 32) fail("--size must be >= 32");
-  if (train_images < 20 || test_images < 4) fail("--train-images >= 20 and --test-images >= 4");
+  // Checked here, before the folder is touched (synth's own checks came after the previous
+  // demo's data was removed).
+  if (size < 32 || size > 1024) fail("--size must be in [32, 1024]");
+  if (train_images < 20 || test_images < 4 || train_images > 1'000'000 || test_images > 1'000'000)
+    fail("--train-images must be in [20, 1000000] and --test-images in [4, 1000000]");
 
   // The demo owns its folder: a rerun replaces what an earlier demo wrote, nothing else.
   // report.html goes first and comes back last, so a folder holding a report holds the

@@ -109,8 +109,12 @@ int run_dist_check(const std::vector<std::string>& args, const GlobalOptions&) {
   if (f.samples < 1 || f.global_batch < 1 || f.epochs < 0 || f.max_steps < 0)
     throw UsageError("--samples and --global-batch must be >= 1, --epochs and --max-steps >= 0",
                      usage_text("dist-check [options]", desc));
-  if (!(std::isfinite(f.lr) && f.lr > 0))  // NaN fails every comparison
-    throw UsageError(concat("--lr must be a number > 0, got ", f.lr),
+  if (!(std::isfinite(f.lr) && f.lr > 0 && f.lr <= 1000))  // NaN fails every comparison
+    throw UsageError(concat("--lr must be in (0, 1000], got ", f.lr),
+                     usage_text("dist-check [options]", desc));
+  // A check of the setup, not a training run: sizes that fit in memory.
+  if (f.samples > 1'000'000 || f.image_size < 0 || f.image_size > 1024)
+    throw UsageError("--samples must be at most 1000000 and --image-size in [0, 1024]",
                      usage_text("dist-check [options]", desc));
 
   if (!f.out_dir.empty()) {

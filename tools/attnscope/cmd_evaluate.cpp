@@ -63,7 +63,8 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
   if (o.batch_size < 1 || o.batch_size > 65536) fail("--batch-size must be between 1 and 65536");
   if (o.workers < 0 || o.workers > kMaxWorkers)
     fail(concat("--workers must be in [0, ", kMaxWorkers, "]"));
-  if (o.bootstrap_resamples < 0) fail("--bootstrap must be >= 0");
+  if (o.bootstrap_resamples < 0 || o.bootstrap_resamples > 100000)
+    fail("--bootstrap must be in [0, 100000]");
   if (!runtime::is_precision_name(o.precision))
     fail("--precision must be fp32 or bf16, got '" + o.precision + "'");
   if (threshold_text != "checkpoint") {
@@ -90,6 +91,14 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
           "is given as both --out and --predictions: choose two files");
   };
   check_outputs({{model_path, "--model"}, {data.data, "--data"}});
+  // Where they go, before the evaluation (a missing folder or a folder given as the file was
+  // found only at the end, after hours on a large set).
+  for (const auto& dest : {out, predictions}) {
+    if (dest.empty()) continue;
+    std::error_code ec;
+    check(!std::filesystem::is_directory(dest, ec), dest, "is a folder; give a file name");
+    ensure_writable_folder(dest);
+  }
 
   std::cerr << runtime::precision_warning(o.precision, "cpu");
   const auto loaded = pipeline::load_image_classifier(model_path);

@@ -41,7 +41,11 @@ bool has_image_extension(const fs::path& p) {
 cv::Mat stage_strip(const std::vector<std::pair<std::string, cv::Mat>>& stages) {
   std::vector<cv::Mat> tiles;
   for (const auto& [name, image] : stages) {
-    const int w = std::max(1, image.cols * kStripHeight / std::max(1, image.rows));
+    // At most 4 heights wide: a 1 x 5000 input made a 1.1M-pixel-wide tile (2.4 GB, beyond
+    // PNG's width limit); wider stages are shown squeezed.
+    const int w =
+        std::clamp(static_cast<int>(int64_t{image.cols} * kStripHeight / std::max(1, image.rows)),
+                   1, 4 * kStripHeight);
     cv::Mat tile;
     cv::resize(image, tile, {w, kStripHeight}, 0, 0, cv::INTER_AREA);
     cv::copyMakeBorder(tile, tile, 24, 0, 0, 4, cv::BORDER_CONSTANT, cv::Scalar(255, 255, 255));
@@ -83,6 +87,12 @@ int run_stats(const std::vector<std::string>& args) {
     } catch (const Error& e) {
       std::cerr << "error: " << e.what() << "\n";
       ++failed;
+    } catch (const cv::Exception& e) {  // e.g. out of memory in a step: this image's failure
+      std::cerr << "error: " << s.path << ": OpenCV: " << e.err << "\n";
+      ++failed;
+    } catch (const std::exception& e) {
+      std::cerr << "error: " << s.path << ": " << e.what() << "\n";
+      ++failed;
     }
   }
   check(used > 0, data.data, "no image could be read");
@@ -116,7 +126,9 @@ int run_preprocess(const std::vector<std::string>& args, const GlobalOptions&) {
   // clang-format on
   po::variables_map vm;
   if (!parse(usage, desc, args, vm)) return 0;
-  if (max_pixels < 0) throw UsageError("--max-pixels must be >= 0", usage_text(usage, desc));
+  if (max_pixels < 0 || max_pixels > kMaxDecodePixels)
+    throw UsageError(concat("--max-pixels must be in [0, ", kMaxDecodePixels, "]"),
+                     usage_text(usage, desc));
   auto pipeline = load_pipeline(config);
   if (max_pixels > 0) {
     auto j = pipeline.to_json();

@@ -272,6 +272,12 @@ int run_train(const std::vector<std::string>& args) {
     if (!std::isfinite(v) || v < 0)
       throw UsageError(concat("--", n, " must be a finite number >= 0"), usage);
   }
+  // Bounds a float32 holds (--clip-norm 1e308 was LibTorch's "cannot be converted to type
+  // float without overflow", after the data was read) and a held-out set that fits in memory.
+  for (const char* n : {"lr", "clip-norm"})
+    if (vm[n].as<double>() > 1e6) throw UsageError(concat("--", n, " must be at most 1e6"), usage);
+  if (vm["valid-size"].as<int64_t>() > 1'000'000)
+    throw UsageError("--valid-size must be at most 1000000", usage);
   // The output folder is checked before any long work: an unwritable --out must not be found
   // only after hours of training.
   const std::string out_dir = vm["out"].as<std::string>();
@@ -294,6 +300,9 @@ int run_train(const std::vector<std::string>& args) {
   }
 
   const std::string spec = vm["task"].as<std::string>();
+  // The model must not replace its own data (a TSV named OUT/model.h5 was overwritten).
+  if (spec.rfind("tsv:", 0) == 0)
+    check_not_an_input((fs::path(out_dir) / "model.h5").string(), spec.substr(4), "--task tsv:");
   const uint64_t seed = vm["seed"].as<uint64_t>();
   auto data = load_task(spec, vm["count"].as<int64_t>(), vm["min-length"].as<int64_t>(),
                         vm["max-length"].as<int64_t>(), seed);
@@ -421,24 +430,35 @@ int run_train(const std::vector<std::string>& args) {
                                {"attnscope_version", kVersion}};
   if (result.interrupted)
     provenance["interrupted_by"] = runtime::stop_signal_name(runtime::stop_requested());
-  if (!valid.empty() && !result.interrupted) {
+  bool interrupted = result.interrupted;
+  if (!valid.empty() && !interrupted) {
+    // A signal during the held-out evaluation stops it after the current batch: the model is
+    // saved without it (it ran on for minutes and exited 0).
     const auto eval = pipeline::evaluate_seq2seq(
-        bundle, valid, models::text::DecodeOptions().max_length(max_length));
-    provenance["valid"] = {{"exact_match", eval.metrics.exact_match},
-                           {"token_accuracy", eval.metrics.token_accuracy},
-                           {"bleu", eval.metrics.bleu},
-                           {"sentences", eval.metrics.sentences}};
-    std::cout << "held-out " << valid.size() << " pairs: ";
-    std::cout << std::fixed << std::setprecision(4) << "exact match " << eval.metrics.exact_match
-              << ", token accuracy " << eval.metrics.token_accuracy << ", BLEU "
-              << std::setprecision(2) << eval.metrics.bleu << "\n";
+        bundle, valid, models::text::DecodeOptions().max_length(max_length), 64,
+        [] { return runtime::stop_requested() != 0; });
+    if (eval.stopped) {
+      interrupted = true;
+      provenance["interrupted_by"] = runtime::stop_signal_name(runtime::stop_requested());
+      std::cerr << "\nstopped by " << runtime::stop_signal_name(runtime::stop_requested())
+                << " during the held-out evaluation; saving the model without it\n";
+    } else {
+      provenance["valid"] = {{"exact_match", eval.metrics.exact_match},
+                             {"token_accuracy", eval.metrics.token_accuracy},
+                             {"bleu", eval.metrics.bleu},
+                             {"sentences", eval.metrics.sentences}};
+      std::cout << "held-out " << valid.size() << " pairs: ";
+      std::cout << std::fixed << std::setprecision(4) << "exact match " << eval.metrics.exact_match
+                << ", token accuracy " << eval.metrics.token_accuracy << ", BLEU "
+                << std::setprecision(2) << eval.metrics.bleu << "\n";
+    }
   }
   const std::string path = (fs::path(out_dir) / "model.h5").string();
   pipeline::save_seq2seq(path, bundle, provenance);
   std::cout << "wrote " << path << " (" << result.steps << " steps, " << std::fixed
             << std::setprecision(1) << result.seconds << " s, " << result.cpu_seconds
             << " s CPU)\n";
-  return result.interrupted ? runtime::stopped_exit_status() : 0;
+  return interrupted ? runtime::stopped_exit_status() : 0;
 }
 
 int run_evaluate(const std::vector<std::string>& args) {

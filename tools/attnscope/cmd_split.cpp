@@ -50,16 +50,25 @@ int run_split(const std::vector<std::string>& args, const GlobalOptions&) {
     c.resize(ds.class_names.size(), 0);
     ++c[static_cast<std::size_t>(label)];
   };
+  // A part that came out empty (more folds than lesion groups, --val 0.99 of five images) is
+  // an error before anything is written: a split must give every part something.
   if (folds >= 2) {
     const auto f = datasets::kfold_dataset(ds, folds, o.seed);
-    datasets::write_folds_csv(out, ds, f);
     for (std::size_t i = 0; i < f.size(); ++i)
       tally("fold " + std::to_string(f[i]), ds.samples[i].label);
+    check(static_cast<int>(counts.size()) == folds, data.data, "--folds ", folds, " leaves ",
+          folds - static_cast<int>(counts.size()),
+          " fold(s) empty: the samples form fewer groups (lesions/patients) than folds");
+    datasets::write_folds_csv(out, ds, f);
   } else {
     const auto s = datasets::split_dataset(ds, o);
-    datasets::write_splits_csv(out, ds, s);
     for (std::size_t i = 0; i < s.size(); ++i)
       tally(datasets::split_name(s[i]), ds.samples[i].label);
+    const std::size_t parts = 1 + (o.val > 0 ? 1 : 0) + (o.test > 0 ? 1 : 0);
+    check(counts.size() == parts && counts.count("train"), data.data,
+          "the split leaves a part empty (", counts.size(), " of ", parts,
+          " parts hold images): use other --val/--test shares or more data");
+    datasets::write_splits_csv(out, ds, s);
   }
   std::cout << "wrote " << out << " (" << ds.samples.size() << " images)\n";
   for (const auto& [part, c] : counts) {
