@@ -193,6 +193,20 @@ inline std::string read_text(const std::string& path) {
   return s.str();
 }
 
+/// (image_id, label) of each row of a labels CSV whose first two columns are those (the
+/// synthetic sets, isic-uda1): for tests that write another CSV of the same images.
+inline std::vector<std::pair<std::string, std::string>> labelled_rows(const std::string& csv) {
+  std::istringstream in(read_text(csv));
+  std::string line;
+  std::getline(in, line);  // header
+  std::vector<std::pair<std::string, std::string>> rows;
+  while (std::getline(in, line)) {
+    const auto rest = line.substr(line.find(',') + 1);
+    rows.emplace_back(line.substr(0, line.find(',')), rest.substr(0, rest.find(',')));
+  }
+  return rows;
+}
+
 /// The names of the entries of a folder (not recursive): what a run left in it.
 inline std::set<std::string> file_names(const std::string& dir) {
   std::set<std::string> names;

@@ -30,7 +30,7 @@ TsvPairs parse_tsv_pairs(const std::string& text, const std::string& path) {
           {line, concat("line of ", row.size(), " bytes, above the limit of ", kMaxTsvLineBytes)});
       continue;
     }
-    if (row.find_first_not_of(" \t") == std::string::npos) {
+    if (row.find_first_not_of(" \t\r\f\v") == std::string::npos) {
       out.skipped.push_back({line, "empty line"});
       continue;
     }
@@ -51,8 +51,9 @@ TsvPairs parse_tsv_pairs(const std::string& text, const std::string& path) {
       const std::size_t bad = find_invalid_utf8(value);
       if (bad != std::string::npos)
         problem = concat("invalid UTF-8 at byte ", bad, " of the ", side);
-      else if (value.find_first_not_of(" ") == std::string::npos)
-        problem = concat("empty ", side);
+      else if (value.find_first_not_of(" \t\r\n\f\v") == std::string::npos)
+        problem =
+            concat("empty ", side);  // whitespace only: no word tokens ("\f" stopped training)
     }
     if (!problem.empty()) {
       out.skipped.push_back({line, problem});

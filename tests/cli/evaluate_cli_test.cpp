@@ -279,13 +279,8 @@ TEST_F(EvaluateCli, DecodeReduceToDecodesJpegsAsOpenCvsReducedReads) {
   test::TempDir out;
   fs::create_directories(out / "jpeg/images");
   fs::create_directories(out / "oracle/images");
-  std::istringstream in(read_text(data()));
-  std::string line, csv = "image_id,label\n";
-  std::getline(in, line);
-  while (std::getline(in, line)) {
-    const auto id = line.substr(0, line.find(','));
-    const auto rest = line.substr(line.find(',') + 1);
-    const auto label = rest.substr(0, rest.find(','));
+  std::string csv = "image_id,label\n";
+  for (const auto& [id, label] : test::labelled_rows(data())) {
     cv::Mat big;
     cv::resize(cv::imread(*dir_ / ("data/images/" + id + ".png")), big, cv::Size(128, 128));
     const auto jpg = out / ("jpeg/images/" + id + ".jpg");

@@ -141,13 +141,8 @@ TEST(CliFault, CacheStoppedBySigtermLeavesNothing) {
   // The 555 images four times over (symbolic links under other ids): about 8 s of work.
   const auto source = test::data_dir() / "isic-uda1";
   fs::create_directories(dir / "images");
-  std::istringstream in(test::read_text((source / "labels.csv").string()));
-  std::string line, csv = "image_id,label\n";
-  std::getline(in, line);
-  while (std::getline(in, line)) {
-    const auto id = line.substr(0, line.find(','));
-    const auto rest = line.substr(line.find(',') + 1);
-    const auto label = rest.substr(0, rest.find(','));
+  std::string csv = "image_id,label\n";
+  for (const auto& [id, label] : test::labelled_rows((source / "labels.csv").string())) {
     for (int copy = 0; copy < 4; ++copy) {
       const auto name = id + "_" + std::to_string(copy);
       fs::create_symlink(source / "images" / (id + ".jpg"),

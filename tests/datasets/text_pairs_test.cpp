@@ -110,6 +110,13 @@ TEST(TextTsv, ReadsPairsIgnoringExtraColumnsAndListsBadLines) {
   EXPECT_NE(description.find("fra.txt:3: no tab"), std::string::npos) << description;
   EXPECT_NE(description.find("(4 lines skipped)"), std::string::npos) << description;
   EXPECT_THROW(read_tsv_pairs("/nonexistent/pairs.tsv"), Error);
+  // Whitespace other than spaces is no text either: "\f<TAB>x y" stopped `seq2seq train` at
+  // encoding ("empty source or target after tokenisation") instead of being skipped here.
+  const auto blank = parse_tsv_pairs("a b\tb a\n\f\tx y\nx y\t\v\r\n", "ws.tsv");
+  ASSERT_EQ(blank.pairs.size(), 1u);
+  ASSERT_EQ(blank.skipped.size(), 2u);
+  EXPECT_EQ(blank.skipped[0].reason, "empty source");
+  EXPECT_EQ(blank.skipped[1].reason, "empty target");
 }
 
 TEST(TextTasks, CopyAndReverseAreSeededAndInTheLengthRange) {
