@@ -28,6 +28,10 @@ TokenizerKind tokenizer_from_string(const std::string& name);
 /// above U+10FFFF are invalid), or std::string::npos when text is valid UTF-8.
 std::size_t find_invalid_utf8(const std::string& text);
 
+/// `text` with every invalid UTF-8 sequence (also overlong forms, surrogates, past U+10FFFF)
+/// replaced by U+FFFD: for strings stored or shown as UTF-8 (HTML, JSON, HDF5 UTF-8 strings).
+std::string valid_utf8(const std::string& text);
+
 /// Splits valid UTF-8 into code points; throws Error(subject, "invalid UTF-8 at byte N").
 std::vector<std::string> utf8_code_points(const std::string& text, const std::string& subject);
 

@@ -217,19 +217,9 @@ ImageCacheReport write_image_cache(const std::string& path, const datasets::Samp
   write_strings(file.id(), "paths", paths, path);
   std::vector<std::string> error_paths, error_messages;
   for (const auto& f : report.failures) {
-    // The datasets are typed UTF-8 (h5py decodes them): a name that is not is escaped.
-    const auto utf8 = [](const std::string& t) {
-      if (datasets::text::find_invalid_utf8(t) == std::string::npos) return t;
-      std::string out;
-      for (const char c : t) {
-        const auto u = static_cast<unsigned char>(c);
-        out += u < 0x80 ? std::string(1, c)
-                        : concat("\\x", "0123456789abcdef"[u >> 4], "0123456789abcdef"[u & 15]);
-      }
-      return out;
-    };
-    error_paths.push_back(utf8(f.path.empty() ? f.image_id : f.path));
-    error_messages.push_back(utf8(f.message));
+    // The datasets are typed UTF-8 (h5py decodes them): invalid sequences become U+FFFD.
+    error_paths.push_back(datasets::text::valid_utf8(f.path.empty() ? f.image_id : f.path));
+    error_messages.push_back(datasets::text::valid_utf8(f.message));
   }
   write_strings(file.id(), "errors/path", error_paths, path);
   write_strings(file.id(), "errors/message", error_messages, path);
