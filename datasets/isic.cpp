@@ -213,6 +213,14 @@ Dataset read_class_folders(const std::string& root, const ReadOptions& options) 
       if (std::find(exts.begin(), exts.end(), ext) != exts.end()) files.push_back(file);
     }
     for (const auto& f : files) {
+      // A file name no id may have (a control character, "..") is one warning: it refused the
+      // whole dataset.
+      try {
+        check_image_id(f.stem().string(), f.string());
+      } catch (const Error& e) {
+        warnings.push_back(concat(excerpt(e.what(), 300), ", skipped"));
+        continue;
+      }
       rows.push_back({0, f.stem().string(), cls});
       Sample smp;
       smp.path = f.string();

@@ -43,6 +43,9 @@ FolderListing list_folder(const fs::path& dir) {
       out.files.push_back(path);
     else if (fs::is_directory(status))
       out.folders.push_back(path);
+    else  // a FIFO named x.jpg was passed over without a word
+      out.problems.push_back(
+          concat(path.string(), ": not a regular file (a pipe, socket or device), skipped"));
   }
   std::sort(out.files.begin(), out.files.end());
   std::sort(out.folders.begin(), out.folders.end());

@@ -14,7 +14,8 @@ struct FolderListing {
   std::vector<std::filesystem::path> files;    ///< regular files (symlinks followed), sorted
   std::vector<std::filesystem::path> folders;  ///< sub-folders (symlinks followed), sorted
   /// One line per entry that could not be used: "<path>: symlink loop",
-  /// "<path>: dangling symlink", "<path>: <system error>".
+  /// "<path>: dangling symlink", "<path>: <system error>", "<path>: not a regular file (a
+  /// pipe, socket or device), skipped".
   std::vector<std::string> problems;
 };
 

@@ -94,9 +94,11 @@ inline ProcessResult run_process(const std::string& command) {
 /// sends `kill_signal` to the whole group after that many milliseconds unless it ended first.
 /// Signals sent to a command as its output shows how far it got: the k-th signal once the
 /// output holds after[k] (and the earlier ones were sent).
+/// Or, with `ready` set, one signal once ready() holds (a file the command writes appeared).
 struct SignalPlan {
   int signal = SIGTERM;
   std::vector<std::string> after;
+  std::function<bool()> ready;
 };
 
 inline ProcessResult run_fault(const std::string& command, long long file_size_limit = 0,
@@ -139,6 +141,11 @@ inline ProcessResult run_fault(const std::string& command, long long file_size_l
     while ((n = read(fds[0], buffer.data(), buffer.size())) > 0)
       result.output.append(buffer.data(), static_cast<std::size_t>(n));
     if (waitpid(pid, &raw, WNOHANG) == pid) break;
+    if (plan && plan->ready && sent == 0 && plan->ready()) {
+      kill(-pid, plan->signal);
+      sent = 1;
+      result.signals_sent = 1;
+    }
     while (plan && sent < plan->after.size() &&
            result.output.find(plan->after[sent]) != std::string::npos) {
       kill(-pid, plan->signal);

@@ -30,7 +30,7 @@ class AtomicFile {
  public:
   /// The temporary file is `<dir>/.<name>.<pid>-<n>.tmp<ext>` beside `path` (same file
   /// system, so the rename is atomic), keeping the extension for writers that choose the
-  /// format by it (cv::imwrite).
+  /// format by it (cv::imwrite); <name> is cut to keep the whole within 255 bytes.
   explicit AtomicFile(std::string path) : path_(std::move(path)) {
     namespace fs = std::filesystem;
     static std::atomic<int> counter{0};
@@ -41,9 +41,20 @@ class AtomicFile {
     check(!fs::exists(status) || fs::is_regular_file(status), path_,
           "exists and is not a regular file; refusing to replace it");
     const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
-    temp_ = (dir / concat(".", target.filename().string(), ".", ::getpid(), "-", counter++, ".tmp",
-                          target.extension().string()))
-                .string();
+    // A name near NAME_MAX (255 bytes) is cut in the temporary's name, at a UTF-8 character
+    // boundary: its 20 added bytes made a 250-byte output fail with "File name too long".
+    std::string ext = target.extension().string();
+    if (ext.size() > 32) ext.clear();
+    const std::string suffix = concat(".", ::getpid(), "-", counter++, ".tmp", ext);
+    std::string name = target.filename().string();
+    const std::size_t room = 255 - 1 - suffix.size();
+    if (name.size() > room) {
+      name.resize(room);
+      while (!name.empty() && (static_cast<unsigned char>(name.back()) & 0xC0) == 0x80)
+        name.pop_back();
+      if (!name.empty() && static_cast<unsigned char>(name.back()) >= 0xC0) name.pop_back();
+    }
+    temp_ = (dir / concat(".", name, suffix)).string();
   }
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;

@@ -57,19 +57,25 @@ inline bool folder_contains(const std::string& dir, const std::string& inner) {
 }
 
 /// Throws Error(path, ...) unless a file can be created in the folder that will hold `path`
-/// (it exists, is a folder, is writable, the file system is not read-only). Creates and
-/// removes a probe file; the target itself is not touched.
+/// (it exists, is a folder, is writable, the file system is not read-only). Creates an
+/// unnamed file (or, where O_TMPFILE is missing, a probe removed at once); the target itself
+/// is not touched.
 inline void ensure_writable_folder(const std::string& path) {
   namespace fs = std::filesystem;
   const fs::path target(path);
   const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
   std::error_code ec;
   check(fs::is_directory(dir, ec), path, "the folder ", dir.string(), " does not exist");
-  const auto probe = (dir / concat(".attnscope-probe.", ::getpid())).string();
-  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  // An unnamed file (O_TMPFILE) leaves no name behind whenever the process dies; file systems
+  // without it (EOPNOTSUPP, EISDIR on older kernels) take a named probe removed at once.
+  int fd = ::open(dir.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+  if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
+    const auto probe = (dir / concat(".attnscope-probe.", ::getpid())).string();
+    fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd >= 0) ::unlink(probe.c_str());
+  }
   check(fd >= 0, path, "cannot create files in ", dir.string(), " (", std::strerror(errno), ")");
   ::close(fd);
-  ::unlink(probe.c_str());
 }
 
 /// ensure_writable_folder for an output folder that may not exist yet: its nearest existing

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <set>
+#include <type_traits>
 
 #include "attnscope/error.h"
 #include "attnscope/printable.h"
@@ -31,6 +32,10 @@ namespace {
 
 template <typename T>
 T get(const nlohmann::json& json, const char* key, const std::string& subject) {
+  // nlohmann reads 1.5 as the integer 1: a count must be written as an integer.
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>)
+    check(json.at(key).is_number_integer(), subject, "model_config.", key,
+          " must be an integer, got ", excerpt(json.at(key).dump(), 100));
   try {
     return json.at(key).get<T>();
   } catch (const nlohmann::json::exception&) {
@@ -56,6 +61,35 @@ void check_one_of(const std::string& value, const std::set<std::string>& allowed
 
 }  // namespace
 
+double seq2seq_parameter_count(const models::text::Seq2SeqOptions& o) {
+  const double E = static_cast<double>(o.embedding_dim());
+  const double L = static_cast<double>(o.layers());
+  const double Vs = static_cast<double>(o.source_vocab()),
+               Vt = static_cast<double>(o.target_vocab());
+  if (o.arch() == "transformer") {
+    const double D = static_cast<double>(o.model_dim()), F = static_cast<double>(o.ff_dim());
+    const double encoder_layer = 4 * D * D + 2 * D * F + 9 * D + F;  // attention, FF, norms
+    const double decoder_layer = encoder_layer + 4 * D * D + 6 * D;  // and cross-attention
+    return (Vs + Vt) * D + 2 * (static_cast<double>(o.max_length()) + 1) * D +
+           L * (encoder_layer + decoder_layer) + 4 * D + D * Vt + Vt;
+  }
+  // torch::nn::GRU / LSTM: gates * h * (in + h + 2) per layer and direction.
+  const double g = o.cell() == "lstm" ? 4 : 3, h = static_cast<double>(o.hidden_dim());
+  const double dirs = o.bidirectional() ? 2 : 1, d = h * dirs;
+  const auto rnn = [&](double in, double width, double directions) {
+    return directions * g * width * (in + width + 2) +
+           (L - 1) * directions * g * width * (directions * width + width + 2);
+  };
+  const double encoder = Vs * E + rnn(E, h, dirs);
+  const std::string kind = o.attention();
+  const double attention = kind == "additive"                   ? 2 * d * d + 3 * d  // W_q, W_k, v
+                           : kind == "general" || kind == "crf" ? d * d + d          // W
+                                                                : 0;                 // none, dot
+  const double decoder =
+      Vt * E + d * d * L + d * L + rnn(E + d, d, 1) + attention + (2 * d + E) * d + d + d * Vt + Vt;
+  return encoder + decoder;
+}
+
 void validate_seq2seq_options(const models::text::Seq2SeqOptions& o, const std::string& subject) {
   check_one_of(o.arch(), {"rnn", "transformer"}, "arch", subject);
   check_one_of(o.cell(), {"gru", "lstm"}, "cell", subject);
@@ -74,6 +108,9 @@ void validate_seq2seq_options(const models::text::Seq2SeqOptions& o, const std::
   check_range(o.max_length(), 1, kMaxSeq2SeqLength, "max_length", subject);
   check(std::isfinite(o.dropout()) && o.dropout() >= 0 && o.dropout() < 1, subject,
         "model_config.dropout is ", o.dropout(), "; expected a number in [0, 1)");
+  const double parameters = seq2seq_parameter_count(o);
+  check(parameters <= kMaxSeq2SeqParameters, subject, "these sizes make a model of about ",
+        static_cast<float>(parameters), " parameters; at most 2^30 (4 GiB of float32 weights)");
 }
 
 models::text::Seq2SeqOptions seq2seq_options_from_json(const nlohmann::json& json,

@@ -30,10 +30,18 @@ constexpr int64_t kMaxSeq2SeqVocab = 1'000'000;
 constexpr int64_t kMaxSeq2SeqWidth = 16'384;
 constexpr int64_t kMaxSeq2SeqLayers = 64;
 constexpr int64_t kMaxSeq2SeqLength = 4096;
+/// Each size within its range can still multiply into more than memory holds (hidden_dim
+/// 16384 with 64 layers: over 1e11 weights, bad_alloc): at most 2^30 parameters (4 GiB).
+constexpr double kMaxSeq2SeqParameters = 1 << 30;
+
+/// The number of parameters the options make (the modules' own formulas, within a few per
+/// cent: attention's are bounded from above).
+double seq2seq_parameter_count(const models::text::Seq2SeqOptions& options);
 
 /// Throws Error(subject, "model_config.<field> is ...; expected ...") for the first option
 /// outside its range (vocabularies > 4 special tokens, widths and layers >= 1, heads dividing
-/// model_dim, dropout in [0, 1), max_length <= kMaxSeq2SeqLength, known arch/cell/attention).
+/// model_dim, dropout in [0, 1), max_length <= kMaxSeq2SeqLength, known arch/cell/attention),
+/// and for options that make over kMaxSeq2SeqParameters parameters.
 void validate_seq2seq_options(const models::text::Seq2SeqOptions& options,
                               const std::string& subject);
 

@@ -390,7 +390,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
   }
   const double temperature =
       read_number(meta.extra, "temperature", read_number(meta.provenance, "temperature", 1.0));
-  check(temperature > 0, o.model, "temperature must be > 0");
+  check_temperature(temperature, o.model);
 
   // Shapes: the pipeline's output size and each map's native size, from one blank image.
   const auto probe = pipeline.process(cv::Mat(256, 256, CV_8UC3, cv::Scalar(128, 128, 128)));

@@ -59,8 +59,13 @@ double checkpoint_threshold(const CheckpointMeta& meta, const std::string& path)
 
 double checkpoint_temperature(const CheckpointMeta& meta, const std::string& path) {
   const auto t = extra_number(meta, "temperature", path).value_or(1.0);
-  check(std::isfinite(t) && t > 0, path, "checkpoint temperature ", t, " must be > 0");
+  check_temperature(t, path);
   return t;
+}
+
+void check_temperature(double t, const std::string& path) {
+  check(t >= kMinTemperature && t <= kMaxTemperature, path, "checkpoint temperature ", t,
+        " must be in [", kMinTemperature, ", ", kMaxTemperature, "]");
 }
 
 torch::Tensor predict_probabilities(models::vision::ImageClassifier& model,

@@ -53,6 +53,8 @@ class EvaluateCli : public ::testing::Test {
     meta.extra["threshold"] = 0.4;
     meta.extra["temperature"] = 2.0;
     pipeline::save_image_classifier(*dir_ / "model.h5", *model, config, meta);
+    meta.extra["temperature"] = 1e308;
+    pipeline::save_image_classifier(*dir_ / "hot.h5", *model, config, meta);
   }
   static void TearDownTestSuite() {
     delete dir_;
@@ -157,6 +159,24 @@ TEST_F(EvaluateCli, TemperatureDividesTheLogits) {
     largest = std::max(largest, std::abs(d1));
   }
   EXPECT_GT(largest, 1e-3);  // the check above is not vacuous
+}
+
+// A temperature outside [0.01, 100] (training fits it in [0.05, 20]) is refused by evaluate and
+// classify: 1e308 made every probability 0.5.
+TEST_F(EvaluateCli, ATemperatureOutOfRangeIsRefused) {
+  test::TempDir out;
+  const auto hot = *dir_ / "hot.h5";
+  for (const auto& args :
+       {"evaluate --model " + hot + " --data " + data() + " --predictions " + (out / "p.csv"),
+        "classify --model " + hot + " --input " + (*dir_ / "data/images") + " --out " +
+            (out / "c")}) {
+    const auto r = test::run_process(exe() + " " + args);
+    EXPECT_EQ(r.status, 1) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find(hot + ": checkpoint temperature 1e+308 must be in [0.01, 100]"),
+              std::string::npos)
+        << r.output;
+  }
+  EXPECT_TRUE(test::file_names(out.path()).empty());
 }
 
 TEST_F(EvaluateCli, TtaIsTheMeanOfEightTransformedRuns) {

@@ -4,6 +4,7 @@
 // intact (byte for byte) or the new one complete. Also the up-front refusals (an --out that
 // is an input, unwritable folders, out-of-range numbers) and bad folder entries.
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <functional>
@@ -134,7 +135,8 @@ TEST(CliFault, CacheOnAFullDiskFailsCleanlyAndKeepsThePreviousCache) {
 }
 
 // SIGTERM stops `cache` after the current chunk: exit 143, nothing at --out, no temporary
-// (the default action left `.c.h5.<pid>-0.tmp.h5`). 555 real JPEGs, one worker: seconds.
+// (the default action left `.c.h5.<pid>-0.tmp.h5`). 555 real JPEGs, one worker: seconds. The
+// signal goes once the temporary exists (a fixed 1 s came before the handler on a slow machine).
 TEST(CliFault, CacheStoppedBySigtermLeavesNothing) {
   ATTNSCOPE_REQUIRE_DATA();
   test::TempDir dir;
@@ -152,9 +154,16 @@ TEST(CliFault, CacheStoppedBySigtermLeavesNothing) {
   }
   std::ofstream(dir / "labels.csv") << csv;
   const auto cache = dir / "c.h5";
-  const auto r = test::run_killed_after("exec " + exe() + " cache --data " + (dir / "labels.csv") +
-                                            " --out " + cache + " --size 64 --workers 1",
-                                        1000, SIGTERM);
+  test::SignalPlan plan;
+  plan.ready = [&] {
+    for (const auto& e : fs::directory_iterator(dir.path()))
+      if (e.path().filename().string().find(".tmp.h5") != std::string::npos) return true;
+    return false;
+  };
+  const auto r = test::run_signalled("exec " + exe() + " cache --data " + (dir / "labels.csv") +
+                                         " --out " + cache + " --size 64 --workers 1",
+                                     plan);
+  ASSERT_EQ(r.signals_sent, 1) << r.output;
   EXPECT_EQ(r.status, 128 + SIGTERM) << r.output;
   EXPECT_NE(r.output.find("stopped by SIGTERM: " + cache + " not written"), std::string::npos)
       << r.output;
@@ -253,6 +262,45 @@ TEST(CliFault, SplitReportsWriteErrorsAndKeepsThePreviousCsv) {
                         (dir / "images") + " --out " + (dir / "empty.csv"));
   EXPECT_NE(r.status, 0) << r.output;
   EXPECT_FALSE(fs::exists(dir / "empty.csv"));
+}
+
+// Names still colliding after the extension is kept (a.png.jpg beside a.jpg and a.png; an input
+// x_steps.jpg beside x.jpg's strip) get ".2" with a warning: one output replaced another.
+TEST(CliFault, PreprocessOutputNamesNeverCollide) {
+  test::TempDir dir;
+  const auto in = dir.path() / "in";
+  fs::create_directories(in);
+  const std::map<std::string, int> inputs = {
+      {"a.jpg", 10}, {"a.png", 60}, {"a.png.jpg", 110}, {"x.jpg", 160}, {"x_steps.jpg", 210}};
+  for (const auto& [name, grey] : inputs)
+    ASSERT_TRUE(cv::imwrite((in / name).string(), cv::Mat(40, 40, CV_8UC3, cv::Scalar::all(grey))));
+  const auto out = dir.path() / "out";
+  const auto r = test::run_process(exe() + " preprocess --steps --input " + in.string() +
+                                   " --out " + out.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("a.png.jpg: a.png.png is another input's output; written as "
+                          "a.png.2.png"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("x_steps.jpg: x_steps.png is another input's output; written as "
+                          "x_steps.2.png"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(test::file_names(out.string()),
+            (std::set<std::string>{"a.jpg.png", "a.jpg_steps.png", "a.png.png", "a.png_steps.png",
+                                   "a.png.2.png", "a.png_steps.2.png", "x.png", "x_steps.png",
+                                   "x_steps.2.png", "x_steps_steps.png"}));
+  // Each image is its own input's (flat greys 50 apart; JPEG keeps a flat grey within 2).
+  for (const auto& [output, input] :
+       std::map<std::string, std::string>{{"a.jpg.png", "a.jpg"},
+                                          {"a.png.png", "a.png"},
+                                          {"a.png.2.png", "a.png.jpg"},
+                                          {"x.png", "x.jpg"},
+                                          {"x_steps.2.png", "x_steps.jpg"}}) {
+    const auto image = cv::imread((out / output).string());
+    ASSERT_FALSE(image.empty()) << output;
+    EXPECT_NEAR(cv::mean(image)[0], inputs.at(input), 3) << output;
+  }
 }
 
 // Defect 2 and 4: preprocess on a full disk, colliding names, --out equal to --input.
@@ -543,6 +591,28 @@ TEST(CliFault, DemoKilledAtAnyMomentLeavesCompleteFilesAndNoReportUntilTheEnd) {
   EXPECT_TRUE(fs::exists(out / "report.html")) << r.output;
 }
 
+// SIGTERM while the demo trains: training stops as it does alone, and the demo ends after that
+// step with 143 and no report (it said "`attnscope train` exited with status 143", exit 1).
+TEST(CliFault, DemoStoppedBySigtermEndsAfterTheStepWith143) {
+  test::TempDir dir;
+  const auto out = dir.path() / "demo";
+  test::SignalPlan plan;
+  plan.after = {"[2/5] training"};
+  const auto r = test::run_signalled("exec " + exe() + " demo --out " + out.string() +
+                                         " --minutes 0.05 --size 32 --train-images 20 "
+                                         "--test-images 4",
+                                     plan);
+  ASSERT_EQ(r.signals_sent, 1) << r.output;
+  EXPECT_EQ(r.status, 128 + SIGTERM) << r.output;
+  EXPECT_NE(r.output.find("demo stopped by SIGTERM during `attnscope train`: " + out.string() +
+                          " holds the steps done so far, and no report"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("exited with status"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(out / "report.html"));
+  EXPECT_FALSE(fs::exists(out / "results"));
+}
+
 TEST(CliFault, DemoOnAFullDiskFailsWithTheReasonAndNoReport) {
   test::TempDir dir;
   const auto out = dir.path() / "demo";
@@ -552,6 +622,19 @@ TEST(CliFault, DemoOnAFullDiskFailsWithTheReasonAndNoReport) {
       60000);
   expect_clean_failure(r, "File too large");
   EXPECT_FALSE(fs::exists(out / "report.html"));
+}
+
+// Standard output on a full disk: `presets > /dev/full` exited 0 having written nothing.
+TEST(CliFault, StandardOutputOnAFullDiskIsAnError) {
+  if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
+  for (const std::string args : {"presets", "info", "--help", "--version"}) {
+    const auto r = test::run_process("{ " + exe() + " " + args + " > /dev/full; }");
+    EXPECT_EQ(r.status, 1) << args << "\n" << r.output;
+    // The reason is known when the last flush failed (not an earlier one in the command).
+    EXPECT_EQ(r.output.rfind("error: writing standard output failed", 0), 0u) << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+    EXPECT_EQ(test::run_process(exe() + " " + args + " > /dev/null").status, 0) << args;
+  }
 }
 
 TEST(CliFault, IdWithANulOrAControlCharacterIsShownWholeAndNamedAsSuch) {
@@ -631,11 +714,17 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
         "demo --out " + (dir / "d") + " --train-images 99999999999",
         "preprocess --input a.jpg b.jpg --out " + (dir / "o"),
         "preprocess --input a.jpg --out " + (dir / "o") + " --max-pixels 9223372036854775807",
-        "synth --out " + (dir / "s") + " stray"}) {
+        "synth --out " + (dir / "s") + " stray",
+        // Boost read -1 into an unsigned seed as 2^64 - 1.
+        train("--seed -1"), seq2seq_train("--seed -2"), "synth --out " + (dir / "s") + " --seed -3",
+        std::string("dist-check --seed -4")}) {
     const auto r = test::run_process(exe() + " " + args);
     EXPECT_EQ(r.status, 2) << args << "\n" << r.output;
     EXPECT_EQ(r.output.rfind("error: ", 0), 0u) << args << "\n" << r.output;
   }
+  EXPECT_NE(test::run_process(exe() + " " + train("--seed -1"))
+                .output.find("--seed must be a non-negative integer, got '-1'"),
+            std::string::npos);
   EXPECT_FALSE(fs::exists(dir / "s"));
   EXPECT_FALSE(fs::exists(dir / "o"));
   EXPECT_FALSE(fs::exists(dir / "t"));

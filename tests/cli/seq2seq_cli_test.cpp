@@ -184,6 +184,29 @@ TEST(Seq2SeqCli, FixedContextModelHasNoAlignments) {
   EXPECT_NE(r.output.find("has no attention (fixed context)"), std::string::npos) << r.output;
 }
 
+// translate's outputs are checked before the model is read (a model that does not exist is
+// never reached): one path for both wrote the HDF5 file and then failed making the folder.
+TEST(Seq2SeqCli, TranslateChecksItsOutputsFirst) {
+  test::TempDir dir;
+  std::ofstream(dir / "file.txt") << "x";
+  const auto translate = exe() + " seq2seq translate --model /nonexistent/model.h5 ";
+  auto r = test::run_process(translate + "--alignments " + (dir / "x") + " --alignment-png " +
+                             (dir / "x") + " abc");
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("--alignments and --alignment-png must be different paths"),
+            std::string::npos)
+      << r.output;
+  r = test::run_process(translate + "--alignment-png " + (dir / "file.txt") + " abc");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find((dir / "file.txt") + ": --alignment-png is a file; give a folder"),
+            std::string::npos)
+      << r.output;
+  r = test::run_process(translate + "--alignments " + dir.path().string() + " abc");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("--alignments is a folder; give a file"), std::string::npos) << r.output;
+  EXPECT_EQ(test::file_names(dir.path()), std::set<std::string>{"file.txt"});
+}
+
 TEST(Seq2SeqCli, TsvBadLinesAreReportedWithLineNumbers) {
   test::TempDir dir;
   std::ofstream tsv(dir / "pairs.tsv");

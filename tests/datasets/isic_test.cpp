@@ -265,6 +265,28 @@ TEST(IsicReaders, ClassFolders) {
   EXPECT_EQ(m.class_names, (std::vector<std::string>{"benign", "freckle", "malignant"}));
 }
 
+// A file whose name no image id may have (a control character, "..") is one warning naming it,
+// and the others are read: it refused the whole dataset.
+TEST(IsicReaders, ClassFolderFileWithABadNameIsAWarning) {
+  test::TempDir dir;
+  for (const auto& f :
+       {"benign/x1.jpg", "benign/bad\tname.jpg", "malignant/y1.jpg", "malignant/a..b.png"}) {
+    fs::create_directories((dir.path() / f).parent_path());
+    std::ofstream(dir.path() / f) << "x";
+  }
+  const auto ds = read_dataset(dir.path().string());
+  EXPECT_EQ(ids(ds), (std::vector<std::string>{"x1", "y1"}));
+  std::string all;
+  for (const auto& w : ds.warnings)
+    all += w + "\n";
+  ASSERT_EQ(ds.warnings.size(), 2u) << all;
+  EXPECT_NE(all.find("contains a control character (rejected), skipped"), std::string::npos) << all;
+  EXPECT_NE(all.find("malignant/a..b.png: image id 'a..b' contains a path separator or '..' "
+                     "(rejected), skipped"),
+            std::string::npos)
+      << all;
+}
+
 TEST(IsicReaders, FormatNamesRoundTrip) {
   for (auto f : {Format::kIsic2016, Format::kHam10000, Format::kGeneric, Format::kFolders})
     EXPECT_EQ(format_from_name(format_name(f)), f);

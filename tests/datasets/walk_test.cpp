@@ -1,6 +1,8 @@
 // Folder listing: one bad entry (a symlink loop, a dangling link) is one reported problem,
 // and the good entries are still listed.
 
+#include <sys/stat.h>
+
 #include <fstream>
 
 #include "datasets/walk.h"
@@ -34,6 +36,20 @@ TEST(ListFolder, SymlinkLoopsAndDanglingLinksAreReportedNotFatal) {
   for (const char* name : {"loop1: symlink loop", "loop2: symlink loop", "self: symlink loop",
                            "dangling.jpg: dangling symlink"})
     EXPECT_NE(all.find(name), std::string::npos) << all;
+}
+
+// A FIFO (or socket, device) is one problem naming it: a FIFO named x.jpg was passed over
+// without a word.
+TEST(ListFolder, APipeIsReportedAndSkipped) {
+  test::TempDir dir;
+  std::ofstream(dir / "a.jpg") << "x";
+  ASSERT_EQ(::mkfifo((dir / "pipe.jpg").c_str(), 0600), 0);
+  const auto listing = list_folder(dir.path());
+  ASSERT_EQ(listing.files.size(), 1u);
+  EXPECT_EQ(listing.files[0].filename(), "a.jpg");
+  ASSERT_EQ(listing.problems.size(), 1u);
+  EXPECT_EQ(listing.problems[0],
+            (dir / "pipe.jpg") + ": not a regular file (a pipe, socket or device), skipped");
 }
 
 TEST(ListFolder, AMissingFolderIsAnError) {

@@ -67,6 +67,28 @@ TEST_F(AtomicFileTest, TemporaryNameKeepsTheExtensionForWritersThatChooseFormatB
   EXPECT_EQ(fs::path(out.temp_path()).parent_path(), dir_);
 }
 
+// A name of up to NAME_MAX bytes can be written: the temporary's name is cut to fit (its added
+// bytes made "File name too long"), at a UTF-8 character boundary, keeping the extension.
+TEST_F(AtomicFileTest, NamesNearNameMaxCanBeWritten) {
+  std::string accented;
+  for (int i = 0; i < 125; ++i)
+    accented += "\xC3\xA9";  // é, 2 bytes
+  for (const auto& name : {std::string(251, 'n') + ".png", accented + ".png"}) {
+    const auto target = dir_ / name;
+    {
+      AtomicFile out(target.string());
+      const auto temp = fs::path(out.temp_path()).filename().string();
+      EXPECT_LE(temp.size(), 255u);
+      EXPECT_EQ(fs::path(temp).extension(), ".png");
+      EXPECT_EQ(temp.find("\xC3."), std::string::npos) << "a character cut in two";
+      out.write("data");
+      out.commit();
+    }
+    EXPECT_EQ(test::read_text(target), "data") << name.size();
+  }
+  EXPECT_EQ(entries(), 2u);
+}
+
 TEST_F(AtomicFileTest, RefusesToReplaceSomethingThatIsNotARegularFile) {
   EXPECT_THROW(AtomicFile("/dev/full"), Error);
   EXPECT_THROW(AtomicFile(dir_.string()), Error);

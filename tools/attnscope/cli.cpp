@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <iostream>
 #include <sstream>
+#include <typeinfo>
 
 #include "attnscope/error.h"
 #include "attnscope/printable.h"
@@ -47,6 +48,19 @@ bool parse(const std::string& usage_line, po::options_description& desc,
                                 "for several values)"),
                          usage_text(usage_line, desc));
     po::store(parsed, vm);
+    // Boost reads "-1" into an unsigned option as 2^64 - 1 (lexical_cast wraps): `--seed -1`
+    // trained with seed 18446744073709551615. A minus sign there is a usage error.
+    for (const auto& option : parsed.options) {
+      if (option.string_key.empty() || !vm.count(option.string_key)) continue;
+      const auto& type = vm[option.string_key].value().type();
+      const bool is_unsigned = type == typeid(unsigned) || type == typeid(unsigned long) ||
+                               type == typeid(unsigned long long);
+      for (const auto& value : option.value)
+        if (is_unsigned && value.find('-') != std::string::npos)
+          throw UsageError(concat("--", option.string_key, " must be a non-negative integer, got '",
+                                  excerpt(value, 200), "'"),
+                           usage_text(usage_line, desc));
+    }
     if (vm.count("help")) {
       std::cout << usage_text(usage_line, desc);
       return false;

@@ -16,6 +16,7 @@
 #include "attnscope/error.h"
 #include "cli.h"
 #include "pipeline/vision/report.h"
+#include "runtime/runtime.h"
 
 namespace attnscope::cli {
 namespace {
@@ -78,6 +79,12 @@ class StepLog {
   int fd_ = -1;
 };
 
+// SIGINT / SIGTERM during a step: the step stops as it would alone (train saves its last
+// epoch), and the demo ends after it with 128 + the signal and no report.
+struct DemoStopped {
+  std::string step;
+};
+
 // Runs a registered subcommand in this process, its output going to the log.
 void run_step(const std::string& name, const std::vector<std::string>& args,
               const GlobalOptions& global, StepLog& log) {
@@ -91,6 +98,7 @@ void run_step(const std::string& name, const std::vector<std::string>& args,
   log.line(line);
   int status = 0;
   log.capture([&] { status = command->run(args, global); });
+  if (runtime::stop_requested()) throw DemoStopped{name};
   check(status == 0, "demo", "`attnscope ", name, "` exited with status ", status, " (see ",
         log.path(), ")");
 }
@@ -154,55 +162,69 @@ int run_demo(const std::vector<std::string>& args, const GlobalOptions& global) 
   std::cout << "attnscope demo: everything goes to " << out << "/ (step output: " << log_path
             << ")\n";
 
-  std::cout << "[1/5] synthetic dermoscopy, lesions anywhere in the frame: " << train_images
-            << " for training, " << test_images << " held out ..." << std::flush;
-  run_step("synth",
-           {"--out", p(dir / "data/train"), "--count", std::to_string(train_images), "--seed",
-            std::to_string(seed), "--size", px, "--placement", "anywhere", "--workers", "2"},
-           global, log);
-  run_step("synth",
-           {"--out", p(dir / "data/test"), "--count", std::to_string(test_images), "--seed",
-            std::to_string(seed + 1000), "--size", px, "--placement", "anywhere", "--workers", "2"},
-           global, log);
-  std::cout << " done (" << seconds_since(start) << ")\n";
-
-  char budget[32];
-  std::snprintf(budget, sizeof budget, "%g", minutes);
-  std::cout << "[2/5] training attn_small for up to " << budget << " min ..." << std::flush;
-  run_step("train", {"--data",        p(dir / "data/train/labels.csv"),
-                     "--model",       "attn_small",
-                     "--out",         p(dir / "run"),
-                     "--size",        px,
-                     "--epochs",      "1000",
-                     "--time-budget", budget,
-                     "--batch-size",  "32",
-                     "--optimizer",   "adamw",
-                     "--lr",          "0.002",
-                     "--seed",        std::to_string(seed),
-                     "--quiet"},
-           global, log);
-  std::cout << " done (" << seconds_since(start) << ")\n";
-
-  std::cout << "[3/5] classifying the held-out images with their masks and the faithfulness "
-               "measures ..."
-            << std::flush;
-  run_step("classify",
-           {"--model", p(dir / "run/best.h5"), "--data", p(dir / "data/test/labels.csv"), "--out",
-            p(dir / "results"), "--masks", p(dir / "data/test/masks"), "--faithfulness",
-            "--faithfulness-steps", "16", "--overwrite"},
-           global, log);
-  std::cout << " done (" << seconds_since(start) << ")\n";
-
-  std::cout << "[4/5] writing the report ..." << std::flush;
+  // A step that installs its own handler (train, classify) keeps this one's behaviour.
+  runtime::stop_on_signals();
+  pipeline::vision::ReportSummary s;
   const std::string results = p(dir / "results/results.h5");
   const std::string report = p(dir / "report.html");
-  pipeline::vision::ReportOptions ro;
-  ro.sort = "error";
-  ro.title = "attnscope demo: attn_small on synthetic dermoscopy (lesions anywhere)";
-  ro.command_line = "attnscope report --results " + results + " --out " + report + " --sort error";
-  log.line("$ " + ro.command_line);
-  const auto s = pipeline::vision::write_report(results, report, ro);
-  std::cout << " done (" << seconds_since(start) << ")\n";
+  try {
+    std::cout << "[1/5] synthetic dermoscopy, lesions anywhere in the frame: " << train_images
+              << " for training, " << test_images << " held out ..." << std::flush;
+    run_step("synth",
+             {"--out", p(dir / "data/train"), "--count", std::to_string(train_images), "--seed",
+              std::to_string(seed), "--size", px, "--placement", "anywhere", "--workers", "2"},
+             global, log);
+    run_step(
+        "synth",
+        {"--out", p(dir / "data/test"), "--count", std::to_string(test_images), "--seed",
+         std::to_string(seed + 1000), "--size", px, "--placement", "anywhere", "--workers", "2"},
+        global, log);
+    std::cout << " done (" << seconds_since(start) << ")\n";
+
+    char budget[32];
+    std::snprintf(budget, sizeof budget, "%g", minutes);
+    std::cout << "[2/5] training attn_small for up to " << budget << " min ..." << std::flush;
+    run_step("train", {"--data",        p(dir / "data/train/labels.csv"),
+                       "--model",       "attn_small",
+                       "--out",         p(dir / "run"),
+                       "--size",        px,
+                       "--epochs",      "1000",
+                       "--time-budget", budget,
+                       "--batch-size",  "32",
+                       "--optimizer",   "adamw",
+                       "--lr",          "0.002",
+                       "--seed",        std::to_string(seed),
+                       "--quiet"},
+             global, log);
+    std::cout << " done (" << seconds_since(start) << ")\n";
+
+    std::cout << "[3/5] classifying the held-out images with their masks and the faithfulness "
+                 "measures ..."
+              << std::flush;
+    run_step("classify",
+             {"--model", p(dir / "run/best.h5"), "--data", p(dir / "data/test/labels.csv"), "--out",
+              p(dir / "results"), "--masks", p(dir / "data/test/masks"), "--faithfulness",
+              "--faithfulness-steps", "16", "--overwrite"},
+             global, log);
+    std::cout << " done (" << seconds_since(start) << ")\n";
+
+    if (runtime::stop_requested()) throw DemoStopped{"classify"};
+    std::cout << "[4/5] writing the report ..." << std::flush;
+    pipeline::vision::ReportOptions ro;
+    ro.sort = "error";
+    ro.title = "attnscope demo: attn_small on synthetic dermoscopy (lesions anywhere)";
+    ro.command_line =
+        "attnscope report --results " + results + " --out " + report + " --sort error";
+    log.line("$ " + ro.command_line);
+    s = pipeline::vision::write_report(results, report, ro);
+    std::cout << " done (" << seconds_since(start) << ")\n";
+  } catch (const DemoStopped& stopped) {
+    std::cout << std::endl;
+    std::cerr << "demo stopped by " << runtime::stop_signal_name(runtime::stop_requested())
+              << " during `attnscope " << stopped.step << "`: " << out
+              << " holds the steps done so far, and no report\n";
+    return runtime::stopped_exit_status();
+  }
 
   std::cout << "[5/5] results\n";
   std::cout << "  results: " << results << "\n  report:  " << report << "\n";

@@ -6,11 +6,15 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <set>
+#include <utility>
+#include <vector>
 
 #include <opencv2/imgproc.hpp>
 
 #include "attnscope/error.h"
 #include "attnscope/output_checks.h"
+#include "attnscope/printable.h"
 #include "cli.h"
 #include "dataset_flags.h"
 #include "datasets/isic.h"
@@ -164,27 +168,43 @@ int run_preprocess(const std::vector<std::string>& args, const GlobalOptions&) {
     files.push_back(input);
   }
   // Output names keep the input's extension when two inputs share a stem (a.jpg, a.png,
-  // a.JPG -> a.jpg.png, a.png.png, a.JPG.png), so that no output replaces another.
+  // a.JPG -> a.jpg.png, a.png.png, a.JPG.png), so that no output replaces another. A name
+  // still taken (a.png.jpg beside those; x_steps.jpg beside x.jpg's strip) gets ".2", ".3"
+  // before ".png", with a warning: one output replaced another before.
   std::map<std::string, int> stems;
   for (const auto& file : files)
     ++stems[file.stem().string()];
-  for (const auto& file : files)
-    check_not_an_input((fs::path(out) / (file.stem().string() + ".png")).string(), file.string(),
+  std::set<std::string> taken;
+  const auto claim = [&](const std::string& name) {
+    if (taken.insert(name).second) return name;
+    for (int n = 2;; ++n)
+      if (const auto other = concat(name, ".", n); taken.insert(other).second) return other;
+  };
+  std::vector<std::pair<std::string, std::string>> names;  // (image, strip) per input
+  for (const auto& file : files) {
+    const auto stem =
+        stems[file.stem().string()] > 1 ? file.filename().string() : file.stem().string();
+    names.emplace_back(claim(stem), steps ? claim(stem + "_steps") : std::string());
+    if (names.back().first != stem)
+      std::cerr << "warning: " << excerpt(file.string(), 300) << ": " << excerpt(stem, 300)
+                << ".png is another input's output; written as " << excerpt(names.back().first)
+                << ".png\n";
+    check_not_an_input((fs::path(out) / (names.back().first + ".png")).string(), file.string(),
                        "an input image");
+  }
   ensure_writable_output_folder(out);
   fs::create_directories(out, ec);
   check(fs::is_directory(out), out, "cannot create the output folder");
 
   const std::size_t failed_entries = failed;
-  for (const auto& file : files) {
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    const auto& file = files[i];
     try {
       const auto rgb = pipeline.decode(file.string());
-      const auto stem =
-          stems[file.stem().string()] > 1 ? file.filename().string() : file.stem().string();
-      preprocessing::write_image((fs::path(out) / (stem + ".png")).string(),
+      preprocessing::write_image((fs::path(out) / (names[i].first + ".png")).string(),
                                  pipeline.process(rgb).image);
       if (steps)
-        preprocessing::write_image((fs::path(out) / (stem + "_steps.png")).string(),
+        preprocessing::write_image((fs::path(out) / (names[i].second + ".png")).string(),
                                    stage_strip(pipeline.stages(rgb)));
     } catch (const Error& e) {
       std::cerr << "error: " << e.what() << "\n";

@@ -511,15 +511,27 @@ int run_translate(const std::vector<std::string>& args) {
   if (!parse(usage_line, desc, args, vm, &positional)) return 0;
   const std::string usage = usage_text(usage_line, desc);
   check_decode_options(vm, usage);
-  const auto bundle = pipeline::load_seq2seq(vm["model"].as<std::string>());
-  const auto decode = decode_options(vm, bundle);
+  // The outputs before the model is read: `--alignments X --alignment-png X` wrote the HDF5
+  // file and then failed making the folder, and a file in the PNGs' place was found last.
   const std::string alignments = vm["alignments"].as<std::string>();
   const std::string png_dir = vm["alignment-png"].as<std::string>();
+  if (!alignments.empty() && !png_dir.empty() && same_file(alignments, png_dir))
+    throw UsageError(
+        "--alignments and --alignment-png must be different paths (a file and a "
+        "folder)",
+        usage);
   if (!alignments.empty()) {
     check_not_an_input(alignments, vm["model"].as<std::string>(), "--model");
+    check(!fs::is_directory(alignments), alignments, "--alignments is a folder; give a file");
     ensure_writable_folder(alignments);
   }
-  if (!png_dir.empty()) ensure_writable_output_folder(png_dir);
+  if (!png_dir.empty()) {
+    check(!fs::exists(png_dir) || fs::is_directory(png_dir), png_dir,
+          "--alignment-png is a file; give a folder");
+    ensure_writable_output_folder(png_dir);
+  }
+  const auto bundle = pipeline::load_seq2seq(vm["model"].as<std::string>());
+  const auto decode = decode_options(vm, bundle);
   if ((!alignments.empty() || !png_dir.empty()) && !bundle.model->has_attention())
     throw Error(vm["model"].as<std::string>(),
                 concat("model '", bundle.name,

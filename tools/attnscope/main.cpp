@@ -2,6 +2,9 @@
 // models, presets, info; `attnscope --help` lists what is built). Global options come before
 // the subcommand; each subcommand lives in its own cmd_*.cpp and registers itself (cli.h).
 
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -93,11 +96,27 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
+// What a command printed must have reached standard output: `attnscope presets > /dev/full`
+// exited 0 with nothing written. Like coreutils' close_stdout, a failed flush is exit 1.
+static int checked_stdout(int status) {
+  std::cout.flush();
+  errno = 0;
+  if (std::fflush(stdout) != 0 || std::ferror(stdout) || !std::cout) {
+    const int error = errno;
+    // A failure in an earlier flush leaves no errno to name: then the line has no reason.
+    std::cerr << "error: writing standard output failed"
+              << (error ? attnscope::concat(" (", std::strerror(error), ")") : std::string())
+              << "\n";
+    return status == 0 ? 1 : status;
+  }
+  return status;
+}
+
 int main(int argc, char** argv) {
   // Before anything reads GLIBC_TUNABLES or starts a process: the launcher's addition goes.
   attnscope::runtime::take_back_heap_huge_pages();
   try {
-    return run(argc, argv);
+    return checked_stdout(run(argc, argv));
   } catch (const UsageError& e) {
     std::cerr << "error: " << attnscope::printable(e.what()) << "\n\n" << e.usage();
     return 2;

@@ -335,7 +335,8 @@ TEST(Seq2SeqCheckpoint, CraftedConfigFieldsAreRefusedByName) {
       {"dropout", -1},      {"hidden_dim", 0},      {"embedding_dim", -3},
       {"heads", 0},         {"heads", 3},           {"source_vocab", 2},
       {"arch", "quantum"},  {"cell", "rnn"},        {"attention", "telepathy"},
-      {"layers", "two"},    {"model_dim", 1 << 30}, {"positions", "random"}};
+      {"layers", "two"},    {"model_dim", 1 << 30}, {"positions", "random"},
+      {"layers", 1.5},      {"hidden_dim", 64.0}};
   for (const auto& [field, value] : bad) {
     const auto path = dir / ("bad_" + field + ".h5");
     std::filesystem::copy_file(good, path, std::filesystem::copy_options::overwrite_existing);
@@ -354,6 +355,52 @@ TEST(Seq2SeqCheckpoint, CraftedConfigFieldsAreRefusedByName) {
         << field << "=" << value << ": " << message;
   }
   EXPECT_EQ(test::error_of([&] { load_seq2seq(good); }), "");
+}
+
+// The parameter count from the options is the modules' own, within 10 % (attention's bounded
+// from above), for every preset: what the size limit relies on.
+TEST(Seq2SeqCheckpoint, ParameterCountFromTheOptionsMatchesTheModules) {
+  for (const bool bidirectional : {false, true})
+    for (const auto& name : models::text::seq2seq_model_names()) {
+      const auto o = models::text::seq2seq_preset(name)
+                         .source_vocab(37)
+                         .target_vocab(29)
+                         .embedding_dim(24)
+                         .hidden_dim(40)
+                         .model_dim(48)
+                         .heads(4)
+                         .ff_dim(96)
+                         .layers(2)
+                         .bidirectional(bidirectional)
+                         .max_length(50);
+      double actual = 0;
+      for (const auto& p : models::text::make_seq2seq(o)->parameters())
+        actual += static_cast<double>(p.numel());
+      const double estimate = seq2seq_parameter_count(o);
+      EXPECT_GE(estimate, actual * 0.98) << name << " bidirectional " << bidirectional;
+      EXPECT_LE(estimate, actual * 1.10) << name << " bidirectional " << bidirectional;
+    }
+}
+
+// Sizes each within range that multiply into more than memory holds are refused before a
+// tensor is allocated (hidden_dim 16384 with 64 layers: over 1e11 weights, bad_alloc).
+TEST(Seq2SeqCheckpoint, SizesThatMakeTooLargeAModelAreRefused) {
+  const auto t = copy_model();
+  test::TempDir dir;
+  const auto path = dir / "huge.h5";
+  save_seq2seq(path, t.bundle);
+  {
+    auto file = h5::File::open(path, true);
+    auto config = nlohmann::json::parse(h5::read_string_attribute(file.id(), "model_config", path));
+    config["hidden_dim"] = 16384;
+    config["layers"] = 64;
+    h5::write_attribute(file.id(), "model_config", config.dump(), path);
+    file.close();
+  }
+  const auto message = test::error_of([&] { load_seq2seq(path); });
+  EXPECT_NE(message.find(path + ": these sizes make a model of about "), std::string::npos)
+      << message;
+  EXPECT_NE(message.find("e+11 parameters; at most 2^30"), std::string::npos) << message;
 }
 
 TEST(Seq2SeqTranslate, BadInputsAreReportedAndTheOthersGoOn) {
