@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <exception>
 #include <limits>
 #include <mutex>
 #include <sstream>
@@ -27,6 +30,7 @@ using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 constexpr const char* kSubject = "distributed";
+constexpr int kMaxRanks = 1 << 20;
 // A rank whose heartbeat has not moved for this long died or hangs.
 constexpr milliseconds kHeartbeatInterval{1000};
 constexpr milliseconds kHeartbeatSilence{3000};
@@ -104,7 +108,6 @@ DistributedConfig distributed_config(const std::map<std::string, std::string>& e
   DistributedConfig config;
   config.timeout = options.timeout;
   if (config.timeout.count() <= 0) throw Error(kSubject, "--dist-timeout must be positive");
-  constexpr int kMaxRanks = 1 << 20;
   if (has("RANK") || has("WORLD_SIZE")) {
     if (!has("RANK") || !has("WORLD_SIZE"))
       throw Error(kSubject,
@@ -151,8 +154,82 @@ DistributedConfig distributed_config(const std::map<std::string, std::string>& e
 
 // ---------------------------------------------------------------------------------------------
 
+namespace {
+
+constexpr const char* kNotAStoreHint =
+    "(is MASTER_PORT the port of this job's store -- rank 0's, or torchrun's agent's -- and not "
+    "another service's?)";
+
+// LibTorch 1.13's TCPStore client cannot be bounded or guarded from here: a peer on
+// MASTER_PORT that is not a TCPStore (another service) either sends bytes its reader thread
+// takes for a length (bad_alloc in that thread: std::terminate, exit 134) or accepts and never
+// answers (add() blocks past any --dist-timeout). While a group exists, an exception escaping a
+// LibTorch thread ends the process with one line naming the store; while it forms, a watchdog
+// ends it if the rendezvous has not finished long after every bounded wait would have.
+class StoreGuard {
+ public:
+  StoreGuard(const DistributedConfig& c, const std::string& where) {
+    const auto head =
+        concat("error: distributed: rank ", c.rank, ": the rendezvous store at ", where, " ");
+    const auto broke =
+        concat(head, "broke off, sending what a TCPStore does not ", kNotAStoreHint, "\n");
+    std::snprintf(message_, sizeof message_, "%s", broke.c_str());
+    silent_ = concat(head, "did not answer within ", seconds_text(2 * c.timeout + kGrace), " ",
+                     kNotAStoreHint, "\n");
+    previous_ = std::set_terminate(on_terminate);
+    watchdog_ = std::thread([this, deadline = Clock::now() + 2 * c.timeout + kGrace] {
+      std::unique_lock<std::mutex> lock(mutex_);
+      if (!cv_.wait_until(lock, deadline, [this] { return formed_; })) {
+        write_line(silent_.c_str());
+        ::_exit(1);
+      }
+    });
+  }
+  StoreGuard(const StoreGuard&) = delete;
+  StoreGuard& operator=(const StoreGuard&) = delete;
+  /// Restores the previous terminate handler unless keep_handler() was called (the store was
+  /// left to the OS, its threads still running).
+  ~StoreGuard() {
+    formed();
+    if (!keep_) std::set_terminate(previous_);
+  }
+  /// The rendezvous ended (formed, or failed with an error of its own): the watchdog stops.
+  void formed() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      formed_ = true;
+    }
+    cv_.notify_all();
+    if (watchdog_.joinable()) watchdog_.join();
+  }
+  void keep_handler() { keep_ = true; }
+
+ private:
+  static constexpr milliseconds kGrace{10000};
+  static void write_line(const char* text) {
+    const ssize_t n = ::write(STDERR_FILENO, text, std::strlen(text));
+    (void)n;
+  }
+  // Only an exception that escaped a thread gets here (the main thread's are caught).
+  [[noreturn]] static void on_terminate() {
+    write_line(message_);
+    ::_exit(1);
+  }
+  static inline char message_[1024] = {};  // static: written by the handler without allocating
+  std::string silent_;
+  std::terminate_handler previous_ = nullptr;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool formed_ = false, keep_ = false;
+  std::thread watchdog_;
+};
+
+}  // namespace
+
 struct DistributedGroup::Impl {
   DistributedConfig config;
+  // Declared before the stores, so destroyed after them: their threads end under its handler.
+  std::unique_ptr<StoreGuard> guard;
   c10::intrusive_ptr<c10d::Store> store;     // the run's keys (prefixed)
   c10::intrusive_ptr<c10d::Store> hb_store;  // a second connection for the heartbeat thread
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
@@ -196,11 +273,18 @@ struct DistributedGroup::Impl {
   // missing) until all world_size ranks have.
   void join() {
     const std::string me = std::to_string(config.rank);
-    if (store->add("join/" + me, 1) > 1)
+    // Counters start at 0 and grow by one per rank: anything else came from another service.
+    const auto counted = [&](int64_t n) {
+      if (n < 1 || n > kMaxRanks + 1)
+        throw Error(kSubject, concat("rank ", config.rank, ": the rendezvous store at ", where(),
+                                     " answered ", n, " to a counter ", kNotAStoreHint));
+      return n;
+    };
+    if (counted(store->add("join/" + me, 1)) > 1)
       throw Error(kSubject,
                   concat("rank ", config.rank, " joined twice: two processes have the same RANK"));
     store->set("world/" + me, bytes(std::to_string(config.world_size)));
-    const int64_t joined = store->add("joined", 1);
+    const int64_t joined = counted(store->add("joined", 1));
     if (joined > config.world_size)
       throw Error(kSubject, concat("more processes joined (", joined,
                                    ") than WORLD_SIZE=", config.world_size, " says"));
@@ -366,6 +450,7 @@ DistributedGroup::DistributedGroup(DistributedConfig config) : impl_(std::make_u
   auto options = c10d::ProcessGroupGloo::Options::create(c.timeout);
   options->devices = impl_->devices();
   const bool server = c.rank == 0 && !c.agent_store;
+  impl_->guard = std::make_unique<StoreGuard>(c, impl_->where());
   impl_->store = impl_->connect(server);
   impl_->hb_store = impl_->connect(false);
   try {
@@ -387,6 +472,7 @@ DistributedGroup::DistributedGroup(DistributedConfig config) : impl_(std::make_u
                                  "other): ",
                                  reason(e)));
   }
+  impl_->guard->formed();
   impl_->start_heartbeat();
 }
 
@@ -396,6 +482,7 @@ DistributedGroup::~DistributedGroup() {
   if (impl_->failed) {
     // Peers are gone: tearing down Gloo's pairs and the store could block on them, and the
     // process is about to report the error and exit. Let the OS reclaim them.
+    if (impl_->guard) impl_->guard->keep_handler();
     impl_->pg.release();
     impl_->store.release();
     impl_->hb_store.release();

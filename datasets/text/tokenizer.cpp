@@ -141,7 +141,9 @@ int64_t Vocabulary::add(const std::string& token) {
 
 int64_t Vocabulary::id(const std::string& token) const {
   const auto it = ids_.find(token);
-  return it == ids_.end() ? kUnk : it->second;
+  // The words "<pad>", "<bos>" and "<eos>" in a text are words, not the markers: "<eos>" in
+  // a sentence ended it for the model and "<pad>" was dropped from the loss.
+  return it == ids_.end() || it->second < kUnk ? kUnk : it->second;
 }
 
 const std::string& Vocabulary::token(int64_t id) const {
@@ -188,7 +190,7 @@ Vocabulary Vocabulary::from_json(const nlohmann::json& json) {
             concat("entry ", i, " should be '", sp[i], "', got '", token, "'"));
       continue;
     }
-    check(vocab.id(token) == kUnk, "vocabulary", concat("duplicate token '", token, "'"));
+    check(vocab.ids_.count(token) == 0, "vocabulary", concat("duplicate token '", token, "'"));
     vocab.add(token);
   }
   return vocab;

@@ -61,7 +61,8 @@ class Vocabulary {
 
   /// Adds a token if absent; returns its id.
   int64_t add(const std::string& token);
-  /// Id of a token, kUnk when absent.
+  /// Id of a token, kUnk when absent; the words "<pad>", "<bos>", "<eos>" (and "<unk>") of a
+  /// text are kUnk too, never the markers.
   int64_t id(const std::string& token) const;
   /// Token of an id; throws Error for an id out of range.
   const std::string& token(int64_t id) const;

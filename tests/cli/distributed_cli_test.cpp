@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -13,6 +14,9 @@
 #include <fstream>
 #include <random>
 #include <set>
+#include <string>
+#include <thread>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -186,6 +190,74 @@ TEST(Distributed, UnreachableMasterIsAClearError) {
             std::string::npos)
       << r.output;
   EXPECT_NE(r.output.find("MASTER_ADDR and MASTER_PORT"), std::string::npos) << r.output;
+}
+
+// Another service on MASTER_PORT (not a TCPStore): one that answers with its own bytes (an
+// HTTP error page) or one that accepts and never answers; connections stay open. Listens on
+// 127.0.0.1 until destroyed.
+class OtherService {
+ public:
+  explicit OtherService(bool answers) : answers_(answers) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    listen(fd_, 16);
+    socklen_t len = sizeof addr;
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this] {
+      for (;;) {
+        const int c = accept(fd_, nullptr, nullptr);
+        if (c < 0) return;  // the listening socket was shut down
+        if (answers_) {
+          std::string page;
+          for (int i = 0; i < 20; ++i)
+            page += "HTTP/1.0 400 Bad Request\r\nContent-Type: text/html\r\n\r\n";
+          const ssize_t n = send(c, page.data(), page.size(), MSG_NOSIGNAL);
+          (void)n;
+        }
+        held_.push_back(c);  // kept open: a reset would be a plain network error
+      }
+    });
+  }
+  ~OtherService() {
+    shutdown(fd_, SHUT_RDWR);
+    thread_.join();
+    close(fd_);
+    for (const int c : held_)
+      close(c);
+  }
+  int port() const { return port_; }
+
+ private:
+  bool answers_;
+  int fd_ = -1, port_ = 0;
+  std::vector<int> held_;
+  std::thread thread_;
+};
+
+// LibTorch's store client took the page's bytes for a length (bad_alloc in its reader thread:
+// abort, exit 134) or for a counter ("rank 1 joined twice"), and waited forever on the silent
+// one whatever --dist-timeout said.
+TEST(Distributed, AnotherServiceOnMasterPortIsOneLine) {
+  for (const bool answers : {true, false}) {
+    OtherService service(answers);
+    const auto start = std::chrono::steady_clock::now();
+    const auto r = test::run_process(
+        "timeout 120 " + rank_command(1, 2, service.port(), "--epochs 1 --dist-timeout 1"));
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_EQ(r.status, 1) << "answers " << answers << ": " << r.output;
+    EXPECT_NE(r.output.find(concat("rank 1: the rendezvous store at 127.0.0.1:", service.port())),
+              std::string::npos)
+        << r.output;
+    EXPECT_NE(r.output.find("not another service's?"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("terminate called"), std::string::npos) << r.output;
+    // The silent one: 2 x the timeout and 10 s of grace, not timeout(1)'s 120 s.
+    if (!answers) EXPECT_LT(seconds, 100) << r.output;
+  }
 }
 
 TEST(Distributed, WorldSizeMismatchIsAClearError) {

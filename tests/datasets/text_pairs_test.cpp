@@ -65,6 +65,22 @@ TEST(TextVocabulary, SpecialsFirstThenByFrequencyAndJsonRoundTrip) {
   EXPECT_THROW(Vocabulary::from_json(nlohmann::json{"<pad>", "<bos>", "<eos>", "<unk>", "a", "a"}),
                Error);
   EXPECT_THROW(vocab.token(99), Error);
+  EXPECT_THROW(
+      Vocabulary::from_json(nlohmann::json{"<pad>", "<bos>", "<eos>", "<unk>", "a", "<eos>"}),
+      Error);
+}
+
+// The words "<eos>", "<pad>", "<bos>" in a text are unknown words, not the markers: "<eos>" in a
+// sentence ended it for the model, "<pad>" was dropped from the loss.
+TEST(TextVocabulary, SpecialTokenWordsInATextAreUnknownWords) {
+  const auto vocab = Vocabulary::build({{"a", "<eos>", "b", "<pad>", "<bos>", "<unk>"}});
+  EXPECT_EQ(vocab.size(), 6);  // the four markers, a and b: no second "<eos>"
+  EXPECT_EQ(
+      vocab.encode({"a", "<eos>", "<pad>", "<bos>", "<unk>", "b"}, true, true),
+      (std::vector<int64_t>{Vocabulary::kBos, vocab.id("a"), Vocabulary::kUnk, Vocabulary::kUnk,
+                            Vocabulary::kUnk, Vocabulary::kUnk, vocab.id("b"), Vocabulary::kEos}));
+  EXPECT_GE(vocab.id("a"), 4);
+  EXPECT_GE(vocab.id("b"), 4);
 }
 
 // Defect 8: one very long line is one skipped line, not the size of the model; a device or a

@@ -443,10 +443,12 @@ TEST(Seq2SeqTranslate, AlignmentsAreReadableWithH5py) {
 TEST(Seq2SeqTranslate, VocabularyNumbersItsSpecialsAsTheDecodersExpect) {
   // The ids are one definition (attnscope/special_tokens.h); the vocabulary must also place its
   // special tokens at those ids.
+  // (id() reads the words "<pad>" etc. of a text as unknown words, so token() is the check.)
   const text::Vocabulary vocab;
-  EXPECT_EQ(vocab.id("<pad>"), special_tokens::kPad);
-  EXPECT_EQ(vocab.id("<bos>"), special_tokens::kBos);
-  EXPECT_EQ(vocab.id("<eos>"), special_tokens::kEos);
+  EXPECT_EQ(vocab.token(special_tokens::kPad), "<pad>");
+  EXPECT_EQ(vocab.token(special_tokens::kBos), "<bos>");
+  EXPECT_EQ(vocab.token(special_tokens::kEos), "<eos>");
+  EXPECT_EQ(vocab.token(special_tokens::kUnk), "<unk>");
   EXPECT_EQ(vocab.id("<unk>"), special_tokens::kUnk);
   EXPECT_EQ(vocab.size(), 4);
 }
