@@ -66,10 +66,11 @@ inline void ensure_writable_folder(const std::string& path) {
   const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
   std::error_code ec;
   check(fs::is_directory(dir, ec), path, "the folder ", dir.string(), " does not exist");
-  // An unnamed file (O_TMPFILE) leaves no name behind whenever the process dies; file systems
-  // without it (EOPNOTSUPP, EISDIR on older kernels) take a named probe removed at once.
+  // An unnamed file (O_TMPFILE) leaves no name behind whenever the process dies; where it
+  // fails (file systems without it say EOPNOTSUPP, EISDIR or EINVAL) a named probe, removed at
+  // once, decides and gives the reason.
   int fd = ::open(dir.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
-  if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
+  if (fd < 0) {
     const auto probe = (dir / concat(".attnscope-probe.", ::getpid())).string();
     fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd >= 0) ::unlink(probe.c_str());

@@ -276,6 +276,12 @@ TEST_F(EvaluateCli, UnreadableImagesAreListedAndTheRestEvaluated) {
   EXPECT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find(files[0].filename().string()), std::string::npos) << r.output;
   EXPECT_NE(r.output.find(files[1].filename().string()), std::string::npos) << r.output;
+  // One line per image, naming it once ("error: x.png: x.png: ..." before).
+  for (const auto& f : {files[0], files[1]}) {
+    const auto line = r.output.find("error: " + f.string() + ": ");
+    EXPECT_NE(line, std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find(f.string() + ": " + f.string()), std::string::npos) << r.output;
+  }
   const auto j = nlohmann::json::parse(read_text(out / "m.json"));
   EXPECT_EQ(j["evaluated"], 22);
   EXPECT_EQ(j["failed"].size(), 2u);

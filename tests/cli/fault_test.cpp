@@ -624,6 +624,24 @@ TEST(CliFault, DemoOnAFullDiskFailsWithTheReasonAndNoReport) {
   EXPECT_FALSE(fs::exists(out / "report.html"));
 }
 
+// Memory running out in a C++ container is one line a user can act on ("error: std::bad_alloc"
+// before). 10 million 4000-token pairs under a 2 GB address-space limit: seconds.
+TEST(CliFault, OutOfMemoryIsOneActionableLine) {
+#ifdef __SANITIZE_ADDRESS__
+  GTEST_SKIP() << "AddressSanitizer reserves more address space than the limit";
+#endif
+  test::TempDir dir;
+  const auto r = test::run_process(
+      "ulimit -v 2000000 && exec " + exe() +
+      " --threads 1 seq2seq train --task copy --count 10000000 --min-length 4000 --max-length "
+      "4096 --epochs 1 --quiet --out " +
+      (dir / "run"));
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_EQ(r.output,
+            "error: out of memory (std::bad_alloc): lower --batch-size, --workers or the image "
+            "size, or free memory\n");
+}
+
 // Standard output on a full disk: `presets > /dev/full` exited 0 having written nothing.
 TEST(CliFault, StandardOutputOnAFullDiskIsAnError) {
   if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";

@@ -11,6 +11,7 @@
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
 #include "attnscope/output_checks.h"
+#include "attnscope/printable.h"
 #include "cli.h"
 #include "dataset_flags.h"
 #include "pipeline/metrics.h"
@@ -121,7 +122,7 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
   } else {
     auto ds = data.read(usage_text(usage, desc));
     for (const auto& id : ds.skipped)
-      std::cerr << "warning: " << id << ": image not found, skipped\n";
+      std::cerr << "warning: " << excerpt(id, 200) << ": image not found, skipped\n";
     std::vector<std::pair<std::string, std::string>> files;
     for (const auto& s : ds.samples) {
       files.emplace_back(s.path, "an image of the dataset");
@@ -142,8 +143,13 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
   };
   const auto result = pipeline::evaluate_image_classifier(loaded, model_path, source, o, progress);
   if (tty) std::cerr << "\n";
+  // Each line names its image once: decoding errors start with the path already ("error:
+  // x.jpg: x.jpg: ..." before), the others (LibTorch, OpenCV) do not.
   for (const auto& f : result.failures) {
-    std::cerr << "error: " << (f.path.empty() ? f.image_id : f.path) << ": " << f.message << "\n";
+    const auto& who = f.path.empty() ? f.image_id : f.path;
+    const bool named = f.message.compare(0, who.size(), who) == 0;
+    std::cerr << "error: " << (named ? "" : excerpt(who, 300) + ": ") << excerpt(f.message, 1000)
+              << "\n";
   }
   if (result.ids.empty()) {
     std::cerr << "error: no image could be evaluated (" << result.failures.size() << " failed)\n";

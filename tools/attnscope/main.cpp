@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -120,6 +121,11 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     std::cerr << "error: " << attnscope::printable(e.what()) << "\n\n" << e.usage();
     return 2;
+  } catch (const std::bad_alloc&) {
+    // "error: std::bad_alloc" said nothing a user could act on.
+    std::cerr << "error: out of memory (std::bad_alloc): lower --batch-size, --workers or the "
+                 "image size, or free memory\n";
+    return 1;
   } catch (const c10::Error& e) {
     // LibTorch's own errors: the message without the C++ stack LibTorch appends to what().
     std::cerr << "error: " << attnscope::printable(e.what_without_backtrace()) << "\n";
