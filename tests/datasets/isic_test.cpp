@@ -186,7 +186,7 @@ TEST(IsicReaders, ProblemsQuoteFieldsCutAndEscapedAndListTheFirstFifty) {
 TEST(IsicReaders, ADeviceOrPipeIsNoCsvFile) {
   test::TempDir dir;
   ASSERT_EQ(::mkfifo((dir / "pipe.csv").c_str(), 0600), 0);
-  for (const std::string path : {std::string("/dev/zero"), dir / "pipe.csv"}) {
+  for (const std::string& path : {std::string("/dev/zero"), dir / "pipe.csv"}) {
     const auto msg = error_of([&] { read_dataset(path); });
     EXPECT_NE(msg.find("is not a regular file"), std::string::npos) << path << ": " << msg;
   }
