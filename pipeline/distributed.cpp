@@ -171,9 +171,9 @@ class StoreGuard {
   StoreGuard(const DistributedConfig& c, const std::string& where) {
     const auto head =
         concat("error: distributed: rank ", c.rank, ": the rendezvous store at ", where, " ");
-    const auto broke =
-        concat(head, "broke off, sending what a TCPStore does not ", kNotAStoreHint, "\n");
-    std::snprintf(message_, sizeof message_, "%s", broke.c_str());
+    std::snprintf(head_, sizeof head_, "%sbroke off, sending what a TCPStore does not (",
+                  head.c_str());
+    std::snprintf(tail_, sizeof tail_, ") %s\n", kNotAStoreHint);
     silent_ = concat(head, "did not answer within ", seconds_text(2 * c.timeout + kGrace), " ",
                      kNotAStoreHint, "\n");
     previous_ = std::set_terminate(on_terminate);
@@ -210,12 +210,24 @@ class StoreGuard {
     const ssize_t n = ::write(STDERR_FILENO, text, std::strlen(text));
     (void)n;
   }
-  // Only an exception that escaped a thread gets here (the main thread's are caught).
+  // Only an exception that escaped a thread gets here (the main thread's are caught); its own
+  // text goes in the line, so that one from elsewhere is not taken for the store's.
   [[noreturn]] static void on_terminate() {
-    write_line(message_);
+    write_line(head_);
+    try {
+      if (const auto e = std::current_exception()) std::rethrow_exception(e);
+      write_line("std::terminate without an exception");
+    } catch (const std::exception& e) {
+      write_line(e.what());
+    } catch (...) {
+      write_line("an exception that is not a std::exception");
+    }
+    write_line(tail_);
     ::_exit(1);
   }
-  static inline char message_[1024] = {};  // static: written by the handler without allocating
+  // Static: written by the handler without allocating.
+  static inline char head_[512] = {};
+  static inline char tail_[256] = {};
   std::string silent_;
   std::terminate_handler previous_ = nullptr;
   std::mutex mutex_;
