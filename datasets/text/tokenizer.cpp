@@ -199,35 +199,10 @@ Vocabulary Vocabulary::from_json(const nlohmann::json& json) {
 std::string valid_utf8(const std::string& s) {
   std::string out;
   out.reserve(s.size());
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  const std::size_t n = s.size();
-  for (std::size_t i = 0; i < n;) {
-    const unsigned char c = p[i];
-    std::size_t len = 0;
-    uint32_t cp = 0;
-    if (c < 0x80) {
-      len = 1;
-      cp = c;
-    } else if ((c & 0xE0) == 0xC0) {
-      len = 2;
-      cp = c & 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-      len = 3;
-      cp = c & 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-      len = 4;
-      cp = c & 0x07;
-    }
-    bool ok = len > 0 && i + len <= n;
-    for (std::size_t k = 1; ok && k < len; ++k) {
-      ok = (p[i + k] & 0xC0) == 0x80;
-      cp = (cp << 6) | (p[i + k] & 0x3F);
-    }
-    // Overlong forms, surrogates and values past U+10FFFF are invalid too.
-    if (ok)
-      ok = !((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) ||
-             (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)) || (cp >= 0xD800 && cp <= 0xDFFF));
-    if (ok) {
+  for (std::size_t i = 0; i < s.size();) {
+    // The validation find_invalid_utf8 uses (overlong forms, surrogates, past U+10FFFF).
+    const std::size_t len = utf8_sequence_length(s, i);
+    if (len > 0) {
       out.append(s, i, len);
       i += len;
     } else {

@@ -89,6 +89,13 @@ std::optional<int> read_decode_reduce_to(const po::variables_map& vm, const std:
   return n;
 }
 
+std::string image_error_line(const std::string& path, const std::string& image_id,
+                             const std::string& message) {
+  const auto& who = path.empty() ? image_id : path;
+  const bool named = message.compare(0, who.size(), who) == 0;
+  return concat("error: ", named ? "" : excerpt(who, 300) + ": ", excerpt(message, 1000), "\n");
+}
+
 std::string shown(double value) {
   char buf[32];
   for (int precision = 1; precision <= 17; ++precision) {

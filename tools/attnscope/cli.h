@@ -65,4 +65,10 @@ std::optional<int> read_decode_reduce_to(const po::variables_map& vm, const std:
 ///   ("dropout", po::value<double>()->default_value(d, shown(d)), "...")
 std::string shown(double value);
 
+/// The `error:` line of an image that failed (cache, evaluate), naming it once: decoding errors
+/// start with the path already, the others (LibTorch, OpenCV, an id that is not UTF-8) do not.
+/// `path` may be empty (then the id names it); both are cut and escaped (excerpt()).
+std::string image_error_line(const std::string& path, const std::string& image_id,
+                             const std::string& message);
+
 }  // namespace attnscope::cli

@@ -72,14 +72,8 @@ int run_cache(const std::vector<std::string>& args, const GlobalOptions&) {
               << out << " not written\n";
     return runtime::stopped_exit_status();
   }
-  // Each line names its image: decoding errors start with the path, the others (OpenCV, an id
-  // that is not UTF-8) did not.
-  for (const auto& f : report.failures) {
-    const auto& who = f.path.empty() ? f.image_id : f.path;
-    const bool named = f.message.compare(0, who.size(), who) == 0;
-    std::cerr << "error: " << (named ? "" : excerpt(who, 300) + ": ") << excerpt(f.message, 1000)
-              << "\n";
-  }
+  for (const auto& f : report.failures)
+    std::cerr << image_error_line(f.path, f.image_id, f.message);
   std::cout << "cached " << report.written << " of " << ds.samples.size() << " images into " << out;
   if (!report.failures.empty()) std::cout << " (" << report.failures.size() << " failed)";
   std::cout << "\n";

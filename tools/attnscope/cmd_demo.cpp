@@ -208,7 +208,6 @@ int run_demo(const std::vector<std::string>& args, const GlobalOptions& global) 
              global, log);
     std::cout << " done (" << seconds_since(start) << ")\n";
 
-    if (runtime::stop_requested()) throw DemoStopped{"classify"};
     std::cout << "[4/5] writing the report ..." << std::flush;
     pipeline::vision::ReportOptions ro;
     ro.sort = "error";

@@ -143,14 +143,9 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
   };
   const auto result = pipeline::evaluate_image_classifier(loaded, model_path, source, o, progress);
   if (tty) std::cerr << "\n";
-  // Each line names its image once: decoding errors start with the path already ("error:
-  // x.jpg: x.jpg: ..." before), the others (LibTorch, OpenCV) do not.
-  for (const auto& f : result.failures) {
-    const auto& who = f.path.empty() ? f.image_id : f.path;
-    const bool named = f.message.compare(0, who.size(), who) == 0;
-    std::cerr << "error: " << (named ? "" : excerpt(who, 300) + ": ") << excerpt(f.message, 1000)
-              << "\n";
-  }
+  // One line per image, naming it once ("error: x.jpg: x.jpg: ..." before).
+  for (const auto& f : result.failures)
+    std::cerr << image_error_line(f.path, f.image_id, f.message);
   if (result.ids.empty()) {
     std::cerr << "error: no image could be evaluated (" << result.failures.size() << " failed)\n";
     return 1;
