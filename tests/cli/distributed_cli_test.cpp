@@ -241,8 +241,16 @@ class OtherService {
 // LibTorch's store client took the page's bytes for a length (bad_alloc in its reader thread:
 // abort, exit 134) or for a counter ("rank 1 joined twice"), and waited forever on the silent
 // one whatever --dist-timeout said.
+//
+// Under AddressSanitizer only the silent service is tried: ASan's operator new reports the store
+// client's 2 EB allocation as an error and aborts the process (allocator_may_return_null does
+// not cover a throwing new), so the bad_alloc the product turns into one line never happens.
 TEST(Distributed, AnotherServiceOnMasterPortIsOneLine) {
+#ifdef __SANITIZE_ADDRESS__
+  for (const bool answers : {false}) {
+#else
   for (const bool answers : {true, false}) {
+#endif
     OtherService service(answers);
     const auto start = std::chrono::steady_clock::now();
     const auto r = test::run_process(
@@ -256,7 +264,9 @@ TEST(Distributed, AnotherServiceOnMasterPortIsOneLine) {
     EXPECT_NE(r.output.find("not another service's?"), std::string::npos) << r.output;
     EXPECT_EQ(r.output.find("terminate called"), std::string::npos) << r.output;
     // The silent one: 2 x the timeout and 10 s of grace, not timeout(1)'s 120 s.
-    if (!answers) EXPECT_LT(seconds, 100) << r.output;
+    if (!answers) {
+      EXPECT_LT(seconds, 100) << r.output;
+    }
   }
 }
 
