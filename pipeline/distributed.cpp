@@ -12,6 +12,8 @@
 #include <sstream>
 #include <thread>
 
+#include <netdb.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <torch/torch.h>
@@ -235,6 +237,44 @@ class StoreGuard {
   bool formed_ = false, keep_ = false;
   std::thread watchdog_;
 };
+
+// c10d logs its connection attempts through glog ("Logging before InitGoogleLogging() ...",
+// a line per retry, then the failure): while the group forms, every failure is turned into one
+// line of ours, so glog prints only fatal messages.
+class QuietLibraryLog {
+ public:
+  QuietLibraryLog() : previous_(FLAGS_minloglevel) { FLAGS_minloglevel = google::GLOG_FATAL; }
+  ~QuietLibraryLog() { FLAGS_minloglevel = previous_; }
+  QuietLibraryLog(const QuietLibraryLog&) = delete;
+  QuietLibraryLog& operator=(const QuietLibraryLog&) = delete;
+
+ private:
+  int previous_;
+};
+
+// MASTER_ADDR must resolve: TCPStore would retry a name no resolver knows until the timeout
+// and then say only that it timed out. A resolver that does not answer (EAI_AGAIN) is asked
+// again until the timeout.
+void check_master_addr(const DistributedConfig& c) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  const auto deadline = Clock::now() + c.timeout;
+  for (;;) {
+    addrinfo* found = nullptr;
+    const int rc = ::getaddrinfo(c.master_addr.c_str(), nullptr, &hints, &found);
+    if (found) ::freeaddrinfo(found);
+    if (rc == 0) return;
+    if ((rc == EAI_AGAIN || rc == EAI_SYSTEM) && Clock::now() < deadline) {
+      std::this_thread::sleep_for(milliseconds(200));
+      continue;
+    }
+    throw Error(kSubject,
+                concat("rank ", c.rank, ": MASTER_ADDR '", c.master_addr,
+                       "' is not a host name or address this machine can resolve (",
+                       ::gai_strerror(rc), "): set it to rank 0's host name or IP address"));
+  }
+}
 
 }  // namespace
 
@@ -462,6 +502,8 @@ DistributedGroup::DistributedGroup(DistributedConfig config) : impl_(std::make_u
   auto options = c10d::ProcessGroupGloo::Options::create(c.timeout);
   options->devices = impl_->devices();
   const bool server = c.rank == 0 && !c.agent_store;
+  const QuietLibraryLog quiet;
+  check_master_addr(c);
   impl_->guard = std::make_unique<StoreGuard>(c, impl_->where());
   impl_->store = impl_->connect(server);
   impl_->hb_store = impl_->connect(false);
