@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include "attnscope/error.h"
+#include "attnscope/json_text.h"
 #include "attnscope/printable.h"
 #include "attnscope/version.h"
 #include "pipeline/h5.h"
@@ -78,12 +79,8 @@ bool skipped(const std::string& name, const LoadOptions& options) {
 
 nlohmann::json parse_attribute(hid_t root, const std::string& name, const std::string& path) {
   if (!h5::has_attribute(root, name)) return nlohmann::json();
-  const auto text = h5::read_string_attribute(root, name, path);
-  try {
-    return nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(path + ":/@" + name, concat("attribute is not valid JSON: ", e.what()));
-  }
+  return parse_json_text(h5::read_string_attribute(root, name, path), path + ":/@" + name,
+                         "attribute");
 }
 
 // Every tensor of a module by dotted name: parameters and buffers.

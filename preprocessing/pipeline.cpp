@@ -12,6 +12,7 @@
 #include <opencv2/core.hpp>
 
 #include "attnscope/error.h"
+#include "attnscope/json_text.h"
 #include "attnscope/output_checks.h"
 #include "attnscope/printable.h"
 #include "preprocessing/steps.h"
@@ -27,23 +28,6 @@ const char kSubject[] = "preprocessing config";
 // throwing (dump() throws on invalid UTF-8; depth is bounded before any message is made).
 std::string shown(const json& j) {
   return excerpt(j.dump(-1, ' ', false, json::error_handler_t::replace), 200);
-}
-
-// Nesting depth without recursion: dump() and the checks recurse, and a config of 100,000
-// nested brackets (200 KB) overflowed the stack.
-int depth_of(const json& root) {
-  int deepest = 0;
-  std::vector<std::pair<const json*, int>> todo{{&root, 1}};
-  while (!todo.empty()) {
-    const auto [j, d] = todo.back();
-    todo.pop_back();
-    deepest = std::max(deepest, d);
-    if (d > 64) return d;
-    if (j->is_structured())
-      for (const auto& child : *j)
-        todo.emplace_back(&child, d + 1);
-  }
-  return deepest;
 }
 
 template <typename T>
@@ -331,7 +315,10 @@ Pipeline::Pipeline() {
 }
 
 Pipeline Pipeline::from_json(const json& config) {
-  check(depth_of(config) <= 64, kSubject, "nested deeper than 64 levels");
+  // dump() and the checks below recurse: a config of 100,000 nested brackets overflowed the
+  // stack.
+  check(json_depth(config) <= kMaxJsonDepth, kSubject, "nested deeper than ", kMaxJsonDepth,
+        " levels");
   Params p(config, "the config");
   Pipeline pipeline;
   json decode = json::object(), steps = json::array(), augment = json::object(),

@@ -4,6 +4,7 @@
 #include <map>
 
 #include "attnscope/error.h"
+#include "attnscope/printable.h"
 
 namespace attnscope::datasets::text {
 
@@ -14,7 +15,7 @@ std::string to_string(TokenizerKind kind) {
 TokenizerKind tokenizer_from_string(const std::string& name) {
   if (name == "char") return TokenizerKind::kChar;
   if (name == "word") return TokenizerKind::kWord;
-  throw Error("tokenizer", concat("expected 'char' or 'word', got '", name, "'"));
+  throw Error("tokenizer", concat("expected 'char' or 'word', got '", excerpt(name, 100), "'"));
 }
 
 namespace {

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "attnscope/error.h"
+#include "attnscope/printable.h"
 #include "models/vision/attention_cnn.h"
 #include "models/vision/resnet.h"
 #include "models/vision/vgg.h"
@@ -69,7 +70,7 @@ bool is_vit(const std::string& arch) {
 ImageModelConfig resolve_image_config(const ImageModelConfig& config) {
   const auto names = image_presets();
   check(std::find(names.begin(), names.end(), config.arch) != names.end(), "model config",
-        "unknown arch '", config.arch, "' (presets: ", preset_list(), ")");
+        "unknown arch '", excerpt(config.arch, 100), "' (presets: ", preset_list(), ")");
   check(config.num_classes > 0, "model config", "num_classes must be positive, got ",
         config.num_classes);
   check(config.in_channels > 0, "model config", "in_channels must be positive, got ",

@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "attnscope/error.h"
+#include "attnscope/json_text.h"
 #include "attnscope/printable.h"
 #include "pipeline/checkpoint.h"
 
@@ -35,12 +36,12 @@ T get(const nlohmann::json& json, const char* key, const std::string& subject) {
   // nlohmann reads 1.5 as the integer 1: a count must be written as an integer.
   if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>)
     check(json.at(key).is_number_integer(), subject, "model_config.", key,
-          " must be an integer, got ", excerpt(json.at(key).dump(), 100));
+          " must be an integer, got ", json_excerpt(json.at(key), 100));
   try {
     return json.at(key).get<T>();
   } catch (const nlohmann::json::exception&) {
     throw Error(subject,
-                concat("model_config.", key, " has the wrong type: ", json.at(key).dump()));
+                concat("model_config.", key, " has the wrong type: ", json_excerpt(json.at(key))));
   }
 }
 
@@ -56,7 +57,8 @@ void check_one_of(const std::string& value, const std::set<std::string>& allowed
   std::string list;
   for (const auto& a : allowed)
     list += (list.empty() ? "" : ", ") + a;
-  throw Error(subject, concat("model_config.", key, " is \"", value, "\"; expected one of ", list));
+  throw Error(subject, concat("model_config.", key, " is \"", excerpt(value, 100),
+                              "\"; expected one of ", list));
 }
 
 }  // namespace

@@ -8,19 +8,13 @@
 
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
+#include "attnscope/json_text.h"
 #include "pipeline/vision/tta.h"
 #include "preprocessing/pipeline.h"
 #include "runtime/precision.h"
 
 namespace attnscope::pipeline {
 namespace {
-
-std::string join(const std::vector<std::string>& names) {
-  std::string out = "[";
-  for (size_t i = 0; i < names.size(); ++i)
-    out += (i ? ", " : "") + names[i];
-  return out + "]";
-}
 
 /// A number from extra[key], also when written as a string; nullopt when absent.
 std::optional<double> extra_number(const CheckpointMeta& meta, const char* key,
@@ -36,8 +30,8 @@ std::optional<double> extra_number(const CheckpointMeta& meta, const char* key,
     } catch (const std::exception&) {
     }
   }
-  throw Error(path,
-              concat("checkpoint attribute extra.", key, " is ", v.dump(), "; expected a number"));
+  throw Error(path, concat("checkpoint attribute extra.", key, " is ", json_excerpt(v),
+                           "; expected a number"));
 }
 
 std::string csv_field(const std::string& s) {
@@ -113,11 +107,11 @@ EvaluateResult evaluate_image_classifier(const LoadedImageClassifier& loaded,
   const auto& classes = source->class_names();
   if (!loaded.meta.class_names.empty()) {
     check(loaded.meta.class_names == classes, model_path, "the checkpoint's classes are ",
-          join(loaded.meta.class_names), " but the dataset's are ", join(classes),
+          names_excerpt(loaded.meta.class_names), " but the dataset's are ", names_excerpt(classes),
           " (--multiclass / --ak-benign choose the dataset's classes)");
   }
   check(static_cast<int64_t>(classes.size()) == num_classes, model_path, "the model predicts ",
-        num_classes, " classes but the dataset has ", classes.size(), " ", join(classes));
+        num_classes, " classes but the dataset has ", classes.size(), " ", names_excerpt(classes));
   int64_t unlabelled = 0;
   std::string example;
   for (size_t i = 0; i < source->size(); ++i) {

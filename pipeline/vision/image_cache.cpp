@@ -8,6 +8,7 @@
 #include <opencv2/core.hpp>
 
 #include "attnscope/error.h"
+#include "attnscope/json_text.h"
 #include "attnscope/output_checks.h"
 #include "attnscope/threads.h"
 #include "datasets/text/tokenizer.h"
@@ -241,9 +242,11 @@ ImageCacheSource::ImageCacheSource(const std::string& path)
   check(version == kVersion, path, "image cache version ", version, " is not supported (expected ",
         kVersion, ")");
   try {
-    class_names_ = nlohmann::json::parse(h5::read_string_attribute(root, "class_names", path))
-                       .get<std::vector<std::string>>();
-    preprocessing_ = nlohmann::json::parse(h5::read_string_attribute(root, "preprocessing", path));
+    class_names_ =
+        parse_json_text(h5::read_string_attribute(root, "class_names", path), path, "class_names")
+            .get<std::vector<std::string>>();
+    preprocessing_ = parse_json_text(h5::read_string_attribute(root, "preprocessing", path), path,
+                                     "preprocessing");
   } catch (const nlohmann::json::exception& e) {
     throw Error(path, concat("corrupt attribute: ", e.what()));
   }

@@ -4,6 +4,7 @@
 #include <set>
 
 #include "attnscope/error.h"
+#include "attnscope/json_text.h"
 
 namespace attnscope::pipeline {
 namespace vision = models::vision;
@@ -17,7 +18,7 @@ T get(const nlohmann::json& json, const char* key) {
     return json.at(key).get<T>();
   } catch (const nlohmann::json::exception& e) {
     throw Error(concat(kSubject, ".", key),
-                concat("bad value ", json.at(key).dump(), ": ", e.what()));
+                concat("bad value ", json_excerpt(json.at(key)), ": ", e.what()));
   }
 }
 
@@ -42,7 +43,7 @@ nlohmann::json image_model_config_to_json(const vision::ImageModelConfig& config
 }
 
 vision::ImageModelConfig image_model_config_from_json(const nlohmann::json& json) {
-  check(json.is_object(), kSubject, "expected a JSON object, got ", json.dump());
+  check(json.is_object(), kSubject, "expected a JSON object, got ", json_excerpt(json));
   check(json.contains("arch"), kSubject, "missing key \"arch\" (one of the image presets)");
   static const std::set<std::string> known = {
       "arch",     "num_classes",      "image_size",    "in_channels", "dropout",

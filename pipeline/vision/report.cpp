@@ -17,6 +17,7 @@
 
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
+#include "attnscope/json_text.h"
 #include "attnscope/version.h"
 #include "datasets/text/tokenizer.h"
 #include "pipeline/h5.h"
@@ -99,36 +100,8 @@ std::string attribute(hid_t obj, const std::string& name, const std::string& fil
   return h5::has_attribute(obj, name) ? h5::read_string_attribute(obj, name, file) : otherwise;
 }
 
-// Deepest nesting of arrays and objects in JSON text (brackets outside strings). nlohmann
-// parses any depth, but dump() recurses: an attribute nested 60,000 deep overflowed the stack.
-constexpr int kMaxJsonDepth = 64;
-int json_depth(const std::string& text) {
-  int depth = 0, deepest = 0;
-  bool in_string = false;
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (in_string) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      deepest = std::max(deepest, ++depth);
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
-  }
-  return deepest;
-}
-
 json parse_json(const std::string& text, const std::string& subject) {
-  check(json_depth(text) <= kMaxJsonDepth, subject, "is JSON nested deeper than ", kMaxJsonDepth,
-        " levels");
-  try {
-    return text.empty() ? json() : json::parse(text);
-  } catch (const std::exception& e) {
-    throw Error(subject, concat("is not valid JSON: ", e.what()));
-  }
+  return text.empty() ? json() : parse_json_text(text, subject, "attribute");
 }
 
 struct MapData {
@@ -735,9 +708,10 @@ std::string tiles(const std::vector<Tile>& ts) {
 }
 
 std::string pretty_json(const std::string& text) {
-  if (json_depth(text) > kMaxJsonDepth) return text;  // shown as stored
   try {
-    return json::parse(text).dump(2, ' ', false, json::error_handler_t::replace);
+    const auto value = json::parse(text);
+    if (json_depth(value) > kMaxJsonDepth) return text;  // dump() recurses: shown as stored
+    return value.dump(2, ' ', false, json::error_handler_t::replace);
   } catch (const std::exception&) {
     return text;
   }

@@ -9,6 +9,7 @@
 
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
+#include "attnscope/json_text.h"
 #include "attnscope/version.h"
 #include "datasets/splits.h"
 #include "pipeline/checkpoint.h"
@@ -127,11 +128,7 @@ std::vector<nlohmann::json> split_lines(const std::string& text, const std::stri
   std::string line;
   while (std::getline(in, line)) {
     if (line.empty()) continue;
-    try {
-      out.push_back(nlohmann::json::parse(line));
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(subject, concat("corrupt metrics history: ", e.what()));
-    }
+    out.push_back(parse_json_text(line, subject, "a line of the metrics history"));
   }
   return out;
 }
@@ -203,11 +200,8 @@ TrainState read_state(const std::string& path) {
         " group: not the last.h5 of an `attnscope train` run");
   auto group = h5::require_group(file.id(), kStateGroup, path);
   TrainState state;
-  try {
-    state.loop = nlohmann::json::parse(h5::read_string_attribute(group.get(), "loop", path));
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(path, concat("corrupt /", kStateGroup, "@loop: ", e.what()));
-  }
+  state.loop = parse_json_text(h5::read_string_attribute(group.get(), "loop", path), path,
+                               concat("/", kStateGroup, "@loop"));
   for (const auto& name : h5::children(group.get())) {
     auto tensor = h5::read_tensor(group.get(), name, path);
     if (name == "_history") {
@@ -339,10 +333,17 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   auto model = models::vision::make_image_classifier(config);
   const auto check_arch = [&](const std::string& path) {
     const auto meta = read_checkpoint_meta(path);
-    const auto arch = meta.model_config.value("arch", std::string());
-    check(arch == config.arch, path, "is a '", arch.empty() ? "(no model config)" : arch,
+    // A file's model config may be anything: value() would throw nlohmann's type errors.
+    const auto& mc = meta.model_config;
+    const auto field = [&](const char* key) {
+      return mc.is_object() && mc.contains(key) ? mc.at(key) : nlohmann::json();
+    };
+    const auto arch = field("arch").is_string() ? field("arch").get<std::string>() : "";
+    check(arch == config.arch, path, "is a '",
+          arch.empty() ? "(no model config)" : excerpt(arch, 100),
           "' checkpoint; this run trains '", config.arch, "'");
-    const auto stored_classes = meta.model_config.value("num_classes", int64_t{0});
+    const auto stored_classes =
+        field("num_classes").is_number_integer() ? field("num_classes").get<int64_t>() : 0;
     check(stored_classes == classes, path, "has ", stored_classes, " classes; the data has ",
           classes, " (", class_list(class_names, source_counts(*train)), ")");
     return meta;
@@ -351,8 +352,8 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     const auto meta = check_arch(o.init);
     // Strict: the head's outputs keep their meaning only for the same classes in the same order.
     check(meta.class_names.empty() || meta.class_names == class_names, o.init,
-          "was trained on the classes ", nlohmann::json(meta.class_names).dump(), "; this data has ",
-          nlohmann::json(class_names).dump(),
+          "was trained on the classes ", names_excerpt(meta.class_names), "; this data has ",
+          names_excerpt(class_names),
           " (--init keeps the head: for other classes use --init-backbone)");
     load_checkpoint(o.init, *model);
   }
@@ -445,8 +446,7 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   if (o.resume) {
     const auto stored = check_arch(last_path);
     check(stored.class_names == class_names, last_path, "was trained on the classes ",
-          nlohmann::json(stored.class_names).dump(), "; this data has ",
-          nlohmann::json(class_names).dump());
+          names_excerpt(stored.class_names), "; this data has ", names_excerpt(class_names));
     const auto stored_sum = stored.provenance.value("data_checksum", std::string());
     const auto sum = o.provenance.value("data_checksum", std::string());
     check(stored_sum.empty() || sum.empty() || stored_sum == sum, last_path,

@@ -4,6 +4,7 @@
 // images, and the fault tests every writing command gets.
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -419,6 +420,72 @@ TEST_F(EvaluateCli, SingleClassDataSaysAucIsUndefined) {
       << r.output;
   EXPECT_NE(r.output.find("confusion matrix"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("accuracy"), std::string::npos) << r.output;
+}
+
+// Checkpoint attributes crafted with h5py: nlohmann's dump() recursed on 100,000 nested
+// brackets (a crash), and a 1 MB class name or arch became a 1 MB message. Each is one short
+// line in every command that reads a checkpoint.
+TEST_F(EvaluateCli, CraftedCheckpointAttributesAreOneShortLine) {
+  test::TempDir out;
+  const auto script = out / "craft.py";
+  std::ofstream(script) << R"(import sys, json, shutil, h5py
+src, dst = sys.argv[1], sys.argv[2]
+deep = '[' * 100000 + ']' * 100000
+big = 'x' * 1000000
+with h5py.File(src, 'r') as f:
+    mc = json.loads(f.attrs['model_config'])
+    extra = json.loads(f.attrs['extra'])
+def craft(name, attr, value):
+    shutil.copy(src, dst + '/' + name + '.h5')
+    with h5py.File(dst + '/' + name + '.h5', 'a') as f:
+        del f.attrs[attr]
+        f.attrs[attr] = value
+craft('model_deep', 'model_config', deep)
+craft('threshold_deep', 'extra', '{"threshold": ' + deep + ', "rest": ' + json.dumps(extra) + '}')
+craft('class_big', 'class_names', json.dumps([big, 'b']))
+craft('arch_big', 'model_config', json.dumps(dict(mc, arch=big + '\x1b[31m')))
+craft('size_big', 'model_config', json.dumps(dict(mc, image_size=big)))
+craft('model_list', 'model_config', '[1]')
+)";
+  const auto made = test::run_process(test::python() + " " + script + " " + (*dir_ / "plain.h5") +
+                                      " " + out.path().string());
+  ASSERT_EQ(made.status, 0) << made.output;
+  const std::string deep = ": attribute is JSON nested deeper than 64 levels";
+  const std::string x40(40, 'x'), x100(100, 'x');
+  // {file, what evaluate and classify say, what train --init says}; "" = that command runs.
+  const std::vector<std::array<std::string, 3>> cases = {
+      {"model_deep", "model_deep.h5:/@model_config" + deep, "model_deep.h5:/@model_config" + deep},
+      {"threshold_deep", "threshold_deep.h5:/@extra" + deep, "threshold_deep.h5:/@extra" + deep},
+      {"class_big", "the checkpoint's classes are [\"" + x40 + "... (1000000 bytes)\",\"b\"]",
+       "was trained on the classes [\"" + x40 + "... (1000000 bytes)\",\"b\"]"},
+      {"arch_big", "unknown arch '" + x100 + "... (1000005 bytes)'",
+       "is a '" + x100 + "... (1000005 bytes)' checkpoint"},
+      {"size_big", "model_config.image_size: bad value \"" + x100.substr(1), ""},
+      {"model_list", "model_config: expected a JSON object, got [1]", "is a '(no model config)'"},
+  };
+  for (const auto& [name, message, train_message] : cases) {
+    const auto ckpt = out / (name + ".h5");
+    std::vector<std::pair<std::string, std::string>> runs = {
+        {"evaluate --model " + ckpt + " --data " + data(), message},
+        {"train --init " + ckpt + " --data " + data() +
+             " --model small_cnn --size 64 --epochs 1 --out " + (out / ("t_" + name)),
+         train_message}};
+    if (name != "class_big")  // classify does not compare class names with data
+      runs.push_back({"classify --model " + ckpt + " --input " + (*dir_ / "data/images") +
+                          " --out " + (out / ("c_" + name)),
+                      message});
+    for (const auto& [args, expected] : runs) {
+      const auto r = test::run_process(exe() + " " + args);
+      if (expected.empty()) {
+        EXPECT_EQ(r.status, 0) << args << "\n" << r.output.substr(0, 2000);
+        continue;
+      }
+      EXPECT_EQ(r.status, 1) << args << "\n" << r.output.substr(0, 2000);
+      EXPECT_NE(r.output.find(expected), std::string::npos) << args << "\n"
+                                                            << r.output.substr(0, 2000);
+      EXPECT_LT(r.output.size(), 800u) << args << "\n" << r.output.substr(0, 2000);
+    }
+  }
 }
 
 TEST_F(EvaluateCli, FullDiskAndKillLeaveThePreviousOutput) {

@@ -1,0 +1,79 @@
+#pragma once
+// JSON read from files (checkpoint attributes, configs): a depth limit, and values quoted in
+// one-line messages. For targets that use nlohmann_json.
+
+#include <cstddef>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "attnscope/error.h"
+#include "attnscope/printable.h"
+
+namespace attnscope {
+
+/// Deepest nesting of arrays and objects accepted in JSON from a file.
+constexpr int kMaxJsonDepth = 64;
+
+/// Nesting depth of `root` (a scalar is 1), without recursion: nlohmann parses and destroys any
+/// depth, but dump(), comparison and get<>() recurse, and 100,000 nested brackets (200 KB)
+/// overflowed the stack. Stops counting once past `limit`.
+inline int json_depth(const nlohmann::json& root, int limit = kMaxJsonDepth) {
+  int deepest = 0;
+  std::vector<std::pair<const nlohmann::json*, int>> todo{{&root, 1}};
+  while (!todo.empty()) {
+    const auto [j, d] = todo.back();
+    todo.pop_back();
+    if (d > deepest) deepest = d;
+    if (d > limit) return d;
+    if (j->is_structured())
+      for (const auto& child : *j)
+        todo.emplace_back(&child, d + 1);
+  }
+  return deepest;
+}
+
+/// JSON text from a file, parsed: text that is not JSON, or JSON nested deeper than
+/// kMaxJsonDepth, is an Error naming `subject` (`what` says what the text is, e.g. "attribute").
+inline nlohmann::json parse_json_text(const std::string& text, const std::string& subject,
+                                      const std::string& what = "text") {
+  nlohmann::json value;
+  try {
+    value = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(subject, what + " is not valid JSON: " + e.what());
+  }
+  if (json_depth(value) > kMaxJsonDepth)
+    throw Error(subject,
+                what + " is JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+  return value;
+}
+
+/// A JSON value from a file quoted in a one-line message: compact, cut to `max_bytes` as
+/// excerpt() cuts text (invalid UTF-8 replaced); one nested too deep to print is named so.
+inline std::string json_excerpt(const nlohmann::json& value, std::size_t max_bytes = 120) {
+  if (json_depth(value) > kMaxJsonDepth)
+    return "(JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels)";
+  return excerpt(value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), max_bytes);
+}
+
+/// Names from a file (class names, ...) listed in a message as a JSON array, ["a","b"]: each
+/// cut to `each_bytes` as excerpt() cuts, the list after `max_names` counted instead.
+inline std::string names_excerpt(const std::vector<std::string>& names, std::size_t each_bytes = 40,
+                                 std::size_t max_names = 10) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < names.size() && i < max_names; ++i) {
+    out += i ? ",\"" : "\"";
+    for (const char c : excerpt(names[i], each_bytes)) {
+      if (c == '"') out += '\\';
+      out += c;
+    }
+    out += '"';
+  }
+  if (names.size() > max_names) out += ",... (" + std::to_string(names.size()) + " names)";
+  return out + "]";
+}
+
+}  // namespace attnscope
