@@ -144,10 +144,17 @@ CheckpointMeta read_meta(const std::string& path) {
     auto value = parse_attribute(root, name, path);
     return value.is_null() ? fallback : value;
   };
-  meta.model_config = get("model_config", nlohmann::json::object());
-  meta.preprocessing_config = get("preprocessing_config", nlohmann::json::object());
-  meta.provenance = get("provenance", nlohmann::json::object());
-  meta.extra = get("extra", nlohmann::json::object());
+  // Objects, as every reader expects (nlohmann's value() throws a bare type_error otherwise).
+  auto get_object = [&](const char* name) {
+    auto value = get(name, nlohmann::json::object());
+    check(value.is_object(), concat(path, ":/@", name), "attribute must be a JSON object, got ",
+          json_excerpt(value, 100));
+    return value;
+  };
+  meta.model_config = get_object("model_config");
+  meta.preprocessing_config = get_object("preprocessing_config");
+  meta.provenance = get_object("provenance");
+  meta.extra = get_object("extra");
   const auto names = get("class_names", nlohmann::json::array());
   check(names.is_array(), path + ":/@class_names", "expected a JSON array of strings");
   for (const auto& n : names) {

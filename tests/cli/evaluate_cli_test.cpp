@@ -461,7 +461,8 @@ craft('model_list', 'model_config', '[1]')
       {"arch_big", "unknown arch '" + x100 + "... (1000005 bytes)'",
        "is a '" + x100 + "... (1000005 bytes)' checkpoint"},
       {"size_big", "model_config.image_size: bad value \"" + x100.substr(1), ""},
-      {"model_list", "model_config: expected a JSON object, got [1]", "is a '(no model config)'"},
+      {"model_list", "model_list.h5:/@model_config: attribute must be a JSON object, got [1]",
+       "model_list.h5:/@model_config: attribute must be a JSON object, got [1]"},
   };
   for (const auto& [name, message, train_message] : cases) {
     const auto ckpt = out / (name + ".h5");
