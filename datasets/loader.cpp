@@ -8,6 +8,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include "attnscope/error.h"
+#include "attnscope/json_text.h"
 #include "attnscope/threads.h"
 #include "datasets/splits.h"
 #include "preprocessing/augment.h"
@@ -98,7 +99,8 @@ Loader::Loader(std::shared_ptr<const SampleSource> source, preprocessing::Pipeli
     if (!made_by.is_null())
       check(made_by.value("steps", nlohmann::json()) == steps, "loader",
             "the cached images were made with the steps ",
-            made_by.value("steps", nlohmann::json()).dump(), " but the pipeline has ", steps.dump(),
+            json_excerpt(made_by.value("steps", nlohmann::json()), 300), " but the pipeline has ",
+            json_excerpt(steps, 300),
             ": rebuild the cache or use Pipeline::from_json(cache.preprocessing())");
     runner_.set_steps({});  // the cache already holds their output
   }

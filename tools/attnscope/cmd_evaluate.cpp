@@ -10,6 +10,7 @@
 
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
+#include "attnscope/json_text.h"
 #include "attnscope/output_checks.h"
 #include "attnscope/printable.h"
 #include "cli.h"
@@ -113,8 +114,9 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
     if (config.is_object() && !config.empty()) {
       const auto made_with = cache->preprocessing().value("steps", nlohmann::json());
       const auto wanted = preprocessing::Pipeline::from_json(config).to_json()["steps"];
-      check(made_with == wanted, data.data, "holds images made with the steps ", made_with.dump(),
-            ", the model's are ", wanted.dump(), " (", model_path,
+      check(made_with == wanted, data.data, "holds images made with the steps ",
+            json_excerpt(made_with, 300), ", the model's are ", json_excerpt(wanted, 300), " (",
+            model_path,
             "): rebuild the cache with `attnscope cache --config FILE` holding the model's "
             "preprocessing config, or evaluate the images themselves");
     }

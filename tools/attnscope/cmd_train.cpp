@@ -25,6 +25,7 @@
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
 #include "attnscope/folder_lock.h"
+#include "attnscope/json_text.h"
 #include "attnscope/output_checks.h"
 #include "attnscope/threads.h"
 #include "attnscope/version.h"
@@ -408,9 +409,9 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
         auto source = std::make_shared<pipeline::ImageCacheSource>(spec);
         const auto made_with = source->preprocessing().value("steps", nlohmann::json());
         const auto wanted = pipeline.to_json()["steps"];
-        check(made_with == wanted, spec, "holds images made with the steps ", made_with.dump(),
-              ", this run's are ", wanted.dump(), " (from ",
-              augment.empty() ? "--size" : "--augment " + augment,
+        check(made_with == wanted, spec, "holds images made with the steps ",
+              json_excerpt(made_with, 300), ", this run's are ", json_excerpt(wanted, 300),
+              " (from ", augment.empty() ? "--size" : "--augment " + augment,
               "): give the run the cache's, or rebuild the cache with `attnscope cache --size N` "
               "or `--config FILE` for this run");
         return {source, dataset_of(*source)};
