@@ -1,0 +1,90 @@
+#include "attnscope/json_text.h"
+
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "test_support.h"
+
+namespace attnscope {
+namespace {
+
+using nlohmann::json;
+
+// The oracle: nesting depth by recursion (fine for the small trees here).
+int recursive_depth(const json& j) {
+  int deepest = 0;
+  if (j.is_structured())
+    for (const auto& child : j)
+      deepest = std::max(deepest, recursive_depth(child));
+  return deepest + 1;
+}
+
+json random_tree(std::mt19937& rng, int budget) {
+  const int kind = static_cast<int>(rng() % 4);
+  if (budget <= 0 || kind == 0) return static_cast<int>(rng() % 100);
+  json node = kind == 1 ? json::array() : json::object();
+  const int children = static_cast<int>(rng() % 4);
+  for (int i = 0; i < children; ++i) {
+    if (node.is_array())
+      node.push_back(random_tree(rng, budget - 1));
+    else
+      node["k" + std::to_string(i)] = random_tree(rng, budget - 1);
+  }
+  return node;
+}
+
+TEST(JsonText, DepthEqualsTheRecursiveCount) {
+  std::mt19937 rng(7);
+  for (int i = 0; i < 300; ++i) {
+    const auto tree = random_tree(rng, 12);
+    EXPECT_EQ(json_depth(tree, 100), recursive_depth(tree)) << tree.dump();
+  }
+  EXPECT_EQ(json_depth(json(3)), 1);
+  EXPECT_EQ(json_depth(json::parse("[[], {\"a\": [1]}]")), 4);
+}
+
+TEST(JsonText, DeepJsonIsRefusedAndQuotedWithoutRecursion) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  // At the limit: accepted; one more level: refused, naming the subject.
+  const std::string at_limit = std::string(64, '[') + std::string(64, ']');
+  EXPECT_EQ(json_depth(parse_json_text(at_limit, "f.h5:/@a", "attribute")), 64);
+  EXPECT_EQ(test::error_of([&] { parse_json_text("[" + at_limit + "]", "f.h5:/@a", "attribute"); }),
+            "f.h5:/@a: attribute is JSON nested deeper than 64 levels");
+  EXPECT_EQ(test::error_of([&] { parse_json_text(deep, "f.h5:/@a", "attribute"); }),
+            "f.h5:/@a: attribute is JSON nested deeper than 64 levels");
+  EXPECT_NE(test::error_of([&] {
+              parse_json_text("{\"a\": ", "f.h5:/@a", "attribute");
+            }).find("f.h5:/@a: attribute is not valid JSON: "),
+            std::string::npos);
+  // Quoting a deep value says so instead of calling the recursive dump().
+  EXPECT_EQ(json_excerpt(json::parse(deep)), "(JSON nested deeper than 64 levels)");
+}
+
+TEST(JsonText, ExcerptsAreCutAndOtherwiseTheCompactDump) {
+  const json small = {{"arch", "attn_small"}, {"sizes", {1, 2, 3}}};
+  EXPECT_EQ(json_excerpt(small), small.dump());
+  const json big = std::string(1000000, 'x') + "\x1b";
+  const auto cut = json_excerpt(big, 100);
+  EXPECT_EQ(cut,
+            "\"" + std::string(99, 'x') + "... (" + std::to_string(big.dump().size()) + " bytes)");
+}
+
+TEST(JsonText, NameListsAreJsonArraysOfCutNames) {
+  // Short names with quotes: the list parses back as JSON to the same names.
+  const std::vector<std::string> names = {"benign", "mel\"anoma", "nevus, atypical"};
+  EXPECT_EQ(json::parse(names_excerpt(names)).get<std::vector<std::string>>(), names);
+  EXPECT_EQ(names_excerpt({}), "[]");
+  std::vector<std::string> many;
+  for (int i = 0; i < 12; ++i)
+    many.push_back("c" + std::to_string(i));
+  EXPECT_EQ(names_excerpt(many, 40, 3), "[\"c0\",\"c1\",\"c2\",... (12 names)]");
+  EXPECT_EQ(names_excerpt({std::string(1000, 'y')}, 10),
+            "[\"" + std::string(10, 'y') + "... (1000 bytes)\"]");
+}
+
+}  // namespace
+}  // namespace attnscope
