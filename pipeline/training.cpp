@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 
 #include "attnscope/error.h"
+#include "attnscope/printable.h"
 #include "pipeline/optimizer_kernels.h"
 
 namespace attnscope::pipeline {
@@ -520,7 +521,7 @@ void TrainingLoop::restore(const nlohmann::json& state,
                            const std::map<std::string, torch::Tensor>& tensors) {
   try {
     check(state.value("optimizer", std::string()) == options_.optimizer.kind, "training state",
-          "was saved with optimizer '", state.value("optimizer", std::string()),
+          "was saved with optimizer '", excerpt(state.value("optimizer", std::string()), 100),
           "', this run uses '", options_.optimizer.kind, "'");
     check(state.value("ema", false) == ema_.has_value(), "training state",
           "EMA on/off differs from this run's");
