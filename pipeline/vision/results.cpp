@@ -20,6 +20,7 @@
 
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
+#include "attnscope/printable.h"
 #include "preprocessing/decode.h"
 
 namespace attnscope::pipeline {
@@ -617,16 +618,16 @@ ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader
     };
     check(attr("format") == kResultsFormat, path, "is not an attnscope results file");
     check(attr("schema_version") == kResultsSchemaVersion, path, "has schema version ",
-          attr("schema_version"), ", this attnscope writes ", kResultsSchemaVersion,
+          excerpt(attr("schema_version"), 40), ", this attnscope writes ", kResultsSchemaVersion,
           "; cannot resume it");
     for (const auto& [k, v] : expected)
       check(attr(k) == v, path, "cannot resume: its ", k, " differs from this run's (stored ",
-            attr(k).substr(0, 200), ", now ", v.substr(0, 200), ")");
+            excerpt(attr(k), 200), ", now ", excerpt(v, 200), ")");
     std::vector<std::string> names;
     for (const auto& m : layout.maps)
       names.push_back(m.name);
     check(attr("maps") == json_list(names), path, "cannot resume: it stores the maps ",
-          attr("maps"), ", this run asks for ", json_list(names));
+          excerpt(attr("maps"), 200), ", this run asks for ", json_list(names));
     check(attr("tta") == (layout.tta ? "dihedral8" : "none"), path,
           "cannot resume: --tta differs from the stored run");
     // Overlays and per-image measures: the stored run's and this run's must be the same
@@ -997,7 +998,7 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
          {"schema_version", "model_checksum", "model_config", "preprocessing_config", "class_names",
           "maps", "tta", "threshold", "temperature", "faithfulness", "precision"})
       check(attr(f, k) == attr(first, k), f.path, "cannot be merged with ", first.path, ": its ", k,
-            " differs (", attr(f, k).substr(0, 120), " vs ", attr(first, k).substr(0, 120), ")");
+            " differs (", excerpt(attr(f, k)), " vs ", excerpt(attr(first, k)), ")");
     check(results_datasets(f.path) == datasets, f.path, "cannot be merged with ", first.path,
           ": it holds other datasets (--overlays, --faithfulness or maps differ)");
   }
