@@ -3,9 +3,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <cstring>
 #include <ctime>
 #include <deque>
 #include <exception>
@@ -123,17 +125,38 @@ void add_input(datasets::Dataset& ds, std::map<std::string, int>& seen, const st
   std::error_code ec;
   const auto status = fs::status(input, ec);
   if (fs::is_directory(status)) {
+    // Every entry but a folder is an input: a dangling link or a FIFO fails with its reason in
+    // errors.csv, as when given by name (they were left out without a word). What cannot be
+    // walked is one warning line.
     std::vector<std::string> files;
-    for (auto it = fs::recursive_directory_iterator(
-             input, fs::directory_options::skip_permission_denied, ec);
-         it != fs::recursive_directory_iterator(); it.increment(ec)) {
-      if (ec) break;
-      if (hidden(it->path())) {
-        if (it->is_directory(ec)) it.disable_recursion_pending();
+    auto it =
+        fs::recursive_directory_iterator(input, fs::directory_options::skip_permission_denied, ec);
+    if (ec || ::access(input.c_str(), R_OK | X_OK) != 0)
+      ds.warnings.push_back(concat(input, ": cannot list the folder (",
+                                   ec ? ec.message() : std::strerror(errno),
+                                   "): its files are not classified"));
+    for (; !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      const auto& path = it->path();
+      std::error_code type_ec;
+      const bool folder = it->is_directory(type_ec);  // follows links
+      if (hidden(path)) {
+        if (folder) it.disable_recursion_pending();
         continue;
       }
-      if (it->is_regular_file(ec)) files.push_back(it->path().string());
+      if (!folder) {
+        files.push_back(path.string());
+      } else if (it->is_symlink(type_ec)) {
+        ds.warnings.push_back(concat(path.string(),
+                                     ": a link to a folder, not followed (give the folder itself "
+                                     "as an input)"));
+      } else if (::access(path.c_str(), R_OK | X_OK) != 0) {
+        ds.warnings.push_back(concat(path.string(), ": cannot read the folder (",
+                                     std::strerror(errno), "): its files are not classified"));
+      }
     }
+    if (ec)
+      ds.warnings.push_back(concat(input, ": cannot list the folder further (", ec.message(),
+                                   "): the files after that point are not classified"));
     std::sort(files.begin(), files.end());
     for (const auto& f : files)
       add_file(ds, seen, f);

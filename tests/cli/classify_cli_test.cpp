@@ -616,8 +616,15 @@ TEST(CliClassify, BadFilesGoToErrorsAndEveryGoodFileIsClassified) {
                                 0x4E, 0x20, 8,   2,   0,    0,    0,    0,    0,    0, 0};
   std::ofstream(in / "huge.png", std::ios::binary)
       .write(reinterpret_cast<const char*>(huge), sizeof huge);
-  const std::vector<std::string> bad{"zero.jpg", "text.png",    "notes.txt",
-                                     "cut.jpg",  "corrupt.jpg", "huge.png"};
+  // Entries that are no files: failures with their reason too (they were left out silently),
+  // and a link to a folder is not followed but said.
+  fs::create_symlink("/nonexistent/gone.jpg", in / "gone.jpg");
+  ASSERT_EQ(::mkfifo((in / "pipe.jpg").c_str(), 0600), 0);
+  fs::create_directories(dir.path() / "elsewhere");
+  ASSERT_TRUE(cv::imwrite((dir.path() / "elsewhere/other.jpg").string(), bgr));
+  fs::create_directory_symlink(dir.path() / "elsewhere", in / "linked");
+  const std::vector<std::string> bad{"zero.jpg",    "text.png", "notes.txt", "cut.jpg",
+                                     "corrupt.jpg", "huge.png", "gone.jpg",  "pipe.jpg"};
   const auto out = dir / "run";
   const auto r =
       test::run_process(exe() + " classify --model " + q(model) + " --input " + q(in.string()) +
@@ -631,6 +638,13 @@ TEST(CliClassify, BadFilesGoToErrorsAndEveryGoodFileIsClassified) {
     EXPECT_TRUE(reason.count(b) && !reason[b].empty()) << b << "\n" << r.output;
   EXPECT_TRUE(reason.count("missing.jpg")) << r.output;
   EXPECT_EQ(reason.size(), bad.size() + 1) << r.output;
+  EXPECT_NE(reason["gone.jpg"].find("no such file"), std::string::npos) << reason["gone.jpg"];
+  EXPECT_NE(reason["pipe.jpg"].find("is not a regular file"), std::string::npos)
+      << reason["pipe.jpg"];
+  EXPECT_NE(
+      r.output.find("warning: " + (in / "linked").string() + ": a link to a folder, not followed"),
+      std::string::npos)
+      << r.output;
   const auto res = pipeline::read_results(out + "/results.h5");
   std::set<std::string> classified;
   for (const auto& p : res.paths)

@@ -136,6 +136,9 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
   o.command_line = join_args(args);
   auto dataset =
       data.data.empty() ? pipeline::collect_inputs(inputs) : data.read(usage_text(usage, desc));
+  if (data.data.empty())  // (the dataset flags print their own)
+    for (const auto& w : dataset.warnings)
+      std::cerr << "warning: " << printable(w) << "\n";
   if (!masks.empty() && pipeline::attach_masks(dataset, masks) == 0 && !dataset.samples.empty())
     std::cerr << "warning: " << printable(masks)
               << ": no mask matches any input (<id>_segmentation.png, <id>_Segmentation.png, "
