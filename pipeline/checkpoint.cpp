@@ -147,8 +147,9 @@ CheckpointMeta read_meta(const std::string& path) {
   // Objects, as every reader expects (nlohmann's value() throws a bare type_error otherwise).
   auto get_object = [&](const char* name) {
     auto value = get(name, nlohmann::json::object());
-    check(value.is_object(), concat(path, ":/@", name), "attribute must be a JSON object, got ",
-          json_excerpt(value, 100));
+    if (!value.is_object())
+      throw Error(concat(path, ":/@", name),
+                  concat("attribute must be a JSON object, got ", json_excerpt(value, 100)));
     return value;
   };
   meta.model_config = get_object("model_config");

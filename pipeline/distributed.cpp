@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -22,6 +23,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "attnscope/error.h"
+#include "attnscope/printable.h"
 #include "attnscope/threads.h"
 
 namespace attnscope::pipeline {
@@ -240,7 +242,8 @@ class StoreGuard {
 
 // c10d logs its connection attempts through glog ("Logging before InitGoogleLogging() ...",
 // a line per retry, then the failure): while the group forms, every failure is turned into one
-// line of ours, so glog prints only fatal messages.
+// line of ours, so glog prints only fatal messages. (The store's own threads may read the flag
+// while it changes back: glog reads it unsynchronised in every thread, by design.)
 class QuietLibraryLog {
  public:
   QuietLibraryLog() : previous_(FLAGS_minloglevel) { FLAGS_minloglevel = google::GLOG_FATAL; }
@@ -254,24 +257,36 @@ class QuietLibraryLog {
 
 // MASTER_ADDR must resolve: TCPStore would retry a name no resolver knows until the timeout
 // and then say only that it timed out. A resolver that does not answer (EAI_AGAIN) is asked
-// again until the timeout.
+// again until the timeout (checked between lookups, each of which may take the resolver's own
+// timeout); a failure of this machine (EAI_SYSTEM, EAI_MEMORY) is said at once.
 void check_master_addr(const DistributedConfig& c) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   const auto deadline = Clock::now() + c.timeout;
+  const auto head = concat("rank ", c.rank, ": MASTER_ADDR '", excerpt(c.master_addr, 100), "' ");
   for (;;) {
     addrinfo* found = nullptr;
     const int rc = ::getaddrinfo(c.master_addr.c_str(), nullptr, &hints, &found);
+    const int err = errno;
     if (found) ::freeaddrinfo(found);
     if (rc == 0) return;
-    if ((rc == EAI_AGAIN || rc == EAI_SYSTEM) && Clock::now() < deadline) {
-      std::this_thread::sleep_for(milliseconds(200));
-      continue;
+    if (rc == EAI_AGAIN) {
+      if (Clock::now() < deadline) {
+        std::this_thread::sleep_for(milliseconds(200));
+        continue;
+      }
+      throw Error(kSubject, concat(head,
+                                   "could not be looked up: the resolver did not answer "
+                                   "within ",
+                                   seconds_text(c.timeout), " (", ::gai_strerror(rc), ")"));
     }
+    if (rc == EAI_SYSTEM || rc == EAI_MEMORY)
+      throw Error(kSubject,
+                  concat(head, "could not be looked up on this machine (",
+                         rc == EAI_SYSTEM ? std::strerror(err) : ::gai_strerror(rc), ")"));
     throw Error(kSubject,
-                concat("rank ", c.rank, ": MASTER_ADDR '", c.master_addr,
-                       "' is not a host name or address this machine can resolve (",
+                concat(head, "is not a host name or address this machine can resolve (",
                        ::gai_strerror(rc), "): set it to rank 0's host name or IP address"));
   }
 }
@@ -502,11 +517,14 @@ DistributedGroup::DistributedGroup(DistributedConfig config) : impl_(std::make_u
   auto options = c10d::ProcessGroupGloo::Options::create(c.timeout);
   options->devices = impl_->devices();
   const bool server = c.rank == 0 && !c.agent_store;
-  const QuietLibraryLog quiet;
-  check_master_addr(c);
-  impl_->guard = std::make_unique<StoreGuard>(c, impl_->where());
-  impl_->store = impl_->connect(server);
-  impl_->hb_store = impl_->connect(false);
+  {
+    // Only while the store connects: Gloo's own warnings (e.g. its interface choice) still show.
+    const QuietLibraryLog quiet;
+    check_master_addr(c);
+    impl_->guard = std::make_unique<StoreGuard>(c, impl_->where());
+    impl_->store = impl_->connect(server);
+    impl_->hb_store = impl_->connect(false);
+  }
   try {
     impl_->join();
   } catch (const Error&) {

@@ -17,20 +17,22 @@ namespace attnscope {
 /// Deepest nesting of arrays and objects accepted in JSON from a file.
 constexpr int kMaxJsonDepth = 64;
 
-/// Nesting depth of `root` (a scalar is 1), without recursion: nlohmann parses and destroys any
-/// depth, but dump(), comparison and get<>() recurse, and 100,000 nested brackets (200 KB)
-/// overflowed the stack. Stops counting once past `limit`.
+/// Nesting depth of arrays and objects in `root` (a scalar 0, [1] 1, [[1], {}] 2), without
+/// recursion: nlohmann parses and destroys any depth, but dump(), comparison and get<>()
+/// recurse, and 100,000 nested brackets (200 KB) overflowed the stack. Stops counting once past
+/// `limit`.
 inline int json_depth(const nlohmann::json& root, int limit = kMaxJsonDepth) {
   int deepest = 0;
-  std::vector<std::pair<const nlohmann::json*, int>> todo{{&root, 1}};
+  std::vector<std::pair<const nlohmann::json*, int>> todo{{&root, 0}};
   while (!todo.empty()) {
-    const auto [j, d] = todo.back();
+    const auto [j, above] = todo.back();
     todo.pop_back();
+    if (!j->is_structured()) continue;
+    const int d = above + 1;
     if (d > deepest) deepest = d;
     if (d > limit) return d;
-    if (j->is_structured())
-      for (const auto& child : *j)
-        todo.emplace_back(&child, d + 1);
+    for (const auto& child : *j)
+      todo.emplace_back(&child, d);
   }
   return deepest;
 }
@@ -43,7 +45,8 @@ inline nlohmann::json parse_json_text(const std::string& text, const std::string
   try {
     value = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
-    throw Error(subject, what + " is not valid JSON: " + e.what());
+    // nlohmann's text ends with the token read so far: an unclosed 1 MB string, whole.
+    throw Error(subject, what + " is not valid JSON: " + excerpt(e.what(), 200));
   }
   if (json_depth(value) > kMaxJsonDepth)
     throw Error(subject,
@@ -67,7 +70,7 @@ inline std::string names_excerpt(const std::vector<std::string>& names, std::siz
   for (std::size_t i = 0; i < names.size() && i < max_names; ++i) {
     out += i ? ",\"" : "\"";
     for (const char c : excerpt(names[i], each_bytes)) {
-      if (c == '"') out += '\\';
+      if (c == '"' || c == '\\') out += '\\';
       out += c;
     }
     out += '"';

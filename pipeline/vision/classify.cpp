@@ -129,12 +129,20 @@ void add_input(datasets::Dataset& ds, std::map<std::string, int>& seen, const st
     // errors.csv, as when given by name (they were left out without a word). What cannot be
     // walked is one warning line.
     std::vector<std::string> files;
+    // A folder that cannot be read and searched is not walked (one that can be read but not
+    // searched would give a "no such file" per entry).
+    const auto unreadable = [](const fs::path& folder) {
+      return ::access(folder.c_str(), R_OK | X_OK) != 0 ? errno : 0;
+    };
     auto it =
         fs::recursive_directory_iterator(input, fs::directory_options::skip_permission_denied, ec);
-    if (ec || ::access(input.c_str(), R_OK | X_OK) != 0)
+    const int top = ec ? 0 : unreadable(input);
+    if (ec || top != 0) {
       ds.warnings.push_back(concat(input, ": cannot list the folder (",
-                                   ec ? ec.message() : std::strerror(errno),
+                                   ec ? ec.message() : std::strerror(top),
                                    "): its files are not classified"));
+      return;
+    }
     for (; !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
       const auto& path = it->path();
       std::error_code type_ec;
@@ -149,12 +157,13 @@ void add_input(datasets::Dataset& ds, std::map<std::string, int>& seen, const st
         ds.warnings.push_back(concat(path.string(),
                                      ": a link to a folder, not followed (give the folder itself "
                                      "as an input)"));
-      } else if (::access(path.c_str(), R_OK | X_OK) != 0) {
+      } else if (const int err = unreadable(path); err != 0) {
+        it.disable_recursion_pending();
         ds.warnings.push_back(concat(path.string(), ": cannot read the folder (",
-                                     std::strerror(errno), "): its files are not classified"));
+                                     std::strerror(err), "): its files are not classified"));
       }
     }
-    if (ec)
+    if (ec)  // from increment(): the iterator may or may not have reached its end
       ds.warnings.push_back(concat(input, ": cannot list the folder further (", ec.message(),
                                    "): the files after that point are not classified"));
     std::sort(files.begin(), files.end());

@@ -3,6 +3,7 @@
 // random moments and --resume, shards and merge, a folder of bad files, a full disk.
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -645,6 +646,21 @@ TEST(CliClassify, BadFilesGoToErrorsAndEveryGoodFileIsClassified) {
       r.output.find("warning: " + (in / "linked").string() + ": a link to a folder, not followed"),
       std::string::npos)
       << r.output;
+  // A folder that cannot be searched is one warning, not a "no such file" per entry. Root
+  // reads every folder: only checked as another user.
+  if (::geteuid() != 0) {
+    const auto locked = dir.path() / "locked";
+    fs::create_directories(locked);
+    ASSERT_TRUE(cv::imwrite((locked / "a.jpg").string(), bgr));
+    fs::permissions(locked, fs::perms::owner_read);
+    const auto l = test::run_process(exe() + " classify --model " + q(model) + " --input " +
+                                     q(dir.path().string()) + " --out " + q(dir / "locked-run"));
+    fs::permissions(locked, fs::perms::owner_all);
+    EXPECT_NE(l.output.find("warning: " + locked.string() + ": cannot read the folder"),
+              std::string::npos)
+        << l.output;
+    EXPECT_EQ(test::read_text(dir / "locked-run/errors.csv").find("a.jpg"), std::string::npos);
+  }
   const auto res = pipeline::read_results(out + "/results.h5");
   std::set<std::string> classified;
   for (const auto& p : res.paths)

@@ -138,7 +138,7 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
       data.data.empty() ? pipeline::collect_inputs(inputs) : data.read(usage_text(usage, desc));
   if (data.data.empty())  // (the dataset flags print their own)
     for (const auto& w : dataset.warnings)
-      std::cerr << "warning: " << printable(w) << "\n";
+      std::cerr << "warning: " << excerpt(w, 1000) << "\n";
   if (!masks.empty() && pipeline::attach_masks(dataset, masks) == 0 && !dataset.samples.empty())
     std::cerr << "warning: " << printable(masks)
               << ": no mask matches any input (<id>_segmentation.png, <id>_Segmentation.png, "
