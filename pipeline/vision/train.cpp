@@ -333,10 +333,11 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   auto model = models::vision::make_image_classifier(config);
   const auto check_arch = [&](const std::string& path) {
     const auto meta = read_checkpoint_meta(path);
-    // A file's model config may be anything: value() would throw nlohmann's type errors.
+    // An object (read_checkpoint_meta checks), but its fields may have any type: value() would
+    // throw nlohmann's type errors.
     const auto& mc = meta.model_config;
     const auto field = [&](const char* key) {
-      return mc.is_object() && mc.contains(key) ? mc.at(key) : nlohmann::json();
+      return mc.contains(key) ? mc.at(key) : nlohmann::json();
     };
     const auto arch = field("arch").is_string() ? field("arch").get<std::string>() : "";
     check(arch == config.arch, path, "is a '",
