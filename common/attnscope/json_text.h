@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -60,6 +61,40 @@ inline std::string json_excerpt(const nlohmann::json& value, std::size_t max_byt
   if (json_depth(value) > kMaxJsonDepth)
     return "(JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels)";
   return excerpt(value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), max_bytes);
+}
+
+/// How a message names the JSON type of T ("a string", "an integer", ...).
+template <class T>
+const char* json_type_name() {
+  if constexpr (std::is_same_v<T, std::string>)
+    return "a string";
+  else if constexpr (std::is_same_v<T, bool>)
+    return "true or false";
+  else if constexpr (std::is_integral_v<T>)
+    return "an integer";
+  else if constexpr (std::is_floating_point_v<T>)
+    return "a number";
+  else if constexpr (std::is_same_v<T, std::vector<std::string>>)
+    return "a list of strings";
+  else
+    return "of the expected type";
+}
+
+/// `object[key]` read as T, for JSON from a file: `fallback` when `object` is not an object or
+/// has no `key`; a value of another type is an Error naming `subject` and `field` (how the
+/// message names it, e.g. "provenance.cwd"), where nlohmann's value() and get<>() throw a
+/// type_error that names neither.
+template <class T>
+T json_field(const nlohmann::json& object, const std::string& key, T fallback,
+             const std::string& subject, const std::string& field) {
+  if (!object.is_object()) return fallback;
+  const auto it = object.find(key);
+  if (it == object.end()) return fallback;
+  try {
+    return it->template get<T>();
+  } catch (const nlohmann::json::exception&) {
+    throw Error(subject, field + " is " + json_excerpt(*it, 80) + ", not " + json_type_name<T>());
+  }
 }
 
 /// Names from a file (class names, ...) listed in a message as a JSON array, ["a","b"]: each

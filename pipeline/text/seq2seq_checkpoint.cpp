@@ -162,18 +162,20 @@ namespace {
 
 Seq2SeqBundle load_seq2seq_checked(const std::string& path) {
   const auto meta = read_checkpoint_meta(path);
-  check(meta.model_config.value("family", "") == "seq2seq", path,
-        "not a seq2seq checkpoint (model_config.family is not \"seq2seq\")");
+  check(json_field(meta.model_config, "family", std::string(), path, "model_config.family") ==
+            "seq2seq",
+        path, "not a seq2seq checkpoint (model_config.family is not \"seq2seq\")");
   check(meta.extra.contains("source_vocab") && meta.extra.contains("target_vocab") &&
             meta.extra.contains("tokenizer"),
         path, "checkpoint has no vocabularies/tokenizer in its extra attribute");
   Seq2SeqBundle bundle;
-  bundle.name = meta.model_config.value("name", "");
+  bundle.name = json_field(meta.model_config, "name", std::string(), path, "model_config.name");
+  const auto tokenizer =
+      json_field(meta.extra, "tokenizer", std::string(), path, "extra.tokenizer");
   try {
     bundle.source_vocab = datasets::text::Vocabulary::from_json(meta.extra["source_vocab"]);
     bundle.target_vocab = datasets::text::Vocabulary::from_json(meta.extra["target_vocab"]);
-    bundle.tokenizer =
-        datasets::text::tokenizer_from_string(meta.extra["tokenizer"].get<std::string>());
+    bundle.tokenizer = datasets::text::tokenizer_from_string(tokenizer);
   } catch (const Error& e) {
     throw Error(path, excerpt(e.what(), 300));  // a vocabulary entry may be megabytes
   }

@@ -448,7 +448,8 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     const auto stored = check_arch(last_path);
     check(stored.class_names == class_names, last_path, "was trained on the classes ",
           names_excerpt(stored.class_names), "; this data has ", names_excerpt(class_names));
-    const auto stored_sum = stored.provenance.value("data_checksum", std::string());
+    const auto stored_sum = json_field(stored.provenance, "data_checksum", std::string(), last_path,
+                                       "provenance.data_checksum");
     const auto sum = o.provenance.value("data_checksum", std::string());
     check(stored_sum.empty() || sum.empty() || stored_sum == sum, last_path,
           "was trained on other data (checksum ", stored_sum, ", now ", sum, ")");
@@ -457,7 +458,8 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     // The calibration of the best epoch so far, in case no later epoch is better. Read now,
     // not at the end: a distributed run's threads would then be running (attnscope/threads.h).
     if (std::filesystem::exists(best_path))
-      resumed_temperature = read_checkpoint_meta(best_path).extra.value("temperature", 1.0);
+      resumed_temperature = json_field(read_checkpoint_meta(best_path).extra, "temperature", 1.0,
+                                       best_path, "extra.temperature");
     try {
       loop.restore(state.loop, state.tensors);
     } catch (const Error& e) {

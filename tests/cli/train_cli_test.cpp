@@ -4,6 +4,7 @@
 // asserts a quality reached by training.
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <fstream>
 #include <random>
@@ -369,6 +370,54 @@ TEST(TrainCli, WrongCheckpointsAreRefusedNamingFileAndMismatch) {
   EXPECT_EQ(r.status, 1) << r.output;
   EXPECT_NE(r.output.find("come from different runs"), std::string::npos) << r.output;
   EXPECT_EQ(read_text(dir / "mixed/metrics.jsonl"), metrics);
+}
+
+// --resume reads a run folder's checkpoints as files from anywhere: a stored field of another
+// type (edited or crafted with h5py) is one line naming the file and the field, before any file
+// in the folder is touched. nlohmann's type_error named neither.
+TEST(TrainCli, CraftedResumeFieldsAreOneLineNamingFileAndField) {
+  test::TempDir dir;
+  const auto run = dir / "run";
+  ASSERT_EQ(test::run_process(train_command(run, 1)).status, 0);
+  const auto script = dir / "craft.py";
+  std::ofstream(script) << R"(import sys, json, shutil, h5py
+run, out = sys.argv[1], sys.argv[2]
+def craft(name, file, attr, key, value):
+    shutil.copytree(run, out + '/' + name)
+    with h5py.File(out + '/' + name + '/' + file, 'a') as f:
+        j = json.loads(f.attrs[attr])
+        j[key] = value
+        del f.attrs[attr]
+        f.attrs[attr] = json.dumps(j)
+craft('command', 'last.h5', 'extra', 'command', 5)
+craft('args', 'last.h5', 'provenance', 'args', ['--data', 1])
+craft('cwd', 'last.h5', 'provenance', 'cwd', {'a': 'x' * 100000})
+craft('world', 'last.h5', 'provenance', 'world_size', 'two')
+craft('checksum', 'last.h5', 'provenance', 'data_checksum', 3)
+craft('temperature', 'best.h5', 'extra', 'temperature', 'hot')
+)";
+  const auto made =
+      test::run_process(test::python() + " " + script + " " + run + " " + dir.path().string());
+  ASSERT_EQ(made.status, 0) << made.output;
+  const std::vector<std::array<std::string, 2>> cases = {
+      {"command", "/last.h5: extra.command is 5, not a string"},
+      {"args", "/last.h5: provenance.args is [\"--data\",1], not a list of strings"},
+      {"cwd", "/last.h5: provenance.cwd is {\"a\":\"xxxx"},
+      {"world", "/last.h5: provenance.world_size is \"two\", not an integer"},
+      {"checksum", "/last.h5: provenance.data_checksum is 3, not a string"},
+      {"temperature", "/best.h5: extra.temperature is \"hot\", not a number"}};
+  for (const auto& [name, expected] : cases) {
+    const auto folder = dir / name;
+    const auto metrics = read_text(folder + "/metrics.jsonl");
+    const auto r = test::run_process(exe() + " train --resume " + folder + " 2>&1");
+    EXPECT_EQ(r.status, 1) << name << "\n" << r.output.substr(0, 2000);
+    EXPECT_NE(r.output.find("error: " + folder + expected), std::string::npos)
+        << name << "\n"
+        << r.output.substr(0, 2000);
+    EXPECT_EQ(count_lines(r.output), 1) << name << "\n" << r.output.substr(0, 2000);
+    EXPECT_LT(r.output.size(), 600u) << name;
+    EXPECT_EQ(read_text(folder + "/metrics.jsonl"), metrics) << name;
+  }
 }
 
 TEST(TrainCli, BadDataAndOutputAreClearErrors) {

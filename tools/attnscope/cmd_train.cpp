@@ -153,14 +153,16 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     check(fs::exists(last), resume_dir,
           "has no last.h5: not a run folder of `attnscope train` (or no epoch completed yet)");
     const auto meta = pipeline::read_checkpoint_meta(last);
-    check(meta.extra.value("command", std::string()) == "train" &&
-              meta.provenance.contains("args") && meta.provenance["args"].is_array(),
+    // Attributes of a file from anywhere: a field of another type is one line naming it.
+    check(json_field(meta.extra, "command", std::string(), last, "extra.command") == "train" &&
+              meta.provenance.contains("args"),
           last, "is not the checkpoint of an `attnscope train` run (no stored command line)");
-    args = meta.provenance["args"].get<std::vector<std::string>>();
+    args = json_field(meta.provenance, "args", std::vector<std::string>(), last, "provenance.args");
     // The stored command line's relative paths (--data, --images, --val, --augment, --init)
     // were relative to the folder the run started in: read them from there again, wherever
     // --resume is typed.
-    const auto started_in = meta.provenance.value("cwd", std::string());
+    const auto started_in =
+        json_field(meta.provenance, "cwd", std::string(), last, "provenance.cwd");
     std::error_code ec;
     if (!started_in.empty() && fs::is_directory(started_in, ec))
       fs::current_path(started_in);
@@ -361,9 +363,9 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   try {
     const bool resume = !resume_dir.empty();
     if (resume) {
-      const auto stored =
-          pipeline::read_checkpoint_meta((fs::path(resume_dir) / "last.h5").string())
-              .provenance.value("world_size", int64_t{1});
+      const auto last = (fs::path(resume_dir) / "last.h5").string();
+      const auto stored = json_field(pipeline::read_checkpoint_meta(last).provenance, "world_size",
+                                     int64_t{1}, last, "provenance.world_size");
       check(stored == world, resume_dir, "was trained with ", stored,
             " rank(s); resume it with the same number (now ", world,
             "): the batches of each rank depend on it");

@@ -350,6 +350,9 @@ TEST(Seq2SeqCheckpoint, CraftedConfigFieldsAreRefusedByName) {
       {"positions", "random"},
       {"layers", 1.5},
       {"hidden_dim", 64.0},
+      // Fields read before the sizes: nlohmann's type_error named neither file nor field.
+      {"family", 5},
+      {"name", nlohmann::json::array({1})},
       // A megabyte in a message: cut.
       {"cell", std::string(1000000, 'x')},
       {"layers", std::string(1000000, 'x')}};
@@ -371,6 +374,18 @@ TEST(Seq2SeqCheckpoint, CraftedConfigFieldsAreRefusedByName) {
         << field << ": " << message.substr(0, 500);
     EXPECT_LT(message.size(), path.size() + 400) << field << ": " << message.substr(0, 500);
   }
+  // The tokenizer's name, in the extra attribute.
+  const auto path = dir / "bad_tokenizer.h5";
+  std::filesystem::copy_file(good, path, std::filesystem::copy_options::overwrite_existing);
+  {
+    auto file = h5::File::open(path, true);
+    auto extra = nlohmann::json::parse(h5::read_string_attribute(file.id(), "extra", path));
+    extra["tokenizer"] = 5;
+    h5::write_attribute(file.id(), "extra", extra.dump(), path);
+    file.close();
+  }
+  EXPECT_EQ(test::error_of([&] { load_seq2seq(path); }),
+            path + ": extra.tokenizer is 5, not a string");
   EXPECT_EQ(test::error_of([&] { load_seq2seq(good); }), "");
 }
 
