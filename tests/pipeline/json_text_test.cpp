@@ -91,5 +91,35 @@ TEST(JsonText, NameListsAreJsonArraysOfCutNames) {
             "[\"" + std::string(10, 'y') + "... (1000 bytes)\"]");
 }
 
+TEST(JsonText, FieldsAreReadOrTheirFallbackAndAnotherTypeIsNamed) {
+  const auto o = json::parse(R"({"s": "text", "n": 3, "x": 2.5, "b": true, "l": ["a", "b"],
+                                "bad_l": ["a", 1], "null": null})");
+  EXPECT_EQ(json_field(o, "s", std::string("-"), "f.h5", "extra.s"), "text");
+  EXPECT_EQ(json_field(o, "n", int64_t{0}, "f.h5", "extra.n"), 3);
+  EXPECT_EQ(json_field(o, "x", 0.0, "f.h5", "extra.x"), 2.5);
+  EXPECT_EQ(json_field(o, "b", false, "f.h5", "extra.b"), true);
+  EXPECT_EQ(json_field(o, "l", std::vector<std::string>(), "f.h5", "extra.l"),
+            (std::vector<std::string>{"a", "b"}));
+  // Absent, or no object at all: the fallback.
+  EXPECT_EQ(json_field(o, "absent", std::string("-"), "f.h5", "extra.absent"), "-");
+  EXPECT_EQ(json_field(json::array({1}), "s", int64_t{7}, "f.h5", "extra.s"), 7);
+  // Another type: one line with file, field and the value (cut).
+  const auto message = [&](const auto& read) { return test::error_of(read); };
+  EXPECT_EQ(message([&] { json_field(o, "n", std::string(), "f.h5", "extra.n"); }),
+            "f.h5: extra.n is 3, not a string");
+  EXPECT_EQ(message([&] { json_field(o, "s", int64_t{0}, "f.h5", "extra.s"); }),
+            "f.h5: extra.s is \"text\", not an integer");
+  EXPECT_EQ(message([&] { json_field(o, "n", false, "f.h5", "extra.n"); }),
+            "f.h5: extra.n is 3, not true or false");
+  EXPECT_EQ(message([&] { json_field(o, "bad_l", std::vector<std::string>(), "f.h5", "p.l"); }),
+            "f.h5: p.l is [\"a\",1], not a list of strings");
+  EXPECT_EQ(message([&] { json_field(o, "null", 1.0, "f.h5", "extra.null"); }),
+            "f.h5: extra.null is null, not a number");
+  const auto big = json{{"k", std::string(100000, 'z')}};
+  const auto cut = message([&] { json_field(big, "k", 1.0, "f.h5", "extra.k"); });
+  EXPECT_LT(cut.size(), 200u) << cut.substr(0, 300);
+  EXPECT_NE(cut.find("(100002 bytes), not a number"), std::string::npos) << cut.substr(0, 300);
+}
+
 }  // namespace
 }  // namespace attnscope
