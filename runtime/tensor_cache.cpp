@@ -17,6 +17,7 @@
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 
+#include "runtime/memory_limit.h"
 #include "runtime/runtime.h"
 
 namespace attnscope::runtime {
@@ -91,6 +92,7 @@ class TensorCache final : public c10::Allocator {
       while (!kept_.empty() && stats_.mapped_bytes + bytes > limit)
         unmap_largest_kept();
     }
+    check_memory_limit(bytes);
     void* block = map(bytes);
     if (block == nullptr) {
       release();  // the kept blocks may be what is missing
@@ -103,6 +105,32 @@ class TensorCache final : public c10::Allocator {
     ++stats_.mapped;
     note_in_use();
     return block;
+  }
+
+  // Throws MemoryLimitExceeded when mapping `bytes` more would take the process past
+  // memory_limit(): what is resident beyond the mapped blocks, the mapped blocks (kept ones
+  // too: they hold pages until given back) and the new block. Kept blocks are given back before
+  // refusing. Untouched pages of mapped blocks are counted as resident and the rest of the
+  // process's memory as it stands, so the check errs towards mapping only where a block has
+  // pages not yet touched.
+  void check_memory_limit(std::size_t bytes) {
+    const auto& limit = memory_limit();
+    if (limit.bytes == 0) return;
+    const auto need = [&] {
+      std::lock_guard<std::mutex> lock(mutex_);
+      const std::size_t resident = resident_bytes();
+      const std::size_t other = resident > stats_.mapped_bytes ? resident - stats_.mapped_bytes : 0;
+      return other + stats_.mapped_bytes + bytes;
+    };
+    if (need() <= limit.bytes) return;
+    release();
+    const std::size_t total = need();
+    if (total <= limit.bytes) return;
+    const auto mib = [](std::size_t b) { return std::to_string((b + (1 << 20) - 1) >> 20); };
+    throw MemoryLimitExceeded(
+        "out of memory: the next tensor (" + mib(bytes) + " MiB) would take this process to " +
+        mib(total) + " MiB, past the " + mib(limit.bytes) + " MiB of " + limit.source +
+        ": lower --batch-size or the image size (or set " + kMemoryLimitEnv + ")");
   }
 
   // Blocks of a huge page or more: mapped with a huge page of slack, the slack before the

@@ -3,6 +3,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <new>
+#include <string>
+#include <utility>
 
 namespace attnscope::runtime {
 
@@ -52,5 +55,20 @@ TensorCacheStats tensor_cache_stats();
 
 /// Gives every kept block back to the kernel (blocks in use stay).
 void release_tensor_cache();
+
+/// What the tensor cache throws instead of mapping a block that would take the process past
+/// memory_limit() (memory_limit.h): the process's other resident memory, the tensors in use
+/// and the new block counted, kept blocks given back first. The kernel would otherwise end the
+/// run with SIGKILL once the pages are touched (its OOM killer), or with swapping. A bad_alloc,
+/// so whatever handles running out of memory handles this too; what() is one line with the
+/// sizes and where the limit comes from.
+class MemoryLimitExceeded : public std::bad_alloc {
+ public:
+  explicit MemoryLimitExceeded(std::string message) : message_(std::move(message)) {}
+  const char* what() const noexcept override { return message_.c_str(); }
+
+ private:
+  std::string message_;
+};
 
 }  // namespace attnscope::runtime

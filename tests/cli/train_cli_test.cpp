@@ -514,6 +514,38 @@ TEST(TrainCli, ASizeTooSmallForTheNetworkIsOneLineBeforeTraining) {
   EXPECT_FALSE(fs::exists(dir / "run/metrics.jsonl"));
 }
 
+// A batch that does not fit the memory limit (ATTNSCOPE_MEMORY_LIMIT here; a cgroup's or the
+// machine's free memory by default) is one line before any checkpoint, not the OOM killer's
+// SIGKILL. attn_small's first activation at 512 px, batch 32, is 1 GiB by itself.
+TEST(TrainCli, ABatchPastTheMemoryLimitIsOneLineBeforeAnyCheckpoint) {
+#ifdef __SANITIZE_ADDRESS__
+  GTEST_SKIP() << "no tensor cache under AddressSanitizer, so no limit to enforce";
+#endif
+  test::TempDir dir;
+  auto r = test::run_process("ATTNSCOPE_MEMORY_LIMIT=1G " + exe() + " --threads 1 train --data " +
+                             synth_data() +
+                             " --model attn_small --size 512 --batch-size 32 --workers 1"
+                             " --epochs 1 --quiet --out " +
+                             (dir / "run") + " 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_EQ(r.output.rfind("error: out of memory: the next tensor (", 0), 0u) << r.output;
+  EXPECT_NE(r.output.find(" MiB, past the 1024 MiB of ATTNSCOPE_MEMORY_LIMIT: lower --batch-size"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(count_lines(r.output), 1) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "run/last.h5"));
+  EXPECT_FALSE(fs::exists(dir / "run/metrics.jsonl"));
+  // A malformed limit is named before any work.
+  r = test::run_process("ATTNSCOPE_MEMORY_LIMIT=12Q " + exe() + " --threads 1 train --data " +
+                        synth_data() + " --model attn_small --size 32 --epochs 1 --out " +
+                        (dir / "run2") + " 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_EQ(r.output,
+            "error: ATTNSCOPE_MEMORY_LIMIT: expects a size such as 8G, 512M or "
+            "1073741824, or off; got '12Q'\n");
+  EXPECT_FALSE(fs::exists(dir / "run2"));
+}
+
 TEST(TrainCli, ARunFolderInUseByAnotherRunIsRefusedAndLeftAlone) {
   test::TempDir dir;
   if (!test::folders_lock(dir.path().string()))

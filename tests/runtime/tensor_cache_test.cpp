@@ -14,6 +14,7 @@
 #include <c10/core/CPUAllocator.h>
 #include <torch/torch.h>
 
+#include "runtime/memory_limit.h"
 #include "runtime/runtime.h"
 #include "runtime/tensor_cache.h"
 #include "test_support.h"
@@ -56,6 +57,51 @@ TEST(TensorCache, AFreedTensorsMemoryServesTheNextTensorOfTheSameSize) {
   EXPECT_NE(small.storage().data_ptr().get_deleter(), b.storage().data_ptr().get_deleter());
   EXPECT_EQ(tensor_cache_stats().mapped, after.mapped);
   EXPECT_EQ(tensor_cache_stats().mapped_bytes, after.mapped_bytes);
+}
+
+// A block past ATTNSCOPE_MEMORY_LIMIT is refused (MemoryLimitExceeded, a bad_alloc, out of
+// torch::empty) once the kept blocks are given back; within it, tensors are made as before.
+TEST(TensorCache, ABlockPastTheMemoryLimitIsRefusedAfterTheKeptBlocksGoBack) {
+  const auto base = static_cast<int64_t>(resident_bytes());
+  ASSERT_GT(base, 0);
+  ::setenv(kMemoryLimitEnv, std::to_string(base + 96 * kMiB).c_str(), 1);
+  if (memory_limit().source != kMemoryLimitEnv)
+    GTEST_SKIP() << "the limit was decided before this test (ctest runs it in its own process)";
+  cache_tensor_memory();
+  auto a = bytes_tensor(32 * kMiB);
+  std::memset(a.data_ptr(), 1, 32 * kMiB);
+  auto b = bytes_tensor(32 * kMiB);
+  std::memset(b.data_ptr(), 2, 32 * kMiB);
+  b.reset();  // kept: mapped and resident
+  const auto before = tensor_cache_stats();
+  EXPECT_EQ(before.kept_bytes, static_cast<std::size_t>(32 * kMiB));
+  // 32 in use + 32 kept + 48 new is past base + 96 MiB; without the kept block it is not.
+  auto c = bytes_tensor(48 * kMiB);
+  std::memset(c.data_ptr(), 3, 48 * kMiB);
+  EXPECT_EQ(tensor_cache_stats().unmapped, before.unmapped + 1);
+  EXPECT_EQ(tensor_cache_stats().kept_bytes, 0u);
+  // 32 + 48 in use and 64 more: refused with the sizes (MiB, rounded up) and the limit's source.
+  std::string message;
+  try {
+    bytes_tensor(64 * kMiB);
+  } catch (const MemoryLimitExceeded& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find("out of memory: the next tensor (64 MiB) would take this process to "),
+            std::string::npos)
+      << message;
+  EXPECT_NE(
+      message.find(std::to_string((base + 97 * kMiB - 1) >> 20) + " MiB of " + kMemoryLimitEnv),
+      std::string::npos)
+      << message;
+  EXPECT_THROW(bytes_tensor(64 * kMiB), std::bad_alloc);
+  // The process goes on: what fits is still made, a freed block still reused.
+  void* first = c.data_ptr();
+  c.reset();
+  auto d = bytes_tensor(40 * kMiB);
+  EXPECT_EQ(d.data_ptr(), first);
+  auto e = bytes_tensor(8 * kMiB);
+  EXPECT_EQ(e.numel(), 8 * kMiB);
 }
 
 TEST(TensorCache, AKeptBlockServesRequestsDownToHalfItsSize) {

@@ -8,6 +8,7 @@
 #include "cli.h"
 #include "pipeline/h5.h"
 #include "preprocessing/tensor.h"
+#include "runtime/memory_limit.h"
 #include "runtime/runtime.h"
 #include "runtime/tensor_cache.h"
 
@@ -66,6 +67,12 @@ int run_info(const std::vector<std::string>& args, const GlobalOptions&) {
                     ? "blocks of " + std::to_string(runtime::kTensorCacheMinBytes >> 10) +
                           " KiB and more kept for reuse by size (attnscope's tensor cache)"
                     : std::string("LibTorch's allocator"))
+            << "\n";
+  const auto& limit = runtime::memory_limit();
+  std::cout << "memory limit   "
+            << (limit.bytes == 0 ? std::string("none")
+                                 : std::to_string(limit.bytes >> 20) + " MiB, " + limit.source)
+            << (runtime::tensor_cache_enabled() ? "" : " (not enforced: the tensor cache is off)")
             << "\n";
   // Whether malloc's heap is advised is read from the kernel's own flags for its mappings.
   const bool heap_advised = runtime::heap_has_huge_page_advice();

@@ -17,6 +17,7 @@
 #include "attnscope/printable.h"
 #include "attnscope/version.h"
 #include "cli.h"
+#include "runtime/memory_limit.h"
 #include "runtime/runtime.h"
 #include "runtime/tensor_cache.h"
 
@@ -88,6 +89,7 @@ int run(int argc, char** argv) {
           global.threads > 0 ? global.threads : attnscope::runtime::available_cores(), argv);
       attnscope::runtime::set_threads(global.threads);
       attnscope::runtime::keep_freed_memory_for_reuse();
+      attnscope::runtime::memory_limit();  // ATTNSCOPE_MEMORY_LIMIT checked before any work
       attnscope::runtime::cache_tensor_memory_by_default();
       return c.run(std::vector<std::string>(args.begin() + i + 1, args.end()), global);
     }
@@ -121,6 +123,9 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     std::cerr << "error: " << attnscope::printable(e.what()) << "\n\n" << e.usage();
     return 2;
+  } catch (const attnscope::runtime::MemoryLimitExceeded& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
   } catch (const std::bad_alloc&) {
     // "error: std::bad_alloc" said nothing a user could act on.
     std::cerr << "error: out of memory (std::bad_alloc): lower --batch-size, --workers or the "

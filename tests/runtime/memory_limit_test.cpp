@@ -1,0 +1,101 @@
+// Where the memory limit comes from (runtime/memory_limit.h): sizes as the environment gives
+// them, and cgroup files laid out as the kernel lays them out (v1 and v2), in a temporary tree.
+#include "runtime/memory_limit.h"
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "test_support.h"
+
+namespace attnscope::runtime {
+namespace {
+
+constexpr std::size_t kKiB = 1024, kMiB = kKiB << 10, kGiB = kMiB << 10;
+
+TEST(MemoryLimit, SizesAreBytesOrBinaryUnits) {
+  EXPECT_EQ(parse_memory_size("1073741824"), kGiB);
+  EXPECT_EQ(parse_memory_size("8G"), 8 * kGiB);
+  EXPECT_EQ(parse_memory_size("8g"), 8 * kGiB);
+  EXPECT_EQ(parse_memory_size("512M"), 512 * kMiB);
+  EXPECT_EQ(parse_memory_size("512MiB"), 512 * kMiB);
+  EXPECT_EQ(parse_memory_size("64K"), 64 * kKiB);
+  EXPECT_EQ(parse_memory_size("2T"), 2048 * kGiB);
+  EXPECT_EQ(parse_memory_size("1.5G"), kGiB + 512 * kMiB);
+  EXPECT_EQ(parse_memory_size("off"), 0u);
+  EXPECT_EQ(parse_memory_size("0"), 0u);
+  for (const char* bad : {"", "G", "8X", "8GB", "-1G", "1.5", "1..5G", "8 G", "1e9", "0.1",
+                          "99999999999T", "nan", "0x10"})
+    EXPECT_FALSE(parse_memory_size(bad).has_value()) << bad;
+}
+
+void write(const std::filesystem::path& file, const std::string& text) {
+  std::filesystem::create_directories(file.parent_path());
+  std::ofstream(file) << text;
+}
+
+TEST(MemoryLimit, CgroupV2TakesTheSmallestLimitOfTheGroupAndItsParentsWithSwap) {
+  test::TempDir dir;
+  const std::filesystem::path root = dir.path();
+  const std::string cgroup = "0::/user.slice/job.scope\n";
+  // Nothing set anywhere ("max"), or no files at all: no limit.
+  EXPECT_EQ(cgroup_memory_limit(cgroup, root.string()), 0u);
+  write(root / "user.slice/job.scope/memory.max", "max\n");
+  write(root / "user.slice/memory.max", "max\n");
+  EXPECT_EQ(cgroup_memory_limit(cgroup, root.string()), 0u);
+  // The job's own limit, with its swap.
+  write(root / "user.slice/job.scope/memory.max", "4294967296\n");
+  std::string where;
+  EXPECT_EQ(cgroup_memory_limit(cgroup, root.string(), &where), 4 * kGiB);
+  EXPECT_EQ(where, (root / "user.slice/job.scope/memory.max").string());
+  write(root / "user.slice/job.scope/memory.swap.max", "1073741824\n");
+  EXPECT_EQ(cgroup_memory_limit(cgroup, root.string()), 5 * kGiB);
+  // A parent's smaller limit binds.
+  write(root / "user.slice/memory.max", "2147483648\n");
+  EXPECT_EQ(cgroup_memory_limit(cgroup, root.string(), &where), 2 * kGiB);
+  EXPECT_EQ(where, (root / "user.slice/memory.max").string());
+  // Inside a container: "0::/" and the namespace root's own file.
+  write(root / "memory.max", "1073741824\n");
+  EXPECT_EQ(cgroup_memory_limit("0::/\n", root.string()), kGiB);
+  // Text that is no cgroup line, or a path climbing out, is passed over.
+  EXPECT_EQ(cgroup_memory_limit("garbage\n0::../etc\n", root.string()), 0u);
+}
+
+TEST(MemoryLimit, CgroupV1ReadsTheMemoryControllersLimitsAndIgnoresUnlimited) {
+  test::TempDir dir;
+  const std::filesystem::path root = dir.path();
+  const std::string cgroup = "12:pids:/\n4:memory:/slurm/job_7\n1:name=systemd:/\n";
+  const auto group = root / "memory/slurm/job_7";
+  // v1's "unlimited": 2^63 rounded down to a page.
+  write(group / "memory.limit_in_bytes", "9223372036854771712\n");
+  write(root / "memory/slurm/memory.limit_in_bytes", "9223372036854771712\n");
+  write(root / "memory/memory.limit_in_bytes", "9223372036854771712\n");
+  EXPECT_EQ(cgroup_memory_limit(cgroup, root.string()), 0u);
+  write(group / "memory.limit_in_bytes", "3221225472\n");
+  std::string where;
+  EXPECT_EQ(cgroup_memory_limit(cgroup, root.string(), &where), 3 * kGiB);
+  EXPECT_EQ(where, (group / "memory.limit_in_bytes").string());
+  // With swap accounting, memory and swap together.
+  write(group / "memory.memsw.limit_in_bytes", "4294967296\n");
+  EXPECT_EQ(cgroup_memory_limit(cgroup, root.string(), &where), 4 * kGiB);
+  EXPECT_EQ(where, (group / "memory.memsw.limit_in_bytes").string());
+  // A controller list naming memory among others.
+  EXPECT_EQ(cgroup_memory_limit("5:cpu,memory:/slurm/job_7\n", root.string()), 4 * kGiB);
+}
+
+TEST(MemoryLimit, ResidentMemoryIsProcsOwnFigure) {
+  // The oracle: VmRSS of /proc/self/status, read right after (a few pages apart at most).
+  const auto resident = resident_bytes();
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  std::size_t vm_rss = 0;
+  while (std::getline(status, line))
+    if (line.rfind("VmRSS:", 0) == 0) vm_rss = std::stoull(line.substr(6)) * kKiB;
+  ASSERT_GT(vm_rss, 0u);
+  EXPECT_NEAR(static_cast<double>(resident), static_cast<double>(vm_rss), 8.0 * kMiB);
+}
+
+}  // namespace
+}  // namespace attnscope::runtime
