@@ -25,6 +25,7 @@
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
 #include "attnscope/folder_lock.h"
+#include "attnscope/printable.h"
 #include "attnscope/threads.h"
 #include "attnscope/version.h"
 #include "datasets/loader.h"
@@ -109,17 +110,36 @@ void add_input(datasets::Dataset& ds, std::map<std::string, int>& seen, const st
     const auto base = fs::path(list).parent_path();
     std::string line;
     int64_t number = 0;
+    // Relative lines missing under the list's folder that exist under the current one: the
+    // list was likely written from there (`ls images/*.jpg > lists/a.txt`); said once.
+    int64_t from_cwd = 0;
+    std::string first_from_cwd;
     while (std::getline(in, line)) {
       ++number;
       check(line.size() <= 65536, list, "line ", number, " is longer than 65536 bytes: not a list of paths");
       while (!line.empty() && (line.back() == '\r' || line.back() == ' '))
         line.pop_back();
       if (line.empty() || line[0] == '#') continue;
-      fs::path p(line);
+      // "@other.txt" is a list too, its path taken like any other line's.
+      const bool nested = line[0] == '@';
+      const std::string path = nested ? line.substr(1) : line;
+      fs::path p(path);
       // Relative lines are relative to the list's folder, wherever the command runs.
-      if (p.is_relative() && !base.empty()) p = base / p;
-      add_input(ds, seen, p.string(), depth + 1);
+      if (p.is_relative() && !base.empty()) {
+        p = base / p;
+        std::error_code exists_ec;
+        if (!fs::exists(fs::symlink_status(p, exists_ec)) &&
+            fs::exists(fs::symlink_status(path, exists_ec)) && from_cwd++ == 0)
+          first_from_cwd = path;
+      }
+      add_input(ds, seen, (nested ? "@" : "") + p.string(), depth + 1);
     }
+    if (from_cwd > 0)
+      ds.warnings.push_back(concat(
+          list, ": ", from_cwd, from_cwd == 1 ? " relative path (" : " relative paths (first: ",
+          excerpt(first_from_cwd, 200), ") not found under the list's folder '", base.string(),
+          "' but found under the current folder: relative paths in a list are taken from the "
+          "list's folder; write them from there or give absolute paths"));
     return;
   }
   std::error_code ec;

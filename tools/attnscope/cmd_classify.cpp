@@ -55,7 +55,8 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
   desc.add_options()                                                                         //
       ("model", po::value(&o.model)->required(), "checkpoint (.h5) of an image classifier")  //
       ("input", po::value(&inputs)->multitoken(),
-       "image files, folders (recursive) or @list.txt files of paths")  //
+       "image files, folders (recursive) or @list.txt files of paths (relative ones from the "
+       "list's folder)")  //
       ("out", po::value(&o.out_dir)->required(),
        "output folder: results.h5, predictions.csv, errors.csv")                                //
       ("batch-size", po::value(&o.batch_size)->default_value(16), "images per forward pass")    //

@@ -1,0 +1,144 @@
+// pipeline/vision/classify: collect_inputs, the inputs of `attnscope classify`, against the
+// files each test lays out itself (paths and ids written out by hand).
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "pipeline/vision/classify.h"
+#include "test_support.h"
+
+namespace attnscope {
+namespace {
+
+namespace fs = std::filesystem;
+using test::TempDir;
+
+void touch(const fs::path& path) {
+  fs::create_directories(path.parent_path());
+  std::ofstream(path) << "x";
+}
+
+void write_lines(const fs::path& path, const std::vector<std::string>& lines) {
+  fs::create_directories(path.parent_path());
+  std::ofstream out(path, std::ios::binary);
+  for (const auto& line : lines)
+    out << line << "\n";
+}
+
+// The current folder for one scope (collect_inputs resolves the lines of a list in the list's
+// own folder; the hint compares with the current one).
+class InFolder {
+ public:
+  explicit InFolder(const fs::path& folder) : previous_(fs::current_path()) {
+    fs::current_path(folder);
+  }
+  ~InFolder() {
+    std::error_code ec;
+    fs::current_path(previous_, ec);
+  }
+  InFolder(const InFolder&) = delete;
+  InFolder& operator=(const InFolder&) = delete;
+
+ private:
+  fs::path previous_;
+};
+
+std::vector<std::string> ids_of(const datasets::Dataset& ds) {
+  std::vector<std::string> ids;
+  for (const auto& s : ds.samples)
+    ids.push_back(s.image_id);
+  return ids;
+}
+
+TEST(ClassifyInputs, FoldersAreWalkedSortedWithoutHiddenEntriesAndRepeatedStemsGetSuffixes) {
+  TempDir dir;
+  const fs::path root = dir.path() / "images";
+  touch(root / "b.jpg");
+  touch(root / "a.png");
+  touch(root / "sub" / "a.jpg");     // the stem "a" again: a~2
+  touch(root / ".hidden.jpg");       // hidden file: skipped
+  touch(root / ".cache" / "c.jpg");  // inside a hidden folder: skipped
+  touch(root / "notes.txt");         // not an image, but an input (an error line later)
+  const auto ds = pipeline::collect_inputs({root.string()});
+  std::vector<std::string> paths;
+  for (const auto& s : ds.samples)
+    paths.push_back(s.path);
+  EXPECT_EQ(paths, (std::vector<std::string>{(root / "a.png").string(), (root / "b.jpg").string(),
+                                             (root / "notes.txt").string(),
+                                             (root / "sub" / "a.jpg").string()}));
+  EXPECT_EQ(ids_of(ds), (std::vector<std::string>{"a", "b", "notes", "a~2"}));
+  EXPECT_TRUE(ds.warnings.empty());
+}
+
+TEST(ClassifyInputs, ListLinesAndNestedListsAreTakenFromTheListsFolder) {
+  TempDir dir;
+  touch(dir.path() / "data" / "x.jpg");
+  touch(dir.path() / "data" / "deep" / "y.png");
+  const fs::path lists = dir.path() / "lists";
+  write_lines(lists / "main.txt", {"# a comment", "", "../data/x.jpg\r", "../data/deep/y.png  ",
+                                   "@more/inner.txt", (dir.path() / "data" / "x.jpg").string()});
+  // A nested list's own lines are taken from its folder (lists/more), not from main.txt's.
+  write_lines(lists / "more" / "inner.txt", {"../../data/deep/y.png"});
+
+  // Run from somewhere else: the current folder plays no part.
+  InFolder elsewhere(dir.path() / "data" / "deep");
+  const auto ds = pipeline::collect_inputs({"@" + (lists / "main.txt").string()});
+  ASSERT_EQ(ds.samples.size(), 4u);
+  const std::vector<fs::path> expected{
+      dir.path() / "data" / "x.jpg", dir.path() / "data" / "deep" / "y.png",
+      dir.path() / "data" / "deep" / "y.png", dir.path() / "data" / "x.jpg"};
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    SCOPED_TRACE(ds.samples[i].path);
+    EXPECT_TRUE(fs::exists(ds.samples[i].path));
+    EXPECT_TRUE(fs::equivalent(ds.samples[i].path, expected[i]));
+  }
+  EXPECT_EQ(ids_of(ds), (std::vector<std::string>{"x", "y", "y~2", "x~2"}));
+  EXPECT_TRUE(ds.warnings.empty()) << ds.warnings.front();
+}
+
+TEST(ClassifyInputs, AListWrittenFromTheCurrentFolderGetsOneHintAndItsLinesStayInputs) {
+  TempDir dir;
+  touch(dir.path() / "images" / "p.jpg");
+  touch(dir.path() / "images" / "q.jpg");
+  touch(dir.path() / "lists" / "images" / "q.jpg");  // q exists both ways: not counted
+  // What `ls images/*.jpg > lists/run.txt` writes, run in dir.
+  write_lines(dir.path() / "lists" / "run.txt",
+              {"images/p.jpg", "images/q.jpg", "images/missing.jpg"});
+  InFolder in_dir(dir.path());
+  const auto ds = pipeline::collect_inputs({"@lists/run.txt"});
+  // The rule stands (relative to the list's folder): p then fails as a missing file, q is found.
+  ASSERT_EQ(ds.samples.size(), 3u);
+  EXPECT_EQ(fs::path(ds.samples[0].path), fs::path("lists") / "images" / "p.jpg");
+  EXPECT_FALSE(fs::exists(ds.samples[0].path));
+  EXPECT_TRUE(fs::exists(ds.samples[1].path));
+  ASSERT_EQ(ds.warnings.size(), 1u);
+  const auto& w = ds.warnings.front();
+  EXPECT_NE(w.find("lists/run.txt: 1 relative path (images/p.jpg) not found under the list's "
+                   "folder 'lists' but found under the current folder"),
+            std::string::npos)
+      << w;
+
+  // More than one: counted, the first named.
+  touch(dir.path() / "images" / "missing.jpg");
+  const auto again = pipeline::collect_inputs({"@lists/run.txt"});
+  ASSERT_EQ(again.warnings.size(), 1u);
+  EXPECT_NE(again.warnings.front().find("2 relative paths (first: images/p.jpg)"),
+            std::string::npos)
+      << again.warnings.front();
+
+  // A list in the current folder: both rules agree, nothing to say.
+  write_lines(dir.path() / "here.txt", {"images/p.jpg"});
+  const auto here = pipeline::collect_inputs({"@here.txt"});
+  ASSERT_EQ(here.samples.size(), 1u);
+  EXPECT_TRUE(fs::exists(here.samples[0].path));
+  EXPECT_TRUE(here.warnings.empty());
+}
+
+}  // namespace
+}  // namespace attnscope
