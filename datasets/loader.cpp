@@ -13,6 +13,7 @@
 #include "datasets/splits.h"
 #include "preprocessing/augment.h"
 #include "preprocessing/decode.h"
+#include "runtime/tensor_cache.h"
 
 namespace attnscope::datasets {
 
@@ -261,6 +262,8 @@ Batch Loader::build(int64_t batch_index) const {
     } catch (const cv::Exception& e) {
       batch.errors.push_back({meta.image_id, meta.path, concat("OpenCV: ", e.err)});
       continue;
+    } catch (const runtime::MemoryLimitExceeded&) {
+      throw;  // the run's (a batch or image size too large), not this image's: to next()
     } catch (const std::bad_alloc&) {
       batch.errors.push_back({meta.image_id, meta.path, "out of memory while decoding"});
       continue;

@@ -84,7 +84,7 @@ std::optional<std::size_t> parse_memory_size(const std::string& text) {
 }
 
 std::size_t cgroup_memory_limit(const std::string& proc_self_cgroup, const std::string& root,
-                                std::string* where) {
+                                std::string* where, std::size_t swap_total) {
   std::size_t best = 0;
   const auto consider = [&](std::size_t bytes, const std::string& file) {
     if (bytes == 0 || (best != 0 && bytes >= best)) return;
@@ -115,14 +115,22 @@ std::size_t cgroup_memory_limit(const std::string& proc_self_cgroup, const std::
       const std::string dir = base + (path == "/" ? "" : path);
       if (v2) {
         const auto memory = limit_in(dir + "/memory.max");
-        const auto swap = limit_in(dir + "/memory.swap.max");
-        if (memory != 0) consider(memory + swap, dir + "/memory.max");
+        const auto swap = std::min(limit_in(dir + "/memory.swap.max"), swap_total);
+        if (memory != 0)
+          consider(memory + swap,
+                   dir + (swap != 0 ? "/memory.max and memory.swap.max" : "/memory.max"));
       } else {
+        // memsw is memory and swap together: at most the memory limit and the machine's swap.
         const auto both = limit_in(dir + "/memory.memsw.limit_in_bytes");
-        if (both != 0)
+        const auto memory = limit_in(dir + "/memory.limit_in_bytes");
+        if (both != 0 && (memory == 0 || memory + std::min(swap_total, both) >= both))
           consider(both, dir + "/memory.memsw.limit_in_bytes");
+        else if (both != 0)
+          consider(
+              memory + std::min(swap_total, both),
+              dir + "/memory.limit_in_bytes" + (swap_total != 0 ? " and the machine's swap" : ""));
         else
-          consider(limit_in(dir + "/memory.limit_in_bytes"), dir + "/memory.limit_in_bytes");
+          consider(memory, dir + "/memory.limit_in_bytes");
       }
       if (path == "/") break;
       const auto slash = path.rfind('/');
@@ -146,35 +154,63 @@ std::size_t resident_bytes() {
   return static_cast<std::size_t>(resident) * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
 }
 
+namespace {
+
+// MemAvailable + SwapFree + this process's resident memory; 0 without MemAvailable.
+std::size_t free_memory(const std::string& meminfo) {
+  const auto available = meminfo_bytes(meminfo, "MemAvailable");
+  if (available == 0) return 0;
+  return available + meminfo_bytes(meminfo, "SwapFree") + resident_bytes();
+}
+
+// The smaller of the cgroup's limit and `free` (either 0: none).
+void take_smaller(MemoryLimit& out, std::size_t free, const std::string& free_source) {
+  out.bytes = free;
+  out.source = free_source;
+  out.from_free_memory = free != 0;
+  if (out.cgroup_bytes != 0 && (out.bytes == 0 || out.cgroup_bytes <= out.bytes)) {
+    out.bytes = out.cgroup_bytes;
+    out.source = "the cgroup's limit (" + out.cgroup_where + ")";
+    out.from_free_memory = false;
+  }
+}
+
+}  // namespace
+
 const MemoryLimit& memory_limit() {
   static const MemoryLimit limit = [] {
     MemoryLimit out;
-    if (const char* env = std::getenv(kMemoryLimitEnv); env != nullptr && *env != '\0') {
-      const auto bytes = parse_memory_size(env);
-      check(bytes.has_value(), kMemoryLimitEnv,
+    const char* env = std::getenv(kMemoryLimitEnv);
+    std::optional<std::size_t> asked;
+    if (env != nullptr && *env != '\0') {
+      asked = parse_memory_size(env);
+      check(asked.has_value(), kMemoryLimitEnv,
             concat("expects a size such as 8G, 512M or 1073741824, or off; got '", excerpt(env, 40),
                    "'"));
-      out.bytes = *bytes;
-      out.source = kMemoryLimitEnv;
-      return out;
+      if (*asked == 0) return out;  // off: no limit at all
     }
     const auto meminfo = read_small_file("/proc/meminfo");
-    const std::size_t free = meminfo_bytes(meminfo, "MemAvailable") +
-                             meminfo_bytes(meminfo, "SwapFree") + resident_bytes();
-    if (meminfo_bytes(meminfo, "MemAvailable") > 0) {
-      out.bytes = free;
-      out.source = "the memory this machine had free when the run started";
+    out.cgroup_bytes = cgroup_memory_limit(read_small_file("/proc/self/cgroup"), "/sys/fs/cgroup",
+                                           &out.cgroup_where, meminfo_bytes(meminfo, "SwapTotal"));
+    if (asked) {
+      take_smaller(out, *asked, kMemoryLimitEnv);
+      out.from_free_memory = false;
+      return out;
     }
-    std::string where;
-    const auto cgroup =
-        cgroup_memory_limit(read_small_file("/proc/self/cgroup"), "/sys/fs/cgroup", &where);
-    if (cgroup != 0 && (out.bytes == 0 || cgroup < out.bytes)) {
-      out.bytes = cgroup;
-      out.source = "the cgroup's limit (" + where + ")";
-    }
+    take_smaller(out, free_memory(meminfo),
+                 "the memory this machine had free when the run started");
     return out;
   }();
   return limit;
+}
+
+MemoryLimit memory_limit_now() {
+  MemoryLimit now = memory_limit();
+  if (now.from_free_memory)
+    take_smaller(now, free_memory(read_small_file("/proc/meminfo")),
+                 "the memory this machine has free (MemAvailable and SwapFree of /proc/meminfo, "
+                 "and this process's own)");
+  return now;
 }
 
 }  // namespace attnscope::runtime

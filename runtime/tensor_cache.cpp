@@ -126,11 +126,16 @@ class TensorCache final : public c10::Allocator {
     release();
     const std::size_t total = need();
     if (total <= limit.bytes) return;
-    const auto mib = [](std::size_t b) { return std::to_string((b + (1 << 20) - 1) >> 20); };
-    throw MemoryLimitExceeded(
-        "out of memory: the next tensor (" + mib(bytes) + " MiB) would take this process to " +
-        mib(total) + " MiB, past the " + mib(limit.bytes) + " MiB of " + limit.source +
-        ": lower --batch-size or the image size (or set " + kMemoryLimitEnv + ")");
+    // Memory other processes held when the run started may be free now.
+    const auto now = limit.from_free_memory ? memory_limit_now() : limit;
+    if (now.bytes == 0 || total <= now.bytes) return;
+    // Sizes rounded up, the limit down: the message never reads "1025 MiB, past the 1025 MiB".
+    const auto up = [](std::size_t b) { return std::to_string((b + (1 << 20) - 1) >> 20); };
+    const auto down = [](std::size_t b) { return std::to_string(b >> 20); };
+    throw MemoryLimitExceeded("out of memory: the next tensor (" + up(bytes) +
+                              " MiB) would take this process to " + up(total) + " MiB, past the " +
+                              down(now.bytes) + " MiB of " + now.source +
+                              ": lower --batch-size or the image size");
   }
 
   // Blocks of a huge page or more: mapped with a huge page of slack, the slack before the
@@ -227,6 +232,7 @@ bool cache_tensor_memory_by_default() {
 #else
   if (const char* env = std::getenv(kTensorCacheEnv); env != nullptr && std::string(env) == "0")
     return false;
+  memory_limit();  // a malformed ATTNSCOPE_MEMORY_LIMIT is an Error here, not in an allocation
   cache_tensor_memory();
   return true;
 #endif

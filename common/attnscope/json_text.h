@@ -3,6 +3,8 @@
 // one-line messages. For targets that use nlohmann_json.
 
 #include <cstddef>
+#include <cstdint>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -83,17 +85,47 @@ const char* json_type_name() {
 /// `object[key]` read as T, for JSON from a file: `fallback` when `object` is not an object or
 /// has no `key`; a value of another type is an Error naming `subject` and `field` (how the
 /// message names it, e.g. "provenance.cwd"), where nlohmann's value() and get<>() throw a
-/// type_error that names neither.
+/// type_error that names neither. An integer T takes only integers within its range (nlohmann
+/// converts 1.5 to 1 and 2^64 - 1 to -1 without a word); a floating T any number.
 template <class T>
 T json_field(const nlohmann::json& object, const std::string& key, T fallback,
              const std::string& subject, const std::string& field) {
   if (!object.is_object()) return fallback;
   const auto it = object.find(key);
   if (it == object.end()) return fallback;
-  try {
+  const auto wrong = [&](const std::string& what) {
+    return Error(subject, field + " is " + json_excerpt(*it, 80) + ", " + what);
+  };
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    using Limits = std::numeric_limits<T>;
+    const auto out_of_range = [&] {
+      return wrong("an integer out of range (" + std::to_string(Limits::min()) + " to " +
+                   std::to_string(Limits::max()) + ")");
+    };
+    if (it->is_number_unsigned()) {
+      const auto v = it->template get<std::uint64_t>();
+      if (v > static_cast<std::uint64_t>(Limits::max())) throw out_of_range();
+      return static_cast<T>(v);
+    }
+    if (!it->is_number_integer()) throw wrong(std::string("not ") + json_type_name<T>());
+    const auto v = it->template get<std::int64_t>();  // negative: is_number_unsigned() was not
+    if constexpr (std::is_signed_v<T>) {
+      if (v < static_cast<std::int64_t>(Limits::min()) ||
+          v > static_cast<std::int64_t>(Limits::max()))
+        throw out_of_range();
+    } else {
+      throw out_of_range();
+    }
+    return static_cast<T>(v);
+  } else if constexpr (std::is_floating_point_v<T>) {
+    if (!it->is_number()) throw wrong(std::string("not ") + json_type_name<T>());
     return it->template get<T>();
-  } catch (const nlohmann::json::exception&) {
-    throw Error(subject, field + " is " + json_excerpt(*it, 80) + ", not " + json_type_name<T>());
+  } else {
+    try {
+      return it->template get<T>();
+    } catch (const nlohmann::json::exception&) {
+      throw wrong(std::string("not ") + json_type_name<T>());
+    }
   }
 }
 

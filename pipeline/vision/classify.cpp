@@ -121,16 +121,25 @@ void add_input(datasets::Dataset& ds, std::map<std::string, int>& seen, const st
         line.pop_back();
       if (line.empty() || line[0] == '#') continue;
       // "@other.txt" is a list too, its path taken like any other line's.
+      // (A file whose name starts with '@' is written ./@name.)
       const bool nested = line[0] == '@';
       const std::string path = nested ? line.substr(1) : line;
+      check(!path.empty(), list, "line ", number, ": '@' names no list");
       fs::path p(path);
       // Relative lines are relative to the list's folder, wherever the command runs.
       if (p.is_relative() && !base.empty()) {
         p = base / p;
         std::error_code exists_ec;
-        if (!fs::exists(fs::symlink_status(p, exists_ec)) &&
-            fs::exists(fs::symlink_status(path, exists_ec)) && from_cwd++ == 0)
-          first_from_cwd = path;
+        const bool from_here = !fs::exists(fs::symlink_status(p, exists_ec)) &&
+                               fs::exists(fs::symlink_status(path, exists_ec));
+        // A nested list is read at once: its absence ends the run, so the hint goes with it.
+        if (nested && from_here)
+          throw Error(list, concat("line ", number, ": the list '@", excerpt(path, 200),
+                                   "' is not under the list's folder '", base.string(),
+                                   "' but is under the current folder: relative paths in a list "
+                                   "are taken from the list's folder; write them from there or "
+                                   "give absolute paths"));
+        if (from_here && from_cwd++ == 0) first_from_cwd = path;
       }
       add_input(ds, seen, (nested ? "@" : "") + p.string(), depth + 1);
     }

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <exception>
+#include <mutex>
 #include <thread>
 
 #include <torch/torch.h>
@@ -12,6 +14,7 @@
 #include "attnscope/output_checks.h"
 #include "attnscope/threads.h"
 #include "datasets/text/tokenizer.h"
+#include "runtime/tensor_cache.h"
 
 namespace attnscope::pipeline {
 namespace {
@@ -132,11 +135,20 @@ ImageCacheReport write_image_cache(const std::string& path, const datasets::Samp
     std::vector<preprocessing::Processed> done(last - first);
     std::vector<std::string> errors(last - first);
     std::atomic<std::size_t> next{first};
+    // The memory limit reached (runtime/tensor_cache.h) is the run's end, not one image's
+    // failure: the first is thrown here after the workers have stopped.
+    std::mutex fatal_mutex;
+    std::exception_ptr fatal;
     auto work = [&] {
       for (std::size_t i = next++; i < last; i = next++) {
         try {
           const auto data = source.load(i);
           done[i - first] = pipeline.process(data.image, data.mask);
+        } catch (const runtime::MemoryLimitExceeded&) {
+          std::lock_guard<std::mutex> lock(fatal_mutex);
+          if (!fatal) fatal = std::current_exception();
+          next = last;
+          return;
         } catch (const Error& e) {
           errors[i - first] = e.what();
         } catch (const cv::Exception& e) {
@@ -154,6 +166,7 @@ ImageCacheReport write_image_cache(const std::string& path, const datasets::Samp
     work();
     for (auto& t : pool)
       t.join();
+    if (fatal) std::rethrow_exception(fatal);
 
     for (std::size_t i = first; i < last; ++i) {
       const auto& s = source.sample(i);

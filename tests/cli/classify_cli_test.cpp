@@ -761,8 +761,6 @@ TEST(CliClassify, ACheckpointWhoseImagesAreTooSmallForItsNetworkIsOneLine) {
   EXPECT_EQ(e.output.find("frame #"), std::string::npos) << e.output;
 }
 
-// --masks: a path that is not a folder is an error naming it, before any work; a folder none
-// of whose files matches an input is one warning, and the run goes on.
 // A batch that does not fit the memory limit stops the run with one line (the images are not
 // failures of their own), keeping what earlier batches committed; attn_small's first activation
 // at 1024 px, batch 8, is 1 GiB by itself.
@@ -784,6 +782,8 @@ TEST(CliClassify, ABatchPastTheMemoryLimitIsOneLine) {
   EXPECT_LT(r.output.size(), 1000u) << r.output;
 }
 
+// --masks: a path that is not a folder is an error naming it, before any work; a folder none
+// of whose files matches an input is one warning, and the run goes on.
 TEST(CliClassify, AMasksFolderThatIsMissingOrMatchesNothingIsSaidInOneLine) {
   test::TempDir dir;
   const auto model = make_checkpoint(dir);

@@ -5,15 +5,17 @@
 #include <chrono>
 #include <ctime>
 #include <fstream>
+#include <functional>
 #include <set>
 #include <thread>
 
+#include <torch/torch.h>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
-#include <torch/torch.h>
 
 #include "attnscope/error.h"
 #include "datasets/loader.h"
+#include "runtime/tensor_cache.h"
 #include "test_support.h"
 
 namespace attnscope::datasets {
@@ -166,6 +168,59 @@ TEST(Loader, WorkersStopAtTheQueueBound) {
   EXPECT_EQ(total, 20);
   EXPECT_EQ(source->loads, 40);
   EXPECT_EQ(source->over_bound, 0) << "loads started beyond the queue bound";
+}
+
+// A source whose load() of one sample throws what it is given (an allocation failure).
+class ThrowingSource : public SampleSource {
+ public:
+  ThrowingSource(std::shared_ptr<SyntheticSource> inner, std::size_t bad,
+                 std::function<void()> raise)
+      : inner_(std::move(inner)), bad_(bad), raise_(std::move(raise)) {}
+  std::size_t size() const override { return inner_->size(); }
+  const Sample& sample(std::size_t i) const override { return inner_->sample(i); }
+  const std::vector<std::string>& class_names() const override { return inner_->class_names(); }
+  SampleData load(std::size_t i) const override {
+    if (i == bad_) raise_();
+    return inner_->load(i);
+  }
+
+ private:
+  std::shared_ptr<SyntheticSource> inner_;
+  std::size_t bad_;
+  std::function<void()> raise_;
+};
+
+// Running out of memory in one image is that image's error; reaching the memory limit
+// (runtime::MemoryLimitExceeded: the batch or image size is too large for the run) ends the
+// epoch in next(), with the limit's own message, whichever thread loads.
+TEST(Loader, TheMemoryLimitEndsTheRunWhereOtherOutOfMemoryIsTheImagesError) {
+  for (int workers : {0, 2}) {
+    LoaderOptions o;
+    o.batch_size = 2;
+    o.workers = workers;
+    {
+      auto source =
+          std::make_shared<ThrowingSource>(synthetic(6), 3, [] { throw std::bad_alloc(); });
+      Loader loader(source, small_pipeline(false), o);
+      const auto batches = epoch(loader, 0);
+      ASSERT_EQ(batches.size(), 3u) << workers;
+      ASSERT_EQ(batches[1].errors.size(), 1u) << workers;
+      EXPECT_EQ(batches[1].errors[0].message, "out of memory while decoding");
+      EXPECT_EQ(batches[1].size(), 1);
+    }
+    auto source = std::make_shared<ThrowingSource>(synthetic(6), 3, [] {
+      throw runtime::MemoryLimitExceeded("out of memory: the next tensor (9 MiB) ...");
+    });
+    Loader loader(source, small_pipeline(false), o);
+    loader.start_epoch(0);
+    ASSERT_TRUE(loader.next().has_value()) << workers;  // samples 0 and 1
+    try {
+      loader.next();
+      ADD_FAILURE() << "no exception, workers " << workers;
+    } catch (const runtime::MemoryLimitExceeded& e) {
+      EXPECT_STREQ(e.what(), "out of memory: the next tensor (9 MiB) ...");
+    }
+  }
 }
 
 // A source whose load() spends a known time: `cpu_ms` of its own thread's CPU (a busy loop on

@@ -115,6 +115,26 @@ TEST(JsonText, FieldsAreReadOrTheirFallbackAndAnotherTypeIsNamed) {
             "f.h5: p.l is [\"a\",1], not a list of strings");
   EXPECT_EQ(message([&] { json_field(o, "null", 1.0, "f.h5", "extra.null"); }),
             "f.h5: extra.null is null, not a number");
+  // Integers only where an integer is read, within the type's range (nlohmann's get<> turns
+  // 1.5 into 1 and 2^64 - 1 into -1); a number of any kind where a double is read.
+  const auto n = json::parse(R"({"half": 1.5, "big": 18446744073709551615, "neg": -1,
+                                 "e": 1e300, "i": 4})");
+  EXPECT_EQ(message([&] { json_field(n, "half", int64_t{0}, "f.h5", "p.world_size"); }),
+            "f.h5: p.world_size is 1.5, not an integer");
+  EXPECT_EQ(message([&] { json_field(n, "e", int64_t{0}, "f.h5", "p.e"); }),
+            "f.h5: p.e is 1e+300, not an integer");
+  EXPECT_EQ(message([&] { json_field(n, "big", int64_t{0}, "f.h5", "p.big"); }),
+            "f.h5: p.big is 18446744073709551615, an integer out of range "
+            "(-9223372036854775808 to 9223372036854775807)");
+  EXPECT_EQ(message([&] { json_field(n, "neg", uint32_t{0}, "f.h5", "p.neg"); }),
+            "f.h5: p.neg is -1, an integer out of range (0 to 4294967295)");
+  EXPECT_EQ(message([&] { json_field(n, "big", int32_t{0}, "f.h5", "p.big"); }),
+            "f.h5: p.big is 18446744073709551615, an integer out of range "
+            "(-2147483648 to 2147483647)");
+  EXPECT_EQ(json_field(n, "big", uint64_t{0}, "f.h5", "p.big"), UINT64_MAX);
+  EXPECT_EQ(json_field(n, "neg", int64_t{0}, "f.h5", "p.neg"), -1);
+  EXPECT_EQ(json_field(n, "i", 0.0, "f.h5", "p.i"), 4.0);
+  EXPECT_EQ(json_field(n, "half", 0.0f, "f.h5", "p.half"), 1.5f);
   const auto big = json{{"k", std::string(100000, 'z')}};
   const auto cut = message([&] { json_field(big, "k", 1.0, "f.h5", "extra.k"); });
   EXPECT_LT(cut.size(), 200u) << cut.substr(0, 300);

@@ -2,6 +2,7 @@
 // them, and cgroup files laid out as the kernel lays them out (v1 and v2), in a temporary tree.
 #include "runtime/memory_limit.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -51,7 +52,17 @@ TEST(MemoryLimit, CgroupV2TakesTheSmallestLimitOfTheGroupAndItsParentsWithSwap) 
   EXPECT_EQ(cgroup_memory_limit(cgroup, root.string(), &where), 4 * kGiB);
   EXPECT_EQ(where, (root / "user.slice/job.scope/memory.max").string());
   write(root / "user.slice/job.scope/memory.swap.max", "1073741824\n");
-  EXPECT_EQ(cgroup_memory_limit(cgroup, root.string()), 5 * kGiB);
+  EXPECT_EQ(cgroup_memory_limit(cgroup, root.string(), &where), 5 * kGiB);
+  EXPECT_EQ(where, (root / "user.slice/job.scope/memory.max and memory.swap.max").string());
+  // Swap counts as far as the machine has it: none (`docker run --memory=4g` on a machine
+  // without swap writes a swap limit all the same), or 512 MiB.
+  EXPECT_EQ(cgroup_memory_limit(cgroup, root.string(), &where, 0), 4 * kGiB);
+  EXPECT_EQ(where, (root / "user.slice/job.scope/memory.max").string());
+  EXPECT_EQ(cgroup_memory_limit(cgroup, root.string(), nullptr, 512 * kMiB), 4 * kGiB + 512 * kMiB);
+  // Unlimited swap ("max") is not counted.
+  write(root / "user.slice/job.scope/memory.swap.max", "max\n");
+  EXPECT_EQ(cgroup_memory_limit(cgroup, root.string()), 4 * kGiB);
+  write(root / "user.slice/job.scope/memory.swap.max", "1073741824\n");
   // A parent's smaller limit binds.
   write(root / "user.slice/memory.max", "2147483648\n");
   EXPECT_EQ(cgroup_memory_limit(cgroup, root.string(), &where), 2 * kGiB);
@@ -77,12 +88,48 @@ TEST(MemoryLimit, CgroupV1ReadsTheMemoryControllersLimitsAndIgnoresUnlimited) {
   std::string where;
   EXPECT_EQ(cgroup_memory_limit(cgroup, root.string(), &where), 3 * kGiB);
   EXPECT_EQ(where, (group / "memory.limit_in_bytes").string());
-  // With swap accounting, memory and swap together.
+  // With swap accounting, memory and swap together — as far as the machine has swap.
   write(group / "memory.memsw.limit_in_bytes", "4294967296\n");
   EXPECT_EQ(cgroup_memory_limit(cgroup, root.string(), &where), 4 * kGiB);
   EXPECT_EQ(where, (group / "memory.memsw.limit_in_bytes").string());
+  EXPECT_EQ(cgroup_memory_limit(cgroup, root.string(), &where, 0), 3 * kGiB);
+  EXPECT_EQ(where, (group / "memory.limit_in_bytes").string());
+  EXPECT_EQ(cgroup_memory_limit(cgroup, root.string(), &where, 256 * kMiB), 3 * kGiB + 256 * kMiB);
+  EXPECT_EQ(where, (group / "memory.limit_in_bytes").string() + " and the machine's swap");
+  EXPECT_EQ(cgroup_memory_limit(cgroup, root.string(), &where, 2 * kGiB), 4 * kGiB);
+  EXPECT_EQ(where, (group / "memory.memsw.limit_in_bytes").string());
   // A controller list naming memory among others.
   EXPECT_EQ(cgroup_memory_limit("5:cpu,memory:/slurm/job_7\n", root.string()), 4 * kGiB);
+}
+
+// The oracle: /proc/meminfo and /proc/self/status read here, before and after.
+std::size_t free_memory_read_here() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string line;
+  std::size_t total = 0;
+  while (std::getline(meminfo, line))
+    if (line.rfind("MemAvailable:", 0) == 0 || line.rfind("SwapFree:", 0) == 0)
+      total += std::stoull(line.substr(line.find(':') + 1)) * kKiB;
+  std::ifstream status("/proc/self/status");
+  while (std::getline(status, line))
+    if (line.rfind("VmRSS:", 0) == 0) total += std::stoull(line.substr(6)) * kKiB;
+  return total;
+}
+
+// A limit from the machine's free memory is read again before a refusal (memory other
+// processes held at the start may be free by then).
+TEST(MemoryLimit, TheFreeMemoryLimitIsReadAgainWhenAsked) {
+  if (!memory_limit().from_free_memory)
+    GTEST_SKIP() << "this process's limit comes from " << memory_limit().source;
+  const auto before = free_memory_read_here();
+  const auto now = memory_limit_now();
+  const auto after = free_memory_read_here();
+  if (now.source.rfind("the cgroup", 0) == 0) GTEST_SKIP() << "the cgroup's limit binds now";
+  EXPECT_TRUE(now.from_free_memory);
+  EXPECT_EQ(now.source.find("the memory this machine has free"), 0u) << now.source;
+  // Other processes may allocate or free between the reads: 256 MiB of slack either side.
+  EXPECT_GE(now.bytes + 256 * kMiB, std::min(before, after));
+  EXPECT_LE(now.bytes, std::max(before, after) + 256 * kMiB);
 }
 
 TEST(MemoryLimit, ResidentMemoryIsProcsOwnFigure) {

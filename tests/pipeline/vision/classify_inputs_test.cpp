@@ -132,6 +132,25 @@ TEST(ClassifyInputs, AListWrittenFromTheCurrentFolderGetsOneHintAndItsLinesStayI
             std::string::npos)
       << again.warnings.front();
 
+  // A nested list written the same way is read at once: its absence is the error, with the hint.
+  write_lines(dir.path() / "part.txt", {"images/p.jpg"});
+  write_lines(dir.path() / "lists" / "outer.txt", {"# parts", "@part.txt"});
+  EXPECT_EQ(test::error_of([] { pipeline::collect_inputs({"@lists/outer.txt"}); }),
+            "lists/outer.txt: line 2: the list '@part.txt' is not under the list's folder 'lists' "
+            "but is under the current folder: relative paths in a list are taken from the list's "
+            "folder; write them from there or give absolute paths");
+  // A line "@" alone names no list.
+  write_lines(dir.path() / "lists" / "lone.txt", {"@"});
+  EXPECT_EQ(test::error_of([] { pipeline::collect_inputs({"@lists/lone.txt"}); }),
+            "lists/lone.txt: line 1: '@' names no list");
+  // A file whose name starts with '@' is written ./@name.
+  touch(dir.path() / "lists" / "@odd.jpg");
+  write_lines(dir.path() / "lists" / "odd.txt", {"./@odd.jpg"});
+  const auto odd = pipeline::collect_inputs({"@lists/odd.txt"});
+  ASSERT_EQ(odd.samples.size(), 1u);
+  EXPECT_TRUE(fs::exists(odd.samples[0].path));
+  EXPECT_EQ(odd.samples[0].image_id, "@odd");
+
   // A list in the current folder: both rules agree, nothing to say.
   write_lines(dir.path() / "here.txt", {"images/p.jpg"});
   const auto here = pipeline::collect_inputs({"@here.txt"});
