@@ -112,7 +112,8 @@ class TensorCache final : public c10::Allocator {
   // too: they hold pages until given back) and the new block. Kept blocks are given back before
   // refusing. Untouched pages of mapped blocks are counted as resident and the rest of the
   // process's memory as it stands, so the check errs towards mapping only where a block has
-  // pages not yet touched.
+  // pages not yet touched. Best effort between threads: two that check at the same moment may
+  // both map (the loader's workers map small decoded images; the batches come from one thread).
   void check_memory_limit(std::size_t bytes) {
     const auto& limit = memory_limit();
     if (limit.bytes == 0) return;
