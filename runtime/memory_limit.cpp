@@ -123,14 +123,14 @@ std::size_t cgroup_memory_limit(const std::string& proc_self_cgroup, const std::
         // memsw is memory and swap together: at most the memory limit and the machine's swap.
         const auto both = limit_in(dir + "/memory.memsw.limit_in_bytes");
         const auto memory = limit_in(dir + "/memory.limit_in_bytes");
-        if (both != 0 && (memory == 0 || memory + std::min(swap_total, both) >= both))
-          consider(both, dir + "/memory.memsw.limit_in_bytes");
-        else if (both != 0)
-          consider(
-              memory + std::min(swap_total, both),
-              dir + "/memory.limit_in_bytes" + (swap_total != 0 ? " and the machine's swap" : ""));
-        else
+        const auto with_swap = memory + std::min(swap_total, both);  // both < 2^62: no overflow
+        if (both == 0)
           consider(memory, dir + "/memory.limit_in_bytes");
+        else if (memory != 0 && with_swap < both)
+          consider(with_swap, dir + "/memory.limit_in_bytes" +
+                                  (swap_total != 0 ? " and the machine's swap" : ""));
+        else
+          consider(both, dir + "/memory.memsw.limit_in_bytes");
       }
       if (path == "/") break;
       const auto slash = path.rfind('/');
@@ -163,11 +163,12 @@ std::size_t free_memory(const std::string& meminfo) {
   return available + meminfo_bytes(meminfo, "SwapFree") + resident_bytes();
 }
 
-// The smaller of the cgroup's limit and `free` (either 0: none).
-void take_smaller(MemoryLimit& out, std::size_t free, const std::string& free_source) {
-  out.bytes = free;
-  out.source = free_source;
-  out.from_free_memory = free != 0;
+// The smaller of the cgroup's limit and `bytes` (either 0: none), from `source`.
+void take_smaller(MemoryLimit& out, std::size_t bytes, const std::string& source,
+                  bool from_free_memory) {
+  out.bytes = bytes;
+  out.source = source;
+  out.from_free_memory = from_free_memory && bytes != 0;
   if (out.cgroup_bytes != 0 && (out.bytes == 0 || out.cgroup_bytes <= out.bytes)) {
     out.bytes = out.cgroup_bytes;
     out.source = "the cgroup's limit (" + out.cgroup_where + ")";
@@ -193,12 +194,11 @@ const MemoryLimit& memory_limit() {
     out.cgroup_bytes = cgroup_memory_limit(read_small_file("/proc/self/cgroup"), "/sys/fs/cgroup",
                                            &out.cgroup_where, meminfo_bytes(meminfo, "SwapTotal"));
     if (asked) {
-      take_smaller(out, *asked, kMemoryLimitEnv);
-      out.from_free_memory = false;
+      take_smaller(out, *asked, kMemoryLimitEnv, false);
       return out;
     }
-    take_smaller(out, free_memory(meminfo),
-                 "the memory this machine had free when the run started");
+    take_smaller(out, free_memory(meminfo), "the memory this machine had free when the run started",
+                 true);
     return out;
   }();
   return limit;
@@ -209,7 +209,8 @@ MemoryLimit memory_limit_now() {
   if (now.from_free_memory)
     take_smaller(now, free_memory(read_small_file("/proc/meminfo")),
                  "the memory this machine has free (MemAvailable and SwapFree of /proc/meminfo, "
-                 "and this process's own)");
+                 "and this process's own)",
+                 true);
   return now;
 }
 

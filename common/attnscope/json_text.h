@@ -102,20 +102,19 @@ T json_field(const nlohmann::json& object, const std::string& key, T fallback,
       return wrong("an integer out of range (" + std::to_string(Limits::min()) + " to " +
                    std::to_string(Limits::max()) + ")");
     };
-    if (it->is_number_unsigned()) {
+    if (!it->is_number_integer()) throw wrong(std::string("not ") + json_type_name<T>());
+    if (it->is_number_unsigned()) {  // up to 2^64 - 1
       const auto v = it->template get<std::uint64_t>();
       if (v > static_cast<std::uint64_t>(Limits::max())) throw out_of_range();
       return static_cast<T>(v);
     }
-    if (!it->is_number_integer()) throw wrong(std::string("not ") + json_type_name<T>());
-    const auto v = it->template get<std::int64_t>();  // negative: is_number_unsigned() was not
-    if constexpr (std::is_signed_v<T>) {
-      if (v < static_cast<std::int64_t>(Limits::min()) ||
-          v > static_cast<std::int64_t>(Limits::max()))
-        throw out_of_range();
-    } else {
-      throw out_of_range();
-    }
+    const auto v = it->template get<std::int64_t>();
+    bool fits =
+        v >= 0 && static_cast<std::uint64_t>(v) <= static_cast<std::uint64_t>(Limits::max());
+    if constexpr (std::is_signed_v<T>)
+      fits = v >= static_cast<std::int64_t>(Limits::min()) &&
+             v <= static_cast<std::int64_t>(Limits::max());
+    if (!fits) throw out_of_range();
     return static_cast<T>(v);
   } else if constexpr (std::is_floating_point_v<T>) {
     if (!it->is_number()) throw wrong(std::string("not ") + json_type_name<T>());

@@ -95,6 +95,10 @@ void add_file(datasets::Dataset& ds, std::map<std::string, int>& seen, const std
   ds.samples.push_back(std::move(s));
 }
 
+constexpr const char* kListRule =
+    "relative paths in a list are taken from the list's folder; write them from there or give "
+    "absolute paths";
+
 void add_input(datasets::Dataset& ds, std::map<std::string, int>& seen, const std::string& input,
                int depth) {
   check(depth < 8, input, "list files nest too deeply");
@@ -136,9 +140,7 @@ void add_input(datasets::Dataset& ds, std::map<std::string, int>& seen, const st
         if (nested && from_here)
           throw Error(list, concat("line ", number, ": the list '@", excerpt(path, 200),
                                    "' is not under the list's folder '", base.string(),
-                                   "' but is under the current folder: relative paths in a list "
-                                   "are taken from the list's folder; write them from there or "
-                                   "give absolute paths"));
+                                   "' but is under the current folder: ", kListRule));
         if (from_here && from_cwd++ == 0) first_from_cwd = path;
       }
       add_input(ds, seen, (nested ? "@" : "") + p.string(), depth + 1);
@@ -147,8 +149,7 @@ void add_input(datasets::Dataset& ds, std::map<std::string, int>& seen, const st
       ds.warnings.push_back(concat(
           list, ": ", from_cwd, from_cwd == 1 ? " relative path (" : " relative paths (first: ",
           excerpt(first_from_cwd, 200), ") not found under the list's folder '", base.string(),
-          "' but found under the current folder: relative paths in a list are taken from the "
-          "list's folder; write them from there or give absolute paths"));
+          "' but found under the current folder: ", kListRule));
     return;
   }
   std::error_code ec;

@@ -132,6 +132,12 @@ TEST(JsonText, FieldsAreReadOrTheirFallbackAndAnotherTypeIsNamed) {
             "f.h5: p.big is 18446744073709551615, an integer out of range "
             "(-2147483648 to 2147483647)");
   EXPECT_EQ(json_field(n, "big", uint64_t{0}, "f.h5", "p.big"), UINT64_MAX);
+  // A signed integer made in code (not parsed) is read as an unsigned one when it fits.
+  EXPECT_EQ(json_field(json{{"k", int64_t{5}}}, "k", uint32_t{0}, "f.h5", "p.k"), 5u);
+  EXPECT_EQ(message([&] {
+              json_field(json{{"k", int64_t{-5}}}, "k", uint32_t{0}, "f.h5", "p.k");
+            }),
+            "f.h5: p.k is -5, an integer out of range (0 to 4294967295)");
   EXPECT_EQ(json_field(n, "neg", int64_t{0}, "f.h5", "p.neg"), -1);
   EXPECT_EQ(json_field(n, "i", 0.0, "f.h5", "p.i"), 4.0);
   EXPECT_EQ(json_field(n, "half", 0.0f, "f.h5", "p.half"), 1.5f);
