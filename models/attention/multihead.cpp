@@ -1,6 +1,7 @@
 #include "models/attention/multihead.h"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "attnscope/error.h"
@@ -66,6 +67,8 @@ void MultiHeadAttentionImpl::reset() {
   attn_drop = register_module("attn_drop", nn::Dropout(options.dropout()));
   proj = register_module("proj", linear(E, E, options.proj_bias()));
   proj_drop = register_module("proj_drop", nn::Dropout(options.proj_dropout()));
+  scale =
+      options.learned_scale() ? register_parameter("scale", torch::empty({H})) : torch::Tensor();
   reset_parameters();
 }
 
@@ -86,6 +89,7 @@ void MultiHeadAttentionImpl::reset_parameters() {
   init(k, 3 * E);
   init(v, 3 * E);
   if (proj->bias.defined()) proj->bias.zero_();
+  if (scale.defined()) scale.fill_(1.0 / std::sqrt(static_cast<double>(head_dim())));
 }
 
 std::pair<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::use_cache(torch::Tensor k_new,
@@ -182,12 +186,15 @@ AttentionOutput MultiHeadAttentionImpl::attend_heads(const torch::Tensor& q,
   const auto k = k_heads.contiguous();  // (B, H, K, Dh)
   const auto v = v_heads.contiguous();  // (B, H, K, Dh)
   auto mask = combine_masks(masks, Q, K, /*score_dims=*/4, q.device());
+  // A learned scale multiplies the queries, (q · s)·k = s (q·k), before any chunking.
+  const auto queries = scale.defined() ? q * scale.view({1, H, 1, 1}).to(q.scalar_type()) : q;
   const bool dropout = is_training() && options.dropout() > 0;
   auto one_block = [&](const torch::Tensor& q_rows, const torch::Tensor& mask_block,
                        torch::Tensor* weights) {
     // The scores are fresh and needed by nothing but the softmax, whose gradient needs only
     // its output: normalise them in place, with or without autograd.
-    auto w = softmax_normalize_owned(scaled_dot_score(q_rows, k), mask_block);  // (B, H, q, K)
+    auto scores = scale.defined() ? dot_score(q_rows, k) : scaled_dot_score(q_rows, k);
+    auto w = softmax_normalize_owned(std::move(scores), mask_block);  // (B, H, q, K)
     if (weights != nullptr) *weights = w;
     return attend(dropout ? attn_drop->forward(w) : w, v);  // (B, H, q, Dh)
   };
@@ -200,14 +207,15 @@ AttentionOutput MultiHeadAttentionImpl::attend_heads(const torch::Tensor& q,
                      row_elements * Q > options.max_score_elements() && Q > 1 &&
                      !torch::GradMode::is_enabled();
   if (!chunk) {
-    context = one_block(q, mask, need_weights ? &weights : nullptr);
+    context = one_block(queries, mask, need_weights ? &weights : nullptr);
   } else {
     const int64_t rows =
         std::max<int64_t>(1, options.chunk_elements() / std::max<int64_t>(1, row_elements));
     std::vector<torch::Tensor> parts;
     for (int64_t start = 0; start < Q; start += rows) {
       const int64_t n = std::min(rows, Q - start);
-      parts.push_back(one_block(q.narrow(2, start, n), mask_rows(mask, Q, start, n), nullptr));
+      parts.push_back(
+          one_block(queries.narrow(2, start, n), mask_rows(mask, Q, start, n), nullptr));
     }
     context = torch::cat(parts, 2);  // (B, H, Q, Dh)
   }

@@ -63,6 +63,11 @@ struct MultiHeadAttentionOptions {
   TORCH_ARG(int64_t, vdim) = 0;
   /// Projection layout: false = fused `qkv` (self-attention), true = `q` + `kv` (or `k`, `v`).
   TORCH_ARG(bool, cross) = false;
+  /// A learnable scale per head (parameter `scale`, (H), initialised to 1/sqrt(head_dim))
+  /// instead of the fixed 1/sqrt(head_dim): the learnable temperature of Locality
+  /// Self-Attention (Lee et al. 2021, "Vision Transformer for Small-Size Datasets"), which
+  /// lets a head sharpen its softmax. Scores are (q·k) · scale[h].
+  TORCH_ARG(bool, learned_scale) = false;
   /// Inference (autograd off) without weights requested: when the (B, H, Q, K) scores would
   /// have more than this many elements, the queries are processed in chunks instead, so the
   /// full weights never exist at once. 0 = never chunk. (Under autograd every chunk's weights
@@ -73,8 +78,9 @@ struct MultiHeadAttentionOptions {
   TORCH_ARG(int64_t, chunk_elements) = int64_t{1} << 22;
 };
 
-/// Multi-head attention: project, split into heads, scaled_dot_score -> softmax_normalize
-/// (masks) -> dropout -> attend per head, merge heads, `proj`.
+/// Multi-head attention: project, split into heads, scaled_dot_score (or, with learned_scale,
+/// dot_score · scale[h]) -> softmax_normalize (masks) -> dropout -> attend per head, merge
+/// heads, `proj`.
 ///
 /// Args of forward: need_weights returns the per-head weights (before dropout); otherwise
 /// `weights` is undefined and long inputs are processed in query chunks. cache: see KvCache.
@@ -111,6 +117,7 @@ class MultiHeadAttentionImpl : public torch::nn::Cloneable<MultiHeadAttentionImp
   torch::nn::Dropout attn_drop = nullptr;
   torch::nn::Linear proj = nullptr;
   torch::nn::Dropout proj_drop = nullptr;
+  torch::Tensor scale;  ///< (H), learned_scale only
 
  private:
   // q, k, v: (B, H, Q|K, head_dim); mask broadcastable to (B, H, Q, K) or undefined.

@@ -22,7 +22,8 @@ MultiHeadAttention make_attention(const TransformerLayerOptions& o, bool cross) 
   return MultiHeadAttention(MultiHeadAttentionOptions(o.d_model(), o.nhead())
                                 .dropout(o.attention_dropout().value_or(o.dropout()))
                                 .bias(o.qkv_bias())
-                                .cross(cross));
+                                .cross(cross)
+                                .learned_scale(o.learned_attention_scale()));
 }
 
 nn::LayerNorm make_norm(const TransformerLayerOptions& o) {

@@ -58,6 +58,9 @@ struct TransformerLayerOptions {
   /// dropped with this probability and kept ones are scaled by 1 / (1 - drop_path), one draw
   /// per sample and sub-layer. In [0, 1); 0 = off. Evaluation is unaffected.
   TORCH_ARG(double, drop_path) = 0.0;
+  /// Every attention of the layer learns its scale per head (MultiHeadAttentionOptions::
+  /// learned_scale, LSA's learnable temperature) instead of using 1/sqrt(head_dim).
+  TORCH_ARG(bool, learned_attention_scale) = false;
 };
 
 /// timm's drop_path: x · keep / (1 - p) with keep ~ Bernoulli(1 - p) per sample (dimension 0),

@@ -78,8 +78,17 @@ ImageModelConfig resolve_image_config(const ImageModelConfig& config) {
   check(config.image_size >= 0, "model config", "image_size must be >= 0, got ", config.image_size);
   check(!config.drop_path || *config.drop_path == 0 || is_vit(config.arch), "model config",
         "drop_path (stochastic depth) applies to the ViT presets only, not '", config.arch, "'");
+  const bool small_data_options =
+      config.shifted_patches.value_or(false) || config.locality_attention.value_or(false);
+  check(!small_data_options || is_vit(config.arch), "model config",
+        "shifted patches and locality self-attention apply to the ViT presets only, not '",
+        config.arch, "'");
   ImageModelConfig out = config;
-  if (!is_vit(config.arch)) out.drop_path.reset();
+  if (!is_vit(config.arch)) {
+    out.drop_path.reset();
+    out.shifted_patches.reset();
+    out.locality_attention.reset();
+  }
   if (is_attention_cnn(config.arch)) {
     const auto& p = *std::find_if(attention_presets().begin(), attention_presets().end(),
                                   [&](const AttentionPreset& a) { return config.arch == a.name; });
@@ -104,6 +113,8 @@ ImageModelConfig resolve_image_config(const ImageModelConfig& config) {
     if (out.image_size == 0) out.image_size = o.image_size();
     if (!out.dropout) out.dropout = o.dropout();
     if (!out.drop_path) out.drop_path = o.drop_path();
+    if (!out.shifted_patches) out.shifted_patches = o.shifted_patches();
+    if (!out.locality_attention) out.locality_attention = o.locality_attention();
   } else if (config.arch == "small_cnn") {
     if (out.image_size == 0) out.image_size = kSmallImageSize;
     if (!out.dropout) out.dropout = small_cnn_options().dropout();
@@ -133,11 +144,12 @@ std::shared_ptr<ImageClassifier> make_image_classifier(const ImageModelConfig& c
     auto o = vit_preset_options(c.arch, n);
     check(c.image_size % o.patch_size() == 0, "model config", "image_size (", c.image_size,
           ") must be a multiple of the patch size (", o.patch_size(), ")");
-    return std::make_shared<VisionTransformerImpl>(
-        o.image_size(c.image_size)
-            .in_channels(c.in_channels)
-            .dropout(*c.dropout)
-            .drop_path(*c.drop_path));
+    return std::make_shared<VisionTransformerImpl>(o.image_size(c.image_size)
+                                                       .in_channels(c.in_channels)
+                                                       .dropout(*c.dropout)
+                                                       .drop_path(*c.drop_path)
+                                                       .shifted_patches(*c.shifted_patches)
+                                                       .locality_attention(*c.locality_attention));
   }
   return std::make_shared<AttentionCnnImpl>(
       AttentionCnnOptions(*c.backbone, *c.attention_stages)

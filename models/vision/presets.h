@@ -38,6 +38,11 @@ struct ImageModelConfig {
   /// ViT only: stochastic depth rate of the last block (VisionTransformerOptions::drop_path);
   /// training only, so it changes no prediction. Unset or 0 on other presets.
   std::optional<double> drop_path;
+  /// ViT only: Shifted Patch Tokenization and Locality Self-Attention (Lee et al. 2021;
+  /// VisionTransformerOptions::shifted_patches, ::locality_attention). Unset or false on other
+  /// presets.
+  std::optional<bool> shifted_patches;
+  std::optional<bool> locality_attention;
   // Attention-CNN only:
   /// Trunk: resnet18 | resnet34 | resnet50 | vgg16 | vgg16_bn | small_cnn.
   std::optional<std::string> backbone;

@@ -16,22 +16,47 @@ nn::LayerNorm layer_norm(int64_t dim, double eps) {
 
 }  // namespace
 
-PatchEmbedImpl::PatchEmbedImpl(int64_t in_channels_, int64_t embed_dim_, int64_t patch_size_)
-    : in_channels(in_channels_), embed_dim(embed_dim_), patch_size(patch_size_) {
+PatchEmbedImpl::PatchEmbedImpl(int64_t in_channels_, int64_t embed_dim_, int64_t patch_size_,
+                               bool shifted_)
+    : in_channels(in_channels_), embed_dim(embed_dim_), patch_size(patch_size_), shifted(shifted_) {
   reset();
 }
 
 void PatchEmbedImpl::reset() {
   check(in_channels > 0 && embed_dim > 0 && patch_size > 0, "PatchEmbed",
         "in_channels, embed_dim and patch_size must be positive");
+  check(!shifted || patch_size >= 2, "PatchEmbed",
+        "shifted patches need a patch size of at least 2, got ", patch_size);
+  const int64_t channels = shifted ? 5 * in_channels : in_channels;
+  norm = shifted
+             ? register_module(
+                   "norm", nn::LayerNorm(nn::LayerNormOptions({channels, patch_size, patch_size})))
+             : nullptr;
   proj = register_module(
-      "proj", nn::Conv2d(nn::Conv2dOptions(in_channels, embed_dim, patch_size).stride(patch_size)));
+      "proj", nn::Conv2d(nn::Conv2dOptions(channels, embed_dim, patch_size).stride(patch_size)));
 }
 
 torch::Tensor PatchEmbedImpl::forward(const torch::Tensor& x) {
-  check(x.dim() == 4 && x.size(2) % patch_size == 0 && x.size(3) % patch_size == 0, "PatchEmbed",
-        "images must be (B, C, H, W) with H and W multiples of ", patch_size, ", got ", x.sizes());
-  return proj(x);
+  check(x.dim() == 4 && x.size(1) == in_channels && x.size(2) % patch_size == 0 &&
+            x.size(3) % patch_size == 0,
+        "PatchEmbed", "images must be (B, C=", in_channels, ", H, W) with H and W multiples of ",
+        patch_size, ", got ", x.sizes());
+  if (!shifted) return proj(x);
+  const int64_t B = x.size(0), H = x.size(2), W = x.size(3), p = patch_size, s = p / 2;
+  const auto padded = nn::functional::pad(x, nn::functional::PadFuncOptions({s, s, s, s}));
+  auto crop = [&](int64_t top, int64_t left) {
+    return padded.narrow(2, top, H).narrow(3, left, W);
+  };
+  // (B, 5C, H, W): the image, then its content moved right-down, left-down, right-up, left-up.
+  const auto stacked =
+      torch::cat({x, crop(0, 0), crop(0, 2 * s), crop(2 * s, 0), crop(2 * s, 2 * s)}, 1);
+  const int64_t C5 = stacked.size(1), h = H / p, w = W / p;
+  // Every patch's (5C, p, p) values, normalised together: (B, h, w, 5C, p, p).
+  auto patches = norm(stacked.view({B, C5, h, p, w, p}).permute({0, 2, 4, 1, 3, 5}));
+  // The convolution with stride p is this product: (B, h, w, D) -> (B, D, h, w).
+  auto tokens = nn::functional::linear(patches.reshape({B, h, w, C5 * p * p}),
+                                       proj->weight.view({embed_dim, -1}), proj->bias);
+  return tokens.permute({0, 3, 1, 2});
 }
 
 transformer::TransformerLayerOptions vit_block_options(const VisionTransformerOptions& o) {
@@ -44,7 +69,8 @@ transformer::TransformerLayerOptions vit_block_options(const VisionTransformerOp
       .norm_first(true)
       .layer_norm_eps(o.layer_norm_eps())
       .qkv_bias(o.qkv_bias())
-      .names(transformer::LayerNames::timm);
+      .names(transformer::LayerNames::timm)
+      .learned_attention_scale(o.locality_attention());
 }
 
 VisionTransformerImpl::VisionTransformerImpl(const VisionTransformerOptions& options_)
@@ -60,7 +86,8 @@ void VisionTransformerImpl::reset() {
         o.image_size(), ") a multiple of patch_size (", o.patch_size(), ")");
   const int64_t D = o.embed_dim();
   const int64_t grid = o.image_size() / o.patch_size();
-  patch_embed = register_module("patch_embed", PatchEmbed(o.in_channels(), D, o.patch_size()));
+  patch_embed = register_module(
+      "patch_embed", PatchEmbed(o.in_channels(), D, o.patch_size(), o.shifted_patches()));
   cls_token = register_parameter("cls_token", torch::zeros({1, 1, D}));
   pos_embed = register_parameter("pos_embed", torch::zeros({1, 1 + grid * grid, D}));
   pos_drop = register_module("pos_drop", nn::Dropout(o.dropout()));
@@ -112,12 +139,17 @@ ImageFeatures VisionTransformerImpl::forward_features(const torch::Tensor& image
   x = x.flatten(2).transpose(1, 2);  // (B, h·w, D)
   x = torch::cat({cls_token.expand({B, -1, -1}), x}, 1) + position_embedding(gh, gw);
   x = pos_drop(x);  // (B, T = 1 + h·w, D)
+  attention::AttentionMasks masks;
+  // LSA's diagonal masking: no token attends to itself.
+  if (options.locality_attention())
+    masks.attn =
+        torch::eye(x.size(1), torch::TensorOptions().dtype(torch::kBool).device(x.device()));
   ImageFeatures out;
   out.grid_h = gh;
   out.grid_w = gw;
   for (std::size_t i = 0; i < blocks->size(); ++i) {
     auto* block = blocks[i]->as<transformer::TransformerEncoderLayer>();
-    auto y = block->forward(x, {}, need_attention);
+    auto y = block->forward(x, masks, need_attention);
     x = y.output;
     if (need_attention) out.attention.push_back(y.self_weights);
   }

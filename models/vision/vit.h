@@ -3,6 +3,11 @@
 // cls_token, pos_embed, blocks.N.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}, norm,
 // head. Each block's `attn` IS the attention core's MultiHeadAttention (fused `qkv`, `proj`),
 // so the per-layer, per-head weights a report shows are the ones the model used.
+//
+// Two options for small data (Lee et al. 2021, "Vision Transformer for Small-Size Datasets"),
+// off in every preset: shifted_patches (SPT: each patch token also sees its four diagonal
+// neighbours half a patch away) and locality_attention (LSA: a learned scale per head, and no
+// token attends to itself).
 
 #include <string>
 #include <vector>
@@ -46,23 +51,39 @@ struct VisionTransformerOptions {
   TORCH_ARG(double, drop_path) = 0.0;
   /// Epsilon of every LayerNorm (timm: 1e-6).
   TORCH_ARG(double, layer_norm_eps) = 1e-6;
+  /// Shifted Patch Tokenization (SPT, Lee et al. 2021): the image and its four copies shifted
+  /// diagonally by patch_size / 2 (zero fill) are stacked to 5·C channels; each patch's
+  /// 5·C·patch² values are layer-normalised (`patch_embed.norm`) and projected
+  /// (`patch_embed.proj`). Needs patch_size >= 2.
+  TORCH_ARG(bool, shifted_patches) = false;
+  /// Locality Self-Attention (LSA, Lee et al. 2021): every block's attention learns its scale
+  /// per head (`blocks.N.attn.scale`, MultiHeadAttentionOptions::learned_scale) and the
+  /// diagonal is masked, so a token's weights go to the other tokens only.
+  TORCH_ARG(bool, locality_attention) = false;
 };
 
-/// `proj`: a patch_size × patch_size convolution with stride patch_size.
+/// `proj`: a patch_size × patch_size convolution with stride patch_size. With shifted (SPT)
+/// the input is first stacked with its four diagonal shifts by patch_size / 2 (order: the
+/// image, then its content moved right-down, left-down, right-up, left-up, i.e. the official
+/// code's x, lu, ru, lb, rb crops of the padded image), every patch's (5·C, patch, patch)
+/// values pass `norm` (LayerNorm over them, eps 1e-5), and `proj` has 5·C input channels.
 /// Shape: (B, C, H, W) -> (B, D, H / patch, W / patch).
 class PatchEmbedImpl : public torch::nn::Cloneable<PatchEmbedImpl> {
  public:
-  PatchEmbedImpl(int64_t in_channels, int64_t embed_dim, int64_t patch_size);
+  PatchEmbedImpl(int64_t in_channels, int64_t embed_dim, int64_t patch_size, bool shifted = false);
   void reset() override;
   torch::Tensor forward(const torch::Tensor& x);
 
   int64_t in_channels, embed_dim, patch_size;
+  bool shifted;
+  torch::nn::LayerNorm norm = nullptr;  ///< shifted only
   torch::nn::Conv2d proj = nullptr;
 };
 TORCH_MODULE(PatchEmbed);
 
 /// Maps (with need_attention): "rollout" — attention rollout (mean head fusion) of the class
-/// token over the patch grid, (B, H/patch, W/patch) in [0, 1].
+/// token over the patch grid, (B, H/patch, W/patch) in [0, 1]. With locality_attention every
+/// weight matrix has a zero diagonal; rollout's added identity keeps each token's own share.
 ///
 /// Shape: images (B, C, H, W), H and W multiples of patch_size -> logits (B, num_classes);
 /// features = tokens after `norm` (B, 1 + h·w, D); attention: depth × (B, heads, T, T).

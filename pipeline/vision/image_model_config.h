@@ -7,6 +7,8 @@
 //    "dropout": 0.0,
 //    // ViT presets, only when > 0 (stochastic depth, training only):
 //    "drop_path": 0.1,
+//    // ViT presets, only when true (Lee et al. 2021's SPT and LSA, docs/vision.md):
+//    "shifted_patches": true, "locality_attention": true,
 //    // attention-CNN presets only:
 //    "backbone": "vgg16_bn", "attention_stages": [2, 3], "compatibility": "additive",
 //    "gating": "grid", "normalizer": "sigmoid", "after_pool": true}

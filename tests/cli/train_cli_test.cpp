@@ -720,8 +720,9 @@ TEST(TrainCli, Bf16PrecisionIsRecordedReproducibleAndNotTheFloat32Run) {
 
 // Mixup, CutMix and stochastic depth draw from LibTorch's generator, which the loop seeds per
 // epoch: a run is reproducible bit for bit, a run stopped by SIGTERM and resumed ends as the
-// uninterrupted one, and the flags change the run (the checks can fail). The values are stored
-// in the checkpoints; --drop-path on a CNN and a negative alpha are usage errors.
+// uninterrupted one, and the flags change the run (the checks can fail), as do the ViT's
+// --shifted-patches and --locality-attention. The values are stored in the checkpoints;
+// --drop-path or --shifted-patches on a CNN and a negative alpha are usage errors.
 TEST(TrainCli, MixupCutmixAndDropPathAreReproducibleResumableAndRecorded) {
   test::TempDir dir;
   const auto command = [&](const std::string& run, const std::string& flags) {
@@ -736,11 +737,12 @@ TEST(TrainCli, MixupCutmixAndDropPathAreReproducibleResumableAndRecorded) {
   }
   EXPECT_EQ(read_text(dir / "a/metrics.jsonl"), read_text(dir / "b/metrics.jsonl"));
   EXPECT_EQ(compare_weights(dir / "a/last.h5", dir / "b/last.h5"), "same\n");
-  for (const auto& [name, flags] :
-       std::vector<std::pair<std::string, std::string>>{{"plain", ""},
-                                                        {"mixup", "--mixup 0.4"},
-                                                        {"cutmix", "--cutmix 1"},
-                                                        {"droppath", "--drop-path 0.2"}}) {
+  for (const auto& [name, flags] : std::vector<std::pair<std::string, std::string>>{
+           {"plain", ""},
+           {"mixup", "--mixup 0.4"},
+           {"cutmix", "--cutmix 1"},
+           {"droppath", "--drop-path 0.2"},
+           {"small_data", "--shifted-patches --locality-attention"}}) {
     const auto r = test::run_process(command(dir / name, flags));
     ASSERT_EQ(r.status, 0) << r.output;
     EXPECT_NE(read_text(dir / name + "/metrics.jsonl"), read_text(dir / "a/metrics.jsonl"))
@@ -750,6 +752,11 @@ TEST(TrainCli, MixupCutmixAndDropPathAreReproducibleResumableAndRecorded) {
   EXPECT_EQ(loaded.meta.extra["training_config"]["mixup"], 0.4);
   EXPECT_EQ(loaded.meta.extra["training_config"]["cutmix"], 1.0);
   EXPECT_EQ(loaded.meta.model_config["drop_path"], 0.2);
+  // SPT and LSA (Lee et al. 2021) are part of the architecture: in model_config, rebuilt on load.
+  const auto small_data = pipeline::load_image_classifier(dir / "small_data/best.h5");
+  EXPECT_EQ(small_data.meta.model_config["shifted_patches"], true);
+  EXPECT_EQ(small_data.meta.model_config["locality_attention"], true);
+  EXPECT_TRUE(small_data.config.shifted_patches.value_or(false));
 
   const auto run = dir / "stopped";
   test::SignalPlan plan;
@@ -768,6 +775,11 @@ TEST(TrainCli, MixupCutmixAndDropPathAreReproducibleResumableAndRecorded) {
   EXPECT_EQ(cnn.status, 2) << cnn.output;
   EXPECT_NE(cnn.output.find("--drop-path applies to the ViT presets only"), std::string::npos)
       << cnn.output;
+  const auto shifted = test::run_process(train_command(dir / "cnn", 1) + " --shifted-patches");
+  EXPECT_EQ(shifted.status, 2) << shifted.output;
+  EXPECT_NE(shifted.output.find("--shifted-patches applies to the ViT presets only"),
+            std::string::npos)
+      << shifted.output;
   const auto negative = test::run_process(train_command(dir / "neg", 1) + " --mixup -1");
   EXPECT_EQ(negative.status, 2) << negative.output;
   EXPECT_NE(negative.output.find("--mixup must be in [0, 1000], got -1"), std::string::npos)

@@ -4,7 +4,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <limits>
+#include <string>
+#include <vector>
 
 #include "models/attention/multihead.h"
 
@@ -164,6 +167,54 @@ TEST_F(MultiHeadAttentionTest, InferencePathsMatchTorchInChunksAndInOnePiece) {
     EXPECT_FALSE(out.weights.defined());
     EXPECT_TRUE(torch::allclose(out.context, out_ref.transpose(0, 1), 0, kAtol)) << limit;
   }
+}
+
+// learned_scale (LSA's learnable temperature): scores (q·k) · scale[h]. Oracle: torch's module,
+// whose scores are (q·k) / sqrt(Dh), with head h's query rows of in_proj (weight and bias)
+// multiplied by scale[h] · sqrt(Dh). Forward, weights, the input's gradient, the query-chunked
+// inference path, and the diagonal mask the ViT passes with it.
+TEST_F(MultiHeadAttentionTest, LearnedScalePerHeadMatchesTorchWithScaledQueryProjections) {
+  torch::nn::MultiheadAttention ref(torch::nn::MultiheadAttentionOptions(kE, kH));
+  const auto plain = copy_of(ref, /*cross=*/false);
+  MultiHeadAttention ours(MultiHeadAttentionOptions(kE, kH).learned_scale(true));
+  const int64_t Dh = kE / kH, L = 6;
+  const auto scale = torch::tensor({0.1f, 0.9f, 2.0f, 0.5f});
+  {
+    torch::NoGradGuard no_grad;
+    // Before any change: 1/sqrt(Dh) for every head, the fixed scale.
+    EXPECT_TRUE(torch::allclose(ours->scale, torch::full({kH}, 1.0 / std::sqrt(double(Dh)))));
+    ours->qkv->weight.copy_(plain->qkv->weight);
+    ours->qkv->bias.copy_(plain->qkv->bias);
+    ours->proj->weight.copy_(plain->proj->weight);
+    ours->proj->bias.copy_(plain->proj->bias);
+    ours->scale.copy_(scale);
+    const auto rows = scale.repeat_interleave(Dh) * std::sqrt(double(Dh));  // (E)
+    ref->in_proj_weight.narrow(0, 0, kE).mul_(rows.unsqueeze(1));
+    ref->in_proj_bias.narrow(0, 0, kE).mul_(rows);
+  }
+  const auto eye = torch::eye(L, torch::kBool);
+  auto x = torch::randn({kB, L, kE}, torch::requires_grad());
+  auto x_ref = x.detach().clone().requires_grad_(true);
+  auto t = x_ref.transpose(0, 1);
+  auto [out_ref, w_ref] = ref->forward(t, t, t, {}, true, additive(eye), false);
+  auto out = ours->forward(x, AttentionMasks{{}, eye}, /*need_weights=*/true);
+  EXPECT_TRUE(torch::allclose(out.context, out_ref.transpose(0, 1), 0, kAtol));
+  EXPECT_TRUE(torch::allclose(out.weights, w_ref, 0, kAtol));
+  EXPECT_EQ(out.weights.diagonal(0, -2, -1).abs().max().item<float>(), 0.0f);
+  out.context.pow(2).sum().backward();
+  out_ref.pow(2).sum().backward();
+  EXPECT_TRUE(torch::allclose(x.grad(), x_ref.grad(), 0, 1e-4));
+  EXPECT_GT(ours->scale.grad().abs().min().item<float>(), 0.0f);  // every head's scale learns
+  torch::NoGradGuard inference;
+  ours->options.max_score_elements(1).chunk_elements(kB * kH * L * 2);  // 2 rows per chunk
+  auto chunked = ours->forward(x, AttentionMasks{{}, eye});
+  EXPECT_TRUE(torch::allclose(chunked.context, out_ref.transpose(0, 1), 0, kAtol));
+  std::vector<std::string> names;
+  for (const auto& p : ours->named_parameters())
+    names.push_back(p.key());
+  // A module's own parameters come before its children's.
+  EXPECT_EQ(names, (std::vector<std::string>{"scale", "qkv.weight", "qkv.bias", "proj.weight",
+                                             "proj.bias"}));
 }
 
 TEST_F(MultiHeadAttentionTest, IncrementalDecodingWithCacheMatchesTorchCausal) {

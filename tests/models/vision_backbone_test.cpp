@@ -439,5 +439,63 @@ TEST(VisionBackbone, VitDropPathRisesLinearlyOverTheBlocksAndLeavesEvaluationAlo
   EXPECT_NO_THROW(make_image_classifier(cnn));
 }
 
+// Shifted Patch Tokenization against the brute force of its definition (Lee et al. 2021): the
+// token of patch (r, c) is proj applied to LayerNorm of the patch's pixels in the image and in
+// its four copies shifted diagonally by patch / 2 with zero fill, gathered pixel by pixel.
+// LSA adds one scale per head and no other parameter.
+TEST(VisionBackbone, VitShiftedPatchTokensAreTheNormalisedPatchesOfTheShiftedImages) {
+  ImageModelConfig config;
+  config.arch = "vit_mini_patch8";
+  config.shifted_patches = true;
+  config.locality_attention = true;
+  torch::manual_seed(0);
+  const auto model = make_image_classifier(config);
+  auto* vit = dynamic_cast<VisionTransformerImpl*>(model.get());
+  ASSERT_NE(vit, nullptr);
+  auto& embed = *vit->patch_embed;
+  {
+    torch::NoGradGuard no_grad;
+    embed.norm->weight.uniform_(0.5, 1.5);
+    embed.norm->bias.uniform_(-0.2, 0.2);
+  }
+  const int64_t p = 8, s = 4, C = 3, H = 16, W = 24;
+  const auto x = torch::randn({2, C, H, W});
+  torch::NoGradGuard no_grad;
+  const auto tokens = embed.forward(x);  // (2, D, 2, 3)
+  ASSERT_EQ(tokens.sizes(), (std::vector<int64_t>{2, 128, 2, 3}));
+  // Copy k's pixel (i, j) is the image's (i + di[k], j + dj[k]), zero outside.
+  const int di[5] = {0, -s, -s, s, s}, dj[5] = {0, -s, s, -s, s};
+  const auto xa = x.accessor<float, 4>();
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t r = 0; r < H / p; ++r)
+      for (int64_t c = 0; c < W / p; ++c) {
+        auto patch = torch::zeros({5 * C, p, p});
+        auto pa = patch.accessor<float, 3>();
+        for (int k = 0; k < 5; ++k)
+          for (int64_t ch = 0; ch < C; ++ch)
+            for (int64_t i = 0; i < p; ++i)
+              for (int64_t j = 0; j < p; ++j) {
+                const int64_t y = r * p + i + di[k], xx = c * p + j + dj[k];
+                pa[k * C + ch][i][j] = y >= 0 && y < H && xx >= 0 && xx < W ? xa[b][ch][y][xx] : 0;
+              }
+        const auto mean = patch.mean();
+        const auto var = (patch - mean).pow(2).mean();
+        const auto normed =
+            (patch - mean) / torch::sqrt(var + 1e-5) * embed.norm->weight + embed.norm->bias;
+        const auto want =
+            torch::mv(embed.proj->weight.flatten(1), normed.flatten()) + embed.proj->bias;  // (D)
+        EXPECT_TRUE(
+            torch::allclose(tokens.select(0, b).select(1, r).select(1, c), want, 1e-4, 1e-4))
+            << b << " " << r << " " << c;
+      }
+  ImageModelConfig plain;
+  plain.arch = "vit_mini_patch8";
+  // SPT: norm (15·8·8 weights and biases) and 12 more input channels of proj (12·8·8·128);
+  // LSA: 4 scales in each of 6 blocks.
+  EXPECT_EQ(count_parameters(*model) - count_parameters(*make_image_classifier(plain)),
+            2 * 15 * 64 + 12 * 64 * 128 + 6 * 4);
+  EXPECT_THROW(PatchEmbed(3, 16, 1, /*shifted=*/true), Error);
+}
+
 }  // namespace
 }  // namespace attnscope::models::vision

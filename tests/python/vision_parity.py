@@ -4,6 +4,8 @@
 For a torchvision architecture (resnet18, vgg16_bn, ...) builds the randomly initialised
 torchvision model; for "vit" a ViT written here with timm's names whose attention is
 torch.nn.functional.multi_head_attention_forward (torch.nn.MultiheadAttention's math); for
+"vit_spt_lsa" the same ViT with Shifted Patch Tokenization and Locality Self-Attention written
+here after the paper's code (Lee et al. 2021, github.com/aanna0701/SPT_LSA_ViT); for
 "attnmel" AttnMel's AttnVGG (Yan et al. 2019) with its names, the trunk torchvision's vgg16_bn
 and the grid attention written here from the paper's equations with torch.nn.functional. The BN
 statistics are randomised so that eval-mode BN is not the identity. Writes into OUTDIR:
@@ -51,6 +53,27 @@ class Attention(nn.Module):
         return out.transpose(0, 1), weights
 
 
+class LocalityAttention(nn.Module):
+    """LSA as the paper's code computes it: q·k times a learned scale per head, the diagonal
+    masked, softmax."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.scale = nn.Parameter(torch.full((heads,), (dim // heads) ** -0.5))
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        dots = torch.einsum("bhid,bhjd->bhij", q, k) * self.scale.view(1, -1, 1, 1)
+        dots = dots.masked_fill(torch.eye(t, dtype=torch.bool), float("-inf"))
+        weights = dots.softmax(dim=-1)
+        out = torch.einsum("bhij,bhjd->bhid", weights, v).transpose(1, 2).reshape(b, t, d)
+        return self.proj(out), weights
+
+
 class Mlp(nn.Module):
     def __init__(self, dim, hidden):
         super().__init__()
@@ -63,10 +86,10 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim, heads):
+    def __init__(self, dim, heads, lsa=False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads)
+        self.attn = LocalityAttention(dim, heads) if lsa else Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, 4 * dim)
 
@@ -81,23 +104,53 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.proj = nn.Conv2d(3, dim, patch, stride=patch)
 
+    def forward(self, x):
+        return self.proj(x)
+
+
+class ShiftedPatchEmbed(nn.Module):
+    """SPT after the paper's code: the image padded by patch // 2 and cropped four ways
+    (x_lu, x_ru, x_lb, x_rb), stacked after the image; every patch's values (here unfolded in
+    (channel, row, column) order, attnscope's layout of `norm` and `proj`) layer-normalised and
+    projected linearly."""
+
+    def __init__(self, dim, patch, channels=3):
+        super().__init__()
+        self.patch = patch
+        self.norm = nn.LayerNorm((5 * channels, patch, patch))
+        self.proj = nn.Conv2d(5 * channels, dim, patch, stride=patch)
+
+    def forward(self, x):
+        s, p = self.patch // 2, self.patch
+        xp = F.pad(x, (s, s, s, s))
+        x_lu, x_ru = xp[:, :, :-2 * s, :-2 * s], xp[:, :, :-2 * s, 2 * s:]
+        x_lb, x_rb = xp[:, :, 2 * s:, :-2 * s], xp[:, :, 2 * s:, 2 * s:]
+        stacked = torch.cat([x, x_lu, x_ru, x_lb, x_rb], dim=1)
+        cols = F.unfold(stacked, p, stride=p).transpose(1, 2)  # (B, L, 5C·p·p)
+        cols = F.layer_norm(cols, (cols.shape[-1],), self.norm.weight.flatten(),
+                            self.norm.bias.flatten(), self.norm.eps)
+        tokens = F.linear(cols, self.proj.weight.flatten(1), self.proj.bias)  # (B, L, D)
+        b, _, h, w = x.shape
+        return tokens.transpose(1, 2).reshape(b, -1, h // p, w // p)
+
 
 class ViT(nn.Module):
     """timm's VisionTransformer names: patch_embed.proj, cls_token, pos_embed, blocks, norm, head."""
 
-    def __init__(self, dim, depth, heads, patch, image_size, num_classes):
+    def __init__(self, dim, depth, heads, patch, image_size, num_classes, spt=False, lsa=False):
         super().__init__()
         self.patch = patch
-        self.patch_embed = PatchEmbed(dim, patch)
+        self.lsa = lsa
+        self.patch_embed = ShiftedPatchEmbed(dim, patch) if spt else PatchEmbed(dim, patch)
         grid = image_size // patch
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.pos_embed = nn.Parameter(torch.randn(1, 1 + grid * grid, dim) * 0.02)
-        self.blocks = nn.ModuleList([Block(dim, heads) for _ in range(depth)])
+        self.blocks = nn.ModuleList([Block(dim, heads, lsa) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, num_classes)
 
     def forward(self, x):
-        x = self.patch_embed.proj(x)
+        x = self.patch_embed(x)
         gh, gw = x.shape[2:]
         x = x.flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
@@ -259,10 +312,16 @@ def main():
             for name, tensor in ref.items():
                 f.create_dataset(name, data=tensor.contiguous().numpy())
         return
-    if args.arch == "vit":
+    if args.arch in ("vit", "vit_spt_lsa"):
         dim, depth, heads, patch = export_weights.vit_presets()["vit_mini_patch8"]
-        model = ViT(dim, depth, heads, patch, args.size, args.num_classes)
+        small_data = args.arch == "vit_spt_lsa"
+        model = ViT(dim, depth, heads, patch, args.size, args.num_classes, spt=small_data,
+                    lsa=small_data)
         randomise_norms(model)
+        with torch.no_grad():  # scales away from their initial value, one per head
+            for block in model.blocks:
+                if small_data:
+                    block.attn.scale.uniform_(0.1, 0.5)
         model.eval()
         x = torch.randn(args.batch, 3, args.size, args.size)
         large = torch.randn(args.batch, 3, args.size + 2 * patch, args.size + 2 * patch)

@@ -192,7 +192,8 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
          drop_path = 0;
   uint64_t seed = 0;
   int workers = 2, threads = 0;
-  bool nesterov = false, skip_bad = false, cache = false, quiet = false, cpu_budget = false;
+  bool nesterov = false, skip_bad = false, cache = false, quiet = false, cpu_budget = false,
+       shifted_patches = false, locality_attention = false;
   // clang-format off
   desc.add_options()
       ("model", po::value(&model_name)->required(), "preset (attn_small, attn_resnet18, attn_vgg16, resnet18, small_cnn, vit_mini_patch8, ...)")
@@ -218,6 +219,8 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
       ("mixup", po::value(&mixup)->default_value(0.0, "0"), "Mixup alpha (e.g. 0.8): each batch blended with itself reversed, lambda ~ Beta(alpha, alpha), the loss mixed alike; 0 = off")
       ("cutmix", po::value(&cutmix)->default_value(0.0, "0"), "CutMix alpha (e.g. 1.0): a box pasted from the reversed batch; with --mixup, each batch one or the other (p 0.5); 0 = off")
       ("drop-path", po::value(&drop_path)->default_value(0.0, "0"), "ViT presets: stochastic depth rate of the last block (e.g. 0.1), rising linearly from 0 at the first; 0 = off")
+      ("shifted-patches", po::bool_switch(&shifted_patches), "ViT presets: Shifted Patch Tokenization (SPT, Lee et al. 2021): each patch token also sees the image shifted diagonally by half a patch")
+      ("locality-attention", po::bool_switch(&locality_attention), "ViT presets: Locality Self-Attention (LSA, Lee et al. 2021): a learned softmax scale per head, no token attending to itself")
       ("sampler", po::value(&sampler)->default_value("shuffle"), "shuffle | balanced (classes equally likely)")
       ("oversample", po::value(&oversample)->composing(), "CLASS=K: repeat that class's images K times per epoch (repeatable)")
       ("ema", po::value(&ema)->default_value(0.0, "0"), "EMA decay of the weights (e.g. 0.999); validation and best.h5 use the EMA weights; 0 = off")
@@ -290,6 +293,9 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   if (drop_path > 0 && !models::vision::is_vit(model_name))
     fail("--drop-path applies to the ViT presets only (stochastic depth of their blocks), not '" +
          model_name + "'");
+  if ((shifted_patches || locality_attention) && !models::vision::is_vit(model_name))
+    fail(std::string("--") + (shifted_patches ? "shifted-patches" : "locality-attention") +
+         " applies to the ViT presets only, not '" + model_name + "'");
   if (step_every < 1) fail("--step-every must be >= 1");
   if (patience < 0) fail("--patience must be >= 0");
   if (progress_every < 1) fail("--progress-every must be >= 1");
@@ -583,6 +589,8 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     o.mix.mixup_alpha = mixup;
     o.mix.cutmix_alpha = cutmix;
     if (drop_path > 0) o.model.drop_path = drop_path;
+    if (shifted_patches) o.model.shifted_patches = true;
+    if (locality_attention) o.model.locality_attention = true;
     o.sampler = sampler;
     o.oversample = oversample_map;
     o.ema_decay = ema;

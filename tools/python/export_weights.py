@@ -14,6 +14,10 @@ AttnMel (Yan et al. 2019, github.com/SaoYan/IPMI2019-AttnMel, models.AttnVGG) st
 recognised by their names and become attnscope's attn_vgg16: the mapping is the table above
 ATTNMEL_BLOCK_START.
 
+A ViT state_dict with Shifted Patch Tokenization (`patch_embed.norm` over each patch's (5·C, p, p)
+values) or Locality Self-Attention (`blocks.N.attn.scale`, one per head) -- attnscope's own
+layout (train --shifted-patches / --locality-attention) -- gets those keys in its model_config.
+
 Examples:
   export_weights.py resnet18.pth resnet18.h5
   export_weights.py resnet18 resnet18-imagenet.h5                  # downloads
@@ -228,10 +232,24 @@ def convert(sd, arch, backbone_only, image_size):
     # timm names the ViT's norm layers / mlp like attnscope; refuse what attnscope lacks.
     if fam == "vit":
         extra = [k for k in out if k.startswith(("fc_norm.", "head_drop", "norm_pre."))
-                 or ".ls1." in k or ".ls2." in k or k == "reg_token"]
+                 or ".ls1." in k or ".ls2." in k or k == "reg_token"
+                 or (k.startswith("patch_embed.norm.") and not shifted_patches(out))]
         if extra:
             fail(f"tensors attnscope's ViT does not have: {', '.join(sorted(extra)[:5])}")
     return out
+
+
+def shifted_patches(tensors):
+    """True for a ViT with Shifted Patch Tokenization (Lee et al. 2021) in attnscope's layout:
+    `patch_embed.norm` normalises each patch's (5·C, p, p) values (timm's optional patch norm
+    is a LayerNorm over the embedding, one dimension)."""
+    w = tensors.get("patch_embed.norm.weight")
+    return w is not None and len(w.shape) == 3
+
+
+def locality_attention(tensors):
+    """True for a ViT with Locality Self-Attention (Lee et al. 2021): a learned scale per head."""
+    return any(re.match(r"blocks\.\d+\.attn\.scale$", k) for k in tensors)
 
 
 def resize_pos_embed(pos, grid):
@@ -341,6 +359,10 @@ def main(argv=None):
                     "in_channels": 3}
     if fam == "attn":
         model_config["normalizer"] = args.normalizer or "sigmoid"
+    if fam == "vit" and shifted_patches(tensors):
+        model_config["shifted_patches"] = True
+    if fam == "vit" and locality_attention(tensors):
+        model_config["locality_attention"] = True
     # The preprocessing config in the form attnscope's pipeline reads (preprocessing/pipeline.h):
     # a short-side resize + centre crop to the input size, and the weights' normalisation.
     preprocessing = {"steps": [{"op": "resize", "size": image_size}],

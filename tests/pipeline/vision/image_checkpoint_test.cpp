@@ -48,6 +48,20 @@ TEST(ImageModelConfig, JsonRoundTripKeepsOverrides) {
   const auto vit_json = image_model_config_to_json(vit);
   EXPECT_EQ(vit_json["drop_path"], 0.25);
   EXPECT_EQ(image_model_config_to_json(image_model_config_from_json(vit_json)), vit_json);
+  // SPT and LSA: written only when on, read back.
+  EXPECT_FALSE(vit_json.contains("shifted_patches"));
+  EXPECT_FALSE(vit_json.contains("locality_attention"));
+  vit.shifted_patches = true;
+  vit.locality_attention = false;
+  auto small_data = image_model_config_to_json(vit);
+  EXPECT_EQ(small_data["shifted_patches"], true);
+  EXPECT_FALSE(small_data.contains("locality_attention"));
+  vit.locality_attention = true;
+  small_data = image_model_config_to_json(vit);
+  EXPECT_EQ(small_data["locality_attention"], true);
+  const auto read = image_model_config_from_json(small_data);
+  EXPECT_TRUE(read.shifted_patches.value_or(false) && read.locality_attention.value_or(false));
+  EXPECT_EQ(image_model_config_to_json(read), small_data);
 }
 
 TEST(ImageModelConfig, RejectsBadJsonNamingTheKey) {
@@ -65,6 +79,10 @@ TEST(ImageModelConfig, RejectsBadJsonNamingTheKey) {
   expect_error({{"arch", "attn_small"}, {"normalizer", "crf"}}, "softmax or sigmoid");
   expect_error({{"arch", "attn_small"}, {"compatibility", "cosine"}}, "cosine");
   expect_error({{"arch", "attn_small"}, {"drop_path", 0.1}}, "ViT presets only");
+  expect_error({{"arch", "resnet18"}, {"shifted_patches", true}}, "ViT presets only");
+  expect_error({{"arch", "attn_small"}, {"locality_attention", true}}, "ViT presets only");
+  expect_error({{"arch", "vit_mini_patch8"}, {"locality_attention", "yes"}},
+               "model_config.locality_attention");
 }
 
 // Crafted checkpoints: sizes outside sane ranges are refused by name before a model is built

@@ -157,6 +157,44 @@ TEST(ImageParity, VitGradientsInFloat32AndBfloat16MatchPyTorchs) {
             << ", attnscope " << ours_moved << "\n";
 }
 
+// The ViT with Shifted Patch Tokenization and Locality Self-Attention (Lee et al. 2021) against
+// both written in Python after the paper's code (vision_parity.py vit_spt_lsa: a padded image
+// cropped four ways, F.unfold, layer_norm and linear; the attention with einsum, a scale per
+// head set away from 1/sqrt(head_dim) and masked_fill of the diagonal). export_weights.py
+// recognises both by their tensors; logits, the last block's weights (zero on the diagonal),
+// a larger input's logits and every parameter's gradient equal PyTorch's.
+TEST(ImageParity, VitWithShiftedPatchesAndLocalityAttentionMatchesPythonReference) {
+  test::TempDir dir;
+  auto loaded = make_reference(dir, "vit_spt_lsa");
+  ASSERT_TRUE(loaded.config.shifted_patches.has_value());
+  EXPECT_TRUE(*loaded.config.shifted_patches);
+  EXPECT_TRUE(loaded.config.locality_attention.value_or(false));
+  auto& model = *loaded.model;
+  const auto input = reference(dir, "input");
+  {
+    torch::NoGradGuard no_grad;
+    const auto out = model.forward(input, /*need_attention=*/true);
+    EXPECT_LE(relative_error(out.logits, reference(dir, "logits")), kTolerance);
+    ASSERT_FALSE(out.attention.empty());
+    const auto& last = out.attention.back();  // (B, H, T, T)
+    EXPECT_LE(relative_error(last, reference(dir, "attn_last")), kTolerance);
+    EXPECT_EQ(last.diagonal(0, -2, -1).abs().max().item<float>(), 0.0f);
+    const auto large = model.forward(reference(dir, "input_large")).logits;
+    EXPECT_LE(relative_error(large, reference(dir, "logits_large")), kTolerance);
+  }
+  model.zero_grad();
+  const auto labels = torch::arange(input.size(0)) % reference(dir, "logits").size(1);
+  torch::nn::functional::cross_entropy(model.forward(input).logits, labels).backward();
+  int checked = 0;
+  for (const auto& p : model.named_parameters()) {
+    const auto want = reference(dir, "grad/" + p.key());
+    EXPECT_LE(relative_error(p.value().grad(), want.view(p.value().sizes())), kTolerance)
+        << p.key();
+    checked += p.key() == "patch_embed.norm.weight" || p.key() == "blocks.5.attn.scale";
+  }
+  EXPECT_EQ(checked, 2);
+}
+
 // attn_vgg16 against AttnMel's AttnVGG with its grid attention written in Python from the
 // equations (tests/python/vision_parity.py), exported by name with export_weights.py: logits and
 // the pool-3 / pool-4 maps, sigmoid and softmax, at 224 px and at 160 px.
