@@ -52,7 +52,7 @@ torch::Tensor PatchEmbedImpl::forward(const torch::Tensor& x) {
       torch::cat({x, crop(0, 0), crop(0, 2 * s), crop(2 * s, 0), crop(2 * s, 2 * s)}, 1);
   const int64_t C5 = stacked.size(1), h = H / p, w = W / p;
   // Every patch's (5C, p, p) values, normalised together: (B, h, w, 5C, p, p).
-  auto patches = norm(stacked.view({B, C5, h, p, w, p}).permute({0, 2, 4, 1, 3, 5}));
+  auto patches = norm(stacked.reshape({B, C5, h, p, w, p}).permute({0, 2, 4, 1, 3, 5}));
   // The convolution with stride p is this product: (B, h, w, D) -> (B, D, h, w).
   auto tokens = nn::functional::linear(patches.reshape({B, h, w, C5 * p * p}),
                                        proj->weight.view({embed_dim, -1}), proj->bias);

@@ -463,6 +463,9 @@ TEST(VisionBackbone, VitShiftedPatchTokensAreTheNormalisedPatchesOfTheShiftedIma
   torch::NoGradGuard no_grad;
   const auto tokens = embed.forward(x);  // (2, D, 2, 3)
   ASSERT_EQ(tokens.sizes(), (std::vector<int64_t>{2, 128, 2, 3}));
+  // Any memory layout of the input (a CNN's pipeline may hand over channels-last tensors).
+  EXPECT_TRUE(torch::allclose(embed.forward(x.contiguous(torch::MemoryFormat::ChannelsLast)),
+                              tokens, 1e-5, 1e-6));
   // Copy k's pixel (i, j) is the image's (i + di[k], j + dj[k]), zero outside.
   const int di[5] = {0, -s, -s, s, s}, dj[5] = {0, -s, s, -s, s};
   const auto xa = x.accessor<float, 4>();
