@@ -244,10 +244,20 @@ class StoreGuard {
 // a line per retry, then the failure): while the group forms, every failure is turned into one
 // line of ours, so glog prints only fatal messages. (The store's own threads may read the flag
 // while it changes back: glog reads it unsynchronised in every thread, by design.)
+// A LibTorch built without glog (pytorch.org's) logs through c10's own logger and level.
 class QuietLibraryLog {
  public:
+#ifdef C10_USE_GLOG
   QuietLibraryLog() : previous_(FLAGS_minloglevel) { FLAGS_minloglevel = google::GLOG_FATAL; }
   ~QuietLibraryLog() { FLAGS_minloglevel = previous_; }
+#else
+  QuietLibraryLog() : previous_(FLAGS_caffe2_log_level) {
+    FLAGS_caffe2_log_level = c10::GLOG_FATAL;
+  }
+  ~QuietLibraryLog() {
+    FLAGS_caffe2_log_level = previous_;
+  }
+#endif
   QuietLibraryLog(const QuietLibraryLog&) = delete;
   QuietLibraryLog& operator=(const QuietLibraryLog&) = delete;
 

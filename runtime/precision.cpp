@@ -5,10 +5,48 @@
 #endif
 
 #include <ATen/autocast_mode.h>
+#include <torch/version.h>
 
 #include "attnscope/error.h"
 
 namespace attnscope::runtime {
+namespace {
+
+// LibTorch 2.4 replaced autocast's per-device functions (set_enabled, set_cpu_enabled,
+// get_autocast_gpu_dtype, ...) by functions of the device type; the old ones still work there
+// but print a deprecation warning on every call, that is every training step.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+at::DeviceType autocast_type(bool cuda) {
+  return cuda ? at::kCUDA : at::kCPU;
+}
+bool autocast_enabled(bool cuda) {
+  return at::autocast::is_autocast_enabled(autocast_type(cuda));
+}
+void enable_autocast(bool cuda, bool on) {
+  at::autocast::set_autocast_enabled(autocast_type(cuda), on);
+}
+at::ScalarType autocast_dtype(bool cuda) {
+  return at::autocast::get_autocast_dtype(autocast_type(cuda));
+}
+void set_autocast_dtype(bool cuda, at::ScalarType dtype) {
+  at::autocast::set_autocast_dtype(autocast_type(cuda), dtype);
+}
+#else
+bool autocast_enabled(bool cuda) {
+  return cuda ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled();
+}
+void enable_autocast(bool cuda, bool on) {
+  cuda ? at::autocast::set_enabled(on) : at::autocast::set_cpu_enabled(on);
+}
+at::ScalarType autocast_dtype(bool cuda) {
+  return cuda ? at::autocast::get_autocast_gpu_dtype() : at::autocast::get_autocast_cpu_dtype();
+}
+void set_autocast_dtype(bool cuda, at::ScalarType dtype) {
+  cuda ? at::autocast::set_autocast_gpu_dtype(dtype) : at::autocast::set_autocast_cpu_dtype(dtype);
+}
+#endif
+
+}  // namespace
 
 bool is_precision_name(const std::string& precision) {
   return precision == "fp32" || precision == "bf16";
@@ -43,29 +81,17 @@ AutocastScope::AutocastScope(const std::string& precision, const torch::Device& 
   const bool bf16 = precision == "bf16";
   cuda_ = device.is_cuda();
   nested_ = bf16;
-  if (cuda_) {
-    was_enabled_ = at::autocast::is_enabled();
-    was_dtype_ = at::autocast::get_autocast_gpu_dtype();
-    if (bf16) at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
-    at::autocast::set_enabled(bf16);
-  } else {
-    was_enabled_ = at::autocast::is_cpu_enabled();
-    was_dtype_ = at::autocast::get_autocast_cpu_dtype();
-    if (bf16) at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-    at::autocast::set_cpu_enabled(bf16);
-  }
+  was_enabled_ = autocast_enabled(cuda_);
+  was_dtype_ = autocast_dtype(cuda_);
+  if (bf16) set_autocast_dtype(cuda_, at::kBFloat16);
+  enable_autocast(cuda_, bf16);
   if (nested_) at::autocast::increment_nesting();
 }
 
 AutocastScope::~AutocastScope() {
   if (nested_ && at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-  if (cuda_) {
-    at::autocast::set_enabled(was_enabled_);
-    at::autocast::set_autocast_gpu_dtype(was_dtype_);
-  } else {
-    at::autocast::set_cpu_enabled(was_enabled_);
-    at::autocast::set_autocast_cpu_dtype(was_dtype_);
-  }
+  enable_autocast(cuda_, was_enabled_);
+  set_autocast_dtype(cuda_, was_dtype_);
 }
 
 }  // namespace attnscope::runtime

@@ -16,6 +16,7 @@
 
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
+#include <torch/version.h>
 
 #include "runtime/memory_limit.h"
 #include "runtime/runtime.h"
@@ -48,14 +49,28 @@ class TensorCache final : public c10::Allocator {
   }
 
   // Small tensors: LibTorch's own allocator (and its deleter, which the DataPtr carries).
+  // LibTorch 2.3 made allocate non-const and added copy_data (the copy of a storage's bytes).
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 3)
+  c10::DataPtr allocate(std::size_t n) override {
+    return allocate_block(n);
+  }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+#else
   c10::DataPtr allocate(std::size_t n) const override {
+    return allocate_block(n);
+  }
+#endif
+  // raw_allocate's memory (ideep's buffers) comes back through this, small or large, and
+  // possibly allocated before the cache was registered: only the blocks it mapped are kept.
+  c10::DeleterFnPtr raw_deleter() const override { return &raw_give_back; }
+
+  static c10::DataPtr allocate_block(std::size_t n) {
     if (n < kTensorCacheMinBytes) return c10::GetDefaultCPUAllocator()->allocate(n);
     void* data = instance().take(n);
     return {data, data, &give_back, c10::Device(c10::DeviceType::CPU)};
   }
-  // raw_allocate's memory (ideep's buffers) comes back through this, small or large, and
-  // possibly allocated before the cache was registered: only the blocks it mapped are kept.
-  c10::DeleterFnPtr raw_deleter() const override { return &raw_give_back; }
 
   TensorCacheStats stats() {
     std::lock_guard<std::mutex> lock(mutex_);

@@ -116,7 +116,8 @@ torch::Tensor crf_marginals(const torch::Tensor& scores, const torch::Tensor& tr
   // Two states, so the recursions are written out instead of 2x2 logsumexps: far fewer ops.
   std::vector<torch::Tensor> alpha1(K);
   torch::Tensor a0 = zero, a1 = zero;
-  torch::Tensor started = m.empty() ? torch::Tensor() : torch::zeros({N}, torch::kBool);
+  torch::Tensor started =
+      m.empty() ? torch::Tensor() : torch::zeros({N}, scores.options().dtype(torch::kBool));
   for (int64_t k = 0; k < K; ++k) {
     torch::Tensor n0, n1;
     if (k == 0 && m.empty()) {

@@ -41,7 +41,8 @@ std::vector<Hypothesis> greedy_decode(Seq2SeqModel& model, const torch::Tensor& 
   torch::NoGradGuard no_grad;
   const int64_t batch = source.size(0);
   auto state = model.start(source, source_lengths);
-  auto previous = torch::full({batch}, kBos, torch::kLong);
+  // The model's inputs on the source's device; what is read per token on the CPU.
+  auto previous = torch::full({batch}, kBos, source.options().dtype(torch::kLong));
   std::vector<Hypothesis> out(static_cast<std::size_t>(batch));
   std::vector<std::vector<torch::Tensor>> rows(static_cast<std::size_t>(batch));
   auto lengths = source_lengths.to(torch::kCPU);
@@ -51,13 +52,15 @@ std::vector<Hypothesis> greedy_decode(Seq2SeqModel& model, const torch::Tensor& 
     auto log_probs = torch::log_softmax(step.logits, -1);  // (B, V)
     if (t == options.max_length()) log_probs = only_eos(log_probs);
     auto best = log_probs.argmax(-1);  // (B)
-    auto best_lp = log_probs.gather(1, best.unsqueeze(1)).squeeze(1);
-    auto attention = step.attention.defined() ? step.attention.to(torch::kFloat) : torch::Tensor();
+    const auto best_lp = log_probs.gather(1, best.unsqueeze(1)).squeeze(1).to(torch::kCPU);
+    const auto best_cpu = best.to(torch::kCPU);
+    auto attention =
+        step.attention.defined() ? step.attention.to(torch::kCPU, torch::kFloat) : torch::Tensor();
     bool all_done = true;
     for (int64_t b = 0; b < batch; ++b) {
       auto& h = out[static_cast<std::size_t>(b)];
       if (h.finished) continue;
-      const int64_t token = best[b].item<int64_t>();
+      const int64_t token = best_cpu[b].item<int64_t>();
       h.log_prob += best_lp[b].item<double>();
       if (token == kEos) {
         h.finished = true;
@@ -102,7 +105,7 @@ std::vector<Hypothesis> beam_decode(Seq2SeqModel& model, const torch::Tensor& so
              length_penalty(static_cast<int64_t>(h.tokens.size()) + (h.finished ? 1 : 0),
                             options.length_penalty());
     };
-    auto previous = torch::full({1}, kBos, torch::kLong);
+    auto previous = torch::full({1}, kBos, source.options().dtype(torch::kLong));
     for (int64_t t = 0; t <= options.max_length() && !live.empty(); ++t) {
       auto step = model.step(state, previous);
       auto log_probs = torch::log_softmax(step.logits, -1);  // (n, V)
@@ -111,7 +114,7 @@ std::vector<Hypothesis> beam_decode(Seq2SeqModel& model, const torch::Tensor& so
       auto base = torch::empty({n, 1}, torch::kDouble);
       for (int64_t i = 0; i < n; ++i)
         base[i][0] = live[static_cast<std::size_t>(i)].log_prob;
-      auto total = (log_probs.to(torch::kDouble) + base).view({-1});  // (n * V)
+      auto total = (log_probs.to(torch::kCPU, torch::kDouble) + base).view({-1});  // (n * V)
       auto top = total.topk(std::min<int64_t>(2 * k, n * vocab));
       auto values = std::get<0>(top), indices = std::get<1>(top);
       std::vector<Hypothesis> next;
@@ -133,7 +136,8 @@ std::vector<Hypothesis> beam_decode(Seq2SeqModel& model, const torch::Tensor& so
         }
         h.tokens.push_back(token);
         auto rows = live_rows[static_cast<std::size_t>(parent)];
-        if (step.attention.defined()) rows.push_back(step.attention[parent].to(torch::kFloat));
+        if (step.attention.defined())
+          rows.push_back(step.attention[parent].to(torch::kCPU, torch::kFloat));
         next.push_back(std::move(h));
         next_rows.push_back(std::move(rows));
         parents.push_back(parent);
@@ -145,8 +149,8 @@ std::vector<Hypothesis> beam_decode(Seq2SeqModel& model, const torch::Tensor& so
       live = std::move(next);
       live_rows = std::move(next_rows);
       if (live.empty()) break;
-      state.reorder(torch::tensor(parents, torch::kLong));
-      previous = torch::tensor(tokens, torch::kLong);
+      state.reorder(torch::tensor(parents, torch::kLong).to(source.device()));
+      previous = torch::tensor(tokens, torch::kLong).to(source.device());
     }
     for (std::size_t i = 0; i < live.size(); ++i) {
       if (model.has_attention())

@@ -23,7 +23,8 @@ struct DecodeOptions {
 
 /// One decoded sequence.
 /// Shape: attention (T, S) float32 for the T output tokens (without <eos>) over the S source
-/// tokens of this sentence; undefined when the model has no attention.
+/// tokens of this sentence, on the CPU whatever the model's device; undefined when the model
+/// has no attention.
 struct Hypothesis {
   std::vector<int64_t> tokens;  ///< without <bos>/<eos>
   torch::Tensor attention;
@@ -32,6 +33,7 @@ struct Hypothesis {
 };
 
 /// Greedy decoding of a whole batch at once (runs under NoGradGuard, in eval mode left as is).
+/// The model runs on the source's device (the model's).
 /// Shape: source (B, S) int64, source_lengths (B) int64 -> B hypotheses.
 std::vector<Hypothesis> greedy_decode(Seq2SeqModel& model, const torch::Tensor& source,
                                       const torch::Tensor& source_lengths,

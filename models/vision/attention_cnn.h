@@ -56,10 +56,13 @@ struct AttentionCnnOptions {
 ///
 /// Shape: images (B, in_channels, H, W) -> logits (B, num_classes); features = the trunk's
 /// last map (B, Cg, h, w), the Grad-CAM target.
-class AttentionCnnImpl : public torch::nn::Cloneable<AttentionCnnImpl>, public ImageClassifier {
+class AttentionCnnImpl : public ImageClassifier {
  public:
   explicit AttentionCnnImpl(const AttentionCnnOptions& options_);
-  void reset() override;
+  void reset();
+  std::shared_ptr<ImageClassifier> make_like() const override {
+    return std::make_shared<AttentionCnnImpl>(options);
+  }
   ImageFeatures forward_features(const torch::Tensor& images, bool need_attention = false) override;
   ImageOutput forward_head(const ImageFeatures& features) override;
   void fold_batch_norm() override { trunk->fold_batch_norm(); }

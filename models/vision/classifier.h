@@ -43,9 +43,23 @@ struct ImageOutput {
 
 /// Implemented by every image classifier module. Derives (virtually) from torch::nn::Module,
 /// so a std::shared_ptr<ImageClassifier> is also the module to train, save and load.
+///
+/// The classifiers derive from this class alone, not also from torch::nn::Cloneable: from
+/// LibTorch 2 on Cloneable derives from Module non-virtually, which would give them two
+/// Module bases. clone() is implemented here instead (make_like + a copy of every tensor).
 class ImageClassifier : public virtual torch::nn::Module {
  public:
   ~ImageClassifier() override = default;
+
+  /// A deep copy (torch::nn::Module::clone): a classifier made by make_like, with every
+  /// parameter and buffer copied into it (moved to `device` when given) and the same
+  /// train/eval mode; nothing derived from the weights (BatchNorm folds) is copied. Throws
+  /// attnscope::Error when make_like's tensors do not match this one's by name and shape.
+  std::shared_ptr<torch::nn::Module> clone(
+      const c10::optional<torch::Device>& device = c10::nullopt) const override;
+
+  /// A freshly initialised classifier of this one's options (what clone copies into).
+  virtual std::shared_ptr<ImageClassifier> make_like() const = 0;
 
   /// Runs everything up to the classifier. need_attention: also return the per-layer,
   /// per-head attention weights and the maps derived from them (ViT; ignored by CNNs,

@@ -1,5 +1,7 @@
 #include "models/vision/cnn_common.h"
 
+#include <variant>
+
 #include "attnscope/error.h"
 
 namespace attnscope::models::vision {
@@ -37,9 +39,14 @@ std::vector<ConvBnFold::Seen> ConvBnFold::seen(const torch::nn::Conv2d& conv,
   return out;
 }
 
+// The options' variants are c10::variant in LibTorch 1.x and std::variant from 2.x: std's
+// functions are named here, c10's are found by argument-dependent lookup.
+using std::get;
+using std::holds_alternative;
+
 bool ConvBnFold::can_fold(const torch::nn::Conv2d& conv, const torch::nn::BatchNorm2d& bn) {
-  return c10::holds_alternative<torch::ExpandingArray<2>>(conv->options.padding()) &&
-         c10::holds_alternative<torch::enumtype::kZeros>(conv->options.padding_mode()) &&
+  return holds_alternative<torch::ExpandingArray<2>>(conv->options.padding()) &&
+         holds_alternative<torch::enumtype::kZeros>(conv->options.padding_mode()) &&
          bn->options.track_running_stats() && bn->running_mean.defined() &&
          bn->running_var.defined() && bn->running_mean.numel() == conv->weight.size(0) &&
          bn->running_var.numel() == conv->weight.size(0);
@@ -80,8 +87,8 @@ bool ConvBnFold::applies_to(const torch::nn::Conv2d& conv, const torch::nn::Batc
 
 torch::Tensor ConvBnFold::forward(const torch::Tensor& x, const torch::nn::Conv2d& conv) const {
   const auto& o = conv->options;  // numeric zero padding (can_fold)
-  return torch::conv2d(x, weight_, bias_, *o.stride(),
-                       *c10::get<torch::ExpandingArray<2>>(o.padding()), *o.dilation(), o.groups());
+  return torch::conv2d(x, weight_, bias_, *o.stride(), *get<torch::ExpandingArray<2>>(o.padding()),
+                       *o.dilation(), o.groups());
 }
 
 torch::Tensor conv_bn(const torch::Tensor& x, torch::nn::Conv2d& conv, torch::nn::BatchNorm2d& bn,

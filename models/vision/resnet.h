@@ -91,10 +91,13 @@ class ResNetTrunk : public Trunk {
 /// ResNet classifier: trunk, global average pool, `fc`.
 ///
 /// Shape: images (B, in_channels, H, W) -> logits (B, num_classes); features (B, C, H/32, W/32).
-class ResNetImpl : public torch::nn::Cloneable<ResNetImpl>, public ImageClassifier {
+class ResNetImpl : public ImageClassifier {
  public:
   explicit ResNetImpl(const ResNetOptions& options_);
-  void reset() override;
+  void reset();
+  std::shared_ptr<ImageClassifier> make_like() const override {
+    return std::make_shared<ResNetImpl>(options);
+  }
   ImageFeatures forward_features(const torch::Tensor& images, bool need_attention = false) override;
   ImageOutput forward_head(const ImageFeatures& features) override;
   void fold_batch_norm() override { trunk->fold_batch_norm(); }

@@ -62,10 +62,13 @@ class VggTrunk : public Trunk {
 ///
 /// Shape: images (B, in_channels, H, W) -> logits (B, num_classes); features (B, C, H/32, W/32)
 /// (one halving per stage).
-class VggImpl : public torch::nn::Cloneable<VggImpl>, public ImageClassifier {
+class VggImpl : public ImageClassifier {
  public:
   explicit VggImpl(const VggOptions& options_);
-  void reset() override;
+  void reset();
+  std::shared_ptr<ImageClassifier> make_like() const override {
+    return std::make_shared<VggImpl>(options);
+  }
   ImageFeatures forward_features(const torch::Tensor& images, bool need_attention = false) override;
   ImageOutput forward_head(const ImageFeatures& features) override;
   void fold_batch_norm() override { trunk->fold_batch_norm(); }

@@ -87,11 +87,13 @@ TORCH_MODULE(PatchEmbed);
 ///
 /// Shape: images (B, C, H, W), H and W multiples of patch_size -> logits (B, num_classes);
 /// features = tokens after `norm` (B, 1 + h·w, D); attention: depth × (B, heads, T, T).
-class VisionTransformerImpl : public torch::nn::Cloneable<VisionTransformerImpl>,
-                              public ImageClassifier {
+class VisionTransformerImpl : public ImageClassifier {
  public:
   explicit VisionTransformerImpl(const VisionTransformerOptions& options_);
-  void reset() override;
+  void reset();
+  std::shared_ptr<ImageClassifier> make_like() const override {
+    return std::make_shared<VisionTransformerImpl>(options);
+  }
   ImageFeatures forward_features(const torch::Tensor& images, bool need_attention = false) override;
   ImageOutput forward_head(const ImageFeatures& features) override;
   int64_t num_classes() const override { return options.num_classes(); }

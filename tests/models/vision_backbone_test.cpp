@@ -127,6 +127,46 @@ TEST(VisionBackbone, CloneCopiesWeights) {
   EXPECT_NE(a->fc->weight.data_ptr(), b->fc->weight.data_ptr());
 }
 
+// clone() is ImageClassifier's own (not torch::nn::Cloneable's): every kind of classifier is
+// copied with its parameters, its BatchNorm statistics and its mode, into tensors of its own.
+TEST(VisionPresets, CloneOfEveryKindOfClassifierIsAnIndependentCopy) {
+  for (const std::string arch : {"resnet18", "small_cnn", "attn_small", "vit_mini_patch8"}) {
+    SCOPED_TRACE(arch);
+    ImageModelConfig c;
+    c.arch = arch;
+    c.dropout = 0.0;
+    torch::manual_seed(3);
+    auto a = make_image_classifier(c);
+    const auto x = torch::rand({2, 3, 64, 64});
+    a->train();
+    a->forward(x);  // moves the BatchNorm running statistics away from their initial values
+    a->eval();
+    auto copy = a->clone();
+    auto b = std::dynamic_pointer_cast<ImageClassifier>(copy);
+    ASSERT_TRUE(b);
+    EXPECT_FALSE(b->is_training());
+    torch::NoGradGuard no_grad;
+    const auto before = a->forward(x).logits;
+    EXPECT_TRUE(b->forward(x).logits.equal(before));
+    const auto pa = a->named_parameters(), pb = b->named_parameters();
+    ASSERT_EQ(pa.size(), pb.size());
+    for (const auto& item : pa) {
+      const auto& other = pb[item.key()];
+      EXPECT_TRUE(other.equal(item.value())) << item.key();
+      EXPECT_NE(other.data_ptr(), item.value().data_ptr()) << item.key();
+      EXPECT_TRUE(other.requires_grad()) << item.key();
+    }
+    const auto ba = a->named_buffers(), bb = b->named_buffers();
+    ASSERT_EQ(ba.size(), bb.size());
+    for (const auto& item : ba)
+      EXPECT_TRUE(bb[item.key()].equal(item.value())) << item.key();
+    for (auto& p : a->parameters())
+      p.add_(1.0);  // the copy does not follow
+    EXPECT_TRUE(b->forward(x).logits.equal(before));
+    EXPECT_FALSE(a->forward(x).logits.equal(before));
+  }
+}
+
 TEST(VisionPresets, UnknownArchListsThePresets) {
   ImageModelConfig c;
   c.arch = "resnet19";

@@ -79,10 +79,11 @@ TEST(GradientRollout, UnitGradientsGiveMeanRollout) {
 
 // features = the input (2 channels); logit c = mean of channel c: class c depends on where
 // channel c is active.
-class RegionModelImpl : public torch::nn::Cloneable<RegionModelImpl>, public ImageClassifier {
+class RegionModelImpl : public ImageClassifier {
  public:
-  RegionModelImpl() { reset(); }
-  void reset() override {}
+  std::shared_ptr<ImageClassifier> make_like() const override {
+    return std::make_shared<RegionModelImpl>();
+  }
   ImageFeatures forward_features(const torch::Tensor& images, bool) override {
     ImageFeatures f;
     f.features = images * 1.0;
