@@ -43,6 +43,22 @@ torch::Tensor focal_loss(const torch::Tensor& logits, const torch::Tensor& label
   return -(q * weight * logp).sum(1).mean();
 }
 
+torch::Tensor distillation_loss(const torch::Tensor& student_logits,
+                                const torch::Tensor& teacher_logits, const std::string& kind,
+                                double temperature) {
+  check(student_logits.sizes() == teacher_logits.sizes() && student_logits.dim() == 2,
+        "distillation", "student and teacher logits must both be (B, C), got ",
+        student_logits.sizes(), " and ", teacher_logits.sizes());
+  const auto teacher = teacher_logits.detach();
+  if (kind == "hard")
+    return torch::nn::functional::cross_entropy(student_logits, teacher.argmax(1));
+  check(kind == "soft", "distillation", "must be soft or hard, got '", kind, "'");
+  check(temperature > 0, "distillation", "temperature must be > 0, got ", temperature);
+  const auto log_q = torch::log_softmax(student_logits / temperature, 1);
+  const auto log_p = torch::log_softmax(teacher / temperature, 1);
+  return (log_p.exp() * (log_p - log_q)).sum(1).mean() * (temperature * temperature);
+}
+
 double fit_temperature(const torch::Tensor& logits, const torch::Tensor& labels) {
   const auto z = logits.detach().to(torch::kFloat64).cpu();
   const auto y = labels.cpu().to(torch::kInt64);
@@ -100,6 +116,12 @@ nlohmann::json image_train_options_to_json(const ImageTrainOptions& o) {
   j["oversample"] = o.oversample;
   j["ema"] = o.ema_decay;
   j["mask_loss"] = o.mask_loss;
+  if (!o.teacher.empty()) {  // written only when on: earlier checkpoints stay as they were
+    j["teacher"] = o.teacher;
+    j["distill"] = o.distill;
+    j["distill_alpha"] = o.distill_alpha;
+    j["distill_temperature"] = o.distill_temperature;
+  }
   j["init"] = o.init;
   j["init_backbone"] = o.init_backbone;
   j["seed"] = o.seed;
@@ -298,6 +320,10 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   check(o.warmup_epochs >= 0 && o.focal_gamma >= 0, "train",
         "warmup epochs and focal gamma must be >= 0");
   check(!o.out_dir.empty(), "train", "no run folder given");
+  check(o.distill == "soft" || o.distill == "hard", "train", "distill must be soft or hard, got '",
+        o.distill, "'");
+  check(o.distill_alpha >= 0 && o.distill_alpha <= 1 && o.distill_temperature > 0, "train",
+        "distill alpha must be in [0, 1] and the temperature > 0");
   check_classes(*train, "training set", true);
   check_classes(*val, "validation set", o.select_by == "auc");
   const auto class_names = train->class_names();
@@ -362,6 +388,43 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   model->to(device);
   check_model_takes_pipeline_output(*model, o.pipeline, "--model " + config.arch,
                                     "this run's preprocessing (--size or --augment)");
+  // The teacher: frozen, folded, in eval mode, on the same device.
+  std::shared_ptr<models::vision::ImageClassifier> teacher;
+  torch::Tensor teacher_scale, teacher_shift;  // x_teacher = x · scale + shift, per channel
+  int64_t teacher_h = 0, teacher_w = 0;
+  if (!o.teacher.empty()) {
+    auto loaded = load_image_classifier(o.teacher);
+    check(loaded.meta.class_names == class_names, o.teacher,
+          "the teacher was trained on the classes ", names_excerpt(loaded.meta.class_names),
+          "; this data has ", names_excerpt(class_names));
+    const auto teacher_pipeline =
+        loaded.meta.preprocessing_config.is_object()
+            ? preprocessing::Pipeline::from_json(loaded.meta.preprocessing_config)
+            : preprocessing::Pipeline();
+    // The side its preprocessing makes (its steps on a mid-grey image, as the check below).
+    const auto made =
+        teacher_pipeline.process(cv::Mat(256, 256, CV_8UC3, cv::Scalar(128, 128, 128)));
+    teacher_h = made.image.rows;
+    teacher_w = made.image.cols;
+    // Undo this run's normalisation, apply the teacher's: x · (s / s_t) + (m - m_t) / s_t.
+    const auto& mine = o.pipeline.normalization();
+    const auto& its = teacher_pipeline.normalization();
+    std::vector<float> scale(3), shift(3);
+    for (int c = 0; c < 3; ++c) {
+      scale[c] = mine.std[c] / its.std[c];
+      shift[c] = (mine.mean[c] - its.mean[c]) / its.std[c];
+    }
+    teacher_scale = torch::tensor(scale).reshape({1, 3, 1, 1}).to(device);
+    teacher_shift = torch::tensor(shift).reshape({1, 3, 1, 1}).to(device);
+    teacher = loaded.model;
+    teacher->to(device);
+    teacher->eval();
+    for (auto& p : teacher->parameters())
+      p.requires_grad_(false);
+    teacher->fold_batch_norm();
+    check_model_takes_pipeline_output(*teacher, teacher_pipeline, o.teacher,
+                                      "its own preprocessing");
+  }
   DistributedGroup* const group = o.group;
   const bool main_rank = !group || group->is_main();
   const int world = group ? group->world_size() : 1;
@@ -480,10 +543,15 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   // lambda < 1: a mixed batch (pipeline/vision/mixing.h), each image's loss shared between its
   // own label and that of the image it was mixed with (the batch reversed).
   auto compute_loss = [&](const models::vision::ImageOutput& out, const torch::Tensor& labels,
-                          const torch::Tensor& masks, double lambda) {
+                          const torch::Tensor& masks, double lambda,
+                          const torch::Tensor& teacher_logits) {
     auto loss = mixed_loss(
         [&](const torch::Tensor& targets) { return class_loss(out.logits, targets); }, labels,
         lambda);
+    if (teacher_logits.defined())
+      loss = (1 - o.distill_alpha) * loss +
+             o.distill_alpha *
+                 distillation_loss(out.logits, teacher_logits, o.distill, o.distill_temperature);
     if (!o.mask_loss.empty() && masks.defined())
       loss = loss + attention_mask_loss(out.maps, masks, mask_options);
     return loss;
@@ -541,7 +609,20 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
       out.logits = out.logits.to(torch::kFloat);
       for (auto& [name, map] : out.maps)
         map = map.to(torch::kFloat);
-      const auto loss = compute_loss(out, labels, masks, mixed.lambda);
+      torch::Tensor teacher_logits;
+      if (teacher) {
+        torch::NoGradGuard no_grad;
+        auto x = images * teacher_scale + teacher_shift;
+        if (x.size(2) != teacher_h || x.size(3) != teacher_w)
+          x = torch::nn::functional::interpolate(
+              x, torch::nn::functional::InterpolateFuncOptions()
+                     .size(std::vector<int64_t>{teacher_h, teacher_w})
+                     .mode(torch::kBilinear)
+                     .align_corners(false));
+        runtime::AutocastScope autocast(o.precision, device);
+        teacher_logits = teacher->forward(x).logits.to(torch::kFloat);
+      }
+      const auto loss = compute_loss(out, labels, masks, mixed.lambda, teacher_logits);
       loss.backward();
       items = batch->size();
       mean_loss = loss.item<double>();

@@ -85,6 +85,16 @@ struct ImageTrainOptions {
   double ema_decay = 0.0;
   /// Dice-loss weights of the attention maps (model.map_names() order); empty = off.
   std::vector<double> mask_loss;
+  /// Knowledge distillation from a trained classifier of the same classes (its checkpoint;
+  /// empty = off): the loss is (1 - α) · the class loss + α · distillation_loss(student,
+  /// teacher) + the mask loss. The teacher, frozen in eval mode, sees every training batch
+  /// as the student does (augmented, mixed), re-normalised to its own preprocessing's
+  /// normalisation and resized (bilinear) to the side its preprocessing makes.
+  std::string teacher;
+  /// soft | hard (distillation_loss).
+  std::string distill = "soft";
+  double distill_alpha = 0.5;
+  double distill_temperature = 1.0;
   /// Strict initialisation from a checkpoint / everything but the head.
   std::string init;
   std::string init_backbone;
@@ -154,6 +164,14 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
 /// cross-entropy. Shape: logits (B, C), labels (B) int64 -> scalar.
 torch::Tensor focal_loss(const torch::Tensor& logits, const torch::Tensor& labels, double gamma,
                          double label_smoothing = 0.0);
+
+/// The distillation term per batch (mean over the images). soft (Hinton et al. 2015):
+/// T² · KL(softmax(teacher / T) ‖ softmax(student / T)), the T² keeping its gradients' scale
+/// independent of T; hard (DeiT, Touvron et al. 2021): cross-entropy of the student against
+/// the teacher's predicted class. Shape: logits (B, C) each -> scalar.
+torch::Tensor distillation_loss(const torch::Tensor& student_logits,
+                                const torch::Tensor& teacher_logits, const std::string& kind,
+                                double temperature);
 
 /// The temperature T > 0 minimising the mean negative log-likelihood of softmax(logits / T)
 /// (Guo et al. 2017), by golden-section search over log T in [log 0.05, log 20].

@@ -788,6 +788,79 @@ TEST(TrainCli, MixupCutmixAndDropPathAreReproducibleResumableAndRecorded) {
   EXPECT_FALSE(fs::exists(dir / "neg"));
 }
 
+// --teacher: a CNN trained at 32 px teaches a ViT trained at 24 px (the batches resized for the
+// teacher). With --distill-alpha 0 the distillation term has weight 0, so the run must be the
+// run without a teacher, byte for byte; with alpha > 0 it changes the run, reproducibly, and
+// the options are recorded. A teacher of other classes, a missing one and bad values are
+// refused before any training.
+TEST(TrainCli, DistillationFromATeacherIsExactAtAlphaZeroReproducibleAndRecorded) {
+  test::TempDir dir;
+  const auto teacher = test::run_process(train_command(dir / "teacher", 2));
+  ASSERT_EQ(teacher.status, 0) << teacher.output;
+  const auto teacher_ckpt = dir / "teacher/best.h5";
+  const auto command = [&](const std::string& run, const std::string& flags,
+                           const std::string& data) {
+    return exe() + " --threads 1 train --data " + data +
+           " --model vit_mini_patch8 --size 24 --batch-size 8 --optimizer adamw --lr 1e-3" +
+           " --workers 1 --quiet --epochs 3 --seed 5 " + flags + " --out " + run + " 2>&1";
+  };
+  const auto train = [&](const std::string& name, const std::string& flags) {
+    const auto r = test::run_process(command(dir / name, flags, synth_data()));
+    EXPECT_EQ(r.status, 0) << r.output;
+    return read_text(dir / name + "/metrics.jsonl");
+  };
+  const auto plain = train("plain", "");
+  EXPECT_EQ(train("alpha0", "--teacher " + teacher_ckpt + " --distill-alpha 0"), plain);
+  const auto soft = train("soft", "--teacher " + teacher_ckpt + " --distill-temperature 2");
+  EXPECT_NE(soft, plain);
+  EXPECT_EQ(train("soft_again", "--teacher " + teacher_ckpt + " --distill-temperature 2"), soft);
+  const auto hard = train("hard", "--teacher " + teacher_ckpt + " --distill hard");
+  EXPECT_NE(hard, plain);
+  EXPECT_NE(hard, soft);
+  const auto config =
+      pipeline::load_image_classifier(dir / "soft/best.h5").meta.extra["training_config"];
+  EXPECT_EQ(config["teacher"], teacher_ckpt);
+  EXPECT_EQ(config["distill"], "soft");
+  EXPECT_EQ(config["distill_alpha"], 0.5);
+  EXPECT_EQ(config["distill_temperature"], 2.0);
+  EXPECT_FALSE(pipeline::load_image_classifier(dir / "plain/best.h5")
+                   .meta.extra["training_config"]
+                   .contains("teacher"));
+
+  // The same images under other class names (--multiclass keeps them): the teacher's head
+  // means something else.
+  const auto original = synth_data();
+  const auto renamed = fs::path(original).parent_path() / "labels_renamed.csv";
+  {
+    auto text = read_text(original);
+    for (const auto& [from, to] :
+         {std::pair<std::string, std::string>{",benign,", ",plain,"}, {",malignant,", ",spotted,"}})
+      for (std::size_t at; (at = text.find(from)) != std::string::npos;)
+        text.replace(at, from.size(), to);
+    std::ofstream(renamed) << text;
+  }
+  const auto other = test::run_process(
+      command(dir / "other", "--multiclass --teacher " + teacher_ckpt, renamed.string()));
+  EXPECT_EQ(other.status, 1) << other.output;
+  EXPECT_NE(other.output.find(teacher_ckpt), std::string::npos) << other.output;
+  EXPECT_NE(other.output.find("the teacher was trained on the classes"), std::string::npos)
+      << other.output;
+  const auto missing =
+      test::run_process(command(dir / "missing", "--teacher " + dir / "nothing.h5", synth_data()));
+  EXPECT_EQ(missing.status, 1) << missing.output;
+  EXPECT_NE(missing.output.find(dir / "nothing.h5"), std::string::npos) << missing.output;
+  for (const auto& [flags, message] : std::vector<std::pair<std::string, std::string>>{
+           {"--distill-alpha 1.5", "--distill-alpha must be in [0, 1], got 1.5"},
+           {"--distill-temperature 0", "--distill-temperature must be in (0, 1000], got 0"},
+           {"--distill medium", "--distill must be soft or hard, got 'medium'"}}) {
+    const auto r = test::run_process(
+        command(dir / "bad", "--teacher " + teacher_ckpt + " " + flags, synth_data()));
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_NE(r.output.find(message), std::string::npos) << r.output;
+  }
+  EXPECT_FALSE(fs::exists(dir / "bad"));
+}
+
 // --init-backbone takes the trunk of a checkpoint of another architecture with the same trunk
 // (small_cnn -> attn_small) and leaves the head to its own initialisation: at a learning rate
 // of 1e-9 the trunk's weights stay those of the checkpoint, the head is attn_small's own.

@@ -184,12 +184,12 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   data.add_to(desc);
   DistributedFlags dist;
   std::string model_name, out, val_spec, optimizer, schedule, loss, sampler, augment, mask_loss,
-      init, init_backbone, device, precision, select_by, resume_flag, val_images;
+      init, init_backbone, device, precision, select_by, resume_flag, val_images, teacher, distill;
   std::vector<std::string> oversample;
   int64_t size = 0, batch_size = 0, epochs = 0, step_every = 0, patience = 0, progress_every = 0;
   double val_split = 0, lr = 0, momentum = 0, weight_decay = 0, warmup_epochs = 0, step_gamma = 0,
          focal_gamma = 0, label_smoothing = 0, ema = 0, time_budget = 0, mixup = 0, cutmix = 0,
-         drop_path = 0;
+         drop_path = 0, distill_alpha = 0, distill_temperature = 0;
   uint64_t seed = 0;
   int workers = 2, threads = 0;
   bool nesterov = false, skip_bad = false, cache = false, quiet = false, cpu_budget = false,
@@ -226,6 +226,10 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
       ("ema", po::value(&ema)->default_value(0.0, "0"), "EMA decay of the weights (e.g. 0.999); validation and best.h5 use the EMA weights; 0 = off")
       ("augment", po::value(&augment)->default_value(""), "preprocessing config (JSON) with its augmentations; default: --size resize, flips and 90-degree rotations")
       ("mask-loss", po::value(&mask_loss)->default_value(""), "W1,W2: Dice loss weight per attention map when the data has masks")
+      ("teacher", po::value(&teacher)->default_value(""), "knowledge distillation from this trained checkpoint (same classes; e.g. a CNN teaching a ViT): it sees every training batch, re-normalised and resized to its own preprocessing")
+      ("distill", po::value(&distill)->default_value("soft"), "with --teacher: soft (KL divergence to its probabilities at --distill-temperature, Hinton et al. 2015) | hard (cross-entropy against its predicted class, DeiT)")
+      ("distill-alpha", po::value(&distill_alpha)->default_value(0.5, "0.5"), "with --teacher: loss = (1 - alpha) * class loss + alpha * distillation loss")
+      ("distill-temperature", po::value(&distill_temperature)->default_value(1.0, "1"), "with --teacher and --distill soft: the softmax temperature T (the term is scaled by T^2)")
       ("init", po::value(&init)->default_value(""), "start from this checkpoint (strict)")
       ("init-backbone", po::value(&init_backbone)->default_value(""), "load everything but the head from this checkpoint")
       ("seed", po::value(&seed)->default_value(0), "random seed (split, order, augmentation, initialisation)")
@@ -290,6 +294,10 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   in_range("mixup", mixup, 0, false, 1000, false);
   in_range("cutmix", cutmix, 0, false, 1000, false);
   in_range("drop-path", drop_path, 0, false, 1, true);
+  in_range("distill-alpha", distill_alpha, 0, false, 1, false);
+  in_range("distill-temperature", distill_temperature, 0, true, 1000, false);
+  if (distill != "soft" && distill != "hard")
+    fail("--distill must be soft or hard, got '" + distill + "'");
   if (drop_path > 0 && !models::vision::is_vit(model_name))
     fail("--drop-path applies to the ViT presets only (stochastic depth of their blocks), not '" +
          model_name + "'");
@@ -357,7 +365,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
       const auto best = fs::path(resume_dir) / "best.h5";
       if (fs::exists(best)) pipeline::verify_checkpoint(best.string());
     }
-    for (const auto* ckpt : {&init, &init_backbone})
+    for (const auto* ckpt : {&init, &init_backbone, &teacher})
       if (!ckpt->empty()) pipeline::verify_checkpoint(*ckpt);
     for (const auto* spec : {&data.data, &val_spec})
       if (is_cache(*spec)) pipeline::h5::check_untrusted_file(*spec, false);
@@ -597,6 +605,10 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     if (!mask_loss.empty()) o.mask_loss = parse_doubles(mask_loss, "--mask-loss", usage);
     o.init = init;
     o.init_backbone = init_backbone;
+    o.teacher = teacher;
+    o.distill = distill;
+    o.distill_alpha = distill_alpha;
+    o.distill_temperature = distill_temperature;
     o.seed = seed;
     o.device = device;
     o.precision = precision;

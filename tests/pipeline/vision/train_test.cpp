@@ -1,6 +1,6 @@
 // Pieces of image training (pipeline/vision/train.h) with closed-form or brute-force oracles:
-// the focal loss and temperature scaling. The loop itself is tested in training_test.cpp and
-// end to end in tests/cli/train_cli_test.cpp.
+// the focal loss, the distillation loss and temperature scaling. The loop itself is tested in
+// training_test.cpp and end to end in tests/cli/train_cli_test.cpp.
 
 #include <cmath>
 
@@ -35,6 +35,59 @@ TEST(FocalLoss, MatchesTheFormulaOnOneSample) {
   auto x = logits.clone().requires_grad_(true);
   focal_loss(x, labels, 2.0).backward();
   EXPECT_LT(x.grad()[0][1].item<double>(), 0.0);
+}
+
+// Soft distillation by its definition, element by element in double: T² · mean over the
+// images of Σ_c p_c (ln p_c - ln q_c), p = softmax(teacher / T), q = softmax(student / T).
+double soft_distillation_by_hand(const torch::Tensor& student, const torch::Tensor& teacher,
+                                 double t) {
+  const auto s = student.accessor<double, 2>(), u = teacher.accessor<double, 2>();
+  double total = 0.0;
+  for (int64_t b = 0; b < student.size(0); ++b) {
+    double zs = 0.0, zt = 0.0;
+    for (int64_t c = 0; c < student.size(1); ++c) {
+      zs += std::exp(s[b][c] / t);
+      zt += std::exp(u[b][c] / t);
+    }
+    for (int64_t c = 0; c < student.size(1); ++c) {
+      const double p = std::exp(u[b][c] / t) / zt, q = std::exp(s[b][c] / t) / zs;
+      total += p * (std::log(p) - std::log(q));
+    }
+  }
+  return t * t * total / static_cast<double>(student.size(0));
+}
+
+TEST(Distillation, SoftIsTheScaledKlDivergenceOfTheTemperedSoftmaxes) {
+  torch::manual_seed(3);
+  const auto student = torch::randn({7, 3}, torch::kFloat64) * 2;
+  const auto teacher = torch::randn({7, 3}, torch::kFloat64) * 2;
+  for (const double t : {1.0, 2.0, 4.0})
+    EXPECT_NEAR(distillation_loss(student, teacher, "soft", t).item<double>(),
+                soft_distillation_by_hand(student, teacher, t), 1e-12)
+        << "T = " << t;
+  // Zero when the student already says what the teacher says; the teacher gets no gradient.
+  EXPECT_NEAR(distillation_loss(teacher, teacher, "soft", 2.0).item<double>(), 0.0, 1e-12);
+  auto s = student.clone().requires_grad_(true);
+  auto u = teacher.clone().requires_grad_(true);
+  distillation_loss(s, u, "soft", 2.0).backward();
+  EXPECT_TRUE(s.grad().defined());
+  EXPECT_FALSE(u.grad().defined());
+  // Its gradient with respect to the student's logits is T (q - p) / B (Hinton et al. 2015).
+  const double t = 2.0;
+  const auto expected = t * (torch::softmax(student / t, 1) - torch::softmax(teacher / t, 1)) / 7.0;
+  EXPECT_LT((s.grad() - expected).abs().max().item<double>(), 1e-12);
+}
+
+TEST(Distillation, HardIsCrossEntropyAgainstTheTeachersClass) {
+  const auto student = torch::tensor({{0.2, 1.0, -0.5}, {2.0, 0.1, 0.3}}, torch::kFloat64);
+  const auto teacher = torch::tensor({{0.0, 0.0, 5.0}, {1.0, 3.0, 0.0}}, torch::kFloat64);
+  // Teacher's classes: 2 and 1; -ln softmax(student)[class], averaged.
+  const auto ls = torch::log_softmax(student, 1);
+  const double expected = -(ls[0][2].item<double>() + ls[1][1].item<double>()) / 2;
+  EXPECT_NEAR(distillation_loss(student, teacher, "hard", 1.0).item<double>(), expected, 1e-12);
+  EXPECT_THROW(distillation_loss(student, teacher, "medium", 1.0), Error);
+  EXPECT_THROW(distillation_loss(student, teacher, "soft", 0.0), Error);
+  EXPECT_THROW(distillation_loss(student, teacher.narrow(1, 0, 2), "soft", 1.0), Error);
 }
 
 double nll(const torch::Tensor& logits, const torch::Tensor& labels, double t) {
