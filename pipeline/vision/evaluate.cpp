@@ -12,6 +12,7 @@
 #include "pipeline/vision/tta.h"
 #include "preprocessing/pipeline.h"
 #include "runtime/precision.h"
+#include "runtime/runtime.h"
 
 namespace attnscope::pipeline {
 namespace {
@@ -145,7 +146,10 @@ EvaluateResult evaluate_image_classifier(const LoadedImageClassifier& loaded,
   lo.augment = false;
   datasets::Loader loader(source, pipeline, lo);
 
+  runtime::check_device(options.device, "evaluate");
+  const torch::Device device(options.device);
   auto& model = *loaded.model;
+  model.to(device);
   model.eval();
   model.fold_batch_norm();  // inference only (ImageClassifier::fold_batch_norm)
   check_model_takes_pipeline_output(model, pipeline, model_path);
@@ -158,9 +162,9 @@ EvaluateResult evaluate_image_classifier(const LoadedImageClassifier& loaded,
       result.failures.push_back({f.image_id, f.path, f.message});
     done += batch->size() + static_cast<int64_t>(batch->errors.size());
     if (batch->size() > 0) {
-      chunks.push_back(predict_probabilities(model, batch->images, result.temperature, options.tta,
-                                             options.precision)
-                           .to(torch::kDouble));
+      chunks.push_back(predict_probabilities(model, batch->images.to(device), result.temperature,
+                                             options.tta, options.precision)
+                           .to(torch::kCPU, torch::kDouble));
       const auto labels = batch->labels.to(torch::kLong).contiguous();
       for (int64_t i = 0; i < batch->size(); ++i) {
         result.ids.push_back(batch->ids[i]);

@@ -34,6 +34,9 @@ struct EvaluateOptions {
   /// "fp32", or "bf16": every forward pass in bfloat16 autocast (runtime/precision.h); the
   /// softmax, the TTA mean and the metrics stay float32/float64.
   std::string precision = "fp32";
+  /// cpu | cuda | cuda:N: where the model runs (runtime::check_device); the probabilities and
+  /// metrics come back to the CPU.
+  std::string device = "cpu";
   /// Binary decision threshold on P(class 1); unset: the checkpoint's, else 0.5.
   std::optional<double> threshold;
   /// Bootstrap resamples for the AUC interval (MetricsOptions) and their seed.

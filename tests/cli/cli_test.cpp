@@ -288,7 +288,8 @@ TEST(Cli, AnUnusableDeviceIsRefusedBeforeAnyWork) {
   const auto out = dir / "out";
   for (const std::string& command : std::vector<std::string>{
            "classify --model " + (dir / "missing.h5") + " --input " + (dir / "x.jpg"),
-           "train --model attn_small --data " + (dir / "missing.csv")}) {
+           "train --model attn_small --data " + (dir / "missing.csv"),
+           "evaluate --model " + (dir / "missing.h5") + " --data " + (dir / "missing.csv")}) {
     const auto bad = test::run_process(exe() + " " + command + " --out " + out + " --device tpu");
     EXPECT_EQ(bad.status, 2) << command << "\n" << bad.output;
     EXPECT_NE(bad.output.find("error: --device must be cpu, cuda or cuda:N"), std::string::npos)

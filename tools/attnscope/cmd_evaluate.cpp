@@ -19,6 +19,7 @@
 #include "pipeline/vision/evaluate.h"
 #include "pipeline/vision/image_cache.h"
 #include "runtime/precision.h"
+#include "runtime/runtime.h"
 
 namespace attnscope::cli {
 namespace {
@@ -56,6 +57,7 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
       ("precision", po::value(&o.precision)->default_value("fp32"),
        "fp32 | bf16: the forward passes in bfloat16 autocast, as classify --precision (metrics "
        "computed in float64 either way); faster on CPUs with AVX512-BF16 or AMX, slower on others")
+      ("device", po::value(&o.device)->default_value("cpu"), "cpu, cuda or cuda:N")
       ("quiet", po::bool_switch(&quiet), "no progress on stderr");
   // clang-format on
   add_decode_reduce_to(desc);
@@ -69,6 +71,8 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
     fail("--bootstrap must be in [0, 100000]");
   if (!runtime::is_precision_name(o.precision))
     fail("--precision must be fp32 or bf16, got '" + o.precision + "'");
+  if (!runtime::is_device_name(o.device))
+    fail("--device must be cpu, cuda or cuda:N, got '" + o.device + "'");
   if (threshold_text != "checkpoint") {
     std::size_t used = 0;
     double t = -1;
@@ -82,6 +86,8 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
   }
   o.tta = tta;
   const auto reduce_to = read_decode_reduce_to(vm, usage_text(usage, desc));
+  // The device before any work (a CUDA device this process lacks is one line).
+  runtime::check_device(o.device, "evaluate");
 
   // --out and --predictions must not be an input (the write would replace it) or each other.
   const auto check_outputs = [&](const std::vector<std::pair<std::string, std::string>>& inputs) {
@@ -102,7 +108,7 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
     ensure_writable_folder(dest);
   }
 
-  std::cerr << runtime::precision_warning(o.precision, "cpu");
+  std::cerr << runtime::precision_warning(o.precision, o.device);
   const auto loaded = pipeline::load_image_classifier(model_path);
   std::shared_ptr<const datasets::SampleSource> source;
   std::error_code ec;
