@@ -78,9 +78,9 @@ torch::Tensor predict_probabilities(models::vision::ImageClassifier& model,
   return tta ? tta_mean(probabilities, images) : probabilities(images);
 }
 
-void check_model_takes_pipeline_output(models::vision::ImageClassifier& model,
-                                       const preprocessing::Pipeline& pipeline,
-                                       const std::string& subject, const std::string& made_by) {
+cv::Size check_model_takes_pipeline_output(models::vision::ImageClassifier& model,
+                                           const preprocessing::Pipeline& pipeline,
+                                           const std::string& subject, const std::string& made_by) {
   const auto image = pipeline.process(cv::Mat(256, 256, CV_8UC3, cv::Scalar(128, 128, 128))).image;
   const auto device =
       model.parameters().empty() ? torch::Device(torch::kCPU) : model.parameters().front().device();
@@ -95,6 +95,7 @@ void check_model_takes_pipeline_output(models::vision::ImageClassifier& model,
                                 made_by, " makes (", e.what_without_backtrace(), ")"));
   }
   model.train(training);
+  return image.size();
 }
 
 EvaluateResult evaluate_image_classifier(const LoadedImageClassifier& loaded,

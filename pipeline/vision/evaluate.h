@@ -16,6 +16,7 @@
 #include <vector>
 
 #include <torch/types.h>
+#include <opencv2/core/types.hpp>
 
 #include "datasets/loader.h"
 #include "pipeline/metrics.h"
@@ -79,11 +80,12 @@ torch::Tensor predict_probabilities(models::vision::ImageClassifier& model,
 /// Checks that `model` (in eval mode) takes what `pipeline` makes of an image: one forward pass
 /// on its output for a blank 256 x 256 image. Throws Error(subject, "cannot classify the W x H
 /// images <made_by> makes (LibTorch's reason)") when the network cannot (a checkpoint whose
-/// preprocessing makes images too small for it). The model's train/eval mode is kept.
-void check_model_takes_pipeline_output(models::vision::ImageClassifier& model,
-                                       const preprocessing::Pipeline& pipeline,
-                                       const std::string& subject,
-                                       const std::string& made_by = "its preprocessing");
+/// preprocessing makes images too small for it). The model's train/eval mode is kept. Returns
+/// the size of the images the pipeline makes (of that 256 x 256 image).
+cv::Size check_model_takes_pipeline_output(models::vision::ImageClassifier& model,
+                                           const preprocessing::Pipeline& pipeline,
+                                           const std::string& subject,
+                                           const std::string& made_by = "its preprocessing");
 
 /// The checkpoint's decision threshold (extra.threshold) and temperature (extra.temperature),
 /// defaults 0.5 and 1. Throws Error naming `path` for a threshold outside [0, 1] or a

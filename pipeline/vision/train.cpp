@@ -401,11 +401,6 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
         loaded.meta.preprocessing_config.is_object()
             ? preprocessing::Pipeline::from_json(loaded.meta.preprocessing_config)
             : preprocessing::Pipeline();
-    // The side its preprocessing makes (its steps on a mid-grey image, as the check below).
-    const auto made =
-        teacher_pipeline.process(cv::Mat(256, 256, CV_8UC3, cv::Scalar(128, 128, 128)));
-    teacher_h = made.image.rows;
-    teacher_w = made.image.cols;
     // Undo this run's normalisation, apply the teacher's: x · (s / s_t) + (m - m_t) / s_t.
     const auto& mine = o.pipeline.normalization();
     const auto& its = teacher_pipeline.normalization();
@@ -422,8 +417,11 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     for (auto& p : teacher->parameters())
       p.requires_grad_(false);
     teacher->fold_batch_norm();
-    check_model_takes_pipeline_output(*teacher, teacher_pipeline, o.teacher,
-                                      "its own preprocessing");
+    // The side its preprocessing makes, which its batches are resized to.
+    const auto made = check_model_takes_pipeline_output(*teacher, teacher_pipeline, o.teacher,
+                                                        "its own preprocessing");
+    teacher_h = made.height;
+    teacher_w = made.width;
   }
   DistributedGroup* const group = o.group;
   const bool main_rank = !group || group->is_main();
