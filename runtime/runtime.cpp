@@ -19,6 +19,7 @@
 #include <vector>
 
 #include <ATen/Version.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -387,6 +388,17 @@ void check_device(const std::string& device, const std::string& subject) {
         "or CUDA_VISIBLE_DEVICES hides them)");
   check(device == "cuda" || std::stoi(device.substr(5)) < count, subject, "--device ", device,
         ": this process has ", count, " CUDA device(s), numbered from 0");
+}
+
+std::string device_of_local_rank(const std::string& device, int local_rank, int cuda_count) {
+  if (device != "cuda" || cuda_count <= 0 || local_rank < 0) return device;
+  return "cuda:" + std::to_string(local_rank % cuda_count);
+}
+
+void use_device(const std::string& device) {
+  if (device.rfind("cuda:", 0) != 0) return;
+  const c10::Device d(device);
+  c10::impl::getDeviceGuardImpl(d.type())->setDevice(d);
 }
 
 }  // namespace attnscope::runtime

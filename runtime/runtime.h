@@ -263,4 +263,16 @@ bool is_device_name(const std::string& device);
 /// without CUDA, no GPU, CUDA_VISIBLE_DEVICES, N past the last device).
 void check_device(const std::string& device, const std::string& subject);
 
+/// The device of one process among several a launcher started on a machine (torchrun's
+/// LOCAL_RANK, Slurm's SLURM_LOCALID): plain "cuda" becomes "cuda:<local_rank mod
+/// cuda_count>", so that 8 processes on a machine of 8 GPUs take one each rather than all
+/// GPU 0. "cpu", "cuda:N" (the user chose) and a count of 0 leave `device` as it is.
+std::string device_of_local_rank(const std::string& device, int local_rank, int cuda_count);
+
+/// Makes "cuda:N" LibTorch's current CUDA device (after check_device). Tensors carry their
+/// device, but work that is not tied to a tensor's device (a CUDA context, cuBLAS handles,
+/// the default stream) goes to the current one: without this a process told cuda:1 also holds
+/// a context, and its memory, on GPU 0. "cpu" and "cuda" (= the current device) change nothing.
+void use_device(const std::string& device);
+
 }  // namespace attnscope::runtime

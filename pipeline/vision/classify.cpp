@@ -401,6 +401,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
   // built (about 0.15 s for 45 MB, on a core that would otherwise wait).
   verify_checkpoint(o.model);
   runtime::check_device(o.device, "classify");  // the command checked it before reading inputs
+  runtime::use_device(o.device);                // cuda:N: LibTorch's work goes there, not to GPU 0
   check(runtime::is_precision_name(o.precision), "classify",
         "precision must be fp32 or bf16, got '", o.precision, "'");
   auto model_checksum = start_async([&] { return file_checksum(o.model); });
@@ -470,6 +471,8 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
       torch::NoGradGuard ng;
       const auto out = model.forward(x, support.vit);
       shapes = out.maps;
+    } catch (const c10::OutOfMemoryError&) {
+      throw;  // the device's memory, not the input's size
     } catch (const c10::Error&) {
       check_model_takes_pipeline_output(model, pipeline, o.model);  // says why, naming the size
       throw;

@@ -148,6 +148,7 @@ EvaluateResult evaluate_image_classifier(const LoadedImageClassifier& loaded,
   datasets::Loader loader(source, pipeline, lo);
 
   runtime::check_device(options.device, "evaluate");
+  runtime::use_device(options.device);  // cuda:N: LibTorch's work goes there, not to GPU 0
   const torch::Device device(options.device);
   auto& model = *loaded.model;
   model.to(device);

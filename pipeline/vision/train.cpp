@@ -313,6 +313,7 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   check(o.schedule == "cosine" || o.schedule == "step" || o.schedule == "constant", "train",
         "schedule must be cosine, step or constant, got '", o.schedule, "'");
   runtime::check_device(o.device, "train");  // the command checked it before reading data
+  runtime::use_device(o.device);             // cuda:N: LibTorch's work goes there, not to GPU 0
   check(runtime::is_precision_name(o.precision), "train", "precision must be fp32 or bf16, got '",
         o.precision, "'");
   check(o.label_smoothing >= 0 && o.label_smoothing < 1, "train",

@@ -14,6 +14,7 @@
 
 #include <ATen/Version.h>
 #include <ATen/autocast_mode.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/torch.h>
 
 #include "attnscope/error.h"
@@ -155,6 +156,30 @@ TEST(Runtime, DeviceNamesAndAvailabilityAreCheckedWithAClearMessage) {
     EXPECT_EQ(message("cuda:" + std::to_string(count)),
               "--device cuda:" + std::to_string(count) + ": this process has " +
                   std::to_string(count) + " CUDA device(s), numbered from 0");
+  }
+}
+
+// Closed form: plain "cuda" under a launcher is GPU local_rank mod count; what the user named,
+// the CPU, no launcher (-1) and no GPU stay. use_device makes cuda:N LibTorch's current device
+// (read back through c10's own device guard) and leaves the current device alone otherwise.
+TEST(Runtime, EachProcessOfALauncherTakesItsOwnGpuAndCudaNBecomesCurrent) {
+  EXPECT_EQ(device_of_local_rank("cuda", 0, 8), "cuda:0");
+  EXPECT_EQ(device_of_local_rank("cuda", 5, 8), "cuda:5");
+  EXPECT_EQ(device_of_local_rank("cuda", 9, 8), "cuda:1");
+  EXPECT_EQ(device_of_local_rank("cuda", 3, 1), "cuda:0");
+  EXPECT_EQ(device_of_local_rank("cuda", -1, 8), "cuda");
+  EXPECT_EQ(device_of_local_rank("cuda", 3, 0), "cuda");
+  EXPECT_EQ(device_of_local_rank("cuda:2", 5, 8), "cuda:2");
+  EXPECT_EQ(device_of_local_rank("cpu", 5, 8), "cpu");
+  EXPECT_NO_THROW(use_device("cpu"));
+  EXPECT_NO_THROW(use_device("cuda"));  // no CUDA touched: a CPU-only LibTorch takes it too
+  const int count = cuda_device_count();
+  if (count > 0) {
+    const auto* cuda = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
+    use_device("cuda:" + std::to_string(count - 1));
+    EXPECT_EQ(cuda->getDevice().index(), count - 1);
+    use_device("cuda:0");
+    EXPECT_EQ(cuda->getDevice().index(), 0);
   }
 }
 

@@ -7,6 +7,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 
@@ -35,6 +36,16 @@ std::string shard_from_environment() {
     if (r && n && *r && *n) return std::string(r) + "/" + n;
   }
   return "";
+}
+
+// The process's index on its machine under torchrun (LOCAL_RANK) or Slurm (SLURM_LOCALID), as
+// shard_from_environment picks the launcher; -1 when unset or not a small number.
+int local_rank_from_environment() {
+  const char* v = std::getenv(std::getenv("RANK") ? "LOCAL_RANK" : "SLURM_LOCALID");
+  if (!v || !*v || std::strlen(v) > 6) return -1;
+  for (const char* c = v; *c; ++c)
+    if (*c < '0' || *c > '9') return -1;
+  return std::atoi(v);
 }
 
 std::string join_args(const std::vector<std::string>& args) {
@@ -133,6 +144,10 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
   if (!masks.empty()) pipeline::check_masks_folder(masks);
   // The device last among the checks, before any input is read.
   runtime::check_device(o.device, "classify");
+  // Several processes of a launcher on one machine: "cuda" is each one's own GPU.
+  if (o.device == "cuda")
+    o.device = runtime::device_of_local_rank(o.device, local_rank_from_environment(),
+                                             runtime::cuda_device_count());
   std::cerr << runtime::precision_warning(o.precision, o.device);
   o.command_line = join_args(args);
   auto dataset =

@@ -1,7 +1,7 @@
 // attnscope train: train an image classifier on labelled images (ISIC ground truth + images,
-// a generic CSV, class folders, a synthetic folder, or an HDF5 image cache) into a run folder.
-// The loop, checkpoints and metrics are pipeline/vision/train.h's; this file reads the data,
-// splits it, checks the images and prints progress.
+// a generic CSV, class folders, a synthetic folder's labels.csv, or an HDF5 image cache) into a run
+// folder. The loop, checkpoints and metrics are pipeline/vision/train.h's; this file reads the
+// data, splits it, checks the images and prints progress.
 
 #include <unistd.h>
 
@@ -197,7 +197,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   // clang-format off
   desc.add_options()
       ("model", po::value(&model_name)->required(), "preset (attn_small, attn_resnet18, attn_vgg16, resnet18, small_cnn, vit_mini_patch8, ...)")
-      ("out", po::value(&out)->required(), "run folder (created): metrics.jsonl, last.h5, best.h5")
+      ("out", po::value(&out)->required(), "run folder (created): metrics.jsonl, timing.jsonl, last.h5, best.h5")
       ("val", po::value(&val_spec)->default_value(""), "validation data (same forms as --data); default: split off --data")
       ("val-images", po::value(&val_images)->default_value(""), "folder of the --val CSV's images; default: the images/ folder next to it, else --images")
       ("val-split", po::value(&val_split)->default_value(0.2, "0.2"), "share of --data for validation, grouped by lesion/patient when known, stratified")

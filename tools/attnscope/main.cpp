@@ -131,6 +131,12 @@ int main(int argc, char** argv) {
     std::cerr << "error: out of memory (std::bad_alloc): lower --batch-size, --workers or the "
                  "image size, or free memory\n";
     return 1;
+  } catch (const c10::OutOfMemoryError& e) {
+    // A GPU's memory (CUDA's caching allocator): LibTorch's message says how much and where.
+    std::cerr << "error: out of memory on the device: lower --batch-size or the image size "
+                 "(classify: fewer --maps, no --tta), or free the GPU ("
+              << attnscope::printable(e.what_without_backtrace()) << ")\n";
+    return 1;
   } catch (const c10::Error& e) {
     // LibTorch's own errors: the message without the C++ stack LibTorch appends to what().
     std::cerr << "error: " << attnscope::printable(e.what_without_backtrace()) << "\n";
