@@ -18,6 +18,7 @@
 #include "pipeline/vision/evaluate.h"
 #include "pipeline/vision/image_losses.h"
 #include "pipeline/vision/image_model_config.h"
+#include "pipeline/vision/results.h"
 #include "runtime/precision.h"
 #include "runtime/runtime.h"
 
@@ -393,8 +394,10 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   std::shared_ptr<models::vision::ImageClassifier> teacher;
   torch::Tensor teacher_scale, teacher_shift;  // x_teacher = x · scale + shift, per channel
   int64_t teacher_h = 0, teacher_w = 0;
+  std::string teacher_checksum;  // of the file: a resumed run must have the same teacher
   if (!o.teacher.empty()) {
     auto loaded = load_image_classifier(o.teacher);
+    teacher_checksum = file_checksum(o.teacher);
     check(loaded.meta.class_names == class_names, o.teacher,
           "the teacher was trained on the classes ", names_excerpt(loaded.meta.class_names),
           "; this data has ", names_excerpt(class_names));
@@ -503,6 +506,8 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   meta.extra["command"] = "train";
   meta.extra["threshold"] = 0.5;
   meta.extra["training_config"] = image_train_options_to_json(o);
+  if (!teacher_checksum.empty())
+    meta.extra["training_config"]["teacher_checksum"] = teacher_checksum;
 
   TrainState state;
   double resumed_temperature = 1.0;
@@ -515,6 +520,19 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     const auto sum = o.provenance.value("data_checksum", std::string());
     check(stored_sum.empty() || sum.empty() || stored_sum == sum, last_path,
           "was trained on other data (checksum ", stored_sum, ", now ", sum, ")");
+    // The teacher takes part in every step: another file under its name would continue the
+    // run with other targets.
+    if (!teacher_checksum.empty()) {
+      const auto& extra = stored.extra;
+      const auto stored_config = extra.is_object() && extra.contains("training_config")
+                                     ? extra.at("training_config")
+                                     : nlohmann::json();
+      const auto stored_teacher = json_field(stored_config, "teacher_checksum", std::string(),
+                                             last_path, "extra.training_config.teacher_checksum");
+      check(stored_teacher.empty() || stored_teacher == teacher_checksum, o.teacher,
+            "is not the teacher ", last_path, " was trained with (checksum ", stored_teacher,
+            ", now ", teacher_checksum, "): resuming would not continue the same run");
+    }
     state = read_state(last_path);
     load_checkpoint(last_path, *model);
     // The calibration of the best epoch so far, in case no later epoch is better. Read now,

@@ -15,6 +15,7 @@
 
 #include "attnscope/atomic_file.h"
 #include "pipeline/vision/image_model_config.h"
+#include "pipeline/vision/results.h"
 #include "test_support.h"
 
 namespace attnscope {
@@ -791,9 +792,10 @@ TEST(TrainCli, MixupCutmixAndDropPathAreReproducibleResumableAndRecorded) {
 // --teacher: a CNN trained at 32 px teaches a ViT trained at 24 px (the batches resized for the
 // teacher). With --distill-alpha 0 the distillation term has weight 0, so the run must be the
 // run without a teacher, byte for byte; with alpha > 0 it changes the run, reproducibly, and
-// the options are recorded. A teacher of other classes, a missing one and bad values are
+// the options are recorded; a stopped run resumes to the same end, but not with another file
+// under the teacher's name. A teacher of other classes, a missing one and bad values are
 // refused before any training.
-TEST(TrainCli, DistillationFromATeacherIsExactAtAlphaZeroReproducibleAndRecorded) {
+TEST(TrainCli, DistillationFromATeacherIsExactAtAlphaZeroReproducibleResumableAndRecorded) {
   test::TempDir dir;
   const auto teacher = test::run_process(train_command(dir / "teacher", 2));
   ASSERT_EQ(teacher.status, 0) << teacher.output;
@@ -826,6 +828,36 @@ TEST(TrainCli, DistillationFromATeacherIsExactAtAlphaZeroReproducibleAndRecorded
   EXPECT_FALSE(pipeline::load_image_classifier(dir / "plain/best.h5")
                    .meta.extra["training_config"]
                    .contains("teacher"));
+  EXPECT_EQ(config["teacher_checksum"], pipeline::file_checksum(teacher_ckpt));
+
+  // Stopped and resumed with the same teacher: the uninterrupted run. With another file under
+  // the teacher's name (a teacher trained again): refused, naming it, the run left as it was.
+  const auto run = dir / "stopped";
+  test::SignalPlan plan;
+  plan.signal = SIGTERM;
+  plan.after = {"epoch 1:"};
+  const auto stopped = test::run_signalled(
+      "exec " +
+          command(run, "--teacher " + teacher_ckpt + " --distill-temperature 2", synth_data()),
+      plan);
+  ASSERT_EQ(stopped.signals_sent, 1) << stopped.output;
+  EXPECT_EQ(stopped.status, 128 + SIGTERM) << stopped.output;
+  const auto partial = read_text(run + "/metrics.jsonl");
+  EXPECT_LT(count_lines(partial), 3) << stopped.output;
+  const auto retrained = test::run_process(train_command(dir / "teacher_b", 1, 9));
+  ASSERT_EQ(retrained.status, 0) << retrained.output;
+  fs::rename(teacher_ckpt, teacher_ckpt + ".orig");
+  fs::copy_file(dir / "teacher_b/best.h5", teacher_ckpt);
+  const auto swapped = test::run_process(exe() + " --threads 1 train --resume " + run + " 2>&1");
+  EXPECT_EQ(swapped.status, 1) << swapped.output;
+  EXPECT_NE(swapped.output.find(teacher_ckpt + ": is not the teacher"), std::string::npos)
+      << swapped.output;
+  EXPECT_EQ(read_text(run + "/metrics.jsonl"), partial);
+  fs::rename(teacher_ckpt + ".orig", teacher_ckpt);
+  const auto resumed = test::run_process(exe() + " --threads 1 train --resume " + run + " 2>&1");
+  ASSERT_EQ(resumed.status, 0) << resumed.output;
+  EXPECT_EQ(read_text(run + "/metrics.jsonl"), soft);
+  EXPECT_EQ(compare_weights(run + "/last.h5", dir / "soft/last.h5"), "same\n");
 
   // The same images under other class names (--multiclass keeps them): the teacher's head
   // means something else.
