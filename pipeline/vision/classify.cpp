@@ -471,8 +471,6 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
       torch::NoGradGuard ng;
       const auto out = model.forward(x, support.vit);
       shapes = out.maps;
-    } catch (const c10::OutOfMemoryError&) {
-      throw;  // the device's memory, not the input's size
     } catch (const c10::Error&) {
       check_model_takes_pipeline_output(model, pipeline, o.model);  // says why, naming the size
       throw;

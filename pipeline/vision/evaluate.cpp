@@ -89,6 +89,9 @@ cv::Size check_model_takes_pipeline_output(models::vision::ImageClassifier& mode
   try {
     torch::NoGradGuard no_grad;
     (void)model.forward(pipeline.tensor(image).unsqueeze(0).to(device));
+  } catch (const c10::OutOfMemoryError&) {
+    model.train(training);
+    throw;  // the device's memory, not the size of the images
   } catch (const c10::Error& e) {
     model.train(training);
     throw Error(subject, concat("cannot classify the ", image.cols, " x ", image.rows, " images ",

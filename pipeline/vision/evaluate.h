@@ -80,8 +80,9 @@ torch::Tensor predict_probabilities(models::vision::ImageClassifier& model,
 /// Checks that `model` (in eval mode) takes what `pipeline` makes of an image: one forward pass
 /// on its output for a blank 256 x 256 image. Throws Error(subject, "cannot classify the W x H
 /// images <made_by> makes (LibTorch's reason)") when the network cannot (a checkpoint whose
-/// preprocessing makes images too small for it). The model's train/eval mode is kept. Returns
-/// the size of the images the pipeline makes (of that 256 x 256 image).
+/// preprocessing makes images too small for it); a device's out-of-memory error passes through
+/// as it is. The model's train/eval mode is kept. Returns the size of the images the pipeline
+/// makes (of that 256 x 256 image).
 cv::Size check_model_takes_pipeline_output(models::vision::ImageClassifier& model,
                                            const preprocessing::Pipeline& pipeline,
                                            const std::string& subject,
