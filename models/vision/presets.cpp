@@ -83,11 +83,16 @@ ImageModelConfig resolve_image_config(const ImageModelConfig& config) {
   check(!small_data_options || is_vit(config.arch), "model config",
         "shifted patches and locality self-attention apply to the ViT presets only, not '",
         config.arch, "'");
+  check(!config.conv_stem.value_or(false) || is_vit(config.arch), "model config",
+        "a convolutional stem applies to the ViT presets only, not '", config.arch, "'");
+  check(!(config.conv_stem.value_or(false) && config.shifted_patches.value_or(false)),
+        "model config", "shifted patches and a convolutional stem cannot be combined");
   ImageModelConfig out = config;
   if (!is_vit(config.arch)) {
     out.drop_path.reset();
     out.shifted_patches.reset();
     out.locality_attention.reset();
+    out.conv_stem.reset();
   }
   if (is_attention_cnn(config.arch)) {
     const auto& p = *std::find_if(attention_presets().begin(), attention_presets().end(),
@@ -115,6 +120,7 @@ ImageModelConfig resolve_image_config(const ImageModelConfig& config) {
     if (!out.drop_path) out.drop_path = o.drop_path();
     if (!out.shifted_patches) out.shifted_patches = o.shifted_patches();
     if (!out.locality_attention) out.locality_attention = o.locality_attention();
+    if (!out.conv_stem) out.conv_stem = o.conv_stem();
   } else if (config.arch == "small_cnn") {
     if (out.image_size == 0) out.image_size = kSmallImageSize;
     if (!out.dropout) out.dropout = small_cnn_options().dropout();
@@ -149,7 +155,8 @@ std::shared_ptr<ImageClassifier> make_image_classifier(const ImageModelConfig& c
                                                        .dropout(*c.dropout)
                                                        .drop_path(*c.drop_path)
                                                        .shifted_patches(*c.shifted_patches)
-                                                       .locality_attention(*c.locality_attention));
+                                                       .locality_attention(*c.locality_attention)
+                                                       .conv_stem(*c.conv_stem));
   }
   return std::make_shared<AttentionCnnImpl>(
       AttentionCnnOptions(*c.backbone, *c.attention_stages)

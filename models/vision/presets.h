@@ -43,6 +43,9 @@ struct ImageModelConfig {
   /// presets.
   std::optional<bool> shifted_patches;
   std::optional<bool> locality_attention;
+  /// ViT only: a convolutional stem instead of the patchify convolution (Xiao et al. 2021;
+  /// VisionTransformerOptions::conv_stem). Unset or false on other presets.
+  std::optional<bool> conv_stem;
   // Attention-CNN only:
   /// Trunk: resnet18 | resnet34 | resnet50 | vgg16 | vgg16_bn | small_cnn.
   std::optional<std::string> backbone;

@@ -17,8 +17,12 @@ nn::LayerNorm layer_norm(int64_t dim, double eps) {
 }  // namespace
 
 PatchEmbedImpl::PatchEmbedImpl(int64_t in_channels_, int64_t embed_dim_, int64_t patch_size_,
-                               bool shifted_)
-    : in_channels(in_channels_), embed_dim(embed_dim_), patch_size(patch_size_), shifted(shifted_) {
+                               bool shifted_, bool conv_stem_)
+    : in_channels(in_channels_),
+      embed_dim(embed_dim_),
+      patch_size(patch_size_),
+      shifted(shifted_),
+      conv_stem(conv_stem_) {
   reset();
 }
 
@@ -27,6 +31,31 @@ void PatchEmbedImpl::reset() {
         "in_channels, embed_dim and patch_size must be positive");
   check(!shifted || patch_size >= 2, "PatchEmbed",
         "shifted patches need a patch size of at least 2, got ", patch_size);
+  check(!(shifted && conv_stem), "PatchEmbed",
+        "shifted patches and a convolutional stem cannot be combined");
+  if (conv_stem) {
+    int64_t blocks = 0;
+    while ((int64_t{2} << blocks) <= patch_size)
+      ++blocks;
+    const int64_t widest_divisor = int64_t{1} << (blocks - 1);
+    check(
+        patch_size >= 2 && (int64_t{1} << blocks) == patch_size && embed_dim % widest_divisor == 0,
+        "PatchEmbed", "a convolutional stem needs a patch size that is a power of two >= 2 (got ",
+        patch_size, ") and an embedding width divisible by ", widest_divisor, " (got ", embed_dim,
+        ")");
+    stem = nn::Sequential();
+    int64_t from = in_channels;
+    for (int64_t j = 0; j < blocks; ++j) {
+      const int64_t to = embed_dim >> (blocks - 1 - j);
+      stem->push_back(nn::Conv2d(nn::Conv2dOptions(from, to, 3).stride(2).padding(1).bias(false)));
+      stem->push_back(nn::BatchNorm2d(to));
+      stem->push_back(nn::ReLU());
+      from = to;
+    }
+    stem = register_module("stem", stem);
+    proj = register_module("proj", nn::Conv2d(nn::Conv2dOptions(embed_dim, embed_dim, 1)));
+    return;
+  }
   const int64_t channels = shifted ? 5 * in_channels : in_channels;
   norm = shifted
              ? register_module(
@@ -41,6 +70,7 @@ torch::Tensor PatchEmbedImpl::forward(const torch::Tensor& x) {
             x.size(3) % patch_size == 0,
         "PatchEmbed", "images must be (B, C=", in_channels, ", H, W) with H and W multiples of ",
         patch_size, ", got ", x.sizes());
+  if (conv_stem) return proj(stem->forward(x));
   if (!shifted) return proj(x);
   const int64_t B = x.size(0), H = x.size(2), W = x.size(3), p = patch_size, s = p / 2;
   const auto padded = nn::functional::pad(x, nn::functional::PadFuncOptions({s, s, s, s}));
@@ -86,8 +116,8 @@ void VisionTransformerImpl::reset() {
         o.image_size(), ") a multiple of patch_size (", o.patch_size(), ")");
   const int64_t D = o.embed_dim();
   const int64_t grid = o.image_size() / o.patch_size();
-  patch_embed = register_module(
-      "patch_embed", PatchEmbed(o.in_channels(), D, o.patch_size(), o.shifted_patches()));
+  patch_embed = register_module("patch_embed", PatchEmbed(o.in_channels(), D, o.patch_size(),
+                                                          o.shifted_patches(), o.conv_stem()));
   cls_token = register_parameter("cls_token", torch::zeros({1, 1, D}));
   pos_embed = register_parameter("pos_embed", torch::zeros({1, 1 + grid * grid, D}));
   pos_drop = register_module("pos_drop", nn::Dropout(o.dropout()));

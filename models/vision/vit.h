@@ -7,7 +7,9 @@
 // Two options for small data (Lee et al. 2021, "Vision Transformer for Small-Size Datasets"),
 // off in every preset: shifted_patches (SPT: each patch token also sees its four diagonal
 // neighbours half a patch away) and locality_attention (LSA: a learned scale per head, and no
-// token attends to itself).
+// token attends to itself). A third, conv_stem (Xiao et al. 2021, "Early Convolutions Help
+// Transformers See Better"), replaces the patchify convolution with a stack of stride-2 3×3
+// convolutions.
 
 #include <string>
 #include <vector>
@@ -60,6 +62,14 @@ struct VisionTransformerOptions {
   /// per head (`blocks.N.attn.scale`, MultiHeadAttentionOptions::learned_scale) and the
   /// diagonal is masked, so a token's weights go to the other tokens only.
   TORCH_ARG(bool, locality_attention) = false;
+  /// Convolutional stem (ViTc, Xiao et al. 2021): instead of one patch_size × patch_size
+  /// convolution of stride patch_size, log2(patch_size) blocks of a 3×3 convolution with stride
+  /// 2 and padding 1 (no bias), BatchNorm and ReLU (`patch_embed.stem.{3j, 3j+1, 3j+2}`), of
+  /// D / 2^(k-1-j) channels for block j of k (patch 8, D 128: 32, 64, 128; patch 16,
+  /// D 384: 48, 96, 192, 384), then a 1×1 convolution to D (`patch_embed.proj`). The token grid
+  /// is the same. Needs patch_size = 2^k (k >= 1) and D divisible by 2^(k-1); not together
+  /// with shifted_patches.
+  TORCH_ARG(bool, conv_stem) = false;
 };
 
 /// `proj`: a patch_size × patch_size convolution with stride patch_size. With shifted (SPT)
@@ -67,16 +77,20 @@ struct VisionTransformerOptions {
 /// image, then its content moved right-down, left-down, right-up, left-up, i.e. the official
 /// code's x, lu, ru, lb, rb crops of the padded image), every patch's (5·C, patch, patch)
 /// values pass `norm` (LayerNorm over them, eps 1e-5), and `proj` has 5·C input channels.
+/// With conv_stem, `stem` (VisionTransformerOptions::conv_stem) comes first and `proj` is a 1×1
+/// convolution.
 /// Shape: (B, C, H, W) -> (B, D, H / patch, W / patch).
 class PatchEmbedImpl : public torch::nn::Cloneable<PatchEmbedImpl> {
  public:
-  PatchEmbedImpl(int64_t in_channels, int64_t embed_dim, int64_t patch_size, bool shifted = false);
+  PatchEmbedImpl(int64_t in_channels, int64_t embed_dim, int64_t patch_size, bool shifted = false,
+                 bool conv_stem = false);
   void reset() override;
   torch::Tensor forward(const torch::Tensor& x);
 
   int64_t in_channels, embed_dim, patch_size;
-  bool shifted;
-  torch::nn::LayerNorm norm = nullptr;  ///< shifted only
+  bool shifted, conv_stem;
+  torch::nn::LayerNorm norm = nullptr;   ///< shifted only
+  torch::nn::Sequential stem = nullptr;  ///< conv_stem only
   torch::nn::Conv2d proj = nullptr;
 };
 TORCH_MODULE(PatchEmbed);

@@ -35,6 +35,7 @@ nlohmann::json image_model_config_to_json(const vision::ImageModelConfig& config
   if (c.drop_path && *c.drop_path > 0) j["drop_path"] = *c.drop_path;
   if (c.shifted_patches.value_or(false)) j["shifted_patches"] = true;
   if (c.locality_attention.value_or(false)) j["locality_attention"] = true;
+  if (c.conv_stem.value_or(false)) j["conv_stem"] = true;
   if (c.backbone) j["backbone"] = *c.backbone;
   if (c.attention_stages) j["attention_stages"] = *c.attention_stages;
   if (c.compatibility) j["compatibility"] = *c.compatibility;
@@ -48,9 +49,9 @@ vision::ImageModelConfig image_model_config_from_json(const nlohmann::json& json
   check(json.is_object(), kSubject, "expected a JSON object, got ", json_excerpt(json));
   check(json.contains("arch"), kSubject, "missing key \"arch\" (one of the image presets)");
   static const std::set<std::string> known = {
-      "arch",     "num_classes",      "image_size",      "in_channels",       "dropout",
-      "backbone", "attention_stages", "compatibility",   "normalizer",        "after_pool",
-      "gating",   "drop_path",        "shifted_patches", "locality_attention"};
+      "arch",     "num_classes",      "image_size",      "in_channels",        "dropout",
+      "backbone", "attention_stages", "compatibility",   "normalizer",         "after_pool",
+      "gating",   "drop_path",        "shifted_patches", "locality_attention", "conv_stem"};
   for (const auto& item : json.items())
     check(known.count(item.key()) > 0, concat(kSubject, ".", item.key()),
           "unknown key for an image classifier");
@@ -64,6 +65,7 @@ vision::ImageModelConfig image_model_config_from_json(const nlohmann::json& json
   if (json.contains("shifted_patches")) c.shifted_patches = get<bool>(json, "shifted_patches");
   if (json.contains("locality_attention"))
     c.locality_attention = get<bool>(json, "locality_attention");
+  if (json.contains("conv_stem")) c.conv_stem = get<bool>(json, "conv_stem");
   if (json.contains("backbone")) c.backbone = get<std::string>(json, "backbone");
   if (json.contains("attention_stages"))
     c.attention_stages = get<std::vector<int64_t>>(json, "attention_stages");

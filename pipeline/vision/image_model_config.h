@@ -9,6 +9,8 @@
 //    "drop_path": 0.1,
 //    // ViT presets, only when true (Lee et al. 2021's SPT and LSA, docs/vision.md):
 //    "shifted_patches": true, "locality_attention": true,
+//    // ViT presets, only when true (Xiao et al. 2021's convolutional stem, docs/vision.md):
+//    "conv_stem": true,
 //    // attention-CNN presets only:
 //    "backbone": "vgg16_bn", "attention_stages": [2, 3], "compatibility": "additive",
 //    "gating": "grid", "normalizer": "sigmoid", "after_pool": true}

@@ -515,6 +515,42 @@ TEST(TrainCli, ASizeTooSmallForTheNetworkIsOneLineBeforeTraining) {
   EXPECT_FALSE(fs::exists(dir / "run/metrics.jsonl"));
 }
 
+// The model is laid out for the images its preprocessing makes: with --augment the config's
+// side, not --size's (a ViT's position embedding: 1 + (24 / 8)^2 positions for 24-px images,
+// read back with h5py). Patches that do not tile the side are one line before training.
+TEST(TrainCli, AVitIsLaidOutForTheSideItsAugmentConfigMakes) {
+  test::TempDir dir;
+  const auto config = [&](const std::string& name, int side) {
+    std::ofstream(dir / name) << R"({"steps": [{"op": "resize", "size": )" << side
+                              << R"(, "mode": "crop"}], "augment": {"hflip": 0.5}})";
+    return dir / name;
+  };
+  const auto command = [&](const std::string& run, const std::string& flags) {
+    return exe() + " --threads 1 train --data " + synth_data() +
+           " --model vit_mini_patch8 --batch-size 8 --workers 1 --quiet --epochs 1 " + flags +
+           " --out " + run + " 2>&1";
+  };
+  const auto r =
+      test::run_process(command(dir / "run", "--size 64 --augment " + config("a24.json", 24)));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto loaded = pipeline::load_image_classifier(dir / "run/best.h5");
+  EXPECT_EQ(loaded.config.image_size, 24);
+  const auto shape = test::run_process(
+      test::python() +
+      " -c \"import h5py,sys; print(h5py.File(sys.argv[1],'r')['pos_embed'].shape)\" " +
+      (dir / "run/last.h5"));
+  EXPECT_EQ(shape.output, "(1, 10, 128)\n");
+  for (const auto& flags : {"--augment " + config("a20.json", 20), std::string("--size 20")}) {
+    const auto bad = test::run_process(command(dir / "bad", flags));
+    EXPECT_EQ(bad.status, 1) << bad.output;
+    EXPECT_NE(bad.output.find("error: --model vit_mini_patch8: its patches of 8 px do not tile the "
+                              "20 x 20 images"),
+              std::string::npos)
+        << bad.output;
+    EXPECT_FALSE(fs::exists(dir / "bad/metrics.jsonl"));
+  }
+}
+
 // A batch that does not fit the memory limit (ATTNSCOPE_MEMORY_LIMIT here; a cgroup's or the
 // machine's free memory by default) is one line before any checkpoint, not the OOM killer's
 // SIGKILL. attn_small's first activation at 512 px, batch 32, is 1 GiB by itself.
@@ -722,8 +758,9 @@ TEST(TrainCli, Bf16PrecisionIsRecordedReproducibleAndNotTheFloat32Run) {
 // Mixup, CutMix and stochastic depth draw from LibTorch's generator, which the loop seeds per
 // epoch: a run is reproducible bit for bit, a run stopped by SIGTERM and resumed ends as the
 // uninterrupted one, and the flags change the run (the checks can fail), as do the ViT's
-// --shifted-patches and --locality-attention. The values are stored in the checkpoints;
-// --drop-path or --shifted-patches on a CNN and a negative alpha are usage errors.
+// --shifted-patches, --locality-attention and --conv-stem. The values are stored in the
+// checkpoints; --drop-path, --shifted-patches or --conv-stem on a CNN, SPT with the
+// convolutional stem and a negative alpha are usage errors.
 TEST(TrainCli, MixupCutmixAndDropPathAreReproducibleResumableAndRecorded) {
   test::TempDir dir;
   const auto command = [&](const std::string& run, const std::string& flags) {
@@ -743,7 +780,8 @@ TEST(TrainCli, MixupCutmixAndDropPathAreReproducibleResumableAndRecorded) {
            {"mixup", "--mixup 0.4"},
            {"cutmix", "--cutmix 1"},
            {"droppath", "--drop-path 0.2"},
-           {"small_data", "--shifted-patches --locality-attention"}}) {
+           {"small_data", "--shifted-patches --locality-attention"},
+           {"conv_stem", "--conv-stem"}}) {
     const auto r = test::run_process(command(dir / name, flags));
     ASSERT_EQ(r.status, 0) << r.output;
     EXPECT_NE(read_text(dir / name + "/metrics.jsonl"), read_text(dir / "a/metrics.jsonl"))
@@ -758,6 +796,9 @@ TEST(TrainCli, MixupCutmixAndDropPathAreReproducibleResumableAndRecorded) {
   EXPECT_EQ(small_data.meta.model_config["shifted_patches"], true);
   EXPECT_EQ(small_data.meta.model_config["locality_attention"], true);
   EXPECT_TRUE(small_data.config.shifted_patches.value_or(false));
+  const auto stem = pipeline::load_image_classifier(dir / "conv_stem/best.h5");
+  EXPECT_EQ(stem.meta.model_config["conv_stem"], true);
+  EXPECT_FALSE(small_data.meta.model_config.contains("conv_stem"));
 
   const auto run = dir / "stopped";
   test::SignalPlan plan;
@@ -781,6 +822,16 @@ TEST(TrainCli, MixupCutmixAndDropPathAreReproducibleResumableAndRecorded) {
   EXPECT_NE(shifted.output.find("--shifted-patches applies to the ViT presets only"),
             std::string::npos)
       << shifted.output;
+  const auto cnn_stem = test::run_process(train_command(dir / "cnn", 1) + " --conv-stem");
+  EXPECT_EQ(cnn_stem.status, 2) << cnn_stem.output;
+  EXPECT_NE(cnn_stem.output.find("--conv-stem applies to the ViT presets only"), std::string::npos)
+      << cnn_stem.output;
+  const auto both = test::run_process(command(dir / "both", "--conv-stem --shifted-patches"));
+  EXPECT_EQ(both.status, 2) << both.output;
+  EXPECT_NE(both.output.find("--shifted-patches and --conv-stem cannot be combined"),
+            std::string::npos)
+      << both.output;
+  EXPECT_FALSE(fs::exists(dir / "both"));
   const auto negative = test::run_process(train_command(dir / "neg", 1) + " --mixup -1");
   EXPECT_EQ(negative.status, 2) << negative.output;
   EXPECT_NE(negative.output.find("--mixup must be in [0, 1000], got -1"), std::string::npos)

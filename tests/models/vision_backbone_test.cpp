@@ -479,6 +479,65 @@ TEST(VisionBackbone, VitDropPathRisesLinearlyOverTheBlocksAndLeavesEvaluationAlo
   EXPECT_NO_THROW(make_image_classifier(cnn));
 }
 
+// Xiao et al. 2021's convolutional stem: k = log2(patch) stride-2 3x3 blocks of D/2^(k-1-j)
+// channels, the same token grid as the patchify convolution, and each token sees beyond its
+// patch. Three 3x3 convolutions of stride 2 and padding 1 give token row r the input rows
+// 8r - 7 .. 8r + 7 (each layer: output i reads inputs 2i - 1 .. 2i + 1): a pixel changes no
+// token outside that window, and (unlike the patchify convolution) some token outside its own
+// patch. Bad patch sizes and widths, and SPT together with the stem, are refused.
+TEST(VisionBackbone, VitConvolutionalStemKeepsTheGridAndReachesBeyondThePatch) {
+  ImageModelConfig config;
+  config.arch = "vit_mini_patch8";
+  config.conv_stem = true;
+  torch::manual_seed(0);
+  const auto model = make_image_classifier(config);
+  auto* vit = dynamic_cast<VisionTransformerImpl*>(model.get());
+  ASSERT_NE(vit, nullptr);
+  auto& embed = *vit->patch_embed;
+  ASSERT_TRUE(embed.stem);
+  std::vector<int64_t> widths;
+  for (const auto& m : embed.stem->children())
+    if (auto* conv = m->as<torch::nn::Conv2d>()) {
+      EXPECT_EQ(conv->options.stride()->at(0), 2);
+      EXPECT_FALSE(conv->bias.defined());
+      widths.push_back(conv->options.out_channels());
+    }
+  EXPECT_EQ(widths, (std::vector<int64_t>{32, 64, 128}));
+  EXPECT_EQ(embed.proj->options.kernel_size()->at(0), 1);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const int64_t H = 32, W = 40;
+  const auto x = torch::randn({1, 3, H, W});
+  const auto tokens = embed.forward(x);
+  ASSERT_EQ(tokens.sizes(), (std::vector<int64_t>{1, 128, H / 8, W / 8}));
+  EXPECT_EQ(model->forward(torch::randn({2, 3, 64, 64})).logits.sizes(),
+            (std::vector<int64_t>{2, 2}));
+  for (const auto& [y, xx] : std::vector<std::pair<int64_t, int64_t>>{{9, 17}, {15, 8}, {0, 39}}) {
+    auto moved = x.clone();
+    moved[0][1][y][xx] += 50.0f;
+    const auto changed = (embed.forward(moved) - tokens).abs().amax(1)[0] > 0;  // (h, w)
+    int64_t outside_own_patch = 0, reachable_outside = 0;
+    for (int64_t r = 0; r < H / 8; ++r)
+      for (int64_t c = 0; c < W / 8; ++c) {
+        const bool reachable =
+            8 * r - 7 <= y && y <= 8 * r + 7 && 8 * c - 7 <= xx && xx <= 8 * c + 7;
+        const bool did = changed[r][c].item<bool>();
+        if (!reachable) EXPECT_FALSE(did) << y << "," << xx << " -> " << r << "," << c;
+        const bool own = r == y / 8 && c == xx / 8;
+        outside_own_patch += did && !own;
+        reachable_outside += reachable && !own;
+      }
+    // At the corner (0, 39) the window holds the own patch only.
+    EXPECT_EQ(outside_own_patch > 0, reachable_outside > 0) << y << "," << xx;
+  }
+  EXPECT_THROW(PatchEmbed(3, 128, 6, false, true), Error);   // not a power of two
+  EXPECT_THROW(PatchEmbed(3, 100, 16, false, true), Error);  // 100 not divisible by 8
+  EXPECT_NO_THROW(PatchEmbed(3, 96, 16, false, true));
+  EXPECT_THROW(PatchEmbed(3, 128, 8, true, true), Error);
+  config.shifted_patches = true;
+  EXPECT_THROW(make_image_classifier(config), Error);
+}
+
 // Shifted Patch Tokenization against the brute force of its definition (Lee et al. 2021): the
 // token of patch (r, c) is proj applied to LayerNorm of the patch's pixels in the image and in
 // its four copies shifted diagonally by patch / 2 with zero fill, gathered pixel by pixel.

@@ -6,6 +6,8 @@ torchvision model; for "vit" a ViT written here with timm's names whose attentio
 torch.nn.functional.multi_head_attention_forward (torch.nn.MultiheadAttention's math); for
 "vit_spt_lsa" the same ViT with Shifted Patch Tokenization and Locality Self-Attention written
 here after the paper's code (Lee et al. 2021, github.com/aanna0701/SPT_LSA_ViT); for
+"vit_conv_stem" the ViT with the convolutional stem of Xiao et al. 2021 (stride-2 3x3
+torch.nn.Conv2d + BatchNorm2d + ReLU blocks of D/4, D/2, D channels and a 1x1 projection); for
 "attnmel" AttnMel's AttnVGG (Yan et al. 2019) with its names, the trunk torchvision's vgg16_bn
 and the grid attention written here from the paper's equations with torch.nn.functional. The BN
 statistics are randomised so that eval-mode BN is not the identity. Writes into OUTDIR:
@@ -134,14 +136,36 @@ class ShiftedPatchEmbed(nn.Module):
         return tokens.transpose(1, 2).reshape(b, -1, h // p, w // p)
 
 
+class ConvStemEmbed(nn.Module):
+    """Xiao et al. 2021's stem for ViTc: log2(patch) blocks of a 3x3 convolution with stride 2
+    (no bias), BatchNorm and ReLU, the widths doubling up to D, then a 1x1 convolution."""
+
+    def __init__(self, dim, patch, channels=3):
+        super().__init__()
+        blocks = int(math.log2(patch))
+        layers, width_in = [], channels
+        for j in range(blocks):
+            width = dim // 2 ** (blocks - 1 - j)
+            layers += [nn.Conv2d(width_in, width, 3, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            width_in = width
+        self.stem = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x):
+        return self.proj(self.stem(x))
+
+
 class ViT(nn.Module):
     """timm's VisionTransformer names: patch_embed.proj, cls_token, pos_embed, blocks, norm, head."""
 
-    def __init__(self, dim, depth, heads, patch, image_size, num_classes, spt=False, lsa=False):
+    def __init__(self, dim, depth, heads, patch, image_size, num_classes, spt=False, lsa=False,
+                 conv_stem=False):
         super().__init__()
         self.patch = patch
         self.lsa = lsa
-        self.patch_embed = ShiftedPatchEmbed(dim, patch) if spt else PatchEmbed(dim, patch)
+        self.patch_embed = (ShiftedPatchEmbed(dim, patch) if spt
+                            else ConvStemEmbed(dim, patch) if conv_stem else PatchEmbed(dim, patch))
         grid = image_size // patch
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.pos_embed = nn.Parameter(torch.randn(1, 1 + grid * grid, dim) * 0.02)
@@ -312,11 +336,11 @@ def main():
             for name, tensor in ref.items():
                 f.create_dataset(name, data=tensor.contiguous().numpy())
         return
-    if args.arch in ("vit", "vit_spt_lsa"):
+    if args.arch in ("vit", "vit_spt_lsa", "vit_conv_stem"):
         dim, depth, heads, patch = export_weights.vit_presets()["vit_mini_patch8"]
         small_data = args.arch == "vit_spt_lsa"
         model = ViT(dim, depth, heads, patch, args.size, args.num_classes, spt=small_data,
-                    lsa=small_data)
+                    lsa=small_data, conv_stem=args.arch == "vit_conv_stem")
         randomise_norms(model)
         with torch.no_grad():  # scales away from their initial value, one per head
             for block in model.blocks:

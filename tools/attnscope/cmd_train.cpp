@@ -34,6 +34,7 @@
 #include "datasets/splits.h"
 #include "distributed_flags.h"
 #include "models/vision/presets.h"
+#include "models/vision/vit.h"
 #include "pipeline/checkpoint.h"
 #include "pipeline/h5.h"
 #include "pipeline/vision/image_cache.h"
@@ -193,7 +194,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   uint64_t seed = 0;
   int workers = 2, threads = 0;
   bool nesterov = false, skip_bad = false, cache = false, quiet = false, cpu_budget = false,
-       shifted_patches = false, locality_attention = false;
+       shifted_patches = false, locality_attention = false, conv_stem = false;
   // clang-format off
   desc.add_options()
       ("model", po::value(&model_name)->required(), "preset (attn_small, attn_resnet18, attn_vgg16, resnet18, small_cnn, vit_mini_patch8, ...)")
@@ -221,6 +222,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
       ("drop-path", po::value(&drop_path)->default_value(0.0, "0"), "ViT presets: stochastic depth rate of the last block (e.g. 0.1), rising linearly from 0 at the first; 0 = off")
       ("shifted-patches", po::bool_switch(&shifted_patches), "ViT presets: Shifted Patch Tokenization (SPT, Lee et al. 2021): each patch token also sees the image shifted diagonally by half a patch")
       ("locality-attention", po::bool_switch(&locality_attention), "ViT presets: Locality Self-Attention (LSA, Lee et al. 2021): a learned softmax scale per head, no token attending to itself")
+      ("conv-stem", po::bool_switch(&conv_stem), "ViT presets: a convolutional stem (ViTc, Xiao et al. 2021): stride-2 3x3 convolutions with BatchNorm and ReLU instead of the patchify convolution, same token grid")
       ("sampler", po::value(&sampler)->default_value("shuffle"), "shuffle | balanced (classes equally likely)")
       ("oversample", po::value(&oversample)->composing(), "CLASS=K: repeat that class's images K times per epoch (repeatable)")
       ("ema", po::value(&ema)->default_value(0.0, "0"), "EMA decay of the weights (e.g. 0.999); validation and best.h5 use the EMA weights; 0 = off")
@@ -301,9 +303,14 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   if (drop_path > 0 && !models::vision::is_vit(model_name))
     fail("--drop-path applies to the ViT presets only (stochastic depth of their blocks), not '" +
          model_name + "'");
-  if ((shifted_patches || locality_attention) && !models::vision::is_vit(model_name))
-    fail(std::string("--") + (shifted_patches ? "shifted-patches" : "locality-attention") +
+  if ((shifted_patches || locality_attention || conv_stem) && !models::vision::is_vit(model_name))
+    fail(std::string("--") +
+         (shifted_patches      ? "shifted-patches"
+          : locality_attention ? "locality-attention"
+                               : "conv-stem") +
          " applies to the ViT presets only, not '" + model_name + "'");
+  if (shifted_patches && conv_stem)
+    fail("--shifted-patches and --conv-stem cannot be combined (both replace the patch embedding)");
   if (step_every < 1) fail("--step-every must be >= 1");
   if (patience < 0) fail("--patience must be >= 0");
   if (progress_every < 1) fail("--progress-every must be >= 1");
@@ -416,6 +423,25 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
            {"augment", {{"hflip", 0.5}, {"vflip", 0.5}, {"rot90", 0.5}}}});
     } else {
       pipeline = preprocessing::Pipeline::from_file(augment);
+    }
+    // The side the model is laid out for (a ViT's position-embedding grid, model_config's
+    // image_size): the side this pipeline makes. With --augment that is the config's, not
+    // --size's (a ViT trained on 64-px images must not carry a 224-px grid, 12 times the
+    // positions, resized to 8 x 8 in every forward pass). A photograph's 4:3 shape as the probe;
+    // a pipeline that does not make squares keeps --size.
+    int64_t model_side = size;
+    if (!augment.empty()) {
+      const auto made = pipeline.process(cv::Mat(384, 512, CV_8UC3, cv::Scalar::all(128))).image;
+      if (made.rows == made.cols && made.rows > 0) model_side = made.rows;
+    }
+    if (models::vision::is_vit(model_name)) {
+      const auto patch = models::vision::vit_preset_options(model_name, 2).patch_size();
+      if (model_side % patch != 0)
+        throw Error(
+            "--model " + model_name,
+            concat("its patches of ", patch, " px do not tile the ", model_side, " x ", model_side,
+                   " images ", augment.empty() ? "--size" : "--augment " + augment,
+                   " makes: choose a side that is a multiple of ", patch));
     }
 
     // Data.
@@ -578,7 +604,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
 
     pipeline::ImageTrainOptions o;
     o.model.arch = model_name;
-    o.model.image_size = size;
+    o.model.image_size = model_side;
     o.pipeline = pipeline;
     o.batch_size = batch_size;
     o.epochs = epochs;
@@ -599,6 +625,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     if (drop_path > 0) o.model.drop_path = drop_path;
     if (shifted_patches) o.model.shifted_patches = true;
     if (locality_attention) o.model.locality_attention = true;
+    if (conv_stem) o.model.conv_stem = true;
     o.sampler = sampler;
     o.oversample = oversample_map;
     o.ema_decay = ema;

@@ -16,7 +16,8 @@ ATTNMEL_BLOCK_START.
 
 A ViT state_dict with Shifted Patch Tokenization (`patch_embed.norm` over each patch's (5·C, p, p)
 values) or Locality Self-Attention (`blocks.N.attn.scale`, one per head) -- attnscope's own
-layout (train --shifted-patches / --locality-attention) -- gets those keys in its model_config.
+layout (train --shifted-patches / --locality-attention) -- gets those keys in its model_config;
+so does one with a convolutional stem (`patch_embed.stem.N`, Xiao et al. 2021; train --conv-stem).
 
 Examples:
   export_weights.py resnet18.pth resnet18.h5
@@ -247,6 +248,13 @@ def shifted_patches(tensors):
     return w is not None and len(w.shape) == 3
 
 
+def conv_stem(tensors):
+    """True for a ViT with a convolutional stem (Xiao et al. 2021) in attnscope's layout:
+    `patch_embed.stem.{3j, 3j+1}` the convolution and BatchNorm of block j, `patch_embed.proj`
+    a 1x1 convolution."""
+    return "patch_embed.stem.0.weight" in tensors
+
+
 def locality_attention(tensors):
     """True for a ViT with Locality Self-Attention (Lee et al. 2021): a learned scale per head."""
     return any(re.match(r"blocks\.\d+\.attn\.scale$", k) for k in tensors)
@@ -363,6 +371,8 @@ def main(argv=None):
         model_config["shifted_patches"] = True
     if fam == "vit" and locality_attention(tensors):
         model_config["locality_attention"] = True
+    if fam == "vit" and conv_stem(tensors):
+        model_config["conv_stem"] = True
     # The preprocessing config in the form attnscope's pipeline reads (preprocessing/pipeline.h):
     # a short-side resize + centre crop to the input size, and the weights' normalisation.
     preprocessing = {"steps": [{"op": "resize", "size": image_size}],

@@ -62,6 +62,14 @@ TEST(ImageModelConfig, JsonRoundTripKeepsOverrides) {
   const auto read = image_model_config_from_json(small_data);
   EXPECT_TRUE(read.shifted_patches.value_or(false) && read.locality_attention.value_or(false));
   EXPECT_EQ(image_model_config_to_json(read), small_data);
+  // The convolutional stem: written only when on, read back.
+  EXPECT_FALSE(small_data.contains("conv_stem"));
+  auto stem = config_of("vit_mini_patch8");
+  stem.conv_stem = true;
+  const auto stem_json = image_model_config_to_json(stem);
+  EXPECT_EQ(stem_json["conv_stem"], true);
+  EXPECT_TRUE(image_model_config_from_json(stem_json).conv_stem.value_or(false));
+  EXPECT_EQ(image_model_config_to_json(image_model_config_from_json(stem_json)), stem_json);
 }
 
 TEST(ImageModelConfig, RejectsBadJsonNamingTheKey) {
@@ -81,6 +89,9 @@ TEST(ImageModelConfig, RejectsBadJsonNamingTheKey) {
   expect_error({{"arch", "attn_small"}, {"drop_path", 0.1}}, "ViT presets only");
   expect_error({{"arch", "resnet18"}, {"shifted_patches", true}}, "ViT presets only");
   expect_error({{"arch", "attn_small"}, {"locality_attention", true}}, "ViT presets only");
+  expect_error({{"arch", "resnet18"}, {"conv_stem", true}}, "ViT presets only");
+  expect_error({{"arch", "vit_mini_patch8"}, {"conv_stem", true}, {"shifted_patches", true}},
+               "cannot be combined");
   expect_error({{"arch", "vit_mini_patch8"}, {"locality_attention", "yes"}},
                "model_config.locality_attention");
 }

@@ -195,6 +195,37 @@ TEST(ImageParity, VitWithShiftedPatchesAndLocalityAttentionMatchesPythonReferenc
   EXPECT_EQ(checked, 2);
 }
 
+// The ViT with Xiao et al. 2021's convolutional stem against the same stem built from
+// torch.nn modules (vision_parity.py vit_conv_stem: Conv2d 3x3 stride 2, BatchNorm2d with
+// randomised statistics, ReLU, three times, then a 1x1 Conv2d), exported by name; export_weights.py
+// recognises the stem by its tensors. Eval-mode logits at two sizes and every parameter's
+// gradient equal PyTorch's.
+TEST(ImageParity, VitWithAConvolutionalStemMatchesPyTorch) {
+  test::TempDir dir;
+  auto loaded = make_reference(dir, "vit_conv_stem");
+  EXPECT_TRUE(loaded.config.conv_stem.value_or(false));
+  EXPECT_FALSE(loaded.config.shifted_patches.value_or(false));
+  auto& model = *loaded.model;
+  const auto input = reference(dir, "input");
+  {
+    torch::NoGradGuard no_grad;
+    EXPECT_LE(relative_error(model.forward(input).logits, reference(dir, "logits")), kTolerance);
+    const auto large = model.forward(reference(dir, "input_large")).logits;
+    EXPECT_LE(relative_error(large, reference(dir, "logits_large")), kTolerance);
+  }
+  model.zero_grad();
+  const auto labels = torch::arange(input.size(0)) % reference(dir, "logits").size(1);
+  torch::nn::functional::cross_entropy(model.forward(input).logits, labels).backward();
+  int checked = 0;
+  for (const auto& p : model.named_parameters()) {
+    const auto want = reference(dir, "grad/" + p.key());
+    EXPECT_LE(relative_error(p.value().grad(), want.view(p.value().sizes())), kTolerance)
+        << p.key();
+    checked += p.key() == "patch_embed.stem.0.weight" || p.key() == "patch_embed.stem.7.bias";
+  }
+  EXPECT_EQ(checked, 2);
+}
+
 // attn_vgg16 against AttnMel's AttnVGG with its grid attention written in Python from the
 // equations (tests/python/vision_parity.py), exported by name with export_weights.py: logits and
 // the pool-3 / pool-4 maps, sigmoid and softmax, at 224 px and at 160 px.
