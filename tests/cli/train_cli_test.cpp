@@ -517,7 +517,8 @@ TEST(TrainCli, ASizeTooSmallForTheNetworkIsOneLineBeforeTraining) {
 
 // The model is laid out for the images its preprocessing makes: with --augment the config's
 // side, not --size's (a ViT's position embedding: 1 + (24 / 8)^2 positions for 24-px images,
-// read back with h5py). Patches that do not tile the side are one line before training.
+// read back with h5py). Patches that do not tile the side, and sides above model_config's
+// 4096, are one line before training.
 TEST(TrainCli, AVitIsLaidOutForTheSideItsAugmentConfigMakes) {
   test::TempDir dir;
   const auto config = [&](const std::string& name, int side) {
@@ -549,6 +550,16 @@ TEST(TrainCli, AVitIsLaidOutForTheSideItsAugmentConfigMakes) {
         << bad.output;
     EXPECT_FALSE(fs::exists(dir / "bad/metrics.jsonl"));
   }
+  // model_config's range (checkpoints of larger sides could not be read back).
+  const auto huge =
+      test::run_process(command(dir / "huge", "--augment " + config("a5k.json", 5000)));
+  EXPECT_EQ(huge.status, 1) << huge.output;
+  EXPECT_NE(huge.output.find("makes 5000 x 5000 images; the models take at most 4096 x 4096"),
+            std::string::npos)
+      << huge.output;
+  const auto size = test::run_process(command(dir / "size", "--size 5000"));
+  EXPECT_EQ(size.status, 2) << size.output;
+  EXPECT_NE(size.output.find("--size must be in [16, 4096]"), std::string::npos) << size.output;
 }
 
 // A batch that does not fit the memory limit (ATTNSCOPE_MEMORY_LIMIT here; a cgroup's or the

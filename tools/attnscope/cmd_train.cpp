@@ -265,7 +265,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
       fail("--model: unknown preset '" + model_name + "' (presets: " + list + ")");
     }
   }
-  if (size < 16) fail("--size must be >= 16");
+  if (size < 16 || size > 4096) fail("--size must be in [16, 4096]");  // model_config's range
   if (batch_size < 1 || epochs < 1) fail("--batch-size and --epochs must be >= 1");
   if (batch_size > 65536) fail("--batch-size must be at most 65536");
   if (val_spec.empty() && !(val_split > 0 && val_split < 1)) fail("--val-split must be in (0, 1)");
@@ -433,6 +433,9 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     if (!augment.empty()) {
       const auto made = pipeline.process(cv::Mat(384, 512, CV_8UC3, cv::Scalar::all(128))).image;
       if (made.rows == made.cols && made.rows > 0) model_side = made.rows;
+      if (model_side > 4096)  // model_config's range: the checkpoints could not be read back
+        throw Error("--augment " + augment, concat("makes ", model_side, " x ", model_side,
+                                                   " images; the models take at most 4096 x 4096"));
     }
     if (models::vision::is_vit(model_name)) {
       const auto patch = models::vision::vit_preset_options(model_name, 2).patch_size();
