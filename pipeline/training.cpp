@@ -171,15 +171,25 @@ void Optimizer::load_state(const std::map<std::string, torch::Tensor>& state) {
     const auto step = find("step");
     check(step.defined(), "optimizer state", "no step count for parameter '", name,
           "' (a state of another model?)");
-    slots[i].step = step.item<int64_t>();
+    // A file's values: a step of 1e30 or NaN moments would overflow or poison the run.
+    check(step.numel() == 1, "optimizer state", "step count of '", name, "' has shape ",
+          step.sizes(), "; expected one number");
+    const double count = step.to(torch::kDouble).item<double>();
+    check(std::isfinite(count) && count >= 0 && count <= 1e15 && count == std::floor(count),
+          "optimizer state", "step count of '", name, "' is ", count,
+          "; expected a whole number >= 0");
+    slots[i].step = static_cast<int64_t>(count);
     // Buffers take the parameter's layout (a channels-last weight's moments are
     // channels-last, as zeros_like makes them in a run that was not resumed).
-    auto like_param = [&](const torch::Tensor& t) {
+    auto like_param = [&](const torch::Tensor& t, const char* key) {
+      check(torch::isfinite(t).all().item<bool>(), "optimizer state", "tensor '", name, "/", key,
+            "' holds NaN or inf");
       return torch::empty_like(p, torch::MemoryFormat::Preserve).copy_(t);
     };
-    if (auto t = find("momentum_buffer"); t.defined()) slots[i].momentum_buffer = like_param(t);
-    if (auto t = find("exp_avg"); t.defined()) slots[i].exp_avg = like_param(t);
-    if (auto t = find("exp_avg_sq"); t.defined()) slots[i].exp_avg_sq = like_param(t);
+    if (auto t = find("momentum_buffer"); t.defined())
+      slots[i].momentum_buffer = like_param(t, "momentum_buffer");
+    if (auto t = find("exp_avg"); t.defined()) slots[i].exp_avg = like_param(t, "exp_avg");
+    if (auto t = find("exp_avg_sq"); t.defined()) slots[i].exp_avg_sq = like_param(t, "exp_avg_sq");
     check(slots[i].exp_avg.defined() == slots[i].exp_avg_sq.defined(), "optimizer state",
           "parameter '", name, "' has only one of exp_avg and exp_avg_sq");
   }

@@ -354,8 +354,9 @@ Pipeline Pipeline::from_json(const json& config) {
   n.get("mean", pipeline.norm_.mean);
   n.get("std", pipeline.norm_.std);
   n.done();
+  // Above 0 is not enough: 1e-40 is a float32 denormal, and 255 / 1e-40 is infinite.
   for (float s : pipeline.norm_.std)
-    check(s > 0, kSubject, "normalize.std must be > 0, got ", s);
+    check(s >= 1e-6f && s <= 1000, kSubject, "normalize.std must be in [1e-6, 1000], got ", s);
   for (float m : pipeline.norm_.mean)
     check(std::abs(m) <= 1000, kSubject, "normalize.mean must be in [-1000, 1000], got ", m);
   return pipeline;

@@ -25,6 +25,7 @@
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
 #include "attnscope/folder_lock.h"
+#include "attnscope/json_text.h"
 #include "attnscope/printable.h"
 #include "attnscope/threads.h"
 #include "attnscope/version.h"
@@ -440,24 +441,42 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
   const auto& classes = meta.class_names;
   const auto num_classes = model.num_classes();
   std::vector<std::string> class_names = classes;
-  if (static_cast<int64_t>(class_names.size()) != num_classes) {
-    class_names.clear();
+  check(class_names.empty() || static_cast<int64_t>(class_names.size()) == num_classes, o.model,
+        "names ", class_names.size(), " classes ", names_excerpt(class_names), " for a model of ",
+        num_classes, " classes");
+  if (class_names.empty()) {
     for (int64_t c = 0; c < num_classes; ++c)
       class_names.push_back(num_classes == 2 ? (c ? "malignant" : "benign")
                                              : "class_" + std::to_string(c));
   }
+  // The checkpoint's threshold and temperature, checked as evaluate checks them (a crafted
+  // threshold of 5 would label every image benign); older files kept them in provenance.
+  const auto in_extra = [&](const char* key) {
+    return meta.extra.is_object() && meta.extra.contains(key);
+  };
   std::optional<double> threshold = o.threshold;
   if (!threshold && num_classes == 2) {
-    threshold =
-        read_number(meta.extra, "threshold", read_number(meta.provenance, "threshold", 0.5));
+    threshold = in_extra("threshold") ? checkpoint_threshold(meta, o.model)
+                                      : read_number(meta.provenance, "threshold", 0.5);
+    check(std::isfinite(*threshold) && *threshold >= 0 && *threshold <= 1, o.model,
+          "checkpoint threshold ", *threshold, " must lie in [0, 1]");
   }
-  const double temperature =
-      read_number(meta.extra, "temperature", read_number(meta.provenance, "temperature", 1.0));
+  const double temperature = in_extra("temperature")
+                                 ? checkpoint_temperature(meta, o.model)
+                                 : read_number(meta.provenance, "temperature", 1.0);
   check_temperature(temperature, o.model);
 
   // Shapes: the pipeline's output size and each map's native size, from one blank image.
   const auto probe = pipeline.process(cv::Mat(256, 256, CV_8UC3, cv::Scalar(128, 128, 128)));
   const int64_t H = probe.image.rows, W = probe.image.cols;
+  // results.h5 holds one image size: a pipeline whose output follows the input's size (no
+  // resize, or one that keeps the aspect) could store no photograph of another shape.
+  const auto photo = pipeline.process(cv::Mat(384, 512, CV_8UC3, cv::Scalar(128, 128, 128))).image;
+  check(photo.rows == H && photo.cols == W, o.model,
+        "its preprocessing makes images whose size follows the input's (", W, " x ", H,
+        " from 256 x 256, ", photo.cols, " x ", photo.rows,
+        " from 512 x 384): classify needs one size for every image (a resize step with mode "
+        "crop, docs/preprocessing.md)");
   ResultsLayout layout;
   layout.num_classes = num_classes;
   layout.height = H;
@@ -471,6 +490,11 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
       torch::NoGradGuard ng;
       const auto out = model.forward(x, support.vit);
       shapes = out.maps;
+      // A negative BatchNorm variance or an overflowing weight passes the checkpoint's
+      // NaN/inf check and makes NaN for every image: labels from it would be meaningless.
+      check(torch::isfinite(out.logits).all().item<bool>(), o.model,
+            "gives non-finite outputs (NaN or inf) for a plain grey image: the weights are "
+            "damaged");
     } catch (const c10::Error&) {
       check_model_takes_pipeline_output(model, pipeline, o.model);  // says why, naming the size
       throw;
@@ -648,6 +672,13 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
             }
           }
           const auto logits = torch::stack(logits_t).mean(0);
+          const auto finite = torch::isfinite(logits).all(1);
+          if (!finite.all().item<bool>()) {
+            const auto first = (~finite).nonzero()[0][0].item<int64_t>();
+            throw Error(o.model, concat("gives non-finite outputs (NaN or inf) for ",
+                                        rows.paths[static_cast<std::size_t>(first)],
+                                        "; the images before it are stored"));
+          }
           const auto probs_all = torch::stack(probs_t);  // (T, B, C)
           const auto probs = probs_all.mean(0);
           at::Tensor pred = probs.argmax(1);

@@ -555,6 +555,8 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
       loop.restore(state.loop, state.tensors);
     } catch (const Error& e) {
       throw Error(last_path, e.what());
+    } catch (const c10::Error& e) {  // LibTorch's checks of a crafted tensor: still one line
+      throw Error(last_path, concat("train_state: ", e.what_without_backtrace()));
     }
     if (main_rank) {
       write_file_atomically(run + "/metrics.jsonl", join_lines(state.history));

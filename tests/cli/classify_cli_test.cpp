@@ -8,11 +8,12 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <functional>
 #include <iterator>
-#include <tuple>
 #include <random>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -759,6 +760,105 @@ TEST(CliClassify, ACheckpointWhoseImagesAreTooSmallForItsNetworkIsOneLine) {
   EXPECT_EQ(e.status, 1) << e.output;
   EXPECT_EQ(e.output.rfind(expected, 0), 0u) << e.output;
   EXPECT_EQ(e.output.find("frame #"), std::string::npos) << e.output;
+}
+
+// What a checkpoint says is checked as evaluate checks it, each a line naming the file, exit 1,
+// before anything is written: a threshold outside [0, 1] (5 labelled every image benign) or not
+// a number, more class names than classes, a preprocessing whose output size follows the
+// input's (results.h5 holds one size), weights that are finite but give NaN for every image
+// (a negative BatchNorm variance). Weights that overflow only for some images stop the run at
+// the first such image, naming it, with the images before it stored. No input at all: exit 1
+// with an error line, not only "classified 0".
+TEST(CliClassify, CraftedCheckpointsAndNonFiniteOutputsAreOneLineNamingThem) {
+  test::TempDir dir;
+  const auto images = make_images(dir, 2);
+  const auto craft =
+      [&](const std::string& name,
+          const std::function<void(pipeline::CheckpointMeta&, models::vision::ImageClassifier&)>&
+              edit) {
+        torch::manual_seed(3);
+        models::vision::ImageModelConfig config;
+        config.arch = "attn_small";
+        config.image_size = 64;
+        auto model = models::vision::make_image_classifier(config);
+        pipeline::CheckpointMeta meta;
+        meta.class_names = {"benign", "malignant"};
+        meta.preprocessing_config = {{"steps", {{{"op", "resize"}, {"size", 64}}}}};
+        edit(meta, *model);
+        const auto path = dir / (name + ".h5");
+        pipeline::save_image_classifier(path, *model, models::vision::resolve_image_config(config),
+                                        meta);
+        return path;
+      };
+  using Meta = pipeline::CheckpointMeta;
+  using Model = models::vision::ImageClassifier;
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {craft("threshold5", [](Meta& m, Model&) { m.extra["threshold"] = 5; }),
+       "checkpoint threshold 5 must lie in [0, 1]"},
+      {craft("threshold_x", [](Meta& m, Model&) { m.extra["threshold"] = "x"; }),
+       "checkpoint attribute extra.threshold is \"x\"; expected a number"},
+      {craft("temperature_x", [](Meta& m, Model&) { m.extra["temperature"] = "x"; }),
+       "checkpoint attribute extra.temperature is \"x\"; expected a number"},
+      {craft("three_names",
+             [](Meta& m, Model&) {
+               m.class_names = {"a", "b", "c"};
+             }),
+       "names 3 classes"},
+      {craft("no_resize",
+             [](Meta& m, Model&) {
+               m.preprocessing_config = {{"steps", nlohmann::json::array()}};
+             }),
+       "its preprocessing makes images whose size follows the input's (256 x 256 from 256 x 256, "
+       "512 x 384 from 512 x 384)"},
+      {craft("negative_variance",
+             [](Meta&, Model& m) {
+               for (auto& b : m.named_buffers())
+                 if (b.key().find("running_var") != std::string::npos) b.value().fill_(-1);
+             }),
+       "gives non-finite outputs (NaN or inf) for a plain grey image"}};
+  for (const auto& [path, expected] : cases) {
+    const auto out = dir / ("out_" + fs::path(path).stem().string());
+    const auto c = test::run_process(exe() + " classify --model " + q(path) + " --input " +
+                                     q(images + "/images") + " --out " + q(out) + " 2>&1");
+    EXPECT_EQ(c.status, 1) << path << c.output;
+    EXPECT_EQ(c.output.rfind("error: " + path + ": " + expected, 0), 0u) << c.output;
+    EXPECT_EQ(std::count(c.output.begin(), c.output.end(), '\n'), 1) << c.output;
+    EXPECT_FALSE(fs::exists(out + "/results.h5")) << path;
+  }
+  // Inputs normalised with std 1e-6 around mid-grey: 0 for a grey image, up to 5e5 for others;
+  // a first convolution of 1e34 keeps the grey image finite and overflows the others.
+  const auto overflowing = craft("overflowing", [&](Meta& m, Model& model) {
+    m.preprocessing_config["normalize"] = {{"mean", {128.0 / 255, 128.0 / 255, 128.0 / 255}},
+                                           {"std", {1e-6, 1e-6, 1e-6}}};
+    torch::NoGradGuard no_grad;
+    model.named_parameters().begin()->value().fill_(1e34);
+  });
+  const auto grey = dir / "grey.png";
+  ASSERT_TRUE(cv::imwrite(grey, cv::Mat(64, 64, CV_8UC3, cv::Scalar::all(128))));
+  const auto photo =
+      images + "/images/" + fs::directory_iterator(images + "/images")->path().filename().string();
+  const auto c = test::run_process(exe() + " classify --model " + q(overflowing) + " --input " +
+                                   q(grey) + " " + q(photo) + " --batch-size 1 --out " +
+                                   q(dir / "out_overflow") + " 2>&1");
+  EXPECT_EQ(c.status, 1) << c.output;
+  EXPECT_NE(c.output.find("error: " + overflowing + ": gives non-finite outputs (NaN or inf) for " +
+                          photo + "; the images before it are stored"),
+            std::string::npos)
+      << c.output;
+  const auto rows = test::run_process(
+      test::python() +
+      " -c \"import h5py,sys; print(h5py.File(sys.argv[1],'r')['images/id'].shape[0])\" " +
+      q(dir / "out_overflow/results.h5"));
+  EXPECT_EQ(rows.output, "1\n") << rows.output;
+
+  fs::create_directories(dir / "empty");
+  const auto none =
+      test::run_process(exe() + " classify --model " + q(make_checkpoint(dir)) + " --input " +
+                        q(dir / "empty") + " --out " + q(dir / "out_none") + " 2>&1");
+  EXPECT_EQ(none.status, 1) << none.output;
+  EXPECT_NE(none.output.find("error: no image was classified: the inputs hold no image"),
+            std::string::npos)
+      << none.output;
 }
 
 // A batch that does not fit the memory limit stops the run with one line (the images are not

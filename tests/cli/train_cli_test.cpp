@@ -375,7 +375,9 @@ TEST(TrainCli, WrongCheckpointsAreRefusedNamingFileAndMismatch) {
 
 // --resume reads a run folder's checkpoints as files from anywhere: a stored field of another
 // type (edited or crafted with h5py) is one line naming the file and the field, before any file
-// in the folder is touched. nlohmann's type_error named neither.
+// in the folder is touched. nlohmann's type_error named neither. So are a stored command line
+// whose flags do not parse or check out (not the usage text and exit 2 of a mistyped flag), an
+// optimiser step count of 1e30 (LibTorch's overflow message named nothing) and a NaN momentum.
 TEST(TrainCli, CraftedResumeFieldsAreOneLineNamingFileAndField) {
   test::TempDir dir;
   const auto run = dir / "run";
@@ -396,6 +398,30 @@ craft('cwd', 'last.h5', 'provenance', 'cwd', {'a': 'x' * 100000})
 craft('world', 'last.h5', 'provenance', 'world_size', 'two')
 craft('checksum', 'last.h5', 'provenance', 'data_checksum', 3)
 craft('temperature', 'best.h5', 'extra', 'temperature', 'hot')
+# The stored command line: a flag out of range, an unknown flag (both files, which must agree).
+def args(name, edit):
+    shutil.copytree(run, out + '/' + name)
+    for file in ('last.h5', 'best.h5'):
+        with h5py.File(out + '/' + name + '/' + file, 'a') as f:
+            j = json.loads(f.attrs['provenance'])
+            edit(j['args'])
+            f.attrs['provenance'] = json.dumps(j)
+def batch(a): a[a.index('--batch-size') + 1] = '1000000000'
+args('batch', batch)
+args('unknown', lambda a: a.append('--frobnicate'))
+# The optimiser's state, for a run that wants a second epoch: a step count of 1e30 (LibTorch's
+# overflow message named nothing) and a NaN momentum (accepted before).
+def more(a): a[a.index('--epochs') + 1] = '2'
+def state(name, suffix, make):
+    args(name, more)
+    with h5py.File(out + '/' + name + '/last.h5', 'a') as f:
+        key = sorted(k for k in f['train_state'] if k.endswith(suffix))[0]
+        value = make(f['train_state'][key][()])
+        del f['train_state'][key]
+        f['train_state'].create_dataset(key, data=value)
+import numpy as np
+state('step', ':step', lambda old: np.float32(1e30))
+state('momentum', ':momentum_buffer', lambda old: np.full(old.shape, np.nan, old.dtype))
 )";
   const auto made =
       test::run_process(test::python() + " " + script + " " + run + " " + dir.path().string());
@@ -406,7 +432,13 @@ craft('temperature', 'best.h5', 'extra', 'temperature', 'hot')
       {"cwd", "/last.h5: provenance.cwd is {\"a\":\"xxxx"},
       {"world", "/last.h5: provenance.world_size is \"two\", not an integer"},
       {"checksum", "/last.h5: provenance.data_checksum is 3, not a string"},
-      {"temperature", "/best.h5: extra.temperature is \"hot\", not a number"}};
+      {"temperature", "/best.h5: extra.temperature is \"hot\", not a number"},
+      {"batch",
+       "/last.h5: provenance.args: --batch-size must be at most 65536 (in the command line "
+       "stored with the run)"},
+      {"unknown", "/last.h5: provenance.args: unrecognised option '--frobnicate'"},
+      {"step", "/last.h5: optimizer state: step count of '"},
+      {"momentum", "/last.h5: optimizer state: tensor '"}};
   for (const auto& [name, expected] : cases) {
     const auto folder = dir / name;
     const auto metrics = read_text(folder + "/metrics.jsonl");

@@ -115,6 +115,11 @@ TEST(Pipeline, HostileConfigsAreOneShortLine) {
   EXPECT_NE(error_of({{"steps", {{{"op", "resize"}, {"size", 32}, {"pad", {0, 0}}}}}}).find("pad"),
             std::string::npos);
   EXPECT_NE(error_of({{"normalize", {{"mean", {1e308, 0, 0}}}}}).find("mean"), std::string::npos);
+  // Positive but so small that x / std overflows float32 (it gave NaN losses in train).
+  EXPECT_NE(error_of({{"normalize", {{"std", {1e-40, 1, 1}}}}}).find("normalize.std must be in"),
+            std::string::npos);
+  EXPECT_NE(error_of({{"normalize", {{"std", {1, 1e30, 1}}}}}).find("normalize.std must be in"),
+            std::string::npos);
   EXPECT_NE(error_of({{"decode", {{"max_pixels", 300000000}}}}).find("max_pixels"),
             std::string::npos);
   EXPECT_NE(error_of({{"steps", {{{"op", "hair_removal"}, {"inpaint_radius", 21}}}}})

@@ -208,7 +208,14 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
   std::cout << "classified " << s.classified << ", failed " << s.failed << "\n";
   for (const auto& path : s.written)
     std::cout << "wrote " << path << "\n";
-  return s.classified > 0 ? 0 : 1;
+  if (s.classified > 0) return 0;
+  // Exit 1 says so in one line.
+  if (s.failed > 0)
+    std::cerr << "error: no image was classified: all " << s.failed
+              << " failed (their reasons are in errors.csv)\n";
+  else
+    std::cerr << "error: no image was classified: the inputs hold no image\n";
+  return 1;
 }
 
 const Registration kClassify("classify",

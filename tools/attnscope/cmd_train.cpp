@@ -741,8 +741,22 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   }
 }
 
+// `--resume RUN` runs the command line stored in RUN/last.h5: a flag there that does not parse
+// or check out is the file's fault, not the user's, so one line naming it, exit 1 (not the
+// usage text and exit 2 of a mistyped flag).
+int run_train_or_resume(const std::vector<std::string>& args, const GlobalOptions& global) {
+  try {
+    return run_train(args, global);
+  } catch (const UsageError& e) {
+    if (args.size() != 2 || args[0] != "--resume") throw;
+    throw Error(
+        (fs::absolute(args[1]).lexically_normal() / "last.h5").string(),
+        concat("provenance.args: ", e.what(), " (in the command line stored with the run)"));
+  }
+}
+
 const Registration kTrain("train", "train an image classifier (ISIC, CSV, folders, cache)",
-                          run_train);
+                          run_train_or_resume);
 
 }  // namespace
 }  // namespace attnscope::cli
