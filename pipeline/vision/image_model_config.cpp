@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <set>
+#include <type_traits>
 
 #include "attnscope/error.h"
 #include "attnscope/json_text.h"
@@ -14,6 +15,10 @@ constexpr const char* kSubject = "model_config";
 
 template <typename T>
 T get(const nlohmann::json& json, const char* key) {
+  // nlohmann converts 1e30 to an integer without a word (and without a defined result).
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>)
+    check(json.at(key).is_number_integer(), concat(kSubject, ".", key), "bad value ",
+          json_excerpt(json.at(key)), ": expected an integer");
   try {
     return json.at(key).get<T>();
   } catch (const nlohmann::json::exception& e) {
@@ -110,12 +115,15 @@ void save_image_classifier(const std::string& path, const vision::ImageClassifie
 LoadedImageClassifier load_image_classifier(const std::string& path) {
   LoadedImageClassifier out;
   out.meta = read_checkpoint_meta(path);
+  // Every error of the stored config names the file: the key's own checks and the model's
+  // (an unknown backbone, a stage listed twice).
   try {
     out.config = vision::resolve_image_config(image_model_config_from_json(out.meta.model_config));
+    out.model = vision::make_image_classifier(out.config);
   } catch (const Error& e) {
-    throw Error(path, e.what());
+    const std::string what = e.what();
+    throw Error(path, what.rfind(kSubject, 0) == 0 ? what : concat(kSubject, ": ", what));
   }
-  out.model = vision::make_image_classifier(out.config);
   load_checkpoint(path, *out.model);
   return out;
 }

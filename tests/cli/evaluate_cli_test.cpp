@@ -446,6 +446,8 @@ craft('class_big', 'class_names', json.dumps([big, 'b']))
 craft('arch_big', 'model_config', json.dumps(dict(mc, arch=big + '\x1b[31m')))
 craft('size_big', 'model_config', json.dumps(dict(mc, image_size=big)))
 craft('model_list', 'model_config', '[1]')
+craft('size_float', 'model_config', json.dumps(dict(mc, image_size=1e30)))
+craft('stages_twice', 'model_config', json.dumps(dict(mc, arch='attn_small', attention_stages=[3, 3])))
 )";
   const auto made = test::run_process(test::python() + " " + script + " " + (*dir_ / "plain.h5") +
                                       " " + out.path().string());
@@ -463,6 +465,11 @@ craft('model_list', 'model_config', '[1]')
       {"size_big", "model_config.image_size: bad value \"" + x100.substr(1), ""},
       {"model_list", "model_list.h5:/@model_config: attribute must be a JSON object, got [1]",
        "model_list.h5:/@model_config: attribute must be a JSON object, got [1]"},
+      // nlohmann turned 1e30 into INT64_MIN; the model's own checks did not name the file.
+      {"size_float", "size_float.h5: model_config.image_size: bad value 1e+30: expected an integer",
+       ""},
+      {"stages_twice", "stages_twice.h5: model_config: AttentionCnn: stage 3 listed twice",
+       "is a 'attn_small' checkpoint"},
   };
   for (const auto& [name, message, train_message] : cases) {
     const auto ckpt = out / (name + ".h5");
