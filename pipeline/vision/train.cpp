@@ -356,17 +356,6 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   const torch::Device device(o.device);
   auto config = o.model;
   config.num_classes = classes;
-  // A resumed run keeps the layout it started with: runs before 2026-12-05 stored --size's side
-  // as image_size even when --augment made other images (a ViT's position embedding was laid
-  // out for it).
-  // A value out of model_config's range is left to the checks of the checkpoint below.
-  if (o.resume) {
-    const auto stored = read_checkpoint_meta(o.out_dir + "/last.h5").model_config;
-    const auto side = stored.contains("image_size") && stored.at("image_size").is_number_integer()
-                          ? stored.at("image_size").get<int64_t>()
-                          : int64_t{0};
-    if (side >= 1 && side <= 4096) config.image_size = side;
-  }
   config = models::vision::resolve_image_config(config);
   torch::manual_seed(o.seed);
   auto model = models::vision::make_image_classifier(config);

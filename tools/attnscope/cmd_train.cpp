@@ -424,27 +424,24 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     } else {
       pipeline = preprocessing::Pipeline::from_file(augment);
     }
-    // The side the model is laid out for (a ViT's position-embedding grid, model_config's
-    // image_size): the side this pipeline makes. With --augment that is the config's, not
-    // --size's (a ViT trained on 64-px images must not carry a 224-px grid, 12 times the
-    // positions, resized to 8 x 8 in every forward pass). A photograph's 4:3 shape as the probe;
-    // a pipeline that does not make squares keeps --size.
-    int64_t model_side = size;
-    if (!augment.empty()) {
-      const auto made = pipeline.process(cv::Mat(384, 512, CV_8UC3, cv::Scalar::all(128))).image;
-      if (made.rows == made.cols && made.rows > 0) model_side = made.rows;
-      if (model_side > 4096)  // model_config's range: the checkpoints could not be read back
-        throw Error("--augment " + augment, concat("makes ", model_side, " x ", model_side,
-                                                   " images; the models take at most 4096 x 4096"));
-    }
+    // A ViT's patches must tile the images the pipeline makes (a photograph's 4:3 shape as the
+    // probe) and the side its position-embedding grid is laid out for (--size; with --augment
+    // the grid is resampled bicubically to the images' token grid in every forward pass, which
+    // trained better on isic-uda1 than a grid of the images' own side: docs/training-on-isic.md).
     if (models::vision::is_vit(model_name)) {
       const auto patch = models::vision::vit_preset_options(model_name, 2).patch_size();
-      if (model_side % patch != 0)
-        throw Error(
-            "--model " + model_name,
-            concat("its patches of ", patch, " px do not tile the ", model_side, " x ", model_side,
-                   " images ", augment.empty() ? "--size" : "--augment " + augment,
-                   " makes: choose a side that is a multiple of ", patch));
+      const auto made = pipeline.process(cv::Mat(384, 512, CV_8UC3, cv::Scalar::all(128))).image;
+      const bool made_ok = made.rows % patch == 0 && made.cols % patch == 0;
+      if (!made_ok || size % patch != 0)
+        throw Error("--model " + model_name,
+                    concat("its patches of ", patch, " px do not tile the ",
+                           made_ok ? size : made.cols, " x ", made_ok ? size : made.rows,
+                           made_ok ? " grid --size lays out"
+                                   : " images " +
+                                         (augment.empty() ? std::string("--size")
+                                                          : "--augment " + augment) +
+                                         " makes",
+                           ": choose a side that is a multiple of ", patch));
     }
 
     // Data.
@@ -607,7 +604,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
 
     pipeline::ImageTrainOptions o;
     o.model.arch = model_name;
-    o.model.image_size = model_side;
+    o.model.image_size = size;
     o.pipeline = pipeline;
     o.batch_size = batch_size;
     o.epochs = epochs;
