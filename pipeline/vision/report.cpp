@@ -742,6 +742,7 @@ std::string label_summary(const Results& r, const std::vector<Row>& rows, Report
   out->auc = m.auc;
   out->auc_low = m.auc_interval.low;
   out->auc_high = m.auc_interval.high;
+  out->auc_undefined = m.auc_undefined;
   out->balanced_accuracy = m.balanced_accuracy;
 
   std::vector<Tile> ts;

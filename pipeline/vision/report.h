@@ -61,6 +61,8 @@ struct ReportSummary {
   /// With labels (binary: AUC of class 1, else macro one-vs-rest; NaN when undefined), its
   /// bootstrap 95% interval, and the balanced accuracy.
   double auc = 0, auc_low = 0, auc_high = 0, balanced_accuracy = 0;
+  /// Why the AUC is undefined (NaN), as the page says it (e.g. one class among the labels).
+  std::string auc_undefined;
   std::vector<MeasureMean> measures;
   /// Damage the report worked around (a dataset shorter than @num_images), one line each.
   std::vector<std::string> warnings;

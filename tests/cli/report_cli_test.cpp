@@ -103,6 +103,24 @@ TEST(CliReport, UnlabelledResultsWithoutImagesStillMakeAPage) {
   EXPECT_EQ(check.status, 0) << check.output;
 }
 
+// Labels of one class: no AUC. The summary line says n/a and why, as the page does (it printed
+// "AUC nan (95% CI 0.000-0.000)").
+TEST(CliReport, LabelsOfOneClassGiveNoAucInTheSummaryLine) {
+  test::TempDir dir;
+  make_fixture(dir / "results.h5", "--n 7 --errors 0 --no-images");
+  const auto relabel = test::run_process(
+      test::python() +
+      " -c \"import h5py,sys; f=h5py.File(sys.argv[1],'a'); f['images/label'][...]=1\" " +
+      quoted(dir / "results.h5"));
+  ASSERT_EQ(relabel.status, 0) << relabel.output;
+  const auto r = test::run_process(exe() + " report --results " + (dir / "results.h5") + " --out " +
+                                   (dir / "report.html") + " 2>&1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("; AUC n/a ("), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("), balanced accuracy "), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("AUC nan"), std::string::npos) << r.output;
+}
+
 TEST(CliReport, TopAndSortKeepTheWorstImages) {
   test::TempDir dir;
   make_fixture(dir / "results.h5", "--n 40 --errors 0 --measures --seed 2");

@@ -1,6 +1,7 @@
 // attnscope report: the self-contained HTML attention-overlay report of a results.h5.
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 
@@ -55,10 +56,13 @@ int run_report(const std::vector<std::string>& args, const GlobalOptions&) {
   std::cout << "report: " << s.images << " of " << s.total << " images, " << s.errors
             << " failed inputs listed";
   char line[160];
-  if (s.labelled) {
+  if (s.labelled && std::isfinite(s.auc)) {
     std::snprintf(line, sizeof line, "; AUC %.3f (95%% CI %.3f-%.3f), balanced accuracy %.3f",
                   s.auc, s.auc_low, s.auc_high, s.balanced_accuracy);
     std::cout << line;
+  } else if (s.labelled) {  // e.g. one class among the labels: n/a, as the page says
+    std::snprintf(line, sizeof line, ", balanced accuracy %.3f", s.balanced_accuracy);
+    std::cout << "; AUC n/a (" << s.auc_undefined << ")" << line;
   }
   std::snprintf(line, sizeof line, " (%lld KiB, %.1f s)\n",
                 static_cast<long long>((s.bytes + 512) / 1024), seconds);
