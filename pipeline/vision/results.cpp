@@ -1034,6 +1034,27 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
           " complete error rows for its ", errors, " errors: the file is damaged");
     file_images[i] = images;
     file_errors[i] = errors;
+    // The values report checks, so that a merged file is one report reads: labels in
+    // -1..C-1, predictions in 0..C-1, probabilities in [0, 1].
+    const auto C = static_cast<int64_t>(num_classes);
+    for (std::size_t r = 0; r < images && r < f.label.size(); ++r)
+      check(f.label[r] >= -1 && f.label[r] < C, where(f.path, "images/label"), "row ", r,
+            " holds class ", f.label[r], ", outside -1..", C - 1, ": cannot merge it");
+    if (images > 0) {
+      const auto n = static_cast<int64_t>(images);
+      const auto pred = f.prediction.flatten().narrow(0, 0, n);
+      const auto bad_pred = ((pred < 0) | (pred >= C)).nonzero();
+      check(bad_pred.size(0) == 0, where(f.path, "predictions/label"), "row ",
+            bad_pred.size(0) ? bad_pred[0][0].item<int64_t>() : 0, " holds a class outside 0..",
+            C - 1, ": cannot merge it");
+      if (f.probability.defined() && f.probability.dim() == 2 && f.probability.size(0) >= n) {
+        const auto p = f.probability.narrow(0, 0, n).to(at::kFloat);
+        const auto bad = (p.isnan() | (p < 0) | (p > 1)).nonzero();
+        check(bad.size(0) == 0, where(f.path, "predictions/probability"), "row ",
+              bad.size(0) ? bad[0][0].item<int64_t>() : 0,
+              " holds a value outside [0, 1]: cannot merge it");
+      }
+    }
     for (const auto& name : datasets) {
       const bool is_error = name.rfind("errors/", 0) == 0;
       const auto needed = is_error ? errors : images;
@@ -1076,11 +1097,16 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
   };
   std::vector<Ref> rows, errs;
   std::map<std::string, std::string> owner;
+  std::map<int64_t, std::string> index_owner;  // an input's position is one image's (or error's)
   for (std::size_t i = 0; i < files.size(); ++i) {
     const auto& f = files[i];
     for (std::size_t r = 0; r < file_images[i]; ++r) {
       const auto [it, fresh] = owner.emplace(f.ids[r], f.path);
       check(fresh, f.path, "cannot be merged: image id '", f.ids[r], "' is also in ", it->second);
+      const auto [at, unique] = index_owner.emplace(f.index[r], f.path);
+      check(unique, where(f.path, "images/index"), "row ", r, " holds input position ", f.index[r],
+            ", which ", at->second == f.path ? "another row of it" : at->second,
+            " also holds: cannot merge it");
       rows.push_back({f.index[r], i, r});
     }
     for (std::size_t r = 0; r < file_errors[i]; ++r) {

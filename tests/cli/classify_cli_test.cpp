@@ -1167,6 +1167,11 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
   const auto three = craft("three", "del f['predictions/probability']\n"
                                     "f['predictions/probability'] = np.zeros((4, 3), 'f4')");
   const auto deep = craft("deep", "f.attrs['class_names'] = '[' * 100000 + ']' * 100000");
+  // Values report refuses, so merge refuses them too (it merged them without a word).
+  const auto label99 = craft("label99", "f['images/label'][1] = 99");
+  const auto nan_prob = craft("nan_prob", "f['predictions/probability'][2] = np.nan");
+  const auto pred7 = craft("pred7", "f['predictions/label'][0] = 7");
+  const auto index_dup = craft("index_dup", "f['images/index'][0] = f['images/index'][1]");
   const auto fifo = dir / "fifo.h5";
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
   fs::copy_file(s0, dir / "copy.h5");
@@ -1179,6 +1184,14 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
            ":/predictions/probability: has rows of shape (rows, 3) for the file's 2 class names"},
       {"merge " + q(s1) + " " + q(three) + " --out " + q(dir / "m4.h5"),
        three + ":/predictions/probability: has rows of shape (rows, 3), " + s1 + " has (rows, 2)"},
+      {"merge " + q(label99) + " " + q(s1) + " --out " + q(dir / "m6.h5"),
+       label99 + ":/images/label: row 1 holds class 99, outside -1..1: cannot merge it"},
+      {"merge " + q(s1) + " " + q(nan_prob) + " --out " + q(dir / "m7.h5"),
+       nan_prob + ":/predictions/probability: row 2 holds a value outside [0, 1]"},
+      {"merge " + q(pred7) + " " + q(s1) + " --out " + q(dir / "m8.h5"),
+       pred7 + ":/predictions/label: row 0 holds a class outside 0..1"},
+      {"merge " + q(index_dup) + " " + q(s1) + " --out " + q(dir / "m9.h5"),
+       index_dup + ":/images/index: row 1 holds input position "},
       {"merge " + q(dir / "copy.h5") + " " + q(s1) + " --out " + q(dir / "copy.h5"),
        dir / "copy.h5" + ": is one of the files to merge"},
       {"report --results " + q(deep) + " --out " + q(dir / "r.html"),
