@@ -37,10 +37,15 @@ std::string q(const std::string& s) {
   return "'" + s + "'";
 }
 
+using CheckpointEdit =
+    std::function<void(pipeline::CheckpointMeta&, models::vision::ImageClassifier&)>;
+
 // An untrained attn_small at 64 px with its preprocessing (a resize to `size`): enough to
-// exercise every path.
-std::string make_checkpoint(const test::TempDir& dir, int size = 64) {
-  const auto path = dir / "model.h5";
+// exercise every path. `edit` changes the checkpoint's metadata or weights before it is saved
+// (crafted checkpoints), as DIR/NAME.h5.
+std::string make_checkpoint(const test::TempDir& dir, int size = 64,
+                            const CheckpointEdit& edit = {}, const std::string& name = "model") {
+  const auto path = dir / (name + ".h5");
   torch::manual_seed(3);
   models::vision::ImageModelConfig config;
   config.arch = "attn_small";
@@ -49,6 +54,7 @@ std::string make_checkpoint(const test::TempDir& dir, int size = 64) {
   pipeline::CheckpointMeta meta;
   meta.class_names = {"benign", "malignant"};
   meta.preprocessing_config = {{"steps", {{{"op", "resize"}, {"size", size}}}}};
+  if (edit) edit(meta, *model);
   pipeline::save_image_classifier(path, *model, models::vision::resolve_image_config(config), meta);
   return path;
 }
@@ -772,24 +778,9 @@ TEST(CliClassify, ACheckpointWhoseImagesAreTooSmallForItsNetworkIsOneLine) {
 TEST(CliClassify, CraftedCheckpointsAndNonFiniteOutputsAreOneLineNamingThem) {
   test::TempDir dir;
   const auto images = make_images(dir, 2);
-  const auto craft =
-      [&](const std::string& name,
-          const std::function<void(pipeline::CheckpointMeta&, models::vision::ImageClassifier&)>&
-              edit) {
-        torch::manual_seed(3);
-        models::vision::ImageModelConfig config;
-        config.arch = "attn_small";
-        config.image_size = 64;
-        auto model = models::vision::make_image_classifier(config);
-        pipeline::CheckpointMeta meta;
-        meta.class_names = {"benign", "malignant"};
-        meta.preprocessing_config = {{"steps", {{{"op", "resize"}, {"size", 64}}}}};
-        edit(meta, *model);
-        const auto path = dir / (name + ".h5");
-        pipeline::save_image_classifier(path, *model, models::vision::resolve_image_config(config),
-                                        meta);
-        return path;
-      };
+  const auto craft = [&](const std::string& name, const CheckpointEdit& edit) {
+    return make_checkpoint(dir, 64, edit, name);
+  };
   using Meta = pipeline::CheckpointMeta;
   using Model = models::vision::ImageClassifier;
   const std::vector<std::pair<std::string, std::string>> cases = {
