@@ -202,7 +202,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
       ("val", po::value(&val_spec)->default_value(""), "validation data (same forms as --data); default: split off --data")
       ("val-images", po::value(&val_images)->default_value(""), "folder of the --val CSV's images; default: the images/ folder next to it, else --images")
       ("val-split", po::value(&val_split)->default_value(0.2, "0.2"), "share of --data for validation, grouped by lesion/patient when known, stratified")
-      ("size", po::value(&size)->default_value(224), "image side (short-side resize + centre crop) when no --augment config")
+      ("size", po::value(&size)->default_value(224), "image side (short-side resize + centre crop) when no --augment config; with one, the side a ViT's position grid is laid out for (resampled to the images' token grid)")
       ("batch-size", po::value(&batch_size)->default_value(32), "images per batch")
       ("epochs", po::value(&epochs)->default_value(30), "epochs")
       ("optimizer", po::value(&optimizer)->default_value("sgd"), "sgd | adamw")
