@@ -3,12 +3,18 @@
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <opencv2/photo.hpp>
 
 #include "datasets/synthetic.h"
 #include "preprocessing/augment.h"
 #include "preprocessing/decode.h"
+#include "preprocessing/inpaint.h"
 #include "preprocessing/pipeline.h"
 #include "preprocessing/steps.h"
 #include "preprocessing/tensor.h"
@@ -110,6 +116,77 @@ void BM_HairRemoval(benchmark::State& state) {
     benchmark::DoNotOptimize(pp::remove_hair(image(), {}));
 }
 BENCHMARK(BM_HairRemoval)->Unit(benchmark::kMillisecond);
+
+// The inpainting alone on hair_removal's default mask of the same image: ours (a heap-ordered
+// front) beside OpenCV's cv::inpaint (a sorted list), which the step used before 2026-12-05.
+const cv::Mat& default_hair_mask() {
+  static const cv::Mat mask = pp::hair_mask(image(), {});
+  return mask;
+}
+void BM_InpaintTelea(benchmark::State& state) {
+  for (auto _ : state)
+    benchmark::DoNotOptimize(pp::inpaint_telea(image(), default_hair_mask(), 3.0));
+}
+BENCHMARK(BM_InpaintTelea)->Unit(benchmark::kMillisecond);
+void BM_InpaintOpenCv(benchmark::State& state) {
+  for (auto _ : state) {
+    cv::Mat out;
+    cv::inpaint(image(), default_hair_mask(), out, 3.0, cv::INPAINT_TELEA);
+    benchmark::DoNotOptimize(out);
+  }
+}
+BENCHMARK(BM_InpaintOpenCv)->Unit(benchmark::kMillisecond);
+
+// The same two on real photographs: the first 20 isic-uda1 JPEGs (512 x 384) with
+// hair_removal's default mask, whose skin-texture specks are what makes OpenCV's front slow.
+// $ATTNSCOPE_DATA_DIR, else ../shared/data next to the source tree.
+struct Photo {
+  cv::Mat image, mask;
+};
+const std::vector<Photo>& photos() {
+  static const std::vector<Photo> all = [] {
+    const char* env = std::getenv("ATTNSCOPE_DATA_DIR");
+    const std::filesystem::path data = env && *env ? std::filesystem::path(env)
+                                                   : std::filesystem::path(__FILE__).parent_path() /
+                                                         ".." / ".." / "shared" / "data";
+    std::vector<std::string> files;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(data / "isic-uda1" / "images", ec))
+      files.push_back(e.path().string());
+    std::sort(files.begin(), files.end());
+    std::vector<Photo> out;
+    for (std::size_t i = 0; i < files.size() && out.size() < 20; ++i) {
+      cv::Mat rgb;
+      cv::cvtColor(cv::imread(files[i]), rgb, cv::COLOR_BGR2RGB);
+      out.push_back({rgb, pp::hair_mask(rgb, {})});
+    }
+    return out;
+  }();
+  return all;
+}
+template <bool kOpenCv>
+void BM_InpaintPhotographs(benchmark::State& state) {
+  if (photos().empty()) {
+    state.SkipWithError("no images: put ../shared/data beside the repository");
+    return;
+  }
+  for (auto _ : state)
+    for (const auto& p : photos()) {
+      cv::Mat out;
+      if (kOpenCv)
+        cv::inpaint(p.image, p.mask, out, 3.0, cv::INPAINT_TELEA);
+      else
+        out = pp::inpaint_telea(p.image, p.mask, 3.0);
+      benchmark::DoNotOptimize(out);
+    }
+  state.SetItemsProcessed(state.iterations() * static_cast<int64_t>(photos().size()));
+}
+BENCHMARK(BM_InpaintPhotographs<false>)
+    ->Name("BM_InpaintTelea20Photographs")
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_InpaintPhotographs<true>)
+    ->Name("BM_InpaintOpenCv20Photographs")
+    ->Unit(benchmark::kMillisecond);
 
 void BM_ShadesOfGray(benchmark::State& state) {
   for (auto _ : state)

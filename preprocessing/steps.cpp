@@ -3,9 +3,9 @@
 #include <cmath>
 
 #include <opencv2/imgproc.hpp>
-#include <opencv2/photo.hpp>
 
 #include "attnscope/error.h"
+#include "preprocessing/inpaint.h"
 
 namespace attnscope::preprocessing {
 namespace {
@@ -123,10 +123,15 @@ cv::Mat remove_hair(const cv::Mat& image, const HairRemovalOptions& options) {
   check(options.inpaint_radius > 0.0 && options.inpaint_radius <= 20.0, "hair_removal",
         "inpaint_radius must be in (0, 20], got ", options.inpaint_radius);
   const cv::Mat mask = hair_mask(image, options);
-  if (cv::countNonZero(mask) == 0) return image.clone();
-  cv::Mat out;
-  cv::inpaint(image, mask, out, options.inpaint_radius, cv::INPAINT_TELEA);
-  return out;
+  const int64_t masked = cv::countNonZero(mask);
+  if (masked == 0) return image.clone();
+  // A low threshold on a large image (a crafted config: 16384 px, threshold 0, radius 20) would
+  // otherwise inpaint for hours; about 25 s on a 2-core VM at the limit.
+  check(inpaint_work(masked, options.inpaint_radius) <= kMaxInpaintWork, "hair_removal",
+        "the hair mask covers ", masked, " of ", image.total(), " pixels (", image.cols, " x ",
+        image.rows, "); inpainting them with radius ", options.inpaint_radius,
+        " is too much work for one image: raise threshold, lower inpaint_radius or resize first");
+  return inpaint_telea(image, mask, options.inpaint_radius);
 }
 
 cv::Mat shades_of_gray(const cv::Mat& image, const ColorConstancyOptions& options) {
