@@ -22,6 +22,7 @@
 #include "datasets/text/tokenizer.h"
 #include "pipeline/h5.h"
 #include "pipeline/metrics.h"
+#include "pipeline/vision/results.h"
 
 namespace attnscope::pipeline::vision {
 namespace {
@@ -173,14 +174,8 @@ Results read_results(const std::string& path) {
 
   // Rows: num_images capped by every per-image dataset.
   int64_t n = std::numeric_limits<int64_t>::max();
-  if (!r.attrs["num_images"].empty()) {
-    try {
-      n = std::stoll(r.attrs["num_images"]);
-    } catch (const std::exception&) {
-      throw Error(where(path, "@num_images"), "is not a whole number");
-    }
-    check(n >= 0, where(path, "@num_images"), "is negative");
-  }
+  if (!r.attrs["num_images"].empty())
+    n = parse_row_count(r.attrs["num_images"], where(path, "@num_images"));
   // A dataset shorter than @num_images is damage (a killed run leaves them longer, never
   // shorter): the report shows the rows every dataset holds and says which one was short.
   const int64_t declared = r.attrs["num_images"].empty() ? -1 : n;

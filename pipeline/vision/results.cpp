@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -303,6 +304,17 @@ std::string csv_field(const std::string& value) {
     out += c;
   }
   return out + "\"";
+}
+
+int64_t parse_row_count(const std::string& text, const std::string& subject) {
+  int64_t n = -1;
+  const char* end = text.data() + text.size();
+  const bool digits = !text.empty() && std::all_of(text.begin(), text.end(),
+                                                   [](char c) { return c >= '0' && c <= '9'; });
+  const auto [ptr, ec] = std::from_chars(text.data(), end, n);
+  check(digits && ec == std::errc() && ptr == end, subject, "is '", excerpt(text),
+        "', expected a row count (a whole number >= 0)");
+  return n;
 }
 
 std::string file_checksum(const std::string& path) {
@@ -657,10 +669,8 @@ ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader
         n = std::min(n, k);
         longest = std::max(longest, k);
       }
-      try {
-        n = std::min<int64_t>(n, std::stoll(attr(count_attr)));
-      } catch (const std::exception&) {
-      }
+      if (h5::has_attribute(f, count_attr))
+        n = std::min(n, parse_row_count(attr(count_attr), where(path, "@" + count_attr)));
       torn = torn || longest != n;
       return n;
     };
@@ -1017,12 +1027,10 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
     const auto& f = files[i];
     const auto& in = ins[i];
     auto count = [&](const char* key, std::size_t fallback) {
-      try {
-        const auto it = f.attributes.find(key);
-        if (it != f.attributes.end()) return static_cast<std::size_t>(std::stoull(it->second));
-      } catch (const std::exception&) {
-      }
-      return fallback;
+      const auto it = f.attributes.find(key);
+      if (it == f.attributes.end()) return fallback;
+      return static_cast<std::size_t>(
+          parse_row_count(it->second, where(f.path, std::string("@") + key)));
     };
     const auto images = count("num_images", std::max(f.ids.size(),
                                                      static_cast<std::size_t>(f.prediction.numel())));

@@ -147,6 +147,11 @@ std::string csv_field(const std::string& value);
 void merge_results(const std::vector<std::string>& inputs, const std::string& out,
                    const std::string& command_line);
 
+/// A row count stored as a root attribute (@num_images, @num_errors): decimal digits only, at
+/// most INT64_MAX. A sign, a fraction, text or an overflow is refused, naming `subject`
+/// (std::stoull had read "-3" as 18446744073709551613).
+int64_t parse_row_count(const std::string& text, const std::string& subject);
+
 /// "fnv1a64:<16 hex>" of a file's bytes.
 std::string file_checksum(const std::string& path);
 

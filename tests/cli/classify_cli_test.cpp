@@ -1163,6 +1163,15 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
   const auto nan_prob = craft("nan_prob", "f['predictions/probability'][2] = np.nan");
   const auto pred7 = craft("pred7", "f['predictions/label'][0] = 7");
   const auto index_dup = craft("index_dup", "f['images/index'][0] = f['images/index'][1]");
+  // Row counts: "-3" was read as 18446744073709551613 by merge, "1.5" as 1 on --resume.
+  const auto minus3 = craft("minus3", "f.attrs['num_images'] = '-3'");
+  fs::copy(dir / "s0", dir / "r1", fs::copy_options::recursive);
+  std::ofstream(dir / "half.py") << "import sys, h5py\nf = h5py.File(sys.argv[1], 'r+')\n"
+                                    "f.attrs['num_errors'] = '1.5'\nf.attrs['finished_at'] = ''\n";
+  ASSERT_EQ(
+      test::run_process(test::python() + " " + q(dir / "half.py") + " " + q(dir / "r1/results.h5"))
+          .status,
+      0);
   const auto fifo = dir / "fifo.h5";
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
   fs::copy_file(s0, dir / "copy.h5");
@@ -1183,6 +1192,14 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
        pred7 + ":/predictions/label: row 0 holds a class outside 0..1"},
       {"merge " + q(index_dup) + " " + q(s1) + " --out " + q(dir / "m9.h5"),
        index_dup + ":/images/index: row 1 holds input position "},
+      {"merge " + q(minus3) + " " + q(s1) + " --out " + q(dir / "m10.h5"),
+       minus3 + ":/@num_images: is '-3', expected a row count (a whole number >= 0)"},
+      {"report --results " + q(minus3) + " --out " + q(dir / "r2.html"),
+       minus3 + ":/@num_images: is '-3', expected a row count (a whole number >= 0)"},
+      {"classify --model " + q(model) + " --input " + q(images + "/images") +
+           " --threads 1 --shard 0/2 --resume --out " + q(dir / "r1"),
+       dir / "r1/results.h5" +
+           ":/@num_errors: is '1.5', expected a row count (a whole number >= 0)"},
       {"merge " + q(dir / "copy.h5") + " " + q(s1) + " --out " + q(dir / "copy.h5"),
        dir / "copy.h5" + ": is one of the files to merge"},
       {"report --results " + q(deep) + " --out " + q(dir / "r.html"),

@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include <torch/torch.h>
 
@@ -235,6 +236,19 @@ TEST(ResultsStore, CsvFieldsFollowRfc4180) {
   EXPECT_EQ(csv_field("a,b"), "\"a,b\"");
   EXPECT_EQ(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
   EXPECT_EQ(csv_field("two\nlines"), "\"two\nlines\"");
+}
+
+// Row counts are decimal digits within int64, nothing else.
+TEST(ResultsStore, RowCountsAreWholeNumbersAndNothingElse) {
+  EXPECT_EQ(parse_row_count("0", "f"), 0);
+  EXPECT_EQ(parse_row_count("007", "f"), 7);
+  EXPECT_EQ(parse_row_count("9223372036854775807", "f"), std::numeric_limits<int64_t>::max());
+  for (const char* bad :
+       {"", "-3", "+3", " 3", "3 ", "1.5", "1e3", "x", "0x10", "9223372036854775808"})
+    EXPECT_EQ(test::error_of([&] { parse_row_count(bad, "r.h5:/@num_images"); }),
+              std::string("r.h5:/@num_images: is '") + bad +
+                  "', expected a row count (a whole number >= 0)")
+        << bad;
 }
 
 }  // namespace
