@@ -85,6 +85,11 @@ SampleData SyntheticSource::load(std::size_t index) const {
   return {std::move(smp.image), std::move(smp.mask)};
 }
 
+namespace {
+// Thrown by build() between images at a stop request; never leaves the loader.
+struct BuildCancelled {};
+}  // namespace
+
 Loader::Loader(std::shared_ptr<const SampleSource> source, preprocessing::Pipeline pipeline,
                LoaderOptions options)
     : source_(std::move(source)), pipeline_(std::move(pipeline)), options_(options) {
@@ -188,6 +193,8 @@ void Loader::work() {
     const double cpu_begin = thread_cpu_seconds();
     try {
       slot.batch = build(b);
+    } catch (const BuildCancelled&) {
+      slot.cancelled = true;
     } catch (...) {
       slot.error = std::current_exception();
     }
@@ -212,17 +219,28 @@ std::optional<Batch> Loader::next() {
       const double cpu_begin = thread_cpu_seconds();
       try {
         slot.batch = build(consumed_);
+      } catch (const BuildCancelled&) {
+        slot.cancelled = true;
       } catch (...) {
         slot.error = std::current_exception();
       }
       const double cpu = thread_cpu_seconds() - cpu_begin;
       lock.lock();
       stats_.cpu_s += cpu;
-    } else {
+    } else if (!options_.cancelled) {
       cv_.wait(lock, [&] { return ready_.count(consumed_) > 0; });
+    } else {
+      // A stop request comes from a signal handler, which cannot notify: poll it.
+      while (!ready_.count(consumed_)) {
+        if (cancel_requested()) return std::nullopt;
+        cv_.wait_for(lock, std::chrono::milliseconds(50));
+      }
+    }
+    if (options_.workers > 0) {
       slot = std::move(ready_[consumed_]);
       ready_.erase(consumed_);
     }
+    if (slot.cancelled) return std::nullopt;
     stats_.wait_s += wall_seconds_now() - wait_begin;
     ++stats_.batches;
     ++consumed_;
@@ -246,6 +264,7 @@ Batch Loader::build(int64_t batch_index) const {
   std::vector<preprocessing::Processed> done;
   std::vector<int64_t> labels;
   for (std::size_t pos = begin; pos < end; ++pos) {
+    if (cancel_requested()) throw BuildCancelled{};
     const std::size_t index = order_[pos];
     const auto& meta = source_->sample(index);
     try {

@@ -16,6 +16,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -111,6 +112,11 @@ struct LoaderOptions {
   double oversample = 1.0;
   /// Samples per epoch for Order::kBalanced; 0 = the source's size.
   std::size_t balanced_samples = 0;
+  /// A stop request (a signal flag), read between images and while next() waits: once it
+  /// returns true, next() returns nullopt within about 50 ms and each worker stops after the
+  /// image it is on, so a run stops mid-batch instead of after a batch of slow images. The
+  /// caller tells the end of the epoch from a stop by asking it. Empty: never.
+  std::function<bool()> cancelled;
 };
 
 /// One batch. Shape: images (B, 3, H, W), labels (B), masks (B, 1, H, W); B = size() may be
@@ -162,7 +168,7 @@ class Loader {
   /// Starts (or restarts) an epoch: stops the workers of the previous one.
   void start_epoch(int64_t epoch);
   /// The next batch of the current epoch, in order; nullopt when the epoch is over (or no
-  /// epoch was started).
+  /// epoch was started), or at a stop request (LoaderOptions::cancelled).
   /// Rethrows a worker's unexpected failure (e.g. images of different sizes).
   std::optional<Batch> next();
   /// The cost of the current epoch's batches so far.
@@ -176,7 +182,9 @@ class Loader {
   struct Slot {
     std::optional<Batch> batch;
     std::exception_ptr error;
+    bool cancelled = false;  ///< build() stopped at a stop request: no batch
   };
+  bool cancel_requested() const { return options_.cancelled && options_.cancelled(); }
   Batch build(int64_t batch_index) const;
   void work();
   void stop();

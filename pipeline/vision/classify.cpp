@@ -613,6 +613,8 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
       lo.queue = std::max(2, o.threads + 1);
       lo.order = datasets::Order::kSequential;
       lo.augment = false;
+      // A stop request ends the wait for a batch of slow images, not only the run after it.
+      if (o.stop_requested) lo.cancelled = o.stop_requested;
       datasets::Loader loader(source, pipeline, lo);
       loader.start_epoch(0);
       while (auto batch = loader.next()) {
@@ -798,6 +800,8 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
           break;
         }
       }
+      // The loader ends the epoch early at a stop request.
+      if (prog.done < prog.total && stopping()) summary.interrupted = true;
     }
     writer_thread.close();
     writer_thread.rethrow();

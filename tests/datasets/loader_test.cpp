@@ -170,6 +170,60 @@ TEST(Loader, WorkersStopAtTheQueueBound) {
   EXPECT_EQ(source->over_bound, 0) << "loads started beyond the queue bound";
 }
 
+// Raises a stop flag as its `at`-th load starts, and counts loads.
+class StoppingSource : public SampleSource {
+ public:
+  StoppingSource(std::shared_ptr<SyntheticSource> inner, int at)
+      : at(at), inner_(std::move(inner)) {}
+  std::size_t size() const override { return inner_->size(); }
+  const Sample& sample(std::size_t i) const override { return inner_->sample(i); }
+  const std::vector<std::string>& class_names() const override { return inner_->class_names(); }
+  SampleData load(std::size_t i) const override {
+    if (++loads == at) stop = true;
+    return inner_->load(i);
+  }
+  mutable std::atomic<int> loads{0};
+  mutable std::atomic<bool> stop{false};
+  int at;
+
+ private:
+  std::shared_ptr<SyntheticSource> inner_;
+};
+
+// A stop request is seen between images: the workers stop after the image they are on and
+// next() returns nullopt without the batch, instead of finishing a batch of 50 slow images.
+TEST(Loader, AStopRequestEndsTheEpochBetweenImages) {
+  for (const int workers : {0, 2}) {
+    SCOPED_TRACE(workers);
+    LoaderOptions o;
+    o.batch_size = 50;
+    o.workers = workers;
+    o.queue = 2;
+    auto source = std::make_shared<StoppingSource>(synthetic(200), 3);
+    o.cancelled = [&] { return source->stop.load(); };
+    {
+      Loader loader(source, small_pipeline(false), o);
+      loader.start_epoch(0);
+      EXPECT_FALSE(loader.next().has_value());
+      EXPECT_FALSE(loader.next().has_value());
+    }  // the workers are joined
+    // Load 3 raised the flag; a worker already inside a load finishes only that one.
+    EXPECT_LE(source->loads, 3 + workers);
+    EXPECT_GE(source->loads, 3);
+    // With the flag never raised, the same options give the whole epoch.
+    auto whole = std::make_shared<StoppingSource>(synthetic(200), 1000);
+    o.cancelled = [&] { return whole->stop.load(); };
+    Loader loader(whole, small_pipeline(false), o);
+    loader.start_epoch(0);
+    int batches = 0;
+    while (auto b = loader.next()) {
+      EXPECT_EQ(b->size(), 50);
+      ++batches;
+    }
+    EXPECT_EQ(batches, 4);
+  }
+}
+
 // A source whose load() of one sample throws what it is given (an allocation failure).
 class ThrowingSource : public SampleSource {
  public:
