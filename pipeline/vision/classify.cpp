@@ -321,11 +321,6 @@ at::Tensor overlay(const at::Tensor& image, const at::Tensor& map) {
   return torch::from_blob(out.data, {h, w, 3}, torch::kByte).clone();
 }
 
-double read_number(const nlohmann::json& j, const char* key, double fallback) {
-  if (j.is_object() && j.contains(key) && j[key].is_number()) return j[key].get<double>();
-  return fallback;
-}
-
 }  // namespace
 
 datasets::Dataset collect_inputs(const std::vector<std::string>& inputs) {
@@ -450,21 +445,10 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
                                              : "class_" + std::to_string(c));
   }
   // The checkpoint's threshold and temperature, checked as evaluate checks them (a crafted
-  // threshold of 5 would label every image benign); older files kept them in provenance.
-  const auto in_extra = [&](const char* key) {
-    return meta.extra.is_object() && meta.extra.contains(key);
-  };
+  // threshold of 5 would label every image benign).
   std::optional<double> threshold = o.threshold;
-  if (!threshold && num_classes == 2) {
-    threshold = in_extra("threshold") ? checkpoint_threshold(meta, o.model)
-                                      : read_number(meta.provenance, "threshold", 0.5);
-    check(std::isfinite(*threshold) && *threshold >= 0 && *threshold <= 1, o.model,
-          "checkpoint threshold ", *threshold, " must lie in [0, 1]");
-  }
-  const double temperature = in_extra("temperature")
-                                 ? checkpoint_temperature(meta, o.model)
-                                 : read_number(meta.provenance, "temperature", 1.0);
-  check_temperature(temperature, o.model);
+  if (!threshold && num_classes == 2) threshold = checkpoint_threshold(meta, o.model);
+  const double temperature = checkpoint_temperature(meta, o.model);
 
   // Shapes: the pipeline's output size and each map's native size, from one blank image.
   const auto probe = pipeline.process(cv::Mat(256, 256, CV_8UC3, cv::Scalar(128, 128, 128)));

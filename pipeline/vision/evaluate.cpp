@@ -9,6 +9,7 @@
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
 #include "attnscope/json_text.h"
+#include "pipeline/vision/results.h"
 #include "pipeline/vision/tta.h"
 #include "preprocessing/pipeline.h"
 #include "runtime/precision.h"
@@ -35,32 +36,33 @@ std::optional<double> extra_number(const CheckpointMeta& meta, const char* key,
                            "; expected a number"));
 }
 
-std::string csv_field(const std::string& s) {
-  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
-  std::string out = "\"";
-  for (char c : s)
-    out += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return out + "\"";
+// extra.<key>, or in files written before extra held it, provenance.<key> when a number.
+std::optional<double> stored_number(const CheckpointMeta& meta, const char* key,
+                                    const std::string& path) {
+  if (auto v = extra_number(meta, key, path)) return v;
+  const auto& p = meta.provenance;
+  if (p.is_object() && p.contains(key) && p.at(key).is_number()) return p.at(key).get<double>();
+  return std::nullopt;
+}
+
+void check_temperature(double t, const std::string& path) {
+  check(t >= kMinTemperature && t <= kMaxTemperature, path, "checkpoint temperature ", t,
+        " must be in [", kMinTemperature, ", ", kMaxTemperature, "]");
 }
 
 }  // namespace
 
 double checkpoint_threshold(const CheckpointMeta& meta, const std::string& path) {
-  const auto t = extra_number(meta, "threshold", path).value_or(0.5);
+  const auto t = stored_number(meta, "threshold", path).value_or(0.5);
   check(std::isfinite(t) && t >= 0 && t <= 1, path, "checkpoint threshold ", t,
         " must lie in [0, 1]");
   return t;
 }
 
 double checkpoint_temperature(const CheckpointMeta& meta, const std::string& path) {
-  const auto t = extra_number(meta, "temperature", path).value_or(1.0);
+  const auto t = stored_number(meta, "temperature", path).value_or(1.0);
   check_temperature(t, path);
   return t;
-}
-
-void check_temperature(double t, const std::string& path) {
-  check(t >= kMinTemperature && t <= kMaxTemperature, path, "checkpoint temperature ", t,
-        " must be in [", kMinTemperature, ", ", kMaxTemperature, "]");
 }
 
 torch::Tensor predict_probabilities(models::vision::ImageClassifier& model,

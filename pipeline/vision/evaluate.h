@@ -88,16 +88,14 @@ cv::Size check_model_takes_pipeline_output(models::vision::ImageClassifier& mode
                                            const std::string& subject,
                                            const std::string& made_by = "its preprocessing");
 
-/// The checkpoint's decision threshold (extra.threshold) and temperature (extra.temperature),
-/// defaults 0.5 and 1. Throws Error naming `path` for a threshold outside [0, 1] or a
-/// temperature outside [kMinTemperature, kMaxTemperature] (training fits it in [0.05, 20]; a
-/// crafted 1e308 made every probability 0.5).
+/// The checkpoint's decision threshold (extra.threshold) and temperature (extra.temperature;
+/// in files written before extra held them, provenance's), defaults 0.5 and 1. Throws Error naming
+/// `path` for a threshold outside [0, 1] or a temperature outside [kMinTemperature,
+/// kMaxTemperature] (training fits it in [0.05, 20]; a crafted 1e308 made every probability 0.5).
 constexpr double kMinTemperature = 0.01;
 constexpr double kMaxTemperature = 100;
 double checkpoint_threshold(const CheckpointMeta& meta, const std::string& path);
 double checkpoint_temperature(const CheckpointMeta& meta, const std::string& path);
-/// Throws Error naming `path` unless kMinTemperature <= t <= kMaxTemperature.
-void check_temperature(double t, const std::string& path);
 
 /// Runs `model` over every sample of `source` with the checkpoint's preprocessing (through the
 /// threaded loader, no augmentation) and computes the metrics. Samples that fail to load are

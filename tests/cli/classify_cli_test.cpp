@@ -788,6 +788,13 @@ TEST(CliClassify, CraftedCheckpointsAndNonFiniteOutputsAreOneLineNamingThem) {
        "checkpoint threshold 5 must lie in [0, 1]"},
       {craft("threshold_x", [](Meta& m, Model&) { m.extra["threshold"] = "x"; }),
        "checkpoint attribute extra.threshold is \"x\"; expected a number"},
+      // Files written before extra held it kept the threshold in provenance: checked the same.
+      {craft("provenance_threshold7",
+             [](Meta& m, Model&) {
+               if (m.extra.is_object()) m.extra.erase("threshold");
+               m.provenance["threshold"] = 7;
+             }),
+       "checkpoint threshold 7 must lie in [0, 1]"},
       {craft("temperature_x", [](Meta& m, Model&) { m.extra["temperature"] = "x"; }),
        "checkpoint attribute extra.temperature is \"x\"; expected a number"},
       {craft("three_names",
