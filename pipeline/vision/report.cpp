@@ -222,13 +222,6 @@ Results read_results(const std::string& path) {
     r.index.resize(static_cast<std::size_t>(n));
     std::iota(r.index.begin(), r.index.end(), int64_t{0});
   }
-  for (int64_t i = 0; i < n; ++i) {
-    const auto u = static_cast<std::size_t>(i);
-    check(r.truth[u] >= -1 && r.truth[u] < r.c, where(path, "images/label"), "row ", i,
-          " holds class ", r.truth[u], ", outside -1..", r.c - 1);
-    check(r.predicted[u] >= 0 && r.predicted[u] < r.c, where(path, "predictions/label"), "row ", i,
-          " holds class ", r.predicted[u], ", outside 0..", r.c - 1);
-  }
   const auto probs = [&](const std::string& name) {
     auto t = first_rows(h5::read_tensor(root, name, path), n).to(at::kFloat).contiguous();
     check(t.dim() == 2 && t.size(1) == r.c, where(path, name), "expected shape (N, ", r.c, ") for ",
@@ -236,11 +229,8 @@ Results read_results(const std::string& path) {
     return t;
   };
   r.probability = probs("predictions/probability");
-  {
-    const auto bad = (r.probability.isnan() | (r.probability < 0) | (r.probability > 1)).nonzero();
-    check(bad.size(0) == 0, where(path, "predictions/probability"), "row ",
-          bad.size(0) ? bad[0][0].item<int64_t>() : 0, " holds a value outside [0, 1]");
-  }
+  check_result_values(r.truth, torch::tensor(r.predicted, torch::kInt64), r.probability, n, r.c,
+                      path);
   if (tta) r.probability_std = probs("predictions/probability_std");
 
   if (r.has_images) {

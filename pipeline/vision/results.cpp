@@ -306,6 +306,30 @@ std::string csv_field(const std::string& value) {
   return out + "\"";
 }
 
+void check_result_values(const std::vector<int64_t>& labels, const at::Tensor& predicted,
+                         const at::Tensor& probability, int64_t rows, int64_t classes,
+                         const std::string& path, const std::string& consequence) {
+  for (int64_t r = 0; r < rows && r < static_cast<int64_t>(labels.size()); ++r) {
+    const auto label = labels[static_cast<std::size_t>(r)];
+    check(label >= -1 && label < classes, where(path, "images/label"), "row ", r, " holds class ",
+          label, ", outside -1..", classes - 1, consequence);
+  }
+  if (rows <= 0) return;
+  const auto pred = predicted.flatten().narrow(0, 0, rows);
+  const auto bad_pred = ((pred < 0) | (pred >= classes)).nonzero();
+  if (bad_pred.size(0) > 0) {
+    const auto r = bad_pred[0][0].item<int64_t>();
+    throw Error(where(path, "predictions/label"),
+                concat("row ", r, " holds class ", pred[r].item<int64_t>(), ", outside 0..",
+                       classes - 1, consequence));
+  }
+  if (!probability.defined()) return;
+  const auto p = probability.narrow(0, 0, rows).to(at::kFloat);
+  const auto bad = (p.isnan() | (p < 0) | (p > 1)).nonzero();
+  check(bad.size(0) == 0, where(path, "predictions/probability"), "row ",
+        bad.size(0) ? bad[0][0].item<int64_t>() : 0, " holds a value outside [0, 1]", consequence);
+}
+
 int64_t parse_row_count(const std::string& text, const std::string& subject) {
   int64_t n = -1;
   const char* end = text.data() + text.size();
@@ -1042,27 +1066,12 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
           " complete error rows for its ", errors, " errors: the file is damaged");
     file_images[i] = images;
     file_errors[i] = errors;
-    // The values report checks, so that a merged file is one report reads: labels in
-    // -1..C-1, predictions in 0..C-1, probabilities in [0, 1].
-    const auto C = static_cast<int64_t>(num_classes);
-    for (std::size_t r = 0; r < images && r < f.label.size(); ++r)
-      check(f.label[r] >= -1 && f.label[r] < C, where(f.path, "images/label"), "row ", r,
-            " holds class ", f.label[r], ", outside -1..", C - 1, ": cannot merge it");
-    if (images > 0) {
-      const auto n = static_cast<int64_t>(images);
-      const auto pred = f.prediction.flatten().narrow(0, 0, n);
-      const auto bad_pred = ((pred < 0) | (pred >= C)).nonzero();
-      check(bad_pred.size(0) == 0, where(f.path, "predictions/label"), "row ",
-            bad_pred.size(0) ? bad_pred[0][0].item<int64_t>() : 0, " holds a class outside 0..",
-            C - 1, ": cannot merge it");
-      if (f.probability.defined() && f.probability.dim() == 2 && f.probability.size(0) >= n) {
-        const auto p = f.probability.narrow(0, 0, n).to(at::kFloat);
-        const auto bad = (p.isnan() | (p < 0) | (p > 1)).nonzero();
-        check(bad.size(0) == 0, where(f.path, "predictions/probability"), "row ",
-              bad.size(0) ? bad[0][0].item<int64_t>() : 0,
-              " holds a value outside [0, 1]: cannot merge it");
-      }
-    }
+    // The values report checks, so that a merged file is one report reads.
+    const auto n = static_cast<int64_t>(images);
+    const bool probabilities =
+        f.probability.defined() && f.probability.dim() == 2 && f.probability.size(0) >= n;
+    check_result_values(f.label, f.prediction, probabilities ? f.probability : at::Tensor(), n,
+                        static_cast<int64_t>(num_classes), f.path, ": cannot merge it");
     for (const auto& name : datasets) {
       const bool is_error = name.rfind("errors/", 0) == 0;
       const auto needed = is_error ? errors : images;

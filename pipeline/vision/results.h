@@ -147,6 +147,15 @@ std::string csv_field(const std::string& value);
 void merge_results(const std::vector<std::string>& inputs, const std::string& out,
                    const std::string& command_line);
 
+/// The values every reader of a results file relies on, over the first `rows` rows: labels
+/// (images/label) in -1..classes−1, predicted labels (predictions/label, any integer shape) in
+/// 0..classes−1, probabilities (predictions/probability; undefined: not checked) in [0, 1], NaN
+/// refused. Throws Error naming `path`, the dataset and the first bad row, `consequence`
+/// appended (": cannot merge it"). report and merge both check them.
+void check_result_values(const std::vector<int64_t>& labels, const at::Tensor& predicted,
+                         const at::Tensor& probability, int64_t rows, int64_t classes,
+                         const std::string& path, const std::string& consequence = "");
+
 /// A row count stored as a root attribute (@num_images, @num_errors): decimal digits only, at
 /// most INT64_MAX. A sign, a fraction, text or an overflow is refused, naming `subject`
 /// (std::stoull had read "-3" as 18446744073709551613).
