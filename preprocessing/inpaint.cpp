@@ -49,11 +49,11 @@ class Front {
   uint64_t next_ = 0;
 };
 
-// The distance map T and the flags of one pass over a W x H grid.
+// The flags of one pass over a W x H grid and the distance map T (both passes share it).
 struct Grid {
   int w = 0, h = 0;
-  std::vector<uint8_t> flag;
-  std::vector<float> t;
+  uint8_t* flag = nullptr;
+  float* t = nullptr;
 
   bool reached(int y, int x) const {
     return y >= 0 && x >= 0 && y < h && x < w && flag[static_cast<size_t>(y) * w + x] != kInside;
@@ -129,10 +129,12 @@ cv::Mat inpaint_telea(const cv::Mat& image, const cv::Mat& mask, double radius) 
   // normal used to weigh neighbours) is defined on both sides.
   const int r_cells = static_cast<int>(std::ceil(radius));
   const float outside_limit = static_cast<float>(r_cells) + 2.0f;
-  Grid outside{w, h, std::vector<uint8_t>(static_cast<size_t>(w) * h, kInside),
-               std::vector<float>(static_cast<size_t>(w) * h, 0.0f)};
-  Grid g{w, h, std::vector<uint8_t>(static_cast<size_t>(w) * h, kKnown),
-         std::vector<float>(static_cast<size_t>(w) * h, 0.0f)};
+  // 6 bytes a pixel: T, and one flag per pass.
+  const auto pixels = static_cast<size_t>(w) * h;
+  std::vector<float> t(pixels, 0.0f);
+  std::vector<uint8_t> flag_out(pixels, kInside), flag_in(pixels, kKnown);
+  Grid outside{w, h, flag_out.data(), t.data()};
+  Grid g{w, h, flag_in.data(), t.data()};
   Front front_out, front;
   for (int y = 0; y < h; ++y)
     for (int x = 0; x < w; ++x) {
@@ -164,8 +166,10 @@ cv::Mat inpaint_telea(const cv::Mat& image, const cv::Mat& mask, double radius) 
       front_out.push(index(y, x), outside.t[i]);
     }
   }
-  for (size_t i = 0; i < g.t.size(); ++i)
-    if (g.flag[i] == kKnown) g.t[i] = outside.flag[i] == kInside ? -outside_limit : -outside.t[i];
+  // Outside the front T is the outward distance, negated; mask pixels hold kFar (the outward
+  // march never reads them: every pixel beside the mask is on the front).
+  for (size_t i = 0; i < pixels; ++i)
+    if (g.flag[i] == kKnown) t[i] = outside.flag[i] == kInside ? -outside_limit : -t[i];
 
   std::vector<Offset> window;
   for (int dy = -r_cells; dy <= r_cells; ++dy)
@@ -197,7 +201,7 @@ cv::Mat inpaint_telea(const cv::Mat& image, const cv::Mat& mask, double radius) 
       if (y < 0 || x < 0 || y >= h || x >= w) continue;
       const auto i = static_cast<size_t>(index(y, x));
       if (g.flag[i] != kInside) continue;
-      const float t = g.t[i] = g.arrival(y, x);
+      const float tq = g.t[i] = g.arrival(y, x);
       const float ny = g.slope(y, x, 1, 0), nx = g.slope(y, x, 0, 1);
       float sum[4] = {0, 0, 0, 0};
       float weights = 0.0f;
@@ -207,7 +211,7 @@ cv::Mat inpaint_telea(const cv::Mat& image, const cv::Mat& mask, double radius) 
         // r = p - k: from the neighbour to the pixel being filled.
         const float ry = static_cast<float>(-o.dy), rx = static_cast<float>(-o.dx);
         const float dir = std::max(std::fabs((ry * ny + rx * nx) * o.inv_len), 1e-6f);
-        const float lev = 1.0f / (1.0f + std::fabs(g.at(ky, kx) - t));
+        const float lev = 1.0f / (1.0f + std::fabs(g.at(ky, kx) - tq));
         const float wgt = dir * o.inv_len2 * lev;
         weights += wgt;
         for (int c = 0; c < channels; ++c)
@@ -219,7 +223,7 @@ cv::Mat inpaint_telea(const cv::Mat& image, const cv::Mat& mask, double radius) 
         for (int c = 0; c < channels; ++c)
           px_out[c] = cv::saturate_cast<uint8_t>(sum[c] / weights);
       g.flag[i] = kBand;
-      front.push(index(y, x), t);
+      front.push(index(y, x), tq);
     }
   }
   return out;
