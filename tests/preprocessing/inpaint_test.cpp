@@ -87,6 +87,18 @@ TEST(Inpaint, KeepsKnownPixelsAndFillsAConstantImageWithItsValue) {
   EXPECT_EQ(cv::norm(inpaint_telea(grey, cv::Mat(grey.size(), CV_8UC1, cv::Scalar(255)), 2.0), grey,
                      cv::NORM_INF),
             0.0);
+  // Images one pixel wide or high, masks at the borders and corners.
+  for (const cv::Size size : {cv::Size(1, 1), cv::Size(7, 1), cv::Size(1, 7), cv::Size(5, 4)}) {
+    cv::Mat img(size, CV_8UC3, cv::Scalar(50, 60, 70));
+    cv::Mat m = cv::Mat::zeros(size, CV_8UC1);
+    m.at<uint8_t>(0, 0) = 255;
+    m.at<uint8_t>(size.height - 1, size.width - 1) = 255;
+    cv::Mat holes = img.clone();
+    holes.setTo(cv::Scalar(255, 255, 255), m);
+    // 1 x 1: all masked, left as it was; otherwise filled with the constant around.
+    const cv::Mat want = size.area() == 1 ? holes : img;
+    EXPECT_EQ(cv::norm(inpaint_telea(holes, m, 20.0), want, cv::NORM_INF), 0.0) << size;
+  }
   EXPECT_THROW(inpaint_telea(noise, mask, 0.0), Error);
   EXPECT_THROW(inpaint_telea(noise, mask, 21.0), Error);
   EXPECT_THROW(inpaint_telea(noise, mask(cv::Rect(0, 0, 10, 10)), 3.0), Error);
