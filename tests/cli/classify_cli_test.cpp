@@ -859,6 +859,42 @@ TEST(CliClassify, CraftedCheckpointsAndNonFiniteOutputsAreOneLineNamingThem) {
       << none.output;
 }
 
+// A checkpoint's hair removal that would inpaint too much of an image (a crafted config: the
+// images upscaled 3x, threshold 0, radius 20, which ran for hours per image with OpenCV's
+// inpainting) fails those images, each a row naming its mask, and classifies the rest: a grey
+// image has no hair mask at all.
+TEST(CliClassify, HairRemovalTooCostlyForAnImageIsThatImagesErrorRow) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir, 64, [](pipeline::CheckpointMeta& m, auto&) {
+    m.preprocessing_config = {
+        {"steps",
+         {{{"op", "resize"}, {"size", 1536}},
+          {{"op", "hair_removal"}, {"kernel", 17}, {"threshold", 0}, {"inpaint_radius", 20}},
+          {{"op", "resize"}, {"size", 64}}}}};
+  });
+  const auto in = dir / "in";
+  fs::create_directories(in);
+  cv::Mat noise(384, 512, CV_8UC3);
+  cv::RNG(21).fill(noise, cv::RNG::UNIFORM, 0, 256);
+  ASSERT_TRUE(cv::imwrite(in + "/noise1.png", noise));
+  ASSERT_TRUE(cv::imwrite(in + "/noise2.png", 255 - noise));
+  ASSERT_TRUE(cv::imwrite(in + "/grey.png", cv::Mat(384, 512, CV_8UC3, cv::Scalar::all(128))));
+  const auto r = test::run_process("timeout -k 5 300 " + exe() + " classify --model " + q(model) +
+                                   " --input " + q(in) + " --threads 2 --out " + q(dir / "out"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("classified 1, failed 2"), std::string::npos) << r.output;
+  const auto results = pipeline::read_results(dir / "out/results.h5");
+  ASSERT_EQ(results.ids, std::vector<std::string>{"grey"});
+  ASSERT_EQ(results.errors.size(), 2u);
+  for (const auto& e : results.errors) {
+    EXPECT_EQ(e.reason.rfind("hair_removal: the hair mask covers ", 0), 0u) << e.reason;
+    EXPECT_NE(e.reason.find(" of 2359296 pixels (1536 x 1536); inpainting them with radius 20 "
+                            "is too much work for one image"),
+              std::string::npos)
+        << e.reason;
+  }
+}
+
 // A batch that does not fit the memory limit stops the run with one line (the images are not
 // failures of their own), keeping what earlier batches committed; attn_small's first activation
 // at 1024 px, batch 8, is 1 GiB by itself.
