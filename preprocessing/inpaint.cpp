@@ -100,6 +100,30 @@ bool touches(const cv::Mat& mask, int y, int x) {
   return false;
 }
 
+// Marches the front outwards in order of distance: each pixel popped becomes known, and each of
+// its 4-neighbours not yet reached gets its arrival time, is passed to on_reach(y, x, i) and
+// joins the front. Stops when the front is empty or its nearest pixel lies beyond limit.
+template <typename OnReach>
+void march(Front& front, Grid& g, float limit, OnReach on_reach) {
+  int32_t p = 0;
+  float tp = 0.0f;
+  while (front.pop(&p, &tp)) {
+    if (tp > limit) break;
+    g.flag[static_cast<size_t>(p)] = kKnown;
+    const int py = p / g.w, px = p % g.w;
+    for (int q = 0; q < 4; ++q) {
+      const int y = py + kDy[q], x = px + kDx[q];
+      if (y < 0 || x < 0 || y >= g.h || x >= g.w) continue;
+      const auto i = static_cast<size_t>(y) * g.w + x;
+      if (g.flag[i] != kInside) continue;
+      g.t[i] = g.arrival(y, x);
+      on_reach(y, x, i);
+      g.flag[i] = kBand;
+      front.push(static_cast<int32_t>(i), g.t[i]);
+    }
+  }
+}
+
 struct Offset {
   int dy, dx;
   float inv_len, inv_len2;
@@ -150,22 +174,7 @@ cv::Mat inpaint_telea(const cv::Mat& image, const cv::Mat& mask, double radius) 
         front.push(index(y, x), 0.0f);
       }
     }
-  int32_t p = 0;
-  float tp = 0.0f;
-  while (front_out.pop(&p, &tp)) {
-    if (tp > outside_limit) break;
-    outside.flag[static_cast<size_t>(p)] = kKnown;
-    const int py = p / w, px = p % w;
-    for (int q = 0; q < 4; ++q) {
-      const int y = py + kDy[q], x = px + kDx[q];
-      if (y < 0 || x < 0 || y >= h || x >= w) continue;
-      const auto i = static_cast<size_t>(index(y, x));
-      if (outside.flag[i] != kInside) continue;
-      outside.t[i] = outside.arrival(y, x);
-      outside.flag[i] = kBand;
-      front_out.push(index(y, x), outside.t[i]);
-    }
-  }
+  march(front_out, outside, outside_limit, [](int, int, size_t) {});
   // Outside the front T is the outward distance, negated; mask pixels hold kFar (the outward
   // march never reads them: every pixel beside the mask is on the front).
   for (size_t i = 0; i < pixels; ++i)
@@ -193,39 +202,29 @@ cv::Mat inpaint_telea(const cv::Mat& image, const cv::Mat& mask, double radius) 
     if (back) return value(y, x, c) - value(y - dy, x - dx, c);
     return 0.0f;
   };
-  while (front.pop(&p, &tp)) {
-    g.flag[static_cast<size_t>(p)] = kKnown;
-    const int py = p / w, px = p % w;
-    for (int q = 0; q < 4; ++q) {
-      const int y = py + kDy[q], x = px + kDx[q];
-      if (y < 0 || x < 0 || y >= h || x >= w) continue;
-      const auto i = static_cast<size_t>(index(y, x));
-      if (g.flag[i] != kInside) continue;
-      const float tq = g.t[i] = g.arrival(y, x);
-      const float ny = g.slope(y, x, 1, 0), nx = g.slope(y, x, 0, 1);
-      float sum[4] = {0, 0, 0, 0};
-      float weights = 0.0f;
-      for (const auto& o : window) {
-        const int ky = y + o.dy, kx = x + o.dx;
-        if (!g.reached(ky, kx)) continue;
-        // r = p - k: from the neighbour to the pixel being filled.
-        const float ry = static_cast<float>(-o.dy), rx = static_cast<float>(-o.dx);
-        const float dir = std::max(std::fabs((ry * ny + rx * nx) * o.inv_len), 1e-6f);
-        const float lev = 1.0f / (1.0f + std::fabs(g.at(ky, kx) - tq));
-        const float wgt = dir * o.inv_len2 * lev;
-        weights += wgt;
-        for (int c = 0; c < channels; ++c)
-          sum[c] += wgt * (value(ky, kx, c) + kExtrapolation * (image_slope(ky, kx, 1, 0, c) * ry +
-                                                                image_slope(ky, kx, 0, 1, c) * rx));
-      }
-      auto* px_out = out.ptr<uint8_t>(y) + x * channels;
-      if (weights > 0.0f)
-        for (int c = 0; c < channels; ++c)
-          px_out[c] = cv::saturate_cast<uint8_t>(sum[c] / weights);
-      g.flag[i] = kBand;
-      front.push(index(y, x), tq);
+  march(front, g, std::numeric_limits<float>::infinity(), [&](int y, int x, size_t i) {
+    const float tq = g.t[i];
+    const float ny = g.slope(y, x, 1, 0), nx = g.slope(y, x, 0, 1);
+    float sum[4] = {0, 0, 0, 0};
+    float weights = 0.0f;
+    for (const auto& o : window) {
+      const int ky = y + o.dy, kx = x + o.dx;
+      if (!g.reached(ky, kx)) continue;
+      // r = p - k: from the neighbour to the pixel being filled.
+      const float ry = static_cast<float>(-o.dy), rx = static_cast<float>(-o.dx);
+      const float dir = std::max(std::fabs((ry * ny + rx * nx) * o.inv_len), 1e-6f);
+      const float lev = 1.0f / (1.0f + std::fabs(g.at(ky, kx) - tq));
+      const float wgt = dir * o.inv_len2 * lev;
+      weights += wgt;
+      for (int c = 0; c < channels; ++c)
+        sum[c] += wgt * (value(ky, kx, c) + kExtrapolation * (image_slope(ky, kx, 1, 0, c) * ry +
+                                                              image_slope(ky, kx, 0, 1, c) * rx));
     }
-  }
+    auto* px_out = out.ptr<uint8_t>(y) + x * channels;
+    if (weights > 0.0f)
+      for (int c = 0; c < channels; ++c)
+        px_out[c] = cv::saturate_cast<uint8_t>(sum[c] / weights);
+  });
   return out;
 }
 
