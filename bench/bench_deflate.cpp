@@ -3,7 +3,7 @@
 // (what the writer uses), on the preprocessed inputs classify stores — the first 64
 // ../shared/data/isic-uda1 photographs resized to 224 × 224 (INTER_AREA), one 150,528-byte
 // chunk each. items_per_second = images per second; ratio = compressed / raw bytes.
-//   build/bin/bench_deflate [--benchmark_repetitions=5]   (from the repository root)
+//   build/bin/bench_deflate [--benchmark_repetitions=5]
 
 #include <benchmark/benchmark.h>
 #include <libdeflate.h>
@@ -19,18 +19,13 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include "bench/bench_support.h"
+
 namespace {
 
 const std::vector<cv::Mat>& inputs() {
   static const std::vector<cv::Mat> images = [] {
-    const char* env = std::getenv("ATTNSCOPE_DATA");
-    const std::filesystem::path dir =
-        std::filesystem::path(env ? env : "../shared/data") / "isic-uda1" / "images";
-    std::vector<std::string> files;
-    std::error_code ec;
-    for (const auto& e : std::filesystem::directory_iterator(dir, ec))
-      if (e.path().extension() == ".jpg") files.push_back(e.path().string());
-    std::sort(files.begin(), files.end());
+    const auto files = attnscope::bench::isic_uda1_images();
     std::vector<cv::Mat> out;
     for (const auto& f : files) {
       if (out.size() == 64) break;
@@ -49,7 +44,7 @@ template <typename Compress>
 void run(benchmark::State& state, Compress compress) {
   const auto& images = inputs();
   if (images.empty()) {
-    state.SkipWithError("no images: run from the repository root with ../shared/data beside it");
+    state.SkipWithError(attnscope::bench::kNoData);
     return;
   }
   const std::size_t raw = images[0].total() * images[0].elemSize();

@@ -1,13 +1,14 @@
 // Loader throughput (images/s) on ../shared/data/isic-uda1 (555 JPEGs, 512 px long side) at
 // 224 px with 1 and 2 workers, decoding the JPEGs or reading the HDF5 cache that
 // `attnscope cache` writes. One benchmark iteration = one epoch, batch 32, flips on.
-// The data folder: $ATTNSCOPE_DATA_DIR, else ../shared/data next to the source tree.
+// The data folder: bench_support.h.
 
 #include <benchmark/benchmark.h>
 
 #include <cstdlib>
 #include <filesystem>
 
+#include "bench/bench_support.h"
 #include "datasets/loader.h"
 #include "pipeline/vision/image_cache.h"
 
@@ -16,11 +17,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-fs::path data_dir() {
-  const char* env = std::getenv("ATTNSCOPE_DATA_DIR");
-  if (env && *env) return env;
-  return fs::path(__FILE__).parent_path() / ".." / ".." / "shared" / "data";
-}
+using attnscope::bench::data_dir;
 
 const attnscope::preprocessing::Pipeline& pipeline() {
   static const auto p = attnscope::preprocessing::Pipeline::from_json(
@@ -50,7 +47,7 @@ std::shared_ptr<const ds::SampleSource> cache_source() {
 // One epoch per iteration over the source `make()` returns (built on first use).
 void run_epochs(benchmark::State& state, std::shared_ptr<const ds::SampleSource> (*make)()) {
   if (!fs::is_directory(data_dir() / "isic-uda1")) {
-    state.SkipWithError("isic-uda1 not found; set ATTNSCOPE_DATA_DIR");
+    state.SkipWithError(attnscope::bench::kNoData);
     return;
   }
   ds::LoaderOptions o;

@@ -11,6 +11,7 @@
 #include <opencv2/imgproc.hpp>
 #include <opencv2/photo.hpp>
 
+#include "bench/bench_support.h"
 #include "datasets/synthetic.h"
 #include "preprocessing/augment.h"
 #include "preprocessing/decode.h"
@@ -139,25 +140,16 @@ BENCHMARK(BM_InpaintOpenCv)->Unit(benchmark::kMillisecond);
 
 // The same two on real photographs: the first 20 isic-uda1 JPEGs (512 x 384) with
 // hair_removal's default mask, whose skin-texture specks are what makes OpenCV's front slow.
-// $ATTNSCOPE_DATA_DIR, else ../shared/data next to the source tree.
 struct Photo {
   cv::Mat image, mask;
 };
 const std::vector<Photo>& photos() {
   static const std::vector<Photo> all = [] {
-    const char* env = std::getenv("ATTNSCOPE_DATA_DIR");
-    const std::filesystem::path data = env && *env ? std::filesystem::path(env)
-                                                   : std::filesystem::path(__FILE__).parent_path() /
-                                                         ".." / ".." / "shared" / "data";
-    std::vector<std::string> files;
-    std::error_code ec;
-    for (const auto& e : std::filesystem::directory_iterator(data / "isic-uda1" / "images", ec))
-      files.push_back(e.path().string());
-    std::sort(files.begin(), files.end());
+    const auto files = attnscope::bench::isic_uda1_images(20);
     std::vector<Photo> out;
-    for (std::size_t i = 0; i < files.size() && out.size() < 20; ++i) {
+    for (const auto& file : files) {
       cv::Mat rgb;
-      cv::cvtColor(cv::imread(files[i]), rgb, cv::COLOR_BGR2RGB);
+      cv::cvtColor(cv::imread(file), rgb, cv::COLOR_BGR2RGB);
       out.push_back({rgb, pp::hair_mask(rgb, {})});
     }
     return out;
@@ -167,7 +159,7 @@ const std::vector<Photo>& photos() {
 template <bool kOpenCv>
 void BM_InpaintPhotographs(benchmark::State& state) {
   if (photos().empty()) {
-    state.SkipWithError("no images: put ../shared/data beside the repository");
+    state.SkipWithError(attnscope::bench::kNoData);
     return;
   }
   for (auto _ : state)
