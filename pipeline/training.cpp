@@ -419,6 +419,13 @@ TrainingResult TrainingLoop::run(const TrainingHooks& hooks) {
       const double lr = next_learning_rate();
       optimizer_.zero_grad();
       const auto loss = hooks.train_batch(epoch, b);
+      if (loss && loss->stopped) {
+        interrupted();  // the hook records which signal asked
+        summary.complete = false;
+        result.interrupted = true;
+        stop = true;
+        break;
+      }
       // A loss that is no longer finite has diverged: stepping with it would only spread NaN
       // through the weights, and every later epoch would be lost. Stop naming where it happened.
       if (loss && loss->items > 0 && !std::isfinite(loss->loss_sum))

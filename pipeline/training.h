@@ -174,6 +174,10 @@ struct TrainingProgress {
 struct BatchLoss {
   double loss_sum = 0.0;
   int64_t items = 0;
+  /// The batch was not loaded because a stop was requested while it was (the loader stops
+  /// between images): no step is made and the epoch ends there, incomplete, even at its last
+  /// batch.
+  bool stopped = false;
 };
 
 struct EpochSummary {
@@ -204,9 +208,10 @@ struct TrainingHooks {
   /// After evaluate and the loop's bookkeeping (state_json() now includes this epoch): write
   /// checkpoints here. is_best: the monitored value improved on every earlier epoch.
   std::function<void(const EpochSummary&, double monitored, bool is_best)> end_epoch;
-  /// Polled after every batch but an epoch's last, and before every epoch; true stops the run
-  /// there (a signal asked for it, runtime::stop_on_signals). A request during an epoch's last
-  /// batch or its validation lets that epoch complete. A partial epoch is not kept: the model's
+  /// Polled after every batch but an epoch's last, before every epoch, and when train_batch
+  /// reports a batch stopped while loading; true stops the run there (a signal asked for it,
+  /// runtime::stop_on_signals). A request during an epoch's last step or its validation lets
+  /// that epoch complete. A partial epoch is not kept: the model's
   /// weights are the last batch's, but no evaluate or end_epoch runs for it, so what was saved
   /// after the last complete epoch is what a resumed run continues from.
   std::function<bool()> stop_requested;

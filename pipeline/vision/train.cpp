@@ -449,6 +449,12 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
       o.sampler == "balanced" ? datasets::Order::kBalanced : datasets::Order::kShuffle;
   train_loader_options.augment = true;
   train_loader_options.seed = o.seed;
+  // One process: a stop request also ends the batch being loaded, between images (a batch of
+  // slow images, such as hair removal on large photographs, would delay the stop by seconds);
+  // the partial epoch is not kept either way. Data-parallel ranks must stop at the same batch,
+  // so they finish it and agree after it (hooks.stop_requested).
+  if (o.stop_requested && !group)
+    train_loader_options.cancelled = [&o] { return o.stop_requested() != 0; };
   datasets::Loader train_loader(train_source, o.pipeline, train_loader_options);
   datasets::LoaderOptions val_loader_options;
   val_loader_options.batch_size = o.batch_size;
@@ -605,9 +611,11 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   };
   hooks.train_batch = [&](int64_t, int64_t) -> std::optional<BatchLoss> {
     std::optional<datasets::Batch> batch;
-    if (!group)
+    if (!group) {
       batch = train_loader.next();
-    else if (shard_loader)
+      if (!batch && train_loader_options.cancelled && train_loader_options.cancelled())
+        return BatchLoss{0.0, 0, true};
+    } else if (shard_loader)
       batch = shard_loader->next();
     if (batch) check_no_failures(*batch, "training");
     int64_t items = 0;

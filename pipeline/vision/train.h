@@ -132,8 +132,9 @@ struct ImageTrainOptions {
   /// Polled after every batch but an epoch's last, and before every epoch
   /// (TrainingHooks::stop_requested): 0, or
   /// the signal (SIGINT, SIGTERM) that asks the run to stop; a partial epoch is then not kept,
-  /// RUN/last.h5 stays the last complete epoch's. Data-parallel, the ranks agree: a signal on
-  /// any rank stops all at the same batch.
+  /// RUN/last.h5 stays the last complete epoch's. One process: the training loader reads it
+  /// too, so a batch still being loaded stops after the image each worker is on.
+  /// Data-parallel, the ranks agree: a signal on any rank stops all at the same batch.
   std::function<int()> stop_requested;
 };
 

@@ -604,6 +604,54 @@ TEST(TrainingLoop, StopRequestEndsTheRunWithoutKeepingThePartialEpoch) {
   EXPECT_EQ(r.epochs_completed, 5);
 }
 
+// A batch that train_batch reports stopped while loading (the loader read the stop request
+// between images) makes no step and ends the epoch incomplete, even when it is the epoch's
+// last batch, whereas a request during the last step lets that epoch complete (above).
+TEST(TrainingLoop, ABatchStoppedWhileLoadingEndsTheEpochIncomplete) {
+  Regression task;
+  TrainingOptions o;
+  o.epochs = 4;
+  o.optimizer.kind = "sgd";
+  for (const int64_t stopped_batch : {0, 1}) {
+    Tiny model;
+    auto hooks = task.hooks(model);
+    const auto train = hooks.train_batch;
+    bool requested = false;
+    int64_t calls = 0;
+    hooks.train_batch = [&](int64_t e, int64_t b) -> std::optional<BatchLoss> {
+      ++calls;
+      if (e == 2 && b == stopped_batch) {
+        requested = true;  // the signal came while this batch was loading
+        return BatchLoss{0.0, 0, true};
+      }
+      return train(e, b);
+    };
+    std::vector<int64_t> evaluated, ended;
+    hooks.evaluate = [&](const EpochSummary& s) {
+      evaluated.push_back(s.epoch);
+      return 0.5;
+    };
+    hooks.end_epoch = [&](const EpochSummary& s, double, bool) { ended.push_back(s.epoch); };
+    int polls_after = 0;
+    hooks.stop_requested = [&] {
+      if (requested) ++polls_after;
+      return requested;
+    };
+    const torch::Tensor before = model.w.detach().clone();
+    const auto r = TrainingLoop(model, o).run(hooks);
+    EXPECT_TRUE(r.interrupted) << stopped_batch;
+    EXPECT_FALSE(r.stopped_by_budget);
+    EXPECT_EQ(r.epochs_completed, 1) << stopped_batch;
+    EXPECT_EQ(evaluated, std::vector<int64_t>{1});
+    EXPECT_EQ(ended, std::vector<int64_t>{1});
+    // Two steps in epoch 1, then epoch 2's batches before the stopped one; nothing after it.
+    EXPECT_EQ(r.steps, 2 + stopped_batch) << stopped_batch;
+    EXPECT_EQ(calls, 3 + stopped_batch) << stopped_batch;
+    EXPECT_GE(polls_after, 1);  // asked, so the caller learns which signal it was
+    EXPECT_FALSE(torch::equal(model.w, before));
+  }
+}
+
 TEST(TrainingLoop, LinearDecayReachesZeroAtTheEnd) {
   Tiny model;
   Regression task;
