@@ -238,7 +238,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
       ("threads", po::value(&threads)->default_value(0), "LibTorch threads; 0 = the global --threads")
       ("workers", po::value(&workers)->default_value(2), "loader threads (decoding and augmentation)")
       ("device", po::value(&device)->default_value("cpu"), "cpu, cuda or cuda:N")
-      ("precision", po::value(&precision)->default_value("fp32"), "fp32 | bf16: the forward pass in bfloat16 autocast (weights, loss, optimiser and validation stay float32); 1.5-1.7x faster on CPUs with AVX512-BF16 or AMX (docs/training-on-isic.md), slower on others")
+      ("precision", po::value(&precision)->default_value("fp32"), "fp32 | bf16: the forward pass in bfloat16 autocast (weights, loss, optimiser and validation stay float32); 1.5-1.9x faster on CPUs with AVX512-BF16 or AMX (docs/training-on-isic.md), slower on others")
       ("time-budget", po::value(&time_budget)->default_value(0.0, "0"), "stop after this many minutes; 0 = none")
       ("cpu-budget", po::bool_switch(&cpu_budget), "count --time-budget in process CPU time instead of wall time")
       ("patience", po::value(&patience)->default_value(0), "stop after N epochs without improvement of --select-by; 0 = off")
