@@ -554,6 +554,18 @@ TEST(TrainingLoop, TimeBudgetStopsAfterTheFirstBatchAndHookRunsBeforeTheStep) {
   EXPECT_TRUE(torch::equal(model.w, torch::zeros({3}, torch::kFloat64)));
 }
 
+// The epochs a run evaluated and ended (end_epoch), in order; each is evaluated at 0.5.
+struct EpochLog {
+  std::vector<int64_t> evaluated, ended;
+  void attach(TrainingHooks& hooks) {
+    hooks.evaluate = [this](const EpochSummary& s) {
+      evaluated.push_back(s.epoch);
+      return 0.5;
+    };
+    hooks.end_epoch = [this](const EpochSummary& s, double, bool) { ended.push_back(s.epoch); };
+  }
+};
+
 // A stop request (a signal) after the first batch of epoch 3 ends the run there: epoch 3 is not
 // completed (no evaluate, no end_epoch), and a request during the last batch of an epoch lets
 // that epoch complete and stops before the next one.
@@ -572,12 +584,8 @@ TEST(TrainingLoop, StopRequestEndsTheRunWithoutKeepingThePartialEpoch) {
       batch_now = b;
       return train(e, b);
     };
-    std::vector<int64_t> evaluated, ended;
-    hooks.evaluate = [&](const EpochSummary& s) {
-      evaluated.push_back(s.epoch);
-      return 0.5;
-    };
-    hooks.end_epoch = [&](const EpochSummary& s, double, bool) { ended.push_back(s.epoch); };
+    EpochLog log;
+    log.attach(hooks);
     int polls = 0;
     hooks.stop_requested = [&] {
       ++polls;
@@ -590,8 +598,8 @@ TEST(TrainingLoop, StopRequestEndsTheRunWithoutKeepingThePartialEpoch) {
     const std::vector<int64_t> done =
         stop_at_batch == 0 ? std::vector<int64_t>{1, 2} : std::vector<int64_t>{1, 2, 3};
     EXPECT_EQ(r.epochs_completed, static_cast<int64_t>(done.size()));
-    EXPECT_EQ(evaluated, done);
-    EXPECT_EQ(ended, done);
+    EXPECT_EQ(log.evaluated, done);
+    EXPECT_EQ(log.ended, done);
     EXPECT_EQ(r.steps, stop_at_batch == 0 ? 5 : 6);
     EXPECT_GT(polls, 0);
   }
@@ -626,12 +634,8 @@ TEST(TrainingLoop, ABatchStoppedWhileLoadingEndsTheEpochIncomplete) {
       }
       return train(e, b);
     };
-    std::vector<int64_t> evaluated, ended;
-    hooks.evaluate = [&](const EpochSummary& s) {
-      evaluated.push_back(s.epoch);
-      return 0.5;
-    };
-    hooks.end_epoch = [&](const EpochSummary& s, double, bool) { ended.push_back(s.epoch); };
+    EpochLog log;
+    log.attach(hooks);
     int polls_after = 0;
     hooks.stop_requested = [&] {
       if (requested) ++polls_after;
@@ -642,8 +646,8 @@ TEST(TrainingLoop, ABatchStoppedWhileLoadingEndsTheEpochIncomplete) {
     EXPECT_TRUE(r.interrupted) << stopped_batch;
     EXPECT_FALSE(r.stopped_by_budget);
     EXPECT_EQ(r.epochs_completed, 1) << stopped_batch;
-    EXPECT_EQ(evaluated, std::vector<int64_t>{1});
-    EXPECT_EQ(ended, std::vector<int64_t>{1});
+    EXPECT_EQ(log.evaluated, std::vector<int64_t>{1});
+    EXPECT_EQ(log.ended, std::vector<int64_t>{1});
     // Two steps in epoch 1, then epoch 2's batches before the stopped one; nothing after it.
     EXPECT_EQ(r.steps, 2 + stopped_batch) << stopped_batch;
     EXPECT_EQ(calls, 3 + stopped_batch) << stopped_batch;
