@@ -143,9 +143,14 @@ std::vector<std::size_t> Loader::epoch_order(int64_t epoch) const {
 }
 
 int64_t Loader::batches_per_epoch() const {
-  const auto n = static_cast<int64_t>(epoch_order(0).size());
+  return count_batches(static_cast<int64_t>(epoch_order(0).size()));
+}
+
+int64_t Loader::count_batches(int64_t n) const {
   const int64_t bs = options_.batch_size;
-  return n / bs + (!options_.drop_last && n % bs != 0 ? 1 : 0);
+  if (options_.drop_last) return n / bs;
+  if (options_.join_single_last && bs > 1 && n > bs && n % bs == 1) return n / bs;
+  return n / bs + (n % bs != 0 ? 1 : 0);
 }
 
 void Loader::stop() {
@@ -167,9 +172,7 @@ void Loader::start_epoch(int64_t epoch) {
   std::map<std::size_t, int64_t> seen;
   for (std::size_t i = 0; i < order_.size(); ++i)
     occurrence_[i] = seen[order_[i]]++;
-  const auto n = static_cast<int64_t>(order_.size());
-  const int64_t bs = options_.batch_size;
-  num_batches_ = n / bs + (!options_.drop_last && n % bs != 0 ? 1 : 0);
+  num_batches_ = count_batches(static_cast<int64_t>(order_.size()));
   claimed_ = consumed_ = 0;
   ready_.clear();
   stats_ = LoaderStats{};
@@ -258,7 +261,11 @@ LoaderStats Loader::stats() const {
 Batch Loader::build(int64_t batch_index) const {
   const auto bs = static_cast<std::size_t>(options_.batch_size);
   const auto begin = static_cast<std::size_t>(batch_index) * bs;
-  const auto end = begin + std::min(bs, order_.size() - begin);
+  // The last batch takes whatever is left: one sample more than bs when join_single_last joined
+  // a lone last sample to it (drop_last: the rest is never asked for).
+  const auto end = batch_index + 1 == num_batches_ && !options_.drop_last
+                       ? order_.size()
+                       : begin + std::min(bs, order_.size() - begin);
   Batch batch;
   batch.index = batch_index;
   std::vector<preprocessing::Processed> done;

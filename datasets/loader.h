@@ -108,6 +108,9 @@ struct LoaderOptions {
   bool augment = false;
   uint64_t seed = 0;
   bool drop_last = false;
+  /// A last batch of one sample joins the batch before it (training: BatchNorm cannot
+  /// normalise one image whose maps are 1 x 1). Ignored with drop_last.
+  bool join_single_last = false;
   /// Repeat the samples of the smaller classes (datasets::oversample); 1 = off.
   double oversample = 1.0;
   /// Samples per epoch for Order::kBalanced; 0 = the source's size.
@@ -186,6 +189,7 @@ class Loader {
   };
   bool cancel_requested() const { return options_.cancelled && options_.cancelled(); }
   Batch build(int64_t batch_index) const;
+  int64_t count_batches(int64_t samples) const;
   void work();
   void stop();
 

@@ -502,6 +502,42 @@ TEST(TrainCli, BadDataAndOutputAreClearErrors) {
   EXPECT_NE(r.output.find("run folder"), std::string::npos) << r.output;
 }
 
+// resnet18 at 32 px has BatchNorm over 1 x 1 maps, which cannot train on one image: a training
+// set of 33 in batches of 8 trains (the lone last image joins the batch before it), and
+// --batch-size 1 is one line saying what to change, not LibTorch's "Expected more than 1 value
+// per channel when training".
+TEST(TrainCli, ABatchNormOverOneByOneMapsNeverTrainsOnALoneImage) {
+  test::TempDir dir;
+  const auto text = read_text(synth_data());
+  std::istringstream in(text);
+  // image_id and label only (the masks' paths are relative to synth's folder).
+  const auto two_fields = [](const std::string& row) {
+    return row.substr(0, row.find(',', row.find(',') + 1)) + "\n";
+  };
+  std::string line, train, val;
+  std::getline(in, line);
+  train = val = two_fields(line);
+  for (int i = 0; std::getline(in, line); ++i)
+    (i < 33 ? train : val) += two_fields(line);
+  write_file_atomically(dir / "train.csv", train);
+  write_file_atomically(dir / "val.csv", val);
+  const auto images = (fs::path(synth_data()).parent_path() / "images").string();
+  const auto base = exe() + " --threads 1 train --data " + (dir / "train.csv") + " --val " +
+                    (dir / "val.csv") + " --images " + images +
+                    " --model resnet18 --size 32 --epochs 1 --workers 1 --quiet";
+  auto r = test::run_process(base + " --batch-size 8 --out " + (dir / "a") + " 2>&1");
+  EXPECT_EQ(r.status, 0) << r.output;
+  const auto metrics = read_text(dir / "a/metrics.jsonl");
+  EXPECT_NE(metrics.find("\"epoch\":1"), std::string::npos) << metrics;
+  r = test::run_process(base + " --batch-size 1 --out " + (dir / "b") + " 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("model 'resnet18' at 32 x 32 px has BatchNorm over 1 x 1 maps"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("Expected more than 1 value"), std::string::npos) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+}
+
 // A run folder in use (util-linux flock(1) holds its lock, as a live `attnscope train` does:
 // attnscope/folder_lock.h) is refused before any work; the other run's temporary file, which a
 // run that owns the folder removes as a killed run's garbage, stays.

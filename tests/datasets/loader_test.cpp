@@ -8,6 +8,7 @@
 #include <functional>
 #include <set>
 #include <thread>
+#include <tuple>
 
 #include <torch/torch.h>
 #include <opencv2/imgcodecs.hpp>
@@ -95,6 +96,39 @@ TEST(Loader, EveryEpochVisitsEverySampleOnceInANewOrder) {
     EXPECT_EQ(b.labels[i].item<int64_t>(), source->sample(b.indices[i]).label);
     const auto expected = small_pipeline(false).process(source->load(b.indices[i]).image).image;
     EXPECT_TRUE(torch::allclose(b.images[i], preprocessing::to_tensor(expected)));
+  }
+}
+
+// Training joins a lone last sample to the batch before it (BatchNorm cannot train on one
+// image whose maps are 1 x 1); every sample is still seen once, and other remainders keep their
+// own last batch. Compared with the same order cut by hand.
+TEST(Loader, ALoneLastSampleJoinsTheBatchBeforeIt) {
+  for (const auto& [n, bs, expected_sizes] :
+       std::vector<std::tuple<std::size_t, int64_t, std::vector<int64_t>>>{{9, 4, {4, 5}},
+                                                                           {10, 4, {4, 4, 2}},
+                                                                           {8, 4, {4, 4}},
+                                                                           {1, 4, {1}},
+                                                                           {5, 1, {1, 1, 1, 1, 1}},
+                                                                           {5, 4, {5}}}) {
+    const auto source = synthetic(n);
+    LoaderOptions o;
+    o.batch_size = bs;
+    o.order = Order::kShuffle;
+    o.seed = 5;
+    o.workers = 2;
+    o.join_single_last = true;
+    Loader loader(source, small_pipeline(false), o);
+    EXPECT_EQ(loader.batches_per_epoch(), static_cast<int64_t>(expected_sizes.size())) << n;
+    const auto order = loader.epoch_order(3);
+    std::vector<int64_t> sizes;
+    std::vector<std::size_t> seen;
+    for (const auto& b : epoch(loader, 3)) {
+      sizes.push_back(b.size());
+      EXPECT_EQ(b.images.size(0), b.size());
+      seen.insert(seen.end(), b.indices.begin(), b.indices.end());
+    }
+    EXPECT_EQ(sizes, expected_sizes) << n << " samples in batches of " << bs;
+    EXPECT_EQ(seen, order) << n;
   }
 }
 
