@@ -5,6 +5,7 @@
 #include <fstream>
 #include <limits>
 #include <set>
+#include <sstream>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -370,14 +371,14 @@ Pipeline Pipeline::from_file(const std::string& path) {
         "is not a file (a folder or a device cannot be a preprocessing config)");
   check(std::filesystem::file_size(path, ec) <= (1u << 20), path,
         "preprocessing config larger than 1 MiB");
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   check(static_cast<bool>(in), path, "cannot open preprocessing config");
-  json config;
-  try {
-    in >> config;
-  } catch (const json::exception& e) {
-    throw Error(path, concat("not valid JSON: ", e.what()));
-  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  check(!in.bad(), path, "cannot read preprocessing config");
+  // The whole file is one JSON value: a second config pasted after the first, or a key given
+  // twice, is an error rather than silently dropped.
+  const json config = parse_json_text(text.str(), path, "preprocessing config", true);
   try {
     return from_json(config);
   } catch (const Error& e) {

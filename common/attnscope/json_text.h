@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <set>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -40,17 +41,42 @@ inline int json_depth(const nlohmann::json& root, int limit = kMaxJsonDepth) {
   return deepest;
 }
 
-/// JSON text from a file, parsed: text that is not JSON, or JSON nested deeper than
-/// kMaxJsonDepth, is an Error naming `subject` (`what` says what the text is, e.g. "attribute").
+/// JSON text from a file, parsed: text that is not JSON (also anything after the first value),
+/// or JSON nested deeper than kMaxJsonDepth, is an Error naming `subject` (`what` says what the
+/// text is, e.g. "attribute"). With `refuse_duplicate_keys` (configs a person edits), a key
+/// given twice in one object is an Error too: nlohmann keeps the last, so an edit that left a
+/// stale key behind would pass unseen.
 inline nlohmann::json parse_json_text(const std::string& text, const std::string& subject,
-                                      const std::string& what = "text") {
+                                      const std::string& what = "text",
+                                      bool refuse_duplicate_keys = false) {
+  using Event = nlohmann::json::parse_event_t;
+  std::vector<std::set<std::string>> open_objects;
+  std::string duplicate;
+  bool found_duplicate = false;
+  const nlohmann::json::parser_callback_t note_keys = [&](int, Event event,
+                                                          nlohmann::json& parsed) {
+    if (event == Event::object_start) {
+      open_objects.emplace_back();
+    } else if (event == Event::object_end) {
+      if (!open_objects.empty()) open_objects.pop_back();
+    } else if (event == Event::key && !open_objects.empty() && !found_duplicate &&
+               !open_objects.back().insert(parsed.get<std::string>()).second) {
+      found_duplicate = true;
+      duplicate = parsed.get<std::string>();
+    }
+    return true;
+  };
   nlohmann::json value;
   try {
-    value = nlohmann::json::parse(text);
+    value = refuse_duplicate_keys ? nlohmann::json::parse(text, note_keys)
+                                  : nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     // nlohmann's text ends with the token read so far: an unclosed 1 MB string, whole.
     throw Error(subject, what + " is not valid JSON: " + excerpt(e.what(), 200));
   }
+  if (found_duplicate)
+    throw Error(subject, what + " gives the key \"" + excerpt(duplicate, 60) +
+                             "\" twice in one object (JSON keeps only the last)");
   if (json_depth(value) > kMaxJsonDepth)
     throw Error(subject,
                 what + " is JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");

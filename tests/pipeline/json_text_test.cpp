@@ -47,6 +47,30 @@ TEST(JsonText, DepthEqualsTheRecursiveCount) {
   EXPECT_EQ(json_depth(json::parse("[[], {\"a\": [1]}]")), 3);
 }
 
+TEST(JsonText, ADuplicateKeyIsRefusedWhenAskedAndSiblingsMayShareKeys) {
+  const auto strict = [](const std::string& text) {
+    return test::error_of([&] { parse_json_text(text, "c.json", "config", true); });
+  };
+  EXPECT_EQ(strict(R"({"a": 1, "b": {"a": 2}, "a": 3})"),
+            "c.json: config gives the key \"a\" twice in one object (JSON keeps only the last)");
+  EXPECT_EQ(strict(R"({"a": {"x": 1, "y": [{"x": 2}, {"x": 3, "z": {"x": 4}}], "x": 5}})"),
+            "c.json: config gives the key \"x\" twice in one object (JSON keeps only the last)");
+  // The same key in sibling or nested objects is no duplicate.
+  for (const char* ok : {R"({"a": {"x": 1}, "b": {"x": 2}})", R"([{"a": 1}, {"a": 2}])",
+                         R"({"a": {"a": {"a": 1}}})", "{}", "[]", "3"}) {
+    EXPECT_EQ(strict(ok), "") << ok;
+    EXPECT_EQ(parse_json_text(ok, "c.json", "config", true), json::parse(ok)) << ok;
+  }
+  // Without the flag nlohmann's rule stands: the last value.
+  EXPECT_EQ(parse_json_text(R"({"a": 1, "a": 2})", "c.json")["a"], 2);
+  // Anything after the value is refused either way.
+  EXPECT_NE(strict("{} {}").find("c.json: config is not valid JSON: "), std::string::npos);
+  EXPECT_NE(test::error_of([&] {
+              parse_json_text("[1] x", "c.json");
+            }).find("c.json: text is not valid JSON: "),
+            std::string::npos);
+}
+
 TEST(JsonText, DeepJsonIsRefusedAndQuotedWithoutRecursion) {
   const std::string deep = std::string(100000, '[') + std::string(100000, ']');
   // At the limit: accepted; one more level: refused, naming the subject.

@@ -215,6 +215,19 @@ TEST(Pipeline, FromFileReportsBadJsonWithThePath) {
   }
   std::ofstream(dir / "ok.json") << kConfig.dump();
   EXPECT_EQ(Pipeline::from_file(dir / "ok.json").to_json(), Pipeline::from_json(kConfig).to_json());
+  // A second config pasted after the first, or words after it: the whole file must be one
+  // value (`in >> config` read the first and dropped the rest).
+  std::ofstream(dir / "two.json") << kConfig.dump() << " " << kConfig.dump() << " garbage";
+  const auto two = test::error_of([&] { Pipeline::from_file(dir / "two.json"); });
+  EXPECT_EQ(two.rfind(dir / "two.json" + ": preprocessing config is not valid JSON: ", 0), 0u)
+      << two;
+  // A key given twice: the last one won without a word.
+  std::ofstream(dir / "dup.json")
+      << R"({"steps": [{"op": "resize", "size": 32}], "steps": [{"op": "resize", "size": 48}]})";
+  EXPECT_EQ(test::error_of([&] { Pipeline::from_file(dir / "dup.json"); }),
+            dir / "dup.json" +
+                ": preprocessing config gives the key \"steps\" twice in one object (JSON keeps "
+                "only the last)");
 }
 
 TEST(ToTensorInto, FillsABatchSliceLikeToTensor) {
