@@ -47,8 +47,10 @@ CsvTable parse_csv(const std::string& text, const std::string& path, bool has_he
     std::string field;
     bool blank = true;
     for (;;) {
+      bool quoted = false;
       if (i < text.size() && text[i] == '"') {
         blank = false;
+        quoted = true;
         const std::size_t quote_line = line;
         ++i;
         for (;;) {
@@ -75,6 +77,7 @@ CsvTable parse_csv(const std::string& text, const std::string& path, bool has_he
         ++i;
       }
       row.fields.push_back(std::move(field));
+      row.quoted.push_back(quoted);
       field.clear();
       if (i < text.size() && text[i] == ',') {
         blank = false;

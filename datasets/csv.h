@@ -12,6 +12,9 @@ namespace attnscope::datasets {
 struct CsvRow {
   std::size_t line = 0;  ///< 1-based line number where the row starts
   std::vector<std::string> fields;
+  /// quoted[i]: field i was written in quotes, so its edge spaces are data (csv_field quotes a
+  /// value with edge spaces to keep them); readers trim only unquoted fields.
+  std::vector<bool> quoted;
 };
 
 struct CsvTable {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <set>
 #include <unordered_map>
@@ -124,11 +125,21 @@ Dataset assemble(std::vector<RawRow> rows, Format format, std::vector<std::strin
         if (++n_missing <= 20) missing += "\n  " + excerpt(s.image_id, 200);
       }
     }
+    // What the listing passed over (a FIFO, a device, a dangling link under an image's name)
+    // is said here too: the error ends the command before its warnings are printed.
+    std::string passed_over;
+    const auto& skipped = index.problems();
+    for (std::size_t i = 0; i < skipped.size() && i < 10; ++i)
+      passed_over += "\n  " + skipped[i];
+    if (skipped.size() > 10) passed_over += concat("\n  ... and ", skipped.size() - 10, " more");
     check(n_missing == 0, options.images_dir,
           concat(n_missing, " image(s) named in ", source,
                  " not found (looked for .jpg .jpeg .png .tif .tiff .bmp .webp; "
                  "--skip-missing drops them):",
-                 missing, n_missing > 20 ? concat("\n  ... and ", n_missing - 20, " more") : ""));
+                 missing, n_missing > 20 ? concat("\n  ... and ", n_missing - 20, " more") : "",
+                 skipped.empty() ? ""
+                                 : concat("\nthe folder's listing passed over ", skipped.size(),
+                                          " entries:", passed_over)));
     ds.samples = std::move(kept);
   }
   return ds;
@@ -160,6 +171,25 @@ std::string default_images_dir(const std::string& csv_path) {
 
 Format detect_format(const std::string& csv_path) {
   if (fs::is_directory(csv_path)) return Format::kFolders;
+  // A binary file given where a CSV belongs (an image cache, a checkpoint, an image) is named as
+  // what it is, instead of quoting its header bytes as a CSV header. (A FIFO or device is
+  // refused by read_csv without being read.)
+  std::error_code ec;
+  if (fs::is_regular_file(csv_path, ec)) {
+    std::ifstream in(csv_path, std::ios::binary);
+    std::string head(4096, '\0');
+    in.read(head.data(), static_cast<std::streamsize>(head.size()));
+    head.resize(static_cast<std::size_t>(std::max<std::streamsize>(in.gcount(), 0)));
+    check(head.rfind("\x89HDF\r\n\x1a\n", 0) != 0, csv_path,
+          "is an HDF5 file (an attnscope image cache or checkpoint?), not a ground-truth CSV: "
+          "give a CSV or a folder of class folders (train and evaluate also take an image cache)");
+    // A NUL in the header line, or an image's signature (a PNG's first line has no NUL). A NUL
+    // further down is a row's problem, named with its line.
+    const bool binary = head.substr(0, head.find('\n')).find('\0') != std::string::npos ||
+                        head.rfind("\x89PNG\r\n\x1a\n", 0) == 0 || head.rfind("RIFF", 0) == 0;
+    check(!binary, csv_path,
+          "is not a text file (an image or another binary file?), not a ground-truth CSV");
+  }
   const auto t = read_csv(csv_path, true);
   check(!t.header.empty(), csv_path, "empty file: no header and no rows");
   std::vector<std::string> h;
@@ -190,8 +220,19 @@ Dataset read_class_folders(const std::string& root, const ReadOptions& options) 
   std::vector<std::string> classes;
   auto top = list_folder(root);
   std::vector<std::string> warnings = std::move(top.problems);
-  for (const auto& folder : top.folders)
-    classes.push_back(folder.filename().string());
+  for (const auto& folder : top.folders) {
+    // A class name goes into checkpoints, reports and terminal lines: a control character in
+    // it is refused as in an image id (a terminal escape would reach every summary line).
+    const auto name = folder.filename().string();
+    if (std::any_of(name.begin(), name.end(),
+                    [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; })) {
+      warnings.push_back(concat(excerpt(folder.string(), 300),
+                                ": a class folder whose name contains a control character, "
+                                "skipped"));
+      continue;
+    }
+    classes.push_back(name);
+  }
   check(!classes.empty(), root, "no class folders inside");
   Problems problems(root);
   if (options.mode == LabelMode::kBinary) {
@@ -203,6 +244,7 @@ Dataset read_class_folders(const std::string& root, const ReadOptions& options) 
   }
   std::vector<RawRow> rows;
   std::vector<Sample> samples;
+  std::map<std::string, std::string> first_file;  // id -> the file that gave it first
   for (const auto& cls : classes) {
     std::vector<fs::path> files;
     auto listing = list_folder(fs::path(root) / cls);
@@ -219,6 +261,14 @@ Dataset read_class_folders(const std::string& root, const ReadOptions& options) 
         check_image_id(f.stem().string(), f.string());
       } catch (const Error& e) {
         warnings.push_back(concat(excerpt(e.what(), 300), ", skipped"));
+        continue;
+      }
+      // Named by both files: a folder dataset has no lines to point at.
+      const auto [first, fresh] = first_file.emplace(f.stem().string(), f.string());
+      if (!fresh) {
+        problems.add(
+            0, concat(excerpt(f.string(), 300), ": duplicate image id '",
+                      excerpt(f.stem().string()), "' (also ", excerpt(first->second, 300), ")"));
         continue;
       }
       rows.push_back({0, f.stem().string(), cls});

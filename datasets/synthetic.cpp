@@ -287,6 +287,21 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
   check(count >= 1, "synthetic", "count must be >= 1, got ", count);
   check(threads >= 1, "synthetic", "threads must be >= 1, got ", threads);
   std::error_code ec;
+  // dir/labels.csv is replaced at the end: one that synth did not write (its first line is not
+  // synth's header) is someone's ground truth, refused before anything is written.
+  const auto labels_path = fs::path(dir) / "labels.csv";
+  if (fs::exists(fs::symlink_status(labels_path, ec))) {
+    std::string head(sizeof(kSyntheticHeader) - 1, '\0');
+    bool ours = false;
+    if (fs::is_regular_file(labels_path, ec)) {
+      std::ifstream in(labels_path, std::ios::binary);
+      ours = in.read(head.data(), static_cast<std::streamsize>(head.size())) &&
+             head == kSyntheticHeader;
+    }
+    check(ours, labels_path.string(),
+          "exists and was not written by attnscope synth (its first line is not synth's "
+          "header); synth would replace it: choose another output folder");
+  }
   fs::create_directories(fs::path(dir) / "images", ec);
   fs::create_directories(fs::path(dir) / "masks", ec);
   check(fs::is_directory(fs::path(dir) / "images") && fs::is_directory(fs::path(dir) / "masks"),
@@ -328,7 +343,7 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
   const auto csv = (fs::path(dir) / "labels.csv").string();
   {
     std::ostringstream out;
-    out << "image_id,label,mask,hairs,ruler,ink,vignette\n";
+    out << kSyntheticHeader;
     for (int64_t i = 0; i < count; ++i) {
       const auto& r = rows[static_cast<std::size_t>(i)];
       const auto id = synthetic_id(i);

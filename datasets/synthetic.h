@@ -64,10 +64,15 @@ std::string synthetic_id(int64_t index);
 /// The label of sample `index` (0 benign, 1 malignant) without drawing it.
 int64_t synthetic_label(const SyntheticOptions& options, uint64_t seed, int64_t index);
 
+/// The first line of the labels.csv that write_synthetic writes.
+inline constexpr char kSyntheticHeader[] = "image_id,label,mask,hairs,ruler,ink,vignette\n";
+
 /// Writes `count` samples: dir/images/<id>.png, dir/masks/<id>.png and dir/labels.csv
 /// (`image_id,label,mask,hairs,ruler,ink,vignette`; label benign/malignant; mask relative to
 /// dir), which read_dataset() reads as the generic format. `threads` workers (≥ 1) write in
 /// parallel; the files do not depend on it. Returns the dataset as read_dataset would.
+/// A dir/labels.csv that synth did not write (another header) is refused before any file is
+/// written: it would be replaced.
 Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
                         const SyntheticOptions& options = {}, int threads = 1);
 

@@ -104,7 +104,9 @@ void Problems::throw_if_any() const {
 }
 
 std::string field(const CsvRow& row, std::size_t i) {
-  return i < row.fields.size() ? trim(row.fields[i]) : std::string();
+  if (i >= row.fields.size()) return std::string();
+  // A quoted field keeps its edge spaces: split writes an id with them quoted, to be read back.
+  return i < row.quoted.size() && row.quoted[i] ? row.fields[i] : trim(row.fields[i]);
 }
 
 std::vector<std::size_t> require_columns(const CsvTable& t, const std::vector<std::string>& names) {

@@ -2,6 +2,7 @@
 
 #include "attnscope/error.h"
 #include "datasets/csv.h"
+#include "datasets/formats/formats.h"
 #include "test_support.h"
 
 namespace attnscope::datasets {
@@ -24,6 +25,24 @@ TEST(Csv, ParsesQuotesCrlfAndBom) {
   EXPECT_EQ(t.rows[2].fields[2], "two\nlines");
   EXPECT_EQ(t.rows[3].line, 7u);
   EXPECT_EQ(t.rows[3].fields, (std::vector<std::string>{"d", "benign", ""}));
+}
+
+// A reader's field is trimmed unless it was quoted: quotes are how csv_field keeps edge spaces
+// (split wrote " lead" quoted, and the reader trimmed it to "lead", an id no file has).
+TEST(Csv, QuotedFieldsKeepTheirEdgeSpacesUnquotedOnesAreTrimmed) {
+  const auto t = parse_csv("image_id,label\n  a  , benign\n\" b \",\"malignant \"\n", "m.csv");
+  ASSERT_EQ(t.rows.size(), 2u);
+  EXPECT_EQ(t.rows[0].quoted, (std::vector<bool>{false, false}));
+  EXPECT_EQ(t.rows[1].quoted, (std::vector<bool>{true, true}));
+  EXPECT_EQ(formats::field(t.rows[0], 0), "a");
+  EXPECT_EQ(formats::field(t.rows[0], 1), "benign");
+  EXPECT_EQ(formats::field(t.rows[1], 0), " b ");
+  EXPECT_EQ(formats::field(t.rows[1], 1), "malignant ");
+  EXPECT_EQ(formats::field(t.rows[1], 5), "");
+  for (const std::string v : {" padded ", "a,b", "plain", "\ttab"}) {
+    const auto back = parse_csv("x\n" + csv_field(v) + "\n", "m.csv");
+    EXPECT_EQ(formats::field(back.rows.at(0), 0), v) << v;
+  }
 }
 
 TEST(Csv, UnterminatedQuoteNamesFileAndLine) {

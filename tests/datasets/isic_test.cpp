@@ -192,6 +192,28 @@ TEST(IsicReaders, ADeviceOrPipeIsNoCsvFile) {
   }
 }
 
+// An image cache, a checkpoint or an image given as the ground truth is named as such (its raw
+// header bytes were quoted as a CSV header).
+TEST(IsicReaders, ABinaryFileIsNoCsvAndIsNamedAsWhatItIs) {
+  test::TempDir dir;
+  std::ofstream(dir / "c.h5", std::ios::binary) << std::string("\x89HDF\r\n\x1a\n\0\0\0\0", 12);
+  std::ofstream(dir / "i.png", std::ios::binary)
+      << std::string("\x89PNG\r\n\x1a\n\0\0\0\rIHDR", 16);
+  EXPECT_EQ(error_of([&] { read_dataset(dir / "c.h5"); }),
+            dir / "c.h5" +
+                ": is an HDF5 file (an attnscope image cache or checkpoint?), not a ground-truth "
+                "CSV: give a CSV or a folder of class folders (train and evaluate also take an "
+                "image cache)");
+  std::ofstream(dir / "j.jpg", std::ios::binary) << std::string("\xFF\xD8\xFF\xE0\0\x10JFIF\0", 11);
+  EXPECT_EQ(error_of([&] { read_dataset(dir / "j.jpg"); }),
+            dir / "j.jpg" +
+                ": is not a text file (an image or another binary file?), not a "
+                "ground-truth CSV");
+  EXPECT_EQ(error_of([&] { read_dataset(dir / "i.png"); }),
+            dir / "i.png" +
+                ": is not a text file (an image or another binary file?), not a ground-truth CSV");
+}
+
 TEST(IsicReaders, ReportsEveryProblemOfACsvAtOnce) {
   test::TempDir dir;
   const auto path = write(dir, "bad.csv",
@@ -285,6 +307,52 @@ TEST(IsicReaders, ClassFolderFileWithABadNameIsAWarning) {
                      "(rejected), skipped"),
             std::string::npos)
       << all;
+}
+
+// A class folder whose name holds a control character is one warning and no class (it went
+// into class_names and every summary line, terminal escapes included); an id given by two
+// files names both files (a folder dataset has no lines: "first on line 0" said nothing).
+TEST(IsicReaders, ClassFolderNamesAreCheckedAndDuplicateIdsNameBothFiles) {
+  test::TempDir dir;
+  const std::string escape = "x\x1b[2Jy";
+  for (const auto& f :
+       {std::string("benign/a.jpg"), std::string("malignant/b.jpg"), escape + "/c.jpg"}) {
+    fs::create_directories((dir.path() / f).parent_path());
+    std::ofstream(dir.path() / f) << "x";
+  }
+  const auto ds = read_dataset(dir.path().string(), multi());
+  EXPECT_EQ(ds.class_names, (std::vector<std::string>{"benign", "malignant"}));
+  EXPECT_EQ(ids(ds), (std::vector<std::string>{"a", "b"}));
+  ASSERT_EQ(ds.warnings.size(), 1u);
+  EXPECT_EQ(ds.warnings[0], (dir.path() / "x\\x1b[2Jy").string() +
+                                ": a class folder whose name contains a control character, "
+                                "skipped");
+  std::ofstream(dir.path() / "malignant/a.png") << "x";
+  const auto msg = error_of([&] { read_dataset(dir.path().string(), multi()); });
+  EXPECT_NE(msg.find((dir.path() / "malignant/a.png").string() + ": duplicate image id 'a' (also " +
+                     (dir.path() / "benign/a.jpg").string() + ")"),
+            std::string::npos)
+      << msg;
+  EXPECT_EQ(msg.find("line 0"), std::string::npos) << msg;
+}
+
+// An image the folder's listing passed over (a FIFO, a dangling link under the image's name)
+// is said in the "not found" error itself: the warnings that explained it were never printed,
+// since the error ends the command first.
+TEST(IsicReaders, MissingImagesNameWhatTheListingPassedOver) {
+  test::TempDir dir;
+  fs::create_directories(dir.path() / "img");
+  std::ofstream(dir.path() / "img/a.jpg") << "x";
+  ASSERT_EQ(::mkfifo((dir.path() / "img/b.png").c_str(), 0600), 0);
+  fs::create_symlink("gone.png", dir.path() / "img/c.png");
+  const auto path = write(dir, "labels.csv", "image_id,label\na,benign\nb,benign\nc,malignant\n");
+  ReadOptions o;
+  o.images_dir = (dir.path() / "img").string();
+  const auto msg = error_of([&] { read_dataset(path, o); });
+  EXPECT_NE(msg.find("2 image(s) named in"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("the folder's listing passed over 2 entries:"), std::string::npos) << msg;
+  EXPECT_NE(msg.find((dir.path() / "img/b.png").string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find((dir.path() / "img/c.png").string()), std::string::npos) << msg;
 }
 
 TEST(IsicReaders, FormatNamesRoundTrip) {

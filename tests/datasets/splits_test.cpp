@@ -9,6 +9,7 @@
 
 #include "attnscope/error.h"
 #include "datasets/csv.h"
+#include "datasets/formats/formats.h"
 #include "datasets/splits.h"
 #include "test_support.h"
 
@@ -125,6 +126,11 @@ TEST(Splits, CsvQuotingRoundTripsThroughPythonsCsvModule) {
     EXPECT_EQ(rows[i + 1][2].get<std::string>(), "g," + std::to_string(i));
     EXPECT_EQ(rows[i + 1][3].get<std::string>(), split_name(splits[i]));
   }
+  // attnscope's own reader reads the same fields back (a quoted field keeps its edge spaces).
+  const auto ours = read_csv(dir / "splits.csv");
+  ASSERT_EQ(ours.rows.size(), ids.size());
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    EXPECT_EQ(formats::field(ours.rows[i], 0), ids[i]);
 }
 
 TEST(Splits, EmptyDatasetIsAnErrorNotAnEmptyFile) {

@@ -194,5 +194,24 @@ TEST(Synthetic, WritesFilesTheGenericReaderLoads) {
   }
 }
 
+// synth replaces dir/labels.csv: one it did not write (someone's ground truth) is refused before
+// any file is written, and left byte for byte; its own is replaced by a rerun.
+TEST(Synthetic, RefusesToReplaceALabelsCsvItDidNotWrite) {
+  test::TempDir dir;
+  SyntheticOptions o;
+  o.size = 32;
+  const std::string truth = "image_id,label\nISIC_0000000,benign\n";
+  std::ofstream(dir / "labels.csv") << truth;
+  EXPECT_EQ(test::error_of([&] { write_synthetic(dir.path().string(), 3, 1, o); }),
+            dir / "labels.csv" +
+                ": exists and was not written by attnscope synth (its first line is not synth's "
+                "header); synth would replace it: choose another output folder");
+  EXPECT_EQ(test::read_text(dir / "labels.csv"), truth);
+  EXPECT_FALSE(std::filesystem::exists(dir.path() / "images"));
+  std::filesystem::remove(dir.path() / "labels.csv");
+  write_synthetic(dir.path().string(), 3, 1, o);
+  EXPECT_EQ(write_synthetic(dir.path().string(), 4, 2, o).samples.size(), 4u);
+}
+
 }  // namespace
 }  // namespace attnscope::datasets
