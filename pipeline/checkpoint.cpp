@@ -248,8 +248,11 @@ void load_checkpoint(const std::string& path, torch::nn::Module& module,
     auto list = [&](const char* what, const std::vector<std::string>& items) {
       if (items.empty()) return;
       msg << "\n  " << what << " (" << items.size() << "):";
-      for (const auto& item : items)
-        msg << "\n    " << item;
+      // The first few name the mismatch; a checkpoint of another network would list hundreds.
+      constexpr std::size_t kShown = 8;
+      for (std::size_t i = 0; i < items.size() && i < kShown; ++i)
+        msg << "\n    " << excerpt(items[i], 200);
+      if (items.size() > kShown) msg << "\n    ... and " << items.size() - kShown << " more";
     };
     list("missing in the file", missing);
     list("unexpected in the file", unexpected);

@@ -88,7 +88,12 @@ inline void ensure_writable_output_folder(const std::string& dir) {
   while (!p.empty() && !fs::exists(p, ec) && p != p.parent_path())
     p = p.parent_path();
   check(fs::is_directory(p, ec), dir, p.string(), " is not a folder");
-  ensure_writable_folder((p / "x").string());
+  // The message names the folder asked for, not the probe's name inside its ancestor.
+  try {
+    ensure_writable_folder((p / "x").string());
+  } catch (const Error& e) {
+    throw Error(dir, e.message());
+  }
 }
 
 }  // namespace attnscope

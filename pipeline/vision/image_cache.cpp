@@ -38,6 +38,13 @@ std::size_t chunk_samples(const preprocessing::Pipeline& pipeline) {
 
 using h5::where;
 
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string s = "(";
+  for (std::size_t i = 0; i < shape.size(); ++i)
+    s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + ")";
+}
+
 void write_strings(hid_t loc, const std::string& name, const std::vector<std::string>& values,
                    const std::string& file) {
   const auto type = h5::utf8_string_type();
@@ -216,10 +223,11 @@ ImageCacheReport write_image_cache(const std::string& path, const datasets::Samp
   }
   report.written = ids.size();
   if (report.written == 0) {
-    std::string first_error =
-        report.failures.empty() ? "the source is empty" : report.failures.front().message;
+    check(!report.failures.empty(), path,
+          "nothing to cache: the dataset holds no image (were they all left out, e.g. by "
+          "--skip-missing?)");
     throw Error(path, concat("no image could be cached (", report.failures.size(),
-                             " failed; first: ", first_error, ")"));
+                             " failed; first: ", report.failures.front().message, ")"));
   }
   h5::write_tensor(file.id(), "labels", torch::tensor(labels, torch::kInt64), path);
   h5::write_tensor(
@@ -292,6 +300,13 @@ ImageCacheSource::ImageCacheSource(const std::string& path)
             static_cast<std::size_t>(labels.numel()) == n &&
             static_cast<std::size_t>(has_mask.numel()) == n,
         path, "ids, groups, paths, labels and has_mask must all have ", n, " entries");
+  // The masks' stack row for row with the images (a shorter one failed every later sample with
+  // HDF5's own words, and evaluate, which needs no mask, scored only the first few).
+  const auto mask_shape = h5::dataset_shape(root, "masks", path);
+  check(mask_shape.size() == 3 && mask_shape[0] == shape[0] && mask_shape[1] == shape[1] &&
+            mask_shape[2] == shape[2],
+        where(path, "masks"), "has shape ", shape_text(mask_shape), ", /images ", shape_text(shape),
+        ": expected (", shape[0], ", ", shape[1], ", ", shape[2], ")");
   check(labels.scalar_type() == torch::kLong, where(path, "labels"), "expected 64-bit integers");
   check(has_mask.scalar_type() == torch::kByte, where(path, "has_mask"), "expected uint8");
   check(class_names_.size() <= 100000, path, "has ", class_names_.size(),
@@ -309,6 +324,14 @@ ImageCacheSource::ImageCacheSource(const std::string& path)
     s.label = label[i];
     if (!groups[i].empty()) s.group = groups[i];
     samples_.push_back(std::move(s));
+  }
+  if (h5::exists(root, "errors/path") && h5::exists(root, "errors/message")) {
+    const auto error_paths = read_strings(root, "errors/path", path);
+    const auto error_messages = read_strings(root, "errors/message", path);
+    check(error_paths.size() == error_messages.size(), where(path, "errors"),
+          "path and message must have the same length");
+    for (std::size_t i = 0; i < error_paths.size(); ++i)
+      build_errors_.emplace_back(error_paths[i], error_messages[i]);
   }
   h5::check_filters_available(root, "images", path);
   h5::check_filters_available(root, "masks", path);

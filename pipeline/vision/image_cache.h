@@ -21,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "datasets/loader.h"
@@ -64,6 +65,11 @@ class ImageCacheSource : public datasets::SampleSource {
   nlohmann::json preprocessing() const override { return preprocessing_; }
   int height() const { return height_; }
   int width() const { return width_; }
+  /// The images that could not be cached when the cache was built (/errors: path, reason), so
+  /// that evaluating the cache still counts them as failed.
+  const std::vector<std::pair<std::string, std::string>>& build_errors() const {
+    return build_errors_;
+  }
 
  private:
   std::string path_;
@@ -73,6 +79,7 @@ class ImageCacheSource : public datasets::SampleSource {
   std::vector<uint8_t> has_mask_;
   std::vector<std::string> class_names_;
   nlohmann::json preprocessing_;
+  std::vector<std::pair<std::string, std::string>> build_errors_;
   int height_ = 0, width_ = 0;
   mutable std::mutex mutex_;
 };

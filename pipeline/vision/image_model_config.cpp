@@ -1,11 +1,13 @@
 #include "pipeline/vision/image_model_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <type_traits>
 
 #include "attnscope/error.h"
 #include "attnscope/json_text.h"
+#include "preprocessing/pipeline.h"
 
 namespace attnscope::pipeline {
 namespace vision = models::vision;
@@ -115,6 +117,31 @@ void save_image_classifier(const std::string& path, const vision::ImageClassifie
 LoadedImageClassifier load_image_classifier(const std::string& path) {
   LoadedImageClassifier out;
   out.meta = read_checkpoint_meta(path);
+  // A checkpoint of another kind (a seq2seq model) is named as such, not by the first key an
+  // image classifier does not know.
+  const auto& mc = out.meta.model_config;
+  if (mc.contains("arch") && mc.at("arch").is_string()) {
+    const auto arch = mc.at("arch").get<std::string>();
+    const auto presets = vision::image_presets();
+    check(arch != "rnn" && arch != "transformer", path, "is a '", arch,
+          "' checkpoint: a seq2seq model (attnscope seq2seq), not an image classifier");
+    if (std::find(presets.begin(), presets.end(), arch) == presets.end()) {
+      std::string names;
+      for (const auto& p : presets)
+        names += (names.empty() ? "" : ", ") + p;
+      throw Error(path, concat("is a '", excerpt(arch, 100),
+                               "' checkpoint, not one of the image classifiers (", names, ")"));
+    }
+  }
+  // The stored preprocessing, checked here so that every command's error names the file.
+  const auto& pc = out.meta.preprocessing_config;
+  if (pc.is_object() && !pc.empty()) {
+    try {
+      preprocessing::Pipeline::from_json(pc);
+    } catch (const Error& e) {
+      throw Error(path + ":/@preprocessing_config", e.what());
+    }
+  }
   // Every error of the stored config names the file: the key's own checks and the model's
   // (an unknown backbone, a stage listed twice).
   try {

@@ -329,8 +329,9 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   check_classes(*train, "training set", true);
   check_classes(*val, "validation set", o.select_by == "auc");
   const auto class_names = train->class_names();
-  check(val->class_names() == class_names, "validation set",
-        "has other classes than the training set");
+  check(val->class_names() == class_names, "validation set", "has the classes ",
+        names_excerpt(val->class_names()), ", the training set ", names_excerpt(class_names),
+        ": give both the same classes");
   const int64_t classes = static_cast<int64_t>(class_names.size());
 
   // Oversampling: sample i appears K times per epoch when its class has K.
@@ -455,6 +456,10 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   // so they finish it and agree after it (hooks.stop_requested).
   if (o.stop_requested && !group)
     train_loader_options.cancelled = [&o] { return o.stop_requested() != 0; };
+  // A lone last image joins the batch before it: BatchNorm cannot train on one image whose maps
+  // are 1 x 1 (a ResNet's last stage below 64 px). Data-parallel runs cut the same order into
+  // every rank's share and keep their batches as they are.
+  train_loader_options.join_single_last = !group;
   datasets::Loader train_loader(train_source, o.pipeline, train_loader_options);
   datasets::LoaderOptions val_loader_options;
   val_loader_options.batch_size = o.batch_size;
@@ -628,9 +633,22 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
       const auto& images = mixed.images;
       const auto& masks = mixed.masks;
       models::vision::ImageOutput out;
-      {
+      try {
         runtime::AutocastScope autocast(o.precision, device);
         out = model->forward(images);
+      } catch (const c10::Error& e) {
+        // BatchNorm's check, which only a batch of one image can fail (--batch-size 1, or a
+        // rank's share of a data-parallel batch): say what to change, not LibTorch's words.
+        if (images.size(0) == 1 &&
+            std::string(e.what_without_backtrace())
+                    .find("Expected more than 1 value per channel") != std::string::npos)
+          throw Error("training",
+                      concat("model '", config.arch, "' at ", images.size(2), " x ", images.size(3),
+                             " px has BatchNorm over 1 x 1 maps, which cannot train "
+                             "on a batch of one image: use a larger --batch-size (2 "
+                             "or more images per rank) or larger images (--size 64 "
+                             "or more)"));
+        throw;
       }
       // The loss in float32 whatever the forward's precision (the casts are in the graph).
       out.logits = out.logits.to(torch::kFloat);

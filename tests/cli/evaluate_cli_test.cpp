@@ -56,6 +56,13 @@ class EvaluateCli : public ::testing::Test {
     pipeline::save_image_classifier(*dir_ / "model.h5", *model, config, meta);
     meta.extra["temperature"] = 1e308;
     pipeline::save_image_classifier(*dir_ / "hot.h5", *model, config, meta);
+    // A model whose steps an image cache can hold (a cache ends with a resize).
+    pipeline::CheckpointMeta resized;
+    resized.class_names = meta.class_names;
+    resized.preprocessing_config =
+        preprocessing::Pipeline::from_json({{"steps", {{{"op", "resize"}, {"size", 64}}}}})
+            .to_json();
+    pipeline::save_image_classifier(*dir_ / "resize64.h5", *model, config, resized);
   }
   static void TearDownTestSuite() {
     delete dir_;
@@ -287,6 +294,24 @@ TEST_F(EvaluateCli, UnreadableImagesAreListedAndTheRestEvaluated) {
   EXPECT_EQ(j["evaluated"], 22);
   EXPECT_EQ(j["failed"].size(), 2u);
 
+  // The same images through an image cache: the two it could not cache are failures of the
+  // evaluation too ("failed": [] hid them).
+  r = test::run_process(exe() + " cache --data " + (copy / "labels.csv").string() +
+                        " --size 64 --out " + (out / "c.h5") + " 2>&1");
+  ASSERT_NE(r.output.find("cached 22 of 24 images"), std::string::npos) << r.output;
+  r = test::run_process(exe() + " evaluate --json --bootstrap 0 --model " + *dir_ / "resize64.h5" +
+                        " --data " + (out / "c.h5") + " --out " + (out / "c.json") + " --quiet");
+  EXPECT_EQ(r.status, 0) << r.output;
+  const auto jc = nlohmann::json::parse(read_text(out / "c.json"));
+  EXPECT_EQ(jc["evaluated"], 22);
+  ASSERT_EQ(jc["failed"].size(), 2u) << jc.dump();
+  for (std::size_t k = 0; k < 2; ++k) {
+    EXPECT_EQ(jc["failed"][k]["path"], files[k].string());
+    EXPECT_EQ(jc["failed"][k]["image_id"], files[k].stem().string());
+    EXPECT_EQ(jc["failed"][k]["message"].get<std::string>().rfind("not in the image cache (", 0),
+              0u);
+  }
+
   // None readable: every file named, exit 1.
   for (const auto& f : files)
     std::ofstream(f) << "x";
@@ -460,7 +485,8 @@ craft('stages_twice', 'model_config', json.dumps(dict(mc, arch='attn_small', att
       {"threshold_deep", "threshold_deep.h5:/@extra" + deep, "threshold_deep.h5:/@extra" + deep},
       {"class_big", "the checkpoint's classes are [\"" + x40 + "... (1000000 bytes)\",\"b\"]",
        "was trained on the classes [\"" + x40 + "... (1000000 bytes)\",\"b\"]"},
-      {"arch_big", "unknown arch '" + x100 + "... (1000005 bytes)'",
+      {"arch_big",
+       "is a '" + x100 + "... (1000005 bytes)' checkpoint, not one of the image classifiers (",
        "is a '" + x100 + "... (1000005 bytes)' checkpoint"},
       {"size_big", "model_config.image_size: bad value \"" + x100.substr(1), ""},
       {"model_list", "model_list.h5:/@model_config: attribute must be a JSON object, got [1]",

@@ -717,6 +717,7 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
         // Read as 2, and out of memory; a map twice failed creating its dataset; an empty --out
         // printed the filesystem's text.
         train("--oversample malignant=2abc"), train("--oversample malignant=2000000000"),
+        train("--oversample malignant=3 --oversample malignant=2"),
         "classify --model m.h5 --input x.jpg --out " + (dir / "o") + " --maps stage3 stage3",
         std::string("classify --model m.h5 --input x.jpg --out ''"),
         std::string("seq2seq translate --model m.h5 --beam 100000 abc"),
@@ -735,13 +736,29 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
         "synth --out " + (dir / "s") + " stray",
         // Boost read -1 into an unsigned seed as 2^64 - 1.
         train("--seed -1"), seq2seq_train("--seed -2"), "synth --out " + (dir / "s") + " --seed -3",
-        std::string("dist-check --seed -4")}) {
+        std::string("dist-check --seed -4"),
+        // Words checked only after the run folder was made (exit 1, an empty folder left), and
+        // --resume with another option ("--data is required", which --resume refuses).
+        train("--select-by f1"), train("--schedule linear"), train("--loss hinge"),
+        train("--sampler random"), "train --resume " + (dir / "t") + " --quiet",
+        "train --epochs 3 --resume=" + (dir / "t")}) {
     const auto r = test::run_process(exe() + " " + args);
     EXPECT_EQ(r.status, 2) << args << "\n" << r.output;
     EXPECT_EQ(r.output.rfind("error: ", 0), 0u) << args << "\n" << r.output;
   }
   EXPECT_NE(test::run_process(exe() + " " + train("--seed -1"))
                 .output.find("--seed must be a non-negative integer, got '-1'"),
+            std::string::npos);
+  EXPECT_NE(
+      test::run_process(exe() + " " + train("--select-by f1"))
+          .output.find("--select-by must be auc, loss, accuracy or balanced_accuracy, got 'f1'"),
+      std::string::npos);
+  EXPECT_NE(test::run_process(exe() + " train --resume " + (dir / "t") + " --quiet")
+                .output.find("--resume RUN takes no other options (the run's are used)"),
+            std::string::npos);
+  // --resume=RUN alone is --resume RUN (this folder holds no run).
+  EXPECT_NE(test::run_process(exe() + " train --resume=" + dir.path().string())
+                .output.find("has no last.h5: not a run folder"),
             std::string::npos);
   EXPECT_FALSE(fs::exists(dir / "s"));
   EXPECT_FALSE(fs::exists(dir / "o"));

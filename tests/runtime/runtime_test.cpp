@@ -18,6 +18,7 @@
 #include <torch/torch.h>
 
 #include "attnscope/error.h"
+#include "attnscope/output_checks.h"
 #include "runtime/precision.h"
 #include "runtime/runtime.h"
 #include "test_support.h"
@@ -347,6 +348,17 @@ TEST(HugePages, MappingFlagsNameTheMappingThatHoldsAnAddress) {
 TEST(GpuRuntime, CudaDeviceCountPositiveWhenAvailable) {
   if (!cuda_available()) GTEST_SKIP() << "CUDA is not available";
   EXPECT_GT(cuda_device_count(), 0);
+}
+
+// An output folder that cannot be made is named as the user gave it, not by the probe's name
+// inside its nearest existing ancestor (`/proc/self/x` for `--out /proc/self/newset`). The
+// tests run as root, whom permissions do not stop; /proc takes no new files from anyone.
+TEST(OutputFolder, OneThatCannotBeMadeIsNamedAsGiven) {
+  const auto what = test::error_of([] { ensure_writable_output_folder("/proc/self/newset/run"); });
+  EXPECT_EQ(what.rfind("/proc/self/newset/run: cannot create files in /proc/self (", 0), 0u)
+      << what;
+  test::TempDir dir;
+  EXPECT_EQ(test::error_of([&] { ensure_writable_output_folder(dir / "new/run"); }), "");
 }
 
 }  // namespace

@@ -57,8 +57,6 @@ int run_cache(const std::vector<std::string>& args, const GlobalOptions&) {
   }
   check_not_an_input(out, config, "--config");
   ensure_writable_folder(out);
-  for (const auto& id : ds.skipped)
-    std::cerr << "warning: " << excerpt(id, 200) << ": image not found, skipped\n";
   const datasets::ImageFileSource source(ds, pipeline.decode_options());
   // SIGINT / SIGTERM end the run after the current chunk, with nothing at --out and no
   // temporary file left (the default action left `.out.<pid>-0.tmp.h5`).

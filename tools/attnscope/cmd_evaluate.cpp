@@ -111,11 +111,14 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
   std::cerr << runtime::precision_warning(o.precision, o.device);
   const auto loaded = pipeline::load_image_classifier(model_path);
   std::shared_ptr<const datasets::SampleSource> source;
+  // An image cache's images that could not be cached are failures of the dataset all the same.
+  std::vector<std::pair<std::string, std::string>> not_cached;
   std::error_code ec;
   if (fs::path(data.data).extension() == ".h5" && fs::is_regular_file(data.data, ec)) {
     if (reduce_to)
       fail("--decode-reduce-to does not apply to an image cache (decoded when it was built)");
     auto cache = std::make_shared<pipeline::ImageCacheSource>(data.data);
+    not_cached = cache->build_errors();
     const auto config = loaded.meta.preprocessing_config;
     if (config.is_object() && !config.empty()) {
       const auto made_with = cache->preprocessing().value("steps", nlohmann::json());
@@ -129,8 +132,6 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
     source = cache;
   } else {
     auto ds = data.read(usage_text(usage, desc));
-    for (const auto& id : ds.skipped)
-      std::cerr << "warning: " << excerpt(id, 200) << ": image not found, skipped\n";
     std::vector<std::pair<std::string, std::string>> files;
     for (const auto& s : ds.samples) {
       files.emplace_back(s.path, "an image of the dataset");
@@ -149,8 +150,11 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
   const auto progress = [&](int64_t done, int64_t total) {
     if (tty) std::cerr << "\revaluated " << done << "/" << total << std::flush;
   };
-  const auto result = pipeline::evaluate_image_classifier(loaded, model_path, source, o, progress);
+  auto result = pipeline::evaluate_image_classifier(loaded, model_path, source, o, progress);
   if (tty) std::cerr << "\n";
+  for (const auto& [path, message] : not_cached)
+    result.failures.push_back(
+        {fs::path(path).stem().string(), path, "not in the image cache (" + message + ")"});
   // One line per image, naming it once ("error: x.jpg: x.jpg: ..." before).
   for (const auto& f : result.failures)
     std::cerr << image_error_line(f.path, f.image_id, f.message);

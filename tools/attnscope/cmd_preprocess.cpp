@@ -26,6 +26,12 @@ namespace attnscope::cli {
 namespace {
 
 namespace fs = std::filesystem;
+
+// A per-image line quotes file names: control characters escaped (a terminal escape, or a
+// newline that would forge a line of its own), cut to a readable length.
+std::string one_line(const std::string& text) {
+  return excerpt(text, 1000);
+}
 using preprocessing::Pipeline;
 
 constexpr int kStripHeight = 256;
@@ -89,13 +95,13 @@ int run_stats(const std::vector<std::string>& args) {
       stats.add(pipeline.process(pipeline.decode(s.path)).image);
       ++used;
     } catch (const Error& e) {
-      std::cerr << "error: " << e.what() << "\n";
+      std::cerr << "error: " << one_line(e.what()) << "\n";
       ++failed;
     } catch (const cv::Exception& e) {  // e.g. out of memory in a step: this image's failure
-      std::cerr << "error: " << s.path << ": OpenCV: " << e.err << "\n";
+      std::cerr << "error: " << one_line(s.path) << ": OpenCV: " << one_line(e.err) << "\n";
       ++failed;
     } catch (const std::exception& e) {
-      std::cerr << "error: " << s.path << ": " << e.what() << "\n";
+      std::cerr << "error: " << one_line(s.path) << ": " << one_line(e.what()) << "\n";
       ++failed;
     }
   }
@@ -151,7 +157,7 @@ int run_preprocess(const std::vector<std::string>& args, const GlobalOptions&) {
           "is the input folder or inside it; choose an output folder outside ", input);
     auto listing = datasets::list_folder(input);
     for (const auto& problem : listing.problems) {  // one bad entry, one line; the run goes on
-      std::cerr << "error: " << problem << "\n";
+      std::cerr << "error: " << one_line(problem) << "\n";
       ++failed;
     }
     for (const auto& file : listing.files) {
@@ -207,10 +213,10 @@ int run_preprocess(const std::vector<std::string>& args, const GlobalOptions&) {
         preprocessing::write_image((fs::path(out) / (names[i].second + ".png")).string(),
                                    stage_strip(pipeline.stages(rgb)));
     } catch (const Error& e) {
-      std::cerr << "error: " << e.what() << "\n";
+      std::cerr << "error: " << one_line(e.what()) << "\n";
       ++failed;
     } catch (const cv::Exception& e) {
-      std::cerr << "error: " << file.string() << ": OpenCV: " << e.err << "\n";
+      std::cerr << "error: " << one_line(file.string()) << ": OpenCV: " << one_line(e.err) << "\n";
       ++failed;
     }
   }

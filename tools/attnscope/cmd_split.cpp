@@ -6,6 +6,7 @@
 #include <map>
 
 #include "attnscope/output_checks.h"
+#include "attnscope/printable.h"
 #include "cli.h"
 #include "dataset_flags.h"
 #include "datasets/splits.h"
@@ -74,7 +75,7 @@ int run_split(const std::vector<std::string>& args, const GlobalOptions&) {
   for (const auto& [part, c] : counts) {
     std::cout << "  " << part << ":";
     for (std::size_t k = 0; k < c.size(); ++k)
-      std::cout << " " << ds.class_names[k] << " " << c[k];
+      std::cout << " " << excerpt(ds.class_names[k], 100) << " " << c[k];
     std::cout << "\n";
   }
   return 0;

@@ -146,6 +146,18 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   // --resume RUN alone: the stored command line of the run, continued from RUN/last.h5.
   std::vector<std::string> args = given_args;
   std::string resume_dir;
+  if (args.size() == 1 && args[0].rfind("--resume=", 0) == 0)
+    args = {"--resume", args[0].substr(std::string("--resume=").size())};
+  // With other options Boost would first ask for --data, which --resume must not be given.
+  const bool resuming = std::any_of(args.begin(), args.end(), [](const std::string& a) {
+    return a == "--resume" || a.rfind("--resume=", 0) == 0;
+  });
+  const bool help = std::any_of(args.begin(), args.end(),
+                                [](const std::string& a) { return a == "--help" || a == "-h"; });
+  if (resuming && args.size() != 2 && !help)
+    throw UsageError(
+        "--resume RUN takes no other options (the run's are used)",
+        concat("usage: attnscope ", kUsage, "\n(attnscope train --help lists the options)"));
   if (args.size() == 2 && (args[0] == "--resume")) {
     // Absolute before the working folder changes below.
     resume_dir = fs::absolute(args[1]).lexically_normal().string();
@@ -270,6 +282,20 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   if (batch_size > 65536) fail("--batch-size must be at most 65536");
   if (val_spec.empty() && !(val_split > 0 && val_split < 1)) fail("--val-split must be in (0, 1)");
   if (optimizer != "sgd" && optimizer != "adamw") fail("--optimizer must be sgd or adamw");
+  // The other words too, before the run folder is made (train() checks them again for its
+  // other callers).
+  const auto one_of = [&](const char* flag, const std::string& value,
+                          const std::vector<std::string>& allowed) {
+    if (std::find(allowed.begin(), allowed.end(), value) != allowed.end()) return;
+    std::string list;
+    for (std::size_t i = 0; i < allowed.size(); ++i)
+      list += (i == 0 ? "" : i + 1 == allowed.size() ? " or " : ", ") + allowed[i];
+    fail(concat(flag, " must be ", list, ", got '", excerpt(value, 60), "'"));
+  };
+  one_of("--schedule", schedule, {"cosine", "step", "constant"});
+  one_of("--loss", loss, {"ce", "weighted-ce", "focal"});
+  one_of("--sampler", sampler, {"shuffle", "balanced"});
+  one_of("--select-by", select_by, {"auc", "loss", "accuracy", "balanced_accuracy"});
   // Every number before any work (NaN fails every comparison, so each test is written to pass
   // only for a number inside the range).
   const auto in_range = [&](const char* flag, double v, double lo, bool lo_open, double hi,
@@ -344,7 +370,10 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     }
     if (used == 0 || used != text.size() || k < 1 || k > 1000)
       fail("--oversample expects CLASS=K with a whole K in [1, 1000], got '" + item + "'");
-    oversample_map[item.substr(0, eq)] = k;
+    const auto [at, fresh] = oversample_map.emplace(item.substr(0, eq), k);
+    if (!fresh && at->second != k)
+      fail(concat("--oversample gives the class '", excerpt(at->first, 60), "' twice (", at->second,
+                  " and ", k, ")"));
   }
   if (threads > 0) runtime::set_threads(threads);
 
@@ -462,8 +491,6 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
       flags.data = spec;
       flags.images = images;
       auto ds = flags.read(usage);
-      for (const auto& id : ds.skipped)
-        std::cerr << "warning: " << id << ": image not found, skipped\n";
       return {std::make_shared<datasets::ImageFileSource>(ds, pipeline.decode_options()), ds};
     };
     auto [all_source, all] = open_spec(data.data, data.images);

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "attnscope/error.h"
+#include "attnscope/printable.h"
 #include "cli.h"
 #include "datasets/isic.h"
 
@@ -58,6 +59,13 @@ struct DatasetFlags {
     // Unusable folder entries (symlink loops, dangling links): one line each, the run goes on.
     for (const auto& w : ds.warnings)
       std::cerr << "warning: " << w << "\n";
+    // --skip-missing: what it dropped, the first 20 by name (100,000 ids made as many lines).
+    constexpr std::size_t kNamed = 20;
+    for (std::size_t i = 0; i < ds.skipped.size() && i < kNamed; ++i)
+      std::cerr << "warning: " << excerpt(ds.skipped[i], 200) << ": image not found, skipped\n";
+    if (ds.skipped.size() > kNamed)
+      std::cerr << "warning: ... and " << ds.skipped.size() - kNamed
+                << " more images not found, skipped (" << ds.skipped.size() << " in all)\n";
     return ds;
   }
 };

@@ -151,9 +151,14 @@ TEST(ImageCache, LabelsOutsideTheClassListOrNotIntegersAreRefusedNamingTheSample
   datasets::SyntheticOptions so;
   so.size = 32;
   const datasets::SyntheticSource source(3, 5, so);
-  for (const auto& [name, code, says] : std::vector<std::tuple<std::string, std::string, std::string>>{
+  for (const auto& [name, code, says] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{
            {"oob.h5", "d = f['labels'][...]; d[1] = 5; f['labels'][...] = d",
             "labels: sample 'synth_000001' has label 5, outside its 2 class names"},
+           // A mask stack shorter than the images: refused at open, not sample by sample.
+           {"masks.h5",
+            "import numpy as np; del f['masks']; f['masks'] = np.zeros((1, 24, 24), np.uint8)",
+            "masks: has shape (1, 24, 24), /images (3, 24, 24, 3): expected (3, 24, 24)"},
            {"float.h5", "d = f['labels'][...]; del f['labels']; f['labels'] = d.astype('f4')",
             "labels: expected 64-bit integers"}}) {
     const auto path = dir / name;

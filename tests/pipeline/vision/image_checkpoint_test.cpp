@@ -156,12 +156,17 @@ TEST(ImageCheckpoint, StrictLoadRejectsAnotherArchitecture) {
   auto small = vision::make_image_classifier(config_of("small_cnn"));
   auto what = load_error(path, *small);
   EXPECT_NE(what.find(path), std::string::npos) << what;
-  EXPECT_NE(what.find("features.0.weight"), std::string::npos) << what;      // missing
-  EXPECT_NE(what.find("layer1.0.conv1.weight"), std::string::npos) << what;  // unexpected
+  // Each list counted, its first names shown (sorted).
+  EXPECT_NE(what.find("missing in the file (58):\n    classifier.1.bias"), std::string::npos)
+      << what;
+  EXPECT_NE(what.find("features.0.weight"), std::string::npos) << what;
+  EXPECT_NE(what.find("unexpected in the file (122):\n    bn1.bias"), std::string::npos) << what;
 
   auto resnet34 = vision::make_image_classifier(config_of("resnet34"));
   what = load_error(path, *resnet34);
-  EXPECT_NE(what.find("layer3.5.conv1.weight"), std::string::npos) << what;
+  EXPECT_NE(what.find("missing in the file (96):\n    layer1.2.bn1.bias"), std::string::npos)
+      << what;
+  EXPECT_NE(what.find("    ... and 88 more"), std::string::npos) << what;
 
   auto three = vision::make_image_classifier(config_of("resnet18", 3));
   what = load_error(path, *three);
@@ -169,6 +174,41 @@ TEST(ImageCheckpoint, StrictLoadRejectsAnotherArchitecture) {
                       "[3, 512]"),
             std::string::npos)
       << what;
+  // Another network's hundred names: the first 8 of each list, then how many more.
+  auto vit = vision::make_image_classifier(config_of("vit_mini_patch8"));
+  what = load_error(path, *vit);
+  EXPECT_LT(std::count(what.begin(), what.end(), '\n'), 25) << what;
+  EXPECT_NE(what.find("\n    ... and "), std::string::npos) << what;
+}
+
+// load_image_classifier names the file for a checkpoint of another kind (a seq2seq model was
+// "model_config.attention: unknown key") and for a stored preprocessing config that does not
+// load (evaluate, classify and train --teacher said "preprocessing config: ..." alone).
+TEST(ImageCheckpoint, AnotherKindOrABadPreprocessingConfigIsNamedByFile) {
+  test::TempDir dir;
+  const auto path = dir / "small.h5";
+  auto model = vision::make_image_classifier(config_of("small_cnn"));
+  CheckpointMeta meta;
+  meta.preprocessing_config = {{"steps", {{{"op", "sharpen"}}}}};
+  save_image_classifier(path, *model, config_of("small_cnn"), meta);
+  const auto bad_steps = test::error_of([&] { load_image_classifier(path); });
+  EXPECT_EQ(bad_steps.rfind(path + ":/@preprocessing_config: ", 0), 0u) << bad_steps;
+  EXPECT_NE(bad_steps.find("sharpen"), std::string::npos) << bad_steps;
+  for (const auto& [arch, says] : std::vector<std::pair<std::string, std::string>>{
+           {"rnn",
+            "is a 'rnn' checkpoint: a seq2seq model (attnscope seq2seq), not an image "
+            "classifier"},
+           {"alexnet", "is a 'alexnet' checkpoint, not one of the image classifiers ("}}) {
+    const auto other = dir / (arch + ".h5");
+    save_image_classifier(other, *model, config_of("small_cnn"));
+    const auto r = test::run_process(
+        test::python() + " -c \"import h5py, json; f = h5py.File('" + other +
+        "', 'r+'); c = json.loads(f.attrs['model_config']); c['arch'] = '" + arch +
+        "'; c['attention'] = 'additive'; f.attrs['model_config'] = json.dumps(c)\"");
+    ASSERT_EQ(r.status, 0) << r.output;
+    const auto what = test::error_of([&] { load_image_classifier(other); });
+    EXPECT_EQ(what.rfind(other + ": " + says, 0), 0u) << what;
+  }
 }
 
 }  // namespace
