@@ -676,6 +676,47 @@ TEST(CliFault, IdWithANulOrAControlCharacterIsShownWholeAndNamedAsSuch) {
   EXPECT_FALSE(fs::exists(dir / "s.csv"));
 }
 
+// preprocess's per-image lines quote file names escaped: a terminal escape, or a newline that
+// forged a line of its own, never reaches the terminal raw.
+TEST(CliFault, PreprocessLinesQuoteFileNamesEscaped) {
+  test::TempDir dir;
+  fs::create_directories(dir.path() / "in");
+  std::ofstream(dir.path() / "in" / "a\x1b[31mRED\nfake: line.png") << "not an image";
+  const auto r = test::run_process(exe() + " preprocess --input " + (dir / "in") + " --out " +
+                                   (dir / "out") + " 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_EQ(r.output.find('\x1b'), std::string::npos) << "a raw escape reached the terminal";
+  EXPECT_NE(r.output.find("a\\x1b[31mRED\\nfake: line.png: not an image"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("\nfake: line"), std::string::npos) << r.output;
+}
+
+// --skip-missing names the first 20 ids it dropped and counts the rest (100,000 missing ids
+// made 100,000 lines); a dataset it emptied is said to be empty, not "0 failed; first: ...".
+TEST(CliFault, SkippedMissingImagesAreNamedUpToTwentyAndCounted) {
+  test::TempDir dir;
+  synth(dir, 2, 32);
+  std::string csv = "image_id,label\n";
+  for (int i = 0; i < 45; ++i)
+    csv += "gone" + std::to_string(i) + ",benign\n";
+  std::ofstream(dir / "gone.csv") << csv;
+  const auto r = test::run_process(exe() + " cache --data " + (dir / "gone.csv") + " --images " +
+                                   (dir / "images") + " --skip-missing --size 32 --out " +
+                                   (dir / "c.h5") + " 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  std::size_t named = 0;
+  for (auto at = r.output.find(": image not found, skipped"); at != std::string::npos;
+       at = r.output.find(": image not found, skipped", at + 1))
+    ++named;
+  EXPECT_EQ(named, 20u) << r.output;
+  EXPECT_NE(r.output.find("warning: ... and 25 more images not found, skipped (45 in all)"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("nothing to cache: the dataset holds no image"), std::string::npos)
+      << r.output;
+  EXPECT_FALSE(fs::exists(dir / "c.h5"));
+}
+
 TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
   test::TempDir dir;
   const auto seq2seq_train = [&](const std::string& flags) {
