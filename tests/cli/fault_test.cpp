@@ -803,6 +803,14 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
             std::string::npos);
   EXPECT_FALSE(fs::exists(dir / "s"));
   EXPECT_FALSE(fs::exists(dir / "o"));
+  // A checkpoint to start from that is not there: named, and no run folder made.
+  for (const char* flag : {"--init", "--init-backbone", "--teacher"}) {
+    const auto r =
+        test::run_process(exe() + " " + train(std::string(flag) + " " + (dir / "no.h5")));
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_NE(r.output.find(dir / "no.h5" + ": no such file (" + flag + ")"), std::string::npos)
+        << r.output;
+  }
   EXPECT_FALSE(fs::exists(dir / "t"));
   EXPECT_FALSE(fs::exists(dir / "r"));  // seq2seq train creates --out only once its flags pass
   EXPECT_FALSE(fs::exists(dir / "d"));

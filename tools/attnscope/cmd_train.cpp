@@ -19,6 +19,7 @@
 #include <set>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -392,6 +393,15 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   }
   // The device last among the checks, before any file is read.
   runtime::check_device(device, "train");
+  // A checkpoint to start from that is not there is named before the run folder is made (an
+  // empty folder was left behind).
+  for (const auto& [flag, file] : {std::pair<const char*, const std::string*>{"--init", &init},
+                                   {"--init-backbone", &init_backbone},
+                                   {"--teacher", &teacher}}) {
+    std::error_code missing;
+    if (!file->empty() && !fs::exists(*file, missing))
+      throw Error(*file, concat("no such file (", flag, ")"));
+  }
   // The files this run reads from elsewhere are checked in forked children
   // (h5::check_untrusted_file, once per file per process): before the group's threads exist
   // (heartbeat, TCPStore, Gloo), since a fork must not meet a thread holding a lock.
