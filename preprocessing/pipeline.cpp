@@ -355,10 +355,20 @@ Pipeline Pipeline::from_json(const json& config) {
   n.get("mean", pipeline.norm_.mean);
   n.get("std", pipeline.norm_.std);
   n.done();
+  // The values as written, checked before float32 rounds them (1e-300 was quoted as "got 0").
+  const auto written = [&](const char* key, const std::array<float, 3>& stored) {
+    std::vector<double> out(stored.begin(), stored.end());
+    if (norm.is_object() && norm.contains(key) && norm.at(key).is_array()) {
+      out.clear();
+      for (const auto& v : norm.at(key))
+        out.push_back(v.get<double>());  // numbers: n.get above checked the types
+    }
+    return out;
+  };
   // Above 0 is not enough: 1e-40 is a float32 denormal, and 255 / 1e-40 is infinite.
-  for (float s : pipeline.norm_.std)
-    check(s >= 1e-6f && s <= 1000, kSubject, "normalize.std must be in [1e-6, 1000], got ", s);
-  for (float m : pipeline.norm_.mean)
+  for (double s : written("std", pipeline.norm_.std))
+    check(s >= 1e-6 && s <= 1000, kSubject, "normalize.std must be in [1e-6, 1000], got ", s);
+  for (double m : written("mean", pipeline.norm_.mean))
     check(std::abs(m) <= 1000, kSubject, "normalize.mean must be in [-1000, 1000], got ", m);
   return pipeline;
 }

@@ -120,6 +120,10 @@ TEST(Pipeline, HostileConfigsAreOneShortLine) {
             std::string::npos);
   EXPECT_NE(error_of({{"normalize", {{"std", {1, 1e30, 1}}}}}).find("normalize.std must be in"),
             std::string::npos);
+  // Quoted as written, not as float32 rounds it ("got 0").
+  EXPECT_NE(error_of({{"normalize", {{"std", {1e-300, 1, 1}}}}})
+                .find("normalize.std must be in [1e-6, 1000], got 1e-300"),
+            std::string::npos);
   EXPECT_NE(error_of({{"decode", {{"max_pixels", 300000000}}}}).find("max_pixels"),
             std::string::npos);
   EXPECT_NE(error_of({{"steps", {{{"op", "hair_removal"}, {"inpaint_radius", 21}}}}})
