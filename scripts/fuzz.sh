@@ -18,7 +18,7 @@ case "$target" in
   csv) sources=(datasets/csv.cpp); libs=() ;;
   image) sources=(preprocessing/decode.cpp)
          libs=(-lopencv_imgcodecs -lopencv_imgproc -lopencv_core -ljpeg -lpng16 -lz) ;;
-  pipeline_json) sources=(preprocessing/pipeline.cpp preprocessing/steps.cpp
+  pipeline_json) sources=(preprocessing/pipeline.cpp preprocessing/steps.cpp preprocessing/inpaint.cpp
                           preprocessing/augment.cpp preprocessing/decode.cpp
                           preprocessing/tensor.cpp)
                  libs=(-lopencv_imgcodecs -lopencv_imgproc -lopencv_photo -lopencv_core -ljpeg -lpng16 -lz
