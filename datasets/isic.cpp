@@ -22,6 +22,13 @@ using namespace formats;  // NOLINT(google-build-using-namespace): this file is 
 
 namespace {
 
+// A C0 control character or DEL: refused in ids and class names, which reach file names,
+// checkpoints and terminal lines.
+bool has_control_character(const std::string& s) {
+  return std::any_of(s.begin(), s.end(),
+                     [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
+}
+
 namespace fs = std::filesystem;
 
 // Maps ids to image files by listing the folder once.
@@ -155,10 +162,8 @@ const std::vector<std::string>& image_extensions() {
 
 void check_image_id(const std::string& id, const std::string& where) {
   check(!id.empty(), where, "empty image id");
-  const bool control = std::any_of(id.begin(), id.end(), [](char c) {
-    return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
-  });
-  check(!control, where, "image id '", excerpt(id), "' contains a control character (rejected)");
+  check(!has_control_character(id), where, "image id '", excerpt(id),
+        "' contains a control character (rejected)");
   const bool bad = id.find("..") != std::string::npos || id.find('/') != std::string::npos ||
                    id.find('\\') != std::string::npos;
   check(!bad, where, "image id '", excerpt(id), "' contains a path separator or '..' (rejected)");
@@ -224,8 +229,7 @@ Dataset read_class_folders(const std::string& root, const ReadOptions& options) 
     // A class name goes into checkpoints, reports and terminal lines: a control character in
     // it is refused as in an image id (a terminal escape would reach every summary line).
     const auto name = folder.filename().string();
-    if (std::any_of(name.begin(), name.end(),
-                    [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; })) {
+    if (has_control_character(name)) {
       warnings.push_back(concat(excerpt(folder.string(), 300),
                                 ": a class folder whose name contains a control character, "
                                 "skipped"));
