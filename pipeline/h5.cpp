@@ -289,6 +289,13 @@ std::vector<int64_t> dataset_shape(hid_t loc, const std::string& name, const std
   return std::vector<int64_t>(dims.begin(), dims.end());
 }
 
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string text = "(";
+  for (std::size_t i = 0; i < shape.size(); ++i)
+    text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + ")";
+}
+
 void check_filters_available(hid_t loc, const std::string& name, const std::string& file) {
   silence_hdf5();
   Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));

@@ -136,6 +136,9 @@ at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& fi
 /// Shape of a dataset without reading it.
 std::vector<int64_t> dataset_shape(hid_t loc, const std::string& name, const std::string& file);
 
+/// "(3, 24, 24)": a dataset's shape as messages show it.
+std::string shape_text(const std::vector<int64_t>& shape);
+
 /// Throws Error(file:/name, ...) naming the first filter (compression) of the dataset that this
 /// HDF5 build cannot decode (LZF, Blosc, ... from h5py or plugins): one line before reading,
 /// instead of one read error per chunk.

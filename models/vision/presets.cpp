@@ -41,13 +41,6 @@ const std::vector<std::string> kCnnPresets = {"resnet18", "resnet34", "resnet50"
 const std::vector<std::string> kVitPresets = {"vit_tiny_patch16", "vit_small_patch16",
                                               "vit_base_patch16", "vit_mini_patch8"};
 
-std::string preset_list() {
-  std::string out;
-  for (const auto& name : image_presets())
-    out += (out.empty() ? "" : ", ") + name;
-  return out;
-}
-
 }  // namespace
 
 std::vector<std::string> image_presets() {
@@ -56,6 +49,18 @@ std::vector<std::string> image_presets() {
     names.emplace_back(p.name);
   names.insert(names.end(), kVitPresets.begin(), kVitPresets.end());
   return names;
+}
+
+bool is_image_preset(const std::string& arch) {
+  const auto names = image_presets();
+  return std::find(names.begin(), names.end(), arch) != names.end();
+}
+
+std::string image_preset_list() {
+  std::string out;
+  for (const auto& name : image_presets())
+    out += (out.empty() ? "" : ", ") + name;
+  return out;
 }
 
 bool is_attention_cnn(const std::string& arch) {
@@ -68,9 +73,8 @@ bool is_vit(const std::string& arch) {
 }
 
 ImageModelConfig resolve_image_config(const ImageModelConfig& config) {
-  const auto names = image_presets();
-  check(std::find(names.begin(), names.end(), config.arch) != names.end(), "model config",
-        "unknown arch '", excerpt(config.arch, 100), "' (presets: ", preset_list(), ")");
+  check(is_image_preset(config.arch), "model config", "unknown arch '", excerpt(config.arch, 100),
+        "' (presets: ", image_preset_list(), ")");
   check(config.num_classes > 0, "model config", "num_classes must be positive, got ",
         config.num_classes);
   check(config.in_channels > 0, "model config", "in_channels must be positive, got ",

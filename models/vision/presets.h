@@ -63,6 +63,10 @@ struct ImageModelConfig {
 
 /// Every preset name.
 std::vector<std::string> image_presets();
+/// True when `arch` is one of image_presets().
+bool is_image_preset(const std::string& arch);
+/// image_presets() joined by ", ", for messages that list them.
+std::string image_preset_list();
 
 /// True for attn_* presets.
 bool is_attention_cnn(const std::string& arch);

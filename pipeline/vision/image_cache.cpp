@@ -36,14 +36,8 @@ std::size_t chunk_samples(const preprocessing::Pipeline& pipeline) {
                                  kChunkSamples);
 }
 
+using h5::shape_text;
 using h5::where;
-
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string s = "(";
-  for (std::size_t i = 0; i < shape.size(); ++i)
-    s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + ")";
-}
 
 void write_strings(hid_t loc, const std::string& name, const std::vector<std::string>& values,
                    const std::string& file) {

@@ -122,16 +122,10 @@ LoadedImageClassifier load_image_classifier(const std::string& path) {
   const auto& mc = out.meta.model_config;
   if (mc.contains("arch") && mc.at("arch").is_string()) {
     const auto arch = mc.at("arch").get<std::string>();
-    const auto presets = vision::image_presets();
     check(arch != "rnn" && arch != "transformer", path, "is a '", arch,
           "' checkpoint: a seq2seq model (attnscope seq2seq), not an image classifier");
-    if (std::find(presets.begin(), presets.end(), arch) == presets.end()) {
-      std::string names;
-      for (const auto& p : presets)
-        names += (names.empty() ? "" : ", ") + p;
-      throw Error(path, concat("is a '", excerpt(arch, 100),
-                               "' checkpoint, not one of the image classifiers (", names, ")"));
-    }
+    check(vision::is_image_preset(arch), path, "is a '", excerpt(arch, 100),
+          "' checkpoint, not one of the image classifiers (", vision::image_preset_list(), ")");
   }
   // The stored preprocessing, checked here so that every command's error names the file.
   const auto& pc = out.meta.preprocessing_config;

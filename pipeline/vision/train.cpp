@@ -4,12 +4,15 @@
 #include <cmath>
 #include <csignal>
 #include <filesystem>
+#include <initializer_list>
+#include <map>
 #include <numeric>
 #include <sstream>
 
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
 #include "attnscope/json_text.h"
+#include "attnscope/printable.h"
 #include "attnscope/version.h"
 #include "datasets/splits.h"
 #include "pipeline/checkpoint.h"
@@ -298,21 +301,43 @@ void check_no_failures(const datasets::Batch& batch, const char* phase) {
 
 }  // namespace
 
+const std::vector<std::string>& train_option_words(const std::string& flag) {
+  static const std::map<std::string, std::vector<std::string>> words = {
+      {"schedule", {"cosine", "step", "constant"}},
+      {"loss", {"ce", "weighted-ce", "focal"}},
+      {"sampler", {"shuffle", "balanced"}},
+      {"select-by", {"auc", "loss", "accuracy", "balanced_accuracy"}},
+      {"distill", {"soft", "hard"}},
+  };
+  const auto it = words.find(flag);
+  check(it != words.end(), "train", "no option words for '", flag, "'");
+  return it->second;
+}
+
+std::string bad_train_word(const std::string& flag, const std::string& value) {
+  const auto& allowed = train_option_words(flag);
+  if (std::find(allowed.begin(), allowed.end(), value) != allowed.end()) return {};
+  std::string list;
+  for (std::size_t i = 0; i < allowed.size(); ++i)
+    list += (i == 0 ? "" : i + 1 == allowed.size() ? " or " : ", ") + allowed[i];
+  return concat(flag, " must be ", list, ", got '", excerpt(value, 60), "'");
+}
+
 ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSource> train,
                                         std::shared_ptr<const datasets::SampleSource> val,
                                         const ImageTrainOptions& options) {
   const auto& o = options;
   check(o.batch_size >= 1 && o.epochs >= 1, "train", "batch size and epochs must be >= 1");
-  check(o.loss == "ce" || o.loss == "weighted-ce" || o.loss == "focal", "train",
-        "loss must be ce, weighted-ce or focal, got '", o.loss, "'");
-  check(o.sampler == "shuffle" || o.sampler == "balanced", "train",
-        "sampler must be shuffle or balanced, got '", o.sampler, "'");
-  check(o.select_by == "auc" || o.select_by == "loss" || o.select_by == "accuracy" ||
-            o.select_by == "balanced_accuracy",
-        "train", "select-by must be auc, loss, accuracy or balanced_accuracy, got '", o.select_by,
-        "'");
-  check(o.schedule == "cosine" || o.schedule == "step" || o.schedule == "constant", "train",
-        "schedule must be cosine, step or constant, got '", o.schedule, "'");
+  for (const auto& [flag, value] :
+       std::initializer_list<std::pair<const char*, const std::string*>>{
+           {"loss", &o.loss},
+           {"sampler", &o.sampler},
+           {"select-by", &o.select_by},
+           {"schedule", &o.schedule},
+           {"distill", &o.distill}}) {
+    const auto bad = bad_train_word(flag, *value);
+    check(bad.empty(), "train", bad);
+  }
   runtime::check_device(o.device, "train");  // the command checked it before reading data
   runtime::use_device(o.device);             // cuda:N: LibTorch's work goes there, not to GPU 0
   check(runtime::is_precision_name(o.precision), "train", "precision must be fp32 or bf16, got '",
@@ -322,8 +347,6 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   check(o.warmup_epochs >= 0 && o.focal_gamma >= 0, "train",
         "warmup epochs and focal gamma must be >= 0");
   check(!o.out_dir.empty(), "train", "no run folder given");
-  check(o.distill == "soft" || o.distill == "hard", "train", "distill must be soft or hard, got '",
-        o.distill, "'");
   check(o.distill_alpha >= 0 && o.distill_alpha <= 1 && o.distill_temperature > 0, "train",
         "distill alpha must be in [0, 1] and the temperature > 0");
   check_classes(*train, "training set", true);

@@ -138,6 +138,14 @@ struct ImageTrainOptions {
   std::function<int()> stop_requested;
 };
 
+/// The words an ImageTrainOptions text field accepts, by the command-line flag that sets it:
+/// "schedule", "loss", "sampler", "select-by", "distill". train_image_classifier refuses any
+/// other word; the command line checks them first, with these lists.
+const std::vector<std::string>& train_option_words(const std::string& flag);
+/// Empty when `value` is one of train_option_words(flag), else
+/// "FLAG must be A, B or C, got 'VALUE'".
+std::string bad_train_word(const std::string& flag, const std::string& value);
+
 /// The options that define the training, as stored in checkpoints ("training_config").
 nlohmann::json image_train_options_to_json(const ImageTrainOptions& options);
 

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <iomanip>
 #include <iostream>
 #include <limits>
@@ -269,15 +270,9 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   const auto fail = [&](const std::string& m) { throw UsageError(m, usage); };
   if (!resume_flag.empty()) fail("--resume RUN takes no other options (the run's are used)");
   if (!resume_dir.empty()) out = resume_dir;
-  {
-    const auto presets = models::vision::image_presets();
-    if (std::find(presets.begin(), presets.end(), model_name) == presets.end()) {
-      std::string list;
-      for (const auto& p : presets)
-        list += (list.empty() ? "" : ", ") + p;
-      fail("--model: unknown preset '" + model_name + "' (presets: " + list + ")");
-    }
-  }
+  if (!models::vision::is_image_preset(model_name))
+    fail("--model: unknown preset '" + model_name +
+         "' (presets: " + models::vision::image_preset_list() + ")");
   if (size < 16 || size > 4096) fail("--size must be in [16, 4096]");  // model_config's range
   if (batch_size < 1 || epochs < 1) fail("--batch-size and --epochs must be >= 1");
   if (batch_size > 65536) fail("--batch-size must be at most 65536");
@@ -285,18 +280,15 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   if (optimizer != "sgd" && optimizer != "adamw") fail("--optimizer must be sgd or adamw");
   // The other words too, before the run folder is made (train() checks them again for its
   // other callers).
-  const auto one_of = [&](const char* flag, const std::string& value,
-                          const std::vector<std::string>& allowed) {
-    if (std::find(allowed.begin(), allowed.end(), value) != allowed.end()) return;
-    std::string list;
-    for (std::size_t i = 0; i < allowed.size(); ++i)
-      list += (i == 0 ? "" : i + 1 == allowed.size() ? " or " : ", ") + allowed[i];
-    fail(concat(flag, " must be ", list, ", got '", excerpt(value, 60), "'"));
-  };
-  one_of("--schedule", schedule, {"cosine", "step", "constant"});
-  one_of("--loss", loss, {"ce", "weighted-ce", "focal"});
-  one_of("--sampler", sampler, {"shuffle", "balanced"});
-  one_of("--select-by", select_by, {"auc", "loss", "accuracy", "balanced_accuracy"});
+  for (const auto& [flag, value] :
+       std::initializer_list<std::pair<const char*, const std::string*>>{{"schedule", &schedule},
+                                                                         {"loss", &loss},
+                                                                         {"sampler", &sampler},
+                                                                         {"select-by", &select_by},
+                                                                         {"distill", &distill}}) {
+    const auto bad = pipeline::bad_train_word(flag, *value);
+    if (!bad.empty()) fail("--" + bad);
+  }
   // Every number before any work (NaN fails every comparison, so each test is written to pass
   // only for a number inside the range).
   const auto in_range = [&](const char* flag, double v, double lo, bool lo_open, double hi,
@@ -325,8 +317,6 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   in_range("drop-path", drop_path, 0, false, 1, true);
   in_range("distill-alpha", distill_alpha, 0, false, 1, false);
   in_range("distill-temperature", distill_temperature, 0, true, 1000, false);
-  if (distill != "soft" && distill != "hard")
-    fail("--distill must be soft or hard, got '" + distill + "'");
   if (drop_path > 0 && !models::vision::is_vit(model_name))
     fail("--drop-path applies to the ViT presets only (stochastic depth of their blocks), not '" +
          model_name + "'");

@@ -3,6 +3,7 @@
 // training_test.cpp and end to end in tests/cli/train_cli_test.cpp.
 
 #include <cmath>
+#include <string>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -127,6 +128,36 @@ TEST(IndexedSource, RefusesIndicesOutOfRange) {
   IndexedSource repeated(base, {2, 2, 0});
   EXPECT_EQ(repeated.size(), 3u);
   EXPECT_EQ(repeated.sample(1).image_id, base->sample(2).image_id);
+}
+
+TEST(TrainOptionWords, EachListIsAcceptedAndAnyOtherWordIsRefusedByTrainingNamingTheList) {
+  EXPECT_EQ(bad_train_word("select-by", "f1"),
+            "select-by must be auc, loss, accuracy or balanced_accuracy, got 'f1'");
+  EXPECT_EQ(bad_train_word("distill", "medium"), "distill must be soft or hard, got 'medium'");
+  EXPECT_THROW(train_option_words("optimizer"), Error);  // no list: a programming error
+  const auto base = std::make_shared<datasets::SyntheticSource>(4, 0);
+  for (const char* flag : {"schedule", "loss", "sampler", "select-by", "distill"}) {
+    SCOPED_TRACE(flag);
+    const auto& words = train_option_words(flag);
+    ASSERT_GE(words.size(), 2u);
+    for (const auto& word : words)
+      EXPECT_EQ(bad_train_word(flag, word), "");
+    // train_image_classifier checks the words before it reads any sample or folder.
+    ImageTrainOptions options;
+    options.out_dir = "/nonexistent/run";
+    std::string* field = std::string(flag) == "schedule"    ? &options.schedule
+                         : std::string(flag) == "loss"      ? &options.loss
+                         : std::string(flag) == "sampler"   ? &options.sampler
+                         : std::string(flag) == "select-by" ? &options.select_by
+                                                            : &options.distill;
+    *field = words.front() + "x";
+    try {
+      train_image_classifier(base, base, options);
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()), "train: " + bad_train_word(flag, *field));
+    }
+  }
 }
 
 }  // namespace
