@@ -174,6 +174,14 @@ std::string default_images_dir(const std::string& csv_path) {
   return fs::is_directory(dir) ? dir.string() : std::string();
 }
 
+std::string dataset_folder_csv(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return {};
+  const auto csv = fs::path(dir) / "labels.csv";
+  if (!fs::is_regular_file(csv, ec) || !fs::is_directory(fs::path(dir) / "images", ec)) return {};
+  return csv.string();
+}
+
 Format detect_format(const std::string& csv_path) {
   if (fs::is_directory(csv_path)) return Format::kFolders;
   // A binary file given where a CSV belongs (an image cache, a checkpoint, an image) is named as

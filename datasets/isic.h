@@ -42,6 +42,12 @@ Dataset read_dataset(const std::string& path, const ReadOptions& options = {});
 /// and the shared ISIC folders keep their images.
 std::string default_images_dir(const std::string& csv_path);
 
+/// `<dir>/labels.csv` when `dir` is a dataset folder as `attnscope synth` writes it and the
+/// shared ISIC folders are laid out (a regular file labels.csv beside an images/ folder), else
+/// "". The command line's --data reads such a folder as that CSV unless --format folders asks
+/// for class folders.
+std::string dataset_folder_csv(const std::string& dir);
+
 /// Reads class folders: every sub-folder of root is a class (sorted by name; binary mode
 /// needs exactly {benign, malignant}), every image file in it a sample (sorted by name).
 Dataset read_class_folders(const std::string& root, const ReadOptions& options = {});

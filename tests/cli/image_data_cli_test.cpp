@@ -1,6 +1,7 @@
 // End-to-end tests of `attnscope preprocess`, `synth` and `cache`: a real process on a folder
 // of good and bad files written by the test itself.
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -187,6 +188,32 @@ TEST(DataCliSplit, Ham10000SplitsKeepLesionsTogether) {
   const auto bad = test::run_process(exe() + " split --data " + ham + " --out " + (dir / "x.csv") +
                                      " --val 0.6 --test 0.5");
   EXPECT_EQ(bad.status, 2) << bad.output;
+}
+
+TEST(DataCliSplit, ADatasetFolderIsReadAsItsLabelsCsvWhichIsNeverAnOutput) {
+  test::TempDir dir;
+  const auto d = dir / "synth";
+  ASSERT_EQ(test::run_process(exe() + " synth --out " + d + " --count 8 --size 32").status, 0);
+  const auto labels = test::read_text(d + "/labels.csv");
+  const auto a = test::run_process(exe() + " split --data " + d + " --out " + (dir / "a.csv"));
+  ASSERT_EQ(a.status, 0) << a.output;
+  const auto b =
+      test::run_process(exe() + " split --data " + d + "/labels.csv --out " + (dir / "b.csv"));
+  ASSERT_EQ(b.status, 0) << b.output;
+  EXPECT_EQ(test::read_text(dir / "a.csv"), test::read_text(dir / "b.csv"));
+  EXPECT_EQ(std::count(labels.begin(), labels.end(), '\n'), 9);
+  // The folder's labels.csv is an input: never the output, the run stops before reading it.
+  for (const auto& out : {d + "/labels.csv", d + "/./labels.csv"}) {
+    const auto r = test::run_process(exe() + " split --data " + d + " --out " + out);
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_NE(r.output.find("--data"), std::string::npos) << r.output;
+    EXPECT_EQ(test::read_text(d + "/labels.csv"), labels);
+  }
+  // --format folders still reads class folders (images/ and masks/ are no classes).
+  const auto f = test::run_process(exe() + " split --data " + d + " --format folders --out " +
+                                   (dir / "f.csv"));
+  EXPECT_EQ(f.status, 1) << f.output;
+  EXPECT_NE(f.output.find("class folder 'images'"), std::string::npos) << f.output;
 }
 
 }  // namespace

@@ -536,6 +536,17 @@ TEST(TrainCli, ABatchNormOverOneByOneMapsNeverTrainsOnALoneImage) {
       << r.output;
   EXPECT_EQ(r.output.find("Expected more than 1 value"), std::string::npos) << r.output;
   EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  // The failed run leaves no folder behind: neither the one it made (b), nor after a data
+  // error (c); a folder that was there before (d, empty) stays.
+  EXPECT_FALSE(fs::exists(dir / "b"));
+  r = test::run_process(exe() + " --threads 1 train --data " + (dir / "none.csv") +
+                        " --model resnet18 --quiet --out " + (dir / "c") + " 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "c"));
+  fs::create_directories(dir / "d");
+  r = test::run_process(base + " --batch-size 1 --out " + (dir / "d") + " 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_TRUE(fs::is_directory(dir / "d"));
 }
 
 // A run folder in use (util-linux flock(1) holds its lock, as a live `attnscope train` does:

@@ -355,6 +355,25 @@ TEST(IsicReaders, MissingImagesNameWhatTheListingPassedOver) {
   EXPECT_NE(msg.find((dir.path() / "img/c.png").string()), std::string::npos) << msg;
 }
 
+TEST(IsicReaders, ADatasetFolderIsItsLabelsCsvBesideAnImagesFolder) {
+  test::TempDir dir;
+  const auto d = dir.path() / "synth";
+  fs::create_directories(d / "images");
+  EXPECT_EQ(dataset_folder_csv(d.string()), "");  // no labels.csv yet
+  const auto csv = write(dir, "synth/labels.csv", "image_id,label\n");
+  EXPECT_EQ(dataset_folder_csv(d.string()), csv);
+  EXPECT_EQ(dataset_folder_csv(csv), "");  // a file is not a folder
+  // Class folders with a labels.csv but no images/ folder stay class folders; a labels.csv
+  // that is a folder is not a CSV.
+  fs::create_directories(dir.path() / "classes/benign");
+  write(dir, "classes/labels.csv", "image_id,label\n");
+  EXPECT_EQ(dataset_folder_csv((dir.path() / "classes").string()), "");
+  fs::create_directories(dir.path() / "odd/images");
+  fs::create_directories(dir.path() / "odd/labels.csv");
+  EXPECT_EQ(dataset_folder_csv((dir.path() / "odd").string()), "");
+  EXPECT_EQ(dataset_folder_csv((dir.path() / "none").string()), "");
+}
+
 TEST(IsicReaders, FormatNamesRoundTrip) {
   for (auto f : {Format::kIsic2016, Format::kHam10000, Format::kGeneric, Format::kFolders})
     EXPECT_EQ(format_from_name(format_name(f)), f);

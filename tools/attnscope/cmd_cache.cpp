@@ -50,7 +50,7 @@ int run_cache(const std::vector<std::string>& args, const GlobalOptions&) {
         "the steps must end with a resize: every cached image needs the same size");
   const auto ds = data.read(usage_text(usage, desc));
   // --out must not be one of the inputs: the rename at the end would replace it.
-  check_not_an_input(out, data.data, "--data");
+  check_not_an_input(out, data.resolved(), "--data");
   for (const auto& s : ds.samples) {
     check_not_an_input(out, s.path, "an image of the dataset");
     if (s.mask_path) check_not_an_input(out, *s.mask_path, "a mask of the dataset");

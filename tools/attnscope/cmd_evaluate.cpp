@@ -98,7 +98,7 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
     check(out.empty() || !same_file(out, predictions), out,
           "is given as both --out and --predictions: choose two files");
   };
-  check_outputs({{model_path, "--model"}, {data.data, "--data"}});
+  check_outputs({{model_path, "--model"}, {data.resolved(), "--data"}});
   // Where they go, before the evaluation (a missing folder or a folder given as the file was
   // found only at the end, after hours on a large set).
   for (const auto& dest : {out, predictions}) {

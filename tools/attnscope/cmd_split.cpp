@@ -39,7 +39,7 @@ int run_split(const std::vector<std::string>& args, const GlobalOptions&) {
     fail("--val and --test must be >= 0 with a sum < 1");
   if (folds == 1 || folds < 0) fail("--folds must be 0 or >= 2");
   if (!std::isfinite(o.val) || !std::isfinite(o.test)) fail("--val and --test must be numbers");
-  check_not_an_input(out, data.data, "--data");
+  check_not_an_input(out, data.resolved(), "--data");
   ensure_writable_folder(out);
   const auto ds = data.read(usage_text(usage, desc));
   check(!ds.samples.empty(), data.data, "no samples to split");

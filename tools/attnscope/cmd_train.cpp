@@ -410,6 +410,9 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   if (world > 1) group = std::make_unique<pipeline::DistributedGroup>(dist_config);
   const bool main_rank = !group || group->is_main();
   if (!main_rank) quiet = true;
+  // A run folder this command made and left empty (the data or the first batch failed) is
+  // removed again, so the failure leaves nothing behind.
+  bool made_folder = false;
   try {
     const bool resume = !resume_dir.empty();
     if (resume) {
@@ -425,7 +428,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     std::optional<FolderLock> folder_lock;
     std::error_code ec;
     if (main_rank) {
-      fs::create_directories(out, ec);
+      made_folder = !fs::exists(out, ec) && fs::create_directories(out, ec);
       check(fs::is_directory(out), out, "cannot create the run folder",
             ec ? concat(" (", ec.message(), ")") : std::string());
       check(::access(out.c_str(), W_OK) == 0, out, "run folder is not writable");
@@ -761,6 +764,8 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     return 0;
   } catch (const std::exception& e) {
     if (group) group->report_failure(e.what());
+    std::error_code ec;
+    if (made_folder && fs::is_empty(out, ec)) fs::remove(out, ec);  // removes an empty folder only
     throw;
   }
 }

@@ -28,8 +28,8 @@ struct DatasetFlags {
     // clang-format off
     desc.add_options()
         ("data", data_value,
-         "ground-truth CSV (any ISIC layout, HAM10000, image_id,label) or a folder of class "
-         "folders")
+         "ground-truth CSV (any ISIC layout, HAM10000, image_id,label), a folder holding "
+         "labels.csv and images/ (as synth writes it), or a folder of class folders")
         ("images", po::value(&images)->default_value(""),
          "folder holding the images; default: the images/ folder next to the CSV")
         ("format", po::value(&format)->default_value("auto"),
@@ -43,6 +43,17 @@ struct DatasetFlags {
     // clang-format on
   }
 
+  /// What --data names: a dataset folder (labels.csv beside images/, as synth writes it) is
+  /// its labels.csv unless --format folders asks for class folders; anything else as given.
+  std::string resolved() const {
+    try {
+      if (datasets::format_from_name(format) == datasets::Format::kFolders) return data;
+    } catch (const Error&) {  // read() names a bad --format
+    }
+    const auto csv = datasets::dataset_folder_csv(data);
+    return csv.empty() ? data : csv;
+  }
+
   /// Reads the dataset; a bad --format is a UsageError.
   datasets::Dataset read(const std::string& usage) const {
     datasets::ReadOptions o;
@@ -54,8 +65,9 @@ struct DatasetFlags {
     o.mode = multiclass ? datasets::LabelMode::kMultiClass : datasets::LabelMode::kBinary;
     o.ak_malignant = !ak_benign;
     o.skip_missing = skip_missing;
-    o.images_dir = images.empty() ? datasets::default_images_dir(data) : images;
-    auto ds = datasets::read_dataset(data, o);
+    const auto path = resolved();
+    o.images_dir = images.empty() ? datasets::default_images_dir(path) : images;
+    auto ds = datasets::read_dataset(path, o);
     // Unusable folder entries (symlink loops, dangling links): one line each, the run goes on.
     for (const auto& w : ds.warnings)
       std::cerr << "warning: " << w << "\n";
