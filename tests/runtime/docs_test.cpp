@@ -2,7 +2,8 @@
 // …); a renamed or deleted test or file leaves a citation that proves nothing. This checks every
 // citation in README.md and docs/*.md against the tree: `Suite.Name` must be a TEST, TEST_F or
 // TEST_P of tests/ (`Suite.*` a suite), and a repository path (`pipeline/…`, `tests/…`, globs
-// and {a,b} alternatives included) must match a file or folder. It lives in test_runtime, the
+// and {a,b} alternatives included) must match a file or folder, and an include path of the
+// common headers (`attnscope/error.h`) a header of common/attnscope/. It lives in test_runtime, the
 // smallest test binary, because it needs no library.
 #include <glob.h>
 
@@ -89,6 +90,8 @@ TEST(Docs, EveryCitedTestAndSourcePathExists) {
       R"((?:^|[^\w/.])([A-Z][A-Za-z0-9]*[a-z][A-Za-z0-9]*)\.([A-Z][A-Za-z0-9_]*|\*)(?![\w(]))");
   const std::regex path_ref(
       R"((?:^|[^\w./-])((?:bench|tests|docs|pipeline|models|datasets|preprocessing|runtime|common|tools|scripts|cmake|\.ci)/[\w./*{},-]*[\w*}]))");
+  // Include paths of the common headers (`attnscope/folder_lock.h`): common/attnscope/….
+  const std::regex include_ref(R"((?:^|[^\w./-])(attnscope/\w+\.h)\b)");
   int cited_tests = 0, cited_paths = 0;
   std::vector<std::string> missing;
   for (const auto& c : code_spans()) {
@@ -103,6 +106,11 @@ TEST(Docs, EveryCitedTestAndSourcePathExists) {
       ++cited_paths;
       if (!matches_something((*it)[1].str()))
         missing.push_back(where + (*it)[1].str() + " matches no file");
+    }
+    for (std::sregex_iterator it(c.text.begin(), c.text.end(), include_ref), end; it != end; ++it) {
+      ++cited_paths;
+      if (!matches_something("common/" + (*it)[1].str()))
+        missing.push_back(where + (*it)[1].str() + " is no header of common/attnscope/");
     }
   }
   // The docs cite well over a hundred of each; far fewer means the patterns stopped matching.
