@@ -23,6 +23,7 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
 
 namespace attnscope::runtime {
@@ -321,6 +322,7 @@ void on_stop_signal(int sig) {
     sigemptyset(&fallback.sa_mask);
     ::sigaction(SIGINT, &fallback, nullptr);
     ::sigaction(SIGTERM, &fallback, nullptr);
+    remove_live_temporaries();  // AtomicFile's, which no destructor removes now
     ::raise(sig);
   }
   // Otherwise a copy of the first request (Slurm's and srun's, or torchrun's agent's and the

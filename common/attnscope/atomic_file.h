@@ -9,11 +9,18 @@
 //   out.commit();                         // fsync, close, rename; throws Error on any failure
 //
 // Without commit() (an exception on the way) the destructor removes the temporary file.
+//
+// A signal that ends the process (SIGTERM, SIGINT, SIGHUP by default) runs no destructor:
+// remove_temporaries_on_signals() installs handlers that remove every live temporary file
+// (the registry below) and then end the process as the signal would have. SIGKILL leaves the
+// temporary behind; the target is untouched either way.
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -25,6 +32,67 @@
 #include "attnscope/error.h"
 
 namespace attnscope {
+
+namespace atomic_file_detail {
+
+// The paths of the live temporary files, readable from a signal handler: a fixed array of
+// slots, each a state (0 free, 1 being filled, 2 live) and a copy of the path. A temporary
+// whose path does not fit, or that finds no free slot, is simply not registered.
+struct Slot {
+  std::atomic<int> state{0};
+  char path[4096];
+};
+inline std::array<Slot, 64> g_slots;
+
+inline int register_temporary(const std::string& path) {
+  if (path.size() >= sizeof(Slot::path)) return -1;
+  for (std::size_t i = 0; i < g_slots.size(); ++i) {
+    int expected = 0;
+    if (!g_slots[i].state.compare_exchange_strong(expected, 1)) continue;
+    std::memcpy(g_slots[i].path, path.c_str(), path.size() + 1);
+    g_slots[i].state.store(2);
+    return static_cast<int>(i);
+  }
+  return -1;
+}
+
+inline void unregister_temporary(int slot) {
+  if (slot >= 0) g_slots[static_cast<std::size_t>(slot)].state.store(0);
+}
+
+}  // namespace atomic_file_detail
+
+/// Removes every live temporary file of this process. Async-signal-safe (atomics, unlink).
+inline void remove_live_temporaries() {
+  for (auto& slot : atomic_file_detail::g_slots)
+    if (slot.state.load() == 2) ::unlink(slot.path);
+}
+
+namespace atomic_file_detail {
+inline void remove_and_end(int sig) {
+  remove_live_temporaries();
+  struct sigaction fallback {};
+  fallback.sa_handler = SIG_DFL;
+  sigemptyset(&fallback.sa_mask);
+  ::sigaction(sig, &fallback, nullptr);
+  ::raise(sig);  // blocked while this handler runs: ends the process when it returns
+}
+}  // namespace atomic_file_detail
+
+/// SIGTERM, SIGINT and SIGHUP remove the live temporary files, then end the process as they
+/// would have (exit status 128 + the signal). A signal the parent ignores (nohup) stays
+/// ignored. Commands that stop gracefully (runtime::stop_on_signals) replace the handlers of
+/// SIGINT and SIGTERM afterwards.
+inline void remove_temporaries_on_signals() {
+  struct sigaction action {};
+  action.sa_handler = atomic_file_detail::remove_and_end;
+  sigemptyset(&action.sa_mask);
+  for (const int sig : {SIGTERM, SIGINT, SIGHUP}) {
+    struct sigaction old {};
+    if (::sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) continue;
+    ::sigaction(sig, &action, nullptr);
+  }
+}
 
 class AtomicFile {
  public:
@@ -55,12 +123,14 @@ class AtomicFile {
       if (!name.empty() && static_cast<unsigned char>(name.back()) >= 0xC0) name.pop_back();
     }
     temp_ = (dir / concat(".", name, suffix)).string();
+    slot_ = atomic_file_detail::register_temporary(temp_);
   }
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
   ~AtomicFile() {
     if (fd_ >= 0) ::close(fd_);
     if (!committed_) ::unlink(temp_.c_str());
+    atomic_file_detail::unregister_temporary(slot_);
   }
 
   const std::string& path() const { return path_; }
@@ -124,6 +194,7 @@ class AtomicFile {
   std::string temp_;
   int fd_ = -1;
   bool committed_ = false;
+  int slot_ = -1;  ///< in atomic_file_detail::g_slots, -1 when not registered
 };
 
 /// Replaces `path` with `contents` atomically (AtomicFile).

@@ -77,6 +77,10 @@ const char* const* report_sort_keys();
 std::string render_report(const std::string& results_path, const ReportOptions& options,
                           ReportSummary* summary = nullptr);
 
+/// Reads `results_path` as render_report does, without rendering: throws the Error
+/// render_report would for a file it cannot show (merge_results checks its inputs with it).
+void check_report_reads(const std::string& results_path);
+
 /// render_report, then written to `out_path` through AtomicFile (the previous report stays
 /// intact on any failure).
 ReportSummary write_report(const std::string& results_path, const std::string& out_path,

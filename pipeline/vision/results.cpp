@@ -22,6 +22,7 @@
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
 #include "attnscope/printable.h"
+#include "pipeline/vision/report.h"
 #include "preprocessing/decode.h"
 
 namespace attnscope::pipeline {
@@ -1026,6 +1027,12 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
     if (it != f.attributes.end()) return it->second;
     return std::string(k == "precision" ? kPrecisionBeforeTheAttribute : "<absent>");
   };
+  // A shard whose classify run was stopped or killed (finished_at "") misses images; merged,
+  // they would be lost without a word and the file could claim to be finished.
+  for (const auto& f : files)
+    check(attr(f, "finished_at") != "", f.path,
+          "is from a classify run that did not finish (finished_at is empty): complete it with "
+          "the same command and --resume, then merge");
   for (std::size_t i = 1; i < files.size(); ++i) {
     const auto& f = files[i];
     for (const char* k :
@@ -1039,6 +1046,12 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
   std::vector<h5::Handle> ins;
   for (const auto& f : files)
     ins.push_back(open_read(f.path));
+  // The earliest start and the latest end of the shards (ISO 8601 UTC text sorts by time).
+  std::string started = attr(first, "started_at"), finished = attr(first, "finished_at");
+  for (const auto& f : files) {
+    if (f.attributes.count("started_at")) started = std::min(started, attr(f, "started_at"));
+    if (f.attributes.count("finished_at")) finished = std::max(finished, attr(f, "finished_at"));
+  }
   // Every dataset holds a row for each image (errors/*: each error) the merge copies — the
   // file's num_images / num_errors, or where those are absent its longest id or prediction
   // list (so a short dataset is refused, not a cause to drop rows) — and rows of the first
@@ -1148,11 +1161,20 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
   for (std::size_t k = 0; k < errs.size(); ++k)
     dest_errs[errs[k].file][errs[k].row] = static_cast<int64_t>(k);
 
+  // Whatever report would refuse to show (a schema version, a map or a value it cannot read)
+  // is refused here too, so that a merged file is one report reads.
+  for (const auto& f : files)
+    vision::check_report_reads(f.path);
+
   AtomicFile target(out);
   {
     auto o = open_file(target.temp_path(), true);
     for (const auto& [k, v] : first.attributes)
       h5::write_attribute(o.get(), k, v, target.temp_path());
+    if (first.attributes.count("started_at"))
+      h5::write_attribute(o.get(), "started_at", started, out);
+    if (first.attributes.count("finished_at"))
+      h5::write_attribute(o.get(), "finished_at", finished, out);
     h5::write_attribute(o.get(), "shard", "merged", out);
     h5::write_attribute(o.get(), "command_line", command_line, out);
     h5::write_attribute(o.get(), "num_images", std::to_string(rows.size()), out);

@@ -1208,6 +1208,10 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
   const auto index_dup = craft("index_dup", "f['images/index'][0] = f['images/index'][1]");
   // Row counts: "-3" was read as 18446744073709551613 by merge, "1.5" as 1 on --resume.
   const auto minus3 = craft("minus3", "f.attrs['num_images'] = '-3'");
+  // A stopped or killed classify's shard (finished_at "") misses images: merged, they were
+  // lost without a word. A schema version report cannot read: merge made a file report refused.
+  const auto unfinished = craft("unfinished", "f.attrs['finished_at'] = ''");
+  const auto schema2 = craft("schema2", "f.attrs['schema_version'] = '2'");
   fs::copy(dir / "s0", dir / "r1", fs::copy_options::recursive);
   std::ofstream(dir / "half.py") << "import sys, h5py\nf = h5py.File(sys.argv[1], 'r+')\n"
                                     "f.attrs['num_errors'] = '1.5'\nf.attrs['finished_at'] = ''\n";
@@ -1240,6 +1244,11 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
        pred7 + ":/predictions/label: row 0 holds class 7, outside 0..1"},
       {"report --results " + q(nan_prob) + " --out " + q(dir / "r5.html"),
        nan_prob + ":/predictions/probability: row 2 holds a value outside [0, 1]"},
+      {"merge " + q(s1) + " " + q(unfinished) + " --out " + q(dir / "m11.h5"),
+       unfinished + ": is from a classify run that did not finish (finished_at is empty): "
+                    "complete it with the same command and --resume, then merge"},
+      {"merge " + q(schema2) + " --out " + q(dir / "m12.h5"),
+       schema2 + ": has results schema version '2'; this attnscope reads version 1"},
       {"merge " + q(index_dup) + " " + q(s1) + " --out " + q(dir / "m9.h5"),
        index_dup + ":/images/index: row 1 holds input position "},
       {"merge " + q(minus3) + " " + q(s1) + " --out " + q(dir / "m10.h5"),
@@ -1291,7 +1300,14 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
   EXPECT_EQ(read_bytes(model), model_bytes);
   EXPECT_EQ(read_bytes(images + "/labels.csv"), labels);
   EXPECT_EQ(read_bytes(dir / "copy.h5"), copy_bytes);
-  EXPECT_EQ(pipeline::read_results(dir / "m1.h5").ids.size(), 8u);
+  const auto merged = pipeline::read_results(dir / "m1.h5");
+  EXPECT_EQ(merged.ids.size(), 8u);
+  // The merged run started with the first shard and finished with the last.
+  const auto a = pipeline::read_results(s0).attributes, b = pipeline::read_results(s1).attributes;
+  EXPECT_EQ(merged.attributes.at("started_at"), std::min(a.at("started_at"), b.at("started_at")));
+  EXPECT_EQ(merged.attributes.at("finished_at"),
+            std::max(a.at("finished_at"), b.at("finished_at")));
+  EXPECT_FALSE(fs::exists(dir / "m11.h5"));
 }
 
 }  // namespace

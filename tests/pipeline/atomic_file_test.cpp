@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <string>
 
@@ -139,6 +140,54 @@ TEST_F(AtomicFileTest, FaultHelpersLimitFileSizeAndKill) {
   EXPECT_FALSE(quick.killed);
   EXPECT_EQ(quick.status, 0);
   EXPECT_EQ(quick.output, "done\n");
+}
+
+// A signal that ends the process runs no destructor: with remove_temporaries_on_signals() the
+// live temporary files go with it (report and merge left 23-33 MB ones behind on SIGTERM), the
+// process still ends by that signal, and the target keeps its old contents. A signal the parent
+// ignores (nohup) stays ignored: the child then finishes and commits.
+TEST_F(AtomicFileTest, ASignalThatEndsTheProcessRemovesItsLiveTemporaryFiles) {
+  const auto target = (dir_ / "report.html").string();
+  for (const int sig : {SIGTERM, SIGINT, SIGHUP, 0}) {
+    SCOPED_TRACE(sig);
+    { std::ofstream(target) << "old"; }
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      const int raised = sig == 0 ? SIGTERM : sig;
+      if (sig == 0) ::signal(SIGTERM, SIG_IGN);  // as under nohup
+      remove_temporaries_on_signals();
+      AtomicFile first(target), second((dir_ / "other.txt").string());
+      first.write("new contents");
+      second.write("x");
+      {
+        AtomicFile done((dir_ / "done.txt").string());
+        done.write("y");
+        done.commit();
+      }
+      ::raise(raised);
+      first.commit();
+      ::_exit(0);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    std::set<std::string> names;
+    for (const auto& e : fs::directory_iterator(dir_))
+      names.insert(e.path().filename().string());
+    if (sig == 0) {
+      EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+      EXPECT_EQ(test::read_text(target), "new contents");
+      // "other.txt"'s temporary: its destructor never ran (_exit), as after SIGKILL.
+      EXPECT_EQ(names.size(), 3u);
+    } else {
+      ASSERT_TRUE(WIFSIGNALED(status)) << status;
+      EXPECT_EQ(WTERMSIG(status), sig);
+      EXPECT_EQ(test::read_text(target), "old");
+      EXPECT_EQ(names, (std::set<std::string>{"done.txt", "report.html"}));
+    }
+    for (const auto& name : names)
+      fs::remove(dir_ / name);
+  }
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 
 #include <c10/util/Exception.h>
 
+#include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
 #include "attnscope/output_checks.h"
 #include "attnscope/printable.h"
@@ -118,6 +119,8 @@ static int checked_stdout(int status) {
 int main(int argc, char** argv) {
   // Before anything reads GLIBC_TUNABLES or starts a process: the launcher's addition goes.
   attnscope::runtime::take_back_heap_huge_pages();
+  // A signal that ends a command removes its temporary files (attnscope/atomic_file.h).
+  attnscope::remove_temporaries_on_signals();
   try {
     return checked_stdout(run(argc, argv));
   } catch (const UsageError& e) {
