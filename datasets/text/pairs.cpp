@@ -13,21 +13,49 @@
 
 namespace attnscope::datasets::text {
 
-TsvPairs parse_tsv_pairs(const std::string& text, const std::string& path) {
+std::optional<std::uintmax_t> read_bounded_line(std::istream& in, std::string& line,
+                                                std::size_t max_bytes, std::uintmax_t max_scan) {
+  line.clear();
+  std::streambuf* buf = in.rdbuf();
+  std::uintmax_t length = 0;
+  bool any = false;
+  while (length < max_scan) {
+    const int c = buf->sbumpc();
+    if (c == std::char_traits<char>::eof()) {
+      in.setstate(std::ios::eofbit);
+      break;
+    }
+    any = true;
+    if (c == '\n') return length;
+    ++length;
+    if (line.size() <= max_bytes) line.push_back(static_cast<char>(c));
+  }
+  if (!any) return std::nullopt;
+  return length;
+}
+
+namespace {
+
+// parse_tsv_pairs over a stream, one bounded line at a time.
+TsvPairs parse_tsv_stream(std::istream& in, const std::string& path) {
   TsvPairs out;
   out.path = path;
-  std::size_t pos = text.compare(0, 3, "\xEF\xBB\xBF") == 0 ? 3 : 0;  // byte-order mark
   std::size_t line = 0;
-  while (pos < text.size()) {
+  std::string row;
+  while (const auto length = read_bounded_line(in, row, kMaxTsvLineBytes + 3)) {
     ++line;
-    std::size_t end = text.find('\n', pos);
-    if (end == std::string::npos) end = text.size();
-    std::string row = text.substr(pos, end - pos);
-    pos = end + 1;
-    if (!row.empty() && row.back() == '\r') row.pop_back();
-    if (row.size() > kMaxTsvLineBytes) {
+    std::uintmax_t size = *length;
+    if (line == 1 && row.compare(0, 3, "\xEF\xBB\xBF") == 0) {  // byte-order mark
+      row.erase(0, 3);
+      size -= 3;
+    }
+    if (!row.empty() && row.size() == size && row.back() == '\r') {
+      row.pop_back();
+      --size;
+    }
+    if (size > kMaxTsvLineBytes) {
       out.skipped.push_back(
-          {line, concat("line of ", row.size(), " bytes, above the limit of ", kMaxTsvLineBytes)});
+          {line, concat("line of ", size, " bytes, above the limit of ", kMaxTsvLineBytes)});
       continue;
     }
     if (row.find_first_not_of(" \t\r\f\v") == std::string::npos) {
@@ -64,6 +92,13 @@ TsvPairs parse_tsv_pairs(const std::string& text, const std::string& path) {
   return out;
 }
 
+}  // namespace
+
+TsvPairs parse_tsv_pairs(const std::string& text, const std::string& path) {
+  std::istringstream in(text);
+  return parse_tsv_stream(in, path);
+}
+
 TsvPairs read_tsv_pairs(const std::string& path) {
   std::error_code ec;
   const auto status = std::filesystem::status(path, ec);
@@ -75,9 +110,8 @@ TsvPairs read_tsv_pairs(const std::string& path) {
         kMaxTsvFileBytes);
   std::ifstream in(path, std::ios::binary);
   check(static_cast<bool>(in), path, "cannot open for reading");
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  return parse_tsv_pairs(buffer.str(), path);
+  // Line by line: a 1 GB line took 4 GB of memory to be refused when the file was read whole.
+  return parse_tsv_stream(in, path);
 }
 
 std::string describe_skipped(const TsvPairs& pairs, std::size_t limit) {

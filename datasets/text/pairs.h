@@ -3,6 +3,9 @@
 // batching and padded tensor batches.
 
 #include <cstdint>
+#include <istream>
+#include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,6 +39,15 @@ struct TsvPairs {
 constexpr std::size_t kMaxTsvLineBytes = 64 * 1024;
 /// read_tsv_pairs refuses larger files (and anything that is not a regular file).
 constexpr std::uintmax_t kMaxTsvFileBytes = std::uintmax_t{4} << 30;
+
+/// Reads one line of `in` (without its '\n') into `line`, keeping at most `max_bytes` + 1 of
+/// its bytes: the rest of a longer line is read and dropped, so one endless line never sizes
+/// memory. Returns the line's full length in bytes; std::nullopt at the end of the input. Stops
+/// after `max_scan` bytes without a newline and returns `max_scan` (the caller's limit on the
+/// whole input: /dev/zero has no newline).
+std::optional<std::uintmax_t> read_bounded_line(
+    std::istream& in, std::string& line, std::size_t max_bytes,
+    std::uintmax_t max_scan = std::numeric_limits<std::uintmax_t>::max());
 
 /// Parses "source<TAB>target[<TAB>ignored...]" lines (the Tatoeba/Anki fra.txt layout): UTF-8,
 /// a leading byte-order mark and CRLF endings accepted, extra columns ignored. Bad lines (empty,

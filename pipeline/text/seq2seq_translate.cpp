@@ -29,9 +29,6 @@ std::vector<Translation> translate(const Seq2SeqBundle& bundle,
   std::vector<std::vector<int64_t>> ids(sources.size());
   for (std::size_t i = 0; i < sources.size(); ++i) {
     auto& t = out[i];
-    // A line of megabytes is not tokenised only to be cut to max_length tokens (100 MB took
-    // 3.7 GB); the TSV reader's limit is the same.
-    constexpr std::size_t kMaxSourceBytes = 65536;
     if (sources[i].size() > kMaxSourceBytes) {
       t.source = excerpt(sources[i], 200);
       t.error =

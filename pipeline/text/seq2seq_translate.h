@@ -28,6 +28,10 @@ struct Translation {
   std::string error;       ///< why this sentence was not translated (empty when it was)
 };
 
+/// Sources above this many bytes are not tokenised (a line of megabytes only to be cut to
+/// max_length tokens: 100 MB took 3.7 GB); the TSV reader's line limit is the same.
+constexpr std::size_t kMaxSourceBytes = 65536;
+
 /// Translates every source sentence, batch_size at a time. Sentences longer than the model's
 /// max_length are truncated to it (Translation::truncated); bad sentences (invalid UTF-8, empty)
 /// get Translation::error and the others go on.

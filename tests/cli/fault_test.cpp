@@ -855,6 +855,24 @@ TEST_F(CliSeq2SeqFault, TranslateAlignmentsOnAFullDiskKeepThePreviousFile) {
   EXPECT_EQ(test::read_text(dir / "run/model.h5"), model);
 }
 
+// Standard input is read a bounded line at a time: a 3 MB line is one error line naming its
+// length (a 1 GiB line took 3.2 GB of memory to be refused), and the lines around it translate.
+TEST_F(CliSeq2SeqFault, TranslateOfAnOverlongStdinLineNamesItsLengthAndGoesOn) {
+  ASSERT_EQ(test::run_process(train_cmd(dir / "run")).status, 0);
+  {
+    std::ofstream in(dir / "in.txt", std::ios::binary);
+    in << "abc\r\n" << std::string(3'000'000, 'a') << "\nabd\n";
+  }
+  const auto r = test::run_process(exe() + " seq2seq translate --model " + (dir / "run/model.h5") +
+                                   " < " + (dir / "in.txt"));
+  EXPECT_EQ(r.status, 1) << r.output;  // one input failed
+  // Three translations (the overlong one an empty line) and the one error line.
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 4) << r.output;
+  EXPECT_NE(r.output.find("error: input 2: input of 3000000 bytes, above the limit of 65536\n"),
+            std::string::npos)
+      << r.output;
+}
+
 TEST_F(CliSeq2SeqFault, TrainKilledAtAnyMomentLeavesTheOldOrACompleteModel) {
   ASSERT_EQ(test::run_process(train_cmd(dir / "run")).status, 0);
   const auto model = dir / "run/model.h5";

@@ -1,6 +1,10 @@
 // Tokenisers, vocabulary, TSV pairs, synthetic tasks and length batching of datasets/text.
 
+#include <fstream>
 #include <set>
+#include <sstream>
+#include <utility>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -97,6 +101,40 @@ TEST(TextTsv, OverlongLinesAreSkippedAndDevicesRefused) {
   test::TempDir dir;
   EXPECT_NE(test::error_of([&] { read_tsv_pairs(dir.path().string()); }).find("not a regular file"),
             std::string::npos);
+}
+
+// A line is read keeping only max_bytes + 1 of its bytes (a 1.1 GB one-line TSV took 4 GB to be
+// refused); its full length is still told, and the next line read whole.
+TEST(TextTsv, BoundedLinesKeepTheirFirstBytesAndTellTheFullLength) {
+  std::istringstream in("ab\ncdefg\n\nxyz");
+  std::string line;
+  std::vector<std::pair<std::uintmax_t, std::string>> got;
+  while (const auto n = read_bounded_line(in, line, 2))
+    got.emplace_back(*n, line);
+  EXPECT_EQ(got, (std::vector<std::pair<std::uintmax_t, std::string>>{
+                     {2, "ab"}, {5, "cde"}, {0, ""}, {3, "xyz"}}));
+  std::istringstream endless(std::string(100, 'z'));
+  EXPECT_EQ(read_bounded_line(endless, line, 4, 10), std::uintmax_t{10});
+  EXPECT_EQ(line, "zzzzz");
+  // The file reader gives what parse_tsv_pairs gives for the same bytes (line numbers, the
+  // overlong line's length, a BOM and CRLF), read line by line.
+  test::TempDir dir;
+  const std::string text =
+      "\xEF\xBB\xBF"
+      "ab\tba\r\n" +
+      std::string(kMaxTsvLineBytes + 7, 'x') + "\ty\r\ncd\tdc";
+  const auto path = (dir.path() / "p.tsv").string();
+  std::ofstream(path, std::ios::binary) << text;
+  const auto pairs = read_tsv_pairs(path);
+  ASSERT_EQ(pairs.pairs.size(), 2u);
+  EXPECT_EQ(pairs.pairs[0].source, "ab");
+  EXPECT_EQ(pairs.pairs[0].target, "ba");
+  EXPECT_EQ(pairs.pairs[1].line, 3u);
+  EXPECT_EQ(pairs.pairs[1].target, "dc");
+  ASSERT_EQ(pairs.skipped.size(), 1u);
+  // (an overlong line's length counts its bytes before the '\n', its CR included)
+  EXPECT_EQ(pairs.skipped[0].reason, concat("line of ", kMaxTsvLineBytes + 10,
+                                            " bytes, above the limit of ", kMaxTsvLineBytes));
 }
 
 TEST(TextTsv, ReadsPairsIgnoringExtraColumnsAndListsBadLines) {

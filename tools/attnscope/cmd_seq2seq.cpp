@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
+#include <map>
 #include <random>
 #include <sstream>
 
@@ -537,11 +538,26 @@ int run_translate(const std::vector<std::string>& args) {
                 concat("model '", bundle.name,
                        "' has no attention (fixed context): no alignments to write"));
   std::vector<std::string> sources;
+  std::map<std::size_t, std::uintmax_t> too_long;  // input index -> its length in bytes
   if (vm.count("text")) {
     sources = vm["text"].as<std::vector<std::string>>();
   } else {
-    for (std::string line; std::getline(std::cin, line);) {
-      if (!line.empty() && line.back() == '\r') line.pop_back();
+    // Bounded lines: a line above the limit keeps only its first bytes (a 1 GiB line took
+    // 3.2 GB and a minute to be refused; /dev/zero grew without end), and the whole input as
+    // much as a TSV file may hold.
+    constexpr std::uintmax_t kMaxInput = datasets::text::kMaxTsvFileBytes;
+    std::uintmax_t total = 0;
+    std::string line;
+    while (const auto length = datasets::text::read_bounded_line(
+               std::cin, line, pipeline::kMaxSourceBytes + 1, kMaxInput - total + 1)) {
+      total += *length + 1;
+      check(total <= kMaxInput + 1, "standard input", "above the limit of ", kMaxInput,
+            " bytes (one sentence per line)");
+      if (*length > line.size()) {
+        too_long[sources.size()] = *length;
+      } else if (!line.empty() && line.back() == '\r') {
+        line.pop_back();
+      }
       sources.push_back(line);
     }
   }
@@ -553,7 +569,13 @@ int run_translate(const std::vector<std::string>& args) {
     std::cout << t.text << "\n";
     if (!t.error.empty()) {
       ++failed;
-      std::cerr << "error: input " << i + 1 << ": " << t.error << "\n";
+      const auto cut = too_long.find(i);  // the error names the line's length, not its kept part
+      std::cerr << "error: input " << i + 1 << ": "
+                << (cut == too_long.end()
+                        ? t.error
+                        : concat("input of ", cut->second, " bytes, above the limit of ",
+                                 pipeline::kMaxSourceBytes))
+                << "\n";
     }
     truncated += t.truncated ? 1 : 0;
   }
