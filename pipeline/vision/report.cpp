@@ -204,6 +204,17 @@ Results read_results(const std::string& path) {
     for (const auto& name :
          h5::children(h5::Handle(H5Gopen2(root, "attention", H5P_DEFAULT)).get()))
       cap("attention/" + name);
+  // The per-image measures too (a short one stopped the report, where a short label only
+  // warned).
+  if (h5::exists(root, "measures")) {
+    h5::Handle group(H5Gopen2(root, "measures", H5P_DEFAULT));
+    for (const auto& map : h5::children(group.get())) {
+      h5::Handle sub(H5Gopen2(group.get(), map.c_str(), H5P_DEFAULT));
+      if (!sub.valid()) continue;
+      for (const auto& name : h5::children(sub.get()))
+        cap("measures/" + map + "/" + name);
+    }
+  }
   r.n = n;
 
   r.ids = read_strings(root, "images/id", path);

@@ -241,6 +241,20 @@ TEST(CliReport, ShortDatasetsAreReportedAsDamageAndTheRowsTheyHoldShown) {
   EXPECT_NE(r.output.find("report: 4 of 4 images"), std::string::npos) << r.output;
   const auto html = test::read_text(dir / "r.html");
   EXPECT_NE(html.find("Damaged file:"), std::string::npos);
+  // A short per-image measure is the same damage (it stopped the report).
+  make_fixture(dir / "short_measure.h5", "--n 8 --seed 6 --measures");
+  const auto cut = test::run_process(
+      test::python() + " -c \"import h5py; f=h5py.File('" + (dir / "short_measure.h5") +
+      "','a'); v=f['measures/stage3/mass_in_mask'][:5]; del f['measures/stage3/mass_in_mask']; "
+      "f['measures/stage3/mass_in_mask']=v\" 2>&1");
+  ASSERT_EQ(cut.status, 0) << cut.output;
+  const auto m = test::run_process(exe() + " report --results " + (dir / "short_measure.h5") +
+                                   " --out " + (dir / "m.html") + " 2>&1");
+  EXPECT_EQ(m.status, 0) << m.output;
+  EXPECT_NE(m.output.find(":/measures/stage3/mass_in_mask holds 5 rows but @num_images is 8"),
+            std::string::npos)
+      << m.output;
+  EXPECT_NE(m.output.find("report: 5 of 5 images"), std::string::npos) << m.output;
 }
 
 TEST(CliReport, FullDiskLeavesThePreviousReportIntact) {
