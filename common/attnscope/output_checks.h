@@ -79,14 +79,30 @@ inline void ensure_writable_folder(const std::string& path) {
   ::close(fd);
 }
 
+/// Throws Error(path, ...) when `path` exists and is not a regular file (a folder, /dev/full,
+/// a FIFO): AtomicFile refuses to replace it, which a command would otherwise find only when
+/// it writes, after its work.
+inline void check_replaceable_file(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const auto status = fs::status(path, ec);
+  check(!fs::exists(status) || fs::is_regular_file(status), path,
+        "exists and is not a regular file; refusing to replace it");
+}
+
 /// ensure_writable_folder for an output folder that may not exist yet: its nearest existing
-/// ancestor must be writable.
+/// ancestor must be writable, and no missing part of it a symbolic link to nowhere.
 inline void ensure_writable_output_folder(const std::string& dir) {
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::path p = fs::absolute(dir, ec);
-  while (!p.empty() && !fs::exists(p, ec) && p != p.parent_path())
+  while (!p.empty() && !fs::exists(p, ec) && p != p.parent_path()) {
+    // (create_directories failed on it later with "filesystem error: ... File exists")
+    check(!fs::is_symlink(fs::symlink_status(p, ec)), dir,
+          p == fs::absolute(dir, ec) ? std::string() : p.string() + " ",
+          "is a symbolic link to a missing target");
     p = p.parent_path();
+  }
   check(fs::is_directory(p, ec), dir, p.string(), " is not a folder");
   // The message names the folder asked for, not the probe's name inside its ancestor.
   try {

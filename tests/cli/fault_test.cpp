@@ -917,6 +917,23 @@ TEST_F(CliSeq2SeqFault, TrainChecksTheOutputFolderBeforeTraining) {
   const auto r = test::run_process(train_cmd(dir / "file/run"));
   expect_clean_failure(r, "is not a folder");
   EXPECT_EQ(r.output.find("held-out"), std::string::npos) << r.output;
+  // A folder where model.h5 goes, and a link to nowhere as --out: before the training (the
+  // first ran the whole training, the second was the library's "filesystem error").
+  fs::create_directories(dir / "om/model.h5");
+  const auto folder = test::run_process(train_cmd(dir / "om"));
+  expect_clean_failure(folder, "om/model.h5: exists and is not a regular file");
+  EXPECT_EQ(folder.output.find("held-out"), std::string::npos) << folder.output;
+  fs::create_symlink(dir / "nowhere", dir / "dangling");
+  const auto link = test::run_process(train_cmd(dir / "dangling"));
+  expect_clean_failure(link, dir / "dangling" + ": is a symbolic link to a missing target");
+  const auto sub = test::run_process(train_cmd(dir / "dangling/run"));
+  expect_clean_failure(
+      sub, dir / "dangling/run: " + dir / "dangling" + " is a symbolic link to a missing target");
+  // translate --alignments on a device: refused before any sentence is translated.
+  ASSERT_EQ(test::run_process(train_cmd(dir / "run")).status, 0);
+  const auto full = test::run_process(exe() + " seq2seq translate --model " +
+                                      (dir / "run/model.h5") + " --alignments /dev/full abc");
+  expect_clean_failure(full, "/dev/full: exists and is not a regular file");
 }
 
 }  // namespace

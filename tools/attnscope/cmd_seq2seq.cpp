@@ -283,6 +283,7 @@ int run_train(const std::vector<std::string>& args) {
   // only after hours of training.
   const std::string out_dir = vm["out"].as<std::string>();
   ensure_writable_output_folder(out_dir);
+  check_replaceable_file((fs::path(out_dir) / "model.h5").string());  // before the training
   const double dropout = vm["dropout"].as<double>();
   if (dropout < 0 || dropout >= 1) throw UsageError("--dropout must be in [0, 1)", usage);
   const double smoothing = vm["label-smoothing"].as<double>();
@@ -524,6 +525,7 @@ int run_translate(const std::vector<std::string>& args) {
   if (!alignments.empty()) {
     check_not_an_input(alignments, vm["model"].as<std::string>(), "--model");
     check(!fs::is_directory(alignments), alignments, "--alignments is a folder; give a file");
+    check_replaceable_file(alignments);  // /dev/full, a FIFO: before every sentence is translated
     ensure_writable_folder(alignments);
   }
   if (!png_dir.empty()) {
