@@ -1247,6 +1247,8 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
       {"merge " + q(s1) + " " + q(unfinished) + " --out " + q(dir / "m11.h5"),
        unfinished + ": is from a classify run that did not finish (finished_at is empty): "
                     "complete it with the same command and --resume, then merge"},
+      {"merge " + q(s1) + " " + q(s0) + " " + q(s1) + " --out " + q(dir / "m13.h5"),
+       s1 + ": is given twice (also as " + s1 + "): each shard once"},
       {"merge " + q(schema2) + " --out " + q(dir / "m12.h5"),
        schema2 + ": has results schema version '2'; this attnscope reads version 1"},
       {"merge " + q(index_dup) + " " + q(s1) + " --out " + q(dir / "m9.h5"),

@@ -27,10 +27,15 @@ int run_merge(const std::vector<std::string>& args, const GlobalOptions&) {
   for (const auto& a : args)
     line += " " + a;
   for (const auto& input : inputs) check_not_an_input(out, input, "one of the files to merge");
+  for (std::size_t i = 0; i < inputs.size(); ++i)
+    for (std::size_t j = 0; j < i; ++j)
+      check(!same_file(inputs[i], inputs[j]), inputs[i], "is given twice (also as ", inputs[j],
+            "): each shard once");
   pipeline::merge_results(inputs, out, line);
   const auto merged = pipeline::read_results(out);
-  std::cout << "merged " << inputs.size() << " files: " << merged.ids.size() << " images, "
-            << merged.errors.size() << " errors into " << out << "\n";
+  std::cout << "merged " << inputs.size() << (inputs.size() == 1 ? " file: " : " files: ")
+            << merged.ids.size() << " images, " << merged.errors.size() << " errors into " << out
+            << "\n";
   return 0;
 }
 
