@@ -1302,6 +1302,19 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
   EXPECT_EQ(read_bytes(model), model_bytes);
   EXPECT_EQ(read_bytes(images + "/labels.csv"), labels);
   EXPECT_EQ(read_bytes(dir / "copy.h5"), copy_bytes);
+  // Out of file descriptors (merge holds every shard open): the limit is named, not a valid
+  // shard as "not a results file, or damaged".
+  std::string copies;
+  for (int i = 0; i < 100; ++i) {
+    fs::copy_file(s0, dir / ("c" + std::to_string(i) + ".h5"));
+    copies += " " + q(dir / ("c" + std::to_string(i) + ".h5"));
+  }
+  const auto fds = test::run_process("sh -c \"ulimit -n 64; exec " + exe() + " merge" + copies +
+                                     " --out " + q(dir / "c.h5") + "\" 2>&1");
+  EXPECT_EQ(fds.status, 1) << fds.output;
+  EXPECT_NE(fds.output.find(": cannot be opened: the process is out of file descriptors"),
+            std::string::npos)
+      << fds.output;
   const auto merged = pipeline::read_results(dir / "m1.h5");
   EXPECT_EQ(merged.ids.size(), 8u);
   // The merged run started with the first shard and finished with the last.
