@@ -12,8 +12,9 @@
 //
 // A signal that ends the process (SIGTERM, SIGINT, SIGHUP by default) runs no destructor:
 // remove_temporaries_on_signals() installs handlers that remove every live temporary file
-// (the registry below) and then end the process as the signal would have. SIGKILL leaves the
-// temporary behind; the target is untouched either way.
+// (the registry below) and then end the process as the signal would have. SIGKILL, a signal
+// with no such handler (SIGPIPE, SIGQUIT, SIGXFSZ) or a full registry leaves the temporary
+// behind; the target is untouched either way.
 
 #include <fcntl.h>
 #include <signal.h>
@@ -36,20 +37,28 @@ namespace attnscope {
 namespace atomic_file_detail {
 
 // The paths of the live temporary files, readable from a signal handler: a fixed array of
-// slots, each a state (0 free, 1 being filled, 2 live) and a copy of the path. A temporary
-// whose path does not fit, or that finds no free slot, is simply not registered.
+// slots (untouched ones cost no memory), each a state, the process that registered it (a
+// forked child inherits a copy and must not remove its parent's files) and a copy of the
+// absolute path. States: 0 free, 1 being filled, 2 live, 3 being removed by a handler (its
+// owner waits for it to end before the slot can be freed and filled again). A temporary whose
+// path does not fit, or that finds no free slot, is not registered.
 struct Slot {
   std::atomic<int> state{0};
+  std::atomic<pid_t> pid{0};
   char path[4096];
 };
-inline std::array<Slot, 64> g_slots;
+inline std::array<Slot, 1024> g_slots;
 
 inline int register_temporary(const std::string& path) {
-  if (path.size() >= sizeof(Slot::path)) return -1;
+  std::error_code ec;
+  const auto absolute = std::filesystem::absolute(path, ec).string();
+  const auto& name = ec ? path : absolute;  // a later chdir must not redirect the removal
+  if (name.size() >= sizeof(Slot::path)) return -1;
   for (std::size_t i = 0; i < g_slots.size(); ++i) {
     int expected = 0;
     if (!g_slots[i].state.compare_exchange_strong(expected, 1)) continue;
-    std::memcpy(g_slots[i].path, path.c_str(), path.size() + 1);
+    std::memcpy(g_slots[i].path, name.c_str(), name.size() + 1);
+    g_slots[i].pid.store(::getpid());
     g_slots[i].state.store(2);
     return static_cast<int>(i);
   }
@@ -57,15 +66,24 @@ inline int register_temporary(const std::string& path) {
 }
 
 inline void unregister_temporary(int slot) {
-  if (slot >= 0) g_slots[static_cast<std::size_t>(slot)].state.store(0);
+  if (slot < 0) return;
+  auto& state = g_slots[static_cast<std::size_t>(slot)].state;
+  for (int expected = 2; !state.compare_exchange_weak(expected, 0); expected = 2)
+    ;  // a handler is removing it (state 3): it ends, then the process does
 }
 
 }  // namespace atomic_file_detail
 
-/// Removes every live temporary file of this process. Async-signal-safe (atomics, unlink).
+/// Removes every live temporary file this process registered. Async-signal-safe (atomics,
+/// getpid, unlink).
 inline void remove_live_temporaries() {
-  for (auto& slot : atomic_file_detail::g_slots)
-    if (slot.state.load() == 2) ::unlink(slot.path);
+  const pid_t self = ::getpid();
+  for (auto& slot : atomic_file_detail::g_slots) {
+    int expected = 2;
+    if (!slot.state.compare_exchange_strong(expected, 3)) continue;
+    if (slot.pid.load() == self) ::unlink(slot.path);
+    slot.state.store(2);
+  }
 }
 
 namespace atomic_file_detail {
@@ -167,6 +185,8 @@ class AtomicFile {
     if (::close(fd) != 0) fail("cannot close");
     if (::rename(temp_.c_str(), path_.c_str()) != 0) fail("cannot rename the temporary file to it");
     committed_ = true;
+    atomic_file_detail::unregister_temporary(slot_);  // its name is gone: nothing to remove
+    slot_ = -1;
     const auto dir = std::filesystem::path(path_).has_parent_path()
                          ? std::filesystem::path(path_).parent_path().string()
                          : std::string(".");

@@ -19,6 +19,7 @@ std::optional<std::uintmax_t> read_bounded_line(std::istream& in, std::string& l
   std::streambuf* buf = in.rdbuf();
   std::uintmax_t length = 0;
   bool any = false;
+  int last = 0;
   while (length < max_scan) {
     const int c = buf->sbumpc();
     if (c == std::char_traits<char>::eof()) {
@@ -26,11 +27,16 @@ std::optional<std::uintmax_t> read_bounded_line(std::istream& in, std::string& l
       break;
     }
     any = true;
-    if (c == '\n') return length;
+    if (c == '\n') break;
+    last = c;
     ++length;
     if (line.size() <= max_bytes) line.push_back(static_cast<char>(c));
   }
   if (!any) return std::nullopt;
+  if (last == '\r' && length < max_scan) {  // CRLF: the '\r' is part of the line's end
+    --length;
+    if (line.size() > length) line.pop_back();
+  }
   return length;
 }
 
@@ -48,10 +54,6 @@ TsvPairs parse_tsv_stream(std::istream& in, const std::string& path) {
     if (line == 1 && row.compare(0, 3, "\xEF\xBB\xBF") == 0) {  // byte-order mark
       row.erase(0, 3);
       size -= 3;
-    }
-    if (!row.empty() && row.size() == size && row.back() == '\r') {
-      row.pop_back();
-      --size;
     }
     if (size > kMaxTsvLineBytes) {
       out.skipped.push_back(

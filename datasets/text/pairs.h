@@ -40,9 +40,10 @@ constexpr std::size_t kMaxTsvLineBytes = 64 * 1024;
 /// read_tsv_pairs refuses larger files (and anything that is not a regular file).
 constexpr std::uintmax_t kMaxTsvFileBytes = std::uintmax_t{4} << 30;
 
-/// Reads one line of `in` (without its '\n') into `line`, keeping at most `max_bytes` + 1 of
-/// its bytes: the rest of a longer line is read and dropped, so one endless line never sizes
-/// memory. Returns the line's full length in bytes; std::nullopt at the end of the input. Stops
+/// Reads one line of `in` (without its '\n', or the "\r\n" of a CRLF line) into `line`, keeping
+/// at most `max_bytes` + 1 of its bytes: the rest of a longer line is read and dropped, so one
+/// endless line never sizes memory. Returns the line's full length in bytes (its '\r' not
+/// counted); std::nullopt at the end of the input. Stops
 /// after `max_scan` bytes without a newline and returns `max_scan` (the caller's limit on the
 /// whole input: /dev/zero has no newline).
 std::optional<std::uintmax_t> read_bounded_line(

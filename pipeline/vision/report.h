@@ -77,8 +77,10 @@ const char* const* report_sort_keys();
 std::string render_report(const std::string& results_path, const ReportOptions& options,
                           ReportSummary* summary = nullptr);
 
-/// Reads `results_path` as render_report does, without rendering: throws the Error
-/// render_report would for a file it cannot show (merge_results checks its inputs with it).
+/// Checks `results_path` as render_report reads it (attributes, schema version, the datasets
+/// and their shapes, labels, predictions and probabilities; maps and measures by their shapes,
+/// not read), without rendering: throws the Error render_report's reading would. merge_results
+/// checks its inputs with it. (The preprocessed images' rows are read only when rendered.)
 void check_report_reads(const std::string& results_path);
 
 /// render_report, then written to `out_path` through AtomicFile (the previous report stays

@@ -801,13 +801,18 @@ h5::Handle open_read(const std::string& path, bool isolated = true) {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
   check(std::filesystem::exists(path), path, "no such file");
   if (isolated) h5::check_untrusted_file(path, false);  // a crafted file must not crash HDF5 here
-  errno = 0;
   h5::Handle f(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
-  // Out of file descriptors (merge holds every shard open: ~1,000 shards under the usual
-  // `ulimit -n` of 1024) is the process's limit, not the file's damage.
-  check(f.valid() || (errno != EMFILE && errno != ENFILE), path,
-        "cannot be opened: the process is out of file descriptors (", std::strerror(errno),
-        "); raise the limit (ulimit -n) or merge the shards in groups");
+  if (!f.valid()) {
+    // Out of file descriptors (merge holds every shard open: ~1,000 shards under the usual
+    // `ulimit -n` of 1024) is the process's limit, not the file's damage: asked of open(2)
+    // itself, not of what HDF5 left in errno.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    const int error = fd < 0 ? errno : 0;
+    if (fd >= 0) ::close(fd);
+    check(error != EMFILE && error != ENFILE, path,
+          "cannot be opened: the process is out of file descriptors (", std::strerror(error),
+          "); raise the limit (ulimit -n) or merge the shards in groups");
+  }
   check(f.valid(), path, "cannot open as HDF5 (not a results file, or damaged)");
   check(h5::has_attribute(f.get(), "format") &&
             h5::read_string_attribute(f.get(), "format", path) == kResultsFormat,

@@ -551,15 +551,11 @@ int run_translate(const std::vector<std::string>& args) {
     std::uintmax_t total = 0;
     std::string line;
     while (const auto length = datasets::text::read_bounded_line(
-               std::cin, line, pipeline::kMaxSourceBytes + 1, kMaxInput - total + 1)) {
+               std::cin, line, pipeline::kMaxSourceBytes + 1, kMaxInput + 1)) {
       total += *length + 1;
-      check(total <= kMaxInput + 1, "standard input", "above the limit of ", kMaxInput,
+      check(total <= kMaxInput, "standard input", "above the limit of ", kMaxInput,
             " bytes (one sentence per line)");
-      if (*length > line.size()) {
-        too_long[sources.size()] = *length;
-      } else if (!line.empty() && line.back() == '\r') {
-        line.pop_back();
-      }
+      if (*length > line.size()) too_long[sources.size()] = *length;
       sources.push_back(line);
     }
   }

@@ -411,8 +411,9 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   const bool main_rank = !group || group->is_main();
   if (!main_rank) quiet = true;
   // A run folder this command made and left empty (the data or the first batch failed) is
-  // removed again, so the failure leaves nothing behind.
+  // removed again (the folder itself; parents create_directories made with it stay).
   bool made_folder = false;
+  std::optional<FolderLock> folder_lock;  // held until the failed run's folder is removed
   try {
     const bool resume = !resume_dir.empty();
     if (resume) {
@@ -425,7 +426,6 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     }
 
     // The run folder: checked before any work (rank 0 alone writes it).
-    std::optional<FolderLock> folder_lock;
     std::error_code ec;
     if (main_rank) {
       made_folder = !fs::exists(out, ec) && fs::create_directories(out, ec);
