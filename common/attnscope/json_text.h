@@ -71,8 +71,12 @@ inline nlohmann::json parse_json_text(const std::string& text, const std::string
     value = refuse_duplicate_keys ? nlohmann::json::parse(text, note_keys)
                                   : nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
-    // nlohmann's text ends with the token read so far: an unclosed 1 MB string, whole.
-    throw Error(subject, what + " is not valid JSON: " + excerpt(e.what(), 200));
+    // nlohmann's text starts with its exception's name ("[json.exception.parse_error.101] ",
+    // library words) and ends with the token read so far: an unclosed 1 MB string, whole.
+    std::string message = e.what();
+    if (message.rfind("[json.exception.", 0) == 0 && message.find("] ") != std::string::npos)
+      message.erase(0, message.find("] ") + 2);
+    throw Error(subject, what + " is not valid JSON: " + excerpt(message, 200));
   }
   if (found_duplicate)
     throw Error(subject, what + " gives the key \"" + excerpt(duplicate, 60) +

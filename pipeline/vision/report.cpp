@@ -18,6 +18,7 @@
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
 #include "attnscope/json_text.h"
+#include "attnscope/printable.h"
 #include "attnscope/version.h"
 #include "datasets/text/tokenizer.h"
 #include "pipeline/h5.h"
@@ -171,16 +172,26 @@ Results read_results(const std::string& path, bool values = true) {
   for (const auto& v : names)
     r.class_names.push_back(v.is_string() ? v.get<std::string>() : v.dump());
   r.c = static_cast<int64_t>(r.class_names.size());
+  // The threshold a probability is compared with, and the temperature that calibrated it:
+  // out-of-range values (a crafted or hand-edited file) would show wrong outcomes.
   const auto thr = parse_json(r.attrs["threshold"], where(path, "@threshold"));
+  check(thr.is_null() || (thr.is_number() && thr.get<double>() >= 0 && thr.get<double>() <= 1),
+        where(path, "@threshold"), "is '", excerpt(r.attrs["threshold"]),
+        "', expected a number in [0, 1] or null (arg-max)");
   if (thr.is_number()) r.threshold = thr.get<double>();
+  const auto temperature = parse_json(r.attrs["temperature"], where(path, "@temperature"));
+  check(temperature.is_null() || (temperature.is_number() && temperature.get<double>() > 0 &&
+                                  std::isfinite(temperature.get<double>())),
+        where(path, "@temperature"), "is '", excerpt(r.attrs["temperature"]),
+        "', expected a positive number or null");
 
   // Rows: num_images capped by every per-image dataset.
   int64_t n = std::numeric_limits<int64_t>::max();
-  if (!r.attrs["num_images"].empty())
-    n = parse_row_count(r.attrs["num_images"], where(path, "@num_images"));
+  const bool has_count = r.attrs.count("num_images") > 0;  // present, even if empty: checked
+  if (has_count) n = parse_row_count(r.attrs["num_images"], where(path, "@num_images"));
   // A dataset shorter than @num_images is damage (a killed run leaves them longer, never
   // shorter): the report shows the rows every dataset holds and says which one was short.
-  const int64_t declared = r.attrs["num_images"].empty() ? -1 : n;
+  const int64_t declared = has_count ? n : -1;
   const auto cap = [&](const std::string& name) {
     const auto rows = rows_of(root, name, path);
     if (declared >= 0 && rows < declared && r.warnings.empty())
@@ -224,7 +235,11 @@ Results read_results(const std::string& path, bool values = true) {
   r.ids.resize(static_cast<std::size_t>(n));
   r.paths.resize(static_cast<std::size_t>(n));
   const auto as_longs = [&](const std::string& name) {
-    const auto t = first_rows(h5::read_tensor(root, name, path), n).to(at::kLong).contiguous();
+    const auto stored = first_rows(h5::read_tensor(root, name, path), n);
+    // A class index stored as a float (0.7) would be truncated to another class.
+    check(!stored.is_floating_point() && !stored.is_complex(), where(path, name), "holds ",
+          stored.scalar_type(), " values, expected integer class indices");
+    const auto t = stored.to(at::kLong).contiguous();
     check(t.dim() == 1, where(path, name), "expected one value per image");
     return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + n);
   };
@@ -283,8 +298,14 @@ Results read_results(const std::string& path, bool values = true) {
       m.normalization = attribute(set.get(), "normalization", path, "max");
       m.source = attribute(set.get(), "source", path);
       if (!values) continue;
-      // Non-finite values (a crafted or broken file) would poison the scale: show them as 0.
-      m.values = torch::nan_to_num(m.values, 0.0, 0.0, 0.0);
+      // Non-finite values (a crafted or broken file) would poison the scale: shown as 0, and
+      // said so (a blank map would otherwise look like a model that attended to nothing).
+      const auto non_finite = (~torch::isfinite(m.values)).sum().item<int64_t>();
+      if (non_finite > 0) {
+        r.warnings.push_back(concat(where(path, full), " holds ", non_finite,
+                                    " non-finite values (NaN or infinity), shown as 0"));
+        m.values = torch::nan_to_num(m.values, 0.0, 0.0, 0.0);
+      }
       if (m.normalization == "none") {
         // Raw softmax weights sum to 1 over h·w positions: shown as multiples of uniform.
         m.scale = static_cast<double>(m.values.size(1) * m.values.size(2));
@@ -941,7 +962,13 @@ std::string html_escape(const std::string& text) {
         out += "&#39;";
         break;
       default:
-        out += c;
+        // C0 controls and DEL are not allowed in HTML text (a character reference to one is a
+        // parse error too): shown as U+FFFD. Tab, newline and carriage return are whitespace.
+        if ((static_cast<unsigned char>(c) < 0x20 && c != '\t' && c != '\n' && c != '\r') ||
+            c == 0x7f)
+          out += "\xEF\xBF\xBD";
+        else
+          out += c;
     }
   }
   return out;

@@ -761,6 +761,10 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
         train("--oversample malignant=3 --oversample malignant=2"),
         "classify --model m.h5 --input x.jpg --out " + (dir / "o") + " --maps stage3 stage3",
         std::string("classify --model m.h5 --input x.jpg --out ''"),
+        std::string("train --model attn_small --data x.csv --out ''"),
+        std::string("synth --out '' --count 2"), std::string("report --results r.h5 --out ''"),
+        std::string("report --results '' --out r"), std::string("merge a.h5 '' --out m.h5"),
+        train("--optimizer ''"), "split --data '' --out " + (dir / "s.csv"),
         std::string("seq2seq translate --model m.h5 --beam 100000 abc"),
         std::string("dist-check --lr nan"), "demo --out " + (dir / "d") + " --minutes 1e300",
         // Past what a float32 holds or memory takes: LibTorch's overflow text, vector::reserve,
@@ -787,6 +791,17 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
     EXPECT_EQ(r.status, 2) << args << "\n" << r.output;
     EXPECT_EQ(r.output.rfind("error: ", 0), 0u) << args << "\n" << r.output;
   }
+  EXPECT_NE(test::run_process(exe() + " train --model attn_small --data x.csv --out ''")
+                .output.find("error: --out is empty: give it a value"),
+            std::string::npos);
+  EXPECT_NE(test::run_process(exe() + " merge a.h5 '' --out m.h5")
+                .output.find("error: an argument is empty: each must name something"),
+            std::string::npos);
+  // Where the default is empty, an empty value is that default (the report's title).
+  EXPECT_EQ(test::run_process(exe() + " report --results " + (dir / "none.h5") + " --out " +
+                              (dir / "r.html") + " --title ''")
+                .output,
+            "error: " + (dir / "none.h5") + ": no such file\n");
   EXPECT_NE(test::run_process(exe() + " " + train("--seed -1"))
                 .output.find("--seed must be a non-negative integer, got '-1'"),
             std::string::npos);

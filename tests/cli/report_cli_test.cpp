@@ -213,7 +213,73 @@ TEST(CliReport, BadResultsFilesGiveOneClearLine) {
                                    (dir / "r.html"));
   EXPECT_EQ(d.status, 1) << d.output;
   EXPECT_NE(d.output.find("predictions/label"), std::string::npos) << d.output;
+  // Values outside the schema (hand-edited with h5py): each refused naming what it is, where a
+  // float label was truncated to another class and a threshold of 5 showed every image benign.
+  const std::vector<std::pair<std::string, std::string>> crafted = {
+      {"del f['images/label']; f['images/label']=np.array([0.7, 1.0, 0.0])",
+       "/images/label: holds Double values, expected integer class indices"},
+      {"f.attrs['threshold']='5'", "@threshold: is '5', expected a number in [0, 1] or null"},
+      {"f.attrs['threshold']='[0.5]'", "@threshold: is '[0.5]', expected a number"},
+      {"f.attrs['temperature']='-1'", "@temperature: is '-1', expected a positive number"},
+      {"f.attrs['num_images']=''", "@num_images: is ''"},
+  };
+  for (std::size_t i = 0; i < crafted.size(); ++i) {
+    const auto file = dir / ("crafted" + std::to_string(i) + ".h5");
+    make_fixture(file, "--n 3");
+    const auto py =
+        test::run_process(test::python() + " -c \"import h5py, numpy as np; f=h5py.File('" + file +
+                          "','a'); " + crafted[i].first + "\" 2>&1");
+    ASSERT_EQ(py.status, 0) << py.output;
+    const auto e = test::run_process(exe() + " report --results " + file + " --out " +
+                                     (dir / "r.html") + " 2>&1");
+    EXPECT_EQ(e.status, 1) << crafted[i].first << "\n" << e.output;
+    EXPECT_NE(e.output.find(crafted[i].second), std::string::npos) << crafted[i].first << "\n"
+                                                                   << e.output;
+    EXPECT_EQ(std::count(e.output.begin(), e.output.end(), '\n'), 1) << e.output;
+  }
   EXPECT_FALSE(fs::exists(dir / "r.html"));
+  // A sort key that is neither a fixed key nor MAP/MEASURE is a usage error (exit 2) naming the
+  // keys, before the file is read.
+  const auto s = test::run_process(exe() + " report --results " + (dir / "missing.h5") + " --out " +
+                                   (dir / "r.html") + " --sort bogus 2>&1");
+  EXPECT_EQ(s.status, 2) << s.output;
+  EXPECT_NE(s.output.find("--sort 'bogus' is not a sort key: expected one of index, id, "
+                          "probability, uncertainty, error, or MAP/MEASURE"),
+            std::string::npos)
+      << s.output;
+}
+
+// Non-finite map values (a crafted or broken file) are drawn as 0 and said to be there, where
+// the map was blank without a word; control characters of --title never reach the HTML.
+TEST(CliReport, NonFiniteMapsAndControlCharactersAreShownAsSuch) {
+  test::TempDir dir;
+  make_fixture(dir / "nan.h5", "--n 4 --seed 3");
+  const auto py = test::run_process(
+      test::python() + " -c \"import h5py, numpy as np; f=h5py.File('" + (dir / "nan.h5") +
+      "','a'); d=f['attention/stage3']; v=d[1]; v[0,0]=np.nan; v[1,1]=np.inf; v[2,2]=-np.inf; "
+      "d[1]=v\" 2>&1");
+  ASSERT_EQ(py.status, 0) << py.output;
+  const auto r =
+      test::run_process(exe() + " report --results " + (dir / "nan.h5") + " --out " +
+                        (dir / "r.html") + " --title \"$(printf 'a\\001b\\033c\\177d\\te')\" 2>&1");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find(":/attention/stage3 holds 3 non-finite values (NaN or infinity), "
+                          "shown as 0"),
+            std::string::npos)
+      << r.output;
+  const auto html = test::read_text(dir / "r.html");
+  EXPECT_NE(html.find("Damaged file:"), std::string::npos);
+  EXPECT_NE(html.find("<title>a\xEF\xBF\xBD"
+                      "b\xEF\xBF\xBD"
+                      "c\xEF\xBF\xBD"
+                      "d\te</title>"),
+            std::string::npos);
+  for (char c = 1; c < 0x20; ++c)
+    if (c != '\t' && c != '\n' && c != '\r') {
+      EXPECT_EQ(html.find(c), std::string::npos)
+          << "control character " << int(c) << " in the page";
+    }
+  EXPECT_EQ(html.find('\x7f'), std::string::npos);
 }
 
 // Datasets shorter than @num_images (damage: a killed run leaves them longer, never shorter):

@@ -69,6 +69,10 @@ TEST(JsonText, ADuplicateKeyIsRefusedWhenAskedAndSiblingsMayShareKeys) {
               parse_json_text("[1] x", "c.json");
             }).find("c.json: text is not valid JSON: "),
             std::string::npos);
+  // Where and why, in words: nlohmann's exception name is left out.
+  EXPECT_EQ(test::error_of([&] { parse_json_text("x", "f.h5:/@threshold", "attribute"); }),
+            "f.h5:/@threshold: attribute is not valid JSON: parse error at line 1, column 1: "
+            "syntax error while parsing value - invalid literal; last read: 'x'");
 }
 
 TEST(JsonText, DeepJsonIsRefusedAndQuotedWithoutRecursion) {

@@ -7,6 +7,7 @@
 
 #include "attnscope/error.h"
 #include "attnscope/output_checks.h"
+#include "attnscope/printable.h"
 #include "cli.h"
 #include "pipeline/vision/report.h"
 
@@ -45,6 +46,19 @@ int run_report(const std::vector<std::string>& args, const GlobalOptions&) {
   if (o.top < 0) fail("--top must be >= 0");
   if (o.thumbnail < 16 || o.thumbnail > 1024) fail("--thumbnail must be in 16..1024");
   if (o.jpeg_quality < 1 || o.jpeg_quality > 100) fail("--jpeg-quality must be in 1..100");
+  // A MAP/MEASURE key is checked against the file's measures; any other word must be a fixed
+  // key (a typo is a usage error, before the file is read).
+  if (o.sort.find('/') == std::string::npos) {
+    std::string known;
+    bool ok = false;
+    for (const char* const* k = pipeline::vision::report_sort_keys(); *k; ++k) {
+      ok = ok || o.sort == *k;
+      known += std::string(known.empty() ? "" : ", ") + *k;
+    }
+    if (!ok)
+      fail(concat("--sort '", excerpt(o.sort, 200), "' is not a sort key: expected one of ", known,
+                  ", or MAP/MEASURE (e.g. stage3/mass_in_mask)"));
+  }
   o.command_line = joined(args);
   const auto start = std::chrono::steady_clock::now();
   check_not_an_input(out, results, "--results");
