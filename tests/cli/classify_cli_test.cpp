@@ -371,10 +371,11 @@ TEST(CliClassify, TtaIsInvariantToFlipsAndRotationsAndItsMapsEquivariant) {
   EXPECT_NE(text.find(" std"), std::string::npos) << text;
   EXPECT_LT(p, 1e-5) << text;
   EXPECT_LT(m, 1e-4) << text;
-  // Without --tta the untrained model is neither: the check above can fail.
+  // Without --tta the untrained model is neither: the checks above can fail.
   const auto [plain_text, plain_p, plain_m] = worst("", "plain", "plain");
   EXPECT_NE(plain_text.find("nostd"), std::string::npos) << plain_text;
   EXPECT_GT(plain_m, 1e-3) << plain_text;
+  EXPECT_GT(plain_p, 1e-5) << plain_text;
 }
 
 TEST(CliClassify, TwoShardsMergedEqualOneRun) {
@@ -560,9 +561,13 @@ TEST(CliClassify, MergeKilledAtAnyMomentLeavesTheOldOrTheNewFile) {
   ASSERT_LT(old_ids.size(), new_ids.size());
   std::mt19937 rng(26);
   int killed = 0;
-  for (int round = 0; round < 5; ++round) {
+  // A later run may be faster than the timed one: when none of the 5 kills landed, up to 6 more
+  // with the window halved each time.
+  int window = ms;
+  for (int round = 0; round < 5 || (killed == 0 && round < 11); ++round) {
+    if (round >= 5) window = std::max(1, window / 2);
     std::ofstream(out, std::ios::binary) << old_bytes;
-    const int at = std::uniform_int_distribution<int>(0, ms)(rng);
+    const int at = std::uniform_int_distribution<int>(0, window)(rng);
     const auto r = test::run_killed_after(all, at);
     killed += r.killed;
     std::vector<std::string> ids;

@@ -200,24 +200,18 @@ TEST(Distributed, UnreachableMasterIsAClearError) {
 // depend on this machine's DNS.
 TEST(Distributed, UnresolvableMasterAddrIsNamedAtOnce) {
   const std::string host = std::string(64, 'a') + ".invalid";
+  // No clock: with a 600 s --dist-timeout, "at once" is an exit before timeout(1)'s 120 s (a
+  // resolver asked again until the timeout would end with status 124).
   for (const int rank : {0, 1}) {
-    const auto start = std::chrono::steady_clock::now();
     const auto r = test::run_process(
-        "timeout 120 " + rank_command(rank, 2, free_port(), "--epochs 1 --dist-timeout 20",
+        "timeout 120 " + rank_command(rank, 2, free_port(), "--epochs 1 --dist-timeout 600",
                                       "GLOO_SOCKET_IFNAME=lo MASTER_ADDR=" + host));
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     EXPECT_EQ(r.status, 1) << r.output;
     EXPECT_NE(r.output.find(concat("error: distributed: rank ", rank, ": MASTER_ADDR '", host,
                                    "' is not a host name")),
               std::string::npos)
         << r.output;
     EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
-    // Not after the 20 s timeout (a resolver that answered EAI_AGAIN would be asked again
-    // until then).
-    if (r.output.find("Name or service not known") != std::string::npos) {
-      EXPECT_LT(seconds, 15) << r.output;
-    }
   }
 }
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -533,10 +534,20 @@ TEST_F(EvaluateCli, FullDiskAndKillLeaveThePreviousOutput) {
   EXPECT_NE(r.output.find(target), std::string::npos) << r.output;
   EXPECT_EQ(read_text(target), "previous\n");
 
-  std::mt19937 rng(std::random_device{}());
-  for (int run = 0; run < 3; ++run) {
-    const int ms = std::uniform_int_distribution<int>(50, 1500)(rng);
-    test::run_killed_after(cmd, ms);
+  // Kills within the time an uninterrupted run takes (a fixed seed: a failure can be rerun).
+  std::ofstream(target) << "previous\n";
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(test::run_process(cmd).status, 0);
+  const int whole = static_cast<int>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+          .count());
+  std::mt19937 rng(41);
+  int killed = 0;
+  for (int run = 0; run < 4 || (killed == 0 && run < 10); ++run) {
+    std::ofstream(target) << "previous\n";
+    const int ms =
+        std::uniform_int_distribution<int>(0, std::max(1, whole >> std::max(0, run - 3)))(rng);
+    killed += test::run_killed_after(cmd, ms).killed;
     const auto text = read_text(target);
     if (text != "previous\n") {
       // A new file is complete.
@@ -544,6 +555,7 @@ TEST_F(EvaluateCli, FullDiskAndKillLeaveThePreviousOutput) {
       EXPECT_EQ(j["evaluated"], 24) << "killed after " << ms << " ms";
     }
   }
+  EXPECT_GT(killed, 0) << "no run was killed before it ended";
 }
 
 }  // namespace

@@ -164,7 +164,7 @@ TEST(TrainCli, ResumeAfterSigkillsEqualsAnUninterruptedRun) {
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
           .count());
   const auto run = dir / "killed";
-  std::mt19937 rng(std::random_device{}());
+  std::mt19937 rng(23);  // fixed: a failure can be rerun
   int kills = 0;
   for (int attempt = 0; attempt < 20; ++attempt) {
     const bool started = fs::exists(run + "/last.h5");
@@ -752,7 +752,8 @@ TEST(TrainCli, OversampleAndTheBalancedSamplerSetTheEpochSize) {
 
 // With a learning rate of 1e-6 the weights hardly move, so the training loss with --mask-loss
 // minus the loss without is the weighted Dice loss of the maps against the masks: positive, at
-// most the sum of the weights (each Dice loss is in [0, 1]), and linear in the weights.
+// most the sum of the weights (each Dice loss is in [0, 1]), linear in the weights, and the sum
+// of each stage's own.
 TEST(TrainCli, MaskLossAddsTheWeightedDiceLossOfEachStage) {
   test::TempDir dir;
   const auto train = subset_csv("train_10_6.csv", 10, 6);
@@ -767,6 +768,15 @@ TEST(TrainCli, MaskLossAddsTheWeightedDiceLossOfEachStage) {
   EXPECT_GT(one, 0.05);
   EXPECT_LE(one, 2.0 + 1e-3);
   EXPECT_NEAR(two, 2.0 * one, 0.05 * one);
+  // Each weight acts on its own stage: one stage at a time, each adds a positive Dice loss of
+  // at most 1, and the two add up to both at once.
+  const double first = loss("--mask-loss 1,0", "first") - plain;
+  const double second = loss("--mask-loss 0,1", "second") - plain;
+  EXPECT_GT(first, 0.02);
+  EXPECT_GT(second, 0.02);
+  EXPECT_LE(first, 1.0 + 1e-3);
+  EXPECT_LE(second, 1.0 + 1e-3);
+  EXPECT_NEAR(first + second, one, 0.05 * one);
   const auto wrong = test::run_process(fixed_split_command(train, dir / "x", "--mask-loss 1"));
   EXPECT_NE(wrong.status, 0);
   EXPECT_NE(wrong.output.find("--mask-loss"), std::string::npos) << wrong.output;

@@ -137,6 +137,29 @@ TEST_F(AttentionCoreTest, ScoreByNameMatchesFreeFunctionsAndProjectedKeys) {
     EXPECT_TRUE(
         torch::allclose(score->forward_projected(q, score->project_keys(k)), direct, 0, kAtol))
         << name;
+    // Each kind against its formula, one (query, key) pair at a time.
+    auto expected = torch::empty({2, 3, 5});
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t i = 0; i < 3; ++i)
+        for (int64_t j = 0; j < 5; ++j) {
+          const auto qi = q[b][i], kj = k[b][j];
+          torch::Tensor e;
+          if (kind == ScoreKind::dot) {
+            e = (qi * kj).sum();
+          } else if (kind == ScoreKind::scaled_dot) {
+            e = (qi * kj).sum() / 2.0;  // sqrt(D), D = 4
+          } else if (kind == ScoreKind::general) {
+            e = (qi.unsqueeze(1) * score->general->weight * kj.unsqueeze(0)).sum();
+          } else {
+            const auto& a = score->additive;
+            const auto hidden = torch::tanh(torch::mv(a->query_proj->weight, qi) +
+                                            torch::mv(a->key_proj->weight, kj) + a->key_proj->bias);
+            e = (a->v->weight[0] * hidden).sum();
+          }
+          expected[b][i][j] = e;
+        }
+    EXPECT_TRUE(torch::allclose(direct, expected, 1e-5, kAtol))
+        << name << ": " << (direct - expected).abs().max().item<double>();
   }
   Score dot(ScoreOptions(ScoreKind::dot, 4, 4));
   EXPECT_TRUE(torch::allclose(dot->forward(q, k), dot_score(q, k)));

@@ -155,11 +155,26 @@ TEST(Augment, CutoutFillsAtMostItsSquareWithTheMean) {
   AugmentOptions o;
   o.cutout = 1.0;
   o.cutout_size = 0.25;  // 10 × 10
-  const auto out = run(img, o, {4, 0, 0});
-  cv::Mat changed;
-  cv::cvtColor(cv::abs(out - img), changed, cv::COLOR_RGB2GRAY);
-  EXPECT_LE(cv::countNonZero(changed), 100);
-  EXPECT_GT(cv::countNonZero(changed), 0);
+  // Every pixel of the image is 0 or 200, so each pixel the hole covers changes: the changed
+  // pixels are the hole, one square of at most 10 × 10 (clipped at the border), all (100, 100,
+  // 100), the image's mean.
+  for (int index = 0; index < 20; ++index) {
+    const auto out = run(img, o, {4, index, 0});
+    cv::Mat diff, changed;
+    cv::absdiff(out, img, diff);
+    cv::cvtColor(diff, changed, cv::COLOR_RGB2GRAY);
+    cv::Mat nonzero;
+    cv::findNonZero(changed, nonzero);
+    ASSERT_GT(nonzero.total(), 0u) << index;
+    const auto box = cv::boundingRect(nonzero);
+    EXPECT_LE(box.width, 10) << index;
+    EXPECT_LE(box.height, 10) << index;
+    EXPECT_EQ(static_cast<int>(nonzero.total()), box.area()) << index << ": not a filled rectangle";
+    for (int y = box.y; y < box.y + box.height; ++y)
+      for (int x = box.x; x < box.x + box.width; ++x)
+        EXPECT_EQ(out.at<cv::Vec3b>(y, x), cv::Vec3b(100, 100, 100))
+            << index << " at " << x << "," << y;
+  }
 }
 
 TEST(Augment, RejectsOutOfRangeOptions) {

@@ -1,4 +1,5 @@
 #include <sys/mman.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -192,9 +193,9 @@ std::string env_or(const char* name, const char* missing) {
   return v ? v : missing;
 }
 
-// The CPUID bits against the flags the kernel lists in /proc/cpuinfo: a listed avx512_bf16 or
-// amx_bf16 means the CPU has it (the other direction is not asserted: an older kernel may not
-// know amx_bf16).
+// The CPUID bits against the flags the kernel lists in /proc/cpuinfo, both ways: a listed
+// avx512_bf16 or amx_bf16 means the CPU has it, and none listed means it has neither (asserted
+// from Linux 5.16 on, the first to know amx_bf16; avx512_bf16 is known since 5.2).
 TEST(Precision, NativeBf16DetectionAgreesWithProcCpuinfo) {
   std::ifstream in("/proc/cpuinfo");
   std::set<std::string> flags;
@@ -206,8 +207,16 @@ TEST(Precision, NativeBf16DetectionAgreesWithProcCpuinfo) {
     break;
   }
   if (flags.empty()) GTEST_SKIP() << "no flags line in /proc/cpuinfo";
-  if (flags.count("avx512_bf16") || flags.count("amx_bf16")) {
+  const bool listed = flags.count("avx512_bf16") || flags.count("amx_bf16");
+  if (listed) {
     EXPECT_TRUE(runtime::cpu_has_native_bf16());
+  }
+  utsname name{};
+  ASSERT_EQ(uname(&name), 0);
+  int major = 0, minor = 0;
+  ASSERT_EQ(std::sscanf(name.release, "%d.%d", &major, &minor), 2) << name.release;
+  if (major > 5 || (major == 5 && minor >= 16)) {
+    EXPECT_EQ(runtime::cpu_has_native_bf16(), listed) << "kernel " << name.release;
   }
 }
 
