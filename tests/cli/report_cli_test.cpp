@@ -157,26 +157,34 @@ TEST(CliReport, RenderedPageIsNotBlank) {
                               (dir / "report.html"))
                 .status,
             0);
-  const auto shot =
-      chromium(dir, "--screenshot=" + quoted(dir / "page.png") + " --window-size=1280,3200",
-               dir / "report.html");
-  ASSERT_TRUE(fs::exists(dir / "page.png")) << shot.output;
-  // Pixel statistics: much ink, plots' colours and the JET overlays' saturated colours.
-  const auto stats = test::run_process(
-      test::python() + " -c \"import cv2,numpy as np; i=cv2.imread('" + (dir / "page.png") +
-      "'); g=cv2.cvtColor(i,cv2.COLOR_BGR2GRAY); h=cv2.cvtColor(i,cv2.COLOR_BGR2HSV); "
-      "print('%.4f %.2f %.5f' % ((g<200).mean(), g.std(), "
-      "((h[...,1]>150)&(h[...,2]>100)).mean()))\"");
-  ASSERT_EQ(stats.status, 0) << stats.output;
-  double ink = 0, spread = 0, saturated = 0;
-  std::istringstream(stats.output) >> ink >> spread >> saturated;
-  // A blank or white page gives 0 for all three. A quiet machine measured 0.14, 49 and 0.0062;
-  // four renders at once (lazy thumbnails still decoding when the shot is taken) 0.029, 27
-  // and 0.0036: the bounds sit well below both. (Cards built by the script are counted by
+  // A blank or white page gives 0 for all three statistics below. A quiet machine measured
+  // 0.14, 49 and 0.0062; four renders at once (lazy thumbnails still decoding when the shot is
+  // taken) 0.029, 27 and 0.0036: the bounds sit well below both, and a shot taken on a machine
+  // so loaded that it falls below them is taken again (up to 3 shots; a blank page fails
+  // every one). (Cards built by the script are counted by
   // ChromiumShowsEveryCardAndTheNumbersOfTheResultsFile through --dump-dom.)
-  EXPECT_GT(ink, 0.01) << stats.output;         // text, tables and plots drawn
-  EXPECT_GT(spread, 10.0) << stats.output;      // not a flat page
-  EXPECT_GT(saturated, 0.001) << stats.output;  // colour bars, overlays and plot colours
+  double ink = 0, spread = 0, saturated = 0;
+  std::string shown;
+  for (int shot_no = 0; shot_no < 3; ++shot_no) {
+    fs::remove(dir / "page.png");
+    const auto shot =
+        chromium(dir, "--screenshot=" + quoted(dir / "page.png") + " --window-size=1280,3200",
+                 dir / "report.html");
+    ASSERT_TRUE(fs::exists(dir / "page.png")) << shot.output;
+    // Pixel statistics: much ink, plots' colours and the JET overlays' saturated colours.
+    const auto stats = test::run_process(
+        test::python() + " -c \"import cv2,numpy as np; i=cv2.imread('" + (dir / "page.png") +
+        "'); g=cv2.cvtColor(i,cv2.COLOR_BGR2GRAY); h=cv2.cvtColor(i,cv2.COLOR_BGR2HSV); "
+        "print('%.4f %.2f %.5f' % ((g<200).mean(), g.std(), "
+        "((h[...,1]>150)&(h[...,2]>100)).mean()))\"");
+    ASSERT_EQ(stats.status, 0) << stats.output;
+    std::istringstream(stats.output) >> ink >> spread >> saturated;
+    shown += stats.output;
+    if (ink > 0.01 && spread > 10.0 && saturated > 0.001) break;
+  }
+  EXPECT_GT(ink, 0.01) << shown;         // text, tables and plots drawn
+  EXPECT_GT(spread, 10.0) << shown;      // not a flat page
+  EXPECT_GT(saturated, 0.001) << shown;  // colour bars, overlays and plot colours
 }
 
 TEST(CliReport, BadResultsFilesGiveOneClearLine) {

@@ -1,6 +1,10 @@
 // Explanations: rollout against hand-computed cases, gradient rollout, Grad-CAM on a model
 // whose logits depend on known regions, the ViT's attention outputs.
 
+#include <algorithm>
+#include <array>
+#include <cmath>
+
 #include <ATen/autocast_mode.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -271,6 +275,41 @@ TEST(VisionTransformer, InterpolatesPositionsForOtherSizes) {
   EXPECT_EQ(p.sizes(), (std::vector<int64_t>{1, 121, 128}));
   EXPECT_TRUE(
       torch::allclose(p, torch::arange(128, torch::kFloat).expand({1, 121, 128}), 1e-4, 1e-4));
+  // A random one on a grid that is not square: the formula of bicubic interpolation
+  // (align_corners=False, Keys' a = -0.75, taps past the edge take the edge), separable, in
+  // double, written apart from LibTorch's interpolate (a swap of height and width fails it).
+  {
+    torch::NoGradGuard g;
+    vit->pos_embed.copy_(torch::randn({1, 65, 128}));
+  }
+  const auto cubic = [](double t) {  // weights of the taps at -1, 0, 1, 2 from floor(x)
+    const double a = -0.75;
+    const auto near = [&](double d) { return ((a + 2) * d - (a + 3)) * d * d + 1; };
+    const auto far = [&](double d) { return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a; };
+    return std::array<double, 4>{far(t + 1), near(t), near(1 - t), far(2 - t)};
+  };
+  const auto resample = [&](int64_t n, int64_t size) {  // (size, n): output row i from source rows
+    auto m = torch::zeros({size, n}, torch::kDouble);
+    for (int64_t i = 0; i < size; ++i) {
+      const double x =
+          (static_cast<double>(i) + 0.5) * static_cast<double>(n) / static_cast<double>(size) - 0.5;
+      const auto x0 = static_cast<int64_t>(std::floor(x));
+      const auto w = cubic(x - static_cast<double>(x0));
+      for (int64_t k = 0; k < 4; ++k) {
+        const int64_t src = std::clamp<int64_t>(x0 - 1 + k, 0, n - 1);
+        m[i][src] += w[static_cast<std::size_t>(k)];
+      }
+    }
+    return m;
+  };
+  const auto grid = vit->pos_embed.narrow(1, 1, 64).reshape({8, 8, 128}).to(torch::kDouble);
+  const auto expected =
+      torch::einsum("ih,hwd,jw->ijd", {resample(8, 12), grid, resample(8, 10)}).reshape({120, 128});
+  const auto got = vit->position_embedding(12, 10);
+  EXPECT_TRUE(
+      torch::allclose(got[0][0].to(torch::kDouble), vit->pos_embed[0][0].to(torch::kDouble)));
+  EXPECT_TRUE(torch::allclose(got[0].narrow(0, 1, 120).to(torch::kDouble), expected, 1e-5, 1e-5))
+      << (got[0].narrow(0, 1, 120).to(torch::kDouble) - expected).abs().max().item<double>();
   vit->eval();
   EXPECT_EQ(vit->forward(torch::randn({1, 3, 96, 80})).logits.sizes(),
             (std::vector<int64_t>{1, 3}));

@@ -2,6 +2,12 @@
 // them, and cgroup files laid out as the kernel lays them out (v1 and v2), in a temporary tree.
 #include "runtime/memory_limit.h"
 
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -130,6 +136,43 @@ TEST(MemoryLimit, TheFreeMemoryLimitIsReadAgainWhenAsked) {
   // Other processes may allocate or free between the reads: 256 MiB of slack either side.
   EXPECT_GE(now.bytes + 256 * kMiB, std::min(before, after));
   EXPECT_LE(now.bytes, std::max(before, after) + 256 * kMiB);
+
+  // A value read once and kept would pass the above while free memory stays put: a child
+  // process now takes 2 GiB and holds it; the limit read while it does must have dropped.
+  const auto base = free_memory_read_here();
+  if (base < 6 * kGiB) GTEST_SKIP() << "less than 6 GiB free: the 2 GiB child is not run";
+  // The limit kept from the start is the smaller one when memory was scarcer then: it would
+  // pass the check below by itself.
+  if (memory_limit().bytes + 512 * kMiB < base) GTEST_SKIP() << "the start's limit binds";
+  int ready[2], release[2];
+  ASSERT_EQ(pipe(ready), 0);
+  ASSERT_EQ(pipe(release), 0);
+  const std::size_t held = 2 * kGiB;
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    void* p = mmap(nullptr, held, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) _exit(1);
+    std::memset(p, 1, held);  // touched: resident, not just reserved
+    char c = 'r';
+    if (::write(ready[1], &c, 1) != 1) _exit(1);
+    if (::read(release[0], &c, 1) < 0) _exit(1);
+    _exit(0);
+  }
+  char c = 0;
+  const bool holding = ::read(ready[0], &c, 1) == 1;
+  const auto during = memory_limit_now();
+  c = 'x';
+  EXPECT_EQ(::write(release[1], &c, 1), 1);
+  int status = 0;
+  waitpid(child, &status, 0);
+  for (int fd : {ready[0], ready[1], release[0], release[1]})
+    close(fd);
+  ASSERT_TRUE(holding) << "the child could not take " << held / kMiB << " MiB";
+  // At least half of what the child held (other processes may free memory meanwhile).
+  EXPECT_LE(during.bytes + held / 2, base)
+      << "limit " << during.bytes / kMiB << " MiB while the child held " << held / kMiB
+      << " MiB of " << base / kMiB << " MiB free";
 }
 
 TEST(MemoryLimit, ResidentMemoryIsProcsOwnFigure) {
