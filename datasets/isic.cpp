@@ -237,6 +237,8 @@ Dataset read_class_folders(const std::string& root, const ReadOptions& options) 
     // A class name goes into checkpoints, reports and terminal lines: a control character in
     // it is refused as in an image id (a terminal escape would reach every summary line).
     const auto name = folder.filename().string();
+    // Hidden folders (.ipynb_checkpoints, .git) are no class: each refused the whole dataset.
+    if (!name.empty() && name[0] == '.') continue;
     if (has_control_character(name)) {
       warnings.push_back(concat(excerpt(folder.string(), 300),
                                 ": a class folder whose name contains a control character, "
@@ -262,6 +264,8 @@ Dataset read_class_folders(const std::string& root, const ReadOptions& options) 
     auto listing = list_folder(fs::path(root) / cls);
     warnings.insert(warnings.end(), listing.problems.begin(), listing.problems.end());
     for (const auto& file : listing.files) {
+      // Hidden files (macOS's "._x.jpg" metadata beside x.jpg) are no images, as in classify.
+      if (file.filename().string().rfind('.', 0) == 0) continue;
       const auto ext = lower(file.extension().string());
       const auto& exts = image_extensions();
       if (std::find(exts.begin(), exts.end(), ext) != exts.end()) files.push_back(file);

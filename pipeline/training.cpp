@@ -397,6 +397,12 @@ TrainingResult TrainingLoop::run(const TrainingHooks& hooks) {
   TrainingResult result;
   model_.train();
   bool stop = false;
+  // A run restored from a state whose patience had run out stopped early: it is finished, as
+  // one that reached its last epoch is (each --resume of it trained one more epoch).
+  if (options_.patience > 0 && bad_epochs_ >= options_.patience) {
+    result.stopped_early = true;
+    stop = true;
+  }
   const auto interrupted = [&] { return hooks.stop_requested && hooks.stop_requested(); };
   for (int64_t epoch = epoch_ + 1; epoch <= options_.epochs && !stop; ++epoch) {
     if (interrupted()) {

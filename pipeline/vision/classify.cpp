@@ -122,7 +122,11 @@ void add_input(datasets::Dataset& ds, std::map<std::string, int>& seen, const st
     while (std::getline(in, line)) {
       ++number;
       check(line.size() <= 65536, list, "line ", number, " is longer than 65536 bytes: not a list of paths");
-      while (!line.empty() && (line.back() == '\r' || line.back() == ' '))
+      // A NUL ends the path the system opens but not the line: `find -print0` output named
+      // one file and stored it under another's id. One path per line (`find -print`).
+      check(line.find('\0') == std::string::npos, list, "line ", number,
+            " holds a NUL byte: a list holds one path per line (find -print, not -print0)");
+      while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t'))
         line.pop_back();
       if (line.empty() || line[0] == '#') continue;
       // "@other.txt" is a list too, its path taken like any other line's.

@@ -769,6 +769,15 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
         std::string("synth --out '' --count 2"), std::string("report --results r.h5 --out ''"),
         std::string("report --results '' --out r"), std::string("merge a.h5 '' --out m.h5"),
         train("--optimizer ''"), "split --data '' --out " + (dir / "s.csv"),
+        // Options whose default is "" took an empty value as not given: `--init "$CKPT"` with
+        // CKPT unset trained from scratch without a word.
+        train("--init ''"), train("--init-backbone ''"), train("--teacher ''"), train("--val ''"),
+        train("--augment ''"), train("--mask-loss ''"), train("--images ''"),
+        train("--init a.h5 --init-backbone b.h5"),
+        std::string("evaluate --model m.h5 --data x.csv --out ''"),
+        std::string("evaluate --model m.h5 --data x.csv --predictions ''"),
+        "classify --model m.h5 --input x.jpg --out " + (dir / "o") + " --masks ''",
+        "cache --data x.csv --out " + (dir / "c.h5") + " --config ''",
         std::string("seq2seq translate --model m.h5 --beam 100000 abc"),
         std::string("dist-check --lr nan"), "demo --out " + (dir / "d") + " --minutes 1e300",
         // Past what a float32 holds or memory takes: LibTorch's overflow text, vector::reserve,
@@ -801,7 +810,10 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
   EXPECT_NE(test::run_process(exe() + " merge a.h5 '' --out m.h5")
                 .output.find("error: an argument is empty: each must name something"),
             std::string::npos);
-  // Where the default is empty, an empty value is that default (the report's title).
+  EXPECT_NE(test::run_process(exe() + " " + train("--init ''"))
+                .output.find("error: --init is empty: give it a value"),
+            std::string::npos);
+  // Only the report's title takes "": its default (a title from the file name).
   EXPECT_EQ(test::run_process(exe() + " report --results " + (dir / "none.h5") + " --out " +
                               (dir / "r.html") + " --title ''")
                 .output,

@@ -521,13 +521,25 @@ TEST(TrainingLoop, EarlyStoppingAfterPatienceEpochsWithoutImprovement) {
   hooks.end_epoch = [&](const EpochSummary& s, double, bool is_best) {
     if (is_best) best_epochs.push_back(s.epoch);
   };
-  const auto r = TrainingLoop(model, o).run(hooks);
+  TrainingLoop loop(model, o);
+  const auto r = loop.run(hooks);
   // Best at 1, 2; epochs 3, 4, 5 do not beat 0.7 (a tie is no improvement): stop after 5.
   EXPECT_TRUE(r.stopped_early);
   EXPECT_EQ(r.epochs_completed, 5);
   EXPECT_EQ(best_epochs, (std::vector<int64_t>{1, 2}));
   EXPECT_DOUBLE_EQ(r.best, 0.7);
   EXPECT_EQ(r.best_epoch, 2);
+  // Restored from its state (what --resume does), the stopped run is finished: no epoch more
+  // (each resume trained one).
+  const auto weights = model.w.detach().clone();
+  TrainingLoop again(model, o);
+  again.restore(loop.state_json(), loop.state_tensors());
+  const auto r2 = again.run(hooks);
+  EXPECT_TRUE(r2.stopped_early);
+  EXPECT_EQ(r2.epochs_completed, 5);
+  EXPECT_EQ(r2.steps, r.steps);
+  EXPECT_EQ(r2.best_epoch, 2);
+  EXPECT_TRUE(torch::equal(model.w, weights));
 }
 
 TEST(TrainingLoop, TimeBudgetStopsAfterTheFirstBatchAndHookRunsBeforeTheStep) {

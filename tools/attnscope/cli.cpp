@@ -61,19 +61,14 @@ bool parse(const std::string& usage_line, po::options_description& desc,
                                   excerpt(value, 200), "'"),
                            usage_text(usage_line, desc));
     }
-    // An empty value of an option whose default is not empty (a path above all: `--out ""`
-    // ended in "cannot create the run folder (Invalid argument)" or "error:  is not a folder")
-    // is a usage error naming the option; where the default is "" an empty value is the default.
+    // An empty value is a usage error naming the option: a path above all (`--out ""` ended in
+    // "cannot create the run folder (Invalid argument)"; `--init "$CKPT"` with CKPT unset
+    // trained from scratch without a word, as if --init was not given). Only --title takes ""
+    // (its default: a title from the file name).
     for (const auto& option : parsed.options) {
-      if (option.string_key.empty()) continue;
+      if (option.string_key.empty() || option.string_key == "title") continue;
       for (const auto& value : option.value) {
         if (!value.empty()) continue;
-        const auto* d = desc.find_nothrow(option.string_key, false);
-        boost::any fallback;
-        const bool empty_default = d && d->semantic()->apply_default(fallback) &&
-                                   fallback.type() == typeid(std::string) &&
-                                   boost::any_cast<std::string>(fallback).empty();
-        if (empty_default) continue;
         throw UsageError(option.position_key >= 0
                              ? std::string("an argument is empty: each must name something")
                              : concat("--", option.string_key, " is empty: give it a value"),

@@ -278,6 +278,11 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   if (batch_size > 65536) fail("--batch-size must be at most 65536");
   if (val_spec.empty() && !(val_split > 0 && val_split < 1)) fail("--val-split must be in (0, 1)");
   if (optimizer != "sgd" && optimizer != "adamw") fail("--optimizer must be sgd or adamw");
+  // Two starts: the result matched neither alone.
+  if (!init.empty() && !init_backbone.empty())
+    fail(
+        "--init and --init-backbone are two starting points: give one (--init: the whole "
+        "model; --init-backbone: all but the head)");
   // The other words too, before the run folder is made (train() checks them again for its
   // other callers).
   for (const auto& [flag, value] :

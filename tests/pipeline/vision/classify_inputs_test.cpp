@@ -143,6 +143,22 @@ TEST(ClassifyInputs, AListWrittenFromTheCurrentFolderGetsOneHintAndItsLinesStayI
   write_lines(dir.path() / "lists" / "lone.txt", {"@"});
   EXPECT_EQ(test::error_of([] { pipeline::collect_inputs({"@lists/lone.txt"}); }),
             "lists/lone.txt: line 1: '@' names no list");
+  // A NUL byte (find -print0's list) is refused naming the line: the system opened the path up
+  // to the NUL while the id came from the whole line (one image stored under another's id).
+  {
+    std::ofstream(dir.path() / "lists" / "nul.txt", std::ios::binary)
+        << "./p.jpg\n"
+        << std::string("./a.jpg\0./b.jpg", 15) << "\n";
+  }
+  EXPECT_EQ(test::error_of([] { pipeline::collect_inputs({"@lists/nul.txt"}); }),
+            "lists/nul.txt: line 2 holds a NUL byte: a list holds one path per line (find "
+            "-print, not -print0)");
+  // Trailing tabs and spaces are not part of a path; a line of them is blank.
+  touch(dir.path() / "lists" / "t.jpg");
+  write_lines(dir.path() / "lists" / "tabs.txt", {"\t", " \t ", "t.jpg\t "});
+  const auto tabs = pipeline::collect_inputs({"@lists/tabs.txt"});
+  ASSERT_EQ(tabs.samples.size(), 1u);
+  EXPECT_EQ(tabs.samples[0].image_id, "t");
   // A file whose name starts with '@' is written ./@name.
   touch(dir.path() / "lists" / "@odd.jpg");
   write_lines(dir.path() / "lists" / "odd.txt", {"./@odd.jpg"});
