@@ -90,6 +90,39 @@ inline void check_replaceable_file(const std::string& path) {
         "exists and is not a regular file; refusing to replace it");
 }
 
+/// The first `max_bytes` bytes of the file `path` ("" when it cannot be read).
+inline std::string file_head(const std::string& path, std::size_t max_bytes) {
+  std::string head(max_bytes, '\0');
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return "";
+  std::size_t got = 0;
+  while (got < max_bytes) {
+    const ssize_t n = ::read(fd, head.data() + got, max_bytes - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+  head.resize(got);
+  return head;
+}
+
+/// Throws Error(path, ...) when `path` is a file holding bytes that `is_own` does not take for
+/// what this command writes (`what`, e.g. "a split CSV"): `split --out` onto a ground-truth CSV,
+/// or `cache --out` onto a checkpoint, replaced it without a word. An empty or missing file
+/// passes; `is_own` is asked only for a regular file holding bytes.
+template <class IsOwn>
+void check_replaces_only_its_own(const std::string& path, const std::string& what, IsOwn&& is_own) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const auto status = fs::status(path, ec);
+  if (!fs::is_regular_file(status)) return;
+  const auto size = fs::file_size(path, ec);
+  if (ec || size == 0 || is_own()) return;
+  throw Error(path, "exists and is not " + what +
+                        "; refusing to replace it (remove it first, or choose another --out)");
+}
+
 /// ensure_writable_folder for an output folder that may not exist yet: its nearest existing
 /// ancestor must be writable, and no missing part of it a symbolic link to nowhere.
 inline void ensure_writable_output_folder(const std::string& dir) {

@@ -247,6 +247,18 @@ ImageCacheReport write_image_cache(const std::string& path, const datasets::Samp
   return report;
 }
 
+bool is_image_cache_file(const std::string& path) {
+  if (file_head(path, 8) != std::string("\x89HDF\r\n\x1a\n", 8)) return false;
+  try {
+    h5::check_untrusted_file(path, false);
+    const auto file = h5::File::open(path);
+    return h5::has_attribute(file.id(), "format") &&
+           h5::read_string_attribute(file.id(), "format", path) == kFormat;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
 ImageCacheSource::ImageCacheSource(const std::string& path)
     : path_(path), file_((h5::check_untrusted_file(path, false), h5::File::open(path))) {
   const hid_t root = file_.id();

@@ -49,6 +49,10 @@ ImageCacheReport write_image_cache(const std::string& path, const datasets::Samp
                                    const preprocessing::Pipeline& pipeline, int workers = 1,
                                    const std::function<bool()>& stop = nullptr);
 
+/// True when `path` is an HDF5 file with the image cache's format attribute (checked as an
+/// untrusted file first: a crafted file is false, never a crash).
+bool is_image_cache_file(const std::string& path);
+
 /// A SampleSource over a cache file: load(i) reads image i (one HDF5 chunk). Thread-safe
 /// (reads are serialised: the HDF5 library here is not thread-safe).
 class ImageCacheSource : public datasets::SampleSource {

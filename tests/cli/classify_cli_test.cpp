@@ -1268,6 +1268,12 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
            ":/@num_errors: is '1.5', expected a row count (a whole number >= 0)"},
       {"merge " + q(dir / "copy.h5") + " " + q(s1) + " --out " + q(dir / "copy.h5"),
        dir / "copy.h5" + ": is one of the files to merge"},
+      // An output folder inside an input folder: its files were read as inputs by the next run.
+      {"classify --model " + q(model) + " --input " + q(images + "/images") + " --out " +
+           q(images + "/images/out"),
+       images + "/images/out: is the input folder " + images +
+           "/images or inside it: its files would be read as inputs; choose an output folder "
+           "outside it"},
       {"report --results " + q(deep) + " --out " + q(dir / "r.html"),
        deep + ":/@class_names: attribute is JSON nested deeper than 64 levels"},
       {"report --results " + q(dir / "copy.h5") + " --out " + q(dir / "copy.h5"),
@@ -1293,6 +1299,17 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
   };
   const auto model_bytes = read_bytes(model), labels = read_bytes(images + "/labels.csv");
   const auto copy_bytes = read_bytes(dir / "copy.h5");
+  // A launcher's variables that make no shard name those variables, not --shard.
+  {
+    const auto r = test::run_process("RANK=3 WORLD_SIZE=2 " + exe() + " classify --model " +
+                                     q(model) + " --input " + q(images + "/images") + " --out " +
+                                     q(dir / "c4") + " 2>&1");
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_EQ(r.output,
+              "error: classify: the shard taken from RANK=3 and WORLD_SIZE=2 is '3/2', "
+              "not i/N with 0 <= i < N: check the launcher's variables, or give "
+              "--shard\n");
+  }
   for (const auto& c : cases) {
     SCOPED_TRACE(c.args);
     const auto r = test::run_process("timeout -k 5 60 " + exe() + " " + c.args);

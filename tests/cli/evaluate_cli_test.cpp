@@ -526,16 +526,17 @@ craft('stages_twice', 'model_config', json.dumps(dict(mc, arch='attn_small', att
 TEST_F(EvaluateCli, FullDiskAndKillLeaveThePreviousOutput) {
   test::TempDir out;
   const auto target = out / "m.json";
-  std::ofstream(target) << "previous\n";
+  // A previous output of evaluate (its two keys): the only kind of file --out replaces.
+  const std::string previous = "{\"evaluated\": 0, \"metrics\": {}, \"previous\": true}\n";
+  std::ofstream(target) << previous;
   const auto cmd = exe() + " evaluate --json --bootstrap 0 --model " + model() + " --data " +
                    data() + " --out " + target;
   const auto r = test::run_with_file_size_limit(cmd, 200);
   EXPECT_NE(r.status, 0) << r.output;
   EXPECT_NE(r.output.find(target), std::string::npos) << r.output;
-  EXPECT_EQ(read_text(target), "previous\n");
+  EXPECT_EQ(read_text(target), previous);
 
   // Kills within the time an uninterrupted run takes (a fixed seed: a failure can be rerun).
-  std::ofstream(target) << "previous\n";
   const auto t0 = std::chrono::steady_clock::now();
   ASSERT_EQ(test::run_process(cmd).status, 0);
   const int whole = static_cast<int>(
@@ -544,18 +545,40 @@ TEST_F(EvaluateCli, FullDiskAndKillLeaveThePreviousOutput) {
   std::mt19937 rng(41);
   int killed = 0;
   for (int run = 0; run < 4 || (killed == 0 && run < 10); ++run) {
-    std::ofstream(target) << "previous\n";
+    std::ofstream(target) << previous;
     const int ms =
         std::uniform_int_distribution<int>(0, std::max(1, whole >> std::max(0, run - 3)))(rng);
     killed += test::run_killed_after(cmd, ms).killed;
     const auto text = read_text(target);
-    if (text != "previous\n") {
+    if (text != previous) {
       // A new file is complete.
       const auto j = nlohmann::json::parse(text);
       EXPECT_EQ(j["evaluated"], 24) << "killed after " << ms << " ms";
     }
   }
   EXPECT_GT(killed, 0) << "no run was killed before it ended";
+
+  // Any other file is not replaced (a checkpoint or ground truth given as --out was, without
+  // a word): one line, the file byte for byte, before the evaluation.
+  const auto other = out / "notes.json";
+  const auto csv = out / "truth.csv";
+  std::ofstream(other) << "previous\n";
+  std::ofstream(csv) << "image_id,melanoma\nx,1\n";
+  for (const auto& [flags, file, what] :
+       {std::make_tuple(" --out " + other, other,
+                        std::string("a JSON file written by attnscope "
+                                    "evaluate")),
+        std::make_tuple(" --predictions " + csv, csv,
+                        std::string("a predictions CSV written by attnscope evaluate"))}) {
+    const auto before = read_text(file);
+    const auto e = test::run_process(exe() + " evaluate --bootstrap 0 --model " + model() +
+                                     " --data " + data() + flags + " 2>&1");
+    EXPECT_EQ(e.status, 1) << e.output;
+    EXPECT_EQ(e.output,
+              "error: " + file + ": exists and is not " + what +
+                  "; refusing to replace it (remove it first, or choose another --out)\n");
+    EXPECT_EQ(read_text(file), before);
+  }
 }
 
 }  // namespace

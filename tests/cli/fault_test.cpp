@@ -266,6 +266,42 @@ TEST(CliFault, SplitReportsWriteErrorsAndKeepsThePreviousCsv) {
                         (dir / "images") + " --out " + (dir / "empty.csv"));
   EXPECT_NE(r.status, 0) << r.output;
   EXPECT_FALSE(fs::exists(dir / "empty.csv"));
+  // A split CSV (also --folds) is replaced; any other file is not (ground truth given as --out
+  // was, without a word): one line, the file byte for byte.
+  EXPECT_EQ(test::run_process(cmd + " --folds 3").status, 0);
+  EXPECT_EQ(test::run_process(cmd).status, 0);
+  std::ofstream(dir / "truth.csv") << "image_id,melanoma\nx,1\n";
+  r = test::run_process(exe() + " split --data " + (dir / "labels.csv") + " --out " +
+                        (dir / "truth.csv") + " 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_EQ(r.output, "error: " + (dir / "truth.csv") +
+                          ": exists and is not a CSV written by attnscope split; refusing to "
+                          "replace it (remove it first, or choose another --out)\n");
+  EXPECT_EQ(test::read_text(dir / "truth.csv"), "image_id,melanoma\nx,1\n");
+  // An empty file is replaced.
+  std::ofstream(dir / "empty.csv").flush();
+  EXPECT_EQ(test::run_process(exe() + " split --data " + (dir / "labels.csv") + " --out " +
+                              (dir / "empty.csv"))
+                .status,
+            0);
+  // cache --out replaces an image cache only: not a checkpoint-like HDF5 file, not a CSV.
+  const auto cache = exe() + " cache --data " + (dir / "labels.csv") + " --size 16 --out ";
+  EXPECT_EQ(test::run_process(cache + (dir / "c.h5")).status, 0);
+  EXPECT_EQ(test::run_process(cache + (dir / "c.h5")).status, 0);
+  ASSERT_EQ(test::run_process(test::python() + " -c \"import h5py; f=h5py.File('" +
+                              (dir / "other.h5") + "','w'); f.attrs['format']='x'\"")
+                .status,
+            0);
+  for (const auto& name : {"other.h5", "truth.csv"}) {
+    const auto before_bytes = test::read_text(dir / name);
+    r = test::run_process(cache + (dir / name) + " 2>&1");
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_NE(r.output.find(": exists and is not an attnscope image cache; refusing to replace "
+                            "it"),
+              std::string::npos)
+        << r.output;
+    EXPECT_EQ(test::read_text(dir / name), before_bytes);
+  }
 }
 
 // Names still colliding after the extension is kept (a.png.jpg beside a.jpg and a.png; an input
@@ -719,6 +755,25 @@ TEST(CliFault, SkippedMissingImagesAreNamedUpToTwentyAndCounted) {
   EXPECT_NE(r.output.find("nothing to cache: the dataset holds no image"), std::string::npos)
       << r.output;
   EXPECT_FALSE(fs::exists(dir / "c.h5"));
+}
+
+// A path the file system refuses (a symbolic link loop) is named with the system's reason,
+// not the library's "filesystem error: status: Too many levels of symbolic links [loopA]".
+TEST(CliFault, FilesystemErrorsNameThePathAndTheReason) {
+  test::TempDir dir;
+  fs::create_symlink(dir / "loopB", dir / "loopA");
+  fs::create_symlink(dir / "loopA", dir / "loopB");
+  for (const auto& args :
+       {"train --model attn_small --data x.csv --out " + (dir / "loopA") + "/run",
+        "evaluate --model " + (dir / "loopA") + " --data x.csv"}) {
+    const auto r = test::run_process(exe() + " " + args + " 2>&1");
+    EXPECT_EQ(r.status, 1) << args << "\n" << r.output;
+    EXPECT_EQ(r.output.find("filesystem error"), std::string::npos) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find(dir / "loopA"), std::string::npos) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find("Too many levels of symbolic links"), std::string::npos) << args << "\n"
+                                                                                     << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  }
 }
 
 TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {

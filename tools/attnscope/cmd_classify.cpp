@@ -27,13 +27,17 @@ constexpr int kMaxFaithfulnessSteps = 1024;
 
 namespace fs = std::filesystem;
 
-// torchrun (RANK/WORLD_SIZE) or Slurm (SLURM_PROCID/SLURM_NTASKS): "i/N", or "" when unset.
-std::string shard_from_environment() {
+// torchrun (RANK/WORLD_SIZE) or Slurm (SLURM_PROCID/SLURM_NTASKS): "i/N", or "" when unset;
+// `from` names the variables it came from ("RANK=3 and WORLD_SIZE=2").
+std::string shard_from_environment(std::string* from = nullptr) {
   for (const auto& [rank, size] :
        {std::pair{"RANK", "WORLD_SIZE"}, std::pair{"SLURM_PROCID", "SLURM_NTASKS"}}) {
     const char* r = std::getenv(rank);
     const char* n = std::getenv(size);
-    if (r && n && *r && *n) return std::string(r) + "/" + n;
+    if (r && n && *r && *n) {
+      if (from) *from = concat(rank, "=", excerpt(r, 40), " and ", size, "=", excerpt(n, 40));
+      return std::string(r) + "/" + n;
+    }
   }
   return "";
 }
@@ -79,8 +83,9 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
       ("tta", po::bool_switch(&o.tta),
        "test-time augmentation: the 8 dihedral transforms, probabilities averaged (spread "
        "stored), maps mapped back and averaged")  //
-      ("threshold", po::value(&threshold)->default_value(""),
-       "binary models: malignant when p >= threshold (default: the checkpoint's, else 0.5)")  //
+      ("threshold", po::value(&threshold)->default_value("checkpoint"),
+       "binary models: malignant when p >= threshold: a number in [0, 1], or 'checkpoint' (the "
+       "checkpoint's, else 0.5), as evaluate takes it")  //
       ("masks", po::value(&masks)->default_value(""),
        "folder of lesion masks (<id>_segmentation.png, <id>_Segmentation.png, <id>_mask.png or "
        "<id>.png) for the localisation measures")  //
@@ -124,7 +129,7 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
         maps.begin() + static_cast<std::ptrdiff_t>(i))
       fail("--maps names '" + maps[i] + "' twice");
   o.maps = maps;
-  if (!threshold.empty()) {
+  if (threshold != "checkpoint") {
     try {
       std::size_t used = 0;
       o.threshold = std::stod(threshold, &used);
@@ -133,11 +138,18 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
       fail("--threshold expects a number in [0, 1], got '" + threshold + "'");
     }
   }
-  if (shard.empty()) shard = shard_from_environment();
+  std::string shard_from;  // the launcher's variables, when --shard was not given
+  if (shard.empty()) shard = shard_from_environment(&shard_from);
   if (!shard.empty()) {
     try {
       std::tie(o.shard, o.num_shards) = pipeline::parse_shard(shard);
     } catch (const Error& e) {
+      // Not the user's --shard: the environment's (exit 1, the variables named).
+      if (!shard_from.empty())
+        throw Error("classify",
+                    concat("the shard taken from ", shard_from, " is '", excerpt(shard, 90),
+                           "', not i/N with 0 <= i < N: check the launcher's "
+                           "variables, or give --shard"));
       fail(e.what());
     }
   }
@@ -150,6 +162,14 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
                                              runtime::cuda_device_count());
   std::cerr << runtime::precision_warning(o.precision, o.device);
   o.command_line = join_args(args);
+  // An output folder inside an input folder: a later run (--resume, or the next classify of
+  // the folder) read results.h5 and the CSVs as inputs, each an error row.
+  for (const auto& input : inputs) {
+    std::error_code ec;
+    if (input.empty() || input[0] == '@' || !std::filesystem::is_directory(input, ec)) continue;
+    check(!folder_contains(input, o.out_dir), o.out_dir, "is the input folder ", input,
+          " or inside it: its files would be read as inputs; choose an output folder outside it");
+  }
   auto dataset =
       data.data.empty() ? pipeline::collect_inputs(inputs) : data.read(usage_text(usage, desc));
   if (data.data.empty())  // (the dataset flags print their own)

@@ -41,6 +41,11 @@ int run_split(const std::vector<std::string>& args, const GlobalOptions&) {
   if (!std::isfinite(o.val) || !std::isfinite(o.test)) fail("--val and --test must be numbers");
   check_not_an_input(out, data.resolved(), "--data");
   ensure_writable_folder(out);
+  check_replaces_only_its_own(out, "a CSV written by attnscope split", [&] {
+    const auto head = file_head(out, 64);
+    return head.rfind("image_id,label,group,split\n", 0) == 0 ||
+           head.rfind("image_id,label,group,fold\n", 0) == 0;
+  });
   const auto ds = data.read(usage_text(usage, desc));
   check(!ds.samples.empty(), data.data, "no samples to split");
   if (folds > static_cast<int>(ds.samples.size()))

@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <new>
 #include <string>
@@ -143,6 +144,14 @@ int main(int argc, char** argv) {
   } catch (const c10::Error& e) {
     // LibTorch's own errors: the message without the C++ stack LibTorch appends to what().
     std::cerr << "error: " << attnscope::printable(e.what_without_backtrace()) << "\n";
+    return 1;
+  } catch (const std::filesystem::filesystem_error& e) {
+    // The library's "filesystem error: status: Too many levels of symbolic links [loopA]": the
+    // path first and the system's reason, as every other line.
+    std::string who = e.path1().string();
+    if (!e.path2().empty()) who += " -> " + e.path2().string();
+    std::cerr << "error: " << attnscope::printable(who.empty() ? std::string("a file") : who)
+              << ": " << attnscope::printable(e.code().message()) << "\n";
     return 1;
   } catch (const std::exception& e) {
     // printable(): a message quoting a crafted id must not send escapes to the terminal.
