@@ -58,6 +58,16 @@ bool cpu_has_native_bf16() {
 #else
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   if (__get_cpuid_max(0, nullptr) < 7) return false;
+  // The CPU's bits count only where the OS saves the registers they use (XCR0): a kernel that
+  // turned AVX-512 or AMX off (a mitigation, a hypervisor without their state) lists neither
+  // flag in /proc/cpuinfo, and oneDNN does not use them.
+  __cpuid(1, eax, ebx, ecx, edx);
+  if (!((ecx >> 27) & 1u)) return false;  // OSXSAVE: xgetbv may be asked
+  unsigned xcr0_lo = 0, xcr0_hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  const uint64_t xcr0 = (static_cast<uint64_t>(xcr0_hi) << 32) | xcr0_lo;
+  const bool os_avx512 = (xcr0 & 0xE6u) == 0xE6u;  // SSE, AVX, opmask, ZMM_Hi256, Hi16_ZMM
+  const bool os_amx = ((xcr0 >> 17) & 3u) == 3u;   // TILECFG, TILEDATA
   __cpuid_count(7, 0, eax, ebx, ecx, edx);
   const bool amx_bf16 = (edx >> 22) & 1u;
   const unsigned max_subleaf = eax;
@@ -66,7 +76,7 @@ bool cpu_has_native_bf16() {
     __cpuid_count(7, 1, eax, ebx, ecx, edx);
     avx512_bf16 = (eax >> 5) & 1u;
   }
-  return avx512_bf16 || amx_bf16;
+  return (avx512_bf16 && os_avx512) || (amx_bf16 && os_amx);
 #endif
 }
 

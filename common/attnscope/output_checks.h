@@ -4,8 +4,10 @@
 // training. Also the upper bounds every command applies to sizes and counts.
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -47,9 +49,12 @@ inline void check_not_an_input(const std::string& out, const std::string& input,
 inline bool folder_contains(const std::string& dir, const std::string& inner) {
   namespace fs = std::filesystem;
   std::error_code ec;
-  const auto top = fs::weakly_canonical(dir, ec);
+  // Absolute first: weakly_canonical keeps a relative path relative when no part of it exists
+  // yet ("results" was never inside ".").
+  const auto top = fs::weakly_canonical(fs::absolute(dir, ec), ec);
   if (ec) return false;
-  for (auto p = fs::weakly_canonical(inner, ec); !ec && !p.empty(); p = p.parent_path()) {
+  for (auto p = fs::weakly_canonical(fs::absolute(inner, ec), ec); !ec && !p.empty();
+       p = p.parent_path()) {
     if (p == top) return true;
     if (p == p.parent_path()) break;
   }
@@ -92,9 +97,12 @@ inline void check_replaceable_file(const std::string& path) {
 
 /// The first `max_bytes` bytes of the file `path` ("" when it cannot be read).
 inline std::string file_head(const std::string& path, std::size_t max_bytes) {
-  std::string head(max_bytes, '\0');
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return "";
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+    max_bytes = std::min(max_bytes, static_cast<std::size_t>(st.st_size));
+  std::string head(max_bytes, '\0');
   std::size_t got = 0;
   while (got < max_bytes) {
     const ssize_t n = ::read(fd, head.data() + got, max_bytes - got);
@@ -108,11 +116,13 @@ inline std::string file_head(const std::string& path, std::size_t max_bytes) {
 }
 
 /// Throws Error(path, ...) when `path` is a file holding bytes that `is_own` does not take for
-/// what this command writes (`what`, e.g. "a split CSV"): `split --out` onto a ground-truth CSV,
-/// or `cache --out` onto a checkpoint, replaced it without a word. An empty or missing file
-/// passes; `is_own` is asked only for a regular file holding bytes.
+/// what this command writes (`what`, e.g. "a split CSV"; `flag` the option that named it):
+/// `split --out` onto a ground-truth CSV, or `cache --out` onto a checkpoint, replaced it
+/// without a word. An empty or missing file passes; `is_own` is asked only for a regular file
+/// holding bytes.
 template <class IsOwn>
-void check_replaces_only_its_own(const std::string& path, const std::string& what, IsOwn&& is_own) {
+void check_replaces_only_its_own(const std::string& path, const std::string& flag,
+                                 const std::string& what, IsOwn&& is_own) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const auto status = fs::status(path, ec);
@@ -120,7 +130,8 @@ void check_replaces_only_its_own(const std::string& path, const std::string& wha
   const auto size = fs::file_size(path, ec);
   if (ec || size == 0 || is_own()) return;
   throw Error(path, "exists and is not " + what +
-                        "; refusing to replace it (remove it first, or choose another --out)");
+                        "; refusing to replace it (remove it first, or choose another " + flag +
+                        ")");
 }
 
 /// ensure_writable_folder for an output folder that may not exist yet: its nearest existing

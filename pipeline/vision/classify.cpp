@@ -30,6 +30,7 @@
 #include "attnscope/threads.h"
 #include "attnscope/version.h"
 #include "datasets/loader.h"
+#include "datasets/text/pairs.h"
 #include "models/vision/explain.h"
 #include "pipeline/h5.h"
 #include "pipeline/metrics.h"
@@ -119,13 +120,17 @@ void add_input(datasets::Dataset& ds, std::map<std::string, int>& seen, const st
     // list was likely written from there (`ls images/*.jpg > lists/a.txt`); said once.
     int64_t from_cwd = 0;
     std::string first_from_cwd;
-    while (std::getline(in, line)) {
+    // Lines read bounded: a -print0 list or a binary file is one long line, never held whole.
+    for (std::optional<std::uintmax_t> length;
+         (length = datasets::text::read_bounded_line(in, line, 65536));) {
       ++number;
-      check(line.size() <= 65536, list, "line ", number, " is longer than 65536 bytes: not a list of paths");
       // A NUL ends the path the system opens but not the line: `find -print0` output named
-      // one file and stored it under another's id. One path per line (`find -print`).
+      // one file and stored it under another's id. One path per line (`find -print`). Before
+      // the length: a -print0 list is one long line.
       check(line.find('\0') == std::string::npos, list, "line ", number,
             " holds a NUL byte: a list holds one path per line (find -print, not -print0)");
+      check(*length <= 65536, list, "line ", number,
+            " is longer than 65536 bytes: not a list of paths");
       while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t'))
         line.pop_back();
       if (line.empty() || line[0] == '#') continue;
@@ -173,7 +178,8 @@ void add_input(datasets::Dataset& ds, std::map<std::string, int>& seen, const st
         fs::recursive_directory_iterator(input, fs::directory_options::skip_permission_denied, ec);
     const int top = ec ? 0 : unreadable(input);
     if (ec || top != 0) {
-      ds.warnings.push_back(concat(input, ": cannot list the folder (",
+      // Paths cut to 400 bytes: the line is cut at 1000 when printed, and the reason must stay.
+      ds.warnings.push_back(concat(excerpt(input, 400), ": cannot list the folder (",
                                    ec ? ec.message() : std::strerror(top),
                                    "): its files are not classified"));
       return;
@@ -189,17 +195,18 @@ void add_input(datasets::Dataset& ds, std::map<std::string, int>& seen, const st
       if (!folder) {
         files.push_back(path.string());
       } else if (it->is_symlink(type_ec)) {
-        ds.warnings.push_back(concat(path.string(),
+        ds.warnings.push_back(concat(excerpt(path.string(), 400),
                                      ": a link to a folder, not followed (give the folder itself "
                                      "as an input)"));
       } else if (const int err = unreadable(path); err != 0) {
         it.disable_recursion_pending();
-        ds.warnings.push_back(concat(path.string(), ": cannot read the folder (",
+        ds.warnings.push_back(concat(excerpt(path.string(), 400), ": cannot read the folder (",
                                      std::strerror(err), "): its files are not classified"));
       }
     }
     if (ec)  // from increment(): the iterator may or may not have reached its end
-      ds.warnings.push_back(concat(input, ": cannot list the folder further (", ec.message(),
+      ds.warnings.push_back(concat(excerpt(input, 400), ": cannot list the folder further (",
+                                   ec.message(),
                                    "): the files after that point are not classified"));
     std::sort(files.begin(), files.end());
     for (const auto& f : files)

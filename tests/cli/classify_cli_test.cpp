@@ -1299,6 +1299,17 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
   };
   const auto model_bytes = read_bytes(model), labels = read_bytes(images + "/labels.csv");
   const auto copy_bytes = read_bytes(dir / "copy.h5");
+  // A relative --out inside a relative --input, before the folder exists (weakly_canonical kept
+  // "results" relative: the first run passed and its own --resume was refused).
+  {
+    const auto r =
+        test::run_process("cd " + q(images + "/images") + " && " + exe() + " classify --model " +
+                          q(model) + " --input . --out results 2>&1");
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_EQ(r.output.rfind("error: results: is the input folder . or inside it", 0), 0u)
+        << r.output;
+    EXPECT_FALSE(fs::exists(images + "/images/results"));
+  }
   // A launcher's variables that make no shard name those variables, not --shard.
   {
     const auto r = test::run_process("RANK=3 WORLD_SIZE=2 " + exe() + " classify --model " +

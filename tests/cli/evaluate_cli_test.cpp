@@ -574,9 +574,9 @@ TEST_F(EvaluateCli, FullDiskAndKillLeaveThePreviousOutput) {
     const auto e = test::run_process(exe() + " evaluate --bootstrap 0 --model " + model() +
                                      " --data " + data() + flags + " 2>&1");
     EXPECT_EQ(e.status, 1) << e.output;
-    EXPECT_EQ(e.output,
-              "error: " + file + ": exists and is not " + what +
-                  "; refusing to replace it (remove it first, or choose another --out)\n");
+    EXPECT_EQ(e.output, "error: " + file + ": exists and is not " + what +
+                            "; refusing to replace it (remove it first, or choose another " +
+                            flags.substr(1, flags.find(' ', 1) - 1) + ")\n");
     EXPECT_EQ(read_text(file), before);
   }
 }

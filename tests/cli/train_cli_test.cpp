@@ -409,6 +409,8 @@ def args(name, edit):
 def batch(a): a[a.index('--batch-size') + 1] = '1000000000'
 args('batch', batch)
 args('unknown', lambda a: a.append('--frobnicate'))
+# An empty value stored by a run started when it meant "not given" (typed today: refused).
+args('emptyval', lambda a: a.extend(['--init', '', '--val=']))
 # The optimiser's state, for a run that wants a second epoch: a step count of 1e30 (LibTorch's
 # overflow message named nothing) and a NaN momentum (accepted before).
 def more(a): a[a.index('--epochs') + 1] = '2'
@@ -451,6 +453,18 @@ state('momentum', ':momentum_buffer', lambda old: np.full(old.shape, np.nan, old
     EXPECT_LT(r.output.size(), 600u) << name;
     EXPECT_EQ(read_text(folder + "/metrics.jsonl"), metrics) << name;
   }
+  // Its stored empty values read as they were then: not given (the run is complete: nothing to
+  // train, no error).
+  const auto metrics = read_text(dir / "emptyval/metrics.jsonl");
+  const auto r = test::run_process(exe() + " train --resume " + (dir / "emptyval") + " 2>&1");
+  EXPECT_EQ(r.status, 0) << r.output.substr(0, 2000);
+  EXPECT_EQ(r.output.find("error"), std::string::npos) << r.output.substr(0, 2000);
+  EXPECT_EQ(read_text(dir / "emptyval/metrics.jsonl"), metrics);
+  // Typed, an empty --resume is a usage error, not the file system's "Invalid argument".
+  const auto empty = test::run_process(exe() + " train --resume '' 2>&1");
+  EXPECT_EQ(empty.status, 2) << empty.output;
+  EXPECT_EQ(empty.output.rfind("error: --resume is empty: give it a value\n", 0), 0u)
+      << empty.output;
 }
 
 TEST(TrainCli, BadDataAndOutputAreClearErrors) {

@@ -64,9 +64,11 @@ bool parse(const std::string& usage_line, po::options_description& desc,
     // An empty value is a usage error naming the option: a path above all (`--out ""` ended in
     // "cannot create the run folder (Invalid argument)"; `--init "$CKPT"` with CKPT unset
     // trained from scratch without a word, as if --init was not given). Only --title takes ""
-    // (its default: a title from the file name).
+    // (its default: a title from the file name), and the sentences `seq2seq translate` takes
+    // (an empty one is its own "empty input" line, as an empty line on stdin is).
     for (const auto& option : parsed.options) {
-      if (option.string_key.empty() || option.string_key == "title") continue;
+      if (option.string_key.empty() || option.string_key == "title" || option.string_key == "text")
+        continue;
       for (const auto& value : option.value) {
         if (!value.empty()) continue;
         throw UsageError(option.position_key >= 0

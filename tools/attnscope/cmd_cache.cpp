@@ -57,7 +57,7 @@ int run_cache(const std::vector<std::string>& args, const GlobalOptions&) {
   }
   check_not_an_input(out, config, "--config");
   ensure_writable_folder(out);
-  check_replaces_only_its_own(out, "an attnscope image cache",
+  check_replaces_only_its_own(out, "--out", "an attnscope image cache",
                               [&] { return pipeline::is_image_cache_file(out); });
   const datasets::ImageFileSource source(ds, pipeline.decode_options());
   // SIGINT / SIGTERM end the run after the current chunk, with nothing at --out and no

@@ -135,7 +135,7 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
       o.threshold = std::stod(threshold, &used);
       if (used != threshold.size() || !(*o.threshold >= 0 && *o.threshold <= 1)) throw 0;
     } catch (...) {
-      fail("--threshold expects a number in [0, 1], got '" + threshold + "'");
+      fail("--threshold must be a number in [0, 1] or 'checkpoint', got '" + threshold + "'");
     }
   }
   std::string shard_from;  // the launcher's variables, when --shard was not given

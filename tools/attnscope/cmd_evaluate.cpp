@@ -110,13 +110,13 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
   // Each replaces only a file of its own kind (a checkpoint or ground truth given by mistake
   // was replaced without a word).
   if (!out.empty())
-    check_replaces_only_its_own(out, "a JSON file written by attnscope evaluate", [&] {
+    check_replaces_only_its_own(out, "--out", "a JSON file written by attnscope evaluate", [&] {
       const auto j = nlohmann::json::parse(file_head(out, 64 << 20), nullptr, false);
       return !j.is_discarded() && j.is_object() && j.contains("evaluated") && j.contains("metrics");
     });
   if (!predictions.empty())
     check_replaces_only_its_own(
-        predictions, "a predictions CSV written by attnscope evaluate",
+        predictions, "--predictions", "a predictions CSV written by attnscope evaluate",
         [&] { return file_head(predictions, 64).rfind("image_id,path,label,predicted", 0) == 0; });
 
   std::cerr << runtime::precision_warning(o.precision, o.device);

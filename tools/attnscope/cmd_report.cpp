@@ -66,7 +66,7 @@ int run_report(const std::vector<std::string>& args, const GlobalOptions&) {
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   for (const auto& w : s.warnings)
-    std::cerr << "warning: " << w << "\n";
+    std::cerr << "warning: " << printable(w) << "\n";  // names from the file reach the terminal
   std::cout << "report: " << s.images << " of " << s.total << " images, " << s.errors
             << " failed inputs listed";
   char line[160];

@@ -41,10 +41,13 @@ int run_split(const std::vector<std::string>& args, const GlobalOptions&) {
   if (!std::isfinite(o.val) || !std::isfinite(o.test)) fail("--val and --test must be numbers");
   check_not_an_input(out, data.resolved(), "--data");
   ensure_writable_folder(out);
-  check_replaces_only_its_own(out, "a CSV written by attnscope split", [&] {
+  check_replaces_only_its_own(out, "--out", "a CSV written by attnscope split", [&] {
     const auto head = file_head(out, 64);
-    return head.rfind("image_id,label,group,split\n", 0) == 0 ||
-           head.rfind("image_id,label,group,fold\n", 0) == 0;
+    // (Also saved again with CRLF line ends.)
+    for (const char* header : {"image_id,label,group,split", "image_id,label,group,fold"})
+      for (const char* end : {"\n", "\r\n"})
+        if (head.rfind(std::string(header) + end, 0) == 0) return true;
+    return false;
   });
   const auto ds = data.read(usage_text(usage, desc));
   check(!ds.samples.empty(), data.data, "no samples to split");

@@ -160,6 +160,8 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     throw UsageError(
         "--resume RUN takes no other options (the run's are used)",
         concat("usage: attnscope ", kUsage, "\n(attnscope train --help lists the options)"));
+  if (args.size() == 2 && args[0] == "--resume" && args[1].empty())
+    throw UsageError("--resume is empty: give it a value", concat("usage: attnscope ", kUsage));
   if (args.size() == 2 && (args[0] == "--resume")) {
     // Absolute before the working folder changes below.
     resume_dir = fs::absolute(args[1]).lexically_normal().string();
@@ -173,6 +175,20 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
               meta.provenance.contains("args"),
           last, "is not the checkpoint of an `attnscope train` run (no stored command line)");
     args = json_field(meta.provenance, "args", std::vector<std::string>(), last, "provenance.args");
+    // A run started when an empty value meant "not given" (`--val ''`) stored it so: dropped,
+    // as it was read then (typed commands refuse empty values).
+    for (std::size_t i = 0; i < args.size();) {
+      const bool flag_then_empty =
+          i + 1 < args.size() && args[i].rfind("--", 0) == 0 && args[i + 1].empty();
+      if (flag_then_empty) {
+        args.erase(args.begin() + static_cast<std::ptrdiff_t>(i),
+                   args.begin() + static_cast<std::ptrdiff_t>(i + 2));
+      } else if (args[i].rfind("--", 0) == 0 && args[i].size() > 3 && args[i].back() == '=') {
+        args.erase(args.begin() + static_cast<std::ptrdiff_t>(i));
+      } else {
+        ++i;
+      }
+    }
     // The stored command line's relative paths (--data, --images, --val, --augment, --init)
     // were relative to the folder the run started in: read them from there again, wherever
     // --resume is typed.
@@ -782,7 +798,7 @@ int run_train_or_resume(const std::vector<std::string>& args, const GlobalOption
   try {
     return run_train(args, global);
   } catch (const UsageError& e) {
-    if (args.size() != 2 || args[0] != "--resume") throw;
+    if (args.size() != 2 || args[0] != "--resume" || args[1].empty()) throw;
     throw Error(
         (fs::absolute(args[1]).lexically_normal() / "last.h5").string(),
         concat("provenance.args: ", e.what(), " (in the command line stored with the run)"));

@@ -150,8 +150,14 @@ int main(int argc, char** argv) {
     // path first and the system's reason, as every other line.
     std::string who = e.path1().string();
     if (!e.path2().empty()) who += " -> " + e.path2().string();
-    std::cerr << "error: " << attnscope::printable(who.empty() ? std::string("a file") : who)
-              << ": " << attnscope::printable(e.code().message()) << "\n";
+    if (who.empty()) {  // no path to name: the library's words, without its prefix
+      std::string what = e.what();
+      if (what.rfind("filesystem error: ", 0) == 0) what.erase(0, 18);
+      std::cerr << "error: " << attnscope::printable(what) << "\n";
+    } else {
+      std::cerr << "error: " << attnscope::printable(who) << ": "
+                << attnscope::printable(e.code().message()) << "\n";
+    }
     return 1;
   } catch (const std::exception& e) {
     // printable(): a message quoting a crafted id must not send escapes to the terminal.

@@ -153,6 +153,15 @@ TEST(ClassifyInputs, AListWrittenFromTheCurrentFolderGetsOneHintAndItsLinesStayI
   EXPECT_EQ(test::error_of([] { pipeline::collect_inputs({"@lists/nul.txt"}); }),
             "lists/nul.txt: line 2 holds a NUL byte: a list holds one path per line (find "
             "-print, not -print0)");
+  // A -print0 list of thousands of files is one line past 64 KiB: still named as such.
+  {
+    std::ofstream big(dir.path() / "lists" / "big.txt", std::ios::binary);
+    for (int i = 0; i < 6000; ++i)
+      big << "./images/img_" << 10000 + i << ".jpg" << '\0';
+  }
+  EXPECT_EQ(test::error_of([] { pipeline::collect_inputs({"@lists/big.txt"}); }),
+            "lists/big.txt: line 1 holds a NUL byte: a list holds one path per line (find "
+            "-print, not -print0)");
   // Trailing tabs and spaces are not part of a path; a line of them is blank.
   touch(dir.path() / "lists" / "t.jpg");
   write_lines(dir.path() / "lists" / "tabs.txt", {"\t", " \t ", "t.jpg\t "});
