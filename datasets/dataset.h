@@ -53,6 +53,9 @@ struct Dataset {
   std::string source;             ///< the CSV or folder read
   /// Ids dropped because their image was missing (ReadOptions::skip_missing).
   std::vector<std::string> skipped;
+  /// Ids read without their mask because the mask file named for them was missing
+  /// (ReadOptions::skip_missing).
+  std::vector<std::string> masks_skipped;
   /// Folder entries that could not be used (symlink loops, dangling symlinks), one line each;
   /// the dataset was read without them.
   std::vector<std::string> warnings;
@@ -69,7 +72,8 @@ struct ReadOptions {
   bool ak_malignant = true;
   /// Folder holding the images; "" reads labels only (paths stay empty).
   std::string images_dir;
-  /// Drop samples whose image is missing (listed in Dataset::skipped) instead of failing.
+  /// Drop samples whose image is missing (listed in Dataset::skipped), and read a sample whose
+  /// mask file is missing without its mask (Dataset::masks_skipped), instead of failing.
   bool skip_missing = false;
 };
 

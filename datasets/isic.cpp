@@ -2,12 +2,12 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <set>
 #include <unordered_map>
 
 #include "attnscope/error.h"
+#include "attnscope/output_checks.h"
 #include "attnscope/printable.h"
 #include "datasets/csv.h"
 #include "datasets/formats/formats.h"
@@ -93,6 +93,18 @@ Dataset assemble(std::vector<RawRow> rows, Format format, std::vector<std::strin
       continue;
     }
     Sample s{r.id, "", 0, r.group, r.mask};
+    if (s.mask_path) {
+      std::error_code ec;
+      if (!fs::is_regular_file(*s.mask_path, ec)) {
+        if (!options.skip_missing) {
+          problems.add(r.line, concat("mask file not found: ", *s.mask_path,
+                                      " (--skip-missing reads the image without it)"));
+          continue;
+        }
+        ds.masks_skipped.push_back(s.image_id);
+        s.mask_path.reset();
+      }
+    }
     if (binary) {
       const auto m = malignant_of(r.cls, options.ak_malignant);
       if (!m) {
@@ -148,6 +160,13 @@ Dataset assemble(std::vector<RawRow> rows, Format format, std::vector<std::strin
                                  : concat("\nthe folder's listing passed over ", skipped.size(),
                                           " entries:", passed_over)));
     ds.samples = std::move(kept);
+    // An id dropped for its missing image is not also "read without its mask".
+    if (!ds.skipped.empty() && !ds.masks_skipped.empty()) {
+      const std::set<std::string> dropped(ds.skipped.begin(), ds.skipped.end());
+      ds.masks_skipped.erase(std::remove_if(ds.masks_skipped.begin(), ds.masks_skipped.end(),
+                                            [&](const auto& id) { return dropped.count(id); }),
+                             ds.masks_skipped.end());
+    }
   }
   return ds;
 }
@@ -189,11 +208,8 @@ Format detect_format(const std::string& csv_path) {
   // refused by read_csv without being read.)
   std::error_code ec;
   if (fs::is_regular_file(csv_path, ec)) {
-    std::ifstream in(csv_path, std::ios::binary);
-    std::string head(4096, '\0');
-    in.read(head.data(), static_cast<std::streamsize>(head.size()));
-    head.resize(static_cast<std::size_t>(std::max<std::streamsize>(in.gcount(), 0)));
-    check(head.rfind("\x89HDF\r\n\x1a\n", 0) != 0, csv_path,
+    const auto head = file_head(csv_path, 4096);
+    check(!has_hdf5_signature(head), csv_path,
           "is an HDF5 file (an attnscope image cache or checkpoint?), not a ground-truth CSV: "
           "give a CSV or a folder of class folders (train and evaluate also take an image cache)");
     // A NUL in the header line, or an image's signature (a PNG's first line has no NUL). A NUL

@@ -96,7 +96,41 @@ std::string last_error() {
     return what.empty() || what.size() >= at ? reason : what + ": " + reason;
   }
   const auto comma = inner.find(", errno");
-  return comma == std::string::npos ? inner : inner.substr(0, comma);
+  return plain_reason(comma == std::string::npos ? inner : inner.substr(0, comma));
+}
+
+std::string plain_reason(const std::string& hdf5_text) {
+  const auto has = [&](const char* text) { return hdf5_text.find(text) != std::string::npos; };
+  // "truncated file: eof = 96000, sblock->base_addr = 0, stored_eof = 136616"
+  if (has("truncated file")) {
+    const auto number_after = [&](const std::string& key) -> std::string {
+      const auto at = hdf5_text.find(key);
+      if (at == std::string::npos) return "";
+      const auto start = at + key.size();
+      auto end = start;
+      while (end < hdf5_text.size() && hdf5_text[end] >= '0' && hdf5_text[end] <= '9')
+        ++end;
+      return hdf5_text.substr(start, end - start);
+    };
+    const auto size = number_after("eof = "), stored = number_after("stored_eof = ");
+    return !size.empty() && !stored.empty()
+               ? concat("the file is cut short: it holds ", size, " bytes, its header says ",
+                        stored, "; a copy or download that did not finish?")
+               : "the file is cut short; a copy or download that did not finish?";
+  }
+  if (has("Fletcher32 checksum"))
+    return "a chunk's Fletcher-32 checksum does not match its data: the file is damaged";
+  if (has("inflate() failed")) return "a chunk's deflate stream is damaged: the file is damaged";
+  // The library's words for metadata that is not what the file's own pointers say it is.
+  // (Every reader asks H5Fis_hdf5 first: a file that is no HDF5 file at all is said so.)
+  if (has("signature") || has("metadata checksum") || has("bad object header"))
+    return "the file's internal structure is damaged (HDF5: " + hdf5_text + ")";
+  // Also what a valid file written by a newer library (a format version 1.10 does not know)
+  // gives.
+  if (has("bad version number"))
+    return concat("the file is damaged, or written by a newer HDF5 than this build's ",
+                  hdf5_version(), " reads (HDF5: ", hdf5_text, ")");
+  return hdf5_text;
 }
 
 void check_h5(bool cond, const std::string& subject, const std::string& what) {

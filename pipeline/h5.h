@@ -34,6 +34,13 @@ void init();
 /// lock file, errno = 11, ..."), or "" when the stack is empty. Clears the stack.
 std::string last_error();
 
+/// HDF5's words for a damaged or cut file in plain ones (last_error uses it): "truncated file:
+/// eof = 96000, ..., stored_eof = 136616" is "the file is cut short: it holds 96000 bytes, its
+/// header says 136616; ..."; a chunk's checksum or deflate stream that does not hold, and
+/// metadata with a wrong signature or checksum, say the file is damaged (an unknown format
+/// version: damaged or from a newer HDF5). Other text as given.
+std::string plain_reason(const std::string& hdf5_text);
+
 /// Throws Error(subject, what + " (" + last_error() + ")") unless cond holds.
 void check_h5(bool cond, const std::string& subject, const std::string& what);
 

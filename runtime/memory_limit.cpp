@@ -178,6 +178,19 @@ void take_smaller(MemoryLimit& out, std::size_t bytes, const std::string& source
 
 }  // namespace
 
+std::string memory_size_text(std::size_t bytes, bool round_up) {
+  const auto in = [&](int shift, const char* unit) {
+    const std::size_t one = std::size_t{1} << shift;
+    const std::size_t n = round_up ? bytes / one + (bytes % one != 0 ? 1 : 0) : bytes / one;
+    return std::to_string(n) + unit;
+  };
+  // Rounded up, a size just below a unit is one of it ("1 MiB", not "1024 KiB").
+  if (bytes >= (std::size_t{1} << 20) || (round_up && bytes > (std::size_t{1023} << 10)))
+    return in(20, " MiB");
+  if (bytes >= 1024) return in(10, " KiB");
+  return std::to_string(bytes) + (bytes == 1 ? " byte" : " bytes");
+}
+
 const MemoryLimit& memory_limit() {
   static const MemoryLimit limit = [] {
     MemoryLimit out;

@@ -48,6 +48,10 @@ const MemoryLimit& memory_limit();
 /// other processes held at the start may be free now): for the check before a refusal.
 MemoryLimit memory_limit_now();
 
+/// A size for a message: whole MiB from 1 MiB on, else whole KiB from 1 KiB on, else bytes;
+/// rounded down, or up with `round_up` ("1 KiB", not "0 MiB", for ATTNSCOPE_MEMORY_LIMIT=1K).
+std::string memory_size_text(std::size_t bytes, bool round_up = false);
+
 /// This process's resident memory (/proc/self/statm), 0 when it cannot be read.
 std::size_t resident_bytes();
 

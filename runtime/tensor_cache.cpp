@@ -146,11 +146,9 @@ class TensorCache final : public c10::Allocator {
     const auto now = limit.from_free_memory ? memory_limit_now() : limit;
     if (now.bytes == 0 || total <= now.bytes) return;
     // Sizes rounded up, the limit down: the message never reads "1025 MiB, past the 1025 MiB".
-    const auto up = [](std::size_t b) { return std::to_string((b + (1 << 20) - 1) >> 20); };
-    const auto down = [](std::size_t b) { return std::to_string(b >> 20); };
-    throw MemoryLimitExceeded("out of memory: the next tensor (" + up(bytes) +
-                              " MiB) would take this process to " + up(total) + " MiB, past the " +
-                              down(now.bytes) + " MiB of " + now.source +
+    throw MemoryLimitExceeded("out of memory: the next tensor (" + memory_size_text(bytes, true) +
+                              ") would take this process to " + memory_size_text(total, true) +
+                              ", past the " + memory_size_text(now.bytes) + " of " + now.source +
                               ": lower --batch-size or the image size");
   }
 

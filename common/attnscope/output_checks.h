@@ -70,7 +70,12 @@ inline void ensure_writable_folder(const std::string& path) {
   const fs::path target(path);
   const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
   std::error_code ec;
-  check(fs::is_directory(dir, ec), path, "the folder ", dir.string(), " does not exist");
+  if (!fs::is_directory(dir, ec)) {
+    // What is there instead (a file where the folder belongs) is named, not "does not exist".
+    const auto st = fs::status(dir, ec);
+    check(!fs::exists(st), path, dir.string(), " is not a folder");
+    check(false, path, "the folder ", dir.string(), " does not exist");
+  }
   // An unnamed file (O_TMPFILE) leaves no name behind whenever the process dies; where it
   // fails (file systems without it say EOPNOTSUPP, EISDIR or EINVAL) a named probe, removed at
   // once, decides and gives the reason.
@@ -113,6 +118,12 @@ inline std::string file_head(const std::string& path, std::size_t max_bytes) {
   ::close(fd);
   head.resize(got);
   return head;
+}
+
+/// Whether `head` (the first bytes of a file, file_head) starts with HDF5's 8-byte signature
+/// (a file whose superblock is at offset 0, as every file attnscope writes).
+inline bool has_hdf5_signature(const std::string& head) {
+  return head.compare(0, 8, "\x89HDF\r\n\x1a\n", 8) == 0;
 }
 
 /// Throws Error(path, ...) when `path` is a file holding bytes that `is_own` does not take for

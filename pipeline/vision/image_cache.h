@@ -50,7 +50,9 @@ ImageCacheReport write_image_cache(const std::string& path, const datasets::Samp
                                    const std::function<bool()>& stop = nullptr);
 
 /// True when `path` is an HDF5 file with the image cache's format attribute (checked as an
-/// untrusted file first: a crafted file is false, never a crash).
+/// untrusted file first: a crafted file is false, never a crash). It forks for that check
+/// (h5::check_untrusted_file): call it while no worker thread runs. Any error reading the file,
+/// the check's own failures included (no fork possible), answers false: "not a cache".
 bool is_image_cache_file(const std::string& path);
 
 /// A SampleSource over a cache file: load(i) reads image i (one HDF5 chunk). Thread-safe

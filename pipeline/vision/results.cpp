@@ -93,6 +93,12 @@ void create_column(hid_t file, const Column& col, const std::string& path) {
   // Level 1: 224 px dermoscopy photos shrink to ~0.68 of their size, as at level 4, in less
   // than half the time (zlib, isic-uda1: 3.0 vs 6.7 ms per image).
   if (col.compress) H5Pset_deflate(dcpl.get(), kDeflateLevel);
+  // A Fletcher-32 checksum per chunk of the uncompressed numbers (logits, probabilities,
+  // labels, measures): a damaged chunk is a read error naming the dataset
+  // (ResultsWriter::resume reads every row), not other numbers. Compressed chunks carry the
+  // zlib stream's Adler-32 (their filter pipeline must stay what deflate_rows writes with
+  // H5Dwrite_chunk); variable-length strings' chunks hold only references to the heap.
+  if (col.type >= 0 && !col.compress) H5Pset_fletcher32(dcpl.get());
   h5::Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
   H5Pset_create_intermediate_group(lcpl.get(), 1);
   const auto stype = h5::utf8_string_type();
@@ -273,6 +279,42 @@ std::vector<int64_t> read_int_rows(hid_t file, const std::string& name, const st
   const auto l = t.to(torch::kLong).contiguous();
   std::copy(l.data_ptr<int64_t>(), l.data_ptr<int64_t>() + l.numel(), out.begin());
   return out;
+}
+
+// Reads rows [0, n) of each column through once, in slabs of at most 64 MiB, and throws Error
+// naming the dataset and the rows where HDF5 refuses the read: a chunk whose Fletcher-32
+// checksum or deflate stream does not hold. (A raw chunk, stored with the filter skipped, and
+// the files written before 2026-12-05 carry no checksum: nothing tells there.)
+void verify_rows(hid_t file, const std::vector<Column>& cols, int64_t n, const std::string& path) {
+  if (n <= 0) return;
+  for (const auto& col : cols) {
+    if (col.type < 0) {
+      read_string_rows(file, col.name, path, n);
+      continue;
+    }
+    h5::Handle set(H5Dopen2(file, col.name.c_str(), H5P_DEFAULT));
+    check(set.valid(), where(path, col.name), "missing dataset");
+    const auto row_bytes = H5Tget_size(col.type) *
+                           static_cast<std::size_t>(std::accumulate(
+                               col.dims.begin(), col.dims.end(), hsize_t{1}, std::multiplies<>()));
+    const auto slab = static_cast<int64_t>(
+        std::max<std::size_t>(1, (std::size_t{64} << 20) / std::max<std::size_t>(row_bytes, 1)));
+    std::vector<char> buf(static_cast<std::size_t>(std::min(slab, n)) * row_bytes);
+    h5::Handle space(H5Dget_space(set.get()));
+    std::vector<hsize_t> start(1 + col.dims.size(), 0), count{0};
+    count.insert(count.end(), col.dims.begin(), col.dims.end());
+    for (int64_t at = 0; at < n; at += slab) {
+      start[0] = static_cast<hsize_t>(at);
+      count[0] = static_cast<hsize_t>(std::min(slab, n - at));
+      H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(),
+                          nullptr);
+      h5::Handle memory(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr));
+      h5::check_h5(
+          H5Dread(set.get(), col.type, memory.get(), space.get(), H5P_DEFAULT, buf.data()) >= 0,
+          where(path, col.name),
+          concat("cannot read rows ", at, "..", at + static_cast<int64_t>(count[0]) - 1));
+    }
+  }
 }
 
 h5::Handle open_file(const std::string& path, bool create) {
@@ -701,6 +743,20 @@ ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader
     };
     rows = consistent(columns(layout), "num_images");
     errors = consistent(kErrorColumns, "num_errors");
+    // Every row the run continues is read through once, in a child (the file came from
+    // elsewhere): a damaged chunk would otherwise stay in the file the resumed run completes.
+    // Rows past the counts (a torn batch of an older version) are trimmed below, not read.
+    try {
+      h5::read_in_child(path, [&] {
+        verify_rows(f, columns(layout), rows, path);
+        verify_rows(f, kErrorColumns, errors, path);
+      });
+    } catch (const Error& e) {
+      if (e.subject().rfind(path + ":/", 0) != 0) throw;  // not the read (fork, pipe)
+      throw Error(e.subject(), e.message() +
+                                   ": the file cannot be resumed; classify again into another "
+                                   "--out, without --resume");
+    }
   }
   // Stale replicas of a killed run are scaffolding: path is the state to continue.
   for (auto& r : s->replicas)

@@ -1150,6 +1150,46 @@ f.create_dataset('images/label', shape=(2,) + (1,) * 11, dtype='i8', maxshape=(N
       << r.output;
 }
 
+// A results.h5 one of whose chunks was damaged (one byte changed in the logits' chunk: no
+// deflate there, only its Fletcher-32 checksum tells) is refused by --resume naming the
+// dataset; before, the resumed run completed the file around the damaged numbers.
+TEST(CliClassify, ResumeOfAFileWithADamagedChunkIsRefusedNamingTheDataset) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 2);
+  const auto base = exe() + " classify --model " + q(model) + " --input " + q(images + "/images") +
+                    " --threads 1 --out " + q(dir / "run");
+  ASSERT_EQ(test::run_process(base).status, 0);
+  const auto craft = dir / "damage.py";
+  std::ofstream(craft) << R"(
+import sys, h5py
+with h5py.File(sys.argv[1], 'r') as f:
+    d = f['predictions/logits']
+    assert d.fletcher32, 'no checksum'
+    info = d.id.get_chunk_info(0)
+    before = d[0].tolist()
+with open(sys.argv[1], 'r+b') as f:
+    f.seek(info.byte_offset + 2)
+    b = f.read(1)
+    f.seek(info.byte_offset + 2)
+    f.write(bytes([b[0] ^ 0x40]))
+print('ok')
+)";
+  const auto results = dir / "run/results.h5";
+  ASSERT_EQ(test::run_process(test::python() + " " + q(craft) + " " + q(results)).output, "ok\n");
+  const auto damaged = test::read_text(results);
+  const auto r = test::run_process(base + " --resume");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: " + results +
+                          ":/predictions/logits: cannot read rows 0..1 (a chunk's Fletcher-32 "
+                          "checksum does not match its data: the file is damaged): the file "
+                          "cannot be resumed; classify again into another --out, without "
+                          "--resume\n"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(test::read_text(results), damaged);  // left as it was
+}
+
 // What a SIGKILLed --overwrite run leaves (its new file and replicas at temporary names, a
 // CSV's temporary) is removed by the next run into the folder; other files stay.
 TEST(CliClassify, TemporariesOfAKilledRunAreRemovedByTheNextRun) {

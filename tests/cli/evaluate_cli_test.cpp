@@ -396,6 +396,14 @@ TEST_F(EvaluateCli, OutputsAreCheckedBeforeTheEvaluation) {
   EXPECT_EQ(r.status, 1) << r.output;
   EXPECT_NE(r.output.find("does not exist"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("AUC"), std::string::npos) << r.output;  // nothing was evaluated
+  // A file where the folder belongs is named as such (it was "does not exist").
+  std::ofstream(dir / "afile") << "x";
+  r = test::run_process(base + " --out " + (dir / "afile/r.json") + " 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: " + (dir / "afile/r.json") + ": " + (dir / "afile") +
+                          " is not a folder"),
+            std::string::npos)
+      << r.output;
   r = test::run_process(base + " --predictions " + dir.path().string() + " 2>&1");
   EXPECT_EQ(r.status, 1) << r.output;
   EXPECT_NE(r.output.find("is a folder"), std::string::npos) << r.output;

@@ -840,6 +840,54 @@ TEST(TrainCli, ACacheOfOtherDataInTheFolderIsBuiltAgain) {
   EXPECT_EQ(read_text(dir / "run/metrics.jsonl"), read_text(dir / "clean/metrics.jsonl"));
 }
 
+// A cache the folder holds with a damaged sample (one byte changed: the cache is uncompressed,
+// only its Fletcher-32 checksum tells) is built again with a warning line, and the run equals
+// one in an empty folder; before, it trained on the changed pixels without a word.
+TEST(TrainCli, ADamagedCacheInTheFolderIsBuiltAgain) {
+  test::TempDir dir;
+  const auto made = test::run_process(train_command(dir / "run", 1) + " --cache");
+  ASSERT_EQ(made.status, 0) << made.output;
+  for (const char* name : {"last.h5", "best.h5", "metrics.jsonl", "timing.jsonl"})
+    fs::remove(fs::path(dir / "run") / name);  // as if killed before its first epoch ended
+  const auto cache = dir / "run/cache-train.h5";
+  fs::copy_file(cache, dir / "intact.h5");
+  const auto script = dir / "damage.py";
+  std::ofstream(script) << R"(
+import sys, h5py, numpy as np
+path, how = sys.argv[1], sys.argv[2]
+if how == 'damage':
+    with h5py.File(path, 'r') as f:
+        d = f['images']
+        assert d.fletcher32 and d.compression is None
+        info = d.id.get_chunk_info(3)
+    with open(path, 'r+b') as f:
+        f.seek(info.byte_offset + 100)
+        b = f.read(1)
+        f.seek(info.byte_offset + 100)
+        f.write(bytes([b[0] ^ 1]))
+    print('ok')
+else:
+    with h5py.File(path, 'r') as a, h5py.File(how, 'r') as b:
+        print('same' if np.array_equal(a['images'][...], b['images'][...]) else 'differ')
+)";
+  auto py = test::run_process(test::python() + " " + script + " " + cache + " damage 2>&1");
+  ASSERT_EQ(py.output, "ok\n");
+  const auto again = test::run_process(train_command(dir / "run", 1) + " --cache");
+  ASSERT_EQ(again.status, 0) << again.output;
+  EXPECT_NE(again.output.find("warning: " + cache +
+                              ":/images: cannot read sample 3 (a chunk's Fletcher-32 checksum "
+                              "does not match its data: the file is damaged); building the cache "
+                              "again"),
+            std::string::npos)
+      << again.output;
+  py = test::run_process(test::python() + " " + script + " " + cache + " " + (dir / "intact.h5") +
+                         " 2>&1");
+  EXPECT_EQ(py.output, "same\n");
+  const auto clean = test::run_process(train_command(dir / "clean", 1) + " --cache");
+  ASSERT_EQ(clean.status, 0) << clean.output;
+  EXPECT_EQ(read_text(dir / "run/metrics.jsonl"), read_text(dir / "clean/metrics.jsonl"));
+}
+
 // --precision bf16: the forward pass in bfloat16 autocast. Recorded in the checkpoints'
 // training config, reproducible as a float32 run is (same bits twice), and not the float32
 // run (autocast is on: the check can fail); the stored weights stay float32. Any other value
@@ -1321,6 +1369,18 @@ TEST(TrainCli, ValidationImagesComeFromValImagesElseBesideTheCsvElseImages) {
   auto r = test::run_process(base + " --images " + images + " --out " + (dir / "a") + " 2>&1");
   EXPECT_EQ(r.status, 0) << r.output;
   EXPECT_EQ(pipeline::read_checkpoint_meta(dir / "a/last.h5").provenance["val_images"], 10);
+  EXPECT_EQ(r.output.find("also training images"), std::string::npos) << r.output;
+  // A --val sharing images with --data (here all 30 training images among its 40) is said in
+  // one warning line; the run goes on.
+  r = test::run_process(exe() + " --threads 1 train --data " + (dir / "lists/train.csv") +
+                        " --images " + images + " --val " + synth_data() +
+                        " --model small_cnn --size 32 --batch-size 8 --epochs 1 --workers 1" +
+                        " --quiet --out " + (dir / "overlap") + " 2>&1");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("warning: 30 of the 40 validation images (--val " + synth_data() +
+                          ") are also training images (the same image id, e.g. '"),
+            std::string::npos)
+      << r.output;
   // --val-images elsewhere: a copy holding only the validation images.
   fs::create_directories(dir / "val_images");
   std::istringstream v(val);

@@ -139,6 +139,40 @@ TEST(IsicReaders, GenericCsvWithMasksAndGroups) {
   EXPECT_EQ(ds.labels(), (std::vector<int64_t>{1, 0}));
 }
 
+// A mask file named but missing is a problem of its line naming --skip-missing; with it the
+// image is read without its mask and listed (before, nothing could read such a dataset, not even
+// a command that never uses masks).
+TEST(IsicReaders, AMissingMaskFileIsAProblemOrWithSkipMissingTheImageWithoutItsMask) {
+  test::TempDir dir;
+  fs::create_directories(dir.path() / "masks");
+  std::ofstream(dir / "masks/a.png") << "x";
+  const auto path = write(dir, "labels.csv",
+                          "image_id,label,mask\n"
+                          "a,malignant,masks/a.png\n"
+                          "b,benign,masks/b.png\n"
+                          "c,benign,\n"
+                          "d,benign,masks/d.png\n");
+  fs::create_directories(dir.path() / "img");
+  for (const auto& name : {"a.png", "b.png", "c.png"})  // d has neither image nor mask
+    std::ofstream(dir.path() / "img" / name) << "x";
+  const auto message = test::error_of([&] { read_dataset(path); });
+  EXPECT_NE(message.find(":3: mask file not found: " + (dir / "masks/b.png") +
+                         " (--skip-missing reads the image without it)"),
+            std::string::npos)
+      << message;
+  EXPECT_EQ(message.find(":2:"), std::string::npos) << message;
+  ReadOptions o;
+  o.skip_missing = true;
+  o.images_dir = (dir.path() / "img").string();
+  const auto ds = read_dataset(path, o);
+  EXPECT_EQ(ids(ds), (std::vector<std::string>{"a", "b", "c"}));
+  EXPECT_EQ(ds.samples[0].mask_path, std::optional<std::string>(dir / "masks/a.png"));
+  EXPECT_FALSE(ds.samples[1].mask_path.has_value());
+  // d is dropped for its image, not also listed as read without its mask.
+  EXPECT_EQ(ds.masks_skipped, (std::vector<std::string>{"b"}));
+  EXPECT_EQ(ds.skipped, (std::vector<std::string>{"d"}));
+}
+
 // Mask paths are confined to the dataset's folder, as ids are (issue 14, defect 11).
 TEST(IsicReaders, MaskPathsOutsideTheDatasetFolderAreRejected) {
   test::TempDir dir;

@@ -107,6 +107,50 @@ TEST(H5, ErrorsCarryHdf5sReason) {
   EXPECT_NE(message.find("No such file or directory"), std::string::npos) << message;
 }
 
+// A cut file and a damaged chunk are said in plain words: the sizes of a cut file (the oracle:
+// the file's size before and after cutting), and a chunk whose Fletcher-32 checksum does not
+// hold (h5py writes it; one byte changed) as damage, not HDF5's "truncated file: eof = ...".
+TEST(H5, ACutFileAndADamagedChunkAreSaidInPlainWords) {
+  test::TempDir dir;
+  const auto path = dir / "whole.h5";
+  {
+    auto file = File::create(path);
+    write_tensor(file.id(), "x", torch::arange(20000, torch::kLong), path);
+  }
+  const auto size = std::filesystem::file_size(path);
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const auto cut = dir / "cut.h5";
+  std::ofstream(cut, std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+  const auto m = test::error_of([&] { File::open(cut); });
+  EXPECT_NE(m.find(concat("the file is cut short: it holds ", bytes.size() / 2,
+                          " bytes, its header says ", size)),
+            std::string::npos)
+      << m;
+  EXPECT_EQ(m.find("eof ="), std::string::npos) << m;
+
+  const auto checked = dir / "checked.h5";
+  const auto py = test::run_process(test::python() +
+                                    " -c \"import h5py,sys,numpy as np\n"
+                                    "with h5py.File(sys.argv[1],'w') as f:\n"
+                                    "  f.create_dataset('x', data=np.arange(1000), chunks=(100,), "
+                                    "fletcher32=True)\n"
+                                    "  o=f['x'].id.get_chunk_info(3).byte_offset\n"
+                                    "b=bytearray(open(sys.argv[1],'rb').read()); b[o+5]^=1\n"
+                                    "open(sys.argv[1],'wb').write(b); print('ok')\" " +
+                                    checked + " 2>&1");
+  ASSERT_EQ(py.output, "ok\n");
+  auto file = File::open(checked);
+  const auto d = test::error_of([&] { read_tensor(file.id(), "x", checked); });
+  EXPECT_NE(d.find("a chunk's Fletcher-32 checksum does not match its data: the file is damaged"),
+            std::string::npos)
+      << d;
+  EXPECT_EQ(plain_reason("no such thing"), "no such thing");
+}
+
 // Variable-length strings as h5py writes them (thousands, empty, non-ASCII, one larger than a
 // 4 KiB heap collection), read back by attnscope's own global-heap reader: whole, as a
 // hyperslab, and as an attribute; the oracle is the list h5py wrote, saved as JSON.

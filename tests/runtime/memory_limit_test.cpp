@@ -38,6 +38,23 @@ TEST(MemoryLimit, SizesAreBytesOrBinaryUnits) {
     EXPECT_FALSE(parse_memory_size(bad).has_value()) << bad;
 }
 
+// Sizes in messages: a limit below 1 MiB (ATTNSCOPE_MEMORY_LIMIT=1K) read "0 MiB".
+TEST(MemoryLimit, SizesInMessagesKeepTheirUnitBelowOneMebibyte) {
+  EXPECT_EQ(memory_size_text(kKiB), "1 KiB");
+  EXPECT_EQ(memory_size_text(kMiB - 1), "1023 KiB");
+  EXPECT_EQ(memory_size_text(kMiB - 1, true), "1 MiB");
+  EXPECT_EQ(memory_size_text(kMiB - kKiB, true), "1023 KiB");
+  EXPECT_EQ(memory_size_text(1023, true), "1023 bytes");
+  EXPECT_EQ(memory_size_text(kKiB + 1, true), "2 KiB");
+  EXPECT_EQ(memory_size_text(kMiB), "1 MiB");
+  EXPECT_EQ(memory_size_text(kMiB + 1), "1 MiB");
+  EXPECT_EQ(memory_size_text(kMiB + 1, true), "2 MiB");
+  EXPECT_EQ(memory_size_text(8 * kGiB), "8192 MiB");
+  EXPECT_EQ(memory_size_text(1000), "1000 bytes");
+  EXPECT_EQ(memory_size_text(1), "1 byte");
+  EXPECT_EQ(memory_size_text(0), "0 bytes");
+}
+
 void write(const std::filesystem::path& file, const std::string& text) {
   std::filesystem::create_directories(file.parent_path());
   std::ofstream(file) << text;

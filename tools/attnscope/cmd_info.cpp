@@ -71,7 +71,7 @@ int run_info(const std::vector<std::string>& args, const GlobalOptions&) {
   const auto& limit = runtime::memory_limit();
   std::cout << "memory limit   "
             << (limit.bytes == 0 ? std::string("none")
-                                 : std::to_string(limit.bytes >> 20) + " MiB, " + limit.source)
+                                 : runtime::memory_size_text(limit.bytes) + ", " + limit.source)
             << (runtime::tensor_cache_enabled() ? "" : " (not enforced: the tensor cache is off)")
             << "\n";
   // Whether malloc's heap is advised is read from the kernel's own flags for its mappings.

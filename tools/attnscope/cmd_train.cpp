@@ -20,6 +20,7 @@
 #include <set>
 #include <sstream>
 #include <thread>
+#include <unordered_set>
 #include <utility>
 
 #include <nlohmann/json.hpp>
@@ -528,7 +529,23 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
       if (images.empty() && !fs::is_directory(val_spec) &&
           !fs::is_directory(fs::path(val_spec).parent_path() / "images"))
         images = data.images;
-      val_source = open_spec(val_spec, images).first;
+      auto [source, val_set] = open_spec(val_spec, images);
+      val_source = source;
+      // Images in both sets (the same image id) make the validation metrics measure images the
+      // model trains on: said, not refused (a deliberate sanity run may want it).
+      std::unordered_set<std::string> train_ids;
+      for (const auto& s : all.samples)
+        train_ids.insert(s.image_id);
+      std::size_t shared = 0;
+      std::string first;
+      for (const auto& s : val_set.samples)
+        if (train_ids.count(s.image_id) && shared++ == 0) first = s.image_id;
+      if (shared > 0 && main_rank)
+        std::cerr << "warning: " << shared << " of the " << val_set.samples.size()
+                  << " validation images (--val " << excerpt(val_spec, 200)
+                  << ") are also training images (the same image id, e.g. '" << excerpt(first, 100)
+                  << "'): the validation metrics and best.h5's choice measure images the model "
+                     "trains on\n";
     } else {
       datasets::SplitOptions split;
       split.val = val_split;
@@ -613,6 +630,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
         bool fresh = !fs::exists(path);
         if (!fresh) {
           bool same = false;
+          std::string damage;
           try {
             const pipeline::ImageCacheSource c(path);
             same = c.preprocessing() == pipeline.to_json() &&
@@ -621,9 +639,23 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
               while (j < source->size() && source->sample(j).image_id != c.sample(i).image_id) ++j;
               same = j < source->size() && source->sample(j).label == c.sample(i).label;
             }
+            // Read through once: a damaged sample (its chunk's checksum) has the cache built
+            // again, where training would stop at it midway (or, in a cache without
+            // checksums, train on other pixels).
+            if (same) {
+              const auto damaged = find_bad_images(c, std::max(workers, 1));
+              if (!damaged.empty()) {
+                same = false;
+                damage = damaged[0].message;
+                if (damaged.size() > 1) damage += concat(" (and ", damaged.size() - 1, " more)");
+              }
+            }
           } catch (const Error&) {
           }
-          if (!same) {
+          if (!damage.empty()) {
+            std::cerr << "warning: " << damage << "; building the cache again\n";
+            fresh = true;
+          } else if (!same) {
             std::cerr << "warning: " << path << ": made from other data or preprocessing than the "
                       << name << " set; building it again\n";
             fresh = true;

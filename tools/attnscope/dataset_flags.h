@@ -35,7 +35,8 @@ struct DatasetFlags {
         ("format", po::value(&format)->default_value("auto"),
          "auto, isic2016, isic2017, isic2018, ham10000, isic2019, isic2020, generic, folders")
         ("skip-missing", po::bool_switch(&skip_missing),
-         "drop ids whose image is missing instead of failing")
+         "drop ids whose image is missing, and read an image whose mask file is missing "
+         "without its mask, instead of failing")
         ("multiclass", po::bool_switch(&multiclass),
          "keep the format's own classes instead of benign/malignant")
         ("ak-benign", po::bool_switch(&ak_benign),
@@ -78,6 +79,13 @@ struct DatasetFlags {
     if (ds.skipped.size() > kNamed)
       std::cerr << "warning: ... and " << ds.skipped.size() - kNamed
                 << " more images not found, skipped (" << ds.skipped.size() << " in all)\n";
+    for (std::size_t i = 0; i < ds.masks_skipped.size() && i < kNamed; ++i)
+      std::cerr << "warning: " << excerpt(ds.masks_skipped[i], 200)
+                << ": mask file not found, read without its mask\n";
+    if (ds.masks_skipped.size() > kNamed)
+      std::cerr << "warning: ... and " << ds.masks_skipped.size() - kNamed
+                << " more images read without their missing mask file (" << ds.masks_skipped.size()
+                << " in all)\n";
     return ds;
   }
 };
