@@ -807,15 +807,21 @@ TEST(TrainCli, CacheGivesTheSameRunAsDecodingEveryEpoch) {
   EXPECT_EQ(compare_weights(dir / "cached/last.h5", dir / "files/last.h5"), "same\n");
 }
 
+// A one-epoch --cache run into `run` with what its first epoch wrote removed: its caches,
+// as a run killed before that epoch ended leaves them.
+void cached_run_killed_before_its_first_epoch_ended(const std::string& run) {
+  const auto made = test::run_process(train_command(run, 1) + " --cache");
+  ASSERT_EQ(made.status, 0) << made.output;
+  for (const char* name : {"last.h5", "best.h5", "metrics.jsonl", "timing.jsonl"})
+    fs::remove(fs::path(run) / name);
+}
+
 // Caches a killed run left in the folder, made from other data: built again, with a warning
 // line, so the run trains on its own data (it trained on the old caches' images before) and
 // equals a run in an empty folder.
 TEST(TrainCli, ACacheOfOtherDataInTheFolderIsBuiltAgain) {
   test::TempDir dir;
-  const auto made = test::run_process(train_command(dir / "run", 1) + " --cache");
-  ASSERT_EQ(made.status, 0) << made.output;
-  for (const char* name : {"last.h5", "best.h5", "metrics.jsonl", "timing.jsonl"})
-    fs::remove(fs::path(dir / "run") / name);  // as if killed before its first epoch ended
+  ASSERT_NO_FATAL_FAILURE(cached_run_killed_before_its_first_epoch_ended(dir / "run"));
   // Other data: the first 30 rows of the synthetic set.
   std::istringstream in(read_text(synth_data()));
   std::string line, csv;
@@ -845,10 +851,7 @@ TEST(TrainCli, ACacheOfOtherDataInTheFolderIsBuiltAgain) {
 // one in an empty folder; before, it trained on the changed pixels without a word.
 TEST(TrainCli, ADamagedCacheInTheFolderIsBuiltAgain) {
   test::TempDir dir;
-  const auto made = test::run_process(train_command(dir / "run", 1) + " --cache");
-  ASSERT_EQ(made.status, 0) << made.output;
-  for (const char* name : {"last.h5", "best.h5", "metrics.jsonl", "timing.jsonl"})
-    fs::remove(fs::path(dir / "run") / name);  // as if killed before its first epoch ended
+  ASSERT_NO_FATAL_FAILURE(cached_run_killed_before_its_first_epoch_ended(dir / "run"));
   const auto cache = dir / "run/cache-train.h5";
   fs::copy_file(cache, dir / "intact.h5");
   const auto script = dir / "damage.py";
