@@ -96,12 +96,12 @@ Dataset assemble(std::vector<RawRow> rows, Format format, std::vector<std::strin
     if (s.mask_path) {
       std::error_code ec;
       if (!fs::is_regular_file(*s.mask_path, ec)) {
-        if (!options.skip_missing) {
+        // Without --skip-missing a problem of the line; its other problems are said too.
+        if (!options.skip_missing)
           problems.add(r.line, concat("mask file not found: ", *s.mask_path,
                                       " (--skip-missing reads the image without it)"));
-          continue;
-        }
-        ds.masks_skipped.push_back(s.image_id);
+        else
+          ds.masks_skipped.push_back(s.image_id);
         s.mask_path.reset();
       }
     }
