@@ -226,11 +226,14 @@ ImageCacheReport write_image_cache(const std::string& path, const datasets::Samp
     throw Error(path, concat("no image could be cached (", report.failures.size(),
                              " failed; first: ", report.failures.front().message, ")"));
   }
-  h5::write_tensor(file.id(), "labels", torch::tensor(labels, torch::kInt64), path);
+  // Chunked and deflated: a damaged label is a read error (the zlib stream's Adler-32), not
+  // another class trained on.
+  constexpr int kRowsPerChunk = 1 << 16;
+  h5::write_tensor(file.id(), "labels", torch::tensor(labels, torch::kInt64), path, kRowsPerChunk);
   h5::write_tensor(
       file.id(), "has_mask",
       torch::from_blob(has_mask.data(), {static_cast<int64_t>(has_mask.size())}, torch::kUInt8),
-      path);
+      path, kRowsPerChunk);
   write_strings(file.id(), "ids", ids, path);
   write_strings(file.id(), "groups", groups, path);
   write_strings(file.id(), "paths", paths, path);

@@ -689,7 +689,7 @@ ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader
     // (read_own_results): its earlier rows are checked here.
     h5::check_untrusted_file(path, false);
     h5::Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
-    h5::check_h5(file.valid(), path, "cannot open as HDF5 (not an attnscope results file?)");
+    h5::check_h5(file.valid(), path, "cannot open as HDF5");
     const hid_t f = file.get();
     auto attr = [&](const std::string& name) {
       if (h5::has_attribute(f, name)) return h5::read_string_attribute(f, name, path);

@@ -858,15 +858,19 @@ TEST(TrainCli, ADamagedCacheInTheFolderIsBuiltAgain) {
   std::ofstream(script) << R"(
 import sys, h5py, numpy as np
 path, how = sys.argv[1], sys.argv[2]
-if how == 'damage':
+if how in ('damage', 'labels'):
     with h5py.File(path, 'r') as f:
-        d = f['images']
-        assert d.fletcher32 and d.compression is None
-        info = d.id.get_chunk_info(3)
+        d = f['images'] if how == 'damage' else f['labels']
+        if how == 'damage':
+            assert d.fletcher32 and d.compression is None
+        else:
+            assert d.compression == 'gzip'
+        info = d.id.get_chunk_info(3 if how == 'damage' else 0)
+    at = info.byte_offset + (100 if how == 'damage' else info.size // 2)
     with open(path, 'r+b') as f:
-        f.seek(info.byte_offset + 100)
+        f.seek(at)
         b = f.read(1)
-        f.seek(info.byte_offset + 100)
+        f.seek(at)
         f.write(bytes([b[0] ^ 1]))
     print('ok')
 else:
@@ -889,6 +893,27 @@ else:
   const auto clean = test::run_process(train_command(dir / "clean", 1) + " --cache");
   ASSERT_EQ(clean.status, 0) << clean.output;
   EXPECT_EQ(read_text(dir / "run/metrics.jsonl"), read_text(dir / "clean/metrics.jsonl"));
+  // A damaged label (the labels are deflated: the zlib stream's check) and a cache cut short
+  // are said as what they are, and built again.
+  for (const char* how : {"labels", "cut"}) {
+    ASSERT_NO_FATAL_FAILURE(cached_run_killed_before_its_first_epoch_ended(dir / how));
+    const auto c = dir / how + "/cache-train.h5";
+    if (std::string(how) == "cut")
+      fs::resize_file(c, fs::file_size(c) / 2);
+    else
+      ASSERT_EQ(test::run_process(test::python() + " " + script + " " + c + " labels 2>&1").output,
+                "ok\n");
+    const auto r = test::run_process(train_command(dir / how, 1) + " --cache");
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_NE(r.output.find(std::string(how) == "cut"
+                                ? "the file is cut short: it holds "
+                                : c + ":/labels: cannot read dataset (a chunk's deflate stream is "
+                                      "damaged: the file is damaged)"),
+              std::string::npos)
+        << r.output;
+    EXPECT_NE(r.output.find("; building the cache again"), std::string::npos) << r.output;
+    EXPECT_EQ(read_text(dir / how + "/metrics.jsonl"), read_text(dir / "clean/metrics.jsonl"));
+  }
 }
 
 // --precision bf16: the forward pass in bfloat16 autocast. Recorded in the checkpoints'

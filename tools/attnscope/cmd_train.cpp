@@ -650,7 +650,8 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
                 if (damaged.size() > 1) damage += concat(" (and ", damaged.size() - 1, " more)");
               }
             }
-          } catch (const Error&) {
+          } catch (const Error& e) {
+            damage = e.what();  // cut short, not an HDF5 file, a folder: said as it is
           }
           if (!damage.empty()) {
             std::cerr << "warning: " << damage << "; building the cache again\n";
