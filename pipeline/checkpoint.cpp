@@ -1,8 +1,10 @@
 #include "pipeline/checkpoint.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include <torch/torch.h>
@@ -17,8 +19,10 @@ namespace attnscope::pipeline {
 namespace {
 
 constexpr const char* kFormat = "attnscope-checkpoint";
-// 2: adds tensor_checksum. 1 (no checksum) is still read.
-constexpr const char* kFormatVersion = "2";
+// 3: `checksum` covers every dataset and string attribute (file_checksum); 2: tensor_checksum
+// covers the root's tensors only; 1: no checksum. 1 and 2 are still read.
+constexpr const char* kFormatVersion = "3";
+constexpr const char* kChecksum = "checksum";
 
 // FNV-1a, 64 bits: enough to catch bit flips and truncation (not an adversary).
 class Fnv1a {
@@ -62,6 +66,79 @@ std::string tensor_checksum(const std::map<std::string, torch::Tensor>& tensors)
   return "fnv1a64:" + h.hex();
 }
 
+bool is_dataset(hid_t group, const std::string& name) {
+  H5O_info_t info;
+  return H5Oget_info_by_name2(group, name.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) >= 0 &&
+         info.type == H5O_TYPE_DATASET;
+}
+
+// Every object of the file by its path ("conv.weight", "train_state/step"): groups (the root
+// is "") and datasets. Only hard links are followed (an external link would open another
+// file); a crafted file's other links, and groups nested deeper than 8, are an Error.
+void list_objects(hid_t group, const std::string& prefix, int depth, const std::string& path,
+                  std::vector<std::string>& groups, std::vector<std::string>& datasets) {
+  check(depth <= 8, path, "holds groups nested deeper than 8: not an attnscope checkpoint");
+  groups.push_back(prefix);
+  for (const auto& name : h5::children(group)) {
+    H5L_info_t link;
+    check(H5Lget_info(group, name.c_str(), &link, H5P_DEFAULT) >= 0 && link.type == H5L_TYPE_HARD,
+          h5::where(path, prefix + name),
+          "is a soft or external link: not an attnscope checkpoint");
+    if (is_dataset(group, name)) {
+      datasets.push_back(prefix + name);
+    } else {
+      auto child = h5::require_group(group, name, path);
+      list_objects(child.get(), prefix + name + "/", depth + 1, path, groups, datasets);
+    }
+  }
+}
+
+}  // namespace
+
+std::string file_checksum(
+    hid_t root, const std::string& path,
+    const std::function<void(const std::string&, const torch::Tensor&)>& visit) {
+  std::vector<std::string> groups, datasets;
+  list_objects(root, "", 0, path, groups, datasets);
+  std::sort(groups.begin(), groups.end());
+  std::sort(datasets.begin(), datasets.end());
+  Fnv1a h;
+  for (const auto& name : datasets) {
+    auto t = h5::read_tensor(root, name, path).contiguous();
+    h.add(name.data(), name.size() + 1);
+    h.add_value<int64_t>(static_cast<int64_t>(t.element_size()));
+    h.add_value<int64_t>(t.dim());
+    for (const auto d : t.sizes())
+      h.add_value<int64_t>(d);
+    h.add(t.data_ptr(), t.numel() * t.element_size());
+    if (visit) visit(name, t);
+  }
+  for (const auto& group_path : groups) {
+    auto group = group_path.empty() ? h5::Handle() : h5::require_group(root, group_path, path);
+    const hid_t g = group_path.empty() ? root : group.get();
+    h.add(group_path.data(), group_path.size() + 1);  // an empty group counts too
+    auto names = h5::attribute_names(g);
+    std::sort(names.begin(), names.end());
+    for (const auto& name : names) {
+      if (group_path.empty() && name == kChecksum) continue;
+      const auto key = group_path + "@" + name;
+      h.add(key.data(), key.size() + 1);
+      // String attributes by value; another type (attnscope writes none) by its name only.
+      if (h5::is_string_attribute(g, name)) {
+        const auto value = h5::read_string_attribute(g, name, path);
+        h.add(value.data(), value.size() + 1);
+      }
+    }
+  }
+  return "fnv1a64:" + h.hex();
+}
+
+void seal_checkpoint(hid_t root, const std::string& path) {
+  h5::write_attribute(root, kChecksum, file_checksum(root, path), path);
+}
+
+namespace {
+
 std::string shape_string(const std::vector<int64_t>& shape) {
   std::ostringstream out;
   out << "[";
@@ -96,7 +173,7 @@ std::map<std::string, torch::Tensor> module_tensors(const torch::nn::Module& mod
 }  // namespace
 
 void save_checkpoint(const std::string& path, const torch::nn::Module& module,
-                     const CheckpointMeta& meta) {
+                     const CheckpointMeta& meta, const std::function<void(hid_t)>& add) {
   {
     h5::OutputFile file(path);
     for (const auto& [name, tensor] : module_tensors(module))
@@ -110,7 +187,8 @@ void save_checkpoint(const std::string& path, const torch::nn::Module& module,
     h5::write_attribute(root, "class_names", nlohmann::json(meta.class_names).dump(), path);
     h5::write_attribute(root, "provenance", meta.provenance.dump(), path);
     h5::write_attribute(root, "extra", meta.extra.dump(), path);
-    h5::write_attribute(root, "tensor_checksum", tensor_checksum(module_tensors(module)), path);
+    if (add) add(root);
+    seal_checkpoint(root, path);  // last: over everything written above
     file.commit();
   }
 }
@@ -137,8 +215,8 @@ CheckpointMeta read_meta(const std::string& path) {
   const auto version = h5::has_attribute(root, "format_version")
                            ? h5::read_string_attribute(root, "format_version", path)
                            : std::string("(none)");
-  check(version == "1" || version == "2", path, "checkpoint format_version ", version,
-        " is not supported (this build reads 1 and 2); a newer attnscope wrote it?");
+  check(version == "1" || version == "2" || version == "3", path, "checkpoint format_version ",
+        version, " is not supported (this build reads 1 to 3); a newer attnscope wrote it?");
   CheckpointMeta meta;
   auto get = [&](const char* name, const nlohmann::json& fallback) {
     auto value = parse_attribute(root, name, path);
@@ -184,10 +262,35 @@ void verify(const std::string& path) {
   read_meta(path);  // format and format_version
   auto file = h5::File::open(path);
   const auto version = h5::read_string_attribute(file.id(), "format_version", path);
+  // Infinities too: an infinite weight gives NaN or empty outputs without a word.
+  auto check_finite = [&](const std::string& name, const torch::Tensor& tensor) {
+    if (tensor.is_floating_point())
+      check(torch::isfinite(tensor).all().item<bool>(), path, "tensor '", excerpt(name, 200),
+            "' holds NaN or infinite values; refusing to load a broken model");
+  };
+  if (version == "3") {
+    check(h5::has_attribute(file.id(), kChecksum), path,
+          "format_version 3 checkpoint without a checksum attribute");
+    const auto expected = h5::read_string_attribute(file.id(), kChecksum, path);
+    std::optional<Error> broken;  // said after the checksum: a flipped bit is damage first
+    const auto actual = file_checksum(file.id(), path, [&](const auto& name, const auto& t) {
+      if (broken || name.find('/') != std::string::npos) return;  // the model's tensors only
+      try {
+        check_finite(name, t);
+      } catch (const Error& e) {
+        broken = e;
+      }
+    });
+    check(actual == expected, path, "checksum mismatch (stored ", expected, ", computed ", actual,
+          "): the file is corrupt (a flipped bit, a cut copy) or was edited (its tensors, ",
+          "configuration or training state)");
+    if (broken) throw *broken;
+    return;
+  }
   std::map<std::string, torch::Tensor> stored;
   for (const auto& entry : tensor_shapes(path))  // datasets only: groups are not tensors
     stored[entry.first] = h5::read_tensor(file.id(), entry.first, path);
-  if (version != "1") {  // version 1 predates the checksum
+  if (version == "2") {  // version 1 predates the checksum
     check(h5::has_attribute(file.id(), "tensor_checksum"), path, "format_version ", version,
           " checkpoint without a tensor_checksum attribute");
     const auto expected = h5::read_string_attribute(file.id(), "tensor_checksum", path);
@@ -195,11 +298,8 @@ void verify(const std::string& path) {
     check(actual == expected, path, "tensor checksum mismatch (stored ", expected, ", computed ",
           actual, "): the file is corrupt (a flipped bit, a cut copy) or was edited");
   }
-  // Infinities too: an infinite weight gives NaN or empty outputs without a word.
   for (const auto& [name, tensor] : stored)
-    if (tensor.is_floating_point())
-      check(torch::isfinite(tensor).all().item<bool>(), path, "tensor '", excerpt(name, 200),
-            "' holds NaN or infinite values; refusing to load a broken model");
+    check_finite(name, tensor);
 }
 
 }  // namespace

@@ -7,19 +7,25 @@
 //
 // Root attributes:
 //   format               "attnscope-checkpoint"
-//   format_version       "2" ("1": the same without tensor_checksum; still read; others refused)
+//   format_version       "3" ("2": tensor_checksum over the root's tensors only; "1": without
+//                        a checksum; both still read; others refused)
 //   attnscope_version    the writer's version
 //   model_config         JSON object (architecture and sizes: enough to rebuild the model)
 //   preprocessing_config JSON object (the preprocessing the model was trained with)
 //   class_names          JSON array of strings
 //   provenance           JSON object (data, seed, epoch, metrics, command line, time)
 //   extra                JSON object (anything else a model family needs, e.g. a vocabulary)
-//   tensor_checksum      "fnv1a64:<16 hex digits>" over every tensor (sorted names, element
-//                        size, shape, bytes); verified at load, so a flipped bit or a cut copy
-//                        is an error, not a silently wrong model
+//   checksum             "fnv1a64:<16 hex digits>" over the whole file (file_checksum): every
+//                        dataset (tensors, /train_state) and every string attribute (configs,
+//                        class names, threshold, temperature); verified at load, so a flipped
+//                        bit, a cut copy or an edited field is an error, not a silently wrong
+//                        model. tests/python/checkpoint_checksum.py computes it with h5py.
 
+#include <functional>
 #include <string>
 #include <vector>
+
+#include <H5Ipublic.h>
 
 #include <torch/nn/module.h>
 #include <nlohmann/json.hpp>
@@ -44,9 +50,24 @@ struct LoadOptions {
 
 /// Writes every named parameter and buffer of module, and meta, to path (replaced atomically:
 /// h5::OutputFile: written beside it and renamed, so a crash, a kill or a full disk never
-/// leaves a half-written checkpoint).
+/// leaves a half-written checkpoint). `add`, when given, writes more into the file's root (a
+/// training run's /train_state group) before the checksum, which covers it too, is computed.
 void save_checkpoint(const std::string& path, const torch::nn::Module& module,
-                     const CheckpointMeta& meta);
+                     const CheckpointMeta& meta, const std::function<void(hid_t root)>& add = {});
+
+/// The checksum of a checkpoint's content as it stands in the open file `root` (named `path`
+/// in errors): FNV-1a 64 over every dataset in byte order of its path (the path and a NUL, the
+/// element size, rank and dimensions as little-endian int64, the bytes), then over every group
+/// by path (the root being "", the others ending in "/"): the path and a NUL, then each of its
+/// attributes by name as "group@name" and a NUL and, for a string attribute, its UTF-8 value
+/// and a NUL; the root's `checksum` is left out. `visit`, when given, sees each dataset as read.
+std::string file_checksum(
+    hid_t root, const std::string& path,
+    const std::function<void(const std::string& name, const torch::Tensor&)>& visit = {});
+
+/// (Re)writes the root's `checksum` attribute over the file as it stands. save_checkpoint
+/// calls it last; a tool (or a test) that edits a checkpoint on purpose calls it after.
+void seal_checkpoint(hid_t root, const std::string& path);
 
 /// Reads only the attributes (cheap; no tensors). Throws Error naming the path when the file
 /// is missing, not HDF5, or not an attnscope checkpoint.
@@ -56,8 +77,9 @@ CheckpointMeta read_checkpoint_meta(const std::string& path);
 std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_tensors(
     const std::string& path);
 
-/// Checks a checkpoint's integrity without a model: format, format_version (1 or 2), the
-/// tensor checksum (version 2) and that no floating tensor holds NaN. Throws Error naming
+/// Checks a checkpoint's integrity without a model: format, format_version (1 to 3), the
+/// checksum (version 3; the tensor checksum of version 2) and that no floating tensor of the
+/// model holds NaN. Throws Error naming
 /// the path and what is wrong. load_checkpoint calls it first.
 void verify_checkpoint(const std::string& path);
 

@@ -214,11 +214,23 @@ void check_not_special_file(const std::string& path) {
         "is not a regular file (a FIFO, device or socket): not an HDF5 file");
 }
 
-File File::open(const std::string& path, bool writable) {
+void check_is_hdf5(const std::string& path) {
   silence_hdf5();
   check(std::filesystem::exists(path), path, "no such file");
   check_not_special_file(path);
-  check(H5Fis_hdf5(path.c_str()) > 0, path, "not an HDF5 file");
+  if (H5Fis_hdf5(path.c_str()) > 0) return;
+  std::error_code ec;
+  check(!std::filesystem::is_directory(path, ec), path, "is a folder, not an HDF5 file");
+  const auto size = std::filesystem::file_size(path, ec);
+  check(ec || size > 0, path,
+        "is empty (0 bytes), not an HDF5 file: a copy or write that did "
+        "not finish?");
+  check(false, path, "not an HDF5 file");
+}
+
+File File::open(const std::string& path, bool writable) {
+  silence_hdf5();
+  check_is_hdf5(path);
   hid_t id = H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY, H5P_DEFAULT);
   check_h5(id >= 0, path, writable ? "cannot open HDF5 file for writing" : "cannot open HDF5 file");
   return File(Handle(id), path);
@@ -399,6 +411,28 @@ at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& fi
 bool has_attribute(hid_t obj, const std::string& name) {
   silence_hdf5();
   return H5Aexists(obj, name.c_str()) > 0;
+}
+
+std::vector<std::string> attribute_names(hid_t obj) {
+  silence_hdf5();
+  std::vector<std::string> names;
+  hsize_t index = 0;
+  H5Aiterate2(
+      obj, H5_INDEX_NAME, H5_ITER_INC, &index,
+      [](hid_t, const char* name, const H5A_info_t*, void* data) -> herr_t {
+        static_cast<std::vector<std::string>*>(data)->emplace_back(name);
+        return 0;
+      },
+      &names);
+  return names;
+}
+
+bool is_string_attribute(hid_t obj, const std::string& name) {
+  silence_hdf5();
+  Handle attr(H5Aopen(obj, name.c_str(), H5P_DEFAULT));
+  if (!attr.valid()) return false;
+  Handle type(H5Aget_type(attr.get()));
+  return type.valid() && H5Tget_class(type.get()) == H5T_STRING;
 }
 
 void write_attribute(hid_t obj, const std::string& name, const std::string& value,

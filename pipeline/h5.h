@@ -129,6 +129,10 @@ Handle utf8_string_type();
 /// opening one to read it as HDF5 blocks (a FIFO without a writer) or reads without end.
 void check_not_special_file(const std::string& path);
 
+/// Throws Error(path, ...) unless path is a regular file with HDF5's signature: "no such
+/// file", a FIFO or device, "is a folder", "is empty (0 bytes)" or "not an HDF5 file".
+void check_is_hdf5(const std::string& path);
+
 /// Names of the direct children of a group, in creation/alphabetical order.
 std::vector<std::string> children(hid_t loc);
 
@@ -156,6 +160,10 @@ void write_attribute(hid_t obj, const std::string& name, const std::string& valu
                      const std::string& file);
 std::string read_string_attribute(hid_t obj, const std::string& name, const std::string& file);
 bool has_attribute(hid_t obj, const std::string& name);
+/// Names of an object's attributes, in name order.
+std::vector<std::string> attribute_names(hid_t obj);
+/// Whether the attribute `name` of obj holds a string (fixed or variable length).
+bool is_string_attribute(hid_t obj, const std::string& name);
 
 /// Reads n variable-length strings from a dataset (the `selection` of its file space, into a
 /// `memory` space of n elements; H5S_ALL for both reads it whole) or from an attribute

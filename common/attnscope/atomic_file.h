@@ -27,6 +27,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <string>
 #include <string_view>
 
@@ -110,6 +111,41 @@ inline void remove_temporaries_on_signals() {
     if (::sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) continue;
     ::sigaction(sig, &action, nullptr);
   }
+}
+
+/// Removes the temporary files `.<name>.<pid>-<n>.tmp<ext>` beside `path` (AtomicFile's) whose
+/// process is no longer alive: what a SIGKILL or a power cut left. A command that replaces
+/// `path` calls it before it writes; a live process's temporaries (kill(pid, 0) answers) stay.
+/// Returns how many were removed.
+inline int remove_dead_temporaries(const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path target(path);
+  const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  const std::string head = "." + target.filename().string() + ".";
+  const std::string tail = ".tmp" + target.extension().string();
+  int removed = 0;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const auto name = it->path().filename().string();
+    if (name.size() <= head.size() + tail.size() || name.rfind(head, 0) != 0 ||
+        name.compare(name.size() - tail.size(), tail.size(), tail) != 0)
+      continue;
+    // <pid>-<n> between them, digits only
+    const auto middle = name.substr(head.size(), name.size() - head.size() - tail.size());
+    const auto dash = middle.find('-');
+    const auto digits = [](const std::string& t) {
+      return !t.empty() && t.size() <= 18 && t.find_first_not_of("0123456789") == std::string::npos;
+    };
+    if (dash == std::string::npos || !digits(middle.substr(0, dash)) ||
+        !digits(middle.substr(dash + 1)))
+      continue;
+    const long long pid = std::stoll(middle.substr(0, dash));
+    if (pid <= 0 || pid > std::numeric_limits<pid_t>::max()) continue;
+    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM) continue;  // alive
+    std::error_code rm;
+    if (fs::remove(it->path(), rm)) ++removed;
+  }
+  return removed;
 }
 
 class AtomicFile {

@@ -551,6 +551,8 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
                                "wait for it to end, or give this run (each shard) its own --out");
   remove_stale_temporaries(o.out_dir);
   const auto h5_path = (fs::path(o.out_dir) / "results.h5").string();
+  check(!fs::is_directory(h5_path), h5_path,
+        "is a folder, not a results file: remove it or choose another --out");
   const bool resuming = o.resume && fs::exists(h5_path);
   check(resuming || o.overwrite || !fs::exists(h5_path), h5_path,
         "exists; pass --resume to continue it or --overwrite to replace it");
@@ -575,6 +577,23 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
 
   // Inputs of this run: this shard's, less what is stored.
   const auto stored = writer->stored_ids();
+  if (resuming && o.warn && !stored.empty()) {
+    // Another input set: the file would hold both runs' images, as one run's.
+    std::set<std::string> inputs;
+    for (const auto& s : dataset.samples)
+      inputs.insert(s.image_id);
+    int64_t others = 0;
+    std::string example;
+    for (const auto& id : stored)
+      if (!inputs.count(id)) {
+        if (others++ == 0) example = id;
+      }
+    if (others > 0)
+      o.warn(concat(h5_path, " holds ", others, " of ", stored.size(),
+                    " images that are not among this run's inputs (e.g. '", excerpt(example, 100),
+                    "'): it was started on other inputs, and --resume adds this run's images to "
+                    "them; classify into another --out to keep the runs apart"));
+  }
   datasets::Dataset todo;
   todo.class_names = class_names;
   std::vector<int64_t> global_index;

@@ -69,6 +69,9 @@ struct ClassifyOptions {
   /// inferred is written; results.h5 is left unfinished, so --resume continues it. A run
   /// replacing an existing results.h5 (--overwrite) keeps the previous file instead.
   std::function<bool()> stop_requested;
+  /// Called with each warning about the run as a whole (a resumed file that holds images
+  /// that are not among `dataset`'s); the command prints it as a `warning:` line.
+  std::function<void(const std::string&)> warn;
 };
 
 struct ClassifyProgress {

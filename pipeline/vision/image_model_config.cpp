@@ -109,9 +109,10 @@ std::shared_ptr<vision::ImageClassifier> make_image_classifier(const nlohmann::j
 }
 
 void save_image_classifier(const std::string& path, const vision::ImageClassifier& model,
-                           const vision::ImageModelConfig& config, CheckpointMeta meta) {
+                           const vision::ImageModelConfig& config, CheckpointMeta meta,
+                           const std::function<void(hid_t root)>& add) {
   meta.model_config = image_model_config_to_json(config);
-  save_checkpoint(path, model, meta);
+  save_checkpoint(path, model, meta, add);
 }
 
 LoadedImageClassifier load_image_classifier(const std::string& path) {

@@ -36,10 +36,11 @@ models::vision::ImageModelConfig image_model_config_from_json(const nlohmann::js
 /// make_image_classifier(image_model_config_from_json(json)).
 std::shared_ptr<models::vision::ImageClassifier> make_image_classifier(const nlohmann::json& json);
 
-/// Saves model with meta, setting meta.model_config to the resolved config's JSON.
+/// Saves model with meta, setting meta.model_config to the resolved config's JSON (`add`: as
+/// save_checkpoint's).
 void save_image_classifier(const std::string& path, const models::vision::ImageClassifier& model,
-                           const models::vision::ImageModelConfig& config,
-                           CheckpointMeta meta = {});
+                           const models::vision::ImageModelConfig& config, CheckpointMeta meta = {},
+                           const std::function<void(hid_t root)>& add = {});
 
 struct LoadedImageClassifier {
   std::shared_ptr<models::vision::ImageClassifier> model;

@@ -229,6 +229,15 @@ Results read_results(const std::string& path, bool values = true) {
     }
   }
   r.n = n;
+  // A run stopped or killed before its end (merge refuses such a file): the report is of the
+  // images stored so far, and says so.
+  if (r.attrs.count("finished_at") && r.attrs["finished_at"].empty())
+    r.warnings.push_back(concat(path,
+                                " is from a classify run that did not finish (finished_at "
+                                "is empty): the report shows the ",
+                                n,
+                                " images stored so far; complete it with the same classify "
+                                "command and --resume"));
 
   r.ids = read_strings(root, "images/id", path);
   r.paths = read_strings(root, "images/source_path", path);
@@ -276,9 +285,13 @@ Results read_results(const std::string& path, bool values = true) {
     const auto listed = parse_json(r.attrs["maps"], where(path, "@maps"));
     const auto present = h5::children(group.get());
     if (listed.is_array())
-      for (const auto& v : listed)
+      for (const auto& v : listed) {
         if (v.is_string() && std::count(present.begin(), present.end(), v.get<std::string>()))
           order.push_back(v.get<std::string>());
+        else if (values)  // classify lists exactly the maps it writes: damaged or edited
+          r.warnings.push_back(concat(where(path, "@maps"), " lists ", json_excerpt(v, 100),
+                                      ", which /attention does not hold: not shown"));
+      }
     for (const auto& name : present)
       if (!std::count(order.begin(), order.end(), name)) order.push_back(name);
     for (const auto& name : order) {
@@ -1122,7 +1135,9 @@ std::string render_report(const std::string& results_path, const ReportOptions& 
                       "probabilities ± their spread over the transforms"});
   h << tiles(counts);
   for (const auto& w : r.warnings)
-    h << "<p class=\"warning\"><b>Damaged file:</b> " << html_escape(w) << "</p>";
+    h << "<p class=\"warning\"><b>"
+      << (w.find("did not finish") != std::string::npos ? "Unfinished run:" : "Damaged file:")
+      << "</b> " << html_escape(w) << "</p>";
   ReportSummary local;
   h << label_summary(r, rows, &local);
   h << measures_summary(r, &local);

@@ -93,12 +93,13 @@ void create_column(hid_t file, const Column& col, const std::string& path) {
   // Level 1: 224 px dermoscopy photos shrink to ~0.68 of their size, as at level 4, in less
   // than half the time (zlib, isic-uda1: 3.0 vs 6.7 ms per image).
   if (col.compress) H5Pset_deflate(dcpl.get(), kDeflateLevel);
-  // A Fletcher-32 checksum per chunk of the uncompressed numbers (logits, probabilities,
-  // labels, measures): a damaged chunk is a read error naming the dataset
-  // (ResultsWriter::resume reads every row), not other numbers. Compressed chunks carry the
-  // zlib stream's Adler-32 (their filter pipeline must stay what deflate_rows writes with
-  // H5Dwrite_chunk); variable-length strings' chunks hold only references to the heap.
-  if (col.type >= 0 && !col.compress) H5Pset_fletcher32(dcpl.get());
+  // A Fletcher-32 checksum per chunk of every numeric dataset (logits, probabilities, labels,
+  // measures, and after deflate the images, maps and overlays, whose chunks deflate_rows
+  // checksums itself): a damaged chunk is a read error naming the dataset (ResultsWriter::resume
+  // reads every row), not other numbers. A row that deflate does not shrink (a 7 x 7 map) is
+  // stored raw and has only this check. Variable-length strings' chunks hold only references to
+  // the heap.
+  if (col.type >= 0) H5Pset_fletcher32(dcpl.get());
   h5::Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
   H5Pset_create_intermediate_group(lcpl.get(), 1);
   const auto stype = h5::utf8_string_type();
@@ -205,7 +206,49 @@ struct Chunk {
 };
 using Chunks = std::vector<Chunk>;
 
-Chunks deflate_rows(const Column& col, const at::Tensor& t, int64_t rows, const std::string& path) {
+// HDF5's Fletcher-32 (H5_checksum_fletcher32, which its filter appends to a chunk as 4 bytes,
+// little-endian): 16-bit words, big-endian, an odd last byte as the high byte of a word, the
+// sums folded every 360 words. Written out here because the writer stores chunks itself
+// (H5Dwrite_chunk); HDF5 checks it on every read, and the tests read the chunks back with HDF5.
+uint32_t fletcher32(const unsigned char* data, std::size_t size) {
+  uint32_t sum1 = 0, sum2 = 0;
+  std::size_t words = size / 2;
+  while (words > 0) {
+    std::size_t block = std::min<std::size_t>(words, 360);
+    words -= block;
+    for (; block > 0; --block, data += 2) {
+      sum1 += (static_cast<uint32_t>(data[0]) << 8) | data[1];
+      sum2 += sum1;
+    }
+    sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+    sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+  }
+  if (size % 2) {
+    sum1 += static_cast<uint32_t>(data[0]) << 8;
+    sum2 += sum1;
+    sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+    sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+  }
+  sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+  sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+  return (sum2 << 16) | sum1;
+}
+
+// Whether a dataset's filter pipeline ends with Fletcher-32 (files written before 2026-12-06
+// have deflate alone on their compressed datasets: their chunks are appended without it).
+bool has_fletcher32(hid_t file, const std::string& name) {
+  h5::Handle set(H5Dopen2(file, name.c_str(), H5P_DEFAULT));
+  if (!set.valid()) return false;
+  h5::Handle dcpl(H5Dget_create_plist(set.get()));
+  unsigned flags = 0;
+  std::size_t n = 0;
+  unsigned config = 0;
+  return H5Pget_filter_by_id2(dcpl.get(), H5Z_FILTER_FLETCHER32, &flags, &n, nullptr, 0, nullptr,
+                              &config) >= 0;
+}
+
+Chunks deflate_rows(const Column& col, const at::Tensor& t, int64_t rows, const std::string& path,
+                    bool checksum) {
   check(t.defined() && t.size(0) == rows, where(path, col.name), "expected ", rows,
         " rows to write, got ", t.defined() ? t.size(0) : -1);
   const auto c = (col.type == H5T_NATIVE_FLOAT ? t.to(torch::kCPU, torch::kFloat)
@@ -232,7 +275,13 @@ Chunks deflate_rows(const Column& col, const at::Tensor& t, int64_t rows, const 
       chunk.bytes.resize(size);
     } else {
       chunk.bytes.assign(row, row_bytes);
-      chunk.filter_mask = 1;
+      chunk.filter_mask = 1;  // deflate (filter 0) skipped; Fletcher-32 (filter 1) applied
+    }
+    if (checksum) {
+      const auto sum = fletcher32(reinterpret_cast<const unsigned char*>(chunk.bytes.data()),
+                                  chunk.bytes.size());
+      for (int b = 0; b < 4; ++b)
+        chunk.bytes.push_back(static_cast<char>((sum >> (8 * b)) & 0xff));
     }
   }
   return out;
@@ -283,8 +332,9 @@ std::vector<int64_t> read_int_rows(hid_t file, const std::string& name, const st
 
 // Reads rows [0, n) of each column through once, in slabs of at most 64 MiB, and throws Error
 // naming the dataset and the rows where HDF5 refuses the read: a chunk whose Fletcher-32
-// checksum or deflate stream does not hold. (A raw chunk, stored with the filter skipped, and
-// the files written before 2026-12-05 carry no checksum: nothing tells there.)
+// checksum or deflate stream does not hold. (Files written before 2026-12-05 carry no
+// checksum, and before 2026-12-06 none on a raw chunk of a compressed dataset: nothing tells
+// there.)
 void verify_rows(hid_t file, const std::vector<Column>& cols, int64_t n, const std::string& path) {
   if (n <= 0) return;
   for (const auto& col : cols) {
@@ -324,9 +374,7 @@ h5::Handle open_file(const std::string& path, bool create) {
     id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     h5::check_h5(id >= 0, path, "cannot create HDF5 file");
   } else {
-    check(std::filesystem::exists(path), path, "no such file");
-    h5::check_not_special_file(path);
-    check(H5Fis_hdf5(path.c_str()) > 0, path, "not an HDF5 file");
+    h5::check_is_hdf5(path);
     id = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
     h5::check_h5(id >= 0, path, "cannot open HDF5 file for writing");
   }
@@ -486,6 +534,8 @@ struct ResultsWriter::State {
 
   std::string path;
   ResultsLayout layout;
+  // Compressed columns of a resumed file written before their chunks had Fletcher-32.
+  std::set<std::string> unchecked;
   std::array<Replica, 2> replicas;
   int committed = 0;   // the replica that path names
   std::deque<Op> ops;  // ops not yet in both replicas; ops[i] is op number base + i
@@ -616,7 +666,8 @@ struct ResultsWriter::State {
     if (n > 0)
       for (const auto& col : columns(layout))
         if (col.compress)
-          op.chunks[col.name] = deflate_rows(col, column_tensor(op.rows, col.name), n, path);
+          op.chunks[col.name] = deflate_rows(col, column_tensor(op.rows, col.name), n, path,
+                                             !unchecked.count(col.name));
     rows += static_cast<int64_t>(op.rows.size());
     errors += static_cast<int64_t>(op.errors.size());
     ops.push_back(std::move(op));
@@ -757,6 +808,19 @@ ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader
                                    ": the file cannot be resumed; classify again into another "
                                    "--out, without --resume");
     }
+    // An id is stored once (classify makes repeated names unique): a damaged or edited id that
+    // repeats another would be classified again and stored twice.
+    std::map<std::string, int64_t> seen;
+    const auto ids = read_string_rows(f, "images/id", path, rows);
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      const auto [it, fresh] = seen.emplace(ids[i], static_cast<int64_t>(i));
+      check(fresh, where(path, "images/id"), "rows ", it->second, " and ", i, " hold the same id '",
+            excerpt(ids[i], 100),
+            "' (the file is damaged or was edited): the file cannot be resumed; classify again "
+            "into another --out, without --resume");
+    }
+    for (const auto& col : columns(layout))
+      if (col.compress && !has_fletcher32(f, col.name)) s->unchecked.insert(col.name);
   }
   // Stale replicas of a killed run are scaffolding: path is the state to continue.
   for (auto& r : s->replicas)
@@ -869,7 +933,12 @@ h5::Handle open_read(const std::string& path, bool isolated = true) {
           "cannot be opened: the process is out of file descriptors (", std::strerror(error),
           "); raise the limit (ulimit -n) or merge the shards in groups");
   }
-  check(f.valid(), path, "cannot open as HDF5 (not a results file, or damaged)");
+  if (!f.valid()) {  // said as every reader says it: empty, cut short, damaged
+    h5::check_is_hdf5(path);
+    h5::Handle again(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
+    h5::check_h5(again.valid(), path, "cannot open as HDF5");
+    f = std::move(again);
+  }
   check(h5::has_attribute(f.get(), "format") &&
             h5::read_string_attribute(f.get(), "format", path) == kResultsFormat,
         path, "is not an attnscope results file");

@@ -200,23 +200,20 @@ void write_checkpoint_to(const std::string& temp, const std::string& path,
                          const models::vision::ImageClassifier& model,
                          const models::vision::ImageModelConfig& config, const CheckpointMeta& meta,
                          const TrainState* state, const double* temperature) {
-  save_image_classifier(temp, model, config, meta);
-  {
-    auto file = h5::File::open(temp, true);
-    if (temperature) h5::write_attribute(file.id(), "temperature", concat(*temperature), path);
-    if (state) {
-      auto group = h5::require_group(file.id(), kStateGroup, path);
-      h5::write_attribute(group.get(), "loop", state->loop.dump(), path);
-      for (const auto& [name, tensor] : state->tensors) {
-        std::string key = name;
-        std::replace(key.begin(), key.end(), '/', ':');
-        h5::write_tensor(group.get(), key, tensor.detach().cpu(), path);
-      }
-      h5::write_tensor(group.get(), "_history", text_tensor(join_lines(state->history)), path);
-      h5::write_tensor(group.get(), "_timing", text_tensor(join_lines(state->timing)), path);
+  // The state goes in before the checksum is computed: it covers the optimiser's buffers too.
+  save_image_classifier(temp, model, config, meta, [&](hid_t root) {
+    if (temperature) h5::write_attribute(root, "temperature", concat(*temperature), path);
+    if (!state) return;
+    auto group = h5::require_group(root, kStateGroup, path);
+    h5::write_attribute(group.get(), "loop", state->loop.dump(), path);
+    for (const auto& [name, tensor] : state->tensors) {
+      std::string key = name;
+      std::replace(key.begin(), key.end(), '/', ':');
+      h5::write_tensor(group.get(), key, tensor.detach().cpu(), path);
     }
-    file.flush();
-  }
+    h5::write_tensor(group.get(), "_history", text_tensor(join_lines(state->history)), path);
+    h5::write_tensor(group.get(), "_timing", text_tensor(join_lines(state->timing)), path);
+  });
 }
 
 TrainState read_state(const std::string& path) {

@@ -550,7 +550,22 @@ TEST(CliClassify, MergeKilledAtAnyMomentLeavesTheOldOrTheNewFile) {
   std::ifstream old_in(out, std::ios::binary);
   const std::string old_bytes((std::istreambuf_iterator<char>(old_in)), {});
   const auto old_ids = pipeline::read_results(out).ids;
-  const auto all = merge + " " + q(dir / "s2/results.h5") + " --out " + q(out);
+  // An existing --out is replaced only with --overwrite (it was replaced without it), and only
+  // a results file.
+  const auto without =
+      test::run_process(merge + " " + q(dir / "s2/results.h5") + " --out " + q(out));
+  EXPECT_EQ(without.status, 1) << without.output;
+  EXPECT_EQ(without.output, "error: " + out + ": exists; pass --overwrite to replace it\n");
+  EXPECT_EQ(test::read_text(out), old_bytes);
+  std::ofstream(dir / "notes.h5") << "my notes";
+  const auto other = test::run_process(merge + " --overwrite --out " + q(dir / "notes.h5"));
+  EXPECT_EQ(other.status, 1) << other.output;
+  EXPECT_NE(other.output.find("notes.h5: exists and is not an attnscope results file; refusing "
+                              "to replace it"),
+            std::string::npos)
+      << other.output;
+  EXPECT_EQ(test::read_text(dir / "notes.h5"), "my notes");
+  const auto all = merge + " " + q(dir / "s2/results.h5") + " --overwrite --out " + q(out);
   const auto t0 = std::chrono::steady_clock::now();
   ASSERT_EQ(test::run_process(all).status, 0);
   const int ms = static_cast<int>(
@@ -1126,6 +1141,56 @@ TEST(CliClassify, ResumeWithOtherOverlaysOrMeasuresIsRefused) {
   }
 }
 
+// --resume with another input set (probe finding): the stored images that are not among the
+// inputs are named in one warning; the run goes on and appends (the file then holds both sets,
+// as h5py reads). The same inputs again: no warning.
+TEST(CliClassify, ResumeWithOtherInputsSaysWhatTheFileHoldsThatTheyDoNot) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 3);
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(images + "/images"))
+    files.push_back(e.path().string());
+  std::sort(files.begin(), files.end());
+  ASSERT_EQ(files.size(), 3u);
+  const auto a = dir / "a", b = dir / "b";
+  fs::create_directories(a);
+  fs::create_directories(b);
+  for (const auto& [folder, index] :
+       std::vector<std::pair<std::string, int>>{{a, 0}, {a, 1}, {b, 0}, {b, 2}})
+    fs::copy_file(
+        files[static_cast<std::size_t>(index)],
+        folder + "/" + fs::path(files[static_cast<std::size_t>(index)]).filename().string());
+  const auto base =
+      exe() + " classify --model " + q(model) + " --threads 1 --out " + q(dir / "out");
+  auto r = test::run_process(base + " --input " + q(a) + " 2>&1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = test::run_process(base + " --input " + q(a) + " --resume 2>&1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output.find("warning"), std::string::npos) << r.output;
+  r = test::run_process(base + " --input " + q(b) + " --resume 2>&1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto stem = fs::path(files[1]).stem().string();
+  EXPECT_NE(r.output.find("warning: " + (dir / "out/results.h5") +
+                          " holds 1 of 2 images that "
+                          "are not among this run's inputs (e.g. '" +
+                          stem +
+                          "'): it was started "
+                          "on other inputs, and --resume adds this run's images to them; "
+                          "classify into another --out to keep the runs apart\n"),
+            std::string::npos)
+      << r.output;
+  r = test::run_process(test::python() +
+                        " -c \"import h5py, sys; f = h5py.File(sys.argv[1], "
+                        "'r'); print(sorted(x.decode() for x in f['images/id'][...]))\" " +
+                        q(dir / "out/results.h5"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::string expected = "[";
+  for (std::size_t i = 0; i < files.size(); ++i)
+    expected += (i ? ", '" : "'") + fs::path(files[i]).stem().string() + "'";
+  EXPECT_EQ(r.output, expected + "]\n");
+}
+
 // A results.h5 whose dataset has another rank (12, past the old fixed array of 8) or shape is
 // one error line on --resume, not a crash.
 TEST(CliClassify, ResumeOfADatasetWithAnotherShapeIsOneLine) {
@@ -1188,6 +1253,27 @@ print('ok')
             std::string::npos)
       << r.output;
   EXPECT_EQ(test::read_text(results), damaged);  // left as it was
+
+  // Strings hold heap references no filter covers: an id that repeats another (edited here with
+  // h5py, in a fresh run) would be classified again and stored twice. Refused, file unchanged.
+  ASSERT_EQ(test::run_process(base + " --overwrite").status, 0);
+  const auto edit =
+      test::run_process(test::python() +
+                        " -c \"import h5py, sys\nwith h5py.File(sys.argv[1], 'a') as f: "
+                        "d = f['images/id']; d[1] = d[0]\" " +
+                        q(results));
+  ASSERT_EQ(edit.status, 0) << edit.output;
+  const auto edited = test::read_text(results);
+  const auto twice = test::run_process(base + " --resume");
+  EXPECT_EQ(twice.status, 1) << twice.output;
+  EXPECT_NE(twice.output.find("error: " + results + ":/images/id: rows 0 and 1 hold the same id '"),
+            std::string::npos)
+      << twice.output;
+  EXPECT_NE(twice.output.find("' (the file is damaged or was edited): the file cannot be resumed; "
+                              "classify again into another --out, without --resume\n"),
+            std::string::npos)
+      << twice.output;
+  EXPECT_EQ(test::read_text(results), edited);
 }
 
 // What a SIGKILLed --overwrite run leaves (its new file and replicas at temporary names, a
@@ -1267,7 +1353,23 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
   const auto fifo = dir / "fifo.h5";
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
   fs::copy_file(s0, dir / "copy.h5");
+  // A copy cut short, an empty file and a folder where results.h5 belongs: said as they are
+  // ("not a results file, or damaged", "not an HDF5 file" and "exists; pass --resume" before).
+  fs::copy_file(s0, dir / "cut.h5");
+  fs::resize_file(dir / "cut.h5", fs::file_size(s0) / 2);
+  std::ofstream{dir / "empty.h5"};
+  fs::create_directories(dir / "folder_out/results.h5");
   const std::vector<Case> cases{
+      {"merge " + q(dir / "cut.h5") + " " + q(s1) + " --out " + q(dir / "m13.h5"),
+       dir / "cut.h5" + ": cannot open as HDF5 (the file is cut short: it holds " +
+           std::to_string(fs::file_size(s0) / 2) + " bytes, its header says "},
+      {"merge " + q(dir / "empty.h5") + " " + q(s1) + " --out " + q(dir / "m14.h5"),
+       dir / "empty.h5" + ": is empty (0 bytes), not an HDF5 file: a copy or write that did not "
+                          "finish?"},
+      {"classify --model " + q(model) + " --input " + q(images + "/images") + " --out " +
+           q(dir / "folder_out"),
+       dir / "folder_out/results.h5" + ": is a folder, not a results file: remove it or choose "
+                                       "another --out"},
       {"merge " + q(loop) + " " + q(s1) + " --out " + q(dir / "m1.h5"), ""},  // merges
       {"merge " + q(short_ids) + " " + q(s1) + " --out " + q(dir / "m2.h5"),
        short_ids + ": holds 2 ids or predictions for its 4 images: the file is damaged"},

@@ -333,6 +333,41 @@ TEST(CliReport, ShortDatasetsAreReportedAsDamageAndTheRowsTheyHoldShown) {
   EXPECT_NE(m.output.find("report: 5 of 5 images"), std::string::npos) << m.output;
 }
 
+// A results.h5 of a run that did not finish (SIGKILL or SIGTERM before its end) is reported
+// with a warning that says so (merge refuses it), and a @maps naming a map /attention lacks
+// (classify lists exactly what it writes) is named too (probe findings: both went unsaid).
+TEST(CliReport, AnUnfinishedRunAndAMapListedButAbsentAreSaid) {
+  test::TempDir dir;
+  make_fixture(dir / "u.h5", "--n 6 --seed 6");
+  const auto py = test::run_process(
+      test::python() + " -c \"import h5py, json; f=h5py.File('" + (dir / "u.h5") +
+      "','a'); f.attrs['finished_at'] = ''; "
+      "f.attrs['maps'] = json.dumps(json.loads(f.attrs['maps']) + ['rollout'])\" 2>&1");
+  ASSERT_EQ(py.status, 0) << py.output;
+  const auto r = test::run_process(exe() + " report --results " + (dir / "u.h5") + " --out " +
+                                   (dir / "r.html") + " 2>&1");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("warning: " + dir / "u.h5" +
+                          " is from a classify run that did not finish (finished_at is empty): "
+                          "the report shows the 6 images stored so far; complete it with the "
+                          "same classify command and --resume\n"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("warning: " + dir / "u.h5" +
+                          ":/@maps lists \"rollout\", which /attention does not hold: not "
+                          "shown\n"),
+            std::string::npos)
+      << r.output;
+  const auto html = test::read_text(dir / "r.html");
+  EXPECT_NE(html.find("<b>Unfinished run:</b>"), std::string::npos);
+  // Finished, as the fixture writes it: neither warning.
+  make_fixture(dir / "f.h5", "--n 6 --seed 6");
+  const auto f = test::run_process(exe() + " report --results " + (dir / "f.h5") + " --out " +
+                                   (dir / "f.html") + " 2>&1");
+  EXPECT_EQ(f.status, 0) << f.output;
+  EXPECT_EQ(f.output.find("warning"), std::string::npos) << f.output;
+}
+
 TEST(CliReport, FullDiskLeavesThePreviousReportIntact) {
   test::TempDir dir;
   make_fixture(dir / "results.h5", "--n 20 --seed 4");

@@ -46,6 +46,13 @@ const std::string& synth_data() {
   return data;
 }
 
+// Crafting scripts that edit checkpoints on purpose re-seal them (tests/python/
+// checkpoint_checksum.py), so that what they test is reached, not the checksum.
+std::string seal_prelude() {
+  return "import sys\nsys.path.insert(0, '" ATTNSCOPE_SOURCE_DIR
+         "/tests/python')\nfrom checkpoint_checksum import seal\n";
+}
+
 // A fast deterministic training command (one torch thread, one loader thread).
 std::string train_command(const std::string& run, int epochs = 4, int seed = 5) {
   return exe() + " --threads 1 train --data " + synth_data() +
@@ -383,7 +390,7 @@ TEST(TrainCli, CraftedResumeFieldsAreOneLineNamingFileAndField) {
   const auto run = dir / "run";
   ASSERT_EQ(test::run_process(train_command(run, 1)).status, 0);
   const auto script = dir / "craft.py";
-  std::ofstream(script) << R"(import sys, json, shutil, h5py
+  std::ofstream(script) << seal_prelude() << R"(import sys, json, shutil, h5py
 run, out = sys.argv[1], sys.argv[2]
 def craft(name, file, attr, key, value):
     shutil.copytree(run, out + '/' + name)
@@ -392,6 +399,7 @@ def craft(name, file, attr, key, value):
         j[key] = value
         del f.attrs[attr]
         f.attrs[attr] = json.dumps(j)
+    seal(out + '/' + name + '/' + file)
 craft('command', 'last.h5', 'extra', 'command', 5)
 craft('args', 'last.h5', 'provenance', 'args', ['--data', 1])
 craft('cwd', 'last.h5', 'provenance', 'cwd', {'a': 'x' * 100000})
@@ -406,6 +414,7 @@ def args(name, edit):
             j = json.loads(f.attrs['provenance'])
             edit(j['args'])
             f.attrs['provenance'] = json.dumps(j)
+        seal(out + '/' + name + '/' + file)
 def batch(a): a[a.index('--batch-size') + 1] = '1000000000'
 args('batch', batch)
 args('unknown', lambda a: a.append('--frobnicate'))
@@ -421,6 +430,7 @@ def state(name, suffix, make):
         value = make(f['train_state'][key][()])
         del f['train_state'][key]
         f['train_state'].create_dataset(key, data=value)
+    seal(out + '/' + name + '/last.h5')
 import numpy as np
 state('step', ':step', lambda old: np.float32(1e30))
 state('momentum', ':momentum_buffer', lambda old: np.full(old.shape, np.nan, old.dtype))
@@ -589,6 +599,70 @@ TEST(TrainCli, ACacheOfOtherStepsIsRefusedNamingIt) {
   const auto ok = test::run_process(base + (dir / "b") + " --size 16 2>&1");
   EXPECT_EQ(ok.status, 0) << ok.output;
   EXPECT_EQ(count_lines(read_text(dir / "b/metrics.jsonl")), 1);
+}
+
+// A cache that `cache` built without the images it could not read (exit 1, listed in its
+// /errors) is trained on with one warning naming the first and the count (probe finding: it
+// was used without a word).
+TEST(TrainCli, ACacheBuiltWithoutSomeImagesSaysSo) {
+  test::TempDir dir;
+  const auto data = fs::path(synth_data()).parent_path();
+  fs::copy(data, dir / "data", fs::copy_options::recursive);
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(dir / "data/images"))
+    files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  std::ofstream(files[3], std::ios::trunc) << "not an image";
+  const auto cache = dir / "c.h5";
+  auto r = test::run_process(exe() + " cache --data " + (dir / "data/labels.csv") + " --out " +
+                             cache + " --size 16 --workers 1 2>&1");
+  ASSERT_EQ(r.status, 1) << r.output;
+  ASSERT_NE(r.output.find("cached 39 of 40 images"), std::string::npos) << r.output;
+  r = test::run_process(exe() + " --threads 1 train --data " + cache +
+                        " --model small_cnn --size 16 --batch-size 8 --workers 1 --epochs 1 "
+                        "--quiet --out " +
+                        (dir / "run") + " 2>&1");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("warning: " + cache +
+                          " was built without 1 image(s) that could not "
+                          "be read (its /errors, e.g. " +
+                          files[3].string() + ": "),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("); the run uses the 39 it holds\n"), std::string::npos) << r.output;
+}
+
+// --resume of a folder that does not exist says so (it said "is not a folder"); a damaged
+// best.h5 (an edited threshold: the checksum covers the attributes) is one line that says how to
+// go on without it, and moved away, the run resumes (probe findings).
+TEST(TrainCli, ResumeOfAMissingFolderOrWithADamagedBestCheckpointSaysWhatToDo) {
+  test::TempDir dir;
+  const auto run = dir / "run";
+  auto r = test::run_process(exe() + " train --resume " + (dir / "nope") + " 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_EQ(r.output, "error: " + (dir / "nope") +
+                          ": does not exist: --resume takes the --out folder of an earlier "
+                          "`attnscope train` run\n");
+  ASSERT_EQ(test::run_process(train_command(run, 1)).status, 0);
+  r = test::run_process(test::python() +
+                        " -c \"import h5py, json, sys\nwith h5py.File(sys.argv[1], "
+                        "'a') as f: e = json.loads(f.attrs['extra']); e['threshold'] = 0.3; "
+                        "f.attrs['extra'] = json.dumps(e)\" " +
+                        (run + "/best.h5"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = test::run_process(exe() + " train --resume " + run + " 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_EQ(r.output.rfind("error: " + run + "/best.h5: checksum mismatch (stored ", 0), 0u)
+      << r.output;
+  EXPECT_NE(r.output.find("; move it out of the run folder to resume without it (the next epoch "
+                          "better than the best so far writes it again)\n"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(count_lines(r.output), 1) << r.output;
+  fs::rename(run + "/best.h5", dir / "damaged-best.h5");
+  // (--quiet is the one option --resume takes: it was refused.)
+  r = test::run_process(exe() + " train --resume " + run + " --quiet 2>&1");
+  EXPECT_EQ(r.status, 0) << r.output;
 }
 
 // A --size too small for the network (attn_vgg16 pools 16 px down to nothing): one line

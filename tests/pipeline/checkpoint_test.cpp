@@ -1,3 +1,4 @@
+#include <filesystem>
 #include <fstream>
 #include <limits>
 
@@ -146,6 +147,92 @@ TEST(Checkpoint, FlippedBitInATensorIsDetected) {
   const auto message = test::error_of([&] { load_checkpoint(path, *b); });
   EXPECT_NE(message.find(path), std::string::npos) << message;
   EXPECT_NE(message.find("checksum mismatch"), std::string::npos) << message;
+}
+
+std::string checksum_script() {
+  return std::string(ATTNSCOPE_SOURCE_DIR) + "/tests/python/checkpoint_checksum.py";
+}
+
+// The checksum covers the whole file: the JSON attributes that decide predictions (threshold,
+// temperature, preprocessing), what `add` writes (a run's optimiser state) and the tensors.
+// The oracle is an h5py implementation of the same definition (checkpoint_checksum.py): it
+// computes the stored value, and a file it re-seals after an edit loads again.
+TEST(Checkpoint, ChecksumCoversConfigsAndTrainingStateAsH5pyComputesIt) {
+  test::TempDir dir;
+  const auto path = dir / "model.h5";
+  torch::manual_seed(4);
+  Net a(8), b(8);
+  CheckpointMeta meta;
+  meta.preprocessing_config = {{"size", 224}};
+  meta.extra = {{"threshold", 0.5}, {"temperature", 1.25}};
+  save_checkpoint(path, *a, meta, [&](hid_t root) {
+    auto group = h5::require_group(root, "train_state", path);
+    h5::write_attribute(group.get(), "loop", R"({"epoch": 3})", path);
+    h5::write_tensor(group.get(), "optimizer:fc1.weight:momentum", torch::ones({8, 4}), path);
+  });
+  auto stored = [&] {
+    auto file = h5::File::open(path);
+    return h5::read_string_attribute(file.id(), "checksum", path);
+  };
+  const auto original = stored();
+  auto r = test::run_process(test::python() + " " + checksum_script() + " checksum " + path);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output, original + "\n");
+  ASSERT_EQ(test::error_of([&] { load_checkpoint(path, *b); }), "");
+
+  const auto copy = dir / "copy.h5";
+  std::filesystem::copy_file(path, copy);
+  // Each edit, made with h5py as a person would, is refused; re-sealed, it loads again.
+  for (const std::string edit :
+       {"f.attrs['extra'] = f.attrs['extra'].replace('0.5', '0.6')",
+        "f.attrs['preprocessing_config'] = f.attrs['preprocessing_config'].replace('4', '5')",
+        "f['train_state'].attrs['loop'] = f['train_state'].attrs['loop'].replace('3', '4')",
+        "f['train_state/optimizer:fc1.weight:momentum'][0, 0] = float('nan')",
+        "f['fc2.bias'][0] += 1", "f['train_state'].create_group('more')"}) {
+    std::filesystem::copy_file(copy, path, std::filesystem::copy_options::overwrite_existing);
+    r = test::run_process(test::python() + " -c \"import h5py\nwith h5py.File('" + path +
+                          "', 'a') as f: " + edit + "\"");
+    ASSERT_EQ(r.status, 0) << edit << ": " << r.output;
+    const auto message = test::error_of([&] { load_checkpoint(path, *b); });
+    EXPECT_EQ(message.rfind(path + ": checksum mismatch (stored " + original, 0), 0u)
+        << edit << ": " << message;
+    r = test::run_process(test::python() + " " + checksum_script() + " seal " + path);
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(test::error_of([&] { verify_checkpoint(path); }), "") << edit;
+  }
+}
+
+// A format_version 2 file (the checksum over the root's tensors only, as attnscope wrote
+// before) still loads, and its tensor checksum is still checked.
+TEST(Checkpoint, Version2FilesStillLoadWithTheirTensorChecksum) {
+  test::TempDir dir;
+  const auto path = dir / "model.h5";
+  torch::manual_seed(5);
+  Net a(8), b(8);
+  save_checkpoint(path, *a, CheckpointMeta{});
+  // Version 2 as written then: FNV-1a 64 over the root's datasets, no attributes.
+  const auto r = test::run_process(
+      test::python() +
+      " -c \"import sys, h5py; sys.path.insert(0, '" ATTNSCOPE_SOURCE_DIR
+      "/tests/python'); import checkpoint_checksum as c\n"
+      "with h5py.File('" +
+      path +
+      "', 'a') as f:\n    del f.attrs['checksum']\n    f.attrs['format_version'] = '2'\n"
+      "    f.attrs['tensor_checksum'] = c.checksum('" +
+      path + "', attributes=False)\"");
+  ASSERT_EQ(r.status, 0) << r.output;
+  ASSERT_EQ(test::error_of([&] { load_checkpoint(path, *b); }), "");
+  EXPECT_TRUE(torch::equal(a->fc1->weight, b->fc1->weight));
+  {
+    auto file = h5::File::open(path, true);
+    h5::write_tensor(file.id(), "extra_tensor", torch::zeros({2}), path);
+    file.close();
+  }
+  Net c(8);
+  EXPECT_NE(test::error_of([&] {
+              load_checkpoint(path, *c, {false, {}});
+            }).find("tensor checksum mismatch"),
+            std::string::npos);
 }
 
 TEST(Checkpoint, NanWeightsAreRefused) {

@@ -74,6 +74,18 @@ TEST(H5, OpeningANonHdf5FileNamesIt) {
   }
 }
 
+// An empty file (a write that never started) and a folder are said as such.
+TEST(H5, AnEmptyFileAndAFolderAreSaidAsSuch) {
+  test::TempDir dir;
+  std::ofstream{dir / "empty.h5"};
+  std::filesystem::create_directories(dir / "folder.h5");
+  EXPECT_EQ(test::error_of([&] { File::open(dir / "empty.h5"); }),
+            dir / "empty.h5" +
+                ": is empty (0 bytes), not an HDF5 file: a copy or write that did not finish?");
+  EXPECT_EQ(test::error_of([&] { File::open(dir / "folder.h5"); }),
+            dir / "folder.h5" + ": is a folder, not an HDF5 file");
+}
+
 // OutputFile: nothing reaches the target before commit(); an abandoned write (an exception,
 // a full disk) leaves the previous file and no temporary file behind.
 TEST(H5, OutputFileReplacesOnlyOnCommit) {

@@ -59,6 +59,8 @@ int run_cache(const std::vector<std::string>& args, const GlobalOptions&) {
   ensure_writable_folder(out);
   check_replaces_only_its_own(out, "--out", "an attnscope image cache",
                               [&] { return pipeline::is_image_cache_file(out); });
+  // A killed earlier run's temporary beside --out (SIGKILL leaves no process to remove it).
+  remove_dead_temporaries(out);
   const datasets::ImageFileSource source(ds, pipeline.decode_options());
   // SIGINT / SIGTERM end the run after the current chunk, with nothing at --out and no
   // temporary file left (the default action left `.out.<pid>-0.tmp.h5`).

@@ -206,6 +206,7 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
   // SIGINT / SIGTERM: stop after the current batch, with every inferred batch written.
   runtime::stop_on_signals();
   o.stop_requested = [] { return runtime::stop_requested() != 0; };
+  o.warn = [](const std::string& w) { std::cerr << "warning: " << excerpt(w, 1000) << "\n"; };
   const auto s = pipeline::classify(dataset, o, progress);
   if (s.interrupted) {
     const char* sig = runtime::stop_signal_name(runtime::stop_requested());

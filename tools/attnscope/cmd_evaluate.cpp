@@ -202,7 +202,15 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
       std::cout << "failed             " << result.failures.size() << " images (listed above)\n";
     std::cout << pipeline::format_metrics(result.metrics);
   }
-  return 0;
+  // As cache and preprocess: the work is done for what could be read, and the status says that
+  // it is not the whole set.
+  if (result.failures.empty()) return 0;
+  std::cout.flush();
+  std::cerr << "error: " << result.failures.size() << " of "
+            << result.failures.size() + result.ids.size()
+            << " images could not be evaluated (listed above): the metrics are over the other "
+            << result.ids.size() << "\n";
+  return 1;
 }
 
 const Registration kEvaluate("evaluate",

@@ -1,5 +1,6 @@
 // attnscope merge: join the results.h5 files of shards (classify --shard i/N) into one.
 
+#include <filesystem>
 #include <iostream>
 
 #include "attnscope/error.h"
@@ -11,13 +12,15 @@ namespace attnscope::cli {
 namespace {
 
 int run_merge(const std::vector<std::string>& args, const GlobalOptions&) {
-  const std::string usage = "merge A/results.h5 B/results.h5 ... --out merged.h5";
+  const std::string usage = "merge A/results.h5 B/results.h5 ... --out merged.h5 [--overwrite]";
   po::options_description desc("Options");
   std::vector<std::string> inputs;
   std::string out;
+  bool overwrite = false;
   desc.add_options()                                                                          //
       ("input", po::value(&inputs)->multitoken(), "results files to join (also positional)")  //
-      ("out", po::value(&out)->required(), "the merged results file to write");
+      ("out", po::value(&out)->required(), "the merged results file to write")                //
+      ("overwrite", po::bool_switch(&overwrite), "replace an existing --out (a results file)");
   po::positional_options_description positional;
   positional.add("input", -1);
   po::variables_map vm;
@@ -27,6 +30,19 @@ int run_merge(const std::vector<std::string>& args, const GlobalOptions&) {
   for (const auto& a : args)
     line += " " + a;
   for (const auto& input : inputs) check_not_an_input(out, input, "one of the files to merge");
+  // As classify: an existing file is replaced only when asked, and only a results file.
+  std::error_code ec;
+  if (std::filesystem::exists(out, ec)) {
+    check(overwrite, out, "exists; pass --overwrite to replace it");
+    check_replaces_only_its_own(out, "--out", "an attnscope results file", [&] {
+      try {
+        pipeline::read_results(out);
+        return true;
+      } catch (const Error&) {
+        return false;
+      }
+    });
+  }
   for (std::size_t i = 0; i < inputs.size(); ++i)
     for (std::size_t j = 0; j < i; ++j)
       check(!same_file(inputs[i], inputs[j]), inputs[i], "is given twice (also as ", inputs[j],

@@ -50,10 +50,24 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const char* const kUsage = "train --data SPEC --model PRESET --out RUN [options] | --resume RUN";
+const char* const kUsage =
+    "train --data SPEC --model PRESET --out RUN [options] | --resume RUN [--quiet]";
 
 bool is_cache(const std::string& spec) {
   return fs::path(spec).extension() == ".h5";
+}
+
+// A resumed run's best.h5, read and verified. A damaged one need not end the run: its error
+// says how to go on without it.
+pipeline::CheckpointMeta read_best_checkpoint(const std::string& best) {
+  try {
+    return pipeline::read_checkpoint_meta(best);
+  } catch (const Error& e) {
+    throw Error(e.subject(), concat(e.message(),
+                                    "; move it out of the run folder to resume "
+                                    "without it (the next epoch better than the best "
+                                    "so far writes it again)"));
+  }
 }
 
 datasets::Dataset dataset_of(const datasets::SampleSource& source) {
@@ -149,6 +163,19 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   // --resume RUN alone: the stored command line of the run, continued from RUN/last.h5.
   std::vector<std::string> args = given_args;
   std::string resume_dir;
+  // --quiet is how this invocation reports, not part of the run: the one option --resume takes.
+  // (Not added to the stored command line, which best.h5 and last.h5 must share.)
+  bool quiet_now = false;
+  if (args.size() == 2 || args.size() == 3) {
+    const auto q = std::find(args.begin(), args.end(), "--quiet");
+    const bool with_resume = std::any_of(args.begin(), args.end(), [](const std::string& a) {
+      return a == "--resume" || a.rfind("--resume=", 0) == 0;
+    });
+    if (q != args.end() && with_resume) {
+      args.erase(q);
+      quiet_now = true;
+    }
+  }
   if (args.size() == 1 && args[0].rfind("--resume=", 0) == 0)
     args = {"--resume", args[0].substr(std::string("--resume=").size())};
   // With other options Boost would first ask for --data, which --resume must not be given.
@@ -159,7 +186,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
                                 [](const std::string& a) { return a == "--help" || a == "-h"; });
   if (resuming && args.size() != 2 && !help)
     throw UsageError(
-        "--resume RUN takes no other options (the run's are used)",
+        "--resume RUN takes no other option than --quiet (the run's are used)",
         concat("usage: attnscope ", kUsage, "\n(attnscope train --help lists the options)"));
   if (args.size() == 2 && args[0] == "--resume" && args[1].empty())
     throw UsageError("--resume is empty: give it a value", concat("usage: attnscope ", kUsage));
@@ -167,6 +194,9 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     // Absolute before the working folder changes below.
     resume_dir = fs::absolute(args[1]).lexically_normal().string();
     const auto last = (fs::path(resume_dir) / "last.h5").string();
+    check(fs::exists(resume_dir), resume_dir,
+          "does not exist: --resume takes the --out folder of "
+          "an earlier `attnscope train` run");
     check(fs::is_directory(resume_dir), resume_dir, "is not a folder");
     check(fs::exists(last), resume_dir,
           "has no last.h5: not a run folder of `attnscope train` (or no epoch completed yet)");
@@ -206,7 +236,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     // over this folder's metrics.jsonl.
     const auto best = (fs::path(resume_dir) / "best.h5").string();
     if (fs::exists(best)) {
-      const auto best_meta = pipeline::read_checkpoint_meta(best);
+      const auto best_meta = read_best_checkpoint(best);
       check(best_meta.provenance.value("args", nlohmann::json()) == meta.provenance["args"], last,
             "and ", best, " come from different runs (other command lines): not resuming");
     }
@@ -276,7 +306,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
       ("skip-bad", po::bool_switch(&skip_bad), "leave out unreadable images (listed in RUN/skipped.csv) instead of stopping")
       ("cache", po::bool_switch(&cache), "decode and preprocess once into RUN/cache-{train,val}.h5 and train from it")
       ("select-by", po::value(&select_by)->default_value("auc"), "auc | loss | accuracy | balanced_accuracy: picks best.h5")
-      ("resume", po::value(&resume_flag)->default_value(""), "continue RUN from RUN/last.h5 (give it alone: the stored options are used)")
+      ("resume", po::value(&resume_flag)->default_value(""), "continue RUN from RUN/last.h5 (give it alone, or with --quiet: the stored options are used)")
       ("progress-every", po::value(&progress_every)->default_value(10), "batches between plain progress lines (not on a terminal)")
       ("quiet", po::bool_switch(&quiet), "no progress output");
   // clang-format on
@@ -285,7 +315,9 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
   if (!parse(kUsage, desc, args, vm)) return 0;
   const auto usage = usage_text(kUsage, desc);
   const auto fail = [&](const std::string& m) { throw UsageError(m, usage); };
-  if (!resume_flag.empty()) fail("--resume RUN takes no other options (the run's are used)");
+  if (!resume_flag.empty())
+    fail("--resume RUN takes no other option than --quiet (the run's are used)");
+  if (quiet_now) quiet = true;
   if (!resume_dir.empty()) out = resume_dir;
   if (!models::vision::is_image_preset(model_name))
     fail("--model: unknown preset '" + model_name +
@@ -421,7 +453,7 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     if (!resume_dir.empty()) {
       pipeline::verify_checkpoint((fs::path(resume_dir) / "last.h5").string());
       const auto best = fs::path(resume_dir) / "best.h5";
-      if (fs::exists(best)) pipeline::verify_checkpoint(best.string());
+      if (fs::exists(best)) read_best_checkpoint(best.string());
     }
     for (const auto* ckpt : {&init, &init_backbone, &teacher})
       if (!ckpt->empty()) pipeline::verify_checkpoint(*ckpt);
@@ -503,6 +535,15 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
         -> std::pair<std::shared_ptr<const datasets::SampleSource>, datasets::Dataset> {
       if (is_cache(spec)) {
         auto source = std::make_shared<pipeline::ImageCacheSource>(spec);
+        // Images `cache` could not read are not in it (it exited 1 and listed them): said, as a
+        // run on the images themselves would stop on them (or skip them with --skip-bad).
+        const auto& missing = source->build_errors();
+        if (!missing.empty() && main_rank)
+          std::cerr << "warning: " << excerpt(spec, 200) << " was built without " << missing.size()
+                    << " image(s) that could not be read (its /errors, e.g. "
+                    << excerpt(missing.front().first, 200) << ": "
+                    << excerpt(missing.front().second, 200) << "); the run uses the "
+                    << source->size() << " it holds\n";
         const auto made_with = source->preprocessing().value("steps", nlohmann::json());
         const auto wanted = pipeline.to_json()["steps"];
         check(made_with == wanted, spec, "holds images made with the steps ",

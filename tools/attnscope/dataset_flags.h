@@ -81,10 +81,10 @@ struct DatasetFlags {
                 << " more images not found, skipped (" << ds.skipped.size() << " in all)\n";
     for (std::size_t i = 0; i < ds.masks_skipped.size() && i < kNamed; ++i)
       std::cerr << "warning: " << excerpt(ds.masks_skipped[i], 200)
-                << ": mask file not found, read without its mask\n";
+                << ": its mask file is missing; the sample has no mask (--skip-missing)\n";
     if (ds.masks_skipped.size() > kNamed)
       std::cerr << "warning: ... and " << ds.masks_skipped.size() - kNamed
-                << " more images read without their missing mask file (" << ds.masks_skipped.size()
+                << " more samples without their missing mask file (" << ds.masks_skipped.size()
                 << " in all)\n";
     return ds;
   }

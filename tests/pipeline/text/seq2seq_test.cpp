@@ -366,6 +366,7 @@ TEST(Seq2SeqCheckpoint, CraftedConfigFieldsAreRefusedByName) {
       config[field] = value;
       if (field == "heads") config["arch"] = "transformer";
       h5::write_attribute(file.id(), "model_config", config.dump(), path);
+      seal_checkpoint(file.id(), path);  // crafted on purpose: the checksum follows
       file.close();
     }
     const auto message = test::error_of([&] { load_seq2seq(path); });
@@ -382,6 +383,7 @@ TEST(Seq2SeqCheckpoint, CraftedConfigFieldsAreRefusedByName) {
     auto extra = nlohmann::json::parse(h5::read_string_attribute(file.id(), "extra", path));
     extra["tokenizer"] = 5;
     h5::write_attribute(file.id(), "extra", extra.dump(), path);
+    seal_checkpoint(file.id(), path);  // crafted on purpose: the checksum follows
     file.close();
   }
   EXPECT_EQ(test::error_of([&] { load_seq2seq(path); }),
@@ -427,6 +429,7 @@ TEST(Seq2SeqCheckpoint, SizesThatMakeTooLargeAModelAreRefused) {
     config["hidden_dim"] = 16384;
     config["layers"] = 64;
     h5::write_attribute(file.id(), "model_config", config.dump(), path);
+    seal_checkpoint(file.id(), path);  // crafted on purpose: the checksum follows
     file.close();
   }
   const auto message = test::error_of([&] { load_seq2seq(path); });

@@ -202,9 +202,13 @@ TEST(ImageCheckpoint, AnotherKindOrABadPreprocessingConfigIsNamedByFile) {
     const auto other = dir / (arch + ".h5");
     save_image_classifier(other, *model, config_of("small_cnn"));
     const auto r = test::run_process(
-        test::python() + " -c \"import h5py, json; f = h5py.File('" + other +
+        test::python() + " -c \"import h5py, json, sys; f = h5py.File('" + other +
         "', 'r+'); c = json.loads(f.attrs['model_config']); c['arch'] = '" + arch +
-        "'; c['attention'] = 'additive'; f.attrs['model_config'] = json.dumps(c)\"");
+        "'; c['attention'] = 'additive'; f.attrs['model_config'] = json.dumps(c); f.close(); "
+        "sys.path.insert(0, '" ATTNSCOPE_SOURCE_DIR
+        "/tests/python'); "
+        "import checkpoint_checksum; checkpoint_checksum.seal('" +
+        other + "')\"");
     ASSERT_EQ(r.status, 0) << r.output;
     const auto what = test::error_of([&] { load_image_classifier(other); });
     EXPECT_EQ(what.rfind(other + ": " + says, 0), 0u) << what;

@@ -75,9 +75,11 @@ TEST(ResultsStore, AppendsBatchesAndReadsThemBack) {
 // Images and maps are deflated once per batch and written as chunks (H5Dwrite_chunk): each
 // stored chunk is a zlib stream, smaller than the row, that Python's zlib inflates to the
 // row's bytes (what HDF5's deflate filter stores and reads); a row that does not shrink
-// (noise) is stored raw with the filter skipped, as HDF5's optional filter does; and h5py
-// reads every row back exactly.
-TEST(ResultsStore, ImageChunksAreZlibStreamsOfTheRowsAndReadBackByH5py) {
+// (noise) is stored raw with the filter skipped, as HDF5's optional filter does. After either
+// come the 4 bytes of HDF5's Fletcher-32 filter, which the writer computes itself: HDF5 (h5py,
+// and the C++ reader) checks them on every read, so rows that read back exactly are the oracle,
+// and a byte flipped in the raw chunk is a read error, not other pixels.
+TEST(ResultsStore, ImageChunksAreZlibStreamsOfTheRowsWithChecksumsHdf5Verifies) {
   test::TempDir dir;
   const auto path = dir / "r.h5";
   auto batch = rows(0, 3);
@@ -88,26 +90,46 @@ TEST(ResultsStore, ImageChunksAreZlibStreamsOfTheRowsAndReadBackByH5py) {
     w.append(rows(3, 2), {});
     w.finish("2026-01-01T00:00:00Z");
   }
-  const auto r = test::run_process(
-      test::python() +
-      " -c \"import h5py,sys,zlib; f=h5py.File(sys.argv[1],'r'); d=f['images/preprocessed']; "
-      "out=[]\n"
-      "for i in range(d.shape[0]):\n"
-      "  mask, chunk = d.id.read_direct_chunk((i,0,0,0)); raw = d[i].tobytes()\n"
-      "  packed = mask == 0 and zlib.decompress(chunk) == raw and len(chunk) < len(raw)\n"
-      "  ok = packed if mask == 0 else chunk == raw\n"
-      "  out.append('%d:%d:%s' % (i, mask, ok))\n"
-      "print(' '.join(out), float(f['attention/stage3'][4].sum()))\" " +
-      path);
+  const auto script = dir / "chunks.py";
+  std::ofstream(script) << R"(import sys, zlib, h5py
+f = h5py.File(sys.argv[1], 'r')
+d = f['images/preprocessed']
+out = []
+for i in range(d.shape[0]):
+    mask, chunk = d.id.read_direct_chunk((i, 0, 0, 0))
+    raw = d[i].tobytes()  # through HDF5's filters: the checksum verified
+    body = chunk[:-4]
+    packed = mask == 0 and zlib.decompress(body) == raw and len(body) < len(raw)
+    ok = packed if mask == 0 else body == raw
+    out.append('%d:%d:%s' % (i, mask, ok))
+print(' '.join(out), d.fletcher32, f['attention/stage3'].fletcher32, float(f['attention/stage3'][4].sum()))
+)";
+  const auto r = test::run_process(test::python() + " " + script + " " + path);
   ASSERT_EQ(r.status, 0) << r.output;
-  EXPECT_EQ(r.output.substr(0, r.output.find(' ', 40)),
-            "0:0:True 1:1:True 2:0:True 3:0:True 4:0:True")
+  EXPECT_EQ(r.output.substr(0, r.output.find(' ', 50)),
+            "0:0:True 1:1:True 2:0:True 3:0:True 4:0:True True True")
       << r.output;
+  {
+    const auto f = h5::File::open(path);
+    const auto stored = h5::read_tensor(f.id(), "images/preprocessed", path);
+    EXPECT_TRUE(torch::equal(stored.slice(0, 0, 3), batch.preprocessed));
+    EXPECT_TRUE(torch::allclose(h5::read_tensor(f.id(), "attention/stage3", path).slice(0, 0, 3),
+                                batch.maps["stage3"]));
+  }
+  // One byte of the raw chunk (row 1) flipped in the file: HDF5 refuses the row.
+  const auto flip = test::run_process(
+      test::python() +
+      " -c \"import h5py, sys\nwith h5py.File(sys.argv[1], 'r') as f: "
+      "info = f['images/preprocessed'].id.get_chunk_info_by_coord((1, 0, 0, 0))\n"
+      "with open(sys.argv[1], 'r+b') as g:\n g.seek(info.byte_offset + 7); b = g.read(1); "
+      "g.seek(info.byte_offset + 7); g.write(bytes([b[0] ^ 1]))\" " +
+      path);
+  ASSERT_EQ(flip.status, 0) << flip.output;
   const auto f = h5::File::open(path);
-  const auto stored = h5::read_tensor(f.id(), "images/preprocessed", path);
-  EXPECT_TRUE(torch::equal(stored.slice(0, 0, 3), batch.preprocessed));
-  EXPECT_TRUE(torch::allclose(h5::read_tensor(f.id(), "attention/stage3", path).slice(0, 0, 3),
-                              batch.maps["stage3"]));
+  const auto message =
+      test::error_of([&] { h5::read_tensor(f.id(), "images/preprocessed", path); });
+  EXPECT_NE(message.find("Fletcher-32 checksum does not match its data"), std::string::npos)
+      << message;
 }
 
 int64_t rows_in(const h5::File& f, const std::string& name) {
