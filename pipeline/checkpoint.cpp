@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <set>
 #include <sstream>
 
 #include <torch/torch.h>
@@ -66,29 +67,32 @@ std::string tensor_checksum(const std::map<std::string, torch::Tensor>& tensors)
   return "fnv1a64:" + h.hex();
 }
 
-bool is_dataset(hid_t group, const std::string& name) {
-  H5O_info_t info;
-  return H5Oget_info_by_name2(group, name.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) >= 0 &&
-         info.type == H5O_TYPE_DATASET;
-}
-
 // Every object of the file by its path ("conv.weight", "train_state/step"): groups (the root
 // is "") and datasets. Only hard links are followed (an external link would open another
-// file); a crafted file's other links, and groups nested deeper than 8, are an Error.
+// file), each object once: a crafted file's other links, an object under a second name (8
+// groups each linking the next 8 times made 8^7 paths: a hang), and groups nested deeper than
+// 8 are an Error.
 void list_objects(hid_t group, const std::string& prefix, int depth, const std::string& path,
-                  std::vector<std::string>& groups, std::vector<std::string>& datasets) {
+                  std::set<haddr_t>& seen, std::vector<std::string>& groups,
+                  std::vector<std::string>& datasets) {
   check(depth <= 8, path, "holds groups nested deeper than 8: not an attnscope checkpoint");
   groups.push_back(prefix);
   for (const auto& name : h5::children(group)) {
+    const auto subject = h5::where(path, prefix + name);
     H5L_info_t link;
     check(H5Lget_info(group, name.c_str(), &link, H5P_DEFAULT) >= 0 && link.type == H5L_TYPE_HARD,
-          h5::where(path, prefix + name),
-          "is a soft or external link: not an attnscope checkpoint");
-    if (is_dataset(group, name)) {
+          subject, "is a soft or external link: not an attnscope checkpoint");
+    H5O_info_t info;
+    h5::check_h5(H5Oget_info_by_name2(group, name.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) >= 0,
+                 subject, "cannot read the object's header");
+    check(seen.insert(info.addr).second, subject,
+          "is an object the file holds under another name too: not an attnscope checkpoint");
+    if (info.type == H5O_TYPE_DATASET) {
       datasets.push_back(prefix + name);
     } else {
+      check(info.type == H5O_TYPE_GROUP, subject, "is neither a group nor a dataset");
       auto child = h5::require_group(group, name, path);
-      list_objects(child.get(), prefix + name + "/", depth + 1, path, groups, datasets);
+      list_objects(child.get(), prefix + name + "/", depth + 1, path, seen, groups, datasets);
     }
   }
 }
@@ -99,7 +103,11 @@ std::string file_checksum(
     hid_t root, const std::string& path,
     const std::function<void(const std::string&, const torch::Tensor&)>& visit) {
   std::vector<std::string> groups, datasets;
-  list_objects(root, "", 0, path, groups, datasets);
+  std::set<haddr_t> seen;
+  H5O_info_t info;
+  h5::check_h5(H5Oget_info2(root, &info, H5O_INFO_BASIC) >= 0, path, "cannot read the root group");
+  seen.insert(info.addr);
+  list_objects(root, "", 0, path, seen, groups, datasets);
   std::sort(groups.begin(), groups.end());
   std::sort(datasets.begin(), datasets.end());
   Fnv1a h;
@@ -268,7 +276,9 @@ void verify(const std::string& path) {
       check(torch::isfinite(tensor).all().item<bool>(), path, "tensor '", excerpt(name, 200),
             "' holds NaN or infinite values; refusing to load a broken model");
   };
-  if (version == "3") {
+  // Whatever format_version says, a checksum the file carries is verified: it covers
+  // format_version too, so one flipped bit ('3' -> '1') cannot turn the verification off.
+  if (version == "3" || h5::has_attribute(file.id(), kChecksum)) {
     check(h5::has_attribute(file.id(), kChecksum), path,
           "format_version 3 checkpoint without a checksum attribute");
     const auto expected = h5::read_string_attribute(file.id(), kChecksum, path);
@@ -290,7 +300,7 @@ void verify(const std::string& path) {
   std::map<std::string, torch::Tensor> stored;
   for (const auto& entry : tensor_shapes(path))  // datasets only: groups are not tensors
     stored[entry.first] = h5::read_tensor(file.id(), entry.first, path);
-  if (version == "2") {  // version 1 predates the checksum
+  if (version == "2" || h5::has_attribute(file.id(), "tensor_checksum")) {  // 1 predates it
     check(h5::has_attribute(file.id(), "tensor_checksum"), path, "format_version ", version,
           " checkpoint without a tensor_checksum attribute");
     const auto expected = h5::read_string_attribute(file.id(), "tensor_checksum", path);

@@ -59,8 +59,10 @@ void save_checkpoint(const std::string& path, const torch::nn::Module& module,
 /// in errors): FNV-1a 64 over every dataset in byte order of its path (the path and a NUL, the
 /// element size, rank and dimensions as little-endian int64, the bytes), then over every group
 /// by path (the root being "", the others ending in "/"): the path and a NUL, then each of its
-/// attributes by name as "group@name" and a NUL and, for a string attribute, its UTF-8 value
-/// and a NUL; the root's `checksum` is left out. `visit`, when given, sees each dataset as read.
+/// attributes by name as "group@name" and a NUL and, for a scalar string attribute, its UTF-8
+/// value and a NUL; the root's `checksum` is left out. Datasets' own attributes are not
+/// covered (attnscope writes none); an object reached under two names is an Error. `visit`, when
+/// given, sees each dataset as read.
 std::string file_checksum(
     hid_t root, const std::string& path,
     const std::function<void(const std::string& name, const torch::Tensor&)>& visit = {});

@@ -432,7 +432,9 @@ bool is_string_attribute(hid_t obj, const std::string& name) {
   Handle attr(H5Aopen(obj, name.c_str(), H5P_DEFAULT));
   if (!attr.valid()) return false;
   Handle type(H5Aget_type(attr.get()));
-  return type.valid() && H5Tget_class(type.get()) == H5T_STRING;
+  Handle space(H5Aget_space(attr.get()));
+  return type.valid() && H5Tget_class(type.get()) == H5T_STRING && space.valid() &&
+         H5Sget_simple_extent_type(space.get()) == H5S_SCALAR;
 }
 
 void write_attribute(hid_t obj, const std::string& name, const std::string& value,

@@ -162,7 +162,8 @@ std::string read_string_attribute(hid_t obj, const std::string& name, const std:
 bool has_attribute(hid_t obj, const std::string& name);
 /// Names of an object's attributes, in name order.
 std::vector<std::string> attribute_names(hid_t obj);
-/// Whether the attribute `name` of obj holds a string (fixed or variable length).
+/// Whether the attribute `name` of obj holds one string (fixed or variable length) in a scalar
+/// dataspace, as attnscope and h5py write them.
 bool is_string_attribute(hid_t obj, const std::string& name);
 
 /// Reads n variable-length strings from a dataset (the `selection` of its file space, into a

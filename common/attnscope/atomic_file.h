@@ -24,6 +24,7 @@
 #include <array>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -114,9 +115,11 @@ inline void remove_temporaries_on_signals() {
 }
 
 /// Removes the temporary files `.<name>.<pid>-<n>.tmp<ext>` beside `path` (AtomicFile's) whose
-/// process is no longer alive: what a SIGKILL or a power cut left. A command that replaces
-/// `path` calls it before it writes; a live process's temporaries (kill(pid, 0) answers) stay.
-/// Returns how many were removed.
+/// process is no longer alive and that were not written for 10 minutes: what a SIGKILL or a
+/// power cut left. A command that replaces `path` calls it before it writes. A live process's
+/// temporaries stay: its pid answers kill(pid, 0), or, when it runs in another PID namespace
+/// or on another machine sharing the folder, it still writes its file (and were it removed all
+/// the same, its commit fails instead of renaming an empty file). Returns how many were removed.
 inline int remove_dead_temporaries(const std::string& path) {
   namespace fs = std::filesystem;
   const fs::path target(path);
@@ -142,6 +145,9 @@ inline int remove_dead_temporaries(const std::string& path) {
     const long long pid = std::stoll(middle.substr(0, dash));
     if (pid <= 0 || pid > std::numeric_limits<pid_t>::max()) continue;
     if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM) continue;  // alive
+    std::error_code time_ec;
+    const auto written = fs::last_write_time(it->path(), time_ec);
+    if (time_ec || fs::file_time_type::clock::now() - written < std::chrono::minutes(10)) continue;
     std::error_code rm;
     if (fs::remove(it->path(), rm)) ++removed;
   }
@@ -189,7 +195,10 @@ class AtomicFile {
 
   const std::string& path() const { return path_; }
   /// Where to write when a library writes by path (HDF5, OpenCV); commit() then renames it.
-  const std::string& temp_path() const { return temp_; }
+  const std::string& temp_path() const {
+    written_by_path_ = true;
+    return temp_;
+  }
 
   /// Appends bytes to the temporary file; throws Error naming the target on a failed write
   /// (disk full, file-size limit, I/O error).
@@ -211,8 +220,16 @@ class AtomicFile {
   void commit() {
     check(!committed_, path_, "committed twice");
     if (fd_ < 0) {
-      // Written by path (HDF5, OpenCV) or not at all: an empty file is still a file.
-      fd_ = ::open(temp_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+      // Written by path (HDF5, OpenCV), or not at all: an empty file is still a file. Once
+      // written, a temporary that is gone was removed by another program (another run's
+      // remove_dead_temporaries that could not see this process): an error, not an empty file
+      // renamed over the target.
+      fd_ = ::open(temp_.c_str(), O_RDWR | O_CLOEXEC);
+      if (fd_ < 0 && errno == ENOENT && !written_by_path_)
+        fd_ = ::open(temp_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+      if (fd_ < 0 && errno == ENOENT)
+        fail("its temporary file " + temp_ + " is gone (removed by another program?); " + path_ +
+             " was not replaced");
       if (fd_ < 0) fail("cannot open the temporary file");
     }
     if (::fsync(fd_) != 0) fail("cannot sync");
@@ -246,6 +263,7 @@ class AtomicFile {
     throw Error(path_, what + " (" + reason + ")");
   }
 
+  mutable bool written_by_path_ = false;  // temp_path() was handed out
   std::string path_;
   std::string temp_;
   int fd_ = -1;

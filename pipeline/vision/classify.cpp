@@ -592,7 +592,8 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
       o.warn(concat(h5_path, " holds ", others, " of ", stored.size(),
                     " images that are not among this run's inputs (e.g. '", excerpt(example, 100),
                     "'): it was started on other inputs, and --resume adds this run's images to "
-                    "them; classify into another --out to keep the runs apart"));
+                    "them (the file then cannot be merged with shards: input positions repeat); "
+                    "classify into another --out to keep the runs apart"));
   }
   datasets::Dataset todo;
   todo.class_names = class_names;

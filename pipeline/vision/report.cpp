@@ -284,14 +284,19 @@ Results read_results(const std::string& path, bool values = true) {
     std::vector<std::string> order;
     const auto listed = parse_json(r.attrs["maps"], where(path, "@maps"));
     const auto present = h5::children(group.get());
+    int64_t absent = 0;  // classify lists exactly the maps it writes: damaged or edited
+    std::string first_absent;
     if (listed.is_array())
       for (const auto& v : listed) {
         if (v.is_string() && std::count(present.begin(), present.end(), v.get<std::string>()))
           order.push_back(v.get<std::string>());
-        else if (values)  // classify lists exactly the maps it writes: damaged or edited
-          r.warnings.push_back(concat(where(path, "@maps"), " lists ", json_excerpt(v, 100),
-                                      ", which /attention does not hold: not shown"));
+        else if (absent++ == 0)
+          first_absent = json_excerpt(v, 100);
       }
+    if (values && absent > 0)  // one line, however many
+      r.warnings.push_back(concat(where(path, "@maps"), " lists ", first_absent,
+                                  absent > 1 ? concat(" and ", absent - 1, " more") : "",
+                                  ", which /attention does not hold: not shown"));
     for (const auto& name : present)
       if (!std::count(order.begin(), order.end(), name)) order.push_back(name);
     for (const auto& name : order) {

@@ -234,17 +234,27 @@ uint32_t fletcher32(const unsigned char* data, std::size_t size) {
   return (sum2 << 16) | sum1;
 }
 
-// Whether a dataset's filter pipeline ends with Fletcher-32 (files written before 2026-12-06
-// have deflate alone on their compressed datasets: their chunks are appended without it).
-bool has_fletcher32(hid_t file, const std::string& name) {
+// Whether a compressed dataset's chunks carry Fletcher-32 after deflate (files written before
+// 2026-12-06 have deflate alone: their chunks are appended without it). Any other filter
+// pipeline (a file rewritten by another tool) cannot take the chunks deflate_rows makes.
+bool has_fletcher32(hid_t file, const std::string& name, const std::string& path) {
   h5::Handle set(H5Dopen2(file, name.c_str(), H5P_DEFAULT));
-  if (!set.valid()) return false;
+  check(set.valid(), where(path, name), "missing dataset");
   h5::Handle dcpl(H5Dget_create_plist(set.get()));
-  unsigned flags = 0;
-  std::size_t n = 0;
-  unsigned config = 0;
-  return H5Pget_filter_by_id2(dcpl.get(), H5Z_FILTER_FLETCHER32, &flags, &n, nullptr, 0, nullptr,
-                              &config) >= 0;
+  std::vector<H5Z_filter_t> filters;
+  const int n = H5Pget_nfilters(dcpl.get());
+  for (int i = 0; i < n; ++i) {
+    unsigned flags = 0, config = 0;
+    std::size_t elements = 0;
+    filters.push_back(H5Pget_filter2(dcpl.get(), static_cast<unsigned>(i), &flags, &elements,
+                                     nullptr, 0, nullptr, &config));
+  }
+  const std::vector<H5Z_filter_t> plain{H5Z_FILTER_DEFLATE},
+      checked{H5Z_FILTER_DEFLATE, H5Z_FILTER_FLETCHER32};
+  check(filters == plain || filters == checked, where(path, name),
+        "cannot resume: its filters are not deflate (then Fletcher-32), which attnscope writes "
+        "(a file rewritten by another tool?)");
+  return filters == checked;
 }
 
 Chunks deflate_rows(const Column& col, const at::Tensor& t, int64_t rows, const std::string& path,
@@ -820,7 +830,7 @@ ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader
             "into another --out, without --resume");
     }
     for (const auto& col : columns(layout))
-      if (col.compress && !has_fletcher32(f, col.name)) s->unchecked.insert(col.name);
+      if (col.compress && !has_fletcher32(f, col.name, path)) s->unchecked.insert(col.name);
   }
   // Stale replicas of a killed run are scaffolding: path is the state to continue.
   for (auto& r : s->replicas)

@@ -1176,8 +1176,9 @@ TEST(CliClassify, ResumeWithOtherInputsSaysWhatTheFileHoldsThatTheyDoNot) {
                           "are not among this run's inputs (e.g. '" +
                           stem +
                           "'): it was started "
-                          "on other inputs, and --resume adds this run's images to them; "
-                          "classify into another --out to keep the runs apart\n"),
+                          "on other inputs, and --resume adds this run's images to them (the file "
+                          "then cannot be merged with shards: input positions repeat); classify "
+                          "into another --out to keep the runs apart\n"),
             std::string::npos)
       << r.output;
   r = test::run_process(test::python() +
@@ -1366,6 +1367,9 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
       {"merge " + q(dir / "empty.h5") + " " + q(s1) + " --out " + q(dir / "m14.h5"),
        dir / "empty.h5" + ": is empty (0 bytes), not an HDF5 file: a copy or write that did not "
                           "finish?"},
+      {"merge " + q(s1) + " --out " + q(dir / "folder_out"),
+       dir / "folder_out" + ": is a folder: --out names the merged file (e.g. " +
+           (dir / "folder_out") + "/results.h5)"},
       {"classify --model " + q(model) + " --input " + q(images + "/images") + " --out " +
            q(dir / "folder_out"),
        dir / "folder_out/results.h5" + ": is a folder, not a results file: remove it or choose "

@@ -630,6 +630,9 @@ TEST(TrainCli, ACacheBuiltWithoutSomeImagesSaysSo) {
             std::string::npos)
       << r.output;
   EXPECT_NE(r.output.find("); the run uses the 39 it holds\n"), std::string::npos) << r.output;
+  // The path once (the stored reason names it already).
+  EXPECT_EQ(r.output.find(files[3].string() + ": " + files[3].string()), std::string::npos)
+      << r.output;
 }
 
 // --resume of a folder that does not exist says so (it said "is not a folder"); a damaged
@@ -663,6 +666,16 @@ TEST(TrainCli, ResumeOfAMissingFolderOrWithADamagedBestCheckpointSaysWhatToDo) {
   // (--quiet is the one option --resume takes: it was refused.)
   r = test::run_process(exe() + " train --resume " + run + " --quiet 2>&1");
   EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("; no best.h5 in " + run +
+                          " (no epoch since it was removed beat it); "
+                          "last.h5 holds the last epoch\n"),
+            std::string::npos)
+      << r.output;
+  // Said as the run's own when the stored command line does not parse, also with --quiet, and
+  // --resume without its folder is a usage error that says so.
+  r = test::run_process(exe() + " train --quiet --resume 2>&1");
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_EQ(r.output.rfind("error: --resume needs a value: the run folder\n", 0), 0u) << r.output;
 }
 
 // A --size too small for the network (attn_vgg16 pools 16 px down to nothing): one line

@@ -62,6 +62,30 @@ TEST_F(AtomicFileTest, WithoutCommitTheTargetIsUntouchedAndTheTemporaryFileRemov
   EXPECT_EQ(entries(), 1u);
 }
 
+// A temporary written by path (HDF5) that another program removed before the commit (another
+// run's remove_dead_temporaries that could not see this process): the commit fails naming it,
+// and the target keeps its contents (an empty file was renamed over it). Never written by path,
+// a commit still makes an empty file.
+TEST_F(AtomicFileTest, ACommitWhoseTemporaryIsGoneFailsAndKeepsTheTarget) {
+  const auto target = (dir_ / "c.h5").string();
+  std::ofstream(target) << "good";
+  {
+    AtomicFile out(target);
+    std::ofstream(out.temp_path()) << "new";
+    fs::remove(out.temp_path());
+    const auto message = test::error_of([&] { out.commit(); });
+    EXPECT_NE(
+        message.find("is gone (removed by another program?); " + target + " was not replaced"),
+        std::string::npos)
+        << message;
+  }
+  EXPECT_EQ(test::read_text(target), "good");
+  const auto empty = (dir_ / "empty.txt").string();
+  AtomicFile out(empty);
+  out.commit();
+  EXPECT_EQ(test::read_text(empty), "");
+}
+
 TEST_F(AtomicFileTest, TemporaryNameKeepsTheExtensionForWritersThatChooseFormatByIt) {
   AtomicFile out((dir_ / "a.png").string());
   EXPECT_EQ(fs::path(out.temp_path()).extension(), ".png");

@@ -202,6 +202,25 @@ TEST(Checkpoint, ChecksumCoversConfigsAndTrainingStateAsH5pyComputesIt) {
   }
 }
 
+// An object under two names (h5py's f['b'] = f['a'] makes a hard link) is refused before the
+// checksum is computed: 8 groups each linking the next 8 times made 8^7 paths in a few KB, and
+// the verification hung.
+TEST(Checkpoint, AnObjectUnderTwoNamesIsRefused) {
+  test::TempDir dir;
+  const auto path = dir / "model.h5";
+  Net a(8), b(8);
+  save_checkpoint(path, *a, CheckpointMeta{});
+  const auto r = test::run_process(
+      test::python() + " -c \"import h5py\nwith h5py.File('" + path +
+      "', 'a') as f:\n    g = f.create_group('g')\n    g['again'] = f['fc1.weight']\"");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto message = test::error_of([&] { load_checkpoint(path, *b); });
+  EXPECT_NE(message.find(":/g/again: is an object the file holds under another name too: not an "
+                         "attnscope checkpoint"),
+            std::string::npos)
+      << message;
+}
+
 // A format_version 2 file (the checksum over the root's tensors only, as attnscope wrote
 // before) still loads, and its tensor checksum is still checked.
 TEST(Checkpoint, Version2FilesStillLoadWithTheirTensorChecksum) {
@@ -286,7 +305,18 @@ TEST(Checkpoint, UnknownFormatVersionIsRefusedAndVersion1StillLoads) {
   const auto message = test::error_of([&] { load_checkpoint(path, *b); });
   EXPECT_NE(message.find("format_version 99 is not supported"), std::string::npos) << message;
   EXPECT_NE(test::error_of([&] { read_checkpoint_meta(path); }), "");
-  set_version("1");  // written before checksums existed: loads without one
+  // '3' -> '1' is one flipped bit: a file that carries a checksum is verified whatever its
+  // format_version says (a v1 file never had one), so the edit is a mismatch, not a v1 file.
+  set_version("1");
+  EXPECT_EQ(
+      test::error_of([&] { load_checkpoint(path, *b); }).rfind(path + ": checksum mismatch", 0),
+      0u);
+  {
+    auto file = h5::File::open(path, true);
+    H5Adelete(file.id(), "checksum");
+    file.close();
+  }
+  // written before checksums existed: loads without one
   EXPECT_EQ(test::error_of([&] { load_checkpoint(path, *b); }), "");
   EXPECT_TRUE(torch::equal(a->fc1->weight, b->fc1->weight));
 }

@@ -11,8 +11,8 @@ FNV-1a 64 over every dataset in byte order of its path ("conv.weight",
 "train_state/_history"): the path and a NUL, the element size, rank and dimensions as
 little-endian int64, the bytes in C order, little-endian; then over every group (by path, the
 root being "" and the others ending in "/"): its path and a NUL, then its attributes by name,
-each as "group@name" and a NUL, then for a string attribute its UTF-8 value and a NUL. The
-root's `checksum` is left out.
+each as "group@name" and a NUL, then for a scalar string attribute its UTF-8 value and a NUL.
+The root's `checksum` is left out.
 """
 import struct
 import sys

@@ -33,6 +33,8 @@ int run_merge(const std::vector<std::string>& args, const GlobalOptions&) {
   // As classify: an existing file is replaced only when asked, and only a results file.
   std::error_code ec;
   if (std::filesystem::exists(out, ec)) {
+    check(!std::filesystem::is_directory(out, ec), out,
+          "is a folder: --out names the merged file (e.g. ", out, "/results.h5)");
     check(overwrite, out, "exists; pass --overwrite to replace it");
     check_replaces_only_its_own(out, "--out", "an attnscope results file", [&] {
       try {

@@ -159,25 +159,31 @@ std::vector<double> parse_doubles(const std::string& text, const std::string& fl
   return out;
 }
 
-int run_train(const std::vector<std::string>& given_args, const GlobalOptions& global) {
-  // --resume RUN alone: the stored command line of the run, continued from RUN/last.h5.
-  std::vector<std::string> args = given_args;
-  std::string resume_dir;
-  // --quiet is how this invocation reports, not part of the run: the one option --resume takes.
-  // (Not added to the stored command line, which best.h5 and last.h5 must share.)
-  bool quiet_now = false;
-  if (args.size() == 2 || args.size() == 3) {
-    const auto q = std::find(args.begin(), args.end(), "--quiet");
-    const bool with_resume = std::any_of(args.begin(), args.end(), [](const std::string& a) {
-      return a == "--resume" || a.rfind("--resume=", 0) == 0;
-    });
-    if (q != args.end() && with_resume) {
-      args.erase(q);
-      quiet_now = true;
-    }
+// `train --resume RUN`, also written `--resume=RUN`, and with --quiet (how this invocation
+// reports, not part of the run: the one option --resume takes, not added to the stored command
+// line, which best.h5 and last.h5 must share): made {"--resume", RUN}, `quiet` set.
+std::vector<std::string> normalised_resume(std::vector<std::string> args, bool& quiet) {
+  const auto is_resume = [](const std::string& a) {
+    return a == "--resume" || a.rfind("--resume=", 0) == 0;
+  };
+  if (!std::any_of(args.begin(), args.end(), is_resume)) return args;
+  const auto q = std::find(args.begin(), args.end(), "--quiet");
+  if (q != args.end() && args.size() <= 3) {
+    args.erase(q);
+    quiet = true;
   }
   if (args.size() == 1 && args[0].rfind("--resume=", 0) == 0)
     args = {"--resume", args[0].substr(std::string("--resume=").size())};
+  if (args.size() == 1 && args[0] == "--resume")
+    throw UsageError("--resume needs a value: the run folder", concat("usage: attnscope ", kUsage));
+  return args;
+}
+
+int run_train(const std::vector<std::string>& given_args, bool quiet_now,
+              const GlobalOptions& global) {
+  // --resume RUN alone: the stored command line of the run, continued from RUN/last.h5.
+  std::vector<std::string> args = given_args;
+  std::string resume_dir;
   // With other options Boost would first ask for --data, which --resume must not be given.
   const bool resuming = std::any_of(args.begin(), args.end(), [](const std::string& a) {
     return a == "--resume" || a.rfind("--resume=", 0) == 0;
@@ -541,9 +547,11 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
         if (!missing.empty() && main_rank)
           std::cerr << "warning: " << excerpt(spec, 200) << " was built without " << missing.size()
                     << " image(s) that could not be read (its /errors, e.g. "
-                    << excerpt(missing.front().first, 200) << ": "
-                    << excerpt(missing.front().second, 200) << "); the run uses the "
-                    << source->size() << " it holds\n";
+                    << excerpt(missing.front().second.rfind(missing.front().first, 0) == 0
+                                   ? missing.front().second  // the reason names the image
+                                   : missing.front().first + ": " + missing.front().second,
+                               300)
+                    << "); the run uses the " << source->size() << " it holds\n";
         const auto made_with = source->preprocessing().value("steps", nlohmann::json());
         const auto wanted = pipeline.to_json()["steps"];
         check(made_with == wanted, spec, "holds images made with the steps ",
@@ -853,9 +861,17 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
     if (result.stopped_by_budget && !quiet) std::cerr << "stopped by the time budget\n";
     if (result.stopped_early && !quiet)
       std::cerr << "stopped early: no improvement for " << patience << " epochs\n";
-    std::printf("best epoch %lld: val %s %.4f, temperature %.3f; %s\n",
-                static_cast<long long>(result.best_epoch), select_by.c_str(), result.best,
-                result.temperature, (fs::path(out) / "best.h5").string().c_str());
+    const auto best_path = (fs::path(out) / "best.h5").string();
+    std::error_code best_ec;
+    if (fs::exists(best_path, best_ec))
+      std::printf("best epoch %lld: val %s %.4f, temperature %.3f; %s\n",
+                  static_cast<long long>(result.best_epoch), select_by.c_str(), result.best,
+                  result.temperature, best_path.c_str());
+    else  // moved away (a damaged one) and no later epoch was better
+      std::printf(
+          "best epoch %lld: val %s %.4f; no best.h5 in %s (no epoch since it was "
+          "removed beat it); last.h5 holds the last epoch\n",
+          static_cast<long long>(result.best_epoch), select_by.c_str(), result.best, out.c_str());
     return 0;
   } catch (const std::exception& e) {
     if (group) group->report_failure(e.what());
@@ -868,11 +884,15 @@ int run_train(const std::vector<std::string>& given_args, const GlobalOptions& g
 // `--resume RUN` runs the command line stored in RUN/last.h5: a flag there that does not parse
 // or check out is the file's fault, not the user's, so one line naming it, exit 1 (not the
 // usage text and exit 2 of a mistyped flag).
-int run_train_or_resume(const std::vector<std::string>& args, const GlobalOptions& global) {
+int run_train_or_resume(const std::vector<std::string>& given_args, const GlobalOptions& global) {
+  bool quiet = false;
+  const auto args = normalised_resume(given_args, quiet);
   try {
-    return run_train(args, global);
+    return run_train(args, quiet, global);
   } catch (const UsageError& e) {
-    if (args.size() != 2 || args[0] != "--resume" || args[1].empty()) throw;
+    // The stored command line's flags: named as the run's (not a RUN that is an option).
+    if (args.size() != 2 || args[0] != "--resume" || args[1].empty() || args[1].rfind("--", 0) == 0)
+      throw;
     throw Error(
         (fs::absolute(args[1]).lexically_normal() / "last.h5").string(),
         concat("provenance.args: ", e.what(), " (in the command line stored with the run)"));
