@@ -39,6 +39,15 @@ class Fnv1a {
   void add_value(T value) {
     add(&value, sizeof(value));
   }
+  // A tensor as stored: its name and a NUL, element size, rank and dimensions (int64), bytes.
+  void add_tensor(const std::string& name, const torch::Tensor& contiguous) {
+    add(name.data(), name.size() + 1);
+    add_value<int64_t>(static_cast<int64_t>(contiguous.element_size()));
+    add_value<int64_t>(contiguous.dim());
+    for (const auto d : contiguous.sizes())
+      add_value<int64_t>(d);
+    add(contiguous.data_ptr(), contiguous.numel() * contiguous.element_size());
+  }
   std::string hex() const {
     char text[17];
     std::snprintf(text, sizeof(text), "%016llx", static_cast<unsigned long long>(hash_));
@@ -56,13 +65,7 @@ std::string tensor_checksum(const std::map<std::string, torch::Tensor>& tensors)
   for (const auto& [name, tensor] : tensors) {
     auto t = tensor.detach().to(torch::kCPU);
     if (t.scalar_type() == at::kBool) t = t.to(at::kByte);
-    t = t.contiguous();
-    h.add(name.data(), name.size() + 1);
-    h.add_value<int64_t>(static_cast<int64_t>(t.element_size()));
-    h.add_value<int64_t>(t.dim());
-    for (const auto d : t.sizes())
-      h.add_value<int64_t>(d);
-    h.add(t.data_ptr(), t.numel() * t.element_size());
+    h.add_tensor(name, t.contiguous());
   }
   return "fnv1a64:" + h.hex();
 }
@@ -112,13 +115,8 @@ std::string file_checksum(
   std::sort(datasets.begin(), datasets.end());
   Fnv1a h;
   for (const auto& name : datasets) {
-    auto t = h5::read_tensor(root, name, path).contiguous();
-    h.add(name.data(), name.size() + 1);
-    h.add_value<int64_t>(static_cast<int64_t>(t.element_size()));
-    h.add_value<int64_t>(t.dim());
-    for (const auto d : t.sizes())
-      h.add_value<int64_t>(d);
-    h.add(t.data_ptr(), t.numel() * t.element_size());
+    const auto t = h5::read_tensor(root, name, path).contiguous();
+    h.add_tensor(name, t);
     if (visit) visit(name, t);
   }
   for (const auto& group_path : groups) {
