@@ -192,6 +192,16 @@ void Optimizer::load_state(const std::map<std::string, torch::Tensor>& state) {
     if (auto t = find("exp_avg_sq"); t.defined()) slots[i].exp_avg_sq = like_param(t, "exp_avg_sq");
     check(slots[i].exp_avg.defined() == slots[i].exp_avg_sq.defined(), "optimizer state",
           "parameter '", name, "' has only one of exp_avg and exp_avg_sq");
+    // A parameter that took a step has its buffers (a deleted one would restart from zero
+    // and the run would not continue as it was).
+    const bool uses_momentum = options_.kind == "sgd" && options_.momentum != 0;
+    const bool uses_moments = options_.kind != "sgd";
+    if (slots[i].step > 0) {
+      check(!uses_momentum || slots[i].momentum_buffer.defined(), "optimizer state",
+            "parameter '", name, "' took ", slots[i].step, " step(s) but has no momentum_buffer");
+      check(!uses_moments || slots[i].exp_avg.defined(), "optimizer state", "parameter '", name,
+            "' took ", slots[i].step, " step(s) but has no exp_avg and exp_avg_sq");
+    }
   }
   check(used == state.size(), "optimizer state", state.size() - used,
         " tensors belong to no parameter of the model (a state of another model?)");
@@ -540,38 +550,107 @@ std::map<std::string, torch::Tensor> TrainingLoop::state_tensors() const {
   return out;
 }
 
+namespace {
+
+// The fields of a saved loop state, each checked for its type and range: the file is input
+// (a state re-sealed after an edit passes the checksum), and a negative epoch, a step of 2.5
+// or 1e19 would continue some other run, or overflow.
+struct StateFields {
+  const nlohmann::json& state;
+
+  const nlohmann::json& at(const char* key) const {
+    check(state.is_object(), "training state", "is ", excerpt(state.dump(), 60),
+          "; expected a JSON object");
+    auto it = state.find(key);
+    check(it != state.end(), "training state", "has no '", key, "'");
+    return *it;
+  }
+  std::string text(const char* key) const {
+    const auto& v = at(key);
+    check(v.is_string(), "training state", "'", key, "' is ", excerpt(v.dump(), 60),
+          "; expected a string");
+    return v.get<std::string>();
+  }
+  bool flag(const char* key) const {
+    const auto& v = at(key);
+    check(v.is_boolean(), "training state", "'", key, "' is ", excerpt(v.dump(), 60),
+          "; expected true or false");
+    return v.get<bool>();
+  }
+  int64_t whole(const char* key, int64_t lo, int64_t hi) const {
+    const auto& v = at(key);
+    const bool ok = (v.is_number_unsigned() && v.get<uint64_t>() <= static_cast<uint64_t>(hi)) ||
+                    (v.is_number_integer() && !v.is_number_unsigned());
+    check(ok && v.get<int64_t>() >= lo && v.get<int64_t>() <= hi, "training state", "'", key,
+          "' is ", excerpt(v.dump(), 60), "; expected a whole number from ", lo, " to ", hi);
+    return v.get<int64_t>();
+  }
+  double seconds(const char* key) const {
+    if (!state.contains(key)) return 0.0;  // states written before the clocks were kept
+    const auto& v = at(key);
+    check(v.is_number() && std::isfinite(v.get<double>()) && v.get<double>() >= 0,
+          "training state", "'", key, "' is ", excerpt(v.dump(), 60),
+          "; expected a number of seconds >= 0");
+    return v.get<double>();
+  }
+};
+
+}  // namespace
+
 void TrainingLoop::restore(const nlohmann::json& state,
                            const std::map<std::string, torch::Tensor>& tensors) {
   try {
-    check(state.value("optimizer", std::string()) == options_.optimizer.kind, "training state",
-          "was saved with optimizer '", excerpt(state.value("optimizer", std::string()), 100),
-          "', this run uses '", options_.optimizer.kind, "'");
-    check(state.value("ema", false) == ema_.has_value(), "training state",
-          "EMA on/off differs from this run's");
-    std::map<std::string, torch::Tensor> opt, ema;
-    for (const auto& [name, t] : tensors) {
-      if (name.rfind("optimizer/", 0) == 0) {
-        opt[name.substr(10)] = t;
-      } else if (name.rfind("ema/", 0) == 0) {
-        ema[name.substr(4)] = t;
-      } else {
-        throw Error("training state", concat("unknown tensor '", name, "'"));
-      }
-    }
-    optimizer_.load_state(opt);
-    if (ema_) ema_->load_state(ema);
-    epoch_ = state.at("epoch").get<int64_t>();
-    step_ = state.at("step").get<int64_t>();
-    total_steps_ = state.at("total_steps").get<int64_t>();
-    best_ = state.at("best").is_null() ? std::numeric_limits<double>::quiet_NaN()
-                                       : state.at("best").get<double>();
-    best_epoch_ = state.at("best_epoch").get<int64_t>();
-    bad_epochs_ = state.at("bad_epochs").get<int64_t>();
-    prior_wall_s_ = state.value("wall_s", 0.0);
-    prior_cpu_s_ = state.value("cpu_s", 0.0);
+    restore_checked(state, tensors);
   } catch (const nlohmann::json::exception& e) {
     throw Error("training state", concat("malformed: ", e.what()));
   }
+}
+
+void TrainingLoop::restore_checked(const nlohmann::json& state,
+                                   const std::map<std::string, torch::Tensor>& tensors) {
+  const StateFields f{state};
+  const auto optimizer = f.text("optimizer");
+  check(optimizer == options_.optimizer.kind, "training state", "was saved with optimizer '",
+        excerpt(optimizer, 100), "', this run uses '", options_.optimizer.kind, "'");
+  check(f.flag("ema") == ema_.has_value(), "training state",
+        "EMA on/off differs from this run's");
+  constexpr int64_t kMany = 1'000'000'000'000'000;  // 1e15: more than any run takes
+  const int64_t epoch = f.whole("epoch", 0, kMany);
+  const int64_t step = f.whole("step", epoch, kMany);  // every epoch takes a step or more
+  const int64_t total_steps = f.whole("total_steps", 1, kMany);
+  const auto& best_value = f.at("best");
+  const bool no_best = best_value.is_null();
+  check(best_value.is_null() || (best_value.is_number() && std::isfinite(best_value.get<double>())),
+        "training state", "'best' is ", excerpt(best_value.dump(), 60),
+        "; expected a number or null");
+  const double best =
+      no_best ? std::numeric_limits<double>::quiet_NaN() : best_value.get<double>();
+  const int64_t best_epoch = f.whole("best_epoch", no_best ? 0 : 1, no_best ? 0 : epoch);
+  // Epochs without a better value since the best one (an epoch whose value was NaN counts
+  // neither way); none before any value.
+  const int64_t bad_epochs = f.whole("bad_epochs", 0, no_best ? 0 : epoch - best_epoch);
+  const double wall_s = f.seconds("wall_s"), cpu_s = f.seconds("cpu_s");
+
+  std::map<std::string, torch::Tensor> opt, ema;
+  for (const auto& [name, t] : tensors) {
+    if (name.rfind("optimizer/", 0) == 0) {
+      opt[name.substr(10)] = t;
+    } else if (name.rfind("ema/", 0) == 0) {
+      ema[name.substr(4)] = t;
+    } else {
+      throw Error("training state", concat("unknown tensor '", excerpt(name, 100), "'"));
+    }
+  }
+  optimizer_.load_state(opt);
+  if (ema_) ema_->load_state(ema);
+  epoch_ = epoch;
+  step_ = step;
+  total_steps_ = total_steps;
+  best_ = best;
+  best_epoch_ = best_epoch;
+  bad_epochs_ = bad_epochs;
+  prior_wall_s_ = wall_s;
+  prior_cpu_s_ = cpu_s;
 }
 
 }  // namespace attnscope::pipeline

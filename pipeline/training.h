@@ -290,6 +290,8 @@ class TrainingLoop {
 
  private:
   double spent_s() const;
+  void restore_checked(const nlohmann::json& state,
+                       const std::map<std::string, torch::Tensor>& tensors);
 
   torch::nn::Module& model_;
   TrainingOptions options_;

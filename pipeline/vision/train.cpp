@@ -578,6 +578,22 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     } catch (const c10::Error& e) {  // LibTorch's checks of a crafted tensor: still one line
       throw Error(last_path, concat("train_state: ", e.what_without_backtrace()));
     }
+    // metrics.jsonl and timing.jsonl are rewritten from these: one record per completed epoch,
+    // in order (an emptied history would lose the epochs before the resume).
+    const int64_t done = loop.epochs_completed();
+    for (const auto* lines : {&state.history, &state.timing}) {
+      const char* what = lines == &state.history ? "_history" : "_timing";
+      check(static_cast<int64_t>(lines->size()) == done, last_path, "/", kStateGroup, "/", what,
+            " holds ", lines->size(), " record(s) for ", done, " completed epoch(s)");
+      for (std::size_t i = 0; i < lines->size(); ++i) {
+        const auto& r = (*lines)[i];
+        const auto e = r.is_object() ? r.find("epoch") : r.end();
+        check(e != r.end() && e->is_number_integer() &&
+                  e->get<int64_t>() == static_cast<int64_t>(i) + 1,
+              last_path, "/", kStateGroup, "/", what, " record ", i + 1,
+              " is not that of epoch ", i + 1);
+      }
+    }
     if (main_rank) {
       write_file_atomically(run + "/metrics.jsonl", join_lines(state.history));
       write_file_atomically(run + "/timing.jsonl", join_lines(state.timing));

@@ -384,7 +384,8 @@ TEST(TrainCli, WrongCheckpointsAreRefusedNamingFileAndMismatch) {
 // type (edited or crafted with h5py) is one line naming the file and the field, before any file
 // in the folder is touched. nlohmann's type_error named neither. So are a stored command line
 // whose flags do not parse or check out (not the usage text and exit 2 of a mistyped flag), an
-// optimiser step count of 1e30 (LibTorch's overflow message named nothing) and a NaN momentum.
+// optimiser step count of 1e30 (LibTorch's overflow message named nothing), a NaN momentum, and
+// a loop state, momentum buffer or metrics history no run could have saved.
 TEST(TrainCli, CraftedResumeFieldsAreOneLineNamingFileAndField) {
   test::TempDir dir;
   const auto run = dir / "run";
@@ -434,6 +435,24 @@ def state(name, suffix, make):
 import numpy as np
 state('step', ':step', lambda old: np.float32(1e30))
 state('momentum', ':momentum_buffer', lambda old: np.full(old.shape, np.nan, old.dtype))
+# The loop's own state: a step no run counts, a deleted momentum buffer (the run would restart
+# it from zero), an emptied metrics history (metrics.jsonl is rewritten from it).
+def loop(name, key, value):
+    args(name, more)
+    with h5py.File(out + '/' + name + '/last.h5', 'a') as f:
+        j = json.loads(f['train_state'].attrs['loop'])
+        j[key] = value
+        f['train_state'].attrs['loop'] = json.dumps(j)
+    seal(out + '/' + name + '/last.h5')
+loop('loopstep', 'step', 2.5)
+loop('loopbest', 'best', 'x')
+def drop(name, key):
+    args(name, more)
+    with h5py.File(out + '/' + name + '/last.h5', 'a') as f:
+        del f['train_state'][sorted(k for k in f['train_state'] if k.endswith(key))[0]]
+    seal(out + '/' + name + '/last.h5')
+drop('nomomentum', ':momentum_buffer')
+drop('nohistory', '_history')
 )";
   const auto made =
       test::run_process(test::python() + " " + script + " " + run + " " + dir.path().string());
@@ -450,7 +469,13 @@ state('momentum', ':momentum_buffer', lambda old: np.full(old.shape, np.nan, old
        "stored with the run)"},
       {"unknown", "/last.h5: provenance.args: unrecognised option '--frobnicate'"},
       {"step", "/last.h5: optimizer state: step count of '"},
-      {"momentum", "/last.h5: optimizer state: tensor '"}};
+      {"momentum", "/last.h5: optimizer state: tensor '"},
+      {"loopstep",
+       "/last.h5: training state: 'step' is 2.5; expected a whole number from 1 to "
+       "1000000000000000"},
+      {"loopbest", "/last.h5: training state: 'best' is \"x\"; expected a number or null"},
+      {"nomomentum", "/last.h5: optimizer state: parameter '"},
+      {"nohistory", "/last.h5: /train_state/_history holds 0 record(s) for 1 completed epoch(s)"}};
   for (const auto& [name, expected] : cases) {
     const auto folder = dir / name;
     const auto metrics = read_text(folder + "/metrics.jsonl");

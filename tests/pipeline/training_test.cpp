@@ -542,6 +542,63 @@ TEST(TrainingLoop, EarlyStoppingAfterPatienceEpochsWithoutImprovement) {
   EXPECT_TRUE(torch::equal(model.w, weights));
 }
 
+// A saved state is input: a file re-sealed after an edit passes its checksum. Each field out of
+// what a run can save is refused naming it, and the state as saved still restores.
+TEST(TrainingLoop, RestoreRefusesStatesNoRunCouldHaveSaved) {
+  Regression task;
+  TrainingOptions o;
+  o.epochs = 3;
+  o.optimizer.kind = "sgd";
+  o.optimizer.momentum = 0.9;
+  o.schedule.base_lr = 0.01;
+  auto values = std::vector<double>{0.6, 0.5, 0.4};
+  Tiny model;
+  auto hooks = task.hooks(model);
+  hooks.evaluate = [&](const EpochSummary& s) { return values[s.epoch - 1]; };
+  TrainingLoop loop(model, o);
+  loop.run(hooks);
+  const auto state = loop.state_json();
+  const auto tensors = loop.state_tensors();
+  ASSERT_EQ(state.at("epoch"), 3);
+  ASSERT_EQ(state.at("best_epoch"), 1);
+  ASSERT_EQ(state.at("bad_epochs"), 2);
+
+  const auto refused = [&](const nlohmann::json& edited,
+                           const std::map<std::string, torch::Tensor>& t) {
+    Tiny fresh;
+    TrainingLoop again(fresh, o);
+    return test::error_of([&] { again.restore(edited, t); });
+  };
+  EXPECT_EQ(refused(state, tensors), "");
+  const std::vector<std::pair<std::string, nlohmann::json>> edits = {
+      {"epoch", -1},       {"epoch", 2.5},        {"step", 1e19},
+      {"step", 2},         {"total_steps", 0},    {"bad_epochs", -5},
+      {"bad_epochs", 3},   {"best_epoch", 4},     {"best", "x"},
+      {"optimizer", 7},    {"ema", "no"},         {"wall_s", -1},
+      {"step", nlohmann::json::parse("18446744073709551615")}};
+  for (const auto& [key, value] : edits) {
+    auto edited = state;
+    edited[key] = value;
+    const auto e = refused(edited, tensors);
+    EXPECT_NE(e.find("'" + key + "'"), std::string::npos) << key << " = " << value << ": " << e;
+  }
+  auto missing = state;
+  missing.erase("step");
+  EXPECT_NE(refused(missing, tensors).find("has no 'step'"), std::string::npos);
+  EXPECT_NE(refused(nlohmann::json::object(), tensors).find("has no 'optimizer'"),
+            std::string::npos);
+  EXPECT_NE(refused(nlohmann::json::array(), tensors).find("expected a JSON object"),
+            std::string::npos);
+  // No best value yet: no best epoch and no epochs without improvement either.
+  auto unset = state;
+  unset["best"] = nullptr;
+  EXPECT_NE(refused(unset, tensors).find("'best_epoch'"), std::string::npos);
+  // A parameter that took steps keeps its momentum.
+  auto no_momentum = tensors;
+  ASSERT_EQ(no_momentum.erase("optimizer/w/momentum_buffer"), 1u);
+  EXPECT_NE(refused(state, no_momentum).find("no momentum_buffer"), std::string::npos);
+}
+
 TEST(TrainingLoop, TimeBudgetStopsAfterTheFirstBatchAndHookRunsBeforeTheStep) {
   Tiny model;
   Regression task;
