@@ -22,13 +22,6 @@ using namespace formats;  // NOLINT(google-build-using-namespace): this file is 
 
 namespace {
 
-// A C0 control character or DEL: refused in ids and class names, which reach file names,
-// checkpoints and terminal lines.
-bool has_control_character(const std::string& s) {
-  return std::any_of(s.begin(), s.end(),
-                     [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
-}
-
 namespace fs = std::filesystem;
 
 // Maps ids to image files by listing the folder once.

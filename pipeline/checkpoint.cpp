@@ -244,7 +244,15 @@ CheckpointMeta read_meta(const std::string& path) {
   check(names.is_array(), path + ":/@class_names", "expected a JSON array of strings");
   for (const auto& n : names) {
     check(n.is_string(), path + ":/@class_names", "expected a JSON array of strings");
-    meta.class_names.push_back(n.get<std::string>());
+    // Names become predictions.csv's columns, results.h5's attribute and the report's labels:
+    // one must name one class, and print as itself.
+    const auto name = n.get<std::string>();
+    check(!name.empty() && !has_control_character(name), path + ":/@class_names",
+          "class name '", excerpt(name, 60), "' is empty or holds a control character");
+    check(std::find(meta.class_names.begin(), meta.class_names.end(), name) ==
+              meta.class_names.end(),
+          path + ":/@class_names", "class '", excerpt(name, 60), "' is named twice");
+    meta.class_names.push_back(name);
   }
   return meta;
 }

@@ -287,13 +287,30 @@ Handle require_group(hid_t loc, const std::string& path, const std::string& file
 
 std::vector<std::string> children(hid_t loc) {
   std::vector<std::string> names;
-  H5Literate(
+  const herr_t status = H5Literate(
       loc, H5_INDEX_NAME, H5_ITER_INC, nullptr,
       [](hid_t, const char* name, const H5L_info_t*, void* data) -> herr_t {
         static_cast<std::vector<std::string>*>(data)->emplace_back(name);
         return 0;
       },
       &names);
+  if (status < 0) {
+    // A damaged index (B-tree, heap) lists part of the group: the caller would take the file
+    // for one that holds less, and blame something else. Name the group and HDF5's reason
+    // (taken first: the calls that find the names clear the error stack).
+    const auto reason = last_error();
+    auto name_of = [&](auto get) {
+      std::string text(4096, '\0');
+      const auto n = get(loc, text.data(), text.size());
+      text.resize(n > 0 ? std::min<std::size_t>(static_cast<std::size_t>(n), text.size() - 1) : 0);
+      return text;
+    };
+    const auto file = name_of(H5Fget_name);
+    auto group = name_of(H5Iget_name);
+    if (!group.empty() && group[0] == '/') group.erase(0, 1);
+    throw Error(where(file, group), "cannot list the group's members (a damaged file?)" +
+                                        (reason.empty() ? "" : " (" + reason + ")"));
+  }
   return names;
 }
 

@@ -5,6 +5,14 @@
 
 namespace attnscope {
 
+/// A C0 control character or DEL: refused in ids and class names, which reach file names,
+/// checkpoints, CSV headers and terminal lines.
+inline bool has_control_character(const std::string& s) {
+  for (const char c : s)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return true;
+  return false;
+}
+
 /// `text` safe to print: control characters other than newline and tab (a NUL that would cut
 /// Error::what() short, a carriage return or a terminal escape from a crafted CSV id) become
 /// `\0`, `\r`, `\x1b`, ...; everything else, UTF-8 included, is kept.

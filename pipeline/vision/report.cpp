@@ -87,8 +87,8 @@ std::vector<std::string> read_strings(hid_t loc, const std::string& name, const 
     const std::size_t size = H5Tget_size(stored.get());
     check(size > 0 && size < (1u << 20), where(file, name), "unreasonable string size ", size);
     std::vector<char> buf(n * size);
-    check(H5Dread(set.get(), stored.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, buf.data()) >= 0,
-          where(file, name), "cannot read strings");
+    h5::check_h5(H5Dread(set.get(), stored.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, buf.data()) >= 0,
+                 where(file, name), "cannot read strings");
     for (std::size_t i = 0; i < n; ++i) {
       std::string s(buf.data() + i * size, size);
       out.push_back(s.substr(0, s.find('\0')));
@@ -392,8 +392,9 @@ cv::Mat read_image(const Results& r, int64_t row) {
   H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
   h5::Handle mem(H5Screate_simple(4, count.data(), nullptr));
   cv::Mat img(r.height, r.width, CV_8UC3);
-  check(H5Dread(set.get(), H5T_NATIVE_UINT8, mem.get(), space.get(), H5P_DEFAULT, img.data) >= 0,
-        where(r.path, "images/preprocessed"), "cannot read row ", row);
+  h5::check_h5(
+      H5Dread(set.get(), H5T_NATIVE_UINT8, mem.get(), space.get(), H5P_DEFAULT, img.data) >= 0,
+      where(r.path, "images/preprocessed"), concat("cannot read row ", row));
   return img;
 }
 

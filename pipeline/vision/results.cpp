@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <map>
 #include <numeric>
+#include <iterator>
 #include <set>
 
 #include <libdeflate.h>
@@ -975,15 +976,18 @@ ResultsHeader read_attributes(hid_t obj, const std::string& path) {
 // Each group is entered once (by its address in the file): a hard link back to a group above
 // (a cycle, which h5py makes with f['a/loop'] = f['a']) recursed without end before.
 void collect_datasets(hid_t loc, const std::string& prefix, std::vector<std::string>& out,
-                      std::set<haddr_t>& groups) {
+                      std::set<haddr_t>& groups, const std::string& file) {
   for (const auto& child : h5::children(loc)) {
     const auto name = prefix.empty() ? child : prefix + "/" + child;
     H5O_info_t info;
-    if (H5Oget_info_by_name(loc, child.c_str(), &info, H5P_DEFAULT) < 0) continue;
+    // A member that cannot be read is a damaged file, not one made with other options.
+    h5::check_h5(H5Oget_info_by_name(loc, child.c_str(), &info, H5P_DEFAULT) >= 0,
+                 where(file, name), "cannot read the object's header (a damaged file?)");
     if (info.type == H5O_TYPE_GROUP) {
       if (!groups.insert(info.addr).second) continue;
       h5::Handle g(H5Gopen2(loc, child.c_str(), H5P_DEFAULT));
-      if (g.valid()) collect_datasets(g.get(), name, out, groups);
+      h5::check_h5(g.valid(), where(file, name), "cannot open the group (a damaged file?)");
+      collect_datasets(g.get(), name, out, groups, file);
     } else if (info.type == H5O_TYPE_DATASET) {
       out.push_back(name);
     }
@@ -1030,7 +1034,7 @@ std::vector<std::string> results_datasets(const std::string& path) {
   const auto f = open_read(path);
   std::vector<std::string> out;
   std::set<haddr_t> groups;
-  collect_datasets(f.get(), "", out, groups);
+  collect_datasets(f.get(), "", out, groups, path);
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -1114,14 +1118,15 @@ void copy_rows(hid_t in, hid_t out, const std::string& name, const std::vector<i
         ptrs.push_back(v.c_str());
       row = ptrs.data();
     } else {
-      check(H5Dread(src.get(), mtype.get(), memory.get(), sspace.get(), H5P_DEFAULT,
-                    buffer.data()) >= 0,
-            where(in_path, name), "cannot read row ", r);
+      h5::check_h5(H5Dread(src.get(), mtype.get(), memory.get(), sspace.get(), H5P_DEFAULT,
+                           buffer.data()) >= 0,
+                   where(in_path, name), concat("cannot read row ", r));
     }
     start[0] = static_cast<hsize_t>(dest[r]);
     H5Sselect_hyperslab(dspace.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
-    check(H5Dwrite(dst.get(), mtype.get(), memory.get(), dspace.get(), H5P_DEFAULT, row) >= 0,
-          where(out_path, name), "cannot write (disk full?)");
+    h5::check_h5(
+        H5Dwrite(dst.get(), mtype.get(), memory.get(), dspace.get(), H5P_DEFAULT, row) >= 0,
+        where(out_path, name), "cannot write (disk full?)");
   }
 }
 
@@ -1186,8 +1191,20 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
           "maps", "tta", "threshold", "temperature", "faithfulness", "precision"})
       check(attr(f, k) == attr(first, k), f.path, "cannot be merged with ", first.path, ": its ", k,
             " differs (", excerpt(attr(f, k)), " vs ", excerpt(attr(first, k)), ")");
-    check(results_datasets(f.path) == datasets, f.path, "cannot be merged with ", first.path,
-          ": it holds other datasets (--overlays, --faithfulness or maps differ)");
+    const auto own = results_datasets(f.path);
+    if (own != datasets) {
+      std::vector<std::string> only_here, only_there;
+      std::set_difference(own.begin(), own.end(), datasets.begin(), datasets.end(),
+                          std::back_inserter(only_here));
+      std::set_difference(datasets.begin(), datasets.end(), own.begin(), own.end(),
+                          std::back_inserter(only_there));
+      throw Error(f.path,
+                  concat("cannot be merged with ", first.path, ": it holds other datasets (",
+                         only_here.empty() ? "lacks /" + excerpt(only_there.front(), 100)
+                                           : "has /" + excerpt(only_here.front(), 100),
+                         only_here.size() + only_there.size() > 1 ? " and more" : "",
+                         "; --overlays, --faithfulness or maps differ?)"));
+    }
   }
   std::vector<h5::Handle> ins;
   for (const auto& f : files)
@@ -1272,13 +1289,18 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
     std::size_t file, row;
   };
   std::vector<Ref> rows, errs;
-  std::map<std::string, std::string> owner;
+  std::map<std::string, std::size_t> owner;  // id -> the input holding it
+  // Where else an id is: another input, or another row of this one.
+  auto also_in = [&](std::size_t other, std::size_t i) -> std::string {
+    return other != i ? "is also in " + files[other].path : "is in two of its rows";
+  };
   std::map<int64_t, std::string> index_owner;  // an input's position is one image's (or error's)
   for (std::size_t i = 0; i < files.size(); ++i) {
     const auto& f = files[i];
     for (std::size_t r = 0; r < file_images[i]; ++r) {
-      const auto [it, fresh] = owner.emplace(f.ids[r], f.path);
-      check(fresh, f.path, "cannot be merged: image id '", f.ids[r], "' is also in ", it->second);
+      const auto [it, fresh] = owner.emplace(f.ids[r], i);
+      check(fresh, f.path, "cannot be merged: image id '", excerpt(f.ids[r]), "' ",
+            fresh ? "" : also_in(it->second, i));
       const auto [at, unique] = index_owner.emplace(f.index[r], f.path);
       check(unique, where(f.path, "images/index"), "row ", r, " holds input position ", f.index[r],
             ", which ", at->second == f.path ? "another row of it" : at->second,
@@ -1286,8 +1308,9 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
       rows.push_back({f.index[r], i, r});
     }
     for (std::size_t r = 0; r < file_errors[i]; ++r) {
-      const auto [it, fresh] = owner.emplace(f.errors[r].id, f.path);
-      check(fresh, f.path, "cannot be merged: id '", f.errors[r].id, "' is also in ", it->second);
+      const auto [it, fresh] = owner.emplace(f.errors[r].id, i);
+      check(fresh, f.path, "cannot be merged: id '", excerpt(f.errors[r].id), "' ",
+            fresh ? "" : also_in(it->second, i));
       errs.push_back({f.errors[r].index, i, r});
     }
   }

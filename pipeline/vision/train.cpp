@@ -569,8 +569,7 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     // The calibration of the best epoch so far, in case no later epoch is better. Read now,
     // not at the end: a distributed run's threads would then be running (attnscope/threads.h).
     if (std::filesystem::exists(best_path))
-      resumed_temperature = json_field(read_checkpoint_meta(best_path).extra, "temperature", 1.0,
-                                       best_path, "extra.temperature");
+      resumed_temperature = checkpoint_temperature(read_checkpoint_meta(best_path), best_path);
     try {
       loop.restore(state.loop, state.tensors);
     } catch (const Error& e) {

@@ -401,6 +401,30 @@ TEST(CliClassify, TwoShardsMergedEqualOneRun) {
   EXPECT_NE(twice.status, 0);
   EXPECT_NE(twice.output.find("s0/results.h5"), std::string::npos) << twice.output;
   EXPECT_FALSE(fs::exists(dir / "x.h5"));
+  // A shard with a dataset the first lacks is refused naming it; one holding an id in two rows
+  // says so (it named its own file as the other holder).
+  fs::copy_file(dir / "s1/results.h5", dir / "extra.h5");
+  fs::copy_file(dir / "s1/results.h5", dir / "dup.h5");
+  ASSERT_EQ(test::run_process(test::python() + " -c \"import h5py,sys; "
+                              "h5py.File(sys.argv[1],'a')['notes/x'] = [1]; "
+                              "f = h5py.File(sys.argv[2],'a'); "
+                              "f['images/id'][1] = f['images/id'][0]\" " +
+                              q(dir / "extra.h5") + " " + q(dir / "dup.h5"))
+                .status,
+            0);
+  const auto dup = test::run_process(exe() + " merge " + q(dir / "s0/results.h5") + " " +
+                                     q(dir / "dup.h5") + " --out " + q(dir / "x.h5"));
+  EXPECT_EQ(dup.status, 1) << dup.output;
+  EXPECT_NE(dup.output.find(dir / "dup.h5" + ": cannot be merged: image id '"), std::string::npos)
+      << dup.output;
+  EXPECT_NE(dup.output.find("' is in two of its rows"), std::string::npos) << dup.output;
+  const auto extra = test::run_process(exe() + " merge " + q(dir / "s1/results.h5") + " " +
+                                       q(dir / "extra.h5") + " --out " + q(dir / "x.h5"));
+  EXPECT_EQ(extra.status, 1) << extra.output;
+  EXPECT_NE(extra.output.find(dir / "extra.h5" + ": cannot be merged with " + dir /
+                              "s1/results.h5" + ": it holds other datasets (has /notes/x;"),
+            std::string::npos)
+      << extra.output;
   // Shards rewritten by another tool: h5py stores a rewritten dataset contiguous (attnscope's
   // are chunked, which an appendable merged file needs): the merge still equals one run. A
   // shard one of whose datasets lacks rows is refused naming that file and dataset (s0: inputs

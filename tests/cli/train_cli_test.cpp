@@ -463,7 +463,9 @@ drop('nohistory', '_history')
       {"cwd", "/last.h5: provenance.cwd is {\"a\":\"xxxx"},
       {"world", "/last.h5: provenance.world_size is \"two\", not an integer"},
       {"checksum", "/last.h5: provenance.data_checksum is 3, not a string"},
-      {"temperature", "/best.h5: extra.temperature is \"hot\", not a number"},
+      {"temperature",
+       "/best.h5: checkpoint attribute extra.temperature is \"hot\"; expected a number; move it "
+       "out of the run folder to resume without it"},
       {"batch",
        "/last.h5: provenance.args: --batch-size must be at most 65536 (in the command line "
        "stored with the run)"},

@@ -49,6 +49,30 @@ TEST(Checkpoint, RoundTripsTensorsAndMeta) {
   EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
 }
 
+// Class names become predictions.csv's columns, results.h5's attribute and the report's
+// labels: a file naming a class twice, an empty name or one with a terminal escape is refused
+// at load, naming the file and the name.
+TEST(Checkpoint, ClassNamesThatCannotNameOneClassEachAreRefused) {
+  test::TempDir dir;
+  Net net(4);
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"benign", "benign"}, "class 'benign' is named twice"},
+      {{"benign", ""}, "class name '' is empty or holds a control character"},
+      {{"mel\x1b[31m", "benign"}, "class name 'mel\\x1b[31m' is empty or holds"}};
+  for (const auto& [names, expected] : cases) {
+    const auto path = dir / "model.h5";
+    CheckpointMeta meta;
+    meta.class_names = names;
+    save_checkpoint(path, *net, meta);
+    const auto e = test::error_of([&] { read_checkpoint_meta(path); });
+    EXPECT_NE(e.find(path + ":/@class_names: " + expected), std::string::npos) << e;
+  }
+  CheckpointMeta meta;
+  meta.class_names = {"benign", "Benign", "mélanome"};
+  save_checkpoint(dir / "ok.h5", *net, meta);
+  EXPECT_EQ(read_checkpoint_meta(dir / "ok.h5").class_names, meta.class_names);
+}
+
 TEST(Checkpoint, StrictLoadListsEveryMismatch) {
   test::TempDir dir;
   const auto path = dir / "model.h5";

@@ -163,6 +163,43 @@ TEST(H5, ACutFileAndADamagedChunkAreSaidInPlainWords) {
   EXPECT_EQ(plain_reason("no such thing"), "no such thing");
 }
 
+// A group whose index is damaged part way (the last symbol-table node of 40 members): listing
+// it is an error naming the file, the group and HDF5's reason, not the part before the damage
+// (merge took such a file for one made with other options). h5py lists the intact file's 40.
+TEST(H5, AGroupWhoseIndexIsDamagedIsNotListedInPart) {
+  test::TempDir dir;
+  const auto path = dir / "members.h5";
+  const auto py = test::run_process(test::python() +
+                                    " -c \"import h5py,sys,numpy as np\n"
+                                    "with h5py.File(sys.argv[1],'w') as f:\n"
+                                    "  g=f.create_group('g')\n"
+                                    "  for i in range(40): g['d%02d' % i]=np.arange(3)\n"
+                                    "print(len(h5py.File(sys.argv[1],'r')['g']))\" " +
+                                    path + " 2>&1");
+  ASSERT_EQ(py.output, "40\n");
+  {
+    auto file = File::open(path);
+    EXPECT_EQ(children(require_group(file.id(), "g", path).get()).size(), 40u);
+  }
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const auto last = bytes.rfind("SNOD");
+  ASSERT_NE(last, std::string::npos);
+  ASSERT_NE(bytes.find("SNOD"), last);  // not the root group's only node
+  bytes.replace(last, 4, "XXXX");
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+  auto file = File::open(path);
+  auto group = require_group(file.id(), "g", path);
+  const auto e = test::error_of([&] { children(group.get()); });
+  EXPECT_NE(e.find(path + ":/g: cannot list the group's members (a damaged file?)"),
+            std::string::npos)
+      << e;
+  EXPECT_NE(e.find("signature"), std::string::npos) << e;
+}
+
 // Variable-length strings as h5py writes them (thousands, empty, non-ASCII, one larger than a
 // 4 KiB heap collection), read back by attnscope's own global-heap reader: whole, as a
 // hyperslab, and as an attribute; the oracle is the list h5py wrote, saved as JSON.

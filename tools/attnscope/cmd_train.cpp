@@ -40,6 +40,7 @@
 #include "models/vision/vit.h"
 #include "pipeline/checkpoint.h"
 #include "pipeline/h5.h"
+#include "pipeline/vision/evaluate.h"
 #include "pipeline/vision/image_cache.h"
 #include "pipeline/vision/train.h"
 #include "runtime/precision.h"
@@ -61,7 +62,11 @@ bool is_cache(const std::string& spec) {
 // says how to go on without it.
 pipeline::CheckpointMeta read_best_checkpoint(const std::string& best) {
   try {
-    return pipeline::read_checkpoint_meta(best);
+    auto meta = pipeline::read_checkpoint_meta(best);
+    // What the run takes from it (the best epoch's calibration) and evaluate checks.
+    pipeline::checkpoint_temperature(meta, best);
+    pipeline::checkpoint_threshold(meta, best);
+    return meta;
   } catch (const Error& e) {
     throw Error(e.subject(), concat(e.message(),
                                     "; move it out of the run folder to resume "
