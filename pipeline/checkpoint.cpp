@@ -277,10 +277,16 @@ void verify(const std::string& path) {
   auto file = h5::File::open(path);
   const auto version = h5::read_string_attribute(file.id(), "format_version", path);
   // Infinities too: an infinite weight gives NaN or empty outputs without a word.
+  // A negative running variance is as broken: BatchNorm takes its square root (NaN outputs,
+  // which training then blamed on the metrics or the learning rate).
   auto check_finite = [&](const std::string& name, const torch::Tensor& tensor) {
-    if (tensor.is_floating_point())
-      check(torch::isfinite(tensor).all().item<bool>(), path, "tensor '", excerpt(name, 200),
-            "' holds NaN or infinite values; refusing to load a broken model");
+    if (!tensor.is_floating_point()) return;
+    check(torch::isfinite(tensor).all().item<bool>(), path, "tensor '", excerpt(name, 200),
+          "' holds NaN or infinite values; refusing to load a broken model");
+    const std::string var = "running_var";
+    if (name.size() >= var.size() && name.compare(name.size() - var.size(), var.size(), var) == 0)
+      check((tensor >= 0).all().item<bool>(), path, "tensor '", excerpt(name, 200),
+            "' holds negative variances; refusing to load a broken model");
   };
   // Whatever format_version says, a checksum the file carries is verified: it covers
   // format_version too, so one flipped bit ('3' -> '1') cannot turn the verification off.

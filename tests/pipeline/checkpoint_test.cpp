@@ -300,6 +300,17 @@ TEST(Checkpoint, NanWeightsAreRefused) {
   const auto inf_message = test::error_of([&] { load_checkpoint(inf_path, *b); });
   EXPECT_NE(inf_message.find("'fc1.weight' holds NaN or infinite values"), std::string::npos)
       << inf_message;
+  // A negative running variance: BatchNorm's square root of it is NaN.
+  Net d(8);
+  {
+    torch::NoGradGuard g;
+    d->bn->running_var[3] = -0.5;
+  }
+  const auto var_path = dir / "var.h5";
+  save_checkpoint(var_path, *d, CheckpointMeta{});
+  const auto var_message = test::error_of([&] { load_checkpoint(var_path, *b); });
+  EXPECT_NE(var_message.find("'bn.running_var' holds negative variances"), std::string::npos)
+      << var_message;
 }
 
 // An output named two ways before either exists ("s.json", "./s.json") is one file: compared
