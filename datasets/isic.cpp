@@ -108,6 +108,12 @@ Dataset assemble(std::vector<RawRow> rows, Format format, std::vector<std::strin
       }
       s.label = *m ? 1 : 0;
     } else {
+      // A label becomes a class name: in checkpoints, CSV headers and terminal lines.
+      if (has_control_character(r.cls)) {
+        problems.add(
+            r.line, concat("label '", excerpt(r.cls), "' contains a control character (rejected)"));
+        continue;
+      }
       auto c = std::find(classes.begin(), classes.end(), r.cls);
       if (c == classes.end()) {
         problems.add(r.line, concat("unknown label '", excerpt(r.cls), "'"));

@@ -7,6 +7,8 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <string>
+#include <unordered_set>
 
 #include <torch/torch.h>
 
@@ -242,6 +244,7 @@ CheckpointMeta read_meta(const std::string& path) {
   meta.extra = get_object("extra");
   const auto names = get("class_names", nlohmann::json::array());
   check(names.is_array(), path + ":/@class_names", "expected a JSON array of strings");
+  std::unordered_set<std::string> seen;
   for (const auto& n : names) {
     check(n.is_string(), path + ":/@class_names", "expected a JSON array of strings");
     // Names become predictions.csv's columns, results.h5's attribute and the report's labels:
@@ -249,9 +252,8 @@ CheckpointMeta read_meta(const std::string& path) {
     const auto name = n.get<std::string>();
     check(!name.empty() && !has_control_character(name), path + ":/@class_names",
           "class name '", excerpt(name, 60), "' is empty or holds a control character");
-    check(std::find(meta.class_names.begin(), meta.class_names.end(), name) ==
-              meta.class_names.end(),
-          path + ":/@class_names", "class '", excerpt(name, 60), "' is named twice");
+    check(seen.insert(name).second, path + ":/@class_names", "class '", excerpt(name, 60),
+          "' is named twice");
     meta.class_names.push_back(name);
   }
   return meta;

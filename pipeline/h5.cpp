@@ -286,6 +286,8 @@ Handle require_group(hid_t loc, const std::string& path, const std::string& file
 }
 
 std::vector<std::string> children(hid_t loc) {
+  // A caller that did not check what it opened (a dataset where a group was expected).
+  check(H5Iis_valid(loc) > 0, "HDF5", "cannot list the members of a group that is not open");
   std::vector<std::string> names;
   const herr_t status = H5Literate(
       loc, H5_INDEX_NAME, H5_ITER_INC, nullptr,

@@ -74,6 +74,28 @@ inline void unregister_temporary(int slot) {
     ;  // a handler is removing it (state 3): it ends, then the process does
 }
 
+// ".tmp<ext>" ends a temporary's name: the target's extension kept for writers that choose the
+// format by it (cv::imwrite), unless it is longer than 32 bytes.
+inline std::string temporary_tail(const std::filesystem::path& target) {
+  const std::string ext = target.extension().string();
+  return ".tmp" + (ext.size() > 32 ? std::string() : ext);
+}
+
+// The target's name as it stands in a temporary's name beside `suffix_size` bytes: cut to keep
+// the whole within NAME_MAX (255 bytes), at a UTF-8 character boundary (the 20 added bytes
+// made a 250-byte output fail with "File name too long").
+inline std::string temporary_head(const std::filesystem::path& target, std::size_t suffix_size) {
+  std::string name = target.filename().string();
+  const std::size_t room = suffix_size < 254 ? 255 - 1 - suffix_size : 0;
+  if (name.size() > room) {
+    name.resize(room);
+    while (!name.empty() && (static_cast<unsigned char>(name.back()) & 0xC0) == 0x80)
+      name.pop_back();
+    if (!name.empty() && static_cast<unsigned char>(name.back()) >= 0xC0) name.pop_back();
+  }
+  return name;
+}
+
 }  // namespace atomic_file_detail
 
 /// Removes every live temporary file this process registered. Async-signal-safe (atomics,
@@ -124,17 +146,22 @@ inline int remove_dead_temporaries(const std::string& path) {
   namespace fs = std::filesystem;
   const fs::path target(path);
   const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
-  const std::string head = "." + target.filename().string() + ".";
-  const std::string tail = ".tmp" + target.extension().string();
+  const std::string tail = atomic_file_detail::temporary_tail(target);
   int removed = 0;
   std::error_code ec;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     const auto name = it->path().filename().string();
-    if (name.size() <= head.size() + tail.size() || name.rfind(head, 0) != 0 ||
+    if (name.size() <= 1 + tail.size() || name[0] != '.' ||
         name.compare(name.size() - tail.size(), tail.size(), tail) != 0)
       continue;
-    // <pid>-<n> between them, digits only
-    const auto middle = name.substr(head.size(), name.size() - head.size() - tail.size());
+    // ".<name>.<pid>-<n>.tmp<ext>", <name> cut as the process that wrote it cut it
+    const auto body = name.substr(0, name.size() - tail.size());
+    const auto dot = body.rfind('.');
+    if (dot == std::string::npos || dot == 0 ||
+        body.compare(1, dot - 1, atomic_file_detail::temporary_head(target, name.size() - dot)) !=
+            0)
+      continue;
+    const auto middle = body.substr(dot + 1);  // <pid>-<n>, digits only
     const auto dash = middle.find('-');
     const auto digits = [](const std::string& t) {
       return !t.empty() && t.size() <= 18 && t.find_first_not_of("0123456789") == std::string::npos;
@@ -169,20 +196,10 @@ class AtomicFile {
     check(!fs::exists(status) || fs::is_regular_file(status), path_,
           "exists and is not a regular file; refusing to replace it");
     const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
-    // A name near NAME_MAX (255 bytes) is cut in the temporary's name, at a UTF-8 character
-    // boundary: its 20 added bytes made a 250-byte output fail with "File name too long".
-    std::string ext = target.extension().string();
-    if (ext.size() > 32) ext.clear();
-    const std::string suffix = concat(".", ::getpid(), "-", counter++, ".tmp", ext);
-    std::string name = target.filename().string();
-    const std::size_t room = 255 - 1 - suffix.size();
-    if (name.size() > room) {
-      name.resize(room);
-      while (!name.empty() && (static_cast<unsigned char>(name.back()) & 0xC0) == 0x80)
-        name.pop_back();
-      if (!name.empty() && static_cast<unsigned char>(name.back()) >= 0xC0) name.pop_back();
-    }
-    temp_ = (dir / concat(".", name, suffix)).string();
+    const std::string suffix =
+        concat(".", ::getpid(), "-", counter++, atomic_file_detail::temporary_tail(target));
+    temp_ = (dir / concat(".", atomic_file_detail::temporary_head(target, suffix.size()), suffix))
+                .string();
     slot_ = atomic_file_detail::register_temporary(temp_);
   }
   AtomicFile(const AtomicFile&) = delete;

@@ -214,13 +214,12 @@ Results read_results(const std::string& path, bool values = true) {
   const bool has_index = h5::exists(root, "images/index");
   if (has_index) cap("images/index");
   if (h5::exists(root, "attention"))
-    for (const auto& name :
-         h5::children(h5::Handle(H5Gopen2(root, "attention", H5P_DEFAULT)).get()))
+    for (const auto& name : h5::children(h5::require_group(root, "attention", path).get()))
       cap("attention/" + name);
   // The per-image measures too (a short one stopped the report, where a short label only
   // warned).
   if (h5::exists(root, "measures")) {
-    h5::Handle group(H5Gopen2(root, "measures", H5P_DEFAULT));
+    const auto group = h5::require_group(root, "measures", path);
     for (const auto& map : h5::children(group.get())) {
       h5::Handle sub(H5Gopen2(group.get(), map.c_str(), H5P_DEFAULT));
       if (!sub.valid()) continue;
@@ -243,6 +242,18 @@ Results read_results(const std::string& path, bool values = true) {
   r.paths = read_strings(root, "images/source_path", path);
   r.ids.resize(static_cast<std::size_t>(n));
   r.paths.resize(static_cast<std::size_t>(n));
+  // classify stores an id once: a repeat is a damaged or edited file (its rows are shown).
+  {
+    std::map<std::string, std::size_t> seen;
+    for (std::size_t i = 0; i < r.ids.size(); ++i) {
+      const auto [it, fresh] = seen.emplace(r.ids[i], i);
+      if (fresh) continue;
+      r.warnings.push_back(concat(where(path, "images/id"), " holds '", excerpt(r.ids[i], 100),
+                                  "' in rows ", it->second, " and ", i,
+                                  ": the file is damaged or was edited"));
+      break;
+    }
+  }
   const auto as_longs = [&](const std::string& name) {
     const auto stored = first_rows(h5::read_tensor(root, name, path), n);
     // A class index stored as a float (0.7) would be truncated to another class.
@@ -280,7 +291,7 @@ Results read_results(const std::string& path, bool values = true) {
   }
 
   if (h5::exists(root, "attention")) {
-    h5::Handle group(H5Gopen2(root, "attention", H5P_DEFAULT));
+    const auto group = h5::require_group(root, "attention", path);
     std::vector<std::string> order;
     const auto listed = parse_json(r.attrs["maps"], where(path, "@maps"));
     const auto present = h5::children(group.get());
@@ -340,7 +351,7 @@ Results read_results(const std::string& path, bool values = true) {
   }
 
   if (h5::exists(root, "measures")) {
-    h5::Handle group(H5Gopen2(root, "measures", H5P_DEFAULT));
+    const auto group = h5::require_group(root, "measures", path);
     for (const auto& map : h5::children(group.get())) {
       h5::Handle sub(H5Gopen2(group.get(), map.c_str(), H5P_DEFAULT));
       if (!sub.valid()) continue;

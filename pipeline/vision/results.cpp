@@ -819,16 +819,18 @@ ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader
                                    ": the file cannot be resumed; classify again into another "
                                    "--out, without --resume");
     }
-    // An id is stored once (classify makes repeated names unique): a damaged or edited id that
-    // repeats another would be classified again and stored twice.
-    std::map<std::string, int64_t> seen;
-    const auto ids = read_string_rows(f, "images/id", path, rows);
-    for (std::size_t i = 0; i < ids.size(); ++i) {
-      const auto [it, fresh] = seen.emplace(ids[i], static_cast<int64_t>(i));
-      check(fresh, where(path, "images/id"), "rows ", it->second, " and ", i, " hold the same id '",
-            excerpt(ids[i], 100),
-            "' (the file is damaged or was edited): the file cannot be resumed; classify again "
-            "into another --out, without --resume");
+    // An id is stored once, as an image or as an error (classify makes repeated names unique):
+    // a damaged or edited id that repeats another would be classified again and stored twice.
+    std::map<std::string, std::string> seen;  // id -> "images/id row N" or "errors/id row N"
+    for (const char* name : {"images/id", "errors/id"}) {
+      const auto ids = read_string_rows(f, name, path, name[0] == 'i' ? rows : errors);
+      for (std::size_t i = 0; i < ids.size(); ++i) {
+        const auto [it, fresh] = seen.emplace(ids[i], concat(name, " row ", i));
+        check(fresh, where(path, name), "row ", i, " holds the id '", excerpt(ids[i], 100), "' of ",
+              fresh ? "" : it->second,
+              " too (the file is damaged or was edited): the file cannot be resumed; classify "
+              "again into another --out, without --resume");
+      }
     }
     for (const auto& col : columns(layout))
       if (col.compress && !has_fletcher32(f, col.name, path)) s->unchecked.insert(col.name);

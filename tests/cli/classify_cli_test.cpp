@@ -857,6 +857,15 @@ TEST(CliClassify, CraftedCheckpointsAndNonFiniteOutputsAreOneLineNamingThem) {
                for (auto& b : m.named_buffers())
                  if (b.key().find("running_var") != std::string::npos) b.value().fill_(-1);
              }),
+       "tensor 'features.1.running_var' holds negative variances; refusing to load a broken "
+       "model"},
+      // Finite weights whose sums overflow float32 for any image.
+      {craft("huge_biases",
+             [](Meta&, Model& m) {
+               torch::NoGradGuard no_grad;
+               for (auto& p : m.named_parameters())
+                 if (p.key().find("bias") != std::string::npos) p.value().fill_(3e38);
+             }),
        "gives non-finite outputs (NaN or inf) for a plain grey image"}};
   for (const auto& [path, expected] : cases) {
     const auto out = dir / ("out_" + fs::path(path).stem().string());
@@ -1291,14 +1300,31 @@ print('ok')
   const auto edited = test::read_text(results);
   const auto twice = test::run_process(base + " --resume");
   EXPECT_EQ(twice.status, 1) << twice.output;
-  EXPECT_NE(twice.output.find("error: " + results + ":/images/id: rows 0 and 1 hold the same id '"),
+  EXPECT_NE(twice.output.find("error: " + results + ":/images/id: row 1 holds the id '"),
             std::string::npos)
       << twice.output;
-  EXPECT_NE(twice.output.find("' (the file is damaged or was edited): the file cannot be resumed; "
-                              "classify again into another --out, without --resume\n"),
+  EXPECT_NE(twice.output.find("' of images/id row 0 too (the file is damaged or was edited): the "
+                              "file cannot be resumed; classify again into another --out, "
+                              "without --resume\n"),
             std::string::npos)
       << twice.output;
   EXPECT_EQ(test::read_text(results), edited);
+  // So is an error's id that an image holds too.
+  std::ofstream(images + "/images/broken.png") << "not an image";
+  ASSERT_EQ(test::run_process(base + " --overwrite").status, 0);
+  const auto edit_error =
+      test::run_process(test::python() +
+                        " -c \"import h5py, sys\nwith h5py.File(sys.argv[1], 'a') as f: "
+                        "f['errors/id'][0] = f['images/id'][1]\" " +
+                        q(results));
+  ASSERT_EQ(edit_error.status, 0) << edit_error.output;
+  const auto error_twice = test::run_process(base + " --resume");
+  EXPECT_EQ(error_twice.status, 1) << error_twice.output;
+  EXPECT_NE(error_twice.output.find("error: " + results + ":/errors/id: row 0 holds the id '"),
+            std::string::npos)
+      << error_twice.output;
+  EXPECT_NE(error_twice.output.find("' of images/id row 1 too"), std::string::npos)
+      << error_twice.output;
 }
 
 // What a SIGKILLed --overwrite run leaves (its new file and replicas at temporary names, a

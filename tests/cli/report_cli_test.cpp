@@ -336,13 +336,14 @@ TEST(CliReport, ShortDatasetsAreReportedAsDamageAndTheRowsTheyHoldShown) {
 // A results.h5 of a run that did not finish (SIGKILL or SIGTERM before its end) is reported
 // with a warning that says so (merge refuses it), and a @maps naming a map /attention lacks
 // (classify lists exactly what it writes) is named too (probe findings: both went unsaid).
-TEST(CliReport, AnUnfinishedRunAndAMapListedButAbsentAreSaid) {
+TEST(CliReport, AnUnfinishedRunAMapListedButAbsentAndARepeatedIdAreSaid) {
   test::TempDir dir;
   make_fixture(dir / "u.h5", "--n 6 --seed 6");
-  const auto py = test::run_process(
-      test::python() + " -c \"import h5py, json; f=h5py.File('" + (dir / "u.h5") +
-      "','a'); f.attrs['finished_at'] = ''; "
-      "f.attrs['maps'] = json.dumps(json.loads(f.attrs['maps']) + ['rollout'])\" 2>&1");
+  const auto py =
+      test::run_process(test::python() + " -c \"import h5py, json; f=h5py.File('" + (dir / "u.h5") +
+                        "','a'); f.attrs['finished_at'] = ''; "
+                        "f.attrs['maps'] = json.dumps(json.loads(f.attrs['maps']) + ['rollout']); "
+                        "f['images/id'][3] = f['images/id'][1]\" 2>&1");
   ASSERT_EQ(py.status, 0) << py.output;
   const auto r = test::run_process(exe() + " report --results " + (dir / "u.h5") + " --out " +
                                    (dir / "r.html") + " 2>&1");
@@ -358,8 +359,14 @@ TEST(CliReport, AnUnfinishedRunAndAMapListedButAbsentAreSaid) {
                           "shown\n"),
             std::string::npos)
       << r.output;
+  // An id in two rows (an edited file): said once, naming both rows.
+  EXPECT_NE(r.output.find(":/images/id holds '"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("' in rows 1 and 3: the file is damaged or was edited\n"),
+            std::string::npos)
+      << r.output;
   const auto html = test::read_text(dir / "r.html");
   EXPECT_NE(html.find("<b>Unfinished run:</b>"), std::string::npos);
+  EXPECT_NE(html.find("<b>Damaged file:</b>"), std::string::npos);
   // Finished, as the fixture writes it: neither warning.
   make_fixture(dir / "f.h5", "--n 6 --seed 6");
   const auto f = test::run_process(exe() + " report --results " + (dir / "f.h5") + " --out " +

@@ -353,6 +353,24 @@ TEST(IsicReaders, ClassFolderFileWithABadNameIsAWarning) {
       << all;
 }
 
+// A CSV label becomes a class name (checkpoints, predictions.csv's columns, terminal lines): one
+// holding a control character (a quoted tab or escape) is a problem of its line, as an id is.
+TEST(IsicReaders, LabelsWithControlCharactersAreProblemsOfTheirLines) {
+  test::TempDir dir;
+  const auto path = write(dir, "gt.csv",
+                          "image_id,label\n"
+                          "a,nevus\n"
+                          "b,\"mel\x1b[31m\"\n"
+                          "c,\"ne\tvus\"\n");
+  const auto msg = error_of([&] { read_dataset(path, multi()); });
+  EXPECT_NE(msg.find(path + ":3: label 'mel\\x1b[31m' contains a control character (rejected)"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find(path + ":4: label 'ne\\tvus' contains a control character (rejected)"),
+            std::string::npos)
+      << msg;
+}
+
 // A class folder whose name holds a control character is one warning and no class (it went
 // into class_names and every summary line, terminal escapes included); an id given by two
 // files names both files (a folder dataset has no lines: "first on line 0" said nothing).

@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 #include <sys/wait.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -112,6 +113,42 @@ TEST_F(AtomicFileTest, NamesNearNameMaxCanBeWritten) {
     EXPECT_EQ(test::read_text(target), "data") << name.size();
   }
   EXPECT_EQ(entries(), 2u);
+}
+
+// What a SIGKILLed writer leaves is found under every name AtomicFile gives its temporaries,
+// also a name cut near NAME_MAX and an extension it does not keep: removed once its process is
+// gone and it was not written for 10 minutes, and not before. Another file's temporaries and
+// the target stay.
+TEST_F(AtomicFileTest, DeadTemporariesAreFoundAlsoUnderCutNames) {
+  std::string accented;
+  for (int i = 0; i < 125; ++i)
+    accented += "\xC3\xA9";  // é, 2 bytes
+  for (const auto& name : {std::string("c.h5"), std::string(251, 'n') + ".h5", accented + ".h5",
+                           "x." + std::string(40, 'e')}) {
+    const auto target = dir_ / name;
+    std::ofstream(target) << "old";
+    std::ofstream(dir_ / ".other.h5.1-0.tmp.h5") << "x";
+    // A writer killed after writing its temporary: a child that never runs the destructor.
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      AtomicFile out(target.string());
+      std::ofstream(out.temp_path()) << "new";
+      ::_exit(0);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_EQ(entries(), 3u) << name.size();
+    EXPECT_EQ(remove_dead_temporaries(target.string()), 0) << "written just now";
+    for (const auto& e : fs::directory_iterator(dir_))
+      if (e.path() != target)
+        fs::last_write_time(e.path(), fs::file_time_type::clock::now() - std::chrono::minutes(11));
+    EXPECT_EQ(remove_dead_temporaries(target.string()), 1) << name.size();
+    EXPECT_EQ(entries(), 2u) << name.size();
+    EXPECT_EQ(test::read_text(target), "old");
+    fs::remove(target);
+    fs::remove(dir_ / ".other.h5.1-0.tmp.h5");
+  }
 }
 
 TEST_F(AtomicFileTest, RefusesToReplaceSomethingThatIsNotARegularFile) {

@@ -589,14 +589,37 @@ TEST(TrainingLoop, RestoreRefusesStatesNoRunCouldHaveSaved) {
             std::string::npos);
   EXPECT_NE(refused(nlohmann::json::array(), tensors).find("expected a JSON object"),
             std::string::npos);
-  // No best value yet: no best epoch and no epochs without improvement either.
+  // A best value has its epoch; with none yet (every value NaN so far, as a state restores)
+  // there is no best epoch and no epoch without improvement either.
+  auto zero = state;
+  zero["best_epoch"] = 0;
+  EXPECT_NE(refused(zero, tensors).find("'best_epoch'"), std::string::npos);
   auto unset = state;
   unset["best"] = nullptr;
   EXPECT_NE(refused(unset, tensors).find("'best_epoch'"), std::string::npos);
-  // A parameter that took steps keeps its momentum.
+  unset["best_epoch"] = 0;
+  EXPECT_NE(refused(unset, tensors).find("'bad_epochs'"), std::string::npos);
+  unset["bad_epochs"] = 0;
+  EXPECT_EQ(refused(unset, tensors), "");
+  // A parameter that took steps keeps its momentum (SGD) or its moments (Adam).
   auto no_momentum = tensors;
   ASSERT_EQ(no_momentum.erase("optimizer/w/momentum_buffer"), 1u);
   EXPECT_NE(refused(state, no_momentum).find("no momentum_buffer"), std::string::npos);
+  auto adam = o;
+  adam.optimizer.kind = "adamw";
+  Tiny adam_model;
+  auto adam_hooks = task.hooks(adam_model);
+  TrainingLoop adam_loop(adam_model, adam);
+  adam_loop.run(adam_hooks);
+  auto moments = adam_loop.state_tensors();
+  ASSERT_EQ(moments.erase("optimizer/w/exp_avg"), 1u);
+  ASSERT_EQ(moments.erase("optimizer/w/exp_avg_sq"), 1u);
+  Tiny fresh;
+  TrainingLoop again(fresh, adam);
+  EXPECT_NE(test::error_of([&] {
+              again.restore(adam_loop.state_json(), moments);
+            }).find("no exp_avg and exp_avg_sq"),
+            std::string::npos);
 }
 
 TEST(TrainingLoop, TimeBudgetStopsAfterTheFirstBatchAndHookRunsBeforeTheStep) {

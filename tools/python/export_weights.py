@@ -362,6 +362,13 @@ def main(argv=None):
                    else [f"class_{i}" for i in range(num_classes)])
     if len(class_names) != num_classes:
         fail(f"--class-names has {len(class_names)} names for {num_classes} classes")
+    # As attnscope reads them: each names one class (predictions.csv's columns, the report).
+    for name in class_names:
+        if not name or any(ord(c) < 0x20 or ord(c) == 0x7f for c in name):
+            fail(f"--class-names: {name!r} is empty or holds a control character")
+    if len(set(class_names)) != len(class_names):
+        twice = next(n for n in class_names if class_names.count(n) > 1)
+        fail(f"--class-names: {twice!r} is named twice")
 
     model_config = {"arch": arch, "num_classes": num_classes, "image_size": image_size,
                     "in_channels": 3}

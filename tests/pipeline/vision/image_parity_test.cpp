@@ -313,6 +313,17 @@ TEST(ImageExport, RefusesWhatItCannotMap) {
                         " --normalizer softmax");
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.output.find("--normalizer"), std::string::npos) << r.output;
+  // Class names attnscope would refuse to load: a repeat, an empty one.
+  r = test::run_process(test::python() + " " + script + (dir / "r18.pth") + " " + (dir / "r18.h5") +
+                        " --class-names nevus,mel,nevus");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("'nevus' is named twice"), std::string::npos) << r.output;
+  r = test::run_process(test::python() + " " + script + (dir / "r18.pth") + " " + (dir / "r18.h5") +
+                        " --class-names nevus,,mel");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("'' is empty or holds a control character"), std::string::npos)
+      << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir / "r18.h5"));
 }
 
 }  // namespace
