@@ -109,9 +109,10 @@ Dataset assemble(std::vector<RawRow> rows, Format format, std::vector<std::strin
       s.label = *m ? 1 : 0;
     } else {
       // A label becomes a class name: in checkpoints, CSV headers and terminal lines.
-      if (has_control_character(r.cls)) {
-        problems.add(
-            r.line, concat("label '", excerpt(r.cls), "' contains a control character (rejected)"));
+      if (has_control_character(r.cls) || is_blank(r.cls)) {
+        problems.add(r.line, concat("label '", excerpt(r.cls), "' ",
+                                    is_blank(r.cls) ? "is blank" : "contains a control character",
+                                    " (rejected)"));
         continue;
       }
       auto c = std::find(classes.begin(), classes.end(), r.cls);

@@ -250,8 +250,8 @@ CheckpointMeta read_meta(const std::string& path) {
     // Names become predictions.csv's columns, results.h5's attribute and the report's labels:
     // one must name one class, and print as itself.
     const auto name = n.get<std::string>();
-    check(!name.empty() && !has_control_character(name), path + ":/@class_names",
-          "class name '", excerpt(name, 60), "' is empty or holds a control character");
+    check(!is_blank(name) && !has_control_character(name), path + ":/@class_names", "class name '",
+          excerpt(name, 60), "' is blank or holds a control character");
     check(seen.insert(name).second, path + ":/@class_names", "class '", excerpt(name, 60),
           "' is named twice");
     meta.class_names.push_back(name);

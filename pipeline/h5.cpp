@@ -113,6 +113,11 @@ std::string plain_reason(const std::string& hdf5_text) {
       return hdf5_text.substr(start, end - start);
     };
     const auto size = number_after("eof = "), stored = number_after("stored_eof = ");
+    // An end past a petabyte is no cut copy but a damaged header (a flipped bit of the
+    // address): said so, not as "its header says 18446744073705902344".
+    if (stored.size() > 15)
+      return concat("the file's header is damaged: it puts the end of the file at byte ", stored,
+                    ", the file holds ", size.empty() ? std::string("fewer") : size, " bytes");
     return !size.empty() && !stored.empty()
                ? concat("the file is cut short: it holds ", size, " bytes, its header says ",
                         stored, "; a copy or download that did not finish?")
@@ -256,6 +261,25 @@ void OutputFile::commit() {
   target_.commit();
 }
 
+namespace {
+
+// "file:/group/name" for an object below an open location, found from the handle itself (for
+// messages of functions that are not given the file's name).
+std::string located(hid_t loc, const std::string& name) {
+  auto name_of = [&](auto get) {
+    std::string text(4096, '\0');
+    const auto n = get(loc, text.data(), text.size());
+    text.resize(n > 0 ? std::min<std::size_t>(static_cast<std::size_t>(n), text.size() - 1) : 0);
+    return text;
+  };
+  auto group = name_of(H5Iget_name);
+  if (!group.empty() && group[0] == '/') group.erase(0, 1);
+  if (!group.empty() && !name.empty()) group += "/";
+  return where(name_of(H5Fget_name), group + name);
+}
+
+}  // namespace
+
 bool exists(hid_t loc, const std::string& name) {
   silence_hdf5();
   // Check each path component: H5Lexists fails on a missing intermediate group.
@@ -264,7 +288,17 @@ bool exists(hid_t loc, const std::string& name) {
   while (start <= name.size()) {
     auto slash = name.find('/', start);
     prefix = name.substr(0, slash);
-    if (!prefix.empty() && H5Lexists(loc, prefix.c_str(), H5P_DEFAULT) <= 0) return false;
+    if (prefix.empty()) {
+      // "" (the location itself)
+    } else if (const htri_t found = H5Lexists(loc, prefix.c_str(), H5P_DEFAULT); found == 0) {
+      return false;
+    } else if (found < 0) {
+      // Not "absent": the lookup failed (a damaged group index, a dataset where a group
+      // belongs). Said with HDF5's reason, not as a missing dataset.
+      const auto reason = last_error();
+      throw Error(located(loc, prefix), "cannot look it up (a damaged file?)" +
+                                            (reason.empty() ? "" : " (" + reason + ")"));
+    }
     if (slash == std::string::npos) break;
     start = slash + 1;
   }
@@ -301,17 +335,8 @@ std::vector<std::string> children(hid_t loc) {
     // for one that holds less, and blame something else. Name the group and HDF5's reason
     // (taken first: the calls that find the names clear the error stack).
     const auto reason = last_error();
-    auto name_of = [&](auto get) {
-      std::string text(4096, '\0');
-      const auto n = get(loc, text.data(), text.size());
-      text.resize(n > 0 ? std::min<std::size_t>(static_cast<std::size_t>(n), text.size() - 1) : 0);
-      return text;
-    };
-    const auto file = name_of(H5Fget_name);
-    auto group = name_of(H5Iget_name);
-    if (!group.empty() && group[0] == '/') group.erase(0, 1);
-    throw Error(where(file, group), "cannot list the group's members (a damaged file?)" +
-                                        (reason.empty() ? "" : " (" + reason + ")"));
+    throw Error(located(loc, ""), "cannot list the group's members (a damaged file?)" +
+                                      (reason.empty() ? "" : " (" + reason + ")"));
   }
   return names;
 }

@@ -189,7 +189,12 @@ void Optimizer::load_state(const std::map<std::string, torch::Tensor>& state) {
     if (auto t = find("momentum_buffer"); t.defined())
       slots[i].momentum_buffer = like_param(t, "momentum_buffer");
     if (auto t = find("exp_avg"); t.defined()) slots[i].exp_avg = like_param(t, "exp_avg");
-    if (auto t = find("exp_avg_sq"); t.defined()) slots[i].exp_avg_sq = like_param(t, "exp_avg_sq");
+    if (auto t = find("exp_avg_sq"); t.defined()) {
+      // A mean of squares: a negative one made the step's square root NaN.
+      check((t >= 0).all().item<bool>(), "optimizer state", "tensor '", name,
+            "/exp_avg_sq' holds negative values");
+      slots[i].exp_avg_sq = like_param(t, "exp_avg_sq");
+    }
     check(slots[i].exp_avg.defined() == slots[i].exp_avg_sq.defined(), "optimizer state",
           "parameter '", name, "' has only one of exp_avg and exp_avg_sq");
     // A parameter that took a step has its buffers (a deleted one would restart from zero
@@ -305,6 +310,9 @@ void WeightEma::load_state(const std::map<std::string, torch::Tensor>& state) {
     check(it != state.end(), "ema state", "no tensor '", live_[i].first, "'");
     check(it->second.sizes() == average_[i].sizes(), "ema state", "tensor '", live_[i].first,
           "' has shape ", it->second.sizes(), ", the model ", average_[i].sizes());
+    // An average of finite weights is finite (a NaN was blamed on the learning rate later).
+    check(!it->second.is_floating_point() || torch::isfinite(it->second).all().item<bool>(),
+          "ema state", "tensor '", live_[i].first, "' holds NaN or inf");
     average_[i].copy_(it->second);
   }
 }
@@ -586,8 +594,7 @@ struct StateFields {
     return v.get<int64_t>();
   }
   double seconds(const char* key) const {
-    if (!state.contains(key)) return 0.0;  // states written before the clocks were kept
-    const auto& v = at(key);
+    const auto& v = at(key);  // a time budget continues from them
     check(v.is_number() && std::isfinite(v.get<double>()) && v.get<double>() >= 0,
           "training state", "'", key, "' is ", excerpt(v.dump(), 60),
           "; expected a number of seconds >= 0");
@@ -618,6 +625,17 @@ void TrainingLoop::restore_checked(const nlohmann::json& state,
   const int64_t epoch = f.whole("epoch", 0, kMany);
   const int64_t step = f.whole("step", epoch, kMany);  // every epoch takes a step or more
   const int64_t total_steps = f.whole("total_steps", 1, kMany);
+  // Every epoch takes the same number of steps, and the schedule spans all epochs: the total
+  // this run computes (when it set one), and the steps of the epochs completed.
+  const int64_t planned = options_.schedule.total_steps;
+  check(planned <= 0 || total_steps == planned, "training state", "'total_steps' is ", total_steps,
+        "; this run's schedule spans ", planned, " steps");
+  check(total_steps % options_.epochs == 0, "training state", "'total_steps' is ", total_steps,
+        ", not a multiple of the ", options_.epochs, " epochs");
+  const int64_t per_epoch = total_steps / options_.epochs;
+  check(step == epoch * per_epoch, "training state", "'step' is ", step, " and 'total_steps' ",
+        total_steps, ": ", epoch, " completed epoch(s) of the ", options_.epochs, " take ",
+        epoch * per_epoch, " steps");
   const auto& best_value = f.at("best");
   const bool no_best = best_value.is_null();
   check(best_value.is_null() || (best_value.is_number() && std::isfinite(best_value.get<double>())),
@@ -625,6 +643,8 @@ void TrainingLoop::restore_checked(const nlohmann::json& state,
         "; expected a number or null");
   const double best =
       no_best ? std::numeric_limits<double>::quiet_NaN() : best_value.get<double>();
+  check(no_best || epoch >= 1, "training state", "'best' is ", best_value.dump(),
+        " but no epoch is completed");
   const int64_t best_epoch = f.whole("best_epoch", no_best ? 0 : 1, no_best ? 0 : epoch);
   // Epochs without a better value since the best one (an epoch whose value was NaN counts
   // neither way); none before any value.
@@ -642,6 +662,11 @@ void TrainingLoop::restore_checked(const nlohmann::json& state,
     }
   }
   optimizer_.load_state(opt);
+  // A parameter steps with the loop or, without a gradient, less often: never more.
+  for (const auto& [name, t] : optimizer_.state())
+    if (name.size() > 5 && name.compare(name.size() - 5, 5, "/step") == 0)
+      check(t.item<int64_t>() <= step, "optimizer state", "'", excerpt(name, 100), "' is ",
+            t.item<int64_t>(), ", past the loop's step ", step);
   if (ema_) ema_->load_state(ema);
   epoch_ = epoch;
   step_ = step;

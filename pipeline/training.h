@@ -272,6 +272,8 @@ class TrainingLoop {
   const TrainingOptions& options() const { return options_; }
   int64_t epochs_completed() const { return epoch_; }
   int64_t steps() const { return step_; }
+  /// The best monitored value so far (NaN before any).
+  double best() const { return best_; }
 
   /// The clip + step + EMA part of a step (for callers that drive batches themselves):
   /// after_backward must already have run. Returns the gradient norm before clipping

@@ -163,8 +163,10 @@ inline int remove_dead_temporaries(const std::string& path) {
       continue;
     const auto middle = body.substr(dot + 1);  // <pid>-<n>, digits only
     const auto dash = middle.find('-');
+    // As AtomicFile writes them: no sign, no leading zero.
     const auto digits = [](const std::string& t) {
-      return !t.empty() && t.size() <= 18 && t.find_first_not_of("0123456789") == std::string::npos;
+      return !t.empty() && t.size() <= 18 && (t[0] != '0' || t.size() == 1) &&
+             t.find_first_not_of("0123456789") == std::string::npos;
     };
     if (dash == std::string::npos || !digits(middle.substr(0, dash)) ||
         !digits(middle.substr(dash + 1)))
@@ -172,6 +174,8 @@ inline int remove_dead_temporaries(const std::string& path) {
     const long long pid = std::stoll(middle.substr(0, dash));
     if (pid <= 0 || pid > std::numeric_limits<pid_t>::max()) continue;
     if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM) continue;  // alive
+    std::error_code type_ec;  // a regular file, as AtomicFile makes (not a folder, not a link)
+    if (!fs::is_regular_file(it->symlink_status(type_ec)) || type_ec) continue;
     std::error_code time_ec;
     const auto written = fs::last_write_time(it->path(), time_ec);
     if (time_ec || fs::file_time_type::clock::now() - written < std::chrono::minutes(10)) continue;

@@ -137,6 +137,9 @@ struct Results {
   int height = 0, width = 0;
   bool has_images = false;
   std::vector<std::string> warnings;  ///< damage the report worked around
+  /// The index in `warnings` of the line saying finished_at is empty (a stopped or killed
+  /// classify run); -1 when finished.
+  int64_t unfinished_warning = -1;
 };
 
 // Rows valid in every per-image dataset: num_images, capped by each dataset's length (a run
@@ -230,13 +233,15 @@ Results read_results(const std::string& path, bool values = true) {
   r.n = n;
   // A run stopped or killed before its end (merge refuses such a file): the report is of the
   // images stored so far, and says so.
-  if (r.attrs.count("finished_at") && r.attrs["finished_at"].empty())
+  if (r.attrs.count("finished_at") && r.attrs["finished_at"].empty()) {
+    r.unfinished_warning = static_cast<int64_t>(r.warnings.size());
     r.warnings.push_back(concat(path,
                                 " is from a classify run that did not finish (finished_at "
                                 "is empty): the report shows the ",
                                 n,
                                 " images stored so far; complete it with the same classify "
                                 "command and --resume"));
+  }
 
   r.ids = read_strings(root, "images/id", path);
   r.paths = read_strings(root, "images/source_path", path);
@@ -1151,10 +1156,10 @@ std::string render_report(const std::string& results_path, const ReportOptions& 
                       attr("tta").empty() ? std::string("yes") : attr("tta"), "",
                       "probabilities ± their spread over the transforms"});
   h << tiles(counts);
-  for (const auto& w : r.warnings)
+  for (std::size_t i = 0; i < r.warnings.size(); ++i)
     h << "<p class=\"warning\"><b>"
-      << (w.find("did not finish") != std::string::npos ? "Unfinished run:" : "Damaged file:")
-      << "</b> " << html_escape(w) << "</p>";
+      << (static_cast<int64_t>(i) == r.unfinished_warning ? "Unfinished run:" : "Damaged file:")
+      << "</b> " << html_escape(r.warnings[i]) << "</p>";
   ReportSummary local;
   h << label_summary(r, rows, &local);
   h << measures_summary(r, &local);

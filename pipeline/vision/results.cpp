@@ -120,7 +120,7 @@ std::string row_shape_text(const std::vector<hsize_t>& dims) {
 // Rows of col's dataset in file, checked to have col's shape (rows, col.dims...).
 int64_t rows_of(hid_t file, const Column& col, const std::string& path) {
   h5::Handle set(H5Dopen2(file, col.name.c_str(), H5P_DEFAULT));
-  check(set.valid(), where(path, col.name), "missing dataset");
+  h5::check_h5(set.valid(), where(path, col.name), "missing dataset");
   h5::Handle space(H5Dget_space(set.get()));
   hsize_t dims[H5S_MAX_RANK] = {};
   const int rank = H5Sget_simple_extent_ndims(space.get());
@@ -151,7 +151,7 @@ void write_rows(hid_t file, const Column& col, int64_t at, int64_t rows, const v
                 const std::string& path) {
   if (rows == 0) return;
   h5::Handle set(H5Dopen2(file, col.name.c_str(), H5P_DEFAULT));
-  check(set.valid(), where(path, col.name), "missing dataset");
+  h5::check_h5(set.valid(), where(path, col.name), "missing dataset");
   std::vector<hsize_t> dims{static_cast<hsize_t>(at + rows)};
   dims.insert(dims.end(), col.dims.begin(), col.dims.end());
   check(H5Dset_extent(set.get(), dims.data()) >= 0, where(path, col.name), "cannot extend dataset");
@@ -240,7 +240,7 @@ uint32_t fletcher32(const unsigned char* data, std::size_t size) {
 // pipeline (a file rewritten by another tool) cannot take the chunks deflate_rows makes.
 bool has_fletcher32(hid_t file, const std::string& name, const std::string& path) {
   h5::Handle set(H5Dopen2(file, name.c_str(), H5P_DEFAULT));
-  check(set.valid(), where(path, name), "missing dataset");
+  h5::check_h5(set.valid(), where(path, name), "missing dataset");
   h5::Handle dcpl(H5Dget_create_plist(set.get()));
   std::vector<H5Z_filter_t> filters;
   const int n = H5Pget_nfilters(dcpl.get());
@@ -302,7 +302,7 @@ void write_chunk_rows(hid_t file, const Column& col, int64_t at, const Chunks& c
                       const std::string& path) {
   if (chunks.empty()) return;
   h5::Handle set(H5Dopen2(file, col.name.c_str(), H5P_DEFAULT));
-  check(set.valid(), where(path, col.name), "missing dataset");
+  h5::check_h5(set.valid(), where(path, col.name), "missing dataset");
   std::vector<hsize_t> dims{static_cast<hsize_t>(at + static_cast<int64_t>(chunks.size()))};
   dims.insert(dims.end(), col.dims.begin(), col.dims.end());
   check(H5Dset_extent(set.get(), dims.data()) >= 0, where(path, col.name), "cannot extend dataset");
@@ -318,7 +318,7 @@ void write_chunk_rows(hid_t file, const Column& col, int64_t at, const Chunks& c
 std::vector<std::string> read_string_rows(hid_t file, const std::string& name,
                                           const std::string& path, int64_t limit = -1) {
   h5::Handle set(H5Dopen2(file, name.c_str(), H5P_DEFAULT));
-  check(set.valid(), where(path, name), "missing dataset");
+  h5::check_h5(set.valid(), where(path, name), "missing dataset");
   h5::Handle space(H5Dget_space(set.get()));
   auto n = static_cast<hsize_t>(H5Sget_simple_extent_npoints(space.get()));
   if (limit >= 0) n = std::min<hsize_t>(n, static_cast<hsize_t>(limit));
@@ -354,7 +354,7 @@ void verify_rows(hid_t file, const std::vector<Column>& cols, int64_t n, const s
       continue;
     }
     h5::Handle set(H5Dopen2(file, col.name.c_str(), H5P_DEFAULT));
-    check(set.valid(), where(path, col.name), "missing dataset");
+    h5::check_h5(set.valid(), where(path, col.name), "missing dataset");
     const auto row_bytes = H5Tget_size(col.type) *
                            static_cast<std::size_t>(std::accumulate(
                                col.dims.begin(), col.dims.end(), hsize_t{1}, std::multiplies<>()));
@@ -1088,8 +1088,8 @@ void copy_rows(hid_t in, hid_t out, const std::string& name, const std::vector<i
   if (dest.empty()) return;
   h5::Handle src(H5Dopen2(in, name.c_str(), H5P_DEFAULT));
   h5::Handle dst(H5Dopen2(out, name.c_str(), H5P_DEFAULT));
-  check(src.valid(), where(in_path, name), "missing dataset");
-  check(dst.valid(), where(out_path, name), "missing dataset");
+  h5::check_h5(src.valid(), where(in_path, name), "missing dataset");
+  h5::check_h5(dst.valid(), where(out_path, name), "missing dataset");
   h5::Handle ftype(H5Dget_type(src.get()));
   const bool is_string = H5Tget_class(ftype.get()) == H5T_STRING;
   h5::Handle mtype(is_string ? H5Tcopy(h5::utf8_string_type().get())
@@ -1291,18 +1291,22 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
     std::size_t file, row;
   };
   std::vector<Ref> rows, errs;
-  std::map<std::string, std::size_t> owner;  // id -> the input holding it
+  // id -> the input holding it and where ("images/id row 3")
+  std::map<std::string, std::pair<std::size_t, std::string>> owner;
   // Where else an id is: another input, or another row of this one.
-  auto also_in = [&](std::size_t other, std::size_t i) -> std::string {
-    return other != i ? "is also in " + files[other].path : "is in two of its rows";
+  auto also_in = [&](const std::pair<std::size_t, std::string>& other, std::size_t i,
+                     const std::string& here) -> std::string {
+    return other.first != i ? "is also in " + files[other.first].path
+                            : concat("is in two of its rows (", other.second, " and ", here, ")");
   };
   std::map<int64_t, std::string> index_owner;  // an input's position is one image's (or error's)
   for (std::size_t i = 0; i < files.size(); ++i) {
     const auto& f = files[i];
     for (std::size_t r = 0; r < file_images[i]; ++r) {
-      const auto [it, fresh] = owner.emplace(f.ids[r], i);
+      const auto here = concat("images/id row ", r);
+      const auto [it, fresh] = owner.emplace(f.ids[r], std::make_pair(i, here));
       check(fresh, f.path, "cannot be merged: image id '", excerpt(f.ids[r]), "' ",
-            fresh ? "" : also_in(it->second, i));
+            fresh ? "" : also_in(it->second, i, here));
       const auto [at, unique] = index_owner.emplace(f.index[r], f.path);
       check(unique, where(f.path, "images/index"), "row ", r, " holds input position ", f.index[r],
             ", which ", at->second == f.path ? "another row of it" : at->second,
@@ -1310,9 +1314,10 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
       rows.push_back({f.index[r], i, r});
     }
     for (std::size_t r = 0; r < file_errors[i]; ++r) {
-      const auto [it, fresh] = owner.emplace(f.errors[r].id, i);
+      const auto here = concat("errors/id row ", r);
+      const auto [it, fresh] = owner.emplace(f.errors[r].id, std::make_pair(i, here));
       check(fresh, f.path, "cannot be merged: id '", excerpt(f.errors[r].id), "' ",
-            fresh ? "" : also_in(it->second, i));
+            fresh ? "" : also_in(it->second, i, here));
       errs.push_back({f.errors[r].index, i, r});
     }
   }

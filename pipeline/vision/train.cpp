@@ -154,7 +154,7 @@ std::vector<nlohmann::json> split_lines(const std::string& text, const std::stri
   std::string line;
   while (std::getline(in, line)) {
     if (line.empty()) continue;
-    out.push_back(parse_json_text(line, subject, "a line of the metrics history"));
+    out.push_back(parse_json_text(line, subject, concat("record ", out.size() + 1)));
   }
   return out;
 }
@@ -223,14 +223,17 @@ TrainState read_state(const std::string& path) {
         " group: not the last.h5 of an `attnscope train` run");
   auto group = h5::require_group(file.id(), kStateGroup, path);
   TrainState state;
+  check(h5::has_attribute(group.get(), "loop"), path, "/", kStateGroup,
+        " has no loop attribute (the training loop's state)");
   state.loop = parse_json_text(h5::read_string_attribute(group.get(), "loop", path), path,
                                concat("/", kStateGroup, "@loop"));
   for (const auto& name : h5::children(group.get())) {
     auto tensor = h5::read_tensor(group.get(), name, path);
+    const auto subject = h5::where(path, concat(kStateGroup, "/", name));
     if (name == "_history") {
-      state.history = split_lines(tensor_text(tensor), path);
+      state.history = split_lines(tensor_text(tensor), subject);
     } else if (name == "_timing") {
-      state.timing = split_lines(tensor_text(tensor), path);
+      state.timing = split_lines(tensor_text(tensor), subject);
     } else {
       std::string key = name;
       std::replace(key.begin(), key.end(), ':', '/');
@@ -577,6 +580,11 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
     } catch (const c10::Error& e) {  // LibTorch's checks of a crafted tensor: still one line
       throw Error(last_path, concat("train_state: ", e.what_without_backtrace()));
     }
+    // The best value of the metric the run selects by: a log loss >= 0, the others in [0, 1]
+    // (an AUC of 7 kept best.h5 from ever being written again).
+    const double best = loop.best();
+    check(std::isnan(best) || (best >= 0 && (o.select_by == "loss" || best <= 1)), last_path, "/",
+          kStateGroup, "@loop: 'best' is ", best, ", not a value of ", o.select_by);
     // metrics.jsonl and timing.jsonl are rewritten from these: one record per completed epoch,
     // in order (an emptied history would lose the epochs before the resume).
     const int64_t done = loop.epochs_completed();

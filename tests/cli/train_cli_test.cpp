@@ -424,8 +424,15 @@ args('emptyval', lambda a: a.extend(['--init', '', '--val=']))
 # The optimiser's state, for a run that wants a second epoch: a step count of 1e30 (LibTorch's
 # overflow message named nothing) and a NaN momentum (accepted before).
 def more(a): a[a.index('--epochs') + 1] = '2'
-def state(name, suffix, make):
+# A run of 2 epochs: its schedule spans twice the steps of the 1-epoch run that made the files.
+def two_epochs(name):
     args(name, more)
+    with h5py.File(out + '/' + name + '/last.h5', 'a') as f:
+        j = json.loads(f['train_state'].attrs['loop'])
+        j['total_steps'] *= 2
+        f['train_state'].attrs['loop'] = json.dumps(j)
+def state(name, suffix, make):
+    two_epochs(name)
     with h5py.File(out + '/' + name + '/last.h5', 'a') as f:
         key = sorted(k for k in f['train_state'] if k.endswith(suffix))[0]
         value = make(f['train_state'][key][()])
@@ -438,7 +445,7 @@ state('momentum', ':momentum_buffer', lambda old: np.full(old.shape, np.nan, old
 # The loop's own state: a step no run counts, a deleted momentum buffer (the run would restart
 # it from zero), an emptied metrics history (metrics.jsonl is rewritten from it).
 def loop(name, key, value):
-    args(name, more)
+    two_epochs(name)
     with h5py.File(out + '/' + name + '/last.h5', 'a') as f:
         j = json.loads(f['train_state'].attrs['loop'])
         j[key] = value
@@ -446,8 +453,9 @@ def loop(name, key, value):
     seal(out + '/' + name + '/last.h5')
 loop('loopstep', 'step', 2.5)
 loop('loopbest', 'best', 'x')
+loop('loopauc', 'best', 7.0)
 def drop(name, key):
-    args(name, more)
+    two_epochs(name)
     with h5py.File(out + '/' + name + '/last.h5', 'a') as f:
         del f['train_state'][sorted(k for k in f['train_state'] if k.endswith(key))[0]]
     seal(out + '/' + name + '/last.h5')
@@ -477,6 +485,7 @@ drop('nohistory', '_history')
        "1000000000000000"},
       {"loopbest", "/last.h5: training state: 'best' is \"x\"; expected a number or null"},
       {"nomomentum", "/last.h5: optimizer state: parameter '"},
+      {"loopauc", "/last.h5: /train_state@loop: 'best' is 7, not a value of auc"},
       {"nohistory", "/last.h5: /train_state/_history holds 0 record(s) for 1 completed epoch(s)"}};
   for (const auto& [name, expected] : cases) {
     const auto folder = dir / name;

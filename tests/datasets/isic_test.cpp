@@ -361,7 +361,10 @@ TEST(IsicReaders, LabelsWithControlCharactersAreProblemsOfTheirLines) {
                           "image_id,label\n"
                           "a,nevus\n"
                           "b,\"mel\x1b[31m\"\n"
-                          "c,\"ne\tvus\"\n");
+                          "c,\"ne\tvus\"\n"
+                          "d,\"  \"\n"
+                          "e,\"mal\xC2\x85\"\n"
+                          "f,\"mélanome\"\n");
   const auto msg = error_of([&] { read_dataset(path, multi()); });
   EXPECT_NE(msg.find(path + ":3: label 'mel\\x1b[31m' contains a control character (rejected)"),
             std::string::npos)
@@ -369,6 +372,11 @@ TEST(IsicReaders, LabelsWithControlCharactersAreProblemsOfTheirLines) {
   EXPECT_NE(msg.find(path + ":4: label 'ne\\tvus' contains a control character (rejected)"),
             std::string::npos)
       << msg;
+  EXPECT_NE(msg.find(path + ":5: label '  ' is blank (rejected)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(path + ":6: label 'mal\\u0085' contains a control character"),
+            std::string::npos)
+      << msg;
+  EXPECT_EQ(msg.find(":7:"), std::string::npos) << msg;  // accents are letters
 }
 
 // A class folder whose name holds a control character is one warning and no class (it went

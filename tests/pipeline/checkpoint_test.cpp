@@ -57,8 +57,10 @@ TEST(Checkpoint, ClassNamesThatCannotNameOneClassEachAreRefused) {
   Net net(4);
   const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
       {{"benign", "benign"}, "class 'benign' is named twice"},
-      {{"benign", ""}, "class name '' is empty or holds a control character"},
-      {{"mel\x1b[31m", "benign"}, "class name 'mel\\x1b[31m' is empty or holds"}};
+      {{"benign", ""}, "class name '' is blank or holds a control character"},
+      {{"mel\x1b[31m", "benign"}, "class name 'mel\\x1b[31m' is blank or holds"},
+      {{"benign", "  "}, "class name '  ' is blank or holds"},
+      {{"benign", "mal\xC2\x85"}, "class name 'mal\\u0085' is blank or holds"}};  // C1
   for (const auto& [names, expected] : cases) {
     const auto path = dir / "model.h5";
     CheckpointMeta meta;

@@ -161,6 +161,11 @@ TEST(H5, ACutFileAndADamagedChunkAreSaidInPlainWords) {
             std::string::npos)
       << d;
   EXPECT_EQ(plain_reason("no such thing"), "no such thing");
+  // A flipped bit of the stored end-of-file address: a damaged header, not a cut copy.
+  EXPECT_EQ(plain_reason("truncated file: eof = 96000, sblock->base_addr = 0, stored_eof = "
+                         "18446744073705902344"),
+            "the file's header is damaged: it puts the end of the file at byte "
+            "18446744073705902344, the file holds 96000 bytes");
 }
 
 // A group whose index is damaged part way (the last symbol-table node of 40 members): listing

@@ -571,16 +571,34 @@ TEST(TrainingLoop, RestoreRefusesStatesNoRunCouldHaveSaved) {
   };
   EXPECT_EQ(refused(state, tensors), "");
   const std::vector<std::pair<std::string, nlohmann::json>> edits = {
-      {"epoch", -1},       {"epoch", 2.5},        {"step", 1e19},
-      {"step", 2},         {"total_steps", 0},    {"bad_epochs", -5},
-      {"bad_epochs", 3},   {"best_epoch", 4},     {"best", "x"},
-      {"optimizer", 7},    {"ema", "no"},         {"wall_s", -1},
-      {"step", nlohmann::json::parse("18446744073709551615")}};
+      {"epoch", -1},
+      {"epoch", 2.5},
+      {"step", 1e19},
+      {"step", 2},
+      {"total_steps", 0},
+      {"bad_epochs", -5},
+      {"bad_epochs", 3},
+      {"best_epoch", 4},
+      {"best", "x"},
+      {"optimizer", 7},
+      {"ema", "no"},
+      {"wall_s", -1},
+      {"step", nlohmann::json::parse("18446744073709551615")},
+      // 2 steps an epoch: 3 epochs are 6 steps, and the schedule spans 3 epochs' steps.
+      {"step", 5},
+      {"step", 7},
+      {"total_steps", 7},
+      {"total_steps", 9}};
   for (const auto& [key, value] : edits) {
     auto edited = state;
     edited[key] = value;
     const auto e = refused(edited, tensors);
     EXPECT_NE(e.find("'" + key + "'"), std::string::npos) << key << " = " << value << ": " << e;
+  }
+  for (const char* key : {"wall_s", "cpu_s"}) {  // a time budget continues from them
+    auto no_clock = state;
+    no_clock.erase(key);
+    EXPECT_NE(refused(no_clock, tensors).find(concat("has no '", key, "'")), std::string::npos);
   }
   auto missing = state;
   missing.erase("step");
@@ -607,19 +625,35 @@ TEST(TrainingLoop, RestoreRefusesStatesNoRunCouldHaveSaved) {
   EXPECT_NE(refused(state, no_momentum).find("no momentum_buffer"), std::string::npos);
   auto adam = o;
   adam.optimizer.kind = "adamw";
+  adam.ema_decay = 0.9;
   Tiny adam_model;
   auto adam_hooks = task.hooks(adam_model);
   TrainingLoop adam_loop(adam_model, adam);
   adam_loop.run(adam_hooks);
-  auto moments = adam_loop.state_tensors();
+  const auto adam_state = adam_loop.state_tensors();
+  const auto adam_refused = [&](const std::map<std::string, torch::Tensor>& t) {
+    Tiny m;
+    TrainingLoop l(m, adam);
+    return test::error_of([&] { l.restore(adam_loop.state_json(), t); });
+  };
+  EXPECT_EQ(adam_refused(adam_state), "");
+  // A negative mean of squares (a NaN square root at the next step) and a parameter's step
+  // count past the loop's.
+  auto negative = adam_state;
+  negative["optimizer/w/exp_avg_sq"] = -negative["optimizer/w/exp_avg_sq"] - 1;
+  EXPECT_NE(adam_refused(negative).find("'w/exp_avg_sq' holds negative values"), std::string::npos);
+  auto ahead = adam_state;
+  ahead["optimizer/w/step"] = torch::tensor(int64_t{1000000000});
+  EXPECT_NE(adam_refused(ahead).find("'w/step' is 1000000000, past the loop's step 6"),
+            std::string::npos);
+  auto nan_average = adam_state;
+  nan_average["ema/w"] = torch::full_like(nan_average["ema/w"], std::nan(""));
+  EXPECT_NE(adam_refused(nan_average).find("ema state: tensor 'w' holds NaN or inf"),
+            std::string::npos);
+  auto moments = adam_state;
   ASSERT_EQ(moments.erase("optimizer/w/exp_avg"), 1u);
   ASSERT_EQ(moments.erase("optimizer/w/exp_avg_sq"), 1u);
-  Tiny fresh;
-  TrainingLoop again(fresh, adam);
-  EXPECT_NE(test::error_of([&] {
-              again.restore(adam_loop.state_json(), moments);
-            }).find("no exp_avg and exp_avg_sq"),
-            std::string::npos);
+  EXPECT_NE(adam_refused(moments).find("no exp_avg and exp_avg_sq"), std::string::npos);
 }
 
 TEST(TrainingLoop, TimeBudgetStopsAfterTheFirstBatchAndHookRunsBeforeTheStep) {

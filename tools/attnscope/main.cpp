@@ -104,10 +104,14 @@ int run(int argc, char** argv) {
 // What a command printed must have reached standard output: `attnscope presets > /dev/full`
 // exited 0 with nothing written. Like coreutils' close_stdout, a failed flush is exit 1.
 static int checked_stdout(int status) {
+  // std::cout writes through stdout's buffer: its flush is the write that fails, and its errno
+  // the reason (cleared after it, the line had none).
+  errno = 0;
   std::cout.flush();
+  int error = errno;
   errno = 0;
   if (std::fflush(stdout) != 0 || std::ferror(stdout) || !std::cout) {
-    const int error = errno;
+    if (errno != 0) error = errno;
     // A failure in an earlier flush leaves no errno to name: then the line has no reason.
     std::cerr << "error: writing standard output failed"
               << (error ? attnscope::concat(" (", std::strerror(error), ")") : std::string())

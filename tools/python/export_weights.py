@@ -364,8 +364,8 @@ def main(argv=None):
         fail(f"--class-names has {len(class_names)} names for {num_classes} classes")
     # As attnscope reads them: each names one class (predictions.csv's columns, the report).
     for name in class_names:
-        if not name or any(ord(c) < 0x20 or ord(c) == 0x7f for c in name):
-            fail(f"--class-names: {name!r} is empty or holds a control character")
+        if not name.strip(" ") or any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f for c in name):
+            fail(f"--class-names: {name!r} is blank or holds a control character")
     if len(set(class_names)) != len(class_names):
         twice = next(n for n in class_names if class_names.count(n) > 1)
         fail(f"--class-names: {twice!r} is named twice")

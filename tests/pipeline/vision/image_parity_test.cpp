@@ -321,7 +321,7 @@ TEST(ImageExport, RefusesWhatItCannotMap) {
   r = test::run_process(test::python() + " " + script + (dir / "r18.pth") + " " + (dir / "r18.h5") +
                         " --class-names nevus,,mel");
   EXPECT_EQ(r.status, 1);
-  EXPECT_NE(r.output.find("'' is empty or holds a control character"), std::string::npos)
+  EXPECT_NE(r.output.find("'' is blank or holds a control character"), std::string::npos)
       << r.output;
   EXPECT_FALSE(std::filesystem::exists(dir / "r18.h5"));
 }
