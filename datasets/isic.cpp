@@ -255,10 +255,11 @@ Dataset read_class_folders(const std::string& root, const ReadOptions& options) 
     const auto name = folder.filename().string();
     // Hidden folders (.ipynb_checkpoints, .git) are no class: each refused the whole dataset.
     if (!name.empty() && name[0] == '.') continue;
-    if (has_control_character(name)) {
+    if (has_control_character(name) || is_blank(name)) {
       warnings.push_back(concat(excerpt(folder.string(), 300),
-                                ": a class folder whose name contains a control character, "
-                                "skipped"));
+                                is_blank(name) ? ": a class folder whose name is blank, skipped"
+                                               : ": a class folder whose name contains a control "
+                                                 "character, skipped"));
       continue;
     }
     classes.push_back(name);

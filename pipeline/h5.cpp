@@ -293,9 +293,19 @@ bool exists(hid_t loc, const std::string& name) {
     } else if (const htri_t found = H5Lexists(loc, prefix.c_str(), H5P_DEFAULT); found == 0) {
       return false;
     } else if (found < 0) {
-      // Not "absent": the lookup failed (a damaged group index, a dataset where a group
-      // belongs). Said with HDF5's reason, not as a missing dataset.
+      // Not "absent": the lookup failed (a damaged group index, a dataset or dangling link
+      // where a group belongs). Said so, with HDF5's reason, not as a missing dataset.
       const auto reason = last_error();
+      const auto cut = prefix.rfind('/');
+      if (cut != std::string::npos) {
+        const auto parent = prefix.substr(0, cut);
+        H5O_info_t info;
+        if (H5Oget_info_by_name(loc, parent.c_str(), &info, H5P_DEFAULT) < 0 ||
+            info.type != H5O_TYPE_GROUP) {
+          H5Eclear2(H5E_DEFAULT);
+          throw Error(located(loc, parent), "is not a group (a file of another layout?)");
+        }
+      }
       throw Error(located(loc, prefix), "cannot look it up (a damaged file?)" +
                                             (reason.empty() ? "" : " (" + reason + ")"));
     }
@@ -371,7 +381,7 @@ void write_tensor(hid_t loc, const std::string& name, const at::Tensor& tensor,
 std::vector<int64_t> dataset_shape(hid_t loc, const std::string& name, const std::string& file) {
   silence_hdf5();
   Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
-  check(set.valid(), where(file, name), "no such dataset");
+  check_h5(set.valid(), where(file, name), "no such dataset");
   Handle space(H5Dget_space(set.get()));
   const int rank = H5Sget_simple_extent_ndims(space.get());
   std::vector<hsize_t> dims(static_cast<std::size_t>(std::max(rank, 0)));
@@ -389,7 +399,7 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 void check_filters_available(hid_t loc, const std::string& name, const std::string& file) {
   silence_hdf5();
   Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
-  check(set.valid(), where(file, name), "no such dataset");
+  check_h5(set.valid(), where(file, name), "no such dataset");
   Handle plist(H5Dget_create_plist(set.get()));
   check(plist.valid(), where(file, name), "cannot read the dataset's creation properties");
   const int filters = H5Pget_nfilters(plist.get());
@@ -409,7 +419,7 @@ void check_filters_available(hid_t loc, const std::string& name, const std::stri
 at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& file) {
   silence_hdf5();
   Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
-  check(set.valid(), where(file, name), "no such dataset");
+  check_h5(set.valid(), where(file, name), "no such dataset");
   Handle type(H5Dget_type(set.get()));
   const auto cls = H5Tget_class(type.get());
   const auto size = H5Tget_size(type.get());

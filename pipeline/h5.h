@@ -117,6 +117,9 @@ class OutputFile {
 /// Opens a group, creating it and its parents ("a/b/c") when absent.
 Handle require_group(hid_t loc, const std::string& path, const std::string& file);
 
+/// Whether the object `name` ("a/b/c") exists below `loc`. Absent at any level is false; a
+/// lookup that fails otherwise (a damaged group index, a dataset or dangling link where a
+/// group belongs) throws Error naming the file and object, with HDF5's reason.
 bool exists(hid_t loc, const std::string& name);
 
 /// "file:/name": how errors name an object inside a file.
@@ -133,7 +136,8 @@ void check_not_special_file(const std::string& path);
 /// file", a FIFO or device, "is a folder", "is empty (0 bytes)" or "not an HDF5 file".
 void check_is_hdf5(const std::string& path);
 
-/// Names of the direct children of a group, in creation/alphabetical order.
+/// Names of the direct children of a group, in creation/alphabetical order. A group whose
+/// index cannot be read throws Error naming the file and group (never a partial list).
 std::vector<std::string> children(hid_t loc);
 
 /// Writes a contiguous copy of a CPU tensor (float32/64, int32/64, uint8, bool as uint8)

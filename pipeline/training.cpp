@@ -191,7 +191,7 @@ void Optimizer::load_state(const std::map<std::string, torch::Tensor>& state) {
     if (auto t = find("exp_avg"); t.defined()) slots[i].exp_avg = like_param(t, "exp_avg");
     if (auto t = find("exp_avg_sq"); t.defined()) {
       // A mean of squares: a negative one made the step's square root NaN.
-      check((t >= 0).all().item<bool>(), "optimizer state", "tensor '", name,
+      check(!(t < 0).any().item<bool>(), "optimizer state", "tensor '", name,
             "/exp_avg_sq' holds negative values");
       slots[i].exp_avg_sq = like_param(t, "exp_avg_sq");
     }
@@ -625,17 +625,23 @@ void TrainingLoop::restore_checked(const nlohmann::json& state,
   const int64_t epoch = f.whole("epoch", 0, kMany);
   const int64_t step = f.whole("step", epoch, kMany);  // every epoch takes a step or more
   const int64_t total_steps = f.whole("total_steps", 1, kMany);
-  // Every epoch takes the same number of steps, and the schedule spans all epochs: the total
-  // this run computes (when it set one), and the steps of the epochs completed.
+  // A caller that sets the schedule's length (image training: epochs x batches) takes that
+  // many steps every epoch: the total and the completed epochs' steps are known. Otherwise the
+  // loop knows only that no step is past the schedule's end.
   const int64_t planned = options_.schedule.total_steps;
-  check(planned <= 0 || total_steps == planned, "training state", "'total_steps' is ", total_steps,
-        "; this run's schedule spans ", planned, " steps");
-  check(total_steps % options_.epochs == 0, "training state", "'total_steps' is ", total_steps,
-        ", not a multiple of the ", options_.epochs, " epochs");
-  const int64_t per_epoch = total_steps / options_.epochs;
-  check(step == epoch * per_epoch, "training state", "'step' is ", step, " and 'total_steps' ",
-        total_steps, ": ", epoch, " completed epoch(s) of the ", options_.epochs, " take ",
-        epoch * per_epoch, " steps");
+  if (planned > 0) {
+    check(total_steps == planned, "training state", "'total_steps' is ", total_steps,
+          "; this run's schedule spans ", planned, " steps");
+    check(total_steps % options_.epochs == 0, "training state", "'total_steps' is ", total_steps,
+          ", not a multiple of the ", options_.epochs, " epochs");
+    const int64_t per_epoch = total_steps / options_.epochs;
+    check(step == epoch * per_epoch, "training state", "'step' is ", step, " and 'total_steps' ",
+          total_steps, ": ", epoch, " completed epoch(s) of the ", options_.epochs, " take ",
+          epoch * per_epoch, " steps");
+  } else {
+    check(step <= total_steps, "training state", "'step' is ", step, ", past 'total_steps' ",
+          total_steps);
+  }
   const auto& best_value = f.at("best");
   const bool no_best = best_value.is_null();
   check(best_value.is_null() || (best_value.is_number() && std::isfinite(best_value.get<double>())),

@@ -8,7 +8,8 @@ namespace attnscope {
 /// A C0 control character, DEL, or a C1 control character written in UTF-8 (U+0080..U+009F,
 /// bytes C2 80..C2 9F: U+0085 is a line break to some terminals): refused in ids and class
 /// names, which reach file names, checkpoints, CSV headers and terminal lines. Other bytes
-/// above 0x7F are kept (a Latin-1 file name is a valid id).
+/// above 0x7F are kept (a Latin-1 file name is a valid id, unless it holds the pair C2 80..9F,
+/// "Â" and a C1 byte).
 inline bool has_control_character(const std::string& s) {
   for (std::size_t i = 0; i < s.size(); ++i) {
     const auto c = static_cast<unsigned char>(s[i]);

@@ -59,7 +59,7 @@ void write_strings(hid_t loc, const std::string& name, const std::vector<std::st
 
 std::vector<std::string> read_strings(hid_t loc, const std::string& name, const std::string& file) {
   h5::Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
-  check(set.valid(), where(file, name), "no such dataset");
+  h5::check_h5(set.valid(), where(file, name), "no such dataset");
   h5::Handle space(H5Dget_space(set.get()));
   const auto n = static_cast<std::size_t>(H5Sget_simple_extent_npoints(space.get()));
   h5::Handle stored(H5Dget_type(set.get()));

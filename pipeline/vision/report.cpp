@@ -72,7 +72,7 @@ using h5::where;
 
 std::vector<std::string> read_strings(hid_t loc, const std::string& name, const std::string& file) {
   h5::Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
-  check(set.valid(), where(file, name), "no such dataset");
+  h5::check_h5(set.valid(), where(file, name), "no such dataset");
   h5::Handle space(H5Dget_space(set.get()));
   check(H5Sget_simple_extent_ndims(space.get()) == 1, where(file, name),
         "expected a 1-D string dataset");

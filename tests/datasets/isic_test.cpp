@@ -397,6 +397,17 @@ TEST(IsicReaders, ClassFolderNamesAreCheckedAndDuplicateIdsNameBothFiles) {
   EXPECT_EQ(ds.warnings[0], (dir.path() / "x\\x1b[2Jy").string() +
                                 ": a class folder whose name contains a control character, "
                                 "skipped");
+  // A folder named with spaces only names no class either.
+  fs::create_directories(dir.path() / "  ");
+  std::ofstream(dir.path() / "  " / "d.jpg") << "x";
+  const auto blank = read_dataset(dir.path().string(), multi());
+  EXPECT_EQ(blank.class_names, (std::vector<std::string>{"benign", "malignant"}));
+  ASSERT_EQ(blank.warnings.size(), 2u);
+  const auto said = (dir.path() / "  ").string() + ": a class folder whose name is blank, skipped";
+  EXPECT_NE(std::find(blank.warnings.begin(), blank.warnings.end(), said), blank.warnings.end())
+      << blank.warnings[0] << "\n"
+      << blank.warnings[1];
+  fs::remove_all(dir.path() / "  ");
   std::ofstream(dir.path() / "malignant/a.png") << "x";
   const auto msg = error_of([&] { read_dataset(dir.path().string(), multi()); });
   EXPECT_NE(msg.find((dir.path() / "malignant/a.png").string() + ": duplicate image id 'a' (also " +

@@ -203,6 +203,23 @@ TEST(H5, AGroupWhoseIndexIsDamagedIsNotListedInPart) {
             std::string::npos)
       << e;
   EXPECT_NE(e.find("signature"), std::string::npos) << e;
+  // A member looked up through the damaged node is no "missing" member either.
+  std::string lookup;
+  for (int i = 0; i < 40 && lookup.empty(); ++i)
+    lookup = test::error_of([&] { exists(file.id(), concat("g/d", i / 10, i % 10)); });
+  EXPECT_NE(lookup.find(":/g/d"), std::string::npos) << lookup;
+  EXPECT_NE(lookup.find("cannot look it up (a damaged file?)"), std::string::npos) << lookup;
+  EXPECT_NE(lookup.find("signature"), std::string::npos) << lookup;
+  EXPECT_FALSE(exists(file.id(), "nothing/here"));
+  // A dataset where a group belongs (another layout, not damage) is said so.
+  const auto other = dir / "other.h5";
+  {
+    auto out = File::create(other);
+    write_tensor(out.id(), "x", torch::zeros({2}), other);
+  }
+  auto again = File::open(other);
+  EXPECT_EQ(test::error_of([&] { exists(again.id(), "x/y"); }),
+            other + ":/x: is not a group (a file of another layout?)");
 }
 
 // Variable-length strings as h5py writes them (thousands, empty, non-ASCII, one larger than a

@@ -548,6 +548,7 @@ TEST(TrainingLoop, RestoreRefusesStatesNoRunCouldHaveSaved) {
   Regression task;
   TrainingOptions o;
   o.epochs = 3;
+  o.schedule.total_steps = 6;  // as image training sets it: 3 epochs of 2 batches
   o.optimizer.kind = "sgd";
   o.optimizer.momentum = 0.9;
   o.schedule.base_lr = 0.01;
