@@ -427,6 +427,12 @@ TrainingResult TrainingLoop::run(const TrainingHooks& hooks) {
       result.interrupted = true;
       break;
     }
+    // A budget spent already (a resumed run whose last epoch ended past it) trains no batch of
+    // an epoch it could not finish.
+    if (options_.time_budget_s > 0 && spent_s() >= options_.time_budget_s) {
+      result.stopped_by_budget = true;
+      break;
+    }
     torch::manual_seed(epoch_seed(options_.seed, epoch));
     const int64_t batches = hooks.start_epoch(epoch);
     check(batches >= 1, "training", "epoch ", epoch, " has no batches");

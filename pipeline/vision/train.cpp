@@ -873,6 +873,7 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
       return stop_signal != 0;
     };
   }
+  result.epochs_at_start = loop.epochs_completed();
   const auto r = loop.run(hooks);
   model->eval();
   result.epochs_completed = r.epochs_completed;

@@ -151,6 +151,7 @@ nlohmann::json image_train_options_to_json(const ImageTrainOptions& options);
 
 struct ImageTrainResult {
   int64_t epochs_completed = 0;
+  int64_t epochs_at_start = 0;  ///< the epochs a resumed run had completed before this process
   int64_t best_epoch = 0;
   double best = 0.0;
   double temperature = 1.0;

@@ -461,6 +461,17 @@ def drop(name, key):
     seal(out + '/' + name + '/last.h5')
 drop('nomomentum', ':momentum_buffer')
 drop('nohistory', '_history')
+# A run of 2 epochs with a 1-minute budget, which its first epoch spent (120 s on the clock).
+def budget(a):
+    more(a)
+    a.extend(['--time-budget', '1'])
+args('budget', budget)
+with h5py.File(out + '/budget/last.h5', 'a') as f:
+    j = json.loads(f['train_state'].attrs['loop'])
+    j['total_steps'] *= 2
+    j['wall_s'] = 120.0
+    f['train_state'].attrs['loop'] = json.dumps(j)
+seal(out + '/budget/last.h5')
 )";
   const auto made =
       test::run_process(test::python() + " " + script + " " + run + " " + dir.path().string());
@@ -505,7 +516,25 @@ drop('nohistory', '_history')
   const auto r = test::run_process(exe() + " train --resume " + (dir / "emptyval") + " 2>&1");
   EXPECT_EQ(r.status, 0) << r.output.substr(0, 2000);
   EXPECT_EQ(r.output.find("error"), std::string::npos) << r.output.substr(0, 2000);
+  EXPECT_NE(r.output.find("nothing to resume: " + (dir / "emptyval") +
+                          " had already trained all its epochs (1)\n"),
+            std::string::npos)
+      << r.output.substr(0, 2000);
   EXPECT_EQ(read_text(dir / "emptyval/metrics.jsonl"), metrics);
+  // A run whose time budget is spent trains no batch it could not keep, and says so: the run
+  // stays where it was, last.h5 untouched.
+  const auto budget = dir / "budget";
+  const auto last = read_text(budget + "/last.h5");
+  const auto spent = test::run_process(exe() + " train --resume " + budget + " 2>&1");
+  EXPECT_EQ(spent.status, 0) << spent.output.substr(0, 2000);
+  EXPECT_NE(spent.output.find("nothing to resume: the time budget (1 min) ran out before epoch 2 "
+                              "could end, so " +
+                              budget + " stays at epoch 1 of 2 ("),
+            std::string::npos)
+      << spent.output.substr(0, 2000);
+  EXPECT_EQ(spent.output.find("epoch 2/2"), std::string::npos) << spent.output.substr(0, 2000);
+  EXPECT_EQ(count_lines(read_text(budget + "/metrics.jsonl")), 1);
+  EXPECT_TRUE(read_text(budget + "/last.h5") == last);
   // Typed, an empty --resume is a usage error, not the file system's "Invalid argument".
   const auto empty = test::run_process(exe() + " train --resume '' 2>&1");
   EXPECT_EQ(empty.status, 2) << empty.output;
