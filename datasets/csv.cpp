@@ -1,5 +1,6 @@
 #include "datasets/csv.h"
 
+#include <algorithm>
 #include <cctype>
 
 #include <cerrno>
@@ -13,11 +14,38 @@
 
 namespace attnscope::datasets {
 
+namespace {
+
+// The length of the ASCII white space or the invisible character (no-break space, zero-width
+// space, byte-order mark, ...: printable_detail::is_invisible) at s[i], 0 when none is there.
+std::size_t space_at(const std::string& s, std::size_t i) {
+  if (std::strchr(" \t\r\n\f\v", s[i]) != nullptr && s[i] != '\0') return 1;
+  std::size_t length = 0;
+  return printable_detail::is_invisible(printable_detail::utf8_at(s, i, length)) ? length : 0;
+}
+
+// The same, ending just before s[end].
+std::size_t space_before(const std::string& s, std::size_t end) {
+  for (std::size_t length = 1; length <= std::min<std::size_t>(3, end); ++length)
+    if (space_at(s, end - length) == length) return length;
+  return 0;
+}
+
+}  // namespace
+
 std::string trim(const std::string& s) {
-  const char* ws = " \t\r\n\f\v";
-  const auto begin = s.find_first_not_of(ws);
-  if (begin == std::string::npos) return "";
-  return s.substr(begin, s.find_last_not_of(ws) - begin + 1);
+  std::size_t begin = 0, end = s.size();
+  while (begin < end) {
+    const auto n = space_at(s, begin);
+    if (n == 0) break;
+    begin += n;
+  }
+  while (end > begin) {
+    const auto n = space_before(s, end);
+    if (n == 0) break;
+    end -= n;
+  }
+  return s.substr(begin, end - begin);
 }
 
 std::optional<std::size_t> CsvTable::column(const std::string& name) const {
@@ -122,10 +150,9 @@ CsvTable read_csv(const std::string& path, bool has_header) {
 std::string csv_field(const std::string& value) {
   // A field starting with a UTF-8 byte-order mark is quoted: as the first field of a file
   // the reader would take the mark for the file's own and drop it (found by fuzzing).
+  // Edge spaces, a no-break one included, are data only in quotes (readers trim the others).
   const bool quote = value.find_first_of(",\"\r\n") != std::string::npos ||
-                     value.compare(0, 3, "\xEF\xBB\xBF") == 0 ||
-                     (!value.empty() && (std::isspace(static_cast<unsigned char>(value.front())) ||
-                                         std::isspace(static_cast<unsigned char>(value.back()))));
+                     value.compare(0, 3, "\xEF\xBB\xBF") == 0 || trim(value) != value;
   if (!quote) return value;
   std::string out = "\"";
   for (const char c : value) {

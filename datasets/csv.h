@@ -35,7 +35,9 @@ CsvTable parse_csv(const std::string& text, const std::string& path, bool has_he
 /// Reads and parses a CSV file; throws Error naming the path if it cannot be read.
 CsvTable read_csv(const std::string& path, bool has_header = true);
 
-/// Trims ASCII whitespace at both ends.
+/// Trims ASCII white space and the characters that print as a space or as nothing (no-break,
+/// zero-width, byte-order mark: printable_detail::is_invisible) at both ends: a label
+/// "nevus\u00a0" from a spreadsheet is "nevus", not a second class that prints the same.
 std::string trim(const std::string& s);
 
 /// One CSV field as RFC 4180 writes it: quoted (inner quotes doubled) when it holds a comma,

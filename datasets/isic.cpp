@@ -28,7 +28,10 @@ namespace fs = std::filesystem;
 class ImageIndex {
  public:
   explicit ImageIndex(const std::string& dir) : dir_(dir) {
-    check(fs::is_directory(dir), dir, "image folder not found");
+    std::error_code ec;
+    check(fs::is_directory(dir, ec) || !fs::exists(dir, ec), dir,
+          "is a file, not the folder of the images");
+    check(fs::is_directory(dir, ec), dir, "image folder not found");
     auto listing = list_folder(dir);  // a symlink loop is one problem, not the end of the run
     problems_ = std::move(listing.problems);
     for (const auto& file : listing.files) {
@@ -41,6 +44,17 @@ class ImageIndex {
       if (rank == static_cast<std::ptrdiff_t>(exts.size())) continue;
       auto& best = files_[name.substr(0, dot)];
       if (best.first.empty() || rank < best.second) best = {file.string(), rank};
+    }
+    // A folder under an image's name (ISIC_0000010.jpg/) is no image: said where its id is
+    // then missing, as the listing's other skipped entries are.
+    for (const auto& folder : listing.folders) {
+      const auto name = folder.filename().string();
+      const auto dot = name.rfind('.');
+      const auto& exts = image_extensions();
+      if (dot != std::string::npos &&
+          std::find(exts.begin(), exts.end(), lower(name.substr(dot))) != exts.end())
+        problems_.push_back(
+            concat(excerpt(folder.string(), 300), ": a folder, not an image file, skipped"));
     }
   }
   std::optional<std::string> find(const std::string& id) const {
@@ -109,9 +123,13 @@ Dataset assemble(std::vector<RawRow> rows, Format format, std::vector<std::strin
       s.label = *m ? 1 : 0;
     } else {
       // A label becomes a class name: in checkpoints, CSV headers and terminal lines.
-      if (has_control_character(r.cls) || is_blank(r.cls)) {
+      // Edge spaces are kept only in quotes (an id's), and a class name with them prints as
+      // another without them.
+      if (has_control_character(r.cls) || is_blank(r.cls) || trim(r.cls) != r.cls) {
         problems.add(r.line, concat("label '", excerpt(r.cls), "' ",
-                                    is_blank(r.cls) ? "is blank" : "contains a control character",
+                                    is_blank(r.cls)                ? "is blank"
+                                    : has_control_character(r.cls) ? "contains a control character"
+                                                                   : "begins or ends with a space",
                                     " (rejected)"));
         continue;
       }
@@ -255,11 +273,14 @@ Dataset read_class_folders(const std::string& root, const ReadOptions& options) 
     const auto name = folder.filename().string();
     // Hidden folders (.ipynb_checkpoints, .git) are no class: each refused the whole dataset.
     if (!name.empty() && name[0] == '.') continue;
-    if (has_control_character(name) || is_blank(name)) {
+    if (has_control_character(name) || is_blank(name) || trim(name) != name) {
       warnings.push_back(concat(excerpt(folder.string(), 300),
                                 is_blank(name) ? ": a class folder whose name is blank, skipped"
-                                               : ": a class folder whose name contains a control "
-                                                 "character, skipped"));
+                                : has_control_character(name)
+                                    ? ": a class folder whose name contains a control "
+                                      "character, skipped"
+                                    : ": a class folder whose name begins or ends with a space "
+                                      "(it would print as another), skipped"));
       continue;
     }
     classes.push_back(name);

@@ -352,6 +352,23 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
     }
     write_file_atomically(csv, out.str());
   }
+  // A larger earlier run into this folder left images past `count` that labels.csv no longer
+  // names (a folder listing, as `preprocess --input DIR/images` reads it, still found them):
+  // synth's own names only, synth_<index>.png with index >= count.
+  for (const char* sub : {"images", "masks"}) {
+    for (fs::directory_iterator it(fs::path(dir) / sub, ec), end; !ec && it != end;
+         it.increment(ec)) {
+      const auto stem = it->path().stem().string();
+      if (it->path().extension() != ".png" || stem.rfind("synth_", 0) != 0 || stem.size() > 24 ||
+          stem.size() < 12 ||
+          stem.find_first_not_of("0123456789", 6) != std::string::npos)
+        continue;
+      const long long index = std::stoll(stem.substr(6));
+      std::error_code type_ec;
+      if (index >= count && synthetic_id(index) == stem && it->is_regular_file(type_ec))
+        fs::remove(it->path(), type_ec);
+    }
+  }
   ReadOptions read;
   read.images_dir = (fs::path(dir) / "images").string();
   return read_dataset(csv, read);

@@ -434,9 +434,24 @@ at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& fi
     st = at::kInt;
   else if (cls == H5T_INTEGER && size == 1)
     st = H5Tget_sign(type.get()) == H5T_SGN_NONE ? at::kByte : at::kChar;
-  else
+  else {
+    // The class in words: "class 3" said nothing to someone who stored a string by mistake.
+    const char* kind = cls == H5T_STRING      ? "strings"
+                       : cls == H5T_COMPOUND  ? "compound records"
+                       : cls == H5T_ENUM      ? "enumerated values (booleans, in h5py)"
+                       : cls == H5T_ARRAY     ? "arrays"
+                       : cls == H5T_VLEN      ? "variable-length sequences"
+                       : cls == H5T_REFERENCE ? "references"
+                       : cls == H5T_OPAQUE    ? "opaque bytes"
+                       : cls == H5T_BITFIELD  ? "bit fields"
+                       : cls == H5T_FLOAT     ? "floating-point numbers of another width"
+                       : cls == H5T_INTEGER   ? "integers of another width"
+                                              : "elements of an unknown class";
     throw Error(where(file, name),
-                concat("unsupported HDF5 element type (class ", cls, ", ", size, " bytes)"));
+                concat("holds ", kind, " (", size,
+                       " bytes each), not a tensor of float32, float64, int64, int32, uint8 or "
+                       "int8"));
+  }
   auto shape = dataset_shape(loc, name, file);
   // A crafted file can claim any shape: refuse what cannot be real before allocating it.
   uint64_t elements = 1;

@@ -427,9 +427,11 @@ TrainingResult TrainingLoop::run(const TrainingHooks& hooks) {
       result.interrupted = true;
       break;
     }
-    // A budget spent already (a resumed run whose last epoch ended past it) trains no batch of
-    // an epoch it could not finish.
-    if (options_.time_budget_s > 0 && spent_s() >= options_.time_budget_s) {
+    // A budget the run's earlier processes spent (a resumed run whose last epoch ended past
+    // it) trains no batch of an epoch it could not finish. (A fresh run takes its first
+    // batch whatever the budget.)
+    const double spent_before = options_.budget_clock == "cpu" ? prior_cpu_s_ : prior_wall_s_;
+    if (options_.time_budget_s > 0 && spent_before >= options_.time_budget_s) {
       result.stopped_by_budget = true;
       break;
     }

@@ -5,31 +5,84 @@
 
 namespace attnscope {
 
-/// A C0 control character, DEL, or a C1 control character written in UTF-8 (U+0080..U+009F,
-/// bytes C2 80..C2 9F: U+0085 is a line break to some terminals): refused in ids and class
-/// names, which reach file names, checkpoints, CSV headers and terminal lines. Other bytes
-/// above 0x7F are kept (a Latin-1 file name is a valid id, unless it holds the pair C2 80..9F,
-/// "Â" and a C1 byte).
+namespace printable_detail {
+
+/// The code point of the two- or three-byte UTF-8 sequence at s[i] (its length in `length`),
+/// or 0 where none starts there (ASCII, a four-byte sequence, bytes that are not UTF-8).
+inline char32_t utf8_at(const std::string& s, std::size_t i, std::size_t& length) {
+  const auto byte = [&](std::size_t k) {
+    return k < s.size() ? static_cast<unsigned char>(s[k]) : 0u;
+  };
+  const auto continuation = [&](std::size_t k) { return (byte(k) & 0xC0u) == 0x80u; };
+  const unsigned lead = byte(i);
+  if (lead >= 0xC2 && lead <= 0xDF && continuation(i + 1)) {
+    length = 2;
+    return static_cast<char32_t>(((lead & 0x1Fu) << 6) | (byte(i + 1) & 0x3Fu));
+  }
+  if (lead >= 0xE0 && lead <= 0xEF && continuation(i + 1) && continuation(i + 2)) {
+    const auto c = static_cast<char32_t>(((lead & 0x0Fu) << 12) | ((byte(i + 1) & 0x3Fu) << 6) |
+                                         (byte(i + 2) & 0x3Fu));
+    if (c < 0x800) return 0;  // overlong
+    length = 3;
+    return c;
+  }
+  return 0;
+}
+
+/// C1 controls (U+0085 is a line break to some terminals), the line and paragraph separators
+/// and the bidirectional embeddings, overrides and isolates, which reorder what a terminal
+/// shows of the line ("Trojan Source"): controls, as C0 ones are.
+inline bool is_control(char32_t c) {
+  return (c >= 0x80 && c <= 0x9F) || (c >= 0x2028 && c <= 0x202E) || (c >= 0x2066 && c <= 0x2069);
+}
+
+/// Characters that show as a space or as nothing: no-break and other Unicode spaces, the soft
+/// hyphen, zero-width characters, direction marks, word joiners, the byte-order mark. Kept in
+/// ids (a Persian name holds U+200C), but escaped when printed, so that 'nevus\u00a0' is not
+/// taken for 'nevus'.
+inline bool is_invisible(char32_t c) {
+  return c == 0xA0 || c == 0xAD || c == 0x61C || (c >= 0x2000 && c <= 0x200F) || c == 0x202F ||
+         (c >= 0x205F && c <= 0x2064) || c == 0x3000 || c == 0xFEFF;
+}
+
+}  // namespace printable_detail
+
+/// A C0 control character, DEL, or, written in UTF-8, a C1 control (U+0080..U+009F), a line or
+/// paragraph separator or a bidirectional override (printable_detail::is_control): refused in
+/// ids and class names, which reach file names, checkpoints, CSV headers and terminal lines.
+/// Other bytes above 0x7F are kept (a Latin-1 file name is a valid id, unless its bytes happen
+/// to spell one of those in UTF-8, such as "Â" followed by a C1 byte).
 inline bool has_control_character(const std::string& s) {
   for (std::size_t i = 0; i < s.size(); ++i) {
     const auto c = static_cast<unsigned char>(s[i]);
     if (c < 0x20 || c == 0x7f) return true;
-    if (c == 0xC2 && i + 1 < s.size() && static_cast<unsigned char>(s[i + 1]) >= 0x80 &&
-        static_cast<unsigned char>(s[i + 1]) <= 0x9F)
+    std::size_t length = 0;
+    if (c >= 0xC2 && printable_detail::is_control(printable_detail::utf8_at(s, i, length)))
       return true;
   }
   return false;
 }
 
-/// Empty or only spaces: no name for a class.
+/// Empty or only spaces, ASCII or Unicode (no-break, zero-width, ...: is_invisible): no name
+/// for a class.
 inline bool is_blank(const std::string& s) {
-  return s.find_first_not_of(' ') == std::string::npos;
+  for (std::size_t i = 0; i < s.size();) {
+    if (s[i] == ' ') {
+      ++i;
+      continue;
+    }
+    std::size_t length = 0;
+    if (!printable_detail::is_invisible(printable_detail::utf8_at(s, i, length))) return false;
+    i += length;
+  }
+  return true;
 }
 
 /// `text` safe to print: control characters other than newline and tab (a NUL that would cut
 /// Error::what() short, a carriage return or a terminal escape from a crafted CSV id) become
-/// `\0`, `\r`, `\x1b`, ..., and a C1 control in UTF-8 (U+0085, which some terminals take as
-/// a line break) `\u0085`; everything else, UTF-8 included, is kept.
+/// `\0`, `\r`, `\x1b`, ..., and the UTF-8 controls and invisible characters above
+/// (printable_detail) `\u0085`, `\u202e`, `\u00a0`, ...; everything else, UTF-8 included,
+/// is kept.
 inline std::string printable(const std::string& text) {
   static const char kHex[] = "0123456789abcdef";
   std::string out;
@@ -37,12 +90,13 @@ inline std::string printable(const std::string& text) {
   for (std::size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
     const auto u = static_cast<unsigned char>(c);
-    const auto next = i + 1 < text.size() ? static_cast<unsigned char>(text[i + 1]) : 0;
-    if (u == 0xC2 && next >= 0x80 && next <= 0x9F) {
-      out += "\\u00";
-      out += kHex[next >> 4];
-      out += kHex[next & 15];
-      ++i;
+    std::size_t length = 0;
+    const char32_t code = u >= 0xC2 ? printable_detail::utf8_at(text, i, length) : 0;
+    if (code != 0 && (printable_detail::is_control(code) || printable_detail::is_invisible(code))) {
+      out += "\\u";
+      for (const int shift : {12, 8, 4, 0})
+        out += kHex[(code >> shift) & 15];
+      i += length - 1;
     } else if ((u >= 0x20 && u != 0x7f) || c == '\n' || c == '\t') {
       out += c;
     } else if (c == '\0') {

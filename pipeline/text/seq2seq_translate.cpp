@@ -8,6 +8,7 @@
 
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
+#include "attnscope/output_checks.h"
 #include "attnscope/printable.h"
 #include "pipeline/h5.h"
 
@@ -51,6 +52,8 @@ std::vector<Translation> translate(const Seq2SeqBundle& bundle,
       t.truncated = true;
     }
     ids[i] = bundle.source_vocab.encode(t.source_tokens);
+    t.unknown = static_cast<std::size_t>(
+        std::count(ids[i].begin(), ids[i].end(), text::Vocabulary::kUnk));
     ready.push_back(i);
   }
   // Similar lengths together: less padding, and a batch is as long as its longest member.
@@ -106,6 +109,18 @@ Seq2SeqEvaluation evaluate_seq2seq(const Seq2SeqBundle& bundle,
   }
   eval.metrics = sequence_metrics(outputs, references);
   return eval;
+}
+
+bool is_alignments_file(const std::string& path) {
+  if (!has_hdf5_signature(file_head(path, 8))) return false;
+  try {
+    h5::check_untrusted_file(path, false);
+    const auto file = h5::File::open(path);
+    return h5::has_attribute(file.id(), "format") &&
+           h5::read_string_attribute(file.id(), "format", path) == "attnscope-alignments";
+  } catch (const std::exception&) {
+    return false;
+  }
 }
 
 void write_alignments(const std::string& path, const std::vector<Translation>& translations,

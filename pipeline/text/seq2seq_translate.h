@@ -25,6 +25,7 @@ struct Translation {
   std::string text;                        ///< detokenised output
   torch::Tensor attention;
   bool truncated = false;  ///< the source had more than the model's max_length tokens
+  std::size_t unknown = 0;  ///< source tokens outside the model's vocabulary (read as <unk>)
   std::string error;       ///< why this sentence was not translated (empty when it was)
 };
 
@@ -58,6 +59,10 @@ Seq2SeqEvaluation evaluate_seq2seq(const Seq2SeqBundle& bundle,
                                    const models::text::DecodeOptions& options,
                                    int64_t batch_size = 64,
                                    const std::function<bool()>& stop = nullptr);
+
+/// True for an HDF5 file whose root `format` attribute is "attnscope-alignments" (one
+/// write_alignments made): what `translate --alignments` may replace.
+bool is_alignments_file(const std::string& path);
 
 /// Alignments file: /sentences/<000000>/attention (T, S) float32 with the group attributes
 /// source, output (text), source_tokens, output_tokens (JSON arrays); root attributes format

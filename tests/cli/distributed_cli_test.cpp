@@ -313,6 +313,31 @@ TEST(Distributed, WorldSizeMismatchIsAClearError) {
   EXPECT_NE((log0 + log1).find("world size mismatch"), std::string::npos) << log0 << log1;
 }
 
+// Options that change the training must agree: another learning rate on one rank gave other
+// weights on each and a success; another epoch count left the other rank waiting out the
+// timeout in an all-reduce. Both ranks stop before the first step, naming the options.
+TEST(Distributed, RanksWithOtherTrainingOptionsStopBeforeTheFirstStep) {
+  for (const auto& [flags0, flags1] : {std::pair<std::string, std::string>{"--lr 0.1", "--lr 0.05"},
+                                       {"--epochs 1", "--epochs 2"}}) {
+    test::TempDir dir;
+    const int port = free_port();
+    const std::string common = " --dist-timeout 120 --out-dir " + (dir / "out");
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto r = run_two(dir, rank_command(0, 2, port, flags0 + common),
+                           rank_command(1, 2, port, flags1 + common));
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const std::string log0 = read_text(dir / "r0.log"), log1 = read_text(dir / "r1.log");
+    EXPECT_NE(r.output.find("status 1 1"), std::string::npos) << r.output << log0 << log1;
+    for (const auto& log : {log0, log1})
+      EXPECT_NE(log.find("the training (--epochs, --max-steps, --lr) differs between rank 0 and rank 1"),
+                std::string::npos)
+          << log;
+    EXPECT_FALSE(std::filesystem::exists(dir / "out/rank0.started")) << flags0;
+    EXPECT_LT(seconds, 110) << "waited out the timeout: " << log0 << log1;
+  }
+}
+
 TEST(Distributed, UnknownGlooInterfaceIsAClearError) {
   const int port = free_port();
   const auto r =

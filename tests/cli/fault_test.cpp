@@ -384,10 +384,16 @@ TEST(CliFault, PreprocessKeepsEveryOutputAndRefusesToWriteIntoItsInput) {
                           target.string());
     expect_clean_failure(r, "is the input folder or inside it");
   }
+  // One file into its own folder: its output would replace itself (b.png) or a neighbour
+  // (a.jpg's output a.png replaced the user's a.png), also given relatively.
+  for (const auto& command :
+       {exe() + " preprocess --input " + (in / "b.png").string() + " --out " + in.string(),
+        exe() + " preprocess --input " + (in / "a.jpg").string() + " --out " + in.string() + "/.",
+        "cd " + in.string() + " && " + exe() + " preprocess --input a.jpg --out ."}) {
+    r = test::run_process(command);
+    expect_clean_failure(r, "is the folder of the input");
+  }
   EXPECT_EQ(test::read_text(in / "a.png"), before);
-  r = test::run_process(exe() + " preprocess --input " + (in / "b.png").string() + " --out " +
-                        in.string());
-  expect_clean_failure(r, "would destroy the input");
   // Full disk (60 bytes: less than any PNG, even of one flat colour): every image fails with
   // the system's reason, nothing is left half written.
   const auto full = dir.path() / "full";
@@ -413,6 +419,10 @@ TEST(CliFault, PreprocessReportsASymlinkLoopAndGoesOn) {
   EXPECT_TRUE(fs::exists(dir.path() / "out/good.png"));
   const auto zero = test::run_process(exe() + " preprocess --input /dev/zero --out " + (dir / "z"));
   expect_clean_failure(zero, "not a regular file");
+  // Given alone, the loop is named as such, not as a missing file.
+  const auto alone = test::run_process(exe() + " preprocess --input " +
+                                       (in / "loop.png").string() + " --out " + (dir / "out2"));
+  expect_clean_failure(alone, (in / "loop.png").string() + ": symlink loop");
 }
 
 // Defect 2: synth on a full disk named labels.csv and left empty images.
@@ -870,6 +880,12 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
         // Boost read -1 into an unsigned seed as 2^64 - 1.
         train("--seed -1"), seq2seq_train("--seed -2"), "synth --out " + (dir / "s") + " --seed -3",
         std::string("dist-check --seed -4"),
+        // A check of nothing reported success; an unknown preset or a side the network cannot
+        // take gave exit 1 or LibTorch's reason from inside the first step.
+        "split --data x.csv --folds 3 --val 0.2 --out " + (dir / "s.csv"),
+        "split --data x.csv --folds 3 --test 0.1 --out " + (dir / "s.csv"),
+        std::string("dist-check --epochs 0"), std::string("dist-check --model bogus"),
+        std::string("dist-check --model attn_small --image-size 1"),
         // Words checked only after the run folder was made (exit 1, an empty folder left), and
         // --resume with another option ("--data is required", which --resume refuses).
         train("--select-by f1"), train("--schedule linear"), train("--loss hinge"),

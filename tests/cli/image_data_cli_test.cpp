@@ -145,6 +145,18 @@ TEST(CliSynth, WritesImagesMasksAndLabelsDeterministically) {
     far = std::max(far, std::hypot(m.m10 / m.m00 / 64 - 0.5, m.m01 / m.m00 / 64 - 0.5));
   }
   EXPECT_GT(far, 0.2);
+  // A smaller run into the same folder leaves only its own images: those past its count go,
+  // a file of the user's stays.
+  std::ofstream(a / "any/images/mine.png") << "x";
+  std::ofstream(a / "any/images/synth_0000099.png") << "x";  // not a name synth writes
+  const auto fewer = test::run_process(exe() + " synth --out " + (a / "any") +
+                                       " --count 3 --size 64 --placement anywhere");
+  ASSERT_EQ(fewer.status, 0) << fewer.output;
+  EXPECT_EQ(test::file_names(a / "any/images"),
+            (std::set<std::string>{"mine.png", "synth_000000.png", "synth_000001.png",
+                                   "synth_000002.png", "synth_0000099.png"}));
+  EXPECT_EQ(test::file_names(a / "any/masks"),
+            (std::set<std::string>{"synth_000000.png", "synth_000001.png", "synth_000002.png"}));
   const auto where =
       test::run_process(exe() + " synth --out " + a.path().string() + " --placement middle");
   EXPECT_EQ(where.status, 2) << where.output;

@@ -155,13 +155,18 @@ TEST(Seq2SeqCli, AFolderInUseByAnotherRunIsRefusedAndLeftAlone) {
 TEST(Seq2SeqCli, TranslateReadsStdinAndReportsBadLinesByNumber) {
   test::TempDir dir;
   const auto model = train_tiny(dir, "transformer");
-  std::ofstream(dir / "in.txt") << "abc\n\xFF\xFE\n\ncab\n";
+  std::ofstream(dir / "in.txt") << "abc\n\xFF\xFE\n\ncab\naZZb\n";
   const auto r =
       test::run_process(exe() + " seq2seq translate --model " + model + " < " + (dir / "in.txt"));
   EXPECT_EQ(r.status, 1) << r.output;
   EXPECT_NE(r.output.find("error: input 2: invalid UTF-8 at byte 0"), std::string::npos)
       << r.output;
   EXPECT_NE(r.output.find("error: input 3: empty input"), std::string::npos) << r.output;
+  // Upper-case letters are outside a copy-task model's vocabulary: said, not only read as <unk>.
+  EXPECT_NE(r.output.find("warning: 1 of 5 inputs hold tokens outside the model's vocabulary (2 "
+                          "in all, each read as <unk>), the first input 5\n"),
+            std::string::npos)
+      << r.output;
 }
 
 TEST(Seq2SeqCli, LongInputsAreTruncatedAndCounted) {
@@ -205,6 +210,60 @@ TEST(Seq2SeqCli, TranslateChecksItsOutputsFirst) {
   EXPECT_EQ(r.status, 1) << r.output;
   EXPECT_NE(r.output.find("--alignments is a folder; give a file"), std::string::npos) << r.output;
   EXPECT_EQ(test::file_names(dir.path()), std::set<std::string>{"file.txt"});
+}
+
+// --alignments replaces an alignments file, nothing else: a checkpoint (the model itself
+// under another name) or a CSV given by mistake was overwritten without a word.
+TEST(Seq2SeqCli, AlignmentsReplaceOnlyAnAlignmentsFile) {
+  test::TempDir dir;
+  const auto model = train_tiny(dir, "gru-additive");
+  std::filesystem::copy_file(model, dir / "precious.h5");
+  std::ofstream(dir / "notes.csv") << "id,label\n";
+  const auto translate = exe() + " seq2seq translate --model " + model + " --alignments ";
+  for (const auto& name : {std::string("precious.h5"), std::string("notes.csv")}) {
+    const auto before = test::read_text(dir / name);
+    const auto r = test::run_process(translate + (dir / name) + " abc");
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_NE(r.output.find("error: " + (dir / name) +
+                            ": exists and is not an alignments file written by attnscope seq2seq "
+                            "translate; refusing to replace it"),
+              std::string::npos)
+        << r.output;
+    EXPECT_TRUE(test::read_text(dir / name) == before) << name;
+  }
+  // Its own file it replaces (read back with h5py: the second sentence set).
+  auto r = test::run_process(translate + (dir / "al.h5") + " abc");
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = test::run_process(translate + (dir / "al.h5") + " ab cd");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto count = test::run_process(test::python() +
+                                       " -c \"import h5py,sys; print(h5py.File(sys.argv[1],'r')"
+                                       ".attrs['count'])\" " +
+                                       (dir / "al.h5"));
+  EXPECT_EQ(count.output, "2\n");
+}
+
+// Sizes are said as the flags that set them, not as the checkpoint's fields; the other
+// family's sizes, which change nothing, get one warning line.
+TEST(Seq2SeqCli, SizesAreNamedByTheirFlags) {
+  test::TempDir dir;
+  const auto train = exe() + " seq2seq train --task copy --count 300 --epochs 1 --quiet --out " +
+                     (dir / "run") + " ";
+  auto r = test::run_process(train + "--layers 1000");
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_EQ(r.output.rfind("error: --layers is 1000; expected an integer in [1, ", 0), 0u)
+      << r.output;
+  r = test::run_process(train + "--model transformer --model-dim 100000 --heads 1");
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_EQ(r.output.rfind("error: --model-dim is 100000; expected an integer in [1, ", 0), 0u)
+      << r.output;
+  r = test::run_process(train + "--model gru-additive --hidden-dim 8 --embedding-dim 8 "
+                                "--heads 2 --positions learned --valid-size 5");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("warning: --heads, --positions: transformer sizes, which --model "
+                          "gru-additive does not use\n"),
+            std::string::npos)
+      << r.output;
 }
 
 TEST(Seq2SeqCli, TsvBadLinesAreReportedWithLineNumbers) {

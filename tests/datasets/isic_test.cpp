@@ -364,7 +364,14 @@ TEST(IsicReaders, LabelsWithControlCharactersAreProblemsOfTheirLines) {
                           "c,\"ne\tvus\"\n"
                           "d,\"  \"\n"
                           "e,\"mal\xC2\x85\"\n"
-                          "f,\"mélanome\"\n");
+                          "f,\"mélanome\"\n"
+                          "g,nevus\xC2\xA0\n"
+                          "h,\"\xC2\xA0\xE2\x80\x8B \xEF\xBB\xBF\"\n"
+                          "i,\"mel\xE2\x80\xAEsuben\"\n"
+                          "j,\"nevus\xE2\x80\xA8x\"\n"
+                          "k,\"\xD9\x85\xE2\x80\x8C\xD9\x85\"\n"
+                          "l,\"nevus\xC2\xA0\"\n"
+                          "m,\" nevus\"\n");
   const auto msg = error_of([&] { read_dataset(path, multi()); });
   EXPECT_NE(msg.find(path + ":3: label 'mel\\x1b[31m' contains a control character (rejected)"),
             std::string::npos)
@@ -377,6 +384,28 @@ TEST(IsicReaders, LabelsWithControlCharactersAreProblemsOfTheirLines) {
             std::string::npos)
       << msg;
   EXPECT_EQ(msg.find(":7:"), std::string::npos) << msg;  // accents are letters
+  // Unquoted, a no-break space at the edge is trimmed as a space is (a spreadsheet's "nevus "
+  // is nevus); quoted, an edge space is no part of a class name (it prints as the name
+  // without). Spaces that print as nothing are blank; a direction override or a line
+  // separator is a control (it reorders or breaks the line a terminal shows). A zero-width
+  // non-joiner inside a Persian word is kept.
+  EXPECT_EQ(msg.find(":8:"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(path + ":9: label '\\u00a0\\u200b \\ufeff' is blank (rejected)"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find(path + ":10: label 'mel\\u202esuben' contains a control character"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find(path + ":11: label 'nevus\\u2028x' contains a control character"),
+            std::string::npos)
+      << msg;
+  EXPECT_EQ(msg.find(":12:"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(path + ":13: label 'nevus\\u00a0' begins or ends with a space (rejected)"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find(path + ":14: label ' nevus' begins or ends with a space (rejected)"),
+            std::string::npos)
+      << msg;
 }
 
 // A class folder whose name holds a control character is one warning and no class (it went
@@ -408,6 +437,17 @@ TEST(IsicReaders, ClassFolderNamesAreCheckedAndDuplicateIdsNameBothFiles) {
       << blank.warnings[0] << "\n"
       << blank.warnings[1];
   fs::remove_all(dir.path() / "  ");
+  // Nor one whose name ends with a no-break space: it would print as "benign".
+  fs::create_directories(dir.path() / "benign\xC2\xA0");
+  std::ofstream(dir.path() / "benign\xC2\xA0" / "e.jpg") << "x";
+  const auto nbsp = read_dataset(dir.path().string(), multi());
+  EXPECT_EQ(nbsp.class_names, (std::vector<std::string>{"benign", "malignant"}));
+  const auto nbsp_said = (dir.path() / "benign\\u00a0").string() +
+                         ": a class folder whose name begins or ends with a space (it would print "
+                         "as another), skipped";
+  EXPECT_NE(std::find(nbsp.warnings.begin(), nbsp.warnings.end(), nbsp_said), nbsp.warnings.end())
+      << nbsp.warnings.size();
+  fs::remove_all(dir.path() / "benign\xC2\xA0");
   std::ofstream(dir.path() / "malignant/a.png") << "x";
   const auto msg = error_of([&] { read_dataset(dir.path().string(), multi()); });
   EXPECT_NE(msg.find((dir.path() / "malignant/a.png").string() + ": duplicate image id 'a' (also " +
@@ -426,12 +466,24 @@ TEST(IsicReaders, MissingImagesNameWhatTheListingPassedOver) {
   std::ofstream(dir.path() / "img/a.jpg") << "x";
   ASSERT_EQ(::mkfifo((dir.path() / "img/b.png").c_str(), 0600), 0);
   fs::create_symlink("gone.png", dir.path() / "img/c.png");
-  const auto path = write(dir, "labels.csv", "image_id,label\na,benign\nb,benign\nc,malignant\n");
+  fs::create_directories(dir.path() / "img/d.jpg");  // a folder under an image's name
+  fs::create_directories(dir.path() / "img/sub");    // an ordinary folder: not an entry to name
+  const auto path =
+      write(dir, "labels.csv", "image_id,label\na,benign\nb,benign\nc,malignant\nd,benign\n");
   ReadOptions o;
   o.images_dir = (dir.path() / "img").string();
   const auto msg = error_of([&] { read_dataset(path, o); });
-  EXPECT_NE(msg.find("2 image(s) named in"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("the folder's listing passed over 2 entries:"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("3 image(s) named in"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("the folder's listing passed over 3 entries:"), std::string::npos) << msg;
+  EXPECT_NE(msg.find((dir.path() / "img/d.jpg").string() + ": a folder, not an image file, skipped"),
+            std::string::npos)
+      << msg;
+  EXPECT_EQ(msg.find("img/sub"), std::string::npos) << msg;
+  // --images naming a file (the CSV itself) is said as such, not as a folder not found.
+  o.images_dir = path;
+  EXPECT_NE(error_of([&] { read_dataset(path, o); })
+                .find(path + ": is a file, not the folder of the images"),
+            std::string::npos);
   EXPECT_NE(msg.find((dir.path() / "img/b.png").string()), std::string::npos) << msg;
   EXPECT_NE(msg.find((dir.path() / "img/c.png").string()), std::string::npos) << msg;
 }

@@ -255,6 +255,36 @@ TEST(H5, VariableLengthStringsWrittenByH5pyReadBackTheSame) {
   EXPECT_EQ(read_string_attribute(file.id(), "note", path), expected["note"].get<std::string>());
 }
 
+// A dataset of another element type than a tensor's is said in words (a string stored where
+// a tensor belongs was "unsupported HDF5 element type (class 3, ...)").
+TEST(H5, ADatasetThatIsNoTensorSaysWhatItHolds) {
+  test::TempDir dir;
+  const auto path = dir / "k.h5";
+  const auto r = test::run_process(
+      test::python() +
+      " -c \"import h5py,sys,numpy as np; f=h5py.File(sys.argv[1],'w'); f['text']='x'; "
+      "f['flags']=np.array([True, False]); f['half']=np.zeros(3, np.float16); "
+      "f['pairs']=np.zeros(2, dtype=[('a','<i4'),('b','<f8')]); f.close()\" " +
+      path);
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto file = File::open(path);
+  for (const auto& [name, kind] : std::vector<std::pair<std::string, std::string>>{
+           {"text", "holds strings ("},
+           {"flags", "holds enumerated values (booleans, in h5py) (1 bytes each)"},
+           {"half", "holds floating-point numbers of another width (2 bytes each)"},
+           {"pairs", "holds compound records (12 bytes each)"}}) {
+    try {
+      (void)read_tensor(file.id(), name, path);
+      ADD_FAILURE() << name << " was read";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(path + ":/" + name + ": " + kind), std::string::npos)
+          << e.what();
+      EXPECT_NE(std::string(e.what()).find("not a tensor of float32"), std::string::npos)
+          << e.what();
+    }
+  }
+}
+
 // A crafted heap (HDF5 1.10.8 itself would copy 180 GB for the first case: fuzzing found it)
 // is refused with one message naming the attribute and what is wrong.
 TEST(H5, CraftedGlobalHeapIsRefusedNamingTheAttribute) {

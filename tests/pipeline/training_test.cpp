@@ -542,6 +542,52 @@ TEST(TrainingLoop, EarlyStoppingAfterPatienceEpochsWithoutImprovement) {
   EXPECT_TRUE(torch::equal(model.w, weights));
 }
 
+// A resumed run whose earlier processes spent the time budget trains no batch of an epoch it
+// could not keep; one with budget left trains on (a fresh run takes its first batch whatever
+// the budget: TimeBudgetStopsAfterTheFirstBatchAndHookRunsBeforeTheStep).
+TEST(TrainingLoop, ARestoredRunWhoseBudgetIsSpentTrainsNoBatch) {
+  Regression task;
+  TrainingOptions o;
+  o.epochs = 3;
+  o.optimizer.kind = "sgd";
+  o.schedule.base_lr = 0.01;
+  o.time_budget_s = 50;
+  Tiny model;
+  auto hooks = task.hooks(model);
+  int ended = 0;
+  hooks.end_epoch = [&](const EpochSummary&, double, bool) { ++ended; };
+  hooks.stop_requested = [&] { return ended >= 1; };  // stop once epoch 1 is saved
+  TrainingLoop loop(model, o);
+  ASSERT_EQ(loop.run(hooks).epochs_completed, 1);
+  hooks.stop_requested = nullptr;
+  for (const double wall_s : {50.0, 80.0, 10.0}) {
+    auto state = loop.state_json();
+    state["wall_s"] = wall_s;
+    Tiny resumed;
+    resumed.w.data().copy_(model.w.detach());
+    int batches = 0;
+    auto counting = task.hooks(resumed);
+    const auto train_batch = counting.train_batch;
+    counting.train_batch = [&](int64_t e, int64_t b) {
+      ++batches;
+      return train_batch(e, b);
+    };
+    TrainingLoop again(resumed, o);
+    again.restore(state, loop.state_tensors());
+    const auto r = again.run(counting);
+    if (wall_s >= 50) {
+      EXPECT_TRUE(r.stopped_by_budget) << wall_s;
+      EXPECT_EQ(batches, 0) << wall_s;
+      EXPECT_EQ(r.epochs_completed, 1) << wall_s;
+      EXPECT_TRUE(torch::equal(resumed.w, model.w)) << wall_s;
+    } else {
+      EXPECT_FALSE(r.stopped_by_budget) << wall_s;
+      EXPECT_EQ(batches, 4) << wall_s;  // epochs 2 and 3, 2 batches each
+      EXPECT_EQ(r.epochs_completed, 3) << wall_s;
+    }
+  }
+}
+
 // A saved state is input: a file re-sealed after an edit passes its checksum. Each field out of
 // what a run can save is refused naming it, and the state as saved still restores.
 TEST(TrainingLoop, RestoreRefusesStatesNoRunCouldHaveSaved) {

@@ -106,8 +106,9 @@ int run_dist_check(const std::vector<std::string>& args, const GlobalOptions&) {
              "MASTER_ADDR, MASTER_PORT set)",
              desc, args, vm))
     return 0;
-  if (f.samples < 1 || f.global_batch < 1 || f.epochs < 0 || f.max_steps < 0)
-    throw UsageError("--samples and --global-batch must be >= 1, --epochs and --max-steps >= 0",
+  // No epoch, nothing checked: a check that trained nothing does not report success.
+  if (f.samples < 1 || f.global_batch < 1 || f.epochs < 1 || f.max_steps < 0)
+    throw UsageError("--samples, --global-batch and --epochs must be >= 1, --max-steps >= 0",
                      usage_text("dist-check [options]", desc));
   if (!(std::isfinite(f.lr) && f.lr > 0 && f.lr <= 1000))  // NaN fails every comparison
     throw UsageError(concat("--lr must be in (0, 1000], got ", f.lr),
@@ -123,10 +124,6 @@ int run_dist_check(const std::vector<std::string>& args, const GlobalOptions&) {
     check(std::filesystem::is_directory(f.out_dir), f.out_dir, "cannot create the folder",
           ec ? concat(" (", ec.message(), ")") : std::string());
   }
-  pipeline::DistributedGroup group(dist.config());
-  const int rank = group.rank();
-  const int world = group.world_size();
-
   // Data and model: identical on every rank (same seed); the broadcast below makes the
   // weights identical even if they were not.
   torch::manual_seed(static_cast<int64_t>(f.seed));
@@ -145,17 +142,43 @@ int run_dist_check(const std::vector<std::string>& args, const GlobalOptions&) {
     models::vision::ImageModelConfig config;
     config.arch = f.model;
     config.image_size = f.image_size;
-    config = models::vision::resolve_image_config(config);
-    net.image = models::vision::make_image_classifier(config);
+    try {
+      config = models::vision::resolve_image_config(config);
+      net.image = models::vision::make_image_classifier(config);
+    } catch (const Error& e) {  // an unknown preset, a size it cannot take: the flags' fault
+      throw UsageError(concat("--model ", f.model, ": ", e.what()),
+                       usage_text("dist-check [options]", desc));
+    }
     const int64_t side = config.image_size;
+    // One forward pass on a blank image, so a side too small for the network is said before
+    // the ranks meet, not as LibTorch's reason from inside the first step.
+    try {
+      torch::NoGradGuard no_grad;
+      net.image->eval();
+      (void)net.forward(torch::zeros({1, 3, side, side}));
+    } catch (const c10::Error& e) {
+      throw UsageError(concat("--model ", f.model, " cannot classify ", side, " x ", side,
+                              " images (--image-size): ", e.what_without_backtrace()),
+                       usage_text("dist-check [options]", desc));
+    }
     x = torch::randn({f.samples, 3, side, side});
     y = torch::randint(0, config.num_classes, {f.samples});
     val_x = torch::randn({val_n, 3, side, side});
     val_y = torch::randint(0, config.num_classes, {val_n});
   }
+  // The ranks meet once the flags have passed every check of their own.
+  pipeline::DistributedGroup group(dist.config());
+  const int rank = group.rank();
+  const int world = group.world_size();
   group.check_same("the model", f.model + " " + std::to_string(f.image_size));
   group.check_same("the data",
                    concat(f.samples, " samples, global batch ", f.global_batch, ", seed ", f.seed));
+  // Another step count on one rank left the other waiting out --dist-timeout in an all-reduce;
+  // another learning rate gave other weights on each rank, reported as a success.
+  char lr_text[32];
+  std::snprintf(lr_text, sizeof lr_text, "%.17g", f.lr);
+  group.check_same("the training (--epochs, --max-steps, --lr)",
+                   concat("--epochs ", f.epochs, " --max-steps ", f.max_steps, " --lr ", lr_text));
   group.broadcast_module(net.module());
   std::vector<at::Tensor> params = net.module().parameters();
   pipeline::GradientReducer reducer(group, params);
@@ -246,6 +269,9 @@ int run_dist_check(const std::vector<std::string>& args, const GlobalOptions&) {
       }
       report["epochs"].push_back(e);
       write_report();
+      // What the check is for: after every epoch, the ranks hold bit-identical weights.
+      group.check_same(concat("the weights' digest after epoch ", epoch + 1),
+                       e["digest"].get<std::string>());
     }
     group.finish();
   } catch (const std::exception& e) {

@@ -168,9 +168,19 @@ int run_preprocess(const std::vector<std::string>& args, const GlobalOptions&) {
     }
   } else {
     const auto status = fs::status(input, ec);
+    check(ec != std::errc::too_many_symbolic_link_levels, input,
+          "symlink loop (", ec.message(), ")");
     check(fs::exists(status), input, "no such file or folder");
     check(fs::is_regular_file(status), input,
           "is not a regular file or a folder (a device or a pipe cannot be an image)");
+    // Outputs beside their input would replace its neighbours (lesion.jpg's output replaced
+    // the user's lesion.png), as the input folder's rule above says for folders.
+    const auto beside = fs::path(input).parent_path().empty()
+                            ? std::string(".")
+                            : fs::path(input).parent_path().string();
+    check(!same_file(beside, out), out, "is the folder of the input ", input,
+          " (an output would replace the image of its name there); choose another output "
+          "folder");
     files.push_back(input);
   }
   // Output names keep the input's extension when two inputs share a stem (a.jpg, a.png,

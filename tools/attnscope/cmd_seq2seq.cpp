@@ -260,6 +260,16 @@ int run_train(const std::vector<std::string>& args) {
     throw UsageError("--model: " + e.message(), usage);
   }
   const bool is_transformer = options.arch() == "transformer";
+  // A size of the other family's networks changes nothing: said in one line (scripts that
+  // train every model with one set of sizes give them all).
+  std::string unused;
+  for (const char* n : is_transformer
+                           ? std::vector<const char*>{"embedding-dim", "hidden-dim"}
+                           : std::vector<const char*>{"model-dim", "heads", "ff-dim", "positions"})
+    if (!vm[n].defaulted()) unused += concat(unused.empty() ? "--" : ", --", n);
+  if (!unused.empty())
+    std::cerr << "warning: " << unused << (is_transformer ? ": RNN" : ": transformer")
+              << " sizes, which --model " << name << " does not use\n";
   std::string schedule = vm["schedule"].as<std::string>();
   if (schedule == "auto") schedule = is_transformer ? "noam" : "constant";
   if (schedule != "constant" && schedule != "noam")
@@ -372,7 +382,22 @@ int run_train(const std::vector<std::string>& args) {
   try {
     pipeline::validate_seq2seq_options(options, "seq2seq train");
   } catch (const Error& e) {
-    throw UsageError(e.message(), usage);
+    // The checkpoint's field names, said as the flags that set them.
+    std::string message = e.message();
+    for (const auto& [field, flag] : std::vector<std::pair<std::string, std::string>>{
+             {"embedding_dim", "--embedding-dim"},
+             {"hidden_dim", "--hidden-dim"},
+             {"model_dim", "--model-dim"},
+             {"ff_dim", "--ff-dim"},
+             {"heads", "--heads"},
+             {"layers", "--layers"},
+             {"max_length", "--model-max-length"},
+             {"dropout", "--dropout"},
+             {"source_vocab", "the source vocabulary's size"},
+             {"target_vocab", "the target vocabulary's size"}})
+      for (std::size_t at; (at = message.find("model_config." + field)) != std::string::npos;)
+        message.replace(at, field.size() + 13, flag);
+    throw UsageError(message, usage);
   }
   torch::manual_seed(seed);
   pipeline::Seq2SeqBundle bundle{name, models::text::make_seq2seq(options), source_vocab,
@@ -527,6 +552,10 @@ int run_translate(const std::vector<std::string>& args) {
     check(!fs::is_directory(alignments), alignments, "--alignments is a folder; give a file");
     check_replaceable_file(alignments);  // /dev/full, a FIFO: before every sentence is translated
     ensure_writable_folder(alignments);
+    // A checkpoint, an image cache or a CSV given by mistake was replaced without a word.
+    check_replaces_only_its_own(alignments, "--alignments", "an alignments file written by "
+                                "attnscope seq2seq translate",
+                                [&] { return pipeline::is_alignments_file(alignments); });
   }
   if (!png_dir.empty()) {
     check(!fs::exists(png_dir) || fs::is_directory(png_dir), png_dir,
@@ -562,6 +591,7 @@ int run_translate(const std::vector<std::string>& args) {
   const auto translations =
       pipeline::translate(bundle, sources, decode, vm["batch-size"].as<int64_t>());
   int failed = 0, truncated = 0;
+  std::size_t unknown_inputs = 0, unknown_tokens = 0, first_unknown = 0;
   for (std::size_t i = 0; i < translations.size(); ++i) {
     const auto& t = translations[i];
     std::cout << t.text << "\n";
@@ -576,11 +606,20 @@ int run_translate(const std::vector<std::string>& args) {
                 << "\n";
     }
     truncated += t.truncated ? 1 : 0;
+    if (t.error.empty() && t.unknown > 0) {
+      if (unknown_inputs++ == 0) first_unknown = i;
+      unknown_tokens += t.unknown;
+    }
   }
   if (truncated > 0)
     std::cerr << "warning: " << truncated << " of " << translations.size()
               << " inputs truncated to the model's maximum of "
               << bundle.model->options().max_length() << " tokens\n";
+  // The model read them as <unk>: its output for them says little (the copy task's "ZZZZ").
+  if (unknown_inputs > 0)
+    std::cerr << "warning: " << unknown_inputs << " of " << translations.size()
+              << " inputs hold tokens outside the model's vocabulary (" << unknown_tokens
+              << " in all, each read as <unk>), the first input " << first_unknown + 1 << "\n";
   if (!alignments.empty()) pipeline::write_alignments(alignments, translations, bundle.name);
   if (!png_dir.empty()) {
     fs::create_directories(png_dir);

@@ -38,6 +38,11 @@ int run_split(const std::vector<std::string>& args, const GlobalOptions&) {
   if (o.val < 0 || o.test < 0 || o.val + o.test >= 1)
     fail("--val and --test must be >= 0 with a sum < 1");
   if (folds == 1 || folds < 0) fail("--folds must be 0 or >= 2");
+  // k folds have no validation or test share: a given --val or --test was ignored.
+  for (const char* share : {"val", "test"})
+    if (folds >= 2 && !vm[share].defaulted())
+      fail(concat("--folds writes k-fold assignments; --", share,
+                  " is for a train/val/test split (give one or the other)"));
   if (!std::isfinite(o.val) || !std::isfinite(o.test)) fail("--val and --test must be numbers");
   check_not_an_input(out, data.resolved(), "--data");
   ensure_writable_folder(out);
