@@ -30,7 +30,7 @@ class ImageIndex {
   explicit ImageIndex(const std::string& dir) : dir_(dir) {
     std::error_code ec;
     check(fs::is_directory(dir, ec) || !fs::exists(dir, ec), dir,
-          "is a file, not the folder of the images");
+          "is not a folder (--images names the folder of the images)");
     check(fs::is_directory(dir, ec), dir, "image folder not found");
     auto listing = list_folder(dir);  // a symlink loop is one problem, not the end of the run
     problems_ = std::move(listing.problems);
@@ -273,7 +273,10 @@ Dataset read_class_folders(const std::string& root, const ReadOptions& options) 
     const auto name = folder.filename().string();
     // Hidden folders (.ipynb_checkpoints, .git) are no class: each refused the whole dataset.
     if (!name.empty() && name[0] == '.') continue;
-    if (has_control_character(name) || is_blank(name) || trim(name) != name) {
+    // Edge spaces: a multi-class name would print as another (binary mode reads the name
+    // trimmed, as benign/malignant or a diagnosis).
+    const bool edge_spaces = options.mode != LabelMode::kBinary && trim(name) != name;
+    if (has_control_character(name) || is_blank(name) || edge_spaces) {
       warnings.push_back(concat(excerpt(folder.string(), 300),
                                 is_blank(name) ? ": a class folder whose name is blank, skipped"
                                 : has_control_character(name)

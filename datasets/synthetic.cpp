@@ -287,6 +287,7 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
   check(count >= 1, "synthetic", "count must be >= 1, got ", count);
   check(threads >= 1, "synthetic", "threads must be >= 1, got ", threads);
   std::error_code ec;
+  std::vector<std::string> earlier_ids;
   // dir/labels.csv is replaced at the end: one that synth did not write (its first line is not
   // synth's header) is someone's ground truth, refused before anything is written.
   const auto labels_path = fs::path(dir) / "labels.csv";
@@ -301,6 +302,13 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
     check(ours, labels_path.string(),
           "exists and was not written by attnscope synth (its first line is not synth's "
           "header); synth would replace it: choose another output folder");
+    // The earlier run's ids: those past this run's count are removed once labels.csv is
+    // replaced (below).
+    std::ifstream in(labels_path, std::ios::binary);
+    std::string line;
+    std::getline(in, line);  // the header
+    while (std::getline(in, line))
+      earlier_ids.push_back(line.substr(0, line.find(',')));
   }
   fs::create_directories(fs::path(dir) / "images", ec);
   fs::create_directories(fs::path(dir) / "masks", ec);
@@ -354,19 +362,17 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
   }
   // A larger earlier run into this folder left images past `count` that labels.csv no longer
   // names (a folder listing, as `preprocess --input DIR/images` reads it, still found them):
-  // synth's own names only, synth_<index>.png with index >= count.
-  for (const char* sub : {"images", "masks"}) {
-    for (fs::directory_iterator it(fs::path(dir) / sub, ec), end; !ec && it != end;
-         it.increment(ec)) {
-      const auto stem = it->path().stem().string();
-      if (it->path().extension() != ".png" || stem.rfind("synth_", 0) != 0 || stem.size() > 24 ||
-          stem.size() < 12 ||
-          stem.find_first_not_of("0123456789", 6) != std::string::npos)
-        continue;
-      const long long index = std::stoll(stem.substr(6));
-      std::error_code type_ec;
-      if (index >= count && synthetic_id(index) == stem && it->is_regular_file(type_ec))
-        fs::remove(it->path(), type_ec);
+  // the ids the replaced labels.csv named, under synth's own names, with index >= count.
+  for (const auto& id : earlier_ids) {
+    if (id.rfind("synth_", 0) != 0 || id.size() > 24 || id.size() < 12 ||
+        id.find_first_not_of("0123456789", 6) != std::string::npos)
+      continue;
+    const int64_t index = std::stoll(id.substr(6));
+    if (index < count || synthetic_id(index) != id) continue;
+    for (const char* sub : {"images", "masks"}) {
+      const auto file = fs::path(dir) / sub / (id + ".png");
+      std::error_code remove_ec;
+      if (fs::is_regular_file(fs::symlink_status(file, remove_ec))) fs::remove(file, remove_ec);
     }
   }
   ReadOptions read;

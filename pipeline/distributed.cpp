@@ -627,14 +627,21 @@ void DistributedGroup::check_same(const std::string& what, const std::string& va
   barrier();
   std::string mine;
   impl_->guarded("comparing ranks", [&] { mine = text(impl_->store->get(key + "0")); });
+  std::string mismatch;
   for (int r = 1; r < world_size(); ++r) {
     std::string theirs;
     impl_->guarded("comparing ranks",
                    [&] { theirs = text(impl_->store->get(key + std::to_string(r))); });
-    if (theirs != mine)
-      throw Error(kSubject, concat(what, " differs between rank 0 and rank ", r, ": '",
-                                   mine.substr(0, 200), "' against '", theirs.substr(0, 200), "'"));
+    if (theirs != mine && mismatch.empty())
+      mismatch = concat(what, " differs between rank 0 and rank ", r, ": '", mine.substr(0, 200),
+                        "' against '", theirs.substr(0, 200), "'");
   }
+  // Every rank has read every value before any leaves: rank 0, which hosts the store, threw
+  // and exited while another was still reading, which then blamed the store, not the values.
+  barrier();
+  if (!mismatch.empty()) throw Error(kSubject, mismatch);
+  // A check made every epoch must not grow the store: each rank's key goes once all read it.
+  impl_->guarded("comparing ranks", [&] { impl_->store->deleteKey(key + std::to_string(rank())); });
 }
 
 void DistributedGroup::all_reduce_sum(at::Tensor& tensor) {

@@ -448,9 +448,8 @@ at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& fi
                        : cls == H5T_INTEGER   ? "integers of another width"
                                               : "elements of an unknown class";
     throw Error(where(file, name),
-                concat("holds ", kind, " (", size,
-                       " bytes each), not a tensor of float32, float64, int64, int32, uint8 or "
-                       "int8"));
+                concat("holds ", kind, " (", size, size == 1 ? " byte" : " bytes",
+                       " each), not a tensor of float32, float64, int64, int32, uint8 or int8"));
   }
   auto shape = dataset_shape(loc, name, file);
   // A crafted file can claim any shape: refuse what cannot be real before allocating it.

@@ -52,8 +52,8 @@ std::vector<Translation> translate(const Seq2SeqBundle& bundle,
       t.truncated = true;
     }
     ids[i] = bundle.source_vocab.encode(t.source_tokens);
-    t.unknown = static_cast<std::size_t>(
-        std::count(ids[i].begin(), ids[i].end(), text::Vocabulary::kUnk));
+    t.unknown =
+        static_cast<std::size_t>(std::count(ids[i].begin(), ids[i].end(), text::Vocabulary::kUnk));
     ready.push_back(i);
   }
   // Similar lengths together: less padding, and a batch is as long as its longest member.

@@ -420,8 +420,8 @@ TEST(CliFault, PreprocessReportsASymlinkLoopAndGoesOn) {
   const auto zero = test::run_process(exe() + " preprocess --input /dev/zero --out " + (dir / "z"));
   expect_clean_failure(zero, "not a regular file");
   // Given alone, the loop is named as such, not as a missing file.
-  const auto alone = test::run_process(exe() + " preprocess --input " +
-                                       (in / "loop.png").string() + " --out " + (dir / "out2"));
+  const auto alone = test::run_process(exe() + " preprocess --input " + (in / "loop.png").string() +
+                                       " --out " + (dir / "out2"));
   expect_clean_failure(alone, (in / "loop.png").string() + ": symlink loop");
 }
 

@@ -62,6 +62,8 @@ TEST(CliPreprocess, GoesOnPastBadFilesWithOneLineEach) {
   std::ofstream(in / "huge.png", std::ios::binary)
       .write(reinterpret_cast<const char*>(huge), sizeof huge);
   std::ofstream(in / "notes.txt") << "ignored";
+  fs::create_directories(in / "benign");  // a subfolder: not read, and said so
+  ASSERT_TRUE(cv::imwrite((in / "benign/inner.jpg").string(), bgr));
 
   const auto out = dir.path() / "out";
   const auto r = test::run_process(exe() + " preprocess --input " + in.string() + " --out " +
@@ -92,6 +94,11 @@ TEST(CliPreprocess, GoesOnPastBadFilesWithOneLineEach) {
             std::string::npos)
       << r.output;
   EXPECT_NE(r.output.find("ignored 1 files"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("; did not read 1 subfolder (one folder's images are read, not its "
+                          "subfolders')\n"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(fs::exists(out / "inner.png"));
 }
 
 TEST(CliPreprocess, StatsPrintsMeanAndStd) {
@@ -149,12 +156,13 @@ TEST(CliSynth, WritesImagesMasksAndLabelsDeterministically) {
   // a file of the user's stays.
   std::ofstream(a / "any/images/mine.png") << "x";
   std::ofstream(a / "any/images/synth_0000099.png") << "x";  // not a name synth writes
+  std::ofstream(a / "any/images/synth_000050.png") << "x";   // not named by the earlier run
   const auto fewer = test::run_process(exe() + " synth --out " + (a / "any") +
                                        " --count 3 --size 64 --placement anywhere");
   ASSERT_EQ(fewer.status, 0) << fewer.output;
   EXPECT_EQ(test::file_names(a / "any/images"),
             (std::set<std::string>{"mine.png", "synth_000000.png", "synth_000001.png",
-                                   "synth_000002.png", "synth_0000099.png"}));
+                                   "synth_000002.png", "synth_000050.png", "synth_0000099.png"}));
   EXPECT_EQ(test::file_names(a / "any/masks"),
             (std::set<std::string>{"synth_000000.png", "synth_000001.png", "synth_000002.png"}));
   const auto where =

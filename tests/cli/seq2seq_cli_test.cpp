@@ -257,8 +257,9 @@ TEST(Seq2SeqCli, SizesAreNamedByTheirFlags) {
   EXPECT_EQ(r.status, 2) << r.output;
   EXPECT_EQ(r.output.rfind("error: --model-dim is 100000; expected an integer in [1, ", 0), 0u)
       << r.output;
-  r = test::run_process(train + "--model gru-additive --hidden-dim 8 --embedding-dim 8 "
-                                "--heads 2 --positions learned --valid-size 5");
+  r = test::run_process(train +
+                        "--model gru-additive --hidden-dim 8 --embedding-dim 8 "
+                        "--heads 2 --positions learned --valid-size 5");
   EXPECT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("warning: --heads, --positions: transformer sizes, which --model "
                           "gru-additive does not use\n"),

@@ -40,11 +40,16 @@ TEST(Csv, QuotedFieldsKeepTheirEdgeSpacesUnquotedOnesAreTrimmed) {
   EXPECT_EQ(formats::field(t.rows[1], 1), "malignant ");
   EXPECT_EQ(formats::field(t.rows[1], 5), "");
   // A no-break space or byte-order mark at an edge is trimmed as a space is, unless quoted.
-  const auto nbsp = parse_csv("x\n\xC2\xA0 nevus\xE2\x80\x8B\xC2\xA0\n\"\xC2\xA0" "a\"\n", "m.csv");
+  const auto nbsp = parse_csv(
+      "x\n\xC2\xA0 nevus\xE2\x80\x8B\xC2\xA0\n\"\xC2\xA0"
+      "a\"\n",
+      "m.csv");
   EXPECT_EQ(formats::field(nbsp.rows.at(0), 0), "nevus");
-  EXPECT_EQ(formats::field(nbsp.rows.at(1), 0), "\xC2\xA0" "a");
-  for (const std::string v : {" padded ", "a,b", "plain", "\ttab", "nevus\xC2\xA0",
-                              "\xE2\x80\x8Bzw", "in\xC2\xA0side"}) {
+  EXPECT_EQ(formats::field(nbsp.rows.at(1), 0),
+            "\xC2\xA0"
+            "a");
+  for (const std::string v :
+       {" padded ", "a,b", "plain", "\ttab", "nevus\xC2\xA0", "\xE2\x80\x8Bzw", "in\xC2\xA0side"}) {
     const auto back = parse_csv("x\n" + csv_field(v) + "\n", "m.csv");
     EXPECT_EQ(formats::field(back.rows.at(0), 0), v) << v;
   }

@@ -475,14 +475,16 @@ TEST(IsicReaders, MissingImagesNameWhatTheListingPassedOver) {
   const auto msg = error_of([&] { read_dataset(path, o); });
   EXPECT_NE(msg.find("3 image(s) named in"), std::string::npos) << msg;
   EXPECT_NE(msg.find("the folder's listing passed over 3 entries:"), std::string::npos) << msg;
-  EXPECT_NE(msg.find((dir.path() / "img/d.jpg").string() + ": a folder, not an image file, skipped"),
-            std::string::npos)
+  EXPECT_NE(
+      msg.find((dir.path() / "img/d.jpg").string() + ": a folder, not an image file, skipped"),
+      std::string::npos)
       << msg;
   EXPECT_EQ(msg.find("img/sub"), std::string::npos) << msg;
   // --images naming a file (the CSV itself) is said as such, not as a folder not found.
   o.images_dir = path;
-  EXPECT_NE(error_of([&] { read_dataset(path, o); })
-                .find(path + ": is a file, not the folder of the images"),
+  EXPECT_NE(error_of([&] {
+              read_dataset(path, o);
+            }).find(path + ": is not a folder (--images names the folder of the images)"),
             std::string::npos);
   EXPECT_NE(msg.find((dir.path() / "img/b.png").string()), std::string::npos) << msg;
   EXPECT_NE(msg.find((dir.path() / "img/c.png").string()), std::string::npos) << msg;

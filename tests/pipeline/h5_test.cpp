@@ -270,7 +270,7 @@ TEST(H5, ADatasetThatIsNoTensorSaysWhatItHolds) {
   const auto file = File::open(path);
   for (const auto& [name, kind] : std::vector<std::pair<std::string, std::string>>{
            {"text", "holds strings ("},
-           {"flags", "holds enumerated values (booleans, in h5py) (1 bytes each)"},
+           {"flags", "holds enumerated values (booleans, in h5py) (1 byte each)"},
            {"half", "holds floating-point numbers of another width (2 bytes each)"},
            {"pairs", "holds compound records (12 bytes each)"}}) {
     try {

@@ -160,6 +160,10 @@ int run_dist_check(const std::vector<std::string>& args, const GlobalOptions&) {
       throw UsageError(concat("--model ", f.model, " cannot classify ", side, " x ", side,
                               " images (--image-size): ", e.what_without_backtrace()),
                        usage_text("dist-check [options]", desc));
+    } catch (const Error& e) {
+      throw UsageError(concat("--model ", f.model, " cannot classify ", side, " x ", side,
+                              " images (--image-size): ", e.what()),
+                       usage_text("dist-check [options]", desc));
     }
     x = torch::randn({f.samples, 3, side, side});
     y = torch::randint(0, config.num_classes, {f.samples});

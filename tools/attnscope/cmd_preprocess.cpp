@@ -147,7 +147,7 @@ int run_preprocess(const std::vector<std::string>& args, const GlobalOptions&) {
   }
 
   std::vector<fs::path> files;
-  std::size_t ignored = 0;
+  std::size_t ignored = 0, subfolders = 0;
   std::size_t failed = 0;
   std::error_code ec;
   if (fs::is_directory(input, ec)) {
@@ -166,10 +166,11 @@ int run_preprocess(const std::vector<std::string>& args, const GlobalOptions&) {
       else
         ++ignored;
     }
+    subfolders = listing.folders.size();
   } else {
     const auto status = fs::status(input, ec);
-    check(ec != std::errc::too_many_symbolic_link_levels, input,
-          "symlink loop (", ec.message(), ")");
+    check(ec != std::errc::too_many_symbolic_link_levels, input, "symlink loop (", ec.message(),
+          ")");
     check(fs::exists(status), input, "no such file or folder");
     check(fs::is_regular_file(status), input,
           "is not a regular file or a folder (a device or a pipe cannot be an image)");
@@ -234,6 +235,10 @@ int run_preprocess(const std::vector<std::string>& args, const GlobalOptions&) {
   std::cout << "preprocessed " << total - failed << " of " << total << " images into " << out;
   if (failed) std::cout << " (" << failed << " failed)";
   if (ignored) std::cout << "; ignored " << ignored << " files without an image extension";
+  // Not read, and not silently: a folder of class folders gave "preprocessed 0 of 0".
+  if (subfolders)
+    std::cout << "; did not read " << subfolders << " subfolder" << (subfolders > 1 ? "s" : "")
+              << " (one folder's images are read, not its subfolders')";
   std::cout << "\n";
   return failed ? 1 : 0;
 }

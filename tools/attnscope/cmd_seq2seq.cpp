@@ -553,7 +553,8 @@ int run_translate(const std::vector<std::string>& args) {
     check_replaceable_file(alignments);  // /dev/full, a FIFO: before every sentence is translated
     ensure_writable_folder(alignments);
     // A checkpoint, an image cache or a CSV given by mistake was replaced without a word.
-    check_replaces_only_its_own(alignments, "--alignments", "an alignments file written by "
+    check_replaces_only_its_own(alignments, "--alignments",
+                                "an alignments file written by "
                                 "attnscope seq2seq translate",
                                 [&] { return pipeline::is_alignments_file(alignments); });
   }

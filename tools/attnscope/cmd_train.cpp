@@ -867,15 +867,16 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
     // finished run is not taken for one that trained on.
     const bool nothing_added = resume && result.epochs_completed == result.epochs_at_start;
     if (nothing_added && result.epochs_completed >= epochs)
-      std::cerr << "nothing to resume: " << out << " had already trained all its epochs (" << epochs << ")\n";
+      std::cerr << "nothing to resume: " << out << " had already trained all its epochs (" << epochs
+                << ")\n";
     else if (nothing_added && result.stopped_early)
       std::cerr << "nothing to resume: " << out << " had stopped early (no improvement for "
                 << patience << " epochs)\n";
     else if (nothing_added && result.stopped_by_budget)
-      std::cerr << "nothing to resume: the time budget (" << time_budget << (cpu_budget ? " CPU" : "")
-                << " min) ran out before epoch " << result.epochs_completed + 1
-                << " could end, so " << out << " stays at epoch " << result.epochs_completed
-                << " of " << epochs
+      std::cerr << "nothing to resume: the time budget (" << time_budget
+                << (cpu_budget ? " CPU" : "") << " min) ran out before epoch "
+                << result.epochs_completed + 1 << " could end, so " << out << " stays at epoch "
+                << result.epochs_completed << " of " << epochs
                 << " (a partial epoch is not kept, and a resumed run keeps its budget); to train "
                    "on, start a new run with --init "
                 << (fs::path(out) / "last.h5").string() << " and a larger --time-budget\n";
