@@ -459,6 +459,9 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
   // threshold of 5 would label every image benign).
   std::optional<double> threshold = o.threshold;
   if (!threshold && num_classes == 2) threshold = checkpoint_threshold(meta, o.model);
+  if (threshold && num_classes != 2 && o.warn)  // it decided nothing, without a word
+    o.warn(concat("--threshold is for binary models; ", o.model, " has ", num_classes,
+                  " classes, and each image's class is its most probable one"));
   const double temperature = checkpoint_temperature(meta, o.model);
 
   // Shapes: the pipeline's output size and each map's native size, from one blank image.
@@ -594,6 +597,23 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
                     "'): it was started on other inputs, and --resume adds this run's images to "
                     "them (the file then cannot be merged with shards: input positions repeat); "
                     "classify into another --out to keep the runs apart"));
+    // The same id from another file (another folder of the same names): its stored row is
+    // kept and the file given now is never read, so say so.
+    const auto paths = writer->stored_paths();
+    int64_t moved = 0;
+    std::string moved_example;
+    for (const auto& s : dataset.samples) {
+      const auto at = paths.find(s.image_id);
+      if (at != paths.end() && at->second != s.path && moved++ == 0)
+        moved_example =
+            concat("'", excerpt(s.image_id, 100), "': stored from '", excerpt(at->second, 200),
+                   "', given now as '", excerpt(s.path, 200), "'");
+    }
+    if (moved > 0)
+      o.warn(concat(h5_path, " holds ", moved, " of this run's ids from another file (e.g. ",
+                    moved_example,
+                    "): --resume keeps the stored rows and does not read those "
+                    "files; classify into another --out to classify them"));
   }
   datasets::Dataset todo;
   todo.class_names = class_names;
@@ -763,10 +783,13 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
               };
               const auto image = images[b];
               // NaN for an image without a mask, whatever the rest of its batch has.
-              const bool masks = batch_masks.defined() &&
-                                 static_cast<std::size_t>(b) < batch->has_mask.size() &&
-                                 batch->has_mask[static_cast<std::size_t>(b)] != 0;
-              auto mask = masks ? batch_masks[b][0].cpu() : torch::Tensor();
+              const bool has_mask = batch_masks.defined() &&
+                                    static_cast<std::size_t>(b) < batch->has_mask.size() &&
+                                    batch->has_mask[static_cast<std::size_t>(b)] != 0;
+              auto mask = has_mask ? batch_masks[b][0].cpu() : torch::Tensor();
+              // An empty mask (no lesion pixel left after preprocessing) measures nothing: NaN,
+              // not scores of 0 that read as a map missing the lesion.
+              const bool masks = has_mask && mask.max().item<float>() > 0;
               auto localise = [&](const std::string& name, const torch::Tensor& up) {
                 values[name + "/mass_in_mask"].push_back(
                     masks ? static_cast<float>(mass_in_mask(up, mask)) : nan);

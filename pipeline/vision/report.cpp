@@ -785,12 +785,14 @@ std::string pretty_json(const std::string& text) {
 }
 
 std::string label_summary(const Results& r, const std::vector<Row>& rows, ReportSummary* out) {
+  // In the file's order, not the cards': the bootstrap interval resamples by position, so
+  // --sort and --top changed it.
   std::vector<int64_t> truth, keep;
   for (const auto& row : rows)
-    if (r.truth[static_cast<std::size_t>(row.i)] >= 0) {
-      truth.push_back(r.truth[static_cast<std::size_t>(row.i)]);
-      keep.push_back(row.i);
-    }
+    if (r.truth[static_cast<std::size_t>(row.i)] >= 0) keep.push_back(row.i);
+  std::sort(keep.begin(), keep.end());
+  for (const auto i : keep)
+    truth.push_back(r.truth[static_cast<std::size_t>(i)]);
   std::ostringstream s;
   s << "<h2>Against the ground truth</h2>";
   if (truth.empty()) {

@@ -12,10 +12,11 @@
 #include <cstring>
 #include <deque>
 #include <filesystem>
+#include <iterator>
 #include <map>
 #include <numeric>
-#include <iterator>
 #include <set>
+#include <tuple>
 
 #include <libdeflate.h>
 #include <torch/torch.h>
@@ -23,6 +24,7 @@
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
 #include "attnscope/printable.h"
+#include "datasets/csv.h"
 #include "pipeline/vision/report.h"
 #include "preprocessing/decode.h"
 
@@ -399,13 +401,9 @@ std::string json_list(const std::vector<std::string>& v) {
 }  // namespace
 
 std::string csv_field(const std::string& value) {
-  if (value.find_first_of(",\"\r\n") == std::string::npos) return value;
-  std::string out = "\"";
-  for (const char c : value) {
-    if (c == '"') out += '"';
-    out += c;
-  }
-  return out + "\"";
+  // The datasets' writer: an id with edge spaces is quoted too, so that a CSV reader that
+  // trims unquoted fields (attnscope's own) reads it back whole.
+  return datasets::csv_field(value);
 }
 
 void check_result_values(const std::vector<int64_t>& labels, const at::Tensor& predicted,
@@ -880,6 +878,22 @@ std::set<std::string> ResultsWriter::stored_ids() const {
   for (auto& id : read_string_rows(file.get(), "errors/id", s_->path, r.errors))
     ids.insert(std::move(id));
   return ids;
+}
+
+std::map<std::string, std::string> ResultsWriter::stored_paths() const {
+  h5::Handle file(H5Fopen(s_->replicas[static_cast<std::size_t>(s_->committed)].path.c_str(),
+                          H5F_ACC_RDONLY, H5P_DEFAULT));
+  h5::check_h5(file.valid(), s_->path, "cannot open to read the stored paths");
+  const auto& r = s_->replicas[static_cast<std::size_t>(s_->committed)];
+  std::map<std::string, std::string> paths;
+  for (const auto& [ids, sources, rows] : {std::tuple{"images/id", "images/source_path", r.rows},
+                                           std::tuple{"errors/id", "errors/path", r.errors}}) {
+    const auto id = read_string_rows(file.get(), ids, s_->path, rows);
+    auto source = read_string_rows(file.get(), sources, s_->path, rows);
+    for (std::size_t i = 0; i < id.size() && i < source.size(); ++i)
+      paths.emplace(id[i], std::move(source[i]));
+  }
+  return paths;
 }
 
 int64_t ResultsWriter::num_images() const {

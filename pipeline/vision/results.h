@@ -91,6 +91,8 @@ class ResultsWriter {
 
   /// Ids already stored in /images/id and /errors/id.
   std::set<std::string> stored_ids() const;
+  /// The source path stored with each of them (/images/source_path, /errors/path), by id.
+  std::map<std::string, std::string> stored_paths() const;
   int64_t num_images() const;
   int64_t num_errors() const;
 
@@ -138,7 +140,8 @@ std::vector<std::string> results_datasets(const std::string& path);
 void write_predictions_csv(const ResultsFile& results, const std::string& csv_path);
 void write_errors_csv(const ResultsFile& results, const std::string& csv_path);
 
-/// RFC 4180 field: quoted when it holds , " CR or LF; quotes doubled.
+/// RFC 4180 field (datasets::csv_field): quoted when it holds , " CR or LF, begins with a
+/// byte-order mark or has edge spaces; quotes doubled.
 std::string csv_field(const std::string& value);
 
 /// Joins results files into `out` (written through AtomicFile): rows and errors sorted by

@@ -141,6 +141,20 @@ TEST(CliReport, TopAndSortKeepTheWorstImages) {
   ASSERT_EQ(got.status, 0) << got.output;
   EXPECT_EQ(got.output, want.output);
 
+  // The summary's bootstrap interval is the file's, whatever order and number of cards show
+  // (it resampled in card order: --sort and --top moved it).
+  std::vector<std::string> intervals;
+  for (const char* flags : {"--sort index", "--sort probability", "--sort error --top 5"}) {
+    const auto o = test::run_process(exe() + " report --results " + (dir / "results.h5") +
+                                     " --out " + (dir / "ci.html") + " " + flags);
+    ASSERT_EQ(o.status, 0) << o.output;
+    const auto at = o.output.find("95% CI");
+    ASSERT_NE(at, std::string::npos) << o.output;
+    intervals.push_back(o.output.substr(at, o.output.find_first_of(")\n", at) - at));
+  }
+  EXPECT_EQ(intervals[1], intervals[0]);
+  EXPECT_EQ(intervals[2], intervals[0]);
+
   // A MAP/MEASURE the file does not hold: one line listing the keys it has (a word that is no
   // key at all is a usage error: BadResultsFilesGiveOneClearLine).
   const auto bad = test::run_process(exe() + " report --results " + (dir / "results.h5") +

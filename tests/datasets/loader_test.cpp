@@ -433,6 +433,24 @@ TEST(Loader, AMaskFollowsItsImageDecodedReduced) {
   EXPECT_EQ(ImageFileSource(ds).load(0).mask.size(), cv::Size(400, 300));
 }
 
+// A mask written 0/1 (many segmentation tools do) is the same lesion as its 0/255 form (cut
+// at 127 it read as empty); a grey mask keeps the cut at 127; an empty mask stays empty.
+TEST(Loader, MasksOfZeroAndOneReadAsBinaryMasks) {
+  test::TempDir dir;
+  cv::Mat full(30, 40, CV_8UC1, cv::Scalar(0));
+  cv::rectangle(full, cv::Rect(10, 5, 12, 9), cv::Scalar(255), cv::FILLED);
+  cv::Mat ones = full / 255, grey = full.clone();
+  grey.setTo(cv::Scalar(100), full == 0);  // a soft background at 100: below the cut
+  ASSERT_TRUE(cv::imwrite(dir / "full.png", full));
+  ASSERT_TRUE(cv::imwrite(dir / "ones.png", ones));
+  ASSERT_TRUE(cv::imwrite(dir / "grey.png", grey));
+  ASSERT_TRUE(cv::imwrite(dir / "empty.png", cv::Mat(30, 40, CV_8UC1, cv::Scalar(0))));
+  ASSERT_EQ(cv::countNonZero(read_mask(dir / "full.png") != full), 0);
+  EXPECT_EQ(cv::countNonZero(read_mask(dir / "ones.png") != full), 0);
+  EXPECT_EQ(cv::countNonZero(read_mask(dir / "grey.png") != full), 0);
+  EXPECT_EQ(cv::countNonZero(read_mask(dir / "empty.png")), 0);
+}
+
 TEST(Loader, ImagesOfDifferentSizesAreAnErrorWithoutAResize) {
   test::TempDir a, b;
   SyntheticOptions so;

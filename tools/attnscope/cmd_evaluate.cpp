@@ -163,6 +163,11 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
   };
   auto result = pipeline::evaluate_image_classifier(loaded, model_path, source, o, progress);
   if (tty) std::cerr << "\n";
+  // Given for a model of more than two classes, it decided nothing, without a word.
+  if (o.threshold && result.class_names.size() != 2)
+    std::cerr << "warning: --threshold is for binary models; " << printable(model_path) << " has "
+              << result.class_names.size()
+              << " classes, and each image's class is its most probable one\n";
   for (const auto& [path, message] : not_cached)
     result.failures.push_back(
         {fs::path(path).stem().string(), path, "not in the image cache (" + message + ")"});

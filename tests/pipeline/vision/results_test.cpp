@@ -258,6 +258,11 @@ TEST(ResultsStore, CsvFieldsFollowRfc4180) {
   EXPECT_EQ(csv_field("a,b"), "\"a,b\"");
   EXPECT_EQ(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
   EXPECT_EQ(csv_field("two\nlines"), "\"two\nlines\"");
+  // Edge spaces are data only in quotes (readers trim unquoted fields): an id " lead" of
+  // predictions.csv read back as "lead".
+  EXPECT_EQ(csv_field(" lead"), "\" lead\"");
+  EXPECT_EQ(csv_field("nevus\xC2\xA0"), "\"nevus\xC2\xA0\"");
+  EXPECT_EQ(csv_field("in side"), "in side");
 }
 
 // Row counts are decimal digits within int64, nothing else.
