@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "attnscope/error.h"
+#include "attnscope/output_checks.h"
 
 namespace attnscope::pipeline::h5 {
 namespace {
@@ -542,6 +543,18 @@ std::string read_string_attribute(hid_t obj, const std::string& name, const std:
         "cannot read attribute");
   value.resize(value.find('\0') == std::string::npos ? size : value.find('\0'));
   return value;
+}
+
+bool has_format(const std::string& path, const std::string& format) {
+  if (!has_hdf5_signature(file_head(path, 8))) return false;
+  try {
+    check_untrusted_file(path, false);
+    const auto file = File::open(path);
+    return has_attribute(file.id(), "format") &&
+           read_string_attribute(file.id(), "format", path) == format;
+  } catch (const std::exception&) {
+    return false;
+  }
 }
 
 }  // namespace attnscope::pipeline::h5

@@ -214,6 +214,11 @@ void check_untrusted_file(const std::string& path, bool all_data,
                           const std::function<void()>& also = {},
                           const std::string& also_name = {});
 
+/// True when `path` is an HDF5 file (checked as untrusted first) whose root attribute `format`
+/// is `format`: the test of "a file this command wrote", which it may replace. False for
+/// anything else, unreadable or damaged files included; never throws.
+bool has_format(const std::string& path, const std::string& format);
+
 /// Registers the conversion read_vlen_strings relies on (called once by init()).
 void register_string_conversion();
 

@@ -8,7 +8,6 @@
 
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
-#include "attnscope/output_checks.h"
 #include "attnscope/printable.h"
 #include "pipeline/h5.h"
 
@@ -112,15 +111,7 @@ Seq2SeqEvaluation evaluate_seq2seq(const Seq2SeqBundle& bundle,
 }
 
 bool is_alignments_file(const std::string& path) {
-  if (!has_hdf5_signature(file_head(path, 8))) return false;
-  try {
-    h5::check_untrusted_file(path, false);
-    const auto file = h5::File::open(path);
-    return h5::has_attribute(file.id(), "format") &&
-           h5::read_string_attribute(file.id(), "format", path) == "attnscope-alignments";
-  } catch (const std::exception&) {
-    return false;
-  }
+  return h5::has_format(path, "attnscope-alignments");
 }
 
 void write_alignments(const std::string& path, const std::vector<Translation>& translations,

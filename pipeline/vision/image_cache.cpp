@@ -254,15 +254,7 @@ ImageCacheReport write_image_cache(const std::string& path, const datasets::Samp
 }
 
 bool is_image_cache_file(const std::string& path) {
-  if (!has_hdf5_signature(file_head(path, 8))) return false;
-  try {
-    h5::check_untrusted_file(path, false);
-    const auto file = h5::File::open(path);
-    return h5::has_attribute(file.id(), "format") &&
-           h5::read_string_attribute(file.id(), "format", path) == kFormat;
-  } catch (const std::exception&) {
-    return false;
-  }
+  return h5::has_format(path, kFormat);
 }
 
 ImageCacheSource::ImageCacheSource(const std::string& path)
