@@ -35,11 +35,14 @@ cv::Mat read_mask(const std::string& path) {
   const cv::Mat rgb = preprocessing::decode_image(path);
   cv::Mat grey, mask;
   cv::cvtColor(rgb, grey, cv::COLOR_RGB2GRAY);
-  // 0/255 masks are cut at 127; a binary mask of a smaller scale (0/1, as many segmentation
-  // tools write it) at half its largest value: thresholded at 127 it read as empty.
+  // 0/255 masks are cut at 127; a mask of exactly two levels, 0 and one below 128 (0/1, as
+  // many segmentation tools write it), at half the upper one: cut at 127 it read as empty. A
+  // soft or multi-level mask keeps the cut at 127.
   double largest = 0;
   cv::minMaxLoc(grey, nullptr, &largest);
-  const double cut = largest > 0 && largest < 128 ? largest / 2 : 127;
+  const bool two_levels =
+      largest > 0 && largest < 128 && cv::countNonZero(grey) == cv::countNonZero(grey == largest);
+  const double cut = two_levels ? largest / 2 : 127;
   cv::threshold(grey, mask, cut, 255, cv::THRESH_BINARY);
   return mask;
 }

@@ -88,8 +88,8 @@ class SyntheticSource : public SampleSource {
   std::vector<std::string> classes_{"benign", "malignant"};
 };
 
-/// Reads a mask image as CV_8UC1 with values 0 / 255: grey levels above 127, or, for a mask
-/// whose largest level is below 128 (0/1 masks), above half of that level.
+/// Reads a mask image as CV_8UC1 with values 0 / 255: grey levels above 127, or, for a mask of
+/// two levels, 0 and one below 128 (0/1 masks), that upper level.
 cv::Mat read_mask(const std::string& path);
 
 enum class Order {

@@ -287,7 +287,7 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
   check(count >= 1, "synthetic", "count must be >= 1, got ", count);
   check(threads >= 1, "synthetic", "threads must be >= 1, got ", threads);
   std::error_code ec;
-  std::vector<std::string> earlier_ids;
+  std::vector<int64_t> surplus;
   // dir/labels.csv is replaced at the end: one that synth did not write (its first line is not
   // synth's header) is someone's ground truth, refused before anything is written.
   const auto labels_path = fs::path(dir) / "labels.csv";
@@ -302,13 +302,19 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
     check(ours, labels_path.string(),
           "exists and was not written by attnscope synth (its first line is not synth's "
           "header); synth would replace it: choose another output folder");
-    // The earlier run's ids: those past this run's count are removed once labels.csv is
-    // replaced (below).
+    // The earlier run's images past this run's count (synth_<index> ids of its rows): removed
+    // once labels.csv is replaced (below). Only their indices are kept.
     std::ifstream in(labels_path, std::ios::binary);
     std::string line;
     std::getline(in, line);  // the header
-    while (std::getline(in, line))
-      earlier_ids.push_back(line.substr(0, line.find(',')));
+    while (std::getline(in, line)) {
+      const auto id = line.substr(0, std::min<std::size_t>(line.find(','), 32));
+      if (id.rfind("synth_", 0) != 0 || id.size() > 24 || id.size() < 12 ||
+          id.find_first_not_of("0123456789", 6) != std::string::npos)
+        continue;
+      const int64_t index = std::stoll(id.substr(6));
+      if (index >= count && synthetic_id(index) == id) surplus.push_back(index);
+    }
   }
   fs::create_directories(fs::path(dir) / "images", ec);
   fs::create_directories(fs::path(dir) / "masks", ec);
@@ -363,14 +369,9 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
   // A larger earlier run into this folder left images past `count` that labels.csv no longer
   // names (a folder listing, as `preprocess --input DIR/images` reads it, still found them):
   // the ids the replaced labels.csv named, under synth's own names, with index >= count.
-  for (const auto& id : earlier_ids) {
-    if (id.rfind("synth_", 0) != 0 || id.size() > 24 || id.size() < 12 ||
-        id.find_first_not_of("0123456789", 6) != std::string::npos)
-      continue;
-    const int64_t index = std::stoll(id.substr(6));
-    if (index < count || synthetic_id(index) != id) continue;
+  for (const auto index : surplus) {
     for (const char* sub : {"images", "masks"}) {
-      const auto file = fs::path(dir) / sub / (id + ".png");
+      const auto file = fs::path(dir) / sub / (synthetic_id(index) + ".png");
       std::error_code remove_ec;
       if (fs::is_regular_file(fs::symlink_status(file, remove_ec))) fs::remove(file, remove_ec);
     }

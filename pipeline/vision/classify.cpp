@@ -602,9 +602,17 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
     const auto paths = writer->stored_paths();
     int64_t moved = 0;
     std::string moved_example;
+    // Another spelling of the same file (./x, an absolute path) is the same file; a stored path
+    // that no longer resolves from here (a relative one of another working directory) tells
+    // nothing either way.
+    const auto other_file = [](const std::string& stored, const std::string& now) {
+      std::error_code ec;
+      if (stored == now || !fs::exists(stored, ec) || !fs::exists(now, ec)) return false;
+      return !fs::equivalent(stored, now, ec) && !ec;
+    };
     for (const auto& s : dataset.samples) {
       const auto at = paths.find(s.image_id);
-      if (at != paths.end() && at->second != s.path && moved++ == 0)
+      if (at != paths.end() && other_file(at->second, s.path) && moved++ == 0)
         moved_example =
             concat("'", excerpt(s.image_id, 100), "': stored from '", excerpt(at->second, 200),
                    "', given now as '", excerpt(s.path, 200), "'");

@@ -63,6 +63,7 @@ TEST(CliPreprocess, GoesOnPastBadFilesWithOneLineEach) {
       .write(reinterpret_cast<const char*>(huge), sizeof huge);
   std::ofstream(in / "notes.txt") << "ignored";
   fs::create_directories(in / "benign");  // a subfolder: not read, and said so
+  fs::create_directories(in / ".git");    // a hidden one: no one's images, not counted
   ASSERT_TRUE(cv::imwrite((in / "benign/inner.jpg").string(), bgr));
 
   const auto out = dir.path() / "out";

@@ -434,7 +434,8 @@ TEST(Loader, AMaskFollowsItsImageDecodedReduced) {
 }
 
 // A mask written 0/1 (many segmentation tools do) is the same lesion as its 0/255 form (cut
-// at 127 it read as empty); a grey mask keeps the cut at 127; an empty mask stays empty.
+// at 127 it read as empty); a grey or soft mask keeps the cut at 127; an empty mask stays
+// empty.
 TEST(Loader, MasksOfZeroAndOneReadAsBinaryMasks) {
   test::TempDir dir;
   cv::Mat full(30, 40, CV_8UC1, cv::Scalar(0));
@@ -445,6 +446,12 @@ TEST(Loader, MasksOfZeroAndOneReadAsBinaryMasks) {
   ASSERT_TRUE(cv::imwrite(dir / "ones.png", ones));
   ASSERT_TRUE(cv::imwrite(dir / "grey.png", grey));
   ASSERT_TRUE(cv::imwrite(dir / "empty.png", cv::Mat(30, 40, CV_8UC1, cv::Scalar(0))));
+  // A soft mask below 128 (levels 0, 30, 76) is no 0/1 mask: cut at 127, empty as before.
+  cv::Mat soft = full / 255 * 76;
+  soft.setTo(cv::Scalar(30), full == 0);
+  soft.at<uint8_t>(0, 0) = 0;
+  ASSERT_TRUE(cv::imwrite(dir / "soft.png", soft));
+  EXPECT_EQ(cv::countNonZero(read_mask(dir / "soft.png")), 0);
   ASSERT_EQ(cv::countNonZero(read_mask(dir / "full.png") != full), 0);
   EXPECT_EQ(cv::countNonZero(read_mask(dir / "ones.png") != full), 0);
   EXPECT_EQ(cv::countNonZero(read_mask(dir / "grey.png") != full), 0);

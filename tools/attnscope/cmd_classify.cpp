@@ -155,10 +155,15 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
   }
   if (!masks.empty()) pipeline::check_masks_folder(masks);
   // What only --faithfulness uses, given without it, computed nothing without a word.
-  if (!o.faithfulness && (!masks.empty() || !vm["faithfulness-steps"].defaulted()))
-    std::cerr << "warning: " << (masks.empty() ? "--faithfulness-steps" : "--masks")
-              << " is for the measures of --faithfulness, which was not given: no measure is "
+  if (!o.faithfulness && (!masks.empty() || !vm["faithfulness-steps"].defaulted())) {
+    const bool steps = !vm["faithfulness-steps"].defaulted();
+    std::cerr << "warning: "
+              << (masks.empty() ? "--faithfulness-steps is"
+                  : steps       ? "--masks and --faithfulness-steps are"
+                                : "--masks is")
+              << " for the measures of --faithfulness, which was not given: no measure is "
                  "computed\n";
+  }
   // The device last among the checks, before any input is read.
   runtime::check_device(o.device, "classify");
   // Several processes of a launcher on one machine: "cuda" is each one's own GPU.

@@ -166,7 +166,8 @@ int run_preprocess(const std::vector<std::string>& args, const GlobalOptions&) {
       else
         ++ignored;
     }
-    subfolders = listing.folders.size();
+    for (const auto& folder : listing.folders)  // hidden ones (.git) are no one's images
+      subfolders += folder.filename().string().rfind('.', 0) == 0 ? 0 : 1;
   } else {
     const auto status = fs::status(input, ec);
     check(ec != std::errc::too_many_symbolic_link_levels, input, "symlink loop (", ec.message(),
