@@ -18,15 +18,17 @@ namespace {
 
 // The length of the ASCII white space or the invisible character (no-break space, zero-width
 // space, byte-order mark, ...: printable_detail::is_invisible) at s[i], 0 when none is there.
+// A modifier (a variation selector, a flag's tag) belongs to the character before it: kept.
 std::size_t space_at(const std::string& s, std::size_t i) {
   if (std::strchr(" \t\r\n\f\v", s[i]) != nullptr && s[i] != '\0') return 1;
   std::size_t length = 0;
-  return printable_detail::is_invisible(printable_detail::utf8_at(s, i, length)) ? length : 0;
+  const auto c = printable_detail::utf8_at(s, i, length);
+  return printable_detail::is_invisible(c) && !printable_detail::is_modifier(c) ? length : 0;
 }
 
 // The same, ending just before s[end].
 std::size_t space_before(const std::string& s, std::size_t end) {
-  for (std::size_t length = 1; length <= std::min<std::size_t>(3, end); ++length)
+  for (std::size_t length = 1; length <= std::min<std::size_t>(4, end); ++length)
     if (space_at(s, end - length) == length) return length;
   return 0;
 }

@@ -75,6 +75,9 @@ struct ReadOptions {
   /// Drop samples whose image is missing (listed in Dataset::skipped), and read a sample whose
   /// mask file is missing without its mask (Dataset::masks_skipped), instead of failing.
   bool skip_missing = false;
+  /// Read the lesion masks a CSV names (the generic layout's mask column). false: samples get
+  /// no mask and the column is not looked at, for commands that use none (evaluate).
+  bool masks = true;
 };
 
 }  // namespace attnscope::datasets

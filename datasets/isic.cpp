@@ -35,24 +35,15 @@ class ImageIndex {
     auto listing = list_folder(dir);  // a symlink loop is one problem, not the end of the run
     problems_ = std::move(listing.problems);
     for (const auto& file : listing.files) {
-      const auto name = file.filename().string();
-      const auto dot = name.rfind('.');
-      if (dot == std::string::npos) continue;
-      const auto ext = lower(name.substr(dot));
-      const auto& exts = image_extensions();
-      const auto rank = std::find(exts.begin(), exts.end(), ext) - exts.begin();
-      if (rank == static_cast<std::ptrdiff_t>(exts.size())) continue;
-      auto& best = files_[name.substr(0, dot)];
+      const int rank = image_extension_rank(file);
+      if (rank < 0) continue;
+      auto& best = files_[file.stem().string()];
       if (best.first.empty() || rank < best.second) best = {file.string(), rank};
     }
     // A folder under an image's name (ISIC_0000010.jpg/) is no image: said where its id is
     // then missing, as the listing's other skipped entries are.
     for (const auto& folder : listing.folders) {
-      const auto name = folder.filename().string();
-      const auto dot = name.rfind('.');
-      const auto& exts = image_extensions();
-      if (dot != std::string::npos &&
-          std::find(exts.begin(), exts.end(), lower(name.substr(dot))) != exts.end())
+      if (image_extension_rank(folder) >= 0)
         problems_.push_back(
             concat(excerpt(folder.string(), 300), ": a folder, not an image file, skipped"));
     }
@@ -67,7 +58,7 @@ class ImageIndex {
  private:
   std::string dir_;
   std::vector<std::string> problems_;
-  std::unordered_map<std::string, std::pair<std::string, std::ptrdiff_t>> files_;
+  std::unordered_map<std::string, std::pair<std::string, int>> files_;
 };
 
 Dataset assemble(std::vector<RawRow> rows, Format format, std::vector<std::string> classes,
@@ -197,6 +188,12 @@ const std::vector<std::string>& image_extensions() {
   return kExts;
 }
 
+int image_extension_rank(const fs::path& file) {
+  const auto& exts = image_extensions();
+  const auto at = std::find(exts.begin(), exts.end(), lower(file.extension().string()));
+  return at == exts.end() ? -1 : static_cast<int>(at - exts.begin());
+}
+
 void check_image_id(const std::string& id, const std::string& where) {
   check(!id.empty(), where, "empty image id");
   check(!has_control_character(id), where, "image id '", excerpt(id),
@@ -307,9 +304,7 @@ Dataset read_class_folders(const std::string& root, const ReadOptions& options) 
     for (const auto& file : listing.files) {
       // Hidden files (macOS's "._x.jpg" metadata beside x.jpg) are no images, as in classify.
       if (file.filename().string().rfind('.', 0) == 0) continue;
-      const auto ext = lower(file.extension().string());
-      const auto& exts = image_extensions();
-      if (std::find(exts.begin(), exts.end(), ext) != exts.end()) files.push_back(file);
+      if (image_extension_rank(file) >= 0) files.push_back(file);
     }
     for (const auto& f : files) {
       // A file name no id may have (a control character, "..") is one warning: it refused the
@@ -381,7 +376,7 @@ Dataset read_dataset(const std::string& path, const ReadOptions& options) {
       rows = read_isic2020(t, options.mode, problems);
       break;
     case Format::kGeneric:
-      rows = read_generic(t, fs::path(path).parent_path().string(), problems);
+      rows = read_generic(t, fs::path(path).parent_path().string(), options.masks, problems);
       break;
     default:
       throw Error(path, "unsupported format");

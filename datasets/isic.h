@@ -21,6 +21,7 @@
 // separators or "..", bad one-hot rows, missing images) is collected and reported together
 // in one Error, one line per problem naming the file and line.
 
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,10 @@ namespace attnscope::datasets {
 
 /// The image extensions looked for, in order of preference (lower case; upper case also matches).
 const std::vector<std::string>& image_extensions();
+
+/// The position of a file's extension in image_extensions() (any case), or -1 where it is none
+/// of them (also for a hidden file named only `.jpg`, which has no extension).
+int image_extension_rank(const std::filesystem::path& file);
 
 /// Detects the format of a ground-truth CSV from its header and first row.
 /// Throws Error(path, ...) when no known layout fits.

@@ -9,6 +9,7 @@
 
 #include "attnscope/error.h"
 #include "attnscope/json_text.h"
+#include "attnscope/printable.h"
 #include "attnscope/threads.h"
 #include "datasets/splits.h"
 #include "preprocessing/augment.h"
@@ -50,8 +51,10 @@ cv::Mat read_mask(const std::string& path) {
 ImageFileSource::ImageFileSource(Dataset dataset, preprocessing::DecodeOptions decode)
     : dataset_(std::move(dataset)), decode_(decode) {
   for (const auto& s : dataset_.samples)
-    check(!s.path.empty(), dataset_.source, "sample '", s.image_id,
-          "' has no image path (read the dataset with an image folder)");
+    check(!s.path.empty(), dataset_.source, "names no image folder, so image '",
+          excerpt(s.image_id, 100),
+          "' and the others have no file: give the folder with --images, or put the images in "
+          "an images/ folder beside the CSV");
 }
 
 SampleData ImageFileSource::load(std::size_t index) const {

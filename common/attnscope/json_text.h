@@ -175,4 +175,46 @@ inline std::string names_excerpt(const std::vector<std::string>& names, std::siz
   return out + "]";
 }
 
+/// Where JSON text `b` differs from `a`, for a message: each changed leaf as
+/// "decode.reduce_to (stored 64, now null)" with `a_is`/`b_is` naming the sides ("absent" for a
+/// key one side lacks), the first `max` joined by "; " and the rest counted; "" where either
+/// text is no JSON object or array (nested deeper than kMaxJsonDepth included), or they are
+/// equal. Two configs cut at the same place said nothing of what differed (a 630-byte
+/// preprocessing config whose decode.reduce_to had changed).
+inline std::string json_changes(const std::string& a_text, const std::string& b_text,
+                                const std::string& a_is, const std::string& b_is,
+                                std::size_t max = 3) {
+  nlohmann::json a, b;
+  try {
+    a = parse_json_text(a_text, "", "text");
+    b = parse_json_text(b_text, "", "text");
+  } catch (const Error&) {
+    return "";
+  }
+  if (!a.is_structured() || !b.is_structured()) return "";
+  const auto patch = nlohmann::json::diff(a, b);
+  std::string out;
+  for (std::size_t i = 0; i < patch.size(); ++i) {
+    if (i == max) {
+      out += "; and " + std::to_string(patch.size() - max) + " more";
+      break;
+    }
+    const auto path = patch[i].value("path", std::string());
+    const auto side = [&](const nlohmann::json& j) {
+      try {
+        const nlohmann::json::json_pointer at(path);
+        return j.contains(at) ? json_excerpt(j.at(at), 60) : std::string("absent");
+      } catch (const nlohmann::json::exception&) {  // "/steps/-": an element added at the end
+        return std::string("absent");
+      }
+    };
+    std::string dotted = path.empty() ? "(the whole value)" : path.substr(1);
+    for (auto& c : dotted)
+      if (c == '/') c = '.';
+    out += (i ? "; " : "") + excerpt(dotted, 80) + " (" + a_is + " " + side(a) + ", " + b_is + " " +
+           side(b) + ")";
+  }
+  return out;
+}
+
 }  // namespace attnscope

@@ -7,8 +7,8 @@ namespace attnscope {
 
 namespace printable_detail {
 
-/// The code point of the two- or three-byte UTF-8 sequence at s[i] (its length in `length`),
-/// or 0 where none starts there (ASCII, a four-byte sequence, bytes that are not UTF-8).
+/// The code point of the two-, three- or four-byte UTF-8 sequence at s[i] (its length in
+/// `length`), or 0 where none starts there (ASCII, bytes that are not UTF-8, an overlong form).
 inline char32_t utf8_at(const std::string& s, std::size_t i, std::size_t& length) {
   const auto byte = [&](std::size_t k) {
     return k < s.size() ? static_cast<unsigned char>(s[k]) : 0u;
@@ -26,6 +26,14 @@ inline char32_t utf8_at(const std::string& s, std::size_t i, std::size_t& length
     length = 3;
     return c;
   }
+  if (lead >= 0xF0 && lead <= 0xF4 && continuation(i + 1) && continuation(i + 2) &&
+      continuation(i + 3)) {
+    const auto c = static_cast<char32_t>(((lead & 0x07u) << 18) | ((byte(i + 1) & 0x3Fu) << 12) |
+                                         ((byte(i + 2) & 0x3Fu) << 6) | (byte(i + 3) & 0x3Fu));
+    if (c < 0x10000 || c > 0x10FFFF) return 0;  // overlong, or beyond Unicode
+    length = 4;
+    return c;
+  }
   return 0;
 }
 
@@ -36,13 +44,26 @@ inline bool is_control(char32_t c) {
   return (c >= 0x80 && c <= 0x9F) || (c >= 0x2028 && c <= 0x202E) || (c >= 0x2066 && c <= 0x2069);
 }
 
+/// Characters that change how the character before them looks, and show as nothing alone:
+/// variation selectors (U+FE0F makes "❤" an emoji), the combining grapheme joiner and the tag
+/// characters of flag sequences. Invisible (escaped when printed), but part of the text before
+/// them, so never trimmed from a field's end.
+inline bool is_modifier(char32_t c) {
+  return c == 0x34F || (c >= 0xFE00 && c <= 0xFE0F) || (c >= 0xE0020 && c <= 0xE007F) ||
+         (c >= 0xE0100 && c <= 0xE01EF);
+}
+
 /// Characters that show as a space or as nothing: no-break and other Unicode spaces, the soft
-/// hyphen, zero-width characters, direction marks, word joiners, the byte-order mark. Kept in
-/// ids (a Persian name holds U+200C), but escaped when printed, so that 'nevus\u00a0' is not
-/// taken for 'nevus'.
+/// hyphen, zero-width characters, direction marks, word joiners, the byte-order mark, the
+/// Hangul and Mongolian fillers, the interlinear annotation and other format controls, the
+/// language tag, and the modifiers above. Kept in ids (a Persian name holds U+200C), but
+/// escaped when printed, so that 'nevus\u00a0' is not taken for 'nevus'.
 inline bool is_invisible(char32_t c) {
-  return c == 0xA0 || c == 0xAD || c == 0x61C || (c >= 0x2000 && c <= 0x200F) || c == 0x202F ||
-         (c >= 0x205F && c <= 0x2064) || c == 0x3000 || c == 0xFEFF;
+  return c == 0xA0 || c == 0xAD || c == 0x61C || c == 0x115F || c == 0x1160 || c == 0x17B4 ||
+         c == 0x17B5 || c == 0x180E || (c >= 0x2000 && c <= 0x200F) || c == 0x202F ||
+         (c >= 0x205F && c <= 0x2064) || c == 0x3000 || c == 0x3164 || c == 0xFEFF || c == 0xFFA0 ||
+         (c >= 0xFFF9 && c <= 0xFFFB) || (c >= 0x1BCA0 && c <= 0x1BCA3) ||
+         (c >= 0x1D173 && c <= 0x1D17A) || c == 0xE0001 || is_modifier(c);
 }
 
 }  // namespace printable_detail
@@ -81,8 +102,8 @@ inline bool is_blank(const std::string& s) {
 /// `text` safe to print: control characters other than newline and tab (a NUL that would cut
 /// Error::what() short, a carriage return or a terminal escape from a crafted CSV id) become
 /// `\0`, `\r`, `\x1b`, ..., and the UTF-8 controls and invisible characters above
-/// (printable_detail) `\u0085`, `\u202e`, `\u00a0`, ...; everything else, UTF-8 included,
-/// is kept.
+/// (printable_detail) `\u0085`, `\u202e`, `\u00a0`, `\U000e0001`, ...; everything else,
+/// UTF-8 included, is kept.
 inline std::string printable(const std::string& text) {
   static const char kHex[] = "0123456789abcdef";
   std::string out;
@@ -93,8 +114,9 @@ inline std::string printable(const std::string& text) {
     std::size_t length = 0;
     const char32_t code = u >= 0xC2 ? printable_detail::utf8_at(text, i, length) : 0;
     if (code != 0 && (printable_detail::is_control(code) || printable_detail::is_invisible(code))) {
-      out += "\\u";
-      for (const int shift : {12, 8, 4, 0})
+      // \u00a0, or beyond the 16-bit plane \U000e0001 (as Python and C++ write them).
+      out += code > 0xFFFF ? "\\U" : "\\u";
+      for (int shift = code > 0xFFFF ? 28 : 12; shift >= 0; shift -= 4)
         out += kHex[(code >> shift) & 15];
       i += length - 1;
     } else if ((u >= 0x20 && u != 0x7f) || c == '\n' || c == '\t') {

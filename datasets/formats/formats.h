@@ -79,7 +79,8 @@ std::vector<RawRow> read_ham10000(const CsvTable& t, Problems& problems);
 /// isic2020.cpp: `image_name,patient_id,...,target` (group = patient_id).
 std::vector<RawRow> read_isic2020(const CsvTable& t, LabelMode mode, Problems& problems);
 /// generic.cpp: `image_id,label[,mask][,group|lesion_id|patient_id]`; relative mask paths are
-/// resolved against csv_dir.
-std::vector<RawRow> read_generic(const CsvTable& t, const std::string& csv_dir, Problems& problems);
+/// resolved against csv_dir; with masks false the mask column is not read.
+std::vector<RawRow> read_generic(const CsvTable& t, const std::string& csv_dir, bool masks,
+                                 Problems& problems);
 
 }  // namespace attnscope::datasets::formats

@@ -10,10 +10,10 @@ namespace attnscope::datasets::formats {
 
 namespace fs = std::filesystem;
 
-std::vector<RawRow> read_generic(const CsvTable& t, const std::string& csv_dir,
+std::vector<RawRow> read_generic(const CsvTable& t, const std::string& csv_dir, bool masks,
                                  Problems& problems) {
   auto idx = require_columns(t, {"image_id", "label"});
-  auto mask = t.column("mask");
+  const auto mask = masks ? t.column("mask") : std::optional<std::size_t>();
   auto group = t.column("group");
   if (!group) group = t.column("lesion_id");
   if (!group) group = t.column("patient_id");

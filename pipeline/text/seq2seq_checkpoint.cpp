@@ -45,20 +45,19 @@ T get(const nlohmann::json& json, const char* key, const std::string& subject) {
   }
 }
 
-void check_range(int64_t value, int64_t lo, int64_t hi, const char* key,
+void check_range(int64_t value, int64_t lo, int64_t hi, const std::string& name,
                  const std::string& subject) {
-  check(value >= lo && value <= hi, subject, "model_config.", key, " is ", value,
-        "; expected an integer in [", lo, ", ", hi, "]");
+  check(value >= lo && value <= hi, subject, name, " is ", value, "; expected an integer in [", lo,
+        ", ", hi, "]");
 }
 
-void check_one_of(const std::string& value, const std::set<std::string>& allowed, const char* key,
-                  const std::string& subject) {
+void check_one_of(const std::string& value, const std::set<std::string>& allowed,
+                  const std::string& name, const std::string& subject) {
   if (allowed.count(value)) return;
   std::string list;
   for (const auto& a : allowed)
     list += (list.empty() ? "" : ", ") + a;
-  throw Error(subject, concat("model_config.", key, " is \"", excerpt(value, 100),
-                              "\"; expected one of ", list));
+  throw Error(subject, concat(name, " is \"", excerpt(value, 100), "\"; expected one of ", list));
 }
 
 }  // namespace
@@ -92,24 +91,29 @@ double seq2seq_parameter_count(const models::text::Seq2SeqOptions& o) {
   return encoder + decoder;
 }
 
-void validate_seq2seq_options(const models::text::Seq2SeqOptions& o, const std::string& subject) {
-  check_one_of(o.arch(), {"rnn", "transformer"}, "arch", subject);
-  check_one_of(o.cell(), {"gru", "lstm"}, "cell", subject);
-  check_one_of(o.attention(), {"none", "additive", "dot", "general", "crf"}, "attention", subject);
-  check_one_of(o.positions(), {"sinusoidal", "learned"}, "positions", subject);
-  check_range(o.source_vocab(), 5, kMaxSeq2SeqVocab, "source_vocab", subject);
-  check_range(o.target_vocab(), 5, kMaxSeq2SeqVocab, "target_vocab", subject);
-  check_range(o.embedding_dim(), 1, kMaxSeq2SeqWidth, "embedding_dim", subject);
-  check_range(o.hidden_dim(), 1, kMaxSeq2SeqWidth, "hidden_dim", subject);
-  check_range(o.model_dim(), 1, kMaxSeq2SeqWidth, "model_dim", subject);
-  check_range(o.ff_dim(), 1, kMaxSeq2SeqWidth, "ff_dim", subject);
-  check_range(o.heads(), 1, o.model_dim(), "heads", subject);
-  check(o.model_dim() % o.heads() == 0, subject, "model_config.model_dim (", o.model_dim(),
-        ") is not divisible by model_config.heads (", o.heads(), ")");
-  check_range(o.layers(), 1, kMaxSeq2SeqLayers, "layers", subject);
-  check_range(o.max_length(), 1, kMaxSeq2SeqLength, "max_length", subject);
-  check(std::isfinite(o.dropout()) && o.dropout() >= 0 && o.dropout() < 1, subject,
-        "model_config.dropout is ", o.dropout(), "; expected a number in [0, 1)");
+void validate_seq2seq_options(const models::text::Seq2SeqOptions& o, const std::string& subject,
+                              const Seq2SeqFieldName& field_name) {
+  const auto name = [&](const std::string& field) {
+    return field_name ? field_name(field) : "model_config." + field;
+  };
+  check_one_of(o.arch(), {"rnn", "transformer"}, name("arch"), subject);
+  check_one_of(o.cell(), {"gru", "lstm"}, name("cell"), subject);
+  check_one_of(o.attention(), {"none", "additive", "dot", "general", "crf"}, name("attention"),
+               subject);
+  check_one_of(o.positions(), {"sinusoidal", "learned"}, name("positions"), subject);
+  check_range(o.source_vocab(), 5, kMaxSeq2SeqVocab, name("source_vocab"), subject);
+  check_range(o.target_vocab(), 5, kMaxSeq2SeqVocab, name("target_vocab"), subject);
+  check_range(o.embedding_dim(), 1, kMaxSeq2SeqWidth, name("embedding_dim"), subject);
+  check_range(o.hidden_dim(), 1, kMaxSeq2SeqWidth, name("hidden_dim"), subject);
+  check_range(o.model_dim(), 1, kMaxSeq2SeqWidth, name("model_dim"), subject);
+  check_range(o.ff_dim(), 1, kMaxSeq2SeqWidth, name("ff_dim"), subject);
+  check_range(o.heads(), 1, o.model_dim(), name("heads"), subject);
+  check(o.model_dim() % o.heads() == 0, subject, name("model_dim"), " (", o.model_dim(),
+        ") is not divisible by ", name("heads"), " (", o.heads(), ")");
+  check_range(o.layers(), 1, kMaxSeq2SeqLayers, name("layers"), subject);
+  check_range(o.max_length(), 1, kMaxSeq2SeqLength, name("max_length"), subject);
+  check(std::isfinite(o.dropout()) && o.dropout() >= 0 && o.dropout() < 1, subject, name("dropout"),
+        " is ", o.dropout(), "; expected a number in [0, 1)");
   const double parameters = seq2seq_parameter_count(o);
   check(parameters <= kMaxSeq2SeqParameters, subject, "these sizes make a model of about ",
         static_cast<float>(parameters), " parameters; at most 2^30 (4 GiB of float32 weights)");

@@ -6,6 +6,7 @@
 // "gru-additive"); extra = {"tokenizer": "char"|"word", "source_vocab": [...],
 // "target_vocab": [...]} (tokens in id order, starting with <pad> <bos> <eos> <unk>).
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -38,12 +39,17 @@ constexpr double kMaxSeq2SeqParameters = 1 << 30;
 /// cent: attention's are bounded from above).
 double seq2seq_parameter_count(const models::text::Seq2SeqOptions& options);
 
-/// Throws Error(subject, "model_config.<field> is ...; expected ...") for the first option
-/// outside its range (vocabularies > 4 special tokens, widths and layers >= 1, heads dividing
-/// model_dim, dropout in [0, 1), max_length <= kMaxSeq2SeqLength, known arch/cell/attention),
-/// and for options that make over kMaxSeq2SeqParameters parameters.
+/// How a validation message names a field of the options: a checkpoint's "model_config.heads"
+/// (the default), or the command-line flag that set it ("--heads").
+using Seq2SeqFieldName = std::function<std::string(const std::string& field)>;
+
+/// Throws Error(subject, "<field> is ...; expected ...") for the first option outside its
+/// range (vocabularies > 4 special tokens, widths and layers >= 1, heads dividing model_dim,
+/// dropout in [0, 1), max_length <= kMaxSeq2SeqLength, known arch/cell/attention), and for
+/// options that make over kMaxSeq2SeqParameters parameters. Fields are named by field_name
+/// (default: "model_config.<field>").
 void validate_seq2seq_options(const models::text::Seq2SeqOptions& options,
-                              const std::string& subject);
+                              const std::string& subject, const Seq2SeqFieldName& field_name = {});
 
 nlohmann::json seq2seq_options_to_json(const models::text::Seq2SeqOptions& options);
 /// Inverse of seq2seq_options_to_json; missing keys keep their defaults, keys of the wrong

@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <cstdio>
 
+#include <libdeflate.h>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
+#include "attnscope/output_checks.h"
 #include "attnscope/printable.h"
 #include "pipeline/h5.h"
 
@@ -154,7 +156,31 @@ std::string ascii_label(const std::string& token) {
   return out;
 }
 
+// The tEXt chunk (PNG 1.2, section 11.3.4.3) that names the writer, right after IHDR: a
+// keyword, NUL, the text.
+const std::string kPngSoftware = std::string("Software") + '\0' + "attnscope seq2seq translate";
+constexpr std::size_t kPngHeaderEnd = 8 + 4 + 4 + 13 + 4;  // signature, IHDR chunk
+
+std::string png_chunk(const std::string& type, const std::string& data) {
+  std::string chunk;
+  const auto be32 = [&](uint32_t v) {
+    for (int shift = 24; shift >= 0; shift -= 8)
+      chunk += static_cast<char>((v >> shift) & 0xFF);
+  };
+  be32(static_cast<uint32_t>(data.size()));
+  chunk += type + data;
+  be32(libdeflate_crc32(0, chunk.data() + 4, chunk.size() - 4));  // over type and data
+  return chunk;
+}
+
 }  // namespace
+
+bool is_alignment_png(const std::string& path) {
+  const auto chunk = png_chunk("tEXt", kPngSoftware);
+  const auto head = file_head(path, kPngHeaderEnd + chunk.size());
+  return head.size() == kPngHeaderEnd + chunk.size() && head.rfind("\x89PNG\r\n\x1a\n", 0) == 0 &&
+         head.compare(kPngHeaderEnd, chunk.size(), chunk) == 0;
+}
 
 void write_alignment_png(const std::string& path, const Translation& translation) {
   check(translation.error.empty(), path, concat("sentence not translated: ", translation.error));
@@ -220,8 +246,13 @@ void write_alignment_png(const std::string& path, const Translation& translation
   // never a truncated PNG.
   std::vector<uchar> png;
   check(cv::imencode(".png", image, png), path, "cannot encode the PNG");
+  check(png.size() > kPngHeaderEnd && std::string(png.begin() + 12, png.begin() + 16) == "IHDR",
+        path, "OpenCV's PNG encoder wrote no header");
+  const auto software = png_chunk("tEXt", kPngSoftware);
   AtomicFile out(path);
-  out.write(png.data(), png.size());
+  out.write(png.data(), kPngHeaderEnd);
+  out.write(software.data(), software.size());
+  out.write(png.data() + kPngHeaderEnd, png.size() - kPngHeaderEnd);
   out.commit();
 }
 

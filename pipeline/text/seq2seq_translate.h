@@ -73,7 +73,12 @@ void write_alignments(const std::string& path, const std::vector<Translation>& t
 
 /// Heatmap PNG of one alignment: output tokens down the left, source tokens (vertical) along
 /// the top, one cell per weight (viridis). Non-ASCII characters are drawn as '?' (OpenCV's
-/// Hershey fonts are ASCII only). Throws Error when there is no attention or writing fails.
+/// Hershey fonts are ASCII only). The PNG carries a tEXt chunk `Software: attnscope seq2seq
+/// translate`, so a later run knows the file for its own. Throws Error when there is no
+/// attention or writing fails.
 void write_alignment_png(const std::string& path, const Translation& translation);
+
+/// Whether `path` is a PNG that write_alignment_png wrote (its tEXt chunk after the header).
+bool is_alignment_png(const std::string& path);
 
 }  // namespace attnscope::pipeline

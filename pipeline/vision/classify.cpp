@@ -77,32 +77,41 @@ int remove_stale_temporaries(const std::string& dir) {
   return removed;
 }
 
-void add_file(datasets::Dataset& ds, std::map<std::string, int>& seen, const std::string& path) {
+// An input file, its id for now its own stem (unique_ids makes repeats unique).
+void add_file(datasets::Dataset& ds, const std::string& path) {
   datasets::Sample s;
   s.path = path;
-  std::string id = fs::path(path).stem().string();
-  if (id.empty()) id = fs::path(path).filename().string();
-  // Repeated stems get "~2", "~3", ...: the first of those not taken (by an earlier repeat, or
-  // by a file whose own name ends in "~2"), so every id stays unique.
-  auto [it, fresh] = seen.emplace(id, 1);
-  if (!fresh) {
+  s.image_id = fs::path(path).stem().string();
+  if (s.image_id.empty()) s.image_id = fs::path(path).filename().string();
+  ds.samples.push_back(std::move(s));
+}
+
+// Every input keeps its own stem where it is the first with it; a repeated stem gets "~2",
+// "~3", ...: the first of those that is no input's own stem (a file named "x~2.jpg" keeps
+// "x~2", wherever it comes in the inputs) and not given to an earlier repeat.
+void unique_ids(datasets::Dataset& ds) {
+  std::set<std::string> own;
+  for (const auto& s : ds.samples)
+    own.insert(s.image_id);
+  std::set<std::string> taken;
+  std::map<std::string, int> repeats;  // stem -> the last suffix tried
+  for (auto& s : ds.samples) {
+    if (taken.insert(s.image_id).second) continue;
+    auto& n = repeats.emplace(s.image_id, 1).first->second;
     std::string candidate;
     do {
-      candidate = id + "~" + std::to_string(++it->second);
-    } while (seen.count(candidate) != 0);
-    id = candidate;
-    seen.emplace(id, 1);
+      candidate = s.image_id + "~" + std::to_string(++n);
+    } while (own.count(candidate) != 0 || taken.count(candidate) != 0);
+    s.image_id = candidate;
+    taken.insert(candidate);
   }
-  s.image_id = id;
-  ds.samples.push_back(std::move(s));
 }
 
 constexpr const char* kListRule =
     "relative paths in a list are taken from the list's folder; write them from there or give "
     "absolute paths";
 
-void add_input(datasets::Dataset& ds, std::map<std::string, int>& seen, const std::string& input,
-               int depth) {
+void add_input(datasets::Dataset& ds, const std::string& input, int depth) {
   check(depth < 8, input, "list files nest too deeply");
   if (!input.empty() && input[0] == '@') {
     const std::string list = input.substr(1);
@@ -153,7 +162,7 @@ void add_input(datasets::Dataset& ds, std::map<std::string, int>& seen, const st
                                    "' but is under the current folder: ", kListRule));
         if (from_here && from_cwd++ == 0) first_from_cwd = path;
       }
-      add_input(ds, seen, (nested ? "@" : "") + p.string(), depth + 1);
+      add_input(ds, (nested ? "@" : "") + p.string(), depth + 1);
     }
     if (from_cwd > 0)
       ds.warnings.push_back(concat(
@@ -210,12 +219,12 @@ void add_input(datasets::Dataset& ds, std::map<std::string, int>& seen, const st
                                    "): the files after that point are not classified"));
     std::sort(files.begin(), files.end());
     for (const auto& f : files)
-      add_file(ds, seen, f);
+      add_file(ds, f);
     return;
   }
   // A file, or a missing path: a missing file becomes an error line of the run, like any
   // other unreadable input.
-  add_file(ds, seen, input);
+  add_file(ds, input);
 }
 
 // Own maps, and the explanations this model supports.
@@ -336,9 +345,9 @@ at::Tensor overlay(const at::Tensor& image, const at::Tensor& map) {
 
 datasets::Dataset collect_inputs(const std::vector<std::string>& inputs) {
   datasets::Dataset ds;
-  std::map<std::string, int> seen;
   for (const auto& input : inputs)
-    add_input(ds, seen, input, 0);
+    add_input(ds, input, 0);
+  unique_ids(ds);
   return ds;
 }
 
@@ -374,19 +383,19 @@ int64_t attach_masks(datasets::Dataset& dataset, const std::string& masks_dir) {
 }
 
 std::pair<int64_t, int64_t> parse_shard(const std::string& text) {
+  // Digits only on both sides of the slash: no sign, no spaces (std::stoll took " 1/2" and
+  // "1/ 2" but not "1 /2").
+  const auto number = [](const std::string& digits) -> int64_t {
+    if (digits.empty() || digits.size() > 18) return -1;
+    for (const char c : digits)
+      if (c < '0' || c > '9') return -1;
+    return std::stoll(digits);
+  };
   const auto slash = text.find('/');
-  int64_t i = -1, n = -1;
-  try {
-    std::size_t a = 0, b = 0;
-    if (slash != std::string::npos) {
-      i = std::stoll(text.substr(0, slash), &a);
-      n = std::stoll(text.substr(slash + 1), &b);
-      if (a != slash || b != text.size() - slash - 1) i = -1;
-    }
-  } catch (const std::exception&) {
-    i = -1;
-  }
-  check(i >= 0 && n >= 1 && i < n, "--shard", "expects i/N with 0 <= i < N, got '", text, "'");
+  const int64_t i = slash == std::string::npos ? -1 : number(text.substr(0, slash));
+  const int64_t n = slash == std::string::npos ? -1 : number(text.substr(slash + 1));
+  check(i >= 0 && n >= 1 && i < n, "--shard", "expects i/N with 0 <= i < N, got '",
+        excerpt(text, 100), "'");
   return {i, n};
 }
 
@@ -459,9 +468,14 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
   // threshold of 5 would label every image benign).
   std::optional<double> threshold = o.threshold;
   if (!threshold && num_classes == 2) threshold = checkpoint_threshold(meta, o.model);
-  if (threshold && num_classes != 2 && o.warn)  // it decided nothing, without a word
-    o.warn(concat("--threshold is for binary models; ", o.model, " has ", num_classes,
-                  " classes, and each image's class is its most probable one"));
+  if (threshold && num_classes != 2) {
+    if (o.warn)  // it decided nothing, without a word
+      o.warn(concat("--threshold is for binary models; ", o.model, " has ", num_classes,
+                    " classes, and each image's class is its most probable one"));
+    // Nor is it recorded: results.h5's threshold is the rule its labels were made by (null:
+    // arg-max), and merge compares it.
+    threshold.reset();
+  }
   const double temperature = checkpoint_temperature(meta, o.model);
 
   // Shapes: the pipeline's output size and each map's native size, from one blank image.
@@ -517,6 +531,9 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
       layout.maps.push_back(rm);
     }
   }
+  std::set<std::string> max_normalized;  // maps whose values are divided by their maximum
+  for (const auto& rm : layout.maps)
+    if (rm.normalization == "max") max_normalized.insert(rm.name);
   if (o.faithfulness) {
     for (const auto& m : maps)
       for (const char* k :
@@ -579,7 +596,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
   }
 
   // Inputs of this run: this shard's, less what is stored.
-  const auto stored = writer->stored_ids();
+  const auto stored = writer->stored();  // id -> the source path stored with it
   if (resuming && o.warn && !stored.empty()) {
     // Another input set: the file would hold both runs' images, as one run's.
     std::set<std::string> inputs;
@@ -587,7 +604,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
       inputs.insert(s.image_id);
     int64_t others = 0;
     std::string example;
-    for (const auto& id : stored)
+    for (const auto& [id, source] : stored)
       if (!inputs.count(id)) {
         if (others++ == 0) example = id;
       }
@@ -599,20 +616,19 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
                     "classify into another --out to keep the runs apart"));
     // The same id from another file (another folder of the same names): its stored row is
     // kept and the file given now is never read, so say so.
-    const auto paths = writer->stored_paths();
     int64_t moved = 0;
     std::string moved_example;
     // Another spelling of the same file (./x, an absolute path) is the same file; a stored path
     // that no longer resolves from here (a relative one of another working directory) tells
     // nothing either way.
-    const auto other_file = [](const std::string& stored, const std::string& now) {
+    const auto other_file = [](const std::string& then, const std::string& now) {
       std::error_code ec;
-      if (stored == now || !fs::exists(stored, ec) || !fs::exists(now, ec)) return false;
-      return !fs::equivalent(stored, now, ec) && !ec;
+      if (then == now || !fs::exists(then, ec) || !fs::exists(now, ec)) return false;
+      return !fs::equivalent(then, now, ec) && !ec;
     };
     for (const auto& s : dataset.samples) {
-      const auto at = paths.find(s.image_id);
-      if (at != paths.end() && other_file(at->second, s.path) && moved++ == 0)
+      const auto at = stored.find(s.image_id);
+      if (at != stored.end() && other_file(at->second, s.path) && moved++ == 0)
         moved_example =
             concat("'", excerpt(s.image_id, 100), "': stored from '", excerpt(at->second, 200),
                    "', given now as '", excerpt(s.path, 200), "'");
@@ -644,8 +660,6 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
     position.emplace(todo.samples[k].image_id, k);
   ClassifyProgress prog;
   prog.total = static_cast<int64_t>(todo.samples.size());
-  std::vector<double> measure_sum(layout.measures.size(), 0.0);
-  std::vector<int64_t> measure_n(layout.measures.size(), 0);
   {
     WriterThread writer_thread(*writer, 2);
     if (!todo.samples.empty()) {
@@ -748,7 +762,15 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
               v = v.detach().to(torch::kFloat);
               per_t.push_back(o.tta ? dihedral_inverse(v, t) : v);
             }
-            rows.maps[m] = torch::stack(per_t).mean(0).cpu().contiguous();
+            auto mean_map = torch::stack(per_t).mean(0);
+            // A "max" map has its maximum at 1 (an all-zero map stays 0): so has the mean of
+            // the 8, divided again by its maximum (the report draws maps on one 0-1 scale).
+            if (o.tta && max_normalized.count(m) != 0)
+              mean_map = mean_map / mean_map.flatten(1)
+                                        .amax(1)
+                                        .clamp_min(std::numeric_limits<float>::min())
+                                        .view({-1, 1, 1});
+            rows.maps[m] = mean_map.cpu().contiguous();
           }
           // The input before normalisation, (B, H, W, 3) uint8.
           const auto cpu_images = batch->images.to(torch::kFloat);
@@ -818,15 +840,8 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
               values["random/insertion_auc"].push_back(static_cast<float>(r.insertion_auc));
               localise("gaussian", gauss);
             }
-            for (std::size_t k = 0; k < layout.measures.size(); ++k) {
-              auto& v = values[layout.measures[k]];
-              for (const float x : v)
-                if (!std::isnan(x)) {
-                  measure_sum[k] += x;
-                  ++measure_n[k];
-                }
-              rows.measures[layout.measures[k]] = torch::tensor(v);
-            }
+            for (const auto& name : layout.measures)
+              rows.measures[name] = torch::tensor(values[name]);
           }
         }
         // A faithfulness batch cut short by a stop request is dropped whole: --resume redoes it.
@@ -899,11 +914,19 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
       summary.summary.push_back(concat("metrics not computed: ", e.what()));
     }
   }
-  for (std::size_t k = 0; k < layout.measures.size(); ++k)
-    if (measure_n[k] > 0)
-      summary.summary.push_back(concat("mean ", layout.measures[k], " ",
-                                       measure_sum[k] / measure_n[k], " (", measure_n[k],
-                                       " images)"));
+  // The measures' means over every row of the file too (a resumed run said those of its own
+  // images only), NaN (no mask) left out.
+  if (!layout.measures.empty()) {
+    const auto file = h5::File::open(h5_path);
+    for (const auto& name : layout.measures) {
+      const auto v = h5::read_tensor(file.id(), "measures/" + name, h5_path).to(torch::kDouble);
+      const auto known = v.isfinite();
+      const auto n = known.sum().item<int64_t>();
+      if (n > 0)
+        summary.summary.push_back(concat(
+            "mean ", name, " ", v.masked_select(known).mean().item<double>(), " (", n, " images)"));
+    }
+  }
   return summary;
 }
 

@@ -543,8 +543,9 @@ void sort_rows(std::vector<Row>& rows, const Results& r, const std::string& key)
         known += std::string(*k) + ", ";
       for (const auto& x : r.measures)
         known += x.map + "/" + x.name + ", ";
-      throw Error("--sort", concat("unknown sort key '", key, "'; expected one of ",
-                                   known.substr(0, known.size() - 2)));
+      throw UnknownSortKey("--sort",
+                           concat("unknown sort key '", excerpt(key, 200), "'; expected one of ",
+                                  known.substr(0, known.size() - 2)));
     }
     const bool up = higher_is_better(m->name);  // worst first
     by([&](const Row& a, const Row& b) {

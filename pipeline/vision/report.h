@@ -24,6 +24,8 @@
 #include <string>
 #include <vector>
 
+#include "attnscope/error.h"
+
 namespace attnscope::pipeline::vision {
 
 struct ReportOptions {
@@ -71,9 +73,16 @@ struct ReportSummary {
 /// The sort keys `sort` accepts besides "<map>/<measure>".
 const char* const* report_sort_keys();
 
+/// What render_report throws for a sort key that is neither a fixed key nor a measure the file
+/// holds: a mistake in the option, not in the file (the command line says it as a usage error).
+class UnknownSortKey : public Error {
+ public:
+  using Error::Error;
+};
+
 /// Renders the report of `results_path` as HTML. Throws Error naming the file (or the
 /// object in it) when it is not a readable results file of a known schema version, and
-/// naming the option for a bad sort key.
+/// UnknownSortKey naming the option for a bad sort key.
 std::string render_report(const std::string& results_path, const ReportOptions& options,
                           ReportSummary* summary = nullptr);
 

@@ -23,6 +23,7 @@
 
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
+#include "attnscope/json_text.h"
 #include "attnscope/printable.h"
 #include "datasets/csv.h"
 #include "pipeline/vision/report.h"
@@ -759,9 +760,16 @@ ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader
     check(attr("schema_version") == kResultsSchemaVersion, path, "has schema version ",
           excerpt(attr("schema_version"), 40), ", this attnscope writes ", kResultsSchemaVersion,
           "; cannot resume it");
-    for (const auto& [k, v] : expected)
-      check(attr(k) == v, path, "cannot resume: its ", k, " differs from this run's (stored ",
-            excerpt(attr(k), 200), ", now ", excerpt(v, 200), ")");
+    for (const auto& [k, v] : expected) {
+      if (attr(k) == v) continue;
+      // A config's changed fields by name (both texts cut at 200 bytes hid them).
+      const auto changes = json_changes(attr(k), v, "stored", "now");
+      throw Error(path,
+                  changes.empty()
+                      ? concat("cannot resume: its ", k, " differs from this run's (stored ",
+                               excerpt(attr(k), 200), ", now ", excerpt(v, 200), ")")
+                      : concat("cannot resume: its ", k, " differs from this run's in ", changes));
+    }
     std::vector<std::string> names;
     for (const auto& m : layout.maps)
       names.push_back(m.name);
@@ -866,24 +874,11 @@ ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader
   return w;
 }
 
-std::set<std::string> ResultsWriter::stored_ids() const {
+std::map<std::string, std::string> ResultsWriter::stored() const {
   // The committed state (path, or its trimmed copy right after resume).
   h5::Handle file(H5Fopen(s_->replicas[static_cast<std::size_t>(s_->committed)].path.c_str(),
                           H5F_ACC_RDONLY, H5P_DEFAULT));
   h5::check_h5(file.valid(), s_->path, "cannot open to read the stored ids");
-  const auto& r = s_->replicas[static_cast<std::size_t>(s_->committed)];
-  std::set<std::string> ids;
-  for (auto& id : read_string_rows(file.get(), "images/id", s_->path, r.rows))
-    ids.insert(std::move(id));
-  for (auto& id : read_string_rows(file.get(), "errors/id", s_->path, r.errors))
-    ids.insert(std::move(id));
-  return ids;
-}
-
-std::map<std::string, std::string> ResultsWriter::stored_paths() const {
-  h5::Handle file(H5Fopen(s_->replicas[static_cast<std::size_t>(s_->committed)].path.c_str(),
-                          H5F_ACC_RDONLY, H5P_DEFAULT));
-  h5::check_h5(file.valid(), s_->path, "cannot open to read the stored paths");
   const auto& r = s_->replicas[static_cast<std::size_t>(s_->committed)];
   std::map<std::string, std::string> paths;
   for (const auto& [ids, sources, rows] : {std::tuple{"images/id", "images/source_path", r.rows},
@@ -1204,9 +1199,15 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
     const auto& f = files[i];
     for (const char* k :
          {"schema_version", "model_checksum", "model_config", "preprocessing_config", "class_names",
-          "maps", "tta", "threshold", "temperature", "faithfulness", "precision"})
-      check(attr(f, k) == attr(first, k), f.path, "cannot be merged with ", first.path, ": its ", k,
-            " differs (", excerpt(attr(f, k)), " vs ", excerpt(attr(first, k)), ")");
+          "maps", "tta", "threshold", "temperature", "faithfulness", "precision"}) {
+      if (attr(f, k) == attr(first, k)) continue;
+      const auto changes = json_changes(attr(first, k), attr(f, k), "there", "here");
+      throw Error(f.path, changes.empty() ? concat("cannot be merged with ", first.path, ": its ",
+                                                   k, " differs (", excerpt(attr(f, k)), " vs ",
+                                                   excerpt(attr(first, k)), ")")
+                                          : concat("cannot be merged with ", first.path, ": its ",
+                                                   k, " differs in ", changes));
+    }
     const auto own = results_datasets(f.path);
     if (own != datasets) {
       std::vector<std::string> only_here, only_there;

@@ -16,7 +16,6 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -89,10 +88,9 @@ class ResultsWriter {
   ResultsWriter& operator=(ResultsWriter&&) noexcept;
   ~ResultsWriter();
 
-  /// Ids already stored in /images/id and /errors/id.
-  std::set<std::string> stored_ids() const;
-  /// The source path stored with each of them (/images/source_path, /errors/path), by id.
-  std::map<std::string, std::string> stored_paths() const;
+  /// The ids already stored in /images/id and /errors/id, each with the source path stored
+  /// with it (/images/source_path, /errors/path).
+  std::map<std::string, std::string> stored() const;
   int64_t num_images() const;
   int64_t num_errors() const;
 

@@ -131,6 +131,20 @@ std::vector<std::vector<std::string>> read_csv(const std::string& path) {
   return rows;
 }
 
+// A results.h5 cut back to its first `rows` images by h5py, as a run killed after them leaves it
+// (finished_at empty), for --resume to finish.
+void cut_to(const std::string& h5, int rows) {
+  const auto r = test::run_process(
+      test::python() +
+      " -c \"import sys, h5py\n"
+      "f = h5py.File(sys.argv[1], 'r+'); n = int(sys.argv[2])\n"
+      "f.visititems(lambda k, o: o.resize(n, axis=0) if isinstance(o, h5py.Dataset) and not "
+      "k.startswith('errors/') else None)\n"
+      "f.attrs['num_images'] = str(n); f.attrs['finished_at'] = ''\" " +
+      q(h5) + " " + std::to_string(rows));
+  ASSERT_EQ(r.status, 0) << r.output;
+}
+
 TEST(CliClassify, WritesResultsThatCppAndH5pyReadAndCsvAgrees) {
   test::TempDir dir;
   const auto model = make_checkpoint(dir);
@@ -207,6 +221,39 @@ print('OK', n)
                                        q(images + "/images") + " --out " + q(out));
   EXPECT_NE(again.status, 0);
   EXPECT_NE(again.output.find("--resume"), std::string::npos) << again.output;
+
+  // Cut back to its first 3 rows and resumed, the run's means are over all 10 images (they were
+  // over the 7 of the resumed run), as h5py's nanmean of each measure says.
+  cut_to(h5, 3);
+  const auto resumed = test::run_process(
+      exe() + " classify --model " + q(model) + " --data " + q(images + "/labels.csv") +
+      " --masks " + q(images + "/masks") + " --out " + q(out) +
+      " --batch-size 4 --overlays --faithfulness --faithfulness-steps 4 --resume");
+  ASSERT_EQ(resumed.status, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed: 3 inputs already stored"), std::string::npos)
+      << resumed.output;
+  const auto means = test::run_process(
+      test::python() +
+      " -c \"import sys, h5py, numpy as np; f = h5py.File(sys.argv[1], 'r')\n"
+      "for m in ('stage3/deletion_auc', 'gaussian/jaccard'):\n"
+      "  v = f['measures/' + m][...]; print(m, np.nanmean(v), np.isfinite(v).sum())\" " +
+      q(h5));
+  std::istringstream lines(means.output);
+  for (std::string name; lines >> name;) {
+    double mean = 0;
+    int n = 0;
+    lines >> mean >> n;
+    EXPECT_EQ(n, 10) << means.output;
+    const auto at = resumed.output.find("mean " + name + " ");
+    ASSERT_NE(at, std::string::npos) << name << resumed.output;
+    std::istringstream said(resumed.output.substr(at + 6 + name.size()));
+    double printed = 0;
+    std::string images_said;
+    said >> printed >> images_said;
+    EXPECT_NEAR(printed, mean, 1e-5) << resumed.output;
+    EXPECT_EQ(images_said, "(10") << resumed.output;
+  }
+  EXPECT_NE(means.output.find("gaussian/jaccard"), std::string::npos) << means.output;
 }
 
 // Kills at random moments (inside a batch's write, its close, the rename, or inference) each
@@ -312,7 +359,8 @@ TEST(CliClassify, SigtermStopsAfterTheBatchKeepsWhatWasInferredAndResumes) {
 
 // --tta averages over the whole dihedral group, so its probability is invariant and its maps
 // (each mapped back before averaging) equivariant under any dihedral transform of the input:
-// an image and its flipped / rotated copies, compared by h5py with numpy's own flips.
+// an image and its flipped / rotated copies, compared by h5py with numpy's own flips; a "max"
+// map's maximum stays 1.
 const char* kDihedralCheck = R"(
 import sys, h5py, numpy as np
 f = h5py.File(sys.argv[1], 'r')
@@ -329,6 +377,10 @@ for name, op in ops.items():
         x = f['attention/' + m][...].astype(np.float64)
         scale = max(np.abs(x[a]).max(), 1e-12)
         worst_m = max(worst_m, float(np.abs(op(x[a]) - x[b]).max() / scale))
+peaks = [np.abs(f['attention/' + m][...].reshape(len(ids), -1).max(1)) for m in f['attention']
+         if f['attention/' + m].attrs['normalization'] == 'max']
+print('peaks', len(peaks) > 0 and all((((p > 1 - 1e-5) & (p < 1 + 1e-5)) | (p == 0)).all()
+                                     for p in peaks))
 print('maps', sorted(f['attention']), 'std' if 'predictions/probability_std' in f else 'nostd')
 print('worst_p %.3g worst_m %.3g' % (worst_p, worst_m))
 )";
@@ -368,6 +420,9 @@ TEST(CliClassify, TtaIsInvariantToFlipsAndRotationsAndItsMapsEquivariant) {
   };
   const auto [text, p, m] = worst(" --tta", "tta", "tta");
   EXPECT_NE(text.find("'gradcam'"), std::string::npos) << text;
+  // A "max" map's maximum is 1 also after the mean of the 8 (it was below 1 where they
+  // disagreed, while the schema says each map is divided by its maximum).
+  EXPECT_NE(text.find("peaks True"), std::string::npos) << text;
   EXPECT_NE(text.find(" std"), std::string::npos) << text;
   EXPECT_LT(p, 1e-5) << text;
   EXPECT_LT(m, 1e-4) << text;
@@ -786,7 +841,10 @@ TEST(CliClassify, DecodeReduceToOverridesTheCheckpointsDecodeAndIsRecorded) {
   const auto r = test::run_process(exe() + " classify --model " + q(model) + " --input " + q(in) +
                                    " --out " + q(dir / "flag") + " --resume");
   EXPECT_NE(r.status, 0) << r.output;
-  EXPECT_NE(r.output.find("preprocessing_config differs"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("cannot resume: its preprocessing_config differs from this run's in "
+                          "decode.reduce_to (stored 64, now absent)\n"),
+            std::string::npos)
+      << r.output;
   const auto bad = test::run_process(exe() + " classify --model " + q(model) + " --input " + q(in) +
                                      " --out " + q(dir / "bad") + " --decode-reduce-to -1");
   EXPECT_EQ(bad.status, 2) << bad.output;
@@ -912,6 +970,31 @@ TEST(CliClassify, CraftedCheckpointsAndNonFiniteOutputsAreOneLineNamingThem) {
   EXPECT_NE(none.output.find("error: no image was classified: the inputs hold no image"),
             std::string::npos)
       << none.output;
+  EXPECT_FALSE(fs::exists(dir / "out_none")) << none.output;  // nothing to --overwrite later
+
+  // Every input failed: the line says where the reasons are and how to classify them again
+  // (results.h5 holds the failures, so a plain rerun is refused); --resume keeps them failed.
+  fs::create_directories(dir / "bad");
+  std::ofstream(dir / "bad/lesion.jpg") << "not an image";
+  const auto bad_model = make_checkpoint(dir);
+  const auto all_failed = [&](const std::string& flags) {
+    return test::run_process(exe() + " classify --model " + q(bad_model) + " --input " +
+                             q(dir / "bad") + " --out " + q(dir / "out_bad") + " " + flags +
+                             " 2>&1");
+  };
+  const std::string told = "error: no image was classified: all 1 failed (their reasons are in " +
+                           (dir / "out_bad/errors.csv") +
+                           "); once they are mended, classify them again with --overwrite";
+  for (const auto* flags : {"", "--resume"}) {
+    const auto r = all_failed(flags);
+    EXPECT_EQ(r.status, 1) << flags << r.output;
+    EXPECT_NE(r.output.find(told), std::string::npos) << flags << r.output;
+  }
+  ASSERT_TRUE(
+      cv::imwrite(dir / "bad/lesion.jpg", cv::Mat(64, 64, CV_8UC3, cv::Scalar(40, 90, 160))));
+  const auto mended = all_failed("--overwrite");
+  EXPECT_EQ(mended.status, 0) << mended.output;
+  EXPECT_NE(mended.output.find("classified 1, failed 0"), std::string::npos) << mended.output;
 }
 
 // A checkpoint's hair removal that would inpaint too much of an image (a crafted config: the
@@ -1094,7 +1177,8 @@ TEST(CliClassify, ResumeSaysWhichIdsCameFromAnotherFile) {
 }
 
 // --threshold decides nothing for a model of three classes (each image gets its most probable
-// class): one warning line, not silence; the labels are the argmax (h5py's oracle).
+// class): one warning line, not silence; the labels are the argmax (h5py's oracle), and the
+// file records no threshold.
 TEST(CliClassify, AThresholdForAModelOfThreeClassesIsSaidToDecideNothing) {
   test::TempDir dir;
   const auto path = dir / "three.h5";
@@ -1120,8 +1204,9 @@ TEST(CliClassify, AThresholdForAModelOfThreeClassesIsSaidToDecideNothing) {
   const auto argmax = test::run_process(
       test::python() + " -c \"import h5py,numpy as np; f=h5py.File('" + dir / "out/results.h5" +
       "','r'); print(bool((f['predictions/label'][:]==f['predictions/probability'][:]"
-      ".argmax(1)).all()))\"");
-  EXPECT_EQ(argmax.output, "True\n");
+      ".argmax(1)).all()), f.attrs['threshold'])\"");
+  // Nor is it recorded: the file's threshold is the rule its labels follow (null: arg-max).
+  EXPECT_EQ(argmax.output, "True null\n");
 }
 
 // Localisation measures are NaN for exactly the images without a mask (or with an empty one),
@@ -1196,18 +1281,7 @@ TEST(CliClassify, RepeatedFileNamesGetUniqueIdsAndResumeKeepsEveryImage) {
   for (const auto& id : pipeline::read_results(dir / "run/results.h5").ids) ids.insert(id);
   EXPECT_EQ(ids.size(), 3u);
   // Resuming a file that holds only the first image classifies the other two.
-  const auto trim = dir / "trim.py";
-  std::ofstream(trim) << R"(
-import sys, h5py
-f = h5py.File(sys.argv[1], 'r+')
-def cut(n, o):
-    if isinstance(o, h5py.Dataset) and not n.startswith('errors/'): o.resize(1, axis=0)
-f.visititems(cut)
-f.attrs['num_images'] = '1'
-f.attrs['finished_at'] = ''
-)";
-  const auto t = test::run_process(test::python() + " " + q(trim) + " " + q(dir / "run/results.h5"));
-  ASSERT_EQ(t.status, 0) << t.output;
+  cut_to(dir / "run/results.h5", 1);
   const auto resumed = test::run_process(base + " --resume");
   ASSERT_EQ(resumed.status, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("resumed: 1 inputs already stored"), std::string::npos)
@@ -1586,6 +1660,20 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
               "error: classify: the shard taken from RANK=3 and WORLD_SIZE=2 is '3/2', "
               "not i/N with 0 <= i < N: check the launcher's variables, or give "
               "--shard\n");
+  }
+  // One of a pair alone classifies every input (shard 0/1), with a line that says so.
+  {
+    const auto r = test::run_process("env -u WORLD_SIZE -u SLURM_PROCID -u SLURM_NTASKS RANK=1 " +
+                                     exe() + " classify --model " + q(model) + " --input " +
+                                     q(images + "/images") + " --out " + q(dir / "c5") + " 2>&1");
+    EXPECT_EQ(r.status, 0) << r.output;
+    EXPECT_NE(r.output.find("warning: RANK=1 is set without WORLD_SIZE: this process classifies "
+                            "every input (shard 0/1); give --shard i/N to classify a part\n"),
+              std::string::npos)
+        << r.output;
+    const auto n = std::distance(fs::directory_iterator(images + "/images"), {});
+    EXPECT_NE(r.output.find("classified " + std::to_string(n) + ", failed 0"), std::string::npos)
+        << r.output;
   }
   for (const auto& c : cases) {
     SCOPED_TRACE(c.args);

@@ -63,6 +63,21 @@ TEST(Cli, BadFlagIsAUsageError) {
   EXPECT_NE(r.output.find("usage: attnscope info"), std::string::npos) << r.output;
 }
 
+// The global --threads after a command that has no --threads of its own: the line says where
+// it goes (it said only "unrecognised option").
+TEST(Cli, AGlobalOptionAfterTheCommandIsSaidToGoBeforeIt) {
+  for (const char* args : {" info --threads 1", " info --threads=1", " presets --threads 2"}) {
+    const auto r = test::run_process(exe() + args);
+    EXPECT_EQ(r.status, 2) << args << r.output;
+    EXPECT_NE(r.output.find(" (--threads is a global option here: give it before the command, as "
+                            "in `attnscope --threads 2 info`)\n"),
+              std::string::npos)
+        << args << r.output;
+  }
+  const auto other = test::run_process(exe() + " info --no-such-flag");
+  EXPECT_EQ(other.output.find("global option"), std::string::npos) << other.output;
+}
+
 TEST(Cli, BadThreadsValueIsAUsageError) {
   const auto r = test::run_process(exe() + " --threads two info");
   EXPECT_EQ(r.status, 2);

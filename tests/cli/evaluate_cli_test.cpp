@@ -247,6 +247,36 @@ TEST_F(EvaluateCli, TtaIsTheMeanOfEightTransformedRuns) {
 // --precision bf16 runs the forward passes in bfloat16 autocast: the probabilities move by
 // bfloat16's rounding (so they differ from float32's: autocast was on) but stay near them,
 // with and without TTA; the precision is reported; anything but fp32/bf16 is a usage error.
+// evaluate uses no mask: the labels.csv of synth copied where its masks/ folder is not reads
+// as the original (it failed on the first missing mask file). Without images/ beside it and
+// without --images, the line says to give the folder.
+TEST_F(EvaluateCli, MasksAreNotReadAndAMissingImageFolderIsNamed) {
+  test::TempDir out;
+  fs::copy_file(data(), out / "labels.csv");
+  ASSERT_NE(read_text(out / "labels.csv").find("masks/"), std::string::npos);
+  const auto evaluate = [&](const std::string& labels, const std::string& flags) {
+    return test::run_process(exe() + " evaluate --bootstrap 0 --quiet --model " + model() +
+                             " --data " + labels + " " + flags + " 2>&1");
+  };
+  auto r = evaluate(data(), "--predictions " + (out / "a.csv"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = evaluate(out / "labels.csv",
+               "--images " + (*dir_ / "data/images") + " --predictions " + (out / "b.csv"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output.find("mask"), std::string::npos) << r.output;
+  EXPECT_EQ(probabilities_of(out / "b.csv"), probabilities_of(out / "a.csv"));
+  r = evaluate(out / "labels.csv", "");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_EQ(
+      r.output.rfind("error: " + (out / "labels.csv") + ": names no image folder, so image '", 0),
+      0u)
+      << r.output;
+  EXPECT_NE(r.output.find("' and the others have no file: give the folder with --images, or put "
+                          "the images in an images/ folder beside the CSV\n"),
+            std::string::npos)
+      << r.output;
+}
+
 TEST_F(EvaluateCli, Bf16PrecisionStaysNearFloat32AndIsReported) {
   test::TempDir out;
   for (const char* tta : {"", " --tta"}) {

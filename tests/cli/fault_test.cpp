@@ -890,6 +890,12 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
         // --resume with another option ("--data is required", which --resume refuses).
         train("--select-by f1"), train("--schedule linear"), train("--loss hinge"),
         train("--sampler random"), "train --resume " + (dir / "t") + " --seed 3",
+        train("--val v.csv --val-split 0.3"),
+        // std::stoll took a leading space or sign on either side of the slash, not a trailing
+        // one.
+        "classify --model m.h5 --input x.jpg --out " + (dir / "o") + " --shard ' 1/2'",
+        "classify --model m.h5 --input x.jpg --out " + (dir / "o") + " --shard '1/ 2'",
+        "classify --model m.h5 --input x.jpg --out " + (dir / "o") + " --shard +1/2",
         "train --epochs 3 --resume=" + (dir / "t")}) {
     const auto r = test::run_process(exe() + " " + args);
     EXPECT_EQ(r.status, 2) << args << "\n" << r.output;

@@ -206,6 +206,17 @@ TEST(DataCliSplit, Ham10000SplitsKeepLesionsTogether) {
       "'))); g = collections.defaultdict(set); [g[r['group']].add(r['split']) for r in rows]; "
       "print(len(rows), len({r['image_id'] for r in rows}), max(len(s) for s in g.values()))\"");
   EXPECT_EQ(py.output, "10015 10015 1\n") << py.output;
+  // Binary mode's --ak-benign changes nothing in multi-class mode: one warning line, and the
+  // same splits.
+  const auto ak = test::run_process(exe() + " split --data " + ham + " --out " +
+                                    (dir / "splits_ak.csv") + " --multiclass --seed 3 --ak-benign");
+  ASSERT_EQ(ak.status, 0) << ak.output;
+  EXPECT_NE(ak.output.find("warning: --ak-benign is for benign/malignant labels; with "
+                           "--multiclass actinic keratosis keeps its own class\n"),
+            std::string::npos)
+      << ak.output;
+  EXPECT_EQ(r.output.find("--ak-benign"), std::string::npos) << r.output;
+  EXPECT_EQ(test::read_text(dir / "splits_ak.csv"), test::read_text(dir / "splits.csv"));
   const auto bad = test::run_process(exe() + " split --data " + ham + " --out " + (dir / "x.csv") +
                                      " --val 0.6 --test 0.5");
   EXPECT_EQ(bad.status, 2) << bad.output;

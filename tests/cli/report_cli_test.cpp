@@ -155,11 +155,11 @@ TEST(CliReport, TopAndSortKeepTheWorstImages) {
   EXPECT_EQ(intervals[1], intervals[0]);
   EXPECT_EQ(intervals[2], intervals[0]);
 
-  // A MAP/MEASURE the file does not hold: one line listing the keys it has (a word that is no
-  // key at all is a usage error: BadResultsFilesGiveOneClearLine).
+  // A MAP/MEASURE the file does not hold: a usage error (exit 2), as a word that is no key at
+  // all is (BadResultsFilesGiveOneClearLine), listing the keys the file has.
   const auto bad = test::run_process(exe() + " report --results " + (dir / "results.h5") +
                                      " --out " + (dir / "x.html") + " --sort stage3/nonsense");
-  EXPECT_EQ(bad.status, 1) << bad.output;
+  EXPECT_EQ(bad.status, 2) << bad.output;
   EXPECT_NE(bad.output.find("unknown sort key 'stage3/nonsense'"), std::string::npos) << bad.output;
   EXPECT_NE(bad.output.find("stage3/mass_in_mask"), std::string::npos) << bad.output;
   EXPECT_FALSE(fs::exists(dir / "x.html"));

@@ -241,6 +241,39 @@ TEST(Seq2SeqCli, AlignmentsReplaceOnlyAnAlignmentsFile) {
                                        ".attrs['count'])\" " +
                                        (dir / "al.h5"));
   EXPECT_EQ(count.output, "2\n");
+
+  // --alignment-png writes NNNNNN.png into a folder: a user's file under such a name is refused
+  // before anything is written; the heatmaps of an earlier run are replaced.
+  std::filesystem::create_directories(dir / "photos");
+  std::ofstream(dir / "photos/000001.png", std::ios::binary) << "\x89PNG\r\n\x1a\na photo";
+  const auto heatmaps = exe() + " seq2seq translate --model " + model + " --alignment-png ";
+  r = test::run_process(heatmaps + (dir / "photos") + " abc hello");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: " + (dir / "photos/000001.png") +
+                          ": exists and is not an alignment heatmap written by attnscope seq2seq "
+                          "translate; refusing to replace it"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(test::read_text(dir / "photos/000001.png"), "\x89PNG\r\n\x1a\na photo");
+  EXPECT_FALSE(std::filesystem::exists(dir / "photos/000000.png"));
+  for (const char* text : {" abc hello", " ab cd"}) {
+    r = test::run_process(heatmaps + (dir / "png") + text);
+    EXPECT_EQ(r.status, 0) << text << r.output;
+  }
+  // The chunk that marks them, read by Python's zlib: every chunk's CRC holds, the tEXt chunk
+  // names the writer, and OpenCV decodes the image.
+  const auto chunks = test::run_process(
+      test::python() +
+      " -c \"import sys, struct, zlib, cv2\n"
+      "b = open(sys.argv[1], 'rb').read(); at = 8; text = []\n"
+      "while at < len(b):\n"
+      "  n, = struct.unpack('>I', b[at:at + 4]); kind = b[at + 4:at + 8]\n"
+      "  assert zlib.crc32(b[at + 4:at + 8 + n]) == struct.unpack('>I', b[at + 8 + n:at + 12 + "
+      "n])[0]\n"
+      "  text += [b[at + 8:at + 8 + n]] if kind == b'tEXt' else []; at += 12 + n\n"
+      "print(text, cv2.imread(sys.argv[1]).shape[2])\" " +
+      (dir / "png/000001.png"));
+  EXPECT_EQ(chunks.output, "[b'Software\\x00attnscope seq2seq translate'] 3\n") << chunks.output;
 }
 
 // Sizes are said as the flags that set them, not as the checkpoint's fields; the other
@@ -259,10 +292,15 @@ TEST(Seq2SeqCli, SizesAreNamedByTheirFlags) {
       << r.output;
   r = test::run_process(train +
                         "--model gru-additive --hidden-dim 8 --embedding-dim 8 "
-                        "--heads 2 --positions learned --valid-size 5");
+                        "--heads 2 --positions learned --valid-size 5 --tokenizer word");
   EXPECT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("warning: --heads, --positions: transformer sizes, which --model "
                           "gru-additive does not use\n"),
+            std::string::npos)
+      << r.output;
+  // A synthetic task is tokenised by character whatever --tokenizer says: said in one line.
+  EXPECT_NE(r.output.find("warning: --tokenizer word is for --task tsv:FILE; the synthetic task "
+                          "'copy' is tokenised by character\n"),
             std::string::npos)
       << r.output;
 }
@@ -279,6 +317,7 @@ TEST(Seq2SeqCli, TsvBadLinesAreReportedWithLineNumbers) {
                              " --quiet --out " +
                              (dir / "run"));
   ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output.find("--tokenizer word is for"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("pairs.tsv:2: no tab"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("pairs.tsv:3: empty line"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("pairs.tsv:12: invalid UTF-8"), std::string::npos) << r.output;

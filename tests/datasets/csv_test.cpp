@@ -1,6 +1,7 @@
 #include <fstream>
 
 #include "attnscope/error.h"
+#include "attnscope/printable.h"
 #include "datasets/csv.h"
 #include "datasets/formats/formats.h"
 #include "test_support.h"
@@ -48,11 +49,37 @@ TEST(Csv, QuotedFieldsKeepTheirEdgeSpacesUnquotedOnesAreTrimmed) {
   EXPECT_EQ(formats::field(nbsp.rows.at(1), 0),
             "\xC2\xA0"
             "a");
+  // Four-byte UTF-8 too: the language tag U+E0001 is trimmed; an emoji's variation selector
+  // (U+FE0F) and a flag's tag characters (U+E0067 ... U+E007F) belong to it and are kept.
+  const std::string tag = "\xF3\xA0\x80\x81", heart = "\xE2\x9D\xA4\xEF\xB8\x8F",
+                    scotland =
+                        "\xF0\x9F\x8F\xB4\xF3\xA0\x81\xA7\xF3\xA0\x81\xA2\xF3\xA0"
+                        "\x81\xB3\xF3\xA0\x81\xA3\xF3\xA0\x81\xB4\xF3\xA0\x81\xBF";
+  EXPECT_EQ(trim(tag + "nevus" + tag), "nevus");
+  EXPECT_EQ(trim(heart), heart);
+  EXPECT_EQ(trim(scotland), scotland);
   for (const std::string v :
-       {" padded ", "a,b", "plain", "\ttab", "nevus\xC2\xA0", "\xE2\x80\x8Bzw", "in\xC2\xA0side"}) {
+       {std::string(" padded "), std::string("a,b"), std::string("plain"), std::string("\ttab"),
+        std::string("nevus\xC2\xA0"), std::string("\xE2\x80\x8Bzw"), std::string("in\xC2\xA0side"),
+        "nevus" + tag, heart, scotland}) {
     const auto back = parse_csv("x\n" + csv_field(v) + "\n", "m.csv");
     EXPECT_EQ(formats::field(back.rows.at(0), 0), v) << v;
   }
+}
+
+// Printed, what shows as nothing is escaped, beyond the 16-bit plane as \U and 8 digits (the
+// oracle: Python's and C++'s own escapes); a four-byte emoji is kept, and so are bytes that are
+// no UTF-8 (a five-byte lead), as a Latin-1 name's are.
+TEST(Csv, PrintableEscapesWhatShowsAsNothing) {
+  EXPECT_EQ(printable("nevus\xF3\xA0\x80\x81"), "nevus\\U000e0001");
+  EXPECT_EQ(printable("a\xF0\x9D\x85\xB3"
+                      "b"),
+            "a\\U0001d173b");  // a musical format control
+  EXPECT_EQ(printable("\xE2\x9D\xA4\xEF\xB8\x8F"), "\xE2\x9D\xA4\\ufe0f");
+  EXPECT_EQ(printable("\xF0\x9F\x98\x80"), "\xF0\x9F\x98\x80");          // an emoji, kept
+  EXPECT_EQ(printable("\xF8\x88\x80\x80\x80"), "\xF8\x88\x80\x80\x80");  // no UTF-8: as Latin-1
+  EXPECT_TRUE(is_blank("\xF3\xA0\x80\x81 \xE3\x85\xA4"));                // a tag, a Hangul filler
+  EXPECT_FALSE(is_blank("\xF0\x9F\x98\x80"));
 }
 
 TEST(Csv, UnterminatedQuoteNamesFileAndLine) {

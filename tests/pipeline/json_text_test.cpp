@@ -175,5 +175,26 @@ TEST(JsonText, FieldsAreReadOrTheirFallbackAndAnotherTypeIsNamed) {
   EXPECT_NE(cut.find("(100002 bytes), not a number"), std::string::npos) << cut.substr(0, 300);
 }
 
+// What differs between two JSON texts, leaf by leaf (the oracle: the documented rule applied by
+// hand to small configs); texts that are no JSON object or array, or too deep, give "".
+TEST(JsonText, ChangesNameTheLeavesThatDiffer) {
+  const std::string a =
+      R"({"decode":{"reduce_to":64,"max_pixels":100},"steps":[{"op":"resize","size":224}]})";
+  const std::string b =
+      R"({"decode":{"reduce_to":null,"max_pixels":100},"steps":[{"op":"resize","size":256}]})";
+  EXPECT_EQ(json_changes(a, b, "stored", "now"),
+            "decode.reduce_to (stored 64, now null); steps.0.size (stored 224, now 256)");
+  EXPECT_EQ(json_changes(a, a, "stored", "now"), "");
+  EXPECT_EQ(json_changes(R"({"a":1})", R"({"a":1,"b":[2]})", "x", "y"), "b (x absent, y [2])");
+  EXPECT_EQ(
+      json_changes(R"({"a":1,"b":2,"c":3,"d":4})", R"({"a":5,"b":6,"c":7,"d":8})", "x", "y", 2),
+      "a (x 1, y 5); b (x 2, y 6); and 2 more");
+  EXPECT_EQ(json_changes("bf16", "fp32", "x", "y"), "");  // no JSON
+  EXPECT_EQ(json_changes("1", "2", "x", "y"), "");        // scalars: the caller quotes them
+  EXPECT_EQ(json_changes(R"([1,2])", R"([1])", "x", "y"), "1 (x 2, y absent)");
+  const std::string deep = std::string(100, '[') + std::string(100, ']');
+  EXPECT_EQ(json_changes(deep, "[]", "x", "y"), "");
+}
+
 }  // namespace
 }  // namespace attnscope

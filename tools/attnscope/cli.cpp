@@ -82,6 +82,15 @@ bool parse(const std::string& usage_line, po::options_description& desc,
       return false;
     }
     po::notify(vm);
+  } catch (const po::unknown_option& e) {
+    // The global option after a command that has none of its own: say where it goes.
+    const auto name = e.get_option_name();
+    throw UsageError(name == "--threads" || name.rfind("--threads=", 0) == 0
+                         ? concat(e.what(),
+                                  " (--threads is a global option here: give it before the "
+                                  "command, as in `attnscope --threads 2 info`)")
+                         : std::string(e.what()),
+                     usage_text(usage_line, desc));
   } catch (const po::error& e) {
     throw UsageError(e.what(), usage_text(usage_line, desc));
   }

@@ -28,16 +28,26 @@ constexpr int kMaxFaithfulnessSteps = 1024;
 namespace fs = std::filesystem;
 
 // torchrun (RANK/WORLD_SIZE) or Slurm (SLURM_PROCID/SLURM_NTASKS): "i/N", or "" when unset;
-// `from` names the variables it came from ("RANK=3 and WORLD_SIZE=2").
-std::string shard_from_environment(std::string* from = nullptr) {
+// `from` names the variables it came from ("RANK=3 and WORLD_SIZE=2"); `warning` says one of a
+// pair set without the other.
+std::string shard_from_environment(std::string* from, std::string* warning) {
   for (const auto& [rank, size] :
        {std::pair{"RANK", "WORLD_SIZE"}, std::pair{"SLURM_PROCID", "SLURM_NTASKS"}}) {
     const char* r = std::getenv(rank);
     const char* n = std::getenv(size);
-    if (r && n && *r && *n) {
+    const bool has_r = r && *r, has_n = n && *n;
+    if (has_r && has_n) {
       if (from) *from = concat(rank, "=", excerpt(r, 40), " and ", size, "=", excerpt(n, 40));
+      if (warning) warning->clear();  // a lone RANK beside a full Slurm pair says nothing
       return std::string(r) + "/" + n;
     }
+    // One of the pair alone (a leftover variable, or a job step without its task count): all
+    // inputs are classified, and the line says so; under a launcher every process would.
+    if ((has_r || has_n) && warning && warning->empty())
+      *warning = concat(has_r ? rank : size, "=", excerpt(has_r ? r : n, 40), " is set without ",
+                        has_r ? size : rank,
+                        ": this process classifies every input (shard 0/1); give --shard i/N "
+                        "to classify a part");
   }
   return "";
 }
@@ -139,7 +149,11 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
     }
   }
   std::string shard_from;  // the launcher's variables, when --shard was not given
-  if (shard.empty()) shard = shard_from_environment(&shard_from);
+  if (shard.empty()) {
+    std::string alone;
+    shard = shard_from_environment(&shard_from, &alone);
+    if (!alone.empty()) std::cerr << "warning: " << printable(alone) << "\n";
+  }
   if (!shard.empty()) {
     try {
       std::tie(o.shard, o.num_shards) = pipeline::parse_shard(shard);
@@ -180,6 +194,7 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
     check(!folder_contains(input, o.out_dir), o.out_dir, "is the input folder ", input,
           " or inside it: its files would be read as inputs; choose an output folder outside it");
   }
+  data.masks = o.faithfulness;  // only the localisation measures read masks
   auto dataset =
       data.data.empty() ? pipeline::collect_inputs(inputs) : data.read(usage_text(usage, desc));
   if (data.data.empty())  // (the dataset flags print their own)
@@ -189,6 +204,12 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
     std::cerr << "warning: " << printable(masks)
               << ": no mask matches any input (<id>_segmentation.png, <id>_Segmentation.png, "
                  "<id>_mask.png or <id>.png); the localisation measures stay empty\n";
+  // No input at all: nothing is written (an empty results.h5 left behind made the run after
+  // adding the images need --overwrite), unless --resume finishes a stored run.
+  if (dataset.samples.empty() && !o.resume) {
+    std::cerr << "error: no image was classified: the inputs hold no image\n";
+    return 1;
+  }
   const bool tty = isatty(STDERR_FILENO) != 0;
   int64_t last_line = -1;
   const auto progress = [&](const pipeline::ClassifyProgress& p) {
@@ -241,9 +262,13 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
     std::cout << "wrote " << path << "\n";
   if (s.classified > 0) return 0;
   // Exit 1 says so in one line.
+  // The file stays (its /errors is the record), so the next run must say what to do with it.
   if (s.failed > 0)
     std::cerr << "error: no image was classified: all " << s.failed
-              << " failed (their reasons are in errors.csv)\n";
+              << " failed (their reasons are in "
+              << printable((fs::path(o.out_dir) / "errors.csv").string())
+              << "); once they are mended, classify them again with --overwrite (--resume keeps "
+                 "a failed image failed)\n";
   else
     std::cerr << "error: no image was classified: the inputs hold no image\n";
   return 1;

@@ -32,6 +32,7 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
       "[--out FILE] [options]";
   po::options_description desc("Options");
   DatasetFlags data;
+  data.masks = false;  // no measure of evaluate uses a mask
   data.add_to(desc);
   std::string model_path, out, predictions;
   std::string threshold_text;
@@ -144,10 +145,8 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
   } else {
     auto ds = data.read(usage_text(usage, desc));
     std::vector<std::pair<std::string, std::string>> files;
-    for (const auto& s : ds.samples) {
+    for (const auto& s : ds.samples)
       files.emplace_back(s.path, "an image of the dataset");
-      if (s.mask_path) files.emplace_back(*s.mask_path, "a mask of the dataset");
-    }
     check_outputs(files);
     const auto config = loaded.meta.preprocessing_config;
     auto decode = config.is_object() && !config.empty()

@@ -40,13 +40,6 @@ Pipeline load_pipeline(const std::string& config) {
   return config.empty() ? Pipeline() : Pipeline::from_file(config);
 }
 
-bool has_image_extension(const fs::path& p) {
-  std::string ext = p.extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
-  const auto& exts = datasets::image_extensions();
-  return std::find(exts.begin(), exts.end(), ext) != exts.end();
-}
-
 // Every stage scaled to one height, side by side, each labelled with its step's name.
 cv::Mat stage_strip(const std::vector<std::pair<std::string, cv::Mat>>& stages) {
   std::vector<cv::Mat> tiles;
@@ -161,7 +154,7 @@ int run_preprocess(const std::vector<std::string>& args, const GlobalOptions&) {
       ++failed;
     }
     for (const auto& file : listing.files) {
-      if (has_image_extension(file))
+      if (datasets::image_extension_rank(file) >= 0)
         files.push_back(file);
       else
         ++ignored;

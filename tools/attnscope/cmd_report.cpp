@@ -62,7 +62,14 @@ int run_report(const std::vector<std::string>& args, const GlobalOptions&) {
   o.command_line = joined(args);
   const auto start = std::chrono::steady_clock::now();
   check_not_an_input(out, results, "--results");
-  const auto s = pipeline::vision::write_report(results, out, o);
+  // A MAP/MEASURE the file does not hold is a typo of the option too.
+  const auto s = [&] {
+    try {
+      return pipeline::vision::write_report(results, out, o);
+    } catch (const pipeline::vision::UnknownSortKey& e) {
+      throw UsageError(e.what(), usage_text(usage, desc));
+    }
+  }();
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   for (const auto& w : s.warnings)

@@ -15,6 +15,7 @@
 #include "attnscope/error.h"
 #include "attnscope/folder_lock.h"
 #include "attnscope/output_checks.h"
+#include "attnscope/printable.h"
 #include "attnscope/version.h"
 #include "cli.h"
 #include "datasets/text/pairs.h"
@@ -88,7 +89,9 @@ void require_at_least(const po::variables_map& vm, const char* name, T minimum,
                      usage);
 }
 
-void add_task_options(po::options_description& desc, int64_t default_count, uint64_t seed) {
+// `seed_note`: what else the seed decides ("" for evaluate, which builds no model).
+void add_task_options(po::options_description& desc, int64_t default_count, uint64_t seed,
+                      const char* seed_note) {
   // clang-format off
   desc.add_options()
       ("task", po::value<std::string>()->required(), "copy | reverse | dates | tsv:PATH (required)")
@@ -96,7 +99,8 @@ void add_task_options(po::options_description& desc, int64_t default_count, uint
        "pairs generated for a synthetic task")
       ("min-length", po::value<int64_t>()->default_value(5), "shortest source of copy/reverse")
       ("max-length", po::value<int64_t>()->default_value(30), "longest source of copy/reverse")
-      ("seed", po::value<uint64_t>()->default_value(seed), "random seed of the data (and model)");
+      ("seed", po::value<uint64_t>()->default_value(seed),
+       (std::string("random seed of the data") + seed_note).c_str());
   // clang-format on
 }
 
@@ -185,7 +189,7 @@ void print_metrics(const pipeline::Seq2SeqEvaluation& eval, bool json,
 int run_train(const std::vector<std::string>& args) {
   const std::string usage_line = "seq2seq train --task TASK --model MODEL --out DIR [options]";
   po::options_description desc("Options");
-  add_task_options(desc, 20000, 0);
+  add_task_options(desc, 20000, 0, " and of the model's initial weights");
   // Defaults come from the library's option structs (and the preset for --layers).
   const pipeline::Seq2SeqTrainOptions train_defaults;
   const models::text::Seq2SeqOptions model_defaults;
@@ -318,7 +322,14 @@ int run_train(const std::vector<std::string>& args) {
   const uint64_t seed = vm["seed"].as<uint64_t>();
   auto data = load_task(spec, vm["count"].as<int64_t>(), vm["min-length"].as<int64_t>(),
                         vm["max-length"].as<int64_t>(), seed);
-  if (!data.from_file) tokenizer = text::TokenizerKind::kChar;
+  if (!data.from_file) {
+    // A synthetic task's sentences are letters without spaces: one word each.
+    if (tokenizer != text::TokenizerKind::kChar)
+      std::cerr << "warning: --tokenizer " << vm["tokenizer"].as<std::string>()
+                << " is for --task tsv:FILE; the synthetic task '" << printable(spec)
+                << "' is tokenised by character\n";
+    tokenizer = text::TokenizerKind::kChar;
+  }
   if (!data.skipped.empty()) std::cerr << "warning: " << data.skipped << "\n";
   // Held-out pairs: freshly generated (another seed) or the tail of the shuffled file.
   std::vector<text::TextPair> valid;
@@ -379,25 +390,26 @@ int run_train(const std::vector<std::string>& args) {
       .max_length(max_length);
   const int64_t layers = vm["layers"].as<int64_t>();
   if (layers > 0) options.layers(layers);
+  // Sizes are named by the flags that set them, not by the checkpoint's field names.
+  const auto flag_of = [](const std::string& field) -> std::string {
+    static const std::map<std::string, std::string> kFlags{
+        {"embedding_dim", "--embedding-dim"},
+        {"hidden_dim", "--hidden-dim"},
+        {"model_dim", "--model-dim"},
+        {"ff_dim", "--ff-dim"},
+        {"heads", "--heads"},
+        {"layers", "--layers"},
+        {"max_length", "--model-max-length"},
+        {"dropout", "--dropout"},
+        {"source_vocab", "the source vocabulary's size"},
+        {"target_vocab", "the target vocabulary's size"}};
+    const auto at = kFlags.find(field);
+    return at != kFlags.end() ? at->second : "model_config." + field;
+  };
   try {
-    pipeline::validate_seq2seq_options(options, "seq2seq train");
+    pipeline::validate_seq2seq_options(options, "seq2seq train", flag_of);
   } catch (const Error& e) {
-    // The checkpoint's field names, said as the flags that set them.
-    std::string message = e.message();
-    for (const auto& [field, flag] : std::vector<std::pair<std::string, std::string>>{
-             {"embedding_dim", "--embedding-dim"},
-             {"hidden_dim", "--hidden-dim"},
-             {"model_dim", "--model-dim"},
-             {"ff_dim", "--ff-dim"},
-             {"heads", "--heads"},
-             {"layers", "--layers"},
-             {"max_length", "--model-max-length"},
-             {"dropout", "--dropout"},
-             {"source_vocab", "the source vocabulary's size"},
-             {"target_vocab", "the target vocabulary's size"}})
-      for (std::size_t at; (at = message.find("model_config." + field)) != std::string::npos;)
-        message.replace(at, field.size() + 13, flag);
-    throw UsageError(message, usage);
+    throw UsageError(e.message(), usage);
   }
   torch::manual_seed(seed);
   pipeline::Seq2SeqBundle bundle{name, models::text::make_seq2seq(options), source_vocab,
@@ -493,7 +505,7 @@ int run_evaluate(const std::vector<std::string>& args) {
   po::options_description desc("Options");
   desc.add_options()("model", po::value<std::string>()->required(),
                      "checkpoint written by seq2seq train (required)");
-  add_task_options(desc, 1000, 12345);
+  add_task_options(desc, 1000, 12345, "");
   add_decode_options(desc);
   desc.add_options()("json", po::bool_switch(), "print the metrics as one JSON object");
   po::variables_map vm;
@@ -589,6 +601,20 @@ int run_translate(const std::vector<std::string>& args) {
       sources.push_back(line);
     }
   }
+  // One heatmap per input, NNNNNN.png: a file of the user's under such a name (a photo in the
+  // folder given) was replaced without a word; a heatmap of an earlier run is replaced.
+  const auto png_path = [&](std::size_t i) {
+    char name[32];
+    std::snprintf(name, sizeof(name), "%06zu.png", i);
+    return (fs::path(png_dir) / name).string();
+  };
+  if (!png_dir.empty() && fs::is_directory(png_dir))
+    for (std::size_t i = 0; i < sources.size(); ++i) {
+      const auto path = png_path(i);
+      check_replaces_only_its_own(path, "--alignment-png",
+                                  "an alignment heatmap written by attnscope seq2seq translate",
+                                  [&] { return pipeline::is_alignment_png(path); });
+    }
   const auto translations =
       pipeline::translate(bundle, sources, decode, vm["batch-size"].as<int64_t>());
   int failed = 0, truncated = 0;
@@ -626,9 +652,7 @@ int run_translate(const std::vector<std::string>& args) {
     fs::create_directories(png_dir);
     for (std::size_t i = 0; i < translations.size(); ++i) {
       if (!translations[i].error.empty()) continue;
-      char name[32];
-      std::snprintf(name, sizeof(name), "%06zu.png", i);
-      pipeline::write_alignment_png((fs::path(png_dir) / name).string(), translations[i]);
+      pipeline::write_alignment_png(png_path(i), translations[i]);
     }
   }
   return failed > 0 ? 1 : 0;

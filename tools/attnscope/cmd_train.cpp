@@ -337,6 +337,11 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
   if (batch_size < 1 || epochs < 1) fail("--batch-size and --epochs must be >= 1");
   if (batch_size > 65536) fail("--batch-size must be at most 65536");
   if (val_spec.empty() && !(val_split > 0 && val_split < 1)) fail("--val-split must be in (0, 1)");
+  // Two validation sets: --val took over and --val-split was dropped without a word.
+  if (!val_spec.empty() && !vm["val-split"].defaulted())
+    fail(
+        "--val and --val-split are two validation sets: give one (--val: a dataset of its own; "
+        "--val-split: a share of --data)");
   if (optimizer != "sgd" && optimizer != "adamw") fail("--optimizer must be sgd or adamw");
   // Two starts: the result matched neither alone.
   if (!init.empty() && !init_backbone.empty())

@@ -20,6 +20,9 @@ struct DatasetFlags {
   bool skip_missing = false;
   bool multiclass = false;
   bool ak_benign = false;
+  /// Whether the command uses the masks a dataset names (false: they are neither read nor
+  /// checked, so a missing mask file fails nothing).
+  bool masks = true;
 
   /// Adds the flags to a subcommand's options (--data optional when `required` is false).
   void add_to(po::options_description& desc, bool required = true) {
@@ -64,8 +67,13 @@ struct DatasetFlags {
       throw UsageError(e.what(), usage);
     }
     o.mode = multiclass ? datasets::LabelMode::kMultiClass : datasets::LabelMode::kBinary;
+    // Each class is its own with --multiclass: --ak-benign would change nothing, unsaid.
+    if (multiclass && ak_benign)
+      std::cerr << "warning: --ak-benign is for benign/malignant labels; with --multiclass "
+                   "actinic keratosis keeps its own class\n";
     o.ak_malignant = !ak_benign;
     o.skip_missing = skip_missing;
+    o.masks = masks;
     const auto path = resolved();
     o.images_dir = images.empty() ? datasets::default_images_dir(path) : images;
     auto ds = datasets::read_dataset(path, o);

@@ -76,6 +76,20 @@ TEST(ClassifyInputs, FoldersAreWalkedSortedWithoutHiddenEntriesAndRepeatedStemsG
   EXPECT_TRUE(ds.warnings.empty());
 }
 
+// A file named like a repeat ("x~2.png") keeps its own name as its id wherever it comes in
+// the inputs: a repeat of x before it takes the next free suffix (it took "x~2" and left the
+// file "x~2~2" before).
+TEST(ClassifyInputs, AFileNamedLikeARepeatKeepsItsOwnId) {
+  TempDir dir;
+  const fs::path one = dir.path() / "one", two = dir.path() / "two";
+  touch(one / "x.png");
+  touch(two / "x.png");
+  touch(two / "x~2.png");
+  touch(two / "x~3.png");
+  const auto ds = pipeline::collect_inputs({one.string(), two.string(), (one / "x.png").string()});
+  EXPECT_EQ(ids_of(ds), (std::vector<std::string>{"x", "x~4", "x~2", "x~3", "x~5"}));
+}
+
 TEST(ClassifyInputs, ListLinesAndNestedListsAreTakenFromTheListsFolder) {
   TempDir dir;
   touch(dir.path() / "data" / "x.jpg");
