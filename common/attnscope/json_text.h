@@ -199,20 +199,37 @@ inline std::string json_changes(const std::string& a_text, const std::string& b_
       out += "; and " + std::to_string(patch.size() - max) + " more";
       break;
     }
-    const auto path = patch[i].value("path", std::string());
-    const auto side = [&](const nlohmann::json& j) {
+    const auto& op = patch[i];
+    const auto path = op.value("path", std::string());
+    // A side's value at the path, or "absent"; an element added at an array's end has the path
+    // ".../-", which names nothing in either: its new value is the operation's own.
+    const auto side = [&](const nlohmann::json& j, bool added) {
+      if (added && op.value("op", std::string()) == "add" && op.contains("value"))
+        return json_excerpt(op.at("value"), 60);
       try {
         const nlohmann::json::json_pointer at(path);
         return j.contains(at) ? json_excerpt(j.at(at), 60) : std::string("absent");
-      } catch (const nlohmann::json::exception&) {  // "/steps/-": an element added at the end
+      } catch (const nlohmann::json::exception&) {
         return std::string("absent");
       }
     };
-    std::string dotted = path.empty() ? "(the whole value)" : path.substr(1);
-    for (auto& c : dotted)
-      if (c == '/') c = '.';
-    out += (i ? "; " : "") + excerpt(dotted, 80) + " (" + a_is + " " + side(a) + ", " + b_is + " " +
-           side(b) + ")";
+    // The JSON pointer said with dots, its escapes undone (~1 is '/', ~0 is '~').
+    std::string dotted;
+    for (std::size_t k = 1; k < path.size(); ++k) {
+      if (path[k] == '/') {
+        dotted += '.';
+      } else if (path[k] == '~' && k + 1 < path.size() &&
+                 (path[k + 1] == '0' || path[k + 1] == '1')) {
+        dotted += path[++k] == '1' ? '/' : '~';
+      } else {
+        dotted += path[k];
+      }
+    }
+    if (path.empty()) dotted = "(the whole value)";
+    if (path.size() >= 2 && path.compare(path.size() - 2, 2, "/-") == 0)
+      dotted = dotted.substr(0, dotted.size() - 2) + "[new]";  // appended to an array
+    out += (i ? "; " : "") + excerpt(dotted, 80) + " (" + a_is + " " + side(a, false) + ", " +
+           b_is + " " + side(b, true) + ")";
   }
   return out;
 }

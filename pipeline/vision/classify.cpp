@@ -497,20 +497,23 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
   layout.tta = o.tta;
   {
     const auto x = pipeline.tensor(probe.image).unsqueeze(0).to(device);
-    std::map<std::string, at::Tensor> shapes;
+    mv::ImageOutput out;
     try {
       torch::NoGradGuard ng;
-      const auto out = model.forward(x, support.vit);
-      shapes = out.maps;
-      // A negative BatchNorm variance or an overflowing weight passes the checkpoint's
-      // NaN/inf check and makes NaN for every image: labels from it would be meaningless.
-      check(torch::isfinite(out.logits).all().item<bool>(), o.model,
-            "gives non-finite outputs (NaN or inf) for a plain grey image: the weights are "
-            "damaged");
+      out = model.forward(x, support.vit);
     } catch (const c10::Error&) {
       check_model_takes_pipeline_output(model, pipeline, o.model);  // says why, naming the size
       throw;
+    } catch (const Error&) {  // the model's own check (a ViT's patch grid), said for the file
+      check_model_takes_pipeline_output(model, pipeline, o.model);
+      throw;
     }
+    const std::map<std::string, at::Tensor> shapes = out.maps;
+    // A negative BatchNorm variance or an overflowing weight passes the checkpoint's NaN/inf
+    // check and makes NaN for every image: labels from it would be meaningless.
+    check(torch::isfinite(out.logits).all().item<bool>(), o.model,
+          "gives non-finite outputs (NaN or inf) for a plain grey image: the weights are "
+          "damaged");
     for (const auto& m : maps) {
       ResultsMap rm;
       rm.name = m;

@@ -98,6 +98,11 @@ cv::Size check_model_takes_pipeline_output(models::vision::ImageClassifier& mode
     model.train(training);
     throw Error(subject, concat("cannot classify the ", image.cols, " x ", image.rows, " images ",
                                 made_by, " makes (", e.what_without_backtrace(), ")"));
+  } catch (const Error& e) {
+    // The model's own check (a ViT's patch grid: "multiples of 8"), said for the file.
+    model.train(training);
+    throw Error(subject, concat("cannot classify the ", image.cols, " x ", image.rows, " images ",
+                                made_by, " makes (", e.what(), ")"));
   }
   model.train(training);
   return image.size();

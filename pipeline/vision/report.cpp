@@ -284,7 +284,17 @@ Results read_results(const std::string& path, bool values = true) {
   r.probability = probs("predictions/probability");
   check_result_values(r.truth, torch::tensor(r.predicted, torch::kInt64), r.probability, n, r.c,
                       path);
-  if (tta) r.probability_std = probs("predictions/probability_std");
+  if (tta) {
+    r.probability_std = probs("predictions/probability_std");
+    // The spread of 8 values in [0, 1] lies in [0, 0.5]; another value (a crafted file) sorted
+    // and drew the cards by a meaningless uncertainty.
+    const auto bad =
+        (r.probability_std.isnan() | (r.probability_std < 0) | (r.probability_std > 0.5 + 1e-6))
+            .nonzero();
+    check(bad.size(0) == 0, where(path, "predictions/probability_std"), "row ",
+          bad.size(0) ? bad[0][0].item<int64_t>() : 0,
+          " holds a value outside [0, 0.5], which no spread of probabilities has");
+  }
 
   if (r.has_images) {
     const auto shape = h5::dataset_shape(root, "images/preprocessed", path);
@@ -390,6 +400,12 @@ Results read_results(const std::string& path, bool values = true) {
       } catch (const std::exception&) {
       }
     }
+    // classify writes the three columns together: other lengths are a damaged or edited file.
+    if (ids.size() != reasons.size() || paths.size() != reasons.size())
+      r.warnings.push_back(concat(where(path, "errors"), " holds ", ids.size(), " ids, ",
+                                  paths.size(), " paths and ", reasons.size(),
+                                  " reasons: the file is damaged or was edited; the report lists ",
+                                  e, " failed inputs"));
     ids.resize(std::max(ids.size(), e));
     paths.resize(std::max(paths.size(), e));
     for (std::size_t i = 0; i < e; ++i)

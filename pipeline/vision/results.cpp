@@ -429,6 +429,15 @@ void check_result_values(const std::vector<int64_t>& labels, const at::Tensor& p
   const auto bad = (p.isnan() | (p < 0) | (p > 1)).nonzero();
   check(bad.size(0) == 0, where(path, "predictions/probability"), "row ",
         bad.size(0) ? bad[0][0].item<int64_t>() : 0, " holds a value outside [0, 1]", consequence);
+  // Each row a distribution (softmax, or the mean of 8: 1 within float32's rounding); a file
+  // edited to other numbers was drawn and counted as if they were one.
+  const auto sums = p.sum(1, /*keepdim=*/false, at::kDouble);
+  const auto off = ((sums - 1).abs() > 1e-3).nonzero();
+  if (off.size(0) > 0) {
+    const auto r = off[0][0].item<int64_t>();
+    throw Error(where(path, "predictions/probability"),
+                concat("row ", r, " sums to ", sums[r].item<double>(), ", not 1", consequence));
+  }
 }
 
 int64_t parse_row_count(const std::string& text, const std::string& subject) {

@@ -15,6 +15,7 @@
 #include "attnscope/printable.h"
 #include "attnscope/version.h"
 #include "datasets/splits.h"
+#include "models/vision/presets.h"
 #include "pipeline/checkpoint.h"
 #include "pipeline/h5.h"
 #include "pipeline/metrics.h"
@@ -523,6 +524,8 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   if (!o.mask_loss.empty()) {
     const auto names = model->map_names();
     check(!names.empty(), "--mask-loss", "model '", config.arch, "' has no attention maps");
+    check(!models::vision::is_vit(config.arch), "--mask-loss", "model '", config.arch,
+          "' is a ViT: its rollout map has no gradient to train");
     check(o.mask_loss.size() == names.size(), "--mask-loss", "gives ", o.mask_loss.size(),
           " weights; model '", config.arch, "' has ", names.size(), " attention maps");
     mask_options.weights.clear();

@@ -44,11 +44,12 @@ using CheckpointEdit =
 // exercise every path. `edit` changes the checkpoint's metadata or weights before it is saved
 // (crafted checkpoints), as DIR/NAME.h5.
 std::string make_checkpoint(const test::TempDir& dir, int size = 64,
-                            const CheckpointEdit& edit = {}, const std::string& name = "model") {
+                            const CheckpointEdit& edit = {}, const std::string& name = "model",
+                            const std::string& arch = "attn_small") {
   const auto path = dir / (name + ".h5");
   torch::manual_seed(3);
   models::vision::ImageModelConfig config;
-  config.arch = "attn_small";
+  config.arch = arch;
   config.image_size = 64;
   auto model = models::vision::make_image_classifier(config);
   pipeline::CheckpointMeta meta;
@@ -870,6 +871,18 @@ TEST(CliClassify, ACheckpointWhoseImagesAreTooSmallForItsNetworkIsOneLine) {
   EXPECT_EQ(e.status, 1) << e.output;
   EXPECT_EQ(e.output.rfind(expected, 0), 0u) << e.output;
   EXPECT_EQ(e.output.find("frame #"), std::string::npos) << e.output;
+  // A ViT whose preprocessing makes 65 px images its 8 px patches cannot tile: the file is named
+  // too (the model's own "multiples of 8" came alone before).
+  const auto vit = make_checkpoint(dir, 65, {}, "vit65", "vit_mini_patch8");
+  const auto v = test::run_process(exe() + " classify --model " + q(vit) + " --input " +
+                                   q(images + "/images") + " --out " + q(dir / "vit_out"));
+  EXPECT_EQ(v.status, 1) << v.output;
+  EXPECT_EQ(
+      v.output.rfind(
+          "error: " + vit + ": cannot classify the 65 x 65 images its preprocessing makes (", 0),
+      0u)
+      << v.output;
+  EXPECT_NE(v.output.find("multiples of 8"), std::string::npos) << v.output;
 }
 
 // What a checkpoint says is checked as evaluate checks it, each a line naming the file, exit 1,
@@ -1193,9 +1206,9 @@ TEST(CliClassify, AThresholdForAModelOfThreeClassesIsSaidToDecideNothing) {
   meta.preprocessing_config = {{"steps", {{{"op", "resize"}, {"size", 64}}}}};
   pipeline::save_image_classifier(path, *model, models::vision::resolve_image_config(config), meta);
   const auto images = make_images(dir, 3);
-  const auto r =
-      test::run_process(exe() + " classify --model " + q(path) + " --input " +
-                        q(images + "/images") + " --threshold 0.3 --out " + q(dir / "out"));
+  const auto r = test::run_process(
+      exe() + " classify --model " + q(path) + " --input " + q(images + "/images") +
+      " --threshold 0.3 --maps stage4,gradcam --out " + q(dir / "out"));
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("warning: --threshold is for binary models; " + path +
                           " has 3 classes, and each image's class is its most probable one\n"),
@@ -1204,9 +1217,10 @@ TEST(CliClassify, AThresholdForAModelOfThreeClassesIsSaidToDecideNothing) {
   const auto argmax = test::run_process(
       test::python() + " -c \"import h5py,numpy as np; f=h5py.File('" + dir / "out/results.h5" +
       "','r'); print(bool((f['predictions/label'][:]==f['predictions/probability'][:]"
-      ".argmax(1)).all()), f.attrs['threshold'])\"");
+      ".argmax(1)).all()), f.attrs['threshold'], f.attrs['maps'])\"");
   // Nor is it recorded: the file's threshold is the rule its labels follow (null: arg-max).
-  EXPECT_EQ(argmax.output, "True null\n");
+  // (--maps a,b names two maps, as --maps a b does.)
+  EXPECT_EQ(argmax.output, "True null [\"stage4\",\"gradcam\"]\n");
 }
 
 // Localisation measures are NaN for exactly the images without a mask (or with an empty one),
@@ -1524,13 +1538,18 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
   const auto short_ids = craft("short_ids",
                                "d = f['images/id'][:2]\ndel f['images/id']\n"
                                "f.create_dataset('images/id', data=d, maxshape=(None,))");
-  const auto three = craft("three", "del f['predictions/probability']\n"
-                                    "f['predictions/probability'] = np.zeros((4, 3), 'f4')");
+  const auto three = craft("three",
+                           "del f['predictions/probability']\n"
+                           "f['predictions/probability'] = np.full((4, 3), 1 / 3, 'f4')");
   const auto deep = craft("deep", "f.attrs['class_names'] = '[' * 100000 + ']' * 100000");
   // Values report refuses, so merge refuses them too (it merged them without a word).
   const auto label99 = craft("label99", "f['images/label'][1] = 99");
   const auto nan_prob = craft("nan_prob", "f['predictions/probability'][2] = np.nan");
   const auto pred7 = craft("pred7", "f['predictions/label'][0] = 7");
+  const auto unnormalised = craft("unnormalised", "f['predictions/probability'][1] = [0.9, 0.9]");
+  const auto spread = craft("spread",
+                            "f.create_dataset('predictions/probability_std', "
+                            "data=np.full(f['predictions/probability'].shape, -0.25, 'f4'))");
   const auto index_dup = craft("index_dup", "f['images/index'][0] = f['images/index'][1]");
   // Row counts: "-3" was read as 18446744073709551613 by merge, "1.5" as 1 on --resume.
   const auto minus3 = craft("minus3", "f.attrs['num_images'] = '-3'");
@@ -1589,6 +1608,14 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
        pred7 + ":/predictions/label: row 0 holds class 7, outside 0..1"},
       {"report --results " + q(nan_prob) + " --out " + q(dir / "r5.html"),
        nan_prob + ":/predictions/probability: row 2 holds a value outside [0, 1]"},
+      // Rows that are no distribution, and a TTA spread no probabilities have.
+      {"merge " + q(s1) + " " + q(unnormalised) + " --out " + q(dir / "m15.h5"),
+       unnormalised + ":/predictions/probability: row 1 sums to 1.8, not 1: cannot merge it"},
+      {"report --results " + q(unnormalised) + " --out " + q(dir / "r6.html"),
+       unnormalised + ":/predictions/probability: row 1 sums to 1.8, not 1"},
+      {"report --results " + q(spread) + " --out " + q(dir / "r7.html"),
+       spread + ":/predictions/probability_std: row 0 holds a value outside [0, 0.5], which no "
+                "spread of probabilities has"},
       {"merge " + q(s1) + " " + q(unfinished) + " --out " + q(dir / "m11.h5"),
        unfinished + ": is from a classify run that did not finish (finished_at is empty): "
                     "complete it with the same command and --resume, then merge"},
@@ -1674,6 +1701,14 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
     const auto n = std::distance(fs::directory_iterator(images + "/images"), {});
     EXPECT_NE(r.output.find("classified " + std::to_string(n) + ", failed 0"), std::string::npos)
         << r.output;
+  }
+  // Slurm's batch step sets SLURM_PROCID=0 without SLURM_NTASKS: one process, nothing to say.
+  {
+    const auto r = test::run_process("env -u RANK -u WORLD_SIZE -u SLURM_NTASKS SLURM_PROCID=0 " +
+                                     exe() + " classify --model " + q(model) + " --input " +
+                                     q(images + "/images") + " --out " + q(dir / "c6") + " 2>&1");
+    EXPECT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(r.output.find("is set without"), std::string::npos) << r.output;
   }
   for (const auto& c : cases) {
     SCOPED_TRACE(c.args);

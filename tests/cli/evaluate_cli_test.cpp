@@ -244,9 +244,6 @@ TEST_F(EvaluateCli, TtaIsTheMeanOfEightTransformedRuns) {
   EXPECT_GT(changed, 1e-6);
 }
 
-// --precision bf16 runs the forward passes in bfloat16 autocast: the probabilities move by
-// bfloat16's rounding (so they differ from float32's: autocast was on) but stay near them,
-// with and without TTA; the precision is reported; anything but fp32/bf16 is a usage error.
 // evaluate uses no mask: the labels.csv of synth copied where its masks/ folder is not reads
 // as the original (it failed on the first missing mask file). Without images/ beside it and
 // without --images, the line says to give the folder.
@@ -277,6 +274,9 @@ TEST_F(EvaluateCli, MasksAreNotReadAndAMissingImageFolderIsNamed) {
       << r.output;
 }
 
+// --precision bf16 runs the forward passes in bfloat16 autocast: the probabilities move by
+// bfloat16's rounding (so they differ from float32's: autocast was on) but stay near them,
+// with and without TTA; the precision is reported; anything but fp32/bf16 is a usage error.
 TEST_F(EvaluateCli, Bf16PrecisionStaysNearFloat32AndIsReported) {
   test::TempDir out;
   for (const char* tta : {"", " --tta"}) {

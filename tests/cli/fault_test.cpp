@@ -849,6 +849,8 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
         train("--oversample malignant=2abc"), train("--oversample malignant=2000000000"),
         train("--oversample malignant=3 --oversample malignant=2"),
         "classify --model m.h5 --input x.jpg --out " + (dir / "o") + " --maps stage3 stage3",
+        "classify --model m.h5 --input x.jpg --out " + (dir / "o") + " --maps stage3,stage3",
+        "classify --model m.h5 --input x.jpg --out " + (dir / "o") + " --maps stage3,",
         std::string("classify --model m.h5 --input x.jpg --out ''"),
         std::string("train --model attn_small --data x.csv --out ''"),
         std::string("synth --out '' --count 2"), std::string("report --results r.h5 --out ''"),
@@ -891,6 +893,8 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
         train("--select-by f1"), train("--schedule linear"), train("--loss hinge"),
         train("--sampler random"), "train --resume " + (dir / "t") + " --seed 3",
         train("--val v.csv --val-split 0.3"),
+        // A ViT's rollout has no gradient: a Dice term on it was recorded and trained nothing.
+        "train --model vit_mini_patch8 --data x.csv --out " + (dir / "t") + " --mask-loss 1",
         // std::stoll took a leading space or sign on either side of the slash, not a trailing
         // one.
         "classify --model m.h5 --input x.jpg --out " + (dir / "o") + " --shard ' 1/2'",
@@ -929,6 +933,15 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
   // --resume=RUN alone is --resume RUN (this folder holds no run).
   EXPECT_NE(test::run_process(exe() + " train --resume=" + dir.path().string())
                 .output.find("has no last.h5: not a run folder"),
+            std::string::npos);
+  // best.h5 without last.h5 (a full disk while writing last.h5): said so, not "no run".
+  fs::create_directories(dir / "bestonly");
+  std::ofstream(dir / "bestonly/best.h5") << "x";
+  EXPECT_NE(test::run_process(exe() + " train --resume " + (dir / "bestonly"))
+                .output.find("has best.h5 but no last.h5: the checkpoint that --resume continues "
+                             "from was not written (a full disk?); start the run again, or from "
+                             "its best weights with --init " +
+                             (dir / "bestonly/best.h5")),
             std::string::npos);
   EXPECT_FALSE(fs::exists(dir / "s"));
   EXPECT_FALSE(fs::exists(dir / "o"));

@@ -948,6 +948,37 @@ TEST(TrainCli, MaskLossAddsTheWeightedDiceLossOfEachStage) {
   EXPECT_NE(wrong.output.find("--mask-loss"), std::string::npos) << wrong.output;
 }
 
+// --mask-loss on data that names no mask, and the distillation options without --teacher,
+// change nothing: each said in one warning line, and the run is the plain one.
+TEST(TrainCli, OptionsThatCannotActAreSaidToDoNothing) {
+  test::TempDir dir;
+  const auto train = subset_csv("train_10_6_nomask.csv", 10, 6);
+  std::istringstream in(read_text(train));
+  std::string csv;
+  for (std::string line; std::getline(in, line);) {
+    const auto second = line.find(',', line.find(',') + 1);
+    csv += line.substr(0, second) + "\n";  // image_id,label: no mask column
+  }
+  write_file_atomically(train, csv);
+  const auto plain = test::run_process(fixed_split_command(train, dir / "plain", ""));
+  ASSERT_EQ(plain.status, 0) << plain.output;
+  const auto r = test::run_process(fixed_split_command(
+      train, dir / "flags", "--mask-loss 1,1 --distill hard --distill-alpha 0.3"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("warning: --mask-loss: " + train +
+                          " names no lesion mask (a generic CSV's mask column): no Dice term is "
+                          "applied\n"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("warning: --distill, --distill-alpha are for --teacher, which is not "
+                          "given: nothing is distilled\n"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(plain.output.find("warning"), std::string::npos) << plain.output;
+  EXPECT_EQ(last_metrics(dir / "flags").at("train_loss"),
+            last_metrics(dir / "plain").at("train_loss"));
+}
+
 // --cache decodes and preprocesses once; what the model sees is the same, so the run is too.
 TEST(TrainCli, CacheGivesTheSameRunAsDecodingEveryEpoch) {
   test::TempDir dir;

@@ -192,6 +192,11 @@ TEST(JsonText, ChangesNameTheLeavesThatDiffer) {
   EXPECT_EQ(json_changes("bf16", "fp32", "x", "y"), "");  // no JSON
   EXPECT_EQ(json_changes("1", "2", "x", "y"), "");        // scalars: the caller quotes them
   EXPECT_EQ(json_changes(R"([1,2])", R"([1])", "x", "y"), "1 (x 2, y absent)");
+  // An element appended to an array ("/-" in the patch) and a key holding '/' or '~' (escaped
+  // in the pointer as ~1 and ~0).
+  EXPECT_EQ(json_changes(R"({"steps":[1]})", R"({"steps":[1,{"op":"blur"}]})", "x", "y"),
+            "steps[new] (x absent, y {\"op\":\"blur\"})");
+  EXPECT_EQ(json_changes(R"({"a/b~c":1})", R"({"a/b~c":2})", "x", "y"), "a/b~c (x 1, y 2)");
   const std::string deep = std::string(100, '[') + std::string(100, ']');
   EXPECT_EQ(json_changes(deep, "[]", "x", "y"), "");
 }

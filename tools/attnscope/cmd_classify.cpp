@@ -41,9 +41,13 @@ std::string shard_from_environment(std::string* from, std::string* warning) {
       if (warning) warning->clear();  // a lone RANK beside a full Slurm pair says nothing
       return std::string(r) + "/" + n;
     }
-    // One of the pair alone (a leftover variable, or a job step without its task count): all
-    // inputs are classified, and the line says so; under a launcher every process would.
-    if ((has_r || has_n) && warning && warning->empty())
+    // One of the pair alone (a leftover variable): all inputs are classified, and the line says
+    // so; under a launcher every process would. Slurm's batch step may set SLURM_PROCID=0
+    // without SLURM_NTASKS: that one process is all there is, nothing to say.
+    const bool slurm = std::string(rank) == "SLURM_PROCID";
+    const bool quiet =
+        slurm && ((has_r && std::string(r) == "0") || (!has_r && has_n && std::string(n) == "1"));
+    if ((has_r || has_n) && !quiet && warning && warning->empty())
       *warning = concat(has_r ? rank : size, "=", excerpt(has_r ? r : n, 40), " is set without ",
                         has_r ? size : rank,
                         ": this process classifies every input (shard 0/1); give --shard i/N "
@@ -87,7 +91,8 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
       ("batch-size", po::value(&o.batch_size)->default_value(16), "images per forward pass")    //
       ("threads", po::value(&o.threads)->default_value(2), "decode/preprocess worker threads")  //
       ("maps", po::value(&maps)->multitoken(),
-       "maps to store (default: the model's own attention maps, plus rollout for ViTs and "
+       "maps to store, by spaces or commas (default: the model's own attention maps, plus "
+       "rollout for ViTs and "
        "gradcam for CNNs; gradient_rollout on request for ViTs)")                         //
       ("overlays", po::bool_switch(&o.overlays), "also store RGB overlays of every map")  //
       ("tta", po::bool_switch(&o.tta),
@@ -134,6 +139,19 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
     fail("--precision must be fp32 or bf16, got '" + o.precision + "'");
   o.decode_reduce_to = read_decode_reduce_to(vm, usage_text(usage, desc));
   if (o.out_dir.empty()) fail("--out must name a folder");
+  // `--maps a b` or `--maps a,b` (as --mask-loss lists its weights): both name two maps.
+  {
+    std::vector<std::string> split;
+    for (const auto& m : maps) {
+      std::size_t start = 0;
+      for (std::size_t comma; (comma = m.find(',', start)) != std::string::npos; start = comma + 1)
+        split.push_back(m.substr(start, comma - start));
+      split.push_back(m.substr(start));
+    }
+    for (const auto& m : split)
+      if (m.empty()) fail("--maps has an empty name (a comma too many?)");
+    maps = std::move(split);
+  }
   for (std::size_t i = 0; i < maps.size(); ++i)
     if (std::find(maps.begin(), maps.begin() + static_cast<std::ptrdiff_t>(i), maps[i]) !=
         maps.begin() + static_cast<std::ptrdiff_t>(i))

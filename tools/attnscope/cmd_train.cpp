@@ -209,6 +209,11 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
           "does not exist: --resume takes the --out folder of "
           "an earlier `attnscope train` run");
     check(fs::is_directory(resume_dir), resume_dir, "is not a folder");
+    // best.h5 without last.h5: an epoch ended, and writing its last.h5 failed (a full disk).
+    check(fs::exists(last) || !fs::exists(fs::path(resume_dir) / "best.h5"), resume_dir,
+          "has best.h5 but no last.h5: the checkpoint that --resume continues from was not "
+          "written (a full disk?); start the run again, or from its best weights with --init ",
+          (fs::path(resume_dir) / "best.h5").string());
     check(fs::exists(last), resume_dir,
           "has no last.h5: not a run folder of `attnscope train` (or no epoch completed yet)");
     const auto meta = pipeline::read_checkpoint_meta(last);
@@ -337,8 +342,9 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
   if (batch_size < 1 || epochs < 1) fail("--batch-size and --epochs must be >= 1");
   if (batch_size > 65536) fail("--batch-size must be at most 65536");
   if (val_spec.empty() && !(val_split > 0 && val_split < 1)) fail("--val-split must be in (0, 1)");
-  // Two validation sets: --val took over and --val-split was dropped without a word.
-  if (!val_spec.empty() && !vm["val-split"].defaulted())
+  // Two validation sets: --val took over and --val-split was dropped without a word. (A run
+  // started before this check resumes as it ran: --val.)
+  if (resume_dir.empty() && !val_spec.empty() && !vm["val-split"].defaulted())
     fail(
         "--val and --val-split are two validation sets: give one (--val: a dataset of its own; "
         "--val-split: a share of --data)");
@@ -404,6 +410,13 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
   if (!mask_loss.empty())
     for (const double w : parse_doubles(mask_loss, "--mask-loss", usage))
       in_range("mask-loss", w, 0, false, 1000, false);
+  // A ViT's map is its attention rollout, computed after the fact without gradients: a Dice
+  // term on it was recorded and trained nothing.
+  if (!mask_loss.empty() && models::vision::is_vit(model_name))
+    fail(
+        "--mask-loss trains the attention maps of the attention CNNs (attn_small, "
+        "attn_resnet18, ...); '" +
+        model_name + "' is a ViT, whose rollout map has no gradient to train");
   if (workers < 0 || workers > kMaxWorkers)
     fail(concat("--workers must be in [0, ", kMaxWorkers, "]"));
   if (threads < 0 || threads > kMaxWorkers)
@@ -480,6 +493,16 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
   if (world > 1) group = std::make_unique<pipeline::DistributedGroup>(dist_config);
   const bool main_rank = !group || group->is_main();
   if (!main_rank) quiet = true;
+  // What only --teacher uses, given without it, changed nothing without a word.
+  if (main_rank && teacher.empty()) {
+    std::string unused;
+    int n = 0;
+    for (const char* f : {"distill", "distill-alpha", "distill-temperature"})
+      if (!vm[f].defaulted()) unused += std::string(n++ ? ", --" : "--") + f;
+    if (n > 0)
+      std::cerr << "warning: " << unused << (n == 1 ? " is" : " are")
+                << " for --teacher, which is not given: nothing is distilled\n";
+  }
   // A run folder this command made and left empty (the data or the first batch failed) is
   // removed again (the folder itself; parents create_directories made with it stay).
   bool made_folder = false;
@@ -579,6 +602,13 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
     };
     auto [all_source, all] = open_spec(data.data, data.images);
     check(!all.samples.empty(), data.data, "holds no images: the dataset is empty");
+    // A Dice term without masks is never applied: one line, not a run that ignores the flag.
+    if (main_rank && !mask_loss.empty() && !is_cache(data.data) &&
+        std::none_of(all.samples.begin(), all.samples.end(),
+                     [](const datasets::Sample& s) { return s.mask_path.has_value(); }))
+      std::cerr << "warning: --mask-loss: " << printable(data.data)
+                << " names no lesion mask (a generic CSV's mask column): no Dice term is "
+                   "applied\n";
     std::shared_ptr<const datasets::SampleSource> train_source, val_source;
     if (!val_spec.empty()) {
       train_source = all_source;
@@ -726,7 +756,10 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
           const auto report = pipeline::write_image_cache(file.temp_path(), *source, pipeline,
                                                           std::max(workers, 1));
           for (const auto& f : report.failures)
-            bad.push_back({f.image_id, f.path, f.path + ": " + f.message});
+            // The decoder's reason names the file already ("x.png: empty file").
+            bad.push_back(
+                {f.image_id, f.path,
+                 f.message.rfind(f.path, 0) == 0 ? f.message : f.path + ": " + f.message});
           // Not kept when the failures stop the run: a later run would take the cache without
           // the unreadable images for the whole set.
           if (!report.failures.empty() && !skip_bad) return;

@@ -5,6 +5,7 @@
 
 #include <iostream>
 #include <string>
+#include <utility>
 
 #include "attnscope/error.h"
 #include "attnscope/printable.h"
@@ -68,7 +69,8 @@ struct DatasetFlags {
     }
     o.mode = multiclass ? datasets::LabelMode::kMultiClass : datasets::LabelMode::kBinary;
     // Each class is its own with --multiclass: --ak-benign would change nothing, unsaid.
-    if (multiclass && ak_benign)
+    static bool ak_said = false;  // once a process (train reads --data and --val)
+    if (multiclass && ak_benign && !std::exchange(ak_said, true))
       std::cerr << "warning: --ak-benign is for benign/malignant labels; with --multiclass "
                    "actinic keratosis keeps its own class\n";
     o.ak_malignant = !ak_benign;
