@@ -227,7 +227,8 @@ inline std::string json_changes(const std::string& a_text, const std::string& b_
     }
     if (path.empty()) dotted = "(the whole value)";
     if (path.size() >= 2 && path.compare(path.size() - 2, 2, "/-") == 0)
-      dotted = dotted.substr(0, dotted.size() - 2) + "[new]";  // appended to an array
+      dotted = (dotted.size() > 2 ? dotted.substr(0, dotted.size() - 2) : "") +
+               "[new]";  // appended to an array
     out += (i ? "; " : "") + excerpt(dotted, 80) + " (" + a_is + " " + side(a, false) + ", " +
            b_is + " " + side(b, true) + ")";
   }

@@ -400,12 +400,22 @@ Results read_results(const std::string& path, bool values = true) {
       } catch (const std::exception&) {
       }
     }
-    // classify writes the three columns together: other lengths are a damaged or edited file.
-    if (ids.size() != reasons.size() || paths.size() != reasons.size())
+    // classify writes the three columns together, @num_errors rows each: a column short of
+    // that is a damaged or edited file (longer ones, a killed run's torn batch, are cut).
+    const std::size_t declared = [&]() -> std::size_t {
+      try {
+        return static_cast<std::size_t>(std::max(0LL, std::stoll(r.attrs["num_errors"])));
+      } catch (const std::exception&) {
+        return std::max({ids.size(), paths.size(), reasons.size()});
+      }
+    }();
+    if (std::min({ids.size(), paths.size(), reasons.size()}) < declared)
       r.warnings.push_back(concat(where(path, "errors"), " holds ", ids.size(), " ids, ",
-                                  paths.size(), " paths and ", reasons.size(),
-                                  " reasons: the file is damaged or was edited; the report lists ",
-                                  e, " failed inputs"));
+                                  paths.size(), " paths and ", reasons.size(), " reasons for its ",
+                                  declared,
+                                  " failed inputs: the file is damaged or was edited; the report "
+                                  "lists ",
+                                  e));
     ids.resize(std::max(ids.size(), e));
     paths.resize(std::max(paths.size(), e));
     for (std::size_t i = 0; i < e; ++i)

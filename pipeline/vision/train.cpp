@@ -524,7 +524,8 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   if (!o.mask_loss.empty()) {
     const auto names = model->map_names();
     check(!names.empty(), "--mask-loss", "model '", config.arch, "' has no attention maps");
-    check(!models::vision::is_vit(config.arch), "--mask-loss", "model '", config.arch,
+    // (A run started before this check resumes as it ran: the term adds a constant.)
+    check(o.resume || !models::vision::is_vit(config.arch), "--mask-loss", "model '", config.arch,
           "' is a ViT: its rollout map has no gradient to train");
     check(o.mask_loss.size() == names.size(), "--mask-loss", "gives ", o.mask_loss.size(),
           " weights; model '", config.arch, "' has ", names.size(), " attention maps");

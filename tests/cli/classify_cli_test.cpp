@@ -1724,6 +1724,16 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
   EXPECT_EQ(read_bytes(model), model_bytes);
   EXPECT_EQ(read_bytes(images + "/labels.csv"), labels);
   EXPECT_EQ(read_bytes(dir / "copy.h5"), copy_bytes);
+  // /errors columns short of @num_errors: a warning naming them, the report still written.
+  const auto short_errors =
+      craft("short_errors", "f['errors/id'].resize(2, axis=0)\nf.attrs['num_errors'] = '2'");
+  const auto w = run("report --results " + q(short_errors) + " --out " + q(dir / "r8.html"));
+  EXPECT_EQ(w.status, 0) << w.output;
+  EXPECT_NE(w.output.find(short_errors + ":/errors holds 2 ids, 0 paths and 0 reasons for its 2 "
+                                         "failed inputs: the file is damaged or was edited; the "
+                                         "report lists 0"),
+            std::string::npos)
+      << w.output;
   // Out of file descriptors (merge holds every shard open): the limit is named, not a valid
   // shard as "not a results file, or damaged".
   std::string copies;

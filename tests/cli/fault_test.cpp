@@ -939,8 +939,9 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
   std::ofstream(dir / "bestonly/best.h5") << "x";
   EXPECT_NE(test::run_process(exe() + " train --resume " + (dir / "bestonly"))
                 .output.find("has best.h5 but no last.h5: the checkpoint that --resume continues "
-                             "from was not written (a full disk?); start the run again, or from "
-                             "its best weights with --init " +
+                             "from was not written (the run was killed between the two, or the "
+                             "disk was full); start the run again, or from its best weights with "
+                             "--init " +
                              (dir / "bestonly/best.h5")),
             std::string::npos);
   EXPECT_FALSE(fs::exists(dir / "s"));

@@ -197,6 +197,7 @@ TEST(JsonText, ChangesNameTheLeavesThatDiffer) {
   EXPECT_EQ(json_changes(R"({"steps":[1]})", R"({"steps":[1,{"op":"blur"}]})", "x", "y"),
             "steps[new] (x absent, y {\"op\":\"blur\"})");
   EXPECT_EQ(json_changes(R"({"a/b~c":1})", R"({"a/b~c":2})", "x", "y"), "a/b~c (x 1, y 2)");
+  EXPECT_EQ(json_changes(R"(["a"])", R"(["a","b"])", "x", "y"), "[new] (x absent, y \"b\")");
   const std::string deep = std::string(100, '[') + std::string(100, ']');
   EXPECT_EQ(json_changes(deep, "[]", "x", "y"), "");
 }

@@ -209,10 +209,12 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
           "does not exist: --resume takes the --out folder of "
           "an earlier `attnscope train` run");
     check(fs::is_directory(resume_dir), resume_dir, "is not a folder");
-    // best.h5 without last.h5: an epoch ended, and writing its last.h5 failed (a full disk).
+    // best.h5 without last.h5: an epoch ended, and its last.h5 (written after best.h5) was not
+    // (a kill between the two, a full disk).
     check(fs::exists(last) || !fs::exists(fs::path(resume_dir) / "best.h5"), resume_dir,
           "has best.h5 but no last.h5: the checkpoint that --resume continues from was not "
-          "written (a full disk?); start the run again, or from its best weights with --init ",
+          "written (the run was killed between the two, or the disk was full); start the run "
+          "again, or from its best weights with --init ",
           (fs::path(resume_dir) / "best.h5").string());
     check(fs::exists(last), resume_dir,
           "has no last.h5: not a run folder of `attnscope train` (or no epoch completed yet)");
@@ -412,7 +414,7 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
       in_range("mask-loss", w, 0, false, 1000, false);
   // A ViT's map is its attention rollout, computed after the fact without gradients: a Dice
   // term on it was recorded and trained nothing.
-  if (!mask_loss.empty() && models::vision::is_vit(model_name))
+  if (!mask_loss.empty() && models::vision::is_vit(model_name) && resume_dir.empty())
     fail(
         "--mask-loss trains the attention maps of the attention CNNs (attn_small, "
         "attn_resnet18, ...); '" +
