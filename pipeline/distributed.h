@@ -49,6 +49,9 @@ struct DistributedConfig {
   std::string socket_ifname;
   /// How long a rendezvous, a collective or a missing rank may take before every rank stops.
   std::chrono::milliseconds timeout{std::chrono::minutes(30)};
+  /// A warning for the command to print when the launcher's variables were set but not used
+  /// (Slurm's batch step: SLURM_NTASKS=4 outside srun); empty otherwise.
+  std::string note;
 };
 
 /// The command-line side of the configuration.
@@ -59,11 +62,18 @@ struct LaunchOptions {
   std::chrono::milliseconds timeout{std::chrono::minutes(30)};
 };
 
+/// Whether `env` is that of a task srun started: SLURM_STEP_ID (or the older SLURM_STEPID) is
+/// an ordinary step number. Slurm's batch script (and salloc's interactive shell) also carries
+/// SLURM_PROCID=0 and the job's SLURM_NTASKS, but it is one process however many tasks the job
+/// asked for: it has no step number (or one of Slurm's special steps, 0xfffffffa and above).
+bool is_srun_task(const std::map<std::string, std::string>& env);
+
 /// Reads the launcher's variables from `env` (name → value, only the variables that are set).
-/// torchrun's RANK + WORLD_SIZE win over Slurm's SLURM_PROCID + SLURM_NTASKS; neither = one
-/// process (world size 1). Throws Error("distributed", ...) naming the variable for a value
-/// that is not a number, a rank outside [0, world size), a missing master address under
-/// Slurm, or a port outside 1..65535.
+/// torchrun's RANK + WORLD_SIZE win over Slurm's SLURM_PROCID + SLURM_NTASKS, which count only
+/// in a task srun started (is_srun_task; elsewhere the process runs alone and `note` says why
+/// when SLURM_NTASKS is not 1); neither = one process (world size 1). Throws Error("distributed",
+/// ...) naming the variable for a value that is not a number, a rank outside [0, world size), a
+/// missing master address under Slurm, or a port outside 1..65535.
 DistributedConfig distributed_config(const std::map<std::string, std::string>& env,
                                      const LaunchOptions& options = {});
 

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <iterator>
@@ -1702,13 +1703,38 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
     EXPECT_NE(r.output.find("classified " + std::to_string(n) + ", failed 0"), std::string::npos)
         << r.output;
   }
-  // Slurm's batch step sets SLURM_PROCID=0 without SLURM_NTASKS: one process, nothing to say.
-  {
-    const auto r = test::run_process("env -u RANK -u WORLD_SIZE -u SLURM_NTASKS SLURM_PROCID=0 " +
-                                     exe() + " classify --model " + q(model) + " --input " +
-                                     q(images + "/images") + " --out " + q(dir / "c6") + " 2>&1");
+  // Slurm's batch script (sbatch --ntasks=4) carries SLURM_PROCID=0 and SLURM_NTASKS=4 but is
+  // one process: it classified a quarter of its inputs; now every input, and a line says so.
+  // Without SLURM_NTASKS, or with SLURM_NTASKS=1, there is nothing to say. A task srun started
+  // (SLURM_STEP_ID) takes its shard.
+  const auto n = std::distance(fs::directory_iterator(images + "/images"), {});
+  const std::string no_launcher =
+      "env -u RANK -u WORLD_SIZE -u SLURM_NTASKS -u SLURM_STEP_ID -u SLURM_STEPID ";
+  int runs = 0;
+  for (const char* vars :
+       {"SLURM_PROCID=0 SLURM_NTASKS=4", "SLURM_PROCID=0", "SLURM_PROCID=0 SLURM_NTASKS=1",
+        "SLURM_PROCID=1 SLURM_NTASKS=2 "
+        "SLURM_STEP_ID=3"}) {
+    SCOPED_TRACE(vars);
+    const auto out = dir / ("c6-" + std::to_string(runs++));
+    const auto r =
+        test::run_process(no_launcher + vars + " " + exe() + " classify --model " + q(model) +
+                          " --input " + q(images + "/images") + " --out " + q(out) + " 2>&1");
     EXPECT_EQ(r.status, 0) << r.output;
-    EXPECT_EQ(r.output.find("is set without"), std::string::npos) << r.output;
+    const bool step = std::strstr(vars, "STEP_ID") != nullptr;
+    const bool four = std::strstr(vars, "NTASKS=4") != nullptr;
+    EXPECT_EQ(r.output.find("warning: SLURM_NTASKS=4 is set but srun did not start this process "
+                            "(no SLURM_STEP_ID of an srun step: Slurm's batch script runs once): "
+                            "this process classifies every input (shard 0/1); start it with "
+                            "srun, or give --shard i/N, to classify a part\n") != std::string::npos,
+              four)
+        << r.output;
+    EXPECT_EQ(r.output.find("warning") != std::string::npos, four) << r.output;
+    // Shard 1/2 of n inputs holds n / 2 of them (inputs 1, 3, 5, ...).
+    const auto expected = step ? n / 2 : n;
+    EXPECT_NE(r.output.find("classified " + std::to_string(expected) + ", failed 0"),
+              std::string::npos)
+        << r.output;
   }
   for (const auto& c : cases) {
     SCOPED_TRACE(c.args);

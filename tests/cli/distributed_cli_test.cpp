@@ -45,7 +45,8 @@ int free_port() {
 // Clears what a surrounding launcher may have set, so the test alone decides.
 const char* kClean =
     "env -u RANK -u WORLD_SIZE -u LOCAL_RANK -u MASTER_ADDR -u MASTER_PORT -u SLURM_PROCID "
-    "-u SLURM_NTASKS -u SLURM_LOCALID -u TORCHELASTIC_USE_AGENT_STORE -u GLOO_SOCKET_IFNAME "
+    "-u SLURM_NTASKS -u SLURM_LOCALID -u SLURM_STEP_ID -u SLURM_STEPID "
+    "-u TORCHELASTIC_USE_AGENT_STORE -u GLOO_SOCKET_IFNAME "
     "OMP_NUM_THREADS=1";
 
 std::string rank_command(int rank, int world, int port, const std::string& flags,
@@ -193,6 +194,38 @@ TEST(Distributed, UnreachableMasterIsAClearError) {
   EXPECT_NE(r.output.find("MASTER_ADDR and MASTER_PORT"), std::string::npos) << r.output;
   // One line: LibTorch's own log of each retry (glog) is not printed.
   EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+}
+
+// `sbatch --ntasks=4` runs its script once, with SLURM_PROCID=0 and SLURM_NTASKS=4: a command
+// started there without srun is one process, trains alone and says so (it waited for three
+// ranks until --dist-timeout); a task srun started (SLURM_STEP_ID) is a rank and looks for the
+// others.
+TEST(Distributed, SlurmsBatchScriptTrainsAloneAndAnSrunTaskIsARank) {
+  const std::string slurm = concat(kClean, " SLURM_NTASKS=4 SLURM_LOCALID=0 MASTER_ADDR=127.0.0.1 ",
+                                   "MASTER_PORT=", free_port(), " ");
+  const std::string check =
+      concat(ATTNSCOPE_EXE, " --threads 1 dist-check --epochs 1 ", "--dist-timeout 2 2>&1");
+  {
+    const auto r = test::run_process("timeout 120 " + slurm + "SLURM_PROCID=0 " + check);
+    EXPECT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(r.output.rfind("warning: SLURM_NTASKS=4 is set but srun did not start this "
+                             "process (no SLURM_STEP_ID of an srun step: Slurm's batch script "
+                             "runs once): it runs alone; start it with srun to run one process "
+                             "per task\n",
+                             0),
+              0u)
+        << r.output;
+    EXPECT_NE(r.output.find("dist-check: 1 rank(s) trained"), std::string::npos) << r.output;
+  }
+  {
+    const auto r =
+        test::run_process("timeout 120 " + slurm + "SLURM_PROCID=1 SLURM_STEP_ID=0 " + check);
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_NE(r.output.find("rank 1 could not reach the rendezvous store at 127.0.0.1:"),
+              std::string::npos)
+        << r.output;
+    EXPECT_EQ(r.output.find("warning"), std::string::npos) << r.output;
+  }
 }
 
 // A MASTER_ADDR no resolver knows is named at once, for rank 0 (whose store's client connects

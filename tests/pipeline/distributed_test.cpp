@@ -66,14 +66,53 @@ TEST(DistributedConfig, TorchrunAgentStoreUsesTheAttemptPrefix) {
 TEST(DistributedConfig, ReadsSlurmVariablesWithTheMasterFromTheOption) {
   LaunchOptions options;
   options.master_addr = "head";
-  const auto c = distributed_config(
-      {{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "6"}, {"SLURM_LOCALID", "1"}}, options);
+  const auto c = distributed_config({{"SLURM_PROCID", "5"},
+                                     {"SLURM_NTASKS", "6"},
+                                     {"SLURM_LOCALID", "1"},
+                                     {"SLURM_STEP_ID", "0"}},
+                                    options);
   EXPECT_EQ(c.launcher, "slurm");
   EXPECT_EQ(c.rank, 5);
   EXPECT_EQ(c.world_size, 6);
   EXPECT_EQ(c.local_rank, 1);
   EXPECT_EQ(c.master_addr, "head");
   EXPECT_EQ(c.master_port, 29500);
+  EXPECT_EQ(c.note, "");
+}
+
+// Slurm's batch script carries SLURM_PROCID=0 and the job's SLURM_NTASKS but is one process:
+// taken as rank 0 of 4 it waited for three ranks that never come. Only a task srun started (an
+// ordinary SLURM_STEP_ID, or the older SLURM_STEPID) is a rank.
+TEST(DistributedConfig, SlurmsBatchScriptRunsAloneAndSaysSo) {
+  const std::map<std::string, std::string> job{
+      {"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "4"}, {"SLURM_LOCALID", "0"}};
+  for (const char* step : {"", "4294967291", "4294967290", "batch", "-1", "99999999999"}) {
+    SCOPED_TRACE(step);
+    auto env = job;
+    if (*step) env["SLURM_STEP_ID"] = step;
+    EXPECT_FALSE(is_srun_task(env));
+    const auto c = distributed_config(env);
+    EXPECT_EQ(c.launcher, "none");
+    EXPECT_EQ(c.world_size, 1);
+    EXPECT_EQ(c.rank, 0);
+    EXPECT_EQ(c.note.rfind("SLURM_NTASKS=4 is set but srun did not start this process", 0), 0u)
+        << c.note;
+    EXPECT_NE(c.note.find("start it with srun"), std::string::npos) << c.note;
+  }
+  // A job of one task has nothing to say.
+  EXPECT_EQ(distributed_config({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"}}).note, "");
+  for (const char* name : {"SLURM_STEP_ID", "SLURM_STEPID"}) {
+    auto env = job;
+    env[name] = "4294967289";
+    env["SLURM_PROCID"] = "3";
+    env["MASTER_ADDR"] = "head";
+    EXPECT_TRUE(is_srun_task(env)) << name;
+    const auto c = distributed_config(env);
+    EXPECT_EQ(c.launcher, "slurm") << name;
+    EXPECT_EQ(c.rank, 3) << name;
+    EXPECT_EQ(c.world_size, 4) << name;
+    EXPECT_EQ(c.note, "") << name;
+  }
 }
 
 TEST(DistributedConfig, TorchrunVariablesWinOverSlurms) {
@@ -93,7 +132,8 @@ TEST(DistributedConfig, BadValuesAreClearErrors) {
                 .find("outside a world of 2"),
             std::string::npos);
   EXPECT_NE(error_of({{"RANK", "0"}}).find("WORLD_SIZE is not"), std::string::npos);
-  EXPECT_NE(error_of({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "2"}}).find("MASTER_ADDR"),
+  EXPECT_NE(error_of({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "2"}, {"SLURM_STEP_ID", "7"}})
+                .find("MASTER_ADDR"),
             std::string::npos);
   EXPECT_NE(
       error_of({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "a"}, {"MASTER_PORT", "70000"}})

@@ -16,6 +16,7 @@
 #include "attnscope/printable.h"
 #include "cli.h"
 #include "dataset_flags.h"
+#include "pipeline/distributed.h"
 #include "pipeline/vision/classify.h"
 #include "runtime/precision.h"
 #include "runtime/runtime.h"
@@ -27,32 +28,45 @@ constexpr int kMaxFaithfulnessSteps = 1024;
 
 namespace fs = std::filesystem;
 
-// torchrun (RANK/WORLD_SIZE) or Slurm (SLURM_PROCID/SLURM_NTASKS): "i/N", or "" when unset;
-// `from` names the variables it came from ("RANK=3 and WORLD_SIZE=2"); `warning` says one of a
-// pair set without the other.
+// torchrun (RANK/WORLD_SIZE) or Slurm (SLURM_PROCID/SLURM_NTASKS in a task srun started):
+// "i/N", or "" when unset; `from` names the variables it came from ("RANK=3 and WORLD_SIZE=2");
+// `warning` says one of a pair set without the other, or a job's SLURM_NTASKS outside srun.
 std::string shard_from_environment(std::string* from, std::string* warning) {
-  for (const auto& [rank, size] :
-       {std::pair{"RANK", "WORLD_SIZE"}, std::pair{"SLURM_PROCID", "SLURM_NTASKS"}}) {
-    const char* r = std::getenv(rank);
-    const char* n = std::getenv(size);
-    const bool has_r = r && *r, has_n = n && *n;
-    if (has_r && has_n) {
-      if (from) *from = concat(rank, "=", excerpt(r, 40), " and ", size, "=", excerpt(n, 40));
-      if (warning) warning->clear();  // a lone RANK beside a full Slurm pair says nothing
-      return std::string(r) + "/" + n;
+  std::map<std::string, std::string> env;
+  for (const char* name :
+       {"RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_ID", "SLURM_STEPID"})
+    if (const char* v = std::getenv(name); v && *v) env[name] = v;
+  const auto has = [&](const std::string& name) { return env.count(name) > 0; };
+  std::string say;
+  for (const auto& [rank, size] : {std::pair<std::string, std::string>{"RANK", "WORLD_SIZE"},
+                                   {"SLURM_PROCID", "SLURM_NTASKS"}}) {
+    // Slurm's batch script (or salloc's shell) carries SLURM_PROCID=0 and the job's
+    // SLURM_NTASKS, but it is one process: it classifies everything, and says so when the job
+    // asked for several tasks (a script that forgot srun classified a quarter of its inputs).
+    if (rank == "SLURM_PROCID" && !pipeline::is_srun_task(env)) {
+      if (has(size) && env[size] != "1" && say.empty())
+        say = concat(size, "=", excerpt(env[size], 40),
+                     " is set but srun did not start this process (no SLURM_STEP_ID of an srun "
+                     "step: Slurm's batch script runs once): this process classifies every input "
+                     "(shard 0/1); start it with srun, or give --shard i/N, to classify a part");
+      continue;
     }
-    // One of the pair alone (a leftover variable): all inputs are classified, and the line says
-    // so; under a launcher every process would. Slurm's batch step may set SLURM_PROCID=0
-    // without SLURM_NTASKS: that one process is all there is, nothing to say.
-    const bool slurm = std::string(rank) == "SLURM_PROCID";
-    const bool quiet =
-        slurm && ((has_r && std::string(r) == "0") || (!has_r && has_n && std::string(n) == "1"));
-    if ((has_r || has_n) && !quiet && warning && warning->empty())
-      *warning = concat(has_r ? rank : size, "=", excerpt(has_r ? r : n, 40), " is set without ",
-                        has_r ? size : rank,
-                        ": this process classifies every input (shard 0/1); give --shard i/N "
-                        "to classify a part");
+    if (has(rank) && has(size)) {
+      if (from)
+        *from =
+            concat(rank, "=", excerpt(env[rank], 40), " and ", size, "=", excerpt(env[size], 40));
+      if (warning) warning->clear();  // a lone RANK beside a full Slurm pair says nothing
+      return env[rank] + "/" + env[size];
+    }
+    // One of a pair alone (a leftover variable): all inputs are classified, and the line says
+    // so; under a launcher every process would.
+    if ((has(rank) || has(size)) && say.empty())
+      say = concat(has(rank) ? rank : size, "=", excerpt(has(rank) ? env[rank] : env[size], 40),
+                   " is set without ", has(rank) ? size : rank,
+                   ": this process classifies every input (shard 0/1); give --shard i/N to "
+                   "classify a part");
   }
+  if (warning) *warning = say;
   return "";
 }
 
@@ -114,7 +128,7 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
       ("overwrite", po::bool_switch(&o.overwrite), "replace an existing DIR/results.h5")  //
       ("shard", po::value(&shard)->default_value(""),
        "i/N: classify inputs i, i+N, i+2N, ... (default: from RANK/WORLD_SIZE or "
-       "SLURM_PROCID/SLURM_NTASKS, else 0/1)")                                       //
+       "srun's SLURM_PROCID/SLURM_NTASKS, else 0/1)")                                //
       ("device", po::value(&o.device)->default_value("cpu"), "cpu, cuda or cuda:N")  //
       ("precision", po::value(&o.precision)->default_value("fp32"),
        "fp32 | bf16: inference in bfloat16 autocast (stored values stay float32); 1.3-1.6x "

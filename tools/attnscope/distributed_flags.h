@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <iostream>
 #include <map>
 #include <string>
 
@@ -30,7 +31,7 @@ struct DistributedFlags {
   }
 
   /// The launcher's variables (torchrun, Slurm, GLOO_SOCKET_IFNAME) read from the
-  /// environment, plus these flags.
+  /// environment, plus these flags; prints the warning line of variables set but not used.
   pipeline::DistributedConfig config() const {
     if (!(timeout_s > 0) || timeout_s > 1e7)
       throw UsageError("--dist-timeout expects seconds > 0", "");
@@ -40,7 +41,9 @@ struct DistributedFlags {
     pipeline::LaunchOptions options;
     options.master_addr = master_addr;
     options.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000.0));
-    return pipeline::distributed_config(env, options);
+    auto config = pipeline::distributed_config(env, options);
+    if (!config.note.empty()) std::cerr << "warning: " << config.note << "\n";
+    return config;
   }
 };
 
