@@ -301,6 +301,22 @@ Results read_results(const std::string& path, bool values = true) {
     check(shape.size() == 4 && shape[3] == 3 && shape[1] > 0 && shape[2] > 0 && shape[1] <= 16384 &&
               shape[2] <= 16384,
           where(path, "images/preprocessed"), "expected shape (N, H, W, 3)");
+    // classify stores uint8 RGB; HDF5 would convert other numbers to uint8 on reading (floats
+    // in [0, 1] drawn as a black picture, 16-bit values clipped to white).
+    {
+      h5::Handle set(H5Dopen2(root, "images/preprocessed", H5P_DEFAULT));
+      h5::Handle type(set.valid() ? H5Dget_type(set.get()) : hid_t{-1});
+      check(type.valid(), where(path, "images/preprocessed"), "cannot read its type");
+      const auto cls = H5Tget_class(type.get());
+      const auto bits = H5Tget_size(type.get()) * 8;
+      const bool uint8 = cls == H5T_INTEGER && bits == 8 && H5Tget_sign(type.get()) == H5T_SGN_NONE;
+      check(uint8, where(path, "images/preprocessed"), "holds ",
+            cls == H5T_FLOAT ? concat("float", bits)
+            : cls == H5T_INTEGER
+                ? concat(H5Tget_sign(type.get()) == H5T_SGN_NONE ? "uint" : "int", bits)
+                : std::string("non-numeric"),
+            " values, expected uint8 RGB (0..255) as classify writes");
+    }
     r.height = static_cast<int>(shape[1]);
     r.width = static_cast<int>(shape[2]);
   }

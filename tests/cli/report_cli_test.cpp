@@ -246,6 +246,14 @@ TEST(CliReport, BadResultsFilesGiveOneClearLine) {
       {"f.attrs['threshold']='[0.5]'", "@threshold: is '[0.5]', expected a number"},
       {"f.attrs['temperature']='-1'", "@temperature: is '-1', expected a positive number"},
       {"f.attrs['num_images']=''", "@num_images: is ''"},
+      // Images of other numbers were converted to uint8 on reading: floats in [0, 1] drew a
+      // black picture, 16-bit values a white one.
+      {"x=f['images/preprocessed'][()]/255.0; del f['images/preprocessed']; "
+       "f['images/preprocessed']=x.astype(np.float32)",
+       "/images/preprocessed: holds float32 values, expected uint8 RGB (0..255)"},
+      {"x=f['images/preprocessed'][()]; del f['images/preprocessed']; "
+       "f['images/preprocessed']=x.astype(np.uint16)*257",
+       "/images/preprocessed: holds uint16 values, expected uint8 RGB (0..255)"},
   };
   for (std::size_t i = 0; i < crafted.size(); ++i) {
     const auto file = dir / ("crafted" + std::to_string(i) + ".h5");
