@@ -405,6 +405,15 @@ struct DistributedGroup::Impl {
                                        " (WORLD_SIZE / SLURM_NTASKS must agree)"));
       }
       if (missing.empty()) return;
+      // A rank that stopped before joining said why (announce_failure).
+      for (const int r : missing) {
+        const std::string key = "failed/" + std::to_string(r);
+        if (!store->check({key})) continue;
+        const std::string why = text(store->get(key));
+        store->add("told", 1);
+        throw Error(kSubject, concat("rank ", config.rank, ": rank ", r,
+                                     " stopped before the group formed: ", excerpt(why, 400)));
+      }
       if (Clock::now() >= deadline)
         throw Error(kSubject,
                     concat("rank ", config.rank, ": ", rank_list(missing), " did not join within ",
@@ -577,6 +586,38 @@ DistributedGroup::DistributedGroup(DistributedConfig config) : impl_(std::make_u
   }
   impl_->guard->formed();
   impl_->start_heartbeat();
+}
+
+void DistributedGroup::announce_failure(const DistributedConfig& config,
+                                        const std::string& message) {
+  if (config.world_size <= 1 || config.rank < 0 || config.rank >= config.world_size) return;
+  try {
+    Impl impl;
+    impl.config = config;
+    impl.config.timeout = std::min<milliseconds>(config.timeout, milliseconds(30000));
+    const auto deadline = Clock::now() + impl.config.timeout;
+    const bool server = config.rank == 0 && !config.agent_store;
+    c10::intrusive_ptr<c10d::Store> store;
+    {
+      const QuietLibraryLog quiet;
+      check_master_addr(impl.config);
+      store = impl.connect(server);
+    }
+    store->set("failed/" + std::to_string(config.rank), bytes(message));
+    if (server) {
+      // The store lives in this process: kept until every other rank has read a failure (or
+      // announced its own), within the bound.
+      store->add("told", 1);
+      while (Clock::now() < deadline && store->add("told", 0) < config.world_size)
+        std::this_thread::sleep_for(milliseconds(50));
+    } else {
+      store->add("told", 1);
+    }
+    // A TCPStore torn down while peers talk to it may block: left to the OS, as after a failure.
+    store.release();
+  } catch (...) {
+    // Best effort: the others then wait out their timeout, as before.
+  }
 }
 
 DistributedGroup::~DistributedGroup() {

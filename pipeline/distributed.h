@@ -92,6 +92,14 @@ class DistributedGroup {
   /// did not join within the timeout, a world size that differs between ranks, a rank taken
   /// twice, and an unknown GLOO_SOCKET_IFNAME interface.
   explicit DistributedGroup(DistributedConfig config);
+
+  /// For a rank that stops before it joins (a file missing on its machine, a flag the others
+  /// lack): tells the others through the store, so that they stop at once with
+  /// "rank <r> stopped before the group formed: <message>" instead of waiting out the timeout.
+  /// Best effort and bounded: waits at most 30 s (or the timeout) for the store (rank 0
+  /// starts it, and keeps it up until every other rank has heard or stopped itself, within
+  /// the same bound); never throws. Does nothing for a world of 1.
+  static void announce_failure(const DistributedConfig& config, const std::string& message);
   ~DistributedGroup();
   DistributedGroup(const DistributedGroup&) = delete;
   DistributedGroup& operator=(const DistributedGroup&) = delete;

@@ -436,6 +436,37 @@ TEST(Distributed, TrainTwoRanksWriteOneRunFolderAndResumeOnlyWithTwo) {
   EXPECT_EQ(count_lines(read_text(run + "/metrics.jsonl")), 2);
 }
 
+// A rank that stops before the group forms (here: an --init file missing on its machine) tells
+// the others through the store: they stop with its reason, where they waited out --dist-timeout
+// (120 s here) and named it only as a rank that did not join. Rank 1 first, then rank 0, which
+// hosts the store and keeps it until the other has heard.
+TEST(Distributed, ARankThatStopsBeforeTheGroupFormsIsNamedWithItsReason) {
+  test::TempDir dir;
+  const std::string run = dir / "run";
+  const std::string absent = dir / "absent.h5";
+  for (const int failing : {1, 0}) {
+    SCOPED_TRACE(failing);
+    const int port = free_port();
+    const auto flags = [&](int rank) {
+      return train_flags(run) + (rank == failing ? " --init " + absent : std::string());
+    };
+    const auto r = run_two(dir, train_rank(0, 2, port, flags(0)), train_rank(1, 2, port, flags(1)));
+    const std::string log0 = read_text(dir / "r0.log"), log1 = read_text(dir / "r1.log");
+    EXPECT_NE(r.output.find("status 1 1"), std::string::npos) << r.output << log0 << log1;
+    const std::string& failed = failing == 0 ? log0 : log1;
+    const std::string& other = failing == 0 ? log1 : log0;
+    EXPECT_NE(failed.find(concat("error: ", absent, ": no such file (--init)")), std::string::npos)
+        << failed;
+    EXPECT_NE(
+        other.find(concat("error: distributed: rank ", 1 - failing, ": rank ", failing,
+                          " stopped before the group formed: ", absent, ": no such file (--init)")),
+        std::string::npos)
+        << other;
+    EXPECT_EQ(other.find("did not join"), std::string::npos) << other;
+    EXPECT_FALSE(std::filesystem::exists(run));
+  }
+}
+
 // A SIGTERM that reaches one rank only (here rank 1, which writes nothing) stops both at the
 // same batch: the ranks agree on stopping after every batch, so neither waits for a peer that
 // left. Both exit with 128 + SIGTERM; rank 0 says what last.h5 holds and leaves no partial file.

@@ -461,35 +461,43 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
     fail("--precision must be fp32 or bf16, got '" + precision + "'");
   const auto dist_config = dist.config();
   const int world = dist_config.world_size;
-  if (world > 1) {
-    if (time_budget > 0) fail("--time-budget is not supported with several ranks yet");
-    if (cache) fail("--cache is not supported with several ranks yet");
-    if (device != "cpu") fail("several ranks train on the CPU only (Gloo; no NCCL in this build)");
-  }
-  // The device last among the checks, before any file is read.
-  runtime::check_device(device, "train");
-  // A checkpoint to start from that is not there is named before the run folder is made (an
-  // empty folder was left behind).
-  for (const auto& [flag, file] : {std::pair<const char*, const std::string*>{"--init", &init},
-                                   {"--init-backbone", &init_backbone},
-                                   {"--teacher", &teacher}}) {
-    std::error_code missing;
-    if (!file->empty() && !fs::exists(*file, missing))
-      throw Error(*file, concat("no such file (", flag, ")"));
-  }
-  // The files this run reads from elsewhere are checked in forked children
-  // (h5::check_untrusted_file, once per file per process): before the group's threads exist
-  // (heartbeat, TCPStore, Gloo), since a fork must not meet a thread holding a lock.
-  if (world > 1) {
-    if (!resume_dir.empty()) {
-      pipeline::verify_checkpoint((fs::path(resume_dir) / "last.h5").string());
-      const auto best = fs::path(resume_dir) / "best.h5";
-      if (fs::exists(best)) read_best_checkpoint(best.string());
+  // A rank that stops before the group forms (a file missing on its machine) tells the others,
+  // which waited out --dist-timeout for it.
+  try {
+    if (world > 1) {
+      if (time_budget > 0) fail("--time-budget is not supported with several ranks yet");
+      if (cache) fail("--cache is not supported with several ranks yet");
+      if (device != "cpu")
+        fail("several ranks train on the CPU only (Gloo; no NCCL in this build)");
     }
-    for (const auto* ckpt : {&init, &init_backbone, &teacher})
-      if (!ckpt->empty()) pipeline::verify_checkpoint(*ckpt);
-    for (const auto* spec : {&data.data, &val_spec})
-      if (is_cache(*spec)) pipeline::h5::check_untrusted_file(*spec, false);
+    // The device last among the checks, before any file is read.
+    runtime::check_device(device, "train");
+    // A checkpoint to start from that is not there is named before the run folder is made (an
+    // empty folder was left behind).
+    for (const auto& [flag, file] : {std::pair<const char*, const std::string*>{"--init", &init},
+                                     {"--init-backbone", &init_backbone},
+                                     {"--teacher", &teacher}}) {
+      std::error_code missing;
+      if (!file->empty() && !fs::exists(*file, missing))
+        throw Error(*file, concat("no such file (", flag, ")"));
+    }
+    // The files this run reads from elsewhere are checked in forked children
+    // (h5::check_untrusted_file, once per file per process): before the group's threads exist
+    // (heartbeat, TCPStore, Gloo), since a fork must not meet a thread holding a lock.
+    if (world > 1) {
+      if (!resume_dir.empty()) {
+        pipeline::verify_checkpoint((fs::path(resume_dir) / "last.h5").string());
+        const auto best = fs::path(resume_dir) / "best.h5";
+        if (fs::exists(best)) read_best_checkpoint(best.string());
+      }
+      for (const auto* ckpt : {&init, &init_backbone, &teacher})
+        if (!ckpt->empty()) pipeline::verify_checkpoint(*ckpt);
+      for (const auto* spec : {&data.data, &val_spec})
+        if (is_cache(*spec)) pipeline::h5::check_untrusted_file(*spec, false);
+    }
+  } catch (const std::exception& e) {
+    if (world > 1) pipeline::DistributedGroup::announce_failure(dist_config, e.what());
+    throw;
   }
   std::unique_ptr<pipeline::DistributedGroup> group;
   if (world > 1) group = std::make_unique<pipeline::DistributedGroup>(dist_config);
