@@ -113,8 +113,8 @@ bool is_srun_task(const std::map<std::string, std::string>& env) {
     const auto it = env.find(name);
     if (it == env.end()) continue;
     const std::string& v = it->second;
-    if (v.empty() || v.size() > 10 || v.find_first_not_of("0123456789") != std::string::npos)
-      return false;
+    if (v.empty()) continue;  // as unset: the older name may carry it
+    if (v.size() > 10 || v.find_first_not_of("0123456789") != std::string::npos) return false;
     return std::stoull(v) < 0xfffffffaull;  // batch, extern, interactive, pending: not srun's
   }
   return false;
@@ -135,8 +135,9 @@ DistributedConfig distributed_config(const std::map<std::string, std::string>& e
     config.world_size = parse_int(env, "WORLD_SIZE", 1, kMaxRanks);
     config.rank = parse_int(env, "RANK", 0, kMaxRanks);
     if (has("LOCAL_RANK")) config.local_rank = parse_int(env, "LOCAL_RANK", 0, kMaxRanks);
-  } else if (has("SLURM_PROCID") && has("SLURM_NTASKS") && !is_srun_task(env)) {
-    if (env.at("SLURM_NTASKS") != "1")
+  } else if (!is_srun_task(env)) {
+    // Slurm's batch script, or a shell of salloc's: the job's SLURM_NTASKS, one process.
+    if (has("SLURM_NTASKS") && env.at("SLURM_NTASKS") != "1")
       config.note = concat("SLURM_NTASKS=", excerpt(env.at("SLURM_NTASKS"), 40),
                            " is set but srun did not start this process (no SLURM_STEP_ID of an "
                            "srun step: Slurm's batch script runs once): it runs alone; start it "

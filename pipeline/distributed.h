@@ -63,9 +63,10 @@ struct LaunchOptions {
 };
 
 /// Whether `env` is that of a task srun started: SLURM_STEP_ID (or the older SLURM_STEPID) is
-/// an ordinary step number. Slurm's batch script (and salloc's interactive shell) also carries
+/// an ordinary step number (an empty value counts as unset). Slurm's batch script also carries
 /// SLURM_PROCID=0 and the job's SLURM_NTASKS, but it is one process however many tasks the job
-/// asked for: it has no step number (or one of Slurm's special steps, 0xfffffffa and above).
+/// asked for: Slurm gives it no step number (salloc's shell under use_interactive_step gets
+/// 0xfffffffa; every special step is 0xfffffffa and above).
 bool is_srun_task(const std::map<std::string, std::string>& env);
 
 /// Reads the launcher's variables from `env` (name → value, only the variables that are set).

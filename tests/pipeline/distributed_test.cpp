@@ -99,8 +99,12 @@ TEST(DistributedConfig, SlurmsBatchScriptRunsAloneAndSaysSo) {
         << c.note;
     EXPECT_NE(c.note.find("start it with srun"), std::string::npos) << c.note;
   }
-  // A job of one task has nothing to say.
+  // A job of one task has nothing to say; a shell of salloc's (SLURM_NTASKS alone) says it.
   EXPECT_EQ(distributed_config({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"}}).note, "");
+  EXPECT_EQ(distributed_config({{"SLURM_NTASKS", "3"}}).note.rfind("SLURM_NTASKS=3 is set", 0), 0u);
+  // An empty SLURM_STEP_ID counts as unset: the older SLURM_STEPID decides.
+  EXPECT_TRUE(is_srun_task({{"SLURM_STEP_ID", ""}, {"SLURM_STEPID", "2"}}));
+  EXPECT_FALSE(is_srun_task({{"SLURM_STEP_ID", ""}}));
   for (const char* name : {"SLURM_STEP_ID", "SLURM_STEPID"}) {
     auto env = job;
     env[name] = "4294967289";
@@ -120,7 +124,8 @@ TEST(DistributedConfig, TorchrunVariablesWinOverSlurms) {
                                      {"WORLD_SIZE", "2"},
                                      {"MASTER_ADDR", "a"},
                                      {"SLURM_PROCID", "0"},
-                                     {"SLURM_NTASKS", "1"}});
+                                     {"SLURM_NTASKS", "1"},
+                                     {"SLURM_STEP_ID", "0"}});
   EXPECT_EQ(c.launcher, "torchrun");
   EXPECT_EQ(c.rank, 1);
 }

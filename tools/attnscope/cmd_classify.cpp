@@ -40,7 +40,7 @@ std::string shard_from_environment(std::string* from, std::string* warning) {
   std::string say;
   for (const auto& [rank, size] : {std::pair<std::string, std::string>{"RANK", "WORLD_SIZE"},
                                    {"SLURM_PROCID", "SLURM_NTASKS"}}) {
-    // Slurm's batch script (or salloc's shell) carries SLURM_PROCID=0 and the job's
+    // Slurm's batch script carries SLURM_PROCID=0 and the job's
     // SLURM_NTASKS, but it is one process: it classifies everything, and says so when the job
     // asked for several tasks (a script that forgot srun classified a quarter of its inputs).
     if (rank == "SLURM_PROCID" && !pipeline::is_srun_task(env)) {
@@ -73,7 +73,15 @@ std::string shard_from_environment(std::string* from, std::string* warning) {
 // The process's index on its machine under torchrun (LOCAL_RANK) or Slurm (SLURM_LOCALID), as
 // shard_from_environment picks the launcher; -1 when unset or not a small number.
 int local_rank_from_environment() {
-  const char* v = std::getenv(std::getenv("RANK") ? "LOCAL_RANK" : "SLURM_LOCALID");
+  const char* v = nullptr;
+  if (std::getenv("RANK")) {
+    v = std::getenv("LOCAL_RANK");
+  } else {
+    std::map<std::string, std::string> env;  // SLURM_LOCALID counts in an srun task only
+    for (const char* name : {"SLURM_STEP_ID", "SLURM_STEPID"})
+      if (const char* id = std::getenv(name)) env[name] = id;
+    if (pipeline::is_srun_task(env)) v = std::getenv("SLURM_LOCALID");
+  }
   if (!v || !*v || std::strlen(v) > 6) return -1;
   for (const char* c = v; *c; ++c)
     if (*c < '0' || *c > '9') return -1;

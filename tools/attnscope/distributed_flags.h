@@ -23,7 +23,7 @@ struct DistributedFlags {
     desc.add_options()
         ("master-addr", po::value(&master_addr)->default_value(""),
          "address of rank 0's machine (the rendezvous store); default: MASTER_ADDR. Needed "
-         "under Slurm unless MASTER_ADDR is set")
+         "under srun unless MASTER_ADDR is set")
         ("dist-timeout", po::value(&timeout_s)->default_value(1800),
          "seconds a rendezvous, a collective or a missing rank may take before every rank "
          "stops with an error naming the rank");
