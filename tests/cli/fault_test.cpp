@@ -405,6 +405,47 @@ TEST(CliFault, PreprocessKeepsEveryOutputAndRefusesToWriteIntoItsInput) {
     ADD_FAILURE() << "left behind: " << e.path();
 }
 
+// A full disk that takes an image but not its --steps strip: the image counts as preprocessed
+// (it was counted failed, its file there) and the strip is named and counted apart, exit 1. An
+// output name that is a symbolic link is replaced by the file; its target is not written.
+TEST(CliFault, PreprocessCountsAStripNotWrittenApartFromItsImage) {
+  test::TempDir dir;
+  const auto in = dir.path() / "in";
+  fs::create_directories(in);
+  cv::Mat noise(64, 64, CV_8UC3);
+  cv::randu(noise, 0, 256);
+  ASSERT_TRUE(cv::imwrite((in / "x.png").string(), noise));
+  const auto run = [&](const fs::path& out) {
+    return exe() + " preprocess --steps --input " + (in / "x.png").string() + " --out " +
+           out.string() + " 2>&1";
+  };
+  const auto whole = dir.path() / "whole";
+  ASSERT_EQ(test::run_process(run(whole)).status, 0);
+  const auto image_bytes = fs::file_size(whole / "x.png");
+  const auto strip_bytes = fs::file_size(whole / "x_steps.png");
+  ASSERT_LT(image_bytes + 1000, strip_bytes);
+  const auto out = dir.path() / "out";
+  const auto r = test::run_with_file_size_limit(run(out), (image_bytes + strip_bytes) / 2);
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("x_steps.png: cannot write (File too large)"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("preprocessed 1 of 1 images into " + out.string() +
+                          "; 1 --steps strip not written\n"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(test::read_text(out / "x.png"), test::read_text(whole / "x.png"));
+  EXPECT_EQ(test::file_names(out.string()), std::set<std::string>{"x.png"});
+  // A symbolic link in the output folder is replaced, not written through.
+  const auto target = dir.path() / "elsewhere.txt";
+  std::ofstream(target) << "keep";
+  fs::remove(whole / "x.png");
+  fs::create_symlink(target, whole / "x.png");
+  ASSERT_EQ(test::run_process(run(whole)).status, 0);
+  EXPECT_FALSE(fs::is_symlink(whole / "x.png"));
+  EXPECT_EQ(test::read_text(whole / "x.png"), test::read_text(out / "x.png"));
+  EXPECT_EQ(test::read_text(target), "keep");
+}
+
 TEST(CliFault, PreprocessReportsASymlinkLoopAndGoesOn) {
   test::TempDir dir;
   const auto in = dir.path() / "in";

@@ -208,33 +208,48 @@ int run_preprocess(const std::vector<std::string>& args, const GlobalOptions&) {
   check(fs::is_directory(out), out, "cannot create the output folder");
 
   const std::size_t failed_entries = failed;
-  for (std::size_t i = 0; i < files.size(); ++i) {
-    const auto& file = files[i];
+  // An image written whose --steps strip was not (a full disk) counts as preprocessed; the
+  // strips not written are counted apart (the image was counted failed, its file there).
+  std::size_t strips_failed = 0;
+  const auto attempt = [&](const fs::path& file, std::size_t& count, const auto& work) {
     try {
-      const auto rgb = pipeline.decode(file.string());
-      preprocessing::write_image((fs::path(out) / (names[i].first + ".png")).string(),
-                                 pipeline.process(rgb).image);
-      if (steps)
-        preprocessing::write_image((fs::path(out) / (names[i].second + ".png")).string(),
-                                   stage_strip(pipeline.stages(rgb)));
+      work();
+      return true;
     } catch (const Error& e) {
       std::cerr << "error: " << one_line(e.what()) << "\n";
-      ++failed;
     } catch (const cv::Exception& e) {
       std::cerr << "error: " << one_line(file.string()) << ": OpenCV: " << one_line(e.err) << "\n";
-      ++failed;
     }
+    ++count;
+    return false;
+  };
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    const auto& file = files[i];
+    cv::Mat rgb;
+    const bool written = attempt(file, failed, [&] {
+      rgb = pipeline.decode(file.string());
+      preprocessing::write_image((fs::path(out) / (names[i].first + ".png")).string(),
+                                 pipeline.process(rgb).image);
+    });
+    if (written && steps)
+      attempt(file, strips_failed, [&] {
+        preprocessing::write_image((fs::path(out) / (names[i].second + ".png")).string(),
+                                   stage_strip(pipeline.stages(rgb)));
+      });
   }
   const auto total = files.size() + failed_entries;
   std::cout << "preprocessed " << total - failed << " of " << total << " images into " << out;
   if (failed) std::cout << " (" << failed << " failed)";
+  if (strips_failed)
+    std::cout << "; " << strips_failed << " --steps strip" << (strips_failed > 1 ? "s" : "")
+              << " not written";
   if (ignored) std::cout << "; ignored " << ignored << " files without an image extension";
   // Not read, and not silently: a folder of class folders gave "preprocessed 0 of 0".
   if (subfolders)
     std::cout << "; did not read " << subfolders << " subfolder" << (subfolders > 1 ? "s" : "")
               << " (one folder's images are read, not its subfolders')";
   std::cout << "\n";
-  return failed ? 1 : 0;
+  return failed || strips_failed ? 1 : 0;
 }
 
 const Registration kPreprocess("preprocess",
