@@ -946,6 +946,15 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
     EXPECT_EQ(r.status, 2) << args << "\n" << r.output;
     EXPECT_EQ(r.output.rfind("error: ", 0), 0u) << args << "\n" << r.output;
   }
+  // The ViT refusal names the presets it is for and why (the fault list above checks only the
+  // status and the prefix), before any data is read (x.csv does not exist).
+  EXPECT_EQ(test::run_process(exe() + " train --model vit_mini_patch8 --data x.csv --out " +
+                              (dir / "t") + " --mask-loss 1,1 2>&1")
+                .output.rfind("error: --mask-loss trains the attention maps of the attention CNNs "
+                              "(attn_small, attn_resnet18, ...); 'vit_mini_patch8' is a ViT, "
+                              "whose rollout map has no gradient to train\n",
+                              0),
+            0u);
   EXPECT_NE(test::run_process(exe() + " train --model attn_small --data x.csv --out ''")
                 .output.find("error: --out is empty: give it a value"),
             std::string::npos);
