@@ -399,6 +399,14 @@ std::string json_list(const std::vector<std::string>& v) {
   return nlohmann::json(v).dump();
 }
 
+// A model of more than two classes labels by arg-max: a threshold stored beside it (files of
+// builds before the attribute became null for them) decided nothing, and differs from a new
+// run's null without meaning anything.
+bool threshold_means_nothing(const std::string& class_names) {
+  const auto names = nlohmann::json::parse(class_names, nullptr, false);
+  return names.is_array() && names.size() > 2;
+}
+
 }  // namespace
 
 std::string csv_field(const std::string& value) {
@@ -771,6 +779,7 @@ ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader
           "; cannot resume it");
     for (const auto& [k, v] : expected) {
       if (attr(k) == v) continue;
+      if (k == "threshold" && threshold_means_nothing(attr("class_names"))) continue;
       // A config's changed fields by name (both texts cut at 200 bytes hid them).
       const auto changes = json_changes(attr(k), v, "stored", "now");
       throw Error(path,
@@ -1210,6 +1219,8 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
          {"schema_version", "model_checksum", "model_config", "preprocessing_config", "class_names",
           "maps", "tta", "threshold", "temperature", "faithfulness", "precision"}) {
       if (attr(f, k) == attr(first, k)) continue;
+      if (std::string(k) == "threshold" && threshold_means_nothing(attr(first, "class_names")))
+        continue;
       const auto changes = json_changes(attr(first, k), attr(f, k), "there", "here");
       throw Error(f.path, changes.empty() ? concat("cannot be merged with ", first.path, ": its ",
                                                    k, " differs (", excerpt(attr(f, k)), " vs ",
@@ -1375,6 +1386,8 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
       h5::write_attribute(o.get(), "started_at", started, out);
     if (first.attributes.count("finished_at"))
       h5::write_attribute(o.get(), "finished_at", finished, out);
+    if (threshold_means_nothing(attr(first, "class_names")))
+      h5::write_attribute(o.get(), "threshold", "null", out);
     h5::write_attribute(o.get(), "shard", "merged", out);
     h5::write_attribute(o.get(), "command_line", command_line, out);
     h5::write_attribute(o.get(), "num_images", std::to_string(rows.size()), out);

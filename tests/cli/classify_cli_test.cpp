@@ -1222,6 +1222,32 @@ TEST(CliClassify, AThresholdForAModelOfThreeClassesIsSaidToDecideNothing) {
   // Nor is it recorded: the file's threshold is the rule its labels follow (null: arg-max).
   // (--maps a,b names two maps, as --maps a b does.)
   EXPECT_EQ(argmax.output, "True null [\"stage4\",\"gradcam\"]\n");
+  // A file of an earlier build stored the threshold: --resume and merge with a file of this
+  // build were refused over it ("its threshold differs"), though it decided nothing.
+  const auto shard = [&](int i, const std::string& more) {
+    return test::run_process(exe() + " classify --model " + q(path) + " --input " +
+                             q(images + "/images") + " --threshold 0.3 --shard " +
+                             std::to_string(i) + "/2 --out " + q(dir / ("s" + std::to_string(i))) +
+                             more + " 2>&1");
+  };
+  ASSERT_EQ(shard(0, "").status, 0);
+  ASSERT_EQ(shard(1, "").status, 0);
+  ASSERT_EQ(test::run_process(test::python() + " -c \"import h5py; f=h5py.File('" +
+                              dir / "s0/results.h5" + "','a'); f.attrs['threshold']='0.3'\"")
+                .status,
+            0);
+  const auto resumed = shard(0, " --resume");
+  EXPECT_EQ(resumed.status, 0) << resumed.output;
+  for (const auto& [a, b] : {std::pair{"s0", "s1"}, std::pair{"s1", "s0"}}) {
+    const auto merged = dir / (std::string("m-") + a + ".h5");
+    const auto m = test::run_process(exe() + " merge " + q(dir / (std::string(a) + "/results.h5")) +
+                                     " " + q(dir / (std::string(b) + "/results.h5")) + " --out " +
+                                     q(merged) + " 2>&1");
+    EXPECT_EQ(m.status, 0) << m.output;
+    const auto t = test::run_process(test::python() + " -c \"import h5py; print(h5py.File('" +
+                                     merged + "','r').attrs['threshold'])\"");
+    EXPECT_EQ(t.output, "null\n") << a;
+  }
 }
 
 // Localisation measures are NaN for exactly the images without a mask (or with an empty one),
