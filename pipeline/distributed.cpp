@@ -325,6 +325,25 @@ void check_master_addr(const DistributedConfig& c) {
 
 }  // namespace
 
+// How long a rank that stops before the group forms waits for the store, and rank 0 keeps
+// its store up for the others to hear of it.
+namespace {
+
+constexpr milliseconds kAnnounceBound{30000};
+
+// Every rank adds 1 to "told" when it has heard of a failure before the group formed (or said
+// its own); rank 0, whose process hosts the store, waits for all of them, within the bound.
+void linger_until_told(c10d::Store& store, const DistributedConfig& config) {
+  const auto deadline = Clock::now() + std::min(config.timeout, kAnnounceBound);
+  try {
+    while (Clock::now() < deadline && store.add("told", 0) < config.world_size)
+      std::this_thread::sleep_for(milliseconds(50));
+  } catch (const std::exception&) {
+  }
+}
+
+}  // namespace
+
 struct DistributedGroup::Impl {
   DistributedConfig config;
   // Declared before the stores, so destroyed after them: their threads end under its handler.
@@ -412,6 +431,8 @@ struct DistributedGroup::Impl {
         if (!store->check({key})) continue;
         const std::string why = text(store->get(key));
         store->add("told", 1);
+        // Rank 0 hosts the store: kept until every rank has heard (or said its own failure).
+        if (config.rank == 0 && !config.agent_store) linger_until_told(*store, config);
         throw Error(kSubject, concat("rank ", config.rank, ": rank ", r,
                                      " stopped before the group formed: ", excerpt(why, 400)));
       }
@@ -589,14 +610,30 @@ DistributedGroup::DistributedGroup(DistributedConfig config) : impl_(std::make_u
   impl_->start_heartbeat();
 }
 
+void DistributedGroup::check_interfaces(const DistributedConfig& config) {
+  if (config.world_size <= 1) return;
+  Impl impl;
+  impl.config = config;
+  impl.devices();
+}
+
 void DistributedGroup::announce_failure(const DistributedConfig& config,
                                         const std::string& message) {
   if (config.world_size <= 1 || config.rank < 0 || config.rank >= config.world_size) return;
+  // The error line is printed: whatever happens now ends the process quietly with status 1 —
+  // a store that never answers (LibTorch's client waits without a bound there), or one whose
+  // bytes make its thread throw (std::terminate). The store is left to the OS (its threads
+  // may still run), so the handler stays.
+  std::set_terminate([] { ::_exit(1); });
+  const auto bound = std::min(config.timeout, kAnnounceBound);
+  std::thread([bound] {
+    std::this_thread::sleep_for(2 * bound + milliseconds(5000));
+    ::_exit(1);
+  }).detach();
   try {
     Impl impl;
     impl.config = config;
-    impl.config.timeout = std::min<milliseconds>(config.timeout, milliseconds(30000));
-    const auto deadline = Clock::now() + impl.config.timeout;
+    impl.config.timeout = bound;
     const bool server = config.rank == 0 && !config.agent_store;
     c10::intrusive_ptr<c10d::Store> store;
     {
@@ -605,15 +642,8 @@ void DistributedGroup::announce_failure(const DistributedConfig& config,
       store = impl.connect(server);
     }
     store->set("failed/" + std::to_string(config.rank), bytes(message));
-    if (server) {
-      // The store lives in this process: kept until every other rank has read a failure (or
-      // announced its own), within the bound.
-      store->add("told", 1);
-      while (Clock::now() < deadline && store->add("told", 0) < config.world_size)
-        std::this_thread::sleep_for(milliseconds(50));
-    } else {
-      store->add("told", 1);
-    }
+    store->add("told", 1);
+    if (server) linger_until_told(*store, impl.config);
     // A TCPStore torn down while peers talk to it may block: left to the OS, as after a failure.
     store.release();
   } catch (...) {

@@ -95,12 +95,18 @@ class DistributedGroup {
   explicit DistributedGroup(DistributedConfig config);
 
   /// For a rank that stops before it joins (a file missing on its machine, a flag the others
-  /// lack): tells the others through the store, so that they stop at once with
-  /// "rank <r> stopped before the group formed: <message>" instead of waiting out the timeout.
-  /// Best effort and bounded: waits at most 30 s (or the timeout) for the store (rank 0
-  /// starts it, and keeps it up until every other rank has heard or stopped itself, within
-  /// the same bound); never throws. Does nothing for a world of 1.
+  /// lack), after its error line is printed: tells the others through the store, so that they
+  /// stop at once with "rank <r> stopped before the group formed: <message>" instead of
+  /// waiting out the timeout. Best effort and bounded: waits at most 30 s (or the timeout) for
+  /// the store (rank 0 starts it, and keeps it up until every other rank has heard or stopped
+  /// itself, within the same bound); a store that never answers or breaks off ends the process
+  /// with status 1 (after 2 bounds + 5 s at the latest). Never throws. Does nothing for a world
+  /// of 1.
   static void announce_failure(const DistributedConfig& config, const std::string& message);
+
+  /// Throws the constructor's Error for a GLOO_SOCKET_IFNAME this machine lacks, without
+  /// joining: a check a rank makes before the group forms.
+  static void check_interfaces(const DistributedConfig& config);
   ~DistributedGroup();
   DistributedGroup(const DistributedGroup&) = delete;
   DistributedGroup& operator=(const DistributedGroup&) = delete;

@@ -465,6 +465,66 @@ TEST(Distributed, ARankThatStopsBeforeTheGroupFormsIsNamedWithItsReason) {
     EXPECT_EQ(other.find("did not join"), std::string::npos) << other;
     EXPECT_FALSE(std::filesystem::exists(run));
   }
+  // A flag value the others lack (a usage error: exit 2) is said as well.
+  {
+    const int port = free_port();
+    const auto r = run_two(dir, train_rank(0, 2, port, train_flags(run)),
+                           train_rank(1, 2, port, train_flags(run) + " --ema 2"));
+    const std::string log0 = read_text(dir / "r0.log"), log1 = read_text(dir / "r1.log");
+    EXPECT_NE(r.output.find("status 1 2"), std::string::npos) << r.output << log0 << log1;
+    EXPECT_NE(log0.find("error: distributed: rank 0: rank 1 stopped before the group formed: "
+                        "--ema must be in"),
+              std::string::npos)
+        << log0;
+    EXPECT_EQ(log1.rfind("error: --ema must be in", 0), 0u) << log1;
+  }
+  // Three ranks, rank 1 stopping: rank 0, whose process hosts the store, keeps it until rank 2
+  // has heard too (rank 2 said it could not reach the store after the timeout).
+  {
+    const int port = free_port();
+    const auto r = test::run_process(concat(
+        "timeout 300 sh -c '", train_rank(2, 3, port, train_flags(run)), " > ", dir / "r2.log",
+        " 2>&1 & p2=$!; ", train_rank(1, 3, port, train_flags(run) + " --init " + absent), " > ",
+        dir / "r1.log", " 2>&1 & p1=$!; ", train_rank(0, 3, port, train_flags(run)), " > ",
+        dir / "r0.log", " 2>&1; s0=$?; wait $p1; s1=$?; wait $p2; echo status $s0 $s1 $?'"));
+    const std::string log0 = read_text(dir / "r0.log"), log2 = read_text(dir / "r2.log");
+    EXPECT_NE(r.output.find("status 1 1 1"), std::string::npos) << r.output << log0 << log2;
+    for (const auto& [rank, log] : {std::pair{0, log0}, std::pair{2, log2}})
+      EXPECT_NE(log.find(concat("error: distributed: rank ", rank,
+                                ": rank 1 stopped before the group formed: ", absent,
+                                ": no such file (--init)")),
+                std::string::npos)
+          << log;
+  }
+}
+
+// A rank that stops with no store to tell (no rank 0 at MASTER_PORT), or beside another service
+// on that port (one that answers bytes a store does not send, one that never answers), prints
+// its one line and ends with status 1: within the bound of --dist-timeout, not LibTorch's
+// abort (exit 134) or a client that waits without end.
+TEST(Distributed, ARankThatStopsWithNoStoreToTellSaysItsLineAndEnds) {
+  test::TempDir dir;
+  const std::string absent = dir / "absent.h5";
+  const std::string flags =
+      concat("--data ", synth_labels(), " --model attn_small --size 32 --epochs 1 --workers 1 ",
+             "--dist-timeout 2 --out ", dir / "run", " --init ", absent, " 2>&1");
+  const std::string line = concat("error: ", absent, ": no such file (--init)\n");
+  const auto alone = test::run_process("timeout 120 " + train_rank(1, 2, free_port(), flags));
+  EXPECT_EQ(alone.status, 1) << alone.output;
+  EXPECT_EQ(alone.output, line);
+#ifdef __SANITIZE_ADDRESS__
+  for (const bool answers : {false}) {  // as in AnotherServiceOnMasterPortIsOneLine
+#else
+  for (const bool answers : {true, false}) {
+#endif
+    OtherService service(answers);
+    for (const int rank : {1, 0}) {
+      const auto r = test::run_process("timeout 120 " + train_rank(rank, 2, service.port(), flags));
+      EXPECT_EQ(r.status, 1) << "answers " << answers << ", rank " << rank << ": " << r.output;
+      EXPECT_EQ(r.output.rfind(line, 0), 0u) << r.output;
+      EXPECT_EQ(r.output.find("terminate called"), std::string::npos) << r.output;
+    }
+  }
 }
 
 // A SIGTERM that reaches one rank only (here rank 1, which writes nothing) stops both at the

@@ -1,6 +1,7 @@
 #pragma once
 // The command table and the option-parsing helpers every subcommand uses.
 
+#include <exception>
 #include <functional>
 #include <optional>
 #include <stdexcept>
@@ -16,6 +17,22 @@ namespace po = boost::program_options;
 /// Options given before the subcommand; they apply to every subcommand.
 struct GlobalOptions {
   int threads = 0;  ///< LibTorch intra-op threads; 0 = every available core
+};
+
+/// Prints the one line (a usage error: the line and the usage) that main prints for `error`
+/// and returns the exit status (2 for a usage error, else 1).
+int report_error(std::exception_ptr error);
+
+/// An error whose line report_error has printed already (a command that had more to do after
+/// printing it): main exits with status() and prints nothing.
+class ReportedError : public std::exception {
+ public:
+  explicit ReportedError(int status) : status_(status) {}
+  int status() const { return status_; }
+  const char* what() const noexcept override { return "the error was reported"; }
+
+ private:
+  int status_;
 };
 
 /// A mistake on the command line: printed as "error: ..." plus the usage, exit status 2.

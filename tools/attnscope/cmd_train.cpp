@@ -185,7 +185,7 @@ std::vector<std::string> normalised_resume(std::vector<std::string> args, bool& 
 }
 
 int run_train(const std::vector<std::string>& given_args, bool quiet_now,
-              const GlobalOptions& global) {
+              const GlobalOptions& global, std::optional<pipeline::DistributedConfig>& announce) {
   // --resume RUN alone: the stored command line of the run, continued from RUN/last.h5.
   std::vector<std::string> args = given_args;
   std::string resume_dir;
@@ -333,6 +333,13 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
   if (!parse(kUsage, desc, args, vm)) return 0;
   const auto usage = usage_text(kUsage, desc);
   const auto fail = [&](const std::string& m) { throw UsageError(m, usage); };
+  // Data-parallel when a launcher (torchrun, srun) or the variables say so (docs/distributed.md).
+  // Until the group forms, a rank that stops (a flag the others lack, a file missing on its
+  // machine) tells the others through the store (run_train_or_resume), which waited out
+  // --dist-timeout for it.
+  const auto dist_config = dist.config();
+  const int world = dist_config.world_size;
+  if (world > 1) announce = dist_config;
   if (!resume_flag.empty())
     fail("--resume RUN takes no other option than --quiet (the run's are used)");
   if (quiet_now) quiet = true;
@@ -453,52 +460,44 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
   }
   if (threads > 0) runtime::set_threads(threads);
 
-  // Data-parallel when a launcher (torchrun, srun) or the variables say so
-  // (docs/distributed.md). Every rank runs this command; only rank 0 writes RUN and prints.
+  // Every rank runs this command; only rank 0 writes RUN and prints.
   if (!runtime::is_device_name(device))
     fail("--device must be cpu, cuda or cuda:N, got '" + device + "'");
   if (!runtime::is_precision_name(precision))
     fail("--precision must be fp32 or bf16, got '" + precision + "'");
-  const auto dist_config = dist.config();
-  const int world = dist_config.world_size;
-  // A rank that stops before the group forms (a file missing on its machine) tells the others,
-  // which waited out --dist-timeout for it.
-  try {
-    if (world > 1) {
-      if (time_budget > 0) fail("--time-budget is not supported with several ranks yet");
-      if (cache) fail("--cache is not supported with several ranks yet");
-      if (device != "cpu")
-        fail("several ranks train on the CPU only (Gloo; no NCCL in this build)");
-    }
-    // The device last among the checks, before any file is read.
-    runtime::check_device(device, "train");
-    // A checkpoint to start from that is not there is named before the run folder is made (an
-    // empty folder was left behind).
-    for (const auto& [flag, file] : {std::pair<const char*, const std::string*>{"--init", &init},
-                                     {"--init-backbone", &init_backbone},
-                                     {"--teacher", &teacher}}) {
-      std::error_code missing;
-      if (!file->empty() && !fs::exists(*file, missing))
-        throw Error(*file, concat("no such file (", flag, ")"));
-    }
-    // The files this run reads from elsewhere are checked in forked children
-    // (h5::check_untrusted_file, once per file per process): before the group's threads exist
-    // (heartbeat, TCPStore, Gloo), since a fork must not meet a thread holding a lock.
-    if (world > 1) {
-      if (!resume_dir.empty()) {
-        pipeline::verify_checkpoint((fs::path(resume_dir) / "last.h5").string());
-        const auto best = fs::path(resume_dir) / "best.h5";
-        if (fs::exists(best)) read_best_checkpoint(best.string());
-      }
-      for (const auto* ckpt : {&init, &init_backbone, &teacher})
-        if (!ckpt->empty()) pipeline::verify_checkpoint(*ckpt);
-      for (const auto* spec : {&data.data, &val_spec})
-        if (is_cache(*spec)) pipeline::h5::check_untrusted_file(*spec, false);
-    }
-  } catch (const std::exception& e) {
-    if (world > 1) pipeline::DistributedGroup::announce_failure(dist_config, e.what());
-    throw;
+  if (world > 1) {
+    if (time_budget > 0) fail("--time-budget is not supported with several ranks yet");
+    if (cache) fail("--cache is not supported with several ranks yet");
+    if (device != "cpu") fail("several ranks train on the CPU only (Gloo; no NCCL in this build)");
   }
+  // The device last among the checks, before any file is read.
+  runtime::check_device(device, "train");
+  // A checkpoint to start from that is not there is named before the run folder is made (an
+  // empty folder was left behind).
+  for (const auto& [flag, file] : {std::pair<const char*, const std::string*>{"--init", &init},
+                                   {"--init-backbone", &init_backbone},
+                                   {"--teacher", &teacher}}) {
+    std::error_code missing;
+    if (!file->empty() && !fs::exists(*file, missing))
+      throw Error(*file, concat("no such file (", flag, ")"));
+  }
+  // The files this run reads from elsewhere are checked in forked children
+  // (h5::check_untrusted_file, once per file per process): before the group's threads exist
+  // (heartbeat, TCPStore, Gloo), since a fork must not meet a thread holding a lock.
+  if (world > 1) {
+    if (!resume_dir.empty()) {
+      pipeline::verify_checkpoint((fs::path(resume_dir) / "last.h5").string());
+      const auto best = fs::path(resume_dir) / "best.h5";
+      if (fs::exists(best)) read_best_checkpoint(best.string());
+    }
+    for (const auto* ckpt : {&init, &init_backbone, &teacher})
+      if (!ckpt->empty()) pipeline::verify_checkpoint(*ckpt);
+    for (const auto* spec : {&data.data, &val_spec})
+      if (is_cache(*spec)) pipeline::h5::check_untrusted_file(*spec, false);
+  }
+  // A network interface this machine lacks is this rank's mistake too.
+  if (world > 1) pipeline::DistributedGroup::check_interfaces(dist_config);
+  announce.reset();  // from here on the group names a rank that stops
   std::unique_ptr<pipeline::DistributedGroup> group;
   if (world > 1) group = std::make_unique<pipeline::DistributedGroup>(dist_config);
   const bool main_rank = !group || group->is_main();
@@ -958,15 +957,26 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
 int run_train_or_resume(const std::vector<std::string>& given_args, const GlobalOptions& global) {
   bool quiet = false;
   const auto args = normalised_resume(given_args, quiet);
+  // Set while this process is one rank of several that has not joined the group yet.
+  std::optional<pipeline::DistributedConfig> announce;
   try {
-    return run_train(args, quiet, global);
-  } catch (const UsageError& e) {
-    // The stored command line's flags: named as the run's (not a RUN that is an option).
-    if (args.size() != 2 || args[0] != "--resume" || args[1].empty() || args[1].rfind("--", 0) == 0)
-      throw;
-    throw Error(
-        (fs::absolute(args[1]).lexically_normal() / "last.h5").string(),
-        concat("provenance.args: ", e.what(), " (in the command line stored with the run)"));
+    try {
+      return run_train(args, quiet, global, announce);
+    } catch (const UsageError& e) {
+      // The stored command line's flags: named as the run's (not a RUN that is an option).
+      if (args.size() != 2 || args[0] != "--resume" || args[1].empty() ||
+          args[1].rfind("--", 0) == 0)
+        throw;
+      throw Error(
+          (fs::absolute(args[1]).lexically_normal() / "last.h5").string(),
+          concat("provenance.args: ", e.what(), " (in the command line stored with the run)"));
+    }
+  } catch (const std::exception& e) {
+    if (!announce) throw;
+    // The line first (the others may take a while to hear), then the others are told.
+    const int status = report_error(std::current_exception());
+    pipeline::DistributedGroup::announce_failure(*announce, e.what());
+    throw ReportedError(status);
   }
 }
 

@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <iostream>
 #include <new>
@@ -121,13 +122,11 @@ static int checked_stdout(int status) {
   return status;
 }
 
-int main(int argc, char** argv) {
-  // Before anything reads GLIBC_TUNABLES or starts a process: the launcher's addition goes.
-  attnscope::runtime::take_back_heap_huge_pages();
-  // A signal that ends a command removes its temporary files (attnscope/atomic_file.h).
-  attnscope::remove_temporaries_on_signals();
+namespace attnscope::cli {
+
+int report_error(std::exception_ptr error) {
   try {
-    return checked_stdout(run(argc, argv));
+    std::rethrow_exception(error);
   } catch (const UsageError& e) {
     std::cerr << "error: " << attnscope::printable(e.what()) << "\n\n" << e.usage();
     return 2;
@@ -167,5 +166,24 @@ int main(int argc, char** argv) {
     // printable(): a message quoting a crafted id must not send escapes to the terminal.
     std::cerr << "error: " << attnscope::printable(e.what()) << "\n";
     return 1;
+  } catch (...) {
+    std::cerr << "error: an unknown exception\n";
+    return 1;
+  }
+}
+
+}  // namespace attnscope::cli
+
+int main(int argc, char** argv) {
+  // Before anything reads GLIBC_TUNABLES or starts a process: the launcher's addition goes.
+  attnscope::runtime::take_back_heap_huge_pages();
+  // A signal that ends a command removes its temporary files (attnscope/atomic_file.h).
+  attnscope::remove_temporaries_on_signals();
+  try {
+    return checked_stdout(run(argc, argv));
+  } catch (const attnscope::cli::ReportedError& e) {
+    return e.status();  // its line is printed
+  } catch (...) {
+    return attnscope::cli::report_error(std::current_exception());
   }
 }
