@@ -379,6 +379,22 @@ void write_tensor(hid_t loc, const std::string& name, const at::Tensor& tensor,
              where(file, name), "cannot write dataset");
 }
 
+std::string type_name(hid_t type) {
+  const auto cls = H5Tget_class(type);
+  const auto bits = H5Tget_size(type) * 8;
+  if (cls == H5T_FLOAT) return "float" + std::to_string(bits);
+  if (cls == H5T_INTEGER)
+    return (H5Tget_sign(type) == H5T_SGN_NONE ? "uint" : "int") + std::to_string(bits);
+  if (cls == H5T_STRING) return "string";
+  return "non-numeric";
+}
+
+bool same_numbers(hid_t a, hid_t b) {
+  const auto cls = H5Tget_class(a);
+  if (cls != H5Tget_class(b) || H5Tget_size(a) != H5Tget_size(b)) return false;
+  return cls != H5T_INTEGER || H5Tget_sign(a) == H5Tget_sign(b);
+}
+
 std::vector<int64_t> dataset_shape(hid_t loc, const std::string& name, const std::string& file) {
   silence_hdf5();
   Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));

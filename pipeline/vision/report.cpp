@@ -307,14 +307,8 @@ Results read_results(const std::string& path, bool values = true) {
       h5::Handle set(H5Dopen2(root, "images/preprocessed", H5P_DEFAULT));
       h5::Handle type(set.valid() ? H5Dget_type(set.get()) : hid_t{-1});
       check(type.valid(), where(path, "images/preprocessed"), "cannot read its type");
-      const auto cls = H5Tget_class(type.get());
-      const auto bits = H5Tget_size(type.get()) * 8;
-      const bool uint8 = cls == H5T_INTEGER && bits == 8 && H5Tget_sign(type.get()) == H5T_SGN_NONE;
-      check(uint8, where(path, "images/preprocessed"), "holds ",
-            cls == H5T_FLOAT ? concat("float", bits)
-            : cls == H5T_INTEGER
-                ? concat(H5Tget_sign(type.get()) == H5T_SGN_NONE ? "uint" : "int", bits)
-                : std::string("non-numeric"),
+      check(h5::same_numbers(type.get(), H5T_NATIVE_UINT8), where(path, "images/preprocessed"),
+            "holds ", h5::type_name(type.get()),
             " values, expected uint8 RGB (0..255) as classify writes");
     }
     r.height = static_cast<int>(shape[1]);

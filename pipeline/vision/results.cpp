@@ -132,6 +132,15 @@ int64_t rows_of(hid_t file, const Column& col, const std::string& path) {
             std::equal(col.dims.begin(), col.dims.end(), dims + 1),
         where(path, col.name), "does not have the shape ", row_shape_text(col.dims),
         " this run writes");
+  // Rows of this run's numbers written into a dataset of others (float32 images edited with
+  // h5py) read back as other values (NaN, 6e34).
+  if (col.type >= 0) {
+    h5::Handle type(H5Dget_type(set.get()));
+    check(type.valid() && h5::same_numbers(type.get(), col.type), where(path, col.name), "holds ",
+          type.valid() ? h5::type_name(type.get()) : "unreadable",
+          " values, where this run writes ", h5::type_name(col.type),
+          ": the file cannot be resumed; classify again into another --out, without --resume");
+  }
   return static_cast<int64_t>(dims[0]);
 }
 
@@ -843,6 +852,36 @@ ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader
                                    ": the file cannot be resumed; classify again into another "
                                    "--out, without --resume");
     }
+    // Builds before the --tta "max" maps were divided again by their maximum stored the mean of
+    // 8 maps each peaking at 1, which peaks below 1: rows appended now would be on another
+    // scale. The first rows tell (a map of this build peaks at 1, or is all 0).
+    if (layout.tta && rows > 0)
+      for (const auto& m : layout.maps) {
+        if (m.normalization != "max") continue;
+        const std::string name = "attention/" + m.name;
+        h5::Handle set(H5Dopen2(f, name.c_str(), H5P_DEFAULT));
+        h5::check_h5(set.valid(), where(path, name), "missing dataset");
+        const hsize_t k = static_cast<hsize_t>(std::min<int64_t>(rows, 16));
+        const std::vector<hsize_t> start{0, 0, 0},
+            count{k, static_cast<hsize_t>(m.height), static_cast<hsize_t>(m.width)};
+        std::vector<float> values(k * count[1] * count[2]);
+        h5::Handle space(H5Dget_space(set.get()));
+        H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(),
+                            nullptr);
+        h5::Handle memory(H5Screate_simple(3, count.data(), nullptr));
+        h5::check_h5(H5Dread(set.get(), H5T_NATIVE_FLOAT, memory.get(), space.get(), H5P_DEFAULT,
+                             values.data()) >= 0,
+                     where(path, name), "cannot read its first rows");
+        const std::size_t per = count[1] * count[2];
+        for (hsize_t r = 0; r < k; ++r) {
+          const auto first = values.begin() + static_cast<std::ptrdiff_t>(r * per);
+          const float peak = *std::max_element(first, first + static_cast<std::ptrdiff_t>(per));
+          check(!(peak > 0 && peak < 1 - 1e-3), where(path, name), "row ", r, " peaks at ", peak,
+                ": written by an attnscope before the --tta \"max\" maps were divided again by "
+                "their maximum (each peaks at 1 now); the rows this run adds would be on another "
+                "scale: classify again with --overwrite, without --resume");
+        }
+      }
     // An id is stored once, as an image or as an error (classify makes repeated names unique):
     // a damaged or edited id that repeats another would be classified again and stored twice.
     std::map<std::string, std::string> seen;  // id -> "images/id row N" or "errors/id row N"

@@ -433,6 +433,34 @@ TEST(CliClassify, TtaIsInvariantToFlipsAndRotationsAndItsMapsEquivariant) {
   EXPECT_NE(plain_text.find("nostd"), std::string::npos) << plain_text;
   EXPECT_GT(plain_m, 1e-3) << plain_text;
   EXPECT_GT(plain_p, 1e-5) << plain_text;
+  // A --tta file of an earlier build (its max maps peak below 1) is not continued on another
+  // scale: --resume says why and leaves the file as it was.
+  const auto file = dir / "tta/results.h5";
+  const auto scaled = test::run_process(
+      test::python() + " -c \"import h5py; f=h5py.File('" + file +
+      "','a'); d=f['attention/gradcam']; r=[i for i in range(d.shape[0]) if d[i].max()>0][0]; "
+      "d[r]=d[r]*0.75; print(r)\"");
+  ASSERT_EQ(scaled.status, 0) << scaled.output;
+  const auto row = scaled.output.substr(0, scaled.output.find('\n'));
+  const auto before = test::read_text(file);
+  const auto resumed =
+      test::run_process(exe() + " classify --model " + q(model) + " --input " + q(in.string()) +
+                        " --out " + q(dir / "tta") + " --tta --resume 2>&1");
+  EXPECT_EQ(resumed.status, 1) << resumed.output;
+  EXPECT_NE(resumed.output.find("/attention/gradcam: row " + row +
+                                " peaks at 0.75: written by an attnscope before the --tta "
+                                "\"max\" maps were divided again"),
+            std::string::npos)
+      << resumed.output;
+  EXPECT_EQ(test::read_text(file), before);
+  // This build's own file resumes (nothing left to classify).
+  const auto own = test::run_process(exe() + " classify --model " + q(model) + " --input " +
+                                     q(in.string()) + " --out " + q(dir / "tta2") + " --tta");
+  ASSERT_EQ(own.status, 0) << own.output;
+  const auto again =
+      test::run_process(exe() + " classify --model " + q(model) + " --input " + q(in.string()) +
+                        " --out " + q(dir / "tta2") + " --tta --resume 2>&1");
+  EXPECT_EQ(again.status, 0) << again.output;
 }
 
 TEST(CliClassify, TwoShardsMergedEqualOneRun) {
@@ -1510,6 +1538,26 @@ print('ok')
       << error_twice.output;
   EXPECT_NE(error_twice.output.find("' of images/id row 1 too"), std::string::npos)
       << error_twice.output;
+  // Images rewritten as float32 in [0, 1] (h5py): the rows a resumed run appended (uint8 bytes
+  // in a float32 dataset) read back as NaN and 6e34. Refused by type, file unchanged.
+  ASSERT_EQ(test::run_process(base + " --overwrite").status, 0);
+  const auto floats = test::run_process(
+      test::python() +
+      " -c \"import h5py, sys\nwith h5py.File(sys.argv[1], 'a') as f: "
+      "x = f['images/preprocessed'][()] / 255.0; del f['images/preprocessed']; "
+      "f.create_dataset('images/preprocessed', data=x.astype('float32'), maxshape=(None,) + "
+      "x.shape[1:], chunks=(1,) + x.shape[1:], compression='gzip', fletcher32=True)\" " +
+      q(results));
+  ASSERT_EQ(floats.status, 0) << floats.output;
+  const auto as_floats = test::read_text(results);
+  const auto typed = test::run_process(base + " --resume");
+  EXPECT_EQ(typed.status, 1) << typed.output;
+  EXPECT_NE(typed.output.find("error: " + results +
+                              ":/images/preprocessed: holds float32 values, where this run "
+                              "writes uint8: the file cannot be resumed"),
+            std::string::npos)
+      << typed.output;
+  EXPECT_EQ(test::read_text(results), as_floats);
 }
 
 // What a SIGKILLed --overwrite run leaves (its new file and replicas at temporary names, a
