@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <exception>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -12,7 +13,9 @@
 #include "attnscope/error.h"
 #include "attnscope/json_text.h"
 #include "attnscope/output_checks.h"
+#include "attnscope/printable.h"
 #include "attnscope/threads.h"
+#include "datasets/isic.h"
 #include "datasets/text/tokenizer.h"
 #include "runtime/tensor_cache.h"
 
@@ -321,6 +324,18 @@ ImageCacheSource::ImageCacheSource(const std::string& path)
     check(label[i] >= -1 && label[i] < static_cast<int64_t>(class_names_.size()),
           where(path, "labels"), "sample '", ids[i], "' has label ", label[i], ", outside its ",
           class_names_.size(), " class names");
+  // The ids go into predictions CSVs, results and terminal lines as the readers' ids do: the
+  // same rules (no control character, no path separator), once each (a repeat was scored as
+  // two images).
+  {
+    std::map<std::string, std::size_t> seen;
+    for (std::size_t i = 0; i < n; ++i) {
+      datasets::check_image_id(ids[i], where(path, concat("ids row ", i)));
+      const auto [it, fresh] = seen.emplace(ids[i], i);
+      check(fresh, where(path, "ids"), "rows ", it->second, " and ", i, " hold the same id '",
+            excerpt(ids[i]), "': the file is damaged or was edited");
+    }
+  }
   for (std::size_t i = 0; i < n; ++i) {
     datasets::Sample s;
     s.image_id = ids[i];

@@ -946,6 +946,10 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
     EXPECT_EQ(r.status, 2) << args << "\n" << r.output;
     EXPECT_EQ(r.output.rfind("error: ", 0), 0u) << args << "\n" << r.output;
   }
+  // Each probability of synth is named (the line said "probabilities and fractions").
+  EXPECT_EQ(test::run_process(exe() + " synth --out " + (dir / "s") + " --ink-probability 1.5 2>&1")
+                .output.rfind("error: --ink-probability must be in [0, 1], got 1.5\n", 0),
+            0u);
   // The ViT refusal names the presets it is for and why (the fault list above checks only the
   // status and the prefix), before any data is read (x.csv does not exist).
   EXPECT_EQ(test::run_process(exe() + " train --model vit_mini_patch8 --data x.csv --out " +

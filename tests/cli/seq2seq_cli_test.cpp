@@ -152,6 +152,63 @@ TEST(Seq2SeqCli, AFolderInUseByAnotherRunIsRefusedAndLeftAlone) {
   EXPECT_NE(test::read_text(run + "/model.h5"), "the other run's model");
 }
 
+// A translation is one line whatever its tokens: a crafted vocabulary (re-sealed) whose every
+// target token holds a newline or a terminal escape broke "one output line per input" and sent
+// ESC to the terminal. Control characters are written as \n, \xNN.
+TEST(Seq2SeqCli, TranslationsAreOneLineEachWhateverTheVocabulary) {
+  test::TempDir dir;
+  const auto model = train_tiny(dir, "gru-additive");
+  const auto script = dir / "craft.py";
+  std::ofstream(script) << "import sys\nsys.path.insert(0, '" ATTNSCOPE_SOURCE_DIR
+                           "/tests/python')\nfrom checkpoint_checksum import seal\n"
+                        << R"(import json, h5py
+with h5py.File(sys.argv[1], 'a') as f:
+    e = json.loads(f.attrs['extra'])
+    v = e['target_vocab']
+    e['target_vocab'] = v[:4] + [('n\n%d' if i % 2 else 'e\x1b[%dm') % i for i in range(4, len(v))]
+    f.attrs['extra'] = json.dumps(e)
+seal(sys.argv[1])
+print('ok')
+)";
+  ASSERT_EQ(test::run_process(test::python() + " " + script + " " + model).output, "ok\n");
+  const auto r = test::run_process(exe() + " seq2seq translate --model " + model +
+                                   " --max-output-length 6 abc cba bca abcd dcba aabb 2>/dev/null");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(lines_of(r.output).size(), 6u) << r.output;
+  EXPECT_EQ(r.output.find('\x1b'), std::string::npos) << r.output;
+  EXPECT_TRUE(r.output.find("\\n") != std::string::npos ||
+              r.output.find("\\x1b[") != std::string::npos)
+      << r.output;
+}
+
+// A transformer has positions for --model-max-length tokens: a longer --max-output-length is a
+// usage error naming both, before any sentence (it was "cannot decode more than 8 tokens" at
+// the first long one, exit 1). An RNN decodes any length.
+TEST(Seq2SeqCli, MaxOutputLengthBeyondATransformersPositionsIsAUsageError) {
+  test::TempDir dir;
+  const auto train = test::run_process(
+      exe() + " seq2seq train --task reverse --model transformer --count 100 --epochs 1 " +
+      "--max-length 6 --model-dim 16 --heads 2 --ff-dim 16 --layers 1 --valid-size 10 --quiet " +
+      "--model-max-length 8 --out " + (dir / "t"));
+  ASSERT_EQ(train.status, 0) << train.output;
+  for (const char* verb : {"translate", "evaluate --task reverse --count 10"}) {
+    const auto r = test::run_process(exe() + " seq2seq " + verb + " --model " + (dir / "t") +
+                                     "/model.h5 --max-output-length 9 " +
+                                     (std::string(verb) == "translate" ? "abc" : "") + " 2>&1");
+    EXPECT_EQ(r.status, 2) << verb << ": " << r.output;
+    EXPECT_EQ(r.output.rfind("error: --max-output-length 9 is above the 8 positions of this "
+                             "transformer (its --model-max-length); give at most 8, or 0 for "
+                             "that\n",
+                             0),
+              0u)
+        << r.output;
+    const auto ok = test::run_process(exe() + " seq2seq " + verb + " --model " + (dir / "t") +
+                                      "/model.h5 --max-output-length 8 " +
+                                      (std::string(verb) == "translate" ? "abc" : "") + " 2>&1");
+    EXPECT_EQ(ok.status, 0) << verb << ": " << ok.output;
+  }
+}
+
 TEST(Seq2SeqCli, TranslateReadsStdinAndReportsBadLinesByNumber) {
   test::TempDir dir;
   const auto model = train_tiny(dir, "transformer");

@@ -90,6 +90,11 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
   // The device before any work (a CUDA device this process lacks is one line).
   runtime::check_device(o.device, "evaluate");
 
+  // One file for both is a mistake on the command line (exit 2), as two values of one flag.
+  if (!out.empty() && !predictions.empty() && same_file(out, predictions))
+    throw UsageError(concat("--out and --predictions name the same file (", excerpt(out, 200),
+                            "): choose two files"),
+                     usage_text(usage, desc));
   // --out and --predictions must not be an input (the write would replace it) or each other.
   const auto check_outputs = [&](const std::vector<std::pair<std::string, std::string>>& inputs) {
     for (const auto& dest : {out, predictions}) {

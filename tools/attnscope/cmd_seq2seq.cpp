@@ -29,6 +29,30 @@
 namespace attnscope::cli {
 namespace {
 
+// A translation printed as one line: a token of a crafted vocabulary holding a newline broke
+// "one output line per input", one holding ESC reached the terminal. C0 controls (tab aside)
+// and DEL are written as \n, \r, \xNN; every other character, UTF-8 included, is kept.
+std::string one_output_line(const std::string& text) {
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(text.size());
+  for (const char c : text) {
+    const auto u = static_cast<unsigned char>(c);
+    if ((u >= 0x20 && u != 0x7f) || c == '\t') {
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else {
+      out += "\\x";
+      out += kHex[u >> 4];
+      out += kHex[u & 15];
+    }
+  }
+  return out;
+}
+
 namespace text = datasets::text;
 namespace fs = std::filesystem;
 
@@ -156,8 +180,19 @@ void check_decode_options(const po::variables_map& vm, const std::string& usage)
 }
 
 models::text::DecodeOptions decode_options(const po::variables_map& vm,
-                                           const pipeline::Seq2SeqBundle& bundle) {
+                                           const pipeline::Seq2SeqBundle& bundle,
+                                           const std::string& usage) {
   const int64_t max_out = vm["max-output-length"].as<int64_t>();
+  // A transformer has a position for each of max_length tokens and no more: it stopped at the
+  // first sentence that reached them ("cannot decode more than 8 tokens", exit 1). An RNN
+  // decodes any length.
+  const auto& o = bundle.model->options();
+  if (o.arch() == "transformer" && max_out > o.max_length())
+    throw UsageError(concat("--max-output-length ", max_out, " is above the ", o.max_length(),
+                            " positions of this transformer (its --model-max-length); give at "
+                            "most ",
+                            o.max_length(), ", or 0 for that"),
+                     usage);
   return models::text::DecodeOptions()
       .beam_size(vm["beam"].as<int64_t>())
       .length_penalty(vm["length-penalty"].as<double>())
@@ -514,7 +549,7 @@ int run_evaluate(const std::vector<std::string>& args) {
   check_task_options(vm, usage);
   check_decode_options(vm, usage);
   const auto bundle = pipeline::load_seq2seq(vm["model"].as<std::string>());
-  const auto decode = decode_options(vm, bundle);
+  const auto decode = decode_options(vm, bundle, usage);
   const auto data = load_task(vm["task"].as<std::string>(), vm["count"].as<int64_t>(),
                               vm["min-length"].as<int64_t>(), vm["max-length"].as<int64_t>(),
                               vm["seed"].as<uint64_t>());
@@ -576,7 +611,7 @@ int run_translate(const std::vector<std::string>& args) {
     ensure_writable_output_folder(png_dir);
   }
   const auto bundle = pipeline::load_seq2seq(vm["model"].as<std::string>());
-  const auto decode = decode_options(vm, bundle);
+  const auto decode = decode_options(vm, bundle, usage);
   if ((!alignments.empty() || !png_dir.empty()) && !bundle.model->has_attention())
     throw Error(vm["model"].as<std::string>(),
                 concat("model '", bundle.name,
@@ -621,7 +656,7 @@ int run_translate(const std::vector<std::string>& args) {
   std::size_t unknown_inputs = 0, unknown_tokens = 0, first_unknown = 0;
   for (std::size_t i = 0; i < translations.size(); ++i) {
     const auto& t = translations[i];
-    std::cout << t.text << "\n";
+    std::cout << one_output_line(t.text) << "\n";
     if (!t.error.empty()) {
       ++failed;
       const auto cut = too_long.find(i);  // the error names the line's length, not its kept part

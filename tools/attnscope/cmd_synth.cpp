@@ -59,9 +59,13 @@ int run_synth(const std::vector<std::string>& args, const GlobalOptions&) {
   if (placement != "centre" && placement != "anywhere")
     fail("--placement must be centre or anywhere, got '" + placement + "'");
   o.placement = datasets::parse_placement(placement);
-  for (double p : {o.malignant_fraction, o.hair_probability, o.ruler_probability, o.ink_probability,
-                   o.vignette_probability})
-    if (!std::isfinite(p) || p < 0 || p > 1) fail("probabilities and fractions must be in [0, 1]");
+  for (const auto& [flag, p] : {std::pair{"malignant-fraction", o.malignant_fraction},
+                                {"hair-probability", o.hair_probability},
+                                {"ruler-probability", o.ruler_probability},
+                                {"ink-probability", o.ink_probability},
+                                {"vignette-probability", o.vignette_probability}})
+    if (!std::isfinite(p) || p < 0 || p > 1)
+      fail(concat("--", flag, " must be in [0, 1], got ", vm[flag].as<double>()));
   ensure_writable_output_folder(out);
   const auto ds = datasets::write_synthetic(out, count, seed, o, workers);
   const auto counts = ds.class_counts();

@@ -160,7 +160,16 @@ TEST(ImageCache, LabelsOutsideTheClassListOrNotIntegersAreRefusedNamingTheSample
             "import numpy as np; del f['masks']; f['masks'] = np.zeros((1, 24, 24), np.uint8)",
             "masks: has shape (1, 24, 24), /images (3, 24, 24, 3): expected (3, 24, 24)"},
            {"float.h5", "d = f['labels'][...]; del f['labels']; f['labels'] = d.astype('f4')",
-            "labels: expected 64-bit integers"}}) {
+            "labels: expected 64-bit integers"},
+           // Ids go into predictions CSVs and terminal lines raw: the readers' rules hold, and
+           // each is once (a repeat was scored as two images).
+           {"dup.h5", "d = f['ids']; d[1] = d[0]",
+            ":/ids: rows 0 and 1 hold the same id 'synth_000000': the file is damaged or was "
+            "edited"},
+           {"escape.h5", "d = f['ids']; d[2] = b'a\\x1b[31mb'",
+            ":/ids row 2: image id 'a\\x1b[31mb' contains a control character (rejected)"},
+           {"slash.h5", "d = f['ids']; d[2] = b'../x'",
+            ":/ids row 2: image id '../x' contains a path separator or '..' (rejected)"}}) {
     const auto path = dir / name;
     write_image_cache(path, source, resize_to(24), 1);
     const auto r = test::run_process(test::python() + " -c \"import h5py; f = h5py.File('" + path +
