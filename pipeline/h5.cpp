@@ -55,6 +55,20 @@ std::string where(const std::string& file, const std::string& name) {
   return file + ":/" + name;
 }
 
+namespace {
+
+// where() for `name` relative to `loc`, a group inside the file: "al.h5:/sentences/000991", not
+// "al.h5:/000991".
+std::string where_in(hid_t loc, const std::string& file, const std::string& name) {
+  char buf[1024] = {};
+  const auto n = H5Iget_name(loc, buf, sizeof buf);
+  std::string base = n > 0 && static_cast<std::size_t>(n) < sizeof buf ? std::string(buf) : "/";
+  if (base.empty() || base.back() != '/') base += '/';
+  return file + ":" + base + (!name.empty() && name[0] == '/' ? name.substr(1) : name);
+}
+
+}  // namespace
+
 Handle utf8_string_type() {
   Handle type(H5Tcopy(H5T_C_S1));
   H5Tset_size(type.get(), H5T_VARIABLE);
@@ -320,13 +334,13 @@ Handle require_group(hid_t loc, const std::string& path, const std::string& file
   silence_hdf5();
   if (exists(loc, path)) {
     hid_t id = H5Gopen2(loc, path.c_str(), H5P_DEFAULT);
-    check(id >= 0, where(file, path), "exists but is not a group");
+    check(id >= 0, where_in(loc, file, path), "exists but is not a group");
     return Handle(id);
   }
   Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
   H5Pset_create_intermediate_group(lcpl.get(), 1);
   hid_t id = H5Gcreate2(loc, path.c_str(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT);
-  check_h5(id >= 0, where(file, path), "cannot create group");
+  check_h5(id >= 0, where_in(loc, file, path), "cannot create group");
   return Handle(id);
 }
 
@@ -358,7 +372,7 @@ void write_tensor(hid_t loc, const std::string& name, const at::Tensor& tensor,
   auto t = tensor.detach().to(torch::kCPU);
   if (t.scalar_type() == at::kBool) t = t.to(at::kByte);
   const hid_t type = native_type(t.scalar_type());
-  check(type >= 0, where(file, name), "cannot store tensors of type ", t.scalar_type());
+  check(type >= 0, where_in(loc, file, name), "cannot store tensors of type ", t.scalar_type());
   t = t.contiguous();
   std::vector<hsize_t> dims(t.sizes().begin(), t.sizes().end());
   Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr));
@@ -373,10 +387,10 @@ void write_tensor(hid_t loc, const std::string& name, const at::Tensor& tensor,
   H5Pset_create_intermediate_group(lcpl.get(), 1);
   if (exists(loc, name)) H5Ldelete(loc, name.c_str(), H5P_DEFAULT);
   Handle set(H5Dcreate2(loc, name.c_str(), type, space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT));
-  check_h5(set.valid(), where(file, name), "cannot create dataset");
+  check_h5(set.valid(), where_in(loc, file, name), "cannot create dataset");
   if (t.numel() > 0)
     check_h5(H5Dwrite(set.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data_ptr()) >= 0,
-             where(file, name), "cannot write dataset");
+             where_in(loc, file, name), "cannot write dataset");
 }
 
 std::string type_name(hid_t type) {
@@ -398,7 +412,7 @@ bool same_numbers(hid_t a, hid_t b) {
 std::vector<int64_t> dataset_shape(hid_t loc, const std::string& name, const std::string& file) {
   silence_hdf5();
   Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
-  check_h5(set.valid(), where(file, name), "no such dataset");
+  check_h5(set.valid(), where_in(loc, file, name), "no such dataset");
   Handle space(H5Dget_space(set.get()));
   const int rank = H5Sget_simple_extent_ndims(space.get());
   std::vector<hsize_t> dims(static_cast<std::size_t>(std::max(rank, 0)));
@@ -416,9 +430,9 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 void check_filters_available(hid_t loc, const std::string& name, const std::string& file) {
   silence_hdf5();
   Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
-  check_h5(set.valid(), where(file, name), "no such dataset");
+  check_h5(set.valid(), where_in(loc, file, name), "no such dataset");
   Handle plist(H5Dget_create_plist(set.get()));
-  check(plist.valid(), where(file, name), "cannot read the dataset's creation properties");
+  check(plist.valid(), where_in(loc, file, name), "cannot read the dataset's creation properties");
   const int filters = H5Pget_nfilters(plist.get());
   for (int i = 0; i < filters; ++i) {
     unsigned flags = 0, config = 0;
@@ -426,8 +440,8 @@ void check_filters_available(hid_t loc, const std::string& name, const std::stri
     char filter_name[64] = {};
     const H5Z_filter_t id = H5Pget_filter2(plist.get(), static_cast<unsigned>(i), &flags, &count,
                                            nullptr, sizeof(filter_name), filter_name, &config);
-    check(id >= 0, where(file, name), "cannot read filter ", i, " of the dataset");
-    check(H5Zfilter_avail(id) > 0, where(file, name), "is compressed with HDF5 filter ", id,
+    check(id >= 0, where_in(loc, file, name), "cannot read filter ", i, " of the dataset");
+    check(H5Zfilter_avail(id) > 0, where_in(loc, file, name), "is compressed with HDF5 filter ", id,
           filter_name[0] ? concat(" (", filter_name, ")") : std::string(),
           ", which this HDF5 build cannot decode; write it again with gzip or no compression");
   }
@@ -436,7 +450,7 @@ void check_filters_available(hid_t loc, const std::string& name, const std::stri
 at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& file) {
   silence_hdf5();
   Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
-  check_h5(set.valid(), where(file, name), "no such dataset");
+  check_h5(set.valid(), where_in(loc, file, name), "no such dataset");
   Handle type(H5Dget_type(set.get()));
   const auto cls = H5Tget_class(type.get());
   const auto size = H5Tget_size(type.get());
@@ -464,7 +478,7 @@ at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& fi
                        : cls == H5T_FLOAT     ? "floating-point numbers of another width"
                        : cls == H5T_INTEGER   ? "integers of another width"
                                               : "elements of an unknown class";
-    throw Error(where(file, name),
+    throw Error(where_in(loc, file, name),
                 concat("holds ", kind, " (", size, size == 1 ? " byte" : " bytes",
                        " each), not a tensor of float32, float64, int64, int32, uint8 or int8"));
   }
@@ -473,15 +487,15 @@ at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& fi
   uint64_t elements = 1;
   for (const auto d : shape) {
     check(d >= 0 && (d == 0 || elements <= kMaxReadBytes / static_cast<uint64_t>(d)),
-          where(file, name), "dataset shape is too large to read");
+          where_in(loc, file, name), "dataset shape is too large to read");
     elements *= static_cast<uint64_t>(d);
   }
-  check(elements * size <= kMaxReadBytes, where(file, name), "dataset of ", elements * size,
+  check(elements * size <= kMaxReadBytes, where_in(loc, file, name), "dataset of ", elements * size,
         " bytes is larger than the limit of ", kMaxReadBytes, " bytes");
   {
     Handle dcpl(H5Dget_create_plist(set.get()));
     if (elements > 0 && H5Pget_layout(dcpl.get()) == H5D_CONTIGUOUS)
-      check(H5Dget_storage_size(set.get()) >= elements * size, where(file, name),
+      check(H5Dget_storage_size(set.get()) >= elements * size, where_in(loc, file, name),
             "dataset is truncated (", H5Dget_storage_size(set.get()), " bytes stored, ",
             elements * size, " expected)");
   }
@@ -489,7 +503,7 @@ at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& fi
   if (out.numel() > 0)
     check_h5(
         H5Dread(set.get(), native_type(st), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data_ptr()) >= 0,
-        where(file, name), "cannot read dataset");
+        where_in(loc, file, name), "cannot read dataset");
   return out;
 }
 

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <functional>
 #include <future>
 #include <iterator>
 
@@ -40,6 +41,33 @@ TEST(H5, TensorsAndAttributesRoundTrip) {
   EXPECT_EQ(dataset_shape(file.id(), "a.weight", path), (std::vector<int64_t>{3, 4, 5}));
   EXPECT_TRUE(exists(file.id(), "grp/sub"));
   EXPECT_FALSE(exists(file.id(), "grp/nope/idx"));
+}
+
+// An error inside a group names the object by its whole path in the file ("al.h5:/sentences/
+// 000991"; it said "al.h5:/000991").
+TEST(H5, ErrorsInsideAGroupNameTheWholePath) {
+  test::TempDir dir;
+  const auto path = dir / "g.h5";
+  {
+    auto file = File::create(path);
+    write_tensor(file.id(), "sentences/000001/x", torch::zeros({2}), path);
+  }
+  auto file = File::open(path);  // read-only: nothing can be created
+  const auto group = require_group(file.id(), "sentences", path);
+  for (const auto& [what, says] : std::vector<std::pair<std::function<void()>, std::string>>{
+           {[&] { require_group(group.get(), "000002", path); },
+            path + ":/sentences/000002: cannot create group"},
+           {[&] { read_tensor(group.get(), "000001/y", path); },
+            path + ":/sentences/000001/y: no such dataset"},
+           {[&] { read_tensor(file.id(), "sentences/000001/y", path); },
+            path + ":/sentences/000001/y: no such dataset"}}) {
+    try {
+      what();
+      ADD_FAILURE() << says;
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()).rfind(says, 0), 0u) << e.what();
+    }
+  }
 }
 
 // The independent reader: h5py must see the same numbers and the attribute as str.
