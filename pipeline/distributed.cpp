@@ -617,18 +617,20 @@ void DistributedGroup::check_interfaces(const DistributedConfig& config) {
   impl.devices();
 }
 
-void DistributedGroup::announce_failure(const DistributedConfig& config,
-                                        const std::string& message) {
+void DistributedGroup::announce_failure(const DistributedConfig& config, const std::string& message,
+                                        int status) {
   if (config.world_size <= 1 || config.rank < 0 || config.rank >= config.world_size) return;
-  // The error line is printed: whatever happens now ends the process quietly with status 1 —
+  // The error line is printed: whatever happens now ends the process quietly with its status —
   // a store that never answers (LibTorch's client waits without a bound there), or one whose
   // bytes make its thread throw (std::terminate). The store is left to the OS (its threads
   // may still run), so the handler stays.
-  std::set_terminate([] { ::_exit(1); });
+  static std::atomic<int> exit_status{1};
+  exit_status = status;
+  std::set_terminate([] { ::_exit(exit_status.load()); });
   const auto bound = std::min(config.timeout, kAnnounceBound);
   std::thread([bound] {
     std::this_thread::sleep_for(2 * bound + milliseconds(5000));
-    ::_exit(1);
+    ::_exit(exit_status.load());
   }).detach();
   try {
     Impl impl;

@@ -100,9 +100,10 @@ class DistributedGroup {
   /// waiting out the timeout. Best effort and bounded: waits at most 30 s (or the timeout) for
   /// the store (rank 0 starts it, and keeps it up until every other rank has heard or stopped
   /// itself, within the same bound); a store that never answers or breaks off ends the process
-  /// with status 1 (after 2 bounds + 5 s at the latest). Never throws. Does nothing for a world
+  /// with `status` (after 2 bounds + 5 s at the latest). Never throws. Does nothing for a world
   /// of 1.
-  static void announce_failure(const DistributedConfig& config, const std::string& message);
+  static void announce_failure(const DistributedConfig& config, const std::string& message,
+                               int status = 1);
 
   /// Throws the constructor's Error for a GLOO_SOCKET_IFNAME this machine lacks, without
   /// joining: a check a rank makes before the group forms.

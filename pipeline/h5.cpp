@@ -396,16 +396,19 @@ void write_tensor(hid_t loc, const std::string& name, const at::Tensor& tensor,
 std::string type_name(hid_t type) {
   const auto cls = H5Tget_class(type);
   const auto bits = H5Tget_size(type) * 8;
-  if (cls == H5T_FLOAT) return "float" + std::to_string(bits);
+  const std::string order =
+      bits > 8 && H5Tget_order(type) == H5T_ORDER_BE ? std::string("big-endian ") : std::string();
+  if (cls == H5T_FLOAT) return order + "float" + std::to_string(bits);
   if (cls == H5T_INTEGER)
-    return (H5Tget_sign(type) == H5T_SGN_NONE ? "uint" : "int") + std::to_string(bits);
+    return order + (H5Tget_sign(type) == H5T_SGN_NONE ? "uint" : "int") + std::to_string(bits);
   if (cls == H5T_STRING) return "string";
   return "non-numeric";
 }
 
-bool same_numbers(hid_t a, hid_t b) {
+bool same_numbers(hid_t a, hid_t b, bool same_order) {
   const auto cls = H5Tget_class(a);
   if (cls != H5Tget_class(b) || H5Tget_size(a) != H5Tget_size(b)) return false;
+  if (same_order && H5Tget_size(a) > 1 && H5Tget_order(a) != H5Tget_order(b)) return false;
   return cls != H5T_INTEGER || H5Tget_sign(a) == H5Tget_sign(b);
 }
 

@@ -151,12 +151,14 @@ at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& fi
 /// Shape of a dataset without reading it.
 std::vector<int64_t> dataset_shape(hid_t loc, const std::string& name, const std::string& file);
 
-/// A datatype as a user reads it: "uint8", "int64", "float32", "string", else "non-numeric".
+/// A datatype as a user reads it: "uint8", "int64", "float32", "big-endian float32", "string",
+/// else "non-numeric".
 std::string type_name(hid_t type);
 
-/// Whether two numeric datatypes hold the same numbers (class, size and sign; byte order
-/// aside, which HDF5 converts).
-bool same_numbers(hid_t a, hid_t b);
+/// Whether two numeric datatypes hold the same numbers: class, size and sign, and with
+/// `same_order` byte order too (chunks written raw, H5Dwrite_chunk, are not converted; HDF5
+/// converts the order of everything else).
+bool same_numbers(hid_t a, hid_t b, bool same_order = false);
 
 /// "(3, 24, 24)": a dataset's shape as messages show it.
 std::string shape_text(const std::vector<int64_t>& shape);

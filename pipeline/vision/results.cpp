@@ -136,8 +136,9 @@ int64_t rows_of(hid_t file, const Column& col, const std::string& path) {
   // h5py) read back as other values (NaN, 6e34).
   if (col.type >= 0) {
     h5::Handle type(H5Dget_type(set.get()));
-    check(type.valid() && h5::same_numbers(type.get(), col.type), where(path, col.name), "holds ",
-          type.valid() ? h5::type_name(type.get()) : "unreadable",
+    // Compressed columns are written as raw chunks (deflate_rows): in this machine's order.
+    check(type.valid() && h5::same_numbers(type.get(), col.type, col.compress),
+          where(path, col.name), "holds ", type.valid() ? h5::type_name(type.get()) : "unreadable",
           " values, where this run writes ", h5::type_name(col.type),
           ": the file cannot be resumed; classify again into another --out, without --resume");
   }

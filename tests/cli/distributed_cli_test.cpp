@@ -465,6 +465,20 @@ TEST(Distributed, ARankThatStopsBeforeTheGroupFormsIsNamedWithItsReason) {
     EXPECT_EQ(other.find("did not join"), std::string::npos) << other;
     EXPECT_FALSE(std::filesystem::exists(run));
   }
+  // So is a --resume folder missing on one machine (checked before the options are read).
+  {
+    const int port = free_port();
+    const std::string missing = dir / "missing";
+    const auto r = run_two(dir, train_rank(0, 2, port, train_flags(run)),
+                           train_rank(1, 2, port, "--resume " + missing));
+    const std::string log0 = read_text(dir / "r0.log"), log1 = read_text(dir / "r1.log");
+    EXPECT_NE(r.output.find("status 1 1"), std::string::npos) << r.output << log0 << log1;
+    EXPECT_NE(log0.find(concat("error: distributed: rank 0: rank 1 stopped before the group "
+                               "formed: ",
+                               missing, ": does not exist")),
+              std::string::npos)
+        << log0;
+  }
   // A flag value the others lack (a usage error: exit 2) is said as well.
   {
     const int port = free_port();
@@ -479,14 +493,16 @@ TEST(Distributed, ARankThatStopsBeforeTheGroupFormsIsNamedWithItsReason) {
     EXPECT_EQ(log1.rfind("error: --ema must be in", 0), 0u) << log1;
   }
   // Three ranks, rank 1 stopping: rank 0, whose process hosts the store, keeps it until rank 2
-  // has heard too (rank 2 said it could not reach the store after the timeout).
+  // (started 4 s late) has heard too (rank 2 said it could not reach the store after the
+  // timeout).
   {
     const int port = free_port();
-    const auto r = test::run_process(concat(
-        "timeout 300 sh -c '", train_rank(2, 3, port, train_flags(run)), " > ", dir / "r2.log",
-        " 2>&1 & p2=$!; ", train_rank(1, 3, port, train_flags(run) + " --init " + absent), " > ",
-        dir / "r1.log", " 2>&1 & p1=$!; ", train_rank(0, 3, port, train_flags(run)), " > ",
-        dir / "r0.log", " 2>&1; s0=$?; wait $p1; s1=$?; wait $p2; echo status $s0 $s1 $?'"));
+    const auto r = test::run_process(
+        concat("timeout 300 sh -c '(sleep 4; exec ", train_rank(2, 3, port, train_flags(run)),
+               ") > ", dir / "r2.log", " 2>&1 & p2=$!; ",
+               train_rank(1, 3, port, train_flags(run) + " --init " + absent), " > ",
+               dir / "r1.log", " 2>&1 & p1=$!; ", train_rank(0, 3, port, train_flags(run)), " > ",
+               dir / "r0.log", " 2>&1; s0=$?; wait $p1; s1=$?; wait $p2; echo status $s0 $s1 $?'"));
     const std::string log0 = read_text(dir / "r0.log"), log2 = read_text(dir / "r2.log");
     EXPECT_NE(r.output.find("status 1 1 1"), std::string::npos) << r.output << log0 << log2;
     for (const auto& [rank, log] : {std::pair{0, log0}, std::pair{2, log2}})

@@ -186,6 +186,7 @@ std::vector<std::string> normalised_resume(std::vector<std::string> args, bool& 
 
 int run_train(const std::vector<std::string>& given_args, bool quiet_now,
               const GlobalOptions& global, std::optional<pipeline::DistributedConfig>& announce) {
+  announce = DistributedFlags::quiet_config(given_args);
   // --resume RUN alone: the stored command line of the run, continued from RUN/last.h5.
   std::vector<std::string> args = given_args;
   std::string resume_dir;
@@ -333,13 +334,6 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
   if (!parse(kUsage, desc, args, vm)) return 0;
   const auto usage = usage_text(kUsage, desc);
   const auto fail = [&](const std::string& m) { throw UsageError(m, usage); };
-  // Data-parallel when a launcher (torchrun, srun) or the variables say so (docs/distributed.md).
-  // Until the group forms, a rank that stops (a flag the others lack, a file missing on its
-  // machine) tells the others through the store (run_train_or_resume), which waited out
-  // --dist-timeout for it.
-  const auto dist_config = dist.config();
-  const int world = dist_config.world_size;
-  if (world > 1) announce = dist_config;
   if (!resume_flag.empty())
     fail("--resume RUN takes no other option than --quiet (the run's are used)");
   if (quiet_now) quiet = true;
@@ -460,7 +454,18 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
   }
   if (threads > 0) runtime::set_threads(threads);
 
-  // Every rank runs this command; only rank 0 writes RUN and prints.
+  // Data-parallel when a launcher (torchrun, srun) or the variables say so (docs/distributed.md).
+  // Every rank runs this command; only rank 0 writes RUN and prints. Until the group forms, a
+  // rank that stops (an option value the others lack, a file missing on its machine) tells the
+  // others through the store (run_train_or_resume), which waited out --dist-timeout for it:
+  // before this point with what the environment and --master-addr say, from here with every
+  // flag.
+  const auto dist_config = dist.config();
+  const int world = dist_config.world_size;
+  if (world > 1)
+    announce = dist_config;
+  else
+    announce.reset();
   if (!runtime::is_device_name(device))
     fail("--device must be cpu, cuda or cuda:N, got '" + device + "'");
   if (!runtime::is_precision_name(precision))
@@ -971,11 +976,12 @@ int run_train_or_resume(const std::vector<std::string>& given_args, const Global
           (fs::absolute(args[1]).lexically_normal() / "last.h5").string(),
           concat("provenance.args: ", e.what(), " (in the command line stored with the run)"));
     }
-  } catch (const std::exception& e) {
+  } catch (const std::exception&) {
     if (!announce) throw;
     // The line first (the others may take a while to hear), then the others are told.
-    const int status = report_error(std::current_exception());
-    pipeline::DistributedGroup::announce_failure(*announce, e.what());
+    std::string line;
+    const int status = report_error(std::current_exception(), &line);
+    pipeline::DistributedGroup::announce_failure(*announce, line, status);
     throw ReportedError(status);
   }
 }

@@ -7,7 +7,9 @@
 #include <cstdlib>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "cli.h"
 #include "pipeline/distributed.h"
@@ -30,20 +32,43 @@ struct DistributedFlags {
     // clang-format on
   }
 
+  /// What the environment and a --master-addr among `args` say, before the options are
+  /// parsed: a world of several, or nothing (one process, or variables that make no world).
+  /// Prints nothing and never throws.
+  static std::optional<pipeline::DistributedConfig> quiet_config(
+      const std::vector<std::string>& args) {
+    pipeline::LaunchOptions options;
+    for (std::size_t i = 0; i < args.size(); ++i) {
+      if (args[i] == "--master-addr" && i + 1 < args.size()) options.master_addr = args[i + 1];
+      if (args[i].rfind("--master-addr=", 0) == 0) options.master_addr = args[i].substr(14);
+    }
+    try {
+      auto config = pipeline::distributed_config(environment(), options);
+      if (config.world_size > 1) return config;
+    } catch (const std::exception&) {
+    }
+    return std::nullopt;
+  }
+
   /// The launcher's variables (torchrun, Slurm, GLOO_SOCKET_IFNAME) read from the
   /// environment, plus these flags; prints the warning line of variables set but not used.
   pipeline::DistributedConfig config() const {
     if (!(timeout_s > 0) || timeout_s > 1e7)
       throw UsageError("--dist-timeout expects seconds > 0", "");
-    std::map<std::string, std::string> env;
-    for (const auto& name : pipeline::distributed_variables())
-      if (const char* value = std::getenv(name.c_str())) env[name] = value;
     pipeline::LaunchOptions options;
     options.master_addr = master_addr;
     options.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000.0));
-    auto config = pipeline::distributed_config(env, options);
+    auto config = pipeline::distributed_config(environment(), options);
     if (!config.note.empty()) std::cerr << "warning: " << config.note << "\n";
     return config;
+  }
+
+ private:
+  static std::map<std::string, std::string> environment() {
+    std::map<std::string, std::string> env;
+    for (const auto& name : pipeline::distributed_variables())
+      if (const char* value = std::getenv(name.c_str())) env[name] = value;
+    return env;
   }
 };
 

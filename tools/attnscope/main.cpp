@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <iostream>
 #include <new>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -124,29 +125,30 @@ static int checked_stdout(int status) {
 
 namespace attnscope::cli {
 
-int report_error(std::exception_ptr error) {
+// The line (and a usage error's usage) into `out`; the exit status.
+static int format_error(std::exception_ptr error, std::ostream& std_err) {
   try {
     std::rethrow_exception(error);
   } catch (const UsageError& e) {
-    std::cerr << "error: " << attnscope::printable(e.what()) << "\n\n" << e.usage();
+    std_err << "error: " << attnscope::printable(e.what()) << "\n\n" << e.usage();
     return 2;
   } catch (const attnscope::runtime::MemoryLimitExceeded& e) {
-    std::cerr << "error: " << e.what() << "\n";
+    std_err << "error: " << e.what() << "\n";
     return 1;
   } catch (const std::bad_alloc&) {
     // "error: std::bad_alloc" said nothing a user could act on.
-    std::cerr << "error: out of memory (std::bad_alloc): lower --batch-size, --workers or the "
-                 "image size, or free memory\n";
+    std_err << "error: out of memory (std::bad_alloc): lower --batch-size, --workers or the "
+               "image size, or free memory\n";
     return 1;
   } catch (const c10::OutOfMemoryError& e) {
     // A GPU's memory (CUDA's caching allocator): LibTorch's message says how much and where.
-    std::cerr << "error: out of memory on the device: lower --batch-size or the image size "
-                 "(classify: fewer --maps, no --tta), or free the GPU ("
-              << attnscope::printable(e.what_without_backtrace()) << ")\n";
+    std_err << "error: out of memory on the device: lower --batch-size or the image size "
+               "(classify: fewer --maps, no --tta), or free the GPU ("
+            << attnscope::printable(e.what_without_backtrace()) << ")\n";
     return 1;
   } catch (const c10::Error& e) {
     // LibTorch's own errors: the message without the C++ stack LibTorch appends to what().
-    std::cerr << "error: " << attnscope::printable(e.what_without_backtrace()) << "\n";
+    std_err << "error: " << attnscope::printable(e.what_without_backtrace()) << "\n";
     return 1;
   } catch (const std::filesystem::filesystem_error& e) {
     // The library's "filesystem error: status: Too many levels of symbolic links [loopA]": the
@@ -156,20 +158,32 @@ int report_error(std::exception_ptr error) {
     if (who.empty()) {  // no path to name: the library's words, without its prefix
       std::string what = e.what();
       if (what.rfind("filesystem error: ", 0) == 0) what.erase(0, 18);
-      std::cerr << "error: " << attnscope::printable(what) << "\n";
+      std_err << "error: " << attnscope::printable(what) << "\n";
     } else {
-      std::cerr << "error: " << attnscope::printable(who) << ": "
-                << attnscope::printable(e.code().message()) << "\n";
+      std_err << "error: " << attnscope::printable(who) << ": "
+              << attnscope::printable(e.code().message()) << "\n";
     }
     return 1;
   } catch (const std::exception& e) {
     // printable(): a message quoting a crafted id must not send escapes to the terminal.
-    std::cerr << "error: " << attnscope::printable(e.what()) << "\n";
+    std_err << "error: " << attnscope::printable(e.what()) << "\n";
     return 1;
   } catch (...) {
-    std::cerr << "error: an unknown exception\n";
+    std_err << "error: an unknown exception\n";
     return 1;
   }
+}
+
+int report_error(std::exception_ptr error, std::string* line) {
+  std::ostringstream text;
+  const int status = format_error(std::move(error), text);
+  std::cerr << text.str();
+  if (line) {
+    const auto all = text.str();
+    *line = all.substr(0, all.find('\n'));
+    if (line->rfind("error: ", 0) == 0) line->erase(0, 7);
+  }
+  return status;
 }
 
 }  // namespace attnscope::cli
