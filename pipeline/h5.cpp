@@ -60,9 +60,12 @@ namespace {
 // where() for `name` relative to `loc`, a group inside the file: "al.h5:/sentences/000991", not
 // "al.h5:/000991".
 std::string where_in(hid_t loc, const std::string& file, const std::string& name) {
-  char buf[1024] = {};
-  const auto n = H5Iget_name(loc, buf, sizeof buf);
-  std::string base = n > 0 && static_cast<std::size_t>(n) < sizeof buf ? std::string(buf) : "/";
+  std::string base = "/";
+  const auto n = H5Iget_name(loc, nullptr, 0);
+  if (n > 0 && n < (1 << 20)) {
+    std::vector<char> buf(static_cast<std::size_t>(n) + 1);
+    if (H5Iget_name(loc, buf.data(), buf.size()) == n) base.assign(buf.data(), buf.data() + n);
+  }
   if (base.empty() || base.back() != '/') base += '/';
   return file + ":" + base + (!name.empty() && name[0] == '/' ? name.substr(1) : name);
 }
@@ -546,33 +549,34 @@ void write_attribute(hid_t obj, const std::string& name, const std::string& valu
   const Handle type = utf8_string_type();
   Handle space(H5Screate(H5S_SCALAR));
   Handle attr(H5Acreate2(obj, name.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT));
-  check_h5(attr.valid(), where(file, "@" + name), "cannot create attribute");
+  check_h5(attr.valid(), where_in(obj, file, "@" + name), "cannot create attribute");
   const char* data = value.c_str();
-  check_h5(H5Awrite(attr.get(), type.get(), &data) >= 0, where(file, "@" + name),
+  check_h5(H5Awrite(attr.get(), type.get(), &data) >= 0, where_in(obj, file, "@" + name),
            "cannot write attribute");
 }
 
 std::string read_string_attribute(hid_t obj, const std::string& name, const std::string& file) {
   silence_hdf5();
-  check(has_attribute(obj, name), where(file, "@" + name), "no such attribute");
+  check(has_attribute(obj, name), where_in(obj, file, "@" + name), "no such attribute");
   Handle attr(H5Aopen(obj, name.c_str(), H5P_DEFAULT));
   Handle stored(H5Aget_type(attr.get()));
-  check(H5Tget_class(stored.get()) == H5T_STRING, where(file, "@" + name),
+  check(H5Tget_class(stored.get()) == H5T_STRING, where_in(obj, file, "@" + name),
         "attribute is not a string");
   Handle space(H5Aget_space(attr.get()));
-  check(H5Sget_simple_extent_npoints(space.get()) == 1, where(file, "@" + name),
+  check(H5Sget_simple_extent_npoints(space.get()) == 1, where_in(obj, file, "@" + name),
         "attribute is not a single string");
   if (H5Tis_variable_str(stored.get()) > 0) {
-    return read_vlen_strings(attr.get(), H5S_ALL, H5S_ALL, 1, where(file, "@" + name)).front();
+    return read_vlen_strings(attr.get(), H5S_ALL, H5S_ALL, 1, where_in(obj, file, "@" + name))
+        .front();
   }
   const auto size = H5Tget_size(stored.get());
-  check(size > 0 && size <= (std::size_t{1} << 30), where(file, "@" + name),
+  check(size > 0 && size <= (std::size_t{1} << 30), where_in(obj, file, "@" + name),
         "unreasonable string size ", size);
-  check(H5Aget_storage_size(attr.get()) >= size, where(file, "@" + name),
+  check(H5Aget_storage_size(attr.get()) >= size, where_in(obj, file, "@" + name),
         "attribute data is cut short (", H5Aget_storage_size(attr.get()), " bytes stored, ", size,
         " needed)");
   std::string value(size, '\0');
-  check(H5Aread(attr.get(), stored.get(), value.data()) >= 0, where(file, "@" + name),
+  check(H5Aread(attr.get(), stored.get(), value.data()) >= 0, where_in(obj, file, "@" + name),
         "cannot read attribute");
   value.resize(value.find('\0') == std::string::npos ? size : value.find('\0'));
   return value;

@@ -165,7 +165,7 @@ TEST(Seq2SeqCli, TranslationsAreOneLineEachWhateverTheVocabulary) {
 with h5py.File(sys.argv[1], 'a') as f:
     e = json.loads(f.attrs['extra'])
     v = e['target_vocab']
-    e['target_vocab'] = v[:4] + [('n\n%d' if i % 2 else 'e\x1b[%dm') % i for i in range(4, len(v))]
+    e['target_vocab'] = v[:4] + [('n\n%d', 'e\x1b[%dm', 'b\u202e%d')[i % 3] % i for i in range(4, len(v))]
     f.attrs['extra'] = json.dumps(e)
 seal(sys.argv[1])
 print('ok')
@@ -176,6 +176,7 @@ print('ok')
   EXPECT_EQ(r.status, 0) << r.output;
   EXPECT_EQ(lines_of(r.output).size(), 6u) << r.output;
   EXPECT_EQ(r.output.find('\x1b'), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("\xe2\x80\xae"), std::string::npos) << r.output;  // U+202E
   EXPECT_TRUE(r.output.find("\\n") != std::string::npos ||
               r.output.find("\\x1b[") != std::string::npos)
       << r.output;

@@ -60,7 +60,11 @@ TEST(H5, ErrorsInsideAGroupNameTheWholePath) {
            {[&] { read_tensor(group.get(), "000001/y", path); },
             path + ":/sentences/000001/y: no such dataset"},
            {[&] { read_tensor(file.id(), "sentences/000001/y", path); },
-            path + ":/sentences/000001/y: no such dataset"}}) {
+            path + ":/sentences/000001/y: no such dataset"},
+           {[&] { read_string_attribute(group.get(), "nope", path); },
+            path + ":/sentences/@nope: no such attribute"},
+           {[&] { read_string_attribute(file.id(), "nope", path); },
+            path + ":/@nope: no such attribute"}}) {
     try {
       what();
       ADD_FAILURE() << says;

@@ -186,7 +186,6 @@ std::vector<std::string> normalised_resume(std::vector<std::string> args, bool& 
 
 int run_train(const std::vector<std::string>& given_args, bool quiet_now,
               const GlobalOptions& global, std::optional<pipeline::DistributedConfig>& announce) {
-  announce = DistributedFlags::quiet_config(given_args);
   // --resume RUN alone: the stored command line of the run, continued from RUN/last.h5.
   std::vector<std::string> args = given_args;
   std::string resume_dir;
@@ -961,11 +960,13 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
 // usage text and exit 2 of a mistyped flag).
 int run_train_or_resume(const std::vector<std::string>& given_args, const GlobalOptions& global) {
   bool quiet = false;
-  const auto args = normalised_resume(given_args, quiet);
-  // Set while this process is one rank of several that has not joined the group yet.
-  std::optional<pipeline::DistributedConfig> announce;
+  // Set while this process is one rank of several that has not joined the group yet: from the
+  // first check on, what the environment names (run_train replaces it with every flag's).
+  std::optional<pipeline::DistributedConfig> announce = DistributedFlags::quiet_config(given_args);
+  std::vector<std::string> args;
   try {
     try {
+      args = normalised_resume(given_args, quiet);
       return run_train(args, quiet, global, announce);
     } catch (const UsageError& e) {
       // The stored command line's flags: named as the run's (not a RUN that is an option).

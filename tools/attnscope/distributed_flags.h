@@ -32,15 +32,29 @@ struct DistributedFlags {
     // clang-format on
   }
 
-  /// What the environment and a --master-addr among `args` say, before the options are
-  /// parsed: a world of several, or nothing (one process, or variables that make no world).
-  /// Prints nothing and never throws.
+  /// What the environment and a --master-addr and --dist-timeout among `args` say, before the
+  /// options are parsed: a world of several, or nothing (one process, or variables that make
+  /// no world). Prints nothing and never throws.
   static std::optional<pipeline::DistributedConfig> quiet_config(
       const std::vector<std::string>& args) {
     pipeline::LaunchOptions options;
     for (std::size_t i = 0; i < args.size(); ++i) {
-      if (args[i] == "--master-addr" && i + 1 < args.size()) options.master_addr = args[i + 1];
-      if (args[i].rfind("--master-addr=", 0) == 0) options.master_addr = args[i].substr(14);
+      std::string flag = args[i], value;
+      if (const auto eq = flag.find('='); eq != std::string::npos) {
+        value = flag.substr(eq + 1);
+        flag.resize(eq);
+      } else if (i + 1 < args.size()) {
+        value = args[i + 1];
+      }
+      if (flag == "--master-addr") options.master_addr = value;
+      if (flag == "--dist-timeout") {
+        try {
+          const double seconds = std::stod(value);
+          if (seconds > 0 && seconds <= 1e7)
+            options.timeout = std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000.0));
+        } catch (const std::exception&) {
+        }
+      }
     }
     try {
       auto config = pipeline::distributed_config(environment(), options);

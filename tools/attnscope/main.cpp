@@ -125,7 +125,7 @@ static int checked_stdout(int status) {
 
 namespace attnscope::cli {
 
-// The line (and a usage error's usage) into `out`; the exit status.
+// The line (and a usage error's usage) into `std_err`; the exit status.
 static int format_error(std::exception_ptr error, std::ostream& std_err) {
   try {
     std::rethrow_exception(error);
