@@ -99,12 +99,11 @@ inline bool is_blank(const std::string& s) {
   return true;
 }
 
-/// `text` safe to print: control characters other than newline and tab (a NUL that would cut
-/// Error::what() short, a carriage return or a terminal escape from a crafted CSV id) become
-/// `\0`, `\r`, `\x1b`, ..., and the UTF-8 controls and invisible characters above
-/// (printable_detail) `\u0085`, `\u202e`, `\u00a0`, `\U000e0001`, ...; everything else,
-/// UTF-8 included, is kept.
-inline std::string printable(const std::string& text) {
+namespace printable_detail {
+
+// What printable() and one_output_line() share: C0 controls other than tab (and newline unless
+// `newline`), DEL and the UTF-8 controls escaped, and with `invisible` the invisible characters.
+inline std::string escape(const std::string& text, bool invisible, bool newline) {
   static const char kHex[] = "0123456789abcdef";
   std::string out;
   out.reserve(text.size());
@@ -112,19 +111,21 @@ inline std::string printable(const std::string& text) {
     const char c = text[i];
     const auto u = static_cast<unsigned char>(c);
     std::size_t length = 0;
-    const char32_t code = u >= 0xC2 ? printable_detail::utf8_at(text, i, length) : 0;
-    if (code != 0 && (printable_detail::is_control(code) || printable_detail::is_invisible(code))) {
+    const char32_t code = u >= 0xC2 ? utf8_at(text, i, length) : 0;
+    if (code != 0 && (is_control(code) || (invisible && is_invisible(code)))) {
       // \u00a0, or beyond the 16-bit plane \U000e0001 (as Python and C++ write them).
       out += code > 0xFFFF ? "\\U" : "\\u";
       for (int shift = code > 0xFFFF ? 28 : 12; shift >= 0; shift -= 4)
         out += kHex[(code >> shift) & 15];
       i += length - 1;
-    } else if ((u >= 0x20 && u != 0x7f) || c == '\n' || c == '\t') {
+    } else if ((u >= 0x20 && u != 0x7f) || c == '\t' || (c == '\n' && !newline)) {
       out += c;
     } else if (c == '\0') {
       out += "\\0";
     } else if (c == '\r') {
       out += "\\r";
+    } else if (c == '\n') {
+      out += "\\n";
     } else {
       out += "\\x";
       out += kHex[u >> 4];
@@ -132,6 +133,24 @@ inline std::string printable(const std::string& text) {
     }
   }
   return out;
+}
+
+}  // namespace printable_detail
+
+/// `text` safe to print: control characters other than newline and tab (a NUL that would cut
+/// Error::what() short, a carriage return or a terminal escape from a crafted CSV id) become
+/// `\0`, `\r`, `\x1b`, ..., and the UTF-8 controls and invisible characters above
+/// (printable_detail) `\u0085`, `\u202e`, `\u00a0`, `\U000e0001`, ...; everything else,
+/// UTF-8 included, is kept.
+inline std::string printable(const std::string& text) {
+  return printable_detail::escape(text, /*invisible=*/true, /*newline=*/false);
+}
+
+/// Text a command prints as its output, one line per item (a translation): the controls
+/// printable() escapes, newline too (`\n`), and nothing else; invisible characters (a
+/// no-break space in French text) and backslashes are kept as they are.
+inline std::string one_output_line(const std::string& text) {
+  return printable_detail::escape(text, /*invisible=*/false, /*newline=*/true);
 }
 
 /// A field from a file quoted in a one-line message: printable(), with tab and newline

@@ -67,6 +67,17 @@ TEST(Csv, QuotedFieldsKeepTheirEdgeSpacesUnquotedOnesAreTrimmed) {
   }
 }
 
+// A command's output line (a translation): line breaks and the controls printable() escapes
+// are escaped, so one item is one line and no escape reaches the terminal; invisible characters
+// (a no-break space in French text) and backslashes are kept.
+TEST(Csv, OneOutputLineEscapesLineBreaksAndControlsOnly) {
+  EXPECT_EQ(one_output_line("a\nb\r\x1b[31m\x7f\t\\n"), "a\\nb\\r\\x1b[31m\\x7f\t\\n");
+  EXPECT_EQ(one_output_line("\xC2\x85nel \xE2\x80\xA8ls \xE2\x80\xAErlo"),
+            "\\u0085nel \\u2028ls \\u202erlo");
+  EXPECT_EQ(one_output_line("d\xC3\xA9j\xC3\xA0\xC2\xA0!"), "d\xC3\xA9j\xC3\xA0\xC2\xA0!");
+  EXPECT_EQ(printable("a\nb\xC2\xA0"), "a\nb\\u00a0");  // printable keeps the newline
+}
+
 // Printed, what shows as nothing is escaped, beyond the 16-bit plane as \U and 8 digits (the
 // oracle: Python's and C++'s own escapes); a four-byte emoji is kept, and so are bytes that are
 // no UTF-8 (a five-byte lead), as a Latin-1 name's are.

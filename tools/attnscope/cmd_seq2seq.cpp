@@ -29,41 +29,6 @@
 namespace attnscope::cli {
 namespace {
 
-// A translation printed as one line: a token of a crafted vocabulary holding a newline broke
-// "one output line per input", one holding ESC reached the terminal. C0 controls (tab aside)
-// and DEL are written as \n, \r, \xNN, and the UTF-8 controls printable() names (C1 such as
-// NEL and CSI, the line and paragraph separators, bidirectional overrides) as \uXXXX; every
-// other character, UTF-8 included, is kept. (A backslash is kept too: a token "\n" of two
-// characters prints as an escaped newline does.)
-std::string one_output_line(const std::string& text) {
-  static const char kHex[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(text.size());
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    const auto u = static_cast<unsigned char>(c);
-    std::size_t length = 0;
-    const char32_t code = u >= 0xC2 ? printable_detail::utf8_at(text, i, length) : 0;
-    if (code != 0 && printable_detail::is_control(code)) {
-      out += "\\u";
-      for (int shift = 12; shift >= 0; shift -= 4)
-        out += kHex[(code >> shift) & 15];
-      i += length - 1;
-    } else if ((u >= 0x20 && u != 0x7f) || c == '\t') {
-      out += c;
-    } else if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\r') {
-      out += "\\r";
-    } else {
-      out += "\\x";
-      out += kHex[u >> 4];
-      out += kHex[u & 15];
-    }
-  }
-  return out;
-}
-
 namespace text = datasets::text;
 namespace fs = std::filesystem;
 
@@ -667,6 +632,7 @@ int run_translate(const std::vector<std::string>& args) {
   std::size_t unknown_inputs = 0, unknown_tokens = 0, first_unknown = 0;
   for (std::size_t i = 0; i < translations.size(); ++i) {
     const auto& t = translations[i];
+    // One line per input whatever the vocabulary's tokens hold (a newline, ESC).
     std::cout << one_output_line(t.text) << "\n";
     if (!t.error.empty()) {
       ++failed;
