@@ -369,6 +369,47 @@ TEST(Distributed, RanksWithOtherTrainingOptionsStopBeforeTheFirstStep) {
   }
 }
 
+// dist-check too: a rank that stops before the group forms (an --out-dir it cannot make, a flag
+// value it alone has) tells the other through the store, which stops with its reason instead of
+// waiting out --dist-timeout (120 s here) for a rank that did not join. Rank 1 first, then rank
+// 0 (whose process hosts the store).
+TEST(Distributed, DistCheckRankThatStopsBeforeTheGroupFormsIsNamedWithItsReason) {
+  test::TempDir dir;
+  const std::string blocker = dir / "file";
+  std::ofstream(blocker) << "x\n";
+  for (const int failing : {1, 0}) {
+    SCOPED_TRACE(failing);
+    const int port = free_port();
+    const auto flags = [&](int rank) {
+      return "--epochs 1 --dist-timeout 120" +
+             (rank == failing ? " --out-dir " + blocker + "/out" : std::string());
+    };
+    const auto r =
+        run_two(dir, rank_command(0, 2, port, flags(0)), rank_command(1, 2, port, flags(1)));
+    const std::string log0 = read_text(dir / "r0.log"), log1 = read_text(dir / "r1.log");
+    EXPECT_NE(r.output.find("status 1 1"), std::string::npos) << r.output << log0 << log1;
+    const std::string& failed = failing == 0 ? log0 : log1;
+    const std::string& other = failing == 0 ? log1 : log0;
+    const std::string reason = concat(blocker, "/out: cannot create the folder");
+    EXPECT_EQ(failed.rfind("error: " + reason, 0), 0u) << failed;
+    EXPECT_NE(other.find(concat("error: distributed: rank ", 1 - failing, ": rank ", failing,
+                                " stopped before the group formed: ", reason)),
+              std::string::npos)
+        << other;
+    EXPECT_EQ(other.find("did not join"), std::string::npos) << other;
+  }
+  // A usage error (exit 2) on one rank.
+  const int port = free_port();
+  const auto r = run_two(dir, rank_command(0, 2, port, "--epochs 1 --dist-timeout 120"),
+                         rank_command(1, 2, port, "--epochs 1 --dist-timeout 120 --lr 0"));
+  const std::string log0 = read_text(dir / "r0.log");
+  EXPECT_NE(r.output.find("status 1 2"), std::string::npos) << r.output << log0;
+  EXPECT_NE(log0.find("error: distributed: rank 0: rank 1 stopped before the group formed: "
+                      "--lr must be in (0, 1000]"),
+            std::string::npos)
+      << log0;
+}
+
 TEST(Distributed, UnknownGlooInterfaceIsAClearError) {
   const int port = free_port();
   const auto r =

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
@@ -75,7 +76,10 @@ struct Net {
   }
 };
 
-int run_dist_check(const std::vector<std::string>& args, const GlobalOptions&) {
+// `announce`: set while this process is one rank of several that has not joined the group
+// yet (run_dist_check_or_announce); reset once the group forms.
+int run_dist_check(const std::vector<std::string>& args,
+                   std::optional<pipeline::DistributedConfig>& announce) {
   Flags f;
   DistributedFlags dist;
   po::options_description desc("Options");
@@ -171,7 +175,14 @@ int run_dist_check(const std::vector<std::string>& args, const GlobalOptions&) {
     val_y = torch::randint(0, config.num_classes, {val_n});
   }
   // The ranks meet once the flags have passed every check of their own.
-  pipeline::DistributedGroup group(dist.config());
+  const auto dist_config = dist.config();
+  if (dist_config.world_size > 1)
+    announce = dist_config;
+  else
+    announce.reset();
+  if (dist_config.world_size > 1) pipeline::DistributedGroup::check_interfaces(dist_config);
+  announce.reset();  // from here on the group names a rank that stops
+  pipeline::DistributedGroup group(dist_config);
   const int rank = group.rank();
   const int world = group.world_size();
   group.check_same("the model", f.model + " " + std::to_string(f.image_size));
@@ -310,9 +321,25 @@ int run_dist_check(const std::vector<std::string>& args, const GlobalOptions&) {
   return 0;
 }
 
+// A rank that stops before the group forms (a flag the others lack, an --out-dir it cannot
+// make, a GLOO_SOCKET_IFNAME its machine lacks) prints its line and tells the others through
+// the store, as train does, instead of leaving them to wait out --dist-timeout.
+int run_dist_check_or_announce(const std::vector<std::string>& args, const GlobalOptions&) {
+  std::optional<pipeline::DistributedConfig> announce = DistributedFlags::quiet_config(args);
+  try {
+    return run_dist_check(args, announce);
+  } catch (const std::exception&) {
+    if (!announce) throw;
+    std::string line;
+    const int status = report_error(std::current_exception(), &line);
+    pipeline::DistributedGroup::announce_failure(*announce, line, status);
+    throw ReportedError(status);
+  }
+}
+
 const Registration kDistCheck(
     "dist-check", "check a data-parallel setup (torchrun/Slurm) with a tiny lockstep training",
-    run_dist_check);
+    run_dist_check_or_announce);
 
 }  // namespace
 }  // namespace attnscope::cli
