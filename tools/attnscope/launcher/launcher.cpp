@@ -4,7 +4,7 @@
 // before main() runs; setting them here, in a process that never loads LibTorch, saves the
 // second LibTorch load (about 0.5 s on every command) that re-executing the program itself
 // costs (runtime::limit_idle_spinning, still the fallback when attnscope.real is run
-// directly). docs/architecture.md, "Threads and OpenMP".
+// directly). docs/architecture.md, "Threads and BLAS".
 
 #include <unistd.h>
 
