@@ -192,6 +192,43 @@ inline ProcessResult run_signalled(const std::string& command, const SignalPlan&
   return run_fault(command, 0, -1, SIGKILL, &plan);
 }
 
+// Milliseconds an uninterrupted run of `command` takes (it must succeed).
+inline int timed_run(const std::string& command) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto r = run_process(command);
+  EXPECT_EQ(r.status, 0) << command << "\n" << r.output;
+  return static_cast<int>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+          .count());
+}
+
+// Kills `command` with SIGKILL at `rounds` random moments within `duration_ms` (the time an
+// uninterrupted run took), calling `reset` before each run and `problem` after each kill: ""
+// when what the command writes is the old output or a complete new one, else what is wrong.
+inline void kill_at_random_moments(const std::string& command, int duration_ms,
+                                   const std::function<void()>& reset,
+                                   const std::function<std::string()>& problem, unsigned seed,
+                                   int rounds = 5) {
+  std::mt19937 rng(seed);
+  int killed = 0;
+  // Later runs may be faster than the timed one (a cold start, a machine whose load dropped):
+  // when no kill of the planned rounds landed, up to 6 more with the window halved each time.
+  int window = duration_ms;
+  for (int round = 0; round < rounds || (killed == 0 && round < rounds + 6); ++round) {
+    if (round >= rounds) window = std::max(1, window / 2);
+    reset();
+    const int ms = std::uniform_int_distribution<int>(0, std::max(1, window))(rng);
+    const auto r = run_killed_after(command, ms);
+    killed += r.killed;
+    if (!r.killed) {
+      EXPECT_EQ(r.status, 0) << r.output;
+    }
+    EXPECT_EQ(problem(), "") << "after a kill at " << ms << " ms of " << duration_ms
+                             << " (killed: " << r.killed << ")";
+  }
+  EXPECT_GT(killed, 0) << "no run was killed before it ended";
+}
+
 /// The bytes of a file ("" when it cannot be read).
 inline std::string read_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -33,6 +33,23 @@ TEST(CliDemo, OneMinuteDemoWritesResultsAndReportAndPrintsTheMetrics) {
   EXPECT_NE(r.output.find("balanced accuracy "), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("attention mass inside the lesion: "), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("centre prior (gaussian "), std::string::npos) << r.output;
+  // The printed AUC and balanced accuracy are sklearn's on what results.h5 holds (3 decimals).
+  const auto auc_at = r.output.find("  AUC ");
+  ASSERT_NE(auc_at, std::string::npos) << r.output;
+  const auto line = r.output.substr(auc_at, r.output.find('\n', auc_at) - auc_at);
+  const auto oracle = test::run_process(
+      test::python() +
+      " -c \"import h5py, sys, sklearn.metrics as skm\n"
+      "f = h5py.File(sys.argv[1], 'r')\n"
+      "y = f['images/label'][...]; p = f['predictions/probability'][:, 1]\n"
+      "print('  AUC %.3f' % skm.roc_auc_score(y, p))\n"
+      "print('balanced accuracy %.3f on %d held-out images' % "
+      "(skm.balanced_accuracy_score(y, f['predictions/label'][...]), len(y)))\" " +
+      out + "/results/results.h5");
+  ASSERT_EQ(oracle.status, 0) << oracle.output;
+  std::istringstream expected(oracle.output);
+  for (std::string part; std::getline(expected, part);)
+    EXPECT_NE(line.find(part), std::string::npos) << line << "\nsklearn: " << oracle.output;
   // The report holds every held-out image and the summary metrics.
   std::ifstream in(out + "/report.html");
   std::stringstream html;
@@ -40,7 +57,16 @@ TEST(CliDemo, OneMinuteDemoWritesResultsAndReportAndPrintsTheMetrics) {
   EXPECT_NE(html.str().find("data-metric=\"auc\""), std::string::npos);
   EXPECT_NE(html.str().find("data-metric=\"classified\">24<"), std::string::npos);
 
-  // A rerun into the same folder replaces the demo's files; a foreign folder is refused.
+  // A rerun into the same folder replaces the demo's files (a new report); a foreign folder is
+  // refused.
+  fs::remove(out + "/report.html");
+  const auto again = test::run_process(exe() +
+                                       " demo --minutes 0.1 --train-images 40 --test-images 8 "
+                                       "--size 64 --out " +
+                                       out);
+  EXPECT_EQ(again.status, 0) << again.output;
+  EXPECT_TRUE(fs::exists(out + "/report.html")) << again.output;
+  EXPECT_NE(again.output.find("on 8 held-out images"), std::string::npos) << again.output;
   {
     std::ofstream mine(dir / "notes.txt");
     mine << "not a demo";

@@ -112,6 +112,24 @@ TEST(CliPreprocess, StatsPrintsMeanAndStd) {
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("\"images\":4"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("\"mean\":["), std::string::npos) << r.output;
+  // With no steps, the values are the images' own: every pixel of the four, per RGB channel
+  // in [0, 1], against numpy over OpenCV's decoding (population std).
+  std::ofstream(dir / "none.json") << "{\"steps\": []}\n";
+  const auto raw = test::run_process(exe() + " preprocess stats --data " + (dir / "labels.csv") +
+                                     " --config " + (dir / "none.json"));
+  ASSERT_EQ(raw.status, 0) << raw.output;
+  const auto oracle = test::run_process(
+      test::python() +
+      " -c \"import cv2, glob, json, sys, numpy as np\n"
+      "got = json.loads(sys.argv[2])\n"
+      "px = np.concatenate([cv2.imread(p)[:, :, ::-1].reshape(-1, 3) / 255.0\n"
+      "                     for p in sorted(glob.glob(sys.argv[1] + '/images/*.png'))])\n"
+      "assert got['images'] == 4 and len(px) == 4 * 64 * 64, (got, len(px))\n"
+      "assert np.allclose(got['mean'], px.mean(0), atol=1e-5), (got['mean'], px.mean(0))\n"
+      "assert np.allclose(got['std'], px.std(0), atol=1e-5), (got['std'], px.std(0))\n"
+      "print('OK')\" " +
+      dir.path().string() + " '" + raw.output.substr(0, raw.output.find('\n')) + "'");
+  EXPECT_EQ(oracle.output, "OK\n") << raw.output;
 }
 
 TEST(CliSynth, WritesImagesMasksAndLabelsDeterministically) {

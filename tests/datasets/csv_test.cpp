@@ -58,7 +58,7 @@ TEST(Csv, QuotedFieldsKeepTheirEdgeSpacesUnquotedOnesAreTrimmed) {
   EXPECT_EQ(trim(tag + "nevus" + tag), "nevus");
   EXPECT_EQ(trim(heart), heart);
   EXPECT_EQ(trim(scotland), scotland);
-  for (const std::string v :
+  for (const std::string& v :
        {std::string(" padded "), std::string("a,b"), std::string("plain"), std::string("\ttab"),
         std::string("nevus\xC2\xA0"), std::string("\xE2\x80\x8Bzw"), std::string("in\xC2\xA0side"),
         "nevus" + tag, heart, scotland}) {

@@ -375,16 +375,18 @@ TEST(Loader, StatsCountTheWorkersCpuAndTheConsumersWait) {
   LoaderOptions o;
   o.batch_size = 2;
   o.workers = 1;
-  auto source = std::make_shared<TimedSource>(synthetic(8), 0.0, 20);
+  // 100 ms of sleep per image: far more than preprocessing a small image takes on any CPU
+  // (also under a sanitizer), so the CPU time counted stays well below the time slept.
+  auto source = std::make_shared<TimedSource>(synthetic(8), 0.0, 100);
   Loader loader(source, small_pipeline(false), o);
   const auto begin = std::chrono::steady_clock::now();
   epoch(loader, 1);
   const double wall =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
   const auto st = loader.stats();
-  EXPECT_GE(st.wait_s, 0.5 * 8 * 0.020) << "one worker sleeps 8 x 20 ms while the consumer waits";
+  EXPECT_GE(st.wait_s, 0.5 * 8 * 0.100) << "one worker sleeps 8 x 100 ms while the consumer waits";
   EXPECT_LE(st.wait_s, wall);
-  EXPECT_LT(st.cpu_s, 0.5 * 8 * 0.020) << "sleeping is not CPU time";
+  EXPECT_LT(st.cpu_s, 0.5 * 8 * 0.100) << "sleeping is not CPU time";
 }
 
 TEST(Loader, BalancedOrderDrawsBothClasses) {

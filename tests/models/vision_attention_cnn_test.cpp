@@ -209,20 +209,18 @@ std::pair<double, double> train_on_region_task(NormKind normalizer, uint64_t see
 // another CPU's kernels take another trajectory from the same seed: the test is about where a
 // trained map points, not about every initialisation training, so it tries up to four seeds
 // and asks that one of them trains (all four dead: about 1 in 1000 at the measured rate).
+// A seed counts when both hold: the logit follows the region (R² well above what a uniform
+// average gives, 1/4) and the map's largest weight lies in the quadrant for most images
+// (chance: 1/4; 1.0 was measured for the seeds that train).
 TEST_P(GridAttentionFindsTheRegion, MapIsLargestWhereTheLogitDependsOn) {
-  double best_r2 = -1, best_in_quadrant = 0;
-  for (uint64_t seed = 1; seed <= 4; ++seed) {
+  std::string tried;
+  bool found = false;
+  for (uint64_t seed = 1; seed <= 4 && !found; ++seed) {
     const auto [r2, in_quadrant] = train_on_region_task(GetParam(), seed);
-    if (r2 > best_r2) {
-      best_r2 = r2;
-      best_in_quadrant = in_quadrant;
-    }
-    if (r2 >= 0.7) break;
+    found = r2 >= 0.7 && in_quadrant >= 0.8;
+    tried += concat("seed ", seed, ": R² ", r2, ", maximum in the quadrant ", in_quadrant, "\n");
   }
-  // The logit follows the region (R² well above what a uniform average gives, 1/4).
-  EXPECT_GE(best_r2, 0.7);
-  // The map's largest weight lies in the quadrant, for (nearly) every image.
-  EXPECT_GE(best_in_quadrant, 0.95);
+  EXPECT_TRUE(found) << tried;
 }
 
 INSTANTIATE_TEST_SUITE_P(SigmoidAndSoftmax, GridAttentionFindsTheRegion,

@@ -31,7 +31,7 @@ double masked_error(const cv::Mat& a, const cv::Mat& b, const cv::Mat& mask) {
 // Dark 3-px hairs drawn over real photographs: the pixels they hide are the oracle. The damped
 // extrapolation recovers them better than OpenCV's Telea (3.41 against 3.94 grey levels on 30
 // photographs when measured; both far below the hair's contrast).
-TEST(Inpaint, FillsHairsDrawnOverPhotographsCloserThanOpenCv) {
+TEST(DataInpaint, FillsHairsDrawnOverPhotographsCloserThanOpenCv) {
   ATTNSCOPE_REQUIRE_DATA();
   std::vector<std::string> files;
   for (const auto& e :

@@ -1,3 +1,4 @@
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -27,12 +28,33 @@
 namespace attnscope::runtime {
 namespace {
 
+// "Every core" is every core of this process's CPU affinity mask (taskset, a Slurm or container
+// CPU set), counted here from the mask itself; a child narrowed to one core counts one.
 TEST(Runtime, SetThreadsUsesEveryCoreByDefault) {
+  cpu_set_t mask;
+  CPU_ZERO(&mask);
+  ASSERT_EQ(sched_getaffinity(0, sizeof(mask), &mask), 0);
   set_threads(0);
-  EXPECT_EQ(threads(), available_cores());
+  EXPECT_EQ(threads(), CPU_COUNT(&mask));
   set_threads(1);
   EXPECT_EQ(threads(), 1);
   set_threads(0);
+  int first = 0;
+  while (!CPU_ISSET(first, &mask))
+    ++first;
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {  // only async-signal-safe work and the affinity calls before _exit
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(first, &one);
+    if (sched_setaffinity(0, sizeof(one), &one) != 0) _exit(100);
+    _exit(available_cores());
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1);
 }
 
 // OpenBLAS runs LibTorch's matrix products on pthreads of its own, which at::set_num_threads
