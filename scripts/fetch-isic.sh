@@ -7,8 +7,8 @@
 #
 # usage: scripts/fetch-isic.sh DIR [2016 2017 2018 ham10000 2019 2020 ...]   (default: 2016)
 # Needs curl, unzip, sha256sum. The archives are published by the ISIC Archive
-# (https://challenge.isic-archive.com/data/) under CC-BY-NC 4.0 (the challenge
-# datasets of 2016-2020): read the licence of each before use.
+# (https://challenge.isic-archive.com/data/) under CC0 or CC-BY-NC 4.0 depending on
+# the year: read the licence of each before use.
 set -euo pipefail
 
 BASE=https://isic-challenge-data.s3.amazonaws.com

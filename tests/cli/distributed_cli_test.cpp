@@ -320,7 +320,7 @@ TEST(Distributed, AnotherServiceOnMasterPortIsOneLine) {
     // The silent one ends after 2 x the timeout and 10 s of grace; a client that waited
     // without end would be ended by timeout(1) (status 124, not 1).
     const auto r = test::run_process(
-        "timeout 120 " + rank_command(1, 2, service.port(), "--epochs 1 --dist-timeout 1"));
+        "timeout 60 " + rank_command(1, 2, service.port(), "--epochs 1 --dist-timeout 1"));
     EXPECT_EQ(r.status, 1) << "answers " << answers << ": " << r.output;
     EXPECT_NE(r.output.find(concat("rank 1: the rendezvous store at 127.0.0.1:", service.port())),
               std::string::npos)
