@@ -595,7 +595,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
     header["model_path"] = o.model;
     header["command_line"] = o.command_line;
     header["started_at"] = utc_now();
-    writer.emplace(ResultsWriter::create(write_path, header, layout));
+    writer.emplace(ResultsWriter::create(write_path, header, layout, h5_path));
   }
 
   // Inputs of this run: this shard's, less what is stored.

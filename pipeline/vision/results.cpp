@@ -109,7 +109,7 @@ void create_column(hid_t file, const Column& col, const std::string& path) {
   const auto stype = h5::utf8_string_type();
   h5::Handle set(H5Dcreate2(file, col.name.c_str(), col.type < 0 ? stype.get() : col.type,
                             space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT));
-  check(set.valid(), where(path, col.name), "cannot create dataset");
+  h5::check_h5(set.valid(), where(path, col.name), "cannot create dataset");
 }
 
 // "(rows, d1, d2, ...)": how messages show the shape of a per-row dataset.
@@ -175,9 +175,9 @@ void write_rows(hid_t file, const Column& col, int64_t at, int64_t rows, const v
   H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
   h5::Handle memory(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr));
   const auto stype = h5::utf8_string_type();
-  check(H5Dwrite(set.get(), col.type < 0 ? stype.get() : col.type, memory.get(), space.get(),
-                 H5P_DEFAULT, data) >= 0,
-        where(path, col.name), "cannot write rows (disk full?)");
+  h5::check_h5(H5Dwrite(set.get(), col.type < 0 ? stype.get() : col.type, memory.get(), space.get(),
+                        H5P_DEFAULT, data) >= 0,
+               where(path, col.name), "cannot write rows");
 }
 
 void write_string_rows(hid_t file, const Column& col, int64_t at,
@@ -324,7 +324,7 @@ void write_chunk_rows(hid_t file, const Column& col, int64_t at, const Chunks& c
     offset[0] = static_cast<hsize_t>(at) + r;
     h5::check_h5(H5Dwrite_chunk(set.get(), H5P_DEFAULT, chunks[r].filter_mask, offset.data(),
                                 chunks[r].bytes.size(), chunks[r].bytes.data()) >= 0,
-                 where(path, col.name), "cannot write rows (disk full?)");
+                 where(path, col.name), "cannot write rows");
   }
 }
 
@@ -391,16 +391,19 @@ void verify_rows(hid_t file, const std::vector<Column>& cols, int64_t n, const s
   }
 }
 
-h5::Handle open_file(const std::string& path, bool create) {
+// Errors name `shown` (default: path): the file the user named, where path is a temporary or
+// a replica standing in for it.
+h5::Handle open_file(const std::string& path, bool create, const std::string& shown = "") {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  const std::string& name = shown.empty() ? path : shown;
   hid_t id = -1;
   if (create) {
     id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    h5::check_h5(id >= 0, path, "cannot create HDF5 file");
+    h5::check_h5(id >= 0, name, "cannot create HDF5 file");
   } else {
     h5::check_is_hdf5(path);
     id = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-    h5::check_h5(id >= 0, path, "cannot open HDF5 file for writing");
+    h5::check_h5(id >= 0, name, "cannot open HDF5 file for writing");
   }
   return h5::Handle(id);
 }
@@ -486,9 +489,10 @@ std::string file_checksum(const std::string& path) {
 namespace {
 
 // Flushes and closes a file, checked; the id is released whatever H5Fclose returns.
+// HDF5's own reason is added (no space left, file too large, an I/O error).
 void close_checked(h5::Handle& file, const std::string& shown) {
-  check(H5Fflush(file.get(), H5F_SCOPE_GLOBAL) >= 0, shown, "cannot flush (disk full?)");
-  check(H5Fclose(file.release()) >= 0, shown, "cannot close (disk full?)");
+  h5::check_h5(H5Fflush(file.get(), H5F_SCOPE_GLOBAL) >= 0, shown, "cannot flush");
+  h5::check_h5(H5Fclose(file.release()) >= 0, shown, "cannot close");
 }
 
 // Copies a file (replacing `to`); throws Error naming `shown`.
@@ -509,19 +513,20 @@ void sync_path(const std::string& path, const std::string& shown) {
 
 // Makes `path` name the same file as `replica`: a hard link under a temporary name renamed
 // over path (atomic). Where hard links are refused, a copy takes its place.
-void link_over(const std::string& replica, const std::string& path) {
+// Errors name `shown`.
+void link_over(const std::string& replica, const std::string& path, const std::string& shown) {
   namespace fs = std::filesystem;
   AtomicFile staging(path);  // only for its temporary name; it is never written
   const auto& temp = staging.temp_path();
   ::unlink(temp.c_str());
   if (::link(replica.c_str(), temp.c_str()) != 0) {
-    copy_checked(replica, temp, path);
-    sync_path(temp, path);
+    copy_checked(replica, temp, shown);
+    sync_path(temp, shown);
   }
   if (::rename(temp.c_str(), path.c_str()) != 0) {
     const int err = errno;
     ::unlink(temp.c_str());
-    check(false, path, "cannot rename the new state over it: ", std::strerror(err));
+    check(false, shown, "cannot rename the new state over it: ", std::strerror(err));
   }
   const auto dir = fs::path(path).has_parent_path() ? fs::path(path).parent_path() : fs::path(".");
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -564,12 +569,16 @@ struct ResultsWriter::State {
     int64_t rows = 0, errors = 0;
     bool damaged = false;  // a write into it failed: start it again from the committed file
   };
-  State(const std::string& path_, const ResultsLayout& layout_) : path(path_), layout(layout_) {
+  State(const std::string& path_, const ResultsLayout& layout_, const std::string& shown_)
+      : path(path_), shown(shown_.empty() ? path_ : shown_), layout(layout_) {
     replicas[0].path = replica_path(path, 'a');
     replicas[1].path = replica_path(path, 'b');
   }
 
   std::string path;
+  // The name errors give: path, or the file path stands in for (classify --overwrite writes
+  // a temporary that is renamed over results.h5 at the end; the user asked for results.h5).
+  std::string shown;
   ResultsLayout layout;
   // Compressed columns of a resumed file written before their chunks had Fletcher-32.
   std::set<std::string> unchecked;
@@ -594,25 +603,25 @@ struct ResultsWriter::State {
       for (const auto& col : columns(layout)) {
         const auto& name = col.name;
         if (col.compress) {
-          write_chunk_rows(f, col, r.rows, op.chunks.at(name), path);
+          write_chunk_rows(f, col, r.rows, op.chunks.at(name), shown);
         } else if (name == "images/id") {
-          write_string_rows(f, col, r.rows, rows_in.ids, path);
+          write_string_rows(f, col, r.rows, rows_in.ids, shown);
         } else if (name == "images/source_path") {
-          write_string_rows(f, col, r.rows, rows_in.paths, path);
+          write_string_rows(f, col, r.rows, rows_in.paths, shown);
         } else if (name == "images/index" || name == "images/label") {
           const auto& v = name == "images/index" ? rows_in.index : rows_in.label;
-          check(static_cast<int64_t>(v.size()) == n, where(path, name), "row count differs");
-          write_rows(f, col, r.rows, n, v.data(), path);
+          check(static_cast<int64_t>(v.size()) == n, where(shown, name), "row count differs");
+          write_rows(f, col, r.rows, n, v.data(), shown);
         } else if (name == "images/preprocessed") {
-          write_tensor_rows(f, col, r.rows, rows_in.preprocessed, n, path);
+          write_tensor_rows(f, col, r.rows, rows_in.preprocessed, n, shown);
         } else if (name == "predictions/logits") {
-          write_tensor_rows(f, col, r.rows, rows_in.logits, n, path);
+          write_tensor_rows(f, col, r.rows, rows_in.logits, n, shown);
         } else if (name == "predictions/probability") {
-          write_tensor_rows(f, col, r.rows, rows_in.probability, n, path);
+          write_tensor_rows(f, col, r.rows, rows_in.probability, n, shown);
         } else if (name == "predictions/probability_std") {
-          write_tensor_rows(f, col, r.rows, rows_in.probability_std, n, path);
+          write_tensor_rows(f, col, r.rows, rows_in.probability_std, n, shown);
         } else if (name == "predictions/label") {
-          write_tensor_rows(f, col, r.rows, rows_in.prediction, n, path);
+          write_tensor_rows(f, col, r.rows, rows_in.prediction, n, shown);
         } else {
           const auto slash = name.find('/');
           const auto group = name.substr(0, slash), key = name.substr(slash + 1);
@@ -620,8 +629,8 @@ struct ResultsWriter::State {
                                : group == "overlays" ? rows_in.overlays
                                                      : rows_in.measures;
           const auto it = source.find(key);
-          check(it != source.end(), where(path, name), "no values for this dataset in the batch");
-          write_tensor_rows(f, col, r.rows, it->second, n, path);
+          check(it != source.end(), where(shown, name), "no values for this dataset in the batch");
+          write_tensor_rows(f, col, r.rows, it->second, n, shown);
         }
       }
     }
@@ -635,17 +644,17 @@ struct ResultsWriter::State {
         reasons.push_back(err.reason);
         index.push_back(err.index);
       }
-      write_string_rows(f, kErrorColumns[0], r.errors, ids, path);
-      write_string_rows(f, kErrorColumns[1], r.errors, paths, path);
-      write_rows(f, kErrorColumns[2], r.errors, e, index.data(), path);
-      write_string_rows(f, kErrorColumns[3], r.errors, reasons, path);
+      write_string_rows(f, kErrorColumns[0], r.errors, ids, shown);
+      write_string_rows(f, kErrorColumns[1], r.errors, paths, shown);
+      write_rows(f, kErrorColumns[2], r.errors, e, index.data(), shown);
+      write_string_rows(f, kErrorColumns[3], r.errors, reasons, shown);
     }
     r.rows += n;
     r.errors += e;
     for (const auto& [k, v] : op.attributes)
-      h5::write_attribute(f, k, v, path);
-    h5::write_attribute(f, "num_images", std::to_string(r.rows), path);
-    h5::write_attribute(f, "num_errors", std::to_string(r.errors), path);
+      h5::write_attribute(f, k, v, shown);
+    h5::write_attribute(f, "num_images", std::to_string(r.rows), shown);
+    h5::write_attribute(f, "num_errors", std::to_string(r.errors), shown);
   }
 
   // Replaces replica r by a copy of the committed file (a fresh inode), e.g. when a reader
@@ -653,7 +662,7 @@ struct ResultsWriter::State {
   void recopy(Replica& r) {
     const auto& c = replicas[static_cast<std::size_t>(committed)];
     ::unlink(r.path.c_str());  // a reader may still hold the old inode: a new one
-    copy_checked(c.path, r.path, path);
+    copy_checked(c.path, r.path, shown);
     r.applied = c.applied;
     r.rows = c.rows;
     r.errors = c.errors;
@@ -672,20 +681,20 @@ struct ResultsWriter::State {
       H5Eclear2(H5E_DEFAULT);
       recopy(r);
       id = H5Fopen(r.path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-      h5::check_h5(id >= 0, r.path, "cannot open for writing");
+      h5::check_h5(id >= 0, shown, "cannot open for writing");
     }
     h5::Handle file(id);
     try {
       for (std::size_t k = r.applied; k < next; ++k)
         apply(file.get(), r, ops[k - base]);
       r.applied = next;
-      close_checked(file, path);
-      sync_path(r.path, path);
+      close_checked(file, shown);
+      sync_path(r.path, shown);
     } catch (...) {
       r.damaged = true;
       throw;
     }
-    link_over(r.path, path);
+    link_over(r.path, path, shown);
     committed = 1 - committed;
     while (!ops.empty() && base < std::min(replicas[0].applied, replicas[1].applied)) {
       ops.pop_front();
@@ -703,7 +712,7 @@ struct ResultsWriter::State {
     if (n > 0)
       for (const auto& col : columns(layout))
         if (col.compress)
-          op.chunks[col.name] = deflate_rows(col, column_tensor(op.rows, col.name), n, path,
+          op.chunks[col.name] = deflate_rows(col, column_tensor(op.rows, col.name), n, shown,
                                              !unchecked.count(col.name));
     rows += static_cast<int64_t>(op.rows.size());
     errors += static_cast<int64_t>(op.errors.size());
@@ -719,56 +728,58 @@ ResultsWriter& ResultsWriter::operator=(ResultsWriter&&) noexcept = default;
 ResultsWriter::~ResultsWriter() = default;
 
 ResultsWriter ResultsWriter::create(const std::string& path, const ResultsHeader& header,
-                                    const ResultsLayout& layout) {
-  auto s = std::make_unique<State>(path, layout);
+                                    const ResultsLayout& layout, const std::string& shown_as) {
+  auto s = std::make_unique<State>(path, layout, shown_as);
   // The empty file is built as replica a, copied to b, and linked at path: a kill before that
   // leaves no file at path (or the previous one, with --overwrite), never a partial one.
-  h5::Handle file = open_file(s->replicas[0].path, true);
+  const std::string& shown = s->shown;
+  h5::Handle file = open_file(s->replicas[0].path, true, shown);
   const hid_t f = file.get();
-  h5::write_attribute(f, "format", kResultsFormat, path);
-  h5::write_attribute(f, "schema_version", kResultsSchemaVersion, path);
+  h5::write_attribute(f, "format", kResultsFormat, shown);
+  h5::write_attribute(f, "schema_version", kResultsSchemaVersion, shown);
   for (const auto& [k, v] : header)
-    h5::write_attribute(f, k, v, path);
+    h5::write_attribute(f, k, v, shown);
   std::vector<std::string> names;
   for (const auto& m : layout.maps)
     names.push_back(m.name);
-  h5::write_attribute(f, "maps", json_list(names), path);
-  h5::write_attribute(f, "tta", layout.tta ? "dihedral8" : "none", path);
-  h5::write_attribute(f, "num_images", "0", path);
-  h5::write_attribute(f, "num_errors", "0", path);
-  h5::write_attribute(f, "finished_at", "", path);
+  h5::write_attribute(f, "maps", json_list(names), shown);
+  h5::write_attribute(f, "tta", layout.tta ? "dihedral8" : "none", shown);
+  h5::write_attribute(f, "num_images", "0", shown);
+  h5::write_attribute(f, "num_errors", "0", shown);
+  h5::write_attribute(f, "finished_at", "", shown);
   for (const auto& col : columns(layout))
-    create_column(f, col, path);
+    create_column(f, col, shown);
   for (const auto& col : kErrorColumns)
-    create_column(f, col, path);
+    create_column(f, col, shown);
   const std::string size = nlohmann::json({layout.height, layout.width}).dump();
   for (const auto& m : layout.maps) {
     const auto name = "attention/" + m.name;
     h5::Handle set(H5Dopen2(f, name.c_str(), H5P_DEFAULT));
-    h5::write_attribute(set.get(), "source", m.source, path);
-    h5::write_attribute(set.get(), "normalization", m.normalization, path);
-    h5::write_attribute(set.get(), "upsample", "bilinear", path);
-    h5::write_attribute(set.get(), "align_corners", "false", path);
-    h5::write_attribute(set.get(), "target_size", size, path);
-    h5::write_attribute(set.get(), "native_size", nlohmann::json({m.height, m.width}).dump(), path);
-    h5::write_attribute(set.get(), "tta_inverse", layout.tta ? "applied" : "none", path);
+    h5::write_attribute(set.get(), "source", m.source, shown);
+    h5::write_attribute(set.get(), "normalization", m.normalization, shown);
+    h5::write_attribute(set.get(), "upsample", "bilinear", shown);
+    h5::write_attribute(set.get(), "align_corners", "false", shown);
+    h5::write_attribute(set.get(), "target_size", size, shown);
+    h5::write_attribute(set.get(), "native_size", nlohmann::json({m.height, m.width}).dump(),
+                        shown);
+    h5::write_attribute(set.get(), "tta_inverse", layout.tta ? "applied" : "none", shown);
     if (layout.overlays) {
       const auto oname = "overlays/" + m.name;
       h5::Handle o(H5Dopen2(f, oname.c_str(), H5P_DEFAULT));
-      h5::write_attribute(o.get(), "colormap", "jet", path);
-      h5::write_attribute(o.get(), "alpha", "0.5", path);
+      h5::write_attribute(o.get(), "colormap", "jet", shown);
+      h5::write_attribute(o.get(), "alpha", "0.5", shown);
     }
   }
-  close_checked(file, path);
+  close_checked(file, shown);
   s->recopy(s->replicas[1]);
-  sync_path(s->replicas[0].path, path);
-  link_over(s->replicas[0].path, path);
+  sync_path(s->replicas[0].path, shown);
+  link_over(s->replicas[0].path, path, shown);
   return ResultsWriter(std::move(s));
 }
 
 ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader& expected,
                                     const ResultsLayout& layout) {
-  auto s = std::make_unique<State>(path, layout);
+  auto s = std::make_unique<State>(path, layout, "");
   int64_t rows = 0, errors = 0;
   bool torn = false;
   {
@@ -913,7 +924,7 @@ ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader
   for (auto& r : s->replicas) {
     copy_checked(path, r.path, path);
     if (!torn) continue;
-    h5::Handle file = open_file(r.path, false);
+    h5::Handle file = open_file(r.path, false, path);
     auto trim = [&](const std::vector<Column>& cols, int64_t n) {
       for (const auto& col : cols) {
         h5::Handle set(H5Dopen2(file.get(), col.name.c_str(), H5P_DEFAULT));
@@ -1195,7 +1206,7 @@ void copy_rows(hid_t in, hid_t out, const std::string& name, const std::vector<i
     H5Sselect_hyperslab(dspace.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
     h5::check_h5(
         H5Dwrite(dst.get(), mtype.get(), memory.get(), dspace.get(), H5P_DEFAULT, row) >= 0,
-        where(out_path, name), "cannot write (disk full?)");
+        where(out_path, name), "cannot write");
   }
 }
 
@@ -1419,9 +1430,9 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
 
   AtomicFile target(out);
   {
-    auto o = open_file(target.temp_path(), true);
+    auto o = open_file(target.temp_path(), true, out);
     for (const auto& [k, v] : first.attributes)
-      h5::write_attribute(o.get(), k, v, target.temp_path());
+      h5::write_attribute(o.get(), k, v, out);
     if (first.attributes.count("started_at"))
       h5::write_attribute(o.get(), "started_at", started, out);
     if (first.attributes.count("finished_at"))
@@ -1444,7 +1455,6 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
         copy_rows(ins[i].get(), o.get(), name, is_error ? dest_errs[i] : dest_rows[i],
                   files[i].path, out);
     }
-    check(H5Fflush(o.get(), H5F_SCOPE_GLOBAL) >= 0, out, "cannot flush (disk full?)");
     close_checked(o, out);
   }
   target.commit();

@@ -74,9 +74,11 @@ struct ResultError {
 
 class ResultsWriter {
  public:
-  /// Creates (truncates) path with every dataset empty. Throws Error naming the path.
+  /// Creates (truncates) path with every dataset empty. Errors, now and in later writes, name
+  /// `shown_as` (default: path) — the file the user asked for where path is a temporary
+  /// renamed over it at the end (classify --overwrite).
   static ResultsWriter create(const std::string& path, const ResultsHeader& header,
-                              const ResultsLayout& layout);
+                              const ResultsLayout& layout, const std::string& shown_as = "");
   /// Opens an existing file to continue it: checks that `expected` root attributes
   /// (model_checksum, preprocessing_config, class_names, maps, tta, ...) match, trims every
   /// per-row dataset to num_images/num_errors (files of older versions may hold a torn batch),

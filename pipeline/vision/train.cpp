@@ -178,43 +178,30 @@ struct TrainState {
   std::vector<nlohmann::json> history, timing;
 };
 
-void write_checkpoint_to(const std::string& temp, const std::string& path,
-                         const models::vision::ImageClassifier& model,
-                         const models::vision::ImageModelConfig& config, const CheckpointMeta& meta,
-                         const TrainState* state, const double* temperature);
-
-// Writes a checkpoint (and, for last.h5, the training state) through AtomicFile.
+// Writes a checkpoint (and, for last.h5, the training state). save_image_classifier writes a
+// temporary beside `path` and renames it over path once complete (h5::OutputFile); errors name
+// path, the file the user knows, not the temporary.
 void write_checkpoint(const std::string& path, const models::vision::ImageClassifier& model,
                       const models::vision::ImageModelConfig& config, const CheckpointMeta& meta,
                       const TrainState* state, const double* temperature) {
-  AtomicFile out(path);
   try {
-    write_checkpoint_to(out.temp_path(), path, model, config, meta, state, temperature);
+    // The state goes in before the checksum is computed: it covers the optimiser's buffers too.
+    save_image_classifier(path, model, config, meta, [&](hid_t root) {
+      if (temperature) h5::write_attribute(root, "temperature", concat(*temperature), path);
+      if (!state) return;
+      auto group = h5::require_group(root, kStateGroup, path);
+      h5::write_attribute(group.get(), "loop", state->loop.dump(), path);
+      for (const auto& [name, tensor] : state->tensors) {
+        std::string key = name;
+        std::replace(key.begin(), key.end(), '/', ':');
+        h5::write_tensor(group.get(), key, tensor.detach().cpu(), path);
+      }
+      h5::write_tensor(group.get(), "_history", text_tensor(join_lines(state->history)), path);
+      h5::write_tensor(group.get(), "_timing", text_tensor(join_lines(state->timing)), path);
+    });
   } catch (const Error& e) {
-    // Both temporaries (this one and save_image_classifier's own) go with their AtomicFiles.
     throw Error(path, concat("cannot write the checkpoint: ", e.what()));
   }
-  out.commit();
-}
-
-void write_checkpoint_to(const std::string& temp, const std::string& path,
-                         const models::vision::ImageClassifier& model,
-                         const models::vision::ImageModelConfig& config, const CheckpointMeta& meta,
-                         const TrainState* state, const double* temperature) {
-  // The state goes in before the checksum is computed: it covers the optimiser's buffers too.
-  save_image_classifier(temp, model, config, meta, [&](hid_t root) {
-    if (temperature) h5::write_attribute(root, "temperature", concat(*temperature), path);
-    if (!state) return;
-    auto group = h5::require_group(root, kStateGroup, path);
-    h5::write_attribute(group.get(), "loop", state->loop.dump(), path);
-    for (const auto& [name, tensor] : state->tensors) {
-      std::string key = name;
-      std::replace(key.begin(), key.end(), '/', ':');
-      h5::write_tensor(group.get(), key, tensor.detach().cpu(), path);
-    }
-    h5::write_tensor(group.get(), "_history", text_tensor(join_lines(state->history)), path);
-    h5::write_tensor(group.get(), "_timing", text_tensor(join_lines(state->timing)), path);
-  });
 }
 
 TrainState read_state(const std::string& path) {

@@ -723,10 +723,19 @@ TEST(CliClassify, MergeKilledAtAnyMomentLeavesTheOldOrTheNewFile) {
   std::ofstream(out, std::ios::binary) << old_bytes;
   const auto names = test::file_names(dir.path().string());
   const auto full = test::run_with_file_size_limit(all, 64 * 1024);
-  EXPECT_NE(full.status, 0) << full.output;
-  EXPECT_NE(full.output.find("m.h5"), std::string::npos) << full.output;
+  EXPECT_EQ(full.status, 1) << full.output;
+  // The file asked for, with the system's reason (not a guess, not the temporary's name).
+  EXPECT_NE(full.output.find("error: " + out + ":"), std::string::npos) << full.output;
+  EXPECT_NE(full.output.find("File too large"), std::string::npos) << full.output;
+  EXPECT_EQ(full.output.find(".tmp"), std::string::npos) << full.output;
+  EXPECT_EQ(full.output.find("disk full?"), std::string::npos) << full.output;
   EXPECT_TRUE(test::read_text(out) == old_bytes);
   EXPECT_EQ(test::file_names(dir.path().string()), names);
+  // A folder that is not there is named before the shards are read.
+  const auto nowhere = test::run_process(merge + " --out " + q(dir / "no/such/m.h5"));
+  EXPECT_EQ(nowhere.status, 1) << nowhere.output;
+  EXPECT_EQ(nowhere.output, "error: " + (dir / "no/such/m.h5") + ": the folder " +
+                                (dir / "no/such") + " does not exist\n");
 }
 
 TEST(CliClassify, BadFilesGoToErrorsAndEveryGoodFileIsClassified) {
@@ -1186,7 +1195,13 @@ TEST(CliClassify, FullDiskFailsClearlyAndKeepsThePreviousResults) {
   const auto before = pipeline::read_results(dir / "run/results.h5");
   const auto r = test::run_with_file_size_limit(base + " --overwrite", 40 * 1024);
   EXPECT_NE(r.status, 0) << r.output;
-  EXPECT_NE(r.output.find("error:"), std::string::npos) << r.output;
+  // The error names the file asked for, with the system's reason, not the temporary or a
+  // replica the new file is built in, nor a guess ("disk full?" beside "File too large").
+  EXPECT_NE(r.output.find("error: " + (dir / "run/results.h5")), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("File too large"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find(".tmp"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("replica"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("disk full?"), std::string::npos) << r.output;
   const auto after = pipeline::read_results(dir / "run/results.h5");
   EXPECT_EQ(after.ids, before.ids);
   EXPECT_TRUE(torch::equal(after.logits, before.logits));

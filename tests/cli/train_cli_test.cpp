@@ -156,6 +156,9 @@ TEST(TrainCli, FullDiskFailsClearlyAndLeavesNoCutCheckpoint) {
   EXPECT_EQ(r.signal, 0) << r.output;
   EXPECT_NE(r.output.find("error: " + run + "/"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find(".h5"), std::string::npos) << r.output;
+  // The checkpoint asked for and the system's reason; not the temporary it is built in.
+  EXPECT_NE(r.output.find("File too large"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find(".tmp"), std::string::npos) << r.output;
   if (fs::exists(run))
     for (const auto& entry : fs::directory_iterator(run))
       ADD_FAILURE() << "left behind: " << entry.path();

@@ -49,6 +49,9 @@ int run_merge(const std::vector<std::string>& args, const GlobalOptions&) {
     for (std::size_t j = 0; j < i; ++j)
       check(!same_file(inputs[i], inputs[j]), inputs[i], "is given twice (also as ", inputs[j],
             "): each shard once");
+  // A folder that is not there or cannot be written is said before the shards are read, and
+  // names --out (not the temporary the merged file is built in).
+  ensure_writable_folder(out);
   pipeline::merge_results(inputs, out, line);
   const auto merged = pipeline::read_results(out);
   std::cout << "merged " << inputs.size() << (inputs.size() == 1 ? " file: " : " files: ")
