@@ -229,6 +229,27 @@ inline void kill_at_random_moments(const std::string& command, int duration_ms,
   EXPECT_GT(killed, 0) << "no run was killed before it ended";
 }
 
+/// Beside `target`: AtomicFile temporaries of a process that is gone (pid 2^22 + 1 is above
+/// Linux's largest), one not written for an hour and one written a minute ago, and one of this
+/// live process. Returns them in that order; a command that replaces `target` removes only the
+/// first (atomic_file.h, remove_dead_temporaries).
+inline std::array<std::filesystem::path, 3> plant_temporaries(const std::filesystem::path& target) {
+  namespace fs = std::filesystem;
+  const auto name = "." + target.filename().string() + ".";
+  const auto ext = target.extension().string();
+  const auto dir = target.parent_path();
+  const std::array<fs::path, 3> planted{
+      dir / (name + std::to_string((1 << 22) + 1) + "-0.tmp" + ext),
+      dir / (name + std::to_string((1 << 22) + 1) + "-1.tmp" + ext),
+      dir / (name + std::to_string(::getpid()) + "-3.tmp" + ext)};
+  for (std::size_t i = 0; i < planted.size(); ++i) {
+    std::ofstream(planted[i]) << "x";
+    fs::last_write_time(planted[i], fs::file_time_type::clock::now() -
+                                        (i == 1 ? std::chrono::minutes(1) : std::chrono::hours(1)));
+  }
+  return planted;
+}
+
 /// The bytes of a file ("" when it cannot be read).
 inline std::string read_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -484,6 +484,35 @@ TEST(CliFault, SplitWithAnEmptyPartIsRefused) {
   EXPECT_FALSE(fs::exists(dir / "v.csv"));
 }
 
+// What a killed run left beside an output (AtomicFile's temporaries of a dead process, not
+// written for 10 minutes) is removed by the next run (split and seq2seq train here, report in
+// report_cli_test.cpp; merge, evaluate and translate --alignments call the same
+// remove_dead_temporaries); a recent one and a live process's stay (they may be another run's).
+TEST(CliFault, SplitAndSeq2SeqRemoveDeadTemporariesBesideTheirOutput) {
+  test::TempDir dir;
+  synth(dir, 20, 32);
+  const auto out = dir.path() / "s.csv";
+  const auto planted = test::plant_temporaries(out);
+  ASSERT_EQ(
+      test::run_process(exe() + " split --data " + (dir / "labels.csv") + " --out " + out.string())
+          .status,
+      0);
+  EXPECT_FALSE(fs::exists(planted[0]));
+  EXPECT_TRUE(fs::exists(planted[1]));
+  EXPECT_TRUE(fs::exists(planted[2]));
+  const auto model = dir.path() / "s2s/model.h5";
+  fs::create_directories(model.parent_path());
+  const auto beside = test::plant_temporaries(model);
+  const auto r = test::run_process(exe() +
+                                   " --threads 1 seq2seq train --task copy --count 64 --epochs 1 "
+                                   "--quiet --out " +
+                                   model.parent_path().string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_FALSE(fs::exists(beside[0]));
+  EXPECT_TRUE(fs::exists(beside[1]));
+  EXPECT_TRUE(fs::exists(beside[2]));
+}
+
 // A kill at any moment leaves each command's output old or complete (SIGKILL, random moments).
 TEST(CliFault, SplitKilledAtAnyMomentLeavesTheOldOrTheNewCsv) {
   test::TempDir dir;

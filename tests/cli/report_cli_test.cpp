@@ -412,6 +412,20 @@ TEST(CliReport, FullDiskLeavesThePreviousReportIntact) {
     EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
 }
 
+// A dead process's temporary beside --out (a killed report's) is removed by the next report;
+// a recent one and a live process's stay.
+TEST(CliReport, RemovesADeadRunsTemporaryBesideItsOutput) {
+  test::TempDir dir;
+  make_fixture(dir / "results.h5", "--n 4 --seed 2");
+  const auto planted = test::plant_temporaries(dir.path() / "report.html");
+  const auto r = test::run_process(exe() + " report --results " + (dir / "results.h5") + " --out " +
+                                   (dir / "report.html"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_FALSE(fs::exists(planted[0]));
+  EXPECT_TRUE(fs::exists(planted[1]));
+  EXPECT_TRUE(fs::exists(planted[2]));
+}
+
 TEST(CliReport, KilledRunLeavesTheOldOrTheNewReport) {
   test::TempDir dir;
   make_fixture(dir / "results.h5", "--n 60 --seed 5");

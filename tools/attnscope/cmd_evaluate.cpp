@@ -112,6 +112,7 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
     std::error_code ec;
     check(!std::filesystem::is_directory(dest, ec), dest, "is a folder; give a file name");
     ensure_writable_folder(dest);
+    remove_dead_temporaries(dest);  // what a killed run left beside it
   }
   // Each replaces only a file of its own kind (a checkpoint or ground truth given by mistake
   // was replaced without a word).

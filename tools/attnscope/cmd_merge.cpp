@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <iostream>
 
+#include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
 #include "attnscope/output_checks.h"
 #include "cli.h"
@@ -52,6 +53,7 @@ int run_merge(const std::vector<std::string>& args, const GlobalOptions&) {
   // A folder that is not there or cannot be written is said before the shards are read, and
   // names --out (not the temporary the merged file is built in).
   ensure_writable_folder(out);
+  remove_dead_temporaries(out);  // what a killed merge into it left
   pipeline::merge_results(inputs, out, line);
   const auto merged = pipeline::read_results(out);
   std::cout << "merged " << inputs.size() << (inputs.size() == 1 ? " file: " : " files: ")

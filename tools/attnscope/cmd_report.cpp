@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
 #include "attnscope/output_checks.h"
 #include "attnscope/printable.h"
@@ -62,6 +63,7 @@ int run_report(const std::vector<std::string>& args, const GlobalOptions&) {
   o.command_line = joined(args);
   const auto start = std::chrono::steady_clock::now();
   check_not_an_input(out, results, "--results");
+  remove_dead_temporaries(out);  // what a killed run left beside it (a dead process's, not new)
   // A MAP/MEASURE the file does not hold is a typo of the option too.
   const auto s = [&] {
     try {

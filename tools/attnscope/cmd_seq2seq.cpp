@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
 #include "attnscope/folder_lock.h"
 #include "attnscope/output_checks.h"
@@ -309,6 +310,7 @@ int run_train(const std::vector<std::string>& args) {
   const std::string out_dir = vm["out"].as<std::string>();
   ensure_writable_output_folder(out_dir);
   check_replaceable_file((fs::path(out_dir) / "model.h5").string());  // before the training
+  remove_dead_temporaries((fs::path(out_dir) / "model.h5").string());  // a killed run's
   const double dropout = vm["dropout"].as<double>();
   if (dropout < 0 || dropout >= 1) throw UsageError("--dropout must be in [0, 1)", usage);
   const double smoothing = vm["label-smoothing"].as<double>();
@@ -575,6 +577,7 @@ int run_translate(const std::vector<std::string>& args) {
     check(!fs::is_directory(alignments), alignments, "--alignments is a folder; give a file");
     check_replaceable_file(alignments);  // /dev/full, a FIFO: before every sentence is translated
     ensure_writable_folder(alignments);
+    remove_dead_temporaries(alignments);  // what a killed run left beside it
     // A checkpoint, an image cache or a CSV given by mistake was replaced without a word.
     check_replaces_only_its_own(alignments, "--alignments",
                                 "an alignments file written by "

@@ -5,6 +5,7 @@
 #include <iostream>
 #include <map>
 
+#include "attnscope/atomic_file.h"
 #include "attnscope/output_checks.h"
 #include "attnscope/printable.h"
 #include "cli.h"
@@ -46,6 +47,7 @@ int run_split(const std::vector<std::string>& args, const GlobalOptions&) {
   if (!std::isfinite(o.val) || !std::isfinite(o.test)) fail("--val and --test must be numbers");
   check_not_an_input(out, data.resolved(), "--data");
   ensure_writable_folder(out);
+  remove_dead_temporaries(out);  // what a killed run left beside it
   check_replaces_only_its_own(out, "--out", "a CSV written by attnscope split", [&] {
     const auto head = file_head(out, 64);
     // (Also saved again with CRLF line ends.)
