@@ -1,6 +1,7 @@
 #include "pipeline/vision/results.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include <numeric>
 #include <set>
 #include <tuple>
+#include <vector>
 
 #include <libdeflate.h>
 #include <torch/torch.h>
@@ -495,11 +497,49 @@ void close_checked(h5::Handle& file, const std::string& shown) {
   h5::check_h5(H5Fclose(file.release()) >= 0, shown, "cannot close");
 }
 
-// Copies a file (replacing `to`); throws Error naming `shown`.
+// Copies a file (replacing `to`, which is scaffolding: a replica or a staging name); throws
+// Error naming `shown` with the system's reason. read/write, not std::filesystem::copy_file,
+// whose short sendfile turns "File too large" and "No space left on device" into EIO.
 void copy_checked(const std::string& from, const std::string& to, const std::string& shown) {
-  std::error_code ec;
-  std::filesystem::copy_file(from, to, std::filesystem::copy_options::overwrite_existing, ec);
-  check(!ec, shown, "cannot copy to ", to, ": ", ec.message());
+  const auto fail = [&](const char* what, int err) {
+    check(false, shown, "cannot copy its committed state (", what, ": ", std::strerror(err), ")");
+  };
+  const int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+  if (in < 0) fail("open", errno);
+  struct stat st {};
+  const mode_t mode = ::fstat(in, &st) == 0 ? (st.st_mode & 0777) : 0644;
+  ::unlink(to.c_str());  // a reader may hold the old inode: a new one
+  const int out = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  if (out < 0) {
+    const int err = errno;
+    ::close(in);
+    fail("create", err);
+  }
+  std::vector<char> buffer(1 << 20);
+  for (;;) {
+    const ssize_t n = ::read(in, buffer.data(), buffer.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(in);
+      ::close(out);
+      fail("read", err);
+    }
+    if (n == 0) break;
+    for (ssize_t done = 0; done < n;) {
+      const ssize_t w = ::write(out, buffer.data() + done, static_cast<std::size_t>(n - done));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        const int err = w < 0 ? errno : ENOSPC;
+        ::close(in);
+        ::close(out);
+        fail("write", err);
+      }
+      done += w;
+    }
+  }
+  ::close(in);
+  if (::close(out) != 0) fail("close", errno);
 }
 
 void sync_path(const std::string& path, const std::string& shown) {
@@ -947,13 +987,13 @@ std::map<std::string, std::string> ResultsWriter::stored() const {
   // The committed state (path, or its trimmed copy right after resume).
   h5::Handle file(H5Fopen(s_->replicas[static_cast<std::size_t>(s_->committed)].path.c_str(),
                           H5F_ACC_RDONLY, H5P_DEFAULT));
-  h5::check_h5(file.valid(), s_->path, "cannot open to read the stored ids");
+  h5::check_h5(file.valid(), s_->shown, "cannot open to read the stored ids");
   const auto& r = s_->replicas[static_cast<std::size_t>(s_->committed)];
   std::map<std::string, std::string> paths;
   for (const auto& [ids, sources, rows] : {std::tuple{"images/id", "images/source_path", r.rows},
                                            std::tuple{"errors/id", "errors/path", r.errors}}) {
-    const auto id = read_string_rows(file.get(), ids, s_->path, rows);
-    auto source = read_string_rows(file.get(), sources, s_->path, rows);
+    const auto id = read_string_rows(file.get(), ids, s_->shown, rows);
+    auto source = read_string_rows(file.get(), sources, s_->shown, rows);
     for (std::size_t i = 0; i < id.size() && i < source.size(); ++i)
       paths.emplace(id[i], std::move(source[i]));
   }
@@ -978,9 +1018,10 @@ std::string ResultsWriter::attribute(const std::string& name) const {
     if (a != op->attributes.end()) return a->second;
   }
   h5::Handle file(H5Fopen(s_->path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
-  h5::check_h5(file.valid(), s_->path, "cannot open to read an attribute");
-  return h5::has_attribute(file.get(), name) ? h5::read_string_attribute(file.get(), name, s_->path)
-                                             : std::string();
+  h5::check_h5(file.valid(), s_->shown, "cannot open to read an attribute");
+  return h5::has_attribute(file.get(), name)
+             ? h5::read_string_attribute(file.get(), name, s_->shown)
+             : std::string();
 }
 
 void ResultsWriter::set_attribute(const std::string& name, const std::string& value) {
@@ -992,7 +1033,7 @@ void ResultsWriter::append(const ResultRows& rows, const std::vector<ResultError
 }
 
 void ResultsWriter::finish(const std::string& finished_at) {
-  check(!s_->finished, s_->path, "finished twice");
+  check(!s_->finished, s_->shown, "finished twice");
   set_attribute("finished_at", finished_at);
   s_->push({}, {});
   s_->finished = true;

@@ -200,6 +200,9 @@ void write_checkpoint(const std::string& path, const models::vision::ImageClassi
       h5::write_tensor(group.get(), "_timing", text_tensor(join_lines(state->timing)), path);
     });
   } catch (const Error& e) {
+    // Named once: "best.h5:/layer: cannot write the checkpoint: cannot write dataset (...)".
+    if (e.subject().rfind(path, 0) == 0)
+      throw Error(e.subject(), concat("cannot write the checkpoint: ", e.message()));
     throw Error(path, concat("cannot write the checkpoint: ", e.what()));
   }
 }

@@ -1211,6 +1211,10 @@ TEST(CliClassify, FullDiskFailsClearlyAndKeepsThePreviousResults) {
   const auto resumed = test::run_with_file_size_limit(base + " --resume", 40 * 1024);
   EXPECT_NE(resumed.status, 0) << resumed.output;
   EXPECT_EQ(resumed.signal, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("error: " + (dir / "run/results.h5")), std::string::npos)
+      << resumed.output;
+  EXPECT_NE(resumed.output.find("File too large"), std::string::npos) << resumed.output;
+  EXPECT_EQ(resumed.output.find("replica"), std::string::npos) << resumed.output;
   EXPECT_EQ(pipeline::read_results(dir / "run/results.h5").ids, before.ids);
   // A fresh run on a full disk also fails with a message, not a crash.
   const auto fresh =
