@@ -323,12 +323,8 @@ void check_master_addr(const DistributedConfig& c) {
   }
 }
 
-}  // namespace
-
 // How long a rank that stops before the group forms waits for the store, and rank 0 keeps
 // its store up for the others to hear of it.
-namespace {
-
 constexpr milliseconds kAnnounceBound{30000};
 
 // Every rank adds 1 to "told" when it has heard of a failure before the group formed (or said

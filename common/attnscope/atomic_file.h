@@ -145,6 +145,8 @@ inline void remove_temporaries_on_signals() {
 inline int remove_dead_temporaries(const std::string& path) {
   namespace fs = std::filesystem;
   const fs::path target(path);
+  const auto file = target.filename().string();
+  if (file.empty() || file == "." || file == "..") return 0;  // no file's name: nothing of its
   const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
   const std::string tail = atomic_file_detail::temporary_tail(target);
   int removed = 0;

@@ -504,18 +504,21 @@ void copy_checked(const std::string& from, const std::string& to, const std::str
   const auto fail = [&](const char* what, int err) {
     check(false, shown, "cannot copy its committed state (", what, ": ", std::strerror(err), ")");
   };
+  std::vector<char> buffer(1 << 20);  // before any descriptor: a bad_alloc leaks none
   const int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
   if (in < 0) fail("open", errno);
   struct stat st {};
-  const mode_t mode = ::fstat(in, &st) == 0 ? (st.st_mode & 0777) : 0644;
+  const bool stated = ::fstat(in, &st) == 0;
   ::unlink(to.c_str());  // a reader may hold the old inode: a new one
-  const int out = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  const int out = ::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  // The source's permission bits exactly (as copy_file kept them: fchmod ignores the umask), so
+  // that a results.h5 shared with a group stays so when a replica takes its name; best effort.
+  if (out >= 0 && stated) (void)::fchmod(out, st.st_mode & 07777);
   if (out < 0) {
     const int err = errno;
     ::close(in);
     fail("create", err);
   }
-  std::vector<char> buffer(1 << 20);
   for (;;) {
     const ssize_t n = ::read(in, buffer.data(), buffer.size());
     if (n < 0 && errno == EINTR) continue;

@@ -201,7 +201,8 @@ void write_checkpoint(const std::string& path, const models::vision::ImageClassi
     });
   } catch (const Error& e) {
     // Named once: "best.h5:/layer: cannot write the checkpoint: cannot write dataset (...)".
-    if (e.subject().rfind(path, 0) == 0)
+    const auto& subject = e.subject();
+    if (subject == path || subject.rfind(path + ":/", 0) == 0)
       throw Error(e.subject(), concat("cannot write the checkpoint: ", e.message()));
     throw Error(path, concat("cannot write the checkpoint: ", e.what()));
   }

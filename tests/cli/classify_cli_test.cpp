@@ -1237,9 +1237,23 @@ TEST(CliClassify, ResumeSaysWhichIdsCameFromAnotherFile) {
       exe() + " classify --model " + q(model) + " --threads 1 --out " + q(dir / "run");
   const auto first = test::run_process(base + " --input " + q(images + "/images"));
   ASSERT_EQ(first.status, 0) << first.output;
+  // (A results.h5 shared with a group keeps its permission bits when --resume replaces it by
+  // a replica copied from it, whatever the umask.)
+  const auto h5 = dir / "run/results.h5";
+  fs::permissions(h5, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                          fs::perms::group_write | fs::perms::others_read);
+  struct stat before {};
+  ASSERT_EQ(::stat(h5.c_str(), &before), 0);
   // The same files spelled otherwise are the same files: no warning.
-  const auto same = test::run_process(base + " --input " + q(images + "/./images") + " --resume");
+  const auto same = test::run_process("umask 077 && " + base + " --input " +
+                                      q(images + "/./images") + " --resume");
   ASSERT_EQ(same.status, 0) << same.output;
+  struct stat after {};
+  ASSERT_EQ(::stat(h5.c_str(), &after), 0);
+  EXPECT_NE(after.st_ino, before.st_ino) << "--resume replaced the file by a replica";
+  EXPECT_EQ(fs::status(h5).permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                fs::perms::group_write | fs::perms::others_read);
   EXPECT_EQ(same.output.find("from another file"), std::string::npos) << same.output;
   const auto moved = test::run_process(base + " --input " + q(dir / "copy") + " --resume");
   ASSERT_EQ(moved.status, 0) << moved.output;

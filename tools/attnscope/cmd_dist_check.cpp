@@ -329,11 +329,7 @@ int run_dist_check_or_announce(const std::vector<std::string>& args, const Globa
   try {
     return run_dist_check(args, announce);
   } catch (const std::exception&) {
-    if (!announce) throw;
-    std::string line;
-    const int status = report_error(std::current_exception(), &line);
-    pipeline::DistributedGroup::announce_failure(*announce, line, status);
-    throw ReportedError(status);
+    DistributedFlags::announce_current_error(announce);
   }
 }
 

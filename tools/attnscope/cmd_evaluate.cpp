@@ -112,7 +112,6 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
     std::error_code ec;
     check(!std::filesystem::is_directory(dest, ec), dest, "is a folder; give a file name");
     ensure_writable_folder(dest);
-    remove_dead_temporaries(dest);  // what a killed run left beside it
   }
   // Each replaces only a file of its own kind (a checkpoint or ground truth given by mistake
   // was replaced without a word).
@@ -125,6 +124,8 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
     check_replaces_only_its_own(
         predictions, "--predictions", "a predictions CSV written by attnscope evaluate",
         [&] { return file_head(predictions, 64).rfind("image_id,path,label,predicted", 0) == 0; });
+  for (const auto& dest : {out, predictions})
+    if (!dest.empty()) remove_dead_temporaries(dest);  // what a killed run left beside it
 
   std::cerr << runtime::precision_warning(o.precision, o.device);
   const auto loaded = pipeline::load_image_classifier(model_path);

@@ -310,7 +310,6 @@ int run_train(const std::vector<std::string>& args) {
   const std::string out_dir = vm["out"].as<std::string>();
   ensure_writable_output_folder(out_dir);
   check_replaceable_file((fs::path(out_dir) / "model.h5").string());  // before the training
-  remove_dead_temporaries((fs::path(out_dir) / "model.h5").string());  // a killed run's
   const double dropout = vm["dropout"].as<double>();
   if (dropout < 0 || dropout >= 1) throw UsageError("--dropout must be in [0, 1)", usage);
   const double smoothing = vm["label-smoothing"].as<double>();
@@ -456,6 +455,7 @@ int run_train(const std::vector<std::string>& args) {
   // run given the same --out stops here instead of replacing the first's model when it ends.
   fs::create_directories(out_dir);
   const FolderLock folder_lock(out_dir, "wait for it to end or choose another --out");
+  remove_dead_temporaries((fs::path(out_dir) / "model.h5").string());  // a killed run's
   std::cerr << "training " << name << " on " << spec << ": " << encoded.sources.size()
             << " pairs, vocabularies " << source_vocab.size() << "/" << target_vocab.size() << ", "
             << bundle.model->parameters().size() << " tensors\n";
@@ -577,12 +577,12 @@ int run_translate(const std::vector<std::string>& args) {
     check(!fs::is_directory(alignments), alignments, "--alignments is a folder; give a file");
     check_replaceable_file(alignments);  // /dev/full, a FIFO: before every sentence is translated
     ensure_writable_folder(alignments);
-    remove_dead_temporaries(alignments);  // what a killed run left beside it
     // A checkpoint, an image cache or a CSV given by mistake was replaced without a word.
     check_replaces_only_its_own(alignments, "--alignments",
                                 "an alignments file written by "
                                 "attnscope seq2seq translate",
                                 [&] { return pipeline::is_alignments_file(alignments); });
+    remove_dead_temporaries(alignments);  // what a killed run left beside it
   }
   if (!png_dir.empty()) {
     check(!fs::exists(png_dir) || fs::is_directory(png_dir), png_dir,

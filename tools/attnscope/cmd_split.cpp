@@ -47,7 +47,6 @@ int run_split(const std::vector<std::string>& args, const GlobalOptions&) {
   if (!std::isfinite(o.val) || !std::isfinite(o.test)) fail("--val and --test must be numbers");
   check_not_an_input(out, data.resolved(), "--data");
   ensure_writable_folder(out);
-  remove_dead_temporaries(out);  // what a killed run left beside it
   check_replaces_only_its_own(out, "--out", "a CSV written by attnscope split", [&] {
     const auto head = file_head(out, 64);
     // (Also saved again with CRLF line ends.)
@@ -56,6 +55,7 @@ int run_split(const std::vector<std::string>& args, const GlobalOptions&) {
         if (head.rfind(std::string(header) + end, 0) == 0) return true;
     return false;
   });
+  remove_dead_temporaries(out);  // what a killed run left beside it
   const auto ds = data.read(usage_text(usage, desc));
   check(!ds.samples.empty(), data.data, "no samples to split");
   if (folds > static_cast<int>(ds.samples.size()))

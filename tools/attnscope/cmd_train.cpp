@@ -978,12 +978,7 @@ int run_train_or_resume(const std::vector<std::string>& given_args, const Global
           concat("provenance.args: ", e.what(), " (in the command line stored with the run)"));
     }
   } catch (const std::exception&) {
-    if (!announce) throw;
-    // The line first (the others may take a while to hear), then the others are told.
-    std::string line;
-    const int status = report_error(std::current_exception(), &line);
-    pipeline::DistributedGroup::announce_failure(*announce, line, status);
-    throw ReportedError(status);
+    DistributedFlags::announce_current_error(announce);
   }
 }
 

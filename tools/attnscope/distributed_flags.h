@@ -64,6 +64,20 @@ struct DistributedFlags {
     return std::nullopt;
   }
 
+  /// Called inside a catch block of a rank that has not joined the group: rethrows the error
+  /// when `announce` is empty (one process, or no world yet); else prints its line, tells the
+  /// other ranks through the store (they stop at once with its reason instead of waiting out
+  /// --dist-timeout) and throws ReportedError with its status.
+  [[noreturn]] static void announce_current_error(
+      const std::optional<pipeline::DistributedConfig>& announce) {
+    if (!announce) throw;
+    // The line first (the others may take a while to hear), then the others are told.
+    std::string line;
+    const int status = report_error(std::current_exception(), &line);
+    pipeline::DistributedGroup::announce_failure(*announce, line, status);
+    throw ReportedError(status);
+  }
+
   /// The launcher's variables (torchrun, Slurm, GLOO_SOCKET_IFNAME) read from the
   /// environment, plus these flags; prints the warning line of variables set but not used.
   pipeline::DistributedConfig config() const {
