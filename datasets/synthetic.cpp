@@ -320,6 +320,15 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
   fs::create_directories(fs::path(dir) / "masks", ec);
   check(fs::is_directory(fs::path(dir) / "images") && fs::is_directory(fs::path(dir) / "masks"),
         dir, "cannot create the output folders");
+  // What a killed run left beside the outputs (a dead process's, not written for 10 minutes):
+  // images/ and masks/ synth_<index>.png, labels.csv.
+  for (const char* sub : {"images", "masks"})
+    remove_dead_temporaries_in((fs::path(dir) / sub).string(), [](const std::string& name) {
+      return name.size() >= 16 && name.rfind("synth_", 0) == 0 &&
+             name.compare(name.size() - 4, 4, ".png") == 0 &&
+             name.find_first_not_of("0123456789", 6) == name.size() - 4;
+    });
+  remove_dead_temporaries(labels_path.string());
 
   struct Row {
     int64_t label = 0;

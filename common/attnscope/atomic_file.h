@@ -136,6 +136,38 @@ inline void remove_temporaries_on_signals() {
   }
 }
 
+namespace atomic_file_detail {
+// "<pid>-<n>" as AtomicFile writes it (digits, no sign, no leading zero): the pid, or 0.
+inline long long temporary_pid(const std::string& middle) {
+  const auto dash = middle.find('-');
+  const auto digits = [](const std::string& t) {
+    return !t.empty() && t.size() <= 18 && (t[0] != '0' || t.size() == 1) &&
+           t.find_first_not_of("0123456789") == std::string::npos;
+  };
+  if (dash == std::string::npos || !digits(middle.substr(0, dash)) ||
+      !digits(middle.substr(dash + 1)))
+    return 0;
+  const long long pid = std::stoll(middle.substr(0, dash));
+  return pid > 0 && pid <= std::numeric_limits<pid_t>::max() ? pid : 0;
+}
+
+// Removes the temporary `entry` of process `pid` when that process is dead, the entry is a
+// regular file (as AtomicFile makes: not a folder, not a link) and it was not written for 10
+// minutes. Returns whether it was removed.
+inline bool remove_if_dead(const std::filesystem::directory_entry& entry, long long pid) {
+  namespace fs = std::filesystem;
+  if (pid <= 0 || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM) return false;
+  std::error_code type_ec;
+  if (!fs::is_regular_file(entry.symlink_status(type_ec)) || type_ec) return false;
+  std::error_code time_ec;
+  const auto written = fs::last_write_time(entry.path(), time_ec);
+  if (time_ec || fs::file_time_type::clock::now() - written < std::chrono::minutes(10))
+    return false;
+  std::error_code rm;
+  return fs::remove(entry.path(), rm);
+}
+}  // namespace atomic_file_detail
+
 /// Removes the temporary files `.<name>.<pid>-<n>.tmp<ext>` beside `path` (AtomicFile's) whose
 /// process is no longer alive and that were not written for 10 minutes: what a SIGKILL or a
 /// power cut left. A command that replaces `path` calls it before it writes. A live process's
@@ -163,26 +195,40 @@ inline int remove_dead_temporaries(const std::string& path) {
         body.compare(1, dot - 1, atomic_file_detail::temporary_head(target, name.size() - dot)) !=
             0)
       continue;
-    const auto middle = body.substr(dot + 1);  // <pid>-<n>, digits only
-    const auto dash = middle.find('-');
-    // As AtomicFile writes them: no sign, no leading zero.
-    const auto digits = [](const std::string& t) {
-      return !t.empty() && t.size() <= 18 && (t[0] != '0' || t.size() == 1) &&
-             t.find_first_not_of("0123456789") == std::string::npos;
-    };
-    if (dash == std::string::npos || !digits(middle.substr(0, dash)) ||
-        !digits(middle.substr(dash + 1)))
-      continue;
-    const long long pid = std::stoll(middle.substr(0, dash));
-    if (pid <= 0 || pid > std::numeric_limits<pid_t>::max()) continue;
-    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM) continue;  // alive
-    std::error_code type_ec;  // a regular file, as AtomicFile makes (not a folder, not a link)
-    if (!fs::is_regular_file(it->symlink_status(type_ec)) || type_ec) continue;
-    std::error_code time_ec;
-    const auto written = fs::last_write_time(it->path(), time_ec);
-    if (time_ec || fs::file_time_type::clock::now() - written < std::chrono::minutes(10)) continue;
-    std::error_code rm;
-    if (fs::remove(it->path(), rm)) ++removed;
+    if (atomic_file_detail::remove_if_dead(*it,
+                                           atomic_file_detail::temporary_pid(body.substr(dot + 1))))
+      ++removed;
+  }
+  return removed;
+}
+
+/// As remove_dead_temporaries, in one pass over `dir`, for every output whose file name
+/// `is_output` accepts: for commands that write many files into a folder (synth, preprocess,
+/// translate's heatmaps), where a pass per output would read the folder once per file. Only
+/// names short enough to stand whole in a temporary's name (below 200 bytes) are matched.
+template <class IsOutput>
+int remove_dead_temporaries_in(const std::string& dir, const IsOutput& is_output) {
+  namespace fs = std::filesystem;
+  int removed = 0;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir.empty() ? "." : dir, ec), end; !ec && it != end;
+       it.increment(ec)) {
+    const auto name = it->path().filename().string();
+    if (name.size() < 2 || name[0] != '.') continue;
+    // ".<name>.<pid>-<n>.tmp<ext>": each ".tmp" may start the tail (a name may hold ".tmp")
+    for (auto at = name.find(".tmp", 1); at != std::string::npos; at = name.find(".tmp", at + 1)) {
+      const auto dot = name.rfind('.', at - 1);
+      if (dot == std::string::npos || dot < 2) continue;
+      const auto target = name.substr(1, dot - 1);
+      if (target.size() >= 200 ||
+          name.compare(at, std::string::npos, atomic_file_detail::temporary_tail(target)) != 0 ||
+          !is_output(target))
+        continue;
+      if (atomic_file_detail::remove_if_dead(
+              *it, atomic_file_detail::temporary_pid(name.substr(dot + 1, at - dot - 1))))
+        ++removed;
+      break;
+    }
   }
   return removed;
 }

@@ -485,10 +485,11 @@ TEST(CliFault, SplitWithAnEmptyPartIsRefused) {
 }
 
 // What a killed run left beside an output (AtomicFile's temporaries of a dead process, not
-// written for 10 minutes) is removed by the next run (split and seq2seq train here, report in
-// report_cli_test.cpp; merge, evaluate and translate --alignments call the same
-// remove_dead_temporaries); a recent one and a live process's stay (they may be another run's).
-TEST(CliFault, SplitAndSeq2SeqRemoveDeadTemporariesBesideTheirOutput) {
+// written for 10 minutes) is removed by the next run (split, seq2seq train, translate
+// --alignment-png, synth and preprocess here, report in report_cli_test.cpp; merge, evaluate
+// and translate --alignments call the same remove_dead_temporaries); a recent one and a live
+// process's stay (they may be another run's).
+TEST(CliFault, CommandsRemoveDeadTemporariesBesideTheirOutputs) {
   test::TempDir dir;
   synth(dir, 20, 32);
   const auto out = dir.path() / "s.csv";
@@ -511,6 +512,41 @@ TEST(CliFault, SplitAndSeq2SeqRemoveDeadTemporariesBesideTheirOutput) {
   EXPECT_FALSE(fs::exists(beside[0]));
   EXPECT_TRUE(fs::exists(beside[1]));
   EXPECT_TRUE(fs::exists(beside[2]));
+  // Commands that write a folder of files clean it in one pass, for each name they write
+  // (atomic_file.h, remove_dead_temporaries_in): translate's heatmaps, synth's images, masks
+  // and labels.csv, preprocess's images; another name's temporary stays.
+  const auto heatmaps = dir.path() / "png";
+  fs::create_directories(heatmaps);
+  fs::create_directories(dir.path() / "pre");
+  std::vector<std::array<fs::path, 3>> groups{
+      test::plant_temporaries(heatmaps / "000001.png"),
+      test::plant_temporaries(dir.path() / "images/synth_000003.png"),
+      test::plant_temporaries(dir.path() / "masks/synth_000019.png"),
+      test::plant_temporaries(dir.path() / "labels.csv"),
+      test::plant_temporaries(dir.path() / "pre/synth_000002.png")};
+  const auto unrelated = {test::plant_temporaries(heatmaps / "1.png")[0],
+                          test::plant_temporaries(dir.path() / "images/photo.png")[0],
+                          test::plant_temporaries(dir.path() / "pre/synth_000002.jpg")[0]};
+  for (const auto& cmd : {" --threads 1 seq2seq translate --model " + model.string() +
+                              " --alignment-png " + heatmaps.string() + " abc abd",
+                          " synth --out " + dir.path().string() + " --count 20 --size 32",
+                          " preprocess --input " + (dir.path() / "images").string() + " --out " +
+                              (dir.path() / "pre").string()}) {
+    const auto run = test::run_process(exe() + cmd);
+    ASSERT_EQ(run.status, 0) << cmd << "\n" << run.output;
+    // The temporaries planted in images/ are hidden files: no inputs of preprocess.
+    if (cmd.find(" preprocess ") != std::string::npos)
+      EXPECT_NE(run.output.find("preprocessed 20 of 20 images"), std::string::npos) << run.output;
+  }
+  for (const auto& planted_here : groups) {
+    EXPECT_FALSE(fs::exists(planted_here[0])) << planted_here[0];
+    EXPECT_TRUE(fs::exists(planted_here[1])) << planted_here[1];
+    EXPECT_TRUE(fs::exists(planted_here[2])) << planted_here[2];
+  }
+  for (const auto& other : unrelated)
+    EXPECT_TRUE(fs::exists(other)) << other;
+  EXPECT_TRUE(fs::exists(heatmaps / "000001.png"));
+  EXPECT_TRUE(fs::exists(dir.path() / "pre/synth_000002.png"));
 }
 
 // A kill at any moment leaves each command's output old or complete (SIGKILL, random moments).

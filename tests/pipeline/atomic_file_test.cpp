@@ -4,12 +4,15 @@
 #include <sys/resource.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <chrono>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -148,6 +151,52 @@ TEST_F(AtomicFileTest, DeadTemporariesAreFoundAlsoUnderCutNames) {
     EXPECT_EQ(test::read_text(target), "old");
     fs::remove(target);
     fs::remove(dir_ / ".other.h5.1-0.tmp.h5");
+  }
+}
+
+// The one-pass form for a folder of outputs finds the temporaries of every name the command
+// writes, also names that hold ".tmp" or have no extension, and no other file's; a live
+// process's and a recent one stay.
+TEST_F(AtomicFileTest, DeadTemporariesOfAFolderOfOutputsAreFoundInOnePass) {
+  const std::vector<std::string> outputs{"000001.png", "a.tmp", "a.tmp.png", "labels", "x.y.z"};
+  const std::vector<std::string> others{"000002.png", "b.tmp"};
+  std::vector<std::string> all = outputs;
+  all.insert(all.end(), others.begin(), others.end());
+  const pid_t pid = ::fork();  // writers killed after writing their temporaries
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::deque<AtomicFile> writers;  // alive at _exit: no destructor removes their files
+    for (const auto& name : all)
+      std::ofstream(writers.emplace_back((dir_ / name).string()).temp_path()) << "new";
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_EQ(entries(), all.size());
+  std::ofstream(dir_ / "000001.png") << "old";  // an output and unrelated dot files stay
+  std::ofstream(dir_ / ".hidden") << "x";
+  std::ofstream(dir_ / ".000001.png.1x-0.tmp.png") << "x";
+  const auto is_output = [&](const std::string& name) {
+    return std::find(outputs.begin(), outputs.end(), name) != outputs.end();
+  };
+  EXPECT_EQ(remove_dead_temporaries_in(dir_.string(), is_output), 0) << "written just now";
+  for (const auto& e : fs::directory_iterator(dir_))
+    fs::last_write_time(e.path(), fs::file_time_type::clock::now() - std::chrono::minutes(11));
+  const auto live = dir_ / (".labels." + std::to_string(::getpid()) + "-9.tmp");
+  std::ofstream(live) << "x";
+  fs::last_write_time(live, fs::file_time_type::clock::now() - std::chrono::minutes(11));
+  EXPECT_EQ(remove_dead_temporaries_in(dir_.string(), is_output), static_cast<int>(outputs.size()));
+  std::set<std::string> left;
+  for (const auto& e : fs::directory_iterator(dir_))
+    left.insert(e.path().filename().string());
+  EXPECT_EQ(left.size(), others.size() + 4) << "the others' temporaries, 000001.png, .hidden, "
+                                               "a malformed name and a live process's";
+  EXPECT_TRUE(left.count("000001.png") && left.count(".hidden") && left.count(live.filename()));
+  for (const auto& name : others) {
+    bool found = false;
+    for (const auto& l : left)
+      found = found || l.rfind("." + name + ".", 0) == 0;
+    EXPECT_TRUE(found) << name << "'s temporary was removed";
   }
 }
 

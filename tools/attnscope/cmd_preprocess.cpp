@@ -12,6 +12,7 @@
 
 #include <opencv2/imgproc.hpp>
 
+#include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
 #include "attnscope/output_checks.h"
 #include "attnscope/printable.h"
@@ -154,6 +155,9 @@ int run_preprocess(const std::vector<std::string>& args, const GlobalOptions&) {
       ++failed;
     }
     for (const auto& file : listing.files) {
+      // Hidden files (macOS's "._x.jpg" beside x.jpg, a running writer's ".x.png.<pid>-0.tmp.png")
+      // are no images, as in classify and the class folders.
+      if (file.filename().string().rfind('.', 0) == 0) continue;
       if (datasets::image_extension_rank(file) >= 0)
         files.push_back(file);
       else
@@ -206,6 +210,11 @@ int run_preprocess(const std::vector<std::string>& args, const GlobalOptions&) {
   ensure_writable_output_folder(out);
   fs::create_directories(out, ec);
   check(fs::is_directory(out), out, "cannot create the output folder");
+  // What a killed run left beside the outputs (a dead process's, not written for 10 minutes).
+  remove_dead_temporaries_in(out, [&](const std::string& name) {
+    return name.size() > 4 && name.compare(name.size() - 4, 4, ".png") == 0 &&
+           taken.count(name.substr(0, name.size() - 4)) > 0;
+  });
 
   const std::size_t failed_entries = failed;
   // An image written whose --steps strip was not (a full disk) counts as preprocessed; the

@@ -629,6 +629,12 @@ int run_translate(const std::vector<std::string>& args) {
                                   "an alignment heatmap written by attnscope seq2seq translate",
                                   [&] { return pipeline::is_alignment_png(path); });
     }
+  // What a killed run left beside the heatmaps NNNNNN.png (a dead process's, 10 minutes old).
+  if (!png_dir.empty())
+    remove_dead_temporaries_in(png_dir, [](const std::string& name) {
+      return name.size() >= 10 && name.compare(name.size() - 4, 4, ".png") == 0 &&
+             name.find_first_not_of("0123456789") == name.size() - 4;
+    });
   const auto translations =
       pipeline::translate(bundle, sources, decode, vm["batch-size"].as<int64_t>());
   int failed = 0, truncated = 0;
