@@ -646,6 +646,10 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
   todo.class_names = class_names;
   std::vector<int64_t> global_index;
   ClassifySummary summary;
+  // --faithfulness: images whose deletion or insertion curve held a non-finite score (a model
+  // giving NaN on the black substrate): their AUC is NaN, which reads as "does not apply".
+  int64_t unscored = 0, scored = 0;
+  std::string first_unscored;
   for (std::size_t i = 0; i < dataset.samples.size(); ++i) {
     if (static_cast<int64_t>(i) % o.num_shards != o.shard) continue;
     const auto& s = dataset.samples[i];
@@ -733,7 +737,9 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
               own_t.push_back(out.maps);
             }
           }
-          const auto logits = torch::stack(logits_t).mean(0);
+          // In double: the mean of 8 finite float32 logits near the largest float overflowed.
+          const auto logits =
+              torch::stack(logits_t).to(torch::kDouble).mean(0).to(logits_t.front().dtype());
           const auto finite = torch::isfinite(logits).all(1);
           if (!finite.all().item<bool>()) {
             const auto first = (~finite).nonzero()[0][0].item<int64_t>();
@@ -831,14 +837,24 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
                 values[name + "/pointing_game"].push_back(
                     masks ? static_cast<float>(pointing_game(up, mask)) : nan);
               };
+              bool finite_scores = true;
+              const auto rise = [&](const torch::Tensor& map) {
+                const auto r = rise_auc(score, image, map, ro);
+                finite_scores = finite_scores && std::isfinite(r.deletion_auc) &&
+                                std::isfinite(r.insertion_auc);
+                return r;
+              };
               for (const auto& m : maps) {
                 const auto map = rows.maps[m][b];
-                const auto r = rise_auc(score, image, map, ro);
+                const auto r = rise(map);
                 values[m + "/deletion_auc"].push_back(static_cast<float>(r.deletion_auc));
                 values[m + "/insertion_auc"].push_back(static_cast<float>(r.insertion_auc));
                 localise(m, upsample_maps(map.unsqueeze(0), H, W)[0]);
               }
-              const auto r = rise_auc(score, image, random_map(H, W, rows.ids[b]), ro);
+              const auto r = rise(random_map(H, W, rows.ids[b]));
+              ++scored;
+              if (!finite_scores && unscored++ == 0)
+                first_unscored = rows.paths[static_cast<std::size_t>(b)];
               values["random/deletion_auc"].push_back(static_cast<float>(r.deletion_auc));
               values["random/insertion_auc"].push_back(static_cast<float>(r.insertion_auc));
               localise("gaussian", gauss);
@@ -890,6 +906,13 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
   summary.classified = static_cast<int64_t>(results.ids.size());
   summary.failed = static_cast<int64_t>(results.errors.size());
   summary.written = {h5_path, pred_csv, err_csv};
+  if (unscored > 0 && o.warn)
+    o.warn(
+        concat("--faithfulness: the model's output is not finite (NaN or inf) on the deletion or "
+               "insertion images of ",
+               unscored, " of ", scored, " images (the first ", first_unscored,
+               "): their deletion and insertion AUC are stored as NaN, which reads as \"does not "
+               "apply\"; the model's weights overflow on such inputs"));
   // Metrics over every labelled row of the file (resumed rows included).
   std::vector<int64_t> labels;
   std::vector<int64_t> rows_labelled;

@@ -177,6 +177,17 @@ EvaluateResult evaluate_image_classifier(const LoadedImageClassifier& loaded,
       chunks.push_back(predict_probabilities(model, batch->images.to(device), result.temperature,
                                              options.tta, options.precision)
                            .to(torch::kCPU, torch::kDouble));
+      // Overflowing weights pass the checkpoint's NaN/inf check: named here, with the image,
+      // as classify names them (the metrics said "probability [0, 0] is -nan", naming neither).
+      const auto finite = torch::isfinite(chunks.back()).all(1);
+      if (!finite.all().item<bool>()) {
+        const auto first = (~finite).nonzero()[0][0].item<int64_t>();
+        throw Error(model_path,
+                    concat("gives non-finite outputs (NaN or inf) for ",
+                           source->sample(batch->indices[static_cast<std::size_t>(first)]).path,
+                           (options.precision == "bf16" ? " in bfloat16" : ""),
+                           ": the weights are damaged or overflow"));
+      }
       const auto labels = batch->labels.to(torch::kLong).contiguous();
       for (int64_t i = 0; i < batch->size(); ++i) {
         result.ids.push_back(batch->ids[i]);

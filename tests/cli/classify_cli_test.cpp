@@ -215,9 +215,12 @@ print('OK', n)
   EXPECT_EQ(reader.status, 0) << reader.output;
   EXPECT_NE(reader.output.find("prediction"), std::string::npos) << reader.output;
   EXPECT_NE(reader.output.find("map stage4"), std::string::npos) << reader.output;
-  if (reader.output.find("matplotlib not installed") == std::string::npos) {
-    EXPECT_EQ(cv::imread(png).rows, 64) << reader.output;
-  }
+  // matplotlib's jet, or OpenCV's where matplotlib is absent (as on Debian after bootstrap):
+  // a PNG of the preprocessed image's size.
+  const auto overlay = cv::imread(png);
+  ASSERT_EQ(overlay.rows, 64) << reader.output;
+  EXPECT_EQ(overlay.cols, 64) << reader.output;
+  EXPECT_NE(reader.output.find("wrote " + png), std::string::npos) << reader.output;
   // A second run refuses to truncate the first.
   const auto again = test::run_process(exe() + " classify --model " + q(model) + " --input " +
                                        q(images + "/images") + " --out " + q(out));
@@ -1026,6 +1029,42 @@ TEST(CliClassify, CraftedCheckpointsAndNonFiniteOutputsAreOneLineNamingThem) {
       " -c \"import h5py,sys; print(h5py.File(sys.argv[1],'r')['images/id'].shape[0])\" " +
       q(dir / "out_overflow/results.h5"));
   EXPECT_EQ(rows.output, "1\n") << rows.output;
+  // The grey image alone is finite, but the deletion curve's black substrate overflows (to
+  // +inf past the first convolution's negative weights, NaN after the next): its deletion AUC
+  // is NaN, which the file's readers take for "does not apply", so it is said.
+  const auto substrate = craft("substrate", [&](Meta& m, Model& model) {
+    m.preprocessing_config["normalize"] = {{"mean", {128.0 / 255, 128.0 / 255, 128.0 / 255}},
+                                           {"std", {1e-6, 1e-6, 1e-6}}};
+    torch::NoGradGuard no_grad;
+    model.named_parameters().begin()->value().fill_(-1e34);
+  });
+  const auto measured = test::run_process(
+      exe() + " classify --model " + q(substrate) + " --input " + q(grey) +
+      " --faithfulness --faithfulness-steps 4 --out " + q(dir / "out_substrate") + " 2>&1");
+  EXPECT_EQ(measured.status, 0) << measured.output;
+  EXPECT_NE(measured.output.find("warning: --faithfulness: the model's output is not finite (NaN "
+                                 "or inf) on the deletion or insertion images of 1 of 1 images "
+                                 "(the first " +
+                                 grey + ")"),
+            std::string::npos)
+      << measured.output;
+  const auto deletion =
+      test::run_process(test::python() +
+                        " -c \"import h5py,sys,numpy as np; f=h5py.File(sys.argv[1],'r'); "
+                        "print(bool(np.isnan(f['measures/random/deletion_auc'][0])))\" " +
+                        q(dir / "out_substrate/results.h5"));
+  EXPECT_EQ(deletion.output, "True\n") << deletion.output;
+  // evaluate names the checkpoint and the image as classify does (it said "metrics: probability
+  // [0, 0] is -nan", naming neither).
+  const auto evaluated = test::run_process(exe() + " evaluate --model " + q(overflowing) +
+                                           " --data " + q(images + "/labels.csv") + " 2>&1");
+  EXPECT_EQ(evaluated.status, 1) << evaluated.output;
+  EXPECT_EQ(evaluated.output.rfind("error: " + overflowing +
+                                       ": gives non-finite outputs (NaN or inf) for " + images +
+                                       "/images/synth_00000",
+                                   0),
+            0u)
+      << evaluated.output;
 
   fs::create_directories(dir / "empty");
   const auto none =
