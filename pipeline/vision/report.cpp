@@ -581,7 +581,11 @@ void sort_rows(std::vector<Row>& rows, const Results& r, const std::string& key)
         known += x.map + "/" + x.name + ", ";
       throw UnknownSortKey("--sort",
                            concat("unknown sort key '", excerpt(key, 200), "'; expected one of ",
-                                  known.substr(0, known.size() - 2)));
+                                  known.substr(0, known.size() - 2),
+                                  slash != std::string::npos && r.measures.empty()
+                                      ? " (this file holds no measures: MAP/MEASURE keys need "
+                                        "a classify run with --faithfulness)"
+                                      : ""));
     }
     const bool up = higher_is_better(m->name);  // worst first
     by([&](const Row& a, const Row& b) {
@@ -1090,9 +1094,15 @@ std::string render_report(const std::string& results_path, const ReportOptions& 
   if (options.top > 0 && static_cast<int64_t>(shown.size()) > options.top)
     shown.resize(static_cast<std::size_t>(options.top));
 
-  const std::string title = options.title.empty()
-                                ? "attnscope report: " + fs::path(results_path).filename().string()
-                                : options.title;
+  // By default the file's folder and name: every classify run writes results.h5, so its name
+  // alone gave every report the same title.
+  const auto folder = fs::path(results_path).parent_path().filename().string();
+  const std::string title =
+      !options.title.empty()
+          ? options.title
+          : concat("attnscope report: ",
+                   folder.empty() || folder == "." || folder == ".." ? std::string() : folder + "/",
+                   fs::path(results_path).filename().string());
 
   // Per-image JSON, images encoded one at a time so memory stays flat.
   std::vector<std::string> measure_keys;

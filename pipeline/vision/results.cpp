@@ -864,18 +864,32 @@ ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader
     std::set<std::string> writes;
     for (const auto& col : columns(layout))
       writes.insert(col.name);
+    // The option that writes a dataset, and the stored run's command line: the hint names what
+    // differs instead of every option that could.
+    const auto option_of = [](const std::string& name) -> std::string {
+      if (name.rfind("overlays/", 0) == 0) return "--overlays";
+      for (const char* masked : {"/mass_in_mask", "/jaccard", "/pointing_game"})
+        if (name.size() > std::strlen(masked) &&
+            name.compare(name.size() - std::strlen(masked), std::string::npos, masked) == 0)
+          return "--faithfulness and --masks";
+      return "--faithfulness";
+    };
+    const auto stored_command = attr("command_line");
+    const auto made_by = stored_command.empty() || stored_command == "<absent>"
+                             ? std::string()
+                             : concat("; its command line: ", excerpt(stored_command, 300));
     for (const char* group : {"overlays", "measures"}) {
       std::vector<std::string> stored;
       list_datasets(f, group, stored);
       for (const auto& name : stored)
         check(writes.count(name) != 0, path, "cannot resume: it stores /", name,
-              ", which this run does not write (resume with the options it was made with: "
-              "--overlays, --faithfulness, --masks)");
+              ", which this run does not write (it was made with ", option_of(name), made_by, ")");
       for (const auto& name : writes)
         check(name.rfind(std::string(group) + "/", 0) != 0 || h5::exists(f, name), path,
               "cannot resume: this run writes /", name,
-              ", which it does not store (resume with the options it was made with: "
-              "--overlays, --faithfulness, --masks)");
+              ", which it does not store (it was made "
+              "without ",
+              option_of(name), made_by, ")");
     }
     // Rows of the last complete batch: num_images, or the shortest dataset (files written by
     // attnscope before the replicas could hold a torn batch).
@@ -1289,8 +1303,8 @@ void create_like(hid_t in, hid_t out, const std::string& name, int64_t rows,
 
 }  // namespace
 
-void merge_results(const std::vector<std::string>& inputs, const std::string& out,
-                   const std::string& command_line) {
+std::vector<std::string> merge_results(const std::vector<std::string>& inputs,
+                                       const std::string& out, const std::string& command_line) {
   check(!inputs.empty(), "merge", "no input files");
   std::vector<ResultsFile> files;
   for (const auto& p : inputs)
@@ -1502,6 +1516,34 @@ void merge_results(const std::vector<std::string>& inputs, const std::string& ou
     close_checked(o, out);
   }
   target.commit();
+  // Shards "i/N" of one N that are not all there: the merged file lacks the others' images
+  // (classify --shard wrote each; a merged file's own shards are not known).
+  std::set<long long> shards;
+  long long of = 0;
+  for (const auto& f : files) {
+    const auto value = attr(f, "shard");
+    const auto slash = value.find('/');
+    if (slash == std::string::npos || slash == 0 || slash + 1 == value.size() ||
+        value.size() > 40 || value.find_first_not_of("0123456789/") != std::string::npos ||
+        value.find('/', slash + 1) != std::string::npos)
+      return {};
+    const long long n = std::stoll(value.substr(slash + 1));
+    if (of != 0 && n != of) return {};
+    const long long index = std::stoll(value.substr(0, slash));
+    if (index >= n) return {};
+    of = n;
+    shards.insert(index);
+  }
+  if (of <= 1 || static_cast<long long>(shards.size()) >= of) return {};
+  std::string missing;
+  int named = 0;
+  for (long long i = 0; i < of && named < 3; ++i)
+    if (!shards.count(i)) missing += concat(named++ ? ", " : "", i, "/", of);
+  const auto count = of - static_cast<long long>(shards.size());
+  return {concat(out, " holds ", shards.size(), " of ", of,
+                 " shards: ", count > 1 ? "shards " : "shard ", missing,
+                 count > 3 ? concat(" and ", count - 3, " more") : std::string(),
+                 count > 1 ? " are" : " is", " missing (merge every shard's results.h5)")};
 }
 
 }  // namespace attnscope::pipeline

@@ -146,9 +146,10 @@ std::string csv_field(const std::string& value);
 
 /// Joins results files into `out` (written through AtomicFile): rows and errors sorted by
 /// input index. Refuses (Error naming the file) a different schema version, model checksum or
-/// preprocessing, class names, maps or layout, and ids present in two files.
-void merge_results(const std::vector<std::string>& inputs, const std::string& out,
-                   const std::string& command_line);
+/// preprocessing, class names, maps or layout, and ids present in two files. Returns the
+/// warnings to say: shards of one `--shard i/N` run that are not all among the inputs.
+std::vector<std::string> merge_results(const std::vector<std::string>& inputs,
+                                       const std::string& out, const std::string& command_line);
 
 /// The values every reader of a results file relies on, over the first `rows` rows: labels
 /// (images/label) in -1..classes−1, predicted labels (predictions/label, any integer shape) in

@@ -497,6 +497,16 @@ TEST(CliClassify, TwoShardsMergedEqualOneRun) {
                                    q(dir / "s1/results.h5") + " --out " + q(dir / "m.h5"));
   ASSERT_EQ(m.status, 0) << m.output;
   EXPECT_EQ(compare(dir, dir / "one/results.h5", dir / "m.h5"), "OK\n");
+  EXPECT_EQ(m.output.find("warning"), std::string::npos) << m.output;
+  // One shard of two merged alone is said: half the images are missing.
+  const auto half = test::run_process(exe() + " merge " + q(dir / "s0/results.h5") + " --out " +
+                                      q(dir / "half.h5"));
+  EXPECT_EQ(half.status, 0) << half.output;
+  EXPECT_NE(half.output.find("warning: " + dir / "half.h5" +
+                             " holds 1 of 2 shards: shard 1/2 is missing (merge every shard's "
+                             "results.h5)"),
+            std::string::npos)
+      << half.output;
   // Overlapping shards are refused, naming the file.
   const auto twice = test::run_process(exe() + " merge " + q(dir / "s0/results.h5") + " " +
                                        q(dir / "s0/results.h5") + " --out " + q(dir / "x.h5"));
@@ -1321,9 +1331,9 @@ TEST(CliClassify, AThresholdForAModelOfThreeClassesIsSaidToDecideNothing) {
   meta.preprocessing_config = {{"steps", {{{"op", "resize"}, {"size", 64}}}}};
   pipeline::save_image_classifier(path, *model, models::vision::resolve_image_config(config), meta);
   const auto images = make_images(dir, 3);
-  const auto r = test::run_process(
-      exe() + " classify --model " + q(path) + " --input " + q(images + "/images") +
-      " --threshold 0.3 --maps stage4,gradcam --out " + q(dir / "out"));
+  const auto r = test::run_process(exe() + " classify --model " + q(path) + " --input " +
+                                   q(images + "/images") + " --threshold 0.3 --maps " +
+                                   q("stage4, gradcam") + " --out " + q(dir / "out"));
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("warning: --threshold is for binary models; " + path +
                           " has 3 classes, and each image's class is its most probable one\n"),
@@ -1334,8 +1344,17 @@ TEST(CliClassify, AThresholdForAModelOfThreeClassesIsSaidToDecideNothing) {
       "','r'); print(bool((f['predictions/label'][:]==f['predictions/probability'][:]"
       ".argmax(1)).all()), f.attrs['threshold'], f.attrs['maps'])\"");
   // Nor is it recorded: the file's threshold is the rule its labels follow (null: arg-max).
-  // (--maps a,b names two maps, as --maps a b does.)
+  // (--maps "a, b" quoted as one word names two maps, as --maps a,b and --maps a b do.)
   EXPECT_EQ(argmax.output, "True null [\"stage4\",\"gradcam\"]\n");
+  for (const char* empty : {"stage4,,gradcam", "stage4, ", ","}) {
+    const auto refused = test::run_process(exe() + " classify --model " + q(path) + " --input " +
+                                           q(images + "/images") + " --maps " + q(empty) +
+                                           " --out " + q(dir / "out_empty") + " 2>&1");
+    EXPECT_EQ(refused.status, 2) << empty << refused.output;
+    EXPECT_NE(refused.output.find("--maps has an empty name (a comma too many?)"),
+              std::string::npos)
+        << refused.output;
+  }
   // A file of an earlier build stored the threshold: --resume and merge with a file of this
   // build were refused over it ("its threshold differs"), though it decided nothing.
   const auto shard = [&](int i, const std::string& more) {
@@ -1456,12 +1475,19 @@ TEST(CliClassify, ResumeWithOtherOverlaysOrMeasuresIsRefused) {
   const auto base = exe() + " classify --model " + q(model) + " --input " +
                     q(images + "/images") + " --threads 1 --faithfulness-steps 2";
   int case_number = 0;
-  for (const auto& [stored, now, says] :
-       std::vector<std::tuple<std::string, std::string, std::string>>{
-           {" --overlays", "", "it stores /overlays/"},
-           {"", " --overlays", "this run writes /overlays/"},
-           {" --faithfulness", "", "it stores /measures/"},
-           {"", " --faithfulness", "its faithfulness differs"}}) {
+  // The hint names the option that differs and the stored run's command line.
+  for (const auto& [stored, now, says, hint] :
+       std::vector<std::tuple<std::string, std::string, std::string, std::string>>{
+           {" --overlays", "", "it stores /overlays/",
+            "(it was made with --overlays; its "
+            "command line: "},
+           {"", " --overlays", "this run writes /overlays/",
+            "(it was made without --overlays; "
+            "its command line: "},
+           {" --faithfulness", "", "it stores /measures/",
+            "(it was made with --faithfulness; "
+            "its command line: "},
+           {"", " --faithfulness", "its faithfulness differs", ""}}) {
     const auto out = dir / ("run" + std::to_string(case_number++));
     const auto first = test::run_process(base + stored + " --out " + q(out));
     ASSERT_EQ(first.status, 0) << first.output;
@@ -1469,6 +1495,8 @@ TEST(CliClassify, ResumeWithOtherOverlaysOrMeasuresIsRefused) {
     const auto r = test::run_process(base + now + " --resume --out " + q(out));
     EXPECT_EQ(r.status, 1) << r.output;
     EXPECT_NE(r.output.find("cannot resume: " + says), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(hint), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("--masks"), std::string::npos) << r.output;
     EXPECT_EQ(read_bytes(out + "/results.h5"), before) << stored << now;
   }
 }

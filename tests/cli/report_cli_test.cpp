@@ -67,6 +67,11 @@ TEST(CliReport, ChromiumShowsEveryCardAndTheNumbersOfTheResultsFile) {
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("report: 30 of 30 images, 3 failed inputs"), std::string::npos)
       << r.output;
+  // The default title names the run's folder too (every classify run writes results.h5).
+  EXPECT_NE(test::read_text(dir / "report.html")
+                .find("<title>attnscope report: " + dir.path().filename().string() +
+                      "/results.h5</title>"),
+            std::string::npos);
   const auto dom = chromium(dir, "--dump-dom", dir / "report.html");
   ASSERT_EQ(dom.status, 0) << dom.output;
   ASSERT_NE(dom.output.find("data-ready=\"1\""), std::string::npos)
@@ -162,6 +167,18 @@ TEST(CliReport, TopAndSortKeepTheWorstImages) {
   EXPECT_EQ(bad.status, 2) << bad.output;
   EXPECT_NE(bad.output.find("unknown sort key 'stage3/nonsense'"), std::string::npos) << bad.output;
   EXPECT_NE(bad.output.find("stage3/mass_in_mask"), std::string::npos) << bad.output;
+  EXPECT_EQ(bad.output.find("holds no measures"), std::string::npos) << bad.output;
+  EXPECT_FALSE(fs::exists(dir / "x.html"));
+  // A file without measures says what makes them.
+  make_fixture(dir / "plain.h5", "--n 3 --errors 0 --seed 2");
+  const auto none =
+      test::run_process(exe() + " report --results " + (dir / "plain.h5") + " --out " +
+                        (dir / "x.html") + " --sort gaussian/mass_in_mask");
+  EXPECT_EQ(none.status, 2) << none.output;
+  EXPECT_NE(none.output.find("(this file holds no measures: MAP/MEASURE keys need a classify run "
+                             "with --faithfulness)"),
+            std::string::npos)
+      << none.output;
   EXPECT_FALSE(fs::exists(dir / "x.html"));
 }
 

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <sstream>
 
 #include "attnscope/error.h"
 #include "attnscope/output_checks.h"
@@ -161,17 +162,24 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
     fail("--precision must be fp32 or bf16, got '" + o.precision + "'");
   o.decode_reduce_to = read_decode_reduce_to(vm, usage_text(usage, desc));
   if (o.out_dir.empty()) fail("--out must name a folder");
-  // `--maps a b` or `--maps a,b` (as --mask-loss lists its weights): both name two maps.
+  // `--maps a b`, `--maps a,b` (as --mask-loss lists its weights), and `--maps "a b"` or
+  // `--maps "a, b"` quoted as one word: each names two maps.
   {
     std::vector<std::string> split;
     for (const auto& m : maps) {
       std::size_t start = 0;
-      for (std::size_t comma; (comma = m.find(',', start)) != std::string::npos; start = comma + 1)
-        split.push_back(m.substr(start, comma - start));
-      split.push_back(m.substr(start));
+      for (bool last = false; !last;) {
+        auto comma = m.find(',', start);
+        last = comma == std::string::npos;
+        if (last) comma = m.size();
+        std::istringstream words(m.substr(start, comma - start));
+        std::size_t found = 0;
+        for (std::string w; words >> w; ++found)
+          split.push_back(w);
+        if (found == 0) fail("--maps has an empty name (a comma too many?)");
+        start = comma + 1;
+      }
     }
-    for (const auto& m : split)
-      if (m.empty()) fail("--maps has an empty name (a comma too many?)");
     maps = std::move(split);
   }
   for (std::size_t i = 0; i < maps.size(); ++i)

@@ -6,6 +6,7 @@
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
 #include "attnscope/output_checks.h"
+#include "attnscope/printable.h"
 #include "cli.h"
 #include "pipeline/vision/results.h"
 
@@ -54,11 +55,13 @@ int run_merge(const std::vector<std::string>& args, const GlobalOptions&) {
   // names --out (not the temporary the merged file is built in).
   ensure_writable_folder(out);
   remove_dead_temporaries(out);  // what a killed merge into it left
-  pipeline::merge_results(inputs, out, line);
+  const auto warnings = pipeline::merge_results(inputs, out, line);
   const auto merged = pipeline::read_results(out);
   std::cout << "merged " << inputs.size() << (inputs.size() == 1 ? " file: " : " files: ")
             << merged.ids.size() << " images, " << merged.errors.size() << " errors into " << out
             << "\n";
+  for (const auto& w : warnings)
+    std::cerr << "warning: " << printable(w) << "\n";
   return 0;
 }
 

@@ -37,7 +37,7 @@ int run_report(const std::vector<std::string>& args, const GlobalOptions&) {
       ("sort", po::value(&o.sort)->default_value("index"),
        "card order: index, id, probability, uncertainty, error, or MAP/MEASURE "
        "(e.g. stage3/mass_in_mask, worst first)")
-      ("title", po::value(&o.title)->default_value(""), "page title (default: from the file name)")
+      ("title", po::value(&o.title)->default_value(""), "page title (default: from the file's folder and name, run/results.h5)")
       ("thumbnail", po::value(&o.thumbnail)->default_value(160), "side of the embedded thumbnails in pixels (16-1024)")
       ("jpeg-quality", po::value(&o.jpeg_quality)->default_value(85), "JPEG quality of the thumbnails (1-100)");
   // clang-format on
