@@ -299,11 +299,10 @@ Dataset read_class_folders(const std::string& root, const ReadOptions& options) 
   std::map<std::string, std::string> first_file;  // id -> the file that gave it first
   for (const auto& cls : classes) {
     std::vector<fs::path> files;
-    auto listing = list_folder(fs::path(root) / cls);
+    // Hidden entries (macOS's "._x.jpg" metadata beside x.jpg) are no images, as in classify.
+    auto listing = list_folder(fs::path(root) / cls, /*skip_hidden=*/true);
     warnings.insert(warnings.end(), listing.problems.begin(), listing.problems.end());
     for (const auto& file : listing.files) {
-      // Hidden files (macOS's "._x.jpg" metadata beside x.jpg) are no images, as in classify.
-      if (file.filename().string().rfind('.', 0) == 0) continue;
       if (image_extension_rank(file) >= 0) files.push_back(file);
     }
     for (const auto& f : files) {

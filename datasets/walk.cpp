@@ -10,7 +10,7 @@ namespace attnscope::datasets {
 
 namespace fs = std::filesystem;
 
-FolderListing list_folder(const fs::path& dir) {
+FolderListing list_folder(const fs::path& dir, bool skip_hidden) {
   std::error_code ec;
   check(fs::is_directory(dir, ec), dir.string(), "not a folder",
         ec ? concat(" (", ec.message(), ")") : std::string());
@@ -24,6 +24,7 @@ FolderListing list_folder(const fs::path& dir) {
       break;
     }
     const fs::path path = it->path();
+    if (skip_hidden && path.filename().string().rfind('.', 0) == 0) continue;
     std::error_code entry_ec;
     const auto status = fs::status(path, entry_ec);  // follows symlinks
     if (entry_ec) {

@@ -20,7 +20,9 @@ struct FolderListing {
 };
 
 /// Lists the direct entries of `dir` (not recursive). Throws Error(dir, ...) only when `dir`
-/// itself is not a readable folder.
-FolderListing list_folder(const std::filesystem::path& dir);
+/// itself is not a readable folder. With `skip_hidden`, entries whose name begins with '.'
+/// (macOS's "._x.jpg", ".git/", a running writer's temporary) are neither listed nor problems,
+/// as classify's walk skips them.
+FolderListing list_folder(const std::filesystem::path& dir, bool skip_hidden = false);
 
 }  // namespace attnscope::datasets

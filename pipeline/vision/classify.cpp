@@ -911,7 +911,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
         concat("--faithfulness: the model's output is not finite (NaN or inf) on the deletion or "
                "insertion images of ",
                unscored, " of ", scored, " images (the first ", first_unscored,
-               "): their deletion and insertion AUC are stored as NaN, which reads as \"does not "
+               "): the AUC of each such curve is stored as NaN, which reads as \"does not "
                "apply\"; the model's weights overflow on such inputs"));
   // Metrics over every labelled row of the file (resumed rows included).
   std::vector<int64_t> labels;

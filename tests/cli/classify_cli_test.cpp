@@ -221,6 +221,15 @@ print('OK', n)
   ASSERT_EQ(overlay.rows, 64) << reader.output;
   EXPECT_EQ(overlay.cols, 64) << reader.output;
   EXPECT_NE(reader.output.find("wrote " + png), std::string::npos) << reader.output;
+  // The same blend as classify's own /overlays/stage3 (jet at half over the image; the two
+  // up-sample and round apart by a level or two), in RGB order: swapped channels are ~77 apart.
+  const auto same = test::run_process(
+      test::python() +
+      " -c \"import sys,cv2,h5py,numpy as np; o=cv2.imread(sys.argv[1])[..., ::-1].astype(float); "
+      "s=h5py.File(sys.argv[2],'r')['overlays/stage3'][2].astype(float); "
+      "print(np.abs(o-s).mean() < 3, np.abs(o[..., ::-1]-s).mean() > 10)\" " +
+      q(png) + " " + q(h5));
+  EXPECT_EQ(same.output, "True True\n") << same.output;
   // A second run refuses to truncate the first.
   const auto again = test::run_process(exe() + " classify --model " + q(model) + " --input " +
                                        q(images + "/images") + " --out " + q(out));
@@ -1064,6 +1073,24 @@ TEST(CliClassify, CraftedCheckpointsAndNonFiniteOutputsAreOneLineNamingThem) {
                         "print(bool(np.isnan(f['measures/random/deletion_auc'][0])))\" " +
                         q(dir / "out_substrate/results.h5"));
   EXPECT_EQ(deletion.output, "True\n") << deletion.output;
+  // The 8 TTA logits are averaged in double: a bias near the largest float (every transform's
+  // logits equal to it) overflowed their float32 mean.
+  const auto big_bias = craft("big_bias", [&](Meta&, Model& model) {
+    torch::NoGradGuard no_grad;
+    auto params = model.named_parameters();
+    params["classifier.weight"].zero_();
+    params["classifier.bias"].copy_(torch::tensor({3e38f, 2.9e38f}));
+  });
+  const auto averaged = test::run_process(exe() + " classify --model " + q(big_bias) +
+                                          " --input " + q(grey) + " --tta --out " +
+                                          q(dir / "out_big") + " 2>&1");
+  EXPECT_EQ(averaged.status, 0) << averaged.output;
+  const auto logits = test::run_process(
+      test::python() +
+      " -c \"import h5py,sys,numpy as np; l=h5py.File(sys.argv[1],'r')['predictions/logits'][0]; "
+      "print(bool((l == np.float32([3e38, 2.9e38])).all()))\" " +
+      q(dir / "out_big/results.h5"));
+  EXPECT_EQ(logits.output, "True\n") << logits.output;
   // evaluate names the checkpoint and the image as classify does (it said "metrics: probability
   // [0, 0] is -nan", naming neither).
   const auto evaluated = test::run_process(exe() + " evaluate --model " + q(overflowing) +

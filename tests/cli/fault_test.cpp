@@ -494,6 +494,12 @@ TEST(CliFault, CommandsRemoveDeadTemporariesBesideTheirOutputs) {
   synth(dir, 20, 32);
   const auto out = dir.path() / "s.csv";
   const auto planted = test::plant_temporaries(out);
+  // A refused run touches nothing beside its output (no samples to split).
+  std::ofstream(dir / "empty.csv") << "image_id,label\n";
+  const auto refused =
+      test::run_process(exe() + " split --data " + (dir / "empty.csv") + " --out " + out.string());
+  EXPECT_NE(refused.status, 0) << refused.output;
+  EXPECT_TRUE(fs::exists(planted[0])) << refused.output;
   ASSERT_EQ(
       test::run_process(exe() + " split --data " + (dir / "labels.csv") + " --out " + out.string())
           .status,
@@ -535,8 +541,9 @@ TEST(CliFault, CommandsRemoveDeadTemporariesBesideTheirOutputs) {
     const auto run = test::run_process(exe() + cmd);
     ASSERT_EQ(run.status, 0) << cmd << "\n" << run.output;
     // The temporaries planted in images/ are hidden files: no inputs of preprocess.
-    if (cmd.find(" preprocess ") != std::string::npos)
+    if (cmd.find(" preprocess ") != std::string::npos) {
       EXPECT_NE(run.output.find("preprocessed 20 of 20 images"), std::string::npos) << run.output;
+    }
   }
   for (const auto& planted_here : groups) {
     EXPECT_FALSE(fs::exists(planted_here[0])) << planted_here[0];

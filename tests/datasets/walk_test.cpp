@@ -52,6 +52,30 @@ TEST(ListFolder, APipeIsReportedAndSkipped) {
             (dir / "pipe.jpg") + ": not a regular file (a pipe, socket or device), skipped");
 }
 
+// With skip_hidden, a hidden entry of any kind (file, folder, dangling link, FIFO) is neither
+// listed nor a problem; the others are as without it.
+TEST(ListFolder, HiddenEntriesAreSkippedWhenAsked) {
+  test::TempDir dir;
+  std::ofstream(dir / "a.jpg") << "x";
+  std::ofstream(dir / "._a.jpg") << "x";
+  fs::create_directory(dir.path() / ".git");
+  fs::create_directory(dir.path() / "sub");
+  fs::create_symlink("missing.jpg", dir.path() / ".dangling.jpg");
+  fs::create_symlink("missing.jpg", dir.path() / "dangling.jpg");
+  ASSERT_EQ(::mkfifo((dir / ".fifo").c_str(), 0600), 0);
+  const auto all = list_folder(dir.path());
+  EXPECT_EQ(all.files.size(), 2u);
+  EXPECT_EQ(all.folders.size(), 2u);
+  EXPECT_EQ(all.problems.size(), 3u);
+  const auto shown = list_folder(dir.path(), /*skip_hidden=*/true);
+  ASSERT_EQ(shown.files.size(), 1u);
+  EXPECT_EQ(shown.files[0].filename(), "a.jpg");
+  ASSERT_EQ(shown.folders.size(), 1u);
+  EXPECT_EQ(shown.folders[0].filename(), "sub");
+  ASSERT_EQ(shown.problems.size(), 1u);
+  EXPECT_EQ(shown.problems[0], (dir / "dangling.jpg") + ": dangling symlink");
+}
+
 TEST(ListFolder, AMissingFolderIsAnError) {
   test::TempDir dir;
   EXPECT_NE(test::error_of([&] { list_folder(dir.path() / "nope"); }).find("not a folder"),

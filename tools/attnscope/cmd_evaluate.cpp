@@ -124,8 +124,6 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
     check_replaces_only_its_own(
         predictions, "--predictions", "a predictions CSV written by attnscope evaluate",
         [&] { return file_head(predictions, 64).rfind("image_id,path,label,predicted", 0) == 0; });
-  for (const auto& dest : {out, predictions})
-    if (!dest.empty()) remove_dead_temporaries(dest);  // what a killed run left beside it
 
   std::cerr << runtime::precision_warning(o.precision, o.device);
   const auto loaded = pipeline::load_image_classifier(model_path);
@@ -184,6 +182,8 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
     std::cerr << "error: no image could be evaluated (" << result.failures.size() << " failed)\n";
     return 1;
   }
+  for (const auto& dest : {out, predictions})  // what a killed run left, once nothing refuses
+    if (!dest.empty()) remove_dead_temporaries(dest);
   if (!predictions.empty()) pipeline::write_predictions_csv(predictions, result);
 
   nlohmann::json j;

@@ -54,8 +54,10 @@ int run_merge(const std::vector<std::string>& args, const GlobalOptions&) {
   // A folder that is not there or cannot be written is said before the shards are read, and
   // names --out (not the temporary the merged file is built in).
   ensure_writable_folder(out);
-  remove_dead_temporaries(out);  // what a killed merge into it left
   const auto warnings = pipeline::merge_results(inputs, out, line);
+  // What a killed merge into it left: after the merge, as the shards are checked while it is
+  // written, and a refused merge touches nothing.
+  remove_dead_temporaries(out);
   const auto merged = pipeline::read_results(out);
   std::cout << "merged " << inputs.size() << (inputs.size() == 1 ? " file: " : " files: ")
             << merged.ids.size() << " images, " << merged.errors.size() << " errors into " << out

@@ -149,22 +149,20 @@ int run_preprocess(const std::vector<std::string>& args, const GlobalOptions&) {
     // originals, or be read back as inputs on the next run.
     check(!folder_contains(input, out), out,
           "is the input folder or inside it; choose an output folder outside ", input);
-    auto listing = datasets::list_folder(input);
+    // Hidden entries (macOS's "._x.jpg", a running writer's ".x.png.<pid>-0.tmp.png", a hidden
+    // dangling link) are no images, as in classify and the class folders.
+    auto listing = datasets::list_folder(input, /*skip_hidden=*/true);
     for (const auto& problem : listing.problems) {  // one bad entry, one line; the run goes on
       std::cerr << "error: " << one_line(problem) << "\n";
       ++failed;
     }
     for (const auto& file : listing.files) {
-      // Hidden files (macOS's "._x.jpg" beside x.jpg, a running writer's ".x.png.<pid>-0.tmp.png")
-      // are no images, as in classify and the class folders.
-      if (file.filename().string().rfind('.', 0) == 0) continue;
       if (datasets::image_extension_rank(file) >= 0)
         files.push_back(file);
       else
         ++ignored;
     }
-    for (const auto& folder : listing.folders)  // hidden ones (.git) are no one's images
-      subfolders += folder.filename().string().rfind('.', 0) == 0 ? 0 : 1;
+    subfolders = listing.folders.size();
   } else {
     const auto status = fs::status(input, ec);
     check(ec != std::errc::too_many_symbolic_link_levels, input, "symlink loop (", ec.message(),

@@ -63,7 +63,6 @@ int run_report(const std::vector<std::string>& args, const GlobalOptions&) {
   o.command_line = joined(args);
   const auto start = std::chrono::steady_clock::now();
   check_not_an_input(out, results, "--results");
-  remove_dead_temporaries(out);  // what a killed run left beside it (a dead process's, not new)
   // A MAP/MEASURE the file does not hold is a typo of the option too.
   const auto s = [&] {
     try {
@@ -72,6 +71,9 @@ int run_report(const std::vector<std::string>& args, const GlobalOptions&) {
       throw UsageError(e.what(), usage_text(usage, desc));
     }
   }();
+  // What a killed run left beside it (a dead process's, not new): after the report, as the
+  // results file is checked while it is written, and a refused run touches nothing.
+  remove_dead_temporaries(out);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   for (const auto& w : s.warnings)

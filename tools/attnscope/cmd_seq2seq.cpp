@@ -582,7 +582,6 @@ int run_translate(const std::vector<std::string>& args) {
                                 "an alignments file written by "
                                 "attnscope seq2seq translate",
                                 [&] { return pipeline::is_alignments_file(alignments); });
-    remove_dead_temporaries(alignments);  // what a killed run left beside it
   }
   if (!png_dir.empty()) {
     check(!fs::exists(png_dir) || fs::is_directory(png_dir), png_dir,
@@ -668,7 +667,10 @@ int run_translate(const std::vector<std::string>& args) {
     std::cerr << "warning: " << unknown_inputs << " of " << translations.size()
               << " inputs hold tokens outside the model's vocabulary (" << unknown_tokens
               << " in all, each read as <unk>), the first input " << first_unknown + 1 << "\n";
-  if (!alignments.empty()) pipeline::write_alignments(alignments, translations, bundle.name);
+  if (!alignments.empty()) {
+    remove_dead_temporaries(alignments);  // what a killed run left beside it, once nothing refuses
+    pipeline::write_alignments(alignments, translations, bundle.name);
+  }
   if (!png_dir.empty()) {
     fs::create_directories(png_dir);
     for (std::size_t i = 0; i < translations.size(); ++i) {

@@ -55,7 +55,6 @@ int run_split(const std::vector<std::string>& args, const GlobalOptions&) {
         if (head.rfind(std::string(header) + end, 0) == 0) return true;
     return false;
   });
-  remove_dead_temporaries(out);  // what a killed run left beside it
   const auto ds = data.read(usage_text(usage, desc));
   check(!ds.samples.empty(), data.data, "no samples to split");
   if (folds > static_cast<int>(ds.samples.size()))
@@ -75,6 +74,7 @@ int run_split(const std::vector<std::string>& args, const GlobalOptions&) {
     check(static_cast<int>(counts.size()) == folds, data.data, "--folds ", folds, " leaves ",
           folds - static_cast<int>(counts.size()),
           " fold(s) empty: the samples form fewer groups (lesions/patients) than folds");
+    remove_dead_temporaries(out);  // what a killed run left beside it, once nothing refuses
     datasets::write_folds_csv(out, ds, f);
   } else {
     const auto s = datasets::split_dataset(ds, o);
@@ -84,6 +84,7 @@ int run_split(const std::vector<std::string>& args, const GlobalOptions&) {
     check(counts.size() == parts && counts.count("train"), data.data,
           "the split leaves a part empty (", counts.size(), " of ", parts,
           " parts hold images): use other --val/--test shares or more data");
+    remove_dead_temporaries(out);  // what a killed run left beside it, once nothing refuses
     datasets::write_splits_csv(out, ds, s);
   }
   std::cout << "wrote " << out << " (" << ds.samples.size() << " images)\n";

@@ -104,10 +104,19 @@ def main():
                 if plt is not None:
                     plt.imsave(tmp, blend)
                 else:
+                    # Encoded in memory and written by Python, which raises on a short write
+                    # (cv2.imwrite said True for a PNG cut short by a full disk).
                     rgb = np.round(blend * 255).astype(np.uint8)
-                    if not cv2.imwrite(tmp, np.ascontiguousarray(rgb[..., ::-1])):
-                        sys.exit(f"error: {a.overlay}: cannot write the PNG")
+                    ok, png = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+                    if not ok:
+                        sys.exit(f"error: {a.overlay}: cannot encode the PNG")
+                    with open(tmp, "wb") as out:
+                        out.write(png.tobytes())
+                        out.flush()
+                        os.fsync(out.fileno())
                 os.replace(tmp, a.overlay)
+            except OSError as e:
+                sys.exit(f"error: {a.overlay}: cannot write the PNG ({e.strerror})")
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
