@@ -262,7 +262,7 @@ Format detect_format(const std::string& csv_path) {
 Dataset read_class_folders(const std::string& root, const ReadOptions& options) {
   check(fs::is_directory(root), root, "not a folder");
   std::vector<std::string> classes;
-  auto top = list_folder(root);
+  auto top = list_folder(root, /*skip_hidden=*/true);
   std::vector<std::string> warnings = std::move(top.problems);
   for (const auto& folder : top.folders) {
     // A class name goes into checkpoints, reports and terminal lines: a control character in

@@ -740,15 +740,18 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
           // In double: the mean of 8 finite float32 logits near the largest float overflowed.
           const auto logits =
               torch::stack(logits_t).to(torch::kDouble).mean(0).to(logits_t.front().dtype());
-          const auto finite = torch::isfinite(logits).all(1);
+          const auto probs_all = torch::stack(probs_t);  // (T, B, C)
+          const auto probs = probs_all.mean(0);
+          // Logits and probabilities: a temperature below 1 (0.01 may be stored) takes finite
+          // logits past the largest float, and softmax then gives NaN.
+          const auto finite =
+              torch::isfinite(logits).all(1).logical_and(torch::isfinite(probs).all(1));
           if (!finite.all().item<bool>()) {
             const auto first = (~finite).nonzero()[0][0].item<int64_t>();
             throw Error(o.model, concat("gives non-finite outputs (NaN or inf) for ",
                                         rows.paths[static_cast<std::size_t>(first)],
                                         "; the images before it are stored"));
           }
-          const auto probs_all = torch::stack(probs_t);  // (T, B, C)
-          const auto probs = probs_all.mean(0);
           at::Tensor pred = probs.argmax(1);
           if (threshold && num_classes == 2)
             pred = (probs.select(1, 1) >= *threshold).to(torch::kLong);

@@ -868,10 +868,6 @@ ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader
     // differs instead of every option that could.
     const auto option_of = [](const std::string& name) -> std::string {
       if (name.rfind("overlays/", 0) == 0) return "--overlays";
-      for (const char* masked : {"/mass_in_mask", "/jaccard", "/pointing_game"})
-        if (name.size() > std::strlen(masked) &&
-            name.compare(name.size() - std::strlen(masked), std::string::npos, masked) == 0)
-          return "--faithfulness and --masks";
       return "--faithfulness";
     };
     const auto stored_command = attr("command_line");
@@ -1303,6 +1299,45 @@ void create_like(hid_t in, hid_t out, const std::string& name, int64_t rows,
 
 }  // namespace
 
+namespace {
+
+// Shards "i/N" of one N that are not all among `files`: the merged file lacks the others'
+// images (classify --shard wrote each; a merged file's own shards are not known, and a value
+// that is not two numbers of up to 18 digits says nothing).
+std::vector<std::string> missing_shards(const std::vector<ResultsFile>& files,
+                                        const std::string& out) {
+  const auto number = [](const std::string& t) -> long long {
+    if (t.empty() || t.size() > 18 || t.find_first_not_of("0123456789") != std::string::npos)
+      return -1;
+    return std::stoll(t);
+  };
+  std::set<long long> shards;
+  long long of = 0;
+  for (const auto& f : files) {
+    const auto it = f.attributes.find("shard");
+    if (it == f.attributes.end()) return {};
+    const auto slash = it->second.find('/');
+    if (slash == std::string::npos) return {};
+    const long long index = number(it->second.substr(0, slash)),
+                    n = number(it->second.substr(slash + 1));
+    if (index < 0 || n < 1 || index >= n || (of != 0 && n != of)) return {};
+    of = n;
+    shards.insert(index);
+  }
+  if (of <= 1 || static_cast<long long>(shards.size()) >= of) return {};
+  std::string missing;
+  int named = 0;
+  for (long long i = 0; i < of && named < 3; ++i)
+    if (!shards.count(i)) missing += concat(named++ ? ", " : "", i, "/", of);
+  const auto count = of - static_cast<long long>(shards.size());
+  return {concat(out, " holds ", shards.size(), " of ", of,
+                 " shards: ", count > 1 ? "shards " : "shard ", missing,
+                 count > 3 ? concat(" and ", count - 3, " more") : std::string(),
+                 count > 1 ? " are" : " is", " missing (merge every shard's results.h5)")};
+}
+
+}  // namespace
+
 std::vector<std::string> merge_results(const std::vector<std::string>& inputs,
                                        const std::string& out, const std::string& command_line) {
   check(!inputs.empty(), "merge", "no input files");
@@ -1486,6 +1521,7 @@ std::vector<std::string> merge_results(const std::vector<std::string>& inputs,
   for (const auto& f : files)
     vision::check_report_reads(f.path);
 
+  const auto warnings = missing_shards(files, out);
   AtomicFile target(out);
   {
     auto o = open_file(target.temp_path(), true, out);
@@ -1516,34 +1552,7 @@ std::vector<std::string> merge_results(const std::vector<std::string>& inputs,
     close_checked(o, out);
   }
   target.commit();
-  // Shards "i/N" of one N that are not all there: the merged file lacks the others' images
-  // (classify --shard wrote each; a merged file's own shards are not known).
-  std::set<long long> shards;
-  long long of = 0;
-  for (const auto& f : files) {
-    const auto value = attr(f, "shard");
-    const auto slash = value.find('/');
-    if (slash == std::string::npos || slash == 0 || slash + 1 == value.size() ||
-        value.size() > 40 || value.find_first_not_of("0123456789/") != std::string::npos ||
-        value.find('/', slash + 1) != std::string::npos)
-      return {};
-    const long long n = std::stoll(value.substr(slash + 1));
-    if (of != 0 && n != of) return {};
-    const long long index = std::stoll(value.substr(0, slash));
-    if (index >= n) return {};
-    of = n;
-    shards.insert(index);
-  }
-  if (of <= 1 || static_cast<long long>(shards.size()) >= of) return {};
-  std::string missing;
-  int named = 0;
-  for (long long i = 0; i < of && named < 3; ++i)
-    if (!shards.count(i)) missing += concat(named++ ? ", " : "", i, "/", of);
-  const auto count = of - static_cast<long long>(shards.size());
-  return {concat(out, " holds ", shards.size(), " of ", of,
-                 " shards: ", count > 1 ? "shards " : "shard ", missing,
-                 count > 3 ? concat(" and ", count - 3, " more") : std::string(),
-                 count > 1 ? " are" : " is", " missing (merge every shard's results.h5)")};
+  return warnings;
 }
 
 }  // namespace attnscope::pipeline

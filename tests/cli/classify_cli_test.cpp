@@ -215,8 +215,8 @@ print('OK', n)
   EXPECT_EQ(reader.status, 0) << reader.output;
   EXPECT_NE(reader.output.find("prediction"), std::string::npos) << reader.output;
   EXPECT_NE(reader.output.find("map stage4"), std::string::npos) << reader.output;
-  // matplotlib's jet, or OpenCV's where matplotlib is absent (as on Debian after bootstrap):
-  // a PNG of the preprocessed image's size.
+  // OpenCV's jet (cv2, which bootstrap installs; matplotlib's only without it): a PNG of the
+  // preprocessed image's size.
   const auto overlay = cv::imread(png);
   ASSERT_EQ(overlay.rows, 64) << reader.output;
   EXPECT_EQ(overlay.cols, 64) << reader.output;
@@ -516,6 +516,21 @@ TEST(CliClassify, TwoShardsMergedEqualOneRun) {
                              "results.h5)"),
             std::string::npos)
       << half.output;
+  // A shard value that is no pair of numbers (crafted, 20 digits) says nothing: the merge
+  // ends as without it (it ended in "error: stoll" after the file was written).
+  fs::copy_file(dir / "s0/results.h5", dir / "odd.h5");
+  ASSERT_EQ(test::run_process(test::python() +
+                              " -c \"import h5py,sys; "
+                              "h5py.File(sys.argv[1],'a').attrs['shard'] = "
+                              "'99999999999999999999/2'\" " +
+                              q(dir / "odd.h5"))
+                .status,
+            0);
+  const auto odd = test::run_process(exe() + " merge " + q(dir / "odd.h5") + " --out " +
+                                     q(dir / "odd_merged.h5"));
+  EXPECT_EQ(odd.status, 0) << odd.output;
+  EXPECT_EQ(odd.output.find("warning"), std::string::npos) << odd.output;
+  EXPECT_NE(odd.output.find("merged 1 file: "), std::string::npos) << odd.output;
   // Overlapping shards are refused, naming the file.
   const auto twice = test::run_process(exe() + " merge " + q(dir / "s0/results.h5") + " " +
                                        q(dir / "s0/results.h5") + " --out " + q(dir / "x.h5"));
@@ -1091,6 +1106,22 @@ TEST(CliClassify, CraftedCheckpointsAndNonFiniteOutputsAreOneLineNamingThem) {
       "print(bool((l == np.float32([3e38, 2.9e38])).all()))\" " +
       q(dir / "out_big/results.h5"));
   EXPECT_EQ(logits.output, "True\n") << logits.output;
+  // Finite logits that the stored temperature (0.01, within its range) takes past the largest
+  // float: the probabilities are NaN, and the image is named as for non-finite logits.
+  const auto cold = craft("cold", [&](Meta& m, Model& model) {
+    m.extra["temperature"] = 0.01;
+    torch::NoGradGuard no_grad;
+    auto params = model.named_parameters();
+    params["classifier.weight"].zero_();
+    params["classifier.bias"].copy_(torch::tensor({1e37f, 0.0f}));
+  });
+  const auto hot = test::run_process(exe() + " classify --model " + q(cold) + " --input " +
+                                     q(grey) + " --out " + q(dir / "out_cold") + " 2>&1");
+  EXPECT_EQ(hot.status, 1) << hot.output;
+  EXPECT_NE(
+      hot.output.find("error: " + cold + ": gives non-finite outputs (NaN or inf) for " + grey),
+      std::string::npos)
+      << hot.output;
   // evaluate names the checkpoint and the image as classify does (it said "metrics: probability
   // [0, 0] is -nan", naming neither).
   const auto evaluated = test::run_process(exe() + " evaluate --model " + q(overflowing) +

@@ -6,8 +6,8 @@
     read_results.py results.h5 --row 0 --overlay out.png [--map stage4]
 
 Prints one image's prediction and its maps; with --overlay saves the map, up-sampled and
-blended over the preprocessed image, as a PNG (with matplotlib, else OpenCV's cv2: Debian's
-python3-opencv, which scripts/bootstrap.sh installs).
+blended over the preprocessed image, as a PNG (with OpenCV's cv2, Debian's python3-opencv that
+scripts/bootstrap.sh installs, as classify's /overlays are drawn; else with matplotlib).
 """
 import argparse
 import json
@@ -83,20 +83,21 @@ def main():
                 m = m / m.max()
             image = f["images/preprocessed"][row]
             up = upsample(m, image.shape[0], image.shape[1])
-            # The jet colour map, from matplotlib or else from OpenCV (RGB, floats in [0, 1]).
+            # The jet colour map of OpenCV, as classify's /overlays and the report draw it
+            # (matplotlib's jet differs by a few levels), or else matplotlib's (RGB, [0, 1]).
             try:
-                import matplotlib
-                matplotlib.use("Agg")
-                import matplotlib.pyplot as plt
-                colour = plt.get_cmap("jet")(np.clip(up, 0, 1))[..., :3]
-            except ImportError:
+                import cv2
                 plt = None
-                try:
-                    import cv2
-                except ImportError:
-                    sys.exit("error: --overlay needs matplotlib or OpenCV's cv2 (python3-opencv): no overlay written")
                 grey = np.round(np.clip(up, 0, 1) * 255).astype(np.uint8)
                 colour = cv2.applyColorMap(grey, cv2.COLORMAP_JET)[..., ::-1] / 255.0
+            except ImportError:
+                try:
+                    import matplotlib
+                    matplotlib.use("Agg")
+                    import matplotlib.pyplot as plt
+                except ImportError:
+                    sys.exit("error: --overlay needs OpenCV's cv2 (python3-opencv) or matplotlib: no overlay written")
+                colour = plt.get_cmap("jet")(np.clip(up, 0, 1))[..., :3]
             blend = (0.5 * image / 255.0 + 0.5 * colour).clip(0, 1)
             # Written beside the target and renamed, so a failed write leaves no half PNG.
             tmp = os.path.join(os.path.dirname(a.overlay) or ".", "." + os.path.basename(a.overlay) + ".tmp.png")
