@@ -262,14 +262,14 @@ Format detect_format(const std::string& csv_path) {
 Dataset read_class_folders(const std::string& root, const ReadOptions& options) {
   check(fs::is_directory(root), root, "not a folder");
   std::vector<std::string> classes;
+  // Hidden entries (.ipynb_checkpoints/, .git/, a hidden dangling link) are no class: each
+  // refused the whole dataset.
   auto top = list_folder(root, /*skip_hidden=*/true);
   std::vector<std::string> warnings = std::move(top.problems);
   for (const auto& folder : top.folders) {
     // A class name goes into checkpoints, reports and terminal lines: a control character in
     // it is refused as in an image id (a terminal escape would reach every summary line).
     const auto name = folder.filename().string();
-    // Hidden folders (.ipynb_checkpoints, .git) are no class: each refused the whole dataset.
-    if (!name.empty() && name[0] == '.') continue;
     // Edge spaces: a multi-class name would print as another (binary mode reads the name
     // trimmed, as benign/malignant or a diagnosis).
     const bool edge_spaces = options.mode != LabelMode::kBinary && trim(name) != name;

@@ -314,12 +314,15 @@ TEST(IsicReaders, ClassFolders) {
   EXPECT_EQ(ids(ds), (std::vector<std::string>{"x1", "x2", "y1"}));
   EXPECT_EQ(ds.labels(), (std::vector<int64_t>{0, 0, 1}));
   EXPECT_EQ(fs::path(ds.samples[2].path), dir.path() / "malignant/y1.jpg");
-  // Hidden folders and files (a notebook's checkpoints, macOS's "._y1.jpg") are neither classes
-  // nor images; the same dataset, without a warning.
+  // Hidden folders, files and links (a notebook's checkpoints, macOS's "._y1.jpg", a dangling
+  // ".last" at the root or among the images) are neither classes nor images; the same dataset,
+  // without a warning.
   for (const auto& f : {".ipynb_checkpoints/a.jpg", "malignant/._y1.jpg", "benign/.x3.jpg"}) {
     fs::create_directories((dir.path() / f).parent_path());
     std::ofstream(dir.path() / f) << "x";
   }
+  fs::create_symlink("nowhere", dir.path() / ".last");
+  fs::create_symlink("nowhere", dir.path() / "benign/.last.jpg");
   const auto hidden = read_dataset(dir.path().string());
   EXPECT_EQ(ids(hidden), ids(ds));
   EXPECT_EQ(hidden.class_names, ds.class_names);

@@ -79,6 +79,7 @@ def main():
             name = a.map or maps[0]
             ds = f["attention/" + name]
             m = ds[row].astype(np.float64)
+            m[~np.isfinite(m)] = 0.0  # NaN or inf (a damaged map) drawn as 0, as the report does
             if ds.attrs["normalization"] == "none" and m.max() > 0:
                 m = m / m.max()
             image = f["images/preprocessed"][row]
