@@ -5,11 +5,12 @@
 # before its first test, which across 450 tests was a third of the suite's time. Suites whose
 # tests measure or change the whole process (its environment, its allocator) are named in
 # `per_test` and keep one process, and one ctest test `SUITE.TEST`, per test.
-# Suites named Data* get the label `data`, Gpu* the label `gpu`. The list of tests is kept in
+# Suites named Data* get the label `data`, Gpu* the label `gpu`; every suite of the executable
+# also gets `label` when one is given (`parsers`, tests/CMakeLists.txt). The list of tests is kept in
 # EXE.tests and read again until the executable changes. An executable that is not built
 # becomes one test, EXE_NOT_BUILT, that fails.
 
-function(attnscope_add_gtest_suites exe environment per_test)
+function(attnscope_add_gtest_suites exe environment per_test label)
   get_filename_component(_name "${exe}" NAME)
   if(NOT EXISTS "${exe}")
     add_test("${_name}_NOT_BUILT" "${_name}_NOT_BUILT")
@@ -83,10 +84,14 @@ function(attnscope_add_gtest_suites exe environment per_test)
         set_tests_properties("${_test}" PROPERTIES COST "${CMAKE_MATCH_1}")
       endif()
     endforeach()
+    set(_labels ${label})
     if(_test MATCHES "^Data")
-      set_tests_properties("${_test}" PROPERTIES LABELS data)
+      list(APPEND _labels data)
     elseif(_test MATCHES "^Gpu")
-      set_tests_properties("${_test}" PROPERTIES LABELS gpu)
+      list(APPEND _labels gpu)
+    endif()
+    if(_labels)
+      set_tests_properties("${_test}" PROPERTIES LABELS "${_labels}")
     endif()
   endforeach()
 endfunction()
