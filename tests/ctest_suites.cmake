@@ -10,10 +10,18 @@
 # EXE.tests and read again until the executable changes. An executable that is not built
 # becomes one test, EXE_NOT_BUILT, that fails.
 
+function(_attnscope_label test label)
+  if(NOT label STREQUAL "")
+    set_tests_properties("${test}" PROPERTIES LABELS "${label}")
+  endif()
+endfunction()
+
 function(attnscope_add_gtest_suites exe environment per_test label)
   get_filename_component(_name "${exe}" NAME)
+  # Tests that stand for a problem carry the executable's label too (`ctest -L` finds them).
   if(NOT EXISTS "${exe}")
     add_test("${_name}_NOT_BUILT" "${_name}_NOT_BUILT")
+    _attnscope_label("${_name}_NOT_BUILT" "${label}")
     return()
   endif()
   set(_list "${exe}.tests")
@@ -24,6 +32,7 @@ function(attnscope_add_gtest_suites exe environment per_test label)
     if(NOT _rc EQUAL 0)
       # A test named after the problem, so the run fails and shows why.
       add_test("${_name}_CANNOT_LIST_ITS_TESTS" "${exe}" --gtest_list_tests)
+      _attnscope_label("${_name}_CANNOT_LIST_ITS_TESTS" "${label}")
       return()
     endif()
     # Suite lines start in the first column and end with '.'; test lines are indented. Either
@@ -63,6 +72,7 @@ function(attnscope_add_gtest_suites exe environment per_test label)
     if(_at GREATER -1)
       add_test("${_test}_IS_IN_TWO_TEST_EXECUTABLES" sh -c
                "echo 'rename the suite ${_test} of ${_name}: another test executable has one'; exit 1")
+      _attnscope_label("${_test}_IS_IN_TWO_TEST_EXECUTABLES" "${label}")
       continue()
     endif()
     set_property(GLOBAL APPEND PROPERTY _attnscope_tests "${_test}")
