@@ -23,14 +23,14 @@ if ((deadline > 0)); then
     exit 0
   fi
   bound=(timeout -k 30 $((left + 120)))
-  # A time that has passed would mean tomorrow's: the check above keeps it ahead.
+  # A time that has passed would mean tomorrow's: the check above keeps it ahead. (ctest lists
+  # the tests before it stops any: a listing that ends after the deadline leaves the bound.)
   args+=(--stop-time "$(date -u -d "@$deadline" +%H:%M:%S)")
 fi
-total=$("${bound[@]}" ctest -N "$@" | sed -n 's/^Total Tests: //p')
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # Each line goes to the log with the second it came.
-"${bound[@]}" ctest "${args[@]}" 2>&1 | while IFS= read -r line; do
+"${bound[@]}" ctest "${args[@]}" 2>&1 | while IFS= read -r line || [[ -n $line ]]; do
   printf '%s\n' "$line"
   printf '%(%s)T %s\n' -1 "$line" >>"$log"
 done
@@ -39,14 +39,16 @@ rc=${PIPESTATUS[0]}
 
 # One line per finished test: "TIME  3/6 Test  #3: NAME ....***Failed  0.01 sec".
 cutoff=$((deadline > 0 ? deadline - 5 : 1 << 62))
-failed=() ran=0 stopped=0
+failed=() ran=0 stopped=0 total=
 while IFS= read -r line; do
-  [[ $line =~ ^([0-9]+)\ +[0-9]+/[0-9]+\ Test\ +#[0-9]+:\ ([^ ]+)\ [^*]*(\*\*\*([A-Za-z]+))? ]] ||
+  [[ $line =~ ^([0-9]+)\ +[0-9]+/([0-9]+)\ Test\ +#[0-9]+:\ ([^ ]+)\ [^*]*(\*\*\*([A-Za-z]+))? ]] ||
     continue
   ran=$((ran + 1))
-  when=${BASH_REMATCH[1]} name=${BASH_REMATCH[2]} result=${BASH_REMATCH[4]}
+  when=${BASH_REMATCH[1]} total=${BASH_REMATCH[2]} name=${BASH_REMATCH[3]}
+  result=${BASH_REMATCH[5]}
+  [[ $line == *'***Not Run (Disabled)'* ]] && result=Disabled
   case "$result" in
-    '' | Skipped) ;;
+    '' | Skipped | Disabled) ;;
     Timeout)
       if ((when >= cutoff)); then
         stopped=$((stopped + 1))
@@ -57,7 +59,11 @@ while IFS= read -r line; do
   esac
 done <"$log"
 if ((deadline > 0)) && (($(date +%s) >= cutoff)); then
-  what="of ${total:-?} tests, $((${total:-0} - ran)) not started and $stopped stopped at the deadline"
+  if [[ -n $total ]]; then
+    what="of $total tests, $((total - ran)) not started and $stopped stopped at the deadline"
+  else
+    what="no test finished: the others not started"
+  fi
   if ((rc == 124 || rc == 137)); then what+="; ctest did not stop and was ended"; fi
   echo "deadline: $what (ctest $*)"
   ((${#failed[@]} == 0)) && exit 0
