@@ -6,9 +6,9 @@
 # tests measure or change the whole process (its environment, its allocator) are named in
 # `per_test` and keep one process, and one ctest test `SUITE.TEST`, per test.
 # Suites named Data* get the label `data`, Gpu* the label `gpu`; every suite of the executable
-# also gets `label` when one is given (`parsers`, tests/CMakeLists.txt). The list of tests is kept in
-# EXE.tests and read again until the executable changes. An executable that is not built
-# becomes one test, EXE_NOT_BUILT, that fails.
+# also gets `label` when one is given (`parsers`, tests/CMakeLists.txt). The list of tests is
+# kept in EXE.tests and read again until the executable changes. An executable that is not
+# built becomes one test, EXE_NOT_BUILT, that fails.
 
 function(_attnscope_label test label)
   if(NOT label STREQUAL "")
