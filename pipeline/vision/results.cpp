@@ -16,6 +16,7 @@
 #include <iterator>
 #include <map>
 #include <numeric>
+#include <optional>
 #include <set>
 #include <tuple>
 #include <vector>
@@ -1301,36 +1302,61 @@ void create_like(hid_t in, hid_t out, const std::string& name, int64_t rows,
 
 namespace {
 
-// Shards "i/N" of one N that are not all among `files`: the merged file lacks the others'
-// images (classify --shard wrote each; a merged file's own shards are not known, and a value
-// that is not two numbers of up to 18 digits says nothing).
-std::vector<std::string> missing_shards(const std::vector<ResultsFile>& files,
-                                        const std::string& out) {
+// The shards "i/N" of one N that `files` hold together: each file's `shard` attribute, or for a
+// file merge wrote its `merged_shards` (a JSON array of "i/N"). Nothing when a file's shards
+// are not known (an older merged file, a crafted value: not two numbers of up to 18 digits) or
+// the files name shards of different N.
+struct HeldShards {
+  std::set<long long> held;
+  long long of = 0;
+};
+
+std::optional<HeldShards> held_shards(const std::vector<ResultsFile>& files) {
   const auto number = [](const std::string& t) -> long long {
     if (t.empty() || t.size() > 18 || t.find_first_not_of("0123456789") != std::string::npos)
       return -1;
     return std::stoll(t);
   };
-  std::set<long long> shards;
-  long long of = 0;
+  HeldShards out;
+  const auto add = [&](const std::string& shard) {
+    const auto slash = shard.find('/');
+    if (slash == std::string::npos) return false;
+    const long long index = number(shard.substr(0, slash)), n = number(shard.substr(slash + 1));
+    if (index < 0 || n < 1 || index >= n || (out.of != 0 && n != out.of)) return false;
+    out.of = n;
+    out.held.insert(index);
+    return true;
+  };
   for (const auto& f : files) {
     const auto it = f.attributes.find("shard");
-    if (it == f.attributes.end()) return {};
-    const auto slash = it->second.find('/');
-    if (slash == std::string::npos) return {};
-    const long long index = number(it->second.substr(0, slash)),
-                    n = number(it->second.substr(slash + 1));
-    if (index < 0 || n < 1 || index >= n || (of != 0 && n != of)) return {};
-    of = n;
-    shards.insert(index);
+    if (it == f.attributes.end()) return std::nullopt;
+    if (it->second != "merged") {
+      if (!add(it->second)) return std::nullopt;
+      continue;
+    }
+    const auto list = f.attributes.find("merged_shards");
+    if (list == f.attributes.end()) return std::nullopt;
+    const auto parsed = nlohmann::json::parse(list->second, nullptr, false);
+    if (!parsed.is_array() || parsed.empty()) return std::nullopt;
+    for (const auto& s : parsed)
+      if (!s.is_string() || !add(s.get<std::string>())) return std::nullopt;
   }
-  if (of <= 1 || static_cast<long long>(shards.size()) >= of) return {};
+  if (out.of == 0) return std::nullopt;
+  return out;
+}
+
+// Says which shards of the N are not among `files`: the merged file lacks their images.
+std::vector<std::string> missing_shards(const std::optional<HeldShards>& shards,
+                                        const std::string& out) {
+  if (!shards || shards->of <= 1 || static_cast<long long>(shards->held.size()) >= shards->of)
+    return {};
+  const auto& [held, of] = *shards;
   std::string missing;
   int named = 0;
   for (long long i = 0; i < of && named < 3; ++i)
-    if (!shards.count(i)) missing += concat(named++ ? ", " : "", i, "/", of);
-  const auto count = of - static_cast<long long>(shards.size());
-  return {concat(out, " holds ", shards.size(), " of ", of,
+    if (!held.count(i)) missing += concat(named++ ? ", " : "", i, "/", of);
+  const auto count = of - static_cast<long long>(held.size());
+  return {concat(out, " holds ", held.size(), " of ", of,
                  " shards: ", count > 1 ? "shards " : "shard ", missing,
                  count > 3 ? concat(" and ", count - 3, " more") : std::string(),
                  count > 1 ? " are" : " is", " missing (merge every shard's results.h5)")};
@@ -1521,12 +1547,13 @@ std::vector<std::string> merge_results(const std::vector<std::string>& inputs,
   for (const auto& f : files)
     vision::check_report_reads(f.path);
 
-  const auto warnings = missing_shards(files, out);
+  const auto shards = held_shards(files);
+  const auto warnings = missing_shards(shards, out);
   AtomicFile target(out);
   {
     auto o = open_file(target.temp_path(), true, out);
     for (const auto& [k, v] : first.attributes)
-      h5::write_attribute(o.get(), k, v, out);
+      if (k != "merged_shards") h5::write_attribute(o.get(), k, v, out);
     if (first.attributes.count("started_at"))
       h5::write_attribute(o.get(), "started_at", started, out);
     if (first.attributes.count("finished_at"))
@@ -1541,6 +1568,14 @@ std::vector<std::string> merge_results(const std::vector<std::string>& inputs,
     for (const auto& f : files)
       sources.push_back(f.path);
     h5::write_attribute(o.get(), "merged_from", sources.dump(), out);
+    // The shards it holds, so that a later merge of it with the others can tell which are
+    // missing.
+    if (shards) {
+      nlohmann::json held = nlohmann::json::array();
+      for (const auto i : shards->held)
+        held.push_back(concat(i, "/", shards->of));
+      h5::write_attribute(o.get(), "merged_shards", held.dump(), out);
+    }
     for (const auto& name : datasets) {
       const bool is_error = name.rfind("errors/", 0) == 0;
       create_like(ins[0].get(), o.get(), name,

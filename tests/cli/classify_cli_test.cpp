@@ -383,6 +383,24 @@ TEST(CliClassify, SigtermStopsAfterTheBatchKeepsWhatWasInferredAndResumes) {
   EXPECT_EQ(test::read_text(dir / "full/results.h5"), before);
   EXPECT_EQ(test::file_names(dir / "full"),
             (std::set<std::string>{"errors.csv", "predictions.csv", "results.h5"}));
+  // A signal after the last batch's progress line stops nothing: the run ends complete, exit 0,
+  // and says so after the handler's "stopping after the current batch" (which alone read as a
+  // stopped run). It can come too late for the handler (the process has ended): then there is
+  // nothing to say, and the run is the same.
+  test::SignalPlan late;
+  late.after = {"120/120 images"};
+  const auto l = test::run_signalled("exec " + base + " --out " + q(dir / "late"), late);
+  EXPECT_EQ(l.status, 0) << l.output;
+  EXPECT_NE(l.output.find("classified 120, failed 0"), std::string::npos) << l.output;
+  EXPECT_EQ(l.output.find("stopped by"), std::string::npos) << l.output;
+  if (l.output.find("SIGTERM received") != std::string::npos) {
+    const auto said = l.output.find(
+        "attnscope: the SIGTERM came after the last batch had started: nothing was left to stop; "
+        "the run is complete\n");
+    EXPECT_NE(said, std::string::npos) << l.output;
+    EXPECT_LT(said, l.output.find("classified 120")) << l.output;
+  }
+  EXPECT_EQ(compare(dir, dir / "full/results.h5", dir / "late/results.h5"), "OK\n");
 }
 
 // --tta averages over the whole dihedral group, so its probability is invariant and its maps
@@ -516,6 +534,25 @@ TEST(CliClassify, TwoShardsMergedEqualOneRun) {
                              "results.h5)"),
             std::string::npos)
       << half.output;
+  // The merged file records the shard it holds: merged with the other shard it makes the
+  // whole run, without a warning; merged alone again it still says which shard is missing.
+  const auto shards_of = test::run_process(
+      test::python() +
+      " -c \"import h5py,sys; print(h5py.File(sys.argv[1],'r').attrs['merged_shards'])\" " +
+      q(dir / "half.h5"));
+  EXPECT_EQ(shards_of.output, "[\"0/2\"]\n");
+  const auto whole = test::run_process(exe() + " merge " + q(dir / "s1/results.h5") + " " +
+                                       q(dir / "half.h5") + " --out " + q(dir / "whole.h5"));
+  ASSERT_EQ(whole.status, 0) << whole.output;
+  EXPECT_EQ(whole.output.find("warning"), std::string::npos) << whole.output;
+  EXPECT_EQ(compare(dir, dir / "one/results.h5", dir / "whole.h5"), "OK\n");
+  const auto again =
+      test::run_process(exe() + " merge " + q(dir / "half.h5") + " --out " + q(dir / "again.h5"));
+  EXPECT_EQ(again.status, 0) << again.output;
+  EXPECT_NE(again.output.find("warning: " + dir / "again.h5" +
+                              " holds 1 of 2 shards: shard 1/2 is missing"),
+            std::string::npos)
+      << again.output;
   // A shard value that is no pair of numbers (crafted, 20 digits) says nothing: the merge
   // ends as without it (it ended in "error: stoll" after the file was written).
   fs::copy_file(dir / "s0/results.h5", dir / "odd.h5");
