@@ -70,6 +70,37 @@ std::string where_in(hid_t loc, const std::string& file, const std::string& name
   return file + ":" + base + (!name.empty() && name[0] == '/' ? name.substr(1) : name);
 }
 
+// where_in(), made only when a check fails: it asks HDF5 for the group's name twice, and the
+// checks below run for every dataset and attribute written or read (a checkpoint's load makes
+// hundreds). A string attribute's read still names it first: read_vlen_strings takes the text.
+struct WhereIn {
+  hid_t loc;
+  const std::string& file;
+  std::string name;
+  std::string text() const { return where_in(loc, file, name); }
+};
+
+// The overloads below hide the ones they add to: name those too.
+using attnscope::check;
+using h5::check_h5;
+
+template <typename... Args>
+void check(bool cond, const WhereIn& subject, const Args&... args) {
+  if (!cond) throw Error(subject.text(), concat(args...));
+}
+
+[[noreturn]] void throw_h5_error(const std::string& subject, const std::string& what,
+                                 const std::string& reason);
+
+// HDF5's error stack is read before the subject is made: the name lookup, an API call, clears
+// it. (As an argument, the subject was made before or after the failed call was evaluated, as
+// the compiler chose: GCC kept the reason only of a call in the argument list.)
+void check_h5(bool cond, const WhereIn& subject, const std::string& what) {
+  if (cond) return;
+  const auto reason = last_error();
+  throw_h5_error(subject.text(), what, reason);
+}
+
 }  // namespace
 
 Handle utf8_string_type() {
@@ -160,7 +191,13 @@ void check_h5(bool cond, const std::string& subject, const std::string& what) {
   if (cond) {
     return;
   }
-  const auto reason = last_error();
+  throw_h5_error(subject, what, last_error());
+}
+
+namespace {
+
+void throw_h5_error(const std::string& subject, const std::string& what,
+                    const std::string& reason) {
   // Another process (h5py, HDFView, another attnscope) holds the file, or the file system
   // has no locks (some NFS and FUSE mounts): say both, and the switch HDF5 reads.
   const bool locked = reason.find("unable to lock file") != std::string::npos;
@@ -172,6 +209,8 @@ void check_h5(bool cond, const std::string& subject, const std::string& what) {
                                              "HDF5_USE_FILE_LOCKING=FALSE"
                                            : ""));
 }
+
+}  // namespace
 
 std::string hdf5_version() {
   unsigned major = 0, minor = 0, release = 0;
@@ -337,13 +376,13 @@ Handle require_group(hid_t loc, const std::string& path, const std::string& file
   silence_hdf5();
   if (exists(loc, path)) {
     hid_t id = H5Gopen2(loc, path.c_str(), H5P_DEFAULT);
-    check(id >= 0, where_in(loc, file, path), "exists but is not a group");
+    check(id >= 0, WhereIn{loc, file, path}, "exists but is not a group");
     return Handle(id);
   }
   Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
   H5Pset_create_intermediate_group(lcpl.get(), 1);
   hid_t id = H5Gcreate2(loc, path.c_str(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT);
-  check_h5(id >= 0, where_in(loc, file, path), "cannot create group");
+  check_h5(id >= 0, WhereIn{loc, file, path}, "cannot create group");
   return Handle(id);
 }
 
@@ -375,7 +414,7 @@ void write_tensor(hid_t loc, const std::string& name, const at::Tensor& tensor,
   auto t = tensor.detach().to(torch::kCPU);
   if (t.scalar_type() == at::kBool) t = t.to(at::kByte);
   const hid_t type = native_type(t.scalar_type());
-  check(type >= 0, where_in(loc, file, name), "cannot store tensors of type ", t.scalar_type());
+  check(type >= 0, WhereIn{loc, file, name}, "cannot store tensors of type ", t.scalar_type());
   t = t.contiguous();
   std::vector<hsize_t> dims(t.sizes().begin(), t.sizes().end());
   Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr));
@@ -390,10 +429,10 @@ void write_tensor(hid_t loc, const std::string& name, const at::Tensor& tensor,
   H5Pset_create_intermediate_group(lcpl.get(), 1);
   if (exists(loc, name)) H5Ldelete(loc, name.c_str(), H5P_DEFAULT);
   Handle set(H5Dcreate2(loc, name.c_str(), type, space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT));
-  check_h5(set.valid(), where_in(loc, file, name), "cannot create dataset");
+  check_h5(set.valid(), WhereIn{loc, file, name}, "cannot create dataset");
   if (t.numel() > 0)
     check_h5(H5Dwrite(set.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data_ptr()) >= 0,
-             where_in(loc, file, name), "cannot write dataset");
+             WhereIn{loc, file, name}, "cannot write dataset");
 }
 
 std::string type_name(hid_t type) {
@@ -418,7 +457,7 @@ bool same_numbers(hid_t a, hid_t b, bool same_order) {
 std::vector<int64_t> dataset_shape(hid_t loc, const std::string& name, const std::string& file) {
   silence_hdf5();
   Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
-  check_h5(set.valid(), where_in(loc, file, name), "no such dataset");
+  check_h5(set.valid(), WhereIn{loc, file, name}, "no such dataset");
   Handle space(H5Dget_space(set.get()));
   const int rank = H5Sget_simple_extent_ndims(space.get());
   std::vector<hsize_t> dims(static_cast<std::size_t>(std::max(rank, 0)));
@@ -436,9 +475,9 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 void check_filters_available(hid_t loc, const std::string& name, const std::string& file) {
   silence_hdf5();
   Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
-  check_h5(set.valid(), where_in(loc, file, name), "no such dataset");
+  check_h5(set.valid(), WhereIn{loc, file, name}, "no such dataset");
   Handle plist(H5Dget_create_plist(set.get()));
-  check(plist.valid(), where_in(loc, file, name), "cannot read the dataset's creation properties");
+  check(plist.valid(), WhereIn{loc, file, name}, "cannot read the dataset's creation properties");
   const int filters = H5Pget_nfilters(plist.get());
   for (int i = 0; i < filters; ++i) {
     unsigned flags = 0, config = 0;
@@ -446,8 +485,8 @@ void check_filters_available(hid_t loc, const std::string& name, const std::stri
     char filter_name[64] = {};
     const H5Z_filter_t id = H5Pget_filter2(plist.get(), static_cast<unsigned>(i), &flags, &count,
                                            nullptr, sizeof(filter_name), filter_name, &config);
-    check(id >= 0, where_in(loc, file, name), "cannot read filter ", i, " of the dataset");
-    check(H5Zfilter_avail(id) > 0, where_in(loc, file, name), "is compressed with HDF5 filter ", id,
+    check(id >= 0, WhereIn{loc, file, name}, "cannot read filter ", i, " of the dataset");
+    check(H5Zfilter_avail(id) > 0, WhereIn{loc, file, name}, "is compressed with HDF5 filter ", id,
           filter_name[0] ? concat(" (", filter_name, ")") : std::string(),
           ", which this HDF5 build cannot decode; write it again with gzip or no compression");
   }
@@ -456,7 +495,7 @@ void check_filters_available(hid_t loc, const std::string& name, const std::stri
 at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& file) {
   silence_hdf5();
   Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
-  check_h5(set.valid(), where_in(loc, file, name), "no such dataset");
+  check_h5(set.valid(), WhereIn{loc, file, name}, "no such dataset");
   Handle type(H5Dget_type(set.get()));
   const auto cls = H5Tget_class(type.get());
   const auto size = H5Tget_size(type.get());
@@ -493,15 +532,15 @@ at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& fi
   uint64_t elements = 1;
   for (const auto d : shape) {
     check(d >= 0 && (d == 0 || elements <= kMaxReadBytes / static_cast<uint64_t>(d)),
-          where_in(loc, file, name), "dataset shape is too large to read");
+          WhereIn{loc, file, name}, "dataset shape is too large to read");
     elements *= static_cast<uint64_t>(d);
   }
-  check(elements * size <= kMaxReadBytes, where_in(loc, file, name), "dataset of ", elements * size,
+  check(elements * size <= kMaxReadBytes, WhereIn{loc, file, name}, "dataset of ", elements * size,
         " bytes is larger than the limit of ", kMaxReadBytes, " bytes");
   {
     Handle dcpl(H5Dget_create_plist(set.get()));
     if (elements > 0 && H5Pget_layout(dcpl.get()) == H5D_CONTIGUOUS)
-      check(H5Dget_storage_size(set.get()) >= elements * size, where_in(loc, file, name),
+      check(H5Dget_storage_size(set.get()) >= elements * size, WhereIn{loc, file, name},
             "dataset is truncated (", H5Dget_storage_size(set.get()), " bytes stored, ",
             elements * size, " expected)");
   }
@@ -509,7 +548,7 @@ at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& fi
   if (out.numel() > 0)
     check_h5(
         H5Dread(set.get(), native_type(st), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data_ptr()) >= 0,
-        where_in(loc, file, name), "cannot read dataset");
+        WhereIn{loc, file, name}, "cannot read dataset");
   return out;
 }
 
@@ -549,34 +588,34 @@ void write_attribute(hid_t obj, const std::string& name, const std::string& valu
   const Handle type = utf8_string_type();
   Handle space(H5Screate(H5S_SCALAR));
   Handle attr(H5Acreate2(obj, name.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT));
-  check_h5(attr.valid(), where_in(obj, file, "@" + name), "cannot create attribute");
+  check_h5(attr.valid(), WhereIn{obj, file, "@" + name}, "cannot create attribute");
   const char* data = value.c_str();
-  check_h5(H5Awrite(attr.get(), type.get(), &data) >= 0, where_in(obj, file, "@" + name),
+  check_h5(H5Awrite(attr.get(), type.get(), &data) >= 0, WhereIn{obj, file, "@" + name},
            "cannot write attribute");
 }
 
 std::string read_string_attribute(hid_t obj, const std::string& name, const std::string& file) {
   silence_hdf5();
-  check(has_attribute(obj, name), where_in(obj, file, "@" + name), "no such attribute");
+  check(has_attribute(obj, name), WhereIn{obj, file, "@" + name}, "no such attribute");
   Handle attr(H5Aopen(obj, name.c_str(), H5P_DEFAULT));
   Handle stored(H5Aget_type(attr.get()));
-  check(H5Tget_class(stored.get()) == H5T_STRING, where_in(obj, file, "@" + name),
+  check(H5Tget_class(stored.get()) == H5T_STRING, WhereIn{obj, file, "@" + name},
         "attribute is not a string");
   Handle space(H5Aget_space(attr.get()));
-  check(H5Sget_simple_extent_npoints(space.get()) == 1, where_in(obj, file, "@" + name),
+  check(H5Sget_simple_extent_npoints(space.get()) == 1, WhereIn{obj, file, "@" + name},
         "attribute is not a single string");
   if (H5Tis_variable_str(stored.get()) > 0) {
     return read_vlen_strings(attr.get(), H5S_ALL, H5S_ALL, 1, where_in(obj, file, "@" + name))
         .front();
   }
   const auto size = H5Tget_size(stored.get());
-  check(size > 0 && size <= (std::size_t{1} << 30), where_in(obj, file, "@" + name),
+  check(size > 0 && size <= (std::size_t{1} << 30), WhereIn{obj, file, "@" + name},
         "unreasonable string size ", size);
-  check(H5Aget_storage_size(attr.get()) >= size, where_in(obj, file, "@" + name),
+  check(H5Aget_storage_size(attr.get()) >= size, WhereIn{obj, file, "@" + name},
         "attribute data is cut short (", H5Aget_storage_size(attr.get()), " bytes stored, ", size,
         " needed)");
   std::string value(size, '\0');
-  check(H5Aread(attr.get(), stored.get(), value.data()) >= 0, where_in(obj, file, "@" + name),
+  check(H5Aread(attr.get(), stored.get(), value.data()) >= 0, WhereIn{obj, file, "@" + name},
         "cannot read attribute");
   value.resize(value.find('\0') == std::string::npos ? size : value.find('\0'));
   return value;
