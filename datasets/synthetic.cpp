@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -220,6 +221,21 @@ std::string synthetic_id(int64_t index) {
   return buf;
 }
 
+namespace {
+
+// The index whose synthetic_id() is `id` exactly ("synth_000012" → 12); nothing for any other
+// text ("synth_12", "synth_0000012", "synth_x"), so no file synth did not name is taken for one.
+std::optional<int64_t> synthetic_index(const std::string& id) {
+  if (id.rfind("synth_", 0) != 0 || id.size() > 24 || id.size() < 12 ||
+      id.find_first_not_of("0123456789", 6) != std::string::npos)
+    return std::nullopt;
+  const int64_t index = std::stoll(id.substr(6));
+  if (synthetic_id(index) != id) return std::nullopt;
+  return index;
+}
+
+}  // namespace
+
 int64_t synthetic_label(const SyntheticOptions& o, uint64_t seed, int64_t index) {
   Rng label_rng(mix_seed(seed, static_cast<uint64_t>(index), kLabelStream));
   return label_rng.bernoulli(o.malignant_fraction) ? 1 : 0;
@@ -308,12 +324,8 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
     std::string line;
     std::getline(in, line);  // the header
     while (std::getline(in, line)) {
-      const auto id = line.substr(0, std::min<std::size_t>(line.find(','), 32));
-      if (id.rfind("synth_", 0) != 0 || id.size() > 24 || id.size() < 12 ||
-          id.find_first_not_of("0123456789", 6) != std::string::npos)
-        continue;
-      const int64_t index = std::stoll(id.substr(6));
-      if (index >= count && synthetic_id(index) == id) surplus.push_back(index);
+      const auto index = synthetic_index(line.substr(0, std::min<std::size_t>(line.find(','), 32)));
+      if (index && *index >= count) surplus.push_back(*index);
     }
   }
   fs::create_directories(fs::path(dir) / "images", ec);
@@ -324,9 +336,8 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
   // images/ and masks/ synth_<index>.png, labels.csv.
   for (const char* sub : {"images", "masks"})
     remove_dead_temporaries_in((fs::path(dir) / sub).string(), [](const std::string& name) {
-      return name.size() >= 16 && name.rfind("synth_", 0) == 0 &&
-             name.compare(name.size() - 4, 4, ".png") == 0 &&
-             name.find_first_not_of("0123456789", 6) == name.size() - 4;
+      return name.size() > 4 && name.compare(name.size() - 4, 4, ".png") == 0 &&
+             synthetic_index(name.substr(0, name.size() - 4)).has_value();
     });
   remove_dead_temporaries(labels_path.string());
 

@@ -291,6 +291,7 @@ namespace {
 
 std::atomic<int> g_stop_signal{0};
 std::atomic<int64_t> g_first_stop_ns{0};  // CLOCK_MONOTONIC of the first signal, 0 before it
+std::atomic<bool> g_work_done{false};     // finish_stop_requests() was called
 static_assert(std::atomic<int>::is_always_lock_free && std::atomic<int64_t>::is_always_lock_free,
               "the signal handler needs lock-free atomics");
 
@@ -306,12 +307,21 @@ void on_stop_signal(int sig) {
   const int64_t now = std::max<int64_t>(monotonic_ns(), 1);
   int64_t first = 0;
   if (g_first_stop_ns.compare_exchange_strong(first, now)) {
+    // Stored before g_work_done is read, as finish_stop_requests() stores that before it
+    // reads this: one of the two sees the other's store, so a signal is never left with only
+    // "stopping after the current batch" said of a run that then ends complete.
     g_stop_signal.store(sig);
-    const char* text = sig == SIGINT
-                           ? "\nattnscope: interrupted (SIGINT): stopping after the current batch; "
-                             "Ctrl-C again stops at once\n"
-                           : "\nattnscope: SIGTERM received: stopping after the current batch; "
-                             "another signal stops at once\n";
+    const bool done = g_work_done.load();
+    const char* text =
+        done
+            ? (sig == SIGINT ? "\nattnscope: interrupted (SIGINT) after the work was done: nothing "
+                               "to stop\n"
+                             : "\nattnscope: SIGTERM received after the work was done: nothing to "
+                               "stop\n")
+        : sig == SIGINT ? "\nattnscope: interrupted (SIGINT): stopping after the current batch; "
+                          "Ctrl-C again stops at once\n"
+                        : "\nattnscope: SIGTERM received: stopping after the current batch; "
+                          "another signal stops at once\n";
     const ssize_t written = ::write(STDERR_FILENO, text, std::strlen(text));
     (void)written;
   } else if (now - first >= kStopSignalRepeatWindowNs) {
@@ -349,6 +359,14 @@ void stop_on_signals() {
 
 int stop_requested() {
   return g_stop_signal.load();
+}
+
+std::string finish_stop_requests() {
+  g_work_done.store(true);
+  const int sig = g_stop_signal.load();
+  if (sig == 0) return "";
+  return std::string("attnscope: the ") + stop_signal_name(sig) +
+         " came too late to stop anything: the run ends as it would have without it";
 }
 
 MallocPolicy malloc_policy() {

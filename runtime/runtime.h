@@ -252,16 +252,13 @@ inline const char* stop_signal_name(int sig) {
 inline int stopped_exit_status() {
   return 128 + stop_requested();
 }
-/// For a command that ended complete although a stop signal came (during its last batch, or
-/// while it wrote its outputs, when nothing was left to stop): one line that says so after
-/// the handler's "stopping after the current batch", so the run is not taken for a stopped one.
-/// "" when no signal came.
-inline std::string late_stop_line() {
-  const int sig = stop_requested();
-  if (sig == 0) return "";
-  return std::string("attnscope: the ") + stop_signal_name(sig) +
-         " came after the last batch had started: nothing was left to stop; the run is complete";
-}
+/// For a command whose work is done, with nothing left that a stop would cut short (it may
+/// still print its summary): from now on a first SIGINT / SIGTERM says "nothing to stop"
+/// instead of "stopping after the current batch". Returns the line for a signal that came
+/// before (during the last batch, or once no batch was left), which the handler's "stopping
+/// after the current batch" would otherwise leave unanswered before an exit 0; "" when none
+/// came.
+std::string finish_stop_requests();
 
 bool cuda_available();
 int cuda_device_count();

@@ -514,6 +514,13 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
     check(torch::isfinite(out.logits).all().item<bool>(), o.model,
           "gives non-finite outputs (NaN or inf) for a plain grey image: the weights are "
           "damaged");
+    // Finite logits that the temperature takes past the largest float give NaN probabilities.
+    check(torch::isfinite(torch::softmax(out.logits.to(torch::kFloat) / temperature, 1))
+              .all()
+              .item<bool>(),
+          o.model, "its temperature ", temperature,
+          " takes the logits of a plain grey image past the largest float (the probabilities "
+          "are NaN): the weights or the temperature are damaged");
     for (const auto& m : maps) {
       ResultsMap rm;
       rm.name = m;

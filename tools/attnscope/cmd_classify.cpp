@@ -302,7 +302,7 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
     }
     return runtime::stopped_exit_status();
   }
-  if (const auto late = runtime::late_stop_line(); !late.empty()) std::cerr << late << "\n";
+  if (const auto late = runtime::finish_stop_requests(); !late.empty()) std::cerr << late << "\n";
   for (const auto& line : s.summary)
     std::cout << line << "\n";
   if (s.skipped > 0) std::cout << "resumed: " << s.skipped << " inputs already stored\n";

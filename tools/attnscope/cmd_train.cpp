@@ -907,8 +907,9 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
                   << out << "\n";
       return 128 + result.stop_signal;
     }
+    const auto late = runtime::finish_stop_requests();
     if (!main_rank) return 0;
-    if (const auto late = runtime::late_stop_line(); !late.empty()) std::cerr << late << "\n";
+    if (!late.empty()) std::cerr << late << "\n";
     // A partial epoch is not kept (a resumed run must see whole epochs), so a budget that ends
     // inside the first epoch leaves nothing to save: say so instead of naming a best.h5.
     if (result.epochs_completed == 0 && !resume)
