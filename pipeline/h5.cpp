@@ -454,10 +454,41 @@ bool same_numbers(hid_t a, hid_t b, bool same_order) {
   return cls != H5T_INTEGER || H5Tget_sign(a) == H5Tget_sign(b);
 }
 
+namespace {
+
+// H5Dopen2, and when it fails the reason in the reader's words: no such dataset, a link into
+// another file that cannot be read (HDF5's reason), a link to nothing, a group where the
+// dataset belongs, or else HDF5's reason.
+Handle open_dataset(hid_t loc, const std::string& name, const std::string& file) {
+  Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
+  if (set.valid()) return set;
+  const auto reason = last_error();
+  const WhereIn subject{loc, file, name};
+  if (!exists(loc, name)) throw Error(subject.text(), "no such dataset");
+  H5L_info_t link;
+  if (H5Lget_info(loc, name.c_str(), &link, H5P_DEFAULT) >= 0 && link.type == H5L_TYPE_EXTERNAL) {
+    H5Eclear2(H5E_DEFAULT);
+    throw_h5_error(subject.text(), "is a link into another file, which cannot be read", reason);
+  }
+  if (H5Oexists_by_name(loc, name.c_str(), H5P_DEFAULT) == 0) {
+    H5Eclear2(H5E_DEFAULT);
+    throw Error(subject.text(), "is a link to nothing where a dataset belongs");
+  }
+  H5O_info_t info;
+  if (H5Oget_info_by_name(loc, name.c_str(), &info, H5P_DEFAULT) >= 0 &&
+      info.type == H5O_TYPE_GROUP) {
+    H5Eclear2(H5E_DEFAULT);
+    throw Error(subject.text(), "is a group where a dataset belongs");
+  }
+  H5Eclear2(H5E_DEFAULT);
+  throw_h5_error(subject.text(), "cannot open the dataset", reason);
+}
+
+}  // namespace
+
 std::vector<int64_t> dataset_shape(hid_t loc, const std::string& name, const std::string& file) {
   silence_hdf5();
-  Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
-  check_h5(set.valid(), WhereIn{loc, file, name}, "no such dataset");
+  const auto set = open_dataset(loc, name, file);
   Handle space(H5Dget_space(set.get()));
   const int rank = H5Sget_simple_extent_ndims(space.get());
   std::vector<hsize_t> dims(static_cast<std::size_t>(std::max(rank, 0)));
@@ -474,8 +505,7 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 
 void check_filters_available(hid_t loc, const std::string& name, const std::string& file) {
   silence_hdf5();
-  Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
-  check_h5(set.valid(), WhereIn{loc, file, name}, "no such dataset");
+  const auto set = open_dataset(loc, name, file);
   Handle plist(H5Dget_create_plist(set.get()));
   check(plist.valid(), WhereIn{loc, file, name}, "cannot read the dataset's creation properties");
   const int filters = H5Pget_nfilters(plist.get());
@@ -494,8 +524,7 @@ void check_filters_available(hid_t loc, const std::string& name, const std::stri
 
 at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& file) {
   silence_hdf5();
-  Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
-  check_h5(set.valid(), WhereIn{loc, file, name}, "no such dataset");
+  const auto set = open_dataset(loc, name, file);
   Handle type(H5Dget_type(set.get()));
   const auto cls = H5Tget_class(type.get());
   const auto size = H5Tget_size(type.get());

@@ -292,7 +292,8 @@ namespace {
 std::atomic<int> g_stop_signal{0};
 std::atomic<int64_t> g_first_stop_ns{0};  // CLOCK_MONOTONIC of the first signal, 0 before it
 std::atomic<bool> g_work_done{false};     // finish_stop_requests() was called
-static_assert(std::atomic<int>::is_always_lock_free && std::atomic<int64_t>::is_always_lock_free,
+static_assert(std::atomic<int>::is_always_lock_free && std::atomic<int64_t>::is_always_lock_free &&
+                  std::atomic<bool>::is_always_lock_free,
               "the signal handler needs lock-free atomics");
 
 int64_t monotonic_ns() {
@@ -315,9 +316,9 @@ void on_stop_signal(int sig) {
     const char* text =
         done
             ? (sig == SIGINT ? "\nattnscope: interrupted (SIGINT) after the work was done: nothing "
-                               "to stop\n"
+                               "to stop; Ctrl-C again stops at once\n"
                              : "\nattnscope: SIGTERM received after the work was done: nothing to "
-                               "stop\n")
+                               "stop; another signal stops at once\n")
         : sig == SIGINT ? "\nattnscope: interrupted (SIGINT): stopping after the current batch; "
                           "Ctrl-C again stops at once\n"
                         : "\nattnscope: SIGTERM received: stopping after the current batch; "
@@ -359,6 +360,10 @@ void stop_on_signals() {
 
 int stop_requested() {
   return g_stop_signal.load();
+}
+
+void more_work_follows() {
+  g_work_done.store(false);
 }
 
 std::string finish_stop_requests() {

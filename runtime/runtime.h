@@ -259,6 +259,9 @@ inline int stopped_exit_status() {
 /// after the current batch" would otherwise leave unanswered before an exit 0; "" when none
 /// came.
 std::string finish_stop_requests();
+/// Undoes finish_stop_requests() for a command that runs others in the same process (demo's
+/// steps): the next step's batches can be stopped again, and a signal says so.
+void more_work_follows();
 
 bool cuda_available();
 int cuda_device_count();

@@ -43,6 +43,45 @@ TEST(H5, TensorsAndAttributesRoundTrip) {
   EXPECT_FALSE(exists(file.id(), "grp/nope/idx"));
 }
 
+// What stands where a dataset belongs is said in the reader's words: nothing, a group, a link
+// to nothing, a link to a file that is not there (HDF5's reason). Each for every reader of a
+// dataset (it said "no such dataset (not a dataset)" of a group).
+TEST(H5, WhatStandsWhereADatasetBelongsIsSaid) {
+  test::TempDir dir;
+  const auto path = dir / "w.h5";
+  {
+    auto file = File::create(path);
+    write_tensor(file.id(), "x", torch::zeros({2}), path);
+    require_group(file.id(), "g", path);
+    ASSERT_GE(H5Lcreate_soft("/nowhere", file.id(), "soft", H5P_DEFAULT, H5P_DEFAULT), 0);
+    ASSERT_GE(H5Lcreate_external("missing.h5", "/x", file.id(), "ext", H5P_DEFAULT, H5P_DEFAULT),
+              0);
+  }
+  auto file = File::open(path);
+  for (const auto& [name, says] : std::vector<std::pair<std::string, std::string>>{
+           {"y", ":/y: no such dataset"},
+           {"g", ":/g: is a group where a dataset belongs"},
+           {"soft", ":/soft: is a link to nothing where a dataset belongs"},
+           {"ext",
+            ":/ext: is a link into another file, which cannot be read (unable to open external "
+            "file"}}) {
+    for (const auto& [reader, read] : std::vector<std::pair<std::string, std::function<void()>>>{
+             {"read_tensor", [&, name = name] { read_tensor(file.id(), name, path); }},
+             {"dataset_shape", [&, name = name] { dataset_shape(file.id(), name, path); }},
+             {"check_filters_available",
+              [&, name = name] { check_filters_available(file.id(), name, path); }}}) {
+      SCOPED_TRACE(name + " " + reader);
+      try {
+        read();
+        ADD_FAILURE() << "no error";
+      } catch (const Error& e) {
+        EXPECT_EQ(std::string(e.what()).rfind(path + says, 0), 0u) << e.what();
+      }
+    }
+  }
+  EXPECT_EQ(read_tensor(file.id(), "x", path).numel(), 2);
+}
+
 // An error inside a group names the object by its whole path in the file ("al.h5:/sentences/
 // 000991"; it said "al.h5:/000991").
 TEST(H5, ErrorsInsideAGroupNameTheWholePath) {

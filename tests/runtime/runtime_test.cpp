@@ -135,33 +135,38 @@ TEST(StopSignals, FirstSetsTheFlagACopyIsIgnoredALaterOneEndsTheProcess) {
 }
 
 // A signal before the work is done is answered by finish_stop_requests()'s line; one after it
-// is told by the handler that there is nothing to stop. Both exit as the work did (0 here).
+// is told by the handler that there is nothing to stop; after more_work_follows() (demo's next
+// step) it stops the batches again. Each exits as the work did (0 here).
 TEST(StopSignals, ASignalAfterTheWorkIsDoneStopsNothingAndIsSaidSo) {
   test::TempDir dir;
-  for (const bool before : {true, false}) {
-    SCOPED_TRACE(before);
-    const auto log = dir / (before ? "before.txt" : "after.txt");
+  const std::string stopping =
+      "\nattnscope: SIGTERM received: stopping after the current batch; another signal stops at "
+      "once\n";
+  for (const int when : {0, 1, 2}) {  // before finishing, after, after and more work follows
+    SCOPED_TRACE(when);
+    const auto log = dir / ("log" + std::to_string(when) + ".txt");
     const int status = child_status([&] {
       signal(SIGTERM, SIG_DFL);
       std::FILE* f = std::fopen(log.c_str(), "w");
       if (!f || dup2(fileno(f), STDERR_FILENO) < 0) return 30;
       runtime::stop_on_signals();
-      if (before) raise(SIGTERM);
+      if (when == 0) raise(SIGTERM);
       const auto line = runtime::finish_stop_requests();
-      if (!before) raise(SIGTERM);
+      if (when == 2) runtime::more_work_follows();
+      if (when > 0) raise(SIGTERM);
       if (runtime::stop_requested() != SIGTERM) return 31;
-      return line == (before ? "attnscope: the SIGTERM came too late to stop anything: the run "
-                               "ends as it would have without it"
-                             : "")
+      return line == (when == 0 ? "attnscope: the SIGTERM came too late to stop anything: the "
+                                  "run ends as it would have without it"
+                                : "")
                  ? 0
                  : 32;
     });
     ASSERT_TRUE(WIFEXITED(status)) << "signal " << WTERMSIG(status);
     EXPECT_EQ(WEXITSTATUS(status), 0);
     EXPECT_EQ(test::read_text(log),
-              before ? "\nattnscope: SIGTERM received: stopping after the current batch; another "
-                       "signal stops at once\n"
-                     : "\nattnscope: SIGTERM received after the work was done: nothing to stop\n");
+              when == 1 ? "\nattnscope: SIGTERM received after the work was done: nothing to "
+                          "stop; another signal stops at once\n"
+                        : stopping);
   }
 }
 

@@ -74,6 +74,7 @@ int run_cache(const std::vector<std::string>& args, const GlobalOptions&) {
               << out << " not written\n";
     return runtime::stopped_exit_status();
   }
+  if (const auto late = runtime::finish_stop_requests(); !late.empty()) std::cerr << late << "\n";
   for (const auto& f : report.failures)
     std::cerr << image_error_line(f.path, f.image_id, f.message);
   std::cout << "cached " << report.written << " of " << ds.samples.size() << " images into " << out;

@@ -99,6 +99,7 @@ void run_step(const std::string& name, const std::vector<std::string>& args,
   int status = 0;
   log.capture([&] { status = command->run(args, global); });
   if (runtime::stop_requested()) throw DemoStopped{name};
+  runtime::more_work_follows();  // the step's finish_stop_requests() is not the demo's
   check(status == 0, "demo", "`attnscope ", name, "` exited with status ", status, " (see ",
         log.path(), ")");
 }
@@ -208,6 +209,9 @@ int run_demo(const std::vector<std::string>& args, const GlobalOptions& global) 
              global, log);
     std::cout << " done (" << seconds_since(start) << ")\n";
 
+    // The report is not stopped: a signal now stops nothing, and says so.
+    if (const auto late = runtime::finish_stop_requests(); !late.empty())
+      std::cerr << "\n" << late << "\n";
     std::cout << "[4/5] writing the report ..." << std::flush;
     pipeline::vision::ReportOptions ro;
     ro.sort = "error";

@@ -505,6 +505,9 @@ int run_train(const std::vector<std::string>& args) {
                 << std::setprecision(2) << eval.metrics.bleu << "\n";
     }
   }
+  // What is left (the save) is not stopped: a signal now stops nothing, and says so.
+  if (const auto late = runtime::finish_stop_requests(); !late.empty() && !interrupted)
+    std::cerr << late << "\n";
   const std::string path = (fs::path(out_dir) / "model.h5").string();
   pipeline::save_seq2seq(path, bundle, provenance);
   std::cout << "wrote " << path << " (" << result.steps << " steps, " << std::fixed

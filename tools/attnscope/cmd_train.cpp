@@ -907,9 +907,11 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
                   << out << "\n";
       return 128 + result.stop_signal;
     }
-    const auto late = runtime::finish_stop_requests();
+    // Every rank answers its own handler's line (a signal may reach one rank only).
+    if (const auto late = runtime::finish_stop_requests(); !late.empty())
+      std::cerr << late << (world > 1 ? concat(" (rank ", group->rank(), ")") : std::string())
+                << "\n";
     if (!main_rank) return 0;
-    if (!late.empty()) std::cerr << late << "\n";
     // A partial epoch is not kept (a resumed run must see whole epochs), so a budget that ends
     // inside the first epoch leaves nothing to save: say so instead of naming a best.h5.
     if (result.epochs_completed == 0 && !resume)
