@@ -357,7 +357,7 @@ bool exists(hid_t loc, const std::string& name) {
       if (cut != std::string::npos) {
         const auto parent = prefix.substr(0, cut);
         H5O_info_t info;
-        if (H5Oget_info_by_name(loc, parent.c_str(), &info, H5P_DEFAULT) < 0 ||
+        if (H5Oget_info_by_name2(loc, parent.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) < 0 ||
             info.type != H5O_TYPE_GROUP) {
           H5Eclear2(H5E_DEFAULT);
           throw Error(located(loc, parent), "is not a group (a file of another layout?)");
@@ -457,8 +457,10 @@ bool same_numbers(hid_t a, hid_t b, bool same_order) {
 namespace {
 
 // H5Dopen2, and when it fails the reason in the reader's words: no such dataset, a link into
-// another file that cannot be read (HDF5's reason), a link to nothing, a group where the
-// dataset belongs, or else HDF5's reason.
+// another file (with HDF5's reason: the file or the object there), a link to nothing, a group
+// where the dataset belongs, or else HDF5's reason. Only the objects' basic information is
+// read (H5O_INFO_BASIC: no attribute or header statistics), as files from elsewhere reach here
+// after a child process read them (h5_isolation.h).
 Handle open_dataset(hid_t loc, const std::string& name, const std::string& file) {
   Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
   if (set.valid()) return set;
@@ -468,14 +470,15 @@ Handle open_dataset(hid_t loc, const std::string& name, const std::string& file)
   H5L_info_t link;
   if (H5Lget_info(loc, name.c_str(), &link, H5P_DEFAULT) >= 0 && link.type == H5L_TYPE_EXTERNAL) {
     H5Eclear2(H5E_DEFAULT);
-    throw_h5_error(subject.text(), "is a link into another file, which cannot be read", reason);
+    throw_h5_error(subject.text(), "is a link into another file that gives no dataset here",
+                   reason);
   }
   if (H5Oexists_by_name(loc, name.c_str(), H5P_DEFAULT) == 0) {
     H5Eclear2(H5E_DEFAULT);
     throw Error(subject.text(), "is a link to nothing where a dataset belongs");
   }
   H5O_info_t info;
-  if (H5Oget_info_by_name(loc, name.c_str(), &info, H5P_DEFAULT) >= 0 &&
+  if (H5Oget_info_by_name2(loc, name.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) >= 0 &&
       info.type == H5O_TYPE_GROUP) {
     H5Eclear2(H5E_DEFAULT);
     throw Error(subject.text(), "is a group where a dataset belongs");

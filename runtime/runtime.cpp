@@ -292,6 +292,7 @@ namespace {
 std::atomic<int> g_stop_signal{0};
 std::atomic<int64_t> g_first_stop_ns{0};  // CLOCK_MONOTONIC of the first signal, 0 before it
 std::atomic<bool> g_work_done{false};     // finish_stop_requests() was called
+std::atomic<bool> g_work_kept_open{false};  // keep_work_open(true): an outer command goes on
 static_assert(std::atomic<int>::is_always_lock_free && std::atomic<int64_t>::is_always_lock_free &&
                   std::atomic<bool>::is_always_lock_free,
               "the signal handler needs lock-free atomics");
@@ -362,12 +363,12 @@ int stop_requested() {
   return g_stop_signal.load();
 }
 
-void more_work_follows() {
-  g_work_done.store(false);
+void keep_work_open(bool open) {
+  g_work_kept_open.store(open);
 }
 
 std::string finish_stop_requests() {
-  g_work_done.store(true);
+  if (!g_work_kept_open.load()) g_work_done.store(true);
   const int sig = g_stop_signal.load();
   if (sig == 0) return "";
   return std::string("attnscope: the ") + stop_signal_name(sig) +

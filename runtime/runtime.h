@@ -259,9 +259,11 @@ inline int stopped_exit_status() {
 /// after the current batch" would otherwise leave unanswered before an exit 0; "" when none
 /// came.
 std::string finish_stop_requests();
-/// Undoes finish_stop_requests() for a command that runs others in the same process (demo's
-/// steps): the next step's batches can be stopped again, and a signal says so.
-void more_work_follows();
+/// For a command that runs others in the same process (demo's steps): while `open`, their
+/// finish_stop_requests() return their line but leave the handler's "stopping after the
+/// current batch" (the outer command stops between its steps). It calls this with false
+/// before its own finish_stop_requests().
+void keep_work_open(bool open);
 
 bool cuda_available();
 int cuda_device_count();

@@ -1116,7 +1116,7 @@ void collect_datasets(hid_t loc, const std::string& prefix, std::vector<std::str
     const auto name = prefix.empty() ? child : prefix + "/" + child;
     H5O_info_t info;
     // A member that cannot be read is a damaged file, not one made with other options.
-    h5::check_h5(H5Oget_info_by_name(loc, child.c_str(), &info, H5P_DEFAULT) >= 0,
+    h5::check_h5(H5Oget_info_by_name2(loc, child.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) >= 0,
                  where(file, name), "cannot read the object's header (a damaged file?)");
     if (info.type == H5O_TYPE_GROUP) {
       if (!groups.insert(info.addr).second) continue;

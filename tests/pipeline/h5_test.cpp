@@ -63,8 +63,8 @@ TEST(H5, WhatStandsWhereADatasetBelongsIsSaid) {
            {"g", ":/g: is a group where a dataset belongs"},
            {"soft", ":/soft: is a link to nothing where a dataset belongs"},
            {"ext",
-            ":/ext: is a link into another file, which cannot be read (unable to open external "
-            "file"}}) {
+            ":/ext: is a link into another file that gives no dataset here (unable to open "
+            "external file"}}) {
     for (const auto& [reader, read] : std::vector<std::pair<std::string, std::function<void()>>>{
              {"read_tensor", [&, name = name] { read_tensor(file.id(), name, path); }},
              {"dataset_shape", [&, name = name] { dataset_shape(file.id(), name, path); }},

@@ -135,14 +135,15 @@ TEST(StopSignals, FirstSetsTheFlagACopyIsIgnoredALaterOneEndsTheProcess) {
 }
 
 // A signal before the work is done is answered by finish_stop_requests()'s line; one after it
-// is told by the handler that there is nothing to stop; after more_work_follows() (demo's next
-// step) it stops the batches again. Each exits as the work did (0 here).
+// is told by the handler that there is nothing to stop; while keep_work_open(true) (demo's
+// steps) a step's finish leaves the handler's "stopping after the current batch". Each exits as the
+// work did (0 here).
 TEST(StopSignals, ASignalAfterTheWorkIsDoneStopsNothingAndIsSaidSo) {
   test::TempDir dir;
   const std::string stopping =
       "\nattnscope: SIGTERM received: stopping after the current batch; another signal stops at "
       "once\n";
-  for (const int when : {0, 1, 2}) {  // before finishing, after, after and more work follows
+  for (const int when : {0, 1, 2}) {  // before finishing, after, after with the work kept open
     SCOPED_TRACE(when);
     const auto log = dir / ("log" + std::to_string(when) + ".txt");
     const int status = child_status([&] {
@@ -151,8 +152,8 @@ TEST(StopSignals, ASignalAfterTheWorkIsDoneStopsNothingAndIsSaidSo) {
       if (!f || dup2(fileno(f), STDERR_FILENO) < 0) return 30;
       runtime::stop_on_signals();
       if (when == 0) raise(SIGTERM);
+      runtime::keep_work_open(when == 2);
       const auto line = runtime::finish_stop_requests();
-      if (when == 2) runtime::more_work_follows();
       if (when > 0) raise(SIGTERM);
       if (runtime::stop_requested() != SIGTERM) return 31;
       return line == (when == 0 ? "attnscope: the SIGTERM came too late to stop anything: the "

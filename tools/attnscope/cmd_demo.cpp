@@ -99,7 +99,6 @@ void run_step(const std::string& name, const std::vector<std::string>& args,
   int status = 0;
   log.capture([&] { status = command->run(args, global); });
   if (runtime::stop_requested()) throw DemoStopped{name};
-  runtime::more_work_follows();  // the step's finish_stop_requests() is not the demo's
   check(status == 0, "demo", "`attnscope ", name, "` exited with status ", status, " (see ",
         log.path(), ")");
 }
@@ -165,6 +164,8 @@ int run_demo(const std::vector<std::string>& args, const GlobalOptions& global) 
 
   // A step that installs its own handler (train, classify) keeps this one's behaviour.
   runtime::stop_on_signals();
+  // A step's end is not the demo's: a signal after it still stops the demo before its next step.
+  runtime::keep_work_open(true);
   pipeline::vision::ReportSummary s;
   const std::string results = p(dir / "results/results.h5");
   const std::string report = p(dir / "report.html");
@@ -210,6 +211,7 @@ int run_demo(const std::vector<std::string>& args, const GlobalOptions& global) 
     std::cout << " done (" << seconds_since(start) << ")\n";
 
     // The report is not stopped: a signal now stops nothing, and says so.
+    runtime::keep_work_open(false);
     if (const auto late = runtime::finish_stop_requests(); !late.empty())
       std::cerr << "\n" << late << "\n";
     std::cout << "[4/5] writing the report ..." << std::flush;
