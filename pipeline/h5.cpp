@@ -90,7 +90,17 @@ void check(bool cond, const WhereIn& subject, const Args&... args) {
 }
 
 [[noreturn]] void throw_h5_error(const std::string& subject, const std::string& what,
-                                 const std::string& reason);
+                                 const std::string& reason) {
+  // Another process (h5py, HDFView, another attnscope) holds the file, or the file system
+  // has no locks (some NFS and FUSE mounts): say both, and the switch HDF5 reads.
+  const bool locked = reason.find("unable to lock file") != std::string::npos;
+  throw Error(subject, reason.empty() ? what
+                                      : what + " (" + reason + ")" +
+                                            (locked ? "; is it open in another program? on a file "
+                                                      "system without locks set "
+                                                      "HDF5_USE_FILE_LOCKING=FALSE"
+                                                    : ""));
+}
 
 // HDF5's error stack is read before the subject is made: the name lookup, an API call, clears
 // it. (As an argument, the subject was made before or after the failed call was evaluated, as
@@ -193,24 +203,6 @@ void check_h5(bool cond, const std::string& subject, const std::string& what) {
   }
   throw_h5_error(subject, what, last_error());
 }
-
-namespace {
-
-void throw_h5_error(const std::string& subject, const std::string& what,
-                    const std::string& reason) {
-  // Another process (h5py, HDFView, another attnscope) holds the file, or the file system
-  // has no locks (some NFS and FUSE mounts): say both, and the switch HDF5 reads.
-  const bool locked = reason.find("unable to lock file") != std::string::npos;
-  throw Error(subject,
-              reason.empty() ? what
-                             : what + " (" + reason + ")" +
-                                   (locked ? "; is it open in another program? on a file "
-                                             "system without locks set "
-                                             "HDF5_USE_FILE_LOCKING=FALSE"
-                                           : ""));
-}
-
-}  // namespace
 
 std::string hdf5_version() {
   unsigned major = 0, minor = 0, release = 0;
