@@ -327,6 +327,39 @@ std::string located(hid_t loc, const std::string& name) {
   return where(name_of(H5Fget_name), group + name);
 }
 
+// Throws, in the reader's words, what stands at `name` below `loc` where a `wanted` object
+// ("dataset", "group") belongs: a link into another file that gives none here (with HDF5's
+// reason: the file or the object there), a link to nothing, or an object of another kind.
+// Returns when a `wanted` object stands there (the caller says what else failed). Only the
+// objects' basic information is read (H5O_INFO_BASIC: no attribute or header statistics), as
+// files from elsewhere reach here after a child process read them (h5_isolation.h). `subject`
+// is made only when a message is: naming an object is an HDF5 call that clears its errors.
+template <typename Subject>
+void throw_unless_a(hid_t loc, const std::string& name, const std::string& wanted,
+                    const Subject& subject, const std::string& reason) {
+  H5L_info_t link;
+  if (H5Lget_info(loc, name.c_str(), &link, H5P_DEFAULT) >= 0 && link.type == H5L_TYPE_EXTERNAL) {
+    H5Eclear2(H5E_DEFAULT);
+    throw_h5_error(subject(), "is a link into another file that gives no " + wanted + " here",
+                   reason);
+  }
+  if (H5Oexists_by_name(loc, name.c_str(), H5P_DEFAULT) == 0) {
+    H5Eclear2(H5E_DEFAULT);
+    throw Error(subject(), "is a link to nothing where a " + wanted + " belongs");
+  }
+  H5O_info_t info;
+  const bool known =
+      H5Oget_info_by_name2(loc, name.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) >= 0;
+  H5Eclear2(H5E_DEFAULT);
+  if (!known) return;
+  const char* kind = info.type == H5O_TYPE_GROUP            ? "group"
+                     : info.type == H5O_TYPE_DATASET        ? "dataset"
+                     : info.type == H5O_TYPE_NAMED_DATATYPE ? "named datatype"
+                                                            : "object of another kind";
+  if (wanted != kind)
+    throw Error(subject(), concat("is a ", kind, " where a ", wanted, " belongs"));
+}
+
 }  // namespace
 
 bool exists(hid_t loc, const std::string& name) {
@@ -342,19 +375,17 @@ bool exists(hid_t loc, const std::string& name) {
     } else if (const htri_t found = H5Lexists(loc, prefix.c_str(), H5P_DEFAULT); found == 0) {
       return false;
     } else if (found < 0) {
-      // Not "absent": the lookup failed (a damaged group index, a dataset or dangling link
-      // where a group belongs). Said so, with HDF5's reason, not as a missing dataset.
+      // Not "absent": the lookup failed (a damaged group index, or a dataset, a dangling or
+      // external link where a group belongs). Said so, with HDF5's reason, not as a missing
+      // dataset.
       const auto reason = last_error();
       const auto cut = prefix.rfind('/');
       if (cut != std::string::npos) {
         const auto parent = prefix.substr(0, cut);
-        H5O_info_t info;
-        if (H5Oget_info_by_name2(loc, parent.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) < 0 ||
-            info.type != H5O_TYPE_GROUP) {
-          H5Eclear2(H5E_DEFAULT);
-          throw Error(located(loc, parent), "is not a group (a file of another layout?)");
-        }
+        throw_unless_a(
+            loc, parent, "group", [&] { return located(loc, parent); }, reason);
       }
+      H5Eclear2(H5E_DEFAULT);
       throw Error(located(loc, prefix), "cannot look it up (a damaged file?)" +
                                             (reason.empty() ? "" : " (" + reason + ")"));
     }
@@ -367,9 +398,13 @@ bool exists(hid_t loc, const std::string& name) {
 Handle require_group(hid_t loc, const std::string& path, const std::string& file) {
   silence_hdf5();
   if (exists(loc, path)) {
-    hid_t id = H5Gopen2(loc, path.c_str(), H5P_DEFAULT);
-    check(id >= 0, WhereIn{loc, file, path}, "exists but is not a group");
-    return Handle(id);
+    Handle group(H5Gopen2(loc, path.c_str(), H5P_DEFAULT));
+    if (group.valid()) return group;
+    const auto reason = last_error();
+    const WhereIn subject{loc, file, path};
+    throw_unless_a(
+        loc, path, "group", [&] { return subject.text(); }, reason);
+    throw_h5_error(subject.text(), "cannot open the group", reason);
   }
   Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
   H5Pset_create_intermediate_group(lcpl.get(), 1);
@@ -448,34 +483,16 @@ bool same_numbers(hid_t a, hid_t b, bool same_order) {
 
 namespace {
 
-// H5Dopen2, and when it fails the reason in the reader's words: no such dataset, a link into
-// another file (with HDF5's reason: the file or the object there), a link to nothing, a group
-// where the dataset belongs, or else HDF5's reason. Only the objects' basic information is
-// read (H5O_INFO_BASIC: no attribute or header statistics), as files from elsewhere reach here
-// after a child process read them (h5_isolation.h).
+// H5Dopen2, and when it fails the reason in the reader's words: no such dataset, what else stands
+// there (throw_unless_a), or else HDF5's reason.
 Handle open_dataset(hid_t loc, const std::string& name, const std::string& file) {
   Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
   if (set.valid()) return set;
   const auto reason = last_error();
   const WhereIn subject{loc, file, name};
   if (!exists(loc, name)) throw Error(subject.text(), "no such dataset");
-  H5L_info_t link;
-  if (H5Lget_info(loc, name.c_str(), &link, H5P_DEFAULT) >= 0 && link.type == H5L_TYPE_EXTERNAL) {
-    H5Eclear2(H5E_DEFAULT);
-    throw_h5_error(subject.text(), "is a link into another file that gives no dataset here",
-                   reason);
-  }
-  if (H5Oexists_by_name(loc, name.c_str(), H5P_DEFAULT) == 0) {
-    H5Eclear2(H5E_DEFAULT);
-    throw Error(subject.text(), "is a link to nothing where a dataset belongs");
-  }
-  H5O_info_t info;
-  if (H5Oget_info_by_name2(loc, name.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) >= 0 &&
-      info.type == H5O_TYPE_GROUP) {
-    H5Eclear2(H5E_DEFAULT);
-    throw Error(subject.text(), "is a group where a dataset belongs");
-  }
-  H5Eclear2(H5E_DEFAULT);
+  throw_unless_a(
+      loc, name, "dataset", [&] { return subject.text(); }, reason);
   throw_h5_error(subject.text(), "cannot open the dataset", reason);
 }
 

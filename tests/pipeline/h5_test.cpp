@@ -82,6 +82,41 @@ TEST(H5, WhatStandsWhereADatasetBelongsIsSaid) {
   EXPECT_EQ(read_tensor(file.id(), "x", path).numel(), 2);
 }
 
+// The same where a group belongs: in the middle of a path (exists, and every reader through it)
+// and where require_group opens one. A dangling link there was "is not a group (a file of
+// another layout?)", without HDF5's reason.
+TEST(H5, WhatStandsWhereAGroupBelongsIsSaid) {
+  test::TempDir dir;
+  const auto path = dir / "w.h5";
+  {
+    auto file = File::create(path);
+    write_tensor(file.id(), "x", torch::zeros({2}), path);
+    write_tensor(file.id(), "g/x", torch::zeros({2}), path);
+    ASSERT_GE(H5Lcreate_soft("/nowhere", file.id(), "soft", H5P_DEFAULT, H5P_DEFAULT), 0);
+    ASSERT_GE(H5Lcreate_external("missing.h5", "/g", file.id(), "ext", H5P_DEFAULT, H5P_DEFAULT),
+              0);
+  }
+  auto file = File::open(path);
+  for (const auto& [name, says] : std::vector<std::pair<std::string, std::string>>{
+           {"x", ":/x: is a dataset where a group belongs"},
+           {"soft", ":/soft: is a link to nothing where a group belongs"},
+           {"ext",
+            ":/ext: is a link into another file that gives no group here (unable to open "
+            "external file"}}) {
+    for (const auto& [reader, read] : std::vector<std::pair<std::string, std::function<void()>>>{
+             {"exists", [&, name = name] { exists(file.id(), name + "/y"); }},
+             {"read_tensor", [&, name = name] { read_tensor(file.id(), name + "/y", path); }},
+             {"require_group", [&, name = name] { require_group(file.id(), name, path); }}}) {
+      SCOPED_TRACE(name + " " + reader);
+      const auto e = test::error_of(read);
+      EXPECT_EQ(e.rfind(path + says, 0), 0u) << e;
+    }
+  }
+  EXPECT_TRUE(exists(file.id(), "g/x"));
+  EXPECT_FALSE(exists(file.id(), "g/y"));
+  EXPECT_EQ(read_tensor(require_group(file.id(), "g", path).get(), "x", path).numel(), 2);
+}
+
 // An error inside a group names the object by its whole path in the file ("al.h5:/sentences/
 // 000991"; it said "al.h5:/000991").
 TEST(H5, ErrorsInsideAGroupNameTheWholePath) {
@@ -290,7 +325,7 @@ TEST(H5, AGroupWhoseIndexIsDamagedIsNotListedInPart) {
   }
   auto again = File::open(other);
   EXPECT_EQ(test::error_of([&] { exists(again.id(), "x/y"); }),
-            other + ":/x: is not a group (a file of another layout?)");
+            other + ":/x: is a dataset where a group belongs");
 }
 
 // Variable-length strings as h5py writes them (thousands, empty, non-ASCII, one larger than a
