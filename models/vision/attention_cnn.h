@@ -69,6 +69,7 @@ class AttentionCnnImpl : public ImageClassifier {
   int64_t num_classes() const override { return options.num_classes(); }
   std::vector<std::string> head_prefixes() const override { return {"attention.", "classifier."}; }
   std::vector<std::string> map_names() const override;
+  std::string map_weights() const override { return attention::to_string(options.normalizer()); }
 
   AttentionCnnOptions options;
   std::shared_ptr<Trunk> trunk;

@@ -84,6 +84,11 @@ class ImageClassifier : public virtual torch::nn::Module {
   /// Names of the attention maps forward returns (with need_attention for the ViT).
   virtual std::vector<std::string> map_names() const { return {}; }
 
+  /// What a value of the model's own attention maps is: "softmax" (a weight over the h·w
+  /// positions; each map sums to 1) or "sigmoid" (each position's gate in (0, 1), on its own:
+  /// AttnMel's attention); "" when the maps are no attention weights (a ViT's rollout).
+  virtual std::string map_weights() const { return ""; }
+
   /// Name prefixes of the head's tensors ("fc.", "classifier.", "attention.", "head."): what
   /// a backbone-only checkpoint lacks (pipeline::LoadOptions::skip_prefixes).
   virtual std::vector<std::string> head_prefixes() const = 0;

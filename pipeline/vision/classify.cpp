@@ -535,6 +535,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
         t = shapes.at(m);
         rm.source = m == "rollout" ? "rollout" : "model";
         rm.normalization = m == "rollout" ? "max" : "none";
+        if (m != "rollout") rm.weights = model.map_weights();
       }
       rm.height = t.size(1);
       rm.width = t.size(2);

@@ -108,7 +108,8 @@ json parse_json(const std::string& text, const std::string& subject) {
 
 struct MapData {
   std::string name, normalization, source;
-  at::Tensor values;  // (N, h, w) float32
+  std::string weights;  // of a "none" map: softmax (files before the attribute too) | sigmoid
+  at::Tensor values;    // (N, h, w) float32
   double scale = 1;   // values are multiplied by this before colouring (1 or h·w)
   double vmax = 1;    // the top of the colour bar, in scaled units
   std::string unit;   // what the colour bar's numbers mean
@@ -351,6 +352,7 @@ Results read_results(const std::string& path, bool values = true) {
       h5::Handle set(H5Dopen2(root, full.c_str(), H5P_DEFAULT));
       m.normalization = attribute(set.get(), "normalization", path, "max");
       m.source = attribute(set.get(), "source", path);
+      m.weights = attribute(set.get(), "weights", path, "softmax");
       if (!values) continue;
       // Non-finite values (a crafted or broken file) would poison the scale: shown as 0, and
       // said so (a blank map would otherwise look like a model that attended to nothing).
@@ -360,7 +362,11 @@ Results read_results(const std::string& path, bool values = true) {
                                     " non-finite values (NaN or infinity), shown as 0"));
         m.values = torch::nan_to_num(m.values, 0.0, 0.0, 0.0);
       }
-      if (m.normalization == "none") {
+      if (m.normalization == "none" && m.weights == "sigmoid") {
+        // Each position's own gate in (0, 1) (AttnMel): no sum to compare with uniform.
+        m.unit = "sigmoid gate of each position, 0 to 1";
+        m.vmax = 1;
+      } else if (m.normalization == "none" && m.weights == "softmax") {
         // Raw softmax weights sum to 1 over h·w positions: shown as multiples of uniform.
         m.scale = static_cast<double>(m.values.size(1) * m.values.size(2));
         m.unit = "× uniform attention (1 = every position equal)";
@@ -368,7 +374,9 @@ Results read_results(const std::string& path, bool values = true) {
         m.vmax = n > 0 ? maxima.quantile(0.99).item<double>() : 1.0;
         if (!(m.vmax > 0)) m.vmax = 1;
       } else {
-        m.unit = m.normalization == "max" ? "fraction of the image's maximum" : m.normalization;
+        m.unit = m.normalization == "max"    ? "fraction of the image's maximum"
+                 : m.normalization == "none" ? m.weights
+                                             : m.normalization;
         m.vmax = 1;
       }
       r.maps.push_back(std::move(m));

@@ -801,6 +801,7 @@ ResultsWriter ResultsWriter::create(const std::string& path, const ResultsHeader
     h5::Handle set(H5Dopen2(f, name.c_str(), H5P_DEFAULT));
     h5::write_attribute(set.get(), "source", m.source, shown);
     h5::write_attribute(set.get(), "normalization", m.normalization, shown);
+    if (!m.weights.empty()) h5::write_attribute(set.get(), "weights", m.weights, shown);
     h5::write_attribute(set.get(), "upsample", "bilinear", shown);
     h5::write_attribute(set.get(), "align_corners", "false", shown);
     h5::write_attribute(set.get(), "target_size", size, shown);

@@ -35,6 +35,9 @@ struct ResultsMap {
   int64_t height = 0, width = 0;
   std::string source = "model";       ///< model | rollout | gradcam | gradient_rollout
   std::string normalization = "max";  ///< max | none
+  /// What a value of a "none" map is (ImageClassifier::map_weights): softmax | sigmoid; written
+  /// as the map's `weights` attribute when not empty.
+  std::string weights;
 };
 
 /// The shapes of a file's datasets, fixed when it is created.

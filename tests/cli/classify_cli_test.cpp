@@ -182,6 +182,12 @@ for m in json.loads(f.attrs['maps']):
     assert list(d.shape[1:]) == json.loads(d.attrs['native_size']), m
     assert json.loads(d.attrs['target_size']) == [64, 64]
     assert f['overlays/' + m].shape == (n, 64, 64, 3)
+    # attn_small's own maps are softmax weights over the positions: each sums to 1.
+    if m == 'gradcam':
+        assert 'weights' not in d.attrs and d.attrs['normalization'] == 'max'
+    else:
+        assert d.attrs['weights'] == 'softmax' and d.attrs['normalization'] == 'none', m
+        assert np.allclose(d[...].reshape(n, -1).sum(1), 1, atol=1e-4), m
     for k in ('deletion_auc', 'insertion_auc', 'mass_in_mask', 'jaccard', 'pointing_game'):
         v = f['measures/%s/%s' % (m, k)][...]
         assert np.all(np.isfinite(v)) and np.all(v >= 0) and np.all(v <= 1), (m, k, v)
@@ -268,6 +274,50 @@ print('OK', n)
     EXPECT_EQ(images_said, "(10") << resumed.output;
   }
   EXPECT_NE(means.output.find("gaussian/jaccard"), std::string::npos) << means.output;
+}
+
+// A sigmoid attention (attn_vgg16's, AttnMel's) gates each position on its own: its maps are
+// recorded as such (`weights`), and the report shows them as gates from 0 to 1, not as
+// multiples of uniform softmax attention (every map was "raw softmax weights" before).
+TEST(CliClassify, SigmoidAttentionMapsAreRecordedAsGatesAndShownAsSuch) {
+  test::TempDir dir;
+  const auto model = dir / "sigmoid.h5";
+  torch::manual_seed(3);
+  models::vision::ImageModelConfig config;
+  config.arch = "attn_small";
+  config.image_size = 64;
+  config.normalizer = "sigmoid";
+  {
+    auto net = models::vision::make_image_classifier(config);
+    pipeline::CheckpointMeta meta;
+    meta.class_names = {"benign", "malignant"};
+    meta.preprocessing_config = {{"steps", {{{"op", "resize"}, {"size", 64}}}}};
+    pipeline::save_image_classifier(model, *net, models::vision::resolve_image_config(config),
+                                    meta);
+  }
+  const auto images = make_images(dir, 3);
+  const auto out = dir / "run";
+  const auto r = test::run_process(exe() + " classify --model " + q(model) + " --input " +
+                                   q(images + "/images") + " --out " + q(out));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto py = test::run_process(
+      test::python() +
+      " -c \"import sys, h5py, numpy as np; f = h5py.File(sys.argv[1], 'r')\n"
+      "for m in ('stage3', 'stage4'):\n"
+      "  d = f['attention/' + m]; v = d[...]\n"
+      "  print(m, d.attrs['weights'], d.attrs['normalization'], v.min() > 0, v.max() < 1,\n"
+      "        bool((np.abs(v.reshape(len(v), -1).sum(1) - 1) > 0.5).all()))\" " +
+      q(out + "/results.h5"));
+  EXPECT_EQ(py.output, "stage3 sigmoid none True True True\nstage4 sigmoid none True True True\n")
+      << py.output;
+  const auto html = dir / "report.html";
+  const auto rep = test::run_process(exe() + " report --results " + q(out + "/results.h5") +
+                                     " --out " + q(html));
+  ASSERT_EQ(rep.status, 0) << rep.output;
+  std::ifstream in(html);
+  const std::string page((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(page.find("sigmoid gate of each position, 0 to 1"), std::string::npos);
+  EXPECT_EQ(page.find("uniform attention"), std::string::npos);
 }
 
 // Kills at random moments (inside a batch's write, its close, the rename, or inference) each
