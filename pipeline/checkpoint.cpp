@@ -388,8 +388,15 @@ void load_checkpoint(const std::string& path, torch::nn::Module& module,
   for (auto& [name, tensor] : targets) {
     if (skipped(name, options) || !stored_shapes.count(name)) continue;
     if (stored_shapes[name] != tensor.sizes().vec()) continue;  // non-strict: leave as is
-    auto value = h5::read_tensor(file.id(), name, path);
-    tensor.copy_(value.to(tensor.dtype()).to(tensor.device()));
+    const auto value = h5::read_tensor(file.id(), name, path);
+    const auto converted = value.to(tensor.dtype());
+    // verify() checked the stored values; a float64 1e300 is finite there and infinite in
+    // the model's float32 (NaN or empty outputs without a word).
+    if (converted.is_floating_point() && value.scalar_type() != converted.scalar_type())
+      check(torch::isfinite(converted).all().item<bool>(), path, "tensor '", excerpt(name, 200),
+            "' holds values beyond the range of the model's ", converted.scalar_type(),
+            " (stored as ", value.scalar_type(), "); refusing to load a broken model");
+    tensor.copy_(converted.to(tensor.device()));
   }
 }
 

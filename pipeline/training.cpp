@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <ctime>
+#include <limits>
 
 #include <ATen/Parallel.h>
 
@@ -438,7 +439,12 @@ TrainingResult TrainingLoop::run(const TrainingHooks& hooks) {
     torch::manual_seed(epoch_seed(options_.seed, epoch));
     const int64_t batches = hooks.start_epoch(epoch);
     check(batches >= 1, "training", "epoch ", epoch, " has no batches");
-    if (total_steps_ <= 0) total_steps_ = options_.epochs * batches;
+    if (total_steps_ <= 0) {
+      // epochs × batches past int64 was undefined, and ran every step at a learning rate of 0.
+      check(batches <= std::numeric_limits<int64_t>::max() / options_.epochs, "training",
+            options_.epochs, " epochs of ", batches, " batches are more steps than can be counted");
+      total_steps_ = options_.epochs * batches;
+    }
     const double epoch_wall = wall_seconds(), epoch_cpu = process_cpu_seconds();
     EpochSummary summary;
     summary.epoch = epoch;

@@ -941,6 +941,8 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
         seq2seq_train("--count 3000000000"), seq2seq_train("--max-length 100000000"),
         seq2seq_train("--clip-norm -1"), seq2seq_train("--time-budget nan"),
         seq2seq_train("--model-max-length 100000000"),
+        // epochs × batches overflowed: every step at a learning rate of 0, exit 0.
+        seq2seq_train("--epochs 9223372036854775807"), train("--epochs 1000001"),
         // Worker counts past kMaxWorkers: "Resource temporarily unavailable" from the 100,000th
         // thread before; a preset that does not exist: found only after the data was read.
         "classify --model m.h5 --input x.jpg --out " + (dir / "o") + " --threads 100000",

@@ -313,6 +313,28 @@ TEST(Checkpoint, NanWeightsAreRefused) {
   const auto var_message = test::error_of([&] { load_checkpoint(var_path, *b); });
   EXPECT_NE(var_message.find("'bn.running_var' holds negative variances"), std::string::npos)
       << var_message;
+  // A float64 weight finite in the file and infinite in the model's float32 (1e300 loaded
+  // as inf: a seq2seq model translated to "" with exit 0).
+  Net e(8);
+  e->to(torch::kDouble);
+  {
+    torch::NoGradGuard g;
+    e->fc1->weight[0][1] = 1e300;
+  }
+  const auto wide_path = dir / "wide.h5";
+  save_checkpoint(wide_path, *e, CheckpointMeta{});
+  const auto wide_message = test::error_of([&] { load_checkpoint(wide_path, *b); });
+  EXPECT_NE(wide_message.find("'fc1.weight' holds values beyond the range of the model's Float "
+                              "(stored as Double)"),
+            std::string::npos)
+      << wide_message;
+  {
+    torch::NoGradGuard g;
+    e->fc1->weight[0][1] = 1e30;  // within float's range: loads
+  }
+  save_checkpoint(wide_path, *e, CheckpointMeta{});
+  EXPECT_EQ(test::error_of([&] { load_checkpoint(wide_path, *b); }), "");
+  EXPECT_FLOAT_EQ(b->fc1->weight[0][1].item<float>(), 1e30f);
 }
 
 // An output named two ways before either exists ("s.json", "./s.json") is one file: compared

@@ -845,6 +845,13 @@ TEST(TrainingLoop, LinearDecayReachesZeroAtTheEnd) {
   ASSERT_EQ(lrs.size(), 4u);
   for (std::size_t i = 0; i < 4; ++i)
     EXPECT_NEAR(lrs[i], 0.4 * (1 - static_cast<double>(i) / 4), 1e-15) << i;
+  // Steps past int64 (epochs × batches overflowed, and the decay ran at 0) are an error before
+  // the first step.
+  o.epochs = std::numeric_limits<int64_t>::max() / 2 + 1;
+  Tiny other;
+  const auto e = test::error_of([&] { TrainingLoop(other, o).run(task.hooks(other)); });
+  EXPECT_NE(e.find("batches are more steps than can be counted"), std::string::npos) << e;
+  EXPECT_TRUE(torch::equal(other.w, torch::zeros({3}, torch::kFloat64)));
 }
 
 }  // namespace

@@ -267,6 +267,10 @@ int run_train(const std::vector<std::string>& args) {
     require_at_least<int64_t>(vm, n, 1, usage);
   for (const char* n : {"layers", "model-max-length", "valid-size"})
     require_at_least<int64_t>(vm, n, 0, usage);
+  // Far past any run (a --time-budget ends it first): epochs × batches overflowed, and every
+  // step ran at a linear decay's learning rate of 0.
+  if (vm["epochs"].as<int64_t>() > 1000000)
+    throw UsageError("--epochs must be at most 1000000", usage);
   if (!(vm["lr"].as<double>() > 0)) throw UsageError("--lr must be > 0", usage);
   const std::string name = vm["model"].as<std::string>();
   models::text::Seq2SeqOptions options;

@@ -343,6 +343,8 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
   if (size < 16 || size > 4096) fail("--size must be in [16, 4096]");  // model_config's range
   if (batch_size < 1 || epochs < 1) fail("--batch-size and --epochs must be >= 1");
   if (batch_size > 65536) fail("--batch-size must be at most 65536");
+  // Far past any run (a --time-budget ends it first), and epochs × batches stays countable.
+  if (epochs > 1000000) fail("--epochs must be at most 1000000");
   if (val_spec.empty() && !(val_split > 0 && val_split < 1)) fail("--val-split must be in (0, 1)");
   // Two validation sets: --val took over and --val-split was dropped without a word. (A run
   // started before this check resumes as it ran: --val.)
