@@ -304,6 +304,8 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
   check(threads >= 1, "synthetic", "threads must be >= 1, got ", threads);
   std::error_code ec;
   std::vector<int64_t> surplus;
+  std::string surplus_rows;  // the earlier labels.csv's rows of those images, as written
+  bool earlier = false;
   // dir/labels.csv is replaced at the end: one that synth did not write (its first line is not
   // synth's header) is someone's ground truth, refused before anything is written.
   const auto labels_path = fs::path(dir) / "labels.csv";
@@ -325,8 +327,12 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
     std::getline(in, line);  // the header
     while (std::getline(in, line)) {
       const auto index = synthetic_index(line.substr(0, std::min<std::size_t>(line.find(','), 32)));
-      if (index && *index >= count) surplus.push_back(*index);
+      if (index && *index >= count) {
+        surplus.push_back(*index);
+        surplus_rows += line + "\n";
+      }
     }
+    earlier = true;
   }
   fs::create_directories(fs::path(dir) / "images", ec);
   fs::create_directories(fs::path(dir) / "masks", ec);
@@ -340,6 +346,20 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
              synthetic_index(name.substr(0, name.size() - 4)).has_value();
     });
   remove_dead_temporaries(labels_path.string());
+  // The earlier labels.csv named the images this run is about to replace: a run that then
+  // failed or was killed left the new images under the old labels (trained on as such). Until
+  // this run's own replaces it, it names only the earlier images this run does not touch
+  // (those past `count`, which the next run still finds and removes), or is removed.
+  if (earlier) {
+    if (surplus.empty()) {
+      fs::remove(labels_path, ec);
+      check(
+          !ec, labels_path.string(),
+          "cannot remove the earlier run's labels.csv before replacing its images: ", ec.message());
+    } else {
+      write_file_atomically(labels_path.string(), kSyntheticHeader + surplus_rows);
+    }
+  }
 
   struct Row {
     int64_t label = 0;
