@@ -8,7 +8,9 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iostream>
 #include <limits>
+#include <streambuf>
 
 #include <jpeglib.h>
 #include <png.h>
@@ -22,6 +24,82 @@
 
 namespace attnscope::preprocessing {
 namespace {
+
+// OpenCV 4.6's imdecode prints a decoder's exception to std::cerr itself ("imdecode_(''): can't
+// read data: OpenCV(4.6.0) ./modules/...", with "> " lines) before it returns an empty image,
+// and its TIFF reader logs a "[ WARN:0@0.2] ..." line there too: on a batch's terminal these
+// came before attnscope's own line naming the file. While a thread decodes through OpenCV,
+// what that thread writes to std::cerr is kept for it (the reason joins its error); other
+// threads' writes pass through as before. Installed before main(), while no thread runs.
+class CerrCapture : public std::streambuf {
+ public:
+  explicit CerrCapture(std::streambuf* next) : next_(next) {}
+  static thread_local std::string* target;
+
+ protected:
+  int_type overflow(int_type c) override {
+    if (traits_type::eq_int_type(c, traits_type::eof())) return traits_type::not_eof(c);
+    if (target) {
+      target->push_back(traits_type::to_char_type(c));
+      return c;
+    }
+    return next_ ? next_->sputc(traits_type::to_char_type(c)) : traits_type::eof();
+  }
+  std::streamsize xsputn(const char* s, std::streamsize n) override {
+    if (target) {
+      if (target->size() < (std::size_t{1} << 16)) target->append(s, static_cast<std::size_t>(n));
+      return n;
+    }
+    return next_ ? next_->sputn(s, n) : 0;
+  }
+  int sync() override { return target || !next_ ? 0 : next_->pubsync(); }
+
+ private:
+  std::streambuf* next_;
+};
+
+thread_local std::string* CerrCapture::target = nullptr;
+
+const bool kCerrCaptured = [] {
+  static CerrCapture capture(std::cerr.rdbuf());
+  std::cerr.rdbuf(&capture);
+  return true;
+}();
+
+// Keeps what this thread writes to std::cerr in `out` while it lives.
+struct CerrKept {
+  explicit CerrKept(std::string* out) : previous(CerrCapture::target) { CerrCapture::target = out; }
+  ~CerrKept() { CerrCapture::target = previous; }
+  CerrKept(const CerrKept&) = delete;
+  CerrKept& operator=(const CerrKept&) = delete;
+  std::string* previous;
+};
+
+// The reason in what OpenCV printed: "...error: (-2:Unspecified error) REASON in function
+// '...'", or the first "> " line of a failed CV_Check ("> Buffer is too small (...), where").
+std::string opencv_reason(const std::string& said) {
+  auto line_at = [&](std::size_t at) { return said.substr(at, said.find('\n', at) - at); };
+  std::string reason;
+  if (const auto e = said.find("error: ("); e != std::string::npos) {
+    if (const auto close = said.find(") ", e); close != std::string::npos) {
+      reason = line_at(close + 2);
+      if (reason.rfind("in function '", 0) == 0) reason.clear();
+      reason = reason.substr(0, reason.rfind(" in function '"));
+    }
+  }
+  if (reason.empty())
+    if (const auto gt = said.find("\n> "); gt != std::string::npos) {
+      reason = line_at(gt + 3);
+      if (reason.size() > 7 && reason.compare(reason.size() - 7, 7, ", where") == 0)
+        reason.resize(reason.size() - 7);
+    }
+  if (reason.empty())
+    if (const auto w = said.find("OpenCV TIFF"); w != std::string::npos) reason = line_at(w);
+  if (reason.size() > 200) reason = reason.substr(0, 200) + "...";
+  for (auto& c : reason)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
+  return reason;
+}
 
 namespace fs = std::filesystem;
 
@@ -502,8 +580,15 @@ cv::Mat decode_image_bytes(const std::vector<uint8_t>& bytes, const std::string&
     return decode_png(bytes, name);  // no EXIF orientation in PNG (probe_png: 1)
   }
 
+  // cv::Mat counts its columns in int: a file of 2 GiB (the reading limit) overflowed to a
+  // negative width, said as a corrupt image.
+  check(bytes.size() <= static_cast<std::size_t>(std::numeric_limits<int>::max()), name,
+        "too large for OpenCV's ", info.format, " decoder: ", bytes.size(),
+        " bytes, above 2 GiB - 1");
   cv::Mat raw;
+  std::string said;  // what OpenCV printed while it failed
   try {
+    const CerrKept kept(&said);
     // IMREAD_UNCHANGED keeps the depth and skips OpenCV's own orientation handling: ours
     // covers TIFF as well and is tested.
     raw = cv::imdecode(
@@ -513,8 +598,12 @@ cv::Mat decode_image_bytes(const std::vector<uint8_t>& bytes, const std::string&
     throw Error(name,
                 concat("corrupt ", info.format, ": OpenCV could not decode it (", e.err, ")"));
   }
-  check(!raw.empty(), name, "corrupt or truncated ", info.format,
-        ": OpenCV could not decode it (or has no ", info.format, " decoder)");
+  if (raw.empty()) {
+    const auto reason = opencv_reason(said);
+    throw Error(name,
+                concat("corrupt or truncated ", info.format, ": OpenCV could not decode it (",
+                       reason.empty() ? "or has no " + info.format + " decoder" : reason, ")"));
+  }
   // What was decoded, not only what the header said, is held to the limit.
   check(int64_t{raw.cols} * raw.rows <= options.max_pixels, name, "image too large: ", raw.cols,
         "x", raw.rows, " pixels decoded, above the limit of ", options.max_pixels);

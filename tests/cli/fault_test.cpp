@@ -283,6 +283,15 @@ TEST(CliFault, SplitReportsWriteErrorsAndKeepsThePreviousCsv) {
                               (dir / "empty.csv"))
                 .status,
             0);
+  // A split names images, labels and groups: a copy of the data without masks/ is split ("20
+  // problems: mask file not found" before).
+  fs::create_directories(dir / "nomasks");
+  fs::copy(dir / "images", dir / "nomasks/images");
+  fs::copy_file(dir / "labels.csv", dir / "nomasks/labels.csv");
+  r = test::run_process(exe() + " split --data " + (dir / "nomasks") + " --out " +
+                        (dir / "nomasks/s.csv"));
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(test::read_text(dir / "nomasks/s.csv"), test::read_text(dir / "s.csv"));
   // cache --out replaces an image cache only: not a checkpoint-like HDF5 file, not a CSV.
   const auto cache = exe() + " cache --data " + (dir / "labels.csv") + " --size 16 --out ";
   EXPECT_EQ(test::run_process(cache + (dir / "c.h5")).status, 0);

@@ -130,6 +130,21 @@ TEST(CliPreprocess, StatsPrintsMeanAndStd) {
       "print('OK')\" " +
       dir.path().string() + " '" + raw.output.substr(0, raw.output.find('\n')) + "'");
   EXPECT_EQ(oracle.output, "OK\n") << raw.output;
+  // stats reads no mask: a copy without masks/ is read ("4 problems: mask file not found"
+  // before; split the same, CliFault.SplitReportsWriteErrorsAndKeepsThePreviousCsv).
+  fs::remove_all(dir / "masks");
+  const auto unmasked =
+      test::run_process(exe() + " preprocess stats --data " + dir.path().string());
+  EXPECT_EQ(unmasked.status, 0) << unmasked.output;
+  EXPECT_NE(unmasked.output.find("\"images\":4"), std::string::npos) << unmasked.output;
+  // A CSV whose images are nowhere: one line naming it, not one per sample (HAM10000: 10,015).
+  ATTNSCOPE_REQUIRE_DATA();
+  const auto ham = (test::data_dir() / "isic-formats" / "HAM10000_metadata.csv").string();
+  const auto nowhere = test::run_process(exe() + " preprocess stats --data " + ham + " --limit 1");
+  EXPECT_EQ(nowhere.status, 1) << nowhere.output;
+  EXPECT_EQ(nowhere.output, "error: " + ham +
+                                ": names no image file for any of its 10015 samples: give "
+                                "--images with the folder of the images\n");
 }
 
 TEST(CliSynth, WritesImagesMasksAndLabelsDeterministically) {

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iostream>
 #include <map>
 
 #include <png.h>
@@ -531,6 +532,59 @@ TEST(Decode, EveryBadFileGetsAnErrorNamingItAndTheProblem) {
     EXPECT_EQ(msg.rfind(path + ": ", 0), 0u) << name << " -> " << msg;
     EXPECT_NE(msg.find(problem), std::string::npos) << name << " -> " << msg;
   }
+}
+
+// BMP, TIFF and WebP go through cv::imdecode, which printed the decoder's exception to stderr
+// itself ("imdecode_(''): can't read data: OpenCV(4.6.0) ...", "> " lines, a [ WARN ] line)
+// before attnscope's line naming the file: now nothing, and the reason is in the error.
+TEST(Decode, CorruptBmpTiffAndWebpAreOneErrorWithOpenCvsReasonAndNothingOnStderr) {
+  test::TempDir dir;
+  const cv::Mat black(8, 8, CV_8UC3, cv::Scalar(0, 0, 0));
+  auto put32 = [](std::vector<uint8_t>& b, std::size_t at, uint32_t v) {
+    for (int k = 0; k < 4; ++k)
+      b[at + k] = static_cast<uint8_t>(v >> (8 * k));
+  };
+  auto bmp = encode(".bmp", black);  // a header of 9000 x -9000 over 8 x 8 of data
+  put32(bmp, 18, 9000);
+  put32(bmp, 22, static_cast<uint32_t>(-9000));
+  write_bytes(dir / "cut.bmp", bmp);
+  auto tif = encode(".tiff", black);  // a header of 10000 x 10000 over 8 x 8 of data
+  ASSERT_EQ(tif[0], 'I');
+  const uint32_t ifd = tif[4] | tif[5] << 8 | tif[6] << 16 | static_cast<uint32_t>(tif[7]) << 24;
+  const int entries = tif[ifd] | tif[ifd + 1] << 8;
+  for (int k = 0; k < entries; ++k) {
+    const std::size_t e = ifd + 2 + 12 * static_cast<std::size_t>(k);
+    const int tag = tif[e] | tif[e + 1] << 8, type = tif[e + 2] | tif[e + 3] << 8;
+    if (tag != 256 && tag != 257) continue;
+    if (type == 3) {
+      tif[e + 8] = 10000 & 0xff;
+      tif[e + 9] = 10000 >> 8;
+    } else {
+      put32(tif, e + 8, 10000);
+    }
+  }
+  write_bytes(dir / "cut.tif", tif);
+  std::vector<std::string> names{"cut.bmp", "cut.tif"};
+  if (cv::haveImageWriter(".webp")) {
+    auto webp = encode(".webp", cv::Mat(16, 16, CV_8UC3, cv::Scalar(0, 0, 0)));
+    webp.resize(30);
+    write_bytes(dir / "cut.webp", webp);
+    names.push_back("cut.webp");
+  }
+  for (const auto& name : names) {
+    testing::internal::CaptureStderr();
+    const auto msg = error_of([&] { decode_image(dir / name); });
+    const auto said = testing::internal::GetCapturedStderr();
+    EXPECT_EQ(said, "") << name;
+    EXPECT_EQ(msg.rfind(dir / name + ": corrupt or truncated ", 0), 0u) << msg;
+    EXPECT_NE(msg.find(": OpenCV could not decode it ("), std::string::npos) << msg;
+    EXPECT_EQ(msg.find("or has no"), std::string::npos) << msg;  // OpenCV's reason instead
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+  }
+  // What is written to std::cerr outside a decode still reaches stderr.
+  testing::internal::CaptureStderr();
+  std::cerr << "still said" << std::endl;
+  EXPECT_EQ(testing::internal::GetCapturedStderr(), "still said\n");
 }
 
 // Defect 10: corrupt entropy-coded data used to decode to garbage with only libjpeg's bare

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <new>
 #include <set>
 #include <utility>
 #include <vector>
@@ -66,6 +67,7 @@ int run_stats(const std::vector<std::string>& args) {
   const std::string usage = "preprocess stats --data CSV_OR_DIR [options]";
   po::options_description desc("Options");
   DatasetFlags data;
+  data.masks = false;  // statistics of the images: a missing mask file fails nothing
   data.add_to(desc);
   std::string config;
   int limit = 0;
@@ -82,6 +84,12 @@ int run_stats(const std::vector<std::string>& args) {
   const auto ds = data.read(usage_text(usage, desc));
   preprocessing::ChannelStats stats;
   std::size_t failed = 0, used = 0;
+  // A CSV read without an images folder names no file at all: one line, not one per sample
+  // (10,015 for HAM10000, whatever --limit).
+  check(ds.samples.empty() || std::any_of(ds.samples.begin(), ds.samples.end(),
+                                          [](const auto& s) { return !s.path.empty(); }),
+        data.data, "names no image file for any of its ", ds.samples.size(),
+        " samples: give --images with the folder of the images");
   for (const auto& s : ds.samples) {
     if (limit > 0 && used >= static_cast<std::size_t>(limit)) break;
     try {
@@ -226,6 +234,11 @@ int run_preprocess(const std::vector<std::string>& args, const GlobalOptions&) {
       std::cerr << "error: " << one_line(e.what()) << "\n";
     } catch (const cv::Exception& e) {
       std::cerr << "error: " << one_line(file.string()) << ": OpenCV: " << one_line(e.err) << "\n";
+    } catch (const std::bad_alloc&) {  // this image's failure: the next may fit
+      std::cerr << "error: " << one_line(file.string())
+                << ": out of memory decoding or preprocessing it\n";
+    } catch (const std::exception& e) {
+      std::cerr << "error: " << one_line(file.string()) << ": " << one_line(e.what()) << "\n";
     }
     ++count;
     return false;

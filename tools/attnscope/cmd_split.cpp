@@ -19,6 +19,7 @@ int run_split(const std::vector<std::string>& args, const GlobalOptions&) {
   const std::string usage = "split --data CSV_OR_DIR --out splits.csv [options]";
   po::options_description desc("Options");
   DatasetFlags data;
+  data.masks = false;  // a split names images, labels and groups: a missing mask fails nothing
   data.add_to(desc);
   std::string out;
   datasets::SplitOptions o;
