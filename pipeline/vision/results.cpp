@@ -1524,6 +1524,14 @@ std::vector<std::string> merge_results(const std::vector<std::string>& inputs,
       const auto [it, fresh] = owner.emplace(f.errors[r].id, std::make_pair(i, here));
       check(fresh, f.path, "cannot be merged: id '", excerpt(f.errors[r].id), "' ",
             fresh ? "" : also_in(it->second, i, here));
+      // An error's position too (one an image holds as well wrote both; -1: none known).
+      if (f.errors[r].index >= 0) {
+        const auto [at, unique] = index_owner.emplace(f.errors[r].index, f.path);
+        check(unique, where(f.path, "errors/index"), "row ", r, " holds input position ",
+              f.errors[r].index, ", which ",
+              at->second == f.path ? "another row of it" : at->second,
+              " also holds: cannot merge it");
+      }
       errs.push_back({f.errors[r].index, i, r});
     }
   }

@@ -1912,6 +1912,15 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
                             "f.create_dataset('predictions/probability_std', "
                             "data=np.full(f['predictions/probability'].shape, -0.25, 'f4'))");
   const auto index_dup = craft("index_dup", "f['images/index'][0] = f['images/index'][1]");
+  // An error row at a position an image of the other shard holds: merged, both were written.
+  const auto error_dup =
+      craft("error_dup",
+            "n = int(h5py.File(sys.argv[1].replace('error_dup.h5', 's1/results.h5'), "
+            "'r')['images/index'][0])\n"
+            "for k, v in (('id', 'ghost'), ('path', 'ghost.png'), ('reason', 'x'), "
+            "('index', n)):\n"
+            "    d = f['errors/' + k]; d.resize((1,)); d[0] = v\n"
+            "f.attrs['num_errors'] = '1'");
   // Row counts: "-3" was read as 18446744073709551613 by merge, "1.5" as 1 on --resume.
   const auto minus3 = craft("minus3", "f.attrs['num_images'] = '-3'");
   // A stopped or killed classify's shard (finished_at "") misses images: merged, they were
@@ -1986,6 +1995,8 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
        schema2 + ": has results schema version '2'; this attnscope reads version 1"},
       {"merge " + q(index_dup) + " " + q(s1) + " --out " + q(dir / "m9.h5"),
        index_dup + ":/images/index: row 1 holds input position "},
+      {"merge " + q(s1) + " " + q(error_dup) + " --out " + q(dir / "m14.h5"),
+       error_dup + ":/errors/index: row 0 holds input position "},
       {"merge " + q(minus3) + " " + q(s1) + " --out " + q(dir / "m10.h5"),
        minus3 + ":/@num_images: is '-3', expected a row count (a whole number >= 0)"},
       {"report --results " + q(minus3) + " --out " + q(dir / "r2.html"),
