@@ -206,4 +206,14 @@ Seq2SeqBundle load_seq2seq(const std::string& path) {
   }
 }
 
+bool is_seq2seq_checkpoint(const std::string& path) {
+  try {
+    const auto meta = read_checkpoint_meta(path);
+    return meta.model_config.is_object() && meta.model_config.contains("family") &&
+           meta.model_config["family"] == "seq2seq";
+  } catch (const Error&) {
+    return false;
+  }
+}
+
 }  // namespace attnscope::pipeline

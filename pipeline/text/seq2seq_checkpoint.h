@@ -65,4 +65,8 @@ void save_seq2seq(const std::string& path, const Seq2SeqBundle& bundle,
 /// Throws Error naming the path for a checkpoint that is not a seq2seq model.
 Seq2SeqBundle load_seq2seq(const std::string& path);
 
+/// Whether `path` is a checkpoint save_seq2seq wrote (model_config.family "seq2seq"): what
+/// `seq2seq train` replaces. False for anything else, a damaged file included.
+bool is_seq2seq_checkpoint(const std::string& path);
+
 }  // namespace attnscope::pipeline

@@ -132,7 +132,15 @@ TEST(Seq2SeqCli, AFolderInUseByAnotherRunIsRefusedAndLeftAlone) {
     GTEST_SKIP() << "flock(2) on folders is not supported under " << dir.path();
   const auto run = dir / "run";
   std::filesystem::create_directories(run);
-  std::ofstream(run + "/model.h5") << "the other run's model";
+  // The other run's model (one it wrote before: seq2seq train replaces no other file).
+  ASSERT_EQ(test::run_process(exe() +
+                              " seq2seq train --task copy --count 50 --epochs 1 --quiet "
+                              "--out " +
+                              (dir / "other"))
+                .status,
+            0);
+  std::filesystem::copy_file(dir / "other/model.h5", run + "/model.h5");
+  const auto theirs = test::read_text(run + "/model.h5");
   const auto r = test::run_process(
       "flock -o " + run + " " + exe() +
       " seq2seq train --task copy --model gru-additive --count 300 --min-length 3"
@@ -143,7 +151,7 @@ TEST(Seq2SeqCli, AFolderInUseByAnotherRunIsRefusedAndLeftAlone) {
       << r.output;
   EXPECT_EQ(r.output.find("training "), std::string::npos) << r.output;
   EXPECT_EQ(test::file_names(run), std::set<std::string>{"model.h5"});
-  EXPECT_EQ(test::read_text(run + "/model.h5"), "the other run's model");
+  EXPECT_TRUE(test::read_text(run + "/model.h5") == theirs);
   // Once the other run has gone, the same command trains and writes its model.
   const auto again = test::run_process(
       exe() +
@@ -152,7 +160,7 @@ TEST(Seq2SeqCli, AFolderInUseByAnotherRunIsRefusedAndLeftAlone) {
       " --quiet --out " +
       run + " 2>&1");
   EXPECT_EQ(again.status, 0) << again.output;
-  EXPECT_NE(test::read_text(run + "/model.h5"), "the other run's model");
+  EXPECT_FALSE(test::read_text(run + "/model.h5") == theirs);
 }
 
 // A translation is one line whatever its tokens: a crafted vocabulary (re-sealed) whose every
@@ -275,6 +283,42 @@ TEST(Seq2SeqCli, TranslateChecksItsOutputsFirst) {
 
 // --alignments replaces an alignments file, nothing else: a checkpoint (the model itself
 // under another name) or a CSV given by mistake was overwritten without a word.
+// train replaces only a model it wrote: OUT/model.h5 holding notes or an alignments file
+// was replaced without a word.
+TEST(Seq2SeqCli, TrainReplacesOnlyASeq2seqCheckpoint) {
+  test::TempDir dir;
+  const auto model = train_tiny(dir, "gru-additive");
+  const auto before = test::read_text(model);
+  ASSERT_EQ(test::run_process(exe() + " seq2seq translate --model " + model + " --alignments " +
+                              (dir / "al.h5") + " abc")
+                .status,
+            0);
+  for (const auto& [folder, what] : std::vector<std::pair<std::string, std::string>>{
+           {"notes", "notes\n"}, {"other", test::read_text(dir / "al.h5")}}) {
+    std::filesystem::create_directories(dir / folder);
+    if (folder == "notes")
+      std::ofstream(dir / "notes/model.h5") << what;
+    else
+      std::filesystem::copy_file(dir / "al.h5", dir / "other/model.h5");
+    const auto r = test::run_process(exe() +
+                                     " seq2seq train --task copy --count 50 --epochs 1 "
+                                     "--quiet --out " +
+                                     (dir / folder));
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_EQ(r.output, "error: " + (dir / folder) +
+                            "/model.h5: exists and is not a checkpoint written by attnscope "
+                            "seq2seq train; refusing to replace it (remove it first, or choose "
+                            "another --out)\n");
+    EXPECT_TRUE(test::read_text(dir / folder + "/model.h5") == what) << folder;
+  }
+  // Its own it replaces.
+  const auto again = test::run_process(
+      exe() + " seq2seq train --task copy --count 50 --epochs 1 --quiet --seed 9 --out " +
+      (dir / "run"));
+  EXPECT_EQ(again.status, 0) << again.output;
+  EXPECT_FALSE(test::read_text(model) == before);
+}
+
 TEST(Seq2SeqCli, AlignmentsReplaceOnlyAnAlignmentsFile) {
   test::TempDir dir;
   const auto model = train_tiny(dir, "gru-additive");

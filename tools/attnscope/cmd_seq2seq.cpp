@@ -313,7 +313,12 @@ int run_train(const std::vector<std::string>& args) {
   // only after hours of training.
   const std::string out_dir = vm["out"].as<std::string>();
   ensure_writable_output_folder(out_dir);
-  check_replaceable_file((fs::path(out_dir) / "model.h5").string());  // before the training
+  const auto model_path = (fs::path(out_dir) / "model.h5").string();
+  check_replaceable_file(model_path);  // before the training
+  // Notes, an image checkpoint or an alignments file named model.h5 was replaced without a word.
+  check_replaces_only_its_own(model_path, "--out",
+                              "a checkpoint written by attnscope seq2seq train",
+                              [&] { return pipeline::is_seq2seq_checkpoint(model_path); });
   const double dropout = vm["dropout"].as<double>();
   if (dropout < 0 || dropout >= 1) throw UsageError("--dropout must be in [0, 1)", usage);
   const double smoothing = vm["label-smoothing"].as<double>();
