@@ -285,7 +285,15 @@ Dataset read_class_folders(const std::string& root, const ReadOptions& options) 
     }
     classes.push_back(name);
   }
-  check(!classes.empty(), root, "no class folders inside");
+  // A folder of a labels.csv whose images are elsewhere (no images/ beside it) is read as class
+  // folders: the message said nothing of the CSV.
+  std::error_code csv_ec;
+  const bool has_csv = fs::exists(fs::symlink_status(fs::path(root) / "labels.csv", csv_ec));
+  check(!classes.empty(), root, "no class folders inside",
+        has_csv ? "; it holds labels.csv but no images/ folder beside it: give --data " +
+                      (fs::path(root) / "labels.csv").string() +
+                      " and --images with the folder of its images"
+                : std::string());
   Problems problems(root);
   if (options.mode == LabelMode::kBinary) {
     for (const auto& cls : classes)

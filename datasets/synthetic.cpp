@@ -8,6 +8,7 @@
 #include <fstream>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -303,36 +304,42 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
   check(count >= 1, "synthetic", "count must be >= 1, got ", count);
   check(threads >= 1, "synthetic", "threads must be >= 1, got ", threads);
   std::error_code ec;
-  std::vector<int64_t> surplus;
-  std::string surplus_rows;  // the earlier labels.csv's rows of those images, as written
-  bool earlier = false;
   // dir/labels.csv is replaced at the end: one that synth did not write (its first line is not
   // synth's header) is someone's ground truth, refused before anything is written.
   const auto labels_path = fs::path(dir) / "labels.csv";
+  // While a run replaces an earlier run's images, that run's rows wait in this file instead of
+  // labels.csv: a run that then failed or was killed left the new images under the old labels
+  // (trained on as such). The next run reads it too, so that the earlier images past its own
+  // count are still found and removed; it goes once labels.csv is replaced.
+  const auto earlier_path = fs::path(dir) / ".labels.csv.earlier";
+  const auto synth_rows = [&](const fs::path& path, std::string& rows) {
+    std::ifstream in(path, std::ios::binary);
+    std::string line;
+    if (!std::getline(in, line) || line + "\n" != kSyntheticHeader) return false;
+    while (std::getline(in, line))
+      if (!line.empty()) rows += line + "\n";
+    return true;
+  };
+  std::string earlier_rows;
+  bool labels_ours = false;
   if (fs::exists(fs::symlink_status(labels_path, ec))) {
-    std::string head(sizeof(kSyntheticHeader) - 1, '\0');
-    bool ours = false;
-    if (fs::is_regular_file(labels_path, ec)) {
-      std::ifstream in(labels_path, std::ios::binary);
-      ours = in.read(head.data(), static_cast<std::streamsize>(head.size())) &&
-             head == kSyntheticHeader;
-    }
-    check(ours, labels_path.string(),
+    labels_ours = fs::is_regular_file(labels_path, ec) && synth_rows(labels_path, earlier_rows);
+    check(labels_ours, labels_path.string(),
           "exists and was not written by attnscope synth (its first line is not synth's "
           "header); synth would replace it: choose another output folder");
-    // The earlier run's images past this run's count (synth_<index> ids of its rows): removed
-    // once labels.csv is replaced (below). Only their indices are kept.
-    std::ifstream in(labels_path, std::ios::binary);
-    std::string line;
-    std::getline(in, line);  // the header
-    while (std::getline(in, line)) {
+  }
+  // A file under that name that synth did not write is neither read nor removed.
+  const bool earlier_ours = fs::is_regular_file(fs::symlink_status(earlier_path, ec)) &&
+                            synth_rows(earlier_path, earlier_rows);
+  // The earlier runs' images past this run's count (synth_<index> ids of their rows): removed
+  // once labels.csv is replaced (below). Only their indices are kept.
+  std::set<int64_t> surplus;
+  {
+    std::istringstream rows(earlier_rows);
+    for (std::string line; std::getline(rows, line);) {
       const auto index = synthetic_index(line.substr(0, std::min<std::size_t>(line.find(','), 32)));
-      if (index && *index >= count) {
-        surplus.push_back(*index);
-        surplus_rows += line + "\n";
-      }
+      if (index && *index >= count) surplus.insert(*index);
     }
-    earlier = true;
   }
   fs::create_directories(fs::path(dir) / "images", ec);
   fs::create_directories(fs::path(dir) / "masks", ec);
@@ -346,19 +353,14 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
              synthetic_index(name.substr(0, name.size() - 4)).has_value();
     });
   remove_dead_temporaries(labels_path.string());
-  // The earlier labels.csv named the images this run is about to replace: a run that then
-  // failed or was killed left the new images under the old labels (trained on as such). Until
-  // this run's own replaces it, it names only the earlier images this run does not touch
-  // (those past `count`, which the next run still finds and removes), or is removed.
-  if (earlier) {
-    if (surplus.empty()) {
-      fs::remove(labels_path, ec);
-      check(
-          !ec, labels_path.string(),
+  remove_dead_temporaries(earlier_path.string());
+  // The earlier rows move aside before the first image is replaced: written first, then
+  // labels.csv removed, so that no moment leaves an earlier image named by neither file.
+  if (labels_ours) {
+    write_file_atomically(earlier_path.string(), kSyntheticHeader + earlier_rows);
+    fs::remove(labels_path, ec);
+    check(!ec, labels_path.string(),
           "cannot remove the earlier run's labels.csv before replacing its images: ", ec.message());
-    } else {
-      write_file_atomically(labels_path.string(), kSyntheticHeader + surplus_rows);
-    }
   }
 
   struct Row {
@@ -416,6 +418,7 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
       if (fs::is_regular_file(fs::symlink_status(file, remove_ec))) fs::remove(file, remove_ec);
     }
   }
+  if (labels_ours || earlier_ours) fs::remove(earlier_path, ec);
   ReadOptions read;
   read.images_dir = (fs::path(dir) / "images").string();
   return read_dataset(csv, read);

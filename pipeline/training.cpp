@@ -182,10 +182,14 @@ void Optimizer::load_state(const std::map<std::string, torch::Tensor>& state) {
     slots[i].step = static_cast<int64_t>(count);
     // Buffers take the parameter's layout (a channels-last weight's moments are
     // channels-last, as zeros_like makes them in a run that was not resumed).
+    // Checked in the parameter's type: a float64 1e300 is finite in the file and infinite in
+    // float32 (the next step's loss was then blamed on the learning rate).
     auto like_param = [&](const torch::Tensor& t, const char* key) {
-      check(torch::isfinite(t).all().item<bool>(), "optimizer state", "tensor '", name, "/", key,
-            "' holds NaN or inf");
-      return torch::empty_like(p, torch::MemoryFormat::Preserve).copy_(t);
+      const auto same = t.to(p.scalar_type());
+      check(torch::isfinite(same).all().item<bool>(), "optimizer state", "tensor '", name, "/", key,
+            "' holds NaN or inf", same.scalar_type() != t.scalar_type() ? " as " : "",
+            same.scalar_type() != t.scalar_type() ? c10::toString(p.scalar_type()) : "");
+      return torch::empty_like(p, torch::MemoryFormat::Preserve).copy_(same);
     };
     if (auto t = find("momentum_buffer"); t.defined())
       slots[i].momentum_buffer = like_param(t, "momentum_buffer");
@@ -311,10 +315,14 @@ void WeightEma::load_state(const std::map<std::string, torch::Tensor>& state) {
     check(it != state.end(), "ema state", "no tensor '", live_[i].first, "'");
     check(it->second.sizes() == average_[i].sizes(), "ema state", "tensor '", live_[i].first,
           "' has shape ", it->second.sizes(), ", the model ", average_[i].sizes());
-    // An average of finite weights is finite (a NaN was blamed on the learning rate later).
-    check(!it->second.is_floating_point() || torch::isfinite(it->second).all().item<bool>(),
-          "ema state", "tensor '", live_[i].first, "' holds NaN or inf");
-    average_[i].copy_(it->second);
+    // An average of finite weights is finite (a NaN was blamed on the learning rate later);
+    // checked in the average's type (a float64 1e300 is infinite in float32).
+    const auto same = it->second.to(average_[i].scalar_type());
+    check(!same.is_floating_point() || torch::isfinite(same).all().item<bool>(), "ema state",
+          "tensor '", live_[i].first, "' holds NaN or inf",
+          same.scalar_type() != it->second.scalar_type() ? " as " : "",
+          same.scalar_type() != it->second.scalar_type() ? c10::toString(same.scalar_type()) : "");
+    average_[i].copy_(same);
   }
 }
 

@@ -60,9 +60,10 @@ class CerrCapture : public std::streambuf {
 
 thread_local std::string* CerrCapture::target = nullptr;
 
+// Never destroyed: std::cerr outlives every static, and a line written at exit (a library's
+// destructor, a thread still running) went to a destroyed buffer and was lost.
 const bool kCerrCaptured = [] {
-  static CerrCapture capture(std::cerr.rdbuf());
-  std::cerr.rdbuf(&capture);
+  std::cerr.rdbuf(new CerrCapture(std::cerr.rdbuf()));
   return true;
 }();
 

@@ -195,7 +195,9 @@ class ShadesOfGrayStep : public Step {
     p.get("gamma", o_.gamma);
     wrap_validate("shades_of_gray", [&] {
       check(o_.p >= 1 && o_.p <= 100, "p", "must be in [1, 100], got ", o_.p);
-      check(o_.gamma >= 0, "gamma", "must be >= 0 (0 = off), got ", o_.gamma);
+      // 255·(x/255)^(1/gamma): past 10 every pixel above black is white (1e308 was taken).
+      check(o_.gamma >= 0 && o_.gamma <= 10, "gamma", "must be in [0, 10] (0 = off), got ",
+            o_.gamma);
     });
   }
   std::string name() const override { return "shades_of_gray"; }

@@ -66,6 +66,10 @@ inline nlohmann::json parse_json_text(const std::string& text, const std::string
     }
     return true;
   };
+  // nlohmann's parser ends the text at a NUL: `{A}\0{B}` was A, and B ignored without a word.
+  // (JSON writes a NUL in a string as \u0000.)
+  if (const auto nul = text.find('\0'); nul != std::string::npos)
+    throw Error(subject, what + " is not valid JSON: a NUL byte at offset " + std::to_string(nul));
   nlohmann::json value;
   try {
     value = refuse_duplicate_keys ? nlohmann::json::parse(text, note_keys)

@@ -8,6 +8,7 @@
 #include "attnscope/json_text.h"
 #include "attnscope/printable.h"
 #include "pipeline/checkpoint.h"
+#include "pipeline/h5.h"
 
 namespace attnscope::pipeline {
 
@@ -207,13 +208,16 @@ Seq2SeqBundle load_seq2seq(const std::string& path) {
 }
 
 bool is_seq2seq_checkpoint(const std::string& path) {
+  CheckpointMeta meta;
   try {
-    const auto meta = read_checkpoint_meta(path);
-    return meta.model_config.is_object() && meta.model_config.contains("family") &&
-           meta.model_config["family"] == "seq2seq";
-  } catch (const Error&) {
-    return false;
+    meta = read_checkpoint_meta(path);
+  } catch (const Error& e) {
+    if (!h5::has_format(path, "attnscope-checkpoint")) return false;
+    throw Error(path, "is an attnscope checkpoint that cannot be read (" + e.message() +
+                          "); remove it first, or choose another --out");
   }
+  return meta.model_config.is_object() && meta.model_config.contains("family") &&
+         meta.model_config["family"] == "seq2seq";
 }
 
 }  // namespace attnscope::pipeline

@@ -66,7 +66,9 @@ void save_seq2seq(const std::string& path, const Seq2SeqBundle& bundle,
 Seq2SeqBundle load_seq2seq(const std::string& path);
 
 /// Whether `path` is a checkpoint save_seq2seq wrote (model_config.family "seq2seq"): what
-/// `seq2seq train` replaces. False for anything else, a damaged file included.
+/// `seq2seq train` replaces. False for any other file; an attnscope checkpoint that cannot be
+/// read (a flipped bit, a cut copy) throws Error with the reason, so that it is not said to be
+/// some other file.
 bool is_seq2seq_checkpoint(const std::string& path);
 
 }  // namespace attnscope::pipeline

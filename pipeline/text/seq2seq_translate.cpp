@@ -146,11 +146,17 @@ void write_alignments(const std::string& path, const std::vector<Translation>& t
 
 namespace {
 
+// At most kMaxLabel characters, the rest said by "~": a word of 1 MB made a heatmap 7 GB wide.
 std::string ascii_label(const std::string& token) {
+  constexpr std::size_t kMaxLabel = 32;
   std::string out;
   for (const char c : token) {
     const auto u = static_cast<unsigned char>(c);
     if (u >= 0x80 && (u & 0xC0) == 0x80) continue;  // UTF-8 continuation byte
+    if (out.size() == kMaxLabel) {
+      out.back() = '~';
+      break;
+    }
     out += u >= 0x80 ? '?' : (c == ' ' ? '_' : c);
   }
   return out;

@@ -336,6 +336,15 @@ Results read_results(const std::string& path, bool values = true) {
                                   ", which /attention does not hold: not shown"));
     for (const auto& name : present)
       if (!std::count(order.begin(), order.end(), name)) order.push_back(name);
+    // Files written before the maps' `weights` attribute: the model config's normalizer says
+    // what its own maps hold (attn_vgg16's sigmoid gates), else softmax weights.
+    std::string older_weights = "softmax";
+    try {
+      const auto config = parse_json(r.attrs["model_config"], where(path, "@model_config"));
+      if (config.is_object() && config.value("normalizer", json()) == "sigmoid")
+        older_weights = "sigmoid";
+    } catch (const Error&) {  // shown as stored; the page's model section quotes it
+    }
     for (const auto& name : order) {
       const std::string full = "attention/" + name;
       MapData m;
@@ -352,7 +361,7 @@ Results read_results(const std::string& path, bool values = true) {
       h5::Handle set(H5Dopen2(root, full.c_str(), H5P_DEFAULT));
       m.normalization = attribute(set.get(), "normalization", path, "max");
       m.source = attribute(set.get(), "source", path);
-      m.weights = attribute(set.get(), "weights", path, "softmax");
+      m.weights = attribute(set.get(), "weights", path, older_weights);
       if (!values) continue;
       // Non-finite values (a crafted or broken file) would poison the scale: shown as 0, and
       // said so (a blank map would otherwise look like a model that attended to nothing).

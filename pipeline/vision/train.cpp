@@ -5,6 +5,7 @@
 #include <csignal>
 #include <filesystem>
 #include <initializer_list>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <sstream>
@@ -490,8 +491,14 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
   lo.schedule.kind = o.schedule;
   lo.schedule.base_lr = o.learning_rate;
   lo.schedule.warmup_steps = static_cast<int64_t>(std::llround(o.warmup_epochs * batches));
-  lo.schedule.total_steps = o.epochs * batches;
-  lo.schedule.step_every = std::max<int64_t>(o.step_every, 1) * batches;
+  // Epochs to steps: a product past int64 ran a step schedule at a rate of 0 (--step-every).
+  const auto steps_of = [&](int64_t epochs, const char* what) {
+    check(epochs <= std::numeric_limits<int64_t>::max() / batches, "training", what, " ", epochs,
+          " epochs of ", batches, " batches are more steps than can be counted");
+    return epochs * batches;
+  };
+  lo.schedule.total_steps = steps_of(o.epochs, "--epochs");
+  lo.schedule.step_every = steps_of(std::max<int64_t>(o.step_every, 1), "--step-every");
   lo.schedule.gamma = o.step_gamma;
   lo.ema_decay = o.ema_decay;
   lo.patience = o.patience;

@@ -318,6 +318,21 @@ TEST(CliClassify, SigmoidAttentionMapsAreRecordedAsGatesAndShownAsSuch) {
   const std::string page((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_NE(page.find("sigmoid gate of each position, 0 to 1"), std::string::npos);
   EXPECT_EQ(page.find("uniform attention"), std::string::npos);
+  // A file written before the attribute: the model config's normalizer tells.
+  ASSERT_EQ(test::run_process(test::python() +
+                              " -c \"import sys, h5py; f = h5py.File(sys.argv[1], 'r+')\n"
+                              "for m in ('stage3', 'stage4'): del f['attention/' + m].attrs["
+                              "'weights']\" " +
+                              q(out + "/results.h5"))
+                .status,
+            0);
+  ASSERT_EQ(
+      test::run_process(exe() + " report --results " + q(out + "/results.h5") + " --out " + q(html))
+          .status,
+      0);
+  const auto older = test::read_text(html);
+  EXPECT_NE(older.find("sigmoid gate of each position, 0 to 1"), std::string::npos);
+  EXPECT_EQ(older.find("uniform attention"), std::string::npos);
 }
 
 // Kills at random moments (inside a batch's write, its close, the rename, or inference) each

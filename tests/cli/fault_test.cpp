@@ -292,6 +292,22 @@ TEST(CliFault, SplitReportsWriteErrorsAndKeepsThePreviousCsv) {
                         (dir / "nomasks/s.csv"));
   EXPECT_EQ(r.status, 0) << r.output;
   EXPECT_EQ(test::read_text(dir / "nomasks/s.csv"), test::read_text(dir / "s.csv"));
+  // A folder of a labels.csv whose images are elsewhere: read as class folders, the message
+  // said nothing of the CSV, and --images went unused.
+  fs::create_directories(dir / "elsewhere");
+  fs::copy_file(dir / "labels.csv", dir / "elsewhere/labels.csv");
+  r = test::run_process(exe() + " split --data " + (dir / "elsewhere") + " --out " +
+                        (dir / "elsewhere/s.csv"));
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find(": no class folders inside; it holds labels.csv but no images/ folder "
+                          "beside it: give --data " +
+                          (dir / "elsewhere/labels.csv") + " and --images"),
+            std::string::npos)
+      << r.output;
+  r = test::run_process(exe() + " split --data " + (dir / "elsewhere") + " --images " +
+                        (dir / "images") + " --out " + (dir / "elsewhere/s.csv"));
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(test::read_text(dir / "elsewhere/s.csv"), test::read_text(dir / "s.csv"));
   // cache --out replaces an image cache only: not a checkpoint-like HDF5 file, not a CSV.
   const auto cache = exe() + " cache --data " + (dir / "labels.csv") + " --size 16 --out ";
   EXPECT_EQ(test::run_process(cache + (dir / "c.h5")).status, 0);
@@ -952,6 +968,7 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
         seq2seq_train("--model-max-length 100000000"),
         // epochs × batches overflowed: every step at a learning rate of 0, exit 0.
         seq2seq_train("--epochs 9223372036854775807"), train("--epochs 1000001"),
+        train("--step-every 6148914691236517206"),
         // Worker counts past kMaxWorkers: "Resource temporarily unavailable" from the 100,000th
         // thread before; a preset that does not exist: found only after the data was read.
         "classify --model m.h5 --input x.jpg --out " + (dir / "o") + " --threads 100000",

@@ -199,37 +199,31 @@ TEST(CliSynth, WritesImagesMasksAndLabelsDeterministically) {
                                    "synth_000002.png", "synth_000050.png", "synth_0000099.png"}));
   EXPECT_EQ(test::file_names(a / "any/masks"),
             (std::set<std::string>{"synth_000000.png", "synth_000001.png", "synth_000002.png"}));
-  // A run that fails part-way leaves no labels.csv row naming an image it replaced (the old
-  // labels stayed on the new images), only the earlier rows of images it did not reach.
+  // A run that fails part-way leaves no labels.csv (the old one stayed, naming the new images
+  // with the old labels); the next run still removes the earlier images past its count, also
+  // those the failed run did not reach.
   const auto run = [&](int count, int size) {
     return test::run_process(exe() + " synth --out " + (a / "again") + " --count " +
                              std::to_string(count) + " --size " + std::to_string(size));
   };
-  ASSERT_EQ(run(6, 48).status, 0);
-  const auto earlier_labels = test::read_text(a / "again/labels.csv");
-  std::filesystem::remove(a / "again/images/synth_000002.png");
-  std::filesystem::create_directory(a / "again/images/synth_000002.png");  // cannot be written
-  const auto failed = run(4, 64);
+  ASSERT_EQ(run(8, 48).status, 0);
+  std::filesystem::remove(a / "again/images/synth_000003.png");
+  std::filesystem::create_directory(a / "again/images/synth_000003.png");  // cannot be written
+  const auto failed = run(6, 64);
   ASSERT_NE(failed.status, 0) << failed.output;
-  EXPECT_NE(failed.output.find("synth_000002.png"), std::string::npos) << failed.output;
-  std::istringstream lines(earlier_labels);
-  std::string header, row, kept;
-  std::getline(lines, header);
-  for (int i = 0; std::getline(lines, row); ++i)
-    if (i >= 4) kept += row + "\n";
-  EXPECT_EQ(test::read_text(a / "again/labels.csv"), header + "\n" + kept);
-  EXPECT_EQ(cv::imread(a / "again/images/synth_000004.png").size(), cv::Size(48, 48));
-  // Mended, the next run removes the earlier images past its count, as from a complete run.
-  std::filesystem::remove(a / "again/images/synth_000002.png");
-  ASSERT_EQ(run(4, 64).status, 0);
-  EXPECT_EQ(test::file_names(a / "again/images"),
-            (std::set<std::string>{"synth_000000.png", "synth_000001.png", "synth_000002.png",
-                                   "synth_000003.png"}));
-  // Without earlier images past the count, a failed run leaves no labels.csv at all.
-  std::filesystem::remove(a / "again/images/synth_000001.png");
-  std::filesystem::create_directory(a / "again/images/synth_000001.png");
-  ASSERT_NE(run(4, 48).status, 0);
+  EXPECT_NE(failed.output.find("synth_000003.png"), std::string::npos) << failed.output;
   EXPECT_FALSE(std::filesystem::exists(a / "again/labels.csv"));
+  EXPECT_EQ(cv::imread(a / "again/images/synth_000000.png").size(), cv::Size(64, 64));
+  EXPECT_EQ(cv::imread(a / "again/images/synth_000005.png").size(), cv::Size(48, 48));
+  std::filesystem::remove(a / "again/images/synth_000003.png");
+  const auto fewer_again = run(2, 64);
+  ASSERT_EQ(fewer_again.status, 0) << fewer_again.output;
+  EXPECT_EQ(test::file_names(a / "again/images"),
+            (std::set<std::string>{"synth_000000.png", "synth_000001.png"}));
+  EXPECT_EQ(test::file_names(a / "again/masks"),
+            (std::set<std::string>{"synth_000000.png", "synth_000001.png"}));
+  EXPECT_EQ(test::file_names(a / "again"),
+            (std::set<std::string>{"labels.csv", "images", "masks"}));
   const auto where =
       test::run_process(exe() + " synth --out " + a.path().string() + " --placement middle");
   EXPECT_EQ(where.status, 2) << where.output;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
 
 #include "test_support.h"
 
@@ -281,8 +282,6 @@ TEST(Seq2SeqCli, TranslateChecksItsOutputsFirst) {
   EXPECT_EQ(test::file_names(dir.path()), std::set<std::string>{"file.txt"});
 }
 
-// --alignments replaces an alignments file, nothing else: a checkpoint (the model itself
-// under another name) or a CSV given by mistake was overwritten without a word.
 // train replaces only a model it wrote: OUT/model.h5 holding notes or an alignments file
 // was replaced without a word.
 TEST(Seq2SeqCli, TrainReplacesOnlyASeq2seqCheckpoint) {
@@ -311,6 +310,26 @@ TEST(Seq2SeqCli, TrainReplacesOnlyASeq2seqCheckpoint) {
                             "another --out)\n");
     EXPECT_TRUE(test::read_text(dir / folder + "/model.h5") == what) << folder;
   }
+  // One of its own that cannot be read is said so, with the reason (it was "not a checkpoint").
+  std::filesystem::create_directories(dir / "damaged");
+  std::filesystem::copy_file(model, dir / "damaged/model.h5");
+  ASSERT_EQ(test::run_process(test::python() +
+                              " -c \"import sys, h5py; f = h5py.File(sys.argv[1], 'r+')\n"
+                              "d = [f[k] for k in f if isinstance(f[k], h5py.Dataset)][0]\n"
+                              "a = d[...]; a.flat[0] += 1; d[...] = a\" " +
+                              (dir / "damaged/model.h5"))
+                .status,
+            0);
+  const auto damaged = test::run_process(exe() +
+                                         " seq2seq train --task copy --count 50 "
+                                         "--epochs 1 --quiet --out " +
+                                         (dir / "damaged"));
+  EXPECT_EQ(damaged.status, 1) << damaged.output;
+  EXPECT_NE(damaged.output.find((dir / "damaged/model.h5") +
+                                ": is an attnscope checkpoint that cannot be read (checksum "
+                                "mismatch"),
+            std::string::npos)
+      << damaged.output;
   // Its own it replaces.
   const auto again = test::run_process(
       exe() + " seq2seq train --task copy --count 50 --epochs 1 --quiet --seed 9 --out " +
@@ -319,6 +338,8 @@ TEST(Seq2SeqCli, TrainReplacesOnlyASeq2seqCheckpoint) {
   EXPECT_FALSE(test::read_text(model) == before);
 }
 
+// --alignments replaces an alignments file, nothing else: a checkpoint (the model itself
+// under another name) or a CSV given by mistake was overwritten without a word.
 TEST(Seq2SeqCli, AlignmentsReplaceOnlyAnAlignmentsFile) {
   test::TempDir dir;
   const auto model = train_tiny(dir, "gru-additive");
@@ -379,6 +400,21 @@ TEST(Seq2SeqCli, AlignmentsReplaceOnlyAnAlignmentsFile) {
       "print(text, cv2.imread(sys.argv[1]).shape[2])\" " +
       (dir / "png/000001.png"));
   EXPECT_EQ(chunks.output, "[b'Software\\x00attnscope seq2seq translate'] 3\n") << chunks.output;
+  // A heatmap that cannot be written is its sentence's line, and the others are written (one
+  // too large to draw ended the run); an earlier run's heatmaps past this run's inputs go.
+  r = test::run_process(heatmaps + (dir / "png") + " abc hello ab cd");
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::filesystem::remove(dir / "png/000001.png");
+  std::filesystem::create_directory(dir / "png/000001.png");
+  std::filesystem::remove(dir / "png/000002.png");
+  r = test::run_process(heatmaps + (dir / "png") + " abc hello ab");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("error: " + (dir / "png/000001.png")), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("error: "), r.output.rfind("error: ")) << r.output;  // that one only
+  EXPECT_EQ(test::file_names(dir / "png"),
+            (std::set<std::string>{"000000.png", "000001.png", "000002.png"}));
+  EXPECT_TRUE(std::filesystem::is_directory(dir / "png/000001.png"));
+  EXPECT_EQ(cv::imread(dir / "png/000002.png").channels(), 3);
 }
 
 // Sizes are said as the flags that set them, not as the checkpoint's fields; the other

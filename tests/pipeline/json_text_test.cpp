@@ -69,6 +69,13 @@ TEST(JsonText, ADuplicateKeyIsRefusedWhenAskedAndSiblingsMayShareKeys) {
               parse_json_text("[1] x", "c.json");
             }).find("c.json: text is not valid JSON: "),
             std::string::npos);
+  // A NUL ended nlohmann's text: what came after it was dropped without a word.
+  for (const bool flag : {false, true}) {
+    const std::string two("{\"a\": 1}\0{\"a\": 2}", 17);
+    EXPECT_EQ(test::error_of([&] { parse_json_text(two, "c.json", "config", flag); }),
+              "c.json: config is not valid JSON: a NUL byte at offset 8");
+  }
+  EXPECT_EQ(parse_json_text(R"(["\u0000"])", "c.json")[0], std::string(1, '\0'));
   // Where and why, in words: nlohmann's exception name is left out.
   EXPECT_EQ(test::error_of([&] { parse_json_text("x", "f.h5:/@threshold", "attribute"); }),
             "f.h5:/@threshold: attribute is not valid JSON: parse error at line 1, column 1: "

@@ -321,6 +321,23 @@ TEST(Optimizer, StateRoundTripsAndRefusesAnotherModel) {
   EXPECT_NE(test::error_of([&] { c.load_state(a.state()); }).find("shape"), std::string::npos);
   Optimizer d({{"v", other}}, o);
   EXPECT_NE(test::error_of([&] { d.load_state(a.state()); }).find("'v'"), std::string::npos);
+  // A float64 moment finite in the file and infinite in the float32 weight's type (the next
+  // step's loss was blamed on the learning rate).
+  auto wide = a.state();
+  int widened = 0;
+  for (auto& [name, t] : wide)
+    if (name.size() > 8 && name.compare(name.size() - 8, 8, "/exp_avg") == 0) {
+      t = t.to(torch::kDouble).contiguous();
+      t.view(-1)[0] = 1e300;
+      ++widened;
+    }
+  ASSERT_EQ(widened, 1);
+  Optimizer e({{"w", w2}}, o);
+  EXPECT_NE(test::error_of([&] {
+              e.load_state(wide);
+            }).find("tensor 'w/exp_avg' holds NaN or inf as Float"),
+            std::string::npos)
+      << test::error_of([&] { e.load_state(wide); });
 }
 
 TEST(WeightEma, FollowsItsUpdateFormulaAndSwaps) {
@@ -340,6 +357,14 @@ TEST(WeightEma, FollowsItsUpdateFormulaAndSwaps) {
   EXPECT_NEAR(lin->weight[0][1].item<double>(), expected, 1e-6);
   ema.swap();
   EXPECT_DOUBLE_EQ(lin->weight[0][1].item<double>(), 3.0);
+  // A float64 average finite in the file and infinite in the float32 weight's type.
+  auto wide = ema.state();
+  wide["weight"] = wide["weight"].to(torch::kDouble);
+  wide["weight"][0][0] = 1e300;
+  EXPECT_EQ(test::error_of([&] { ema.load_state(wide); }),
+            "ema state: tensor 'weight' holds NaN or inf as Float");
+  wide["weight"][0][0] = 1e30;  // within float's range
+  EXPECT_EQ(test::error_of([&] { ema.load_state(wide); }), "");
 }
 
 // A tiny model: y = x·w (one weight vector), squared error.
@@ -848,6 +873,7 @@ TEST(TrainingLoop, LinearDecayReachesZeroAtTheEnd) {
   // Steps past int64 (epochs × batches overflowed, and the decay ran at 0) are an error before
   // the first step.
   o.epochs = std::numeric_limits<int64_t>::max() / 2 + 1;
+  o.time_budget_s = 60;  // without the check it would not end (a wrong code fails, not hangs)
   Tiny other;
   const auto e = test::error_of([&] { TrainingLoop(other, o).run(task.hooks(other)); });
   EXPECT_NE(e.find("batches are more steps than can be counted"), std::string::npos) << e;

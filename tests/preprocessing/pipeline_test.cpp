@@ -93,6 +93,12 @@ TEST(Pipeline, StrictParsingNamesTheProblem) {
             std::string::npos);
   EXPECT_NE(error_of({{"augment", {{"hflip", 2}}}}).find("probabilities"), std::string::npos);
   EXPECT_NE(error_of({{"normalize", {{"std", {1, 0, 1}}}}}).find("std"), std::string::npos);
+  // A gamma past 10 makes every pixel above black white (1e308 was taken).
+  EXPECT_NE(error_of({{"steps", {{{"op", "shades_of_gray"}, {"gamma", 1e308}}}}})
+                .find("gamma: must be in [0, 10] (0 = off), got 1e+308"),
+            std::string::npos)
+      << error_of({{"steps", {{{"op", "shades_of_gray"}, {"gamma", 1e308}}}}});
+  EXPECT_EQ(error_of({{"steps", {{{"op", "shades_of_gray"}, {"gamma", 2.2}}}}}), "");
 }
 
 // Configs that crashed or passed garbage on: 100,000 nested brackets (dump() overflowed the

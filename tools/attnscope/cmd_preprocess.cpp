@@ -258,7 +258,8 @@ int run_preprocess(const std::vector<std::string>& args, const GlobalOptions&) {
       });
   }
   const auto total = files.size() + failed_entries;
-  std::cout << "preprocessed " << total - failed << " of " << total << " images into " << out;
+  std::cout << "preprocessed " << total - failed << " of " << total << " images into "
+            << one_line(out);
   if (failed) std::cout << " (" << failed << " failed)";
   if (strips_failed)
     std::cout << "; " << strips_failed << " --steps strip" << (strips_failed > 1 ? "s" : "")

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <iomanip>
@@ -393,7 +394,10 @@ int run_train(const std::vector<std::string>& args) {
   if (!encoded.too_long.empty()) {
     std::cerr << "warning: skipped " << encoded.too_long.size() << " pairs longer than "
               << max_length << " tokens (--model-max-length)";
-    const auto& first = data.pairs[encoded.too_long.front()];
+    // The earliest line: the pairs were shuffled before they were encoded.
+    const auto& first = data.pairs[*std::min_element(
+        encoded.too_long.begin(), encoded.too_long.end(),
+        [&](auto a, auto b) { return data.pairs[a].line < data.pairs[b].line; })];
     if (first.line > 0) std::cerr << ", first at " << spec.substr(4) << ":" << first.line;
     std::cerr << "\n";
   }
@@ -685,9 +689,34 @@ int run_translate(const std::vector<std::string>& args) {
   }
   if (!png_dir.empty()) {
     fs::create_directories(png_dir);
+    // A heatmap that cannot be drawn is its sentence's line; the others are written (one
+    // too large to draw ended the run). An earlier run's heatmap under the number of a
+    // sentence without one, or past this run's last, is removed: read as this run's before.
+    auto remove_earlier = [&](const std::string& path) {
+      std::error_code ec;
+      if (fs::is_regular_file(fs::symlink_status(path, ec)) && pipeline::is_alignment_png(path))
+        fs::remove(path, ec);
+    };
     for (std::size_t i = 0; i < translations.size(); ++i) {
-      if (!translations[i].error.empty()) continue;
-      pipeline::write_alignment_png(png_path(i), translations[i]);
+      if (!translations[i].error.empty()) {
+        remove_earlier(png_path(i));
+        continue;
+      }
+      try {
+        pipeline::write_alignment_png(png_path(i), translations[i]);
+      } catch (const Error& e) {
+        ++failed;
+        std::cerr << "error: " << excerpt(e.what(), 1000) << "\n";
+        remove_earlier(png_path(i));
+      }
+    }
+    std::error_code ec;
+    for (fs::directory_iterator it(png_dir, ec), end; !ec && it != end; it.increment(ec)) {
+      const auto name = it->path().filename().string();
+      if (name.size() >= 10 && name.size() <= 23 && name.compare(name.size() - 4, 4, ".png") == 0 &&
+          name.find_first_not_of("0123456789") == name.size() - 4 &&
+          std::stoull(name.substr(0, name.size() - 4)) >= translations.size())
+        remove_earlier(it->path().string());
     }
   }
   return failed > 0 ? 1 : 0;

@@ -88,7 +88,7 @@ int run_split(const std::vector<std::string>& args, const GlobalOptions&) {
     remove_dead_temporaries(out);  // what a killed run left beside it, once nothing refuses
     datasets::write_splits_csv(out, ds, s);
   }
-  std::cout << "wrote " << out << " (" << ds.samples.size() << " images)\n";
+  std::cout << "wrote " << excerpt(out, 1000) << " (" << ds.samples.size() << " images)\n";
   for (const auto& [part, c] : counts) {
     std::cout << "  " << part << ":";
     for (std::size_t k = 0; k < c.size(); ++k)

@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "attnscope/output_checks.h"
+#include "attnscope/printable.h"
 
 #include "cli.h"
 #include "datasets/synthetic.h"
@@ -70,7 +71,7 @@ int run_synth(const std::vector<std::string>& args, const GlobalOptions&) {
   const auto ds = datasets::write_synthetic(out, count, seed, o, workers);
   const auto counts = ds.class_counts();
   std::cout << "wrote " << ds.samples.size() << " images (" << counts[0] << " benign, " << counts[1]
-            << " malignant) to " << out << "\n";
+            << " malignant) to " << excerpt(out, 1000) << "\n";
   return 0;
 }
 

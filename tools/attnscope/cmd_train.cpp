@@ -409,6 +409,8 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
   if (shifted_patches && conv_stem)
     fail("--shifted-patches and --conv-stem cannot be combined (both replace the patch embedding)");
   if (step_every < 1) fail("--step-every must be >= 1");
+  // A decay every 6e18 epochs (× the batches) overflowed and ran at a rate of 0.
+  if (step_every > 1000000) fail("--step-every must be at most 1000000");
   if (patience < 0) fail("--patience must be >= 0");
   if (progress_every < 1) fail("--progress-every must be >= 1");
   if (!mask_loss.empty())

@@ -3,6 +3,7 @@
 // --multiclass, --ak-benign), so that cache, preprocess stats, train and classify read
 // datasets the same way.
 
+#include <filesystem>
 #include <iostream>
 #include <string>
 #include <utility>
@@ -56,7 +57,15 @@ struct DatasetFlags {
     } catch (const Error&) {  // read() names a bad --format
     }
     const auto csv = datasets::dataset_folder_csv(data);
-    return csv.empty() ? data : csv;
+    if (!csv.empty()) return csv;
+    // --images names the images of a CSV: a folder holding labels.csv without images/ beside
+    // it, given with --images, is that CSV (it was read as class folders, --images unused).
+    std::error_code ec;
+    const auto labels = std::filesystem::path(data) / "labels.csv";
+    if (!images.empty() && std::filesystem::is_directory(data, ec) &&
+        std::filesystem::is_regular_file(labels, ec))
+      return labels.string();
+    return data;
   }
 
   /// Reads the dataset; a bad --format is a UsageError.
