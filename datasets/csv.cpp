@@ -51,9 +51,17 @@ std::string trim(const std::string& s) {
 }
 
 std::optional<std::size_t> CsvTable::column(const std::string& name) const {
-  for (std::size_t i = 0; i < header.size(); ++i)
-    if (trim(header[i]) == name) return i;
-  return std::nullopt;
+  std::optional<std::size_t> found;
+  for (std::size_t i = 0; i < header.size(); ++i) {
+    if (trim(header[i]) != name) continue;
+    // `image_id,label,label`: the first was read without a word, whichever held the labels.
+    if (found)
+      throw Error(path,
+                  concat("the header names the column '", excerpt(name, 60), "' twice (columns ",
+                         *found + 1, " and ", i + 1, "): which one holds the values is unclear"));
+    found = i;
+  }
+  return found;
 }
 
 std::size_t CsvTable::require_column(const std::string& name) const {

@@ -22,7 +22,8 @@ struct CsvTable {
   std::vector<std::string> header;  ///< empty when read with has_header = false
   std::vector<CsvRow> rows;
 
-  /// Index of a header column (exact match after trimming), or nullopt.
+  /// Index of a header column (exact match after trimming), or nullopt; a column named twice
+  /// throws Error naming the file and both columns.
   std::optional<std::size_t> column(const std::string& name) const;
   /// Index of a header column; throws Error naming the file and the column otherwise.
   std::size_t require_column(const std::string& name) const;

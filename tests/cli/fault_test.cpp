@@ -1011,6 +1011,7 @@ TEST(CliFault, OutOfRangeNumbersAreUsageErrors) {
         "classify --model m.h5 --input x.jpg --out " + (dir / "o") + " --masks ''",
         "cache --data x.csv --out " + (dir / "c.h5") + " --config ''",
         std::string("seq2seq translate --model m.h5 --beam 100000 abc"),
+        std::string("seq2seq translate --model m.h5 --length-penalty 1e300 abc"),
         std::string("dist-check --lr nan"), "demo --out " + (dir / "d") + " --minutes 1e300",
         // Past what a float32 holds or memory takes: LibTorch's overflow text, vector::reserve,
         // bad_alloc; demo's sizes were found by synth after the previous demo was removed; a

@@ -111,6 +111,12 @@ TEST(Csv, MissingColumnListsTheHeader) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("img,Label"), std::string::npos) << e.what();
   }
+  // A column named twice: the first was taken without a word.
+  const auto twice = parse_csv("image_id,label, label\nx,benign,malignant\n", "two.csv");
+  EXPECT_EQ(test::error_of([&] { twice.require_column("label"); }),
+            "two.csv: the header names the column 'label' twice (columns 2 and 3): which one "
+            "holds the values is unclear");
+  EXPECT_EQ(twice.require_column("image_id"), 0u);
 }
 
 TEST(DataCsv, ReadsUda1Labels) {

@@ -150,8 +150,10 @@ void check_decode_options(const po::variables_map& vm, const std::string& usage)
         concat("--beam must be in [1, ", kMaxBeam, "], got ", vm["beam"].as<int64_t>()), usage);
   require_at_least<int64_t>(vm, "max-output-length", 0, usage);
   const double penalty = vm["length-penalty"].as<double>();
-  if (!std::isfinite(penalty) || penalty < 0)
-    throw UsageError("--length-penalty must be a number >= 0", usage);
+  // GNMT's α is 0.6 to 1; ((5 + length)/6)^α past 10 ranks by length alone, and past a few
+  // hundred overflows (every score -0: the beam's choice arbitrary).
+  if (!std::isfinite(penalty) || penalty < 0 || penalty > 10)
+    throw UsageError("--length-penalty must be in [0, 10]", usage);
   if (vm["max-output-length"].as<int64_t>() > pipeline::kMaxSeq2SeqLength)
     throw UsageError(concat("--max-output-length must be <= ", pipeline::kMaxSeq2SeqLength), usage);
   require_at_least<int64_t>(vm, "batch-size", 1, usage);
