@@ -2,6 +2,7 @@
 
 #include <array>
 #include <atomic>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -307,39 +308,48 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
   // dir/labels.csv is replaced at the end: one that synth did not write (its first line is not
   // synth's header) is someone's ground truth, refused before anything is written.
   const auto labels_path = fs::path(dir) / "labels.csv";
-  // While a run replaces an earlier run's images, that run's rows wait in this file instead of
-  // labels.csv: a run that then failed or was killed left the new images under the old labels
-  // (trained on as such). The next run reads it too, so that the earlier images past its own
-  // count are still found and removed; it goes once labels.csv is replaced.
-  const auto earlier_path = fs::path(dir) / ".labels.csv.earlier";
-  const auto synth_rows = [&](const fs::path& path, std::string& rows) {
-    std::ifstream in(path, std::ios::binary);
-    std::string line;
-    if (!std::getline(in, line) || line + "\n" != kSyntheticHeader) return false;
-    while (std::getline(in, line))
-      if (!line.empty()) rows += line + "\n";
-    return true;
-  };
-  std::string earlier_rows;
+  // Synth writes the indices 0 .. count-1, so what earlier runs may have left is the indices
+  // below the largest count. While a run writes its images, that bound waits in this file
+  // instead of labels.csv (a run that then failed or was killed left the new images under the
+  // old labels, trained on as such); the next run reads it too, and removes what lies between
+  // its own count and the bound. It goes once labels.csv is replaced.
+  const auto extent_path = fs::path(dir) / ".synth-extent";
+  const std::string extent_text = "attnscope synth: images below ";
+  // The six-digit ids synth writes (`synth --count` is at most 9,999,999): a crafted row's
+  // synth_999999999999 would make the sweep below take forever.
+  constexpr int64_t kMaxIndex = 10'000'000;
+  int64_t bound = 0;  // every synth_<index> an earlier run may have written is below it
   bool labels_ours = false;
   if (fs::exists(fs::symlink_status(labels_path, ec))) {
-    labels_ours = fs::is_regular_file(labels_path, ec) && synth_rows(labels_path, earlier_rows);
+    std::ifstream in(labels_path, std::ios::binary);
+    std::string line;
+    labels_ours = fs::is_regular_file(labels_path, ec) && std::getline(in, line) &&
+                  line + "\n" == kSyntheticHeader;
     check(labels_ours, labels_path.string(),
           "exists and was not written by attnscope synth (its first line is not synth's "
           "header); synth would replace it: choose another output folder");
-  }
-  // A file under that name that synth did not write is neither read nor removed.
-  const bool earlier_ours = fs::is_regular_file(fs::symlink_status(earlier_path, ec)) &&
-                            synth_rows(earlier_path, earlier_rows);
-  // The earlier runs' images past this run's count (synth_<index> ids of their rows): removed
-  // once labels.csv is replaced (below). Only their indices are kept.
-  std::set<int64_t> surplus;
-  {
-    std::istringstream rows(earlier_rows);
-    for (std::string line; std::getline(rows, line);) {
+    // Only the ids are kept (a file of millions of rows read whole cost its size in memory).
+    while (std::getline(in, line)) {
       const auto index = synthetic_index(line.substr(0, std::min<std::size_t>(line.find(','), 32)));
-      if (index && *index >= count) surplus.insert(*index);
+      if (index && *index < kMaxIndex) bound = std::max(bound, *index + 1);
     }
+  }
+  bool extent_ours = false;
+  if (fs::exists(fs::symlink_status(extent_path, ec))) {
+    std::ifstream in(extent_path, std::ios::binary);
+    std::string line;
+    int64_t below = -1;
+    if (fs::is_regular_file(fs::symlink_status(extent_path, ec)) && std::getline(in, line) &&
+        line.size() < 64 && line.rfind(extent_text, 0) == 0) {
+      const auto digits = line.substr(extent_text.size());
+      const auto [end, err] = std::from_chars(digits.data(), digits.data() + digits.size(), below);
+      if (err != std::errc() || end != digits.data() + digits.size()) below = -1;
+    }
+    extent_ours = below >= 0 && below <= std::max(kMaxIndex, count);
+    check(extent_ours, extent_path.string(),
+          "exists and was not written by attnscope synth; synth would replace it: choose "
+          "another output folder");
+    bound = std::max(bound, below);
   }
   fs::create_directories(fs::path(dir) / "images", ec);
   fs::create_directories(fs::path(dir) / "masks", ec);
@@ -353,11 +363,12 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
              synthetic_index(name.substr(0, name.size() - 4)).has_value();
     });
   remove_dead_temporaries(labels_path.string());
-  remove_dead_temporaries(earlier_path.string());
-  // The earlier rows move aside before the first image is replaced: written first, then
-  // labels.csv removed, so that no moment leaves an earlier image named by neither file.
+  remove_dead_temporaries(extent_path.string());
+  // Before the first image: the bound of what this and the earlier runs may leave, then
+  // labels.csv removed, so that no moment leaves an image unaccounted for by both files.
+  write_file_atomically(extent_path.string(),
+                        extent_text + std::to_string(std::max(bound, count)) + "\n");
   if (labels_ours) {
-    write_file_atomically(earlier_path.string(), kSyntheticHeader + earlier_rows);
     fs::remove(labels_path, ec);
     check(!ec, labels_path.string(),
           "cannot remove the earlier run's labels.csv before replacing its images: ", ec.message());
@@ -410,15 +421,15 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
   }
   // A larger earlier run into this folder left images past `count` that labels.csv no longer
   // names (a folder listing, as `preprocess --input DIR/images` reads it, still found them):
-  // the ids the replaced labels.csv named, under synth's own names, with index >= count.
-  for (const auto index : surplus) {
+  // synth's own names, with index in [count, bound).
+  for (int64_t index = count; index < bound; ++index) {
     for (const char* sub : {"images", "masks"}) {
       const auto file = fs::path(dir) / sub / (synthetic_id(index) + ".png");
       std::error_code remove_ec;
       if (fs::is_regular_file(fs::symlink_status(file, remove_ec))) fs::remove(file, remove_ec);
     }
   }
-  if (labels_ours || earlier_ours) fs::remove(earlier_path, ec);
+  fs::remove(extent_path, ec);
   ReadOptions read;
   read.images_dir = (fs::path(dir) / "images").string();
   return read_dataset(csv, read);

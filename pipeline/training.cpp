@@ -317,6 +317,10 @@ void WeightEma::load_state(const std::map<std::string, torch::Tensor>& state) {
           "' has shape ", it->second.sizes(), ", the model ", average_[i].sizes());
     // An average of finite weights is finite (a NaN was blamed on the learning rate later);
     // checked in the average's type (a float64 1e300 is infinite in float32).
+    // A float stored for an integer buffer (num_batches_tracked) converted to INT64_MIN.
+    check(!it->second.is_floating_point() || average_[i].is_floating_point(), "ema state",
+          "tensor '", live_[i].first, "' is stored as ", it->second.scalar_type(),
+          " where the model holds ", average_[i].scalar_type());
     const auto same = it->second.to(average_[i].scalar_type());
     check(!same.is_floating_point() || torch::isfinite(same).all().item<bool>(), "ema state",
           "tensor '", live_[i].first, "' holds NaN or inf",

@@ -224,6 +224,21 @@ TEST(CliSynth, WritesImagesMasksAndLabelsDeterministically) {
             (std::set<std::string>{"synth_000000.png", "synth_000001.png"}));
   EXPECT_EQ(test::file_names(a / "again"),
             (std::set<std::string>{"labels.csv", "images", "masks"}));
+  // So are the images a larger run wrote before it failed, past what any labels.csv named.
+  std::filesystem::create_directory(a / "again/images/synth_000003.png");
+  ASSERT_NE(run(40, 48).status, 0);
+  std::filesystem::remove(a / "again/images/synth_000003.png");
+  ASSERT_EQ(run(2, 64).status, 0);
+  EXPECT_EQ(test::file_names(a / "again/images"),
+            (std::set<std::string>{"synth_000000.png", "synth_000001.png"}));
+  // A file of someone else's under the name synth keeps its bound in is refused, left alone.
+  std::ofstream(a / "again/.synth-extent") << "my notes\n";
+  const auto theirs = run(2, 64);
+  EXPECT_EQ(theirs.status, 1) << theirs.output;
+  EXPECT_NE(theirs.output.find(".synth-extent: exists and was not written by attnscope synth"),
+            std::string::npos)
+      << theirs.output;
+  EXPECT_EQ(test::read_text(a / "again/.synth-extent"), "my notes\n");
   const auto where =
       test::run_process(exe() + " synth --out " + a.path().string() + " --placement middle");
   EXPECT_EQ(where.status, 2) << where.output;

@@ -407,12 +407,14 @@ TEST(Seq2SeqCli, AlignmentsReplaceOnlyAnAlignmentsFile) {
   std::filesystem::remove(dir / "png/000001.png");
   std::filesystem::create_directory(dir / "png/000001.png");
   std::filesystem::remove(dir / "png/000002.png");
+  // A marked heatmap under a name translate never writes stays (0000009.png is not 000009.png).
+  std::filesystem::copy_file(dir / "png/000003.png", dir / "png/0000009.png");
   r = test::run_process(heatmaps + (dir / "png") + " abc hello ab");
   EXPECT_EQ(r.status, 1) << r.output;
   EXPECT_NE(r.output.find("error: " + (dir / "png/000001.png")), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("error: "), r.output.rfind("error: ")) << r.output;  // that one only
   EXPECT_EQ(test::file_names(dir / "png"),
-            (std::set<std::string>{"000000.png", "000001.png", "000002.png"}));
+            (std::set<std::string>{"000000.png", "000001.png", "000002.png", "0000009.png"}));
   EXPECT_TRUE(std::filesystem::is_directory(dir / "png/000001.png"));
   EXPECT_EQ(cv::imread(dir / "png/000002.png").channels(), 3);
 }

@@ -365,6 +365,16 @@ TEST(WeightEma, FollowsItsUpdateFormulaAndSwaps) {
             "ema state: tensor 'weight' holds NaN or inf as Float");
   wide["weight"][0][0] = 1e30;  // within float's range
   EXPECT_EQ(test::error_of([&] { ema.load_state(wide); }), "");
+  // A float stored for an integer buffer converted to INT64_MIN without a word.
+  torch::nn::BatchNorm1d bn(2);
+  WeightEma bn_ema(*bn, 0.9);
+  auto floated = bn_ema.state();
+  ASSERT_EQ(floated.count("num_batches_tracked"), 1u);
+  floated["num_batches_tracked"] = torch::tensor(1e30);
+  EXPECT_EQ(
+      test::error_of([&] { bn_ema.load_state(floated); }),
+      "ema state: tensor 'num_batches_tracked' is stored as Float where the model holds Long");
+  EXPECT_EQ(test::error_of([&] { bn_ema.load_state(bn_ema.state()); }), "");
 }
 
 // A tiny model: y = x·w (one weight vector), squared error.

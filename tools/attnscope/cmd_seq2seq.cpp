@@ -715,10 +715,13 @@ int run_translate(const std::vector<std::string>& args) {
     std::error_code ec;
     for (fs::directory_iterator it(png_dir, ec), end; !ec && it != end; it.increment(ec)) {
       const auto name = it->path().filename().string();
+      // Only names translate writes (0000007.png is not one).
       if (name.size() >= 10 && name.size() <= 23 && name.compare(name.size() - 4, 4, ".png") == 0 &&
-          name.find_first_not_of("0123456789") == name.size() - 4 &&
-          std::stoull(name.substr(0, name.size() - 4)) >= translations.size())
-        remove_earlier(it->path().string());
+          name.find_first_not_of("0123456789") == name.size() - 4) {
+        const auto index = static_cast<std::size_t>(std::stoull(name.substr(0, name.size() - 4)));
+        if (index >= translations.size() && fs::path(png_path(index)).filename() == name)
+          remove_earlier(it->path().string());
+      }
     }
   }
   return failed > 0 ? 1 : 0;

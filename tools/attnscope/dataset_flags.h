@@ -60,12 +60,16 @@ struct DatasetFlags {
     if (!csv.empty()) return csv;
     // --images names the images of a CSV: a folder holding labels.csv without images/ beside
     // it, given with --images, is that CSV (it was read as class folders, --images unused).
+    // Not when it also holds folders: class folders whose root holds a labels.csv stay class
+    // folders, as they were (their labels, not the CSV's).
     std::error_code ec;
     const auto labels = std::filesystem::path(data) / "labels.csv";
-    if (!images.empty() && std::filesystem::is_directory(data, ec) &&
-        std::filesystem::is_regular_file(labels, ec))
-      return labels.string();
-    return data;
+    if (images.empty() || !std::filesystem::is_directory(data, ec) ||
+        !std::filesystem::is_regular_file(labels, ec))
+      return data;
+    for (std::filesystem::directory_iterator it(data, ec), end; !ec && it != end; it.increment(ec))
+      if (it->is_directory(ec)) return data;
+    return ec ? data : labels.string();
   }
 
   /// Reads the dataset; a bad --format is a UsageError.
