@@ -44,14 +44,16 @@ using CheckpointEdit =
 // An untrained attn_small at 64 px with its preprocessing (a resize to `size`): enough to
 // exercise every path. `edit` changes the checkpoint's metadata or weights before it is saved
 // (crafted checkpoints), as DIR/NAME.h5.
-std::string make_checkpoint(const test::TempDir& dir, int size = 64,
-                            const CheckpointEdit& edit = {}, const std::string& name = "model",
-                            const std::string& arch = "attn_small") {
+std::string make_checkpoint(
+    const test::TempDir& dir, int size = 64, const CheckpointEdit& edit = {},
+    const std::string& name = "model", const std::string& arch = "attn_small",
+    const std::function<void(models::vision::ImageModelConfig&)>& configure = {}) {
   const auto path = dir / (name + ".h5");
   torch::manual_seed(3);
   models::vision::ImageModelConfig config;
   config.arch = arch;
   config.image_size = 64;
+  if (configure) configure(config);
   auto model = models::vision::make_image_classifier(config);
   pipeline::CheckpointMeta meta;
   meta.class_names = {"benign", "malignant"};
@@ -281,20 +283,8 @@ print('OK', n)
 // multiples of uniform softmax attention (every map was "raw softmax weights" before).
 TEST(CliClassify, SigmoidAttentionMapsAreRecordedAsGatesAndShownAsSuch) {
   test::TempDir dir;
-  const auto model = dir / "sigmoid.h5";
-  torch::manual_seed(3);
-  models::vision::ImageModelConfig config;
-  config.arch = "attn_small";
-  config.image_size = 64;
-  config.normalizer = "sigmoid";
-  {
-    auto net = models::vision::make_image_classifier(config);
-    pipeline::CheckpointMeta meta;
-    meta.class_names = {"benign", "malignant"};
-    meta.preprocessing_config = {{"steps", {{{"op", "resize"}, {"size", 64}}}}};
-    pipeline::save_image_classifier(model, *net, models::vision::resolve_image_config(config),
-                                    meta);
-  }
+  const auto model = make_checkpoint(dir, 64, {}, "sigmoid", "attn_small",
+                                     [](auto& config) { config.normalizer = "sigmoid"; });
   const auto images = make_images(dir, 3);
   const auto out = dir / "run";
   const auto r = test::run_process(exe() + " classify --model " + q(model) + " --input " +
