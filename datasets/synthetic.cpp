@@ -315,16 +315,19 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
   // its own count and the bound. It goes once labels.csv is replaced.
   const auto extent_path = fs::path(dir) / ".synth-extent";
   const std::string extent_text = "attnscope synth: images below ";
-  // The six-digit ids synth writes (`synth --count` is at most 9,999,999): a crafted row's
-  // synth_999999999999 would make the sweep below take forever.
+  // The ids synth writes, zero-padded to six digits (`synth --count` is at most 9,999,999): a
+  // crafted row's synth_999999999999 would make the sweep below take forever.
   constexpr int64_t kMaxIndex = 10'000'000;
   int64_t bound = 0;  // every synth_<index> an earlier run may have written is below it
   bool labels_ours = false;
   if (fs::exists(fs::symlink_status(labels_path, ec))) {
-    std::ifstream in(labels_path, std::ios::binary);
-    std::string line;
-    labels_ours = fs::is_regular_file(labels_path, ec) && std::getline(in, line) &&
-                  line + "\n" == kSyntheticHeader;
+    // Opened only when a regular file (a FIFO blocked the open), its header compared by bytes
+    // (a file without newlines was read whole into one line).
+    std::ifstream in;
+    std::string line(sizeof(kSyntheticHeader) - 1, '\0');
+    if (fs::is_regular_file(labels_path, ec)) in.open(labels_path, std::ios::binary);
+    labels_ours = in.is_open() && in.read(line.data(), static_cast<std::streamsize>(line.size())) &&
+                  line == kSyntheticHeader;
     check(labels_ours, labels_path.string(),
           "exists and was not written by attnscope synth (its first line is not synth's "
           "header); synth would replace it: choose another output folder");
@@ -336,11 +339,17 @@ Dataset write_synthetic(const std::string& dir, int64_t count, uint64_t seed,
   }
   bool extent_ours = false;
   if (fs::exists(fs::symlink_status(extent_path, ec))) {
-    std::ifstream in(extent_path, std::ios::binary);
-    std::string line;
+    std::ifstream in;
+    if (fs::is_regular_file(fs::symlink_status(extent_path, ec)))
+      in.open(extent_path, std::ios::binary);
+    std::string line(64, '\0');
+    line.resize(in.is_open()
+                    ? static_cast<std::size_t>(
+                          in.read(line.data(), static_cast<std::streamsize>(line.size())).gcount())
+                    : 0);
+    line = line.substr(0, line.find('\n'));
     int64_t below = -1;
-    if (fs::is_regular_file(fs::symlink_status(extent_path, ec)) && std::getline(in, line) &&
-        line.size() < 64 && line.rfind(extent_text, 0) == 0) {
+    if (line.rfind(extent_text, 0) == 0) {
       const auto digits = line.substr(extent_text.size());
       const auto [end, err] = std::from_chars(digits.data(), digits.data() + digits.size(), below);
       if (err != std::errc() || end != digits.data() + digits.size()) below = -1;

@@ -29,8 +29,9 @@ namespace {
 // read data: OpenCV(4.6.0) ./modules/...", with "> " lines) before it returns an empty image,
 // and its TIFF reader logs a "[ WARN:0@0.2] ..." line there too: on a batch's terminal these
 // came before attnscope's own line naming the file. While a thread decodes through OpenCV,
-// what that thread writes to std::cerr is kept for it (the reason joins its error); other
-// threads' writes pass through as before. Installed before main(), while no thread runs.
+// what that thread writes to std::cerr is kept for it (the reason joins its error; after a
+// successful decode, OpenCV's warnings are dropped); other threads' writes pass through as
+// before. Installed before main(), while no thread runs.
 class CerrCapture : public std::streambuf {
  public:
   explicit CerrCapture(std::streambuf* next) : next_(next) {}
@@ -40,7 +41,7 @@ class CerrCapture : public std::streambuf {
   int_type overflow(int_type c) override {
     if (traits_type::eq_int_type(c, traits_type::eof())) return traits_type::not_eof(c);
     if (target) {
-      target->push_back(traits_type::to_char_type(c));
+      if (target->size() < (std::size_t{1} << 16)) target->push_back(traits_type::to_char_type(c));
       return c;
     }
     return next_ ? next_->sputc(traits_type::to_char_type(c)) : traits_type::eof();

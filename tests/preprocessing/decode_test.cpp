@@ -10,6 +10,7 @@
 
 #include <png.h>
 
+#include <opencv2/core/utility.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
@@ -578,7 +579,9 @@ TEST(Decode, CorruptBmpTiffAndWebpAreOneErrorWithOpenCvsReasonAndNothingOnStderr
     EXPECT_EQ(said, "") << name;
     EXPECT_EQ(msg.rfind(dir / name + ": corrupt or truncated ", 0), 0u) << msg;
     EXPECT_NE(msg.find(": OpenCV could not decode it ("), std::string::npos) << msg;
-    EXPECT_EQ(msg.find("or has no"), std::string::npos) << msg;  // OpenCV's reason instead
+    // OpenCV's reason instead, where (as 4.6 does) OpenCV prints it to std::cerr.
+    if (cv::getVersionMajor() == 4 && cv::getVersionMinor() == 6)
+      EXPECT_EQ(msg.find("or has no"), std::string::npos) << msg;
     EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
   }
   // What is written to std::cerr outside a decode still reaches stderr.

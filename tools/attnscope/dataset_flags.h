@@ -67,8 +67,11 @@ struct DatasetFlags {
     if (images.empty() || !std::filesystem::is_directory(data, ec) ||
         !std::filesystem::is_regular_file(labels, ec))
       return data;
-    for (std::filesystem::directory_iterator it(data, ec), end; !ec && it != end; it.increment(ec))
-      if (it->is_directory(ec)) return data;
+    for (std::filesystem::directory_iterator it(data, ec), end; !ec && it != end;
+         it.increment(ec)) {
+      std::error_code entry_ec;  // a dangling link in the folder is no folder
+      if (it->is_directory(entry_ec)) return data;
+    }
     return ec ? data : labels.string();
   }
 
