@@ -156,6 +156,22 @@ std::map<std::string, torch::Tensor> Optimizer::state() const {
   return out;
 }
 
+namespace {
+
+// `stored` in `type`, refused (Error naming `subject` and the tensor) when a value is NaN or
+// inf there: a float64 1e300 is finite in the file and infinite in float32, and the next
+// step's loss was then blamed on the learning rate.
+torch::Tensor finite_as(const torch::Tensor& stored, at::ScalarType type, const char* subject,
+                        const std::string& name) {
+  const auto same = stored.to(type);
+  const bool converted = same.scalar_type() != stored.scalar_type();
+  check(!same.is_floating_point() || torch::isfinite(same).all().item<bool>(), subject, "tensor '",
+        name, "' holds NaN or inf", converted ? " as " : "", converted ? c10::toString(type) : "");
+  return same;
+}
+
+}  // namespace
+
 void Optimizer::load_state(const std::map<std::string, torch::Tensor>& state) {
   std::vector<Slot> slots(params_.size());
   std::size_t used = 0;
@@ -182,14 +198,9 @@ void Optimizer::load_state(const std::map<std::string, torch::Tensor>& state) {
     slots[i].step = static_cast<int64_t>(count);
     // Buffers take the parameter's layout (a channels-last weight's moments are
     // channels-last, as zeros_like makes them in a run that was not resumed).
-    // Checked in the parameter's type: a float64 1e300 is finite in the file and infinite in
-    // float32 (the next step's loss was then blamed on the learning rate).
     auto like_param = [&](const torch::Tensor& t, const char* key) {
-      const auto same = t.to(p.scalar_type());
-      check(torch::isfinite(same).all().item<bool>(), "optimizer state", "tensor '", name, "/", key,
-            "' holds NaN or inf", same.scalar_type() != t.scalar_type() ? " as " : "",
-            same.scalar_type() != t.scalar_type() ? c10::toString(p.scalar_type()) : "");
-      return torch::empty_like(p, torch::MemoryFormat::Preserve).copy_(same);
+      return torch::empty_like(p, torch::MemoryFormat::Preserve)
+          .copy_(finite_as(t, p.scalar_type(), "optimizer state", name + "/" + key));
     };
     if (auto t = find("momentum_buffer"); t.defined())
       slots[i].momentum_buffer = like_param(t, "momentum_buffer");
@@ -321,12 +332,8 @@ void WeightEma::load_state(const std::map<std::string, torch::Tensor>& state) {
     check(!it->second.is_floating_point() || average_[i].is_floating_point(), "ema state",
           "tensor '", live_[i].first, "' is stored as ", it->second.scalar_type(),
           " where the model holds ", average_[i].scalar_type());
-    const auto same = it->second.to(average_[i].scalar_type());
-    check(!same.is_floating_point() || torch::isfinite(same).all().item<bool>(), "ema state",
-          "tensor '", live_[i].first, "' holds NaN or inf",
-          same.scalar_type() != it->second.scalar_type() ? " as " : "",
-          same.scalar_type() != it->second.scalar_type() ? c10::toString(same.scalar_type()) : "");
-    average_[i].copy_(same);
+    average_[i].copy_(
+        finite_as(it->second, average_[i].scalar_type(), "ema state", live_[i].first));
   }
 }
 

@@ -8,6 +8,7 @@
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <random>
 #include <sstream>
 
@@ -560,6 +561,23 @@ int run_evaluate(const std::vector<std::string>& args) {
   return 0;
 }
 
+// The heatmap of input i: NNNNNN.png, zero-padded to six digits.
+std::string heatmap_name(std::size_t i) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "%06zu.png", i);
+  return name;
+}
+
+// The input of a name heatmap_name writes, or nullopt (0000007.png, a photo, anything else).
+std::optional<std::size_t> heatmap_index(const std::string& name) {
+  if (name.size() < 10 || name.size() > 23 || name.compare(name.size() - 4, 4, ".png") != 0 ||
+      name.find_first_not_of("0123456789") != name.size() - 4)
+    return std::nullopt;
+  const auto index = static_cast<std::size_t>(std::stoull(name.substr(0, name.size() - 4)));
+  if (heatmap_name(index) != name) return std::nullopt;
+  return index;
+}
+
 int run_translate(const std::vector<std::string>& args) {
   const std::string usage_line = "seq2seq translate --model DIR/model.h5 [options] [TEXT...]";
   po::options_description desc("Options");
@@ -635,9 +653,7 @@ int run_translate(const std::vector<std::string>& args) {
   // One heatmap per input, NNNNNN.png: a file of the user's under such a name (a photo in the
   // folder given) was replaced without a word; a heatmap of an earlier run is replaced.
   const auto png_path = [&](std::size_t i) {
-    char name[32];
-    std::snprintf(name, sizeof(name), "%06zu.png", i);
-    return (fs::path(png_dir) / name).string();
+    return (fs::path(png_dir) / heatmap_name(i)).string();
   };
   if (!png_dir.empty() && fs::is_directory(png_dir))
     for (std::size_t i = 0; i < sources.size(); ++i) {
@@ -648,10 +664,8 @@ int run_translate(const std::vector<std::string>& args) {
     }
   // What a killed run left beside the heatmaps NNNNNN.png (a dead process's, 10 minutes old).
   if (!png_dir.empty())
-    remove_dead_temporaries_in(png_dir, [](const std::string& name) {
-      return name.size() >= 10 && name.compare(name.size() - 4, 4, ".png") == 0 &&
-             name.find_first_not_of("0123456789") == name.size() - 4;
-    });
+    remove_dead_temporaries_in(
+        png_dir, [](const std::string& name) { return heatmap_index(name).has_value(); });
   const auto translations =
       pipeline::translate(bundle, sources, decode, vm["batch-size"].as<int64_t>());
   int failed = 0, truncated = 0;
@@ -714,14 +728,8 @@ int run_translate(const std::vector<std::string>& args) {
     }
     std::error_code ec;
     for (fs::directory_iterator it(png_dir, ec), end; !ec && it != end; it.increment(ec)) {
-      const auto name = it->path().filename().string();
-      // Only names translate writes (0000007.png is not one).
-      if (name.size() >= 10 && name.size() <= 23 && name.compare(name.size() - 4, 4, ".png") == 0 &&
-          name.find_first_not_of("0123456789") == name.size() - 4) {
-        const auto index = static_cast<std::size_t>(std::stoull(name.substr(0, name.size() - 4)));
-        if (index >= translations.size() && fs::path(png_path(index)).filename() == name)
-          remove_earlier(it->path().string());
-      }
+      const auto index = heatmap_index(it->path().filename().string());
+      if (index && *index >= translations.size()) remove_earlier(it->path().string());
     }
   }
   return failed > 0 ? 1 : 0;
