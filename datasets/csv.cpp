@@ -103,16 +103,18 @@ CsvTable parse_csv(const std::string& text, const std::string& path, bool has_he
             ++i;
             break;
           }
-          if (text[i] == '\n') ++line;
+          // A line ends at LF, CRLF or a lone CR (a classic Mac file), as Python's csv reads it.
+          if (text[i] == '\n' || (text[i] == '\r' && (i + 1 == text.size() || text[i + 1] != '\n')))
+            ++line;
           field += text[i++];
         }
       }
-      while (i < text.size() && text[i] != ',' && text[i] != '\n') {
-        if (text[i] != '\r') {
-          field += text[i];
-          blank = false;
-        }
-        ++i;
+      // A CR outside quotes ends the line, with the LF after it or alone (a file saved with
+      // classic Mac line ends): it used to be dropped, which read such a file as one row of all
+      // its lines run together, and `a\rb` as `ab`.
+      while (i < text.size() && text[i] != ',' && text[i] != '\n' && text[i] != '\r') {
+        field += text[i++];
+        blank = false;
       }
       row.fields.push_back(std::move(field));
       row.quoted.push_back(quoted);
@@ -124,7 +126,8 @@ CsvTable parse_csv(const std::string& text, const std::string& path, bool has_he
       }
       break;  // end of line or of text
     }
-    if (i < text.size() && text[i] == '\n') {
+    if (i < text.size() && (text[i] == '\n' || text[i] == '\r')) {
+      if (text[i] == '\r' && i + 1 < text.size() && text[i + 1] == '\n') ++i;
       ++i;
       ++line;
     }

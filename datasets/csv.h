@@ -1,5 +1,6 @@
 #pragma once
-// A small RFC 4180 CSV reader: quoted fields, doubled quotes, CRLF, a UTF-8 BOM.
+// A small RFC 4180 CSV reader: quoted fields, doubled quotes, a UTF-8 BOM; a line ends at LF,
+// CRLF or a lone CR outside quotes (as Python's csv module reads it).
 // Every row keeps its line number so that errors can point at it.
 
 #include <cstddef>

@@ -11,6 +11,7 @@
 #include "attnscope/printable.h"
 #include "datasets/csv.h"
 #include "datasets/formats/formats.h"
+#include "datasets/text/tokenizer.h"
 #include "datasets/walk.h"
 
 // Format detection, the assembly of rows into a Dataset (class indices, duplicate and unsafe
@@ -90,6 +91,12 @@ Dataset assemble(std::vector<RawRow> rows, Format format, std::vector<std::strin
                                   it->second, ")"));
       continue;
     }
+    // A group is stored as UTF-8 text too (split's CSV, the image cache, which refused the
+    // image without naming its line).
+    if (r.group && text::find_invalid_utf8(*r.group) != std::string::npos) {
+      problems.add(r.line, concat("group '", excerpt(*r.group), "' is not valid UTF-8 (rejected)"));
+      continue;
+    }
     Sample s{r.id, "", 0, r.group, r.mask};
     if (s.mask_path) {
       std::error_code ec;
@@ -116,10 +123,12 @@ Dataset assemble(std::vector<RawRow> rows, Format format, std::vector<std::strin
       // A label becomes a class name: in checkpoints, CSV headers and terminal lines.
       // Edge spaces are kept only in quotes (an id's), and a class name with them prints as
       // another without them.
-      if (has_control_character(r.cls) || is_blank(r.cls) || trim(r.cls) != r.cls) {
+      const bool not_utf8 = text::find_invalid_utf8(r.cls) != std::string::npos;
+      if (has_control_character(r.cls) || is_blank(r.cls) || trim(r.cls) != r.cls || not_utf8) {
         problems.add(r.line, concat("label '", excerpt(r.cls), "' ",
                                     is_blank(r.cls)                ? "is blank"
                                     : has_control_character(r.cls) ? "contains a control character"
+                                    : not_utf8                     ? "is not valid UTF-8"
                                                                    : "begins or ends with a space",
                                     " (rejected)"));
         continue;
@@ -201,6 +210,12 @@ void check_image_id(const std::string& id, const std::string& where) {
   const bool bad = id.find("..") != std::string::npos || id.find('/') != std::string::npos ||
                    id.find('\\') != std::string::npos;
   check(!bad, where, "image id '", excerpt(id), "' contains a path separator or '..' (rejected)");
+  // Ids are stored as UTF-8 strings (results.h5, the image cache, predictions.csv): a Latin-1
+  // "caf\xe9" made a results file whose ids h5py cannot decode.
+  const auto invalid = text::find_invalid_utf8(id);
+  check(invalid == std::string::npos, where, "image id '", excerpt(id),
+        "' is not valid UTF-8 (byte ", invalid,
+        "; saved in another encoding than UTF-8?) (rejected)");
 }
 
 std::string default_images_dir(const std::string& csv_path) {
@@ -229,8 +244,9 @@ Format detect_format(const std::string& csv_path) {
           "give a CSV or a folder of class folders (train and evaluate also take an image cache)");
     // A NUL in the header line, or an image's signature (a PNG's first line has no NUL). A NUL
     // further down is a row's problem, named with its line.
-    const bool binary = head.substr(0, head.find('\n')).find('\0') != std::string::npos ||
-                        head.rfind("\x89PNG\r\n\x1a\n", 0) == 0 || head.rfind("RIFF", 0) == 0;
+    const bool binary =
+        head.substr(0, head.find_first_of("\r\n")).find('\0') != std::string::npos ||
+        head.rfind("\x89PNG\r\n\x1a\n", 0) == 0 || head.rfind("RIFF", 0) == 0;
     check(!binary, csv_path,
           "is not a text file (an image or another binary file?), not a ground-truth CSV");
   }
@@ -273,14 +289,18 @@ Dataset read_class_folders(const std::string& root, const ReadOptions& options) 
     // Edge spaces: a multi-class name would print as another (binary mode reads the name
     // trimmed, as benign/malignant or a diagnosis).
     const bool edge_spaces = options.mode != LabelMode::kBinary && trim(name) != name;
-    if (has_control_character(name) || is_blank(name) || edge_spaces) {
-      warnings.push_back(concat(excerpt(folder.string(), 300),
-                                is_blank(name) ? ": a class folder whose name is blank, skipped"
-                                : has_control_character(name)
-                                    ? ": a class folder whose name contains a control "
-                                      "character, skipped"
-                                    : ": a class folder whose name begins or ends with a space "
-                                      "(it would print as another), skipped"));
+    // Not UTF-8 (a Latin-1 "n\xe6vus"): class names are stored as UTF-8 text (checkpoints,
+    // JSON), where it failed after the training with the JSON library's words.
+    const bool not_utf8 = text::find_invalid_utf8(name) != std::string::npos;
+    if (has_control_character(name) || is_blank(name) || edge_spaces || not_utf8) {
+      warnings.push_back(
+          concat(excerpt(folder.string(), 300),
+                 is_blank(name)                ? ": a class folder whose name is blank, skipped"
+                 : has_control_character(name) ? ": a class folder whose name contains a control "
+                                                 "character, skipped"
+                 : not_utf8 ? ": a class folder whose name is not valid UTF-8, skipped"
+                            : ": a class folder whose name begins or ends with a "
+                              "space (it would print as another), skipped"));
       continue;
     }
     classes.push_back(name);
@@ -356,6 +376,20 @@ Dataset read_dataset(const std::string& path, const ReadOptions& options) {
   }();
   const auto t = read_csv(path, !headerless);
   Problems problems(path);
+  // A row longer than the header read its first fields without a word: `a,nevus, benign` gave
+  // the label `nevus`, and a comma in an unquoted id shifted the label into the next column.
+  // Empty fields past the header's (a trailing comma a spreadsheet wrote) are no value. The
+  // headerless ISIC 2016 test ground truth has two columns: id and label.
+  const std::size_t width = headerless ? 2 : t.header.size();
+  for (const auto& row : t.rows) {
+    for (std::size_t i = width; i < row.fields.size(); ++i) {
+      if (trim(row.fields[i]).empty()) continue;
+      problems.add(row.line, concat(row.fields.size(), " fields where ",
+                                    headerless ? "the format has " : "the header names ", width,
+                                    ": a value with an unquoted comma? (put it in double quotes)"));
+      break;
+    }
+  }
   std::vector<RawRow> rows;
   std::vector<std::string> classes;
   switch (format) {

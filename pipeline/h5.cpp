@@ -8,6 +8,7 @@
 
 #include "attnscope/error.h"
 #include "attnscope/output_checks.h"
+#include "datasets/text/tokenizer.h"
 
 namespace attnscope::pipeline::h5 {
 namespace {
@@ -630,7 +631,10 @@ void write_attribute(hid_t obj, const std::string& name, const std::string& valu
   Handle space(H5Screate(H5S_SCALAR));
   Handle attr(H5Acreate2(obj, name.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT));
   check_h5(attr.valid(), WhereIn{obj, file, "@" + name}, "cannot create attribute");
-  const char* data = value.c_str();
+  // Typed UTF-8 (h5py decodes it to str): a command line or path in another encoding has its
+  // bytes that are not UTF-8 written `\xe9` (h5py gave '\udce9', which no encoder takes).
+  const std::string text = datasets::text::escaped_utf8(value);
+  const char* data = text.c_str();
   check_h5(H5Awrite(attr.get(), type.get(), &data) >= 0, WhereIn{obj, file, "@" + name},
            "cannot write attribute");
 }

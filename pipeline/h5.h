@@ -168,7 +168,8 @@ std::string shape_text(const std::vector<int64_t>& shape);
 /// instead of one read error per chunk.
 void check_filters_available(hid_t loc, const std::string& name, const std::string& file);
 
-/// Variable-length UTF-8 string attribute (h5py reads it as str). Overwrites.
+/// Variable-length UTF-8 string attribute (h5py reads it as str); bytes of `value` that are not
+/// UTF-8 are written `\xNN` (datasets::text::escaped_utf8). Overwrites.
 void write_attribute(hid_t obj, const std::string& name, const std::string& value,
                      const std::string& file);
 std::string read_string_attribute(hid_t obj, const std::string& name, const std::string& file);

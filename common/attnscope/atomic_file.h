@@ -13,8 +13,8 @@
 // A signal that ends the process (SIGTERM, SIGINT, SIGHUP by default) runs no destructor:
 // remove_temporaries_on_signals() installs handlers that remove every live temporary file
 // (the registry below) and then end the process as the signal would have. SIGKILL, a signal
-// with no such handler (SIGPIPE, SIGQUIT, SIGXFSZ) or a full registry leaves the temporary
-// behind; the target is untouched either way.
+// with no such handler (SIGPIPE, SIGQUIT; the attnscope command ignores SIGXFSZ) or a full
+// registry leaves the temporary behind; the target is untouched either way.
 
 #include <fcntl.h>
 #include <signal.h>

@@ -22,7 +22,7 @@ inline char32_t utf8_at(const std::string& s, std::size_t i, std::size_t& length
   if (lead >= 0xE0 && lead <= 0xEF && continuation(i + 1) && continuation(i + 2)) {
     const auto c = static_cast<char32_t>(((lead & 0x0Fu) << 12) | ((byte(i + 1) & 0x3Fu) << 6) |
                                          (byte(i + 2) & 0x3Fu));
-    if (c < 0x800) return 0;  // overlong
+    if (c < 0x800 || (c >= 0xD800 && c <= 0xDFFF)) return 0;  // overlong, or a surrogate
     length = 3;
     return c;
   }
@@ -71,8 +71,9 @@ inline bool is_invisible(char32_t c) {
 /// A C0 control character, DEL, or, written in UTF-8, a C1 control (U+0080..U+009F), a line or
 /// paragraph separator or a bidirectional override (printable_detail::is_control): refused in
 /// ids and class names, which reach file names, checkpoints, CSV headers and terminal lines.
-/// Other bytes above 0x7F are kept (a Latin-1 file name is a valid id, unless its bytes happen
-/// to spell one of those in UTF-8, such as "Â" followed by a C1 byte).
+/// Other bytes above 0x7F are not its concern (ids that are not UTF-8 are refused apart, by
+/// datasets::check_image_id; a C1 control spelled by Latin-1 bytes, such as "Â" followed by a
+/// C1 byte, is one here).
 inline bool has_control_character(const std::string& s) {
   for (std::size_t i = 0; i < s.size(); ++i) {
     const auto c = static_cast<unsigned char>(s[i]);
@@ -102,7 +103,9 @@ inline bool is_blank(const std::string& s) {
 namespace printable_detail {
 
 // What printable() and one_output_line() share: C0 controls other than tab (and newline unless
-// `newline`), DEL and the UTF-8 controls escaped, and with `invisible` the invisible characters.
+// `newline`), DEL and the UTF-8 controls escaped, and with `invisible` the invisible characters;
+// a byte that starts no UTF-8 character (Latin-1's "\xe9") is escaped too, so that a message
+// is valid UTF-8 whatever the file held.
 inline std::string escape(const std::string& text, bool invisible, bool newline) {
   static const char kHex[] = "0123456789abcdef";
   std::string out;
@@ -118,7 +121,10 @@ inline std::string escape(const std::string& text, bool invisible, bool newline)
       for (int shift = code > 0xFFFF ? 28 : 12; shift >= 0; shift -= 4)
         out += kHex[(code >> shift) & 15];
       i += length - 1;
-    } else if ((u >= 0x20 && u != 0x7f) || c == '\t' || (c == '\n' && !newline)) {
+    } else if (code != 0) {
+      out.append(text, i, length);
+      i += length - 1;
+    } else if ((u >= 0x20 && u < 0x7f) || c == '\t' || (c == '\n' && !newline)) {
       out += c;
     } else if (c == '\0') {
       out += "\\0";
@@ -140,15 +146,15 @@ inline std::string escape(const std::string& text, bool invisible, bool newline)
 /// `text` safe to print: control characters other than newline and tab (a NUL that would cut
 /// Error::what() short, a carriage return or a terminal escape from a crafted CSV id) become
 /// `\0`, `\r`, `\x1b`, ..., and the UTF-8 controls and invisible characters above
-/// (printable_detail) `\u0085`, `\u202e`, `\u00a0`, `\U000e0001`, ...; everything else,
-/// UTF-8 included, is kept.
+/// (printable_detail) `\u0085`, `\u202e`, `\u00a0`, `\U000e0001`, ..., and a byte that starts
+/// no UTF-8 character `\xe9`; everything else, UTF-8 included, is kept.
 inline std::string printable(const std::string& text) {
   return printable_detail::escape(text, /*invisible=*/true, /*newline=*/false);
 }
 
 /// Text a command prints as its output, one line per item (a translation): the controls
-/// printable() escapes, newline too (`\n`), and nothing else; invisible characters (a
-/// no-break space in French text) and backslashes are kept as they are.
+/// printable() escapes and bytes that are not UTF-8, newline too (`\n`), and nothing else;
+/// invisible characters (a no-break space in French text) and backslashes are kept as they are.
 inline std::string one_output_line(const std::string& text) {
   return printable_detail::escape(text, /*invisible=*/false, /*newline=*/true);
 }

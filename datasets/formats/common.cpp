@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cctype>
+#include <iterator>
 #include <set>
 
 #include "attnscope/error.h"
@@ -89,16 +90,17 @@ constexpr std::size_t kMaxProblems = 50;
 
 void Problems::add(std::size_t line, const std::string& what) {
   ++count_;
-  if (lines_.size() >= kMaxProblems) return;
+  if (lines_.size() >= kMaxProblems && line >= std::prev(lines_.end())->first) return;
   const auto text = excerpt(what, kMaxProblemBytes);
-  lines_.push_back(line ? concat(source_, ":", line, ": ", text) : concat(source_, ": ", text));
+  lines_.emplace(line, line ? concat(source_, ":", line, ": ", text) : concat(source_, ": ", text));
+  if (lines_.size() > kMaxProblems) lines_.erase(std::prev(lines_.end()));
 }
 
 void Problems::throw_if_any() const {
   if (count_ == 0) return;
   std::string message = concat(count_, count_ == 1 ? " problem" : " problems");
-  for (const auto& l : lines_)
-    message += "\n  " + l;
+  for (const auto& [line, text] : lines_)
+    message += "\n  " + text;
   if (count_ > lines_.size()) message += concat("\n  ... and ", count_ - lines_.size(), " more");
   throw Error(source_, message);
 }

@@ -4,6 +4,7 @@
 // binary label of an ISIC diagnosis, and one reader per ground-truth format, each in its own
 // file under datasets/formats/. The formats themselves are described in datasets/isic.h.
 
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -37,7 +38,8 @@ struct RawRow {
 };
 
 /// Collects every problem of one input (lines "<source>:<line>: <what>"), then throws them
-/// at once in one Error: the count, and the first 50 lines, each cut to 300 bytes.
+/// at once in one Error: the count, and the 50 earliest lines' problems in line order, each cut
+/// to 300 bytes.
 class Problems {
  public:
   explicit Problems(std::string source) : source_(std::move(source)) {}
@@ -47,7 +49,9 @@ class Problems {
 
  private:
   std::string source_;
-  std::vector<std::string> lines_;  ///< the first ones, each cut to a readable length
+  /// The earliest lines' problems, each cut to a readable length, in line order (the checks of
+  /// a whole file and those of its format run one after the other), at most kMaxProblems.
+  std::multimap<std::size_t, std::string> lines_;
   std::size_t count_ = 0;
 };
 

@@ -14,7 +14,8 @@
 namespace attnscope::datasets::text {
 
 std::optional<std::uintmax_t> read_bounded_line(std::istream& in, std::string& line,
-                                                std::size_t max_bytes, std::uintmax_t max_scan) {
+                                                std::size_t max_bytes, std::uintmax_t max_scan,
+                                                bool lone_cr) {
   line.clear();
   std::streambuf* buf = in.rdbuf();
   std::uintmax_t length = 0;
@@ -28,6 +29,10 @@ std::optional<std::uintmax_t> read_bounded_line(std::istream& in, std::string& l
     }
     any = true;
     if (c == '\n') break;
+    if (lone_cr && c == '\r') {  // CR or CRLF
+      if (buf->sgetc() == '\n') buf->sbumpc();
+      break;
+    }
     last = c;
     ++length;
     if (line.size() <= max_bytes) line.push_back(static_cast<char>(c));

@@ -45,10 +45,11 @@ constexpr std::uintmax_t kMaxTsvFileBytes = std::uintmax_t{4} << 30;
 /// endless line never sizes memory. Returns the line's full length in bytes (its '\r' not
 /// counted); std::nullopt at the end of the input. Stops
 /// after `max_scan` bytes without a newline and returns `max_scan` (the caller's limit on the
-/// whole input: /dev/zero has no newline).
+/// whole input: /dev/zero has no newline). With `lone_cr`, a '\r' not followed by '\n' ends a
+/// line too (a file saved with classic Mac line ends).
 std::optional<std::uintmax_t> read_bounded_line(
     std::istream& in, std::string& line, std::size_t max_bytes,
-    std::uintmax_t max_scan = std::numeric_limits<std::uintmax_t>::max());
+    std::uintmax_t max_scan = std::numeric_limits<std::uintmax_t>::max(), bool lone_cr = false);
 
 /// Parses "source<TAB>target[<TAB>ignored...]" lines (the Tatoeba/Anki fra.txt layout): UTF-8,
 /// a leading byte-order mark and CRLF endings accepted, extra columns ignored. Bad lines (empty,

@@ -119,6 +119,11 @@ Vocabulary Vocabulary::build(const std::vector<std::vector<std::string>>& sequen
   for (const auto& seq : sequences)
     for (const auto& t : seq)
       ++counts[t];
+  return build_from_counts(counts, min_count, max_size);
+}
+
+Vocabulary Vocabulary::build_from_counts(const std::map<std::string, int64_t>& counts,
+                                         int64_t min_count, int64_t max_size) {
   std::vector<std::pair<std::string, int64_t>> sorted(counts.begin(), counts.end());
   std::stable_sort(sorted.begin(), sorted.end(),
                    [](const auto& a, const auto& b) { return a.second > b.second; });
@@ -209,6 +214,66 @@ std::string valid_utf8(const std::string& s) {
     } else {
       out += "\xEF\xBF\xBD";
       ++i;
+    }
+  }
+  return out;
+}
+
+namespace {
+
+std::string escaped(const std::string& s, bool backslash) {
+  if (find_invalid_utf8(s) == std::string::npos &&
+      (!backslash || s.find('\\') == std::string::npos))
+    return s;
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(s.size() + 8);
+  for (std::size_t i = 0; i < s.size();) {
+    const std::size_t len = utf8_sequence_length(s, i);
+    if (len > 0) {
+      if (backslash && s[i] == '\\') out += '\\';
+      out.append(s, i, len);
+      i += len;
+    } else {
+      const auto u = static_cast<unsigned char>(s[i++]);
+      out += "\\x";
+      out += kHex[u >> 4];
+      out += kHex[u & 15];
+    }
+  }
+  return out;
+}
+
+int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+
+}  // namespace
+
+std::string escaped_utf8(const std::string& s) {
+  return escaped(s, /*backslash=*/false);
+}
+
+std::string escaped_name(const std::string& name) {
+  return escaped(name, /*backslash=*/true);
+}
+
+std::string unescaped_name(const std::string& s) {
+  if (s.find('\\') == std::string::npos) return s;
+  std::string out;
+  out.reserve(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 1 < s.size() && s[i + 1] == '\\') {
+      out += '\\';
+      ++i;
+    } else if (s[i] == '\\' && i + 3 < s.size() && s[i + 1] == 'x' && hex_digit(s[i + 2]) >= 0 &&
+               hex_digit(s[i + 3]) >= 0) {
+      out += static_cast<char>(hex_digit(s[i + 2]) * 16 + hex_digit(s[i + 3]));
+      i += 3;
+    } else {
+      out += s[i];
     }
   }
   return out;

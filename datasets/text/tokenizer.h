@@ -7,6 +7,7 @@
 // checkpoint as a JSON array of tokens.
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -31,6 +32,19 @@ std::size_t find_invalid_utf8(const std::string& text);
 /// `text` with every invalid UTF-8 sequence (also overlong forms, surrogates, past U+10FFFF)
 /// replaced by U+FFFD: for strings stored or shown as UTF-8 (HTML, JSON, HDF5 UTF-8 strings).
 std::string valid_utf8(const std::string& text);
+
+/// `text` with every byte that starts no valid UTF-8 sequence written as `\xNN` (Latin-1
+/// "caf\xe9" becomes the ten characters `caf\xe9`): for text stored as a UTF-8 string (a
+/// reason, a command line), where U+FFFD would lose which byte it was.
+std::string escaped_utf8(const std::string& text);
+
+/// A file's name or path as a UTF-8 string that names it alone: escaped_utf8, and a backslash
+/// written `\\` (so that a file literally named `caf\xe9.png` and a Latin-1 "caf\xe9.png" get
+/// two ids). Valid UTF-8 without a backslash is returned as it is.
+std::string escaped_name(const std::string& name);
+
+/// The bytes escaped_name was given: `\\` and `\xNN` read back; any other text as it is.
+std::string unescaped_name(const std::string& escaped);
 
 /// Splits valid UTF-8 into code points; throws Error(subject, "invalid UTF-8 at byte N").
 std::vector<std::string> utf8_code_points(const std::string& text, const std::string& subject);
@@ -58,6 +72,10 @@ class Vocabulary {
   /// (specials included).
   static Vocabulary build(const std::vector<std::vector<std::string>>& sequences,
                           int64_t min_count = 1, int64_t max_size = 0);
+  /// The same from each token's count, which a caller fills one sequence at a time: a
+  /// corpus held as one std::string per character took 32 bytes and more per character.
+  static Vocabulary build_from_counts(const std::map<std::string, int64_t>& counts,
+                                      int64_t min_count = 1, int64_t max_size = 0);
 
   /// Adds a token if absent; returns its id.
   int64_t add(const std::string& token);

@@ -65,40 +65,39 @@ std::string tokenize_13a(const std::string& input) {
   return out;
 }
 
-BleuScore corpus_bleu_tokens(const std::vector<std::vector<std::string>>& hypotheses,
-                             const std::vector<std::vector<std::vector<std::string>>>& references) {
-  check(hypotheses.size() == references.size(), "BLEU",
-        concat(hypotheses.size(), " hypotheses but ", references.size(), " reference sets"));
+void BleuCounts::add(const std::vector<std::string>& hyp,
+                     const std::vector<std::vector<std::string>>& refs) {
   constexpr std::size_t kOrder = 4;
-  BleuScore s;
-  for (std::size_t i = 0; i < hypotheses.size(); ++i) {
-    const auto& hyp = hypotheses[i];
-    const auto& refs = references[i];
-    check(!refs.empty(), "BLEU", concat("sentence ", i, " has no reference"));
-    const auto hyp_len = static_cast<int64_t>(hyp.size());
-    // Closest reference length, ties to the shorter one (sacreBLEU).
-    int64_t closest = -1;
-    for (const auto& r : refs) {
-      const auto len = static_cast<int64_t>(r.size());
-      if (closest < 0 || std::abs(len - hyp_len) < std::abs(closest - hyp_len) ||
-          (std::abs(len - hyp_len) == std::abs(closest - hyp_len) && len < closest))
-        closest = len;
-    }
-    s.hypothesis_length += hyp_len;
-    s.reference_length += closest;
-    for (std::size_t n = 1; n <= kOrder; ++n) {
-      // Clip each hypothesis n-gram by its largest count in any one reference.
-      NgramCounts max_ref;
-      for (const auto& r : refs)
-        for (const auto& [gram, count] : ngrams(r, n))
-          max_ref[gram] = std::max(max_ref[gram], count);
-      for (const auto& [gram, count] : ngrams(hyp, n)) {
-        s.totals[n - 1] += count;
-        const auto it = max_ref.find(gram);
-        if (it != max_ref.end()) s.matches[n - 1] += std::min(count, it->second);
-      }
+  check(!refs.empty(), "BLEU", concat("sentence ", sentences_, " has no reference"));
+  ++sentences_;
+  const auto hyp_len = static_cast<int64_t>(hyp.size());
+  // Closest reference length, ties to the shorter one (sacreBLEU).
+  int64_t closest = -1;
+  for (const auto& r : refs) {
+    const auto len = static_cast<int64_t>(r.size());
+    if (closest < 0 || std::abs(len - hyp_len) < std::abs(closest - hyp_len) ||
+        (std::abs(len - hyp_len) == std::abs(closest - hyp_len) && len < closest))
+      closest = len;
+  }
+  sums_.hypothesis_length += hyp_len;
+  sums_.reference_length += closest;
+  for (std::size_t n = 1; n <= kOrder; ++n) {
+    // Clip each hypothesis n-gram by its largest count in any one reference.
+    NgramCounts max_ref;
+    for (const auto& r : refs)
+      for (const auto& [gram, count] : ngrams(r, n))
+        max_ref[gram] = std::max(max_ref[gram], count);
+    for (const auto& [gram, count] : ngrams(hyp, n)) {
+      sums_.totals[n - 1] += count;
+      const auto it = max_ref.find(gram);
+      if (it != max_ref.end()) sums_.matches[n - 1] += std::min(count, it->second);
     }
   }
+}
+
+BleuScore BleuCounts::score() const {
+  constexpr std::size_t kOrder = 4;
+  BleuScore s = sums_;
   // sacreBLEU's compute_bleu with smooth_method="exp".
   double smooth = 1.0;
   double log_sum = 0.0;
@@ -129,6 +128,16 @@ BleuScore corpus_bleu_tokens(const std::vector<std::vector<std::string>>& hypoth
   return s;
 }
 
+BleuScore corpus_bleu_tokens(const std::vector<std::vector<std::string>>& hypotheses,
+                             const std::vector<std::vector<std::vector<std::string>>>& references) {
+  check(hypotheses.size() == references.size(), "BLEU",
+        concat(hypotheses.size(), " hypotheses but ", references.size(), " reference sets"));
+  BleuCounts counts;
+  for (std::size_t i = 0; i < hypotheses.size(); ++i)
+    counts.add(hypotheses[i], references[i]);
+  return counts.score();
+}
+
 BleuScore corpus_bleu(const std::vector<std::string>& hypotheses,
                       const std::vector<std::vector<std::string>>& reference_streams) {
   check(!reference_streams.empty(), "BLEU", "no reference stream");
@@ -146,29 +155,35 @@ BleuScore corpus_bleu(const std::vector<std::string>& hypotheses,
   return corpus_bleu_tokens(hyps, refs);
 }
 
+void SequenceMetricsCounts::add(const std::vector<std::string>& o,
+                                const std::vector<std::string>& r) {
+  ++sentences_;
+  if (o == r) ++exact_;
+  for (std::size_t k = 0; k < std::min(o.size(), r.size()); ++k)
+    equal_ += o[k] == r[k] ? 1 : 0;
+  positions_ += static_cast<int64_t>(std::max(o.size(), r.size()));
+  bleu_.add(o, {r});
+}
+
+Seq2SeqMetrics SequenceMetricsCounts::metrics() const {
+  Seq2SeqMetrics m;
+  m.sentences = sentences_;
+  if (sentences_ == 0) return m;
+  m.exact_match = static_cast<double>(exact_) / static_cast<double>(sentences_);
+  m.token_accuracy =
+      positions_ == 0 ? 1.0 : static_cast<double>(equal_) / static_cast<double>(positions_);
+  m.bleu = bleu_.score().score;
+  return m;
+}
+
 Seq2SeqMetrics sequence_metrics(const std::vector<std::vector<std::string>>& outputs,
                                 const std::vector<std::vector<std::string>>& references) {
   check(outputs.size() == references.size(), "metrics",
         concat(outputs.size(), " outputs but ", references.size(), " references"));
-  Seq2SeqMetrics m;
-  m.sentences = static_cast<int64_t>(outputs.size());
-  if (outputs.empty()) return m;
-  int64_t exact = 0, equal = 0, positions = 0;
-  std::vector<std::vector<std::vector<std::string>>> refs;
-  for (std::size_t i = 0; i < outputs.size(); ++i) {
-    const auto& o = outputs[i];
-    const auto& r = references[i];
-    if (o == r) ++exact;
-    for (std::size_t k = 0; k < std::min(o.size(), r.size()); ++k)
-      equal += o[k] == r[k] ? 1 : 0;
-    positions += static_cast<int64_t>(std::max(o.size(), r.size()));
-    refs.push_back({r});
-  }
-  m.exact_match = static_cast<double>(exact) / static_cast<double>(outputs.size());
-  m.token_accuracy =
-      positions == 0 ? 1.0 : static_cast<double>(equal) / static_cast<double>(positions);
-  m.bleu = corpus_bleu_tokens(outputs, refs).score;
-  return m;
+  SequenceMetricsCounts counts;
+  for (std::size_t i = 0; i < outputs.size(); ++i)
+    counts.add(outputs[i], references[i]);
+  return counts.metrics();
 }
 
 }  // namespace attnscope::pipeline

@@ -30,6 +30,21 @@ struct BleuScore {
 BleuScore corpus_bleu_tokens(const std::vector<std::vector<std::string>>& hypotheses,
                              const std::vector<std::vector<std::vector<std::string>>>& references);
 
+/// Corpus BLEU's sums, added one sentence at a time (corpus_bleu_tokens adds every sentence):
+/// an evaluation need not hold a corpus's tokens at once.
+class BleuCounts {
+ public:
+  /// Adds sentence `hypothesis` with its references (at least one).
+  void add(const std::vector<std::string>& hypothesis,
+           const std::vector<std::vector<std::string>>& references);
+  /// The corpus BLEU of the sentences added so far.
+  BleuScore score() const;
+
+ private:
+  BleuScore sums_;
+  int64_t sentences_ = 0;
+};
+
 /// Corpus BLEU of raw sentences, tokenised with tokenize_13a then split on spaces.
 /// reference_streams follows sacreBLEU's layout: reference_streams[r][i] is reference r of
 /// sentence i (every stream as long as hypotheses).
@@ -42,6 +57,17 @@ struct Seq2SeqMetrics {
   double exact_match = 0.0;     ///< fraction of outputs equal to their reference
   double token_accuracy = 0.0;  ///< Σ equal tokens at equal positions / Σ max(|output|, |ref|)
   double bleu = 0.0;            ///< corpus BLEU, 0..100
+};
+
+/// Seq2SeqMetrics added one sentence at a time (sequence_metrics adds every one).
+class SequenceMetricsCounts {
+ public:
+  void add(const std::vector<std::string>& output, const std::vector<std::string>& reference);
+  Seq2SeqMetrics metrics() const;
+
+ private:
+  int64_t sentences_ = 0, exact_ = 0, equal_ = 0, positions_ = 0;
+  BleuCounts bleu_;
 };
 
 /// Metrics of token sequences against one reference each. BLEU uses the tokens as given

@@ -89,26 +89,34 @@ std::vector<Translation> translate(const Seq2SeqBundle& bundle,
 Seq2SeqEvaluation evaluate_seq2seq(const Seq2SeqBundle& bundle,
                                    const std::vector<text::TextPair>& pairs,
                                    const models::text::DecodeOptions& options, int64_t batch_size,
-                                   const std::function<bool()>& stop) {
-  std::vector<std::string> sources;
-  for (const auto& p : pairs)
-    sources.push_back(p.source);
+                                   const std::function<bool()>& stop, std::size_t chunk) {
+  // `chunk` sentences at a time, scored and let go: every translation kept to the end (its
+  // tokens as strings, its attention matrix) took tens of times the text's size.
+  check(chunk >= 1, "evaluate", "chunk must be >= 1");
   Seq2SeqEvaluation eval;
-  eval.translations = translate(bundle, sources, options, batch_size, stop);
-  eval.stopped = stop && stop();
-  std::vector<std::vector<std::string>> outputs, references;
-  for (std::size_t i = 0; i < pairs.size(); ++i) {
-    const auto& t = eval.translations[i];
-    eval.truncated += t.truncated ? 1 : 0;
-    eval.failed += t.error.empty() ? 0 : 1;
-    outputs.push_back(t.tokens);
-    try {
-      references.push_back(text::tokenize(pairs[i].target, bundle.tokenizer, "reference"));
-    } catch (const Error&) {
-      references.push_back({});  // an invalid reference matches nothing
+  SequenceMetricsCounts counts;
+  for (std::size_t begin = 0; begin < pairs.size(); begin += chunk) {
+    const auto end = begin + std::min(pairs.size() - begin, chunk);
+    std::vector<std::string> sources;
+    for (std::size_t i = begin; i < end; ++i)
+      sources.push_back(pairs[i].source);
+    // Once `stop` says true, translate marks the rest "stopped" without decoding them.
+    const auto translations = translate(bundle, sources, options, batch_size, stop);
+    for (std::size_t i = begin; i < end; ++i) {
+      const auto& t = translations[i - begin];
+      eval.truncated += t.truncated ? 1 : 0;
+      eval.failed += t.error.empty() ? 0 : 1;
+      std::vector<std::string> reference;
+      try {
+        reference = text::tokenize(pairs[i].target, bundle.tokenizer, "reference");
+      } catch (const Error&) {
+        // an invalid reference matches nothing
+      }
+      counts.add(t.tokens, reference);
     }
   }
-  eval.metrics = sequence_metrics(outputs, references);
+  eval.stopped = stop && stop();
+  eval.metrics = counts.metrics();
   return eval;
 }
 

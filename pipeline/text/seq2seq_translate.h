@@ -49,16 +49,18 @@ struct Seq2SeqEvaluation {
   int64_t truncated = 0;   ///< sources cut to max_length
   int64_t failed = 0;      ///< sources that could not be translated
   bool stopped = false;    ///< `stop` said true: the metrics are not complete
-  std::vector<Translation> translations;
 };
 
 /// Translates the sources and scores the outputs against the targets (tokenised with the
-/// model's tokeniser): exact match, token accuracy, corpus BLEU over those tokens.
+/// model's tokeniser): exact match, token accuracy, corpus BLEU over those tokens. The pairs
+/// are translated `chunk` at a time and each translation let go once scored (a batch groups
+/// sentences of similar length within a chunk).
 Seq2SeqEvaluation evaluate_seq2seq(const Seq2SeqBundle& bundle,
                                    const std::vector<datasets::text::TextPair>& pairs,
                                    const models::text::DecodeOptions& options,
                                    int64_t batch_size = 64,
-                                   const std::function<bool()>& stop = nullptr);
+                                   const std::function<bool()>& stop = nullptr,
+                                   std::size_t chunk = 4096);
 
 /// True for an HDF5 file whose root `format` attribute is "attnscope-alignments" (one
 /// write_alignments made): what `translate --alignments` may replace.

@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <limits>
 #include <mutex>
 #include <regex>
 #include <set>
@@ -31,6 +32,7 @@
 #include "attnscope/version.h"
 #include "datasets/loader.h"
 #include "datasets/text/pairs.h"
+#include "datasets/text/tokenizer.h"
 #include "models/vision/explain.h"
 #include "pipeline/h5.h"
 #include "pipeline/metrics.h"
@@ -77,12 +79,16 @@ int remove_stale_temporaries(const std::string& dir) {
   return removed;
 }
 
-// An input file, its id for now its own stem (unique_ids makes repeats unique).
+// An input file, its id for now its own stem (unique_ids makes repeats unique). Ids are stored
+// as UTF-8 strings: a byte of a name that is not UTF-8 (Latin-1 "caf\xe9.jpg") is written
+// `\xe9` (h5py could not decode the id, and --resume never found it stored), and a backslash
+// `\\`, so that a file literally named `caf\xe9.jpg` has another id (escaped_name).
 void add_file(datasets::Dataset& ds, const std::string& path) {
   datasets::Sample s;
   s.path = path;
-  s.image_id = fs::path(path).stem().string();
-  if (s.image_id.empty()) s.image_id = fs::path(path).filename().string();
+  s.image_id = datasets::text::escaped_name(fs::path(path).stem().string());
+  if (s.image_id.empty())
+    s.image_id = datasets::text::escaped_name(fs::path(path).filename().string());
   ds.samples.push_back(std::move(s));
 }
 
@@ -130,8 +136,12 @@ void add_input(datasets::Dataset& ds, const std::string& input, int depth) {
     int64_t from_cwd = 0;
     std::string first_from_cwd;
     // Lines read bounded: a -print0 list or a binary file is one long line, never held whole.
+    // A line ends at LF, CRLF or a lone CR (a list saved with classic Mac line ends was one
+    // path of all its lines).
     for (std::optional<std::uintmax_t> length;
-         (length = datasets::text::read_bounded_line(in, line, 65536));) {
+         (length = datasets::text::read_bounded_line(in, line, 65536,
+                                                     std::numeric_limits<std::uintmax_t>::max(),
+                                                     /*lone_cr=*/true));) {
       ++number;
       // A NUL ends the path the system opens but not the line: `find -print0` output named
       // one file and stored it under another's id. One path per line (`find -print`). Before
@@ -140,7 +150,7 @@ void add_input(datasets::Dataset& ds, const std::string& input, int depth) {
             " holds a NUL byte: a list holds one path per line (find -print, not -print0)");
       check(*length <= 65536, list, "line ", number,
             " is longer than 65536 bytes: not a list of paths");
-      while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t'))
+      while (!line.empty() && (line.back() == ' ' || line.back() == '\t'))
         line.pop_back();
       if (line.empty() || line[0] == '#') continue;
       // "@other.txt" is a list too, its path taken like any other line's.
@@ -367,9 +377,13 @@ int64_t attach_masks(datasets::Dataset& dataset, const std::string& masks_dir) {
   for (auto& s : dataset.samples) {
     // The image file's own stem where the id is it or it with a "~n" repeat suffix (a file
     // named "x~y.jpg" keeps "x~y"), otherwise the dataset's id.
+    // (An id escapes the bytes of a file name that are not UTF-8; the mask's name is in the
+    // file name's own bytes.)
     const std::string file_stem = fs::path(s.path).stem().string();
     const std::string stem =
-        !file_stem.empty() && s.image_id.rfind(file_stem, 0) == 0 ? file_stem : s.image_id;
+        !file_stem.empty() && s.image_id.rfind(datasets::text::escaped_name(file_stem), 0) == 0
+            ? file_stem
+            : s.image_id;
     for (const auto& suffix : {"_segmentation.png", "_Segmentation.png", "_mask.png", ".png"}) {
       const auto p = fs::path(masks_dir) / (stem + suffix);
       if (fs::is_regular_file(p)) {
@@ -631,8 +645,10 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
     std::string moved_example;
     // Another spelling of the same file (./x, an absolute path) is the same file; a stored path
     // that no longer resolves from here (a relative one of another working directory) tells
-    // nothing either way.
-    const auto other_file = [](const std::string& then, const std::string& now) {
+    // nothing either way. The stored path is escaped (escaped_name): its own bytes are read
+    // back to find the file.
+    const auto other_file = [](const std::string& stored_path, const std::string& now) {
+      const auto then = datasets::text::unescaped_name(stored_path);
       std::error_code ec;
       if (then == now || !fs::exists(then, ec) || !fs::exists(now, ec)) return false;
       return !fs::equivalent(then, now, ec) && !ec;
@@ -695,7 +711,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
         for (const auto& f : batch->errors) {
           ResultError e;
           e.id = f.image_id;
-          e.path = f.path;
+          e.path = datasets::text::escaped_name(f.path);
           e.reason = f.message;
           // Batch::errors holds no source index: find it by id.
           const auto it = position.find(f.image_id);
@@ -709,7 +725,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
           for (int64_t b = 0; b < B; ++b) {
             const auto src = batch->indices[static_cast<std::size_t>(b)];
             rows.ids.push_back(batch->ids[static_cast<std::size_t>(b)]);
-            rows.paths.push_back(todo.samples[src].path);
+            rows.paths.push_back(datasets::text::escaped_name(todo.samples[src].path));
             rows.index.push_back(global_index[src]);
             rows.label.push_back(todo.samples[src].label);
           }

@@ -9,6 +9,7 @@
 #include "attnscope/atomic_file.h"
 #include "attnscope/error.h"
 #include "attnscope/json_text.h"
+#include "datasets/text/tokenizer.h"
 #include "pipeline/vision/results.h"
 #include "pipeline/vision/tta.h"
 #include "preprocessing/pipeline.h"
@@ -225,7 +226,9 @@ void write_predictions_csv(const std::string& path, const EvaluateResult& result
   const double* data = p.data_ptr<double>();
   char number[32];
   for (int64_t i = 0; i < n; ++i) {
-    out << csv_field(result.ids[i]) << "," << csv_field(result.paths[i]) << ","
+    // Ids and paths as classify's predictions.csv has them: UTF-8 (escaped_name).
+    out << csv_field(datasets::text::escaped_name(result.ids[i])) << ","
+        << csv_field(datasets::text::escaped_name(result.paths[i])) << ","
         << csv_field(result.class_names[result.labels[i]]) << ","
         << csv_field(result.class_names[predicted[i]]);
     for (int64_t k = 0; k < c; ++k) {

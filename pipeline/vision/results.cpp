@@ -29,6 +29,7 @@
 #include "attnscope/json_text.h"
 #include "attnscope/printable.h"
 #include "datasets/csv.h"
+#include "datasets/text/tokenizer.h"
 #include "pipeline/vision/report.h"
 #include "preprocessing/decode.h"
 
@@ -183,11 +184,19 @@ void write_rows(hid_t file, const Column& col, int64_t at, int64_t rows, const v
                where(path, col.name), "cannot write rows");
 }
 
+// The columns are typed UTF-8 (h5py decodes them to str). classify gives ids and paths
+// escaped (datasets::text::escaped_name); any other text that is not UTF-8 has those bytes
+// written `\xe9` here (escaped_utf8 keeps valid UTF-8 as it is, so a merge copies rows as
+// they are).
 void write_string_rows(hid_t file, const Column& col, int64_t at,
                        const std::vector<std::string>& values, const std::string& path) {
+  std::vector<std::string> utf8;
+  utf8.reserve(values.size());
+  for (const auto& v : values)
+    utf8.push_back(datasets::text::escaped_utf8(v));
   std::vector<const char*> ptrs;
   ptrs.reserve(values.size());
-  for (const auto& v : values)
+  for (const auto& v : utf8)
     ptrs.push_back(v.c_str());
   write_rows(file, col, at, static_cast<int64_t>(values.size()), ptrs.data(), path);
 }
@@ -1575,7 +1584,7 @@ std::vector<std::string> merge_results(const std::vector<std::string>& inputs,
     h5::write_attribute(o.get(), "num_errors", std::to_string(errs.size()), out);
     nlohmann::json sources = nlohmann::json::array();
     for (const auto& f : files)
-      sources.push_back(f.path);
+      sources.push_back(datasets::text::escaped_name(f.path));  // JSON text is UTF-8
     h5::write_attribute(o.get(), "merged_from", sources.dump(), out);
     // The shards it holds, so that a later merge of it with the others can tell which are
     // missing.

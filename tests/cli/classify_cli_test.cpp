@@ -1622,6 +1622,57 @@ TEST(CliClassify, RepeatedFileNamesGetUniqueIdsAndResumeKeepsEveryImage) {
   EXPECT_EQ(after, ids);
 }
 
+// A file name that is not UTF-8 (Latin-1 "caf\xe9.png") gives the id `caf\xe9` (the byte
+// written as text): h5py could not decode the raw id, --resume never found it stored (and
+// classified it again), and U+FFFD would give caf\xe8 and caf\xe9 one id. Its mask is found
+// under the file's own bytes.
+TEST(CliClassify, AFileNameThatIsNotUtf8IsStoredWithItsByteEscaped) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 2);
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(images + "/images"))
+    files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  fs::create_directories(dir / "lat\xe1n");
+  fs::copy_file(files[0], dir / "lat\xe1n/caf\xe9.png");
+  fs::copy_file(files[1], dir / "lat\xe1n/caf\xe8.png");
+  fs::create_directories(dir / "masks");
+  cv::imwrite(dir / "masks/caf\xe9_mask.png", cv::Mat(64, 64, CV_8UC1, cv::Scalar(255)));
+  const auto base = exe() + " classify --model " + q(model) + " --input " + q(dir / "lat\xe1n") +
+                    " --masks " + q(dir / "masks") +
+                    " --faithfulness --faithfulness-steps 2 --batch-size 1 --threads 1 --out " +
+                    q(dir / "run");
+  const auto r = test::run_process(base);
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto script = dir / "check.py";
+  std::ofstream(script) << R"(
+import csv, sys, h5py, numpy as np
+f = h5py.File(sys.argv[1] + '/results.h5', 'r')
+ids = list(f['images/id'].asstr()[...])
+paths = list(f['images/source_path'].asstr()[...])
+assert sorted(ids) == ['caf\\xe8', 'caf\\xe9'], ids
+assert all(p.endswith('/lat\\xe1n/' + i + '.png') for p, i in zip(paths, ids)), paths
+mass = f['measures/stage3/mass_in_mask'][...]
+assert [np.isfinite(m) for m in mass] == [i == 'caf\\xe9' for i in ids], (ids, mass)
+# The command line (a root attribute, typed UTF-8) has the folder's byte escaped too: h5py gave
+# '\udce1', which no encoder takes.
+assert '/lat\\xe1n' in f.attrs['command_line'], f.attrs['command_line']
+f.attrs['command_line'].encode('utf-8')
+rows = list(csv.reader(open(sys.argv[1] + '/predictions.csv', encoding='utf-8', newline='')))
+assert sorted(r[0] for r in rows[1:]) == sorted(ids), rows
+print('OK')
+)";
+  const auto py = test::run_process(test::python() + " " + q(script) + " " + q(dir / "run"));
+  EXPECT_EQ(py.output, "OK\n");
+  // --resume finds both stored: nothing is classified again.
+  const auto resumed = test::run_process(base + " --resume");
+  ASSERT_EQ(resumed.status, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed: 2 inputs already stored"), std::string::npos)
+      << resumed.output;
+  EXPECT_EQ(pipeline::read_results(dir / "run/results.h5").ids.size(), 2u);
+}
+
 // --resume with other --overlays / --faithfulness than the stored run is refused, naming a
 // dataset, and leaves the file as it was (it used to append some datasets and not others).
 TEST(CliClassify, ResumeWithOtherOverlaysOrMeasuresIsRefused) {

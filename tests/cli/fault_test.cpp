@@ -486,6 +486,64 @@ TEST(CliFault, SynthOnAFullDiskNamesTheImageAndLeavesNoEmptyFile) {
   }
 }
 
+// train and seq2seq train record their command line as UTF-8 text (for --resume): an argument
+// that is not UTF-8 (a Latin-1 folder) failed after the training with the JSON library's
+// words ("[json.exception.type_error.316] invalid UTF-8 byte"); now a usage error before any
+// work, no run folder made.
+TEST(CliFault, ANonUtf8ArgumentOfACommandThatRecordsItsCommandLineIsAUsageError) {
+  test::TempDir dir;
+  synth(dir, 4, 32);
+  const auto run = dir / "r\xe9n";
+  const auto train = test::run_process(exe() + " train --data '" + dir.path().string() +
+                                       "/labels.csv' --model attn_small --size 32 --epochs 1 "
+                                       "--out '" +
+                                       run + "'");
+  EXPECT_EQ(train.status, 2) << train.output;
+  EXPECT_EQ(train.output.rfind("error: '" + dir.path().string() +
+                                   "/r\\xe9n' is not valid UTF-8: train records its command "
+                                   "line as UTF-8 text; rename the file or folder\n",
+                               0),
+            0u)
+      << train.output;
+  EXPECT_FALSE(fs::exists(run));
+  const auto seq = test::run_process(exe() + " seq2seq train --task 'tsv:" + dir / "p\xe9.tsv" +
+                                     "' --out '" + dir / "s" + "'");
+  EXPECT_EQ(seq.status, 2) << seq.output;
+  EXPECT_NE(seq.output.find("p\\xe9.tsv' is not valid UTF-8: seq2seq train records its --task in "
+                            "model.h5 as UTF-8 text; rename the file\n"),
+            std::string::npos)
+      << seq.output;
+  EXPECT_FALSE(fs::exists(dir / "s"));
+  // train's working folder is recorded too (what the relative paths mean).
+  fs::create_directories(dir / "w\xe9");
+  const auto cwd = test::run_process(
+      "cd '" + dir / "w\xe9" + "' && " + exe() + " train --data '" + dir.path().string() +
+      "/labels.csv' --model attn_small --size 32 --epochs 1 --out r");
+  EXPECT_EQ(cwd.status, 2) << cwd.output;
+  EXPECT_NE(cwd.output.find("w\\xe9' is not valid UTF-8: train records its working folder as "
+                            "UTF-8 text; run it from another folder\n"),
+            std::string::npos)
+      << cwd.output;
+  EXPECT_FALSE(fs::exists(dir / "w\xe9/r"));
+}
+
+// The file-size limit as a user meets it (`ulimit -f` in a shell, SIGXFSZ at its default
+// action, which the fault runs above ignore): the same one line as a full disk, not a death by
+// SIGXFSZ without a word and with the temporary file left behind.
+TEST(CliFault, AFileSizeLimitIsOneLineAlsoWithSigxfszAtItsDefault) {
+  test::TempDir dir;
+  const auto r =
+      test::run_process("sh -c 'trap - XFSZ; ulimit -f 4; exec " + exe() + " synth --out " +
+                        dir.path().string() + " --count 2 --size 256'");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("File too large"), std::string::npos) << r.output;
+  for (const char* sub : {"images", "masks"}) {
+    if (!fs::exists(dir.path() / sub)) continue;
+    for (const auto& e : fs::directory_iterator(dir.path() / sub))
+      EXPECT_EQ(e.path().filename().string()[0] == '.', false) << e.path();  // no temporary
+  }
+}
+
 // A split with an empty part is refused before anything is written: five images of one lesion
 // in 5 folds (4 came out empty, exit 0), and --val 0.99 of five images (no training image).
 TEST(CliFault, SplitWithAnEmptyPartIsRefused) {

@@ -102,6 +102,57 @@ TEST(CliPreprocess, GoesOnPastBadFilesWithOneLineEach) {
   EXPECT_FALSE(fs::exists(out / "inner.png"));
 }
 
+// An output name past a file name's 255 bytes failed at the rename, after the work ("File name
+// too long"): a 251-byte stem (the longest a ".jpg" input may have) shared by two inputs gives
+// "<stem>.jpg.png" and "<stem>.jpg_steps.png" names; they are cut at a character boundary,
+// with "~", and further where claim's ".2" would pass the limit again. A name that fits is
+// not cut.
+TEST(CliPreprocess, AnOutputNamePastTheFileNameLimitIsCut) {
+  test::TempDir dir;
+  const auto in = dir.path() / "in";
+  fs::create_directories(in);
+  // "a" and 125 two-byte characters: the cut at byte 236 lands inside one unless it keeps to
+  // the boundaries.
+  std::string stem = "a";
+  for (int i = 0; i < 125; ++i)
+    stem += "\xc3\xa9";
+  const cv::Mat bgr(40, 40, CV_8UC3, cv::Scalar(40, 90, 200));
+  ASSERT_TRUE(cv::imwrite((in / (stem + ".jpg")).string(), bgr));
+  ASSERT_TRUE(cv::imwrite((in / (stem + ".png")).string(), bgr));
+  const auto out = dir.path() / "out";
+  const auto r = test::run_process(exe() + " preprocess --input " + in.string() + " --out " +
+                                   out.string() + " --steps");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(count_lines_with(r.output, "the output's name is cut to fit a file name's 255 bytes"),
+            2)
+      << r.output;
+  EXPECT_NE(r.output.find("preprocessed 2 of 2 images"), std::string::npos) << r.output;
+  const auto names = test::file_names(out.string());
+  ASSERT_EQ(names.size(), 4u);
+  for (const auto& name : names) {
+    EXPECT_LE(name.size(), 255u) << name;
+    // Cut after a whole character: "a", whole two-byte ones, then "~".
+    const auto tilde = name.find('~');
+    ASSERT_NE(tilde, std::string::npos) << name;
+    EXPECT_EQ(tilde % 2, 1u) << name;
+    EXPECT_EQ(name.find_first_not_of("\xc3\xa9", 1), tilde) << name;
+    const auto img = cv::imread((out / name).string(), cv::IMREAD_COLOR);
+    EXPECT_FALSE(img.empty()) << name;
+  }
+  // A 245-byte stem alone: "<stem>.png" and "<stem>_steps.png" fit, nothing is cut.
+  const auto in2 = dir.path() / "in2";
+  fs::create_directories(in2);
+  const std::string fits = stem.substr(0, 245);
+  ASSERT_TRUE(cv::imwrite((in2 / (fits + ".png")).string(), bgr));
+  const auto out2 = dir.path() / "out2";
+  const auto r2 = test::run_process(exe() + " preprocess --input " + in2.string() + " --out " +
+                                    out2.string() + " --steps");
+  ASSERT_EQ(r2.status, 0) << r2.output;
+  EXPECT_EQ(r2.output.find("warning"), std::string::npos) << r2.output;
+  EXPECT_EQ(test::file_names(out2.string()),
+            (std::set<std::string>{fits + ".png", fits + "_steps.png"}));
+}
+
 TEST(CliPreprocess, StatsPrintsMeanAndStd) {
   test::TempDir dir;
   ASSERT_EQ(

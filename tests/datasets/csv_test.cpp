@@ -1,4 +1,5 @@
 #include <fstream>
+#include <sstream>
 
 #include "attnscope/error.h"
 #include "attnscope/printable.h"
@@ -79,8 +80,8 @@ TEST(Csv, OneOutputLineEscapesLineBreaksAndControlsOnly) {
 }
 
 // Printed, what shows as nothing is escaped, beyond the 16-bit plane as \U and 8 digits (the
-// oracle: Python's and C++'s own escapes); a four-byte emoji is kept, and so are bytes that are
-// no UTF-8 (a five-byte lead), as a Latin-1 name's are.
+// oracle: Python's and C++'s own escapes); a four-byte emoji is kept, and bytes that are no
+// UTF-8 (a five-byte lead, a Latin-1 name's) are written \xNN.
 TEST(Csv, PrintableEscapesWhatShowsAsNothing) {
   EXPECT_EQ(printable("nevus\xF3\xA0\x80\x81"), "nevus\\U000e0001");
   EXPECT_EQ(printable("a\xF0\x9D\x85\xB3"
@@ -88,9 +89,66 @@ TEST(Csv, PrintableEscapesWhatShowsAsNothing) {
             "a\\U0001d173b");  // a musical format control
   EXPECT_EQ(printable("\xE2\x9D\xA4\xEF\xB8\x8F"), "\xE2\x9D\xA4\\ufe0f");
   EXPECT_EQ(printable("\xF0\x9F\x98\x80"), "\xF0\x9F\x98\x80");          // an emoji, kept
-  EXPECT_EQ(printable("\xF8\x88\x80\x80\x80"), "\xF8\x88\x80\x80\x80");  // no UTF-8: as Latin-1
+  // Bytes that start no UTF-8 character are escaped, so that a message is valid UTF-8: a
+  // Latin-1 id's "\xe9" printed as is made the whole line undecodable to a UTF-8 terminal.
+  EXPECT_EQ(printable("\xF8\x88\x80\x80\x80"), "\\xf8\\x88\\x80\\x80\\x80");
+  EXPECT_EQ(printable("caf\xe9 caf\xc3\xa9"), "caf\\xe9 caf\xc3\xa9");
+  EXPECT_EQ(printable("ab\xed\xa0\x80"), "ab\\xed\\xa0\\x80");           // a surrogate is no UTF-8
   EXPECT_TRUE(is_blank("\xF3\xA0\x80\x81 \xE3\x85\xA4"));                // a tag, a Hangul filler
   EXPECT_FALSE(is_blank("\xF0\x9F\x98\x80"));
+}
+
+// Line ends as Python's csv module reads them (the oracle): LF, CRLF and a lone CR (a file
+// saved with classic Mac line ends) end a row outside quotes; inside quotes a CR is data. The
+// reader dropped every CR outside quotes, so a CR-only file was one row of all its lines.
+TEST(Csv, LineEndsAreReadAsPythonsCsvReadsThem) {
+  const std::vector<std::string> texts = {
+      "image_id,label\ra,benign\rb,malignant\r",
+      "image_id,label\r\na\rb,c\nd,e",
+      "x,y\r\n\"q\rr\",\"s\r\nt\"\r\nu,v\r",
+      "a,b\r\r\n\rc,d\n\n\re,f",
+      "\"a\"\rb,\"c\"x\r\n",
+      "p\rq\r\n,\r,",
+  };
+  test::TempDir dir;
+  for (std::size_t k = 0; k < texts.size(); ++k) {
+    const auto path = dir / ("t" + std::to_string(k) + ".csv");
+    std::ofstream(path, std::ios::binary) << texts[k];
+    // Each non-empty row as its fields' bytes in hex, '|' between fields.
+    const auto py = test::run_process(
+        test::python() + " -c \"import csv; [print('|'.join(f.encode().hex() for f in r)) " +
+        "for r in csv.reader(open('" + path + "', newline='')) if r]\"");
+    ASSERT_EQ(py.status, 0) << py.output;
+    std::vector<std::vector<std::string>> expected;
+    std::istringstream lines(py.output);
+    for (std::string line; std::getline(lines, line);) {
+      std::vector<std::string> fields;
+      if (line.empty()) {  // one empty field (`""`; none of the texts has such a row)
+        expected.push_back({""});
+        continue;
+      }
+      std::istringstream cells(line);
+      for (std::string hex; std::getline(cells, hex, '|');) {
+        std::string bytes;
+        for (std::size_t i = 0; i + 1 < hex.size(); i += 2)
+          bytes += static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16));
+        fields.push_back(bytes);
+      }
+      if (line.back() == '|') fields.emplace_back();
+      expected.push_back(fields);
+    }
+    const auto t = parse_csv(texts[k], "t.csv", /*has_header=*/false);
+    std::vector<std::vector<std::string>> got;
+    for (const auto& row : t.rows)
+      got.push_back(row.fields);
+    EXPECT_EQ(got, expected) << printable(texts[k]);
+  }
+  // Line numbers count a lone CR as a line end, and CRLF as one.
+  const auto t = parse_csv(texts[0], "mac.csv");
+  ASSERT_EQ(t.rows.size(), 2u);
+  EXPECT_EQ(t.header, (std::vector<std::string>{"image_id", "label"}));
+  EXPECT_EQ(t.rows[1].line, 3u);
+  EXPECT_EQ(parse_csv(texts[2], "m.csv").rows.at(1).line, 5u);  // x,y / "q / r","s / t" / u,v
 }
 
 TEST(Csv, UnterminatedQuoteNamesFileAndLine) {

@@ -356,6 +356,85 @@ TEST(IsicReaders, ClassFolderFileWithABadNameIsAWarning) {
       << all;
 }
 
+// A row longer than its header read its first fields without a word (`a,nevus, benign` gave the
+// label `nevus`); empty fields past the header's (a spreadsheet's trailing comma) are no value.
+TEST(IsicReaders, ARowLongerThanItsHeaderIsAProblemOfItsLine) {
+  test::TempDir dir;
+  const auto path = write(dir, "long.csv",
+                          "image_id,label\na,benign,\nb,nevus, benign\n\"c\",malignant, ,\"\"\n"
+                          "d,benign,\"\"\"x\"\n");
+  const auto msg = error_of([&] { read_dataset(path); });
+  EXPECT_NE(msg.find("2 problems"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(path + ":3: 3 fields where the header names 2: a value with an unquoted "
+                            "comma? (put it in double quotes)"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find(path + ":5: 3 fields where the header names 2"), std::string::npos) << msg;
+  // Listed in line order with the format's own problems (an unknown label on line 4).
+  const auto mixed = write(dir, "mixed.csv", "image_id,label\na,benign,x\nb,purple\nc,benign,y\n");
+  const auto order = error_of([&] { read_dataset(mixed, {}); });
+  const auto at2 = order.find(mixed + ":2: "), at3 = order.find(mixed + ":3: "),
+             at4 = order.find(mixed + ":4: ");
+  ASSERT_NE(at3, std::string::npos) << order;
+  EXPECT_LT(at2, at3) << order;
+  EXPECT_LT(at3, at4) << order;
+  // The headerless ISIC 2016 test ground truth has two columns.
+  const auto isbi = write(dir, "isbi.csv", "ISIC_0000000,0.0\nISIC_0000001,1.0,x\n");
+  ReadOptions isic2016;
+  isic2016.format = Format::kIsic2016;
+  EXPECT_NE(error_of([&] {
+              read_dataset(isbi, isic2016);
+            }).find(isbi + ":2: 3 fields where the format has 2: a value with an unquoted comma?"),
+            std::string::npos);
+  // Line 4's extra fields are blank or an empty quoted one: no value.
+  const auto ok = write(dir, "ok.csv", "image_id,label\na,benign,\nc,malignant, , \n");
+  EXPECT_EQ(read_dataset(ok).samples.size(), 2u);
+}
+
+// Ids are stored as UTF-8 strings (results.h5, the image cache): a Latin-1 id is a problem of
+// its line, and a class folder's file under such a name a warning; the messages escape the byte.
+TEST(IsicReaders, AnIdThatIsNotUtf8IsRefusedAndEscapedInTheMessage) {
+  test::TempDir dir;
+  const auto path =
+      write(dir, "latin1.csv", "image_id,label\ncaf\xe9,benign\ncaf\xc3\xa9,benign\n");
+  const auto msg = error_of([&] { read_dataset(path); });
+  EXPECT_NE(msg.find(path + ":2: image id 'caf\\xe9' is not valid UTF-8 (byte 3; saved in another "
+                            "encoding than UTF-8?) (rejected)"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("1 problem"), std::string::npos) << msg;
+  // Labels and groups are stored as text too (class names in checkpoints and JSON, where the
+  // JSON library failed after the training; groups in split's CSV and the cache).
+  const auto other =
+      write(dir, "other.csv", "image_id,label,group\na,n\xe6vus,g1\nb,nevus,les\xe9\nc,nevus,g2\n");
+  ReadOptions multi;
+  multi.mode = LabelMode::kMultiClass;
+  const auto texts = error_of([&] { read_dataset(other, multi); });
+  EXPECT_NE(texts.find(other + ":2: label 'n\\xe6vus' is not valid UTF-8 (rejected)"),
+            std::string::npos)
+      << texts;
+  EXPECT_NE(texts.find(other + ":3: group 'les\\xe9' is not valid UTF-8 (rejected)"),
+            std::string::npos)
+      << texts;
+  EXPECT_NE(texts.find("2 problems"), std::string::npos) << texts;
+  fs::create_directories(dir.path() / "folders" / "n\xe6vus");
+  std::ofstream(dir.path() / "folders" / "n\xe6vus" / "z.jpg") << "x";
+  for (const auto& f : {"benign/x1.jpg", "benign/caf\xe9.jpg", "malignant/\xc3\xa9t\xc3\xa9.jpg"}) {
+    fs::create_directories((dir.path() / "folders" / f).parent_path());
+    std::ofstream(dir.path() / "folders" / f) << "x";
+  }
+  const auto ds = read_dataset((dir.path() / "folders").string());
+  EXPECT_EQ(ids(ds), (std::vector<std::string>{"x1", "\xc3\xa9t\xc3\xa9"}));
+  std::string all;
+  for (const auto& w : ds.warnings)
+    all += w + "\n";
+  ASSERT_EQ(ds.warnings.size(), 2u) << all;
+  EXPECT_NE(all.find("image id 'caf\\xe9' is not valid UTF-8"), std::string::npos) << all;
+  EXPECT_NE(all.find("/folders/n\\xe6vus: a class folder whose name is not valid UTF-8, skipped"),
+            std::string::npos)
+      << all;
+}
+
 // A CSV label becomes a class name (checkpoints, predictions.csv's columns, terminal lines): one
 // holding a control character (a quoted tab or escape) is a problem of its line, as an id is.
 TEST(IsicReaders, LabelsWithControlCharactersAreProblemsOfTheirLines) {

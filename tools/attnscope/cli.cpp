@@ -10,6 +10,7 @@
 
 #include "attnscope/error.h"
 #include "attnscope/printable.h"
+#include "datasets/text/tokenizer.h"
 
 namespace attnscope::cli {
 
@@ -23,6 +24,13 @@ Registration::Registration(std::string name, std::string summary, Run run) {
   table.push_back({std::move(name), std::move(summary), std::move(run)});
   std::sort(table.begin(), table.end(),
             [](const Command& a, const Command& b) { return a.name < b.name; });
+}
+
+void check_utf8_arguments(const std::vector<std::string>& args, const std::string& what,
+                          const std::string& usage) {
+  for (const auto& a : args)
+    if (datasets::text::find_invalid_utf8(a) != std::string::npos)
+      throw UsageError(concat("'", excerpt(a, 200), "' is not valid UTF-8: ", what), usage);
 }
 
 std::string usage_text(const std::string& usage_line, const po::options_description& desc) {

@@ -36,7 +36,8 @@ class ReportedError : public std::exception {
   int status_;
 };
 
-/// A mistake on the command line: printed as "error: ..." plus the usage, exit status 2.
+/// A mistake on the command line: printed as "error: ...", the usage line and where the options
+/// are listed (main.cpp's format_error), exit status 2.
 class UsageError : public std::runtime_error {
  public:
   UsageError(const std::string& message, std::string usage)
@@ -71,6 +72,14 @@ bool parse(const std::string& usage_line, po::options_description& desc,
 
 /// Usage text: "usage: attnscope <usage_line>" plus the options with their defaults.
 std::string usage_text(const std::string& usage_line, const po::options_description& desc);
+
+/// For a command that records some of its arguments as UTF-8 text (train's command line and
+/// working folder, which --resume reads back; seq2seq train's --task): one that is not UTF-8
+/// (a Latin-1 path) is a UsageError naming it before any work; it failed after the training
+/// with the JSON library's words. `what` ends the line: what is recorded and what to do
+/// ("train records its command line as UTF-8 text; rename the file or folder").
+void check_utf8_arguments(const std::vector<std::string>& args, const std::string& what,
+                          const std::string& usage);
 
 /// --decode-reduce-to N (classify, evaluate): DecodeOptions::reduce_to replacing the
 /// checkpoint's. Adds the option to desc; read_decode_reduce_to gives it when given (checked:

@@ -77,7 +77,8 @@ int run_cache(const std::vector<std::string>& args, const GlobalOptions&) {
   if (const auto late = runtime::finish_stop_requests(); !late.empty()) std::cerr << late << "\n";
   for (const auto& f : report.failures)
     std::cerr << image_error_line(f.path, f.image_id, f.message);
-  std::cout << "cached " << report.written << " of " << ds.samples.size() << " images into " << out;
+  std::cout << "cached " << report.written << " of " << ds.samples.size() << " images into "
+            << printable(out);
   if (!report.failures.empty()) std::cout << " (" << report.failures.size() << " failed)";
   std::cout << "\n";
   return report.failures.empty() ? 0 : 1;

@@ -295,10 +295,10 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
                 << " is the previous run's, as it was\n";
     } else {
       std::cerr << "stopped by " << sig << ": " << s.classified << " images classified, "
-                << s.failed << " failed, stored in " << h5
+                << s.failed << " failed, stored in " << printable(h5)
                 << "; finish with the same command and --resume\n";
       for (const auto& path : s.written)
-        std::cout << "wrote " << path << "\n";
+        std::cout << "wrote " << printable(path) << "\n";
     }
     return runtime::stopped_exit_status();
   }
@@ -308,7 +308,7 @@ int run_classify(const std::vector<std::string>& args, const GlobalOptions&) {
   if (s.skipped > 0) std::cout << "resumed: " << s.skipped << " inputs already stored\n";
   std::cout << "classified " << s.classified << ", failed " << s.failed << "\n";
   for (const auto& path : s.written)
-    std::cout << "wrote " << path << "\n";
+    std::cout << "wrote " << printable(path) << "\n";
   if (s.classified > 0) return 0;
   // Exit 1 says so in one line.
   // The file stays (its /errors is the record), so the next run must say what to do with it.

@@ -15,6 +15,7 @@
 #include "attnscope/printable.h"
 #include "cli.h"
 #include "dataset_flags.h"
+#include "datasets/text/tokenizer.h"
 #include "pipeline/metrics.h"
 #include "pipeline/vision/evaluate.h"
 #include "pipeline/vision/image_cache.h"
@@ -186,9 +187,12 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
     if (!dest.empty()) remove_dead_temporaries(dest);
   if (!predictions.empty()) pipeline::write_predictions_csv(predictions, result);
 
+  // JSON strings are UTF-8 (the library threw on a Latin-1 path, after the work): paths and ids
+  // escaped as classify stores them (`\xe9`, a backslash `\\`), messages' other bytes `\xe9`.
+  using datasets::text::escaped_name;
   nlohmann::json j;
-  j["model"] = model_path;
-  j["data"] = data.data;
+  j["model"] = escaped_name(model_path);
+  j["data"] = escaped_name(data.data);
   j["tta"] = result.tta;
   j["precision"] = result.precision;
   j["temperature"] = result.temperature;
@@ -196,7 +200,9 @@ int run_evaluate(const std::vector<std::string>& args, const GlobalOptions&) {
   j["evaluated"] = static_cast<int64_t>(result.ids.size());
   auto failed = nlohmann::json::array();
   for (const auto& f : result.failures) {
-    failed.push_back({{"image_id", f.image_id}, {"path", f.path}, {"message", f.message}});
+    failed.push_back({{"image_id", escaped_name(f.image_id)},
+                      {"path", escaped_name(f.path)},
+                      {"message", datasets::text::escaped_utf8(f.message)}});
   }
   j["failed"] = failed;
   j["metrics"] = pipeline::to_json(result.metrics);

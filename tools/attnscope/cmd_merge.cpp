@@ -60,8 +60,8 @@ int run_merge(const std::vector<std::string>& args, const GlobalOptions&) {
   remove_dead_temporaries(out);
   const auto merged = pipeline::read_results(out);
   std::cout << "merged " << inputs.size() << (inputs.size() == 1 ? " file: " : " files: ")
-            << merged.ids.size() << " images, " << merged.errors.size() << " errors into " << out
-            << "\n";
+            << merged.ids.size() << " images, " << merged.errors.size() << " errors into "
+            << printable(out) << "\n";
   for (const auto& w : warnings)
     std::cerr << "warning: " << printable(w) << "\n";
   return 0;

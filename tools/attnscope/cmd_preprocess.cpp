@@ -201,12 +201,37 @@ int run_preprocess(const std::vector<std::string>& args, const GlobalOptions&) {
     for (int n = 2;; ++n)
       if (const auto other = concat(name, ".", n); taken.insert(other).second) return other;
   };
+  // A name past a file name's 255 bytes (a 251-byte stem's ".jpg.png" or "_steps.png") failed
+  // at the rename, after the work: such a stem is cut at a character boundary to `max` bytes,
+  // "~" its last, so that "<name><suffix>.png" fits, with room for claim's ".N" when it adds one.
+  const auto cut = [](const std::string& stem, std::size_t max) {
+    std::size_t end = max - 1;
+    while (end > 0 && (static_cast<unsigned char>(stem[end]) & 0xC0) == 0x80)
+      --end;
+    return stem.substr(0, end) + "~";
+  };
+  const auto claim_fitting = [&](const std::string& stem, const std::string& suffix) {
+    const std::size_t limit = 255 - 4 - suffix.size();
+    auto name = claim((stem.size() > limit ? cut(stem, limit) : stem) + suffix);
+    if (name.size() + 4 > 255) {
+      taken.erase(name);
+      name = claim(cut(stem, limit - 8) + suffix);
+    }
+    return name;
+  };
   std::vector<std::pair<std::string, std::string>> names;  // (image, strip) per input
   for (const auto& file : files) {
     const auto stem =
         stems[file.stem().string()] > 1 ? file.filename().string() : file.stem().string();
-    names.emplace_back(claim(stem), steps ? claim(stem + "_steps") : std::string());
-    if (names.back().first != stem)
+    names.emplace_back(claim_fitting(stem, ""), steps ? claim_fitting(stem, "_steps") : "");
+    const auto whole = [&](const std::string& name, const std::string& suffix) {
+      return name.compare(0, stem.size() + suffix.size(), stem + suffix) == 0;
+    };
+    if (!whole(names.back().first, "") || (steps && !whole(names.back().second, "_steps")))
+      std::cerr << "warning: " << excerpt(file.string(), 300)
+                << ": the output's name is cut to fit a file name's 255 bytes: "
+                << excerpt(names.back().first, 300) << ".png\n";
+    else if (names.back().first != stem)
       std::cerr << "warning: " << excerpt(file.string(), 300) << ": " << excerpt(stem, 300)
                 << ".png is another input's output; written as " << excerpt(names.back().first)
                 << ".png\n";

@@ -91,7 +91,7 @@ int run_report(const std::vector<std::string>& args, const GlobalOptions&) {
   }
   std::snprintf(line, sizeof line, " (%lld KiB, %.1f s)\n",
                 static_cast<long long>((s.bytes + 512) / 1024), seconds);
-  std::cout << "\nwrote " << out << line;
+  std::cout << "\nwrote " << printable(out) << line;
   return 0;
 }
 

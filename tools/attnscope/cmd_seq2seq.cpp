@@ -57,10 +57,10 @@ TaskData load_task(const std::string& spec, int64_t count, int64_t min_length, i
                    uint64_t seed) {
   TaskData data;
   if (spec.rfind("tsv:", 0) == 0) {
-    const auto tsv = text::read_tsv_pairs(spec.substr(4));
-    data.pairs = tsv.pairs;
-    data.from_file = true;
+    auto tsv = text::read_tsv_pairs(spec.substr(4));
     data.skipped = text::describe_skipped(tsv);
+    data.pairs = std::move(tsv.pairs);  // not a second copy of the corpus
+    data.from_file = true;
     data.skipped_count = tsv.skipped.size();
     check(!data.pairs.empty(), tsv.path,
           concat("no usable source<TAB>target lines", data.skipped.empty() ? "" : ": ",
@@ -341,6 +341,8 @@ int run_train(const std::vector<std::string>& args) {
   }
 
   const std::string spec = vm["task"].as<std::string>();
+  check_utf8_arguments(
+      {spec}, "seq2seq train records its --task in model.h5 as UTF-8 text; rename the file", usage);
   // The model must not replace its own data (a TSV named OUT/model.h5 was overwritten).
   if (spec.rfind("tsv:", 0) == 0)
     check_not_an_input((fs::path(out_dir) / "model.h5").string(), spec.substr(4), "--task tsv:");
@@ -371,15 +373,20 @@ int run_train(const std::vector<std::string>& args) {
                       vm["max-length"].as<int64_t>(), seed + 1000003)
                 .pairs;
   }
-  // Vocabularies from the training pairs.
-  std::vector<std::vector<std::string>> src_tokens, tgt_tokens;
+  // Vocabularies from the training pairs, counted one pair at a time: every pair's tokens
+  // kept as strings took 32 bytes and more per character (a 51 MB TSV, 2.4 GB).
+  std::map<std::string, int64_t> src_counts, tgt_counts;
   std::size_t longest = 0;
   for (const auto& p : data.pairs) {
     const std::string where =
         p.line > 0 ? concat(spec.substr(4), ":", p.line) : std::string("task");
-    src_tokens.push_back(text::tokenize(p.source, tokenizer, where));
-    tgt_tokens.push_back(text::tokenize(p.target, tokenizer, where));
-    longest = std::max({longest, src_tokens.back().size(), tgt_tokens.back().size()});
+    const auto src = text::tokenize(p.source, tokenizer, where);
+    const auto tgt = text::tokenize(p.target, tokenizer, where);
+    for (const auto& t : src)
+      ++src_counts[t];
+    for (const auto& t : tgt)
+      ++tgt_counts[t];
+    longest = std::max({longest, src.size(), tgt.size()});
   }
   constexpr int64_t kMinimumMaxLength = 32, kAutoMaxLength = 256;
   int64_t max_length = vm["model-max-length"].as<int64_t>();
@@ -390,8 +397,10 @@ int run_train(const std::vector<std::string>& args) {
   if (max_length == 0)
     max_length = std::min<int64_t>(
         kAutoMaxLength, std::max<int64_t>(kMinimumMaxLength, static_cast<int64_t>(longest)));
-  const auto source_vocab = text::Vocabulary::build(src_tokens);
-  const auto target_vocab = text::Vocabulary::build(tgt_tokens);
+  const auto source_vocab = text::Vocabulary::build_from_counts(src_counts);
+  const auto target_vocab = text::Vocabulary::build_from_counts(tgt_counts);
+  src_counts.clear();
+  tgt_counts.clear();
   const auto encoded = text::encode_pairs(data.pairs, source_vocab, target_vocab, tokenizer,
                                           max_length, text::LengthPolicy::kSkip);
   if (!encoded.too_long.empty()) {
@@ -405,6 +414,7 @@ int run_train(const std::vector<std::string>& args) {
     std::cerr << "\n";
   }
   check(!encoded.sources.empty(), spec, "no training pairs left");
+  std::vector<text::TextPair>().swap(data.pairs);  // the text: training reads `encoded`
 
   options.source_vocab(source_vocab.size())
       .target_vocab(target_vocab.size())
@@ -526,7 +536,7 @@ int run_train(const std::vector<std::string>& args) {
     std::cerr << late << "\n";
   const std::string path = (fs::path(out_dir) / "model.h5").string();
   pipeline::save_seq2seq(path, bundle, provenance);
-  std::cout << "wrote " << path << " (" << result.steps << " steps, " << std::fixed
+  std::cout << "wrote " << printable(path) << " (" << result.steps << " steps, " << std::fixed
             << std::setprecision(1) << result.seconds << " s, " << result.cpu_seconds
             << " s CPU)\n";
   return interrupted ? runtime::stopped_exit_status() : 0;

@@ -333,6 +333,12 @@ int run_train(const std::vector<std::string>& given_args, bool quiet_now,
   if (!parse(kUsage, desc, args, vm)) return 0;
   const auto usage = usage_text(kUsage, desc);
   const auto fail = [&](const std::string& m) { throw UsageError(m, usage); };
+  // The command line and the working folder (provenance.args and .cwd, which --resume reads).
+  check_utf8_arguments(
+      args, "train records its command line as UTF-8 text; rename the file or folder", usage);
+  check_utf8_arguments({fs::current_path().string()},
+                       "train records its working folder as UTF-8 text; run it from another folder",
+                       usage);
   if (!resume_flag.empty())
     fail("--resume RUN takes no other option than --quiet (the run's are used)");
   if (quiet_now) quiet = true;

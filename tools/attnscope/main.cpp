@@ -3,6 +3,7 @@
 // the subcommand; each subcommand lives in its own cmd_*.cpp and registers itself (cli.h).
 
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -130,7 +131,34 @@ static int format_error(std::exception_ptr error, std::ostream& std_err) {
   try {
     std::rethrow_exception(error);
   } catch (const UsageError& e) {
-    std_err << "error: " << attnscope::printable(e.what()) << "\n\n" << e.usage();
+    // The line, then the command's usage line and where its options are listed: its whole
+    // option list (60-odd lines for classify or train) pushed the line off the screen. A
+    // mistake before any command (an unknown one) gets the list of commands, and one before a
+    // seq2seq verb the list of verbs.
+    std_err << "error: " << attnscope::printable(e.what()) << "\n\n";
+    const std::string& usage = e.usage();
+    const auto block = usage.find("\n\n");
+    const std::string prefix = "usage: attnscope ";
+    std::string command;
+    if (usage.rfind(prefix, 0) == 0) {
+      std::istringstream words(usage.substr(prefix.size(), usage.find('\n') - prefix.size()));
+      // The command's words ("seq2seq translate"), up to its first option or placeholder.
+      const auto is_word = [](const std::string& w) {
+        return w[0] >= 'a' && w[0] <= 'z' &&
+               w.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-") == std::string::npos;
+      };
+      std::string w;
+      while (words >> w && is_word(w))
+        command += (command.empty() ? "" : " ") + w;
+      // `seq2seq <verb>`: a mistake before the verb gets the list of verbs.
+      if (w.rfind('<', 0) == 0) command.clear();
+    }
+    if (command.empty() || block == std::string::npos) {
+      std_err << usage;
+    } else {
+      std_err << usage.substr(0, block) << "\n(attnscope " << command
+              << " --help lists every option)\n";
+    }
     return 2;
   } catch (const attnscope::runtime::MemoryLimitExceeded& e) {
     std_err << "error: " << e.what() << "\n";
@@ -193,6 +221,10 @@ int main(int argc, char** argv) {
   attnscope::runtime::take_back_heap_huge_pages();
   // A signal that ends a command removes its temporary files (attnscope/atomic_file.h).
   attnscope::remove_temporaries_on_signals();
+  // A write past the file-size limit (`ulimit -f`, a batch system's) fails with EFBIG and is
+  // said as on a full disk: with SIGXFSZ's default action the command ended without a word, its
+  // temporary file left behind.
+  ::signal(SIGXFSZ, SIG_IGN);
   try {
     return checked_stdout(run(argc, argv));
   } catch (const attnscope::cli::ReportedError& e) {

@@ -450,6 +450,47 @@ TEST(Seq2SeqTranslate, BadInputsAreReportedAndTheOthersGoOn) {
   EXPECT_EQ(out[3].source_tokens.size(), 16u);
 }
 
+// Evaluation scores `chunk` pairs at a time and lets their translations go (all of them kept
+// took tens of times the corpus's size): the same metrics as the whole corpus translated at
+// once and scored by sequence_metrics (brute-force checked above). Batches of one, so that no
+// batch's padding differs between the two.
+TEST(Seq2SeqTranslate, EvaluationInChunksEqualsTheWholeCorpusScoredAtOnce) {
+  const auto t = copy_model();
+  auto pairs = t.valid;
+  pairs.resize(50);
+  pairs[3].source.clear();                  // fails: empty input
+  pairs[9].target = "ab\xFF";               // a reference that is not UTF-8 matches nothing
+  pairs[20].source = std::string(30, 'c');  // truncated
+  const auto decode = models::text::DecodeOptions().max_length(16);
+  std::vector<std::string> sources;
+  for (const auto& p : pairs)
+    sources.push_back(p.source);
+  const auto all = translate(t.bundle, sources, decode, 1);
+  std::vector<std::vector<std::string>> outputs, references;
+  for (std::size_t i = 0; i < pairs.size(); ++i) {
+    outputs.push_back(all[i].tokens);
+    references.push_back(i == 9 ? std::vector<std::string>{}
+                                : text::tokenize(pairs[i].target, text::TokenizerKind::kChar));
+  }
+  const auto expected = sequence_metrics(outputs, references);
+  for (const std::size_t chunk :
+       {std::size_t{1}, std::size_t{7}, std::size_t{50}, std::size_t{4096}}) {
+    const auto eval = evaluate_seq2seq(t.bundle, pairs, decode, 1, nullptr, chunk);
+    EXPECT_EQ(eval.metrics.sentences, 50) << chunk;
+    EXPECT_EQ(eval.metrics.exact_match, expected.exact_match) << chunk;
+    EXPECT_EQ(eval.metrics.token_accuracy, expected.token_accuracy) << chunk;
+    EXPECT_NEAR(eval.metrics.bleu, expected.bleu, 1e-9) << chunk;
+    EXPECT_EQ(eval.failed, 1) << chunk;
+    EXPECT_EQ(eval.truncated, 1) << chunk;
+  }
+  // A stop asked after the first batch: the rest are "stopped" (failed) in every later chunk.
+  int asked = 0;
+  const auto stopped = evaluate_seq2seq(
+      t.bundle, pairs, decode, 1, [&] { return ++asked > 1; }, 7);
+  EXPECT_TRUE(stopped.stopped);
+  EXPECT_EQ(stopped.failed, 49);  // pair 3 (empty) among them
+}
+
 TEST(Seq2SeqTranslate, AlignmentsAreReadableWithH5py) {
   const auto t = copy_model();
   test::TempDir dir;

@@ -5,11 +5,13 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "datasets/text/tokenizer.h"
 #include "pipeline/vision/classify.h"
 #include "test_support.h"
 
@@ -88,6 +90,55 @@ TEST(ClassifyInputs, AFileNamedLikeARepeatKeepsItsOwnId) {
   touch(two / "x~3.png");
   const auto ds = pipeline::collect_inputs({one.string(), two.string(), (one / "x.png").string()});
   EXPECT_EQ(ids_of(ds), (std::vector<std::string>{"x", "x~4", "x~2", "x~3", "x~5"}));
+}
+
+// A list saved with classic Mac line ends (a lone CR) is one path per line, as with LF or CRLF:
+// it was one path of all its lines, which failed as a missing file.
+TEST(ClassifyInputs, AListWithLoneCarriageReturnsHoldsOnePathPerLine) {
+  TempDir dir;
+  touch(dir.path() / "a.png");
+  touch(dir.path() / "b.png");
+  touch(dir.path() / "sub" / "c.png");
+  std::ofstream(dir.path() / "mac.txt", std::ios::binary)
+      << "a.png\rb.png\r\r# note\rsub/c.png\r\n";
+  const auto ds = pipeline::collect_inputs({"@" + (dir.path() / "mac.txt").string()});
+  EXPECT_EQ(ids_of(ds), (std::vector<std::string>{"a", "b", "c"}));
+  for (const auto& s : ds.samples)
+    EXPECT_TRUE(fs::is_regular_file(s.path)) << s.path;
+  // The 64 KiB bound is a line's, not the file's: 11,000 CR-ended lines (66 KB, no LF).
+  std::string many;
+  for (int i = 0; i < 11000; ++i)
+    many += "a.png\r";
+  std::ofstream(dir.path() / "many.txt", std::ios::binary) << many;
+  EXPECT_EQ(pipeline::collect_inputs({"@" + (dir.path() / "many.txt").string()}).samples.size(),
+            11000u);
+  // Line numbers count each CR-ended line: line 6 is the NUL's.
+  std::ofstream(dir.path() / "nul.txt", std::ios::binary) << "a.png\rb.png\r\r# note\rsub/c.png\r\n"
+                                                          << std::string("x\0y", 3) << "\n";
+  EXPECT_NE(test::error_of([&] {
+              pipeline::collect_inputs({"@" + (dir.path() / "nul.txt").string()});
+            }).find("line 6 holds a NUL byte"),
+            std::string::npos);
+}
+
+// A file name that is not UTF-8 gets its bytes escaped in its id (`\xe9`, results.h5 stores
+// UTF-8), and a backslash is escaped too, so that a file literally named `caf\xe9.png` keeps an
+// id of its own: the two shared one, and --resume took one for the other.
+TEST(ClassifyInputs, IdsOfNamesThatAreNotUtf8AreEscapedAndNameOneFileEach) {
+  TempDir dir;
+  touch(dir.path() / "caf\xe9.png");
+  touch(dir.path() / "caf\\xe9.png");
+  touch(dir.path() / "plain.png");
+  const auto ds = pipeline::collect_inputs({dir.path().string()});
+  std::set<std::string> ids;
+  for (const auto& s : ds.samples) {
+    ids.insert(s.image_id);
+    // The id reads back to the file's own stem.
+    EXPECT_EQ(datasets::text::unescaped_name(s.image_id), fs::path(s.path).stem().string());
+  }
+  EXPECT_EQ(ids, (std::set<std::string>{"caf\\xe9", "caf\\\\xe9", "plain"}));
+  EXPECT_EQ(datasets::text::escaped_name("a\\b\xff\xc3\xa9"), "a\\\\b\\xff\xc3\xa9");
+  EXPECT_EQ(datasets::text::unescaped_name("a\\\\b\\xff\\xZZ\\"), "a\\b\xff\\xZZ\\");
 }
 
 TEST(ClassifyInputs, ListLinesAndNestedListsAreTakenFromTheListsFolder) {
