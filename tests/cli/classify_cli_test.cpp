@@ -71,6 +71,15 @@ std::string make_images(const test::TempDir& dir, int count) {
   return out;
 }
 
+// The image files of make_images' folder, sorted.
+std::vector<std::string> image_files(const std::string& images) {
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(images + "/images"))
+    files.push_back(e.path().string());
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
 // A Python script run with Debian's python3: compares every dataset of two results files
 // (strings and integers exactly, floats to 1e-4) and prints OK or the differences.
 const char* kCompare = R"(
@@ -1596,9 +1605,7 @@ TEST(CliClassify, RepeatedFileNamesGetUniqueIdsAndResumeKeepsEveryImage) {
   test::TempDir dir;
   const auto model = make_checkpoint(dir);
   const auto images = make_images(dir, 3);
-  std::vector<std::string> files;
-  for (const auto& e : fs::directory_iterator(images + "/images")) files.push_back(e.path());
-  std::sort(files.begin(), files.end());
+  const auto files = image_files(images);
   fs::create_directories(dir / "dup/sub");
   fs::copy_file(files[0], dir / "dup/sub/x.png");
   fs::copy_file(files[1], dir / "dup/x.png");
@@ -1630,10 +1637,7 @@ TEST(CliClassify, AFileNameThatIsNotUtf8IsStoredWithItsByteEscaped) {
   test::TempDir dir;
   const auto model = make_checkpoint(dir);
   const auto images = make_images(dir, 2);
-  std::vector<std::string> files;
-  for (const auto& e : fs::directory_iterator(images + "/images"))
-    files.push_back(e.path());
-  std::sort(files.begin(), files.end());
+  const auto files = image_files(images);
   fs::create_directories(dir / "lat\xe1n");
   fs::copy_file(files[0], dir / "lat\xe1n/caf\xe9.png");
   fs::copy_file(files[1], dir / "lat\xe1n/caf\xe8.png");
@@ -1715,10 +1719,7 @@ TEST(CliClassify, ResumeWithOtherInputsSaysWhatTheFileHoldsThatTheyDoNot) {
   test::TempDir dir;
   const auto model = make_checkpoint(dir);
   const auto images = make_images(dir, 3);
-  std::vector<std::string> files;
-  for (const auto& e : fs::directory_iterator(images + "/images"))
-    files.push_back(e.path().string());
-  std::sort(files.begin(), files.end());
+  const auto files = image_files(images);
   ASSERT_EQ(files.size(), 3u);
   const auto a = dir / "a", b = dir / "b";
   fs::create_directories(a);
