@@ -27,6 +27,8 @@ std::vector<std::string> split_spaces(const std::string& s) {
 
 using NgramCounts = std::map<std::vector<std::string>, int64_t>;
 
+constexpr std::size_t kOrder = 4;  // BLEU-4
+
 NgramCounts ngrams(const std::vector<std::string>& tokens, std::size_t n) {
   NgramCounts counts;
   for (std::size_t i = 0; i + n <= tokens.size(); ++i)
@@ -67,7 +69,6 @@ std::string tokenize_13a(const std::string& input) {
 
 void BleuCounts::add(const std::vector<std::string>& hyp,
                      const std::vector<std::vector<std::string>>& refs) {
-  constexpr std::size_t kOrder = 4;
   check(!refs.empty(), "BLEU", concat("sentence ", sentences_, " has no reference"));
   ++sentences_;
   const auto hyp_len = static_cast<int64_t>(hyp.size());
@@ -96,7 +97,6 @@ void BleuCounts::add(const std::vector<std::string>& hyp,
 }
 
 BleuScore BleuCounts::score() const {
-  constexpr std::size_t kOrder = 4;
   BleuScore s = sums_;
   // sacreBLEU's compute_bleu with smooth_method="exp".
   double smooth = 1.0;
