@@ -57,8 +57,9 @@ std::string dataset_folder_csv(const std::string& dir);
 /// needs exactly {benign, malignant}), every image file in it a sample (sorted by name).
 Dataset read_class_folders(const std::string& root, const ReadOptions& options = {});
 
-/// Throws Error(where, ...) when an id could escape its folder: empty, or containing "..",
-/// '/', '\\' or a NUL byte. `where` names the CSV line.
+/// Throws Error(where, ...) when an id could escape its folder (empty, or containing "..",
+/// '/', '\\' or a NUL byte), holds a control character, or is not valid UTF-8. `where` names
+/// the CSV line.
 void check_image_id(const std::string& id, const std::string& where);
 
 }  // namespace attnscope::datasets

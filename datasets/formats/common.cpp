@@ -83,8 +83,8 @@ std::optional<bool> malignant_of(const std::string& name, bool ak_malignant) {
 }
 
 // A problem quotes fields of the file: each line is cut to kMaxProblemBytes with its control
-// characters and tabs escaped, and the first kMaxProblems are listed (a crafted 10 MB id, or a
-// million bad rows, made a message of that size).
+// characters and tabs escaped, and the kMaxProblems earliest lines' problems are listed, in
+// line order (a crafted 10 MB id, or a million bad rows, made a message of that size).
 constexpr std::size_t kMaxProblemBytes = 300;
 constexpr std::size_t kMaxProblems = 50;
 

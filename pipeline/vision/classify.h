@@ -24,13 +24,17 @@ namespace attnscope::pipeline {
 /// The inputs of a run, in order: files, folders (recursive, sorted), `@list.txt` (one path a
 /// line; blank lines and lines starting with '#' skipped). Every regular, non-hidden file of a
 /// folder is an input (a non-image becomes an error line, not a silent skip). Ids are file
-/// stems, made unique by appending "~2", "~3", ... to later duplicates.
+/// stems escaped by datasets::text::escaped_name (bytes that are not UTF-8 as `\xNN`, a
+/// backslash as `\\`), made unique by appending "~2", "~3", ... to later duplicates. A line of
+/// a list ends at LF, CRLF or a lone CR.
 /// Throws Error naming an input that does not exist or a list that cannot be read.
 datasets::Dataset collect_inputs(const std::vector<std::string>& inputs);
 
-/// Sets Sample::mask_path to `<dir>/<id>_segmentation.png`, `<dir>/<id>_Segmentation.png`,
-/// `<dir>/<id>_mask.png` or `<dir>/<id>.png`, whichever exists first, and returns how many
-/// samples got one. Throws Error naming `masks_dir` when it is not a folder (check_masks_folder).
+/// Sets Sample::mask_path to `<dir>/<stem>_segmentation.png`, `<dir>/<stem>_Segmentation.png`,
+/// `<dir>/<stem>_mask.png` or `<dir>/<stem>.png`, whichever exists first, and returns how many
+/// samples got one; <stem> is the image file's own stem (its bytes, where the id escapes
+/// them, or the id has a "~2" repeat suffix), else the id (a dataset's). Throws Error naming
+/// `masks_dir` when it is not a folder (check_masks_folder).
 int64_t attach_masks(datasets::Dataset& dataset, const std::string& masks_dir);
 /// Throws Error naming `masks_dir` unless it is a folder this process can read.
 void check_masks_folder(const std::string& masks_dir);

@@ -19,9 +19,9 @@ struct GlobalOptions {
   int threads = 0;  ///< LibTorch intra-op threads; 0 = every available core
 };
 
-/// Prints the one line (a usage error: the line and the usage) that main prints for `error`
-/// and returns the exit status (2 for a usage error, else 1); `line`, when given, receives the
-/// line without its "error: ".
+/// Prints the one line (a usage error: the line, the usage line and where its options are
+/// listed) that main prints for `error` and returns the exit status (2 for a usage error, else
+/// 1); `line`, when given, receives the line without its "error: ".
 int report_error(std::exception_ptr error, std::string* line = nullptr);
 
 /// An error whose line report_error has printed already (a command that had more to do after
