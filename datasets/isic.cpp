@@ -379,8 +379,13 @@ Dataset read_dataset(const std::string& path, const ReadOptions& options) {
   // A row longer than the header read its first fields without a word: `a,nevus, benign` gave
   // the label `nevus`, and a comma in an unquoted id shifted the label into the next column.
   // Empty fields past the header's (a trailing comma a spreadsheet wrote) are no value. The
-  // headerless ISIC 2016 test ground truth has two columns: id and label.
-  const std::size_t width = headerless ? 2 : t.header.size();
+  // headerless ISIC 2016 test ground truth has two columns: id and label. Unnamed columns that
+  // end the header (its own trailing comma, `image_id,label,`) name nothing either: a value
+  // under them was ignored without a word.
+  std::size_t named = t.header.size();
+  while (named > 0 && trim(t.header[named - 1]).empty())
+    --named;
+  const std::size_t width = headerless ? 2 : named;
   for (const auto& row : t.rows) {
     for (std::size_t i = width; i < row.fields.size(); ++i) {
       if (trim(row.fields[i]).empty()) continue;

@@ -31,6 +31,8 @@
 #include <limits>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <vector>
 
 #include "attnscope/error.h"
 
@@ -204,17 +206,51 @@ inline int remove_dead_temporaries(const std::string& path) {
 
 /// As remove_dead_temporaries, in one pass over `dir`, for every output whose file name
 /// `is_output` accepts: for commands that write many files into a folder (synth, preprocess,
-/// translate's heatmaps), where a pass per output would read the folder once per file. Only
-/// names short enough to stand whole in a temporary's name (below 200 bytes) are matched.
+/// translate's heatmaps), where a pass per output would read the folder once per file.
+/// `is_output` is asked of names below 200 bytes, which stand whole in a temporary's name. A
+/// longer output may stand cut there (temporary_head), so such outputs are named in
+/// `long_outputs` instead (preprocess keeps names up to 255 bytes) and matched exactly.
 template <class IsOutput>
-int remove_dead_temporaries_in(const std::string& dir, const IsOutput& is_output) {
+int remove_dead_temporaries_in(const std::string& dir, const IsOutput& is_output,
+                               const std::vector<std::string>& long_outputs = {}) {
   namespace fs = std::filesystem;
+  // The long outputs by their first 150 bytes: a cut head keeps at least 177 of them (the
+  // suffix ".<pid>-<n>.tmp<ext>" takes at most 74 bytes, and the cut at most 3 more).
+  constexpr std::size_t kKey = 150;
+  std::unordered_multimap<std::string, const std::string*> by_key;
+  for (const auto& output : long_outputs)
+    if (output.size() >= 200) by_key.emplace(output.substr(0, kKey), &output);
+  const auto long_output = [&](const std::string& name) -> std::size_t {  // its pid-n's dot
+    if (name.size() < 1 + kKey) return 0;
+    const auto range = by_key.equal_range(name.substr(1, kKey));
+    for (auto it = range.first; it != range.second; ++it) {
+      const std::string& output = *it->second;
+      const auto tail = atomic_file_detail::temporary_tail(output);
+      if (name.size() <= 1 + tail.size() ||
+          name.compare(name.size() - tail.size(), tail.size(), tail) != 0)
+        continue;
+      const auto dot = name.rfind('.', name.size() - tail.size() - 1);
+      if (dot != std::string::npos && dot > 1 &&
+          name.compare(1, dot - 1, atomic_file_detail::temporary_head(output, name.size() - dot)) ==
+              0)
+        return dot;
+    }
+    return 0;
+  };
   int removed = 0;
   std::error_code ec;
   for (fs::directory_iterator it(dir.empty() ? "." : dir, ec), end; !ec && it != end;
        it.increment(ec)) {
     const auto name = it->path().filename().string();
     if (name.size() < 2 || name[0] != '.') continue;
+    if (const auto dot = long_output(name)) {
+      const auto at = name.find(".tmp", dot + 1);
+      if (at != std::string::npos &&
+          atomic_file_detail::remove_if_dead(
+              *it, atomic_file_detail::temporary_pid(name.substr(dot + 1, at - dot - 1))))
+        ++removed;
+      continue;
+    }
     // ".<name>.<pid>-<n>.tmp<ext>": each ".tmp" may start the tail (a name may hold ".tmp")
     for (auto at = name.find(".tmp", 1); at != std::string::npos; at = name.find(".tmp", at + 1)) {
       const auto dot = name.rfind('.', at - 1);

@@ -492,6 +492,32 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
   }
   const double temperature = checkpoint_temperature(meta, o.model);
 
+  // The dataset's labels index its own classes: each is stored as the model's class of its
+  // name. A binary model given --multiclass labels stored MEL, NV, ... by position (as class 0,
+  // 1 and beyond), without a word. A checkpoint that names no classes maps by position when the
+  // counts agree. A label of a class the model does not have is not stored (-1), said once.
+  std::vector<int64_t> label_of(dataset.class_names.size(), -1);
+  for (std::size_t c = 0; c < dataset.class_names.size(); ++c) {
+    if (classes.empty()) {
+      if (static_cast<int64_t>(dataset.class_names.size()) == num_classes)
+        label_of[c] = static_cast<int64_t>(c);
+      continue;
+    }
+    const auto at = std::find(class_names.begin(), class_names.end(), dataset.class_names[c]);
+    if (at != class_names.end()) label_of[c] = at - class_names.begin();
+  }
+  {
+    int64_t dropped = 0;
+    for (const auto& s : dataset.samples)
+      dropped += s.labelled() && (s.label >= static_cast<int64_t>(label_of.size()) ||
+                                  label_of[static_cast<std::size_t>(s.label)] < 0);
+    if (dropped > 0 && o.warn)
+      o.warn(concat("the dataset's classes are ", names_excerpt(dataset.class_names),
+                    " and the model's ", names_excerpt(class_names), ": ", dropped,
+                    " labels of classes the model does not have are not stored, nor counted "
+                    "in the metrics (--multiclass / --ak-benign choose the dataset's classes)"));
+  }
+
   // Shapes: the pipeline's output size and each map's native size, from one blank image.
   const auto probe = pipeline.process(cv::Mat(256, 256, CV_8UC3, cv::Scalar(128, 128, 128)));
   const int64_t H = probe.image.rows, W = probe.image.cols;
@@ -682,6 +708,10 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
       continue;
     }
     todo.samples.push_back(s);
+    if (s.labelled())
+      todo.samples.back().label = s.label < static_cast<int64_t>(label_of.size())
+                                      ? label_of[static_cast<std::size_t>(s.label)]
+                                      : -1;
     global_index.push_back(static_cast<int64_t>(i));
   }
 

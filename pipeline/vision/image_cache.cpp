@@ -182,12 +182,12 @@ ImageCacheReport write_image_cache(const std::string& path, const datasets::Samp
         report.failures.push_back({s.image_id, s.path, errors[i - first]});
         continue;
       }
-      // The string datasets are typed UTF-8 (h5py decodes them to str): an id, group or path
-      // in another encoding would make the whole cache unreadable there.
+      // The string datasets are typed UTF-8 (h5py decodes them to str): an id or group in
+      // another encoding would make the whole cache unreadable there (the dataset readers
+      // refuse them first). A path is escaped as classify's source_path is (a Latin-1 folder's
+      // image was refused).
       std::string bad_text;
-      for (const auto* text : {&s.image_id, &s.path})
-        if (bad_text.empty() && datasets::text::find_invalid_utf8(*text) != std::string::npos)
-          bad_text = *text == s.image_id ? "image id" : "path";
+      if (datasets::text::find_invalid_utf8(s.image_id) != std::string::npos) bad_text = "image id";
       if (bad_text.empty() && s.group &&
           datasets::text::find_invalid_utf8(*s.group) != std::string::npos)
         bad_text = "group";
@@ -216,7 +216,7 @@ ImageCacheReport write_image_cache(const std::string& path, const datasets::Samp
       stack_io(masks.get(), row, mask, true, where(path, "masks"));
       ids.push_back(s.image_id);
       groups.push_back(s.group.value_or(""));
-      paths.push_back(s.path);
+      paths.push_back(datasets::text::escaped_name(s.path));
       labels.push_back(s.label);
       has_mask.push_back(p.mask.empty() ? 0 : 1);
     }
@@ -242,8 +242,9 @@ ImageCacheReport write_image_cache(const std::string& path, const datasets::Samp
   write_strings(file.id(), "paths", paths, path);
   std::vector<std::string> error_paths, error_messages;
   for (const auto& f : report.failures) {
-    // The datasets are typed UTF-8 (h5py decodes them): invalid sequences become U+FFFD.
-    error_paths.push_back(datasets::text::valid_utf8(f.path.empty() ? f.image_id : f.path));
+    // The datasets are typed UTF-8 (h5py decodes them): a path escaped as /paths, a message's
+    // invalid sequences as U+FFFD.
+    error_paths.push_back(datasets::text::escaped_name(f.path.empty() ? f.image_id : f.path));
     error_messages.push_back(datasets::text::valid_utf8(f.message));
   }
   write_strings(file.id(), "errors/path", error_paths, path);

@@ -1548,6 +1548,62 @@ TEST(CliClassify, AThresholdForAModelOfThreeClassesIsSaidToDecideNothing) {
   }
 }
 
+// The dataset's labels are stored as the model's classes of their names: a binary model given
+// --multiclass class folders benign/malignant/melanoma (or ISIC's MEL, NV, ...) stored the third's
+// labels as class 2 of a two-class model, and a model naming its classes in another order got
+// them by position. A class the model does not have is said once and stored as unknown.
+TEST(CliClassify, LabelsAreStoredAsTheModelsClassOfTheirName) {
+  test::TempDir dir;
+  const auto images = image_files(make_images(dir, 6));
+  ASSERT_EQ(images.size(), 6u);
+  const fs::path folders = dir / "classes";
+  const std::vector<std::string> folder_of{"benign", "malignant", "melanoma",
+                                           "benign", "malignant", "melanoma"};
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    fs::create_directories(folders / folder_of[i]);
+    fs::copy_file(images[i], folders / folder_of[i] / fs::path(images[i]).filename());
+  }
+  const auto reversed = make_checkpoint(dir, 64, [](pipeline::CheckpointMeta& meta, auto&) {
+    meta.class_names = {"malignant", "benign"};
+  });
+  const auto r =
+      test::run_process(exe() + " classify --model " + q(reversed) + " --data " + q(folders) +
+                        " --multiclass --threads 1 --out " + q(dir / "out") + " 2>&1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("labelled 4: "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("warning: the dataset's classes are [\"benign\",\"malignant\","
+                          "\"melanoma\"] and the model's [\"malignant\",\"benign\"]: 2 labels "
+                          "of classes the model does not have are not stored, nor counted in the "
+                          "metrics"),
+            std::string::npos)
+      << r.output;
+  const auto stored = test::run_process(
+      test::python() + " -c \"import h5py; f=h5py.File('" + dir / "out/results.h5" +
+      "','r'); print(sorted(zip([p.decode() for p in f['images/source_path'][:]], "
+      "f['images/label'][:].tolist())))\"");
+  std::string expected = "[";
+  std::vector<std::pair<std::string, int>> want;
+  for (std::size_t i = 0; i < images.size(); ++i)
+    want.emplace_back((folders / folder_of[i] / fs::path(images[i]).filename()).string(),
+                      folder_of[i] == "benign"      ? 1
+                      : folder_of[i] == "malignant" ? 0
+                                                    : -1);
+  std::sort(want.begin(), want.end());
+  for (std::size_t i = 0; i < want.size(); ++i)
+    expected += (i ? ", ('" : "('") + want[i].first + "', " + std::to_string(want[i].second) + ")";
+  EXPECT_EQ(stored.output, expected + "]\n");
+  // The CSV's label column names the dataset's own class.
+  const auto csv = read_csv(dir / "out/predictions.csv");
+  ASSERT_EQ(csv.size(), 7u);
+  for (std::size_t i = 1; i < csv.size(); ++i) {
+    const auto& path = csv[i][1];
+    const auto want_label = path.find("/benign/") != std::string::npos      ? "benign"
+                            : path.find("/malignant/") != std::string::npos ? "malignant"
+                                                                            : "";
+    EXPECT_EQ(csv[i].back(), want_label) << path;
+  }
+}
+
 // Localisation measures are NaN for exactly the images without a mask (or with an empty one),
 // whatever the batch size (an image without one used to make its whole batch NaN); a file
 // named "x~y" is matched to x~y's mask, not to x's.

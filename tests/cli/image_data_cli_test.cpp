@@ -370,6 +370,38 @@ TEST(DataCliSplit, ADatasetFolderIsReadAsItsLabelsCsvWhichIsNeverAnOutput) {
                                    (dir / "f.csv"));
   EXPECT_EQ(f.status, 1) << f.output;
   EXPECT_NE(f.output.find("class folder 'images'"), std::string::npos) << f.output;
+  // A folder of a labels.csv whose images lie elsewhere: that CSV with --images naming them (it
+  // was read as class folders, --images unused); without --images, one line says what to give.
+  const auto labels_only = dir / "labels_only";
+  fs::create_directories(labels_only);
+  fs::copy_file(d + "/labels.csv", labels_only + "/labels.csv");
+  const auto c = test::run_process(exe() + " split --data " + labels_only + " --images " + d +
+                                   "/images --out " + (dir / "c.csv"));
+  ASSERT_EQ(c.status, 0) << c.output;
+  EXPECT_EQ(test::read_text(dir / "c.csv"), test::read_text(dir / "a.csv"));
+  const auto no_images =
+      test::run_process(exe() + " split --data " + labels_only + " --out " + (dir / "n.csv"));
+  EXPECT_EQ(no_images.status, 1) << no_images.output;
+  EXPECT_NE(no_images.output.find("it holds labels.csv but no images/ folder beside it: give "
+                                  "--data " +
+                                  labels_only + "/labels.csv"),
+            std::string::npos)
+      << no_images.output;
+  EXPECT_FALSE(fs::exists(dir / "n.csv"));
+  // With a folder in it, it stays class folders (their labels, not the CSV's), --images or not.
+  for (const auto& [cls, stem] : {std::pair{"benign", "x"}, {"malignant", "y"}}) {
+    fs::create_directories(labels_only + "/" + cls);
+    for (int i = 0; i < 4; ++i)
+      fs::copy_file(d + "/images/synth_00000" + std::to_string(i) + ".png",
+                    labels_only + "/" + cls + "/" + stem + std::to_string(i) + ".png");
+  }
+  const auto folders = test::run_process(exe() + " split --data " + labels_only + " --images " + d +
+                                         "/images --val 0.25 --test 0.25 --out " + (dir / "k.csv"));
+  ASSERT_EQ(folders.status, 0) << folders.output;
+  const auto k = test::read_text(dir / "k.csv");
+  EXPECT_NE(k.find("\nx0,"), std::string::npos) << k;
+  EXPECT_NE(k.find("\ny3,"), std::string::npos) << k;
+  EXPECT_EQ(k.find("synth_"), std::string::npos) << k;
 }
 
 }  // namespace

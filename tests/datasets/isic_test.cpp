@@ -389,6 +389,18 @@ TEST(IsicReaders, ARowLongerThanItsHeaderIsAProblemOfItsLine) {
   // Line 4's extra fields are blank or an empty quoted one: no value.
   const auto ok = write(dir, "ok.csv", "image_id,label\na,benign,\nc,malignant, , \n");
   EXPECT_EQ(read_dataset(ok).samples.size(), 2u);
+  // A header's own trailing commas name no column: a value under them is a problem too, blanks
+  // are not.
+  const auto trailing =
+      write(dir, "trailing.csv", "image_id,label,,\na,benign,,\nb,benign, ,x\nc,nevus,y\n");
+  const auto unnamed = error_of([&] { read_dataset(trailing); });
+  EXPECT_NE(unnamed.find("2 problems"), std::string::npos) << unnamed;
+  EXPECT_NE(unnamed.find(trailing + ":3: 4 fields where the header names 2"), std::string::npos)
+      << unnamed;
+  EXPECT_NE(unnamed.find(trailing + ":4: 3 fields where the header names 2"), std::string::npos)
+      << unnamed;
+  const auto blank = write(dir, "blank.csv", "image_id,label,\na,benign,\nb,malignant, \n");
+  EXPECT_EQ(read_dataset(blank).samples.size(), 2u);
 }
 
 // Ids are stored as UTF-8 strings (results.h5, the image cache): a Latin-1 id is a problem of

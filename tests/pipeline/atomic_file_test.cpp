@@ -155,11 +155,21 @@ TEST_F(AtomicFileTest, DeadTemporariesAreFoundAlsoUnderCutNames) {
 }
 
 // The one-pass form for a folder of outputs finds the temporaries of every name the command
-// writes, also names that hold ".tmp" or have no extension, and no other file's; a live
-// process's and a recent one stay.
+// writes, also names that hold ".tmp" or have no extension, and long names that stand cut in
+// their temporary's name (named apart, as preprocess's up to 255 bytes), and no other file's;
+// a live process's and a recent one stay.
 TEST_F(AtomicFileTest, DeadTemporariesOfAFolderOfOutputsAreFoundInOnePass) {
-  const std::vector<std::string> outputs{"000001.png", "a.tmp", "a.tmp.png", "labels", "x.y.z"};
-  const std::vector<std::string> others{"000002.png", "b.tmp"};
+  std::string accented;
+  for (int i = 0; i < 124; ++i)
+    accented += "\xC3\xA9";  // é, 2 bytes
+  const std::vector<std::string> long_outputs{std::string(251, 'n') + ".png", accented + ".png",
+                                              std::string(210, 'm') + ".png"};
+  std::vector<std::string> outputs{"000001.png", "a.tmp", "a.tmp.png", "labels", "x.y.z"};
+  outputs.insert(outputs.end(), long_outputs.begin(), long_outputs.end());
+  // Long names that share a long output's first 210 bytes, one under another extension and one
+  // without: not outputs.
+  const std::vector<std::string> others{"000002.png", "b.tmp", std::string(251, 'n') + ".jpg",
+                                        std::string(210, 'm')};
   std::vector<std::string> all = outputs;
   all.insert(all.end(), others.begin(), others.end());
   const pid_t pid = ::fork();  // writers killed after writing their temporaries
@@ -177,15 +187,17 @@ TEST_F(AtomicFileTest, DeadTemporariesOfAFolderOfOutputsAreFoundInOnePass) {
   std::ofstream(dir_ / ".hidden") << "x";
   std::ofstream(dir_ / ".000001.png.1x-0.tmp.png") << "x";
   const auto is_output = [&](const std::string& name) {
-    return std::find(outputs.begin(), outputs.end(), name) != outputs.end();
+    return name.size() < 200 && std::find(outputs.begin(), outputs.end(), name) != outputs.end();
   };
-  EXPECT_EQ(remove_dead_temporaries_in(dir_.string(), is_output), 0) << "written just now";
+  EXPECT_EQ(remove_dead_temporaries_in(dir_.string(), is_output, long_outputs), 0)
+      << "written just now";
   for (const auto& e : fs::directory_iterator(dir_))
     fs::last_write_time(e.path(), fs::file_time_type::clock::now() - std::chrono::minutes(11));
   const auto live = dir_ / (".labels." + std::to_string(::getpid()) + "-9.tmp");
   std::ofstream(live) << "x";
   fs::last_write_time(live, fs::file_time_type::clock::now() - std::chrono::minutes(11));
-  EXPECT_EQ(remove_dead_temporaries_in(dir_.string(), is_output), static_cast<int>(outputs.size()));
+  EXPECT_EQ(remove_dead_temporaries_in(dir_.string(), is_output, long_outputs),
+            static_cast<int>(outputs.size()));
   std::set<std::string> left;
   for (const auto& e : fs::directory_iterator(dir_))
     left.insert(e.path().filename().string());
@@ -195,7 +207,8 @@ TEST_F(AtomicFileTest, DeadTemporariesOfAFolderOfOutputsAreFoundInOnePass) {
   for (const auto& name : others) {
     bool found = false;
     for (const auto& l : left)
-      found = found || l.rfind("." + name + ".", 0) == 0;
+      found =
+          found || l.rfind("." + (name.size() < 200 ? name + "." : name.substr(0, 150)), 0) == 0;
     EXPECT_TRUE(found) << name << "'s temporary was removed";
   }
 }

@@ -242,10 +242,16 @@ int run_preprocess(const std::vector<std::string>& args, const GlobalOptions&) {
   fs::create_directories(out, ec);
   check(fs::is_directory(out), out, "cannot create the output folder");
   // What a killed run left beside the outputs (a dead process's, not written for 10 minutes).
-  remove_dead_temporaries_in(out, [&](const std::string& name) {
-    return name.size() > 4 && name.compare(name.size() - 4, 4, ".png") == 0 &&
-           taken.count(name.substr(0, name.size() - 4)) > 0;
-  });
+  std::vector<std::string> long_outputs;  // up to 255 bytes: they stand cut in a temporary's name
+  for (const auto& name : taken)
+    if (name.size() + 4 >= 200) long_outputs.push_back(name + ".png");
+  remove_dead_temporaries_in(
+      out,
+      [&](const std::string& name) {
+        return name.size() > 4 && name.compare(name.size() - 4, 4, ".png") == 0 &&
+               taken.count(name.substr(0, name.size() - 4)) > 0;
+      },
+      long_outputs);
 
   const std::size_t failed_entries = failed;
   // An image written whose --steps strip was not (a full disk) counts as preprocessed; the

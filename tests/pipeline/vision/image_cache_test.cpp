@@ -105,13 +105,18 @@ TEST(ImageCache, BadImagesAreListedAndOthersCached) {
 }
 
 // Ids in another encoding than UTF-8 are one failure each (h5py must still read the cache:
-// its string datasets are typed UTF-8).
+// its string datasets are typed UTF-8); a path in one (an image in a Latin-1 folder) is cached
+// with its bytes escaped as classify's source_path (it was refused).
 TEST(ImageCache, NonUtf8IdsAreListedAndTheCacheStaysReadableByH5py) {
   test::TempDir dir;
   datasets::SyntheticOptions so;
   so.size = 48;
   auto ds = datasets::write_synthetic(dir.path().string(), 3, 1, so);
   ds.samples[1].image_id = "caf\xe9";  // Latin-1
+  const auto latin1 = std::filesystem::path(dir / "caf\xe9") / "x.png";
+  std::filesystem::create_directories(latin1.parent_path());
+  std::filesystem::rename(ds.samples[2].path, latin1);
+  ds.samples[2].path = latin1.string();
   const datasets::ImageFileSource source(ds);
   const auto report = write_image_cache(dir / "c.h5", source, resize_to(32));
   EXPECT_EQ(report.written, 2u);
@@ -119,8 +124,9 @@ TEST(ImageCache, NonUtf8IdsAreListedAndTheCacheStaysReadableByH5py) {
   EXPECT_NE(report.failures[0].message.find("not valid UTF-8"), std::string::npos);
   const auto r =
       test::run_process(test::python() + " -c \"import h5py; f = h5py.File('" + dir / "c.h5" +
-                        "', 'r'); print([s.decode() for s in f['ids']])\"");
-  EXPECT_EQ(r.output, "['synth_000000', 'synth_000002']\n");
+                        "', 'r'); print([s.decode() for s in f['ids']], f['paths'][1].decode())\"");
+  EXPECT_EQ(r.output, "['synth_000000', 'synth_000002'] " + dir / "caf\\xe9/x.png\n");
+  EXPECT_EQ(ImageCacheSource(dir / "c.h5").size(), 2u);
 }
 
 TEST(ImageCache, RefusesFilesThatAreNotACache) {
