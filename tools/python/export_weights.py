@@ -34,8 +34,10 @@ import os
 import functools
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 
 import h5py
 import numpy as np
@@ -108,9 +110,16 @@ def fail(message):
 def load_state_dict(source):
     """Returns (state_dict, provenance source description, library)."""
     if os.path.exists(source):
-        obj = torch.load(source, map_location="cpu")
-        if isinstance(obj, torch.nn.Module):
-            obj = obj.state_dict()
+        # weights_only: tensors and plain containers, nothing else unpickled. A crafted .pth ran
+        # any code it named (its __reduce__) before being refused as no state_dict; a whole
+        # pickled model (torch.save(model)) is refused for the same reason.
+        try:
+            obj = torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as e:  # a cut, empty or crafted file: one line, not a traceback
+            first = (str(e).strip().splitlines() or [""])[0]
+            fail(f"{source}: cannot be read as a state_dict ({type(e).__name__}: {first[:300]}); "
+                 "a whole pickled model is not loaded (it could run any code): save "
+                 "model.state_dict() instead")
         if isinstance(obj, dict):
             for key in ("state_dict", "model"):
                 if key in obj and isinstance(obj[key], dict):
@@ -275,7 +284,35 @@ def resize_pos_embed(pos, grid):
 
 
 def write_checkpoint(path, tensors, model_config, preprocessing, class_names, provenance, extra):
-    tmp = path + ".tmp"
+    # A temporary of its own beside the output (two exports to one target shared "OUT.tmp"),
+    # synced, then renamed; removed on an error or a signal (main turns SIGTERM, SIGHUP and
+    # SIGINT into SystemExit), so the target is the old or the new file.
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp.h5",
+                               dir=folder)
+    os.close(fd)
+    try:
+        write_h5(tmp, tensors, model_config, preprocessing, class_names, provenance, extra)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # the rename itself, durable
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def write_h5(tmp, tensors, model_config, preprocessing, class_names, provenance, extra):
     with h5py.File(tmp, "w") as f:
         for name, array in sorted(tensors.items()):
             # np.ascontiguousarray would turn 0-d tensors (num_batches_tracked) into shape (1,).
@@ -293,7 +330,6 @@ def write_checkpoint(path, tensors, model_config, preprocessing, class_names, pr
         }
         for key, value in attrs.items():
             f.attrs[key] = value  # h5py: variable-length UTF-8 strings
-    os.replace(tmp, path)
 
 
 def main(argv=None):
@@ -320,6 +356,9 @@ def main(argv=None):
                         help="comma-separated normalisation mean (default: by source)")
     parser.add_argument("--std", default="", help="comma-separated normalisation std")
     args = parser.parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # SystemExit: the temporary goes
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, lambda number, frame: sys.exit(128 + number))
 
     sd, source, library = load_state_dict(args.source)
     sd = {k: v for k, v in sd.items()}
@@ -349,6 +388,17 @@ def main(argv=None):
 
     image_size = args.image_size or presets()[arch]["image_size"]
     tensors = convert(sd, arch, args.backbone_only, image_size if fam == "vit" else 0)
+    # attnscope refuses a checkpoint with a NaN or an infinite weight (or one past float32's
+    # range, which the conversion makes infinite): said here, not when it is first loaded.
+    for name, array in sorted(tensors.items()):
+        if not np.issubdtype(array.dtype, np.floating):
+            continue
+        with np.errstate(invalid="ignore"):
+            good = np.isfinite(array) & (np.abs(array) <= np.finfo(np.float32).max)
+        if not good.all():
+            bad = int(np.size(array) - np.count_nonzero(good))
+            fail(f"{args.source}: tensor {name} holds {bad} values that are NaN, infinite or "
+                 "past float32's range: the weights are damaged")
 
     if library is None:
         library = "timm" if fam == "vit" else "torchvision"
