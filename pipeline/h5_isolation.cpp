@@ -149,6 +149,60 @@ herr_t visit(hid_t root, const char* name, const H5O_info_t* info, void* data) {
   }
 }
 
+// What reads outside the file: an external link (into another file, opened on the way: a
+// FIFO there hung every reader, in open()), a dataset whose raw data lives in other files
+// (HDF5 external storage: a report showed a local file's bytes) or a virtual dataset. No file
+// attnscope writes holds one; a file from elsewhere that does is refused before any read.
+struct Foreign {
+  std::string path;
+  std::exception_ptr error;
+};
+
+herr_t refuse_foreign(hid_t group, const char* name, const H5L_info_t* info, void* data) {
+  auto* walk = static_cast<Foreign*>(data);
+  try {
+    const std::string subject = where(walk->path, name);
+    if (info->type != H5L_TYPE_HARD && info->type != H5L_TYPE_SOFT)
+      throw Error(subject,
+                  "is a link into another file (or of a user-defined kind): no file "
+                  "attnscope writes holds one, and it is not followed (a crafted file?)");
+    if (info->type != H5L_TYPE_HARD) return 0;
+    H5O_info_t object;
+    if (H5Oget_info_by_name2(group, name, &object, H5O_INFO_BASIC, H5P_DEFAULT) < 0 ||
+        object.type != H5O_TYPE_DATASET)
+      return 0;  // the readers say what is wrong with it
+    Handle set(H5Dopen2(group, name, H5P_DEFAULT));
+    if (!set.valid()) return 0;
+    Handle dcpl(H5Dget_create_plist(set.get()));
+    if (!dcpl.valid()) return 0;
+    if (H5Pget_layout(dcpl.get()) == H5D_VIRTUAL)
+      throw Error(subject,
+                  "is a virtual dataset (its data in other files): no file attnscope "
+                  "writes holds one, and it is not read (a crafted file?)");
+    if (H5Pget_external_count(dcpl.get()) > 0)
+      throw Error(subject,
+                  "keeps its data in other files (HDF5 external storage): no file "
+                  "attnscope writes does, and they are not read (a crafted file?)");
+    return 0;
+  } catch (...) {
+    walk->error = std::current_exception();
+    return -1;
+  }
+}
+
+void refuse_foreign_storage(const std::string& path) {
+  init();
+  Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
+  if (!file.valid()) {  // not HDF5, damaged: the reader says so in its words
+    H5Eclear2(H5E_DEFAULT);
+    return;
+  }
+  Foreign walk{path, nullptr};
+  H5Lvisit(file.get(), H5_INDEX_NAME, H5_ITER_NATIVE, refuse_foreign, &walk);
+  H5Eclear2(H5E_DEFAULT);
+  if (walk.error) std::rethrow_exception(walk.error);
+}
+
 }  // namespace
 
 void read_in_child(const std::string& subject, const std::function<void()>& read) {
@@ -266,6 +320,7 @@ void check_untrusted_file(const std::string& path, bool all_data,
     if (checked.count(key(name))) return;
   }
   read_in_child(path, [&] {
+    refuse_foreign_storage(path);  // before anything reads: its Error passes to the caller
     try {
       read_everything(path, all_data);
     } catch (...) {

@@ -1840,6 +1840,47 @@ f.create_dataset('images/label', shape=(2,) + (1,) * 11, dtype='i8', maxshape=(N
       << r.output;
 }
 
+// A compressed dataset rewritten under another chunk shape (h5repack, h5py's chunks=...), its
+// filters kept: the rows --resume appended read back half zero (chunks of half a map) or
+// beyond the stored bytes (chunks larger than a row), exit 0. Refused before any work now.
+TEST(CliClassify, ResumeOfAMapUnderAnotherChunkShapeIsRefusedNamingIt) {
+  test::TempDir dir;
+  const auto model = make_checkpoint(dir);
+  const auto images = make_images(dir, 2);
+  const auto base = exe() + " classify --model " + q(model) + " --input " + q(images + "/images") +
+                    " --threads 1 --out " + q(dir / "run");
+  ASSERT_EQ(test::run_process(base + " --shard 0/2").status, 0);
+  const auto craft = dir / "craft.py";
+  std::ofstream(craft) << R"(
+import sys, h5py
+f = h5py.File(sys.argv[1], 'r+')
+name = 'attention/' + sorted(f['attention'].keys())[0]
+d = f[name]
+data, attrs = d[()], dict(d.attrs)
+h, w = data.shape[1:]
+del f[name]
+n = f.create_dataset(name, data=data, maxshape=(None, h, w), chunks=(1, max(1, h // 2), w),
+                     compression='gzip', fletcher32=True)
+for k, v in attrs.items():
+    n.attrs[k] = v
+print(name, '(1, %d, %d)' % (max(1, h // 2), w))
+)";
+  const auto crafted =
+      test::run_process(test::python() + " " + q(craft) + " " + q(dir / "run/results.h5"));
+  ASSERT_EQ(crafted.status, 0) << crafted.output;
+  const auto name = crafted.output.substr(0, crafted.output.find(' '));
+  const auto chunk = crafted.output.substr(crafted.output.find(' ') + 1);
+  const auto before = read_bytes(dir / "run/results.h5");
+  const auto r = test::run_process(base + " --shard 0/2 --resume 2>&1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("/" + name + ": cannot resume: its chunks are " +
+                          chunk.substr(0, chunk.size() - 1) +
+                          ", not one row each as attnscope writes them"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(read_bytes(dir / "run/results.h5"), before);
+}
+
 // A results.h5 one of whose chunks was damaged (one byte changed in the logits' chunk: no
 // deflate there, only its Fletcher-32 checksum tells) is refused by --resume naming the
 // dataset; before, the resumed run completed the file around the damaged numbers.

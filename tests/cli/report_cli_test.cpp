@@ -3,6 +3,8 @@
 // checked by tests/python/check_report.py (h5py + scikit-learn), its rendering checked for
 // pixels, and the atomic write checked under a full disk and a kill.
 
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -271,7 +273,24 @@ TEST(CliReport, BadResultsFilesGiveOneClearLine) {
       {"x=f['images/preprocessed'][()]; del f['images/preprocessed']; "
        "f['images/preprocessed']=x.astype(np.uint16)*257",
        "/images/preprocessed: holds uint16 values, expected uint8 RGB (0..255)"},
+      // What reads outside the file, refused before anything is read: an external link (to a
+      // FIFO, which hung every reader in open()), external raw storage (a local file's bytes
+      // were shown in the page) and a virtual dataset.
+      {"del f['images/id']; f['images/id']=h5py.ExternalLink('" + dir / "fifo" + "', '/x')",
+       "/images/id: is a link into another file (or of a user-defined kind): no file attnscope "
+       "writes holds one, and it is not followed (a crafted file?)"},
+      {"del f['predictions/label']; f.create_dataset('predictions/label', shape=(3,), "
+       "dtype='<i8', external=[('" +
+           dir / "secret" + "', 0, 24)])",
+       "/predictions/label: keeps its data in other files (HDF5 external storage)"},
+      {"l=h5py.VirtualLayout(shape=(3,), dtype='<i8'); l[:]=h5py.VirtualSource('" +
+           dir / "other.h5" +
+           "', 'x', shape=(3,)); del f['predictions/label']; "
+           "f.create_virtual_dataset('predictions/label', l)",
+       "/predictions/label: is a virtual dataset (its data in other files)"},
   };
+  ASSERT_EQ(::mkfifo((dir / "fifo").c_str(), 0600), 0);
+  std::ofstream(dir / "secret") << "SECRET-TOKEN-01234567890";
   for (std::size_t i = 0; i < crafted.size(); ++i) {
     const auto file = dir / ("crafted" + std::to_string(i) + ".h5");
     make_fixture(file, "--n 3");
@@ -279,8 +298,8 @@ TEST(CliReport, BadResultsFilesGiveOneClearLine) {
         test::run_process(test::python() + " -c \"import h5py, numpy as np; f=h5py.File('" + file +
                           "','a'); " + crafted[i].first + "\" 2>&1");
     ASSERT_EQ(py.status, 0) << py.output;
-    const auto e = test::run_process(exe() + " report --results " + file + " --out " +
-                                     (dir / "r.html") + " 2>&1");
+    const auto e = test::run_process("timeout 120 " + exe() + " report --results " + file +
+                                     " --out " + (dir / "r.html") + " 2>&1");
     EXPECT_EQ(e.status, 1) << crafted[i].first << "\n" << e.output;
     EXPECT_NE(e.output.find(crafted[i].second), std::string::npos) << crafted[i].first << "\n"
                                                                    << e.output;
