@@ -1,6 +1,7 @@
 #include "pipeline/text/seq2seq_translate.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 
 #include <libdeflate.h>
@@ -78,6 +79,14 @@ std::vector<Translation> translate(const Seq2SeqBundle& bundle,
     const auto hyps = models::text::decode(model, source, source_lengths, options);
     for (std::size_t j = 0; j < batch.size(); ++j) {
       auto& t = out[ready[batch[j]]];
+      // A NaN or infinite score chose every token (argmax over NaN): weights past float32's
+      // range gave the same maximum-length string for every input, exit 0 (classify refuses
+      // such a model by its outputs too).
+      if (!std::isfinite(hyps[j].log_prob)) {
+        t.error =
+            "the model's scores are not finite (NaN or inf): its weights are damaged or overflow";
+        continue;
+      }
       t.tokens = bundle.target_vocab.decode(hyps[j].tokens);
       t.text = text::detokenize(t.tokens, bundle.tokenizer);
       t.attention = hyps[j].attention;

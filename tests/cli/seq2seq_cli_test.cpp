@@ -194,6 +194,36 @@ print('ok')
       << r.output;
 }
 
+// Weights past what float32 sums hold (a generator of 1e38, re-sealed: finite, so the checksum
+// and NaN checks pass) made every score NaN, and argmax over NaN gave the same maximum-length
+// string for every input, exit 0. Each input is now an error line naming the cause.
+TEST(Seq2SeqCli, NonFiniteScoresAreAnErrorOfEachInputNotATranslation) {
+  test::TempDir dir;
+  const auto model = train_tiny(dir, "transformer");
+  const auto script = dir / "craft.py";
+  std::ofstream(script) << "import sys\nsys.path.insert(0, '" ATTNSCOPE_SOURCE_DIR
+                           "/tests/python')\nfrom checkpoint_checksum import seal\n"
+                        << R"(import h5py, numpy as np
+with h5py.File(sys.argv[1], 'a') as f:
+    f['generator.weight'][...] = np.full(f['generator.weight'].shape, 1e38, np.float32)
+seal(sys.argv[1])
+print('ok')
+)";
+  ASSERT_EQ(test::run_process(test::python() + " " + script + " " + model).output, "ok\n");
+  const auto r =
+      test::run_process("(" + exe() + " seq2seq translate --model " + model + " abc cba >" +
+                        (dir / "out.txt") + " 2>" + (dir / "err.txt") + ")");
+  EXPECT_EQ(r.status, 1) << r.output;
+  const auto err = test::read_text(dir / "err.txt");
+  for (const char* n : {"1", "2"})
+    EXPECT_NE(err.find(std::string("error: input ") + n +
+                       ": the model's scores are not finite (NaN or inf): its weights are "
+                       "damaged or overflow"),
+              std::string::npos)
+        << err;
+  EXPECT_EQ(test::read_text(dir / "out.txt"), "\n\n") << "one empty line per failed input";
+}
+
 // A transformer has positions for --model-max-length tokens: a longer --max-output-length is a
 // usage error naming both, before any sentence (it was "cannot decode more than 8 tokens" at
 // the first long one, exit 1). An RNN decodes any length.
