@@ -116,8 +116,14 @@ void save_image_classifier(const std::string& path, const vision::ImageClassifie
 }
 
 LoadedImageClassifier load_image_classifier(const std::string& path) {
+  auto out = build_image_classifier(path, read_checkpoint_meta(path));
+  load_checkpoint(path, *out.model);
+  return out;
+}
+
+LoadedImageClassifier build_image_classifier(const std::string& path, CheckpointMeta meta) {
   LoadedImageClassifier out;
-  out.meta = read_checkpoint_meta(path);
+  out.meta = std::move(meta);
   // A checkpoint of another kind (a seq2seq model) is named as such, not by the first key an
   // image classifier does not know.
   const auto& mc = out.meta.model_config;
@@ -146,7 +152,6 @@ LoadedImageClassifier load_image_classifier(const std::string& path) {
     const std::string what = e.what();
     throw Error(path, what.rfind(kSubject, 0) == 0 ? what : concat(kSubject, ": ", what));
   }
-  load_checkpoint(path, *out.model);
   return out;
 }
 

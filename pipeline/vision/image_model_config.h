@@ -52,6 +52,12 @@ struct LoadedImageClassifier {
 /// strictly. Throws attnscope::Error naming the file on any mismatch.
 LoadedImageClassifier load_image_classifier(const std::string& path);
 
+/// load_image_classifier's checks of a checkpoint's stored configs (the preset, the
+/// preprocessing, every model_config field and the model's own checks), the classifier built
+/// but its tensors not loaded: for a checkpoint another model starts from (train's --init,
+/// --init-backbone), which accepted an image size of -1 or a std of 0 without a word.
+LoadedImageClassifier build_image_classifier(const std::string& path, CheckpointMeta meta);
+
 /// Loads everything but the head of model (model.head_prefixes()) from a checkpoint, e.g. an
 /// ImageNet backbone exported with `export_weights.py --backbone-only`; strict otherwise.
 void load_image_backbone(const std::string& path, models::vision::ImageClassifier& model);

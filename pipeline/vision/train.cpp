@@ -401,9 +401,13 @@ ImageTrainResult train_image_classifier(std::shared_ptr<const datasets::SampleSo
           "was trained on the classes ", names_excerpt(meta.class_names), "; this data has ",
           names_excerpt(class_names),
           " (--init keeps the head: for other classes use --init-backbone)");
+    load_image_classifier(o.init);  // its configs and tensors checked as classify checks them
     load_checkpoint(o.init, *model);
   }
-  if (!o.init_backbone.empty()) load_image_backbone(o.init_backbone, *model);
+  if (!o.init_backbone.empty()) {
+    build_image_classifier(o.init_backbone, read_checkpoint_meta(o.init_backbone));
+    load_image_backbone(o.init_backbone, *model);
+  }
   model->to(device);
   check_model_takes_pipeline_output(*model, o.pipeline, "--model " + config.arch,
                                     "this run's preprocessing (--size or --augment)");

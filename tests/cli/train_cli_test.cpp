@@ -10,6 +10,7 @@
 #include <random>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 
@@ -371,6 +372,43 @@ TEST(TrainCli, WrongCheckpointsAreRefusedNamingFileAndMismatch) {
             std::string::npos)
       << r.output;
   EXPECT_FALSE(fs::exists(dir / "w/last.h5"));
+  // Stored configs classify and evaluate refuse by name (an image size of -1, a std of 0, an
+  // unknown key, weights of 3 channels for a 1-channel config; re-sealed): --init and
+  // --init-backbone trained from them without a word.
+  const auto craft = dir / "craft_init.py";
+  std::ofstream(craft) << seal_prelude() << R"(import sys, json, shutil, h5py
+best, out = sys.argv[1], sys.argv[2]
+def craft(name, attr, edit):
+    shutil.copy(best, out + '/' + name + '.h5')
+    with h5py.File(out + '/' + name + '.h5', 'a') as f:
+        value = json.loads(f.attrs[attr])
+        edit(value)
+        f.attrs[attr] = json.dumps(value)
+    seal(out + '/' + name + '.h5')
+craft('size', 'model_config', lambda c: c.__setitem__('image_size', -1))
+craft('key', 'model_config', lambda c: c.__setitem__('foo', 1))
+craft('channels', 'model_config', lambda c: c.__setitem__('in_channels', 1))
+craft('std', 'preprocessing_config', lambda c: c['normalize'].__setitem__('std', [0, 1, 1]))
+print('ok')
+)";
+  ASSERT_EQ(test::run_process(test::python() + " " + craft + " " + run + "/best.h5 " +
+                              dir.path().string())
+                .output,
+            "ok\n");
+  const std::vector<std::tuple<std::string, std::string, std::string>> refused{
+      {"--init", "size", "size.h5: model_config.image_size: is -1"},
+      {"--init", "key", "key.h5: model_config.foo: unknown key for an image classifier"},
+      {"--init", "channels", "channels.h5: checkpoint does not match the model"},
+      {"--init", "std", "std.h5:/@preprocessing_config: preprocessing config: normalize.std"},
+      {"--init-backbone", "size", "size.h5: model_config.image_size: is -1"},
+      {"--init-backbone", "std", "std.h5:/@preprocessing_config"}};
+  for (const auto& [flag, name, message] : refused) {
+    r = test::run_process(base + " --model attn_small " + flag + " " + (dir / (name + ".h5")) +
+                          " --out " + (dir / ("i-" + name)) + " 2>&1");
+    EXPECT_EQ(r.status, 1) << flag << " " << name << r.output;
+    EXPECT_NE(r.output.find("error: " + dir / message), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(dir / ("i-" + name + "/last.h5")));
+  }
   // Another run's last.h5 copied into this run's folder: refused, the folder left alone (it
   // used to continue the other run here, over this folder's metrics.jsonl).
   ASSERT_EQ(test::run_process(train_command(dir / "run2", 1)).status, 0);

@@ -8,6 +8,9 @@
 Prints one image's prediction and its maps; with --overlay saves the map, up-sampled and
 blended over the preprocessed image, as a PNG (with OpenCV's cv2, Debian's python3-opencv that
 scripts/bootstrap.sh installs, as classify's /overlays are drawn; else with matplotlib).
+A damaged or unexpected file ends it with one line `error: FILE[:OBJECT]: what is wrong` and
+exit status 1; it reads only datasets stored in the file itself (no external links, external
+storage or virtual datasets).
 """
 import argparse
 import json
@@ -69,18 +72,20 @@ def dataset(f, path):
     """The dataset at path, stored in this file. Links other than hard links are not followed (an
     external link may name a FIFO, on which opening blocks for ever), nor is a dataset read whose
     data lie in other files (external storage, a virtual dataset)."""
-    obj = f
-    for part in path.split("/"):
+    obj, parts = f, path.split("/")
+    for i, part in enumerate(parts):
         link = obj.get(part, getlink=True) if isinstance(obj, h5py.Group) and part not in ("", ".") else None
         if link is None:
-            raise Bad(path, "missing")
+            raise Bad("/".join(parts[:i + 1]), "missing")
         if not isinstance(link, h5py.HardLink):
-            raise Bad(path, f"{type(link).__name__.lower().replace('link', ' link')}, not followed")
+            raise Bad("/".join(parts[:i + 1]), f"a link of type {type(link).__name__}, not followed")
         obj = obj[part]
     if not isinstance(obj, h5py.Dataset):
         raise Bad(path, "a group, not a dataset")
-    if obj.external is not None or obj.is_virtual:
-        raise Bad(path, "its data are outside this file (external storage or a virtual dataset), not read")
+    if obj.is_virtual:
+        raise Bad(path, "a virtual dataset (its data are in other files), not read")
+    if obj.external is not None:
+        raise Bad(path, "its data are stored in other files (external storage), not read")
     return obj
 
 
@@ -95,10 +100,10 @@ def strings(f, path):
 def read_row(f, path, row, shape, kinds="iuf"):
     """Row `row` of a numeric per-image dataset whose rows have `shape` (None: any length > 0)."""
     ds = dataset(f, path)
-    if (ds.dtype.kind not in kinds or ds.ndim != 1 + len(shape)
-            or any(n != want if want else n == 0 for n, want in zip(ds.shape[1:], shape))):
-        want = ", ".join(["N"] + [str(n or "?") for n in shape])
-        raise Bad(path, f"{ds.dtype} of shape {ds.shape}, not ({want}) {'integers' if kinds == 'iu' else 'numbers'}")
+    sizes_ok = all(n == want if want else n > 0 for n, want in zip(ds.shape[1:], shape))
+    if ds.dtype.kind not in kinds or ds.ndim != 1 + len(shape) or not sizes_ok:
+        want = "(N" + "".join(f", {n or '?'}" for n in shape) + ") " + ("integers" if kinds == "iu" else "numbers")
+        raise Bad(path, f"{ds.dtype} of shape {ds.shape}, the schema says {want}")
     if row >= ds.shape[0]:
         raise Bad(path, f"no row {row} (it has {ds.shape[0]})")
     try:
@@ -134,7 +139,8 @@ def main():
 
 
 def show(f, a):
-    if not f.attrs.get("format") == "attnscope-results":
+    """Prints the summary and, with --id or --row, the image's prediction, maps and overlay."""
+    if f.attrs.get("format") != "attnscope-results":
         sys.exit(f"error: {a.results}: not an attnscope results file")
     version = text_attr(f, "schema_version")
     if version != "1":
@@ -155,14 +161,14 @@ def show(f, a):
         row = a.row
         if not 0 <= row < n:
             sys.exit(f"error: {a.results}: row {row} out of range (0..{n - 1})")
-    c = len(classes)
-    prob = read_row(f, "predictions/probability", row, (c,))
+    last = len(classes) - 1
+    prob = read_row(f, "predictions/probability", row, (len(classes),))
     pred = int(read_row(f, "predictions/label", row, (), "iu"))
-    if not 0 <= pred < c:
-        raise Bad("predictions/label", f"row {row} is {pred}, not a class (0..{c - 1})")
-    label = int(read_row(f, "images/label", row, (), "iu"))
-    if not -1 <= label < c:
-        raise Bad("images/label", f"row {row} is {label}, neither a class (0..{c - 1}) nor -1 (unknown)")
+    if not 0 <= pred <= last:
+        raise Bad("predictions/label", f"row {row} is {pred}, not a class (0..{last})")
+    label = int(read_row(f, "images/label", row, (), "iu"))  # -1: unknown
+    if not -1 <= label <= last:
+        raise Bad("images/label", f"row {row} is {label}, neither a class (0..{last}) nor -1 (unknown)")
     paths = strings(f, "images/source_path")
     if row >= len(paths):
         raise Bad("images/source_path", f"no row {row} (it has {len(paths)})")
