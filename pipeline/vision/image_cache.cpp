@@ -281,6 +281,15 @@ ImageCacheSource::ImageCacheSource(const std::string& path)
   }
   const auto shape = h5::dataset_shape(root, "images", path);
   check(shape.size() == 4 && shape[3] == 3, where(path, "images"), "expected shape (N, H, W, 3)");
+  // uint8 as `cache` writes them: HDF5 converted other numbers on reading (floats in [0, 1] to
+  // black images, 16-bit values clipped to white), and evaluate and train took them silently.
+  for (const char* name : {"images", "masks"}) {
+    h5::Handle set(H5Dopen2(root, name, H5P_DEFAULT));
+    h5::Handle type(set.valid() ? H5Dget_type(set.get()) : hid_t{-1});
+    check(type.valid(), where(path, name), "cannot read its type");
+    check(h5::same_numbers(type.get(), H5T_NATIVE_UINT8), where(path, name), "holds ",
+          h5::type_name(type.get()), " values, expected uint8 (0..255) as attnscope cache writes");
+  }
   check(shape[1] >= 1 && shape[1] <= kMaxImageSide && shape[2] >= 1 && shape[2] <= kMaxImageSide,
         where(path, "images"), "image size ", shape[2], "x", shape[1], " is outside [1, ",
         kMaxImageSide, "]");

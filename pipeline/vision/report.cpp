@@ -420,22 +420,15 @@ Results read_results(const std::string& path, bool values = true) {
     auto paths = h5::exists(root, "errors/path") ? read_strings(root, "errors/path", path)
                                                  : std::vector<std::string>();
     const auto reasons = read_strings(root, "errors/reason", path);
-    std::size_t e = reasons.size();
-    if (!r.attrs["num_errors"].empty()) {
-      try {
-        e = std::min(e, static_cast<std::size_t>(std::max(0LL, std::stoll(r.attrs["num_errors"]))));
-      } catch (const std::exception&) {
-      }
-    }
+    // @num_errors is checked as @num_images is: "-3" left a failed input off the page, "1abc"
+    // read as 1, and a number past 64 bits was ignored, without a word.
+    const std::size_t declared = r.attrs.count("num_errors") > 0
+                                     ? static_cast<std::size_t>(parse_row_count(
+                                           r.attrs["num_errors"], where(path, "@num_errors")))
+                                     : std::max({ids.size(), paths.size(), reasons.size()});
+    const std::size_t e = std::min(reasons.size(), declared);
     // classify writes the three columns together, @num_errors rows each: a column short of
     // that is a damaged or edited file (longer ones, a killed run's torn batch, are cut).
-    const std::size_t declared = [&]() -> std::size_t {
-      try {
-        return static_cast<std::size_t>(std::max(0LL, std::stoll(r.attrs["num_errors"])));
-      } catch (const std::exception&) {
-        return std::max({ids.size(), paths.size(), reasons.size()});
-      }
-    }();
     if (std::min({ids.size(), paths.size(), reasons.size()}) < declared)
       r.warnings.push_back(concat(where(path, "errors"), " holds ", ids.size(), " ids, ",
                                   paths.size(), " paths and ", reasons.size(), " reasons for its ",

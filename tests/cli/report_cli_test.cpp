@@ -265,6 +265,10 @@ TEST(CliReport, BadResultsFilesGiveOneClearLine) {
       {"f.attrs['threshold']='[0.5]'", "@threshold: is '[0.5]', expected a number"},
       {"f.attrs['temperature']='-1'", "@temperature: is '-1', expected a positive number"},
       {"f.attrs['num_images']=''", "@num_images: is ''"},
+      // @num_errors as @num_images: "-3" left a failed input off the page, "1abc" read as 1.
+      {"f.attrs['num_errors']='-3'", "@num_errors: is '-3', expected a row count"},
+      {"f.attrs['num_errors']='1abc'", "@num_errors: is '1abc', expected a row count"},
+      {"f.attrs['num_errors']='99999999999999999999'", "@num_errors: is '99999999999999999999'"},
       // Images of other numbers were converted to uint8 on reading: floats in [0, 1] drew a
       // black picture, 16-bit values a white one.
       {"x=f['images/preprocessed'][()]/255.0; del f['images/preprocessed']; "

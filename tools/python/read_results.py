@@ -102,8 +102,9 @@ def read_row(f, path, row, shape, kinds="iuf"):
     ds = dataset(f, path)
     sizes_ok = all(n == want if want else n > 0 for n, want in zip(ds.shape[1:], shape))
     if ds.dtype.kind not in kinds or ds.ndim != 1 + len(shape) or not sizes_ok:
-        want = "(N" + "".join(f", {n or '?'}" for n in shape) + ") " + ("integers" if kinds == "iu" else "numbers")
-        raise Bad(path, f"{ds.dtype} of shape {ds.shape}, the schema says {want}")
+        want = "(N" + "".join(f", {n or '?'}" for n in shape) + ")"
+        raise Bad(path, f"{ds.dtype} of shape {ds.shape}, the schema says {want} "
+                        + ("integers" if kinds == "iu" else "numbers"))
     if row >= ds.shape[0]:
         raise Bad(path, f"no row {row} (it has {ds.shape[0]})")
     try:
@@ -133,9 +134,9 @@ def main():
             show(f, a)
     except Bad as e:
         where = a.results + (":" + e.obj if e.obj else "")
-        sys.exit(" ".join(f"error: {where}: {e}".split()))
+        sys.exit(" ".join(f"error: {where}: {e}".splitlines()))
     except Exception as e:  # what else a damaged file can raise (h5py, numpy): still one line
-        sys.exit(" ".join(f"error: {a.results}: cannot read it ({type(e).__name__}: {e})".split()))
+        sys.exit(" ".join(f"error: {a.results}: cannot read it ({type(e).__name__}: {e})".splitlines()))
 
 
 def show(f, a):

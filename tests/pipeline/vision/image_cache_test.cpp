@@ -167,6 +167,13 @@ TEST(ImageCache, LabelsOutsideTheClassListOrNotIntegersAreRefusedNamingTheSample
             "masks: has shape (1, 24, 24), /images (3, 24, 24, 3): expected (3, 24, 24)"},
            {"float.h5", "d = f['labels'][...]; del f['labels']; f['labels'] = d.astype('f4')",
             "labels: expected 64-bit integers"},
+           // Images of other numbers were converted on reading (floats in [0, 1] to black,
+           // 16-bit values to white) and trained on without a word.
+           {"f32.h5",
+            "d = f['images'][...]; del f['images']; f['images'] = (d / 255.0).astype('f4')",
+            ":/images: holds float32 values, expected uint8 (0..255) as attnscope cache writes"},
+           {"u16.h5", "d = f['masks'][...]; del f['masks']; f['masks'] = d.astype('u2') * 257",
+            ":/masks: holds uint16 values, expected uint8 (0..255) as attnscope cache writes"},
            // Ids go into predictions CSVs and terminal lines raw: the readers' rules hold, and
            // each is once (a repeat was scored as two images).
            {"dup.h5", "d = f['ids']; d[1] = d[0]",
