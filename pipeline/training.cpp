@@ -435,6 +435,7 @@ TrainingResult TrainingLoop::run(const TrainingHooks& hooks) {
   TrainingResult result;
   model_.train();
   bool stop = false;
+  bool stepped = false;  // by this process: before its first step the learning rate did nothing
   // A run restored from a state whose patience had run out stopped early: it is finished, as
   // one that reached its last epoch is (each --resume of it trained one more epoch).
   if (options_.patience > 0 && bad_epochs_ >= options_.patience) {
@@ -485,6 +486,16 @@ TrainingResult TrainingLoop::run(const TrainingHooks& hooks) {
       }
       // A loss that is no longer finite has diverged: stepping with it would only spread NaN
       // through the weights, and every later epoch would be lost. Stop naming where it happened.
+      // Before this process's first step the learning rate has done nothing: the weights it
+      // started from (an --init checkpoint, a resumed state) or the data give such a loss (a
+      // checkpoint of 1e38 weights was blamed on the learning rate).
+      if (loss && loss->items > 0 && !std::isfinite(loss->loss_sum) && !stepped)
+        throw Error("training",
+                    concat("the loss is ", std::isnan(loss->loss_sum) ? "NaN" : "infinite",
+                           " at epoch ", epoch, ", batch ", b + 1, " of ", batches,
+                           ", before any step of this run: the weights it "
+                           "starts from (--init, or the state --resume restored) or the images "
+                           "give outputs that are not finite"));
       if (loss && loss->items > 0 && !std::isfinite(loss->loss_sum))
         throw Error("training",
                     concat("the loss became ", std::isnan(loss->loss_sum) ? "NaN" : "infinite",
@@ -494,6 +505,7 @@ TrainingResult TrainingLoop::run(const TrainingHooks& hooks) {
                                       : std::string()));
       if (loss && loss->items > 0) {
         if (hooks.after_backward) hooks.after_backward();
+        stepped = true;
         apply_step(lr);
         loss_sum += loss->loss_sum;
         summary.items += loss->items;

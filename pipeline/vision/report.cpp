@@ -70,25 +70,33 @@ std::string fmt(double v, int digits = 3) {
 
 using h5::where;
 
-std::vector<std::string> read_strings(hid_t loc, const std::string& name, const std::string& file) {
+// The first `limit` rows (the file's image or error count): a crafted file declaring 2^25 ids
+// beside 8 images took 1.7 GB to read them all.
+std::vector<std::string> read_strings(hid_t loc, const std::string& name, const std::string& file,
+                                      std::size_t limit = std::numeric_limits<std::size_t>::max()) {
   h5::Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
   h5::check_h5(set.valid(), where(file, name), "no such dataset");
   h5::Handle space(H5Dget_space(set.get()));
   check(H5Sget_simple_extent_ndims(space.get()) == 1, where(file, name),
         "expected a 1-D string dataset");
-  const auto n = static_cast<std::size_t>(H5Sget_simple_extent_npoints(space.get()));
+  const auto n =
+      std::min(static_cast<std::size_t>(H5Sget_simple_extent_npoints(space.get())), limit);
   h5::Handle stored(H5Dget_type(set.get()));
   check(H5Tget_class(stored.get()) == H5T_STRING, where(file, name), "is not a string dataset");
   std::vector<std::string> out;
   if (n == 0) return out;
+  const hsize_t start = 0, count = n;
+  H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, &start, nullptr, &count, nullptr);
+  h5::Handle memory(H5Screate_simple(1, &count, nullptr));
   if (H5Tis_variable_str(stored.get()) > 0) {
-    out = h5::read_vlen_strings(set.get(), H5S_ALL, H5S_ALL, n, where(file, name));
+    out = h5::read_vlen_strings(set.get(), memory.get(), space.get(), n, where(file, name));
   } else {
     const std::size_t size = H5Tget_size(stored.get());
     check(size > 0 && size < (1u << 20), where(file, name), "unreasonable string size ", size);
     std::vector<char> buf(n * size);
-    h5::check_h5(H5Dread(set.get(), stored.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, buf.data()) >= 0,
-                 where(file, name), "cannot read strings");
+    h5::check_h5(
+        H5Dread(set.get(), stored.get(), memory.get(), space.get(), H5P_DEFAULT, buf.data()) >= 0,
+        where(file, name), "cannot read strings");
     for (std::size_t i = 0; i < n; ++i) {
       std::string s(buf.data() + i * size, size);
       out.push_back(s.substr(0, s.find('\0')));
@@ -244,8 +252,8 @@ Results read_results(const std::string& path, bool values = true) {
                                 "command and --resume"));
   }
 
-  r.ids = read_strings(root, "images/id", path);
-  r.paths = read_strings(root, "images/source_path", path);
+  r.ids = read_strings(root, "images/id", path, static_cast<std::size_t>(n));
+  r.paths = read_strings(root, "images/source_path", path, static_cast<std::size_t>(n));
   r.ids.resize(static_cast<std::size_t>(n));
   r.paths.resize(static_cast<std::size_t>(n));
   // classify stores an id once: a repeat is a damaged or edited file (its rows are shown).
@@ -415,17 +423,19 @@ Results read_results(const std::string& path, bool values = true) {
   }
 
   if (h5::exists(root, "errors/reason")) {
-    auto ids = h5::exists(root, "errors/id") ? read_strings(root, "errors/id", path)
-                                             : std::vector<std::string>();
-    auto paths = h5::exists(root, "errors/path") ? read_strings(root, "errors/path", path)
-                                                 : std::vector<std::string>();
-    const auto reasons = read_strings(root, "errors/reason", path);
     // @num_errors is checked as @num_images is: "-3" left a failed input off the page, "1abc"
     // read as 1, and a number past 64 bits was ignored, without a word.
-    const std::size_t declared = r.attrs.count("num_errors") > 0
-                                     ? static_cast<std::size_t>(parse_row_count(
-                                           r.attrs["num_errors"], where(path, "@num_errors")))
-                                     : std::max({ids.size(), paths.size(), reasons.size()});
+    const bool counted = r.attrs.count("num_errors") > 0;
+    const std::size_t limit = counted ? static_cast<std::size_t>(parse_row_count(
+                                            r.attrs["num_errors"], where(path, "@num_errors")))
+                                      : std::numeric_limits<std::size_t>::max();
+    auto ids = h5::exists(root, "errors/id") ? read_strings(root, "errors/id", path, limit)
+                                             : std::vector<std::string>();
+    auto paths = h5::exists(root, "errors/path") ? read_strings(root, "errors/path", path, limit)
+                                                 : std::vector<std::string>();
+    const auto reasons = read_strings(root, "errors/reason", path, limit);
+    const std::size_t declared =
+        counted ? limit : std::max({ids.size(), paths.size(), reasons.size()});
     const std::size_t e = std::min(reasons.size(), declared);
     // classify writes the three columns together, @num_errors rows each: a column short of
     // that is a damaged or edited file (longer ones, a killed run's torn batch, are cut).

@@ -993,6 +993,15 @@ ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader
     }
     for (const auto& col : columns(layout))
       if (col.compress && !has_fletcher32(f, col.name, path)) s->unchecked.insert(col.name);
+    // What report refuses to show (a stored class 7 of 2, NaN probabilities) is refused here
+    // too: the resumed run completed such a file, exit 0, and report and merge then refused it.
+    try {
+      vision::check_report_reads(path);
+    } catch (const Error& e) {
+      throw Error(e.subject(), e.message() +
+                                   ": the file cannot be resumed; classify again into "
+                                   "another --out, without --resume");
+    }
   }
   // Stale replicas of a killed run are scaffolding: path is the state to continue.
   for (auto& r : s->replicas)
@@ -1459,6 +1468,10 @@ std::vector<std::string> merge_results(const std::vector<std::string>& inputs,
   const auto classes = nlohmann::json::parse(attr(first, "class_names"), nullptr, false);
   const auto num_classes = classes.is_array() ? static_cast<hsize_t>(classes.size()) : 0;
   std::map<std::string, std::vector<hsize_t>> row_shape;  // of the first file
+  // Each dataset's type and attributes, of the first file: the merged file keeps the first's
+  // (create_like), so a shard whose map is on another scale (@normalization "max" vs "none")
+  // or of other numbers (float32 overlays, converted to uint8) was merged under them silently.
+  std::map<std::string, std::pair<std::string, ResultsHeader>> kind;
   std::vector<std::size_t> file_images(files.size()), file_errors(files.size());
   for (std::size_t i = 0; i < files.size(); ++i) {
     const auto& f = files[i];
@@ -1518,6 +1531,25 @@ std::vector<std::string> merge_results(const std::vector<std::string>& inputs,
         check(shape == row_shape[name], where(f.path, name), "has rows of shape ", show(shape),
               ", ", first.path, " has ", show(row_shape[name]), ": cannot merge them");
       }
+      h5::Handle type(H5Dget_type(set.get()));
+      std::pair<std::string, ResultsHeader> own{h5::type_name(type.get()),
+                                                read_attributes(set.get(), f.path)};
+      if (i == 0) {
+        kind[name] = std::move(own);
+        continue;
+      }
+      const auto& theirs = kind[name];
+      check(own.first == theirs.first, where(f.path, name), "holds ", own.first, " values, ",
+            first.path, " ", theirs.first, ": cannot merge them");
+      for (const auto& [key, value] : own.second) {
+        const auto at = theirs.second.find(key);
+        const auto there = at == theirs.second.end() ? std::string("<absent>") : at->second;
+        check(there == value, where(f.path, name + "/@" + key), "is '", excerpt(value), "', ",
+              first.path, "'s '", excerpt(there), "': cannot merge them");
+      }
+      for (const auto& [key, value] : theirs.second)
+        check(own.second.count(key) > 0, where(f.path, name), "has no @", key, ", ", first.path,
+              "'s is '", excerpt(value), "': cannot merge them");
     }
   }
   // Merged order: by input index, rows and errors separately.

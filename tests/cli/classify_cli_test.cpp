@@ -247,6 +247,15 @@ print('OK', n)
       "print(np.abs(o-s).mean() < 3, np.abs(o[..., ::-1]-s).mean() > 10)\" " +
       q(png) + " " + q(h5));
   EXPECT_EQ(same.output, "True True\n") << same.output;
+  // Damaged and crafted copies of this file (29 cases: labels out of range, attributes of
+  // other types, maps missing or 1-D, cut files, links and storage into FIFOs) are one error
+  // line each from the reader, never a traceback, a wrong answer or a hang.
+  const auto faults = test::run_process(
+      test::python() + " " +
+      q(std::string(ATTNSCOPE_SOURCE_DIR) + "/tests/python/read_results_faults.py") + " " + q(h5) +
+      " " + q(dir / "reader_faults"));
+  EXPECT_EQ(faults.status, 0) << faults.output;
+  EXPECT_NE(faults.output.find("all 29 cases passed"), std::string::npos) << faults.output;
   // A second run refuses to truncate the first.
   const auto again = test::run_process(exe() + " classify --model " + q(model) + " --input " +
                                        q(images + "/images") + " --out " + q(out));
@@ -1879,6 +1888,22 @@ print(name, '(1, %d, %d)' % (max(1, h // 2), w))
             std::string::npos)
       << r.output;
   EXPECT_EQ(read_bytes(dir / "run/results.h5"), before);
+  // Values report refuses to show (a stored class 7 of 2): the resumed run completed the file,
+  // exit 0, and report and merge then refused it.
+  const auto run2 = exe() + " classify --model " + q(model) + " --input " + q(images + "/images") +
+                    " --threads 1 --out " + q(dir / "run2");
+  ASSERT_EQ(test::run_process(run2 + " --shard 0/2").status, 0);
+  ASSERT_EQ(test::run_process(test::python() + " -c \"import h5py; f=h5py.File('" +
+                              dir / "run2/results.h5" + "','r+'); f['predictions/label'][0]=7\"")
+                .status,
+            0);
+  const auto seven = test::run_process(run2 + " --shard 0/2 --resume 2>&1");
+  EXPECT_EQ(seven.status, 1) << seven.output;
+  EXPECT_NE(seven.output.find(dir / "run2/results.h5" +
+                              ":/predictions/label: row 0 holds class 7, outside 0..1: the file "
+                              "cannot be resumed"),
+            std::string::npos)
+      << seven.output;
 }
 
 // A results.h5 one of whose chunks was damaged (one byte changed in the logits' chunk: no
@@ -2075,6 +2100,13 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
             "('index', n)):\n"
             "    d = f['errors/' + k]; d.resize((1,)); d[0] = v\n"
             "f.attrs['num_errors'] = '1'");
+  // A map on another scale, and logits of other numbers: merged under the first shard's
+  // attributes and type without a word.
+  const auto rescaled = craft("rescaled", "f['attention/stage3'].attrs['normalization'] = 'max'");
+  const auto float64 = craft("float64",
+                             "d = f['predictions/logits'][()]\ndel f['predictions/logits']\n"
+                             "f.create_dataset('predictions/logits', data=d.astype('f8'), "
+                             "maxshape=(None, 2))");
   // Row counts: "-3" was read as 18446744073709551613 by merge, "1.5" as 1 on --resume.
   const auto minus3 = craft("minus3", "f.attrs['num_images'] = '-3'");
   // A stopped or killed classify's shard (finished_at "") misses images: merged, they were
@@ -2123,6 +2155,13 @@ TEST(CliClassify, CraftedFilesAndOutputsThatAreInputsAreOneLineAndHarmNothing) {
        label99 + ":/images/label: row 1 holds class 99, outside -1..1: cannot merge it"},
       {"merge " + q(s1) + " " + q(nan_prob) + " --out " + q(dir / "m7.h5"),
        nan_prob + ":/predictions/probability: row 2 holds a value outside [0, 1]: cannot merge it"},
+      {"merge " + q(s1) + " " + q(rescaled) + " --out " + q(dir / "m16.h5"),
+       rescaled + ":/attention/stage3/@normalization: is 'max', " + s1 +
+           "'s 'none': cannot merge them"},
+      {"merge " + q(s1) + " " + q(float64) + " --out " + q(dir / "m17.h5"),
+       float64 + ":/predictions/logits: holds float64 values, " + s1 +
+           " float32: cannot merge "
+           "them"},
       {"merge " + q(pred7) + " " + q(s1) + " --out " + q(dir / "m8.h5"),
        pred7 + ":/predictions/label: row 0 holds class 7, outside 0..1: cannot merge it"},
       // report refuses the same values with the same words (one check, results.h).

@@ -543,12 +543,14 @@ craft('stages_twice', 'model_config', json.dumps(dict(mc, arch='attn_small', att
       {"arch_big",
        "is a '" + x100 + "... (1000005 bytes)' checkpoint, not one of the image classifiers (",
        "is a '" + x100 + "... (1000005 bytes)' checkpoint"},
-      {"size_big", "model_config.image_size: bad value \"" + x100.substr(1), ""},
+      // train --init checks a checkpoint as classify does (it trained from these).
+      {"size_big", "model_config.image_size: bad value \"" + x100.substr(1),
+       "model_config.image_size: bad value \"" + x100.substr(1)},
       {"model_list", "model_list.h5:/@model_config: attribute must be a JSON object, got [1]",
        "model_list.h5:/@model_config: attribute must be a JSON object, got [1]"},
       // nlohmann turned 1e30 into INT64_MIN; the model's own checks did not name the file.
       {"size_float", "size_float.h5: model_config.image_size: bad value 1e+30: expected an integer",
-       ""},
+       "size_float.h5: model_config.image_size: bad value 1e+30: expected an integer"},
       {"stages_twice", "stages_twice.h5: model_config: AttentionCnn: stage 3 listed twice",
        "is a 'attn_small' checkpoint"},
   };

@@ -337,6 +337,34 @@ TEST(Checkpoint, NanWeightsAreRefused) {
   EXPECT_FLOAT_EQ(b->fc1->weight[0][1].item<float>(), 1e30f);
 }
 
+// A dataset that declares more than it stores (chunked, no chunk written: a 2 GiB claim in a
+// file of kilobytes) is refused naming it, before anything reads it: the checksum read it
+// whole, 6 GB of memory and 20 s before "checksum mismatch". So is a tensor of the model's
+// own shape whose chunks are missing (a cut or crafted copy).
+TEST(Checkpoint, ADatasetThatStoresNothingIsRefusedBeforeItIsRead) {
+  test::TempDir dir;
+  Net a(8), b(8);
+  for (const auto& [name, code] : std::vector<std::pair<std::string, std::string>>{
+           {"huge",
+            "f.create_dataset('zz_huge', shape=(1 << 19, 1 << 10), dtype='f4', "
+            "chunks=(1024, 1024))"},
+           {"empty",
+            "s = f['fc1.weight'].shape; del f['fc1.weight']; "
+            "f.create_dataset('fc1.weight', shape=s, dtype='f4', chunks=s)"}}) {
+    const auto path = dir / (name + ".h5");
+    save_checkpoint(path, *a, CheckpointMeta{});
+    const auto r = test::run_process(test::python() + " -c \"import h5py; f = h5py.File('" + path +
+                                     "', 'a'); " + code + "\"");
+    ASSERT_EQ(r.status, 0) << r.output;
+    ASSERT_LT(std::filesystem::file_size(path), 1u << 20);
+    const auto message = test::error_of([&] { load_checkpoint(path, *b); });
+    EXPECT_NE(message.find(path + (name == "huge" ? ":/zz_huge" : ":/fc1.weight") +
+                           ": stores no data for all or part of its shape"),
+              std::string::npos)
+        << message;
+  }
+}
+
 // An output named two ways before either exists ("s.json", "./s.json") is one file: compared
 // after making both absolute (weakly_canonical kept a relative path relative).
 TEST(OutputChecks, SameFileBeforeItExistsWhateverTheSpelling) {
