@@ -301,9 +301,9 @@ void verify(const std::string& path) {
     H5Eclear2(H5E_DEFAULT);
     if (unallocated)
       throw Error(h5::where(path, *unallocated),
-                  concat("stores no data for all or part of its shape (",
+                  concat("stores no data for all or part of its shape ",
                          h5::shape_text(h5::dataset_shape(file.id(), *unallocated, path)),
-                         "): attnscope writes every value of a tensor; the file was cut or "
+                         ": attnscope writes every value of a tensor; the file was cut or "
                          "crafted"));
   }
   const auto version = h5::read_string_attribute(file.id(), "format_version", path);
