@@ -493,7 +493,7 @@ TrainingResult TrainingLoop::run(const TrainingHooks& hooks) {
         throw Error("training",
                     concat("the loss is ", std::isnan(loss->loss_sum) ? "NaN" : "infinite",
                            " at epoch ", epoch, ", batch ", b + 1, " of ", batches,
-                           ", before any step of this run: the weights it "
+                           ", before this process's first step: the weights it "
                            "starts from (--init, or the state --resume restored) or the images "
                            "give outputs that are not finite"));
       if (loss && loss->items > 0 && !std::isfinite(loss->loss_sum))

@@ -494,28 +494,33 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
 
   // The dataset's labels index its own classes: each is stored as the model's class of its
   // name. A binary model given --multiclass labels stored MEL, NV, ... by position (as class 0,
-  // 1 and beyond), without a word. A checkpoint that names no classes maps by position when the
-  // counts agree. A label of a class the model does not have is not stored (-1), said once.
+  // 1 and beyond), without a word. By position still when the checkpoint names no classes (or
+  // only export_weights.py's class_0, class_1, ...), or when no name matches and the counts
+  // agree (said once). A label of a class the model does not have is not stored (-1), counted
+  // in one warning after this run's inputs are chosen.
+  const bool named = [&] {
+    for (std::size_t c = 0; c < classes.size(); ++c)
+      if (classes[c] != "class_" + std::to_string(c)) return true;
+    return false;
+  }();
   std::vector<int64_t> label_of(dataset.class_names.size(), -1);
-  for (std::size_t c = 0; c < dataset.class_names.size(); ++c) {
-    if (classes.empty()) {
-      if (static_cast<int64_t>(dataset.class_names.size()) == num_classes)
-        label_of[c] = static_cast<int64_t>(c);
-      continue;
-    }
+  bool matched = false;
+  for (std::size_t c = 0; named && c < dataset.class_names.size(); ++c) {
     const auto at = std::find(class_names.begin(), class_names.end(), dataset.class_names[c]);
     if (at != class_names.end()) label_of[c] = at - class_names.begin();
+    matched = matched || at != class_names.end();
   }
-  {
-    int64_t dropped = 0;
-    for (const auto& s : dataset.samples)
-      dropped += s.labelled() && (s.label >= static_cast<int64_t>(label_of.size()) ||
-                                  label_of[static_cast<std::size_t>(s.label)] < 0);
-    if (dropped > 0 && o.warn)
-      o.warn(concat("the dataset's classes are ", names_excerpt(dataset.class_names),
-                    " and the model's ", names_excerpt(class_names), ": ", dropped,
-                    " labels of classes the model does not have are not stored, nor counted "
-                    "in the metrics (--multiclass / --ak-benign choose the dataset's classes)"));
+  const bool by_position =
+      !matched && static_cast<int64_t>(dataset.class_names.size()) == num_classes;
+  if (by_position) {
+    for (std::size_t c = 0; c < label_of.size(); ++c)
+      label_of[c] = static_cast<int64_t>(c);
+    const bool labelled = std::any_of(dataset.samples.begin(), dataset.samples.end(),
+                                      [](const datasets::Sample& s) { return s.labelled(); });
+    if (named && labelled && o.warn)
+      o.warn(concat("the dataset's classes ", names_excerpt(dataset.class_names),
+                    " are not the model's ", names_excerpt(class_names),
+                    ": its labels are read by position (the first as the first, ...)"));
   }
 
   // Shapes: the pipeline's output size and each map's native size, from one blank image.
@@ -694,6 +699,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
   }
   datasets::Dataset todo;
   todo.class_names = class_names;
+  int64_t dropped = 0;  // this run's labels of classes the model does not have
   std::vector<int64_t> global_index;
   ClassifySummary summary;
   // --faithfulness: images whose deletion or insertion curve held a non-finite score (a model
@@ -708,12 +714,25 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
       continue;
     }
     todo.samples.push_back(s);
-    if (s.labelled())
-      todo.samples.back().label = s.label < static_cast<int64_t>(label_of.size())
-                                      ? label_of[static_cast<std::size_t>(s.label)]
-                                      : -1;
+    if (s.labelled()) {
+      auto& label = todo.samples.back().label;
+      label = s.label < static_cast<int64_t>(label_of.size())
+                  ? label_of[static_cast<std::size_t>(s.label)]
+                  : -1;
+      dropped += label < 0;
+    }
     global_index.push_back(static_cast<int64_t>(i));
   }
+  if (dropped > 0 && o.warn)
+    o.warn(named ? concat("the dataset's classes are ", names_excerpt(dataset.class_names),
+                          " and the model's ", names_excerpt(class_names), ": ", dropped,
+                          " labels of classes the model does not have are not stored, nor "
+                          "counted in the metrics (--multiclass / --ak-benign choose the "
+                          "dataset's classes)")
+                 : concat(o.model, " names no classes and predicts ", num_classes,
+                          "; the dataset has ", dataset.class_names.size(), " ",
+                          names_excerpt(dataset.class_names), ": its ", dropped,
+                          " labels are not stored, nor counted in the metrics"));
 
   const auto stopping = [&] { return o.stop_requested && o.stop_requested(); };
   std::map<std::string, std::size_t> position;

@@ -1611,6 +1611,27 @@ TEST(CliClassify, LabelsAreStoredAsTheModelsClassOfTheirName) {
                                                                             : "";
     EXPECT_EQ(csv[i].back(), want_label) << path;
   }
+  // export_weights.py's default names (class_0, class_1) name no class: the labels are read by
+  // position, without a warning (benign/malignant in binary mode, melanoma as malignant).
+  const auto exported = make_checkpoint(
+      dir, 64,
+      [](pipeline::CheckpointMeta& meta, auto&) {
+        meta.class_names = {"class_0", "class_1"};
+      },
+      "exported");
+  const auto e =
+      test::run_process(exe() + " classify --model " + q(exported) + " --data " + q(folders) +
+                        " --threads 1 --out " + q(dir / "out_exported") + " 2>&1");
+  ASSERT_EQ(e.status, 0) << e.output;
+  EXPECT_EQ(e.output.find("warning:"), std::string::npos) << e.output;
+  EXPECT_NE(e.output.find("labelled 6: "), std::string::npos) << e.output;
+  const auto positional = test::run_process(
+      test::python() + " -c \"import h5py; f=h5py.File('" + dir / "out_exported/results.h5" +
+      "','r'); print(sorted(zip([p.decode().split('/')[-2] for p in f['images/source_path'][:]], "
+      "f['images/label'][:].tolist())))\"");
+  EXPECT_EQ(positional.output,
+            "[('benign', 0), ('benign', 0), ('malignant', 1), ('malignant', 1), ('melanoma', 1), "
+            "('melanoma', 1)]\n");
 }
 
 // Localisation measures are NaN for exactly the images without a mask (or with an empty one),

@@ -1437,10 +1437,11 @@ TEST(TrainCli, ADivergedRunStopsNamingTheDivergence) {
   // "the run diverged; lower the learning rate").
   EXPECT_NE(r.output.find("training: the loss is "), std::string::npos) << r.output;
   EXPECT_NE(r.output.find(" at epoch 1, batch 1 of "), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("before any step of this run: the weights it starts from (--init, or "
-                          "the state --resume restored) or the images give outputs that are not "
-                          "finite"),
-            std::string::npos)
+  EXPECT_NE(
+      r.output.find("before this process's first step: the weights it starts from (--init, or "
+                    "the state --resume restored) or the images give outputs that are not "
+                    "finite"),
+      std::string::npos)
       << r.output;
   EXPECT_EQ(r.output.find("lower the learning rate"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("metrics"), std::string::npos) << r.output;

@@ -172,17 +172,32 @@ TEST_F(AtomicFileTest, DeadTemporariesOfAFolderOfOutputsAreFoundInOnePass) {
                                         std::string(210, 'm')};
   std::vector<std::string> all = outputs;
   all.insert(all.end(), others.begin(), others.end());
+  // Each name's temporary, as the writer named it (kept outside the folder swept).
+  const test::TempDir listing;
+  const auto temporaries = listing / "temporaries.txt";
   const pid_t pid = ::fork();  // writers killed after writing their temporaries
   ASSERT_GE(pid, 0);
   if (pid == 0) {
     std::deque<AtomicFile> writers;  // alive at _exit: no destructor removes their files
-    for (const auto& name : all)
-      std::ofstream(writers.emplace_back((dir_ / name).string()).temp_path()) << "new";
+    std::ofstream list(temporaries);
+    for (const auto& name : all) {
+      const auto temp = writers.emplace_back((dir_ / name).string()).temp_path();
+      std::ofstream(temp) << "new";
+      list << fs::path(temp).filename().string() << "\n";
+    }
+    list.close();
     ::_exit(0);
   }
   int status = 0;
   ASSERT_EQ(::waitpid(pid, &status, 0), pid);
   ASSERT_EQ(entries(), all.size());
+  std::vector<std::string> temporary_of;  // in the order of `all`
+  {
+    std::ifstream in(temporaries);
+    for (std::string line; std::getline(in, line);)
+      temporary_of.push_back(line);
+  }
+  ASSERT_EQ(temporary_of.size(), all.size());
   std::ofstream(dir_ / "000001.png") << "old";  // an output and unrelated dot files stay
   std::ofstream(dir_ / ".hidden") << "x";
   std::ofstream(dir_ / ".000001.png.1x-0.tmp.png") << "x";
@@ -204,13 +219,9 @@ TEST_F(AtomicFileTest, DeadTemporariesOfAFolderOfOutputsAreFoundInOnePass) {
   EXPECT_EQ(left.size(), others.size() + 4) << "the others' temporaries, 000001.png, .hidden, "
                                                "a malformed name and a live process's";
   EXPECT_TRUE(left.count("000001.png") && left.count(".hidden") && left.count(live.filename()));
-  for (const auto& name : others) {
-    bool found = false;
-    for (const auto& l : left)
-      found =
-          found || l.rfind("." + (name.size() < 200 ? name + "." : name.substr(0, 150)), 0) == 0;
-    EXPECT_TRUE(found) << name << "'s temporary was removed";
-  }
+  for (std::size_t i = 0; i < all.size(); ++i)
+    EXPECT_EQ(left.count(temporary_of[i]), i < outputs.size() ? 0u : 1u)
+        << all[i] << (i < outputs.size() ? "'s temporary stayed" : "'s temporary was removed");
 }
 
 TEST_F(AtomicFileTest, RefusesToReplaceSomethingThatIsNotARegularFile) {

@@ -186,7 +186,7 @@ def show(f, a):
         name = a.map or maps[0]
         m = read_row(f, "attention/" + name, row, (None, None)).astype(np.float64)
         m[~np.isfinite(m)] = 0.0  # NaN or inf (a damaged map) drawn as 0, as the report does
-        normalization = f["attention/" + name].attrs.get("normalization")
+        normalization = f["attention/" + name].attrs.get("normalization", "max")  # as report reads it
         if normalization not in ("max", "none"):
             raise Bad("attention/" + name, "its attribute normalization is neither \"max\" nor \"none\"")
         if normalization == "none" and m.max() > 0:
