@@ -503,10 +503,16 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
       if (classes[c] != "class_" + std::to_string(c)) return true;
     return false;
   }();
+  // ISIC 2018 and HAM10000 say AKIEC where ISIC 2019 says AK: one diagnosis.
+  const auto same_class = [](const std::string& a, const std::string& b) {
+    return a == b || (a == "AKIEC" && b == "AK") || (a == "AK" && b == "AKIEC");
+  };
   std::vector<int64_t> label_of(dataset.class_names.size(), -1);
   bool matched = false;
   for (std::size_t c = 0; named && c < dataset.class_names.size(); ++c) {
-    const auto at = std::find(class_names.begin(), class_names.end(), dataset.class_names[c]);
+    const auto at = std::find_if(class_names.begin(), class_names.end(), [&](const auto& name) {
+      return same_class(name, dataset.class_names[c]);
+    });
     if (at != class_names.end()) label_of[c] = at - class_names.begin();
     matched = matched || at != class_names.end();
   }

@@ -1632,6 +1632,26 @@ TEST(CliClassify, LabelsAreStoredAsTheModelsClassOfTheirName) {
   EXPECT_EQ(positional.output,
             "[('benign', 0), ('benign', 0), ('malignant', 1), ('malignant', 1), ('melanoma', 1), "
             "('melanoma', 1)]\n");
+  // ISIC 2018's AKIEC is ISIC 2019's AK: a model of the 2019 classes keeps those labels.
+  fs::rename(folders / "melanoma", folders / "AKIEC");
+  const auto isic2019 = make_checkpoint(
+      dir, 64,
+      [](pipeline::CheckpointMeta& meta, auto&) {
+        meta.class_names = {"AK", "benign"};
+      },
+      "isic2019");
+  const auto k =
+      test::run_process(exe() + " classify --model " + q(isic2019) + " --data " + q(folders) +
+                        " --multiclass --threads 1 --out " + q(dir / "out_ak") + " 2>&1");
+  ASSERT_EQ(k.status, 0) << k.output;
+  const auto ak = test::run_process(
+      test::python() + " -c \"import h5py; f=h5py.File('" + dir / "out_ak/results.h5" +
+      "','r'); print(sorted(zip([p.decode().split('/')[-2] for p in f['images/source_path'][:]], "
+      "f['images/label'][:].tolist())))\"");
+  EXPECT_EQ(ak.output,
+            "[('AKIEC', 0), ('AKIEC', 0), ('benign', 1), ('benign', 1), ('malignant', -1), "
+            "('malignant', -1)]\n")
+      << k.output;
 }
 
 // Localisation measures are NaN for exactly the images without a mask (or with an empty one),
