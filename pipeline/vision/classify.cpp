@@ -722,7 +722,7 @@ ClassifySummary classify(const datasets::Dataset& dataset, const ClassifyOptions
     todo.samples.push_back(s);
     if (s.labelled()) {
       auto& label = todo.samples.back().label;
-      label = s.label < static_cast<int64_t>(label_of.size())
+      label = s.label >= 0 && s.label < static_cast<int64_t>(label_of.size())
                   ? label_of[static_cast<std::size_t>(s.label)]
                   : -1;
       dropped += label < 0;
