@@ -1611,47 +1611,36 @@ TEST(CliClassify, LabelsAreStoredAsTheModelsClassOfTheirName) {
                                                                             : "";
     EXPECT_EQ(csv[i].back(), want_label) << path;
   }
+  // A checkpoint of `names` classifies the class folders; each image's folder and stored label.
+  const auto classify_folders = [&](const std::vector<std::string>& names, const std::string& run,
+                                    const std::string& flags) {
+    const auto model_path = make_checkpoint(
+        dir, 64, [&](pipeline::CheckpointMeta& meta, auto&) { meta.class_names = names; }, run);
+    const auto c =
+        test::run_process(exe() + " classify --model " + q(model_path) + " --data " + q(folders) +
+                          flags + " --threads 1 --out " + q(dir / run) + " 2>&1");
+    EXPECT_EQ(c.status, 0) << c.output;
+    const auto labels =
+        test::run_process(test::python() + " -c \"import h5py; f=h5py.File('" + dir / run +
+                          "/results.h5','r'); print(sorted(zip([p.decode().split('/')[-2] for p in "
+                          "f['images/source_path'][:]], f['images/label'][:].tolist())))\"");
+    return std::pair{c.output, labels.output};
+  };
   // export_weights.py's default names (class_0, class_1) name no class: the labels are read by
   // position, without a warning (benign/malignant in binary mode, melanoma as malignant).
-  const auto exported = make_checkpoint(
-      dir, 64,
-      [](pipeline::CheckpointMeta& meta, auto&) {
-        meta.class_names = {"class_0", "class_1"};
-      },
-      "exported");
-  const auto e =
-      test::run_process(exe() + " classify --model " + q(exported) + " --data " + q(folders) +
-                        " --threads 1 --out " + q(dir / "out_exported") + " 2>&1");
-  ASSERT_EQ(e.status, 0) << e.output;
-  EXPECT_EQ(e.output.find("warning:"), std::string::npos) << e.output;
-  EXPECT_NE(e.output.find("labelled 6: "), std::string::npos) << e.output;
-  const auto positional = test::run_process(
-      test::python() + " -c \"import h5py; f=h5py.File('" + dir / "out_exported/results.h5" +
-      "','r'); print(sorted(zip([p.decode().split('/')[-2] for p in f['images/source_path'][:]], "
-      "f['images/label'][:].tolist())))\"");
-  EXPECT_EQ(positional.output,
+  const auto [e, positional] = classify_folders({"class_0", "class_1"}, "out_exported", "");
+  EXPECT_EQ(e.find("warning:"), std::string::npos) << e;
+  EXPECT_NE(e.find("labelled 6: "), std::string::npos) << e;
+  EXPECT_EQ(positional,
             "[('benign', 0), ('benign', 0), ('malignant', 1), ('malignant', 1), ('melanoma', 1), "
             "('melanoma', 1)]\n");
   // ISIC 2018's AKIEC is ISIC 2019's AK: a model of the 2019 classes keeps those labels.
   fs::rename(folders / "melanoma", folders / "AKIEC");
-  const auto isic2019 = make_checkpoint(
-      dir, 64,
-      [](pipeline::CheckpointMeta& meta, auto&) {
-        meta.class_names = {"AK", "benign"};
-      },
-      "isic2019");
-  const auto k =
-      test::run_process(exe() + " classify --model " + q(isic2019) + " --data " + q(folders) +
-                        " --multiclass --threads 1 --out " + q(dir / "out_ak") + " 2>&1");
-  ASSERT_EQ(k.status, 0) << k.output;
-  const auto ak = test::run_process(
-      test::python() + " -c \"import h5py; f=h5py.File('" + dir / "out_ak/results.h5" +
-      "','r'); print(sorted(zip([p.decode().split('/')[-2] for p in f['images/source_path'][:]], "
-      "f['images/label'][:].tolist())))\"");
-  EXPECT_EQ(ak.output,
+  const auto [k, ak] = classify_folders({"AK", "benign"}, "out_ak", " --multiclass");
+  EXPECT_EQ(ak,
             "[('AKIEC', 0), ('AKIEC', 0), ('benign', 1), ('benign', 1), ('malignant', -1), "
             "('malignant', -1)]\n")
-      << k.output;
+      << k;
 }
 
 // Localisation measures are NaN for exactly the images without a mask (or with an empty one),
