@@ -291,12 +291,24 @@ def write_checkpoint(path, tensors, model_config, preprocessing, class_names, pr
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp.h5",
                                dir=folder)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # as any file written here (mkstemp's is private)
     try:
         write_h5(tmp, tensors, model_config, preprocessing, class_names, provenance, extra)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except Exception as e:  # a full disk: h5py raises (OSError, RuntimeError) as it writes
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"error: {path}: cannot write the checkpoint ({first[:300]}); the previous file, "
+              "if any, is unchanged", file=sys.stderr)
+        os._exit(1)  # h5py's exit handlers would close the failed file again (a crash)
+    except BaseException:  # a signal (SystemExit): its exit status stays
         try:
             os.unlink(tmp)
         except OSError:

@@ -4,6 +4,8 @@
 // tools/python/export_weights.py; attnscope's logits (and maps) on the same input must equal
 // Python's (relative error <= 1e-4).
 
+#include <sys/stat.h>
+
 #include <array>
 #include <iostream>
 #include <set>
@@ -388,6 +390,22 @@ TEST(ImageExport, CraftedDamagedAndNonFiniteFilesAreOneLineAndRunNothing) {
     }
   }
   ASSERT_EQ(run("r18").status, 0);
+  // Readable as any file written there (the temporary's private mode was kept at first).
+  const mode_t mask = ::umask(0);
+  ::umask(mask);
+  EXPECT_EQ(static_cast<mode_t>(std::filesystem::status(dir / "r18.h5").permissions()) & 0777,
+            0666 & ~mask);
+  // A full disk (a 1 MB file-size limit): one line, the previous checkpoint unchanged (it was a
+  // traceback, then a crash in h5py's exit handlers).
+  const auto previous = test::read_text(dir / "r18.h5");
+  const auto full = test::run_process("(ulimit -f 2000; " + python() + " " + script +
+                                      (dir / "r18.pth") + " " + (dir / "r18.h5") + ") 2>&1");
+  EXPECT_EQ(full.status, 1) << full.output;
+  EXPECT_EQ(full.output.rfind("error: " + dir / "r18.h5" + ": cannot write the checkpoint (", 0),
+            0u)
+      << full.output;
+  EXPECT_EQ(std::count(full.output.begin(), full.output.end(), '\n'), 1) << full.output;
+  EXPECT_EQ(test::read_text(dir / "r18.h5"), previous);
   for (const auto& e : std::filesystem::directory_iterator(dir.path()))
     EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
   for (const char* name : {"evil", "cut", "nan"})
