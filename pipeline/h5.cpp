@@ -535,9 +535,19 @@ void check_filters_available(hid_t loc, const std::string& name, const std::stri
   }
 }
 
-at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& file) {
+namespace {
+
+// A numeric dataset opened for reading, its type as a tensor's and its shape, checked: what
+// read_tensor refuses before reading anything.
+struct ReadPlan {
+  Handle set;
+  at::ScalarType type;
+  std::vector<int64_t> shape;
+};
+
+ReadPlan plan_read(hid_t loc, const std::string& name, const std::string& file) {
   silence_hdf5();
-  const auto set = open_dataset(loc, name, file);
+  auto set = open_dataset(loc, name, file);
   Handle type(H5Dget_type(set.get()));
   const auto cls = H5Tget_class(type.get());
   const auto size = H5Tget_size(type.get());
@@ -586,11 +596,57 @@ at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& fi
             "dataset is truncated (", H5Dget_storage_size(set.get()), " bytes stored, ",
             elements * size, " expected)");
   }
-  auto out = torch::empty(shape, torch::TensorOptions().dtype(st));
+  return {std::move(set), st, std::move(shape)};
+}
+
+}  // namespace
+
+at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& file) {
+  const auto plan = plan_read(loc, name, file);
+  auto out = torch::empty(plan.shape, torch::TensorOptions().dtype(plan.type));
   if (out.numel() > 0)
-    check_h5(
-        H5Dread(set.get(), native_type(st), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data_ptr()) >= 0,
-        WhereIn{loc, file, name}, "cannot read dataset");
+    check_h5(H5Dread(plan.set.get(), native_type(plan.type), H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                     out.data_ptr()) >= 0,
+             WhereIn{loc, file, name}, "cannot read dataset");
+  return out;
+}
+
+at::Tensor read_rows_as_float(hid_t loc, const std::string& name, const std::string& file,
+                              int64_t rows, float fill, std::vector<int64_t>* unreadable,
+                              std::string* reason) {
+  const auto plan = plan_read(loc, name, file);
+  check(!plan.shape.empty() && rows >= 0 && plan.shape[0] >= rows, WhereIn{loc, file, name},
+        "expected at least ", rows, " rows, got shape ", shape_text(plan.shape));
+  auto shape = plan.shape;
+  shape[0] = rows;
+  auto out = torch::empty(shape, torch::kFloat);
+  if (out.numel() == 0) return out;
+  const int rank = static_cast<int>(shape.size());
+  Handle space(H5Dget_space(plan.set.get()));
+  std::vector<hsize_t> start(shape.size(), 0), count(shape.begin(), shape.end());
+  std::string why;  // taken before the next HDF5 call clears it (closing the memory space)
+  const auto read = [&](float* into) {
+    Handle memory(H5Screate_simple(rank, count.data(), nullptr));
+    if (H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(),
+                            nullptr) >= 0 &&
+        H5Dread(plan.set.get(), H5T_NATIVE_FLOAT, memory.get(), space.get(), H5P_DEFAULT, into) >=
+            0)
+      return true;
+    why = last_error();
+    return false;
+  };
+  if (read(out.data_ptr<float>())) return out;
+  // Some chunk does not hold (its checksum or deflate stream): every row on its own.
+  const int64_t per_row = out.numel() / rows;
+  count[0] = 1;
+  for (int64_t r = 0; r < rows; ++r) {
+    start[0] = static_cast<hsize_t>(r);
+    float* row = out.data_ptr<float>() + r * per_row;
+    if (read(row)) continue;
+    if (reason && reason->empty()) *reason = why.empty() ? "HDF5 cannot read it" : why;
+    std::fill(row, row + per_row, fill);
+    if (unreadable) unreadable->push_back(r);
+  }
   return out;
 }
 

@@ -148,6 +148,15 @@ void write_tensor(hid_t loc, const std::string& name, const at::Tensor& tensor,
 /// Reads a dataset into a CPU tensor of the stored type.
 at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& file);
 
+/// Rows [0, rows) of a numeric dataset (N, ...) as float32, checked as read_tensor checks it.
+/// Where HDF5 cannot read them at once (a chunk whose checksum or deflate stream does not
+/// hold), they are read one by one: each row that cannot be read is filled with `fill` and
+/// its index appended to `unreadable`, and `reason` gets the first failure's reason; the
+/// other rows are read. One damaged image is then one image, not the whole file.
+at::Tensor read_rows_as_float(hid_t loc, const std::string& name, const std::string& file,
+                              int64_t rows, float fill, std::vector<int64_t>* unreadable,
+                              std::string* reason);
+
 /// Shape of a dataset without reading it.
 std::vector<int64_t> dataset_shape(hid_t loc, const std::string& name, const std::string& file);
 

@@ -121,6 +121,7 @@ struct MapData {
   double scale = 1;   // values are multiplied by this before colouring (1 or h·w)
   double vmax = 1;    // the top of the colour bar, in scaled units
   std::string unit;   // what the colour bar's numbers mean
+  std::vector<char> unreadable;  // per row: its chunk cannot be read (shown without this map)
 };
 
 struct Measure {
@@ -150,6 +151,33 @@ struct Results {
   /// classify run); -1 when finished.
   int64_t unfinished_warning = -1;
 };
+
+// "row 2 ('ISIC_0001'), row 7 ('b') and 3 more": the rows a damage warning names.
+std::string rows_named(const std::vector<int64_t>& rows, const std::vector<std::string>& ids) {
+  constexpr std::size_t kNamed = 3;
+  std::string text;
+  for (std::size_t i = 0; i < std::min(rows.size(), kNamed); ++i) {
+    const auto r = static_cast<std::size_t>(rows[i]);
+    text += concat(i == 0                 ? ""
+                   : i + 1 == rows.size() ? " and "
+                                          : ", ",
+                   "row ", rows[i],
+                   r < ids.size() ? concat(" ('", excerpt(ids[r], 60), "')") : std::string());
+  }
+  if (rows.size() > kNamed) text += concat(" and ", rows.size() - kNamed, " more");
+  return text;
+}
+
+// One warning for the rows of a per-image dataset that cannot be read (a damaged chunk): the
+// report shows the others, and says what the damaged ones are shown without.
+void warn_unreadable(Results& r, const std::string& name, const std::vector<int64_t>& rows,
+                     const std::string& reason, const std::string& shown) {
+  if (rows.empty()) return;
+  r.warnings.push_back(concat(where(r.path, name), ": ", rows.size(), " of its ", r.n,
+                              " rows cannot be read (", reason, "): ", rows_named(rows, r.ids),
+                              "; ", rows.size() == 1 ? "its card shows" : "their cards show", " ",
+                              shown));
+}
 
 // Rows valid in every per-image dataset: num_images, capped by each dataset's length (a run
 // killed inside a flush may leave some longer than others).
@@ -362,7 +390,15 @@ Results read_results(const std::string& path, bool values = true) {
         check(shape.size() == 3 && shape[1] > 0 && shape[2] > 0, where(path, full),
               "expected shape (N, h, w)");
       } else {
-        m.values = first_rows(h5::read_tensor(root, full, path), n).to(at::kFloat).contiguous();
+        // A damaged chunk is one image's map (every map is one chunk per image): that card
+        // shows no such map, the others do.
+        std::vector<int64_t> bad;
+        std::string reason;
+        m.values = h5::read_rows_as_float(root, full, path, n, 0.0f, &bad, &reason);
+        m.unreadable.assign(static_cast<std::size_t>(n), 0);
+        for (const auto b : bad)
+          m.unreadable[static_cast<std::size_t>(b)] = 1;
+        warn_unreadable(r, full, bad, reason, "no " + name + " map");
         check(m.values.dim() == 3 && m.values.size(1) > 0 && m.values.size(2) > 0,
               where(path, full), "expected shape (N, h, w)");
       }
@@ -413,9 +449,11 @@ Results read_results(const std::string& path, bool values = true) {
                 " values, got ", h5::shape_text(shape));
           continue;
         }
-        auto t = h5::read_tensor(root, full, path).to(at::kFloat).contiguous();
-        check(t.dim() == 1 && t.size(0) >= n, where(path, full), "expected ", n, " values, got ",
-              t.sizes());
+        std::vector<int64_t> bad;
+        std::string reason;
+        const auto t = h5::read_rows_as_float(root, full, path, n, NAN, &bad, &reason);
+        check(t.dim() == 1, where(path, full), "expected ", n, " values, got ", t.sizes());
+        warn_unreadable(r, full, bad, reason, "it as n/a");
         Measure m{map, name, std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + n)};
         r.measures.push_back(std::move(m));
       }
@@ -454,8 +492,9 @@ Results read_results(const std::string& path, bool values = true) {
   return r;
 }
 
-// One preprocessed image (H, W, 3) RGB uint8, read as one hyperslab (one chunk).
-cv::Mat read_image(const Results& r, int64_t row) {
+// One preprocessed image (H, W, 3) RGB uint8, read as one hyperslab (one chunk); empty when
+// HDF5 cannot read that chunk (damage), `reason` then saying why.
+cv::Mat read_image(const Results& r, int64_t row, std::string* reason) {
   h5::Handle set(H5Dopen2(r.file.id(), "images/preprocessed", H5P_DEFAULT));
   check(set.valid(), where(r.path, "images/preprocessed"), "cannot open");
   h5::Handle space(H5Dget_space(set.get()));
@@ -464,10 +503,11 @@ cv::Mat read_image(const Results& r, int64_t row) {
   H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
   h5::Handle mem(H5Screate_simple(4, count.data(), nullptr));
   cv::Mat img(r.height, r.width, CV_8UC3);
-  h5::check_h5(
-      H5Dread(set.get(), H5T_NATIVE_UINT8, mem.get(), space.get(), H5P_DEFAULT, img.data) >= 0,
-      where(r.path, "images/preprocessed"), concat("cannot read row ", row));
-  return img;
+  if (H5Dread(set.get(), H5T_NATIVE_UINT8, mem.get(), space.get(), H5P_DEFAULT, img.data) >= 0)
+    return img;
+  *reason = h5::last_error();
+  if (reason->empty()) *reason = "HDF5 cannot read it";
+  return cv::Mat();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -763,8 +803,8 @@ function card(r,k){
   function tile(cap,ov){var t=el('div','im');var a=el('img');a.width=r.w;a.height=r.h;a.alt=cap;a.dataset.s='in';t.appendChild(a);
     if(ov!==null){var b=el('img','ov');b.width=r.w;b.height=r.h;b.alt=cap;b.dataset.s=String(ov);t.appendChild(b);}
     t.appendChild(el('div','cap',cap));return t;}
-  if(r.img){ims.appendChild(tile('input',null));for(var j=0;j<MAPS.length;j++)ims.appendChild(tile(MAPS[j],j));}
-  c.appendChild(ims);
+  if(r.img){ims.appendChild(tile('input',null));for(var j=0;j<MAPS.length;j++)ims.appendChild(r.maps[j]===null?tile(MAPS[j]+' (unreadable)',null):tile(MAPS[j],j));}
+  c.appendChild(ims);if(r.x)c.appendChild(el('div','path',r.x));
   var kv=el('table','kv');function row(k,v,cls){var tr=el('tr');tr.appendChild(el('td','l',k));var td=el('td','l'+(cls?' '+cls:''),v);tr.appendChild(td);kv.appendChild(tr);return td;}
   for(var q=0;q<C.length;q++){if(C.length===2&&q===0)continue;
     row('p('+C[q]+')',f3(r.p[q])+(r.s?' ± '+f3(r.s[q]):''));}
@@ -1107,7 +1147,7 @@ std::string render_report(const std::string& results_path, const ReportOptions& 
         "must be in 16..1024, got ", options.thumbnail);
   check(options.jpeg_quality >= 1 && options.jpeg_quality <= 100, "jpeg quality",
         "must be in 1..100, got ", options.jpeg_quality);
-  const Results r = read_results(results_path);
+  Results r = read_results(results_path);
   auto rows = make_rows(r);
   sort_rows(rows, r, options.sort);  // also validates the key
   std::vector<Row> shown = rows;
@@ -1130,6 +1170,8 @@ std::string render_report(const std::string& results_path, const ReportOptions& 
     measure_keys.push_back(m.map + "/" + m.name);
   const cv::Size ts = thumb_size(r.height, r.width, options.thumbnail);
   json images = json::array();
+  std::vector<int64_t> unreadable_images;  // a damaged chunk: the card shows no pictures
+  std::string unreadable_reason;
   for (const auto& row : shown) {
     const auto u = static_cast<std::size_t>(row.i);
     json j;
@@ -1155,14 +1197,27 @@ std::string render_report(const std::string& results_path, const ReportOptions& 
     j["m"] = std::move(m);
     j["w"] = ts.width;
     j["h"] = ts.height;
+    cv::Mat rgb;
     if (r.has_images) {
-      const cv::Mat rgb = read_image(r, row.i);
+      std::string reason;
+      rgb = read_image(r, row.i, &reason);
+      if (rgb.empty()) {
+        unreadable_images.push_back(row.i);
+        if (unreadable_reason.empty()) unreadable_reason = reason;
+        j["x"] = "stored picture unreadable (damaged file)";
+      }
+    }
+    if (!rgb.empty()) {
       cv::Mat small, bgr;
       cv::resize(rgb, small, ts, 0, 0, cv::INTER_AREA);
       cv::cvtColor(small, bgr, cv::COLOR_RGB2BGR);
       j["img"] = jpeg_base64(bgr, options.jpeg_quality);
       json maps = json::array();
       for (const auto& map : r.maps) {
+        if (map.unreadable[u]) {
+          maps.push_back(nullptr);
+          continue;
+        }
         const auto t = map.values[row.i];
         cv::Mat native(static_cast<int>(t.size(0)), static_cast<int>(t.size(1)), CV_32F,
                        const_cast<float*>(t.data_ptr<float>()));
@@ -1178,6 +1233,8 @@ std::string render_report(const std::string& results_path, const ReportOptions& 
     }
     images.push_back(std::move(j));
   }
+  std::sort(unreadable_images.begin(), unreadable_images.end());
+  warn_unreadable(r, "images/preprocessed", unreadable_images, unreadable_reason, "no pictures");
   json data;
   data["classes"] = json::array();
   for (const auto& c : r.class_names)

@@ -437,6 +437,77 @@ TEST(CliReport, AnUnfinishedRunAMapListedButAbsentAndARepeatedIdAreSaid) {
   EXPECT_EQ(f.output.find("warning"), std::string::npos) << f.output;
 }
 
+// A damaged chunk (its deflate stream or checksum does not hold) is the damage of the images it
+// holds: their cards show what can be read, one line names the rows, and every other image is
+// shown (one damaged map chunk stopped the whole report).
+TEST(CliReport, ADamagedChunkIsItsImagesOwnAndTheOtherImagesAreShown) {
+  test::TempDir dir;
+  make_fixture(dir / "d.h5", "--n 6 --seed 3 --measures");
+  {
+    // Row 4's picture, row 2's stage3 map, and rows 2-3 of a measure rewritten in chunks of two
+    // rows with Fletcher-32 (as classify writes measures), each chunk overwritten in place.
+    std::ofstream py(dir / "damage.py");
+    py << "import sys, h5py\n"
+          "path = sys.argv[1]\n"
+          "with h5py.File(path, 'a') as f:\n"
+          "    v = f['measures/stage3/deletion_auc'][:]\n"
+          "    del f['measures/stage3/deletion_auc']\n"
+          "    f.create_dataset('measures/stage3/deletion_auc', data=v, chunks=(2,), "
+          "fletcher32=True)\n"
+          "spots = []\n"
+          "with h5py.File(path, 'r') as f:\n"
+          "    for name, row in (('images/preprocessed', 4), ('attention/stage3', 2),\n"
+          "                      ('measures/stage3/deletion_auc', 2)):\n"
+          "        c = f[name].id.get_chunk_info_by_coord((row,) + (0,) * (f[name].ndim - 1))\n"
+          "        spots.append((c.byte_offset, c.size))\n"
+          "with open(path, 'r+b') as out:\n"
+          "    for offset, size in spots:\n"
+          "        out.seek(offset)\n"
+          "        out.write(bytes(range(256)) * (size // 256) + bytes(range(size % 256)))\n";
+  }
+  const auto py = test::run_process(test::python() + " " + quoted(dir / "damage.py") + " " +
+                                    quoted(dir / "d.h5"));
+  ASSERT_EQ(py.status, 0) << py.output;
+  const auto r = test::run_process(exe() + " report --results " + (dir / "d.h5") + " --out " +
+                                   (dir / "r.html"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("report: 6 of 6 images"), std::string::npos) << r.output;
+  const std::string file = dir / "d.h5";
+  for (const std::string line :
+       {":/images/preprocessed: 1 of its 6 rows cannot be read (a chunk's deflate stream is "
+        "damaged: the file is damaged): row 4 ('img_00004'); its card shows no pictures\n",
+        ":/attention/stage3: 1 of its 6 rows cannot be read (a chunk's deflate stream is "
+        "damaged: the file is damaged): row 2 ('img_00002'); its card shows no stage3 map\n",
+        ":/measures/stage3/deletion_auc: 2 of its 6 rows cannot be read ("})
+    EXPECT_NE(r.output.find("warning: " + file + line), std::string::npos) << line << r.output;
+  EXPECT_NE(r.output.find("row 2 ('img_00002') and row 3 ('img_00003'); their cards show it as "
+                          "n/a\n"),
+            std::string::npos)
+      << r.output;
+  // The page: every card, each with the pictures it has (6 inputs but one, 2 maps each but
+  // one), the damaged ones saying so.
+  const auto html = test::read_text(dir / "r.html");
+  EXPECT_NE(html.find("<b>Damaged file:</b>"), std::string::npos);
+  if (!have_chromium()) return;
+  const auto dom = chromium(dir, "--dump-dom", dir / "r.html");
+  ASSERT_EQ(dom.status, 0) << dom.output;
+  ASSERT_NE(dom.output.find("data-ready=\"1\""), std::string::npos)
+      << "the page's script did not finish";
+  const auto count = [&](const std::string& what) {
+    std::size_t n = 0;
+    for (auto at = dom.output.find(what); at != std::string::npos;
+         at = dom.output.find(what, at + 1))
+      ++n;
+    return n;
+  };
+  EXPECT_EQ(count("class=\"card "), 6u);
+  EXPECT_EQ(count("<div class=\"cap\">input</div>"), 5u);
+  EXPECT_EQ(count("<div class=\"cap\">stage3</div>"), 4u);
+  EXPECT_EQ(count("<div class=\"cap\">stage3 (unreadable)</div>"), 1u);
+  EXPECT_EQ(count("<div class=\"cap\">gradcam</div>"), 5u);
+  EXPECT_EQ(count("<div class=\"path\">stored picture unreadable (damaged file)</div>"), 1u);
+}
+
 TEST(CliReport, FullDiskLeavesThePreviousReportIntact) {
   test::TempDir dir;
   make_fixture(dir / "results.h5", "--n 20 --seed 4");
