@@ -321,6 +321,37 @@ Results read_results(const std::string& path, bool values = true) {
   r.probability = probs("predictions/probability");
   check_result_values(r.truth, torch::tensor(r.predicted, torch::kInt64), r.probability, n, r.c,
                       path);
+  // classify's rule for predictions/label: p(class 1) >= the threshold (compared in float32) for
+  // a binary model with one, else the most probable class. A row that breaks it (an edited or
+  // damaged file) is shown as stored, and said: its outcome contradicted its probabilities
+  // without a word. Within 1e-6 either side counts (ties, another rounding).
+  {
+    int64_t disagree = 0, first = -1;
+    const bool by_threshold = r.c == 2 && std::isfinite(r.threshold);
+    const float* p = r.probability.data_ptr<float>();
+    for (int64_t i = 0; i < n; ++i) {
+      const float* pi = p + i * r.c;
+      const int64_t y = r.predicted[static_cast<std::size_t>(i)];
+      const float t = static_cast<float>(r.threshold);
+      const bool ok = by_threshold ? (pi[1] >= t) == (y == 1) || std::abs(pi[1] - t) <= 1e-6f
+                                   : pi[y] >= *std::max_element(pi, pi + r.c) - 1e-6f;
+      if (!ok && disagree++ == 0) first = i;
+    }
+    if (disagree > 0) {
+      const auto u = static_cast<std::size_t>(first);
+      r.warnings.push_back(concat(
+          where(path, "predictions/label"), ": ", disagree, " of its ", n,
+          " rows disagree with their probabilities and ",
+          by_threshold ? concat("the threshold ", fmt(r.threshold, 3)) : "the most probable class",
+          " (first: row ", first, " ('", excerpt(r.ids[u], 60), "'), class ", r.predicted[u],
+          by_threshold
+              ? concat(" where p(class 1) = ", fmt(p[first * r.c + 1], 3))
+              : concat(" (p = ", fmt(p[first * r.c + r.predicted[u]], 3), ") where class ",
+                       std::max_element(p + first * r.c, p + (first + 1) * r.c) - (p + first * r.c),
+                       " has ", fmt(*std::max_element(p + first * r.c, p + (first + 1) * r.c), 3)),
+          "): the file is damaged or was edited; shown as stored"));
+    }
+  }
   if (tta) {
     r.probability_std = probs("predictions/probability_std");
     // The spread of 8 values in [0, 1] lies in [0, 0.5]; another value (a crafted file) sorted
@@ -361,10 +392,17 @@ Results read_results(const std::string& path, bool values = true) {
     std::string first_absent;
     if (listed.is_array())
       for (const auto& v : listed) {
-        if (v.is_string() && std::count(present.begin(), present.end(), v.get<std::string>()))
+        if (v.is_string() && std::count(order.begin(), order.end(), v.get<std::string>())) {
+          // Listed twice (an edited file): drawn twice, each card one map longer.
+          if (values)
+            r.warnings.push_back(concat(where(path, "@maps"), " lists ", json_excerpt(v, 100),
+                                        " more than once: shown once"));
+        } else if (v.is_string() &&
+                   std::count(present.begin(), present.end(), v.get<std::string>())) {
           order.push_back(v.get<std::string>());
-        else if (absent++ == 0)
+        } else if (absent++ == 0) {
           first_absent = json_excerpt(v, 100);
+        }
       }
     if (values && absent > 0)  // one line, however many
       r.warnings.push_back(concat(where(path, "@maps"), " lists ", first_absent,
@@ -454,6 +492,13 @@ Results read_results(const std::string& path, bool values = true) {
         const auto t = h5::read_rows_as_float(root, full, path, n, NAN, &bad, &reason);
         check(t.dim() == 1, where(path, full), "expected ", n, " values, got ", t.sizes());
         warn_unreadable(r, full, bad, reason, "it as n/a");
+        // NaN is a measure that does not apply (no mask); an infinity is none that attnscope
+        // computes (each lies in [0, 1]): damage, shown as n/a as it was, but said.
+        const auto infinite = t.isinf().sum().item<int64_t>();
+        if (infinite > 0)
+          r.warnings.push_back(concat(where(path, full), " holds ", infinite,
+                                      infinite == 1 ? " infinite value" : " infinite values",
+                                      ", which no measure has: shown as n/a"));
         Measure m{map, name, std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + n)};
         r.measures.push_back(std::move(m));
       }

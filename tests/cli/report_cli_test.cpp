@@ -508,6 +508,63 @@ TEST(CliReport, ADamagedChunkIsItsImagesOwnAndTheOtherImagesAreShown) {
   EXPECT_EQ(count("<div class=\"path\">stored picture unreadable (damaged file)</div>"), 1u);
 }
 
+// What an edited file can hold that classify never writes, shown as stored but said (probe
+// findings: each went without a word): predicted labels that contradict their probabilities
+// and threshold (or, without one, the most probable class), a map listed twice in @maps (drawn
+// twice), an infinite measure (each lies in [0, 1]; NaN is one that does not apply).
+TEST(CliReport, ContradictoryLabelsRepeatedMapsAndInfiniteMeasuresAreSaid) {
+  test::TempDir dir;
+  make_fixture(dir / "e.h5", "--n 6 --seed 3 --measures");
+  const auto edit = [&](const std::string& code) {
+    const auto py =
+        test::run_process(test::python() + " -c \"import h5py, json, numpy as np; " +
+                          "f = h5py.File('" + (dir / "e.h5") + "', 'a'); " + code + "\" 2>&1");
+    ASSERT_EQ(py.status, 0) << py.output;
+  };
+  // Rows 1 and 4 flipped: the fixture's labels are p(class 1) >= 0.5, as classify's.
+  edit(
+      "l = f['predictions/label']; v = l[:]; v[1] = 1 - v[1]; v[4] = 1 - v[4]; l[...] = v; "
+      "f.attrs['maps'] = json.dumps(json.loads(f.attrs['maps']) * 2); "
+      "m = f['measures/gradcam/deletion_auc']; x = m[:]; x[0] = np.inf; x[2] = -np.inf; "
+      "m[...] = x; p = f['predictions/probability'][1]; "
+      "open('" +
+      dir / "p1" + "', 'w').write('%.3f' % p[1])");
+  const auto p1 = test::read_text(dir / "p1");
+  const auto r = test::run_process(exe() + " report --results " + (dir / "e.h5") + " --out " +
+                                   (dir / "r.html"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::string file = dir / "e.h5";
+  for (const std::string& line : std::vector<std::string>{
+           ":/predictions/label: 2 of its 6 rows disagree with their probabilities and the "
+           "threshold 0.500 (first: row 1 ('img_00001'), class " +
+               std::string(p1 >= "0.500" ? "0" : "1") + " where p(class 1) = " + p1 +
+               "): the file is damaged or was edited; shown as stored\n",
+           ":/@maps lists \"stage3\" more than once: shown once\n",
+           ":/@maps lists \"gradcam\" more than once: shown once\n",
+           ":/measures/gradcam/deletion_auc holds 2 infinite values, which no measure has: shown "
+           "as "
+           "n/a\n"})
+    EXPECT_NE(r.output.find("warning: " + file + line), std::string::npos) << line << r.output;
+  const auto html = test::read_text(dir / "r.html");
+  EXPECT_NE(html.find("<b>Damaged file:</b>"), std::string::npos);
+  EXPECT_NE(html.find("\"maps\":[\"stage3\",\"gradcam\"]"), std::string::npos);
+  // Without a threshold the rule is the most probable class: the same two rows.
+  edit("f.attrs['threshold'] = 'null'");
+  const auto a = test::run_process(exe() + " report --results " + (dir / "e.h5") + " --out " +
+                                   (dir / "a.html"));
+  ASSERT_EQ(a.status, 0) << a.output;
+  EXPECT_NE(a.output.find(":/predictions/label: 2 of its 6 rows disagree with their "
+                          "probabilities and the most probable class (first: row 1"),
+            std::string::npos)
+      << a.output;
+  // As classify wrote it: no line (the other tests' fixtures say nothing either).
+  make_fixture(dir / "f.h5", "--n 40 --seed 9 --measures --tta");
+  const auto f = test::run_process(exe() + " report --results " + (dir / "f.h5") + " --out " +
+                                   (dir / "f.html"));
+  EXPECT_EQ(f.status, 0) << f.output;
+  EXPECT_EQ(f.output.find("warning"), std::string::npos) << f.output;
+}
+
 TEST(CliReport, FullDiskLeavesThePreviousReportIntact) {
   test::TempDir dir;
   make_fixture(dir / "results.h5", "--n 20 --seed 4");
