@@ -545,7 +545,9 @@ struct ReadPlan {
   std::vector<int64_t> shape;
 };
 
-ReadPlan plan_read(hid_t loc, const std::string& name, const std::string& file) {
+// With rows >= 0, of the first `rows` rows only (fewer where the dataset holds fewer): what a
+// crafted file claims beyond them is never allocated.
+ReadPlan plan_read(hid_t loc, const std::string& name, const std::string& file, int64_t rows) {
   silence_hdf5();
   auto set = open_dataset(loc, name, file);
   Handle type(H5Dget_type(set.get()));
@@ -580,6 +582,7 @@ ReadPlan plan_read(hid_t loc, const std::string& name, const std::string& file) 
                        " each), not a tensor of float32, float64, int64, int32, uint8 or int8"));
   }
   auto shape = dataset_shape(loc, name, file);
+  if (rows >= 0 && !shape.empty()) shape[0] = std::min(shape[0], rows);
   // A crafted file can claim any shape: refuse what cannot be real before allocating it.
   uint64_t elements = 1;
   for (const auto d : shape) {
@@ -601,22 +604,38 @@ ReadPlan plan_read(hid_t loc, const std::string& name, const std::string& file) 
 
 }  // namespace
 
-at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& file) {
-  const auto plan = plan_read(loc, name, file);
+at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& file, int64_t rows) {
+  const auto plan = plan_read(loc, name, file, rows);
   auto out = torch::empty(plan.shape, torch::TensorOptions().dtype(plan.type));
-  if (out.numel() > 0)
+  if (out.numel() == 0) return out;
+  if (rows < 0 || plan.shape.empty()) {
     check_h5(H5Dread(plan.set.get(), native_type(plan.type), H5S_ALL, H5S_ALL, H5P_DEFAULT,
                      out.data_ptr()) >= 0,
              WhereIn{loc, file, name}, "cannot read dataset");
+    return out;
+  }
+  const std::vector<hsize_t> start(plan.shape.size(), 0),
+      count(plan.shape.begin(), plan.shape.end());
+  Handle space(H5Dget_space(plan.set.get()));
+  Handle memory(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr));
+  check_h5(H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(),
+                               nullptr) >= 0 &&
+               H5Dread(plan.set.get(), native_type(plan.type), memory.get(), space.get(),
+                       H5P_DEFAULT, out.data_ptr()) >= 0,
+           WhereIn{loc, file, name}, concat("cannot read rows 0..", plan.shape[0] - 1));
   return out;
 }
 
 at::Tensor read_rows_as_float(hid_t loc, const std::string& name, const std::string& file,
                               int64_t rows, float fill, std::vector<int64_t>* unreadable,
                               std::string* reason) {
-  const auto plan = plan_read(loc, name, file);
-  check(!plan.shape.empty() && rows >= 0 && plan.shape[0] >= rows, WhereIn{loc, file, name},
-        "expected at least ", rows, " rows, got shape ", shape_text(plan.shape));
+  // A filter this HDF5 build lacks (h5py's lzf) is one line, not every row "damaged".
+  check_filters_available(loc, name, file);
+  check(rows >= 0, WhereIn{loc, file, name}, "a negative row count");
+  const auto plan = plan_read(loc, name, file, rows);
+  check(!plan.shape.empty() && plan.shape[0] >= rows, WhereIn{loc, file, name},
+        "expected at least ", rows, " rows, got shape ",
+        shape_text(dataset_shape(loc, name, file)));
   auto shape = plan.shape;
   shape[0] = rows;
   auto out = torch::empty(shape, torch::kFloat);
@@ -636,16 +655,26 @@ at::Tensor read_rows_as_float(hid_t loc, const std::string& name, const std::str
     return false;
   };
   if (read(out.data_ptr<float>())) return out;
-  // Some chunk does not hold (its checksum or deflate stream): every row on its own.
+  // Some chunk does not hold (its checksum or deflate stream): each chunk's rows on their own,
+  // read once (row by row, a damaged chunk of many rows was decoded again for each of them).
+  hsize_t step = static_cast<hsize_t>(rows);  // contiguous: one piece
+  {
+    Handle dcpl(H5Dget_create_plist(plan.set.get()));
+    std::vector<hsize_t> chunk(shape.size(), 0);
+    if (H5Pget_layout(dcpl.get()) == H5D_CHUNKED &&
+        H5Pget_chunk(dcpl.get(), rank, chunk.data()) == rank && chunk[0] > 0)
+      step = chunk[0];
+  }
   const int64_t per_row = out.numel() / rows;
-  count[0] = 1;
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = 0; r < rows; r += static_cast<int64_t>(step)) {
     start[0] = static_cast<hsize_t>(r);
-    float* row = out.data_ptr<float>() + r * per_row;
-    if (read(row)) continue;
+    count[0] = std::min<hsize_t>(step, static_cast<hsize_t>(rows - r));
+    float* first = out.data_ptr<float>() + r * per_row;
+    if (read(first)) continue;
     if (reason && reason->empty()) *reason = why.empty() ? "HDF5 cannot read it" : why;
-    std::fill(row, row + per_row, fill);
-    if (unreadable) unreadable->push_back(r);
+    std::fill(first, first + static_cast<int64_t>(count[0]) * per_row, fill);
+    for (int64_t k = 0; k < static_cast<int64_t>(count[0]); ++k)
+      if (unreadable) unreadable->push_back(r + k);
   }
   return out;
 }

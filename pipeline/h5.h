@@ -145,14 +145,18 @@ std::vector<std::string> children(hid_t loc);
 void write_tensor(hid_t loc, const std::string& name, const at::Tensor& tensor,
                   const std::string& file, int chunk_rows = 0);
 
-/// Reads a dataset into a CPU tensor of the stored type.
-at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& file);
+/// Reads a dataset into a CPU tensor of the stored type; with rows >= 0 only its first `rows`
+/// rows (fewer where it holds fewer), so that what a crafted file claims past the rows a
+/// reader needs is never allocated.
+at::Tensor read_tensor(hid_t loc, const std::string& name, const std::string& file,
+                       int64_t rows = -1);
 
 /// Rows [0, rows) of a numeric dataset (N, ...) as float32, checked as read_tensor checks it.
 /// Where HDF5 cannot read them at once (a chunk whose checksum or deflate stream does not
-/// hold), they are read one by one: each row that cannot be read is filled with `fill` and
-/// its index appended to `unreadable`, and `reason` gets the first failure's reason; the
-/// other rows are read. One damaged image is then one image, not the whole file.
+/// hold), they are read chunk by chunk: each row of a chunk that cannot be read is filled
+/// with `fill` and its index appended to `unreadable`, and `reason` gets the first failure's
+/// reason; the other rows are read. One damaged image is then one image, not the whole file.
+/// A compression filter this build lacks is an Error (check_filters_available), not damage.
 at::Tensor read_rows_as_float(hid_t loc, const std::string& name, const std::string& file,
                               int64_t rows, float fill, std::vector<int64_t>* unreadable,
                               std::string* reason);
@@ -197,6 +201,14 @@ bool is_string_attribute(hid_t obj, const std::string& name);
 /// `subject`. A NUL ends a string, as in HDF5's own C-string read.
 std::vector<std::string> read_vlen_strings(hid_t obj, hid_t memory, hid_t selection,
                                            std::size_t n, const std::string& subject);
+
+/// The first `limit` strings (every one with limit < 0) of a 1-D dataset of variable-length
+/// strings (read_vlen_strings), or with `fixed_too` also of fixed-length ones (NUL-padded, cut
+/// at the first NUL, as h5py and HDF5 read them). Error naming file:/name for a missing
+/// dataset, another rank or type.
+std::vector<std::string> read_string_rows(hid_t loc, const std::string& name,
+                                          const std::string& file, int64_t limit = -1,
+                                          bool fixed_too = false);
 
 /// Runs `read` in a forked child process first, so that a crafted file that crashes the
 /// HDF5 library (1.10.8 has memory errors on crafted object headers that no check before

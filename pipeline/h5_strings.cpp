@@ -237,4 +237,42 @@ std::vector<std::string> read_vlen_strings(hid_t obj, hid_t memory, hid_t select
   return out;
 }
 
+std::vector<std::string> read_string_rows(hid_t loc, const std::string& name,
+                                          const std::string& file, int64_t limit, bool fixed_too) {
+  const auto subject = where(file, name);
+  Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
+  if (!set.valid()) {
+    const auto reason = last_error();
+    check(exists(loc, name), subject, "no such dataset");
+    throw Error(subject, reason.empty() ? std::string("cannot open the dataset")
+                                        : "cannot open the dataset (" + reason + ")");
+  }
+  Handle space(H5Dget_space(set.get()));
+  check(H5Sget_simple_extent_ndims(space.get()) == 1, subject, "expected a 1-D string dataset");
+  Handle stored(H5Dget_type(set.get()));
+  const bool variable = H5Tis_variable_str(stored.get()) > 0;
+  check(variable || (fixed_too && H5Tget_class(stored.get()) == H5T_STRING), subject,
+        fixed_too ? "is not a string dataset" : "is not a variable-length string dataset");
+  auto n = static_cast<hsize_t>(H5Sget_simple_extent_npoints(space.get()));
+  if (limit >= 0) n = std::min(n, static_cast<hsize_t>(limit));
+  std::vector<std::string> out;
+  if (n == 0) return out;
+  const hsize_t start = 0;
+  H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, &start, nullptr, &n, nullptr);
+  Handle memory(H5Screate_simple(1, &n, nullptr));
+  if (variable) return read_vlen_strings(set.get(), memory.get(), space.get(), n, subject);
+  const std::size_t size = H5Tget_size(stored.get());
+  check(size > 0 && size < (1u << 20), subject, "unreasonable string size ", size);
+  std::vector<char> buf(n * size);
+  check_h5(
+      H5Dread(set.get(), stored.get(), memory.get(), space.get(), H5P_DEFAULT, buf.data()) >= 0,
+      subject, "cannot read strings");
+  out.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const char* s = buf.data() + i * size;
+    out.emplace_back(s, strnlen(s, size));  // NUL-padded; a NUL ends it
+  }
+  return out;
+}
+
 }  // namespace attnscope::pipeline::h5

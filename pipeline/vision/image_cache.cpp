@@ -60,17 +60,6 @@ void write_strings(hid_t loc, const std::string& name, const std::vector<std::st
                where(file, name), "cannot write dataset");
 }
 
-std::vector<std::string> read_strings(hid_t loc, const std::string& name, const std::string& file) {
-  h5::Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
-  h5::check_h5(set.valid(), where(file, name), "no such dataset");
-  h5::Handle space(H5Dget_space(set.get()));
-  const auto n = static_cast<std::size_t>(H5Sget_simple_extent_npoints(space.get()));
-  h5::Handle stored(H5Dget_type(set.get()));
-  check(H5Tis_variable_str(stored.get()) > 0, where(file, name),
-        "is not a variable-length string dataset");
-  return h5::read_vlen_strings(set.get(), H5S_ALL, H5S_ALL, n, where(file, name));
-}
-
 // An extendible uint8 dataset (0, H, W[, 3]) with one sample per chunk.
 h5::Handle create_stack(hid_t loc, const std::string& name, std::vector<hsize_t> sample_dims,
                         const std::string& file) {
@@ -307,9 +296,9 @@ ImageCacheSource::ImageCacheSource(const std::string& path)
   const auto side = steps.back()["size"].get<int64_t>();
   check(shape[1] == side && shape[2] == side, where(path, "images"), "holds ", shape[2], "x",
         shape[1], " images, but the stored preprocessing ends with a resize to ", side, "x", side);
-  const auto ids = read_strings(root, "ids", path);
-  const auto groups = read_strings(root, "groups", path);
-  const auto paths = read_strings(root, "paths", path);
+  const auto ids = h5::read_string_rows(root, "ids", path);
+  const auto groups = h5::read_string_rows(root, "groups", path);
+  const auto paths = h5::read_string_rows(root, "paths", path);
   const auto labels = h5::read_tensor(root, "labels", path);
   const auto has_mask = h5::read_tensor(root, "has_mask", path);
   const auto n = static_cast<std::size_t>(shape[0]);
@@ -355,8 +344,8 @@ ImageCacheSource::ImageCacheSource(const std::string& path)
     samples_.push_back(std::move(s));
   }
   if (h5::exists(root, "errors/path") && h5::exists(root, "errors/message")) {
-    const auto error_paths = read_strings(root, "errors/path", path);
-    const auto error_messages = read_strings(root, "errors/message", path);
+    const auto error_paths = h5::read_string_rows(root, "errors/path", path);
+    const auto error_messages = h5::read_string_rows(root, "errors/message", path);
     check(error_paths.size() == error_messages.size(), where(path, "errors"),
           "path and message must have the same length");
     for (std::size_t i = 0; i < error_paths.size(); ++i)

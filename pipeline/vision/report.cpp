@@ -7,6 +7,7 @@
 #include <limits>
 #include <map>
 #include <numeric>
+#include <set>
 #include <sstream>
 #include <vector>
 
@@ -70,39 +71,12 @@ std::string fmt(double v, int digits = 3) {
 
 using h5::where;
 
-// The first `limit` rows (the file's image or error count): a crafted file declaring 2^25 ids
-// beside 8 images took 1.7 GB to read them all.
+// The first `limit` rows of a string dataset, fixed-length strings too (h5py writes them): the
+// file's image or error count (a crafted file declaring 2^25 ids beside 8 images took 1.7 GB
+// to read them all).
 std::vector<std::string> read_strings(hid_t loc, const std::string& name, const std::string& file,
-                                      std::size_t limit = std::numeric_limits<std::size_t>::max()) {
-  h5::Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
-  h5::check_h5(set.valid(), where(file, name), "no such dataset");
-  h5::Handle space(H5Dget_space(set.get()));
-  check(H5Sget_simple_extent_ndims(space.get()) == 1, where(file, name),
-        "expected a 1-D string dataset");
-  const auto n =
-      std::min(static_cast<std::size_t>(H5Sget_simple_extent_npoints(space.get())), limit);
-  h5::Handle stored(H5Dget_type(set.get()));
-  check(H5Tget_class(stored.get()) == H5T_STRING, where(file, name), "is not a string dataset");
-  std::vector<std::string> out;
-  if (n == 0) return out;
-  const hsize_t start = 0, count = n;
-  H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, &start, nullptr, &count, nullptr);
-  h5::Handle memory(H5Screate_simple(1, &count, nullptr));
-  if (H5Tis_variable_str(stored.get()) > 0) {
-    out = h5::read_vlen_strings(set.get(), memory.get(), space.get(), n, where(file, name));
-  } else {
-    const std::size_t size = H5Tget_size(stored.get());
-    check(size > 0 && size < (1u << 20), where(file, name), "unreasonable string size ", size);
-    std::vector<char> buf(n * size);
-    h5::check_h5(
-        H5Dread(set.get(), stored.get(), memory.get(), space.get(), H5P_DEFAULT, buf.data()) >= 0,
-        where(file, name), "cannot read strings");
-    for (std::size_t i = 0; i < n; ++i) {
-      std::string s(buf.data() + i * size, size);
-      out.push_back(s.substr(0, s.find('\0')));
-    }
-  }
-  return out;
+                                      int64_t limit) {
+  return h5::read_string_rows(loc, name, file, limit, /*fixed_too=*/true);
 }
 
 std::string attribute(hid_t obj, const std::string& name, const std::string& file,
@@ -118,9 +92,9 @@ struct MapData {
   std::string name, normalization, source;
   std::string weights;  // of a "none" map: softmax (files before the attribute too) | sigmoid
   at::Tensor values;    // (N, h, w) float32
-  double scale = 1;   // values are multiplied by this before colouring (1 or h·w)
-  double vmax = 1;    // the top of the colour bar, in scaled units
-  std::string unit;   // what the colour bar's numbers mean
+  double scale = 1;     // values are multiplied by this before colouring (1 or h·w)
+  double vmax = 1;      // the top of the colour bar, in scaled units
+  std::string unit;     // what the colour bar's numbers mean
   std::vector<char> unreadable;  // per row: its chunk cannot be read (shown without this map)
 };
 
@@ -185,10 +159,6 @@ int64_t rows_of(hid_t loc, const std::string& name, const std::string& file) {
   const auto shape = h5::dataset_shape(loc, name, file);
   check(!shape.empty(), where(file, name), "is a scalar, expected one row per image");
   return shape[0];
-}
-
-at::Tensor first_rows(at::Tensor t, int64_t n) {
-  return t.narrow(0, 0, n).contiguous();
 }
 
 // `values` false: every check, but maps and measures are checked by their shapes, not read
@@ -280,8 +250,8 @@ Results read_results(const std::string& path, bool values = true) {
                                 "command and --resume"));
   }
 
-  r.ids = read_strings(root, "images/id", path, static_cast<std::size_t>(n));
-  r.paths = read_strings(root, "images/source_path", path, static_cast<std::size_t>(n));
+  r.ids = read_strings(root, "images/id", path, n);
+  r.paths = read_strings(root, "images/source_path", path, n);
   r.ids.resize(static_cast<std::size_t>(n));
   r.paths.resize(static_cast<std::size_t>(n));
   // classify stores an id once: a repeat is a damaged or edited file (its rows are shown).
@@ -297,7 +267,7 @@ Results read_results(const std::string& path, bool values = true) {
     }
   }
   const auto as_longs = [&](const std::string& name) {
-    const auto stored = first_rows(h5::read_tensor(root, name, path), n);
+    const auto stored = h5::read_tensor(root, name, path, n);
     // A class index stored as a float (0.7) would be truncated to another class.
     check(!stored.is_floating_point() && !stored.is_complex(), where(path, name), "holds ",
           stored.scalar_type(), " values, expected integer class indices");
@@ -313,7 +283,7 @@ Results read_results(const std::string& path, bool values = true) {
     std::iota(r.index.begin(), r.index.end(), int64_t{0});
   }
   const auto probs = [&](const std::string& name) {
-    auto t = first_rows(h5::read_tensor(root, name, path), n).to(at::kFloat).contiguous();
+    auto t = h5::read_tensor(root, name, path, n).to(at::kFloat).contiguous();
     check(t.dim() == 2 && t.size(1) == r.c, where(path, name), "expected shape (N, ", r.c, ") for ",
           r.c, " classes, got ", t.sizes());
     return t;
@@ -369,6 +339,8 @@ Results read_results(const std::string& path, bool values = true) {
     check(shape.size() == 4 && shape[3] == 3 && shape[1] > 0 && shape[2] > 0 && shape[1] <= 16384 &&
               shape[2] <= 16384,
           where(path, "images/preprocessed"), "expected shape (N, H, W, 3)");
+    // A filter this build lacks (h5py's lzf) is one line, not every picture "damaged".
+    h5::check_filters_available(root, "images/preprocessed", path);
     // classify stores uint8 RGB; HDF5 would convert other numbers to uint8 on reading (floats
     // in [0, 1] drawn as a black picture, 16-bit values clipped to white).
     {
@@ -390,11 +362,13 @@ Results read_results(const std::string& path, bool values = true) {
     const auto present = h5::children(group.get());
     int64_t absent = 0;  // classify lists exactly the maps it writes: damaged or edited
     std::string first_absent;
+    std::set<std::string> listed_once, repeated;  // by their JSON text
     if (listed.is_array())
       for (const auto& v : listed) {
-        if (v.is_string() && std::count(order.begin(), order.end(), v.get<std::string>())) {
-          // Listed twice (an edited file): drawn twice, each card one map longer.
-          if (values)
+        const auto text = v.dump();
+        if (!listed_once.insert(text).second) {
+          // Listed twice (an edited file): it was drawn twice, each card one map longer.
+          if (values && repeated.insert(text).second)
             r.warnings.push_back(concat(where(path, "@maps"), " lists ", json_excerpt(v, 100),
                                         " more than once: shown once"));
         } else if (v.is_string() &&
@@ -509,16 +483,15 @@ Results read_results(const std::string& path, bool values = true) {
     // @num_errors is checked as @num_images is: "-3" left a failed input off the page, "1abc"
     // read as 1, and a number past 64 bits was ignored, without a word.
     const bool counted = r.attrs.count("num_errors") > 0;
-    const std::size_t limit = counted ? static_cast<std::size_t>(parse_row_count(
-                                            r.attrs["num_errors"], where(path, "@num_errors")))
-                                      : std::numeric_limits<std::size_t>::max();
+    const int64_t limit =
+        counted ? parse_row_count(r.attrs["num_errors"], where(path, "@num_errors")) : -1;
     auto ids = h5::exists(root, "errors/id") ? read_strings(root, "errors/id", path, limit)
                                              : std::vector<std::string>();
     auto paths = h5::exists(root, "errors/path") ? read_strings(root, "errors/path", path, limit)
                                                  : std::vector<std::string>();
     const auto reasons = read_strings(root, "errors/reason", path, limit);
-    const std::size_t declared =
-        counted ? limit : std::max({ids.size(), paths.size(), reasons.size()});
+    const std::size_t declared = counted ? static_cast<std::size_t>(limit)
+                                         : std::max({ids.size(), paths.size(), reasons.size()});
     const std::size_t e = std::min(reasons.size(), declared);
     // classify writes the three columns together, @num_errors rows each: a column short of
     // that is a damaged or edited file (longer ones, a killed run's torn batch, are cut).

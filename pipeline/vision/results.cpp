@@ -360,26 +360,9 @@ void write_chunk_rows(hid_t file, const Column& col, int64_t at, const Chunks& c
   }
 }
 
-std::vector<std::string> read_string_rows(hid_t file, const std::string& name,
-                                          const std::string& path, int64_t limit = -1) {
-  h5::Handle set(H5Dopen2(file, name.c_str(), H5P_DEFAULT));
-  h5::check_h5(set.valid(), where(path, name), "missing dataset");
-  h5::Handle space(H5Dget_space(set.get()));
-  auto n = static_cast<hsize_t>(H5Sget_simple_extent_npoints(space.get()));
-  if (limit >= 0) n = std::min<hsize_t>(n, static_cast<hsize_t>(limit));
-  std::vector<std::string> out;
-  if (n == 0) return out;
-  hsize_t start = 0;
-  H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, &start, nullptr, &n, nullptr);
-  h5::Handle memory(H5Screate_simple(1, &n, nullptr));
-  h5::Handle stored(H5Dget_type(set.get()));
-  check(H5Tis_variable_str(stored.get()) > 0, where(path, name),
-        "is not a variable-length string dataset");
-  return h5::read_vlen_strings(set.get(), memory.get(), space.get(), n, where(path, name));
-}
-
-std::vector<int64_t> read_int_rows(hid_t file, const std::string& name, const std::string& path) {
-  const auto t = h5::read_tensor(file, name, path);
+std::vector<int64_t> read_int_rows(hid_t file, const std::string& name, const std::string& path,
+                                   int64_t limit = -1) {
+  const auto t = h5::read_tensor(file, name, path, limit);
   std::vector<int64_t> out(static_cast<std::size_t>(t.numel()));
   const auto l = t.to(torch::kLong).contiguous();
   std::copy(l.data_ptr<int64_t>(), l.data_ptr<int64_t>() + l.numel(), out.begin());
@@ -395,7 +378,7 @@ void verify_rows(hid_t file, const std::vector<Column>& cols, int64_t n, const s
   if (n <= 0) return;
   for (const auto& col : cols) {
     if (col.type < 0) {
-      read_string_rows(file, col.name, path, n);
+      h5::read_string_rows(file, col.name, path, n);
       continue;
     }
     h5::Handle set(H5Dopen2(file, col.name.c_str(), H5P_DEFAULT));
@@ -982,7 +965,7 @@ ResultsWriter ResultsWriter::resume(const std::string& path, const ResultsHeader
     // a damaged or edited id that repeats another would be classified again and stored twice.
     std::map<std::string, std::string> seen;  // id -> "images/id row N" or "errors/id row N"
     for (const char* name : {"images/id", "errors/id"}) {
-      const auto ids = read_string_rows(f, name, path, name[0] == 'i' ? rows : errors);
+      const auto ids = h5::read_string_rows(f, name, path, name[0] == 'i' ? rows : errors);
       for (std::size_t i = 0; i < ids.size(); ++i) {
         const auto [it, fresh] = seen.emplace(ids[i], concat(name, " row ", i));
         check(fresh, where(path, name), "row ", i, " holds the id '", excerpt(ids[i], 100), "' of ",
@@ -1045,8 +1028,8 @@ std::map<std::string, std::string> ResultsWriter::stored() const {
   std::map<std::string, std::string> paths;
   for (const auto& [ids, sources, rows] : {std::tuple{"images/id", "images/source_path", r.rows},
                                            std::tuple{"errors/id", "errors/path", r.errors}}) {
-    const auto id = read_string_rows(file.get(), ids, s_->shown, rows);
-    auto source = read_string_rows(file.get(), sources, s_->shown, rows);
+    const auto id = h5::read_string_rows(file.get(), ids, s_->shown, rows);
+    auto source = h5::read_string_rows(file.get(), sources, s_->shown, rows);
     for (std::size_t i = 0; i < id.size() && i < source.size(); ++i)
       paths.emplace(id[i], std::move(source[i]));
   }
@@ -1177,9 +1160,9 @@ ResultsFile read_results_from(const std::string& path, bool isolated) {
   ResultsFile r;
   r.path = path;
   r.attributes = read_attributes(f.get(), path);
-  // The strings of the rows the file counts, when it counts them (files before the counts: every
-  // row): a crafted file declaring 2^25 ids beside 8 images took gigabytes to read them all in
-  // merge, as it did in report. Rows past the count are a killed run's torn batch.
+  // The rows the file counts, when it counts them (files before the counts: every row): a
+  // crafted file declaring 2^25 ids beside 8 images took gigabytes to read them all in merge,
+  // as it did in report. Rows past the count are a killed run's torn batch.
   const auto counted = [&](const char* key) -> int64_t {
     const auto it = r.attributes.find(key);
     return it == r.attributes.end()
@@ -1187,17 +1170,17 @@ ResultsFile read_results_from(const std::string& path, bool isolated) {
                : parse_row_count(it->second, where(path, std::string("@") + key));
   };
   const auto images = counted("num_images"), errors = counted("num_errors");
-  r.ids = read_string_rows(f.get(), "images/id", path, images);
-  r.paths = read_string_rows(f.get(), "images/source_path", path, images);
-  r.index = read_int_rows(f.get(), "images/index", path);
-  r.label = read_int_rows(f.get(), "images/label", path);
-  r.logits = h5::read_tensor(f.get(), "predictions/logits", path);
-  r.probability = h5::read_tensor(f.get(), "predictions/probability", path);
-  r.prediction = h5::read_tensor(f.get(), "predictions/label", path);
-  const auto eids = read_string_rows(f.get(), "errors/id", path, errors);
-  const auto epaths = read_string_rows(f.get(), "errors/path", path, errors);
-  const auto ereasons = read_string_rows(f.get(), "errors/reason", path, errors);
-  const auto eindex = read_int_rows(f.get(), "errors/index", path);
+  r.ids = h5::read_string_rows(f.get(), "images/id", path, images);
+  r.paths = h5::read_string_rows(f.get(), "images/source_path", path, images);
+  r.index = read_int_rows(f.get(), "images/index", path, images);
+  r.label = read_int_rows(f.get(), "images/label", path, images);
+  r.logits = h5::read_tensor(f.get(), "predictions/logits", path, images);
+  r.probability = h5::read_tensor(f.get(), "predictions/probability", path, images);
+  r.prediction = h5::read_tensor(f.get(), "predictions/label", path, images);
+  const auto eids = h5::read_string_rows(f.get(), "errors/id", path, errors);
+  const auto epaths = h5::read_string_rows(f.get(), "errors/path", path, errors);
+  const auto ereasons = h5::read_string_rows(f.get(), "errors/reason", path, errors);
+  const auto eindex = read_int_rows(f.get(), "errors/index", path, errors);
   const auto ne = std::min({eids.size(), epaths.size(), ereasons.size(), eindex.size()});
   for (std::size_t i = 0; i < ne; ++i)
     r.errors.push_back({eids[i], epaths[i], eindex[i], ereasons[i]});
