@@ -889,8 +889,8 @@ TEST(CliFault, OutOfMemoryIsOneActionableLine) {
   GTEST_SKIP() << "AddressSanitizer reserves more address space than the limit";
 #endif
   const std::string line =
-      "error: out of memory (std::bad_alloc): lower --batch-size, --workers or the image "
-      "size, or free memory\n";
+      "error: out of memory (std::bad_alloc): lower --batch-size or the sentence lengths, or "
+      "free memory\n";
   long long available_kb = 16'000'000;
   {
     std::ifstream meminfo("/proc/meminfo");

@@ -32,6 +32,9 @@ using attnscope::cli::commands;
 using attnscope::cli::GlobalOptions;
 using attnscope::cli::UsageError;
 
+// The command run() started ("" before one): what an out-of-memory line advises depends on it.
+std::string g_command;
+
 std::string main_usage() {
   std::string text =
       "usage: attnscope [--threads N] <command> [options]\n"
@@ -96,6 +99,7 @@ int run(int argc, char** argv) {
       attnscope::runtime::keep_freed_memory_for_reuse();
       attnscope::runtime::memory_limit();  // ATTNSCOPE_MEMORY_LIMIT checked before any work
       attnscope::runtime::cache_tensor_memory_by_default();
+      g_command = c.name;
       return c.run(std::vector<std::string>(args.begin() + i + 1, args.end()), global);
     }
   }
@@ -164,9 +168,19 @@ static int format_error(std::exception_ptr error, std::ostream& std_err) {
     std_err << "error: " << e.what() << "\n";
     return 1;
   } catch (const std::bad_alloc&) {
-    // "error: std::bad_alloc" said nothing a user could act on.
-    std_err << "error: out of memory (std::bad_alloc): lower --batch-size, --workers or the "
-               "image size, or free memory\n";
+    // "error: std::bad_alloc" said nothing a user could act on; what to lower is the command's
+    // (merge and report have no --batch-size).
+    const std::string& c = g_command;
+    std_err << "error: out of memory (std::bad_alloc): "
+            << (c == "report"    ? "show fewer images (--top N), or free memory"
+                : c == "merge"   ? "merge fewer shards at once, or free memory"
+                : c == "seq2seq" ? "lower --batch-size or the sentence lengths, or free memory"
+                : c == "synth" || c == "cache" ? "lower --size or --workers, or free memory"
+                : c == "train" || c == "classify" || c == "evaluate" || c == "demo" ||
+                        c == "dist-check"
+                    ? "lower --batch-size, --workers or the image size, or free memory"
+                    : "free memory")
+            << "\n";
     return 1;
   } catch (const c10::OutOfMemoryError& e) {
     // A GPU's memory (CUDA's caching allocator): LibTorch's message says how much and where.
