@@ -366,13 +366,15 @@ Results read_results(const std::string& path, bool values = true) {
     if (listed.is_array())
       for (const auto& v : listed) {
         const auto text = v.dump();
+        const bool held =
+            v.is_string() && std::count(present.begin(), present.end(), v.get<std::string>());
         if (!listed_once.insert(text).second) {
-          // Listed twice (an edited file): it was drawn twice, each card one map longer.
-          if (values && repeated.insert(text).second)
+          // Listed twice (an edited file): it was drawn twice, each card one map longer. (One
+          // /attention lacks is said below, once.)
+          if (values && held && repeated.insert(text).second)
             r.warnings.push_back(concat(where(path, "@maps"), " lists ", json_excerpt(v, 100),
                                         " more than once: shown once"));
-        } else if (v.is_string() &&
-                   std::count(present.begin(), present.end(), v.get<std::string>())) {
+        } else if (held) {
           order.push_back(v.get<std::string>());
         } else if (absent++ == 0) {
           first_absent = json_excerpt(v, 100);

@@ -484,8 +484,6 @@ TEST(CliReport, ADamagedChunkIsItsImagesOwnAndTheOtherImagesAreShown) {
                           "n/a\n"),
             std::string::npos)
       << r.output;
-  // The page: every card, each with the pictures it has (6 inputs but one, 2 maps each but
-  // one), the damaged ones saying so.
   const auto html = test::read_text(dir / "r.html");
   EXPECT_NE(html.find("<b>Damaged file:</b>"), std::string::npos);
   // A compression filter this HDF5 build lacks (h5py's lzf) is not damage: one line naming it.
@@ -504,6 +502,8 @@ TEST(CliReport, ADamagedChunkIsItsImagesOwnAndTheOtherImagesAreShown) {
                           "32000 (lzf)"),
             std::string::npos)
       << l.output;
+  // The page: every card, each with the pictures it has (6 inputs but one, 2 maps each but
+  // one), the damaged ones saying so.
   if (!have_chromium()) GTEST_SKIP() << "chromium not installed (scripts/bootstrap.sh)";
   const auto dom = chromium(dir, "--dump-dom", dir / "r.html");
   ASSERT_EQ(dom.status, 0) << dom.output;
@@ -540,7 +540,7 @@ TEST(CliReport, ContradictoryLabelsRepeatedMapsAndInfiniteMeasuresAreSaid) {
   // Rows 1 and 4 flipped: the fixture's labels are p(class 1) >= 0.5, as classify's.
   edit(
       "l = f['predictions/label']; v = l[:]; v[1] = 1 - v[1]; v[4] = 1 - v[4]; l[...] = v; "
-      "f.attrs['maps'] = json.dumps(json.loads(f.attrs['maps']) * 3); "
+      "f.attrs['maps'] = json.dumps(json.loads(f.attrs['maps']) * 3 + ['gone', 'gone']); "
       "m = f['measures/gradcam/deletion_auc']; x = m[:]; x[0] = np.inf; x[2] = -np.inf; "
       "m[...] = x; p = f['predictions/probability'][1]; "
       "open('" +
@@ -561,7 +561,12 @@ TEST(CliReport, ContradictoryLabelsRepeatedMapsAndInfiniteMeasuresAreSaid) {
            "as "
            "n/a\n"})
     EXPECT_NE(r.output.find("warning: " + file + line), std::string::npos) << line << r.output;
-  // Listed three times: said once.
+  // Listed three times: said once; one /attention lacks, listed twice: said as such, once.
+  EXPECT_NE(r.output.find("warning: " + file +
+                          ":/@maps lists \"gone\", which /attention does not hold: not shown\n"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("\"gone\" more than once"), std::string::npos) << r.output;
   EXPECT_EQ(
       r.output.find(":/@maps lists \"stage3\"", r.output.find(":/@maps lists \"stage3\"") + 1),
       std::string::npos)

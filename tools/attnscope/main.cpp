@@ -9,6 +9,7 @@
 #include <exception>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <new>
 #include <sstream>
 #include <string>
@@ -169,17 +170,23 @@ static int format_error(std::exception_ptr error, std::ostream& std_err) {
     return 1;
   } catch (const std::bad_alloc&) {
     // "error: std::bad_alloc" said nothing a user could act on; what to lower is the command's
-    // (merge and report have no --batch-size).
-    const std::string& c = g_command;
+    // own options (merge and report have no --batch-size, classify no --workers).
+    static const std::map<std::string, const char*> advice = {
+        {"train", "lower --batch-size, --workers or --size"},
+        {"evaluate", "lower --batch-size or --workers"},
+        {"classify", "lower --batch-size (or ask for fewer --maps, no --tta)"},
+        {"demo", "lower --size"},
+        {"dist-check", "lower --global-batch or --image-size"},
+        {"cache", "lower --size or --workers"},
+        {"synth", "lower --size or --workers"},
+        {"seq2seq", "lower --batch-size or the sentence lengths"},
+        {"report", "show fewer images (--top N)"},
+        {"merge", "merge fewer shards at once"},
+    };
+    const auto it = advice.find(g_command);
     std_err << "error: out of memory (std::bad_alloc): "
-            << (c == "report"    ? "show fewer images (--top N), or free memory"
-                : c == "merge"   ? "merge fewer shards at once, or free memory"
-                : c == "seq2seq" ? "lower --batch-size or the sentence lengths, or free memory"
-                : c == "synth" || c == "cache" ? "lower --size or --workers, or free memory"
-                : c == "train" || c == "classify" || c == "evaluate" || c == "demo" ||
-                        c == "dist-check"
-                    ? "lower --batch-size, --workers or the image size, or free memory"
-                    : "free memory")
+            << (it == advice.end() ? std::string("free memory")
+                                   : std::string(it->second) + ", or free memory")
             << "\n";
     return 1;
   } catch (const c10::OutOfMemoryError& e) {
