@@ -482,10 +482,6 @@ bool same_numbers(hid_t a, hid_t b, bool same_order) {
   return cls != H5T_INTEGER || H5Tget_sign(a) == H5Tget_sign(b);
 }
 
-namespace {
-
-// H5Dopen2, and when it fails the reason in the reader's words: no such dataset, what else stands
-// there (throw_unless_a), or else HDF5's reason.
 Handle open_dataset(hid_t loc, const std::string& name, const std::string& file) {
   Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
   if (set.valid()) return set;
@@ -496,8 +492,6 @@ Handle open_dataset(hid_t loc, const std::string& name, const std::string& file)
       loc, name, "dataset", [&] { return subject.text(); }, reason);
   throw_h5_error(subject.text(), "cannot open the dataset", reason);
 }
-
-}  // namespace
 
 std::vector<int64_t> dataset_shape(hid_t loc, const std::string& name, const std::string& file) {
   silence_hdf5();

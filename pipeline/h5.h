@@ -122,6 +122,11 @@ Handle require_group(hid_t loc, const std::string& path, const std::string& file
 /// group belongs) throws Error naming the file and object, with HDF5's reason.
 bool exists(hid_t loc, const std::string& name);
 
+/// H5Dopen2, and when it fails an Error in the reader's words naming file:/name: no such
+/// dataset, what else stands there ("is a group where a dataset belongs", a link to nothing, a
+/// link into another file), or else HDF5's reason.
+Handle open_dataset(hid_t loc, const std::string& name, const std::string& file);
+
 /// "file:/name": how errors name an object inside a file.
 std::string where(const std::string& file, const std::string& name);
 

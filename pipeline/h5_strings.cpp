@@ -240,13 +240,7 @@ std::vector<std::string> read_vlen_strings(hid_t obj, hid_t memory, hid_t select
 std::vector<std::string> read_string_rows(hid_t loc, const std::string& name,
                                           const std::string& file, int64_t limit, bool fixed_too) {
   const auto subject = where(file, name);
-  Handle set(H5Dopen2(loc, name.c_str(), H5P_DEFAULT));
-  if (!set.valid()) {
-    const auto reason = last_error();
-    check(exists(loc, name), subject, "no such dataset");
-    throw Error(subject, reason.empty() ? std::string("cannot open the dataset")
-                                        : "cannot open the dataset (" + reason + ")");
-  }
+  const auto set = open_dataset(loc, name, file);
   Handle space(H5Dget_space(set.get()));
   check(H5Sget_simple_extent_ndims(space.get()) == 1, subject, "expected a 1-D string dataset");
   Handle stored(H5Dget_type(set.get()));

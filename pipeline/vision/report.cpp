@@ -144,12 +144,15 @@ std::string rows_named(const std::vector<int64_t>& rows, const std::vector<std::
 
 // One warning for the rows of a per-image dataset that cannot be read (a damaged chunk): the
 // report shows the others, and says what the damaged ones are shown without.
+// `read`: how many rows were read (the pictures of the --top images only), all by default.
 void warn_unreadable(Results& r, const std::string& name, const std::vector<int64_t>& rows,
-                     const std::string& reason, const std::string& shown) {
+                     const std::string& reason, const std::string& shown, int64_t read = -1) {
   if (rows.empty()) return;
-  r.warnings.push_back(concat(where(r.path, name), ": ", rows.size(), " of its ", r.n,
-                              " rows cannot be read (", reason, "): ", rows_named(rows, r.ids),
-                              "; ", rows.size() == 1 ? "its card shows" : "their cards show", " ",
+  const auto of = read < 0 || read == r.n ? concat("of its ", r.n, " rows")
+                                          : concat("of the ", read, " rows shown");
+  r.warnings.push_back(concat(where(r.path, name), ": ", rows.size(), " ", of, " cannot be read (",
+                              reason, "): ", rows_named(rows, r.ids), "; ",
+                              rows.size() == 1 ? "its card shows" : "their cards show", " ",
                               shown));
 }
 
@@ -437,8 +440,15 @@ Results read_results(const std::string& path, bool values = true) {
         // Raw softmax weights sum to 1 over h·w positions: shown as multiples of uniform.
         m.scale = static_cast<double>(m.values.size(1) * m.values.size(2));
         m.unit = "× uniform attention (1 = every position equal)";
-        const auto maxima = std::get<0>(m.values.flatten(1).max(1)) * m.scale;
-        m.vmax = n > 0 ? maxima.quantile(0.99).item<double>() : 1.0;
+        auto maxima = std::get<0>(m.values.flatten(1).max(1)) * m.scale;
+        // Of the rows read: an unreadable row's zeros would pull the scale down.
+        if (!m.unreadable.empty()) {
+          const auto readable =
+              torch::from_blob(m.unreadable.data(), {static_cast<int64_t>(m.unreadable.size())},
+                               torch::kChar) == 0;
+          maxima = maxima.index({readable});
+        }
+        m.vmax = maxima.numel() > 0 ? maxima.quantile(0.99).item<double>() : 1.0;
         if (!(m.vmax > 0)) m.vmax = 1;
       } else {
         m.unit = m.normalization == "max"    ? "fraction of the image's maximum"
@@ -1254,7 +1264,8 @@ std::string render_report(const std::string& results_path, const ReportOptions& 
     images.push_back(std::move(j));
   }
   std::sort(unreadable_images.begin(), unreadable_images.end());
-  warn_unreadable(r, "images/preprocessed", unreadable_images, unreadable_reason, "no pictures");
+  warn_unreadable(r, "images/preprocessed", unreadable_images, unreadable_reason, "no pictures",
+                  static_cast<int64_t>(shown.size()));
   json data;
   data["classes"] = json::array();
   for (const auto& c : r.class_names)

@@ -1170,16 +1170,21 @@ ResultsFile read_results_from(const std::string& path, bool isolated) {
                : parse_row_count(it->second, where(path, std::string("@") + key));
   };
   const auto images = counted("num_images"), errors = counted("num_errors");
-  r.ids = h5::read_string_rows(f.get(), "images/id", path, images);
-  r.paths = h5::read_string_rows(f.get(), "images/source_path", path, images);
+  // Fixed-length strings too, as report reads them (h5py writes numpy "S" arrays so): a shard
+  // report showed was refused by merge. The merged file stores them variable-length.
+  const auto strings = [&](const char* name, int64_t limit) {
+    return h5::read_string_rows(f.get(), name, path, limit, /*fixed_too=*/true);
+  };
+  r.ids = strings("images/id", images);
+  r.paths = strings("images/source_path", images);
   r.index = read_int_rows(f.get(), "images/index", path, images);
   r.label = read_int_rows(f.get(), "images/label", path, images);
   r.logits = h5::read_tensor(f.get(), "predictions/logits", path, images);
   r.probability = h5::read_tensor(f.get(), "predictions/probability", path, images);
   r.prediction = h5::read_tensor(f.get(), "predictions/label", path, images);
-  const auto eids = h5::read_string_rows(f.get(), "errors/id", path, errors);
-  const auto epaths = h5::read_string_rows(f.get(), "errors/path", path, errors);
-  const auto ereasons = h5::read_string_rows(f.get(), "errors/reason", path, errors);
+  const auto eids = strings("errors/id", errors);
+  const auto epaths = strings("errors/path", errors);
+  const auto ereasons = strings("errors/reason", errors);
   const auto eindex = read_int_rows(f.get(), "errors/index", path, errors);
   const auto ne = std::min({eids.size(), epaths.size(), ereasons.size(), eindex.size()});
   for (std::size_t i = 0; i < ne; ++i)
@@ -1257,6 +1262,10 @@ void copy_rows(hid_t in, hid_t out, const std::string& name, const std::vector<i
   h5::check_h5(dst.valid(), where(out_path, name), "missing dataset");
   h5::Handle ftype(H5Dget_type(src.get()));
   const bool is_string = H5Tget_class(ftype.get()) == H5T_STRING;
+  const bool variable = is_string && H5Tis_variable_str(ftype.get()) > 0;
+  const std::size_t fixed_size = is_string && !variable ? H5Tget_size(ftype.get()) : 0;
+  check(!is_string || variable || (fixed_size > 0 && fixed_size < (1u << 20)), where(in_path, name),
+        "unreasonable string size ", fixed_size);
   h5::Handle mtype(is_string ? H5Tcopy(h5::utf8_string_type().get())
                              : H5Tget_native_type(ftype.get(), H5T_DIR_ASCEND));
   h5::Handle sspace(H5Dget_space(src.get()));
@@ -1278,7 +1287,20 @@ void copy_rows(hid_t in, hid_t out, const std::string& name, const std::vector<i
     std::vector<std::string> strings;
     std::vector<const char*> ptrs;
     const void* row = buffer.data();
-    if (is_string) {
+    if (is_string && !variable) {
+      // Fixed-length, NUL-padded (a shard rewritten by h5py): stored variable-length here.
+      std::vector<char> fixed(row_elems * fixed_size);
+      h5::check_h5(H5Dread(src.get(), ftype.get(), memory.get(), sspace.get(), H5P_DEFAULT,
+                           fixed.data()) >= 0,
+                   where(in_path, name), concat("cannot read row ", r));
+      for (hsize_t e = 0; e < row_elems; ++e) {
+        const char* s = fixed.data() + e * fixed_size;
+        strings.emplace_back(s, strnlen(s, fixed_size));
+      }
+      for (const auto& v : strings)
+        ptrs.push_back(v.c_str());
+      row = ptrs.data();
+    } else if (is_string) {
       strings = h5::read_vlen_strings(src.get(), memory.get(), sspace.get(), row_elems,
                                       where(in_path, name));
       for (const auto& v : strings)
@@ -1302,6 +1324,9 @@ void create_like(hid_t in, hid_t out, const std::string& name, int64_t rows,
                  const std::string& in_path, const std::string& out_path) {
   h5::Handle src(H5Dopen2(in, name.c_str(), H5P_DEFAULT));
   h5::Handle type(H5Dget_type(src.get()));
+  // Strings are stored variable-length, as classify writes them, whatever the first shard held.
+  if (H5Tget_class(type.get()) == H5T_STRING)
+    type = h5::Handle(H5Tcopy(h5::utf8_string_type().get()));
   h5::Handle dcpl(H5Dget_create_plist(src.get()));
   h5::Handle sspace(H5Dget_space(src.get()));
   const int rank = H5Sget_simple_extent_ndims(sspace.get());

@@ -591,6 +591,53 @@ TEST(CliReport, ContradictoryLabelsRepeatedMapsAndInfiniteMeasuresAreSaid) {
   EXPECT_EQ(f.output.find("warning"), std::string::npos) << f.output;
 }
 
+// A softmax map's colour bar is scaled to the rows that can be read (an unreadable row's zeros
+// pulled the 99th percentile of the maxima down), and the pictures' line counts the rows
+// shown, not the file's (report reads the pictures of the --top images only).
+TEST(CliReport, AnUnreadableRowNeitherScalesAMapNorCountsAsShown) {
+  test::TempDir dir;
+  make_fixture(dir / "d.h5", "--n 4 --seed 7");
+  {
+    std::ofstream py(dir / "damage.py");
+    py << "import sys, h5py\n"
+          "path = sys.argv[1]\n"
+          "spots = []\n"
+          "with h5py.File(path, 'r') as f:\n"
+          "    m = f['attention/stage3']\n"
+          "    print('%.1f' % (m[3].max() * m.shape[1] * m.shape[2]))\n"
+          "    for name, row in [('attention/stage3', r) for r in (0, 1, 2)] + \\\n"
+          "                     [('images/preprocessed', r) for r in range(4)]:\n"
+          "        c = f[name].id.get_chunk_info_by_coord((row,) + (0,) * (f[name].ndim - 1))\n"
+          "        spots.append((c.byte_offset, c.size))\n"
+          "with open(path, 'r+b') as out:\n"
+          "    for offset, size in spots:\n"
+          "        out.seek(offset)\n"
+          "        out.write(bytes(range(256)) * (size // 256) + bytes(range(size % 256)))\n";
+  }
+  const auto py = test::run_process(test::python() + " " + quoted(dir / "damage.py") + " " +
+                                    quoted(dir / "d.h5"));
+  ASSERT_EQ(py.status, 0) << py.output;
+  const std::string peak = py.output.substr(0, py.output.find('\n'));
+  ASSERT_GE(std::stod(peak), 10.0) << "the fixture's bump changed: the bar shows 2 decimals";
+  const auto r = test::run_process(exe() + " report --results " + (dir / "d.h5") + " --out " +
+                                   (dir / "r.html") + " --top 3");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find(":/images/preprocessed: 3 of the 3 rows shown cannot be read ("),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find(":/attention/stage3: 3 of its 4 rows cannot be read ("),
+            std::string::npos)
+      << r.output;
+  const auto html = test::read_text(dir / "r.html");
+  const auto bar = html.find("<div class=\"cbar\" data-map=\"stage3\">");
+  ASSERT_NE(bar, std::string::npos);
+  const auto ends = html.find("<div class=\"ends\">", bar);
+  ASSERT_NE(ends, std::string::npos);
+  const auto last = html.find("</span></div></div>", ends);
+  const auto top = html.substr(html.rfind("<span>", last) + 6);
+  EXPECT_EQ(top.substr(0, top.find('<')), peak);
+}
+
 // report and merge read the rows a file counts (@num_images, @num_errors), not every row its
 // datasets claim: a crafted file declaring 2^31 ids and 2^30 labels and probabilities beside 8
 // images (chunks never written: a few KB) needs 64 GB for the id list alone and 8 GB for
@@ -629,6 +676,87 @@ TEST(CliReport, ReportAndMergeReadOnlyTheRowsAFileCounts) {
                                    (dir / "big.h5") + " --out " + (dir / "r.html"));
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("report: 8 of 8 images, 2 failed inputs"), std::string::npos) << r.output;
+}
+
+// A shard whose strings are fixed-length (h5py writes numpy "S" arrays so) merges as its
+// variable-length twin: report showed such a file and merge refused it. The merged file's
+// strings are variable-length, as classify writes them, whichever shard comes first; the
+// oracle is the merge of the untouched shards, read back by h5py. A group where a string
+// dataset belongs is said so.
+TEST(CliReport, MergeReadsFixedLengthStringShardsAsReportDoes) {
+  test::TempDir dir;
+  make_fixture(dir / "a.h5", "--n 5 --errors 2 --seed 6");
+  const std::string edit = R"(import h5py, numpy as np, shutil, sys
+d = sys.argv[1] + '/'
+strings = ('images/id', 'images/source_path', 'errors/id', 'errors/path', 'errors/reason')
+shutil.copy(d + 'a.h5', d + 'b.h5')
+with h5py.File(d + 'a.h5', 'r+') as f: f.attrs['shard'] = '0/2'
+with h5py.File(d + 'b.h5', 'r+') as f:
+    f.attrs['shard'] = '1/2'
+    for name in ('images/id', 'errors/id'):
+        f[name][...] = np.array(['b' + s for s in f[name].asstr()[()]], dtype=object)
+    for name in ('images/index', 'errors/index'):
+        f[name][...] = f[name][()] + 100
+for s in ('a', 'b'):
+    shutil.copy(d + s + '.h5', d + s + 'f.h5')
+    with h5py.File(d + s + 'f.h5', 'r+') as f:
+        for name in strings:
+            v = [x.encode() for x in f[name].asstr()[()]]
+            del f[name]
+            f.create_dataset(name, data=np.array(v, dtype='S%d' % max(map(len, v))))
+        assert f['images/id'].dtype.kind == 'S'
+shutil.copy(d + 'a.h5', d + 'g.h5')
+with h5py.File(d + 'g.h5', 'r+') as f:
+    del f['errors/reason']
+    f.create_group('errors/reason')
+)";
+  { std::ofstream(dir / "edit.py") << edit; }
+  const auto py =
+      test::run_process(test::python() + " " + (dir / "edit.py") + " " + dir.path().string());
+  ASSERT_EQ(py.status, 0) << py.output;
+  for (const auto& [shards, out] :
+       {std::pair{"a.h5 b.h5", "m.h5"}, std::pair{"af.h5 bf.h5", "mf.h5"},
+        std::pair{"af.h5 b.h5", "mx.h5"}}) {
+    const auto m = test::run_process("cd " + dir.path().string() + " && " + exe() + " merge " +
+                                     shards + " --out " + out);
+    ASSERT_EQ(m.status, 0) << shards << ": " << m.output;
+    EXPECT_NE(m.output.find("merged 2 files: 10 images, 4 errors"), std::string::npos) << m.output;
+  }
+  const std::string compare = R"(import h5py, sys
+def dump(path):
+    out = {}
+    def visit(name, o):
+        if isinstance(o, h5py.Dataset):
+            text = h5py.check_string_dtype(o.dtype)
+            out[name] = (text.length if text else str(o.dtype),
+                         o.asstr()[()].tolist() if text else o[()].tolist())
+    with h5py.File(path, 'r') as f:
+        f.visititems(visit)
+    return out
+d = sys.argv[1] + '/'
+want = dump(d + 'm.h5')
+assert want['images/id'][0] is None and len(want['images/id'][1]) == 10, want['images/id']
+assert 'bimg_00004' in want['images/id'][1]
+for other in ('mf.h5', 'mx.h5'):
+    got = dump(d + other)
+    bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+    print(other, 'differs in', bad if bad else 'nothing')
+)";
+  { std::ofstream(dir / "compare.py") << compare; }
+  const auto c =
+      test::run_process(test::python() + " " + (dir / "compare.py") + " " + dir.path().string());
+  EXPECT_EQ(c.output, "mf.h5 differs in nothing\nmx.h5 differs in nothing\n");
+  const auto r = test::run_process(exe() + " report --results " + (dir / "mf.h5") + " --out " +
+                                   (dir / "r.html"));
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("report: 10 of 10 images, 4 failed inputs"), std::string::npos)
+      << r.output;
+  const auto g =
+      test::run_process(exe() + " merge " + (dir / "g.h5") + " --out " + (dir / "mg.h5"));
+  EXPECT_EQ(g.status, 1) << g.output;
+  EXPECT_NE(g.output.find("g.h5:/errors/reason: is a group where a dataset belongs"),
+            std::string::npos)
+      << g.output;
 }
 
 TEST(CliReport, FullDiskLeavesThePreviousReportIntact) {
