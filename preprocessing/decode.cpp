@@ -494,12 +494,20 @@ cv::Mat decode_png(const std::vector<uint8_t>& bytes, const std::string& name) {
 }  // namespace
 
 // The first bytes are one of the supported formats' signatures.
-void check_signature(const std::vector<uint8_t>& bytes, const std::string& name) {
+// The first 64 KiB of a file of `size` bytes: not an image, or one OpenCV's decoder cannot take
+// (above 2 GiB - 1: see decode_image_bytes), refused before the rest is read.
+void check_signature(const std::vector<uint8_t>& bytes, const std::string& name,
+                     std::uintmax_t size) {
   const Reader r(bytes, name);
-  const bool known = r.starts_with(0, "\xFF\xD8\xFF", 3) ||
-                     r.starts_with(0, "\x89PNG\r\n\x1A\n", 8) || r.starts_with(0, "BM", 2) ||
-                     (r.starts_with(0, "RIFF", 4) && r.starts_with(8, "WEBP", 4)) || is_tiff(r, 0);
-  check(known, name, "not an image: unrecognised format (supported: JPEG, PNG, TIFF, BMP, WebP)");
+  const bool ours = r.starts_with(0, "\xFF\xD8\xFF", 3) || r.starts_with(0, "\x89PNG\r\n\x1A\n", 8);
+  const char* opencv = r.starts_with(0, "BM", 2)                                    ? "bmp"
+                       : r.starts_with(0, "RIFF", 4) && r.starts_with(8, "WEBP", 4) ? "webp"
+                       : is_tiff(r, 0)                                              ? "tiff"
+                                                                                    : nullptr;
+  check(ours || opencv, name,
+        "not an image: unrecognised format (supported: JPEG, PNG, TIFF, BMP, WebP)");
+  check(ours || size <= static_cast<std::uintmax_t>(std::numeric_limits<int>::max()), name,
+        "too large for OpenCV's ", opencv, " decoder: ", size, " bytes, above 2 GiB - 1");
 }
 
 ImageInfo probe_image(const std::vector<uint8_t>& bytes, const std::string& name) {
@@ -649,7 +657,8 @@ namespace {
 // read_file_bytes, with `signature` asked of the first 64 KiB before the rest is read.
 std::vector<uint8_t> read_bytes(
     const std::string& path,
-    const std::function<void(const std::vector<uint8_t>&, const std::string&)>& signature) {
+    const std::function<void(const std::vector<uint8_t>&, const std::string&, std::uintmax_t)>&
+        signature) {
   std::error_code ec;
   const auto status = fs::status(path, ec);
   check(fs::exists(status), path, "no such file");
@@ -667,7 +676,7 @@ std::vector<uint8_t> read_bytes(
   in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
   check(!in.bad() && in.gcount() == static_cast<std::streamsize>(bytes.size()), path, "read error");
   if (size > bytes.size()) {
-    if (signature) signature(bytes, path);
+    if (signature) signature(bytes, path, size);
     bytes.resize(static_cast<std::size_t>(size));
     in.read(reinterpret_cast<char*>(bytes.data()) + 65536,
             static_cast<std::streamsize>(size - 65536));

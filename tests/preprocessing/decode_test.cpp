@@ -508,6 +508,28 @@ TEST(Decode, CraftedFilesAreRefusedBeforeTheCostTheyAskFor) {
             std::string::npos);
 }
 
+// The file-size bounds, with sparse files (no disk used): a file above 2 GiB is refused from its
+// size, and one of exactly 2 GiB in a format OpenCV decodes (a valid 1 x 1 BMP header followed
+// by zeros) from its size and first 64 KiB: cv::Mat counts the bytes in int (2^31 overflowed
+// to a negative width, said as a corrupt image), and the whole file was read first (2 GiB of
+// memory and 13 s here before the refusal).
+TEST(Decode, FilesOfTwoGibibytesAndMoreAreRefusedByTheirSize) {
+  namespace fs = std::filesystem;
+  test::TempDir dir;
+  const auto bmp = encode(".bmp", cv::Mat(1, 1, CV_8UC3, cv::Scalar::all(7)));
+  write_bytes(dir / "big.bmp", bmp);
+  fs::resize_file(dir / "big.bmp", (uintmax_t{2} << 30) + 1);
+  EXPECT_EQ(error_of([&] { decode_image(dir / "big.bmp"); }),
+            dir / "big.bmp" +
+                ": file of 2147483649 bytes is above the image file limit of "
+                "2147483648 bytes");
+  fs::resize_file(dir / "big.bmp", uintmax_t{2} << 30);
+  EXPECT_EQ(error_of([&] { decode_image(dir / "big.bmp"); }),
+            dir / "big.bmp" +
+                ": too large for OpenCV's bmp decoder: 2147483648 bytes, above 2 "
+                "GiB - 1");
+}
+
 TEST(Decode, EveryBadFileGetsAnErrorNamingItAndTheProblem) {
   test::TempDir dir;
   const auto good_jpeg = encode(".jpg", quadrants_bgr());
