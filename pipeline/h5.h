@@ -215,6 +215,11 @@ std::vector<std::string> read_string_rows(hid_t loc, const std::string& name,
                                           const std::string& file, int64_t limit = -1,
                                           bool fixed_too = false);
 
+/// The n strings of `data`, n fixed-length strings of `size` bytes of the string type `type`:
+/// each cut at its first NUL, and with its trailing spaces dropped when `type` pads with spaces.
+std::vector<std::string> fixed_strings(const char* data, std::size_t n, std::size_t size,
+                                       hid_t type);
+
 /// Runs `read` in a forked child process first, so that a crafted file that crashes the
 /// HDF5 library (1.10.8 has memory errors on crafted object headers that no check before
 /// the call can see) kills the child, not this process: a crash becomes

@@ -261,10 +261,21 @@ std::vector<std::string> read_string_rows(hid_t loc, const std::string& name,
   check_h5(
       H5Dread(set.get(), stored.get(), memory.get(), space.get(), H5P_DEFAULT, buf.data()) >= 0,
       subject, "cannot read strings");
+  return fixed_strings(buf.data(), n, size, stored.get());
+}
+
+std::vector<std::string> fixed_strings(const char* data, std::size_t n, std::size_t size,
+                                       hid_t type) {
+  const bool spaces = H5Tget_strpad(type) == H5T_STR_SPACEPAD;
+  std::vector<std::string> out;
   out.reserve(n);
   for (std::size_t i = 0; i < n; ++i) {
-    const char* s = buf.data() + i * size;
-    out.emplace_back(s, strnlen(s, size));  // NUL-padded; a NUL ends it
+    const char* s = data + i * size;
+    std::size_t length = strnlen(s, size);  // a NUL ends it (NUL-padded, NUL-terminated)
+    if (spaces)                             // Fortran's padding, dropped as HDF5 and h5py drop it
+      while (length > 0 && s[length - 1] == ' ')
+        --length;
+    out.emplace_back(s, length);
   }
   return out;
 }

@@ -1293,10 +1293,7 @@ void copy_rows(hid_t in, hid_t out, const std::string& name, const std::vector<i
       h5::check_h5(H5Dread(src.get(), ftype.get(), memory.get(), sspace.get(), H5P_DEFAULT,
                            fixed.data()) >= 0,
                    where(in_path, name), concat("cannot read row ", r));
-      for (hsize_t e = 0; e < row_elems; ++e) {
-        const char* s = fixed.data() + e * fixed_size;
-        strings.emplace_back(s, strnlen(s, fixed_size));
-      }
+      strings = h5::fixed_strings(fixed.data(), row_elems, fixed_size, ftype.get());
       for (const auto& v : strings)
         ptrs.push_back(v.c_str());
       row = ptrs.data();
@@ -1324,10 +1321,22 @@ void create_like(hid_t in, hid_t out, const std::string& name, int64_t rows,
                  const std::string& in_path, const std::string& out_path) {
   h5::Handle src(H5Dopen2(in, name.c_str(), H5P_DEFAULT));
   h5::Handle type(H5Dget_type(src.get()));
-  // Strings are stored variable-length, as classify writes them, whatever the first shard held.
-  if (H5Tget_class(type.get()) == H5T_STRING)
-    type = h5::Handle(H5Tcopy(h5::utf8_string_type().get()));
   h5::Handle dcpl(H5Dget_create_plist(src.get()));
+  // Strings are stored variable-length, as classify writes them, whatever the first shard held;
+  // a fixed-length one's filters (Fletcher-32) and fill value do not apply to them: its chunk
+  // shape only.
+  if (H5Tget_class(type.get()) == H5T_STRING) {
+    if (H5Tis_variable_str(type.get()) <= 0) {
+      h5::Handle fresh(H5Pcreate(H5P_DATASET_CREATE));
+      hsize_t chunk[H5S_MAX_RANK] = {0};
+      const int chunk_rank = H5Pget_layout(dcpl.get()) == H5D_CHUNKED
+                                 ? H5Pget_chunk(dcpl.get(), H5S_MAX_RANK, chunk)
+                                 : -1;
+      if (chunk_rank > 0) H5Pset_chunk(fresh.get(), chunk_rank, chunk);
+      dcpl = std::move(fresh);
+    }
+    type = h5::Handle(H5Tcopy(h5::utf8_string_type().get()));
+  }
   h5::Handle sspace(H5Dget_space(src.get()));
   const int rank = H5Sget_simple_extent_ndims(sspace.get());
   std::vector<hsize_t> dims(static_cast<std::size_t>(rank)), max_dims;
@@ -1529,21 +1538,28 @@ std::vector<std::string> merge_results(const std::vector<std::string>& inputs,
             ": the file is damaged");
       const std::vector<hsize_t> shape(dims + 1, dims + rank);
       const auto show = row_shape_text;
+      {
+        // One row is copied at a time: bounded, so that a crafted (sparse) shape is one line,
+        // not an allocation of its size (a (100000, 100000) map row was 40 GB: bad_alloc). Each
+        // shard's own: a string costs its bytes (a fixed-length shard's size may differ from
+        // the first's) and some 64 more (a std::string, a pointer, the entry written).
+        h5::Handle type(H5Dget_type(set.get()));
+        const bool text = H5Tget_class(type.get()) == H5T_STRING;
+        const bool variable = text && H5Tis_variable_str(type.get()) > 0;
+        long double row_bytes = static_cast<long double>(
+            text ? (variable ? 0 : H5Tget_size(type.get())) + 64 : H5Tget_size(type.get()));
+        for (const auto d : shape)
+          row_bytes *= static_cast<long double>(d);
+        check(row_bytes <= static_cast<long double>(kMaxMergeRowBytes), where(f.path, name),
+              "has rows of shape ", show(shape), ", larger than the ", kMaxMergeRowBytes >> 20,
+              " MiB a results file's row can hold: the file is damaged or not attnscope's");
+      }
       if (i == 0) {
         const bool per_class = name == "predictions/logits" || name == "predictions/probability" ||
                                name == "predictions/probability_std";
         check(!per_class || (shape.size() == 1 && shape[0] == num_classes), where(f.path, name),
               "has rows of shape ", show(shape), " for the file's ", num_classes,
               " class names: the file is damaged");
-        // One row is copied at a time: bounded, so that a crafted (sparse) shape is one line,
-        // not an allocation of its size (a (100000, 100000) map row was 40 GB: bad_alloc).
-        h5::Handle type(H5Dget_type(set.get()));
-        long double row_bytes = static_cast<long double>(H5Tget_size(type.get()));
-        for (const auto d : shape)
-          row_bytes *= static_cast<long double>(d);
-        check(row_bytes <= static_cast<long double>(kMaxMergeRowBytes), where(f.path, name),
-              "has rows of shape ", show(shape), ", larger than the ", kMaxMergeRowBytes >> 20,
-              " MiB a results file's row can hold: the file is damaged or not attnscope's");
         row_shape[name] = shape;
       } else {
         check(shape == row_shape[name], where(f.path, name), "has rows of shape ", show(shape),

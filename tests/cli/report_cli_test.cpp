@@ -680,9 +680,10 @@ TEST(CliReport, ReportAndMergeReadOnlyTheRowsAFileCounts) {
 
 // A shard whose strings are fixed-length (h5py writes numpy "S" arrays so) merges as its
 // variable-length twin: report showed such a file and merge refused it. The merged file's
-// strings are variable-length, as classify writes them, whichever shard comes first; the
-// oracle is the merge of the untouched shards, read back by h5py. A group where a string
-// dataset belongs is said so.
+// strings are variable-length, as classify writes them, whichever shard comes first (and
+// whatever filters and fill value its strings have), padding spaces dropped; the oracle is the
+// merge of the untouched shards, read back by h5py. A fixed-length row is bounded in every
+// shard, and a group where a string dataset belongs is said so.
 TEST(CliReport, MergeReadsFixedLengthStringShardsAsReportDoes) {
   test::TempDir dir;
   make_fixture(dir / "a.h5", "--n 5 --errors 2 --seed 6");
@@ -697,18 +698,38 @@ with h5py.File(d + 'b.h5', 'r+') as f:
         f[name][...] = np.array(['b' + s for s in f[name].asstr()[()]], dtype=object)
     for name in ('images/index', 'errors/index'):
         f[name][...] = f[name][()] + 100
-for s in ('a', 'b'):
+# af: NUL-padded, chunked with Fletcher-32 and a fill value (which a variable-length dataset
+# cannot take); bf: padded with spaces (Fortran's way; HDF5 and h5py drop them), contiguous.
+for s, spaces in (('a', False), ('b', True)):
     shutil.copy(d + s + '.h5', d + s + 'f.h5')
     with h5py.File(d + s + 'f.h5', 'r+') as f:
         for name in strings:
             v = [x.encode() for x in f[name].asstr()[()]]
             del f[name]
-            f.create_dataset(name, data=np.array(v, dtype='S%d' % max(map(len, v))))
+            size = max(map(len, v)) + 3
+            if not spaces:
+                f.create_dataset(name, data=np.array(v, dtype='S%d' % size), chunks=(2,),
+                                 maxshape=(None,), fletcher32=True, fillvalue=b'?')
+                continue
+            t = h5py.h5t.C_S1.copy()
+            t.set_size(size)
+            t.set_strpad(h5py.h5t.STR_SPACEPAD)
+            space = h5py.h5s.create_simple((len(v),))
+            h5py.h5d.create(f.id, name.encode(), t, space).write(
+                h5py.h5s.ALL, h5py.h5s.ALL, np.array([x.ljust(size) for x in v], dtype='S%d' % size),
+                mtype=t)
         assert f['images/id'].dtype.kind == 'S'
 shutil.copy(d + 'a.h5', d + 'g.h5')
 with h5py.File(d + 'g.h5', 'r+') as f:
     del f['errors/reason']
     f.create_group('errors/reason')
+# A row merge would copy at 2 GiB: 2,048 strings of 2^20 - 1 bytes (unwritten: a few KB), in
+# the second shard only (the first holds the same shape variable-length).
+shutil.copy(d + 'a.h5', d + 'wa.h5')
+shutil.copy(d + 'bf.h5', d + 'wb.h5')
+for s, dtype in (('wa', h5py.string_dtype()), ('wb', 'S%d' % (2**20 - 1))):
+    with h5py.File(d + s + '.h5', 'r+') as f:
+        f.create_dataset('images/extra', shape=(5, 2048), dtype=dtype, chunks=(1, 1))
 )";
   { std::ofstream(dir / "edit.py") << edit; }
   const auto py =
@@ -751,6 +772,14 @@ for other in ('mf.h5', 'mx.h5'):
   EXPECT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("report: 10 of 10 images, 4 failed inputs"), std::string::npos)
       << r.output;
+  const auto w = test::run_process(exe() + " merge " + (dir / "wa.h5") + " " + (dir / "wb.h5") +
+                                   " --out " + (dir / "mw.h5"));
+  EXPECT_EQ(w.status, 1) << w.output;
+  EXPECT_NE(
+      w.output.find("wb.h5:/images/extra: has rows of shape (rows, 2048), larger than the 1024 "
+                    "MiB a results file's row can hold"),
+      std::string::npos)
+      << w.output;
   const auto g =
       test::run_process(exe() + " merge " + (dir / "g.h5") + " --out " + (dir / "mg.h5"));
   EXPECT_EQ(g.status, 1) << g.output;
